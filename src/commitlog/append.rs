@@ -1,0 +1,188 @@
+//! The append path: encode outside the lock, then stamp and copy inside it.
+//!
+//! Encoding (properties, CRC of the part that does not change when stamped) runs on the caller's
+//! thread into thread-local buffers, so a steady stream of appends allocates nothing. The one
+//! append lock covers only what must be serial: assigning queue offsets and the commit-log
+//! position, stamping those plus the store time into the header, finishing the whole-record
+//! checksum from the precomputed tail, and copying bytes into the mapped files. File creation for
+//! a roll happens before anything of the batch is written, so a full disk leaves the log as it was.
+
+use std::cell::RefCell;
+use std::sync::atomic::Ordering;
+
+use super::consume_queue::{UNIT_SIZE, Unit};
+use super::record::{self, BLANK_LEN, RecordHeader};
+use super::{Inner, TopicState};
+use crate::error::{Error, Result};
+use crate::store::{AppendResult, Message};
+
+struct Item {
+    start: usize,
+    len: usize,
+    tail: crc32fast::Hasher,
+    tag_hash: i64,
+}
+
+#[derive(Default)]
+struct Scratch {
+    buf: Vec<u8>,
+    props: Vec<u8>,
+    items: Vec<Item>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Builds the property string of a message: user properties, then TAGS, then the key.
+fn encode_properties(out: &mut Vec<u8>, m: &Message) -> Result<()> {
+    out.clear();
+    for (name, value) in &m.properties {
+        if name.is_empty()
+            || !record::is_storable_property_text(name.as_bytes())
+            || !record::is_storable_property_text(value.as_bytes())
+        {
+            return Err(Error::InvalidArgument(format!(
+                "property {name:?} is empty or contains a \\u{{1}} or \\u{{2}} separator"
+            )));
+        }
+        if crate::store::RESERVED_PROPERTIES.contains(&name.as_str()) {
+            return Err(Error::InvalidArgument(format!("property name {name:?} is reserved")));
+        }
+        record::put_property(out, name.as_bytes(), value.as_bytes());
+    }
+    if let Some(tags) = &m.tags {
+        if !record::is_storable_property_text(tags.as_bytes()) {
+            return Err(Error::InvalidArgument("tags contain a \\u{1} or \\u{2} separator".into()));
+        }
+        record::put_property(out, b"TAGS", tags.as_bytes());
+    }
+    if let Some(key) = &m.key {
+        if std::str::from_utf8(key).is_ok() && record::is_storable_property_text(key) {
+            record::put_property(out, b"__KEY", key);
+        } else {
+            out.extend_from_slice(b"__KEYHEX\x01");
+            for &b in key.iter() {
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 15)]);
+            }
+            out.push(record::PROPERTY_SEPARATOR);
+        }
+    }
+    if out.len() + record::CRC_PROPERTY_LEN > i16::MAX as usize {
+        return Err(Error::InvalidArgument(format!("properties take {} bytes; at most 32,747 fit", out.len())));
+    }
+    Ok(())
+}
+
+impl Inner {
+    /// Appends a batch; returns its offsets and the commit-log position after it.
+    pub(crate) fn append_batch(&self, topic: &str, partition: u32, messages: &[Message]) -> Result<(AppendResult, u64)> {
+        self.check_open()?;
+        self.gc.check_writable()?;
+        if messages.is_empty() {
+            return Err(Error::InvalidArgument("empty batch".into()));
+        }
+        let t = self.topic(topic)?;
+        t.partition(partition)?;
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            let Scratch { buf, props, items } = &mut *s;
+            buf.clear();
+            items.clear();
+            let max = self.max_record_len();
+            let born_now = now_ms();
+            for m in messages {
+                encode_properties(props, m)?;
+                let header = RecordHeader::local(partition as i32, m.timestamp.unwrap_or(born_now));
+                let len = record::encoded_len(&header, m.body.len(), topic.len(), props.len() + record::CRC_PROPERTY_LEN);
+                if len > max {
+                    return Err(Error::MessageTooLarge { size: len, max });
+                }
+                let start = buf.len();
+                record::encode(buf, &header, &m.body, topic.as_bytes(), props, true);
+                let tail = record::crc_of_stable_tail(&buf[start..]);
+                let tag_hash = m.tags.as_deref().map_or(0, record::tag_hash);
+                items.push(Item { start, len, tail, tag_hash });
+            }
+            let total_bytes = buf.len() as u64;
+            let (result, end) = self.append_locked(&t, partition, buf, items)?;
+            self.signal.notify();
+            self.gc.note_appended(items.len() as u64, total_bytes);
+            Ok((result, end))
+        })
+    }
+
+    fn append_locked(&self, t: &TopicState, partition: u32, buf: &mut [u8], items: &[Item]) -> Result<(AppendResult, u64)> {
+        let fs = self.fs.as_ref();
+        let part = t.partition(partition)?;
+        let file_size = self.log.file_size();
+        let mut st = self.append_lock.lock();
+        self.check_open()?;
+
+        // Plan: where does each record go? Create every file needed first.
+        // The file holding the write position (not simply the last file: a batch that failed
+        // after its planning step may have left an empty file ahead).
+        let pos = self.written.load(Ordering::Acquire);
+        let mut file = match self.log.find(pos) {
+            Some(f) => f,
+            None => self.log.create(fs, pos - pos % file_size)?,
+        };
+        {
+            let mut remaining = file.remaining();
+            let mut next_start = file.start_offset() + file_size;
+            for item in items {
+                if item.len + BLANK_LEN > remaining {
+                    if self.log.find(next_start).is_none() {
+                        self.log.create(fs, next_start)?;
+                    }
+                    next_start += file_size;
+                    remaining = file_size as usize;
+                }
+                remaining -= item.len;
+            }
+            let first = part.next_offset.load(Ordering::Relaxed);
+            let last_byte = (first + items.len() as u64) * UNIT_SIZE - 1;
+            part.cq.ensure_file_for(fs, first * UNIT_SIZE)?;
+            part.cq.ensure_file_for(fs, last_byte)?;
+        }
+
+        let now = now_ms().max(st.last_store_timestamp);
+        st.last_store_timestamp = now;
+        let base = part.next_offset.load(Ordering::Relaxed);
+        let mut offset = base;
+        for item in items {
+            let remaining = file.remaining();
+            if item.len + BLANK_LEN > remaining {
+                if remaining > 0 {
+                    file.append(&[&record::encode_blank(remaining)]);
+                    file.seal();
+                }
+                file.commit_all();
+                let next = file.start_offset() + file_size;
+                file = self.log.find(next).ok_or_else(|| Error::corrupted(self.log.dir(), next, "planned log file is missing"))?;
+            }
+            let rec = &mut buf[item.start..item.start + item.len];
+            let physical = file.start_offset() + file.write_position() as u64;
+            record::stamp(rec, offset as i64, physical as i64, now, &item.tail);
+            if file.append(&[rec]).is_none() {
+                return Err(Error::corrupted(file.path(), physical, "record does not fit where planned"));
+            }
+            part.cq.put(fs, offset, &Unit { position: physical, size: item.len as u32, tag_hash: item.tag_hash })?;
+            offset += 1;
+        }
+        file.commit_all();
+        let end = file.start_offset() + file.write_position() as u64;
+        part.next_offset.store(offset, Ordering::Relaxed);
+        part.end.store(offset, Ordering::Release);
+        self.written.store(end, Ordering::Release);
+        drop(st);
+        Ok((AppendResult { base_offset: base, last_offset: offset - 1 }, end))
+    }
+}

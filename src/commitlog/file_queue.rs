@@ -1,0 +1,173 @@
+//! A directory of fixed-size mapped files named by the 20-digit offset of their first byte —
+//! the shape shared by the commit log and every consume queue (RocketMQ's `MappedFileQueue`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::error::{Error, Result};
+use crate::io::{self, FileSystem, MapMode, MappedFile};
+
+/// Fixed-size files covering a contiguous range of a byte queue.
+#[derive(Debug)]
+pub(crate) struct FileQueue {
+    dir: PathBuf,
+    file_size: u64,
+    files: RwLock<Vec<Arc<MappedFile>>>,
+}
+
+impl FileQueue {
+    /// Opens (creating the directory) and maps every file. Files are named by offsets that are
+    /// multiples of their size and contiguous. The size of existing files wins over
+    /// `default_file_size` (so changing the option never misreads an old store); a last file
+    /// shorter than the others is the leftover of an interrupted create, holds no acknowledged
+    /// data, and is removed.
+    pub(crate) fn open(fs: &dyn FileSystem, dir: &Path, default_file_size: u64) -> Result<Self> {
+        fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut found = Vec::new();
+        for entry in fs.list_dir(dir).map_err(|e| Error::io(dir, e))? {
+            if entry.is_dir {
+                continue;
+            }
+            match io::parse_offset_name(&entry.name) {
+                Some(start) => {
+                    let path = dir.join(&entry.name);
+                    let len = fs.file_len(&path).map_err(|e| Error::io(&path, e))?;
+                    found.push((start, len));
+                }
+                None if entry.name.ends_with(".tmp") => {}
+                None => {
+                    return Err(Error::corrupted(dir.join(&entry.name), 0, "unexpected file in a log directory"));
+                }
+            }
+        }
+        found.sort_unstable();
+        let file_size = found.iter().map(|&(_, len)| len).max().filter(|&l| l > 0).unwrap_or(default_file_size);
+        let mut files: Vec<Arc<MappedFile>> = Vec::with_capacity(found.len());
+        for (i, &(start, len)) in found.iter().enumerate() {
+            let path = dir.join(io::offset_name(start));
+            if len != file_size {
+                if i + 1 == found.len() {
+                    fs.remove_file(&path).map_err(|e| Error::io(&path, e))?;
+                    fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+                    continue;
+                }
+                return Err(Error::corrupted(&path, len, format!("file is {len} bytes, expected {file_size}")));
+            }
+            if start % file_size != 0 {
+                return Err(Error::corrupted(&path, 0, format!("file name is not a multiple of the file size {file_size}")));
+            }
+            if let Some(prev) = files.last() {
+                if prev.start_offset() + file_size != start {
+                    return Err(Error::corrupted(&path, 0, "gap between log files"));
+                }
+            }
+            let file = MappedFile::map(fs, &path, start, file_size, MapMode::Open).map_err(|e| Error::io(&path, e))?;
+            files.push(Arc::new(file));
+        }
+        Ok(FileQueue { dir: dir.to_owned(), file_size, files: RwLock::new(files) })
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn file_size(&self) -> u64 {
+        self.file_size
+    }
+
+    /// The file holding byte `offset`.
+    pub(crate) fn find(&self, offset: u64) -> Option<Arc<MappedFile>> {
+        let files = self.files.read();
+        let first = files.first()?.start_offset();
+        if offset < first {
+            return None;
+        }
+        let idx = ((offset - first) / self.file_size) as usize;
+        files.get(idx).cloned()
+    }
+
+    /// The last file.
+    pub(crate) fn last(&self) -> Option<Arc<MappedFile>> {
+        self.files.read().last().cloned()
+    }
+
+    /// All files, oldest first.
+    pub(crate) fn snapshot(&self) -> Vec<Arc<MappedFile>> {
+        self.files.read().clone()
+    }
+
+    /// Number of files.
+    pub(crate) fn len(&self) -> usize {
+        self.files.read().len()
+    }
+
+    /// Offset of the first byte of the first file, if any.
+    pub(crate) fn min_offset(&self) -> Option<u64> {
+        self.files.read().first().map(|f| f.start_offset())
+    }
+
+    /// Creates, preallocates and maps the file starting at `start`, and makes its directory
+    /// entry durable.
+    pub(crate) fn create(&self, fs: &dyn FileSystem, start: u64) -> Result<Arc<MappedFile>> {
+        debug_assert_eq!(start % self.file_size, 0);
+        let path = self.dir.join(io::offset_name(start));
+        let file = MappedFile::map(fs, &path, start, self.file_size, MapMode::Create).map_err(|e| Error::io(&path, e))?;
+        if let Err(e) = fs.sync_dir(&self.dir) {
+            let _ = fs.remove_file(&path);
+            return Err(Error::io(&self.dir, e));
+        }
+        let file = Arc::new(file);
+        let mut files = self.files.write();
+        if let Some(last) = files.last() {
+            debug_assert_eq!(last.start_offset() + self.file_size, start);
+        }
+        files.push(Arc::clone(&file));
+        Ok(file)
+    }
+
+    /// Exclusive access to the files during recovery (before the queue is shared).
+    pub(crate) fn files_mut(&mut self) -> &mut Vec<Arc<MappedFile>> {
+        self.files.get_mut()
+    }
+
+    /// Unlinks the files starting at or after `start` (recovery: data past the valid end).
+    pub(crate) fn remove_from(&mut self, fs: &dyn FileSystem, start: u64) -> Result<()> {
+        let files = self.files.get_mut();
+        let mut removed = false;
+        while files.last().is_some_and(|f| f.start_offset() >= start) {
+            if let Some(f) = files.pop() {
+                fs.remove_file(f.path()).map_err(|e| Error::io(f.path(), e))?;
+                removed = true;
+            }
+        }
+        if removed {
+            fs.sync_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// Unlinks the oldest files while `pred` holds for them, never the last file. Returns how
+    /// many were removed. Readers holding an `Arc` keep their mapping until they drop it.
+    pub(crate) fn remove_front_while(&self, fs: &dyn FileSystem, mut pred: impl FnMut(&MappedFile) -> bool) -> Result<usize> {
+        let mut removed = 0;
+        loop {
+            let victim = {
+                let files = self.files.read();
+                match files.first() {
+                    Some(f) if files.len() > 1 && pred(f) => Arc::clone(f),
+                    _ => break,
+                }
+            };
+            // Drop it from the list first so no new reader finds it, then unlink.
+            self.files.write().retain(|f| !Arc::ptr_eq(f, &victim));
+            fs.remove_file(victim.path()).map_err(|e| Error::io(victim.path(), e))?;
+            removed += 1;
+        }
+        if removed > 0 {
+            fs.sync_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        }
+        Ok(removed)
+    }
+}

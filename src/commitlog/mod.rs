@@ -1,0 +1,488 @@
+//! The RocketMQ-style engine: every message of every topic appended to one commit log of
+//! fixed-size mapped files; per-partition consume queues of 20-byte units point into it.
+//!
+//! Directory layout:
+//! ```text
+//! LOCK                              flock held while open
+//! meta                              engine and topics (see `catalog`)
+//! abort                             present while open: its presence at open means a crash
+//! checkpoint                        flushed positions (see `checkpoint`)
+//! log-start-offset-checkpoint       start offsets raised by delete_before / retention
+//! commitlog/<20-digit offset>       fixed-size files of records (see `record`)
+//! consumequeue/<topic>/<p>/<20-digit byte offset>   20-byte units (see `consume_queue`)
+//! ```
+//! This module owns those files and nothing else; it reaches them only through
+//! [`FileSystem`](crate::io::FileSystem).
+
+mod append;
+mod checkpoint;
+mod consume_queue;
+mod file_queue;
+mod read;
+pub mod record;
+mod recovery;
+mod retention;
+mod verify;
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+
+pub use consume_queue::{UNIT_SIZE, Unit};
+
+use self::consume_queue::ConsumeQueue;
+use self::file_queue::FileQueue;
+use crate::catalog::Catalog;
+use crate::durability::{BackgroundWork, Completion, DataSignal, FlushTarget, Flusher, GroupCommit};
+use crate::error::{Error, Result};
+use crate::io::FileSystem;
+use crate::options::{FlushPolicy, StoreOptions};
+use crate::store::{
+    AppendResult, DiskUsage, EngineKind, LogStore, Message, PartitionBounds, ReadLimits, Record, TopicConfig,
+    VerifyReport, is_internal_topic, validate_topic_name,
+};
+
+const COMMITLOG_DIR: &str = "commitlog";
+const CONSUMEQUEUE_DIR: &str = "consumequeue";
+const ABORT_FILE: &str = "abort";
+const LOCK_FILE: &str = "LOCK";
+
+/// One partition (RocketMQ: message queue).
+pub(crate) struct PartitionState {
+    cq: ConsumeQueue,
+    /// Next offset to assign; only touched under the append lock.
+    next_offset: AtomicU64,
+    /// Published end: offsets below it are readable.
+    end: AtomicU64,
+    /// Log start offset.
+    start: AtomicU64,
+}
+
+/// A topic and its partitions.
+pub(crate) struct TopicState {
+    name: String,
+    config: TopicConfig,
+    partitions: Vec<PartitionState>,
+}
+
+impl TopicState {
+    fn partition(&self, p: u32) -> Result<&PartitionState> {
+        self.partitions.get(p as usize).ok_or_else(|| Error::UnknownPartition {
+            topic: self.name.clone(),
+            partition: p,
+            partitions: self.config.partitions,
+        })
+    }
+}
+
+struct AppendState {
+    last_store_timestamp: i64,
+}
+
+struct BackgroundState {
+    last_checkpoint: Instant,
+    last_retention: Instant,
+}
+
+/// Shared state of an open CommitLog store.
+pub(crate) struct Inner {
+    dir: PathBuf,
+    fs: Arc<dyn FileSystem>,
+    opts: StoreOptions,
+    log: FileQueue,
+    topics: RwLock<HashMap<String, Arc<TopicState>>>,
+    /// Serialises catalog and start-offset changes.
+    admin: Mutex<()>,
+    append_lock: Mutex<AppendState>,
+    /// End of published commit-log data.
+    written: AtomicU64,
+    /// Position up to which `flush_to` has synced the log.
+    flushed: AtomicU64,
+    gc: Arc<GroupCommit>,
+    signal: DataSignal,
+    closed: AtomicBool,
+    background: Mutex<BackgroundState>,
+    checkpoint_lock: Mutex<()>,
+}
+
+impl Inner {
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) { Err(Error::Closed) } else { Ok(()) }
+    }
+
+    fn topic(&self, name: &str) -> Result<Arc<TopicState>> {
+        self.topics.read().get(name).cloned().ok_or_else(|| Error::UnknownTopic(name.to_owned()))
+    }
+
+    /// Largest record: the configured limit, and a record plus a blank must fit in one file.
+    fn max_record_len(&self) -> usize {
+        let file_limit = (self.log.file_size() as usize).saturating_sub(record::BLANK_LEN);
+        self.opts.max_message_bytes.min(file_limit)
+    }
+
+    fn cq_dir(&self, topic: &str, partition: u32) -> PathBuf {
+        self.dir.join(CONSUMEQUEUE_DIR).join(topic).join(partition.to_string())
+    }
+
+    fn open_topic(&self, name: &str, config: &TopicConfig) -> Result<TopicState> {
+        let mut partitions = Vec::with_capacity(config.partitions as usize);
+        for p in 0..config.partitions {
+            let cq = ConsumeQueue::open(self.fs.as_ref(), &self.cq_dir(name, p), self.opts.commitlog.consume_queue_units)?;
+            partitions.push(PartitionState {
+                cq,
+                next_offset: AtomicU64::new(0),
+                end: AtomicU64::new(0),
+                start: AtomicU64::new(0),
+            });
+        }
+        Ok(TopicState { name: name.to_owned(), config: config.clone(), partitions })
+    }
+
+    fn catalog(&self) -> Catalog {
+        let topics = self.topics.read();
+        let mut list: Vec<(String, TopicConfig)> = topics.values().map(|t| (t.name.clone(), t.config.clone())).collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        Catalog { engine: EngineKind::CommitLog, topics: list }
+    }
+
+    /// Persists the start offsets that are above a partition's first unit.
+    fn store_start_offsets(&self) -> Result<()> {
+        let topics = self.topics.read();
+        let mut entries = Vec::new();
+        for t in topics.values() {
+            for (p, part) in t.partitions.iter().enumerate() {
+                let s = part.start.load(Ordering::Acquire);
+                if s > 0 {
+                    entries.push((t.name.clone(), p as u32, s));
+                }
+            }
+        }
+        drop(topics);
+        entries.sort();
+        checkpoint::store_start_offsets(self.fs.as_ref(), &self.dir, &entries)
+    }
+
+    /// Flushes every consume queue and writes the checkpoint.
+    fn write_checkpoint(&self) -> Result<()> {
+        let _one_writer = self.checkpoint_lock.lock();
+        let dispatched = self.written.load(Ordering::Acquire);
+        let topics: Vec<Arc<TopicState>> = self.topics.read().values().cloned().collect();
+        for t in &topics {
+            for part in &t.partitions {
+                if let Err(e) = part.cq.flush() {
+                    // The kernel may have dropped the pages this flush was for; a later flush
+                    // succeeding would not bring them back, so no checkpoint may claim them.
+                    self.gc.poison(e.to_string());
+                    return Err(e);
+                }
+            }
+        }
+        let durable = self.gc.durable();
+        let cp = checkpoint::Checkpoint {
+            log_flushed: durable,
+            dispatch_flushed: dispatched.min(durable),
+            // Never behind a stamped store time, so store times stay monotonic across restarts.
+            written_at_ms: append::now_ms().max(self.append_lock.lock().last_store_timestamp),
+        };
+        cp.store(self.fs.as_ref(), &self.dir)
+    }
+
+    fn durable_end(&self, part: &PartitionState) -> u64 {
+        let start = part.start.load(Ordering::Acquire);
+        let end = part.end.load(Ordering::Acquire);
+        part.cq.first_at_or_after(self.gc.durable(), start, end)
+    }
+}
+
+impl FlushTarget for Inner {
+    fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    fn flush_to(&self, upto: u64) -> Result<()> {
+        let size = self.log.file_size();
+        let mut pos = self.flushed.load(Ordering::Acquire).max(self.log.min_offset().unwrap_or(0));
+        while pos < upto {
+            let Some(file) = self.log.find(pos) else { break };
+            let upto_in_file = (upto - file.start_offset()).min(size) as usize;
+            file.flush(upto_in_file).map_err(|e| Error::io(file.path(), e))?;
+            pos = file.start_offset() + size;
+        }
+        self.flushed.fetch_max(upto, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+impl BackgroundWork for Inner {
+    fn tick(&self) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let now = Instant::now();
+        let (do_cp, do_ret) = {
+            let mut b = self.background.lock();
+            let cp = now.duration_since(b.last_checkpoint) >= self.opts.commitlog.checkpoint_interval;
+            let ret = now.duration_since(b.last_retention) >= self.opts.commitlog.retention_check_interval;
+            if cp {
+                b.last_checkpoint = now;
+            }
+            if ret {
+                b.last_retention = now;
+            }
+            (cp, ret)
+        };
+        // Failures here are retried on the next tick; a failed flush has poisoned the store.
+        if do_ret {
+            let _ = self.enforce_retention();
+        }
+        if do_cp {
+            let _ = self.write_checkpoint();
+        }
+    }
+}
+
+/// An open CommitLog-engine store.
+///
+/// ```
+/// use duolog::{CommitLogStore, LogStore, Message, ReadLimits, StoreOptions, TopicConfig};
+/// # fn main() -> duolog::Result<()> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = CommitLogStore::open(dir.path(), StoreOptions::default())?;
+/// store.create_topic("orders", TopicConfig::with_partitions(4))?;
+/// let r = store.append("orders", 2, &[Message::new("a"), Message::new("b")])?;
+/// assert_eq!((r.base_offset, r.last_offset), (0, 1));
+/// let records = store.read("orders", 2, 0, ReadLimits::default())?;
+/// assert_eq!(records[1].body(), b"b");
+/// # Ok(()) }
+/// ```
+pub struct CommitLogStore {
+    inner: Arc<Inner>,
+    flusher: Mutex<Option<Flusher>>,
+    _lock: Box<dyn Any + Send + Sync>,
+}
+
+impl fmt::Debug for CommitLogStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommitLogStore")
+            .field("dir", &self.inner.dir)
+            .field("written", &self.inner.written.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl CommitLogStore {
+    /// Opens the CommitLog store in `dir`, creating it if empty, recovering it if it was not
+    /// closed cleanly.
+    pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Self> {
+        recovery::open(dir.as_ref(), options)
+    }
+
+    /// The commit-log position after the last published record.
+    pub fn log_end_position(&self) -> u64 {
+        self.inner.written.load(Ordering::Acquire)
+    }
+
+    /// The durable commit-log position.
+    pub fn durable_position(&self) -> u64 {
+        self.inner.gc.durable()
+    }
+
+    /// Paths of the commit-log files, oldest first.
+    pub fn commitlog_files(&self) -> Vec<PathBuf> {
+        self.inner.log.snapshot().iter().map(|f| f.path().to_owned()).collect()
+    }
+
+    /// The consume-queue unit of a record.
+    pub fn consume_queue_unit(&self, topic: &str, partition: u32, offset: u64) -> Result<Option<Unit>> {
+        let t = self.inner.topic(topic)?;
+        let part = t.partition(partition)?;
+        if offset >= part.end.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        Ok(part.cq.unit(offset))
+    }
+
+    fn finish(&self, result: AppendResult, end: u64, wait: bool) -> Result<AppendResult> {
+        if wait && self.inner.gc.policy() == FlushPolicy::Sync {
+            self.inner.gc.sync_to(self.inner.as_ref(), end)?;
+        }
+        Ok(result)
+    }
+}
+
+impl Drop for CommitLogStore {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+impl LogStore for CommitLogStore {
+    fn engine(&self) -> EngineKind {
+        EngineKind::CommitLog
+    }
+
+    fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    fn create_topic(&self, name: &str, config: TopicConfig) -> Result<()> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        validate_topic_name(name)?;
+        if config.partitions == 0 || config.partitions > 65_536 {
+            return Err(Error::InvalidArgument(format!("a topic needs 1 to 65,536 partitions, not {}", config.partitions)));
+        }
+        let _admin = inner.admin.lock();
+        if inner.topics.read().contains_key(name) {
+            return Err(Error::TopicExists(name.to_owned()));
+        }
+        let state = Arc::new(inner.open_topic(name, &config)?);
+        let mut catalog = inner.catalog();
+        catalog.topics.push((name.to_owned(), config));
+        catalog.store(inner.fs.as_ref(), &inner.dir)?;
+        inner.topics.write().insert(name.to_owned(), state);
+        Ok(())
+    }
+
+    fn describe_topic(&self, name: &str) -> Result<TopicConfig> {
+        Ok(self.inner.topic(name)?.config.clone())
+    }
+
+    fn list_topics(&self, include_internal: bool) -> Vec<String> {
+        let mut v: Vec<String> =
+            self.inner.topics.read().keys().filter(|n| include_internal || !is_internal_topic(n)).cloned().collect();
+        v.sort();
+        v
+    }
+
+    fn append(&self, topic: &str, partition: u32, messages: &[Message]) -> Result<AppendResult> {
+        let (r, end) = self.inner.append_batch(topic, partition, messages)?;
+        self.finish(r, end, true)
+    }
+
+    fn append_oneway(&self, topic: &str, partition: u32, messages: &[Message]) -> Result<AppendResult> {
+        let (r, end) = self.inner.append_batch(topic, partition, messages)?;
+        self.finish(r, end, false)
+    }
+
+    fn append_async(&self, topic: &str, partition: u32, messages: &[Message]) -> Result<Completion> {
+        let (r, end) = self.inner.append_batch(topic, partition, messages)?;
+        Ok(Completion::new(r, end, Arc::clone(&self.inner.gc)))
+    }
+
+    fn read(&self, topic: &str, partition: u32, offset: u64, limits: ReadLimits) -> Result<Vec<Record>> {
+        self.inner.check_open()?;
+        self.inner.read(topic, partition, offset, limits)
+    }
+
+    fn bounds(&self, topic: &str, partition: u32) -> Result<PartitionBounds> {
+        self.inner.check_open()?;
+        let t = self.inner.topic(topic)?;
+        let part = t.partition(partition)?;
+        Ok(PartitionBounds {
+            start: part.start.load(Ordering::Acquire),
+            end: part.end.load(Ordering::Acquire),
+            durable_end: self.inner.durable_end(part),
+        })
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.inner.check_open()?;
+        self.inner.gc.sync_all(self.inner.as_ref())
+    }
+
+    fn wait_for(&self, topic: &str, partition: u32, offset: u64, timeout: Duration) -> Result<bool> {
+        self.inner.check_open()?;
+        let t = self.inner.topic(topic)?;
+        let part = t.partition(partition)?;
+        let deadline = Instant::now() + timeout;
+        let ready = self.inner.signal.wait_until(deadline, || {
+            part.end.load(Ordering::Acquire) > offset || self.inner.closed.load(Ordering::Acquire)
+        });
+        self.inner.check_open()?;
+        Ok(ready)
+    }
+
+    fn delete_before(&self, topic: &str, partition: u32, offset: u64) -> Result<u64> {
+        self.inner.check_open()?;
+        self.inner.delete_before(topic, partition, offset)
+    }
+
+    fn enforce_retention(&self) -> Result<usize> {
+        self.inner.check_open()?;
+        self.inner.enforce_retention()
+    }
+
+    fn disk_usage(&self) -> Result<DiskUsage> {
+        self.inner.check_open()?;
+        let mut usage = DiskUsage::default();
+        let mut add = |q: &FileQueue| {
+            let n = q.len() as u64;
+            usage.files += n;
+            usage.bytes += n * q.file_size();
+        };
+        add(&self.inner.log);
+        for t in self.inner.topics.read().values() {
+            for p in &t.partitions {
+                add(p.cq.files());
+            }
+        }
+        Ok(usage)
+    }
+
+    fn verify(&self) -> Result<VerifyReport> {
+        self.inner.check_open()?;
+        self.inner.verify()
+    }
+
+    fn close(&self) -> Result<()> {
+        let inner = &self.inner;
+        // Under the append lock, so no append is halfway through when the store turns closed.
+        let guard = inner.append_lock.lock();
+        if inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        drop(guard);
+        inner.signal.notify();
+        if let Some(mut f) = self.flusher.lock().take() {
+            f.stop();
+        }
+        let result = (|| {
+            inner.gc.sync_all(inner.as_ref())?;
+            inner.write_checkpoint()?;
+            let abort = inner.dir.join(ABORT_FILE);
+            crate::io::remove_if_exists(inner.fs.as_ref(), &abort).map_err(|e| Error::io(&abort, e))?;
+            inner.fs.sync_dir(&inner.dir).map_err(|e| Error::io(&inner.dir, e))
+        })();
+        inner.gc.close();
+        result
+    }
+
+    fn abandon(&self) {
+        let inner = &self.inner;
+        let guard = inner.append_lock.lock();
+        if inner.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        drop(guard);
+        inner.signal.notify();
+        if let Some(mut f) = self.flusher.lock().take() {
+            f.stop();
+        }
+        inner.gc.close();
+    }
+}
+
+/// Starts the background flusher for an opened store.
+fn start_flusher(inner: &Arc<Inner>) -> Result<Flusher> {
+    let target: Weak<dyn FlushTarget> = Arc::downgrade(inner) as Weak<dyn FlushTarget>;
+    let work: Weak<dyn BackgroundWork> = Arc::downgrade(inner) as Weak<dyn BackgroundWork>;
+    let tick = inner.opts.commitlog.checkpoint_interval.min(inner.opts.commitlog.retention_check_interval);
+    Flusher::spawn("duolog-flush", Arc::clone(&inner.gc), target, work, tick).map_err(|e| Error::io(&inner.dir, e))
+}

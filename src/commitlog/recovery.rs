@@ -1,0 +1,278 @@
+//! Opening a CommitLog store: the clean path, which scans nothing, and crash recovery, whose work
+//! is proportional to the log written since the last checkpoint.
+//!
+//! Unclean open (the `abort` marker is present):
+//! 1. Replay starts at the checkpoint's `dispatch_flushed`: everything before it is durable in
+//!    the log and in the consume queues.
+//! 2. Each consume queue is cut back to its units for records before that position.
+//! 3. Records from there on are validated (magic, lengths, body CRC, whole-record CRC, dense
+//!    queue offsets) and dispatched again; the first invalid one is the end of the log.
+//! 4. The commit log past the end is zeroed durably and later files are removed, so no stale
+//!    record can ever reappear behind new data; the replayed range and the queues are flushed and
+//!    a fresh checkpoint written before the store accepts appends.
+//!
+//! A crash during recovery leaves the inputs of the next recovery intact (the checkpoint only
+//! moves forward after the replay is durable), so recovery is idempotent.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::checkpoint::{self, Checkpoint};
+use super::consume_queue::Unit;
+use super::file_queue::FileQueue;
+use super::record::{self, Checks, DecodeError, Decoded};
+use super::{
+    ABORT_FILE, AppendState, BackgroundState, COMMITLOG_DIR, CommitLogStore, Inner, LOCK_FILE, TopicState,
+    start_flusher,
+};
+use crate::catalog::Catalog;
+use crate::durability::{DataSignal, GroupCommit};
+use crate::error::{Error, Result};
+use crate::options::StoreOptions;
+use crate::store::EngineKind;
+
+pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
+    if opts.commitlog.file_size < 4096 {
+        return Err(Error::InvalidArgument("commitlog.file_size must be at least 4096 bytes".into()));
+    }
+    if opts.commitlog.consume_queue_units == 0 {
+        return Err(Error::InvalidArgument("commitlog.consume_queue_units must be positive".into()));
+    }
+    let fs = Arc::clone(&opts.fs);
+    fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = fs.lock_file(&lock_path).map_err(|e| Error::io(&lock_path, e))?.ok_or_else(|| Error::Locked(dir.to_owned()))?;
+
+    let catalog = match Catalog::load(fs.as_ref(), dir)? {
+        Some(c) if c.engine != EngineKind::CommitLog => {
+            return Err(Error::InvalidArgument(format!("{} holds a {} store", dir.display(), c.engine)));
+        }
+        Some(c) => c,
+        None => {
+            let c = Catalog { engine: EngineKind::CommitLog, topics: Vec::new() };
+            c.store(fs.as_ref(), dir)?;
+            c
+        }
+    };
+    let abort_path = dir.join(ABORT_FILE);
+    let unclean = fs.exists(&abort_path).map_err(|e| Error::io(&abort_path, e))?;
+    let checkpoint = match Checkpoint::load(fs.as_ref(), dir) {
+        Ok(cp) => cp,
+        // A damaged checkpoint only costs a longer replay.
+        Err(Error::Corrupted { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    let log = FileQueue::open(fs.as_ref(), &dir.join(COMMITLOG_DIR), opts.commitlog.file_size)?;
+
+    let now = Instant::now();
+    let mut inner = Inner {
+        dir: dir.to_owned(),
+        fs: Arc::clone(&fs),
+        gc: Arc::new(GroupCommit::new(0, opts.flush)),
+        opts,
+        log,
+        topics: RwLock::new(HashMap::new()),
+        admin: Mutex::new(()),
+        append_lock: Mutex::new(AppendState { last_store_timestamp: 0 }),
+        written: AtomicU64::new(0),
+        flushed: AtomicU64::new(0),
+        signal: DataSignal::default(),
+        closed: AtomicBool::new(false),
+        background: Mutex::new(BackgroundState { last_checkpoint: now, last_retention: now }),
+        checkpoint_lock: Mutex::new(()),
+    };
+    let mut topics = HashMap::new();
+    for (name, config) in &catalog.topics {
+        topics.insert(name.clone(), inner.open_topic(name, config)?);
+    }
+
+    let clean_end = match (unclean, checkpoint) {
+        (false, Some(cp)) if is_clean_end(&mut inner, cp.log_flushed) => Some(cp.log_flushed),
+        _ => None,
+    };
+    let log_min = inner.log.min_offset().unwrap_or(0);
+    let (replay_from, end) = match clean_end {
+        Some(end) => (end, end),
+        None => {
+            let from = checkpoint.map_or(log_min, |c| c.dispatch_flushed).max(log_min);
+            // Never start past the files that exist.
+            let last_end = inner.log.last().map_or(0, |f| f.start_offset() + f.len() as u64);
+            (from.min(last_end), u64::MAX)
+        }
+    };
+
+    // Cut every consume queue back to units for records before the replay point.
+    let after_crash = clean_end.is_none();
+    for t in topics.values_mut() {
+        let name = t.name.clone();
+        for (p, part) in t.partitions.iter_mut().enumerate() {
+            let mut check = |offset: u64, unit: &Unit| record_matches(&mut inner.log, unit, &name, p as u32, offset);
+            let n = part.cq.recover(fs.as_ref(), replay_from, after_crash, &mut check)?;
+            part.next_offset = AtomicU64::new(n);
+        }
+    }
+
+    let (valid_end, replayed_ts) = if end == u64::MAX { replay(&mut inner, &topics, replay_from)? } else { (end, 0) };
+    truncate_log(&mut inner, valid_end, replay_from, clean_end.is_none())?;
+    inner.written = AtomicU64::new(valid_end);
+
+    // Start offsets: persisted ones, the first queue file, and the first record still in the log.
+    let persisted = checkpoint::load_start_offsets(fs.as_ref(), dir).unwrap_or_default();
+    let persisted: HashMap<(String, u32), u64> = persisted.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
+    let log_min = inner.log.min_offset().unwrap_or(0);
+    for t in topics.values() {
+        for (p, part) in t.partitions.iter().enumerate() {
+            let end = part.next_offset.load(Ordering::Relaxed);
+            let mut start = part.cq.min_offset().unwrap_or(end).min(end);
+            if let Some(&s) = persisted.get(&(t.name.clone(), p as u32)) {
+                start = start.max(s.min(end));
+            }
+            start = part.cq.first_at_or_after(log_min, start, end);
+            part.end.store(end, Ordering::Relaxed);
+            part.start.store(start, Ordering::Relaxed);
+        }
+    }
+    let last_ts = checkpoint.map_or(0, |c| c.written_at_ms).max(replayed_ts);
+    inner.append_lock.get_mut().last_store_timestamp = last_ts;
+    *inner.topics.get_mut() = topics.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+
+    let inner = Arc::new(inner);
+    // Make the recovered state durable before anything new is acknowledged.
+    inner.gc.sync_all(inner.as_ref())?;
+    inner.write_checkpoint()?;
+    fs.write_file_synced(&abort_path, b"").map_err(|e| Error::io(&abort_path, e))?;
+    fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let flusher = start_flusher(&inner)?;
+    Ok(CommitLogStore { inner, flusher: Mutex::new(Some(flusher)), _lock: lock })
+}
+
+/// A clean shutdown left the log ending exactly at `end`: it lies within the files and only
+/// zeros (or a file boundary) follow it.
+fn is_clean_end(inner: &mut Inner, end: u64) -> bool {
+    let size = inner.log.file_size();
+    let files = inner.log.files_mut();
+    let Some(last) = files.last_mut() else { return end == 0 };
+    let last_end = last.start_offset() + size;
+    if end == last_end {
+        return true;
+    }
+    if end < last.start_offset() || end > last_end {
+        return false;
+    }
+    let Some(file) = Arc::get_mut(last) else { return false };
+    let at = (end - file.start_offset()) as usize;
+    matches!(record::decode(&file.contents()[at..], Checks::FULL), Err(DecodeError::Empty))
+}
+
+/// Whether `unit` points at a valid record of `topic`/`partition` with queue offset `offset`.
+fn record_matches(log: &mut FileQueue, unit: &Unit, topic: &str, partition: u32, offset: u64) -> bool {
+    let size = log.file_size();
+    let Some(min) = log.min_offset() else { return false };
+    if unit.position < min {
+        return false;
+    }
+    let idx = ((unit.position - min) / size) as usize;
+    let Some(file) = log.files_mut().get_mut(idx).and_then(Arc::get_mut) else { return false };
+    let at = (unit.position - file.start_offset()) as usize;
+    let Some(bytes) = file.contents().get(at..at + unit.size as usize) else { return false };
+    matches!(record::decode(bytes, Checks::FULL), Ok(Decoded::Message(d))
+        if d.total_size == bytes.len() && d.topic == topic.as_bytes()
+            && d.header.queue_id == partition as i32 && d.header.queue_offset == offset as i64)
+}
+
+/// Replays records from `from`; returns the position after the last valid one and the newest
+/// store timestamp seen.
+fn replay(inner: &mut Inner, topics: &HashMap<String, TopicState>, from: u64) -> Result<(u64, i64)> {
+    let mut max_ts = 0i64;
+    let end = replay_records(inner, topics, from, &mut max_ts)?;
+    Ok((end, max_ts))
+}
+
+fn replay_records(inner: &mut Inner, topics: &HashMap<String, TopicState>, from: u64, max_ts: &mut i64) -> Result<u64> {
+    let fs = Arc::clone(&inner.fs);
+    let size = inner.log.file_size();
+    let mut pos = from;
+    let files = inner.log.files_mut();
+    'files: for f in files.iter_mut() {
+        let start = f.start_offset();
+        if start + size <= pos {
+            continue;
+        }
+        let file = Arc::get_mut(f).ok_or_else(|| Error::InvalidArgument("log shared during recovery".into()))?;
+        let path = file.path().to_owned();
+        let data = file.contents();
+        let mut at = (pos - start) as usize;
+        loop {
+            if at >= data.len() {
+                pos = start + size;
+                continue 'files;
+            }
+            match record::decode(&data[at..], Checks::FULL) {
+                Ok(Decoded::Blank { size: blank }) => {
+                    if at + blank != data.len() {
+                        // A blank record always closes its file; anything else is damage.
+                        return Ok(start + at as u64);
+                    }
+                    pos = start + size;
+                    continue 'files;
+                }
+                Ok(Decoded::Message(d)) => {
+                    if d.header.physical_offset != (start + at as u64) as i64 {
+                        return Ok(start + at as u64);
+                    }
+                    *max_ts = (*max_ts).max(d.header.store_timestamp);
+                    if record::is_dispatched(d.header.sys_flag) {
+                        let topic = std::str::from_utf8(d.topic).ok().and_then(|n| topics.get(n));
+                        let part = topic.and_then(|t| t.partitions.get(d.header.queue_id as usize));
+                        let Some(part) = part else {
+                            return Err(Error::corrupted(&path, at as u64, "valid record of a topic or partition missing from the catalog"));
+                        };
+                        let expected = part.next_offset.load(Ordering::Relaxed);
+                        if d.header.queue_offset != expected as i64 {
+                            return Err(Error::corrupted(
+                                &path,
+                                at as u64,
+                                format!("record has queue offset {} but its consume queue ends at {expected}", d.header.queue_offset),
+                            ));
+                        }
+                        let tag_hash = record::iter_properties(d.properties).find(|(k, _)| *k == "TAGS").map_or(0, |(_, v)| record::tag_hash(v));
+                        let unit = Unit { position: start + at as u64, size: d.total_size as u32, tag_hash };
+                        part.cq.put(fs.as_ref(), expected, &unit)?;
+                        part.next_offset.store(expected + 1, Ordering::Relaxed);
+                    }
+                    at += d.total_size;
+                }
+                Err(DecodeError::Empty | DecodeError::Truncated | DecodeError::Invalid(_)) => return Ok(start + at as u64),
+            }
+        }
+    }
+    Ok(pos)
+}
+
+/// Makes `valid_end` the end of the log: after a crash, zeroes the rest of its file; removes
+/// later files; positions every file's watermarks. Bytes from `durable_from` on are flushed later.
+fn truncate_log(inner: &mut Inner, valid_end: u64, durable_from: u64, after_crash: bool) -> Result<()> {
+    let fs = Arc::clone(&inner.fs);
+    let size = inner.log.file_size();
+    // The file that receives the next record: the one holding valid_end, unless valid_end sits
+    // exactly on a file boundary.
+    let keep_until = if valid_end % size == 0 { valid_end } else { valid_end - valid_end % size + size };
+    inner.log.remove_from(fs.as_ref(), keep_until)?;
+    for f in inner.log.files_mut().iter_mut() {
+        let file = Arc::get_mut(f).ok_or_else(|| Error::InvalidArgument("log shared during recovery".into()))?;
+        let start = file.start_offset();
+        let end_in_file = (valid_end.saturating_sub(start)).min(size) as usize;
+        let durable_in_file = (durable_from.saturating_sub(start)).min(size) as usize;
+        if end_in_file < file.len() && after_crash {
+            file.zero_from(end_in_file).map_err(|e| Error::io(file.path(), e))?;
+        }
+        file.set_recovered_end(end_in_file, durable_in_file);
+    }
+    inner.flushed = AtomicU64::new(durable_from);
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! Retention: whole commit-log files are deleted by age or total size (never the file being
+//! written); partition start offsets then move past records that are gone, and consume-queue
+//! files wholly below a start offset are deleted. `delete_before` raises one partition's start.
+
+use std::sync::atomic::Ordering;
+
+use super::Inner;
+use super::append::now_ms;
+use super::record::{self, Checks, Decoded};
+use crate::error::{Error, Result};
+
+impl Inner {
+    /// Store time of the first record of the file starting at `start`, if it has one.
+    fn first_store_timestamp(&self, start: u64) -> Option<i64> {
+        let file = self.log.find(start)?;
+        let data = file.committed_bytes();
+        match record::decode(data, Checks::FULL) {
+            Ok(Decoded::Message(d)) => Some(d.header.store_timestamp),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn enforce_retention(&self) -> Result<usize> {
+        let opts = &self.opts.commitlog;
+        let files = self.log.snapshot();
+        let size = self.log.file_size();
+        let written = self.written.load(Ordering::Acquire);
+        // Candidates: every file wholly before the one being written.
+        let sealed = files.iter().take_while(|f| f.start_offset() + size <= written).count().min(files.len().saturating_sub(1));
+        let mut delete = 0usize;
+        if let Some(max_age) = opts.retention {
+            let cutoff = now_ms() - max_age.as_millis() as i64;
+            // A file's newest record is no newer than the next file's first record.
+            while delete < sealed {
+                let next_start = files[delete].start_offset() + size;
+                match self.first_store_timestamp(next_start) {
+                    Some(ts) if ts < cutoff => delete += 1,
+                    _ => break,
+                }
+            }
+        }
+        if let Some(max_bytes) = opts.retention_bytes {
+            let total = files.len() as u64 * size;
+            let over = total.saturating_sub(max_bytes);
+            let by_size = over.div_ceil(size) as usize;
+            delete = delete.max(by_size.min(sealed));
+        }
+        drop(files);
+        if delete == 0 {
+            return Ok(0);
+        }
+        let mut left = delete;
+        let removed = self.log.remove_front_while(self.fs.as_ref(), |_| {
+            if left == 0 {
+                return false;
+            }
+            left -= 1;
+            true
+        })?;
+        self.advance_starts_past_log_start()?;
+        Ok(removed)
+    }
+
+    /// Moves every partition's start past records whose file is gone.
+    fn advance_starts_past_log_start(&self) -> Result<()> {
+        let Some(log_min) = self.log.min_offset() else { return Ok(()) };
+        let _admin = self.admin.lock();
+        let topics: Vec<_> = self.topics.read().values().cloned().collect();
+        let mut changed = false;
+        for t in &topics {
+            for part in &t.partitions {
+                let start = part.start.load(Ordering::Acquire);
+                let end = part.end.load(Ordering::Acquire);
+                let new_start = part.cq.first_at_or_after(log_min, start, end);
+                if new_start > start {
+                    part.start.store(new_start, Ordering::Release);
+                    part.cq.remove_below(self.fs.as_ref(), new_start)?;
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.store_start_offsets()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn delete_before(&self, topic: &str, partition: u32, offset: u64) -> Result<u64> {
+        let t = self.topic(topic)?;
+        let part = t.partition(partition)?;
+        let _admin = self.admin.lock();
+        let start = part.start.load(Ordering::Acquire);
+        let end = part.end.load(Ordering::Acquire);
+        if offset > end {
+            return Err(Error::OffsetOutOfRange { topic: topic.to_owned(), partition, offset, start, end });
+        }
+        if offset <= start {
+            return Ok(start);
+        }
+        part.start.store(offset, Ordering::Release);
+        // Persist before deleting files: after a crash the start must not fall back below
+        // records whose queue files are gone.
+        self.store_start_offsets()?;
+        part.cq.remove_below(self.fs.as_ref(), offset)?;
+        Ok(offset)
+    }
+}

@@ -1,0 +1,15 @@
+//! Durability machinery shared by the engines: group commit, the background flusher that
+//! implements a [`FlushPolicy`](crate::FlushPolicy), async-send completions, and the wake-up
+//! signal under `wait_for`.
+//!
+//! Positions here are opaque, monotonically increasing numbers chosen by the engine (the
+//! CommitLog engine uses physical log positions). This module never touches files itself: it
+//! calls the engine's [`FlushTarget`], and it never holds its lock across that call.
+
+mod completion;
+mod data_signal;
+mod group_commit;
+
+pub use completion::Completion;
+pub(crate) use data_signal::DataSignal;
+pub(crate) use group_commit::{BackgroundWork, FlushTarget, Flusher, GroupCommit};

@@ -1,0 +1,198 @@
+//! [`MappedFile`]: safe, concurrent access to a fixed-size mapped file.
+//!
+//! Threat model. The region is shared by one writer and many readers without a lock on the read
+//! path. Soundness rests on three watermarks: bytes below `committed` are immutable and the only
+//! ones readers can see; the writer only writes at or after its `cursor` (never below
+//! `committed`), under the cursor mutex; `committed` only grows while the file is shared. The
+//! `&mut self` methods (recovery) run before the file is shared. Another *process* truncating the
+//! file would turn reads into SIGBUS; the store's `LOCK` file keeps other processes out and the
+//! engines never shrink a mapped file.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+
+use super::{FileSystem, MapMode, MappedStorage};
+
+/// A fixed-size mapped file with an append cursor, a published (readable) prefix and a flushed
+/// (durable) prefix.
+pub struct MappedFile {
+    path: PathBuf,
+    start_offset: u64,
+    storage: Box<dyn MappedStorage>,
+    ptr: *mut u8,
+    len: usize,
+    cursor: Mutex<usize>,
+    committed: AtomicUsize,
+    flushed: AtomicUsize,
+}
+
+// SAFETY: the raw pointer refers to a shared mapping owned by `storage`, which is Send + Sync.
+// All writes go through the cursor mutex into bytes no reader can see (see the module docs).
+unsafe impl Send for MappedFile {}
+// SAFETY: as above; readers only see the immutable prefix below `committed`.
+unsafe impl Sync for MappedFile {}
+
+impl fmt::Debug for MappedFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MappedFile")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .field("committed", &self.committed())
+            .field("flushed", &self.flushed())
+            .finish()
+    }
+}
+
+impl MappedFile {
+    /// Maps `path` (creating it preallocated when `mode` is [`MapMode::Create`]). The file's
+    /// logical start offset in its queue is `start_offset`. All watermarks start at 0.
+    pub fn map(fs: &dyn FileSystem, path: &Path, start_offset: u64, len: u64, mode: MapMode) -> io::Result<Self> {
+        let storage = fs.map_file(path, len, mode)?;
+        let ptr = storage.base_ptr();
+        let len = storage.len();
+        Ok(MappedFile {
+            path: path.to_owned(),
+            start_offset,
+            storage,
+            ptr,
+            len,
+            cursor: Mutex::new(0),
+            committed: AtomicUsize::new(0),
+            flushed: AtomicUsize::new(0),
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The logical offset of the file's first byte in its queue.
+    pub fn start_offset(&self) -> u64 {
+        self.start_offset
+    }
+
+    /// Length of the file.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the file has zero length.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// All bytes of the file, for recovery scans. Needs exclusive access.
+    pub fn contents(&mut self) -> &[u8] {
+        // SAFETY: `ptr` is valid for `len` bytes while `storage` lives; `&mut self` means no
+        // writer or reader of this file exists right now.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// Sets cursor and committed to `end` (bytes before it are data, after it free) and the
+    /// flushed mark to `durable` (bytes from there to `end` still need a flush). Used once
+    /// recovery has found the end of valid data.
+    pub fn set_recovered_end(&mut self, end: usize, durable: usize) {
+        let end = end.min(self.len);
+        *self.cursor.get_mut() = end;
+        *self.committed.get_mut() = end;
+        *self.flushed.get_mut() = durable.min(end);
+    }
+
+    /// Durably zeroes everything from `pos` to the end of the file (erasing a torn tail).
+    pub fn zero_from(&mut self, pos: usize) -> io::Result<()> {
+        let pos = pos.min(self.len);
+        self.storage.zero_range(pos, self.len - pos)
+    }
+
+    /// Bytes left after the write cursor.
+    pub fn remaining(&self) -> usize {
+        self.len - *self.cursor.lock()
+    }
+
+    /// The write cursor.
+    pub fn write_position(&self) -> usize {
+        *self.cursor.lock()
+    }
+
+    /// Appends `parts` back to back at the cursor. Returns the position of the first byte, or
+    /// `None` (writing nothing) when they do not fit.
+    pub fn append(&self, parts: &[&[u8]]) -> Option<usize> {
+        let mut cursor = self.cursor.lock();
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let start = *cursor;
+        if total > self.len - start {
+            return None;
+        }
+        let mut at = start;
+        for part in parts {
+            // SAFETY: `at + part.len() <= len` (checked above); the range is at or after the
+            // cursor, hence at or after `committed`, so no reader can observe it; the cursor
+            // mutex makes this the only writer.
+            unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), self.ptr.add(at), part.len()) };
+            at += part.len();
+        }
+        *cursor = at;
+        Some(start)
+    }
+
+    /// Moves the cursor to the end of the file: nothing more is written to it (the bytes left
+    /// stay as they are, zero in a preallocated file).
+    pub fn seal(&self) {
+        *self.cursor.lock() = self.len;
+    }
+
+    /// Publishes everything written so far up to `upto` to readers.
+    pub fn commit(&self, upto: usize) {
+        let cursor = *self.cursor.lock();
+        self.committed.fetch_max(upto.min(cursor), Ordering::Release);
+    }
+
+    /// Publishes everything written so far.
+    pub fn commit_all(&self) {
+        let cursor = *self.cursor.lock();
+        self.committed.fetch_max(cursor, Ordering::Release);
+    }
+
+    /// End of the readable prefix.
+    pub fn committed(&self) -> usize {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    /// End of the durable prefix.
+    pub fn flushed(&self) -> usize {
+        self.flushed.load(Ordering::Acquire)
+    }
+
+    /// `len` readable bytes at `pos`, or `None` if any of them is not yet published.
+    pub fn read(&self, pos: usize, len: usize) -> Option<&[u8]> {
+        let end = pos.checked_add(len)?;
+        if end > self.committed() {
+            return None;
+        }
+        // SAFETY: `[pos, end)` lies below `committed <= len`, a prefix that is immutable while
+        // the file is shared (see the module docs), and `storage` keeps the mapping alive.
+        Some(unsafe { std::slice::from_raw_parts(self.ptr.add(pos), len) })
+    }
+
+    /// The whole published prefix.
+    pub fn committed_bytes(&self) -> &[u8] {
+        let end = self.committed();
+        self.read(0, end).unwrap_or(&[])
+    }
+
+    /// Makes the published prefix durable up to `upto`. Returns the new flushed position.
+    pub fn flush(&self, upto: usize) -> io::Result<usize> {
+        let target = upto.min(self.committed());
+        let from = self.flushed();
+        if target > from {
+            self.storage.flush_range(from, target - from)?;
+            self.flushed.fetch_max(target, Ordering::AcqRel);
+        }
+        Ok(self.flushed())
+    }
+}

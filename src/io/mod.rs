@@ -1,0 +1,121 @@
+//! The storage interface: every file, mapping, sync and directory operation of the engines goes
+//! through [`FileSystem`], so a test can put a simulated disk behind the very same engine code.
+//!
+//! Sync points are explicit: [`MappedStorage::flush_range`] for data, [`FileSystem::sync_dir`]
+//! for directory entries (a created, renamed or removed file is not durable until its directory
+//! is synced). This module owns the real implementation ([`RealFs`]) and the safe wrapper around
+//! mapped memory ([`MappedFile`]); it knows nothing of record formats.
+
+mod mapped;
+mod real;
+
+use std::any::Any;
+use std::fmt;
+use std::io;
+use std::path::Path;
+
+pub use mapped::MappedFile;
+pub use real::RealFs;
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// File name (not the full path).
+    pub name: String,
+    /// Whether the entry is a directory.
+    pub is_dir: bool,
+}
+
+/// How [`FileSystem::map_file`] treats the path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapMode {
+    /// The file must not exist; it is created and preallocated to the full length, so a full
+    /// disk is an error here rather than a SIGBUS on a later store into a sparse page.
+    Create,
+    /// The file must exist with exactly the given length.
+    Open,
+}
+
+/// A file mapped into memory: a stable region of `len()` bytes at `base_ptr()`.
+///
+/// Implementations keep the region valid and at the same address for as long as the object
+/// lives, and never shrink the underlying file while it is mapped.
+pub trait MappedStorage: Send + Sync + fmt::Debug {
+    /// Length of the region in bytes.
+    fn len(&self) -> usize;
+    /// Start of the region. Valid for reads and writes of `len()` bytes while `self` lives.
+    fn base_ptr(&self) -> *mut u8;
+    /// Makes the bytes in `[offset, offset + len)` durable (msync / fdatasync).
+    fn flush_range(&self, offset: usize, len: usize) -> io::Result<()>;
+    /// Durably sets `[offset, offset + len)` to zero (used to erase a torn tail on recovery).
+    fn zero_range(&self, offset: usize, len: usize) -> io::Result<()>;
+}
+
+/// The file operations the engines need. Implemented by [`RealFs`] and by test doubles.
+pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
+    /// Creates a directory and its parents.
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Lists a directory.
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>>;
+    /// Whether anything exists at `path`.
+    fn exists(&self, path: &Path) -> io::Result<bool>;
+    /// Length of a file.
+    fn file_len(&self, path: &Path) -> io::Result<u64>;
+    /// Reads a whole (small) file.
+    fn read_file(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Creates or truncates `path`, writes `data` and syncs the file (not its directory).
+    fn write_file_synced(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Renames a file, replacing the target.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Removes an empty directory.
+    fn remove_dir(&self, path: &Path) -> io::Result<()>;
+    /// Makes the directory's entries durable.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Maps a file of exactly `len` bytes.
+    fn map_file(&self, path: &Path, len: u64, mode: MapMode) -> io::Result<Box<dyn MappedStorage>>;
+    /// Takes an exclusive lock on `path` (creating it). `Ok(None)` when someone else holds it.
+    /// The lock lasts as long as the returned guard.
+    fn lock_file(&self, path: &Path) -> io::Result<Option<Box<dyn Any + Send + Sync>>>;
+}
+
+/// Writes a small metadata file atomically: temp file, fsync, rename, directory fsync. After a
+/// crash at any point the file holds either its old or its new contents.
+pub fn write_atomic(fs: &dyn FileSystem, path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    fs.write_file_synced(&tmp, data)?;
+    fs.rename(&tmp, path)?;
+    fs.sync_dir(dir)
+}
+
+/// Removes a file if it exists.
+pub fn remove_if_exists(fs: &dyn FileSystem, path: &Path) -> io::Result<bool> {
+    match fs.remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Lists a directory, treating a missing one as empty.
+pub fn list_dir_or_empty(fs: &dyn FileSystem, path: &Path) -> io::Result<Vec<DirEntry>> {
+    match fs.list_dir(path) {
+        Ok(v) => Ok(v),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Parses a 20-digit zero-padded file name (RocketMQ/Kafka style) into its number.
+pub fn parse_offset_name(name: &str) -> Option<u64> {
+    if name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()) { name.parse().ok() } else { None }
+}
+
+/// The 20-digit zero-padded name of an offset.
+pub fn offset_name(offset: u64) -> String {
+    format!("{offset:020}")
+}

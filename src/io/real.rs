@@ -1,0 +1,171 @@
+//! [`RealFs`]: the storage interface on the operating system's file system.
+
+use std::any::Any;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use memmap2::MmapRaw;
+
+use super::{DirEntry, FileSystem, MapMode, MappedStorage};
+
+/// The real file system.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RealFs;
+
+/// A real file mapped shared, read-write.
+#[derive(Debug)]
+struct RealMapped {
+    file: File,
+    map: MmapRaw,
+}
+
+impl MappedStorage for RealMapped {
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn base_ptr(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+
+    fn flush_range(&self, offset: usize, len: usize) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        self.map.flush_range(offset, len)
+    }
+
+    fn zero_range(&self, offset: usize, len: usize) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+        // SAFETY: fallocate on an fd we own; offsets are within the file, whose length does not
+        // change (KEEP_SIZE), so the mapping stays valid. Zeroing a mapped range is allowed.
+        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, offset as libc::off_t, len as libc::off_t) };
+        if rc == 0 {
+            return self.file.sync_data();
+        }
+        // Without ZERO_RANGE: punch a hole, then allocate it again so the range is not sparse.
+        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        // SAFETY: as above; the length of the file does not change.
+        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), punch, offset as libc::off_t, len as libc::off_t) };
+        if rc == 0 {
+            // SAFETY: posix_fallocate on an fd we own, inside the file.
+            let rc = unsafe { libc::posix_fallocate(self.file.as_raw_fd(), offset as libc::off_t, len as libc::off_t) };
+            if rc != 0 {
+                return Err(io::Error::from_raw_os_error(rc));
+            }
+            return self.file.sync_data();
+        }
+        // File systems without ZERO_RANGE: write the zeros through the mapping.
+        let end = offset.checked_add(len).filter(|&e| e <= self.map.len()).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "zero_range past the end of the mapping")
+        })?;
+        // SAFETY: [offset, end) lies inside the mapping (checked above); the caller holds the file
+        // exclusively while erasing a tail, so no reader observes these bytes.
+        unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(offset), 0, end - offset) };
+        self.map.flush_range(offset, len)
+    }
+}
+
+fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    // SAFETY: posix_fallocate on an fd we own, with a non-negative length.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
+    match rc {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(len),
+        code => Err(io::Error::from_raw_os_error(code)),
+    }
+}
+
+impl FileSystem for RealFs {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        fs::create_dir_all(path)
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(path)? {
+            let entry = entry?;
+            let is_dir = entry.file_type()?.is_dir();
+            if let Ok(name) = entry.file_name().into_string() {
+                out.push(DirEntry { name, is_dir });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        path.try_exists()
+    }
+
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        Ok(fs::metadata(path)?.len())
+    }
+
+    fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
+        fs::read(path)
+    }
+
+    fn write_file_synced(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+        f.write_all(data)?;
+        f.sync_all()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        fs::remove_dir(path)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+
+    fn map_file(&self, path: &Path, len: u64, mode: MapMode) -> io::Result<Box<dyn MappedStorage>> {
+        let file = match mode {
+            MapMode::Create => {
+                let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+                if let Err(e) = preallocate(&file, len) {
+                    drop(file);
+                    let _ = fs::remove_file(path);
+                    return Err(e);
+                }
+                file
+            }
+            MapMode::Open => {
+                let file = OpenOptions::new().read(true).write(true).open(path)?;
+                let actual = file.metadata()?.len();
+                if actual != len {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("file is {actual} bytes, expected {len}"),
+                    ));
+                }
+                file
+            }
+        };
+        let map = MmapRaw::map_raw(&file)?;
+        Ok(Box::new(RealMapped { file, map }))
+    }
+
+    fn lock_file(&self, path: &Path) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Box::new(file))),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+}

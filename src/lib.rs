@@ -1,0 +1,50 @@
+//! # duolog
+//!
+//! A durable, in-process message log with two storage designs behind one [`LogStore`] trait:
+//!
+//! - the **CommitLog engine** ([`CommitLogStore`]), after Apache RocketMQ: every message of every
+//!   topic appended to one commit log of fixed-size mapped files, with per-partition consume
+//!   queues of 20-byte units pointing into it;
+//! - (coming) a **segmented engine**, after Apache Kafka.
+//!
+//! Everything is synchronous and embeddable: no server, no async runtime.
+//!
+//! ```
+//! use duolog::{LogStore, Message, ReadLimits, StoreOptions, TopicConfig};
+//!
+//! # fn main() -> duolog::Result<()> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = duolog::open(dir.path(), StoreOptions::default())?;
+//! store.create_topic("orders", TopicConfig::with_partitions(2))?;
+//! store.append("orders", 0, &[Message::new("created").with_key("order-1").with_tags("TagA")])?;
+//!
+//! let records = store.read("orders", 0, 0, ReadLimits::default())?;
+//! assert_eq!(records[0].body(), b"created");
+//! assert_eq!(records[0].key(), Some(&b"order-1"[..]));
+//! assert_eq!(records[0].tags(), Some("TagA"));
+//! store.close()?;
+//! # Ok(()) }
+//! ```
+#![deny(unsafe_code)]
+#![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
+
+mod catalog;
+#[allow(unsafe_code)]
+pub mod commitlog;
+pub mod durability;
+mod error;
+#[allow(unsafe_code)]
+pub mod io;
+mod open;
+mod options;
+mod store;
+
+pub use commitlog::CommitLogStore;
+pub use durability::Completion;
+pub use error::{Error, Result};
+pub use open::{open, stored_engine};
+pub use options::{CommitLogOptions, FlushPolicy, StoreOptions};
+pub use store::{
+    AppendResult, DiskUsage, EngineKind, LogStore, Message, PartitionBounds, Properties, ReadLimits, Record,
+    TopicConfig, VerifyReport, is_internal_topic,
+};

@@ -1,0 +1,114 @@
+//! Store options with their documented defaults.
+//!
+//! One style across the crate: plain structs with public fields and `Default`, built with
+//! struct-update syntax (`StoreOptions { flush: FlushPolicy::Sync, ..Default::default() }`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::io::{FileSystem, RealFs};
+use crate::store::EngineKind;
+
+/// When appended bytes are fsync'ed.
+///
+/// What survives, per policy:
+/// - `Async`: a process crash loses nothing written (the page cache survives it); a power loss
+///   loses at most the last `interval` of appends.
+/// - `Sync`: nothing acknowledged by [`LogStore::append`](crate::LogStore::append) is lost by a
+///   process crash or a power loss. Concurrent appenders share one fsync (group commit).
+/// - `Every`: like `Async`, but a flush also starts once `messages` or `bytes` have piled up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// Page cache plus a background flush every `interval`.
+    Async {
+        /// Time between background flushes.
+        interval: Duration,
+    },
+    /// Group commit: `append` returns after the fsync that covers it.
+    Sync,
+    /// A background flush after `messages` messages, `bytes` bytes or `interval`, whichever first.
+    Every {
+        /// Unflushed messages that start a flush.
+        messages: u64,
+        /// Unflushed bytes that start a flush.
+        bytes: u64,
+        /// Longest time between flushes.
+        interval: Duration,
+    },
+}
+
+impl Default for FlushPolicy {
+    /// `Async { interval: 500 ms }`, RocketMQ's default flush interval for async flush.
+    fn default() -> Self {
+        FlushPolicy::Async { interval: Duration::from_millis(500) }
+    }
+}
+
+impl FlushPolicy {
+    /// The longest the background flusher sleeps under this policy.
+    pub(crate) fn interval(&self) -> Duration {
+        match *self {
+            FlushPolicy::Async { interval } | FlushPolicy::Every { interval, .. } => interval,
+            FlushPolicy::Sync => Duration::from_millis(200),
+        }
+    }
+}
+
+/// Options of the CommitLog engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitLogOptions {
+    /// Size of each commit-log file. Default: 1 GiB (RocketMQ's default). Minimum 4 KiB.
+    pub file_size: u64,
+    /// Entries per consume-queue file (20 bytes each). Default: 300,000 (RocketMQ's default).
+    pub consume_queue_units: u32,
+    /// Delete commit-log files whose newest record is older than this. Default: 72 hours
+    /// (RocketMQ's `fileReservedTime`). `None` keeps files forever.
+    pub retention: Option<Duration>,
+    /// Delete the oldest commit-log files while the log is larger than this. Default: none.
+    pub retention_bytes: Option<u64>,
+    /// How often the checkpoint is written (it bounds the work of an unclean open). Default: 1 s.
+    pub checkpoint_interval: Duration,
+    /// How often retention runs in the background. Default: 10 s.
+    pub retention_check_interval: Duration,
+}
+
+impl Default for CommitLogOptions {
+    fn default() -> Self {
+        CommitLogOptions {
+            file_size: 1 << 30,
+            consume_queue_units: 300_000,
+            retention: Some(Duration::from_secs(72 * 3600)),
+            retention_bytes: None,
+            checkpoint_interval: Duration::from_secs(1),
+            retention_check_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Options for opening or creating a store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// The engine of a *new* store. An existing store always opens with the engine that made it;
+    /// asking for another is an error. Default: `None` (existing engine, or CommitLog when new).
+    pub engine: Option<EngineKind>,
+    /// Flush policy. Default: [`FlushPolicy::default`].
+    pub flush: FlushPolicy,
+    /// Largest encoded message accepted. Default: 4 MiB (RocketMQ's `maxMessageSize`).
+    pub max_message_bytes: usize,
+    /// Options of the CommitLog engine.
+    pub commitlog: CommitLogOptions,
+    /// The storage every file operation goes through. Default: the real file system.
+    pub fs: Arc<dyn FileSystem>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            engine: None,
+            flush: FlushPolicy::default(),
+            max_message_bytes: 4 << 20,
+            commitlog: CommitLogOptions::default(),
+            fs: Arc::new(RealFs),
+        }
+    }
+}

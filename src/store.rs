@@ -1,0 +1,445 @@
+//! The [`LogStore`] trait and the types it speaks.
+//!
+//! This module owns the engine-neutral vocabulary: what a producer hands in ([`Message`]), what a
+//! reader gets back ([`Record`]), topic configuration and partition bounds. It knows nothing of
+//! files; engines implement the trait in `commitlog/` (and later `segmented/`).
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::durability::Completion;
+use crate::error::Result;
+
+/// Which storage design a store uses. Recorded in the store directory, so reopening needs no
+/// engine argument.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EngineKind {
+    /// RocketMQ-style: one shared CommitLog of fixed-size mapped files, per-partition
+    /// ConsumeQueues of 20-byte entries pointing into it.
+    #[default]
+    CommitLog,
+}
+
+impl EngineKind {
+    /// Short lowercase name, as used by the CLI (`commitlog`).
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::CommitLog => "commitlog",
+        }
+    }
+
+    /// Parses [`EngineKind::name`] back.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "commitlog" => Some(EngineKind::CommitLog),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            EngineKind::CommitLog => 1,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(EngineKind::CommitLog),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a producer appends: a body plus optional key, tags, properties and timestamp.
+///
+/// ```
+/// use duolog::Message;
+/// let m = Message::new("order created")
+///     .with_key("order-1001")
+///     .with_tags("TagA")
+///     .with_property("color", "red")
+///     .with_timestamp(1_700_000_000_000);
+/// assert_eq!(m.body.as_ref(), b"order created");
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Message {
+    /// The payload (Kafka: value).
+    pub body: Bytes,
+    /// Optional key (Kafka: record key). Indexed for lookups by key.
+    pub key: Option<Bytes>,
+    /// Optional tags (RocketMQ: TAGS), used by tag filters.
+    pub tags: Option<String>,
+    /// User properties (Kafka: headers), in the caller's order.
+    pub properties: Vec<(String, String)>,
+    /// Creation time in milliseconds since the Unix epoch; `None` means "now" at append.
+    pub timestamp: Option<i64>,
+}
+
+impl Message {
+    /// A message with this body and nothing else.
+    pub fn new(body: impl Into<Bytes>) -> Self {
+        Message { body: body.into(), ..Message::default() }
+    }
+
+    /// Sets the key.
+    #[must_use]
+    pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the tags.
+    #[must_use]
+    pub fn with_tags(mut self, tags: impl Into<String>) -> Self {
+        self.tags = Some(tags.into());
+        self
+    }
+
+    /// Adds a property.
+    #[must_use]
+    pub fn with_property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the creation timestamp (milliseconds since the Unix epoch).
+    #[must_use]
+    pub fn with_timestamp(mut self, millis: i64) -> Self {
+        self.timestamp = Some(millis);
+        self
+    }
+}
+
+/// How a record's properties are laid out in the bytes it was read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PropertyEncoding {
+    /// RocketMQ's `name\u{1}value\u{2}` pairs.
+    RocketMq,
+}
+
+/// Property names the engines use for fields of their own; hidden from [`Properties::iter`].
+pub(crate) const RESERVED_PROPERTIES: [&str; 4] = ["TAGS", "__KEY", "__KEYHEX", "__CRC32#"];
+
+/// A record's user properties, parsed lazily from the bytes they were stored as (no allocation
+/// per property).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Properties {
+    raw: Bytes,
+    encoding: PropertyEncoding,
+}
+
+impl Properties {
+    pub(crate) fn new(raw: Bytes, encoding: PropertyEncoding) -> Self {
+        Properties { raw, encoding }
+    }
+
+    /// Every stored pair, reserved engine fields included.
+    pub(crate) fn iter_all(&self) -> impl Iterator<Item = (&str, &str)> {
+        match self.encoding {
+            PropertyEncoding::RocketMq => crate::commitlog::record::iter_properties(&self.raw),
+        }
+    }
+
+    /// User properties in stored order (engine fields such as `TAGS` and the key are left out:
+    /// they have their own accessors on [`Record`]).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.iter_all().filter(|(k, _)| !RESERVED_PROPERTIES.contains(k))
+    }
+
+    /// The value of property `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter_all().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+
+    /// Number of user properties.
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// `true` when there are no user properties.
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+
+    /// Collects the user properties into owned pairs.
+    pub fn to_vec(&self) -> Vec<(String, String)> {
+        self.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+    }
+}
+
+impl fmt::Debug for Properties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// What a reader gets back: the message as appended plus where and when it was stored.
+///
+/// Byte fields share one buffer per read call, so a record costs no allocation of its own.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Record {
+    pub(crate) offset: u64,
+    pub(crate) timestamp: i64,
+    pub(crate) store_timestamp: i64,
+    pub(crate) flags: u32,
+    pub(crate) key: Option<Bytes>,
+    pub(crate) body: Bytes,
+    pub(crate) tags: Option<Bytes>,
+    pub(crate) properties: Properties,
+    pub(crate) size: u32,
+}
+
+impl Record {
+    /// The record's offset in its partition.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+    /// The message's creation timestamp (ms since epoch).
+    pub fn timestamp(&self) -> i64 {
+        self.timestamp
+    }
+    /// When the store appended it (ms since epoch); non-decreasing within a partition.
+    pub fn store_timestamp(&self) -> i64 {
+        self.store_timestamp
+    }
+    /// Engine flags (RocketMQ sys flag); 0 for an ordinary message.
+    pub fn flags(&self) -> u32 {
+        self.flags
+    }
+    /// The key, if the message had one.
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+    /// The body.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+    /// The body as a cheaply clonable buffer.
+    pub fn body_bytes(&self) -> Bytes {
+        self.body.clone()
+    }
+    /// The tags, if the message had any.
+    pub fn tags(&self) -> Option<&str> {
+        self.tags.as_deref().and_then(|t| std::str::from_utf8(t).ok())
+    }
+    /// The user properties.
+    pub fn properties(&self) -> &Properties {
+        &self.properties
+    }
+    /// Size of the record as stored, in bytes (what read limits count).
+    pub fn stored_size(&self) -> u32 {
+        self.size
+    }
+    /// Turns the record back into the message that was appended.
+    pub fn to_message(&self) -> Message {
+        Message {
+            body: self.body.clone(),
+            key: self.key.clone(),
+            tags: self.tags().map(str::to_owned),
+            properties: self.properties.to_vec(),
+            timestamp: Some(self.timestamp),
+        }
+    }
+}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Record")
+            .field("offset", &self.offset)
+            .field("timestamp", &self.timestamp)
+            .field("store_timestamp", &self.store_timestamp)
+            .field("key", &self.key)
+            .field("tags", &self.tags())
+            .field("body_len", &self.body.len())
+            .field("properties", &self.properties)
+            .finish()
+    }
+}
+
+/// A topic's configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicConfig {
+    /// Number of partitions (RocketMQ: message queues). Default: 1.
+    pub partitions: u32,
+}
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        TopicConfig { partitions: 1 }
+    }
+}
+
+impl TopicConfig {
+    /// A topic with `partitions` partitions.
+    pub fn with_partitions(partitions: u32) -> Self {
+        TopicConfig { partitions }
+    }
+}
+
+/// Offsets bounding one partition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartitionBounds {
+    /// First offset still readable (Kafka: log start offset).
+    pub start: u64,
+    /// Next offset to be assigned (Kafka: log end offset). `end - start` records are readable.
+    pub end: u64,
+    /// Every offset below this is durable on disk.
+    pub durable_end: u64,
+}
+
+/// Limits on one read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// At most this many records. Default: 1024.
+    pub max_messages: usize,
+    /// At most about this many stored bytes; the first record is returned even if it is larger,
+    /// so a reader always makes progress (Kafka's fetch semantics). Default: 4 MiB.
+    pub max_bytes: usize,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        ReadLimits { max_messages: 1024, max_bytes: 4 << 20 }
+    }
+}
+
+impl ReadLimits {
+    /// At most `n` messages, default byte limit.
+    pub fn messages(n: usize) -> Self {
+        ReadLimits { max_messages: n, ..ReadLimits::default() }
+    }
+}
+
+/// Offsets assigned to an appended batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendResult {
+    /// Offset of the first message.
+    pub base_offset: u64,
+    /// Offset of the last message.
+    pub last_offset: u64,
+}
+
+/// Files and bytes a store occupies on disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Number of files.
+    pub files: u64,
+    /// Allocated length of those files in bytes (preallocated files count at full size).
+    pub bytes: u64,
+}
+
+/// Outcome of [`LogStore::verify`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Records whose checksums were checked.
+    pub records_checked: u64,
+    /// Derived entries (consume-queue units, index entries) checked against the log.
+    pub derived_checked: u64,
+    /// Every problem found, one line each. Empty means the store is sound.
+    pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    /// `true` when no problem was found.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// A durable, partitioned message log. Implemented by every engine; object safe, so
+/// `Box<dyn LogStore>` lets an application switch engines with one line.
+///
+/// Send modes: [`append`](LogStore::append) is RocketMQ's *sync* send (returns once the batch is
+/// acknowledged under the store's flush policy: fsync'ed under `FlushPolicy::Sync`, in the page
+/// cache otherwise), [`append_oneway`](LogStore::append_oneway) never waits for a flush, and
+/// [`append_async`](LogStore::append_async) returns a [`Completion`] that fires once the batch is
+/// fsync'ed, whatever the policy.
+pub trait LogStore: Send + Sync + fmt::Debug {
+    /// Which engine this is.
+    fn engine(&self) -> EngineKind;
+
+    /// The store's directory.
+    fn dir(&self) -> &Path;
+
+    /// Creates a topic. Errors with [`Error::TopicExists`](crate::Error::TopicExists) if taken.
+    fn create_topic(&self, name: &str, config: TopicConfig) -> Result<()>;
+
+    /// The configuration of a topic.
+    fn describe_topic(&self, name: &str) -> Result<TopicConfig>;
+
+    /// Names of user topics, sorted. Internal topics (starting with `__` or `%`) are left out
+    /// unless `include_internal`.
+    fn list_topics(&self, include_internal: bool) -> Vec<String>;
+
+    /// Appends a batch to one partition, returning once it is acknowledged under the flush policy.
+    fn append(&self, topic: &str, partition: u32, messages: &[Message]) -> Result<AppendResult>;
+
+    /// Appends without waiting for any flush (RocketMQ's oneway send).
+    fn append_oneway(&self, topic: &str, partition: u32, messages: &[Message]) -> Result<AppendResult>;
+
+    /// Appends and returns a completion that fires once the batch is fsync'ed.
+    fn append_async(&self, topic: &str, partition: u32, messages: &[Message]) -> Result<Completion>;
+
+    /// Reads records from `offset` on. `offset == end` gives an empty vector; an offset below
+    /// the log start or above the end is [`Error::OffsetOutOfRange`](crate::Error::OffsetOutOfRange).
+    fn read(&self, topic: &str, partition: u32, offset: u64, limits: ReadLimits) -> Result<Vec<Record>>;
+
+    /// Start, end and durable end of a partition.
+    fn bounds(&self, topic: &str, partition: u32) -> Result<PartitionBounds>;
+
+    /// Makes everything appended so far durable.
+    fn sync(&self) -> Result<()>;
+
+    /// Blocks until the partition holds a record at `offset` (its end is past `offset`) or the
+    /// timeout passes. Returns whether data is there. The primitive under long-poll consumers.
+    fn wait_for(&self, topic: &str, partition: u32, offset: u64, timeout: Duration) -> Result<bool>;
+
+    /// Makes records before `offset` unreadable (Kafka DeleteRecords) and frees whole files
+    /// where the engine can. Returns the new log start offset.
+    fn delete_before(&self, topic: &str, partition: u32, offset: u64) -> Result<u64>;
+
+    /// Applies retention now (normally done in the background) and returns how many files were
+    /// deleted.
+    fn enforce_retention(&self) -> Result<usize>;
+
+    /// Files and bytes on disk.
+    fn disk_usage(&self) -> Result<DiskUsage>;
+
+    /// Checks every checksum and every derived file against the log.
+    fn verify(&self) -> Result<VerifyReport>;
+
+    /// Flushes everything, writes the checkpoint and marks the shutdown clean. Later calls other
+    /// than `close` return [`Error::Closed`](crate::Error::Closed). Dropping the store closes it too.
+    fn close(&self) -> Result<()>;
+
+    /// Stops the store the way a process crash would: no flush, no checkpoint, and the marker
+    /// that makes the next open run crash recovery stays. Written data stays in the page cache,
+    /// as after a real process crash. For tests and tools; later calls return `Closed`.
+    fn abandon(&self);
+}
+
+/// `true` for the names of internal topics (`__…` or `%…`), hidden from user listings.
+pub fn is_internal_topic(name: &str) -> bool {
+    name.starts_with("__") || name.starts_with('%')
+}
+
+/// Checks a topic name: 1 to 127 bytes of `[A-Za-z0-9._%-]`, not `.` or `..`.
+pub(crate) fn validate_topic_name(name: &str) -> Result<()> {
+    let ok_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'%'));
+    if name.is_empty() || name.len() > 127 || !ok_chars || name == "." || name == ".." {
+        return Err(crate::Error::InvalidArgument(format!(
+            "topic name {name:?} must be 1 to 127 characters of [A-Za-z0-9._%-]"
+        )));
+    }
+    Ok(())
+}

@@ -65,13 +65,21 @@ impl Catalog {
         let mut pos = 12;
         let mut topics = Vec::with_capacity(count.min(body.len() / 6));
         for _ in 0..count {
-            let len_bytes = body.get(pos..pos + 2).ok_or_else(|| bad(pos, "catalog truncated"))?;
+            let len_bytes = body
+                .get(pos..pos + 2)
+                .ok_or_else(|| bad(pos, "catalog truncated"))?;
             let len = usize::from(u16::from_be_bytes([len_bytes[0], len_bytes[1]]));
             pos += 2;
-            let name = body.get(pos..pos + len).ok_or_else(|| bad(pos, "catalog truncated"))?;
-            let name = std::str::from_utf8(name).map_err(|_| bad(pos, "topic name is not UTF-8"))?.to_owned();
+            let name = body
+                .get(pos..pos + len)
+                .ok_or_else(|| bad(pos, "catalog truncated"))?;
+            let name = std::str::from_utf8(name)
+                .map_err(|_| bad(pos, "topic name is not UTF-8"))?
+                .to_owned();
             pos += len;
-            let p = body.get(pos..pos + 4).ok_or_else(|| bad(pos, "catalog truncated"))?;
+            let p = body
+                .get(pos..pos + 4)
+                .ok_or_else(|| bad(pos, "catalog truncated"))?;
             let partitions = u32::from_be_bytes([p[0], p[1], p[2], p[3]]);
             pos += 4;
             topics.push((name, TopicConfig { partitions }));
@@ -110,7 +118,10 @@ mod tests {
     fn round_trip_and_damage() {
         let c = Catalog {
             engine: EngineKind::CommitLog,
-            topics: vec![("a".into(), TopicConfig { partitions: 3 }), ("%RETRY%g".into(), TopicConfig { partitions: 1 })],
+            topics: vec![
+                ("a".into(), TopicConfig { partitions: 3 }),
+                ("%RETRY%g".into(), TopicConfig { partitions: 1 }),
+            ],
         };
         let bytes = c.encode();
         let p = Path::new("meta");
@@ -119,7 +130,10 @@ mod tests {
             let mut bad = bytes.clone();
             bad[i] ^= 0x40;
             assert!(Catalog::decode(p, &bad).is_err(), "flip at {i} accepted");
-            assert!(Catalog::decode(p, &bytes[..i]).is_err(), "truncation at {i} accepted");
+            assert!(
+                Catalog::decode(p, &bytes[..i]).is_err(),
+                "truncation at {i} accepted"
+            );
         }
     }
 }

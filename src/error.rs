@@ -119,8 +119,16 @@ impl Error {
     }
 
     /// A `Corrupted` error.
-    pub(crate) fn corrupted(file: impl Into<PathBuf>, position: u64, reason: impl Into<String>) -> Self {
-        Error::Corrupted { file: file.into(), position, reason: reason.into() }
+    pub(crate) fn corrupted(
+        file: impl Into<PathBuf>,
+        position: u64,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::Corrupted {
+            file: file.into(),
+            position,
+            reason: reason.into(),
+        }
     }
 
     /// `true` for [`Error::StorageFull`].

@@ -37,6 +37,7 @@ mod error;
 pub mod io;
 mod open;
 mod options;
+mod partitioner;
 mod store;
 
 pub use commitlog::CommitLogStore;
@@ -44,7 +45,8 @@ pub use durability::Completion;
 pub use error::{Error, Result};
 pub use open::{open, stored_engine};
 pub use options::{CommitLogOptions, FlushPolicy, StoreOptions};
+pub use partitioner::{murmur2, partition_for_key};
 pub use store::{
-    AppendResult, DiskUsage, EngineKind, LogStore, Message, PartitionBounds, Properties, ReadLimits, Record,
-    TopicConfig, VerifyReport, is_internal_topic,
+    AppendResult, DiskUsage, EngineKind, LogStore, Message, PartitionBounds, Properties,
+    ReadLimits, Record, TopicConfig, VerifyReport, is_internal_topic,
 };

@@ -40,7 +40,9 @@ pub enum FlushPolicy {
 impl Default for FlushPolicy {
     /// `Async { interval: 500 ms }`, RocketMQ's default flush interval for async flush.
     fn default() -> Self {
-        FlushPolicy::Async { interval: Duration::from_millis(500) }
+        FlushPolicy::Async {
+            interval: Duration::from_millis(500),
+        }
     }
 }
 

@@ -88,7 +88,10 @@ pub struct Message {
 impl Message {
     /// A message with this body and nothing else.
     pub fn new(body: impl Into<Bytes>) -> Self {
-        Message { body: body.into(), ..Message::default() }
+        Message {
+            body: body.into(),
+            ..Message::default()
+        }
     }
 
     /// Sets the key.
@@ -153,7 +156,8 @@ impl Properties {
     /// User properties in stored order (engine fields such as `TAGS` and the key are left out:
     /// they have their own accessors on [`Record`]).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.iter_all().filter(|(k, _)| !RESERVED_PROPERTIES.contains(k))
+        self.iter_all()
+            .filter(|(k, _)| !RESERVED_PROPERTIES.contains(k))
     }
 
     /// The value of property `name`, if present.
@@ -173,7 +177,9 @@ impl Properties {
 
     /// Collects the user properties into owned pairs.
     pub fn to_vec(&self) -> Vec<(String, String)> {
-        self.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+        self.iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
     }
 }
 
@@ -230,7 +236,9 @@ impl Record {
     }
     /// The tags, if the message had any.
     pub fn tags(&self) -> Option<&str> {
-        self.tags.as_deref().and_then(|t| std::str::from_utf8(t).ok())
+        self.tags
+            .as_deref()
+            .and_then(|t| std::str::from_utf8(t).ok())
     }
     /// The user properties.
     pub fn properties(&self) -> &Properties {
@@ -309,14 +317,20 @@ pub struct ReadLimits {
 
 impl Default for ReadLimits {
     fn default() -> Self {
-        ReadLimits { max_messages: 1024, max_bytes: 4 << 20 }
+        ReadLimits {
+            max_messages: 1024,
+            max_bytes: 4 << 20,
+        }
     }
 }
 
 impl ReadLimits {
     /// At most `n` messages, default byte limit.
     pub fn messages(n: usize) -> Self {
-        ReadLimits { max_messages: n, ..ReadLimits::default() }
+        ReadLimits {
+            max_messages: n,
+            ..ReadLimits::default()
+        }
     }
 }
 
@@ -385,14 +399,26 @@ pub trait LogStore: Send + Sync + fmt::Debug {
     fn append(&self, topic: &str, partition: u32, messages: &[Message]) -> Result<AppendResult>;
 
     /// Appends without waiting for any flush (RocketMQ's oneway send).
-    fn append_oneway(&self, topic: &str, partition: u32, messages: &[Message]) -> Result<AppendResult>;
+    fn append_oneway(
+        &self,
+        topic: &str,
+        partition: u32,
+        messages: &[Message],
+    ) -> Result<AppendResult>;
 
     /// Appends and returns a completion that fires once the batch is fsync'ed.
-    fn append_async(&self, topic: &str, partition: u32, messages: &[Message]) -> Result<Completion>;
+    fn append_async(&self, topic: &str, partition: u32, messages: &[Message])
+    -> Result<Completion>;
 
     /// Reads records from `offset` on. `offset == end` gives an empty vector; an offset below
     /// the log start or above the end is [`Error::OffsetOutOfRange`](crate::Error::OffsetOutOfRange).
-    fn read(&self, topic: &str, partition: u32, offset: u64, limits: ReadLimits) -> Result<Vec<Record>>;
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limits: ReadLimits,
+    ) -> Result<Vec<Record>>;
 
     /// Start, end and durable end of a partition.
     fn bounds(&self, topic: &str, partition: u32) -> Result<PartitionBounds>;
@@ -402,7 +428,8 @@ pub trait LogStore: Send + Sync + fmt::Debug {
 
     /// Blocks until the partition holds a record at `offset` (its end is past `offset`) or the
     /// timeout passes. Returns whether data is there. The primitive under long-poll consumers.
-    fn wait_for(&self, topic: &str, partition: u32, offset: u64, timeout: Duration) -> Result<bool>;
+    fn wait_for(&self, topic: &str, partition: u32, offset: u64, timeout: Duration)
+    -> Result<bool>;
 
     /// Makes records before `offset` unreadable (Kafka DeleteRecords) and frees whole files
     /// where the engine can. Returns the new log start offset.
@@ -435,7 +462,9 @@ pub fn is_internal_topic(name: &str) -> bool {
 
 /// Checks a topic name: 1 to 127 bytes of `[A-Za-z0-9._%-]`, not `.` or `..`.
 pub(crate) fn validate_topic_name(name: &str) -> Result<()> {
-    let ok_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'%'));
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'%'));
     if name.is_empty() || name.len() > 127 || !ok_chars || name == "." || name == ".." {
         return Err(crate::Error::InvalidArgument(format!(
             "topic name {name:?} must be 1 to 127 characters of [A-Za-z0-9._%-]"

@@ -18,8 +18,14 @@ fn read_all(store: &dyn LogStore, topic: &str, partition: u32) -> Vec<duolog::Re
     let mut out = Vec::new();
     let mut at = b.start;
     while at < b.end {
-        let batch = store.read(topic, partition, at, ReadLimits::messages(100)).unwrap();
-        assert!(!batch.is_empty(), "read at {at} below end {} returned nothing", b.end);
+        let batch = store
+            .read(topic, partition, at, ReadLimits::messages(100))
+            .unwrap();
+        assert!(
+            !batch.is_empty(),
+            "read at {at} below end {} returned nothing",
+            b.end
+        );
         at = batch.last().unwrap().offset() + 1;
         out.extend(batch);
     }
@@ -30,7 +36,9 @@ fn read_all(store: &dyn LogStore, topic: &str, partition: u32) -> Vec<duolog::Re
 fn round_trip_of_every_message_field() {
     for_each_engine(|engine, dir| {
         let store = open(dir, &small_options(engine));
-        store.create_topic("t", TopicConfig::with_partitions(2)).unwrap();
+        store
+            .create_topic("t", TopicConfig::with_partitions(2))
+            .unwrap();
         let full = Message::new(vec![0u8, 1, 2, 255])
             .with_key("order-1001")
             .with_tags("TagA")
@@ -40,8 +48,13 @@ fn round_trip_of_every_message_field() {
             .with_timestamp(1_700_000_000_123);
         let empty = Message::new(Vec::new());
         let binary_key = Message::new("x").with_key(vec![0u8, 1, 2, 0xff, b'\n']);
-        let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-        store.append("t", 1, &[full.clone(), empty.clone(), binary_key.clone()]).unwrap();
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        store
+            .append("t", 1, &[full.clone(), empty.clone(), binary_key.clone()])
+            .unwrap();
         let recs = store.read("t", 1, 0, ReadLimits::default()).unwrap();
         assert_eq!(recs.len(), 3);
         let r = &recs[0];
@@ -68,7 +81,12 @@ fn round_trip_of_every_message_field() {
         assert!(recs[1].timestamp() >= before, "missing timestamp means now");
         assert_eq!(recs[2].key(), Some(&[0u8, 1, 2, 0xff, b'\n'][..]));
         // The other partition is untouched.
-        assert!(store.read("t", 0, 0, ReadLimits::default()).unwrap().is_empty());
+        assert!(
+            store
+                .read("t", 0, 0, ReadLimits::default())
+                .unwrap()
+                .is_empty()
+        );
     });
 }
 
@@ -76,13 +94,20 @@ fn round_trip_of_every_message_field() {
 fn batches_get_dense_offsets_and_files_roll() {
     for_each_engine(|engine, dir| {
         let store = open(dir, &small_options(engine));
-        store.create_topic("t", TopicConfig::with_partitions(3)).unwrap();
+        store
+            .create_topic("t", TopicConfig::with_partitions(3))
+            .unwrap();
         let mut expected = 0u64;
         let mut i = 0;
         // ~3 MB over 64 KiB files: many rolls.
         for round in 0..300 {
             let n = 1 + round % 17;
-            let batch: Vec<Message> = (0..n).map(|_| { i += 1; Message::new(vec![b'x'; 100 + (i * 37) % 900]).with_key(format!("{i}")) }).collect();
+            let batch: Vec<Message> = (0..n)
+                .map(|_| {
+                    i += 1;
+                    Message::new(vec![b'x'; 100 + (i * 37) % 900]).with_key(format!("{i}"))
+                })
+                .collect();
             let r = store.append("t", (round % 3) as u32, &batch).unwrap();
             if round % 3 == 0 {
                 assert_eq!(r.base_offset, expected);
@@ -97,22 +122,44 @@ fn batches_get_dense_offsets_and_files_roll() {
             }
         }
         assert_eq!(store.bounds("t", 0).unwrap().end, expected);
-        assert!(store.disk_usage().unwrap().files > 10, "small files must have rolled");
-        assert!(store.verify().unwrap().is_ok(), "{:?}", store.verify().unwrap().problems);
+        assert!(
+            store.disk_usage().unwrap().files > 10,
+            "small files must have rolled"
+        );
+        assert!(
+            store.verify().unwrap().is_ok(),
+            "{:?}",
+            store.verify().unwrap().problems
+        );
     });
 }
 
 #[test]
 fn bounds_track_durability() {
     for_each_engine(|engine, dir| {
-        let opts = duolog::StoreOptions { flush: FlushPolicy::Async { interval: Duration::from_secs(3600) }, ..small_options(engine) };
+        let opts = duolog::StoreOptions {
+            flush: FlushPolicy::Async {
+                interval: Duration::from_secs(3600),
+            },
+            ..small_options(engine)
+        };
         let store = open(dir, &opts);
         store.create_topic("t", TopicConfig::default()).unwrap();
-        assert_eq!(store.bounds("t", 0).unwrap(), duolog::PartitionBounds { start: 0, end: 0, durable_end: 0 });
+        assert_eq!(
+            store.bounds("t", 0).unwrap(),
+            duolog::PartitionBounds {
+                start: 0,
+                end: 0,
+                durable_end: 0
+            }
+        );
         store.append("t", 0, &[msg(0), msg(1)]).unwrap();
         let b = store.bounds("t", 0).unwrap();
         assert_eq!((b.start, b.end), (0, 2));
-        assert_eq!(b.durable_end, 0, "an hour-long flush interval has not flushed yet");
+        assert_eq!(
+            b.durable_end, 0,
+            "an hour-long flush interval has not flushed yet"
+        );
         store.sync().unwrap();
         assert_eq!(store.bounds("t", 0).unwrap().durable_end, 2);
     });
@@ -121,7 +168,10 @@ fn bounds_track_durability() {
 #[test]
 fn sync_policy_acknowledges_only_durable_appends() {
     for_each_engine(|engine, dir| {
-        let opts = duolog::StoreOptions { flush: FlushPolicy::Sync, ..small_options(engine) };
+        let opts = duolog::StoreOptions {
+            flush: FlushPolicy::Sync,
+            ..small_options(engine)
+        };
         let store = open(dir, &opts);
         store.create_topic("t", TopicConfig::default()).unwrap();
         for i in 0..20 {
@@ -144,9 +194,17 @@ fn async_completion_fires_when_durable() {
         assert_eq!(c.offsets().last_offset, 1);
         let (tx, rx) = std::sync::mpsc::channel();
         let c2 = store.append_async("t", 0, &[msg(2)]).unwrap();
-        c2.on_durable(move |r| tx.send(r.map(|a| a.base_offset).map_err(|e| e.to_string())).unwrap());
+        c2.on_durable(move |r| {
+            tx.send(r.map(|a| a.base_offset).map_err(|e| e.to_string()))
+                .unwrap()
+        });
         // The 50 ms background flush makes both durable.
-        assert_eq!(c.wait_timeout(Duration::from_secs(10)).unwrap().map(|r| r.base_offset), Some(0));
+        assert_eq!(
+            c.wait_timeout(Duration::from_secs(10))
+                .unwrap()
+                .map(|r| r.base_offset),
+            Some(0)
+        );
         assert!(c.is_durable());
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), Ok(2));
         assert!(store.bounds("t", 0).unwrap().durable_end >= 3);
@@ -158,19 +216,50 @@ fn read_limits() {
     for_each_engine(|engine, dir| {
         let store = open(dir, &small_options(engine));
         store.create_topic("t", TopicConfig::default()).unwrap();
-        let batch: Vec<Message> = (0..50).map(|i| Message::new(vec![b'a'; 1000]).with_key(format!("{i}"))).collect();
+        let batch: Vec<Message> = (0..50)
+            .map(|i| Message::new(vec![b'a'; 1000]).with_key(format!("{i}")))
+            .collect();
         store.append("t", 0, &batch).unwrap();
-        assert_eq!(store.read("t", 0, 0, ReadLimits::messages(7)).unwrap().len(), 7);
-        let some = store.read("t", 0, 10, ReadLimits { max_messages: 100, max_bytes: 5000 }).unwrap();
+        assert_eq!(
+            store
+                .read("t", 0, 0, ReadLimits::messages(7))
+                .unwrap()
+                .len(),
+            7
+        );
+        let some = store
+            .read(
+                "t",
+                0,
+                10,
+                ReadLimits {
+                    max_messages: 100,
+                    max_bytes: 5000,
+                },
+            )
+            .unwrap();
         assert!(!some.is_empty() && some.len() < 6, "got {}", some.len());
         assert_eq!(some[0].offset(), 10);
         let total: usize = some.iter().map(|r| r.stored_size() as usize).sum();
         assert!(total <= 5000);
         // A record larger than max_bytes still comes back alone, so readers progress.
-        let one = store.read("t", 0, 20, ReadLimits { max_messages: 100, max_bytes: 1 }).unwrap();
+        let one = store
+            .read(
+                "t",
+                0,
+                20,
+                ReadLimits {
+                    max_messages: 100,
+                    max_bytes: 1,
+                },
+            )
+            .unwrap();
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].offset(), 20);
-        assert_eq!(store.read("t", 0, 45, ReadLimits::default()).unwrap().len(), 5);
+        assert_eq!(
+            store.read("t", 0, 45, ReadLimits::default()).unwrap().len(),
+            5
+        );
     });
 }
 
@@ -179,11 +268,32 @@ fn empty_partition_and_out_of_range_offsets() {
     for_each_engine(|engine, dir| {
         let store = open(dir, &small_options(engine));
         store.create_topic("t", TopicConfig::default()).unwrap();
-        assert!(store.read("t", 0, 0, ReadLimits::default()).unwrap().is_empty());
-        assert!(matches!(store.read("t", 0, 1, ReadLimits::default()), Err(Error::OffsetOutOfRange { offset: 1, start: 0, end: 0, .. })));
+        assert!(
+            store
+                .read("t", 0, 0, ReadLimits::default())
+                .unwrap()
+                .is_empty()
+        );
+        assert!(matches!(
+            store.read("t", 0, 1, ReadLimits::default()),
+            Err(Error::OffsetOutOfRange {
+                offset: 1,
+                start: 0,
+                end: 0,
+                ..
+            })
+        ));
         store.append("t", 0, &[msg(0)]).unwrap();
-        assert!(store.read("t", 0, 1, ReadLimits::default()).unwrap().is_empty());
-        assert!(matches!(store.read("t", 0, 2, ReadLimits::default()), Err(Error::OffsetOutOfRange { .. })));
+        assert!(
+            store
+                .read("t", 0, 1, ReadLimits::default())
+                .unwrap()
+                .is_empty()
+        );
+        assert!(matches!(
+            store.read("t", 0, 2, ReadLimits::default()),
+            Err(Error::OffsetOutOfRange { .. })
+        ));
     });
 }
 
@@ -191,21 +301,59 @@ fn empty_partition_and_out_of_range_offsets() {
 fn bad_requests_are_clear_errors() {
     for_each_engine(|engine, dir| {
         let store = open(dir, &small_options(engine));
-        store.create_topic("t", TopicConfig::with_partitions(2)).unwrap();
-        assert!(matches!(store.append("nope", 0, &[msg(0)]), Err(Error::UnknownTopic(t)) if t == "nope"));
-        assert!(matches!(store.read("nope", 0, 0, ReadLimits::default()), Err(Error::UnknownTopic(_))));
-        assert!(matches!(store.bounds("nope", 0), Err(Error::UnknownTopic(_))));
-        assert!(matches!(store.append("t", 2, &[msg(0)]), Err(Error::UnknownPartition { partition: 2, partitions: 2, .. })));
-        assert!(matches!(store.create_topic("t", TopicConfig::default()), Err(Error::TopicExists(_))));
+        store
+            .create_topic("t", TopicConfig::with_partitions(2))
+            .unwrap();
+        assert!(
+            matches!(store.append("nope", 0, &[msg(0)]), Err(Error::UnknownTopic(t)) if t == "nope")
+        );
+        assert!(matches!(
+            store.read("nope", 0, 0, ReadLimits::default()),
+            Err(Error::UnknownTopic(_))
+        ));
+        assert!(matches!(
+            store.bounds("nope", 0),
+            Err(Error::UnknownTopic(_))
+        ));
+        assert!(matches!(
+            store.append("t", 2, &[msg(0)]),
+            Err(Error::UnknownPartition {
+                partition: 2,
+                partitions: 2,
+                ..
+            })
+        ));
+        assert!(matches!(
+            store.create_topic("t", TopicConfig::default()),
+            Err(Error::TopicExists(_))
+        ));
         for bad in ["", "a/b", "..", "sp ace", &"x".repeat(128)] {
-            assert!(matches!(store.create_topic(bad, TopicConfig::default()), Err(Error::InvalidArgument(_))), "{bad:?}");
+            assert!(
+                matches!(
+                    store.create_topic(bad, TopicConfig::default()),
+                    Err(Error::InvalidArgument(_))
+                ),
+                "{bad:?}"
+            );
         }
-        assert!(matches!(store.create_topic("z", TopicConfig::with_partitions(0)), Err(Error::InvalidArgument(_))));
-        assert!(matches!(store.append("t", 0, &[]), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            store.create_topic("z", TopicConfig::with_partitions(0)),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            store.append("t", 0, &[]),
+            Err(Error::InvalidArgument(_))
+        ));
         let huge = Message::new(vec![0u8; 5 << 20]);
-        assert!(matches!(store.append("t", 0, &[huge]), Err(Error::MessageTooLarge { .. })));
+        assert!(matches!(
+            store.append("t", 0, &[huge]),
+            Err(Error::MessageTooLarge { .. })
+        ));
         let sep = Message::new("x").with_property("a\u{1}b", "c");
-        assert!(matches!(store.append("t", 0, &[sep]), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            store.append("t", 0, &[sep]),
+            Err(Error::InvalidArgument(_))
+        ));
         // Nothing of the failed appends is visible.
         assert_eq!(store.bounds("t", 0).unwrap().end, 0);
     });
@@ -217,7 +365,10 @@ fn oversize_message_in_a_batch_rejects_the_whole_batch() {
         let store = open(dir, &small_options(engine));
         store.create_topic("t", TopicConfig::default()).unwrap();
         let batch = vec![msg(0), Message::new(vec![0u8; 70 * 1024]), msg(2)];
-        assert!(matches!(store.append("t", 0, &batch), Err(Error::MessageTooLarge { .. })));
+        assert!(matches!(
+            store.append("t", 0, &batch),
+            Err(Error::MessageTooLarge { .. })
+        ));
         assert_eq!(store.bounds("t", 0).unwrap().end, 0);
     });
 }
@@ -229,24 +380,43 @@ fn reopen_preserves_everything() {
         let mut expected: HashMap<(String, u32), Vec<Message>> = HashMap::new();
         {
             let store = open(dir, &opts);
-            store.create_topic("a", TopicConfig::with_partitions(2)).unwrap();
-            store.create_topic("%RETRY%g", TopicConfig::default()).unwrap();
+            store
+                .create_topic("a", TopicConfig::with_partitions(2))
+                .unwrap();
+            store
+                .create_topic("%RETRY%g", TopicConfig::default())
+                .unwrap();
             for i in 0..500 {
-                let (t, p) = if i % 5 == 0 { ("%RETRY%g", 0) } else { ("a", (i % 2) as u32) };
-                let m = msg(i).with_tags(format!("T{}", i % 3)).with_timestamp(1_700_000_000_000 + i as i64);
+                let (t, p) = if i % 5 == 0 {
+                    ("%RETRY%g", 0)
+                } else {
+                    ("a", (i % 2) as u32)
+                };
+                let m = msg(i)
+                    .with_tags(format!("T{}", i % 3))
+                    .with_timestamp(1_700_000_000_000 + i as i64);
                 store.append(t, p, std::slice::from_ref(&m)).unwrap();
                 expected.entry((t.to_string(), p)).or_default().push(m);
             }
             store.close().unwrap();
-            assert!(matches!(store.append("a", 0, &[msg(0)]), Err(Error::Closed)));
+            assert!(matches!(
+                store.append("a", 0, &[msg(0)]),
+                Err(Error::Closed)
+            ));
         }
         for round in 0..2 {
             let store = open(dir, &opts);
             assert_eq!(store.list_topics(false), vec!["a".to_string()]);
-            assert_eq!(store.list_topics(true), vec!["%RETRY%g".to_string(), "a".to_string()]);
+            assert_eq!(
+                store.list_topics(true),
+                vec!["%RETRY%g".to_string(), "a".to_string()]
+            );
             assert_eq!(store.describe_topic("a").unwrap().partitions, 2);
             for ((t, p), msgs) in &expected {
-                let got: Vec<Message> = read_all(store.as_ref(), t, *p).iter().map(|r| r.to_message()).collect();
+                let got: Vec<Message> = read_all(store.as_ref(), t, *p)
+                    .iter()
+                    .map(|r| r.to_message())
+                    .collect();
                 assert_eq!(&got, msgs, "round {round} {t}/{p}");
                 let b = store.bounds(t, *p).unwrap();
                 assert_eq!(b.durable_end, b.end);
@@ -254,7 +424,10 @@ fn reopen_preserves_everything() {
             assert!(store.verify().unwrap().is_ok());
             if round == 1 {
                 // Appends continue densely after a reopen.
-                assert_eq!(store.append("a", 0, &[msg(1)]).unwrap().base_offset, expected[&("a".to_string(), 0)].len() as u64);
+                assert_eq!(
+                    store.append("a", 0, &[msg(1)]).unwrap().base_offset,
+                    expected[&("a".to_string(), 0)].len() as u64
+                );
             }
         }
     });
@@ -265,7 +438,9 @@ fn crash_without_close_recovers_every_synced_record() {
     for_each_engine(|engine, dir| {
         let opts = small_options(engine);
         let store = open(dir, &opts);
-        store.create_topic("t", TopicConfig::with_partitions(2)).unwrap();
+        store
+            .create_topic("t", TopicConfig::with_partitions(2))
+            .unwrap();
         for i in 0..300 {
             store.append("t", (i % 2) as u32, &[msg(i)]).unwrap();
         }
@@ -284,7 +459,11 @@ fn crash_without_close_recovers_every_synced_record() {
                 assert_eq!(r.body(), format!("body-{}", k * 2 + p as usize).as_bytes());
             }
         }
-        assert!(store.verify().unwrap().is_ok(), "{:?}", store.verify().unwrap().problems);
+        assert!(
+            store.verify().unwrap().is_ok(),
+            "{:?}",
+            store.verify().unwrap().problems
+        );
         assert_eq!(store.append("t", 0, &[msg(0)]).unwrap().base_offset, 160);
     });
 }
@@ -295,7 +474,11 @@ fn wait_for_wakes_on_append_and_times_out_otherwise() {
         let store: Arc<dyn duolog::LogStore> = Arc::from(open(dir, &small_options(engine)));
         store.create_topic("t", TopicConfig::default()).unwrap();
         let t0 = Instant::now();
-        assert!(!store.wait_for("t", 0, 0, Duration::from_millis(100)).unwrap());
+        assert!(
+            !store
+                .wait_for("t", 0, 0, Duration::from_millis(100))
+                .unwrap()
+        );
         assert!(t0.elapsed() >= Duration::from_millis(100));
         let s2 = Arc::clone(&store);
         let waiter = std::thread::spawn(move || {
@@ -310,7 +493,10 @@ fn wait_for_wakes_on_append_and_times_out_otherwise() {
         assert!(waited < Duration::from_secs(10));
         // Data already there: returns at once.
         assert!(store.wait_for("t", 0, 0, Duration::from_secs(30)).unwrap());
-        assert!(matches!(store.wait_for("x", 0, 0, Duration::ZERO), Err(Error::UnknownTopic(_))));
+        assert!(matches!(
+            store.wait_for("x", 0, 0, Duration::ZERO),
+            Err(Error::UnknownTopic(_))
+        ));
     });
 }
 
@@ -322,21 +508,44 @@ fn delete_before_raises_the_start_and_survives_reopen() {
             let store = open(dir, &opts);
             store.create_topic("t", TopicConfig::default()).unwrap();
             for i in 0..1000 {
-                store.append("t", 0, &[Message::new(vec![b'z'; 200]).with_key(format!("{i}"))]).unwrap();
+                store
+                    .append(
+                        "t",
+                        0,
+                        &[Message::new(vec![b'z'; 200]).with_key(format!("{i}"))],
+                    )
+                    .unwrap();
             }
             let files_before = store.disk_usage().unwrap().files;
             assert_eq!(store.delete_before("t", 0, 700).unwrap(), 700);
             assert_eq!(store.bounds("t", 0).unwrap().start, 700);
-            assert!(matches!(store.read("t", 0, 699, ReadLimits::default()), Err(Error::OffsetOutOfRange { start: 700, .. })));
-            assert_eq!(store.read("t", 0, 700, ReadLimits::messages(1)).unwrap()[0].key(), Some(&b"700"[..]));
-            assert_eq!(store.delete_before("t", 0, 10).unwrap(), 700, "the start never moves back");
-            assert!(matches!(store.delete_before("t", 0, 1001), Err(Error::OffsetOutOfRange { .. })));
+            assert!(matches!(
+                store.read("t", 0, 699, ReadLimits::default()),
+                Err(Error::OffsetOutOfRange { start: 700, .. })
+            ));
+            assert_eq!(
+                store.read("t", 0, 700, ReadLimits::messages(1)).unwrap()[0].key(),
+                Some(&b"700"[..])
+            );
+            assert_eq!(
+                store.delete_before("t", 0, 10).unwrap(),
+                700,
+                "the start never moves back"
+            );
+            assert!(matches!(
+                store.delete_before("t", 0, 1001),
+                Err(Error::OffsetOutOfRange { .. })
+            ));
             assert!(store.disk_usage().unwrap().files <= files_before);
         }
         let store = open(dir, &opts);
         assert_eq!(store.bounds("t", 0).unwrap().start, 700);
         assert_eq!(store.bounds("t", 0).unwrap().end, 1000);
-        assert!(store.verify().unwrap().is_ok(), "{:?}", store.verify().unwrap().problems);
+        assert!(
+            store.verify().unwrap().is_ok(),
+            "{:?}",
+            store.verify().unwrap().problems
+        );
     });
 }
 
@@ -345,7 +554,10 @@ fn second_opener_is_locked_out() {
     for_each_engine(|engine, dir| {
         let opts = small_options(engine);
         let store = open(dir, &opts);
-        assert!(matches!(duolog::open(dir, opts.clone()), Err(Error::Locked(_))));
+        assert!(matches!(
+            duolog::open(dir, opts.clone()),
+            Err(Error::Locked(_))
+        ));
         drop(store);
         open(dir, &opts);
     });
@@ -354,11 +566,21 @@ fn second_opener_is_locked_out() {
 #[test]
 fn concurrent_appenders_keep_every_partition_ordered() {
     for_each_engine(|engine, dir| {
-        for policy in [FlushPolicy::Async { interval: Duration::from_millis(20) }, FlushPolicy::Sync] {
+        for policy in [
+            FlushPolicy::Async {
+                interval: Duration::from_millis(20),
+            },
+            FlushPolicy::Sync,
+        ] {
             let sub = dir.join(format!("{policy:?}").replace([' ', '{', '}', ':'], "_"));
-            let opts = duolog::StoreOptions { flush: policy, ..small_options(engine) };
+            let opts = duolog::StoreOptions {
+                flush: policy,
+                ..small_options(engine)
+            };
             let store: Arc<dyn duolog::LogStore> = Arc::from(open(&sub, &opts));
-            store.create_topic("t", TopicConfig::with_partitions(5)).unwrap();
+            store
+                .create_topic("t", TopicConfig::with_partitions(5))
+                .unwrap();
             const THREADS: usize = 8;
             const PER_THREAD: usize = 250;
             let handles: Vec<_> = (0..THREADS)
@@ -370,7 +592,12 @@ fn concurrent_appenders_keep_every_partition_ordered() {
                             let p = if seq % 2 == 0 { 0 } else { 1 + (th % 4) as u32 };
                             let m = Message::new(format!("{th}:{seq}"));
                             if seq % 7 == 0 {
-                                s.append("t", p, &[m.clone(), Message::new(format!("{th}:{seq}b"))]).unwrap();
+                                s.append(
+                                    "t",
+                                    p,
+                                    &[m.clone(), Message::new(format!("{th}:{seq}b"))],
+                                )
+                                .unwrap();
                             } else {
                                 s.append("t", p, &[m]).unwrap();
                             }
@@ -391,7 +618,10 @@ fn concurrent_appenders_keep_every_partition_ordered() {
                     let (th, rest) = s.split_once(':').unwrap();
                     let seq: i64 = rest.trim_end_matches('b').parse().unwrap();
                     let prev = last_seq.insert(th.parse().unwrap(), seq).unwrap_or(-1);
-                    assert!(seq > prev || (seq == prev && rest.ends_with('b')), "partition {p}: {s} after {prev}");
+                    assert!(
+                        seq > prev || (seq == prev && rest.ends_with('b')),
+                        "partition {p}: {s} after {prev}"
+                    );
                 }
                 total += recs.len();
             }

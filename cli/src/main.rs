@@ -1,1 +1,357 @@
-fn main() {}
+//! `duolog`: produce to, consume from, inspect and verify duolog stores.
+
+use std::io::{self, BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use duolog::{EngineKind, FlushPolicy, LogStore, Message, ReadLimits, StoreOptions, TopicConfig};
+
+const USAGE: &str = "\
+usage:
+  duolog produce --dir D [--engine commitlog] --topic T [--partitions N] [--partition P] [--keyed] [--sync]
+      reads lines from stdin (with --keyed: key<TAB>body) and prints `<partition> <offset>` for each
+      acknowledged message (with --sync: only once it is durable on disk)
+  duolog consume --dir D --topic T --partition P [--from O] [--max N]
+      prints `<offset><TAB><key><TAB><body>` per record
+  duolog topics --dir D         lists topics and their partitions
+  duolog stats --dir D          partitions, bounds, files and bytes on disk
+  duolog verify --dir D         checks every checksum and every derived file";
+
+/// A command-line error: printed as one line, exit code 2 for usage, 1 otherwise.
+enum CliError {
+    Usage(String),
+    Store(duolog::Error),
+    Io(io::Error),
+    Failed(String),
+}
+
+impl From<duolog::Error> for CliError {
+    fn from(e: duolog::Error) -> Self {
+        CliError::Store(e)
+    }
+}
+
+impl From<io::Error> for CliError {
+    fn from(e: io::Error) -> Self {
+        CliError::Io(e)
+    }
+}
+
+struct Args {
+    flags: Vec<(String, Option<String>)>,
+}
+
+impl Args {
+    fn parse(raw: &[String], switches: &[&str]) -> Result<Args, CliError> {
+        let mut flags = Vec::new();
+        let mut i = 0;
+        while i < raw.len() {
+            let a = &raw[i];
+            let Some(name) = a.strip_prefix("--") else {
+                return Err(CliError::Usage(format!("unexpected argument {a:?}")));
+            };
+            if switches.contains(&name) {
+                flags.push((name.to_owned(), None));
+                i += 1;
+            } else {
+                let v = raw
+                    .get(i + 1)
+                    .ok_or_else(|| CliError::Usage(format!("--{name} needs a value")))?;
+                flags.push((name.to_owned(), Some(v.clone())));
+                i += 2;
+            }
+        }
+        Ok(Args { flags })
+    }
+
+    fn check_known(&self, known: &[&str]) -> Result<(), CliError> {
+        for (name, _) in &self.flags {
+            if !known.contains(&name.as_str()) {
+                return Err(CliError::Usage(format!("unknown option --{name}")));
+            }
+        }
+        Ok(())
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.flags
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.flags.iter().any(|(n, _)| n == name)
+    }
+
+    fn required(&self, name: &str) -> Result<&str, CliError> {
+        self.get(name)
+            .ok_or_else(|| CliError::Usage(format!("--{name} is required")))
+    }
+
+    fn number<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, CliError> {
+        self.get(name)
+            .map(|v| {
+                v.parse::<T>()
+                    .map_err(|_| CliError::Usage(format!("--{name} needs a number, not {v:?}")))
+            })
+            .transpose()
+    }
+}
+
+fn open_existing(dir: &str, options: StoreOptions) -> Result<Box<dyn LogStore>, CliError> {
+    if duolog::stored_engine(dir, &options)?.is_none() {
+        return Err(CliError::Failed(format!("no duolog store at {dir}")));
+    }
+    Ok(duolog::open(dir, options)?)
+}
+
+fn produce(args: &Args) -> Result<(), CliError> {
+    args.check_known(&[
+        "dir",
+        "engine",
+        "topic",
+        "partitions",
+        "partition",
+        "keyed",
+        "sync",
+    ])?;
+    let dir = PathBuf::from(args.required("dir")?);
+    let topic = args.required("topic")?;
+    let engine = match args.get("engine") {
+        None => None,
+        Some(name) => Some(
+            EngineKind::from_name(name)
+                .ok_or_else(|| CliError::Usage(format!("unknown engine {name:?}")))?,
+        ),
+    };
+    let sync = args.has("sync");
+    let options = StoreOptions {
+        engine,
+        flush: if sync {
+            FlushPolicy::Sync
+        } else {
+            FlushPolicy::default()
+        },
+        ..StoreOptions::default()
+    };
+    let store = duolog::open(&dir, options)?;
+    let partitions = match store.describe_topic(topic) {
+        Ok(c) => c.partitions,
+        Err(duolog::Error::UnknownTopic(_)) => {
+            let n = args.number::<u32>("partitions")?.unwrap_or(1);
+            store.create_topic(topic, TopicConfig::with_partitions(n))?;
+            n
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let fixed = args.number::<u32>("partition")?;
+    if let Some(p) = fixed.filter(|&p| p >= partitions) {
+        return Err(CliError::Usage(format!(
+            "--partition {p} but topic {topic} has {partitions} partitions"
+        )));
+    }
+    let keyed = args.has("keyed");
+    let mut input = io::BufReader::with_capacity(1 << 16, io::stdin());
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let mut round_robin = 0u32;
+    // Lines are batched per partition while more input is already buffered, so a fast producer
+    // shares fsyncs; every printed offset is acknowledged (durable with --sync).
+    let mut pending: Vec<(u32, Message)> = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = input.read_line(&mut line)?;
+        if n > 0 {
+            let text = line.strip_suffix('\n').unwrap_or(&line);
+            let text = text.strip_suffix('\r').unwrap_or(text);
+            let (key, body) = match (keyed, text.split_once('\t')) {
+                (true, Some((k, b))) => (Some(k), b),
+                (true, None) => (None, text),
+                (false, _) => (None, text),
+            };
+            let partition = match (fixed, key) {
+                (Some(p), _) => p,
+                (None, Some(k)) => duolog::partition_for_key(k.as_bytes(), partitions),
+                (None, None) => {
+                    round_robin = (round_robin + 1) % partitions;
+                    round_robin
+                }
+            };
+            let mut m = Message::new(body.to_owned());
+            if let Some(k) = key {
+                m = m.with_key(k.to_owned());
+            }
+            pending.push((partition, m));
+        }
+        let flush_now = n == 0 || input.buffer().is_empty() || pending.len() >= 512;
+        if flush_now && !pending.is_empty() {
+            let mut by_partition: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+            for (i, (p, _)) in pending.iter().enumerate() {
+                by_partition.entry(*p).or_default().push(i);
+            }
+            let mut acked: Vec<(usize, u32, u64)> = Vec::with_capacity(pending.len());
+            for (p, idx) in by_partition {
+                let batch: Vec<Message> = idx.iter().map(|&i| pending[i].1.clone()).collect();
+                let r = store.append(topic, p, &batch)?;
+                for (k, &i) in idx.iter().enumerate() {
+                    acked.push((i, p, r.base_offset + k as u64));
+                }
+            }
+            acked.sort_unstable();
+            for (_, p, o) in acked {
+                writeln!(out, "{p} {o}")?;
+            }
+            out.flush()?;
+            pending.clear();
+        }
+        if n == 0 {
+            break;
+        }
+    }
+    store.close()?;
+    Ok(())
+}
+
+fn consume(args: &Args) -> Result<(), CliError> {
+    args.check_known(&["dir", "topic", "partition", "from", "max"])?;
+    let dir = args.required("dir")?;
+    let topic = args.required("topic")?;
+    let partition = args
+        .number::<u32>("partition")?
+        .ok_or_else(|| CliError::Usage("--partition is required".into()))?;
+    let store = open_existing(dir, StoreOptions::default())?;
+    let mut at = match args.number::<u64>("from")? {
+        Some(o) => o,
+        None => store.bounds(topic, partition)?.start,
+    };
+    let max = args.number::<u64>("max")?.unwrap_or(u64::MAX);
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let mut printed = 0u64;
+    // The first read also reports an offset outside the partition's bounds.
+    while printed < max {
+        let want = (max - printed).min(1000) as usize;
+        let recs = store.read(topic, partition, at, ReadLimits::messages(want))?;
+        if recs.is_empty() {
+            break;
+        }
+        for r in &recs {
+            let key = r.key().map(String::from_utf8_lossy).unwrap_or_default();
+            writeln!(
+                out,
+                "{}\t{}\t{}",
+                r.offset(),
+                key,
+                String::from_utf8_lossy(r.body())
+            )?;
+        }
+        printed += recs.len() as u64;
+        at = recs[recs.len() - 1].offset() + 1;
+    }
+    out.flush()?;
+    store.close()?;
+    Ok(())
+}
+
+fn topics(args: &Args) -> Result<(), CliError> {
+    args.check_known(&["dir"])?;
+    let store = open_existing(args.required("dir")?, StoreOptions::default())?;
+    for t in store.list_topics(true) {
+        println!("{t}\t{}", store.describe_topic(&t)?.partitions);
+    }
+    store.close()?;
+    Ok(())
+}
+
+fn stats(args: &Args) -> Result<(), CliError> {
+    args.check_known(&["dir"])?;
+    let store = open_existing(args.required("dir")?, StoreOptions::default())?;
+    println!("engine\t{}", store.engine());
+    let usage = store.disk_usage()?;
+    println!("files\t{}", usage.files);
+    println!("bytes\t{}", usage.bytes);
+    for t in store.list_topics(true) {
+        let parts = store.describe_topic(&t)?.partitions;
+        for p in 0..parts {
+            let b = store.bounds(&t, p)?;
+            println!(
+                "partition\t{t}\t{p}\tstart={}\tend={}\tdurable={}\trecords={}",
+                b.start,
+                b.end,
+                b.durable_end,
+                b.end - b.start
+            );
+        }
+    }
+    store.close()?;
+    Ok(())
+}
+
+fn verify(args: &Args) -> Result<(), CliError> {
+    args.check_known(&["dir"])?;
+    let store = open_existing(args.required("dir")?, StoreOptions::default())?;
+    let report = store.verify()?;
+    store.close()?;
+    println!(
+        "records checked: {}, derived entries checked: {}",
+        report.records_checked, report.derived_checked
+    );
+    if report.is_ok() {
+        println!("ok");
+        Ok(())
+    } else {
+        for p in &report.problems {
+            println!("problem: {p}");
+        }
+        Err(CliError::Failed(format!(
+            "{} problem(s) found",
+            report.problems.len()
+        )))
+    }
+}
+
+fn run(argv: &[String]) -> Result<(), CliError> {
+    let Some(cmd) = argv.first() else {
+        return Err(CliError::Usage("no command".into()));
+    };
+    let rest = &argv[1..];
+    match cmd.as_str() {
+        "produce" => produce(&Args::parse(rest, &["keyed", "sync"])?),
+        "consume" => consume(&Args::parse(rest, &[])?),
+        "topics" => topics(&Args::parse(rest, &[])?),
+        "stats" => stats(&Args::parse(rest, &[])?),
+        "verify" => verify(&Args::parse(rest, &[])?),
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => Err(CliError::Usage(format!("unknown command {other:?}"))),
+    }
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    match run(&argv) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Usage(msg)) => {
+            eprintln!("duolog: {msg}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+        Err(CliError::Store(e)) => {
+            eprintln!("duolog: error: {e}");
+            ExitCode::from(1)
+        }
+        Err(CliError::Io(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(CliError::Io(e)) => {
+            eprintln!("duolog: error: {e}");
+            ExitCode::from(1)
+        }
+        Err(CliError::Failed(msg)) => {
+            eprintln!("duolog: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -35,7 +35,10 @@ thread_local! {
 }
 
 pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -53,13 +56,17 @@ fn encode_properties(out: &mut Vec<u8>, m: &Message) -> Result<()> {
             )));
         }
         if crate::store::RESERVED_PROPERTIES.contains(&name.as_str()) {
-            return Err(Error::InvalidArgument(format!("property name {name:?} is reserved")));
+            return Err(Error::InvalidArgument(format!(
+                "property name {name:?} is reserved"
+            )));
         }
         record::put_property(out, name.as_bytes(), value.as_bytes());
     }
     if let Some(tags) = &m.tags {
         if !record::is_storable_property_text(tags.as_bytes()) {
-            return Err(Error::InvalidArgument("tags contain a \\u{1} or \\u{2} separator".into()));
+            return Err(Error::InvalidArgument(
+                "tags contain a \\u{1} or \\u{2} separator".into(),
+            ));
         }
         record::put_property(out, b"TAGS", tags.as_bytes());
     }
@@ -76,14 +83,22 @@ fn encode_properties(out: &mut Vec<u8>, m: &Message) -> Result<()> {
         }
     }
     if out.len() + record::CRC_PROPERTY_LEN > i16::MAX as usize {
-        return Err(Error::InvalidArgument(format!("properties take {} bytes; at most 32,747 fit", out.len())));
+        return Err(Error::InvalidArgument(format!(
+            "properties take {} bytes; at most 32,747 fit",
+            out.len()
+        )));
     }
     Ok(())
 }
 
 impl Inner {
     /// Appends a batch; returns its offsets and the commit-log position after it.
-    pub(crate) fn append_batch(&self, topic: &str, partition: u32, messages: &[Message]) -> Result<(AppendResult, u64)> {
+    pub(crate) fn append_batch(
+        &self,
+        topic: &str,
+        partition: u32,
+        messages: &[Message],
+    ) -> Result<(AppendResult, u64)> {
         self.check_open()?;
         self.gc.check_writable()?;
         if messages.is_empty() {
@@ -101,7 +116,12 @@ impl Inner {
             for m in messages {
                 encode_properties(props, m)?;
                 let header = RecordHeader::local(partition as i32, m.timestamp.unwrap_or(born_now));
-                let len = record::encoded_len(&header, m.body.len(), topic.len(), props.len() + record::CRC_PROPERTY_LEN);
+                let len = record::encoded_len(
+                    &header,
+                    m.body.len(),
+                    topic.len(),
+                    props.len() + record::CRC_PROPERTY_LEN,
+                );
                 if len > max {
                     return Err(Error::MessageTooLarge { size: len, max });
                 }
@@ -109,7 +129,12 @@ impl Inner {
                 record::encode(buf, &header, &m.body, topic.as_bytes(), props, true);
                 let tail = record::crc_of_stable_tail(&buf[start..]);
                 let tag_hash = m.tags.as_deref().map_or(0, record::tag_hash);
-                items.push(Item { start, len, tail, tag_hash });
+                items.push(Item {
+                    start,
+                    len,
+                    tail,
+                    tag_hash,
+                });
             }
             let total_bytes = buf.len() as u64;
             let (result, end) = self.append_locked(&t, partition, buf, items)?;
@@ -119,7 +144,13 @@ impl Inner {
         })
     }
 
-    fn append_locked(&self, t: &TopicState, partition: u32, buf: &mut [u8], items: &[Item]) -> Result<(AppendResult, u64)> {
+    fn append_locked(
+        &self,
+        t: &TopicState,
+        partition: u32,
+        buf: &mut [u8],
+        items: &[Item],
+    ) -> Result<(AppendResult, u64)> {
         let fs = self.fs.as_ref();
         let part = t.partition(partition)?;
         let file_size = self.log.file_size();
@@ -166,15 +197,29 @@ impl Inner {
                 }
                 file.commit_all();
                 let next = file.start_offset() + file_size;
-                file = self.log.find(next).ok_or_else(|| Error::corrupted(self.log.dir(), next, "planned log file is missing"))?;
+                file = self.log.find(next).ok_or_else(|| {
+                    Error::corrupted(self.log.dir(), next, "planned log file is missing")
+                })?;
             }
             let rec = &mut buf[item.start..item.start + item.len];
             let physical = file.start_offset() + file.write_position() as u64;
             record::stamp(rec, offset as i64, physical as i64, now, &item.tail);
             if file.append(&[rec]).is_none() {
-                return Err(Error::corrupted(file.path(), physical, "record does not fit where planned"));
+                return Err(Error::corrupted(
+                    file.path(),
+                    physical,
+                    "record does not fit where planned",
+                ));
             }
-            part.cq.put(fs, offset, &Unit { position: physical, size: item.len as u32, tag_hash: item.tag_hash })?;
+            part.cq.put(
+                fs,
+                offset,
+                &Unit {
+                    position: physical,
+                    size: item.len as u32,
+                    tag_hash: item.tag_hash,
+                },
+            )?;
             offset += 1;
         }
         file.commit_all();
@@ -183,6 +228,12 @@ impl Inner {
         part.end.store(offset, Ordering::Release);
         self.written.store(end, Ordering::Release);
         drop(st);
-        Ok((AppendResult { base_offset: base, last_offset: offset - 1 }, end))
+        Ok((
+            AppendResult {
+                base_offset: base,
+                last_offset: offset - 1,
+            },
+            end,
+        ))
     }
 }

@@ -44,7 +44,11 @@ fn unseal<'a>(path: &Path, data: &'a [u8], magic: &[u8; 4], min_len: usize) -> R
     }
     let (body, crc) = data.split_at(data.len() - 4);
     if crc32c::crc32c(body).to_be_bytes() != crc {
-        return Err(Error::corrupted(path, body.len() as u64, "checksum mismatch"));
+        return Err(Error::corrupted(
+            path,
+            body.len() as u64,
+            "checksum mismatch",
+        ));
     }
     if &body[..4] != magic {
         return Err(Error::corrupted(path, 0, "bad magic"));
@@ -90,9 +94,17 @@ impl Checkpoint {
         if b.len() != 24 {
             return Err(Error::corrupted(path, 8, "checkpoint has the wrong length"));
         }
-        let cp = Checkpoint { log_flushed: u64_at(b, 0), dispatch_flushed: u64_at(b, 8), written_at_ms: u64_at(b, 16) as i64 };
+        let cp = Checkpoint {
+            log_flushed: u64_at(b, 0),
+            dispatch_flushed: u64_at(b, 8),
+            written_at_ms: u64_at(b, 16) as i64,
+        };
         if cp.dispatch_flushed > cp.log_flushed {
-            return Err(Error::corrupted(path, 16, "dispatch position past the flushed log position"));
+            return Err(Error::corrupted(
+                path,
+                16,
+                "dispatch position past the flushed log position",
+            ));
         }
         Ok(cp)
     }
@@ -100,7 +112,9 @@ impl Checkpoint {
     /// Loads the checkpoint: `Ok(None)` if absent.
     pub(crate) fn load(fs: &dyn FileSystem, dir: &Path) -> Result<Option<Checkpoint>> {
         let path = Self::path(dir);
-        load_file(fs, &path)?.map(|d| Checkpoint::decode(&path, &d)).transpose()
+        load_file(fs, &path)?
+            .map(|d| Checkpoint::decode(&path, &d))
+            .transpose()
     }
 
     pub(crate) fn store(&self, fs: &dyn FileSystem, dir: &Path) -> Result<()> {
@@ -150,12 +164,22 @@ pub(crate) fn decode_start_offsets(path: &Path, data: &[u8]) -> Result<Vec<(Stri
     Ok(out)
 }
 
-pub(crate) fn load_start_offsets(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<(String, u32, u64)>> {
+pub(crate) fn load_start_offsets(
+    fs: &dyn FileSystem,
+    dir: &Path,
+) -> Result<Vec<(String, u32, u64)>> {
     let path = dir.join(START_OFFSETS_FILE);
-    Ok(load_file(fs, &path)?.map(|d| decode_start_offsets(&path, &d)).transpose()?.unwrap_or_default())
+    Ok(load_file(fs, &path)?
+        .map(|d| decode_start_offsets(&path, &d))
+        .transpose()?
+        .unwrap_or_default())
 }
 
-pub(crate) fn store_start_offsets(fs: &dyn FileSystem, dir: &Path, entries: &[(String, u32, u64)]) -> Result<()> {
+pub(crate) fn store_start_offsets(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    entries: &[(String, u32, u64)],
+) -> Result<()> {
     let path = dir.join(START_OFFSETS_FILE);
     io::write_atomic(fs, &path, &encode_start_offsets(entries)).map_err(|e| Error::io(&path, e))
 }
@@ -166,7 +190,11 @@ mod tests {
 
     #[test]
     fn checkpoint_round_trip_and_damage() {
-        let cp = Checkpoint { log_flushed: 9000, dispatch_flushed: 4096, written_at_ms: 1_700_000_000_000 };
+        let cp = Checkpoint {
+            log_flushed: 9000,
+            dispatch_flushed: 4096,
+            written_at_ms: 1_700_000_000_000,
+        };
         let b = cp.encode();
         let p = Path::new("checkpoint");
         assert_eq!(Checkpoint::decode(p, &b).unwrap(), cp);

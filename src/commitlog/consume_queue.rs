@@ -45,7 +45,11 @@ impl Unit {
         if size <= 0 || position < 0 {
             return None;
         }
-        Some(Unit { position: position as u64, size: size as u32, tag_hash })
+        Some(Unit {
+            position: position as u64,
+            size: size as u32,
+            tag_hash,
+        })
     }
 }
 
@@ -57,7 +61,9 @@ pub(crate) struct ConsumeQueue {
 
 impl ConsumeQueue {
     pub(crate) fn open(fs: &dyn FileSystem, dir: &Path, units_per_file: u32) -> Result<Self> {
-        Ok(ConsumeQueue { files: FileQueue::open(fs, dir, u64::from(units_per_file) * UNIT_SIZE)? })
+        Ok(ConsumeQueue {
+            files: FileQueue::open(fs, dir, u64::from(units_per_file) * UNIT_SIZE)?,
+        })
     }
 
     pub(crate) fn dir(&self) -> &Path {
@@ -97,7 +103,10 @@ impl ConsumeQueue {
             return Err(Error::corrupted(
                 file.path(),
                 at as u64,
-                format!("consume queue write at unit {offset} but the queue ends at byte {}", file.write_position()),
+                format!(
+                    "consume queue write at unit {offset} but the queue ends at byte {}",
+                    file.write_position()
+                ),
             ));
         }
         file.append(&[&unit.encode()]);
@@ -157,7 +166,11 @@ impl ConsumeQueue {
             while lo < hi {
                 let mid = (lo + hi) / 2;
                 let at = mid * UNIT_SIZE as usize;
-                if unit_ok(&data[at..at + UNIT_SIZE as usize]) { lo = mid + 1 } else { hi = mid }
+                if unit_ok(&data[at..at + UNIT_SIZE as usize]) {
+                    lo = mid + 1
+                } else {
+                    hi = mid
+                }
             }
             if lo > 0 {
                 end_byte = file.start_offset() + lo as u64 * UNIT_SIZE;
@@ -201,7 +214,9 @@ impl ConsumeQueue {
     /// Unlinks files whose units all lie below `offset`. Returns how many.
     pub(crate) fn remove_below(&self, fs: &dyn FileSystem, offset: u64) -> Result<usize> {
         let size = self.files.file_size();
-        self.files.remove_front_while(fs, |f: &MappedFile| f.start_offset() + size <= offset * UNIT_SIZE)
+        self.files.remove_front_while(fs, |f: &MappedFile| {
+            f.start_offset() + size <= offset * UNIT_SIZE
+        })
     }
 
     /// First offset in `[lo, hi)` whose unit points at or after `position` (units' positions
@@ -228,7 +243,11 @@ mod tests {
 
     #[test]
     fn unit_round_trip() {
-        let u = Unit { position: 5659, size: 167, tag_hash: -178739394 };
+        let u = Unit {
+            position: 5659,
+            size: 167,
+            tag_hash: -178739394,
+        };
         assert_eq!(Unit::decode(&u.encode()), Some(u));
         assert_eq!(Unit::decode(&[0u8; 20]), None);
         assert_eq!(Unit::decode(&[0u8; 19]), None);

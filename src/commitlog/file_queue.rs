@@ -38,12 +38,21 @@ impl FileQueue {
                 }
                 None if entry.name.ends_with(".tmp") => {}
                 None => {
-                    return Err(Error::corrupted(dir.join(&entry.name), 0, "unexpected file in a log directory"));
+                    return Err(Error::corrupted(
+                        dir.join(&entry.name),
+                        0,
+                        "unexpected file in a log directory",
+                    ));
                 }
             }
         }
         found.sort_unstable();
-        let file_size = found.iter().map(|&(_, len)| len).max().filter(|&l| l > 0).unwrap_or(default_file_size);
+        let file_size = found
+            .iter()
+            .map(|&(_, len)| len)
+            .max()
+            .filter(|&l| l > 0)
+            .unwrap_or(default_file_size);
         let mut files: Vec<Arc<MappedFile>> = Vec::with_capacity(found.len());
         for (i, &(start, len)) in found.iter().enumerate() {
             let path = dir.join(io::offset_name(start));
@@ -53,20 +62,34 @@ impl FileQueue {
                     fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
                     continue;
                 }
-                return Err(Error::corrupted(&path, len, format!("file is {len} bytes, expected {file_size}")));
+                return Err(Error::corrupted(
+                    &path,
+                    len,
+                    format!("file is {len} bytes, expected {file_size}"),
+                ));
             }
             if start % file_size != 0 {
-                return Err(Error::corrupted(&path, 0, format!("file name is not a multiple of the file size {file_size}")));
+                return Err(Error::corrupted(
+                    &path,
+                    0,
+                    format!("file name is not a multiple of the file size {file_size}"),
+                ));
             }
-            if let Some(prev) = files.last() {
-                if prev.start_offset() + file_size != start {
-                    return Err(Error::corrupted(&path, 0, "gap between log files"));
-                }
+            if files
+                .last()
+                .is_some_and(|prev| prev.start_offset() + file_size != start)
+            {
+                return Err(Error::corrupted(&path, 0, "gap between log files"));
             }
-            let file = MappedFile::map(fs, &path, start, file_size, MapMode::Open).map_err(|e| Error::io(&path, e))?;
+            let file = MappedFile::map(fs, &path, start, file_size, MapMode::Open)
+                .map_err(|e| Error::io(&path, e))?;
             files.push(Arc::new(file));
         }
-        Ok(FileQueue { dir: dir.to_owned(), file_size, files: RwLock::new(files) })
+        Ok(FileQueue {
+            dir: dir.to_owned(),
+            file_size,
+            files: RwLock::new(files),
+        })
     }
 
     pub(crate) fn dir(&self) -> &Path {
@@ -113,7 +136,8 @@ impl FileQueue {
     pub(crate) fn create(&self, fs: &dyn FileSystem, start: u64) -> Result<Arc<MappedFile>> {
         debug_assert_eq!(start % self.file_size, 0);
         let path = self.dir.join(io::offset_name(start));
-        let file = MappedFile::map(fs, &path, start, self.file_size, MapMode::Create).map_err(|e| Error::io(&path, e))?;
+        let file = MappedFile::map(fs, &path, start, self.file_size, MapMode::Create)
+            .map_err(|e| Error::io(&path, e))?;
         if let Err(e) = fs.sync_dir(&self.dir) {
             let _ = fs.remove_file(&path);
             return Err(Error::io(&self.dir, e));
@@ -138,19 +162,25 @@ impl FileQueue {
         let mut removed = false;
         while files.last().is_some_and(|f| f.start_offset() >= start) {
             if let Some(f) = files.pop() {
-                fs.remove_file(f.path()).map_err(|e| Error::io(f.path(), e))?;
+                fs.remove_file(f.path())
+                    .map_err(|e| Error::io(f.path(), e))?;
                 removed = true;
             }
         }
         if removed {
-            fs.sync_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+            fs.sync_dir(&self.dir)
+                .map_err(|e| Error::io(&self.dir, e))?;
         }
         Ok(())
     }
 
     /// Unlinks the oldest files while `pred` holds for them, never the last file. Returns how
     /// many were removed. Readers holding an `Arc` keep their mapping until they drop it.
-    pub(crate) fn remove_front_while(&self, fs: &dyn FileSystem, mut pred: impl FnMut(&MappedFile) -> bool) -> Result<usize> {
+    pub(crate) fn remove_front_while(
+        &self,
+        fs: &dyn FileSystem,
+        mut pred: impl FnMut(&MappedFile) -> bool,
+    ) -> Result<usize> {
         let mut removed = 0;
         loop {
             let victim = {
@@ -162,11 +192,13 @@ impl FileQueue {
             };
             // Drop it from the list first so no new reader finds it, then unlink.
             self.files.write().retain(|f| !Arc::ptr_eq(f, &victim));
-            fs.remove_file(victim.path()).map_err(|e| Error::io(victim.path(), e))?;
+            fs.remove_file(victim.path())
+                .map_err(|e| Error::io(victim.path(), e))?;
             removed += 1;
         }
         if removed > 0 {
-            fs.sync_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+            fs.sync_dir(&self.dir)
+                .map_err(|e| Error::io(&self.dir, e))?;
         }
         Ok(removed)
     }

@@ -39,13 +39,15 @@ pub use consume_queue::{UNIT_SIZE, Unit};
 use self::consume_queue::ConsumeQueue;
 use self::file_queue::FileQueue;
 use crate::catalog::Catalog;
-use crate::durability::{BackgroundWork, Completion, DataSignal, FlushTarget, Flusher, GroupCommit};
+use crate::durability::{
+    BackgroundWork, Completion, DataSignal, FlushTarget, Flusher, GroupCommit,
+};
 use crate::error::{Error, Result};
 use crate::io::FileSystem;
 use crate::options::{FlushPolicy, StoreOptions};
 use crate::store::{
-    AppendResult, DiskUsage, EngineKind, LogStore, Message, PartitionBounds, ReadLimits, Record, TopicConfig,
-    VerifyReport, is_internal_topic, validate_topic_name,
+    AppendResult, DiskUsage, EngineKind, LogStore, Message, PartitionBounds, ReadLimits, Record,
+    TopicConfig, VerifyReport, is_internal_topic, validate_topic_name,
 };
 
 const COMMITLOG_DIR: &str = "commitlog";
@@ -73,11 +75,13 @@ pub(crate) struct TopicState {
 
 impl TopicState {
     fn partition(&self, p: u32) -> Result<&PartitionState> {
-        self.partitions.get(p as usize).ok_or_else(|| Error::UnknownPartition {
-            topic: self.name.clone(),
-            partition: p,
-            partitions: self.config.partitions,
-        })
+        self.partitions
+            .get(p as usize)
+            .ok_or_else(|| Error::UnknownPartition {
+                topic: self.name.clone(),
+                partition: p,
+                partitions: self.config.partitions,
+            })
     }
 }
 
@@ -113,11 +117,19 @@ pub(crate) struct Inner {
 
 impl Inner {
     fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) { Err(Error::Closed) } else { Ok(()) }
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
     }
 
     fn topic(&self, name: &str) -> Result<Arc<TopicState>> {
-        self.topics.read().get(name).cloned().ok_or_else(|| Error::UnknownTopic(name.to_owned()))
+        self.topics
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownTopic(name.to_owned()))
     }
 
     /// Largest record: the configured limit, and a record plus a blank must fit in one file.
@@ -127,13 +139,20 @@ impl Inner {
     }
 
     fn cq_dir(&self, topic: &str, partition: u32) -> PathBuf {
-        self.dir.join(CONSUMEQUEUE_DIR).join(topic).join(partition.to_string())
+        self.dir
+            .join(CONSUMEQUEUE_DIR)
+            .join(topic)
+            .join(partition.to_string())
     }
 
     fn open_topic(&self, name: &str, config: &TopicConfig) -> Result<TopicState> {
         let mut partitions = Vec::with_capacity(config.partitions as usize);
         for p in 0..config.partitions {
-            let cq = ConsumeQueue::open(self.fs.as_ref(), &self.cq_dir(name, p), self.opts.commitlog.consume_queue_units)?;
+            let cq = ConsumeQueue::open(
+                self.fs.as_ref(),
+                &self.cq_dir(name, p),
+                self.opts.commitlog.consume_queue_units,
+            )?;
             partitions.push(PartitionState {
                 cq,
                 next_offset: AtomicU64::new(0),
@@ -141,14 +160,24 @@ impl Inner {
                 start: AtomicU64::new(0),
             });
         }
-        Ok(TopicState { name: name.to_owned(), config: config.clone(), partitions })
+        Ok(TopicState {
+            name: name.to_owned(),
+            config: config.clone(),
+            partitions,
+        })
     }
 
     fn catalog(&self) -> Catalog {
         let topics = self.topics.read();
-        let mut list: Vec<(String, TopicConfig)> = topics.values().map(|t| (t.name.clone(), t.config.clone())).collect();
+        let mut list: Vec<(String, TopicConfig)> = topics
+            .values()
+            .map(|t| (t.name.clone(), t.config.clone()))
+            .collect();
         list.sort_by(|a, b| a.0.cmp(&b.0));
-        Catalog { engine: EngineKind::CommitLog, topics: list }
+        Catalog {
+            engine: EngineKind::CommitLog,
+            topics: list,
+        }
     }
 
     /// Persists the start offsets that are above a partition's first unit.
@@ -207,11 +236,17 @@ impl FlushTarget for Inner {
 
     fn flush_to(&self, upto: u64) -> Result<()> {
         let size = self.log.file_size();
-        let mut pos = self.flushed.load(Ordering::Acquire).max(self.log.min_offset().unwrap_or(0));
+        let mut pos = self
+            .flushed
+            .load(Ordering::Acquire)
+            .max(self.log.min_offset().unwrap_or(0));
         while pos < upto {
-            let Some(file) = self.log.find(pos) else { break };
+            let Some(file) = self.log.find(pos) else {
+                break;
+            };
             let upto_in_file = (upto - file.start_offset()).min(size) as usize;
-            file.flush(upto_in_file).map_err(|e| Error::io(file.path(), e))?;
+            file.flush(upto_in_file)
+                .map_err(|e| Error::io(file.path(), e))?;
             pos = file.start_offset() + size;
         }
         self.flushed.fetch_max(upto, Ordering::AcqRel);
@@ -227,8 +262,10 @@ impl BackgroundWork for Inner {
         let now = Instant::now();
         let (do_cp, do_ret) = {
             let mut b = self.background.lock();
-            let cp = now.duration_since(b.last_checkpoint) >= self.opts.commitlog.checkpoint_interval;
-            let ret = now.duration_since(b.last_retention) >= self.opts.commitlog.retention_check_interval;
+            let cp =
+                now.duration_since(b.last_checkpoint) >= self.opts.commitlog.checkpoint_interval;
+            let ret = now.duration_since(b.last_retention)
+                >= self.opts.commitlog.retention_check_interval;
             if cp {
                 b.last_checkpoint = now;
             }
@@ -295,11 +332,21 @@ impl CommitLogStore {
 
     /// Paths of the commit-log files, oldest first.
     pub fn commitlog_files(&self) -> Vec<PathBuf> {
-        self.inner.log.snapshot().iter().map(|f| f.path().to_owned()).collect()
+        self.inner
+            .log
+            .snapshot()
+            .iter()
+            .map(|f| f.path().to_owned())
+            .collect()
     }
 
     /// The consume-queue unit of a record.
-    pub fn consume_queue_unit(&self, topic: &str, partition: u32, offset: u64) -> Result<Option<Unit>> {
+    pub fn consume_queue_unit(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<Option<Unit>> {
         let t = self.inner.topic(topic)?;
         let part = t.partition(partition)?;
         if offset >= part.end.load(Ordering::Acquire) {
@@ -336,7 +383,10 @@ impl LogStore for CommitLogStore {
         inner.check_open()?;
         validate_topic_name(name)?;
         if config.partitions == 0 || config.partitions > 65_536 {
-            return Err(Error::InvalidArgument(format!("a topic needs 1 to 65,536 partitions, not {}", config.partitions)));
+            return Err(Error::InvalidArgument(format!(
+                "a topic needs 1 to 65,536 partitions, not {}",
+                config.partitions
+            )));
         }
         let _admin = inner.admin.lock();
         if inner.topics.read().contains_key(name) {
@@ -355,8 +405,14 @@ impl LogStore for CommitLogStore {
     }
 
     fn list_topics(&self, include_internal: bool) -> Vec<String> {
-        let mut v: Vec<String> =
-            self.inner.topics.read().keys().filter(|n| include_internal || !is_internal_topic(n)).cloned().collect();
+        let mut v: Vec<String> = self
+            .inner
+            .topics
+            .read()
+            .keys()
+            .filter(|n| include_internal || !is_internal_topic(n))
+            .cloned()
+            .collect();
         v.sort();
         v
     }
@@ -366,17 +422,33 @@ impl LogStore for CommitLogStore {
         self.finish(r, end, true)
     }
 
-    fn append_oneway(&self, topic: &str, partition: u32, messages: &[Message]) -> Result<AppendResult> {
+    fn append_oneway(
+        &self,
+        topic: &str,
+        partition: u32,
+        messages: &[Message],
+    ) -> Result<AppendResult> {
         let (r, end) = self.inner.append_batch(topic, partition, messages)?;
         self.finish(r, end, false)
     }
 
-    fn append_async(&self, topic: &str, partition: u32, messages: &[Message]) -> Result<Completion> {
+    fn append_async(
+        &self,
+        topic: &str,
+        partition: u32,
+        messages: &[Message],
+    ) -> Result<Completion> {
         let (r, end) = self.inner.append_batch(topic, partition, messages)?;
         Ok(Completion::new(r, end, Arc::clone(&self.inner.gc)))
     }
 
-    fn read(&self, topic: &str, partition: u32, offset: u64, limits: ReadLimits) -> Result<Vec<Record>> {
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limits: ReadLimits,
+    ) -> Result<Vec<Record>> {
         self.inner.check_open()?;
         self.inner.read(topic, partition, offset, limits)
     }
@@ -397,7 +469,13 @@ impl LogStore for CommitLogStore {
         self.inner.gc.sync_all(self.inner.as_ref())
     }
 
-    fn wait_for(&self, topic: &str, partition: u32, offset: u64, timeout: Duration) -> Result<bool> {
+    fn wait_for(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        timeout: Duration,
+    ) -> Result<bool> {
         self.inner.check_open()?;
         let t = self.inner.topic(topic)?;
         let part = t.partition(partition)?;
@@ -457,8 +535,12 @@ impl LogStore for CommitLogStore {
             inner.gc.sync_all(inner.as_ref())?;
             inner.write_checkpoint()?;
             let abort = inner.dir.join(ABORT_FILE);
-            crate::io::remove_if_exists(inner.fs.as_ref(), &abort).map_err(|e| Error::io(&abort, e))?;
-            inner.fs.sync_dir(&inner.dir).map_err(|e| Error::io(&inner.dir, e))
+            crate::io::remove_if_exists(inner.fs.as_ref(), &abort)
+                .map_err(|e| Error::io(&abort, e))?;
+            inner
+                .fs
+                .sync_dir(&inner.dir)
+                .map_err(|e| Error::io(&inner.dir, e))
         })();
         inner.gc.close();
         result
@@ -483,6 +565,11 @@ impl LogStore for CommitLogStore {
 fn start_flusher(inner: &Arc<Inner>) -> Result<Flusher> {
     let target: Weak<dyn FlushTarget> = Arc::downgrade(inner) as Weak<dyn FlushTarget>;
     let work: Weak<dyn BackgroundWork> = Arc::downgrade(inner) as Weak<dyn BackgroundWork>;
-    let tick = inner.opts.commitlog.checkpoint_interval.min(inner.opts.commitlog.retention_check_interval);
-    Flusher::spawn("duolog-flush", Arc::clone(&inner.gc), target, work, tick).map_err(|e| Error::io(&inner.dir, e))
+    let tick = inner
+        .opts
+        .commitlog
+        .checkpoint_interval
+        .min(inner.opts.commitlog.retention_check_interval);
+    Flusher::spawn("duolog-flush", Arc::clone(&inner.gc), target, work, tick)
+        .map_err(|e| Error::io(&inner.dir, e))
 }

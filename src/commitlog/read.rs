@@ -8,7 +8,7 @@ use super::Inner;
 use super::consume_queue::Unit;
 use super::record::{self, Checks, Decoded};
 use crate::error::{Error, Result};
-use crate::store::{PropertyEncoding, Properties, ReadLimits, Record};
+use crate::store::{Properties, PropertyEncoding, ReadLimits, Record};
 
 /// The byte range of `part` inside `whole` (both borrowed from the same buffer).
 fn range_in(whole: &[u8], part: &[u8]) -> std::ops::Range<usize> {
@@ -18,11 +18,13 @@ fn range_in(whole: &[u8], part: &[u8]) -> std::ops::Range<usize> {
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return None;
     }
     let nib = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    b.chunks(2).map(|p| Some((nib(p[0])? << 4) | nib(p[1])?)).collect()
+    b.chunks(2)
+        .map(|p| Some((nib(p[0])? << 4) | nib(p[1])?))
+        .collect()
 }
 
 /// Builds a [`Record`] from one stored record's bytes, checking that it is the record the
@@ -59,7 +61,11 @@ pub(crate) fn make_record(
     for (name, value) in record::iter_properties(d.properties) {
         match name {
             "__KEY" => key = Some(chunk.slice(range_in(&chunk, value.as_bytes()))),
-            "__KEYHEX" => key = Some(Bytes::from(unhex(value).ok_or_else(|| corrupt("bad hex key"))?)),
+            "__KEYHEX" => {
+                key = Some(Bytes::from(
+                    unhex(value).ok_or_else(|| corrupt("bad hex key"))?,
+                ))
+            }
             "TAGS" => tags = Some(chunk.slice(range_in(&chunk, value.as_bytes()))),
             _ => {}
         }
@@ -78,7 +84,13 @@ pub(crate) fn make_record(
 }
 
 impl Inner {
-    pub(crate) fn read(&self, topic: &str, partition: u32, offset: u64, limits: ReadLimits) -> Result<Vec<Record>> {
+    pub(crate) fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limits: ReadLimits,
+    ) -> Result<Vec<Record>> {
         let t = self.topic(topic)?;
         let part = t.partition(partition)?;
         let start = part.start.load(Ordering::Acquire);
@@ -101,7 +113,11 @@ impl Inner {
         let mut bytes = 0usize;
         for o in offset..offset + n as u64 {
             let unit = part.cq.unit(o).ok_or_else(|| {
-                Error::corrupted(part.cq.dir(), o * super::UNIT_SIZE, "missing consume-queue unit below the partition end")
+                Error::corrupted(
+                    part.cq.dir(),
+                    o * super::UNIT_SIZE,
+                    "missing consume-queue unit below the partition end",
+                )
             })?;
             if !units.is_empty() && bytes + unit.size as usize > limits.max_bytes {
                 break;
@@ -117,7 +133,11 @@ impl Inner {
             };
             let at = (u.position - file.start_offset()) as usize;
             let data = file.read(at, u.size as usize).ok_or_else(|| {
-                Error::corrupted(file.path(), at as u64, "consume-queue unit points past the end of the log")
+                Error::corrupted(
+                    file.path(),
+                    at as u64,
+                    "consume-queue unit points past the end of the log",
+                )
             })?;
             buf.extend_from_slice(data);
         }
@@ -132,7 +152,13 @@ impl Inner {
                 Some(f) => (f.path().to_owned(), pos - f.start_offset()),
                 None => (self.log.dir().to_owned(), pos),
             };
-            out.push(make_record(chunk, topic, partition, offset + i as u64, locate)?);
+            out.push(make_record(
+                chunk,
+                topic,
+                partition,
+                offset + i as u64,
+                locate,
+            )?);
         }
         Ok(out)
     }

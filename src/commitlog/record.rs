@@ -120,18 +120,38 @@ fn header_len(born: &SocketAddr, store: &SocketAddr) -> usize {
 }
 
 /// Total encoded length of a record.
-pub fn encoded_len(header: &RecordHeader, body_len: usize, topic_len: usize, properties_len: usize) -> usize {
-    header_len(&header.born_host, &header.store_host) + 4 + body_len + 1 + topic_len + 2 + properties_len
+pub fn encoded_len(
+    header: &RecordHeader,
+    body_len: usize,
+    topic_len: usize,
+    properties_len: usize,
+) -> usize {
+    header_len(&header.born_host, &header.store_host)
+        + 4
+        + body_len
+        + 1
+        + topic_len
+        + 2
+        + properties_len
 }
 
 /// Offset of STORETIMESTAMP in a record whose SYSFLAG is `sys_flag`.
 pub fn store_timestamp_pos(sys_flag: i32) -> usize {
-    BORN_HOST_POS + if sys_flag & SYSFLAG_BORNHOST_V6 != 0 { 20 } else { 8 }
+    BORN_HOST_POS
+        + if sys_flag & SYSFLAG_BORNHOST_V6 != 0 {
+            20
+        } else {
+            8
+        }
 }
 
 /// RocketMQ's body checksum: CRC-32 (IEEE) masked to 31 bits; 0 for an empty body.
 pub fn body_crc(body: &[u8]) -> i32 {
-    if body.is_empty() { 0 } else { (crc32fast::hash(body) & 0x7FFF_FFFF) as i32 }
+    if body.is_empty() {
+        0
+    } else {
+        (crc32fast::hash(body) & 0x7FFF_FFFF) as i32
+    }
 }
 
 /// Java's `String.hashCode` over UTF-16 code units, sign-extended: RocketMQ's tag hash.
@@ -209,9 +229,16 @@ pub fn crc_of_stable_tail(record: &[u8]) -> crc32fast::Hasher {
 
 /// Stamps the fields only known at append time and fills the checksum property, reusing the
 /// tail state from [`crc_of_stable_tail`].
-pub fn stamp(record: &mut [u8], queue_offset: i64, physical_offset: i64, store_timestamp: i64, tail: &crc32fast::Hasher) {
+pub fn stamp(
+    record: &mut [u8],
+    queue_offset: i64,
+    physical_offset: i64,
+    store_timestamp: i64,
+    tail: &crc32fast::Hasher,
+) {
     record[QUEUE_OFFSET_POS..QUEUE_OFFSET_POS + 8].copy_from_slice(&queue_offset.to_be_bytes());
-    record[PHYSICAL_OFFSET_POS..PHYSICAL_OFFSET_POS + 8].copy_from_slice(&physical_offset.to_be_bytes());
+    record[PHYSICAL_OFFSET_POS..PHYSICAL_OFFSET_POS + 8]
+        .copy_from_slice(&physical_offset.to_be_bytes());
     let ts_pos = store_timestamp_pos(read_i32(record, SYSFLAG_POS));
     record[ts_pos..ts_pos + 8].copy_from_slice(&store_timestamp.to_be_bytes());
     let mut h = crc32fast::Hasher::new();
@@ -315,9 +342,15 @@ pub struct Checks {
 
 impl Checks {
     /// Every check, for records written by duolog.
-    pub const FULL: Checks = Checks { body_crc: true, require_record_crc: true };
+    pub const FULL: Checks = Checks {
+        body_crc: true,
+        require_record_crc: true,
+    };
     /// RocketMQ's own checks, for foreign files.
-    pub const ROCKETMQ: Checks = Checks { body_crc: true, require_record_crc: false };
+    pub const ROCKETMQ: Checks = Checks {
+        body_crc: true,
+        require_record_crc: false,
+    };
 }
 
 fn read_i32(b: &[u8], pos: usize) -> i32 {
@@ -343,14 +376,22 @@ fn read_host(b: &[u8], pos: usize, v6: bool) -> SocketAddr {
 
 /// Reads TOTALSIZE and MAGICCODE only. `None` if fewer than 8 bytes.
 pub fn peek(buf: &[u8]) -> Option<(i32, i32)> {
-    if buf.len() < 8 { None } else { Some((read_i32(buf, 0), read_i32(buf, 4))) }
+    if buf.len() < 8 {
+        None
+    } else {
+        Some((read_i32(buf, 0), read_i32(buf, 4)))
+    }
 }
 
 /// Decodes the record at the start of `buf` (which may run on past it). Never panics and never
 /// allocates, whatever the bytes.
 pub fn decode(buf: &[u8], checks: Checks) -> Result<Decoded<'_>, DecodeError> {
     let Some((total, magic)) = peek(buf) else {
-        return Err(if buf.iter().all(|&b| b == 0) { DecodeError::Empty } else { DecodeError::Truncated });
+        return Err(if buf.iter().all(|&b| b == 0) {
+            DecodeError::Empty
+        } else {
+            DecodeError::Truncated
+        });
     };
     if total == 0 && magic == 0 {
         return Err(DecodeError::Empty);
@@ -359,7 +400,9 @@ pub fn decode(buf: &[u8], checks: Checks) -> Result<Decoded<'_>, DecodeError> {
         if total < BLANK_LEN as i32 {
             return Err(DecodeError::Invalid("blank record shorter than 8 bytes"));
         }
-        return Ok(Decoded::Blank { size: total as usize });
+        return Ok(Decoded::Blank {
+            size: total as usize,
+        });
     }
     if magic != MESSAGE_MAGIC && magic != MESSAGE_MAGIC_V2 {
         return Err(DecodeError::Invalid("bad magic code"));
@@ -390,14 +433,20 @@ pub fn decode(buf: &[u8], checks: Checks) -> Result<Decoded<'_>, DecodeError> {
         return Err(DecodeError::Invalid("negative body length"));
     }
     let body_pos = body_len_pos + 4;
-    let body_end = body_pos.checked_add(body_len as usize).filter(|&e| e < total).ok_or(DecodeError::Invalid("body length past the record"))?;
+    let body_end = body_pos
+        .checked_add(body_len as usize)
+        .filter(|&e| e < total)
+        .ok_or(DecodeError::Invalid("body length past the record"))?;
     let (topic_len, topic_pos) = if magic == MESSAGE_MAGIC {
         (usize::from(rec[body_end]), body_end + 1)
     } else {
         if body_end + 2 > total {
             return Err(DecodeError::Invalid("topic length past the record"));
         }
-        (usize::from(u16::from_be_bytes([rec[body_end], rec[body_end + 1]])), body_end + 2)
+        (
+            usize::from(u16::from_be_bytes([rec[body_end], rec[body_end + 1]])),
+            body_end + 2,
+        )
     };
     let props_len_pos = topic_pos + topic_len;
     if props_len_pos + 2 > total {
@@ -409,7 +458,9 @@ pub fn decode(buf: &[u8], checks: Checks) -> Result<Decoded<'_>, DecodeError> {
     }
     let props_pos = props_len_pos + 2;
     if props_pos + props_len as usize != total {
-        return Err(DecodeError::Invalid("field lengths do not add up to the record size"));
+        return Err(DecodeError::Invalid(
+            "field lengths do not add up to the record size",
+        ));
     }
     let body = &rec[body_pos..body_end];
     let stored_body_crc = read_i32(rec, 8);
@@ -485,7 +536,8 @@ pub fn put_property(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// Whether a property name or value can be stored (contains no separator byte).
 pub fn is_storable_property_text(s: &[u8]) -> bool {
-    !s.iter().any(|&b| b == NAME_VALUE_SEPARATOR || b == PROPERTY_SEPARATOR)
+    !s.iter()
+        .any(|&b| b == NAME_VALUE_SEPARATOR || b == PROPERTY_SEPARATOR)
 }
 
 /// Whether a record of this sys flag takes a queue offset and a consume-queue entry (RocketMQ:
@@ -512,7 +564,9 @@ mod tests {
     #[test]
     fn round_trip_with_record_crc() {
         let rec = sample(b"TAGS\x01TagA\x02");
-        let Ok(Decoded::Message(d)) = decode(&rec, Checks::FULL) else { panic!("decode failed") };
+        let Ok(Decoded::Message(d)) = decode(&rec, Checks::FULL) else {
+            panic!("decode failed")
+        };
         assert_eq!(d.total_size, rec.len());
         assert_eq!(d.header.queue_id, 3);
         assert_eq!(d.header.queue_offset, 7);
@@ -558,7 +612,10 @@ mod tests {
     fn every_truncation_is_an_error() {
         let rec = sample(b"");
         for len in 0..rec.len() {
-            assert!(decode(&rec[..len], Checks::FULL).is_err(), "truncated to {len}");
+            assert!(
+                decode(&rec[..len], Checks::FULL).is_err(),
+                "truncated to {len}"
+            );
         }
     }
 

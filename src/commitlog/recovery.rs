@@ -27,8 +27,8 @@ use super::consume_queue::Unit;
 use super::file_queue::FileQueue;
 use super::record::{self, Checks, DecodeError, Decoded};
 use super::{
-    ABORT_FILE, AppendState, BackgroundState, COMMITLOG_DIR, CommitLogStore, Inner, LOCK_FILE, TopicState,
-    start_flusher,
+    ABORT_FILE, AppendState, BackgroundState, COMMITLOG_DIR, CommitLogStore, Inner, LOCK_FILE,
+    TopicState, start_flusher,
 };
 use crate::catalog::Catalog;
 use crate::durability::{DataSignal, GroupCommit};
@@ -38,36 +38,56 @@ use crate::store::EngineKind;
 
 pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
     if opts.commitlog.file_size < 4096 {
-        return Err(Error::InvalidArgument("commitlog.file_size must be at least 4096 bytes".into()));
+        return Err(Error::InvalidArgument(
+            "commitlog.file_size must be at least 4096 bytes".into(),
+        ));
     }
     if opts.commitlog.consume_queue_units == 0 {
-        return Err(Error::InvalidArgument("commitlog.consume_queue_units must be positive".into()));
+        return Err(Error::InvalidArgument(
+            "commitlog.consume_queue_units must be positive".into(),
+        ));
     }
     let fs = Arc::clone(&opts.fs);
     fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let lock_path = dir.join(LOCK_FILE);
-    let lock = fs.lock_file(&lock_path).map_err(|e| Error::io(&lock_path, e))?.ok_or_else(|| Error::Locked(dir.to_owned()))?;
+    let lock = fs
+        .lock_file(&lock_path)
+        .map_err(|e| Error::io(&lock_path, e))?
+        .ok_or_else(|| Error::Locked(dir.to_owned()))?;
 
     let catalog = match Catalog::load(fs.as_ref(), dir)? {
         Some(c) if c.engine != EngineKind::CommitLog => {
-            return Err(Error::InvalidArgument(format!("{} holds a {} store", dir.display(), c.engine)));
+            return Err(Error::InvalidArgument(format!(
+                "{} holds a {} store",
+                dir.display(),
+                c.engine
+            )));
         }
         Some(c) => c,
         None => {
-            let c = Catalog { engine: EngineKind::CommitLog, topics: Vec::new() };
+            let c = Catalog {
+                engine: EngineKind::CommitLog,
+                topics: Vec::new(),
+            };
             c.store(fs.as_ref(), dir)?;
             c
         }
     };
     let abort_path = dir.join(ABORT_FILE);
-    let unclean = fs.exists(&abort_path).map_err(|e| Error::io(&abort_path, e))?;
+    let unclean = fs
+        .exists(&abort_path)
+        .map_err(|e| Error::io(&abort_path, e))?;
     let checkpoint = match Checkpoint::load(fs.as_ref(), dir) {
         Ok(cp) => cp,
         // A damaged checkpoint only costs a longer replay.
         Err(Error::Corrupted { .. }) => None,
         Err(e) => return Err(e),
     };
-    let log = FileQueue::open(fs.as_ref(), &dir.join(COMMITLOG_DIR), opts.commitlog.file_size)?;
+    let log = FileQueue::open(
+        fs.as_ref(),
+        &dir.join(COMMITLOG_DIR),
+        opts.commitlog.file_size,
+    )?;
 
     let now = Instant::now();
     let mut inner = Inner {
@@ -78,12 +98,17 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         log,
         topics: RwLock::new(HashMap::new()),
         admin: Mutex::new(()),
-        append_lock: Mutex::new(AppendState { last_store_timestamp: 0 }),
+        append_lock: Mutex::new(AppendState {
+            last_store_timestamp: 0,
+        }),
         written: AtomicU64::new(0),
         flushed: AtomicU64::new(0),
         signal: DataSignal::default(),
         closed: AtomicBool::new(false),
-        background: Mutex::new(BackgroundState { last_checkpoint: now, last_retention: now }),
+        background: Mutex::new(BackgroundState {
+            last_checkpoint: now,
+            last_retention: now,
+        }),
         checkpoint_lock: Mutex::new(()),
     };
     let mut topics = HashMap::new();
@@ -99,9 +124,14 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
     let (replay_from, end) = match clean_end {
         Some(end) => (end, end),
         None => {
-            let from = checkpoint.map_or(log_min, |c| c.dispatch_flushed).max(log_min);
+            let from = checkpoint
+                .map_or(log_min, |c| c.dispatch_flushed)
+                .max(log_min);
             // Never start past the files that exist.
-            let last_end = inner.log.last().map_or(0, |f| f.start_offset() + f.len() as u64);
+            let last_end = inner
+                .log
+                .last()
+                .map_or(0, |f| f.start_offset() + f.len() as u64);
             (from.min(last_end), u64::MAX)
         }
     };
@@ -111,19 +141,28 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
     for t in topics.values_mut() {
         let name = t.name.clone();
         for (p, part) in t.partitions.iter_mut().enumerate() {
-            let mut check = |offset: u64, unit: &Unit| record_matches(&mut inner.log, unit, &name, p as u32, offset);
-            let n = part.cq.recover(fs.as_ref(), replay_from, after_crash, &mut check)?;
+            let mut check = |offset: u64, unit: &Unit| {
+                record_matches(&mut inner.log, unit, &name, p as u32, offset)
+            };
+            let n = part
+                .cq
+                .recover(fs.as_ref(), replay_from, after_crash, &mut check)?;
             part.next_offset = AtomicU64::new(n);
         }
     }
 
-    let (valid_end, replayed_ts) = if end == u64::MAX { replay(&mut inner, &topics, replay_from)? } else { (end, 0) };
+    let (valid_end, replayed_ts) = if end == u64::MAX {
+        replay(&mut inner, &topics, replay_from)?
+    } else {
+        (end, 0)
+    };
     truncate_log(&mut inner, valid_end, replay_from, clean_end.is_none())?;
     inner.written = AtomicU64::new(valid_end);
 
     // Start offsets: persisted ones, the first queue file, and the first record still in the log.
     let persisted = checkpoint::load_start_offsets(fs.as_ref(), dir).unwrap_or_default();
-    let persisted: HashMap<(String, u32), u64> = persisted.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
+    let persisted: HashMap<(String, u32), u64> =
+        persisted.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
     let log_min = inner.log.min_offset().unwrap_or(0);
     for t in topics.values() {
         for (p, part) in t.partitions.iter().enumerate() {
@@ -145,10 +184,15 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
     // Make the recovered state durable before anything new is acknowledged.
     inner.gc.sync_all(inner.as_ref())?;
     inner.write_checkpoint()?;
-    fs.write_file_synced(&abort_path, b"").map_err(|e| Error::io(&abort_path, e))?;
+    fs.write_file_synced(&abort_path, b"")
+        .map_err(|e| Error::io(&abort_path, e))?;
     fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
     let flusher = start_flusher(&inner)?;
-    Ok(CommitLogStore { inner, flusher: Mutex::new(Some(flusher)), _lock: lock })
+    Ok(CommitLogStore {
+        inner,
+        flusher: Mutex::new(Some(flusher)),
+        _lock: lock,
+    })
 }
 
 /// A clean shutdown left the log ending exactly at `end`: it lies within the files and only
@@ -156,7 +200,9 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
 fn is_clean_end(inner: &mut Inner, end: u64) -> bool {
     let size = inner.log.file_size();
     let files = inner.log.files_mut();
-    let Some(last) = files.last_mut() else { return end == 0 };
+    let Some(last) = files.last_mut() else {
+        return end == 0;
+    };
     let last_end = last.start_offset() + size;
     if end == last_end {
         return true;
@@ -164,22 +210,39 @@ fn is_clean_end(inner: &mut Inner, end: u64) -> bool {
     if end < last.start_offset() || end > last_end {
         return false;
     }
-    let Some(file) = Arc::get_mut(last) else { return false };
+    let Some(file) = Arc::get_mut(last) else {
+        return false;
+    };
     let at = (end - file.start_offset()) as usize;
-    matches!(record::decode(&file.contents()[at..], Checks::FULL), Err(DecodeError::Empty))
+    matches!(
+        record::decode(&file.contents()[at..], Checks::FULL),
+        Err(DecodeError::Empty)
+    )
 }
 
 /// Whether `unit` points at a valid record of `topic`/`partition` with queue offset `offset`.
-fn record_matches(log: &mut FileQueue, unit: &Unit, topic: &str, partition: u32, offset: u64) -> bool {
+fn record_matches(
+    log: &mut FileQueue,
+    unit: &Unit,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+) -> bool {
     let size = log.file_size();
-    let Some(min) = log.min_offset() else { return false };
+    let Some(min) = log.min_offset() else {
+        return false;
+    };
     if unit.position < min {
         return false;
     }
     let idx = ((unit.position - min) / size) as usize;
-    let Some(file) = log.files_mut().get_mut(idx).and_then(Arc::get_mut) else { return false };
+    let Some(file) = log.files_mut().get_mut(idx).and_then(Arc::get_mut) else {
+        return false;
+    };
     let at = (unit.position - file.start_offset()) as usize;
-    let Some(bytes) = file.contents().get(at..at + unit.size as usize) else { return false };
+    let Some(bytes) = file.contents().get(at..at + unit.size as usize) else {
+        return false;
+    };
     matches!(record::decode(bytes, Checks::FULL), Ok(Decoded::Message(d))
         if d.total_size == bytes.len() && d.topic == topic.as_bytes()
             && d.header.queue_id == partition as i32 && d.header.queue_offset == offset as i64)
@@ -187,13 +250,22 @@ fn record_matches(log: &mut FileQueue, unit: &Unit, topic: &str, partition: u32,
 
 /// Replays records from `from`; returns the position after the last valid one and the newest
 /// store timestamp seen.
-fn replay(inner: &mut Inner, topics: &HashMap<String, TopicState>, from: u64) -> Result<(u64, i64)> {
+fn replay(
+    inner: &mut Inner,
+    topics: &HashMap<String, TopicState>,
+    from: u64,
+) -> Result<(u64, i64)> {
     let mut max_ts = 0i64;
     let end = replay_records(inner, topics, from, &mut max_ts)?;
     Ok((end, max_ts))
 }
 
-fn replay_records(inner: &mut Inner, topics: &HashMap<String, TopicState>, from: u64, max_ts: &mut i64) -> Result<u64> {
+fn replay_records(
+    inner: &mut Inner,
+    topics: &HashMap<String, TopicState>,
+    from: u64,
+    max_ts: &mut i64,
+) -> Result<u64> {
     let fs = Arc::clone(&inner.fs);
     let size = inner.log.file_size();
     let mut pos = from;
@@ -203,7 +275,8 @@ fn replay_records(inner: &mut Inner, topics: &HashMap<String, TopicState>, from:
         if start + size <= pos {
             continue;
         }
-        let file = Arc::get_mut(f).ok_or_else(|| Error::InvalidArgument("log shared during recovery".into()))?;
+        let file = Arc::get_mut(f)
+            .ok_or_else(|| Error::InvalidArgument("log shared during recovery".into()))?;
         let path = file.path().to_owned();
         let data = file.contents();
         let mut at = (pos - start) as usize;
@@ -227,27 +300,44 @@ fn replay_records(inner: &mut Inner, topics: &HashMap<String, TopicState>, from:
                     }
                     *max_ts = (*max_ts).max(d.header.store_timestamp);
                     if record::is_dispatched(d.header.sys_flag) {
-                        let topic = std::str::from_utf8(d.topic).ok().and_then(|n| topics.get(n));
+                        let topic = std::str::from_utf8(d.topic)
+                            .ok()
+                            .and_then(|n| topics.get(n));
                         let part = topic.and_then(|t| t.partitions.get(d.header.queue_id as usize));
                         let Some(part) = part else {
-                            return Err(Error::corrupted(&path, at as u64, "valid record of a topic or partition missing from the catalog"));
+                            return Err(Error::corrupted(
+                                &path,
+                                at as u64,
+                                "valid record of a topic or partition missing from the catalog",
+                            ));
                         };
                         let expected = part.next_offset.load(Ordering::Relaxed);
                         if d.header.queue_offset != expected as i64 {
                             return Err(Error::corrupted(
                                 &path,
                                 at as u64,
-                                format!("record has queue offset {} but its consume queue ends at {expected}", d.header.queue_offset),
+                                format!(
+                                    "record has queue offset {} but its consume queue ends at {expected}",
+                                    d.header.queue_offset
+                                ),
                             ));
                         }
-                        let tag_hash = record::iter_properties(d.properties).find(|(k, _)| *k == "TAGS").map_or(0, |(_, v)| record::tag_hash(v));
-                        let unit = Unit { position: start + at as u64, size: d.total_size as u32, tag_hash };
+                        let tag_hash = record::iter_properties(d.properties)
+                            .find(|(k, _)| *k == "TAGS")
+                            .map_or(0, |(_, v)| record::tag_hash(v));
+                        let unit = Unit {
+                            position: start + at as u64,
+                            size: d.total_size as u32,
+                            tag_hash,
+                        };
                         part.cq.put(fs.as_ref(), expected, &unit)?;
                         part.next_offset.store(expected + 1, Ordering::Relaxed);
                     }
                     at += d.total_size;
                 }
-                Err(DecodeError::Empty | DecodeError::Truncated | DecodeError::Invalid(_)) => return Ok(start + at as u64),
+                Err(DecodeError::Empty | DecodeError::Truncated | DecodeError::Invalid(_)) => {
+                    return Ok(start + at as u64);
+                }
             }
         }
     }
@@ -256,20 +346,31 @@ fn replay_records(inner: &mut Inner, topics: &HashMap<String, TopicState>, from:
 
 /// Makes `valid_end` the end of the log: after a crash, zeroes the rest of its file; removes
 /// later files; positions every file's watermarks. Bytes from `durable_from` on are flushed later.
-fn truncate_log(inner: &mut Inner, valid_end: u64, durable_from: u64, after_crash: bool) -> Result<()> {
+fn truncate_log(
+    inner: &mut Inner,
+    valid_end: u64,
+    durable_from: u64,
+    after_crash: bool,
+) -> Result<()> {
     let fs = Arc::clone(&inner.fs);
     let size = inner.log.file_size();
     // The file that receives the next record: the one holding valid_end, unless valid_end sits
     // exactly on a file boundary.
-    let keep_until = if valid_end % size == 0 { valid_end } else { valid_end - valid_end % size + size };
+    let keep_until = if valid_end.is_multiple_of(size) {
+        valid_end
+    } else {
+        valid_end - valid_end % size + size
+    };
     inner.log.remove_from(fs.as_ref(), keep_until)?;
     for f in inner.log.files_mut().iter_mut() {
-        let file = Arc::get_mut(f).ok_or_else(|| Error::InvalidArgument("log shared during recovery".into()))?;
+        let file = Arc::get_mut(f)
+            .ok_or_else(|| Error::InvalidArgument("log shared during recovery".into()))?;
         let start = file.start_offset();
         let end_in_file = (valid_end.saturating_sub(start)).min(size) as usize;
         let durable_in_file = (durable_from.saturating_sub(start)).min(size) as usize;
         if end_in_file < file.len() && after_crash {
-            file.zero_from(end_in_file).map_err(|e| Error::io(file.path(), e))?;
+            file.zero_from(end_in_file)
+                .map_err(|e| Error::io(file.path(), e))?;
         }
         file.set_recovered_end(end_in_file, durable_in_file);
     }

@@ -26,7 +26,11 @@ impl Inner {
         let size = self.log.file_size();
         let written = self.written.load(Ordering::Acquire);
         // Candidates: every file wholly before the one being written.
-        let sealed = files.iter().take_while(|f| f.start_offset() + size <= written).count().min(files.len().saturating_sub(1));
+        let sealed = files
+            .iter()
+            .take_while(|f| f.start_offset() + size <= written)
+            .count()
+            .min(files.len().saturating_sub(1));
         let mut delete = 0usize;
         if let Some(max_age) = opts.retention {
             let cutoff = now_ms() - max_age.as_millis() as i64;
@@ -63,7 +67,9 @@ impl Inner {
 
     /// Moves every partition's start past records whose file is gone.
     fn advance_starts_past_log_start(&self) -> Result<()> {
-        let Some(log_min) = self.log.min_offset() else { return Ok(()) };
+        let Some(log_min) = self.log.min_offset() else {
+            return Ok(());
+        };
         let _admin = self.admin.lock();
         let topics: Vec<_> = self.topics.read().values().cloned().collect();
         let mut changed = false;
@@ -92,7 +98,13 @@ impl Inner {
         let start = part.start.load(Ordering::Acquire);
         let end = part.end.load(Ordering::Acquire);
         if offset > end {
-            return Err(Error::OffsetOutOfRange { topic: topic.to_owned(), partition, offset, start, end });
+            return Err(Error::OffsetOutOfRange {
+                topic: topic.to_owned(),
+                partition,
+                offset,
+                start,
+                end,
+            });
         }
         if offset <= start {
             return Ok(start);

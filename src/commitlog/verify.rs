@@ -13,7 +13,12 @@ impl Inner {
         let mut report = VerifyReport::default();
         let written = self.written.load(Ordering::Acquire);
         let size = self.log.file_size();
-        let topics: HashMap<String, _> = self.topics.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let topics: HashMap<String, _> = self
+            .topics
+            .read()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         // Per partition: how many records at or after the start offset the log holds.
         let mut seen: HashMap<(String, u32), u64> = HashMap::new();
         for file in self.log.snapshot() {
@@ -23,7 +28,10 @@ impl Inner {
                 match record::decode(&data[at..], Checks::FULL) {
                     Ok(Decoded::Blank { size: blank }) => {
                         if at + blank != size as usize {
-                            report.problems.push(format!("{}: blank record at {at} does not close the file", file.path().display()));
+                            report.problems.push(format!(
+                                "{}: blank record at {at} does not close the file",
+                                file.path().display()
+                            ));
                         }
                         break;
                     }
@@ -31,7 +39,11 @@ impl Inner {
                         report.records_checked += 1;
                         let pos = file.start_offset() + at as u64;
                         if d.header.physical_offset != pos as i64 {
-                            report.problems.push(format!("{}: record at {at} says it is at {}", file.path().display(), d.header.physical_offset));
+                            report.problems.push(format!(
+                                "{}: record at {at} says it is at {}",
+                                file.path().display(),
+                                d.header.physical_offset
+                            ));
                         }
                         if record::is_dispatched(d.header.sys_flag) {
                             let name = String::from_utf8_lossy(d.topic).into_owned();
@@ -60,7 +72,11 @@ impl Inner {
                         at += d.total_size;
                     }
                     Err(e) => {
-                        report.problems.push(format!("{}: invalid record at {at}: {}", file.path().display(), e.reason()));
+                        report.problems.push(format!(
+                            "{}: invalid record at {at}: {}",
+                            file.path().display(),
+                            e.reason()
+                        ));
                         break;
                     }
                 }

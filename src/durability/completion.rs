@@ -30,7 +30,10 @@ pub struct Completion {
 
 impl fmt::Debug for Completion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Completion").field("result", &self.result).field("durable", &self.is_durable()).finish()
+        f.debug_struct("Completion")
+            .field("result", &self.result)
+            .field("durable", &self.is_durable())
+            .finish()
     }
 }
 
@@ -56,7 +59,10 @@ impl Completion {
 
     /// Blocks until the batch is durable or `timeout` passes (`Ok(None)`).
     pub fn wait_timeout(&self, timeout: Duration) -> Result<Option<AppendResult>> {
-        Ok(self.gc.wait_durable(self.pos, Some(timeout))?.then_some(self.result))
+        Ok(self
+            .gc
+            .wait_durable(self.pos, Some(timeout))?
+            .then_some(self.result))
     }
 
     /// Calls `f` once the batch is durable (or the store fails or closes first), on the thread
@@ -66,6 +72,7 @@ impl Completion {
         F: FnOnce(Result<AppendResult>) + Send + 'static,
     {
         let result = self.result;
-        self.gc.on_durable(self.pos, Box::new(move |r| f(r.map(|()| result))));
+        self.gc
+            .on_durable(self.pos, Box::new(move |r| f(r.map(|()| result))));
     }
 }

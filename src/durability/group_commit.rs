@@ -82,14 +82,21 @@ impl GroupCommit {
     /// Errors with `Poisoned` if an fsync failed earlier.
     pub(crate) fn check_writable(&self) -> Result<()> {
         match &self.state.lock().poisoned {
-            Some(reason) => Err(Error::Poisoned { reason: reason.clone() }),
+            Some(reason) => Err(Error::Poisoned {
+                reason: reason.clone(),
+            }),
             None => Ok(()),
         }
     }
 
     /// Records an append for the `Every` thresholds; wakes the flusher when one is crossed.
     pub(crate) fn note_appended(&self, messages: u64, bytes: u64) {
-        if let FlushPolicy::Every { messages: max_m, bytes: max_b, .. } = self.policy {
+        if let FlushPolicy::Every {
+            messages: max_m,
+            bytes: max_b,
+            ..
+        } = self.policy
+        {
             let m = self.pending_messages.fetch_add(messages, Ordering::Relaxed) + messages;
             let b = self.pending_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
             if m >= max_m || b >= max_b {
@@ -103,7 +110,9 @@ impl GroupCommit {
         let mut st = self.state.lock();
         loop {
             if let Some(reason) = &st.poisoned {
-                return Err(Error::Poisoned { reason: reason.clone() });
+                return Err(Error::Poisoned {
+                    reason: reason.clone(),
+                });
             }
             if st.durable >= pos {
                 return Ok(());
@@ -148,7 +157,9 @@ impl GroupCommit {
         self.flusher_wake.notify_one();
         let outcome = loop {
             if let Some(reason) = &st.poisoned {
-                break Err(Error::Poisoned { reason: reason.clone() });
+                break Err(Error::Poisoned {
+                    reason: reason.clone(),
+                });
             }
             if st.durable >= pos {
                 break Ok(true);
@@ -186,7 +197,9 @@ impl GroupCommit {
     pub(crate) fn on_durable(&self, pos: u64, f: Callback) {
         let mut st = self.state.lock();
         if let Some(reason) = &st.poisoned {
-            let err = Error::Poisoned { reason: reason.clone() };
+            let err = Error::Poisoned {
+                reason: reason.clone(),
+            };
             drop(st);
             f(Err(err));
             return;
@@ -217,7 +230,9 @@ impl GroupCommit {
     fn flush_due(&self, st: &State) -> bool {
         match self.policy {
             FlushPolicy::Sync => !st.callbacks.is_empty() || st.waiters > 0,
-            FlushPolicy::Every { messages, bytes, .. } => {
+            FlushPolicy::Every {
+                messages, bytes, ..
+            } => {
                 self.pending_messages.load(Ordering::Relaxed) >= messages
                     || self.pending_bytes.load(Ordering::Relaxed) >= bytes
             }
@@ -234,7 +249,9 @@ fn take_ready(st: &mut State) -> Vec<(u64, Callback)> {
         return std::mem::take(&mut st.callbacks);
     }
     let durable = st.durable;
-    let (ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut st.callbacks).into_iter().partition(|(p, _)| *p <= durable);
+    let (ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut st.callbacks)
+        .into_iter()
+        .partition(|(p, _)| *p <= durable);
     st.callbacks = keep;
     ready
 }
@@ -242,7 +259,9 @@ fn take_ready(st: &mut State) -> Vec<(u64, Callback)> {
 fn fire(ready: Vec<(u64, Callback)>, poisoned: Option<String>) {
     for (_, cb) in ready {
         match &poisoned {
-            Some(reason) => cb(Err(Error::Poisoned { reason: reason.clone() })),
+            Some(reason) => cb(Err(Error::Poisoned {
+                reason: reason.clone(),
+            })),
             None => cb(Ok(())),
         }
     }
@@ -267,7 +286,10 @@ impl Flusher {
         let handle = std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || run(gc2, target, work, tick_every))?;
-        Ok(Flusher { handle: Some(handle), gc })
+        Ok(Flusher {
+            handle: Some(handle),
+            gc,
+        })
     }
 
     /// Stops and joins the thread.
@@ -289,7 +311,12 @@ impl Drop for Flusher {
     }
 }
 
-fn run(gc: Arc<GroupCommit>, target: Weak<dyn FlushTarget>, work: Weak<dyn BackgroundWork>, tick_every: Duration) {
+fn run(
+    gc: Arc<GroupCommit>,
+    target: Weak<dyn FlushTarget>,
+    work: Weak<dyn BackgroundWork>,
+    tick_every: Duration,
+) {
     let interval = gc.policy.interval();
     let mut next_flush = Instant::now() + interval;
     let mut next_tick = Instant::now() + tick_every;

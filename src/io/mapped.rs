@@ -50,7 +50,13 @@ impl fmt::Debug for MappedFile {
 impl MappedFile {
     /// Maps `path` (creating it preallocated when `mode` is [`MapMode::Create`]). The file's
     /// logical start offset in its queue is `start_offset`. All watermarks start at 0.
-    pub fn map(fs: &dyn FileSystem, path: &Path, start_offset: u64, len: u64, mode: MapMode) -> io::Result<Self> {
+    pub fn map(
+        fs: &dyn FileSystem,
+        path: &Path,
+        start_offset: u64,
+        len: u64,
+        mode: MapMode,
+    ) -> io::Result<Self> {
         let storage = fs.map_file(path, len, mode)?;
         let ptr = storage.base_ptr();
         let len = storage.len();
@@ -149,7 +155,8 @@ impl MappedFile {
     /// Publishes everything written so far up to `upto` to readers.
     pub fn commit(&self, upto: usize) {
         let cursor = *self.cursor.lock();
-        self.committed.fetch_max(upto.min(cursor), Ordering::Release);
+        self.committed
+            .fetch_max(upto.min(cursor), Ordering::Release);
     }
 
     /// Publishes everything written so far.

@@ -43,6 +43,10 @@ pub enum MapMode {
 pub trait MappedStorage: Send + Sync + fmt::Debug {
     /// Length of the region in bytes.
     fn len(&self) -> usize;
+    /// Whether the region is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Start of the region. Valid for reads and writes of `len()` bytes while `self` lives.
     fn base_ptr(&self) -> *mut u8;
     /// Makes the bytes in `[offset, offset + len)` durable (msync / fdatasync).
@@ -112,7 +116,11 @@ pub fn list_dir_or_empty(fs: &dyn FileSystem, path: &Path) -> io::Result<Vec<Dir
 
 /// Parses a 20-digit zero-padded file name (RocketMQ/Kafka style) into its number.
 pub fn parse_offset_name(name: &str) -> Option<u64> {
-    if name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()) { name.parse().ok() } else { None }
+    if name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()) {
+        name.parse().ok()
+    } else {
+        None
+    }
 }
 
 /// The 20-digit zero-padded name of an offset.

@@ -44,26 +44,52 @@ impl MappedStorage for RealMapped {
         let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
         // SAFETY: fallocate on an fd we own; offsets are within the file, whose length does not
         // change (KEEP_SIZE), so the mapping stays valid. Zeroing a mapped range is allowed.
-        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, offset as libc::off_t, len as libc::off_t) };
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                mode,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
         if rc == 0 {
             return self.file.sync_data();
         }
         // Without ZERO_RANGE: punch a hole, then allocate it again so the range is not sparse.
         let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         // SAFETY: as above; the length of the file does not change.
-        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), punch, offset as libc::off_t, len as libc::off_t) };
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                punch,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
         if rc == 0 {
             // SAFETY: posix_fallocate on an fd we own, inside the file.
-            let rc = unsafe { libc::posix_fallocate(self.file.as_raw_fd(), offset as libc::off_t, len as libc::off_t) };
+            let rc = unsafe {
+                libc::posix_fallocate(
+                    self.file.as_raw_fd(),
+                    offset as libc::off_t,
+                    len as libc::off_t,
+                )
+            };
             if rc != 0 {
                 return Err(io::Error::from_raw_os_error(rc));
             }
             return self.file.sync_data();
         }
         // File systems without ZERO_RANGE: write the zeros through the mapping.
-        let end = offset.checked_add(len).filter(|&e| e <= self.map.len()).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "zero_range past the end of the mapping")
-        })?;
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= self.map.len())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "zero_range past the end of the mapping",
+                )
+            })?;
         // SAFETY: [offset, end) lies inside the mapping (checked above); the caller holds the file
         // exclusively while erasing a tail, so no reader observes these bytes.
         unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(offset), 0, end - offset) };
@@ -112,7 +138,11 @@ impl FileSystem for RealFs {
     }
 
     fn write_file_synced(&self, path: &Path, data: &[u8]) -> io::Result<()> {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
         f.write_all(data)?;
         f.sync_all()
     }
@@ -136,7 +166,11 @@ impl FileSystem for RealFs {
     fn map_file(&self, path: &Path, len: u64, mode: MapMode) -> io::Result<Box<dyn MappedStorage>> {
         let file = match mode {
             MapMode::Create => {
-                let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(path)?;
                 if let Err(e) = preallocate(&file, len) {
                     drop(file);
                     let _ = fs::remove_file(path);
@@ -161,7 +195,12 @@ impl FileSystem for RealFs {
     }
 
     fn lock_file(&self, path: &Path) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
         match file.try_lock() {
             Ok(()) => Ok(Some(Box::new(file))),
             Err(fs::TryLockError::WouldBlock) => Ok(None),

@@ -16,7 +16,9 @@ pub fn engines() -> Vec<EngineKind> {
 pub fn small_options(engine: EngineKind) -> StoreOptions {
     StoreOptions {
         engine: Some(engine),
-        flush: FlushPolicy::Async { interval: Duration::from_millis(50) },
+        flush: FlushPolicy::Async {
+            interval: Duration::from_millis(50),
+        },
         commitlog: CommitLogOptions {
             file_size: 64 * 1024,
             consume_queue_units: 64,

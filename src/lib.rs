@@ -50,3 +50,8 @@ pub use store::{
     AppendResult, DiskUsage, EngineKind, LogStore, Message, PartitionBounds, Properties,
     ReadLimits, Record, TopicConfig, VerifyReport, is_internal_topic,
 };
+
+/// The README's quickstart, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -8,6 +8,7 @@
 //! a roll happens before anything of the batch is written, so a full disk leaves the log as it was.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::consume_queue::{UNIT_SIZE, Unit};
@@ -19,7 +20,7 @@ use crate::store::{AppendResult, Message};
 struct Item {
     start: usize,
     len: usize,
-    tail: crc32fast::Hasher,
+    tail: Option<crc32fast::Hasher>,
     tag_hash: i64,
 }
 
@@ -113,6 +114,7 @@ impl Inner {
             items.clear();
             let max = self.max_record_len();
             let born_now = now_ms();
+            // One clock read per batch: the born time of untimestamped messages and the store time.
             for m in messages {
                 encode_properties(props, m)?;
                 let header = RecordHeader::local(partition as i32, m.timestamp.unwrap_or(born_now));
@@ -126,7 +128,7 @@ impl Inner {
                     return Err(Error::MessageTooLarge { size: len, max });
                 }
                 let start = buf.len();
-                record::encode(buf, &header, &m.body, topic.as_bytes(), props, true);
+                record::encode_unsealed(buf, &header, &m.body, topic.as_bytes(), props, true);
                 let tail = record::crc_of_stable_tail(&buf[start..]);
                 let tag_hash = m.tags.as_deref().map_or(0, record::tag_hash);
                 items.push(Item {
@@ -137,7 +139,7 @@ impl Inner {
                 });
             }
             let total_bytes = buf.len() as u64;
-            let (result, end) = self.append_locked(&t, partition, buf, items)?;
+            let (result, end) = self.append_locked(&t, partition, buf, items, born_now)?;
             self.signal.notify();
             self.gc.note_appended(items.len() as u64, total_bytes);
             Ok((result, end))
@@ -150,6 +152,7 @@ impl Inner {
         partition: u32,
         buf: &mut [u8],
         items: &[Item],
+        now: i64,
     ) -> Result<(AppendResult, u64)> {
         let fs = self.fs.as_ref();
         let part = t.partition(partition)?;
@@ -157,14 +160,20 @@ impl Inner {
         let mut st = self.append_lock.lock();
         self.check_open()?;
 
-        // Plan: where does each record go? Create every file needed first.
         // The file holding the write position (not simply the last file: a batch that failed
         // after its planning step may have left an empty file ahead).
         let pos = self.written.load(Ordering::Acquire);
-        let mut file = match self.log.find(pos) {
-            Some(f) => f,
-            None => self.log.create(fs, pos - pos % file_size)?,
+        let mut file = match &st.current {
+            Some(f) if f.start_offset() <= pos && pos < f.start_offset() + file_size => {
+                Arc::clone(f)
+            }
+            _ => match self.log.find(pos) {
+                Some(f) => f,
+                None => self.log.create(fs, pos - pos % file_size)?,
+            },
         };
+        // Plan: create every file the batch needs before writing any of it.
+        let base = part.next_offset.load(Ordering::Relaxed);
         {
             let mut remaining = file.remaining();
             let mut next_start = file.start_offset() + file_size;
@@ -178,15 +187,20 @@ impl Inner {
                 }
                 remaining -= item.len;
             }
-            let first = part.next_offset.load(Ordering::Relaxed);
-            let last_byte = (first + items.len() as u64) * UNIT_SIZE - 1;
-            part.cq.ensure_file_for(fs, first * UNIT_SIZE)?;
+        }
+        let first_byte = base * UNIT_SIZE;
+        let last_byte = (base + items.len() as u64) * UNIT_SIZE - 1;
+        let mut cq_file = match part.cq.files().find(first_byte) {
+            Some(f) => f,
+            None => part.cq.create_file_for(fs, first_byte)?,
+        };
+        if last_byte >= cq_file.start_offset() + cq_file.len() as u64 {
             part.cq.ensure_file_for(fs, last_byte)?;
         }
 
-        let now = now_ms().max(st.last_store_timestamp);
+        // Store times never go backwards, even if the clock does.
+        let now = now.max(st.last_store_timestamp);
         st.last_store_timestamp = now;
-        let base = part.next_offset.load(Ordering::Relaxed);
         let mut offset = base;
         for item in items {
             let remaining = file.remaining();
@@ -203,7 +217,7 @@ impl Inner {
             }
             let rec = &mut buf[item.start..item.start + item.len];
             let physical = file.start_offset() + file.write_position() as u64;
-            record::stamp(rec, offset as i64, physical as i64, now, &item.tail);
+            record::stamp(rec, offset as i64, physical as i64, now, item.tail.as_ref());
             if file.append(&[rec]).is_none() {
                 return Err(Error::corrupted(
                     file.path(),
@@ -211,22 +225,26 @@ impl Inner {
                     "record does not fit where planned",
                 ));
             }
-            part.cq.put(
-                fs,
-                offset,
-                &Unit {
-                    position: physical,
-                    size: item.len as u32,
-                    tag_hash: item.tag_hash,
-                },
-            )?;
+            let byte = offset * UNIT_SIZE;
+            if byte >= cq_file.start_offset() + cq_file.len() as u64 {
+                cq_file.commit_all();
+                cq_file = part.cq.file_for(byte)?;
+            }
+            let unit = Unit {
+                position: physical,
+                size: item.len as u32,
+                tag_hash: item.tag_hash,
+            };
+            part.cq.put_into(&cq_file, offset, &unit)?;
             offset += 1;
         }
+        cq_file.commit_all();
         file.commit_all();
         let end = file.start_offset() + file.write_position() as u64;
         part.next_offset.store(offset, Ordering::Relaxed);
         part.end.store(offset, Ordering::Release);
         self.written.store(end, Ordering::Release);
+        st.current = Some(file);
         drop(st);
         Ok((
             AppendResult {

@@ -87,30 +87,40 @@ impl ConsumeQueue {
         Unit::decode(file.read(at, UNIT_SIZE as usize)?)
     }
 
-    /// Writes the unit for `offset`, which must be the next one. Called under the append lock
-    /// (or during recovery), so there is one writer.
+    /// Writes the unit for `offset`, which must be the next one, creating its file if needed.
+    /// Called during recovery; the append path uses [`file_for`](Self::file_for) and
+    /// [`put_into`](Self::put_into) to look the file up once per batch.
     pub(crate) fn put(&self, fs: &dyn FileSystem, offset: u64, unit: &Unit) -> Result<()> {
         let byte = offset * UNIT_SIZE;
-        let file = match self.files.find(byte) {
-            Some(f) => f,
-            None => {
-                let start = byte - byte % self.files.file_size();
-                self.files.create(fs, start)?
-            }
-        };
-        let at = (byte - file.start_offset()) as usize;
-        if file.write_position() != at {
+        self.ensure_file_for(fs, byte)?;
+        let file = self.file_for(byte)?;
+        self.put_into(&file, offset, unit)?;
+        file.commit_all();
+        Ok(())
+    }
+
+    /// The existing file holding queue byte `byte`.
+    pub(crate) fn file_for(&self, byte: u64) -> Result<Arc<MappedFile>> {
+        self.files
+            .find(byte)
+            .ok_or_else(|| Error::corrupted(self.dir(), byte, "consume-queue file is missing"))
+    }
+
+    /// Writes the unit for `offset` into `file` (which holds it) without publishing it. There is
+    /// one writer: the append lock's holder, or recovery.
+    pub(crate) fn put_into(&self, file: &MappedFile, offset: u64, unit: &Unit) -> Result<()> {
+        let at = (offset * UNIT_SIZE - file.start_offset()) as usize;
+        let written = file.write_position();
+        if written != at {
             return Err(Error::corrupted(
                 file.path(),
                 at as u64,
                 format!(
-                    "consume queue write at unit {offset} but the queue ends at byte {}",
-                    file.write_position()
+                    "consume queue write at unit {offset} but the queue ends at byte {written}"
                 ),
             ));
         }
         file.append(&[&unit.encode()]);
-        file.commit_all();
         Ok(())
     }
 
@@ -118,10 +128,19 @@ impl ConsumeQueue {
     /// so that `put` cannot fail for lack of space halfway through a batch.
     pub(crate) fn ensure_file_for(&self, fs: &dyn FileSystem, byte: u64) -> Result<()> {
         if self.files.find(byte).is_none() {
-            let size = self.files.file_size();
-            self.files.create(fs, byte - byte % size)?;
+            self.create_file_for(fs, byte)?;
         }
         Ok(())
+    }
+
+    /// Creates the file that will hold queue byte `byte` (the next file of the queue).
+    pub(crate) fn create_file_for(
+        &self,
+        fs: &dyn FileSystem,
+        byte: u64,
+    ) -> Result<Arc<MappedFile>> {
+        let size = self.files.file_size();
+        self.files.create(fs, byte - byte % size)
     }
 
     /// Flushes every file's published units. Returns the first error.

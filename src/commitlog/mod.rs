@@ -87,6 +87,8 @@ impl TopicState {
 
 struct AppendState {
     last_store_timestamp: i64,
+    /// The commit-log file being written, cached to skip a lookup per append.
+    current: Option<Arc<crate::io::MappedFile>>,
 }
 
 struct BackgroundState {
@@ -301,7 +303,8 @@ impl BackgroundWork for Inner {
 pub struct CommitLogStore {
     inner: Arc<Inner>,
     flusher: Mutex<Option<Flusher>>,
-    _lock: Box<dyn Any + Send + Sync>,
+    /// The `LOCK` file's lock; released by `close` and `abandon`.
+    lock: Mutex<Option<Box<dyn Any + Send + Sync>>>,
 }
 
 impl fmt::Debug for CommitLogStore {
@@ -543,6 +546,7 @@ impl LogStore for CommitLogStore {
                 .map_err(|e| Error::io(&inner.dir, e))
         })();
         inner.gc.close();
+        self.lock.lock().take();
         result
     }
 
@@ -558,6 +562,7 @@ impl LogStore for CommitLogStore {
             f.stop();
         }
         inner.gc.close();
+        self.lock.lock().take();
     }
 }
 

@@ -183,6 +183,22 @@ pub fn encode(
     properties: &[u8],
     with_record_crc: bool,
 ) {
+    let start = out.len();
+    encode_unsealed(out, header, body, topic, properties, with_record_crc);
+    if with_record_crc {
+        fill_record_crc(&mut out[start..]);
+    }
+}
+
+/// Like [`encode`], but leaves the checksum digits as zeros for [`stamp`] to fill in.
+pub fn encode_unsealed(
+    out: &mut Vec<u8>,
+    header: &RecordHeader,
+    body: &[u8],
+    topic: &[u8],
+    properties: &[u8],
+    with_record_crc: bool,
+) {
     let props_len = properties.len() + if with_record_crc { CRC_PROPERTY_LEN } else { 0 };
     let total = encoded_len(header, body.len(), topic.len(), props_len);
     let start = out.len();
@@ -212,39 +228,52 @@ pub fn encode(
         out.push(NAME_VALUE_SEPARATOR);
         out.extend_from_slice(b"0000000000");
         out.push(PROPERTY_SEPARATOR);
-        fill_record_crc(&mut out[start..]);
     }
     debug_assert_eq!(out.len() - start, total);
 }
 
+/// Records at least this long get the CRC of their stable tail computed outside the append lock
+/// and combined in; shorter ones are hashed whole inside it (cheaper than a combine).
+pub const SPLIT_CRC_MIN_LEN: usize = 2048;
+
 /// CRC state of the part of a record after STORETIMESTAMP and before the checksum digits: the
 /// part that does not change when the record is stamped, so it can be hashed outside a lock.
-pub fn crc_of_stable_tail(record: &[u8]) -> crc32fast::Hasher {
+/// `None` for records shorter than [`SPLIT_CRC_MIN_LEN`].
+pub fn crc_of_stable_tail(record: &[u8]) -> Option<crc32fast::Hasher> {
+    if record.len() < SPLIT_CRC_MIN_LEN {
+        return None;
+    }
     let sys_flag = read_i32(record, SYSFLAG_POS);
     let from = store_timestamp_pos(sys_flag) + 8;
     let mut h = crc32fast::Hasher::new();
     h.update(&record[from..record.len() - CRC_PROPERTY_LEN]);
-    h
+    Some(h)
 }
 
 /// Stamps the fields only known at append time and fills the checksum property, reusing the
-/// tail state from [`crc_of_stable_tail`].
+/// tail state from [`crc_of_stable_tail`] when there is one.
 pub fn stamp(
     record: &mut [u8],
     queue_offset: i64,
     physical_offset: i64,
     store_timestamp: i64,
-    tail: &crc32fast::Hasher,
+    tail: Option<&crc32fast::Hasher>,
 ) {
     record[QUEUE_OFFSET_POS..QUEUE_OFFSET_POS + 8].copy_from_slice(&queue_offset.to_be_bytes());
     record[PHYSICAL_OFFSET_POS..PHYSICAL_OFFSET_POS + 8]
         .copy_from_slice(&physical_offset.to_be_bytes());
     let ts_pos = store_timestamp_pos(read_i32(record, SYSFLAG_POS));
     record[ts_pos..ts_pos + 8].copy_from_slice(&store_timestamp.to_be_bytes());
-    let mut h = crc32fast::Hasher::new();
-    h.update(&record[..ts_pos + 8]);
-    h.combine(tail);
-    write_crc_digits(record, h.finalize() & 0x7FFF_FFFF);
+    let crc = match tail {
+        Some(tail) => {
+            let mut h = crc32fast::Hasher::new();
+            h.update(&record[..ts_pos + 8]);
+            h.combine(tail);
+            h.finalize()
+        }
+        None => crc32fast::hash(&record[..record.len() - CRC_PROPERTY_LEN]),
+    };
+    write_crc_digits(record, crc & 0x7FFF_FFFF);
 }
 
 /// Computes and writes the checksum property of a complete record that ends with it.
@@ -580,17 +609,23 @@ mod tests {
 
     #[test]
     fn stamping_matches_a_fresh_encode() {
-        let mut rec = sample(b"");
-        let tail = crc_of_stable_tail(&rec);
-        stamp(&mut rec, 99, 123_456, 1_800_000_000_000, &tail);
-        let mut h = RecordHeader::local(3, 1_700_000_000_000);
-        h.queue_offset = 99;
-        h.physical_offset = 123_456;
-        h.store_timestamp = 1_800_000_000_000;
-        let mut fresh = Vec::new();
-        encode(&mut fresh, &h, b"hello", b"TopicA", b"", true);
-        assert_eq!(rec, fresh);
-        assert!(decode(&rec, Checks::FULL).is_ok());
+        for body_len in [5usize, 100, SPLIT_CRC_MIN_LEN, 10_000] {
+            let body = vec![b'b'; body_len];
+            let mut rec = Vec::new();
+            let header = RecordHeader::local(3, 1_700_000_000_000);
+            encode_unsealed(&mut rec, &header, &body, b"TopicA", b"", true);
+            let tail = crc_of_stable_tail(&rec);
+            assert_eq!(tail.is_some(), rec.len() >= SPLIT_CRC_MIN_LEN);
+            stamp(&mut rec, 99, 123_456, 1_800_000_000_000, tail.as_ref());
+            let mut h = header;
+            h.queue_offset = 99;
+            h.physical_offset = 123_456;
+            h.store_timestamp = 1_800_000_000_000;
+            let mut fresh = Vec::new();
+            encode(&mut fresh, &h, &body, b"TopicA", b"", true);
+            assert_eq!(rec, fresh, "body of {body_len}");
+            assert!(decode(&rec, Checks::FULL).is_ok());
+        }
     }
 
     #[test]

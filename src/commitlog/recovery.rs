@@ -100,6 +100,7 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         admin: Mutex::new(()),
         append_lock: Mutex::new(AppendState {
             last_store_timestamp: 0,
+            current: None,
         }),
         written: AtomicU64::new(0),
         flushed: AtomicU64::new(0),
@@ -191,7 +192,7 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
     Ok(CommitLogStore {
         inner,
         flusher: Mutex::new(Some(flusher)),
-        _lock: lock,
+        lock: Mutex::new(Some(lock)),
     })
 }
 

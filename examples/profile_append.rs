@@ -1,0 +1,35 @@
+//! Appends 100-byte messages in a loop for profiling: `cargo run --release --example
+//! profile_append -- [seconds] [batch]`.
+
+use std::time::{Duration, Instant};
+
+use duolog::{CommitLogOptions, CommitLogStore, LogStore, Message, StoreOptions, TopicConfig};
+
+fn main() -> duolog::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let secs: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let batch: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let dir = tempfile::tempdir().map_err(|e| duolog::Error::InvalidArgument(e.to_string()))?;
+    let opts = StoreOptions {
+        commitlog: CommitLogOptions {
+            file_size: 256 << 20,
+            retention: None,
+            ..CommitLogOptions::default()
+        },
+        ..StoreOptions::default()
+    };
+    let store = CommitLogStore::open(dir.path(), opts)?;
+    store.create_topic("p", TopicConfig::default())?;
+    let msgs: Vec<Message> = (0..batch).map(|_| Message::new(vec![b'm'; 100])).collect();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(secs) {
+        for _ in 0..1000 {
+            store.append("p", 0, &msgs)?;
+        }
+        n += 1000 * batch as u64;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    println!("{n} messages, {rate:.0} msg/s");
+    Ok(())
+}

@@ -11,8 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use duolog::{
-    CommitLogOptions, EngineKind, FlushPolicy, LogStore, Message, ReadLimits, StoreOptions,
-    TopicConfig,
+    CommitLogOptions, EngineKind, FlushPolicy, Message, ReadLimits, StoreOptions, TopicConfig,
 };
 
 struct Settings {

@@ -5,7 +5,8 @@
 //! - the **CommitLog engine** ([`CommitLogStore`]), after Apache RocketMQ: every message of every
 //!   topic appended to one commit log of fixed-size mapped files, with per-partition consume
 //!   queues of 20-byte units pointing into it;
-//! - (coming) a **segmented engine**, after Apache Kafka.
+//! - the **segmented engine** ([`SegmentedStore`]), after Apache Kafka: a directory of segments
+//!   per partition, `.log` files of Kafka RecordBatch v2 with sparse `.index` and `.timeindex`.
 //!
 //! Everything is synchronous and embeddable: no server, no async runtime.
 //!
@@ -35,17 +36,21 @@ pub mod durability;
 mod error;
 #[allow(unsafe_code)]
 pub mod io;
+mod offsets_file;
 mod open;
 mod options;
 mod partitioner;
+#[allow(unsafe_code)]
+pub mod segmented;
 mod store;
 
 pub use commitlog::CommitLogStore;
 pub use durability::Completion;
 pub use error::{Error, Result};
 pub use open::{open, stored_engine};
-pub use options::{CommitLogOptions, FlushPolicy, StoreOptions};
+pub use options::{CommitLogOptions, FlushPolicy, SegmentedOptions, StoreOptions};
 pub use partitioner::{murmur2, partition_for_key};
+pub use segmented::SegmentedStore;
 pub use store::{
     AppendResult, DiskUsage, EngineKind, LogStore, Message, PartitionBounds, Properties,
     ReadLimits, Record, TopicConfig, VerifyReport, is_internal_topic,

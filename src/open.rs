@@ -6,6 +6,7 @@ use crate::catalog::Catalog;
 use crate::commitlog::CommitLogStore;
 use crate::error::{Error, Result};
 use crate::options::StoreOptions;
+use crate::segmented::SegmentedStore;
 use crate::store::{EngineKind, LogStore};
 
 /// The engine recorded in the store at `dir`, or `None` if there is no store there.
@@ -37,5 +38,6 @@ pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Box<dyn LogS
     };
     match engine {
         EngineKind::CommitLog => Ok(Box::new(CommitLogStore::open(dir, options)?)),
+        EngineKind::Segmented => Ok(Box::new(SegmentedStore::open(dir, options)?)),
     }
 }

@@ -87,6 +87,51 @@ impl Default for CommitLogOptions {
     }
 }
 
+/// Options of the segmented (Kafka-style) engine. Defaults are Kafka's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentedOptions {
+    /// Roll to a new segment before a segment's log would exceed this. Default: 1 GiB
+    /// (`segment.bytes`).
+    pub segment_bytes: u64,
+    /// Roll a segment older than this at the next append. Default: 7 days (`segment.ms`).
+    pub segment_ms: Duration,
+    /// Log bytes between two offset-index entries. Default: 4096 (`index.interval.bytes`).
+    pub index_interval_bytes: u64,
+    /// Preallocated size of each index file; a full index rolls the segment. Default: 10 MiB
+    /// (`segment.index.bytes`). Many partitions want this smaller: the active segment of every
+    /// partition holds two such files.
+    pub max_index_bytes: u64,
+    /// Delete segments whose newest record is older than this. Default: 7 days
+    /// (`retention.ms`). `None` keeps them.
+    pub retention: Option<Duration>,
+    /// Delete the oldest segments while a partition is larger than this. Default: none
+    /// (`retention.bytes` = -1).
+    pub retention_bytes: Option<u64>,
+    /// Most segments open at once (each holds a log file descriptor and two index mappings).
+    /// Partitions beyond it reopen their files on use. Default: 1024.
+    pub max_open_segments: usize,
+    /// How often recovery points are written (they bound an unclean open). Default: 1 s.
+    pub checkpoint_interval: Duration,
+    /// How often retention runs in the background. Default: 10 s.
+    pub retention_check_interval: Duration,
+}
+
+impl Default for SegmentedOptions {
+    fn default() -> Self {
+        SegmentedOptions {
+            segment_bytes: 1 << 30,
+            segment_ms: Duration::from_secs(7 * 24 * 3600),
+            index_interval_bytes: 4096,
+            max_index_bytes: 10 << 20,
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            retention_bytes: None,
+            max_open_segments: 1024,
+            checkpoint_interval: Duration::from_secs(1),
+            retention_check_interval: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Options for opening or creating a store.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -99,6 +144,8 @@ pub struct StoreOptions {
     pub max_message_bytes: usize,
     /// Options of the CommitLog engine.
     pub commitlog: CommitLogOptions,
+    /// Options of the segmented engine.
+    pub segmented: SegmentedOptions,
     /// The storage every file operation goes through. Default: the real file system.
     pub fs: Arc<dyn FileSystem>,
 }
@@ -110,6 +157,7 @@ impl Default for StoreOptions {
             flush: FlushPolicy::default(),
             max_message_bytes: 4 << 20,
             commitlog: CommitLogOptions::default(),
+            segmented: SegmentedOptions::default(),
             fs: Arc::new(RealFs),
         }
     }

@@ -22,6 +22,9 @@ pub enum EngineKind {
     /// ConsumeQueues of 20-byte entries pointing into it.
     #[default]
     CommitLog,
+    /// Kafka-style: a directory of segments per partition (`.log` of RecordBatch v2, sparse
+    /// `.index` and `.timeindex`).
+    Segmented,
 }
 
 impl EngineKind {
@@ -29,6 +32,7 @@ impl EngineKind {
     pub fn name(self) -> &'static str {
         match self {
             EngineKind::CommitLog => "commitlog",
+            EngineKind::Segmented => "segmented",
         }
     }
 
@@ -36,6 +40,7 @@ impl EngineKind {
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
             "commitlog" => Some(EngineKind::CommitLog),
+            "segmented" => Some(EngineKind::Segmented),
             _ => None,
         }
     }
@@ -43,12 +48,14 @@ impl EngineKind {
     pub(crate) fn code(self) -> u8 {
         match self {
             EngineKind::CommitLog => 1,
+            EngineKind::Segmented => 2,
         }
     }
 
     pub(crate) fn from_code(code: u8) -> Option<Self> {
         match code {
             1 => Some(EngineKind::CommitLog),
+            2 => Some(EngineKind::Segmented),
             _ => None,
         }
     }
@@ -128,10 +135,30 @@ impl Message {
 pub(crate) enum PropertyEncoding {
     /// RocketMQ's `name\u{1}value\u{2}` pairs.
     RocketMq,
+    /// Kafka record headers (varint-length key and value).
+    KafkaHeaders,
 }
 
 /// Property names the engines use for fields of their own; hidden from [`Properties::iter`].
 pub(crate) const RESERVED_PROPERTIES: [&str; 4] = ["TAGS", "__KEY", "__KEYHEX", "__CRC32#"];
+
+/// Either property iterator, without boxing.
+enum PropIter<A, B> {
+    RocketMq(A),
+    Kafka(B),
+}
+
+impl<'a, A: Iterator<Item = (&'a str, &'a str)>, B: Iterator<Item = (&'a str, &'a str)>> Iterator
+    for PropIter<A, B>
+{
+    type Item = (&'a str, &'a str);
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            PropIter::RocketMq(a) => a.next(),
+            PropIter::Kafka(b) => b.next(),
+        }
+    }
+}
 
 /// A record's user properties, parsed lazily from the bytes they were stored as (no allocation
 /// per property).
@@ -149,7 +176,17 @@ impl Properties {
     /// Every stored pair, reserved engine fields included.
     pub(crate) fn iter_all(&self) -> impl Iterator<Item = (&str, &str)> {
         match self.encoding {
-            PropertyEncoding::RocketMq => crate::commitlog::record::iter_properties(&self.raw),
+            PropertyEncoding::RocketMq => {
+                PropIter::RocketMq(crate::commitlog::record::iter_properties(&self.raw))
+            }
+            PropertyEncoding::KafkaHeaders => PropIter::Kafka(
+                crate::segmented::batch::iter_headers(&self.raw).filter_map(|(k, v)| {
+                    Some((
+                        std::str::from_utf8(k).ok()?,
+                        std::str::from_utf8(v.unwrap_or_default()).ok()?,
+                    ))
+                }),
+            ),
         }
     }
 
@@ -471,4 +508,10 @@ pub(crate) fn validate_topic_name(name: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The byte range of `part` inside `whole`; `part` must be a sub-slice of `whole`.
+pub(crate) fn range_in(whole: &[u8], part: &[u8]) -> std::ops::Range<usize> {
+    let start = part.as_ptr() as usize - whole.as_ptr() as usize;
+    start..start + part.len()
 }

@@ -362,9 +362,13 @@ fn bad_requests_are_clear_errors() {
 #[test]
 fn oversize_message_in_a_batch_rejects_the_whole_batch() {
     for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
+        let opts = duolog::StoreOptions {
+            max_message_bytes: 16 * 1024,
+            ..small_options(engine)
+        };
+        let store = open(dir, &opts);
         store.create_topic("t", TopicConfig::default()).unwrap();
-        let batch = vec![msg(0), Message::new(vec![0u8; 70 * 1024]), msg(2)];
+        let batch = vec![msg(0), Message::new(vec![0u8; 20 * 1024]), msg(2)];
         assert!(matches!(
             store.append("t", 0, &batch),
             Err(Error::MessageTooLarge { .. })

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::small_options;
-use duolog::io::{DirEntry, FileSystem, MapMode, MappedStorage, RealFs};
+use duolog::io::{DirEntry, FileSystem, MapMode, MappedStorage, OpenMode, RealFs, StorageFile};
 use duolog::{EngineKind, Error, FlushPolicy, Message, ReadLimits, StoreOptions, TopicConfig};
 
 #[derive(Debug, Default)]
@@ -97,6 +97,12 @@ impl FileSystem for FaultyFs {
             inner,
             faults: Arc::clone(&self.faults),
         }))
+    }
+    fn open_file(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn StorageFile>> {
+        if mode == OpenMode::CreateNew && self.faults.disk_full.load(Ordering::SeqCst) {
+            return Err(enospc());
+        }
+        self.real.open_file(path, mode)
     }
     fn lock_file(&self, path: &Path) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
         self.real.lock_file(path)

@@ -9,12 +9,7 @@
 //! consume-queue unit for a record before it is durable, so an unclean open replays the log only
 //! from there. Always `dispatch_flushed <= log_flushed`.
 //!
-//! `log-start-offset-checkpoint`:
-//! ```text
-//! "DLSO" | version u16 = 1 | reserved u16 | count u32 |
-//!   per entry: topic length u16 | topic | partition u32 | start offset u64 |
-//! CRC-32C u32
-//! ```
+//! `log-start-offset-checkpoint` uses the shared offsets-file layout (magic `DLSO`).
 
 use std::path::{Path, PathBuf};
 
@@ -123,56 +118,13 @@ impl Checkpoint {
     }
 }
 
-/// Log start offsets raised by `delete_before` or retention.
-pub(crate) fn encode_start_offsets(entries: &[(String, u32, u64)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12 + entries.len() * 24);
-    out.extend_from_slice(b"DLSO");
-    out.extend_from_slice(&1u16.to_be_bytes());
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
-    for (topic, partition, offset) in entries {
-        out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-        out.extend_from_slice(topic.as_bytes());
-        out.extend_from_slice(&partition.to_be_bytes());
-        out.extend_from_slice(&offset.to_be_bytes());
-    }
-    seal(out)
-}
-
-pub(crate) fn decode_start_offsets(path: &Path, data: &[u8]) -> Result<Vec<(String, u32, u64)>> {
-    let b = unseal(path, data, b"DLSO", 12)?;
-    let bad = |pos: usize| Error::corrupted(path, pos as u64 + 8, "start offsets truncated");
-    let count = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
-    let mut out = Vec::with_capacity(count.min(b.len() / 14));
-    let mut pos = 4;
-    for _ in 0..count {
-        let l = b.get(pos..pos + 2).ok_or_else(|| bad(pos))?;
-        let len = usize::from(u16::from_be_bytes([l[0], l[1]]));
-        pos += 2;
-        let name = b.get(pos..pos + len).ok_or_else(|| bad(pos))?;
-        let name = String::from_utf8(name.to_vec()).map_err(|_| bad(pos))?;
-        pos += len;
-        let rest = b.get(pos..pos + 12).ok_or_else(|| bad(pos))?;
-        let partition = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
-        let offset = u64_at(rest, 4);
-        pos += 12;
-        out.push((name, partition, offset));
-    }
-    if pos != b.len() {
-        return Err(bad(pos));
-    }
-    Ok(out)
-}
+const START_OFFSETS_MAGIC: &[u8; 4] = b"DLSO";
 
 pub(crate) fn load_start_offsets(
     fs: &dyn FileSystem,
     dir: &Path,
 ) -> Result<Vec<(String, u32, u64)>> {
-    let path = dir.join(START_OFFSETS_FILE);
-    Ok(load_file(fs, &path)?
-        .map(|d| decode_start_offsets(&path, &d))
-        .transpose()?
-        .unwrap_or_default())
+    crate::offsets_file::load(fs, &dir.join(START_OFFSETS_FILE), START_OFFSETS_MAGIC)
 }
 
 pub(crate) fn store_start_offsets(
@@ -180,8 +132,12 @@ pub(crate) fn store_start_offsets(
     dir: &Path,
     entries: &[(String, u32, u64)],
 ) -> Result<()> {
-    let path = dir.join(START_OFFSETS_FILE);
-    io::write_atomic(fs, &path, &encode_start_offsets(entries)).map_err(|e| Error::io(&path, e))
+    crate::offsets_file::store(
+        fs,
+        &dir.join(START_OFFSETS_FILE),
+        START_OFFSETS_MAGIC,
+        entries,
+    )
 }
 
 #[cfg(test)]
@@ -203,16 +159,6 @@ mod tests {
             bad[i] ^= 1;
             assert!(Checkpoint::decode(p, &bad).is_err());
             assert!(Checkpoint::decode(p, &b[..i]).is_err());
-        }
-    }
-
-    #[test]
-    fn start_offsets_round_trip() {
-        let e = vec![("a".to_string(), 0, 5), ("b-c".to_string(), 7, 1 << 40)];
-        let b = encode_start_offsets(&e);
-        assert_eq!(decode_start_offsets(Path::new("x"), &b).unwrap(), e);
-        for i in 0..b.len() {
-            assert!(decode_start_offsets(Path::new("x"), &b[..i]).is_err());
         }
     }
 }

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
+pub(crate) use append::now_ms;
 pub use consume_queue::{UNIT_SIZE, Unit};
 
 use self::consume_queue::ConsumeQueue;

@@ -8,13 +8,7 @@ use super::Inner;
 use super::consume_queue::Unit;
 use super::record::{self, Checks, Decoded};
 use crate::error::{Error, Result};
-use crate::store::{Properties, PropertyEncoding, ReadLimits, Record};
-
-/// The byte range of `part` inside `whole` (both borrowed from the same buffer).
-fn range_in(whole: &[u8], part: &[u8]) -> std::ops::Range<usize> {
-    let start = part.as_ptr() as usize - whole.as_ptr() as usize;
-    start..start + part.len()
-}
+use crate::store::{Properties, PropertyEncoding, ReadLimits, Record, range_in};
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();

@@ -55,6 +55,52 @@ pub trait MappedStorage: Send + Sync + fmt::Debug {
     fn zero_range(&self, offset: usize, len: usize) -> io::Result<()>;
 }
 
+/// A file accessed with positional reads and writes (Kafka-style logs and indexes).
+pub trait StorageFile: Send + Sync + fmt::Debug {
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many were read (0 at end of file).
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// Writes all of `data` at `offset`.
+    fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()>;
+    /// Current length.
+    fn len(&self) -> io::Result<u64>;
+    /// Truncates or extends (with zeros) to `len`.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Makes the data (and the length) durable: fdatasync.
+    fn sync_data(&self) -> io::Result<()>;
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`, or fails with `UnexpectedEof`.
+pub fn read_exact_at(
+    file: &dyn StorageFile,
+    mut buf: &mut [u8],
+    mut offset: u64,
+) -> io::Result<()> {
+    while !buf.is_empty() {
+        match file.read_at(buf, offset)? {
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "read past the end of the file",
+                ));
+            }
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How [`FileSystem::open_file`] treats the path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create the file (it must not exist), empty.
+    CreateNew,
+    /// Open an existing file.
+    Existing,
+}
+
 /// The file operations the engines need. Implemented by [`RealFs`] and by test doubles.
 pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
     /// Creates a directory and its parents.
@@ -79,6 +125,8 @@ pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
     /// Maps a file of exactly `len` bytes.
     fn map_file(&self, path: &Path, len: u64, mode: MapMode) -> io::Result<Box<dyn MappedStorage>>;
+    /// Opens a file for positional reads and writes.
+    fn open_file(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn StorageFile>>;
     /// Takes an exclusive lock on `path` (creating it). `Ok(None)` when someone else holds it.
     /// The lock lasts as long as the returned guard.
     fn lock_file(&self, path: &Path) -> io::Result<Option<Box<dyn Any + Send + Sync>>>;

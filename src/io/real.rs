@@ -8,7 +8,9 @@ use std::path::Path;
 
 use memmap2::MmapRaw;
 
-use super::{DirEntry, FileSystem, MapMode, MappedStorage};
+use std::os::unix::fs::FileExt;
+
+use super::{DirEntry, FileSystem, MapMode, MappedStorage, OpenMode, StorageFile};
 
 /// The real file system.
 #[derive(Clone, Copy, Debug, Default)]
@@ -94,6 +96,39 @@ impl MappedStorage for RealMapped {
         // exclusively while erasing a tail, so no reader observes these bytes.
         unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(offset), 0, end - offset) };
         self.map.flush_range(offset, len)
+    }
+}
+
+/// A real file for positional I/O.
+#[derive(Debug)]
+struct RealFile {
+    file: File,
+}
+
+impl StorageFile for RealFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        loop {
+            match self.file.read_at(buf, offset) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+
+    fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
     }
 }
 
@@ -192,6 +227,17 @@ impl FileSystem for RealFs {
         };
         let map = MmapRaw::map_raw(&file)?;
         Ok(Box::new(RealMapped { file, map }))
+    }
+
+    fn open_file(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn StorageFile>> {
+        let mut o = OpenOptions::new();
+        o.read(true).write(true);
+        if mode == OpenMode::CreateNew {
+            o.create_new(true);
+        }
+        Ok(Box::new(RealFile {
+            file: o.open(path)?,
+        }))
     }
 
     fn lock_file(&self, path: &Path) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {

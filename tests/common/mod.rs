@@ -5,11 +5,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use duolog::{CommitLogOptions, EngineKind, FlushPolicy, LogStore, StoreOptions};
+use duolog::{CommitLogOptions, EngineKind, FlushPolicy, LogStore, SegmentedOptions, StoreOptions};
 
 /// Every engine the crate has; each conformance test runs on all of them.
 pub fn engines() -> Vec<EngineKind> {
-    vec![EngineKind::CommitLog]
+    vec![EngineKind::CommitLog, EngineKind::Segmented]
 }
 
 /// Options with tiny files so tests roll files all the time.
@@ -24,6 +24,13 @@ pub fn small_options(engine: EngineKind) -> StoreOptions {
             consume_queue_units: 64,
             checkpoint_interval: Duration::from_millis(100),
             ..CommitLogOptions::default()
+        },
+        segmented: SegmentedOptions {
+            segment_bytes: 64 * 1024,
+            index_interval_bytes: 1024,
+            max_index_bytes: 4096,
+            checkpoint_interval: Duration::from_millis(100),
+            ..SegmentedOptions::default()
         },
         ..StoreOptions::default()
     }

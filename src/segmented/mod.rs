@@ -1,0 +1,749 @@
+//! The Kafka-style engine: one directory per partition, `<topic>-<partition>/`, of segments named
+//! by their 20-digit base offset: `.log` (RecordBatch v2, byte for byte), `.index` (sparse
+//! offset index) and `.timeindex`. Segments roll by size, age, full index or offset overflow;
+//! retention deletes whole segments; a bounded cache keeps the number of open files and mappings
+//! independent of the number of partitions.
+//!
+//! Store directory:
+//! ```text
+//! LOCK, meta                         as for every engine
+//! clean-shutdown                     written at clean close, removed at open
+//! recovery-point-offset-checkpoint   per partition: offsets below are durable
+//! log-start-offset-checkpoint        per partition: raised start offsets
+//! <topic>-<partition>/<20-digit base>.{log,index,timeindex}
+//! ```
+//! Messages map onto Kafka records: key → key, body → value, tags → header `TAGS`, properties →
+//! headers. Batches are written with timestamp type LogAppendTime (the batch's max timestamp is
+//! the append time, as on a broker with `message.timestamp.type=LogAppendTime`); each record keeps
+//! the producer's timestamp in its delta.
+//!
+//! This module owns those files and nothing else; it reaches them only through
+//! [`FileSystem`](crate::io::FileSystem).
+
+pub mod batch;
+mod handles;
+pub mod index;
+mod partition;
+mod segment;
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+
+use self::handles::HandleCache;
+use self::partition::{Ctx, LoadSpec, Partition};
+use crate::catalog::Catalog;
+use crate::commitlog::now_ms;
+use crate::durability::{
+    BackgroundWork, Completion, DataSignal, FlushTarget, Flusher, GroupCommit,
+};
+use crate::error::{Error, Result};
+use crate::options::{FlushPolicy, StoreOptions};
+use crate::store::{
+    AppendResult, DiskUsage, EngineKind, LogStore, Message, PartitionBounds, ReadLimits, Record,
+    TopicConfig, VerifyReport, is_internal_topic, validate_topic_name,
+};
+
+const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
+const RECOVERY_POINTS_FILE: &str = "recovery-point-offset-checkpoint";
+const START_OFFSETS_FILE: &str = "log-start-offset-checkpoint";
+const RECOVERY_MAGIC: &[u8; 4] = b"DLRP";
+const START_MAGIC: &[u8; 4] = b"DLSO";
+const LOCK_FILE: &str = "LOCK";
+
+struct TopicLog {
+    config: TopicConfig,
+    partitions: Vec<Arc<Partition>>,
+}
+
+struct BackgroundState {
+    last_checkpoint: Instant,
+    last_retention: Instant,
+}
+
+pub(crate) struct Inner {
+    dir: PathBuf,
+    ctx: Ctx,
+    max_message_bytes: usize,
+    topics: RwLock<HashMap<String, Arc<TopicLog>>>,
+    admin: Mutex<()>,
+    next_uid: AtomicU64,
+    /// Appends completed so far (a store-wide sequence for group commit).
+    appended: AtomicU64,
+    /// Partitions written since their last flush.
+    dirty: Mutex<Vec<Arc<Partition>>>,
+    gc: Arc<GroupCommit>,
+    signal: DataSignal,
+    background: Mutex<BackgroundState>,
+    checkpoint_lock: Mutex<()>,
+}
+
+#[derive(Default)]
+struct Scratch {
+    buf: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+impl Inner {
+    fn check_open(&self) -> Result<()> {
+        if self.ctx.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn partition(&self, topic: &str, p: u32) -> Result<Arc<Partition>> {
+        let topics = self.topics.read();
+        let t = topics
+            .get(topic)
+            .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))?;
+        t.partitions
+            .get(p as usize)
+            .cloned()
+            .ok_or_else(|| Error::UnknownPartition {
+                topic: topic.to_owned(),
+                partition: p,
+                partitions: t.config.partitions,
+            })
+    }
+
+    fn all_partitions(&self) -> Vec<Arc<Partition>> {
+        self.topics
+            .read()
+            .values()
+            .flat_map(|t| t.partitions.iter().cloned())
+            .collect()
+    }
+
+    fn partition_dir(&self, topic: &str, p: u32) -> PathBuf {
+        self.dir.join(format!("{topic}-{p}"))
+    }
+
+    fn append_batch(
+        &self,
+        topic: &str,
+        partition: u32,
+        messages: &[Message],
+    ) -> Result<(AppendResult, u64)> {
+        self.check_open()?;
+        self.gc.check_writable()?;
+        if messages.is_empty() {
+            return Err(Error::InvalidArgument("empty batch".into()));
+        }
+        let p = self.partition(topic, partition)?;
+        let now = now_ms();
+        let result = SCRATCH.with(|s| {
+            let buf = &mut s.borrow_mut().buf;
+            buf.clear();
+            encode(buf, messages, now, self.max_message_bytes)?;
+            p.append(&self.ctx, buf, messages.len(), now)
+        })?;
+        // Order matters for group commit: data written, then the partition marked dirty, then
+        // the append counted (see `flush_to`).
+        if !p.dirty.swap(true, Ordering::AcqRel) {
+            self.dirty.lock().push(Arc::clone(&p));
+        }
+        let seq = self.appended.fetch_add(1, Ordering::AcqRel) + 1;
+        self.signal.notify();
+        self.gc.note_appended(messages.len() as u64, 0);
+        Ok((result, seq))
+    }
+
+    fn store_offsets(
+        &self,
+        file: &str,
+        magic: &[u8; 4],
+        f: impl Fn(&Partition) -> u64,
+    ) -> Result<()> {
+        let mut entries: Vec<(String, u32, u64)> = self
+            .all_partitions()
+            .iter()
+            .map(|p| (p.topic.clone(), p.id, f(p)))
+            .collect();
+        entries.sort();
+        crate::offsets_file::store(self.ctx.fs.as_ref(), &self.dir.join(file), magic, &entries)
+    }
+
+    fn write_checkpoint(&self) -> Result<()> {
+        let _one = self.checkpoint_lock.lock();
+        self.store_offsets(RECOVERY_POINTS_FILE, RECOVERY_MAGIC, |p| {
+            p.durable_end.load(Ordering::Acquire)
+        })
+    }
+
+    fn enforce_retention(&self) -> Result<usize> {
+        let now = now_ms();
+        let mut n = 0;
+        for p in self.all_partitions() {
+            n += p.enforce_retention(&self.ctx, now)?;
+        }
+        if n > 0 {
+            let _admin = self.admin.lock();
+            self.store_offsets(START_OFFSETS_FILE, START_MAGIC, |p| {
+                p.start.load(Ordering::Acquire)
+            })?;
+        }
+        Ok(n)
+    }
+}
+
+/// The same rules on both engines: property names non-empty, not reserved, and no name, value
+/// or tag holds a RocketMQ separator (`\u{1}`, `\u{2}`).
+fn check_properties(m: &Message) -> Result<()> {
+    let clean = |s: &str| !s.bytes().any(|b| b == 1 || b == 2);
+    for (k, v) in &m.properties {
+        if k.is_empty() || !clean(k) || !clean(v) {
+            return Err(Error::InvalidArgument(format!(
+                "property {k:?} is empty or contains a \\u{{1}} or \\u{{2}} separator"
+            )));
+        }
+        if crate::store::RESERVED_PROPERTIES.contains(&k.as_str()) {
+            return Err(Error::InvalidArgument(format!(
+                "property name {k:?} is reserved"
+            )));
+        }
+    }
+    if m.tags.as_deref().is_some_and(|t| !clean(t)) {
+        return Err(Error::InvalidArgument(
+            "tags contain a \\u{1} or \\u{2} separator".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Encodes messages into one RecordBatch (base offset and append time stamped later).
+fn encode(
+    buf: &mut Vec<u8>,
+    messages: &[Message],
+    now: i64,
+    max_message_bytes: usize,
+) -> Result<()> {
+    let base_ts = messages[0].timestamp.unwrap_or(now);
+    let start = batch::begin_batch(buf);
+    for (i, m) in messages.iter().enumerate() {
+        let ts = m.timestamp.unwrap_or(now);
+        let tags = m
+            .tags
+            .as_deref()
+            .map(|t| (&b"TAGS"[..], Some(t.as_bytes())));
+        let headers = tags.into_iter().chain(
+            m.properties
+                .iter()
+                .map(|(k, v)| (k.as_bytes(), Some(v.as_bytes()))),
+        );
+        check_properties(m)?;
+        let before = buf.len();
+        batch::put_record_parts(
+            buf,
+            ts - base_ts,
+            i as i32,
+            m.key.as_deref(),
+            Some(&m.body),
+            headers,
+        );
+        let len = buf.len() - before;
+        if len > max_message_bytes {
+            return Err(Error::MessageTooLarge {
+                size: len,
+                max: max_message_bytes,
+            });
+        }
+    }
+    let h = batch::BatchHeader {
+        base_offset: 0,
+        batch_length: 0,
+        partition_leader_epoch: 0,
+        magic: batch::MAGIC,
+        crc: 0,
+        attributes: batch::ATTR_LOG_APPEND_TIME,
+        last_offset_delta: messages.len() as i32 - 1,
+        base_timestamp: base_ts,
+        max_timestamp: now,
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+        record_count: messages.len() as i32,
+    };
+    batch::finish_batch(buf, start, &h);
+    Ok(())
+}
+
+impl FlushTarget for Inner {
+    fn written(&self) -> u64 {
+        self.appended.load(Ordering::Acquire)
+    }
+
+    fn flush_to(&self, _upto: u64) -> Result<()> {
+        // Every append counted at or below `upto` marked its partition dirty before it was
+        // counted, and `upto` was read before this swap, so the swapped-out list covers it.
+        let dirty = std::mem::take(&mut *self.dirty.lock());
+        for p in dirty {
+            // Cleared before the sync: an append after this point marks it again.
+            p.dirty.store(false, Ordering::Release);
+            p.flush(&self.ctx)?;
+        }
+        Ok(())
+    }
+}
+
+impl BackgroundWork for Inner {
+    fn tick(&self) {
+        if self.ctx.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let now = Instant::now();
+        let (cp, ret) = {
+            let mut b = self.background.lock();
+            let cp = now.duration_since(b.last_checkpoint) >= self.ctx.opts.checkpoint_interval;
+            let ret =
+                now.duration_since(b.last_retention) >= self.ctx.opts.retention_check_interval;
+            if cp {
+                b.last_checkpoint = now;
+            }
+            if ret {
+                b.last_retention = now;
+            }
+            (cp, ret)
+        };
+        if ret {
+            let _ = self.enforce_retention();
+        }
+        if cp {
+            let _ = self.write_checkpoint();
+        }
+    }
+}
+
+/// An open segmented-engine store.
+///
+/// ```
+/// use duolog::{LogStore, Message, ReadLimits, SegmentedStore, StoreOptions, TopicConfig};
+/// # fn main() -> duolog::Result<()> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = SegmentedStore::open(dir.path(), StoreOptions::default())?;
+/// store.create_topic("orders", TopicConfig::with_partitions(2))?;
+/// store.append("orders", 1, &[Message::new("a").with_key("k")])?;
+/// assert_eq!(store.read("orders", 1, 0, ReadLimits::default())?[0].key(), Some(&b"k"[..]));
+/// # Ok(()) }
+/// ```
+pub struct SegmentedStore {
+    inner: Arc<Inner>,
+    flusher: Mutex<Option<Flusher>>,
+    lock: Mutex<Option<Box<dyn Any + Send + Sync>>>,
+}
+
+impl fmt::Debug for SegmentedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SegmentedStore")
+            .field("dir", &self.inner.dir)
+            .finish()
+    }
+}
+
+impl SegmentedStore {
+    /// Opens the segmented store in `dir`, creating it if empty; after an unclean shutdown,
+    /// validates every segment from each partition's recovery point on.
+    pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Self> {
+        let dir = dir.as_ref();
+        let o = &options.segmented;
+        if o.segment_bytes < 1024 || o.max_index_bytes < 24 || o.index_interval_bytes == 0 {
+            return Err(Error::InvalidArgument(
+                "segment_bytes >= 1024, max_index_bytes >= 24 and index_interval_bytes > 0 are required".into(),
+            ));
+        }
+        let fs = Arc::clone(&options.fs);
+        fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = fs
+            .lock_file(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?
+            .ok_or_else(|| Error::Locked(dir.to_owned()))?;
+        let catalog = match Catalog::load(fs.as_ref(), dir)? {
+            Some(c) if c.engine != EngineKind::Segmented => {
+                return Err(Error::InvalidArgument(format!(
+                    "{} holds a {} store",
+                    dir.display(),
+                    c.engine
+                )));
+            }
+            Some(c) => c,
+            None => {
+                let c = Catalog {
+                    engine: EngineKind::Segmented,
+                    topics: Vec::new(),
+                };
+                c.store(fs.as_ref(), dir)?;
+                c
+            }
+        };
+        let marker = dir.join(CLEAN_SHUTDOWN_FILE);
+        let clean = fs.exists(&marker).map_err(|e| Error::io(&marker, e))?;
+        // Damaged checkpoints only mean more recovery work (recovery point 0) or a lower start.
+        let recovery: HashMap<(String, u32), u64> =
+            crate::offsets_file::load(fs.as_ref(), &dir.join(RECOVERY_POINTS_FILE), RECOVERY_MAGIC)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(t, p, o)| ((t, p), o))
+                .collect();
+        let starts: HashMap<(String, u32), u64> =
+            crate::offsets_file::load(fs.as_ref(), &dir.join(START_OFFSETS_FILE), START_MAGIC)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(t, p, o)| ((t, p), o))
+                .collect();
+        let now = Instant::now();
+        let inner = Inner {
+            dir: dir.to_owned(),
+            ctx: Ctx {
+                fs: Arc::clone(&fs),
+                opts: options.segmented.clone(),
+                cache: HandleCache::new(options.segmented.max_open_segments),
+                closed: AtomicBool::new(false),
+            },
+            max_message_bytes: options.max_message_bytes,
+            topics: RwLock::new(HashMap::new()),
+            admin: Mutex::new(()),
+            next_uid: AtomicU64::new(0),
+            appended: AtomicU64::new(0),
+            dirty: Mutex::new(Vec::new()),
+            gc: Arc::new(GroupCommit::new(0, options.flush)),
+            signal: DataSignal::default(),
+            background: Mutex::new(BackgroundState {
+                last_checkpoint: now,
+                last_retention: now,
+            }),
+            checkpoint_lock: Mutex::new(()),
+        };
+        for (name, config) in &catalog.topics {
+            let t = inner.load_topic(name, config, |p| {
+                let key = (name.clone(), p);
+                (
+                    clean,
+                    recovery.get(&key).copied().unwrap_or(0),
+                    starts.get(&key).copied().unwrap_or(0),
+                )
+            })?;
+            inner.topics.write().insert(name.clone(), Arc::new(t));
+        }
+        crate::io::remove_if_exists(fs.as_ref(), &marker).map_err(|e| Error::io(&marker, e))?;
+        fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+        let inner = Arc::new(inner);
+        inner.write_checkpoint()?;
+        let target: Weak<dyn FlushTarget> = Arc::downgrade(&inner) as Weak<dyn FlushTarget>;
+        let work: Weak<dyn BackgroundWork> = Arc::downgrade(&inner) as Weak<dyn BackgroundWork>;
+        let tick = inner
+            .ctx
+            .opts
+            .checkpoint_interval
+            .min(inner.ctx.opts.retention_check_interval);
+        let flusher = Flusher::spawn("duolog-flush", Arc::clone(&inner.gc), target, work, tick)
+            .map_err(|e| Error::io(dir, e))?;
+        Ok(SegmentedStore {
+            inner,
+            flusher: Mutex::new(Some(flusher)),
+            lock: Mutex::new(Some(lock)),
+        })
+    }
+
+    /// Number of segments currently open (files and mappings held).
+    pub fn open_segments(&self) -> usize {
+        self.inner.ctx.cache.len()
+    }
+
+    fn finish(&self, r: AppendResult, seq: u64, wait: bool) -> Result<AppendResult> {
+        if wait && self.inner.gc.policy() == FlushPolicy::Sync {
+            self.inner.gc.sync_to(self.inner.as_ref(), seq)?;
+        }
+        Ok(r)
+    }
+}
+
+impl Inner {
+    fn load_topic(
+        &self,
+        name: &str,
+        config: &TopicConfig,
+        spec: impl Fn(u32) -> (bool, u64, u64),
+    ) -> Result<TopicLog> {
+        let mut partitions = Vec::with_capacity(config.partitions as usize);
+        for p in 0..config.partitions {
+            let (clean, recovery_point, log_start) = spec(p);
+            let part = partition::load(
+                &self.ctx,
+                LoadSpec {
+                    uid: self.next_uid.fetch_add(1, Ordering::Relaxed),
+                    topic: name,
+                    id: p,
+                    dir: self.partition_dir(name, p),
+                    clean,
+                    recovery_point,
+                    log_start,
+                },
+            )?;
+            partitions.push(Arc::new(part));
+        }
+        Ok(TopicLog {
+            config: config.clone(),
+            partitions,
+        })
+    }
+}
+
+impl Drop for SegmentedStore {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+impl LogStore for SegmentedStore {
+    fn engine(&self) -> EngineKind {
+        EngineKind::Segmented
+    }
+
+    fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    fn create_topic(&self, name: &str, config: TopicConfig) -> Result<()> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        validate_topic_name(name)?;
+        if config.partitions == 0 || config.partitions > 65_536 {
+            return Err(Error::InvalidArgument(format!(
+                "a topic needs 1 to 65,536 partitions, not {}",
+                config.partitions
+            )));
+        }
+        let _admin = inner.admin.lock();
+        if inner.topics.read().contains_key(name) {
+            return Err(Error::TopicExists(name.to_owned()));
+        }
+        // Leftover directories of a topic whose catalog entry never became durable are reused.
+        let t = inner.load_topic(name, &config, |_| (false, 0, 0))?;
+        let mut catalog: Vec<(String, TopicConfig)> = inner
+            .topics
+            .read()
+            .iter()
+            .map(|(n, t)| (n.clone(), t.config.clone()))
+            .collect();
+        catalog.push((name.to_owned(), config));
+        catalog.sort_by(|a, b| a.0.cmp(&b.0));
+        Catalog {
+            engine: EngineKind::Segmented,
+            topics: catalog,
+        }
+        .store(inner.ctx.fs.as_ref(), &inner.dir)?;
+        inner.topics.write().insert(name.to_owned(), Arc::new(t));
+        Ok(())
+    }
+
+    fn describe_topic(&self, name: &str) -> Result<TopicConfig> {
+        self.inner
+            .topics
+            .read()
+            .get(name)
+            .map(|t| t.config.clone())
+            .ok_or_else(|| Error::UnknownTopic(name.to_owned()))
+    }
+
+    fn list_topics(&self, include_internal: bool) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .inner
+            .topics
+            .read()
+            .keys()
+            .filter(|n| include_internal || !is_internal_topic(n))
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn append(&self, topic: &str, partition: u32, messages: &[Message]) -> Result<AppendResult> {
+        let (r, seq) = self.inner.append_batch(topic, partition, messages)?;
+        self.finish(r, seq, true)
+    }
+
+    fn append_oneway(
+        &self,
+        topic: &str,
+        partition: u32,
+        messages: &[Message],
+    ) -> Result<AppendResult> {
+        let (r, seq) = self.inner.append_batch(topic, partition, messages)?;
+        self.finish(r, seq, false)
+    }
+
+    fn append_async(
+        &self,
+        topic: &str,
+        partition: u32,
+        messages: &[Message],
+    ) -> Result<Completion> {
+        let (r, seq) = self.inner.append_batch(topic, partition, messages)?;
+        Ok(Completion::new(r, seq, Arc::clone(&self.inner.gc)))
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limits: ReadLimits,
+    ) -> Result<Vec<Record>> {
+        self.inner.check_open()?;
+        self.inner
+            .partition(topic, partition)?
+            .read(&self.inner.ctx, offset, limits)
+    }
+
+    fn bounds(&self, topic: &str, partition: u32) -> Result<PartitionBounds> {
+        self.inner.check_open()?;
+        let p = self.inner.partition(topic, partition)?;
+        let end = p.end.load(Ordering::Acquire);
+        Ok(PartitionBounds {
+            start: p.start.load(Ordering::Acquire),
+            end,
+            durable_end: p.durable_end.load(Ordering::Acquire).min(end),
+        })
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.inner.check_open()?;
+        self.inner.gc.sync_all(self.inner.as_ref())
+    }
+
+    fn wait_for(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        timeout: Duration,
+    ) -> Result<bool> {
+        self.inner.check_open()?;
+        let p = self.inner.partition(topic, partition)?;
+        let deadline = Instant::now() + timeout;
+        let ready = self.inner.signal.wait_until(deadline, || {
+            p.end.load(Ordering::Acquire) > offset || self.inner.ctx.closed.load(Ordering::Acquire)
+        });
+        self.inner.check_open()?;
+        Ok(ready)
+    }
+
+    fn delete_before(&self, topic: &str, partition: u32, offset: u64) -> Result<u64> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let p = inner.partition(topic, partition)?;
+        let _admin = inner.admin.lock();
+        let start = p.start.load(Ordering::Acquire);
+        let end = p.end.load(Ordering::Acquire);
+        if offset > end {
+            return Err(Error::OffsetOutOfRange {
+                topic: topic.to_owned(),
+                partition,
+                offset,
+                start,
+                end,
+            });
+        }
+        if offset <= start {
+            return Ok(start);
+        }
+        p.start.store(offset, Ordering::Release);
+        // Persisted before any file goes, so a crash never lowers the start below missing data.
+        inner.store_offsets(START_OFFSETS_FILE, START_MAGIC, |p| {
+            p.start.load(Ordering::Acquire)
+        })?;
+        p.delete_below_start(&inner.ctx)?;
+        Ok(offset)
+    }
+
+    fn enforce_retention(&self) -> Result<usize> {
+        self.inner.check_open()?;
+        self.inner.enforce_retention()
+    }
+
+    fn disk_usage(&self) -> Result<DiskUsage> {
+        self.inner.check_open()?;
+        let mut u = DiskUsage::default();
+        for p in self.inner.all_partitions() {
+            let (f, b) = p.usage(&self.inner.ctx);
+            u.files += f;
+            u.bytes += b;
+        }
+        Ok(u)
+    }
+
+    fn verify(&self) -> Result<VerifyReport> {
+        self.inner.check_open()?;
+        let mut report = VerifyReport::default();
+        for p in self.inner.all_partitions() {
+            let (batches, entries) = p.verify(&self.inner.ctx, &mut report.problems)?;
+            report.records_checked += batches;
+            report.derived_checked += entries;
+        }
+        Ok(report)
+    }
+
+    fn close(&self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.ctx.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // Appends in flight finish under their partition lock before `Partition::close` takes it.
+        inner.signal.notify();
+        if let Some(mut f) = self.flusher.lock().take() {
+            f.stop();
+        }
+        let result = (|| {
+            inner.gc.sync_all(inner.as_ref())?;
+            for p in inner.all_partitions() {
+                p.close(&inner.ctx)?;
+            }
+            inner.write_checkpoint()?;
+            inner.store_offsets(START_OFFSETS_FILE, START_MAGIC, |p| {
+                p.start.load(Ordering::Acquire)
+            })?;
+            let marker = inner.dir.join(CLEAN_SHUTDOWN_FILE);
+            inner
+                .ctx
+                .fs
+                .write_file_synced(&marker, b"")
+                .map_err(|e| Error::io(&marker, e))?;
+            inner
+                .ctx
+                .fs
+                .sync_dir(&inner.dir)
+                .map_err(|e| Error::io(&inner.dir, e))
+        })();
+        inner.gc.close();
+        inner.ctx.cache.clear();
+        self.lock.lock().take();
+        result
+    }
+
+    fn abandon(&self) {
+        let inner = &self.inner;
+        if inner.ctx.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        inner.signal.notify();
+        if let Some(mut f) = self.flusher.lock().take() {
+            f.stop();
+        }
+        inner.gc.close();
+        inner.ctx.cache.clear();
+        self.lock.lock().take();
+    }
+}

@@ -1,0 +1,410 @@
+//! One segment: `<base>.log` (RecordBatch v2, appended with positional writes), `<base>.index`
+//! and `<base>.timeindex` (mapped). What stays in memory for every segment is [`SegmentMeta`];
+//! the open files live in a [`SegmentHandle`], which the handle cache may close at any time.
+
+use std::path::{Path, PathBuf};
+
+use super::batch::{self, BatchError, BatchHeader, HEADER_LEN};
+use super::index::{self, OFFSET_ENTRY, TIME_ENTRY};
+use crate::error::{Error, Result};
+use crate::io::{self, FileSystem, MapMode, MappedFile, OpenMode, StorageFile};
+
+/// File names of a segment.
+pub(crate) fn log_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{}.log", io::offset_name(base)))
+}
+pub(crate) fn index_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{}.index", io::offset_name(base)))
+}
+pub(crate) fn time_index_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{}.timeindex", io::offset_name(base)))
+}
+
+/// What is known of a segment without opening it.
+#[derive(Clone, Debug)]
+pub(crate) struct SegmentMeta {
+    pub(crate) base: u64,
+    /// Bytes of valid log.
+    pub(crate) size: u64,
+    /// Offset after the last record (the next segment's base once sealed).
+    pub(crate) next_offset: u64,
+    /// Largest batch max timestamp (-1 when empty).
+    pub(crate) max_timestamp: i64,
+    /// Wall-clock ms when the segment was created (for `segment_ms`).
+    pub(crate) created_ms: i64,
+    /// Index entries written (active segment).
+    pub(crate) index_entries: u64,
+    pub(crate) time_entries: u64,
+    /// Log bytes appended since the last offset-index entry.
+    pub(crate) bytes_since_index: u64,
+    /// Timestamp of the last time-index entry.
+    pub(crate) last_time_indexed: i64,
+    /// Sealed segments have trimmed, synced indexes and never change.
+    pub(crate) sealed: bool,
+}
+
+impl SegmentMeta {
+    pub(crate) fn new(base: u64, created_ms: i64) -> Self {
+        SegmentMeta {
+            base,
+            size: 0,
+            next_offset: base,
+            max_timestamp: -1,
+            created_ms,
+            index_entries: 0,
+            time_entries: 0,
+            bytes_since_index: 0,
+            last_time_indexed: -1,
+            sealed: false,
+        }
+    }
+}
+
+/// The open files of a segment.
+#[derive(Debug)]
+pub(crate) struct SegmentHandle {
+    pub(crate) log: Box<dyn StorageFile>,
+    pub(crate) log_path: PathBuf,
+    pub(crate) offset_index: Option<MappedFile>,
+    pub(crate) time_index: Option<MappedFile>,
+}
+
+fn map_index(
+    fs: &dyn FileSystem,
+    path: &Path,
+    len: u64,
+    used: u64,
+    mode: MapMode,
+) -> Result<Option<MappedFile>> {
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut f = MappedFile::map(fs, path, 0, len, mode).map_err(|e| Error::io(path, e))?;
+    f.set_recovered_end(used as usize, used as usize);
+    Ok(Some(f))
+}
+
+impl SegmentHandle {
+    /// Creates the three files of a new, empty segment (indexes preallocated).
+    pub(crate) fn create(
+        fs: &dyn FileSystem,
+        dir: &Path,
+        base: u64,
+        max_index_bytes: u64,
+    ) -> Result<SegmentHandle> {
+        let lp = log_path(dir, base);
+        let log = fs
+            .open_file(&lp, OpenMode::CreateNew)
+            .map_err(|e| Error::io(&lp, e))?;
+        let oi = index_path(dir, base);
+        let ti = time_index_path(dir, base);
+        let offset_bytes = max_index_bytes - max_index_bytes % OFFSET_ENTRY as u64;
+        let time_bytes = max_index_bytes - max_index_bytes % TIME_ENTRY as u64;
+        let offset_index = map_index(fs, &oi, offset_bytes, 0, MapMode::Create)?;
+        let time_index = map_index(fs, &ti, time_bytes, 0, MapMode::Create)?;
+        fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+        Ok(SegmentHandle {
+            log,
+            log_path: lp,
+            offset_index,
+            time_index,
+        })
+    }
+
+    /// Opens an existing segment whose indexes hold `meta`'s entry counts.
+    pub(crate) fn open(
+        fs: &dyn FileSystem,
+        dir: &Path,
+        meta: &SegmentMeta,
+    ) -> Result<SegmentHandle> {
+        let lp = log_path(dir, meta.base);
+        let log = fs
+            .open_file(&lp, OpenMode::Existing)
+            .map_err(|e| Error::io(&lp, e))?;
+        let oi = index_path(dir, meta.base);
+        let ti = time_index_path(dir, meta.base);
+        let olen = fs.file_len(&oi).map_err(|e| Error::io(&oi, e))?;
+        let tlen = fs.file_len(&ti).map_err(|e| Error::io(&ti, e))?;
+        let offset_index = map_index(
+            fs,
+            &oi,
+            olen,
+            meta.index_entries * OFFSET_ENTRY as u64,
+            MapMode::Open,
+        )?;
+        let time_index = map_index(
+            fs,
+            &ti,
+            tlen,
+            meta.time_entries * TIME_ENTRY as u64,
+            MapMode::Open,
+        )?;
+        Ok(SegmentHandle {
+            log,
+            log_path: lp,
+            offset_index,
+            time_index,
+        })
+    }
+
+    pub(crate) fn offset_entries(&self) -> &[u8] {
+        self.offset_index
+            .as_ref()
+            .map_or(&[], |f| f.committed_bytes())
+    }
+
+    pub(crate) fn time_entries(&self) -> &[u8] {
+        self.time_index
+            .as_ref()
+            .map_or(&[], |f| f.committed_bytes())
+    }
+
+    /// Capacity of the offset index in entries.
+    pub(crate) fn offset_capacity(&self) -> u64 {
+        self.offset_index
+            .as_ref()
+            .map_or(0, |f| (f.len() / OFFSET_ENTRY) as u64)
+    }
+
+    pub(crate) fn time_capacity(&self) -> u64 {
+        self.time_index
+            .as_ref()
+            .map_or(0, |f| (f.len() / TIME_ENTRY) as u64)
+    }
+
+    /// Appends a batch at `meta.size` and updates `meta` and the indexes.
+    pub(crate) fn append(
+        &self,
+        meta: &mut SegmentMeta,
+        bytes: &[u8],
+        h: &BatchHeader,
+        interval: u64,
+    ) -> Result<()> {
+        let pos = meta.size;
+        self.log
+            .write_all_at(bytes, pos)
+            .map_err(|e| Error::io(&self.log_path, e))?;
+        if meta.bytes_since_index >= interval || meta.size == 0 {
+            let rel = (h.last_offset() as u64 - meta.base) as u32;
+            if meta.size > 0 {
+                if let Some(idx) = &self.offset_index {
+                    if idx
+                        .append(&[&index::offset_entry(rel, pos as u32)])
+                        .is_some()
+                    {
+                        idx.commit_all();
+                        meta.index_entries += 1;
+                    }
+                }
+            }
+            meta.bytes_since_index = 0;
+            if h.max_timestamp > meta.last_time_indexed {
+                if let Some(idx) = &self.time_index {
+                    if idx
+                        .append(&[&index::time_entry(h.max_timestamp, rel)])
+                        .is_some()
+                    {
+                        idx.commit_all();
+                        meta.time_entries += 1;
+                        meta.last_time_indexed = h.max_timestamp;
+                    }
+                }
+            }
+        }
+        meta.bytes_since_index += bytes.len() as u64;
+        meta.size += bytes.len() as u64;
+        meta.next_offset = h.last_offset() as u64 + 1;
+        meta.max_timestamp = meta.max_timestamp.max(h.max_timestamp);
+        Ok(())
+    }
+
+    /// Flushes the log data.
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.log
+            .sync_data()
+            .map_err(|e| Error::io(&self.log_path, e))
+    }
+
+    /// Reads the header of the batch at `pos`.
+    pub(crate) fn header_at(
+        &self,
+        pos: u64,
+        size: u64,
+    ) -> std::result::Result<BatchHeader, BatchError> {
+        if pos + HEADER_LEN as u64 > size {
+            return Err(BatchError::Truncated);
+        }
+        let mut h = [0u8; HEADER_LEN];
+        io::read_exact_at(self.log.as_ref(), &mut h, pos).map_err(|_| BatchError::Truncated)?;
+        let header = batch::parse_header(&h)?;
+        if pos + header.total_len() as u64 > size {
+            return Err(BatchError::Truncated);
+        }
+        Ok(header)
+    }
+}
+
+/// Seals a segment: indexes trimmed to their entries and synced, log synced.
+pub(crate) fn seal(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    handle: &SegmentHandle,
+    meta: &mut SegmentMeta,
+) -> Result<()> {
+    handle.sync()?;
+    for (path, used) in [
+        (
+            index_path(dir, meta.base),
+            meta.index_entries * OFFSET_ENTRY as u64,
+        ),
+        (
+            time_index_path(dir, meta.base),
+            meta.time_entries * TIME_ENTRY as u64,
+        ),
+    ] {
+        let f = fs
+            .open_file(&path, OpenMode::Existing)
+            .map_err(|e| Error::io(&path, e))?;
+        // Readers of the old mapping only touch entries below `used`, which stay in the file.
+        f.set_len(used).map_err(|e| Error::io(&path, e))?;
+        f.sync_data().map_err(|e| Error::io(&path, e))?;
+    }
+    meta.sealed = true;
+    Ok(())
+}
+
+/// What a scan of a segment's log found.
+#[derive(Debug)]
+pub(crate) struct ScanResult {
+    pub(crate) valid_size: u64,
+    pub(crate) next_offset: u64,
+    pub(crate) max_timestamp: i64,
+    pub(crate) offset_entries: Vec<u8>,
+    pub(crate) time_entries: Vec<u8>,
+    pub(crate) bytes_since_index: u64,
+    pub(crate) last_time_indexed: i64,
+}
+
+/// Validates a segment's log from the start and rebuilds its index entries in memory. Stops at
+/// the first batch that fails a check, overlaps the previous one, or runs past the file.
+pub(crate) fn scan(
+    log: &dyn StorageFile,
+    base: u64,
+    file_len: u64,
+    interval: u64,
+    max_index_bytes: u64,
+) -> ScanResult {
+    let mut r = ScanResult {
+        valid_size: 0,
+        next_offset: base,
+        max_timestamp: -1,
+        offset_entries: Vec::new(),
+        time_entries: Vec::new(),
+        bytes_since_index: 0,
+        last_time_indexed: -1,
+    };
+    let max_offset_entries = (max_index_bytes / OFFSET_ENTRY as u64) as usize;
+    let max_time_entries = (max_index_bytes / TIME_ENTRY as u64) as usize;
+    let mut buf = Vec::new();
+    let mut pos = 0u64;
+    let mut first = true;
+    loop {
+        if pos + HEADER_LEN as u64 > file_len {
+            break;
+        }
+        let mut h = [0u8; HEADER_LEN];
+        if io::read_exact_at(log, &mut h, pos).is_err() {
+            break;
+        }
+        let Ok(header) = batch::parse_header(&h) else {
+            break;
+        };
+        let total = header.total_len() as u64;
+        // Never allocate by a length the file cannot hold.
+        if pos + total > file_len {
+            break;
+        }
+        buf.resize(total as usize, 0);
+        if io::read_exact_at(log, &mut buf, pos).is_err() {
+            break;
+        }
+        let Ok(header) = batch::check_batch(&buf) else {
+            break;
+        };
+        let base_offset = header.base_offset as u64;
+        if base_offset < r.next_offset
+            || (first && base_offset < base)
+            || header.last_offset() as u64 - base > u64::from(u32::MAX)
+        {
+            break;
+        }
+        first = false;
+        let rel = (header.last_offset() as u64 - base) as u32;
+        if (r.bytes_since_index >= interval)
+            && pos > 0
+            && r.offset_entries.len() / OFFSET_ENTRY < max_offset_entries
+        {
+            r.offset_entries
+                .extend_from_slice(&index::offset_entry(rel, pos as u32));
+            r.bytes_since_index = 0;
+        }
+        if (pos == 0 || r.bytes_since_index == 0)
+            && header.max_timestamp > r.last_time_indexed
+            && r.time_entries.len() / TIME_ENTRY < max_time_entries
+        {
+            r.time_entries
+                .extend_from_slice(&index::time_entry(header.max_timestamp, rel));
+            r.last_time_indexed = header.max_timestamp;
+        }
+        r.bytes_since_index += total;
+        r.max_timestamp = r.max_timestamp.max(header.max_timestamp);
+        r.next_offset = header.last_offset() as u64 + 1;
+        pos += total;
+        r.valid_size = pos;
+    }
+    r
+}
+
+/// Rewrites a segment's index files from scan results: sized to the entries when `sealed`, else
+/// preallocated to `max_index_bytes`.
+pub(crate) fn write_indexes(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    base: u64,
+    scan: &ScanResult,
+    sealed: bool,
+    max_index_bytes: u64,
+) -> Result<()> {
+    for (path, entries, unit) in [
+        (
+            index_path(dir, base),
+            &scan.offset_entries,
+            OFFSET_ENTRY as u64,
+        ),
+        (
+            time_index_path(dir, base),
+            &scan.time_entries,
+            TIME_ENTRY as u64,
+        ),
+    ] {
+        io::remove_if_exists(fs, &path).map_err(|e| Error::io(&path, e))?;
+        if sealed {
+            fs.write_file_synced(&path, entries)
+                .map_err(|e| Error::io(&path, e))?;
+        } else {
+            let len = max_index_bytes - max_index_bytes % unit;
+            let f = MappedFile::map(fs, &path, 0, len, MapMode::Create)
+                .map_err(|e| Error::io(&path, e))?;
+            if !entries.is_empty() && f.append(&[entries]).is_none() {
+                return Err(Error::corrupted(
+                    &path,
+                    0,
+                    "index entries exceed the index size",
+                ));
+            }
+            f.commit_all();
+            f.flush(entries.len()).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    fs.sync_dir(dir).map_err(|e| Error::io(dir, e))
+}

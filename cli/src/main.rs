@@ -1,5 +1,7 @@
 //! `duolog`: produce to, consume from, inspect and verify duolog stores.
 
+mod dump;
+
 use std::io::{self, BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,14 +10,15 @@ use duolog::{EngineKind, FlushPolicy, LogStore, Message, ReadLimits, StoreOption
 
 const USAGE: &str = "\
 usage:
-  duolog produce --dir D [--engine commitlog] --topic T [--partitions N] [--partition P] [--keyed] [--sync]
+  duolog produce --dir D [--engine commitlog|segmented] --topic T [--partitions N] [--partition P] [--keyed] [--sync]
       reads lines from stdin (with --keyed: key<TAB>body) and prints `<partition> <offset>` for each
       acknowledged message (with --sync: only once it is durable on disk)
   duolog consume --dir D --topic T --partition P [--from O] [--max N]
       prints `<offset><TAB><key><TAB><body>` per record
   duolog topics --dir D         lists topics and their partitions
   duolog stats --dir D          partitions, bounds, files and bytes on disk
-  duolog verify --dir D         checks every checksum and every derived file";
+  duolog verify --dir D         checks every checksum and every derived file
+  duolog dump FILE              prints a segment's .log (batches, records), .index or .timeindex";
 
 /// A command-line error: printed as one line, exit code 2 for usage, 1 otherwise.
 enum CliError {
@@ -324,6 +327,21 @@ fn run(argv: &[String]) -> Result<(), CliError> {
         "topics" => topics(&Args::parse(rest, &[])?),
         "stats" => stats(&Args::parse(rest, &[])?),
         "verify" => verify(&Args::parse(rest, &[])?),
+        "dump" => {
+            let [file] = rest else {
+                return Err(CliError::Usage("dump takes one file".into()));
+            };
+            let stdout = io::stdout();
+            let mut out = io::BufWriter::new(stdout.lock());
+            match dump::dump(std::path::Path::new(file), &mut out) {
+                Ok(()) => Ok(out.flush()?),
+                Err(dump::DumpError::Io(e)) => Err(CliError::Failed(format!("{file}: {e}"))),
+                Err(dump::DumpError::Invalid(msg)) => {
+                    out.flush()?;
+                    Err(CliError::Failed(format!("{file}: {msg}")))
+                }
+            }
+        }
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())

@@ -198,3 +198,73 @@ fn verify_fails_on_a_damaged_store() {
     );
     assert!(text(&out.stderr).contains("problem(s) found"));
 }
+
+#[test]
+fn segmented_engine_and_dump() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("s");
+    let d = d.to_str().unwrap();
+    let out = duolog(
+        &[
+            "produce",
+            "--dir",
+            d,
+            "--engine",
+            "segmented",
+            "--topic",
+            "t",
+            "--keyed",
+            "--sync",
+        ],
+        "k1\tv1\nk2\tv2\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = duolog(
+        &["consume", "--dir", d, "--topic", "t", "--partition", "0"],
+        "",
+    );
+    let body = text(&out.stdout);
+    assert!(body.contains("k1\tv1") && body.contains("k2\tv2"), "{body}");
+    let out = duolog(&["stats", "--dir", d], "");
+    assert!(text(&out.stdout).starts_with("engine\tsegmented"));
+    // The wrong engine for an existing store is a clear error.
+    let out = duolog(
+        &[
+            "produce",
+            "--dir",
+            d,
+            "--engine",
+            "commitlog",
+            "--topic",
+            "t",
+        ],
+        "x\n",
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("segmented store"),
+        "{}",
+        text(&out.stderr)
+    );
+    let log = dir.path().join("s/t-0/00000000000000000000.log");
+    let out = duolog(&["dump", log.to_str().unwrap()], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dumped = text(&out.stdout);
+    assert!(
+        dumped.contains("baseOffset: 0 lastOffset: 1 count: 2"),
+        "{dumped}"
+    );
+    assert!(
+        dumped.contains("| offset: 1 ") && dumped.contains("key: k2 payload: v2"),
+        "{dumped}"
+    );
+    let idx = dir.path().join("s/t-0/00000000000000000000.timeindex");
+    let out = duolog(&["dump", idx.to_str().unwrap()], "");
+    assert!(
+        text(&out.stdout).contains("timestamp: "),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = duolog(&["dump", "/nonexistent.log"], "");
+    assert!(!out.status.success());
+}

@@ -19,7 +19,16 @@ fn pseudo_random(seed: u64) -> u64 {
 }
 
 #[test]
-fn acknowledged_lines_survive_sigkill() {
+fn acknowledged_lines_survive_sigkill_commitlog() {
+    kill_and_check("commitlog");
+}
+
+#[test]
+fn acknowledged_lines_survive_sigkill_segmented() {
+    kill_and_check("segmented");
+}
+
+fn kill_and_check(engine: &str) {
     let iterations: usize = std::env::var("DUOLOG_KILL_ITERATIONS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -39,6 +48,8 @@ fn acknowledged_lines_survive_sigkill() {
                 "produce",
                 "--dir",
                 store_dir.to_str().unwrap(),
+                "--engine",
+                engine,
                 "--topic",
                 "lines",
                 "--partitions",
@@ -129,7 +140,7 @@ fn acknowledged_lines_survive_sigkill() {
         assert!(store.verify().unwrap().is_ok());
         store.close().unwrap();
         eprintln!(
-            "kill {iteration}: {} acknowledged so far, all present",
+            "{engine}: kill {iteration}: {} acknowledged so far, all present",
             acked_total.len()
         );
     }

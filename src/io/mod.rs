@@ -63,6 +63,10 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()>;
     /// Current length.
     fn len(&self) -> io::Result<u64>;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
     /// Truncates or extends (with zeros) to `len`.
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes the data (and the length) durable: fdatasync.

@@ -101,7 +101,7 @@ pub fn lookup_time(entries: &[u8], base: u64, target: i64) -> (i64, u64) {
 /// Checks an offset index against its segment: entries strictly increasing in offset and
 /// position, positions inside the log. Returns the first problem.
 pub fn check_offset_index(entries: &[u8], log_size: u64) -> Result<(), String> {
-    if entries.len() % OFFSET_ENTRY != 0 {
+    if !entries.len().is_multiple_of(OFFSET_ENTRY) {
         return Err(format!(
             "length {} is not a multiple of {OFFSET_ENTRY}",
             entries.len()
@@ -115,10 +115,10 @@ pub fn check_offset_index(entries: &[u8], log_size: u64) -> Result<(), String> {
                 "entry {i} points at position {p}, past the log's {log_size} bytes"
             ));
         }
-        if let Some((po, pp)) = prev {
-            if o <= po || p <= pp {
-                return Err(format!("entry {i} ({o}, {p}) does not follow ({po}, {pp})"));
-            }
+        if let Some((po, pp)) = prev
+            && (o <= po || p <= pp)
+        {
+            return Err(format!("entry {i} ({o}, {p}) does not follow ({po}, {pp})"));
         }
         prev = Some((o, p));
     }
@@ -127,7 +127,7 @@ pub fn check_offset_index(entries: &[u8], log_size: u64) -> Result<(), String> {
 
 /// Checks a time index: timestamps and offsets never decrease.
 pub fn check_time_index(entries: &[u8]) -> Result<(), String> {
-    if entries.len() % TIME_ENTRY != 0 {
+    if !entries.len().is_multiple_of(TIME_ENTRY) {
         return Err(format!(
             "length {} is not a multiple of {TIME_ENTRY}",
             entries.len()
@@ -136,10 +136,10 @@ pub fn check_time_index(entries: &[u8]) -> Result<(), String> {
     let mut prev: Option<(i64, u32)> = None;
     for i in 0..entries.len() / TIME_ENTRY {
         let (t, o) = time_at(entries, i);
-        if let Some((pt, po)) = prev {
-            if t <= pt || o < po {
-                return Err(format!("entry {i} ({t}, {o}) does not follow ({pt}, {po})"));
-            }
+        if let Some((pt, po)) = prev
+            && (t <= pt || o < po)
+        {
+            return Err(format!("entry {i} ({t}, {o}) does not follow ({pt}, {po})"));
         }
         prev = Some((t, o));
     }

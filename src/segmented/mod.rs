@@ -707,10 +707,9 @@ impl LogStore for SegmentedStore {
             f.stop();
         }
         let result = (|| {
+            // The logs are all the durable state there is: indexes are derived, checked when
+            // used and rebuilt when wrong, and sealed segments' indexes were synced at the roll.
             inner.gc.sync_all(inner.as_ref())?;
-            for p in inner.all_partitions() {
-                p.close(&inner.ctx)?;
-            }
             inner.write_checkpoint()?;
             inner.store_offsets(START_OFFSETS_FILE, START_MAGIC, |p| {
                 p.start.load(Ordering::Acquire)

@@ -72,6 +72,14 @@ impl Partition {
         }
         let now = now.max(st.last_timestamp);
         st.last_timestamp = now;
+        if st.segments.is_empty() {
+            // Files are created on the first append, so idle partitions cost nothing.
+            let base = self.end.load(Ordering::Acquire);
+            let h =
+                SegmentHandle::create(ctx.fs.as_ref(), &self.dir, base, ctx.opts.max_index_bytes)?;
+            ctx.cache.insert((self.uid, base), Arc::new(h));
+            st.segments.push(SegmentMeta::new(base, now_ms()));
+        }
         let active = st
             .segments
             .last()
@@ -122,10 +130,9 @@ impl Partition {
         let (end, handle) = {
             let st = self.state.lock();
             let end = self.end.load(Ordering::Acquire);
-            let active = st
-                .segments
-                .last()
-                .ok_or_else(|| Error::corrupted(&self.dir, 0, "no segment"))?;
+            let Some(active) = st.segments.last() else {
+                return Ok(end);
+            };
             (end, self.handle(ctx, active)?)
         };
         handle.sync()?;
@@ -234,7 +241,9 @@ impl Partition {
         if pos >= meta.size && meta.size > 0 {
             return Err(corrupt(pos, "index points past the end of the log"));
         }
-        // Skip batches wholly before `offset`.
+        // Skip batches wholly before `offset`. A correct index entry names a batch that starts
+        // at or before the target; anything else means the index is wrong.
+        let indexed_pos = pos;
         let first = loop {
             if pos >= meta.size {
                 return Ok(Vec::new());
@@ -242,6 +251,12 @@ impl Partition {
             let h = handle
                 .header_at(pos, meta.size)
                 .map_err(|e| corrupt(pos, e.reason()))?;
+            if pos == indexed_pos && pos > 0 && h.base_offset as u64 > offset {
+                return Err(corrupt(
+                    pos,
+                    "offset index names a batch past the target offset",
+                ));
+            }
             if h.last_offset() as u64 >= offset {
                 break pos;
             }
@@ -362,6 +377,36 @@ fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u64>> {
     Ok(bases)
 }
 
+/// Entries in a preallocated index file: its non-zero prefix, found by binary search with
+/// positional reads (entries are never all zero). Also returns the last entry.
+fn count_entries(fs: &dyn FileSystem, path: &Path, unit: usize) -> Result<(u64, Option<Vec<u8>>)> {
+    let len = fs.file_len(path).map_err(|e| Error::io(path, e))?;
+    let f = fs
+        .open_file(path, OpenMode::Existing)
+        .map_err(|e| Error::io(path, e))?;
+    let mut buf = vec![0u8; unit];
+    let mut present = |k: u64| -> Result<bool> {
+        io::read_exact_at(f.as_ref(), &mut buf, k * unit as u64).map_err(|e| Error::io(path, e))?;
+        Ok(buf.iter().any(|&b| b != 0))
+    };
+    let (mut lo, mut hi) = (0u64, len / unit as u64);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if present(mid)? {
+            lo = mid + 1
+        } else {
+            hi = mid
+        }
+    }
+    if lo == 0 {
+        return Ok((0, None));
+    }
+    let mut last = vec![0u8; unit];
+    io::read_exact_at(f.as_ref(), &mut last, (lo - 1) * unit as u64)
+        .map_err(|e| Error::io(path, e))?;
+    Ok((lo, Some(last)))
+}
+
 fn read_tail_entry(fs: &dyn FileSystem, path: &Path, unit: usize) -> Result<Option<Vec<u8>>> {
     let len = fs.file_len(path).map_err(|e| Error::io(path, e))?;
     if len < unit as u64 {
@@ -396,10 +441,6 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
     let o = &ctx.opts;
     fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut bases = list_segments(fs, dir)?;
-    if bases.is_empty() {
-        SegmentHandle::create(fs, dir, spec.log_start, o.max_index_bytes)?;
-        bases.push(spec.log_start);
-    }
     let now = now_ms();
     // The first segment that must be validated.
     let recover_from = if spec.clean {
@@ -468,47 +509,22 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
                     meta.sealed = sealed;
                 }
                 None => {
-                    // Clean shutdown, active segment: read the indexes and scan only past the
-                    // last offset-index entry.
-                    let oentries = fs.read_file(&oi).map_err(|e| Error::io(&oi, e))?;
-                    let tentries = fs.read_file(&ti).map_err(|e| Error::io(&ti, e))?;
-                    let ok = index::check_offset_index(&oentries, size).is_ok()
-                        && index::check_time_index(&tentries).is_ok();
-                    let from = if ok && !oentries.is_empty() {
-                        u64::from(index::offset_at(&oentries, oentries.len() / OFFSET_ENTRY - 1).1)
-                    } else {
-                        0
-                    };
-                    let tail = scan_tail(log.as_ref(), base, from, size);
-                    match (ok, tail) {
-                        (true, Some((next, max_ts))) => {
-                            let scan = segment::ScanResult {
-                                valid_size: size,
-                                next_offset: next,
-                                max_timestamp: max_ts,
-                                offset_entries: oentries,
-                                time_entries: tentries,
-                                bytes_since_index: size - from,
-                                last_time_indexed: -1,
-                            };
-                            let last_ts = if scan.time_entries.is_empty() {
-                                -1
-                            } else {
-                                index::time_at(
-                                    &scan.time_entries,
-                                    scan.time_entries.len() / TIME_ENTRY - 1,
-                                )
-                                .0
-                            };
-                            segment::write_indexes(fs, dir, base, &scan, false, o.max_index_bytes)?;
+                    // Clean shutdown, active segment: count the (preallocated) indexes' entries
+                    // with a binary search and scan only past the last offset-index entry.
+                    let (o_count, o_last) = count_entries(fs, &oi, OFFSET_ENTRY)?;
+                    let (t_count, t_last) = count_entries(fs, &ti, TIME_ENTRY)?;
+                    let from = o_last.map_or(0, |e| u64::from(index::offset_at(&e, 0).1));
+                    match scan_tail(log.as_ref(), base, from, size) {
+                        Some((next, max_ts)) => {
+                            let last_ts = t_last.map_or(-1, |e| index::time_at(&e, 0).0);
                             meta.next_offset = next;
                             meta.max_timestamp = max_ts.max(last_ts);
-                            meta.index_entries = (scan.offset_entries.len() / OFFSET_ENTRY) as u64;
-                            meta.time_entries = (scan.time_entries.len() / TIME_ENTRY) as u64;
-                            meta.bytes_since_index = scan.bytes_since_index;
+                            meta.index_entries = o_count;
+                            meta.time_entries = t_count;
+                            meta.bytes_since_index = size - from;
                             meta.last_time_indexed = last_ts;
                         }
-                        _ => {
+                        None => {
                             // The tail does not parse after a "clean" shutdown: recover it.
                             let scan = segment::scan(
                                 log.as_ref(),
@@ -667,27 +683,6 @@ impl Partition {
                 Ordering::Release,
             );
         }
-        Ok(())
-    }
-
-    /// Trims the active segment's indexes and syncs everything (clean close).
-    pub(crate) fn close(&self, ctx: &Ctx) -> Result<()> {
-        let mut st = self.state.lock();
-        let Some(active) = st.segments.last_mut() else {
-            return Ok(());
-        };
-        let handle = match ctx.cache.get((self.uid, active.base)) {
-            Some(h) => h,
-            None => Arc::new(SegmentHandle::open(ctx.fs.as_ref(), &self.dir, active)?),
-        };
-        for f in [&handle.offset_index, &handle.time_index]
-            .into_iter()
-            .flatten()
-        {
-            f.flush(f.len()).map_err(|e| Error::io(f.path(), e))?;
-        }
-        segment::seal(ctx.fs.as_ref(), &self.dir, &handle, active)?;
-        ctx.cache.remove((self.uid, active.base));
         Ok(())
     }
 

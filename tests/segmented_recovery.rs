@@ -1,0 +1,401 @@
+//! Kafka's known log-layer cases, in our words, on the segmented engine: reads from a gap,
+//! recovery truncating garbage to exactly the previous batch, garbage in log and index, the
+//! clean-shutdown marker, garbled and missing indexes, and the open-handle budget with 10,000
+//! partitions.
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use common::small_options;
+use duolog::segmented::batch::{self, ProducerInfo, RecordInput};
+use duolog::{
+    EngineKind, Error, LogStore, Message, ReadLimits, SegmentedOptions, SegmentedStore,
+    StoreOptions, TopicConfig,
+};
+
+fn opts() -> StoreOptions {
+    small_options(EngineKind::Segmented)
+}
+
+fn part_dir(dir: &Path) -> PathBuf {
+    dir.join("t-0")
+}
+
+fn segment_files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(part_dir(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Appends `n` batches of 3 records; returns each batch's (first offset, end position in the
+/// active log file) — positions only meaningful while one segment holds them.
+fn fill(dir: &Path, n: usize, o: &StoreOptions) {
+    let store = SegmentedStore::open(dir, o.clone()).unwrap();
+    store.create_topic("t", TopicConfig::default()).unwrap();
+    for i in 0..n {
+        let batch: Vec<Message> = (0..3)
+            .map(|j| Message::new(format!("m-{i}-{j}")).with_key(format!("k{i}")))
+            .collect();
+        store.append("t", 0, &batch).unwrap();
+    }
+    store.sync().unwrap();
+    store.abandon();
+}
+
+fn all(store: &dyn LogStore) -> Vec<(u64, String)> {
+    let b = store.bounds("t", 0).unwrap();
+    let mut out = Vec::new();
+    let mut at = b.start;
+    while at < b.end {
+        let recs = store.read("t", 0, at, ReadLimits::messages(1000)).unwrap();
+        assert!(!recs.is_empty(), "nothing at {at} below end {}", b.end);
+        at = recs.last().unwrap().offset() + 1;
+        out.extend(
+            recs.iter()
+                .map(|r| (r.offset(), String::from_utf8(r.body().to_vec()).unwrap())),
+        );
+    }
+    out
+}
+
+/// Batch boundaries of a log file.
+fn batch_ends(log: &Path) -> Vec<(usize, i64)> {
+    let b = std::fs::read(log).unwrap();
+    let mut pos = 0;
+    let mut out = Vec::new();
+    while pos < b.len() {
+        let h = batch::check_batch(&b[pos..]).unwrap();
+        pos += h.total_len();
+        out.push((pos, h.last_offset()));
+    }
+    out
+}
+
+fn write_at(path: &Path, pos: u64, bytes: &[u8]) {
+    let mut f = OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(pos)).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+fn append_to(path: &Path, bytes: &[u8]) {
+    let mut f = OpenOptions::new().append(true).open(path).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn recovery_truncates_garbage_to_exactly_the_previous_batch() {
+    for seed in 1..=12u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let o = StoreOptions {
+            segmented: SegmentedOptions {
+                segment_bytes: 1 << 20,
+                ..opts().segmented
+            },
+            ..opts()
+        };
+        fill(dir.path(), 40, &o);
+        let log = segment_files(dir.path(), "log").pop().unwrap();
+        let ends = batch_ends(&log);
+        let len = ends.last().unwrap().0;
+        let cut = (noise(seed, 8).iter().map(|&b| b as usize).sum::<usize>() * 7919) % len;
+        write_at(&log, cut as u64, &noise(seed * 31, len - cut));
+        let store = SegmentedStore::open(dir.path(), o.clone()).unwrap();
+        // The batches wholly before the cut survive; the one the cut hits and all after go.
+        let survivors: Vec<_> = ends.iter().filter(|(end, _)| *end <= cut).collect();
+        let expect_end = survivors.last().map_or(0, |(_, last)| *last as u64 + 1);
+        assert_eq!(
+            store.bounds("t", 0).unwrap().end,
+            expect_end,
+            "seed {seed} cut {cut}"
+        );
+        assert_eq!(
+            std::fs::metadata(&log).unwrap().len() as usize,
+            survivors.last().map_or(0, |(e, _)| *e)
+        );
+        assert_eq!(all(&store).len() as u64, expect_end);
+        assert!(
+            store.verify().unwrap().is_ok(),
+            "{:?}",
+            store.verify().unwrap().problems
+        );
+        // Appends continue at the recovered end.
+        assert_eq!(
+            store
+                .append("t", 0, &[Message::new("next")])
+                .unwrap()
+                .base_offset,
+            expect_end
+        );
+    }
+}
+
+#[test]
+fn garbage_appended_to_log_and_index_leaves_every_record_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 200, &opts());
+    let log = segment_files(dir.path(), "log").pop().unwrap();
+    let idx = segment_files(dir.path(), "index").pop().unwrap();
+    append_to(&log, &noise(7, 333));
+    append_to(&idx, &noise(8, 77));
+    let store = SegmentedStore::open(dir.path(), opts()).unwrap();
+    let recs = all(&store);
+    assert_eq!(recs.len(), 600);
+    assert_eq!(recs[599], (599, "m-199-2".to_string()));
+    assert!(
+        store.verify().unwrap().is_ok(),
+        "{:?}",
+        store.verify().unwrap().problems
+    );
+}
+
+#[test]
+fn clean_shutdown_marker_skips_recovery_even_with_recovery_point_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = StoreOptions {
+        segmented: SegmentedOptions {
+            segment_bytes: 1 << 20,
+            ..opts().segmented
+        },
+        ..opts()
+    };
+    fill(dir.path(), 100, &o);
+    {
+        let s = SegmentedStore::open(dir.path(), o.clone()).unwrap();
+        s.close().unwrap();
+    }
+    std::fs::remove_file(dir.path().join("recovery-point-offset-checkpoint")).unwrap();
+    // Damage a batch in the middle, well before the last index entry.
+    let log = segment_files(dir.path(), "log").pop().unwrap();
+    let ends = batch_ends(&log);
+    write_at(&log, ends[20].0 as u64 + 30, b"XX");
+    {
+        let s = SegmentedStore::open(dir.path(), o.clone()).unwrap();
+        assert_eq!(
+            s.bounds("t", 0).unwrap().end,
+            300,
+            "a clean open validates nothing"
+        );
+        // The damage is found when read, never returned.
+        assert!(matches!(
+            s.read("t", 0, 63, ReadLimits::default()),
+            Err(Error::Corrupted { .. })
+        ));
+        s.abandon();
+    }
+    // Without the marker (a crash), recovery from point 0 truncates at the damage.
+    let s = SegmentedStore::open(dir.path(), o).unwrap();
+    assert_eq!(s.bounds("t", 0).unwrap().end, ends[20].1 as u64 + 1);
+}
+
+#[test]
+fn garbled_and_missing_indexes_are_rebuilt_and_every_offset_reads() {
+    for damage in ["garble", "delete", "reverse"] {
+        let dir = tempfile::tempdir().unwrap();
+        fill(dir.path(), 1500, &opts());
+        {
+            let s = SegmentedStore::open(dir.path(), opts()).unwrap();
+            s.close().unwrap();
+        }
+        let indexes = segment_files(dir.path(), "index");
+        assert!(indexes.len() > 2, "several segments");
+        for idx in &indexes[..2] {
+            let len = std::fs::metadata(idx).unwrap().len() as usize;
+            match damage {
+                "garble" => std::fs::write(idx, noise(len as u64, len)).unwrap(),
+                "delete" => std::fs::remove_file(idx).unwrap(),
+                _ => {
+                    // Well-formed entries in a wrong order.
+                    let b = std::fs::read(idx).unwrap();
+                    let rev: Vec<u8> = b.chunks(8).rev().flatten().copied().collect();
+                    std::fs::write(idx, rev).unwrap();
+                }
+            }
+        }
+        let s = SegmentedStore::open(dir.path(), opts()).unwrap();
+        for offset in 0..4500u64 {
+            let r = s
+                .read("t", 0, offset, ReadLimits::messages(1))
+                .unwrap_or_else(|e| panic!("{damage}: {offset}: {e}"));
+            assert_eq!(r[0].offset(), offset, "{damage}");
+            assert_eq!(
+                r[0].body(),
+                format!("m-{}-{}", offset / 3, offset % 3).as_bytes()
+            );
+        }
+    }
+}
+
+#[test]
+fn read_from_inside_a_gap_returns_the_next_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SegmentedStore::open(dir.path(), opts()).unwrap();
+        s.create_topic("t", TopicConfig::default()).unwrap();
+        s.close().unwrap();
+    }
+    // A log with offsets 0..=2 and 10..=12, as compaction leaves them.
+    let mut log = Vec::new();
+    for base in [0i64, 10] {
+        let recs: Vec<RecordInput<'_>> = (0..3)
+            .map(|_| RecordInput {
+                timestamp: 1_700_000_000_000,
+                key: Some(b"k"),
+                value: Some(b"v"),
+                headers: &[],
+            })
+            .collect();
+        batch::encode_batch(&mut log, base, &recs, 0, ProducerInfo::NONE, None);
+    }
+    let p = part_dir(dir.path());
+    // No index files: the open builds them from the log.
+    std::fs::write(p.join("00000000000000000000.log"), &log).unwrap();
+    let s = SegmentedStore::open(dir.path(), opts()).unwrap();
+    assert_eq!(s.bounds("t", 0).unwrap().end, 13);
+    let r = s.read("t", 0, 5, ReadLimits::default()).unwrap();
+    assert_eq!(
+        r.iter().map(|r| r.offset()).collect::<Vec<_>>(),
+        vec![10, 11, 12]
+    );
+    let r = s.read("t", 0, 1, ReadLimits::default()).unwrap();
+    assert_eq!(
+        r.iter().map(|r| r.offset()).collect::<Vec<_>>(),
+        vec![1, 2, 10, 11, 12]
+    );
+}
+
+#[test]
+fn segments_roll_and_retention_deletes_whole_old_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.segmented.retention = None;
+    o.segmented.retention_bytes = Some(200 * 1024);
+    let s = SegmentedStore::open(dir.path(), o.clone()).unwrap();
+    s.create_topic("t", TopicConfig::default()).unwrap();
+    for i in 0..3000 {
+        s.append(
+            "t",
+            0,
+            &[Message::new(vec![b'r'; 300]).with_key(format!("{i}"))],
+        )
+        .unwrap();
+    }
+    let before = segment_files(dir.path(), "log").len();
+    assert!(before > 10, "64 KiB segments rolled ({before})");
+    // Sealed segments have trimmed indexes.
+    let sealed_index = &segment_files(dir.path(), "index")[0];
+    assert!(std::fs::metadata(sealed_index).unwrap().len() < 4096);
+    let removed = s.enforce_retention().unwrap();
+    assert!(removed > 0);
+    let after = segment_files(dir.path(), "log").len();
+    assert_eq!(after, before - removed);
+    let b = s.bounds("t", 0).unwrap();
+    assert!(b.start > 0 && b.end == 3000);
+    let first_base: u64 = segment_files(dir.path(), "log")[0]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(b.start, first_base);
+    assert!(matches!(
+        s.read("t", 0, b.start - 1, ReadLimits::default()),
+        Err(Error::OffsetOutOfRange { .. })
+    ));
+    assert_eq!(all(&s).len() as u64, 3000 - b.start);
+    drop(s);
+    let s = SegmentedStore::open(dir.path(), o).unwrap();
+    assert_eq!(s.bounds("t", 0).unwrap().start, b.start);
+}
+
+#[test]
+fn retention_by_time_never_deletes_the_active_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.segmented.retention = Some(std::time::Duration::from_millis(1));
+    let s = SegmentedStore::open(dir.path(), o).unwrap();
+    s.create_topic("t", TopicConfig::default()).unwrap();
+    for i in 0..1000 {
+        s.append(
+            "t",
+            0,
+            &[Message::new(vec![b'r'; 300]).with_key(format!("{i}"))],
+        )
+        .unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    s.enforce_retention().unwrap();
+    assert_eq!(segment_files(dir.path(), "log").len(), 1);
+    let b = s.bounds("t", 0).unwrap();
+    assert_eq!(b.end, 1000);
+    assert_eq!(all(&s).len() as u64, b.end - b.start);
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .map(|m| m.lines().count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn ten_thousand_partitions_stay_under_the_handle_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.segmented.max_open_segments = 64;
+    o.segmented.max_index_bytes = 1024;
+    let fds_before = open_fds();
+    let maps_before = mappings();
+    let s = SegmentedStore::open(dir.path(), o.clone()).unwrap();
+    s.create_topic("wide", TopicConfig::with_partitions(10_000))
+        .unwrap();
+    for round in 0..2 {
+        for p in 0..10_000u32 {
+            s.append_oneway("wide", p, &[Message::new(format!("{round}-{p}"))])
+                .unwrap();
+        }
+    }
+    s.sync().unwrap();
+    for p in (0..10_000u32).step_by(97) {
+        let r = s.read("wide", p, 0, ReadLimits::default()).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1].body(), format!("1-{p}").as_bytes());
+    }
+    assert!(s.open_segments() <= 64);
+    let fds = open_fds().saturating_sub(fds_before);
+    let maps = mappings().saturating_sub(maps_before);
+    // Each open segment holds a log descriptor and two mapped indexes (with their descriptors).
+    assert!(
+        fds <= 64 * 3 + 16,
+        "{fds} descriptors open for 10,000 partitions"
+    );
+    assert!(maps <= 64 * 2 + 64, "{maps} mappings for 10,000 partitions");
+    s.close().unwrap();
+    drop(s);
+    let s = SegmentedStore::open(dir.path(), o).unwrap();
+    assert_eq!(s.bounds("wide", 9_999).unwrap().end, 2);
+}

@@ -25,6 +25,13 @@ fn opt_hex(v: &Value) -> Option<Vec<u8>> {
     v.as_str().map(hex)
 }
 
+/// A header as the fixtures list it: key and optional value.
+type OwnedHeader = (Vec<u8>, Option<Vec<u8>>);
+/// A record as the fixtures list it: timestamp, key, value, headers.
+type OwnedRecord = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<OwnedHeader>);
+/// Borrowed headers, as the encoder takes them.
+type HeaderRefs<'a> = Vec<(&'a [u8], Option<&'a [u8]>)>;
+
 fn cases() -> Vec<Value> {
     serde_json::from_slice::<Value>(&std::fs::read(fixtures().join("cases.json")).unwrap())
         .unwrap()
@@ -37,12 +44,7 @@ fn cases() -> Vec<Value> {
 fn encoder_reproduces_kafka_python_batches() {
     for c in cases() {
         let bytes = std::fs::read(fixtures().join(c["file"].as_str().unwrap())).unwrap();
-        let recs: Vec<(
-            i64,
-            Option<Vec<u8>>,
-            Option<Vec<u8>>,
-            Vec<(Vec<u8>, Option<Vec<u8>>)>,
-        )> = c["records"]
+        let recs: Vec<OwnedRecord> = c["records"]
             .as_array()
             .unwrap()
             .iter()
@@ -61,7 +63,7 @@ fn encoder_reproduces_kafka_python_batches() {
                 )
             })
             .collect();
-        let header_refs: Vec<Vec<(&[u8], Option<&[u8]>)>> = recs
+        let header_refs: Vec<HeaderRefs<'_>> = recs
             .iter()
             .map(|r| {
                 r.3.iter()

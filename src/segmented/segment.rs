@@ -186,29 +186,24 @@ impl SegmentHandle {
             .map_err(|e| Error::io(&self.log_path, e))?;
         if meta.bytes_since_index >= interval || meta.size == 0 {
             let rel = (h.last_offset() as u64 - meta.base) as u32;
-            if meta.size > 0 {
-                if let Some(idx) = &self.offset_index {
-                    if idx
-                        .append(&[&index::offset_entry(rel, pos as u32)])
-                        .is_some()
-                    {
-                        idx.commit_all();
-                        meta.index_entries += 1;
-                    }
-                }
+            let entry = index::offset_entry(rel, pos as u32);
+            if let Some(idx) = self.offset_index.as_ref().filter(|_| meta.size > 0)
+                && idx.append(&[&entry]).is_some()
+            {
+                idx.commit_all();
+                meta.index_entries += 1;
             }
             meta.bytes_since_index = 0;
-            if h.max_timestamp > meta.last_time_indexed {
-                if let Some(idx) = &self.time_index {
-                    if idx
-                        .append(&[&index::time_entry(h.max_timestamp, rel)])
-                        .is_some()
-                    {
-                        idx.commit_all();
-                        meta.time_entries += 1;
-                        meta.last_time_indexed = h.max_timestamp;
-                    }
-                }
+            let entry = index::time_entry(h.max_timestamp, rel);
+            if let Some(idx) = self
+                .time_index
+                .as_ref()
+                .filter(|_| h.max_timestamp > meta.last_time_indexed)
+                && idx.append(&[&entry]).is_some()
+            {
+                idx.commit_all();
+                meta.time_entries += 1;
+                meta.last_time_indexed = h.max_timestamp;
             }
         }
         meta.bytes_since_index += bytes.len() as u64;

@@ -1,5 +1,5 @@
-//! Append throughput of the CommitLog engine: 100-byte messages under async flush (1 thread,
-//! batches of 1 and 16) and under sync flush with group commit (1 and 16 threads).
+//! Append throughput of both engines on the same workload: 100-byte messages under async flush
+//! (1 thread, batches of 1 and 16) and under sync flush with group commit (1 and 16 threads).
 //!
 //! Run: `cargo bench --bench append`. Figures go to BENCHMARKS.md; nothing here asserts a speed.
 
@@ -8,26 +8,32 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use duolog::{
-    CommitLogOptions, CommitLogStore, FlushPolicy, LogStore, Message, StoreOptions, TopicConfig,
+    CommitLogOptions, EngineKind, FlushPolicy, LogStore, Message, SegmentedOptions, StoreOptions,
+    TopicConfig,
 };
 
-fn options(flush: FlushPolicy) -> StoreOptions {
-    StoreOptions {
+const ENGINES: [EngineKind; 2] = [EngineKind::CommitLog, EngineKind::Segmented];
+
+fn store(dir: &std::path::Path, engine: EngineKind, flush: FlushPolicy) -> Arc<dyn LogStore> {
+    let options = StoreOptions {
+        engine: Some(engine),
         flush,
         commitlog: CommitLogOptions {
             file_size: 256 << 20,
             retention: None,
             ..CommitLogOptions::default()
         },
+        segmented: SegmentedOptions {
+            segment_bytes: 256 << 20,
+            retention: None,
+            ..SegmentedOptions::default()
+        },
         ..StoreOptions::default()
-    }
-}
-
-fn store(dir: &std::path::Path, flush: FlushPolicy) -> Arc<CommitLogStore> {
-    let s = CommitLogStore::open(dir, options(flush)).expect("open");
+    };
+    let s = duolog::open(dir, options).expect("open");
     s.create_topic("bench", TopicConfig::with_partitions(16))
         .expect("topic");
-    Arc::new(s)
+    Arc::from(s)
 }
 
 fn message() -> Message {
@@ -36,14 +42,18 @@ fn message() -> Message {
 
 fn async_flush(c: &mut Criterion) {
     let mut g = c.benchmark_group("append/async/100B");
-    for batch in [1usize, 16] {
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-        let s = store(dir.path(), FlushPolicy::default());
-        let msgs: Vec<Message> = (0..batch).map(|_| message()).collect();
-        g.throughput(Throughput::Elements(batch as u64));
-        g.bench_with_input(BenchmarkId::new("batch", batch), &batch, |b, _| {
-            b.iter(|| s.append("bench", 0, &msgs).expect("append"))
-        });
+    for engine in ENGINES {
+        for batch in [1usize, 16] {
+            let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+            let s = store(dir.path(), engine, FlushPolicy::default());
+            let msgs: Vec<Message> = (0..batch).map(|_| message()).collect();
+            g.throughput(Throughput::Elements(batch as u64));
+            g.bench_with_input(
+                BenchmarkId::new(format!("{engine}/batch"), batch),
+                &batch,
+                |b, _| b.iter(|| s.append("bench", 0, &msgs).expect("append")),
+            );
+        }
     }
     g.finish();
 }
@@ -51,36 +61,38 @@ fn async_flush(c: &mut Criterion) {
 fn sync_flush(c: &mut Criterion) {
     let mut g = c.benchmark_group("append/sync/100B");
     g.measurement_time(Duration::from_secs(10));
-    for threads in [1usize, 16] {
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-        let s = store(dir.path(), FlushPolicy::Sync);
-        g.throughput(Throughput::Elements(1));
-        g.bench_with_input(
-            BenchmarkId::new("threads", threads),
-            &threads,
-            |b, &threads| {
-                b.iter_custom(|iters| {
-                    // `iters` appends in total, spread over the threads; the time is wall time, so
-                    // the reported rate is the aggregate one.
-                    let per = iters.div_ceil(threads as u64);
-                    let start = Instant::now();
-                    std::thread::scope(|scope| {
-                        for t in 0..threads {
-                            let s = Arc::clone(&s);
-                            scope.spawn(move || {
-                                let m = [message()];
-                                for _ in 0..per {
-                                    s.append("bench", t as u32 % 16, &m).expect("append");
-                                }
-                            });
-                        }
-                    });
-                    start
-                        .elapsed()
-                        .mul_f64(iters as f64 / (per * threads as u64) as f64)
-                })
-            },
-        );
+    for engine in ENGINES {
+        for threads in [1usize, 16] {
+            let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+            let s = store(dir.path(), engine, FlushPolicy::Sync);
+            g.throughput(Throughput::Elements(1));
+            g.bench_with_input(
+                BenchmarkId::new(format!("{engine}/threads"), threads),
+                &threads,
+                |b, &threads| {
+                    b.iter_custom(|iters| {
+                        // `iters` appends in total, spread over the threads; wall time, so the rate
+                        // is the aggregate one.
+                        let per = iters.div_ceil(threads as u64);
+                        let start = Instant::now();
+                        std::thread::scope(|scope| {
+                            for t in 0..threads {
+                                let s = Arc::clone(&s);
+                                scope.spawn(move || {
+                                    let m = [message()];
+                                    for _ in 0..per {
+                                        s.append("bench", t as u32 % 16, &m).expect("append");
+                                    }
+                                });
+                            }
+                        });
+                        start
+                            .elapsed()
+                            .mul_f64(iters as f64 / (per * threads as u64) as f64)
+                    })
+                },
+            );
+        }
     }
     g.finish();
 }

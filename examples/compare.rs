@@ -164,7 +164,7 @@ fn main() {
             tmp.path().to_owned()
         }
     };
-    let engines = [EngineKind::CommitLog];
+    let engines = [EngineKind::CommitLog, EngineKind::Segmented];
     let mut rows = Vec::new();
     for engine in engines {
         let dir = base.join(engine.name());

@@ -50,6 +50,34 @@ impl MappedStorage for FaultyMapped {
     }
 }
 
+/// A positional file whose data sync fails on demand.
+#[derive(Debug)]
+struct FaultyFile {
+    inner: Box<dyn StorageFile>,
+    faults: Arc<Faults>,
+}
+
+impl StorageFile for FaultyFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        self.inner.write_all_at(data, offset)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        if self.faults.fail_flush.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(5)); // EIO
+        }
+        self.inner.sync_data()
+    }
+}
+
 fn enospc() -> io::Error {
     io::Error::from_raw_os_error(28) // ENOSPC
 }
@@ -102,14 +130,18 @@ impl FileSystem for FaultyFs {
         if mode == OpenMode::CreateNew && self.faults.disk_full.load(Ordering::SeqCst) {
             return Err(enospc());
         }
-        self.real.open_file(path, mode)
+        let inner = self.real.open_file(path, mode)?;
+        Ok(Box::new(FaultyFile {
+            inner,
+            faults: Arc::clone(&self.faults),
+        }))
     }
     fn lock_file(&self, path: &Path) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
         self.real.lock_file(path)
     }
 }
 
-fn faulty_options(flush: FlushPolicy) -> (StoreOptions, Arc<Faults>) {
+fn faulty_options(engine: EngineKind, flush: FlushPolicy) -> (StoreOptions, Arc<Faults>) {
     let faults = Arc::new(Faults::default());
     let fs = FaultyFs {
         real: RealFs,
@@ -118,98 +150,105 @@ fn faulty_options(flush: FlushPolicy) -> (StoreOptions, Arc<Faults>) {
     let opts = StoreOptions {
         flush,
         fs: Arc::new(fs),
-        ..small_options(EngineKind::CommitLog)
+        ..small_options(engine)
     };
     (opts, faults)
 }
 
 #[test]
 fn failed_fsync_poisons_the_store_until_reopened() {
-    let dir = tempfile::tempdir().unwrap();
-    let (opts, faults) = faulty_options(FlushPolicy::Sync);
-    let store = duolog::open(dir.path(), opts.clone()).unwrap();
-    store.create_topic("t", TopicConfig::default()).unwrap();
-    store.append("t", 0, &[Message::new("durable")]).unwrap();
-    faults.fail_flush.store(true, Ordering::SeqCst);
-    let err = store
-        .append("t", 0, &[Message::new("not durable")])
-        .unwrap_err();
-    assert!(matches!(err, Error::Poisoned { .. }), "{err}");
-    faults.fail_flush.store(false, Ordering::SeqCst);
-    // No retry-and-pretend: the store stays poisoned although fsync works again.
-    assert!(matches!(
-        store.append("t", 0, &[Message::new("x")]),
-        Err(Error::Poisoned { .. })
-    ));
-    assert!(matches!(store.sync(), Err(Error::Poisoned { .. })));
-    // Reads still work.
-    assert_eq!(
-        store.read("t", 0, 0, ReadLimits::default()).unwrap()[0].body(),
-        b"durable"
-    );
-    let _ = store.close();
-    drop(store);
-    let store = duolog::open(dir.path(), opts).unwrap();
-    assert_eq!(
-        store.read("t", 0, 0, ReadLimits::messages(1)).unwrap()[0].body(),
-        b"durable"
-    );
-    store
-        .append("t", 0, &[Message::new("after reopen")])
-        .unwrap();
+    common::for_each_engine(|engine, dir| {
+        let (opts, faults) = faulty_options(engine, FlushPolicy::Sync);
+        let store = duolog::open(dir, opts.clone()).unwrap();
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        store.append("t", 0, &[Message::new("durable")]).unwrap();
+        faults.fail_flush.store(true, Ordering::SeqCst);
+        let err = store
+            .append("t", 0, &[Message::new("not durable")])
+            .unwrap_err();
+        assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+        faults.fail_flush.store(false, Ordering::SeqCst);
+        // No retry-and-pretend: the store stays poisoned although fsync works again.
+        assert!(matches!(
+            store.append("t", 0, &[Message::new("x")]),
+            Err(Error::Poisoned { .. })
+        ));
+        assert!(matches!(store.sync(), Err(Error::Poisoned { .. })));
+        // Reads still work.
+        assert_eq!(
+            store.read("t", 0, 0, ReadLimits::default()).unwrap()[0].body(),
+            b"durable"
+        );
+        let _ = store.close();
+        drop(store);
+        let store = duolog::open(dir, opts).unwrap();
+        assert_eq!(
+            store.read("t", 0, 0, ReadLimits::messages(1)).unwrap()[0].body(),
+            b"durable"
+        );
+        store
+            .append("t", 0, &[Message::new("after reopen")])
+            .unwrap();
+    });
 }
 
 #[test]
 fn async_completion_reports_a_failed_fsync() {
-    let dir = tempfile::tempdir().unwrap();
-    let (opts, faults) = faulty_options(FlushPolicy::default());
-    let store = duolog::open(dir.path(), opts).unwrap();
-    store.create_topic("t", TopicConfig::default()).unwrap();
-    faults.fail_flush.store(true, Ordering::SeqCst);
-    let c = store.append_async("t", 0, &[Message::new("x")]).unwrap();
-    assert!(matches!(c.wait(), Err(Error::Poisoned { .. })));
+    common::for_each_engine(|engine, dir| {
+        let (opts, faults) = faulty_options(engine, FlushPolicy::default());
+        let store = duolog::open(dir, opts).unwrap();
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        faults.fail_flush.store(true, Ordering::SeqCst);
+        let c = store.append_async("t", 0, &[Message::new("x")]).unwrap();
+        assert!(matches!(c.wait(), Err(Error::Poisoned { .. })));
+    });
 }
 
 #[test]
 fn full_disk_at_a_roll_fails_cleanly_and_recovers_when_space_returns() {
-    let dir = tempfile::tempdir().unwrap();
-    let (opts, faults) = faulty_options(FlushPolicy::Sync);
-    let store = duolog::open(dir.path(), opts).unwrap();
-    store.create_topic("t", TopicConfig::default()).unwrap();
-    let mut acked = 0u64;
-    faults.disk_full.store(true, Ordering::SeqCst);
-    // Append until the 64 KiB log file is full and a new file is needed.
-    let err = loop {
-        match store.append(
-            "t",
-            0,
-            &[Message::new(vec![b'f'; 1000]).with_key(format!("{acked}"))],
-        ) {
-            Ok(r) => {
-                assert_eq!(r.base_offset, acked);
-                acked += 1;
+    common::for_each_engine(|engine, dir| {
+        let (opts, faults) = faulty_options(engine, FlushPolicy::Sync);
+        let store = duolog::open(dir, opts).unwrap();
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        // A first record creates the first files while there is space.
+        store
+            .append("t", 0, &[Message::new(vec![b'f'; 1000]).with_key("0")])
+            .unwrap();
+        let mut acked = 1u64;
+        faults.disk_full.store(true, Ordering::SeqCst);
+        // Append until the 64 KiB log file is full and a new file is needed.
+        let err = loop {
+            match store.append(
+                "t",
+                0,
+                &[Message::new(vec![b'f'; 1000]).with_key(format!("{acked}"))],
+            ) {
+                Ok(r) => {
+                    assert_eq!(r.base_offset, acked);
+                    acked += 1;
+                }
+                Err(e) => break e,
             }
-            Err(e) => break e,
-        }
-        assert!(acked < 1000, "the disk never filled");
-    };
-    assert!(err.is_storage_full(), "{err}");
-    // Nothing of the failed batch is visible; everything acknowledged reads back.
-    assert_eq!(store.bounds("t", 0).unwrap().end, acked);
-    assert_eq!(
-        store
-            .read("t", 0, 0, ReadLimits::messages(10_000))
-            .unwrap()
-            .len() as u64,
-        acked
-    );
-    faults.disk_full.store(false, Ordering::SeqCst);
-    assert_eq!(
-        store
-            .append("t", 0, &[Message::new("space again")])
-            .unwrap()
-            .base_offset,
-        acked
-    );
-    assert!(store.verify().unwrap().is_ok());
+            assert!(acked < 1000, "the disk never filled");
+        };
+        assert!(err.is_storage_full(), "{err}");
+        // Nothing of the failed batch is visible; everything acknowledged reads back.
+        assert_eq!(store.bounds("t", 0).unwrap().end, acked);
+        assert_eq!(
+            store
+                .read("t", 0, 0, ReadLimits::messages(10_000))
+                .unwrap()
+                .len() as u64,
+            acked
+        );
+        faults.disk_full.store(false, Ordering::SeqCst);
+        assert_eq!(
+            store
+                .append("t", 0, &[Message::new("space again")])
+                .unwrap()
+                .base_offset,
+            acked
+        );
+        assert!(store.verify().unwrap().is_ok());
+    });
 }

@@ -399,3 +399,30 @@ fn ten_thousand_partitions_stay_under_the_handle_budget() {
     let s = SegmentedStore::open(dir.path(), o).unwrap();
     assert_eq!(s.bounds("wide", 9_999).unwrap().end, 2);
 }
+
+#[test]
+fn segments_roll_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.segmented.segment_ms = std::time::Duration::from_millis(30);
+    let s = SegmentedStore::open(dir.path(), o).unwrap();
+    s.create_topic("t", TopicConfig::default()).unwrap();
+    for i in 0..3 {
+        s.append("t", 0, &[Message::new(format!("{i}"))]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(40));
+    }
+    // Each append after the age limit starts a new segment, named by its base offset.
+    let bases: Vec<String> = segment_files(dir.path(), "log")
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        bases,
+        [
+            "00000000000000000000",
+            "00000000000000000001",
+            "00000000000000000002"
+        ]
+    );
+    assert_eq!(all(&s).len(), 3);
+}

@@ -110,6 +110,44 @@ impl Catalog {
     }
 }
 
+/// The guard of a store directory's `LOCK` file.
+pub(crate) type DirLock = Box<dyn std::any::Any + Send + Sync>;
+
+/// The start of every engine's open: create the directory, take its `LOCK` (or fail with
+/// `Locked`), and read the catalog, creating an empty one for `engine` in a new store. An
+/// existing store of another engine is an error.
+pub(crate) fn lock_and_load(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    engine: EngineKind,
+) -> Result<(DirLock, Catalog)> {
+    fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let lock_path = dir.join("LOCK");
+    let lock = fs
+        .lock_file(&lock_path)
+        .map_err(|e| Error::io(&lock_path, e))?
+        .ok_or_else(|| Error::Locked(dir.to_owned()))?;
+    let catalog = match Catalog::load(fs, dir)? {
+        Some(c) if c.engine != engine => {
+            return Err(Error::InvalidArgument(format!(
+                "{} holds a {} store",
+                dir.display(),
+                c.engine
+            )));
+        }
+        Some(c) => c,
+        None => {
+            let c = Catalog {
+                engine,
+                topics: Vec::new(),
+            };
+            c.store(fs, dir)?;
+            c
+        }
+    };
+    Ok((lock, catalog))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

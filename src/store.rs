@@ -497,6 +497,52 @@ pub fn is_internal_topic(name: &str) -> bool {
     name.starts_with("__") || name.starts_with('%')
 }
 
+/// Checks a new topic: its name, and 1 to 65,536 partitions.
+pub(crate) fn validate_new_topic(name: &str, config: &TopicConfig) -> Result<()> {
+    validate_topic_name(name)?;
+    if config.partitions == 0 || config.partitions > 65_536 {
+        return Err(crate::Error::InvalidArgument(format!(
+            "a topic needs 1 to 65,536 partitions, not {}",
+            config.partitions
+        )));
+    }
+    Ok(())
+}
+
+/// Topic names for `list_topics`: sorted, internal ones only when asked for.
+pub(crate) fn listed_topics<'a>(
+    names: impl Iterator<Item = &'a String>,
+    include_internal: bool,
+) -> Vec<String> {
+    let mut v: Vec<String> = names
+        .filter(|n| include_internal || !is_internal_topic(n))
+        .cloned()
+        .collect();
+    v.sort();
+    v
+}
+
+/// The checks of `delete_before` against a partition's bounds: past the end is an error; at or
+/// below the start changes nothing (`Ok(None)`); otherwise the new start.
+pub(crate) fn delete_before_target(
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    start: u64,
+    end: u64,
+) -> Result<Option<u64>> {
+    if offset > end {
+        return Err(crate::Error::OffsetOutOfRange {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+            start,
+            end,
+        });
+    }
+    Ok((offset > start).then_some(offset))
+}
+
 /// Checks a topic name: 1 to 127 bytes of `[A-Za-z0-9._%-]`, not `.` or `..`.
 pub(crate) fn validate_topic_name(name: &str) -> Result<()> {
     let ok_chars = name

@@ -45,16 +45,15 @@ use crate::durability::{
 };
 use crate::error::{Error, Result};
 use crate::io::FileSystem;
-use crate::options::{FlushPolicy, StoreOptions};
+use crate::options::StoreOptions;
 use crate::store::{
     AppendResult, DiskUsage, EngineKind, LogStore, Message, PartitionBounds, ReadLimits, Record,
-    TopicConfig, VerifyReport, is_internal_topic, validate_topic_name,
+    TopicConfig, VerifyReport, listed_topics, validate_new_topic,
 };
 
 const COMMITLOG_DIR: &str = "commitlog";
 const CONSUMEQUEUE_DIR: &str = "consumequeue";
 const ABORT_FILE: &str = "abort";
-const LOCK_FILE: &str = "LOCK";
 
 /// One partition (RocketMQ: message queue).
 pub(crate) struct PartitionState {
@@ -360,8 +359,8 @@ impl CommitLogStore {
     }
 
     fn finish(&self, result: AppendResult, end: u64, wait: bool) -> Result<AppendResult> {
-        if wait && self.inner.gc.policy() == FlushPolicy::Sync {
-            self.inner.gc.sync_to(self.inner.as_ref(), end)?;
+        if wait {
+            self.inner.gc.acknowledge(self.inner.as_ref(), end)?;
         }
         Ok(result)
     }
@@ -385,13 +384,7 @@ impl LogStore for CommitLogStore {
     fn create_topic(&self, name: &str, config: TopicConfig) -> Result<()> {
         let inner = &self.inner;
         inner.check_open()?;
-        validate_topic_name(name)?;
-        if config.partitions == 0 || config.partitions > 65_536 {
-            return Err(Error::InvalidArgument(format!(
-                "a topic needs 1 to 65,536 partitions, not {}",
-                config.partitions
-            )));
-        }
+        validate_new_topic(name, &config)?;
         let _admin = inner.admin.lock();
         if inner.topics.read().contains_key(name) {
             return Err(Error::TopicExists(name.to_owned()));
@@ -409,16 +402,7 @@ impl LogStore for CommitLogStore {
     }
 
     fn list_topics(&self, include_internal: bool) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .inner
-            .topics
-            .read()
-            .keys()
-            .filter(|n| include_internal || !is_internal_topic(n))
-            .cloned()
-            .collect();
-        v.sort();
-        v
+        listed_topics(self.inner.topics.read().keys(), include_internal)
     }
 
     fn append(&self, topic: &str, partition: u32, messages: &[Message]) -> Result<AppendResult> {

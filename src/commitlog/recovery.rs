@@ -27,10 +27,9 @@ use super::consume_queue::Unit;
 use super::file_queue::FileQueue;
 use super::record::{self, Checks, DecodeError, Decoded};
 use super::{
-    ABORT_FILE, AppendState, BackgroundState, COMMITLOG_DIR, CommitLogStore, Inner, LOCK_FILE,
-    TopicState, start_flusher,
+    ABORT_FILE, AppendState, BackgroundState, COMMITLOG_DIR, CommitLogStore, Inner, TopicState,
+    start_flusher,
 };
-use crate::catalog::Catalog;
 use crate::durability::{DataSignal, GroupCommit};
 use crate::error::{Error, Result};
 use crate::options::StoreOptions;
@@ -48,31 +47,7 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         ));
     }
     let fs = Arc::clone(&opts.fs);
-    fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let lock_path = dir.join(LOCK_FILE);
-    let lock = fs
-        .lock_file(&lock_path)
-        .map_err(|e| Error::io(&lock_path, e))?
-        .ok_or_else(|| Error::Locked(dir.to_owned()))?;
-
-    let catalog = match Catalog::load(fs.as_ref(), dir)? {
-        Some(c) if c.engine != EngineKind::CommitLog => {
-            return Err(Error::InvalidArgument(format!(
-                "{} holds a {} store",
-                dir.display(),
-                c.engine
-            )));
-        }
-        Some(c) => c,
-        None => {
-            let c = Catalog {
-                engine: EngineKind::CommitLog,
-                topics: Vec::new(),
-            };
-            c.store(fs.as_ref(), dir)?;
-            c
-        }
-    };
+    let (lock, catalog) = crate::catalog::lock_and_load(fs.as_ref(), dir, EngineKind::CommitLog)?;
     let abort_path = dir.join(ABORT_FILE);
     let unclean = fs
         .exists(&abort_path)

@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 use super::Inner;
 use super::append::now_ms;
 use super::record::{self, Checks, Decoded};
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::store::delete_before_target;
 
 impl Inner {
     /// Store time of the first record of the file starting at `start`, if it has one.
@@ -97,18 +98,9 @@ impl Inner {
         let _admin = self.admin.lock();
         let start = part.start.load(Ordering::Acquire);
         let end = part.end.load(Ordering::Acquire);
-        if offset > end {
-            return Err(Error::OffsetOutOfRange {
-                topic: topic.to_owned(),
-                partition,
-                offset,
-                start,
-                end,
-            });
-        }
-        if offset <= start {
+        let Some(offset) = delete_before_target(topic, partition, offset, start, end)? else {
             return Ok(start);
-        }
+        };
         part.start.store(offset, Ordering::Release);
         // Persist before deleting files: after a crash the start must not fall back below
         // records whose queue files are gone.

@@ -70,10 +70,6 @@ impl GroupCommit {
         }
     }
 
-    pub(crate) fn policy(&self) -> FlushPolicy {
-        self.policy
-    }
-
     /// Durable position.
     pub(crate) fn durable(&self) -> u64 {
         self.state.lock().durable
@@ -141,6 +137,16 @@ impl GroupCommit {
                 fire(ready, poisoned);
                 st = self.state.lock();
             }
+        }
+    }
+
+    /// What a sync send waits for: under `FlushPolicy::Sync` the flush covering `pos`; under the
+    /// other policies nothing (the page cache is their acknowledgement point).
+    pub(crate) fn acknowledge(&self, target: &dyn FlushTarget, pos: u64) -> Result<()> {
+        if self.policy == FlushPolicy::Sync {
+            self.sync_to(target, pos)
+        } else {
+            Ok(())
         }
     }
 

@@ -45,10 +45,10 @@ use crate::durability::{
     BackgroundWork, Completion, DataSignal, FlushTarget, Flusher, GroupCommit,
 };
 use crate::error::{Error, Result};
-use crate::options::{FlushPolicy, StoreOptions};
+use crate::options::StoreOptions;
 use crate::store::{
     AppendResult, DiskUsage, EngineKind, LogStore, Message, PartitionBounds, ReadLimits, Record,
-    TopicConfig, VerifyReport, is_internal_topic, validate_topic_name,
+    TopicConfig, VerifyReport, delete_before_target, listed_topics, validate_new_topic,
 };
 
 const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
@@ -56,7 +56,6 @@ const RECOVERY_POINTS_FILE: &str = "recovery-point-offset-checkpoint";
 const START_OFFSETS_FILE: &str = "log-start-offset-checkpoint";
 const RECOVERY_MAGIC: &[u8; 4] = b"DLRP";
 const START_MAGIC: &[u8; 4] = b"DLSO";
-const LOCK_FILE: &str = "LOCK";
 
 struct TopicLog {
     config: TopicConfig,
@@ -363,30 +362,8 @@ impl SegmentedStore {
             ));
         }
         let fs = Arc::clone(&options.fs);
-        fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = fs
-            .lock_file(&lock_path)
-            .map_err(|e| Error::io(&lock_path, e))?
-            .ok_or_else(|| Error::Locked(dir.to_owned()))?;
-        let catalog = match Catalog::load(fs.as_ref(), dir)? {
-            Some(c) if c.engine != EngineKind::Segmented => {
-                return Err(Error::InvalidArgument(format!(
-                    "{} holds a {} store",
-                    dir.display(),
-                    c.engine
-                )));
-            }
-            Some(c) => c,
-            None => {
-                let c = Catalog {
-                    engine: EngineKind::Segmented,
-                    topics: Vec::new(),
-                };
-                c.store(fs.as_ref(), dir)?;
-                c
-            }
-        };
+        let (lock, catalog) =
+            crate::catalog::lock_and_load(fs.as_ref(), dir, EngineKind::Segmented)?;
         let marker = dir.join(CLEAN_SHUTDOWN_FILE);
         let clean = fs.exists(&marker).map_err(|e| Error::io(&marker, e))?;
         // Damaged checkpoints only mean more recovery work (recovery point 0) or a lower start.
@@ -462,8 +439,8 @@ impl SegmentedStore {
     }
 
     fn finish(&self, r: AppendResult, seq: u64, wait: bool) -> Result<AppendResult> {
-        if wait && self.inner.gc.policy() == FlushPolicy::Sync {
-            self.inner.gc.sync_to(self.inner.as_ref(), seq)?;
+        if wait {
+            self.inner.gc.acknowledge(self.inner.as_ref(), seq)?;
         }
         Ok(r)
     }
@@ -518,13 +495,7 @@ impl LogStore for SegmentedStore {
     fn create_topic(&self, name: &str, config: TopicConfig) -> Result<()> {
         let inner = &self.inner;
         inner.check_open()?;
-        validate_topic_name(name)?;
-        if config.partitions == 0 || config.partitions > 65_536 {
-            return Err(Error::InvalidArgument(format!(
-                "a topic needs 1 to 65,536 partitions, not {}",
-                config.partitions
-            )));
-        }
+        validate_new_topic(name, &config)?;
         let _admin = inner.admin.lock();
         if inner.topics.read().contains_key(name) {
             return Err(Error::TopicExists(name.to_owned()));
@@ -558,16 +529,7 @@ impl LogStore for SegmentedStore {
     }
 
     fn list_topics(&self, include_internal: bool) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .inner
-            .topics
-            .read()
-            .keys()
-            .filter(|n| include_internal || !is_internal_topic(n))
-            .cloned()
-            .collect();
-        v.sort();
-        v
+        listed_topics(self.inner.topics.read().keys(), include_internal)
     }
 
     fn append(&self, topic: &str, partition: u32, messages: &[Message]) -> Result<AppendResult> {
@@ -648,18 +610,9 @@ impl LogStore for SegmentedStore {
         let _admin = inner.admin.lock();
         let start = p.start.load(Ordering::Acquire);
         let end = p.end.load(Ordering::Acquire);
-        if offset > end {
-            return Err(Error::OffsetOutOfRange {
-                topic: topic.to_owned(),
-                partition,
-                offset,
-                start,
-                end,
-            });
-        }
-        if offset <= start {
+        let Some(offset) = delete_before_target(topic, partition, offset, start, end)? else {
             return Ok(start);
-        }
+        };
         p.start.store(offset, Ordering::Release);
         // Persisted before any file goes, so a crash never lowers the start below missing data.
         inner.store_offsets(START_OFFSETS_FILE, START_MAGIC, |p| {

@@ -169,8 +169,11 @@ impl Partition {
             ctx.opts.max_index_bytes,
         )?;
         let m = &mut st.segments[i];
-        m.index_entries = (scan.offset_entries.len() / OFFSET_ENTRY) as u64;
-        m.time_entries = (scan.time_entries.len() / TIME_ENTRY) as u64;
+        let (size, next) = (m.size, m.next_offset);
+        m.apply_scan(&scan);
+        // Only the indexes were rebuilt: the log and its bounds stay as they were.
+        m.size = size;
+        m.next_offset = next;
         Ok(())
     }
 
@@ -495,17 +498,10 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
                     }
                     let sealed = i + 1 < bases.len();
                     segment::write_indexes(fs, dir, base, &scan, sealed, o.max_index_bytes)?;
-                    meta.size = scan.valid_size;
-                    meta.next_offset = if sealed {
-                        bases[i + 1].max(scan.next_offset)
-                    } else {
-                        scan.next_offset
-                    };
-                    meta.max_timestamp = scan.max_timestamp;
-                    meta.index_entries = (scan.offset_entries.len() / OFFSET_ENTRY) as u64;
-                    meta.time_entries = (scan.time_entries.len() / TIME_ENTRY) as u64;
-                    meta.bytes_since_index = scan.bytes_since_index;
-                    meta.last_time_indexed = scan.last_time_indexed;
+                    meta.apply_scan(&scan);
+                    if sealed {
+                        meta.next_offset = bases[i + 1].max(scan.next_offset);
+                    }
                     meta.sealed = sealed;
                 }
                 None => {
@@ -539,13 +535,7 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
                                 log.sync_data().map_err(|e| Error::io(&lp, e))?;
                             }
                             segment::write_indexes(fs, dir, base, &scan, false, o.max_index_bytes)?;
-                            meta.size = scan.valid_size;
-                            meta.next_offset = scan.next_offset;
-                            meta.max_timestamp = scan.max_timestamp;
-                            meta.index_entries = (scan.offset_entries.len() / OFFSET_ENTRY) as u64;
-                            meta.time_entries = (scan.time_entries.len() / TIME_ENTRY) as u64;
-                            meta.bytes_since_index = scan.bytes_since_index;
-                            meta.last_time_indexed = scan.last_time_indexed;
+                            meta.apply_scan(&scan);
                         }
                     }
                     meta.sealed = false;

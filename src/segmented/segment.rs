@@ -60,6 +60,19 @@ impl SegmentMeta {
     }
 }
 
+impl SegmentMeta {
+    /// Takes size, bounds and index state from a scan of the segment's log.
+    pub(crate) fn apply_scan(&mut self, scan: &ScanResult) {
+        self.size = scan.valid_size;
+        self.next_offset = scan.next_offset;
+        self.max_timestamp = scan.max_timestamp;
+        self.index_entries = (scan.offset_entries.len() / OFFSET_ENTRY) as u64;
+        self.time_entries = (scan.time_entries.len() / TIME_ENTRY) as u64;
+        self.bytes_since_index = scan.bytes_since_index;
+        self.last_time_indexed = scan.last_time_indexed;
+    }
+}
+
 /// The open files of a segment.
 #[derive(Debug)]
 pub(crate) struct SegmentHandle {

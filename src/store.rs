@@ -497,6 +497,31 @@ pub fn is_internal_topic(name: &str) -> bool {
     name.starts_with("__") || name.starts_with('%')
 }
 
+/// The same property rules on every engine (so switching engines changes no behaviour): names
+/// non-empty and not reserved, and no name, value or tag holding one of RocketMQ's separators
+/// (`\u{1}`, `\u{2}`).
+pub(crate) fn validate_properties(m: &Message) -> Result<()> {
+    let clean = |s: &str| !s.bytes().any(|b| b == 1 || b == 2);
+    for (name, value) in &m.properties {
+        if name.is_empty() || !clean(name) || !clean(value) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "property {name:?} is empty or contains a \\u{{1}} or \\u{{2}} separator"
+            )));
+        }
+        if RESERVED_PROPERTIES.contains(&name.as_str()) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "property name {name:?} is reserved"
+            )));
+        }
+    }
+    if m.tags.as_deref().is_some_and(|t| !clean(t)) {
+        return Err(crate::Error::InvalidArgument(
+            "tags contain a \\u{1} or \\u{2} separator".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a new topic: its name, and 1 to 65,536 partitions.
 pub(crate) fn validate_new_topic(name: &str, config: &TopicConfig) -> Result<()> {
     validate_topic_name(name)?;

@@ -47,28 +47,11 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// Builds the property string of a message: user properties, then TAGS, then the key.
 fn encode_properties(out: &mut Vec<u8>, m: &Message) -> Result<()> {
     out.clear();
+    crate::store::validate_properties(m)?;
     for (name, value) in &m.properties {
-        if name.is_empty()
-            || !record::is_storable_property_text(name.as_bytes())
-            || !record::is_storable_property_text(value.as_bytes())
-        {
-            return Err(Error::InvalidArgument(format!(
-                "property {name:?} is empty or contains a \\u{{1}} or \\u{{2}} separator"
-            )));
-        }
-        if crate::store::RESERVED_PROPERTIES.contains(&name.as_str()) {
-            return Err(Error::InvalidArgument(format!(
-                "property name {name:?} is reserved"
-            )));
-        }
         record::put_property(out, name.as_bytes(), value.as_bytes());
     }
     if let Some(tags) = &m.tags {
-        if !record::is_storable_property_text(tags.as_bytes()) {
-            return Err(Error::InvalidArgument(
-                "tags contain a \\u{1} or \\u{2} separator".into(),
-            ));
-        }
         record::put_property(out, b"TAGS", tags.as_bytes());
     }
     if let Some(key) = &m.key {

@@ -28,8 +28,8 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -41,7 +41,7 @@ use self::consume_queue::ConsumeQueue;
 use self::file_queue::FileQueue;
 use crate::catalog::Catalog;
 use crate::durability::{
-    BackgroundWork, Completion, DataSignal, FlushTarget, Flusher, GroupCommit,
+    BackgroundWork, Completion, DataSignal, FlushTarget, Flusher, GroupCommit, PeriodicJobs,
 };
 use crate::error::{Error, Result};
 use crate::io::FileSystem;
@@ -91,11 +91,6 @@ struct AppendState {
     current: Option<Arc<crate::io::MappedFile>>,
 }
 
-struct BackgroundState {
-    last_checkpoint: Instant,
-    last_retention: Instant,
-}
-
 /// Shared state of an open CommitLog store.
 pub(crate) struct Inner {
     dir: PathBuf,
@@ -113,7 +108,7 @@ pub(crate) struct Inner {
     gc: Arc<GroupCommit>,
     signal: DataSignal,
     closed: AtomicBool,
-    background: Mutex<BackgroundState>,
+    jobs: PeriodicJobs,
     checkpoint_lock: Mutex<()>,
 }
 
@@ -261,21 +256,7 @@ impl BackgroundWork for Inner {
         if self.closed.load(Ordering::Acquire) {
             return;
         }
-        let now = Instant::now();
-        let (do_cp, do_ret) = {
-            let mut b = self.background.lock();
-            let cp =
-                now.duration_since(b.last_checkpoint) >= self.opts.commitlog.checkpoint_interval;
-            let ret = now.duration_since(b.last_retention)
-                >= self.opts.commitlog.retention_check_interval;
-            if cp {
-                b.last_checkpoint = now;
-            }
-            if ret {
-                b.last_retention = now;
-            }
-            (cp, ret)
-        };
+        let (do_cp, do_ret) = self.jobs.due();
         // Failures here are retried on the next tick; a failed flush has poisoned the store.
         if do_ret {
             let _ = self.enforce_retention();
@@ -553,13 +534,6 @@ impl LogStore for CommitLogStore {
 
 /// Starts the background flusher for an opened store.
 fn start_flusher(inner: &Arc<Inner>) -> Result<Flusher> {
-    let target: Weak<dyn FlushTarget> = Arc::downgrade(inner) as Weak<dyn FlushTarget>;
-    let work: Weak<dyn BackgroundWork> = Arc::downgrade(inner) as Weak<dyn BackgroundWork>;
-    let tick = inner
-        .opts
-        .commitlog
-        .checkpoint_interval
-        .min(inner.opts.commitlog.retention_check_interval);
-    Flusher::spawn("duolog-flush", Arc::clone(&inner.gc), target, work, tick)
+    Flusher::start(inner, Arc::clone(&inner.gc), inner.jobs.tick_every())
         .map_err(|e| Error::io(&inner.dir, e))
 }

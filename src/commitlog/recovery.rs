@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 
@@ -27,10 +26,9 @@ use super::consume_queue::Unit;
 use super::file_queue::FileQueue;
 use super::record::{self, Checks, DecodeError, Decoded};
 use super::{
-    ABORT_FILE, AppendState, BackgroundState, COMMITLOG_DIR, CommitLogStore, Inner, TopicState,
-    start_flusher,
+    ABORT_FILE, AppendState, COMMITLOG_DIR, CommitLogStore, Inner, TopicState, start_flusher,
 };
-use crate::durability::{DataSignal, GroupCommit};
+use crate::durability::{DataSignal, GroupCommit, PeriodicJobs};
 use crate::error::{Error, Result};
 use crate::options::StoreOptions;
 use crate::store::EngineKind;
@@ -64,7 +62,10 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         opts.commitlog.file_size,
     )?;
 
-    let now = Instant::now();
+    let jobs = PeriodicJobs::new(
+        opts.commitlog.checkpoint_interval,
+        opts.commitlog.retention_check_interval,
+    );
     let mut inner = Inner {
         dir: dir.to_owned(),
         fs: Arc::clone(&fs),
@@ -81,10 +82,7 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         flushed: AtomicU64::new(0),
         signal: DataSignal::default(),
         closed: AtomicBool::new(false),
-        background: Mutex::new(BackgroundState {
-            last_checkpoint: now,
-            last_retention: now,
-        }),
+        jobs,
         checkpoint_lock: Mutex::new(()),
     };
     let mut topics = HashMap::new();

@@ -25,6 +25,44 @@ pub(crate) trait BackgroundWork: Send + Sync {
     fn tick(&self);
 }
 
+/// The two periodic jobs of an engine's background work and when each last ran.
+pub(crate) struct PeriodicJobs {
+    last: parking_lot::Mutex<(Instant, Instant)>,
+    checkpoint_every: Duration,
+    retention_every: Duration,
+}
+
+impl PeriodicJobs {
+    pub(crate) fn new(checkpoint_every: Duration, retention_every: Duration) -> Self {
+        let now = Instant::now();
+        PeriodicJobs {
+            last: parking_lot::Mutex::new((now, now)),
+            checkpoint_every,
+            retention_every,
+        }
+    }
+
+    /// Which jobs are due now, as (checkpoint, retention); marks them as run.
+    pub(crate) fn due(&self) -> (bool, bool) {
+        let now = Instant::now();
+        let mut last = self.last.lock();
+        let cp = now.duration_since(last.0) >= self.checkpoint_every;
+        let ret = now.duration_since(last.1) >= self.retention_every;
+        if cp {
+            last.0 = now;
+        }
+        if ret {
+            last.1 = now;
+        }
+        (cp, ret)
+    }
+
+    /// The shortest period, for the flusher's wake-ups.
+    pub(crate) fn tick_every(&self) -> Duration {
+        self.checkpoint_every.min(self.retention_every)
+    }
+}
+
 type Callback = Box<dyn FnOnce(Result<()>) + Send>;
 
 struct State {
@@ -296,6 +334,17 @@ impl Flusher {
             handle: Some(handle),
             gc,
         })
+    }
+
+    /// Starts the flusher of an engine that is both the flush target and the periodic work.
+    pub(crate) fn start<T: FlushTarget + BackgroundWork + 'static>(
+        engine: &Arc<T>,
+        gc: Arc<GroupCommit>,
+        tick_every: Duration,
+    ) -> std::io::Result<Self> {
+        let target: Weak<dyn FlushTarget> = Arc::downgrade(engine) as Weak<dyn FlushTarget>;
+        let work: Weak<dyn BackgroundWork> = Arc::downgrade(engine) as Weak<dyn BackgroundWork>;
+        Flusher::spawn("duolog-flush", gc, target, work, tick_every)
     }
 
     /// Stops and joins the thread.

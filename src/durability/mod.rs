@@ -12,4 +12,4 @@ mod group_commit;
 
 pub use completion::Completion;
 pub(crate) use data_signal::DataSignal;
-pub(crate) use group_commit::{BackgroundWork, FlushTarget, Flusher, GroupCommit};
+pub(crate) use group_commit::{BackgroundWork, FlushTarget, Flusher, GroupCommit, PeriodicJobs};

@@ -31,8 +31,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -42,7 +42,7 @@ use self::partition::{Ctx, LoadSpec, Partition};
 use crate::catalog::Catalog;
 use crate::commitlog::now_ms;
 use crate::durability::{
-    BackgroundWork, Completion, DataSignal, FlushTarget, Flusher, GroupCommit,
+    BackgroundWork, Completion, DataSignal, FlushTarget, Flusher, GroupCommit, PeriodicJobs,
 };
 use crate::error::{Error, Result};
 use crate::options::StoreOptions;
@@ -62,11 +62,6 @@ struct TopicLog {
     partitions: Vec<Arc<Partition>>,
 }
 
-struct BackgroundState {
-    last_checkpoint: Instant,
-    last_retention: Instant,
-}
-
 pub(crate) struct Inner {
     dir: PathBuf,
     ctx: Ctx,
@@ -80,7 +75,7 @@ pub(crate) struct Inner {
     dirty: Mutex<Vec<Arc<Partition>>>,
     gc: Arc<GroupCommit>,
     signal: DataSignal,
-    background: Mutex<BackgroundState>,
+    jobs: PeriodicJobs,
     checkpoint_lock: Mutex<()>,
 }
 
@@ -197,30 +192,6 @@ impl Inner {
     }
 }
 
-/// The same rules on both engines: property names non-empty, not reserved, and no name, value
-/// or tag holds a RocketMQ separator (`\u{1}`, `\u{2}`).
-fn check_properties(m: &Message) -> Result<()> {
-    let clean = |s: &str| !s.bytes().any(|b| b == 1 || b == 2);
-    for (k, v) in &m.properties {
-        if k.is_empty() || !clean(k) || !clean(v) {
-            return Err(Error::InvalidArgument(format!(
-                "property {k:?} is empty or contains a \\u{{1}} or \\u{{2}} separator"
-            )));
-        }
-        if crate::store::RESERVED_PROPERTIES.contains(&k.as_str()) {
-            return Err(Error::InvalidArgument(format!(
-                "property name {k:?} is reserved"
-            )));
-        }
-    }
-    if m.tags.as_deref().is_some_and(|t| !clean(t)) {
-        return Err(Error::InvalidArgument(
-            "tags contain a \\u{1} or \\u{2} separator".into(),
-        ));
-    }
-    Ok(())
-}
-
 /// Encodes messages into one RecordBatch (base offset and append time stamped later).
 fn encode(
     buf: &mut Vec<u8>,
@@ -241,7 +212,7 @@ fn encode(
                 .iter()
                 .map(|(k, v)| (k.as_bytes(), Some(v.as_bytes()))),
         );
-        check_properties(m)?;
+        crate::store::validate_properties(m)?;
         let before = buf.len();
         batch::put_record_parts(
             buf,
@@ -301,20 +272,7 @@ impl BackgroundWork for Inner {
         if self.ctx.closed.load(Ordering::Acquire) {
             return;
         }
-        let now = Instant::now();
-        let (cp, ret) = {
-            let mut b = self.background.lock();
-            let cp = now.duration_since(b.last_checkpoint) >= self.ctx.opts.checkpoint_interval;
-            let ret =
-                now.duration_since(b.last_retention) >= self.ctx.opts.retention_check_interval;
-            if cp {
-                b.last_checkpoint = now;
-            }
-            if ret {
-                b.last_retention = now;
-            }
-            (cp, ret)
-        };
+        let (cp, ret) = self.jobs.due();
         if ret {
             let _ = self.enforce_retention();
         }
@@ -379,7 +337,6 @@ impl SegmentedStore {
                 .into_iter()
                 .map(|(t, p, o)| ((t, p), o))
                 .collect();
-        let now = Instant::now();
         let inner = Inner {
             dir: dir.to_owned(),
             ctx: Ctx {
@@ -396,10 +353,10 @@ impl SegmentedStore {
             dirty: Mutex::new(Vec::new()),
             gc: Arc::new(GroupCommit::new(0, options.flush)),
             signal: DataSignal::default(),
-            background: Mutex::new(BackgroundState {
-                last_checkpoint: now,
-                last_retention: now,
-            }),
+            jobs: PeriodicJobs::new(
+                options.segmented.checkpoint_interval,
+                options.segmented.retention_check_interval,
+            ),
             checkpoint_lock: Mutex::new(()),
         };
         for (name, config) in &catalog.topics {
@@ -417,14 +374,7 @@ impl SegmentedStore {
         fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
         let inner = Arc::new(inner);
         inner.write_checkpoint()?;
-        let target: Weak<dyn FlushTarget> = Arc::downgrade(&inner) as Weak<dyn FlushTarget>;
-        let work: Weak<dyn BackgroundWork> = Arc::downgrade(&inner) as Weak<dyn BackgroundWork>;
-        let tick = inner
-            .ctx
-            .opts
-            .checkpoint_interval
-            .min(inner.ctx.opts.retention_check_interval);
-        let flusher = Flusher::spawn("duolog-flush", Arc::clone(&inner.gc), target, work, tick)
+        let flusher = Flusher::start(&inner, Arc::clone(&inner.gc), inner.jobs.tick_every())
             .map_err(|e| Error::io(dir, e))?;
         Ok(SegmentedStore {
             inner,

@@ -34,6 +34,7 @@ mod catalog;
 pub mod commitlog;
 pub mod durability;
 mod error;
+mod index;
 #[allow(unsafe_code)]
 pub mod io;
 mod offsets_file;
@@ -48,11 +49,11 @@ pub use commitlog::CommitLogStore;
 pub use durability::Completion;
 pub use error::{Error, Result};
 pub use open::{open, stored_engine};
-pub use options::{CommitLogOptions, FlushPolicy, SegmentedOptions, StoreOptions};
+pub use options::{CommitLogOptions, FlushPolicy, IndexOptions, SegmentedOptions, StoreOptions};
 pub use partitioner::{murmur2, partition_for_key};
 pub use segmented::SegmentedStore;
 pub use store::{
-    AppendResult, DiskUsage, EngineKind, LogStore, Message, PartitionBounds, Properties,
+    AppendResult, DiskUsage, EngineKind, KeyMatch, LogStore, Message, PartitionBounds, Properties,
     ReadLimits, Record, TopicConfig, VerifyReport, is_internal_topic,
 };
 

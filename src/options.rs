@@ -132,6 +132,28 @@ impl Default for SegmentedOptions {
     }
 }
 
+/// Options of the key index (both engines). Defaults are RocketMQ's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexOptions {
+    /// Index message keys, `KEYS` and `UNIQ_KEY` (RocketMQ's `messageIndexEnable`). Default: true.
+    pub enabled: bool,
+    /// Hash slots per index file. Default: 5,000,000 (`maxHashSlotNum`).
+    pub slots: u32,
+    /// Entries per index file; a full file rolls to a new one. Default: 20,000,000
+    /// (`maxIndexNum`), a 420 MB file.
+    pub max_entries: u32,
+}
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        IndexOptions {
+            enabled: true,
+            slots: 5_000_000,
+            max_entries: 20_000_000,
+        }
+    }
+}
+
 /// Options for opening or creating a store.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -146,6 +168,8 @@ pub struct StoreOptions {
     pub commitlog: CommitLogOptions,
     /// Options of the segmented engine.
     pub segmented: SegmentedOptions,
+    /// Options of the key index.
+    pub index: IndexOptions,
     /// The storage every file operation goes through. Default: the real file system.
     pub fs: Arc<dyn FileSystem>,
 }
@@ -158,6 +182,7 @@ impl Default for StoreOptions {
             max_message_bytes: 4 << 20,
             commitlog: CommitLogOptions::default(),
             segmented: SegmentedOptions::default(),
+            index: IndexOptions::default(),
             fs: Arc::new(RealFs),
         }
     }

@@ -380,6 +380,15 @@ pub struct AppendResult {
     pub last_offset: u64,
 }
 
+/// A record found by key, with the partition it lives in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyMatch {
+    /// The partition.
+    pub partition: u32,
+    /// The record.
+    pub record: Record,
+}
+
 /// Files and bytes a store occupies on disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DiskUsage {
@@ -471,6 +480,24 @@ pub trait LogStore: Send + Sync + fmt::Debug {
     /// Makes records before `offset` unreadable (Kafka DeleteRecords) and frees whole files
     /// where the engine can. Returns the new log start offset.
     fn delete_before(&self, topic: &str, partition: u32, offset: u64) -> Result<u64>;
+
+    /// Records of `topic` that carry `key` (as their key, in their `KEYS` property, or as their
+    /// `UNIQ_KEY`) and were stored within `time_range` (inclusive, ms since the epoch), newest
+    /// first, at most `limit`. Hash collisions never show: every hit is checked against its record.
+    fn find_by_key(
+        &self,
+        topic: &str,
+        key: &str,
+        time_range: (i64, i64),
+        limit: usize,
+    ) -> Result<Vec<KeyMatch>>;
+
+    /// Kafka's `offsetsForTimes`: the earliest offset whose store timestamp is at or after
+    /// `timestamp`, or `None` if there is none.
+    fn offset_for_time(&self, topic: &str, partition: u32, timestamp: i64) -> Result<Option<u64>>;
+
+    /// Drops the key index and builds it again from the log. Returns the records indexed.
+    fn reindex(&self) -> Result<u64>;
 
     /// Applies retention now (normally done in the background) and returns how many files were
     /// deleted.

@@ -122,7 +122,8 @@ impl Inner {
                 });
             }
             let total_bytes = buf.len() as u64;
-            let (result, end) = self.append_locked(&t, partition, buf, items, born_now)?;
+            let (result, end) =
+                self.append_locked(&t, partition, buf, items, born_now, messages)?;
             self.signal.notify();
             self.gc.note_appended(items.len() as u64, total_bytes);
             Ok((result, end))
@@ -136,6 +137,7 @@ impl Inner {
         buf: &mut [u8],
         items: &[Item],
         now: i64,
+        messages: &[Message],
     ) -> Result<(AppendResult, u64)> {
         let fs = self.fs.as_ref();
         let part = t.partition(partition)?;
@@ -220,6 +222,13 @@ impl Inner {
             };
             part.cq.put_into(&cq_file, offset, &unit)?;
             offset += 1;
+        }
+        // Keys are indexed before the offsets are published, so an index checkpoint that read
+        // a partition's end covers every key below it.
+        if let Some(index) = &self.index {
+            for (i, m) in messages.iter().enumerate() {
+                index.add(&t.name, partition, base + i as u64, now, m)?;
+            }
         }
         cq_file.commit_all();
         file.commit_all();

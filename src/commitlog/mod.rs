@@ -47,8 +47,8 @@ use crate::error::{Error, Result};
 use crate::io::FileSystem;
 use crate::options::StoreOptions;
 use crate::store::{
-    AppendResult, DiskUsage, EngineKind, LogStore, Message, PartitionBounds, ReadLimits, Record,
-    TopicConfig, VerifyReport, listed_topics, validate_new_topic,
+    AppendResult, DiskUsage, EngineKind, KeyMatch, LogStore, Message, PartitionBounds, ReadLimits,
+    Record, TopicConfig, VerifyReport, listed_topics, validate_new_topic,
 };
 
 const COMMITLOG_DIR: &str = "commitlog";
@@ -110,6 +110,8 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     jobs: PeriodicJobs,
     checkpoint_lock: Mutex<()>,
+    /// The key index (None when disabled).
+    index: Option<crate::index::KeyIndex>,
 }
 
 impl Inner {
@@ -197,6 +199,9 @@ impl Inner {
     /// Flushes every consume queue and writes the checkpoint.
     fn write_checkpoint(&self) -> Result<()> {
         let _one_writer = self.checkpoint_lock.lock();
+        if let Some(index) = &self.index {
+            index.checkpoint(&self.partition_ends())?;
+        }
         let dispatched = self.written.load(Ordering::Acquire);
         let topics: Vec<Arc<TopicState>> = self.topics.read().values().cloned().collect();
         for t in &topics {
@@ -217,6 +222,72 @@ impl Inner {
             written_at_ms: append::now_ms().max(self.append_lock.lock().last_store_timestamp),
         };
         cp.store(self.fs.as_ref(), &self.dir)
+    }
+
+    /// Every partition's end, sampled now.
+    fn partition_ends(&self) -> Vec<(String, u32, u64)> {
+        let topics = self.topics.read();
+        let mut v = Vec::new();
+        for t in topics.values() {
+            for (p, part) in t.partitions.iter().enumerate() {
+                v.push((t.name.clone(), p as u32, part.end.load(Ordering::Acquire)));
+            }
+        }
+        v.sort();
+        v
+    }
+
+    /// One record, or `None` when it is outside the partition's bounds.
+    fn read_one(&self, topic: &str, partition: u32, offset: u64) -> Result<Option<Record>> {
+        match self.read(topic, partition, offset, ReadLimits::messages(1)) {
+            Ok(mut v) => Ok(v.pop().filter(|r| r.offset() == offset)),
+            Err(Error::OffsetOutOfRange { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Indexes every partition from its index checkpoint (or its start, when `all`) to its end.
+    fn catch_up_index(&self, all: bool) -> Result<u64> {
+        let Some(index) = &self.index else {
+            return Ok(0);
+        };
+        let done = if all {
+            Default::default()
+        } else {
+            index.load_checkpoint()
+        };
+        let topics: Vec<Arc<TopicState>> = self.topics.read().values().cloned().collect();
+        let mut n = 0;
+        for t in topics {
+            for (p, part) in t.partitions.iter().enumerate() {
+                let start = part.start.load(Ordering::Acquire);
+                let end = part.end.load(Ordering::Acquire);
+                let from = done
+                    .get(&(t.name.clone(), p as u32))
+                    .copied()
+                    .unwrap_or(0)
+                    .clamp(start, end);
+                let read = |o: u64| self.read(&t.name, p as u32, o, ReadLimits::messages(1000));
+                n += crate::index::catch_up(index, &t.name, p as u32, from, end, &read)?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Oldest store time still readable in any partition (None if all are empty).
+    fn oldest_live_timestamp(&self) -> Result<Option<i64>> {
+        let topics: Vec<Arc<TopicState>> = self.topics.read().values().cloned().collect();
+        let mut oldest: Option<i64> = None;
+        for t in topics {
+            for (p, part) in t.partitions.iter().enumerate() {
+                let start = part.start.load(Ordering::Acquire);
+                if let Some(r) = self.read_one(&t.name, p as u32, start)? {
+                    oldest =
+                        Some(oldest.map_or(r.store_timestamp(), |o| o.min(r.store_timestamp())));
+                }
+            }
+        }
+        Ok(oldest)
     }
 
     fn durable_end(&self, part: &PartitionState) -> u64 {
@@ -461,6 +532,42 @@ impl LogStore for CommitLogStore {
         self.inner.delete_before(topic, partition, offset)
     }
 
+    fn find_by_key(
+        &self,
+        topic: &str,
+        key: &str,
+        time_range: (i64, i64),
+        limit: usize,
+    ) -> Result<Vec<KeyMatch>> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        inner.topic(topic)?;
+        let Some(index) = &inner.index else {
+            return Err(Error::InvalidArgument(
+                "the key index is disabled (StoreOptions::index.enabled)".into(),
+            ));
+        };
+        let read = |p: u32, o: u64| inner.read_one(topic, p, o);
+        crate::index::find(index, topic, key, time_range, limit, &read)
+    }
+
+    fn offset_for_time(&self, topic: &str, partition: u32, timestamp: i64) -> Result<Option<u64>> {
+        self.inner.check_open()?;
+        self.inner.offset_for_time(topic, partition, timestamp)
+    }
+
+    fn reindex(&self) -> Result<u64> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let Some(index) = &inner.index else {
+            return Ok(0);
+        };
+        index.clear()?;
+        let n = inner.catch_up_index(true)?;
+        inner.write_checkpoint()?;
+        Ok(n)
+    }
+
     fn enforce_retention(&self) -> Result<usize> {
         self.inner.check_open()?;
         self.inner.enforce_retention()
@@ -479,6 +586,10 @@ impl LogStore for CommitLogStore {
             for p in &t.partitions {
                 add(p.cq.files());
             }
+        }
+        if let Some(index) = &self.inner.index {
+            usage.files += index.file_count() as u64;
+            usage.bytes += index.bytes();
         }
         Ok(usage)
     }

@@ -84,6 +84,7 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         closed: AtomicBool::new(false),
         jobs,
         checkpoint_lock: Mutex::new(()),
+        index: None,
     };
     let mut topics = HashMap::new();
     for (name, config) in &catalog.topics {
@@ -154,7 +155,23 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
     inner.append_lock.get_mut().last_store_timestamp = last_ts;
     *inner.topics.get_mut() = topics.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
 
+    let rebuild_index = match inner.opts.index.enabled {
+        true => {
+            let (index, rebuild) =
+                crate::index::KeyIndex::open(Arc::clone(&fs), dir, inner.opts.index)?;
+            inner.index = Some(index);
+            rebuild
+        }
+        false => false,
+    };
     let inner = Arc::new(inner);
+    // Index what the last run appended after its last index checkpoint.
+    if rebuild_index {
+        if let Some(index) = &inner.index {
+            index.clear()?;
+        }
+    }
+    inner.catch_up_index(rebuild_index)?;
     // Make the recovered state durable before anything new is acknowledged.
     inner.gc.sync_all(inner.as_ref())?;
     inner.write_checkpoint()?;

@@ -11,6 +11,41 @@ use crate::error::Result;
 use crate::store::delete_before_target;
 
 impl Inner {
+    /// Kafka's `offsetsForTimes` by store time, which never decreases along the log: a binary
+    /// search over the partition's records.
+    pub(crate) fn offset_for_time(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> Result<Option<u64>> {
+        let t = self.topic(topic)?;
+        let part = t.partition(partition)?;
+        let (mut lo, mut hi) = (
+            part.start.load(Ordering::Acquire),
+            part.end.load(Ordering::Acquire),
+        );
+        let end = hi;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.read_one(topic, partition, mid)? {
+                Some(r) if r.store_timestamp() < timestamp => lo = mid + 1,
+                Some(_) => hi = mid,
+                // Retention moved the start past `mid`: everything below it is gone.
+                None => lo = mid + 1,
+            }
+        }
+        Ok((lo < end).then_some(lo))
+    }
+
+    /// Removes key-index files whose records are all gone.
+    pub(crate) fn trim_index(&self) -> Result<()> {
+        if let (Some(index), Some(oldest)) = (&self.index, self.oldest_live_timestamp()?) {
+            index.remove_older_than(oldest)?;
+        }
+        Ok(())
+    }
+
     /// Store time of the first record of the file starting at `start`, if it has one.
     fn first_store_timestamp(&self, start: u64) -> Option<i64> {
         let file = self.log.find(start)?;
@@ -63,6 +98,7 @@ impl Inner {
             true
         })?;
         self.advance_starts_past_log_start()?;
+        self.trim_index()?;
         Ok(removed)
     }
 
@@ -106,6 +142,8 @@ impl Inner {
         // records whose queue files are gone.
         self.store_start_offsets()?;
         part.cq.remove_below(self.fs.as_ref(), offset)?;
+        drop(_admin);
+        self.trim_index()?;
         Ok(offset)
     }
 }

@@ -94,6 +94,28 @@ impl Inner {
                 }
             }
         }
+        if let Some(index) = &self.index {
+            for (name, t) in &topics {
+                for (p, part) in t.partitions.iter().enumerate() {
+                    let (start, end) = (
+                        part.start.load(Ordering::Acquire),
+                        part.end.load(Ordering::Acquire),
+                    );
+                    let read = |o: u64| {
+                        self.read(name, p as u32, o, crate::store::ReadLimits::messages(1000))
+                    };
+                    report.derived_checked += crate::index::verify_partition(
+                        index,
+                        name,
+                        p as u32,
+                        start,
+                        end,
+                        &read,
+                        &mut report.problems,
+                    )?;
+                }
+            }
+        }
         Ok(report)
     }
 }

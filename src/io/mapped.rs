@@ -11,7 +11,7 @@
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
@@ -201,5 +201,98 @@ impl MappedFile {
             self.flushed.fetch_max(target, Ordering::AcqRel);
         }
         Ok(self.flushed())
+    }
+}
+
+/// A mapped file accessed only as big-endian 32-bit words through atomics: for structures
+/// updated in place while readers walk them (the key index's hash slots and chained entries).
+/// Every access is atomic, so concurrent readers and the single writer never race.
+pub struct MappedWords {
+    path: PathBuf,
+    storage: Box<dyn MappedStorage>,
+    words: usize,
+}
+
+impl fmt::Debug for MappedWords {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MappedWords")
+            .field("path", &self.path)
+            .field("words", &self.words)
+            .finish()
+    }
+}
+
+impl MappedWords {
+    /// Maps `path` (created preallocated, or opened) of `words × 4` bytes.
+    pub fn map(fs: &dyn FileSystem, path: &Path, words: usize, mode: MapMode) -> io::Result<Self> {
+        let storage = fs.map_file(path, words as u64 * 4, mode)?;
+        if storage.len() != words * 4
+            || (storage.base_ptr() as usize) % std::mem::align_of::<AtomicU32>() != 0
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "mapping of unexpected size or alignment",
+            ));
+        }
+        Ok(MappedWords {
+            path: path.to_owned(),
+            storage,
+            words,
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn cells(&self) -> &[AtomicU32] {
+        // SAFETY: the mapping is valid for `words * 4` bytes while `storage` lives, is page
+        // aligned (checked at map time to suit AtomicU32), and AtomicU32 has the layout of u32.
+        // All access to this memory goes through these atomics (the type offers no other view),
+        // so there are no data races; another process is kept out by the store's LOCK file.
+        unsafe {
+            std::slice::from_raw_parts(self.storage.base_ptr() as *const AtomicU32, self.words)
+        }
+    }
+
+    /// Number of words.
+    pub fn len(&self) -> usize {
+        self.words
+    }
+
+    /// Whether the file has no words.
+    pub fn is_empty(&self) -> bool {
+        self.words == 0
+    }
+
+    /// Word `i` (big-endian on disk), or 0 past the end.
+    pub fn get(&self, i: usize) -> u32 {
+        self.cells()
+            .get(i)
+            .map_or(0, |c| u32::from_be(c.load(Ordering::Acquire)))
+    }
+
+    /// Stores word `i` (big-endian on disk); ignored past the end.
+    pub fn set(&self, i: usize, v: u32) {
+        if let Some(c) = self.cells().get(i) {
+            c.store(v.to_be(), Ordering::Release);
+        }
+    }
+
+    /// Two words as a big-endian u64.
+    pub fn get_u64(&self, i: usize) -> u64 {
+        (u64::from(self.get(i)) << 32) | u64::from(self.get(i + 1))
+    }
+
+    /// Stores a big-endian u64 in two words.
+    pub fn set_u64(&self, i: usize, v: u64) {
+        self.set(i, (v >> 32) as u32);
+        self.set(i + 1, v as u32);
+    }
+
+    /// Makes the whole file durable.
+    pub fn flush(&self) -> io::Result<()> {
+        self.storage.flush_range(0, self.words * 4)
     }
 }

@@ -14,7 +14,7 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 
-pub use mapped::MappedFile;
+pub use mapped::{MappedFile, MappedWords};
 pub use real::RealFs;
 
 /// One entry of a directory listing.

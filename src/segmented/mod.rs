@@ -47,8 +47,8 @@ use crate::durability::{
 use crate::error::{Error, Result};
 use crate::options::StoreOptions;
 use crate::store::{
-    AppendResult, DiskUsage, EngineKind, LogStore, Message, PartitionBounds, ReadLimits, Record,
-    TopicConfig, VerifyReport, delete_before_target, listed_topics, validate_new_topic,
+    AppendResult, DiskUsage, EngineKind, KeyMatch, LogStore, Message, PartitionBounds, ReadLimits,
+    Record, TopicConfig, VerifyReport, delete_before_target, listed_topics, validate_new_topic,
 };
 
 const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
@@ -141,7 +141,7 @@ impl Inner {
             let buf = &mut s.borrow_mut().buf;
             buf.clear();
             encode(buf, messages, now, self.max_message_bytes)?;
-            p.append(&self.ctx, buf, messages.len(), now)
+            p.append(&self.ctx, buf, messages, now)
         })?;
         // Order matters for group commit: data written, then the partition marked dirty, then
         // the append counted (see `flush_to`).
@@ -171,6 +171,15 @@ impl Inner {
 
     fn write_checkpoint(&self) -> Result<()> {
         let _one = self.checkpoint_lock.lock();
+        if let Some(index) = &self.ctx.index {
+            let mut ends: Vec<(String, u32, u64)> = self
+                .all_partitions()
+                .iter()
+                .map(|p| (p.topic.clone(), p.id, p.end.load(Ordering::Acquire)))
+                .collect();
+            ends.sort();
+            index.checkpoint(&ends)?;
+        }
         self.store_offsets(RECOVERY_POINTS_FILE, RECOVERY_MAGIC, |p| {
             p.durable_end.load(Ordering::Acquire)
         })
@@ -187,6 +196,8 @@ impl Inner {
             self.store_offsets(START_OFFSETS_FILE, START_MAGIC, |p| {
                 p.start.load(Ordering::Acquire)
             })?;
+            drop(_admin);
+            self.trim_index()?;
         }
         Ok(n)
     }
@@ -344,6 +355,7 @@ impl SegmentedStore {
                 opts: options.segmented.clone(),
                 cache: HandleCache::new(options.segmented.max_open_segments),
                 closed: AtomicBool::new(false),
+                index: None,
             },
             max_message_bytes: options.max_message_bytes,
             topics: RwLock::new(HashMap::new()),
@@ -372,7 +384,21 @@ impl SegmentedStore {
         }
         crate::io::remove_if_exists(fs.as_ref(), &marker).map_err(|e| Error::io(&marker, e))?;
         fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+        let mut inner = inner;
+        let rebuild_index = match options.index.enabled {
+            true => {
+                let (index, rebuild) =
+                    crate::index::KeyIndex::open(Arc::clone(&fs), dir, options.index)?;
+                if rebuild {
+                    index.clear()?;
+                }
+                inner.ctx.index = Some(index);
+                rebuild
+            }
+            false => false,
+        };
         let inner = Arc::new(inner);
+        inner.catch_up_index(rebuild_index)?;
         inner.write_checkpoint()?;
         let flusher = Flusher::start(&inner, Arc::clone(&inner.gc), inner.jobs.tick_every())
             .map_err(|e| Error::io(dir, e))?;
@@ -397,6 +423,56 @@ impl SegmentedStore {
 }
 
 impl Inner {
+    fn read_one(&self, p: &Partition, offset: u64) -> Result<Option<Record>> {
+        match p.read(&self.ctx, offset, ReadLimits::messages(1)) {
+            Ok(mut v) => Ok(v.pop().filter(|r| r.offset() == offset)),
+            Err(Error::OffsetOutOfRange { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn catch_up_index(&self, all: bool) -> Result<u64> {
+        let Some(index) = &self.ctx.index else {
+            return Ok(0);
+        };
+        let done = if all {
+            Default::default()
+        } else {
+            index.load_checkpoint()
+        };
+        let mut n = 0;
+        for p in self.all_partitions() {
+            let (start, end) = (
+                p.start.load(Ordering::Acquire),
+                p.end.load(Ordering::Acquire),
+            );
+            let from = done
+                .get(&(p.topic.clone(), p.id))
+                .copied()
+                .unwrap_or(0)
+                .clamp(start, end);
+            let read = |o: u64| p.read(&self.ctx, o, ReadLimits::messages(1000));
+            n += crate::index::catch_up(index, &p.topic, p.id, from, end, &read)?;
+        }
+        Ok(n)
+    }
+
+    fn trim_index(&self) -> Result<()> {
+        let Some(index) = &self.ctx.index else {
+            return Ok(());
+        };
+        let mut oldest: Option<i64> = None;
+        for p in self.all_partitions() {
+            if let Some(r) = self.read_one(&p, p.start.load(Ordering::Acquire))? {
+                oldest = Some(oldest.map_or(r.store_timestamp(), |o| o.min(r.store_timestamp())));
+            }
+        }
+        if let Some(oldest) = oldest {
+            index.remove_older_than(oldest)?;
+        }
+        Ok(())
+    }
+
     fn load_topic(
         &self,
         name: &str,
@@ -569,7 +645,52 @@ impl LogStore for SegmentedStore {
             p.start.load(Ordering::Acquire)
         })?;
         p.delete_below_start(&inner.ctx)?;
+        drop(_admin);
+        inner.trim_index()?;
         Ok(offset)
+    }
+
+    fn find_by_key(
+        &self,
+        topic: &str,
+        key: &str,
+        time_range: (i64, i64),
+        limit: usize,
+    ) -> Result<Vec<KeyMatch>> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        if !inner.topics.read().contains_key(topic) {
+            return Err(Error::UnknownTopic(topic.to_owned()));
+        }
+        let Some(index) = &inner.ctx.index else {
+            return Err(Error::InvalidArgument(
+                "the key index is disabled (StoreOptions::index.enabled)".into(),
+            ));
+        };
+        let read = |p: u32, o: u64| match inner.partition(topic, p) {
+            Ok(part) => inner.read_one(&part, o),
+            Err(_) => Ok(None),
+        };
+        crate::index::find(index, topic, key, time_range, limit, &read)
+    }
+
+    fn offset_for_time(&self, topic: &str, partition: u32, timestamp: i64) -> Result<Option<u64>> {
+        self.inner.check_open()?;
+        self.inner
+            .partition(topic, partition)?
+            .offset_for_time(&self.inner.ctx, timestamp)
+    }
+
+    fn reindex(&self) -> Result<u64> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let Some(index) = &inner.ctx.index else {
+            return Ok(0);
+        };
+        index.clear()?;
+        let n = inner.catch_up_index(true)?;
+        inner.write_checkpoint()?;
+        Ok(n)
     }
 
     fn enforce_retention(&self) -> Result<usize> {
@@ -585,6 +706,10 @@ impl LogStore for SegmentedStore {
             u.files += f;
             u.bytes += b;
         }
+        if let Some(index) = &self.inner.ctx.index {
+            u.files += index.file_count() as u64;
+            u.bytes += index.bytes();
+        }
         Ok(u)
     }
 
@@ -595,6 +720,22 @@ impl LogStore for SegmentedStore {
             let (batches, entries) = p.verify(&self.inner.ctx, &mut report.problems)?;
             report.records_checked += batches;
             report.derived_checked += entries;
+            if let Some(index) = &self.inner.ctx.index {
+                let (start, end) = (
+                    p.start.load(Ordering::Acquire),
+                    p.end.load(Ordering::Acquire),
+                );
+                let read = |o: u64| p.read(&self.inner.ctx, o, ReadLimits::messages(1000));
+                report.derived_checked += crate::index::verify_partition(
+                    index,
+                    &p.topic,
+                    p.id,
+                    start,
+                    end,
+                    &read,
+                    &mut report.problems,
+                )?;
+            }
         }
         Ok(report)
     }

@@ -15,7 +15,9 @@ use super::segment::{self, SegmentHandle, SegmentMeta};
 use crate::error::{Error, Result};
 use crate::io::{self, FileSystem, OpenMode};
 use crate::options::SegmentedOptions;
-use crate::store::{AppendResult, Properties, PropertyEncoding, ReadLimits, Record, range_in};
+use crate::store::{
+    AppendResult, Message, Properties, PropertyEncoding, ReadLimits, Record, range_in,
+};
 
 /// What partitions share: the file system, the options and the handle cache.
 pub(crate) struct Ctx {
@@ -24,6 +26,8 @@ pub(crate) struct Ctx {
     pub(crate) cache: HandleCache,
     /// Set when the store closes; appends check it under the partition lock.
     pub(crate) closed: AtomicBool,
+    /// The key index (None when disabled).
+    pub(crate) index: Option<crate::index::KeyIndex>,
 }
 
 struct PartState {
@@ -63,9 +67,10 @@ impl Partition {
         &self,
         ctx: &Ctx,
         buf: &mut [u8],
-        records: usize,
+        messages: &[Message],
         now: i64,
     ) -> Result<AppendResult> {
+        let records = messages.len();
         let mut st = self.state.lock();
         if ctx.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
@@ -118,6 +123,12 @@ impl Partition {
             .last_mut()
             .ok_or_else(|| Error::corrupted(&self.dir, 0, "no segment"))?;
         handle.append(active, buf, &header, o.index_interval_bytes)?;
+        // Keys are indexed before the offsets are published (see the index checkpoint).
+        if let Some(index) = &ctx.index {
+            for (i, m) in messages.iter().enumerate() {
+                index.add(&self.topic, self.id, base_offset + i as u64, now, m)?;
+            }
+        }
         self.end.store(last_offset + 1, Ordering::Release);
         Ok(AppendResult {
             base_offset,
@@ -611,6 +622,39 @@ fn scan_tail(
 }
 
 impl Partition {
+    /// Kafka's `offsetsForTimes` by store time (the batches' LogAppendTime): the first segment
+    /// whose newest timestamp reaches `ts`, its time index, then a scan of batch headers.
+    pub(crate) fn offset_for_time(&self, ctx: &Ctx, ts: i64) -> Result<Option<u64>> {
+        let start = self.start.load(Ordering::Acquire);
+        let (meta, handle) = {
+            let st = self.state.lock();
+            let Some(meta) = st
+                .segments
+                .iter()
+                .find(|m| m.max_timestamp >= ts && m.next_offset > start)
+                .cloned()
+            else {
+                return Ok(None);
+            };
+            let h = self.handle(ctx, &meta)?;
+            (meta, h)
+        };
+        let (_, from_offset) = index::lookup_time(handle.time_entries(), meta.base, ts);
+        let (_, pos) = index::lookup_offset(handle.offset_entries(), meta.base, from_offset);
+        let mut pos = u64::from(pos);
+        while pos < meta.size {
+            let h = handle
+                .header_at(pos, meta.size)
+                .map_err(|e| Error::corrupted(&handle.log_path, pos, e.reason().to_owned()))?;
+            if h.max_timestamp >= ts && h.last_offset() as u64 >= start {
+                // With LogAppendTime every record of the batch has the batch's time.
+                return Ok(Some((h.base_offset as u64).max(start)));
+            }
+            pos += h.total_len() as u64;
+        }
+        Ok(None)
+    }
+
     /// Deletes sealed segments past retention; returns how many.
     pub(crate) fn enforce_retention(&self, ctx: &Ctx, now: i64) -> Result<usize> {
         let o = &ctx.opts;

@@ -5,7 +5,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use duolog::{CommitLogOptions, EngineKind, FlushPolicy, LogStore, SegmentedOptions, StoreOptions};
+use duolog::{
+    CommitLogOptions, EngineKind, FlushPolicy, IndexOptions, LogStore, SegmentedOptions,
+    StoreOptions,
+};
 
 /// Every engine the crate has; each conformance test runs on all of them.
 pub fn engines() -> Vec<EngineKind> {
@@ -24,6 +27,11 @@ pub fn small_options(engine: EngineKind) -> StoreOptions {
             consume_queue_units: 64,
             checkpoint_interval: Duration::from_millis(100),
             ..CommitLogOptions::default()
+        },
+        index: IndexOptions {
+            enabled: true,
+            slots: 1021,
+            max_entries: 4096,
         },
         segmented: SegmentedOptions {
             segment_bytes: 64 * 1024,

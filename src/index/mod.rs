@@ -1,0 +1,397 @@
+//! The key index shared by both engines: "which records of topic T carry key K, stored between
+//! times a and b?" (RocketMQ's IndexFile). This module owns `index/` under the store directory:
+//! hash index files named by creation time, and `index/checkpoint`, the offset per partition below
+//! which every record is indexed durably. It knows nothing of log formats: engines feed it
+//! (topic, partition, offset, store time, keys) and answer its lookups by reading the records.
+//!
+//! Indexed per message: its key, each space-separated key of its `KEYS` property, and its unique
+//! id (`UNIQ_KEY`). Lookups walk hash chains newest file first, only files whose time range
+//! overlaps the query; hash collisions and stale entries are filtered by the engine, which checks
+//! every candidate against the record it names.
+
+mod index_file;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+pub use index_file::{key_hash, pack, unpack};
+
+use self::index_file::IndexFile;
+use crate::error::{Error, Result};
+use crate::io::{self, FileSystem};
+use crate::options::IndexOptions;
+use crate::store::{Message, Record};
+
+const DIR: &str = "index";
+const CHECKPOINT: &str = "checkpoint";
+const CHECKPOINT_MAGIC: &[u8; 4] = b"DLIX";
+
+/// The keys a message is indexed under.
+pub(crate) fn message_keys(m: &Message) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
+    let key = m.key.as_deref().map(key_text);
+    let prop = |name: &str| {
+        m.properties
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let keys = prop("KEYS")
+        .into_iter()
+        .flat_map(|v| v.split(' '))
+        .filter(|k| !k.is_empty())
+        .map(std::borrow::Cow::Borrowed);
+    let uniq = prop("UNIQ_KEY").map(std::borrow::Cow::Borrowed);
+    key.into_iter().chain(keys).chain(uniq)
+}
+
+/// A key as text: itself if UTF-8, else lowercase hex (as the CommitLog engine stores it).
+pub(crate) fn key_text(key: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(key) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => std::borrow::Cow::Owned(key.iter().map(|b| format!("{b:02x}")).collect()),
+    }
+}
+
+/// Whether `record` carries `key` (as key, in KEYS, or as UNIQ_KEY).
+pub(crate) fn record_has_key(record: &Record, key: &str) -> bool {
+    record.key().is_some_and(|k| key_text(k) == key)
+        || record
+            .properties()
+            .get("KEYS")
+            .is_some_and(|v| v.split(' ').any(|k| k == key))
+        || record.properties().get("UNIQ_KEY") == Some(key)
+}
+
+/// The index files of a store.
+pub(crate) struct KeyIndex {
+    dir: PathBuf,
+    fs: Arc<dyn FileSystem>,
+    opts: IndexOptions,
+    /// Oldest first.
+    files: RwLock<Vec<Arc<IndexFile>>>,
+    writer: Mutex<()>,
+}
+
+impl KeyIndex {
+    /// Opens `index/` under `store_dir`. Files that cannot be opened are derived data: they are
+    /// deleted and `rebuild` is reported, so the caller indexes its whole log again.
+    pub(crate) fn open(
+        fs: Arc<dyn FileSystem>,
+        store_dir: &Path,
+        opts: IndexOptions,
+    ) -> Result<(KeyIndex, bool)> {
+        let dir = store_dir.join(DIR);
+        fs.create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let mut names: Vec<String> = io::list_dir_or_empty(fs.as_ref(), &dir)
+            .map_err(|e| Error::io(&dir, e))?
+            .into_iter()
+            .filter(|e| {
+                !e.is_dir && e.name.len() == 17 && e.name.bytes().all(|b| b.is_ascii_digit())
+            })
+            .map(|e| e.name)
+            .collect();
+        names.sort();
+        let mut files = Vec::with_capacity(names.len());
+        let mut rebuild = false;
+        for n in names {
+            let p = dir.join(&n);
+            match IndexFile::open(fs.as_ref(), &p) {
+                Ok(f) => files.push(Arc::new(f)),
+                Err(Error::Corrupted { .. }) => {
+                    fs.remove_file(&p).map_err(|e| Error::io(&p, e))?;
+                    rebuild = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((
+            KeyIndex {
+                dir,
+                fs,
+                opts,
+                files: RwLock::new(files),
+                writer: Mutex::new(()),
+            },
+            rebuild,
+        ))
+    }
+
+    /// Indexes one message stored at (partition, offset). Called by the engine before the offset
+    /// is published, under the engine's lock for that partition.
+    pub(crate) fn add(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        store_timestamp: i64,
+        m: &Message,
+    ) -> Result<()> {
+        let mut keys = message_keys(m).peekable();
+        if keys.peek().is_none() {
+            return Ok(());
+        }
+        let _w = self.writer.lock();
+        for key in keys {
+            let file = self.writable(store_timestamp)?;
+            file.put(
+                key_hash(topic, &key),
+                pack(partition, offset),
+                store_timestamp,
+            );
+        }
+        Ok(())
+    }
+
+    fn writable(&self, now: i64) -> Result<Arc<IndexFile>> {
+        if let Some(f) = self.files.read().last().filter(|f| !f.is_full()) {
+            return Ok(Arc::clone(f));
+        }
+        let mut ms = now.max(crate::commitlog::now_ms());
+        let path = loop {
+            let p = self.dir.join(index_file::file_name(ms));
+            if !self.fs.exists(&p).map_err(|e| Error::io(&p, e))? {
+                break p;
+            }
+            ms += 1;
+        };
+        let f = Arc::new(IndexFile::create(
+            self.fs.as_ref(),
+            &path,
+            self.opts.slots,
+            self.opts.max_entries,
+        )?);
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io(&self.dir, e))?;
+        self.files.write().push(Arc::clone(&f));
+        Ok(f)
+    }
+
+    /// Candidate (partition, offset) positions for `key`, newest first, without duplicates.
+    pub(crate) fn candidates(
+        &self,
+        topic: &str,
+        key: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Vec<(u32, u64)> {
+        let hash = key_hash(topic, key);
+        let files: Vec<Arc<IndexFile>> = self.files.read().clone();
+        let mut raw = Vec::new();
+        for f in files.iter().rev() {
+            let (b, e) = f.time_range();
+            if f.entries() == 0 || e + 1000 < from_ms || b > to_ms + 1000 {
+                continue;
+            }
+            // Collisions and stale entries are filtered later: gather generously.
+            f.lookup(
+                hash,
+                from_ms,
+                to_ms,
+                &mut raw,
+                limit.saturating_mul(8).max(64),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        raw.into_iter()
+            .map(unpack)
+            .filter(|p| seen.insert(*p))
+            .collect()
+    }
+
+    /// Flushes every file.
+    pub(crate) fn flush(&self) -> Result<()> {
+        let files: Vec<Arc<IndexFile>> = self.files.read().clone();
+        for f in files {
+            f.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Offsets below which each partition is durably indexed.
+    pub(crate) fn load_checkpoint(&self) -> HashMap<(String, u32), u64> {
+        crate::offsets_file::load(
+            self.fs.as_ref(),
+            &self.dir.join(CHECKPOINT),
+            CHECKPOINT_MAGIC,
+        )
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(t, p, o)| ((t, p), o))
+        .collect()
+    }
+
+    /// Flushes the files, then records `ends` (sampled before the flush) as indexed.
+    pub(crate) fn checkpoint(&self, ends: &[(String, u32, u64)]) -> Result<()> {
+        self.flush()?;
+        crate::offsets_file::store(
+            self.fs.as_ref(),
+            &self.dir.join(CHECKPOINT),
+            CHECKPOINT_MAGIC,
+            ends,
+        )
+    }
+
+    /// Deletes files whose newest entry is older than `oldest_live_ms` (their records are gone),
+    /// never the file being written. Returns how many.
+    pub(crate) fn remove_older_than(&self, oldest_live_ms: i64) -> Result<usize> {
+        let _w = self.writer.lock();
+        let mut files = self.files.write();
+        let mut n = 0;
+        while files.len() > 1 && files[0].time_range().1 < oldest_live_ms {
+            let f = files.remove(0);
+            self.fs
+                .remove_file(f.path())
+                .map_err(|e| Error::io(f.path(), e))?;
+            n += 1;
+        }
+        if n > 0 {
+            self.fs
+                .sync_dir(&self.dir)
+                .map_err(|e| Error::io(&self.dir, e))?;
+        }
+        Ok(n)
+    }
+
+    /// Deletes every index file and the checkpoint (before a rebuild).
+    pub(crate) fn clear(&self) -> Result<()> {
+        let _w = self.writer.lock();
+        let mut files = self.files.write();
+        for f in files.drain(..) {
+            self.fs
+                .remove_file(f.path())
+                .map_err(|e| Error::io(f.path(), e))?;
+        }
+        let cp = self.dir.join(CHECKPOINT);
+        io::remove_if_exists(self.fs.as_ref(), &cp).map_err(|e| Error::io(&cp, e))?;
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io(&self.dir, e))
+    }
+
+    /// Number of index files.
+    pub(crate) fn file_count(&self) -> usize {
+        self.files.read().len()
+    }
+
+    /// Allocated bytes of the index files.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.files
+            .read()
+            .iter()
+            .map(|f| self.fs.file_len(f.path()).unwrap_or(0))
+            .sum()
+    }
+}
+
+/// Indexes the records of one partition from `from` to its end, reading them with `read`.
+pub(crate) fn catch_up(
+    index: &KeyIndex,
+    topic: &str,
+    partition: u32,
+    from: u64,
+    end: u64,
+    read: &dyn Fn(u64) -> Result<Vec<Record>>,
+) -> Result<u64> {
+    let mut at = from;
+    let mut n = 0;
+    while at < end {
+        let recs = read(at)?;
+        if recs.is_empty() {
+            break;
+        }
+        for r in &recs {
+            index.add(
+                topic,
+                partition,
+                r.offset(),
+                r.store_timestamp(),
+                &r.to_message(),
+            )?;
+            n += 1;
+        }
+        at = recs[recs.len() - 1].offset() + 1;
+    }
+    Ok(n)
+}
+
+/// Reads one record of a partition; `None` when it is no longer (or not yet) readable.
+pub(crate) type ReadOne<'a> = &'a dyn Fn(u32, u64) -> Result<Option<Record>>;
+
+/// The engine-neutral lookup: candidates from the index, each checked against its record.
+pub(crate) fn find(
+    index: &KeyIndex,
+    topic: &str,
+    key: &str,
+    (from_ms, to_ms): (i64, i64),
+    limit: usize,
+    read: ReadOne<'_>,
+) -> Result<Vec<crate::store::KeyMatch>> {
+    let mut out = Vec::new();
+    if limit == 0 || from_ms > to_ms {
+        return Ok(out);
+    }
+    for (partition, offset) in index.candidates(topic, key, from_ms, to_ms, limit) {
+        let Some(record) = read(partition, offset)? else {
+            continue;
+        };
+        let ts = record.store_timestamp();
+        if ts >= from_ms && ts <= to_ms && record_has_key(&record, key) {
+            out.push(crate::store::KeyMatch { partition, record });
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that every keyed record of a partition is found through the index.
+pub(crate) fn verify_partition(
+    index: &KeyIndex,
+    topic: &str,
+    partition: u32,
+    start: u64,
+    end: u64,
+    read: &dyn Fn(u64) -> Result<Vec<Record>>,
+    problems: &mut Vec<String>,
+) -> Result<u64> {
+    let mut checked = 0;
+    let mut at = start;
+    while at < end {
+        let recs = match read(at) {
+            Ok(r) => r,
+            Err(e) => {
+                // The log check reports the damage itself; the index check stops here.
+                problems.push(format!(
+                    "key index: {topic}/{partition} unreadable at {at}: {e}"
+                ));
+                break;
+            }
+        };
+        if recs.is_empty() {
+            break;
+        }
+        for r in &recs {
+            for key in message_keys(&r.to_message()) {
+                checked += 1;
+                let ts = r.store_timestamp();
+                let found = index
+                    .candidates(topic, &key, ts, ts, usize::MAX / 16)
+                    .contains(&(partition, r.offset()));
+                if !found {
+                    problems.push(format!(
+                        "key index: {topic}/{partition} offset {} key {key:?} is not indexed",
+                        r.offset()
+                    ));
+                }
+            }
+        }
+        at = recs[recs.len() - 1].offset() + 1;
+    }
+    Ok(checked)
+}

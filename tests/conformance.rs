@@ -635,3 +635,21 @@ fn concurrent_appenders_keep_every_partition_ordered() {
         }
     });
 }
+
+/// Regression: one batch spanning several consume-queue files used to leave a hole in the
+/// queue's file list.
+#[test]
+fn one_batch_larger_than_several_files_of_every_kind() {
+    for_each_engine(|engine, dir| {
+        let store = open(dir, &small_options(engine));
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        store.append("t", 0, &[msg(0)]).unwrap();
+        let batch: Vec<Message> = (1..=300).map(msg).collect();
+        let r = store.append("t", 0, &batch).unwrap();
+        assert_eq!((r.base_offset, r.last_offset), (1, 300));
+        let recs = read_all(store.as_ref(), "t", 0);
+        assert_eq!(recs.len(), 301);
+        assert_eq!(recs[300].body(), b"body-300");
+        assert!(store.verify().unwrap().is_ok());
+    });
+}

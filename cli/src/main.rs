@@ -18,6 +18,11 @@ usage:
   duolog topics --dir D         lists topics and their partitions
   duolog stats --dir D          partitions, bounds, files and bytes on disk
   duolog verify --dir D         checks every checksum and every derived file
+  duolog query --dir D --topic T --key K [--from MS --to MS] [--max N]
+      prints `<partition><TAB><offset><TAB><store time><TAB><body>` of records carrying key K
+  duolog offset-for-time --dir D --topic T --partition P --time MS
+      prints the earliest offset stored at or after MS (ms since the epoch), or `none`
+  duolog reindex --dir D        drops the key index and rebuilds it from the log
   duolog dump FILE              prints a segment's .log (batches, records), .index or .timeindex";
 
 /// A command-line error: printed as one line, exit code 2 for usage, 1 otherwise.
@@ -316,6 +321,58 @@ fn verify(args: &Args) -> Result<(), CliError> {
     }
 }
 
+fn query(args: &Args) -> Result<(), CliError> {
+    args.check_known(&["dir", "topic", "key", "from", "to", "max"])?;
+    let store = open_existing(args.required("dir")?, StoreOptions::default())?;
+    let from = args.number::<i64>("from")?.unwrap_or(0);
+    let to = args.number::<i64>("to")?.unwrap_or(i64::MAX / 2);
+    let max = args.number::<usize>("max")?.unwrap_or(64);
+    let found = store.find_by_key(
+        args.required("topic")?,
+        args.required("key")?,
+        (from, to),
+        max,
+    )?;
+    for m in &found {
+        let r = &m.record;
+        println!(
+            "{}\t{}\t{}\t{}",
+            m.partition,
+            r.offset(),
+            r.store_timestamp(),
+            String::from_utf8_lossy(r.body())
+        );
+    }
+    store.close()?;
+    Ok(())
+}
+
+fn offset_for_time(args: &Args) -> Result<(), CliError> {
+    args.check_known(&["dir", "topic", "partition", "time"])?;
+    let store = open_existing(args.required("dir")?, StoreOptions::default())?;
+    let partition = args
+        .number::<u32>("partition")?
+        .ok_or_else(|| CliError::Usage("--partition is required".into()))?;
+    let time = args
+        .number::<i64>("time")?
+        .ok_or_else(|| CliError::Usage("--time is required".into()))?;
+    match store.offset_for_time(args.required("topic")?, partition, time)? {
+        Some(o) => println!("{o}"),
+        None => println!("none"),
+    }
+    store.close()?;
+    Ok(())
+}
+
+fn reindex(args: &Args) -> Result<(), CliError> {
+    args.check_known(&["dir"])?;
+    let store = open_existing(args.required("dir")?, StoreOptions::default())?;
+    let n = store.reindex()?;
+    store.close()?;
+    println!("indexed {n} records");
+    Ok(())
+}
+
 fn run(argv: &[String]) -> Result<(), CliError> {
     let Some(cmd) = argv.first() else {
         return Err(CliError::Usage("no command".into()));
@@ -327,6 +384,9 @@ fn run(argv: &[String]) -> Result<(), CliError> {
         "topics" => topics(&Args::parse(rest, &[])?),
         "stats" => stats(&Args::parse(rest, &[])?),
         "verify" => verify(&Args::parse(rest, &[])?),
+        "query" => query(&Args::parse(rest, &[])?),
+        "offset-for-time" => offset_for_time(&Args::parse(rest, &[])?),
+        "reindex" => reindex(&Args::parse(rest, &[])?),
         "dump" => {
             let [file] = rest else {
                 return Err(CliError::Usage("dump takes one file".into()));

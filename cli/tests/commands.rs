@@ -264,3 +264,77 @@ fn segmented_engine_and_dump() {
     let out = duolog(&["dump", "/nonexistent.log"], "");
     assert!(!out.status.success());
 }
+
+#[test]
+fn query_offset_for_time_and_reindex() {
+    for engine in ["commitlog", "segmented"] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("s");
+        let d = d.to_str().unwrap();
+        let out = duolog(
+            &[
+                "produce",
+                "--dir",
+                d,
+                "--engine",
+                engine,
+                "--topic",
+                "t",
+                "--keyed",
+                "--partition",
+                "0",
+            ],
+            "a\t1\nb\t2\na\t3\n",
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let out = duolog(&["query", "--dir", d, "--topic", "t", "--key", "a"], "");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let lines: Vec<String> = text(&out.stdout)
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                format!("{} {} {}", f[0], f[1], f[3])
+            })
+            .collect();
+        assert_eq!(lines, ["0 2 3", "0 0 1"], "{engine}: newest first");
+        let out = duolog(
+            &[
+                "offset-for-time",
+                "--dir",
+                d,
+                "--topic",
+                "t",
+                "--partition",
+                "0",
+                "--time",
+                "0",
+            ],
+            "",
+        );
+        assert_eq!(text(&out.stdout), "0\n");
+        let out = duolog(
+            &[
+                "offset-for-time",
+                "--dir",
+                d,
+                "--topic",
+                "t",
+                "--partition",
+                "0",
+                "--time",
+                "99999999999999",
+            ],
+            "",
+        );
+        assert_eq!(text(&out.stdout), "none\n");
+        let out = duolog(&["reindex", "--dir", d], "");
+        assert_eq!(text(&out.stdout), "indexed 3 records\n", "{engine}");
+        let out = duolog(
+            &[
+                "query", "--dir", d, "--topic", "t", "--key", "b", "--max", "5",
+            ],
+            "",
+        );
+        assert_eq!(text(&out.stdout).lines().count(), 1);
+    }
+}

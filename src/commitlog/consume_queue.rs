@@ -126,9 +126,16 @@ impl ConsumeQueue {
 
     /// Makes sure the file holding queue byte `byte` exists (creating the next file if needed),
     /// so that `put` cannot fail for lack of space halfway through a batch.
+    /// Every file up to the one holding `byte` is created, in order, so the queue's files stay
+    /// contiguous even when one batch spans several of them.
     pub(crate) fn ensure_file_for(&self, fs: &dyn FileSystem, byte: u64) -> Result<()> {
-        if self.files.find(byte).is_none() {
-            self.create_file_for(fs, byte)?;
+        let size = self.files.file_size();
+        while self.files.find(byte).is_none() {
+            let next = match self.files.last() {
+                Some(last) if last.start_offset() < byte => last.start_offset() + size,
+                _ => byte - byte % size,
+            };
+            self.files.create(fs, next)?;
         }
         Ok(())
     }

@@ -166,10 +166,8 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
     };
     let inner = Arc::new(inner);
     // Index what the last run appended after its last index checkpoint.
-    if rebuild_index {
-        if let Some(index) = &inner.index {
-            index.clear()?;
-        }
+    if rebuild_index && let Some(index) = &inner.index {
+        index.clear()?;
     }
     inner.catch_up_index(rebuild_index)?;
     // Make the recovered state durable before anything new is acknowledged.

@@ -227,7 +227,7 @@ impl MappedWords {
     pub fn map(fs: &dyn FileSystem, path: &Path, words: usize, mode: MapMode) -> io::Result<Self> {
         let storage = fs.map_file(path, words as u64 * 4, mode)?;
         if storage.len() != words * 4
-            || (storage.base_ptr() as usize) % std::mem::align_of::<AtomicU32>() != 0
+            || !(storage.base_ptr() as usize).is_multiple_of(std::mem::align_of::<AtomicU32>())
         {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,

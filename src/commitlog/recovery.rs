@@ -173,6 +173,9 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
     // Make the recovered state durable before anything new is acknowledged.
     inner.gc.sync_all(inner.as_ref())?;
     inner.write_checkpoint()?;
+    // Start offsets above a partition's recovered end were clamped to it: persist that, so the
+    // start never jumps ahead of records appended from here on.
+    inner.store_start_offsets()?;
     fs.write_file_synced(&abort_path, b"")
         .map_err(|e| Error::io(&abort_path, e))?;
     fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;

@@ -8,6 +8,7 @@
 
 mod mapped;
 mod real;
+pub mod sim;
 
 use std::any::Any;
 use std::fmt;
@@ -16,6 +17,7 @@ use std::path::Path;
 
 pub use mapped::{MappedFile, MappedWords};
 pub use real::RealFs;
+pub use sim::{CrashMode, Fault, SimFs};
 
 /// One entry of a directory listing.
 #[derive(Clone, Debug, PartialEq, Eq)]

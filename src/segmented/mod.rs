@@ -400,6 +400,11 @@ impl SegmentedStore {
         let inner = Arc::new(inner);
         inner.catch_up_index(rebuild_index)?;
         inner.write_checkpoint()?;
+        // Start offsets above a partition's recovered end were clamped to it: persist that, so
+        // the start never jumps ahead of records appended from here on.
+        inner.store_offsets(START_OFFSETS_FILE, START_MAGIC, |p| {
+            p.start.load(Ordering::Acquire)
+        })?;
         let flusher = Flusher::start(&inner, Arc::clone(&inner.gc), inner.jobs.tick_every())
             .map_err(|e| Error::io(dir, e))?;
         Ok(SegmentedStore {

@@ -144,9 +144,9 @@ fn recover(
         .unwrap_or_else(|e| panic!("{ctx}: second reopen: {e}"));
     let again = check(store.as_ref(), model, &format!("{ctx} (second recovery)"));
     assert_eq!(ends, again, "{ctx}: recovery is idempotent");
-    for p in 0..PARTITIONS as usize {
-        model.appended[p].truncate(ends[p] as usize);
-        model.durable[p] = ends[p] as usize;
+    for (p, &end) in ends.iter().enumerate() {
+        model.appended[p].truncate(end as usize);
+        model.durable[p] = end as usize;
         model.start[p] = store.bounds("t", p as u32).unwrap().start;
         model.maybe_start[p] = None;
     }

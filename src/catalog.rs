@@ -137,6 +137,22 @@ pub(crate) fn lock_and_load(
         }
         Some(c) => c,
         None => {
+            // A directory that already holds store files but no catalog lost its catalog:
+            // opening it as a new, empty store would hide the data.
+            let stray = crate::io::list_dir_or_empty(fs, dir)
+                .map_err(|e| Error::io(dir, e))?
+                .into_iter()
+                .find(|e| e.name != "LOCK" && !e.name.ends_with(".tmp"));
+            if let Some(e) = stray {
+                return Err(Error::corrupted(
+                    Catalog::path(dir),
+                    0,
+                    format!(
+                        "the catalog is missing but the directory holds store files ({})",
+                        e.name
+                    ),
+                ));
+            }
             let c = Catalog {
                 engine,
                 topics: Vec::new(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
-use crate::io::{self, FileSystem, MapMode, MappedFile};
+use crate::io::{self, FileSystem, MapMode, MappedFile, OpenMode};
 
 /// Fixed-size files covering a contiguous range of a byte queue.
 #[derive(Debug)]
@@ -15,6 +15,8 @@ pub(crate) struct FileQueue {
     dir: PathBuf,
     file_size: u64,
     files: RwLock<Vec<Arc<MappedFile>>>,
+    /// A truncated last file was extended back to its size at open.
+    repaired: bool,
 }
 
 impl FileQueue {
@@ -54,19 +56,32 @@ impl FileQueue {
             .filter(|&l| l > 0)
             .unwrap_or(default_file_size);
         let mut files: Vec<Arc<MappedFile>> = Vec::with_capacity(found.len());
+        let mut repaired = false;
         for (i, &(start, len)) in found.iter().enumerate() {
             let path = dir.join(io::offset_name(start));
             if len != file_size {
-                if i + 1 == found.len() {
+                if i + 1 == found.len() && len == 0 {
+                    // The leftover of an interrupted create: it never held data.
                     fs.remove_file(&path).map_err(|e| Error::io(&path, e))?;
                     fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
                     continue;
                 }
-                return Err(Error::corrupted(
-                    &path,
-                    len,
-                    format!("file is {len} bytes, expected {file_size}"),
-                ));
+                if i + 1 == found.len() && len < file_size {
+                    // A truncated last file: give it back its size (zeros) and let recovery find
+                    // where its valid data ends.
+                    let f = fs
+                        .open_file(&path, OpenMode::Existing)
+                        .map_err(|e| Error::io(&path, e))?;
+                    f.set_len(file_size).map_err(|e| Error::io(&path, e))?;
+                    f.sync_data().map_err(|e| Error::io(&path, e))?;
+                    repaired = true;
+                } else {
+                    return Err(Error::corrupted(
+                        &path,
+                        len,
+                        format!("file is {len} bytes, expected {file_size}"),
+                    ));
+                }
             }
             if start % file_size != 0 {
                 return Err(Error::corrupted(
@@ -89,7 +104,14 @@ impl FileQueue {
             dir: dir.to_owned(),
             file_size,
             files: RwLock::new(files),
+            repaired,
         })
+    }
+
+    /// Whether open found a truncated last file (and extended it): the caller must not trust
+    /// positions recorded before.
+    pub(crate) fn repaired(&self) -> bool {
+        self.repaired
     }
 
     pub(crate) fn dir(&self) -> &Path {

@@ -122,8 +122,18 @@ impl Inner {
         let mut buf = BytesMut::with_capacity(bytes);
         for u in &units {
             let Some(file) = self.log.find(u.position) else {
-                // Retention removed the file after we read the bounds.
-                return Err(out_of_range());
+                if u.position < self.log.min_offset().unwrap_or(0) {
+                    // Retention removed the file after we read the bounds.
+                    return Err(out_of_range());
+                }
+                return Err(Error::corrupted(
+                    part.cq.dir(),
+                    offset * super::UNIT_SIZE,
+                    format!(
+                        "consume-queue unit points at {} past the end of the log",
+                        u.position
+                    ),
+                ));
             };
             let at = (u.position - file.start_offset()) as usize;
             let data = file.read(at, u.size as usize).ok_or_else(|| {

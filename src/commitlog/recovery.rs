@@ -91,6 +91,8 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         topics.insert(name.clone(), inner.open_topic(name, config)?);
     }
 
+    // A log file repaired at open makes the checkpoint's positions untrustworthy.
+    let unclean = unclean || inner.log.repaired();
     let clean_end = match (unclean, checkpoint) {
         (false, Some(cp)) if is_clean_end(&mut inner, cp.log_flushed) => Some(cp.log_flushed),
         _ => None,

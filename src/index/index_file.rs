@@ -100,6 +100,9 @@ impl IndexFile {
         let words =
             MappedWords::map(fs, path, total, MapMode::Open).map_err(|e| Error::io(path, e))?;
         let slots = words.get(SLOT_COUNT);
+        if slots == 0 {
+            return Err(Error::corrupted(path, 32, "index header has no hash slots"));
+        }
         let room = total
             .checked_sub(HEADER_WORDS + slots as usize)
             .filter(|r| *r >= ENTRY_WORDS && r % ENTRY_WORDS == 0);

@@ -338,3 +338,101 @@ fn query_offset_for_time_and_reindex() {
         assert_eq!(text(&out.stdout).lines().count(), 1);
     }
 }
+
+/// A real full disk, as far as this machine allows: the producer runs under `ulimit -f` (with
+/// SIGXFSZ ignored, so the limit turns into EFBIG errors). The store reports "storage full",
+/// keeps every acknowledged line, and takes appends again once the limit is gone.
+#[test]
+fn file_size_limit_is_storage_full_and_nothing_acknowledged_is_lost() {
+    for engine in ["commitlog", "segmented"] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("s");
+        let d = d.to_str().unwrap();
+        // The segmented engine grows files as it writes: start with a small store and hit the
+        // limit while appending. The CommitLog engine preallocates 1 GiB log files: under the
+        // limit it cannot create its first one.
+        let before = if engine == "segmented" { "a\nb\n" } else { "" };
+        let out = duolog(
+            &[
+                "produce",
+                "--dir",
+                d,
+                "--engine",
+                engine,
+                "--topic",
+                "t",
+                "--partition",
+                "0",
+                "--sync",
+            ],
+            before,
+        );
+        assert!(out.status.success());
+        let skip = before.lines().count();
+        let lines: String = (0..20_000)
+            .map(|i| format!("line-{i:06}-{}\n", "x".repeat(200)))
+            .collect();
+        let script = format!(
+            "trap '' XFSZ; ulimit -f 2048; exec {} produce --dir {d} --topic t --partition 0 --sync",
+            env!("CARGO_BIN_EXE_duolog")
+        );
+        let mut child = Command::new("bash")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Feed stdin from a thread, so the child's output never fills its pipe while we write.
+        let mut stdin = child.stdin.take().unwrap();
+        let feeder = std::thread::spawn(move || {
+            let _ = stdin.write_all(lines.as_bytes());
+        });
+        let out = child.wait_with_output().unwrap();
+        feeder.join().unwrap();
+        let acked = text(&out.stdout).lines().count();
+        assert!(
+            !out.status.success(),
+            "{engine}: the limit must stop the producer"
+        );
+        assert!(
+            text(&out.stderr).contains("storage full"),
+            "{engine}: {}",
+            text(&out.stderr)
+        );
+        assert!(acked < 20_000);
+        // Everything acknowledged is there; appends work again without the limit.
+        let out = duolog(
+            &["consume", "--dir", d, "--topic", "t", "--partition", "0"],
+            "",
+        );
+        let got: Vec<String> = text(&out.stdout)
+            .lines()
+            .map(|l| l.rsplit('\t').next().unwrap().to_string())
+            .collect();
+        assert!(
+            got.len() >= skip + acked,
+            "{engine}: {} lines for {acked} acknowledged",
+            got.len()
+        );
+        for (i, line) in got.iter().skip(skip).take(acked).enumerate() {
+            assert_eq!(line, &format!("line-{i:06}-{}", "x".repeat(200)));
+        }
+        let out = duolog(
+            &[
+                "produce",
+                "--dir",
+                d,
+                "--topic",
+                "t",
+                "--partition",
+                "0",
+                "--sync",
+            ],
+            "after\n",
+        );
+        assert!(out.status.success(), "{engine}: {}", text(&out.stderr));
+        let out = duolog(&["verify", "--dir", d], "");
+        assert!(out.status.success(), "{engine}: {}", text(&out.stdout));
+    }
+}

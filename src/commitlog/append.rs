@@ -183,6 +183,11 @@ impl Inner {
             part.cq.ensure_file_for(fs, last_byte)?;
         }
 
+        // The key index must not be able to fail once the batch is in the log.
+        if let Some(index) = &self.index {
+            index.reserve(crate::index::batch_keys(messages), now)?;
+        }
+
         // Store times never go backwards, even if the clock does.
         let now = now.max(st.last_store_timestamp);
         st.last_store_timestamp = now;

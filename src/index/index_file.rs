@@ -132,6 +132,11 @@ impl IndexFile {
             .min(self.max_entries)
     }
 
+    /// Entries that still fit.
+    pub(crate) fn room(&self) -> u32 {
+        self.max_entries - self.entries()
+    }
+
     pub(crate) fn is_full(&self) -> bool {
         self.entries() >= self.max_entries
     }

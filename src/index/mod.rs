@@ -29,6 +29,11 @@ const DIR: &str = "index";
 const CHECKPOINT: &str = "checkpoint";
 const CHECKPOINT_MAGIC: &[u8; 4] = b"DLIX";
 
+/// How many index entries a batch needs.
+pub(crate) fn batch_keys(messages: &[Message]) -> usize {
+    messages.iter().map(|m| message_keys(m).count()).sum()
+}
+
 /// The keys a message is indexed under.
 pub(crate) fn message_keys(m: &Message) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
     let key = m.key.as_deref().map(key_text);
@@ -145,10 +150,36 @@ impl KeyIndex {
         Ok(())
     }
 
+    /// Makes sure the next `keys` entries fit without creating a file, rolling to a new file now
+    /// if needed. Engines call it before writing a batch, so that indexing the batch cannot fail
+    /// for lack of space once the batch is in the log.
+    pub(crate) fn reserve(&self, keys: usize, now: i64) -> Result<()> {
+        if keys == 0 {
+            return Ok(());
+        }
+        if keys as u64 > u64::from(self.opts.max_entries) {
+            return Err(Error::InvalidArgument(format!(
+                "a batch with {keys} keys does not fit an index file of {} entries",
+                self.opts.max_entries
+            )));
+        }
+        let _w = self.writer.lock();
+        let room = self.files.read().last().map_or(0, |f| f.room());
+        if (room as usize) < keys {
+            self.roll(now)?;
+        }
+        Ok(())
+    }
+
     fn writable(&self, now: i64) -> Result<Arc<IndexFile>> {
         if let Some(f) = self.files.read().last().filter(|f| !f.is_full()) {
             return Ok(Arc::clone(f));
         }
+        self.roll(now)
+    }
+
+    /// Creates a new, empty current file.
+    fn roll(&self, now: i64) -> Result<Arc<IndexFile>> {
         let mut ms = now.max(crate::commitlog::now_ms());
         let path = loop {
             let p = self.dir.join(index_file::file_name(ms));

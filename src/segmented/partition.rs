@@ -95,6 +95,10 @@ impl Partition {
         let header =
             batch::parse_header(buf).map_err(|e| Error::InvalidArgument(e.reason().into()))?;
         let o = &ctx.opts;
+        // The key index must not be able to fail once the batch is in the log.
+        if let Some(index) = &ctx.index {
+            index.reserve(crate::index::batch_keys(messages), now)?;
+        }
         let handle = self.handle(ctx, active)?;
         let full_index = active.index_entries >= handle.offset_capacity()
             || active.time_entries >= handle.time_capacity();

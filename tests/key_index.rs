@@ -376,3 +376,50 @@ fn disabled_index_is_a_clear_error() {
         Err(duolog::Error::InvalidArgument(_))
     ));
 }
+
+/// Regression: a key-index roll that failed (disk full) after its batch was already in the log
+/// left unpublished records behind. The roll now happens before the batch is written.
+#[test]
+fn full_disk_at_an_index_roll_leaves_the_log_as_it_was() {
+    for engine in common::engines() {
+        let sim = duolog::io::SimFs::new();
+        let mut opts = small_options(engine);
+        opts.fs = std::sync::Arc::new(sim.clone());
+        opts.index = IndexOptions {
+            enabled: true,
+            slots: 17,
+            max_entries: 10,
+        };
+        let store = duolog::open("/store", opts.clone()).unwrap();
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        let keyed = |i: usize| Message::new(format!("v{i}")).with_key(format!("k{i}"));
+        for i in 0..10 {
+            store.append("t", 0, &[keyed(i)]).unwrap();
+        }
+        // The next keyed append needs a new index file: make its creation fail.
+        sim.fail_after(0, duolog::io::Fault::NoSpace);
+        let err = store.append("t", 0, &[keyed(10)]).unwrap_err();
+        assert!(err.is_storage_full(), "{engine}: {err}");
+        sim.clear_faults();
+        assert_eq!(
+            store.bounds("t", 0).unwrap().end,
+            10,
+            "{engine}: the failed batch is not visible"
+        );
+        assert_eq!(store.append("t", 0, &[keyed(11)]).unwrap().base_offset, 10);
+        assert!(
+            store.verify().unwrap().is_ok(),
+            "{engine}: {:?}",
+            store.verify().unwrap().problems
+        );
+        store.abandon();
+        drop(store);
+        let store = duolog::open("/store", opts).unwrap();
+        let recs = store
+            .read("t", 0, 0, duolog::ReadLimits::default())
+            .unwrap();
+        assert_eq!(recs.len(), 11, "{engine}");
+        assert_eq!(recs[10].body(), b"v11");
+        assert_eq!(store.find_by_key("t", "k11", ALL_TIME, 5).unwrap().len(), 1);
+    }
+}

@@ -542,11 +542,7 @@ impl LogStore for CommitLogStore {
         let inner = &self.inner;
         inner.check_open()?;
         inner.topic(topic)?;
-        let Some(index) = &inner.index else {
-            return Err(Error::InvalidArgument(
-                "the key index is disabled (StoreOptions::index.enabled)".into(),
-            ));
-        };
+        let index = crate::index::required(&inner.index)?;
         let read = |p: u32, o: u64| inner.read_one(topic, p, o);
         crate::index::find(index, topic, key, time_range, limit, &read)
     }

@@ -350,6 +350,13 @@ pub(crate) fn catch_up(
     Ok(n)
 }
 
+/// The index, or the error for a store opened with the index disabled.
+pub(crate) fn required(index: &Option<KeyIndex>) -> Result<&KeyIndex> {
+    index
+        .as_ref()
+        .ok_or_else(|| Error::InvalidArgument("the key index is disabled (StoreOptions::index.enabled)".into()))
+}
+
 /// Reads one record of a partition; `None` when it is no longer (or not yet) readable.
 pub(crate) type ReadOne<'a> = &'a dyn Fn(u32, u64) -> Result<Option<Record>>;
 

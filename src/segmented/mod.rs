@@ -667,11 +667,7 @@ impl LogStore for SegmentedStore {
         if !inner.topics.read().contains_key(topic) {
             return Err(Error::UnknownTopic(topic.to_owned()));
         }
-        let Some(index) = &inner.ctx.index else {
-            return Err(Error::InvalidArgument(
-                "the key index is disabled (StoreOptions::index.enabled)".into(),
-            ));
-        };
+        let index = crate::index::required(&inner.ctx.index)?;
         let read = |p: u32, o: u64| match inner.partition(topic, p) {
             Ok(part) => inner.read_one(&part, o),
             Err(_) => Ok(None),

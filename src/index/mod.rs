@@ -352,9 +352,9 @@ pub(crate) fn catch_up(
 
 /// The index, or the error for a store opened with the index disabled.
 pub(crate) fn required(index: &Option<KeyIndex>) -> Result<&KeyIndex> {
-    index
-        .as_ref()
-        .ok_or_else(|| Error::InvalidArgument("the key index is disabled (StoreOptions::index.enabled)".into()))
+    index.as_ref().ok_or_else(|| {
+        Error::InvalidArgument("the key index is disabled (StoreOptions::index.enabled)".into())
+    })
 }
 
 /// Reads one record of a partition; `None` when it is no longer (or not yet) readable.

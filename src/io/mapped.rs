@@ -136,9 +136,8 @@ impl MappedFile {
         }
         let mut at = start;
         for part in parts {
-            // SAFETY: `at + part.len() <= len` (checked above); the range is at or after the
-            // cursor, hence at or after `committed`, so no reader can observe it; the cursor
-            // mutex makes this the only writer.
+            // SAFETY: in bounds (checked above), at/after the cursor so no reader sees it (readers
+            // stop at `committed`), and the cursor mutex makes this the only writer.
             unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), self.ptr.add(at), part.len()) };
             at += part.len();
         }
@@ -247,10 +246,9 @@ impl MappedWords {
     }
 
     fn cells(&self) -> &[AtomicU32] {
-        // SAFETY: the mapping is valid for `words * 4` bytes while `storage` lives, is page
-        // aligned (checked at map time to suit AtomicU32), and AtomicU32 has the layout of u32.
-        // All access to this memory goes through these atomics (the type offers no other view),
-        // so there are no data races; another process is kept out by the store's LOCK file.
+        // The mapping lives as long as `storage`, is aligned for AtomicU32 (checked at map
+        // time), and is only ever touched through these atomics; LOCK keeps other processes out.
+        // SAFETY: valid, aligned memory of `words` u32s, accessed only atomically (see above).
         unsafe {
             std::slice::from_raw_parts(self.storage.base_ptr() as *const AtomicU32, self.words)
         }

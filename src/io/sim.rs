@@ -140,9 +140,8 @@ impl MapBuf {
     fn read(&self, offset: usize, len: usize) -> Vec<u8> {
         let end = (offset + len).min(self.len);
         let mut out = vec![0u8; end.saturating_sub(offset)];
-        // SAFETY: [offset, end) is inside the buffer; racing writers only touch bytes readers of
-        // the engine do not rely on (unpublished ones), and a torn copy of those is what a crash
-        // may persist anyway.
+        // Racing writers only touch unpublished bytes; a torn copy of those is what a crash keeps.
+        // SAFETY: [offset, end) lies inside the buffer, which lives as long as `self`.
         unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(offset), out.as_mut_ptr(), out.len()) };
         out
     }

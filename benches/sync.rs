@@ -22,7 +22,12 @@ fn report(name: &str, latencies: &Mutex<Vec<Duration>>) {
         return;
     }
     l.sort_unstable();
-    println!("{name}: p50 {:?} p99 {:?} over {} appends", percentile(&l, 0.50), percentile(&l, 0.99), l.len());
+    println!(
+        "{name}: p50 {:?} p99 {:?} over {} appends",
+        percentile(&l, 0.50),
+        percentile(&l, 0.99),
+        l.len()
+    );
 }
 
 fn sync(c: &mut Criterion) {
@@ -47,36 +52,50 @@ fn sync(c: &mut Criterion) {
     }
     for engine in [EngineKind::CommitLog, EngineKind::Segmented] {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-        let options = StoreOptions { engine: Some(engine), flush: FlushPolicy::Sync, ..StoreOptions::default() };
+        let options = StoreOptions {
+            engine: Some(engine),
+            flush: FlushPolicy::Sync,
+            ..StoreOptions::default()
+        };
         let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), options).expect("open"));
-        store.create_topic("bench", TopicConfig::with_partitions(16)).expect("topic");
+        store
+            .create_topic("bench", TopicConfig::with_partitions(16))
+            .expect("topic");
         for p in 0..16 {
-            store.append("bench", p, &[Message::new("warm")]).expect("append");
+            store
+                .append("bench", p, &[Message::new("warm")])
+                .expect("append");
         }
         for threads in [1usize, 4, 16, 64] {
             let l = Arc::clone(&latencies);
-            g.bench_with_input(BenchmarkId::new(engine.name(), threads), &threads, |b, &threads| {
-                b.iter_custom(|iters| {
-                    let per = iters.div_ceil(threads as u64);
-                    let start = Instant::now();
-                    std::thread::scope(|scope| {
-                        for t in 0..threads {
-                            let (s, l) = (Arc::clone(&store), Arc::clone(&l));
-                            scope.spawn(move || {
-                                let m = [Message::new(vec![b's'; 100])];
-                                let mut mine = Vec::with_capacity(per as usize);
-                                for _ in 0..per {
-                                    let t0 = Instant::now();
-                                    s.append("bench", t as u32 % 16, &m).expect("append");
-                                    mine.push(t0.elapsed());
-                                }
-                                l.lock().extend(mine);
-                            });
-                        }
-                    });
-                    start.elapsed().mul_f64(iters as f64 / (per * threads as u64) as f64)
-                })
-            });
+            g.bench_with_input(
+                BenchmarkId::new(engine.name(), threads),
+                &threads,
+                |b, &threads| {
+                    b.iter_custom(|iters| {
+                        let per = iters.div_ceil(threads as u64);
+                        let start = Instant::now();
+                        std::thread::scope(|scope| {
+                            for t in 0..threads {
+                                let (s, l) = (Arc::clone(&store), Arc::clone(&l));
+                                scope.spawn(move || {
+                                    let m = [Message::new(vec![b's'; 100])];
+                                    let mut mine = Vec::with_capacity(per as usize);
+                                    for _ in 0..per {
+                                        let t0 = Instant::now();
+                                        s.append("bench", t as u32 % 16, &m).expect("append");
+                                        mine.push(t0.elapsed());
+                                    }
+                                    l.lock().extend(mine);
+                                });
+                            }
+                        });
+                        start
+                            .elapsed()
+                            .mul_f64(iters as f64 / (per * threads as u64) as f64)
+                    })
+                },
+            );
             report(&format!("{engine}/{threads}"), &latencies);
         }
     }

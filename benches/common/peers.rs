@@ -26,7 +26,13 @@ pub trait Peer: Send + Sync {
 }
 
 /// The peers, by name, in the order they are reported.
-pub const PEERS: [&str; 5] = ["commitlog", "segmented", "commitlog-crate", "raw-per-partition", "raw-shared"];
+pub const PEERS: [&str; 5] = [
+    "commitlog",
+    "segmented",
+    "commitlog-crate",
+    "raw-per-partition",
+    "raw-shared",
+];
 
 /// Creates peer `name` with `partitions` partitions in `dir`.
 pub fn open(name: &str, dir: &Path, partitions: u32) -> Box<dyn Peer> {
@@ -46,7 +52,9 @@ impl Duolog {
     fn open(dir: &Path, engine: EngineKind, partitions: u32) -> Duolog {
         let options = StoreOptions {
             engine: Some(engine),
-            flush: FlushPolicy::Async { interval: std::time::Duration::from_millis(500) },
+            flush: FlushPolicy::Async {
+                interval: std::time::Duration::from_millis(500),
+            },
             commitlog: CommitLogOptions {
                 file_size: 256 << 20,
                 // Small queue files keep thousands of partitions from preallocating gigabytes.
@@ -64,14 +72,17 @@ impl Duolog {
             ..StoreOptions::default()
         };
         let s = duolog::open(dir, options).expect("open");
-        s.create_topic("bench", TopicConfig::with_partitions(partitions)).expect("topic");
+        s.create_topic("bench", TopicConfig::with_partitions(partitions))
+            .expect("topic");
         Duolog(s)
     }
 }
 
 impl Peer for Duolog {
     fn append(&self, partition: u32, batch: &[Message]) {
-        self.0.append_oneway("bench", partition, batch).expect("append");
+        self.0
+            .append_oneway("bench", partition, batch)
+            .expect("append");
     }
     fn sync(&self) {
         self.0.sync().expect("sync");
@@ -91,7 +102,9 @@ impl CrateLog {
             let d = dir.join(format!("p{p}"));
             let mut o = commitlog::LogOptions::new(&d);
             o.segment_max_bytes(256 << 20);
-            logs.push(Mutex::new(commitlog::CommitLog::new(o).expect("commitlog crate")));
+            logs.push(Mutex::new(
+                commitlog::CommitLog::new(o).expect("commitlog crate"),
+            ));
             dirs.push(d);
         }
         CrateLog { logs, dirs }
@@ -113,7 +126,9 @@ impl Peer for CrateLog {
             for e in std::fs::read_dir(dir).expect("dir") {
                 let p = e.expect("entry").path();
                 if p.extension().is_some_and(|x| x == "log") {
-                    File::open(&p).and_then(|f| f.sync_data()).expect("fdatasync");
+                    File::open(&p)
+                        .and_then(|f| f.sync_data())
+                        .expect("fdatasync");
                 }
             }
         }
@@ -131,7 +146,11 @@ impl Raw {
         let n = if shared { 1 } else { partitions };
         let files = (0..n)
             .map(|p| {
-                let f = OpenOptions::new().create(true).append(true).open(dir.join(format!("raw-{p}"))).expect("raw file");
+                let f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join(format!("raw-{p}")))
+                    .expect("raw file");
                 Mutex::new(BufWriter::with_capacity(64 << 10, f))
             })
             .collect();
@@ -145,8 +164,10 @@ impl Peer for Raw {
         let mut w = self.files[i].lock();
         for m in batch {
             let body = &m.body[..];
-            w.write_all(&(body.len() as u32).to_be_bytes()).expect("write");
-            w.write_all(&crc32fast::hash(body).to_be_bytes()).expect("write");
+            w.write_all(&(body.len() as u32).to_be_bytes())
+                .expect("write");
+            w.write_all(&crc32fast::hash(body).to_be_bytes())
+                .expect("write");
             w.write_all(body).expect("write");
         }
     }

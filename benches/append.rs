@@ -1,101 +1,66 @@
-//! Append throughput of both engines on the same workload: 100-byte messages under async flush
-//! (1 thread, batches of 1 and 16) and under sync flush with group commit (1 and 16 threads).
+//! Async append throughput, every peer on the identical workload: message sizes 100 B, 1 KiB and
+//! 4 KiB; batches of 1, 16 and 128 messages; 1 and 2 appending threads (each thread on its own
+//! partition). Durable (sync) appends are `benches/sync.rs`.
 //!
 //! Run: `cargo bench --bench append`. Figures go to BENCHMARKS.md; nothing here asserts a speed.
+//! `DUOLOG_APPEND_QUICK=1` keeps only batch 1 and 16 with one thread (for profiling runs).
 
-use std::sync::Arc;
+#[path = "common/peers.rs"]
+mod peers;
+
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use duolog::{
-    CommitLogOptions, EngineKind, FlushPolicy, LogStore, Message, SegmentedOptions, StoreOptions,
-    TopicConfig,
-};
+use duolog::Message;
 
-const ENGINES: [EngineKind; 2] = [EngineKind::CommitLog, EngineKind::Segmented];
-
-fn store(dir: &std::path::Path, engine: EngineKind, flush: FlushPolicy) -> Arc<dyn LogStore> {
-    let options = StoreOptions {
-        engine: Some(engine),
-        flush,
-        commitlog: CommitLogOptions {
-            file_size: 256 << 20,
-            retention: None,
-            ..CommitLogOptions::default()
-        },
-        segmented: SegmentedOptions {
-            segment_bytes: 256 << 20,
-            retention: None,
-            ..SegmentedOptions::default()
-        },
-        ..StoreOptions::default()
-    };
-    let s = duolog::open(dir, options).expect("open");
-    s.create_topic("bench", TopicConfig::with_partitions(16))
-        .expect("topic");
-    Arc::from(s)
-}
-
-fn message() -> Message {
-    Message::new(vec![b'm'; 100])
-}
-
-fn async_flush(c: &mut Criterion) {
-    let mut g = c.benchmark_group("append/async/100B");
-    for engine in ENGINES {
-        for batch in [1usize, 16] {
-            let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-            let s = store(dir.path(), engine, FlushPolicy::default());
-            let msgs: Vec<Message> = (0..batch).map(|_| message()).collect();
-            g.throughput(Throughput::Elements(batch as u64));
-            g.bench_with_input(
-                BenchmarkId::new(format!("{engine}/batch"), batch),
-                &batch,
-                |b, _| b.iter(|| s.append("bench", 0, &msgs).expect("append")),
-            );
-        }
-    }
-    g.finish();
-}
-
-fn sync_flush(c: &mut Criterion) {
-    let mut g = c.benchmark_group("append/sync/100B");
-    g.measurement_time(Duration::from_secs(10));
-    for engine in ENGINES {
-        for threads in [1usize, 16] {
-            let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-            let s = store(dir.path(), engine, FlushPolicy::Sync);
-            g.throughput(Throughput::Elements(1));
-            g.bench_with_input(
-                BenchmarkId::new(format!("{engine}/threads"), threads),
-                &threads,
-                |b, &threads| {
-                    b.iter_custom(|iters| {
-                        // `iters` appends in total, spread over the threads; wall time, so the rate
-                        // is the aggregate one.
-                        let per = iters.div_ceil(threads as u64);
-                        let start = Instant::now();
-                        std::thread::scope(|scope| {
-                            for t in 0..threads {
-                                let s = Arc::clone(&s);
-                                scope.spawn(move || {
-                                    let m = [message()];
-                                    for _ in 0..per {
-                                        s.append("bench", t as u32 % 16, &m).expect("append");
+fn append(c: &mut Criterion) {
+    let quick = std::env::var_os("DUOLOG_APPEND_QUICK").is_some();
+    let batches: &[usize] = if quick { &[1, 16] } else { &[1, 16, 128] };
+    let threads: &[usize] = if quick { &[1] } else { &[1, 2] };
+    for (size, label) in [(100usize, "100B"), (1024, "1KiB"), (4096, "4KiB")] {
+        let mut g = c.benchmark_group(format!("append/async/{label}"));
+        g.warm_up_time(Duration::from_secs(1));
+        g.measurement_time(Duration::from_secs(3));
+        for name in peers::PEERS {
+            for &t in threads {
+                for &batch in batches {
+                    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+                    let peer = peers::open(name, dir.path(), 2);
+                    let msgs: Vec<Message> =
+                        (0..batch).map(|_| Message::new(vec![b'a'; size])).collect();
+                    g.throughput(Throughput::Elements(batch as u64));
+                    g.bench_with_input(
+                        BenchmarkId::new(format!("{name}/threads-{t}/batch"), batch),
+                        &batch,
+                        |b, _| {
+                            b.iter_custom(|iters| {
+                                // `iters` batches in total, spread over the threads; wall time,
+                                // so the rate is the aggregate one.
+                                let per = iters.div_ceil(t as u64);
+                                let start = Instant::now();
+                                std::thread::scope(|scope| {
+                                    for p in 0..t {
+                                        let (peer, msgs) = (&peer, &msgs);
+                                        scope.spawn(move || {
+                                            for _ in 0..per {
+                                                peer.append(p as u32, msgs);
+                                            }
+                                        });
                                     }
                                 });
-                            }
-                        });
-                        start
-                            .elapsed()
-                            .mul_f64(iters as f64 / (per * threads as u64) as f64)
-                    })
-                },
-            );
+                                start
+                                    .elapsed()
+                                    .mul_f64(iters as f64 / (per * t as u64) as f64)
+                            })
+                        },
+                    );
+                    drop(peer);
+                }
+            }
         }
+        g.finish();
     }
-    g.finish();
 }
 
-criterion_group!(benches, async_flush, sync_flush);
+criterion_group!(benches, append);
 criterion_main!(benches);

@@ -1,16 +1,28 @@
 //! Appends 100-byte messages in a loop for profiling: `cargo run --release --example
-//! profile_append -- [seconds] [batch]`.
+//! profile_append -- [seconds] [batch] [commitlog|segmented]`.
 
 use std::time::{Duration, Instant};
 
-use duolog::{CommitLogOptions, CommitLogStore, LogStore, Message, StoreOptions, TopicConfig};
+use duolog::{
+    CommitLogOptions, EngineKind, Message, SegmentedOptions, StoreOptions, TopicConfig,
+};
 
 fn main() -> duolog::Result<()> {
     let mut args = std::env::args().skip(1);
     let secs: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(5);
     let batch: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let engine = match args.next().as_deref() {
+        Some("segmented") => EngineKind::Segmented,
+        _ => EngineKind::CommitLog,
+    };
     let dir = tempfile::tempdir().map_err(|e| duolog::Error::InvalidArgument(e.to_string()))?;
     let opts = StoreOptions {
+        engine: Some(engine),
+        segmented: SegmentedOptions {
+            segment_bytes: 256 << 20,
+            retention: None,
+            ..SegmentedOptions::default()
+        },
         commitlog: CommitLogOptions {
             file_size: 256 << 20,
             retention: None,
@@ -18,7 +30,7 @@ fn main() -> duolog::Result<()> {
         },
         ..StoreOptions::default()
     };
-    let store = CommitLogStore::open(dir.path(), opts)?;
+    let store = duolog::open(dir.path(), opts)?;
     store.create_topic("p", TopicConfig::default())?;
     let msgs: Vec<Message> = (0..batch).map(|_| Message::new(vec![b'm'; 100])).collect();
     let start = Instant::now();

@@ -9,11 +9,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use duolog::{
-    CommitLogOptions, EngineKind, FlushPolicy, LogStore, Message, SegmentedOptions, StoreOptions,
-    TopicConfig,
+    CommitLogOptions, EngineKind, FlushPolicy, LogStore, Message, ReadLimits, SegmentedOptions,
+    StoreOptions, TopicConfig,
 };
 use parking_lot::Mutex;
 
@@ -23,6 +24,13 @@ pub trait Peer: Send + Sync {
     fn append(&self, partition: u32, batch: &[Message]);
     /// Makes everything durable.
     fn sync(&self);
+    /// Makes everything appended so far readable. The engines and the crate read their own
+    /// writes already; the raw peers flush their write buffer and extend their in-memory
+    /// offset → position table here. Benches call it outside the timed region.
+    fn publish(&self) {}
+    /// Reads up to `max` messages of `partition` from `offset`, checking each one's CRC and
+    /// handing its body to `each`; returns how many were read.
+    fn read(&self, partition: u32, offset: u64, max: usize, each: &mut dyn FnMut(&[u8])) -> usize;
 }
 
 /// The peers, by name, in the order they are reported.
@@ -87,11 +95,22 @@ impl Peer for Duolog {
     fn sync(&self) {
         self.0.sync().expect("sync");
     }
+    fn read(&self, partition: u32, offset: u64, max: usize, each: &mut dyn FnMut(&[u8])) -> usize {
+        let records = self
+            .0
+            .read("bench", partition, offset, ReadLimits::messages(max))
+            .expect("read");
+        for r in &records {
+            each(r.body());
+        }
+        records.len()
+    }
 }
 
 pub struct CrateLog {
     logs: Vec<Mutex<commitlog::CommitLog>>,
     dirs: Vec<PathBuf>,
+    body_hint: usize,
 }
 
 impl CrateLog {
@@ -107,7 +126,11 @@ impl CrateLog {
             ));
             dirs.push(d);
         }
-        CrateLog { logs, dirs }
+        CrateLog {
+            logs,
+            dirs,
+            body_hint: 100,
+        }
     }
 }
 
@@ -133,12 +156,55 @@ impl Peer for CrateLog {
             }
         }
     }
+    fn read(&self, partition: u32, offset: u64, max: usize, each: &mut dyn FnMut(&[u8])) -> usize {
+        let log = self.logs[partition as usize].lock();
+        // The crate limits reads by bytes only (its header is 20 bytes plus metadata).
+        let limit = commitlog::ReadLimit::max_bytes(max * (64 + self.body_hint));
+        let buf = log.read(offset, limit).expect("read");
+        let mut n = 0;
+        for m in commitlog::message::MessageSet::iter(&buf).take(max) {
+            // `from_bytes` inside `read` has checked every hash already.
+            each(m.payload());
+            n += 1;
+        }
+        n
+    }
 }
 
 /// Length-prefixed, CRC-framed records through a 64 KiB buffer.
 pub struct Raw {
-    files: Vec<Mutex<BufWriter<File>>>,
+    files: Vec<Mutex<RawFile>>,
     shared: bool,
+}
+
+/// One raw file: its buffered writer and, for reads, where each frame starts (filled in by
+/// `publish` by scanning the frames written since the last call).
+pub struct RawFile {
+    writer: BufWriter<File>,
+    /// Frame start positions in file order; `positions[i]` is frame `i` of the file.
+    positions: Vec<u64>,
+    /// Bytes of the file already scanned into `positions`.
+    scanned: u64,
+    /// For the shared file: which partition each frame belongs to, and each partition's frame
+    /// numbers (so offset `o` of partition `p` is frame `frames[p][o]`).
+    frames: Vec<Vec<u32>>,
+    owners: Vec<u32>,
+    scratch: Vec<u8>,
+}
+
+impl RawFile {
+    fn scan(&mut self) {
+        self.writer.flush().expect("flush");
+        let file = self.writer.get_ref();
+        let end = file.metadata().expect("metadata").len();
+        let mut header = [0u8; 8];
+        while self.scanned < end {
+            file.read_exact_at(&mut header, self.scanned).expect("read");
+            self.positions.push(self.scanned);
+            let len = u32::from_be_bytes(header[..4].try_into().expect("4 bytes")) as u64;
+            self.scanned += 8 + len;
+        }
+    }
 }
 
 impl Raw {
@@ -148,10 +214,18 @@ impl Raw {
             .map(|p| {
                 let f = OpenOptions::new()
                     .create(true)
+                    .read(true)
                     .append(true)
                     .open(dir.join(format!("raw-{p}")))
                     .expect("raw file");
-                Mutex::new(BufWriter::with_capacity(64 << 10, f))
+                Mutex::new(RawFile {
+                    writer: BufWriter::with_capacity(64 << 10, f),
+                    positions: Vec::new(),
+                    scanned: 0,
+                    frames: vec![Vec::new(); if shared { partitions as usize } else { 0 }],
+                    owners: Vec::new(),
+                    scratch: Vec::new(),
+                })
             })
             .collect();
         Raw { files, shared }
@@ -161,7 +235,12 @@ impl Raw {
 impl Peer for Raw {
     fn append(&self, partition: u32, batch: &[Message]) {
         let i = if self.shared { 0 } else { partition as usize };
-        let mut w = self.files[i].lock();
+        let mut f = self.files[i].lock();
+        if self.shared {
+            // The shared file must remember whose each frame is to serve per-partition reads.
+            f.owners.extend(std::iter::repeat_n(partition, batch.len()));
+        }
+        let w = &mut f.writer;
         for m in batch {
             let body = &m.body[..];
             w.write_all(&(body.len() as u32).to_be_bytes())
@@ -173,9 +252,80 @@ impl Peer for Raw {
     }
     fn sync(&self) {
         for f in &self.files {
-            let mut w = f.lock();
-            w.flush().expect("flush");
-            w.get_ref().sync_data().expect("fdatasync");
+            let mut f = f.lock();
+            f.writer.flush().expect("flush");
+            f.writer.get_ref().sync_data().expect("fdatasync");
         }
+    }
+    fn publish(&self) {
+        for f in &self.files {
+            let mut f = f.lock();
+            let before = f.positions.len();
+            f.scan();
+            if self.shared {
+                for frame in before..f.positions.len() {
+                    let owner = f.owners[frame] as usize;
+                    f.frames[owner].push(frame as u32);
+                }
+            }
+        }
+    }
+    fn read(&self, partition: u32, offset: u64, max: usize, each: &mut dyn FnMut(&[u8])) -> usize {
+        let i = if self.shared { 0 } else { partition as usize };
+        let mut guard = self.files[i].lock();
+        let f = &mut *guard;
+        // Frame numbers to read: a contiguous run per partition file; scattered in the shared one.
+        let (first, count) = if self.shared {
+            let frames = &f.frames[partition as usize];
+            let start = (offset as usize).min(frames.len());
+            (start, (frames.len() - start).min(max))
+        } else {
+            let start = (offset as usize).min(f.positions.len());
+            (start, (f.positions.len() - start).min(max))
+        };
+        if count == 0 {
+            return 0;
+        }
+        let mut scratch = std::mem::take(&mut f.scratch);
+        let file = f.writer.get_ref();
+        let mut done = 0;
+        let mut k = 0;
+        while k < count {
+            // One pread covers the longest run of consecutive frames from here.
+            let frame_at = |k: usize| {
+                if self.shared {
+                    f.frames[partition as usize][first + k] as usize
+                } else {
+                    first + k
+                }
+            };
+            let start_frame = frame_at(k);
+            let mut run = 1;
+            while k + run < count && frame_at(k + run) == start_frame + run {
+                run += 1;
+            }
+            let from = f.positions[start_frame];
+            let to = f
+                .positions
+                .get(start_frame + run)
+                .copied()
+                .unwrap_or(f.scanned);
+            scratch.resize((to - from) as usize, 0);
+            file.read_exact_at(&mut scratch, from).expect("read");
+            let mut at = 0;
+            while at < scratch.len() {
+                let h = &scratch[at..];
+                let len = u32::from_be_bytes(h[..4].try_into().expect("4 bytes")) as usize;
+                let crc = u32::from_be_bytes(h[4..8].try_into().expect("4 bytes"));
+                let body = &h[8..8 + len];
+                assert_eq!(crc32fast::hash(body), crc, "raw frame CRC");
+                each(body);
+                at += 8 + len;
+                done += 1;
+            }
+            k += run;
+        }
+        f.scratch = scratch;
+        done
     }
 }

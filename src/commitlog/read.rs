@@ -1,14 +1,14 @@
-//! The read path: consume-queue units → commit-log bytes, copied once into one buffer per read.
+//! The read path: consume-queue units → zero-copy slices of the mapped commit-log files.
 
 use std::sync::atomic::Ordering;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::Inner;
 use super::consume_queue::Unit;
 use super::record::{self, Checks, Decoded};
 use crate::error::{Error, Result};
-use crate::store::{Properties, PropertyEncoding, ReadLimits, Record, range_in};
+use crate::store::{Properties, PropertyEncoding, ReadLimits, Record};
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
@@ -21,10 +21,12 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Builds a [`Record`] from one stored record's bytes, checking that it is the record the
-/// consume queue said (topic, partition, offset).
+/// Builds a [`Record`] from the stored record at `range` of `span`, checking that it is the
+/// record the consume queue said (topic, partition, offset). The record's fields are zero-copy
+/// slices of `span`.
 pub(crate) fn make_record(
-    chunk: Bytes,
+    span: &Bytes,
+    range: std::ops::Range<usize>,
     expect_topic: &str,
     expect_partition: u32,
     expect_offset: u64,
@@ -34,12 +36,13 @@ pub(crate) fn make_record(
         let (file, pos) = locate();
         Error::corrupted(file, pos, why.to_owned())
     };
-    let d = match record::decode(&chunk, Checks::FULL) {
+    let rec = &span[range.clone()];
+    let d = match record::decode(rec, Checks::FULL) {
         Ok(Decoded::Message(d)) => d,
         Ok(Decoded::Blank { .. }) => return Err(corrupt("consume queue points at a blank record")),
         Err(e) => return Err(corrupt(e.reason())),
     };
-    if d.total_size != chunk.len() {
+    if d.total_size != rec.len() {
         return Err(corrupt("record size differs from its consume-queue unit"));
     }
     if d.topic != expect_topic.as_bytes()
@@ -48,19 +51,21 @@ pub(crate) fn make_record(
     {
         return Err(corrupt("consume-queue unit points at another record"));
     }
-    let props_range = range_in(&chunk, d.properties);
-    let body_range = range_in(&chunk, d.body);
+    let slice = |part: &[u8]| span.slice_ref(part);
     let mut key = None;
     let mut tags = None;
-    for (name, value) in record::iter_properties(d.properties) {
+    for (name, value) in record::iter_raw_properties(d.properties) {
         match name {
-            "__KEY" => key = Some(chunk.slice(range_in(&chunk, value.as_bytes()))),
-            "__KEYHEX" => {
+            b"__KEY" => key = Some(slice(value)),
+            b"__KEYHEX" => {
                 key = Some(Bytes::from(
-                    unhex(value).ok_or_else(|| corrupt("bad hex key"))?,
+                    std::str::from_utf8(value)
+                        .ok()
+                        .and_then(unhex)
+                        .ok_or_else(|| corrupt("bad hex key"))?,
                 ))
             }
-            "TAGS" => tags = Some(chunk.slice(range_in(&chunk, value.as_bytes()))),
+            b"TAGS" => tags = Some(slice(value)),
             _ => {}
         }
     }
@@ -70,9 +75,9 @@ pub(crate) fn make_record(
         store_timestamp: d.header.store_timestamp,
         flags: d.header.sys_flag as u32,
         key,
-        body: chunk.slice(body_range),
+        body: slice(d.body),
         tags,
-        properties: Properties::new(chunk.slice(props_range), PropertyEncoding::RocketMq),
+        properties: Properties::new(slice(d.properties), PropertyEncoding::RocketMq),
         size: d.total_size as u32,
     })
 }
@@ -119,8 +124,12 @@ impl Inner {
             bytes += unit.size as usize;
             units.push(unit);
         }
-        let mut buf = BytesMut::with_capacity(bytes);
-        for u in &units {
+        // Zero-copy: one `Bytes` over each mapped file the read touches (the units of a read are
+        // mostly in one file), every record a slice of it.
+        let mut out = Vec::with_capacity(units.len());
+        let mut i = 0;
+        while i < units.len() {
+            let u = units[i];
             let Some(file) = self.log.find(u.position) else {
                 if u.position < self.log.min_offset().unwrap_or(0) {
                     // Retention removed the file after we read the bounds.
@@ -128,41 +137,46 @@ impl Inner {
                 }
                 return Err(Error::corrupted(
                     part.cq.dir(),
-                    offset * super::UNIT_SIZE,
+                    (offset + i as u64) * super::UNIT_SIZE,
                     format!(
                         "consume-queue unit points at {} past the end of the log",
                         u.position
                     ),
                 ));
             };
-            let at = (u.position - file.start_offset()) as usize;
-            let data = file.read(at, u.size as usize).ok_or_else(|| {
-                Error::corrupted(
-                    file.path(),
-                    at as u64,
-                    "consume-queue unit points past the end of the log",
-                )
-            })?;
-            buf.extend_from_slice(data);
-        }
-        let buf = buf.freeze();
-        let mut out = Vec::with_capacity(units.len());
-        let mut at = 0usize;
-        for (i, u) in units.iter().enumerate() {
-            let chunk = buf.slice(at..at + u.size as usize);
-            at += u.size as usize;
-            let pos = u.position;
-            let locate = || match self.log.find(pos) {
-                Some(f) => (f.path().to_owned(), pos - f.start_offset()),
-                None => (self.log.dir().to_owned(), pos),
-            };
-            out.push(make_record(
-                chunk,
-                topic,
-                partition,
-                offset + i as u64,
-                locate,
-            )?);
+            let base = file.start_offset();
+            let file_end = base + file.len() as u64;
+            // The run of units in this file, and the byte span covering them.
+            let mut j = i;
+            let (mut lo, mut hi) = (u.position, u.position);
+            while j < units.len() && units[j].position >= base && units[j].position < file_end {
+                lo = lo.min(units[j].position);
+                hi = hi.max(units[j].position + units[j].size as u64);
+                j += 1;
+            }
+            let span = file
+                .published_bytes((lo - base) as usize, (hi - lo) as usize)
+                .ok_or_else(|| {
+                    Error::corrupted(
+                        file.path(),
+                        lo - base,
+                        "consume-queue unit points past the end of the log",
+                    )
+                })?;
+            for (k, u) in units[i..j].iter().enumerate() {
+                let from = (u.position - lo) as usize;
+                let pos = u.position;
+                let locate = || (file.path().to_owned(), pos - base);
+                out.push(make_record(
+                    &span,
+                    from..from + u.size as usize,
+                    topic,
+                    partition,
+                    offset + (i + k) as u64,
+                    locate,
+                )?);
+            }
+            i = j;
         }
         Ok(out)
     }

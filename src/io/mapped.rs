@@ -11,11 +11,31 @@
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+use bytes::Bytes;
 
 use parking_lot::Mutex;
 
 use super::{FileSystem, MapMode, MappedStorage};
+
+/// A published range of a [`MappedFile`], owning a reference to it: the backing of the zero-copy
+/// [`Bytes`] that reads hand out.
+struct PublishedRange {
+    file: Arc<MappedFile>,
+    pos: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for PublishedRange {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `[pos, pos + len)` was below `committed` when this range was made, `committed`
+        // never shrinks while the file is shared (and `self.file` shares it), so the bytes are
+        // immutable; the `Arc` keeps the mapping alive as long as this range lives.
+        unsafe { std::slice::from_raw_parts(self.file.ptr.add(self.pos), self.len) }
+    }
+}
 
 /// A fixed-size mapped file with an append cursor, a published (readable) prefix and a flushed
 /// (durable) prefix.
@@ -183,6 +203,21 @@ impl MappedFile {
         // SAFETY: `[pos, end)` lies below `committed <= len`, a prefix that is immutable while
         // the file is shared (see the module docs), and `storage` keeps the mapping alive.
         Some(unsafe { std::slice::from_raw_parts(self.ptr.add(pos), len) })
+    }
+
+    /// `len` published bytes at `pos` as a zero-copy [`Bytes`] that keeps the mapping alive (so a
+    /// record read from a file that retention has since deleted stays valid), or `None` if any
+    /// of them is not yet published.
+    pub fn published_bytes(self: &Arc<Self>, pos: usize, len: usize) -> Option<Bytes> {
+        let end = pos.checked_add(len)?;
+        if end > self.committed() {
+            return None;
+        }
+        Some(Bytes::from_owner(PublishedRange {
+            file: Arc::clone(self),
+            pos,
+            len,
+        }))
     }
 
     /// The whole published prefix.

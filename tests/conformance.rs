@@ -553,6 +553,36 @@ fn delete_before_raises_the_start_and_survives_reopen() {
     });
 }
 
+/// Records are zero-copy views on the CommitLog engine: they must stay intact after the files
+/// they came from are deleted and the store is closed.
+#[test]
+fn records_outlive_their_files_and_the_store() {
+    for_each_engine(|engine, dir| {
+        let opts = small_options(engine);
+        let store = open(dir, &opts);
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        for i in 0..1000 {
+            store.append("t", 0, &[msg(i)]).unwrap();
+        }
+        let early = read_all(&*store, "t", 0);
+        let files_before = store.disk_usage().unwrap().files;
+        store.delete_before("t", 0, 900).unwrap();
+        store.enforce_retention().unwrap();
+        assert!(
+            store.disk_usage().unwrap().files < files_before,
+            "deleting 900 of 1000 records frees files"
+        );
+        store.close().unwrap();
+        drop(store);
+        assert_eq!(early.len(), 1000);
+        for (i, r) in early.iter().enumerate() {
+            assert_eq!(r.offset(), i as u64);
+            assert_eq!(r.body(), format!("body-{i}").as_bytes());
+            assert_eq!(r.key(), Some(format!("key-{i}").as_bytes()));
+        }
+    });
+}
+
 #[test]
 fn second_opener_is_locked_out() {
     for_each_engine(|engine, dir| {

@@ -17,6 +17,12 @@ use super::{Inner, TopicState};
 use crate::error::{Error, Result};
 use crate::store::{AppendResult, Message};
 
+/// How far ahead of the appender the warm-up thread faults in commit-log pages: at 1 GB/s of
+/// appends that is 16 ms of head start, refreshed every 8 MiB.
+const LOG_WARM_WINDOW: usize = 16 << 20;
+/// The same for a consume-queue file (20 bytes per message, so 1 MiB lasts 52,428 messages).
+const QUEUE_WARM_WINDOW: usize = 1 << 20;
+
 struct Item {
     start: usize,
     len: usize,
@@ -241,8 +247,16 @@ impl Inner {
         part.next_offset.store(offset, Ordering::Relaxed);
         part.end.store(offset, Ordering::Release);
         self.written.store(end, Ordering::Release);
-        st.current = Some(file);
+        st.current = Some(Arc::clone(&file));
         drop(st);
+        let log_pos = (end - file.start_offset()) as usize;
+        if file.wants_prefault(log_pos, LOG_WARM_WINDOW) {
+            self.warmer.request(&file, LOG_WARM_WINDOW);
+        }
+        let cq_pos = (offset * UNIT_SIZE - cq_file.start_offset()) as usize;
+        if cq_file.wants_prefault(cq_pos, QUEUE_WARM_WINDOW) {
+            self.warmer.request(&cq_file, QUEUE_WARM_WINDOW);
+        }
         Ok((
             AppendResult {
                 base_offset: base,

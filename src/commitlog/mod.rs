@@ -112,6 +112,8 @@ pub(crate) struct Inner {
     checkpoint_lock: Mutex<()>,
     /// The key index (None when disabled).
     index: Option<crate::index::KeyIndex>,
+    /// Faults commit-log and consume-queue pages in ahead of the appender.
+    warmer: crate::io::Warmer,
 }
 
 impl Inner {

@@ -85,6 +85,7 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         jobs,
         checkpoint_lock: Mutex::new(()),
         index: None,
+        warmer: crate::io::Warmer::start("duolog-warm").map_err(|e| Error::io(dir, e))?,
     };
     let mut topics = HashMap::new();
     for (name, config) in &catalog.topics {

@@ -48,6 +48,8 @@ pub struct MappedFile {
     cursor: Mutex<usize>,
     committed: AtomicUsize,
     flushed: AtomicUsize,
+    /// End of the range already faulted in by [`MappedFile::prefault_ahead`].
+    prefaulted: AtomicUsize,
 }
 
 // SAFETY: the raw pointer refers to a shared mapping owned by `storage`, which is Send + Sync.
@@ -89,6 +91,7 @@ impl MappedFile {
             cursor: Mutex::new(0),
             committed: AtomicUsize::new(0),
             flushed: AtomicUsize::new(0),
+            prefaulted: AtomicUsize::new(0),
         })
     }
 
@@ -218,6 +221,27 @@ impl MappedFile {
             pos,
             len,
         }))
+    }
+
+    /// Whether the writer at `pos` is within half a `window` of the end of the range faulted in
+    /// so far (and the file has room left to fault in): time to ask a [`super::Warmer`].
+    pub fn wants_prefault(&self, pos: usize, window: usize) -> bool {
+        let done = self.prefaulted.load(Ordering::Relaxed);
+        done < self.len && pos + window / 2 >= done
+    }
+
+    /// Faults in the pages from the write cursor up to `window` bytes past it (see
+    /// [`MappedStorage::prefault`]). Runs on a background thread; the bytes do not change.
+    pub fn prefault_ahead(&self, window: usize) -> io::Result<()> {
+        let from = self.prefaulted.load(Ordering::Acquire).max(self.write_position());
+        let to = (self.write_position() + window).min(self.len);
+        if to > from {
+            let result = self.storage.prefault(from, to - from);
+            // Advanced even on failure: a kernel without the call should not be asked again.
+            self.prefaulted.fetch_max(to, Ordering::AcqRel);
+            result?;
+        }
+        Ok(())
     }
 
     /// The whole published prefix.

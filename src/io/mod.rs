@@ -9,6 +9,7 @@
 mod mapped;
 mod real;
 pub mod sim;
+mod warmer;
 
 use std::any::Any;
 use std::fmt;
@@ -18,6 +19,7 @@ use std::path::Path;
 pub use mapped::{MappedFile, MappedWords};
 pub use real::RealFs;
 pub use sim::{CrashMode, Fault, SimFs};
+pub use warmer::Warmer;
 
 /// One entry of a directory listing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +57,13 @@ pub trait MappedStorage: Send + Sync + fmt::Debug {
     fn flush_range(&self, offset: usize, len: usize) -> io::Result<()>;
     /// Durably sets `[offset, offset + len)` to zero (used to erase a torn tail on recovery).
     fn zero_range(&self, offset: usize, len: usize) -> io::Result<()>;
+    /// Faults `[offset, offset + len)` in writable ahead of the writer, without changing its
+    /// contents, so the page-cache zero-fill of fresh pages happens on a background thread
+    /// instead of inside an append (RocketMQ's mapped-file warm-up). Best effort: the default
+    /// does nothing.
+    fn prefault(&self, _offset: usize, _len: usize) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A file accessed with positional reads and writes (Kafka-style logs and indexes).

@@ -39,6 +39,20 @@ impl MappedStorage for RealMapped {
         self.map.flush_range(offset, len)
     }
 
+    fn prefault(&self, offset: usize, len: usize) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        // MADV_POPULATE_WRITE (Linux 5.14+) faults the pages in writable and leaves their bytes
+        // as they are. The file is preallocated, so this cannot hit a full disk.
+        #[cfg(target_os = "linux")]
+        return self
+            .map
+            .advise_range(memmap2::Advice::PopulateWrite, offset, len);
+        #[cfg(not(target_os = "linux"))]
+        return Ok(());
+    }
+
     fn zero_range(&self, offset: usize, len: usize) -> io::Result<()> {
         if len == 0 {
             return Ok(());

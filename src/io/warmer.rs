@@ -1,0 +1,115 @@
+//! [`Warmer`]: a background thread that faults mapped files in ahead of their writer.
+//!
+//! The first store into a fresh page of a preallocated file costs the kernel a page-cache
+//! allocation and a 4 KiB zero-fill; on the append path that was about a quarter of the time of
+//! a small append. The writer notices when it comes within half a window of the warmed range
+//! ([`MappedFile::wants_prefault`]) and hands the file here; this thread faults the next window
+//! in with `MADV_POPULATE_WRITE`, which leaves the bytes untouched, so it never races the writer
+//! on content. This module owns only the thread and its queue; it never reads or writes records.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
+
+use super::MappedFile;
+
+/// Files waiting to be warmed, with the window to warm each by.
+type Queue = Mutex<Vec<(Arc<MappedFile>, usize)>>;
+
+/// The warm-up thread of one store. Dropping it stops and joins the thread.
+#[derive(Debug)]
+pub struct Warmer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    queue: Queue,
+    stop: AtomicBool,
+}
+
+impl Warmer {
+    /// Starts the thread (named `name`).
+    pub fn start(name: &str) -> std::io::Result<Warmer> {
+        let shared = Arc::new(Shared::default());
+        let s = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || run(&s))?;
+        Ok(Warmer {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks for `file` to be faulted in up to `window` bytes past its write cursor. Cheap and
+    /// non-blocking: a short queue push and a wake-up; repeated requests for one file coalesce.
+    pub fn request(&self, file: &Arc<MappedFile>, window: usize) {
+        {
+            let mut q = self.shared.queue.lock();
+            if q.iter().any(|(f, _)| Arc::ptr_eq(f, file)) {
+                return;
+            }
+            q.push((Arc::clone(file), window));
+        }
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
+        }
+    }
+}
+
+impl Drop for Warmer {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(shared: &Shared) {
+    while !shared.stop.load(Ordering::Acquire) {
+        let batch = std::mem::take(&mut *shared.queue.lock());
+        if batch.is_empty() {
+            std::thread::park();
+            continue;
+        }
+        for (file, window) in batch {
+            // Best effort: a failure (an old kernel without MADV_POPULATE_WRITE) only means the
+            // writer takes the page faults itself, as it would without a warmer.
+            let _ = file.prefault_ahead(window);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{MapMode, RealFs};
+
+    #[test]
+    fn warming_leaves_the_bytes_alone_and_advances_the_watermark() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(
+            MappedFile::map(&RealFs, &dir.path().join("f"), 0, 1 << 20, MapMode::Create).unwrap(),
+        );
+        file.append(&[b"hello"]).unwrap();
+        file.commit_all();
+        assert!(file.wants_prefault(5, 64 << 10));
+        let warmer = Warmer::start("test-warm").unwrap();
+        warmer.request(&file, 64 << 10);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while file.wants_prefault(5, 64 << 10) {
+            assert!(std::time::Instant::now() < deadline, "warmer never ran");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        drop(warmer);
+        assert_eq!(file.read(0, 5), Some(&b"hello"[..]));
+        assert!(!file.wants_prefault(5, 64 << 10));
+        assert!(file.wants_prefault(40 << 10, 64 << 10), "half a window left");
+    }
+}

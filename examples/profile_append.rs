@@ -3,9 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use duolog::{
-    CommitLogOptions, EngineKind, Message, SegmentedOptions, StoreOptions, TopicConfig,
-};
+use duolog::{CommitLogOptions, EngineKind, Message, SegmentedOptions, StoreOptions, TopicConfig};
 
 fn main() -> duolog::Result<()> {
     let mut args = std::env::args().skip(1);

@@ -203,8 +203,8 @@ impl Inner {
             if item.len + BLANK_LEN > remaining {
                 if remaining > 0 {
                     file.append(&[&record::encode_blank(remaining)]);
-                    file.seal();
                 }
+                file.seal();
                 file.commit_all();
                 let next = file.start_offset() + file_size;
                 file = self.log.find(next).ok_or_else(|| {
@@ -249,13 +249,15 @@ impl Inner {
         self.written.store(end, Ordering::Release);
         st.current = Some(Arc::clone(&file));
         drop(st);
-        let log_pos = (end - file.start_offset()) as usize;
-        if file.wants_prefault(log_pos, LOG_WARM_WINDOW) {
-            self.warmer.request(&file, LOG_WARM_WINDOW);
-        }
-        let cq_pos = (offset * UNIT_SIZE - cq_file.start_offset()) as usize;
-        if cq_file.wants_prefault(cq_pos, QUEUE_WARM_WINDOW) {
-            self.warmer.request(&cq_file, QUEUE_WARM_WINDOW);
+        if let Some(warmer) = &self.warmer {
+            let log_pos = (end - file.start_offset()) as usize;
+            if file.wants_prefault(log_pos, LOG_WARM_WINDOW) {
+                warmer.request(&file, LOG_WARM_WINDOW);
+            }
+            let cq_pos = (offset * UNIT_SIZE - cq_file.start_offset()) as usize;
+            if cq_file.wants_prefault(cq_pos, QUEUE_WARM_WINDOW) {
+                warmer.request(&cq_file, QUEUE_WARM_WINDOW);
+            }
         }
         Ok((
             AppendResult {

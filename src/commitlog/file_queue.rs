@@ -17,6 +17,8 @@ pub(crate) struct FileQueue {
     files: RwLock<Vec<Arc<MappedFile>>>,
     /// A truncated last file was extended back to its size at open.
     repaired: bool,
+    /// New files get [`MappedFile::small_pages_ahead`] (a writer that flushes often).
+    small_pages: bool,
 }
 
 impl FileQueue {
@@ -105,6 +107,7 @@ impl FileQueue {
             file_size,
             files: RwLock::new(files),
             repaired,
+            small_pages: false,
         })
     }
 
@@ -164,6 +167,9 @@ impl FileQueue {
             let _ = fs.remove_file(&path);
             return Err(Error::io(&self.dir, e));
         }
+        if self.small_pages {
+            file.small_pages_ahead();
+        }
         let file = Arc::new(file);
         let mut files = self.files.write();
         if let Some(last) = files.last() {
@@ -171,6 +177,15 @@ impl FileQueue {
         }
         files.push(Arc::clone(&file));
         Ok(file)
+    }
+
+    /// Whether files are written by a writer that flushes often: new files, and the last file
+    /// from its write position on, then use small page-cache pages.
+    pub(crate) fn set_small_pages(&mut self, on: bool) {
+        self.small_pages = on;
+        if on && let Some(last) = self.files.get_mut().last() {
+            last.small_pages_ahead();
+        }
     }
 
     /// Exclusive access to the files during recovery (before the queue is shared).

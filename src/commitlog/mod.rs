@@ -113,7 +113,7 @@ pub(crate) struct Inner {
     /// The key index (None when disabled).
     index: Option<crate::index::KeyIndex>,
     /// Faults commit-log and consume-queue pages in ahead of the appender.
-    warmer: crate::io::Warmer,
+    warmer: Option<crate::io::Warmer>,
 }
 
 impl Inner {

@@ -66,6 +66,11 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         opts.commitlog.checkpoint_interval,
         opts.commitlog.retention_check_interval,
     );
+    let warmer = if opts.commitlog.warm_files {
+        Some(crate::io::Warmer::start("duolog-warm").map_err(|e| Error::io(dir, e))?)
+    } else {
+        None
+    };
     let mut inner = Inner {
         dir: dir.to_owned(),
         fs: Arc::clone(&fs),
@@ -85,7 +90,7 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         jobs,
         checkpoint_lock: Mutex::new(()),
         index: None,
-        warmer: crate::io::Warmer::start("duolog-warm").map_err(|e| Error::io(dir, e))?,
+        warmer,
     };
     let mut topics = HashMap::new();
     for (name, config) in &catalog.topics {
@@ -167,6 +172,8 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         }
         false => false,
     };
+    let often = inner.opts.flush.flushes_often();
+    inner.log.set_small_pages(often);
     let inner = Arc::new(inner);
     // Index what the last run appended after its last index checkpoint.
     if rebuild_index && let Some(index) = &inner.index {

@@ -168,10 +168,23 @@ impl MappedFile {
         Some(start)
     }
 
+    /// Asks for small (4 KiB) page-cache pages from the page holding the cursor to the end of the
+    /// file, for a writer that flushes often: a flush then writes the few pages it changed, not
+    /// a large folio around them (see [`MappedStorage::set_random_access`]). [`Self::seal`]
+    /// undoes it. Best effort.
+    pub fn small_pages_ahead(&self) {
+        let cursor = *self.cursor.lock();
+        let page = cursor - cursor % 4096;
+        let _ = self.storage.set_random_access(page, self.len - page, true);
+    }
+
     /// Moves the cursor to the end of the file: nothing more is written to it (the bytes left
     /// stay as they are, zero in a preallocated file).
     pub fn seal(&self) {
         *self.cursor.lock() = self.len;
+        // Written in full: readers of cold pages want readahead again (undoes
+        // `small_pages_ahead`).
+        let _ = self.storage.set_random_access(0, self.len, false);
     }
 
     /// Publishes everything written so far up to `upto` to readers.
@@ -233,7 +246,10 @@ impl MappedFile {
     /// Faults in the pages from the write cursor up to `window` bytes past it (see
     /// [`MappedStorage::prefault`]). Runs on a background thread; the bytes do not change.
     pub fn prefault_ahead(&self, window: usize) -> io::Result<()> {
-        let from = self.prefaulted.load(Ordering::Acquire).max(self.write_position());
+        let from = self
+            .prefaulted
+            .load(Ordering::Acquire)
+            .max(self.write_position());
         let to = (self.write_position() + window).min(self.len);
         if to > from {
             let result = self.storage.prefault(from, to - from);

@@ -64,6 +64,15 @@ pub trait MappedStorage: Send + Sync + fmt::Debug {
     fn prefault(&self, _offset: usize, _len: usize) -> io::Result<()> {
         Ok(())
     }
+    /// Turns readahead off (`random`) or back on for `[offset, offset + len)`. With readahead
+    /// on, the kernel backs a sequentially faulted file with large folios (up to 2 MiB), and a
+    /// flush of a few bytes at the tail then writes the whole folio: measured 2 MiB and 560 µs
+    /// per sync instead of 4.5 KiB and 125 µs. The region still to be written is kept random;
+    /// full files go back to normal so cold reads get readahead. Best effort: the default does
+    /// nothing.
+    fn set_random_access(&self, _offset: usize, _len: usize, _random: bool) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A file accessed with positional reads and writes (Kafka-style logs and indexes).

@@ -53,6 +53,45 @@ impl MappedStorage for RealMapped {
         return Ok(());
     }
 
+    fn set_random_access(&self, offset: usize, len: usize, random: bool) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        if !random {
+            return self.map.advise_range(memmap2::Advice::Normal, offset, len);
+        }
+        // Large folios already cached around the range (from an earlier writer or readahead)
+        // would stay large: drop the clean ones from the 2 MiB boundary below `offset` on. Our
+        // page-table entries go first (a cached page that is mapped is not dropped); dirty
+        // pages stay, and are small-paged once written back and dropped some later time.
+        let from = offset - offset % (2 << 20);
+        let end = offset + len;
+        // SAFETY: this is a shared file mapping, for which MADV_DONTNEED only removes page-table
+        // entries: the next access maps the same page-cache page (or reads the file) again, so
+        // no reader can observe a change, and dirty pages stay dirty in the page cache.
+        unsafe {
+            self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                from,
+                end - from,
+            )?;
+        }
+        // SAFETY: posix_fadvise on an fd we own, within the file; it only drops clean cached
+        // pages, which are re-read from the file on the next access.
+        let rc = unsafe {
+            libc::posix_fadvise(
+                self.file.as_raw_fd(),
+                from as libc::off_t,
+                (end - from) as libc::off_t,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        self.map.advise_range(memmap2::Advice::Random, offset, len)
+    }
+
     fn zero_range(&self, offset: usize, len: usize) -> io::Result<()> {
         if len == 0 {
             return Ok(());

@@ -110,6 +110,9 @@ mod tests {
         drop(warmer);
         assert_eq!(file.read(0, 5), Some(&b"hello"[..]));
         assert!(!file.wants_prefault(5, 64 << 10));
-        assert!(file.wants_prefault(40 << 10, 64 << 10), "half a window left");
+        assert!(
+            file.wants_prefault(40 << 10, 64 << 10),
+            "half a window left"
+        );
     }
 }

@@ -21,20 +21,27 @@ fn fanout(c: &mut Criterion) {
     let msg = [Message::new(vec![b'f'; 100])];
     for name in peers::PEERS {
         for &partitions in &counts {
-            let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-            let peer = peers::open(name, dir.path(), partitions);
-            // Setup, not measured: every partition's files exist before timing starts.
-            for p in 0..partitions {
-                peer.append(p, &msg);
-            }
+            // Set up on first use, so a filtered run skips the peers it does not measure.
+            let mut opened: Option<(tempfile::TempDir, Box<dyn peers::Peer>)> = None;
             let mut p = 0u32;
             g.bench_with_input(BenchmarkId::new(name, partitions), &partitions, |b, &n| {
+                let (_, peer) = opened.get_or_insert_with(|| {
+                    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+                    let peer = peers::open(name, dir.path(), n);
+                    // Not measured: every partition's files exist before timing starts.
+                    for p in 0..n {
+                        peer.append(p, &msg);
+                    }
+                    (dir, peer)
+                });
                 b.iter(|| {
                     peer.append(p, &msg);
                     p = (p + 1) % n;
                 })
             });
-            peer.sync();
+            if let Some((_, peer)) = &opened {
+                peer.sync();
+            }
         }
     }
     g.finish();

@@ -1,5 +1,7 @@
 //! Appends 100-byte messages in a loop for profiling: `cargo run --release --example
-//! profile_append -- [seconds] [batch] [commitlog|segmented]`.
+//! profile_append -- [seconds] [batch] [commitlog|segmented] [partitions]`. With several
+//! partitions the batches go round-robin over them; every partition gets one message before the
+//! timed loop starts (which prints `timed loop starts` to stderr, for `perf record -D`).
 
 use std::time::{Duration, Instant};
 
@@ -13,11 +15,14 @@ fn main() -> duolog::Result<()> {
         Some("segmented") => EngineKind::Segmented,
         _ => EngineKind::CommitLog,
     };
+    let partitions: u32 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
     let dir = tempfile::tempdir().map_err(|e| duolog::Error::InvalidArgument(e.to_string()))?;
     let opts = StoreOptions {
         engine: Some(engine),
         segmented: SegmentedOptions {
             segment_bytes: 256 << 20,
+            max_index_bytes: 1 << 20,
+            max_open_segments: 8192,
             retention: None,
             ..SegmentedOptions::default()
         },
@@ -29,13 +34,19 @@ fn main() -> duolog::Result<()> {
         ..StoreOptions::default()
     };
     let store = duolog::open(dir.path(), opts)?;
-    store.create_topic("p", TopicConfig::default())?;
+    store.create_topic("p", TopicConfig::with_partitions(partitions))?;
     let msgs: Vec<Message> = (0..batch).map(|_| Message::new(vec![b'm'; 100])).collect();
+    for p in 0..partitions {
+        store.append("p", p, &msgs[..1])?;
+    }
+    eprintln!("timed loop starts");
     let start = Instant::now();
     let mut n = 0u64;
+    let mut p = 0u32;
     while start.elapsed() < Duration::from_secs(secs) {
         for _ in 0..1000 {
-            store.append("p", 0, &msgs)?;
+            store.append("p", p, &msgs)?;
+            p = (p + 1) % partitions;
         }
         n += 1000 * batch as u64;
     }

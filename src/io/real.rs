@@ -60,12 +60,14 @@ impl MappedStorage for RealMapped {
         if !random {
             return self.map.advise_range(memmap2::Advice::Normal, offset, len);
         }
-        // Large folios already cached around the range (from an earlier writer or readahead)
-        // would stay large: drop the clean ones from the 2 MiB boundary below `offset` on. Our
-        // page-table entries go first (a cached page that is mapped is not dropped); dirty
-        // pages stay, and are small-paged once written back and dropped some later time.
+        // Large folios already cached around the range (from an earlier writer, readahead, or a
+        // warm-up that faulted zero pages in ahead of it) would stay large: write back and drop
+        // them from the 2 MiB boundary below `offset` on. Dirty pages cannot be dropped, hence
+        // the flush first (a no-op where nothing is dirty); our page-table entries go next (a
+        // cached page that is mapped is not dropped).
         let from = offset - offset % (2 << 20);
         let end = offset + len;
+        self.map.flush_range(from, end - from)?;
         // SAFETY: this is a shared file mapping, for which MADV_DONTNEED only removes page-table
         // entries: the next access maps the same page-cache page (or reads the file) again, so
         // no reader can observe a change, and dirty pages stay dirty in the page cache.

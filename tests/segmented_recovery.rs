@@ -201,7 +201,20 @@ fn clean_shutdown_marker_skips_recovery_even_with_recovery_point_zero() {
         ));
         s.abandon();
     }
-    // Without the marker (a crash), recovery from point 0 truncates at the damage.
+    // Without the marker (a crash), the recovery point that open wrote (300) covers the damage:
+    // as in Kafka, data below the recovery point is durable and trusted at open, and the damage
+    // is still found when read, never returned.
+    {
+        let s = SegmentedStore::open(dir.path(), o.clone()).unwrap();
+        assert_eq!(s.bounds("t", 0).unwrap().end, 300);
+        assert!(matches!(
+            s.read("t", 0, 63, ReadLimits::default()),
+            Err(Error::Corrupted { .. })
+        ));
+        s.abandon();
+    }
+    // Without a recovery point either, recovery validates from 0 and truncates at the damage.
+    std::fs::remove_file(dir.path().join("recovery-point-offset-checkpoint")).unwrap();
     let s = SegmentedStore::open(dir.path(), o).unwrap();
     assert_eq!(s.bounds("t", 0).unwrap().end, ends[20].1 as u64 + 1);
 }
@@ -425,4 +438,98 @@ fn segments_roll_by_age() {
         ]
     );
     assert_eq!(all(&s).len(), 3);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// An unclean open resumes validating the active segment at the recovery point, rebuilding the
+/// part below it from the offset index's (checked) entries; the indexes it ends with must be
+/// exactly those a full scan from the segment's start writes.
+#[test]
+fn resumed_recovery_rebuilds_the_same_indexes_as_a_full_scan() {
+    let src = tempfile::tempdir().unwrap();
+    let o = StoreOptions {
+        segmented: SegmentedOptions {
+            segment_bytes: 4 << 20,
+            max_index_bytes: 64 << 10,
+            ..opts().segmented
+        },
+        ..opts()
+    };
+    fill(src.path(), 2000, &o);
+    {
+        // This (unclean) open writes the recovery point 6000, in the middle of the segment;
+        // then comes an unflushed tail, with a torn last batch, and a crash.
+        let s = SegmentedStore::open(src.path(), o.clone()).unwrap();
+        assert_eq!(s.bounds("t", 0).unwrap().end, 6000);
+        for i in 0..500 {
+            if i % 50 == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            s.append("t", 0, &[Message::new(format!("tail-{i}"))])
+                .unwrap();
+        }
+        s.abandon();
+    }
+    assert_eq!(
+        segment_files(src.path(), "log").len(),
+        1,
+        "one active segment"
+    );
+    let log = segment_files(src.path(), "log").pop().unwrap();
+    let len = std::fs::metadata(&log).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+
+    let resumed = tempfile::tempdir().unwrap();
+    let full = tempfile::tempdir().unwrap();
+    copy_dir(src.path(), resumed.path());
+    copy_dir(src.path(), full.path());
+    std::fs::remove_file(full.path().join("recovery-point-offset-checkpoint")).unwrap();
+    let mut records = Vec::new();
+    for dir in [resumed.path(), full.path()] {
+        let s = SegmentedStore::open(dir, o.clone()).unwrap();
+        assert_eq!(
+            s.bounds("t", 0).unwrap().end,
+            6499,
+            "the torn last batch is cut"
+        );
+        assert!(
+            s.verify().unwrap().is_ok(),
+            "{:?}",
+            s.verify().unwrap().problems
+        );
+        let mut all = Vec::new();
+        let mut at = 0;
+        while at < 6499 {
+            let batch = s.read("t", 0, at, ReadLimits::messages(1000)).unwrap();
+            at = batch.last().unwrap().offset() + 1;
+            all.extend(batch.into_iter().map(|r| (r.offset(), r.store_timestamp())));
+        }
+        records.push(all);
+        assert_eq!(s.offset_for_time("t", 0, 0).unwrap(), Some(0));
+        s.abandon();
+    }
+    assert_eq!(records[0], records[1]);
+    for ext in ["index", "timeindex"] {
+        let a = std::fs::read(segment_files(resumed.path(), ext).pop().unwrap()).unwrap();
+        let b = std::fs::read(segment_files(full.path(), ext).pop().unwrap()).unwrap();
+        assert!(a.iter().any(|&x| x != 0), "{ext} has entries");
+        assert!(a == b, "{ext} differs between resumed and full recovery");
+    }
 }

@@ -173,6 +173,7 @@ impl Partition {
             meta.size,
             ctx.opts.index_interval_bytes,
             ctx.opts.max_index_bytes,
+            0,
         );
         ctx.cache.remove((self.uid, base));
         segment::write_indexes(
@@ -490,13 +491,42 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
             let scan = if trust_tail {
                 None
             } else {
-                Some(segment::scan(
-                    log.as_ref(),
-                    base,
-                    size,
-                    o.index_interval_bytes,
-                    o.max_index_bytes,
-                ))
+                let trusted_below = if spec.clean { 0 } else { spec.recovery_point };
+                // After a crash, skip the part of the segment below the recovery point using
+                // its offset index as (checked) hints; otherwise validate from the start.
+                let resume = if trusted_below > base && have_indexes {
+                    fs.open_file(&oi, OpenMode::Existing).ok().and_then(|idx| {
+                        segment::resume_state(
+                            log.as_ref(),
+                            idx.as_ref(),
+                            base,
+                            size,
+                            o.max_index_bytes,
+                            trusted_below,
+                        )
+                    })
+                } else {
+                    None
+                };
+                Some(match resume {
+                    Some(state) => segment::scan_from(
+                        log.as_ref(),
+                        base,
+                        size,
+                        o.index_interval_bytes,
+                        o.max_index_bytes,
+                        trusted_below,
+                        state,
+                    ),
+                    None => segment::scan(
+                        log.as_ref(),
+                        base,
+                        size,
+                        o.index_interval_bytes,
+                        o.max_index_bytes,
+                        trusted_below,
+                    ),
+                })
             };
             match scan {
                 Some(scan) => {
@@ -510,6 +540,11 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
                         }
                         fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
                         bases.truncate(i + 1);
+                    } else if !spec.clean && scan.next_offset > spec.recovery_point {
+                        // What was validated past the recovery point may exist only in the page
+                        // cache (a process crash); the recovery point written at open will claim
+                        // it, and the next unclean open trusts what it claims.
+                        log.sync_data().map_err(|e| Error::io(&lp, e))?;
                     }
                     let sealed = i + 1 < bases.len();
                     segment::write_indexes(fs, dir, base, &scan, sealed, o.max_index_bytes)?;
@@ -543,6 +578,7 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
                                 size,
                                 o.index_interval_bytes,
                                 o.max_index_bytes,
+                                0,
                             );
                             if scan.valid_size < size {
                                 log.set_len(scan.valid_size)

@@ -294,15 +294,18 @@ pub(crate) struct ScanResult {
 }
 
 /// Validates a segment's log from the start and rebuilds its index entries in memory. Stops at
-/// the first batch that fails a check, overlaps the previous one, or runs past the file.
+/// the first batch that fails a check, overlaps the previous one, or runs past the file. Batches
+/// whose last offset is below `trusted_below` (the recovery point) are only parsed, not read
+/// and checksummed.
 pub(crate) fn scan(
     log: &dyn StorageFile,
     base: u64,
     file_len: u64,
     interval: u64,
     max_index_bytes: u64,
+    trusted_below: u64,
 ) -> ScanResult {
-    let mut r = ScanResult {
+    let start = ScanResult {
         valid_size: 0,
         next_offset: base,
         max_timestamp: -1,
@@ -311,11 +314,34 @@ pub(crate) fn scan(
         bytes_since_index: 0,
         last_time_indexed: -1,
     };
+    scan_from(
+        log,
+        base,
+        file_len,
+        interval,
+        max_index_bytes,
+        trusted_below,
+        start,
+    )
+}
+
+/// Like [`scan`], but resumes from an earlier scan's state at `start.valid_size` (a batch
+/// boundary), keeping its entries.
+pub(crate) fn scan_from(
+    log: &dyn StorageFile,
+    base: u64,
+    file_len: u64,
+    interval: u64,
+    max_index_bytes: u64,
+    trusted_below: u64,
+    start: ScanResult,
+) -> ScanResult {
+    let mut r = start;
     let max_offset_entries = (max_index_bytes / OFFSET_ENTRY as u64) as usize;
     let max_time_entries = (max_index_bytes / TIME_ENTRY as u64) as usize;
     let mut buf = Vec::new();
-    let mut pos = 0u64;
-    let mut first = true;
+    let mut pos = r.valid_size;
+    let mut first = pos == 0;
     loop {
         if pos + HEADER_LEN as u64 > file_len {
             break;
@@ -332,13 +358,23 @@ pub(crate) fn scan(
         if pos + total > file_len {
             break;
         }
-        buf.resize(total as usize, 0);
-        if io::read_exact_at(log, &mut buf, pos).is_err() {
-            break;
+        // A batch wholly below the recovery point was made durable before the point was
+        // recorded: its header is enough to rebuild the indexes (Kafka trusts such data without
+        // reading it at all). Reads still check every batch's CRC.
+        // (Past the durable prefix a header would need offsets below the previous batch's to
+        // pass as trusted, which the order check below rejects.)
+        let trusted = header.base_offset >= 0
+            && header.last_offset() >= header.base_offset
+            && (header.last_offset() as u64) < trusted_below;
+        if !trusted {
+            buf.resize(total as usize, 0);
+            if io::read_exact_at(log, &mut buf, pos).is_err() {
+                break;
+            }
+            if batch::check_batch(&buf).is_err() {
+                break;
+            }
         }
-        let Ok(header) = batch::check_batch(&buf) else {
-            break;
-        };
         let base_offset = header.base_offset as u64;
         if base_offset < r.next_offset
             || (first && base_offset < base)
@@ -371,6 +407,103 @@ pub(crate) fn scan(
         r.valid_size = pos;
     }
     r
+}
+
+/// Where an unclean open can resume validating a segment whose log is durable below
+/// `trusted_below` (the recovery point): the scan state just after the last offset-index entry
+/// that points at a batch wholly below it, rebuilt without reading the log before it.
+///
+/// The index files are not flushed with the log, so after a crash their entries are only hints:
+/// every entry kept is checked against the batch header it points at (positions and offsets
+/// strictly increasing, the header's last offset equal to the entry's), and the first entry that
+/// fails ends the trusted run. The time index is not read at all: its entries sit only at the
+/// first batch and at offset-index points, so they are regenerated from the same headers by the
+/// writer's rule. `None` when there is nothing to skip (then scan from the start).
+pub(crate) fn resume_state(
+    log: &dyn StorageFile,
+    offset_index: &dyn StorageFile,
+    base: u64,
+    file_len: u64,
+    max_index_bytes: u64,
+    trusted_below: u64,
+) -> Option<ScanResult> {
+    let header_at = |pos: u64| -> Option<BatchHeader> {
+        if pos + HEADER_LEN as u64 > file_len {
+            return None;
+        }
+        let mut h = [0u8; HEADER_LEN];
+        io::read_exact_at(log, &mut h, pos).ok()?;
+        let header = batch::parse_header(&h).ok()?;
+        (pos + header.total_len() as u64 <= file_len && header.base_offset >= base as i64)
+            .then_some(header)
+    };
+    let first = header_at(0)?;
+    let index_len = offset_index.len().ok()?;
+    let max_offset_entries = max_index_bytes / OFFSET_ENTRY as u64;
+    let max_time_entries = (max_index_bytes / TIME_ENTRY as u64) as usize;
+    // The validated entries, each with the header it points at.
+    let mut kept: Vec<(u32, u32, BatchHeader)> = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut at = 0u64;
+    'read: while at < index_len && (kept.len() as u64) < max_offset_entries {
+        let n = (index_len - at).min(chunk.len() as u64) as usize;
+        let n = n - n % OFFSET_ENTRY;
+        if n == 0 {
+            break;
+        }
+        io::read_exact_at(offset_index, &mut chunk[..n], at).ok()?;
+        for i in 0..n / OFFSET_ENTRY {
+            let (rel, pos) = index::offset_at(&chunk[..n], i);
+            let (prev_rel, prev_pos) = kept.last().map_or((None, 0), |&(r, p, _)| (Some(r), p));
+            if u64::from(pos) <= u64::from(prev_pos) || prev_rel.is_some_and(|p| rel <= p) {
+                break 'read;
+            }
+            let Some(h) = header_at(u64::from(pos)) else {
+                break 'read;
+            };
+            let last = h.last_offset();
+            if last < h.base_offset
+                || last as u64 != base + u64::from(rel)
+                || last as u64 >= trusted_below
+            {
+                break 'read;
+            }
+            kept.push((rel, pos, h));
+        }
+        at += n as u64;
+    }
+    let &(rel_e, pos_e, ref h_e) = kept.last()?;
+    // The time entries the writer made before batch E: at the first batch, then at each
+    // offset-index point whose batch raised the newest timestamp.
+    let mut time_entries = Vec::new();
+    let mut last_time_indexed = -1i64;
+    let first_rel = u32::try_from(first.last_offset() as u64 - base).ok()?;
+    let points = std::iter::once((first_rel, &first))
+        .chain(kept[..kept.len() - 1].iter().map(|(rel, _, h)| (*rel, h)));
+    for (rel, h) in points {
+        if h.max_timestamp > last_time_indexed && time_entries.len() / TIME_ENTRY < max_time_entries
+        {
+            time_entries.extend_from_slice(&index::time_entry(h.max_timestamp, rel));
+            last_time_indexed = h.max_timestamp;
+        }
+    }
+    let mut offset_entries = Vec::with_capacity(kept.len() * OFFSET_ENTRY);
+    for (rel, pos, _) in &kept {
+        offset_entries.extend_from_slice(&index::offset_entry(*rel, *pos));
+    }
+    debug_assert_eq!(u64::from(rel_e), h_e.last_offset() as u64 - base);
+    Some(ScanResult {
+        valid_size: u64::from(pos_e),
+        next_offset: h_e.base_offset as u64,
+        // Store times never go backwards in a duolog partition, so batch E's (read when the
+        // scan resumes there) bounds everything before it.
+        max_timestamp: last_time_indexed,
+        offset_entries,
+        time_entries,
+        // Entry E was just added, as the writer had when it reached batch E.
+        bytes_since_index: 0,
+        last_time_indexed,
+    })
 }
 
 /// Rewrites a segment's index files from scan results: sized to the entries when `sealed`, else

@@ -508,25 +508,15 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
                 } else {
                     None
                 };
-                Some(match resume {
-                    Some(state) => segment::scan_from(
-                        log.as_ref(),
-                        base,
-                        size,
-                        o.index_interval_bytes,
-                        o.max_index_bytes,
-                        trusted_below,
-                        state,
-                    ),
-                    None => segment::scan(
-                        log.as_ref(),
-                        base,
-                        size,
-                        o.index_interval_bytes,
-                        o.max_index_bytes,
-                        trusted_below,
-                    ),
-                })
+                Some(segment::scan_from(
+                    log.as_ref(),
+                    base,
+                    size,
+                    o.index_interval_bytes,
+                    o.max_index_bytes,
+                    trusted_below,
+                    resume.unwrap_or_else(|| segment::ScanResult::start(base)),
+                ))
             };
             match scan {
                 Some(scan) => {

@@ -293,6 +293,21 @@ pub(crate) struct ScanResult {
     pub(crate) last_time_indexed: i64,
 }
 
+impl ScanResult {
+    /// The state before the first batch of the segment based at `base`.
+    pub(crate) fn start(base: u64) -> ScanResult {
+        ScanResult {
+            valid_size: 0,
+            next_offset: base,
+            max_timestamp: -1,
+            offset_entries: Vec::new(),
+            time_entries: Vec::new(),
+            bytes_since_index: 0,
+            last_time_indexed: -1,
+        }
+    }
+}
+
 /// Validates a segment's log from the start and rebuilds its index entries in memory. Stops at
 /// the first batch that fails a check, overlaps the previous one, or runs past the file. Batches
 /// whose last offset is below `trusted_below` (the recovery point) are only parsed, not read
@@ -305,15 +320,6 @@ pub(crate) fn scan(
     max_index_bytes: u64,
     trusted_below: u64,
 ) -> ScanResult {
-    let start = ScanResult {
-        valid_size: 0,
-        next_offset: base,
-        max_timestamp: -1,
-        offset_entries: Vec::new(),
-        time_entries: Vec::new(),
-        bytes_since_index: 0,
-        last_time_indexed: -1,
-    };
     scan_from(
         log,
         base,
@@ -321,7 +327,7 @@ pub(crate) fn scan(
         interval,
         max_index_bytes,
         trusted_below,
-        start,
+        ScanResult::start(base),
     )
 }
 

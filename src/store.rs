@@ -228,7 +228,10 @@ impl fmt::Debug for Properties {
 
 /// What a reader gets back: the message as appended plus where and when it was stored.
 ///
-/// Byte fields share one buffer per read call, so a record costs no allocation of its own.
+/// Byte fields are slices of a shared buffer — on the CommitLog engine the mapped log file itself
+/// (zero-copy), on the segmented engine one buffer per read call — so a record costs no
+/// allocation of its own. A record keeps that buffer alive: one held after retention deleted its
+/// file keeps the file's mapping (not its directory entry) until dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Record {
     pub(crate) offset: u64,

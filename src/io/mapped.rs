@@ -30,9 +30,9 @@ struct PublishedRange {
 
 impl AsRef<[u8]> for PublishedRange {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: `[pos, pos + len)` was below `committed` when this range was made, `committed`
-        // never shrinks while the file is shared (and `self.file` shares it), so the bytes are
-        // immutable; the `Arc` keeps the mapping alive as long as this range lives.
+        // `[pos, pos + len)` was below `committed` when this range was made, and `committed`
+        // never shrinks while the file is shared (`self.file` shares it).
+        // SAFETY: so those bytes are immutable, and the `Arc` keeps the mapping alive.
         unsafe { std::slice::from_raw_parts(self.file.ptr.add(self.pos), self.len) }
     }
 }

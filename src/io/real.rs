@@ -68,9 +68,9 @@ impl MappedStorage for RealMapped {
         let from = offset - offset % (2 << 20);
         let end = offset + len;
         self.map.flush_range(from, end - from)?;
-        // SAFETY: this is a shared file mapping, for which MADV_DONTNEED only removes page-table
-        // entries: the next access maps the same page-cache page (or reads the file) again, so
-        // no reader can observe a change, and dirty pages stay dirty in the page cache.
+        // On a shared file mapping MADV_DONTNEED only removes page-table entries: the next access
+        // maps the same page-cache page (or reads the file) again; dirty pages stay dirty.
+        // SAFETY: so no reader of the mapping can observe a change to its contents.
         unsafe {
             self.map.unchecked_advise_range(
                 memmap2::UncheckedAdvice::DontNeed,

@@ -6,30 +6,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{for_each_engine, open, small_options};
-use duolog::{Error, FlushPolicy, LogStore, Message, ReadLimits, TopicConfig};
+use common::{for_each_engine, open, read_all, small_options};
+use duolog::{Error, FlushPolicy, Message, ReadLimits, TopicConfig};
 
 fn msg(i: usize) -> Message {
     Message::new(format!("body-{i}")).with_key(format!("key-{i}"))
-}
-
-fn read_all(store: &dyn LogStore, topic: &str, partition: u32) -> Vec<duolog::Record> {
-    let b = store.bounds(topic, partition).unwrap();
-    let mut out = Vec::new();
-    let mut at = b.start;
-    while at < b.end {
-        let batch = store
-            .read(topic, partition, at, ReadLimits::messages(100))
-            .unwrap();
-        assert!(
-            !batch.is_empty(),
-            "read at {at} below end {} returned nothing",
-            b.end
-        );
-        at = batch.last().unwrap().offset() + 1;
-        out.extend(batch);
-    }
-    out
 }
 
 #[test]

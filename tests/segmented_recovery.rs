@@ -9,7 +9,7 @@ use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use common::small_options;
+use common::{read_all, small_options};
 use duolog::segmented::batch::{self, ProducerInfo, RecordInput};
 use duolog::{
     EngineKind, Error, LogStore, Message, ReadLimits, SegmentedOptions, SegmentedStore,
@@ -514,13 +514,10 @@ fn resumed_recovery_rebuilds_the_same_indexes_as_a_full_scan() {
             "{:?}",
             s.verify().unwrap().problems
         );
-        let mut all = Vec::new();
-        let mut at = 0;
-        while at < 6499 {
-            let batch = s.read("t", 0, at, ReadLimits::messages(1000)).unwrap();
-            at = batch.last().unwrap().offset() + 1;
-            all.extend(batch.into_iter().map(|r| (r.offset(), r.store_timestamp())));
-        }
+        let all: Vec<(u64, i64)> = read_all(&s, "t", 0)
+            .iter()
+            .map(|r| (r.offset(), r.store_timestamp()))
+            .collect();
         records.push(all);
         assert_eq!(s.offset_for_time("t", 0, 0).unwrap(), Some(0));
         s.abandon();

@@ -10,8 +10,7 @@ use super::record::{self, Checks, Decoded};
 use crate::error::{Error, Result};
 use crate::store::{Properties, PropertyEncoding, ReadLimits, Record};
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    let b = s.as_bytes();
+fn unhex(b: &[u8]) -> Option<Vec<u8>> {
     if !b.len().is_multiple_of(2) {
         return None;
     }
@@ -59,10 +58,7 @@ pub(crate) fn make_record(
             b"__KEY" => key = Some(slice(value)),
             b"__KEYHEX" => {
                 key = Some(Bytes::from(
-                    std::str::from_utf8(value)
-                        .ok()
-                        .and_then(unhex)
-                        .ok_or_else(|| corrupt("bad hex key"))?,
+                    unhex(value).ok_or_else(|| corrupt("bad hex key"))?,
                 ))
             }
             b"TAGS" => tags = Some(slice(value)),

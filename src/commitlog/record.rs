@@ -557,11 +557,11 @@ pub fn iter_raw_properties(raw: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 /// Iterates `name\u{1}value\u{2}` pairs as text. Pairs that are not valid UTF-8 or lack the
 /// name/value separator are skipped.
 pub fn iter_properties(raw: &[u8]) -> impl Iterator<Item = (&str, &str)> {
-    raw.split(|&b| b == PROPERTY_SEPARATOR).filter_map(|pair| {
-        let sep = pair.iter().position(|&b| b == NAME_VALUE_SEPARATOR)?;
-        let name = std::str::from_utf8(&pair[..sep]).ok()?;
-        let value = std::str::from_utf8(&pair[sep + 1..]).ok()?;
-        Some((name, value))
+    iter_raw_properties(raw).filter_map(|(name, value)| {
+        Some((
+            std::str::from_utf8(name).ok()?,
+            std::str::from_utf8(value).ok()?,
+        ))
     })
 }
 

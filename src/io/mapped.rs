@@ -30,10 +30,9 @@ struct PublishedRange {
 
 impl AsRef<[u8]> for PublishedRange {
     fn as_ref(&self) -> &[u8] {
-        // `[pos, pos + len)` was below `committed` when this range was made, and `committed`
-        // never shrinks while the file is shared (`self.file` shares it).
-        // SAFETY: so those bytes are immutable, and the `Arc` keeps the mapping alive.
-        unsafe { std::slice::from_raw_parts(self.file.ptr.add(self.pos), self.len) }
+        // The range was published when it was made and `committed` never shrinks while the
+        // file is shared (`self.file` shares it), so this read always finds it.
+        self.file.read(self.pos, self.len).unwrap_or_default()
     }
 }
 
@@ -246,11 +245,9 @@ impl MappedFile {
     /// Faults in the pages from the write cursor up to `window` bytes past it (see
     /// [`MappedStorage::prefault`]). Runs on a background thread; the bytes do not change.
     pub fn prefault_ahead(&self, window: usize) -> io::Result<()> {
-        let from = self
-            .prefaulted
-            .load(Ordering::Acquire)
-            .max(self.write_position());
-        let to = (self.write_position() + window).min(self.len);
+        let cursor = self.write_position();
+        let from = self.prefaulted.load(Ordering::Acquire).max(cursor);
+        let to = (cursor + window).min(self.len);
         if to > from {
             let result = self.storage.prefault(from, to - from);
             // Advanced even on failure: a kernel without the call should not be asked again.

@@ -631,13 +631,7 @@ fn scan_tail(
     let mut max_ts = -1;
     let mut buf = Vec::new();
     while pos < size {
-        let mut h = [0u8; batch::HEADER_LEN];
-        io::read_exact_at(log, &mut h, pos).ok()?;
-        let header = batch::parse_header(&h).ok()?;
-        let total = header.total_len() as u64;
-        if pos + total > size {
-            return None;
-        }
+        let total = segment::read_header(log, pos, size).ok()?.total_len() as u64;
         buf.resize(total as usize, 0);
         io::read_exact_at(log, &mut buf, pos).ok()?;
         let header = batch::check_batch(&buf).ok()?;

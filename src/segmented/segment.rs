@@ -239,17 +239,27 @@ impl SegmentHandle {
         pos: u64,
         size: u64,
     ) -> std::result::Result<BatchHeader, BatchError> {
-        if pos + HEADER_LEN as u64 > size {
-            return Err(BatchError::Truncated);
-        }
-        let mut h = [0u8; HEADER_LEN];
-        io::read_exact_at(self.log.as_ref(), &mut h, pos).map_err(|_| BatchError::Truncated)?;
-        let header = batch::parse_header(&h)?;
-        if pos + header.total_len() as u64 > size {
-            return Err(BatchError::Truncated);
-        }
-        Ok(header)
+        read_header(self.log.as_ref(), pos, size)
     }
+}
+
+/// Reads and parses the header of the batch at `pos` of a log of `size` bytes; a header or batch
+/// that does not fit in `size` is `Truncated`.
+pub(crate) fn read_header(
+    log: &dyn StorageFile,
+    pos: u64,
+    size: u64,
+) -> std::result::Result<BatchHeader, BatchError> {
+    if pos + HEADER_LEN as u64 > size {
+        return Err(BatchError::Truncated);
+    }
+    let mut h = [0u8; HEADER_LEN];
+    io::read_exact_at(log, &mut h, pos).map_err(|_| BatchError::Truncated)?;
+    let header = batch::parse_header(&h)?;
+    if pos + header.total_len() as u64 > size {
+        return Err(BatchError::Truncated);
+    }
+    Ok(header)
 }
 
 /// Seals a segment: indexes trimmed to their entries and synced, log synced.
@@ -348,22 +358,10 @@ pub(crate) fn scan_from(
     let mut buf = Vec::new();
     let mut pos = r.valid_size;
     let mut first = pos == 0;
-    loop {
-        if pos + HEADER_LEN as u64 > file_len {
-            break;
-        }
-        let mut h = [0u8; HEADER_LEN];
-        if io::read_exact_at(log, &mut h, pos).is_err() {
-            break;
-        }
-        let Ok(header) = batch::parse_header(&h) else {
-            break;
-        };
+    // A batch longer than the file is refused by `read_header`, so nothing is allocated by its
+    // length.
+    while let Ok(header) = read_header(log, pos, file_len) {
         let total = header.total_len() as u64;
-        // Never allocate by a length the file cannot hold.
-        if pos + total > file_len {
-            break;
-        }
         // A batch wholly below the recovery point was made durable before the point was
         // recorded: its header is enough to rebuild the indexes (Kafka trusts such data without
         // reading it at all). Reads still check every batch's CRC.
@@ -434,14 +432,9 @@ pub(crate) fn resume_state(
     trusted_below: u64,
 ) -> Option<ScanResult> {
     let header_at = |pos: u64| -> Option<BatchHeader> {
-        if pos + HEADER_LEN as u64 > file_len {
-            return None;
-        }
-        let mut h = [0u8; HEADER_LEN];
-        io::read_exact_at(log, &mut h, pos).ok()?;
-        let header = batch::parse_header(&h).ok()?;
-        (pos + header.total_len() as u64 <= file_len && header.base_offset >= base as i64)
-            .then_some(header)
+        read_header(log, pos, file_len)
+            .ok()
+            .filter(|h| h.base_offset >= base as i64)
     };
     let first = header_at(0)?;
     let index_len = offset_index.len().ok()?;

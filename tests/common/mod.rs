@@ -1,13 +1,13 @@
 //! Helpers shared by the integration tests: one list of engines, small files so rolling happens
-//! constantly, and a way to run a behaviour on every engine.
+//! constantly, and a way to run a behaviour on every engine, and a full read of a partition.
 #![allow(dead_code)]
 
 use std::path::Path;
 use std::time::Duration;
 
 use duolog::{
-    CommitLogOptions, EngineKind, FlushPolicy, IndexOptions, LogStore, SegmentedOptions,
-    StoreOptions,
+    CommitLogOptions, EngineKind, FlushPolicy, IndexOptions, LogStore, ReadLimits,
+    SegmentedOptions, StoreOptions,
 };
 
 /// Every engine the crate has; each conformance test runs on all of them.
@@ -55,4 +55,25 @@ pub fn for_each_engine(f: impl Fn(EngineKind, &Path)) {
         eprintln!("engine: {engine}");
         f(engine, dir.path());
     }
+}
+
+/// Every record of a partition, read in fetches of 100; a fetch below the end that returns
+/// nothing fails the test.
+pub fn read_all(store: &dyn LogStore, topic: &str, partition: u32) -> Vec<duolog::Record> {
+    let b = store.bounds(topic, partition).unwrap();
+    let mut out = Vec::new();
+    let mut at = b.start;
+    while at < b.end {
+        let batch = store
+            .read(topic, partition, at, ReadLimits::messages(100))
+            .unwrap();
+        assert!(
+            !batch.is_empty(),
+            "read at {at} below end {} returned nothing",
+            b.end
+        );
+        at = batch.last().unwrap().offset() + 1;
+        out.extend(batch);
+    }
+    out
 }

@@ -97,7 +97,7 @@ fn fanout_options(engine: EngineKind) -> StoreOptions {
     let mut o = options(engine, FlushPolicy::default());
     o.commitlog.consume_queue_units = 16_384;
     o.segmented.max_index_bytes = 1 << 20;
-    o.segmented.max_open_segments = 8192;
+    o.max_open_files = 8192;
     o
 }
 

@@ -22,7 +22,6 @@ fn main() -> duolog::Result<()> {
         segmented: SegmentedOptions {
             segment_bytes: 256 << 20,
             max_index_bytes: 1 << 20,
-            max_open_segments: 8192,
             retention: None,
             ..SegmentedOptions::default()
         },
@@ -31,6 +30,7 @@ fn main() -> duolog::Result<()> {
             retention: None,
             ..CommitLogOptions::default()
         },
+        max_open_files: 8192,
         ..StoreOptions::default()
     };
     let store = duolog::open(dir.path(), opts)?;

@@ -30,7 +30,7 @@
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
 mod catalog;
-#[allow(unsafe_code)]
+mod clock;
 pub mod commitlog;
 pub mod durability;
 mod error;
@@ -41,7 +41,6 @@ mod offsets_file;
 mod open;
 mod options;
 mod partitioner;
-#[allow(unsafe_code)]
 pub mod segmented;
 mod store;
 

@@ -121,9 +121,6 @@ pub struct SegmentedOptions {
     /// Delete the oldest segments while a partition is larger than this. Default: none
     /// (`retention.bytes` = -1).
     pub retention_bytes: Option<u64>,
-    /// Most segments open at once (each holds a log file descriptor and two index mappings).
-    /// Partitions beyond it reopen their files on use. Default: 1024.
-    pub max_open_segments: usize,
     /// How often recovery points are written (they bound an unclean open). Default: 1 s.
     pub checkpoint_interval: Duration,
     /// How often retention runs in the background. Default: 10 s.
@@ -139,7 +136,6 @@ impl Default for SegmentedOptions {
             max_index_bytes: 10 << 20,
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
             retention_bytes: None,
-            max_open_segments: 1024,
             checkpoint_interval: Duration::from_secs(1),
             retention_check_interval: Duration::from_secs(10),
         }
@@ -184,6 +180,13 @@ pub struct StoreOptions {
     pub segmented: SegmentedOptions,
     /// Options of the key index.
     pub index: IndexOptions,
+    /// Most files the store's caches keep open at once, whatever the number of partitions:
+    /// segment handles on the segmented engine, consume-queue files on the CommitLog engine.
+    /// Each cached file holds at most one descriptor and two mappings; partitions beyond the
+    /// bound reopen their files on use. The store's fixed files (its `LOCK`, the commit-log
+    /// and key-index files, a few dozen at most) come on top. Default: 512, which leaves room
+    /// under the usual soft limit of 1,024 descriptors. Minimum 1.
+    pub max_open_files: usize,
     /// The storage every file operation goes through. Default: the real file system.
     pub fs: Arc<dyn FileSystem>,
 }
@@ -197,6 +200,7 @@ impl Default for StoreOptions {
             commitlog: CommitLogOptions::default(),
             segmented: SegmentedOptions::default(),
             index: IndexOptions::default(),
+            max_open_files: 512,
             fs: Arc::new(RealFs),
         }
     }

@@ -379,7 +379,7 @@ fn mappings() -> usize {
 fn ten_thousand_partitions_stay_under_the_handle_budget() {
     let dir = tempfile::tempdir().unwrap();
     let mut o = opts();
-    o.segmented.max_open_segments = 64;
+    o.max_open_files = 64;
     o.segmented.max_index_bytes = 1024;
     let fds_before = open_fds();
     let maps_before = mappings();

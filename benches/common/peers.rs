@@ -73,10 +73,10 @@ impl Duolog {
             segmented: SegmentedOptions {
                 segment_bytes: 256 << 20,
                 max_index_bytes: 1 << 20,
-                max_open_segments: 8192,
                 retention: None,
                 ..SegmentedOptions::default()
             },
+            max_open_files: 8192,
             ..StoreOptions::default()
         };
         let s = duolog::open(dir, options).expect("open");

@@ -41,12 +41,6 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
@@ -102,7 +96,7 @@ impl Inner {
             buf.clear();
             items.clear();
             let max = self.max_record_len();
-            let born_now = now_ms();
+            let born_now = crate::clock::now_ms();
             // One clock read per batch: the born time of untimestamped messages and the store time.
             for m in messages {
                 encode_properties(props, m)?;

@@ -34,7 +34,6 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
-pub(crate) use append::now_ms;
 pub use consume_queue::{UNIT_SIZE, Unit};
 
 use self::consume_queue::ConsumeQueue;
@@ -221,7 +220,7 @@ impl Inner {
             log_flushed: durable,
             dispatch_flushed: dispatched.min(durable),
             // Never behind a stamped store time, so store times stay monotonic across restarts.
-            written_at_ms: append::now_ms().max(self.append_lock.lock().last_store_timestamp),
+            written_at_ms: crate::clock::now_ms().max(self.append_lock.lock().last_store_timestamp),
         };
         cp.store(self.fs.as_ref(), &self.dir)
     }

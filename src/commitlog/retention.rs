@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use super::Inner;
-use super::append::now_ms;
+use crate::clock::{ms_before, now_ms};
 use super::record::{self, Checks, Decoded};
 use crate::error::Result;
 use crate::store::delete_before_target;
@@ -69,7 +69,7 @@ impl Inner {
             .min(files.len().saturating_sub(1));
         let mut delete = 0usize;
         if let Some(max_age) = opts.retention {
-            let cutoff = now_ms() - max_age.as_millis() as i64;
+            let cutoff = ms_before(now_ms(), max_age);
             // A file's newest record is no newer than the next file's first record.
             while delete < sealed {
                 let next_start = files[delete].start_offset() + size;

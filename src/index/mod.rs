@@ -180,7 +180,7 @@ impl KeyIndex {
 
     /// Creates a new, empty current file.
     fn roll(&self, now: i64) -> Result<Arc<IndexFile>> {
-        let mut ms = now.max(crate::commitlog::now_ms());
+        let mut ms = now.max(crate::clock::now_ms());
         let path = loop {
             let p = self.dir.join(index_file::file_name(ms));
             if !self.fs.exists(&p).map_err(|e| Error::io(&p, e))? {

@@ -40,7 +40,7 @@ use parking_lot::{Mutex, RwLock};
 use self::handles::HandleCache;
 use self::partition::{Ctx, LoadSpec, Partition};
 use crate::catalog::Catalog;
-use crate::commitlog::now_ms;
+use crate::clock::now_ms;
 use crate::durability::{
     BackgroundWork, Completion, DataSignal, FlushTarget, Flusher, GroupCommit, PeriodicJobs,
 };
@@ -353,7 +353,7 @@ impl SegmentedStore {
             ctx: Ctx {
                 fs: Arc::clone(&fs),
                 opts: options.segmented.clone(),
-                cache: HandleCache::new(options.segmented.max_open_segments),
+                cache: HandleCache::new(options.max_open_files),
                 closed: AtomicBool::new(false),
                 index: None,
             },

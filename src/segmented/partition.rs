@@ -48,9 +48,7 @@ pub(crate) struct Partition {
     pub(crate) dirty: AtomicBool,
 }
 
-fn now_ms() -> i64 {
-    crate::commitlog::now_ms()
-}
+use crate::clock::now_ms;
 
 impl Partition {
     fn handle(&self, ctx: &Ctx, meta: &SegmentMeta) -> Result<Arc<SegmentHandle>> {

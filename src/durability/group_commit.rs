@@ -88,6 +88,14 @@ pub(crate) struct GroupCommit {
     policy: FlushPolicy,
 }
 
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
 impl GroupCommit {
     pub(crate) fn new(durable: u64, policy: FlushPolicy) -> Self {
         GroupCommit {

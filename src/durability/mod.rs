@@ -4,12 +4,16 @@
 //!
 //! Positions here are opaque, monotonically increasing numbers chosen by the engine (the
 //! CommitLog engine uses physical log positions). This module never touches files itself: it
-//! calls the engine's [`FlushTarget`], and it never holds its lock across that call.
+//! calls the engine's [`FlushTarget`], and it never holds its lock across that call. The one
+//! exception is `SyncGuardFs`, a pass-through wrapper of the engine's file system that poisons
+//! the store when a sync fails.
 
 mod completion;
 mod data_signal;
 mod group_commit;
+mod sync_guard;
 
 pub use completion::Completion;
 pub(crate) use data_signal::DataSignal;
 pub(crate) use group_commit::{BackgroundWork, FlushTarget, Flusher, GroupCommit, PeriodicJobs};
+pub(crate) use sync_guard::SyncGuardFs;

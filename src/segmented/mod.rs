@@ -20,11 +20,16 @@
 //! This module owns those files and nothing else; it reaches them only through
 //! [`FileSystem`](crate::io::FileSystem).
 
+mod append;
 pub mod batch;
 mod handles;
 pub mod index;
+mod load;
 mod partition;
+mod read;
+mod retention;
 mod segment;
+mod verify;
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -38,11 +43,13 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 
 use self::handles::HandleCache;
-use self::partition::{Ctx, LoadSpec, Partition};
+use self::load::LoadSpec;
+use self::partition::{Ctx, Partition};
 use crate::catalog::Catalog;
 use crate::clock::now_ms;
 use crate::durability::{
     BackgroundWork, Completion, DataSignal, FlushTarget, Flusher, GroupCommit, PeriodicJobs,
+    SyncGuardFs,
 };
 use crate::error::{Error, Result};
 use crate::options::StoreOptions;
@@ -330,7 +337,8 @@ impl SegmentedStore {
                 "segment_bytes >= 1024, max_index_bytes >= 24 and index_interval_bytes > 0 are required".into(),
             ));
         }
-        let fs = Arc::clone(&options.fs);
+        let gc = Arc::new(GroupCommit::new(0, options.flush));
+        let fs = SyncGuardFs::wrap(Arc::clone(&options.fs), Arc::clone(&gc));
         let (lock, catalog) =
             crate::catalog::lock_and_load(fs.as_ref(), dir, EngineKind::Segmented)?;
         let marker = dir.join(CLEAN_SHUTDOWN_FILE);
@@ -363,7 +371,7 @@ impl SegmentedStore {
             next_uid: AtomicU64::new(0),
             appended: AtomicU64::new(0),
             dirty: Mutex::new(Vec::new()),
-            gc: Arc::new(GroupCommit::new(0, options.flush)),
+            gc,
             signal: DataSignal::default(),
             jobs: PeriodicJobs::new(
                 options.segmented.checkpoint_interval,
@@ -487,7 +495,7 @@ impl Inner {
         let mut partitions = Vec::with_capacity(config.partitions as usize);
         for p in 0..config.partitions {
             let (clean, recovery_point, log_start) = spec(p);
-            let part = partition::load(
+            let part = load::load(
                 &self.ctx,
                 LoadSpec {
                     uid: self.next_uid.fetch_add(1, Ordering::Relaxed),

@@ -1,0 +1,291 @@
+//! Opening a partition: listing its segments, trusting what a clean shutdown or the recovery
+//! point vouches for, validating the rest batch by batch, truncating at the first invalid batch.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+use parking_lot::Mutex;
+
+use super::batch;
+use super::index::{self, OFFSET_ENTRY, TIME_ENTRY};
+use super::partition::{Ctx, PartState, Partition, remove_segment_files};
+use super::segment::{self, SegmentMeta};
+use crate::clock::now_ms;
+use crate::error::{Error, Result};
+use crate::io::{self, FileSystem, OpenMode};
+
+/// How to load a partition.
+pub(crate) struct LoadSpec<'a> {
+    pub(crate) uid: u64,
+    pub(crate) topic: &'a str,
+    pub(crate) id: u32,
+    pub(crate) dir: PathBuf,
+    /// The last shutdown was clean: trust the files.
+    pub(crate) clean: bool,
+    /// Everything before this offset is known durable (unclean opens recover from its segment).
+    pub(crate) recovery_point: u64,
+    pub(crate) log_start: u64,
+}
+
+fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u64>> {
+    let mut bases = Vec::new();
+    for e in io::list_dir_or_empty(fs, dir).map_err(|e| Error::io(dir, e))? {
+        let name = e.name.as_str();
+        let (stem, ext) = name.rsplit_once('.').unwrap_or((name, ""));
+        match (io::parse_offset_name(stem), ext) {
+            (Some(base), "log") => bases.push(base),
+            (Some(_), "index" | "timeindex") => {}
+            (_, "tmp") => {
+                let p = dir.join(name);
+                fs.remove_file(&p).map_err(|e| Error::io(&p, e))?;
+            }
+            _ => {
+                return Err(Error::corrupted(
+                    dir.join(name),
+                    0,
+                    "unexpected file in a partition directory",
+                ));
+            }
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+/// Entries in a preallocated index file: its non-zero prefix, found by binary search with
+/// positional reads (entries are never all zero). Also returns the last entry.
+fn count_entries(fs: &dyn FileSystem, path: &Path, unit: usize) -> Result<(u64, Option<Vec<u8>>)> {
+    let len = fs.file_len(path).map_err(|e| Error::io(path, e))?;
+    let f = fs
+        .open_file(path, OpenMode::Existing)
+        .map_err(|e| Error::io(path, e))?;
+    let mut buf = vec![0u8; unit];
+    let mut present = |k: u64| -> Result<bool> {
+        io::read_exact_at(f.as_ref(), &mut buf, k * unit as u64).map_err(|e| Error::io(path, e))?;
+        Ok(buf.iter().any(|&b| b != 0))
+    };
+    let (mut lo, mut hi) = (0u64, len / unit as u64);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if present(mid)? {
+            lo = mid + 1
+        } else {
+            hi = mid
+        }
+    }
+    if lo == 0 {
+        return Ok((0, None));
+    }
+    let mut last = vec![0u8; unit];
+    io::read_exact_at(f.as_ref(), &mut last, (lo - 1) * unit as u64)
+        .map_err(|e| Error::io(path, e))?;
+    Ok((lo, Some(last)))
+}
+
+fn read_tail_entry(fs: &dyn FileSystem, path: &Path, unit: usize) -> Result<Option<Vec<u8>>> {
+    let len = fs.file_len(path).map_err(|e| Error::io(path, e))?;
+    if len < unit as u64 {
+        return Ok(None);
+    }
+    let f = fs
+        .open_file(path, OpenMode::Existing)
+        .map_err(|e| Error::io(path, e))?;
+    let mut b = vec![0u8; unit];
+    io::read_exact_at(f.as_ref(), &mut b, len - len % unit as u64 - unit as u64)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(Some(b))
+}
+
+/// Opens a partition directory: trusts segments before the recovery point (a clean shutdown
+/// trusts all), validates the others batch by batch, truncates at the first invalid batch,
+/// removes the segments after it, and rebuilds the indexes of everything it validated.
+pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
+    let fs = ctx.fs.as_ref();
+    let dir = &spec.dir;
+    let o = &ctx.opts;
+    fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut bases = list_segments(fs, dir)?;
+    let now = now_ms();
+    // The first segment that must be validated.
+    let recover_from = if spec.clean {
+        bases.len()
+    } else {
+        bases
+            .partition_point(|&b| b <= spec.recovery_point)
+            .saturating_sub(1)
+    };
+    let mut metas: Vec<SegmentMeta> = Vec::with_capacity(bases.len());
+    let mut i = 0;
+    while i < bases.len() {
+        let base = bases[i];
+        let last = i + 1 == bases.len();
+        let lp = segment::log_path(dir, base);
+        let size = fs.file_len(&lp).map_err(|e| Error::io(&lp, e))?;
+        let oi = segment::index_path(dir, base);
+        let ti = segment::time_index_path(dir, base);
+        let have_indexes = fs.exists(&oi).map_err(|e| Error::io(&oi, e))?
+            && fs.exists(&ti).map_err(|e| Error::io(&ti, e))?;
+        let mut meta = SegmentMeta::new(base, now);
+        meta.size = size;
+        let validate = i >= recover_from || !have_indexes || last;
+        if validate {
+            let log = fs
+                .open_file(&lp, OpenMode::Existing)
+                .map_err(|e| Error::io(&lp, e))?;
+            let trust_tail = spec.clean && have_indexes && last;
+            let scan = if trust_tail {
+                None
+            } else {
+                let trusted_below = if spec.clean { 0 } else { spec.recovery_point };
+                // After a crash, skip the part of the segment below the recovery point using
+                // its offset index as (checked) hints; otherwise validate from the start.
+                let resume = if trusted_below > base && have_indexes {
+                    fs.open_file(&oi, OpenMode::Existing).ok().and_then(|idx| {
+                        segment::resume_state(
+                            log.as_ref(),
+                            idx.as_ref(),
+                            base,
+                            size,
+                            o.max_index_bytes,
+                            trusted_below,
+                        )
+                    })
+                } else {
+                    None
+                };
+                Some(segment::scan_from(
+                    log.as_ref(),
+                    base,
+                    size,
+                    o.index_interval_bytes,
+                    o.max_index_bytes,
+                    trusted_below,
+                    resume.unwrap_or_else(|| segment::ScanResult::start(base)),
+                ))
+            };
+            match scan {
+                Some(scan) => {
+                    if scan.valid_size < size {
+                        // Truncate the first invalid batch and everything after it.
+                        log.set_len(scan.valid_size)
+                            .map_err(|e| Error::io(&lp, e))?;
+                        log.sync_data().map_err(|e| Error::io(&lp, e))?;
+                        for &later in &bases[i + 1..] {
+                            remove_segment_files(fs, dir, later)?;
+                        }
+                        fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+                        bases.truncate(i + 1);
+                    } else if !spec.clean && scan.next_offset > spec.recovery_point {
+                        // What was validated past the recovery point may exist only in the page
+                        // cache (a process crash); the recovery point written at open will claim
+                        // it, and the next unclean open trusts what it claims.
+                        log.sync_data().map_err(|e| Error::io(&lp, e))?;
+                    }
+                    let sealed = i + 1 < bases.len();
+                    segment::write_indexes(fs, dir, base, &scan, sealed, o.max_index_bytes)?;
+                    meta.apply_scan(&scan);
+                    if sealed {
+                        meta.next_offset = bases[i + 1].max(scan.next_offset);
+                    }
+                    meta.sealed = sealed;
+                }
+                None => {
+                    // Clean shutdown, active segment: count the (preallocated) indexes' entries
+                    // with a binary search and scan only past the last offset-index entry.
+                    let (o_count, o_last) = count_entries(fs, &oi, OFFSET_ENTRY)?;
+                    let (t_count, t_last) = count_entries(fs, &ti, TIME_ENTRY)?;
+                    let from = o_last.map_or(0, |e| u64::from(index::offset_at(&e, 0).1));
+                    match scan_tail(log.as_ref(), base, from, size) {
+                        Some((next, max_ts)) => {
+                            let last_ts = t_last.map_or(-1, |e| index::time_at(&e, 0).0);
+                            meta.next_offset = next;
+                            meta.max_timestamp = max_ts.max(last_ts);
+                            meta.index_entries = o_count;
+                            meta.time_entries = t_count;
+                            meta.bytes_since_index = size - from;
+                            meta.last_time_indexed = last_ts;
+                        }
+                        None => {
+                            // The tail does not parse after a "clean" shutdown: recover it.
+                            let scan = segment::scan(
+                                log.as_ref(),
+                                base,
+                                size,
+                                o.index_interval_bytes,
+                                o.max_index_bytes,
+                                0,
+                            );
+                            if scan.valid_size < size {
+                                log.set_len(scan.valid_size)
+                                    .map_err(|e| Error::io(&lp, e))?;
+                                log.sync_data().map_err(|e| Error::io(&lp, e))?;
+                            }
+                            segment::write_indexes(fs, dir, base, &scan, false, o.max_index_bytes)?;
+                            meta.apply_scan(&scan);
+                        }
+                    }
+                    meta.sealed = false;
+                }
+            }
+        } else {
+            // Trusted sealed segment: its indexes were trimmed and synced when it was sealed.
+            meta.next_offset = bases[i + 1];
+            meta.index_entries =
+                fs.file_len(&oi).map_err(|e| Error::io(&oi, e))? / OFFSET_ENTRY as u64;
+            meta.time_entries =
+                fs.file_len(&ti).map_err(|e| Error::io(&ti, e))? / TIME_ENTRY as u64;
+            meta.max_timestamp = match read_tail_entry(fs, &ti, TIME_ENTRY)? {
+                Some(b) => index::time_at(&b, 0).0,
+                None => -1,
+            };
+            meta.sealed = true;
+        }
+        metas.push(meta);
+        i += 1;
+    }
+    let end = metas.last().map_or(spec.log_start, |m| m.next_offset);
+    let first_base = metas.first().map_or(0, |m| m.base);
+    let start = spec.log_start.max(first_base).min(end);
+    let last_timestamp = metas.iter().map(|m| m.max_timestamp).max().unwrap_or(-1);
+    Ok(Partition {
+        uid: spec.uid,
+        topic: spec.topic.to_owned(),
+        id: spec.id,
+        dir: spec.dir,
+        state: Mutex::new(PartState {
+            segments: metas,
+            last_timestamp,
+        }),
+        end: AtomicU64::new(end),
+        start: AtomicU64::new(start),
+        durable_end: AtomicU64::new(end),
+        dirty: AtomicBool::new(false),
+    })
+}
+
+/// Scans batch headers from `from` to `size`: the next offset and newest max timestamp, or
+/// `None` if a batch does not check out.
+fn scan_tail(
+    log: &dyn crate::io::StorageFile,
+    base: u64,
+    from: u64,
+    size: u64,
+) -> Option<(u64, i64)> {
+    let mut pos = from;
+    let mut next = base;
+    let mut max_ts = -1;
+    let mut buf = Vec::new();
+    while pos < size {
+        let total = segment::read_header(log, pos, size).ok()?.total_len() as u64;
+        buf.resize(total as usize, 0);
+        io::read_exact_at(log, &mut buf, pos).ok()?;
+        let header = batch::check_batch(&buf).ok()?;
+        next = header.last_offset() as u64 + 1;
+        max_ts = max_ts.max(header.max_timestamp);
+        pos += total;
+    }
+    if from > 0 && next == base {
+        return None;
+    }
+    Some((next, max_ts))
+}

@@ -183,3 +183,130 @@ fn a_failed_roll_never_wedges_later_appends() {
         }
     }
 }
+
+fn real_options(segmented: SegmentedOptions) -> StoreOptions {
+    StoreOptions {
+        engine: Some(EngineKind::Segmented),
+        segmented,
+        index: IndexOptions {
+            enabled: true,
+            slots: 101,
+            max_entries: 1024,
+        },
+        ..StoreOptions::default()
+    }
+}
+
+fn log_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("t-0"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".log"))
+        .count()
+}
+
+#[test]
+fn segment_ms_counts_from_the_first_batch_not_from_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = real_options(SegmentedOptions {
+        segment_ms: Duration::from_millis(400),
+        ..SegmentedOptions::default()
+    });
+    let store = duolog::open(dir.path(), o.clone()).unwrap();
+    store.create_topic("t", TopicConfig::with_partitions(1)).unwrap();
+    store.append("t", 0, &[msg(0)]).unwrap();
+    store.close().unwrap();
+    drop(store);
+    std::thread::sleep(Duration::from_millis(450));
+    // The segment's first batch is older than segment_ms: the next append rolls, although the
+    // store was opened a moment ago.
+    let store = duolog::open(dir.path(), o).unwrap();
+    store.append("t", 0, &[msg(1)]).unwrap();
+    assert_eq!(log_files(dir.path()), 2, "rolled by the first batch's age");
+    store.append("t", 0, &[msg(2)]).unwrap();
+    assert_eq!(log_files(dir.path()), 2, "the new segment is young");
+}
+
+#[test]
+fn segment_ms_of_duration_max_never_rolls() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = real_options(SegmentedOptions {
+        segment_ms: Duration::MAX,
+        ..SegmentedOptions::default()
+    });
+    let store = duolog::open(dir.path(), o).unwrap();
+    store.create_topic("t", TopicConfig::with_partitions(1)).unwrap();
+    for n in 0..100 {
+        store.append("t", 0, &[msg(n)]).unwrap();
+    }
+    assert_eq!(log_files(dir.path()), 1);
+}
+
+#[test]
+fn retention_expires_an_idle_active_segment_by_rolling_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = real_options(SegmentedOptions {
+        retention: Some(Duration::from_millis(200)),
+        ..SegmentedOptions::default()
+    });
+    let store = duolog::open(dir.path(), o).unwrap();
+    store.create_topic("t", TopicConfig::with_partitions(1)).unwrap();
+    for n in 0..3 {
+        store.append("t", 0, &[msg(n)]).unwrap();
+    }
+    assert_eq!(store.enforce_retention().unwrap(), 0, "nothing is old yet");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(store.enforce_retention().unwrap(), 1);
+    let b = store.bounds("t", 0).unwrap();
+    assert_eq!((b.start, b.end), (3, 3), "the expired records are gone, offsets kept");
+    assert!(store.read("t", 0, 3, duolog::ReadLimits::default()).unwrap().is_empty());
+    assert_eq!(store.append("t", 0, &[msg(3)]).unwrap().base_offset, 3);
+    assert_eq!(store.read("t", 0, 3, duolog::ReadLimits::default()).unwrap()[0].body(), &msg(3).body[..]);
+    let report = store.verify().unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+}
+
+#[test]
+fn retention_of_duration_max_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = real_options(SegmentedOptions {
+        segment_bytes: 4096,
+        retention: Some(Duration::MAX),
+        ..SegmentedOptions::default()
+    });
+    let store = duolog::open(dir.path(), o).unwrap();
+    store.create_topic("t", TopicConfig::with_partitions(1)).unwrap();
+    for n in 0..40 {
+        store.append("t", 0, &[msg(n)]).unwrap();
+    }
+    assert_eq!(store.enforce_retention().unwrap(), 0);
+    assert_eq!(store.bounds("t", 0).unwrap().start, 0);
+    assert_eq!(common::read_all(store.as_ref(), "t", 0).len(), 40);
+}
+
+#[test]
+fn sealing_never_shrinks_an_index_file_someone_still_maps() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = real_options(SegmentedOptions {
+        segment_bytes: 4096,
+        index_interval_bytes: 512,
+        ..SegmentedOptions::default()
+    });
+    let store = duolog::open(dir.path(), o).unwrap();
+    store.create_topic("t", TopicConfig::with_partitions(1)).unwrap();
+    for n in 0..7 {
+        store.append("t", 0, &[msg(n)]).unwrap();
+    }
+    // Stands for a reader's mapping of the active segment's preallocated indexes.
+    let path = dir.path().join("t-0/00000000000000000000.timeindex");
+    let held = std::fs::File::open(&path).unwrap();
+    let preallocated = held.metadata().unwrap().len();
+    store.append("t", 0, &[msg(7)]).unwrap();
+    assert_eq!(log_files(dir.path()), 2, "rolled");
+    assert_eq!(
+        held.metadata().unwrap().len(),
+        preallocated,
+        "the file a reader may still map keeps its length"
+    );
+    let sealed = std::fs::metadata(&path).unwrap().len();
+    assert!(sealed < preallocated && sealed % 12 == 0 && sealed > 0, "sealed index trimmed: {sealed}");
+}

@@ -10,9 +10,9 @@
 //! both engines, including ones added later.
 //!
 //! What counts as a sync: [`StorageFile::sync_data`], [`MappedStorage::flush_range`] and
-//! [`MappedStorage::zero_range`] (durable by contract), [`FileSystem::sync_dir`], and
-//! [`FileSystem::write_file_synced`] (its write and its sync cannot be told apart, and a
-//! metadata file whose durability is unknown is no better than a failed sync).
+//! [`MappedStorage::zero_range`] (durable by contract), [`FileSystem::sync_dir`], and the sync
+//! step of [`FileSystem::write_file_synced`] (which this wrapper performs as create, write,
+//! sync, so that a write refused for lack of space stays a plain, recoverable error).
 
 use std::any::Any;
 use std::io;
@@ -59,8 +59,13 @@ impl FileSystem for SyncGuardFs {
         self.inner.read_file(path)
     }
     fn write_file_synced(&self, path: &Path, data: &[u8]) -> io::Result<()> {
-        let r = self.inner.write_file_synced(path, data);
-        guard(&self.gc, "a synced write", path, r)
+        // Done in steps, so that a failed write (a full disk: the old file is untouched, the
+        // caller's temp file is not) is a plain error and only a failed sync poisons.
+        crate::io::remove_if_exists(self.inner.as_ref(), path)?;
+        let f = self.inner.open_file(path, OpenMode::CreateNew)?;
+        f.write_all_at(data, 0)?;
+        let r = f.sync_data();
+        guard(&self.gc, "fdatasync", path, r)
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.inner.rename(from, to)

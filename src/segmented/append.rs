@@ -1,12 +1,21 @@
 //! Appends to a partition: stamping the batch, rolling to a new segment, sealing the old one.
+//!
+//! A roll happens under the partition lock and does only what the next append needs: the new
+//! segment's files are created and the old segment stops taking writes. Sealing the old one
+//! (fsync of up to a whole segment of log, trimmed copies of its indexes) happens after the lock
+//! is released, by the appender that rolled (Kafka flushes rolled segments in the background),
+//! so other appenders and the group-commit leader never wait on it. Until it is sealed the old
+//! segment is *pending*: `flush` syncs its log as well as the active one's, so a recovery point
+//! never claims data that is not durable, and a crash before the seal leaves untrimmed indexes,
+//! which the next open recognises (`segment::indexes_look_sealed`) and rebuilds.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::batch;
-use super::partition::{Ctx, Partition};
+use super::partition::{Ctx, PartState, Partition, remove_segment_files};
 use super::segment::{self, SegmentHandle, SegmentMeta};
-use crate::clock::now_ms;
+use crate::clock::duration_ms;
 use crate::error::{Error, Result};
 use crate::store::{AppendResult, Message};
 
@@ -19,6 +28,21 @@ impl Partition {
         messages: &[Message],
         now: i64,
     ) -> Result<AppendResult> {
+        let (result, rolled) = self.append_locked(ctx, buf, messages, now)?;
+        if rolled {
+            self.seal_pending(ctx)?;
+        }
+        Ok(result)
+    }
+
+    /// The part of an append under the partition lock; says whether it rolled a segment.
+    fn append_locked(
+        &self,
+        ctx: &Ctx,
+        buf: &mut [u8],
+        messages: &[Message],
+        now: i64,
+    ) -> Result<(AppendResult, bool)> {
         let records = messages.len();
         let mut st = self.state.lock();
         if ctx.closed.load(Ordering::Acquire) {
@@ -29,10 +53,9 @@ impl Partition {
         if st.segments.is_empty() {
             // Files are created on the first append, so idle partitions cost nothing.
             let base = self.end.load(Ordering::Acquire);
-            let h =
-                SegmentHandle::create(ctx.fs.as_ref(), &self.dir, base, ctx.opts.max_index_bytes)?;
+            let h = self.create_segment(ctx, base)?;
             ctx.cache.insert((self.uid, base), Arc::new(h));
-            st.segments.push(SegmentMeta::new(base, now_ms()));
+            st.segments.push(SegmentMeta::new(base));
         }
         let active = st
             .segments
@@ -43,33 +66,25 @@ impl Partition {
         batch::restamp(buf, base_offset as i64, now);
         let header =
             batch::parse_header(buf).map_err(|e| Error::InvalidArgument(e.reason().into()))?;
-        let o = &ctx.opts;
         // The key index must not be able to fail once the batch is in the log.
         if let Some(index) = &ctx.index {
             index.reserve(crate::index::batch_keys(messages), now)?;
         }
         let handle = self.handle(ctx, active)?;
+        let o = &ctx.opts;
+        // One time-index slot stays free for the entry the seal adds.
         let full_index = active.index_entries >= handle.offset_capacity()
-            || active.time_entries >= handle.time_capacity();
+            || active.time_entries + 1 >= handle.time_capacity();
         let roll = active.size > 0
             && (active.size + buf.len() as u64 > o.segment_bytes
-                || now_ms() - active.created_ms >= o.segment_ms.as_millis() as i64
+                || (active.first_timestamp >= 0
+                    && now.saturating_sub(active.first_timestamp) >= duration_ms(o.segment_ms))
                 || full_index
                 || last_offset - active.base > u64::from(u32::MAX));
-        let handle = if roll {
-            let fs = ctx.fs.as_ref();
-            let new = SegmentHandle::create(fs, &self.dir, base_offset, o.max_index_bytes)?;
-            let active = st
-                .segments
-                .last_mut()
-                .ok_or_else(|| Error::corrupted(&self.dir, 0, "no segment"))?;
-            segment::seal(fs, &self.dir, &handle, active)?;
-            // The next opener maps the trimmed indexes.
-            ctx.cache.remove((self.uid, active.base));
-            st.segments.push(SegmentMeta::new(base_offset, now_ms()));
-            ctx.cache.insert((self.uid, base_offset), Arc::new(new))
+        let (handle, rolled) = if roll {
+            (self.roll(ctx, &mut st, handle, base_offset)?, true)
         } else {
-            handle
+            (handle, false)
         };
         let active = st
             .segments
@@ -83,9 +98,84 @@ impl Partition {
             }
         }
         self.end.store(last_offset + 1, Ordering::Release);
-        Ok(AppendResult {
-            base_offset,
-            last_offset,
+        Ok((
+            AppendResult {
+                base_offset,
+                last_offset,
+            },
+            rolled,
+        ))
+    }
+
+    /// Creates the files of a new segment at `base`. Leftovers of an earlier attempt that
+    /// failed half-way are removed first (no segment of this partition starts at `base`: it is
+    /// the partition's end), and a failed attempt removes what it created, so a failed roll
+    /// never wedges the next one.
+    fn create_segment(&self, ctx: &Ctx, base: u64) -> Result<SegmentHandle> {
+        let fs = ctx.fs.as_ref();
+        remove_segment_files(fs, &self.dir, base)?;
+        SegmentHandle::create(fs, &self.dir, base, ctx.opts.max_index_bytes).inspect_err(|_| {
+            // Best effort: if this fails too, the next attempt starts by removing them.
+            let _ = remove_segment_files(fs, &self.dir, base);
         })
+    }
+
+    /// Rolls to a new segment at `base` under the partition lock; the old active segment becomes
+    /// pending (sealed later by [`Partition::seal_pending`]). Returns the new segment's handle.
+    pub(super) fn roll(
+        &self,
+        ctx: &Ctx,
+        st: &mut PartState,
+        old: Arc<SegmentHandle>,
+        base: u64,
+    ) -> Result<Arc<SegmentHandle>> {
+        let new = self.create_segment(ctx, base)?;
+        let old_base = st.segments.last().map_or(base, |m| m.base);
+        st.pending.push((old_base, old));
+        st.segments.push(SegmentMeta::new(base));
+        Ok(ctx.cache.insert((self.uid, base), Arc::new(new)))
+    }
+
+    /// Seals every rolled segment still pending: log synced, indexes trimmed (outside the
+    /// partition lock; sealers take turns on their own lock). A failure leaves the segment
+    /// pending, to be retried by the next roll or the close; a failed sync has poisoned the
+    /// store by then.
+    pub(crate) fn seal_pending(&self, ctx: &Ctx) -> Result<()> {
+        let _one = self.seal_lock.lock();
+        loop {
+            let next = {
+                let mut st = self.state.lock();
+                let PartState {
+                    segments, pending, ..
+                } = &mut *st;
+                // Pending segments that retention removed meanwhile need no seal.
+                pending.retain(|(base, _)| segments.iter().any(|m| m.base == *base));
+                pending.first().and_then(|(base, h)| {
+                    segments
+                        .iter()
+                        .find(|m| m.base == *base)
+                        .map(|m| (m.clone(), Arc::clone(h)))
+                })
+            };
+            let Some((meta, handle)) = next else {
+                return Ok(());
+            };
+            segment::seal(ctx.fs.as_ref(), &self.dir, &handle, &meta)?;
+            let mut st = self.state.lock();
+            if let Some(m) = st.segments.iter_mut().find(|m| m.base == meta.base) {
+                m.sealed = true;
+                m.time_entries = segment::sealed_time_entries(
+                    handle.time_entries(),
+                    meta.base,
+                    meta.max_timestamp,
+                    meta.next_offset,
+                )
+                .len() as u64
+                    / super::index::TIME_ENTRY as u64;
+            }
+            st.pending.retain(|(b, _)| *b != meta.base);
+            // The next opener maps the trimmed indexes.
+            ctx.cache.remove((self.uid, meta.base));
+        }
     }
 }

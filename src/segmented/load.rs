@@ -10,7 +10,6 @@ use super::batch;
 use super::index::{self, OFFSET_ENTRY, TIME_ENTRY};
 use super::partition::{Ctx, PartState, Partition, remove_segment_files};
 use super::segment::{self, SegmentMeta};
-use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::io::{self, FileSystem, OpenMode};
 
@@ -105,7 +104,6 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
     let o = &ctx.opts;
     fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut bases = list_segments(fs, dir)?;
-    let now = now_ms();
     // The first segment that must be validated.
     let recover_from = if spec.clean {
         bases.len()
@@ -125,9 +123,14 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
         let ti = segment::time_index_path(dir, base);
         let have_indexes = fs.exists(&oi).map_err(|e| Error::io(&oi, e))?
             && fs.exists(&ti).map_err(|e| Error::io(&ti, e))?;
-        let mut meta = SegmentMeta::new(base, now);
+        let mut meta = SegmentMeta::new(base);
         meta.size = size;
-        let validate = i >= recover_from || !have_indexes || last;
+        // A segment rolled but not sealed before a crash still has its preallocated indexes
+        // (and no final time entry): it is validated, never trusted.
+        let validate = i >= recover_from
+            || !have_indexes
+            || last
+            || !segment::indexes_look_sealed(fs, dir, base, size)?;
         if validate {
             let log = fs
                 .open_file(&lp, OpenMode::Existing)
@@ -186,6 +189,14 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
                     meta.apply_scan(&scan);
                     if sealed {
                         meta.next_offset = bases[i + 1].max(scan.next_offset);
+                        meta.time_entries = (segment::sealed_time_entries(
+                            &scan.time_entries,
+                            base,
+                            scan.max_timestamp,
+                            scan.next_offset,
+                        )
+                        .len()
+                            / TIME_ENTRY) as u64;
                     }
                     meta.sealed = sealed;
                 }
@@ -227,6 +238,11 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
                     meta.sealed = false;
                 }
             }
+            if !meta.sealed && meta.size > 0 {
+                // `segment_ms` counts from the first batch's time, across reopens.
+                meta.first_timestamp = segment::read_header(log.as_ref(), 0, meta.size)
+                    .map_or(-1, |h| h.max_timestamp);
+            }
         } else {
             // Trusted sealed segment: its indexes were trimmed and synced when it was sealed.
             meta.next_offset = bases[i + 1];
@@ -255,7 +271,9 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
         state: Mutex::new(PartState {
             segments: metas,
             last_timestamp,
+            pending: Vec::new(),
         }),
+        seal_lock: Mutex::new(()),
         end: AtomicU64::new(end),
         start: AtomicU64::new(start),
         durable_end: AtomicU64::new(end),

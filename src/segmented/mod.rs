@@ -144,11 +144,12 @@ impl Inner {
         }
         let p = self.partition(topic, partition)?;
         let now = now_ms();
-        let result = SCRATCH.with(|s| {
+        let (result, bytes) = SCRATCH.with(|s| {
             let buf = &mut s.borrow_mut().buf;
             buf.clear();
             encode(buf, messages, now, self.max_message_bytes)?;
-            p.append(&self.ctx, buf, messages, now)
+            let r = p.append(&self.ctx, buf, messages, now)?;
+            Ok::<_, Error>((r, buf.len() as u64))
         })?;
         // Order matters for group commit: data written, then the partition marked dirty, then
         // the append counted (see `flush_to`).
@@ -157,7 +158,7 @@ impl Inner {
         }
         let seq = self.appended.fetch_add(1, Ordering::AcqRel) + 1;
         self.signal.notify();
-        self.gc.note_appended(messages.len() as u64, 0);
+        self.gc.note_appended(messages.len() as u64, bytes);
         Ok((result, seq))
     }
 
@@ -760,8 +761,22 @@ impl LogStore for SegmentedStore {
             f.stop();
         }
         let result = (|| {
+            // Appends that passed their `closed` check finish under their partition lock: take
+            // each lock once, so every byte they wrote is in the logs before the syncs below.
+            let partitions = inner.all_partitions();
+            for p in &partitions {
+                drop(p.state.lock());
+            }
             // The logs are all the durable state there is: indexes are derived, checked when
-            // used and rebuilt when wrong, and sealed segments' indexes were synced at the roll.
+            // used and rebuilt when wrong, and sealed segments' indexes are synced by the seal.
+            // Every partition with unsynced data is flushed, not only those marked dirty: an
+            // append marks its partition after writing, possibly after this point.
+            for p in &partitions {
+                p.seal_pending(&inner.ctx)?;
+                if p.has_unsynced() {
+                    p.flush(&inner.ctx)?;
+                }
+            }
             inner.gc.sync_all(inner.as_ref())?;
             inner.write_checkpoint()?;
             inner.store_offsets(START_OFFSETS_FILE, START_MAGIC, |p| {

@@ -30,6 +30,8 @@ pub(crate) struct PartState {
     /// Oldest first; the last one is active (being appended to).
     pub(super) segments: Vec<SegmentMeta>,
     pub(super) last_timestamp: i64,
+    /// Rolled segments not sealed yet (base, the handle written through), oldest first.
+    pub(super) pending: Vec<(u64, Arc<SegmentHandle>)>,
 }
 
 pub(crate) struct Partition {
@@ -38,6 +40,8 @@ pub(crate) struct Partition {
     pub(crate) id: u32,
     pub(crate) dir: PathBuf,
     pub(super) state: Mutex<PartState>,
+    /// Taken by whoever seals pending segments, so two sealers never race on one segment.
+    pub(super) seal_lock: Mutex<()>,
     pub(crate) end: AtomicU64,
     pub(crate) start: AtomicU64,
     pub(crate) durable_end: AtomicU64,
@@ -54,19 +58,31 @@ impl Partition {
         Ok(ctx.cache.insert(key, Arc::new(h)))
     }
 
-    /// Makes the active segment's data durable; returns the offset now durable.
+    /// Makes everything appended so far durable: the active segment's log and those of rolled
+    /// segments not sealed yet. Returns the offset now durable.
     pub(crate) fn flush(&self, ctx: &Ctx) -> Result<u64> {
-        let (end, handle) = {
+        let (end, handles) = {
             let st = self.state.lock();
             let end = self.end.load(Ordering::Acquire);
             let Some(active) = st.segments.last() else {
                 return Ok(end);
             };
-            (end, self.handle(ctx, active)?)
+            let mut handles: Vec<Arc<SegmentHandle>> =
+                st.pending.iter().map(|(_, h)| Arc::clone(h)).collect();
+            handles.push(self.handle(ctx, active)?);
+            (end, handles)
         };
-        handle.sync()?;
+        for h in handles {
+            h.sync()?;
+        }
         self.durable_end.fetch_max(end, Ordering::AcqRel);
         Ok(end)
+    }
+
+    /// Whether appends may have left data that is not durable yet.
+    pub(crate) fn has_unsynced(&self) -> bool {
+        self.durable_end.load(Ordering::Acquire) < self.end.load(Ordering::Acquire)
+            || !self.state.lock().pending.is_empty()
     }
 
     /// Segment files and their sizes, for `disk_usage`.

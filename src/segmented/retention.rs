@@ -1,49 +1,76 @@
 //! Retention of a partition's segments by time and size, and `delete_before`.
+//!
+//! Time retention compares a segment's newest timestamp (its last batch's, kept in memory and in
+//! the sealed time index's last entry) with `now - retention`; a segment whose newest timestamp
+//! is unknown (≤ 0) is never deleted by time. As in Kafka, the active segment expires too: when
+//! every segment is past retention, the active one is rolled (an empty segment takes its place
+//! at the partition's end) and deleted, so an idle partition does not keep old data — or pin the
+//! key-index files its records are in — forever.
 
 use std::sync::atomic::Ordering;
 
 use super::partition::{Ctx, PartState, Partition, remove_segment_files};
 use super::segment::SegmentMeta;
+use crate::clock::ms_before;
 use crate::error::{Error, Result};
 
 impl Partition {
+    /// Deletes segments past retention; returns how many.
     pub(crate) fn enforce_retention(&self, ctx: &Ctx, now: i64) -> Result<usize> {
         let o = &ctx.opts;
-        let mut st = self.state.lock();
-        let sealed = st.segments.len().saturating_sub(1);
-        let mut n = 0;
-        if let Some(r) = o.retention {
-            let cutoff = now - r.as_millis() as i64;
-            while n < sealed && st.segments[n].max_timestamp < cutoff {
-                n += 1;
-            }
-        }
-        if let Some(max) = o.retention_bytes {
-            let mut total: u64 = st.segments.iter().map(|m| m.size).sum();
-            for m in &st.segments[..n] {
-                total -= m.size;
-            }
-            while n < sealed && total > max && total - st.segments[n].size >= max.min(total) {
-                total -= st.segments[n].size;
-                n += 1;
-                if total <= max {
-                    break;
+        let removed = {
+            let mut st = self.state.lock();
+            let sealed = st.segments.len().saturating_sub(1);
+            let mut n = 0;
+            if let Some(r) = o.retention {
+                let cutoff = ms_before(now, r);
+                let expired = |m: &SegmentMeta| m.max_timestamp > 0 && m.max_timestamp < cutoff;
+                while n < sealed && expired(&st.segments[n]) {
+                    n += 1;
+                }
+                let active = st.segments.last().filter(|m| m.size > 0 && expired(m)).cloned();
+                if let (true, Some(active)) = (n == sealed, active) {
+                    let handle = self.handle(ctx, &active)?;
+                    self.roll(ctx, &mut st, handle, active.next_offset)?;
+                    n += 1;
                 }
             }
-        }
-        if n == 0 {
-            return Ok(0);
-        }
-        self.remove_front(ctx, &mut st, n)?;
-        Ok(n)
+            if let Some(max) = o.retention_bytes {
+                let sealed = st.segments.len().saturating_sub(1);
+                let mut total: u64 = st.segments[n..].iter().map(|m| m.size).sum();
+                while n < sealed && total > max && total - st.segments[n].size >= max.min(total) {
+                    total -= st.segments[n].size;
+                    n += 1;
+                    if total <= max {
+                        break;
+                    }
+                }
+            }
+            self.drain_front(ctx, &mut st, n)
+        };
+        self.remove_files(ctx, &removed)?;
+        Ok(removed.len())
     }
 
-    fn remove_front(&self, ctx: &Ctx, st: &mut PartState, n: usize) -> Result<()> {
+    /// Takes the first `n` segments out of the partition (under its lock) and raises the start;
+    /// their files are removed by [`Partition::remove_files`] once the lock is released.
+    fn drain_front(&self, ctx: &Ctx, st: &mut PartState, n: usize) -> Vec<SegmentMeta> {
         let removed: Vec<SegmentMeta> = st.segments.drain(..n).collect();
-        let new_first = st.segments.first().map_or(0, |m| m.base);
-        self.start.fetch_max(new_first, Ordering::AcqRel);
-        for m in removed {
+        if let Some(first) = st.segments.first() {
+            self.start.fetch_max(first.base, Ordering::AcqRel);
+        }
+        for m in &removed {
             ctx.cache.remove((self.uid, m.base));
+        }
+        st.pending.retain(|(b, _)| removed.iter().all(|m| m.base != *b));
+        removed
+    }
+
+    fn remove_files(&self, ctx: &Ctx, removed: &[SegmentMeta]) -> Result<()> {
+        if removed.is_empty() {
+            return Ok(());
+        }
+        for m in removed {
             remove_segment_files(ctx.fs.as_ref(), &self.dir, m.base)?;
         }
         ctx.fs
@@ -55,19 +82,14 @@ impl Partition {
     /// below it.
     pub(crate) fn delete_below_start(&self, ctx: &Ctx) -> Result<()> {
         let start = self.start.load(Ordering::Acquire);
-        let mut st = self.state.lock();
-        let n = st.segments[..st.segments.len().saturating_sub(1)]
-            .iter()
-            .take_while(|m| m.next_offset <= start)
-            .count();
-        if n > 0 {
-            let keep = start;
-            self.remove_front(ctx, &mut st, n)?;
-            self.start.store(
-                keep.max(self.start.load(Ordering::Acquire)),
-                Ordering::Release,
-            );
-        }
-        Ok(())
+        let removed = {
+            let mut st = self.state.lock();
+            let n = st.segments[..st.segments.len().saturating_sub(1)]
+                .iter()
+                .take_while(|m| m.next_offset <= start)
+                .count();
+            self.drain_front(ctx, &mut st, n)
+        };
+        self.remove_files(ctx, &removed)
     }
 }

@@ -30,8 +30,9 @@ pub(crate) struct SegmentMeta {
     pub(crate) next_offset: u64,
     /// Largest batch max timestamp (-1 when empty).
     pub(crate) max_timestamp: i64,
-    /// Wall-clock ms when the segment was created (for `segment_ms`).
-    pub(crate) created_ms: i64,
+    /// Max timestamp of the segment's first batch, -1 when empty: `segment_ms` counts from it
+    /// (Kafka's rolling-based timestamp), so a reopen does not restart the clock.
+    pub(crate) first_timestamp: i64,
     /// Index entries written (active segment).
     pub(crate) index_entries: u64,
     pub(crate) time_entries: u64,
@@ -44,13 +45,13 @@ pub(crate) struct SegmentMeta {
 }
 
 impl SegmentMeta {
-    pub(crate) fn new(base: u64, created_ms: i64) -> Self {
+    pub(crate) fn new(base: u64) -> Self {
         SegmentMeta {
             base,
             size: 0,
             next_offset: base,
             max_timestamp: -1,
-            created_ms,
+            first_timestamp: -1,
             index_entries: 0,
             time_entries: 0,
             bytes_since_index: 0,
@@ -197,6 +198,9 @@ impl SegmentHandle {
         self.log
             .write_all_at(bytes, pos)
             .map_err(|e| Error::io(&self.log_path, e))?;
+        if pos == 0 {
+            meta.first_timestamp = h.max_timestamp;
+        }
         if meta.bytes_since_index >= interval || meta.size == 0 {
             let rel = (h.last_offset() as u64 - meta.base) as u32;
             let entry = index::offset_entry(rel, pos as u32);
@@ -262,33 +266,74 @@ pub(crate) fn read_header(
     Ok(header)
 }
 
-/// Seals a segment: indexes trimmed to their entries and synced, log synced.
+/// The time-index entries of a segment being sealed: its entries plus, when the newest batch is
+/// newer than the last entry, one for it (Kafka appends the same entry when a segment becomes
+/// inactive), so the sealed index's last entry is the segment's newest timestamp, which
+/// retention and a clean open read from it.
+pub(crate) fn sealed_time_entries(entries: &[u8], base: u64, max_timestamp: i64, next_offset: u64) -> Vec<u8> {
+    let mut out = entries[..entries.len() - entries.len() % TIME_ENTRY].to_vec();
+    let last_ts = match out.len() {
+        0 => -1,
+        n => index::time_at(&out, n / TIME_ENTRY - 1).0,
+    };
+    if max_timestamp > last_ts && next_offset > base {
+        if let Ok(rel) = u32::try_from(next_offset - 1 - base) {
+            out.extend_from_slice(&index::time_entry(max_timestamp, rel));
+        }
+    }
+    out
+}
+
+/// Seals a rolled segment: its log synced, then its indexes rewritten at their used length
+/// (plus the final time entry) as new files renamed over the preallocated ones. The old files
+/// are never shrunk in place: handles that still map them keep a valid mapping of the old
+/// inode until they drop it.
 pub(crate) fn seal(
     fs: &dyn FileSystem,
     dir: &Path,
     handle: &SegmentHandle,
-    meta: &mut SegmentMeta,
+    meta: &SegmentMeta,
 ) -> Result<()> {
     handle.sync()?;
-    for (path, used) in [
-        (
-            index_path(dir, meta.base),
-            meta.index_entries * OFFSET_ENTRY as u64,
-        ),
-        (
-            time_index_path(dir, meta.base),
-            meta.time_entries * TIME_ENTRY as u64,
-        ),
+    let time = sealed_time_entries(handle.time_entries(), meta.base, meta.max_timestamp, meta.next_offset);
+    for (path, entries) in [
+        (index_path(dir, meta.base), handle.offset_entries()),
+        (time_index_path(dir, meta.base), &time[..]),
     ] {
-        let f = fs
-            .open_file(&path, OpenMode::Existing)
-            .map_err(|e| Error::io(&path, e))?;
-        // Readers of the old mapping only touch entries below `used`, which stay in the file.
-        f.set_len(used).map_err(|e| Error::io(&path, e))?;
-        f.sync_data().map_err(|e| Error::io(&path, e))?;
+        io::write_atomic(fs, &path, entries).map_err(|e| Error::io(&path, e))?;
     }
-    meta.sealed = true;
     Ok(())
+}
+
+/// Whether the index files of a segment look sealed: each empty or ending in a non-zero entry
+/// (a preallocated, untrimmed index ends in zeros), and the time index holding at least one
+/// entry with a positive timestamp when the log is not empty. A segment that was rolled but not
+/// sealed before a crash fails this and is validated like an unflushed one.
+pub(crate) fn indexes_look_sealed(fs: &dyn FileSystem, dir: &Path, base: u64, log_len: u64) -> Result<bool> {
+    let tail = |path: &Path, unit: usize| -> Result<Option<Vec<u8>>> {
+        let len = fs.file_len(path).map_err(|e| Error::io(path, e))?;
+        if len % unit as u64 != 0 {
+            return Ok(Some(vec![0; unit]));
+        }
+        if len == 0 {
+            return Ok(None);
+        }
+        let f = fs
+            .open_file(path, OpenMode::Existing)
+            .map_err(|e| Error::io(path, e))?;
+        let mut b = vec![0u8; unit];
+        io::read_exact_at(f.as_ref(), &mut b, len - unit as u64).map_err(|e| Error::io(path, e))?;
+        Ok(Some(b))
+    };
+    if let Some(e) = tail(&index_path(dir, base), OFFSET_ENTRY)? {
+        if e.iter().all(|&b| b == 0) {
+            return Ok(false);
+        }
+    }
+    match tail(&time_index_path(dir, base), TIME_ENTRY)? {
+        Some(e) => Ok(index::time_at(&e, 0).0 > 0),
+        None => Ok(log_len == 0),
+    }
 }
 
 /// What a scan of a segment's log found.
@@ -529,6 +574,14 @@ pub(crate) fn write_indexes(
     ] {
         io::remove_if_exists(fs, &path).map_err(|e| Error::io(&path, e))?;
         if sealed {
+            let sealed_time;
+            let entries = if unit == TIME_ENTRY as u64 {
+                sealed_time =
+                    sealed_time_entries(entries, base, scan.max_timestamp, scan.next_offset);
+                &sealed_time
+            } else {
+                entries
+            };
             fs.write_file_synced(&path, entries)
                 .map_err(|e| Error::io(&path, e))?;
         } else {

@@ -6,6 +6,7 @@
 //! c. nothing returned fails its checksum or was never appended;
 //! d. derived files agree with the log (`verify`);
 //! e. recovery is idempotent (crash again right away: same state);
+//!    (retention runs after every reopen, so wrongly recovered timestamps delete data and fail a);
 //! f. appends resume at the recovered end: acknowledged offsets are never reused.
 //!
 //! `DUOLOG_CRASH_CASES` raises the number of property-test cases (default 24 per engine) and
@@ -135,6 +136,11 @@ fn recover(
     let sim = sim.crash(CrashMode::PersistSubset, cut);
     let store = duolog::open("/store", options(engine, &sim, sync))
         .unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+    // Retention runs on whatever recovery trusted: a segment or file whose newest timestamp was
+    // recovered wrong (e.g. from an untrimmed index) would be deleted here.
+    store
+        .enforce_retention()
+        .unwrap_or_else(|e| panic!("{ctx}: retention after reopen: {e}"));
     let ends = check(store.as_ref(), model, ctx);
     // e: crash right after recovery; nothing may change.
     store.abandon();

@@ -14,7 +14,7 @@ use duolog::{EngineKind, FlushPolicy, LogStore, Message, StoreOptions, TopicConf
 #[test]
 fn every_policy_flushes_once_enough_bytes_pile_up() {
     common::for_each_engine(|engine, dir| {
-        let o = StoreOptions {
+        let mut o = StoreOptions {
             flush: FlushPolicy::Every {
                 messages: u64::MAX,
                 bytes: 16 * 1024,
@@ -22,11 +22,21 @@ fn every_policy_flushes_once_enough_bytes_pile_up() {
             },
             ..common::small_options(engine)
         };
+        // The background flusher also flushes when it wakes for a checkpoint: keep it asleep.
+        let hour = Duration::from_secs(3600);
+        o.commitlog.checkpoint_interval = hour;
+        o.commitlog.retention_check_interval = hour;
+        o.segmented.checkpoint_interval = hour;
+        o.segmented.retention_check_interval = hour;
         let store = common::open(dir, &o);
-        store.create_topic("t", TopicConfig::with_partitions(1)).unwrap();
+        store
+            .create_topic("t", TopicConfig::with_partitions(1))
+            .unwrap();
         let body = vec![b'x'; 1024];
         for _ in 0..40 {
-            store.append_oneway("t", 0, &[Message::new(body.clone())]).unwrap();
+            store
+                .append_oneway("t", 0, &[Message::new(body.clone())])
+                .unwrap();
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while store.bounds("t", 0).unwrap().durable_end == 0 && Instant::now() < deadline {
@@ -56,7 +66,9 @@ fn close_races_appends(engine: EngineKind, sync: bool, runs: usize) {
             ..common::small_options(engine)
         };
         let store: Arc<dyn LogStore> = Arc::from(duolog::open("/s", o.clone()).unwrap());
-        store.create_topic("t", TopicConfig::with_partitions(3)).unwrap();
+        store
+            .create_topic("t", TopicConfig::with_partitions(3))
+            .unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let threads: Vec<_> = (0..3u32)
             .map(|p| {
@@ -84,7 +96,14 @@ fn close_races_appends(engine: EngineKind, sync: bool, runs: usize) {
         let acked: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         drop(store);
         let crashed = sim.crash(CrashMode::DropUnsynced, run as u64);
-        let store = duolog::open("/s", StoreOptions { fs: Arc::new(crashed), ..o }).unwrap();
+        let store = duolog::open(
+            "/s",
+            StoreOptions {
+                fs: Arc::new(crashed),
+                ..o
+            },
+        )
+        .unwrap();
         for (p, &n) in acked.iter().enumerate() {
             let end = store.bounds("t", p as u32).unwrap().end;
             assert!(

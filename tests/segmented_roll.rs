@@ -200,7 +200,13 @@ fn real_options(segmented: SegmentedOptions) -> StoreOptions {
 fn log_files(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir.join("t-0"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".log"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".log")
+        })
         .count()
 }
 
@@ -212,7 +218,9 @@ fn segment_ms_counts_from_the_first_batch_not_from_the_open() {
         ..SegmentedOptions::default()
     });
     let store = duolog::open(dir.path(), o.clone()).unwrap();
-    store.create_topic("t", TopicConfig::with_partitions(1)).unwrap();
+    store
+        .create_topic("t", TopicConfig::with_partitions(1))
+        .unwrap();
     store.append("t", 0, &[msg(0)]).unwrap();
     store.close().unwrap();
     drop(store);
@@ -234,7 +242,9 @@ fn segment_ms_of_duration_max_never_rolls() {
         ..SegmentedOptions::default()
     });
     let store = duolog::open(dir.path(), o).unwrap();
-    store.create_topic("t", TopicConfig::with_partitions(1)).unwrap();
+    store
+        .create_topic("t", TopicConfig::with_partitions(1))
+        .unwrap();
     for n in 0..100 {
         store.append("t", 0, &[msg(n)]).unwrap();
     }
@@ -249,7 +259,9 @@ fn retention_expires_an_idle_active_segment_by_rolling_it() {
         ..SegmentedOptions::default()
     });
     let store = duolog::open(dir.path(), o).unwrap();
-    store.create_topic("t", TopicConfig::with_partitions(1)).unwrap();
+    store
+        .create_topic("t", TopicConfig::with_partitions(1))
+        .unwrap();
     for n in 0..3 {
         store.append("t", 0, &[msg(n)]).unwrap();
     }
@@ -257,10 +269,25 @@ fn retention_expires_an_idle_active_segment_by_rolling_it() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(store.enforce_retention().unwrap(), 1);
     let b = store.bounds("t", 0).unwrap();
-    assert_eq!((b.start, b.end), (3, 3), "the expired records are gone, offsets kept");
-    assert!(store.read("t", 0, 3, duolog::ReadLimits::default()).unwrap().is_empty());
+    assert_eq!(
+        (b.start, b.end),
+        (3, 3),
+        "the expired records are gone, offsets kept"
+    );
+    assert!(
+        store
+            .read("t", 0, 3, duolog::ReadLimits::default())
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.append("t", 0, &[msg(3)]).unwrap().base_offset, 3);
-    assert_eq!(store.read("t", 0, 3, duolog::ReadLimits::default()).unwrap()[0].body(), &msg(3).body[..]);
+    assert_eq!(
+        store
+            .read("t", 0, 3, duolog::ReadLimits::default())
+            .unwrap()[0]
+            .body(),
+        &msg(3).body[..]
+    );
     let report = store.verify().unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
 }
@@ -274,7 +301,9 @@ fn retention_of_duration_max_deletes_nothing() {
         ..SegmentedOptions::default()
     });
     let store = duolog::open(dir.path(), o).unwrap();
-    store.create_topic("t", TopicConfig::with_partitions(1)).unwrap();
+    store
+        .create_topic("t", TopicConfig::with_partitions(1))
+        .unwrap();
     for n in 0..40 {
         store.append("t", 0, &[msg(n)]).unwrap();
     }
@@ -292,7 +321,9 @@ fn sealing_never_shrinks_an_index_file_someone_still_maps() {
         ..SegmentedOptions::default()
     });
     let store = duolog::open(dir.path(), o).unwrap();
-    store.create_topic("t", TopicConfig::with_partitions(1)).unwrap();
+    store
+        .create_topic("t", TopicConfig::with_partitions(1))
+        .unwrap();
     for n in 0..7 {
         store.append("t", 0, &[msg(n)]).unwrap();
     }
@@ -308,5 +339,8 @@ fn sealing_never_shrinks_an_index_file_someone_still_maps() {
         "the file a reader may still map keeps its length"
     );
     let sealed = std::fs::metadata(&path).unwrap().len();
-    assert!(sealed < preallocated && sealed % 12 == 0 && sealed > 0, "sealed index trimmed: {sealed}");
+    assert!(
+        sealed < preallocated && sealed % 12 == 0 && sealed > 0,
+        "sealed index trimmed: {sealed}"
+    );
 }

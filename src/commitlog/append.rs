@@ -123,7 +123,9 @@ impl Inner {
             let total_bytes = buf.len() as u64;
             let (result, end) =
                 self.append_locked(&t, partition, buf, items, born_now, messages)?;
-            self.signal.notify();
+            if let Some(p) = t.partitions.get(partition as usize) {
+                p.signal.notify();
+            }
             self.gc.note_appended(items.len() as u64, total_bytes);
             Ok((result, end))
         })

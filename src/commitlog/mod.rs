@@ -63,6 +63,8 @@ pub(crate) struct PartitionState {
     end: AtomicU64,
     /// Log start offset.
     start: AtomicU64,
+    /// Wakes `wait_for` callers of this partition only.
+    signal: DataSignal,
 }
 
 /// A topic and its partitions.
@@ -70,6 +72,17 @@ pub(crate) struct TopicState {
     name: String,
     config: TopicConfig,
     partitions: Vec<PartitionState>,
+}
+
+impl Inner {
+    /// Wakes every `wait_for` caller (the store is closing).
+    fn wake_all_waiters(&self) {
+        for t in self.topics.read().values() {
+            for p in &t.partitions {
+                p.signal.notify();
+            }
+        }
+    }
 }
 
 impl TopicState {
@@ -105,7 +118,6 @@ pub(crate) struct Inner {
     /// Position up to which `flush_to` has synced the log.
     flushed: AtomicU64,
     gc: Arc<GroupCommit>,
-    signal: DataSignal,
     closed: AtomicBool,
     jobs: PeriodicJobs,
     checkpoint_lock: Mutex<()>,
@@ -158,6 +170,7 @@ impl Inner {
                 next_offset: AtomicU64::new(0),
                 end: AtomicU64::new(0),
                 start: AtomicU64::new(0),
+                signal: DataSignal::default(),
             });
         }
         Ok(TopicState {
@@ -521,7 +534,7 @@ impl LogStore for CommitLogStore {
         let t = self.inner.topic(topic)?;
         let part = t.partition(partition)?;
         let deadline = Instant::now() + timeout;
-        let ready = self.inner.signal.wait_until(deadline, || {
+        let ready = part.signal.wait_until(Some(deadline), || {
             part.end.load(Ordering::Acquire) > offset || self.inner.closed.load(Ordering::Acquire)
         });
         self.inner.check_open()?;
@@ -604,7 +617,7 @@ impl LogStore for CommitLogStore {
             return Ok(());
         }
         drop(guard);
-        inner.signal.notify();
+        inner.wake_all_waiters();
         if let Some(mut f) = self.flusher.lock().take() {
             f.stop();
         }
@@ -631,7 +644,7 @@ impl LogStore for CommitLogStore {
             return;
         }
         drop(guard);
-        inner.signal.notify();
+        inner.wake_all_waiters();
         if let Some(mut f) = self.flusher.lock().take() {
             f.stop();
         }

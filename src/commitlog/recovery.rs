@@ -28,7 +28,7 @@ use super::record::{self, Checks, DecodeError, Decoded};
 use super::{
     ABORT_FILE, AppendState, COMMITLOG_DIR, CommitLogStore, Inner, TopicState, start_flusher,
 };
-use crate::durability::{DataSignal, GroupCommit, PeriodicJobs};
+use crate::durability::{GroupCommit, PeriodicJobs};
 use crate::error::{Error, Result};
 use crate::options::StoreOptions;
 use crate::store::EngineKind;
@@ -85,7 +85,6 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         }),
         written: AtomicU64::new(0),
         flushed: AtomicU64::new(0),
-        signal: DataSignal::default(),
         closed: AtomicBool::new(false),
         jobs,
         checkpoint_lock: Mutex::new(()),

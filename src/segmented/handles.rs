@@ -1,6 +1,11 @@
 //! A bounded cache of open segments, so that thousands of partitions do not mean thousands of
-//! open files and mappings (Kafka's most common operational complaint). Least recently used
-//! handles are dropped first; a reader or writer still holding one keeps it open until done.
+//! open files and mappings (Kafka's most common operational complaint). The bound is the store's
+//! `max_open_files`; least recently used handles are dropped first, and a reader or writer still
+//! holding one keeps it open until done.
+//!
+//! Every append and read looks a handle up here, so the cache is sharded by key (each shard a
+//! mutex over a map and an intrusive LRU list: O(1) lookup, touch and eviction), and handles are
+//! dropped (files closed, mappings unmapped) outside any shard lock.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,78 +17,226 @@ use super::segment::SegmentHandle;
 /// (partition id, segment base offset).
 pub(crate) type Key = (u64, u64);
 
-struct Entry {
-    handle: Arc<SegmentHandle>,
-    used: u64,
+const SHARDS: usize = 16;
+const NIL: usize = usize::MAX;
+
+struct Node {
+    key: Key,
+    handle: Option<Arc<SegmentHandle>>,
+    /// Towards the most recently used end.
+    prev: usize,
+    /// Towards the least recently used end.
+    next: usize,
+}
+
+/// One shard: a map from key to slot, and the slots in a doubly linked recency list.
+struct Shard {
+    map: HashMap<Key, usize>,
+    nodes: Vec<Node>,
+    free: Vec<usize>,
+    /// Most recently used.
+    head: usize,
+    /// Least recently used.
+    tail: usize,
+    capacity: usize,
+}
+
+impl Shard {
+    fn new(capacity: usize) -> Shard {
+        Shard {
+            map: HashMap::new(),
+            nodes: Vec::new(),
+            free: Vec::new(),
+            head: NIL,
+            tail: NIL,
+            capacity,
+        }
+    }
+
+    fn unlink(&mut self, i: usize) {
+        let (prev, next) = (self.nodes[i].prev, self.nodes[i].next);
+        match prev {
+            NIL => self.head = next,
+            p => self.nodes[p].next = next,
+        }
+        match next {
+            NIL => self.tail = prev,
+            n => self.nodes[n].prev = prev,
+        }
+    }
+
+    fn push_front(&mut self, i: usize) {
+        self.nodes[i].prev = NIL;
+        self.nodes[i].next = self.head;
+        match self.head {
+            NIL => self.tail = i,
+            h => self.nodes[h].prev = i,
+        }
+        self.head = i;
+    }
+
+    fn touch(&mut self, i: usize) {
+        if self.head != i {
+            self.unlink(i);
+            self.push_front(i);
+        }
+    }
+
+    fn get(&mut self, key: Key) -> Option<Arc<SegmentHandle>> {
+        let i = *self.map.get(&key)?;
+        self.touch(i);
+        self.nodes[i].handle.clone()
+    }
+
+    fn take(&mut self, i: usize) -> Option<Arc<SegmentHandle>> {
+        self.unlink(i);
+        self.map.remove(&self.nodes[i].key);
+        self.free.push(i);
+        self.nodes[i].handle.take()
+    }
+
+    /// Inserts unless present; returns the cached handle and what was evicted.
+    fn insert(
+        &mut self,
+        key: Key,
+        handle: Arc<SegmentHandle>,
+    ) -> (Arc<SegmentHandle>, Option<Arc<SegmentHandle>>) {
+        if let Some(&i) = self.map.get(&key) {
+            self.touch(i);
+            if let Some(h) = &self.nodes[i].handle {
+                return (Arc::clone(h), None);
+            }
+        }
+        let evicted = if self.map.len() >= self.capacity && self.tail != NIL {
+            let t = self.tail;
+            self.take(t)
+        } else {
+            None
+        };
+        let node = Node {
+            key,
+            handle: Some(Arc::clone(&handle)),
+            prev: NIL,
+            next: NIL,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.nodes[i] = node;
+                i
+            }
+            None => {
+                self.nodes.push(node);
+                self.nodes.len() - 1
+            }
+        };
+        self.map.insert(key, i);
+        self.push_front(i);
+        (handle, evicted)
+    }
+
+    fn remove(&mut self, key: Key) -> Option<Arc<SegmentHandle>> {
+        let i = *self.map.get(&key)?;
+        self.take(i)
+    }
 }
 
 pub(crate) struct HandleCache {
-    capacity: usize,
-    inner: Mutex<(HashMap<Key, Entry>, u64)>,
+    shards: Vec<Mutex<Shard>>,
 }
 
 impl HandleCache {
+    /// A cache of at most `capacity` handles (at least one).
     pub(crate) fn new(capacity: usize) -> Self {
-        HandleCache {
-            capacity: capacity.max(1),
-            inner: Mutex::new((HashMap::new(), 0)),
-        }
+        let capacity = capacity.max(1);
+        let n = SHARDS.min(capacity);
+        // Shard capacities add up to exactly `capacity`.
+        let shards = (0..n)
+            .map(|i| Mutex::new(Shard::new(capacity / n + usize::from(i < capacity % n))))
+            .collect();
+        HandleCache { shards }
+    }
+
+    fn shard(&self, key: Key) -> &Mutex<Shard> {
+        let h =
+            key.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ key.1.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        &self.shards[((h >> 32) as usize) % self.shards.len()]
     }
 
     pub(crate) fn get(&self, key: Key) -> Option<Arc<SegmentHandle>> {
-        let mut g = self.inner.lock();
-        let (map, clock) = &mut *g;
-        *clock += 1;
-        let e = map.get_mut(&key)?;
-        e.used = *clock;
-        Some(Arc::clone(&e.handle))
+        self.shard(key).lock().get(key)
     }
 
-    /// Inserts a handle, closing the least recently used one if the cache is full. Returns the
-    /// handle now cached for `key` (another thread may have inserted one first).
+    /// Inserts a handle, closing the least recently used one of its shard if the shard is full.
+    /// Returns the handle now cached for `key` (another thread may have inserted one first).
     pub(crate) fn insert(&self, key: Key, handle: Arc<SegmentHandle>) -> Arc<SegmentHandle> {
-        let evicted;
-        let out;
-        {
-            let mut g = self.inner.lock();
-            let (map, clock) = &mut *g;
-            *clock += 1;
-            if let Some(e) = map.get_mut(&key) {
-                e.used = *clock;
-                return Arc::clone(&e.handle);
-            }
-            evicted = if map.len() >= self.capacity {
-                let victim = map.iter().min_by_key(|(_, e)| e.used).map(|(k, _)| *k);
-                victim.and_then(|k| map.remove(&k))
-            } else {
-                None
-            };
-            out = Arc::clone(&handle);
-            map.insert(
-                key,
-                Entry {
-                    handle,
-                    used: *clock,
-                },
-            );
-        }
-        // Close outside the lock.
+        let (out, evicted) = self.shard(key).lock().insert(key, handle);
+        // Closed outside the lock.
         drop(evicted);
         out
     }
 
     pub(crate) fn remove(&self, key: Key) {
-        let e = self.inner.lock().0.remove(&key);
+        let e = self.shard(key).lock().remove(key);
         drop(e);
     }
 
     /// Drops every cached handle.
     pub(crate) fn clear(&self) {
-        let all = std::mem::take(&mut self.inner.lock().0);
-        drop(all);
+        for s in &self.shards {
+            let all = {
+                let mut s = s.lock();
+                let cap = s.capacity;
+                std::mem::replace(&mut *s, Shard::new(cap))
+            };
+            drop(all);
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.inner.lock().0.len()
+        self.shards.iter().map(|s| s.lock().map.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_evicts_least_recently_used_in_constant_time() {
+        // The list logic on keys alone (handles need files; the shard never looks inside them).
+        let mut s = Shard::new(3);
+        let mut order = Vec::new();
+        for k in 0..3u64 {
+            s.map.insert((0, k), s.nodes.len());
+            s.nodes.push(Node {
+                key: (0, k),
+                handle: None,
+                prev: NIL,
+                next: NIL,
+            });
+            let i = s.nodes.len() - 1;
+            s.push_front(i);
+        }
+        s.touch(s.map[&(0, 0)]);
+        let mut i = s.head;
+        while i != NIL {
+            order.push(s.nodes[i].key.1);
+            i = s.nodes[i].next;
+        }
+        assert_eq!(order, vec![0, 2, 1]);
+        let lru = s.tail;
+        assert_eq!(s.nodes[lru].key, (0, 1));
+        s.take(lru);
+        assert_eq!(s.map.len(), 2);
+        assert_eq!(s.nodes[s.tail].key, (0, 2));
+    }
+
+    #[test]
+    fn capacities_add_up_to_the_bound() {
+        for cap in [1, 5, 16, 17, 512, 1000] {
+            let c = HandleCache::new(cap);
+            let total: usize = c.shards.iter().map(|s| s.lock().capacity).sum();
+            assert_eq!(total, cap);
+        }
     }
 }

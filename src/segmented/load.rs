@@ -278,6 +278,7 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
         start: AtomicU64::new(start),
         durable_end: AtomicU64::new(end),
         dirty: AtomicBool::new(false),
+        signal: Default::default(),
     })
 }
 

@@ -48,8 +48,7 @@ use self::partition::{Ctx, Partition};
 use crate::catalog::Catalog;
 use crate::clock::now_ms;
 use crate::durability::{
-    BackgroundWork, Completion, DataSignal, FlushTarget, Flusher, GroupCommit, PeriodicJobs,
-    SyncGuardFs,
+    BackgroundWork, Completion, FlushTarget, Flusher, GroupCommit, PeriodicJobs, SyncGuardFs,
 };
 use crate::error::{Error, Result};
 use crate::options::StoreOptions;
@@ -81,7 +80,6 @@ pub(crate) struct Inner {
     /// Partitions written since their last flush.
     dirty: Mutex<Vec<Arc<Partition>>>,
     gc: Arc<GroupCommit>,
-    signal: DataSignal,
     jobs: PeriodicJobs,
     checkpoint_lock: Mutex<()>,
 }
@@ -157,7 +155,7 @@ impl Inner {
             self.dirty.lock().push(Arc::clone(&p));
         }
         let seq = self.appended.fetch_add(1, Ordering::AcqRel) + 1;
-        self.signal.notify();
+        p.signal.notify();
         self.gc.note_appended(messages.len() as u64, bytes);
         Ok((result, seq))
     }
@@ -373,7 +371,6 @@ impl SegmentedStore {
             appended: AtomicU64::new(0),
             dirty: Mutex::new(Vec::new()),
             gc,
-            signal: DataSignal::default(),
             jobs: PeriodicJobs::new(
                 options.segmented.checkpoint_interval,
                 options.segmented.retention_check_interval,
@@ -636,7 +633,7 @@ impl LogStore for SegmentedStore {
         self.inner.check_open()?;
         let p = self.inner.partition(topic, partition)?;
         let deadline = Instant::now() + timeout;
-        let ready = self.inner.signal.wait_until(deadline, || {
+        let ready = p.signal.wait_until(Some(deadline), || {
             p.end.load(Ordering::Acquire) > offset || self.inner.ctx.closed.load(Ordering::Acquire)
         });
         self.inner.check_open()?;
@@ -756,7 +753,9 @@ impl LogStore for SegmentedStore {
             return Ok(());
         }
         // Appends in flight finish under their partition lock before `Partition::close` takes it.
-        inner.signal.notify();
+        for p in inner.all_partitions() {
+            p.signal.notify();
+        }
         if let Some(mut f) = self.flusher.lock().take() {
             f.stop();
         }
@@ -805,7 +804,9 @@ impl LogStore for SegmentedStore {
         if inner.ctx.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        inner.signal.notify();
+        for p in inner.all_partitions() {
+            p.signal.notify();
+        }
         if let Some(mut f) = self.flusher.lock().take() {
             f.stop();
         }

@@ -46,6 +46,8 @@ pub(crate) struct Partition {
     pub(crate) start: AtomicU64,
     pub(crate) durable_end: AtomicU64,
     pub(crate) dirty: AtomicBool,
+    /// Wakes `wait_for` callers of this partition only.
+    pub(crate) signal: crate::durability::DataSignal,
 }
 
 impl Partition {

@@ -28,7 +28,11 @@ impl Partition {
                 while n < sealed && expired(&st.segments[n]) {
                     n += 1;
                 }
-                let active = st.segments.last().filter(|m| m.size > 0 && expired(m)).cloned();
+                let active = st
+                    .segments
+                    .last()
+                    .filter(|m| m.size > 0 && expired(m))
+                    .cloned();
                 if let (true, Some(active)) = (n == sealed, active) {
                     let handle = self.handle(ctx, &active)?;
                     self.roll(ctx, &mut st, handle, active.next_offset)?;
@@ -62,7 +66,8 @@ impl Partition {
         for m in &removed {
             ctx.cache.remove((self.uid, m.base));
         }
-        st.pending.retain(|(b, _)| removed.iter().all(|m| m.base != *b));
+        st.pending
+            .retain(|(b, _)| removed.iter().all(|m| m.base != *b));
         removed
     }
 

@@ -270,7 +270,12 @@ pub(crate) fn read_header(
 /// newer than the last entry, one for it (Kafka appends the same entry when a segment becomes
 /// inactive), so the sealed index's last entry is the segment's newest timestamp, which
 /// retention and a clean open read from it.
-pub(crate) fn sealed_time_entries(entries: &[u8], base: u64, max_timestamp: i64, next_offset: u64) -> Vec<u8> {
+pub(crate) fn sealed_time_entries(
+    entries: &[u8],
+    base: u64,
+    max_timestamp: i64,
+    next_offset: u64,
+) -> Vec<u8> {
     let mut out = entries[..entries.len() - entries.len() % TIME_ENTRY].to_vec();
     let last_ts = match out.len() {
         0 => -1,
@@ -295,7 +300,12 @@ pub(crate) fn seal(
     meta: &SegmentMeta,
 ) -> Result<()> {
     handle.sync()?;
-    let time = sealed_time_entries(handle.time_entries(), meta.base, meta.max_timestamp, meta.next_offset);
+    let time = sealed_time_entries(
+        handle.time_entries(),
+        meta.base,
+        meta.max_timestamp,
+        meta.next_offset,
+    );
     for (path, entries) in [
         (index_path(dir, meta.base), handle.offset_entries()),
         (time_index_path(dir, meta.base), &time[..]),
@@ -309,7 +319,12 @@ pub(crate) fn seal(
 /// (a preallocated, untrimmed index ends in zeros), and the time index holding at least one
 /// entry with a positive timestamp when the log is not empty. A segment that was rolled but not
 /// sealed before a crash fails this and is validated like an unflushed one.
-pub(crate) fn indexes_look_sealed(fs: &dyn FileSystem, dir: &Path, base: u64, log_len: u64) -> Result<bool> {
+pub(crate) fn indexes_look_sealed(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    base: u64,
+    log_len: u64,
+) -> Result<bool> {
     let tail = |path: &Path, unit: usize| -> Result<Option<Vec<u8>>> {
         let len = fs.file_len(path).map_err(|e| Error::io(path, e))?;
         if len % unit as u64 != 0 {

@@ -41,7 +41,6 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Builds the property string of a message: user properties, then TAGS, then the key.
@@ -122,8 +121,9 @@ impl Inner {
                 });
             }
             let total_bytes = buf.len() as u64;
-            let (result, end) =
-                self.append_locked(&t, partition, buf, items, born_now, messages)?;
+            let (result, end) = self
+                .append_locked(&t, partition, buf, items, born_now, messages)
+                .map_err(|e| self.note_poison(e))?;
             self.signal.notify();
             self.gc.note_appended(items.len() as u64, total_bytes);
             Ok((result, end))

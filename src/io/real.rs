@@ -280,7 +280,17 @@ impl FileSystem for RealFs {
                 file
             }
         };
-        let map = MmapRaw::map_raw(&file)?;
+        let map = match MmapRaw::map_raw(&file) {
+            Ok(m) => m,
+            Err(e) => {
+                // A created file that cannot be mapped must not stay behind either.
+                if mode == MapMode::Create {
+                    drop(file);
+                    let _ = fs::remove_file(path);
+                }
+                return Err(e);
+            }
+        };
         Ok(Box::new(RealMapped { file, map }))
     }
 

@@ -78,6 +78,9 @@ pub(crate) fn make_record(
     })
 }
 
+/// Units reserved up front by a read; more are allocated only as they are returned.
+const INITIAL_UNITS: usize = 64;
+
 impl Inner {
     pub(crate) fn read(
         &self,
@@ -104,7 +107,9 @@ impl Inner {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let mut units: Vec<Unit> = Vec::with_capacity(n);
+        // Grown as units are accepted, so the allocation follows what the read returns: `n` is
+        // the whole backlog when the caller sets no message limit and only `max_bytes` stops it.
+        let mut units: Vec<Unit> = Vec::with_capacity(n.min(INITIAL_UNITS));
         let mut bytes = 0usize;
         for o in offset..offset + n as u64 {
             let unit = part.cq.unit(o).ok_or_else(|| {

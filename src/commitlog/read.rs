@@ -112,13 +112,19 @@ impl Inner {
         let mut units: Vec<Unit> = Vec::with_capacity(n.min(INITIAL_UNITS));
         let mut bytes = 0usize;
         for o in offset..offset + n as u64 {
-            let unit = part.cq.unit(o).ok_or_else(|| {
-                Error::corrupted(
+            let Some(unit) = part.cq.unit(o) else {
+                // Retention and `delete_before` raise the start before they unlink queue files:
+                // a unit that vanished below the start as it is now was deleted under this read,
+                // a normal race the caller recovers from by seeking. Above the start it is damage.
+                if o < part.start.load(Ordering::Acquire) {
+                    return Err(out_of_range());
+                }
+                return Err(Error::corrupted(
                     part.cq.dir(),
                     o * super::UNIT_SIZE,
                     "missing consume-queue unit below the partition end",
-                )
-            })?;
+                ));
+            };
             if !units.is_empty() && bytes + unit.size as usize > limits.max_bytes {
                 break;
             }

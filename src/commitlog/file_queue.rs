@@ -69,12 +69,13 @@ impl FileQueue {
                     continue;
                 }
                 if i + 1 == found.len() && len < file_size {
-                    // A truncated last file: give it back its size (zeros) and let recovery find
-                    // where its valid data ends.
+                    // A truncated last file: give it back its size (zeros, with real blocks: a
+                    // sparse tail would be a SIGBUS on a full disk when the writer reaches it)
+                    // and let recovery find where its valid data ends.
                     let f = fs
                         .open_file(&path, OpenMode::Existing)
                         .map_err(|e| Error::io(&path, e))?;
-                    f.set_len(file_size).map_err(|e| Error::io(&path, e))?;
+                    f.allocate(file_size).map_err(|e| Error::io(&path, e))?;
                     f.sync_data().map_err(|e| Error::io(&path, e))?;
                     repaired = true;
                 } else {

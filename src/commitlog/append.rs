@@ -121,8 +121,9 @@ impl Inner {
                 });
             }
             let total_bytes = buf.len() as u64;
-            let (result, end) =
-                self.append_locked(&t, partition, buf, items, born_now, messages)?;
+            let (result, end) = self
+                .append_locked(&t, partition, buf, items, born_now, messages)
+                .map_err(|e| self.note_poison(e))?;
             if let Some(p) = t.partitions.get(partition as usize) {
                 p.signal.notify();
             }

@@ -69,12 +69,13 @@ impl FileQueue {
                     continue;
                 }
                 if i + 1 == found.len() && len < file_size {
-                    // A truncated last file: give it back its size (zeros) and let recovery find
-                    // where its valid data ends.
+                    // A truncated last file: give it back its size (zeros, with real blocks: a
+                    // sparse tail would be a SIGBUS on a full disk when the writer reaches it)
+                    // and let recovery find where its valid data ends.
                     let f = fs
                         .open_file(&path, OpenMode::Existing)
                         .map_err(|e| Error::io(&path, e))?;
-                    f.set_len(file_size).map_err(|e| Error::io(&path, e))?;
+                    f.allocate(file_size).map_err(|e| Error::io(&path, e))?;
                     f.sync_data().map_err(|e| Error::io(&path, e))?;
                     repaired = true;
                 } else {
@@ -158,14 +159,47 @@ impl FileQueue {
 
     /// Creates, preallocates and maps the file starting at `start`, and makes its directory
     /// entry durable.
+    ///
+    /// A failure leaves no file behind: a file that cannot be removed again, or a failed
+    /// directory sync, is [`Error::Poisoned`] (a failed sync proves nothing about what a later
+    /// one persists, and a leftover file would make every later roll fail with "exists"); the
+    /// engine turns the store poisoned on that error. Recovery removes the leftover at reopen.
     pub(crate) fn create(&self, fs: &dyn FileSystem, start: u64) -> Result<Arc<MappedFile>> {
         debug_assert_eq!(start % self.file_size, 0);
         let path = self.dir.join(io::offset_name(start));
-        let file = MappedFile::map(fs, &path, start, self.file_size, MapMode::Create)
-            .map_err(|e| Error::io(&path, e))?;
+        let file = match MappedFile::map(fs, &path, start, self.file_size, MapMode::Create) {
+            Ok(f) => f,
+            Err(e) => {
+                // `map_file` removes what it created on failure; make sure of it, since a
+                // leftover wedges the queue.
+                if !matches!(fs.exists(&path), Ok(false))
+                    && e.kind() != std::io::ErrorKind::AlreadyExists
+                    && let Err(rm) = io::remove_if_exists(fs, &path)
+                {
+                    return Err(Error::Poisoned {
+                        reason: format!(
+                            "creating {} failed ({e}) and removing it failed too ({rm})",
+                            path.display()
+                        ),
+                    });
+                }
+                return Err(Error::io(&path, e));
+            }
+        };
         if let Err(e) = fs.sync_dir(&self.dir) {
-            let _ = fs.remove_file(&path);
-            return Err(Error::io(&self.dir, e));
+            drop(file);
+            let removed = fs.remove_file(&path);
+            return Err(Error::Poisoned {
+                reason: format!(
+                    "directory sync of {} failed after creating {}: {e}{}",
+                    self.dir.display(),
+                    path.display(),
+                    match removed {
+                        Ok(()) => String::new(),
+                        Err(rm) => format!("; removing it failed too: {rm}"),
+                    }
+                ),
+            });
         }
         if self.small_pages {
             file.small_pages_ahead();
@@ -234,8 +268,9 @@ impl FileQueue {
             removed += 1;
         }
         if removed > 0 {
-            fs.sync_dir(&self.dir)
-                .map_err(|e| Error::io(&self.dir, e))?;
+            fs.sync_dir(&self.dir).map_err(|e| Error::Poisoned {
+                reason: format!("directory sync of {} failed: {e}", self.dir.display()),
+            })?;
         }
         Ok(removed)
     }

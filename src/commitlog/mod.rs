@@ -136,6 +136,38 @@ impl Inner {
         }
     }
 
+    /// A sync (or a write whose point is a sync: checkpoint, start offsets, key-index flush)
+    /// failed: the store turns `Poisoned` until reopened, since the kernel may have dropped the
+    /// pages it was meant to persist and a later sync that succeeds would prove nothing.
+    fn sync_failed(&self, e: Error) -> Error {
+        let reason = match e {
+            Error::Poisoned { reason } => reason,
+            other => other.to_string(),
+        };
+        self.gc.poison(reason.clone());
+        Error::Poisoned { reason }
+    }
+
+    /// A metadata file written atomically (temporary file, fsync, rename, directory fsync) or
+    /// the key index's checkpoint failed. A full disk is returned as it is: it can only come
+    /// from writing the temporary file, which leaves the old file in place and drops no page
+    /// the store relies on. Anything else may be a failed sync and poisons.
+    fn metadata_write_failed(&self, e: Error) -> Error {
+        if e.is_storage_full() {
+            return e;
+        }
+        self.sync_failed(e)
+    }
+
+    /// Passes a `Poisoned` error of a lower layer (a file creation whose directory sync failed,
+    /// a key-index roll) on to the whole store; other errors go through unchanged.
+    fn note_poison(&self, e: Error) -> Error {
+        if let Error::Poisoned { reason } = &e {
+            self.gc.poison(reason.clone());
+        }
+        e
+    }
+
     fn topic(&self, name: &str) -> Result<Arc<TopicState>> {
         self.topics
             .read()
@@ -208,13 +240,16 @@ impl Inner {
         drop(topics);
         entries.sort();
         checkpoint::store_start_offsets(self.fs.as_ref(), &self.dir, &entries)
+            .map_err(|e| self.metadata_write_failed(e))
     }
 
     /// Flushes every consume queue and writes the checkpoint.
     fn write_checkpoint(&self) -> Result<()> {
         let _one_writer = self.checkpoint_lock.lock();
         if let Some(index) = &self.index {
-            index.checkpoint(&self.partition_ends())?;
+            index
+                .checkpoint(&self.partition_ends())
+                .map_err(|e| self.metadata_write_failed(e))?;
         }
         let dispatched = self.written.load(Ordering::Acquire);
         let topics: Vec<Arc<TopicState>> = self.topics.read().values().cloned().collect();
@@ -223,8 +258,7 @@ impl Inner {
                 if let Err(e) = part.cq.flush() {
                     // The kernel may have dropped the pages this flush was for; a later flush
                     // succeeding would not bring them back, so no checkpoint may claim them.
-                    self.gc.poison(e.to_string());
-                    return Err(e);
+                    return Err(self.sync_failed(e));
                 }
             }
         }
@@ -236,6 +270,7 @@ impl Inner {
             written_at_ms: crate::clock::now_ms().max(self.append_lock.lock().last_store_timestamp),
         };
         cp.store(self.fs.as_ref(), &self.dir)
+            .map_err(|e| self.metadata_write_failed(e))
     }
 
     /// Every partition's end, sampled now.
@@ -572,7 +607,7 @@ impl LogStore for CommitLogStore {
         let Some(index) = &inner.index else {
             return Ok(0);
         };
-        index.clear()?;
+        index.clear().map_err(|e| inner.sync_failed(e))?;
         let n = inner.catch_up_index(true)?;
         inner.write_checkpoint()?;
         Ok(n)

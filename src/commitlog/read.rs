@@ -78,6 +78,9 @@ pub(crate) fn make_record(
     })
 }
 
+/// Units reserved up front by a read; more are allocated only as they are returned.
+const INITIAL_UNITS: usize = 64;
+
 impl Inner {
     pub(crate) fn read(
         &self,
@@ -104,16 +107,24 @@ impl Inner {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let mut units: Vec<Unit> = Vec::with_capacity(n);
+        // Grown as units are accepted, so the allocation follows what the read returns: `n` is
+        // the whole backlog when the caller sets no message limit and only `max_bytes` stops it.
+        let mut units: Vec<Unit> = Vec::with_capacity(n.min(INITIAL_UNITS));
         let mut bytes = 0usize;
         for o in offset..offset + n as u64 {
-            let unit = part.cq.unit(o).ok_or_else(|| {
-                Error::corrupted(
+            let Some(unit) = part.cq.unit(o) else {
+                // Retention and `delete_before` raise the start before they unlink queue files:
+                // a unit that vanished below the start as it is now was deleted under this read,
+                // a normal race the caller recovers from by seeking. Above the start it is damage.
+                if o < part.start.load(Ordering::Acquire) {
+                    return Err(out_of_range());
+                }
+                return Err(Error::corrupted(
                     part.cq.dir(),
                     o * super::UNIT_SIZE,
                     "missing consume-queue unit below the partition end",
-                )
-            })?;
+                ));
+            };
             if !units.is_empty() && bytes + unit.size as usize > limits.max_bytes {
                 break;
             }

@@ -106,9 +106,16 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
     let (replay_from, end) = match clean_end {
         Some(end) => (end, end),
         None => {
-            let from = checkpoint
+            let mut from = checkpoint
                 .map_or(log_min, |c| c.dispatch_flushed)
                 .max(log_min);
+            if inner.log.repaired()
+                && let Some(last) = inner.log.last()
+            {
+                // The truncated last file lost bytes the checkpoint may count as durable:
+                // replay it whole, so a record cut by the truncation ends the log.
+                from = from.min(last.start_offset());
+            }
             // Never start past the files that exist.
             let last_end = inner
                 .log

@@ -41,7 +41,10 @@ impl Inner {
     /// Removes key-index files whose records are all gone.
     pub(crate) fn trim_index(&self) -> Result<()> {
         if let (Some(index), Some(oldest)) = (&self.index, self.oldest_live_timestamp()?) {
-            index.remove_older_than(oldest)?;
+            // Its only sync is the directory's after the unlinks.
+            index
+                .remove_older_than(oldest)
+                .map_err(|e| self.sync_failed(e))?;
         }
         Ok(())
     }
@@ -90,13 +93,16 @@ impl Inner {
             return Ok(0);
         }
         let mut left = delete;
-        let removed = self.log.remove_front_while(self.fs.as_ref(), |_| {
-            if left == 0 {
-                return false;
-            }
-            left -= 1;
-            true
-        })?;
+        let removed = self
+            .log
+            .remove_front_while(self.fs.as_ref(), |_| {
+                if left == 0 {
+                    return false;
+                }
+                left -= 1;
+                true
+            })
+            .map_err(|e| self.note_poison(e))?;
         self.advance_starts_past_log_start()?;
         self.trim_index()?;
         Ok(removed)
@@ -117,7 +123,9 @@ impl Inner {
                 let new_start = part.cq.first_at_or_after(log_min, start, end);
                 if new_start > start {
                     part.start.store(new_start, Ordering::Release);
-                    part.cq.remove_below(self.fs.as_ref(), new_start)?;
+                    part.cq
+                        .remove_below(self.fs.as_ref(), new_start)
+                        .map_err(|e| self.note_poison(e))?;
                     changed = true;
                 }
             }
@@ -141,7 +149,9 @@ impl Inner {
         // Persist before deleting files: after a crash the start must not fall back below
         // records whose queue files are gone.
         self.store_start_offsets()?;
-        part.cq.remove_below(self.fs.as_ref(), offset)?;
+        part.cq
+            .remove_below(self.fs.as_ref(), offset)
+            .map_err(|e| self.note_poison(e))?;
         drop(_admin);
         self.trim_index()?;
         Ok(offset)

@@ -194,9 +194,14 @@ impl KeyIndex {
             self.opts.slots,
             self.opts.max_entries,
         )?);
-        self.fs
-            .sync_dir(&self.dir)
-            .map_err(|e| Error::io(&self.dir, e))?;
+        if let Err(e) = self.fs.sync_dir(&self.dir) {
+            // A failed sync poisons the store (the engine passes this on); the new file goes.
+            drop(f);
+            let _ = self.fs.remove_file(&path);
+            return Err(Error::Poisoned {
+                reason: format!("directory sync of {} failed: {e}", self.dir.display()),
+            });
+        }
         self.files.write().push(Arc::clone(&f));
         Ok(f)
     }

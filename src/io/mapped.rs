@@ -20,6 +20,11 @@ use parking_lot::Mutex;
 
 use super::{FileSystem, MapMode, MappedStorage};
 
+/// Page size assumed for allocation steps (a multiple of every common page size's divisor).
+const PAGE: usize = 4096;
+/// Largest step by which [`MappedFile::ensure_allocated`] grows a file.
+pub const MAX_GROW_STEP: usize = 1 << 20;
+
 /// A published range of a [`MappedFile`], owning a reference to it: the backing of the zero-copy
 /// [`Bytes`] that reads hand out.
 struct PublishedRange {
@@ -104,9 +109,39 @@ impl MappedFile {
         self.start_offset
     }
 
-    /// Length of the file.
+    /// Length of the file: its capacity (of a growable file, the full length it may grow to).
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Bytes at the start of the file backed by allocated blocks (see [`MapMode`]); nothing
+    /// past it is ever read or written.
+    pub fn allocated(&self) -> usize {
+        self.storage.allocated()
+    }
+
+    /// Makes sure the first `upto` bytes are allocated, growing a growable file in steps that
+    /// double its allocation (at least a page, at most [`MAX_GROW_STEP`] at a time), so a
+    /// writer pays one `fallocate` per step rather than one per record. A full disk is an error
+    /// here; the bytes written later cannot fault.
+    pub fn ensure_allocated(&self, upto: usize) -> io::Result<()> {
+        let have = self.storage.allocated();
+        if upto <= have {
+            return Ok(());
+        }
+        if upto > self.len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} bytes do not fit a file of {}", upto, self.len),
+            ));
+        }
+        let step = have.clamp(PAGE, MAX_GROW_STEP);
+        let target = upto
+            .max(have + step)
+            .div_ceil(PAGE)
+            .saturating_mul(PAGE)
+            .min(self.len);
+        self.storage.grow(target)
     }
 
     /// Whether the file has zero length.
@@ -114,18 +149,19 @@ impl MappedFile {
         self.len == 0
     }
 
-    /// All bytes of the file, for recovery scans. Needs exclusive access.
+    /// All allocated bytes of the file, for recovery scans. Needs exclusive access.
     pub fn contents(&mut self) -> &[u8] {
-        // SAFETY: `ptr` is valid for `len` bytes while `storage` lives; `&mut self` means no
-        // writer or reader of this file exists right now.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        let allocated = self.storage.allocated().min(self.len);
+        // SAFETY: `ptr` is valid for the allocated prefix while `storage` lives; `&mut self`
+        // means no writer or reader of this file exists right now.
+        unsafe { std::slice::from_raw_parts(self.ptr, allocated) }
     }
 
     /// Sets cursor and committed to `end` (bytes before it are data, after it free) and the
     /// flushed mark to `durable` (bytes from there to `end` still need a flush). Used once
     /// recovery has found the end of valid data.
     pub fn set_recovered_end(&mut self, end: usize, durable: usize) {
-        let end = end.min(self.len);
+        let end = end.min(self.storage.allocated()).min(self.len);
         *self.cursor.get_mut() = end;
         *self.committed.get_mut() = end;
         *self.flushed.get_mut() = durable.min(end);
@@ -133,8 +169,9 @@ impl MappedFile {
 
     /// Durably zeroes everything from `pos` to the end of the file (erasing a torn tail).
     pub fn zero_from(&mut self, pos: usize) -> io::Result<()> {
-        let pos = pos.min(self.len);
-        self.storage.zero_range(pos, self.len - pos)
+        let allocated = self.storage.allocated().min(self.len);
+        let pos = pos.min(allocated);
+        self.storage.zero_range(pos, allocated - pos)
     }
 
     /// Bytes left after the write cursor.
@@ -148,17 +185,18 @@ impl MappedFile {
     }
 
     /// Appends `parts` back to back at the cursor. Returns the position of the first byte, or
-    /// `None` (writing nothing) when they do not fit.
+    /// `None` (writing nothing) when they do not fit, in the file or in its allocated prefix
+    /// (a growable file's writer calls [`Self::ensure_allocated`] first).
     pub fn append(&self, parts: &[&[u8]]) -> Option<usize> {
         let mut cursor = self.cursor.lock();
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let start = *cursor;
-        if total > self.len - start {
+        if total > self.storage.allocated().min(self.len).saturating_sub(start) {
             return None;
         }
         let mut at = start;
         for part in parts {
-            // SAFETY: in bounds (checked above), at/after the cursor so no reader sees it (readers
+            // SAFETY: in the allocated prefix (checked above), at/after the cursor so no reader sees it (readers
             // stop at `committed`), and the cursor mutex makes this the only writer.
             unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), self.ptr.add(at), part.len()) };
             at += part.len();
@@ -239,7 +277,7 @@ impl MappedFile {
     /// so far (and the file has room left to fault in): time to ask a [`super::Warmer`].
     pub fn wants_prefault(&self, pos: usize, window: usize) -> bool {
         let done = self.prefaulted.load(Ordering::Relaxed);
-        done < self.len && pos + window / 2 >= done
+        done < self.storage.allocated().min(self.len) && pos + window / 2 >= done
     }
 
     /// Faults in the pages from the write cursor up to `window` bytes past it (see
@@ -247,7 +285,10 @@ impl MappedFile {
     pub fn prefault_ahead(&self, window: usize) -> io::Result<()> {
         let cursor = self.write_position();
         let from = self.prefaulted.load(Ordering::Acquire).max(cursor);
-        let to = (cursor + window).min(self.len);
+        // Never past the allocated prefix: warming must not touch a page without a block.
+        let to = (cursor + window)
+            .min(self.storage.allocated())
+            .min(self.len);
         if to > from {
             let result = self.storage.prefault(from, to - from);
             // Advanced even on failure: a kernel without the call should not be asked again.
@@ -278,10 +319,17 @@ impl MappedFile {
 /// A mapped file accessed only as big-endian 32-bit words through atomics: for structures
 /// updated in place while readers walk them (the key index's hash slots and chained entries).
 /// Every access is atomic, so concurrent readers and the single writer never race.
+///
+/// Mapped with a `Growable` [`MapMode`], only the allocated prefix is touched: reads past it
+/// see 0, and a store past it grows the file first ([`MappedWords::ensure_words`] does so
+/// ahead of time, with an error the caller can act on).
 pub struct MappedWords {
     path: PathBuf,
     storage: Box<dyn MappedStorage>,
     words: usize,
+    /// A grow that failed inside [`MappedWords::set`] (which cannot return it): the store was
+    /// dropped, and the next [`MappedWords::flush`] reports it.
+    grow_failed: Mutex<Option<io::Error>>,
 }
 
 impl fmt::Debug for MappedWords {
@@ -294,7 +342,8 @@ impl fmt::Debug for MappedWords {
 }
 
 impl MappedWords {
-    /// Maps `path` (created preallocated, or opened) of `words × 4` bytes.
+    /// Maps `path` (created preallocated, or opened; or growable, see [`MapMode`]) of
+    /// `words × 4` bytes.
     pub fn map(fs: &dyn FileSystem, path: &Path, words: usize, mode: MapMode) -> io::Result<Self> {
         let storage = fs.map_file(path, words as u64 * 4, mode)?;
         if storage.len() != words * 4
@@ -309,6 +358,7 @@ impl MappedWords {
             path: path.to_owned(),
             storage,
             words,
+            grow_failed: Mutex::new(None),
         })
     }
 
@@ -317,13 +367,39 @@ impl MappedWords {
         &self.path
     }
 
+    /// Words backed by allocated blocks.
+    pub fn allocated_words(&self) -> usize {
+        (self.storage.allocated() / 4).min(self.words)
+    }
+
     fn cells(&self) -> &[AtomicU32] {
         // The mapping lives as long as `storage`, is aligned for AtomicU32 (checked at map
         // time), and is only ever touched through these atomics; LOCK keeps other processes out.
-        // SAFETY: valid, aligned memory of `words` u32s, accessed only atomically (see above).
+        // Only the allocated prefix is exposed.
+        // SAFETY: valid, aligned memory of `allocated_words()` u32s, accessed only atomically.
         unsafe {
-            std::slice::from_raw_parts(self.storage.base_ptr() as *const AtomicU32, self.words)
+            std::slice::from_raw_parts(
+                self.storage.base_ptr() as *const AtomicU32,
+                self.allocated_words(),
+            )
         }
+    }
+
+    /// Makes sure the first `n` words are allocated, growing the file in steps that double
+    /// its allocation (at most [`MAX_GROW_STEP`] at a time). A full disk is an error here.
+    pub fn ensure_words(&self, n: usize) -> io::Result<()> {
+        let have = self.storage.allocated();
+        let upto = n.min(self.words) * 4;
+        if upto <= have {
+            return Ok(());
+        }
+        let step = have.clamp(PAGE, MAX_GROW_STEP);
+        let target = upto
+            .max(have + step)
+            .div_ceil(PAGE)
+            .saturating_mul(PAGE)
+            .min(self.words * 4);
+        self.storage.grow(target)
     }
 
     /// Number of words.
@@ -336,15 +412,25 @@ impl MappedWords {
         self.words == 0
     }
 
-    /// Word `i` (big-endian on disk), or 0 past the end.
+    /// Word `i` (big-endian on disk), or 0 past the end or the allocated prefix.
     pub fn get(&self, i: usize) -> u32 {
         self.cells()
             .get(i)
             .map_or(0, |c| u32::from_be(c.load(Ordering::Acquire)))
     }
 
-    /// Stores word `i` (big-endian on disk); ignored past the end.
+    /// Stores word `i` (big-endian on disk); ignored past the end. Past the allocated prefix
+    /// the file grows first; if that fails the store is dropped and `flush` reports it.
     pub fn set(&self, i: usize, v: u32) {
+        if i >= self.words {
+            return;
+        }
+        if i >= self.allocated_words()
+            && let Err(e) = self.ensure_words(i + 1)
+        {
+            self.grow_failed.lock().get_or_insert(e);
+            return;
+        }
         if let Some(c) = self.cells().get(i) {
             c.store(v.to_be(), Ordering::Release);
         }
@@ -361,8 +447,11 @@ impl MappedWords {
         self.set(i + 1, v as u32);
     }
 
-    /// Makes the whole file durable.
+    /// Makes the whole (allocated) file durable; reports a grow that failed in `set`.
     pub fn flush(&self) -> io::Result<()> {
-        self.storage.flush_range(0, self.words * 4)
+        if let Some(e) = self.grow_failed.lock().take() {
+            return Err(e);
+        }
+        self.storage.flush_range(0, self.storage.allocated())
     }
 }

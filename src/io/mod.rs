@@ -31,6 +31,13 @@ pub struct DirEntry {
 }
 
 /// How [`FileSystem::map_file`] treats the path.
+///
+/// The `Growable` modes give a grow-on-demand mapped file: the mapping covers the full `len`
+/// bytes of address space from the start (so its address never changes), but the file only has
+/// the blocks of its allocated prefix ([`MappedStorage::allocated`]). Nobody may touch a byte at
+/// or past `allocated()` (on a real file that is a SIGBUS, or a store the file never keeps);
+/// [`MappedStorage::grow`] allocates more with real blocks (`fallocate`), so a full disk is an
+/// error at grow time, never a SIGBUS on a later store. Disk use then follows the data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapMode {
     /// The file must not exist; it is created and preallocated to the full length, so a full
@@ -38,6 +45,15 @@ pub enum MapMode {
     Create,
     /// The file must exist with exactly the given length.
     Open,
+    /// The file must not exist; it is created with its first `initial` bytes allocated (capped
+    /// at the full length) and grows with [`MappedStorage::grow`].
+    CreateGrowable {
+        /// Bytes allocated at creation.
+        initial: u64,
+    },
+    /// The file must exist with at most the given length; its length is its allocated prefix
+    /// (a file created by `Create` is simply fully allocated).
+    OpenGrowable,
 }
 
 /// A file mapped into memory: a stable region of `len()` bytes at `base_ptr()`.
@@ -51,8 +67,27 @@ pub trait MappedStorage: Send + Sync + fmt::Debug {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Start of the region. Valid for reads and writes of `len()` bytes while `self` lives.
+    /// Start of the region. Valid for reads and writes of `allocated()` bytes while `self`
+    /// lives; the rest of `len()` is reserved address space that must not be touched.
     fn base_ptr(&self) -> *mut u8;
+    /// Bytes at the start of the region backed by allocated file blocks: the only ones that
+    /// may be read or written. Never decreases. `len()` unless mapped with a `Growable` mode.
+    fn allocated(&self) -> usize {
+        self.len()
+    }
+    /// Allocates the file up to at least `upto` bytes (at most `len()`) with real blocks, so
+    /// a full disk is an error here. Safe to call from any thread; a no-op when `upto` is
+    /// already allocated. The default supports only fully allocated files.
+    fn grow(&self, upto: usize) -> io::Result<()> {
+        if upto <= self.allocated() {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this mapping cannot grow",
+            ))
+        }
+    }
     /// Makes the bytes in `[offset, offset + len)` durable (msync / fdatasync).
     fn flush_range(&self, offset: usize, len: usize) -> io::Result<()>;
     /// Durably sets `[offset, offset + len)` to zero (used to erase a torn tail on recovery).
@@ -89,6 +124,15 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     }
     /// Truncates or extends (with zeros) to `len`.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Extends the file to at least `len` bytes of zeros backed by real blocks (never sparse:
+    /// a file that will be mapped must not fault on a full disk). The default is `set_len`,
+    /// for implementations without sparse files.
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        if len > self.len()? {
+            self.set_len(len)?;
+        }
+        Ok(())
+    }
     /// Makes the data (and the length) durable: fdatasync.
     fn sync_data(&self) -> io::Result<()>;
 }
@@ -147,7 +191,10 @@ pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
     fn remove_dir(&self, path: &Path) -> io::Result<()>;
     /// Makes the directory's entries durable.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
-    /// Maps a file of exactly `len` bytes.
+    /// Maps a file of exactly `len` bytes (at most `len` in the `Growable` modes, see
+    /// [`MapMode`]). The mapping holds no file descriptor once this returns: operations that
+    /// need one (growing, zeroing, dropping cached pages) open the path again, so a store with
+    /// many mapped files does not run into the descriptor limit.
     fn map_file(&self, path: &Path, len: u64, mode: MapMode) -> io::Result<Box<dyn MappedStorage>>;
     /// Opens a file for positional reads and writes.
     fn open_file(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn StorageFile>>;

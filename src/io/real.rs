@@ -4,9 +4,11 @@ use std::any::Any;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use memmap2::MmapRaw;
+use memmap2::{MmapOptions, MmapRaw};
+use parking_lot::Mutex;
 
 use std::os::unix::fs::FileExt;
 
@@ -16,11 +18,31 @@ use super::{DirEntry, FileSystem, MapMode, MappedStorage, OpenMode, StorageFile}
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RealFs;
 
-/// A real file mapped shared, read-write.
+/// A real file mapped shared, read-write. It holds no descriptor: the few operations that need
+/// one open the path again (see [`FileSystem::map_file`]).
 #[derive(Debug)]
 struct RealMapped {
-    file: File,
+    path: PathBuf,
     map: MmapRaw,
+    /// Bytes of the file backed by allocated blocks; only they may be touched.
+    allocated: AtomicUsize,
+    /// Serialises growers (the writer and a background allocator).
+    grow_lock: Mutex<()>,
+}
+
+impl RealMapped {
+    fn open(&self, write: bool) -> io::Result<File> {
+        OpenOptions::new().read(true).write(write).open(&self.path)
+    }
+
+    /// `[offset, offset + len)` clipped to the allocated prefix.
+    fn clip(&self, offset: usize, len: usize) -> usize {
+        let allocated = self.allocated.load(Ordering::Acquire);
+        offset
+            .checked_add(len)
+            .map_or(allocated, |end| end.min(allocated))
+            .saturating_sub(offset)
+    }
 }
 
 impl MappedStorage for RealMapped {
@@ -32,19 +54,49 @@ impl MappedStorage for RealMapped {
         self.map.as_mut_ptr()
     }
 
+    fn allocated(&self) -> usize {
+        self.allocated.load(Ordering::Acquire)
+    }
+
+    fn grow(&self, upto: usize) -> io::Result<()> {
+        if upto <= self.allocated() {
+            return Ok(());
+        }
+        if upto > self.map.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cannot grow past the mapping's {} bytes", self.map.len()),
+            ));
+        }
+        let _one = self.grow_lock.lock();
+        let from = self.allocated();
+        if upto <= from {
+            return Ok(());
+        }
+        let file = self.open(true)?;
+        allocate(&file, from as u64, upto as u64)?;
+        // Published only once the blocks exist: nobody touches a byte before this store.
+        self.allocated.store(upto, Ordering::Release);
+        Ok(())
+    }
+
     fn flush_range(&self, offset: usize, len: usize) -> io::Result<()> {
+        let len = self.clip(offset, len);
         if len == 0 {
             return Ok(());
         }
+        // msync of a shared file mapping is fdatasync of the range on Linux: it also makes a
+        // grown file's new length durable.
         self.map.flush_range(offset, len)
     }
 
     fn prefault(&self, offset: usize, len: usize) -> io::Result<()> {
+        let len = self.clip(offset, len);
         if len == 0 {
             return Ok(());
         }
         // MADV_POPULATE_WRITE (Linux 5.14+) faults the pages in writable and leaves their bytes
-        // as they are. The file is preallocated, so this cannot hit a full disk.
+        // as they are. The range is allocated, so this cannot hit a full disk.
         #[cfg(target_os = "linux")]
         return self
             .map
@@ -54,6 +106,7 @@ impl MappedStorage for RealMapped {
     }
 
     fn set_random_access(&self, offset: usize, len: usize, random: bool) -> io::Result<()> {
+        let len = self.clip(offset, len);
         if len == 0 {
             return Ok(());
         }
@@ -78,11 +131,12 @@ impl MappedStorage for RealMapped {
                 end - from,
             )?;
         }
+        let file = self.open(false)?;
         // SAFETY: posix_fadvise on an fd we own, within the file; it only drops clean cached
         // pages, which are re-read from the file on the next access.
         let rc = unsafe {
             libc::posix_fadvise(
-                self.file.as_raw_fd(),
+                file.as_raw_fd(),
                 from as libc::off_t,
                 (end - from) as libc::off_t,
                 libc::POSIX_FADV_DONTNEED,
@@ -95,29 +149,31 @@ impl MappedStorage for RealMapped {
     }
 
     fn zero_range(&self, offset: usize, len: usize) -> io::Result<()> {
+        let len = self.clip(offset, len);
         if len == 0 {
             return Ok(());
         }
+        let file = self.open(true)?;
         let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
         // SAFETY: fallocate on an fd we own; offsets are within the file, whose length does not
         // change (KEEP_SIZE), so the mapping stays valid. Zeroing a mapped range is allowed.
         let rc = unsafe {
             libc::fallocate(
-                self.file.as_raw_fd(),
+                file.as_raw_fd(),
                 mode,
                 offset as libc::off_t,
                 len as libc::off_t,
             )
         };
         if rc == 0 {
-            return self.file.sync_data();
+            return file.sync_data();
         }
         // Without ZERO_RANGE: punch a hole, then allocate it again so the range is not sparse.
         let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         // SAFETY: as above; the length of the file does not change.
         let rc = unsafe {
             libc::fallocate(
-                self.file.as_raw_fd(),
+                file.as_raw_fd(),
                 punch,
                 offset as libc::off_t,
                 len as libc::off_t,
@@ -126,29 +182,18 @@ impl MappedStorage for RealMapped {
         if rc == 0 {
             // SAFETY: posix_fallocate on an fd we own, inside the file.
             let rc = unsafe {
-                libc::posix_fallocate(
-                    self.file.as_raw_fd(),
-                    offset as libc::off_t,
-                    len as libc::off_t,
-                )
+                libc::posix_fallocate(file.as_raw_fd(), offset as libc::off_t, len as libc::off_t)
             };
             if rc != 0 {
                 return Err(io::Error::from_raw_os_error(rc));
             }
-            return self.file.sync_data();
+            return file.sync_data();
         }
         // File systems without ZERO_RANGE: write the zeros through the mapping.
-        let end = offset
-            .checked_add(len)
-            .filter(|&e| e <= self.map.len())
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "zero_range past the end of the mapping",
-                )
-            })?;
-        // SAFETY: [offset, end) lies inside the mapping (checked above); the caller holds the file
-        // exclusively while erasing a tail, so no reader observes these bytes.
+        let end = offset + len;
+        // SAFETY: [offset, end) lies inside the allocated prefix of the mapping (clipped above);
+        // the caller holds the file exclusively while erasing a tail, so no reader observes
+        // these bytes.
         unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(offset), 0, end - offset) };
         self.map.flush_range(offset, len)
     }
@@ -182,19 +227,60 @@ impl StorageFile for RealFile {
         self.file.set_len(len)
     }
 
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        let from = self.file.metadata()?.len();
+        allocate(&self.file, from, len)
+    }
+
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
     }
 }
 
-fn preallocate(file: &File, len: u64) -> io::Result<()> {
-    // SAFETY: posix_fallocate on an fd we own, with a non-negative length.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
+/// Gives `file` real blocks for `[from, to)`, extending it to at least `to` bytes. Never
+/// sparse: where the file system has no `fallocate`, zeros are written (which allocates).
+fn allocate(file: &File, from: u64, to: u64) -> io::Result<()> {
+    if to <= from {
+        return Ok(());
+    }
+    // SAFETY: posix_fallocate on an fd we own, with a non-negative range.
+    let rc = unsafe {
+        libc::posix_fallocate(
+            file.as_raw_fd(),
+            from as libc::off_t,
+            (to - from) as libc::off_t,
+        )
+    };
     match rc {
         0 => Ok(()),
-        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(len),
+        libc::EOPNOTSUPP | libc::EINVAL => {
+            let zeros = vec![0u8; 64 << 10];
+            let mut at = from;
+            while at < to {
+                let n = (to - at).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..n], at)?;
+                at += n as u64;
+            }
+            Ok(())
+        }
         code => Err(io::Error::from_raw_os_error(code)),
     }
+}
+
+/// Creates `path` (it must not exist) with its first `len` bytes allocated; removes it again
+/// if that fails, so a failed create leaves nothing behind.
+fn create_allocated(path: &Path, len: u64) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    if let Err(e) = allocate(&file, 0, len) {
+        drop(file);
+        let _ = fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(file)
 }
 
 impl FileSystem for RealFs {
@@ -254,34 +340,51 @@ impl FileSystem for RealFs {
     }
 
     fn map_file(&self, path: &Path, len: u64, mode: MapMode) -> io::Result<Box<dyn MappedStorage>> {
-        let file = match mode {
-            MapMode::Create => {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(path)?;
-                if let Err(e) = preallocate(&file, len) {
-                    drop(file);
-                    let _ = fs::remove_file(path);
-                    return Err(e);
-                }
-                file
+        let created = matches!(mode, MapMode::Create | MapMode::CreateGrowable { .. });
+        let (file, allocated) = match mode {
+            MapMode::Create => (create_allocated(path, len)?, len),
+            MapMode::CreateGrowable { initial } => {
+                let initial = initial.min(len);
+                (create_allocated(path, initial)?, initial)
             }
-            MapMode::Open => {
+            MapMode::Open | MapMode::OpenGrowable => {
                 let file = OpenOptions::new().read(true).write(true).open(path)?;
                 let actual = file.metadata()?.len();
-                if actual != len {
+                let fits = match mode {
+                    MapMode::Open => actual == len,
+                    _ => actual <= len,
+                };
+                if !fits {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!("file is {actual} bytes, expected {len}"),
                     ));
                 }
-                file
+                (file, actual)
             }
         };
-        let map = MmapRaw::map_raw(&file)?;
-        Ok(Box::new(RealMapped { file, map }))
+        let mapped = usize::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mapping too large"))
+            .and_then(|n| MmapOptions::new().len(n).map_raw(&file));
+        let map = match mapped {
+            Ok(m) => m,
+            Err(e) => {
+                // A created file that cannot be mapped must not stay behind either.
+                if created {
+                    drop(file);
+                    let _ = fs::remove_file(path);
+                }
+                return Err(e);
+            }
+        };
+        // The mapping keeps the file's pages; the descriptor is closed here.
+        drop(file);
+        Ok(Box::new(RealMapped {
+            path: path.to_owned(),
+            map,
+            allocated: AtomicUsize::new(allocated as usize),
+            grow_lock: Mutex::new(()),
+        }))
     }
 
     fn open_file(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn StorageFile>> {

@@ -16,7 +16,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
@@ -111,48 +111,108 @@ impl FileData {
     }
 }
 
-/// A mapped file's memory.
+/// A mapped file's memory: anonymous memory of the mapping's full length, of which only the
+/// allocated prefix is accessible. The pages past it are protected (`PROT_NONE`), so code that
+/// touches a byte a real grow-on-demand file has no block for crashes in tests as it would on a
+/// full disk, instead of passing unnoticed.
 struct MapBuf {
     ptr: *mut u8,
     len: usize,
-    _owner: Box<[u8]>,
+    allocated: AtomicUsize,
+    grow_lock: Mutex<()>,
+    _owner: memmap2::MmapMut,
 }
 
-// SAFETY: the buffer is plain heap memory owned by `_owner`; concurrent access follows the same
-// discipline as a real mapping (see `io::mapped`).
+// SAFETY: the buffer is memory owned by `_owner`; concurrent access follows the same discipline
+// as a real mapping (see `io::mapped`).
 unsafe impl Send for MapBuf {}
 // SAFETY: as above.
 unsafe impl Sync for MapBuf {}
 
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+}
+
 impl MapBuf {
-    fn new(contents: &[u8], len: usize) -> MapBuf {
-        let mut b = vec![0u8; len].into_boxed_slice();
-        let n = contents.len().min(len);
-        b[..n].copy_from_slice(&contents[..n]);
-        let ptr = b.as_mut_ptr();
-        MapBuf {
+    fn new(contents: &[u8], len: usize, allocated: usize) -> io::Result<MapBuf> {
+        let mut owner = memmap2::MmapMut::map_anon(len.max(1))?;
+        let allocated = allocated.min(len);
+        let n = contents.len().min(allocated);
+        owner[..n].copy_from_slice(&contents[..n]);
+        let ptr = owner.as_mut_ptr();
+        let buf = MapBuf {
             ptr,
             len,
-            _owner: b,
+            allocated: AtomicUsize::new(allocated),
+            grow_lock: Mutex::new(()),
+            _owner: owner,
+        };
+        buf.protect(allocated, len, false)?;
+        Ok(buf)
+    }
+
+    /// Makes the whole pages of `[from, to)` (`from` rounded up to a page) accessible or not.
+    fn protect(&self, from: usize, to: usize, accessible: bool) -> io::Result<()> {
+        let page = page_size();
+        let from = from.div_ceil(page) * page;
+        let to = to.div_ceil(page) * page;
+        if from >= to || from >= self.len.max(1).div_ceil(page) * page {
+            return Ok(());
         }
+        let prot = if accessible {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_NONE
+        };
+        // SAFETY: `[from, to)` lies inside our anonymous mapping (whole pages, checked above);
+        // nothing accesses the pages being protected (they lie past the allocated prefix).
+        let rc = unsafe { libc::mprotect(self.ptr.add(from).cast(), to - from, prot) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn allocated(&self) -> usize {
+        self.allocated.load(Ordering::Acquire)
+    }
+
+    fn grow(&self, upto: usize) -> io::Result<()> {
+        if upto > self.len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cannot grow past the mapping's length",
+            ));
+        }
+        let _one = self.grow_lock.lock();
+        let from = self.allocated();
+        if upto > from {
+            // Page-aligned: the page holding `from` is already accessible.
+            self.protect(from, upto, true)?;
+            self.allocated.store(upto, Ordering::Release);
+        }
+        Ok(())
     }
 
     fn read(&self, offset: usize, len: usize) -> Vec<u8> {
-        let end = (offset + len).min(self.len);
+        let end = offset.saturating_add(len).min(self.allocated());
         let mut out = vec![0u8; end.saturating_sub(offset)];
         // Racing writers only touch unpublished bytes; a torn copy of those is what a crash keeps.
-        // SAFETY: [offset, end) lies inside the buffer, which lives as long as `self`.
+        // SAFETY: [offset, end) lies inside the allocated prefix, which lives as long as `self`.
         unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(offset), out.as_mut_ptr(), out.len()) };
         out
     }
 
+    /// The file's contents: its allocated prefix.
     fn snapshot(&self) -> Vec<u8> {
         self.read(0, self.len)
     }
 
     fn zero(&self, offset: usize, len: usize) {
-        let end = (offset + len).min(self.len);
-        // SAFETY: inside the buffer; the engine zeroes only a tail it owns exclusively.
+        let end = offset.saturating_add(len).min(self.allocated());
+        // SAFETY: inside the allocated prefix; the engine zeroes only a tail it owns exclusively.
         unsafe { std::ptr::write_bytes(self.ptr.add(offset), 0, end.saturating_sub(offset)) };
     }
 }
@@ -527,15 +587,37 @@ impl MappedStorage for SimMapped {
         self.buf.ptr
     }
 
+    fn allocated(&self) -> usize {
+        self.buf.allocated()
+    }
+
+    fn grow(&self, upto: usize) -> io::Result<()> {
+        if upto <= self.buf.allocated() {
+            return Ok(());
+        }
+        // A grow is an allocation on the disk: injected faults (a full disk) apply.
+        self.fs.op()?;
+        self.buf.grow(upto)
+    }
+
     fn flush_range(&self, offset: usize, len: usize) -> io::Result<()> {
         self.fs.op()?;
         if self.fs.state.lock().fail_syncs {
             return Err(Fault::Eio.error());
         }
+        let allocated = self.buf.allocated();
+        if len > 0 && offset >= allocated {
+            // Only reachable through a bug: nothing can have been written there.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "flush past the allocated length of a growable file",
+            ));
+        }
         let bytes = self.buf.read(offset, len);
         let mut d = self.data.durable.lock();
-        if d.len() < self.buf.len {
-            d.resize(self.buf.len, 0);
+        // Like fdatasync, the flush also makes a grown length durable.
+        if d.len() < allocated {
+            d.resize(allocated, 0);
         }
         d[offset..offset + bytes.len()].copy_from_slice(&bytes);
         Ok(())
@@ -640,7 +722,7 @@ impl FileSystem for SimFs {
         let st = self.state.lock();
         let f = st.names.get(path).ok_or_else(|| not_found(path))?;
         Ok(match &*f.mapped.lock() {
-            Some(m) => m.len as u64,
+            Some(m) => m.allocated() as u64,
             None => f.volatile.lock().len() as u64,
         })
     }
@@ -743,7 +825,10 @@ impl FileSystem for SimFs {
         self.op()?;
         let data = match mode {
             MapMode::Create => self.create_file(path, vec![0u8; len as usize])?,
-            MapMode::Open => {
+            MapMode::CreateGrowable { initial } => {
+                self.create_file(path, vec![0u8; initial.min(len) as usize])?
+            }
+            MapMode::Open | MapMode::OpenGrowable => {
                 let f = self
                     .state
                     .lock()
@@ -752,10 +837,14 @@ impl FileSystem for SimFs {
                     .cloned()
                     .ok_or_else(|| not_found(path))?;
                 let actual = match &*f.mapped.lock() {
-                    Some(m) => m.len as u64,
+                    Some(m) => m.allocated() as u64,
                     None => f.volatile.lock().len() as u64,
                 };
-                if actual != len {
+                let fits = match mode {
+                    MapMode::Open => actual == len,
+                    _ => actual <= len,
+                };
+                if !fits {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!("file is {actual} bytes, expected {len}"),
@@ -765,10 +854,16 @@ impl FileSystem for SimFs {
             }
         };
         let mut slot = data.mapped.lock();
+        // A file mapped twice with one length shares one buffer, as two mappings share the
+        // page cache. Another length gets a buffer of its own with the current contents.
         let buf = match &*slot {
-            Some(b) => Arc::clone(b),
-            None => {
-                let b = Arc::new(MapBuf::new(&data.volatile.lock(), len as usize));
+            Some(b) if b.len == len as usize => Arc::clone(b),
+            old => {
+                let contents = match old {
+                    Some(b) => b.snapshot(),
+                    None => data.volatile.lock().clone(),
+                };
+                let b = Arc::new(MapBuf::new(&contents, len as usize, contents.len())?);
                 *slot = Some(Arc::clone(&b));
                 b
             }

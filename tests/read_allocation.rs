@@ -1,0 +1,86 @@
+//! A read allocates in proportion to what it returns, not to the backlog behind its offset: a
+//! small fetch at the start of a large backlog must not reserve a unit per pending record.
+//! (Its own test binary: it installs a global allocator that records the largest allocation.)
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use duolog::{EngineKind, Message, ReadLimits, TopicConfig};
+
+struct Largest;
+
+static ARMED: AtomicBool = AtomicBool::new(false);
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator; only records sizes.
+unsafe impl GlobalAlloc for Largest {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if ARMED.load(Ordering::Relaxed) {
+            LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        }
+        // SAFETY: same layout contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: allocated by `System` above with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if ARMED.load(Ordering::Relaxed) {
+            LARGEST.fetch_max(new_size, Ordering::Relaxed);
+        }
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Largest = Largest;
+
+#[test]
+fn small_read_over_a_large_backlog_allocates_little() {
+    // The CommitLog engine (one consume-queue unit per record). The segmented engine reads
+    // whole batches (a 1000-record batch here is one allocation of about 168 KB), which is
+    // bounded by the batch size rather than the backlog.
+    let engine = EngineKind::CommitLog;
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let mut opts = common::small_options(engine);
+        opts.commitlog.file_size = 64 << 20;
+        opts.commitlog.consume_queue_units = 300_000;
+        opts.segmented.segment_bytes = 64 << 20;
+        opts.index.enabled = false;
+        let store = duolog::open(dir, opts).unwrap();
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        let batch: Vec<Message> = (0..1000).map(|_| Message::new("x")).collect();
+        for _ in 0..200 {
+            store.append_oneway("t", 0, &batch).unwrap();
+        }
+        // 200,000 records pending; ask for about 1 KiB with no message limit.
+        let limits = ReadLimits {
+            max_messages: usize::MAX,
+            max_bytes: 1024,
+        };
+        LARGEST.store(0, Ordering::Relaxed);
+        ARMED.store(true, Ordering::Relaxed);
+        let records = store.read("t", 0, 0, limits).unwrap();
+        ARMED.store(false, Ordering::Relaxed);
+        let largest = LARGEST.load(Ordering::Relaxed);
+        assert!(
+            !records.is_empty() && records.len() <= 1000,
+            "{}",
+            records.len()
+        );
+        // Before the fix: 200,000 × 24 bytes reserved for units in one allocation.
+        assert!(
+            largest < 64 << 10,
+            "{engine}: a read returning {} records made a {largest}-byte allocation",
+            records.len()
+        );
+        drop(records);
+        let _ = store.close();
+    }
+}

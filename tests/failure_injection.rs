@@ -8,7 +8,7 @@ use std::any::Any;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use common::small_options;
 use duolog::io::{DirEntry, FileSystem, MapMode, MappedStorage, OpenMode, RealFs, StorageFile};
@@ -18,6 +18,9 @@ use duolog::{EngineKind, Error, FlushPolicy, Message, ReadLimits, StoreOptions, 
 struct Faults {
     fail_flush: AtomicBool,
     disk_full: AtomicBool,
+    /// Fail every second creation of a key-index file (ENOSPC).
+    flaky_index_rolls: AtomicBool,
+    index_creates: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -118,6 +121,14 @@ impl FileSystem for FaultyFs {
     }
     fn map_file(&self, path: &Path, len: u64, mode: MapMode) -> io::Result<Box<dyn MappedStorage>> {
         if mode == MapMode::Create && self.faults.disk_full.load(Ordering::SeqCst) {
+            return Err(enospc());
+        }
+        let in_index = path.parent().and_then(Path::file_name) == Some("index".as_ref());
+        if mode == MapMode::Create
+            && in_index
+            && self.faults.flaky_index_rolls.load(Ordering::SeqCst)
+            && self.faults.index_creates.fetch_add(1, Ordering::SeqCst) % 2 == 1
+        {
             return Err(enospc());
         }
         let inner = self.real.map_file(path, len, mode)?;
@@ -250,5 +261,94 @@ fn full_disk_at_a_roll_fails_cleanly_and_recovers_when_space_returns() {
             acked
         );
         assert!(store.verify().unwrap().is_ok());
+    });
+}
+
+/// Regression: the key index's room was checked under one lock and taken under another, so two
+/// partitions appending at once could both count on the last entries of a file; the second then
+/// had to roll after its batch was in the log, and a failing roll failed an append whose records
+/// later became readable. Many appenders on a tiny index whose rolls fail every other time: a
+/// failed append leaves nothing visible, an acknowledged one is readable and found by key.
+#[test]
+fn concurrent_appends_on_a_tiny_index_never_fail_after_writing_their_batch() {
+    const PARTITIONS: u32 = 4;
+    const APPENDS: usize = 300;
+    common::for_each_engine(|engine, dir| {
+        let (mut opts, faults) = faulty_options(engine, FlushPolicy::default());
+        opts.index = duolog::IndexOptions {
+            enabled: true,
+            slots: 7,
+            max_entries: 3,
+        };
+        let store = duolog::open(dir, opts.clone()).unwrap();
+        store
+            .create_topic("t", TopicConfig::with_partitions(PARTITIONS))
+            .unwrap();
+        faults.flaky_index_rolls.store(true, Ordering::SeqCst);
+        let outcomes: Vec<Vec<(String, bool)>> = std::thread::scope(|s| {
+            let store = &store;
+            let handles: Vec<_> = (0..PARTITIONS)
+                .map(|p| {
+                    s.spawn(move || {
+                        (0..APPENDS)
+                            .map(|i| {
+                                let key = format!("p{p}-{i}");
+                                let m = Message::new(key.clone()).with_key(key.clone());
+                                match store.append_oneway("t", p, &[m]) {
+                                    Ok(_) => (key, true),
+                                    Err(e) => {
+                                        assert!(e.is_storage_full(), "{engine}: {e}");
+                                        (key, false)
+                                    }
+                                }
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        faults.flaky_index_rolls.store(false, Ordering::SeqCst);
+        // One more acknowledged append per partition publishes anything left unpublished.
+        for p in 0..PARTITIONS {
+            store
+                .append("t", p, &[Message::new("last").with_key("last")])
+                .unwrap();
+        }
+        let failed: usize = outcomes.iter().flatten().filter(|(_, ok)| !ok).count();
+        assert!(failed > 0, "{engine}: no index roll failed");
+        for (p, outcome) in outcomes.iter().enumerate() {
+            let bodies: Vec<String> = common::read_all(store.as_ref(), "t", p as u32)
+                .iter()
+                .map(|r| String::from_utf8_lossy(r.body()).into_owned())
+                .collect();
+            let visible_failures: Vec<&String> = outcome
+                .iter()
+                .filter(|(k, ok)| !ok && bodies.contains(k))
+                .map(|(k, _)| k)
+                .collect();
+            assert!(
+                visible_failures.is_empty(),
+                "{engine}: failed appends left records behind: {visible_failures:?}"
+            );
+            let mut expected: Vec<String> = outcome
+                .iter()
+                .filter(|(_, ok)| *ok)
+                .map(|(k, _)| k.clone())
+                .collect();
+            expected.push("last".to_owned());
+            assert!(
+                bodies == expected,
+                "{engine}: partition {p} holds exactly its acknowledged appends"
+            );
+            for (key, _) in outcome.iter().filter(|(_, ok)| *ok) {
+                let found = store
+                    .find_by_key("t", key, (i64::MIN, i64::MAX), 2)
+                    .unwrap();
+                assert_eq!(found.len(), 1, "{engine}: {key} is found by key");
+            }
+        }
+        let report = store.verify().unwrap();
+        assert!(report.is_ok(), "{engine}: {:?}", report.problems);
     });
 }

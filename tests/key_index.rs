@@ -509,7 +509,10 @@ fn any_time_range_is_answered_without_overflow() {
         store
             .append("t", 0, &[Message::new("v").with_key("k")])
             .unwrap();
-        let ts = store.read("t", 0, 0, duolog::ReadLimits::default()).unwrap()[0].store_timestamp();
+        let ts = store
+            .read("t", 0, 0, duolog::ReadLimits::default())
+            .unwrap()[0]
+            .store_timestamp();
         let one = |from: i64, to: i64| {
             store
                 .find_by_key("t", "k", (from, to), 10)
@@ -528,7 +531,10 @@ fn any_time_range_is_answered_without_overflow() {
         assert_eq!(one(i64::MAX, i64::MIN), 0, "{engine}: reversed");
         assert_eq!(one(ts + 1, ts - 1), 0, "{engine}: reversed");
         assert_eq!(
-            store.find_by_key("t", "k", (0, i64::MAX), usize::MAX).unwrap().len(),
+            store
+                .find_by_key("t", "k", (0, i64::MAX), usize::MAX)
+                .unwrap()
+                .len(),
             1
         );
     });

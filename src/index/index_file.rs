@@ -242,7 +242,9 @@ impl IndexFile {
         let mut steps = 0;
         while n > 0 && n <= count && steps <= count && out.len() < limit {
             let w = self.entry_word(n);
-            if self.words.get(w) == hash && entry_may_match(begin, self.words.get(w + 3) as i32, from_ms, to_ms) {
+            if self.words.get(w) == hash
+                && entry_may_match(begin, self.words.get(w + 3) as i32, from_ms, to_ms)
+            {
                 out.push(self.words.get_u64(w + 1));
             }
             let prev = self.words.get(w + 4);

@@ -300,9 +300,7 @@ impl KeyIndex {
         let mut files = self.files.write();
         let mut n = 0;
         // A file promised to a batch being written stays until that batch is indexed.
-        while files.len() > 1
-            && files[0].time_range().1 < oldest_live_ms
-            && !files[0].is_reserved()
+        while files.len() > 1 && files[0].time_range().1 < oldest_live_ms && !files[0].is_reserved()
         {
             let f = files.remove(0);
             f.retire();

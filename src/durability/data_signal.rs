@@ -26,8 +26,14 @@ impl DataSignal {
         }
     }
 
-    /// Waits until `ready()` holds or `deadline` passes; returns the last `ready()`.
-    pub(crate) fn wait_until(&self, deadline: Instant, mut ready: impl FnMut() -> bool) -> bool {
+    /// Waits until `ready()` holds or `deadline` passes (`None`: no deadline, as
+    /// `clock::deadline` gives for timeouts too long for an `Instant`); returns the last
+    /// `ready()`.
+    pub(crate) fn wait_until(
+        &self,
+        deadline: Option<Instant>,
+        mut ready: impl FnMut() -> bool,
+    ) -> bool {
         let mut g = self.generation.lock();
         self.waiters.fetch_add(1, Ordering::SeqCst);
         std::sync::atomic::fence(Ordering::SeqCst);
@@ -35,8 +41,13 @@ impl DataSignal {
             if ready() {
                 break true;
             }
-            if self.cond.wait_until(&mut g, deadline).timed_out() {
-                break ready();
+            match deadline {
+                Some(d) => {
+                    if self.cond.wait_until(&mut g, d).timed_out() {
+                        break ready();
+                    }
+                }
+                None => self.cond.wait(&mut g),
             }
         };
         self.waiters.fetch_sub(1, Ordering::SeqCst);

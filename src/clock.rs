@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| duration_ms(d))
+        .map_or(0, duration_ms)
 }
 
 /// A duration in whole milliseconds, saturated at `i64::MAX`.

@@ -41,13 +41,12 @@ impl DataSignal {
             if ready() {
                 break true;
             }
-            match deadline {
-                Some(d) => {
-                    if self.cond.wait_until(&mut g, d).timed_out() {
-                        break ready();
-                    }
+            match crate::clock::remaining(deadline) {
+                None => break false,
+                Some(None) => self.cond.wait(&mut g),
+                Some(Some(left)) => {
+                    self.cond.wait_for(&mut g, left);
                 }
-                None => self.cond.wait(&mut g),
             }
         };
         self.waiters.fetch_sub(1, Ordering::SeqCst);

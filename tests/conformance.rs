@@ -872,19 +872,43 @@ fn absurd_options_are_refused_at_open_naming_the_option() {
                 Ok(_) => panic!("{engine}: {name} accepted: {opts:?}"),
             }
         }
-        let engine_only: (&str, duolog::StoreOptions) = match engine {
-            duolog::EngineKind::CommitLog => (
-                "commitlog.consume_queue_units",
-                duolog::StoreOptions {
-                    commitlog: duolog::CommitLogOptions {
+        let commitlog = |o: duolog::CommitLogOptions| duolog::StoreOptions {
+            commitlog: o,
+            ..base.clone()
+        };
+        let engine_only: Vec<(&str, duolog::StoreOptions)> = match engine {
+            duolog::EngineKind::CommitLog => vec![
+                (
+                    "commitlog.consume_queue_units",
+                    commitlog(duolog::CommitLogOptions {
                         consume_queue_units: u32::MAX,
                         ..base.commitlog.clone()
-                    },
-                    ..base.clone()
-                },
-            ),
-            _ => (
-                "segmented.index_interval_bytes",
+                    }),
+                ),
+                (
+                    "commitlog.consume_queue_units",
+                    commitlog(duolog::CommitLogOptions {
+                        consume_queue_units: 0,
+                        ..base.commitlog.clone()
+                    }),
+                ),
+                (
+                    "commitlog.file_size",
+                    commitlog(duolog::CommitLogOptions {
+                        file_size: 1 << 31,
+                        ..base.commitlog.clone()
+                    }),
+                ),
+                (
+                    "commitlog.file_size",
+                    commitlog(duolog::CommitLogOptions {
+                        file_size: 0,
+                        ..base.commitlog.clone()
+                    }),
+                ),
+            ],
+            _ => vec![(
+                "index_interval_bytes",
                 duolog::StoreOptions {
                     segmented: duolog::SegmentedOptions {
                         index_interval_bytes: 0,
@@ -892,16 +916,16 @@ fn absurd_options_are_refused_at_open_naming_the_option() {
                     },
                     ..base.clone()
                 },
-            ),
+            )],
         };
-        assert!(
-            matches!(
-                duolog::open(dir, engine_only.1),
-                Err(Error::InvalidArgument(_))
-            ),
-            "{engine}: {}",
-            engine_only.0
-        );
+        for (name, opts) in engine_only {
+            match duolog::open(dir, opts) {
+                Err(Error::InvalidArgument(m)) => {
+                    assert!(m.contains(name), "{engine}: {m:?} names {name}")
+                }
+                other => panic!("{engine}: {name}: {:?}", other.err()),
+            }
+        }
         // The disabled index's sizes do not matter; large durations are fine.
         let accepted = duolog::StoreOptions {
             index: duolog::IndexOptions {

@@ -34,7 +34,10 @@ pub(crate) fn deadline(timeout: Duration) -> Option<Instant> {
 pub(crate) fn remaining(deadline: Option<Instant>) -> Option<Option<Duration>> {
     match deadline {
         None => Some(None),
-        Some(d) => d.checked_duration_since(Instant::now()).filter(|r| !r.is_zero()).map(Some),
+        Some(d) => d
+            .checked_duration_since(Instant::now())
+            .filter(|r| !r.is_zero())
+            .map(Some),
     }
 }
 
@@ -51,6 +54,9 @@ mod tests {
         assert!(deadline(Duration::MAX).is_none());
         assert!(deadline(Duration::from_secs(1)).is_some());
         assert_eq!(remaining(None), Some(None));
-        assert_eq!(remaining(Some(Instant::now() - Duration::from_millis(1))), None);
+        assert_eq!(
+            remaining(Some(Instant::now() - Duration::from_millis(1))),
+            None
+        );
     }
 }

@@ -41,7 +41,6 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Builds the property string of a message: user properties, then TAGS, then the key.

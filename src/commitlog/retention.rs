@@ -5,8 +5,8 @@
 use std::sync::atomic::Ordering;
 
 use super::Inner;
-use crate::clock::{ms_before, now_ms};
 use super::record::{self, Checks, Decoded};
+use crate::clock::{ms_before, now_ms};
 use crate::error::Result;
 use crate::store::delete_before_target;
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| duration_ms(d))
+        .map_or(0, duration_ms)
 }
 
 /// A duration in whole milliseconds, saturated at `i64::MAX`.
@@ -30,17 +30,6 @@ pub(crate) fn deadline(timeout: Duration) -> Option<Instant> {
     Instant::now().checked_add(timeout)
 }
 
-/// Time left until `deadline` (`None`: forever), or `None` once it has passed.
-pub(crate) fn remaining(deadline: Option<Instant>) -> Option<Option<Duration>> {
-    match deadline {
-        None => Some(None),
-        Some(d) => d
-            .checked_duration_since(Instant::now())
-            .filter(|r| !r.is_zero())
-            .map(Some),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,10 +42,5 @@ mod tests {
         assert_eq!(ms_before(1_000, Duration::from_millis(10)), 990);
         assert!(deadline(Duration::MAX).is_none());
         assert!(deadline(Duration::from_secs(1)).is_some());
-        assert_eq!(remaining(None), Some(None));
-        assert_eq!(
-            remaining(Some(Instant::now() - Duration::from_millis(1))),
-            None
-        );
     }
 }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::{Error, Result};
 use crate::io::{FileSystem, RealFs};
 use crate::store::EngineKind;
 
@@ -21,18 +22,20 @@ use crate::store::EngineKind;
 pub enum FlushPolicy {
     /// Page cache plus a background flush every `interval`.
     Async {
-        /// Time between background flushes.
+        /// Time between background flushes; at least 1 ms. `Duration::MAX` (Kafka's default
+        /// `flush.ms`) means no timed flush: data becomes durable at `sync`, `close` or a
+        /// checkpoint.
         interval: Duration,
     },
     /// Group commit: `append` returns after the fsync that covers it.
     Sync,
     /// A background flush after `messages` messages, `bytes` bytes or `interval`, whichever first.
     Every {
-        /// Unflushed messages that start a flush.
+        /// Unflushed messages that start a flush; at least 1.
         messages: u64,
-        /// Unflushed bytes that start a flush.
+        /// Unflushed bytes that start a flush; at least 1.
         bytes: u64,
-        /// Longest time between flushes.
+        /// Longest time between flushes; at least 1 ms (`Duration::MAX`: no timed flush).
         interval: Duration,
     },
 }
@@ -68,18 +71,23 @@ impl FlushPolicy {
 /// Options of the CommitLog engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommitLogOptions {
-    /// Size of each commit-log file. Default: 1 GiB (RocketMQ's default). Minimum 4 KiB.
+    /// Size of each commit-log file. Default: 1 GiB (RocketMQ's default). Minimum 4 KiB,
+    /// maximum `i32::MAX` bytes (the blank record that ends a file stores its length in an i32).
     pub file_size: u64,
     /// Entries per consume-queue file (20 bytes each). Default: 300,000 (RocketMQ's default).
+    /// At least 1; a file of at most `i32::MAX` bytes (107,374,182 units).
     pub consume_queue_units: u32,
     /// Delete commit-log files whose newest record is older than this. Default: 72 hours
-    /// (RocketMQ's `fileReservedTime`). `None` keeps files forever.
+    /// (RocketMQ's `fileReservedTime`). `None` keeps files forever, and so does a duration
+    /// longer than time since the epoch (`Duration::MAX`).
     pub retention: Option<Duration>,
     /// Delete the oldest commit-log files while the log is larger than this. Default: none.
     pub retention_bytes: Option<u64>,
     /// How often the checkpoint is written (it bounds the work of an unclean open). Default: 1 s.
+    /// At least 1 ms; `Duration::MAX`: only at `close`.
     pub checkpoint_interval: Duration,
-    /// How often retention runs in the background. Default: 10 s.
+    /// How often retention runs in the background. Default: 10 s. At least 1 ms;
+    /// `Duration::MAX`: only when `enforce_retention` is called.
     pub retention_check_interval: Duration,
     /// Fault the pages of commit-log and consume-queue files in on a background thread ahead of
     /// the appender (RocketMQ's `warmMapedFileEnable`), taking the kernel's zero-fill of fresh
@@ -122,8 +130,10 @@ pub struct SegmentedOptions {
     /// (`retention.bytes` = -1).
     pub retention_bytes: Option<u64>,
     /// How often recovery points are written (they bound an unclean open). Default: 1 s.
+    /// At least 1 ms; `Duration::MAX`: only at `close`.
     pub checkpoint_interval: Duration,
-    /// How often retention runs in the background. Default: 10 s.
+    /// How often retention runs in the background. Default: 10 s. At least 1 ms;
+    /// `Duration::MAX`: only when `enforce_retention` is called.
     pub retention_check_interval: Duration,
 }
 
@@ -147,10 +157,12 @@ impl Default for SegmentedOptions {
 pub struct IndexOptions {
     /// Index message keys, `KEYS` and `UNIQ_KEY` (RocketMQ's `messageIndexEnable`). Default: true.
     pub enabled: bool,
-    /// Hash slots per index file. Default: 5,000,000 (`maxHashSlotNum`).
+    /// Hash slots per index file. Default: 5,000,000 (`maxHashSlotNum`). At least 1.
     pub slots: u32,
     /// Entries per index file; a full file rolls to a new one. Default: 20,000,000
-    /// (`maxIndexNum`), a 420 MB file.
+    /// (`maxIndexNum`), a 420 MB file. At least 1. A file (40 + 4 × `slots` + 20 ×
+    /// (`max_entries` + 1) bytes) may not exceed `i32::MAX` bytes, as RocketMQ's int positions
+    /// into it require. Neither size is checked while the index is disabled.
     pub max_entries: u32,
 }
 
@@ -203,5 +215,102 @@ impl Default for StoreOptions {
             max_open_files: 512,
             fs: Arc::new(RealFs),
         }
+    }
+}
+
+/// Shortest interval a background thread accepts: below it the thread would spin.
+const MIN_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Largest mapped file of RocketMQ's formats (their positions are Java ints).
+const MAX_FILE_BYTES: u64 = i32::MAX as u64;
+
+fn check(ok: bool, what: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(what()))
+    }
+}
+
+fn check_interval(name: &str, d: Duration) -> Result<()> {
+    check(d >= MIN_INTERVAL, || {
+        format!("{name} must be at least 1 ms (Duration::MAX for never), not {d:?}")
+    })
+}
+
+impl StoreOptions {
+    /// Refuses, with an error naming the option, what would stop or spin a background thread,
+    /// divide by zero or overflow a format's field. Merely large values (`Duration::MAX`
+    /// retention or intervals: "never") are accepted. Only the opened engine's options count.
+    pub(crate) fn validate(&self, engine: EngineKind) -> Result<()> {
+        match self.flush {
+            FlushPolicy::Sync => {}
+            FlushPolicy::Async { interval } => check_interval("flush interval (Async)", interval)?,
+            FlushPolicy::Every {
+                messages,
+                bytes,
+                interval,
+            } => {
+                check(messages >= 1 && bytes >= 1, || {
+                    format!(
+                        "flush thresholds (Every) must be at least 1 (FlushPolicy::Sync flushes \
+                         every append), not messages {messages}, bytes {bytes}"
+                    )
+                })?;
+                check_interval("flush interval (Every)", interval)?;
+            }
+        }
+        check(self.max_open_files >= 1, || {
+            "max_open_files must be at least 1".to_owned()
+        })?;
+        if self.index.enabled {
+            let IndexOptions {
+                slots, max_entries, ..
+            } = self.index;
+            check(slots >= 1, || "index.slots must be at least 1".to_owned())?;
+            check(max_entries >= 1, || {
+                "index.max_entries must be at least 1".to_owned()
+            })?;
+            let bytes = 40 + 4 * u64::from(slots) + 20 * (u64::from(max_entries) + 1);
+            check(bytes <= MAX_FILE_BYTES, || {
+                format!(
+                    "index.slots ({slots}) and index.max_entries ({max_entries}) make a \
+                     {bytes}-byte index file; at most {MAX_FILE_BYTES} bytes"
+                )
+            })?;
+        }
+        match engine {
+            EngineKind::CommitLog => {
+                let o = &self.commitlog;
+                check(o.file_size <= MAX_FILE_BYTES, || {
+                    format!(
+                        "commitlog.file_size must be at most {MAX_FILE_BYTES} bytes, not {}",
+                        o.file_size
+                    )
+                })?;
+                let cq_bytes = u64::from(o.consume_queue_units) * 20;
+                check(cq_bytes <= MAX_FILE_BYTES, || {
+                    format!(
+                        "commitlog.consume_queue_units must be at most {}, not {}",
+                        MAX_FILE_BYTES / 20,
+                        o.consume_queue_units
+                    )
+                })?;
+                check_interval("commitlog.checkpoint_interval", o.checkpoint_interval)?;
+                check_interval(
+                    "commitlog.retention_check_interval",
+                    o.retention_check_interval,
+                )?;
+            }
+            EngineKind::Segmented => {
+                let o = &self.segmented;
+                check_interval("segmented.checkpoint_interval", o.checkpoint_interval)?;
+                check_interval(
+                    "segmented.retention_check_interval",
+                    o.retention_check_interval,
+                )?;
+            }
+        }
+        Ok(())
     }
 }

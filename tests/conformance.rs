@@ -664,3 +664,330 @@ fn one_batch_larger_than_several_files_of_every_kind() {
         assert!(store.verify().unwrap().is_ok());
     });
 }
+
+/// Regression: `Instant::now() + timeout` panicked for timeouts past what an `Instant` holds,
+/// even when there was nothing to wait for.
+#[test]
+fn waits_of_duration_max_return_as_soon_as_the_data_is_there() {
+    for_each_engine(|engine, dir| {
+        let store: Arc<dyn duolog::LogStore> = Arc::from(open(dir, &small_options(engine)));
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        let c = store.append_async("t", 0, &[msg(0)]).unwrap();
+        assert_eq!(
+            c.wait_timeout(Duration::MAX)
+                .unwrap()
+                .map(|r| r.base_offset),
+            Some(0),
+            "{engine}: made durable by the background flush"
+        );
+        assert_eq!(
+            c.wait_timeout(Duration::MAX)
+                .unwrap()
+                .map(|r| r.base_offset),
+            Some(0),
+            "{engine}: already durable"
+        );
+        let t = Instant::now();
+        assert!(
+            store.wait_for("t", 0, 0, Duration::MAX).unwrap(),
+            "{engine}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{engine}: at once");
+        // Data that arrives later ends a wait without a deadline too.
+        let s2 = Arc::clone(&store);
+        let waiter = std::thread::spawn(move || s2.wait_for("t", 0, 1, Duration::MAX));
+        std::thread::sleep(Duration::from_millis(20));
+        store.append("t", 0, &[msg(1)]).unwrap();
+        assert!(waiter.join().unwrap().unwrap(), "{engine}");
+    });
+}
+
+/// Regression: the flusher computed its next wake-up as `Instant::now() + interval` and died
+/// on an interval of `Duration::MAX`; completions then hung and checkpoints stopped. A
+/// `Duration::MAX` interval is Kafka's default `flush.ms` ("no timed flush"): accepted.
+#[test]
+fn flush_intervals_of_duration_max_keep_the_flusher_alive() {
+    for_each_engine(|engine, dir| {
+        let opts = duolog::StoreOptions {
+            flush: FlushPolicy::Every {
+                messages: 1,
+                bytes: u64::MAX,
+                interval: Duration::MAX,
+            },
+            ..small_options(engine)
+        };
+        let store = open(dir, &opts);
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        for i in 0..3 {
+            let c = store.append_async("t", 0, &[msg(i)]).unwrap();
+            assert!(
+                c.wait_timeout(Duration::from_secs(10)).unwrap().is_some(),
+                "{engine}: the message threshold flushes, the flusher lives"
+            );
+        }
+        store.close().unwrap();
+        drop(store);
+
+        let opts = duolog::StoreOptions {
+            flush: FlushPolicy::Async {
+                interval: Duration::MAX,
+            },
+            ..small_options(engine)
+        };
+        let store = open(dir, &opts);
+        // No timed flush, but the flusher still runs the 100 ms checkpoints, which make the
+        // data durable.
+        let c = store.append_async("t", 0, &[msg(3)]).unwrap();
+        assert!(
+            c.wait_timeout(Duration::from_secs(10)).unwrap().is_some(),
+            "{engine}: checkpoints go on"
+        );
+        let c = store.append_async("t", 0, &[msg(4)]).unwrap();
+        store.sync().unwrap();
+        assert!(c.is_durable(), "{engine}");
+        store.close().unwrap();
+    });
+}
+
+/// Options that would stop a thread, spin one, or divide by zero are refused at `open` with an
+/// error naming the option; merely large ones are accepted.
+#[test]
+fn absurd_options_are_refused_at_open_naming_the_option() {
+    for_each_engine(|engine, dir| {
+        let base = small_options(engine);
+        let refused: Vec<(&str, duolog::StoreOptions)> = vec![
+            (
+                "flush",
+                duolog::StoreOptions {
+                    flush: FlushPolicy::Async {
+                        interval: Duration::ZERO,
+                    },
+                    ..base.clone()
+                },
+            ),
+            (
+                "flush",
+                duolog::StoreOptions {
+                    flush: FlushPolicy::Every {
+                        messages: 0,
+                        bytes: 1,
+                        interval: Duration::from_secs(1),
+                    },
+                    ..base.clone()
+                },
+            ),
+            (
+                "flush",
+                duolog::StoreOptions {
+                    flush: FlushPolicy::Every {
+                        messages: 1,
+                        bytes: 1,
+                        interval: Duration::ZERO,
+                    },
+                    ..base.clone()
+                },
+            ),
+            (
+                "checkpoint_interval",
+                duolog::StoreOptions {
+                    commitlog: duolog::CommitLogOptions {
+                        checkpoint_interval: Duration::ZERO,
+                        ..base.commitlog.clone()
+                    },
+                    segmented: duolog::SegmentedOptions {
+                        checkpoint_interval: Duration::ZERO,
+                        ..base.segmented.clone()
+                    },
+                    ..base.clone()
+                },
+            ),
+            (
+                "retention_check_interval",
+                duolog::StoreOptions {
+                    commitlog: duolog::CommitLogOptions {
+                        retention_check_interval: Duration::ZERO,
+                        ..base.commitlog.clone()
+                    },
+                    segmented: duolog::SegmentedOptions {
+                        retention_check_interval: Duration::ZERO,
+                        ..base.segmented.clone()
+                    },
+                    ..base.clone()
+                },
+            ),
+            (
+                "max_open_files",
+                duolog::StoreOptions {
+                    max_open_files: 0,
+                    ..base.clone()
+                },
+            ),
+            (
+                "index.slots",
+                duolog::StoreOptions {
+                    index: duolog::IndexOptions {
+                        slots: 0,
+                        ..base.index
+                    },
+                    ..base.clone()
+                },
+            ),
+            (
+                "index.max_entries",
+                duolog::StoreOptions {
+                    index: duolog::IndexOptions {
+                        max_entries: 0,
+                        ..base.index
+                    },
+                    ..base.clone()
+                },
+            ),
+            (
+                "index.max_entries",
+                duolog::StoreOptions {
+                    index: duolog::IndexOptions {
+                        max_entries: u32::MAX,
+                        ..base.index
+                    },
+                    ..base.clone()
+                },
+            ),
+            (
+                "index.slots",
+                duolog::StoreOptions {
+                    index: duolog::IndexOptions {
+                        slots: u32::MAX,
+                        ..base.index
+                    },
+                    ..base.clone()
+                },
+            ),
+        ];
+        for (name, opts) in refused {
+            match duolog::open(dir, opts.clone()) {
+                Err(Error::InvalidArgument(m)) => {
+                    assert!(m.contains(name), "{engine}: {m:?} names {name}")
+                }
+                Err(e) => panic!("{engine}: {name}: {e}"),
+                Ok(_) => panic!("{engine}: {name} accepted: {opts:?}"),
+            }
+        }
+        let commitlog = |o: duolog::CommitLogOptions| duolog::StoreOptions {
+            commitlog: o,
+            ..base.clone()
+        };
+        let engine_only: Vec<(&str, duolog::StoreOptions)> = match engine {
+            duolog::EngineKind::CommitLog => vec![
+                (
+                    "commitlog.consume_queue_units",
+                    commitlog(duolog::CommitLogOptions {
+                        consume_queue_units: u32::MAX,
+                        ..base.commitlog.clone()
+                    }),
+                ),
+                (
+                    "commitlog.consume_queue_units",
+                    commitlog(duolog::CommitLogOptions {
+                        consume_queue_units: 0,
+                        ..base.commitlog.clone()
+                    }),
+                ),
+                (
+                    "commitlog.file_size",
+                    commitlog(duolog::CommitLogOptions {
+                        file_size: 1 << 31,
+                        ..base.commitlog.clone()
+                    }),
+                ),
+                (
+                    "commitlog.file_size",
+                    commitlog(duolog::CommitLogOptions {
+                        file_size: 0,
+                        ..base.commitlog.clone()
+                    }),
+                ),
+            ],
+            _ => vec![(
+                "index_interval_bytes",
+                duolog::StoreOptions {
+                    segmented: duolog::SegmentedOptions {
+                        index_interval_bytes: 0,
+                        ..base.segmented.clone()
+                    },
+                    ..base.clone()
+                },
+            )],
+        };
+        for (name, opts) in engine_only {
+            match duolog::open(dir, opts) {
+                Err(Error::InvalidArgument(m)) => {
+                    assert!(m.contains(name), "{engine}: {m:?} names {name}")
+                }
+                other => panic!("{engine}: {name}: {:?}", other.err()),
+            }
+        }
+        // The disabled index's sizes do not matter; large durations are fine.
+        let accepted = duolog::StoreOptions {
+            index: duolog::IndexOptions {
+                enabled: false,
+                slots: 0,
+                max_entries: 0,
+            },
+            commitlog: duolog::CommitLogOptions {
+                checkpoint_interval: Duration::MAX,
+                retention_check_interval: Duration::MAX,
+                retention: Some(Duration::MAX),
+                ..base.commitlog.clone()
+            },
+            segmented: duolog::SegmentedOptions {
+                checkpoint_interval: Duration::MAX,
+                retention_check_interval: Duration::MAX,
+                retention: Some(Duration::MAX),
+                ..base.segmented.clone()
+            },
+            ..base.clone()
+        };
+        let store = open(dir, &accepted);
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        store.append("t", 0, &[msg(0)]).unwrap();
+        store.close().unwrap();
+    });
+}
+
+/// Regression: `retention: Some(Duration::MAX)` ("keep forever") wrapped to a cutoff in the
+/// future and deleted every sealed file.
+#[test]
+fn retention_of_duration_max_deletes_nothing() {
+    for_each_engine(|engine, dir| {
+        let base = small_options(engine);
+        let opts = duolog::StoreOptions {
+            commitlog: duolog::CommitLogOptions {
+                retention: Some(Duration::MAX),
+                ..base.commitlog.clone()
+            },
+            segmented: duolog::SegmentedOptions {
+                retention: Some(Duration::MAX),
+                ..base.segmented.clone()
+            },
+            ..base
+        };
+        let store = open(dir, &opts);
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        for i in 0..40 {
+            store
+                .append(
+                    "t",
+                    0,
+                    &[Message::new(vec![b'r'; 8000]).with_key(format!("{i}"))],
+                )
+                .unwrap();
+        }
+        assert!(
+            store.disk_usage().unwrap().files > 3,
+            "{engine}: files rolled"
+        );
+        assert_eq!(store.enforce_retention().unwrap(), 0, "{engine}");
+        assert_eq!(store.bounds("t", 0).unwrap().start, 0, "{engine}");
+        assert_eq!(read_all(store.as_ref(), "t", 0).len(), 40, "{engine}");
+    });
+}

@@ -186,9 +186,10 @@ impl Inner {
         }
 
         // The key index must not be able to fail once the batch is in the log.
-        if let Some(index) = &self.index {
-            index.reserve(crate::index::batch_keys(messages), now)?;
-        }
+        let mut keys = match &self.index {
+            Some(index) => Some(index.reserve(crate::index::batch_keys(messages), now)?),
+            None => None,
+        };
 
         // Store times never go backwards, even if the clock does.
         let now = now.max(st.last_store_timestamp);
@@ -232,9 +233,9 @@ impl Inner {
         }
         // Keys are indexed before the offsets are published, so an index checkpoint that read
         // a partition's end covers every key below it.
-        if let Some(index) = &self.index {
+        if let Some(keys) = &mut keys {
             for (i, m) in messages.iter().enumerate() {
-                index.add(&t.name, partition, base + i as u64, now, m)?;
+                keys.add(&t.name, partition, base + i as u64, now, m)?;
             }
         }
         cq_file.commit_all();

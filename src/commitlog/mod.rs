@@ -30,7 +30,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
@@ -568,8 +568,8 @@ impl LogStore for CommitLogStore {
         self.inner.check_open()?;
         let t = self.inner.topic(topic)?;
         let part = t.partition(partition)?;
-        let deadline = Instant::now() + timeout;
-        let ready = part.signal.wait_until(Some(deadline), || {
+        let deadline = crate::clock::deadline(timeout);
+        let ready = part.signal.wait_until(deadline, || {
             part.end.load(Ordering::Acquire) > offset || self.inner.closed.load(Ordering::Acquire)
         });
         self.inner.check_open()?;

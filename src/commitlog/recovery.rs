@@ -34,6 +34,7 @@ use crate::options::StoreOptions;
 use crate::store::EngineKind;
 
 pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
+    opts.validate(EngineKind::CommitLog)?;
     if opts.commitlog.file_size < 4096 {
         return Err(Error::InvalidArgument(
             "commitlog.file_size must be at least 4096 bytes".into(),

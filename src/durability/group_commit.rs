@@ -203,7 +203,8 @@ impl GroupCommit {
 
     /// Blocks until `pos` is durable (made so by someone else) or `timeout` passes.
     pub(crate) fn wait_durable(&self, pos: u64, timeout: Option<Duration>) -> Result<bool> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // No deadline for a timeout past what an `Instant` holds: wait as long as it takes.
+        let deadline = timeout.and_then(crate::clock::deadline);
         let mut st = self.state.lock();
         st.waiters += 1;
         self.flusher_wake.notify_one();
@@ -380,9 +381,12 @@ fn run(
     work: Weak<dyn BackgroundWork>,
     tick_every: Duration,
 ) {
+    // `None`: never (an interval past what an `Instant` holds, such as `Duration::MAX`, is
+    // "no timed flush", not a panic that would kill this thread and hang every completion).
     let interval = gc.policy.interval();
-    let mut next_flush = Instant::now() + interval;
-    let mut next_tick = Instant::now() + tick_every;
+    let mut next_flush = crate::clock::deadline(interval);
+    let mut next_tick = crate::clock::deadline(tick_every);
+    let passed = |at: Option<Instant>, now: Instant| at.is_some_and(|t| now >= t);
     loop {
         {
             let mut st = gc.state.lock();
@@ -391,11 +395,18 @@ fn run(
                     return;
                 }
                 let now = Instant::now();
-                if gc.flush_due(&st) || now >= next_flush || now >= next_tick {
+                if gc.flush_due(&st) || passed(next_flush, now) || passed(next_tick, now) {
                     break;
                 }
-                let until = next_flush.min(next_tick);
-                gc.flusher_wake.wait_until(&mut st, until);
+                match (next_flush, next_tick) {
+                    (Some(f), Some(t)) => {
+                        gc.flusher_wake.wait_until(&mut st, f.min(t));
+                    }
+                    (Some(until), None) | (None, Some(until)) => {
+                        gc.flusher_wake.wait_until(&mut st, until);
+                    }
+                    (None, None) => gc.flusher_wake.wait(&mut st),
+                }
             }
         }
         let now = Instant::now();
@@ -405,11 +416,11 @@ fn run(
             let _ = gc.sync_all(t.as_ref());
         }
         drop(t);
-        next_flush = now + interval;
-        if now >= next_tick {
+        next_flush = now.checked_add(interval);
+        if passed(next_tick, now) {
             let Some(w) = work.upgrade() else { return };
             w.tick();
-            next_tick = Instant::now() + tick_every;
+            next_tick = crate::clock::deadline(tick_every);
         }
     }
 }

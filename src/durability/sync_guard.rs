@@ -9,6 +9,9 @@
 //! what really reached the disk. Wrapping the file system once, at `open`, covers every path of
 //! both engines, including ones added later.
 //!
+//! Every method is forwarded, including those with default bodies (a default here would
+//! silently change the wrapped storage's behaviour, e.g. claim a growable file fully allocated).
+//!
 //! What counts as a sync: [`StorageFile::sync_data`], [`MappedStorage::flush_range`] and
 //! [`MappedStorage::zero_range`] (durable by contract), [`FileSystem::sync_dir`], and the sync
 //! step of [`FileSystem::write_file_synced`] (which this wrapper performs as create, write,
@@ -121,6 +124,9 @@ impl StorageFile for GuardedFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.inner.set_len(len)
     }
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        self.inner.allocate(len)
+    }
     fn sync_data(&self) -> io::Result<()> {
         let r = self.inner.sync_data();
         guard(&self.gc, "fdatasync", &self.path, r)
@@ -140,6 +146,12 @@ impl MappedStorage for GuardedMap {
     }
     fn base_ptr(&self) -> *mut u8 {
         self.inner.base_ptr()
+    }
+    fn allocated(&self) -> usize {
+        self.inner.allocated()
+    }
+    fn grow(&self, upto: usize) -> io::Result<()> {
+        self.inner.grow(upto)
     }
     fn flush_range(&self, offset: usize, len: usize) -> io::Result<()> {
         let r = self.inner.flush_range(offset, len);

@@ -6,13 +6,20 @@
 //! slots:   hashSlotCount × i32  — number of the newest entry in the slot (0: empty)
 //! entries: maxEntries × 20 bytes — keyHash i32 | position i64 | timeDiff i32 | prevIndex i32
 //! ```
-//! `timeDiff` is seconds since `beginTimestamp`; entry 0 is never used (RocketMQ counts from 1),
-//! `prevIndex` chains entries of the same slot, newest first. duolog stores a logical position
-//! in `position`: `partition << 44 | offset`, so one index serves both engines.
+//! `timeDiff` is signed seconds since `beginTimestamp`, which the first entry sets and nothing
+//! moves afterwards (as RocketMQ's `putKey`): entries are written out of time order (partitions
+//! append in parallel; a rebuild indexes one partition after another), and moving the anchor
+//! under entries already written would shift their times. An entry older than the anchor has a
+//! negative `timeDiff`. Entry 0 is never used by RocketMQ (it counts from 1); duolog keeps in its
+//! `position` field the earliest store time indexed, the file's lower time bound for lookups (0:
+//! unknown, as in files written before it existed). `prevIndex` chains entries of the same slot,
+//! newest first. duolog stores a logical position in `position`: `partition << 44 | offset`, so
+//! one index serves both engines.
 //!
 //! Entries carry no checksum: every hit is checked against the record it names.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use crate::error::{Error, Result};
 use crate::io::{FileSystem, MapMode, MappedWords};
@@ -61,6 +68,12 @@ pub(crate) struct IndexFile {
     words: MappedWords,
     slots: u32,
     max_entries: u32,
+    /// Entries promised to batches being written (in memory only: a reservation does not
+    /// outlive the append that took it).
+    reserved: AtomicU32,
+    /// Set when the file leaves the index (retention, `reindex`): reservations still holding it
+    /// write elsewhere.
+    retired: AtomicBool,
 }
 
 /// Words of a file with these sizes.
@@ -83,6 +96,8 @@ impl IndexFile {
             words,
             slots,
             max_entries,
+            reserved: AtomicU32::new(0),
+            retired: AtomicBool::new(false),
         })
     }
 
@@ -117,6 +132,8 @@ impl IndexFile {
             words,
             slots,
             max_entries: (room / ENTRY_WORDS - 1) as u32,
+            reserved: AtomicU32::new(0),
+            retired: AtomicBool::new(false),
         })
     }
 
@@ -132,18 +149,39 @@ impl IndexFile {
             .min(self.max_entries)
     }
 
-    /// Entries that still fit.
+    /// Entries that still fit, less those reserved.
     pub(crate) fn room(&self) -> u32 {
-        self.max_entries - self.entries()
+        (self.max_entries - self.entries()).saturating_sub(self.reserved.load(Ordering::Acquire))
     }
 
-    pub(crate) fn is_full(&self) -> bool {
-        self.entries() >= self.max_entries
+    /// Promises `n` entries to a batch (the caller holds the writer lock and checked `room`).
+    pub(crate) fn reserve(&self, n: u32) {
+        self.reserved.fetch_add(n, Ordering::AcqRel);
     }
 
+    /// Gives back `n` promised entries (used or abandoned).
+    pub(crate) fn release(&self, n: u32) {
+        self.reserved.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Whether a reservation holds entries of this file.
+    pub(crate) fn is_reserved(&self) -> bool {
+        self.reserved.load(Ordering::Acquire) > 0
+    }
+
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// (earliest, latest) store time indexed, in ms; the earliest is `i64::MIN` when unknown.
     pub(crate) fn time_range(&self) -> (i64, i64) {
+        let earliest = self.words.get_u64(self.entry_word(0) + 1) as i64;
         (
-            self.words.get_u64(BEGIN_TS) as i64,
+            if earliest == 0 { i64::MIN } else { earliest },
             self.words.get_u64(END_TS) as i64,
         )
     }
@@ -152,12 +190,27 @@ impl IndexFile {
         HEADER_WORDS + self.slots as usize + n as usize * ENTRY_WORDS
     }
 
-    /// Adds an entry. The caller serialises writers and checks `is_full` first.
+    /// Adds an entry. The caller serialises writers and checks `room` (or holds a reservation).
     pub(crate) fn put(&self, hash: u32, position: u64, timestamp: i64) {
-        let n = self.entries() + 1;
-        if self.entries() == 0 {
+        let written = self.entries();
+        let n = written + 1;
+        let earliest_word = self.entry_word(0) + 1;
+        // The time bounds widen before the entry is published, so a reader that skips the file
+        // by its bounds never skips a published entry.
+        if written == 0 {
             self.words.set_u64(BEGIN_TS, timestamp as u64);
             self.words.set_u64(BEGIN_POS, position);
+            self.words.set_u64(earliest_word, timestamp as u64);
+            self.words.set_u64(END_TS, timestamp as u64);
+        } else {
+            let (earliest, end) = self.time_range();
+            // An unknown bound (a file from before the bound was kept) stays unknown.
+            if timestamp < earliest {
+                self.words.set_u64(earliest_word, timestamp as u64);
+            }
+            if timestamp > end {
+                self.words.set_u64(END_TS, timestamp as u64);
+            }
         }
         let begin = self.words.get_u64(BEGIN_TS) as i64;
         let slot = HEADER_WORDS + (hash % self.slots) as usize;
@@ -165,25 +218,16 @@ impl IndexFile {
         let w = self.entry_word(n);
         self.words.set(w, hash);
         self.words.set_u64(w + 1, position);
-        self.words
-            .set(w + 3, ((timestamp - begin).max(0) / 1000) as u32);
+        self.words.set(w + 3, time_diff(timestamp, begin) as u32);
         self.words.set(w + 4, if prev < n { prev } else { 0 });
         // Publish: the slot points at the entry only after it is complete.
         self.words.set(slot, n);
         self.words.set(INDEX_COUNT, n + 1);
-        let (b, e) = self.time_range();
-        if timestamp > e || e == 0 {
-            self.words.set_u64(END_TS, timestamp as u64);
-        }
-        if timestamp < b {
-            self.words.set_u64(BEGIN_TS, timestamp as u64);
-        }
         self.words.set_u64(END_POS, position);
     }
 
-    /// Positions of entries with `hash` whose time lies in `[from_s, to_s]` seconds since the
-    /// epoch, newest first. Walks at most `entries()` steps, and only backwards, so a damaged
-    /// chain ends.
+    /// Positions of entries with `hash` whose time may lie in `[from_ms, to_ms]`, newest first.
+    /// Walks at most `entries()` steps, and only backwards, so a damaged chain ends.
     pub(crate) fn lookup(
         &self,
         hash: u32,
@@ -193,14 +237,14 @@ impl IndexFile {
         limit: usize,
     ) {
         let count = self.entries();
-        let begin = self.time_range().0;
+        let begin = self.words.get_u64(BEGIN_TS) as i64;
         let mut n = self.words.get(HEADER_WORDS + (hash % self.slots) as usize);
         let mut steps = 0;
         while n > 0 && n <= count && steps <= count && out.len() < limit {
             let w = self.entry_word(n);
-            let t = begin + i64::from(self.words.get(w + 3)) * 1000;
-            // Entries keep seconds: widen by one second on each side, the record decides.
-            if self.words.get(w) == hash && t + 1000 >= from_ms && t <= to_ms + 1000 {
+            if self.words.get(w) == hash
+                && entry_may_match(begin, self.words.get(w + 3) as i32, from_ms, to_ms)
+            {
                 out.push(self.words.get_u64(w + 1));
             }
             let prev = self.words.get(w + 4);
@@ -215,6 +259,25 @@ impl IndexFile {
     pub(crate) fn flush(&self) -> Result<()> {
         self.words.flush().map_err(|e| Error::io(self.path(), e))
     }
+}
+
+/// An entry's `timeDiff`: whole seconds from `begin` down to `timestamp` (floor, so the entry's
+/// second starts at or before its store time), saturated at the ends of `i32` (±68 years).
+fn time_diff(timestamp: i64, begin: i64) -> i32 {
+    let secs = timestamp.saturating_sub(begin).div_euclid(1000);
+    i32::try_from(secs).unwrap_or(if secs < 0 { i32::MIN } else { i32::MAX })
+}
+
+/// Whether an entry of `diff` seconds after `begin` may hold a store time in `[from_ms, to_ms]`:
+/// its store time lies within the second `begin + diff * 1000 ..+ 1000`. A saturated diff says
+/// nothing about the time, so such an entry is a candidate whatever the range (the record
+/// decides). Saturating arithmetic: every range a caller can pass is answered.
+fn entry_may_match(begin: i64, diff: i32, from_ms: i64, to_ms: i64) -> bool {
+    if diff == i32::MIN || diff == i32::MAX {
+        return true;
+    }
+    let second = begin.saturating_add(i64::from(diff) * 1000);
+    second <= to_ms && second.saturating_add(999) >= from_ms
 }
 
 /// RocketMQ's file name for an index created at `ms`: `yyyyMMddHHmmssSSS` (UTC here).
@@ -256,6 +319,21 @@ mod tests {
     fn key_hash_is_java_hash_code_of_topic_and_key() {
         // "T#k".hashCode() = (84*31 + 35)*31 + 107
         assert_eq!(key_hash("T", "k"), ((84 * 31 + 35) * 31 + 107) as u32);
+    }
+
+    #[test]
+    fn time_diffs_round_down_and_saturate() {
+        assert_eq!(time_diff(2_500, 1_000), 1);
+        assert_eq!(time_diff(999, 1_000), -1);
+        assert_eq!(time_diff(-1_000, 1_000), -2);
+        assert_eq!(time_diff(i64::MAX, 0), i32::MAX);
+        assert_eq!(time_diff(i64::MIN, 0), i32::MIN);
+        assert!(entry_may_match(1_000, 1, 2_500, 2_500));
+        assert!(entry_may_match(1_000, -1, 999, 999));
+        assert!(!entry_may_match(1_000, -1, 1_000, 5_000));
+        assert!(entry_may_match(i64::MAX - 10, 0, i64::MIN, i64::MAX));
+        assert!(!entry_may_match(0, 0, i64::MIN, -1));
+        assert!(entry_may_match(0, i32::MAX, i64::MIN, i64::MIN));
     }
 
     #[test]

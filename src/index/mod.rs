@@ -124,8 +124,8 @@ impl KeyIndex {
         ))
     }
 
-    /// Indexes one message stored at (partition, offset). Called by the engine before the offset
-    /// is published, under the engine's lock for that partition.
+    /// Indexes one message stored at (partition, offset), rolling to a new file when the
+    /// current one is full. For rebuilds and catch-up at open; appends go through `reserve`.
     pub(crate) fn add(
         &self,
         topic: &str,
@@ -150,32 +150,57 @@ impl KeyIndex {
         Ok(())
     }
 
-    /// Makes sure the next `keys` entries fit without creating a file, rolling to a new file now
-    /// if needed. Engines call it before writing a batch, so that indexing the batch cannot fail
-    /// for lack of space once the batch is in the log.
-    pub(crate) fn reserve(&self, keys: usize, now: i64) -> Result<()> {
+    /// Takes room for the next `keys` entries in one file, rolling to a new file now if the
+    /// current one lacks it. Engines call it before writing a batch and index the batch through
+    /// the returned reservation, so that indexing cannot fail for lack of space once the batch
+    /// is in the log: the room stays promised to this batch (other partitions appending at the
+    /// same time see it taken) until the reservation has used it or is dropped.
+    pub(crate) fn reserve(&self, keys: usize, now: i64) -> Result<Reservation<'_>> {
+        let mut reservation = Reservation {
+            index: self,
+            file: None,
+            left: 0,
+        };
         if keys == 0 {
-            return Ok(());
+            return Ok(reservation);
         }
-        if keys as u64 > u64::from(self.opts.max_entries) {
+        let Some(n) = u32::try_from(keys)
+            .ok()
+            .filter(|n| *n <= self.opts.max_entries)
+        else {
             return Err(Error::InvalidArgument(format!(
                 "a batch with {keys} keys does not fit an index file of {} entries",
                 self.opts.max_entries
             )));
-        }
+        };
         let _w = self.writer.lock();
-        let room = self.files.read().last().map_or(0, |f| f.room());
-        if (room as usize) < keys {
-            self.roll(now)?;
-        }
-        Ok(())
+        let current = self
+            .files
+            .read()
+            .last()
+            .filter(|f| f.room() >= n)
+            .map(Arc::clone);
+        let file = match current {
+            Some(f) => f,
+            None => self.roll(now)?,
+        };
+        file.reserve(n);
+        reservation.file = Some(file);
+        reservation.left = n;
+        Ok(reservation)
     }
 
     fn writable(&self, now: i64) -> Result<Arc<IndexFile>> {
-        if let Some(f) = self.files.read().last().filter(|f| !f.is_full()) {
-            return Ok(Arc::clone(f));
+        let current = self
+            .files
+            .read()
+            .last()
+            .filter(|f| f.room() > 0)
+            .map(Arc::clone);
+        match current {
+            Some(f) => Ok(f),
+            None => self.roll(now),
         }
-        self.roll(now)
     }
 
     /// Creates a new, empty current file.
@@ -219,8 +244,9 @@ impl KeyIndex {
         let files: Vec<Arc<IndexFile>> = self.files.read().clone();
         let mut raw = Vec::new();
         for f in files.iter().rev() {
+            // Both bounds are exact store times (the earliest may be unknown: i64::MIN).
             let (b, e) = f.time_range();
-            if f.entries() == 0 || e + 1000 < from_ms || b > to_ms + 1000 {
+            if f.entries() == 0 || e < from_ms || b > to_ms {
                 continue;
             }
             // Collisions and stale entries are filtered later: gather generously.
@@ -278,8 +304,11 @@ impl KeyIndex {
         let _w = self.writer.lock();
         let mut files = self.files.write();
         let mut n = 0;
-        while files.len() > 1 && files[0].time_range().1 < oldest_live_ms {
+        // A file promised to a batch being written stays until that batch is indexed.
+        while files.len() > 1 && files[0].time_range().1 < oldest_live_ms && !files[0].is_reserved()
+        {
             let f = files.remove(0);
+            f.retire();
             self.fs
                 .remove_file(f.path())
                 .map_err(|e| Error::io(f.path(), e))?;
@@ -298,6 +327,7 @@ impl KeyIndex {
         let _w = self.writer.lock();
         let mut files = self.files.write();
         for f in files.drain(..) {
+            f.retire();
             self.fs
                 .remove_file(f.path())
                 .map_err(|e| Error::io(f.path(), e))?;
@@ -321,6 +351,61 @@ impl KeyIndex {
             .iter()
             .map(|f| self.fs.file_len(f.path()).unwrap_or(0))
             .sum()
+    }
+}
+
+/// Room in one index file promised to one batch by [`KeyIndex::reserve`]; the batch's keys are
+/// indexed through it. Dropping it gives back whatever was not used (a batch that failed).
+pub(crate) struct Reservation<'a> {
+    index: &'a KeyIndex,
+    file: Option<Arc<IndexFile>>,
+    left: u32,
+}
+
+impl Reservation<'_> {
+    /// Indexes one message of the batch stored at (partition, offset). Called by the engine
+    /// before the offset is published, under the engine's lock for that partition. Writes into
+    /// the reserved room; only if that file left the index meanwhile (`reindex` racing the
+    /// append) or the batch has more keys than it reserved does it fall back to the current
+    /// file, which may roll.
+    pub(crate) fn add(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        store_timestamp: i64,
+        m: &Message,
+    ) -> Result<()> {
+        let mut keys = message_keys(m).peekable();
+        if keys.peek().is_none() {
+            return Ok(());
+        }
+        let _w = self.index.writer.lock();
+        for key in keys {
+            let file = match &self.file {
+                Some(f) if self.left > 0 && !f.is_retired() => {
+                    // Used and released under the writer lock: `room` never counts it twice.
+                    self.left -= 1;
+                    f.release(1);
+                    Arc::clone(f)
+                }
+                _ => self.index.writable(store_timestamp)?,
+            };
+            file.put(
+                key_hash(topic, &key),
+                pack(partition, offset),
+                store_timestamp,
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = &self.file {
+            f.release(self.left);
+        }
     }
 }
 

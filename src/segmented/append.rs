@@ -67,9 +67,10 @@ impl Partition {
         let header =
             batch::parse_header(buf).map_err(|e| Error::InvalidArgument(e.reason().into()))?;
         // The key index must not be able to fail once the batch is in the log.
-        if let Some(index) = &ctx.index {
-            index.reserve(crate::index::batch_keys(messages), now)?;
-        }
+        let mut keys = match &ctx.index {
+            Some(index) => Some(index.reserve(crate::index::batch_keys(messages), now)?),
+            None => None,
+        };
         let handle = self.handle(ctx, active)?;
         let o = &ctx.opts;
         // One time-index slot stays free for the entry the seal adds.
@@ -92,9 +93,9 @@ impl Partition {
             .ok_or_else(|| Error::corrupted(&self.dir, 0, "no segment"))?;
         handle.append(active, buf, &header, o.index_interval_bytes)?;
         // Keys are indexed before the offsets are published (see the index checkpoint).
-        if let Some(index) = &ctx.index {
+        if let Some(keys) = &mut keys {
             for (i, m) in messages.iter().enumerate() {
-                index.add(&self.topic, self.id, base_offset + i as u64, now, m)?;
+                keys.add(&self.topic, self.id, base_offset + i as u64, now, m)?;
             }
         }
         self.end.store(last_offset + 1, Ordering::Release);

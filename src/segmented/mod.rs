@@ -38,7 +38,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
@@ -330,6 +330,7 @@ impl SegmentedStore {
     /// validates every segment from each partition's recovery point on.
     pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Self> {
         let dir = dir.as_ref();
+        options.validate(EngineKind::Segmented)?;
         let o = &options.segmented;
         if o.segment_bytes < 1024 || o.max_index_bytes < 24 || o.index_interval_bytes == 0 {
             return Err(Error::InvalidArgument(
@@ -632,8 +633,8 @@ impl LogStore for SegmentedStore {
     ) -> Result<bool> {
         self.inner.check_open()?;
         let p = self.inner.partition(topic, partition)?;
-        let deadline = Instant::now() + timeout;
-        let ready = p.signal.wait_until(Some(deadline), || {
+        let deadline = crate::clock::deadline(timeout);
+        let ready = p.signal.wait_until(deadline, || {
             p.end.load(Ordering::Acquire) > offset || self.inner.ctx.closed.load(Ordering::Acquire)
         });
         self.inner.check_open()?;

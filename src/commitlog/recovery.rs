@@ -173,7 +173,7 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
     let rebuild_index = match inner.opts.index.enabled {
         true => {
             let (index, rebuild) =
-                crate::index::KeyIndex::open(Arc::clone(&fs), dir, inner.opts.index)?;
+                crate::index::KeyIndex::open(Arc::clone(&fs), dir, inner.opts.index, !unclean)?;
             inner.index = Some(index);
             rebuild
         }

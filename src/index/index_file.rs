@@ -259,6 +259,56 @@ impl IndexFile {
     pub(crate) fn flush(&self) -> Result<()> {
         self.words.flush().map_err(|e| Error::io(self.path(), e))
     }
+
+    /// After an unclean shutdown: keeps the first `count` entries (durable at the last index
+    /// checkpoint) and rebuilds from them everything `put` changes in place — the slot heads,
+    /// the entry count, the time bounds — since a power cut may have kept any mix of those
+    /// writes (a slot pointing at a torn entry, a garbage count or end time), which would hide
+    /// durable entries from lookups. Entries past `count` are forgotten; the engine indexes
+    /// their records again from the checkpoint. Time bounds come back at second precision,
+    /// widened to whole seconds (a superset: lookups check every hit against its record).
+    pub(crate) fn restore(&self, count: u32) -> Result<()> {
+        let count = count.min(self.max_entries);
+        for s in 0..self.slots as usize {
+            self.words.set(HEADER_WORDS + s, 0);
+        }
+        let begin = self.words.get_u64(BEGIN_TS) as i64;
+        let (mut earliest, mut latest) = (i64::MAX, i64::MIN);
+        for n in 1..=count {
+            let w = self.entry_word(n);
+            let hash = self.words.get(w);
+            self.words
+                .set(HEADER_WORDS + (hash % self.slots) as usize, n);
+            let diff = self.words.get(w + 3) as i32;
+            let (lo, hi) = if diff == i32::MIN || diff == i32::MAX {
+                (i64::MIN, i64::MAX)
+            } else {
+                let second = begin.saturating_add(i64::from(diff) * 1000);
+                (second, second.saturating_add(999))
+            };
+            earliest = earliest.min(lo);
+            latest = latest.max(hi);
+        }
+        let earliest_word = self.entry_word(0) + 1;
+        if count == 0 {
+            for w in [BEGIN_TS, END_TS, BEGIN_POS, END_POS, earliest_word] {
+                self.words.set_u64(w, 0);
+            }
+        } else {
+            // An unknown earliest bound is stored as 0, as in files that never kept one.
+            let earliest = if earliest == i64::MIN {
+                0
+            } else {
+                earliest.max(1)
+            };
+            self.words.set_u64(earliest_word, earliest as u64);
+            self.words.set_u64(END_TS, latest as u64);
+            let last = self.words.get_u64(self.entry_word(count) + 1);
+            self.words.set_u64(END_POS, last);
+        }
+        self.words.set(INDEX_COUNT, count + 1);
+        self.flush()
+    }
 }
 
 /// An entry's `timeDiff`: whole seconds from `begin` down to `timestamp` (floor, so the entry's

@@ -28,6 +28,22 @@ use crate::store::{Message, Record};
 const DIR: &str = "index";
 const CHECKPOINT: &str = "checkpoint";
 const CHECKPOINT_MAGIC: &[u8; 4] = b"DLIX";
+/// Checkpoint entries naming an index file (with its entry count) instead of a partition start
+/// with a character no topic name may hold.
+const FILE_COUNT_PREFIX: &str = "\u{0}file:";
+
+/// Entry counts of the index files at the last checkpoint, by file name (empty when the
+/// checkpoint is missing, damaged, or from before counts were kept).
+fn load_file_counts(fs: &dyn FileSystem, dir: &Path) -> HashMap<String, u32> {
+    crate::offsets_file::load(fs, &dir.join(CHECKPOINT), CHECKPOINT_MAGIC)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(t, _, count)| {
+            let name = t.strip_prefix(FILE_COUNT_PREFIX)?;
+            Some((name.to_owned(), u32::try_from(count).ok()?))
+        })
+        .collect()
+}
 
 /// How many index entries a batch needs.
 pub(crate) fn batch_keys(messages: &[Message]) -> usize {
@@ -83,10 +99,20 @@ pub(crate) struct KeyIndex {
 impl KeyIndex {
     /// Opens `index/` under `store_dir`. Files that cannot be opened are derived data: they are
     /// deleted and `rebuild` is reported, so the caller indexes its whole log again.
+    ///
+    /// After an unclean shutdown (`clean` false) nothing written since the last checkpoint is
+    /// trusted, because index files are updated in place and a power cut may keep any subset of
+    /// those updates: each file is cut back to the entries the checkpoint counted and its slots,
+    /// count and time bounds are rebuilt from them ([`IndexFile::restore`]); a file created
+    /// after the checkpoint is deleted. The caller's catch-up from the checkpoint then indexes
+    /// every record past it again. (RocketMQ deletes the index files written after its
+    /// checkpoint and re-dispatches them from the log.) Without a checkpoint that counted the
+    /// files, everything is rebuilt.
     pub(crate) fn open(
         fs: Arc<dyn FileSystem>,
         store_dir: &Path,
         opts: IndexOptions,
+        clean: bool,
     ) -> Result<(KeyIndex, bool)> {
         let dir = store_dir.join(DIR);
         fs.create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -100,11 +126,31 @@ impl KeyIndex {
             .collect();
         names.sort();
         let mut files = Vec::with_capacity(names.len());
-        let mut rebuild = false;
+        let counted = match clean {
+            true => None,
+            false => Some(load_file_counts(fs.as_ref(), &dir)),
+        };
+        let mut rebuild = matches!(&counted, Some(c) if c.is_empty() && !names.is_empty());
         for n in names {
             let p = dir.join(&n);
+            let count = match &counted {
+                None => None,
+                Some(c) => match c.get(&n) {
+                    Some(&count) => Some(count),
+                    None => {
+                        // Created after the checkpoint: everything in it is indexed again.
+                        fs.remove_file(&p).map_err(|e| Error::io(&p, e))?;
+                        continue;
+                    }
+                },
+            };
             match IndexFile::open(fs.as_ref(), &p) {
-                Ok(f) => files.push(Arc::new(f)),
+                Ok(f) => {
+                    if let Some(count) = count {
+                        f.restore(count)?;
+                    }
+                    files.push(Arc::new(f));
+                }
                 Err(Error::Corrupted { .. }) => {
                     fs.remove_file(&p).map_err(|e| Error::io(&p, e))?;
                     rebuild = true;
@@ -283,18 +329,33 @@ impl KeyIndex {
         )
         .unwrap_or_default()
         .into_iter()
+        .filter(|(t, _, _)| !t.starts_with(FILE_COUNT_PREFIX))
         .map(|(t, p, o)| ((t, p), o))
         .collect()
     }
 
-    /// Flushes the files, then records `ends` (sampled before the flush) as indexed.
+    /// Flushes the files, then records `ends` (sampled before the flush) as indexed, together
+    /// with each file's entry count sampled after `ends` (so every entry of a record below an
+    /// end is counted) — in one file, so an unclean open cuts the files back to exactly what
+    /// this checkpoint vouches for and catches up from exactly its ends.
     pub(crate) fn checkpoint(&self, ends: &[(String, u32, u64)]) -> Result<()> {
+        let files: Vec<Arc<IndexFile>> = self.files.read().clone();
+        let mut entries = ends.to_vec();
+        for f in &files {
+            if let Some(name) = f.path().file_name().and_then(|n| n.to_str()) {
+                entries.push((
+                    format!("{FILE_COUNT_PREFIX}{name}"),
+                    0,
+                    u64::from(f.entries()),
+                ));
+            }
+        }
         self.flush()?;
         crate::offsets_file::store(
             self.fs.as_ref(),
             &self.dir.join(CHECKPOINT),
             CHECKPOINT_MAGIC,
-            ends,
+            &entries,
         )
     }
 

@@ -130,6 +130,9 @@ impl Partition {
         old: Arc<SegmentHandle>,
         base: u64,
     ) -> Result<Arc<SegmentHandle>> {
+        if let Some(active) = st.segments.last_mut() {
+            old.append_final_time_entry(active)?;
+        }
         let new = self.create_segment(ctx, base)?;
         let old_base = st.segments.last().map_or(base, |m| m.base);
         st.pending.push((old_base, old));

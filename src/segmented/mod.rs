@@ -395,7 +395,7 @@ impl SegmentedStore {
         let rebuild_index = match options.index.enabled {
             true => {
                 let (index, rebuild) =
-                    crate::index::KeyIndex::open(Arc::clone(&fs), dir, options.index)?;
+                    crate::index::KeyIndex::open(Arc::clone(&fs), dir, options.index, clean)?;
                 if rebuild {
                     index.clear()?;
                 }

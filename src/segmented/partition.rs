@@ -56,7 +56,7 @@ impl Partition {
         if let Some(h) = ctx.cache.get(key) {
             return Ok(h);
         }
-        let h = SegmentHandle::open(ctx.fs.as_ref(), &self.dir, meta)?;
+        let h = SegmentHandle::open(ctx.fs.as_ref(), &self.dir, meta, ctx.opts.max_index_bytes)?;
         Ok(ctx.cache.insert(key, Arc::new(h)))
     }
 

@@ -98,8 +98,23 @@ fn map_index(
     Ok(Some(f))
 }
 
+/// Capacities of an active segment's indexes, in bytes: `max_index_bytes` rounded down to whole
+/// entries.
+fn index_capacities(max_index_bytes: u64) -> (u64, u64) {
+    (
+        max_index_bytes - max_index_bytes % OFFSET_ENTRY as u64,
+        max_index_bytes - max_index_bytes % TIME_ENTRY as u64,
+    )
+}
+
+/// Bytes an active segment's index file has allocated when created: one page. The files grow
+/// by doubling as entries arrive, so a partition's disk use follows its data (10,000 one-batch
+/// partitions take 8 KiB of index each, not 2 × `max_index_bytes`).
+const INDEX_INITIAL_BYTES: u64 = 4096;
+
 impl SegmentHandle {
-    /// Creates the three files of a new, empty segment (indexes preallocated).
+    /// Creates the three files of a new, empty segment (indexes mapped at their full capacity,
+    /// allocated as they fill).
     pub(crate) fn create(
         fs: &dyn FileSystem,
         dir: &Path,
@@ -112,10 +127,12 @@ impl SegmentHandle {
             .map_err(|e| Error::io(&lp, e))?;
         let oi = index_path(dir, base);
         let ti = time_index_path(dir, base);
-        let offset_bytes = max_index_bytes - max_index_bytes % OFFSET_ENTRY as u64;
-        let time_bytes = max_index_bytes - max_index_bytes % TIME_ENTRY as u64;
-        let offset_index = map_index(fs, &oi, offset_bytes, 0, MapMode::Create)?;
-        let time_index = map_index(fs, &ti, time_bytes, 0, MapMode::Create)?;
+        let (offset_bytes, time_bytes) = index_capacities(max_index_bytes);
+        let grow = MapMode::CreateGrowable {
+            initial: INDEX_INITIAL_BYTES,
+        };
+        let offset_index = map_index(fs, &oi, offset_bytes, 0, grow)?;
+        let time_index = map_index(fs, &ti, time_bytes, 0, grow)?;
         fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
         Ok(SegmentHandle {
             log,
@@ -125,11 +142,13 @@ impl SegmentHandle {
         })
     }
 
-    /// Opens an existing segment whose indexes hold `meta`'s entry counts.
+    /// Opens an existing segment whose indexes hold `meta`'s entry counts: a sealed segment's
+    /// indexes at their length, an active one's at their full capacity (they grow as it fills).
     pub(crate) fn open(
         fs: &dyn FileSystem,
         dir: &Path,
         meta: &SegmentMeta,
+        max_index_bytes: u64,
     ) -> Result<SegmentHandle> {
         let lp = log_path(dir, meta.base);
         let log = fs
@@ -139,20 +158,20 @@ impl SegmentHandle {
         let ti = time_index_path(dir, meta.base);
         let olen = fs.file_len(&oi).map_err(|e| Error::io(&oi, e))?;
         let tlen = fs.file_len(&ti).map_err(|e| Error::io(&ti, e))?;
+        let (mode, olen, tlen) = if meta.sealed {
+            (MapMode::Open, olen, tlen)
+        } else {
+            let (ocap, tcap) = index_capacities(max_index_bytes);
+            (MapMode::OpenGrowable, olen.max(ocap), tlen.max(tcap))
+        };
         let offset_index = map_index(
             fs,
             &oi,
             olen,
             meta.index_entries * OFFSET_ENTRY as u64,
-            MapMode::Open,
+            mode,
         )?;
-        let time_index = map_index(
-            fs,
-            &ti,
-            tlen,
-            meta.time_entries * TIME_ENTRY as u64,
-            MapMode::Open,
-        )?;
+        let time_index = map_index(fs, &ti, tlen, meta.time_entries * TIME_ENTRY as u64, mode)?;
         Ok(SegmentHandle {
             log,
             log_path: lp,
@@ -195,6 +214,18 @@ impl SegmentHandle {
         interval: u64,
     ) -> Result<()> {
         let pos = meta.size;
+        // Room for this batch's index entries is allocated before the batch is written, so a
+        // full disk fails the append cleanly instead of leaving the batch unindexed.
+        for (idx, entries, unit) in [
+            (&self.offset_index, meta.index_entries, OFFSET_ENTRY),
+            (&self.time_index, meta.time_entries, TIME_ENTRY),
+        ] {
+            if let Some(f) = idx {
+                let upto = ((entries as usize + 1) * unit).min(f.len());
+                f.ensure_allocated(upto)
+                    .map_err(|e| Error::io(f.path(), e))?;
+            }
+        }
         self.log
             .write_all_at(bytes, pos)
             .map_err(|e| Error::io(&self.log_path, e))?;
@@ -227,6 +258,34 @@ impl SegmentHandle {
         meta.size += bytes.len() as u64;
         meta.next_offset = h.last_offset() as u64 + 1;
         meta.max_timestamp = meta.max_timestamp.max(h.max_timestamp);
+        Ok(())
+    }
+
+    /// Appends the segment's newest timestamp to its time index if the last entry is older
+    /// (Kafka does the same when a segment becomes inactive), so the time index of a rolled
+    /// segment ends in its max timestamp even before the seal trims it. The writer keeps one
+    /// slot free for it.
+    pub(crate) fn append_final_time_entry(&self, meta: &mut SegmentMeta) -> Result<()> {
+        let Some(idx) = &self.time_index else {
+            return Ok(());
+        };
+        if meta.max_timestamp <= meta.last_time_indexed || meta.next_offset <= meta.base {
+            return Ok(());
+        }
+        let Ok(rel) = u32::try_from(meta.next_offset - 1 - meta.base) else {
+            return Ok(());
+        };
+        let upto = ((meta.time_entries as usize + 1) * TIME_ENTRY).min(idx.len());
+        idx.ensure_allocated(upto)
+            .map_err(|e| Error::io(idx.path(), e))?;
+        if idx
+            .append(&[&index::time_entry(meta.max_timestamp, rel)])
+            .is_some()
+        {
+            idx.commit_all();
+            meta.time_entries += 1;
+            meta.last_time_indexed = meta.max_timestamp;
+        }
         Ok(())
     }
 
@@ -316,7 +375,8 @@ pub(crate) fn seal(
 }
 
 /// Whether the index files of a segment look sealed: each empty or ending in a non-zero entry
-/// (a preallocated, untrimmed index ends in zeros), and the time index holding at least one
+/// (an untrimmed index ends in the zeros of its allocated room, unless its last page is exactly
+/// full — harmless, since the roll already wrote the final time entry), and the time index holding at least one
 /// entry with a positive timestamp when the log is not empty. A segment that was rolled but not
 /// sealed before a crash fails this and is validated like an unflushed one.
 pub(crate) fn indexes_look_sealed(
@@ -601,7 +661,8 @@ pub(crate) fn write_indexes(
                 .map_err(|e| Error::io(&path, e))?;
         } else {
             let len = max_index_bytes - max_index_bytes % unit;
-            let f = MappedFile::map(fs, &path, 0, len, MapMode::Create)
+            let initial = INDEX_INITIAL_BYTES.max(entries.len() as u64);
+            let f = MappedFile::map(fs, &path, 0, len, MapMode::CreateGrowable { initial })
                 .map_err(|e| Error::io(&path, e))?;
             if !entries.is_empty() && f.append(&[entries]).is_none() {
                 return Err(Error::corrupted(

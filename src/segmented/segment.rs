@@ -107,10 +107,11 @@ fn index_capacities(max_index_bytes: u64) -> (u64, u64) {
     )
 }
 
-/// Bytes an active segment's index file has allocated when created: one page. The files grow
-/// by doubling as entries arrive, so a partition's disk use follows its data (10,000 one-batch
-/// partitions take 8 KiB of index each, not 2 × `max_index_bytes`).
-const INDEX_INITIAL_BYTES: u64 = 4096;
+/// Bytes an active segment's index file has allocated when created: none. The files grow a page
+/// at a time, doubling, as entries arrive, so a partition's disk use follows its data (a
+/// one-batch partition has one page of time index and no offset index, not 2 ×
+/// `max_index_bytes` preallocated).
+const INDEX_INITIAL_BYTES: u64 = 0;
 
 impl SegmentHandle {
     /// Creates the three files of a new, empty segment (indexes mapped at their full capacity,

@@ -103,7 +103,7 @@ impl KeyIndex {
         let mut rebuild = false;
         for n in names {
             let p = dir.join(&n);
-            match IndexFile::open(fs.as_ref(), &p) {
+            match IndexFile::open(fs.as_ref(), &p, opts.max_entries) {
                 Ok(f) => files.push(Arc::new(f)),
                 Err(Error::Corrupted { .. }) => {
                     fs.remove_file(&p).map_err(|e| Error::io(&p, e))?;
@@ -168,7 +168,11 @@ impl KeyIndex {
         if (room as usize) < keys {
             self.roll(now)?;
         }
-        Ok(())
+        // Index files grow on demand: allocate the entries' space now, not in `add`.
+        match self.files.read().last() {
+            Some(f) => f.ensure_room(keys),
+            None => Ok(()),
+        }
     }
 
     fn writable(&self, now: i64) -> Result<Arc<IndexFile>> {

@@ -8,7 +8,7 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use duolog::{EngineKind, LogStore, Message, ReadLimits, TopicConfig};
+use duolog::{EngineKind, Message, ReadLimits, TopicConfig};
 
 fn blocks_bytes(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().blocks() * 512
@@ -47,6 +47,65 @@ fn a_truncated_log_file_is_extended_with_real_blocks() {
     let n = store.read("t", 0, 0, ReadLimits::default()).unwrap().len() as u64;
     assert_eq!(store.bounds("t", 0).unwrap().end, n);
     store.append("t", 0, &[Message::new("again")]).unwrap();
+    let report = store.verify().unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+}
+
+/// Mappings of files under `dir` that this process holds now.
+fn mappings_under(dir: &Path) -> usize {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let dir = dir.to_string_lossy().into_owned();
+    maps.lines().filter(|l| l.contains(dir.as_str())).count()
+}
+
+#[test]
+fn consume_queue_mappings_are_bounded_by_max_open_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = duolog::StoreOptions {
+        max_open_files: 16,
+        ..common::small_options(EngineKind::CommitLog)
+    };
+    let partitions = 200;
+    let store = duolog::open(dir.path(), opts.clone()).unwrap();
+    store
+        .create_topic("t", TopicConfig::with_partitions(partitions))
+        .unwrap();
+    for round in 0..3 {
+        for p in 0..partitions {
+            store
+                .append("t", p, &[Message::new(format!("{p}-{round}"))])
+                .unwrap();
+        }
+    }
+    for p in 0..partitions {
+        let r = store.read("t", p, 0, ReadLimits::default()).unwrap();
+        let bodies: Vec<_> = r.iter().map(|r| r.body().to_vec()).collect();
+        let want: Vec<_> = (0..3)
+            .map(|round| format!("{p}-{round}").into_bytes())
+            .collect();
+        assert_eq!(bodies, want, "partition {p}");
+    }
+    let queues = mappings_under(&dir.path().join("consumequeue"));
+    assert!(
+        queues <= 16 + 2,
+        "{queues} consume-queue mappings with max_open_files 16"
+    );
+    // Durability and recovery see evicted queues too.
+    store.sync().unwrap();
+    let report = store.verify().unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    store.close().unwrap();
+    drop(store);
+    let store = duolog::open(dir.path(), opts).unwrap();
+    for p in 0..partitions {
+        assert_eq!(store.bounds("t", p).unwrap().end, 3);
+        store.append("t", p, &[Message::new("after")]).unwrap();
+    }
+    let queues = mappings_under(&dir.path().join("consumequeue"));
+    assert!(
+        queues <= 16 + 2,
+        "{queues} consume-queue mappings after reopen"
+    );
     let report = store.verify().unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
 }

@@ -45,6 +45,15 @@ impl MappedStorage for FaultyMapped {
     fn base_ptr(&self) -> *mut u8 {
         self.inner.base_ptr()
     }
+    fn allocated(&self) -> usize {
+        self.inner.allocated()
+    }
+    fn grow(&self, upto: usize) -> io::Result<()> {
+        if self.faults.disk_full.load(Ordering::SeqCst) {
+            return Err(enospc());
+        }
+        self.inner.grow(upto)
+    }
     fn flush_range(&self, offset: usize, len: usize) -> io::Result<()> {
         if self.faults.fail_flush.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(5)); // EIO
@@ -263,7 +272,8 @@ fn full_disk_at_a_roll_fails_cleanly_and_recovers_when_space_returns() {
                 .base_offset,
             acked
         );
-        assert!(store.verify().unwrap().is_ok());
+        let report = store.verify().unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
     });
 }
 

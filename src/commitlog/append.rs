@@ -177,13 +177,14 @@ impl Inner {
         }
         let first_byte = base * UNIT_SIZE;
         let last_byte = (base + items.len() as u64) * UNIT_SIZE - 1;
-        let mut cq_file = match part.cq.files().find(first_byte) {
-            Some(f) => f,
-            None => part.cq.create_file_for(fs, first_byte)?,
-        };
-        if last_byte >= cq_file.start_offset() + cq_file.len() as u64 {
-            part.cq.ensure_file_for(fs, last_byte)?;
-        }
+        // Held to the end of the append: the queue stays mapped (the cache does not evict a
+        // queue someone holds) and its watermarks are ours to move.
+        let cq = part.cq.files()?;
+        // The file of the first unit first: with no file yet, the last unit's would be made.
+        part.cq.ensure_file_for(&cq, first_byte)?;
+        part.cq.ensure_file_for(&cq, last_byte)?;
+        part.cq.ensure_allocated(&cq, first_byte, last_byte + 1)?;
+        let mut cq_file = part.cq.file_for(&cq, first_byte)?;
 
         // The key index must not be able to fail once the batch is in the log.
         let mut keys = match &self.index {
@@ -221,7 +222,7 @@ impl Inner {
             let byte = offset * UNIT_SIZE;
             if byte >= cq_file.start_offset() + cq_file.len() as u64 {
                 cq_file.commit_all();
-                cq_file = part.cq.file_for(byte)?;
+                cq_file = part.cq.file_for(&cq, byte)?;
             }
             let unit = Unit {
                 position: physical,

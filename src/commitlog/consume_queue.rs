@@ -5,12 +5,16 @@
 //! The queue is derived data: every unit is checked against the record it points to when read
 //! (topic, partition and queue offset must match), and recovery rebuilds units from the log.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::{Mutex, RwLock};
 
 use super::file_queue::FileQueue;
+use super::queue_cache::{Evictable, QueueCache};
 use crate::error::{Error, Result};
-use crate::io::{FileSystem, MappedFile};
+use crate::io::{self, FileSystem, MapMode, MappedFile};
 
 /// Size of one unit.
 pub const UNIT_SIZE: u64 = 20;
@@ -53,61 +57,194 @@ impl Unit {
     }
 }
 
-/// One partition's consume queue.
+/// Watermarks of one queue file while its queue is unmapped.
+#[derive(Clone, Copy, Debug)]
+struct Mark {
+    start: u64,
+    end: usize,
+    flushed: usize,
+}
+
+/// One partition's consume queue. Its files are grow-on-demand (disk use follows the units
+/// written) and mapped only while the partition is in the store's [`QueueCache`]; an evicted
+/// queue keeps its files' watermarks and maps them again on its next use.
 #[derive(Debug)]
 pub(crate) struct ConsumeQueue {
-    files: FileQueue,
+    inner: Arc<CqInner>,
+}
+
+struct CqInner {
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+    file_size: u64,
+    cache: Option<Arc<QueueCache>>,
+    /// The mapped files, or `None` while evicted.
+    files: RwLock<Option<Arc<FileQueue>>>,
+    /// The files' watermarks while evicted.
+    marks: Mutex<Vec<Mark>>,
+    referenced: AtomicBool,
+}
+
+impl std::fmt::Debug for CqInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumeQueue")
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+impl Evictable for CqInner {
+    fn try_evict(&self) -> Option<usize> {
+        let mut files = self.files.try_write()?;
+        let Some(fq) = files.as_ref() else {
+            return Some(0);
+        };
+        // Anyone else holding the queue (an append, a flush) may be moving its watermarks.
+        if Arc::strong_count(fq) != 1 {
+            return None;
+        }
+        let marks: Vec<Mark> = fq
+            .snapshot()
+            .iter()
+            .map(|f| Mark {
+                start: f.start_offset(),
+                end: f.committed(),
+                flushed: f.flushed(),
+            })
+            .collect();
+        let n = marks.len();
+        *self.marks.lock() = marks;
+        *files = None;
+        Some(n)
+    }
+
+    fn referenced(&self) -> &AtomicBool {
+        &self.referenced
+    }
 }
 
 impl ConsumeQueue {
-    pub(crate) fn open(fs: &dyn FileSystem, dir: &Path, units_per_file: u32) -> Result<Self> {
+    pub(crate) fn open(
+        fs: &Arc<dyn FileSystem>,
+        dir: &Path,
+        units_per_file: u32,
+        cache: Option<Arc<QueueCache>>,
+    ) -> Result<Self> {
+        let fq = FileQueue::open_growable(fs.as_ref(), dir, u64::from(units_per_file) * UNIT_SIZE)?;
         Ok(ConsumeQueue {
-            files: FileQueue::open(fs, dir, u64::from(units_per_file) * UNIT_SIZE)?,
+            inner: Arc::new(CqInner {
+                fs: Arc::clone(fs),
+                dir: dir.to_owned(),
+                file_size: fq.file_size(),
+                cache,
+                files: RwLock::new(Some(Arc::new(fq))),
+                marks: Mutex::new(Vec::new()),
+                referenced: AtomicBool::new(true),
+            }),
         })
     }
 
-    pub(crate) fn dir(&self) -> &Path {
-        self.files.dir()
+    /// Puts the queue under the store's bound on mappings (after recovery: a queue in the
+    /// cache is shared and cannot be recovered).
+    pub(crate) fn enroll(&self) {
+        if let Some(cache) = &self.inner.cache {
+            let n = self.inner.files.read().as_ref().map_or(0, |fq| fq.len());
+            let weak: Weak<dyn Evictable> = Arc::downgrade(&self.inner) as Weak<dyn Evictable>;
+            cache.enroll(weak, n);
+        }
     }
 
-    pub(crate) fn files(&self) -> &FileQueue {
-        &self.files
+    pub(crate) fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The mapped files, mapping them again if the queue was evicted. Holding the result keeps
+    /// the queue mapped (writers hold it while they write).
+    pub(crate) fn files(&self) -> Result<Arc<FileQueue>> {
+        let inner = &self.inner;
+        inner.referenced.store(true, Ordering::Relaxed);
+        if let Some(fq) = &*inner.files.read() {
+            return Ok(Arc::clone(fq));
+        }
+        let mut slot = inner.files.write();
+        if let Some(fq) = &*slot {
+            return Ok(Arc::clone(fq));
+        }
+        let marks = inner.marks.lock().clone();
+        let mut files = Vec::with_capacity(marks.len());
+        for m in &marks {
+            let path = inner.dir.join(io::offset_name(m.start));
+            let mut f = MappedFile::map(
+                inner.fs.as_ref(),
+                &path,
+                m.start,
+                inner.file_size,
+                MapMode::OpenGrowable,
+            )
+            .map_err(|e| Error::io(&path, e))?;
+            f.set_recovered_end(m.end, m.flushed);
+            files.push(Arc::new(f));
+        }
+        let fq = Arc::new(FileQueue::from_files(&inner.dir, inner.file_size, files));
+        *slot = Some(Arc::clone(&fq));
+        drop(slot);
+        self.enroll();
+        Ok(fq)
+    }
+
+    /// Number of files and their allocated bytes, without mapping an evicted queue.
+    pub(crate) fn disk_usage(&self) -> (u64, u64) {
+        if let Some(fq) = &*self.inner.files.read() {
+            return (fq.len() as u64, fq.allocated_bytes());
+        }
+        let marks = self.inner.marks.lock();
+        let bytes = marks
+            .iter()
+            .map(|m| {
+                let path = self.inner.dir.join(io::offset_name(m.start));
+                self.inner.fs.file_len(&path).unwrap_or(0)
+            })
+            .sum();
+        (marks.len() as u64, bytes)
     }
 
     /// Smallest queue offset the files cover.
-    pub(crate) fn min_offset(&self) -> Option<u64> {
-        self.files.min_offset().map(|b| b / UNIT_SIZE)
+    pub(crate) fn min_offset(&self) -> Result<Option<u64>> {
+        Ok(self.files()?.min_offset().map(|b| b / UNIT_SIZE))
     }
 
     /// The unit at `offset`, if published.
-    pub(crate) fn unit(&self, offset: u64) -> Option<Unit> {
+    pub(crate) fn unit(&self, offset: u64) -> Result<Option<Unit>> {
         let byte = offset * UNIT_SIZE;
-        let file = self.files.find(byte)?;
+        let Some(file) = self.files()?.find(byte) else {
+            return Ok(None);
+        };
         let at = (byte - file.start_offset()) as usize;
-        Unit::decode(file.read(at, UNIT_SIZE as usize)?)
+        Ok(file.read(at, UNIT_SIZE as usize).and_then(Unit::decode))
     }
 
     /// Writes the unit for `offset`, which must be the next one, creating its file if needed.
-    /// Called during recovery; the append path uses [`file_for`](Self::file_for) and
-    /// [`put_into`](Self::put_into) to look the file up once per batch.
-    pub(crate) fn put(&self, fs: &dyn FileSystem, offset: u64, unit: &Unit) -> Result<()> {
+    /// Called during recovery; the append path plans files and space once per batch and uses
+    /// [`put_into`](Self::put_into).
+    pub(crate) fn put(&self, offset: u64, unit: &Unit) -> Result<()> {
+        let fq = self.files()?;
         let byte = offset * UNIT_SIZE;
-        self.ensure_file_for(fs, byte)?;
-        let file = self.file_for(byte)?;
+        self.ensure_file_for(&fq, byte)?;
+        self.ensure_allocated(&fq, byte, byte + UNIT_SIZE)?;
+        let file = self.file_for(&fq, byte)?;
         self.put_into(&file, offset, unit)?;
         file.commit_all();
         Ok(())
     }
 
     /// The existing file holding queue byte `byte`.
-    pub(crate) fn file_for(&self, byte: u64) -> Result<Arc<MappedFile>> {
-        self.files
-            .find(byte)
+    pub(crate) fn file_for(&self, fq: &FileQueue, byte: u64) -> Result<Arc<MappedFile>> {
+        fq.find(byte)
             .ok_or_else(|| Error::corrupted(self.dir(), byte, "consume-queue file is missing"))
     }
 
-    /// Writes the unit for `offset` into `file` (which holds it) without publishing it. There is
-    /// one writer: the append lock's holder, or recovery.
+    /// Writes the unit for `offset` into `file` (which holds it, allocated) without publishing
+    /// it. There is one writer: the append lock's holder, or recovery.
     pub(crate) fn put_into(&self, file: &MappedFile, offset: u64, unit: &Unit) -> Result<()> {
         let at = (offset * UNIT_SIZE - file.start_offset()) as usize;
         let written = file.write_position();
@@ -120,42 +257,62 @@ impl ConsumeQueue {
                 ),
             ));
         }
-        file.append(&[&unit.encode()]);
-        Ok(())
-    }
-
-    /// Makes sure the file holding queue byte `byte` exists (creating the next file if needed),
-    /// so that `put` cannot fail for lack of space halfway through a batch.
-    /// Every file up to the one holding `byte` is created, in order, so the queue's files stay
-    /// contiguous even when one batch spans several of them.
-    pub(crate) fn ensure_file_for(&self, fs: &dyn FileSystem, byte: u64) -> Result<()> {
-        let size = self.files.file_size();
-        while self.files.find(byte).is_none() {
-            let next = match self.files.last() {
-                Some(last) if last.start_offset() < byte => last.start_offset() + size,
-                _ => byte - byte % size,
-            };
-            self.files.create(fs, next)?;
+        if file.append(&[&unit.encode()]).is_none() {
+            return Err(Error::corrupted(
+                file.path(),
+                at as u64,
+                "consume-queue unit past the file's allocated length",
+            ));
         }
         Ok(())
     }
 
-    /// Creates the file that will hold queue byte `byte` (the next file of the queue).
-    pub(crate) fn create_file_for(
-        &self,
-        fs: &dyn FileSystem,
-        byte: u64,
-    ) -> Result<Arc<MappedFile>> {
-        let size = self.files.file_size();
-        self.files.create(fs, byte - byte % size)
+    /// Makes sure the file holding queue byte `byte` exists (creating the next file if needed),
+    /// so that `put` cannot fail for lack of a file halfway through a batch.
+    /// Every file up to the one holding `byte` is created, in order, so the queue's files stay
+    /// contiguous even when one batch spans several of them.
+    pub(crate) fn ensure_file_for(&self, fq: &FileQueue, byte: u64) -> Result<()> {
+        let size = fq.file_size();
+        while fq.find(byte).is_none() {
+            let next = match fq.last() {
+                Some(last) if last.start_offset() < byte => last.start_offset() + size,
+                _ => byte - byte % size,
+            };
+            fq.create(self.inner.fs.as_ref(), next)?;
+            if let Some(cache) = &self.inner.cache {
+                cache.added(1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Allocates the bytes `[from, to)` of the queue in the files (which exist) holding them, so
+    /// that writing the units cannot fail, or fault, halfway through a batch.
+    pub(crate) fn ensure_allocated(&self, fq: &FileQueue, from: u64, to: u64) -> Result<()> {
+        let mut at = from;
+        while at < to {
+            let file = self.file_for(fq, at)?;
+            let file_end = file.start_offset() + file.len() as u64;
+            let upto = (to.min(file_end) - file.start_offset()) as usize;
+            file.ensure_allocated(upto)
+                .map_err(|e| Error::io(file.path(), e))?;
+            at = file_end;
+        }
+        Ok(())
     }
 
     /// Flushes every file's published units. Returns the first error.
     pub(crate) fn flush(&self) -> Result<()> {
+        if self.inner.files.read().is_none()
+            && self.inner.marks.lock().iter().all(|m| m.flushed >= m.end)
+        {
+            // Evicted with everything durable: nothing to map again for.
+            return Ok(());
+        }
         // A file is only written while it is the last one, and flushing is a no-op for a file
         // whose published bytes are already flushed, so walking back until a clean file is found
         // covers everything written since the last flush.
-        for f in self.files.snapshot().iter().rev() {
+        for f in self.files()?.snapshot().iter().rev() {
             if f.flushed() == f.committed() {
                 break;
             }
@@ -166,7 +323,7 @@ impl ConsumeQueue {
 
     /// Recovery: finds the end of the units — the units for records before `log_end`, which
     /// the checkpoint guarantees durable — erases everything after it, and positions the writer.
-    /// Returns the end offset.
+    /// Returns the end offset. Runs before the queue is shared or enrolled.
     ///
     /// After a crash, units past the durable prefix may be torn; a torn unit can look valid, so
     /// the candidate end found by binary search is walked back until its last unit `check`s out
@@ -179,84 +336,114 @@ impl ConsumeQueue {
         after_crash: bool,
         check: &mut dyn FnMut(u64, &Unit) -> bool,
     ) -> Result<u64> {
-        let file_size = self.files.file_size();
-        let unit_ok = |b: &[u8]| Unit::decode(b).is_some_and(|u| u.position < log_end);
-        let files = self.files.files_mut();
-        let min_byte = files.first().map_or(0, |f| f.start_offset());
-        let mut end_byte = min_byte;
-        for f in files.iter_mut().rev() {
-            let file = exclusive(f)?;
-            let data = file.contents();
-            let units = data.len() / UNIT_SIZE as usize;
-            let (mut lo, mut hi) = (0usize, units);
-            while lo < hi {
-                let mid = (lo + hi) / 2;
-                let at = mid * UNIT_SIZE as usize;
-                if unit_ok(&data[at..at + UNIT_SIZE as usize]) {
-                    lo = mid + 1
-                } else {
-                    hi = mid
-                }
-            }
-            if lo > 0 {
-                end_byte = file.start_offset() + lo as u64 * UNIT_SIZE;
-                break;
-            }
-        }
-        if after_crash {
-            while end_byte > min_byte {
-                let offset = end_byte / UNIT_SIZE - 1;
-                let idx = ((offset * UNIT_SIZE - min_byte) / file_size) as usize;
-                let file = exclusive(&mut files[idx])?;
-                let at = (offset * UNIT_SIZE - file.start_offset()) as usize;
-                let unit = Unit::decode(&file.contents()[at..at + UNIT_SIZE as usize]);
-                if unit.is_some_and(|u| u.position < log_end && check(offset, &u)) {
-                    break;
-                }
-                end_byte -= UNIT_SIZE;
-            }
-        }
-        // Keep the file holding `end_byte`; drop the ones after it; erase its tail.
-        let keep_start = end_byte - end_byte % file_size;
-        self.files.remove_from(fs, keep_start + file_size)?;
-        let files = self.files.files_mut();
-        let n = files.len();
-        for (i, f) in files.iter_mut().enumerate() {
-            let file = exclusive(f)?;
-            if i + 1 < n {
-                let len = file.len();
-                file.set_recovered_end(len, len);
-                continue;
-            }
-            let pos = (end_byte - file.start_offset()) as usize;
-            if after_crash {
-                file.zero_from(pos).map_err(|e| Error::io(file.path(), e))?;
-            }
-            file.set_recovered_end(pos, pos);
-        }
-        Ok(end_byte / UNIT_SIZE)
+        let inner = Arc::get_mut(&mut self.inner)
+            .ok_or_else(|| Error::InvalidArgument("queue shared during recovery".into()))?;
+        let fq = inner
+            .files
+            .get_mut()
+            .as_mut()
+            .and_then(Arc::get_mut)
+            .ok_or_else(|| Error::InvalidArgument("queue shared during recovery".into()))?;
+        recover_files(fq, fs, log_end, after_crash, check)
     }
 
     /// Unlinks files whose units all lie below `offset`. Returns how many.
     pub(crate) fn remove_below(&self, fs: &dyn FileSystem, offset: u64) -> Result<usize> {
-        let size = self.files.file_size();
-        self.files.remove_front_while(fs, |f: &MappedFile| {
+        let fq = self.files()?;
+        let size = fq.file_size();
+        let removed = fq.remove_front_while(fs, |f: &MappedFile| {
             f.start_offset() + size <= offset * UNIT_SIZE
-        })
+        });
+        if let (Ok(n), Some(cache)) = (&removed, &self.inner.cache) {
+            cache.removed(*n);
+        }
+        removed
     }
 
     /// First offset in `[lo, hi)` whose unit points at or after `position` (units' positions
     /// increase with the offset); `hi` if none.
-    pub(crate) fn first_at_or_after(&self, position: u64, mut lo: u64, mut hi: u64) -> u64 {
+    pub(crate) fn first_at_or_after(&self, position: u64, mut lo: u64, mut hi: u64) -> Result<u64> {
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            match self.unit(mid) {
+            match self.unit(mid)? {
                 Some(u) if u.position < position => lo = mid + 1,
                 _ => hi = mid,
             }
         }
-        lo
+        Ok(lo)
     }
+}
+
+fn recover_files(
+    files_queue: &mut FileQueue,
+    fs: &dyn FileSystem,
+    log_end: u64,
+    after_crash: bool,
+    check: &mut dyn FnMut(u64, &Unit) -> bool,
+) -> Result<u64> {
+    let file_size = files_queue.file_size();
+    let unit_ok = |b: &[u8]| Unit::decode(b).is_some_and(|u| u.position < log_end);
+    let files = files_queue.files_mut();
+    let min_byte = files.first().map_or(0, |f| f.start_offset());
+    let mut end_byte = min_byte;
+    for f in files.iter_mut().rev() {
+        let file = exclusive(f)?;
+        // Only the allocated prefix of a growable file holds units.
+        let data = file.contents();
+        let units = data.len() / UNIT_SIZE as usize;
+        let (mut lo, mut hi) = (0usize, units);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let at = mid * UNIT_SIZE as usize;
+            if unit_ok(&data[at..at + UNIT_SIZE as usize]) {
+                lo = mid + 1
+            } else {
+                hi = mid
+            }
+        }
+        if lo > 0 {
+            end_byte = file.start_offset() + lo as u64 * UNIT_SIZE;
+            break;
+        }
+    }
+    if after_crash {
+        while end_byte > min_byte {
+            let offset = end_byte / UNIT_SIZE - 1;
+            let idx = ((offset * UNIT_SIZE - min_byte) / file_size) as usize;
+            let Some(f) = files.get_mut(idx) else {
+                break;
+            };
+            let file = exclusive(f)?;
+            let at = (offset * UNIT_SIZE - file.start_offset()) as usize;
+            let unit = file
+                .contents()
+                .get(at..at + UNIT_SIZE as usize)
+                .and_then(Unit::decode);
+            if unit.is_some_and(|u| u.position < log_end && check(offset, &u)) {
+                break;
+            }
+            end_byte -= UNIT_SIZE;
+        }
+    }
+    // Keep the file holding `end_byte`; drop the ones after it; erase its tail.
+    let keep_start = end_byte - end_byte % file_size;
+    files_queue.remove_from(fs, keep_start + file_size)?;
+    let files = files_queue.files_mut();
+    let n = files.len();
+    for (i, f) in files.iter_mut().enumerate() {
+        let file = exclusive(f)?;
+        if i + 1 < n {
+            let len = file.len();
+            file.set_recovered_end(len, len);
+            continue;
+        }
+        let pos = (end_byte - file.start_offset()) as usize;
+        if after_crash {
+            file.zero_from(pos).map_err(|e| Error::io(file.path(), e))?;
+        }
+        file.set_recovered_end(pos, pos);
+    }
+    Ok(end_byte / UNIT_SIZE)
 }
 
 fn exclusive(f: &mut Arc<MappedFile>) -> Result<&mut MappedFile> {

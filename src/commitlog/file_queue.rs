@@ -19,7 +19,13 @@ pub(crate) struct FileQueue {
     repaired: bool,
     /// New files get [`MappedFile::small_pages_ahead`] (a writer that flushes often).
     small_pages: bool,
+    /// Files grow on demand (consume queues): a file's length is its allocated prefix, any
+    /// length up to `file_size`.
+    growable: bool,
 }
+
+/// Bytes a growable file is created with.
+const GROWABLE_INITIAL: u64 = 4096;
 
 impl FileQueue {
     /// Opens (creating the directory) and maps every file. Files are named by offsets that are
@@ -28,6 +34,38 @@ impl FileQueue {
     /// shorter than the others is the leftover of an interrupted create, holds no acknowledged
     /// data, and is removed.
     pub(crate) fn open(fs: &dyn FileSystem, dir: &Path, default_file_size: u64) -> Result<Self> {
+        Self::open_with(fs, dir, default_file_size, false)
+    }
+
+    /// Opens a queue of grow-on-demand files (see [`crate::io::MapMode`]): a file's length is
+    /// how much of it is allocated, so lengths differ. The file size is the option's unless the
+    /// files say it is larger (a full file, or the distance between two file names).
+    pub(crate) fn open_growable(
+        fs: &dyn FileSystem,
+        dir: &Path,
+        default_file_size: u64,
+    ) -> Result<Self> {
+        Self::open_with(fs, dir, default_file_size, true)
+    }
+
+    /// A queue of files already mapped and positioned (a consume queue mapped again).
+    pub(crate) fn from_files(dir: &Path, file_size: u64, files: Vec<Arc<MappedFile>>) -> Self {
+        FileQueue {
+            dir: dir.to_owned(),
+            file_size,
+            files: RwLock::new(files),
+            repaired: false,
+            small_pages: false,
+            growable: true,
+        }
+    }
+
+    fn open_with(
+        fs: &dyn FileSystem,
+        dir: &Path,
+        default_file_size: u64,
+        growable: bool,
+    ) -> Result<Self> {
         fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut found = Vec::new();
         for entry in fs.list_dir(dir).map_err(|e| Error::io(dir, e))? {
@@ -51,17 +89,33 @@ impl FileQueue {
             }
         }
         found.sort_unstable();
-        let file_size = found
-            .iter()
-            .map(|&(_, len)| len)
-            .max()
-            .filter(|&l| l > 0)
-            .unwrap_or(default_file_size);
+        let longest = found.iter().map(|&(_, len)| len).max().filter(|&l| l > 0);
+        let file_size = if growable {
+            let spacing = found.windows(2).map(|w| w[1].0 - w[0].0).min();
+            default_file_size
+                .max(longest.unwrap_or(0))
+                .max(spacing.unwrap_or(0))
+        } else {
+            longest.unwrap_or(default_file_size)
+        };
         let mut files: Vec<Arc<MappedFile>> = Vec::with_capacity(found.len());
         let mut repaired = false;
         for (i, &(start, len)) in found.iter().enumerate() {
             let path = dir.join(io::offset_name(start));
-            if len != file_size {
+            if growable && len > file_size {
+                return Err(Error::corrupted(
+                    &path,
+                    len,
+                    format!("file is {len} bytes, more than the file size {file_size}"),
+                ));
+            }
+            if growable && len == 0 && i + 1 == found.len() && found.len() > 1 {
+                // Created, never allocated: the leftover of an interrupted create.
+                fs.remove_file(&path).map_err(|e| Error::io(&path, e))?;
+                fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+                continue;
+            }
+            if !growable && len != file_size {
                 if i + 1 == found.len() && len == 0 {
                     // The leftover of an interrupted create: it never held data.
                     fs.remove_file(&path).map_err(|e| Error::io(&path, e))?;
@@ -99,7 +153,12 @@ impl FileQueue {
             {
                 return Err(Error::corrupted(&path, 0, "gap between log files"));
             }
-            let file = MappedFile::map(fs, &path, start, file_size, MapMode::Open)
+            let mode = if growable {
+                MapMode::OpenGrowable
+            } else {
+                MapMode::Open
+            };
+            let file = MappedFile::map(fs, &path, start, file_size, mode)
                 .map_err(|e| Error::io(&path, e))?;
             files.push(Arc::new(file));
         }
@@ -109,7 +168,13 @@ impl FileQueue {
             files: RwLock::new(files),
             repaired,
             small_pages: false,
+            growable,
         })
+    }
+
+    /// Bytes the files take on disk (their allocated prefixes).
+    pub(crate) fn allocated_bytes(&self) -> u64 {
+        self.files.read().iter().map(|f| f.allocated() as u64).sum()
     }
 
     /// Whether open found a truncated last file (and extended it): the caller must not trust
@@ -167,7 +232,14 @@ impl FileQueue {
     pub(crate) fn create(&self, fs: &dyn FileSystem, start: u64) -> Result<Arc<MappedFile>> {
         debug_assert_eq!(start % self.file_size, 0);
         let path = self.dir.join(io::offset_name(start));
-        let file = match MappedFile::map(fs, &path, start, self.file_size, MapMode::Create) {
+        let mode = if self.growable {
+            MapMode::CreateGrowable {
+                initial: GROWABLE_INITIAL,
+            }
+        } else {
+            MapMode::Create
+        };
+        let file = match MappedFile::map(fs, &path, start, self.file_size, mode) {
             Ok(f) => f,
             Err(e) => {
                 // `map_file` removes what it created on failure; make sure of it, since a

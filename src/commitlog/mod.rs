@@ -18,6 +18,7 @@ mod append;
 mod checkpoint;
 mod consume_queue;
 mod file_queue;
+mod queue_cache;
 mod read;
 pub mod record;
 mod recovery;
@@ -125,6 +126,8 @@ pub(crate) struct Inner {
     index: Option<crate::index::KeyIndex>,
     /// Faults commit-log and consume-queue pages in ahead of the appender.
     warmer: Option<crate::io::Warmer>,
+    /// The bound on mapped consume-queue files (`StoreOptions::max_open_files`).
+    queue_cache: Arc<queue_cache::QueueCache>,
 }
 
 impl Inner {
@@ -193,9 +196,10 @@ impl Inner {
         let mut partitions = Vec::with_capacity(config.partitions as usize);
         for p in 0..config.partitions {
             let cq = ConsumeQueue::open(
-                self.fs.as_ref(),
+                &self.fs,
                 &self.cq_dir(name, p),
                 self.opts.commitlog.consume_queue_units,
+                Some(Arc::clone(&self.queue_cache)),
             )?;
             partitions.push(PartitionState {
                 cq,
@@ -339,7 +343,7 @@ impl Inner {
         Ok(oldest)
     }
 
-    fn durable_end(&self, part: &PartitionState) -> u64 {
+    fn durable_end(&self, part: &PartitionState) -> Result<u64> {
         let start = part.start.load(Ordering::Acquire);
         let end = part.end.load(Ordering::Acquire);
         part.cq.first_at_or_after(self.gc.durable(), start, end)
@@ -456,7 +460,7 @@ impl CommitLogStore {
         if offset >= part.end.load(Ordering::Acquire) {
             return Ok(None);
         }
-        Ok(part.cq.unit(offset))
+        part.cq.unit(offset)
     }
 
     fn finish(&self, result: AppendResult, end: u64, wait: bool) -> Result<AppendResult> {
@@ -491,6 +495,9 @@ impl LogStore for CommitLogStore {
             return Err(Error::TopicExists(name.to_owned()));
         }
         let state = Arc::new(inner.open_topic(name, &config)?);
+        for part in &state.partitions {
+            part.cq.enroll();
+        }
         let mut catalog = inner.catalog();
         catalog.topics.push((name.to_owned(), config));
         catalog.store(inner.fs.as_ref(), &inner.dir)?;
@@ -549,7 +556,7 @@ impl LogStore for CommitLogStore {
         Ok(PartitionBounds {
             start: part.start.load(Ordering::Acquire),
             end: part.end.load(Ordering::Acquire),
-            durable_end: self.inner.durable_end(part),
+            durable_end: self.inner.durable_end(part)?,
         })
     }
 
@@ -621,15 +628,15 @@ impl LogStore for CommitLogStore {
     fn disk_usage(&self) -> Result<DiskUsage> {
         self.inner.check_open()?;
         let mut usage = DiskUsage::default();
-        let mut add = |q: &FileQueue| {
-            let n = q.len() as u64;
-            usage.files += n;
-            usage.bytes += n * q.file_size();
-        };
-        add(&self.inner.log);
+        let log = &self.inner.log;
+        usage.files += log.len() as u64;
+        usage.bytes += log.allocated_bytes();
         for t in self.inner.topics.read().values() {
             for p in &t.partitions {
-                add(p.cq.files());
+                // Allocated bytes: queue files grow with their units.
+                let (files, bytes) = p.cq.disk_usage();
+                usage.files += files;
+                usage.bytes += bytes;
             }
         }
         if let Some(index) = &self.inner.index {

@@ -112,7 +112,7 @@ impl Inner {
         let mut units: Vec<Unit> = Vec::with_capacity(n.min(INITIAL_UNITS));
         let mut bytes = 0usize;
         for o in offset..offset + n as u64 {
-            let Some(unit) = part.cq.unit(o) else {
+            let Some(unit) = part.cq.unit(o)? else {
                 // Retention and `delete_before` raise the start before they unlink queue files:
                 // a unit that vanished below the start as it is now was deleted under this read,
                 // a normal race the caller recovers from by seeking. Above the start it is damage.

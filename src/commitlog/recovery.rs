@@ -46,6 +46,7 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         ));
     }
     let fs = Arc::clone(&opts.fs);
+    let opts_max_open_files = opts.max_open_files;
     let (lock, catalog) = crate::catalog::lock_and_load(fs.as_ref(), dir, EngineKind::CommitLog)?;
     let abort_path = dir.join(ABORT_FILE);
     let unclean = fs
@@ -91,6 +92,7 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         checkpoint_lock: Mutex::new(()),
         index: None,
         warmer,
+        queue_cache: super::queue_cache::QueueCache::new(opts_max_open_files),
     };
     let mut topics = HashMap::new();
     for (name, config) in &catalog.topics {
@@ -157,17 +159,23 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
     for t in topics.values() {
         for (p, part) in t.partitions.iter().enumerate() {
             let end = part.next_offset.load(Ordering::Relaxed);
-            let mut start = part.cq.min_offset().unwrap_or(end).min(end);
+            let mut start = part.cq.min_offset()?.unwrap_or(end).min(end);
             if let Some(&s) = persisted.get(&(t.name.clone(), p as u32)) {
                 start = start.max(s.min(end));
             }
-            start = part.cq.first_at_or_after(log_min, start, end);
+            start = part.cq.first_at_or_after(log_min, start, end)?;
             part.end.store(end, Ordering::Relaxed);
             part.start.store(start, Ordering::Relaxed);
         }
     }
     let last_ts = checkpoint.map_or(0, |c| c.written_at_ms).max(replayed_ts);
     inner.append_lock.get_mut().last_store_timestamp = last_ts;
+    // Recovered: the queues go under the store's bound on mappings, and past it are unmapped.
+    for t in topics.values() {
+        for part in &t.partitions {
+            part.cq.enroll();
+        }
+    }
     *inner.topics.get_mut() = topics.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
 
     let rebuild_index = match inner.opts.index.enabled {
@@ -275,7 +283,6 @@ fn replay_records(
     from: u64,
     max_ts: &mut i64,
 ) -> Result<u64> {
-    let fs = Arc::clone(&inner.fs);
     let size = inner.log.file_size();
     let mut pos = from;
     let files = inner.log.files_mut();
@@ -339,7 +346,7 @@ fn replay_records(
                             size: d.total_size as u32,
                             tag_hash,
                         };
-                        part.cq.put(fs.as_ref(), expected, &unit)?;
+                        part.cq.put(expected, &unit)?;
                         part.next_offset.store(expected + 1, Ordering::Relaxed);
                     }
                     at += d.total_size;

@@ -120,7 +120,7 @@ impl Inner {
             for part in &t.partitions {
                 let start = part.start.load(Ordering::Acquire);
                 let end = part.end.load(Ordering::Acquire);
-                let new_start = part.cq.first_at_or_after(log_min, start, end);
+                let new_start = part.cq.first_at_or_after(log_min, start, end)?;
                 if new_start > start {
                     part.start.store(new_start, Ordering::Release);
                     part.cq

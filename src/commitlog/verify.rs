@@ -58,7 +58,7 @@ impl Inner {
                                     if offset >= part.start.load(Ordering::Acquire) {
                                         report.derived_checked += 1;
                                         *seen.entry((name.clone(), d.header.queue_id as u32)).or_default() += 1;
-                                        match part.cq.unit(offset) {
+                                        match part.cq.unit(offset)? {
                                             Some(u) if u.position == pos && u.size as usize == d.total_size => {}
                                             other => report.problems.push(format!(
                                                 "consume queue {name}/{} unit {offset} is {other:?}, expected position {pos} size {}",

@@ -82,14 +82,23 @@ fn words_for(slots: u32, max_entries: u32) -> usize {
 }
 
 impl IndexFile {
+    /// Creates a grow-on-demand file: the header and hash slots are allocated now (slots are
+    /// written anywhere), the entries as they are added (they are appended in order), so an
+    /// index with few keys takes little disk.
     pub(crate) fn create(
         fs: &dyn FileSystem,
         path: &Path,
         slots: u32,
         max_entries: u32,
     ) -> Result<IndexFile> {
-        let words = MappedWords::map(fs, path, words_for(slots, max_entries), MapMode::Create)
-            .map_err(|e| Error::io(path, e))?;
+        let initial = (HEADER_WORDS + slots as usize + ENTRY_WORDS) as u64 * 4;
+        let words = MappedWords::map(
+            fs,
+            path,
+            words_for(slots, max_entries),
+            MapMode::CreateGrowable { initial },
+        )
+        .map_err(|e| Error::io(path, e))?;
         words.set(SLOT_COUNT, slots);
         words.set(INDEX_COUNT, 1);
         Ok(IndexFile {
@@ -101,23 +110,34 @@ impl IndexFile {
         })
     }
 
-    /// Opens an existing file; its sizes come from its header and length.
-    pub(crate) fn open(fs: &dyn FileSystem, path: &Path) -> Result<IndexFile> {
+    /// Opens an existing file. Its slot count comes from its header; its capacity is
+    /// `max_entries` (the option), or more if the file is longer (a file made with a larger
+    /// option, or fully preallocated by an older version). Its length is only how much of it is
+    /// allocated: at least the header and slots.
+    pub(crate) fn open(fs: &dyn FileSystem, path: &Path, max_entries: u32) -> Result<IndexFile> {
         let len = fs.file_len(path).map_err(|e| Error::io(path, e))?;
-        let total = (len / 4) as usize;
-        if len % 4 != 0 || total < HEADER_WORDS + ENTRY_WORDS {
+        let have = (len / 4) as usize;
+        if len % 4 != 0 || have < HEADER_WORDS {
             return Err(Error::corrupted(
                 path,
                 0,
                 "index file has an impossible length",
             ));
         }
-        let words =
-            MappedWords::map(fs, path, total, MapMode::Open).map_err(|e| Error::io(path, e))?;
-        let slots = words.get(SLOT_COUNT);
+        let slots = MappedWords::map(fs, path, have, MapMode::OpenGrowable)
+            .map_err(|e| Error::io(path, e))?
+            .get(SLOT_COUNT);
         if slots == 0 {
             return Err(Error::corrupted(path, 32, "index header has no hash slots"));
         }
+        if have < HEADER_WORDS + slots as usize {
+            return Err(Error::corrupted(
+                path,
+                len,
+                "index file is shorter than its header and hash slots",
+            ));
+        }
+        let total = words_for(slots, max_entries).max(have);
         let room = total
             .checked_sub(HEADER_WORDS + slots as usize)
             .filter(|r| *r >= ENTRY_WORDS && r % ENTRY_WORDS == 0);
@@ -128,6 +148,8 @@ impl IndexFile {
                 "index header's slot count does not fit the file",
             ));
         };
+        let words = MappedWords::map(fs, path, total, MapMode::OpenGrowable)
+            .map_err(|e| Error::io(path, e))?;
         Ok(IndexFile {
             words,
             slots,
@@ -135,6 +157,15 @@ impl IndexFile {
             reserved: AtomicU32::new(0),
             retired: AtomicBool::new(false),
         })
+    }
+
+    /// Allocates room for the next `keys` entries, so adding them cannot fail (or fault) for
+    /// lack of disk once their batch is in the log. A full disk is an error here.
+    pub(crate) fn ensure_room(&self, keys: usize) -> Result<()> {
+        let last = (self.entries() as usize + keys).min(self.max_entries as usize);
+        self.words
+            .ensure_words(self.entry_word(last as u32) + ENTRY_WORDS)
+            .map_err(|e| Error::io(self.path(), e))
     }
 
     pub(crate) fn path(&self) -> &Path {

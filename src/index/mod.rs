@@ -144,7 +144,7 @@ impl KeyIndex {
                     }
                 },
             };
-            match IndexFile::open(fs.as_ref(), &p) {
+            match IndexFile::open(fs.as_ref(), &p, opts.max_entries) {
                 Ok(f) => {
                     if let Some(count) = count {
                         f.restore(count)?;
@@ -230,6 +230,8 @@ impl KeyIndex {
             Some(f) => f,
             None => self.roll(now)?,
         };
+        // Index files grow on demand: allocate the entries' space now, not in `add`.
+        file.ensure_room(keys)?;
         file.reserve(n);
         reservation.file = Some(file);
         reservation.left = n;

@@ -72,22 +72,13 @@ pub trait MappedStorage: Send + Sync + fmt::Debug {
     fn base_ptr(&self) -> *mut u8;
     /// Bytes at the start of the region backed by allocated file blocks: the only ones that
     /// may be read or written. Never decreases. `len()` unless mapped with a `Growable` mode.
-    fn allocated(&self) -> usize {
-        self.len()
-    }
+    /// No default: a wrapper that forgot to forward it would claim blocks the file does not
+    /// have (a SIGBUS on a real file).
+    fn allocated(&self) -> usize;
     /// Allocates the file up to at least `upto` bytes (at most `len()`) with real blocks, so
     /// a full disk is an error here. Safe to call from any thread; a no-op when `upto` is
-    /// already allocated. The default supports only fully allocated files.
-    fn grow(&self, upto: usize) -> io::Result<()> {
-        if upto <= self.allocated() {
-            Ok(())
-        } else {
-            Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "this mapping cannot grow",
-            ))
-        }
-    }
+    /// already allocated.
+    fn grow(&self, upto: usize) -> io::Result<()>;
     /// Makes the bytes in `[offset, offset + len)` durable (msync / fdatasync).
     fn flush_range(&self, offset: usize, len: usize) -> io::Result<()>;
     /// Durably sets `[offset, offset + len)` to zero (used to erase a torn tail on recovery).

@@ -7,16 +7,18 @@
 //! in with `MADV_POPULATE_WRITE`, which leaves the bytes untouched, so it never races the writer
 //! on content. This module owns only the thread and its queue; it never reads or writes records.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 
 use super::MappedFile;
 
-/// Files waiting to be warmed, with the window to warm each by.
-type Queue = Mutex<Vec<(Arc<MappedFile>, usize)>>;
+/// Files waiting to be warmed, with the window to warm each by. Weak: a queued request never
+/// keeps a mapping alive (an evicted or deleted file is simply skipped), so the store's bound on
+/// mappings holds however far behind this thread is.
+type Queue = Mutex<Vec<(Weak<MappedFile>, usize)>>;
 
 /// The warm-up thread of one store. Dropping it stops and joins the thread.
 #[derive(Debug)]
@@ -50,10 +52,11 @@ impl Warmer {
     pub fn request(&self, file: &Arc<MappedFile>, window: usize) {
         {
             let mut q = self.shared.queue.lock();
-            if q.iter().any(|(f, _)| Arc::ptr_eq(f, file)) {
+            let weak = Arc::downgrade(file);
+            if q.iter().any(|(f, _)| Weak::ptr_eq(f, &weak)) {
                 return;
             }
-            q.push((Arc::clone(file), window));
+            q.push((weak, window));
         }
         if let Some(t) = &self.thread {
             t.thread().unpark();
@@ -79,6 +82,9 @@ fn run(shared: &Shared) {
             continue;
         }
         for (file, window) in batch {
+            let Some(file) = file.upgrade() else {
+                continue;
+            };
             // Best effort: a failure (an old kernel without MADV_POPULATE_WRITE) only means the
             // writer takes the page faults itself, as it would without a warmer.
             let _ = file.prefault_ahead(window);

@@ -1,0 +1,92 @@
+//! The bound on consume-queue mappings: a store-wide CLOCK cache (second-chance LRU) of the
+//! partitions whose queue files are mapped, holding at most about `max_open_files` files.
+//!
+//! A partition whose queue is evicted keeps only its files' watermarks; its next use maps the
+//! files again. A queue is evicted only while nobody holds it (its `Arc` count is 1: the append
+//! path, the checkpoint's flush and recovery hold it while they work), so a writer's watermarks
+//! are never lost; readers that took a file keep their own mapping alive. Touching a queue is
+//! one relaxed store; the lock is taken only to map, enroll or evict.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+
+/// Something the cache can evict.
+pub(crate) trait Evictable: Send + Sync {
+    /// Unmaps if unused; returns the number of files released, or `None` if in use.
+    fn try_evict(&self) -> Option<usize>;
+    /// The second-chance bit: set on every use, cleared by the clock hand.
+    fn referenced(&self) -> &AtomicBool;
+}
+
+struct Entry {
+    queue: Weak<dyn Evictable>,
+}
+
+#[derive(Default)]
+struct Ring {
+    entries: VecDeque<Entry>,
+    files: usize,
+}
+
+/// The store-wide cache of mapped consume queues.
+pub(crate) struct QueueCache {
+    capacity: usize,
+    ring: Mutex<Ring>,
+}
+
+impl QueueCache {
+    pub(crate) fn new(capacity: usize) -> Arc<QueueCache> {
+        Arc::new(QueueCache {
+            capacity: capacity.max(1),
+            ring: Mutex::new(Ring::default()),
+        })
+    }
+
+    /// Records a newly mapped queue of `files` files; then evicts others past the bound. The
+    /// caller holds no queue lock (eviction takes other queues' locks).
+    pub(crate) fn enroll(&self, queue: Weak<dyn Evictable>, files: usize) {
+        let mut ring = self.ring.lock();
+        ring.entries.push_back(Entry { queue });
+        ring.files += files;
+        self.evict_excess(&mut ring);
+    }
+
+    /// A mapped queue created `n` files; evicts others past the bound.
+    pub(crate) fn added(&self, n: usize) {
+        let mut ring = self.ring.lock();
+        ring.files += n;
+        self.evict_excess(&mut ring);
+    }
+
+    /// A mapped queue removed `n` files.
+    pub(crate) fn removed(&self, n: usize) {
+        let mut ring = self.ring.lock();
+        ring.files = ring.files.saturating_sub(n);
+    }
+
+    fn evict_excess(&self, ring: &mut Ring) {
+        // Two sweeps at most: the first clears reference bits, the second finds victims.
+        let mut budget = ring.entries.len() * 2 + 1;
+        while ring.files > self.capacity && budget > 0 {
+            budget -= 1;
+            let Some(entry) = ring.entries.pop_front() else {
+                break;
+            };
+            let Some(queue) = entry.queue.upgrade() else {
+                // A dropped queue (its topic is gone with the store): its mappings went with it.
+                continue;
+            };
+            if queue.referenced().swap(false, Ordering::Relaxed) {
+                ring.entries.push_back(entry);
+                continue;
+            }
+            match queue.try_evict() {
+                Some(n) => ring.files = ring.files.saturating_sub(n),
+                None => ring.entries.push_back(entry),
+            }
+        }
+    }
+}

@@ -168,6 +168,39 @@ pub fn write_atomic(fs: &dyn FileSystem, path: &Path, data: &[u8]) -> io::Result
     fs.sync_dir(dir)
 }
 
+/// Creates `path` and any missing parents, and makes each directory it created durable by
+/// syncing its parent (the parent of the topmost one too: a store root created in a fresh
+/// directory tree survives a power cut with the whole tree). Directories that already exist
+/// are left as they are and cost no sync, so reopening a store syncs nothing here.
+///
+/// If a sync fails, the directories it created are removed (best effort, deepest first) so a
+/// retry creates and syncs them again instead of trusting entries that may not be durable.
+pub fn create_dir_durable(fs: &dyn FileSystem, path: &Path) -> io::Result<()> {
+    // Missing directories, deepest first. Roots (`/`, and the empty path: the working
+    // directory a relative path hangs from) have no entry in a parent to make durable.
+    let mut missing = Vec::new();
+    for d in path.ancestors() {
+        if d.parent().is_none() || d.as_os_str().is_empty() || fs.exists(d)? {
+            break;
+        }
+        missing.push(d);
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    fs.create_dir_all(path)?;
+    for d in missing.iter().rev() {
+        let parent = d.parent().unwrap_or_else(|| Path::new(""));
+        if let Err(e) = fs.sync_dir(parent) {
+            for d in &missing {
+                let _ = fs.remove_dir(d);
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 /// Removes a file if it exists.
 pub fn remove_if_exists(fs: &dyn FileSystem, path: &Path) -> io::Result<bool> {
     match fs.remove_file(path) {

@@ -162,6 +162,26 @@ enum DirOp {
     Create(PathBuf),
     Rename(PathBuf, PathBuf),
     Remove(PathBuf),
+    CreateDir(PathBuf),
+    RemoveDir(PathBuf),
+}
+
+impl DirOp {
+    /// Whether syncing `dir` makes this operation durable: it changes an entry of `dir`.
+    fn in_dir(&self, dir: &Path) -> bool {
+        match self {
+            DirOp::Create(p) | DirOp::Remove(p) | DirOp::CreateDir(p) | DirOp::RemoveDir(p) => {
+                p.parent() == Some(dir)
+            }
+            DirOp::Rename(a, b) => a.parent() == Some(dir) || b.parent() == Some(dir),
+        }
+    }
+}
+
+/// A root (`/`, or the empty path that relative paths hang from): it has no entry in a parent
+/// directory, so it is always durable.
+fn is_root(p: &Path) -> bool {
+    p.parent().is_none()
 }
 
 #[derive(Default)]
@@ -170,7 +190,11 @@ struct State {
     names: BTreeMap<PathBuf, Arc<FileData>>,
     /// Names that survive a crash.
     durable_names: BTreeMap<PathBuf, Arc<FileData>>,
+    /// Directories visible now.
     dirs: HashSet<PathBuf>,
+    /// Directories whose entry in their parent is durable (a directory survives a crash only
+    /// if it and every ancestor are durable; roots always are).
+    durable_dirs: HashSet<PathBuf>,
     pending_dir_ops: Vec<DirOp>,
     locked: HashSet<PathBuf>,
     fault: Option<(u64, Fault)>,
@@ -284,6 +308,8 @@ impl SimFs {
         // Directory entries: unsynced operations are lost, except a prefix in the "persist"
         // modes (the file system may have committed some of them).
         let mut names = st.durable_names.clone();
+        let mut dirs: HashSet<PathBuf> = st.durable_dirs.clone();
+        dirs.extend(st.dirs.iter().filter(|d| is_root(d)).cloned());
         let keep = match mode {
             CrashMode::PersistPrefix | CrashMode::PersistSubset => {
                 rng.below(st.pending_dir_ops.len() as u64 + 1) as usize
@@ -305,10 +331,22 @@ impl SimFs {
                 DirOp::Remove(p) => {
                     names.remove(p);
                 }
+                DirOp::CreateDir(p) => {
+                    dirs.insert(p.clone());
+                }
+                DirOp::RemoveDir(p) => {
+                    dirs.remove(p);
+                }
             }
         }
+        // A directory whose entry (or an ancestor's) was lost takes everything under it along,
+        // whether or not those entries were synced in it.
+        let reachable = |p: &Path| p.ancestors().skip(1).all(|a| dirs.contains(a));
+        let dirs: HashSet<PathBuf> = dirs.iter().filter(|d| reachable(d)).cloned().collect();
+        names.retain(|p, _| p.parent().is_some_and(|d| dirs.contains(d)));
         let mut out = State {
-            dirs: st.dirs.clone(),
+            durable_dirs: dirs.clone(),
+            dirs,
             ..State::default()
         };
         let mut done: BTreeMap<usize, Arc<FileData>> = BTreeMap::new();
@@ -591,10 +629,27 @@ impl FileSystem for SimFs {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         self.op()?;
         let mut st = self.state.lock();
-        let mut p = Some(path);
-        while let Some(d) = p {
-            st.dirs.insert(d.to_owned());
-            p = d.parent();
+        if st.names.contains_key(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} is a file", path.display()),
+            ));
+        }
+        // Each new directory's entry is pending in its parent, as a new file's is; parents
+        // first, so a crash that keeps a prefix of the pending operations keeps a parent
+        // before its children.
+        let missing: Vec<PathBuf> = path
+            .ancestors()
+            .take_while(|d| !st.dirs.contains(*d))
+            .map(Path::to_path_buf)
+            .collect();
+        for d in missing.into_iter().rev() {
+            st.dirs.insert(d.clone());
+            if is_root(&d) {
+                st.durable_dirs.insert(d);
+            } else {
+                st.pending_dir_ops.push(DirOp::CreateDir(d));
+            }
         }
         Ok(())
     }
@@ -693,7 +748,20 @@ impl FileSystem for SimFs {
 
     fn remove_dir(&self, path: &Path) -> io::Result<()> {
         self.op()?;
-        self.state.lock().dirs.remove(path);
+        let mut st = self.state.lock();
+        if !st.dirs.contains(path) {
+            return Err(not_found(path));
+        }
+        let has_children = st.names.keys().any(|p| p.parent() == Some(path))
+            || st.dirs.iter().any(|d| d.parent() == Some(path));
+        if has_children {
+            return Err(io::Error::new(
+                io::ErrorKind::DirectoryNotEmpty,
+                format!("{} is not empty", path.display()),
+            ));
+        }
+        st.dirs.remove(path);
+        st.pending_dir_ops.push(DirOp::RemoveDir(path.to_owned()));
         Ok(())
     }
 
@@ -703,15 +771,14 @@ impl FileSystem for SimFs {
         if st.fail_syncs {
             return Err(Fault::Eio.error());
         }
+        if !st.dirs.contains(path) {
+            return Err(not_found(path));
+        }
         // Apply, in order, the pending operations on entries of this directory.
         let ops = std::mem::take(&mut st.pending_dir_ops);
         let mut rest = Vec::new();
         for op in ops {
-            let mine = match &op {
-                DirOp::Create(p) | DirOp::Remove(p) => p.parent() == Some(path),
-                DirOp::Rename(a, b) => a.parent() == Some(path) || b.parent() == Some(path),
-            };
-            if !mine {
+            if !op.in_dir(path) {
                 rest.push(op);
                 continue;
             }
@@ -732,6 +799,12 @@ impl FileSystem for SimFs {
                 }
                 DirOp::Remove(p) => {
                     st.durable_names.remove(&p);
+                }
+                DirOp::CreateDir(p) => {
+                    st.durable_dirs.insert(p);
+                }
+                DirOp::RemoveDir(p) => {
+                    st.durable_dirs.remove(&p);
                 }
             }
         }
@@ -814,5 +887,170 @@ impl FileSystem for SimFs {
             fs: self.clone(),
             path: path.to_owned(),
         })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{RealFs, create_dir_durable};
+
+    fn dirs_of(fs: &SimFs) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs.state.lock().dirs.iter().cloned().collect();
+        v.sort();
+        v
+    }
+
+    fn write(fs: &SimFs, path: &str) {
+        fs.write_file_synced(Path::new(path), b"x").unwrap();
+        fs.sync_dir(Path::new(path).parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn unsynced_new_directory_vanishes_with_everything_under_it() {
+        let fs = SimFs::new();
+        fs.create_dir_all(Path::new("/a/b/c")).unwrap();
+        // Files synced in their own directory, but /a/b/c's entry is never made durable.
+        write(&fs, "/a/b/c/f");
+        fs.sync_dir(Path::new("/")).unwrap();
+        fs.sync_dir(Path::new("/a")).unwrap();
+        for mode in CrashMode::ALL {
+            if matches!(mode, CrashMode::PersistPrefix | CrashMode::PersistSubset) {
+                continue; // those may keep the pending entry
+            }
+            let after = fs.crash(mode, 1);
+            assert_eq!(
+                dirs_of(&after),
+                [Path::new("/"), Path::new("/a"), Path::new("/a/b")],
+                "{mode:?}"
+            );
+            assert!(after.files().is_empty(), "{mode:?}");
+            assert!(after.list_dir(Path::new("/a/b/c")).is_err());
+        }
+    }
+
+    #[test]
+    fn directory_synced_into_its_parent_survives() {
+        let fs = SimFs::new();
+        fs.create_dir_all(Path::new("/a/b")).unwrap();
+        fs.sync_dir(Path::new("/")).unwrap();
+        fs.sync_dir(Path::new("/a")).unwrap();
+        write(&fs, "/a/b/f");
+        for mode in CrashMode::ALL {
+            let after = fs.crash(mode, 3);
+            assert_eq!(after.files(), [PathBuf::from("/a/b/f")], "{mode:?}");
+            assert_eq!(after.read_file(Path::new("/a/b/f")).unwrap(), b"x");
+        }
+    }
+
+    #[test]
+    fn a_durable_directory_under_a_lost_parent_is_lost() {
+        let fs = SimFs::new();
+        fs.create_dir_all(Path::new("/a/b")).unwrap();
+        // /a/b's entry is durable in /a, but /a's entry in / is not.
+        fs.sync_dir(Path::new("/a")).unwrap();
+        write(&fs, "/a/b/f");
+        let after = fs.crash(CrashMode::DropUnsynced, 0);
+        assert_eq!(dirs_of(&after), [Path::new("/")]);
+        assert!(after.files().is_empty());
+    }
+
+    #[test]
+    fn persist_prefix_keeps_parents_before_children() {
+        for seed in 0..64 {
+            let fs = SimFs::new();
+            fs.create_dir_all(Path::new("/a/b/c")).unwrap();
+            let after = fs.crash(CrashMode::PersistPrefix, seed);
+            let dirs = dirs_of(&after);
+            for d in &dirs {
+                let parent_kept = d.parent().is_none_or(|p| dirs.iter().any(|x| x == p));
+                assert!(
+                    parent_kept,
+                    "seed {seed}: {d:?} without its parent in {dirs:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn remove_dir_needs_an_empty_existing_directory_and_is_pending_until_synced() {
+        let fs = SimFs::new();
+        create_dir_durable(&fs, Path::new("/a/b")).unwrap();
+        write(&fs, "/a/b/f");
+        let e = fs.remove_dir(Path::new("/a/b")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::DirectoryNotEmpty);
+        assert_eq!(
+            fs.remove_dir(Path::new("/nope")).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        fs.remove_file(Path::new("/a/b/f")).unwrap();
+        fs.remove_dir(Path::new("/a/b")).unwrap();
+        assert!(!fs.exists(Path::new("/a/b")).unwrap());
+        // Not synced: the removal may be undone by a power cut.
+        let after = fs.crash(CrashMode::DropUnsynced, 0);
+        assert!(after.exists(Path::new("/a/b")).unwrap());
+        fs.sync_dir(Path::new("/a")).unwrap();
+        let after = fs.crash(CrashMode::DropUnsynced, 0);
+        assert!(!after.exists(Path::new("/a/b")).unwrap());
+    }
+
+    #[test]
+    fn sync_dir_of_a_missing_directory_fails() {
+        let fs = SimFs::new();
+        let e = fs.sync_dir(Path::new("/nope")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn create_dir_durable_survives_every_crash_mode() {
+        for rel in ["/x/y/z", "x/y/z"] {
+            let fs = SimFs::new();
+            create_dir_durable(&fs, Path::new(rel)).unwrap();
+            write(&fs, &format!("{rel}/f"));
+            for mode in CrashMode::ALL {
+                let after = fs.crash(mode, 5);
+                assert_eq!(
+                    after.files(),
+                    [PathBuf::from(format!("{rel}/f"))],
+                    "{rel} {mode:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn create_dir_durable_syncs_nothing_for_an_existing_directory() {
+        let fs = SimFs::new();
+        create_dir_durable(&fs, Path::new("/x/y")).unwrap();
+        let before = fs.op_count();
+        create_dir_durable(&fs, Path::new("/x/y")).unwrap();
+        assert_eq!(fs.op_count(), before);
+    }
+
+    #[test]
+    fn create_dir_durable_removes_what_it_created_when_a_sync_fails() {
+        let fs = SimFs::new();
+        create_dir_durable(&fs, Path::new("/x")).unwrap();
+        fs.fail_syncs(true);
+        assert!(create_dir_durable(&fs, Path::new("/x/y/z")).is_err());
+        fs.fail_syncs(false);
+        assert!(!fs.exists(Path::new("/x/y")).unwrap());
+        // A retry creates and syncs them again.
+        create_dir_durable(&fs, Path::new("/x/y/z")).unwrap();
+        let after = fs.crash(CrashMode::DropUnsynced, 0);
+        assert!(after.exists(Path::new("/x/y/z")).unwrap());
+    }
+
+    #[test]
+    fn real_sync_dir_works_on_the_working_directory_and_new_trees() {
+        let real = RealFs;
+        // The parent of a relative path's first component is the empty path.
+        real.sync_dir(Path::new("")).unwrap();
+        real.sync_dir(Path::new("/")).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let deep = tmp.path().join("a/b/c");
+        create_dir_durable(&real, &deep).unwrap();
+        assert!(deep.is_dir());
+        create_dir_durable(&real, &deep).unwrap();
     }
 }

@@ -1028,6 +1028,20 @@ mod tests {
     }
 
     #[test]
+    fn create_dirs_durable_syncs_each_parent_once() {
+        let fs = SimFs::new();
+        let dirs: Vec<PathBuf> = (0..100).map(|p| PathBuf::from(format!("/t/{p}"))).collect();
+        let before = fs.op_count();
+        crate::io::create_dirs_durable(&fs, &dirs).unwrap();
+        // One create_dir_all per directory, then one sync of `/` and one of `/t`.
+        assert_eq!(fs.op_count() - before, 100 + 2);
+        let after = fs.crash(CrashMode::DropUnsynced, 0);
+        for d in &dirs {
+            assert!(after.exists(d).unwrap(), "{d:?}");
+        }
+    }
+
+    #[test]
     fn create_dir_durable_removes_what_it_created_when_a_sync_fails() {
         let fs = SimFs::new();
         create_dir_durable(&fs, Path::new("/x")).unwrap();

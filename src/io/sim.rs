@@ -1,14 +1,75 @@
-//! [`SimFs`]: a simulated disk behind the storage interface, for crash testing.
+//! [`SimFs`]: a simulated disk behind the storage interface, for crash-testing duolog and the
+//! services built on it.
 //!
-//! Every file has a *volatile* image (what the running process sees, the page cache) and a
-//! *durable* image (what survives a power loss). Writes change the volatile image; `sync_data`
-//! and `flush_range` copy it to the durable one. Directory entries (create, rename, remove) are
-//! pending until their directory is synced. [`SimFs::crash`] returns the disk as it is after a
-//! power loss, damaged in one of several ways ([`CrashMode`]); faults can be injected by
-//! countdown ([`SimFs::fail_after`]).
+//! Put it behind a store with `StoreOptions { fs: Arc::new(sim.clone()), .. }`, run a workload,
+//! stop the store as a process crash would ([`LogStore::abandon`](crate::LogStore::abandon)),
+//! take the disk as a power cut would leave it ([`SimFs::crash`]) and reopen the store on that
+//! disk: whatever the store acknowledged as durable must be there. Faults (EIO, ENOSPC, EACCES)
+//! are injected by countdown ([`SimFs::fail_after`]) or on every sync ([`SimFs::fail_syncs`]).
+//! The README's "Testing your service's crash recovery" and `examples/crash_test.rs` show a
+//! whole property test.
 //!
-//! Mapped files expose the volatile image's buffer directly; at a crash their unsynced 512-byte
-//! sectors are the unit that persists or not.
+//! # The model
+//!
+//! Every file has a *volatile* image (what the running process reads: the page cache) and a
+//! *durable* image (what survives a power cut). Every directory entry is either durable or
+//! pending.
+//!
+//! | operation | changes at once | durable when |
+//! |---|---|---|
+//! | [`StorageFile::write_all_at`], [`StorageFile::set_len`] | the volatile image | the file's next [`StorageFile::sync_data`] (the whole file) |
+//! | stores into a mapping ([`FileSystem::map_file`]) | the mapped memory | [`MappedStorage::flush_range`] over them (exactly that range) |
+//! | [`MappedStorage::zero_range`] | both images | at once |
+//! | [`FileSystem::write_file_synced`] | both images | the contents at once; a new file's entry as below |
+//! | creating a file (`open_file(CreateNew)`, `map_file(Create)`, `write_file_synced`), [`FileSystem::rename`], [`FileSystem::remove_file`] | the listing | [`FileSystem::sync_dir`] of its directory (a rename: of either directory) |
+//! | each directory [`FileSystem::create_dir_all`] creates, [`FileSystem::remove_dir`] | the listing | [`FileSystem::sync_dir`] of its parent |
+//!
+//! Roots (`/`, and the empty path relative paths hang from) are always durable. A new disk is
+//! empty: even a directory a test creates itself is pending until its parent is synced
+//! ([`create_dir_durable`](super::create_dir_durable) does both).
+//!
+//! # What every crash guarantees
+//!
+//! Whatever the [`CrashMode`] and the seed:
+//! - **Synced data survives**: every byte made durable (table above) and not written since
+//!   reads back exactly, in a file whose entry and every ancestor directory's entry are durable.
+//! - **Durable entries survive**, and an entry operation is atomic: a renamed file is under its
+//!   old name or its new one, never both or neither, with the same contents either way.
+//! - **Nothing is invented**, except by the modes that say so: bytes that were never written
+//!   appear only as [`CrashMode::ExtendWithZeros`]'s zeros, [`CrashMode::ExtendWithGarbage`]'s
+//!   random bytes, and the zeros of a mapped file's never-synced sectors.
+//! - **It is deterministic**: the same disk, mode and seed give the same result. The crashed
+//!   disk is a new, independent `SimFs` (operation count 0, no faults, no locks held); the
+//!   original is unchanged and can be crashed again with another mode or seed.
+//!
+//! # What a crash may do to what was not synced
+//!
+//! - **Entries**: every pending entry operation is lost, except that
+//!   [`CrashMode::PersistPrefix`] and [`CrashMode::PersistSubset`] keep a random prefix of them,
+//!   in the order they were issued across all directories (file systems journal metadata in
+//!   order). A file whose entry is lost is gone with all its data, synced or not; a directory
+//!   whose entry is lost is gone with everything under it, synced or not.
+//! - **Data of positional files** ([`StorageFile`]): the unit is one `write_all_at` or `set_len`,
+//!   and each file's unsynced ones are kept, dropped, reordered or torn as the mode says.
+//! - **Data of mapped files**: the unit is the 512-byte sector (at a multiple of 512 from the
+//!   start of the file) whose memory differs from the durable image, taken in file order: the
+//!   page cache writes back in an order unrelated to the order of the stores. A mapped file
+//!   keeps its full mapped length (its preallocation counts as durable); a sector that was
+//!   never synced and is not kept reads as zeros.
+//!
+//! # What it does not model
+//!
+//! - A failed sync changes nothing: the data stays pending, and a later sync that succeeds makes
+//!   it durable. Linux may instead drop the dirty pages a failed `fsync` covered and report
+//!   success next time (fsyncgate), so a service must never retry a failed sync and trust it
+//!   (duolog turns `Poisoned`). Tests of that path inject the failure and check the service
+//!   stops, not what a retry would have saved.
+//! - Space: ENOSPC happens only when injected. Reads never fail or return damage unless a fault
+//!   is injected or [`SimFs::flip_bit`] rots a byte.
+//! - `exists`, `file_len`, `lock_file`, a positional file's `len`, and loads and stores in
+//!   mapped memory are not counted operations: they never fail by injection.
+//! - Time and concurrency: a crash is a snapshot of the disk when [`SimFs::crash`] is called.
+//!   Stop the store first (`abandon`); its handles keep pointing at the old disk.
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashSet};
@@ -24,22 +85,40 @@ use super::{DirEntry, FileSystem, MapMode, MappedStorage, OpenMode, StorageFile}
 
 const SECTOR: usize = 512;
 
-/// How a crash damages what was not synced.
+/// How a crash damages what was not synced. Every mode keeps what was synced (see the
+/// [module docs](self) for the guarantees all modes share and for the units: one write of a
+/// positional file, one 512-byte sector of a mapped file, one entry operation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CrashMode {
-    /// Everything unsynced is lost.
+    /// Everything unsynced is lost: data and entries. The disk is exactly its durable image (a
+    /// power cut with nothing written back since the last syncs).
     DropUnsynced,
-    /// A prefix of the unsynced writes (in order) reaches the disk.
+    /// Per file, a random prefix (possibly none, possibly all) of the unsynced writes reaches
+    /// the disk, in the order they were issued (mapped files: a prefix of the dirty sectors in
+    /// file order). A random prefix of the pending entry operations persists too.
     PersistPrefix,
-    /// An arbitrary subset of the unsynced writes reaches the disk (reordering).
+    /// Each unsynced write (mapped files: each dirty sector) independently reaches the disk or
+    /// not, so a later write can persist without an earlier one (reordering); writes that do
+    /// persist overlay in the order issued. A random prefix of the pending entry operations
+    /// persists (entries are never reordered).
     PersistSubset,
-    /// A prefix persists and the next write is torn at an arbitrary byte.
+    /// Per file, a prefix of the unsynced writes persists and the next one is torn at a random
+    /// byte: its first `n` bytes persist, `0 <= n <= len` (mapped files: the next dirty sector
+    /// keeps its first `n < 512` new bytes). Pending entry operations are lost.
     TearAtByte,
-    /// A prefix persists and the next write is torn at a 512-byte boundary.
+    /// As [`TearAtByte`](CrashMode::TearAtByte), but the torn write keeps a multiple of 512
+    /// bytes counted from its own start (mapped files: whole sectors only, so a prefix of the
+    /// dirty sectors). Pending entry operations are lost.
     TearAtSector,
-    /// Unsynced appends extend the file with zeros instead of their data.
+    /// Unsynced data is lost, but each positional file keeps the length it had in the page
+    /// cache, the bytes past its durable length reading as zeros (the size reached the disk,
+    /// the data did not: ext4 `data=writeback`, XFS). A file whose unsynced length is shorter
+    /// keeps its durable length. Mapped files lose their dirty sectors. Pending entry
+    /// operations are lost.
     ExtendWithZeros,
-    /// Unsynced appends extend the file with garbage instead of their data.
+    /// As [`ExtendWithZeros`](CrashMode::ExtendWithZeros), with random bytes instead of zeros;
+    /// in a mapped file, the bytes that changed in its first dirty sector read as random bytes
+    /// (synced bytes stay). Pending entry operations are lost.
     ExtendWithGarbage,
 }
 
@@ -56,14 +135,17 @@ impl CrashMode {
     ];
 }
 
-/// A fault to inject.
+/// A fault to inject with [`SimFs::fail_after`]: from the chosen operation on, every counted
+/// operation fails with this error before it has any effect, as if the disk had gone away;
+/// the disk keeps whatever state the earlier operations left (then [`SimFs::crash`] cuts the
+/// power there).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
-    /// EIO.
+    /// `EIO` (OS error 5): a failing disk, or a writeback error reported by a sync.
     Eio,
-    /// ENOSPC.
+    /// `ENOSPC` (OS error 28): the disk is full.
     NoSpace,
-    /// EACCES.
+    /// `EACCES` (OS error 13): permission denied.
     PermissionDenied,
 }
 
@@ -239,27 +321,35 @@ impl Rng {
 }
 
 impl SimFs {
-    /// An empty disk.
+    /// An empty disk: no files, no directories. Clones share the disk.
     pub fn new() -> SimFs {
         SimFs::default()
     }
 
-    /// I/O operations performed so far.
+    /// Counted I/O operations performed so far (failed ones included): every
+    /// [`FileSystem`] method except `exists`, `file_len` and `lock_file`, and every
+    /// [`StorageFile`] and [`MappedStorage`] method that does I/O (`read_at`, `write_all_at`,
+    /// `set_len`, `sync_data`, `flush_range`, `zero_range`). Run a workload once and read the
+    /// count to know how many crash points [`fail_after`](SimFs::fail_after) can choose from.
     pub fn op_count(&self) -> u64 {
         self.ops.load(Ordering::Relaxed)
     }
 
-    /// Makes the operation `n` operations from now (and every later one) fail with `fault`.
+    /// The next `n` counted operations succeed; the one after them and every later one fail
+    /// with `fault` (and change nothing) until [`clear_faults`](SimFs::clear_faults).
+    /// `fail_after(0, ..)` fails the very next operation. With a crash afterwards, this cuts
+    /// the power after exactly `n` operations.
     pub fn fail_after(&self, n: u64, fault: Fault) {
         self.state.lock().fault = Some((self.op_count() + n, fault));
     }
 
-    /// Makes every data sync fail (or succeed again).
+    /// While `fail` is set, every sync (`sync_data`, `flush_range`, `sync_dir`,
+    /// `write_file_synced`) fails with `EIO` and changes nothing; other operations work.
     pub fn fail_syncs(&self, fail: bool) {
         self.state.lock().fail_syncs = fail;
     }
 
-    /// Clears injected faults.
+    /// Clears injected faults (the countdown and failing syncs).
     pub fn clear_faults(&self) {
         let mut st = self.state.lock();
         st.fault = None;
@@ -274,7 +364,8 @@ impl SimFs {
         }
     }
 
-    /// Flips one bit of a file's durable and volatile contents (bit rot).
+    /// Flips bit `bit % 8` of byte `byte` in both images of a file (bit rot that survives a
+    /// crash); a byte past the end is left alone.
     pub fn flip_bit(&self, path: &Path, byte: usize, bit: u8) -> io::Result<()> {
         let st = self.state.lock();
         let f = st.names.get(path).ok_or_else(|| not_found(path))?;
@@ -295,13 +386,41 @@ impl SimFs {
         Ok(())
     }
 
-    /// Paths of every file that exists now.
+    /// Paths of every file that exists now (volatile listing), sorted.
     pub fn files(&self) -> Vec<PathBuf> {
         self.state.lock().names.keys().cloned().collect()
     }
 
-    /// The disk after a power loss now, damaged as `mode` says, chosen by `seed`. The running
-    /// store must be stopped (`abandon`) first; its handles keep pointing at the old disk.
+    /// The disk as a power cut now would leave it: what was synced, plus what `mode` keeps,
+    /// tears or invents of what was not, the random choices drawn from `seed`. Returns a new,
+    /// independent disk (see the [module docs](self) for the guarantees); `self` is unchanged.
+    /// Stop the store first ([`LogStore::abandon`](crate::LogStore::abandon)): its handles keep
+    /// pointing at the old disk.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use duolog::io::{CrashMode, SimFs};
+    /// use duolog::{FlushPolicy, LogStore, Message, StoreOptions, TopicConfig};
+    ///
+    /// # fn main() -> duolog::Result<()> {
+    /// let options = |sim: &SimFs| StoreOptions {
+    ///     fs: Arc::new(sim.clone()),
+    ///     flush: FlushPolicy::Sync,
+    ///     ..StoreOptions::default()
+    /// };
+    /// let sim = SimFs::new();
+    /// let store = duolog::open("/data/store", options(&sim))?;
+    /// store.create_topic("t", TopicConfig::with_partitions(1))?;
+    /// store.append("t", 0, &[Message::new("acknowledged")])?; // durable under `Sync`
+    /// store.abandon();
+    ///
+    /// for mode in CrashMode::ALL {
+    ///     let disk = sim.crash(mode, 42);
+    ///     let store = duolog::open("/data/store", options(&disk))?;
+    ///     assert_eq!(store.read("t", 0, 0, Default::default())?[0].body(), b"acknowledged");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn crash(&self, mode: CrashMode, seed: u64) -> SimFs {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let st = self.state.lock();

@@ -12,7 +12,7 @@
 //! consumequeue/<topic>/<p>/<20-digit byte offset>   20-byte units (see `consume_queue`)
 //! ```
 //! This module owns those files and nothing else; it reaches them only through
-//! [`FileSystem`](crate::io::FileSystem).
+//! [`FileSystem`].
 
 mod append;
 mod checkpoint;

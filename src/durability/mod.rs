@@ -4,7 +4,7 @@
 //!
 //! Positions here are opaque, monotonically increasing numbers chosen by the engine (the
 //! CommitLog engine uses physical log positions). This module never touches files itself: it
-//! calls the engine's [`FlushTarget`], and it never holds its lock across that call.
+//! calls the engine's `FlushTarget`, and it never holds its lock across that call.
 
 mod completion;
 mod data_signal;

@@ -395,17 +395,22 @@ impl SimFs {
     /// tears or invents of what was not, the random choices drawn from `seed`. Returns a new,
     /// independent disk (see the [module docs](self) for the guarantees); `self` is unchanged.
     /// Stop the store first ([`LogStore::abandon`](crate::LogStore::abandon)): its handles keep
-    /// pointing at the old disk.
+    /// pointing at the old disk. Every file lives in memory (a mapped file at its full length),
+    /// so give a store on a `SimFs` small files.
     ///
     /// ```
     /// use std::sync::Arc;
     /// use duolog::io::{CrashMode, SimFs};
-    /// use duolog::{FlushPolicy, LogStore, Message, StoreOptions, TopicConfig};
+    /// use duolog::{CommitLogOptions, FlushPolicy, IndexOptions, LogStore, Message, StoreOptions};
+    /// use duolog::TopicConfig;
     ///
     /// # fn main() -> duolog::Result<()> {
     /// let options = |sim: &SimFs| StoreOptions {
     ///     fs: Arc::new(sim.clone()),
     ///     flush: FlushPolicy::Sync,
+    ///     // The simulated disk is memory: small files.
+    ///     commitlog: CommitLogOptions { file_size: 1 << 20, ..CommitLogOptions::default() },
+    ///     index: IndexOptions { enabled: false, ..IndexOptions::default() },
     ///     ..StoreOptions::default()
     /// };
     /// let sim = SimFs::new();

@@ -33,11 +33,13 @@
 //! Whatever the [`CrashMode`] and the seed:
 //! - **Synced data survives**: every byte made durable (table above) and not written since
 //!   reads back exactly, in a file whose entry and every ancestor directory's entry are durable.
-//! - **Durable entries survive**, and an entry operation is atomic: a renamed file is under its
-//!   old name or its new one, never both or neither, with the same contents either way.
+//! - **Durable entries survive**, and an entry operation is atomic: a durable file that was
+//!   renamed is under its old name or its new one, never both or neither, with the same
+//!   contents either way (a file the new name replaced is there exactly when the old name is).
 //! - **Nothing is invented**, except by the modes that say so: bytes that were never written
 //!   appear only as [`CrashMode::ExtendWithZeros`]'s zeros, [`CrashMode::ExtendWithGarbage`]'s
-//!   random bytes, and the zeros of a mapped file's never-synced sectors.
+//!   random bytes, the zeros of a mapped file's never-synced sectors, and holes (a write kept
+//!   past a shorter durable end leaves zeros between them, as on any file system).
 //! - **It is deterministic**: the same disk, mode and seed give the same result. The crashed
 //!   disk is a new, independent `SimFs` (operation count 0, no faults, no locks held); the
 //!   original is unchanged and can be crashed again with another mode or seed.

@@ -39,14 +39,16 @@ fn options(engine: EngineKind, disk: &SimFs) -> StoreOptions {
         engine: Some(engine),
         fs: Arc::new(disk.clone()),
         flush: FlushPolicy::Sync,
+        // The smallest files each engine accepts: a 40-add workload rolls several times.
         commitlog: CommitLogOptions {
-            file_size: 64 << 10,
-            consume_queue_units: 256,
+            file_size: 4 << 10,
+            consume_queue_units: 16,
             ..CommitLogOptions::default()
         },
         segmented: SegmentedOptions {
-            segment_bytes: 4 << 10,
-            max_index_bytes: 4 << 10,
+            segment_bytes: 1 << 10,
+            index_interval_bytes: 256,
+            max_index_bytes: 1 << 10,
             ..SegmentedOptions::default()
         },
         index: IndexOptions {

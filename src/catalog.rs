@@ -121,7 +121,9 @@ pub(crate) fn lock_and_load(
     dir: &Path,
     engine: EngineKind,
 ) -> Result<(DirLock, Catalog)> {
-    fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    // The root and every directory created for it must survive a power cut before anything
+    // in it is acknowledged.
+    crate::io::create_dir_durable(fs, dir).map_err(|e| Error::io(dir, e))?;
     let lock_path = dir.join("LOCK");
     let lock = fs
         .lock_file(&lock_path)

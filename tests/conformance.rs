@@ -1,4 +1,5 @@
-//! The `LogStore` contract, written once against the trait and run on every engine.
+//! The `LogStore` contract, written once against the trait and run on every engine, on the
+//! real disk and on the simulated one (`SimFs`).
 
 mod common;
 
@@ -6,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{for_each_engine, open, read_all, small_options};
+use common::{for_each_backend, for_each_engine, open, read_all, small_options};
 use duolog::{Error, FlushPolicy, Message, ReadLimits, TopicConfig};
 
 fn msg(i: usize) -> Message {
@@ -15,8 +16,8 @@ fn msg(i: usize) -> Message {
 
 #[test]
 fn round_trip_of_every_message_field() {
-    for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
+    for_each_backend(|dir, base| {
+        let store = open(dir, &base.clone());
         store
             .create_topic("t", TopicConfig::with_partitions(2))
             .unwrap();
@@ -73,8 +74,8 @@ fn round_trip_of_every_message_field() {
 
 #[test]
 fn batches_get_dense_offsets_and_files_roll() {
-    for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
+    for_each_backend(|dir, base| {
+        let store = open(dir, &base.clone());
         store
             .create_topic("t", TopicConfig::with_partitions(3))
             .unwrap();
@@ -117,12 +118,12 @@ fn batches_get_dense_offsets_and_files_roll() {
 
 #[test]
 fn bounds_track_durability() {
-    for_each_engine(|engine, dir| {
+    for_each_backend(|dir, base| {
         let opts = duolog::StoreOptions {
             flush: FlushPolicy::Async {
                 interval: Duration::from_secs(3600),
             },
-            ..small_options(engine)
+            ..base.clone()
         };
         let store = open(dir, &opts);
         store.create_topic("t", TopicConfig::default()).unwrap();
@@ -148,10 +149,10 @@ fn bounds_track_durability() {
 
 #[test]
 fn sync_policy_acknowledges_only_durable_appends() {
-    for_each_engine(|engine, dir| {
+    for_each_backend(|dir, base| {
         let opts = duolog::StoreOptions {
             flush: FlushPolicy::Sync,
-            ..small_options(engine)
+            ..base.clone()
         };
         let store = open(dir, &opts);
         store.create_topic("t", TopicConfig::default()).unwrap();
@@ -168,8 +169,8 @@ fn sync_policy_acknowledges_only_durable_appends() {
 
 #[test]
 fn async_completion_fires_when_durable() {
-    for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
+    for_each_backend(|dir, base| {
+        let store = open(dir, &base.clone());
         store.create_topic("t", TopicConfig::default()).unwrap();
         let c = store.append_async("t", 0, &[msg(0), msg(1)]).unwrap();
         assert_eq!(c.offsets().last_offset, 1);
@@ -194,8 +195,8 @@ fn async_completion_fires_when_durable() {
 
 #[test]
 fn read_limits() {
-    for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
+    for_each_backend(|dir, base| {
+        let store = open(dir, &base.clone());
         store.create_topic("t", TopicConfig::default()).unwrap();
         let batch: Vec<Message> = (0..50)
             .map(|i| Message::new(vec![b'a'; 1000]).with_key(format!("{i}")))
@@ -246,8 +247,8 @@ fn read_limits() {
 
 #[test]
 fn empty_partition_and_out_of_range_offsets() {
-    for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
+    for_each_backend(|dir, base| {
+        let store = open(dir, &base.clone());
         store.create_topic("t", TopicConfig::default()).unwrap();
         assert!(
             store
@@ -280,8 +281,8 @@ fn empty_partition_and_out_of_range_offsets() {
 
 #[test]
 fn bad_requests_are_clear_errors() {
-    for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
+    for_each_backend(|dir, base| {
+        let store = open(dir, &base.clone());
         store
             .create_topic("t", TopicConfig::with_partitions(2))
             .unwrap();
@@ -342,10 +343,10 @@ fn bad_requests_are_clear_errors() {
 
 #[test]
 fn oversize_message_in_a_batch_rejects_the_whole_batch() {
-    for_each_engine(|engine, dir| {
+    for_each_backend(|dir, base| {
         let opts = duolog::StoreOptions {
             max_message_bytes: 16 * 1024,
-            ..small_options(engine)
+            ..base.clone()
         };
         let store = open(dir, &opts);
         store.create_topic("t", TopicConfig::default()).unwrap();
@@ -360,8 +361,8 @@ fn oversize_message_in_a_batch_rejects_the_whole_batch() {
 
 #[test]
 fn reopen_preserves_everything() {
-    for_each_engine(|engine, dir| {
-        let opts = small_options(engine);
+    for_each_backend(|dir, base| {
+        let opts = base.clone();
         let mut expected: HashMap<(String, u32), Vec<Message>> = HashMap::new();
         {
             let store = open(dir, &opts);
@@ -420,8 +421,8 @@ fn reopen_preserves_everything() {
 
 #[test]
 fn crash_without_close_recovers_every_synced_record() {
-    for_each_engine(|engine, dir| {
-        let opts = small_options(engine);
+    for_each_backend(|dir, base| {
+        let opts = base.clone();
         let store = open(dir, &opts);
         store
             .create_topic("t", TopicConfig::with_partitions(2))
@@ -455,8 +456,8 @@ fn crash_without_close_recovers_every_synced_record() {
 
 #[test]
 fn wait_for_wakes_on_append_and_times_out_otherwise() {
-    for_each_engine(|engine, dir| {
-        let store: Arc<dyn duolog::LogStore> = Arc::from(open(dir, &small_options(engine)));
+    for_each_backend(|dir, base| {
+        let store: Arc<dyn duolog::LogStore> = Arc::from(open(dir, &base.clone()));
         store.create_topic("t", TopicConfig::default()).unwrap();
         let t0 = Instant::now();
         assert!(
@@ -487,8 +488,8 @@ fn wait_for_wakes_on_append_and_times_out_otherwise() {
 
 #[test]
 fn delete_before_raises_the_start_and_survives_reopen() {
-    for_each_engine(|engine, dir| {
-        let opts = small_options(engine);
+    for_each_backend(|dir, base| {
+        let opts = base.clone();
         {
             let store = open(dir, &opts);
             store.create_topic("t", TopicConfig::default()).unwrap();
@@ -538,8 +539,8 @@ fn delete_before_raises_the_start_and_survives_reopen() {
 /// they came from are deleted and the store is closed.
 #[test]
 fn records_outlive_their_files_and_the_store() {
-    for_each_engine(|engine, dir| {
-        let opts = small_options(engine);
+    for_each_backend(|dir, base| {
+        let opts = base.clone();
         let store = open(dir, &opts);
         store.create_topic("t", TopicConfig::default()).unwrap();
         for i in 0..1000 {
@@ -566,8 +567,8 @@ fn records_outlive_their_files_and_the_store() {
 
 #[test]
 fn second_opener_is_locked_out() {
-    for_each_engine(|engine, dir| {
-        let opts = small_options(engine);
+    for_each_backend(|dir, base| {
+        let opts = base.clone();
         let store = open(dir, &opts);
         assert!(matches!(
             duolog::open(dir, opts.clone()),
@@ -580,7 +581,7 @@ fn second_opener_is_locked_out() {
 
 #[test]
 fn concurrent_appenders_keep_every_partition_ordered() {
-    for_each_engine(|engine, dir| {
+    for_each_backend(|dir, base| {
         for policy in [
             FlushPolicy::Async {
                 interval: Duration::from_millis(20),
@@ -590,7 +591,7 @@ fn concurrent_appenders_keep_every_partition_ordered() {
             let sub = dir.join(format!("{policy:?}").replace([' ', '{', '}', ':'], "_"));
             let opts = duolog::StoreOptions {
                 flush: policy,
-                ..small_options(engine)
+                ..base.clone()
             };
             let store: Arc<dyn duolog::LogStore> = Arc::from(open(&sub, &opts));
             store
@@ -651,8 +652,8 @@ fn concurrent_appenders_keep_every_partition_ordered() {
 /// queue's file list.
 #[test]
 fn one_batch_larger_than_several_files_of_every_kind() {
-    for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
+    for_each_backend(|dir, base| {
+        let store = open(dir, &base.clone());
         store.create_topic("t", TopicConfig::default()).unwrap();
         store.append("t", 0, &[msg(0)]).unwrap();
         let batch: Vec<Message> = (1..=300).map(msg).collect();

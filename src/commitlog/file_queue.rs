@@ -66,7 +66,9 @@ impl FileQueue {
         default_file_size: u64,
         growable: bool,
     ) -> Result<Self> {
-        fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        // `consumequeue/`, `consumequeue/<topic>/` and `<partition>/` (or `commitlog/`): a
+        // checkpoint trusts what the queue's files hold, so their directories must be durable.
+        io::create_dir_durable(fs, dir).map_err(|e| Error::io(dir, e))?;
         let mut found = Vec::new();
         for entry in fs.list_dir(dir).map_err(|e| Error::io(dir, e))? {
             if entry.is_dir {

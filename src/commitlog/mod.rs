@@ -12,7 +12,7 @@
 //! consumequeue/<topic>/<p>/<20-digit byte offset>   20-byte units (see `consume_queue`)
 //! ```
 //! This module owns those files and nothing else; it reaches them only through
-//! [`FileSystem`](crate::io::FileSystem).
+//! [`FileSystem`].
 
 mod append;
 mod checkpoint;
@@ -193,6 +193,14 @@ impl Inner {
     }
 
     fn open_topic(&self, name: &str, config: &TopicConfig) -> Result<TopicState> {
+        // The partitions' queue directories first, all at once: one fsync of the topic
+        // directory for a new topic instead of one per partition (none for an existing one).
+        let dirs: Vec<PathBuf> = (0..config.partitions)
+            .map(|p| self.cq_dir(name, p))
+            .collect();
+        let topic_dir = self.dir.join(CONSUMEQUEUE_DIR).join(name);
+        crate::io::create_dirs_durable(self.fs.as_ref(), &dirs)
+            .map_err(|e| Error::io(&topic_dir, e))?;
         let mut partitions = Vec::with_capacity(config.partitions as usize);
         for p in 0..config.partitions {
             let cq = ConsumeQueue::open(

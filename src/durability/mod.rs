@@ -4,7 +4,7 @@
 //!
 //! Positions here are opaque, monotonically increasing numbers chosen by the engine (the
 //! CommitLog engine uses physical log positions). This module never touches files itself: it
-//! calls the engine's [`FlushTarget`], and it never holds its lock across that call. The one
+//! calls the engine's `FlushTarget`, and it never holds its lock across that call. The one
 //! exception is `SyncGuardFs`, a pass-through wrapper of the engine's file system that poisons
 //! the store when a sync fails.
 

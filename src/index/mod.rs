@@ -115,7 +115,7 @@ impl KeyIndex {
         clean: bool,
     ) -> Result<(KeyIndex, bool)> {
         let dir = store_dir.join(DIR);
-        fs.create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        io::create_dir_durable(fs.as_ref(), &dir).map_err(|e| Error::io(&dir, e))?;
         let mut names: Vec<String> = io::list_dir_or_empty(fs.as_ref(), &dir)
             .map_err(|e| Error::io(&dir, e))?
             .into_iter()

@@ -14,7 +14,7 @@ mod warmer;
 use std::any::Any;
 use std::fmt;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use mapped::{MappedFile, MappedWords};
 pub use real::RealFs;
@@ -204,6 +204,66 @@ pub fn write_atomic(fs: &dyn FileSystem, path: &Path, data: &[u8]) -> io::Result
     fs.write_file_synced(&tmp, data)?;
     fs.rename(&tmp, path)?;
     fs.sync_dir(dir)
+}
+
+/// Creates `path` and any missing parents, and makes each directory it created durable by
+/// syncing its parent (the parent of the topmost one too: a store root created in a fresh
+/// directory tree survives a power cut with the whole tree). Directories that already exist
+/// are left as they are and cost no sync, so reopening a store syncs nothing here.
+///
+/// If a sync fails, the directories it created are removed (best effort, deepest first) so a
+/// retry creates and syncs them again instead of trusting entries that may not be durable.
+pub fn create_dir_durable(fs: &dyn FileSystem, path: &Path) -> io::Result<()> {
+    create_dirs_durable(fs, &[path])
+}
+
+/// [`create_dir_durable`] for many directories at once: each parent is synced once, however
+/// many of the new directories it holds (a topic's partition directories cost one directory
+/// fsync, not one per partition). Parents are synced topmost first.
+pub fn create_dirs_durable<P: AsRef<Path>>(fs: &dyn FileSystem, paths: &[P]) -> io::Result<()> {
+    // Every directory this call creates, each path's parents before its children.
+    let mut created: Vec<PathBuf> = Vec::new();
+    let undo = |created: &[PathBuf]| {
+        for d in created.iter().rev() {
+            let _ = fs.remove_dir(d);
+        }
+    };
+    for path in paths {
+        let path = path.as_ref();
+        // Roots (`/`, and the empty path: the working directory a relative path hangs from)
+        // have no entry in a parent to make durable.
+        let mut missing = Vec::new();
+        for d in path.ancestors() {
+            if d.parent().is_none() || d.as_os_str().is_empty() || fs.exists(d)? {
+                break;
+            }
+            missing.push(d.to_path_buf());
+        }
+        if missing.is_empty() {
+            continue;
+        }
+        if let Err(e) = fs.create_dir_all(path) {
+            undo(&created);
+            return Err(e);
+        }
+        created.extend(missing.into_iter().rev());
+    }
+    let mut parents: Vec<(usize, PathBuf)> = created
+        .iter()
+        .map(|d| {
+            let p = d.parent().unwrap_or_else(|| Path::new(""));
+            (p.components().count(), p.to_path_buf())
+        })
+        .collect();
+    parents.sort();
+    parents.dedup();
+    for (_, parent) in &parents {
+        if let Err(e) = fs.sync_dir(parent) {
+            undo(&created);
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// Removes a file if it exists.

@@ -336,6 +336,14 @@ impl FileSystem for RealFs {
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        // The empty path is the parent of a relative path's first component: the working
+        // directory. (Opening a directory read-only and fsyncing it is how Linux makes its
+        // entries durable.)
+        let path = if path.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            path
+        };
         File::open(path)?.sync_all()
     }
 

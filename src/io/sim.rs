@@ -1,14 +1,77 @@
-//! [`SimFs`]: a simulated disk behind the storage interface, for crash testing.
+//! [`SimFs`]: a simulated disk behind the storage interface, for crash-testing duolog and the
+//! services built on it.
 //!
-//! Every file has a *volatile* image (what the running process sees, the page cache) and a
-//! *durable* image (what survives a power loss). Writes change the volatile image; `sync_data`
-//! and `flush_range` copy it to the durable one. Directory entries (create, rename, remove) are
-//! pending until their directory is synced. [`SimFs::crash`] returns the disk as it is after a
-//! power loss, damaged in one of several ways ([`CrashMode`]); faults can be injected by
-//! countdown ([`SimFs::fail_after`]).
+//! Put it behind a store with `StoreOptions { fs: Arc::new(sim.clone()), .. }`, run a workload,
+//! stop the store as a process crash would ([`LogStore::abandon`](crate::LogStore::abandon)),
+//! take the disk as a power cut would leave it ([`SimFs::crash`]) and reopen the store on that
+//! disk: whatever the store acknowledged as durable must be there. Faults (EIO, ENOSPC, EACCES)
+//! are injected by countdown ([`SimFs::fail_after`]) or on every sync ([`SimFs::fail_syncs`]).
+//! The README's "Testing your service's crash recovery" and `examples/crash_test.rs` show a
+//! whole property test.
 //!
-//! Mapped files expose the volatile image's buffer directly; at a crash their unsynced 512-byte
-//! sectors are the unit that persists or not.
+//! # The model
+//!
+//! Every file has a *volatile* image (what the running process reads: the page cache) and a
+//! *durable* image (what survives a power cut). Every directory entry is either durable or
+//! pending.
+//!
+//! | operation | changes at once | durable when |
+//! |---|---|---|
+//! | [`StorageFile::write_all_at`], [`StorageFile::set_len`] | the volatile image | the file's next [`StorageFile::sync_data`] (the whole file) |
+//! | stores into a mapping ([`FileSystem::map_file`]) | the mapped memory | [`MappedStorage::flush_range`] over them (exactly that range) |
+//! | [`MappedStorage::zero_range`] | both images | at once |
+//! | [`FileSystem::write_file_synced`] | both images | the contents at once; a new file's entry as below |
+//! | creating a file (`open_file(CreateNew)`, `map_file(Create)`, `write_file_synced`), [`FileSystem::rename`], [`FileSystem::remove_file`] | the listing | [`FileSystem::sync_dir`] of its directory (a rename: of either directory) |
+//! | each directory [`FileSystem::create_dir_all`] creates, [`FileSystem::remove_dir`] | the listing | [`FileSystem::sync_dir`] of its parent |
+//!
+//! Roots (`/`, and the empty path relative paths hang from) are always durable. A new disk is
+//! empty: even a directory a test creates itself is pending until its parent is synced
+//! ([`create_dir_durable`](super::create_dir_durable) does both).
+//!
+//! # What every crash guarantees
+//!
+//! Whatever the [`CrashMode`] and the seed:
+//! - **Synced data survives**: every byte made durable (table above) and not written since
+//!   reads back exactly, in a file whose entry and every ancestor directory's entry are durable.
+//! - **Durable entries survive**, and an entry operation is atomic: a durable file that was
+//!   renamed is under its old name or its new one, never both or neither, with the same
+//!   contents either way (a file the new name replaced is there exactly when the old name is).
+//! - **Nothing is invented**, except by the modes that say so: bytes that were never written
+//!   appear only as [`CrashMode::ExtendWithZeros`]'s zeros, [`CrashMode::ExtendWithGarbage`]'s
+//!   random bytes, the zeros of a mapped file's never-synced sectors, and holes (a write kept
+//!   past a shorter durable end leaves zeros between them, as on any file system).
+//! - **It is deterministic**: the same disk, mode and seed give the same result. The crashed
+//!   disk is a new, independent `SimFs` (operation count 0, no faults, no locks held); the
+//!   original is unchanged and can be crashed again with another mode or seed.
+//!
+//! # What a crash may do to what was not synced
+//!
+//! - **Entries**: every pending entry operation is lost, except that
+//!   [`CrashMode::PersistPrefix`] and [`CrashMode::PersistSubset`] keep a random prefix of them,
+//!   in the order they were issued across all directories (file systems journal metadata in
+//!   order). A file whose entry is lost is gone with all its data, synced or not; a directory
+//!   whose entry is lost is gone with everything under it, synced or not.
+//! - **Data of positional files** ([`StorageFile`]): the unit is one `write_all_at` or `set_len`,
+//!   and each file's unsynced ones are kept, dropped, reordered or torn as the mode says.
+//! - **Data of mapped files**: the unit is the 512-byte sector (at a multiple of 512 from the
+//!   start of the file) whose memory differs from the durable image, taken in file order: the
+//!   page cache writes back in an order unrelated to the order of the stores. A mapped file
+//!   keeps its full mapped length (its preallocation counts as durable); a sector that was
+//!   never synced and is not kept reads as zeros.
+//!
+//! # What it does not model
+//!
+//! - A failed sync changes nothing: the data stays pending, and a later sync that succeeds makes
+//!   it durable. Linux may instead drop the dirty pages a failed `fsync` covered and report
+//!   success next time (fsyncgate), so a service must never retry a failed sync and trust it
+//!   (duolog turns `Poisoned`). Tests of that path inject the failure and check the service
+//!   stops, not what a retry would have saved.
+//! - Space: ENOSPC happens only when injected. Reads never fail or return damage unless a fault
+//!   is injected or [`SimFs::flip_bit`] rots a byte.
+//! - `exists`, `file_len`, `lock_file`, a positional file's `len`, and loads and stores in
+//!   mapped memory are not counted operations: they never fail by injection.
+//! - Time and concurrency: a crash is a snapshot of the disk when [`SimFs::crash`] is called.
+//!   Stop the store first (`abandon`); its handles keep pointing at the old disk.
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashSet};
@@ -24,22 +87,40 @@ use super::{DirEntry, FileSystem, MapMode, MappedStorage, OpenMode, StorageFile}
 
 const SECTOR: usize = 512;
 
-/// How a crash damages what was not synced.
+/// How a crash damages what was not synced. Every mode keeps what was synced (see the
+/// [module docs](self) for the guarantees all modes share and for the units: one write of a
+/// positional file, one 512-byte sector of a mapped file, one entry operation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CrashMode {
-    /// Everything unsynced is lost.
+    /// Everything unsynced is lost: data and entries. The disk is exactly its durable image (a
+    /// power cut with nothing written back since the last syncs).
     DropUnsynced,
-    /// A prefix of the unsynced writes (in order) reaches the disk.
+    /// Per file, a random prefix (possibly none, possibly all) of the unsynced writes reaches
+    /// the disk, in the order they were issued (mapped files: a prefix of the dirty sectors in
+    /// file order). A random prefix of the pending entry operations persists too.
     PersistPrefix,
-    /// An arbitrary subset of the unsynced writes reaches the disk (reordering).
+    /// Each unsynced write (mapped files: each dirty sector) independently reaches the disk or
+    /// not, so a later write can persist without an earlier one (reordering); writes that do
+    /// persist overlay in the order issued. A random prefix of the pending entry operations
+    /// persists (entries are never reordered).
     PersistSubset,
-    /// A prefix persists and the next write is torn at an arbitrary byte.
+    /// Per file, a prefix of the unsynced writes persists and the next one is torn at a random
+    /// byte: its first `n` bytes persist, `0 <= n <= len` (mapped files: the next dirty sector
+    /// keeps its first `n < 512` new bytes). Pending entry operations are lost.
     TearAtByte,
-    /// A prefix persists and the next write is torn at a 512-byte boundary.
+    /// As [`TearAtByte`](CrashMode::TearAtByte), but the torn write keeps a multiple of 512
+    /// bytes counted from its own start (mapped files: whole sectors only, so a prefix of the
+    /// dirty sectors). Pending entry operations are lost.
     TearAtSector,
-    /// Unsynced appends extend the file with zeros instead of their data.
+    /// Unsynced data is lost, but each positional file keeps the length it had in the page
+    /// cache, the bytes past its durable length reading as zeros (the size reached the disk,
+    /// the data did not: ext4 `data=writeback`, XFS). A file whose unsynced length is shorter
+    /// keeps its durable length. Mapped files lose their dirty sectors. Pending entry
+    /// operations are lost.
     ExtendWithZeros,
-    /// Unsynced appends extend the file with garbage instead of their data.
+    /// As [`ExtendWithZeros`](CrashMode::ExtendWithZeros), with random bytes instead of zeros;
+    /// in a mapped file, the bytes that changed in its first dirty sector read as random bytes
+    /// (synced bytes stay). Pending entry operations are lost.
     ExtendWithGarbage,
 }
 
@@ -56,14 +137,17 @@ impl CrashMode {
     ];
 }
 
-/// A fault to inject.
+/// A fault to inject with [`SimFs::fail_after`]: from the chosen operation on, every counted
+/// operation fails with this error before it has any effect, as if the disk had gone away;
+/// the disk keeps whatever state the earlier operations left (then [`SimFs::crash`] cuts the
+/// power there).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
-    /// EIO.
+    /// `EIO` (OS error 5): a failing disk, or a writeback error reported by a sync.
     Eio,
-    /// ENOSPC.
+    /// `ENOSPC` (OS error 28): the disk is full.
     NoSpace,
-    /// EACCES.
+    /// `EACCES` (OS error 13): permission denied.
     PermissionDenied,
 }
 
@@ -222,6 +306,26 @@ enum DirOp {
     Create(PathBuf),
     Rename(PathBuf, PathBuf),
     Remove(PathBuf),
+    CreateDir(PathBuf),
+    RemoveDir(PathBuf),
+}
+
+impl DirOp {
+    /// Whether syncing `dir` makes this operation durable: it changes an entry of `dir`.
+    fn in_dir(&self, dir: &Path) -> bool {
+        match self {
+            DirOp::Create(p) | DirOp::Remove(p) | DirOp::CreateDir(p) | DirOp::RemoveDir(p) => {
+                p.parent() == Some(dir)
+            }
+            DirOp::Rename(a, b) => a.parent() == Some(dir) || b.parent() == Some(dir),
+        }
+    }
+}
+
+/// A root (`/`, or the empty path that relative paths hang from): it has no entry in a parent
+/// directory, so it is always durable.
+fn is_root(p: &Path) -> bool {
+    p.parent().is_none()
 }
 
 #[derive(Default)]
@@ -230,7 +334,11 @@ struct State {
     names: BTreeMap<PathBuf, Arc<FileData>>,
     /// Names that survive a crash.
     durable_names: BTreeMap<PathBuf, Arc<FileData>>,
+    /// Directories visible now.
     dirs: HashSet<PathBuf>,
+    /// Directories whose entry in their parent is durable (a directory survives a crash only
+    /// if it and every ancestor are durable; roots always are).
+    durable_dirs: HashSet<PathBuf>,
     pending_dir_ops: Vec<DirOp>,
     locked: HashSet<PathBuf>,
     fault: Option<(u64, Fault)>,
@@ -275,27 +383,35 @@ impl Rng {
 }
 
 impl SimFs {
-    /// An empty disk.
+    /// An empty disk: no files, no directories. Clones share the disk.
     pub fn new() -> SimFs {
         SimFs::default()
     }
 
-    /// I/O operations performed so far.
+    /// Counted I/O operations performed so far (failed ones included): every
+    /// [`FileSystem`] method except `exists`, `file_len` and `lock_file`, and every
+    /// [`StorageFile`] and [`MappedStorage`] method that does I/O (`read_at`, `write_all_at`,
+    /// `set_len`, `sync_data`, `flush_range`, `zero_range`). Run a workload once and read the
+    /// count to know how many crash points [`fail_after`](SimFs::fail_after) can choose from.
     pub fn op_count(&self) -> u64 {
         self.ops.load(Ordering::Relaxed)
     }
 
-    /// Makes the operation `n` operations from now (and every later one) fail with `fault`.
+    /// The next `n` counted operations succeed; the one after them and every later one fail
+    /// with `fault` (and change nothing) until [`clear_faults`](SimFs::clear_faults).
+    /// `fail_after(0, ..)` fails the very next operation. With a crash afterwards, this cuts
+    /// the power after exactly `n` operations.
     pub fn fail_after(&self, n: u64, fault: Fault) {
         self.state.lock().fault = Some((self.op_count() + n, fault));
     }
 
-    /// Makes every data sync fail (or succeed again).
+    /// While `fail` is set, every sync (`sync_data`, `flush_range`, `sync_dir`,
+    /// `write_file_synced`) fails with `EIO` and changes nothing; other operations work.
     pub fn fail_syncs(&self, fail: bool) {
         self.state.lock().fail_syncs = fail;
     }
 
-    /// Clears injected faults.
+    /// Clears injected faults (the countdown and failing syncs).
     pub fn clear_faults(&self) {
         let mut st = self.state.lock();
         st.fault = None;
@@ -310,7 +426,8 @@ impl SimFs {
         }
     }
 
-    /// Flips one bit of a file's durable and volatile contents (bit rot).
+    /// Flips bit `bit % 8` of byte `byte` in both images of a file (bit rot that survives a
+    /// crash); a byte past the end is left alone.
     pub fn flip_bit(&self, path: &Path, byte: usize, bit: u8) -> io::Result<()> {
         let st = self.state.lock();
         let f = st.names.get(path).ok_or_else(|| not_found(path))?;
@@ -331,19 +448,54 @@ impl SimFs {
         Ok(())
     }
 
-    /// Paths of every file that exists now.
+    /// Paths of every file that exists now (volatile listing), sorted.
     pub fn files(&self) -> Vec<PathBuf> {
         self.state.lock().names.keys().cloned().collect()
     }
 
-    /// The disk after a power loss now, damaged as `mode` says, chosen by `seed`. The running
-    /// store must be stopped (`abandon`) first; its handles keep pointing at the old disk.
+    /// The disk as a power cut now would leave it: what was synced, plus what `mode` keeps,
+    /// tears or invents of what was not, the random choices drawn from `seed`. Returns a new,
+    /// independent disk (see the [module docs](self) for the guarantees); `self` is unchanged.
+    /// Stop the store first ([`LogStore::abandon`](crate::LogStore::abandon)): its handles keep
+    /// pointing at the old disk. Every file lives in memory (a mapped file at its full length),
+    /// so give a store on a `SimFs` small files.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use duolog::io::{CrashMode, SimFs};
+    /// use duolog::{CommitLogOptions, FlushPolicy, IndexOptions, LogStore, Message, StoreOptions};
+    /// use duolog::TopicConfig;
+    ///
+    /// # fn main() -> duolog::Result<()> {
+    /// let options = |sim: &SimFs| StoreOptions {
+    ///     fs: Arc::new(sim.clone()),
+    ///     flush: FlushPolicy::Sync,
+    ///     // The simulated disk is memory: small files.
+    ///     commitlog: CommitLogOptions { file_size: 1 << 20, ..CommitLogOptions::default() },
+    ///     index: IndexOptions { enabled: false, ..IndexOptions::default() },
+    ///     ..StoreOptions::default()
+    /// };
+    /// let sim = SimFs::new();
+    /// let store = duolog::open("/data/store", options(&sim))?;
+    /// store.create_topic("t", TopicConfig::with_partitions(1))?;
+    /// store.append("t", 0, &[Message::new("acknowledged")])?; // durable under `Sync`
+    /// store.abandon();
+    ///
+    /// for mode in CrashMode::ALL {
+    ///     let disk = sim.crash(mode, 42);
+    ///     let store = duolog::open("/data/store", options(&disk))?;
+    ///     assert_eq!(store.read("t", 0, 0, Default::default())?[0].body(), b"acknowledged");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn crash(&self, mode: CrashMode, seed: u64) -> SimFs {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let st = self.state.lock();
         // Directory entries: unsynced operations are lost, except a prefix in the "persist"
         // modes (the file system may have committed some of them).
         let mut names = st.durable_names.clone();
+        let mut dirs: HashSet<PathBuf> = st.durable_dirs.clone();
+        dirs.extend(st.dirs.iter().filter(|d| is_root(d)).cloned());
         let keep = match mode {
             CrashMode::PersistPrefix | CrashMode::PersistSubset => {
                 rng.below(st.pending_dir_ops.len() as u64 + 1) as usize
@@ -365,10 +517,22 @@ impl SimFs {
                 DirOp::Remove(p) => {
                     names.remove(p);
                 }
+                DirOp::CreateDir(p) => {
+                    dirs.insert(p.clone());
+                }
+                DirOp::RemoveDir(p) => {
+                    dirs.remove(p);
+                }
             }
         }
+        // A directory whose entry (or an ancestor's) was lost takes everything under it along,
+        // whether or not those entries were synced in it.
+        let reachable = |p: &Path| p.ancestors().skip(1).all(|a| dirs.contains(a));
+        let dirs: HashSet<PathBuf> = dirs.iter().filter(|d| reachable(d)).cloned().collect();
+        names.retain(|p, _| p.parent().is_some_and(|d| dirs.contains(d)));
         let mut out = State {
-            dirs: st.dirs.clone(),
+            durable_dirs: dirs.clone(),
+            dirs,
             ..State::default()
         };
         let mut done: BTreeMap<usize, Arc<FileData>> = BTreeMap::new();
@@ -673,10 +837,27 @@ impl FileSystem for SimFs {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         self.op()?;
         let mut st = self.state.lock();
-        let mut p = Some(path);
-        while let Some(d) = p {
-            st.dirs.insert(d.to_owned());
-            p = d.parent();
+        if st.names.contains_key(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} is a file", path.display()),
+            ));
+        }
+        // Each new directory's entry is pending in its parent, as a new file's is; parents
+        // first, so a crash that keeps a prefix of the pending operations keeps a parent
+        // before its children.
+        let missing: Vec<PathBuf> = path
+            .ancestors()
+            .take_while(|d| !st.dirs.contains(*d))
+            .map(Path::to_path_buf)
+            .collect();
+        for d in missing.into_iter().rev() {
+            st.dirs.insert(d.clone());
+            if is_root(&d) {
+                st.durable_dirs.insert(d);
+            } else {
+                st.pending_dir_ops.push(DirOp::CreateDir(d));
+            }
         }
         Ok(())
     }
@@ -775,7 +956,20 @@ impl FileSystem for SimFs {
 
     fn remove_dir(&self, path: &Path) -> io::Result<()> {
         self.op()?;
-        self.state.lock().dirs.remove(path);
+        let mut st = self.state.lock();
+        if !st.dirs.contains(path) {
+            return Err(not_found(path));
+        }
+        let has_children = st.names.keys().any(|p| p.parent() == Some(path))
+            || st.dirs.iter().any(|d| d.parent() == Some(path));
+        if has_children {
+            return Err(io::Error::new(
+                io::ErrorKind::DirectoryNotEmpty,
+                format!("{} is not empty", path.display()),
+            ));
+        }
+        st.dirs.remove(path);
+        st.pending_dir_ops.push(DirOp::RemoveDir(path.to_owned()));
         Ok(())
     }
 
@@ -785,15 +979,14 @@ impl FileSystem for SimFs {
         if st.fail_syncs {
             return Err(Fault::Eio.error());
         }
+        if !st.dirs.contains(path) {
+            return Err(not_found(path));
+        }
         // Apply, in order, the pending operations on entries of this directory.
         let ops = std::mem::take(&mut st.pending_dir_ops);
         let mut rest = Vec::new();
         for op in ops {
-            let mine = match &op {
-                DirOp::Create(p) | DirOp::Remove(p) => p.parent() == Some(path),
-                DirOp::Rename(a, b) => a.parent() == Some(path) || b.parent() == Some(path),
-            };
-            if !mine {
+            if !op.in_dir(path) {
                 rest.push(op);
                 continue;
             }
@@ -814,6 +1007,12 @@ impl FileSystem for SimFs {
                 }
                 DirOp::Remove(p) => {
                     st.durable_names.remove(&p);
+                }
+                DirOp::CreateDir(p) => {
+                    st.durable_dirs.insert(p);
+                }
+                DirOp::RemoveDir(p) => {
+                    st.durable_dirs.remove(&p);
                 }
             }
         }
@@ -909,5 +1108,184 @@ impl FileSystem for SimFs {
             fs: self.clone(),
             path: path.to_owned(),
         })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{RealFs, create_dir_durable};
+
+    fn dirs_of(fs: &SimFs) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs.state.lock().dirs.iter().cloned().collect();
+        v.sort();
+        v
+    }
+
+    fn write(fs: &SimFs, path: &str) {
+        fs.write_file_synced(Path::new(path), b"x").unwrap();
+        fs.sync_dir(Path::new(path).parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn unsynced_new_directory_vanishes_with_everything_under_it() {
+        let fs = SimFs::new();
+        fs.create_dir_all(Path::new("/a/b/c")).unwrap();
+        // Files synced in their own directory, but /a/b/c's entry is never made durable.
+        write(&fs, "/a/b/c/f");
+        fs.sync_dir(Path::new("/")).unwrap();
+        fs.sync_dir(Path::new("/a")).unwrap();
+        for mode in CrashMode::ALL {
+            if matches!(mode, CrashMode::PersistPrefix | CrashMode::PersistSubset) {
+                continue; // those may keep the pending entry
+            }
+            let after = fs.crash(mode, 1);
+            assert_eq!(
+                dirs_of(&after),
+                [Path::new("/"), Path::new("/a"), Path::new("/a/b")],
+                "{mode:?}"
+            );
+            assert!(after.files().is_empty(), "{mode:?}");
+            assert!(after.list_dir(Path::new("/a/b/c")).is_err());
+        }
+    }
+
+    #[test]
+    fn directory_synced_into_its_parent_survives() {
+        let fs = SimFs::new();
+        fs.create_dir_all(Path::new("/a/b")).unwrap();
+        fs.sync_dir(Path::new("/")).unwrap();
+        fs.sync_dir(Path::new("/a")).unwrap();
+        write(&fs, "/a/b/f");
+        for mode in CrashMode::ALL {
+            let after = fs.crash(mode, 3);
+            assert_eq!(after.files(), [PathBuf::from("/a/b/f")], "{mode:?}");
+            assert_eq!(after.read_file(Path::new("/a/b/f")).unwrap(), b"x");
+        }
+    }
+
+    #[test]
+    fn a_durable_directory_under_a_lost_parent_is_lost() {
+        let fs = SimFs::new();
+        fs.create_dir_all(Path::new("/a/b")).unwrap();
+        // /a/b's entry is durable in /a, but /a's entry in / is not.
+        fs.sync_dir(Path::new("/a")).unwrap();
+        write(&fs, "/a/b/f");
+        let after = fs.crash(CrashMode::DropUnsynced, 0);
+        assert_eq!(dirs_of(&after), [Path::new("/")]);
+        assert!(after.files().is_empty());
+    }
+
+    #[test]
+    fn persist_prefix_keeps_parents_before_children() {
+        for seed in 0..64 {
+            let fs = SimFs::new();
+            fs.create_dir_all(Path::new("/a/b/c")).unwrap();
+            let after = fs.crash(CrashMode::PersistPrefix, seed);
+            let dirs = dirs_of(&after);
+            for d in &dirs {
+                let parent_kept = d.parent().is_none_or(|p| dirs.iter().any(|x| x == p));
+                assert!(
+                    parent_kept,
+                    "seed {seed}: {d:?} without its parent in {dirs:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn remove_dir_needs_an_empty_existing_directory_and_is_pending_until_synced() {
+        let fs = SimFs::new();
+        create_dir_durable(&fs, Path::new("/a/b")).unwrap();
+        write(&fs, "/a/b/f");
+        let e = fs.remove_dir(Path::new("/a/b")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::DirectoryNotEmpty);
+        assert_eq!(
+            fs.remove_dir(Path::new("/nope")).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        fs.remove_file(Path::new("/a/b/f")).unwrap();
+        fs.remove_dir(Path::new("/a/b")).unwrap();
+        assert!(!fs.exists(Path::new("/a/b")).unwrap());
+        // Not synced: the removal may be undone by a power cut.
+        let after = fs.crash(CrashMode::DropUnsynced, 0);
+        assert!(after.exists(Path::new("/a/b")).unwrap());
+        fs.sync_dir(Path::new("/a")).unwrap();
+        let after = fs.crash(CrashMode::DropUnsynced, 0);
+        assert!(!after.exists(Path::new("/a/b")).unwrap());
+    }
+
+    #[test]
+    fn sync_dir_of_a_missing_directory_fails() {
+        let fs = SimFs::new();
+        let e = fs.sync_dir(Path::new("/nope")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn create_dir_durable_survives_every_crash_mode() {
+        for rel in ["/x/y/z", "x/y/z"] {
+            let fs = SimFs::new();
+            create_dir_durable(&fs, Path::new(rel)).unwrap();
+            write(&fs, &format!("{rel}/f"));
+            for mode in CrashMode::ALL {
+                let after = fs.crash(mode, 5);
+                assert_eq!(
+                    after.files(),
+                    [PathBuf::from(format!("{rel}/f"))],
+                    "{rel} {mode:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn create_dir_durable_syncs_nothing_for_an_existing_directory() {
+        let fs = SimFs::new();
+        create_dir_durable(&fs, Path::new("/x/y")).unwrap();
+        let before = fs.op_count();
+        create_dir_durable(&fs, Path::new("/x/y")).unwrap();
+        assert_eq!(fs.op_count(), before);
+    }
+
+    #[test]
+    fn create_dirs_durable_syncs_each_parent_once() {
+        let fs = SimFs::new();
+        let dirs: Vec<PathBuf> = (0..100).map(|p| PathBuf::from(format!("/t/{p}"))).collect();
+        let before = fs.op_count();
+        crate::io::create_dirs_durable(&fs, &dirs).unwrap();
+        // One create_dir_all per directory, then one sync of `/` and one of `/t`.
+        assert_eq!(fs.op_count() - before, 100 + 2);
+        let after = fs.crash(CrashMode::DropUnsynced, 0);
+        for d in &dirs {
+            assert!(after.exists(d).unwrap(), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn create_dir_durable_removes_what_it_created_when_a_sync_fails() {
+        let fs = SimFs::new();
+        create_dir_durable(&fs, Path::new("/x")).unwrap();
+        fs.fail_syncs(true);
+        assert!(create_dir_durable(&fs, Path::new("/x/y/z")).is_err());
+        fs.fail_syncs(false);
+        assert!(!fs.exists(Path::new("/x/y")).unwrap());
+        // A retry creates and syncs them again.
+        create_dir_durable(&fs, Path::new("/x/y/z")).unwrap();
+        let after = fs.crash(CrashMode::DropUnsynced, 0);
+        assert!(after.exists(Path::new("/x/y/z")).unwrap());
+    }
+
+    #[test]
+    fn real_sync_dir_works_on_the_working_directory_and_new_trees() {
+        let real = RealFs;
+        // The parent of a relative path's first component is the empty path.
+        real.sync_dir(Path::new("")).unwrap();
+        real.sync_dir(Path::new("/")).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let deep = tmp.path().join("a/b/c");
+        create_dir_durable(&real, &deep).unwrap();
+        assert!(deep.is_dir());
+        create_dir_durable(&real, &deep).unwrap();
     }
 }

@@ -102,7 +102,7 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
     let fs = ctx.fs.as_ref();
     let dir = &spec.dir;
     let o = &ctx.opts;
-    fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    io::create_dir_durable(fs, dir).map_err(|e| Error::io(dir, e))?;
     let mut bases = list_segments(fs, dir)?;
     // The first segment that must be validated.
     let recover_from = if spec.clean {

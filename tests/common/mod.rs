@@ -77,3 +77,36 @@ pub fn read_all(store: &dyn LogStore, topic: &str, partition: u32) -> Vec<duolog
     }
     out
 }
+
+/// The disks a behaviour runs on (STYLE.md: every behaviour on both backends).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The real file system, in a fresh temporary directory.
+    Real,
+    /// A fresh `SimFs`, the store in a nested directory of it.
+    Sim,
+}
+
+/// Runs `f` once per engine and backend, each time in a fresh directory, with
+/// [`small_options`] for the engine pointed at that backend's file system; names the pair on
+/// failure.
+pub fn for_each_backend(f: impl Fn(&Path, StoreOptions)) {
+    for engine in engines() {
+        for backend in [Backend::Real, Backend::Sim] {
+            eprintln!("engine: {engine}, backend: {backend:?}");
+            match backend {
+                Backend::Real => {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    f(dir.path(), small_options(engine));
+                }
+                Backend::Sim => {
+                    let opts = StoreOptions {
+                        fs: std::sync::Arc::new(duolog::io::SimFs::new()),
+                        ..small_options(engine)
+                    };
+                    f(Path::new("/sim/store"), opts);
+                }
+            }
+        }
+    }
+}

@@ -304,6 +304,23 @@ impl StoreOptions {
             }
             EngineKind::Segmented => {
                 let o = &self.segmented;
+                // Index entries hold log positions as u32 and Kafka caps `segment.bytes` at
+                // i32::MAX: a larger segment would overflow them.
+                check((1024..=MAX_FILE_BYTES).contains(&o.segment_bytes), || {
+                    format!(
+                        "segmented.segment_bytes must be 1024 to {MAX_FILE_BYTES} bytes, not {}",
+                        o.segment_bytes
+                    )
+                })?;
+                check((24..=MAX_FILE_BYTES).contains(&o.max_index_bytes), || {
+                    format!(
+                        "segmented.max_index_bytes must be 24 to {MAX_FILE_BYTES} bytes, not {}",
+                        o.max_index_bytes
+                    )
+                })?;
+                check(o.index_interval_bytes >= 1, || {
+                    "segmented.index_interval_bytes must be at least 1".to_owned()
+                })?;
                 check_interval("segmented.checkpoint_interval", o.checkpoint_interval)?;
                 check_interval(
                     "segmented.retention_check_interval",

@@ -136,7 +136,7 @@ impl FileSystem for FaultyFs {
             return Err(enospc());
         }
         let in_index = path.parent().and_then(Path::file_name) == Some("index".as_ref());
-        if mode == MapMode::Create
+        if matches!(mode, MapMode::Create | MapMode::CreateGrowable { .. })
             && in_index
             && self.faults.flaky_index_rolls.load(Ordering::SeqCst)
             && self.faults.index_creates.fetch_add(1, Ordering::SeqCst) % 2 == 1

@@ -31,7 +31,11 @@ fn allocated_bytes(dir: &Path) -> u64 {
     for e in std::fs::read_dir(dir).unwrap() {
         let e = e.unwrap();
         let m = e.metadata().unwrap();
-        total += if m.is_dir() { allocated_bytes(&e.path()) } else { m.blocks() * 512 };
+        total += if m.is_dir() {
+            allocated_bytes(&e.path())
+        } else {
+            m.blocks() * 512
+        };
     }
     total
 }
@@ -48,7 +52,11 @@ fn run(engine: EngineKind) {
         .unwrap();
     for p in 0..PARTITIONS {
         store
-            .append("t", p, &[Message::new(format!("m{p}")).with_key(format!("k{p}"))])
+            .append(
+                "t",
+                p,
+                &[Message::new(format!("m{p}")).with_key(format!("k{p}"))],
+            )
             .unwrap_or_else(|e| panic!("{engine}: append to {p}: {e}"));
     }
     for p in 0..PARTITIONS {
@@ -70,7 +78,11 @@ fn run(engine: EngineKind) {
     );
     // Per partition: a few pages of files at most. The CommitLog engine's one commit-log file
     // (1 GiB, RocketMQ's fixed size) comes on top.
-    let fixed = if engine == EngineKind::CommitLog { 1 << 30 } else { 0 };
+    let fixed = if engine == EngineKind::CommitLog {
+        1 << 30
+    } else {
+        0
+    };
     let per_partition = (disk.saturating_sub(fixed)) / u64::from(PARTITIONS);
     assert!(
         per_partition <= 64 * 1024,
@@ -82,7 +94,13 @@ fn run(engine: EngineKind) {
     let store = duolog::open(dir.path(), options).unwrap();
     for p in (0..PARTITIONS).step_by(97) {
         assert_eq!(store.bounds("t", p).unwrap().end, 1);
-        assert_eq!(store.find_by_key("t", &format!("k{p}"), (0, i64::MAX), 10).unwrap().len(), 1);
+        assert_eq!(
+            store
+                .find_by_key("t", &format!("k{p}"), (0, i64::MAX), 10)
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }
 

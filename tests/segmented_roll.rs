@@ -344,3 +344,16 @@ fn sealing_never_shrinks_an_index_file_someone_still_maps() {
         "sealed index trimmed: {sealed}"
     );
 }
+
+#[test]
+fn segment_bytes_past_i32_max_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = real_options(SegmentedOptions {
+        segment_bytes: 3 << 30,
+        ..SegmentedOptions::default()
+    });
+    match duolog::open(dir.path(), o) {
+        Err(Error::InvalidArgument(why)) => assert!(why.contains("segment_bytes"), "{why}"),
+        other => panic!("a 3 GiB segment (positions are u32, Kafka caps at i32::MAX): {other:?}"),
+    }
+}

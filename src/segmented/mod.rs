@@ -331,12 +331,6 @@ impl SegmentedStore {
     pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Self> {
         let dir = dir.as_ref();
         options.validate(EngineKind::Segmented)?;
-        let o = &options.segmented;
-        if o.segment_bytes < 1024 || o.max_index_bytes < 24 || o.index_interval_bytes == 0 {
-            return Err(Error::InvalidArgument(
-                "segment_bytes >= 1024, max_index_bytes >= 24 and index_interval_bytes > 0 are required".into(),
-            ));
-        }
         let gc = Arc::new(GroupCommit::new(0, options.flush));
         let fs = SyncGuardFs::wrap(Arc::clone(&options.fs), Arc::clone(&gc));
         let (lock, catalog) =

@@ -108,6 +108,15 @@ impl Args {
     }
 }
 
+/// `println!` that returns the write error instead of panicking (a reader that closed the pipe,
+/// as `duolog stats | head` does, ends the command quietly).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?;
+    }};
+}
+
 fn open_existing(dir: &str, options: StoreOptions) -> Result<Box<dyn LogStore>, CliError> {
     if duolog::stored_engine(dir, &options)?.is_none() {
         return Err(CliError::Failed(format!("no duolog store at {dir}")));
@@ -268,7 +277,7 @@ fn topics(args: &Args) -> Result<(), CliError> {
     args.check_known(&["dir"])?;
     let store = open_existing(args.required("dir")?, StoreOptions::default())?;
     for t in store.list_topics(true) {
-        println!("{t}\t{}", store.describe_topic(&t)?.partitions);
+        out!("{t}\t{}", store.describe_topic(&t)?.partitions);
     }
     store.close()?;
     Ok(())
@@ -277,15 +286,15 @@ fn topics(args: &Args) -> Result<(), CliError> {
 fn stats(args: &Args) -> Result<(), CliError> {
     args.check_known(&["dir"])?;
     let store = open_existing(args.required("dir")?, StoreOptions::default())?;
-    println!("engine\t{}", store.engine());
+    out!("engine\t{}", store.engine());
     let usage = store.disk_usage()?;
-    println!("files\t{}", usage.files);
-    println!("bytes\t{}", usage.bytes);
+    out!("files\t{}", usage.files);
+    out!("bytes\t{}", usage.bytes);
     for t in store.list_topics(true) {
         let parts = store.describe_topic(&t)?.partitions;
         for p in 0..parts {
             let b = store.bounds(&t, p)?;
-            println!(
+            out!(
                 "partition\t{t}\t{p}\tstart={}\tend={}\tdurable={}\trecords={}",
                 b.start,
                 b.end,
@@ -303,16 +312,17 @@ fn verify(args: &Args) -> Result<(), CliError> {
     let store = open_existing(args.required("dir")?, StoreOptions::default())?;
     let report = store.verify()?;
     store.close()?;
-    println!(
+    out!(
         "records checked: {}, derived entries checked: {}",
-        report.records_checked, report.derived_checked
+        report.records_checked,
+        report.derived_checked
     );
     if report.is_ok() {
-        println!("ok");
+        out!("ok");
         Ok(())
     } else {
         for p in &report.problems {
-            println!("problem: {p}");
+            out!("problem: {p}");
         }
         Err(CliError::Failed(format!(
             "{} problem(s) found",
@@ -335,7 +345,7 @@ fn query(args: &Args) -> Result<(), CliError> {
     )?;
     for m in &found {
         let r = &m.record;
-        println!(
+        out!(
             "{}\t{}\t{}\t{}",
             m.partition,
             r.offset(),
@@ -357,8 +367,8 @@ fn offset_for_time(args: &Args) -> Result<(), CliError> {
         .number::<i64>("time")?
         .ok_or_else(|| CliError::Usage("--time is required".into()))?;
     match store.offset_for_time(args.required("topic")?, partition, time)? {
-        Some(o) => println!("{o}"),
-        None => println!("none"),
+        Some(o) => out!("{o}"),
+        None => out!("none"),
     }
     store.close()?;
     Ok(())
@@ -369,7 +379,7 @@ fn reindex(args: &Args) -> Result<(), CliError> {
     let store = open_existing(args.required("dir")?, StoreOptions::default())?;
     let n = store.reindex()?;
     store.close()?;
-    println!("indexed {n} records");
+    out!("indexed {n} records");
     Ok(())
 }
 
@@ -403,7 +413,7 @@ fn run(argv: &[String]) -> Result<(), CliError> {
             }
         }
         "help" | "--help" | "-h" => {
-            println!("{USAGE}");
+            out!("{USAGE}");
             Ok(())
         }
         other => Err(CliError::Usage(format!("unknown command {other:?}"))),

@@ -436,3 +436,34 @@ fn file_size_limit_is_storage_full_and_nothing_acknowledged_is_lost() {
         assert!(out.status.success(), "{engine}: {}", text(&out.stdout));
     }
 }
+
+/// A reader that stops early (`duolog stats … | head -1`) ends the command quietly: no panic,
+/// no error, whatever the command was printing.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    // A line per partition: far more output than a pipe buffers (64 KiB), so writes go on
+    // after the reader is gone.
+    let out = duolog(
+        &[
+            "produce",
+            "--dir",
+            d,
+            "--topic",
+            "t",
+            "--partitions",
+            "3000",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let script = format!(
+        "set -o pipefail; {} stats --dir {d} | head -1 >/dev/null",
+        env!("CARGO_BIN_EXE_duolog")
+    );
+    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+}

@@ -30,7 +30,10 @@ impl Partition {
     ) -> Result<AppendResult> {
         let (result, rolled) = self.append_locked(ctx, buf, messages, now)?;
         if rolled {
-            self.seal_pending(ctx)?;
+            // The batch is written and published whatever the seal does: a failure leaves the
+            // old segment pending (its log is still synced by every flush) and is retried at
+            // the next roll or the close; a failed sync has poisoned the store.
+            let _ = self.seal_pending(ctx);
         }
         Ok(result)
     }

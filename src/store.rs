@@ -616,3 +616,16 @@ pub(crate) fn range_in(whole: &[u8], part: &[u8]) -> std::ops::Range<usize> {
     let start = part.as_ptr() as usize - whole.as_ptr() as usize;
     start..start + part.len()
 }
+
+/// What a second `close` returns: `Ok` only if the first one succeeded, else the first one's
+/// failure (nothing was re-checked, so nothing may be claimed durable).
+pub(crate) fn repeated_close(first: &std::result::Result<(), String>) -> crate::Result<()> {
+    match first {
+        Ok(()) => Ok(()),
+        Err(reason) => Err(crate::Error::Poisoned {
+            reason: format!(
+                "an earlier close of this store failed ({reason}); reopen it to recover"
+            ),
+        }),
+    }
+}

@@ -332,6 +332,7 @@ impl Inner {
                 n += crate::index::catch_up(index, &t.name, p as u32, from, end, &read)?;
             }
         }
+        index.complete();
         Ok(n)
     }
 

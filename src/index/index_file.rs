@@ -162,7 +162,9 @@ impl IndexFile {
     /// Allocates room for the next `keys` entries, so adding them cannot fail (or fault) for
     /// lack of disk once their batch is in the log. A full disk is an error here.
     pub(crate) fn ensure_room(&self, keys: usize) -> Result<()> {
-        let last = (self.entries() as usize + keys).min(self.max_entries as usize);
+        // Room already promised to other batches comes first: their entries land before these.
+        let reserved = self.reserved.load(Ordering::Acquire) as usize;
+        let last = (self.entries() as usize + reserved + keys).min(self.max_entries as usize);
         self.words
             .ensure_words(self.entry_word(last as u32) + ENTRY_WORDS)
             .map_err(|e| Error::io(self.path(), e))

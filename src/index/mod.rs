@@ -94,6 +94,9 @@ pub(crate) struct KeyIndex {
     /// Oldest first.
     files: RwLock<Vec<Arc<IndexFile>>>,
     writer: Mutex<()>,
+    /// Cleared and not yet fully rebuilt (a `reindex` whose catch-up failed): no checkpoint may
+    /// claim partitions indexed until a catch-up from scratch completes.
+    incomplete: std::sync::atomic::AtomicBool,
 }
 
 impl KeyIndex {
@@ -165,6 +168,7 @@ impl KeyIndex {
                 opts,
                 files: RwLock::new(files),
                 writer: Mutex::new(()),
+                incomplete: std::sync::atomic::AtomicBool::new(false),
             },
             rebuild,
         ))
@@ -187,6 +191,9 @@ impl KeyIndex {
         let _w = self.writer.lock();
         for key in keys {
             let file = self.writable(store_timestamp)?;
+            // Allocated before the entry is written: a full disk is this call's error, never an
+            // entry silently dropped by the mapping.
+            file.ensure_room(1)?;
             file.put(
                 key_hash(topic, &key),
                 pack(partition, offset),
@@ -341,6 +348,9 @@ impl KeyIndex {
     /// end is counted) — in one file, so an unclean open cuts the files back to exactly what
     /// this checkpoint vouches for and catches up from exactly its ends.
     pub(crate) fn checkpoint(&self, ends: &[(String, u32, u64)]) -> Result<()> {
+        if self.incomplete.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
         let files: Vec<Arc<IndexFile>> = self.files.read().clone();
         let mut entries = ends.to_vec();
         for f in &files {
@@ -388,6 +398,16 @@ impl KeyIndex {
     /// Deletes every index file and the checkpoint (before a rebuild).
     pub(crate) fn clear(&self) -> Result<()> {
         let _w = self.writer.lock();
+        // Until a catch-up from scratch completes (`complete`), no checkpoint is written, and
+        // the old one goes first: a crash or a failed rebuild then finds no checkpoint and
+        // indexes everything again, never trusting ends the emptied index does not cover.
+        self.incomplete
+            .store(true, std::sync::atomic::Ordering::Release);
+        let cp = self.dir.join(CHECKPOINT);
+        io::remove_if_exists(self.fs.as_ref(), &cp).map_err(|e| Error::io(&cp, e))?;
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io(&self.dir, e))?;
         let mut files = self.files.write();
         for f in files.drain(..) {
             f.retire();
@@ -395,11 +415,15 @@ impl KeyIndex {
                 .remove_file(f.path())
                 .map_err(|e| Error::io(f.path(), e))?;
         }
-        let cp = self.dir.join(CHECKPOINT);
-        io::remove_if_exists(self.fs.as_ref(), &cp).map_err(|e| Error::io(&cp, e))?;
         self.fs
             .sync_dir(&self.dir)
             .map_err(|e| Error::io(&self.dir, e))
+    }
+
+    /// A catch-up indexed every record of every partition: checkpoints may be written again.
+    pub(crate) fn complete(&self) {
+        self.incomplete
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// Number of index files.
@@ -452,7 +476,11 @@ impl Reservation<'_> {
                     f.release(1);
                     Arc::clone(f)
                 }
-                _ => self.index.writable(store_timestamp)?,
+                _ => {
+                    let f = self.index.writable(store_timestamp)?;
+                    f.ensure_room(1)?;
+                    f
+                }
             };
             file.put(
                 key_hash(topic, &key),

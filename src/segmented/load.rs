@@ -28,12 +28,13 @@ pub(crate) struct LoadSpec<'a> {
 
 fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u64>> {
     let mut bases = Vec::new();
+    let mut indexes = Vec::new();
     for e in io::list_dir_or_empty(fs, dir).map_err(|e| Error::io(dir, e))? {
         let name = e.name.as_str();
         let (stem, ext) = name.rsplit_once('.').unwrap_or((name, ""));
         match (io::parse_offset_name(stem), ext) {
             (Some(base), "log") => bases.push(base),
-            (Some(_), "index" | "timeindex") => {}
+            (Some(base), "index" | "timeindex") => indexes.push((base, e.name.clone())),
             (_, "tmp") => {
                 let p = dir.join(name);
                 fs.remove_file(&p).map_err(|e| Error::io(&p, e))?;
@@ -48,6 +49,14 @@ fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u64>> {
         }
     }
     bases.sort_unstable();
+    // Index files without a log: a segment creation cut short (the log is created first) or
+    // a seal that finished after retention removed its segment. Nothing refers to them.
+    for (base, name) in indexes {
+        if bases.binary_search(&base).is_err() {
+            let p = dir.join(name);
+            fs.remove_file(&p).map_err(|e| Error::io(&p, e))?;
+        }
+    }
     Ok(bases)
 }
 

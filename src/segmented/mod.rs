@@ -315,6 +315,9 @@ pub struct SegmentedStore {
     inner: Arc<Inner>,
     flusher: Mutex<Option<Flusher>>,
     lock: Mutex<Option<Box<dyn Any + Send + Sync>>>,
+    /// How the store was shut down (`close`'s result, or abandoned): a second `close` reports
+    /// it rather than claiming a durability it did not re-check.
+    shutdown: Mutex<Option<std::result::Result<(), String>>>,
 }
 
 impl fmt::Debug for SegmentedStore {
@@ -412,6 +415,7 @@ impl SegmentedStore {
             inner,
             flusher: Mutex::new(Some(flusher)),
             lock: Mutex::new(Some(lock)),
+            shutdown: Mutex::new(None),
         })
     }
 
@@ -460,6 +464,7 @@ impl Inner {
             let read = |o: u64| p.read(&self.ctx, o, ReadLimits::messages(1000));
             n += crate::index::catch_up(index, &p.topic, p.id, from, end, &read)?;
         }
+        index.complete();
         Ok(n)
     }
 
@@ -751,9 +756,11 @@ impl LogStore for SegmentedStore {
 
     fn close(&self) -> Result<()> {
         let inner = &self.inner;
-        if inner.ctx.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
+        let mut shutdown = self.shutdown.lock();
+        if let Some(outcome) = &*shutdown {
+            return crate::store::repeated_close(outcome);
         }
+        inner.ctx.closed.store(true, Ordering::Release);
         // Appends in flight finish under their partition lock before `Partition::close` takes it.
         for p in inner.all_partitions() {
             p.signal.notify();
@@ -777,6 +784,8 @@ impl LogStore for SegmentedStore {
                 if p.has_unsynced() {
                     p.flush(&inner.ctx)?;
                 }
+                // The next open trusts the active segment's indexes after a clean shutdown.
+                p.sync_active_indexes(&inner.ctx)?;
             }
             inner.gc.sync_all(inner.as_ref())?;
             inner.write_checkpoint()?;
@@ -798,11 +807,17 @@ impl LogStore for SegmentedStore {
         inner.gc.close();
         inner.ctx.cache.clear();
         self.lock.lock().take();
+        *shutdown = Some(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
         result
     }
 
     fn abandon(&self) {
         let inner = &self.inner;
+        let mut shutdown = self.shutdown.lock();
+        if shutdown.is_some() {
+            return;
+        }
+        *shutdown = Some(Err("the store was abandoned (a simulated crash)".into()));
         if inner.ctx.closed.swap(true, Ordering::AcqRel) {
             return;
         }

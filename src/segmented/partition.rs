@@ -81,6 +81,19 @@ impl Partition {
         Ok(end)
     }
 
+    /// Makes the active segment's index entries durable (for a clean close, whose next open
+    /// trusts them).
+    pub(crate) fn sync_active_indexes(&self, ctx: &Ctx) -> Result<()> {
+        let handle = {
+            let st = self.state.lock();
+            match st.segments.last() {
+                Some(active) => self.handle(ctx, active)?,
+                None => return Ok(()),
+            }
+        };
+        handle.sync_indexes()
+    }
+
     /// Whether appends may have left data that is not durable yet.
     pub(crate) fn has_unsynced(&self) -> bool {
         self.durable_end.load(Ordering::Acquire) < self.end.load(Ordering::Acquire)

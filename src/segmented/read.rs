@@ -15,12 +15,18 @@ use crate::store::{Properties, PropertyEncoding, ReadLimits, Record, range_in};
 
 impl Partition {
     /// Rebuilds the indexes of segment `base` from its log (after a lookup found them wrong).
+    /// If the log itself is damaged (its scan stops short), the indexes were not the problem:
+    /// they are left alone and the segment is marked, so later reads report the damage without
+    /// scanning again.
     fn repair_indexes(&self, ctx: &Ctx, base: u64) -> Result<()> {
         let mut st = self.state.lock();
         let Some(i) = st.segments.iter().position(|m| m.base == base) else {
             return Ok(());
         };
         let meta = st.segments[i].clone();
+        if meta.log_damaged {
+            return Ok(());
+        }
         let lp = segment::log_path(&self.dir, base);
         let log = ctx
             .fs
@@ -34,6 +40,10 @@ impl Partition {
             ctx.opts.max_index_bytes,
             0,
         );
+        if scan.valid_size < meta.size {
+            st.segments[i].log_damaged = true;
+            return Ok(());
+        }
         ctx.cache.remove((self.uid, base));
         segment::write_indexes(
             ctx.fs.as_ref(),
@@ -44,11 +54,13 @@ impl Partition {
             ctx.opts.max_index_bytes,
         )?;
         let m = &mut st.segments[i];
-        let (size, next) = (m.size, m.next_offset);
+        let (size, next, max_ts) = (m.size, m.next_offset, m.max_timestamp);
         m.apply_scan(&scan);
-        // Only the indexes were rebuilt: the log and its bounds stay as they were.
+        // Only the indexes were rebuilt: the log, its bounds and its newest time stay as they
+        // were.
         m.size = size;
         m.next_offset = next;
+        m.max_timestamp = max_ts.max(scan.max_timestamp);
         Ok(())
     }
 
@@ -100,6 +112,18 @@ impl Partition {
         // Find the segment holding `offset` (or the first after it, if the offset fell in a gap).
         let (meta, handle) = {
             let st = self.state.lock();
+            // Retention may have removed the offset's segment since `read` checked the start;
+            // the start moves under this lock, before the segment goes.
+            let start = self.start.load(Ordering::Acquire);
+            if offset < start {
+                return Err(Error::OffsetOutOfRange {
+                    topic: self.topic.clone(),
+                    partition: self.id,
+                    offset,
+                    start,
+                    end,
+                });
+            }
             let mut i = st
                 .segments
                 .partition_point(|m| m.base <= offset)

@@ -18,6 +18,9 @@ impl Partition {
     /// Deletes segments past retention; returns how many.
     pub(crate) fn enforce_retention(&self, ctx: &Ctx, now: i64) -> Result<usize> {
         let o = &ctx.opts;
+        // A seal in progress renames index files into place: let it finish first, so it never
+        // recreates the files of a segment removed here.
+        let _seal = self.seal_lock.lock();
         let removed = {
             let mut st = self.state.lock();
             let sealed = st.segments.len().saturating_sub(1);
@@ -87,6 +90,7 @@ impl Partition {
     /// below it.
     pub(crate) fn delete_below_start(&self, ctx: &Ctx) -> Result<()> {
         let start = self.start.load(Ordering::Acquire);
+        let _seal = self.seal_lock.lock();
         let removed = {
             let mut st = self.state.lock();
             let n = st.segments[..st.segments.len().saturating_sub(1)]

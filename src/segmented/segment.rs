@@ -42,6 +42,8 @@ pub(crate) struct SegmentMeta {
     pub(crate) last_time_indexed: i64,
     /// Sealed segments have trimmed, synced indexes and never change.
     pub(crate) sealed: bool,
+    /// A read found the log itself damaged (not only its indexes): no more index repairs.
+    pub(crate) log_damaged: bool,
 }
 
 impl SegmentMeta {
@@ -57,6 +59,7 @@ impl SegmentMeta {
             bytes_since_index: 0,
             last_time_indexed: -1,
             sealed: false,
+            log_damaged: false,
         }
     }
 }
@@ -94,7 +97,9 @@ fn map_index(
         return Ok(None);
     }
     let mut f = MappedFile::map(fs, path, 0, len, mode).map_err(|e| Error::io(path, e))?;
-    f.set_recovered_end(used as usize, used as usize);
+    // Nothing is assumed durable: entries written through an earlier (evicted) handle may still
+    // be only in the page cache, so a flush through this one covers them too.
+    f.set_recovered_end(used as usize, 0);
     Ok(Some(f))
 }
 
@@ -286,6 +291,15 @@ impl SegmentHandle {
             idx.commit_all();
             meta.time_entries += 1;
             meta.last_time_indexed = meta.max_timestamp;
+        }
+        Ok(())
+    }
+
+    /// Makes the index entries durable (msync). Only a clean close needs this: a clean open
+    /// trusts the active segment's indexes, an unclean one rebuilds them.
+    pub(crate) fn sync_indexes(&self) -> Result<()> {
+        for f in [&self.offset_index, &self.time_index].into_iter().flatten() {
+            f.flush(f.committed()).map_err(|e| Error::io(f.path(), e))?;
         }
         Ok(())
     }

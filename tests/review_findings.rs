@@ -119,7 +119,12 @@ fn segmented_seal_racing_retention_leaves_orphan_index_files() {
             !files.contains(&format!("{stem}.log"))
         })
         .collect();
-    assert!(orphans.is_empty(), "{} orphan index files: {:?}", orphans.len(), &orphans[..orphans.len().min(6)]);
+    assert!(
+        orphans.is_empty(),
+        "{} orphan index files: {:?}",
+        orphans.len(),
+        &orphans[..orphans.len().min(6)]
+    );
 }
 
 fn cl_options(sim: &SimFs) -> StoreOptions {
@@ -148,7 +153,9 @@ fn cl_options(sim: &SimFs) -> StoreOptions {
 #[test]
 fn failed_reindex_leaves_keys_unfindable_after_a_clean_close() {
     let mut failures = Vec::new();
-    for (k, engine) in (0..24u64).flat_map(|k| [(k, EngineKind::CommitLog), (k, EngineKind::Segmented)]) {
+    for (k, engine) in
+        (0..24u64).flat_map(|k| [(k, EngineKind::CommitLog), (k, EngineKind::Segmented)])
+    {
         let opts = |sim: &SimFs| match engine {
             EngineKind::CommitLog => cl_options(sim),
             _ => seg_options(sim),
@@ -263,8 +270,12 @@ fn segmented_read_of_a_corrupt_batch_hides_later_records_from_offset_for_time() 
     let last = store.read("t", 0, 3, Default::default()).unwrap()[0].store_timestamp();
     assert_eq!(store.offset_for_time("t", 0, last).unwrap(), Some(3));
     // Bit rot inside the first batch's records (past its 61-byte header).
-    sim.flip_bit(std::path::Path::new("/s/t-0/00000000000000000000.log"), 100, 3)
-        .unwrap();
+    sim.flip_bit(
+        std::path::Path::new("/s/t-0/00000000000000000000.log"),
+        100,
+        3,
+    )
+    .unwrap();
     assert!(store.read("t", 0, 0, Default::default()).is_err());
     assert_eq!(
         store.read("t", 0, 3, Default::default()).unwrap()[0].offset(),
@@ -303,7 +314,11 @@ fn segmented_power_cut_after_clean_close_corrupts_time_lookups() {
     store.close().unwrap();
     drop(store);
     let mut wrong = Vec::new();
-    for mode in [CrashMode::PersistSubset, CrashMode::ExtendWithGarbage, CrashMode::PersistPrefix] {
+    for mode in [
+        CrashMode::PersistSubset,
+        CrashMode::ExtendWithGarbage,
+        CrashMode::PersistPrefix,
+    ] {
         for seed in 0..20u64 {
             let disk = sim.crash(mode, seed);
             let mut o = seg_options(&disk);
@@ -316,13 +331,20 @@ fn segmented_power_cut_after_clean_close_corrupts_time_lookups() {
                 let want = ts.iter().position(|&x| x >= t).map(|p| p as u64);
                 let got = store.offset_for_time("t", 0, t).unwrap();
                 if got != want {
-                    wrong.push(format!("{mode:?} seed {seed}: offset_for_time(ts of {n}) = {got:?}, want {want:?}"));
+                    wrong.push(format!(
+                        "{mode:?} seed {seed}: offset_for_time(ts of {n}) = {got:?}, want {want:?}"
+                    ));
                     break;
                 }
             }
         }
     }
-    assert!(wrong.is_empty(), "{} wrong lookups: {:#?}", wrong.len(), &wrong[..wrong.len().min(6)]);
+    assert!(
+        wrong.is_empty(),
+        "{} wrong lookups: {:#?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(6)]
+    );
 }
 
 /// A failed msync of the key index (here ENOSPC, which writeback can report just like EIO) in
@@ -554,7 +576,10 @@ fn segmented_read_racing_retention_returns_later_records_instead_of_out_of_range
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
-    assert!(skipped.is_empty(), "read returned later records: {skipped:?}");
+    assert!(
+        skipped.is_empty(),
+        "read returned later records: {skipped:?}"
+    );
 }
 
 /// `close` is where an `Async` store makes everything durable. When it fails (a full disk) the

@@ -130,7 +130,12 @@ impl ConsumeQueue {
         units_per_file: u32,
         cache: Option<Arc<QueueCache>>,
     ) -> Result<Self> {
-        let fq = FileQueue::open_growable(fs.as_ref(), dir, u64::from(units_per_file) * UNIT_SIZE)?;
+        let fq = FileQueue::open_growable(
+            fs.as_ref(),
+            dir,
+            u64::from(units_per_file) * UNIT_SIZE,
+            UNIT_SIZE,
+        )?;
         Ok(ConsumeQueue {
             inner: Arc::new(CqInner {
                 fs: Arc::clone(fs),
@@ -310,10 +315,12 @@ impl ConsumeQueue {
             return Ok(());
         }
         // A file is only written while it is the last one, and flushing is a no-op for a file
-        // whose published bytes are already flushed, so walking back until a clean file is found
-        // covers everything written since the last flush.
+        // whose published bytes are already flushed, so walking back until a clean file that
+        // holds units is found covers everything written since the last flush. Empty files are
+        // passed over: an append that failed after creating the next file leaves an empty,
+        // "clean" last file in front of the dirty one it filled.
         for f in self.files()?.snapshot().iter().rev() {
-            if f.flushed() == f.committed() {
+            if f.committed() > 0 && f.flushed() == f.committed() {
                 break;
             }
             f.flush(f.len()).map_err(|e| Error::io(f.path(), e))?;

@@ -34,18 +34,22 @@ impl FileQueue {
     /// shorter than the others is the leftover of an interrupted create, holds no acknowledged
     /// data, and is removed.
     pub(crate) fn open(fs: &dyn FileSystem, dir: &Path, default_file_size: u64) -> Result<Self> {
-        Self::open_with(fs, dir, default_file_size, false)
+        Self::open_with(fs, dir, default_file_size, None)
     }
 
-    /// Opens a queue of grow-on-demand files (see [`crate::io::MapMode`]): a file's length is
-    /// how much of it is allocated, so lengths differ. The file size is the option's unless the
-    /// files say it is larger (a full file, or the distance between two file names).
+    /// Opens a queue of grow-on-demand files (see [`crate::io::MapMode`]) of `unit`-byte
+    /// records: a file's length is how much of it is allocated, so lengths differ. The files
+    /// say what their size is, whatever the option says now: the distance between two file
+    /// names; with a single file, the option's size or more if the file is already longer
+    /// (rounded up to whole units, since an allocated length is a whole number of pages). So
+    /// changing the option on an existing store neither refuses nor misreads it.
     pub(crate) fn open_growable(
         fs: &dyn FileSystem,
         dir: &Path,
         default_file_size: u64,
+        unit: u64,
     ) -> Result<Self> {
-        Self::open_with(fs, dir, default_file_size, true)
+        Self::open_with(fs, dir, default_file_size, Some(unit.max(1)))
     }
 
     /// A queue of files already mapped and positioned (a consume queue mapped again).
@@ -64,8 +68,9 @@ impl FileQueue {
         fs: &dyn FileSystem,
         dir: &Path,
         default_file_size: u64,
-        growable: bool,
+        growable_unit: Option<u64>,
     ) -> Result<Self> {
+        let growable = growable_unit.is_some();
         // `consumequeue/`, `consumequeue/<topic>/` and `<partition>/` (or `commitlog/`): a
         // checkpoint trusts what the queue's files hold, so their directories must be durable.
         io::create_dir_durable(fs, dir).map_err(|e| Error::io(dir, e))?;
@@ -92,11 +97,11 @@ impl FileQueue {
         }
         found.sort_unstable();
         let longest = found.iter().map(|&(_, len)| len).max().filter(|&l| l > 0);
-        let file_size = if growable {
-            let spacing = found.windows(2).map(|w| w[1].0 - w[0].0).min();
-            default_file_size
-                .max(longest.unwrap_or(0))
-                .max(spacing.unwrap_or(0))
+        let file_size = if let Some(unit) = growable_unit {
+            match found.windows(2).map(|w| w[1].0 - w[0].0).min() {
+                Some(spacing) => spacing,
+                None => default_file_size.max(longest.unwrap_or(0).div_ceil(unit) * unit),
+            }
         } else {
             longest.unwrap_or(default_file_size)
         };
@@ -142,7 +147,9 @@ impl FileQueue {
                     ));
                 }
             }
-            if start % file_size != 0 {
+            // Growable queues locate files relative to the first one, so a size changed by the
+            // option need not divide the names of files kept from before.
+            if !growable && start % file_size != 0 {
                 return Err(Error::corrupted(
                     &path,
                     0,
@@ -232,7 +239,6 @@ impl FileQueue {
     /// one persists, and a leftover file would make every later roll fail with "exists"); the
     /// engine turns the store poisoned on that error. Recovery removes the leftover at reopen.
     pub(crate) fn create(&self, fs: &dyn FileSystem, start: u64) -> Result<Arc<MappedFile>> {
-        debug_assert_eq!(start % self.file_size, 0);
         let path = self.dir.join(io::offset_name(start));
         let mode = if self.growable {
             MapMode::CreateGrowable {

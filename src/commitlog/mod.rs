@@ -419,6 +419,9 @@ pub struct CommitLogStore {
     flusher: Mutex<Option<Flusher>>,
     /// The `LOCK` file's lock; released by `close` and `abandon`.
     lock: Mutex<Option<Box<dyn Any + Send + Sync>>>,
+    /// How the store was shut down (`close`'s result, or abandoned): a second `close` reports
+    /// it rather than claiming a durability it did not re-check.
+    shutdown: Mutex<Option<std::result::Result<(), String>>>,
 }
 
 impl fmt::Debug for CommitLogStore {
@@ -662,11 +665,13 @@ impl LogStore for CommitLogStore {
 
     fn close(&self) -> Result<()> {
         let inner = &self.inner;
+        let mut shutdown = self.shutdown.lock();
+        if let Some(outcome) = &*shutdown {
+            return crate::store::repeated_close(outcome);
+        }
         // Under the append lock, so no append is halfway through when the store turns closed.
         let guard = inner.append_lock.lock();
-        if inner.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
+        inner.closed.store(true, Ordering::Release);
         drop(guard);
         inner.wake_all_waiters();
         if let Some(mut f) = self.flusher.lock().take() {
@@ -685,11 +690,17 @@ impl LogStore for CommitLogStore {
         })();
         inner.gc.close();
         self.lock.lock().take();
+        *shutdown = Some(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
         result
     }
 
     fn abandon(&self) {
         let inner = &self.inner;
+        let mut shutdown = self.shutdown.lock();
+        if shutdown.is_some() {
+            return;
+        }
+        *shutdown = Some(Err("the store was abandoned (a simulated crash)".into()));
         let guard = inner.append_lock.lock();
         if inner.closed.swap(true, Ordering::AcqRel) {
             return;

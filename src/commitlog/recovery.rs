@@ -45,7 +45,12 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
             "commitlog.consume_queue_units must be positive".into(),
         ));
     }
-    let fs = Arc::clone(&opts.fs);
+    // Every file operation goes through the sync guard: a failed sync on any path (a queue
+    // directory, the catalog, the key index) poisons the store, as on the segmented engine.
+    let gc = Arc::new(GroupCommit::new(0, opts.flush));
+    let fs = crate::durability::SyncGuardFs::wrap(Arc::clone(&opts.fs), Arc::clone(&gc));
+    let mut opts = opts;
+    opts.fs = Arc::clone(&fs);
     let opts_max_open_files = opts.max_open_files;
     let (lock, catalog) = crate::catalog::lock_and_load(fs.as_ref(), dir, EngineKind::CommitLog)?;
     let abort_path = dir.join(ABORT_FILE);
@@ -76,7 +81,7 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
     let mut inner = Inner {
         dir: dir.to_owned(),
         fs: Arc::clone(&fs),
-        gc: Arc::new(GroupCommit::new(0, opts.flush)),
+        gc,
         opts,
         log,
         topics: RwLock::new(HashMap::new()),
@@ -209,6 +214,7 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         inner,
         flusher: Mutex::new(Some(flusher)),
         lock: Mutex::new(Some(lock)),
+        shutdown: Mutex::new(None),
     })
 }
 

@@ -1,5 +1,6 @@
-//! Defects found in the review of the core-hardening change (each test fails on the reviewed
-//! commit).
+//! Regressions found by a cold review of the core-hardening change: each test failed on the
+//! reviewed commit and passes since its fix. The comment above each test describes the defect
+//! it caught; the test's name says the behaviour it now holds the engines to.
 
 mod common;
 
@@ -42,7 +43,7 @@ fn msg(n: usize) -> Message {
 /// (after the batch is already in the new segment and published) fails the append, yet its
 /// record is in the log: the retry stores it twice.
 #[test]
-fn segmented_append_reported_failed_by_a_failed_seal_is_in_the_log() {
+fn a_failed_seal_does_not_fail_an_append_already_in_the_log() {
     let mut found = Vec::new();
     for k in 0..40u64 {
         let sim = SimFs::new();
@@ -75,7 +76,7 @@ fn segmented_append_reported_failed_by_a_failed_seal_is_in_the_log() {
 /// exists. Nothing ever removes them (open ignores index files without a log), so disk use grows
 /// without bound.
 #[test]
-fn segmented_seal_racing_retention_leaves_orphan_index_files() {
+fn seal_racing_retention_leaves_no_orphan_index_files() {
     let sim = SimFs::new();
     let mut o = seg_options(&sim);
     o.flush = FlushPolicy::Async {
@@ -151,7 +152,7 @@ fn cl_options(sim: &SimFs) -> StoreOptions {
 /// succeeds) records every partition end as indexed. After a clean reopen nothing triggers a
 /// rebuild: every key is unfindable for good.
 #[test]
-fn failed_reindex_leaves_keys_unfindable_after_a_clean_close() {
+fn keys_stay_findable_after_a_failed_reindex_and_a_clean_close() {
     let mut failures = Vec::new();
     for (k, engine) in
         (0..24u64).flat_map(|k| [(k, EngineKind::CommitLog), (k, EngineKind::Segmented)])
@@ -200,7 +201,7 @@ fn failed_reindex_leaves_keys_unfindable_after_a_clean_close() {
 /// `Poisoned`, but the CommitLog engine never poisons the store (`catch_up_index` errors do not
 /// go through `note_poison`): later appends succeed and `close` writes a clean shutdown.
 #[test]
-fn commitlog_failed_sync_in_reindex_reports_poisoned_but_store_stays_writable() {
+fn commitlog_failed_sync_in_reindex_poisons_the_store() {
     let mut failures = Vec::new();
     for k in 0..12u64 {
         let sim = SimFs::new();
@@ -231,7 +232,7 @@ fn commitlog_failed_sync_in_reindex_reports_poisoned_but_store_stays_writable() 
 /// store. On the CommitLog engine a failed sync while `create_topic` writes the catalog (or
 /// syncs the new queue directories) is returned as a plain error and the store carries on.
 #[test]
-fn commitlog_failed_sync_in_create_topic_does_not_poison() {
+fn commitlog_failed_sync_in_create_topic_poisons_the_store() {
     let sim = SimFs::new();
     let store = duolog::open("/s", cl_options(&sim)).unwrap();
     store
@@ -255,7 +256,7 @@ fn commitlog_failed_sync_in_create_topic_does_not_poison() {
 /// here), so `offset_for_time` no longer finds the intact records after it, which are still
 /// readable.
 #[test]
-fn segmented_read_of_a_corrupt_batch_hides_later_records_from_offset_for_time() {
+fn segmented_corrupt_batch_does_not_hide_later_records_from_offset_for_time() {
     let sim = SimFs::new();
     let mut o = seg_options(&sim);
     o.segmented.segment_bytes = 1 << 20;
@@ -294,7 +295,7 @@ fn segmented_read_of_a_corrupt_batch_hides_later_records_from_offset_for_time() 
 /// never checked when used. After a power cut that follows a clean close, the time index may
 /// hold holes or garbage, and `offset_for_time` answers wrongly for records that are intact.
 #[test]
-fn segmented_power_cut_after_clean_close_corrupts_time_lookups() {
+fn segmented_time_lookups_survive_a_power_cut_after_a_clean_close() {
     use duolog::io::CrashMode;
     let sim = SimFs::new();
     let mut o = seg_options(&sim);
@@ -353,7 +354,7 @@ fn segmented_power_cut_after_clean_close_corrupts_time_lookups() {
 /// succeeds and claims the index pages the failed one may have lost (fsyncgate). The segmented
 /// engine poisons on the same failure (SyncGuardFs).
 #[test]
-fn commitlog_failed_key_index_msync_in_checkpoint_does_not_poison() {
+fn commitlog_failed_key_index_msync_in_checkpoint_poisons() {
     let sim = SimFs::new();
     let mut o = cl_options(&sim);
     o.commitlog.checkpoint_interval = std::time::Duration::from_millis(5);
@@ -442,7 +443,7 @@ impl duolog::io::FileSystem for SlowDirSync {
 /// partition's next consume-queue file is created (its directory fsync included), so an append
 /// to another partition, which needs no file, waits for that disk I/O.
 #[test]
-fn commitlog_append_to_one_partition_waits_for_another_partitions_queue_file_creation() {
+fn commitlog_append_never_waits_for_another_partitions_queue_file_creation() {
     let sim = SimFs::new();
     let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut o = cl_options(&sim);
@@ -485,7 +486,7 @@ fn commitlog_append_to_one_partition_waits_for_another_partitions_queue_file_cre
 /// larger of the option and the files' spacing wins instead: a store whose partition has two
 /// queue files of 64 units no longer opens once `consume_queue_units` is raised.
 #[test]
-fn commitlog_raising_consume_queue_units_breaks_an_existing_store() {
+fn commitlog_raising_consume_queue_units_keeps_an_existing_store_working() {
     let sim = SimFs::new();
     let store = duolog::open("/s", cl_options(&sim)).unwrap();
     store
@@ -506,7 +507,7 @@ fn commitlog_raising_consume_queue_units_breaks_an_existing_store() {
 /// as the file size, which is not a multiple of the 20-byte unit; unit 204 would straddle two
 /// files and every append from there on fails.
 #[test]
-fn commitlog_lowering_consume_queue_units_wedges_appends() {
+fn commitlog_lowering_consume_queue_units_keeps_appends_working() {
     let sim = SimFs::new();
     let mut o = cl_options(&sim);
     o.commitlog.consume_queue_units = 1000;
@@ -537,7 +538,7 @@ fn commitlog_lowering_consume_queue_units_wedges_appends() {
 /// `read_once` falls through to the next segment and returns records from a later offset, with
 /// no error: the consumer silently skips.
 #[test]
-fn segmented_read_racing_retention_returns_later_records_instead_of_out_of_range() {
+fn segmented_read_racing_retention_is_out_of_range_never_later_records() {
     let sim = SimFs::new();
     let mut o = seg_options(&sim);
     o.index.enabled = false;
@@ -586,7 +587,7 @@ fn segmented_read_racing_retention_returns_later_records_instead_of_out_of_range
 /// store is marked closed anyway, and a retried `close` returns `Ok(())` at once without syncing
 /// anything: the caller is told its data is safe, and a power cut then loses it.
 #[test]
-fn retried_close_after_a_failed_close_reports_success_without_syncing() {
+fn a_retried_close_after_a_failed_one_reports_the_failure() {
     use duolog::io::CrashMode;
     for engine in [EngineKind::Segmented, EngineKind::CommitLog] {
         let sim = SimFs::new();
@@ -632,7 +633,7 @@ fn retried_close_after_a_failed_close_reports_success_without_syncing() {
 /// file before it, yet the checkpoint (and the clean shutdown) vouch for its units. After a
 /// power cut the acknowledged (Sync, fsynced) records of that file are gone from the queue.
 #[test]
-fn commitlog_empty_last_queue_file_stops_checkpoint_flush_and_loses_acknowledged_records() {
+fn commitlog_empty_last_queue_file_does_not_stop_the_checkpoint_flush() {
     use duolog::io::CrashMode;
     let sim = SimFs::new();
     let mut o = cl_options(&sim);

@@ -14,6 +14,7 @@
 //! This module owns those files and nothing else; it reaches them only through
 //! [`FileSystem`](crate::io::FileSystem).
 
+mod allocator;
 mod append;
 mod checkpoint;
 mod consume_queue;
@@ -116,6 +117,10 @@ pub(crate) struct Inner {
     warmer: Option<crate::io::Warmer>,
     /// The bound on mapped consume-queue files (`StoreOptions::max_open_files`).
     queue_cache: Arc<queue_cache::QueueCache>,
+    /// Creates the next files ahead of the appender (see `allocator`).
+    allocator: allocator::AllocatorHandle,
+    /// This store, for jobs handed to other threads.
+    me: std::sync::OnceLock<std::sync::Weak<Inner>>,
 }
 
 impl Inner {
@@ -395,6 +400,7 @@ impl BackgroundWork for Inner {
 pub struct CommitLogStore {
     inner: Arc<Inner>,
     flusher: Mutex<Option<Flusher>>,
+    allocator: Mutex<Option<allocator::Allocator>>,
     /// The `LOCK` file's lock; released by `close` and `abandon`.
     lock: Mutex<Option<Box<dyn Any + Send + Sync>>>,
 }
@@ -448,6 +454,14 @@ impl CommitLogStore {
             return Ok(None);
         }
         part.cq.unit(offset)
+    }
+
+    /// Stops the allocation thread (its queued jobs see the store closed and do nothing).
+    fn stop_allocator(&self) {
+        self.inner.allocator.close();
+        if let Some(mut a) = self.allocator.lock().take() {
+            a.join();
+        }
     }
 
     fn finish(&self, result: AppendResult, end: u64, wait: bool) -> Result<AppendResult> {
@@ -650,6 +664,7 @@ impl LogStore for CommitLogStore {
         if let Some(mut f) = self.flusher.lock().take() {
             f.stop();
         }
+        self.stop_allocator();
         let result = (|| {
             inner.gc.sync_all(inner.as_ref())?;
             inner.write_checkpoint()?;
@@ -677,6 +692,7 @@ impl LogStore for CommitLogStore {
         if let Some(mut f) = self.flusher.lock().take() {
             f.stop();
         }
+        self.stop_allocator();
         inner.gc.close();
         self.lock.lock().take();
     }

@@ -157,9 +157,18 @@ fn a_failed_sync_on_the_allocation_thread_poisons_the_store() {
     store.sync().unwrap();
     sim.fail_syncs(true);
     // Past half the file: the allocation thread creates the next file, and its directory sync
-    // fails.
+    // fails (perhaps while these appends still run: then they see the poison).
+    let mut early = None;
     for _ in 0..20 {
-        store.append("t", 0, &big()).unwrap();
+        if let Err(e) = store.append("t", 0, &big()) {
+            early = Some(e);
+            break;
+        }
+    }
+    if let Some(e) = early {
+        sim.fail_syncs(false);
+        assert!(matches!(e, Error::Poisoned { .. }), "{e}");
+        return;
     }
     // No flush and no roll of our own from here (a probe that flushed or rolled would poison
     // by itself): a small append only reports the store's state.

@@ -103,10 +103,19 @@ impl Inner {
             let me = me.clone();
             self.allocator.submit(Box::new(move || {
                 let Some(inner) = me.upgrade() else { return };
-                if inner.check_open().is_ok()
-                    && let Err(e) = inner.log.create_if_missing(inner.fs.as_ref(), next)
-                {
-                    inner.note_poison(e);
+                if inner.check_open().is_err() {
+                    return;
+                }
+                match inner.log.create_if_missing(inner.fs.as_ref(), next) {
+                    // Its first pages faulted in here too: a first store into a fresh page of a
+                    // new file can wait for a journal commit (tens of ms), measured at rolls.
+                    Ok(f) if inner.warmer.is_some() => {
+                        let _ = f.prefault_ahead(LOG_WARM_WINDOW);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        inner.note_poison(e);
+                    }
                 }
             }));
         }
@@ -123,21 +132,33 @@ impl Inner {
                 if inner.check_open().is_err() {
                     return;
                 }
-                let made = part
-                    .cq
-                    .files()
-                    .and_then(|fq| part.cq.ensure_file_for(&fq, next));
-                if let Err(e) = made {
-                    inner.note_poison(e);
+                let made = part.cq.files().and_then(|fq| {
+                    part.cq.ensure_file_for(&fq, next)?;
+                    Ok(fq.find(next))
+                });
+                match made {
+                    // As for the log: the appender's first store into the new file must not be
+                    // the one that faults its page in.
+                    Ok(Some(f)) if inner.warmer.is_some() => {
+                        let _ = f.prefault_ahead(QUEUE_WARM_WINDOW);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        inner.note_poison(e);
+                    }
                 }
             }));
         }
         if cq_file.wants_growth(cq_pos) {
             let file = Arc::downgrade(cq_file);
+            let warm = self.warmer.is_some();
             self.allocator.submit(Box::new(move || {
                 // Best effort: the appender grows the file itself if this fails.
-                if let Some(f) = file.upgrade() {
-                    let _ = f.grow_ahead();
+                if let Some(f) = file.upgrade()
+                    && f.grow_ahead().is_ok()
+                    && warm
+                {
+                    let _ = f.prefault_ahead(QUEUE_WARM_WINDOW);
                 }
             }));
         }

@@ -193,7 +193,8 @@ pub struct StoreOptions {
     /// Options of the key index.
     pub index: IndexOptions,
     /// Most files the store's caches keep open at once, whatever the number of partitions:
-    /// segment handles on the segmented engine, consume-queue files on the CommitLog engine.
+    /// segment handles on the segmented engine, partitions with mapped consume queues on the
+    /// CommitLog engine (whose mappings hold no descriptor).
     /// Each cached file holds at most one descriptor and two mappings; partitions beyond the
     /// bound reopen their files on use. The store's fixed files (its `LOCK`, the commit-log
     /// and key-index files, a few dozen at most) come on top. Default: 512, which leaves room

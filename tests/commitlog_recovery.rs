@@ -267,8 +267,11 @@ fn retention_by_size_deletes_whole_old_files_and_moves_starts() {
     let before = log_files(dir.path()).len();
     let removed = store.enforce_retention().unwrap();
     assert!(removed > 0);
-    assert_eq!(log_files(dir.path()).len(), before - removed);
-    assert!(log_files(dir.path()).len() <= 4);
+    // The allocation thread may have made the next file meanwhile.
+    let after = log_files(dir.path()).len();
+    assert!(after == before - removed || after == before - removed + 1);
+    // Four files of data, and perhaps the next one made ahead of the writer.
+    assert!(log_files(dir.path()).len() <= 5);
     for p in 0..2 {
         let b = store.bounds("t", p).unwrap();
         assert!(b.start > 0, "start moved past deleted records");
@@ -317,7 +320,8 @@ fn retention_by_time_keeps_the_active_file() {
     }
     std::thread::sleep(std::time::Duration::from_millis(20));
     store.enforce_retention().unwrap();
-    assert_eq!(log_files(dir.path()).len(), 1);
+    // The active file, and perhaps the next one made ahead of the writer.
+    assert!(log_files(dir.path()).len() <= 2);
     let b = store.bounds("t", 0).unwrap();
     assert!(b.start > 0 && b.end == 2000);
     assert_eq!(

@@ -128,15 +128,19 @@ fn a_roll_whose_cleanup_also_fails_poisons_instead_of_wedging() {
     let sim = SimFs::new();
     let store = open(&sim);
     store.append("t", 0, &[Message::new("first")]).unwrap();
-    // The file is created (first I/O of the roll), then its directory sync and the removal of
-    // the new file both fail: without poisoning, every later append would fail with
-    // "…/commitlog/00000000000000065536 exists".
-    let (r, _) = append_until_roll(
-        store.as_ref(),
-        1000,
-        || log_files(&sim),
-        || sim.fail_after(1, Fault::Eio),
-    );
+    // A new file is created (the first I/O from here on: appends themselves do none), then
+    // its directory sync and the removal of the new file both fail: without poisoning, every
+    // later append needing that file would fail with "…/commitlog/00000000000000065536 exists".
+    // The file may be made by the append that rolls or, ahead of it, by the allocation thread.
+    sim.fail_after(1, Fault::Eio);
+    let mut r = Ok(());
+    for _ in 0..100 {
+        if let Err(e) = store.append("t", 0, &[Message::new(vec![b'x'; 1000])]) {
+            r = Err(e);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
     assert!(r.is_err(), "{r:?}");
     sim.clear_faults();
     for _ in 0..3 {

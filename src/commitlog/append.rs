@@ -12,9 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::consume_queue::{UNIT_SIZE, Unit};
+use super::file_queue::FileQueue;
 use super::record::{self, BLANK_LEN, RecordHeader};
 use super::{Inner, TopicState};
 use crate::error::{Error, Result};
+use crate::io::MappedFile;
 use crate::store::{AppendResult, Message};
 
 /// How far ahead of the appender the warm-up thread faults in commit-log pages: at 1 GB/s of
@@ -75,6 +77,93 @@ fn encode_properties(out: &mut Vec<u8>, m: &Message) -> Result<()> {
 }
 
 impl Inner {
+    /// Asks the allocation thread for what the next appends will need, so the append lock
+    /// finds it ready: the next commit-log file once the current one is half written, the
+    /// partition's next consume-queue file once its current one is half full, and the next
+    /// allocation step of the consume-queue file. Called outside the append lock; a job that
+    /// fails leaves the work to the appender (a failed directory sync poisons the store).
+    #[allow(clippy::too_many_arguments)]
+    fn allocate_ahead(
+        &self,
+        t: &Arc<TopicState>,
+        partition: u32,
+        log_file: &Arc<MappedFile>,
+        log_end: u64,
+        cq: &FileQueue,
+        cq_file: &Arc<MappedFile>,
+        cq_end: u64,
+    ) {
+        let Some(me) = self.me.get() else {
+            return;
+        };
+        let half = self.log.file_size() / 2;
+        if log_end - log_file.start_offset() >= half
+            && let Some(next) = self.log.should_request_after(log_file.start_offset())
+        {
+            let me = me.clone();
+            self.allocator.submit(Box::new(move || {
+                let Some(inner) = me.upgrade() else { return };
+                if inner.check_open().is_err() {
+                    return;
+                }
+                match inner.log.create_if_missing(inner.fs.as_ref(), next) {
+                    // Its first pages faulted in here too: a first store into a fresh page of a
+                    // new file can wait for a journal commit (tens of ms), measured at rolls.
+                    Ok(f) if inner.warmer.is_some() => {
+                        let _ = f.prefault_ahead(LOG_WARM_WINDOW);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        inner.note_poison(e);
+                    }
+                }
+            }));
+        }
+        let cq_pos = (cq_end - cq_file.start_offset()) as usize;
+        if cq_pos >= cq_file.len() / 2
+            && let Some(next) = cq.should_request_after(cq_file.start_offset())
+        {
+            let (me, t) = (me.clone(), Arc::clone(t));
+            self.allocator.submit(Box::new(move || {
+                let Some(inner) = me.upgrade() else { return };
+                let Some(part) = t.partitions.get(partition as usize) else {
+                    return;
+                };
+                if inner.check_open().is_err() {
+                    return;
+                }
+                let made = part.cq.files().and_then(|fq| {
+                    part.cq.ensure_file_for(&fq, next)?;
+                    Ok(fq.find(next))
+                });
+                match made {
+                    // As for the log: the appender's first store into the new file must not be
+                    // the one that faults its page in.
+                    Ok(Some(f)) if inner.warmer.is_some() => {
+                        let _ = f.prefault_ahead(QUEUE_WARM_WINDOW);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        inner.note_poison(e);
+                    }
+                }
+            }));
+        }
+        if cq_file.wants_growth(cq_pos) {
+            let file = Arc::downgrade(cq_file);
+            let warm = self.warmer.is_some();
+            self.allocator.submit(Box::new(move || {
+                // Best effort: the appender grows the file itself if this fails.
+                if let Some(f) = file.upgrade()
+                    && f.grow_ahead().is_ok()
+                    && warm
+                {
+                    let _ = f.prefault_ahead(QUEUE_WARM_WINDOW);
+                }
+            }));
+        }
+    }
+
     /// Appends a batch; returns its offsets and the commit-log position after it.
     pub(crate) fn append_batch(
         &self,
@@ -134,7 +223,7 @@ impl Inner {
 
     fn append_locked(
         &self,
-        t: &TopicState,
+        t: &Arc<TopicState>,
         partition: u32,
         buf: &mut [u8],
         items: &[Item],
@@ -156,7 +245,7 @@ impl Inner {
             }
             _ => match self.log.find(pos) {
                 Some(f) => f,
-                None => self.log.create(fs, pos - pos % file_size)?,
+                None => self.log.create_if_missing(fs, pos - pos % file_size)?,
             },
         };
         // Plan: create every file the batch needs before writing any of it.
@@ -166,9 +255,8 @@ impl Inner {
             let mut next_start = file.start_offset() + file_size;
             for item in items {
                 if item.len + BLANK_LEN > remaining {
-                    if self.log.find(next_start).is_none() {
-                        self.log.create(fs, next_start)?;
-                    }
+                    // Usually made ahead by the allocation thread: then only found here.
+                    self.log.create_if_missing(fs, next_start)?;
                     next_start += file_size;
                     remaining = file_size as usize;
                 }
@@ -247,6 +335,7 @@ impl Inner {
         self.written.store(end, Ordering::Release);
         st.current = Some(Arc::clone(&file));
         drop(st);
+        self.allocate_ahead(t, partition, &file, end, &cq, &cq_file, offset * UNIT_SIZE);
         if let Some(warmer) = &self.warmer {
             let log_pos = (end - file.start_offset()) as usize;
             if file.wants_prefault(log_pos, LOG_WARM_WINDOW) {

@@ -112,7 +112,7 @@ impl Evictable for CqInner {
                 flushed: f.flushed(),
             })
             .collect();
-        let n = marks.len();
+        let n = usize::from(!marks.is_empty());
         *self.marks.lock() = marks;
         *files = None;
         Some(n)
@@ -153,7 +153,13 @@ impl ConsumeQueue {
     /// cache is shared and cannot be recovered).
     pub(crate) fn enroll(&self) {
         if let Some(cache) = &self.inner.cache {
-            let n = self.inner.files.read().as_ref().map_or(0, |fq| fq.len());
+            // One unit per partition (see `queue_cache`), once it has a file to map.
+            let n = self
+                .inner
+                .files
+                .read()
+                .as_ref()
+                .map_or(0, |fq| usize::from(fq.len() > 0));
             let weak: Weak<dyn Evictable> = Arc::downgrade(&self.inner) as Weak<dyn Evictable>;
             cache.enroll(weak, n);
         }
@@ -283,8 +289,13 @@ impl ConsumeQueue {
                 Some(last) if last.start_offset() < byte => last.start_offset() + size,
                 _ => byte - byte % size,
             };
-            fq.create(self.inner.fs.as_ref(), next)?;
-            if let Some(cache) = &self.inner.cache {
+            let before = fq.len();
+            fq.create_if_missing(self.inner.fs.as_ref(), next)?;
+            if let Some(cache) = &self.inner.cache
+                && before == 0
+                && fq.len() > 0
+            {
+                // The partition's first file: it now counts against the bound.
                 cache.added(1);
             }
         }
@@ -320,7 +331,12 @@ impl ConsumeQueue {
         // passed over: an append that failed after creating the next file leaves an empty,
         // "clean" last file in front of the dirty one it filled.
         for f in self.files()?.snapshot().iter().rev() {
-            if f.committed() > 0 && f.flushed() == f.committed() {
+            if f.committed() == 0 {
+                // Nothing in it yet (made ahead by the allocation thread, or left by an append
+                // that failed after creating it).
+                continue;
+            }
+            if f.flushed() == f.committed() {
                 break;
             }
             f.flush(f.len()).map_err(|e| Error::io(f.path(), e))?;
@@ -358,13 +374,9 @@ impl ConsumeQueue {
     pub(crate) fn remove_below(&self, fs: &dyn FileSystem, offset: u64) -> Result<usize> {
         let fq = self.files()?;
         let size = fq.file_size();
-        let removed = fq.remove_front_while(fs, |f: &MappedFile| {
+        fq.remove_front_while(fs, |f: &MappedFile| {
             f.start_offset() + size <= offset * UNIT_SIZE
-        });
-        if let (Ok(n), Some(cache)) = (&removed, &self.inner.cache) {
-            cache.removed(*n);
-        }
-        removed
+        })
     }
 
     /// First offset in `[lo, hi)` whose unit points at or after `position` (units' positions

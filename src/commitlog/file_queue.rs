@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
 use crate::io::{self, FileSystem, MapMode, MappedFile, OpenMode};
@@ -22,6 +24,10 @@ pub(crate) struct FileQueue {
     /// Files grow on demand (consume queues): a file's length is its allocated prefix, any
     /// length up to `file_size`.
     growable: bool,
+    /// Serialises file creation between the appender and the allocation thread.
+    create_lock: Mutex<()>,
+    /// Start of the next file last asked of the allocation thread (deduplicates requests).
+    requested_next: AtomicU64,
 }
 
 /// Bytes a growable file is created with.
@@ -61,6 +67,8 @@ impl FileQueue {
             repaired: false,
             small_pages: false,
             growable: true,
+            create_lock: Mutex::new(()),
+            requested_next: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -178,6 +186,8 @@ impl FileQueue {
             repaired,
             small_pages: false,
             growable,
+            create_lock: Mutex::new(()),
+            requested_next: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -231,8 +241,43 @@ impl FileQueue {
         self.files.read().first().map(|f| f.start_offset())
     }
 
+    /// The file starting at `start`, created (see [`Self::create`]) unless it exists already,
+    /// for instance made ahead by the allocation thread. If that thread is creating it right
+    /// now, waits for it rather than racing it.
+    pub(crate) fn create_if_missing(
+        &self,
+        fs: &dyn FileSystem,
+        start: u64,
+    ) -> Result<Arc<MappedFile>> {
+        let _one = self.create_lock.lock();
+        if let Some(f) = self.find(start).filter(|f| f.start_offset() == start) {
+            return Ok(f);
+        }
+        // Only the file after the last keeps the queue contiguous: a request made before
+        // retention removed `start` (the allocation thread's, late) must not recreate it.
+        if let Some(last) = self.last()
+            && start != last.start_offset() + self.file_size
+        {
+            return Err(Error::InvalidArgument(format!(
+                "file {start} of {} is not the next one",
+                self.dir.display()
+            )));
+        }
+        self.create(fs, start)
+    }
+
+    /// Whether the next file after `start` should be asked of the allocation thread now (once
+    /// per file): it does not exist and was not asked for yet.
+    pub(crate) fn should_request_after(&self, start: u64) -> Option<u64> {
+        let next = start + self.file_size;
+        if self.requested_next.load(Ordering::Relaxed) == next || self.find(next).is_some() {
+            return None;
+        }
+        (self.requested_next.swap(next, Ordering::Relaxed) != next).then_some(next)
+    }
+
     /// Creates, preallocates and maps the file starting at `start`, and makes its directory
-    /// entry durable.
+    /// entry durable. Callers other than recovery go through [`Self::create_if_missing`].
     ///
     /// A failure leaves no file behind: a file that cannot be removed again, or a failed
     /// directory sync, is [`Error::Poisoned`] (a failed sync proves nothing about what a later

@@ -14,6 +14,7 @@
 //! This module owns those files and nothing else; it reaches them only through
 //! [`FileSystem`].
 
+mod allocator;
 mod append;
 mod checkpoint;
 mod consume_queue;
@@ -128,6 +129,10 @@ pub(crate) struct Inner {
     warmer: Option<crate::io::Warmer>,
     /// The bound on mapped consume-queue files (`StoreOptions::max_open_files`).
     queue_cache: Arc<queue_cache::QueueCache>,
+    /// Creates the next files ahead of the appender (see `allocator`).
+    allocator: allocator::AllocatorHandle,
+    /// This store, for jobs handed to other threads.
+    me: std::sync::OnceLock<std::sync::Weak<Inner>>,
 }
 
 impl Inner {
@@ -417,6 +422,7 @@ impl BackgroundWork for Inner {
 pub struct CommitLogStore {
     inner: Arc<Inner>,
     flusher: Mutex<Option<Flusher>>,
+    allocator: Mutex<Option<allocator::Allocator>>,
     /// The `LOCK` file's lock; released by `close` and `abandon`.
     lock: Mutex<Option<Box<dyn Any + Send + Sync>>>,
     /// How the store was shut down (`close`'s result, or abandoned): a second `close` reports
@@ -473,6 +479,14 @@ impl CommitLogStore {
             return Ok(None);
         }
         part.cq.unit(offset)
+    }
+
+    /// Stops the allocation thread (its queued jobs see the store closed and do nothing).
+    fn stop_allocator(&self) {
+        self.inner.allocator.close();
+        if let Some(mut a) = self.allocator.lock().take() {
+            a.join();
+        }
     }
 
     fn finish(&self, result: AppendResult, end: u64, wait: bool) -> Result<AppendResult> {
@@ -677,6 +691,7 @@ impl LogStore for CommitLogStore {
         if let Some(mut f) = self.flusher.lock().take() {
             f.stop();
         }
+        self.stop_allocator();
         let result = (|| {
             inner.gc.sync_all(inner.as_ref())?;
             inner.write_checkpoint()?;
@@ -710,6 +725,7 @@ impl LogStore for CommitLogStore {
         if let Some(mut f) = self.flusher.lock().take() {
             f.stop();
         }
+        self.stop_allocator();
         inner.gc.close();
         self.lock.lock().take();
     }

@@ -1,5 +1,10 @@
 //! The bound on consume-queue mappings: a store-wide CLOCK cache (second-chance LRU) of the
-//! partitions whose queue files are mapped, holding at most about `max_open_files` files.
+//! partitions whose queue files are mapped, at most `max_open_files` partitions at once. A
+//! partition counts once whatever its number of files: the files of one partition are mapped and
+//! unmapped together, so counting them would make one long queue (more files than the bound)
+//! evict and map itself again on every use. A queue file holds 300,000 units by default, so a
+//! partition is one or two files unless its consumers are far behind; mappings hold no
+//! descriptor.
 //!
 //! A partition whose queue is evicted keeps only its files' watermarks; its next use maps the
 //! files again. A queue is evicted only while nobody holds it (its `Arc` count is 1: the append
@@ -15,7 +20,8 @@ use parking_lot::Mutex;
 
 /// Something the cache can evict.
 pub(crate) trait Evictable: Send + Sync {
-    /// Unmaps if unused; returns the number of files released, or `None` if in use.
+    /// Unmaps if unused; returns how much it counted (1, or 0 without files), or `None` if in
+    /// use.
     fn try_evict(&self) -> Option<usize>;
     /// The second-chance bit: set on every use, cleared by the clock hand.
     fn referenced(&self) -> &AtomicBool;
@@ -45,7 +51,8 @@ impl QueueCache {
         })
     }
 
-    /// Records a newly mapped queue of `files` files; then evicts others past the bound. The
+    /// Records a newly mapped queue (`files`: 1, or 0 while it has no file); then evicts others
+    /// past the bound. The
     /// caller holds no queue lock (eviction takes other queues' locks).
     pub(crate) fn enroll(&self, queue: Weak<dyn Evictable>, files: usize) {
         let mut ring = self.ring.lock();
@@ -54,17 +61,11 @@ impl QueueCache {
         self.evict_excess(&mut ring);
     }
 
-    /// A mapped queue created `n` files; evicts others past the bound.
+    /// A mapped queue got its first file (`n` = 1); evicts others past the bound.
     pub(crate) fn added(&self, n: usize) {
         let mut ring = self.ring.lock();
         ring.files += n;
         self.evict_excess(&mut ring);
-    }
-
-    /// A mapped queue removed `n` files.
-    pub(crate) fn removed(&self, n: usize) {
-        let mut ring = self.ring.lock();
-        ring.files = ring.files.saturating_sub(n);
     }
 
     fn evict_excess(&self, ring: &mut Ring) {

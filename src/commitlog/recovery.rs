@@ -98,6 +98,8 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         index: None,
         warmer,
         queue_cache: super::queue_cache::QueueCache::new(opts_max_open_files),
+        allocator: Default::default(),
+        me: Default::default(),
     };
     let mut topics = HashMap::new();
     for (name, config) in &catalog.topics {
@@ -195,6 +197,7 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
     let often = inner.opts.flush.flushes_often();
     inner.log.set_small_pages(often);
     let inner = Arc::new(inner);
+    let _ = inner.me.set(Arc::downgrade(&inner));
     // Index what the last run appended after its last index checkpoint.
     if rebuild_index && let Some(index) = &inner.index {
         index.clear()?;
@@ -210,9 +213,12 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         .map_err(|e| Error::io(&abort_path, e))?;
     fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
     let flusher = start_flusher(&inner)?;
+    let allocator =
+        super::allocator::Allocator::start(&inner.allocator).map_err(|e| Error::io(dir, e))?;
     Ok(CommitLogStore {
         inner,
         flusher: Mutex::new(Some(flusher)),
+        allocator: Mutex::new(Some(allocator)),
         lock: Mutex::new(Some(lock)),
         shutdown: Mutex::new(None),
     })
@@ -223,6 +229,23 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
 fn is_clean_end(inner: &mut Inner, end: u64) -> bool {
     let size = inner.log.file_size();
     let files = inner.log.files_mut();
+    // A next file made ahead by the allocation thread and never written: the end lies in the
+    // file before it (or at its start), and the empty file is removed with the log's tail.
+    let n = files.len();
+    let skip_empty = n >= 2 && end <= files[n - 1].start_offset() && {
+        let Some(f) = Arc::get_mut(&mut files[n - 1]) else {
+            return false;
+        };
+        matches!(
+            record::decode(f.contents(), Checks::FULL),
+            Err(DecodeError::Empty)
+        )
+    };
+    let files = if skip_empty {
+        &mut files[..n - 1]
+    } else {
+        &mut files[..]
+    };
     let Some(last) = files.last_mut() else {
         return end == 0;
     };

@@ -83,7 +83,12 @@ impl Inner {
             }
         }
         if let Some(max_bytes) = opts.retention_bytes {
-            let total = files.len() as u64 * size;
+            // Not counting a next file made ahead of the writer.
+            let in_use = files
+                .iter()
+                .take_while(|f| f.start_offset() <= written)
+                .count();
+            let total = in_use as u64 * size;
             let over = total.saturating_sub(max_bytes);
             let by_size = over.div_ceil(size) as usize;
             delete = delete.max(by_size.min(sealed));

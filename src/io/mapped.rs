@@ -54,6 +54,8 @@ pub struct MappedFile {
     flushed: AtomicUsize,
     /// End of the range already faulted in by [`MappedFile::prefault_ahead`].
     prefaulted: AtomicUsize,
+    /// The allocated length at which growth ahead was last asked for.
+    grow_requested: AtomicUsize,
 }
 
 // SAFETY: the raw pointer refers to a shared mapping owned by `storage`, which is Send + Sync.
@@ -96,6 +98,7 @@ impl MappedFile {
             committed: AtomicUsize::new(0),
             flushed: AtomicUsize::new(0),
             prefaulted: AtomicUsize::new(0),
+            grow_requested: AtomicUsize::new(usize::MAX),
         })
     }
 
@@ -278,6 +281,31 @@ impl MappedFile {
     pub fn wants_prefault(&self, pos: usize, window: usize) -> bool {
         let done = self.prefaulted.load(Ordering::Relaxed);
         done < self.storage.allocated().min(self.len) && pos + window / 2 >= done
+    }
+
+    /// Whether the writer at `pos` is within half a grow step of the allocated end of a file
+    /// that can still grow: time to grow it ahead, off the writer's path. True once per
+    /// allocated length, so a caller may ask on every write.
+    pub fn wants_growth(&self, pos: usize) -> bool {
+        let allocated = self.storage.allocated();
+        if allocated >= self.len {
+            return false;
+        }
+        let step = allocated.clamp(PAGE, MAX_GROW_STEP);
+        if pos + step / 2 < allocated {
+            return false;
+        }
+        self.grow_requested.swap(allocated, Ordering::Relaxed) != allocated
+    }
+
+    /// Grows the file by one step past its allocated length (see
+    /// [`Self::ensure_allocated`]); for a background thread.
+    pub fn grow_ahead(&self) -> io::Result<()> {
+        let allocated = self.storage.allocated();
+        if allocated >= self.len {
+            return Ok(());
+        }
+        self.ensure_allocated(allocated + 1)
     }
 
     /// Faults in the pages from the write cursor up to `window` bytes past it (see

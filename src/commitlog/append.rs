@@ -233,6 +233,28 @@ impl Inner {
         let fs = self.fs.as_ref();
         let part = t.partition(partition)?;
         let file_size = self.log.file_size();
+        // Before the store-wide lock: make sure the files this batch will most likely need
+        // exist — the partition's consume-queue file(s) for its next units, and the next
+        // commit-log file if the batch would cross the current one's end. Usually the
+        // allocation thread made them already and this only finds them; if it is making one
+        // right now (a slow directory fsync), this appender waits for it here, not under the
+        // lock every other appender needs. Positions may move before the lock is taken; the
+        // planning step under the lock still creates whatever is missing by then, and reports
+        // any error (this step is best effort; a failed sync has poisoned the store either way).
+        {
+            let base = part.next_offset.load(Ordering::Acquire);
+            if let Ok(cq) = part.cq.files() {
+                let last_byte = (base + items.len() as u64) * UNIT_SIZE - 1;
+                let _ = part.cq.ensure_file_for(&cq, base * UNIT_SIZE);
+                let _ = part.cq.ensure_file_for(&cq, last_byte);
+            }
+            let pos = self.written.load(Ordering::Acquire);
+            let bytes: u64 = items.iter().map(|i| (i.len + BLANK_LEN) as u64).sum();
+            let file_end = pos - pos % file_size + file_size;
+            if pos + bytes > file_end && self.log.find(file_end).is_none() {
+                let _ = self.log.create_if_missing(fs, file_end);
+            }
+        }
         let mut st = self.append_lock.lock();
         self.check_open()?;
 

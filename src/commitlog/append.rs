@@ -251,7 +251,11 @@ impl Inner {
             let pos = self.written.load(Ordering::Acquire);
             let bytes: u64 = items.iter().map(|i| (i.len + BLANK_LEN) as u64).sum();
             let file_end = pos - pos % file_size + file_size;
-            if pos + bytes > file_end && self.log.find(file_end).is_none() {
+            // Only the file after an existing one: the queue of log files stays contiguous.
+            if pos + bytes > file_end
+                && self.log.find(pos).is_some()
+                && self.log.find(file_end).is_none()
+            {
                 let _ = self.log.create_if_missing(fs, file_end);
             }
         }

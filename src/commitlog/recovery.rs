@@ -97,7 +97,9 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         checkpoint_lock: Mutex::new(()),
         index: None,
         warmer,
-        queue_cache: super::queue_cache::QueueCache::new(opts_max_open_files),
+        queue_cache: super::queue_cache::QueueCache::new(
+            opts_max_open_files.saturating_mul(super::queue_cache::QUEUES_PER_OPEN_FILE),
+        ),
         allocator: Default::default(),
         me: Default::default(),
     };

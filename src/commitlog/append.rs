@@ -241,13 +241,15 @@ impl Inner {
         // lock every other appender needs. Positions may move before the lock is taken; the
         // planning step under the lock still creates whatever is missing by then, and reports
         // any error (this step is best effort; a failed sync has poisoned the store either way).
+        let base = part.next_offset.load(Ordering::Acquire);
+        if base + items.len() as u64 > part.queue_ready_until.load(Ordering::Acquire)
+            && let Ok(cq) = part.cq.files()
         {
-            let base = part.next_offset.load(Ordering::Acquire);
-            if let Ok(cq) = part.cq.files() {
-                let last_byte = (base + items.len() as u64) * UNIT_SIZE - 1;
-                let _ = part.cq.ensure_file_for(&cq, base * UNIT_SIZE);
-                let _ = part.cq.ensure_file_for(&cq, last_byte);
-            }
+            let last_byte = (base + items.len() as u64) * UNIT_SIZE - 1;
+            let _ = part.cq.ensure_file_for(&cq, base * UNIT_SIZE);
+            let _ = part.cq.ensure_file_for(&cq, last_byte);
+        }
+        {
             let pos = self.written.load(Ordering::Acquire);
             let bytes: u64 = items.iter().map(|i| (i.len + BLANK_LEN) as u64).sum();
             let file_end = pos - pos % file_size + file_size;
@@ -297,6 +299,10 @@ impl Inner {
         // The file of the first unit first: with no file yet, the last unit's would be made.
         part.cq.ensure_file_for(&cq, first_byte)?;
         part.cq.ensure_file_for(&cq, last_byte)?;
+        if let Some(last) = cq.last() {
+            let ready = (last.start_offset() + cq.file_size()) / UNIT_SIZE;
+            part.queue_ready_until.store(ready, Ordering::Release);
+        }
         part.cq.ensure_allocated(&cq, first_byte, last_byte + 1)?;
         let mut cq_file = part.cq.file_for(&cq, first_byte)?;
 

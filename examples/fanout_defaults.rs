@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use duolog::{EngineKind, LogStore, Message, StoreOptions, TopicConfig};
+use duolog::{EngineKind, Message, StoreOptions, TopicConfig};
 
 const APPENDS: u32 = 300_000;
 

@@ -340,7 +340,7 @@ fn sealing_never_shrinks_an_index_file_someone_still_maps() {
     );
     let sealed = std::fs::metadata(&path).unwrap().len();
     assert!(
-        sealed < preallocated && sealed % 12 == 0 && sealed > 0,
+        sealed < preallocated && sealed.is_multiple_of(12) && sealed > 0,
         "sealed index trimmed: {sealed}"
     );
 }

@@ -355,10 +355,11 @@ pub(crate) fn sealed_time_entries(
         0 => -1,
         n => index::time_at(&out, n / TIME_ENTRY - 1).0,
     };
-    if max_timestamp > last_ts && next_offset > base {
-        if let Ok(rel) = u32::try_from(next_offset - 1 - base) {
-            out.extend_from_slice(&index::time_entry(max_timestamp, rel));
-        }
+    if max_timestamp > last_ts
+        && next_offset > base
+        && let Ok(rel) = u32::try_from(next_offset - 1 - base)
+    {
+        out.extend_from_slice(&index::time_entry(max_timestamp, rel));
     }
     out
 }
@@ -415,10 +416,10 @@ pub(crate) fn indexes_look_sealed(
         io::read_exact_at(f.as_ref(), &mut b, len - unit as u64).map_err(|e| Error::io(path, e))?;
         Ok(Some(b))
     };
-    if let Some(e) = tail(&index_path(dir, base), OFFSET_ENTRY)? {
-        if e.iter().all(|&b| b == 0) {
-            return Ok(false);
-        }
+    if let Some(e) = tail(&index_path(dir, base), OFFSET_ENTRY)?
+        && e.iter().all(|&b| b == 0)
+    {
+        return Ok(false);
     }
     match tail(&time_index_path(dir, base), TIME_ENTRY)? {
         Some(e) => Ok(index::time_at(&e, 0).0 > 0),
@@ -676,7 +677,7 @@ pub(crate) fn write_indexes(
                 .map_err(|e| Error::io(&path, e))?;
         } else {
             let len = max_index_bytes - max_index_bytes % unit;
-            let initial = INDEX_INITIAL_BYTES.max(entries.len() as u64);
+            let initial = entries.len() as u64;
             let f = MappedFile::map(fs, &path, 0, len, MapMode::CreateGrowable { initial })
                 .map_err(|e| Error::io(&path, e))?;
             if !entries.is_empty() && f.append(&[entries]).is_none() {

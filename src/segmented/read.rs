@@ -64,17 +64,21 @@ impl Partition {
         Ok(())
     }
 
+    fn out_of_range(&self, offset: u64, start: u64, end: u64) -> Error {
+        Error::OffsetOutOfRange {
+            topic: self.topic.clone(),
+            partition: self.id,
+            offset,
+            start,
+            end,
+        }
+    }
+
     pub(crate) fn read(&self, ctx: &Ctx, offset: u64, limits: ReadLimits) -> Result<Vec<Record>> {
         let end = self.end.load(Ordering::Acquire);
         let start = self.start.load(Ordering::Acquire);
         if offset < start || offset > end {
-            return Err(Error::OffsetOutOfRange {
-                topic: self.topic.clone(),
-                partition: self.id,
-                offset,
-                start,
-                end,
-            });
+            return Err(self.out_of_range(offset, start, end));
         }
         if offset == end || limits.max_messages == 0 {
             return Ok(Vec::new());
@@ -116,13 +120,7 @@ impl Partition {
             // the start moves under this lock, before the segment goes.
             let start = self.start.load(Ordering::Acquire);
             if offset < start {
-                return Err(Error::OffsetOutOfRange {
-                    topic: self.topic.clone(),
-                    partition: self.id,
-                    offset,
-                    start,
-                    end,
-                });
+                return Err(self.out_of_range(offset, start, end));
             }
             let mut i = st
                 .segments

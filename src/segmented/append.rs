@@ -7,7 +7,7 @@
 //! so other appenders and the group-commit leader never wait on it. Until it is sealed the old
 //! segment is *pending*: `flush` syncs its log as well as the active one's, so a recovery point
 //! never claims data that is not durable, and a crash before the seal leaves untrimmed indexes,
-//! which the next open recognises (`segment::indexes_look_sealed`) and rebuilds.
+//! which the next open recognises (`segment::sealed_indexes`) and rebuilds.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -90,20 +90,6 @@ fn count_entries(fs: &dyn FileSystem, path: &Path, unit: usize) -> Result<(u64, 
     Ok((lo, Some(last)))
 }
 
-fn read_tail_entry(fs: &dyn FileSystem, path: &Path, unit: usize) -> Result<Option<Vec<u8>>> {
-    let len = fs.file_len(path).map_err(|e| Error::io(path, e))?;
-    if len < unit as u64 {
-        return Ok(None);
-    }
-    let f = fs
-        .open_file(path, OpenMode::Existing)
-        .map_err(|e| Error::io(path, e))?;
-    let mut b = vec![0u8; unit];
-    io::read_exact_at(f.as_ref(), &mut b, len - len % unit as u64 - unit as u64)
-        .map_err(|e| Error::io(path, e))?;
-    Ok(Some(b))
-}
-
 /// Opens a partition directory: trusts segments before the recovery point (a clean shutdown
 /// trusts all), validates the others batch by batch, truncates at the first invalid batch,
 /// removes the segments after it, and rebuilds the indexes of everything it validated.
@@ -134,13 +120,21 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
             && fs.exists(&ti).map_err(|e| Error::io(&ti, e))?;
         let mut meta = SegmentMeta::new(base);
         meta.size = size;
-        // A segment rolled but not sealed before a crash still has its preallocated indexes
-        // (and no final time entry): it is validated, never trusted.
-        let validate = i >= recover_from
-            || !have_indexes
-            || last
-            || !segment::indexes_look_sealed(fs, dir, base, size)?;
-        if validate {
+        // A segment rolled but not sealed before a crash still has untrimmed indexes (and no
+        // final time entry): it is validated, never trusted.
+        let trusted = if i < recover_from && have_indexes && !last {
+            segment::sealed_indexes(fs, dir, base, size)?
+        } else {
+            None
+        };
+        if let Some(sealed) = trusted {
+            // Trusted sealed segment: its indexes were trimmed and synced when it was sealed.
+            meta.next_offset = bases[i + 1];
+            meta.index_entries = sealed.index_entries;
+            meta.time_entries = sealed.time_entries;
+            meta.max_timestamp = sealed.max_timestamp;
+            meta.sealed = true;
+        } else {
             let log = fs
                 .open_file(&lp, OpenMode::Existing)
                 .map_err(|e| Error::io(&lp, e))?;
@@ -252,18 +246,6 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
                 meta.first_timestamp = segment::read_header(log.as_ref(), 0, meta.size)
                     .map_or(-1, |h| h.max_timestamp);
             }
-        } else {
-            // Trusted sealed segment: its indexes were trimmed and synced when it was sealed.
-            meta.next_offset = bases[i + 1];
-            meta.index_entries =
-                fs.file_len(&oi).map_err(|e| Error::io(&oi, e))? / OFFSET_ENTRY as u64;
-            meta.time_entries =
-                fs.file_len(&ti).map_err(|e| Error::io(&ti, e))? / TIME_ENTRY as u64;
-            meta.max_timestamp = match read_tail_entry(fs, &ti, TIME_ENTRY)? {
-                Some(b) => index::time_at(&b, 0).0,
-                None => -1,
-            };
-            meta.sealed = true;
         }
         metas.push(meta);
         i += 1;

@@ -390,41 +390,62 @@ pub(crate) fn seal(
     Ok(())
 }
 
-/// Whether the index files of a segment look sealed: each empty or ending in a non-zero entry
+/// What a sealed segment's index files say, read once at open for a segment that is trusted.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SealedIndexes {
+    pub(crate) index_entries: u64,
+    pub(crate) time_entries: u64,
+    /// The time index's last entry: the segment's newest timestamp (-1 when empty).
+    pub(crate) max_timestamp: i64,
+}
+
+/// The index files of a segment if they look sealed: each empty or ending in a non-zero entry
 /// (an untrimmed index ends in the zeros of its allocated room, unless its last page is exactly
-/// full — harmless, since the roll already wrote the final time entry), and the time index holding at least one
-/// entry with a positive timestamp when the log is not empty. A segment that was rolled but not
-/// sealed before a crash fails this and is validated like an unflushed one.
-pub(crate) fn indexes_look_sealed(
+/// full — harmless, since the roll already wrote the final time entry) and a whole number of
+/// entries long, the time index holding a positive last timestamp when the log is not empty.
+/// `None` for a segment rolled but not sealed before a crash: it is validated like an
+/// unflushed one, never trusted.
+pub(crate) fn sealed_indexes(
     fs: &dyn FileSystem,
     dir: &Path,
     base: u64,
     log_len: u64,
-) -> Result<bool> {
-    let tail = |path: &Path, unit: usize| -> Result<Option<Vec<u8>>> {
+) -> Result<Option<SealedIndexes>> {
+    // (entries, last entry); `None` when the length is not a whole number of entries.
+    let tail = |path: &Path, unit: usize| -> Result<Option<(u64, Option<Vec<u8>>)>> {
         let len = fs.file_len(path).map_err(|e| Error::io(path, e))?;
         if len % unit as u64 != 0 {
-            return Ok(Some(vec![0; unit]));
+            return Ok(None);
         }
         if len == 0 {
-            return Ok(None);
+            return Ok(Some((0, None)));
         }
         let f = fs
             .open_file(path, OpenMode::Existing)
             .map_err(|e| Error::io(path, e))?;
         let mut b = vec![0u8; unit];
         io::read_exact_at(f.as_ref(), &mut b, len - unit as u64).map_err(|e| Error::io(path, e))?;
-        Ok(Some(b))
+        Ok(Some((len / unit as u64, Some(b))))
     };
-    if let Some(e) = tail(&index_path(dir, base), OFFSET_ENTRY)?
-        && e.iter().all(|&b| b == 0)
-    {
-        return Ok(false);
+    let Some((index_entries, last)) = tail(&index_path(dir, base), OFFSET_ENTRY)? else {
+        return Ok(None);
+    };
+    if last.is_some_and(|e| e.iter().all(|&b| b == 0)) {
+        return Ok(None);
     }
-    match tail(&time_index_path(dir, base), TIME_ENTRY)? {
-        Some(e) => Ok(index::time_at(&e, 0).0 > 0),
-        None => Ok(log_len == 0),
-    }
+    let Some((time_entries, last)) = tail(&time_index_path(dir, base), TIME_ENTRY)? else {
+        return Ok(None);
+    };
+    let max_timestamp = last.map_or(-1, |e| index::time_at(&e, 0).0);
+    let sealed = match time_entries {
+        0 => log_len == 0,
+        _ => max_timestamp > 0,
+    };
+    Ok(sealed.then_some(SealedIndexes {
+        index_entries,
+        time_entries,
+        max_timestamp,
+    }))
 }
 
 /// What a scan of a segment's log found.

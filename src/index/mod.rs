@@ -184,23 +184,13 @@ impl KeyIndex {
         store_timestamp: i64,
         m: &Message,
     ) -> Result<()> {
-        let mut keys = message_keys(m).peekable();
-        if keys.peek().is_none() {
-            return Ok(());
+        // A reservation of no room writes each key to the current file.
+        Reservation {
+            index: self,
+            file: None,
+            left: 0,
         }
-        let _w = self.writer.lock();
-        for key in keys {
-            let file = self.writable(store_timestamp)?;
-            // Allocated before the entry is written: a full disk is this call's error, never an
-            // entry silently dropped by the mapping.
-            file.ensure_room(1)?;
-            file.put(
-                key_hash(topic, &key),
-                pack(partition, offset),
-                store_timestamp,
-            );
-        }
-        Ok(())
+        .add(topic, partition, offset, store_timestamp, m)
     }
 
     /// Takes room for the next `keys` entries in one file, rolling to a new file now if the
@@ -245,6 +235,9 @@ impl KeyIndex {
         Ok(reservation)
     }
 
+    /// The file the next entry goes to, rolling if the current one is full, with the entry's
+    /// room allocated: a full disk is this call's error, never an entry silently dropped by the
+    /// mapping.
     fn writable(&self, now: i64) -> Result<Arc<IndexFile>> {
         let current = self
             .files
@@ -252,10 +245,12 @@ impl KeyIndex {
             .last()
             .filter(|f| f.room() > 0)
             .map(Arc::clone);
-        match current {
-            Some(f) => Ok(f),
-            None => self.roll(now),
-        }
+        let file = match current {
+            Some(f) => f,
+            None => self.roll(now)?,
+        };
+        file.ensure_room(1)?;
+        Ok(file)
     }
 
     /// Creates a new, empty current file.
@@ -476,11 +471,7 @@ impl Reservation<'_> {
                     f.release(1);
                     Arc::clone(f)
                 }
-                _ => {
-                    let f = self.index.writable(store_timestamp)?;
-                    f.ensure_room(1)?;
-                    f
-                }
+                _ => self.index.writable(store_timestamp)?,
             };
             file.put(
                 key_hash(topic, &key),

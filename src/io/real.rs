@@ -191,9 +191,8 @@ impl MappedStorage for RealMapped {
         }
         // File systems without ZERO_RANGE: write the zeros through the mapping.
         let end = offset + len;
-        // SAFETY: [offset, end) lies inside the allocated prefix of the mapping (clipped above);
-        // the caller holds the file exclusively while erasing a tail, so no reader observes
-        // these bytes.
+        // The caller holds the file exclusively while erasing a tail: no reader sees these bytes.
+        // SAFETY: [offset, end) lies inside the mapping's allocated prefix (clipped above).
         unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(offset), 0, end - offset) };
         self.map.flush_range(offset, len)
     }

@@ -108,10 +108,24 @@ fn failed_directory_sync_at_a_consume_queue_file_poisons_the_store() {
     let sim = SimFs::new();
     let store = open(&sim);
     store.append("t", 0, &[Message::new("first")]).unwrap();
-    // Tiny records: 64 units fill a queue file long before the log file fills.
+    // Tiny records: 64 units fill a queue file long before the log file fills. The next queue
+    // file is made either by the allocation thread ahead of need (at half the file) or by the
+    // append whose unit is the first of the new file (offset 64); whichever makes it, its
+    // failed directory sync poisons the store, so that append fails at the latest. (Watching
+    // the file count instead raced the allocation thread: the file shows before it is synced.)
     sim.fail_syncs(true);
-    let (r, _) = append_until_roll(store.as_ref(), 10, || queue_files(&sim), || {});
-    assert!(r.is_err(), "the queue file's directory sync failed: {r:?}");
+    let units_per_file = 64;
+    let failed_at = loop {
+        match store.append("t", 0, &[Message::new("x")]) {
+            Ok(r) => assert!(
+                r.base_offset < units_per_file,
+                "offset {} needs the second queue file, whose directory sync failed",
+                r.base_offset
+            ),
+            Err(e) => break (store.bounds("t", 0).unwrap().end, e),
+        }
+    };
+    assert!(failed_at.0 <= units_per_file, "{failed_at:?}");
     sim.fail_syncs(false);
     assert_poisoned(store.append("t", 0, &[Message::new("after")]));
     store.abandon();

@@ -73,13 +73,6 @@ fn log_files(sim: &SimFs) -> usize {
         .count()
 }
 
-fn queue_files(sim: &SimFs) -> usize {
-    sim.files()
-        .iter()
-        .filter(|p| p.starts_with(Path::new(DIR).join("consumequeue")))
-        .count()
-}
-
 #[test]
 fn failed_directory_sync_at_a_log_roll_poisons_the_store() {
     let sim = SimFs::new();

@@ -10,6 +10,7 @@
 //! every candidate against the record it names.
 
 mod index_file;
+pub(crate) mod offset_map;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -17,6 +17,8 @@
 mod allocator;
 mod append;
 mod checkpoint;
+mod cleaner;
+mod compacted;
 mod consume_queue;
 mod file_queue;
 mod queue_cache;
@@ -71,6 +73,24 @@ pub(crate) struct PartitionState {
     /// append below it skips the lock-free file preparation, one load instead of a walk
     /// through the queue's structures (which at thousands of partitions are cache misses).
     queue_ready_until: AtomicU64,
+    /// The compacted prefix (see `compacted`), `None` until a cleaner pass committed one.
+    /// Replaced whole by a pass; readers take the `Arc` and read that generation.
+    compacted: RwLock<Option<Arc<compacted::Compacted>>>,
+}
+
+impl PartitionState {
+    /// The current compacted generation.
+    fn compacted(&self) -> Option<Arc<compacted::Compacted>> {
+        self.compacted.read().clone()
+    }
+
+    /// Offsets below it are served from the compacted files; the consume queue serves the rest.
+    fn clean_end(&self) -> u64 {
+        self.compacted
+            .read()
+            .as_ref()
+            .map_or(0, |c| c.state.clean_end)
+    }
 }
 
 /// A topic and its partitions.
@@ -137,6 +157,13 @@ pub(crate) struct Inner {
     allocator: allocator::AllocatorHandle,
     /// This store, for jobs handed to other threads.
     me: std::sync::OnceLock<std::sync::Weak<Inner>>,
+    /// One cleaner pass at a time (background, `compact()`, retention's forced passes).
+    cleaner_lock: Mutex<()>,
+    /// A commit-log position background retention wanted to delete up to but could not, for
+    /// compact-only records not yet cleaned: the cleaner thread cleans them first (0: none).
+    retention_wants: AtomicU64,
+    /// Wakes the cleaner thread.
+    cleaner_wake: Arc<cleaner::CleanerWake>,
 }
 
 impl Inner {
@@ -225,6 +252,7 @@ impl Inner {
                 start: AtomicU64::new(0),
                 signal: DataSignal::default(),
                 queue_ready_until: AtomicU64::new(0),
+                compacted: RwLock::new(None),
             });
         }
         Ok(TopicState {
@@ -353,7 +381,13 @@ impl Inner {
         for t in topics {
             for (p, part) in t.partitions.iter().enumerate() {
                 let start = part.start.load(Ordering::Acquire);
-                if let Some(r) = self.read_one(&t.name, p as u32, start)? {
+                // The first record still readable (compaction may have removed `start`'s).
+                let first = match self.read(&t.name, p as u32, start, ReadLimits::messages(1)) {
+                    Ok(mut v) => v.pop(),
+                    Err(Error::OffsetOutOfRange { .. }) => None,
+                    Err(e) => return Err(e),
+                };
+                if let Some(r) = first {
                     oldest =
                         Some(oldest.map_or(r.store_timestamp(), |o| o.min(r.store_timestamp())));
                 }
@@ -363,8 +397,14 @@ impl Inner {
     }
 
     fn durable_end(&self, part: &PartitionState) -> Result<u64> {
-        let start = part.start.load(Ordering::Acquire);
+        // The compacted prefix is durable; the queue serves (and may only hold units) from
+        // `clean_end` on.
         let end = part.end.load(Ordering::Acquire);
+        let start = part
+            .start
+            .load(Ordering::Acquire)
+            .max(part.clean_end())
+            .min(end);
         part.cq.first_at_or_after(self.gc.durable(), start, end)
     }
 }
@@ -402,7 +442,7 @@ impl BackgroundWork for Inner {
         let (do_cp, do_ret) = self.jobs.due();
         // Failures here are retried on the next tick; a failed flush has poisoned the store.
         if do_ret {
-            let _ = self.enforce_retention();
+            let _ = self.enforce_retention_with(false);
         }
         if do_cp {
             let _ = self.write_checkpoint();
@@ -427,6 +467,8 @@ impl BackgroundWork for Inner {
 pub struct CommitLogStore {
     inner: Arc<Inner>,
     flusher: Mutex<Option<Flusher>>,
+    /// The background cleaner (`None` when compaction is disabled).
+    cleaner: Mutex<Option<cleaner::CleanerThread>>,
     allocator: Mutex<Option<allocator::Allocator>>,
     /// The `LOCK` file's lock; released by `close` and `abandon`.
     lock: Mutex<Option<Box<dyn Any + Send + Sync>>>,
@@ -484,6 +526,20 @@ impl CommitLogStore {
             return Ok(None);
         }
         part.cq.unit(offset)
+    }
+
+    /// Stops the cleaner thread (its pass in progress sees the store closed and ends early).
+    fn stop_cleaner(&self) {
+        if let Some(mut c) = self.cleaner.lock().take() {
+            c.stop();
+        }
+    }
+
+    /// Runs the cleaner now on every compacting partition of `topic` (or of every topic) with
+    /// anything cleanable, whatever its dirty ratio.
+    pub fn compact(&self, topic: Option<&str>) -> Result<cleaner::CompactionReport> {
+        self.inner.check_open()?;
+        self.inner.compact(topic)
     }
 
     /// Stops the allocation thread (its queued jobs see the store closed and do nothing).
@@ -693,6 +749,7 @@ impl LogStore for CommitLogStore {
         inner.closed.store(true, Ordering::Release);
         drop(guard);
         inner.wake_all_waiters();
+        self.stop_cleaner();
         if let Some(mut f) = self.flusher.lock().take() {
             f.stop();
         }
@@ -727,6 +784,7 @@ impl LogStore for CommitLogStore {
         }
         drop(guard);
         inner.wake_all_waiters();
+        self.stop_cleaner();
         if let Some(mut f) = self.flusher.lock().take() {
             f.stop();
         }

@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 use super::Inner;
 use super::record::{self, Checks, Decoded};
 use crate::clock::{ms_before, now_ms};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::store::ReadLimits;
 use crate::store::delete_before_target;
 
 impl Inner {
@@ -25,17 +26,25 @@ impl Inner {
             part.start.load(Ordering::Acquire),
             part.end.load(Ordering::Acquire),
         );
-        let end = hi;
+        // The first record at or after an offset (compaction leaves gaps): its store time
+        // decides, and the search skips to it.
+        let first_from = |o: u64| -> Result<Option<crate::store::Record>> {
+            match self.read(topic, partition, o, ReadLimits::messages(1)) {
+                Ok(mut v) => Ok(v.pop()),
+                Err(Error::OffsetOutOfRange { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            match self.read_one(topic, partition, mid)? {
-                Some(r) if r.store_timestamp() < timestamp => lo = mid + 1,
+            match first_from(mid)? {
+                Some(r) if r.store_timestamp() < timestamp => lo = r.offset() + 1,
                 Some(_) => hi = mid,
                 // Retention moved the start past `mid`: everything below it is gone.
                 None => lo = mid + 1,
             }
         }
-        Ok((lo < end).then_some(lo))
+        Ok(first_from(lo)?.map(|r| r.offset()))
     }
 
     /// Removes key-index files whose records are all gone.
@@ -59,7 +68,15 @@ impl Inner {
         }
     }
 
+    /// Retention as `enforce_retention` asks for it: compact-only records in files about to go
+    /// are cleaned first, on the caller's thread.
     pub(crate) fn enforce_retention(&self) -> Result<usize> {
+        self.enforce_retention_with(true)
+    }
+
+    /// Retention; `run_cleaner` false (the flusher's periodic run) keeps the files holding
+    /// uncleaned compact-only records and leaves their cleaning to the cleaner thread.
+    pub(crate) fn enforce_retention_with(&self, run_cleaner: bool) -> Result<usize> {
         let opts = &self.opts.commitlog;
         let files = self.log.snapshot();
         let size = self.log.file_size();
@@ -93,6 +110,17 @@ impl Inner {
             let by_size = over.div_ceil(size) as usize;
             delete = delete.max(by_size.min(sealed));
         }
+        if delete == 0 {
+            return Ok(0);
+        }
+        // Compact-only partitions must not lose records that are only in these files.
+        let cut = files[delete].start_offset();
+        let allowed = self.protect_compacted(cut, run_cleaner)?;
+        delete = files
+            .iter()
+            .take(delete)
+            .take_while(|f| f.start_offset() + size <= allowed)
+            .count();
         drop(files);
         if delete == 0 {
             return Ok(0);
@@ -122,10 +150,18 @@ impl Inner {
         let topics: Vec<_> = self.topics.read().values().cloned().collect();
         let mut changed = false;
         for t in &topics {
+            let deletes = self.rules(t).is_none_or(|r| r.deletes);
             for part in &t.partitions {
                 let start = part.start.load(Ordering::Acquire);
                 let end = part.end.load(Ordering::Acquire);
-                let new_start = part.cq.first_at_or_after(log_min, start, end)?;
+                // The queue serves offsets from `clean_end` on.
+                let lo = start.max(part.clean_end()).min(end);
+                let mut new_start = part.cq.first_at_or_after(log_min, lo, end)?;
+                if new_start == lo && lo > start && deletes {
+                    // Compacted records keep their commit-log position: under `compact,delete`
+                    // those whose log file is gone go with it, as Kafka deletes cleaned segments.
+                    new_start = self.first_compacted_at_or_after(part, log_min, start, lo)?;
+                }
                 if new_start > start {
                     part.start.store(new_start, Ordering::Release);
                     part.cq

@@ -1,0 +1,677 @@
+//! Log compaction on the CommitLog engine (compacted prefix per partition, RocketMQ 5's
+//! compaction topic): against a model of what was appended,
+//! - offsets and order never change, `bounds` stay, a reader from the start sees the latest
+//!   value of every key and nothing that was never appended;
+//! - a reader that keeps up with the head sees every record;
+//! - tombstones go only after `delete_retention`;
+//! - a power cut at every I/O step of a pass reopens with every acknowledged record or the
+//!   one superseding it;
+//! - retention that wants a commit-log file holding uncleaned compact-only records keeps them
+//!   (cleans them first), while `compact,delete` records go;
+//! - a tiny offset map needs several passes and gets there;
+//! - damaged compaction files give an error or a clean fallback, never a panic or wrong data.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use duolog::io::{CrashMode, Fault, SimFs};
+use duolog::{
+    CleanupPolicy, CommitLogOptions, CompactionOptions, EngineKind, Error, FlushPolicy,
+    IndexOptions, LogStore, Message, ReadLimits, StoreOptions, TopicConfig,
+};
+
+fn options() -> StoreOptions {
+    StoreOptions {
+        engine: Some(EngineKind::CommitLog),
+        flush: FlushPolicy::Sync,
+        commitlog: CommitLogOptions {
+            file_size: 64 * 1024,
+            consume_queue_units: 16,
+            retention: None,
+            checkpoint_interval: Duration::from_millis(100),
+            ..CommitLogOptions::default()
+        },
+        index: IndexOptions {
+            enabled: true,
+            slots: 101,
+            max_entries: 4096,
+        },
+        compaction: CompactionOptions {
+            enabled: false,
+            ..CompactionOptions::default()
+        },
+        ..StoreOptions::default()
+    }
+}
+
+fn sim_options(sim: &SimFs) -> StoreOptions {
+    StoreOptions {
+        fs: Arc::new(sim.clone()),
+        ..options()
+    }
+}
+
+/// A compact-only topic whose records leave the head 1 ms after they are written.
+fn compact_topic(partitions: u32) -> TopicConfig {
+    TopicConfig {
+        partitions,
+        cleanup_policy: CleanupPolicy::Compact,
+        segment_ms: Some(Duration::from_millis(1)),
+        delete_retention: Some(Duration::from_secs(3600)),
+        ..TopicConfig::default()
+    }
+}
+
+/// What was appended at each offset of one partition.
+#[derive(Clone, Debug)]
+struct Entry {
+    key: Option<String>,
+    body: Vec<u8>,
+    tombstone: bool,
+}
+
+impl Entry {
+    fn message(&self) -> Message {
+        match (&self.key, self.tombstone) {
+            (Some(k), true) => Message::tombstone(k.clone()),
+            (Some(k), false) => Message::new(self.body.clone()).with_key(k.clone()),
+            (None, _) => Message::new(self.body.clone()),
+        }
+    }
+}
+
+/// A small deterministic generator (the tests must replay the same workload after a crash).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// `n` random entries: keys from `keys` distinct ones, a few tombstones, a few keyless.
+fn workload(seed: u64, n: usize, keys: u64) -> Vec<Entry> {
+    let mut rng = Rng(seed | 1);
+    (0..n)
+        .map(|i| {
+            let roll = rng.below(20);
+            let key = (roll != 0).then(|| format!("key-{}", rng.below(keys)));
+            let tombstone = key.is_some() && roll == 1;
+            let len = 10 + rng.below(300) as usize;
+            let mut body = format!("v{i}-").into_bytes();
+            body.resize(len, b'a' + (i % 26) as u8);
+            Entry {
+                key,
+                body: if tombstone { Vec::new() } else { body },
+                tombstone,
+            }
+        })
+        .collect()
+}
+
+fn append_all(store: &dyn LogStore, topic: &str, p: u32, entries: &[Entry]) {
+    for chunk in entries.chunks(7) {
+        let msgs: Vec<Message> = chunk.iter().map(Entry::message).collect();
+        store.append(topic, p, &msgs).unwrap();
+    }
+}
+
+/// Latest offset of each key.
+fn latest(model: &[Entry]) -> HashMap<String, u64> {
+    let mut m = HashMap::new();
+    for (o, e) in model.iter().enumerate() {
+        if let Some(k) = &e.key {
+            m.insert(k.clone(), o as u64);
+        }
+    }
+    m
+}
+
+/// Every record of a partition, reading from the start.
+fn read_all(store: &dyn LogStore, topic: &str, p: u32, ctx: &str) -> Vec<duolog::Record> {
+    let b = store.bounds(topic, p).unwrap();
+    let mut out: Vec<duolog::Record> = Vec::new();
+    let mut at = b.start;
+    while at < b.end {
+        let batch = store
+            .read(topic, p, at, ReadLimits::messages(13))
+            .unwrap_or_else(|e| panic!("{ctx}: read at {at}: {e}"));
+        assert!(!batch.is_empty(), "{ctx}: read at {at} < end {} empty", b.end);
+        at = batch.last().unwrap().offset() + 1;
+        out.extend(batch);
+    }
+    out
+}
+
+/// What every compaction guarantee says about a partition read from the start. With
+/// `tombstones_may_go`, a latest record that is a tombstone may be missing. Returns the
+/// records read.
+fn check_model(
+    store: &dyn LogStore,
+    topic: &str,
+    p: u32,
+    model: &[Entry],
+    tombstones_may_go: bool,
+    ctx: &str,
+) -> Vec<duolog::Record> {
+    let b = store.bounds(topic, p).unwrap();
+    assert_eq!(b.start, 0, "{ctx}: start moved");
+    assert_eq!(b.end, model.len() as u64, "{ctx}: end");
+    let recs = read_all(store, topic, p, ctx);
+    let mut last: Option<u64> = None;
+    for r in &recs {
+        assert!(last.is_none_or(|l| r.offset() > l), "{ctx}: order");
+        last = Some(r.offset());
+        let e = &model[r.offset() as usize];
+        assert_eq!(r.key(), e.key.as_deref().map(str::as_bytes), "{ctx}: key at {}", r.offset());
+        assert_eq!(r.body(), &e.body[..], "{ctx}: body at {}", r.offset());
+        assert_eq!(r.is_tombstone(), e.tombstone, "{ctx}: tombstone at {}", r.offset());
+    }
+    let present: std::collections::HashSet<u64> = recs.iter().map(|r| r.offset()).collect();
+    for (k, &o) in &latest(model) {
+        let may_go = tombstones_may_go && model[o as usize].tombstone;
+        assert!(
+            present.contains(&o) || may_go,
+            "{ctx}: latest record of {k} (offset {o}) is gone"
+        );
+    }
+    for (o, e) in model.iter().enumerate() {
+        if e.key.is_none() {
+            assert!(present.contains(&(o as u64)), "{ctx}: keyless record {o} removed");
+        }
+    }
+    recs
+}
+
+fn settle() {
+    // Past the topics' 1 ms segment.ms, so everything written so far is out of the head.
+    std::thread::sleep(Duration::from_millis(5));
+}
+
+#[test]
+fn compaction_keeps_the_latest_value_of_every_key_against_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = duolog::open(dir.path(), options()).unwrap();
+    store.create_topic("c", compact_topic(2)).unwrap();
+    let mut models = vec![Vec::new(), Vec::new()];
+    for round in 0..6u64 {
+        for p in 0..2u32 {
+            let more = workload(round * 10 + u64::from(p) + 7, 80, 25);
+            append_all(store.as_ref(), "c", p, &more);
+            models[p as usize].extend(more);
+        }
+        settle();
+        let report = store.compact(Some("c")).unwrap();
+        assert_eq!(report.partitions_cleaned, 2, "round {round}");
+        if round > 0 {
+            assert!(report.records_removed > 0, "round {round}: nothing removed");
+        }
+        for p in 0..2u32 {
+            let model = &models[p as usize];
+            let ctx = format!("round {round}, partition {p}");
+            let recs = check_model(store.as_ref(), "c", p, model, false, &ctx);
+            // Everything was cleanable: exactly the latest record of each key and the keyless.
+            let want = latest(model).len() + model.iter().filter(|e| e.key.is_none()).count();
+            assert_eq!(recs.len(), want, "{ctx}: superseded records left");
+            // A read at any offset starts at the first kept record at or after it.
+            for o in (0..model.len() as u64).step_by(7) {
+                let got = store.read("c", p, o, ReadLimits::messages(1)).unwrap();
+                let next = recs.iter().find(|r| r.offset() >= o).map(|r| r.offset());
+                assert_eq!(got.first().map(|r| r.offset()), next, "{ctx}: read at {o}");
+            }
+            let bytes: u64 = recs.iter().map(|r| u64::from(r.stored_size())).sum();
+            assert_eq!(store.partition_bytes("c", p).unwrap(), bytes, "{ctx}: bytes");
+            // Key lookups find the latest record of a key, never a removed one.
+            let (k, &o) = latest(model).iter().next().unwrap();
+            let found = store.find_by_key("c", k, (0, i64::MAX), 100).unwrap();
+            assert!(found.iter().all(|m| m.partition != p || model[m.record.offset() as usize].key.as_deref() == Some(k.as_str())));
+            assert!(found.iter().any(|m| m.partition == p && m.record.offset() == o), "{ctx}: find_by_key {k}");
+            assert!(found.iter().filter(|m| m.partition == p).all(|m| recs.iter().any(|r| r.offset() == m.record.offset())), "{ctx}: find_by_key returned a removed record");
+            // Time lookups land on a kept record.
+            let ts = recs[recs.len() / 2].store_timestamp();
+            let at = store.offset_for_time("c", p, ts).unwrap().unwrap();
+            assert!(recs.iter().any(|r| r.offset() == at), "{ctx}: offset_for_time gave removed {at}");
+            assert!(recs.iter().find(|r| r.offset() == at).unwrap().store_timestamp() >= ts);
+        }
+        let v = store.verify().unwrap();
+        assert!(v.is_ok(), "round {round}: {:?}", v.problems);
+    }
+    // Reopened cleanly, and after a crash (the queue rebuilt past the checkpoint, the key
+    // index caught up from its own): the same view.
+    store.close().unwrap();
+    drop(store);
+    for crash in [false, true] {
+        let store = duolog::open(dir.path(), options()).unwrap();
+        for p in 0..2u32 {
+            check_model(store.as_ref(), "c", p, &models[p as usize], false, &format!("reopen {crash}"));
+        }
+        let v = store.verify().unwrap();
+        assert!(v.is_ok(), "reopen (after crash: {crash}): {:?}", v.problems);
+        // Appends go on at the end.
+        let more = workload(99, 10, 25);
+        append_all(store.as_ref(), "c", 0, &more);
+        models[0].extend(more);
+        if crash {
+            store.close().unwrap();
+        } else {
+            store.abandon();
+        }
+    }
+    let store = duolog::open(dir.path(), options()).unwrap();
+    assert_eq!(store.reindex().unwrap() > 0, true);
+    let v = store.verify().unwrap();
+    assert!(v.is_ok(), "after reindex: {:?}", v.problems);
+}
+
+#[test]
+fn a_reader_that_keeps_up_with_the_head_sees_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = duolog::open(dir.path(), options()).unwrap();
+    // The head: the last 4 KiB of the commit log (segment.ms far away).
+    let config = TopicConfig {
+        segment_bytes: Some(4096),
+        segment_ms: Some(Duration::from_secs(86_400)),
+        ..compact_topic(1)
+    };
+    store.create_topic("c", config).unwrap();
+    let mut model = Vec::new();
+    let mut pos = 0u64;
+    let mut removed = 0;
+    for round in 0..60u64 {
+        // Under 4 KiB per round: the keep-up reader's next record is still in the head.
+        let more: Vec<Entry> = workload(round + 1, 6, 5)
+            .into_iter()
+            .map(|mut e| {
+                e.body.truncate(200);
+                e
+            })
+            .collect();
+        append_all(store.as_ref(), "c", 0, &more);
+        model.extend(more);
+        removed += store.compact(Some("c")).unwrap().records_removed;
+        let end = store.bounds("c", 0).unwrap().end;
+        while pos < end {
+            let got = store.read("c", 0, pos, ReadLimits::messages(4)).unwrap();
+            for r in &got {
+                assert_eq!(r.offset(), pos, "round {round}: the keep-up reader skipped {pos}");
+                assert_eq!(r.body(), &model[pos as usize].body[..]);
+                pos += 1;
+            }
+        }
+    }
+    assert!(removed > 0, "compaction never removed anything: the test proves nothing");
+    let from_start = read_all(store.as_ref(), "c", 0, "from start");
+    assert!(from_start.len() < model.len());
+    check_model(store.as_ref(), "c", 0, &model, false, "end");
+}
+
+#[test]
+fn tombstones_go_only_after_delete_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = duolog::open(dir.path(), options()).unwrap();
+    let config = TopicConfig {
+        delete_retention: Some(Duration::from_millis(400)),
+        ..compact_topic(1)
+    };
+    store.create_topic("c", config).unwrap();
+    store
+        .append("c", 0, &[Message::new("v1").with_key("k1")])
+        .unwrap();
+    store.append("c", 0, &[Message::tombstone("k1")]).unwrap();
+    store
+        .append("c", 0, &[Message::new("v2").with_key("k2")])
+        .unwrap();
+    settle();
+    let r = store.compact(None).unwrap();
+    assert_eq!((r.records_removed, r.tombstones_removed), (1, 0));
+    let recs = read_all(store.as_ref(), "c", 0, "young");
+    assert_eq!(recs.iter().map(|r| r.offset()).collect::<Vec<_>>(), [1, 2]);
+    assert!(recs[0].is_tombstone(), "a reader within delete_retention sees the delete");
+    // Nothing is dirty any more, but the tombstone expires: a later pass removes it.
+    std::thread::sleep(Duration::from_millis(450));
+    let r = store.compact(None).unwrap();
+    assert_eq!(r.tombstones_removed, 1);
+    let recs = read_all(store.as_ref(), "c", 0, "expired");
+    assert_eq!(recs.iter().map(|r| r.offset()).collect::<Vec<_>>(), [2]);
+    // Offsets 0 and 1 read as the next record; bounds stay.
+    assert_eq!(store.read("c", 0, 0, ReadLimits::messages(5)).unwrap()[0].offset(), 2);
+    let b = store.bounds("c", 0).unwrap();
+    assert_eq!((b.start, b.end), (0, 3));
+}
+
+fn compaction_files(dir: &Path) -> Vec<PathBuf> {
+    let d = dir.join("compaction").join("c").join("0");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&d)
+        .map(|it| it.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The crash workload: a store with a compact topic whose queue files will go below the
+/// compacted prefix, closed and reopened so the pass starts from a checkpoint.
+fn crash_setup(sim: &SimFs) -> (Box<dyn LogStore>, Vec<Entry>) {
+    let store = duolog::open("/s", sim_options(sim)).unwrap();
+    store.create_topic("c", compact_topic(1)).unwrap();
+    let model = workload(5, 70, 12);
+    append_all(store.as_ref(), "c", 0, &model[..40]);
+    settle();
+    // A first generation exists, so the pass under test replaces one.
+    store.compact(None).unwrap();
+    append_all(store.as_ref(), "c", 0, &model[40..]);
+    store.close().unwrap();
+    drop(store);
+    settle();
+    (duolog::open("/s", sim_options(sim)).unwrap(), model)
+}
+
+#[test]
+fn a_power_cut_at_every_step_of_a_pass_loses_nothing_acknowledged() {
+    let steps = {
+        let sim = SimFs::new();
+        let (store, _) = crash_setup(&sim);
+        let before = sim.op_count();
+        let r = store.compact(None).unwrap();
+        assert!(r.records_removed > 0);
+        sim.op_count() - before
+    };
+    assert!(steps > 8, "a pass takes several I/O steps ({steps})");
+    let mut cases = 0;
+    for k in 0..=steps + 1 {
+        for (m, mode) in CrashMode::ALL.iter().enumerate() {
+            let sim = SimFs::new();
+            let (store, model) = crash_setup(&sim);
+            sim.fail_after(k, Fault::Eio);
+            let _ = store.compact(None);
+            store.abandon();
+            drop(store);
+            let crashed = sim.crash(*mode, k * 7 + m as u64);
+            let ctx = format!("power cut at step {k} of {steps}, {mode:?}");
+            let store = duolog::open("/s", sim_options(&crashed))
+                .unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+            check_model(store.as_ref(), "c", 0, &model, false, &ctx);
+            let v = store.verify().unwrap();
+            assert!(v.is_ok(), "{ctx}: {:?}", v.problems);
+            // The next pass completes the work; appends go on.
+            settle();
+            store
+                .compact(None)
+                .unwrap_or_else(|e| panic!("{ctx}: compact after reopen: {e}"));
+            let recs = check_model(store.as_ref(), "c", 0, &model, false, &ctx);
+            let want = latest(&model).len() + model.iter().filter(|e| e.key.is_none()).count();
+            assert_eq!(recs.len(), want, "{ctx}: second pass left superseded records");
+            store.append("c", 0, &[Message::new("after")]).unwrap();
+            assert_eq!(store.bounds("c", 0).unwrap().end, model.len() as u64 + 1);
+            cases += 1;
+        }
+    }
+    eprintln!("{cases} power cuts over {steps} I/O steps of a pass");
+}
+
+#[test]
+fn retention_keeps_compact_only_records_it_would_delete_and_drops_compact_delete_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        commitlog: CommitLogOptions {
+            retention: Some(Duration::from_millis(1)),
+            ..options().commitlog
+        },
+        ..options()
+    };
+    let store = duolog::open(dir.path(), opts).unwrap();
+    // Inside the head for ever (1 GiB segment, a day of segment.ms): only retention's forced
+    // pass can clean these.
+    let head_forever = TopicConfig {
+        segment_bytes: Some(1 << 30),
+        segment_ms: Some(Duration::from_secs(86_400)),
+        ..compact_topic(1)
+    };
+    store.create_topic("c", head_forever.clone()).unwrap();
+    let cd = TopicConfig {
+        cleanup_policy: CleanupPolicy::CompactDelete,
+        retention: Some(Duration::from_millis(1)),
+        ..head_forever
+    };
+    store.create_topic("cd", cd).unwrap();
+    store
+        .create_topic(
+            "f",
+            TopicConfig {
+                retention: Some(Duration::from_millis(1)),
+                ..TopicConfig::with_partitions(1)
+            },
+        )
+        .unwrap();
+    let model = workload(3, 60, 1_000_000);
+    append_all(store.as_ref(), "c", 0, &model);
+    append_all(store.as_ref(), "cd", 0, &model);
+    let filler = Message::new(vec![b'f'; 2000]);
+    for _ in 0..200 {
+        store.append("f", 0, &[filler.clone()]).unwrap();
+    }
+    let files_before = store.disk_usage().unwrap().files;
+    std::thread::sleep(Duration::from_millis(20));
+    let removed = store.enforce_retention().unwrap();
+    assert!(removed >= 4, "retention removed {removed} files");
+    assert!(store.disk_usage().unwrap().files < files_before);
+    check_model(store.as_ref(), "c", 0, &model, false, "compact-only after retention");
+    let b = store.bounds("cd", 0).unwrap();
+    assert!(b.start > 0, "compact,delete records outlived their retention: {b:?}");
+    let v = store.verify().unwrap();
+    assert!(v.is_ok(), "{:?}", v.problems);
+    store.close().unwrap();
+    drop(store);
+    let store = duolog::open(dir.path(), options()).unwrap();
+    check_model(store.as_ref(), "c", 0, &model, false, "compact-only after reopen");
+}
+
+#[test]
+fn background_retention_waits_for_the_cleaner_and_never_loses_compact_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        commitlog: CommitLogOptions {
+            retention: Some(Duration::from_millis(1)),
+            retention_check_interval: Duration::from_millis(10),
+            ..options().commitlog
+        },
+        compaction: CompactionOptions {
+            enabled: true,
+            check_interval: Duration::from_millis(15),
+            ..CompactionOptions::default()
+        },
+        ..options()
+    };
+    let store = duolog::open(dir.path(), opts).unwrap();
+    let head_forever = TopicConfig {
+        segment_bytes: Some(1 << 30),
+        segment_ms: Some(Duration::from_secs(86_400)),
+        ..compact_topic(1)
+    };
+    store.create_topic("c", head_forever).unwrap();
+    store
+        .create_topic("f", TopicConfig::with_partitions(1))
+        .unwrap();
+    let model = workload(11, 60, 1_000_000);
+    append_all(store.as_ref(), "c", 0, &model);
+    let filler = Message::new(vec![b'f'; 2000]);
+    let first_file = store.disk_usage().unwrap();
+    for i in 0..300 {
+        store.append("f", 0, &[filler.clone()]).unwrap();
+        if i % 50 == 0 {
+            check_model(store.as_ref(), "c", 0, &model, false, "while retention runs");
+        }
+    }
+    // Wait for the background jobs to have deleted the first log files.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        check_model(store.as_ref(), "c", 0, &model, false, "background");
+        if store.bounds("f", 0).unwrap().start > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "retention never ran ({first_file:?})");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check_model(store.as_ref(), "c", 0, &model, false, "after background retention");
+}
+
+#[test]
+fn a_tiny_offset_map_needs_several_passes_and_gets_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        compaction: CompactionOptions {
+            enabled: false,
+            // 12 slots: 10 keys per pass.
+            offset_map_bytes: 12 * 24,
+            ..CompactionOptions::default()
+        },
+        ..options()
+    };
+    let store = duolog::open(dir.path(), opts).unwrap();
+    store.create_topic("c", compact_topic(1)).unwrap();
+    let mut model = Vec::new();
+    for round in 0..3 {
+        for k in 0..40 {
+            model.push(Entry {
+                key: Some(format!("key-{k}")),
+                body: format!("r{round}k{k}").into_bytes(),
+                tombstone: false,
+            });
+        }
+    }
+    append_all(store.as_ref(), "c", 0, &model);
+    settle();
+    let mut passes = 0;
+    loop {
+        let r = store.compact(Some("c")).unwrap();
+        if r.partitions_cleaned == 0 {
+            break;
+        }
+        passes += 1;
+        assert!(passes < 100, "passes never converge");
+        check_model(store.as_ref(), "c", 0, &model, false, &format!("pass {passes}"));
+    }
+    assert!(passes >= 10, "a 10-key map covered 120 records in {passes} passes");
+    let recs = check_model(store.as_ref(), "c", 0, &model, false, "converged");
+    assert_eq!(recs.len(), 40);
+    assert!(recs.iter().all(|r| r.body().starts_with(b"r2")));
+}
+
+/// A store whose partition `c/0` has a compacted prefix; with `queue_units` small its queue
+/// files below the prefix are deleted (the compacted files are then the only copy).
+fn compacted_store(dir: &Path, queue_units: u32) -> (StoreOptions, Vec<Entry>) {
+    let opts = StoreOptions {
+        commitlog: CommitLogOptions {
+            consume_queue_units: queue_units,
+            ..options().commitlog
+        },
+        ..options()
+    };
+    let store = duolog::open(dir, opts.clone()).unwrap();
+    store.create_topic("c", compact_topic(1)).unwrap();
+    let model = workload(21, 120, 15);
+    append_all(store.as_ref(), "c", 0, &model);
+    settle();
+    store.compact(None).unwrap();
+    store.close().unwrap();
+    (opts, model)
+}
+
+fn file_ending(dir: &Path, ext: &str) -> PathBuf {
+    compaction_files(dir)
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(ext))
+        .unwrap_or_else(|| panic!("no {ext} file in {:?}", compaction_files(dir)))
+}
+
+fn flip(path: &Path, at: usize) {
+    let mut b = std::fs::read(path).unwrap();
+    let at = at.min(b.len() - 1);
+    b[at] ^= 0x40;
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn a_damaged_state_is_an_error_when_the_compacted_files_are_the_only_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (opts, _) = compacted_store(dir.path(), 16);
+    flip(&file_ending(dir.path(), "state"), 20);
+    match duolog::open(dir.path(), opts) {
+        Err(Error::Corrupted { file, .. }) => assert!(file.ends_with("state"), "{file:?}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("opened on a damaged compaction state with its queue files gone"),
+    }
+}
+
+#[test]
+fn a_damaged_state_falls_back_to_the_uncompacted_log_when_it_is_all_still_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let (opts, model) = compacted_store(dir.path(), 300_000);
+    flip(&file_ending(dir.path(), "state"), 20);
+    let store = duolog::open(dir.path(), opts).unwrap();
+    let recs = check_model(store.as_ref(), "c", 0, &model, false, "fallback");
+    assert_eq!(recs.len(), model.len(), "the fallback serves the whole log");
+    let v = store.verify().unwrap();
+    assert!(v.is_ok(), "{:?}", v.problems);
+    assert!(!compaction_files(dir.path()).iter().any(|p| p.ends_with("state")));
+}
+
+#[test]
+fn damaged_compacted_files_are_errors_not_panics() {
+    for (what, ext) in [("data", ".log"), ("index", ".idx")] {
+        for at in [0usize, 9, 30, 200, 5000] {
+            let dir = tempfile::tempdir().unwrap();
+            let (opts, _) = compacted_store(dir.path(), 16);
+            flip(&file_ending(dir.path(), ext), at);
+            let ctx = format!("{what} flipped at {at}");
+            let store = match duolog::open(dir.path(), opts) {
+                Ok(s) => s,
+                Err(Error::Corrupted { .. }) => continue,
+                Err(e) => panic!("{ctx}: {e}"),
+            };
+            let mut failed = false;
+            let b = store.bounds("c", 0).unwrap();
+            for o in b.start..b.end {
+                match store.read("c", 0, o, ReadLimits::messages(3)) {
+                    Ok(_) => {}
+                    Err(Error::Corrupted { .. }) => failed = true,
+                    Err(e) => panic!("{ctx}: read {o}: {e}"),
+                }
+            }
+            let v = store.verify().unwrap();
+            if failed {
+                assert!(!v.is_ok(), "{ctx}: reads failed but verify saw nothing");
+            }
+            if what == "data" {
+                // Every data byte is under a record's CRC.
+                assert!(!v.is_ok(), "{ctx}: verify missed a damaged record");
+                assert!(failed, "{ctx}: a damaged record was served");
+            }
+        }
+        // A truncated file: open refuses it.
+        let dir = tempfile::tempdir().unwrap();
+        let (opts, _) = compacted_store(dir.path(), 16);
+        let path = file_ending(dir.path(), ext);
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        assert!(
+            matches!(duolog::open(dir.path(), opts), Err(Error::Corrupted { .. })),
+            "{what} truncated"
+        );
+    }
+}

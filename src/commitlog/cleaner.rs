@@ -27,6 +27,7 @@ use super::{Inner, PartitionState, TopicState};
 use crate::clock::{duration_ms, now_ms};
 use crate::error::{Error, Result};
 use crate::index::offset_map::OffsetMap;
+use crate::store::CompactionReport;
 
 /// What a topic's configuration says about cleaning it.
 #[derive(Clone, Copy, Debug)]
@@ -242,7 +243,7 @@ impl Inner {
                 return Ok(());
             }
         }
-        let settings = self.compaction_settings();
+        let settings = &self.opts.compaction;
         let mut throttle = Throttle::new(settings.io_bytes_per_sec);
         // The latest offset of every key of the dirty section; a full map ends the pass there.
         let mut map = OffsetMap::new(settings.offset_map_bytes, dirty_end - lo);
@@ -364,6 +365,31 @@ impl Inner {
         }
     }
 
+    /// Bytes of the compacted records of `c` at or after `from` (and below `clean_end`).
+    pub(crate) fn compacted_bytes_from(&self, c: &Compacted, from: u64) -> Result<u64> {
+        let Some(reader) = c.open(self.fs.as_ref(), self.max_stored_record())? else {
+            return Ok(0);
+        };
+        let mut scan = reader.scan_from(reader.seek(from)?);
+        let mut n = 0;
+        loop {
+            let pos = scan.position();
+            let Some((chunk, range)) = scan.next_raw()? else {
+                return Ok(n);
+            };
+            let len = range.len() as u64;
+            let (offset, _) = super::record::peek_queue_and_physical(&chunk[range]).ok_or_else(
+                || Error::corrupted(reader.data_path(), pos, "compacted record too short"),
+            )?;
+            if offset >= c.state.clean_end {
+                return Ok(n);
+            }
+            if offset >= from {
+                n += len;
+            }
+        }
+    }
+
     /// The topics that compact, with their rules.
     fn compacting_topics(&self, only: Option<&str>) -> Result<Vec<(Arc<TopicState>, Rules)>> {
         if let Some(name) = only {
@@ -401,7 +427,7 @@ impl Inner {
         if wanted > 0 {
             self.protect_compacted(wanted, true)?;
         }
-        let ratio = self.compaction_settings().min_cleanable_dirty_ratio;
+        let ratio = self.opts.compaction.min_cleanable_dirty_ratio;
         let topics = self.compacting_topics(None)?;
         let _one = self.cleaner_lock.lock();
         for (t, rules) in topics {
@@ -518,7 +544,7 @@ pub(crate) struct CleanerThread {
 impl CleanerThread {
     pub(crate) fn start(inner: &Arc<Inner>) -> std::io::Result<CleanerThread> {
         let wake = Arc::clone(&inner.cleaner_wake);
-        let every = inner.compaction_settings().check_interval;
+        let every = inner.opts.compaction.check_interval;
         let weak = Arc::downgrade(inner);
         let w = Arc::clone(&wake);
         let handle = std::thread::Builder::new()
@@ -554,50 +580,16 @@ impl Drop for CleanerThread {
     }
 }
 
-// ---- Until the Issue 11 API lands on main: stand-ins for its types. ----
-
-/// Stand-in for `crate::store::CompactionReport`.
-#[derive(Clone, Debug, Default)]
-pub struct CompactionReport {
-    pub partitions_cleaned: u64,
-    pub records_removed: u64,
-    pub tombstones_removed: u64,
-    pub bytes_before: u64,
-    pub bytes_after: u64,
-}
-
-impl CompactionReport {
-    pub fn add(&mut self, o: &CompactionReport) {
-        self.partitions_cleaned += o.partitions_cleaned;
-        self.records_removed += o.records_removed;
-        self.tombstones_removed += o.tombstones_removed;
-        self.bytes_before += o.bytes_before;
-        self.bytes_after += o.bytes_after;
-    }
-}
-
-/// Stand-in for `crate::options::CompactionOptions`.
-#[derive(Clone, Debug)]
-pub(crate) struct Settings {
-    pub(crate) enabled: bool,
-    pub(crate) check_interval: Duration,
-    pub(crate) min_cleanable_dirty_ratio: f64,
-    pub(crate) offset_map_bytes: usize,
-    pub(crate) io_bytes_per_sec: Option<u64>,
-}
-
 impl Inner {
-    pub(crate) fn compaction_settings(&self) -> Settings {
-        Settings {
-            enabled: false,
-            check_interval: Duration::from_secs(15),
-            min_cleanable_dirty_ratio: 0.5,
-            offset_map_bytes: 128 << 20,
-            io_bytes_per_sec: None,
-        }
-    }
-
-    pub(crate) fn rules(&self, _t: &TopicState) -> Option<Rules> {
-        None
+    /// The cleaner's view of a topic's configuration: `None` when its policy does not compact.
+    pub(crate) fn rules(&self, t: &TopicState) -> Option<Rules> {
+        let e = &t.effective;
+        e.policy.compacts().then_some(Rules {
+            deletes: e.policy.deletes(),
+            segment_bytes: e.segment_bytes,
+            segment_ms: e.segment_ms,
+            min_compaction_lag: e.min_compaction_lag,
+            delete_retention: e.delete_retention,
+        })
     }
 }

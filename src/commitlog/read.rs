@@ -75,6 +75,7 @@ pub(crate) fn decode_record(
     let slice = |part: &[u8]| span.slice_ref(part);
     let mut key = None;
     let mut tags = None;
+    let mut tombstone = false;
     for (name, value) in record::iter_raw_properties(d.properties) {
         match name {
             b"__KEY" => key = Some(slice(value)),
@@ -84,6 +85,7 @@ pub(crate) fn decode_record(
                 ))
             }
             b"TAGS" => tags = Some(slice(value)),
+            b"__TOMBSTONE" => tombstone = true,
             _ => {}
         }
     }
@@ -97,6 +99,7 @@ pub(crate) fn decode_record(
         tags,
         properties: Properties::new(slice(d.properties), PropertyEncoding::RocketMq),
         size: d.total_size as u32,
+        tombstone,
     })
 }
 

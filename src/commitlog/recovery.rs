@@ -117,7 +117,7 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
     let persisted = checkpoint::load_start_offsets(fs.as_ref(), dir).unwrap_or_default();
     let persisted: HashMap<(String, u32), u64> =
         persisted.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
-    load_compaction(&inner, &mut topics, &persisted)?;
+    let broken = load_compaction(&inner, &mut topics)?;
 
     // A log file repaired at open makes the checkpoint's positions untrustworthy.
     let unclean = unclean || inner.log.repaired();
@@ -183,6 +183,7 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
 
     // Start offsets: persisted ones, the first queue file, and the first record still in the log.
     let log_min = inner.log.min_offset().unwrap_or(0);
+    fall_back_or_fail(&inner, &topics, &persisted, broken, log_min)?;
     for t in topics.values() {
         for (p, part) in t.partitions.iter().enumerate() {
             let end = part.next_offset.load(Ordering::Relaxed);
@@ -477,48 +478,64 @@ fn truncate_log(
     Ok(())
 }
 
-/// Loads every partition's compacted prefix (see `compacted`). A damaged `state`, or files
-/// shorter than it names, falls back to no compaction when the consume queue and the log
-/// still hold every record from the partition's start (nothing was deleted on the strength of
-/// it yet); otherwise the open fails with the `Corrupted` error, since the compacted files are
-/// then the only copy of records.
+/// Loads every partition's compacted prefix (see `compacted`). Returns the partitions whose
+/// `state` is damaged (or whose files are shorter than it names), which open without one
+/// until [`fall_back_or_fail`] decides.
 fn load_compaction(
     inner: &Inner,
     topics: &mut HashMap<String, TopicState>,
-    persisted: &HashMap<(String, u32), u64>,
-) -> Result<()> {
+) -> Result<Vec<(String, u32, Error)>> {
     let fs = inner.fs.as_ref();
     let root = inner.dir.join(compacted::COMPACTION_DIR);
     let listed = crate::io::list_dir_or_empty(fs, &root).map_err(|e| Error::io(&root, e))?;
-    let log_min = inner.log.min_offset().unwrap_or(0);
+    let mut broken = Vec::new();
     for entry in listed.iter().filter(|e| e.is_dir) {
         let Some(t) = topics.get_mut(&entry.name) else {
             continue;
         };
-        for (p, part) in t.partitions.iter_mut().enumerate() {
+        for (p, part) in t.partitions.iter().enumerate() {
             let dir = compacted::partition_dir(&inner.dir, &t.name, p as u32);
             match compacted::load(fs, &dir) {
                 Ok(c) => *part.compacted.write() = c.map(Arc::new),
-                Err(e @ Error::Corrupted { .. }) => {
-                    let start = persisted
-                        .get(&(t.name.clone(), p as u32))
-                        .copied()
-                        .unwrap_or(0);
-                    let intact = match part.cq.min_offset()? {
-                        Some(m) if m <= start => {
-                            part.cq.unit(start)?.is_some_and(|u| u.position >= log_min)
-                        }
-                        _ => false,
-                    };
-                    if !intact {
-                        return Err(e);
-                    }
-                    compacted::remove_other_generations(fs, &dir, None)?;
-                    compacted::remove_state(fs, &dir)?;
-                }
+                Err(e @ Error::Corrupted { .. }) => broken.push((t.name.clone(), p as u32, e)),
                 Err(e) => return Err(e),
             }
         }
+    }
+    Ok(broken)
+}
+
+/// A damaged compaction state falls back to no compaction when the consume queue and the log
+/// still hold every record from the partition's start (nothing was deleted on the strength of
+/// it yet: the compacted files are a redundant copy); otherwise the open fails with the
+/// `Corrupted` error, since the compacted files are then the only copy of some records and
+/// serving the partition without them would silently lose them.
+fn fall_back_or_fail(
+    inner: &Inner,
+    topics: &HashMap<String, TopicState>,
+    persisted: &HashMap<(String, u32), u64>,
+    broken: Vec<(String, u32, Error)>,
+    log_min: u64,
+) -> Result<()> {
+    let fs = inner.fs.as_ref();
+    for (name, p, e) in broken {
+        let Some(part) = topics.get(&name).and_then(|t| t.partitions.get(p as usize)) else {
+            continue;
+        };
+        let start = persisted.get(&(name.clone(), p)).copied().unwrap_or(0);
+        let end = part.next_offset.load(Ordering::Relaxed);
+        let intact = match part.cq.min_offset()? {
+            Some(m) if m <= start => {
+                start == end || part.cq.unit(start)?.is_some_and(|u| u.position >= log_min)
+            }
+            _ => false,
+        };
+        if !intact {
+            return Err(e);
+        }
+        let dir = compacted::partition_dir(&inner.dir, &name, p);
+        compacted::remove_other_generations(fs, &dir, None)?;
+        compacted::remove_state(fs, &dir)?;
     }
     Ok(())
 }

@@ -156,12 +156,16 @@ impl Inner {
                 let end = part.end.load(Ordering::Acquire);
                 // The queue serves offsets from `clean_end` on.
                 let lo = start.max(part.clean_end()).min(end);
-                let mut new_start = part.cq.first_at_or_after(log_min, lo, end)?;
-                if new_start == lo && lo > start && deletes {
+                let queue_start = part.cq.first_at_or_after(log_min, lo, end)?;
+                let new_start = if queue_start > lo {
+                    queue_start
+                } else if lo > start && deletes {
                     // Compacted records keep their commit-log position: under `compact,delete`
                     // those whose log file is gone go with it, as Kafka deletes cleaned segments.
-                    new_start = self.first_compacted_at_or_after(part, log_min, start, lo)?;
-                }
+                    self.first_compacted_at_or_after(part, log_min, start, lo)?
+                } else {
+                    start
+                };
                 if new_start > start {
                     part.start.store(new_start, Ordering::Release);
                     part.cq

@@ -202,27 +202,39 @@ impl Inner {
         Ok(n)
     }
 
-    /// One pass over one partition; the caller holds the cleaner lock.
+    /// Makes the log durable and writes a checkpoint; returns the commit-log position below
+    /// which records (and their consume-queue units) are durable and behind that checkpoint.
+    /// Passes clean only below it, so recovery never finds the log shorter than a `clean_end`,
+    /// nor replays a record whose queue file a pass deleted.
+    fn prepare_passes(&self) -> Result<u64> {
+        self.gc.sync_all(self)?;
+        let covered = self.written.load(Ordering::Acquire).min(self.gc.durable());
+        self.write_checkpoint()?;
+        Ok(covered)
+    }
+
+    /// One pass over one partition, cleaning only records before log position `covered`
+    /// (see [`prepare_passes`](Self::prepare_passes)); the caller holds the cleaner lock.
     pub(crate) fn clean_partition(
         &self,
         t: &TopicState,
         partition: u32,
         rules: &Rules,
-        pass: Pass,
+        (pass, covered): (Pass, u64),
         report: &mut CompactionReport,
     ) -> Result<()> {
         let part = t.partition(partition)?;
         let fs = self.fs.as_ref();
-        // Only durable records are cleaned, and their consume-queue units are durable and
-        // behind the checkpoint, so recovery never finds the log shorter than `clean_end`.
-        self.gc.sync_all(self)?;
-        self.write_checkpoint()?;
         let now = now_ms();
         let old = part.compacted();
         let old_state = old.as_ref().map_or(State::default(), |c| c.state);
         let start = part.start.load(Ordering::Acquire);
         let lo = old_state.clean_end.max(start);
-        let durable = self.durable_end(part)?.max(lo);
+        let end = part.end.load(Ordering::Acquire);
+        let durable = part
+            .cq
+            .first_at_or_after(covered, lo.min(end), end)?
+            .max(lo);
         let head = self.head_start(t, partition, part, (lo, durable), rules, now)?;
         let mut dirty_end = match pass {
             Pass::Force { until } => head.max(until.min(durable)),
@@ -378,9 +390,10 @@ impl Inner {
                 return Ok(n);
             };
             let len = range.len() as u64;
-            let (offset, _) = super::record::peek_queue_and_physical(&chunk[range]).ok_or_else(
-                || Error::corrupted(reader.data_path(), pos, "compacted record too short"),
-            )?;
+            let (offset, _) =
+                super::record::peek_queue_and_physical(&chunk[range]).ok_or_else(|| {
+                    Error::corrupted(reader.data_path(), pos, "compacted record too short")
+                })?;
             if offset >= c.state.clean_end {
                 return Ok(n);
             }
@@ -410,10 +423,14 @@ impl Inner {
     pub(crate) fn compact(&self, topic: Option<&str>) -> Result<CompactionReport> {
         let mut report = CompactionReport::default();
         let topics = self.compacting_topics(topic)?;
+        if topics.is_empty() {
+            return Ok(report);
+        }
         let _one = self.cleaner_lock.lock();
+        let covered = self.prepare_passes()?;
         for (t, rules) in topics {
             for p in 0..t.partitions.len() as u32 {
-                self.clean_partition(&t, p, &rules, Pass::Now, &mut report)?;
+                self.clean_partition(&t, p, &rules, (Pass::Now, covered), &mut report)?;
             }
         }
         Ok(report)
@@ -429,7 +446,11 @@ impl Inner {
         }
         let ratio = self.opts.compaction.min_cleanable_dirty_ratio;
         let topics = self.compacting_topics(None)?;
+        if topics.is_empty() {
+            return Ok(report);
+        }
         let _one = self.cleaner_lock.lock();
+        let covered = self.prepare_passes()?;
         for (t, rules) in topics {
             for p in 0..t.partitions.len() as u32 {
                 self.check_open()?;
@@ -437,7 +458,7 @@ impl Inner {
                     min_dirty_ratio: ratio,
                 };
                 // One partition's failure (damage) does not stop the others.
-                match self.clean_partition(&t, p, &rules, pass, &mut report) {
+                match self.clean_partition(&t, p, &rules, (pass, covered), &mut report) {
                     Err(e @ (Error::Closed | Error::Poisoned { .. })) => return Err(e),
                     _ => {}
                 }
@@ -454,6 +475,7 @@ impl Inner {
     pub(crate) fn protect_compacted(&self, cut: u64, run_cleaner: bool) -> Result<u64> {
         let size = self.log.file_size();
         let mut allowed = cut;
+        let mut covered: Option<u64> = None;
         for (t, rules) in self.compacting_topics(None)? {
             if rules.deletes {
                 continue;
@@ -471,10 +493,14 @@ impl Inner {
                 }
                 if run_cleaner {
                     let _one = self.cleaner_lock.lock();
+                    let covered = match covered {
+                        Some(c) => c,
+                        None => *covered.insert(self.prepare_passes()?),
+                    };
                     // A full offset map ends a pass early; go on while passes make progress.
                     while lo < need {
                         let mut r = CompactionReport::default();
-                        let pass = Pass::Force { until: need };
+                        let pass = (Pass::Force { until: need }, covered);
                         if self.clean_partition(&t, p, &rules, pass, &mut r).is_err() {
                             break;
                         }

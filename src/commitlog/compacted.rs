@@ -255,6 +255,16 @@ impl Compacted {
         }))
     }
 
+    /// Files and bytes on disk: `state`, and the data and index files (none before a record).
+    pub(crate) fn disk_usage(&self) -> (u64, u64) {
+        let state = (STATE_LEN + 4) as u64;
+        if self.state.generation == 0 {
+            return (1, state);
+        }
+        let index = INDEX_HEADER + self.state.index_entries * INDEX_ENTRY;
+        (3, state + self.state.data_len + index)
+    }
+
     /// Checks the files against `state` (lengths, index header): what open trusts.
     fn check_files(&self, fs: &dyn FileSystem) -> Result<()> {
         if self.state.records == 0 {

@@ -154,10 +154,7 @@ impl Inner {
         let (compacted, clean_end) = match part.compacted() {
             None => (0, 0),
             Some(c) if start == 0 => (c.state.data_len, c.state.clean_end),
-            Some(c) => (
-                self.compacted_bytes_from(&c, start)?,
-                c.state.clean_end,
-            ),
+            Some(c) => (self.compacted_bytes_from(&c, start)?, c.state.clean_end),
         };
         Ok(compacted + part.cq.bytes_between(start.max(clean_end).min(end), end)?)
     }
@@ -914,6 +911,12 @@ impl LogStore for CommitLogStore {
                 let (files, bytes) = p.cq.disk_usage();
                 usage.files += files;
                 usage.bytes += bytes;
+                if let Some(c) = p.compacted() {
+                    // `state`, and the generation's data and index files.
+                    let (files, bytes) = c.disk_usage();
+                    usage.files += files;
+                    usage.bytes += bytes;
+                }
             }
         }
         if let Some(index) = &self.inner.index {

@@ -896,3 +896,85 @@ fn io_bytes_per_sec_throttles_a_pass() {
         "{elapsed:?} < {floor:?} for {r:?}"
     );
 }
+
+#[test]
+fn reads_racing_passes_and_appends_never_fail_skip_or_come_back_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), options()).unwrap());
+    store.create_topic("c", compact_topic(1)).unwrap();
+    let model = Arc::new(parking_lot::Mutex::new(Vec::<Entry>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (store, model, stop) = (Arc::clone(&store), Arc::clone(&model), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut seed = 1;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let more = workload(seed, 5, 8);
+                seed += 1;
+                let mut m = model.lock();
+                append_all(store.as_ref(), "c", 0, &more);
+                m.extend(more);
+            }
+        })
+    };
+    let reader = {
+        let (store, model, stop) = (Arc::clone(&store), Arc::clone(&model), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut at = 0;
+                let end = store.bounds("c", 0).unwrap().end;
+                while at < end {
+                    let got = store.read("c", 0, at, ReadLimits::messages(7)).unwrap();
+                    assert!(!got.is_empty(), "read at {at} < {end} came back empty");
+                    let m = model.lock();
+                    for r in &got {
+                        assert!(r.offset() >= at);
+                        assert_eq!(r.body(), &m[r.offset() as usize].body[..]);
+                    }
+                    at = got.last().unwrap().offset() + 1;
+                    reads += 1;
+                }
+            }
+            reads
+        })
+    };
+    for _ in 0..40 {
+        settle();
+        store.compact(None).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(reader.join().unwrap() > 0);
+    let model = model.lock().clone();
+    settle();
+    store.compact(None).unwrap();
+    check_model(store.as_ref(), "c", 0, &model, false, "after the race");
+    let v = store.verify().unwrap();
+    assert!(v.is_ok(), "{:?}", v.problems);
+}
+
+#[test]
+fn a_deleted_topics_compacted_files_never_reach_a_new_topic_of_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = duolog::open(dir.path(), options()).unwrap();
+    store.create_topic("c", compact_topic(1)).unwrap();
+    append_all(store.as_ref(), "c", 0, &workload(4, 50, 5));
+    settle();
+    store.compact(None).unwrap();
+    assert!(!compaction_files(dir.path()).is_empty());
+    store.delete_topic("c").unwrap();
+    assert!(compaction_files(dir.path()).is_empty());
+    store.create_topic("c", compact_topic(1)).unwrap();
+    let b = store.bounds("c", 0).unwrap();
+    assert_eq!((b.start, b.end), (0, 0));
+    store
+        .append("c", 0, &[Message::new("fresh").with_key("k")])
+        .unwrap();
+    store.close().unwrap();
+    drop(store);
+    let store = duolog::open(dir.path(), options()).unwrap();
+    let recs = read_all(store.as_ref(), "c", 0, "recreated");
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].body(), b"fresh");
+}

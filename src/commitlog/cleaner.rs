@@ -85,6 +85,15 @@ impl Throttle {
     }
 }
 
+/// Whether opening generation `c` failed because a pass replaced it (and deleted its files)
+/// after it was taken: the caller starts again from the current one.
+pub(crate) fn replaced(part: &PartitionState, c: &Compacted, e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+        && part
+            .compacted()
+            .is_none_or(|now| now.state.generation != c.state.generation)
+}
+
 /// Whether a record survives a pass: not superseded by a later record of its key in the map,
 /// and not a tombstone older than `delete_retention` when the pass started.
 fn keep(meta: &Meta, map: &OffsetMap, now: i64, rules: &Rules, r: &mut CompactionReport) -> bool {
@@ -352,10 +361,7 @@ impl Inner {
         from: u64,
         upto: u64,
     ) -> Result<u64> {
-        let Some(c) = part.compacted() else {
-            return Ok(upto);
-        };
-        let Some(reader) = c.open(self.fs.as_ref(), self.max_stored_record())? else {
+        let Some((_, reader)) = self.open_compacted(part)? else {
             return Ok(upto);
         };
         let mut scan = reader.scan_from(reader.seek(from)?);
@@ -377,9 +383,27 @@ impl Inner {
         }
     }
 
-    /// Bytes of the compacted records of `c` at or after `from` (and below `clean_end`).
-    pub(crate) fn compacted_bytes_from(&self, c: &Compacted, from: u64) -> Result<u64> {
-        let Some(reader) = c.open(self.fs.as_ref(), self.max_stored_record())? else {
+    /// Opens the partition's current compacted generation. A generation that a pass replaced
+    /// (and deleted) between taking it and opening its files is retried with the new one.
+    pub(crate) fn open_compacted(
+        &self,
+        part: &PartitionState,
+    ) -> Result<Option<(Arc<Compacted>, compacted::Reader)>> {
+        loop {
+            let Some(c) = part.compacted() else {
+                return Ok(None);
+            };
+            match c.open(self.fs.as_ref(), self.max_stored_record()) {
+                Ok(r) => return Ok(r.map(|r| (c, r))),
+                Err(e) if replaced(part, &c, &e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Bytes of the compacted records at or after `from` (and below `clean_end`).
+    pub(crate) fn compacted_bytes_from(&self, part: &PartitionState, from: u64) -> Result<u64> {
+        let Some((c, reader)) = self.open_compacted(part)? else {
             return Ok(0);
         };
         let mut scan = reader.scan_from(reader.seek(from)?);

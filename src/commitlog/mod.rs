@@ -10,6 +10,7 @@
 //! log-start-offset-checkpoint       start offsets raised by delete_before / retention
 //! commitlog/<20-digit offset>       fixed-size files of records (see `record`)
 //! consumequeue/<topic>/<p>/<20-digit byte offset>   20-byte units (see `consume_queue`)
+//! compaction/<topic>/<p>/{state, <gen>.log, <gen>.idx}  compacted prefix (see `compacted`)
 //! ```
 //! This module owns those files and nothing else; it reaches them only through
 //! [`FileSystem`].
@@ -154,7 +155,7 @@ impl Inner {
         let (compacted, clean_end) = match part.compacted() {
             None => (0, 0),
             Some(c) if start == 0 => (c.state.data_len, c.state.clean_end),
-            Some(c) => (self.compacted_bytes_from(&c, start)?, c.state.clean_end),
+            Some(c) => (self.compacted_bytes_from(part, start)?, c.state.clean_end),
         };
         Ok(compacted + part.cq.bytes_between(start.max(clean_end).min(end), end)?)
     }
@@ -344,6 +345,18 @@ impl Inner {
         .store(self.fs.as_ref(), &self.dir)
     }
 
+    /// Removes compacted files left under `name` by an earlier topic of that name (a deletion
+    /// that lost its files' removal), durably, so a new topic never finds them.
+    fn remove_stale_compaction(&self, name: &str) -> Result<()> {
+        let root = self.dir.join(compacted::COMPACTION_DIR);
+        let dir = root.join(name);
+        if self.fs.exists(&dir).unwrap_or(false) {
+            crate::io::remove_tree(self.fs.as_ref(), &dir).map_err(|e| Error::io(&dir, e))?;
+            self.fs.sync_dir(&root).map_err(|e| Error::io(&root, e))?;
+        }
+        Ok(())
+    }
+
     /// Removes the consume queues of topics whose deletion is listed as unfinished, then drops
     /// the listing from the catalog (the caller holds `admin`, or is the open).
     pub(crate) fn finish_deletions(&self, topics: &HashMap<String, Arc<TopicState>>) -> Result<()> {
@@ -377,6 +390,8 @@ impl Inner {
     fn delete_topic(&self, name: &str) -> Result<()> {
         self.check_open()?;
         let _admin = self.admin.lock();
+        // No pass is writing the topic's compacted files while they are removed.
+        let _cleaner = self.cleaner_lock.lock();
         let t = self.topic(name)?;
         {
             // No append of the topic is halfway through once this is set.
@@ -718,6 +733,7 @@ impl LogStore for CommitLogStore {
         if inner.deleting.lock().iter().any(|(n, _)| n == name) {
             inner.finish_deletions(&inner.topics.read().clone())?;
         }
+        inner.remove_stale_compaction(name)?;
         let state = Arc::new(inner.open_topic(name, &config)?);
         for part in &state.partitions {
             part.cq.enroll();

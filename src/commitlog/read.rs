@@ -189,8 +189,18 @@ impl Inner {
             && at < clean_end.min(end)
         {
             let upto = clean_end.min(end);
-            if !self.read_compacted(c, topic, partition, at, upto, &mut budget, &mut out)? {
-                return Ok(Ok(out));
+            match self.read_compacted(
+                part,
+                c,
+                topic,
+                partition,
+                (at, upto),
+                &mut budget,
+                &mut out,
+            )? {
+                Ok(true) => {}
+                Ok(false) => return Ok(Ok(out)),
+                Err(Moved) => return Ok(Err(Moved)),
             }
             at = upto;
         }
@@ -295,22 +305,26 @@ impl Inner {
     #[allow(clippy::too_many_arguments)]
     fn read_compacted(
         &self,
+        part: &PartitionState,
         c: &Compacted,
         topic: &str,
         partition: u32,
-        from: u64,
-        upto: u64,
+        (from, upto): (u64, u64),
         budget: &mut Budget,
         out: &mut Vec<Record>,
-    ) -> Result<bool> {
-        let Some(reader) = c.open(self.fs.as_ref(), self.max_stored_record())? else {
-            return Ok(true);
+    ) -> Result<std::result::Result<bool, Moved>> {
+        let reader = match c.open(self.fs.as_ref(), self.max_stored_record()) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(Ok(true)),
+            // A pass replaced this generation and deleted its files since the read took it.
+            Err(e) if super::cleaner::replaced(part, c, &e) => return Ok(Err(Moved)),
+            Err(e) => return Err(e),
         };
         let mut scan = reader.scan_from(reader.seek(from)?);
         loop {
             let pos = scan.position();
             let Some((chunk, range)) = scan.next_raw()? else {
-                return Ok(true);
+                return Ok(Ok(true));
             };
             let locate = || (reader.data_path().to_owned(), pos);
             let r = decode_record(&chunk, range, topic, partition, &locate)?;
@@ -318,10 +332,10 @@ impl Inner {
                 continue;
             }
             if r.offset >= upto {
-                return Ok(true);
+                return Ok(Ok(true));
             }
             if !budget.admits(out, r.size as usize) {
-                return Ok(false);
+                return Ok(Ok(false));
             }
             budget.take(r.size as usize);
             out.push(r);

@@ -140,11 +140,8 @@ impl Inner {
         part: &super::PartitionState,
         problems: &mut Vec<String>,
     ) -> Result<u64> {
-        let Some(c) = part.compacted() else {
-            return Ok(0);
-        };
-        let reader = match c.open(self.fs.as_ref(), self.max_stored_record()) {
-            Ok(Some(r)) => r,
+        let (c, reader) = match self.open_compacted(part) {
+            Ok(Some(x)) => x,
             Ok(None) => return Ok(0),
             Err(e) => {
                 problems.push(format!("compacted {topic}/{partition}: {e}"));

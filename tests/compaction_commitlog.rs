@@ -221,7 +221,7 @@ fn compaction_keeps_the_latest_value_of_every_key_against_a_model() {
     let dir = tempfile::tempdir().unwrap();
     let store = duolog::open(dir.path(), options()).unwrap();
     store.create_topic("c", compact_topic(2)).unwrap();
-    let mut models = vec![Vec::new(), Vec::new()];
+    let mut models = [Vec::new(), Vec::new()];
     for round in 0..6u64 {
         for p in 0..2u32 {
             let more = workload(round * 10 + u64::from(p) + 7, 80, 25);
@@ -322,7 +322,7 @@ fn compaction_keeps_the_latest_value_of_every_key_against_a_model() {
         }
     }
     let store = duolog::open(dir.path(), options()).unwrap();
-    assert_eq!(store.reindex().unwrap() > 0, true);
+    assert!(store.reindex().unwrap() > 0);
     let v = store.verify().unwrap();
     assert!(v.is_ok(), "after reindex: {:?}", v.problems);
 }
@@ -539,7 +539,7 @@ fn retention_keeps_compact_only_records_it_would_delete_and_drops_compact_delete
     append_all(store.as_ref(), "cd", 0, &model);
     let filler = Message::new(vec![b'f'; 2000]);
     for _ in 0..200 {
-        store.append("f", 0, &[filler.clone()]).unwrap();
+        store.append("f", 0, std::slice::from_ref(&filler)).unwrap();
     }
     let files_before = store.disk_usage().unwrap().files;
     std::thread::sleep(Duration::from_millis(20));
@@ -605,7 +605,7 @@ fn background_retention_waits_for_the_cleaner_and_never_loses_compact_records() 
     let filler = Message::new(vec![b'f'; 2000]);
     let first_file = store.disk_usage().unwrap();
     for i in 0..300 {
-        store.append("f", 0, &[filler.clone()]).unwrap();
+        store.append("f", 0, std::slice::from_ref(&filler)).unwrap();
         if i % 50 == 0 {
             check_model(
                 store.as_ref(),

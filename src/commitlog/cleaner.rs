@@ -482,9 +482,10 @@ impl Inner {
                     min_dirty_ratio: ratio,
                 };
                 // One partition's failure (damage) does not stop the others.
-                match self.clean_partition(&t, p, &rules, (pass, covered), &mut report) {
-                    Err(e @ (Error::Closed | Error::Poisoned { .. })) => return Err(e),
-                    _ => {}
+                if let Err(e @ (Error::Closed | Error::Poisoned { .. })) =
+                    self.clean_partition(&t, p, &rules, (pass, covered), &mut report)
+                {
+                    return Err(e);
                 }
             }
         }

@@ -388,10 +388,7 @@ fn replay_records(
                             .and_then(|n| topics.get(n));
                         // A deleted topic's record is skipped (the catalog names a topic before
                         // its first record is written, so no other record names an unknown one).
-                        let part = match topic {
-                            None => None,
-                            Some(t) => Some(t.partitions.get(d.header.queue_id as usize)),
-                        };
+                        let part = topic.map(|t| t.partitions.get(d.header.queue_id as usize));
                         let Some(part) = part.map(|p| p.ok_or(())) else {
                             at += d.total_size;
                             continue;

@@ -978,3 +978,55 @@ fn a_deleted_topics_compacted_files_never_reach_a_new_topic_of_its_name() {
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].body(), b"fresh");
 }
+
+#[test]
+fn a_clean_end_past_a_damaged_logs_recovered_end_is_lowered_and_new_records_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = duolog::CommitLogStore::open(dir.path(), options()).unwrap();
+    store.create_topic("c", compact_topic(1)).unwrap();
+    // 40 records; the last three have keys of their own, so the compacted prefix keeps them.
+    let mut model = workload(13, 37, 6);
+    for k in 0..3 {
+        model.push(Entry {
+            key: Some(format!("last-{k}")),
+            body: format!("last {k}").into_bytes(),
+            tombstone: false,
+        });
+    }
+    append_all(&store, "c", 0, &model);
+    settle();
+    store.compact(None).unwrap();
+    // Queue files of 16 units: 0 and 16 are gone, 32 (units 32..47) stays.
+    let unit = store.consume_queue_unit("c", 0, 37).unwrap().expect("unit 37");
+    let log_file = store.commitlog_files()[0].clone();
+    store.close().unwrap();
+    drop(store);
+    // Damage: the log loses records 37.. (zeros), the checkpoint is gone and the store
+    // looks crashed, so recovery replays the whole log and ends the partition at 37.
+    let mut bytes = std::fs::read(&log_file).unwrap();
+    bytes[unit.position as usize..].fill(0);
+    std::fs::write(&log_file, bytes).unwrap();
+    std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+    std::fs::write(dir.path().join("abort"), b"").unwrap();
+    let store = duolog::open(dir.path(), options()).unwrap();
+    let b = store.bounds("c", 0).unwrap();
+    assert_eq!(b.end, 37, "recovered end");
+    model.truncate(37);
+    check_model(store.as_ref(), "c", 0, &model, false, "clamped");
+    // Offset 37 goes to a new record, and reads (now and after a reopen) see it, not the
+    // compacted record that once had that offset.
+    store.append("c", 0, &[Message::new("new 37").with_key("n")]).unwrap();
+    let mut store = store;
+    for reopen in [false, true] {
+        if reopen {
+            store.close().unwrap();
+            drop(store);
+            store = duolog::open(dir.path(), options()).unwrap();
+        }
+        let got = store.read("c", 0, 37, ReadLimits::messages(5)).unwrap();
+        assert_eq!(got.len(), 1, "reopened: {reopen}");
+        assert_eq!(got[0].body(), b"new 37", "reopened: {reopen}");
+        let v = store.verify().unwrap();
+        assert!(v.is_ok(), "reopened: {reopen}: {:?}", v.problems);
+    }
+}

@@ -997,7 +997,10 @@ fn a_clean_end_past_a_damaged_logs_recovered_end_is_lowered_and_new_records_win(
     settle();
     store.compact(None).unwrap();
     // Queue files of 16 units: 0 and 16 are gone, 32 (units 32..47) stays.
-    let unit = store.consume_queue_unit("c", 0, 37).unwrap().expect("unit 37");
+    let unit = store
+        .consume_queue_unit("c", 0, 37)
+        .unwrap()
+        .expect("unit 37");
     let log_file = store.commitlog_files()[0].clone();
     store.close().unwrap();
     drop(store);
@@ -1015,7 +1018,9 @@ fn a_clean_end_past_a_damaged_logs_recovered_end_is_lowered_and_new_records_win(
     check_model(store.as_ref(), "c", 0, &model, false, "clamped");
     // Offset 37 goes to a new record, and reads (now and after a reopen) see it, not the
     // compacted record that once had that offset.
-    store.append("c", 0, &[Message::new("new 37").with_key("n")]).unwrap();
+    store
+        .append("c", 0, &[Message::new("new 37").with_key("n")])
+        .unwrap();
     let mut store = store;
     for reopen in [false, true] {
         if reopen {

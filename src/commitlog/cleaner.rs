@@ -306,7 +306,8 @@ impl Inner {
                     }
                     throttle.account(rec.len(), self)?;
                     if meta.offset >= start && keep(&meta, &map, now, rules, &mut r) {
-                        w.push(rec, &meta)?;
+                        let flushed = w.push(rec, &meta)?;
+                        throttle.account(flushed, self)?;
                     }
                 }
             }
@@ -316,7 +317,8 @@ impl Inner {
                 r.bytes_before += bytes.len() as u64;
                 throttle.account(bytes.len(), self)?;
                 if keep(&meta, &map, now, rules, &mut r) {
-                    w.push(&bytes, &meta)?;
+                    let flushed = w.push(&bytes, &meta)?;
+                    throttle.account(flushed, self)?;
                 }
             }
             w.finish(dirty_end.max(old_state.clean_end))

@@ -1035,3 +1035,91 @@ fn a_clean_end_past_a_damaged_logs_recovered_end_is_lowered_and_new_records_win(
         assert!(v.is_ok(), "reopened: {reopen}: {:?}", v.problems);
     }
 }
+
+#[test]
+fn retention_keeps_the_log_file_when_the_forced_pass_cannot_clean_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        commitlog: CommitLogOptions {
+            retention: Some(Duration::from_millis(1)),
+            ..options().commitlog
+        },
+        ..options()
+    };
+    let store = duolog::open(dir.path(), opts).unwrap();
+    store.create_topic("c", compact_topic(1)).unwrap();
+    store
+        .create_topic("f", TopicConfig::with_partitions(1))
+        .unwrap();
+    let first = workload(17, 30, 5);
+    append_all(store.as_ref(), "c", 0, &first);
+    settle();
+    store.compact(None).unwrap();
+    // From now on the head covers everything: only retention's forced pass would clean.
+    let head_forever = TopicConfig {
+        segment_bytes: Some(1 << 30),
+        segment_ms: Some(Duration::from_secs(86_400)),
+        ..compact_topic(1)
+    };
+    store.alter_topic("c", head_forever).unwrap();
+    let second = workload(18, 30, 1_000_000);
+    append_all(store.as_ref(), "c", 0, &second);
+    // The forced pass must copy the damaged generation, and fails.
+    flip(&file_ending(dir.path(), ".log"), 40);
+    let filler = Message::new(vec![b'f'; 2000]);
+    for _ in 0..200 {
+        store.append("f", 0, std::slice::from_ref(&filler)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    let files = store.disk_usage().unwrap().files;
+    assert_eq!(
+        store.enforce_retention().unwrap(),
+        0,
+        "the file of uncleaned records went"
+    );
+    assert_eq!(store.disk_usage().unwrap().files, files);
+    // Every record the compacted files do not serve is still there.
+    let b = store.bounds("c", 0).unwrap();
+    assert_eq!((b.start, b.end), (0, 60));
+    let got = store.read("c", 0, 30, ReadLimits::messages(100)).unwrap();
+    assert_eq!(got.len(), 30);
+    for (r, e) in got.iter().zip(&second) {
+        assert_eq!(r.body(), &e.body[..]);
+    }
+}
+
+#[test]
+fn records_below_a_raised_start_leave_the_compacted_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = duolog::open(dir.path(), options()).unwrap();
+    store.create_topic("c", compact_topic(1)).unwrap();
+    // Distinct keys: compaction removes nothing, so only the start can.
+    let model = workload(19, 60, 1_000_000);
+    append_all(store.as_ref(), "c", 0, &model);
+    settle();
+    store.compact(None).unwrap();
+    let before = store.partition_bytes("c", 0).unwrap();
+    store.delete_before("c", 0, 25).unwrap();
+    let recs = read_all(store.as_ref(), "c", 0, "raised start");
+    assert_eq!(recs.first().map(|r| r.offset()), Some(25));
+    assert_eq!(recs.len(), 35);
+    let after = store.partition_bytes("c", 0).unwrap();
+    let want: u64 = recs.iter().map(|r| u64::from(r.stored_size())).sum();
+    assert_eq!(after, want);
+    assert!(after < before);
+    // The next pass drops them from the files too; a reopen agrees.
+    append_all(store.as_ref(), "c", 0, &workload(20, 5, 1_000_000));
+    settle();
+    store.compact(None).unwrap();
+    store.close().unwrap();
+    drop(store);
+    let store = duolog::open(dir.path(), options()).unwrap();
+    assert_eq!(store.bounds("c", 0).unwrap().start, 25);
+    assert!(matches!(
+        store.read("c", 0, 10, ReadLimits::default()),
+        Err(Error::OffsetOutOfRange { .. })
+    ));
+    assert_eq!(read_all(store.as_ref(), "c", 0, "reopened").len(), 40);
+    let v = store.verify().unwrap();
+    assert!(v.is_ok(), "{:?}", v.problems);
+}

@@ -152,8 +152,12 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
     for t in topics.values_mut() {
         let name = t.name.clone();
         for (p, part) in t.partitions.iter_mut().enumerate() {
+            // Units below `clean_end` were made durable (and checkpointed) before the pass that
+            // set it committed, so none is torn; their records may be gone from the log with
+            // files retention deleted after that pass, which would fail the record check.
+            let clean_end = part.clean_end();
             let mut check = |offset: u64, unit: &Unit| {
-                record_matches(&mut inner.log, unit, &name, p as u32, offset)
+                offset < clean_end || record_matches(&mut inner.log, unit, &name, p as u32, offset)
             };
             let part = Arc::get_mut(part)
                 .ok_or_else(|| Error::InvalidArgument("queue shared during recovery".into()))?;

@@ -1186,3 +1186,255 @@ fn a_power_cut_at_every_step_of_retention_with_a_forced_pass_loses_no_compact_re
     }
     eprintln!("{cases} power cuts over {steps} I/O steps of retention");
 }
+
+#[derive(Clone, Debug)]
+enum Op {
+    Append {
+        n: usize,
+        seed: u64,
+    },
+    Compact,
+    Crash {
+        mode: usize,
+        seed: u64,
+    },
+    Reopen,
+    /// Another topic's records: they roll commit-log files.
+    Filler {
+        n: usize,
+    },
+    /// Retention deletes every sealed file (retention of 1 ms).
+    Retention,
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        5 => (1usize..12, any::<u64>()).prop_map(|(n, seed)| Op::Append { n, seed }),
+        3 => Just(Op::Compact),
+        2 => (0..CrashMode::ALL.len(), any::<u64>()).prop_map(|(mode, seed)| Op::Crash { mode, seed }),
+        1 => Just(Op::Reopen),
+        2 => (1usize..20).prop_map(|n| Op::Filler { n }),
+        2 => Just(Op::Retention),
+    ]
+}
+
+fn run_ops(ops: &[Op]) {
+    let opts = |sim: &SimFs| StoreOptions {
+        commitlog: CommitLogOptions {
+            retention: Some(Duration::from_millis(1)),
+            retention_check_interval: Duration::MAX,
+            ..options().commitlog
+        },
+        ..sim_options(sim)
+    };
+    let mut sim = SimFs::new();
+    let mut store = duolog::open("/s", opts(&sim)).unwrap();
+    store.create_topic("c", compact_topic(1)).unwrap();
+    store
+        .create_topic("f", TopicConfig::with_partitions(1))
+        .unwrap();
+    let filler = Message::new(vec![b'f'; 3000]);
+    let mut model: Vec<Entry> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let ctx = format!("op {i} {op:?}");
+        match *op {
+            Op::Append { n, seed } => {
+                let more = workload(seed, n, 6);
+                append_all(store.as_ref(), "c", 0, &more);
+                model.extend(more);
+            }
+            Op::Compact => {
+                std::thread::sleep(Duration::from_millis(2));
+                store.compact(None).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            }
+            Op::Crash { mode, seed } => {
+                store.abandon();
+                drop(store);
+                let before = sim.files();
+                sim = sim.crash(CrashMode::ALL[mode], seed);
+                store = duolog::open("/s", opts(&sim)).unwrap_or_else(|e| {
+                    panic!(
+                        "{ctx}: reopen: {e}\nfiles before the crash: {before:#?}\nafter: {:#?}",
+                        sim.files()
+                    )
+                });
+            }
+            Op::Reopen => {
+                store.close().unwrap();
+                drop(store);
+                store = duolog::open("/s", opts(&sim)).unwrap();
+            }
+            Op::Filler { n } => {
+                let batch = vec![filler.clone(); n];
+                store.append("f", 0, &batch).unwrap();
+            }
+            Op::Retention => {
+                std::thread::sleep(Duration::from_millis(2));
+                store
+                    .enforce_retention()
+                    .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            }
+        }
+        if std::env::var("DUOLOG_DEBUG_OPS").is_ok() {
+            let files: Vec<_> = sim
+                .files()
+                .into_iter()
+                .filter(|p| {
+                    let s = p.to_string_lossy();
+                    s.contains("commitlog/") || s.contains("consumequeue/f")
+                })
+                .collect();
+            eprintln!(
+                "{ctx}: c {:?} f {:?} {files:?}",
+                store.bounds("c", 0).unwrap(),
+                store.bounds("f", 0).unwrap()
+            );
+        }
+        check_model(store.as_ref(), "c", 0, &model, false, &ctx);
+    }
+    let v = store.verify().unwrap();
+    assert!(v.is_ok(), "{:?}", v.problems);
+}
+
+#[test]
+fn random_appends_passes_and_crashes_against_a_model() {
+    use proptest::prelude::*;
+    let config = ProptestConfig {
+        cases: std::env::var("DUOLOG_COMPACTION_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64),
+        source_file: Some(file!()),
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
+        )),
+        ..ProptestConfig::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let result = runner.run(&proptest::collection::vec(op(), 1..30), |ops| {
+        run_ops(&ops);
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+#[test]
+#[ignore]
+fn debug_ops() {
+    use Op::*;
+    run_ops(&[
+        Append {
+            n: 7,
+            seed: 1995831648263627273,
+        },
+        Append {
+            n: 10,
+            seed: 16816465024515644421,
+        },
+        Retention,
+        Retention,
+        Crash {
+            mode: 2,
+            seed: 11745884059681979574,
+        },
+        Filler { n: 16 },
+        Append {
+            n: 10,
+            seed: 3530126219596352550,
+        },
+        Append {
+            n: 6,
+            seed: 14793786037530037863,
+        },
+        Reopen,
+        Append {
+            n: 11,
+            seed: 17325894191205115586,
+        },
+        Retention,
+        Retention,
+        Retention,
+        Append {
+            n: 8,
+            seed: 17138452385655084463,
+        },
+        Append {
+            n: 9,
+            seed: 7000467539552789469,
+        },
+        Compact,
+        Retention,
+        Append {
+            n: 9,
+            seed: 2882664738314510497,
+        },
+        Compact,
+        Append {
+            n: 9,
+            seed: 14153487192792541362,
+        },
+        Filler { n: 17 },
+        Append {
+            n: 5,
+            seed: 11403126892099682235,
+        },
+        Crash {
+            mode: 6,
+            seed: 13913493402670853225,
+        },
+    ]);
+}
+
+/// Not compaction proper, but the retention order it relies on: a partition whose records all
+/// went with their log files (idle since), then a crash with a stale checkpoint, reopens with
+/// its end where it was (not at its queue file's start, which would give out offsets again).
+#[test]
+fn an_idle_partition_whose_records_retention_deleted_keeps_its_end_after_a_crash() {
+    let sim = SimFs::new();
+    let opts = |sim: &SimFs| StoreOptions {
+        commitlog: CommitLogOptions {
+            retention: Some(Duration::from_millis(1)),
+            checkpoint_interval: Duration::MAX,
+            ..options().commitlog
+        },
+        ..sim_options(sim)
+    };
+    let store = duolog::open("/s", opts(&sim)).unwrap();
+    store
+        .create_topic("p", TopicConfig::with_partitions(1))
+        .unwrap();
+    store
+        .create_topic("f", TopicConfig::with_partitions(1))
+        .unwrap();
+    for i in 0..5 {
+        store
+            .append("p", 0, &[Message::new(format!("p{i}"))])
+            .unwrap();
+    }
+    let filler: Vec<Message> = (0..10).map(|_| Message::new(vec![b'f'; 2000])).collect();
+    for _ in 0..12 {
+        store.append("f", 0, &filler).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(5));
+    assert!(store.enforce_retention().unwrap() > 0);
+    let (p_end, f_end) = (
+        store.bounds("p", 0).unwrap().end,
+        store.bounds("f", 0).unwrap().end,
+    );
+    assert_eq!(store.bounds("p", 0).unwrap().start, 5);
+    // More records after retention's checkpoint, so the recovery replays.
+    store.append("f", 0, &filler).unwrap();
+    store.abandon();
+    drop(store);
+    for mode in CrashMode::ALL {
+        let crashed = sim.crash(mode, 7);
+        let store = duolog::open("/s", opts(&crashed)).unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+        assert_eq!(store.bounds("p", 0).unwrap().end, p_end, "{mode:?}");
+        assert!(store.bounds("f", 0).unwrap().end >= f_end + 10, "{mode:?}");
+        let r = store.append("p", 0, &[Message::new("next")]).unwrap();
+        assert_eq!(r.base_offset, p_end, "{mode:?}: offsets given out again");
+    }
+}

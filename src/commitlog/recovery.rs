@@ -153,11 +153,19 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         let name = t.name.clone();
         for (p, part) in t.partitions.iter_mut().enumerate() {
             // Units below `clean_end` were made durable (and checkpointed) before the pass that
-            // set it committed, so none is torn; their records may be gone from the log with
-            // files retention deleted after that pass, which would fail the record check.
-            let clean_end = part.clean_end();
+            // set it committed; units below the persisted start belong to records retention
+            // deleted (the start is persisted before their log files go). Either kind may point
+            // into a log file that is gone, which the record check would take for a torn unit,
+            // cutting the partition's end back below offsets it has given out.
+            let trusted_below = part.clean_end().max(
+                persisted
+                    .get(&(name.clone(), p as u32))
+                    .copied()
+                    .unwrap_or(0),
+            );
             let mut check = |offset: u64, unit: &Unit| {
-                offset < clean_end || record_matches(&mut inner.log, unit, &name, p as u32, offset)
+                offset < trusted_below
+                    || record_matches(&mut inner.log, unit, &name, p as u32, offset)
             };
             let part = Arc::get_mut(part)
                 .ok_or_else(|| Error::InvalidArgument("queue shared during recovery".into()))?;

@@ -9,6 +9,7 @@
 //! than that, or that has a `retention.bytes`, loses its old records logically: its partitions'
 //! start offsets rise past them (as `delete_before` does) and their queue files go.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::Inner;
@@ -132,13 +133,21 @@ impl Inner {
             .take(delete)
             .take_while(|f| f.start_offset() + size <= allowed)
             .count();
-        drop(files);
         if delete == 0 {
             if logical {
                 self.trim_index()?;
             }
             return Ok(0);
         }
+        let keep_from = files[delete].start_offset();
+        drop(files);
+        // Before any file goes: every queue unit of its records is made durable and put behind
+        // the checkpoint (recovery could not rebuild one from a file that is gone), and the
+        // starts move past them durably (recovery cannot check those units against the log,
+        // and trusts the ones below the persisted start instead).
+        self.gc.sync_all(self)?;
+        self.write_checkpoint()?;
+        self.advance_starts_past(keep_from)?;
         let mut left = delete;
         let removed = self
             .log
@@ -150,7 +159,6 @@ impl Inner {
                 true
             })
             .map_err(|e| self.note_poison(e))?;
-        self.advance_starts_past_log_start()?;
         self.trim_index()?;
         Ok(removed)
     }
@@ -211,14 +219,12 @@ impl Inner {
         Ok(changed)
     }
 
-    /// Moves every partition's start past records whose file is gone.
-    fn advance_starts_past_log_start(&self) -> Result<()> {
-        let Some(log_min) = self.log.min_offset() else {
-            return Ok(());
-        };
+    /// Moves every partition's start past records before commit-log position `log_min` (their
+    /// files are about to go), persists the starts, then deletes the queue files below them.
+    fn advance_starts_past(&self, log_min: u64) -> Result<()> {
         let _admin = self.admin.lock();
         let topics: Vec<_> = self.topics.read().values().cloned().collect();
-        let mut changed = false;
+        let mut moved = Vec::new();
         for t in &topics {
             let deletes = self.rules(t).is_none_or(|r| r.deletes);
             for part in &t.partitions {
@@ -238,15 +244,19 @@ impl Inner {
                 };
                 if new_start > start {
                     part.start.store(new_start, Ordering::Release);
-                    part.cq
-                        .remove_below(self.fs.as_ref(), new_start)
-                        .map_err(|e| self.note_poison(e))?;
-                    changed = true;
+                    moved.push((Arc::clone(part), new_start));
                 }
             }
         }
-        if changed {
-            self.store_start_offsets()?;
+        if moved.is_empty() {
+            return Ok(());
+        }
+        // Persisted before any file goes (as `delete_before` does).
+        self.store_start_offsets()?;
+        for (part, start) in moved {
+            part.cq
+                .remove_below(self.fs.as_ref(), start)
+                .map_err(|e| self.note_poison(e))?;
         }
         Ok(())
     }

@@ -300,6 +300,11 @@ impl Inner {
                     };
                     let rec = &chunk[range];
                     let meta = compacted::describe(rec, &t.name)
+                        .and_then(|m| {
+                            (m.partition == partition as i32)
+                                .then_some(m)
+                                .ok_or("record of another partition")
+                        })
                         .map_err(|why| Error::corrupted(reader.data_path(), pos, why))?;
                     if meta.offset >= old_state.clean_end {
                         break;

@@ -22,6 +22,7 @@
 
 mod append;
 pub mod batch;
+mod cleaner;
 mod handles;
 pub mod index;
 mod load;
@@ -62,6 +63,8 @@ const RECOVERY_POINTS_FILE: &str = "recovery-point-offset-checkpoint";
 const START_OFFSETS_FILE: &str = "log-start-offset-checkpoint";
 const RECOVERY_MAGIC: &[u8; 4] = b"DLRP";
 const START_MAGIC: &[u8; 4] = b"DLSO";
+const CLEANER_FILE: &str = "cleaner-offset-checkpoint";
+const CLEANER_MAGIC: &[u8; 4] = b"DLCO";
 
 struct TopicLog {
     config: TopicConfig,
@@ -353,6 +356,13 @@ impl SegmentedStore {
                 .into_iter()
                 .map(|(t, p, o)| ((t, p), o))
                 .collect();
+        // A damaged cleaner checkpoint only means cleaning from the start again.
+        let clean_ends: HashMap<(String, u32), u64> =
+            crate::offsets_file::load(fs.as_ref(), &dir.join(CLEANER_FILE), CLEANER_MAGIC)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(t, p, o)| ((t, p), o))
+                .collect();
         let inner = Inner {
             dir: dir.to_owned(),
             ctx: Ctx {
@@ -382,6 +392,7 @@ impl SegmentedStore {
                     clean,
                     recovery.get(&key).copied().unwrap_or(0),
                     starts.get(&key).copied().unwrap_or(0),
+                    clean_ends.get(&key).copied().unwrap_or(0),
                 )
             })?;
             inner.topics.write().insert(name.clone(), Arc::new(t));
@@ -488,7 +499,7 @@ impl Inner {
         &self,
         name: &str,
         config: &TopicConfig,
-        spec: impl Fn(u32) -> (bool, u64, u64),
+        spec: impl Fn(u32) -> (bool, u64, u64, u64),
     ) -> Result<TopicLog> {
         // The partition directories first, all at once: one fsync of the store directory for
         // a new topic instead of one per partition (none for an existing one).
@@ -499,7 +510,7 @@ impl Inner {
             .map_err(|e| Error::io(&self.dir, e))?;
         let mut partitions = Vec::with_capacity(config.partitions as usize);
         for p in 0..config.partitions {
-            let (clean, recovery_point, log_start) = spec(p);
+            let (clean, recovery_point, log_start, clean_end) = spec(p);
             let part = load::load(
                 &self.ctx,
                 LoadSpec {
@@ -510,6 +521,7 @@ impl Inner {
                     clean,
                     recovery_point,
                     log_start,
+                    clean_end,
                 },
             )?;
             partitions.push(Arc::new(part));
@@ -545,7 +557,7 @@ impl LogStore for SegmentedStore {
             return Err(Error::TopicExists(name.to_owned()));
         }
         // Leftover directories of a topic whose catalog entry never became durable are reused.
-        let t = inner.load_topic(name, &config, |_| (false, 0, 0))?;
+        let t = inner.load_topic(name, &config, |_| (false, 0, 0, 0))?;
         let mut catalog: Vec<(String, TopicConfig)> = inner
             .topics
             .read()

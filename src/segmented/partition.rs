@@ -40,8 +40,15 @@ pub(crate) struct Partition {
     pub(crate) id: u32,
     pub(crate) dir: PathBuf,
     pub(super) state: Mutex<PartState>,
-    /// Taken by whoever seals pending segments, so two sealers never race on one segment.
+    /// Taken by whoever seals pending segments, so two sealers never race on one segment;
+    /// retention, `delete_before` and the cleaner's swaps take it too, so only one of them
+    /// changes the list of sealed segments at a time.
     pub(super) seal_lock: Mutex<()>,
+    /// Held for a whole cleaning pass: one pass per partition at a time.
+    pub(super) clean_lock: Mutex<()>,
+    /// The cleaner's clean end: offsets below were cleaned by a finished pass (Kafka's first
+    /// dirty offset, in `cleaner-offset-checkpoint`).
+    pub(crate) clean_end: AtomicU64,
     pub(crate) end: AtomicU64,
     pub(crate) start: AtomicU64,
     pub(crate) durable_end: AtomicU64,

@@ -1,12 +1,21 @@
 //! The store's `meta` file: which engine made the store and which topics it has.
 //!
 //! ```text
-//! "DUOL" | version u16 = 1 | engine u8 | reserved u8 | topic count u32 |
+//! "DUOL" | version u16 = 2 | engine u8 | reserved u8 | topic count u32 |
 //!   per topic: name length u16 | name | partitions u32 |
+//!              config count u16 | per config: name length u8 | name | value length u16 | value
+//! replay floor u64 (CommitLog engine: no recovery replays a record before this commit-log
+//!   position; raised when a topic is deleted, so its records never reach a new topic of its name)
+//! deleting count u32 | per topic being deleted: name length u16 | name | partitions u32
 //! CRC-32C u32 of everything before it
 //! ```
+//! Configs are Kafka's names and values (`retention.ms` = `3600000`), so a config added later
+//! needs no new version. Version 1 (no configs, no deletions) is still read.
 //! Written atomically (temp file, fsync, rename, directory fsync), so after a crash it holds the
-//! old or the new catalog, never a mix.
+//! old or the new catalog, never a mix: the catalog is the commit point of every topic change.
+//! Deleting a topic first writes a catalog without it and with it listed as being deleted, then
+//! removes its files, then writes the catalog without the listing; an open finishes any deletion
+//! still listed before it loads the topics.
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +24,7 @@ use crate::io::{self, FileSystem};
 use crate::store::{EngineKind, TopicConfig};
 
 const MAGIC: &[u8; 4] = b"DUOL";
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
 /// File name of the catalog inside a store directory.
 pub(crate) const META_FILE: &str = "meta";
 
@@ -24,6 +33,11 @@ pub(crate) const META_FILE: &str = "meta";
 pub(crate) struct Catalog {
     pub(crate) engine: EngineKind,
     pub(crate) topics: Vec<(String, TopicConfig)>,
+    /// Topics whose deletion began but may not have finished: (name, partitions).
+    pub(crate) deleting: Vec<(String, u32)>,
+    /// CommitLog engine: recovery replays no record before this commit-log position (every
+    /// record before it was durable and dispatched when a topic was deleted). 0 otherwise.
+    pub(crate) replay_floor: u64,
 }
 
 impl Catalog {
@@ -38,6 +52,21 @@ impl Catalog {
             out.extend_from_slice(&(name.len() as u16).to_be_bytes());
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(&config.partitions.to_be_bytes());
+            let configs = config.overrides();
+            out.extend_from_slice(&(configs.len() as u16).to_be_bytes());
+            for (name, value) in configs {
+                out.push(name.len() as u8);
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+                out.extend_from_slice(value.as_bytes());
+            }
+        }
+        out.extend_from_slice(&self.replay_floor.to_be_bytes());
+        out.extend_from_slice(&(self.deleting.len() as u32).to_be_bytes());
+        for (name, partitions) in &self.deleting {
+            out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(&partitions.to_be_bytes());
         }
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_be_bytes());
@@ -57,37 +86,51 @@ impl Catalog {
             return Err(bad(0, "not a duolog store (bad magic)"));
         }
         let version = u16::from_be_bytes([body[4], body[5]]);
-        if version != VERSION {
+        if version != 1 && version != VERSION {
             return Err(bad(4, &format!("unsupported catalog version {version}")));
         }
         let engine = EngineKind::from_code(body[6]).ok_or_else(|| bad(6, "unknown engine code"))?;
-        let count = u32::from_be_bytes([body[8], body[9], body[10], body[11]]) as usize;
-        let mut pos = 12;
+        let mut r = Reader { body, pos: 8, bad };
+        let count = r.u32()? as usize;
         let mut topics = Vec::with_capacity(count.min(body.len() / 6));
         for _ in 0..count {
-            let len_bytes = body
-                .get(pos..pos + 2)
-                .ok_or_else(|| bad(pos, "catalog truncated"))?;
-            let len = usize::from(u16::from_be_bytes([len_bytes[0], len_bytes[1]]));
-            pos += 2;
-            let name = body
-                .get(pos..pos + len)
-                .ok_or_else(|| bad(pos, "catalog truncated"))?;
-            let name = std::str::from_utf8(name)
-                .map_err(|_| bad(pos, "topic name is not UTF-8"))?
-                .to_owned();
-            pos += len;
-            let p = body
-                .get(pos..pos + 4)
-                .ok_or_else(|| bad(pos, "catalog truncated"))?;
-            let partitions = u32::from_be_bytes([p[0], p[1], p[2], p[3]]);
-            pos += 4;
-            topics.push((name, TopicConfig { partitions }));
+            let len = usize::from(r.u16()?);
+            let name = r.str(len)?;
+            let mut config = TopicConfig::with_partitions(r.u32()?);
+            if version >= 2 {
+                for _ in 0..r.u16()? {
+                    let name_len = usize::from(r.take(1)?[0]);
+                    let at = r.pos;
+                    let key = r.str(name_len)?;
+                    let value_len = usize::from(r.u16()?);
+                    let value = r.str(value_len)?;
+                    config
+                        .set(&key, &value)
+                        .map_err(|e| bad(at, &format!("topic {name}: {e}")))?;
+                }
+            }
+            topics.push((name, config));
         }
-        if pos != body.len() {
-            return Err(bad(pos, "trailing bytes in catalog"));
+        let mut deleting = Vec::new();
+        let mut replay_floor = 0;
+        if version >= 2 {
+            let b = r.take(8)?;
+            replay_floor = u64::from_be_bytes(b.try_into().unwrap_or_default());
+            for _ in 0..r.u32()? {
+                let len = usize::from(r.u16()?);
+                let name = r.str(len)?;
+                deleting.push((name, r.u32()?));
+            }
         }
-        Ok(Catalog { engine, topics })
+        if r.pos != body.len() {
+            return Err(bad(r.pos, "trailing bytes in catalog"));
+        }
+        Ok(Catalog {
+            engine,
+            topics,
+            deleting,
+            replay_floor,
+        })
     }
 
     pub(crate) fn path(dir: &Path) -> PathBuf {
@@ -107,6 +150,39 @@ impl Catalog {
     pub(crate) fn store(&self, fs: &dyn FileSystem, dir: &Path) -> Result<()> {
         let path = Self::path(dir);
         io::write_atomic(fs, &path, &self.encode()).map_err(|e| Error::io(&path, e))
+    }
+}
+
+/// A bounds-checked cursor over the catalog's bytes.
+struct Reader<'a, F: Fn(usize, &str) -> Error> {
+    body: &'a [u8],
+    pos: usize,
+    bad: F,
+}
+
+impl<F: Fn(usize, &str) -> Error> Reader<'_, F> {
+    fn take(&mut self, n: usize) -> Result<&[u8]> {
+        let b = self
+            .body
+            .get(self.pos..self.pos + n)
+            .ok_or_else(|| (self.bad)(self.pos, "catalog truncated"))?;
+        self.pos += n;
+        Ok(b)
+    }
+    fn u16(&mut self) -> Result<u16> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn str(&mut self, n: usize) -> Result<String> {
+        let at = self.pos;
+        let b = self.take(n)?;
+        std::str::from_utf8(b)
+            .map(str::to_owned)
+            .map_err(|_| (self.bad)(at, "a name in the catalog is not UTF-8"))
     }
 }
 
@@ -158,6 +234,8 @@ pub(crate) fn lock_and_load(
             let c = Catalog {
                 engine,
                 topics: Vec::new(),
+                deleting: Vec::new(),
+                replay_floor: 0,
             };
             c.store(fs, dir)?;
             c
@@ -172,12 +250,17 @@ mod tests {
 
     #[test]
     fn round_trip_and_damage() {
+        let mut compacted = TopicConfig::with_partitions(3);
+        compacted.set("cleanup.policy", "compact").unwrap();
+        compacted.set("retention.ms", "-1").unwrap();
         let c = Catalog {
             engine: EngineKind::CommitLog,
             topics: vec![
-                ("a".into(), TopicConfig { partitions: 3 }),
-                ("%RETRY%g".into(), TopicConfig { partitions: 1 }),
+                ("a".into(), compacted),
+                ("%RETRY%g".into(), TopicConfig::with_partitions(1)),
             ],
+            deleting: vec![("gone".into(), 4)],
+            replay_floor: 1 << 40,
         };
         let bytes = c.encode();
         let p = Path::new("meta");
@@ -191,5 +274,31 @@ mod tests {
                 "truncation at {i} accepted"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod version_one {
+    use super::*;
+
+    #[test]
+    fn a_version_one_catalog_still_reads() {
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&1u16.to_be_bytes());
+        out.extend_from_slice(&[2, 0]);
+        out.extend_from_slice(&1u32.to_be_bytes());
+        out.extend_from_slice(&1u16.to_be_bytes());
+        out.extend_from_slice(b"t");
+        out.extend_from_slice(&7u32.to_be_bytes());
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_be_bytes());
+        let c = Catalog::decode(Path::new("meta"), &out).unwrap();
+        assert_eq!(c.engine, EngineKind::Segmented);
+        assert_eq!(
+            c.topics,
+            vec![("t".into(), TopicConfig::with_partitions(7))]
+        );
+        assert!(c.deleting.is_empty());
     }
 }

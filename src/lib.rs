@@ -43,18 +43,23 @@ mod options;
 mod partitioner;
 pub mod segmented;
 mod store;
+mod topic_config;
 
 pub use commitlog::CommitLogStore;
 pub use durability::Completion;
 pub use error::{Error, Result};
 pub use open::{open, stored_engine};
-pub use options::{CommitLogOptions, FlushPolicy, IndexOptions, SegmentedOptions, StoreOptions};
+pub use options::{
+    CommitLogOptions, CompactionOptions, FlushPolicy, IndexOptions, SegmentedOptions, StoreOptions,
+};
 pub use partitioner::{murmur2, partition_for_key};
 pub use segmented::SegmentedStore;
 pub use store::{
-    AppendResult, DiskUsage, EngineKind, KeyMatch, LogStore, Message, PartitionBounds, Properties,
-    ReadLimits, Record, TopicConfig, VerifyReport, is_internal_topic,
+    AppendResult, CleanupPolicy, CompactionReport, DiskUsage, EngineKind, KeyMatch, LogStore,
+    Message, PartitionBounds, Properties, ReadLimits, Record, TopicConfig, VerifyReport,
+    is_internal_topic,
 };
+pub use topic_config::TOPIC_CONFIG_NAMES;
 
 /// The README's quickstart, compiled and run as a doctest.
 #[cfg(doctest)]

@@ -176,6 +176,49 @@ impl Default for IndexOptions {
     }
 }
 
+/// Options of the log cleaner (both engines), for topics whose cleanup policy compacts.
+/// Defaults are Kafka's (`log.cleaner.*`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompactionOptions {
+    /// Run the cleaner in the background (`log.cleaner.enable`). Default: `true`.
+    /// [`LogStore::compact`](crate::LogStore::compact) cleans on demand either way.
+    pub enabled: bool,
+    /// Time between background passes (`log.cleaner.backoff.ms`). Default: 15 s. At least
+    /// 1 ms; `Duration::MAX`: never in the background.
+    pub check_interval: Duration,
+    /// A partition is cleaned in the background once this share of its bytes is dirty
+    /// (written since its last cleaning) (`min.cleanable.dirty.ratio`). Default: 0.5. 0 to 1.
+    pub min_cleanable_dirty_ratio: f64,
+    /// Memory of the key → offset map one pass builds, 24 bytes a key
+    /// (`log.cleaner.dedupe.buffer.size`). A pass that fills it stops there and the next pass
+    /// goes on, so any number of keys is cleaned within this memory. Default: 128 MiB. At
+    /// least 1 KiB.
+    pub offset_map_bytes: usize,
+    /// Throttle on the bytes the cleaner reads and writes per second
+    /// (`log.cleaner.io.max.bytes.per.second`). Default: `None`, unthrottled (Kafka's default).
+    pub io_bytes_per_sec: Option<u64>,
+    /// Store-wide `min.compaction.lag.ms`: records younger than this are never compacted.
+    /// Default: 0.
+    pub min_compaction_lag: Duration,
+    /// Store-wide `delete.retention.ms`: a tombstone outlives its write by at least this
+    /// before compaction may remove it. Default: 24 hours.
+    pub delete_retention: Duration,
+}
+
+impl Default for CompactionOptions {
+    fn default() -> Self {
+        CompactionOptions {
+            enabled: true,
+            check_interval: Duration::from_secs(15),
+            min_cleanable_dirty_ratio: 0.5,
+            offset_map_bytes: 128 << 20,
+            io_bytes_per_sec: None,
+            min_compaction_lag: Duration::ZERO,
+            delete_retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
 /// Options for opening or creating a store.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -192,6 +235,8 @@ pub struct StoreOptions {
     pub segmented: SegmentedOptions,
     /// Options of the key index.
     pub index: IndexOptions,
+    /// Options of the log cleaner (compacted topics).
+    pub compaction: CompactionOptions,
     /// Bounds the files the store's caches keep open, whatever the number of partitions.
     /// Segmented engine: at most this many segment handles (each one descriptor and two
     /// mappings). CommitLog engine: consume-queue mappings hold no descriptor, so at most
@@ -214,6 +259,7 @@ impl Default for StoreOptions {
             commitlog: CommitLogOptions::default(),
             segmented: SegmentedOptions::default(),
             index: IndexOptions::default(),
+            compaction: CompactionOptions::default(),
             max_open_files: 512,
             fs: Arc::new(RealFs),
         }
@@ -262,6 +308,23 @@ impl StoreOptions {
                 check_interval("flush interval (Every)", interval)?;
             }
         }
+        let c = &self.compaction;
+        check_interval("compaction.check_interval", c.check_interval)?;
+        check((0.0..=1.0).contains(&c.min_cleanable_dirty_ratio), || {
+            format!(
+                "compaction.min_cleanable_dirty_ratio must be 0 to 1, not {}",
+                c.min_cleanable_dirty_ratio
+            )
+        })?;
+        check(c.offset_map_bytes >= 1024, || {
+            format!(
+                "compaction.offset_map_bytes must be at least 1024, not {}",
+                c.offset_map_bytes
+            )
+        })?;
+        check(c.io_bytes_per_sec != Some(0), || {
+            "compaction.io_bytes_per_sec must be at least 1 (None: unthrottled)".to_owned()
+        })?;
         check(self.max_open_files >= 1, || {
             "max_open_files must be at least 1".to_owned()
         })?;

@@ -90,6 +90,10 @@ pub struct Message {
     pub properties: Vec<(String, String)>,
     /// Creation time in milliseconds since the Unix epoch; `None` means "now" at append.
     pub timestamp: Option<i64>,
+    /// A delete marker for its key (Kafka: a record with a null value): no body, distinct from
+    /// an empty one. Compaction keeps it for the topic's `delete.retention.ms`, then drops it
+    /// with every older record of the key. Needs a key and an empty body.
+    pub tombstone: bool,
 }
 
 impl Message {
@@ -97,6 +101,28 @@ impl Message {
     pub fn new(body: impl Into<Bytes>) -> Self {
         Message {
             body: body.into(),
+            ..Message::default()
+        }
+    }
+
+    /// A tombstone: a delete marker for `key` (Kafka: the key with a null value).
+    ///
+    /// ```
+    /// use duolog::{LogStore, Message, ReadLimits, StoreOptions, TopicConfig};
+    /// # fn main() -> duolog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = duolog::open(dir.path(), StoreOptions::default())?;
+    /// store.create_topic("users", TopicConfig::default())?;
+    /// store.append("users", 0, &[Message::new("").with_key("u1"), Message::tombstone("u1")])?;
+    /// let r = store.read("users", 0, 0, ReadLimits::default())?;
+    /// assert_eq!(r[0].value(), Some(&b""[..]));
+    /// assert!(r[1].is_tombstone() && r[1].value().is_none());
+    /// # Ok(()) }
+    /// ```
+    pub fn tombstone(key: impl Into<Bytes>) -> Self {
+        Message {
+            key: Some(key.into()),
+            tombstone: true,
             ..Message::default()
         }
     }
@@ -140,7 +166,12 @@ pub(crate) enum PropertyEncoding {
 }
 
 /// Property names the engines use for fields of their own; hidden from [`Properties::iter`].
-pub(crate) const RESERVED_PROPERTIES: [&str; 4] = ["TAGS", "__KEY", "__KEYHEX", "__CRC32#"];
+pub(crate) const RESERVED_PROPERTIES: [&str; 5] =
+    ["TAGS", "__KEY", "__KEYHEX", "__CRC32#", TOMBSTONE_PROPERTY];
+
+/// The property that marks a tombstone on the CommitLog engine (RocketMQ's format has no null
+/// body).
+pub(crate) const TOMBSTONE_PROPERTY: &str = "__TOMBSTONE";
 
 /// Either property iterator, without boxing.
 enum PropIter<A, B> {
@@ -243,6 +274,7 @@ pub struct Record {
     pub(crate) tags: Option<Bytes>,
     pub(crate) properties: Properties,
     pub(crate) size: u32,
+    pub(crate) tombstone: bool,
 }
 
 impl Record {
@@ -270,6 +302,14 @@ impl Record {
     pub fn body(&self) -> &[u8] {
         &self.body
     }
+    /// Whether the record is a tombstone (a delete marker for its key: Kafka's null value).
+    pub fn is_tombstone(&self) -> bool {
+        self.tombstone
+    }
+    /// The value in Kafka's terms: the body, or `None` for a tombstone.
+    pub fn value(&self) -> Option<&[u8]> {
+        (!self.tombstone).then_some(&self.body[..])
+    }
     /// The body as a cheaply clonable buffer.
     pub fn body_bytes(&self) -> Bytes {
         self.body.clone()
@@ -296,6 +336,7 @@ impl Record {
             tags: self.tags().map(str::to_owned),
             properties: self.properties.to_vec(),
             timestamp: Some(self.timestamp),
+            tombstone: self.tombstone,
         }
     }
 }
@@ -309,28 +350,163 @@ impl fmt::Debug for Record {
             .field("key", &self.key)
             .field("tags", &self.tags())
             .field("body_len", &self.body.len())
+            .field("tombstone", &self.tombstone)
             .field("properties", &self.properties)
             .finish()
     }
 }
 
-/// A topic's configuration.
+/// What happens to a topic's old records (Kafka's `cleanup.policy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CleanupPolicy {
+    /// Retention by time and size deletes old records (`delete`). The default.
+    #[default]
+    Delete,
+    /// Compaction keeps at least the latest record of every key, whatever its age (`compact`).
+    Compact,
+    /// Both: compacted, and records past retention deleted as well (`compact,delete`).
+    CompactDelete,
+}
+
+impl CleanupPolicy {
+    /// Whether the cleaner compacts the topic by key.
+    pub fn compacts(self) -> bool {
+        matches!(self, CleanupPolicy::Compact | CleanupPolicy::CompactDelete)
+    }
+
+    /// Whether retention by time and size applies.
+    pub fn deletes(self) -> bool {
+        matches!(self, CleanupPolicy::Delete | CleanupPolicy::CompactDelete)
+    }
+
+    /// Kafka's spelling: `delete`, `compact` or `compact,delete`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CleanupPolicy::Delete => "delete",
+            CleanupPolicy::Compact => "compact",
+            CleanupPolicy::CompactDelete => "compact,delete",
+        }
+    }
+
+    /// Parses Kafka's spelling (either order of `compact,delete`, spaces allowed).
+    pub fn from_name(name: &str) -> Option<Self> {
+        let mut compact = false;
+        let mut delete = false;
+        for part in name.split(',') {
+            match part.trim() {
+                "compact" => compact = true,
+                "delete" => delete = true,
+                _ => return None,
+            }
+        }
+        match (compact, delete) {
+            (true, true) => Some(CleanupPolicy::CompactDelete),
+            (true, false) => Some(CleanupPolicy::Compact),
+            (false, true) => Some(CleanupPolicy::Delete),
+            (false, false) => None,
+        }
+    }
+}
+
+impl fmt::Display for CleanupPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A topic's configuration: its partition count, its cleanup policy, and overrides of the
+/// store-wide options (`None` takes the store's value, from [`StoreOptions`](crate::StoreOptions)
+/// at open). Kafka's names for each are accepted by [`TopicConfig::set`] and listed by
+/// [`TopicConfig::overrides`].
+///
+/// ```
+/// use std::time::Duration;
+/// use duolog::{CleanupPolicy, TopicConfig};
+///
+/// let config = TopicConfig {
+///     cleanup_policy: CleanupPolicy::Compact,
+///     retention: Some(Duration::from_secs(3600)),
+///     ..TopicConfig::with_partitions(3)
+/// };
+/// let mut same = TopicConfig::with_partitions(3);
+/// same.set("cleanup.policy", "compact")?;
+/// same.set("retention.ms", "3600000")?;
+/// assert_eq!(config, same);
+/// # Ok::<(), duolog::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicConfig {
     /// Number of partitions (RocketMQ: message queues). Default: 1.
     pub partitions: u32,
+    /// `cleanup.policy`. Default: [`CleanupPolicy::Delete`].
+    pub cleanup_policy: CleanupPolicy,
+    /// `retention.ms`: records older than this are deleted (policies that delete).
+    /// `Some(Duration::MAX)` keeps them forever (Kafka's `-1`).
+    pub retention: Option<Duration>,
+    /// `retention.bytes`: the oldest records of a partition larger than this are deleted
+    /// (policies that delete). `Some(u64::MAX)` is unlimited (Kafka's `-1`).
+    pub retention_bytes: Option<u64>,
+    /// `segment.bytes`: segment size (segmented engine); on the CommitLog engine, the head of a
+    /// compacted topic the cleaner leaves alone (see ARCHITECTURE.md).
+    pub segment_bytes: Option<u64>,
+    /// `segment.ms`: a segment older than this rolls (segmented engine); on the CommitLog
+    /// engine, as `segment_bytes`, in time.
+    pub segment_ms: Option<Duration>,
+    /// `max.message.bytes`: the largest message the topic accepts.
+    pub max_message_bytes: Option<usize>,
+    /// `min.compaction.lag.ms`: records younger than this are never compacted.
+    pub min_compaction_lag: Option<Duration>,
+    /// `delete.retention.ms`: how long a tombstone outlives its write before compaction may
+    /// remove it.
+    pub delete_retention: Option<Duration>,
 }
 
 impl Default for TopicConfig {
     fn default() -> Self {
-        TopicConfig { partitions: 1 }
+        TopicConfig::with_partitions(1)
     }
 }
 
 impl TopicConfig {
-    /// A topic with `partitions` partitions.
+    /// A topic with `partitions` partitions and no overrides.
     pub fn with_partitions(partitions: u32) -> Self {
-        TopicConfig { partitions }
+        TopicConfig {
+            partitions,
+            cleanup_policy: CleanupPolicy::Delete,
+            retention: None,
+            retention_bytes: None,
+            segment_bytes: None,
+            segment_ms: None,
+            max_message_bytes: None,
+            min_compaction_lag: None,
+            delete_retention: None,
+        }
+    }
+}
+
+/// What a compaction pass did (see [`LogStore::compact`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    /// Partitions cleaned.
+    pub partitions_cleaned: u64,
+    /// Records removed (superseded by a later record of their key, or expired tombstones).
+    pub records_removed: u64,
+    /// Of those, tombstones removed after their `delete.retention.ms`.
+    pub tombstones_removed: u64,
+    /// Stored bytes of the cleaned sections before the pass.
+    pub bytes_before: u64,
+    /// Stored bytes of the same sections after it.
+    pub bytes_after: u64,
+}
+
+impl CompactionReport {
+    /// Adds another report's counts to this one.
+    pub fn add(&mut self, other: &CompactionReport) {
+        self.partitions_cleaned += other.partitions_cleaned;
+        self.records_removed += other.records_removed;
+        self.tombstones_removed += other.tombstones_removed;
+        self.bytes_before += other.bytes_before;
+        self.bytes_after += other.bytes_after;
     }
 }
 
@@ -440,6 +616,58 @@ pub trait LogStore: Send + Sync + fmt::Debug {
     /// The configuration of a topic.
     fn describe_topic(&self, name: &str) -> Result<TopicConfig>;
 
+    /// Replaces a topic's configuration on the live store: its cleanup policy and overrides
+    /// take effect from the next append, retention pass and cleaning pass. `config.partitions`
+    /// must equal the topic's (grow it with [`add_partitions`](LogStore::add_partitions)).
+    /// Persisted atomically with the catalog.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use duolog::{LogStore, StoreOptions, TopicConfig};
+    /// # fn main() -> duolog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = duolog::open(dir.path(), StoreOptions::default())?;
+    /// store.create_topic("events", TopicConfig::with_partitions(2))?;
+    /// let mut config = store.describe_topic("events")?;
+    /// config.retention = Some(Duration::from_secs(3600));
+    /// store.alter_topic("events", config.clone())?;
+    /// assert_eq!(store.describe_topic("events")?, config);
+    /// # Ok(()) }
+    /// ```
+    fn alter_topic(&self, name: &str, config: TopicConfig) -> Result<()>;
+
+    /// Adds `count` partitions to a topic (partitions are never removed) and returns the new
+    /// partition count. The new partitions start empty at offset 0.
+    ///
+    /// ```
+    /// use duolog::{LogStore, Message, StoreOptions, TopicConfig};
+    /// # fn main() -> duolog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = duolog::open(dir.path(), StoreOptions::default())?;
+    /// store.create_topic("events", TopicConfig::with_partitions(2))?;
+    /// assert_eq!(store.add_partitions("events", 3)?, 5);
+    /// store.append("events", 4, &[Message::new("x")])?;
+    /// # Ok(()) }
+    /// ```
+    fn add_partitions(&self, name: &str, count: u32) -> Result<u32>;
+
+    /// Deletes a topic and its files. Atomic across a crash: after a reopen the topic is
+    /// either there with all its records or gone (a reopen finishes an interrupted deletion).
+    /// On the CommitLog engine its records stay in the shared commit log, unreachable, until
+    /// retention deletes their files.
+    ///
+    /// ```
+    /// use duolog::{LogStore, StoreOptions, TopicConfig};
+    /// # fn main() -> duolog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = duolog::open(dir.path(), StoreOptions::default())?;
+    /// store.create_topic("scratch", TopicConfig::default())?;
+    /// store.delete_topic("scratch")?;
+    /// assert!(store.describe_topic("scratch").is_err());
+    /// # Ok(()) }
+    /// ```
+    fn delete_topic(&self, name: &str) -> Result<()>;
+
     /// Names of user topics, sorted. Internal topics (starting with `__` or `%`) are left out
     /// unless `include_internal`.
     fn list_topics(&self, include_internal: bool) -> Vec<String>;
@@ -506,6 +734,42 @@ pub trait LogStore: Send + Sync + fmt::Debug {
     /// deleted.
     fn enforce_retention(&self) -> Result<usize>;
 
+    /// Runs the log cleaner now over every topic whose cleanup policy compacts (or only
+    /// `topic`), cleaning every partition with anything cleanable whatever its dirty ratio, and
+    /// reports what it removed. Offsets never change; order never changes; a reader from the
+    /// start still sees the latest record of every key. The cleaner also runs in the
+    /// background (see [`CompactionOptions`](crate::CompactionOptions)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use duolog::{CleanupPolicy, LogStore, Message, ReadLimits, StoreOptions, TopicConfig};
+    /// # fn main() -> duolog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = duolog::open(dir.path(), StoreOptions::default())?;
+    /// // A small head (`segment.bytes`) so the cleaner has something it may clean.
+    /// let config = TopicConfig {
+    ///     cleanup_policy: CleanupPolicy::Compact,
+    ///     segment_bytes: Some(1024),
+    ///     ..TopicConfig::default()
+    /// };
+    /// store.create_topic("prices", config)?;
+    /// for i in 0..100 {
+    ///     let key = format!("item-{}", i % 5);
+    ///     store.append("prices", 0, &[Message::new(format!("{i}")).with_key(key)])?;
+    /// }
+    /// let report = store.compact(Some("prices"))?;
+    /// assert!(report.records_removed > 0);
+    /// // Offsets are unchanged: the newest record is still at offset 99.
+    /// let last = store.read("prices", 0, 99, ReadLimits::messages(1))?;
+    /// assert_eq!(last[0].offset(), 99);
+    /// # Ok(()) }
+    /// ```
+    fn compact(&self, topic: Option<&str>) -> Result<CompactionReport>;
+
+    /// Stored bytes of a partition's records (Kafka's log size): what retention by size
+    /// counts, and what compaction shrinks.
+    fn partition_bytes(&self, topic: &str, partition: u32) -> Result<u64>;
+
     /// Files and bytes on disk.
     fn disk_usage(&self) -> Result<DiskUsage>;
 
@@ -544,6 +808,11 @@ pub(crate) fn validate_properties(m: &Message) -> Result<()> {
             )));
         }
     }
+    if m.tombstone && (m.key.is_none() || !m.body.is_empty()) {
+        return Err(crate::Error::InvalidArgument(
+            "a tombstone needs a key and an empty body".into(),
+        ));
+    }
     if m.tags.as_deref().is_some_and(|t| !clean(t)) {
         return Err(crate::Error::InvalidArgument(
             "tags contain a \\u{1} or \\u{2} separator".into(),
@@ -555,6 +824,7 @@ pub(crate) fn validate_properties(m: &Message) -> Result<()> {
 /// Checks a new topic: its name, and 1 to 65,536 partitions.
 pub(crate) fn validate_new_topic(name: &str, config: &TopicConfig) -> Result<()> {
     validate_topic_name(name)?;
+    config.validate()?;
     if config.partitions == 0 || config.partitions > 65_536 {
         return Err(crate::Error::InvalidArgument(format!(
             "a topic needs 1 to 65,536 partitions, not {}",

@@ -55,6 +55,9 @@ fn encode_properties(out: &mut Vec<u8>, m: &Message) -> Result<()> {
     if let Some(tags) = &m.tags {
         record::put_property(out, b"TAGS", tags.as_bytes());
     }
+    if m.tombstone {
+        record::put_property(out, crate::store::TOMBSTONE_PROPERTY.as_bytes(), b"1");
+    }
     if let Some(key) = &m.key {
         if std::str::from_utf8(key).is_ok() && record::is_storable_property_text(key) {
             record::put_property(out, b"__KEY", key);
@@ -183,7 +186,7 @@ impl Inner {
             let Scratch { buf, props, items } = &mut *s;
             buf.clear();
             items.clear();
-            let max = self.max_record_len();
+            let max = self.max_record_len(t.effective.max_message_bytes);
             let born_now = crate::clock::now_ms();
             // One clock read per batch: the born time of untimestamped messages and the store time.
             for m in messages {
@@ -263,6 +266,9 @@ impl Inner {
         }
         let mut st = self.append_lock.lock();
         self.check_open()?;
+        if t.deleted.load(Ordering::Acquire) {
+            return Err(Error::UnknownTopic(t.name.clone()));
+        }
 
         // The file holding the write position (not simply the last file: a batch that failed
         // after its planning step may have left an empty file ahead).

@@ -219,6 +219,49 @@ impl ConsumeQueue {
         (marks.len() as u64, bytes)
     }
 
+    /// Sum of the record sizes of units `from..to` (units not written count 0).
+    pub(crate) fn bytes_between(&self, from: u64, to: u64) -> Result<u64> {
+        let fq = self.files()?;
+        let mut total = 0u64;
+        let mut offset = from;
+        while offset < to {
+            let byte = offset * UNIT_SIZE;
+            let Some(file) = fq.find(byte) else {
+                // A gap in the files (below the start): skip to the next file.
+                match fq.snapshot().iter().find(|f| f.start_offset() > byte) {
+                    Some(f) => offset = f.start_offset().div_ceil(UNIT_SIZE),
+                    None => break,
+                }
+                continue;
+            };
+            let first = (byte - file.start_offset()) as usize;
+            let file_units = (fq.file_size() - (byte - file.start_offset())) / UNIT_SIZE;
+            let published = (file.committed().saturating_sub(first) as u64) / UNIT_SIZE;
+            let n = file_units.min(to - offset).min(published);
+            if n == 0 {
+                break;
+            }
+            if let Some(bytes) = file.read(first, (n * UNIT_SIZE) as usize) {
+                total += bytes
+                    .chunks_exact(UNIT_SIZE as usize)
+                    .filter_map(Unit::decode)
+                    .map(|u| u64::from(u.size))
+                    .sum::<u64>();
+            }
+            offset += n;
+        }
+        Ok(total)
+    }
+
+    /// Unmaps the queue for good (its topic was deleted).
+    pub(crate) fn forget(&self) {
+        if let Some(n) = self.inner.try_evict()
+            && let Some(cache) = &self.inner.cache
+        {
+            cache.forgot(n);
+        }
+    }
+
     /// Smallest queue offset the files cover.
     pub(crate) fn min_offset(&self) -> Result<Option<u64>> {
         Ok(self.files()?.min_offset().map(|b| b / UNIT_SIZE))

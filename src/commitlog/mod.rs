@@ -48,9 +48,11 @@ use crate::error::{Error, Result};
 use crate::io::FileSystem;
 use crate::options::StoreOptions;
 use crate::store::{
-    AppendResult, DiskUsage, EngineKind, KeyMatch, LogStore, Message, PartitionBounds, ReadLimits,
-    Record, TopicConfig, VerifyReport, listed_topics, validate_new_topic,
+    AppendResult, CompactionReport, DiskUsage, EngineKind, KeyMatch, LogStore, Message,
+    PartitionBounds, ReadLimits, Record, TopicConfig, VerifyReport, listed_topics,
+    validate_new_topic,
 };
+use crate::topic_config::Effective;
 
 const COMMITLOG_DIR: &str = "commitlog";
 const CONSUMEQUEUE_DIR: &str = "consumequeue";
@@ -77,7 +79,12 @@ pub(crate) struct PartitionState {
 pub(crate) struct TopicState {
     name: String,
     config: TopicConfig,
-    partitions: Vec<PartitionState>,
+    /// What appends, retention and the cleaner apply (the config over the store's options).
+    effective: Effective,
+    partitions: Vec<Arc<PartitionState>>,
+    /// Set under the append lock when the topic is deleted: appends that found the topic
+    /// before stop there.
+    deleted: AtomicBool,
 }
 
 impl Inner {
@@ -91,10 +98,47 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Swaps a topic's state for one with `config` and `added` partitions appended, the
+    /// catalog first (the caller holds `admin`).
+    fn replace_topic(
+        &self,
+        name: &str,
+        old: &Arc<TopicState>,
+        config: TopicConfig,
+        added: Vec<Arc<PartitionState>>,
+    ) -> Result<()> {
+        let mut partitions = old.partitions.clone();
+        partitions.extend(added);
+        let new = Arc::new(TopicState {
+            name: name.to_owned(),
+            effective: config.effective(&self.opts, EngineKind::CommitLog),
+            config,
+            partitions,
+            deleted: AtomicBool::new(false),
+        });
+        let mut topics = self.topics.read().clone();
+        topics.insert(name.to_owned(), Arc::clone(&new));
+        self.store_catalog(&topics)?;
+        self.topics.write().insert(name.to_owned(), new);
+        Ok(())
+    }
+
+    /// Stored bytes of the records from the partition's start to its end.
+    fn partition_bytes(&self, topic: &str, partition: u32) -> Result<u64> {
+        let t = self.topic(topic)?;
+        let part = t.partition(partition)?;
+        let start = part.start.load(Ordering::Acquire);
+        let end = part.end.load(Ordering::Acquire);
+        part.cq.bytes_between(start, end)
+    }
+}
+
 impl TopicState {
     fn partition(&self, p: u32) -> Result<&PartitionState> {
         self.partitions
             .get(p as usize)
+            .map(|p| &**p)
             .ok_or_else(|| Error::UnknownPartition {
                 topic: self.name.clone(),
                 partition: p,
@@ -118,6 +162,10 @@ pub(crate) struct Inner {
     topics: RwLock<HashMap<String, Arc<TopicState>>>,
     /// Serialises catalog and start-offset changes.
     admin: Mutex<()>,
+    /// Topics whose deletion began but did not finish (kept in the catalog until it does).
+    deleting: Mutex<Vec<(String, u32)>>,
+    /// No recovery replays a record before this position (see `Catalog::replay_floor`).
+    replay_floor: AtomicU64,
     append_lock: Mutex<AppendState>,
     /// End of published commit-log data.
     written: AtomicU64,
@@ -189,9 +237,9 @@ impl Inner {
     }
 
     /// Largest record: the configured limit, and a record plus a blank must fit in one file.
-    fn max_record_len(&self) -> usize {
+    fn max_record_len(&self, topic_limit: usize) -> usize {
         let file_limit = (self.log.file_size() as usize).saturating_sub(record::BLANK_LEN);
-        self.opts.max_message_bytes.min(file_limit)
+        topic_limit.min(file_limit)
     }
 
     fn cq_dir(&self, topic: &str, partition: u32) -> PathBuf {
@@ -201,41 +249,53 @@ impl Inner {
             .join(partition.to_string())
     }
 
-    fn open_topic(&self, name: &str, config: &TopicConfig) -> Result<TopicState> {
+    /// Opens (or creates) the consume queues of partitions `first..config.partitions`.
+    fn open_partitions(
+        &self,
+        name: &str,
+        config: &TopicConfig,
+        first: u32,
+    ) -> Result<Vec<Arc<PartitionState>>> {
         // The partitions' queue directories first, all at once: one fsync of the topic
         // directory for a new topic instead of one per partition (none for an existing one).
-        let dirs: Vec<PathBuf> = (0..config.partitions)
+        let dirs: Vec<PathBuf> = (first..config.partitions)
             .map(|p| self.cq_dir(name, p))
             .collect();
         let topic_dir = self.dir.join(CONSUMEQUEUE_DIR).join(name);
         crate::io::create_dirs_durable(self.fs.as_ref(), &dirs)
             .map_err(|e| Error::io(&topic_dir, e))?;
-        let mut partitions = Vec::with_capacity(config.partitions as usize);
-        for p in 0..config.partitions {
+        let mut partitions = Vec::with_capacity(dirs.len());
+        for p in first..config.partitions {
             let cq = ConsumeQueue::open(
                 &self.fs,
                 &self.cq_dir(name, p),
                 self.opts.commitlog.consume_queue_units,
                 Some(Arc::clone(&self.queue_cache)),
             )?;
-            partitions.push(PartitionState {
+            partitions.push(Arc::new(PartitionState {
                 cq,
                 next_offset: AtomicU64::new(0),
                 end: AtomicU64::new(0),
                 start: AtomicU64::new(0),
                 signal: DataSignal::default(),
                 queue_ready_until: AtomicU64::new(0),
-            });
+            }));
         }
+        Ok(partitions)
+    }
+
+    fn open_topic(&self, name: &str, config: &TopicConfig) -> Result<TopicState> {
         Ok(TopicState {
             name: name.to_owned(),
             config: config.clone(),
-            partitions,
+            effective: config.effective(&self.opts, EngineKind::CommitLog),
+            partitions: self.open_partitions(name, config, 0)?,
+            deleted: AtomicBool::new(false),
         })
     }
 
-    fn catalog(&self) -> Catalog {
-        let topics = self.topics.read();
+    /// The catalog of `topics` plus the deletions not finished, written atomically.
+    fn store_catalog(&self, topics: &HashMap<String, Arc<TopicState>>) -> Result<()> {
         let mut list: Vec<(String, TopicConfig)> = topics
             .values()
             .map(|t| (t.name.clone(), t.config.clone()))
@@ -244,7 +304,73 @@ impl Inner {
         Catalog {
             engine: EngineKind::CommitLog,
             topics: list,
+            deleting: self.deleting.lock().clone(),
+            replay_floor: self.replay_floor.load(Ordering::Acquire),
         }
+        .store(self.fs.as_ref(), &self.dir)
+    }
+
+    /// Removes the consume queues of topics whose deletion is listed as unfinished, then drops
+    /// the listing from the catalog (the caller holds `admin`, or is the open).
+    pub(crate) fn finish_deletions(&self, topics: &HashMap<String, Arc<TopicState>>) -> Result<()> {
+        let pending = self.deleting.lock().clone();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let cq_root = self.dir.join(CONSUMEQUEUE_DIR);
+        for (name, _) in &pending {
+            let dir = cq_root.join(name);
+            crate::io::remove_tree(self.fs.as_ref(), &dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        if self.fs.exists(&cq_root).unwrap_or(false) {
+            self.fs
+                .sync_dir(&cq_root)
+                .map_err(|e| Error::io(&cq_root, e))?;
+        }
+        self.deleting.lock().clear();
+        self.store_catalog(topics)
+    }
+
+    fn delete_topic(&self, name: &str) -> Result<()> {
+        self.check_open()?;
+        let _admin = self.admin.lock();
+        let t = self.topic(name)?;
+        {
+            // No append of the topic is halfway through once this is set.
+            let _appends = self.append_lock.lock();
+            t.deleted.store(true, Ordering::Release);
+        }
+        // Every record of the topic is dispatched and the checkpoint says so: a recovery
+        // replays none of them (a new topic of the same name would otherwise collect them).
+        let fenced = (|| {
+            self.gc.sync_all(self)?;
+            self.write_checkpoint()
+        })();
+        if let Err(e) = fenced {
+            t.deleted.store(false, Ordering::Release);
+            return Err(e);
+        }
+        self.replay_floor
+            .fetch_max(self.written.load(Ordering::Acquire), Ordering::AcqRel);
+        // The commit point: a catalog without the topic, listing it as being deleted.
+        self.deleting
+            .lock()
+            .push((name.to_owned(), t.config.partitions));
+        let mut topics = self.topics.read().clone();
+        topics.remove(name);
+        if let Err(e) = self.store_catalog(&topics) {
+            self.deleting.lock().retain(|(n, _)| n != name);
+            t.deleted.store(false, Ordering::Release);
+            return Err(e);
+        }
+        self.topics.write().remove(name);
+        for p in &t.partitions {
+            p.signal.notify();
+            p.cq.forget();
+        }
+        self.store_start_offsets()?;
+        self.write_checkpoint()?;
+        self.finish_deletions(&topics)
     }
 
     /// Persists the start offsets that are above a partition's first unit.
@@ -525,19 +651,62 @@ impl LogStore for CommitLogStore {
         if inner.topics.read().contains_key(name) {
             return Err(Error::TopicExists(name.to_owned()));
         }
+        if inner.deleting.lock().iter().any(|(n, _)| n == name) {
+            inner.finish_deletions(&inner.topics.read().clone())?;
+        }
         let state = Arc::new(inner.open_topic(name, &config)?);
         for part in &state.partitions {
             part.cq.enroll();
         }
-        let mut catalog = inner.catalog();
-        catalog.topics.push((name.to_owned(), config));
-        catalog.store(inner.fs.as_ref(), &inner.dir)?;
+        let mut topics = inner.topics.read().clone();
+        topics.insert(name.to_owned(), Arc::clone(&state));
+        inner.store_catalog(&topics)?;
         inner.topics.write().insert(name.to_owned(), state);
         Ok(())
     }
 
     fn describe_topic(&self, name: &str) -> Result<TopicConfig> {
         Ok(self.inner.topic(name)?.config.clone())
+    }
+
+    fn alter_topic(&self, name: &str, config: TopicConfig) -> Result<()> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        config.validate()?;
+        let _admin = inner.admin.lock();
+        let t = inner.topic(name)?;
+        if config.partitions != t.config.partitions {
+            return Err(Error::InvalidArgument(format!(
+                "alter_topic keeps the partition count ({} for {name}); add partitions with \
+                 add_partitions",
+                t.config.partitions
+            )));
+        }
+        inner.replace_topic(name, &t, config, Vec::new())
+    }
+
+    fn add_partitions(&self, name: &str, count: u32) -> Result<u32> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let _admin = inner.admin.lock();
+        let t = inner.topic(name)?;
+        if count == 0 {
+            return Err(Error::InvalidArgument("add at least one partition".into()));
+        }
+        let mut config = t.config.clone();
+        config.partitions = config.partitions.saturating_add(count);
+        validate_new_topic(name, &config)?;
+        let added = inner.open_partitions(name, &config, t.config.partitions)?;
+        for part in &added {
+            part.cq.enroll();
+        }
+        let total = config.partitions;
+        inner.replace_topic(name, &t, config, added)?;
+        Ok(total)
+    }
+
+    fn delete_topic(&self, name: &str) -> Result<()> {
+        self.inner.delete_topic(name)
     }
 
     fn list_topics(&self, include_internal: bool) -> Vec<String> {
@@ -654,6 +823,19 @@ impl LogStore for CommitLogStore {
     fn enforce_retention(&self) -> Result<usize> {
         self.inner.check_open()?;
         self.inner.enforce_retention()
+    }
+
+    fn compact(&self, topic: Option<&str>) -> Result<CompactionReport> {
+        self.inner.check_open()?;
+        if let Some(t) = topic {
+            self.inner.topic(t)?;
+        }
+        Ok(CompactionReport::default())
+    }
+
+    fn partition_bytes(&self, topic: &str, partition: u32) -> Result<u64> {
+        self.inner.check_open()?;
+        self.inner.partition_bytes(topic, partition)
     }
 
     fn disk_usage(&self) -> Result<DiskUsage> {

@@ -74,6 +74,12 @@ impl QueueCache {
         self.evict_excess(&mut ring);
     }
 
+    /// A queue unmapped for good (its topic was deleted) stops counting.
+    pub(crate) fn forgot(&self, n: usize) {
+        let mut ring = self.ring.lock();
+        ring.files = ring.files.saturating_sub(n);
+    }
+
     fn evict_excess(&self, ring: &mut Ring) {
         // Two sweeps at most: the first clears reference bits, the second finds victims.
         let mut budget = ring.entries.len() * 2 + 1;

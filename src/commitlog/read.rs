@@ -53,6 +53,7 @@ pub(crate) fn make_record(
     let slice = |part: &[u8]| span.slice_ref(part);
     let mut key = None;
     let mut tags = None;
+    let mut tombstone = false;
     for (name, value) in record::iter_raw_properties(d.properties) {
         match name {
             b"__KEY" => key = Some(slice(value)),
@@ -62,6 +63,7 @@ pub(crate) fn make_record(
                 ))
             }
             b"TAGS" => tags = Some(slice(value)),
+            b"__TOMBSTONE" => tombstone = true,
             _ => {}
         }
     }
@@ -75,6 +77,7 @@ pub(crate) fn make_record(
         tags,
         properties: Properties::new(slice(d.properties), PropertyEncoding::RocketMq),
         size: d.total_size as u32,
+        tombstone,
     })
 }
 

@@ -86,6 +86,8 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         log,
         topics: RwLock::new(HashMap::new()),
         admin: Mutex::new(()),
+        deleting: Mutex::new(catalog.deleting.clone()),
+        replay_floor: AtomicU64::new(catalog.replay_floor),
         append_lock: Mutex::new(AppendState {
             last_store_timestamp: 0,
             current: None,
@@ -133,7 +135,10 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
                 .log
                 .last()
                 .map_or(0, |f| f.start_offset() + f.len() as u64);
-            (from.min(last_end), u64::MAX)
+            // Records before the replay floor were durable and dispatched when a topic was
+            // deleted; replaying them could hand a deleted topic's records to a new one.
+            let floor = inner.replay_floor.load(Ordering::Relaxed);
+            (from.max(floor).min(last_end), u64::MAX)
         }
     };
 
@@ -145,10 +150,12 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
             let mut check = |offset: u64, unit: &Unit| {
                 record_matches(&mut inner.log, unit, &name, p as u32, offset)
             };
+            let part = Arc::get_mut(part)
+                .ok_or_else(|| Error::InvalidArgument("queue shared during recovery".into()))?;
             let n = part
                 .cq
                 .recover(fs.as_ref(), replay_from, after_crash, &mut check)?;
-            part.next_offset = AtomicU64::new(n);
+            part.next_offset.store(n, Ordering::Relaxed);
         }
     }
 
@@ -350,8 +357,17 @@ fn replay_records(
                         let topic = std::str::from_utf8(d.topic)
                             .ok()
                             .and_then(|n| topics.get(n));
-                        let part = topic.and_then(|t| t.partitions.get(d.header.queue_id as usize));
-                        let Some(part) = part else {
+                        // A deleted topic's record is skipped (the catalog names a topic before
+                        // its first record is written, so no other record names an unknown one).
+                        let part = match topic {
+                            None => None,
+                            Some(t) => Some(t.partitions.get(d.header.queue_id as usize)),
+                        };
+                        let Some(part) = part.map(|p| p.ok_or(())) else {
+                            at += d.total_size;
+                            continue;
+                        };
+                        let Ok(part) = part else {
                             return Err(Error::corrupted(
                                 &path,
                                 at as u64,

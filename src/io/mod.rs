@@ -275,6 +275,23 @@ pub fn remove_if_exists(fs: &dyn FileSystem, path: &Path) -> io::Result<bool> {
     }
 }
 
+/// Removes a directory and everything under it, if it exists (not durable by itself: the
+/// caller syncs the parent directory).
+pub fn remove_tree(fs: &dyn FileSystem, path: &Path) -> io::Result<()> {
+    for e in list_dir_or_empty(fs, path)? {
+        let child = path.join(&e.name);
+        if e.is_dir {
+            remove_tree(fs, &child)?;
+        } else {
+            remove_if_exists(fs, &child)?;
+        }
+    }
+    match fs.remove_dir(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Lists a directory, treating a missing one as empty.
 pub fn list_dir_or_empty(fs: &dyn FileSystem, path: &Path) -> io::Result<Vec<DirEntry>> {
     match fs.list_dir(path) {

@@ -18,6 +18,7 @@ use super::segment::{self, SegmentHandle, SegmentMeta};
 use crate::clock::duration_ms;
 use crate::error::{Error, Result};
 use crate::store::{AppendResult, Message};
+use crate::topic_config::Effective;
 
 impl Partition {
     /// Appends one encoded batch (base offset and max timestamp are stamped here).
@@ -27,8 +28,9 @@ impl Partition {
         buf: &mut [u8],
         messages: &[Message],
         now: i64,
+        config: &Effective,
     ) -> Result<AppendResult> {
-        let (result, rolled) = self.append_locked(ctx, buf, messages, now)?;
+        let (result, rolled) = self.append_locked(ctx, buf, messages, now, config)?;
         if rolled {
             // The batch is written and published whatever the seal does: a failure leaves the
             // old segment pending (its log is still synced by every flush) and is retried at
@@ -45,11 +47,15 @@ impl Partition {
         buf: &mut [u8],
         messages: &[Message],
         now: i64,
+        config: &Effective,
     ) -> Result<(AppendResult, bool)> {
         let records = messages.len();
         let mut st = self.state.lock();
         if ctx.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
+        }
+        if self.deleted.load(Ordering::Acquire) {
+            return Err(Error::UnknownTopic(self.topic.clone()));
         }
         let now = now.max(st.last_timestamp);
         st.last_timestamp = now;
@@ -76,13 +82,14 @@ impl Partition {
         };
         let handle = self.handle(ctx, active)?;
         let o = &ctx.opts;
+        let (segment_bytes, segment_ms) = (config.segment_bytes, config.segment_ms);
         // One time-index slot stays free for the entry the seal adds.
         let full_index = active.index_entries >= handle.offset_capacity()
             || active.time_entries + 1 >= handle.time_capacity();
         let roll = active.size > 0
-            && (active.size + buf.len() as u64 > o.segment_bytes
+            && (active.size + buf.len() as u64 > segment_bytes
                 || (active.first_timestamp >= 0
-                    && now.saturating_sub(active.first_timestamp) >= duration_ms(o.segment_ms))
+                    && now.saturating_sub(active.first_timestamp) >= duration_ms(segment_ms))
                 || full_index
                 || last_offset - active.base > u64::from(u32::MAX));
         let (handle, rolled) = if roll {

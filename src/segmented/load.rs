@@ -354,6 +354,7 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
         durable_end: AtomicU64::new(end),
         dirty: AtomicBool::new(false),
         signal: Default::default(),
+        deleted: Default::default(),
     })
 }
 

@@ -54,9 +54,11 @@ use crate::durability::{
 use crate::error::{Error, Result};
 use crate::options::StoreOptions;
 use crate::store::{
-    AppendResult, DiskUsage, EngineKind, KeyMatch, LogStore, Message, PartitionBounds, ReadLimits,
-    Record, TopicConfig, VerifyReport, delete_before_target, listed_topics, validate_new_topic,
+    AppendResult, CompactionReport, DiskUsage, EngineKind, KeyMatch, LogStore, Message,
+    PartitionBounds, ReadLimits, Record, TopicConfig, VerifyReport, delete_before_target,
+    listed_topics, validate_new_topic,
 };
+use crate::topic_config::Effective;
 
 const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
 const RECOVERY_POINTS_FILE: &str = "recovery-point-offset-checkpoint";
@@ -68,15 +70,21 @@ const CLEANER_MAGIC: &[u8; 4] = b"DLCO";
 
 struct TopicLog {
     config: TopicConfig,
+    /// What appends, retention and the cleaner apply (the config over the store's options).
+    effective: Effective,
     partitions: Vec<Arc<Partition>>,
 }
 
 pub(crate) struct Inner {
     dir: PathBuf,
     ctx: Ctx,
-    max_message_bytes: usize,
+    /// The options the store was opened with (topic configs fall back on them).
+    options: StoreOptions,
     topics: RwLock<HashMap<String, Arc<TopicLog>>>,
+    /// Serialises topic changes and the catalog writes that commit them.
     admin: Mutex<()>,
+    /// Topics whose deletion began but did not finish (kept in the catalog until it does).
+    deleting: Mutex<Vec<(String, u32)>>,
     next_uid: AtomicU64,
     /// Appends completed so far (a store-wide sequence for group commit).
     appended: AtomicU64,
@@ -106,18 +114,71 @@ impl Inner {
     }
 
     fn partition(&self, topic: &str, p: u32) -> Result<Arc<Partition>> {
-        let topics = self.topics.read();
-        let t = topics
+        Ok(self.topic_partition(topic, p)?.1)
+    }
+
+    fn topic(&self, topic: &str) -> Result<Arc<TopicLog>> {
+        self.topics
+            .read()
             .get(topic)
-            .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))?;
-        t.partitions
-            .get(p as usize)
             .cloned()
-            .ok_or_else(|| Error::UnknownPartition {
-                topic: topic.to_owned(),
-                partition: p,
-                partitions: t.config.partitions,
-            })
+            .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))
+    }
+
+    fn topic_partition(&self, topic: &str, p: u32) -> Result<(Arc<TopicLog>, Arc<Partition>)> {
+        let t = self.topic(topic)?;
+        let part =
+            t.partitions
+                .get(p as usize)
+                .cloned()
+                .ok_or_else(|| Error::UnknownPartition {
+                    topic: topic.to_owned(),
+                    partition: p,
+                    partitions: t.config.partitions,
+                })?;
+        Ok((t, part))
+    }
+
+    fn all_topics(&self) -> Vec<Arc<TopicLog>> {
+        self.topics.read().values().cloned().collect()
+    }
+
+    /// The catalog of the topics now open plus the deletions not finished, written atomically.
+    fn store_catalog(&self, topics: &HashMap<String, Arc<TopicLog>>) -> Result<()> {
+        let mut list: Vec<(String, TopicConfig)> = topics
+            .iter()
+            .map(|(n, t)| (n.clone(), t.config.clone()))
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        Catalog {
+            engine: EngineKind::Segmented,
+            topics: list,
+            deleting: self.deleting.lock().clone(),
+            replay_floor: 0,
+        }
+        .store(self.ctx.fs.as_ref(), &self.dir)
+    }
+
+    /// Removes the directories of topics whose deletion is listed as unfinished, then drops the
+    /// listing from the catalog (the caller holds `admin`).
+    fn finish_deletions(&self, topics: &HashMap<String, Arc<TopicLog>>) -> Result<()> {
+        let pending = self.deleting.lock().clone();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        for (name, partitions) in &pending {
+            for p in 0..*partitions {
+                let dir = self.partition_dir(name, p);
+                crate::io::remove_tree(self.ctx.fs.as_ref(), &dir)
+                    .map_err(|e| Error::io(&dir, e))?;
+            }
+        }
+        self.ctx
+            .fs
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io(&self.dir, e))?;
+        self.deleting.lock().clear();
+        self.store_catalog(topics)
     }
 
     fn all_partitions(&self) -> Vec<Arc<Partition>> {
@@ -143,13 +204,13 @@ impl Inner {
         if messages.is_empty() {
             return Err(Error::InvalidArgument("empty batch".into()));
         }
-        let p = self.partition(topic, partition)?;
+        let (t, p) = self.topic_partition(topic, partition)?;
         let now = now_ms();
         let (result, bytes) = SCRATCH.with(|s| {
             let buf = &mut s.borrow_mut().buf;
             buf.clear();
-            encode(buf, messages, now, self.max_message_bytes)?;
-            let r = p.append(&self.ctx, buf, messages, now)?;
+            encode(buf, messages, now, t.effective.max_message_bytes)?;
+            let r = p.append(&self.ctx, buf, messages, now, &t.effective)?;
             Ok::<_, Error>((r, buf.len() as u64))
         })?;
         // Order matters for group commit: data written, then the partition marked dirty, then
@@ -197,8 +258,10 @@ impl Inner {
     fn enforce_retention(&self) -> Result<usize> {
         let now = now_ms();
         let mut n = 0;
-        for p in self.all_partitions() {
-            n += p.enforce_retention(&self.ctx, now)?;
+        for t in self.all_topics() {
+            for p in &t.partitions {
+                n += p.enforce_retention(&self.ctx, now, &t.effective)?;
+            }
         }
         if n > 0 {
             let _admin = self.admin.lock();
@@ -239,7 +302,7 @@ fn encode(
             ts - base_ts,
             i as i32,
             m.key.as_deref(),
-            Some(&m.body),
+            (!m.tombstone).then_some(&m.body[..]),
             headers,
         );
         let len = buf.len() - before;
@@ -372,9 +435,10 @@ impl SegmentedStore {
                 closed: AtomicBool::new(false),
                 index: None,
             },
-            max_message_bytes: options.max_message_bytes,
+            options: options.clone(),
             topics: RwLock::new(HashMap::new()),
             admin: Mutex::new(()),
+            deleting: Mutex::new(catalog.deleting.clone()),
             next_uid: AtomicU64::new(0),
             appended: AtomicU64::new(0),
             dirty: Mutex::new(Vec::new()),
@@ -386,7 +450,7 @@ impl SegmentedStore {
             checkpoint_lock: Mutex::new(()),
         };
         for (name, config) in &catalog.topics {
-            let t = inner.load_topic(name, config, |p| {
+            let t = inner.load_topic(name, config, 0, |p| {
                 let key = (name.clone(), p);
                 (
                     clean,
@@ -397,6 +461,9 @@ impl SegmentedStore {
             })?;
             inner.topics.write().insert(name.clone(), Arc::new(t));
         }
+        // An interrupted topic deletion is finished before the store is used (its name is in
+        // no loaded topic: a deletion in progress refuses a new topic of that name).
+        inner.finish_deletions(&inner.topics.read().clone())?;
         crate::io::remove_if_exists(fs.as_ref(), &marker).map_err(|e| Error::io(&marker, e))?;
         fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
         let mut inner = inner;
@@ -495,21 +562,23 @@ impl Inner {
         Ok(())
     }
 
-    fn load_topic(
+    /// Loads (or creates) partitions `first..config.partitions` of a topic.
+    fn load_partitions(
         &self,
         name: &str,
         config: &TopicConfig,
+        first: u32,
         spec: impl Fn(u32) -> (bool, u64, u64, u64),
-    ) -> Result<TopicLog> {
+    ) -> Result<Vec<Arc<Partition>>> {
         // The partition directories first, all at once: one fsync of the store directory for
         // a new topic instead of one per partition (none for an existing one).
-        let dirs: Vec<PathBuf> = (0..config.partitions)
+        let dirs: Vec<PathBuf> = (first..config.partitions)
             .map(|p| self.partition_dir(name, p))
             .collect();
         crate::io::create_dirs_durable(self.ctx.fs.as_ref(), &dirs)
             .map_err(|e| Error::io(&self.dir, e))?;
-        let mut partitions = Vec::with_capacity(config.partitions as usize);
-        for p in 0..config.partitions {
+        let mut partitions = Vec::with_capacity(dirs.len());
+        for p in first..config.partitions {
             let (clean, recovery_point, log_start, clean_end) = spec(p);
             let part = load::load(
                 &self.ctx,
@@ -526,10 +595,54 @@ impl Inner {
             )?;
             partitions.push(Arc::new(part));
         }
+        Ok(partitions)
+    }
+
+    fn load_topic(
+        &self,
+        name: &str,
+        config: &TopicConfig,
+        first: u32,
+        spec: impl Fn(u32) -> (bool, u64, u64, u64),
+    ) -> Result<TopicLog> {
         Ok(TopicLog {
             config: config.clone(),
-            partitions,
+            effective: config.effective(&self.options, EngineKind::Segmented),
+            partitions: self.load_partitions(name, config, first, spec)?,
         })
+    }
+
+    fn delete_topic(&self, name: &str) -> Result<()> {
+        self.check_open()?;
+        let _admin = self.admin.lock();
+        let t = self.topic(name)?;
+        // The commit point: a catalog without the topic, listing it as being deleted.
+        self.deleting
+            .lock()
+            .push((name.to_owned(), t.config.partitions));
+        let mut topics = self.topics.read().clone();
+        topics.remove(name);
+        if let Err(e) = self.store_catalog(&topics) {
+            self.deleting.lock().retain(|(n, _)| n != name);
+            return Err(e);
+        }
+        self.topics.write().remove(name);
+        self.dirty.lock().retain(|p| p.topic != name);
+        for p in &t.partitions {
+            p.delete(&self.ctx)?;
+        }
+        self.ctx
+            .fs
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io(&self.dir, e))?;
+        // Recovery points and start offsets must not outlive the topic: a new topic of the same
+        // name would inherit them.
+        self.write_checkpoint()?;
+        self.store_offsets(START_OFFSETS_FILE, START_MAGIC, |p| {
+            p.start.load(Ordering::Acquire)
+        })?;
+        self.deleting.lock().retain(|(n, _)| n != name);
+        self.store_catalog(&topics)
     }
 }
 
@@ -556,32 +669,80 @@ impl LogStore for SegmentedStore {
         if inner.topics.read().contains_key(name) {
             return Err(Error::TopicExists(name.to_owned()));
         }
-        // Leftover directories of a topic whose catalog entry never became durable are reused.
-        let t = inner.load_topic(name, &config, |_| (false, 0, 0, 0))?;
-        let mut catalog: Vec<(String, TopicConfig)> = inner
-            .topics
-            .read()
-            .iter()
-            .map(|(n, t)| (n.clone(), t.config.clone()))
-            .collect();
-        catalog.push((name.to_owned(), config));
-        catalog.sort_by(|a, b| a.0.cmp(&b.0));
-        Catalog {
-            engine: EngineKind::Segmented,
-            topics: catalog,
+        if inner.deleting.lock().iter().any(|(n, _)| n == name) {
+            inner.finish_deletions(&inner.topics.read().clone())?;
         }
-        .store(inner.ctx.fs.as_ref(), &inner.dir)?;
-        inner.topics.write().insert(name.to_owned(), Arc::new(t));
+        // Leftover directories of a topic whose catalog entry never became durable are reused.
+        let t = Arc::new(inner.load_topic(name, &config, 0, |_| (false, 0, 0, 0))?);
+        let mut topics = inner.topics.read().clone();
+        topics.insert(name.to_owned(), Arc::clone(&t));
+        inner.store_catalog(&topics)?;
+        inner.topics.write().insert(name.to_owned(), t);
         Ok(())
     }
 
     fn describe_topic(&self, name: &str) -> Result<TopicConfig> {
-        self.inner
+        Ok(self.inner.topic(name)?.config.clone())
+    }
+
+    fn alter_topic(&self, name: &str, config: TopicConfig) -> Result<()> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        config.validate()?;
+        let _admin = inner.admin.lock();
+        let t = inner.topic(name)?;
+        if config.partitions != t.config.partitions {
+            return Err(Error::InvalidArgument(format!(
+                "alter_topic keeps the partition count ({} for {name}); add partitions with \
+                 add_partitions",
+                t.config.partitions
+            )));
+        }
+        let altered = Arc::new(TopicLog {
+            effective: config.effective(&inner.options, EngineKind::Segmented),
+            config,
+            partitions: t.partitions.clone(),
+        });
+        let mut topics = inner.topics.read().clone();
+        topics.insert(name.to_owned(), Arc::clone(&altered));
+        inner.store_catalog(&topics)?;
+        inner.topics.write().insert(name.to_owned(), altered);
+        Ok(())
+    }
+
+    fn add_partitions(&self, name: &str, count: u32) -> Result<u32> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let _admin = inner.admin.lock();
+        let t = inner.topic(name)?;
+        let mut config = t.config.clone();
+        config.partitions = config.partitions.saturating_add(count);
+        if count == 0 {
+            return Err(Error::InvalidArgument("add at least one partition".into()));
+        }
+        validate_new_topic(name, &config)?;
+        // The new partitions' directories exist (and are empty: nothing can append to them
+        // before the catalog names them) before the catalog commits them.
+        let added = inner.load_partitions(name, &config, t.config.partitions, |_| (false, 0, 0, 0))?;
+        let mut partitions = t.partitions.clone();
+        partitions.extend(added);
+        let grown = Arc::new(TopicLog {
+            effective: t.effective.clone(),
+            config,
+            partitions,
+        });
+        let mut topics = inner.topics.read().clone();
+        topics.insert(name.to_owned(), Arc::clone(&grown));
+        inner.store_catalog(&topics)?;
+        inner
             .topics
-            .read()
-            .get(name)
-            .map(|t| t.config.clone())
-            .ok_or_else(|| Error::UnknownTopic(name.to_owned()))
+            .write()
+            .insert(name.to_owned(), Arc::clone(&grown));
+        Ok(grown.config.partitions)
+    }
+
+    fn delete_topic(&self, name: &str) -> Result<()> {
+        self.inner.delete_topic(name)
     }
 
     fn list_topics(&self, include_internal: bool) -> Vec<String> {
@@ -722,6 +883,19 @@ impl LogStore for SegmentedStore {
     fn enforce_retention(&self) -> Result<usize> {
         self.inner.check_open()?;
         self.inner.enforce_retention()
+    }
+
+    fn compact(&self, topic: Option<&str>) -> Result<CompactionReport> {
+        self.inner.check_open()?;
+        if let Some(t) = topic {
+            self.inner.topic(t)?;
+        }
+        Ok(CompactionReport::default())
+    }
+
+    fn partition_bytes(&self, topic: &str, partition: u32) -> Result<u64> {
+        self.inner.check_open()?;
+        Ok(self.inner.partition(topic, partition)?.log_bytes())
     }
 
     fn disk_usage(&self) -> Result<DiskUsage> {

@@ -55,6 +55,8 @@ pub(crate) struct Partition {
     pub(crate) dirty: AtomicBool,
     /// Wakes `wait_for` callers of this partition only.
     pub(crate) signal: crate::durability::DataSignal,
+    /// Set (under the state lock) when its topic is deleted: appends and flushes stop.
+    pub(crate) deleted: AtomicBool,
 }
 
 impl Partition {
@@ -73,6 +75,9 @@ impl Partition {
         let (end, handles) = {
             let st = self.state.lock();
             let end = self.end.load(Ordering::Acquire);
+            if self.deleted.load(Ordering::Acquire) {
+                return Ok(end);
+            }
             let Some(active) = st.segments.last() else {
                 return Ok(end);
             };
@@ -137,4 +142,28 @@ pub(super) fn remove_segment_files(fs: &dyn FileSystem, dir: &Path, base: u64) -
         io::remove_if_exists(fs, &p).map_err(|e| Error::io(&p, e))?;
     }
     Ok(())
+}
+
+impl Partition {
+    /// Bytes of the partition's segment logs.
+    pub(crate) fn log_bytes(&self) -> u64 {
+        self.state.lock().segments.iter().map(|m| m.size).sum()
+    }
+
+    /// Stops appends and flushes (under the partition's locks, so none is halfway through),
+    /// forgets its open segments and removes its directory. The caller has already taken the
+    /// topic out of the catalog and syncs the store directory afterwards.
+    pub(crate) fn delete(&self, ctx: &Ctx) -> Result<()> {
+        {
+            let _seal = self.seal_lock.lock();
+            let mut st = self.state.lock();
+            self.deleted.store(true, Ordering::Release);
+            for m in &st.segments {
+                ctx.cache.remove((self.uid, m.base));
+            }
+            st.pending.clear();
+        }
+        self.signal.notify();
+        io::remove_tree(ctx.fs.as_ref(), &self.dir).map_err(|e| Error::io(&self.dir, e))
+    }
 }

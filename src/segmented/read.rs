@@ -311,5 +311,6 @@ fn make_record(b: &Bytes, h: &BatchHeader, rv: &batch::RecordView, offset: u64) 
         tags,
         properties: Properties::new(b.slice(rv.headers.clone()), PropertyEncoding::KafkaHeaders),
         size: rv.len as u32,
+        tombstone: rv.value.is_none(),
     }
 }

@@ -13,11 +13,11 @@ use super::partition::{Ctx, PartState, Partition, remove_segment_files};
 use super::segment::{self, SegmentMeta};
 use crate::clock::ms_before;
 use crate::error::{Error, Result};
+use crate::topic_config::Effective;
 
 impl Partition {
     /// Deletes segments past retention; returns how many.
-    pub(crate) fn enforce_retention(&self, ctx: &Ctx, now: i64) -> Result<usize> {
-        let o = &ctx.opts;
+    pub(crate) fn enforce_retention(&self, ctx: &Ctx, now: i64, o: &Effective) -> Result<usize> {
         // A seal in progress renames index files into place: let it finish first, so it never
         // recreates the files of a segment removed here.
         let _seal = self.seal_lock.lock();

@@ -232,6 +232,16 @@ impl Partition {
         let uncleanable = last.next_offset;
         let first_dirty = self.clean_end.load(Ordering::Acquire).max(first.base);
         if first_dirty >= uncleanable {
+            // Nothing dirty, but a tombstone an earlier pass kept may have expired since: a
+            // pass with an empty dirty section removes it (Kafka's delete-horizon cleaning).
+            let due = self.tombstone_due.load(Ordering::Acquire);
+            if due < ms_before(now, cfg.delete_retention) {
+                return Some(Plan {
+                    segments,
+                    first_dirty: uncleanable,
+                    uncleanable,
+                });
+            }
             return None;
         }
         if let Some(ratio) = cfg.min_dirty_ratio {
@@ -277,6 +287,17 @@ impl Partition {
         }
     }
 
+    /// Ends a pass early when the store closes or the topic is deleted.
+    fn check_cleanable(&self, ctx: &Ctx) -> Result<()> {
+        if ctx.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        if self.deleted.load(Ordering::Acquire) {
+            return Err(Error::UnknownTopic(self.topic.clone()));
+        }
+        Ok(())
+    }
+
     /// The segment based at `base` and its handle, if it is still in the partition.
     fn live_segment(
         &self,
@@ -311,6 +332,7 @@ impl Partition {
             return Ok(None);
         };
         let mut report = PassReport::default();
+        let mut earliest_tombstone = i64::MAX;
         let tombstone_cutoff = ms_before(now, cfg.delete_retention);
         let to_clean: Vec<&SegmentMeta> = plan
             .segments
@@ -323,13 +345,22 @@ impl Partition {
                 dirty_end,
                 tombstone_cutoff,
             };
-            if !self.clean_group(ctx, &group, &judge, &mut throttle, &mut report)? {
+            if !self.clean_group(
+                ctx,
+                &group,
+                &judge,
+                &mut throttle,
+                &mut report,
+                &mut earliest_tombstone,
+            )? {
                 // Retention took part of the log meanwhile: the clean end stays, the next pass
                 // redoes the rest.
                 return Ok(Some(report));
             }
         }
         self.clean_end.fetch_max(dirty_end, Ordering::AcqRel);
+        self.tombstone_due
+            .store(earliest_tombstone, Ordering::Release);
         Ok(Some(report))
     }
 
@@ -353,9 +384,7 @@ impl Partition {
             };
             let mut reader = BatchReader::new(&handle, m.size);
             while let Some((_, h, bytes, read)) = reader.next()? {
-                if ctx.closed.load(Ordering::Acquire) {
-                    return Err(Error::Closed);
-                }
+                self.check_cleanable(ctx)?;
                 throttle.moved(read);
                 if h.is_control() || h.last_offset() < plan.first_dirty as i64 {
                     continue;
@@ -387,6 +416,7 @@ impl Partition {
         judge: &Judge<'_>,
         throttle: &mut Throttle,
         report: &mut PassReport,
+        earliest_tombstone: &mut i64,
     ) -> Result<bool> {
         let fs = ctx.fs.as_ref();
         let dir = &self.dir;
@@ -404,12 +434,14 @@ impl Partition {
             meta,
             records_removed,
             tombstones_removed,
+            earliest_tombstone: earliest,
         } = written;
         let before: u64 = group.iter().map(|m| m.size).sum();
         let after = meta.size;
         if !self.swap_in(ctx, group, meta)? {
             return Ok(false);
         }
+        *earliest_tombstone = (*earliest_tombstone).min(earliest);
         report.records_removed += records_removed;
         report.tombstones_removed += tombstones_removed;
         report.bytes_before += before;
@@ -438,15 +470,14 @@ impl Partition {
         let mut scan = ScanResult::start(base);
         let mut removed = 0u64;
         let mut tombstones = 0u64;
+        let mut earliest_tombstone = i64::MAX;
         for (k, m) in group.iter().enumerate() {
             let Some((_, handle)) = self.live_segment(ctx, m.base)? else {
                 return Ok(None);
             };
             let mut reader = BatchReader::new(&handle, m.size);
             while let Some((pos, h, bytes, read)) = reader.next()? {
-                if ctx.closed.load(Ordering::Acquire) {
-                    return Err(Error::Closed);
-                }
+                self.check_cleanable(ctx)?;
                 throttle.moved(read);
                 let last_of_group = k + 1 == group.len() && pos + h.total_len() as u64 >= m.size;
                 let at = buf.len();
@@ -455,7 +486,13 @@ impl Partition {
                     bytes,
                     &h,
                     |r| match judge.verdict(bytes, &h, r) {
-                        Verdict::Keep => true,
+                        Verdict::Keep => {
+                            if r.key.is_some() && r.value.is_none() {
+                                earliest_tombstone =
+                                    earliest_tombstone.min(store_timestamp(&h, r.timestamp_delta));
+                            }
+                            true
+                        }
                         Verdict::Superseded => {
                             removed += 1;
                             tombstones += u64::from(r.key.is_some() && r.value.is_none());
@@ -523,6 +560,7 @@ impl Partition {
             meta,
             records_removed: removed,
             tombstones_removed: tombstones,
+            earliest_tombstone,
         }))
     }
 
@@ -538,7 +576,7 @@ impl Partition {
         // Retention and `delete_before` change the segment list only under this lock; appends
         // and seals never touch sealed segments.
         let _seal = self.seal_lock.lock();
-        let unchanged = {
+        let unchanged = !self.deleted.load(Ordering::Acquire) && {
             let st = self.state.lock();
             st.segments
                 .binary_search_by_key(&base, |m| m.base)
@@ -596,11 +634,78 @@ impl Partition {
     }
 }
 
+/// The background cleaner thread (`duolog-cleaner`, Kafka's `CleanerThread`): every
+/// `check_interval` it runs the store's background pass. A thread of its own rather than a job
+/// of the flusher: a pass reads and rewrites whole segments, and the flusher's group commits
+/// must not wait behind it. It holds the store weakly, so it never keeps a dropped store alive.
+pub(crate) struct CleanerThread {
+    stop: Arc<(parking_lot::Mutex<bool>, parking_lot::Condvar)>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CleanerThread {
+    pub(crate) fn start<T: Send + Sync + 'static>(
+        target: std::sync::Weak<T>,
+        every: Duration,
+        pass: fn(&T),
+    ) -> std::io::Result<CleanerThread> {
+        let stop = Arc::new((parking_lot::Mutex::new(false), parking_lot::Condvar::new()));
+        let stop2 = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name("duolog-cleaner".to_owned())
+            .spawn(move || {
+                loop {
+                    {
+                        let (lock, wake) = &*stop2;
+                        let mut stopped = lock.lock();
+                        if !*stopped {
+                            match crate::clock::deadline(every) {
+                                Some(d) => {
+                                    wake.wait_until(&mut stopped, d);
+                                }
+                                None => wake.wait(&mut stopped),
+                            }
+                        }
+                        if *stopped {
+                            return;
+                        }
+                    }
+                    let Some(t) = target.upgrade() else {
+                        return;
+                    };
+                    pass(&t);
+                }
+            })?;
+        Ok(CleanerThread {
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// Stops the thread, waiting for a pass in progress (which ends early once the store is
+    /// marked closed).
+    pub(crate) fn stop(&mut self) {
+        *self.stop.0.lock() = true;
+        self.stop.1.notify_all();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for CleanerThread {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// What a recopy produced.
 struct Recopied {
     meta: SegmentMeta,
     records_removed: u64,
     tombstones_removed: u64,
+    /// Store time of the oldest tombstone kept (`i64::MAX`: none).
+    earliest_tombstone: i64,
 }
 
 enum Verdict {

@@ -2,7 +2,7 @@
 //! point vouches for, validating the rest batch by batch, truncating at the first invalid batch.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 
 use parking_lot::Mutex;
 
@@ -349,6 +349,7 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
         seal_lock: Mutex::new(()),
         clean_lock: Mutex::new(()),
         clean_end: AtomicU64::new(spec.clean_end.min(end)),
+        tombstone_due: AtomicI64::new(i64::MAX),
         end: AtomicU64::new(end),
         start: AtomicU64::new(start),
         durable_end: AtomicU64::new(end),

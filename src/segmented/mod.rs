@@ -43,6 +43,7 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
+use self::cleaner::{CleanConfig, CleanerThread};
 use self::handles::HandleCache;
 use self::load::LoadSpec;
 use self::partition::{Ctx, Partition};
@@ -380,6 +381,7 @@ impl BackgroundWork for Inner {
 pub struct SegmentedStore {
     inner: Arc<Inner>,
     flusher: Mutex<Option<Flusher>>,
+    cleaner: Mutex<Option<CleanerThread>>,
     lock: Mutex<Option<Box<dyn Any + Send + Sync>>>,
     /// How the store was shut down (`close`'s result, or abandoned): a second `close` reports
     /// it rather than claiming a durability it did not re-check.
@@ -489,9 +491,22 @@ impl SegmentedStore {
         })?;
         let flusher = Flusher::start(&inner, Arc::clone(&inner.gc), inner.jobs.tick_every())
             .map_err(|e| Error::io(dir, e))?;
+        let c = &options.compaction;
+        let cleaner = match c.enabled && c.check_interval != Duration::MAX {
+            true => Some(
+                CleanerThread::start(
+                    Arc::downgrade(&inner),
+                    c.check_interval,
+                    Inner::background_compaction,
+                )
+                .map_err(|e| Error::io(dir, e))?,
+            ),
+            false => None,
+        };
         Ok(SegmentedStore {
             inner,
             flusher: Mutex::new(Some(flusher)),
+            cleaner: Mutex::new(cleaner),
             lock: Mutex::new(Some(lock)),
             shutdown: Mutex::new(None),
         })
@@ -546,13 +561,104 @@ impl Inner {
         Ok(n)
     }
 
+    /// What a pass over a partition of `t` applies.
+    fn clean_config(&self, t: &TopicLog, min_dirty_ratio: Option<f64>) -> CleanConfig {
+        let c = &self.options.compaction;
+        CleanConfig {
+            segment_bytes: t.effective.segment_bytes,
+            min_compaction_lag: t.effective.min_compaction_lag,
+            delete_retention: t.effective.delete_retention,
+            offset_map_bytes: c.offset_map_bytes,
+            io_bytes_per_sec: c.io_bytes_per_sec,
+            min_dirty_ratio,
+        }
+    }
+
+    /// Cleans the partitions of compacting topics (all, or `topic`'s): every one with anything
+    /// dirty, or in the background (`background`) those whose dirty ratio reaches
+    /// `min_cleanable_dirty_ratio`, dirtiest first (Kafka's choice of the log to clean). The
+    /// clean ends are persisted once the passes are done.
+    fn compact(&self, topic: Option<&str>, background: bool) -> Result<CompactionReport> {
+        let now = now_ms();
+        let ratio = background.then_some(self.options.compaction.min_cleanable_dirty_ratio);
+        let topics: Vec<(String, Arc<TopicLog>)> = self
+            .topics
+            .read()
+            .iter()
+            .filter(|(n, t)| t.effective.policy.compacts() && topic.is_none_or(|x| x == *n))
+            .map(|(n, t)| (n.clone(), Arc::clone(t)))
+            .collect();
+        let mut work: Vec<(f64, Arc<Partition>, CleanConfig)> = Vec::new();
+        for (_, t) in &topics {
+            let cfg = self.clean_config(t, ratio);
+            for p in &t.partitions {
+                let dirty = if background {
+                    p.dirty_ratio(&cfg, now)
+                } else {
+                    0.0
+                };
+                work.push((dirty, Arc::clone(p), cfg.clone()));
+            }
+        }
+        work.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut report = CompactionReport::default();
+        let mut result = Ok(());
+        for (_, p, cfg) in &work {
+            match p.clean(&self.ctx, cfg, now) {
+                Ok(Some(pass)) => report.add(&CompactionReport {
+                    partitions_cleaned: 1,
+                    records_removed: pass.records_removed,
+                    tombstones_removed: pass.tombstones_removed,
+                    bytes_before: pass.bytes_before,
+                    bytes_after: pass.bytes_after,
+                }),
+                Ok(None) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if report.partitions_cleaned > 0 {
+            self.store_clean_ends()?;
+        }
+        result.map(|()| report)
+    }
+
+    /// Writes `cleaner-offset-checkpoint`: each partition's clean end.
+    fn store_clean_ends(&self) -> Result<()> {
+        let _admin = self.admin.lock();
+        self.store_offsets(CLEANER_FILE, CLEANER_MAGIC, |p| {
+            p.clean_end.load(Ordering::Acquire)
+        })
+    }
+
+    /// The background cleaner's pass; errors end it, and the next pass tries again.
+    fn background_compaction(&self) {
+        if self.ctx.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let _ = self.compact(None, true);
+    }
+
     fn trim_index(&self) -> Result<()> {
         let Some(index) = &self.ctx.index else {
             return Ok(());
         };
         let mut oldest: Option<i64> = None;
         for p in self.all_partitions() {
-            if let Some(r) = self.read_one(&p, p.start.load(Ordering::Acquire))? {
+            // The first record at or after the start (compaction may have removed the one at
+            // the start itself).
+            let first = match p.read(
+                &self.ctx,
+                p.start.load(Ordering::Acquire),
+                ReadLimits::messages(1),
+            ) {
+                Ok(mut v) => v.pop(),
+                Err(Error::OffsetOutOfRange { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            if let Some(r) = first {
                 oldest = Some(oldest.map_or(r.store_timestamp(), |o| o.min(r.store_timestamp())));
             }
         }
@@ -641,6 +747,12 @@ impl Inner {
         self.store_offsets(START_OFFSETS_FILE, START_MAGIC, |p| {
             p.start.load(Ordering::Acquire)
         })?;
+        // A clean end must not outlive its topic either: a new topic of the same name would
+        // take its records below it for cleaned, and drop expired tombstones there without the
+        // older values they delete.
+        self.store_offsets(CLEANER_FILE, CLEANER_MAGIC, |p| {
+            p.clean_end.load(Ordering::Acquire)
+        })?;
         self.deleting.lock().retain(|(n, _)| n != name);
         self.store_catalog(&topics)
     }
@@ -723,7 +835,8 @@ impl LogStore for SegmentedStore {
         validate_new_topic(name, &config)?;
         // The new partitions' directories exist (and are empty: nothing can append to them
         // before the catalog names them) before the catalog commits them.
-        let added = inner.load_partitions(name, &config, t.config.partitions, |_| (false, 0, 0, 0))?;
+        let added =
+            inner.load_partitions(name, &config, t.config.partitions, |_| (false, 0, 0, 0))?;
         let mut partitions = t.partitions.clone();
         partitions.extend(added);
         let grown = Arc::new(TopicLog {
@@ -890,7 +1003,7 @@ impl LogStore for SegmentedStore {
         if let Some(t) = topic {
             self.inner.topic(t)?;
         }
-        Ok(CompactionReport::default())
+        self.inner.compact(topic, false)
     }
 
     fn partition_bytes(&self, topic: &str, partition: u32) -> Result<u64> {
@@ -951,6 +1064,14 @@ impl LogStore for SegmentedStore {
         for p in inner.all_partitions() {
             p.signal.notify();
         }
+        // A cleaning pass in progress sees `closed` and stops before its next swap; one in its
+        // swap finishes it. Then nothing renames files behind the close.
+        if let Some(mut c) = self.cleaner.lock().take() {
+            c.stop();
+        }
+        for p in inner.all_partitions() {
+            drop(p.clean_lock.lock());
+        }
         if let Some(mut f) = self.flusher.lock().take() {
             f.stop();
         }
@@ -1009,6 +1130,9 @@ impl LogStore for SegmentedStore {
         }
         for p in inner.all_partitions() {
             p.signal.notify();
+        }
+        if let Some(mut c) = self.cleaner.lock().take() {
+            c.stop();
         }
         if let Some(mut f) = self.flusher.lock().take() {
             f.stop();

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -49,6 +49,9 @@ pub(crate) struct Partition {
     /// The cleaner's clean end: offsets below were cleaned by a finished pass (Kafka's first
     /// dirty offset, in `cleaner-offset-checkpoint`).
     pub(crate) clean_end: AtomicU64,
+    /// Store time of the oldest tombstone the last cleaning pass kept (`i64::MAX`: none or
+    /// unknown): once it is past `delete_retention`, a pass is due even with nothing dirty.
+    pub(crate) tombstone_due: AtomicI64,
     pub(crate) end: AtomicU64,
     pub(crate) start: AtomicU64,
     pub(crate) durable_end: AtomicU64,

@@ -162,8 +162,8 @@ impl<'a> BatchReader<'a> {
         Ok(want as u64)
     }
 
-    /// The next batch: its position, header and bytes, and the bytes read from disk for it.
-    fn next(&mut self) -> Result<Option<(u64, BatchHeader, &[u8], u64)>> {
+    /// The next batch, checked.
+    fn next(&mut self) -> Result<Option<NextBatch<'_>>> {
         if self.pos >= self.size {
             return Ok(None);
         }
@@ -179,8 +179,23 @@ impl<'a> BatchReader<'a> {
         let header =
             batch::check_batch(bytes).map_err(|e| Error::corrupted(self.path, at, e.reason()))?;
         self.pos = at + total as u64;
-        Ok(Some((at, header, bytes, read)))
+        Ok(Some(NextBatch {
+            pos: at,
+            header,
+            bytes,
+            read,
+        }))
     }
+}
+
+/// A batch from [`BatchReader::next`].
+struct NextBatch<'a> {
+    /// Position in the segment's log.
+    pos: u64,
+    header: BatchHeader,
+    bytes: &'a [u8],
+    /// Bytes read from disk to get it (0 when it was in the buffer already).
+    read: u64,
 }
 
 /// The time a batch's records were stored: the batch's append time under LogAppendTime (how
@@ -383,7 +398,13 @@ impl Partition {
                 return Ok(None);
             };
             let mut reader = BatchReader::new(&handle, m.size);
-            while let Some((_, h, bytes, read)) = reader.next()? {
+            while let Some(NextBatch {
+                header: h,
+                bytes,
+                read,
+                ..
+            }) = reader.next()?
+            {
                 self.check_cleanable(ctx)?;
                 throttle.moved(read);
                 if h.is_control() || h.last_offset() < plan.first_dirty as i64 {
@@ -476,7 +497,13 @@ impl Partition {
                 return Ok(None);
             };
             let mut reader = BatchReader::new(&handle, m.size);
-            while let Some((pos, h, bytes, read)) = reader.next()? {
+            while let Some(NextBatch {
+                pos,
+                header: h,
+                bytes,
+                read,
+            }) = reader.next()?
+            {
                 self.check_cleanable(ctx)?;
                 throttle.moved(read);
                 let last_of_group = k + 1 == group.len() && pos + h.total_len() as u64 >= m.size;

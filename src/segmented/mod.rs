@@ -1,8 +1,9 @@
 //! The Kafka-style engine: one directory per partition, `<topic>-<partition>/`, of segments named
 //! by their 20-digit base offset: `.log` (RecordBatch v2, byte for byte), `.index` (sparse
 //! offset index) and `.timeindex`. Segments roll by size, age, full index or offset overflow;
-//! retention deletes whole segments; a bounded cache keeps the number of open files and mappings
-//! independent of the number of partitions.
+//! retention deletes whole segments; the cleaner (`cleaner.rs`) compacts topics whose cleanup
+//! policy says so; a bounded cache keeps the number of open files and mappings independent of
+//! the number of partitions.
 //!
 //! Store directory:
 //! ```text
@@ -10,7 +11,9 @@
 //! clean-shutdown                     written at clean close, removed at open
 //! recovery-point-offset-checkpoint   per partition: offsets below are durable
 //! log-start-offset-checkpoint        per partition: raised start offsets
+//! cleaner-offset-checkpoint          per partition: the cleaner's clean end
 //! <topic>-<partition>/<20-digit base>.{log,index,timeindex}
+//! <topic>-<partition>/<base>.*.{cleaned,swap}   a cleaner swap in progress
 //! ```
 //! Messages map onto Kafka records: key → key, body → value, tags → header `TAGS`, properties →
 //! headers. Batches are written with timestamp type LogAppendTime (the batch's max timestamp is

@@ -479,8 +479,10 @@ fn readers_keep_up_and_read_consistently_while_the_cleaner_swaps() {
 }
 
 /// A store on the simulated disk with a compacted topic of several sealed segments full of
-/// superseded records, closed and reopened (recovery points at the end).
-fn sim_store_ready_to_clean(sim: &SimFs) -> (Box<dyn LogStore>, Vec<Appended>) {
+/// superseded records, closed and reopened (recovery points at the end). With `cleaned_once`,
+/// those segments were cleaned once and more records came after, so the next pass merges small
+/// cleaned segments into groups, some ending in segments whose every record is superseded.
+fn sim_store_ready_to_clean(sim: &SimFs, cleaned_once: bool) -> (Box<dyn LogStore>, Vec<Appended>) {
     let store = duolog::open("/s", options(Some(sim))).unwrap();
     store.create_topic("t", compacted_topic(1024)).unwrap();
     let mut rng = Rng(99);
@@ -491,11 +493,42 @@ fn sim_store_ready_to_clean(sim: &SimFs) -> (Box<dyn LogStore>, Vec<Appended>) {
         key: Some(b"key-1".to_vec()),
         value: None,
     };
+    for (i, r) in records.iter_mut().enumerate() {
+        if r.key.is_none() {
+            r.key = Some(format!("key-{}", i % 12).into_bytes());
+        }
+    }
     records[4].key = None;
+    records[4].value.get_or_insert_with(|| b"keyless".to_vec());
     append_all(store.as_ref(), &mut rng, records, &mut log);
+    if cleaned_once {
+        store.compact(None).unwrap();
+        // A new value of every key: every cleaned segment but the one holding the keyless
+        // record is left with nothing.
+        let records: Vec<Appended> = (0..60)
+            .map(|i| Appended {
+                key: Some(format!("key-{}", i % 12).into_bytes()),
+                value: Some(format!("new value {i}").into_bytes()),
+            })
+            .collect();
+        append_all(store.as_ref(), &mut rng, records, &mut log);
+    }
     store.close().unwrap();
     drop(store);
     (duolog::open("/s", options(Some(sim))).unwrap(), log)
+}
+
+fn log_bases(sim: &SimFs) -> Vec<u64> {
+    let mut bases: Vec<u64> = sim
+        .files()
+        .iter()
+        .filter_map(|p| {
+            let name = p.file_name()?.to_string_lossy().into_owned();
+            name.strip_suffix(".log")?.parse().ok()
+        })
+        .collect();
+    bases.sort_unstable();
+    bases
 }
 
 fn leftover_swap_files(sim: &SimFs) -> Vec<PathBuf> {
@@ -510,20 +543,53 @@ fn leftover_swap_files(sim: &SimFs) -> Vec<PathBuf> {
 
 #[test]
 fn power_cut_at_every_step_of_a_cleaning_pass_keeps_old_or_new_segments() {
-    let steps = {
+    crash_sweep(false);
+}
+
+#[test]
+fn power_cut_at_every_step_of_a_pass_merging_cleaned_segments() {
+    crash_sweep(true);
+}
+
+/// A power cut after each I/O step of one cleaning pass (several damage modes each), then a
+/// reopen: each group of segments the pass replaces is there entirely as it was or only as its
+/// replacement (by the segment files), bounds unchanged, every record the one appended at its
+/// offset, every key's latest value present, `verify` clean, no `.cleaned`/`.swap` left; the next
+/// pass then reaches exactly the fully cleaned state.
+fn crash_sweep(cleaned_once: bool) {
+    // The pass without a crash: its step count, and the segments before and after it.
+    let (steps, old_bases, new_bases) = {
         let sim = SimFs::new();
-        let (store, _) = sim_store_ready_to_clean(&sim);
+        let (store, _) = sim_store_ready_to_clean(&sim, cleaned_once);
+        let old = log_bases(&sim);
         let before = sim.op_count();
         let r = store.compact(None).unwrap();
         assert!(r.records_removed > 0 && r.partitions_cleaned == 1, "{r:?}");
-        sim.op_count() - before
+        (sim.op_count() - before, old, log_bases(&sim))
     };
     assert!(steps > 10, "a pass takes several I/O steps ({steps})");
+    assert!(
+        !cleaned_once || new_bases.len() < old_bases.len(),
+        "the pass merged segments"
+    );
+    // Each new segment replaces the old ones from its base to the next new base.
+    let groups: Vec<Vec<u64>> = new_bases
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            let next = new_bases.get(i + 1).copied().unwrap_or(u64::MAX);
+            old_bases
+                .iter()
+                .copied()
+                .filter(|&o| o >= b && o < next)
+                .collect()
+        })
+        .collect();
     let mut states = std::collections::HashSet::new();
     for k in 0..=steps + 1 {
         for (seed, mode) in CrashMode::ALL.iter().enumerate() {
             let sim = SimFs::new();
-            let (store, log) = sim_store_ready_to_clean(&sim);
+            let (store, log) = sim_store_ready_to_clean(&sim, cleaned_once);
             let bounds = store.bounds("t", 0).unwrap();
             sim.fail_after(k, Fault::Eio);
             let _ = store.compact(None);
@@ -538,6 +604,14 @@ fn power_cut_at_every_step_of_a_cleaning_pass_keeps_old_or_new_segments() {
                 "{ctx}: {:?}",
                 leftover_swap_files(&crashed)
             );
+            let bases = log_bases(&crashed);
+            for g in &groups {
+                let there: Vec<u64> = bases.iter().copied().filter(|b| g.contains(b)).collect();
+                assert!(
+                    there == *g || there == g[..1],
+                    "{ctx}: group {g:?} reopened as {there:?}, neither old nor new"
+                );
+            }
             let b = store.bounds("t", 0).unwrap();
             assert_eq!(
                 (b.start, b.end),
@@ -547,25 +621,12 @@ fn power_cut_at_every_step_of_a_cleaning_pass_keeps_old_or_new_segments() {
             let present = check_records(&read_everything(store.as_ref(), 10), &log, &ctx);
             // Every acknowledged record is there or superseded by one that is.
             assert_latest_values_present(&present, &log, &ctx);
-            let all: Vec<u64> = (0..log.len() as u64).collect();
-            let cleanable = {
-                let mut bases: Vec<u64> = crashed
-                    .files()
-                    .iter()
-                    .filter_map(|p| {
-                        let name = p.file_name()?.to_string_lossy().into_owned();
-                        name.strip_suffix(".log")?.parse().ok()
-                    })
-                    .collect();
-                bases.sort_unstable();
-                *bases.last().unwrap()
-            };
+            let cleanable = *bases.last().unwrap();
             let cleaned = model_kept(&log, cleanable);
             for o in &cleaned {
                 assert!(present.contains(o), "{ctx}: kept record {o} is gone");
             }
             states.insert(present.clone());
-            assert!(present.len() <= all.len());
             let v = store.verify().unwrap();
             assert!(v.is_ok(), "{ctx}: {:?}", v.problems);
             // The next pass finishes the job.
@@ -577,7 +638,10 @@ fn power_cut_at_every_step_of_a_cleaning_pass_keeps_old_or_new_segments() {
                 .unwrap();
         }
     }
-    eprintln!("{} distinct record sets over {steps} steps", states.len());
+    eprintln!(
+        "{} distinct record sets over {steps} steps, groups {groups:?}",
+        states.len()
+    );
     assert!(states.len() >= 2, "both the old and the new set were seen");
 }
 

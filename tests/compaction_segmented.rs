@@ -869,3 +869,130 @@ fn the_background_cleaner_compacts_dirty_partitions() {
     assert_eq!(plain.len(), 200, "a delete-policy topic is never compacted");
     store.close().unwrap();
 }
+
+#[test]
+fn compact_delete_topics_get_retention_and_compaction_without_races() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(None);
+    o.flush = FlushPolicy::Async {
+        interval: Duration::from_millis(20),
+    };
+    o.max_open_files = 4;
+    let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), o).unwrap());
+    let config = TopicConfig {
+        cleanup_policy: CleanupPolicy::CompactDelete,
+        retention_bytes: Some(6 * 1024),
+        ..compacted_topic(1024)
+    };
+    store.create_topic("t", config).unwrap();
+    let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (removed, deleted) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut threads = Vec::new();
+    {
+        let (store, log, stop) = (Arc::clone(&store), Arc::clone(&log), Arc::clone(&stop));
+        threads.push(std::thread::spawn(move || {
+            let mut rng = Rng(21);
+            while !stop.load(Ordering::Relaxed) {
+                let recs = random_records(&mut rng, 1, 25, 10);
+                let mut l = log.lock();
+                let r = store.append("t", 0, &[message(&recs[0])]).unwrap();
+                assert_eq!(r.base_offset as usize, l.len());
+                l.push(recs[0].clone());
+            }
+        }));
+    }
+    {
+        let (store, stop, removed) = (Arc::clone(&store), Arc::clone(&stop), Arc::clone(&removed));
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let r = store.compact(None).unwrap();
+                removed.fetch_add(r.records_removed, Ordering::Relaxed);
+            }
+        }));
+    }
+    {
+        let (store, stop, deleted) = (Arc::clone(&store), Arc::clone(&stop), Arc::clone(&deleted));
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let n = store.enforce_retention().unwrap();
+                deleted.fetch_add(n as u64, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }));
+    }
+    // Readers from the start; retention may move the start under them.
+    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < deadline {
+        let b = store.bounds("t", 0).unwrap();
+        let mut at = b.start;
+        while at < b.end {
+            match store.read("t", 0, at, ReadLimits::messages(17)) {
+                Ok(recs) => {
+                    let Some(last) = recs.last() else { break };
+                    check_records(&recs, &log.lock(), "reader");
+                    at = last.offset() + 1;
+                }
+                Err(duolog::Error::OffsetOutOfRange { start, .. }) => at = start,
+                Err(e) => panic!("read at {at}: {e}"),
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(removed.load(Ordering::Relaxed) > 0, "nothing compacted");
+    assert!(
+        deleted.load(Ordering::Relaxed) > 0,
+        "nothing deleted by retention"
+    );
+    let l = log.lock().clone();
+    let b = store.bounds("t", 0).unwrap();
+    assert!(b.start > 0 && b.end as usize == l.len());
+    let present = check_records(&read_everything(store.as_ref(), 100), &l, "end");
+    // Every key's latest value above the start is there.
+    let mut latest: HashMap<&[u8], u64> = HashMap::new();
+    for (o, a) in l.iter().enumerate() {
+        if let Some(k) = &a.key {
+            latest.insert(k, o as u64);
+        }
+    }
+    for (_, o) in latest {
+        if o >= b.start && l[o as usize].value.is_some() {
+            assert!(present.binary_search(&o).is_ok(), "latest at {o} is gone");
+        }
+    }
+    let v = store.verify().unwrap();
+    assert!(v.is_ok(), "{:?}", v.problems);
+    store.close().unwrap();
+    drop(store);
+    let store = duolog::open(dir.path(), options(None)).unwrap();
+    let again = check_records(&read_everything(store.as_ref(), 100), &l, "reopen");
+    assert_eq!(again, present);
+}
+
+#[test]
+fn the_cleaner_keeps_to_its_io_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(None);
+    let rate = 200 * 1024;
+    o.compaction.io_bytes_per_sec = Some(rate);
+    let store = duolog::open(dir.path(), o).unwrap();
+    store.create_topic("t", compacted_topic(8192)).unwrap();
+    let mut rng = Rng(31);
+    let mut log = Vec::new();
+    let records = random_records(&mut rng, 1500, 50, 100);
+    append_all(store.as_ref(), &mut rng, records, &mut log);
+    let began = std::time::Instant::now();
+    let r = store.compact(None).unwrap();
+    let took = began.elapsed().as_secs_f64();
+    // At least what it read (every cleanable byte, twice: the map, then the recopy) over the
+    // rate, less a margin.
+    let floor = 2.0 * r.bytes_before as f64 / rate as f64 * 0.9;
+    assert!(
+        took >= floor,
+        "{took:.2} s for {r:?} at {rate} B/s (floor {floor:.2} s)"
+    );
+    check_records(&read_everything(store.as_ref(), 100), &log, "throttled");
+}

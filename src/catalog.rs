@@ -2,13 +2,14 @@
 //!
 //! ```text
 //! "DUOL" | version u16 = 2 | engine u8 | reserved u8 | topic count u32 |
-//!   per topic: name length u16 | name | partitions u32 |
+//!   per topic: name length u16 | name | partitions u32 | since u64 |
 //!              config count u16 | per config: name length u8 | name | value length u16 | value
-//! replay floor u64 (CommitLog engine: no recovery replays a record before this commit-log
-//!   position; raised when a topic is deleted, so its records never reach a new topic of its name)
 //! deleting count u32 | per topic being deleted: name length u16 | name | partitions u32
 //! CRC-32C u32 of everything before it
 //! ```
+//! `since`: on the CommitLog engine, the commit-log position when the topic was created; a record
+//! of the same name before it belongs to an earlier, deleted topic of that name, and recovery and
+//! verification pass over it (0 on the segmented engine, whose files are per topic).
 //! Configs are Kafka's names and values (`retention.ms` = `3600000`), so a config added later
 //! needs no new version. Version 1 (no configs, no deletions) is still read.
 //! Written atomically (temp file, fsync, rename, directory fsync), so after a crash it holds the
@@ -32,12 +33,10 @@ pub(crate) const META_FILE: &str = "meta";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Catalog {
     pub(crate) engine: EngineKind,
-    pub(crate) topics: Vec<(String, TopicConfig)>,
+    /// (name, config, since): see the module docs for `since`.
+    pub(crate) topics: Vec<(String, TopicConfig, u64)>,
     /// Topics whose deletion began but may not have finished: (name, partitions).
     pub(crate) deleting: Vec<(String, u32)>,
-    /// CommitLog engine: recovery replays no record before this commit-log position (every
-    /// record before it was durable and dispatched when a topic was deleted). 0 otherwise.
-    pub(crate) replay_floor: u64,
 }
 
 impl Catalog {
@@ -48,10 +47,11 @@ impl Catalog {
         out.push(self.engine.code());
         out.push(0);
         out.extend_from_slice(&(self.topics.len() as u32).to_be_bytes());
-        for (name, config) in &self.topics {
+        for (name, config, since) in &self.topics {
             out.extend_from_slice(&(name.len() as u16).to_be_bytes());
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(&config.partitions.to_be_bytes());
+            out.extend_from_slice(&since.to_be_bytes());
             let configs = config.overrides();
             out.extend_from_slice(&(configs.len() as u16).to_be_bytes());
             for (name, value) in configs {
@@ -61,7 +61,6 @@ impl Catalog {
                 out.extend_from_slice(value.as_bytes());
             }
         }
-        out.extend_from_slice(&self.replay_floor.to_be_bytes());
         out.extend_from_slice(&(self.deleting.len() as u32).to_be_bytes());
         for (name, partitions) in &self.deleting {
             out.extend_from_slice(&(name.len() as u16).to_be_bytes());
@@ -97,7 +96,9 @@ impl Catalog {
             let len = usize::from(r.u16()?);
             let name = r.str(len)?;
             let mut config = TopicConfig::with_partitions(r.u32()?);
+            let mut since = 0;
             if version >= 2 {
+                since = r.u64()?;
                 for _ in 0..r.u16()? {
                     let name_len = usize::from(r.take(1)?[0]);
                     let at = r.pos;
@@ -109,13 +110,10 @@ impl Catalog {
                         .map_err(|e| bad(at, &format!("topic {name}: {e}")))?;
                 }
             }
-            topics.push((name, config));
+            topics.push((name, config, since));
         }
         let mut deleting = Vec::new();
-        let mut replay_floor = 0;
         if version >= 2 {
-            let b = r.take(8)?;
-            replay_floor = u64::from_be_bytes(b.try_into().unwrap_or_default());
             for _ in 0..r.u32()? {
                 let len = usize::from(r.u16()?);
                 let name = r.str(len)?;
@@ -129,7 +127,6 @@ impl Catalog {
             engine,
             topics,
             deleting,
-            replay_floor,
         })
     }
 
@@ -172,6 +169,12 @@ impl<F: Fn(usize, &str) -> Error> Reader<'_, F> {
     fn u16(&mut self) -> Result<u16> {
         let b = self.take(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
     }
     fn u32(&mut self) -> Result<u32> {
         let b = self.take(4)?;
@@ -235,7 +238,6 @@ pub(crate) fn lock_and_load(
                 engine,
                 topics: Vec::new(),
                 deleting: Vec::new(),
-                replay_floor: 0,
             };
             c.store(fs, dir)?;
             c
@@ -256,11 +258,10 @@ mod tests {
         let c = Catalog {
             engine: EngineKind::CommitLog,
             topics: vec![
-                ("a".into(), compacted),
-                ("%RETRY%g".into(), TopicConfig::with_partitions(1)),
+                ("a".into(), compacted, 1 << 40),
+                ("%RETRY%g".into(), TopicConfig::with_partitions(1), 0),
             ],
             deleting: vec![("gone".into(), 4)],
-            replay_floor: 1 << 40,
         };
         let bytes = c.encode();
         let p = Path::new("meta");
@@ -297,7 +298,7 @@ mod version_one {
         assert_eq!(c.engine, EngineKind::Segmented);
         assert_eq!(
             c.topics,
-            vec![("t".into(), TopicConfig::with_partitions(7))]
+            vec![("t".into(), TopicConfig::with_partitions(7), 0)]
         );
         assert!(c.deleting.is_empty());
     }

@@ -32,6 +32,7 @@
 mod catalog;
 mod clock;
 pub mod commitlog;
+pub mod consumer;
 pub mod durability;
 mod error;
 mod index;
@@ -46,6 +47,7 @@ mod store;
 mod topic_config;
 
 pub use commitlog::CommitLogStore;
+pub use consumer::CompactedTable;
 pub use durability::Completion;
 pub use error::{Error, Result};
 pub use open::{open, stored_engine};

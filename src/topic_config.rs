@@ -107,6 +107,28 @@ impl TopicConfig {
         Ok(())
     }
 
+    /// Drops the topic's override of one config (Kafka's `--delete-config`), so the store's
+    /// default applies again (`cleanup.policy` goes back to `delete`).
+    pub fn unset(&mut self, name: &str) -> Result<()> {
+        match name {
+            "cleanup.policy" => self.cleanup_policy = CleanupPolicy::Delete,
+            "retention.ms" => self.retention = None,
+            "retention.bytes" => self.retention_bytes = None,
+            "segment.bytes" => self.segment_bytes = None,
+            "segment.ms" => self.segment_ms = None,
+            "max.message.bytes" => self.max_message_bytes = None,
+            "min.compaction.lag.ms" => self.min_compaction_lag = None,
+            "delete.retention.ms" => self.delete_retention = None,
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown topic config {name:?} (known: {})",
+                    TOPIC_CONFIG_NAMES.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The configs this topic sets, by Kafka name, in [`TOPIC_CONFIG_NAMES`] order (the
     /// cleanup policy only when it is not the default `delete`). [`TopicConfig::set`] reads
     /// every pair back to the same config.
@@ -275,6 +297,11 @@ mod tests {
         }
         assert_eq!(back, c);
         assert_eq!(c.overrides().len(), TOPIC_CONFIG_NAMES.len());
+        for name in TOPIC_CONFIG_NAMES {
+            c.unset(name).unwrap();
+        }
+        assert_eq!(c, TopicConfig::with_partitions(2));
+        assert!(c.unset("retention.hours").is_err());
     }
 
     #[test]

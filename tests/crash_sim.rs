@@ -7,7 +7,10 @@
 //! d. derived files agree with the log (`verify`);
 //! e. recovery is idempotent (crash again right away: same state);
 //!    (retention runs after every reopen, so wrongly recovered timestamps delete data and fail a);
-//! f. appends resume at the recovered end: acknowledged offsets are never reused.
+//! f. appends resume at the recovered end: acknowledged offsets are never reused;
+//! g. tombstones come back as tombstones (no value), values as values;
+//! h. a second topic deleted and created again between crashes holds only records of its
+//!    latest generation (a deleted topic's records never reach its namesake), dense from 0.
 //!
 //! `DUOLOG_CRASH_CASES` raises the number of property-test cases (default 24 per engine) and
 //! `DUOLOG_CRASH_SEEDS` the damage seeds per crash point of the sweep (default 2).
@@ -47,11 +50,14 @@ fn options(engine: EngineKind, sim: &SimFs, sync: bool) -> StoreOptions {
 /// start offsets set by delete_before.
 #[derive(Clone, Debug, Default)]
 struct Model {
-    appended: Vec<Vec<Vec<u8>>>,
+    /// Per partition, each record's value (`None`: a tombstone).
+    appended: Vec<Vec<Option<Vec<u8>>>>,
     durable: Vec<usize>,
     start: Vec<u64>,
     /// A start offset a failed `delete_before` may or may not have made durable.
     maybe_start: Vec<Option<u64>>,
+    /// Generation of topic `x` (deleted and created again by `Op::Churn`), 0 before the first.
+    churn: u32,
 }
 
 impl Model {
@@ -61,6 +67,7 @@ impl Model {
             durable: vec![0; PARTITIONS as usize],
             start: vec![0; PARTITIONS as usize],
             maybe_start: vec![None; PARTITIONS as usize],
+            churn: 0,
         }
     }
 }
@@ -107,8 +114,8 @@ fn check(store: &dyn LogStore, model: &Model, ctx: &str) -> Vec<u64> {
             for r in &recs {
                 assert_eq!(r.offset(), at, "{ctx}: offsets dense");
                 assert_eq!(
-                    r.body(),
-                    &appended[at as usize][..],
+                    r.value(),
+                    appended[at as usize].as_deref(),
                     "{ctx}: {p}/{at} bytes"
                 );
                 at += 1;
@@ -116,11 +123,36 @@ fn check(store: &dyn LogStore, model: &Model, ctx: &str) -> Vec<u64> {
         }
         ends.push(b.end);
     }
+    check_churned(store, model, ctx);
     let report = store
         .verify()
         .unwrap_or_else(|e| panic!("{ctx}: verify: {e}"));
     assert!(report.is_ok(), "{ctx}: {:?}", report.problems);
     ends
+}
+
+fn churn_body(generation: u32, n: usize) -> Vec<u8> {
+    format!("x-g{generation}-n{n}").into_bytes()
+}
+
+/// h: topic `x` exists from its first generation on (creation is durable before it returns)
+/// and holds records of its latest generation only, dense from 0.
+fn check_churned(store: &dyn LogStore, model: &Model, ctx: &str) {
+    if model.churn == 0 {
+        return;
+    }
+    let b = store
+        .bounds("x", 0)
+        .unwrap_or_else(|e| panic!("{ctx}: topic x (generation {}): {e}", model.churn));
+    assert_eq!(b.start, 0, "{ctx}: x starts at 0");
+    let recs = store
+        .read("x", 0, 0, ReadLimits::messages(10_000))
+        .unwrap_or_else(|e| panic!("{ctx}: read x: {e}"));
+    assert_eq!(recs.len() as u64, b.end, "{ctx}: x reads whole");
+    for (n, r) in recs.iter().enumerate() {
+        assert_eq!(r.offset(), n as u64, "{ctx}: x dense");
+        assert_eq!(r.body(), &churn_body(model.churn, n)[..], "{ctx}: x/{n}");
+    }
 }
 
 /// Reopens after a crash, checks, checks idempotence (e), and shrinks the model to what is there.
@@ -166,6 +198,8 @@ fn recover(
 #[derive(Clone, Debug)]
 enum Op {
     Append { p: u32, n: usize, size: usize },
+    Tombstone { p: u32 },
+    Churn { n: usize },
     Sync,
     DeleteBefore { p: u32, fraction: u8 },
     Crash { mode: usize, seed: u64 },
@@ -174,6 +208,8 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0..PARTITIONS, 1usize..8, 1usize..900).prop_map(|(p, n, size)| Op::Append { p, n, size }),
+        1 => (0..PARTITIONS).prop_map(|p| Op::Tombstone { p }),
+        1 => (0usize..20).prop_map(|n| Op::Churn { n }),
         2 => Just(Op::Sync),
         1 => (0..PARTITIONS, 0u8..=100).prop_map(|(p, fraction)| Op::DeleteBefore { p, fraction }),
         2 => (0..CrashMode::ALL.len(), any::<u64>()).prop_map(|(mode, seed)| Op::Crash { mode, seed }),
@@ -200,9 +236,32 @@ fn run_case(engine: EngineKind, sync: bool, ops: &[Op]) {
                     r.base_offset as usize, base,
                     "f: offsets continue at the end"
                 );
-                model.appended[p as usize].extend(batch.iter().map(|m| m.body.to_vec()));
+                model.appended[p as usize].extend(batch.iter().map(|m| Some(m.body.to_vec())));
                 if sync {
                     model.durable[p as usize] = model.appended[p as usize].len();
+                }
+            }
+            Op::Tombstone { p } => {
+                let base = model.appended[p as usize].len();
+                let r = store
+                    .append("t", p, &[Message::tombstone(format!("k{base}"))])
+                    .unwrap();
+                assert_eq!(r.base_offset as usize, base, "f: offsets continue");
+                model.appended[p as usize].push(None);
+                if sync {
+                    model.durable[p as usize] = model.appended[p as usize].len();
+                }
+            }
+            Op::Churn { n } => {
+                if model.churn > 0 {
+                    store.delete_topic("x").unwrap();
+                }
+                store.create_topic("x", TopicConfig::default()).unwrap();
+                model.churn += 1;
+                for k in 0..n {
+                    store
+                        .append("x", 0, &[Message::new(churn_body(model.churn, k))])
+                        .unwrap();
                 }
             }
             Op::Sync => {
@@ -383,7 +442,7 @@ fn crash_after_first_durable_append_in_fresh_directory(engine: EngineKind) {
             for p in 0..PARTITIONS {
                 let m = body(p, 0, 100);
                 store.append("t", p, &[Message::new(m.clone())]).unwrap();
-                model.appended[p as usize].push(m);
+                model.appended[p as usize].push(Some(m));
                 model.durable[p as usize] = 1;
             }
             let closed = seed % 2 == 1;
@@ -423,7 +482,7 @@ fn workload(store: &dyn LogStore, model: &mut Model, _sim: &SimFs) {
                 .collect();
             let ok = store.append("t", p, &batch).is_ok();
             // A failed append may still have reached the disk: it is appended, not durable.
-            model.appended[p as usize].extend(batch.iter().map(|m| m.body.to_vec()));
+            model.appended[p as usize].extend(batch.iter().map(|m| Some(m.body.to_vec())));
             if !ok {
                 return;
             }

@@ -230,3 +230,39 @@ fn segments_written_by_the_store_are_kafka_record_batches() {
     let got: Vec<Message> = got.iter().map(|r| r.to_message()).collect();
     assert_eq!(got, appended);
 }
+
+/// A tombstone is Kafka's null value (value length -1), not an empty value, in the segment.
+#[test]
+fn a_tombstone_is_a_null_value_in_the_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SegmentedStore::open(
+        dir.path(),
+        common::small_options(duolog::EngineKind::Segmented),
+    )
+    .unwrap();
+    store.create_topic("kv", TopicConfig::default()).unwrap();
+    store
+        .append(
+            "kv",
+            0,
+            &[Message::new("").with_key("a"), Message::tombstone("a")],
+        )
+        .unwrap();
+    store.close().unwrap();
+    let log = std::fs::read(dir.path().join("kv-0").join("00000000000000000000.log")).unwrap();
+    let h = batch::check_batch(&log).unwrap();
+    let b = &log[..h.total_len()];
+    let values: Vec<Option<Vec<u8>>> = batch::records(b, &h)
+        .map(|r| r.unwrap().value.map(|v| b[v].to_vec()))
+        .collect();
+    assert_eq!(values, vec![Some(Vec::new()), None]);
+    // Byte for byte: the record's value length is the varint of -1 (0x01), as in kafka-python's
+    // own `null_key_and_tombstone.bin`.
+    let golden = std::fs::read(fixtures().join("null_key_and_tombstone.bin")).unwrap();
+    let gh = batch::check_batch(&golden).unwrap();
+    let gb = &golden[..gh.total_len()];
+    let golden_nulls = batch::records(gb, &gh)
+        .filter(|r| r.as_ref().unwrap().value.is_none())
+        .count();
+    assert!(golden_nulls > 0, "the fixture holds a tombstone");
+}

@@ -10,12 +10,22 @@ use duolog::{EngineKind, FlushPolicy, LogStore, Message, ReadLimits, StoreOption
 
 const USAGE: &str = "\
 usage:
-  duolog produce --dir D [--engine commitlog|segmented] --topic T [--partitions N] [--partition P] [--keyed] [--sync]
+  duolog produce --dir D [--engine commitlog|segmented] --topic T [--partitions N] [--partition P] [--keyed [--tombstones]] [--sync]
       reads lines from stdin (with --keyed: key<TAB>body) and prints `<partition> <offset>` for each
-      acknowledged message (with --sync: only once it is durable on disk)
+      acknowledged message (with --sync: only once it is durable on disk); with --tombstones a
+      line `key<TAB>` with nothing after the tab is a tombstone (a delete marker for the key)
   duolog consume --dir D --topic T --partition P [--from O] [--max N]
-      prints `<offset><TAB><key><TAB><body>` per record
-  duolog topics --dir D         lists topics and their partitions
+      prints `<offset><TAB><key><TAB><body>` per record (`null` as the body of a tombstone)
+  duolog topic create --dir D [--engine commitlog|segmented] --topic T [--partitions N] [--config NAME=VALUE]...
+  duolog topic alter --dir D --topic T [--config NAME=VALUE]... [--delete-config NAME]...
+  duolog topic delete --dir D --topic T
+  duolog topic add-partitions --dir D --topic T --count N     adds N partitions
+      config names are Kafka's: cleanup.policy (delete, compact, compact,delete), retention.ms,
+      retention.bytes (-1: unlimited), segment.bytes, segment.ms, max.message.bytes,
+      min.compaction.lag.ms, delete.retention.ms
+  duolog topics --dir D [--all]  lists topics, their partitions and configs (--all: every config,
+      with the value that applies; `*` marks the topic's own)
+  duolog compact --dir D [--topic T]   runs the log cleaner now and reports what it removed
   duolog stats --dir D          partitions, bounds, files and bytes on disk
   duolog verify --dir D         checks every checksum and every derived file
   duolog query --dir D --topic T --key K [--from MS --to MS] [--max N]
@@ -89,6 +99,13 @@ impl Args {
             .and_then(|(_, v)| v.as_deref())
     }
 
+    fn all(&self, name: &str) -> impl Iterator<Item = &str> {
+        self.flags
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .filter_map(|(_, v)| v.as_deref())
+    }
+
     fn has(&self, name: &str) -> bool {
         self.flags.iter().any(|(n, _)| n == name)
     }
@@ -132,17 +149,12 @@ fn produce(args: &Args) -> Result<(), CliError> {
         "partitions",
         "partition",
         "keyed",
+        "tombstones",
         "sync",
     ])?;
     let dir = PathBuf::from(args.required("dir")?);
     let topic = args.required("topic")?;
-    let engine = match args.get("engine") {
-        None => None,
-        Some(name) => Some(
-            EngineKind::from_name(name)
-                .ok_or_else(|| CliError::Usage(format!("unknown engine {name:?}")))?,
-        ),
-    };
+    let engine = engine_arg(args)?;
     let sync = args.has("sync");
     let options = StoreOptions {
         engine,
@@ -170,6 +182,10 @@ fn produce(args: &Args) -> Result<(), CliError> {
         )));
     }
     let keyed = args.has("keyed");
+    let tombstones = args.has("tombstones");
+    if tombstones && !keyed {
+        return Err(CliError::Usage("--tombstones needs --keyed".into()));
+    }
     let mut input = io::BufReader::with_capacity(1 << 16, io::stdin());
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
@@ -199,7 +215,11 @@ fn produce(args: &Args) -> Result<(), CliError> {
             };
             let mut m = Message::new(body.to_owned());
             if let Some(k) = key {
-                m = m.with_key(k.to_owned());
+                m = if tombstones && body.is_empty() {
+                    Message::tombstone(k.to_owned())
+                } else {
+                    m.with_key(k.to_owned())
+                };
             }
             pending.push((partition, m));
         }
@@ -257,13 +277,11 @@ fn consume(args: &Args) -> Result<(), CliError> {
         }
         for r in &recs {
             let key = r.key().map(String::from_utf8_lossy).unwrap_or_default();
-            writeln!(
-                out,
-                "{}\t{}\t{}",
-                r.offset(),
-                key,
-                String::from_utf8_lossy(r.body())
-            )?;
+            let body = match r.value() {
+                Some(v) => String::from_utf8_lossy(v),
+                None => "null".into(),
+            };
+            writeln!(out, "{}\t{}\t{}", r.offset(), key, body)?;
         }
         printed += recs.len() as u64;
         at = recs[recs.len() - 1].offset() + 1;
@@ -273,13 +291,126 @@ fn consume(args: &Args) -> Result<(), CliError> {
     Ok(())
 }
 
+fn engine_arg(args: &Args) -> Result<Option<EngineKind>, CliError> {
+    match args.get("engine") {
+        None => Ok(None),
+        Some(name) => EngineKind::from_name(name)
+            .map(Some)
+            .ok_or_else(|| CliError::Usage(format!("unknown engine {name:?}"))),
+    }
+}
+
+/// Applies every `--config NAME=VALUE` (and `--delete-config NAME`) to `config`.
+fn apply_configs(args: &Args, config: &mut TopicConfig) -> Result<(), CliError> {
+    for pair in args.all("config") {
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| CliError::Usage(format!("--config needs NAME=VALUE, not {pair:?}")))?;
+        config.set(name.trim(), value)?;
+    }
+    for name in args.all("delete-config") {
+        config.unset(name.trim())?;
+    }
+    Ok(())
+}
+
+fn topic(rest: &[String]) -> Result<(), CliError> {
+    let Some(action) = rest.first() else {
+        return Err(CliError::Usage(
+            "topic needs create, alter, delete or add-partitions".into(),
+        ));
+    };
+    let args = Args::parse(&rest[1..], &[])?;
+    match action.as_str() {
+        "create" => {
+            args.check_known(&["dir", "engine", "topic", "partitions", "config"])?;
+            let topic = args.required("topic")?;
+            let mut config =
+                TopicConfig::with_partitions(args.number::<u32>("partitions")?.unwrap_or(1));
+            apply_configs(&args, &mut config)?;
+            let options = StoreOptions {
+                engine: engine_arg(&args)?,
+                ..StoreOptions::default()
+            };
+            let store = duolog::open(args.required("dir")?, options)?;
+            store.create_topic(topic, config)?;
+            store.close()?;
+            out!("created {topic}");
+        }
+        "alter" => {
+            args.check_known(&["dir", "topic", "config", "delete-config"])?;
+            let topic = args.required("topic")?;
+            let store = open_existing(args.required("dir")?, StoreOptions::default())?;
+            let mut config = store.describe_topic(topic)?;
+            apply_configs(&args, &mut config)?;
+            store.alter_topic(topic, config)?;
+            store.close()?;
+            out!("altered {topic}");
+        }
+        "delete" => {
+            args.check_known(&["dir", "topic"])?;
+            let topic = args.required("topic")?;
+            let store = open_existing(args.required("dir")?, StoreOptions::default())?;
+            store.delete_topic(topic)?;
+            store.close()?;
+            out!("deleted {topic}");
+        }
+        "add-partitions" => {
+            args.check_known(&["dir", "topic", "count"])?;
+            let topic = args.required("topic")?;
+            let count = args
+                .number::<u32>("count")?
+                .ok_or_else(|| CliError::Usage("--count is required".into()))?;
+            let store = open_existing(args.required("dir")?, StoreOptions::default())?;
+            let total = store.add_partitions(topic, count)?;
+            store.close()?;
+            out!("{topic} has {total} partitions");
+        }
+        other => {
+            return Err(CliError::Usage(format!(
+                "unknown topic action {other:?} (create, alter, delete, add-partitions)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn topics(args: &Args) -> Result<(), CliError> {
-    args.check_known(&["dir"])?;
-    let store = open_existing(args.required("dir")?, StoreOptions::default())?;
+    args.check_known(&["dir", "all"])?;
+    let options = StoreOptions::default();
+    let store = open_existing(args.required("dir")?, options.clone())?;
     for t in store.list_topics(true) {
-        out!("{t}\t{}", store.describe_topic(&t)?.partitions);
+        let config = store.describe_topic(&t)?;
+        let mut line = format!("{t}\tpartitions={}", config.partitions);
+        if args.has("all") {
+            for (name, value, own) in config.describe(&options, store.engine()) {
+                let mark = if own { "*" } else { "" };
+                line.push_str(&format!("\t{name}={value}{mark}"));
+            }
+        } else {
+            for (name, value) in config.overrides() {
+                line.push_str(&format!("\t{name}={value}"));
+            }
+        }
+        out!("{line}");
     }
     store.close()?;
+    Ok(())
+}
+
+fn compact(args: &Args) -> Result<(), CliError> {
+    args.check_known(&["dir", "topic"])?;
+    let store = open_existing(args.required("dir")?, StoreOptions::default())?;
+    let r = store.compact(args.get("topic"))?;
+    store.close()?;
+    out!(
+        "cleaned {} partition(s): removed {} record(s) ({} tombstone(s)), {} -> {} bytes",
+        r.partitions_cleaned,
+        r.records_removed,
+        r.tombstones_removed,
+        r.bytes_before,
+        r.bytes_after
+    );
     Ok(())
 }
 
@@ -295,11 +426,12 @@ fn stats(args: &Args) -> Result<(), CliError> {
         for p in 0..parts {
             let b = store.bounds(&t, p)?;
             out!(
-                "partition\t{t}\t{p}\tstart={}\tend={}\tdurable={}\trecords={}",
+                "partition\t{t}\t{p}\tstart={}\tend={}\tdurable={}\toffsets={}\tbytes={}",
                 b.start,
                 b.end,
                 b.durable_end,
-                b.end - b.start
+                b.end - b.start,
+                store.partition_bytes(&t, p)?
             );
         }
     }
@@ -389,9 +521,11 @@ fn run(argv: &[String]) -> Result<(), CliError> {
     };
     let rest = &argv[1..];
     match cmd.as_str() {
-        "produce" => produce(&Args::parse(rest, &["keyed", "sync"])?),
+        "produce" => produce(&Args::parse(rest, &["keyed", "tombstones", "sync"])?),
+        "topic" => topic(rest),
+        "compact" => compact(&Args::parse(rest, &[])?),
         "consume" => consume(&Args::parse(rest, &[])?),
-        "topics" => topics(&Args::parse(rest, &[])?),
+        "topics" => topics(&Args::parse(rest, &["all"])?),
         "stats" => stats(&Args::parse(rest, &[])?),
         "verify" => verify(&Args::parse(rest, &[])?),
         "query" => query(&Args::parse(rest, &[])?),

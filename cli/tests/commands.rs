@@ -84,10 +84,10 @@ fn produce_then_consume_round_trips_lines_and_keys() {
     assert!(out.status.success());
     assert!(text(&out.stdout).contains("ok"));
     let out = duolog(&["topics", "--dir", d], "");
-    assert_eq!(text(&out.stdout), "t\t1\n");
+    assert_eq!(text(&out.stdout), "t\tpartitions=1\n");
     let out = duolog(&["stats", "--dir", d], "");
     assert!(
-        text(&out.stdout).contains("partition\tt\t0\tstart=0\tend=6\tdurable=6\trecords=6"),
+        text(&out.stdout).contains("partition\tt\t0\tstart=0\tend=6\tdurable=6\toffsets=6\tbytes="),
         "{}",
         text(&out.stdout)
     );
@@ -466,4 +466,181 @@ fn a_closed_stdout_ends_the_command_quietly() {
     let stderr = text(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+}
+
+#[test]
+fn topic_administration_configs_and_tombstones() {
+    for engine in ["commitlog", "segmented"] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("s");
+        let d = d.to_str().unwrap();
+        let ok = |args: &[&str], stdin: &str| {
+            let out = duolog(args, stdin);
+            assert!(
+                out.status.success(),
+                "{engine}: {args:?}: {}",
+                text(&out.stderr)
+            );
+            text(&out.stdout)
+        };
+        ok(
+            &[
+                "topic",
+                "create",
+                "--dir",
+                d,
+                "--engine",
+                engine,
+                "--topic",
+                "kv",
+                "--partitions",
+                "2",
+                "--config",
+                "cleanup.policy=compact",
+                "--config",
+                "retention.ms=-1",
+            ],
+            "",
+        );
+        ok(&["topic", "create", "--dir", d, "--topic", "plain"], "");
+        assert_eq!(
+            ok(&["topics", "--dir", d], ""),
+            "kv\tpartitions=2\tcleanup.policy=compact\tretention.ms=-1\nplain\tpartitions=1\n"
+        );
+        ok(
+            &[
+                "topic",
+                "alter",
+                "--dir",
+                d,
+                "--topic",
+                "kv",
+                "--config",
+                "delete.retention.ms=1000",
+                "--delete-config",
+                "retention.ms",
+            ],
+            "",
+        );
+        let all = ok(&["topics", "--dir", d, "--all"], "");
+        assert!(
+            all.contains("kv\tpartitions=2\tcleanup.policy=compact*"),
+            "{all}"
+        );
+        assert!(all.contains("\tdelete.retention.ms=1000*"), "{all}");
+        assert!(
+            all.contains("\tretention.ms=-1\t"),
+            "{engine}: compact deletes nothing: {all}"
+        );
+        assert!(
+            all.contains("plain\tpartitions=1\tcleanup.policy=delete\t"),
+            "{all}"
+        );
+        assert_eq!(
+            ok(
+                &[
+                    "topic",
+                    "add-partitions",
+                    "--dir",
+                    d,
+                    "--topic",
+                    "kv",
+                    "--count",
+                    "2"
+                ],
+                ""
+            ),
+            "kv has 4 partitions\n"
+        );
+        // Tombstones only with --tombstones: `key<TAB>` is otherwise an empty value.
+        ok(
+            &[
+                "produce",
+                "--dir",
+                d,
+                "--topic",
+                "kv",
+                "--partition",
+                "3",
+                "--keyed",
+            ],
+            "a\t1\nb\t\n",
+        );
+        ok(
+            &[
+                "produce",
+                "--dir",
+                d,
+                "--topic",
+                "kv",
+                "--partition",
+                "3",
+                "--keyed",
+                "--tombstones",
+            ],
+            "a\t\n",
+        );
+        assert_eq!(
+            ok(
+                &["consume", "--dir", d, "--topic", "kv", "--partition", "3"],
+                ""
+            ),
+            "0\ta\t1\n1\tb\t\n2\ta\tnull\n"
+        );
+        let report = ok(&["compact", "--dir", d, "--topic", "kv"], "");
+        assert!(report.starts_with("cleaned "), "{report}");
+        ok(&["topic", "delete", "--dir", d, "--topic", "plain"], "");
+        assert_eq!(
+            ok(&["topics", "--dir", d], ""),
+            "kv\tpartitions=4\tcleanup.policy=compact\tdelete.retention.ms=1000\n"
+        );
+        for (args, want) in [
+            (
+                vec![
+                    "topic",
+                    "create",
+                    "--dir",
+                    d,
+                    "--topic",
+                    "x",
+                    "--config",
+                    "retention.hours=1",
+                ],
+                "retention.hours",
+            ),
+            (
+                vec![
+                    "topic", "create", "--dir", d, "--topic", "x", "--config", "noequals",
+                ],
+                "NAME=VALUE",
+            ),
+            (
+                vec![
+                    "topic",
+                    "alter",
+                    "--dir",
+                    d,
+                    "--topic",
+                    "nope",
+                    "--config",
+                    "retention.ms=1",
+                ],
+                "nope",
+            ),
+            (
+                vec!["topic", "delete", "--dir", d, "--topic", "plain"],
+                "plain",
+            ),
+            (vec!["topic", "explode", "--dir", d], "explode"),
+            (
+                vec!["produce", "--dir", d, "--topic", "kv", "--tombstones"],
+                "--keyed",
+            ),
+        ] {
+            let out = duolog(&args, "");
+            assert!(!out.status.success(), "{args:?}");
+            let err = text(&out.stderr);
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+    }
 }

@@ -253,6 +253,22 @@ impl ConsumeQueue {
         Ok(total)
     }
 
+    /// The first offset from which the records up to `to` take at most `max` bytes (Kafka's
+    /// `retention.bytes` on one partition): `from` when they all fit.
+    pub(crate) fn first_keeping_bytes(&self, from: u64, to: u64, max: u64) -> Result<u64> {
+        let mut total = 0u64;
+        let mut offset = to;
+        while offset > from {
+            let size = self.unit(offset - 1)?.map_or(0, |u| u64::from(u.size));
+            if total + size > max {
+                return Ok(offset);
+            }
+            total += size;
+            offset -= 1;
+        }
+        Ok(from)
+    }
+
     /// Unmaps the queue for good (its topic was deleted).
     pub(crate) fn forget(&self) {
         if let Some(n) = self.inner.try_evict()

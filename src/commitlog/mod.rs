@@ -85,6 +85,9 @@ pub(crate) struct TopicState {
     /// Set under the append lock when the topic is deleted: appends that found the topic
     /// before stop there.
     deleted: AtomicBool,
+    /// The commit-log position at the topic's creation: records of its name before it belong
+    /// to a deleted topic of the same name (see `catalog`).
+    since: u64,
 }
 
 impl Inner {
@@ -116,6 +119,7 @@ impl Inner {
             config,
             partitions,
             deleted: AtomicBool::new(false),
+            since: old.since,
         });
         let mut topics = self.topics.read().clone();
         topics.insert(name.to_owned(), Arc::clone(&new));
@@ -164,8 +168,6 @@ pub(crate) struct Inner {
     admin: Mutex<()>,
     /// Topics whose deletion began but did not finish (kept in the catalog until it does).
     deleting: Mutex<Vec<(String, u32)>>,
-    /// No recovery replays a record before this position (see `Catalog::replay_floor`).
-    replay_floor: AtomicU64,
     append_lock: Mutex<AppendState>,
     /// End of published commit-log data.
     written: AtomicU64,
@@ -284,28 +286,28 @@ impl Inner {
         Ok(partitions)
     }
 
-    fn open_topic(&self, name: &str, config: &TopicConfig) -> Result<TopicState> {
+    fn open_topic(&self, name: &str, config: &TopicConfig, since: u64) -> Result<TopicState> {
         Ok(TopicState {
             name: name.to_owned(),
             config: config.clone(),
             effective: config.effective(&self.opts, EngineKind::CommitLog),
             partitions: self.open_partitions(name, config, 0)?,
             deleted: AtomicBool::new(false),
+            since,
         })
     }
 
     /// The catalog of `topics` plus the deletions not finished, written atomically.
     fn store_catalog(&self, topics: &HashMap<String, Arc<TopicState>>) -> Result<()> {
-        let mut list: Vec<(String, TopicConfig)> = topics
+        let mut list: Vec<(String, TopicConfig, u64)> = topics
             .values()
-            .map(|t| (t.name.clone(), t.config.clone()))
+            .map(|t| (t.name.clone(), t.config.clone(), t.since))
             .collect();
         list.sort_by(|a, b| a.0.cmp(&b.0));
         Catalog {
             engine: EngineKind::CommitLog,
             topics: list,
             deleting: self.deleting.lock().clone(),
-            replay_floor: self.replay_floor.load(Ordering::Acquire),
         }
         .store(self.fs.as_ref(), &self.dir)
     }
@@ -340,8 +342,7 @@ impl Inner {
             let _appends = self.append_lock.lock();
             t.deleted.store(true, Ordering::Release);
         }
-        // Every record of the topic is dispatched and the checkpoint says so: a recovery
-        // replays none of them (a new topic of the same name would otherwise collect them).
+        // Every record of the topic is durable and dispatched, and the checkpoint says so.
         let fenced = (|| {
             self.gc.sync_all(self)?;
             self.write_checkpoint()
@@ -350,8 +351,6 @@ impl Inner {
             t.deleted.store(false, Ordering::Release);
             return Err(e);
         }
-        self.replay_floor
-            .fetch_max(self.written.load(Ordering::Acquire), Ordering::AcqRel);
         // The commit point: a catalog without the topic, listing it as being deleted.
         self.deleting
             .lock()
@@ -654,7 +653,9 @@ impl LogStore for CommitLogStore {
         if inner.deleting.lock().iter().any(|(n, _)| n == name) {
             inner.finish_deletions(&inner.topics.read().clone())?;
         }
-        let state = Arc::new(inner.open_topic(name, &config)?);
+        // Every record of an earlier topic of this name lies before the position now.
+        let since = inner.written.load(Ordering::Acquire);
+        let state = Arc::new(inner.open_topic(name, &config, since)?);
         for part in &state.partitions {
             part.cq.enroll();
         }

@@ -87,7 +87,6 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         topics: RwLock::new(HashMap::new()),
         admin: Mutex::new(()),
         deleting: Mutex::new(catalog.deleting.clone()),
-        replay_floor: AtomicU64::new(catalog.replay_floor),
         append_lock: Mutex::new(AppendState {
             last_store_timestamp: 0,
             current: None,
@@ -106,8 +105,8 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         me: Default::default(),
     };
     let mut topics = HashMap::new();
-    for (name, config) in &catalog.topics {
-        topics.insert(name.clone(), inner.open_topic(name, config)?);
+    for (name, config, since) in &catalog.topics {
+        topics.insert(name.clone(), inner.open_topic(name, config, *since)?);
     }
 
     // A log file repaired at open makes the checkpoint's positions untrustworthy.
@@ -135,10 +134,7 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
                 .log
                 .last()
                 .map_or(0, |f| f.start_offset() + f.len() as u64);
-            // Records before the replay floor were durable and dispatched when a topic was
-            // deleted; replaying them could hand a deleted topic's records to a new one.
-            let floor = inner.replay_floor.load(Ordering::Relaxed);
-            (from.max(floor).min(last_end), u64::MAX)
+            (from.min(last_end), u64::MAX)
         }
     };
 
@@ -193,6 +189,9 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         }
     }
     *inner.topics.get_mut() = topics.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+    // An interrupted topic deletion is finished before the store is used (its name is in no
+    // loaded topic: a deletion in progress refuses a new topic of that name).
+    inner.finish_deletions(&inner.topics.read().clone())?;
 
     let rebuild_index = match inner.opts.index.enabled {
         true => {
@@ -356,9 +355,11 @@ fn replay_records(
                     if record::is_dispatched(d.header.sys_flag) {
                         let topic = std::str::from_utf8(d.topic)
                             .ok()
-                            .and_then(|n| topics.get(n));
+                            .and_then(|n| topics.get(n))
+                            .filter(|t| start + at as u64 >= t.since);
                         // A deleted topic's record is skipped (the catalog names a topic before
-                        // its first record is written, so no other record names an unknown one).
+                        // its first record is written, so no other record names an unknown one,
+                        // and `since` tells an earlier topic of the same name's from its own).
                         let part = match topic {
                             None => None,
                             Some(t) => Some(t.partitions.get(d.header.queue_id as usize)),

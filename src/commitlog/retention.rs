@@ -1,6 +1,13 @@
 //! Retention: whole commit-log files are deleted by age or total size (never the file being
 //! written); partition start offsets then move past records that are gone, and consume-queue
 //! files wholly below a start offset are deleted. `delete_before` raises one partition's start.
+//!
+//! Per-topic retention on a shared log: files are deleted by age only once they are older than
+//! the *longest* retention of any topic whose policy deletes (so a topic keeping its records
+//! longer than the store's default keeps the files they are in), and by size per
+//! `commitlog.retention_bytes` (a bound on the whole log). A topic whose retention is shorter
+//! than that, or that has a `retention.bytes`, loses its old records logically: its partitions'
+//! start offsets rise past them (as `delete_before` does) and their queue files go.
 
 use std::sync::atomic::Ordering;
 
@@ -71,7 +78,8 @@ impl Inner {
             .count()
             .min(files.len().saturating_sub(1));
         let mut delete = 0usize;
-        if let Some(max_age) = opts.retention {
+        let logical = self.enforce_topic_retention()?;
+        if let Some(max_age) = self.file_retention() {
             let cutoff = ms_before(now_ms(), max_age);
             // A file's newest record is no newer than the next file's first record.
             while delete < sealed {
@@ -95,6 +103,9 @@ impl Inner {
         }
         drop(files);
         if delete == 0 {
+            if logical {
+                self.trim_index()?;
+            }
             return Ok(0);
         }
         let mut left = delete;
@@ -111,6 +122,62 @@ impl Inner {
         self.advance_starts_past_log_start()?;
         self.trim_index()?;
         Ok(removed)
+    }
+
+    /// How old a commit-log file must be to go: the longest retention of the topics whose
+    /// policy deletes (the store's when there are none); `None` keeps files.
+    fn file_retention(&self) -> Option<std::time::Duration> {
+        let topics = self.topics.read();
+        let mut deleting = topics.values().filter(|t| t.effective.policy.deletes());
+        match deleting.next() {
+            None => self.opts.commitlog.retention,
+            Some(first) => deleting.try_fold(first.effective.retention?, |longest, t| {
+                Some(longest.max(t.effective.retention?))
+            }),
+        }
+    }
+
+    /// Raises the start of partitions of topics whose retention (by time, or by size per
+    /// partition) is tighter than the files'; returns whether any start moved.
+    fn enforce_topic_retention(&self) -> Result<bool> {
+        let files_keep = self.file_retention();
+        let now = now_ms();
+        let topics: Vec<_> = self.topics.read().values().cloned().collect();
+        let mut changed = false;
+        for t in &topics {
+            let e = &t.effective;
+            let by_time = e.retention.filter(|r| files_keep.is_none_or(|f| *r < f));
+            if by_time.is_none() && e.retention_bytes.is_none() {
+                continue;
+            }
+            for (p, part) in t.partitions.iter().enumerate() {
+                let start = part.start.load(Ordering::Acquire);
+                let end = part.end.load(Ordering::Acquire);
+                let mut target = start;
+                if let Some(r) = by_time {
+                    let cutoff = ms_before(now, r);
+                    target = self
+                        .offset_for_time(&t.name, p as u32, cutoff)?
+                        .unwrap_or(end);
+                }
+                if let Some(max) = e.retention_bytes {
+                    target = target.max(part.cq.first_keeping_bytes(start, end, max)?);
+                }
+                if target > start {
+                    let _admin = self.admin.lock();
+                    if t.deleted.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    part.start.fetch_max(target, Ordering::AcqRel);
+                    self.store_start_offsets()?;
+                    part.cq
+                        .remove_below(self.fs.as_ref(), target)
+                        .map_err(|e| self.note_poison(e))?;
+                    changed = true;
+                }
+            }
+        }
+        Ok(changed)
     }
 
     /// Moves every partition's start past records whose file is gone.

@@ -47,7 +47,13 @@ impl Inner {
                         }
                         if record::is_dispatched(d.header.sys_flag) {
                             let name = String::from_utf8_lossy(d.topic).into_owned();
-                            match topics.get(&name).and_then(|t| t.partitions.get(d.header.queue_id as usize)) {
+                            let topic = topics.get(&name);
+                            if topic.is_none_or(|t| pos < t.since) {
+                                // A deleted topic's record, unreachable until retention.
+                                at += d.total_size;
+                                continue;
+                            }
+                            match topic.and_then(|t| t.partitions.get(d.header.queue_id as usize)) {
                                 None => report.problems.push(format!(
                                     "{}: record at {at} belongs to unknown topic/partition {name}/{}",
                                     file.path().display(),

@@ -275,16 +275,22 @@ pub fn remove_if_exists(fs: &dyn FileSystem, path: &Path) -> io::Result<bool> {
     }
 }
 
-/// Removes a directory and everything under it, if it exists (not durable by itself: the
-/// caller syncs the parent directory).
+/// Removes a directory and everything under it, if it exists. Each directory is synced once
+/// emptied, before it is removed, so no removal of its entries can be lost while the directory
+/// is gone (a new directory of the same name must never show them); the removal of `path`
+/// itself is durable once the caller syncs its parent.
 pub fn remove_tree(fs: &dyn FileSystem, path: &Path) -> io::Result<()> {
-    for e in list_dir_or_empty(fs, path)? {
+    let entries = list_dir_or_empty(fs, path)?;
+    for e in &entries {
         let child = path.join(&e.name);
         if e.is_dir {
             remove_tree(fs, &child)?;
         } else {
             remove_if_exists(fs, &child)?;
         }
+    }
+    if !entries.is_empty() {
+        fs.sync_dir(path)?;
     }
     match fs.remove_dir(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),

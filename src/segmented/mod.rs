@@ -149,16 +149,15 @@ impl Inner {
 
     /// The catalog of the topics now open plus the deletions not finished, written atomically.
     fn store_catalog(&self, topics: &HashMap<String, Arc<TopicLog>>) -> Result<()> {
-        let mut list: Vec<(String, TopicConfig)> = topics
+        let mut list: Vec<(String, TopicConfig, u64)> = topics
             .iter()
-            .map(|(n, t)| (n.clone(), t.config.clone()))
+            .map(|(n, t)| (n.clone(), t.config.clone(), 0))
             .collect();
         list.sort_by(|a, b| a.0.cmp(&b.0));
         Catalog {
             engine: EngineKind::Segmented,
             topics: list,
             deleting: self.deleting.lock().clone(),
-            replay_floor: 0,
         }
         .store(self.ctx.fs.as_ref(), &self.dir)
     }
@@ -454,7 +453,7 @@ impl SegmentedStore {
             ),
             checkpoint_lock: Mutex::new(()),
         };
-        for (name, config) in &catalog.topics {
+        for (name, config, _) in &catalog.topics {
             let t = inner.load_topic(name, config, 0, |p| {
                 let key = (name.clone(), p);
                 (

@@ -23,6 +23,9 @@ impl Partition {
         let _seal = self.seal_lock.lock();
         let removed = {
             let mut st = self.state.lock();
+            if self.deleted.load(Ordering::Acquire) {
+                return Ok(0);
+            }
             let sealed = st.segments.len().saturating_sub(1);
             let mut n = 0;
             if let Some(r) = o.retention {
@@ -106,6 +109,9 @@ impl Partition {
         let _seal = self.seal_lock.lock();
         let removed = {
             let mut st = self.state.lock();
+            if self.deleted.load(Ordering::Acquire) {
+                return Ok(());
+            }
             let n = st.segments[..st.segments.len().saturating_sub(1)]
                 .iter()
                 .take_while(|m| m.next_offset <= start)

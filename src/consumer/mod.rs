@@ -1,0 +1,9 @@
+//! The consumer side, as a layer over any [`LogStore`](crate::LogStore): it reads through the
+//! trait only and imports no engine. Today it holds [`CompactedTable`], the key → latest value
+//! view of a (compacted) topic; consumer groups, pull and push consumers come with their issue.
+//!
+//! It owns no files of its own yet; it may not reach into the engines' files or types.
+
+mod table;
+
+pub use table::CompactedTable;

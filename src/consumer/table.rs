@@ -1,0 +1,165 @@
+//! [`CompactedTable`]: the latest value of every key of a topic, as a map (Kafka Streams'
+//! KTable over a compacted topic, in-process).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::store::{LogStore, ReadLimits};
+
+/// Records read per fetch while catching up.
+const FETCH: usize = 4096;
+
+#[derive(Default)]
+struct State {
+    map: HashMap<Bytes, Bytes>,
+    /// Next offset to read, per partition.
+    positions: Vec<u64>,
+    records_read: u64,
+}
+
+/// A key → latest value map materialised from a topic (normally a compacted one): every keyed
+/// record sets its key's value, a tombstone removes the key, records without a key are passed
+/// over. The table follows the topic as it grows: every lookup first reads what was appended
+/// since the last one (a few atomic loads when nothing was), so a lookup sees every record
+/// appended before it started — read-your-writes within the process. Opening reads the topic
+/// from the start; on a compacted topic that is about one record per live key, which is what
+/// makes a restart fast.
+///
+/// The map lives in memory: one entry per live key (Kafka Streams keeps the same state in a
+/// local store). Keys are compared as bytes. A key lives in one partition when producers
+/// partition by key (as `partition_for_key` does); one written to several partitions takes the
+/// value of the partition read last.
+///
+/// ```
+/// use std::sync::Arc;
+/// use duolog::{CleanupPolicy, CompactedTable, LogStore, Message, StoreOptions, TopicConfig};
+/// # fn main() -> duolog::Result<()> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+/// let config = TopicConfig { cleanup_policy: CleanupPolicy::Compact, ..TopicConfig::default() };
+/// store.create_topic("prices", config)?;
+/// store.append("prices", 0, &[Message::new("10").with_key("apple")])?;
+///
+/// let table = CompactedTable::open(Arc::clone(&store), "prices")?;
+/// assert_eq!(table.get(b"apple")?.as_deref(), Some(&b"10"[..]));
+/// store.append("prices", 0, &[Message::new("12").with_key("apple"), Message::tombstone("pear")])?;
+/// assert_eq!(table.get(b"apple")?.as_deref(), Some(&b"12"[..]));
+/// store.append("prices", 0, &[Message::tombstone("apple")])?;
+/// assert_eq!(table.get(b"apple")?, None);
+/// # Ok(()) }
+/// ```
+pub struct CompactedTable {
+    store: Arc<dyn LogStore>,
+    topic: String,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for CompactedTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompactedTable")
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+impl CompactedTable {
+    /// Builds the table from every record of `topic` now in the store.
+    pub fn open(store: Arc<dyn LogStore>, topic: &str) -> Result<CompactedTable> {
+        store.describe_topic(topic)?;
+        let table = CompactedTable {
+            store,
+            topic: topic.to_owned(),
+            state: Mutex::new(State::default()),
+        };
+        table.refresh()?;
+        Ok(table)
+    }
+
+    /// The topic the table follows.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Reads what was appended since the last refresh; returns how many records it applied.
+    /// Lookups call it themselves.
+    pub fn refresh(&self) -> Result<u64> {
+        let mut st = self.state.lock();
+        let partitions = self.store.describe_topic(&self.topic)?.partitions as usize;
+        st.positions.resize(partitions, 0);
+        let mut applied = 0;
+        for p in 0..partitions {
+            let bounds = self.store.bounds(&self.topic, p as u32)?;
+            // Retention may have passed the position: go on from the start.
+            let mut at = st.positions[p].max(bounds.start);
+            while at < bounds.end {
+                let records =
+                    match self
+                        .store
+                        .read(&self.topic, p as u32, at, ReadLimits::messages(FETCH))
+                    {
+                        Ok(r) => r,
+                        // Retention moved the start since `bounds`: start over from it.
+                        Err(Error::OffsetOutOfRange { start, .. }) if start > at => {
+                            at = start;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                let Some(last) = records.last() else {
+                    break;
+                };
+                at = last.offset() + 1;
+                for r in &records {
+                    let Some(key) = r.key() else { continue };
+                    match r.value() {
+                        Some(_) => {
+                            st.map.insert(Bytes::copy_from_slice(key), r.body_bytes());
+                        }
+                        None => {
+                            st.map.remove(key);
+                        }
+                    }
+                }
+                applied += records.len() as u64;
+            }
+            st.positions[p] = at;
+        }
+        st.records_read += applied;
+        Ok(applied)
+    }
+
+    /// The latest value of `key`, or `None` if it has none or its latest record is a tombstone.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.refresh()?;
+        Ok(self.state.lock().map.get(key).cloned())
+    }
+
+    /// Number of live keys.
+    pub fn len(&self) -> Result<usize> {
+        self.refresh()?;
+        Ok(self.state.lock().map.len())
+    }
+
+    /// Whether no key has a value.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Every live key and its value, in no particular order (a copy: the table goes on
+    /// following the topic).
+    pub fn snapshot(&self) -> Result<Vec<(Bytes, Bytes)>> {
+        self.refresh()?;
+        let st = self.state.lock();
+        Ok(st.map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    /// Records read since the table was opened (the cost of its catch-ups: after a restart on
+    /// a compacted topic, about one per live key).
+    pub fn records_read(&self) -> u64 {
+        self.state.lock().records_read
+    }
+}

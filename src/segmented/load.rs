@@ -127,6 +127,9 @@ fn finish_interrupted_swaps(ctx: &Ctx, dir: &Path) -> Result<()> {
         for &old in logs.iter().filter(|&&b| b > base && b < scan.next_offset) {
             remove_segment_files(fs, dir, old)?;
         }
+        // The replaced segments are gone for good before the swapped one takes its name, so
+        // no crash can leave both (on a file system that reorders directory operations too).
+        fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
         for p in [
             segment::index_path(dir, base),
             segment::time_index_path(dir, base),

@@ -548,7 +548,7 @@ fn recovery_is_idempotent(crashed: &SimFs, log: &[Appended], ctx: &str) {
         disk.op_count()
     };
     for j in 0..steps {
-        for mode in [CrashMode::PersistPrefix, CrashMode::DropUnsynced] {
+        for mode in [CrashMode::PersistPrefix] {
             let disk = crashed.crash(CrashMode::DropUnsynced, 0);
             disk.fail_after(j, Fault::Eio);
             if let Ok(store) = duolog::open("/s", options(Some(&disk))) {

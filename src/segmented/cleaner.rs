@@ -626,8 +626,11 @@ impl Partition {
             fs.rename(from, to).map_err(|e| Error::io(from, e))?;
         }
         sync_dir(fs, dir)?;
-        // Committed: from here on an open finishes the swap.
-        let handle = SegmentHandle::open(fs, dir, &meta, ctx.opts.max_index_bytes)?;
+        // Committed: from here on an open finishes the swap. The segment list takes the new
+        // segment at once, with nothing that can fail in between, so whatever fails later the
+        // partition knows the segment is `swapping` (retention removes its `.swap` files with
+        // it; passes stop before it) and never keeps a stale `.swap` it does not know of. Its
+        // files are opened on first use, by either name.
         {
             let mut st = self.state.lock();
             let i = st
@@ -638,7 +641,6 @@ impl Partition {
             for g in group {
                 ctx.cache.remove((self.uid, g.base));
             }
-            ctx.cache.insert((self.uid, base), Arc::new(handle));
         }
         for g in &group[1..] {
             remove_segment_files(fs, dir, g.base)?;
@@ -655,7 +657,8 @@ impl Partition {
         if let Ok(i) = st.segments.binary_search_by_key(&base, |m| m.base) {
             st.segments[i].swapping = false;
         }
-        // The next opener maps the files under their final names.
+        // The next opener maps the files under their final names (a handle opened meanwhile
+        // holds the same files, by their `.swap` names).
         ctx.cache.remove((self.uid, base));
         Ok(true)
     }

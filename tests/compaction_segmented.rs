@@ -834,16 +834,34 @@ fn damaged_cleaner_files_never_stop_an_open() {
         .filter(|n| n.ends_with(".swap") || n.ends_with(".cleaned"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    // A `.swap` log of garbage over the first segment: the open finishes the "swap" of
-    // nothing valid without panicking, and keeps what it can read.
-    let first = segment_bases(dir.path())[0];
-    std::fs::write(part.join(format!("{first:020}.log.swap")), vec![0xAB; 300]).unwrap();
-    match duolog::open(dir.path(), options(None)) {
-        Ok(store) => {
-            check_records(&read_everything(store.as_ref(), 100), &log, "garbage swap");
-        }
-        Err(e) => eprintln!("open refused a garbage swap: {e}"),
-    }
+    // A `.swap` log of garbage over the first segment (no valid batch: no cleaned segment of
+    // ours) is dropped, the segments staying.
+    let bases = segment_bases(dir.path());
+    std::fs::write(
+        part.join(format!("{:020}.log.swap", bases[0])),
+        vec![0xAB; 300],
+    )
+    .unwrap();
+    let store = duolog::open(dir.path(), options(None)).unwrap();
+    let present = check_records(&read_everything(store.as_ref(), 100), &log, "garbage swap");
+    assert_eq!(present, model_kept(&log, cleanable), "garbage swap");
+    store.close().unwrap();
+    drop(store);
+    // A `.swap` whose tail rotted: its valid prefix (here the second segment's own batches) is
+    // swapped in, covering only itself, and nothing after it is lost.
+    let second = std::fs::read(part.join(format!("{:020}.log", bases[1]))).unwrap();
+    let mut rotten = second.clone();
+    rotten.extend_from_slice(&[0x5A; 100]);
+    std::fs::write(part.join(format!("{:020}.log.swap", bases[1])), rotten).unwrap();
+    let store = duolog::open(dir.path(), options(None)).unwrap();
+    let present = check_records(&read_everything(store.as_ref(), 100), &log, "rotten swap");
+    assert_eq!(present, model_kept(&log, cleanable), "rotten swap");
+    assert_eq!(
+        std::fs::read(part.join(format!("{:020}.log", bases[1]))).unwrap(),
+        second
+    );
+    let v = store.verify().unwrap();
+    assert!(v.is_ok(), "{:?}", v.problems);
 }
 
 #[test]

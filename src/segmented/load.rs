@@ -112,9 +112,12 @@ fn finish_interrupted_swaps(ctx: &Ctx, dir: &Path) -> Result<()> {
             .open_file(&swap, OpenMode::Existing)
             .map_err(|e| Error::io(&swap, e))?;
         let len = log.len().map_err(|e| Error::io(&swap, e))?;
-        // Validated in full: a damaged swap covers only its valid prefix, so old segments past
-        // it stay (their records are older versions, never a loss), and the open's scan of the
-        // new segment truncates the damage like any other.
+        // Validated in full. A `.swap` log was complete and synced before it got its name, so
+        // damage here is rot, not a crash: one without a single valid batch is no cleaned
+        // segment (those always keep their last batch) and is dropped, the old segments
+        // staying; one with a damaged tail is cut to its valid prefix and covers only that, so
+        // old segments past it stay — never a scan that truncates it and takes every later
+        // segment with it.
         let scan = segment::scan(
             log.as_ref(),
             base,
@@ -123,6 +126,22 @@ fn finish_interrupted_swaps(ctx: &Ctx, dir: &Path) -> Result<()> {
             ctx.opts.max_index_bytes,
             0,
         );
+        if scan.valid_size == 0 {
+            drop(log);
+            for p in [
+                swap.clone(),
+                segment::with_suffix(&segment::index_path(dir, base), segment::SWAP_SUFFIX),
+                segment::with_suffix(&segment::time_index_path(dir, base), segment::SWAP_SUFFIX),
+            ] {
+                io::remove_if_exists(fs, &p).map_err(|e| Error::io(&p, e))?;
+            }
+            continue;
+        }
+        if scan.valid_size < len {
+            log.set_len(scan.valid_size)
+                .map_err(|e| Error::io(&swap, e))?;
+            log.sync_data().map_err(|e| Error::io(&swap, e))?;
+        }
         drop(log);
         for &old in logs.iter().filter(|&&b| b > base && b < scan.next_offset) {
             remove_segment_files(fs, dir, old)?;

@@ -360,10 +360,7 @@ fn replay_records(
                         // A deleted topic's record is skipped (the catalog names a topic before
                         // its first record is written, so no other record names an unknown one,
                         // and `since` tells an earlier topic of the same name's from its own).
-                        let part = match topic {
-                            None => None,
-                            Some(t) => Some(t.partitions.get(d.header.queue_id as usize)),
-                        };
+                        let part = topic.map(|t| t.partitions.get(d.header.queue_id as usize));
                         let Some(part) = part.map(|p| p.ok_or(())) else {
                             at += d.total_size;
                             continue;

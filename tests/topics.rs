@@ -34,11 +34,13 @@ fn configs_persist_and_change_on_a_live_store() {
         // max.message.bytes applies to this topic only.
         let big = Message::new(vec![b'x'; 300]);
         assert!(matches!(
-            store.append("t", 0, &[big.clone()]),
+            store.append("t", 0, std::slice::from_ref(&big)),
             Err(Error::MessageTooLarge { .. })
         ));
         store.create_topic("other", TopicConfig::default()).unwrap();
-        store.append("other", 0, &[big.clone()]).unwrap();
+        store
+            .append("other", 0, std::slice::from_ref(&big))
+            .unwrap();
 
         // Altered live: the next append sees the new limit.
         config.max_message_bytes = Some(1000);

@@ -267,7 +267,7 @@ impl Inner {
         let settings = &self.opts.compaction;
         let mut throttle = Throttle::new(settings.io_bytes_per_sec);
         // The latest offset of every key of the dirty section; a full map ends the pass there.
-        let mut map = OffsetMap::new(settings.offset_map_bytes, dirty_end - lo);
+        let mut map = OffsetMap::new(settings.offset_map_bytes, dirty_end.saturating_sub(lo));
         for o in lo..dirty_end {
             self.check_open()?;
             let (bytes, meta) = self.raw_record(&t.name, partition, part, o)?;

@@ -5,11 +5,14 @@
 //!    and after, and a `CompactedTable` rebuilt from the compacted topic, checked key by key;
 //! 2. append throughput into another topic alone, and while the cleaner compacts the same amount
 //!    of fresh updates on another thread;
-//! 3. with `--memory-keys N` (e.g. 10000000): N distinct keys, then `compact()` while a thread
+//! 3. with `--memory-keys N` (e.g. 10000000), instead of 1 and 2: N distinct keys, then `compact()` while a thread
 //!    samples the process's anonymous memory (the cleaner's offset map and buffers; mapped log
 //!    pages are file-backed and not counted), reporting the peak above the level before.
 //!
-//! `cargo run --release --example compaction [-- --updates N] [--keys K] [--memory-keys N]`
+//! `cargo run --release --example compaction [-- --updates N] [--keys K] [--engine E]`
+//! `cargo run --release --example compaction -- --memory-keys 10000000 --engine segmented`
+//! (the memory run alone, one engine per process, so one engine's freed heap does not hide the
+//! other's)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +26,7 @@ struct Settings {
     updates: usize,
     keys: usize,
     memory_keys: Option<usize>,
+    engines: Vec<EngineKind>,
 }
 
 fn settings() -> Settings {
@@ -30,6 +34,7 @@ fn settings() -> Settings {
         updates: 1_000_000,
         keys: 10_000,
         memory_keys: None,
+        engines: vec![EngineKind::CommitLog, EngineKind::Segmented],
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -42,6 +47,12 @@ fn settings() -> Settings {
             "--updates" => s.updates = num("--updates"),
             "--keys" => s.keys = num("--keys").max(1),
             "--memory-keys" => s.memory_keys = Some(num("--memory-keys")),
+            "--engine" => {
+                let name = args.next().unwrap_or_default();
+                let engine = EngineKind::from_name(&name)
+                    .unwrap_or_else(|| panic!("unknown engine {name:?}"));
+                s.engines = vec![engine];
+            }
             other => {
                 eprintln!("unknown argument {other:?}");
                 std::process::exit(2);
@@ -233,10 +244,10 @@ fn memory(engine: EngineKind, keys: usize) {
 
 fn main() {
     let s = settings();
-    for engine in [EngineKind::CommitLog, EngineKind::Segmented] {
-        run(engine, &s);
-        if let Some(keys) = s.memory_keys {
-            memory(engine, keys);
+    for &engine in &s.engines {
+        match s.memory_keys {
+            Some(keys) => memory(engine, keys),
+            None => run(engine, &s),
         }
     }
 }

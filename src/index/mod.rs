@@ -10,7 +10,6 @@
 //! every candidate against the record it names.
 
 mod index_file;
-#[allow(dead_code)] // used by the cleaners (issue 11, in progress)
 pub(crate) mod offset_map;
 
 use std::collections::HashMap;

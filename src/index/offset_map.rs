@@ -44,11 +44,13 @@ impl OffsetMap {
     }
 
     /// Bytes the table occupies.
+    #[cfg(test)]
     pub(crate) fn bytes(&self) -> usize {
         self.slots.len() * SLOT_BYTES
     }
 
     /// Keys held.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -59,6 +61,7 @@ impl OffsetMap {
     }
 
     /// The highest offset put since the last clear.
+    #[cfg(test)]
     pub(crate) fn latest_offset(&self) -> Option<u64> {
         self.latest
     }
@@ -104,6 +107,7 @@ impl OffsetMap {
     }
 
     /// Empties the map, keeping its table.
+    #[cfg(test)]
     pub(crate) fn clear(&mut self) {
         self.slots.fill([0, 0, EMPTY]);
         self.len = 0;

@@ -1,0 +1,371 @@
+//! Durable committed offsets of consumer groups, in the internal compacted topic
+//! `__consumer_offsets`.
+//!
+//! One commit is one message: key = the group's name, value = the group's *whole* offset table
+//! (every topic and partition it ever committed, the new offsets merged in). A single message
+//! lands all or nothing on both engines (one CommitLog record with a whole-record CRC, one
+//! RecordBatch with a CRC-32C), so a batch of partitions commits atomically; and because each
+//! record supersedes every older record of its key, compaction keeps the topic at about one
+//! record per group however many commits were made. The codec ([`encode_table`],
+//! [`decode_table`]) is pure; the byte layout is drawn in docs/format.md.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::store::{CleanupPolicy, LogStore, Message, ReadLimits, TopicConfig};
+
+/// The internal topic holding committed offsets.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// `segment.bytes` of [`OFFSETS_TOPIC`]: small, so the cleaner may clean all but the newest
+/// 64 KiB and the topic stays bounded by the number of groups, not of commits.
+pub const OFFSETS_SEGMENT_BYTES: u64 = 64 * 1024;
+
+/// The first byte of a commit record's value.
+const VERSION: u8 = 1;
+
+/// Records read per fetch while loading.
+const FETCH: usize = 4096;
+
+/// A group's committed offsets: topic → partition → the next offset to consume.
+pub type OffsetTable = BTreeMap<String, BTreeMap<u32, u64>>;
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads an unsigned LEB128 varint of at most 10 bytes.
+fn get_varint(buf: &[u8], at: &mut usize) -> std::result::Result<u64, &'static str> {
+    let mut v: u64 = 0;
+    for i in 0..10 {
+        let b = *buf.get(*at).ok_or("truncated varint")?;
+        *at += 1;
+        if i == 9 && b > 1 {
+            return Err("varint overflows 64 bits");
+        }
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err("varint longer than 10 bytes")
+}
+
+/// Encodes a group's offset table as a commit record's value (see docs/format.md):
+/// `version u8 = 1`, `commit_time_ms varint`, `topics varint`, then per topic (sorted)
+/// `name_len varint, name, entries varint`, then per partition (ascending)
+/// `partition_delta varint, offset varint`, and last a CRC-32C (big-endian u32) of every byte
+/// before it.
+///
+/// ```
+/// use duolog::consumer::{decode_table, encode_table, OffsetTable};
+/// let mut table = OffsetTable::new();
+/// table.entry("orders".into()).or_default().insert(3, 1_000);
+/// let bytes = encode_table(&table, 1_700_000_000_000);
+/// assert_eq!(decode_table(&bytes).unwrap(), (table, 1_700_000_000_000));
+/// assert!(decode_table(&bytes[..bytes.len() - 1]).is_err());
+/// ```
+pub fn encode_table(table: &OffsetTable, commit_time_ms: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + table.len() * 32);
+    out.push(VERSION);
+    put_varint(&mut out, commit_time_ms);
+    put_varint(&mut out, table.len() as u64);
+    for (topic, parts) in table {
+        put_varint(&mut out, topic.len() as u64);
+        out.extend_from_slice(topic.as_bytes());
+        put_varint(&mut out, parts.len() as u64);
+        let mut prev = 0u64;
+        for (&p, &offset) in parts {
+            put_varint(&mut out, u64::from(p) - prev);
+            put_varint(&mut out, offset);
+            prev = u64::from(p);
+        }
+    }
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
+/// Decodes [`encode_table`]'s bytes into the table and its commit time. Never panics: anything
+/// malformed (wrong version, bad checksum, truncated, trailing bytes, partitions out of order,
+/// names that are not UTF-8) is an error naming the problem.
+pub fn decode_table(bytes: &[u8]) -> std::result::Result<(OffsetTable, u64), String> {
+    if bytes.len() < 5 {
+        return Err(format!("{} bytes are too short for a commit", bytes.len()));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    let stored = u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    if crc32c::crc32c(body) != stored {
+        return Err("checksum mismatch".into());
+    }
+    if body[0] != VERSION {
+        return Err(format!("unknown commit version {}", body[0]));
+    }
+    let mut at = 1;
+    let time = get_varint(body, &mut at)?;
+    let topics = get_varint(body, &mut at)?;
+    let mut table = OffsetTable::new();
+    for _ in 0..topics {
+        let len = get_varint(body, &mut at)?;
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| at.checked_add(l))
+            .filter(|&e| e <= body.len())
+            .ok_or("topic name past the end")?;
+        let name = std::str::from_utf8(&body[at..end]).map_err(|_| "topic name is not UTF-8")?;
+        at = end;
+        let entries = get_varint(body, &mut at)?;
+        let mut parts = BTreeMap::new();
+        let mut prev: Option<u64> = None;
+        for _ in 0..entries {
+            let delta = get_varint(body, &mut at)?;
+            let p = match prev {
+                None => delta,
+                Some(_) if delta == 0 => return Err("partitions not ascending".into()),
+                Some(prev) => prev.checked_add(delta).ok_or("partition overflows")?,
+            };
+            let partition = u32::try_from(p).map_err(|_| "partition past u32")?;
+            let offset = get_varint(body, &mut at)?;
+            parts.insert(partition, offset);
+            prev = Some(p);
+        }
+        if table.insert(name.to_owned(), parts).is_some() {
+            return Err(format!("topic {name:?} listed twice"));
+        }
+    }
+    if at != body.len() {
+        return Err(format!("{} trailing bytes", body.len() - at));
+    }
+    Ok((table, time))
+}
+
+/// The committed offsets of every group of a store, loaded from and written to
+/// [`OFFSETS_TOPIC`]. Commits of one group are serialised by the group's lock; commits of
+/// different groups run in parallel. Shared by every consumer of a
+/// [`GroupCoordinator`](crate::consumer::GroupCoordinator).
+pub(crate) struct OffsetStore {
+    store: Arc<dyn LogStore>,
+    groups: Mutex<HashMap<String, Arc<Mutex<OffsetTable>>>>,
+}
+
+impl OffsetStore {
+    /// Creates the offsets topic if it is missing and reads it once from its start.
+    pub(crate) fn open(store: Arc<dyn LogStore>) -> Result<OffsetStore> {
+        ensure_topic(store.as_ref())?;
+        let mut tables: HashMap<String, OffsetTable> = HashMap::new();
+        for p in 0..store.describe_topic(OFFSETS_TOPIC)?.partitions {
+            let bounds = store.bounds(OFFSETS_TOPIC, p)?;
+            let mut at = bounds.start;
+            while at < bounds.end {
+                let records = match store.read(OFFSETS_TOPIC, p, at, ReadLimits::messages(FETCH)) {
+                    Ok(r) => r,
+                    Err(Error::OffsetOutOfRange { start, .. }) if start > at => {
+                        at = start;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let Some(last) = records.last() else { break };
+                at = last.offset() + 1;
+                for r in &records {
+                    let Some(key) = r.key() else { continue };
+                    let group = std::str::from_utf8(key).map_err(|_| {
+                        corrupted(store.as_ref(), p, r.offset(), "group name is not UTF-8")
+                    })?;
+                    match r.value() {
+                        None => {
+                            tables.remove(group);
+                        }
+                        Some(v) => {
+                            let (table, _) = decode_table(v)
+                                .map_err(|e| corrupted(store.as_ref(), p, r.offset(), &e))?;
+                            tables.insert(group.to_owned(), table);
+                        }
+                    }
+                }
+            }
+        }
+        let groups = tables
+            .into_iter()
+            .map(|(g, t)| (g, Arc::new(Mutex::new(t))))
+            .collect();
+        Ok(OffsetStore {
+            store,
+            groups: Mutex::new(groups),
+        })
+    }
+
+    fn group(&self, group: &str) -> Arc<Mutex<OffsetTable>> {
+        Arc::clone(self.groups.lock().entry(group.to_owned()).or_default())
+    }
+
+    /// The group's committed offsets (a copy).
+    pub(crate) fn table(&self, group: &str) -> OffsetTable {
+        match self.groups.lock().get(group) {
+            Some(t) => t.lock().clone(),
+            None => OffsetTable::new(),
+        }
+    }
+
+    /// The committed offset of one partition.
+    pub(crate) fn committed(&self, group: &str, topic: &str, partition: u32) -> Option<u64> {
+        let g = self.groups.lock().get(group).cloned()?;
+        let t = g.lock();
+        t.get(topic).and_then(|p| p.get(&partition)).copied()
+    }
+
+    /// Merges `offsets` into the group's table and writes the whole table as one message;
+    /// returns once it is durable. On error the in-memory table is unchanged.
+    pub(crate) fn commit(&self, group: &str, offsets: &[(String, u32, u64)]) -> Result<()> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let g = self.group(group);
+        let mut table = g.lock();
+        let mut next = table.clone();
+        for (topic, p, offset) in offsets {
+            next.entry(topic.clone()).or_default().insert(*p, *offset);
+        }
+        if next == *table {
+            return Ok(());
+        }
+        let now = u64::try_from(crate::clock::now_ms()).unwrap_or(0);
+        let message = Message::new(encode_table(&next, now))
+            .with_key(Bytes::copy_from_slice(group.as_bytes()));
+        // Always partition 0: one partition keeps loading a single read and the order of a
+        // group's commits the order of its records.
+        self.store
+            .append_async(OFFSETS_TOPIC, 0, &[message])?
+            .wait()?;
+        *table = next;
+        Ok(())
+    }
+}
+
+fn corrupted(store: &dyn LogStore, partition: u32, offset: u64, reason: &str) -> Error {
+    Error::corrupted(
+        store.dir().join(format!("{OFFSETS_TOPIC}-{partition}")),
+        offset,
+        format!("commit record at offset {offset}: {reason}"),
+    )
+}
+
+/// Creates [`OFFSETS_TOPIC`] (compacted, one partition, small segments) unless it exists.
+fn ensure_topic(store: &dyn LogStore) -> Result<()> {
+    let config = TopicConfig {
+        cleanup_policy: CleanupPolicy::Compact,
+        segment_bytes: Some(OFFSETS_SEGMENT_BYTES),
+        min_compaction_lag: Some(Duration::ZERO),
+        ..TopicConfig::with_partitions(1)
+    };
+    match store.create_topic(OFFSETS_TOPIC, config) {
+        Ok(()) | Err(Error::TopicExists(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn table(entries: &[(&str, u32, u64)]) -> OffsetTable {
+        let mut t = OffsetTable::new();
+        for (topic, p, o) in entries {
+            t.entry((*topic).to_owned()).or_default().insert(*p, *o);
+        }
+        t
+    }
+
+    #[test]
+    fn round_trips_and_names_damage() {
+        let t = table(&[("a", 0, 5), ("a", 7, u64::MAX), ("b", u32::MAX, 0)]);
+        let bytes = encode_table(&t, 42);
+        assert_eq!(decode_table(&bytes).unwrap(), (t.clone(), 42));
+        assert_eq!(
+            decode_table(&encode_table(&OffsetTable::new(), 0))
+                .unwrap()
+                .0
+                .len(),
+            0
+        );
+        let mut bad = bytes.clone();
+        bad[0] = 2;
+        assert!(decode_table(&bad).unwrap_err().contains("checksum"));
+        assert!(decode_table(&[]).is_err());
+        assert!(decode_table(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn an_empty_topic_name_and_partition_zero_round_trip() {
+        let t = table(&[("", 0, 0)]);
+        assert_eq!(decode_table(&encode_table(&t, 0)).unwrap().0, t);
+    }
+
+    /// A value with a valid checksum but malformed contents is still an error.
+    #[test]
+    fn malformed_contents_behind_a_good_checksum_are_errors() {
+        let seal = |mut b: Vec<u8>| {
+            let crc = crc32c::crc32c(&b);
+            b.extend_from_slice(&crc.to_be_bytes());
+            b
+        };
+        // version 2
+        assert!(decode_table(&seal(vec![2, 0, 0])).is_err());
+        // one topic whose name runs past the end
+        assert!(decode_table(&seal(vec![1, 0, 1, 50, b'a'])).is_err());
+        // partitions not ascending: deltas 3 then 0
+        assert!(decode_table(&seal(vec![1, 0, 1, 1, b'a', 2, 3, 1, 0, 1])).is_err());
+        // trailing byte
+        assert!(decode_table(&seal(vec![1, 0, 0, 9])).is_err());
+        // partition past u32
+        assert!(
+            decode_table(&seal(vec![
+                1, 0, 1, 1, b'a', 1, 0xff, 0xff, 0xff, 0xff, 0x7f, 0
+            ]))
+            .is_err()
+        );
+        // a varint of 11 bytes
+        assert!(
+            decode_table(&seal(vec![
+                1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0
+            ]))
+            .is_err()
+        );
+        // invalid UTF-8
+        assert!(decode_table(&seal(vec![1, 0, 1, 1, 0xff, 0])).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_table(&bytes);
+            // And behind a valid checksum, where the parser itself is reached.
+            let mut sealed = bytes.clone();
+            let crc = crc32c::crc32c(&sealed);
+            sealed.extend_from_slice(&crc.to_be_bytes());
+            let _ = decode_table(&sealed);
+        }
+
+        #[test]
+        fn every_table_round_trips(
+            entries in proptest::collection::vec(("[a-z]{0,5}", any::<u32>(), any::<u64>()), 0..30),
+            time in any::<u64>(),
+        ) {
+            let mut t = OffsetTable::new();
+            for (topic, p, o) in entries {
+                t.entry(topic).or_default().insert(p, o);
+            }
+            prop_assert_eq!(decode_table(&encode_table(&t, time)).unwrap(), (t, time));
+        }
+    }
+}

@@ -155,6 +155,16 @@ pub trait RebalanceListener: Send + Sync {
     }
 }
 
+/// A shared listener (the caller keeps a handle to inspect it).
+impl<T: RebalanceListener + ?Sized> RebalanceListener for Arc<T> {
+    fn on_revoke(&self, consumer: &Consumer, partitions: &[TopicPartition]) {
+        (**self).on_revoke(consumer, partitions);
+    }
+    fn on_assign(&self, consumer: &Consumer, partitions: &[TopicPartition]) {
+        (**self).on_assign(consumer, partitions);
+    }
+}
+
 /// The listener of a consumer that has none.
 struct NoListener;
 impl RebalanceListener for NoListener {}

@@ -1,0 +1,538 @@
+//! Consumer groups end to end, on both engines: committed offsets that survive a restart,
+//! `auto_offset_reset` (no offset, and a position retention passed), long polls over many
+//! partitions, rebalances (join, leave, crash, new partitions) that never hand a partition to
+//! two members, the `__consumer_offsets` topic staying bounded, and a second process refused.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{for_each_engine, small_options};
+use duolog::consumer::{
+    Averagely, Consumer, ConsumerConfig, ConsumerRecord, GroupCoordinator, OFFSETS_TOPIC,
+    OffsetReset, RebalanceListener, Sticky, TopicPartition,
+};
+use duolog::{Error, LogStore, Message, StoreOptions, TopicConfig};
+
+fn open(dir: &std::path::Path, opts: &StoreOptions) -> Arc<dyn LogStore> {
+    Arc::from(duolog::open(dir, opts.clone()).expect("open store"))
+}
+
+fn config(group: &str, reset: OffsetReset) -> ConsumerConfig {
+    ConsumerConfig {
+        auto_offset_reset: reset,
+        enable_auto_commit: false,
+        ..ConsumerConfig::new(group)
+    }
+}
+
+/// Appends `n` messages `<topic>-<partition>-<i>` to each partition.
+fn produce(store: &dyn LogStore, topic: &str, partitions: u32, n: usize) {
+    for p in 0..partitions {
+        let start = store.bounds(topic, p).unwrap().end as usize;
+        let batch: Vec<Message> = (start..start + n)
+            .map(|i| Message::new(format!("{topic}-{p}-{i}")))
+            .collect();
+        store.append(topic, p, &batch).unwrap();
+    }
+}
+
+/// Polls until `n` records arrived (or 10 s passed).
+fn drain(c: &Consumer, n: usize) -> Vec<ConsumerRecord> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut out = Vec::new();
+    while out.len() < n && Instant::now() < deadline {
+        out.extend(c.poll(Duration::from_millis(200)).unwrap());
+    }
+    out
+}
+
+fn keys(records: &[ConsumerRecord]) -> BTreeSet<(String, u32, u64)> {
+    records
+        .iter()
+        .map(|r| (r.topic().to_owned(), r.partition(), r.offset()))
+        .collect()
+}
+
+#[test]
+fn committed_offsets_survive_a_restart_and_consumption_resumes_there() {
+    for_each_engine(|engine, dir| {
+        let opts = small_options(engine);
+        let store = open(dir, &opts);
+        store
+            .create_topic("t", TopicConfig::with_partitions(3))
+            .unwrap();
+        produce(store.as_ref(), "t", 3, 40);
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let c = Consumer::new(
+            &groups,
+            ConsumerConfig {
+                max_poll_records: 50,
+                ..config("g", OffsetReset::Earliest)
+            },
+        )
+        .unwrap();
+        c.subscribe(&["t"]).unwrap();
+        let first = c.poll(Duration::from_secs(5)).unwrap();
+        assert_eq!(first.len(), 50, "{engine}: max_poll_records");
+        // Fair: every partition got a share.
+        let parts: BTreeSet<u32> = first.iter().map(|r| r.partition()).collect();
+        assert_eq!(parts.len(), 3, "{engine}: {parts:?}");
+        c.commit().unwrap();
+        let positions: Vec<u64> = (0..3).map(|p| c.position("t", p).unwrap()).collect();
+        for p in 0..3 {
+            assert_eq!(c.committed("t", p), Some(positions[p as usize]));
+        }
+        // Consumed but not committed: delivered again after the restart.
+        let uncommitted = c.poll(Duration::from_secs(5)).unwrap();
+        assert!(!uncommitted.is_empty());
+        drop(c);
+        drop(groups);
+        store.close().unwrap();
+        drop(store);
+
+        let store = open(dir, &opts);
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        assert_eq!(groups.committed_offsets("g")["t"].len(), 3);
+        let c = Consumer::new(&groups, config("g", OffsetReset::Latest)).unwrap();
+        c.subscribe(&["t"]).unwrap();
+        let rest = drain(&c, 120 - 50);
+        assert_eq!(rest.len(), 70, "{engine}");
+        let mut all = keys(&first);
+        all.extend(keys(&rest));
+        assert_eq!(all.len(), 120, "{engine}: every record exactly once");
+        assert!(keys(&uncommitted).is_subset(&keys(&rest)));
+        c.commit().unwrap();
+        assert!(c.poll(Duration::from_millis(50)).unwrap().is_empty());
+        c.close().unwrap();
+        assert!(matches!(c.poll(Duration::ZERO), Err(Error::Closed)));
+        // The offsets topic is internal: not in user listings.
+        assert_eq!(store.list_topics(false), vec!["t".to_owned()]);
+        assert!(store.list_topics(true).contains(&OFFSETS_TOPIC.to_owned()));
+    });
+}
+
+#[test]
+fn auto_offset_reset_earliest_latest_none() {
+    for_each_engine(|engine, dir| {
+        let store = open(dir, &small_options(engine));
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        produce(store.as_ref(), "t", 1, 10);
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let earliest = Consumer::new(&groups, config("e", OffsetReset::Earliest)).unwrap();
+        earliest.assign(&[("t", 0)]).unwrap();
+        assert_eq!(earliest.position("t", 0).unwrap(), 0, "{engine}");
+        assert_eq!(drain(&earliest, 10).len(), 10);
+        let latest = Consumer::new(&groups, config("l", OffsetReset::Latest)).unwrap();
+        latest.assign(&[("t", 0)]).unwrap();
+        assert!(latest.poll(Duration::from_millis(20)).unwrap().is_empty());
+        assert_eq!(latest.position("t", 0).unwrap(), 10);
+        let none = Consumer::new(&groups, config("n", OffsetReset::None)).unwrap();
+        none.assign(&[("t", 0)]).unwrap();
+        assert!(matches!(
+            none.poll(Duration::ZERO),
+            Err(Error::NoCommittedOffset { partition: 0, .. })
+        ));
+        // With a committed offset, every policy starts there.
+        groups.commit_offsets("n", &[("t", 0, 7)]).unwrap();
+        let none = Consumer::new(&groups, config("n", OffsetReset::None)).unwrap();
+        none.assign(&[("t", 0)]).unwrap();
+        let got = drain(&none, 3);
+        assert_eq!(got.first().map(|r| r.offset()), Some(7), "{engine}");
+        // A seek to a timestamp.
+        none.seek_to_time("t", 0, 0).unwrap();
+        assert_eq!(none.poll(Duration::from_secs(1)).unwrap()[0].offset(), 0);
+        assert!(matches!(
+            none.seek("t", 5, 0),
+            Err(Error::NotAssigned { partition: 5, .. })
+        ));
+    });
+}
+
+#[test]
+fn a_position_below_the_log_start_resets_per_policy_instead_of_failing() {
+    for_each_engine(|engine, dir| {
+        let store = open(dir, &small_options(engine));
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        produce(store.as_ref(), "t", 1, 30);
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        for g in ["e", "l", "n"] {
+            groups.commit_offsets(g, &[("t", 0, 5)]).unwrap();
+        }
+        // Retention (here: DeleteRecords) passes the committed offset.
+        assert_eq!(store.delete_before("t", 0, 20).unwrap(), 20);
+        let e = Consumer::new(&groups, config("e", OffsetReset::Earliest)).unwrap();
+        e.assign(&[("t", 0)]).unwrap();
+        let got = drain(&e, 10);
+        assert_eq!(got.first().map(|r| r.offset()), Some(20), "{engine}");
+        let l = Consumer::new(&groups, config("l", OffsetReset::Latest)).unwrap();
+        l.assign(&[("t", 0)]).unwrap();
+        assert_eq!(l.position("t", 0).unwrap(), 30);
+        let n = Consumer::new(&groups, config("n", OffsetReset::None)).unwrap();
+        n.assign(&[("t", 0)]).unwrap();
+        assert!(matches!(
+            n.poll(Duration::ZERO),
+            Err(Error::OffsetOutOfRange {
+                offset: 5,
+                start: 20,
+                ..
+            })
+        ));
+        // A position that retention passes while the consumer holds it resets too.
+        e.seek("t", 0, 25).unwrap();
+        store.delete_before("t", 0, 28).unwrap();
+        let got = drain(&e, 2);
+        assert_eq!(got.first().map(|r| r.offset()), Some(28), "{engine}");
+    });
+}
+
+#[test]
+fn poll_returns_as_soon_as_any_held_partition_has_data_and_waits_the_timeout_otherwise() {
+    for_each_engine(|engine, dir| {
+        let store = open(dir, &small_options(engine));
+        store
+            .create_topic("a", TopicConfig::with_partitions(4))
+            .unwrap();
+        store.create_topic("b", TopicConfig::default()).unwrap();
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let c = Consumer::new(&groups, config("g", OffsetReset::Latest)).unwrap();
+        c.subscribe(&["a", "b"]).unwrap();
+        let t = Instant::now();
+        assert!(c.poll(Duration::from_millis(300)).unwrap().is_empty());
+        let waited = t.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+            "{engine}: {waited:?}"
+        );
+        assert_eq!(c.assignment().len(), 5);
+        for (topic, p) in [("a", 2), ("b", 0), ("a", 0)] {
+            let s = Arc::clone(&store);
+            let producer = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                s.append(topic, p, &[Message::new("late")]).unwrap();
+            });
+            let t = Instant::now();
+            let got = c.poll(Duration::from_secs(30)).unwrap();
+            let waited = t.elapsed();
+            producer.join().unwrap();
+            assert_eq!(got.len(), 1, "{engine}");
+            assert_eq!((got[0].topic(), got[0].partition()), (topic, p));
+            assert!(waited < Duration::from_secs(10), "{engine}: {waited:?}");
+        }
+    });
+}
+
+#[derive(Default)]
+struct Events {
+    log: Mutex<Vec<String>>,
+    /// Commit inside `on_revoke`, as rdkafka users do in `pre_rebalance`.
+    commit_on_revoke: bool,
+}
+
+impl RebalanceListener for Events {
+    fn on_revoke(&self, consumer: &Consumer, partitions: &[TopicPartition]) {
+        if self.commit_on_revoke {
+            consumer.commit().unwrap();
+        }
+        self.log.lock().unwrap().push(format!(
+            "{} revoke {}",
+            consumer.member_id(),
+            partitions.len()
+        ));
+    }
+    fn on_assign(&self, consumer: &Consumer, partitions: &[TopicPartition]) {
+        self.log.lock().unwrap().push(format!(
+            "{} assign {}",
+            consumer.member_id(),
+            partitions.len()
+        ));
+    }
+}
+
+/// No partition is held by two members at once.
+fn assert_exclusive(groups: &GroupCoordinator, group: &str, members: &[&Consumer]) {
+    let mut seen = BTreeMap::new();
+    for c in members {
+        for tp in c.assignment() {
+            if let Some(other) = seen.insert(tp.clone(), c.member_id().to_owned()) {
+                panic!("{tp} held by {other} and {}", c.member_id());
+            }
+        }
+    }
+    let mut owners = BTreeSet::new();
+    for parts in groups.owners(group).values() {
+        for tp in parts {
+            assert!(owners.insert(tp.clone()), "{tp} owned twice");
+        }
+    }
+}
+
+#[test]
+fn a_joining_member_gets_partitions_only_after_their_owner_revoked_them() {
+    for_each_engine(|engine, dir| {
+        let store = open(dir, &small_options(engine));
+        store
+            .create_topic("t", TopicConfig::with_partitions(4))
+            .unwrap();
+        produce(store.as_ref(), "t", 4, 10);
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let events = Arc::new(Events {
+            commit_on_revoke: true,
+            ..Events::default()
+        });
+        let a = Consumer::with_listener(
+            &groups,
+            config("g", OffsetReset::Earliest),
+            Arc::clone(&events),
+        )
+        .unwrap();
+        a.subscribe(&["t"]).unwrap();
+        let got = drain(&a, 40);
+        assert_eq!(got.len(), 40, "{engine}");
+        assert_eq!(a.assignment().len(), 4);
+        let b =
+            Consumer::with_listener(&groups, config("g", OffsetReset::None), Arc::clone(&events))
+                .unwrap();
+        b.subscribe(&["t"]).unwrap();
+        // `a` has not polled since: `b` waits for the revocation and gets nothing yet.
+        assert!(b.poll(Duration::from_millis(50)).unwrap().is_empty());
+        assert!(b.assignment().is_empty());
+        assert_exclusive(&groups, "g", &[&a, &b]);
+        // `a`'s next poll revokes two (its callback commits them) and `b` takes them over,
+        // starting at `a`'s committed offsets (its policy `None` would fail otherwise).
+        assert!(a.poll(Duration::from_millis(10)).unwrap().is_empty());
+        assert_eq!(a.assignment().len(), 2);
+        assert!(b.poll(Duration::from_millis(10)).unwrap().is_empty());
+        assert_eq!(b.assignment().len(), 2);
+        assert_exclusive(&groups, "g", &[&a, &b]);
+        let log = events.log.lock().unwrap().clone();
+        let revoke = log.iter().position(|e| e.contains("revoke 2")).unwrap();
+        let assign_b = log
+            .iter()
+            .position(|e| e.starts_with(b.member_id()) && e.contains("assign 2"))
+            .unwrap();
+        assert!(revoke < assign_b, "{engine}: {log:?}");
+        // New records go to whichever member holds their partition.
+        produce(store.as_ref(), "t", 4, 1);
+        let mut seen = keys(&drain(&a, 2));
+        seen.extend(keys(&drain(&b, 2)));
+        assert_eq!(seen.len(), 4, "{engine}");
+    });
+}
+
+/// A member that crashes (dropped without committing) hands its partitions to the others,
+/// who resume at its last committed offset: the records after it are delivered again.
+#[test]
+fn a_crashed_member_is_redelivered_from_its_last_commit() {
+    for_each_engine(|engine, dir| {
+        let store = open(dir, &small_options(engine));
+        store
+            .create_topic("t", TopicConfig::with_partitions(2))
+            .unwrap();
+        produce(store.as_ref(), "t", 2, 20);
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let cfg = ConsumerConfig {
+            assignor: Arc::new(Averagely),
+            max_poll_records: 10,
+            ..config("g", OffsetReset::Earliest)
+        };
+        let a = Consumer::new(&groups, cfg.clone()).unwrap();
+        let b = Consumer::new(&groups, cfg).unwrap();
+        a.subscribe(&["t"]).unwrap();
+        b.subscribe(&["t"]).unwrap();
+        a.poll(Duration::ZERO).unwrap();
+        // `b` reads 20, commits after 10, then crashes.
+        let first = b.poll(Duration::ZERO).unwrap();
+        assert_eq!((a.assignment().len(), b.assignment().len()), (1, 1));
+        let b_part = b.assignment()[0].partition;
+        assert_eq!(first.len(), 10);
+        assert_eq!(first[0].offset(), 0);
+        b.commit().unwrap();
+        assert_eq!(drain(&b, 10).len(), 10);
+        drop(b);
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && got.len() < 30 {
+            got.extend(a.poll(Duration::from_millis(100)).unwrap());
+        }
+        let from_b: Vec<u64> = got
+            .iter()
+            .filter(|r| r.partition() == b_part)
+            .map(|r| r.offset())
+            .collect();
+        assert_eq!(from_b, (10..20).collect::<Vec<_>>(), "{engine}");
+        assert_eq!(a.assignment().len(), 2);
+    });
+}
+
+#[test]
+fn members_leaving_and_a_topic_gaining_partitions_rebalance_the_group() {
+    for_each_engine(|engine, dir| {
+        let store = open(dir, &small_options(engine));
+        store
+            .create_topic("t", TopicConfig::with_partitions(2))
+            .unwrap();
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let cfg = ConsumerConfig {
+            assignor: Arc::new(Sticky),
+            ..ConsumerConfig::new("g")
+        };
+        let a = Consumer::new(&groups, cfg.clone()).unwrap();
+        let b = Consumer::new(&groups, cfg.clone()).unwrap();
+        a.subscribe(&["t"]).unwrap();
+        b.subscribe(&["t"]).unwrap();
+        for _ in 0..2 {
+            a.poll(Duration::ZERO).unwrap();
+            b.poll(Duration::ZERO).unwrap();
+        }
+        assert_eq!((a.assignment().len(), b.assignment().len()), (1, 1));
+        let gen_before = groups.generation("g");
+        assert_eq!(store.add_partitions("t", 4).unwrap(), 6);
+        for _ in 0..2 {
+            a.poll(Duration::ZERO).unwrap();
+            b.poll(Duration::ZERO).unwrap();
+        }
+        assert!(groups.generation("g") > gen_before);
+        assert_eq!(
+            (a.assignment().len(), b.assignment().len()),
+            (3, 3),
+            "{engine}"
+        );
+        assert_exclusive(&groups, "g", &[&a, &b]);
+        b.close().unwrap();
+        a.poll(Duration::ZERO).unwrap();
+        assert_eq!(a.assignment().len(), 6);
+        // A member with another assignor cannot join.
+        let c = Consumer::new(
+            &groups,
+            ConsumerConfig {
+                assignor: Arc::new(Averagely),
+                ..ConsumerConfig::new("g")
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            c.subscribe(&["t"]),
+            Err(Error::InvalidArgument(_))
+        ));
+        // A member may commit only what it holds.
+        let d = Consumer::new(&groups, cfg).unwrap();
+        d.subscribe(&["t"]).unwrap();
+        d.poll(Duration::ZERO).unwrap();
+        assert!(matches!(
+            d.commit_offsets(&[("t", 0, 1)]),
+            Err(Error::NotAssigned { .. })
+        ));
+    });
+}
+
+/// 10,000 commits of one group leave about one record per group in `__consumer_offsets` once
+/// the cleaner has run: its size is bounded by compaction, not by the number of commits.
+/// (Needs the cleaner: `LogStore::compact` lands on `main` with the compaction work.)
+#[test]
+fn the_offsets_topic_stays_bounded_after_ten_thousand_commits() {
+    for_each_engine(|engine, dir| {
+        let opts = StoreOptions {
+            flush: duolog::FlushPolicy::Async {
+                interval: Duration::from_millis(1),
+            },
+            ..small_options(engine)
+        };
+        let store = open(dir, &opts);
+        store
+            .create_topic("t", TopicConfig::with_partitions(8))
+            .unwrap();
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let c = Consumer::new(&groups, config("g", OffsetReset::Earliest)).unwrap();
+        let parts: Vec<(&str, u32)> = (0..8).map(|p| ("t", p)).collect();
+        c.assign(&parts).unwrap();
+        for i in 0..10_000u64 {
+            let offsets: Vec<(&str, u32, u64)> = (0..8).map(|p| ("t", p, i + 1)).collect();
+            c.commit_offsets(&offsets).unwrap();
+        }
+        let before = store.partition_bytes(OFFSETS_TOPIC, 0).unwrap();
+        store.compact(Some(OFFSETS_TOPIC)).unwrap();
+        let after = store.partition_bytes(OFFSETS_TOPIC, 0).unwrap();
+        eprintln!("{engine}: {before} bytes before compaction, {after} after");
+        assert!(
+            after <= 4 * duolog::consumer::OFFSETS_SEGMENT_BYTES,
+            "{engine}: {after} bytes after compacting 10,000 commits (before: {before})"
+        );
+        drop(c);
+        drop(groups);
+        // Loading reads what is left, and the last commit is there.
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        assert_eq!(groups.committed_offsets("g")["t"][&7], 10_000);
+    });
+}
+
+#[test]
+fn a_garbage_commit_record_is_a_clear_error_not_a_panic() {
+    for_each_engine(|engine, dir| {
+        let store = open(dir, &small_options(engine));
+        drop(GroupCoordinator::new(Arc::clone(&store)).unwrap());
+        store
+            .append(
+                OFFSETS_TOPIC,
+                0,
+                &[Message::new(&b"\x01garbage"[..]).with_key("g")],
+            )
+            .unwrap();
+        match GroupCoordinator::new(Arc::clone(&store)) {
+            Err(Error::Corrupted { reason, .. }) => assert!(reason.contains("offset 0")),
+            other => panic!("{engine}: {other:?}"),
+        }
+        // The coordinator that failed to open released its claim on the store: a second try
+        // reads the record again (not `Locked`).
+        assert!(matches!(
+            GroupCoordinator::new(Arc::clone(&store)),
+            Err(Error::Corrupted { .. })
+        ));
+    });
+}
+
+/// The store is single-process: a second process (here, this test binary run again) cannot
+/// open a directory a live store holds, and is told why (`Error::Locked`), so two processes
+/// can never both think they own a group's partitions. In-process, a second coordinator of a
+/// store is refused the same way.
+#[test]
+fn a_second_process_is_refused_with_a_clear_error() {
+    if let Ok(dir) = std::env::var("DUOLOG_SECOND_PROCESS_DIR") {
+        match duolog::open(&dir, StoreOptions::default()) {
+            Err(e @ Error::Locked(_)) => {
+                println!("REFUSED: {e}");
+                return;
+            }
+            other => panic!("the second process opened the store: {other:?}"),
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &StoreOptions::default());
+    store.create_topic("t", TopicConfig::default()).unwrap();
+    let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+    assert!(matches!(
+        GroupCoordinator::new(Arc::clone(&store)),
+        Err(Error::Locked(_))
+    ));
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_second_process_is_refused_with_a_clear_error",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("DUOLOG_SECOND_PROCESS_DIR", dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "child failed: {stdout}");
+    assert!(
+        stdout.contains("REFUSED: store directory") && stdout.contains("is locked"),
+        "{stdout}"
+    );
+    drop(groups);
+    // Once the coordinator is gone, a new one may serve the store.
+    assert!(GroupCoordinator::new(store).is_ok());
+}

@@ -241,7 +241,7 @@ fn concurrent_members_never_hold_a_partition_together_and_lose_nothing() {
                         .append("t", (n % 6) as u32, &[Message::new(format!("{n}"))])
                         .unwrap();
                     n += 1;
-                    if n % 50 == 0 {
+                    if n.is_multiple_of(50) {
                         std::thread::sleep(Duration::from_millis(2));
                     }
                 }
@@ -252,11 +252,11 @@ fn concurrent_members_never_hold_a_partition_together_and_lose_nothing() {
                 let (groups, holders, delivered) =
                     (groups.clone(), Arc::clone(&holders), Arc::clone(&delivered));
                 std::thread::spawn(move || {
-                    for round in 0..6 {
+                    for round in 0..6u32 {
                         let c = Consumer::with_listener(
                             &groups,
                             ConsumerConfig {
-                                enable_auto_commit: round % 2 == 0,
+                                enable_auto_commit: round.is_multiple_of(2),
                                 auto_offset_reset: OffsetReset::Earliest,
                                 ..ConsumerConfig::new("g")
                             },

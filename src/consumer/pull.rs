@@ -242,6 +242,9 @@ impl std::fmt::Debug for Consumer {
     }
 }
 
+/// What one fetch found: records, or (when there are none) the positions to wait on.
+type Fetched = (Vec<ConsumerRecord>, Vec<(TopicPartition, u64)>);
+
 /// Clears the in-rebalance flag however the callback section ends.
 struct RebalanceGuard<'a>(&'a AtomicBool);
 impl Drop for RebalanceGuard<'_> {
@@ -544,7 +547,7 @@ impl Consumer {
     /// Reads from the held partitions, fairly: the starting partition rotates, and each gets
     /// an equal share of `max_poll_records`. Returns the records and, when there are none,
     /// the positions to wait on.
-    fn fetch(&self) -> Result<(Vec<ConsumerRecord>, Vec<(TopicPartition, u64)>)> {
+    fn fetch(&self) -> Result<Fetched> {
         let mut st = self.state.lock();
         let parts: Vec<TopicPartition> = st.positions.keys().cloned().collect();
         let n = parts.len();

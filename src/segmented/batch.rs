@@ -535,6 +535,76 @@ fn parse_record(b: &[u8], pos: &mut usize) -> Result<RecordView, BatchError> {
     })
 }
 
+/// Kafka's `MemoryRecords.filterTo` for one checked, uncompressed batch `b` with header `h`:
+/// appends to `out` the batch holding only the records `keep` accepts, and returns how many it
+/// kept. Offsets never change: the base offset and the last offset delta stay (so the batch
+/// still ends at its old last offset, as Kafka keeps it for producer sequences), each kept
+/// record keeps its offset delta, its key, value and headers byte for byte, and its absolute
+/// timestamp (deltas are re-based on the first kept record, as Kafka's builder does). The
+/// attributes, max timestamp (with LogAppendTime, the store time), producer fields and leader
+/// epoch are copied. A batch that keeps everything is copied unchanged; one that keeps nothing
+/// is dropped unless `keep_empty`, when it becomes an empty batch (record count 0, both
+/// timestamps the max timestamp: Kafka's empty-batch header).
+pub fn filter_batch(
+    out: &mut Vec<u8>,
+    b: &[u8],
+    h: &BatchHeader,
+    mut keep: impl FnMut(&RecordView) -> bool,
+    keep_empty: bool,
+) -> Result<usize, BatchError> {
+    let b = b.get(..h.total_len()).ok_or(BatchError::Truncated)?;
+    let mut kept = Vec::new();
+    let mut total = 0;
+    for r in records(b, h) {
+        let r = r?;
+        total += 1;
+        if keep(&r) {
+            kept.push(r);
+        }
+    }
+    if kept.len() == total {
+        out.extend_from_slice(b);
+        return Ok(kept.len());
+    }
+    if kept.is_empty() && !keep_empty {
+        return Ok(0);
+    }
+    let bad = BatchError::Invalid("bad varint in a record");
+    let base_timestamp = match kept.first() {
+        Some(r) => h.base_timestamp.wrapping_add(r.timestamp_delta),
+        None => h.max_timestamp,
+    };
+    let start = begin_batch(out);
+    for r in &kept {
+        // Length, attributes, timestamp delta and offset delta, then the rest (key, value,
+        // headers) copied as it is.
+        let mut pos = r.start;
+        get_varint(b, &mut pos).ok_or(bad)?;
+        let attributes = *b.get(pos).ok_or(bad)?;
+        pos += 1;
+        let ts_delta = get_varlong(b, &mut pos).ok_or(bad)?;
+        get_varint(b, &mut pos).ok_or(bad)?;
+        let tail = b.get(pos..r.start + r.len).ok_or(bad)?;
+        let new_delta = h
+            .base_timestamp
+            .wrapping_add(ts_delta)
+            .wrapping_sub(base_timestamp);
+        let body = 1 + varlong_len(new_delta) + varlong_len(i64::from(r.offset_delta)) + tail.len();
+        put_varint(out, body as i32);
+        out.push(attributes);
+        put_varlong(out, new_delta);
+        put_varint(out, r.offset_delta);
+        out.extend_from_slice(tail);
+    }
+    let header = BatchHeader {
+        base_timestamp,
+        record_count: kept.len() as i32,
+        ..*h
+    };
+    finish_batch(out, start, &header);
+    Ok(kept.len())
+}
+
 /// Iterates encoded headers: (key, value) with `None` for a null value. Stops at the first
 /// malformed header (never happens for a checked batch).
 pub fn iter_headers(raw: &[u8]) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
@@ -552,6 +622,71 @@ pub fn iter_headers(raw: &[u8]) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample() -> Vec<u8> {
+        let headers: [(&[u8], Option<&[u8]>); 1] = [(b"TAGS", Some(b"A"))];
+        let recs: Vec<RecordInput<'_>> = (0..4)
+            .map(|i| RecordInput {
+                timestamp: 1000 + i * 7,
+                key: Some(if i % 2 == 0 { b"even" } else { b"odd" }),
+                value: if i == 3 { None } else { Some(b"value") },
+                headers: &headers,
+            })
+            .collect();
+        let mut out = Vec::new();
+        encode_batch(&mut out, 40, &recs, 0, ProducerInfo::NONE, Some(5000));
+        out
+    }
+
+    #[test]
+    fn filtering_keeps_offsets_timestamps_and_bytes_of_kept_records() {
+        let b = sample();
+        let h = check_batch(&b).unwrap();
+        // Keep everything: unchanged bytes.
+        let mut out = Vec::new();
+        assert_eq!(filter_batch(&mut out, &b, &h, |_| true, false), Ok(4));
+        assert_eq!(out, b);
+        // Keep offsets 41 and 43 (the first kept is not the first record).
+        let mut out = Vec::new();
+        assert_eq!(
+            filter_batch(&mut out, &b, &h, |r| r.offset_delta % 2 == 1, false),
+            Ok(2)
+        );
+        let h2 = check_batch(&out).unwrap();
+        assert_eq!(h2.base_offset, 40);
+        assert_eq!(h2.last_offset(), 43);
+        assert_eq!(h2.record_count, 2);
+        assert_eq!(h2.max_timestamp, 5000);
+        assert_eq!(h2.attributes, h.attributes);
+        assert_eq!(h2.base_timestamp, 1007);
+        let old: Vec<RecordView> = records(&b, &h).map(|r| r.unwrap()).collect();
+        let new: Vec<RecordView> = records(&out, &h2).map(|r| r.unwrap()).collect();
+        for (n, o) in new.iter().zip([&old[1], &old[3]]) {
+            assert_eq!(n.offset_delta, o.offset_delta);
+            assert_eq!(
+                h2.base_timestamp + n.timestamp_delta,
+                h.base_timestamp + o.timestamp_delta
+            );
+            assert_eq!(n.key.clone().map(|k| &out[k]), o.key.clone().map(|k| &b[k]));
+            assert_eq!(
+                n.value.clone().map(|v| &out[v]),
+                o.value.clone().map(|v| &b[v])
+            );
+            assert_eq!(&out[n.headers.clone()], &b[o.headers.clone()]);
+        }
+        // Keep nothing: gone, or an empty batch that still ends at the old last offset.
+        let mut out = Vec::new();
+        assert_eq!(filter_batch(&mut out, &b, &h, |_| false, false), Ok(0));
+        assert!(out.is_empty());
+        assert_eq!(filter_batch(&mut out, &b, &h, |_| false, true), Ok(0));
+        let h3 = check_batch(&out).unwrap();
+        assert_eq!(
+            (h3.base_offset, h3.last_offset(), h3.record_count),
+            (40, 43, 0)
+        );
+        assert_eq!((h3.base_timestamp, h3.max_timestamp), (5000, 5000));
+        assert_eq!(out.len(), HEADER_LEN);
+    }
 
     #[test]
     fn varints_match_kafka() {

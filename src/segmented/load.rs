@@ -2,7 +2,7 @@
 //! point vouches for, validating the rest batch by batch, truncating at the first invalid batch.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 
 use parking_lot::Mutex;
 
@@ -24,6 +24,8 @@ pub(crate) struct LoadSpec<'a> {
     /// Everything before this offset is known durable (unclean opens recover from its segment).
     pub(crate) recovery_point: u64,
     pub(crate) log_start: u64,
+    /// The cleaner's clean end from its checkpoint (0: clean from the start).
+    pub(crate) clean_end: u64,
 }
 
 fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u64>> {
@@ -36,6 +38,11 @@ fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u64>> {
             (Some(base), "log") => bases.push(base),
             (Some(base), "index" | "timeindex") => indexes.push((base, e.name.clone())),
             (_, "tmp") => {
+                let p = dir.join(name);
+                fs.remove_file(&p).map_err(|e| Error::io(&p, e))?;
+            }
+            // Left by a cleaner swap that `finish_interrupted_swaps` found nothing to do with.
+            (_, "cleaned" | "swap") => {
                 let p = dir.join(name);
                 fs.remove_file(&p).map_err(|e| Error::io(&p, e))?;
             }
@@ -58,6 +65,102 @@ fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u64>> {
         }
     }
     Ok(bases)
+}
+
+/// Kafka's `LogLoader` for a cleaner swap cut short (see `cleaner.rs` for the protocol):
+/// `.cleaned` files are an unfinished recopy whose old segments are all intact, so they go.
+/// A `<base>.log.swap` was complete and synced before it got that name, so its swap is
+/// finished: every other segment whose base lies in the offsets it covers (`base` to its last
+/// batch's last offset, which is the replaced group's last offset: the cleaner keeps each
+/// group's last batch) is deleted, its indexes are deleted (the open rebuilds them from the
+/// log, whichever of the old and new ones were in place), and it is renamed to `<base>.log`.
+/// Index `.swap` files without a log `.swap` belong to a swap that never committed (or one
+/// whose indexes were renamed into place already) and go. Runs before the segments are listed.
+fn finish_interrupted_swaps(ctx: &Ctx, dir: &Path) -> Result<()> {
+    let fs = ctx.fs.as_ref();
+    let entries = io::list_dir_or_empty(fs, dir).map_err(|e| Error::io(dir, e))?;
+    let mut logs = Vec::new();
+    let mut swap_logs = Vec::new();
+    let mut leftovers = Vec::new();
+    for e in &entries {
+        let name = e.name.as_str();
+        if let Some(stem) = name.strip_suffix(".log")
+            && let Some(base) = io::parse_offset_name(stem)
+        {
+            logs.push(base);
+        }
+        if name.ends_with(&format!(".{}", segment::CLEANED_SUFFIX)) {
+            leftovers.push(dir.join(name));
+        } else if let Some(stem) = name.strip_suffix(&format!(".{}", segment::SWAP_SUFFIX)) {
+            match stem.strip_suffix(".log").and_then(io::parse_offset_name) {
+                Some(base) => swap_logs.push(base),
+                None => leftovers.push(dir.join(name)),
+            }
+        }
+    }
+    if leftovers.is_empty() && swap_logs.is_empty() {
+        return Ok(());
+    }
+    for p in &leftovers {
+        io::remove_if_exists(fs, p).map_err(|e| Error::io(p, e))?;
+    }
+    swap_logs.sort_unstable();
+    for base in swap_logs {
+        let final_log = segment::log_path(dir, base);
+        let swap = segment::with_suffix(&final_log, segment::SWAP_SUFFIX);
+        let log = fs
+            .open_file(&swap, OpenMode::Existing)
+            .map_err(|e| Error::io(&swap, e))?;
+        let len = log.len().map_err(|e| Error::io(&swap, e))?;
+        // Validated in full. A `.swap` log was complete and synced before it got its name, so
+        // damage here is rot, not a crash: one without a single valid batch is no cleaned
+        // segment (those always keep their last batch) and is dropped, the old segments
+        // staying; one with a damaged tail is cut to its valid prefix and covers only that, so
+        // old segments past it stay — never a scan that truncates it and takes every later
+        // segment with it.
+        let scan = segment::scan(
+            log.as_ref(),
+            base,
+            len,
+            ctx.opts.index_interval_bytes,
+            ctx.opts.max_index_bytes,
+            0,
+        );
+        if scan.valid_size == 0 {
+            drop(log);
+            for p in [
+                swap.clone(),
+                segment::with_suffix(&segment::index_path(dir, base), segment::SWAP_SUFFIX),
+                segment::with_suffix(&segment::time_index_path(dir, base), segment::SWAP_SUFFIX),
+            ] {
+                io::remove_if_exists(fs, &p).map_err(|e| Error::io(&p, e))?;
+            }
+            continue;
+        }
+        if scan.valid_size < len {
+            log.set_len(scan.valid_size)
+                .map_err(|e| Error::io(&swap, e))?;
+            log.sync_data().map_err(|e| Error::io(&swap, e))?;
+        }
+        drop(log);
+        for &old in logs.iter().filter(|&&b| b > base && b < scan.next_offset) {
+            remove_segment_files(fs, dir, old)?;
+        }
+        // The replaced segments are gone for good before the swapped one takes its name, so
+        // no crash can leave both (on a file system that reorders directory operations too).
+        fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+        for p in [
+            segment::index_path(dir, base),
+            segment::time_index_path(dir, base),
+        ] {
+            for p in [segment::with_suffix(&p, segment::SWAP_SUFFIX), p] {
+                io::remove_if_exists(fs, &p).map_err(|e| Error::io(&p, e))?;
+            }
+        }
+        fs.rename(&swap, &final_log)
+            .map_err(|e| Error::io(&swap, e))?;
+    }
+    fs.sync_dir(dir).map_err(|e| Error::io(dir, e))
 }
 
 /// Entries in a preallocated index file: its non-zero prefix, found by binary search with
@@ -98,6 +201,7 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
     let dir = &spec.dir;
     let o = &ctx.opts;
     io::create_dir_durable(fs, dir).map_err(|e| Error::io(dir, e))?;
+    finish_interrupted_swaps(ctx, dir)?;
     let mut bases = list_segments(fs, dir)?;
     // The first segment that must be validated.
     let recover_from = if spec.clean {
@@ -265,6 +369,9 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
             pending: Vec::new(),
         }),
         seal_lock: Mutex::new(()),
+        clean_lock: Mutex::new(()),
+        clean_end: AtomicU64::new(spec.clean_end.min(end)),
+        tombstone_due: AtomicI64::new(i64::MAX),
         end: AtomicU64::new(end),
         start: AtomicU64::new(start),
         durable_end: AtomicU64::new(end),

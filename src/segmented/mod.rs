@@ -1,8 +1,9 @@
 //! The Kafka-style engine: one directory per partition, `<topic>-<partition>/`, of segments named
 //! by their 20-digit base offset: `.log` (RecordBatch v2, byte for byte), `.index` (sparse
 //! offset index) and `.timeindex`. Segments roll by size, age, full index or offset overflow;
-//! retention deletes whole segments; a bounded cache keeps the number of open files and mappings
-//! independent of the number of partitions.
+//! retention deletes whole segments; the cleaner (`cleaner.rs`) compacts topics whose cleanup
+//! policy says so; a bounded cache keeps the number of open files and mappings independent of
+//! the number of partitions.
 //!
 //! Store directory:
 //! ```text
@@ -10,7 +11,9 @@
 //! clean-shutdown                     written at clean close, removed at open
 //! recovery-point-offset-checkpoint   per partition: offsets below are durable
 //! log-start-offset-checkpoint        per partition: raised start offsets
+//! cleaner-offset-checkpoint          per partition: the cleaner's clean end
 //! <topic>-<partition>/<20-digit base>.{log,index,timeindex}
+//! <topic>-<partition>/<base>.*.{cleaned,swap}   a cleaner swap in progress
 //! ```
 //! Messages map onto Kafka records: key → key, body → value, tags → header `TAGS`, properties →
 //! headers. Batches are written with timestamp type LogAppendTime (the batch's max timestamp is
@@ -22,6 +25,7 @@
 
 mod append;
 pub mod batch;
+mod cleaner;
 mod handles;
 pub mod index;
 mod load;
@@ -42,6 +46,7 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
+use self::cleaner::{CleanConfig, CleanerThread};
 use self::handles::HandleCache;
 use self::load::LoadSpec;
 use self::partition::{Ctx, Partition};
@@ -64,6 +69,8 @@ const RECOVERY_POINTS_FILE: &str = "recovery-point-offset-checkpoint";
 const START_OFFSETS_FILE: &str = "log-start-offset-checkpoint";
 const RECOVERY_MAGIC: &[u8; 4] = b"DLRP";
 const START_MAGIC: &[u8; 4] = b"DLSO";
+const CLEANER_FILE: &str = "cleaner-offset-checkpoint";
+const CLEANER_MAGIC: &[u8; 4] = b"DLCO";
 
 struct TopicLog {
     config: TopicConfig,
@@ -376,6 +383,7 @@ impl BackgroundWork for Inner {
 pub struct SegmentedStore {
     inner: Arc<Inner>,
     flusher: Mutex<Option<Flusher>>,
+    cleaner: Mutex<Option<CleanerThread>>,
     lock: Mutex<Option<Box<dyn Any + Send + Sync>>>,
     /// How the store was shut down (`close`'s result, or abandoned): a second `close` reports
     /// it rather than claiming a durability it did not re-check.
@@ -415,6 +423,13 @@ impl SegmentedStore {
                 .into_iter()
                 .map(|(t, p, o)| ((t, p), o))
                 .collect();
+        // A damaged cleaner checkpoint only means cleaning from the start again.
+        let clean_ends: HashMap<(String, u32), u64> =
+            crate::offsets_file::load(fs.as_ref(), &dir.join(CLEANER_FILE), CLEANER_MAGIC)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(t, p, o)| ((t, p), o))
+                .collect();
         let inner = Inner {
             dir: dir.to_owned(),
             ctx: Ctx {
@@ -445,6 +460,7 @@ impl SegmentedStore {
                     clean,
                     recovery.get(&key).copied().unwrap_or(0),
                     starts.get(&key).copied().unwrap_or(0),
+                    clean_ends.get(&key).copied().unwrap_or(0),
                 )
             })?;
             inner.topics.write().insert(name.clone(), Arc::new(t));
@@ -477,9 +493,22 @@ impl SegmentedStore {
         })?;
         let flusher = Flusher::start(&inner, Arc::clone(&inner.gc), inner.jobs.tick_every())
             .map_err(|e| Error::io(dir, e))?;
+        let c = &options.compaction;
+        let cleaner = match c.enabled && c.check_interval != Duration::MAX {
+            true => Some(
+                CleanerThread::start(
+                    Arc::downgrade(&inner),
+                    c.check_interval,
+                    Inner::background_compaction,
+                )
+                .map_err(|e| Error::io(dir, e))?,
+            ),
+            false => None,
+        };
         Ok(SegmentedStore {
             inner,
             flusher: Mutex::new(Some(flusher)),
+            cleaner: Mutex::new(cleaner),
             lock: Mutex::new(Some(lock)),
             shutdown: Mutex::new(None),
         })
@@ -534,13 +563,104 @@ impl Inner {
         Ok(n)
     }
 
+    /// What a pass over a partition of `t` applies.
+    fn clean_config(&self, t: &TopicLog, min_dirty_ratio: Option<f64>) -> CleanConfig {
+        let c = &self.options.compaction;
+        CleanConfig {
+            segment_bytes: t.effective.segment_bytes,
+            min_compaction_lag: t.effective.min_compaction_lag,
+            delete_retention: t.effective.delete_retention,
+            offset_map_bytes: c.offset_map_bytes,
+            io_bytes_per_sec: c.io_bytes_per_sec,
+            min_dirty_ratio,
+        }
+    }
+
+    /// Cleans the partitions of compacting topics (all, or `topic`'s): every one with anything
+    /// dirty, or in the background (`background`) those whose dirty ratio reaches
+    /// `min_cleanable_dirty_ratio`, dirtiest first (Kafka's choice of the log to clean). The
+    /// clean ends are persisted once the passes are done.
+    fn compact(&self, topic: Option<&str>, background: bool) -> Result<CompactionReport> {
+        let now = now_ms();
+        let ratio = background.then_some(self.options.compaction.min_cleanable_dirty_ratio);
+        let topics: Vec<(String, Arc<TopicLog>)> = self
+            .topics
+            .read()
+            .iter()
+            .filter(|(n, t)| t.effective.policy.compacts() && topic.is_none_or(|x| x == *n))
+            .map(|(n, t)| (n.clone(), Arc::clone(t)))
+            .collect();
+        let mut work: Vec<(f64, Arc<Partition>, CleanConfig)> = Vec::new();
+        for (_, t) in &topics {
+            let cfg = self.clean_config(t, ratio);
+            for p in &t.partitions {
+                let dirty = if background {
+                    p.dirty_ratio(&cfg, now)
+                } else {
+                    0.0
+                };
+                work.push((dirty, Arc::clone(p), cfg.clone()));
+            }
+        }
+        work.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut report = CompactionReport::default();
+        let mut result = Ok(());
+        for (_, p, cfg) in &work {
+            match p.clean(&self.ctx, cfg, now) {
+                Ok(Some(pass)) => report.add(&CompactionReport {
+                    partitions_cleaned: 1,
+                    records_removed: pass.records_removed,
+                    tombstones_removed: pass.tombstones_removed,
+                    bytes_before: pass.bytes_before,
+                    bytes_after: pass.bytes_after,
+                }),
+                Ok(None) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if report.partitions_cleaned > 0 {
+            self.store_clean_ends()?;
+        }
+        result.map(|()| report)
+    }
+
+    /// Writes `cleaner-offset-checkpoint`: each partition's clean end.
+    fn store_clean_ends(&self) -> Result<()> {
+        let _admin = self.admin.lock();
+        self.store_offsets(CLEANER_FILE, CLEANER_MAGIC, |p| {
+            p.clean_end.load(Ordering::Acquire)
+        })
+    }
+
+    /// The background cleaner's pass; errors end it, and the next pass tries again.
+    fn background_compaction(&self) {
+        if self.ctx.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let _ = self.compact(None, true);
+    }
+
     fn trim_index(&self) -> Result<()> {
         let Some(index) = &self.ctx.index else {
             return Ok(());
         };
         let mut oldest: Option<i64> = None;
         for p in self.all_partitions() {
-            if let Some(r) = self.read_one(&p, p.start.load(Ordering::Acquire))? {
+            // The first record at or after the start (compaction may have removed the one at
+            // the start itself).
+            let first = match p.read(
+                &self.ctx,
+                p.start.load(Ordering::Acquire),
+                ReadLimits::messages(1),
+            ) {
+                Ok(mut v) => v.pop(),
+                Err(Error::OffsetOutOfRange { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            if let Some(r) = first {
                 oldest = Some(oldest.map_or(r.store_timestamp(), |o| o.min(r.store_timestamp())));
             }
         }
@@ -556,7 +676,7 @@ impl Inner {
         name: &str,
         config: &TopicConfig,
         first: u32,
-        spec: impl Fn(u32) -> (bool, u64, u64),
+        spec: impl Fn(u32) -> (bool, u64, u64, u64),
     ) -> Result<Vec<Arc<Partition>>> {
         // The partition directories first, all at once: one fsync of the store directory for
         // a new topic instead of one per partition (none for an existing one).
@@ -567,7 +687,7 @@ impl Inner {
             .map_err(|e| Error::io(&self.dir, e))?;
         let mut partitions = Vec::with_capacity(dirs.len());
         for p in first..config.partitions {
-            let (clean, recovery_point, log_start) = spec(p);
+            let (clean, recovery_point, log_start, clean_end) = spec(p);
             let part = load::load(
                 &self.ctx,
                 LoadSpec {
@@ -578,6 +698,7 @@ impl Inner {
                     clean,
                     recovery_point,
                     log_start,
+                    clean_end,
                 },
             )?;
             partitions.push(Arc::new(part));
@@ -590,7 +711,7 @@ impl Inner {
         name: &str,
         config: &TopicConfig,
         first: u32,
-        spec: impl Fn(u32) -> (bool, u64, u64),
+        spec: impl Fn(u32) -> (bool, u64, u64, u64),
     ) -> Result<TopicLog> {
         Ok(TopicLog {
             config: config.clone(),
@@ -628,6 +749,12 @@ impl Inner {
         self.store_offsets(START_OFFSETS_FILE, START_MAGIC, |p| {
             p.start.load(Ordering::Acquire)
         })?;
+        // A clean end must not outlive its topic either: a new topic of the same name would
+        // take its records below it for cleaned, and drop expired tombstones there without the
+        // older values they delete.
+        self.store_offsets(CLEANER_FILE, CLEANER_MAGIC, |p| {
+            p.clean_end.load(Ordering::Acquire)
+        })?;
         self.deleting.lock().retain(|(n, _)| n != name);
         self.store_catalog(&topics)
     }
@@ -660,7 +787,7 @@ impl LogStore for SegmentedStore {
             inner.finish_deletions(&inner.topics.read().clone())?;
         }
         // Leftover directories of a topic whose catalog entry never became durable are reused.
-        let t = Arc::new(inner.load_topic(name, &config, 0, |_| (false, 0, 0))?);
+        let t = Arc::new(inner.load_topic(name, &config, 0, |_| (false, 0, 0, 0))?);
         let mut topics = inner.topics.read().clone();
         topics.insert(name.to_owned(), Arc::clone(&t));
         inner.store_catalog(&topics)?;
@@ -710,7 +837,8 @@ impl LogStore for SegmentedStore {
         validate_new_topic(name, &config)?;
         // The new partitions' directories exist (and are empty: nothing can append to them
         // before the catalog names them) before the catalog commits them.
-        let added = inner.load_partitions(name, &config, t.config.partitions, |_| (false, 0, 0))?;
+        let added =
+            inner.load_partitions(name, &config, t.config.partitions, |_| (false, 0, 0, 0))?;
         let mut partitions = t.partitions.clone();
         partitions.extend(added);
         let grown = Arc::new(TopicLog {
@@ -901,7 +1029,7 @@ impl LogStore for SegmentedStore {
         if let Some(t) = topic {
             self.inner.topic(t)?;
         }
-        Ok(CompactionReport::default())
+        self.inner.compact(topic, false)
     }
 
     fn partition_bytes(&self, topic: &str, partition: u32) -> Result<u64> {
@@ -962,6 +1090,14 @@ impl LogStore for SegmentedStore {
         for p in inner.all_partitions() {
             p.signal.notify();
         }
+        // A cleaning pass in progress sees `closed` and stops before its next swap; one in its
+        // swap finishes it. Then nothing renames files behind the close.
+        if let Some(mut c) = self.cleaner.lock().take() {
+            c.stop();
+        }
+        for p in inner.all_partitions() {
+            drop(p.clean_lock.lock());
+        }
         if let Some(mut f) = self.flusher.lock().take() {
             f.stop();
         }
@@ -1020,6 +1156,9 @@ impl LogStore for SegmentedStore {
         }
         for p in inner.all_partitions() {
             p.signal.notify();
+        }
+        if let Some(mut c) = self.cleaner.lock().take() {
+            c.stop();
         }
         if let Some(mut f) = self.flusher.lock().take() {
             f.stop();

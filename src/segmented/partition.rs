@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -40,8 +40,18 @@ pub(crate) struct Partition {
     pub(crate) id: u32,
     pub(crate) dir: PathBuf,
     pub(super) state: Mutex<PartState>,
-    /// Taken by whoever seals pending segments, so two sealers never race on one segment.
+    /// Taken by whoever seals pending segments, so two sealers never race on one segment;
+    /// retention, `delete_before` and the cleaner's swaps take it too, so only one of them
+    /// changes the list of sealed segments at a time.
     pub(super) seal_lock: Mutex<()>,
+    /// Held for a whole cleaning pass: one pass per partition at a time.
+    pub(super) clean_lock: Mutex<()>,
+    /// The cleaner's clean end: offsets below were cleaned by a finished pass (Kafka's first
+    /// dirty offset, in `cleaner-offset-checkpoint`).
+    pub(crate) clean_end: AtomicU64,
+    /// Store time of the oldest tombstone the last cleaning pass kept (`i64::MAX`: none or
+    /// unknown): once it is past `delete_retention`, a pass is due even with nothing dirty.
+    pub(crate) tombstone_due: AtomicI64,
     pub(crate) end: AtomicU64,
     pub(crate) start: AtomicU64,
     pub(crate) durable_end: AtomicU64,

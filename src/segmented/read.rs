@@ -24,7 +24,8 @@ impl Partition {
             return Ok(());
         };
         let meta = st.segments[i].clone();
-        if meta.log_damaged {
+        // A segment the cleaner is renaming into place has fresh indexes of its own.
+        if meta.log_damaged || meta.swapping {
             return Ok(());
         }
         let lp = segment::log_path(&self.dir, base);
@@ -84,8 +85,16 @@ impl Partition {
             return Ok(Vec::new());
         }
         let mut repaired = false;
+        let mut offset = offset;
         loop {
             match self.read_once(ctx, offset, end, limits) {
+                // Compaction leaves gaps: what was read held no record at or after `offset`
+                // (batches emptied or ending in removed records, a segment's removed tail), so
+                // the read goes on after it. Each round moves `offset` forward.
+                Ok((records, next)) if records.is_empty() && next > offset && next < end => {
+                    offset = next;
+                }
+                Ok((records, _)) => return Ok(records),
                 Err(Error::Corrupted { .. }) if !repaired => {
                     // A garbled index sends the scan to a wrong position: rebuild and retry once.
                     let base = {
@@ -101,18 +110,20 @@ impl Partition {
                     }
                     repaired = true;
                 }
-                other => return other,
+                Err(e) => return Err(e),
             }
         }
     }
 
+    /// Reads from the segment holding `offset`; returns the records and the offset the read
+    /// got to (where a read that found nothing goes on).
     fn read_once(
         &self,
         ctx: &Ctx,
         offset: u64,
         end: u64,
         limits: ReadLimits,
-    ) -> Result<Vec<Record>> {
+    ) -> Result<(Vec<Record>, u64)> {
         // Find the segment holding `offset` (or the first after it, if the offset fell in a gap).
         let (meta, handle) = {
             let st = self.state.lock();
@@ -130,7 +141,7 @@ impl Partition {
                 i += 1;
             }
             let Some(meta) = st.segments.get(i).cloned() else {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), end));
             };
             let handle = self.handle(ctx, &meta)?;
             (meta, handle)
@@ -146,7 +157,7 @@ impl Partition {
         let indexed_pos = pos;
         let first = loop {
             if pos >= meta.size {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), meta.next_offset));
             }
             let h = handle
                 .header_at(pos, meta.size)
@@ -165,6 +176,7 @@ impl Partition {
         // Decide the span to read: whole batches until the limits are met.
         let mut span_end = first;
         let mut records = 0u64;
+        let mut scanned_to = offset;
         while span_end < meta.size {
             let h = handle
                 .header_at(span_end, meta.size)
@@ -179,6 +191,7 @@ impl Partition {
             }
             records += useful.min(h.record_count as u64);
             span_end += h.total_len() as u64;
+            scanned_to = h.last_offset() as u64 + 1;
             if h.last_offset() as u64 + 1 >= end {
                 break;
             }
@@ -210,40 +223,69 @@ impl Partition {
                 out.push(make_record(&b, &h, &rv, o));
             }
         }
-        Ok(out)
+        if span_end >= meta.size {
+            scanned_to = scanned_to.max(meta.next_offset);
+        }
+        Ok((out, scanned_to))
     }
 
     /// Kafka's `offsetsForTimes` by store time (the batches' LogAppendTime): the first segment
-    /// whose newest timestamp reaches `ts`, its time index, then a scan of batch headers.
+    /// whose newest timestamp reaches `ts`, its time index, then a scan of batch headers. The
+    /// answer is the first record at or after the start in the first batch that reaches `ts`
+    /// (with LogAppendTime every record of a batch has the batch's time); batches and segments
+    /// that compaction emptied are passed over.
     pub(crate) fn offset_for_time(&self, ctx: &Ctx, ts: i64) -> Result<Option<u64>> {
         let start = self.start.load(Ordering::Acquire);
-        let (meta, handle) = {
-            let st = self.state.lock();
-            let Some(meta) = st
-                .segments
-                .iter()
-                .find(|m| m.max_timestamp >= ts && m.next_offset > start)
-                .cloned()
-            else {
-                return Ok(None);
+        let mut from_base: Option<u64> = None;
+        loop {
+            let (meta, handle) = {
+                let st = self.state.lock();
+                let Some(meta) = st
+                    .segments
+                    .iter()
+                    .find(|m| {
+                        m.max_timestamp >= ts
+                            && m.next_offset > start
+                            && from_base.is_none_or(|b| m.base > b)
+                    })
+                    .cloned()
+                else {
+                    return Ok(None);
+                };
+                let h = self.handle(ctx, &meta)?;
+                (meta, h)
             };
-            let h = self.handle(ctx, &meta)?;
-            (meta, h)
-        };
-        let (_, from_offset) = index::lookup_time(handle.time_entries(), meta.base, ts);
-        let (_, pos) = index::lookup_offset(handle.offset_entries(), meta.base, from_offset);
-        let mut pos = u64::from(pos);
-        while pos < meta.size {
-            let h = handle
-                .header_at(pos, meta.size)
-                .map_err(|e| Error::corrupted(&handle.log_path, pos, e.reason().to_owned()))?;
-            if h.max_timestamp >= ts && h.last_offset() as u64 >= start {
-                // With LogAppendTime every record of the batch has the batch's time.
-                return Ok(Some((h.base_offset as u64).max(start)));
+            from_base = Some(meta.base);
+            let corrupt =
+                |pos: u64, why: &str| Error::corrupted(&handle.log_path, pos, why.to_owned());
+            let (_, from_offset) = index::lookup_time(handle.time_entries(), meta.base, ts);
+            let (_, pos) = index::lookup_offset(handle.offset_entries(), meta.base, from_offset);
+            let mut pos = u64::from(pos);
+            while pos < meta.size {
+                let h = handle
+                    .header_at(pos, meta.size)
+                    .map_err(|e| corrupt(pos, e.reason()))?;
+                if h.max_timestamp >= ts && h.last_offset() as u64 >= start {
+                    if h.record_count as i64 == i64::from(h.last_offset_delta) + 1 {
+                        // Every offset of the batch holds a record.
+                        return Ok(Some((h.base_offset as u64).max(start)));
+                    }
+                    // Compacted: the first record the batch still holds at or after the start.
+                    let mut buf = vec![0u8; h.total_len()];
+                    io::read_exact_at(handle.log.as_ref(), &mut buf, pos)
+                        .map_err(|e| Error::io(&handle.log_path, e))?;
+                    let h = batch::check_batch(&buf).map_err(|e| corrupt(pos, e.reason()))?;
+                    for rv in batch::records(&buf, &h) {
+                        let rv = rv.map_err(|e| corrupt(pos, e.reason()))?;
+                        let o = h.base_offset as u64 + rv.offset_delta as u64;
+                        if o >= start {
+                            return Ok(Some(o));
+                        }
+                    }
+                }
+                pos += h.total_len() as u64;
             }
-            pos += h.total_len() as u64;
         }
-        Ok(None)
     }
 }
 

@@ -10,7 +10,7 @@
 use std::sync::atomic::Ordering;
 
 use super::partition::{Ctx, PartState, Partition, remove_segment_files};
-use super::segment::SegmentMeta;
+use super::segment::{self, SegmentMeta};
 use crate::clock::ms_before;
 use crate::error::{Error, Result};
 use crate::topic_config::Effective;
@@ -83,6 +83,19 @@ impl Partition {
         }
         for m in removed {
             remove_segment_files(ctx.fs.as_ref(), &self.dir, m.base)?;
+            if m.swapping {
+                // A cleaned segment not yet renamed into place: its `.swap` files go too, or
+                // the next open would finish the swap and bring it back.
+                for p in [
+                    segment::log_path(&self.dir, m.base),
+                    segment::index_path(&self.dir, m.base),
+                    segment::time_index_path(&self.dir, m.base),
+                ] {
+                    let p = segment::with_suffix(&p, segment::SWAP_SUFFIX);
+                    crate::io::remove_if_exists(ctx.fs.as_ref(), &p)
+                        .map_err(|e| Error::io(&p, e))?;
+                }
+            }
         }
         ctx.fs
             .sync_dir(&self.dir)

@@ -20,6 +20,32 @@ pub(crate) fn time_index_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{}.timeindex", io::offset_name(base)))
 }
 
+/// The suffix of a cleaned segment's files while they are written (deleted by an open).
+pub(crate) const CLEANED_SUFFIX: &str = "cleaned";
+/// The suffix of a cleaned segment's files once they are complete: an open finishes the swap.
+pub(crate) const SWAP_SUFFIX: &str = "swap";
+
+/// `path` with `.suffix` appended (`00…0.log` → `00…0.log.swap`).
+pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".");
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// Opens `path`'s `.swap` twin if it is still there, else `path`: a segment swapped in by the
+/// cleaner is reachable under one name or the other while its files are renamed into place,
+/// and a final name only ever holds the new file once its `.swap` name is gone.
+fn open_swapping<T>(path: &Path, swapping: bool, open: impl Fn(&Path) -> Result<T>) -> Result<T> {
+    if swapping {
+        match open(&with_suffix(path, SWAP_SUFFIX)) {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+            other => return other,
+        }
+    }
+    open(path)
+}
+
 /// What is known of a segment without opening it.
 #[derive(Clone, Debug)]
 pub(crate) struct SegmentMeta {
@@ -44,6 +70,9 @@ pub(crate) struct SegmentMeta {
     pub(crate) sealed: bool,
     /// A read found the log itself damaged (not only its indexes): no more index repairs.
     pub(crate) log_damaged: bool,
+    /// A cleaned segment whose files may still be named `.swap` (the cleaner is renaming them
+    /// into place): opened by either name, never repaired.
+    pub(crate) swapping: bool,
 }
 
 impl SegmentMeta {
@@ -60,6 +89,7 @@ impl SegmentMeta {
             last_time_indexed: -1,
             sealed: false,
             log_damaged: false,
+            swapping: false,
         }
     }
 }
@@ -157,27 +187,32 @@ impl SegmentHandle {
         max_index_bytes: u64,
     ) -> Result<SegmentHandle> {
         let lp = log_path(dir, meta.base);
-        let log = fs
-            .open_file(&lp, OpenMode::Existing)
-            .map_err(|e| Error::io(&lp, e))?;
-        let oi = index_path(dir, meta.base);
-        let ti = time_index_path(dir, meta.base);
-        let olen = fs.file_len(&oi).map_err(|e| Error::io(&oi, e))?;
-        let tlen = fs.file_len(&ti).map_err(|e| Error::io(&ti, e))?;
-        let (mode, olen, tlen) = if meta.sealed {
-            (MapMode::Open, olen, tlen)
-        } else {
-            let (ocap, tcap) = index_capacities(max_index_bytes);
-            (MapMode::OpenGrowable, olen.max(ocap), tlen.max(tcap))
+        let log = open_swapping(&lp, meta.swapping, |p| {
+            fs.open_file(p, OpenMode::Existing)
+                .map_err(|e| Error::io(p, e))
+        })?;
+        let (ocap, tcap) = index_capacities(max_index_bytes);
+        let index = |path: &Path, cap: u64, used: u64| {
+            open_swapping(path, meta.swapping, |p| {
+                let len = fs.file_len(p).map_err(|e| Error::io(p, e))?;
+                let (mode, len) = if meta.sealed {
+                    (MapMode::Open, len)
+                } else {
+                    (MapMode::OpenGrowable, len.max(cap))
+                };
+                map_index(fs, p, len, used, mode)
+            })
         };
-        let offset_index = map_index(
-            fs,
-            &oi,
-            olen,
+        let offset_index = index(
+            &index_path(dir, meta.base),
+            ocap,
             meta.index_entries * OFFSET_ENTRY as u64,
-            mode,
         )?;
-        let time_index = map_index(fs, &ti, tlen, meta.time_entries * TIME_ENTRY as u64, mode)?;
+        let time_index = index(
+            &time_index_path(dir, meta.base),
+            tcap,
+            meta.time_entries * TIME_ENTRY as u64,
+        )?;
         Ok(SegmentHandle {
             log,
             log_path: lp,
@@ -510,8 +545,6 @@ pub(crate) fn scan_from(
     start: ScanResult,
 ) -> ScanResult {
     let mut r = start;
-    let max_offset_entries = (max_index_bytes / OFFSET_ENTRY as u64) as usize;
-    let max_time_entries = (max_index_bytes / TIME_ENTRY as u64) as usize;
     let mut buf = Vec::new();
     let mut pos = r.valid_size;
     let mut first = pos == 0;
@@ -544,6 +577,29 @@ pub(crate) fn scan_from(
             break;
         }
         first = false;
+        r.add_batch(pos, &header, base, interval, max_index_bytes);
+        pos += total;
+    }
+    r
+}
+
+impl ScanResult {
+    /// Takes one valid batch at `pos` (the end of what was taken so far) into the state, with
+    /// the writer's index rule: an offset entry once `interval` bytes were written since the
+    /// last one, a time entry at the first batch and with each offset entry whose batch is
+    /// newer, neither index past `max_index_bytes`. The cleaner builds a cleaned segment's
+    /// indexes with it, so they are exactly what a scan of the cleaned log rebuilds.
+    pub(crate) fn add_batch(
+        &mut self,
+        pos: u64,
+        header: &BatchHeader,
+        base: u64,
+        interval: u64,
+        max_index_bytes: u64,
+    ) {
+        let max_offset_entries = (max_index_bytes / OFFSET_ENTRY as u64) as usize;
+        let max_time_entries = (max_index_bytes / TIME_ENTRY as u64) as usize;
+        let r = self;
         let rel = (header.last_offset() as u64 - base) as u32;
         if (r.bytes_since_index >= interval)
             && pos > 0
@@ -561,13 +617,12 @@ pub(crate) fn scan_from(
                 .extend_from_slice(&index::time_entry(header.max_timestamp, rel));
             r.last_time_indexed = header.max_timestamp;
         }
+        let total = header.total_len() as u64;
         r.bytes_since_index += total;
         r.max_timestamp = r.max_timestamp.max(header.max_timestamp);
         r.next_offset = header.last_offset() as u64 + 1;
-        pos += total;
-        r.valid_size = pos;
+        r.valid_size = pos + total;
     }
-    r
 }
 
 /// Where an unclean open can resume validating a segment whose log is durable below

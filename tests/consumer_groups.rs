@@ -428,6 +428,57 @@ fn members_leaving_and_a_topic_gaining_partitions_rebalance_the_group() {
     });
 }
 
+/// A member that stops polling for longer than its `max_poll_interval` is evicted when another
+/// member needs its partitions: they move (resuming at its last commit), its late commits are
+/// refused, and its next poll joins the group again.
+#[test]
+fn a_member_that_stops_polling_is_evicted_and_its_late_commits_refused() {
+    for_each_engine(|engine, dir| {
+        let store = open(dir, &small_options(engine));
+        store
+            .create_topic("t", TopicConfig::with_partitions(2))
+            .unwrap();
+        produce(store.as_ref(), "t", 2, 10);
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let cfg = ConsumerConfig {
+            max_poll_interval: Duration::from_millis(100),
+            ..config("g", OffsetReset::Earliest)
+        };
+        let a = Consumer::new(&groups, cfg.clone()).unwrap();
+        a.subscribe(&["t"]).unwrap();
+        assert_eq!(drain(&a, 20).len(), 20);
+        a.commit_offsets(&[("t", 0, 4), ("t", 1, 6)]).unwrap();
+        let b = Consumer::new(&groups, cfg).unwrap();
+        b.subscribe(&["t"]).unwrap();
+        // `a` is alive (it polled recently): `b` waits.
+        assert!(b.poll(Duration::ZERO).unwrap().is_empty());
+        assert!(b.assignment().is_empty(), "{engine}");
+        std::thread::sleep(Duration::from_millis(150));
+        // Now `a` is past its interval: `b` takes its partition and resumes at `a`'s commit.
+        let got = drain(&b, 1);
+        assert!(!b.assignment().is_empty(), "{engine}");
+        let tp = &b.assignment()[0];
+        let expect = if tp.partition == 0 { 4 } else { 6 };
+        assert_eq!(got[0].offset(), expect, "{engine}");
+        assert!(matches!(
+            a.commit_offsets(&[(tp.topic.as_str(), tp.partition, 999)]),
+            Err(Error::NotAssigned { .. })
+        ));
+        assert_eq!(groups.committed_offsets("g")["t"][&tp.partition], expect);
+        // `a` joins again and the group settles with one partition each.
+        for _ in 0..3 {
+            a.poll(Duration::ZERO).unwrap();
+            b.poll(Duration::ZERO).unwrap();
+        }
+        assert_eq!(
+            (a.assignment().len(), b.assignment().len()),
+            (1, 1),
+            "{engine}"
+        );
+        assert_exclusive(&groups, "g", &[&a, &b]);
+    });
+}
+
 /// 10,000 commits of one group leave about one record per group in `__consumer_offsets` once
 /// the cleaner has run: its size is bounded by compaction, not by the number of commits.
 /// (Needs the cleaner: `LogStore::compact` lands on `main` with the compaction work.)

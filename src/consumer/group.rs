@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -32,6 +33,18 @@ struct Member {
     /// What it holds now (a subset of `target` plus partitions it has yet to revoke).
     owned: BTreeSet<TopicPartition>,
     wakeup: Wakeup,
+    /// When it last acted on the group (a `poll`, `commit`…), and whether it is inside a
+    /// `poll` now (a member blocked in a long poll is alive).
+    last_active: Instant,
+    polling: bool,
+    /// Kafka's `max.poll.interval.ms`: past it, an idle member may be evicted.
+    max_poll_interval: Duration,
+}
+
+impl Member {
+    fn expired(&self, now: Instant) -> bool {
+        !self.polling && now.saturating_duration_since(self.last_active) > self.max_poll_interval
+    }
 }
 
 struct GroupState {
@@ -210,6 +223,7 @@ impl CoordinatorInner {
         topics: BTreeSet<String>,
         assignor: &Arc<dyn Assignor>,
         wakeup: &Wakeup,
+        max_poll_interval: Duration,
     ) -> Result<()> {
         let mut groups = self.groups.lock();
         let g = groups
@@ -240,6 +254,9 @@ impl CoordinatorInner {
                         target: BTreeSet::new(),
                         owned: BTreeSet::new(),
                         wakeup: wakeup.clone(),
+                        last_active: Instant::now(),
+                        polling: false,
+                        max_poll_interval,
                     },
                 );
             }
@@ -349,27 +366,81 @@ impl CoordinatorInner {
         }
     }
 
-    /// Takes the member's assigned partitions that nobody holds any more; returns them.
-    pub(crate) fn claim(&self, group: &str, member: &str) -> Vec<TopicPartition> {
+    /// Takes the member's assigned partitions that nobody holds any more; returns them, and
+    /// the members that hold others of them but have not acted for longer than their
+    /// `max_poll_interval` (to be evicted with [`evict`](Self::evict)). Counts as activity.
+    pub(crate) fn claim(&self, group: &str, member: &str) -> (Vec<TopicPartition>, Vec<String>) {
         let mut groups = self.groups.lock();
         let Some(g) = groups.get_mut(group) else {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
+        let now = Instant::now();
         let GroupState {
             members, owners, ..
         } = g;
         let Some(m) = members.get_mut(member) else {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
+        m.last_active = now;
         let mut claimed = Vec::new();
+        let mut holders = BTreeSet::new();
         for tp in m.target.difference(&m.owned) {
-            if !owners.contains_key(tp) {
-                owners.insert(tp.clone(), member.to_owned());
-                claimed.push(tp.clone());
+            match owners.get(tp) {
+                None => {
+                    owners.insert(tp.clone(), member.to_owned());
+                    claimed.push(tp.clone());
+                }
+                Some(other) => {
+                    holders.insert(other.clone());
+                }
             }
         }
         m.owned.extend(claimed.iter().cloned());
-        claimed
+        let expired = holders
+            .into_iter()
+            .filter(|h| members.get(h).is_some_and(|x| x.expired(now)))
+            .collect();
+        (claimed, expired)
+    }
+
+    /// Removes a member that stopped polling (Kafka: the member left the group after
+    /// `max.poll.interval.ms`). Its partitions are free at once; its next `poll` finds itself
+    /// evicted, drops its positions without committing them and joins again. Taken under
+    /// the group's commit lock, so a commit of the evicted member that passed its ownership
+    /// check has landed before anyone else can take its partitions.
+    pub(crate) fn evict(&self, group: &str, member: &str) {
+        self.offsets.with_commit_lock(group, || {
+            let still_expired = self
+                .groups
+                .lock()
+                .get(group)
+                .and_then(|g| g.members.get(member))
+                .is_some_and(|m| m.expired(Instant::now()));
+            if still_expired {
+                self.leave(group, member);
+            }
+        });
+    }
+
+    /// Whether `member` is (still) in the group.
+    pub(crate) fn is_member(&self, group: &str, member: &str) -> bool {
+        self.groups
+            .lock()
+            .get(group)
+            .is_some_and(|g| g.members.contains_key(member))
+    }
+
+    /// Marks the member as inside `poll` (alive however long it blocks) or out of it.
+    pub(crate) fn set_polling(&self, group: &str, member: &str, polling: bool) {
+        if let Some(m) = self
+            .groups
+            .lock()
+            .get_mut(group)
+            .and_then(|g| g.members.get_mut(member))
+        {
+            m.polling = polling;
+            m.last_active = Instant::now();
+        }
     }
 
     /// Whether the member holds `tp` now.

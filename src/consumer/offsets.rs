@@ -208,6 +208,14 @@ impl OffsetStore {
         Arc::clone(self.groups.lock().entry(group.to_owned()).or_default())
     }
 
+    /// Runs `f` under the group's commit lock: no commit of the group is between its check
+    /// and its write meanwhile.
+    pub(crate) fn with_commit_lock<T>(&self, group: &str, f: impl FnOnce() -> T) -> T {
+        let g = self.group(group);
+        let _held = g.lock();
+        f()
+    }
+
     /// The group's committed offsets (a copy).
     pub(crate) fn table(&self, group: &str) -> OffsetTable {
         match self.groups.lock().get(group) {
@@ -226,11 +234,24 @@ impl OffsetStore {
     /// Merges `offsets` into the group's table and writes the whole table as one message;
     /// returns once it is durable. On error the in-memory table is unchanged.
     pub(crate) fn commit(&self, group: &str, offsets: &[(String, u32, u64)]) -> Result<()> {
+        self.commit_checked(group, offsets, || Ok(()))
+    }
+
+    /// [`commit`](Self::commit), after `check` passed under the group's commit lock (what a
+    /// member's ownership check needs: an eviction takes the same lock, so it cannot slip
+    /// between the check and the write).
+    pub(crate) fn commit_checked(
+        &self,
+        group: &str,
+        offsets: &[(String, u32, u64)],
+        check: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
         if offsets.is_empty() {
             return Ok(());
         }
         let g = self.group(group);
         let mut table = g.lock();
+        check()?;
         let mut next = table.clone();
         for (topic, p, offset) in offsets {
             next.entry(topic.clone()).or_default().insert(*p, *offset);

@@ -58,6 +58,11 @@ pub struct ConsumerConfig {
     /// `max.partition.fetch.bytes`: about this many bytes per partition per `poll` (one record
     /// is returned whatever its size). Default: 1 MiB.
     pub max_partition_fetch_bytes: usize,
+    /// `max.poll.interval.ms`: a group member that has not called `poll` (or `commit`) for
+    /// longer may be evicted from the group when another member needs its partitions; its
+    /// next `poll` loses them uncommitted (its commits fail with [`Error::NotAssigned`]) and
+    /// joins again. Time spent blocked inside `poll` counts as polling. Default: 300 s.
+    pub max_poll_interval: Duration,
     /// `partition.assignment.strategy`; every member of a group must use the same one.
     /// Default: [`Sticky`].
     pub assignor: Arc<dyn Assignor>,
@@ -84,6 +89,7 @@ impl Default for ConsumerConfig {
             auto_commit_interval: Duration::from_secs(5),
             max_poll_records: 500,
             max_partition_fetch_bytes: 1 << 20,
+            max_poll_interval: Duration::from_secs(300),
             assignor: Arc::new(Sticky),
         }
     }
@@ -375,6 +381,7 @@ impl Consumer {
             topics,
             &self.config.assignor,
             &self.wakeup,
+            self.config.max_poll_interval,
         )
     }
 
@@ -418,6 +425,10 @@ impl Consumer {
     pub fn unsubscribe(&self) -> Result<()> {
         let mode = self.state.lock().mode.clone();
         let result = match mode {
+            Mode::Subscribed(_) if !self.coord.is_member(&self.config.group, &self.member_id) => {
+                // Evicted: nothing left to revoke or commit.
+                Ok(())
+            }
             Mode::Subscribed(_) => {
                 let held: Vec<TopicPartition> =
                     self.state.lock().positions.keys().cloned().collect();
@@ -479,10 +490,36 @@ impl Consumer {
             return Ok(());
         }
         let group = &self.config.group;
+        if !self.coord.is_member(group, &self.member_id) {
+            // Evicted: the partitions are someone else's already. Drop them uncommitted and
+            // join again.
+            let topics = {
+                let mut st = self.state.lock();
+                st.positions.clear();
+                match &st.mode {
+                    Mode::Subscribed(t) => t.clone(),
+                    _ => BTreeSet::new(),
+                }
+            };
+            self.coord.join(
+                group,
+                &self.member_id,
+                topics,
+                &self.config.assignor,
+                &self.wakeup,
+                self.config.max_poll_interval,
+            )?;
+        }
         self.coord.check_metadata(group);
         let revoked = self.coord.to_revoke(group, &self.member_id);
         let result = self.revoke(&revoked);
-        let claimed = self.coord.claim(group, &self.member_id);
+        let (mut claimed, expired) = self.coord.claim(group, &self.member_id);
+        if !expired.is_empty() {
+            for member in &expired {
+                self.coord.evict(group, member);
+            }
+            claimed.extend(self.coord.claim(group, &self.member_id).0);
+        }
         if !claimed.is_empty() {
             {
                 let mut st = self.state.lock();
@@ -646,6 +683,14 @@ impl Consumer {
         if self.in_rebalance.load(Ordering::Acquire) {
             return Ok(Vec::new());
         }
+        let group = &self.config.group;
+        self.coord.set_polling(group, &self.member_id, true);
+        let result = self.poll_inner(timeout);
+        self.coord.set_polling(group, &self.member_id, false);
+        result
+    }
+
+    fn poll_inner(&self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
         let deadline = Instant::now().checked_add(timeout);
         loop {
             self.sync_group()?;
@@ -695,14 +740,34 @@ impl Consumer {
 
     /// Commits the positions of every held partition whose position is known.
     fn commit_held(&self) -> Result<()> {
-        let offsets: Vec<(String, u32, u64)> = self
-            .state
-            .lock()
-            .positions
-            .iter()
-            .filter_map(|(tp, p)| p.map(|p| (tp.topic.clone(), tp.partition, p)))
-            .collect();
-        self.coord.offsets.commit(&self.config.group, &offsets)
+        let (offsets, subscribed): (Vec<(String, u32, u64)>, bool) = {
+            let st = self.state.lock();
+            let offsets = st
+                .positions
+                .iter()
+                .filter_map(|(tp, p)| p.map(|p| (tp.topic.clone(), tp.partition, p)))
+                .collect();
+            (offsets, matches!(st.mode, Mode::Subscribed(_)))
+        };
+        self.commit_list(&offsets, subscribed)
+    }
+
+    /// Commits `offsets`; a group member only those it holds, checked under the group's
+    /// commit lock (an eviction cannot take them between the check and the write).
+    fn commit_list(&self, offsets: &[(String, u32, u64)], member: bool) -> Result<()> {
+        let group = &self.config.group;
+        self.coord.offsets.commit_checked(group, offsets, || {
+            if !member {
+                return Ok(());
+            }
+            for (topic, partition, _) in offsets {
+                let tp = TopicPartition::new(topic.as_str(), *partition);
+                if !self.coord.holds(group, &self.member_id, &tp) {
+                    return Err(self.not_assigned(&tp));
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Commits the current position of every held partition, atomically (all or none, across
@@ -756,23 +821,11 @@ impl Consumer {
         self.check_open()?;
         self.sync_group()?;
         let subscribed = matches!(self.state.lock().mode, Mode::Subscribed(_));
-        if subscribed {
-            for &(t, p, _) in offsets {
-                let tp = TopicPartition::new(t, p);
-                if !self.coord.holds(&self.config.group, &self.member_id, &tp) {
-                    return Err(Error::NotAssigned {
-                        group: self.config.group.clone(),
-                        topic: t.to_owned(),
-                        partition: p,
-                    });
-                }
-            }
-        }
         let owned: Vec<(String, u32, u64)> = offsets
             .iter()
             .map(|&(t, p, o)| (t.to_owned(), p, o))
             .collect();
-        self.coord.offsets.commit(&self.config.group, &owned)
+        self.commit_list(&owned, subscribed)
     }
 
     /// The group's committed offset of a partition (the next offset to consume), if any.

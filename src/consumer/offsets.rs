@@ -326,6 +326,19 @@ mod tests {
         assert!(decode_table(&bytes[..bytes.len() - 1]).is_err());
     }
 
+    /// The example of docs/format.md, byte for byte.
+    #[test]
+    fn the_documented_bytes() {
+        let t = table(&[("orders", 0, 5), ("orders", 3, 300)]);
+        let bytes = encode_table(&t, 0);
+        let body = [
+            0x01, 0x00, 0x01, 0x06, b'o', b'r', b'd', b'e', b'r', b's', 0x02, 0x00, 0x05, 0x03,
+            0xac, 0x02,
+        ];
+        assert_eq!(&bytes[..16], &body);
+        assert_eq!(&bytes[16..], &crc32c::crc32c(&body).to_be_bytes());
+    }
+
     #[test]
     fn an_empty_topic_name_and_partition_zero_round_trip() {
         let t = table(&[("", 0, 0)]);

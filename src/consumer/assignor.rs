@@ -36,6 +36,16 @@ impl fmt::Display for TopicPartition {
 }
 
 /// What an assignor knows of one member.
+///
+/// ```
+/// use duolog::consumer::{MemberSubscription, TopicPartition};
+/// let m = MemberSubscription {
+///     member_id: "g-000001".into(),
+///     topics: ["orders".to_string()].into(),
+///     previous: [TopicPartition::new("orders", 0)].into(),
+/// };
+/// assert!(m.topics.contains("orders"));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberSubscription {
     /// The member's id (unique in the group; members are handed to the assignor sorted by it).

@@ -138,11 +138,24 @@ impl GroupCoordinator {
     }
 
     /// The store it serves.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use duolog::{LogStore, StoreOptions};
+    /// # use duolog::consumer::{GroupCoordinator, OFFSETS_TOPIC};
+    /// # fn main() -> duolog::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+    /// let groups = GroupCoordinator::new(store)?;
+    /// assert!(groups.store().describe_topic(OFFSETS_TOPIC).is_ok());
+    /// # Ok(()) }
+    /// ```
     pub fn store(&self) -> &Arc<dyn LogStore> {
         &self.inner.store
     }
 
-    /// A group's committed offsets: topic → partition → next offset to consume.
+    /// A group's committed offsets: topic → partition → next offset to consume (see
+    /// [`commit_offsets`](Self::commit_offsets) for an example).
     pub fn committed_offsets(&self, group: &str) -> OffsetTable {
         self.inner.offsets.table(group)
     }
@@ -174,6 +187,29 @@ impl GroupCoordinator {
 
     /// Members of a group in this process and the partitions each holds now, sorted by member
     /// id. No partition appears twice.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use duolog::{LogStore, StoreOptions, TopicConfig};
+    /// use duolog::consumer::{Consumer, ConsumerConfig, GroupCoordinator};
+    /// # fn main() -> duolog::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+    /// store.create_topic("t", TopicConfig::with_partitions(4))?;
+    /// let groups = GroupCoordinator::new(store)?;
+    /// let (a, b) = (Consumer::new(&groups, ConsumerConfig::new("g"))?, Consumer::new(&groups, ConsumerConfig::new("g"))?);
+    /// a.subscribe(&["t"])?;
+    /// b.subscribe(&["t"])?;
+    /// for _ in 0..2 {
+    ///     a.poll(std::time::Duration::ZERO)?; // the second poll revokes what moved to `b`
+    ///     b.poll(std::time::Duration::ZERO)?;
+    /// }
+    /// let owners = groups.owners("g");
+    /// assert_eq!(owners[a.member_id()].len(), 2);
+    /// assert_eq!(owners[b.member_id()].len(), 2);
+    /// assert!(groups.generation("g") >= 2);
+    /// # Ok(()) }
+    /// ```
     pub fn owners(&self, group: &str) -> BTreeMap<String, Vec<TopicPartition>> {
         let groups = self.inner.groups.lock();
         groups
@@ -187,7 +223,8 @@ impl GroupCoordinator {
             .unwrap_or_default()
     }
 
-    /// How many rebalances a group has gone through in this process.
+    /// How many rebalances a group has gone through in this process (see
+    /// [`owners`](Self::owners) for an example).
     pub fn generation(&self, group: &str) -> u64 {
         self.inner
             .groups

@@ -19,10 +19,25 @@ use parking_lot::Mutex;
 use crate::error::{Error, Result};
 use crate::store::{CleanupPolicy, LogStore, Message, ReadLimits, TopicConfig};
 
-/// The internal topic holding committed offsets.
+/// The internal topic holding committed offsets (hidden from `list_topics(false)`).
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use duolog::{CleanupPolicy, LogStore, StoreOptions};
+/// use duolog::consumer::{GroupCoordinator, OFFSETS_SEGMENT_BYTES, OFFSETS_TOPIC};
+/// # fn main() -> duolog::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+/// let _groups = GroupCoordinator::new(Arc::clone(&store))?;
+/// let config = store.describe_topic(OFFSETS_TOPIC)?;
+/// assert_eq!(config.cleanup_policy, CleanupPolicy::Compact);
+/// assert_eq!(config.segment_bytes, Some(OFFSETS_SEGMENT_BYTES));
+/// assert!(store.list_topics(false).is_empty());
+/// # Ok(()) }
+/// ```
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
-/// `segment.bytes` of [`OFFSETS_TOPIC`]: small, so the cleaner may clean all but the newest
+/// `segment.bytes` of [`OFFSETS_TOPIC`] (see there for an example): small, so the cleaner may clean all but the newest
 /// 64 KiB and the topic stays bounded by the number of groups, not of commits.
 pub const OFFSETS_SEGMENT_BYTES: u64 = 64 * 1024;
 
@@ -33,6 +48,13 @@ const VERSION: u8 = 1;
 const FETCH: usize = 4096;
 
 /// A group's committed offsets: topic → partition → the next offset to consume.
+///
+/// ```
+/// use duolog::consumer::OffsetTable;
+/// let mut table = OffsetTable::new();
+/// table.entry("orders".to_string()).or_default().insert(0, 42);
+/// assert_eq!(table["orders"][&0], 42);
+/// ```
 pub type OffsetTable = BTreeMap<String, BTreeMap<u32, u64>>;
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -98,6 +120,11 @@ pub fn encode_table(table: &OffsetTable, commit_time_ms: u64) -> Vec<u8> {
 /// Decodes [`encode_table`]'s bytes into the table and its commit time. Never panics: anything
 /// malformed (wrong version, bad checksum, truncated, trailing bytes, partitions out of order,
 /// names that are not UTF-8) is an error naming the problem.
+///
+/// ```
+/// use duolog::consumer::decode_table;
+/// assert!(decode_table(b"garbage").unwrap_err().contains("checksum"));
+/// ```
 pub fn decode_table(bytes: &[u8]) -> std::result::Result<(OffsetTable, u64), String> {
     if bytes.len() < 5 {
         return Err(format!("{} bytes are too short for a commit", bytes.len()));

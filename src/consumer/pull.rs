@@ -15,6 +15,29 @@ use crate::error::{Error, Result};
 use crate::store::{ReadLimits, Record};
 
 /// Where a partition with no usable committed offset starts (Kafka's `auto.offset.reset`).
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use duolog::{Error, LogStore, Message, StoreOptions, TopicConfig};
+/// use duolog::consumer::{Consumer, ConsumerConfig, GroupCoordinator, OffsetReset};
+/// # fn main() -> duolog::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+/// store.create_topic("t", TopicConfig::default())?;
+/// store.append("t", 0, &[Message::new("a"), Message::new("b")])?;
+/// let groups = GroupCoordinator::new(store)?;
+/// // A group per policy: each has no committed offset yet.
+/// let start = |reset: OffsetReset| -> duolog::Result<u64> {
+///     let group = format!("{reset:?}");
+///     let c = Consumer::new(&groups, ConsumerConfig { auto_offset_reset: reset, ..ConsumerConfig::new(group) })?;
+///     c.assign(&[("t", 0)])?;
+///     c.position("t", 0)
+/// };
+/// assert_eq!(start(OffsetReset::Earliest)?, 0);
+/// assert_eq!(start(OffsetReset::Latest)?, 2);
+/// assert!(matches!(start(OffsetReset::None), Err(Error::NoCommittedOffset { .. })));
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OffsetReset {
     /// At the log start: everything still in the partition.
@@ -69,7 +92,7 @@ pub struct ConsumerConfig {
 }
 
 impl ConsumerConfig {
-    /// Defaults, for `group`.
+    /// Defaults, for `group` (see [`ConsumerConfig`] for an example).
     pub fn new(group: impl Into<String>) -> Self {
         ConsumerConfig {
             group: group.into(),
@@ -95,7 +118,26 @@ impl Default for ConsumerConfig {
     }
 }
 
-/// A record with the partition it came from.
+/// A record with the partition it came from, as [`Consumer::poll`] returns it.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use duolog::{LogStore, Message, StoreOptions, TopicConfig};
+/// # use duolog::consumer::{Consumer, ConsumerConfig, GroupCoordinator, OffsetReset};
+/// # fn main() -> duolog::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+/// store.create_topic("t", TopicConfig::with_partitions(2))?;
+/// store.append("t", 1, &[Message::new("hello").with_key("k")])?;
+/// let groups = GroupCoordinator::new(store)?;
+/// let c = Consumer::new(&groups, ConsumerConfig { auto_offset_reset: OffsetReset::Earliest, ..ConsumerConfig::new("g") })?;
+/// c.subscribe(&["t"])?;
+/// let r = c.poll(std::time::Duration::from_secs(1))?.remove(0);
+/// assert_eq!((r.topic(), r.partition(), r.offset()), ("t", 1, 0));
+/// assert_eq!(r.record().key(), Some(&b"k"[..]));
+/// assert_eq!(r.into_record().body(), b"hello");
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsumerRecord {
     topic: Arc<str>,
@@ -330,12 +372,27 @@ impl Consumer {
         })
     }
 
-    /// The member id, unique in the process.
+    /// The member id, unique in the process: `<client_id or group>-<n>`.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use duolog::{LogStore, StoreOptions};
+    /// # use duolog::consumer::{Consumer, ConsumerConfig, GroupCoordinator};
+    /// # fn main() -> duolog::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+    /// let groups = GroupCoordinator::new(store)?;
+    /// let config = ConsumerConfig { client_id: Some("worker".into()), ..ConsumerConfig::new("g") };
+    /// let c = Consumer::new(&groups, config)?;
+    /// assert!(c.member_id().starts_with("worker-"));
+    /// assert_eq!(c.group(), "g");
+    /// # Ok(()) }
+    /// ```
     pub fn member_id(&self) -> &str {
         &self.member_id
     }
 
-    /// The group.
+    /// The group (see [`member_id`](Self::member_id) for an example).
     pub fn group(&self) -> &str {
         &self.config.group
     }
@@ -422,6 +479,25 @@ impl Consumer {
 
     /// Leaves the group (revoking what it holds, committing first with auto-commit) or drops
     /// a manual assignment.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use duolog::{LogStore, StoreOptions, TopicConfig};
+    /// # use duolog::consumer::{Consumer, ConsumerConfig, GroupCoordinator};
+    /// # fn main() -> duolog::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+    /// # store.create_topic("t", TopicConfig::default())?;
+    /// let groups = GroupCoordinator::new(store)?;
+    /// let c = Consumer::new(&groups, ConsumerConfig::new("g"))?;
+    /// c.subscribe(&["t"])?;
+    /// c.poll(std::time::Duration::ZERO)?;
+    /// assert_eq!(groups.owners("g").len(), 1);
+    /// c.unsubscribe()?;
+    /// assert!(c.assignment().is_empty() && c.subscription().is_empty());
+    /// assert!(groups.owners("g").is_empty());
+    /// # Ok(()) }
+    /// ```
     pub fn unsubscribe(&self) -> Result<()> {
         let mode = self.state.lock().mode.clone();
         let result = match mode {
@@ -444,12 +520,26 @@ impl Consumer {
         result
     }
 
-    /// The partitions it holds now.
+    /// The partitions it holds now (see [`subscribe`](Self::subscribe) for an example).
     pub fn assignment(&self) -> Vec<TopicPartition> {
         self.state.lock().positions.keys().cloned().collect()
     }
 
     /// The subscribed topics (empty with a manual assignment).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use duolog::{LogStore, StoreOptions};
+    /// # use duolog::consumer::{Consumer, ConsumerConfig, GroupCoordinator};
+    /// # fn main() -> duolog::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+    /// let groups = GroupCoordinator::new(store)?;
+    /// let c = Consumer::new(&groups, ConsumerConfig::new("g"))?;
+    /// c.subscribe(&["b", "a"])?; // topics may be created later
+    /// assert_eq!(c.subscription(), ["a", "b"]);
+    /// # Ok(()) }
+    /// ```
     pub fn subscription(&self) -> Vec<String> {
         match &self.state.lock().mode {
             Mode::Subscribed(t) => t.iter().cloned().collect(),
@@ -828,7 +918,8 @@ impl Consumer {
         self.commit_list(&owned, subscribed)
     }
 
-    /// The group's committed offset of a partition (the next offset to consume), if any.
+    /// The group's committed offset of a partition (the next offset to consume), if any —
+    /// whoever committed it (see [`commit`](Self::commit) for an example).
     pub fn committed(&self, topic: &str, partition: u32) -> Option<u64> {
         self.coord
             .offsets

@@ -479,6 +479,103 @@ fn a_member_that_stops_polling_is_evicted_and_its_late_commits_refused() {
     });
 }
 
+/// Auto-commit: positions are committed from `poll` once the interval has passed, and at
+/// `close` (or drop) — what was returned by a poll counts as consumed.
+#[test]
+fn auto_commit_commits_from_poll_after_the_interval_and_at_close() {
+    for_each_engine(|engine, dir| {
+        let store = open(dir, &small_options(engine));
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        produce(store.as_ref(), "t", 1, 10);
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let c = Consumer::new(
+            &groups,
+            ConsumerConfig {
+                enable_auto_commit: true,
+                auto_commit_interval: Duration::from_millis(100),
+                max_poll_records: 4,
+                ..config("g", OffsetReset::Earliest)
+            },
+        )
+        .unwrap();
+        c.subscribe(&["t"]).unwrap();
+        assert_eq!(c.poll(Duration::from_secs(1)).unwrap().len(), 4);
+        assert_eq!(c.poll(Duration::from_secs(1)).unwrap().len(), 4);
+        assert_eq!(c.committed("t", 0), None, "{engine}: not due yet");
+        std::thread::sleep(Duration::from_millis(120));
+        // Due: this poll commits what the earlier ones returned, then fetches.
+        assert_eq!(c.poll(Duration::from_secs(1)).unwrap().len(), 2);
+        assert_eq!(c.committed("t", 0), Some(8), "{engine}");
+        drop(c);
+        assert_eq!(
+            groups.committed_offsets("g")["t"][&0],
+            10,
+            "{engine}: at drop"
+        );
+    });
+}
+
+/// A compacted partition has offset gaps: positions follow the last record returned (+ 1), so
+/// a consumer passes over them and ends at the partition's end with the latest value of every
+/// key.
+#[test]
+fn a_consumer_passes_over_the_gaps_of_a_compacted_partition() {
+    for_each_engine(|engine, dir| {
+        let store = open(dir, &small_options(engine));
+        let compacted = TopicConfig {
+            cleanup_policy: duolog::CleanupPolicy::Compact,
+            segment_bytes: Some(1024),
+            ..TopicConfig::default()
+        };
+        store.create_topic("c", compacted).unwrap();
+        for i in 0..300 {
+            store
+                .append(
+                    "c",
+                    0,
+                    &[Message::new(format!("{i}")).with_key(format!("k{}", i % 7))],
+                )
+                .unwrap();
+        }
+        let report = store.compact(Some("c")).unwrap();
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let c = Consumer::new(&groups, config("g", OffsetReset::Earliest)).unwrap();
+        c.assign(&[("c", 0)]).unwrap();
+        let mut got = Vec::new();
+        loop {
+            let batch = c.poll(Duration::from_millis(50)).unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            got.extend(batch);
+        }
+        eprintln!("{engine}: {} of 300 records after compaction", got.len());
+        let offsets: Vec<u64> = got.iter().map(|r| r.offset()).collect();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{engine}");
+        assert_eq!(c.position("c", 0).unwrap(), 300, "{engine}");
+        if report.records_removed > 0 {
+            assert!(got.len() < 300, "{engine}: gaps after compaction");
+        }
+        let mut latest = BTreeMap::new();
+        for r in &got {
+            latest.insert(
+                r.record().key().unwrap().to_vec(),
+                r.record().body().to_vec(),
+            );
+        }
+        for k in 0..7 {
+            let last = (0..300).filter(|i| i % 7 == k).max().unwrap();
+            assert_eq!(
+                latest[format!("k{k}").as_bytes()],
+                format!("{last}").into_bytes(),
+                "{engine}"
+            );
+        }
+        c.commit().unwrap();
+        assert_eq!(c.committed("c", 0), Some(300));
+    });
+}
+
 /// 10,000 commits of one group leave about one record per group in `__consumer_offsets` once
 /// the cleaner has run: its size is bounded by compaction, not by the number of commits.
 /// (Needs the cleaner: `LogStore::compact` lands on `main` with the compaction work.)

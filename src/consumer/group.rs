@@ -21,10 +21,15 @@ use crate::durability::Wakeup;
 use crate::error::{Error, Result};
 use crate::store::LogStore;
 
-/// Store directories served by a live coordinator in this process. Not a registry of state:
-/// a guard, like the store's `LOCK` file one level up, so that two coordinators of one store
-/// (which would each hand out every partition) cannot exist at once.
-static SERVED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Stores served by a live coordinator in this process, by the address of the store object
+/// (a coordinator holds its store, so the address cannot be reused while it is listed). Not a
+/// registry of state: a guard, like the store's `LOCK` file one level up, so that two
+/// coordinators of one store (which would each hand out every partition) cannot exist at once.
+static SERVED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+fn store_key(store: &Arc<dyn LogStore>) -> usize {
+    Arc::as_ptr(store).cast::<()>() as usize
+}
 
 struct Member {
     topics: BTreeSet<String>,
@@ -67,7 +72,8 @@ pub(crate) struct CoordinatorInner {
 
 impl Drop for CoordinatorInner {
     fn drop(&mut self) {
-        SERVED.lock().retain(|d| d != &self.dir);
+        let key = store_key(&self.store);
+        SERVED.lock().retain(|k| *k != key);
     }
 }
 
@@ -112,17 +118,18 @@ impl GroupCoordinator {
     /// loads every group's committed offsets by reading it once from its start.
     pub fn new(store: Arc<dyn LogStore>) -> Result<GroupCoordinator> {
         let dir = store.dir().to_path_buf();
+        let key = store_key(&store);
         {
             let mut served = SERVED.lock();
-            if served.contains(&dir) {
+            if served.contains(&key) {
                 return Err(Error::Locked(dir));
             }
-            served.push(dir.clone());
+            served.push(key);
         }
         let offsets = match OffsetStore::open(Arc::clone(&store)) {
             Ok(o) => o,
             Err(e) => {
-                SERVED.lock().retain(|d| d != &dir);
+                SERVED.lock().retain(|k| *k != key);
                 return Err(e);
             }
         };

@@ -576,6 +576,76 @@ fn a_consumer_passes_over_the_gaps_of_a_compacted_partition() {
     });
 }
 
+/// A sync commit returns once durable under every flush policy — even one that never flushes
+/// on its own — and async commits complete in order, superseded by later ones, all durable
+/// once a later sync commit returned.
+#[test]
+fn commits_are_durable_under_every_flush_policy_and_async_commits_complete() {
+    let policies = [
+        duolog::FlushPolicy::Async {
+            interval: Duration::MAX,
+        },
+        duolog::FlushPolicy::Sync,
+        duolog::FlushPolicy::Every {
+            messages: 1_000_000,
+            bytes: u64::MAX,
+            interval: Duration::MAX,
+        },
+    ];
+    for policy in policies {
+        for_each_engine(|engine, dir| {
+            let opts = StoreOptions {
+                flush: policy,
+                ..small_options(engine)
+            };
+            let store = open(dir, &opts);
+            store
+                .create_topic("t", TopicConfig::with_partitions(2))
+                .unwrap();
+            let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+            let c = Consumer::new(&groups, config("g", OffsetReset::Earliest)).unwrap();
+            c.assign(&[("t", 0), ("t", 1)]).unwrap();
+            let t = Instant::now();
+            c.commit_offsets(&[("t", 0, 1), ("t", 1, 1)]).unwrap();
+            assert!(t.elapsed() < Duration::from_secs(5), "{engine} {policy:?}");
+            assert!(store.bounds(OFFSETS_TOPIC, 0).unwrap().durable_end >= 1);
+            let (tx, rx) = std::sync::mpsc::channel();
+            for i in 2..6u64 {
+                c.seek("t", 0, i).unwrap();
+                let tx = tx.clone();
+                c.commit_async(move |r| tx.send((i, r.is_ok())).unwrap())
+                    .unwrap();
+            }
+            c.seek("t", 1, 9).unwrap();
+            c.commit().unwrap();
+            let mut done: Vec<(u64, bool)> = (0..4).map(|_| rx.recv().unwrap()).collect();
+            done.sort();
+            assert_eq!(
+                done,
+                [(2, true), (3, true), (4, true), (5, true)],
+                "{engine}"
+            );
+            assert_eq!(
+                (c.committed("t", 0), c.committed("t", 1)),
+                (Some(5), Some(9))
+            );
+            drop(c);
+            drop(groups);
+            store.abandon();
+            drop(store);
+            // Durable: there after a crash.
+            let store = open(dir, &opts);
+            let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+            let table = groups.committed_offsets("g");
+            assert_eq!(
+                (table["t"][&0], table["t"][&1]),
+                (5, 9),
+                "{engine} {policy:?}"
+            );
+        });
+    }
+}
+
 /// 10,000 commits of one group leave about one record per group in `__consumer_offsets` once
 /// the cleaner has run: its size is bounded by compaction, not by the number of commits.
 /// (Needs the cleaner: `LogStore::compact` lands on `main` with the compaction work.)

@@ -175,13 +175,31 @@ pub fn decode_table(bytes: &[u8]) -> std::result::Result<(OffsetTable, u64), Str
     Ok((table, time))
 }
 
+/// A table and the sequence number of the record that holds it.
+#[derive(Default)]
+struct Versioned {
+    table: OffsetTable,
+    seq: u64,
+}
+
+/// One group's offsets: what its newest record says (`written`, under the commit lock) and what
+/// is known durable (`durable`, what `committed` reports). They differ only while a commit is
+/// in flight. Two locks, so a completion callback (run on the thread that made a record
+/// durable, maybe the flusher) never waits for a committer that may be waiting for that thread.
+#[derive(Default)]
+struct GroupOffsets {
+    written: Mutex<Versioned>,
+    durable: Mutex<Versioned>,
+}
+
 /// The committed offsets of every group of a store, loaded from and written to
-/// [`OFFSETS_TOPIC`]. Commits of one group are serialised by the group's lock; commits of
+/// [`OFFSETS_TOPIC`]. Commits of one group are serialised by the group's lock (a sync commit
+/// holds it until its record is durable, an async one until it is appended); commits of
 /// different groups run in parallel. Shared by every consumer of a
 /// [`GroupCoordinator`](crate::consumer::GroupCoordinator).
 pub(crate) struct OffsetStore {
     store: Arc<dyn LogStore>,
-    groups: Mutex<HashMap<String, Arc<Mutex<OffsetTable>>>>,
+    groups: Mutex<HashMap<String, Arc<GroupOffsets>>>,
 }
 
 impl OffsetStore {
@@ -223,7 +241,16 @@ impl OffsetStore {
         }
         let groups = tables
             .into_iter()
-            .map(|(g, t)| (g, Arc::new(Mutex::new(t))))
+            .map(|(g, t)| {
+                let offsets = GroupOffsets {
+                    written: Mutex::new(Versioned {
+                        table: t.clone(),
+                        seq: 0,
+                    }),
+                    durable: Mutex::new(Versioned { table: t, seq: 0 }),
+                };
+                (g, Arc::new(offsets))
+            })
             .collect();
         Ok(OffsetStore {
             store,
@@ -231,35 +258,36 @@ impl OffsetStore {
         })
     }
 
-    fn group(&self, group: &str) -> Arc<Mutex<OffsetTable>> {
+    fn group(&self, group: &str) -> Arc<GroupOffsets> {
         Arc::clone(self.groups.lock().entry(group.to_owned()).or_default())
     }
 
     /// Runs `f` under the group's commit lock: no commit of the group is between its check
-    /// and its write meanwhile.
+    /// and its append meanwhile.
     pub(crate) fn with_commit_lock<T>(&self, group: &str, f: impl FnOnce() -> T) -> T {
         let g = self.group(group);
-        let _held = g.lock();
+        let _held = g.written.lock();
         f()
     }
 
-    /// The group's committed offsets (a copy).
+    /// The group's durably committed offsets (a copy).
     pub(crate) fn table(&self, group: &str) -> OffsetTable {
         match self.groups.lock().get(group) {
-            Some(t) => t.lock().clone(),
+            Some(g) => g.durable.lock().table.clone(),
             None => OffsetTable::new(),
         }
     }
 
-    /// The committed offset of one partition.
+    /// The durably committed offset of one partition.
     pub(crate) fn committed(&self, group: &str, topic: &str, partition: u32) -> Option<u64> {
         let g = self.groups.lock().get(group).cloned()?;
-        let t = g.lock();
-        t.get(topic).and_then(|p| p.get(&partition)).copied()
+        let d = g.durable.lock();
+        d.table.get(topic).and_then(|p| p.get(&partition)).copied()
     }
 
     /// Merges `offsets` into the group's table and writes the whole table as one message;
-    /// returns once it is durable. On error the in-memory table is unchanged.
+    /// returns once it is durable (flushing the store if the flush policy would not flush it
+    /// soon). On error the durable table is unchanged.
     pub(crate) fn commit(&self, group: &str, offsets: &[(String, u32, u64)]) -> Result<()> {
         self.commit_checked(group, offsets, || Ok(()))
     }
@@ -273,29 +301,97 @@ impl OffsetStore {
         offsets: &[(String, u32, u64)],
         check: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
-        if offsets.is_empty() {
-            return Ok(());
-        }
         let g = self.group(group);
-        let mut table = g.lock();
+        let mut w = g.written.lock();
         check()?;
-        let mut next = table.clone();
+        let (completion, table, seq) = match self.append(group, &mut w, offsets)? {
+            Some(appended) => appended,
+            None if g.durable.lock().seq == w.seq => return Ok(()),
+            // Nothing new, but an async commit of this table is in flight: write it again and
+            // wait (the flush that covers the new record covers the earlier one).
+            None => {
+                let table = w.table.clone();
+                self.append_table(group, &mut w, table)?
+            }
+        };
+        if !completion.is_durable() {
+            // The policy's next flush may be far (`Async` flushes on its interval only, maybe
+            // never): flush now rather than wait for it. Under `Sync` this joins the group
+            // commit in progress.
+            self.store.sync()?;
+        }
+        completion.wait()?;
+        mark_durable(&g.durable, table, seq);
+        Ok(())
+    }
+
+    /// Like [`commit_checked`](Self::commit_checked) but returns once the record is appended;
+    /// `on_done` runs when it is durable (or failed), on the thread that made it durable.
+    pub(crate) fn commit_async_checked(
+        &self,
+        group: &str,
+        offsets: &[(String, u32, u64)],
+        check: impl FnOnce() -> Result<()>,
+        on_done: impl FnOnce(Result<()>) + Send + 'static,
+    ) -> Result<()> {
+        let g = self.group(group);
+        let mut w = g.written.lock();
+        check()?;
+        let Some((completion, table, seq)) = self.append(group, &mut w, offsets)? else {
+            drop(w);
+            on_done(Ok(()));
+            return Ok(());
+        };
+        drop(w);
+        completion.on_durable(move |r| {
+            if r.is_ok() {
+                mark_durable(&g.durable, table, seq);
+            }
+            on_done(r.map(|_| ()));
+        });
+        Ok(())
+    }
+
+    /// Appends the newest table with `offsets` merged in, unless that changes nothing (`None`).
+    fn append(
+        &self,
+        group: &str,
+        w: &mut Versioned,
+        offsets: &[(String, u32, u64)],
+    ) -> Result<Option<(crate::Completion, OffsetTable, u64)>> {
+        let mut next = w.table.clone();
         for (topic, p, offset) in offsets {
             next.entry(topic.clone()).or_default().insert(*p, *offset);
         }
-        if next == *table {
-            return Ok(());
+        if next == w.table {
+            return Ok(None);
         }
+        self.append_table(group, w, next).map(Some)
+    }
+
+    fn append_table(
+        &self,
+        group: &str,
+        w: &mut Versioned,
+        table: OffsetTable,
+    ) -> Result<(crate::Completion, OffsetTable, u64)> {
         let now = u64::try_from(crate::clock::now_ms()).unwrap_or(0);
-        let message = Message::new(encode_table(&next, now))
+        let message = Message::new(encode_table(&table, now))
             .with_key(Bytes::copy_from_slice(group.as_bytes()));
         // Always partition 0: one partition keeps loading a single read and the order of a
         // group's commits the order of its records.
-        self.store
-            .append_async(OFFSETS_TOPIC, 0, &[message])?
-            .wait()?;
-        *table = next;
-        Ok(())
+        let completion = self.store.append_async(OFFSETS_TOPIC, 0, &[message])?;
+        w.seq += 1;
+        w.table = table.clone();
+        Ok((completion, table, w.seq))
+    }
+}
+
+/// Records that the table of record `seq` is durable (completions may report out of order).
+fn mark_durable(durable: &Mutex<Versioned>, table: OffsetTable, seq: u64) {
+    let mut d = durable.lock();
+    if seq > d.seq {
+        *d = Versioned { table, seq };
     }
 }
 

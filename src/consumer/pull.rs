@@ -830,34 +830,43 @@ impl Consumer {
 
     /// Commits the positions of every held partition whose position is known.
     fn commit_held(&self) -> Result<()> {
-        let (offsets, subscribed): (Vec<(String, u32, u64)>, bool) = {
-            let st = self.state.lock();
-            let offsets = st
-                .positions
-                .iter()
-                .filter_map(|(tp, p)| p.map(|p| (tp.topic.clone(), tp.partition, p)))
-                .collect();
-            (offsets, matches!(st.mode, Mode::Subscribed(_)))
-        };
+        let (offsets, subscribed) = self.held_offsets();
         self.commit_list(&offsets, subscribed)
+    }
+
+    /// The known positions of the held partitions, and whether it is a group member.
+    fn held_offsets(&self) -> (Vec<(String, u32, u64)>, bool) {
+        let st = self.state.lock();
+        let offsets = st
+            .positions
+            .iter()
+            .filter_map(|(tp, p)| p.map(|p| (tp.topic.clone(), tp.partition, p)))
+            .collect();
+        (offsets, matches!(st.mode, Mode::Subscribed(_)))
+    }
+
+    /// A group member may commit only what it holds.
+    fn check_held(&self, offsets: &[(String, u32, u64)], member: bool) -> Result<()> {
+        if !member {
+            return Ok(());
+        }
+        for (topic, partition, _) in offsets {
+            let tp = TopicPartition::new(topic.as_str(), *partition);
+            if !self.coord.holds(&self.config.group, &self.member_id, &tp) {
+                return Err(self.not_assigned(&tp));
+            }
+        }
+        Ok(())
     }
 
     /// Commits `offsets`; a group member only those it holds, checked under the group's
     /// commit lock (an eviction cannot take them between the check and the write).
     fn commit_list(&self, offsets: &[(String, u32, u64)], member: bool) -> Result<()> {
-        let group = &self.config.group;
-        self.coord.offsets.commit_checked(group, offsets, || {
-            if !member {
-                return Ok(());
-            }
-            for (topic, partition, _) in offsets {
-                let tp = TopicPartition::new(topic.as_str(), *partition);
-                if !self.coord.holds(group, &self.member_id, &tp) {
-                    return Err(self.not_assigned(&tp));
-                }
-            }
-            Ok(())
-        })
+        self.coord
+            .offsets
+            .commit_checked(&self.config.group, offsets, || {
+                self.check_held(offsets, member)
+            })
     }
 
     /// Commits the current position of every held partition, atomically (all or none, across
@@ -886,6 +895,47 @@ impl Consumer {
         self.check_open()?;
         self.sync_group()?;
         self.commit_held()
+    }
+
+    /// [`commit`](Self::commit) without waiting for the fsync (rdkafka's `CommitMode::Async`):
+    /// returns once the commit record is appended, and `on_done` gets the outcome once it is
+    /// durable (or failed), on the thread that made it durable — keep it short. That is the
+    /// store's next flush under its [`FlushPolicy`](crate::FlushPolicy) (with `Async`, up to
+    /// its interval; with no timed flush, the next `sync`, sync commit or close).
+    /// [`committed`](Self::committed) shows the offsets from then on. Commits stay in order:
+    /// a later commit's record supersedes this one's whatever completes first.
+    ///
+    /// ```
+    /// # use std::sync::{mpsc, Arc};
+    /// # use duolog::{LogStore, Message, StoreOptions, TopicConfig};
+    /// # use duolog::consumer::{Consumer, ConsumerConfig, GroupCoordinator, OffsetReset};
+    /// # fn main() -> duolog::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+    /// # store.create_topic("t", TopicConfig::default())?;
+    /// store.append("t", 0, &[Message::new("a")])?;
+    /// let groups = GroupCoordinator::new(store)?;
+    /// let config = ConsumerConfig { auto_offset_reset: OffsetReset::Earliest, ..ConsumerConfig::new("g") };
+    /// let c = Consumer::new(&groups, config)?;
+    /// c.assign(&[("t", 0)])?;
+    /// c.poll(std::time::Duration::from_secs(1))?;
+    /// let (tx, rx) = mpsc::channel();
+    /// c.commit_async(move |result| tx.send(result.is_ok()).unwrap())?;
+    /// assert!(rx.recv().unwrap());
+    /// assert_eq!(c.committed("t", 0), Some(1));
+    /// # Ok(()) }
+    /// ```
+    pub fn commit_async(&self, on_done: impl FnOnce(Result<()>) + Send + 'static) -> Result<()> {
+        self.check_open()?;
+        self.sync_group()?;
+        let (offsets, member) = self.held_offsets();
+        let group = &self.config.group;
+        self.coord.offsets.commit_async_checked(
+            group,
+            &offsets,
+            || self.check_held(&offsets, member),
+            on_done,
+        )
     }
 
     /// Commits these offsets (each the *next* offset to consume) atomically and durably.

@@ -10,6 +10,7 @@
 //! log-start-offset-checkpoint       start offsets raised by delete_before / retention
 //! commitlog/<20-digit offset>       fixed-size files of records (see `record`)
 //! consumequeue/<topic>/<p>/<20-digit byte offset>   20-byte units (see `consume_queue`)
+//! compaction/<topic>/<p>/{state, <gen>.log, <gen>.idx}  compacted prefix (see `compacted`)
 //! ```
 //! This module owns those files and nothing else; it reaches them only through
 //! [`FileSystem`].
@@ -17,6 +18,8 @@
 mod allocator;
 mod append;
 mod checkpoint;
+mod cleaner;
+mod compacted;
 mod consume_queue;
 mod file_queue;
 mod queue_cache;
@@ -73,6 +76,24 @@ pub(crate) struct PartitionState {
     /// append below it skips the lock-free file preparation, one load instead of a walk
     /// through the queue's structures (which at thousands of partitions are cache misses).
     queue_ready_until: AtomicU64,
+    /// The compacted prefix (see `compacted`), `None` until a cleaner pass committed one.
+    /// Replaced whole by a pass; readers take the `Arc` and read that generation.
+    compacted: RwLock<Option<Arc<compacted::Compacted>>>,
+}
+
+impl PartitionState {
+    /// The current compacted generation.
+    fn compacted(&self) -> Option<Arc<compacted::Compacted>> {
+        self.compacted.read().clone()
+    }
+
+    /// Offsets below it are served from the compacted files; the consume queue serves the rest.
+    fn clean_end(&self) -> u64 {
+        self.compacted
+            .read()
+            .as_ref()
+            .map_or(0, |c| c.state.clean_end)
+    }
 }
 
 /// A topic and its partitions.
@@ -134,7 +155,13 @@ impl Inner {
         let part = t.partition(partition)?;
         let start = part.start.load(Ordering::Acquire);
         let end = part.end.load(Ordering::Acquire);
-        part.cq.bytes_between(start, end)
+        // The compacted prefix's records, then the queue's from `clean_end` on.
+        let (compacted, clean_end) = match part.compacted() {
+            None => (0, 0),
+            Some(c) if start == 0 => (c.state.data_len, c.state.clean_end),
+            Some(c) => (self.compacted_bytes_from(part, start)?, c.state.clean_end),
+        };
+        Ok(compacted + part.cq.bytes_between(start.max(clean_end).min(end), end)?)
     }
 }
 
@@ -187,6 +214,13 @@ pub(crate) struct Inner {
     allocator: allocator::AllocatorHandle,
     /// This store, for jobs handed to other threads.
     me: std::sync::OnceLock<std::sync::Weak<Inner>>,
+    /// One cleaner pass at a time (background, `compact()`, retention's forced passes).
+    cleaner_lock: Mutex<()>,
+    /// A commit-log position background retention wanted to delete up to but could not, for
+    /// compact-only records not yet cleaned: the cleaner thread cleans them first (0: none).
+    retention_wants: AtomicU64,
+    /// Wakes the cleaner thread.
+    cleaner_wake: Arc<cleaner::CleanerWake>,
 }
 
 impl Inner {
@@ -281,6 +315,7 @@ impl Inner {
                 start: AtomicU64::new(0),
                 signal: DataSignal::default(),
                 queue_ready_until: AtomicU64::new(0),
+                compacted: RwLock::new(None),
             }));
         }
         Ok(partitions)
@@ -312,6 +347,18 @@ impl Inner {
         .store(self.fs.as_ref(), &self.dir)
     }
 
+    /// Removes compacted files left under `name` by an earlier topic of that name (a deletion
+    /// that lost its files' removal), durably, so a new topic never finds them.
+    fn remove_stale_compaction(&self, name: &str) -> Result<()> {
+        let root = self.dir.join(compacted::COMPACTION_DIR);
+        let dir = root.join(name);
+        if self.fs.exists(&dir).unwrap_or(false) {
+            crate::io::remove_tree(self.fs.as_ref(), &dir).map_err(|e| Error::io(&dir, e))?;
+            self.fs.sync_dir(&root).map_err(|e| Error::io(&root, e))?;
+        }
+        Ok(())
+    }
+
     /// Removes the consume queues of topics whose deletion is listed as unfinished, then drops
     /// the listing from the catalog (the caller holds `admin`, or is the open).
     pub(crate) fn finish_deletions(&self, topics: &HashMap<String, Arc<TopicState>>) -> Result<()> {
@@ -323,6 +370,15 @@ impl Inner {
         for (name, _) in &pending {
             let dir = cq_root.join(name);
             crate::io::remove_tree(self.fs.as_ref(), &dir).map_err(|e| Error::io(&dir, e))?;
+            // Its compacted prefixes too (a new topic of the name must not find them).
+            let dir = self.dir.join(compacted::COMPACTION_DIR).join(name);
+            crate::io::remove_tree(self.fs.as_ref(), &dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        let compaction_root = self.dir.join(compacted::COMPACTION_DIR);
+        if self.fs.exists(&compaction_root).unwrap_or(false) {
+            self.fs
+                .sync_dir(&compaction_root)
+                .map_err(|e| Error::io(&compaction_root, e))?;
         }
         if self.fs.exists(&cq_root).unwrap_or(false) {
             self.fs
@@ -336,6 +392,8 @@ impl Inner {
     fn delete_topic(&self, name: &str) -> Result<()> {
         self.check_open()?;
         let _admin = self.admin.lock();
+        // No pass is writing the topic's compacted files while they are removed.
+        let _cleaner = self.cleaner_lock.lock();
         let t = self.topic(name)?;
         {
             // No append of the topic is halfway through once this is set.
@@ -478,7 +536,13 @@ impl Inner {
         for t in topics {
             for (p, part) in t.partitions.iter().enumerate() {
                 let start = part.start.load(Ordering::Acquire);
-                if let Some(r) = self.read_one(&t.name, p as u32, start)? {
+                // The first record still readable (compaction may have removed `start`'s).
+                let first = match self.read(&t.name, p as u32, start, ReadLimits::messages(1)) {
+                    Ok(mut v) => v.pop(),
+                    Err(Error::OffsetOutOfRange { .. }) => None,
+                    Err(e) => return Err(e),
+                };
+                if let Some(r) = first {
                     oldest =
                         Some(oldest.map_or(r.store_timestamp(), |o| o.min(r.store_timestamp())));
                 }
@@ -488,8 +552,14 @@ impl Inner {
     }
 
     fn durable_end(&self, part: &PartitionState) -> Result<u64> {
-        let start = part.start.load(Ordering::Acquire);
+        // The compacted prefix is durable; the queue serves (and may only hold units) from
+        // `clean_end` on.
         let end = part.end.load(Ordering::Acquire);
+        let start = part
+            .start
+            .load(Ordering::Acquire)
+            .max(part.clean_end())
+            .min(end);
         part.cq.first_at_or_after(self.gc.durable(), start, end)
     }
 }
@@ -527,7 +597,7 @@ impl BackgroundWork for Inner {
         let (do_cp, do_ret) = self.jobs.due();
         // Failures here are retried on the next tick; a failed flush has poisoned the store.
         if do_ret {
-            let _ = self.enforce_retention();
+            let _ = self.enforce_retention_with(false);
         }
         if do_cp {
             let _ = self.write_checkpoint();
@@ -552,6 +622,8 @@ impl BackgroundWork for Inner {
 pub struct CommitLogStore {
     inner: Arc<Inner>,
     flusher: Mutex<Option<Flusher>>,
+    /// The background cleaner (`None` when compaction is disabled).
+    cleaner: Mutex<Option<cleaner::CleanerThread>>,
     allocator: Mutex<Option<allocator::Allocator>>,
     /// The `LOCK` file's lock; released by `close` and `abandon`.
     lock: Mutex<Option<Box<dyn Any + Send + Sync>>>,
@@ -611,6 +683,13 @@ impl CommitLogStore {
         part.cq.unit(offset)
     }
 
+    /// Stops the cleaner thread (its pass in progress sees the store closed and ends early).
+    fn stop_cleaner(&self) {
+        if let Some(mut c) = self.cleaner.lock().take() {
+            c.stop();
+        }
+    }
+
     /// Stops the allocation thread (its queued jobs see the store closed and do nothing).
     fn stop_allocator(&self) {
         self.inner.allocator.close();
@@ -653,6 +732,7 @@ impl LogStore for CommitLogStore {
         if inner.deleting.lock().iter().any(|(n, _)| n == name) {
             inner.finish_deletions(&inner.topics.read().clone())?;
         }
+        inner.remove_stale_compaction(name)?;
         // Every record of an earlier topic of this name lies before the position now.
         let since = inner.written.load(Ordering::Acquire);
         let state = Arc::new(inner.open_topic(name, &config, since)?);
@@ -860,10 +940,7 @@ impl LogStore for CommitLogStore {
 
     fn compact(&self, topic: Option<&str>) -> Result<CompactionReport> {
         self.inner.check_open()?;
-        if let Some(t) = topic {
-            self.inner.topic(t)?;
-        }
-        Ok(CompactionReport::default())
+        self.inner.compact(topic)
     }
 
     fn partition_bytes(&self, topic: &str, partition: u32) -> Result<u64> {
@@ -883,6 +960,12 @@ impl LogStore for CommitLogStore {
                 let (files, bytes) = p.cq.disk_usage();
                 usage.files += files;
                 usage.bytes += bytes;
+                if let Some(c) = p.compacted() {
+                    // `state`, and the generation's data and index files.
+                    let (files, bytes) = c.disk_usage();
+                    usage.files += files;
+                    usage.bytes += bytes;
+                }
             }
         }
         if let Some(index) = &self.inner.index {
@@ -908,6 +991,7 @@ impl LogStore for CommitLogStore {
         inner.closed.store(true, Ordering::Release);
         drop(guard);
         inner.wake_all_waiters();
+        self.stop_cleaner();
         if let Some(mut f) = self.flusher.lock().take() {
             f.stop();
         }
@@ -942,6 +1026,7 @@ impl LogStore for CommitLogStore {
         }
         drop(guard);
         inner.wake_all_waiters();
+        self.stop_cleaner();
         if let Some(mut f) = self.flusher.lock().take() {
             f.stop();
         }

@@ -413,6 +413,17 @@ pub fn peek(buf: &[u8]) -> Option<(i32, i32)> {
     }
 }
 
+/// QUEUEOFFSET and PHYSICALOFFSET of a message record, unchecked (`None` if too short or
+/// negative): for scans whose records were checked when written.
+pub fn peek_queue_and_physical(rec: &[u8]) -> Option<(u64, u64)> {
+    if rec.len() < PHYSICAL_OFFSET_POS + 8 {
+        return None;
+    }
+    let q = read_i64(rec, QUEUE_OFFSET_POS);
+    let p = read_i64(rec, PHYSICAL_OFFSET_POS);
+    (q >= 0 && p >= 0).then_some((q as u64, p as u64))
+}
+
 /// Decodes the record at the start of `buf` (which may run on past it). Never panics and never
 /// allocates, whatever the bytes.
 pub fn decode(buf: &[u8], checks: Checks) -> Result<Decoded<'_>, DecodeError> {

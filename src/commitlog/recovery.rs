@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::{Mutex, RwLock};
 
 use super::checkpoint::{self, Checkpoint};
+use super::compacted;
 use super::consume_queue::Unit;
 use super::file_queue::FileQueue;
 use super::record::{self, Checks, DecodeError, Decoded};
@@ -103,11 +104,19 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         ),
         allocator: Default::default(),
         me: Default::default(),
+        cleaner_lock: Mutex::new(()),
+        retention_wants: AtomicU64::new(0),
+        cleaner_wake: Default::default(),
     };
     let mut topics = HashMap::new();
     for (name, config, since) in &catalog.topics {
         topics.insert(name.clone(), inner.open_topic(name, config, *since)?);
     }
+    // Start offsets raised by delete_before and retention.
+    let persisted = checkpoint::load_start_offsets(fs.as_ref(), dir).unwrap_or_default();
+    let persisted: HashMap<(String, u32), u64> =
+        persisted.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
+    let broken = load_compaction(&inner, &mut topics)?;
 
     // A log file repaired at open makes the checkpoint's positions untrustworthy.
     let unclean = unclean || inner.log.repaired();
@@ -143,14 +152,31 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
     for t in topics.values_mut() {
         let name = t.name.clone();
         for (p, part) in t.partitions.iter_mut().enumerate() {
+            // Units below `clean_end` were made durable (and checkpointed) before the pass that
+            // set it committed; units below the persisted start belong to records retention
+            // deleted (the start is persisted before their log files go). Either kind may point
+            // into a log file that is gone, which the record check would take for a torn unit,
+            // cutting the partition's end back below offsets it has given out.
+            let trusted_below = part.clean_end().max(
+                persisted
+                    .get(&(name.clone(), p as u32))
+                    .copied()
+                    .unwrap_or(0),
+            );
             let mut check = |offset: u64, unit: &Unit| {
-                record_matches(&mut inner.log, unit, &name, p as u32, offset)
+                offset < trusted_below
+                    || record_matches(&mut inner.log, unit, &name, p as u32, offset)
             };
             let part = Arc::get_mut(part)
                 .ok_or_else(|| Error::InvalidArgument("queue shared during recovery".into()))?;
-            let n = part
+            let mut n = part
                 .cq
                 .recover(fs.as_ref(), replay_from, after_crash, &mut check)?;
+            if part.cq.min_offset()?.is_none() {
+                // Every queue file was below the compacted prefix and deleted: no unit at or
+                // past `clean_end` was written (it would sit in a file not wholly below it).
+                n = n.max(part.clean_end());
+            }
             part.next_offset.store(n, Ordering::Relaxed);
         }
     }
@@ -164,18 +190,27 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
     inner.written = AtomicU64::new(valid_end);
 
     // Start offsets: persisted ones, the first queue file, and the first record still in the log.
-    let persisted = checkpoint::load_start_offsets(fs.as_ref(), dir).unwrap_or_default();
-    let persisted: HashMap<(String, u32), u64> =
-        persisted.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
     let log_min = inner.log.min_offset().unwrap_or(0);
+    fall_back_or_fail(&inner, &topics, &persisted, broken, log_min)?;
     for t in topics.values() {
         for (p, part) in t.partitions.iter().enumerate() {
             let end = part.next_offset.load(Ordering::Relaxed);
-            let mut start = part.cq.min_offset()?.unwrap_or(end).min(end);
-            if let Some(&s) = persisted.get(&(t.name.clone(), p as u32)) {
-                start = start.max(s.min(end));
-            }
-            start = part.cq.first_at_or_after(log_min, start, end)?;
+            let persisted_start = persisted.get(&(t.name.clone(), p as u32)).copied();
+            let start = if part.compacted().is_some() {
+                clamp_compacted(fs.as_ref(), part, end)?;
+                // The compacted prefix holds what its queue files and log files no longer do;
+                // queue-served records whose log file is gone move the start past them.
+                let start = persisted_start.unwrap_or(0).min(end);
+                let lo = start.max(part.clean_end()).min(end);
+                let x = part.cq.first_at_or_after(log_min, lo, end)?;
+                if x > lo { x } else { start }
+            } else {
+                let mut start = part.cq.min_offset()?.unwrap_or(end).min(end);
+                if let Some(s) = persisted_start {
+                    start = start.max(s.min(end));
+                }
+                part.cq.first_at_or_after(log_min, start, end)?
+            };
             part.end.store(end, Ordering::Relaxed);
             part.start.store(start, Ordering::Relaxed);
         }
@@ -221,11 +256,17 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         .map_err(|e| Error::io(&abort_path, e))?;
     fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
     let flusher = start_flusher(&inner)?;
+    let cleaner = if inner.opts.compaction.enabled {
+        Some(super::cleaner::CleanerThread::start(&inner).map_err(|e| Error::io(dir, e))?)
+    } else {
+        None
+    };
     let allocator =
         super::allocator::Allocator::start(&inner.allocator).map_err(|e| Error::io(dir, e))?;
     Ok(CommitLogStore {
         inner,
         flusher: Mutex::new(Some(flusher)),
+        cleaner: Mutex::new(cleaner),
         allocator: Mutex::new(Some(allocator)),
         lock: Mutex::new(Some(lock)),
         shutdown: Mutex::new(None),
@@ -373,6 +414,14 @@ fn replay_records(
                             ));
                         };
                         let expected = part.next_offset.load(Ordering::Relaxed);
+                        if d.header.queue_offset < expected as i64
+                            && d.header.queue_offset >= 0
+                            && (d.header.queue_offset as u64) < part.clean_end()
+                        {
+                            // In the compacted prefix, whose queue files are gone: no unit.
+                            at += d.total_size;
+                            continue;
+                        }
                         if d.header.queue_offset != expected as i64 {
                             return Err(Error::corrupted(
                                 &path,
@@ -436,5 +485,92 @@ fn truncate_log(
         file.set_recovered_end(end_in_file, durable_in_file);
     }
     inner.flushed = AtomicU64::new(durable_from);
+    Ok(())
+}
+
+/// Loads every partition's compacted prefix (see `compacted`). Returns the partitions whose
+/// `state` is damaged (or whose files are shorter than it names), which open without one
+/// until [`fall_back_or_fail`] decides.
+fn load_compaction(
+    inner: &Inner,
+    topics: &mut HashMap<String, TopicState>,
+) -> Result<Vec<(String, u32, Error)>> {
+    let fs = inner.fs.as_ref();
+    let root = inner.dir.join(compacted::COMPACTION_DIR);
+    let listed = crate::io::list_dir_or_empty(fs, &root).map_err(|e| Error::io(&root, e))?;
+    let mut broken = Vec::new();
+    for entry in listed.iter().filter(|e| e.is_dir) {
+        let Some(t) = topics.get_mut(&entry.name) else {
+            continue;
+        };
+        for (p, part) in t.partitions.iter().enumerate() {
+            let dir = compacted::partition_dir(&inner.dir, &t.name, p as u32);
+            match compacted::load(fs, &dir) {
+                Ok(c) => *part.compacted.write() = c.map(Arc::new),
+                Err(e @ Error::Corrupted { .. }) => broken.push((t.name.clone(), p as u32, e)),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(broken)
+}
+
+/// A damaged compaction state falls back to no compaction when the consume queue and the log
+/// still hold every record from the partition's start (nothing was deleted on the strength of
+/// it yet: the compacted files are a redundant copy); otherwise the open fails with the
+/// `Corrupted` error, since the compacted files are then the only copy of some records and
+/// serving the partition without them would silently lose them.
+fn fall_back_or_fail(
+    inner: &Inner,
+    topics: &HashMap<String, TopicState>,
+    persisted: &HashMap<(String, u32), u64>,
+    broken: Vec<(String, u32, Error)>,
+    log_min: u64,
+) -> Result<()> {
+    let fs = inner.fs.as_ref();
+    for (name, p, e) in broken {
+        let Some(part) = topics.get(&name).and_then(|t| t.partitions.get(p as usize)) else {
+            continue;
+        };
+        let start = persisted.get(&(name.clone(), p)).copied().unwrap_or(0);
+        let end = part.next_offset.load(Ordering::Relaxed);
+        let intact = match part.cq.min_offset()? {
+            Some(m) if m <= start => {
+                start == end || part.cq.unit(start)?.is_some_and(|u| u.position >= log_min)
+            }
+            _ => false,
+        };
+        if !intact {
+            return Err(e);
+        }
+        let dir = compacted::partition_dir(&inner.dir, &name, p);
+        compacted::remove_other_generations(fs, &dir, None)?;
+        compacted::remove_state(fs, &dir)?;
+    }
+    Ok(())
+}
+
+/// A compacted prefix never reaches past the recovered end. It cannot, since only durable
+/// records are cleaned; if damage to the log made it so anyway, the compacted records at or
+/// past the end are dropped (their offsets will be given to new records): `clean_end` is
+/// lowered to the end and persisted before anything is appended.
+fn clamp_compacted(
+    fs: &dyn crate::io::FileSystem,
+    part: &super::PartitionState,
+    end: u64,
+) -> Result<()> {
+    let Some(c) = part.compacted() else {
+        return Ok(());
+    };
+    if c.state.clean_end <= end {
+        return Ok(());
+    }
+    let mut state = c.state;
+    state.clean_end = end;
+    compacted::commit(fs, &c.dir, &state)?;
+    *part.compacted.write() = Some(Arc::new(compacted::Compacted {
+        dir: c.dir.clone(),
+        state,
+    }));
     Ok(())
 }

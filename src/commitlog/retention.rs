@@ -9,12 +9,14 @@
 //! than that, or that has a `retention.bytes`, loses its old records logically: its partitions'
 //! start offsets rise past them (as `delete_before` does) and their queue files go.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::Inner;
 use super::record::{self, Checks, Decoded};
 use crate::clock::{ms_before, now_ms};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::store::ReadLimits;
 use crate::store::delete_before_target;
 
 impl Inner {
@@ -32,17 +34,25 @@ impl Inner {
             part.start.load(Ordering::Acquire),
             part.end.load(Ordering::Acquire),
         );
-        let end = hi;
+        // The first record at or after an offset (compaction leaves gaps): its store time
+        // decides, and the search skips to it.
+        let first_from = |o: u64| -> Result<Option<crate::store::Record>> {
+            match self.read(topic, partition, o, ReadLimits::messages(1)) {
+                Ok(mut v) => Ok(v.pop()),
+                Err(Error::OffsetOutOfRange { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            match self.read_one(topic, partition, mid)? {
-                Some(r) if r.store_timestamp() < timestamp => lo = mid + 1,
+            match first_from(mid)? {
+                Some(r) if r.store_timestamp() < timestamp => lo = r.offset() + 1,
                 Some(_) => hi = mid,
                 // Retention moved the start past `mid`: everything below it is gone.
                 None => lo = mid + 1,
             }
         }
-        Ok((lo < end).then_some(lo))
+        Ok(first_from(lo)?.map(|r| r.offset()))
     }
 
     /// Removes key-index files whose records are all gone.
@@ -66,7 +76,15 @@ impl Inner {
         }
     }
 
+    /// Retention as `enforce_retention` asks for it: compact-only records in files about to go
+    /// are cleaned first, on the caller's thread.
     pub(crate) fn enforce_retention(&self) -> Result<usize> {
+        self.enforce_retention_with(true)
+    }
+
+    /// Retention; `run_cleaner` false (the flusher's periodic run) keeps the files holding
+    /// uncleaned compact-only records and leaves their cleaning to the cleaner thread.
+    pub(crate) fn enforce_retention_with(&self, run_cleaner: bool) -> Result<usize> {
         let opts = &self.opts.commitlog;
         let files = self.log.snapshot();
         let size = self.log.file_size();
@@ -101,13 +119,35 @@ impl Inner {
             let by_size = over.div_ceil(size) as usize;
             delete = delete.max(by_size.min(sealed));
         }
-        drop(files);
         if delete == 0 {
             if logical {
                 self.trim_index()?;
             }
             return Ok(0);
         }
+        // Compact-only partitions must not lose records that are only in these files.
+        let cut = files[delete].start_offset();
+        let allowed = self.protect_compacted(cut, run_cleaner)?;
+        delete = files
+            .iter()
+            .take(delete)
+            .take_while(|f| f.start_offset() + size <= allowed)
+            .count();
+        if delete == 0 {
+            if logical {
+                self.trim_index()?;
+            }
+            return Ok(0);
+        }
+        let keep_from = files[delete].start_offset();
+        drop(files);
+        // Before any file goes: every queue unit of its records is made durable and put behind
+        // the checkpoint (recovery could not rebuild one from a file that is gone), and the
+        // starts move past them durably (recovery cannot check those units against the log,
+        // and trusts the ones below the persisted start instead).
+        self.gc.sync_all(self)?;
+        self.write_checkpoint()?;
+        self.advance_starts_past(keep_from)?;
         let mut left = delete;
         let removed = self
             .log
@@ -119,7 +159,6 @@ impl Inner {
                 true
             })
             .map_err(|e| self.note_poison(e))?;
-        self.advance_starts_past_log_start()?;
         self.trim_index()?;
         Ok(removed)
     }
@@ -180,30 +219,44 @@ impl Inner {
         Ok(changed)
     }
 
-    /// Moves every partition's start past records whose file is gone.
-    fn advance_starts_past_log_start(&self) -> Result<()> {
-        let Some(log_min) = self.log.min_offset() else {
-            return Ok(());
-        };
+    /// Moves every partition's start past records before commit-log position `log_min` (their
+    /// files are about to go), persists the starts, then deletes the queue files below them.
+    fn advance_starts_past(&self, log_min: u64) -> Result<()> {
         let _admin = self.admin.lock();
         let topics: Vec<_> = self.topics.read().values().cloned().collect();
-        let mut changed = false;
+        let mut moved = Vec::new();
         for t in &topics {
+            let deletes = self.rules(t).is_none_or(|r| r.deletes);
             for part in &t.partitions {
                 let start = part.start.load(Ordering::Acquire);
                 let end = part.end.load(Ordering::Acquire);
-                let new_start = part.cq.first_at_or_after(log_min, start, end)?;
+                // The queue serves offsets from `clean_end` on.
+                let lo = start.max(part.clean_end()).min(end);
+                let queue_start = part.cq.first_at_or_after(log_min, lo, end)?;
+                let new_start = if queue_start > lo {
+                    queue_start
+                } else if lo > start && deletes {
+                    // Compacted records keep their commit-log position: under `compact,delete`
+                    // those whose log file is gone go with it, as Kafka deletes cleaned segments.
+                    self.first_compacted_at_or_after(part, log_min, start, lo)?
+                } else {
+                    start
+                };
                 if new_start > start {
                     part.start.store(new_start, Ordering::Release);
-                    part.cq
-                        .remove_below(self.fs.as_ref(), new_start)
-                        .map_err(|e| self.note_poison(e))?;
-                    changed = true;
+                    moved.push((Arc::clone(part), new_start));
                 }
             }
         }
-        if changed {
-            self.store_start_offsets()?;
+        if moved.is_empty() {
+            return Ok(());
+        }
+        // Persisted before any file goes (as `delete_before` does).
+        self.store_start_offsets()?;
+        for (part, start) in moved {
+            part.cq
+                .remove_below(self.fs.as_ref(), start)
+                .map_err(|e| self.note_poison(e))?;
         }
         Ok(())
     }

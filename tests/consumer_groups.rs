@@ -646,6 +646,41 @@ fn commits_are_durable_under_every_flush_policy_and_async_commits_complete() {
     }
 }
 
+/// A partition's next owner starts at the old owner's newest commit even while that commit is
+/// still in flight (async, not yet durable): starting at the older durable offset and
+/// committing from there would move the group's offset backwards.
+#[test]
+fn a_new_owner_starts_after_an_async_commit_still_in_flight() {
+    for_each_engine(|engine, dir| {
+        let opts = StoreOptions {
+            flush: duolog::FlushPolicy::Async {
+                interval: Duration::MAX,
+            },
+            ..small_options(engine)
+        };
+        let store = open(dir, &opts);
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        produce(store.as_ref(), "t", 1, 20);
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let a = Consumer::new(&groups, config("g", OffsetReset::Earliest)).unwrap();
+        a.subscribe(&["t"]).unwrap();
+        assert_eq!(drain(&a, 20).len(), 20);
+        let (tx, rx) = std::sync::mpsc::channel();
+        a.commit_async(move |r| tx.send(r.is_ok()).unwrap())
+            .unwrap();
+        assert_eq!(a.committed("t", 0), None, "{engine}: not durable yet");
+        a.close().unwrap();
+        let b = Consumer::new(&groups, config("g", OffsetReset::Earliest)).unwrap();
+        b.subscribe(&["t"]).unwrap();
+        produce(store.as_ref(), "t", 1, 5);
+        let got = drain(&b, 5);
+        assert_eq!(got.first().map(|r| r.offset()), Some(20), "{engine}");
+        b.commit().unwrap();
+        assert!(rx.recv().unwrap());
+        assert_eq!(b.committed("t", 0), Some(25));
+    });
+}
+
 /// 10,000 commits of one group leave about one record per group in `__consumer_offsets` once
 /// the cleaner has run: its size is bounded by compaction, not by the number of commits.
 /// (Needs the cleaner: `LogStore::compact` lands on `main` with the compaction work.)

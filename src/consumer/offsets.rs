@@ -285,6 +285,15 @@ impl OffsetStore {
         d.table.get(topic).and_then(|p| p.get(&partition)).copied()
     }
 
+    /// The offset of one partition in the group's newest commit record, durable or not yet
+    /// (an async commit in flight). Where a new owner starts: a later commit of it is written
+    /// after that record, so it can never move the offset back below an in-flight commit.
+    pub(crate) fn latest(&self, group: &str, topic: &str, partition: u32) -> Option<u64> {
+        let g = self.groups.lock().get(group).cloned()?;
+        let w = g.written.lock();
+        w.table.get(topic).and_then(|p| p.get(&partition)).copied()
+    }
+
     /// Merges `offsets` into the group's table and writes the whole table as one message;
     /// returns once it is durable (flushing the store if the flush policy would not flush it
     /// soon). On error the durable table is unchanged.

@@ -630,7 +630,7 @@ impl Consumer {
         let committed = self
             .coord
             .offsets
-            .committed(&self.config.group, &tp.topic, tp.partition);
+            .latest(&self.config.group, &tp.topic, tp.partition);
         let b = self.coord.store.bounds(&tp.topic, tp.partition)?;
         match committed {
             Some(c) if (b.start..=b.end).contains(&c) => Ok(c),

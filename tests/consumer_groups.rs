@@ -738,7 +738,7 @@ fn a_garbage_commit_record_is_a_clear_error_not_a_panic() {
             other => panic!("{engine}: {other:?}"),
         }
         // The coordinator that failed to open released its claim on the store: a second try
-        // reads the record again (not `Locked`).
+        // reads the record again (not "already served").
         assert!(matches!(
             GroupCoordinator::new(Arc::clone(&store)),
             Err(Error::Corrupted { .. })
@@ -749,7 +749,7 @@ fn a_garbage_commit_record_is_a_clear_error_not_a_panic() {
 /// The store is single-process: a second process (here, this test binary run again) cannot
 /// open a directory a live store holds, and is told why (`Error::Locked`), so two processes
 /// can never both think they own a group's partitions. In-process, a second coordinator of a
-/// store is refused the same way.
+/// store is refused too (`InvalidArgument`: share the first).
 #[test]
 fn a_second_process_is_refused_with_a_clear_error() {
     if let Ok(dir) = std::env::var("DUOLOG_SECOND_PROCESS_DIR") {
@@ -767,7 +767,7 @@ fn a_second_process_is_refused_with_a_clear_error() {
     let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
     assert!(matches!(
         GroupCoordinator::new(Arc::clone(&store)),
-        Err(Error::Locked(_))
+        Err(Error::InvalidArgument(_))
     ));
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([

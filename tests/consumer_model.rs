@@ -1,5 +1,6 @@
 //! Consumer groups against a model, on both engines: random members joining, leaving
-//! (commit, then close), crashing (dropped without a commit), polling, committing and records
+//! (commit, then close), crashing (dropped without a commit), polling, committing (sync and
+//! async) and records
 //! being produced. Checked after every step: no partition is held by two members; every
 //! record a member receives comes from a partition it holds; a group's committed offsets never
 //! go backwards. At the end every record has been delivered at least once. A threaded test
@@ -26,6 +27,7 @@ enum Op {
     Crash(usize),
     Poll(usize),
     Commit(usize),
+    CommitAsync(usize),
     Produce(u32, usize),
     AddPartition,
 }
@@ -36,7 +38,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::Leave),
         1 => any::<usize>().prop_map(Op::Crash),
         6 => any::<usize>().prop_map(Op::Poll),
-        3 => any::<usize>().prop_map(Op::Commit),
+        2 => any::<usize>().prop_map(Op::Commit),
+        2 => any::<usize>().prop_map(Op::CommitAsync),
         3 => (0u32..8, 1usize..20).prop_map(|(p, n)| Op::Produce(p, n)),
         1 => Just(Op::AddPartition),
     ]
@@ -144,6 +147,11 @@ fn run(engine: EngineKind, sticky: bool, ops: &[Op]) {
             }
             Op::Commit(i) if !w.members.is_empty() => {
                 w.members[i % w.members.len()].commit().unwrap();
+            }
+            Op::CommitAsync(i) if !w.members.is_empty() => {
+                w.members[i % w.members.len()]
+                    .commit_async(|r| r.unwrap())
+                    .unwrap();
             }
             Op::Produce(p, n) => {
                 let p = p % w.partitions;

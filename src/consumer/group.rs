@@ -85,7 +85,8 @@ impl Drop for CoordinatorInner {
 /// One coordinator per store, explicitly made and shared (no process-wide registry of
 /// groups): every [`Consumer`](super::Consumer) of the store is made from it. A second
 /// coordinator of the same store while the first is alive is refused with
-/// [`Error::Locked`]; a second *process* cannot open the store at all (its `LOCK` file).
+/// [`Error::InvalidArgument`] (share the first: it is cheap to clone); a second *process*
+/// cannot open the store at all (its `LOCK` file: [`Error::Locked`]).
 /// Cloning gives another handle to the same coordinator.
 ///
 /// ```
@@ -122,7 +123,10 @@ impl GroupCoordinator {
         {
             let mut served = SERVED.lock();
             if served.contains(&key) {
-                return Err(Error::Locked(dir));
+                return Err(Error::InvalidArgument(format!(
+                    "a GroupCoordinator already serves the store at {}: clone that one",
+                    dir.display()
+                )));
             }
             served.push(key);
         }

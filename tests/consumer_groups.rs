@@ -188,6 +188,40 @@ fn a_position_below_the_log_start_resets_per_policy_instead_of_failing() {
     });
 }
 
+/// The same with real retention by time: the committed offset's records expire, and the
+/// group resumes at the new log start (earliest) instead of failing.
+#[test]
+fn a_committed_offset_that_retention_passed_resets_to_the_new_start() {
+    for_each_engine(|engine, dir| {
+        let store = open(dir, &small_options(engine));
+        let short = TopicConfig {
+            retention: Some(Duration::from_millis(1)),
+            ..TopicConfig::default()
+        };
+        store.create_topic("t", short).unwrap();
+        // 4 KB records: 30 of them fill more than one 64 KiB file or segment, so the oldest
+        // can expire whole.
+        for _ in 0..30 {
+            store
+                .append("t", 0, &[Message::new(vec![b'x'; 4096])])
+                .unwrap();
+        }
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        groups.commit_offsets("g", &[("t", 0, 5)]).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        store.enforce_retention().unwrap();
+        let start = store.bounds("t", 0).unwrap().start;
+        assert!(start > 5, "{engine}: retention moved the start to {start}");
+        produce(store.as_ref(), "t", 1, 3);
+        let c = Consumer::new(&groups, config("g", OffsetReset::Earliest)).unwrap();
+        c.subscribe(&["t"]).unwrap();
+        let got = drain(&c, 3);
+        assert_eq!(got.first().map(|r| r.offset()), Some(start), "{engine}");
+        c.commit().unwrap();
+        assert_eq!(c.committed("t", 0), Some(33));
+    });
+}
+
 #[test]
 fn poll_returns_as_soon_as_any_held_partition_has_data_and_waits_the_timeout_otherwise() {
     for_each_engine(|engine, dir| {

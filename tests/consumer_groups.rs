@@ -475,7 +475,7 @@ fn a_member_that_stops_polling_is_evicted_and_its_late_commits_refused() {
         produce(store.as_ref(), "t", 2, 10);
         let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
         let cfg = ConsumerConfig {
-            max_poll_interval: Duration::from_millis(100),
+            max_poll_interval: Duration::from_secs(1),
             ..config("g", OffsetReset::Earliest)
         };
         let a = Consumer::new(&groups, cfg.clone()).unwrap();
@@ -487,7 +487,7 @@ fn a_member_that_stops_polling_is_evicted_and_its_late_commits_refused() {
         // `a` is alive (it polled recently): `b` waits.
         assert!(b.poll(Duration::ZERO).unwrap().is_empty());
         assert!(b.assignment().is_empty(), "{engine}");
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(1100));
         // Now `a` is past its interval: `b` takes its partition and resumes at `a`'s commit.
         let got = drain(&b, 1);
         assert!(!b.assignment().is_empty(), "{engine}");
@@ -526,7 +526,7 @@ fn auto_commit_commits_from_poll_after_the_interval_and_at_close() {
             &groups,
             ConsumerConfig {
                 enable_auto_commit: true,
-                auto_commit_interval: Duration::from_millis(100),
+                auto_commit_interval: Duration::from_secs(1),
                 max_poll_records: 4,
                 ..config("g", OffsetReset::Earliest)
             },
@@ -536,7 +536,7 @@ fn auto_commit_commits_from_poll_after_the_interval_and_at_close() {
         assert_eq!(c.poll(Duration::from_secs(1)).unwrap().len(), 4);
         assert_eq!(c.poll(Duration::from_secs(1)).unwrap().len(), 4);
         assert_eq!(c.committed("t", 0), None, "{engine}: not due yet");
-        std::thread::sleep(Duration::from_millis(120));
+        std::thread::sleep(Duration::from_millis(1100));
         // Due: this poll commits what the earlier ones returned, then fetches.
         assert_eq!(c.poll(Duration::from_secs(1)).unwrap().len(), 2);
         assert_eq!(c.committed("t", 0), Some(8), "{engine}");

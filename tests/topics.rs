@@ -394,3 +394,33 @@ fn crc_of(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// Deleting topics while background checkpoints run (every millisecond) and the queue cache
+/// evicts (a bound of 16 mapped queues): no checkpoint flushes a deleted topic's queue after
+/// its files went (mapping it again by path would fail and poison the store).
+#[test]
+fn deleting_topics_under_constant_checkpoints_never_poisons() {
+    for_each_engine(|engine, dir| {
+        let mut opts = small_options(engine);
+        opts.max_open_files = 1;
+        opts.commitlog.checkpoint_interval = Duration::from_millis(1);
+        opts.segmented.checkpoint_interval = Duration::from_millis(1);
+        let store = open(dir, &opts);
+        store.create_topic("keep", TopicConfig::default()).unwrap();
+        for round in 0..60 {
+            store
+                .create_topic("t", TopicConfig::with_partitions(40))
+                .unwrap_or_else(|e| panic!("{engine} round {round}: create: {e}"));
+            for p in 0..40 {
+                store.append("t", p, &[msg(p as usize)]).unwrap();
+            }
+            store
+                .delete_topic("t")
+                .unwrap_or_else(|e| panic!("{engine} round {round}: delete: {e}"));
+            store
+                .append("keep", 0, &[msg(round)])
+                .unwrap_or_else(|e| panic!("{engine} round {round}: the store is unusable: {e}"));
+        }
+        store.close().unwrap();
+    });
+}

@@ -421,12 +421,15 @@ impl Inner {
             return Err(e);
         }
         self.topics.write().remove(name);
+        self.store_start_offsets()?;
+        // Also waits for a checkpoint that sampled the topic before its removal: none flushes
+        // its queues once their files go (a queue evicted meanwhile would be mapped again by
+        // path, fail, and poison the store).
+        self.write_checkpoint()?;
         for p in &t.partitions {
             p.signal.notify();
             p.cq.forget();
         }
-        self.store_start_offsets()?;
-        self.write_checkpoint()?;
         self.finish_deletions(&topics)
     }
 

@@ -105,6 +105,32 @@ pub enum Error {
     /// The request is malformed (bad topic name, zero partitions, property with a separator…).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// A consumer with `auto_offset_reset: None` has no committed offset for a partition it
+    /// must read (Kafka's `NoOffsetForPartitionException`): seek it, or commit one first.
+    #[error(
+        "group {group:?} has no committed offset for {topic}-{partition} and its auto_offset_reset is none"
+    )]
+    NoCommittedOffset {
+        /// The consumer group.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+    },
+
+    /// A consumer acted on a partition it does not hold (never assigned, or revoked by a
+    /// rebalance: Kafka's `CommitFailedException`); poll again to learn its assignment.
+    #[error("{topic}-{partition} is not assigned to this member of group {group:?}")]
+    NotAssigned {
+        /// The consumer group.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+    },
 }
 
 impl Error {

@@ -48,7 +48,7 @@ mod topic_config;
 
 pub use commitlog::CommitLogStore;
 pub use consumer::CompactedTable;
-pub use durability::Completion;
+pub use durability::{Completion, Wakeup};
 pub use error::{Error, Result};
 pub use open::{open, stored_engine};
 pub use options::{

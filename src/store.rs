@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::durability::Completion;
+use crate::durability::{Completion, Wakeup};
 use crate::error::Result;
 
 /// Which storage design a store uses. Recorded in the store directory, so reopening needs no
@@ -707,6 +707,41 @@ pub trait LogStore: Send + Sync + fmt::Debug {
     /// timeout passes. Returns whether data is there. The primitive under long-poll consumers.
     fn wait_for(&self, topic: &str, partition: u32, offset: u64, timeout: Duration)
     -> Result<bool>;
+
+    /// Blocks until any of the partitions holds a record at its offset (its end is past the
+    /// offset given with it) or the timeout passes; returns whether one does. The primitive
+    /// under a consumer polling many partitions: it sleeps once, registered on each
+    /// partition's wake-up, and an append to any of them wakes it (no polling loop). An empty
+    /// `positions` waits the whole timeout. Unknown topics or partitions are errors.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use duolog::{LogStore, Message, StoreOptions, TopicConfig};
+    /// # fn main() -> duolog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = duolog::open(dir.path(), StoreOptions::default())?;
+    /// store.create_topic("a", TopicConfig::with_partitions(2))?;
+    /// store.create_topic("b", TopicConfig::default())?;
+    /// store.append("b", 0, &[Message::new("x")])?;
+    /// let waiting = [("a", 0, 0), ("a", 1, 0), ("b", 0, 0)];
+    /// assert!(store.wait_for_any(&waiting, Duration::from_secs(10))?);
+    /// assert!(!store.wait_for_any(&[("b", 0, 1)], Duration::from_millis(10))?);
+    /// # Ok(()) }
+    /// ```
+    fn wait_for_any(&self, positions: &[(&str, u32, u64)], timeout: Duration) -> Result<bool> {
+        self.wait_for_any_with(positions, timeout, &Wakeup::new())
+    }
+
+    /// [`wait_for_any`](LogStore::wait_for_any) that [`Wakeup::wake`] on `wakeup` also ends
+    /// (returning whether data is there then): how a consumer group interrupts a member's long
+    /// poll when its assignment changes. A wake-up given before the call ends it at once; the
+    /// call consumes it.
+    fn wait_for_any_with(
+        &self,
+        positions: &[(&str, u32, u64)],
+        timeout: Duration,
+        wakeup: &Wakeup,
+    ) -> Result<bool>;
 
     /// Makes records before `offset` unreadable (Kafka DeleteRecords) and frees whole files
     /// where the engine can. Returns the new log start offset.

@@ -486,6 +486,99 @@ fn wait_for_wakes_on_append_and_times_out_otherwise() {
     });
 }
 
+/// `wait_for_any` means the same on every engine: data already past any offset returns at once,
+/// an append to any one of the partitions (of several topics) ends the wait, nothing times out,
+/// a user `Wakeup` ends it without data, closing the store ends it with `Closed`.
+#[test]
+fn wait_for_any_wakes_on_any_partition_and_times_out_otherwise() {
+    for_each_backend(|dir, base| {
+        let store: Arc<dyn duolog::LogStore> = Arc::from(open(dir, &base.clone()));
+        store
+            .create_topic("a", TopicConfig::with_partitions(3))
+            .unwrap();
+        store.create_topic("b", TopicConfig::default()).unwrap();
+        store.append("a", 1, &[msg(0), msg(1)]).unwrap();
+        let t0 = Instant::now();
+        let idle = [("a", 0, 0), ("a", 1, 2), ("a", 2, 0), ("b", 0, 0)];
+        assert!(
+            !store
+                .wait_for_any(&idle, Duration::from_millis(100))
+                .unwrap()
+        );
+        assert!(t0.elapsed() >= Duration::from_millis(100));
+        assert!(!store.wait_for_any(&[], Duration::from_millis(30)).unwrap());
+        assert!(t0.elapsed() >= Duration::from_millis(130));
+        // Already there: at once.
+        let t = Instant::now();
+        assert!(
+            store
+                .wait_for_any(&[("a", 0, 0), ("a", 1, 1)], Duration::from_secs(30))
+                .unwrap()
+        );
+        assert!(t.elapsed() < Duration::from_secs(5));
+        // Each partition in turn ends a wait over all four.
+        for (i, &(topic, partition, _)) in idle.iter().enumerate() {
+            let s2 = Arc::clone(&store);
+            let waiter = std::thread::spawn(move || {
+                let t = Instant::now();
+                let ok = s2.wait_for_any(&idle, Duration::from_secs(30)).unwrap();
+                (ok, t.elapsed())
+            });
+            std::thread::sleep(Duration::from_millis(30));
+            store.append(topic, partition, &[msg(10 + i)]).unwrap();
+            let (ok, waited) = waiter.join().unwrap();
+            assert!(ok, "woken by {topic}-{partition}");
+            assert!(waited < Duration::from_secs(10), "{topic}-{partition}");
+        }
+        // Every offset now has data before it; past the ends again nothing is ready.
+        let ends: Vec<(String, u32, u64)> = idle
+            .iter()
+            .map(|&(t, p, _)| (t.to_owned(), p, store.bounds(t, p).unwrap().end))
+            .collect();
+        let past: Vec<(&str, u32, u64)> =
+            ends.iter().map(|(t, p, e)| (t.as_str(), *p, *e)).collect();
+        assert!(
+            !store
+                .wait_for_any(&past, Duration::from_millis(20))
+                .unwrap()
+        );
+        // A user wake-up ends the wait without data.
+        let wakeup = duolog::Wakeup::new();
+        let (s2, w2, owned) = (Arc::clone(&store), wakeup.clone(), ends.clone());
+        let waiter = std::thread::spawn(move || {
+            let past: Vec<(&str, u32, u64)> =
+                owned.iter().map(|(t, p, e)| (t.as_str(), *p, *e)).collect();
+            let t = Instant::now();
+            let ok = s2
+                .wait_for_any_with(&past, Duration::from_secs(60), &w2)
+                .unwrap();
+            (ok, t.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(30));
+        wakeup.wake();
+        let (ok, waited) = waiter.join().unwrap();
+        assert!(!ok && waited < Duration::from_secs(30));
+        assert!(matches!(
+            store.wait_for_any(&[("a", 0, 0), ("x", 0, 0)], Duration::ZERO),
+            Err(Error::UnknownTopic(_))
+        ));
+        assert!(matches!(
+            store.wait_for_any(&[("a", 9, 0)], Duration::ZERO),
+            Err(Error::UnknownPartition { .. })
+        ));
+        // Closing the store ends a wait without a deadline.
+        let (s2, owned) = (Arc::clone(&store), ends.clone());
+        let waiter = std::thread::spawn(move || {
+            let past: Vec<(&str, u32, u64)> =
+                owned.iter().map(|(t, p, e)| (t.as_str(), *p, *e)).collect();
+            s2.wait_for_any(&past, Duration::MAX)
+        });
+        std::thread::sleep(Duration::from_millis(30));
+        store.close().unwrap();
+        assert!(matches!(waiter.join().unwrap(), Err(Error::Closed)));
+    });
+}
+
 #[test]
 fn delete_before_raises_the_start_and_survives_reopen() {
     for_each_backend(|dir, base| {

@@ -867,6 +867,38 @@ impl LogStore for CommitLogStore {
         Ok(ready)
     }
 
+    fn wait_for_any_with(
+        &self,
+        positions: &[(&str, u32, u64)],
+        timeout: Duration,
+        wakeup: &crate::Wakeup,
+    ) -> Result<bool> {
+        self.inner.check_open()?;
+        let topics = positions
+            .iter()
+            .map(|&(t, p, _)| {
+                let t = self.inner.topic(t)?;
+                t.partition(p)?;
+                Ok(t)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let parts: Vec<(&PartitionState, u64)> = topics
+            .iter()
+            .zip(positions)
+            .map(|(t, &(_, p, offset))| (&*t.partitions[p as usize], offset))
+            .collect();
+        let signals: Vec<&DataSignal> = parts.iter().map(|(p, _)| &p.signal).collect();
+        let deadline = crate::clock::deadline(timeout);
+        let ready = crate::durability::wait_any(&signals, wakeup, deadline, || {
+            self.inner.closed.load(Ordering::Acquire)
+                || parts
+                    .iter()
+                    .any(|(p, offset)| p.end.load(Ordering::Acquire) > *offset)
+        });
+        self.inner.check_open()?;
+        Ok(ready)
+    }
+
     fn delete_before(&self, topic: &str, partition: u32, offset: u64) -> Result<u64> {
         self.inner.check_open()?;
         self.inner.delete_before(topic, partition, offset)

@@ -1,15 +1,31 @@
-//! The consumer side, as a layer over any [`LogStore`](crate::LogStore): it reads through the
-//! trait only and imports no engine. Today it holds [`CompactedTable`], the key → latest value
-//! view of a (compacted) topic, and the message filters consumers subscribe with: RocketMQ's
-//! tag expressions ([`TagFilter`]) and SQL92 property expressions ([`SqlFilter`]). Consumer
-//! groups, pull and push consumers come with their issue.
+//! The consumer side, as a layer over any [`LogStore`](crate::LogStore): it reads and writes
+//! through the trait only and imports no engine.
 //!
-//! It owns no files of its own yet; it may not reach into the engines' files or types.
+//! - [`GroupCoordinator`]: the consumer groups of one store — committed offsets, durable and
+//!   atomic, in the internal compacted topic `__consumer_offsets` ([`OFFSETS_TOPIC`]), and the
+//!   members of each group in this process with their partitions, assigned by a pluggable
+//!   [`Assignor`] ([`Averagely`], [`Sticky`]) and moved "revoke, then assign".
+//! - [`Consumer`]: the pull consumer after rdkafka's `BaseConsumer` (`subscribe`/`assign`,
+//!   `poll` long-polling over every held partition, `commit`, `seek`, rebalance callbacks).
+//! - [`CompactedTable`]: the key → latest value view of a (compacted) topic.
+//! - Message filters: RocketMQ's tag expressions ([`TagFilter`]) and SQL92 property
+//!   expressions ([`SqlFilter`]).
+//!
+//! It owns one topic of the store (`__consumer_offsets`) and no files; it may not reach into
+//! the engines' files or types.
 
+mod assignor;
+mod group;
+mod offsets;
+mod pull;
 mod sql;
 mod table;
 mod tags;
 
+pub use assignor::{Assignor, Averagely, MemberSubscription, Sticky, TopicPartition};
+pub use group::GroupCoordinator;
+pub use offsets::{OFFSETS_SEGMENT_BYTES, OFFSETS_TOPIC, OffsetTable, decode_table, encode_table};
+pub use pull::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, RebalanceListener};
 pub use sql::{FilterError, SqlFilter};
 pub use table::CompactedTable;
 pub use tags::TagFilter;

@@ -14,6 +14,7 @@ mod group_commit;
 mod sync_guard;
 
 pub use completion::Completion;
-pub(crate) use data_signal::DataSignal;
+pub use data_signal::Wakeup;
+pub(crate) use data_signal::{DataSignal, wait_any};
 pub(crate) use group_commit::{BackgroundWork, FlushTarget, Flusher, GroupCommit, PeriodicJobs};
 pub(crate) use sync_guard::SyncGuardFs;

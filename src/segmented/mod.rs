@@ -935,6 +935,30 @@ impl LogStore for SegmentedStore {
         Ok(ready)
     }
 
+    fn wait_for_any_with(
+        &self,
+        positions: &[(&str, u32, u64)],
+        timeout: Duration,
+        wakeup: &crate::Wakeup,
+    ) -> Result<bool> {
+        self.inner.check_open()?;
+        let parts = positions
+            .iter()
+            .map(|&(t, p, offset)| Ok((self.inner.partition(t, p)?, offset)))
+            .collect::<Result<Vec<_>>>()?;
+        let signals: Vec<&crate::durability::DataSignal> =
+            parts.iter().map(|(p, _)| &p.signal).collect();
+        let deadline = crate::clock::deadline(timeout);
+        let ready = crate::durability::wait_any(&signals, wakeup, deadline, || {
+            self.inner.ctx.closed.load(Ordering::Acquire)
+                || parts
+                    .iter()
+                    .any(|(p, offset)| p.end.load(Ordering::Acquire) > *offset)
+        });
+        self.inner.check_open()?;
+        Ok(ready)
+    }
+
     fn delete_before(&self, topic: &str, partition: u32, offset: u64) -> Result<u64> {
         let inner = &self.inner;
         inner.check_open()?;

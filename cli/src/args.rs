@@ -164,7 +164,7 @@ pub struct ConsumeArgs {
         long,
         value_name = "EXPR",
         requires = "group",
-        conflicts_with = "sql",
+        conflicts_with_all = ["sql", "partition", "from"],
         allow_hyphen_values = true
     )]
     pub filter: Option<String>,
@@ -174,12 +174,13 @@ pub struct ConsumeArgs {
         long,
         value_name = "EXPR",
         requires = "group",
+        conflicts_with_all = ["partition", "from"],
         value_parser = sql,
         allow_hyphen_values = true
     )]
     pub sql: Option<SqlFilter>,
     /// Keep waiting for new records until none arrived for --idle-exit
-    #[arg(long, requires = "group")]
+    #[arg(long, requires = "group", conflicts_with_all = ["partition", "from"])]
     pub follow: bool,
     /// With --follow: stop after this long without a new record: 500ms, 2s, 5m, 1h [default: 2s]
     #[arg(long, value_name = "DUR", value_parser = duration, requires = "follow")]

@@ -287,7 +287,11 @@ fn consume_loop(
                 if idle_since.elapsed() >= idle {
                     break;
                 }
-            } else if consumer.assignment().len() >= partitions as usize {
+            } else if consumer.assignment().len() >= partitions as usize
+                || idle_since.elapsed() >= Duration::from_secs(10)
+            {
+                // (The second case cannot happen with one member in one process; it only
+                // keeps a surprise from turning into a hang.)
                 break;
             }
             continue;

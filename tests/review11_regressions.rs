@@ -1,0 +1,151 @@
+//! Regressions found reviewing issue 11 (topic configs, administration, compaction).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{for_each_engine, open, small_options};
+use duolog::{LogStore, TopicConfig};
+
+/// A config the API accepts (`Duration::MAX` for a time config, a byte count above
+/// `i64::MAX`) must be persisted so that the store opens again: the catalog writes
+/// `Duration::MAX` as `-1`, which only `retention.ms` reads back, and a number above
+/// `i64::MAX`, which no config reads back, so the reopen failed with a corrupt catalog.
+#[test]
+fn accepted_topic_configs_survive_a_reopen() {
+    let configs: Vec<(&str, TopicConfig)> = vec![
+        (
+            "segment_ms_max",
+            TopicConfig {
+                segment_ms: Some(Duration::MAX),
+                ..TopicConfig::default()
+            },
+        ),
+        (
+            "lag_max",
+            TopicConfig {
+                min_compaction_lag: Some(Duration::MAX),
+                ..TopicConfig::default()
+            },
+        ),
+        (
+            "delete_retention_max",
+            TopicConfig {
+                delete_retention: Some(Duration::MAX),
+                ..TopicConfig::default()
+            },
+        ),
+        (
+            "retention_huge",
+            TopicConfig {
+                retention: Some(Duration::from_secs(u64::MAX / 2)),
+                ..TopicConfig::default()
+            },
+        ),
+        (
+            "retention_bytes_huge",
+            TopicConfig {
+                retention_bytes: Some(u64::MAX - 1),
+                ..TopicConfig::default()
+            },
+        ),
+        (
+            "max_message_huge",
+            TopicConfig {
+                max_message_bytes: Some(usize::MAX),
+                ..TopicConfig::default()
+            },
+        ),
+    ];
+    for (name, config) in configs {
+        for_each_engine(|engine, dir| {
+            let opts = small_options(engine);
+            {
+                let store = open(dir, &opts);
+                if store.create_topic(name, config.clone()).is_err() {
+                    // Refusing the config is fine; accepting it and then not opening is not.
+                    return;
+                }
+                store.close().unwrap();
+            }
+            let store = duolog::open(dir, opts.clone())
+                .unwrap_or_else(|e| panic!("{name}: reopen after an accepted config: {e}"));
+            assert!(store.describe_topic(name).is_ok());
+        });
+    }
+}
+
+/// Two retention runs at once on the CommitLog engine (two callers of `enforce_retention`, or
+/// a caller and the flusher's periodic run). Each counts the files it may delete from its own
+/// snapshot, then removes that many from the front of the log *as it is then*: after the
+/// other run removed its files, that is files past the ones it checked, whose records no
+/// partition start was moved past. Compaction widens the window to a whole forced cleaning
+/// pass (the second run waits for the cleaner lock and then goes on with its stale count).
+#[test]
+fn concurrent_commitlog_retention_deletes_only_what_it_checked() {
+    use duolog::{CleanupPolicy, EngineKind, Message, StoreOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let base = small_options(EngineKind::CommitLog);
+    let file = base.commitlog.file_size;
+    let opts = StoreOptions {
+        commitlog: duolog::CommitLogOptions {
+            retention_bytes: Some(3 * file),
+            retention_check_interval: Duration::from_secs(3600),
+            ..base.commitlog.clone()
+        },
+        compaction: duolog::CompactionOptions {
+            enabled: false,
+            io_bytes_per_sec: Some(400 << 10),
+            ..base.compaction.clone()
+        },
+        ..base
+    };
+    let store = std::sync::Arc::new(duolog::open(dir.path(), opts).unwrap());
+    store.create_topic("d", TopicConfig::default()).unwrap();
+    store
+        .create_topic(
+            "c",
+            TopicConfig {
+                cleanup_policy: CleanupPolicy::Compact,
+                ..TopicConfig::default()
+            },
+        )
+        .unwrap();
+    let body = vec![b'x'; 1000];
+    let mut put = |topic: &str, n: usize| {
+        for i in 0..n {
+            store
+                .append(
+                    topic,
+                    0,
+                    &[Message::new(body.clone()).with_key(format!("{topic}-{i}"))],
+                )
+                .unwrap();
+        }
+    };
+    // ~2 files of "d", ~4 of "c" (uncleaned, compact only), ~8 of "d".
+    put("d", 130);
+    put("c", 260);
+    put("d", 520);
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let s = std::sync::Arc::clone(&store);
+            std::thread::spawn(move || s.enforce_retention())
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap().unwrap();
+    }
+    // Every record from each partition's start on is still readable.
+    for topic in ["d", "c"] {
+        let b = store.bounds(topic, 0).unwrap();
+        let mut at = b.start;
+        while at < b.end {
+            let batch = store
+                .read(topic, 0, at, duolog::ReadLimits::messages(100))
+                .unwrap_or_else(|e| panic!("{topic}: read at {at} of {b:?}: {e}"));
+            assert!(!batch.is_empty(), "{topic}: empty read at {at} of {b:?}");
+            at = batch.last().unwrap().offset() + 1;
+        }
+    }
+}

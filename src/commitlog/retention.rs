@@ -148,16 +148,11 @@ impl Inner {
         self.gc.sync_all(self)?;
         self.write_checkpoint()?;
         self.advance_starts_past(keep_from)?;
-        let mut left = delete;
+        // Only the files this run checked: by position, not by count, since a concurrent run
+        // (the flusher's, another caller's) may have removed files from the front meanwhile.
         let removed = self
             .log
-            .remove_front_while(self.fs.as_ref(), |_| {
-                if left == 0 {
-                    return false;
-                }
-                left -= 1;
-                true
-            })
+            .remove_front_while(self.fs.as_ref(), |f| f.start_offset() < keep_from)
             .map_err(|e| self.note_poison(e))?;
         self.trim_index()?;
         Ok(removed)

@@ -244,3 +244,66 @@ fn an_interrupted_deletion_leaves_no_clean_end_for_a_new_topic_of_the_name() {
     }
     assert!(checked > 0);
 }
+
+/// `CompactedTable` keeps "one entry per live key" in memory, but each value it stored was a
+/// zero-copy slice of what the read returned: on the CommitLog engine a slice of the mapped
+/// commit-log file, which keeps the whole file mapped. A file retention deleted then stays on
+/// disk (unlinked but mapped) for as long as the table holds a value from it: a long-lived
+/// table pins the log files of every live value and retention frees no space.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_compacted_table_pins_no_deleted_log_file() {
+    use duolog::{CleanupPolicy, CompactedTable, EngineKind, Message, StoreOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let base = small_options(EngineKind::CommitLog);
+    let file = base.commitlog.file_size;
+    let opts = StoreOptions {
+        commitlog: duolog::CommitLogOptions {
+            retention_bytes: Some(2 * file),
+            retention_check_interval: Duration::from_secs(3600),
+            ..base.commitlog.clone()
+        },
+        compaction: duolog::CompactionOptions {
+            enabled: false,
+            ..base.compaction.clone()
+        },
+        ..base
+    };
+    let store: std::sync::Arc<dyn LogStore> =
+        std::sync::Arc::from(duolog::open(dir.path(), opts).unwrap());
+    store
+        .create_topic(
+            "c",
+            TopicConfig {
+                cleanup_policy: CleanupPolicy::Compact,
+                segment_bytes: Some(1024),
+                ..TopicConfig::default()
+            },
+        )
+        .unwrap();
+    store.create_topic("d", TopicConfig::default()).unwrap();
+    for i in 0..50 {
+        store
+            .append("c", 0, &[Message::new(vec![b'v'; 500]).with_key(format!("k{i}"))])
+            .unwrap();
+    }
+    let table = CompactedTable::open(std::sync::Arc::clone(&store), "c").unwrap();
+    assert_eq!(table.len().unwrap(), 50);
+    for _ in 0..600 {
+        store.append("d", 0, &[Message::new(vec![b'x'; 1000])]).unwrap();
+    }
+    store.compact(Some("c")).unwrap();
+    assert!(store.enforce_retention().unwrap() > 0);
+    let root = dir.path().canonicalize().unwrap();
+    let pinned: Vec<String> = std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(root.to_str().unwrap()) && l.ends_with("(deleted)"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        pinned.is_empty(),
+        "deleted log files still mapped by the table's values: {pinned:?}"
+    );
+    assert_eq!(table.len().unwrap(), 50);
+}

@@ -307,3 +307,90 @@ fn a_compacted_table_pins_no_deleted_log_file() {
     );
     assert_eq!(table.len().unwrap(), 50);
 }
+
+/// CommitLog engine: `alter_topic` (and `add_partitions`) replace the topic's state with one
+/// whose `deleted` flag is a new one, so an append that looked the topic up before the alter
+/// (it is encoding its batch) never sees the flag `delete_topic` sets afterwards: it goes on
+/// into the log after the deletion's fence and is acknowledged for a deleted topic, its units
+/// written into the removed topic's queue directory.
+#[test]
+fn an_append_from_before_an_alter_does_not_outlive_a_deletion() {
+    use duolog::{EngineKind, Message, StoreOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let base = small_options(EngineKind::CommitLog);
+    let opts = StoreOptions {
+        commitlog: duolog::CommitLogOptions {
+            file_size: 64 << 20,
+            ..base.commitlog.clone()
+        },
+        index: duolog::IndexOptions {
+            enabled: false,
+            ..base.index.clone()
+        },
+        ..base
+    };
+    let store = std::sync::Arc::new(duolog::open(dir.path(), opts).unwrap());
+    let batch: Vec<Message> = (0..200_000).map(|i| Message::new(format!("{i}"))).collect();
+    let mut raced = 0;
+    for round in 0..10 {
+        let name = format!("t{round}");
+        store.create_topic(&name, TopicConfig::default()).unwrap();
+        let appender = {
+            let (s, b, n) = (std::sync::Arc::clone(&store), batch.clone(), name.clone());
+            std::thread::spawn(move || s.append(&n, 0, &b))
+        };
+        std::thread::sleep(Duration::from_millis(2));
+        let mut config = store.describe_topic(&name).unwrap();
+        config.retention = Some(Duration::from_secs(3600));
+        store.alter_topic(&name, config).unwrap();
+        store.delete_topic(&name).unwrap();
+        let deleted_before_append = !appender.is_finished();
+        let appended = appender.join().unwrap();
+        if deleted_before_append {
+            raced += 1;
+            assert!(
+                appended.is_err(),
+                "round {round}: an append still encoding when the topic was deleted was \
+                 acknowledged: {appended:?}"
+            );
+        }
+        let left = dir.path().join("consumequeue").join(&name);
+        assert!(
+            !left.exists() || appended.is_ok() && !deleted_before_append,
+            "round {round}: the deleted topic's queue directory came back"
+        );
+    }
+    assert!(raced > 0, "the race was never set up");
+}
+
+/// CommitLog engine: the allocation thread creates a partition's next consume-queue file
+/// ahead of the appender. A job queued before `delete_topic` runs after it: it creates a file
+/// in the directory the deletion is removing (the removal fails, "directory not empty"), or
+/// in one already removed (its directory sync fails, which poisons the whole store).
+#[test]
+fn deleting_a_topic_under_appends_neither_fails_nor_poisons() {
+    use duolog::{EngineKind, Message};
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(
+        duolog::open(dir.path(), small_options(EngineKind::CommitLog)).unwrap(),
+    );
+    // A batch spanning many queue files queues many allocation jobs.
+    let batch: Vec<Message> = (0..20_000).map(|i| Message::new(format!("{i}"))).collect();
+    for round in 0..20 {
+        let name = format!("t{round}");
+        store.create_topic(&name, TopicConfig::default()).unwrap();
+        let appender = {
+            let (s, b, n) = (std::sync::Arc::clone(&store), batch.clone(), name.clone());
+            std::thread::spawn(move || while s.append_oneway(&n, 0, &b).is_ok() {})
+        };
+        std::thread::sleep(Duration::from_millis(3));
+        store
+            .delete_topic(&name)
+            .unwrap_or_else(|e| panic!("round {round}: delete_topic: {e}"));
+        appender.join().unwrap();
+        store.create_topic("other", TopicConfig::default()).ok();
+        store
+            .append("other", 0, &[Message::new("x")])
+            .unwrap_or_else(|e| panic!("round {round}: the store after the deletion: {e}"));
+    }
+}

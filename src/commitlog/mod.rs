@@ -104,8 +104,9 @@ pub(crate) struct TopicState {
     effective: Effective,
     partitions: Vec<Arc<PartitionState>>,
     /// Set under the append lock when the topic is deleted: appends that found the topic
-    /// before stop there.
-    deleted: AtomicBool,
+    /// before stop there. Shared by every state of the topic (`replace_topic`), so an append
+    /// holding the state from before an alter sees it too.
+    deleted: Arc<AtomicBool>,
     /// The commit-log position at the topic's creation: records of its name before it belong
     /// to a deleted topic of the same name (see `catalog`).
     since: u64,
@@ -139,7 +140,7 @@ impl Inner {
             effective: config.effective(&self.opts, EngineKind::CommitLog),
             config,
             partitions,
-            deleted: AtomicBool::new(false),
+            deleted: Arc::clone(&old.deleted),
             since: old.since,
         });
         let mut topics = self.topics.read().clone();
@@ -327,7 +328,7 @@ impl Inner {
             config: config.clone(),
             effective: config.effective(&self.opts, EngineKind::CommitLog),
             partitions: self.open_partitions(name, config, 0)?,
-            deleted: AtomicBool::new(false),
+            deleted: Arc::new(AtomicBool::new(false)),
             since,
         })
     }

@@ -396,3 +396,49 @@ fn deleting_a_topic_under_appends_neither_fails_nor_poisons() {
             .unwrap_or_else(|e| panic!("round {round}: the store after the deletion: {e}"));
     }
 }
+
+/// CommitLog engine, `compact,delete` topic with `retention.bytes`: `partition_bytes` (documented
+/// as "what retention by size counts") includes the compacted prefix, but retention by size
+/// only counted the consume queue's units, so the records compaction moved into the prefix
+/// weighed nothing and the partition stayed over its `retention.bytes` for good.
+#[test]
+fn retention_bytes_counts_the_compacted_prefix() {
+    use duolog::{CleanupPolicy, EngineKind, Message, StoreOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let base = small_options(EngineKind::CommitLog);
+    let opts = StoreOptions {
+        compaction: duolog::CompactionOptions {
+            enabled: false,
+            ..base.compaction.clone()
+        },
+        ..base
+    };
+    let store = duolog::open(dir.path(), opts).unwrap();
+    store
+        .create_topic(
+            "cd",
+            TopicConfig {
+                cleanup_policy: CleanupPolicy::CompactDelete,
+                segment_bytes: Some(1024),
+                retention_bytes: Some(4096),
+                ..TopicConfig::default()
+            },
+        )
+        .unwrap();
+    store.create_topic("other", TopicConfig::default()).unwrap();
+    for i in 0..200 {
+        store
+            .append("cd", 0, &[Message::new(vec![b'v'; 100]).with_key(format!("k{i}"))])
+            .unwrap();
+    }
+    for _ in 0..20 {
+        store.append("other", 0, &[Message::new(vec![b'x'; 200])]).unwrap();
+    }
+    store.compact(Some("cd")).unwrap();
+    store.enforce_retention().unwrap();
+    let bytes = store.partition_bytes("cd", 0).unwrap();
+    assert!(
+        bytes <= 4096,
+        "partition_bytes {bytes} stays above retention.bytes 4096 after retention"
+    );
+}

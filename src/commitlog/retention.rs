@@ -195,7 +195,17 @@ impl Inner {
                         .unwrap_or(end);
                 }
                 if let Some(max) = e.retention_bytes {
-                    target = target.max(part.cq.first_keeping_bytes(start, end, max)?);
+                    // The queue serves offsets from `clean_end` on; below it the records are
+                    // in the compacted prefix, and count too (as `partition_bytes` does).
+                    let queue_from = start.max(part.clean_end()).min(end);
+                    let by_queue = part.cq.first_keeping_bytes(queue_from, end, max)?;
+                    let by_size = if by_queue > queue_from || queue_from == start {
+                        by_queue
+                    } else {
+                        let left = max.saturating_sub(part.cq.bytes_between(queue_from, end)?);
+                        self.first_compacted_keeping(part, start, queue_from, left)?
+                    };
+                    target = target.max(by_size);
                 }
                 if target > start {
                     let _admin = self.admin.lock();

@@ -112,7 +112,7 @@ fn concurrent_commitlog_retention_deletes_only_what_it_checked() {
         )
         .unwrap();
     let body = vec![b'x'; 1000];
-    let mut put = |topic: &str, n: usize| {
+    let put = |topic: &str, n: usize| {
         for i in 0..n {
             store
                 .append(

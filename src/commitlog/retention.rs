@@ -275,6 +275,11 @@ impl Inner {
         let Some(offset) = delete_before_target(topic, partition, offset, start, end)? else {
             return Ok(start);
         };
+        // Recovery trusts the queue units below a persisted start without checking them
+        // against the log (retention may have deleted their records): they must be durable
+        // and behind the checkpoint before the start says so, as retention makes them.
+        self.gc.sync_all(self)?;
+        self.write_checkpoint()?;
         part.start.store(offset, Ordering::Release);
         // Persist before deleting files: after a crash the start must not fall back below
         // records whose queue files are gone.

@@ -442,3 +442,65 @@ fn retention_bytes_counts_the_compacted_prefix() {
         "partition_bytes {bytes} stays above retention.bytes 4096 after retention"
     );
 }
+
+/// CommitLog engine, per-topic `retention.bytes`: retention raises a partition's start and
+/// persists it without first making the queue units below it durable and checkpointed (what
+/// the whole-file path does). Recovery trusts units below a persisted start unchecked, so a
+/// crash that leaves garbage there fails the reopen ("record has queue offset … but its
+/// consume queue ends at …"), as `delete_before` did.
+#[test]
+fn per_topic_retention_then_a_garbage_extending_crash_reopens() {
+    use duolog::io::{CrashMode, SimFs};
+    use duolog::{EngineKind, FlushPolicy, Message, StoreOptions};
+    let options = |sim: &SimFs| {
+        let base = small_options(EngineKind::CommitLog);
+        StoreOptions {
+            fs: std::sync::Arc::new(sim.clone()),
+            flush: FlushPolicy::Sync,
+            commitlog: duolog::CommitLogOptions {
+                retention_check_interval: Duration::from_secs(3600),
+                ..base.commitlog.clone()
+            },
+            ..base
+        }
+    };
+    let append = |store: &dyn LogStore, p: u32, n: usize, size: usize| {
+        for i in 0..n {
+            store
+                .append("t", p, &[Message::new(vec![b'a' + (i % 26) as u8; size])])
+                .unwrap();
+        }
+    };
+    for seed in 0..48u64 {
+        let sim = SimFs::new();
+        let store = duolog::open("/s", options(&sim)).unwrap();
+        store
+            .create_topic(
+                "t",
+                TopicConfig {
+                    retention_bytes: Some(2000),
+                    ..TopicConfig::with_partitions(3)
+                },
+            )
+            .unwrap();
+        append(store.as_ref(), 0, 22, 400);
+        append(store.as_ref(), 2, 7, 700);
+        store.abandon();
+        drop(store);
+        let sim = sim.crash(CrashMode::DropUnsynced, seed);
+        let store = duolog::open("/s", options(&sim)).unwrap();
+        append(store.as_ref(), 1, 5, 52);
+        append(store.as_ref(), 0, 1, 10);
+        append(store.as_ref(), 1, 14, 700);
+        store.enforce_retention().unwrap();
+        assert!(store.bounds("t", 1).unwrap().start > 0);
+        store.abandon();
+        drop(store);
+        let sim = sim.crash(CrashMode::ALL[6], seed);
+        let store = duolog::open("/s", options(&sim))
+            .unwrap_or_else(|e| panic!("seed {seed}: {:?} crash: reopen: {e}", CrashMode::ALL[6]));
+        for p in 0..3 {
+            common::read_all(store.as_ref(), "t", p);
+        }
+    }
+}

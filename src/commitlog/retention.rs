@@ -178,6 +178,7 @@ impl Inner {
         let now = now_ms();
         let topics: Vec<_> = self.topics.read().values().cloned().collect();
         let mut changed = false;
+        let mut fenced = false;
         for t in &topics {
             let e = &t.effective;
             let by_time = e.retention.filter(|r| files_keep.is_none_or(|f| *r < f));
@@ -211,6 +212,13 @@ impl Inner {
                     let _admin = self.admin.lock();
                     if t.deleted.load(Ordering::Acquire) {
                         continue;
+                    }
+                    if !fenced {
+                        // Recovery trusts the units below a persisted start unchecked: they
+                        // must be durable and behind the checkpoint first (as for whole files).
+                        self.gc.sync_all(self)?;
+                        self.write_checkpoint()?;
+                        fenced = true;
                     }
                     part.start.fetch_max(target, Ordering::AcqRel);
                     self.store_start_offsets()?;

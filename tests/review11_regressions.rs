@@ -504,3 +504,42 @@ fn per_topic_retention_then_a_garbage_extending_crash_reopens() {
         }
     }
 }
+
+/// `CompactedTable` over a topic that is deleted and created again: its positions are the old
+/// topic's, so it passes over the new topic's records below them ("a lookup sees every record
+/// appended before it started" no longer holds) and keeps serving the deleted topic's values.
+#[test]
+fn a_compacted_table_follows_a_topic_deleted_and_created_again() {
+    use duolog::{CleanupPolicy, CompactedTable, Message};
+    for_each_engine(|engine, dir| {
+        let store: std::sync::Arc<dyn LogStore> =
+            std::sync::Arc::from(duolog::open(dir, small_options(engine)).unwrap());
+        let config = TopicConfig {
+            cleanup_policy: CleanupPolicy::Compact,
+            ..TopicConfig::default()
+        };
+        store.create_topic("t", config.clone()).unwrap();
+        for i in 0..5 {
+            store
+                .append("t", 0, &[Message::new("old").with_key(format!("old-{i}"))])
+                .unwrap();
+        }
+        let table = CompactedTable::open(std::sync::Arc::clone(&store), "t").unwrap();
+        assert_eq!(table.len().unwrap(), 5);
+        store.delete_topic("t").unwrap();
+        store.create_topic("t", config).unwrap();
+        store
+            .append("t", 0, &[Message::new("new").with_key("new")])
+            .unwrap();
+        let new = table.get(b"new");
+        let old = table.get(b"old-0");
+        assert!(
+            new.is_err() || new.as_ref().unwrap().as_deref() == Some(&b"new"[..]),
+            "{engine}: the new topic's record is not seen: {new:?}"
+        );
+        assert!(
+            old.is_err() || old.as_ref().unwrap().is_none(),
+            "{engine}: the deleted topic's value is still served: {old:?}"
+        );
+    });
+}

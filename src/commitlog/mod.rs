@@ -737,8 +737,14 @@ impl LogStore for CommitLogStore {
             inner.finish_deletions(&inner.topics.read().clone())?;
         }
         inner.remove_stale_compaction(name)?;
-        // Every record of an earlier topic of this name lies before the position now.
-        let since = inner.written.load(Ordering::Acquire);
+        // Every record of an earlier topic of this name lies before the durable position now
+        // (its deletion synced the log before committing). Not the write position: an
+        // unsynced tail a crash may cut would leave `since` past the recovered log, and this
+        // topic's first records below it, skipped by recovery as an earlier topic's.
+        let since = inner
+            .gc
+            .durable()
+            .min(inner.written.load(Ordering::Acquire));
         let state = Arc::new(inner.open_topic(name, &config, since)?);
         for part in &state.partitions {
             part.cq.enroll();

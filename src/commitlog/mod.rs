@@ -194,6 +194,10 @@ pub(crate) struct Inner {
     topics: RwLock<HashMap<String, Arc<TopicState>>>,
     /// Serialises catalog and start-offset changes.
     admin: Mutex<()>,
+    /// Held (shared) by whoever makes a partition's queue files ahead of its appends (the
+    /// allocation thread, an appender's lock-free preparation), exclusively by a deletion
+    /// removing queue directories: neither creates a file where the other is removing them.
+    queue_prep: parking_lot::RwLock<()>,
     /// Topics whose deletion began but did not finish (kept in the catalog until it does).
     deleting: Mutex<Vec<(String, u32)>>,
     append_lock: Mutex<AppendState>,
@@ -368,6 +372,7 @@ impl Inner {
             return Ok(());
         }
         let cq_root = self.dir.join(CONSUMEQUEUE_DIR);
+        let _no_queue_prep = self.queue_prep.write();
         for (name, _) in &pending {
             let dir = cq_root.join(name);
             crate::io::remove_tree(self.fs.as_ref(), &dir).map_err(|e| Error::io(&dir, e))?;

@@ -325,7 +325,7 @@ fn an_append_from_before_an_alter_does_not_outlive_a_deletion() {
         },
         index: duolog::IndexOptions {
             enabled: false,
-            ..base.index.clone()
+            ..base.index
         },
         ..base
     };
@@ -570,7 +570,7 @@ fn a_new_topics_records_survive_a_crash_that_cut_the_log_below_its_creation() {
         interval: Duration::from_secs(3600),
     };
     let sim = SimFs::new();
-    let store = duolog::open("/s", options(&sim, lazy.clone())).unwrap();
+    let store = duolog::open("/s", options(&sim, lazy)).unwrap();
     store.create_topic("x", TopicConfig::default()).unwrap();
     for _ in 0..100 {
         store.append("x", 0, &[Message::new(vec![b'x'; 500])]).unwrap();

@@ -1,8 +1,8 @@
 //! The store's `meta` file: which engine made the store and which topics it has.
 //!
 //! ```text
-//! "DUOL" | version u16 = 2 | engine u8 | reserved u8 | topic count u32 |
-//!   per topic: name length u16 | name | partitions u32 | since u64 |
+//! "DUOL" | version u16 = 2 | engine u8 | reserved u8 | next topic id u64 | topic count u32 |
+//!   per topic: name length u16 | name | partitions u32 | since u64 | id u64 |
 //!              config count u16 | per config: name length u8 | name | value length u16 | value
 //! deleting count u32 | per topic being deleted: name length u16 | name | partitions u32
 //! CRC-32C u32 of everything before it
@@ -10,6 +10,9 @@
 //! `since`: on the CommitLog engine, the commit-log position when the topic was created; a record
 //! of the same name before it belongs to an earlier, deleted topic of that name, and recovery and
 //! verification pass over it (0 on the segmented engine, whose files are per topic).
+//! `id`: the topic's id (Kafka's topic ID, KIP-516), from the catalog's `next topic id`, never
+//! reused in the store, so a topic deleted and created again has a new one. Version 1 topics
+//! get ids 1, 2, … in catalog order.
 //! Configs are Kafka's names and values (`retention.ms` = `3600000`), so a config added later
 //! needs no new version. Version 1 (no configs, no deletions) is still read.
 //! Written atomically (temp file, fsync, rename, directory fsync), so after a crash it holds the
@@ -33,10 +36,21 @@ pub(crate) const META_FILE: &str = "meta";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Catalog {
     pub(crate) engine: EngineKind,
-    /// (name, config, since): see the module docs for `since`.
-    pub(crate) topics: Vec<(String, TopicConfig, u64)>,
+    /// (name, config, its since and id): see the module docs.
+    pub(crate) topics: Vec<(String, TopicConfig, TopicMeta)>,
+    /// The id the next topic created gets.
+    pub(crate) next_topic_id: u64,
     /// Topics whose deletion began but may not have finished: (name, partitions).
     pub(crate) deleting: Vec<(String, u32)>,
+}
+
+/// What the catalog keeps of a topic besides its name and config.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TopicMeta {
+    /// CommitLog engine: the commit-log position at its creation (see the module docs).
+    pub(crate) since: u64,
+    /// Unique in the store, never reused.
+    pub(crate) id: u64,
 }
 
 impl Catalog {
@@ -46,12 +60,14 @@ impl Catalog {
         out.extend_from_slice(&VERSION.to_be_bytes());
         out.push(self.engine.code());
         out.push(0);
+        out.extend_from_slice(&self.next_topic_id.to_be_bytes());
         out.extend_from_slice(&(self.topics.len() as u32).to_be_bytes());
-        for (name, config, since) in &self.topics {
+        for (name, config, meta) in &self.topics {
             out.extend_from_slice(&(name.len() as u16).to_be_bytes());
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(&config.partitions.to_be_bytes());
-            out.extend_from_slice(&since.to_be_bytes());
+            out.extend_from_slice(&meta.since.to_be_bytes());
+            out.extend_from_slice(&meta.id.to_be_bytes());
             let configs = config.overrides();
             out.extend_from_slice(&(configs.len() as u16).to_be_bytes());
             for (name, value) in configs {
@@ -90,15 +106,17 @@ impl Catalog {
         }
         let engine = EngineKind::from_code(body[6]).ok_or_else(|| bad(6, "unknown engine code"))?;
         let mut r = Reader { body, pos: 8, bad };
+        let mut next_topic_id = if version >= 2 { r.u64()? } else { 1 };
         let count = r.u32()? as usize;
         let mut topics = Vec::with_capacity(count.min(body.len() / 6));
         for _ in 0..count {
             let len = usize::from(r.u16()?);
             let name = r.str(len)?;
             let mut config = TopicConfig::with_partitions(r.u32()?);
-            let mut since = 0;
+            let mut meta = TopicMeta::default();
             if version >= 2 {
-                since = r.u64()?;
+                meta.since = r.u64()?;
+                meta.id = r.u64()?;
                 for _ in 0..r.u16()? {
                     let name_len = usize::from(r.take(1)?[0]);
                     let at = r.pos;
@@ -110,7 +128,11 @@ impl Catalog {
                         .map_err(|e| bad(at, &format!("topic {name}: {e}")))?;
                 }
             }
-            topics.push((name, config, since));
+            if version < 2 {
+                meta.id = next_topic_id;
+                next_topic_id += 1;
+            }
+            topics.push((name, config, meta));
         }
         let mut deleting = Vec::new();
         if version >= 2 {
@@ -123,9 +145,16 @@ impl Catalog {
         if r.pos != body.len() {
             return Err(bad(r.pos, "trailing bytes in catalog"));
         }
+        if let Some((name, ..)) = topics.iter().find(|(_, _, m)| m.id >= next_topic_id) {
+            return Err(bad(
+                8,
+                &format!("topic {name} has an id not below the next one"),
+            ));
+        }
         Ok(Catalog {
             engine,
             topics,
+            next_topic_id,
             deleting,
         })
     }
@@ -237,6 +266,7 @@ pub(crate) fn lock_and_load(
             let c = Catalog {
                 engine,
                 topics: Vec::new(),
+                next_topic_id: 1,
                 deleting: Vec::new(),
             };
             c.store(fs, dir)?;
@@ -258,9 +288,21 @@ mod tests {
         let c = Catalog {
             engine: EngineKind::CommitLog,
             topics: vec![
-                ("a".into(), compacted, 1 << 40),
-                ("%RETRY%g".into(), TopicConfig::with_partitions(1), 0),
+                (
+                    "a".into(),
+                    compacted,
+                    TopicMeta {
+                        since: 1 << 40,
+                        id: 3,
+                    },
+                ),
+                (
+                    "%RETRY%g".into(),
+                    TopicConfig::with_partitions(1),
+                    TopicMeta { since: 0, id: 7 },
+                ),
             ],
+            next_topic_id: 8,
             deleting: vec![("gone".into(), 4)],
         };
         let bytes = c.encode();
@@ -298,7 +340,11 @@ mod version_one {
         assert_eq!(c.engine, EngineKind::Segmented);
         assert_eq!(
             c.topics,
-            vec![("t".into(), TopicConfig::with_partitions(7), 0)]
+            vec![(
+                "t".into(),
+                TopicConfig::with_partitions(7),
+                TopicMeta { since: 0, id: 1 }
+            )]
         );
         assert!(c.deleting.is_empty());
     }

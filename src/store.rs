@@ -616,6 +616,24 @@ pub trait LogStore: Send + Sync + fmt::Debug {
     /// The configuration of a topic.
     fn describe_topic(&self, name: &str) -> Result<TopicConfig>;
 
+    /// The topic's id (Kafka's topic ID, KIP-516): unique in the store and never reused, so a
+    /// topic deleted and created again under the same name has a new one. Readers that keep
+    /// positions across calls (`CompactedTable`, consumers) use it to notice that.
+    ///
+    /// ```
+    /// use duolog::{LogStore, StoreOptions, TopicConfig};
+    /// # fn main() -> duolog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = duolog::open(dir.path(), StoreOptions::default())?;
+    /// store.create_topic("t", TopicConfig::default())?;
+    /// let first = store.topic_id("t")?;
+    /// store.delete_topic("t")?;
+    /// store.create_topic("t", TopicConfig::default())?;
+    /// assert_ne!(store.topic_id("t")?, first);
+    /// # Ok(()) }
+    /// ```
+    fn topic_id(&self, name: &str) -> Result<u64>;
+
     /// Replaces a topic's configuration on the live store: its cleanup policy and overrides
     /// take effect from the next append, retention pass and cleaning pass. `config.partitions`
     /// must equal the topic's (grow it with [`add_partitions`](LogStore::add_partitions)).

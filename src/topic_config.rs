@@ -269,7 +269,10 @@ impl TopicConfig {
             ("segment.ms", self.segment_ms),
             ("min.compaction.lag.ms", self.min_compaction_lag),
             ("delete.retention.ms", self.delete_retention),
-            ("retention.ms", self.retention.filter(|d| *d != Duration::MAX)),
+            (
+                "retention.ms",
+                self.retention.filter(|d| *d != Duration::MAX),
+            ),
         ] {
             if too_long(d) {
                 return Err(Error::InvalidArgument(format!(

@@ -180,7 +180,11 @@ fn an_interrupted_deletion_leaves_no_clean_end_for_a_new_topic_of_the_name() {
             .unwrap();
         for i in 0..300 {
             store
-                .append("t", 0, &[Message::new("old").with_key(format!("old-{}", i % 10))])
+                .append(
+                    "t",
+                    0,
+                    &[Message::new("old").with_key(format!("old-{}", i % 10))],
+                )
                 .unwrap();
         }
         assert!(store.compact(Some("t")).unwrap().records_removed > 0);
@@ -284,13 +288,19 @@ fn a_compacted_table_pins_no_deleted_log_file() {
     store.create_topic("d", TopicConfig::default()).unwrap();
     for i in 0..50 {
         store
-            .append("c", 0, &[Message::new(vec![b'v'; 500]).with_key(format!("k{i}"))])
+            .append(
+                "c",
+                0,
+                &[Message::new(vec![b'v'; 500]).with_key(format!("k{i}"))],
+            )
             .unwrap();
     }
     let table = CompactedTable::open(std::sync::Arc::clone(&store), "c").unwrap();
     assert_eq!(table.len().unwrap(), 50);
     for _ in 0..600 {
-        store.append("d", 0, &[Message::new(vec![b'x'; 1000])]).unwrap();
+        store
+            .append("d", 0, &[Message::new(vec![b'x'; 1000])])
+            .unwrap();
     }
     store.compact(Some("c")).unwrap();
     assert!(store.enforce_retention().unwrap() > 0);
@@ -428,11 +438,17 @@ fn retention_bytes_counts_the_compacted_prefix() {
     store.create_topic("other", TopicConfig::default()).unwrap();
     for i in 0..200 {
         store
-            .append("cd", 0, &[Message::new(vec![b'v'; 100]).with_key(format!("k{i}"))])
+            .append(
+                "cd",
+                0,
+                &[Message::new(vec![b'v'; 100]).with_key(format!("k{i}"))],
+            )
             .unwrap();
     }
     for _ in 0..20 {
-        store.append("other", 0, &[Message::new(vec![b'x'; 200])]).unwrap();
+        store
+            .append("other", 0, &[Message::new(vec![b'x'; 200])])
+            .unwrap();
     }
     store.compact(Some("cd")).unwrap();
     store.enforce_retention().unwrap();
@@ -573,7 +589,9 @@ fn a_new_topics_records_survive_a_crash_that_cut_the_log_below_its_creation() {
     let store = duolog::open("/s", options(&sim, lazy)).unwrap();
     store.create_topic("x", TopicConfig::default()).unwrap();
     for _ in 0..100 {
-        store.append("x", 0, &[Message::new(vec![b'x'; 500])]).unwrap();
+        store
+            .append("x", 0, &[Message::new(vec![b'x'; 500])])
+            .unwrap();
     }
     // Created while the log has an unsynced tail.
     store.create_topic("t", TopicConfig::default()).unwrap();

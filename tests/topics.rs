@@ -164,6 +164,7 @@ fn a_deleted_topic_is_gone_and_its_name_starts_afresh() {
             .unwrap();
         fill(store.as_ref(), "t", 0, 300);
         fill(store.as_ref(), "keep", 0, 10);
+        let old_id = store.topic_id("t").unwrap();
         store.delete_topic("t").unwrap();
         assert!(matches!(
             store.describe_topic("t"),
@@ -183,6 +184,8 @@ fn a_deleted_topic_is_gone_and_its_name_starts_afresh() {
             .create_topic("t", TopicConfig::with_partitions(1))
             .unwrap();
         assert_eq!(store.bounds("t", 0).unwrap().end, 0);
+        let new_id = store.topic_id("t").unwrap();
+        assert_ne!(new_id, old_id, "a new topic of the name has a new id");
         store.append("t", 0, &[Message::new("fresh")]).unwrap();
         store.abandon();
         drop(store);
@@ -191,6 +194,7 @@ fn a_deleted_topic_is_gone_and_its_name_starts_afresh() {
         let recs = read_all(store.as_ref(), "t", 0);
         assert_eq!(recs.len(), 1);
         assert_eq!(recs[0].body(), b"fresh");
+        assert_eq!(store.topic_id("t").unwrap(), new_id, "ids survive a reopen");
         assert_eq!(read_all(store.as_ref(), "keep", 0).len(), 10);
         let report = store.verify().unwrap();
         assert!(report.is_ok(), "{:?}", report.problems);

@@ -43,7 +43,7 @@ pub use consume_queue::{UNIT_SIZE, Unit};
 
 use self::consume_queue::ConsumeQueue;
 use self::file_queue::FileQueue;
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, TopicMeta};
 use crate::durability::{
     BackgroundWork, Completion, DataSignal, FlushTarget, Flusher, GroupCommit, PeriodicJobs,
 };
@@ -110,6 +110,8 @@ pub(crate) struct TopicState {
     /// The commit-log position at the topic's creation: records of its name before it belong
     /// to a deleted topic of the same name (see `catalog`).
     since: u64,
+    /// Unique in the store, never reused (see `catalog`).
+    id: u64,
 }
 
 impl Inner {
@@ -142,6 +144,7 @@ impl Inner {
             partitions,
             deleted: Arc::clone(&old.deleted),
             since: old.since,
+            id: old.id,
         });
         let mut topics = self.topics.read().clone();
         topics.insert(name.to_owned(), Arc::clone(&new));
@@ -200,6 +203,8 @@ pub(crate) struct Inner {
     queue_prep: parking_lot::RwLock<()>,
     /// Topics whose deletion began but did not finish (kept in the catalog until it does).
     deleting: Mutex<Vec<(String, u32)>>,
+    /// The id the next topic created gets (persisted in the catalog).
+    next_topic_id: AtomicU64,
     append_lock: Mutex<AppendState>,
     /// End of published commit-log data.
     written: AtomicU64,
@@ -326,27 +331,35 @@ impl Inner {
         Ok(partitions)
     }
 
-    fn open_topic(&self, name: &str, config: &TopicConfig, since: u64) -> Result<TopicState> {
+    fn open_topic(&self, name: &str, config: &TopicConfig, meta: TopicMeta) -> Result<TopicState> {
         Ok(TopicState {
             name: name.to_owned(),
             config: config.clone(),
             effective: config.effective(&self.opts, EngineKind::CommitLog),
             partitions: self.open_partitions(name, config, 0)?,
             deleted: Arc::new(AtomicBool::new(false)),
-            since,
+            since: meta.since,
+            id: meta.id,
         })
     }
 
     /// The catalog of `topics` plus the deletions not finished, written atomically.
     fn store_catalog(&self, topics: &HashMap<String, Arc<TopicState>>) -> Result<()> {
-        let mut list: Vec<(String, TopicConfig, u64)> = topics
+        let mut list: Vec<(String, TopicConfig, TopicMeta)> = topics
             .values()
-            .map(|t| (t.name.clone(), t.config.clone(), t.since))
+            .map(|t| {
+                let meta = TopicMeta {
+                    since: t.since,
+                    id: t.id,
+                };
+                (t.name.clone(), t.config.clone(), meta)
+            })
             .collect();
         list.sort_by(|a, b| a.0.cmp(&b.0));
         Catalog {
             engine: EngineKind::CommitLog,
             topics: list,
+            next_topic_id: self.next_topic_id.load(Ordering::Acquire),
             deleting: self.deleting.lock().clone(),
         }
         .store(self.fs.as_ref(), &self.dir)
@@ -750,7 +763,9 @@ impl LogStore for CommitLogStore {
             .gc
             .durable()
             .min(inner.written.load(Ordering::Acquire));
-        let state = Arc::new(inner.open_topic(name, &config, since)?);
+        // Never reused, even when the catalog write below fails.
+        let id = inner.next_topic_id.fetch_add(1, Ordering::AcqRel);
+        let state = Arc::new(inner.open_topic(name, &config, TopicMeta { since, id })?);
         for part in &state.partitions {
             part.cq.enroll();
         }
@@ -763,6 +778,10 @@ impl LogStore for CommitLogStore {
 
     fn describe_topic(&self, name: &str) -> Result<TopicConfig> {
         Ok(self.inner.topic(name)?.config.clone())
+    }
+
+    fn topic_id(&self, name: &str) -> Result<u64> {
+        Ok(self.inner.topic(name)?.id)
     }
 
     fn alter_topic(&self, name: &str, config: TopicConfig) -> Result<()> {

@@ -89,6 +89,7 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         admin: Mutex::new(()),
         queue_prep: parking_lot::RwLock::new(()),
         deleting: Mutex::new(catalog.deleting.clone()),
+        next_topic_id: AtomicU64::new(catalog.next_topic_id),
         append_lock: Mutex::new(AppendState {
             last_store_timestamp: 0,
             current: None,
@@ -110,8 +111,8 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         cleaner_wake: Default::default(),
     };
     let mut topics = HashMap::new();
-    for (name, config, since) in &catalog.topics {
-        topics.insert(name.clone(), inner.open_topic(name, config, *since)?);
+    for (name, config, meta) in &catalog.topics {
+        topics.insert(name.clone(), inner.open_topic(name, config, *meta)?);
     }
     // Start offsets raised by delete_before and retention.
     let persisted = checkpoint::load_start_offsets(fs.as_ref(), dir).unwrap_or_default();

@@ -15,6 +15,9 @@ const FETCH: usize = 4096;
 
 #[derive(Default)]
 struct State {
+    /// The id of the topic the map was built from (a topic deleted and created again under
+    /// the same name has another: the map starts over).
+    topic_id: Option<u64>,
     map: HashMap<Bytes, Bytes>,
     /// Next offset to read, per partition.
     positions: Vec<u64>,
@@ -28,6 +31,9 @@ struct State {
 /// appended before it started — read-your-writes within the process. Opening reads the topic
 /// from the start; on a compacted topic that is about one record per live key, which is what
 /// makes a restart fast.
+///
+/// A topic deleted and created again under the same name (a new
+/// [`topic_id`](crate::LogStore::topic_id)) starts the map over from the new topic's records.
 ///
 /// The map lives in memory: one entry per live key (Kafka Streams keeps the same state in a
 /// local store). Keys are compared as bytes. A key lives in one partition when producers
@@ -88,6 +94,12 @@ impl CompactedTable {
     /// Lookups call it themselves.
     pub fn refresh(&self) -> Result<u64> {
         let mut st = self.state.lock();
+        let id = self.store.topic_id(&self.topic)?;
+        if st.topic_id != Some(id) {
+            st.map.clear();
+            st.positions.clear();
+            st.topic_id = Some(id);
+        }
         let partitions = self.store.describe_topic(&self.topic)?.partitions as usize;
         st.positions.resize(partitions, 0);
         let mut applied = 0;

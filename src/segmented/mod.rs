@@ -50,7 +50,7 @@ use self::cleaner::{CleanConfig, CleanerThread};
 use self::handles::HandleCache;
 use self::load::LoadSpec;
 use self::partition::{Ctx, Partition};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, TopicMeta};
 use crate::clock::now_ms;
 use crate::durability::{
     BackgroundWork, Completion, FlushTarget, Flusher, GroupCommit, PeriodicJobs, SyncGuardFs,
@@ -73,6 +73,8 @@ const CLEANER_FILE: &str = "cleaner-offset-checkpoint";
 const CLEANER_MAGIC: &[u8; 4] = b"DLCO";
 
 struct TopicLog {
+    /// Unique in the store, never reused (see `catalog`).
+    id: u64,
     config: TopicConfig,
     /// What appends, retention and the cleaner apply (the config over the store's options).
     effective: Effective,
@@ -89,6 +91,8 @@ pub(crate) struct Inner {
     admin: Mutex<()>,
     /// Topics whose deletion began but did not finish (kept in the catalog until it does).
     deleting: Mutex<Vec<(String, u32)>>,
+    /// The id the next topic created gets (persisted in the catalog).
+    next_topic_id: AtomicU64,
     next_uid: AtomicU64,
     /// Appends completed so far (a store-wide sequence for group commit).
     appended: AtomicU64,
@@ -149,14 +153,18 @@ impl Inner {
 
     /// The catalog of the topics now open plus the deletions not finished, written atomically.
     fn store_catalog(&self, topics: &HashMap<String, Arc<TopicLog>>) -> Result<()> {
-        let mut list: Vec<(String, TopicConfig, u64)> = topics
+        let mut list: Vec<(String, TopicConfig, TopicMeta)> = topics
             .iter()
-            .map(|(n, t)| (n.clone(), t.config.clone(), 0))
+            .map(|(n, t)| {
+                let meta = TopicMeta { since: 0, id: t.id };
+                (n.clone(), t.config.clone(), meta)
+            })
             .collect();
         list.sort_by(|a, b| a.0.cmp(&b.0));
         Catalog {
             engine: EngineKind::Segmented,
             topics: list,
+            next_topic_id: self.next_topic_id.load(Ordering::Acquire),
             deleting: self.deleting.lock().clone(),
         }
         .store(self.ctx.fs.as_ref(), &self.dir)
@@ -453,6 +461,7 @@ impl SegmentedStore {
             topics: RwLock::new(HashMap::new()),
             admin: Mutex::new(()),
             deleting: Mutex::new(catalog.deleting.clone()),
+            next_topic_id: AtomicU64::new(catalog.next_topic_id),
             next_uid: AtomicU64::new(0),
             appended: AtomicU64::new(0),
             dirty: Mutex::new(Vec::new()),
@@ -463,8 +472,8 @@ impl SegmentedStore {
             ),
             checkpoint_lock: Mutex::new(()),
         };
-        for (name, config, _) in &catalog.topics {
-            let t = inner.load_topic(name, config, 0, |p| {
+        for (name, config, meta) in &catalog.topics {
+            let t = inner.load_topic(name, config, meta.id, |p| {
                 let key = (name.clone(), p);
                 (
                     clean,
@@ -720,13 +729,14 @@ impl Inner {
         &self,
         name: &str,
         config: &TopicConfig,
-        first: u32,
+        id: u64,
         spec: impl Fn(u32) -> (bool, u64, u64, u64),
     ) -> Result<TopicLog> {
         Ok(TopicLog {
+            id,
             config: config.clone(),
             effective: config.effective(&self.options, EngineKind::Segmented),
-            partitions: self.load_partitions(name, config, first, spec)?,
+            partitions: self.load_partitions(name, config, 0, spec)?,
         })
     }
 
@@ -797,7 +807,9 @@ impl LogStore for SegmentedStore {
             inner.finish_deletions(&inner.topics.read().clone())?;
         }
         // Leftover directories of a topic whose catalog entry never became durable are reused.
-        let t = Arc::new(inner.load_topic(name, &config, 0, |_| (false, 0, 0, 0))?);
+        // Never reused, even when the catalog write below fails.
+        let id = inner.next_topic_id.fetch_add(1, Ordering::AcqRel);
+        let t = Arc::new(inner.load_topic(name, &config, id, |_| (false, 0, 0, 0))?);
         let mut topics = inner.topics.read().clone();
         topics.insert(name.to_owned(), Arc::clone(&t));
         inner.store_catalog(&topics)?;
@@ -807,6 +819,10 @@ impl LogStore for SegmentedStore {
 
     fn describe_topic(&self, name: &str) -> Result<TopicConfig> {
         Ok(self.inner.topic(name)?.config.clone())
+    }
+
+    fn topic_id(&self, name: &str) -> Result<u64> {
+        Ok(self.inner.topic(name)?.id)
     }
 
     fn alter_topic(&self, name: &str, config: TopicConfig) -> Result<()> {
@@ -823,6 +839,7 @@ impl LogStore for SegmentedStore {
             )));
         }
         let altered = Arc::new(TopicLog {
+            id: t.id,
             effective: config.effective(&inner.options, EngineKind::Segmented),
             config,
             partitions: t.partitions.clone(),
@@ -852,6 +869,7 @@ impl LogStore for SegmentedStore {
         let mut partitions = t.partitions.clone();
         partitions.extend(added);
         let grown = Arc::new(TopicLog {
+            id: t.id,
             effective: t.effective.clone(),
             config,
             partitions,

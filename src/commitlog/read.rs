@@ -131,6 +131,9 @@ impl Scan<'_> {
     }
 }
 
+/// A log file, and a zero-copy span of it with the span's log position.
+type LogSpan = (Arc<MappedFile>, u64, Bytes);
+
 /// What is left of a read's limits.
 struct Budget {
     messages: usize,
@@ -479,7 +482,7 @@ impl Inner {
         }
         // The log file the last matching record was in, as one zero-copy span from that record
         // to the file's published end: later matches in the same file are slices of it.
-        let mut span: Option<(Arc<MappedFile>, u64, Bytes)> = None;
+        let mut span: Option<LogSpan> = None;
         while at < end && scan.left > 0 {
             let Some((qfile, qpos, n)) = part.cq.unit_run(at, (end - at).min(scan.left))? else {
                 return match self.missing_unit(part, at, &out_of_range) {
@@ -576,7 +579,7 @@ impl Inner {
         o: u64,
         unit: &Unit,
         out_of_range: &dyn Fn() -> Error,
-    ) -> Result<std::result::Result<(Arc<MappedFile>, u64, Bytes), Moved>> {
+    ) -> Result<std::result::Result<LogSpan, Moved>> {
         let Some(file) = self.log.find(unit.position) else {
             if unit.position < self.log.min_offset().unwrap_or(0) {
                 if o < part.clean_end() {

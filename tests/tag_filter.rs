@@ -451,3 +451,58 @@ fn the_commitlog_engine_never_reads_skipped_records() {
         Err(Error::Corrupted { .. })
     ));
 }
+
+#[test]
+fn tagged_reads_race_appends_and_compaction() {
+    for_each_engine(|engine, dir| {
+        let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir, small_options(engine)).unwrap());
+        let config = TopicConfig {
+            cleanup_policy: CleanupPolicy::Compact,
+            segment_bytes: Some(4096),
+            ..TopicConfig::default()
+        };
+        store.create_topic("c", config).unwrap();
+        const N: usize = 6000;
+        let writer = {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                for i in 0..N {
+                    let mut m = Message::new(format!("v{i}")).with_key(format!("k{}", i % 50));
+                    if let Some(t) = tag_of(i) {
+                        m = m.with_tags(t);
+                    }
+                    store.append("c", 0, &[m]).unwrap();
+                    if i % 1000 == 999 {
+                        store.compact(Some("c")).unwrap();
+                    }
+                }
+            })
+        };
+        let wanted = tags(&["TagA", "Aa"]);
+        let mut at = 0;
+        let mut last: Option<u64> = None;
+        let mut got = 0;
+        loop {
+            let done = writer.is_finished();
+            let end = store.bounds("c", 0).unwrap().end;
+            let r = store
+                .read_tagged("c", 0, at, ReadLimits::messages(20), &wanted)
+                .unwrap();
+            for rec in &r.records {
+                assert!(rec.offset() >= at && rec.offset() < r.next_offset);
+                assert!(last.is_none_or(|l| l < rec.offset()));
+                assert!(matches!(rec.tags(), Some("TagA" | "Aa")), "{rec:?}");
+                last = Some(rec.offset());
+                got += 1;
+            }
+            assert!(r.next_offset >= at);
+            at = r.next_offset;
+            if done && at >= end && r.records.is_empty() {
+                break;
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(at, N as u64);
+        assert!(got > 0);
+    });
+}

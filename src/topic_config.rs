@@ -261,6 +261,40 @@ impl TopicConfig {
                 "segment.ms must be at least 1 ms".into(),
             ));
         }
+        // What the catalog cannot write back in Kafka's syntax (a signed 64-bit number, `-1`
+        // only for unlimited retention) is refused here rather than making the store unopenable.
+        const MAX_MS: u128 = i64::MAX as u128;
+        let too_long = |d: Option<Duration>| d.is_some_and(|d| d.as_millis() > MAX_MS);
+        for (name, d) in [
+            ("segment.ms", self.segment_ms),
+            ("min.compaction.lag.ms", self.min_compaction_lag),
+            ("delete.retention.ms", self.delete_retention),
+            ("retention.ms", self.retention.filter(|d| *d != Duration::MAX)),
+        ] {
+            if too_long(d) {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} must be at most {MAX_MS} ms"
+                )));
+            }
+        }
+        if self
+            .retention_bytes
+            .is_some_and(|b| b != u64::MAX && b > i64::MAX as u64)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "retention.bytes must be at most {} (or unlimited)",
+                i64::MAX
+            )));
+        }
+        if self
+            .max_message_bytes
+            .is_some_and(|b| b as u64 > i64::MAX as u64)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "max.message.bytes must be at most {}",
+                i64::MAX
+            )));
+        }
         if self.max_message_bytes == Some(0) {
             return Err(Error::InvalidArgument(
                 "max.message.bytes must be at least 1".into(),

@@ -509,3 +509,32 @@ fn power_cut_after_every_io_operation_commitlog() {
 fn power_cut_after_every_io_operation_segmented() {
     sweep(EngineKind::Segmented);
 }
+
+/// Found by the property test during the issue-11 review (commitlog, sync): appends, a crash,
+/// a tombstone among appends to another partition, `delete_before`, then a crash that extends
+/// files with garbage — the reopen fails with `Corrupted`, "record has queue offset 6 but its
+/// consume queue ends at 9".
+#[test]
+fn review11_delete_before_then_a_garbage_extending_crash_reopens() {
+    use Op::*;
+    run_case(
+        EngineKind::CommitLog,
+        true,
+        &[
+            Append { p: 0, n: 6, size: 865 },
+            Append { p: 0, n: 4, size: 37 },
+            Append { p: 0, n: 1, size: 2 },
+            Append { p: 0, n: 4, size: 444 },
+            Append { p: 0, n: 7, size: 253 },
+            Append { p: 2, n: 1, size: 887 },
+            Append { p: 2, n: 6, size: 618 },
+            Crash { mode: 0, seed: 10046308078082252142 },
+            Append { p: 1, n: 5, size: 52 },
+            Tombstone { p: 0 },
+            Append { p: 1, n: 7, size: 876 },
+            Append { p: 1, n: 7, size: 550 },
+            DeleteBefore { p: 1, fraction: 27 },
+            Crash { mode: 6, seed: 15552665399750032201 },
+        ],
+    );
+}

@@ -1,41 +1,23 @@
 //! `duolog`: produce to, consume from, inspect and verify duolog stores.
 
+mod args;
 mod dump;
 
 use std::io::{self, BufRead, Write};
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use duolog::{EngineKind, FlushPolicy, LogStore, Message, ReadLimits, StoreOptions, TopicConfig};
+use clap::{CommandFactory, Parser};
+use duolog::consumer::{
+    Consumer, ConsumerConfig, ConsumerRecord, GroupCoordinator, OffsetReset, SqlFilter, TagFilter,
+};
+use duolog::{FlushPolicy, LogStore, Message, ReadLimits, StoreOptions, TopicConfig};
 
-const USAGE: &str = "\
-usage:
-  duolog produce --dir D [--engine commitlog|segmented] --topic T [--partitions N] [--partition P] [--keyed [--tombstones]] [--sync]
-      reads lines from stdin (with --keyed: key<TAB>body) and prints `<partition> <offset>` for each
-      acknowledged message (with --sync: only once it is durable on disk); with --tombstones a
-      line `key<TAB>` with nothing after the tab is a tombstone (a delete marker for the key)
-  duolog consume --dir D --topic T --partition P [--from O] [--max N]
-      prints `<offset><TAB><key><TAB><body>` per record (`null` as the body of a tombstone)
-  duolog topic create --dir D [--engine commitlog|segmented] --topic T [--partitions N] [--config NAME=VALUE]...
-  duolog topic alter --dir D --topic T [--config NAME=VALUE]... [--delete-config NAME]...
-  duolog topic delete --dir D --topic T
-  duolog topic add-partitions --dir D --topic T --count N     adds N partitions
-      config names are Kafka's: cleanup.policy (delete, compact, compact,delete), retention.ms,
-      retention.bytes (-1: unlimited), segment.bytes, segment.ms, max.message.bytes,
-      min.compaction.lag.ms, delete.retention.ms
-  duolog topics --dir D [--all]  lists topics, their partitions and configs (--all: every config,
-      with the value that applies; `*` marks the topic's own)
-  duolog compact --dir D [--topic T]   runs the log cleaner now and reports what it removed
-  duolog stats --dir D          partitions, bounds, files and bytes on disk
-  duolog verify --dir D         checks every checksum and every derived file
-  duolog query --dir D --topic T --key K [--from MS --to MS] [--max N]
-      prints `<partition><TAB><offset><TAB><store time><TAB><body>` of records carrying key K
-  duolog offset-for-time --dir D --topic T --partition P --time MS
-      prints the earliest offset stored at or after MS (ms since the epoch), or `none`
-  duolog reindex --dir D        drops the key index and rebuilds it from the log
-  duolog dump FILE              prints a segment's .log (batches, records), .index or .timeindex";
+use args::{Cli, Command, ConsumeArgs, ProduceArgs, TopicCommand};
 
-/// A command-line error: printed as one line, exit code 2 for usage, 1 otherwise.
+/// A command's error: printed as one line, exit code 2 for usage, 1 otherwise.
 enum CliError {
     Usage(String),
     Store(duolog::Error),
@@ -55,76 +37,6 @@ impl From<io::Error> for CliError {
     }
 }
 
-struct Args {
-    flags: Vec<(String, Option<String>)>,
-}
-
-impl Args {
-    fn parse(raw: &[String], switches: &[&str]) -> Result<Args, CliError> {
-        let mut flags = Vec::new();
-        let mut i = 0;
-        while i < raw.len() {
-            let a = &raw[i];
-            let Some(name) = a.strip_prefix("--") else {
-                return Err(CliError::Usage(format!("unexpected argument {a:?}")));
-            };
-            if switches.contains(&name) {
-                flags.push((name.to_owned(), None));
-                i += 1;
-            } else {
-                let v = raw
-                    .get(i + 1)
-                    .ok_or_else(|| CliError::Usage(format!("--{name} needs a value")))?;
-                flags.push((name.to_owned(), Some(v.clone())));
-                i += 2;
-            }
-        }
-        Ok(Args { flags })
-    }
-
-    fn check_known(&self, known: &[&str]) -> Result<(), CliError> {
-        for (name, _) in &self.flags {
-            if !known.contains(&name.as_str()) {
-                return Err(CliError::Usage(format!("unknown option --{name}")));
-            }
-        }
-        Ok(())
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.flags
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| v.as_deref())
-    }
-
-    fn all(&self, name: &str) -> impl Iterator<Item = &str> {
-        self.flags
-            .iter()
-            .filter(move |(n, _)| n == name)
-            .filter_map(|(_, v)| v.as_deref())
-    }
-
-    fn has(&self, name: &str) -> bool {
-        self.flags.iter().any(|(n, _)| n == name)
-    }
-
-    fn required(&self, name: &str) -> Result<&str, CliError> {
-        self.get(name)
-            .ok_or_else(|| CliError::Usage(format!("--{name} is required")))
-    }
-
-    fn number<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, CliError> {
-        self.get(name)
-            .map(|v| {
-                v.parse::<T>()
-                    .map_err(|_| CliError::Usage(format!("--{name} needs a number, not {v:?}")))
-            })
-            .transpose()
-    }
-}
-
 /// `println!` that returns the write error instead of panicking (a reader that closed the pipe,
 /// as `duolog stats | head` does, ends the command quietly).
 macro_rules! out {
@@ -134,58 +46,45 @@ macro_rules! out {
     }};
 }
 
-fn open_existing(dir: &str, options: StoreOptions) -> Result<Box<dyn LogStore>, CliError> {
+fn open_existing(dir: &Path, options: StoreOptions) -> Result<Box<dyn LogStore>, CliError> {
     if duolog::stored_engine(dir, &options)?.is_none() {
-        return Err(CliError::Failed(format!("no duolog store at {dir}")));
+        return Err(CliError::Failed(format!(
+            "no duolog store at {}",
+            dir.display()
+        )));
     }
     Ok(duolog::open(dir, options)?)
 }
 
-fn produce(args: &Args) -> Result<(), CliError> {
-    args.check_known(&[
-        "dir",
-        "engine",
-        "topic",
-        "partitions",
-        "partition",
-        "keyed",
-        "tombstones",
-        "sync",
-    ])?;
-    let dir = PathBuf::from(args.required("dir")?);
-    let topic = args.required("topic")?;
-    let engine = engine_arg(args)?;
-    let sync = args.has("sync");
+fn produce(args: &ProduceArgs) -> Result<(), CliError> {
+    let topic = args.topic.as_str();
     let options = StoreOptions {
-        engine,
-        flush: if sync {
+        engine: args.engine,
+        flush: if args.sync {
             FlushPolicy::Sync
         } else {
             FlushPolicy::default()
         },
         ..StoreOptions::default()
     };
-    let store = duolog::open(&dir, options)?;
+    let store = duolog::open(&args.dir, options)?;
     let partitions = match store.describe_topic(topic) {
         Ok(c) => c.partitions,
         Err(duolog::Error::UnknownTopic(_)) => {
-            let n = args.number::<u32>("partitions")?.unwrap_or(1);
+            let n = args.partitions.unwrap_or(1);
             store.create_topic(topic, TopicConfig::with_partitions(n))?;
             n
         }
         Err(e) => return Err(e.into()),
     };
-    let fixed = args.number::<u32>("partition")?;
+    let fixed = args.partition;
     if let Some(p) = fixed.filter(|&p| p >= partitions) {
         return Err(CliError::Usage(format!(
             "--partition {p} but topic {topic} has {partitions} partitions"
         )));
     }
-    let keyed = args.has("keyed");
-    let tombstones = args.has("tombstones");
-    if tombstones && !keyed {
-        return Err(CliError::Usage("--tombstones needs --keyed".into()));
-    }
+    let keyed = args.keyed;
+    let tombstones = args.tombstones;
     let mut input = io::BufReader::with_capacity(1 << 16, io::stdin());
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
@@ -221,6 +120,12 @@ fn produce(args: &Args) -> Result<(), CliError> {
                     m.with_key(k.to_owned())
                 };
             }
+            if let Some(tags) = &args.tags {
+                m = m.with_tags(tags.clone());
+            }
+            for (name, value) in &args.properties {
+                m = m.with_property(name.clone(), value.clone());
+            }
             pending.push((partition, m));
         }
         let flush_now = n == 0 || input.buffer().is_empty() || pending.len() >= 512;
@@ -252,19 +157,29 @@ fn produce(args: &Args) -> Result<(), CliError> {
     Ok(())
 }
 
-fn consume(args: &Args) -> Result<(), CliError> {
-    args.check_known(&["dir", "topic", "partition", "from", "max"])?;
-    let dir = args.required("dir")?;
-    let topic = args.required("topic")?;
-    let partition = args
-        .number::<u32>("partition")?
-        .ok_or_else(|| CliError::Usage("--partition is required".into()))?;
-    let store = open_existing(dir, StoreOptions::default())?;
-    let mut at = match args.number::<u64>("from")? {
+fn key_and_body(r: &duolog::Record) -> (std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>) {
+    let key = r.key().map(String::from_utf8_lossy).unwrap_or_default();
+    let body = match r.value() {
+        Some(v) => String::from_utf8_lossy(v),
+        None => "null".into(),
+    };
+    (key, body)
+}
+
+fn consume(args: &ConsumeArgs) -> Result<(), CliError> {
+    if args.group.is_some() {
+        return consume_group(args);
+    }
+    let topic = args.topic.as_str();
+    let Some(partition) = args.partition else {
+        return Err(CliError::Usage("--partition is required".into()));
+    };
+    let store = open_existing(&args.dir, StoreOptions::default())?;
+    let mut at = match args.from {
         Some(o) => o,
         None => store.bounds(topic, partition)?.start,
     };
-    let max = args.number::<u64>("max")?.unwrap_or(u64::MAX);
+    let max = args.max.unwrap_or(u64::MAX);
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let mut printed = 0u64;
@@ -276,11 +191,7 @@ fn consume(args: &Args) -> Result<(), CliError> {
             break;
         }
         for r in &recs {
-            let key = r.key().map(String::from_utf8_lossy).unwrap_or_default();
-            let body = match r.value() {
-                Some(v) => String::from_utf8_lossy(v),
-                None => "null".into(),
-            };
+            let (key, body) = key_and_body(r);
             writeln!(out, "{}\t{}\t{}", r.offset(), key, body)?;
         }
         printed += recs.len() as u64;
@@ -291,98 +202,234 @@ fn consume(args: &Args) -> Result<(), CliError> {
     Ok(())
 }
 
-fn engine_arg(args: &Args) -> Result<Option<EngineKind>, CliError> {
-    match args.get("engine") {
-        None => Ok(None),
-        Some(name) => EngineKind::from_name(name)
-            .map(Some)
-            .ok_or_else(|| CliError::Usage(format!("unknown engine {name:?}"))),
+/// Which records `consume --group` prints.
+enum Filter {
+    All,
+    Tags(TagFilter),
+    Sql(SqlFilter),
+}
+
+impl Filter {
+    fn matches(&self, r: &duolog::Record) -> bool {
+        match self {
+            Filter::All => true,
+            Filter::Tags(f) => f.matches(r.tags()),
+            Filter::Sql(f) => f.matches(|name| {
+                if name == "TAGS" {
+                    r.tags()
+                } else {
+                    r.properties().get(name)
+                }
+            }),
+        }
     }
 }
 
-/// Applies every `--config NAME=VALUE` (and `--delete-config NAME`) to `config`.
-fn apply_configs(args: &Args, config: &mut TopicConfig) -> Result<(), CliError> {
-    for pair in args.all("config") {
-        let (name, value) = pair
-            .split_once('=')
-            .ok_or_else(|| CliError::Usage(format!("--config needs NAME=VALUE, not {pair:?}")))?;
-        config.set(name.trim(), value)?;
+/// `consume --group G`: a member of G subscribed to the topic, auto commit off. Each polled
+/// batch is printed (what the filter lets through), stdout flushed, and only then the offsets
+/// after the batch committed: a crash before the commit prints the batch again next time
+/// (at least once), and nothing is committed that was not printed (or filtered out).
+fn consume_group(args: &ConsumeArgs) -> Result<(), CliError> {
+    let topic = args.topic.as_str();
+    let group = args.group.as_deref().unwrap_or_default();
+    let filter = match (&args.filter, &args.sql) {
+        (_, Some(sql)) => Filter::Sql(sql.clone()),
+        (Some(tags), None) => Filter::Tags(TagFilter::parse(tags)),
+        (None, None) => Filter::All,
+    };
+    let store: Arc<dyn LogStore> = Arc::from(open_existing(&args.dir, StoreOptions::default())?);
+    let partitions = store.describe_topic(topic)?.partitions;
+    let groups = GroupCoordinator::new(Arc::clone(&store))?;
+    let config = ConsumerConfig {
+        auto_offset_reset: OffsetReset::Earliest,
+        enable_auto_commit: false,
+        max_poll_records: 2000,
+        ..ConsumerConfig::new(group)
+    };
+    let consumer = Consumer::new(&groups, config)?;
+    consumer.subscribe(&[topic])?;
+    let result = consume_loop(args, &consumer, &filter, partitions);
+    // Auto commit is off: closing commits nothing beyond what the loop committed.
+    let closed = consumer.close();
+    drop(consumer);
+    drop(groups);
+    result?;
+    closed?;
+    store.close()?;
+    Ok(())
+}
+
+fn consume_loop(
+    args: &ConsumeArgs,
+    consumer: &Consumer,
+    filter: &Filter,
+    partitions: u32,
+) -> Result<(), CliError> {
+    let topic = args.topic.as_str();
+    let max = args.max.unwrap_or(u64::MAX);
+    let idle = args.idle_exit.unwrap_or(Duration::from_secs(2));
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let mut printed = 0u64;
+    let mut idle_since = Instant::now();
+    while printed < max {
+        // Without --follow, an empty poll once every partition is held means every partition
+        // is at its end (no other process can append: the store is single-process). A short
+        // timeout only covers the first poll's rebalance.
+        let timeout = if args.follow {
+            idle.saturating_sub(idle_since.elapsed())
+        } else {
+            Duration::from_millis(50)
+        };
+        let records = consumer.poll(timeout)?;
+        if records.is_empty() {
+            if args.follow {
+                if idle_since.elapsed() >= idle {
+                    break;
+                }
+            } else if consumer.assignment().len() >= partitions as usize
+                || idle_since.elapsed() >= Duration::from_secs(10)
+            {
+                // (The second case cannot happen with one member in one process; it only
+                // keeps a surprise from turning into a hang.)
+                break;
+            }
+            continue;
+        }
+        idle_since = Instant::now();
+        // Next offset per partition, of what was printed or filtered out.
+        let mut done: Vec<(u32, u64)> = Vec::new();
+        for r in &records {
+            if printed >= max {
+                break;
+            }
+            if filter.matches(r.record()) {
+                print_record(&mut out, r)?;
+                printed += 1;
+            }
+            match done.iter_mut().find(|(p, _)| *p == r.partition()) {
+                Some(d) => d.1 = r.offset() + 1,
+                None => done.push((r.partition(), r.offset() + 1)),
+            }
+        }
+        out.flush()?;
+        let offsets: Vec<(&str, u32, u64)> = done.iter().map(|&(p, o)| (topic, p, o)).collect();
+        consumer.commit_offsets(&offsets)?;
     }
-    for name in args.all("delete-config") {
+    out.flush()?;
+    Ok(())
+}
+
+fn print_record(out: &mut impl Write, r: &ConsumerRecord) -> io::Result<()> {
+    let (key, body) = key_and_body(r.record());
+    writeln!(out, "{}\t{}\t{}\t{}", r.partition(), r.offset(), key, body)
+}
+
+/// `groups`: every committed partition of every group, with its end offset and lag.
+fn groups(args: &args::GroupsArgs) -> Result<(), CliError> {
+    let store: Arc<dyn LogStore> = Arc::from(open_existing(&args.dir, StoreOptions::default())?);
+    let coordinator = GroupCoordinator::new(Arc::clone(&store))?;
+    let names = match &args.group {
+        Some(g) => vec![g.clone()],
+        None => coordinator.groups(),
+    };
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    for group in names {
+        for (topic, parts) in coordinator.committed_offsets(&group) {
+            for (partition, committed) in parts {
+                match store.bounds(&topic, partition) {
+                    Ok(b) => writeln!(
+                        out,
+                        "{group}\t{topic}\t{partition}\t{committed}\t{}\t{}",
+                        b.end,
+                        b.end.saturating_sub(committed)
+                    )?,
+                    Err(
+                        duolog::Error::UnknownTopic(_) | duolog::Error::UnknownPartition { .. },
+                    ) => writeln!(out, "{group}\t{topic}\t{partition}\t{committed}\t-\t-")?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    out.flush()?;
+    drop(coordinator);
+    store.close()?;
+    Ok(())
+}
+
+/// Applies every `--config NAME=VALUE` (and `--delete-config NAME`) to `config`.
+fn apply_configs(
+    configs: &[(String, String)],
+    deletes: &[String],
+    config: &mut TopicConfig,
+) -> Result<(), CliError> {
+    for (name, value) in configs {
+        config.set(name, value)?;
+    }
+    for name in deletes {
         config.unset(name.trim())?;
     }
     Ok(())
 }
 
-fn topic(rest: &[String]) -> Result<(), CliError> {
-    let Some(action) = rest.first() else {
-        return Err(CliError::Usage(
-            "topic needs create, alter, delete or add-partitions".into(),
-        ));
-    };
-    let args = Args::parse(&rest[1..], &[])?;
-    match action.as_str() {
-        "create" => {
-            args.check_known(&["dir", "engine", "topic", "partitions", "config"])?;
-            let topic = args.required("topic")?;
-            let mut config =
-                TopicConfig::with_partitions(args.number::<u32>("partitions")?.unwrap_or(1));
-            apply_configs(&args, &mut config)?;
+fn topic(cmd: &TopicCommand) -> Result<(), CliError> {
+    match cmd {
+        TopicCommand::Create {
+            dir,
+            engine,
+            topic,
+            partitions,
+            configs,
+        } => {
+            let mut config = TopicConfig::with_partitions(partitions.unwrap_or(1));
+            apply_configs(configs, &[], &mut config)?;
             let options = StoreOptions {
-                engine: engine_arg(&args)?,
+                engine: *engine,
                 ..StoreOptions::default()
             };
-            let store = duolog::open(args.required("dir")?, options)?;
+            let store = duolog::open(dir, options)?;
             store.create_topic(topic, config)?;
             store.close()?;
             out!("created {topic}");
         }
-        "alter" => {
-            args.check_known(&["dir", "topic", "config", "delete-config"])?;
-            let topic = args.required("topic")?;
-            let store = open_existing(args.required("dir")?, StoreOptions::default())?;
+        TopicCommand::Alter {
+            dir,
+            topic,
+            configs,
+            delete_configs,
+        } => {
+            let store = open_existing(dir, StoreOptions::default())?;
             let mut config = store.describe_topic(topic)?;
-            apply_configs(&args, &mut config)?;
+            apply_configs(configs, delete_configs, &mut config)?;
             store.alter_topic(topic, config)?;
             store.close()?;
             out!("altered {topic}");
         }
-        "delete" => {
-            args.check_known(&["dir", "topic"])?;
-            let topic = args.required("topic")?;
-            let store = open_existing(args.required("dir")?, StoreOptions::default())?;
+        TopicCommand::Delete { dir, topic } => {
+            let store = open_existing(dir, StoreOptions::default())?;
             store.delete_topic(topic)?;
             store.close()?;
             out!("deleted {topic}");
         }
-        "add-partitions" => {
-            args.check_known(&["dir", "topic", "count"])?;
-            let topic = args.required("topic")?;
-            let count = args
-                .number::<u32>("count")?
-                .ok_or_else(|| CliError::Usage("--count is required".into()))?;
-            let store = open_existing(args.required("dir")?, StoreOptions::default())?;
-            let total = store.add_partitions(topic, count)?;
+        TopicCommand::AddPartitions { dir, topic, count } => {
+            let store = open_existing(dir, StoreOptions::default())?;
+            let total = store.add_partitions(topic, *count)?;
             store.close()?;
             out!("{topic} has {total} partitions");
-        }
-        other => {
-            return Err(CliError::Usage(format!(
-                "unknown topic action {other:?} (create, alter, delete, add-partitions)"
-            )));
         }
     }
     Ok(())
 }
 
-fn topics(args: &Args) -> Result<(), CliError> {
-    args.check_known(&["dir", "all"])?;
+fn topics(args: &args::TopicsArgs) -> Result<(), CliError> {
     let options = StoreOptions::default();
-    let store = open_existing(args.required("dir")?, options.clone())?;
+    let store = open_existing(&args.dir, options.clone())?;
     for t in store.list_topics(true) {
         let config = store.describe_topic(&t)?;
         let mut line = format!("{t}\tpartitions={}", config.partitions);
-        if args.has("all") {
+        if args.all {
             for (name, value, own) in config.describe(&options, store.engine()) {
                 let mark = if own { "*" } else { "" };
                 line.push_str(&format!("\t{name}={value}{mark}"));
@@ -398,10 +445,9 @@ fn topics(args: &Args) -> Result<(), CliError> {
     Ok(())
 }
 
-fn compact(args: &Args) -> Result<(), CliError> {
-    args.check_known(&["dir", "topic"])?;
-    let store = open_existing(args.required("dir")?, StoreOptions::default())?;
-    let r = store.compact(args.get("topic"))?;
+fn compact(args: &args::CompactArgs) -> Result<(), CliError> {
+    let store = open_existing(&args.dir, StoreOptions::default())?;
+    let r = store.compact(args.topic.as_deref())?;
     store.close()?;
     out!(
         "cleaned {} partition(s): removed {} record(s) ({} tombstone(s)), {} -> {} bytes",
@@ -414,9 +460,8 @@ fn compact(args: &Args) -> Result<(), CliError> {
     Ok(())
 }
 
-fn stats(args: &Args) -> Result<(), CliError> {
-    args.check_known(&["dir"])?;
-    let store = open_existing(args.required("dir")?, StoreOptions::default())?;
+fn stats(dir: &Path) -> Result<(), CliError> {
+    let store = open_existing(dir, StoreOptions::default())?;
     out!("engine\t{}", store.engine());
     let usage = store.disk_usage()?;
     out!("files\t{}", usage.files);
@@ -439,9 +484,8 @@ fn stats(args: &Args) -> Result<(), CliError> {
     Ok(())
 }
 
-fn verify(args: &Args) -> Result<(), CliError> {
-    args.check_known(&["dir"])?;
-    let store = open_existing(args.required("dir")?, StoreOptions::default())?;
+fn verify(dir: &Path) -> Result<(), CliError> {
+    let store = open_existing(dir, StoreOptions::default())?;
     let report = store.verify()?;
     store.close()?;
     out!(
@@ -463,18 +507,12 @@ fn verify(args: &Args) -> Result<(), CliError> {
     }
 }
 
-fn query(args: &Args) -> Result<(), CliError> {
-    args.check_known(&["dir", "topic", "key", "from", "to", "max"])?;
-    let store = open_existing(args.required("dir")?, StoreOptions::default())?;
-    let from = args.number::<i64>("from")?.unwrap_or(0);
-    let to = args.number::<i64>("to")?.unwrap_or(i64::MAX / 2);
-    let max = args.number::<usize>("max")?.unwrap_or(64);
-    let found = store.find_by_key(
-        args.required("topic")?,
-        args.required("key")?,
-        (from, to),
-        max,
-    )?;
+fn query(args: &args::QueryArgs) -> Result<(), CliError> {
+    let store = open_existing(&args.dir, StoreOptions::default())?;
+    let from = args.from.unwrap_or(0);
+    let to = args.to.unwrap_or(i64::MAX / 2);
+    let max = args.max.unwrap_or(64);
+    let found = store.find_by_key(&args.topic, &args.key, (from, to), max)?;
     for m in &found {
         let r = &m.record;
         out!(
@@ -489,16 +527,9 @@ fn query(args: &Args) -> Result<(), CliError> {
     Ok(())
 }
 
-fn offset_for_time(args: &Args) -> Result<(), CliError> {
-    args.check_known(&["dir", "topic", "partition", "time"])?;
-    let store = open_existing(args.required("dir")?, StoreOptions::default())?;
-    let partition = args
-        .number::<u32>("partition")?
-        .ok_or_else(|| CliError::Usage("--partition is required".into()))?;
-    let time = args
-        .number::<i64>("time")?
-        .ok_or_else(|| CliError::Usage("--time is required".into()))?;
-    match store.offset_for_time(args.required("topic")?, partition, time)? {
+fn offset_for_time(args: &args::OffsetForTimeArgs) -> Result<(), CliError> {
+    let store = open_existing(&args.dir, StoreOptions::default())?;
+    match store.offset_for_time(&args.topic, args.partition, args.time)? {
         Some(o) => out!("{o}"),
         None => out!("none"),
     }
@@ -506,60 +537,87 @@ fn offset_for_time(args: &Args) -> Result<(), CliError> {
     Ok(())
 }
 
-fn reindex(args: &Args) -> Result<(), CliError> {
-    args.check_known(&["dir"])?;
-    let store = open_existing(args.required("dir")?, StoreOptions::default())?;
+fn reindex(dir: &Path) -> Result<(), CliError> {
+    let store = open_existing(dir, StoreOptions::default())?;
     let n = store.reindex()?;
     store.close()?;
     out!("indexed {n} records");
     Ok(())
 }
 
-fn run(argv: &[String]) -> Result<(), CliError> {
-    let Some(cmd) = argv.first() else {
-        return Err(CliError::Usage("no command".into()));
-    };
-    let rest = &argv[1..];
-    match cmd.as_str() {
-        "produce" => produce(&Args::parse(rest, &["keyed", "tombstones", "sync"])?),
-        "topic" => topic(rest),
-        "compact" => compact(&Args::parse(rest, &[])?),
-        "consume" => consume(&Args::parse(rest, &[])?),
-        "topics" => topics(&Args::parse(rest, &["all"])?),
-        "stats" => stats(&Args::parse(rest, &[])?),
-        "verify" => verify(&Args::parse(rest, &[])?),
-        "query" => query(&Args::parse(rest, &[])?),
-        "offset-for-time" => offset_for_time(&Args::parse(rest, &[])?),
-        "reindex" => reindex(&Args::parse(rest, &[])?),
-        "dump" => {
-            let [file] = rest else {
-                return Err(CliError::Usage("dump takes one file".into()));
-            };
-            let stdout = io::stdout();
-            let mut out = io::BufWriter::new(stdout.lock());
-            match dump::dump(std::path::Path::new(file), &mut out) {
-                Ok(()) => Ok(out.flush()?),
-                Err(dump::DumpError::Io(e)) => Err(CliError::Failed(format!("{file}: {e}"))),
-                Err(dump::DumpError::Invalid(msg)) => {
-                    out.flush()?;
-                    Err(CliError::Failed(format!("{file}: {msg}")))
-                }
+fn dump(file: &Path) -> Result<(), CliError> {
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    match dump::dump(file, &mut out) {
+        Ok(()) => Ok(out.flush()?),
+        Err(dump::DumpError::Io(e)) => Err(CliError::Failed(format!("{}: {e}", file.display()))),
+        Err(dump::DumpError::Invalid(msg)) => {
+            out.flush()?;
+            Err(CliError::Failed(format!("{}: {msg}", file.display())))
+        }
+    }
+}
+
+fn completions(shell: clap_complete::Shell) -> Result<(), CliError> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "duolog", &mut script);
+    let mut stdout = io::stdout().lock();
+    stdout.write_all(&script)?;
+    stdout.flush()?;
+    Ok(())
+}
+
+fn run(cli: &Cli) -> Result<(), CliError> {
+    match &cli.command {
+        Command::Produce(a) => produce(a),
+        Command::Consume(a) => consume(a),
+        Command::Topic(t) => topic(t),
+        Command::Topics(a) => topics(a),
+        Command::Groups(a) => groups(a),
+        Command::Compact(a) => compact(a),
+        Command::Stats(a) => stats(&a.dir),
+        Command::Verify(a) => verify(&a.dir),
+        Command::Query(a) => query(a),
+        Command::OffsetForTime(a) => offset_for_time(a),
+        Command::Reindex(a) => reindex(&a.dir),
+        Command::Dump { file } => dump(file),
+        Command::Completions { shell } => completions(*shell),
+    }
+}
+
+/// Parses the command line; a usage error is printed with its usage line (exit 2), `--help`
+/// and `--version` print to stdout (exit 0).
+fn parse() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) => {
+            let code = ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+            if e.kind() == clap::error::ErrorKind::InvalidSubcommand {
+                // clap says "unrecognized subcommand"; duolog always said "unknown command".
+                let text = e.render().to_string().replacen(
+                    "unrecognized subcommand",
+                    "unknown command",
+                    1,
+                );
+                let _ = io::stderr().write_all(text.as_bytes());
+            } else {
+                // Help goes to stdout, errors to stderr; a closed pipe is not worth a panic.
+                let _ = e.print();
             }
+            Err(code)
         }
-        "help" | "--help" | "-h" => {
-            out!("{USAGE}");
-            Ok(())
-        }
-        other => Err(CliError::Usage(format!("unknown command {other:?}"))),
     }
 }
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    match run(&argv) {
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Usage(msg)) => {
-            eprintln!("duolog: {msg}\n\n{USAGE}");
+            eprintln!("duolog: {msg}\n\nFor more information, try '--help'.");
             ExitCode::from(2)
         }
         Err(CliError::Store(e)) => {

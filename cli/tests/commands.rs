@@ -644,3 +644,458 @@ fn topic_administration_configs_and_tombstones() {
         }
     }
 }
+
+fn ok(args: &[&str], stdin: &str) -> String {
+    let out = duolog(args, stdin);
+    assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// The new user's script from issue 12: 10,000 tagged lines, `consume --group g --filter
+/// TagA` twice (the second run prints nothing new), `groups` shows zero lag.
+#[test]
+fn group_consumption_with_a_tag_filter_commits_what_it_printed() {
+    for engine in ["commitlog", "segmented"] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("s");
+        let d = d.to_str().unwrap();
+        let lines = |tag: &str| -> String { (0..5_000).map(|i| format!("{tag}-{i}\n")).collect() };
+        for tag in ["TagA", "TagB"] {
+            let acks = ok(
+                &[
+                    "produce",
+                    "--dir",
+                    d,
+                    "--engine",
+                    engine,
+                    "--topic",
+                    "t",
+                    "--partitions",
+                    "4",
+                    "--tags",
+                    tag,
+                ],
+                &lines(tag),
+            );
+            assert_eq!(acks.lines().count(), 5_000, "{engine}");
+        }
+        let consume = |group: &str, filter: &str| {
+            ok(
+                &[
+                    "consume", "--dir", d, "--group", group, "--topic", "t", "--filter", filter,
+                ],
+                "",
+            )
+        };
+        let first = consume("g", "TagA");
+        let mut bodies: Vec<String> = first
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                assert_eq!(f.len(), 4, "{engine}: {l}");
+                assert!(f[0].parse::<u32>().unwrap() < 4 && f[1].parse::<u64>().is_ok());
+                assert_eq!(f[2], "", "no key");
+                f[3].to_owned()
+            })
+            .collect();
+        bodies.sort();
+        let mut want: Vec<String> = (0..5_000).map(|i| format!("TagA-{i}")).collect();
+        want.sort();
+        assert_eq!(bodies, want, "{engine}: every TagA line once, nothing else");
+        assert_eq!(
+            consume("g", "TagA"),
+            "",
+            "{engine}: the second run prints nothing new"
+        );
+        // Filtered-out records were committed past too: zero lag on every partition.
+        let groups = ok(&["groups", "--dir", d], "");
+        let rows: Vec<Vec<String>> = groups
+            .lines()
+            .map(|l| l.split('\t').map(str::to_owned).collect())
+            .collect();
+        assert_eq!(rows.len(), 4, "{engine}: {groups}");
+        let mut total = 0;
+        for (p, row) in rows.iter().enumerate() {
+            assert_eq!(row[..3], ["g", "t", &p.to_string()], "{engine}: {groups}");
+            assert_eq!(row[3], row[4], "{engine}: committed = end: {groups}");
+            assert_eq!(row[5], "0", "{engine}: {groups}");
+            total += row[4].parse::<u64>().unwrap();
+        }
+        assert_eq!(total, 10_000);
+        // Another group with both tags gets everything; a third with `*` too, and then
+        // `groups --group` shows just it.
+        assert_eq!(consume("both", "TagA || TagB").lines().count(), 10_000);
+        assert_eq!(consume("all", "*").lines().count(), 10_000);
+        let listed = ok(&["groups", "--dir", d], "");
+        assert_eq!(listed.lines().count(), 12, "{listed}");
+        assert!(listed.starts_with("all\t"), "sorted by group: {listed}");
+        let only = ok(&["groups", "--dir", d, "--group", "both"], "");
+        assert_eq!(only.lines().count(), 4);
+        assert!(only.lines().all(|l| l.starts_with("both\t")), "{only}");
+        // New records: the group picks up exactly those.
+        ok(
+            &["produce", "--dir", d, "--topic", "t", "--tags", "TagA"],
+            "late\n",
+        );
+        let lag: u64 = ok(&["groups", "--dir", d, "--group", "g"], "")
+            .lines()
+            .map(|l| l.rsplit('\t').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(lag, 1, "{engine}");
+        let late = consume("g", "TagA");
+        assert!(
+            late.ends_with("\t\tlate\n") && late.lines().count() == 1,
+            "{late}"
+        );
+    }
+}
+
+#[test]
+fn sql_filters_on_properties_and_tags() {
+    for engine in ["commitlog", "segmented"] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("s");
+        let d = d.to_str().unwrap();
+        for (color, size, tag) in [
+            ("red", "1", "TagA"),
+            ("blue", "5", "TagA"),
+            ("blue", "9", "TagB"),
+        ] {
+            let stdin: String = (0..10)
+                .map(|i| format!("k{i}\t{color}-{size}-{i}\n"))
+                .collect();
+            ok(
+                &[
+                    "produce",
+                    "--dir",
+                    d,
+                    "--engine",
+                    engine,
+                    "--topic",
+                    "t",
+                    "--partitions",
+                    "3",
+                    "--keyed",
+                    "--tags",
+                    tag,
+                    "--property",
+                    &format!("color={color}"),
+                    "--property",
+                    &format!("size={size}"),
+                ],
+                &stdin,
+            );
+        }
+        let sql = |group: &str, expr: &str| -> Vec<String> {
+            let out = ok(
+                &[
+                    "consume", "--dir", d, "--group", group, "--topic", "t", "--sql", expr,
+                ],
+                "",
+            );
+            let mut bodies: Vec<String> = out
+                .lines()
+                .map(|l| {
+                    let f: Vec<&str> = l.split('\t').collect();
+                    assert!(f[2].starts_with('k'), "the key is printed: {l}");
+                    f[3].to_owned()
+                })
+                .collect();
+            bodies.sort();
+            bodies
+        };
+        let blue = sql("g1", "color = 'blue' AND size > 6");
+        assert_eq!(blue.len(), 10, "{engine}: {blue:?}");
+        assert!(blue.iter().all(|b| b.starts_with("blue-9-")), "{blue:?}");
+        let tagged = sql("g2", "TAGS = 'TagA' AND size BETWEEN 2 AND 6");
+        assert_eq!(tagged.len(), 10, "{engine}: {tagged:?}");
+        assert!(
+            tagged.iter().all(|b| b.starts_with("blue-5-")),
+            "{tagged:?}"
+        );
+        assert!(sql("g3", "missing IS NOT NULL").is_empty());
+        assert!(
+            sql("g2", "TAGS = 'TagA'").is_empty(),
+            "g2 committed past all"
+        );
+    }
+}
+
+#[test]
+fn bad_group_consume_arguments_are_usage_errors_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("s");
+    let d = d.to_str().unwrap();
+    ok(&["produce", "--dir", d, "--topic", "t"], "x\n");
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &[
+                "consume",
+                "--dir",
+                d,
+                "--group",
+                "g",
+                "--topic",
+                "t",
+                "--sql",
+                "a > AND b",
+            ],
+            &["--sql", "column 5"],
+        ),
+        (
+            &[
+                "consume", "--dir", d, "--group", "g", "--topic", "t", "--sql", "a = 'x",
+            ],
+            &["--sql", "column"],
+        ),
+        (
+            &[
+                "consume", "--dir", d, "--group", "g", "--topic", "t", "--filter", "A", "--sql",
+                "a = 1",
+            ],
+            &["--filter", "--sql"],
+        ),
+        (
+            &[
+                "consume",
+                "--dir",
+                d,
+                "--topic",
+                "t",
+                "--partition",
+                "0",
+                "--follow",
+            ],
+            &["--follow", "--partition"],
+        ),
+        (
+            &[
+                "consume",
+                "--dir",
+                d,
+                "--group",
+                "g",
+                "--topic",
+                "t",
+                "--follow",
+                "--idle-exit",
+                "2 minutes",
+            ],
+            &["--idle-exit", "500ms"],
+        ),
+        (
+            &[
+                "consume",
+                "--dir",
+                d,
+                "--group",
+                "g",
+                "--topic",
+                "t",
+                "--partition",
+                "0",
+            ],
+            &["--partition", "--group"],
+        ),
+        (
+            &[
+                "produce",
+                "--dir",
+                d,
+                "--topic",
+                "t",
+                "--property",
+                "novalue",
+            ],
+            &["--property", "NAME=VALUE"],
+        ),
+        (
+            &["consume", "--dir", d, "--group", "g", "--topci", "t"],
+            &["--topci"],
+        ),
+    ];
+    for (args, expect) in cases {
+        let out = duolog(args, "");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        let err = text(&out.stderr);
+        for e in *expect {
+            assert!(err.contains(e), "{args:?}: {e}: {err}");
+        }
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // Store errors stay exit 1.
+    let out = duolog(
+        &["consume", "--dir", d, "--group", "g", "--topic", "nope"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("unknown topic"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = duolog(&["groups", "--dir", "/nonexistent/x"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no duolog store"));
+}
+
+/// `--follow` prints what is there, waits for more until nothing new arrived for
+/// `--idle-exit`, and exits; what was produced after it exits is what the next run prints.
+/// While it runs, it holds the store (a store is single-process): a producer in another
+/// process is refused clearly, never silently lost.
+#[test]
+fn follow_exits_after_the_idle_time_and_resumes_from_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("s");
+    let d = d.to_str().unwrap();
+    ok(
+        &["produce", "--dir", d, "--topic", "t", "--partitions", "2"],
+        "a\nb\nc\n",
+    );
+    let follow = [
+        "consume",
+        "--dir",
+        d,
+        "--group",
+        "g",
+        "--topic",
+        "t",
+        "--follow",
+        "--idle-exit",
+        "300ms",
+    ];
+    let start = std::time::Instant::now();
+    let out = ok(&follow, "");
+    let took = start.elapsed();
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(
+        took >= std::time::Duration::from_millis(300) && took < std::time::Duration::from_secs(10),
+        "{took:?}"
+    );
+    // A producer while a follower holds the store.
+    let exe = env!("CARGO_BIN_EXE_duolog");
+    let child = Command::new(exe)
+        .args([
+            "consume",
+            "--dir",
+            d,
+            "--group",
+            "g",
+            "--topic",
+            "t",
+            "--follow",
+            "--idle-exit",
+            "3s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let refused = duolog(&["produce", "--dir", d, "--topic", "t"], "during\n");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("locked"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let follower = child.wait_with_output().unwrap();
+    assert!(follower.status.success());
+    assert_eq!(text(&follower.stdout), "", "nothing new");
+    // Produced between runs: the next run picks up exactly those.
+    ok(&["produce", "--dir", d, "--topic", "t"], "d\ne\n");
+    let out = ok(&follow, "");
+    let bodies: Vec<&str> = out
+        .lines()
+        .map(|l| l.rsplit('\t').next().unwrap())
+        .collect();
+    let mut sorted = bodies.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["d", "e"], "{out}");
+    // --max stops early and commits only what it printed.
+    ok(
+        &["produce", "--dir", d, "--topic", "t", "--partition", "0"],
+        "f\ng\nh\n",
+    );
+    let one = ok(
+        &[
+            "consume", "--dir", d, "--group", "g", "--topic", "t", "--max", "1",
+        ],
+        "",
+    );
+    assert!(one.ends_with("\tf\n") && one.lines().count() == 1, "{one}");
+    let rest = ok(&["consume", "--dir", d, "--group", "g", "--topic", "t"], "");
+    assert_eq!(
+        rest.lines()
+            .map(|l| l.rsplit('\t').next().unwrap())
+            .collect::<Vec<_>>(),
+        ["g", "h"]
+    );
+}
+
+#[test]
+fn help_for_every_command_and_shell_completions() {
+    for cmd in [
+        &["produce"][..],
+        &["consume"],
+        &["topic"],
+        &["topic", "create"],
+        &["topic", "alter"],
+        &["topic", "delete"],
+        &["topic", "add-partitions"],
+        &["topics"],
+        &["groups"],
+        &["compact"],
+        &["stats"],
+        &["verify"],
+        &["query"],
+        &["offset-for-time"],
+        &["reindex"],
+        &["dump"],
+        &["completions"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let out = duolog(&args, "");
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let help = text(&out.stdout);
+        assert!(
+            help.contains(&format!("Usage: duolog {}", cmd.join(" "))),
+            "{args:?}: {help}"
+        );
+    }
+    let help = ok(&["consume", "--help"], "");
+    for flag in [
+        "--group",
+        "--filter",
+        "--sql",
+        "--follow",
+        "--idle-exit",
+        "--partition",
+    ] {
+        assert!(help.contains(flag), "{flag}: {help}");
+    }
+    let top = ok(&["--help"], "");
+    assert!(
+        top.contains("groups") && top.contains("completions"),
+        "{top}"
+    );
+    let script = ok(&["completions", "bash"], "");
+    assert!(
+        script.contains("_duolog()") && script.contains("complete "),
+        "{script}"
+    );
+    assert!(script.contains("--idle-exit") && script.contains("add-partitions"));
+    let zsh = ok(&["completions", "zsh"], "");
+    assert!(zsh.contains("#compdef duolog"));
+    let out = duolog(&["completions", "tcsh"], "");
+    assert_eq!(out.status.code(), Some(2));
+    // No command at all: the help, as a usage error.
+    let out = duolog(&[], "");
+    assert_eq!(out.status.code(), Some(2));
+}

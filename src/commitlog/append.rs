@@ -135,6 +135,15 @@ impl Inner {
                 if inner.check_open().is_err() {
                     return;
                 }
+                // Never while a deletion removes queue directories (it would fail, or this
+                // job's directory sync would, poisoning the store), nor for a deleted topic.
+                // Skipping is harmless: the appender creates the file.
+                let Some(_prep) = inner.queue_prep.try_read() else {
+                    return;
+                };
+                if t.deleted.load(Ordering::Acquire) {
+                    return;
+                }
                 let made = part.cq.files().and_then(|fq| {
                     part.cq.ensure_file_for(&fq, next)?;
                     Ok(fq.find(next))
@@ -245,7 +254,12 @@ impl Inner {
         // planning step under the lock still creates whatever is missing by then, and reports
         // any error (this step is best effort; a failed sync has poisoned the store either way).
         let base = part.next_offset.load(Ordering::Acquire);
+        // Never while a deletion removes queue directories, nor for a deleted topic (this
+        // step's file creation there would fail the deletion, or fail its own directory sync
+        // and poison the store). Skipped, the locked step does it.
         if base + items.len() as u64 > part.queue_ready_until.load(Ordering::Acquire)
+            && let Some(_prep) = self.queue_prep.try_read()
+            && !t.deleted.load(Ordering::Acquire)
             && let Ok(cq) = part.cq.files()
         {
             let last_byte = (base + items.len() as u64) * UNIT_SIZE - 1;

@@ -434,6 +434,58 @@ impl Inner {
         }
     }
 
+    /// First offset in `[from, upto)` from which the compacted records below `upto` add up to
+    /// at most `max` bytes (`upto` if none fits; `from` if all do).
+    pub(crate) fn first_compacted_keeping(
+        &self,
+        part: &PartitionState,
+        from: u64,
+        upto: u64,
+        max: u64,
+    ) -> Result<u64> {
+        let Some((_, reader)) = self.open_compacted(part)? else {
+            return Ok(from);
+        };
+        let scan_all = |f: &mut dyn FnMut(u64, u64) -> bool| -> Result<()> {
+            let mut scan = reader.scan_from(reader.seek(from)?);
+            loop {
+                let pos = scan.position();
+                let Some((chunk, range)) = scan.next_raw()? else {
+                    return Ok(());
+                };
+                let len = range.len() as u64;
+                let (offset, _) = super::record::peek_queue_and_physical(&chunk[range])
+                    .ok_or_else(|| {
+                        Error::corrupted(reader.data_path(), pos, "compacted record too short")
+                    })?;
+                if offset >= upto {
+                    return Ok(());
+                }
+                if offset >= from && !f(offset, len) {
+                    return Ok(());
+                }
+            }
+        };
+        let mut total = 0u64;
+        scan_all(&mut |_, len| {
+            total += len;
+            true
+        })?;
+        let mut keep_from = upto;
+        if total <= max {
+            return Ok(from);
+        }
+        scan_all(&mut |offset, len| {
+            if total <= max {
+                keep_from = offset;
+                return false;
+            }
+            total -= len;
+            true
+        })?;
+        Ok(keep_from)
+    }
+
     /// The topics that compact, with their rules.
     fn compacting_topics(&self, only: Option<&str>) -> Result<Vec<(Arc<TopicState>, Rules)>> {
         if let Some(name) = only {

@@ -104,8 +104,9 @@ pub(crate) struct TopicState {
     effective: Effective,
     partitions: Vec<Arc<PartitionState>>,
     /// Set under the append lock when the topic is deleted: appends that found the topic
-    /// before stop there.
-    deleted: AtomicBool,
+    /// before stop there. Shared by every state of the topic (`replace_topic`), so an append
+    /// holding the state from before an alter sees it too.
+    deleted: Arc<AtomicBool>,
     /// The commit-log position at the topic's creation: records of its name before it belong
     /// to a deleted topic of the same name (see `catalog`).
     since: u64,
@@ -139,7 +140,7 @@ impl Inner {
             effective: config.effective(&self.opts, EngineKind::CommitLog),
             config,
             partitions,
-            deleted: AtomicBool::new(false),
+            deleted: Arc::clone(&old.deleted),
             since: old.since,
         });
         let mut topics = self.topics.read().clone();
@@ -193,6 +194,10 @@ pub(crate) struct Inner {
     topics: RwLock<HashMap<String, Arc<TopicState>>>,
     /// Serialises catalog and start-offset changes.
     admin: Mutex<()>,
+    /// Held (shared) by whoever makes a partition's queue files ahead of its appends (the
+    /// allocation thread, an appender's lock-free preparation), exclusively by a deletion
+    /// removing queue directories: neither creates a file where the other is removing them.
+    queue_prep: parking_lot::RwLock<()>,
     /// Topics whose deletion began but did not finish (kept in the catalog until it does).
     deleting: Mutex<Vec<(String, u32)>>,
     append_lock: Mutex<AppendState>,
@@ -327,7 +332,7 @@ impl Inner {
             config: config.clone(),
             effective: config.effective(&self.opts, EngineKind::CommitLog),
             partitions: self.open_partitions(name, config, 0)?,
-            deleted: AtomicBool::new(false),
+            deleted: Arc::new(AtomicBool::new(false)),
             since,
         })
     }
@@ -367,6 +372,7 @@ impl Inner {
             return Ok(());
         }
         let cq_root = self.dir.join(CONSUMEQUEUE_DIR);
+        let _no_queue_prep = self.queue_prep.write();
         for (name, _) in &pending {
             let dir = cq_root.join(name);
             crate::io::remove_tree(self.fs.as_ref(), &dir).map_err(|e| Error::io(&dir, e))?;
@@ -736,8 +742,14 @@ impl LogStore for CommitLogStore {
             inner.finish_deletions(&inner.topics.read().clone())?;
         }
         inner.remove_stale_compaction(name)?;
-        // Every record of an earlier topic of this name lies before the position now.
-        let since = inner.written.load(Ordering::Acquire);
+        // Every record of an earlier topic of this name lies before the durable position now
+        // (its deletion synced the log before committing). Not the write position: an
+        // unsynced tail a crash may cut would leave `since` past the recovered log, and this
+        // topic's first records below it, skipped by recovery as an earlier topic's.
+        let since = inner
+            .gc
+            .durable()
+            .min(inner.written.load(Ordering::Acquire));
         let state = Arc::new(inner.open_topic(name, &config, since)?);
         for part in &state.partitions {
             part.cq.enroll();

@@ -87,6 +87,7 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         log,
         topics: RwLock::new(HashMap::new()),
         admin: Mutex::new(()),
+        queue_prep: parking_lot::RwLock::new(()),
         deleting: Mutex::new(catalog.deleting.clone()),
         append_lock: Mutex::new(AppendState {
             last_store_timestamp: 0,

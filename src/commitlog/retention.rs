@@ -148,16 +148,11 @@ impl Inner {
         self.gc.sync_all(self)?;
         self.write_checkpoint()?;
         self.advance_starts_past(keep_from)?;
-        let mut left = delete;
+        // Only the files this run checked: by position, not by count, since a concurrent run
+        // (the flusher's, another caller's) may have removed files from the front meanwhile.
         let removed = self
             .log
-            .remove_front_while(self.fs.as_ref(), |_| {
-                if left == 0 {
-                    return false;
-                }
-                left -= 1;
-                true
-            })
+            .remove_front_while(self.fs.as_ref(), |f| f.start_offset() < keep_from)
             .map_err(|e| self.note_poison(e))?;
         self.trim_index()?;
         Ok(removed)
@@ -183,6 +178,7 @@ impl Inner {
         let now = now_ms();
         let topics: Vec<_> = self.topics.read().values().cloned().collect();
         let mut changed = false;
+        let mut fenced = false;
         for t in &topics {
             let e = &t.effective;
             let by_time = e.retention.filter(|r| files_keep.is_none_or(|f| *r < f));
@@ -200,12 +196,29 @@ impl Inner {
                         .unwrap_or(end);
                 }
                 if let Some(max) = e.retention_bytes {
-                    target = target.max(part.cq.first_keeping_bytes(start, end, max)?);
+                    // The queue serves offsets from `clean_end` on; below it the records are
+                    // in the compacted prefix, and count too (as `partition_bytes` does).
+                    let queue_from = start.max(part.clean_end()).min(end);
+                    let by_queue = part.cq.first_keeping_bytes(queue_from, end, max)?;
+                    let by_size = if by_queue > queue_from || queue_from == start {
+                        by_queue
+                    } else {
+                        let left = max.saturating_sub(part.cq.bytes_between(queue_from, end)?);
+                        self.first_compacted_keeping(part, start, queue_from, left)?
+                    };
+                    target = target.max(by_size);
                 }
                 if target > start {
                     let _admin = self.admin.lock();
                     if t.deleted.load(Ordering::Acquire) {
                         continue;
+                    }
+                    if !fenced {
+                        // Recovery trusts the units below a persisted start unchecked: they
+                        // must be durable and behind the checkpoint first (as for whole files).
+                        self.gc.sync_all(self)?;
+                        self.write_checkpoint()?;
+                        fenced = true;
                     }
                     part.start.fetch_max(target, Ordering::AcqRel);
                     self.store_start_offsets()?;
@@ -270,6 +283,11 @@ impl Inner {
         let Some(offset) = delete_before_target(topic, partition, offset, start, end)? else {
             return Ok(start);
         };
+        // Recovery trusts the queue units below a persisted start without checking them
+        // against the log (retention may have deleted their records): they must be durable
+        // and behind the checkpoint before the start says so, as retention makes them.
+        self.gc.sync_all(self)?;
+        self.write_checkpoint()?;
         part.start.store(offset, Ordering::Release);
         // Persist before deleting files: after a crash the start must not fall back below
         // records whose queue files are gone.

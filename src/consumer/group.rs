@@ -171,6 +171,28 @@ impl GroupCoordinator {
         self.inner.offsets.table(group)
     }
 
+    /// Every group that has committed offsets in this store (loaded at open or committed
+    /// since), sorted by name: what `kafka-consumer-groups --list` shows. Members alone do not
+    /// make a group appear here; a commit does.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use duolog::{LogStore, StoreOptions};
+    /// # use duolog::consumer::GroupCoordinator;
+    /// # fn main() -> duolog::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+    /// let groups = GroupCoordinator::new(store)?;
+    /// assert!(groups.groups().is_empty());
+    /// groups.commit_offsets("shipping", &[("orders", 0, 3)])?;
+    /// groups.commit_offsets("billing", &[("orders", 1, 5)])?;
+    /// assert_eq!(groups.groups(), ["billing", "shipping"]);
+    /// # Ok(()) }
+    /// ```
+    pub fn groups(&self) -> Vec<String> {
+        self.inner.offsets.groups()
+    }
+
     /// Commits offsets for a group from outside any consumer (an admin reset, Kafka's
     /// `kafka-consumer-groups --reset-offsets`), atomically and durably. Members that hold
     /// those partitions keep reading from their positions; new owners start from these.

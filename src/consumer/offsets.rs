@@ -278,6 +278,18 @@ impl OffsetStore {
         }
     }
 
+    /// Every group with durably committed offsets, sorted.
+    pub(crate) fn groups(&self) -> Vec<String> {
+        let groups = self.groups.lock();
+        let mut names: Vec<String> = groups
+            .iter()
+            .filter(|(_, g)| !g.durable.lock().table.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// The durably committed offset of one partition.
     pub(crate) fn committed(&self, group: &str, topic: &str, partition: u32) -> Option<u64> {
         let g = self.groups.lock().get(group).cloned()?;

@@ -117,7 +117,12 @@ impl CompactedTable {
                     let Some(key) = r.key() else { continue };
                     match r.value() {
                         Some(_) => {
-                            st.map.insert(Bytes::copy_from_slice(key), r.body_bytes());
+                            // Copied: a slice of the read would keep its whole buffer (a
+                            // mapped log file, a compacted chunk) alive as long as the key.
+                            st.map.insert(
+                                Bytes::copy_from_slice(key),
+                                Bytes::copy_from_slice(r.body()),
+                            );
                         }
                         None => {
                             st.map.remove(key);

@@ -180,6 +180,16 @@ impl Inner {
             .fs
             .sync_dir(&self.dir)
             .map_err(|e| Error::io(&self.dir, e))?;
+        // As `delete_topic` does: no recovery point, start offset or clean end of the deleted
+        // topics may outlive them (a new topic of the name would open with them), whichever
+        // step of the deletion was interrupted.
+        self.write_checkpoint()?;
+        self.store_offsets(START_OFFSETS_FILE, START_MAGIC, |p| {
+            p.start.load(Ordering::Acquire)
+        })?;
+        self.store_offsets(CLEANER_FILE, CLEANER_MAGIC, |p| {
+            p.clean_end.load(Ordering::Acquire)
+        })?;
         self.deleting.lock().clear();
         self.store_catalog(topics)
     }

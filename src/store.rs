@@ -550,6 +550,38 @@ impl ReadLimits {
     }
 }
 
+/// How many records a [`read_tagged`](LogStore::read_tagged) call examines at most, per
+/// message of its `max_messages` limit: a call examines at most `64 × max_messages` records
+/// (and, where an engine must read records to examine them, about `64 × max_bytes` of them;
+/// offsets that compaction removed cost nothing), so one call never walks a whole backlog of
+/// records that do not match.
+pub const TAG_SCAN_FACTOR: usize = 64;
+
+impl ReadLimits {
+    /// The scan bound of a tagged read under these limits: (offsets, bytes read to examine).
+    pub(crate) fn tagged_scan(&self) -> (u64, u64) {
+        let offsets = self.max_messages.saturating_mul(TAG_SCAN_FACTOR) as u64;
+        let bytes = self.max_bytes.max(1).saturating_mul(TAG_SCAN_FACTOR) as u64;
+        (offsets, bytes)
+    }
+}
+
+/// Whether a record with tags `tag` passes a tag filter of `tags` (exact match of one).
+pub(crate) fn tag_matches(tags: &[String], tag: Option<&str>) -> bool {
+    tag.is_some_and(|t| tags.iter().any(|x| x == t))
+}
+
+/// What [`LogStore::read_tagged`] returns: the matching records and where to read next.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaggedRead {
+    /// The records whose tag is one of those asked for, in offset order.
+    pub records: Vec<Record>,
+    /// The offset to read from next: past every record the call examined, matching or not
+    /// (a reader that stores it never sees a skipped record again). With no records and
+    /// `next_offset` equal to the partition end, the reader is caught up.
+    pub next_offset: u64,
+}
+
 /// Offsets assigned to an appended batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AppendResult {
@@ -715,6 +747,52 @@ pub trait LogStore: Send + Sync + fmt::Debug {
         limits: ReadLimits,
     ) -> Result<Vec<Record>>;
 
+    /// Reads the records from `offset` on whose tag ([`Record::tags`]) equals one of `tags`
+    /// (RocketMQ's tag subscription `TagA || TagB`; an empty `tags` matches nothing, an
+    /// untagged record never matches), in offset order, within `limits` (which count only the
+    /// records returned), and says where to read next: [`TaggedRead::next_offset`] is past
+    /// every record examined, matching or not. One call examines at most
+    /// [`TAG_SCAN_FACTOR`] × `max_messages` records, so it may return no records and a
+    /// `next_offset` below the end: read on from there. Offsets out of range are errors as in
+    /// [`read`](LogStore::read); `max_messages == 0` returns nothing and `next_offset ==
+    /// offset`.
+    ///
+    /// The CommitLog engine compares the tag hash in each consume-queue unit and reads from the
+    /// commit log only the records whose hash matches (then checks their real tag, so hash
+    /// collisions never show); the segmented engine reads the batches and checks each record's
+    /// `TAGS` header.
+    ///
+    /// ```
+    /// use duolog::{LogStore, Message, ReadLimits, StoreOptions, TopicConfig};
+    /// # fn main() -> duolog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = duolog::open(dir.path(), StoreOptions::default())?;
+    /// store.create_topic("orders", TopicConfig::default())?;
+    /// let tags = ["TagA", "TagB", "TagC", "TagA"];
+    /// let batch: Vec<Message> = tags.iter().map(|t| Message::new(*t).with_tags(*t)).collect();
+    /// store.append("orders", 0, &batch)?;
+    /// store.append("orders", 0, &[Message::new("untagged")])?;
+    ///
+    /// let wanted = ["TagA".to_string(), "TagC".to_string()];
+    /// let r = store.read_tagged("orders", 0, 0, ReadLimits::default(), &wanted)?;
+    /// let offsets: Vec<u64> = r.records.iter().map(|r| r.offset()).collect();
+    /// assert_eq!(offsets, [0, 2, 3]);
+    /// // Past the untagged record too: caught up.
+    /// assert_eq!(r.next_offset, 5);
+    /// assert!(store.read_tagged("orders", 0, 5, ReadLimits::default(), &wanted)?.records.is_empty());
+    /// # Ok(()) }
+    /// ```
+    fn read_tagged(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limits: ReadLimits,
+        tags: &[String],
+    ) -> Result<TaggedRead> {
+        read_tagged_by_reading(self, topic, partition, offset, limits, tags)
+    }
+
     /// Start, end and durable end of a partition.
     fn bounds(&self, topic: &str, partition: u32) -> Result<PartitionBounds>;
 
@@ -839,6 +917,65 @@ pub trait LogStore: Send + Sync + fmt::Debug {
     fn abandon(&self);
 }
 
+/// [`LogStore::read_tagged`] by reading every record and filtering: what an engine without
+/// anything better (and the CommitLog engine's compacted prefix) does.
+pub(crate) fn read_tagged_by_reading<S: LogStore + ?Sized>(
+    store: &S,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    limits: ReadLimits,
+    tags: &[String],
+) -> Result<TaggedRead> {
+    let (mut scan_left, mut scan_bytes) = limits.tagged_scan();
+    let mut out = TaggedRead {
+        records: Vec::new(),
+        next_offset: offset,
+    };
+    let mut messages = limits.max_messages;
+    let mut bytes = limits.max_bytes;
+    // Every call checks the range, even one that reads nothing.
+    let end = store.bounds(topic, partition)?.end;
+    if messages == 0 {
+        return Ok(out);
+    }
+    loop {
+        let chunk = ReadLimits {
+            max_messages: scan_left.min(1024) as usize,
+            max_bytes: scan_bytes.min(1 << 20) as usize,
+        };
+        let records = store.read(topic, partition, out.next_offset, chunk)?;
+        let Some(last) = records.last() else {
+            out.next_offset = out.next_offset.max(end);
+            return Ok(out);
+        };
+        let last_offset = last.offset();
+        for r in records {
+            if tag_matches(tags, r.tags()) {
+                let size = r.stored_size() as usize;
+                if !out.records.is_empty() && size > bytes {
+                    out.next_offset = r.offset();
+                    return Ok(out);
+                }
+                bytes = bytes.saturating_sub(size);
+                messages -= 1;
+                out.next_offset = r.offset() + 1;
+                out.records.push(r);
+                if messages == 0 {
+                    return Ok(out);
+                }
+            } else {
+                scan_bytes = scan_bytes.saturating_sub(u64::from(r.stored_size()));
+            }
+            scan_left = scan_left.saturating_sub(1);
+        }
+        out.next_offset = last_offset + 1;
+        if scan_left == 0 || scan_bytes == 0 || out.next_offset >= end {
+            return Ok(out);
+        }
+    }
+}
+
 /// `true` for the names of internal topics (`__…` or `%…`), hidden from user listings.
 pub fn is_internal_topic(name: &str) -> bool {
     name.starts_with("__") || name.starts_with('%')
@@ -950,5 +1087,78 @@ pub(crate) fn repeated_close(first: &std::result::Result<(), String>) -> crate::
                 "an earlier close of this store failed ({reason}); reopen it to recover"
             ),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoreOptions;
+
+    /// The trait's default `read_tagged` (read and filter) means what the engines' own do.
+    #[test]
+    fn default_read_tagged_matches_the_engines() {
+        for engine in [EngineKind::CommitLog, EngineKind::Segmented] {
+            let dir = tempfile::tempdir().unwrap();
+            let opts = StoreOptions {
+                engine: Some(engine),
+                ..StoreOptions::default()
+            };
+            let store = crate::open(dir.path(), opts).unwrap();
+            store.create_topic("t", TopicConfig::default()).unwrap();
+            let batch: Vec<Message> = (0..3000)
+                .map(|i| {
+                    let m = Message::new(format!("{i}"));
+                    match i % 5 {
+                        0 => m,
+                        1 => m.with_tags("Aa"),
+                        2 => m.with_tags("BB"),
+                        _ => m.with_tags("TagC"),
+                    }
+                })
+                .collect();
+            store.append("t", 0, &batch).unwrap();
+            for tags in [
+                vec!["Aa".to_string()],
+                vec!["BB".into(), "TagC".into()],
+                vec![],
+            ] {
+                for limits in [
+                    ReadLimits::messages(1),
+                    ReadLimits::messages(100),
+                    ReadLimits {
+                        max_messages: 1000,
+                        max_bytes: 500,
+                    },
+                ] {
+                    // Where a call stops may differ (the engines bound the scan in their own
+                    // ways); what a reader gets in the end may not.
+                    let drain = |default: bool| {
+                        let (mut at, mut out, mut calls) = (0, Vec::new(), 0);
+                        loop {
+                            let r = if default {
+                                read_tagged_by_reading(store.as_ref(), "t", 0, at, limits, &tags)
+                            } else {
+                                store.read_tagged("t", 0, at, limits, &tags)
+                            }
+                            .unwrap();
+                            if r.records.is_empty() && r.next_offset == 3000 {
+                                return out;
+                            }
+                            assert!(r.next_offset > at);
+                            assert!(r.records.len() <= limits.max_messages);
+                            at = r.next_offset;
+                            out.extend(r.records);
+                            calls += 1;
+                            assert!(calls < 10_000);
+                        }
+                    };
+                    assert_eq!(drain(true), drain(false), "{engine} {tags:?} {limits:?}");
+                }
+            }
+            let past =
+                read_tagged_by_reading(store.as_ref(), "t", 0, 3001, ReadLimits::default(), &[]);
+            assert!(matches!(past, Err(crate::Error::OffsetOutOfRange { .. })));
+        }
     }
 }

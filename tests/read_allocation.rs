@@ -13,6 +13,18 @@ struct Largest;
 
 static ARMED: AtomicBool = AtomicBool::new(false);
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
+/// Allocations made by threads that set `COUNTING`.
+static COUNT: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn count() {
+    if COUNTING.with(std::cell::Cell::get) {
+        COUNT.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 // SAFETY: forwards to the system allocator; only records sizes.
 unsafe impl GlobalAlloc for Largest {
@@ -20,6 +32,7 @@ unsafe impl GlobalAlloc for Largest {
         if ARMED.load(Ordering::Relaxed) {
             LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
         }
+        count();
         // SAFETY: same layout contract as ours.
         unsafe { System.alloc(layout) }
     }
@@ -31,6 +44,7 @@ unsafe impl GlobalAlloc for Largest {
         if ARMED.load(Ordering::Relaxed) {
             LARGEST.fetch_max(new_size, Ordering::Relaxed);
         }
+        count();
         // SAFETY: as above.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -83,4 +97,48 @@ fn small_read_over_a_large_backlog_allocates_little() {
         drop(records);
         let _ = store.close();
     }
+}
+
+/// A tagged read on the CommitLog engine allocates per record it returns (and per call), never
+/// per unit it skips: 60,000 skipped units cost no allocation.
+#[test]
+fn tagged_read_allocates_nothing_per_skipped_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = common::small_options(EngineKind::CommitLog);
+    opts.commitlog.file_size = 64 << 20;
+    opts.commitlog.consume_queue_units = 300_000;
+    opts.index.enabled = false;
+    let store = duolog::open(dir.path(), opts).unwrap();
+    store.create_topic("t", TopicConfig::default()).unwrap();
+    let batch: Vec<Message> = (0..1000)
+        .map(|i| Message::new("x").with_tags(if i == 500 { "TagA" } else { "TagB" }))
+        .collect();
+    for _ in 0..60 {
+        store.append_oneway("t", 0, &batch).unwrap();
+    }
+    let wanted = vec!["TagA".to_string()];
+    let measure = |from: u64, limits: ReadLimits| {
+        COUNT.store(0, Ordering::Relaxed);
+        COUNTING.with(|c| c.set(true));
+        let r = store.read_tagged("t", 0, from, limits, &wanted).unwrap();
+        COUNTING.with(|c| c.set(false));
+        (
+            r.records.len(),
+            r.next_offset,
+            COUNT.load(Ordering::Relaxed),
+        )
+    };
+    let (n, next, allocations) = measure(0, ReadLimits::messages(1000));
+    assert_eq!((n, next), (60, 60_000));
+    // A few per call plus a few per returned record (the result vector grows; a span per log
+    // file) — nowhere near one per skipped unit.
+    assert!(
+        allocations < 200,
+        "{allocations} allocations for 60 records"
+    );
+    let (n, _, one) = measure(450, ReadLimits::messages(1));
+    assert_eq!(n, 1);
+    assert!(one < 20, "{one} allocations for 1 record after 50 skipped");
+    eprintln!("tagged reads: {allocations} allocations for 60 records, {one} for 1");
+    let _ = store.close();
 }

@@ -293,6 +293,28 @@ impl ConsumeQueue {
         Ok(file.read(at, UNIT_SIZE as usize).and_then(Unit::decode))
     }
 
+    /// The published units from `offset` on that lie in the queue file holding it, at most
+    /// `max` of them: the file and the byte position of the first in it, and how many there
+    /// are (at least one). `None` when the unit at `offset` is not published or its file is
+    /// gone. One lookup for a whole run, so a scan over many units pays per file, not per unit.
+    pub(crate) fn unit_run(
+        &self,
+        offset: u64,
+        max: u64,
+    ) -> Result<Option<(Arc<MappedFile>, usize, usize)>> {
+        let byte = offset * UNIT_SIZE;
+        let Some(file) = self.files()?.find(byte) else {
+            return Ok(None);
+        };
+        let at = (byte - file.start_offset()) as usize;
+        let published = file.committed().saturating_sub(at) as u64 / UNIT_SIZE;
+        let n = published.min(max) as usize;
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some((file, at, n)))
+    }
+
     /// Writes the unit for `offset`, which must be the next one, creating its file if needed.
     /// Called during recovery; the append path plans files and space once per batch and uses
     /// [`put_into`](Self::put_into).

@@ -52,7 +52,7 @@ use crate::io::FileSystem;
 use crate::options::StoreOptions;
 use crate::store::{
     AppendResult, CompactionReport, DiskUsage, EngineKind, KeyMatch, LogStore, Message,
-    PartitionBounds, ReadLimits, Record, TopicConfig, VerifyReport, listed_topics,
+    PartitionBounds, ReadLimits, Record, TaggedRead, TopicConfig, VerifyReport, listed_topics,
     validate_new_topic,
 };
 use crate::topic_config::Effective;
@@ -862,6 +862,19 @@ impl LogStore for CommitLogStore {
     ) -> Result<Vec<Record>> {
         self.inner.check_open()?;
         self.inner.read(topic, partition, offset, limits)
+    }
+
+    fn read_tagged(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limits: ReadLimits,
+        tags: &[String],
+    ) -> Result<TaggedRead> {
+        self.inner.check_open()?;
+        self.inner
+            .read_tagged(topic, partition, offset, limits, tags)
     }
 
     fn bounds(&self, topic: &str, partition: u32) -> Result<PartitionBounds> {

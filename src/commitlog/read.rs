@@ -1,5 +1,6 @@
 //! The read path: consume-queue units → zero-copy slices of the mapped commit-log files.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -9,7 +10,8 @@ use super::consume_queue::Unit;
 use super::record::{self, Checks, Decoded};
 use super::{Inner, PartitionState};
 use crate::error::{Error, Result};
-use crate::store::{Properties, PropertyEncoding, ReadLimits, Record};
+use crate::io::MappedFile;
+use crate::store::{Properties, PropertyEncoding, ReadLimits, Record, TaggedRead};
 
 fn unhex(b: &[u8]) -> Option<Vec<u8>> {
     if !b.len().is_multiple_of(2) {
@@ -111,6 +113,27 @@ const INITIAL_UNITS: usize = 64;
 /// past it), so it starts again from the new generation.
 struct Moved;
 
+/// How much more a read may examine (plain reads: no bound) and, for a tagged read, the tags
+/// records must carry.
+struct Scan<'a> {
+    left: u64,
+    bytes_left: u64,
+    tags: Option<&'a [String]>,
+}
+
+impl Scan<'_> {
+    fn unbounded(tags: Option<&[String]>) -> Scan<'_> {
+        Scan {
+            left: u64::MAX,
+            bytes_left: u64::MAX,
+            tags,
+        }
+    }
+}
+
+/// A log file, and a zero-copy span of it with the span's log position.
+type LogSpan = (Arc<MappedFile>, u64, Bytes);
+
 /// What is left of a read's limits.
 struct Budget {
     messages: usize,
@@ -197,9 +220,10 @@ impl Inner {
                 (at, upto),
                 &mut budget,
                 &mut out,
+                &mut Scan::unbounded(None),
             )? {
-                Ok(true) => {}
-                Ok(false) => return Ok(Ok(out)),
+                Ok(None) => {}
+                Ok(Some(_)) => return Ok(Ok(out)),
                 Err(Moved) => return Ok(Err(Moved)),
             }
             at = upto;
@@ -300,8 +324,9 @@ impl Inner {
     }
 
     /// Reads records of the compacted generation `c` with offsets in `[from, upto)` into `out`
-    /// within `budget`: the first kept record at or after `from` first. Returns whether the
-    /// read may go on past `upto` (the budget was not exhausted here).
+    /// within `budget` and `scan` (only records passing `scan.tags`, when set): the first kept
+    /// record at or after `from` first. Returns `None` when the read may go on past `upto`,
+    /// else the offset where it stopped (the next one to read).
     #[allow(clippy::too_many_arguments)]
     fn read_compacted(
         &self,
@@ -312,19 +337,20 @@ impl Inner {
         (from, upto): (u64, u64),
         budget: &mut Budget,
         out: &mut Vec<Record>,
-    ) -> Result<std::result::Result<bool, Moved>> {
+        scan: &mut Scan<'_>,
+    ) -> Result<std::result::Result<Option<u64>, Moved>> {
         let reader = match c.open(self.fs.as_ref(), self.max_stored_record()) {
             Ok(Some(r)) => r,
-            Ok(None) => return Ok(Ok(true)),
+            Ok(None) => return Ok(Ok(None)),
             // A pass replaced this generation and deleted its files since the read took it.
             Err(e) if super::cleaner::replaced(part, c, &e) => return Ok(Err(Moved)),
             Err(e) => return Err(e),
         };
-        let mut scan = reader.scan_from(reader.seek(from)?);
+        let mut scanner = reader.scan_from(reader.seek(from)?);
         loop {
-            let pos = scan.position();
-            let Some((chunk, range)) = scan.next_raw()? else {
-                return Ok(Ok(true));
+            let pos = scanner.position();
+            let Some((chunk, range)) = scanner.next_raw()? else {
+                return Ok(Ok(None));
             };
             let locate = || (reader.data_path().to_owned(), pos);
             let r = decode_record(&chunk, range, topic, partition, &locate)?;
@@ -332,13 +358,257 @@ impl Inner {
                 continue;
             }
             if r.offset >= upto {
-                return Ok(Ok(true));
+                return Ok(Ok(None));
+            }
+            if scan.left == 0 || scan.bytes_left == 0 {
+                return Ok(Ok(Some(r.offset)));
+            }
+            scan.left -= 1;
+            scan.bytes_left = scan.bytes_left.saturating_sub(u64::from(r.size));
+            if let Some(tags) = scan.tags
+                && !crate::store::tag_matches(tags, r.tags())
+            {
+                continue;
             }
             if !budget.admits(out, r.size as usize) {
-                return Ok(Ok(false));
+                return Ok(Ok(Some(r.offset)));
             }
             budget.take(r.size as usize);
+            let next = r.offset + 1;
             out.push(r);
+            if budget.messages == 0 {
+                return Ok(Ok(Some(next)));
+            }
         }
+    }
+
+    pub(crate) fn read_tagged(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limits: ReadLimits,
+        tags: &[String],
+    ) -> Result<TaggedRead> {
+        let t = self.topic(topic)?;
+        let part = t.partition(partition)?;
+        // Hashed once per call; a handful of tags, so a linear search beats a set.
+        let hashes: Vec<i64> = tags.iter().map(|t| record::tag_hash(t)).collect();
+        let mut tries = 0;
+        loop {
+            match self.read_tagged_attempt(topic, partition, part, offset, limits, tags, &hashes) {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(Moved)) if tries < 8 => tries += 1,
+                Ok(Err(Moved)) => {
+                    return Err(Error::corrupted(
+                        part.cq.dir(),
+                        offset * super::UNIT_SIZE,
+                        "consume-queue unit missing above the compacted prefix",
+                    ));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One attempt of a tagged read: the compacted prefix (if the read starts in it) read and
+    /// filtered, then the consume-queue units walked, their tag hashes compared, and only the
+    /// records whose hash matches read from the commit log (and checked for their real tag).
+    #[allow(clippy::too_many_arguments)]
+    fn read_tagged_attempt(
+        &self,
+        topic: &str,
+        partition: u32,
+        part: &PartitionState,
+        offset: u64,
+        limits: ReadLimits,
+        tags: &[String],
+        hashes: &[i64],
+    ) -> Result<std::result::Result<TaggedRead, Moved>> {
+        let compacted = part.compacted();
+        let clean_end = compacted.as_ref().map_or(0, |c| c.state.clean_end);
+        let start = part.start.load(Ordering::Acquire);
+        let end = part.end.load(Ordering::Acquire);
+        let out_of_range = || Error::OffsetOutOfRange {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+            start: part.start.load(Ordering::Acquire),
+            end: part.end.load(Ordering::Acquire),
+        };
+        if offset < start || offset > end {
+            return Err(out_of_range());
+        }
+        let mut budget = Budget {
+            messages: limits.max_messages,
+            bytes: limits.max_bytes,
+        };
+        let mut out = Vec::new();
+        let done = |records, next_offset| {
+            Ok(Ok(TaggedRead {
+                records,
+                next_offset,
+            }))
+        };
+        if budget.messages == 0 {
+            return done(out, offset);
+        }
+        let (left, bytes_left) = limits.tagged_scan();
+        let mut scan = Scan {
+            left,
+            bytes_left,
+            tags: Some(tags),
+        };
+        let mut at = offset;
+        if let Some(c) = compacted.as_deref()
+            && at < clean_end.min(end)
+        {
+            let upto = clean_end.min(end);
+            match self.read_compacted(
+                part,
+                c,
+                topic,
+                partition,
+                (at, upto),
+                &mut budget,
+                &mut out,
+                &mut scan,
+            )? {
+                Ok(None) => {}
+                Ok(Some(next)) => return done(out, next),
+                Err(Moved) => return Ok(Err(Moved)),
+            }
+            at = upto;
+        }
+        // The log file the last matching record was in, as one zero-copy span from that record
+        // to the file's published end: later matches in the same file are slices of it.
+        let mut span: Option<LogSpan> = None;
+        while at < end && scan.left > 0 {
+            let Some((qfile, qpos, n)) = part.cq.unit_run(at, (end - at).min(scan.left))? else {
+                return match self.missing_unit(part, at, &out_of_range) {
+                    Err(e) => Err(e),
+                    Ok(()) => Ok(Err(Moved)),
+                };
+            };
+            let Some(units) = qfile.read(qpos, n * super::UNIT_SIZE as usize) else {
+                return Err(Error::corrupted(
+                    qfile.path(),
+                    qpos as u64,
+                    "consume-queue units vanished under a read",
+                ));
+            };
+            for (k, raw) in units.chunks_exact(super::UNIT_SIZE as usize).enumerate() {
+                // The hash is the unit's last 8 bytes: compared in place, nothing decoded or
+                // allocated for a unit that does not match.
+                let mut h = [0u8; 8];
+                h.copy_from_slice(&raw[12..20]);
+                if !hashes.contains(&i64::from_be_bytes(h)) {
+                    continue;
+                }
+                let o = at + k as u64;
+                let Some(unit) = Unit::decode(raw) else {
+                    return match self.missing_unit(part, o, &out_of_range) {
+                        Err(e) => Err(e),
+                        Ok(()) => Ok(Err(Moved)),
+                    };
+                };
+                let size = unit.size as usize;
+                let covered = span.as_ref().is_some_and(|(_, lo, b)| {
+                    unit.position >= *lo
+                        && unit.position + u64::from(unit.size) <= lo + b.len() as u64
+                });
+                if !covered {
+                    match self.log_span(part, at, &unit, &out_of_range)? {
+                        Ok(s) => span = Some(s),
+                        Err(Moved) => return Ok(Err(Moved)),
+                    }
+                }
+                let Some((file, lo, bytes)) = span.as_ref() else {
+                    continue;
+                };
+                let from = (unit.position - lo) as usize;
+                let base = file.start_offset();
+                let pos = unit.position;
+                let locate = || (file.path().to_owned(), pos - base);
+                let r = make_record(bytes, from..from + size, topic, partition, o, locate)?;
+                // A hash collision: another tag with the same hash.
+                if !crate::store::tag_matches(tags, r.tags()) {
+                    continue;
+                }
+                if !budget.admits(&out, size) {
+                    return done(out, o);
+                }
+                budget.take(size);
+                out.push(r);
+                if budget.messages == 0 {
+                    return done(out, o + 1);
+                }
+            }
+            at += n as u64;
+            scan.left -= n as u64;
+        }
+        done(out, at)
+    }
+
+    /// What a missing consume-queue unit at `o` means: `Ok(())` when a compaction pass moved
+    /// the partition's generation under the read (start again), else an error.
+    fn missing_unit(
+        &self,
+        part: &PartitionState,
+        o: u64,
+        out_of_range: &dyn Fn() -> Error,
+    ) -> Result<()> {
+        if o < part.clean_end() {
+            return Ok(());
+        }
+        if o < part.start.load(Ordering::Acquire) {
+            return Err(out_of_range());
+        }
+        Err(Error::corrupted(
+            part.cq.dir(),
+            o * super::UNIT_SIZE,
+            "missing consume-queue unit below the partition end",
+        ))
+    }
+
+    /// The log file holding `unit`'s record, and a zero-copy span of it from the record to the
+    /// file's published end (with the span's log position).
+    fn log_span(
+        &self,
+        part: &PartitionState,
+        o: u64,
+        unit: &Unit,
+        out_of_range: &dyn Fn() -> Error,
+    ) -> Result<std::result::Result<LogSpan, Moved>> {
+        let Some(file) = self.log.find(unit.position) else {
+            if unit.position < self.log.min_offset().unwrap_or(0) {
+                if o < part.clean_end() {
+                    return Ok(Err(Moved));
+                }
+                return Err(out_of_range());
+            }
+            return Err(Error::corrupted(
+                part.cq.dir(),
+                o * super::UNIT_SIZE,
+                format!(
+                    "consume-queue unit points at {} past the end of the log",
+                    unit.position
+                ),
+            ));
+        };
+        let base = file.start_offset();
+        let from = (unit.position - base) as usize;
+        let len = file.committed().saturating_sub(from);
+        let bytes = file
+            .published_bytes(from, len)
+            .filter(|_| len >= unit.size as usize)
+            .ok_or_else(|| {
+                Error::corrupted(
+                    file.path(),
+                    unit.position - base,
+                    "consume-queue unit points past the end of the log",
+                )
+            })?;
+        Ok(Ok((file, unit.position, bytes)))
     }
 }

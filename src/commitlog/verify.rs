@@ -67,10 +67,14 @@ impl Inner {
                                     if offset >= served {
                                         report.derived_checked += 1;
                                         *seen.entry((name.clone(), d.header.queue_id as u32)).or_default() += 1;
+                                        // Tag filters trust the unit's tag hash.
+                                        let tag_hash = record::iter_properties(d.properties)
+                                            .find(|(k, _)| *k == "TAGS")
+                                            .map_or(0, |(_, v)| record::tag_hash(v));
                                         match part.cq.unit(offset)? {
-                                            Some(u) if u.position == pos && u.size as usize == d.total_size => {}
+                                            Some(u) if u.position == pos && u.size as usize == d.total_size && u.tag_hash == tag_hash => {}
                                             other => report.problems.push(format!(
-                                                "consume queue {name}/{} unit {offset} is {other:?}, expected position {pos} size {}",
+                                                "consume queue {name}/{} unit {offset} is {other:?}, expected position {pos} size {} tag hash {tag_hash}",
                                                 d.header.queue_id, d.total_size
                                             )),
                                         }

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 
 use super::assignor::{Assignor, Sticky, TopicPartition};
 use super::group::{CoordinatorInner, GroupCoordinator, validate_group};
+use super::tags::TagFilter;
 use crate::durability::Wakeup;
 use crate::error::{Error, Result};
 use crate::store::{ReadLimits, Record};
@@ -89,6 +90,37 @@ pub struct ConsumerConfig {
     /// `partition.assignment.strategy`; every member of a group must use the same one.
     /// Default: [`Sticky`].
     pub assignor: Arc<dyn Assignor>,
+    /// A tag subscription (RocketMQ's `subExpression`, e.g. `TagA || TagB`): `poll` returns
+    /// only records whose tag is one of its tags, read with
+    /// [`read_tagged`](crate::LogStore::read_tagged) — on the CommitLog engine the others are
+    /// skipped by the tag hash in the consume queue, never read. Skipped records still move the
+    /// position (and so the committed offset) past them. `None` or [`TagFilter::All`]: every
+    /// record. Default: `None`.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use duolog::{LogStore, Message, StoreOptions, TopicConfig};
+    /// use duolog::consumer::{Consumer, ConsumerConfig, GroupCoordinator, OffsetReset, TagFilter};
+    /// # fn main() -> duolog::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+    /// store.create_topic("t", TopicConfig::default())?;
+    /// let batch = [("a", "TagA"), ("b", "TagB"), ("c", "TagC")].map(|(b, t)| Message::new(b).with_tags(t));
+    /// store.append("t", 0, &batch)?;
+    /// let groups = GroupCoordinator::new(store)?;
+    /// let config = ConsumerConfig {
+    ///     auto_offset_reset: OffsetReset::Earliest,
+    ///     tag_filter: Some(TagFilter::parse("TagA || TagC")),
+    ///     ..ConsumerConfig::new("g")
+    /// };
+    /// let c = Consumer::new(&groups, config)?;
+    /// c.assign(&[("t", 0)])?;
+    /// let bodies: Vec<Vec<u8>> = c.poll(std::time::Duration::from_secs(1))?.iter().map(|r| r.record().body().to_vec()).collect();
+    /// assert_eq!(bodies, [b"a".to_vec(), b"c".to_vec()]);
+    /// assert_eq!(c.position("t", 0)?, 3);
+    /// # Ok(()) }
+    /// ```
+    pub tag_filter: Option<TagFilter>,
 }
 
 impl ConsumerConfig {
@@ -114,6 +146,7 @@ impl Default for ConsumerConfig {
             max_partition_fetch_bytes: 1 << 20,
             max_poll_interval: Duration::from_secs(300),
             assignor: Arc::new(Sticky),
+            tag_filter: None,
         }
     }
 }
@@ -706,26 +739,41 @@ impl Consumer {
                 max_messages: room,
                 max_bytes: self.config.max_partition_fetch_bytes,
             };
+            let tags = self.config.tag_filter.as_ref().and_then(TagFilter::tags);
             // At most one retry, after a reset of a position that left the log.
             let mut tries = 0;
-            let records = loop {
+            let (records, next) = loop {
                 tries += 1;
-                match self.coord.store.read(&tp.topic, tp.partition, pos, limits) {
+                let store = &self.coord.store;
+                let read = match tags {
+                    None => store.read(&tp.topic, tp.partition, pos, limits).map(|r| {
+                        // Compacted partitions have gaps: the next position follows the last
+                        // record.
+                        let next = r.last().map_or(pos, |l| l.offset() + 1);
+                        (r, next)
+                    }),
+                    Some(tags) => store
+                        .read_tagged(&tp.topic, tp.partition, pos, limits, tags)
+                        .map(|r| (r.records, r.next_offset)),
+                };
+                match read {
                     Ok(r) => break r,
                     Err(Error::OffsetOutOfRange { start, end, .. }) if tries == 1 => {
                         pos = self.reset(tp, pos, start, end)?;
                         st.positions.insert(tp.clone(), Some(pos));
                     }
                     Err(Error::UnknownTopic(_) | Error::UnknownPartition { .. }) if subscribed => {
-                        break Vec::new();
+                        break (Vec::new(), pos);
                     }
                     Err(e) => return Err(e),
                 }
             };
+            if next > pos {
+                // Past every record read, and with a tag filter past the skipped ones too.
+                st.positions.insert(tp.clone(), Some(next));
+            }
             match records.last() {
-                Some(last) => {
-                    // Compacted partitions have gaps: the next position follows the last record.
-                    st.positions.insert(tp.clone(), Some(last.offset() + 1));
+                Some(_) => {
                     let topic: Arc<str> = Arc::from(tp.topic.as_str());
                     out.extend(records.into_iter().map(|record| ConsumerRecord {
                         topic: Arc::clone(&topic),
@@ -733,7 +781,9 @@ impl Consumer {
                         record,
                     }));
                 }
-                None => waits.push((tp.clone(), pos)),
+                // A filtered read that skipped records waits from past them (the wait returns
+                // at once while unread records remain).
+                None => waits.push((tp.clone(), next.max(pos))),
             }
         }
         Ok((out, waits))

@@ -59,8 +59,8 @@ use crate::error::{Error, Result};
 use crate::options::StoreOptions;
 use crate::store::{
     AppendResult, CompactionReport, DiskUsage, EngineKind, KeyMatch, LogStore, Message,
-    PartitionBounds, ReadLimits, Record, TopicConfig, VerifyReport, delete_before_target,
-    listed_topics, validate_new_topic,
+    PartitionBounds, ReadLimits, Record, TaggedRead, TopicConfig, VerifyReport,
+    delete_before_target, listed_topics, validate_new_topic,
 };
 use crate::topic_config::Effective;
 
@@ -928,6 +928,20 @@ impl LogStore for SegmentedStore {
         self.inner
             .partition(topic, partition)?
             .read(&self.inner.ctx, offset, limits)
+    }
+
+    fn read_tagged(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limits: ReadLimits,
+        tags: &[String],
+    ) -> Result<TaggedRead> {
+        self.inner.check_open()?;
+        self.inner
+            .partition(topic, partition)?
+            .read_tagged(&self.inner.ctx, offset, limits, tags)
     }
 
     fn bounds(&self, topic: &str, partition: u32) -> Result<PartitionBounds> {

@@ -11,7 +11,9 @@ use super::partition::{Ctx, Partition};
 use super::segment;
 use crate::error::{Error, Result};
 use crate::io::{self, OpenMode};
-use crate::store::{Properties, PropertyEncoding, ReadLimits, Record, range_in};
+use crate::store::{
+    Properties, PropertyEncoding, ReadLimits, Record, TaggedRead, range_in, tag_matches,
+};
 
 impl Partition {
     /// Rebuilds the indexes of segment `base` from its log (after a lookup found them wrong).
@@ -113,6 +115,183 @@ impl Partition {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// [`LogStore::read_tagged`](crate::LogStore::read_tagged): batches read as `read` reads
+    /// them, each record's `TAGS` header checked in place, and only the matching records made
+    /// into [`Record`]s.
+    pub(crate) fn read_tagged(
+        &self,
+        ctx: &Ctx,
+        offset: u64,
+        limits: ReadLimits,
+        tags: &[String],
+    ) -> Result<TaggedRead> {
+        let end = self.end.load(Ordering::Acquire);
+        let start = self.start.load(Ordering::Acquire);
+        if offset < start || offset > end {
+            return Err(self.out_of_range(offset, start, end));
+        }
+        let mut t = Tagged {
+            records: Vec::new(),
+            messages: limits.max_messages,
+            bytes: limits.max_bytes,
+            scan: limits.tagged_scan(),
+            full: false,
+        };
+        let mut at = offset;
+        let mut repaired = false;
+        while at < end && t.messages > 0 && !t.full && t.scan.0 > 0 && t.scan.1 > 0 {
+            match self.read_tagged_once(ctx, at, end, tags, &mut t) {
+                Ok(next) if next > at => at = next,
+                // Nothing left to examine (a segment's end raced the bound): done.
+                Ok(_) => break,
+                Err(Error::Corrupted { .. }) if !repaired && t.records.is_empty() => {
+                    let base = {
+                        let st = self.state.lock();
+                        let i = st
+                            .segments
+                            .partition_point(|m| m.base <= at)
+                            .saturating_sub(1);
+                        st.segments.get(i).map(|m| m.base)
+                    };
+                    if let Some(base) = base {
+                        self.repair_indexes(ctx, base)?;
+                    }
+                    repaired = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(TaggedRead {
+            records: t.records,
+            next_offset: at,
+        })
+    }
+
+    /// One round of a tagged read, from the segment holding `offset`: up to [`TAGGED_CHUNK`]
+    /// bytes of whole batches read at once and filtered. Returns the offset it got to.
+    fn read_tagged_once(
+        &self,
+        ctx: &Ctx,
+        offset: u64,
+        end: u64,
+        tags: &[String],
+        t: &mut Tagged,
+    ) -> Result<u64> {
+        let (meta, handle) = {
+            let st = self.state.lock();
+            let start = self.start.load(Ordering::Acquire);
+            if offset < start {
+                return Err(self.out_of_range(offset, start, end));
+            }
+            let mut i = st
+                .segments
+                .partition_point(|m| m.base <= offset)
+                .saturating_sub(1);
+            while i + 1 < st.segments.len() && st.segments[i].next_offset <= offset {
+                i += 1;
+            }
+            let Some(meta) = st.segments.get(i).cloned() else {
+                return Ok(end);
+            };
+            let handle = self.handle(ctx, &meta)?;
+            (meta, handle)
+        };
+        let corrupt = |pos: u64, why: &str| Error::corrupted(&handle.log_path, pos, why.to_owned());
+        let (_, indexed) = index::lookup_offset(handle.offset_entries(), meta.base, offset);
+        let mut pos = u64::from(indexed);
+        if pos >= meta.size && meta.size > 0 {
+            return Err(corrupt(pos, "index points past the end of the log"));
+        }
+        let indexed_pos = pos;
+        let first = loop {
+            if pos >= meta.size {
+                return Ok(meta.next_offset.min(end).max(offset));
+            }
+            let h = handle
+                .header_at(pos, meta.size)
+                .map_err(|e| corrupt(pos, e.reason()))?;
+            if pos == indexed_pos && pos > 0 && h.base_offset as u64 > offset {
+                return Err(corrupt(
+                    pos,
+                    "offset index names a batch past the target offset",
+                ));
+            }
+            if h.last_offset() as u64 >= offset {
+                break pos;
+            }
+            pos += h.total_len() as u64;
+        };
+        // Whole batches, within the scan bound and one chunk (at least one batch).
+        let cap = t.scan.1.min(TAGGED_CHUNK);
+        let mut span_end = first;
+        let mut examined = 0u64;
+        while span_end < meta.size {
+            let h = handle
+                .header_at(span_end, meta.size)
+                .map_err(|e| corrupt(span_end, e.reason()))?;
+            if span_end > first
+                && (examined >= t.scan.0 || span_end - first + h.total_len() as u64 > cap)
+            {
+                break;
+            }
+            examined +=
+                (h.last_offset() as u64 + 1).saturating_sub(offset.max(h.base_offset as u64));
+            span_end += h.total_len() as u64;
+            if h.last_offset() as u64 + 1 >= end {
+                break;
+            }
+        }
+        let mut buf = BytesMut::zeroed((span_end - first) as usize);
+        io::read_exact_at(handle.log.as_ref(), &mut buf, first)
+            .map_err(|e| Error::io(&handle.log_path, e))?;
+        let buf = buf.freeze();
+        t.scan.1 = t.scan.1.saturating_sub(buf.len() as u64);
+        let mut at = 0usize;
+        let mut next = offset;
+        while at < buf.len() {
+            let h = batch::check_batch(&buf[at..])
+                .map_err(|e| corrupt(first + at as u64, e.reason()))?;
+            let b = buf.slice(at..at + h.total_len());
+            at += h.total_len();
+            for rv in batch::records(&b, &h) {
+                let rv = rv.map_err(|e| corrupt(first, e.reason()))?;
+                let o = h.base_offset as u64 + rv.offset_delta as u64;
+                if o < offset || o >= end {
+                    continue;
+                }
+                if t.scan.0 == 0 {
+                    return Ok(next);
+                }
+                t.scan.0 -= 1;
+                let tag = batch::iter_headers(&b[rv.headers.clone()])
+                    .find(|(k, _)| *k == b"TAGS")
+                    .and_then(|(_, v)| v)
+                    .and_then(|v| std::str::from_utf8(v).ok());
+                if !tag_matches(tags, tag) {
+                    next = o + 1;
+                    continue;
+                }
+                if !t.records.is_empty() && rv.len > t.bytes {
+                    t.full = true;
+                    return Ok(o);
+                }
+                t.bytes = t.bytes.saturating_sub(rv.len);
+                t.messages -= 1;
+                t.records.push(make_record(&b, &h, &rv, o));
+                next = o + 1;
+                if t.messages == 0 {
+                    return Ok(next);
+                }
+            }
+            // Past the whole batch: compaction may have removed its last records.
+            next = next.max(h.last_offset() as u64 + 1);
+        }
+        if span_end >= meta.size {
+            next = next.max(meta.next_offset);
+        }
+        Ok(next.min(end))
     }
 
     /// Reads from the segment holding `offset`; returns the records and the offset the read
@@ -287,6 +466,19 @@ impl Partition {
             }
         }
     }
+}
+
+/// Bytes of batches a tagged read reads at once.
+const TAGGED_CHUNK: u64 = 4 << 20;
+
+/// A tagged read's state across rounds: what it returned, what is left of its limits and of
+/// its scan bound (offsets, bytes).
+struct Tagged {
+    records: Vec<Record>,
+    messages: usize,
+    bytes: usize,
+    scan: (u64, u64),
+    full: bool,
 }
 
 fn make_record(b: &Bytes, h: &BatchHeader, rv: &batch::RecordView, offset: u64) -> Record {

@@ -1024,6 +1024,37 @@ pub(crate) fn validate_new_topic(name: &str, config: &TopicConfig) -> Result<()>
     Ok(())
 }
 
+/// The checks of `alter_topic` against the topic's current config: valid overrides, and the
+/// partition count unchanged (it only grows, by `add_partitions`).
+pub(crate) fn validate_alter(
+    name: &str,
+    current: &TopicConfig,
+    config: &TopicConfig,
+) -> Result<()> {
+    config.validate()?;
+    if config.partitions != current.partitions {
+        return Err(crate::Error::InvalidArgument(format!(
+            "alter_topic keeps the partition count ({} for {name}); add partitions with \
+             add_partitions",
+            current.partitions
+        )));
+    }
+    Ok(())
+}
+
+/// The config of a topic grown by `count` partitions by `add_partitions`, checked.
+pub(crate) fn grown_config(name: &str, current: &TopicConfig, count: u32) -> Result<TopicConfig> {
+    if count == 0 {
+        return Err(crate::Error::InvalidArgument(
+            "add at least one partition".into(),
+        ));
+    }
+    let mut config = current.clone();
+    config.partitions = config.partitions.saturating_add(count);
+    validate_new_topic(name, &config)?;
+    Ok(config)
+}
+
 /// Topic names for `list_topics`: sorted, internal ones only when asked for.
 pub(crate) fn listed_topics<'a>(
     names: impl Iterator<Item = &'a String>,

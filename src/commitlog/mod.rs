@@ -787,16 +787,9 @@ impl LogStore for CommitLogStore {
     fn alter_topic(&self, name: &str, config: TopicConfig) -> Result<()> {
         let inner = &self.inner;
         inner.check_open()?;
-        config.validate()?;
         let _admin = inner.admin.lock();
         let t = inner.topic(name)?;
-        if config.partitions != t.config.partitions {
-            return Err(Error::InvalidArgument(format!(
-                "alter_topic keeps the partition count ({} for {name}); add partitions with \
-                 add_partitions",
-                t.config.partitions
-            )));
-        }
+        crate::store::validate_alter(name, &t.config, &config)?;
         inner.replace_topic(name, &t, config, Vec::new())
     }
 
@@ -805,12 +798,7 @@ impl LogStore for CommitLogStore {
         inner.check_open()?;
         let _admin = inner.admin.lock();
         let t = inner.topic(name)?;
-        if count == 0 {
-            return Err(Error::InvalidArgument("add at least one partition".into()));
-        }
-        let mut config = t.config.clone();
-        config.partitions = config.partitions.saturating_add(count);
-        validate_new_topic(name, &config)?;
+        let config = crate::store::grown_config(name, &t.config, count)?;
         let added = inner.open_partitions(name, &config, t.config.partitions)?;
         for part in &added {
             part.cq.enroll();

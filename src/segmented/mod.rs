@@ -828,16 +828,9 @@ impl LogStore for SegmentedStore {
     fn alter_topic(&self, name: &str, config: TopicConfig) -> Result<()> {
         let inner = &self.inner;
         inner.check_open()?;
-        config.validate()?;
         let _admin = inner.admin.lock();
         let t = inner.topic(name)?;
-        if config.partitions != t.config.partitions {
-            return Err(Error::InvalidArgument(format!(
-                "alter_topic keeps the partition count ({} for {name}); add partitions with \
-                 add_partitions",
-                t.config.partitions
-            )));
-        }
+        crate::store::validate_alter(name, &t.config, &config)?;
         let altered = Arc::new(TopicLog {
             id: t.id,
             effective: config.effective(&inner.options, EngineKind::Segmented),
@@ -856,12 +849,7 @@ impl LogStore for SegmentedStore {
         inner.check_open()?;
         let _admin = inner.admin.lock();
         let t = inner.topic(name)?;
-        let mut config = t.config.clone();
-        config.partitions = config.partitions.saturating_add(count);
-        if count == 0 {
-            return Err(Error::InvalidArgument("add at least one partition".into()));
-        }
-        validate_new_topic(name, &config)?;
+        let config = crate::store::grown_config(name, &t.config, count)?;
         // The new partitions' directories exist (and are empty: nothing can append to them
         // before the catalog names them) before the catalog commits them.
         let added =

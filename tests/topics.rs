@@ -428,3 +428,51 @@ fn deleting_topics_under_constant_checkpoints_never_poisons() {
         store.close().unwrap();
     });
 }
+
+/// A topic deleted while the cleaner works on it: the deletion succeeds, `compact()` over
+/// every topic is not failed by it, and no cleaner file is left where the topic was.
+#[test]
+fn deleting_a_topic_during_a_cleaning_pass_leaves_nothing_behind() {
+    for_each_engine(|engine, dir| {
+        let store: std::sync::Arc<dyn LogStore> =
+            std::sync::Arc::from(open(dir, &small_options(engine)));
+        let config = TopicConfig {
+            cleanup_policy: CleanupPolicy::Compact,
+            segment_bytes: Some(4096),
+            ..TopicConfig::with_partitions(2)
+        };
+        store.create_topic("kv", config).unwrap();
+        for i in 0..20_000usize {
+            let m = Message::new(vec![b'v'; 64]).with_key(format!("k{}", i % 50));
+            store.append("kv", (i % 2) as u32, &[m]).unwrap();
+        }
+        let cleaner = {
+            let store = std::sync::Arc::clone(&store);
+            std::thread::spawn(move || {
+                (0..3)
+                    .map(|_| store.compact(None).map(|_| ()))
+                    .collect::<Vec<_>>()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(3));
+        store.delete_topic("kv").unwrap();
+        for r in cleaner.join().unwrap() {
+            assert!(
+                matches!(r, Ok(()) | Err(Error::UnknownTopic(_))),
+                "{engine}: {r:?}"
+            );
+        }
+        let leftovers: Vec<String> = [dir.to_path_buf(), dir.join("compaction")]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(d).into_iter().flatten())
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n == "kv" || n.starts_with("kv-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{engine}: left {leftovers:?}");
+        store.compact(None).unwrap();
+        store.create_topic("kv", TopicConfig::default()).unwrap();
+        assert_eq!(store.bounds("kv", 0).unwrap().end, 0);
+        store.close().unwrap();
+    });
+}

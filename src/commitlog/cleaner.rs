@@ -232,6 +232,12 @@ impl Inner {
         (pass, covered): (Pass, u64),
         report: &mut CompactionReport,
     ) -> Result<()> {
+        // Callers hold the cleaner lock, which `delete_topic` takes before it marks the topic
+        // deleted: a topic listed before its deletion is passed over, so no pass writes into
+        // the directories the deletion removed.
+        if t.deleted.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let part = t.partition(partition)?;
         let fs = self.fs.as_ref();
         let now = now_ms();

@@ -634,6 +634,8 @@ impl Inner {
                     bytes_after: pass.bytes_after,
                 }),
                 Ok(None) => {}
+                // Its topic was deleted during the pass: nothing of it is left to clean.
+                Err(Error::UnknownTopic(_)) if p.deleted.load(Ordering::Acquire) => {}
                 Err(e) => {
                     result = Err(e);
                     break;

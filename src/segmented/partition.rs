@@ -167,6 +167,9 @@ impl Partition {
             st.pending.clear();
         }
         self.signal.notify();
+        // A cleaning pass in progress sees `deleted` and stops at its next check; waiting for
+        // it here means no `.cleaned` or `.swap` file appears in the directory being removed.
+        drop(self.clean_lock.lock());
         io::remove_tree(ctx.fs.as_ref(), &self.dir).map_err(|e| Error::io(&self.dir, e))
     }
 }

@@ -152,6 +152,36 @@ impl Budget {
     }
 }
 
+/// Runs a read attempt again while a compaction pass moves the partition's generation under it
+/// (a pass commits rarely: eight tries, then the missing unit is damage).
+fn retry_moved<T>(
+    part: &PartitionState,
+    offset: u64,
+    mut attempt: impl FnMut() -> Result<std::result::Result<T, Moved>>,
+) -> Result<T> {
+    for _ in 0..=8 {
+        if let Ok(v) = attempt()? {
+            return Ok(v);
+        }
+    }
+    Err(Error::corrupted(
+        part.cq.dir(),
+        offset * super::UNIT_SIZE,
+        "consume-queue unit missing above the compacted prefix",
+    ))
+}
+
+/// A read's `OffsetOutOfRange`, with the partition's bounds as they are now.
+fn out_of_range(topic: &str, partition: u32, part: &PartitionState, offset: u64) -> Error {
+    Error::OffsetOutOfRange {
+        topic: topic.to_owned(),
+        partition,
+        offset,
+        start: part.start.load(Ordering::Acquire),
+        end: part.end.load(Ordering::Acquire),
+    }
+}
+
 impl Inner {
     pub(crate) fn read(
         &self,
@@ -162,22 +192,9 @@ impl Inner {
     ) -> Result<Vec<Record>> {
         let t = self.topic(topic)?;
         let part = t.partition(partition)?;
-        // A pass commits rarely; a read that raced one retries with the new generation.
-        let mut tries = 0;
-        loop {
-            match self.read_attempt(topic, partition, part, offset, limits) {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(Moved)) if tries < 8 => tries += 1,
-                Ok(Err(Moved)) => {
-                    return Err(Error::corrupted(
-                        part.cq.dir(),
-                        offset * super::UNIT_SIZE,
-                        "consume-queue unit missing above the compacted prefix",
-                    ));
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        retry_moved(part, offset, || {
+            self.read_attempt(topic, partition, part, offset, limits)
+        })
     }
 
     fn read_attempt(
@@ -192,13 +209,7 @@ impl Inner {
         let clean_end = compacted.as_ref().map_or(0, |c| c.state.clean_end);
         let start = part.start.load(Ordering::Acquire);
         let end = part.end.load(Ordering::Acquire);
-        let out_of_range = || Error::OffsetOutOfRange {
-            topic: topic.to_owned(),
-            partition,
-            offset,
-            start: part.start.load(Ordering::Acquire),
-            end: part.end.load(Ordering::Acquire),
-        };
+        let out_of_range = || out_of_range(topic, partition, part, offset);
         if offset < start || offset > end {
             return Err(out_of_range());
         }
@@ -239,22 +250,9 @@ impl Inner {
         let first_free = out.is_empty();
         for o in at..at + n as u64 {
             let Some(unit) = part.cq.unit(o)? else {
-                // Retention and `delete_before` raise the start before they unlink queue files:
-                // a unit that vanished below the start as it is now was deleted under this read,
-                // a normal race the caller recovers from by seeking; a pass deletes the queue
-                // files below its `clean_end` after committing it, and the read starts again.
-                // Anywhere else it is damage.
-                if o < part.clean_end() {
-                    return Ok(Err(Moved));
-                }
-                if o < part.start.load(Ordering::Acquire) {
-                    return Err(out_of_range());
-                }
-                return Err(Error::corrupted(
-                    part.cq.dir(),
-                    o * super::UNIT_SIZE,
-                    "missing consume-queue unit below the partition end",
-                ));
+                return self
+                    .missing_unit(part, o, &out_of_range)
+                    .map(|()| Err(Moved));
             };
             let size = unit.size as usize;
             if !(units.is_empty() && first_free) && bytes + size > budget.bytes {
@@ -269,22 +267,9 @@ impl Inner {
         let mut i = 0;
         while i < units.len() {
             let u = units[i];
-            let Some(file) = self.log.find(u.position) else {
-                if u.position < self.log.min_offset().unwrap_or(0) {
-                    if at + (i as u64) < part.clean_end() {
-                        return Ok(Err(Moved));
-                    }
-                    // Retention removed the file after we read the bounds.
-                    return Err(out_of_range());
-                }
-                return Err(Error::corrupted(
-                    part.cq.dir(),
-                    (at + i as u64) * super::UNIT_SIZE,
-                    format!(
-                        "consume-queue unit points at {} past the end of the log",
-                        u.position
-                    ),
-                ));
+            let file = match self.log_file(part, at + i as u64, &u, &out_of_range)? {
+                Ok(file) => file,
+                Err(Moved) => return Ok(Err(Moved)),
             };
             let base = file.start_offset();
             let file_end = base + file.len() as u64;
@@ -394,21 +379,9 @@ impl Inner {
         let part = t.partition(partition)?;
         // Hashed once per call; a handful of tags, so a linear search beats a set.
         let hashes: Vec<i64> = tags.iter().map(|t| record::tag_hash(t)).collect();
-        let mut tries = 0;
-        loop {
-            match self.read_tagged_attempt(topic, partition, part, offset, limits, tags, &hashes) {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(Moved)) if tries < 8 => tries += 1,
-                Ok(Err(Moved)) => {
-                    return Err(Error::corrupted(
-                        part.cq.dir(),
-                        offset * super::UNIT_SIZE,
-                        "consume-queue unit missing above the compacted prefix",
-                    ));
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        retry_moved(part, offset, || {
+            self.read_tagged_attempt(topic, partition, part, offset, limits, tags, &hashes)
+        })
     }
 
     /// One attempt of a tagged read: the compacted prefix (if the read starts in it) read and
@@ -429,13 +402,7 @@ impl Inner {
         let clean_end = compacted.as_ref().map_or(0, |c| c.state.clean_end);
         let start = part.start.load(Ordering::Acquire);
         let end = part.end.load(Ordering::Acquire);
-        let out_of_range = || Error::OffsetOutOfRange {
-            topic: topic.to_owned(),
-            partition,
-            offset,
-            start: part.start.load(Ordering::Acquire),
-            end: part.end.load(Ordering::Acquire),
-        };
+        let out_of_range = || out_of_range(topic, partition, part, offset);
         if offset < start || offset > end {
             return Err(out_of_range());
         }
@@ -551,7 +518,11 @@ impl Inner {
     }
 
     /// What a missing consume-queue unit at `o` means: `Ok(())` when a compaction pass moved
-    /// the partition's generation under the read (start again), else an error.
+    /// the partition's generation under the read (start again), else an error. Retention and
+    /// `delete_before` raise the start before they unlink queue files: a unit that vanished
+    /// below the start as it is now was deleted under this read, a normal race the caller
+    /// recovers from by seeking; a pass deletes the queue files below its `clean_end` after
+    /// committing it, and the read starts again. Anywhere else it is damage.
     fn missing_unit(
         &self,
         part: &PartitionState,
@@ -571,7 +542,36 @@ impl Inner {
         ))
     }
 
-    /// The log file holding `unit`'s record, and a zero-copy span of it from the record to the
+    /// The log file holding the record of `unit` (queue offset `o`): `Moved` when a pass moved
+    /// the generation under the read, out of range when retention removed the file after the
+    /// bounds were read, damage when the unit points past the log.
+    fn log_file(
+        &self,
+        part: &PartitionState,
+        o: u64,
+        unit: &Unit,
+        out_of_range: &dyn Fn() -> Error,
+    ) -> Result<std::result::Result<Arc<MappedFile>, Moved>> {
+        if let Some(file) = self.log.find(unit.position) {
+            return Ok(Ok(file));
+        }
+        if unit.position < self.log.min_offset().unwrap_or(0) {
+            if o < part.clean_end() {
+                return Ok(Err(Moved));
+            }
+            return Err(out_of_range());
+        }
+        Err(Error::corrupted(
+            part.cq.dir(),
+            o * super::UNIT_SIZE,
+            format!(
+                "consume-queue unit points at {} past the end of the log",
+                unit.position
+            ),
+        ))
+    }
+
+    /// The log file holding `unit`'s record, and a zero-copy span    /// The log file holding `unit`'s record, and a zero-copy span of it from the record to the
     /// file's published end (with the span's log position).
     fn log_span(
         &self,
@@ -580,21 +580,9 @@ impl Inner {
         unit: &Unit,
         out_of_range: &dyn Fn() -> Error,
     ) -> Result<std::result::Result<LogSpan, Moved>> {
-        let Some(file) = self.log.find(unit.position) else {
-            if unit.position < self.log.min_offset().unwrap_or(0) {
-                if o < part.clean_end() {
-                    return Ok(Err(Moved));
-                }
-                return Err(out_of_range());
-            }
-            return Err(Error::corrupted(
-                part.cq.dir(),
-                o * super::UNIT_SIZE,
-                format!(
-                    "consume-queue unit points at {} past the end of the log",
-                    unit.position
-                ),
-            ));
+        let file = match self.log_file(part, o, unit, out_of_range)? {
+            Ok(file) => file,
+            Err(Moved) => return Ok(Err(Moved)),
         };
         let base = file.start_offset();
         let from = (unit.position - base) as usize;

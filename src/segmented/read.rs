@@ -16,6 +16,22 @@ use crate::store::{
 };
 
 impl Partition {
+    /// [`repair_indexes`](Self::repair_indexes) of the segment holding `offset`, if any.
+    fn repair_indexes_at(&self, ctx: &Ctx, offset: u64) -> Result<()> {
+        let base = {
+            let st = self.state.lock();
+            let i = st
+                .segments
+                .partition_point(|m| m.base <= offset)
+                .saturating_sub(1);
+            st.segments.get(i).map(|m| m.base)
+        };
+        match base {
+            Some(base) => self.repair_indexes(ctx, base),
+            None => Ok(()),
+        }
+    }
+
     /// Rebuilds the indexes of segment `base` from its log (after a lookup found them wrong).
     /// If the log itself is damaged (its scan stops short), the indexes were not the problem:
     /// they are left alone and the segment is marked, so later reads report the damage without
@@ -99,17 +115,7 @@ impl Partition {
                 Ok((records, _)) => return Ok(records),
                 Err(Error::Corrupted { .. }) if !repaired => {
                     // A garbled index sends the scan to a wrong position: rebuild and retry once.
-                    let base = {
-                        let st = self.state.lock();
-                        let i = st
-                            .segments
-                            .partition_point(|m| m.base <= offset)
-                            .saturating_sub(1);
-                        st.segments.get(i).map(|m| m.base)
-                    };
-                    if let Some(base) = base {
-                        self.repair_indexes(ctx, base)?;
-                    }
+                    self.repair_indexes_at(ctx, offset)?;
                     repaired = true;
                 }
                 Err(e) => return Err(e),
@@ -147,17 +153,7 @@ impl Partition {
                 // Nothing left to examine (a segment's end raced the bound): done.
                 Ok(_) => break,
                 Err(Error::Corrupted { .. }) if !repaired && t.records.is_empty() => {
-                    let base = {
-                        let st = self.state.lock();
-                        let i = st
-                            .segments
-                            .partition_point(|m| m.base <= at)
-                            .saturating_sub(1);
-                        st.segments.get(i).map(|m| m.base)
-                    };
-                    if let Some(base) = base {
-                        self.repair_indexes(ctx, base)?;
-                    }
+                    self.repair_indexes_at(ctx, at)?;
                     repaired = true;
                 }
                 Err(e) => return Err(e),

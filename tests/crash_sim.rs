@@ -10,7 +10,10 @@
 //! f. appends resume at the recovered end: acknowledged offsets are never reused;
 //! g. tombstones come back as tombstones (no value), values as values;
 //! h. a second topic deleted and created again between crashes holds only records of its
-//!    latest generation (a deleted topic's records never reach its namesake), dense from 0.
+//!    latest generation (a deleted topic's records never reach its namesake), dense from 0;
+//! i. a consumer group's committed offsets (the consumer layer's `__consumer_offsets`) are
+//!    exactly those of its last acknowledged commit (a commit is durable when it returns), every
+//!    partition of a commit together.
 //!
 //! `DUOLOG_CRASH_CASES` raises the number of property-test cases (default 24 per engine) and
 //! `DUOLOG_CRASH_SEEDS` the damage seeds per crash point of the sweep (default 2).
@@ -22,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use duolog::consumer::GroupCoordinator;
 use duolog::io::{CrashMode, Fault, SimFs};
 use duolog::{EngineKind, FlushPolicy, LogStore, Message, ReadLimits, StoreOptions, TopicConfig};
 use proptest::prelude::*;
@@ -58,6 +62,8 @@ struct Model {
     maybe_start: Vec<Option<u64>>,
     /// Generation of topic `x` (deleted and created again by `Op::Churn`), 0 before the first.
     churn: u32,
+    /// Group `g`'s last acknowledged commit (every partition of `t`), if it made one.
+    committed: Option<Vec<u64>>,
 }
 
 impl Model {
@@ -68,6 +74,7 @@ impl Model {
             start: vec![0; PARTITIONS as usize],
             maybe_start: vec![None; PARTITIONS as usize],
             churn: 0,
+            committed: None,
         }
     }
 }
@@ -155,6 +162,22 @@ fn check_churned(store: &dyn LogStore, model: &Model, ctx: &str) {
     }
 }
 
+/// i: the group's offsets are those of its last acknowledged commit. Loading them is the consumer
+/// layer's own recovery (it reads `__consumer_offsets` back through the trait).
+fn check_committed(store: &Arc<dyn LogStore>, model: &Model, ctx: &str) {
+    let Some(expected) = &model.committed else {
+        return;
+    };
+    let groups = GroupCoordinator::new(Arc::clone(store))
+        .unwrap_or_else(|e| panic!("{ctx}: load committed offsets: {e}"));
+    let table = groups.committed_offsets("g");
+    let got: Vec<Option<u64>> = (0..PARTITIONS)
+        .map(|p| table.get("t").and_then(|t| t.get(&p)).copied())
+        .collect();
+    let want: Vec<Option<u64>> = expected.iter().map(|&o| Some(o)).collect();
+    assert_eq!(got, want, "{ctx}: i: committed offsets");
+}
+
 /// Reopens after a crash, checks, checks idempotence (e), and shrinks the model to what is there.
 fn recover(
     engine: EngineKind,
@@ -162,7 +185,7 @@ fn recover(
     sync: bool,
     model: &mut Model,
     ctx: &str,
-) -> (SimFs, Box<dyn LogStore>) {
+) -> (SimFs, Arc<dyn LogStore>) {
     // A crash during recovery first: the power goes after a few I/O operations of the open.
     let cut = crc32fast::hash(ctx.as_bytes()) as u64 % 40;
     sim.fail_after(cut, Fault::Eio);
@@ -178,6 +201,8 @@ fn recover(
         .enforce_retention()
         .unwrap_or_else(|e| panic!("{ctx}: retention after reopen: {e}"));
     let ends = check(store.as_ref(), model, ctx);
+    let store: Arc<dyn LogStore> = Arc::from(store);
+    check_committed(&store, model, ctx);
     // e: crash right after recovery; nothing may change.
     store.abandon();
     drop(store);
@@ -186,6 +211,8 @@ fn recover(
         .unwrap_or_else(|e| panic!("{ctx}: second reopen: {e}"));
     let again = check(store.as_ref(), model, &format!("{ctx} (second recovery)"));
     assert_eq!(ends, again, "{ctx}: recovery is idempotent");
+    let store: Arc<dyn LogStore> = Arc::from(store);
+    check_committed(&store, model, &format!("{ctx} (second recovery)"));
     for (p, &end) in ends.iter().enumerate() {
         model.appended[p].truncate(end as usize);
         model.durable[p] = end as usize;
@@ -197,12 +224,31 @@ fn recover(
 
 #[derive(Clone, Debug)]
 enum Op {
-    Append { p: u32, n: usize, size: usize },
-    Tombstone { p: u32 },
-    Churn { n: usize },
+    Append {
+        p: u32,
+        n: usize,
+        size: usize,
+    },
+    Tombstone {
+        p: u32,
+    },
+    Churn {
+        n: usize,
+    },
     Sync,
-    DeleteBefore { p: u32, fraction: u8 },
-    Crash { mode: usize, seed: u64 },
+    DeleteBefore {
+        p: u32,
+        fraction: u8,
+    },
+    /// Group `g` commits, for every partition of `t`, a position `fraction`% into what was
+    /// appended (maybe past what is durable, as a consumer may have read it).
+    Commit {
+        fraction: u8,
+    },
+    Crash {
+        mode: usize,
+        seed: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -212,6 +258,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..20).prop_map(|n| Op::Churn { n }),
         2 => Just(Op::Sync),
         1 => (0..PARTITIONS, 0u8..=100).prop_map(|(p, fraction)| Op::DeleteBefore { p, fraction }),
+        1 => (0u8..=100).prop_map(|fraction| Op::Commit { fraction }),
         2 => (0..CrashMode::ALL.len(), any::<u64>()).prop_map(|(mode, seed)| Op::Crash { mode, seed }),
     ]
 }
@@ -219,7 +266,8 @@ fn op() -> impl Strategy<Value = Op> {
 fn run_case(engine: EngineKind, sync: bool, ops: &[Op]) {
     let mut sim = SimFs::new();
     let mut model = Model::new();
-    let mut store = duolog::open(STORE, options(engine, &sim, sync)).unwrap();
+    let mut store: Arc<dyn LogStore> =
+        Arc::from(duolog::open(STORE, options(engine, &sim, sync)).unwrap());
     store
         .create_topic("t", TopicConfig::with_partitions(PARTITIONS))
         .unwrap();
@@ -275,6 +323,18 @@ fn run_case(engine: EngineKind, sync: bool, ops: &[Op]) {
                 let target = b.start + (b.end - b.start) * u64::from(fraction) / 100;
                 let s = store.delete_before("t", p, target).unwrap();
                 model.start[p as usize] = s;
+            }
+            Op::Commit { fraction } => {
+                let positions: Vec<u64> = (0..PARTITIONS as usize)
+                    .map(|p| (model.appended[p].len() * usize::from(fraction) / 100) as u64)
+                    .collect();
+                let offsets: Vec<(&str, u32, u64)> = (0..PARTITIONS)
+                    .map(|p| ("t", p, positions[p as usize]))
+                    .collect();
+                // A coordinator for the commit only: a crash drops every handle on the store.
+                let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+                groups.commit_offsets("g", &offsets).unwrap();
+                model.committed = Some(positions);
             }
             Op::Crash { mode, seed } => {
                 crash_counter(engine).fetch_add(1, Ordering::Relaxed);

@@ -823,3 +823,56 @@ fn a_second_process_is_refused_with_a_clear_error() {
     // Once the coordinator is gone, a new one may serve the store.
     assert!(GroupCoordinator::new(store).is_ok());
 }
+
+/// A topic deleted and created again under its name starts from nothing: the group's old
+/// offsets (committed against the deleted topic's id) neither apply to the new topic — before,
+/// a consumer silently started the new topic at the old offset, skipping its first records —
+/// nor survive a restart, and the next commit drops them from the group's table.
+#[test]
+fn offsets_of_a_deleted_topic_never_apply_to_a_new_topic_of_the_same_name() {
+    for_each_engine(|engine, dir| {
+        let opts = small_options(engine);
+        let store = open(dir, &opts);
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        store.create_topic("other", TopicConfig::default()).unwrap();
+        produce(store.as_ref(), "t", 1, 50);
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        groups
+            .commit_offsets("g", &[("t", 0, 40), ("other", 0, 0)])
+            .unwrap();
+        store.delete_topic("t").unwrap();
+        assert!(
+            !groups.committed_offsets("g").contains_key("t"),
+            "{engine}: a deleted topic's offsets are gone"
+        );
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        produce(store.as_ref(), "t", 1, 45);
+        assert_eq!(groups.committed_offsets("g").get("t"), None, "{engine}");
+
+        let c = Consumer::new(&groups, config("g", OffsetReset::Earliest)).unwrap();
+        c.assign(&[("t", 0)]).unwrap();
+        let first = drain(&c, 45);
+        assert_eq!(first.len(), 45, "{engine}: the new topic is read from its start");
+        assert_eq!(first[0].offset(), 0, "{engine}");
+        drop(c);
+
+        // The commit of another topic rewrites the table without the dead generation.
+        groups.commit_offsets("g", &[("other", 0, 0)]).unwrap();
+        drop(groups);
+        store.close().unwrap();
+        drop(store);
+        let store = open(dir, &opts);
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        assert_eq!(
+            groups.committed_offsets("g").keys().collect::<Vec<_>>(),
+            ["other"],
+            "{engine}: after a restart too"
+        );
+        groups.commit_offsets("g", &[("t", 0, 7)]).unwrap();
+        assert_eq!(groups.committed_offsets("g")["t"][&0], 7, "{engine}");
+        assert!(matches!(
+            groups.commit_offsets("g", &[("missing", 0, 1)]),
+            Err(Error::UnknownTopic(_))
+        ));
+    });
+}

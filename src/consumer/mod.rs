@@ -24,7 +24,7 @@ mod tags;
 
 pub use assignor::{Assignor, Averagely, MemberSubscription, Sticky, TopicPartition};
 pub use group::GroupCoordinator;
-pub use offsets::{OFFSETS_SEGMENT_BYTES, OFFSETS_TOPIC, OffsetTable, decode_table, encode_table};
+pub use offsets::{CommitRecord, OFFSETS_SEGMENT_BYTES, OFFSETS_TOPIC, OffsetTable, TopicIds};
 pub use pull::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, RebalanceListener};
 pub use sql::{FilterError, SqlFilter};
 pub use table::CompactedTable;

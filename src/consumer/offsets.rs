@@ -6,8 +6,13 @@
 //! lands all or nothing on both engines (one CommitLog record with a whole-record CRC, one
 //! RecordBatch with a CRC-32C), so a batch of partitions commits atomically; and because each
 //! record supersedes every older record of its key, compaction keeps the topic at about one
-//! record per group however many commits were made. The codec ([`encode_table`],
-//! [`decode_table`]) is pure; the byte layout is drawn in docs/format.md.
+//! record per group however many commits were made. The codec ([`CommitRecord`]) is pure; the
+//! byte layout is drawn in docs/format.md.
+//!
+//! Each topic's offsets carry the topic's id ([`LogStore::topic_id`]): offsets committed for a
+//! topic that was deleted (and maybe created again under its name) no longer apply — they read
+//! as "no commit" (Kafka deletes a deleted topic's offsets) and the next commit of the group
+//! drops them, so a table stays bounded by the live topics it consumes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -41,8 +46,8 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// 64 KiB and the topic stays bounded by the number of groups, not of commits.
 pub const OFFSETS_SEGMENT_BYTES: u64 = 64 * 1024;
 
-/// The first byte of a commit record's value.
-const VERSION: u8 = 1;
+/// The first byte of a commit record's value (version 1, without topic ids, is still read).
+const VERSION: u8 = 2;
 
 /// Records read per fetch while loading.
 const FETCH: usize = 4096;
@@ -82,103 +87,131 @@ fn get_varint(buf: &[u8], at: &mut usize) -> std::result::Result<u64, &'static s
     Err("varint longer than 10 bytes")
 }
 
-/// Encodes a group's offset table as a commit record's value (see docs/format.md):
-/// `version u8 = 1`, `commit_time_ms varint`, `topics varint`, then per topic (sorted)
-/// `name_len varint, name, entries varint`, then per partition (ascending)
-/// `partition_delta varint, offset varint`, and last a CRC-32C (big-endian u32) of every byte
-/// before it.
+/// The topic ids ([`LogStore::topic_id`]) an [`OffsetTable`]'s topics had when their offsets
+/// were committed: topic → id. An offset applies to a topic only while the topic still has that
+/// id, so a topic deleted and created again under its name never inherits the old offsets.
+pub type TopicIds = BTreeMap<String, u64>;
+
+/// One commit record's value: a group's whole offset table, the ids of its topics and the
+/// commit time. The codec is pure; the layout is drawn in docs/format.md.
 ///
 /// ```
-/// use duolog::consumer::{decode_table, encode_table, OffsetTable};
-/// let mut table = OffsetTable::new();
-/// table.entry("orders".into()).or_default().insert(3, 1_000);
-/// let bytes = encode_table(&table, 1_700_000_000_000);
-/// assert_eq!(decode_table(&bytes).unwrap(), (table, 1_700_000_000_000));
-/// assert!(decode_table(&bytes[..bytes.len() - 1]).is_err());
+/// use duolog::consumer::{CommitRecord, OffsetTable};
+/// let mut record = CommitRecord { commit_time_ms: 1_700_000_000_000, ..CommitRecord::default() };
+/// record.offsets.entry("orders".into()).or_default().insert(3, 1_000);
+/// record.topic_ids.insert("orders".into(), 7);
+/// let bytes = record.encode();
+/// assert_eq!(CommitRecord::decode(&bytes).unwrap(), record);
+/// assert!(CommitRecord::decode(&bytes[..bytes.len() - 1]).is_err());
+/// assert!(CommitRecord::decode(b"garbage").unwrap_err().contains("checksum"));
 /// ```
-pub fn encode_table(table: &OffsetTable, commit_time_ms: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + table.len() * 32);
-    out.push(VERSION);
-    put_varint(&mut out, commit_time_ms);
-    put_varint(&mut out, table.len() as u64);
-    for (topic, parts) in table {
-        put_varint(&mut out, topic.len() as u64);
-        out.extend_from_slice(topic.as_bytes());
-        put_varint(&mut out, parts.len() as u64);
-        let mut prev = 0u64;
-        for (&p, &offset) in parts {
-            put_varint(&mut out, u64::from(p) - prev);
-            put_varint(&mut out, offset);
-            prev = u64::from(p);
-        }
-    }
-    let crc = crc32c::crc32c(&out);
-    out.extend_from_slice(&crc.to_be_bytes());
-    out
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommitRecord {
+    /// Topic → partition → the next offset to consume.
+    pub offsets: OffsetTable,
+    /// The id of each topic of `offsets` (version-1 records carry none: empty).
+    pub topic_ids: TopicIds,
+    /// When the commit was made, in milliseconds since the Unix epoch.
+    pub commit_time_ms: u64,
 }
 
-/// Decodes [`encode_table`]'s bytes into the table and its commit time. Never panics: anything
-/// malformed (wrong version, bad checksum, truncated, trailing bytes, partitions out of order,
-/// names that are not UTF-8) is an error naming the problem.
-///
-/// ```
-/// use duolog::consumer::decode_table;
-/// assert!(decode_table(b"garbage").unwrap_err().contains("checksum"));
-/// ```
-pub fn decode_table(bytes: &[u8]) -> std::result::Result<(OffsetTable, u64), String> {
-    if bytes.len() < 5 {
-        return Err(format!("{} bytes are too short for a commit", bytes.len()));
-    }
-    let (body, crc) = bytes.split_at(bytes.len() - 4);
-    let stored = u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    if crc32c::crc32c(body) != stored {
-        return Err("checksum mismatch".into());
-    }
-    if body[0] != VERSION {
-        return Err(format!("unknown commit version {}", body[0]));
-    }
-    let mut at = 1;
-    let time = get_varint(body, &mut at)?;
-    let topics = get_varint(body, &mut at)?;
-    let mut table = OffsetTable::new();
-    for _ in 0..topics {
-        let len = get_varint(body, &mut at)?;
-        let end = usize::try_from(len)
-            .ok()
-            .and_then(|l| at.checked_add(l))
-            .filter(|&e| e <= body.len())
-            .ok_or("topic name past the end")?;
-        let name = std::str::from_utf8(&body[at..end]).map_err(|_| "topic name is not UTF-8")?;
-        at = end;
-        let entries = get_varint(body, &mut at)?;
-        let mut parts = BTreeMap::new();
-        let mut prev: Option<u64> = None;
-        for _ in 0..entries {
-            let delta = get_varint(body, &mut at)?;
-            let p = match prev {
-                None => delta,
-                Some(_) if delta == 0 => return Err("partitions not ascending".into()),
-                Some(prev) => prev.checked_add(delta).ok_or("partition overflows")?,
-            };
-            let partition = u32::try_from(p).map_err(|_| "partition past u32")?;
-            let offset = get_varint(body, &mut at)?;
-            parts.insert(partition, offset);
-            prev = Some(p);
+impl CommitRecord {
+    /// Encodes the record (version 2): `version u8 = 2`, `commit_time_ms varint`,
+    /// `topics varint`, then per topic (sorted) `name_len varint, name, topic_id varint,
+    /// entries varint`, then per partition (ascending) `partition_delta varint, offset
+    /// varint`, and last a CRC-32C (big-endian u32) of every byte before it. A topic without an
+    /// id in `topic_ids` is written with id 0 (never a real id: ids start at 1).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.offsets.len() * 32);
+        out.push(VERSION);
+        put_varint(&mut out, self.commit_time_ms);
+        put_varint(&mut out, self.offsets.len() as u64);
+        for (topic, parts) in &self.offsets {
+            put_varint(&mut out, topic.len() as u64);
+            out.extend_from_slice(topic.as_bytes());
+            put_varint(&mut out, self.topic_ids.get(topic).copied().unwrap_or(0));
+            put_varint(&mut out, parts.len() as u64);
+            let mut prev = 0u64;
+            for (&p, &offset) in parts {
+                put_varint(&mut out, u64::from(p) - prev);
+                put_varint(&mut out, offset);
+                prev = u64::from(p);
+            }
         }
-        if table.insert(name.to_owned(), parts).is_some() {
-            return Err(format!("topic {name:?} listed twice"));
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    /// Decodes [`encode`](Self::encode)'s bytes, and version 1 (the same without topic ids).
+    /// Never panics: anything malformed (unknown version, bad checksum, truncated, trailing
+    /// bytes, partitions out of order, names that are not UTF-8) is an error naming the problem.
+    pub fn decode(bytes: &[u8]) -> std::result::Result<CommitRecord, String> {
+        if bytes.len() < 5 {
+            return Err(format!("{} bytes are too short for a commit", bytes.len()));
         }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        let stored = u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]);
+        if crc32c::crc32c(body) != stored {
+            return Err("checksum mismatch".into());
+        }
+        let version = body[0];
+        if version != 1 && version != VERSION {
+            return Err(format!("unknown commit version {version}"));
+        }
+        let mut at = 1;
+        let mut record = CommitRecord {
+            commit_time_ms: get_varint(body, &mut at)?,
+            ..CommitRecord::default()
+        };
+        let topics = get_varint(body, &mut at)?;
+        for _ in 0..topics {
+            let len = get_varint(body, &mut at)?;
+            let end = usize::try_from(len)
+                .ok()
+                .and_then(|l| at.checked_add(l))
+                .filter(|&e| e <= body.len())
+                .ok_or("topic name past the end")?;
+            let name =
+                std::str::from_utf8(&body[at..end]).map_err(|_| "topic name is not UTF-8")?;
+            at = end;
+            if version >= 2 {
+                let id = get_varint(body, &mut at)?;
+                if id != 0 {
+                    record.topic_ids.insert(name.to_owned(), id);
+                }
+            }
+            let entries = get_varint(body, &mut at)?;
+            let mut parts = BTreeMap::new();
+            let mut prev: Option<u64> = None;
+            for _ in 0..entries {
+                let delta = get_varint(body, &mut at)?;
+                let p = match prev {
+                    None => delta,
+                    Some(_) if delta == 0 => return Err("partitions not ascending".into()),
+                    Some(prev) => prev.checked_add(delta).ok_or("partition overflows")?,
+                };
+                let partition = u32::try_from(p).map_err(|_| "partition past u32")?;
+                let offset = get_varint(body, &mut at)?;
+                parts.insert(partition, offset);
+                prev = Some(p);
+            }
+            if record.offsets.insert(name.to_owned(), parts).is_some() {
+                return Err(format!("topic {name:?} listed twice"));
+            }
+        }
+        if at != body.len() {
+            return Err(format!("{} trailing bytes", body.len() - at));
+        }
+        Ok(record)
     }
-    if at != body.len() {
-        return Err(format!("{} trailing bytes", body.len() - at));
-    }
-    Ok((table, time))
 }
 
-/// A table and the sequence number of the record that holds it.
-#[derive(Default)]
+/// A table, its topics' ids and the sequence number of the record that holds them.
+#[derive(Clone, Default)]
 struct Versioned {
     table: OffsetTable,
+    ids: TopicIds,
     seq: u64,
 }
 
@@ -206,7 +239,7 @@ impl OffsetStore {
     /// Creates the offsets topic if it is missing and reads it once from its start.
     pub(crate) fn open(store: Arc<dyn LogStore>) -> Result<OffsetStore> {
         ensure_topic(store.as_ref())?;
-        let mut tables: HashMap<String, OffsetTable> = HashMap::new();
+        let mut tables: HashMap<String, CommitRecord> = HashMap::new();
         for p in 0..store.describe_topic(OFFSETS_TOPIC)?.partitions {
             let bounds = store.bounds(OFFSETS_TOPIC, p)?;
             let mut at = bounds.start;
@@ -231,9 +264,9 @@ impl OffsetStore {
                             tables.remove(group);
                         }
                         Some(v) => {
-                            let (table, _) = decode_table(v)
+                            let record = CommitRecord::decode(v)
                                 .map_err(|e| corrupted(store.as_ref(), p, r.offset(), &e))?;
-                            tables.insert(group.to_owned(), table);
+                            tables.insert(group.to_owned(), record);
                         }
                     }
                 }
@@ -241,13 +274,23 @@ impl OffsetStore {
         }
         let groups = tables
             .into_iter()
-            .map(|(g, t)| {
+            .map(|(g, record)| {
+                let mut v = Versioned {
+                    table: record.offsets,
+                    ids: record.topic_ids,
+                    seq: 0,
+                };
+                // Version-1 records carry no ids: their topics are taken as the ones living now.
+                for topic in v.table.keys() {
+                    if !v.ids.contains_key(topic) {
+                        if let Ok(id) = store.topic_id(topic) {
+                            v.ids.insert(topic.clone(), id);
+                        }
+                    }
+                }
                 let offsets = GroupOffsets {
-                    written: Mutex::new(Versioned {
-                        table: t.clone(),
-                        seq: 0,
-                    }),
-                    durable: Mutex::new(Versioned { table: t, seq: 0 }),
+                    written: Mutex::new(v.clone()),
+                    durable: Mutex::new(v),
                 };
                 (g, Arc::new(offsets))
             })
@@ -270,21 +313,36 @@ impl OffsetStore {
         f()
     }
 
-    /// The group's durably committed offsets (a copy).
+    /// Whether offsets committed for `topic` under `id` still apply: the topic lives and has
+    /// that id (it was not deleted, nor deleted and created again).
+    fn applies(&self, ids: &TopicIds, topic: &str) -> bool {
+        ids.get(topic)
+            .is_some_and(|&id| self.store.topic_id(topic).ok() == Some(id))
+    }
+
+    /// The group's durably committed offsets of live topics (a copy).
     pub(crate) fn table(&self, group: &str) -> OffsetTable {
-        match self.groups.lock().get(group) {
-            Some(g) => g.durable.lock().table.clone(),
-            None => OffsetTable::new(),
-        }
+        let Some(g) = self.groups.lock().get(group).cloned() else {
+            return OffsetTable::new();
+        };
+        let d = g.durable.lock().clone();
+        let mut table = d.table;
+        table.retain(|topic, _| self.applies(&d.ids, topic));
+        table
     }
 
     /// Every group with durably committed offsets, sorted.
     pub(crate) fn groups(&self) -> Vec<String> {
-        let groups = self.groups.lock();
-        let mut names: Vec<String> = groups
+        let groups: Vec<(String, Arc<GroupOffsets>)> = self
+            .groups
+            .lock()
             .iter()
-            .filter(|(_, g)| !g.durable.lock().table.is_empty())
-            .map(|(name, _)| name.clone())
+            .map(|(name, g)| (name.clone(), Arc::clone(g)))
+            .collect();
+        let mut names: Vec<String> = groups
+            .into_iter()
+            .filter(|(name, _)| !self.table(name).is_empty())
+            .map(|(name, _)| name)
             .collect();
         names.sort();
         names
@@ -293,8 +351,13 @@ impl OffsetStore {
     /// The durably committed offset of one partition.
     pub(crate) fn committed(&self, group: &str, topic: &str, partition: u32) -> Option<u64> {
         let g = self.groups.lock().get(group).cloned()?;
-        let d = g.durable.lock();
-        d.table.get(topic).and_then(|p| p.get(&partition)).copied()
+        let d = g.durable.lock().clone();
+        let offset = d
+            .table
+            .get(topic)
+            .and_then(|p| p.get(&partition))
+            .copied()?;
+        self.applies(&d.ids, topic).then_some(offset)
     }
 
     /// The offset of one partition in the group's newest commit record, durable or not yet
@@ -302,8 +365,16 @@ impl OffsetStore {
     /// after that record, so it can never move the offset back below an in-flight commit.
     pub(crate) fn latest(&self, group: &str, topic: &str, partition: u32) -> Option<u64> {
         let g = self.groups.lock().get(group).cloned()?;
-        let w = g.written.lock();
-        w.table.get(topic).and_then(|p| p.get(&partition)).copied()
+        let (offset, ids) = {
+            let w = g.written.lock();
+            let offset = w
+                .table
+                .get(topic)
+                .and_then(|p| p.get(&partition))
+                .copied()?;
+            (offset, w.ids.clone())
+        };
+        self.applies(&ids, topic).then_some(offset)
     }
 
     /// Merges `offsets` into the group's table and writes the whole table as one message;
@@ -325,14 +396,14 @@ impl OffsetStore {
         let g = self.group(group);
         let mut w = g.written.lock();
         check()?;
-        let (completion, table, seq) = match self.append(group, &mut w, offsets)? {
+        let (completion, next, seq) = match self.append(group, &mut w, offsets)? {
             Some(appended) => appended,
             None if g.durable.lock().seq == w.seq => return Ok(()),
             // Nothing new, but an async commit of this table is in flight: write it again and
             // wait (the flush that covers the new record covers the earlier one).
             None => {
-                let table = w.table.clone();
-                self.append_table(group, &mut w, table)?
+                let same = w.clone();
+                self.append_table(group, &mut w, same)?
             }
         };
         if !completion.is_durable() {
@@ -342,7 +413,7 @@ impl OffsetStore {
             self.store.sync()?;
         }
         completion.wait()?;
-        mark_durable(&g.durable, table, seq);
+        mark_durable(&g.durable, next, seq);
         Ok(())
     }
 
@@ -358,7 +429,7 @@ impl OffsetStore {
         let g = self.group(group);
         let mut w = g.written.lock();
         check()?;
-        let Some((completion, table, seq)) = self.append(group, &mut w, offsets)? else {
+        let Some((completion, next, seq)) = self.append(group, &mut w, offsets)? else {
             drop(w);
             on_done(Ok(()));
             return Ok(());
@@ -366,7 +437,7 @@ impl OffsetStore {
         drop(w);
         completion.on_durable(move |r| {
             if r.is_ok() {
-                mark_durable(&g.durable, table, seq);
+                mark_durable(&g.durable, next, seq);
             }
             on_done(r.map(|_| ()));
         });
@@ -374,17 +445,44 @@ impl OffsetStore {
     }
 
     /// Appends the newest table with `offsets` merged in, unless that changes nothing (`None`).
+    /// A commit for a topic that does not exist is `UnknownTopic`. Offsets of topics deleted
+    /// since (or deleted and created again) are dropped from the new table.
     fn append(
         &self,
         group: &str,
         w: &mut Versioned,
         offsets: &[(String, u32, u64)],
-    ) -> Result<Option<(crate::Completion, OffsetTable, u64)>> {
-        let mut next = w.table.clone();
+    ) -> Result<Option<(crate::Completion, Versioned, u64)>> {
+        let mut next = Versioned {
+            table: w.table.clone(),
+            ids: w.ids.clone(),
+            seq: w.seq,
+        };
         for (topic, p, offset) in offsets {
-            next.entry(topic.clone()).or_default().insert(*p, *offset);
+            let id = self.store.topic_id(topic)?;
+            if next.ids.get(topic) != Some(&id) {
+                // A new topic for the group, or a new one under an old name: the old
+                // generation's partitions go.
+                next.table.remove(topic);
+                next.ids.insert(topic.clone(), id);
+            }
+            next.table
+                .entry(topic.clone())
+                .or_default()
+                .insert(*p, *offset);
         }
-        if next == w.table {
+        let stale: Vec<String> = next
+            .table
+            .keys()
+            .filter(|topic| !self.applies(&next.ids, topic))
+            .cloned()
+            .collect();
+        for topic in stale {
+            next.table.remove(&topic);
+            next.ids.remove(&topic);
+        }
+        next.ids.retain(|topic, _| next.table.contains_key(topic));
+        if next.table == w.table && next.ids == w.ids {
             return Ok(None);
         }
         self.append_table(group, w, next).map(Some)
@@ -394,25 +492,31 @@ impl OffsetStore {
         &self,
         group: &str,
         w: &mut Versioned,
-        table: OffsetTable,
-    ) -> Result<(crate::Completion, OffsetTable, u64)> {
+        next: Versioned,
+    ) -> Result<(crate::Completion, Versioned, u64)> {
         let now = u64::try_from(crate::clock::now_ms()).unwrap_or(0);
-        let message = Message::new(encode_table(&table, now))
-            .with_key(Bytes::copy_from_slice(group.as_bytes()));
+        let record = CommitRecord {
+            offsets: next.table,
+            topic_ids: next.ids,
+            commit_time_ms: now,
+        };
+        let message =
+            Message::new(record.encode()).with_key(Bytes::copy_from_slice(group.as_bytes()));
         // Always partition 0: one partition keeps loading a single read and the order of a
         // group's commits the order of its records.
         let completion = self.store.append_async(OFFSETS_TOPIC, 0, &[message])?;
         w.seq += 1;
-        w.table = table.clone();
-        Ok((completion, table, w.seq))
+        w.table = record.offsets;
+        w.ids = record.topic_ids;
+        Ok((completion, w.clone(), w.seq))
     }
 }
 
 /// Records that the table of record `seq` is durable (completions may report out of order).
-fn mark_durable(durable: &Mutex<Versioned>, table: OffsetTable, seq: u64) {
+fn mark_durable(durable: &Mutex<Versioned>, written: Versioned, seq: u64) {
     let mut d = durable.lock();
     if seq > d.seq {
-        *d = Versioned { table, seq };
+        *d = Versioned { seq, ..written };
     }
 }
 
@@ -443,50 +547,71 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn table(entries: &[(&str, u32, u64)]) -> OffsetTable {
-        let mut t = OffsetTable::new();
-        for (topic, p, o) in entries {
-            t.entry((*topic).to_owned()).or_default().insert(*p, *o);
+    fn record(entries: &[(&str, u32, u64)], time: u64) -> CommitRecord {
+        let mut r = CommitRecord {
+            commit_time_ms: time,
+            ..CommitRecord::default()
+        };
+        for (n, (topic, p, o)) in entries.iter().enumerate() {
+            r.offsets
+                .entry((*topic).to_owned())
+                .or_default()
+                .insert(*p, *o);
+            r.topic_ids.insert((*topic).to_owned(), n as u64 + 1);
         }
-        t
+        r
     }
 
     #[test]
     fn round_trips_and_names_damage() {
-        let t = table(&[("a", 0, 5), ("a", 7, u64::MAX), ("b", u32::MAX, 0)]);
-        let bytes = encode_table(&t, 42);
-        assert_eq!(decode_table(&bytes).unwrap(), (t.clone(), 42));
-        assert_eq!(
-            decode_table(&encode_table(&OffsetTable::new(), 0))
+        let r = record(&[("a", 0, 5), ("a", 7, u64::MAX), ("b", u32::MAX, 0)], 42);
+        let bytes = r.encode();
+        assert_eq!(CommitRecord::decode(&bytes).unwrap(), r);
+        assert!(
+            CommitRecord::decode(&CommitRecord::default().encode())
                 .unwrap()
-                .0
-                .len(),
-            0
+                .offsets
+                .is_empty()
         );
         let mut bad = bytes.clone();
-        bad[0] = 2;
-        assert!(decode_table(&bad).unwrap_err().contains("checksum"));
-        assert!(decode_table(&[]).is_err());
-        assert!(decode_table(&bytes[..bytes.len() - 1]).is_err());
+        bad[0] = 3;
+        assert!(CommitRecord::decode(&bad).unwrap_err().contains("checksum"));
+        assert!(CommitRecord::decode(&[]).is_err());
+        assert!(CommitRecord::decode(&bytes[..bytes.len() - 1]).is_err());
     }
 
     /// The example of docs/format.md, byte for byte.
     #[test]
     fn the_documented_bytes() {
-        let t = table(&[("orders", 0, 5), ("orders", 3, 300)]);
-        let bytes = encode_table(&t, 0);
+        let mut r = record(&[("orders", 0, 5), ("orders", 3, 300)], 0);
+        r.topic_ids.insert("orders".into(), 7);
+        let bytes = r.encode();
         let body = [
+            0x02, 0x00, 0x01, 0x06, b'o', b'r', b'd', b'e', b'r', b's', 0x07, 0x02, 0x00, 0x05,
+            0x03, 0xac, 0x02,
+        ];
+        assert_eq!(&bytes[..17], &body);
+        assert_eq!(&bytes[17..], &crc32c::crc32c(&body).to_be_bytes());
+    }
+
+    /// Version 1 (no topic ids), as the first consumer layer wrote it, still reads.
+    #[test]
+    fn version_one_records_still_read() {
+        let body = vec![
             0x01, 0x00, 0x01, 0x06, b'o', b'r', b'd', b'e', b'r', b's', 0x02, 0x00, 0x05, 0x03,
             0xac, 0x02,
         ];
-        assert_eq!(&bytes[..16], &body);
-        assert_eq!(&bytes[16..], &crc32c::crc32c(&body).to_be_bytes());
+        let mut bytes = body.clone();
+        bytes.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
+        let r = CommitRecord::decode(&bytes).unwrap();
+        assert_eq!(r.offsets["orders"][&3], 300);
+        assert!(r.topic_ids.is_empty());
     }
 
     #[test]
     fn an_empty_topic_name_and_partition_zero_round_trip() {
-        let t = table(&[("", 0, 0)]);
-        assert_eq!(decode_table(&encode_table(&t, 0)).unwrap().0, t);
+        let r = record(&[("", 0, 0)], 0);
+        assert_eq!(CommitRecord::decode(&r.encode()).unwrap(), r);
     }
 
     /// A value with a valid checksum but malformed contents is still an error.
@@ -497,41 +622,43 @@ mod tests {
             b.extend_from_slice(&crc.to_be_bytes());
             b
         };
-        // version 2
-        assert!(decode_table(&seal(vec![2, 0, 0])).is_err());
+        // version 3
+        assert!(CommitRecord::decode(&seal(vec![3, 0, 0])).is_err());
+        // version 2: a topic whose id is missing
+        assert!(CommitRecord::decode(&seal(vec![2, 0, 1, 1, b'a'])).is_err());
         // one topic whose name runs past the end
-        assert!(decode_table(&seal(vec![1, 0, 1, 50, b'a'])).is_err());
+        assert!(CommitRecord::decode(&seal(vec![1, 0, 1, 50, b'a'])).is_err());
         // partitions not ascending: deltas 3 then 0
-        assert!(decode_table(&seal(vec![1, 0, 1, 1, b'a', 2, 3, 1, 0, 1])).is_err());
+        assert!(CommitRecord::decode(&seal(vec![1, 0, 1, 1, b'a', 2, 3, 1, 0, 1])).is_err());
         // trailing byte
-        assert!(decode_table(&seal(vec![1, 0, 0, 9])).is_err());
+        assert!(CommitRecord::decode(&seal(vec![1, 0, 0, 9])).is_err());
         // partition past u32
         assert!(
-            decode_table(&seal(vec![
+            CommitRecord::decode(&seal(vec![
                 1, 0, 1, 1, b'a', 1, 0xff, 0xff, 0xff, 0xff, 0x7f, 0
             ]))
             .is_err()
         );
         // a varint of 11 bytes
         assert!(
-            decode_table(&seal(vec![
+            CommitRecord::decode(&seal(vec![
                 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0
             ]))
             .is_err()
         );
         // invalid UTF-8
-        assert!(decode_table(&seal(vec![1, 0, 1, 1, 0xff, 0])).is_err());
+        assert!(CommitRecord::decode(&seal(vec![1, 0, 1, 1, 0xff, 0])).is_err());
     }
 
     proptest! {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let _ = decode_table(&bytes);
+            let _ = CommitRecord::decode(&bytes);
             // And behind a valid checksum, where the parser itself is reached.
             let mut sealed = bytes.clone();
             let crc = crc32c::crc32c(&sealed);
             sealed.extend_from_slice(&crc.to_be_bytes());
-            let _ = decode_table(&sealed);
+            let _ = CommitRecord::decode(&sealed);
         }
 
         #[test]
@@ -539,11 +666,12 @@ mod tests {
             entries in proptest::collection::vec(("[a-z]{0,5}", any::<u32>(), any::<u64>()), 0..30),
             time in any::<u64>(),
         ) {
-            let mut t = OffsetTable::new();
+            let mut r = CommitRecord { commit_time_ms: time, ..CommitRecord::default() };
             for (topic, p, o) in entries {
-                t.entry(topic).or_default().insert(p, o);
+                r.offsets.entry(topic.clone()).or_default().insert(p, o);
+                r.topic_ids.insert(topic, u64::from(p) + 1);
             }
-            prop_assert_eq!(decode_table(&encode_table(&t, time)).unwrap(), (t, time));
+            prop_assert_eq!(CommitRecord::decode(&r.encode()).unwrap(), r);
         }
     }
 }

@@ -32,6 +32,8 @@ fn setup(engine: EngineKind, sim: &SimFs, pad: usize) -> (Arc<dyn LogStore>, Gro
         let batch: Vec<Message> = (0..30).map(|i| Message::new(format!("{i}"))).collect();
         store.append("t", p, &batch).unwrap();
     }
+    // Offsets are committed for live topics only (the partitions are not checked).
+    store.create_topic("big", TopicConfig::default()).unwrap();
     let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
     // Padding: commits of about 6 KB each move the commit under test across a segment or log
     // file boundary (a roll inside the commit).

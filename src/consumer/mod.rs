@@ -34,6 +34,6 @@ pub use table::CompactedTable;
 pub use tags::TagFilter;
 pub use trace::{
     MAX_EVENTS_PER_MESSAGE, MAX_KEYS_WORD, MAX_TRACE_BODY_BYTES, RECONSUME_PROPERTY, TRACE_TOPIC,
-    TraceConfig, TraceEvent, TraceKind, TraceQuery, TraceStats, TracedStore, Tracer,
-    decode_events, encode_events, message_id, parse_message_id,
+    TraceConfig, TraceEvent, TraceKind, TraceQuery, TraceStats, TracedStore, Tracer, decode_events,
+    encode_events, message_id, parse_message_id,
 };

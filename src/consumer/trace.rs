@@ -312,7 +312,10 @@ fn decode_record(rec: &str) -> std::result::Result<TraceEvent, &'static str> {
     if fields.len() != expected {
         return Err("wrong number of fields for its type");
     }
-    let num = |s: &str| s.parse::<u64>().map_err(|_| "a number field is not a number");
+    let num = |s: &str| {
+        s.parse::<u64>()
+            .map_err(|_| "a number field is not a number")
+    };
     let boolean = |s: &str| match s {
         "true" => Ok(true),
         "false" => Ok(false),
@@ -1229,11 +1232,16 @@ mod tests {
     #[test]
     fn message_ids_parse_from_the_right() {
         assert_eq!(parse_message_id("a-b-0-1"), Some(("a-b", 0, 1)));
-        assert_eq!(
-            parse_message_id("%RETRY%g-0-7"),
-            Some(("%RETRY%g", 0, 7))
-        );
-        for bad in ["", "t-1", "-0-1", "t--1", "t-0-", "t-+1-2", "t-0-99999999999999999999"] {
+        assert_eq!(parse_message_id("%RETRY%g-0-7"), Some(("%RETRY%g", 0, 7)));
+        for bad in [
+            "",
+            "t-1",
+            "-0-1",
+            "t--1",
+            "t-0-",
+            "t-+1-2",
+            "t-0-99999999999999999999",
+        ] {
             assert_eq!(parse_message_id(bad), None, "{bad}");
         }
     }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::{for_each_engine, small_options};
 use duolog::consumer::{
-    Consumer, ConsumerConfig, GroupCoordinator, MAX_EVENTS_PER_MESSAGE, OffsetReset, TRACE_TOPIC,
-    TraceConfig, TraceKind, TracedStore, Tracer, decode_events,
+    Consumer, ConsumerConfig, GroupCoordinator, MAX_EVENTS_PER_MESSAGE, MAX_TRACED_FIELD,
+    OffsetReset, TRACE_TOPIC, TraceConfig, TraceKind, TracedStore, Tracer, decode_events,
 };
 use duolog::durability::{Completion, Wakeup};
 use duolog::{
@@ -282,6 +282,31 @@ fn keys_that_are_not_keys_words_are_found_too() {
             assert_eq!(q.events[0].offset, Some(i as u64));
             assert_eq!(q.events[0].key, text);
         }
+        // A key past MAX_TRACED_FIELD is not kept (the queue stays bounded in bytes): the
+        // event is found by its id.
+        let huge = "H".repeat(MAX_TRACED_FIELD + 1);
+        let r = traced
+            .append(
+                "t",
+                0,
+                &[Message::new("x")
+                    .with_key(huge.clone())
+                    .with_tags(huge.clone())],
+            )
+            .unwrap();
+        tracer.flush().unwrap();
+        let q = Tracer::query(store.as_ref(), &format!("t-0-{}", r.base_offset)).unwrap();
+        assert_eq!(q.events.len(), 1);
+        assert_eq!(
+            (q.events[0].key.as_str(), q.events[0].tags.as_str()),
+            ("", "")
+        );
+        assert!(
+            Tracer::query(store.as_ref(), &huge)
+                .unwrap()
+                .events
+                .is_empty()
+        );
         traced.close().unwrap();
     });
 }

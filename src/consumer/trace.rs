@@ -66,6 +66,27 @@ pub const MAX_TRACE_BODY_BYTES: usize = 128_000;
 /// properties: 20 × (id + word) ≈ 13 KiB at most.
 pub const MAX_KEYS_WORD: usize = 512;
 
+/// The longest key or tags an event keeps (longer ones are left out: the event is then found
+/// by its message id only), so a full queue holds at most about `queue_capacity` × 8 KiB
+/// whatever the traced messages carry.
+pub const MAX_TRACED_FIELD: usize = 4096;
+
+/// A traced key or tags as an event keeps it: the text, or empty when over
+/// [`MAX_TRACED_FIELD`].
+fn bounded(text: std::borrow::Cow<'_, str>) -> String {
+    if text.len() > MAX_TRACED_FIELD {
+        String::new()
+    } else {
+        text.into_owned()
+    }
+}
+
+/// The text of a traced key (as the key index names it), bounded.
+fn traced_key(key: Option<&[u8]>) -> String {
+    key.map(|k| bounded(crate::index::key_text(k)))
+        .unwrap_or_default()
+}
+
 /// The property that tells a trace consumer how often a message was consumed before
 /// (RocketMQ's `RECONSUME_TIME`); read into [`TraceEvent::retries`] when the consumer does not
 /// say.
@@ -133,10 +154,10 @@ pub struct TraceEvent {
     pub partition: u32,
     /// Its offset; `None` only for a failed `Pub` (nothing was stored).
     pub offset: Option<u64>,
-    /// Its tags (empty: none).
+    /// Its tags (empty: none, or longer than [`MAX_TRACED_FIELD`]).
     pub tags: String,
     /// Its key as text (lowercase hex when the key is not UTF-8, as the key index names it);
-    /// empty: no key.
+    /// empty: no key, or one longer than [`MAX_TRACED_FIELD`] (not kept).
     pub key: String,
     /// `Pub`: the body length in bytes.
     pub body_length: u64,
@@ -164,11 +185,8 @@ impl TraceEvent {
             topic: r.topic().to_owned(),
             partition: r.partition(),
             offset: Some(record.offset()),
-            tags: record.tags().unwrap_or_default().to_owned(),
-            key: record
-                .key()
-                .map(|k| crate::index::key_text(k).into_owned())
-                .unwrap_or_default(),
+            tags: bounded(record.tags().unwrap_or_default().into()),
+            key: traced_key(record.key()),
             body_length: 0,
             cost_us: 0,
             success: true,
@@ -694,12 +712,8 @@ impl Tracer {
                 topic: topic.to_owned(),
                 partition,
                 offset: first_offset.map(|o| o + i as u64),
-                tags: m.tags.clone().unwrap_or_default(),
-                key: m
-                    .key
-                    .as_deref()
-                    .map(|k| crate::index::key_text(k).into_owned())
-                    .unwrap_or_default(),
+                tags: bounded(m.tags.as_deref().unwrap_or_default().into()),
+                key: traced_key(m.key.as_deref()),
                 body_length: m.body.len() as u64,
                 cost_us,
                 success: first_offset.is_some(),

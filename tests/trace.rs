@@ -629,6 +629,8 @@ fn bad_tracer_settings_are_errors() {
         Tracer::query(store.as_ref(), "x")
             .is_err_and(|e| matches!(e, duolog::Error::UnknownTopic(_)))
     );
+    let q = Tracer::query_topic(store.as_ref(), "my-trace", "", 10);
+    assert!(matches!(q, Err(duolog::Error::InvalidArgument(_))));
     tracer.close().unwrap();
     tracer.close().unwrap();
 }

@@ -259,12 +259,11 @@ fn consume_group(args: &ConsumeArgs) -> Result<(), CliError> {
         },
         ..ConsumerConfig::new(group)
     };
-    let tracer = match args.trace {
-        true => Some(Arc::new(Tracer::new(
-            Arc::clone(&store),
-            TraceConfig::default(),
-        )?)),
-        false => None,
+    let tracer = if args.trace {
+        let tracer = Tracer::new(Arc::clone(&store), TraceConfig::default())?;
+        Some(Arc::new(tracer))
+    } else {
+        None
     };
     let config = ConsumerConfig {
         trace: tracer.clone(),

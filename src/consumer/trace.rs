@@ -819,7 +819,8 @@ impl Tracer {
 
     /// The events of message id (`<topic>-<partition>-<offset>`) or key `id_or_key` in the
     /// default trace topic, oldest first, from at most 1,024 trace messages (the newest).
-    /// Trace messages that do not decode are skipped and counted.
+    /// Trace messages that do not decode are skipped and counted; an empty `id_or_key` is
+    /// [`Error::InvalidArgument`].
     pub fn query(store: &dyn LogStore, id_or_key: &str) -> Result<TraceQuery> {
         Tracer::query_topic(store, TRACE_TOPIC, id_or_key, 1024)
     }
@@ -832,6 +833,12 @@ impl Tracer {
         id_or_key: &str,
         max_messages: usize,
     ) -> Result<TraceQuery> {
+        // Every keyless event has the empty key: that is no query.
+        if id_or_key.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a trace query needs a message id or a non-empty key".into(),
+            ));
+        }
         let mut found = store.find_by_key(topic, id_or_key, (0, i64::MAX / 2), max_messages)?;
         // Newest first from the index; events are reported oldest first.
         found.reverse();

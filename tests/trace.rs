@@ -634,3 +634,50 @@ fn bad_tracer_settings_are_errors() {
     tracer.close().unwrap();
     tracer.close().unwrap();
 }
+
+#[test]
+fn trace_messages_too_large_for_the_store_are_written_in_smaller_pieces() {
+    for_each_engine(|engine, dir| {
+        // 64 KiB commit-log files, and a topic limit of 64 KiB for the segmented engine: a
+        // full trace message of 20 events with 4 KiB tags does not fit in one record.
+        let store = open(engine, dir);
+        store
+            .create_topic(
+                TRACE_TOPIC,
+                TopicConfig {
+                    max_message_bytes: Some(60 * 1024),
+                    ..TopicConfig::default()
+                },
+            )
+            .unwrap();
+        let tracer =
+            Arc::new(Tracer::new(Arc::clone(&store), config(Duration::from_secs(3600))).unwrap());
+        let traced = TracedStore::new(Arc::clone(&store), Arc::clone(&tracer));
+        traced.create_topic("t", TopicConfig::default()).unwrap();
+        let tags = "T".repeat(MAX_TRACED_FIELD);
+        for i in 0..MAX_EVENTS_PER_MESSAGE {
+            traced
+                .append(
+                    "t",
+                    0,
+                    &[Message::new("x")
+                        .with_key(format!("k{i}"))
+                        .with_tags(tags.clone())],
+                )
+                .unwrap();
+        }
+        tracer.flush().unwrap();
+        let stats = tracer.stats();
+        assert_eq!(
+            (stats.written, stats.lost),
+            (MAX_EVENTS_PER_MESSAGE as u64, 0),
+            "{stats:?}"
+        );
+        for i in 0..MAX_EVENTS_PER_MESSAGE {
+            let q = Tracer::query(store.as_ref(), &format!("k{i}")).unwrap();
+            assert_eq!(q.events.len(), 1, "k{i}");
+            assert_eq!(q.events[0].tags, tags);
+        }
+        traced.close().unwrap();
+    });
+}

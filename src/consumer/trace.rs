@@ -417,26 +417,36 @@ fn keys_word(key: &str) -> bool {
     key.len() <= MAX_KEYS_WORD && !key.contains([' ', FIELD, RECORD])
 }
 
-/// Groups events into trace messages: at most [`MAX_EVENTS_PER_MESSAGE`] each, a body of about
-/// [`MAX_TRACE_BODY_BYTES`] at most, `KEYS` = the ids and plain keys it traces, and a key that
-/// cannot be a `KEYS` word as the message's own key (one per message).
-pub(crate) fn trace_messages(events: &[TraceEvent]) -> Vec<Message> {
+/// [`batches`] without the ranges.
+#[cfg(test)]
+fn trace_messages(events: &[TraceEvent]) -> Vec<Message> {
+    batches(events).into_iter().map(|(m, _)| m).collect()
+}
+
+/// Groups events into trace messages, each with the range of `events` it holds: at most
+/// [`MAX_EVENTS_PER_MESSAGE`] events each, a body of about [`MAX_TRACE_BODY_BYTES`] at most,
+/// `KEYS` = the ids and plain keys it traces, and a key that cannot be a `KEYS` word as the
+/// message's own key (one per message).
+fn batches(events: &[TraceEvent]) -> Vec<(Message, std::ops::Range<usize>)> {
     struct Building {
         body: String,
+        first: usize,
         events: usize,
         words: Vec<String>,
         own_key: Option<String>,
     }
     impl Building {
-        fn new() -> Self {
+        fn new(first: usize) -> Self {
             Building {
                 body: String::new(),
+                first,
                 events: 0,
                 words: Vec::new(),
                 own_key: None,
             }
         }
-        fn finish(self) -> Message {
+        fn finish(self) -> (Message, std::ops::Range<usize>) {
+            let range = self.first..self.first + self.events;
             let mut m = Message::new(self.body);
             if !self.words.is_empty() {
                 m = m.with_property("KEYS", self.words.join(" "));
@@ -444,13 +454,13 @@ pub(crate) fn trace_messages(events: &[TraceEvent]) -> Vec<Message> {
             if let Some(k) = self.own_key {
                 m = m.with_key(k);
             }
-            m
+            (m, range)
         }
     }
     let mut out = Vec::new();
-    let mut cur = Building::new();
+    let mut cur = Building::new(0);
     let mut record = String::new();
-    for e in events {
+    for (i, e) in events.iter().enumerate() {
         record.clear();
         encode_event(&mut record, e);
         let odd_key = (!e.key.is_empty() && !keys_word(&e.key)).then_some(&e.key);
@@ -460,7 +470,7 @@ pub(crate) fn trace_messages(events: &[TraceEvent]) -> Vec<Message> {
                 || cur.body.len() + record.len() > MAX_TRACE_BODY_BYTES
                 || key_clash)
         {
-            out.push(std::mem::replace(&mut cur, Building::new()).finish());
+            out.push(std::mem::replace(&mut cur, Building::new(i)).finish());
         }
         cur.body.push_str(&record);
         cur.events += 1;
@@ -949,24 +959,54 @@ impl Writer {
         if pending.is_empty() {
             return;
         }
-        let messages = trace_messages(pending);
+        let (messages, ranges): (Vec<Message>, Vec<_>) = batches(pending).into_iter().unzip();
         let partition = self.next_partition % self.partitions;
         self.next_partition = self.next_partition.wrapping_add(1);
-        let n = pending.len() as u64;
         match self.store.append(&self.topic, partition, &messages) {
-            Ok(_) => {
-                self.counters.written.fetch_add(n, Ordering::Relaxed);
-                self.counters
-                    .trace_messages
-                    .fetch_add(messages.len() as u64, Ordering::Relaxed);
+            Ok(_) => self.wrote(pending.len(), messages.len()),
+            // A trace message over the store's record limit (a small `max.message.bytes` or
+            // commit-log file) fails the whole batch: write the messages one by one instead.
+            Err(Error::MessageTooLarge { .. }) if pending.len() > 1 => {
+                for (m, range) in messages.into_iter().zip(ranges) {
+                    self.write_one(partition, m, &pending[range]);
+                }
             }
-            Err(e) => {
-                self.counters.lost.fetch_add(n, Ordering::Relaxed);
-                self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-                self.first_error.get_or_insert(e);
-            }
+            Err(e) => self.failed(pending.len(), e),
         }
         pending.clear();
+    }
+
+    /// Appends one trace message; one still too large is written event by event.
+    fn write_one(&mut self, partition: u32, message: Message, events: &[TraceEvent]) {
+        match self
+            .store
+            .append(&self.topic, partition, std::slice::from_ref(&message))
+        {
+            Ok(_) => self.wrote(events.len(), 1),
+            Err(Error::MessageTooLarge { .. }) if events.len() > 1 => {
+                for e in events {
+                    let one = std::slice::from_ref(e);
+                    for (m, _) in batches(one) {
+                        self.write_one(partition, m, one);
+                    }
+                }
+            }
+            Err(e) => self.failed(events.len(), e),
+        }
+    }
+
+    fn wrote(&self, events: usize, messages: usize) {
+        let c = &self.counters;
+        c.written.fetch_add(events as u64, Ordering::Relaxed);
+        c.trace_messages
+            .fetch_add(messages as u64, Ordering::Relaxed);
+    }
+
+    fn failed(&mut self, events: usize, error: Error) {
+        let c = &self.counters;
+        c.lost.fetch_add(events as u64, Ordering::Relaxed);
+        c.write_errors.fetch_add(1, Ordering::Relaxed);
+        self.first_error.get_or_insert(error);
     }
 }
 
@@ -1288,6 +1328,26 @@ mod tests {
             decoded.extend(evs);
         }
         assert_eq!(decoded, events);
+    }
+
+    #[test]
+    fn batches_cover_the_events_in_order() {
+        let events: Vec<TraceEvent> = (0..45)
+            .map(|i| {
+                event(
+                    TraceKind::SubAfter,
+                    if i % 9 == 0 { "a b" } else { "k" },
+                    Some(i),
+                )
+            })
+            .collect();
+        let mut next = 0;
+        for (m, range) in batches(&events) {
+            assert_eq!(range.start, next);
+            assert_eq!(decode_events(&m.body).unwrap(), events[range.clone()]);
+            next = range.end;
+        }
+        assert_eq!(next, events.len());
     }
 
     #[test]

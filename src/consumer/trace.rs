@@ -176,14 +176,42 @@ impl TraceEvent {
             .map(|o| message_id(&self.topic, self.partition, o))
     }
 
-    fn consumed(kind: TraceKind, group: &str, r: &ConsumerRecord, retries: u32) -> TraceEvent {
-        let record = r.record();
+    /// A consume event (`SubBefore` or `SubAfter`, success and no cost: set `cost_us` and
+    /// `success` of a `SubAfter`) for `record` of `topic`/`partition`, consumed `retries` times
+    /// before, by a consumer of `group`, stamped now: what a consumer that does not hold a
+    /// [`ConsumerRecord`] (a push consumer naming a retried message by its original topic and
+    /// offset, say) hands to [`Tracer::record`].
+    ///
+    /// ```
+    /// # use duolog::{LogStore, Message, ReadLimits, StoreOptions, TopicConfig};
+    /// use duolog::consumer::{TraceEvent, TraceKind};
+    /// # fn main() -> duolog::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = duolog::open(dir.path(), StoreOptions::default())?;
+    /// # store.create_topic("t", TopicConfig::default())?;
+    /// store.append("t", 0, &[Message::new("x").with_key("k")])?;
+    /// let record = &store.read("t", 0, 0, ReadLimits::default())?[0];
+    /// let mut e = TraceEvent::consume(TraceKind::SubAfter, "g", "t", 0, record, 1);
+    /// e.cost_us = 250;
+    /// e.success = false;
+    /// assert_eq!(e.message_id().as_deref(), Some("t-0-0"));
+    /// assert_eq!(e.key, "k");
+    /// # Ok(()) }
+    /// ```
+    pub fn consume(
+        kind: TraceKind,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        record: &Record,
+        retries: u32,
+    ) -> TraceEvent {
         TraceEvent {
             kind,
             timestamp_ms: crate::clock::now_ms(),
             group: group.to_owned(),
-            topic: r.topic().to_owned(),
-            partition: r.partition(),
+            topic: topic.to_owned(),
+            partition,
             offset: Some(record.offset()),
             tags: bounded(record.tags().unwrap_or_default().into()),
             key: traced_key(record.key()),
@@ -192,6 +220,10 @@ impl TraceEvent {
             success: true,
             retries,
         }
+    }
+
+    fn consumed(kind: TraceKind, group: &str, r: &ConsumerRecord, retries: u32) -> TraceEvent {
+        TraceEvent::consume(kind, group, r.topic(), r.partition(), r.record(), retries)
     }
 }
 
@@ -689,12 +721,12 @@ impl Tracer {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
+        // Counted before the send, so the writer never takes back an event not counted yet.
+        self.counters.recorded.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send(Command::Event(Box::new(event))) {
-            Ok(()) => {
-                self.counters.recorded.fetch_add(1, Ordering::Relaxed);
-                true
-            }
+            Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.counters.recorded.fetch_sub(1, Ordering::Relaxed);
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 false
             }
@@ -911,6 +943,7 @@ impl Writer {
                                 Ok(other) => {
                                     self.write(&mut pending);
                                     if self.control(other) {
+                                        self.refuse_late(&rx);
                                         return;
                                     }
                                     break;
@@ -924,6 +957,7 @@ impl Writer {
                 Ok(other) => {
                     self.write(&mut pending);
                     if self.control(other) {
+                        self.refuse_late(&rx);
                         return;
                     }
                 }
@@ -932,6 +966,16 @@ impl Writer {
                     self.write(&mut pending);
                     return;
                 }
+            }
+        }
+    }
+
+    /// Events that raced with `close` (queued after it): counted as dropped, not recorded.
+    fn refuse_late(&self, rx: &Receiver<Command>) {
+        while let Ok(command) = rx.try_recv() {
+            if let Command::Event(_) = command {
+                self.counters.recorded.fetch_sub(1, Ordering::Relaxed);
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

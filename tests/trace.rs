@@ -598,6 +598,10 @@ fn bad_tracer_settings_are_errors() {
             ..TraceConfig::default()
         },
         TraceConfig {
+            queue_capacity: usize::MAX,
+            ..TraceConfig::default()
+        },
+        TraceConfig {
             partitions: 0,
             ..TraceConfig::default()
         },

@@ -33,7 +33,8 @@ pub use sql::{FilterError, SqlFilter};
 pub use table::CompactedTable;
 pub use tags::TagFilter;
 pub use trace::{
-    MAX_EVENTS_PER_MESSAGE, MAX_KEYS_WORD, MAX_TRACE_BODY_BYTES, MAX_TRACED_FIELD,
-    RECONSUME_PROPERTY, TRACE_TOPIC, TraceConfig, TraceEvent, TraceKind, TraceQuery, TraceStats,
-    TracedStore, Tracer, decode_events, encode_events, message_id, parse_message_id,
+    MAX_EVENTS_PER_MESSAGE, MAX_KEYS_WORD, MAX_QUEUE_CAPACITY, MAX_TRACE_BODY_BYTES,
+    MAX_TRACED_FIELD, RECONSUME_PROPERTY, TRACE_TOPIC, TraceConfig, TraceEvent, TraceKind,
+    TraceQuery, TraceStats, TracedStore, Tracer, decode_events, encode_events, message_id,
+    parse_message_id,
 };

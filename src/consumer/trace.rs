@@ -87,6 +87,9 @@ fn traced_key(key: Option<&[u8]>) -> String {
         .unwrap_or_default()
 }
 
+/// The largest [`TraceConfig::queue_capacity`] (events).
+pub const MAX_QUEUE_CAPACITY: usize = 1 << 20;
+
 /// The property that tells a trace consumer how often a message was consumed before
 /// (RocketMQ's `RECONSUME_TIME`); read into [`TraceEvent::retries`] when the consumer does not
 /// say.
@@ -544,7 +547,7 @@ pub struct TraceConfig {
     pub partitions: u32,
     /// Events queued at most; an event recorded while the queue is full is dropped and
     /// counted ([`TraceStats::dropped`]). Default: 2048 (RocketMQ's `AsyncTraceDispatcher`
-    /// queue).
+    /// queue); 1 to [`MAX_QUEUE_CAPACITY`].
     pub queue_capacity: usize,
     /// The longest an event waits in the queue before it is written when fewer than a trace
     /// message's worth are queued. Default: 1 s. RocketMQ waits 5 s to spare a network round
@@ -660,10 +663,13 @@ impl Tracer {
     /// `config.partitions` and the store's delete retention) if it is missing, and starting
     /// its writer thread.
     pub fn new(store: Arc<dyn LogStore>, config: TraceConfig) -> Result<Tracer> {
-        if config.queue_capacity == 0 || config.partitions == 0 {
-            return Err(Error::InvalidArgument(
-                "a tracer needs a queue_capacity and partitions of at least 1".into(),
-            ));
+        // The queue's slots are allocated up front: a capacity is a promise of memory.
+        if !(1..=MAX_QUEUE_CAPACITY).contains(&config.queue_capacity) || config.partitions == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "a tracer needs a queue_capacity of 1 to {MAX_QUEUE_CAPACITY} (not {}) and at \
+                 least 1 partition (not {})",
+                config.queue_capacity, config.partitions
+            )));
         }
         let partitions = match store.describe_topic(&config.topic) {
             Ok(c) => c.partitions,

@@ -89,6 +89,41 @@ pub enum Command {
         #[arg(value_enum)]
         shell: Shell,
     },
+    /// Prints the trace events of a message, by id or by key
+    ///
+    /// Prints, oldest first, one line per event written by `produce --trace` and
+    /// `consume --trace` (or by an application's Tracer):
+    /// `<time ms><TAB><type><TAB><id><TAB><group><TAB><key><TAB><tags><TAB><body bytes><TAB><cost µs><TAB><success><TAB><retries>`,
+    /// `-` where a field does not apply. Types: Pub (produced; with success=true, stored at
+    /// the id's offset), SubBefore (delivered to a consumer of the group), SubAfter (handled).
+    /// A message id is `<topic>-<partition>-<offset>`.
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["id", "key"]))]
+pub struct TraceArgs {
+    /// The store's directory
+    #[arg(long, value_name = "D")]
+    pub dir: PathBuf,
+    /// The message id: TOPIC-PARTITION-OFFSET
+    #[arg(long, value_name = "ID", value_parser = message_id, allow_hyphen_values = true)]
+    pub id: Option<String>,
+    /// The message key
+    #[arg(long, value_name = "K", allow_hyphen_values = true)]
+    pub key: Option<String>,
+    /// The trace topic [default: __trace]
+    #[arg(long, value_name = "T", allow_hyphen_values = true)]
+    pub trace_topic: Option<String>,
+    /// Read at most N trace messages, the newest [default: 1024]
+    #[arg(long, value_name = "N", value_parser = number::<usize>)]
+    pub max: Option<usize>,
+}
+
+fn message_id(id: &str) -> Result<String, String> {
+    duolog::consumer::parse_message_id(id)
+        .map(|_| id.to_owned())
+        .ok_or_else(|| format!("needs TOPIC-PARTITION-OFFSET, not {id:?}"))
 }
 
 #[derive(Debug, Args)]
@@ -130,6 +165,9 @@ pub struct ProduceArgs {
     /// A property of every message (repeatable; what `consume --sql` reads)
     #[arg(long = "property", value_name = "NAME=VALUE", value_parser = name_value, allow_hyphen_values = true)]
     pub properties: Vec<(String, String)>,
+    /// Record a trace event per message (see `duolog trace`)
+    #[arg(long)]
+    pub trace: bool,
 }
 
 #[derive(Debug, Args)]
@@ -185,6 +223,9 @@ pub struct ConsumeArgs {
     /// With --follow: stop after this long without a new record: 500ms, 2s, 5m, 1h [default: 2s]
     #[arg(long, value_name = "DUR", value_parser = duration, requires = "follow")]
     pub idle_exit: Option<Duration>,
+    /// Record a trace event per record consumed (see `duolog trace`)
+    #[arg(long, requires = "group", conflicts_with_all = ["partition", "from"])]
+    pub trace: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -13,6 +13,7 @@ use clap::{CommandFactory, Parser};
 use duolog::consumer::{
     Consumer, ConsumerConfig, ConsumerRecord, GroupCoordinator, OffsetReset, SqlFilter, TagFilter,
 };
+use duolog::consumer::{TRACE_TOPIC, TraceConfig, TraceKind, TracedStore, Tracer};
 use duolog::{FlushPolicy, LogStore, Message, ReadLimits, StoreOptions, TopicConfig};
 
 use args::{Cli, Command, ConsumeArgs, ProduceArgs, TopicCommand};
@@ -67,7 +68,13 @@ fn produce(args: &ProduceArgs) -> Result<(), CliError> {
         },
         ..StoreOptions::default()
     };
-    let store = duolog::open(&args.dir, options)?;
+    let mut store = duolog::open(&args.dir, options)?;
+    if args.trace {
+        // Closing the traced store closes the tracer first, writing every queued event.
+        let inner: Arc<dyn LogStore> = Arc::from(store);
+        let tracer = Tracer::new(Arc::clone(&inner), TraceConfig::default())?;
+        store = Box::new(TracedStore::new(inner, Arc::new(tracer)));
+    }
     let partitions = match store.describe_topic(topic) {
         Ok(c) => c.partitions,
         Err(duolog::Error::UnknownTopic(_)) => {
@@ -252,6 +259,16 @@ fn consume_group(args: &ConsumeArgs) -> Result<(), CliError> {
         },
         ..ConsumerConfig::new(group)
     };
+    let tracer = if args.trace {
+        let tracer = Tracer::new(Arc::clone(&store), TraceConfig::default())?;
+        Some(Arc::new(tracer))
+    } else {
+        None
+    };
+    let config = ConsumerConfig {
+        trace: tracer.clone(),
+        ..config
+    };
     let consumer = Consumer::new(&groups, config)?;
     consumer.subscribe(&[topic])?;
     let result = consume_loop(args, &consumer, store.as_ref(), &filter, partitions);
@@ -259,8 +276,11 @@ fn consume_group(args: &ConsumeArgs) -> Result<(), CliError> {
     let closed = consumer.close();
     drop(consumer);
     drop(groups);
+    // Written while the store is still open.
+    let traced = tracer.as_deref().map_or(Ok(()), Tracer::close);
     result?;
     closed?;
+    traced?;
     store.close()?;
     Ok(())
 }
@@ -583,6 +603,71 @@ fn dump(file: &Path) -> Result<(), CliError> {
     }
 }
 
+/// `trace`: the events of a message id or key, oldest first.
+fn trace(args: &args::TraceArgs) -> Result<(), CliError> {
+    let store = open_existing(&args.dir, StoreOptions::default())?;
+    let topic = args.trace_topic.as_deref().unwrap_or(TRACE_TOPIC);
+    let what = args
+        .id
+        .as_deref()
+        .or(args.key.as_deref())
+        .unwrap_or_default();
+    let found = match Tracer::query_topic(store.as_ref(), topic, what, args.max.unwrap_or(1024)) {
+        Err(duolog::Error::UnknownTopic(_)) => {
+            return Err(CliError::Failed(format!(
+                "no message trace in {} (topic {topic} is missing; produce or consume with --trace)",
+                args.dir.display()
+            )));
+        }
+        r => r?,
+    };
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    for e in &found.events {
+        let id = e.message_id().unwrap_or_else(|| "-".into());
+        let (body, cost, success, retries) = match e.kind {
+            TraceKind::Pub => (
+                e.body_length.to_string(),
+                e.cost_us.to_string(),
+                e.success.to_string(),
+                "-".to_owned(),
+            ),
+            TraceKind::SubBefore => ("-".into(), "-".into(), "-".into(), e.retries.to_string()),
+            _ => (
+                "-".into(),
+                e.cost_us.to_string(),
+                e.success.to_string(),
+                e.retries.to_string(),
+            ),
+        };
+        writeln!(
+            out,
+            "{}\t{}\t{id}\t{}\t{}\t{}\t{body}\t{cost}\t{success}\t{retries}",
+            e.timestamp_ms,
+            e.kind,
+            dash(&e.group),
+            dash(&e.key),
+            dash(&e.tags)
+        )?;
+    }
+    out.flush()?;
+    if found.malformed > 0 {
+        eprintln!(
+            "duolog: skipped {} trace message(s) that did not decode",
+            found.malformed
+        );
+    }
+    store.close()?;
+    Ok(())
+}
+
 fn completions(shell: clap_complete::Shell) -> Result<(), CliError> {
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "duolog", &mut script);
@@ -607,6 +692,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Reindex(a) => reindex(&a.dir),
         Command::Dump { file } => dump(file),
         Command::Completions { shell } => completions(*shell),
+        Command::Trace(a) => trace(a),
     }
 }
 

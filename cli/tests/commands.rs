@@ -1099,3 +1099,129 @@ fn help_for_every_command_and_shell_completions() {
     let out = duolog(&[], "");
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Message trace as a user tries it: `produce --trace`, `consume --group --trace`, then
+/// `trace --id` and `trace --key` print the produced and consumed events; bad ids are usage
+/// errors naming the flag; a store without trace says so.
+#[test]
+fn trace_shows_what_produce_and_consume_did() {
+    for engine in ["commitlog", "segmented"] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("s");
+        let d = d.to_str().unwrap();
+        let args = [
+            "produce",
+            "--dir",
+            d,
+            "--engine",
+            engine,
+            "--topic",
+            "or-ders",
+            "--partitions",
+            "2",
+            "--keyed",
+            "--tags",
+            "TagA",
+            "--trace",
+        ];
+        let produced = ok(&args, "k1\thello\nk2\tworld\nk1\tagain\n");
+        let lines: Vec<&str> = produced.lines().collect();
+        assert_eq!(lines.len(), 3);
+        // k1's messages: the first and the third line, same partition (by key).
+        let (p, first) = lines[0].split_once(' ').unwrap();
+        let id = format!("or-ders-{p}-{first}");
+        let out = ok(&["trace", "--dir", d, "--id", &id], "");
+        let events: Vec<Vec<&str>> = out.lines().map(|l| l.split('\t').collect()).collect();
+        assert_eq!(events.len(), 1, "{out}");
+        let e = &events[0];
+        assert_eq!(
+            e[1..],
+            [
+                "Pub",
+                id.as_str(),
+                "-",
+                "k1",
+                "TagA",
+                "5",
+                e[7],
+                "true",
+                "-"
+            ]
+        );
+        assert!(e[0].parse::<i64>().unwrap() > 0 && e[7].parse::<u64>().is_ok());
+
+        let consumed = ok(
+            &[
+                "consume", "--dir", d, "--topic", "or-ders", "--group", "g", "--trace",
+            ],
+            "",
+        );
+        assert_eq!(consumed.lines().count(), 3);
+        let out = ok(&["trace", "--dir", d, "--id", &id], "");
+        let kinds: Vec<&str> = out.lines().map(|l| l.split('\t').nth(1).unwrap()).collect();
+        assert_eq!(kinds, ["Pub", "SubBefore"], "{out}");
+        let sub: Vec<&str> = out.lines().nth(1).unwrap().split('\t').collect();
+        assert_eq!(
+            sub[1..],
+            [
+                "SubBefore",
+                id.as_str(),
+                "g",
+                "k1",
+                "TagA",
+                "-",
+                "-",
+                "-",
+                "0"
+            ]
+        );
+        let by_key = ok(&["trace", "--dir", d, "--key", "k1"], "");
+        assert_eq!(by_key.lines().count(), 4, "{by_key}");
+        assert_eq!(ok(&["trace", "--dir", d, "--key", "nobody"], ""), "");
+        // Runs without --trace add nothing.
+        ok(
+            &["produce", "--dir", d, "--topic", "or-ders", "--keyed"],
+            "k1\tuntraced\n",
+        );
+        assert_eq!(
+            ok(&["trace", "--dir", d, "--key", "k1"], "")
+                .lines()
+                .count(),
+            4
+        );
+
+        let out = duolog(&["trace", "--dir", d, "--id", "no-id"], "");
+        assert_eq!(out.status.code(), Some(2));
+        assert!(text(&out.stderr).contains("--id"), "{}", text(&out.stderr));
+        let out = duolog(&["trace", "--dir", d], "");
+        assert_eq!(out.status.code(), Some(2));
+        let out = duolog(&["trace", "--dir", d, "--id", &id, "--key", "k1"], "");
+        assert_eq!(out.status.code(), Some(2));
+        let out = duolog(
+            &[
+                "consume",
+                "--dir",
+                d,
+                "--topic",
+                "or-ders",
+                "--partition",
+                "0",
+                "--trace",
+            ],
+            "",
+        );
+        assert_eq!(out.status.code(), Some(2));
+        assert!(ok(&["trace", "--help"], "").contains("Usage: duolog trace"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("s");
+    let d = d.to_str().unwrap();
+    ok(&["produce", "--dir", d, "--topic", "t"], "x\n");
+    let out = duolog(&["trace", "--dir", d, "--key", "x"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no message trace"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -8,11 +8,13 @@
 //! - [`Consumer`]: the pull consumer after rdkafka's `BaseConsumer` (`subscribe`/`assign`,
 //!   `poll` long-polling over every held partition, `commit`, `seek`, rebalance callbacks).
 //! - [`CompactedTable`]: the key → latest value view of a (compacted) topic.
+//! - Message trace ([`Tracer`], [`TracedStore`]): optional produce and consume events in the
+//!   internal topic `__trace` ([`TRACE_TOPIC`]), queried by message id or key.
 //! - Message filters: RocketMQ's tag expressions ([`TagFilter`]) and SQL92 property
 //!   expressions ([`SqlFilter`]).
 //!
-//! It owns one topic of the store (`__consumer_offsets`) and no files; it may not reach into
-//! the engines' files or types.
+//! It owns two topics of the store (`__consumer_offsets`, and `__trace` when tracing is on) and
+//! no files; it may not reach into the engines' files or types.
 
 mod assignor;
 mod group;
@@ -21,6 +23,7 @@ mod pull;
 mod sql;
 mod table;
 mod tags;
+mod trace;
 
 pub use assignor::{Assignor, Averagely, MemberSubscription, Sticky, TopicPartition};
 pub use group::GroupCoordinator;
@@ -29,3 +32,9 @@ pub use pull::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, RebalanceL
 pub use sql::{FilterError, SqlFilter};
 pub use table::CompactedTable;
 pub use tags::TagFilter;
+pub use trace::{
+    MAX_EVENTS_PER_MESSAGE, MAX_KEYS_WORD, MAX_QUEUE_CAPACITY, MAX_TRACE_BODY_BYTES,
+    MAX_TRACED_FIELD, RECONSUME_PROPERTY, TRACE_TOPIC, TraceConfig, TraceEvent, TraceKind,
+    TraceQuery, TraceStats, TracedStore, Tracer, decode_events, encode_events, message_id,
+    parse_message_id,
+};

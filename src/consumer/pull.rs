@@ -121,6 +121,11 @@ pub struct ConsumerConfig {
     /// # Ok(()) }
     /// ```
     pub tag_filter: Option<TagFilter>,
+    /// Message trace ([`Tracer`](super::Tracer)): when set, `poll` records a `SubBefore`
+    /// event per record it returns (group, retries from the record's
+    /// [`RECONSUME_PROPERTY`](super::RECONSUME_PROPERTY), or 0). A pull consumer learns
+    /// nothing of how a record was handled, so it records no `SubAfter`. Default: `None`.
+    pub trace: Option<Arc<super::Tracer>>,
 }
 
 impl ConsumerConfig {
@@ -147,6 +152,7 @@ impl Default for ConsumerConfig {
             max_poll_interval: Duration::from_secs(300),
             assignor: Arc::new(Sticky),
             tag_filter: None,
+            trace: None,
         }
     }
 }
@@ -837,6 +843,17 @@ impl Consumer {
             self.maybe_auto_commit()?;
             let (records, waits) = self.fetch()?;
             if !records.is_empty() {
+                if let Some(tracer) = &self.config.trace {
+                    for r in &records {
+                        let retries = r
+                            .record()
+                            .properties()
+                            .get(super::RECONSUME_PROPERTY)
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        tracer.delivered(&self.config.group, r, retries);
+                    }
+                }
                 return Ok(records);
             }
             let remaining = match deadline {

@@ -7,17 +7,23 @@
 //!   [`Assignor`] ([`Averagely`], [`Sticky`]) and moved "revoke, then assign".
 //! - [`Consumer`]: the pull consumer after rdkafka's `BaseConsumer` (`subscribe`/`assign`,
 //!   `poll` long-polling over every held partition, `commit`, `seek`, rebalance callbacks).
+//! - [`PushConsumer`]: the push consumer after RocketMQ's `DefaultMQPushConsumer` (a handler
+//!   on a bounded thread pool, per-partition process queues and back-pressure), with retries
+//!   through `%RETRY%<group>` and dead letters in `%DLQ%<group>` ([`RetryPolicy`]).
 //! - [`CompactedTable`]: the key → latest value view of a (compacted) topic.
 //! - Message filters: RocketMQ's tag expressions ([`TagFilter`]) and SQL92 property
 //!   expressions ([`SqlFilter`]).
 //!
-//! It owns one topic of the store (`__consumer_offsets`) and no files; it may not reach into
+//! It owns the topics `__consumer_offsets` and each push consumer group's `%RETRY%<group>` and
+//! `%DLQ%<group>`, and no files; it may not reach into
 //! the engines' files or types.
 
 mod assignor;
 mod group;
 mod offsets;
 mod pull;
+mod push;
+mod retry;
 mod sql;
 mod table;
 mod tags;
@@ -26,6 +32,11 @@ pub use assignor::{Assignor, Averagely, MemberSubscription, Sticky, TopicPartiti
 pub use group::GroupCoordinator;
 pub use offsets::{OFFSETS_SEGMENT_BYTES, OFFSETS_TOPIC, OffsetTable, decode_table, encode_table};
 pub use pull::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, RebalanceListener};
+pub use push::{ConsumeResult, MessageHandler, PushConfig, PushConsumer};
+pub use retry::{
+    ORIGIN_MESSAGE_ID, ORIGIN_OFFSET, ORIGIN_PARTITION, RECONSUME_TIMES, RETRY_NOT_BEFORE_MS,
+    RETRY_TOPIC, RetryPolicy, dlq_topic, retry_topic,
+};
 pub use sql::{FilterError, SqlFilter};
 pub use table::CompactedTable;
 pub use tags::TagFilter;

@@ -97,8 +97,10 @@ fn every_record_is_handled_and_a_slow_record_holds_its_partitions_committed_offs
         });
         // Several commit intervals later the slow record still holds partition 0 at it.
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(committed(&groups, "g", "t", 0), Some(10));
+        let held_at = committed(&groups, "g", "t", 0);
+        // Released before asserting: a failed assertion must not leave shutdown waiting for it.
         release.store(true, Ordering::Release);
+        assert_eq!(held_at, Some(10));
         wait_until("partition 0 committed to its end", || {
             committed(&groups, "g", "t", 0) == Some(300)
         });
@@ -224,10 +226,15 @@ fn back_pressure_keeps_each_partition_within_its_thresholds() {
             done.load(Ordering::SeqCst) == 207
         });
         std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(max_while_stuck.load(Ordering::SeqCst), 7);
-        assert_eq!(done.load(Ordering::SeqCst), 207);
-        assert!(push.in_flight()[&TopicPartition::new("t", 0)] <= 8);
+        let (max, n) = (
+            max_while_stuck.load(Ordering::SeqCst),
+            done.load(Ordering::SeqCst),
+        );
+        let in_flight = push.in_flight()[&TopicPartition::new("t", 0)];
+        // Released before asserting: a failed assertion must not leave shutdown waiting for it.
         release.store(true, Ordering::Release);
+        assert_eq!((max, n), (7, 207));
+        assert!(in_flight <= 8, "{in_flight} in flight");
         wait_until("everything handled", || done.load(Ordering::SeqCst) == 400);
         push.shutdown().unwrap();
     });
@@ -252,7 +259,8 @@ fn tracking_handler(
             }
             *e = (member, e.1 + 1);
         }
-        std::thread::sleep(Duration::from_micros(300));
+        // Long enough for a new owner to start on the partition if a revoke did not wait.
+        std::thread::sleep(Duration::from_millis(5));
         {
             let mut s = seen.lock().unwrap();
             for r in records {
@@ -289,7 +297,7 @@ fn rebalancing_under_load_never_hands_a_partition_to_two_members_and_skips_nothi
                             .unwrap();
                     }
                     n += 1;
-                    std::thread::sleep(Duration::from_micros(500));
+                    std::thread::sleep(Duration::from_millis(1));
                 }
             })
         };
@@ -307,17 +315,19 @@ fn rebalancing_under_load_never_hands_a_partition_to_two_members_and_skips_nothi
             PushConsumer::start(&groups, cfg, &["t"], h).unwrap()
         };
         let a = start(0);
-        std::thread::sleep(Duration::from_millis(150));
-        let b = start(1);
-        std::thread::sleep(Duration::from_millis(150));
-        let c = start(2);
-        std::thread::sleep(Duration::from_millis(150));
-        b.shutdown().unwrap();
-        std::thread::sleep(Duration::from_millis(150));
-        let b = start(3);
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(100));
+        let c = start(1);
+        // A third member joins (taking partitions from both) and leaves, again and again.
+        for round in 0..4 {
+            std::thread::sleep(Duration::from_millis(100));
+            let b = start(2 + round);
+            std::thread::sleep(Duration::from_millis(100));
+            b.shutdown().unwrap();
+        }
+        let b = start(9);
+        std::thread::sleep(Duration::from_millis(100));
         drop(a);
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(100));
         stop.store(true, Ordering::Release);
         producer.join().unwrap();
         let total: usize = (0..6)

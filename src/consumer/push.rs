@@ -272,8 +272,11 @@ struct PushState {
 
 struct Shared {
     state: Mutex<PushState>,
-    /// Signalled whenever a worker finishes a task or new work arrives.
+    /// Signalled when a worker finishes (or drops) a task: what a revoke or shutdown waits on.
     changed: Condvar,
+    /// Signalled once per queued task (and to all at stop): what idle workers wait on. Apart
+    /// from `changed`, so a new task wakes one worker, not the whole pool.
+    work_ready: Condvar,
     handler: Arc<dyn MessageHandler>,
     store: Arc<dyn LogStore>,
     group: String,
@@ -281,6 +284,8 @@ struct Shared {
     retry: RetryPolicy,
     max_reconsume_times: u32,
     batch_max: usize,
+    /// The pool's size.
+    workers: usize,
     limits: Limits,
     stop: AtomicBool,
 }
@@ -475,6 +480,7 @@ impl PushConsumer {
         let shared = Arc::new(Shared {
             state: Mutex::new(PushState::default()),
             changed: Condvar::new(),
+            work_ready: Condvar::new(),
             handler,
             store,
             group: group.clone(),
@@ -482,6 +488,7 @@ impl PushConsumer {
             retry: config.retry.clone(),
             max_reconsume_times: config.max_reconsume_times,
             batch_max: config.consume_batch_max,
+            workers: config.consume_threads,
             limits,
             stop: AtomicBool::new(false),
         });
@@ -568,7 +575,7 @@ impl PushConsumer {
             let mut st = self.shared.state.lock();
             st.workers_stop = true;
         }
-        self.shared.changed.notify_all();
+        self.shared.work_ready.notify_all();
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
@@ -700,6 +707,7 @@ fn enqueue(shared: &Shared, ready: BTreeMap<TopicPartition, Vec<ConsumerRecord>>
         return;
     }
     let mut st = shared.state.lock();
+    let queued = st.work.len();
     for (tp, records) in ready {
         let Some(epoch) = st.queues.get(&tp).map(|pq| pq.epoch) else {
             continue;
@@ -714,8 +722,11 @@ fn enqueue(shared: &Shared, ready: BTreeMap<TopicPartition, Vec<ConsumerRecord>>
             });
         }
     }
+    let added = st.work.len() - queued;
     drop(st);
-    shared.changed.notify_all();
+    for _ in 0..added.min(shared.workers) {
+        shared.work_ready.notify_one();
+    }
 }
 
 /// Queues the held records whose time has come.
@@ -803,7 +814,7 @@ fn worker_loop(shared: &Shared, consumer: &Consumer) {
                 if st.workers_stop {
                     return;
                 }
-                shared.changed.wait(&mut st);
+                shared.work_ready.wait(&mut st);
             }
         };
         run(shared, consumer, task);

@@ -744,3 +744,40 @@ fn a_power_cut_never_loses_a_failed_record_below_the_committed_offset() {
         );
     }
 }
+
+/// Retry copies written before the group ever committed its retry topic (a member that crashed
+/// right after sending back) are delivered even with `auto_offset_reset` = latest: their
+/// originals were committed past, so skipping them would lose them.
+#[test]
+fn retry_copies_from_before_the_first_commit_are_delivered_even_with_latest_reset() {
+    for_each_engine(|engine, dir| {
+        let store = open(dir, &small_options(engine));
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        let retry = retry_topic("g");
+        store.create_topic(&retry, TopicConfig::default()).unwrap();
+        let copy = Message::new("left by a crashed member")
+            .with_property(RETRY_TOPIC, "t")
+            .with_property(ORIGIN_MESSAGE_ID, "t-0-0")
+            .with_property(RECONSUME_TIMES, "1");
+        store.append(&retry, 0, &[copy]).unwrap();
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let seen: Seen = Arc::default();
+        let s = Arc::clone(&seen);
+        let handler = move |records: &[ConsumerRecord]| {
+            s.lock().unwrap().extend(records.iter().map(key));
+            ConsumeResult::Success
+        };
+        let mut cfg = config("g");
+        cfg.consumer.auto_offset_reset = OffsetReset::Latest;
+        let push = PushConsumer::start(&groups, cfg, &["t"], Arc::new(handler)).unwrap();
+        wait_until("the retry copy handled", || {
+            !seen.lock().unwrap().is_empty()
+        });
+        push.shutdown().unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            BTreeSet::from([(retry.clone(), 0, 0)])
+        );
+        assert_eq!(committed(&groups, "g", &retry, 0), Some(1));
+    });
+}

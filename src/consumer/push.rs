@@ -65,6 +65,11 @@ pub enum ConsumeResult {
 /// The user's code: called on a worker thread with `1..=consume_batch_max` records of one
 /// partition. A panic counts as [`ConsumeResult::ReconsumeLater`] (caught; the worker goes on).
 /// Any `Fn(&[ConsumerRecord]) -> ConsumeResult + Send + Sync` is a handler.
+///
+/// A record delivered again after a failure comes from `%RETRY%<group>`: its
+/// [`RETRY_TOPIC`](super::RETRY_TOPIC) property names the original topic,
+/// [`ORIGIN_MESSAGE_ID`](super::ORIGIN_MESSAGE_ID) its first delivery (`topic-partition-offset`)
+/// and [`RECONSUME_TIMES`](super::RECONSUME_TIMES) how many times it was sent back.
 pub trait MessageHandler: Send + Sync {
     /// Handles the records; the result applies to all of them.
     fn handle(&self, records: &[ConsumerRecord]) -> ConsumeResult;
@@ -472,6 +477,18 @@ impl PushConsumer {
         let group = config.consumer.group.clone();
         let retry = retry_topic(&group);
         ensure_topic(&*store, &retry)?;
+        // The retry topic is read from its start when the group never committed it, whatever
+        // `auto_offset_reset` says (RocketMQ's `computePullFromWhere` does the same): copies
+        // sent back by a member that crashed before its first commit of it are not skipped —
+        // their originals are already committed past.
+        let has_offset = coordinator
+            .committed_offsets(&group)
+            .get(&retry)
+            .is_some_and(|t| t.contains_key(&0));
+        if !has_offset {
+            let start = store.bounds(&retry, 0)?.start;
+            coordinator.commit_offsets(&group, &[(retry.as_str(), 0, start)])?;
+        }
         let limits = Limits {
             records: config.pull_threshold_for_queue,
             bytes: config.pull_threshold_size_for_queue as u64,
@@ -561,16 +578,19 @@ impl PushConsumer {
     }
 
     fn stop(&mut self) -> Result<()> {
-        let Some(pull) = self.pull.take() else {
-            return Ok(());
+        // No pull thread: already stopped, or `start` failed after spawning some workers.
+        let result = match self.pull.take() {
+            Some(pull) => {
+                self.shared.stop.store(true, Ordering::Release);
+                self.consumer.wakeup();
+                pull.join().unwrap_or_else(|_| {
+                    Err(Error::InvalidArgument(
+                        "the push consumer's pull thread panicked".into(),
+                    ))
+                })
+            }
+            None => Ok(()),
         };
-        self.shared.stop.store(true, Ordering::Release);
-        self.consumer.wakeup();
-        let result = pull.join().unwrap_or_else(|_| {
-            Err(Error::InvalidArgument(
-                "the push consumer's pull thread panicked".into(),
-            ))
-        });
         {
             let mut st = self.shared.state.lock();
             st.workers_stop = true;

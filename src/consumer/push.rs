@@ -101,7 +101,7 @@ pub struct PushConfig {
     /// `enable_auto_commit` and `max_poll_records` are ignored: the push consumer commits
     /// itself and pulls `pull_batch` records at a time.
     pub consumer: ConsumerConfig,
-    /// Worker threads running the handler (`consumeThreadMin`). Default: 20.
+    /// Worker threads running the handler (`consumeThreadMin`), 1 to 1024. Default: 20.
     pub consume_threads: usize,
     /// At most this many records per handler call, all of one partition
     /// (`consumeMessageBatchMaxSize`). Default: 1.

@@ -781,3 +781,47 @@ fn retry_copies_from_before_the_first_commit_are_delivered_even_with_latest_rese
         assert_eq!(committed(&groups, "g", &retry, 0), Some(1));
     });
 }
+
+/// Durations past what an `Instant` or a millisecond count holds are taken as "never", not a
+/// panic: no timed commit (shutdown still commits), a retry held for ever (its offset held).
+#[test]
+fn extreme_durations_mean_never_and_do_not_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &small_options(duolog::EngineKind::CommitLog));
+    store.create_topic("t", TopicConfig::default()).unwrap();
+    produce(&*store, "t", 0, 3);
+    let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let handler = move |records: &[ConsumerRecord]| {
+        c.fetch_add(records.len(), Ordering::SeqCst);
+        if records[0].offset() == 1 {
+            ConsumeResult::ReconsumeLater
+        } else {
+            ConsumeResult::Success
+        }
+    };
+    let cfg = PushConfig {
+        commit_interval: Duration::MAX,
+        retry: RetryPolicy::Exponential {
+            initial: Duration::MAX,
+            multiplier: 2.0,
+            max: Duration::MAX,
+        },
+        ..config("g")
+    };
+    let push = PushConsumer::start(&groups, cfg, &["t"], Arc::new(handler)).unwrap();
+    wait_until("the copy appended", || {
+        store.bounds(&retry_topic("g"), 0).unwrap().end == 1
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(committed(&groups, "g", "t", 0), None, "no timed commit");
+    push.shutdown().unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "the copy is held, not handled"
+    );
+    assert_eq!(committed(&groups, "g", "t", 0), Some(3));
+    assert_eq!(committed(&groups, "g", &retry_topic("g"), 0), Some(0));
+}

@@ -47,7 +47,7 @@ use super::pull::{Consumer, ConsumerConfig, ConsumerRecord, RebalanceListener};
 use super::retry::{
     RetryPolicy, ensure_topic, not_before_ms, retry_topic, send_back, validate_group_topics,
 };
-use crate::clock::now_ms;
+use crate::clock::{deadline, now_ms};
 use crate::error::{Error, Result};
 use crate::store::LogStore;
 
@@ -621,7 +621,8 @@ fn pull_loop(shared: &Shared, consumer: &Consumer, interval: Duration) -> Result
 }
 
 fn pull_until_stopped(shared: &Shared, consumer: &Consumer, interval: Duration) -> Result<()> {
-    let mut next_commit = Instant::now() + interval;
+    // `None`: an interval past what an `Instant` holds — commit at revokes and shutdown only.
+    let mut next_commit = deadline(interval);
     while !shared.stop.load(Ordering::Acquire) {
         let now = Instant::now();
         // Held records become due once their millisecond has passed.
@@ -630,16 +631,16 @@ fn pull_until_stopped(shared: &Shared, consumer: &Consumer, interval: Duration) 
             Duration::from_millis(u64::try_from(ms).unwrap_or(0))
         });
         let timeout = next_commit
-            .saturating_duration_since(now)
+            .map_or(Duration::MAX, |at| at.saturating_duration_since(now))
             .min(until_held.unwrap_or(Duration::MAX));
         let records = consumer.poll(timeout)?;
         forget_lost_partitions(shared, consumer);
         take(shared, consumer, records)?;
         dispatch_due(shared);
         pause_or_resume(shared, consumer)?;
-        if Instant::now() >= next_commit {
+        if next_commit.is_some_and(|at| Instant::now() >= at) {
             shared.commit(consumer, None)?;
-            next_commit = Instant::now() + interval;
+            next_commit = deadline(interval);
         }
     }
     Ok(())

@@ -852,7 +852,11 @@ fn offsets_of_a_deleted_topic_never_apply_to_a_new_topic_of_the_same_name() {
         let c = Consumer::new(&groups, config("g", OffsetReset::Earliest)).unwrap();
         c.assign(&[("t", 0)]).unwrap();
         let first = drain(&c, 45);
-        assert_eq!(first.len(), 45, "{engine}: the new topic is read from its start");
+        assert_eq!(
+            first.len(),
+            45,
+            "{engine}: the new topic is read from its start"
+        );
         assert_eq!(first[0].offset(), 0, "{engine}");
         drop(c);
 

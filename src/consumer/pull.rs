@@ -123,7 +123,7 @@ pub struct ConsumerConfig {
     pub tag_filter: Option<TagFilter>,
     /// Message trace ([`Tracer`](super::Tracer)): when set, `poll` records a `SubBefore`
     /// event per record it returns (group, retries from the record's
-    /// [`RECONSUME_PROPERTY`](super::RECONSUME_PROPERTY), or 0). A pull consumer learns
+    /// [`RECONSUME_TIMES`](super::RECONSUME_TIMES), or 0). A pull consumer learns
     /// nothing of how a record was handled, so it records no `SubAfter`. Default: `None`.
     pub trace: Option<Arc<super::Tracer>>,
 }
@@ -268,6 +268,8 @@ struct State {
     /// Held partitions → next offset to fetch (`None`: not resolved yet — the committed
     /// offset or the reset, at first use).
     positions: BTreeMap<TopicPartition, Option<u64>>,
+    /// Held partitions `poll` does not fetch (rdkafka's `pause`); their positions stay.
+    paused: BTreeSet<TopicPartition>,
     /// Where the fair rotation over partitions starts next.
     rotate: usize,
     last_auto_commit: Instant,
@@ -318,6 +320,8 @@ pub struct Consumer {
     state: Mutex<State>,
     /// Set while a rebalance callback runs: calls from inside it do not start another.
     in_rebalance: AtomicBool,
+    /// Set by [`Consumer::wakeup`]: the poll blocked now (or the next one) returns early.
+    interrupted: AtomicBool,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -403,11 +407,13 @@ impl Consumer {
             state: Mutex::new(State {
                 mode: Mode::Idle,
                 positions: BTreeMap::new(),
+                paused: BTreeSet::new(),
                 rotate: 0,
                 last_auto_commit: Instant::now(),
                 closed: false,
             }),
             in_rebalance: AtomicBool::new(false),
+            interrupted: AtomicBool::new(false),
         })
     }
 
@@ -468,6 +474,7 @@ impl Consumer {
         let mut st = self.state.lock();
         if st.mode == Mode::Assigned {
             st.positions.clear();
+            st.paused.clear();
         }
         st.mode = Mode::Subscribed(topics.clone());
         drop(st);
@@ -509,6 +516,7 @@ impl Consumer {
         self.unsubscribe()?;
         let mut st = self.state.lock();
         st.mode = Mode::Assigned;
+        st.paused.clear();
         st.positions = partitions
             .iter()
             .map(|&(t, p)| (TopicPartition::new(t, p), None))
@@ -556,6 +564,7 @@ impl Consumer {
         let mut st = self.state.lock();
         st.mode = Mode::Idle;
         st.positions.clear();
+        st.paused.clear();
         result
     }
 
@@ -604,6 +613,7 @@ impl Consumer {
             let mut st = self.state.lock();
             for tp in parts {
                 st.positions.remove(tp);
+                st.paused.remove(tp);
             }
         }
         self.coord
@@ -625,6 +635,7 @@ impl Consumer {
             let topics = {
                 let mut st = self.state.lock();
                 st.positions.clear();
+                st.paused.clear();
                 match &st.mode {
                     Mode::Subscribed(t) => t.clone(),
                     _ => BTreeSet::new(),
@@ -715,7 +726,12 @@ impl Consumer {
     /// the positions to wait on.
     fn fetch(&self) -> Result<Fetched> {
         let mut st = self.state.lock();
-        let parts: Vec<TopicPartition> = st.positions.keys().cloned().collect();
+        let parts: Vec<TopicPartition> = st
+            .positions
+            .keys()
+            .filter(|tp| !st.paused.contains(*tp))
+            .cloned()
+            .collect();
         let n = parts.len();
         let mut out = Vec::new();
         let mut waits = Vec::new();
@@ -848,7 +864,7 @@ impl Consumer {
                         let retries = r
                             .record()
                             .properties()
-                            .get(super::RECONSUME_PROPERTY)
+                            .get(super::RECONSUME_TIMES)
                             .and_then(|v| v.parse().ok())
                             .unwrap_or(0);
                         tracer.delivered(&self.config.group, r, retries);
@@ -876,6 +892,11 @@ impl Consumer {
                 // A partition vanished between the fetch and the wait: fetch again.
                 Err(Error::UnknownTopic(_) | Error::UnknownPartition { .. }) => {}
                 Err(e) => return Err(e),
+            }
+            // `wakeup` also wakes the wait, so a flag set at any time is seen here at the
+            // latest after the next wait.
+            if self.interrupted.swap(false, Ordering::AcqRel) {
+                return Ok(Vec::new());
             }
         }
     }
@@ -1178,7 +1199,112 @@ impl Consumer {
         let mut st = self.state.lock();
         st.closed = true;
         st.positions.clear();
+        st.paused.clear();
         result
+    }
+
+    /// Stops fetching these held partitions (rdkafka's `pause`): `poll` neither reads them nor
+    /// waits on them, and their positions stay where they are until
+    /// [`resume`](Self::resume). Pausing a paused partition does nothing; a partition that is
+    /// revoked (or a new `assign`/`subscribe`) forgets its pause. A partition not held is
+    /// [`Error::NotAssigned`], and then nothing is paused.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use duolog::{LogStore, Message, StoreOptions, TopicConfig};
+    /// use duolog::consumer::{Consumer, ConsumerConfig, GroupCoordinator, OffsetReset, TopicPartition};
+    /// # fn main() -> duolog::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+    /// store.create_topic("t", TopicConfig::with_partitions(2))?;
+    /// store.append("t", 0, &[Message::new("a")])?;
+    /// store.append("t", 1, &[Message::new("b")])?;
+    /// let groups = GroupCoordinator::new(store)?;
+    /// let c = Consumer::new(&groups, ConsumerConfig { auto_offset_reset: OffsetReset::Earliest, ..ConsumerConfig::new("g") })?;
+    /// c.assign(&[("t", 0), ("t", 1)])?;
+    /// c.pause(&[("t", 0)])?;
+    /// assert_eq!(c.paused(), [TopicPartition::new("t", 0)]);
+    /// let got = c.poll(Duration::from_secs(1))?;
+    /// assert_eq!((got.len(), got[0].partition()), (1, 1));
+    /// c.resume(&[("t", 0)])?;
+    /// assert_eq!(c.poll(Duration::from_secs(1))?[0].partition(), 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn pause(&self, partitions: &[(&str, u32)]) -> Result<()> {
+        self.check_open()?;
+        let mut st = self.state.lock();
+        let parts = self.held_list(&st, partitions)?;
+        st.paused.extend(parts);
+        Ok(())
+    }
+
+    /// Fetches these paused partitions again from their positions (see
+    /// [`pause`](Self::pause) for an example). Resuming one that is not paused does nothing;
+    /// one not held is [`Error::NotAssigned`]. Wakes a `poll` blocked now, so it fetches them
+    /// at once.
+    pub fn resume(&self, partitions: &[(&str, u32)]) -> Result<()> {
+        self.check_open()?;
+        let mut st = self.state.lock();
+        let parts = self.held_list(&st, partitions)?;
+        let mut any = false;
+        for tp in &parts {
+            any |= st.paused.remove(tp);
+        }
+        drop(st);
+        if any {
+            // A poll waiting on the other partitions would not see these before its timeout.
+            self.wakeup.wake();
+        }
+        Ok(())
+    }
+
+    /// The paused partitions, sorted (see [`pause`](Self::pause) for an example).
+    pub fn paused(&self) -> Vec<TopicPartition> {
+        self.state.lock().paused.iter().cloned().collect()
+    }
+
+    /// Makes the `poll` blocked now, or the next one if none is, return at once with the
+    /// records it has (maybe none) — Kafka's `wakeup`, without the exception. Callable from
+    /// any thread; how a thread that owns no poll (a worker, a shutdown) gets a polling thread
+    /// to look at the world again.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use std::time::{Duration, Instant};
+    /// # use duolog::{LogStore, StoreOptions, TopicConfig};
+    /// # use duolog::consumer::{Consumer, ConsumerConfig, GroupCoordinator};
+    /// # fn main() -> duolog::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+    /// # store.create_topic("t", TopicConfig::default())?;
+    /// let groups = GroupCoordinator::new(store)?;
+    /// let c = Consumer::new(&groups, ConsumerConfig::new("g"))?;
+    /// c.assign(&[("t", 0)])?;
+    /// c.wakeup();
+    /// let t = Instant::now();
+    /// assert!(c.poll(Duration::from_secs(60))?.is_empty());
+    /// assert!(t.elapsed() < Duration::from_secs(60));
+    /// # Ok(()) }
+    /// ```
+    pub fn wakeup(&self) {
+        self.interrupted.store(true, Ordering::Release);
+        self.wakeup.wake();
+    }
+
+    /// `partitions` as held `TopicPartition`s, or `NotAssigned` for the first one not held.
+    fn held_list(&self, st: &State, partitions: &[(&str, u32)]) -> Result<Vec<TopicPartition>> {
+        partitions
+            .iter()
+            .map(|&(t, p)| {
+                let tp = TopicPartition::new(t, p);
+                if st.positions.contains_key(&tp) {
+                    Ok(tp)
+                } else {
+                    Err(self.not_assigned(&tp))
+                }
+            })
+            .collect()
     }
 }
 

@@ -90,11 +90,6 @@ fn traced_key(key: Option<&[u8]>) -> String {
 /// The largest [`TraceConfig::queue_capacity`] (events).
 pub const MAX_QUEUE_CAPACITY: usize = 1 << 20;
 
-/// The property that tells a trace consumer how often a message was consumed before
-/// (RocketMQ's `RECONSUME_TIME`); read into [`TraceEvent::retries`] when the consumer does not
-/// say.
-pub const RECONSUME_PROPERTY: &str = "RECONSUME_TIME";
-
 /// Between the fields of a trace record (RocketMQ's `TraceConstants.CONTENT_SPLITOR`).
 const FIELD: char = '\u{1}';
 /// At the end of each trace record (RocketMQ's `TraceConstants.FIELD_SPLITOR`).
@@ -779,7 +774,7 @@ impl Tracer {
     /// Records a `SubBefore` event: `record` delivered to a consumer of `group`, consumed
     /// `retries` times before. A pull consumer with
     /// [`ConsumerConfig::trace`](super::ConsumerConfig::trace) calls this for every record
-    /// `poll` returns (with the record's [`RECONSUME_PROPERTY`], or 0).
+    /// `poll` returns (with the record's [`RECONSUME_TIMES`](super::RECONSUME_TIMES), or 0).
     pub fn delivered(&self, group: &str, record: &ConsumerRecord, retries: u32) -> bool {
         self.record(TraceEvent::consumed(
             TraceKind::SubBefore,

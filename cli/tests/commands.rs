@@ -1099,3 +1099,79 @@ fn help_for_every_command_and_shell_completions() {
     let out = duolog(&[], "");
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn produce_with_a_delay_is_consumed_once_after_the_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("s");
+    let d = d.to_str().unwrap();
+    let lines: String = (0..1000).map(|i| format!("line-{i}\n")).collect();
+    let produced = std::time::Instant::now();
+    let out = duolog(
+        &[
+            "produce",
+            "--dir",
+            d,
+            "--topic",
+            "t",
+            "--partitions",
+            "2",
+            "--delay",
+            "3s",
+        ],
+        &lines,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let handles = text(&out.stdout);
+    assert_eq!(handles.lines().count(), 1000);
+    assert!(handles.lines().all(|l| l.contains('@')), "{handles}");
+    let out = duolog(&["delayed", "--dir", d], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).ends_with("total\t1000\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    // Nothing is in the topic yet.
+    let out = duolog(
+        &["consume", "--dir", d, "--topic", "t", "--partition", "0"],
+        "",
+    );
+    assert_eq!(text(&out.stdout), "");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_duolog"))
+        .args([
+            "consume",
+            "--dir",
+            d,
+            "--topic",
+            "t",
+            "--group",
+            "g",
+            "--follow",
+            "--idle-exit",
+            "8s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first_line_at = None;
+    let mut got = Vec::new();
+    let stdout = child.stdout.take().unwrap();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        first_line_at.get_or_insert_with(|| produced.elapsed());
+        got.push(line.unwrap().rsplit('\t').next().unwrap().to_owned());
+    }
+    assert!(child.wait().unwrap().success());
+    let first = first_line_at.expect("delivered");
+    assert!(
+        first >= std::time::Duration::from_millis(2_900),
+        "early: {first:?}"
+    );
+    got.sort();
+    let mut want: Vec<String> = (0..1000).map(|i| format!("line-{i}")).collect();
+    want.sort();
+    assert_eq!(got, want, "each line once");
+    let out = duolog(&["delayed", "--dir", d], "");
+    assert_eq!(text(&out.stdout), "total\t0\n");
+}

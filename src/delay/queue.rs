@@ -202,11 +202,20 @@ impl Shared {
         }
     }
 
-    /// The latest slot a new entry may take: every pending slot stays within one lap of the
-    /// wheel (the partial slot, if any, is one precision below the floor).
-    fn limit(&self, st: &State) -> i64 {
-        self.floor(st)
-            .saturating_add((i64::from(self.slots) - 2).saturating_mul(self.precision))
+    /// The slots a new entry may take, `(earliest, latest)`: every pending slot must stay
+    /// within one lap of the wheel (`slots - 1` precisions), or two due times would share a
+    /// slot. Measured from the pending slots themselves, not only from the floor: after a
+    /// reopen the floor can be lower than when the pending entries were placed (the read time
+    /// an idle timer moved on is not persisted), and placing from it alone could reach a lap
+    /// past them.
+    fn placement_range(&self, st: &State) -> (i64, i64) {
+        let floor = self.floor(st);
+        let lap = (i64::from(self.slots) - 1).saturating_mul(self.precision);
+        let (lo, hi) = match st.wheel.span() {
+            Some((lo, hi)) => (lo.min(floor), hi.max(floor)),
+            None => (floor, floor),
+        };
+        (hi.saturating_sub(lap).max(floor), lo.saturating_add(lap))
     }
 
     fn take_error(&self) -> Result<()> {
@@ -254,8 +263,11 @@ impl Shared {
             let mut lasts: BTreeMap<i64, u64> = BTreeMap::new();
             let mut cancels_now: HashSet<u64> = HashSet::new();
             let mut entries = Vec::with_capacity(records.len());
+            // One range for the batch: entries placed within it are within a lap of each
+            // other too.
+            let range = self.placement_range(st);
             for r in &records {
-                let e = self.entry_for(st, r, &cancels_now, next_entry, &mut lasts);
+                let e = self.entry_for(st, r, &cancels_now, next_entry, &mut lasts, range);
                 if e.kind == EntryKind::Cancel {
                     cancels_now.insert(e.id);
                 }
@@ -277,13 +289,21 @@ impl Shared {
             }
             for (i, e) in entries.iter().enumerate() {
                 let at = first_entry + i as u64;
-                match e.kind {
-                    EntryKind::Message => st.wheel.add(e.slot_ms, at, false),
-                    EntryKind::Cancel => {
-                        st.wheel.add(e.slot_ms, at, true);
-                        st.pending_cancels.insert(e.id);
-                    }
-                    EntryKind::Void => {}
+                if e.kind == EntryKind::Void {
+                    continue;
+                }
+                let cancel = e.kind == EntryKind::Cancel;
+                if !st.wheel.add(e.slot_ms, at, cancel) {
+                    // placement_range rules this out; never overwrite pending entries.
+                    return Err(corrupted(
+                        store,
+                        TIMER_LOG_TOPIC,
+                        at,
+                        "entry placed a lap away from a pending slot",
+                    ));
+                }
+                if cancel {
+                    st.pending_cancels.insert(e.id);
                 }
             }
             placed += entries.len() as u64;
@@ -299,6 +319,7 @@ impl Shared {
         cancels_now: &HashSet<u64>,
         at: u64,
         lasts: &mut BTreeMap<i64, u64>,
+        range: (i64, i64),
     ) -> TimerEntry {
         let void = TimerEntry {
             kind: EntryKind::Void,
@@ -328,10 +349,9 @@ impl Shared {
         } else {
             return void;
         };
-        let slot_ms = self
-            .slot_of(deliver_ms)
-            .max(self.floor(st))
-            .min(self.limit(st));
+        // Never before its due slot nor the floor; past the lap, parked at its end (a roll).
+        let (earliest, latest) = range;
+        let slot_ms = self.slot_of(deliver_ms).max(earliest).min(latest);
         let prev = lasts
             .get(&slot_ms)
             .copied()
@@ -445,17 +465,29 @@ impl Shared {
             if pos != NO_ENTRY {
                 break;
             }
+            // A roll that is due by now ends the round here: placed again once this slot is
+            // done, it lands in its own due slot, which the next round takes in order. Going
+            // on past that slot first would make the roll a slot (or more) late.
+            let rolls_due = planned.iter().rev().take(done as usize).any(|(_, e)| {
+                let due = self.slot_of(e.deliver_ms);
+                due > t && due <= now
+            });
+            if rolls_due {
+                break;
+            }
         }
         if planned.is_empty() {
             if redo.is_some() {
                 st.intent = None;
             } else if st.partial.is_none() && st.wheel.next_due().is_none_or(|t| t > now) {
-                // Nothing is due up to now: every slot up to now is processed (empty), so
-                // new entries may start after it. Not persisted: an older read time is safe.
+                // Nothing is due up to now: every slot before the current one is processed
+                // (empty), so new entries may start at the current one (a message already
+                // due then goes out at the next round, not a slot later). Not persisted: an
+                // older read time is safe.
                 let now_slot = now
                     .div_euclid(self.precision)
                     .saturating_mul(self.precision);
-                st.read_time = st.read_time.max(now_slot);
+                st.read_time = st.read_time.max(now_slot.saturating_sub(self.precision));
             }
             return Ok(None);
         }
@@ -903,7 +935,14 @@ impl DelayQueue {
                     ));
                 }
                 let cancel = e.kind == EntryKind::Cancel;
-                st.wheel.add(e.slot_ms, r.offset(), cancel);
+                if !st.wheel.add(e.slot_ms, r.offset(), cancel) {
+                    return Err(corrupted(
+                        &*store,
+                        TIMER_LOG_TOPIC,
+                        r.offset(),
+                        "entry a lap away from a pending slot",
+                    ));
+                }
                 if cancel {
                     st.pending_cancels.insert(e.id);
                 }

@@ -64,11 +64,15 @@ impl Wheel {
 
     /// Adds the entry at timer-log offset `entry` to `time`'s slot. The caller keeps every
     /// pending time within one lap of the wheel, so a valid slot is never overwritten.
-    pub(crate) fn add(&mut self, time: i64, entry: u64, cancel: bool) {
+    /// Returns `false` (adding nothing) if the slot holds another due time's entries.
+    #[must_use]
+    pub(crate) fn add(&mut self, time: i64, entry: u64, cancel: bool) -> bool {
         let i = self.index(time);
         let s = &mut self.slots[i];
+        if s.time != time && s.count > 0 {
+            return false;
+        }
         if s.time != time || s.count == 0 {
-            debug_assert!(s.count == 0, "wheel slot {i} reused while pending");
             *s = Slot {
                 time,
                 first: entry,
@@ -80,6 +84,7 @@ impl Wheel {
         s.last = entry;
         s.count += 1;
         s.cancels += u32::from(cancel);
+        true
     }
 
     /// After part of a slot was processed from its newest entry back: `next` is the newest
@@ -109,6 +114,11 @@ impl Wheel {
     /// Due times with pending entries, in order, from `from` on.
     pub(crate) fn due_from(&self, from: i64) -> impl Iterator<Item = i64> + '_ {
         self.occupied.range(from..).copied()
+    }
+
+    /// The earliest and latest due times with pending entries.
+    pub(crate) fn span(&self) -> Option<(i64, i64)> {
+        Some((*self.occupied.first()?, *self.occupied.last()?))
     }
 
     /// The timer-log offset of the oldest pending entry.
@@ -168,7 +178,7 @@ mod tests {
                         let prev = wheel.last(t);
                         let expect = model.get(&t).and_then(|v| v.last()).map_or(NO_ENTRY, |e| e.0);
                         prop_assert_eq!(prev, expect);
-                        wheel.add(t, next_entry, cancel);
+                        prop_assert!(wheel.add(t, next_entry, cancel));
                         model.entry(t).or_default().push((next_entry, cancel));
                         next_entry += 1;
                     }

@@ -501,6 +501,8 @@ impl Shared {
         let mut undeliverable: Vec<(i64, u64, Message)> = Vec::new();
         let mut dropped_cancels: Vec<u64> = Vec::new();
         let dequeue_ms = self.clock.now_ms();
+        // Whether each real partition exists, asked once per round, not once per message.
+        let mut exists: BTreeMap<(String, u32), Option<&'static str>> = BTreeMap::new();
         for (t, e) in planned.iter().filter(|(_, e)| e.kind == EntryKind::Message) {
             let Some(r) = read_one(store, MESSAGES_TOPIC, e.message_offset)? else {
                 // Its record is gone (damage, or a deletion by hand): never wedge the wheel.
@@ -540,22 +542,30 @@ impl Shared {
                 (TIMER_DEQUEUE_MS.into(), dequeue_ms.to_string()),
                 (DELAY_ID.into(), e.id.to_string()),
             ]);
-            let reason = match u32::try_from(partition) {
-                Err(_) => Some("the message names no partition".to_owned()),
-                Ok(p) => match store.bounds(&topic, p) {
-                    Ok(_) => {
-                        out.entry((topic.clone(), p))
-                            .or_default()
-                            .push((*t, e.id, m.clone()));
-                        None
-                    }
-                    Err(Error::UnknownTopic(_)) => Some("topic deleted".to_owned()),
-                    Err(Error::UnknownPartition { .. }) => Some("partition gone".to_owned()),
-                    Err(e) => return Err(e),
-                },
+            let Ok(p) = u32::try_from(partition) else {
+                let reason = "the message names no partition";
+                undeliverable.push((*t, e.id, undeliverable_copy(m, &topic, partition, reason)));
+                continue;
             };
-            if let Some(reason) = reason {
-                undeliverable.push((*t, e.id, undeliverable_copy(m, &topic, partition, &reason)));
+            let key = (topic, p);
+            let missing = match exists.get(&key) {
+                Some(known) => *known,
+                None => {
+                    let found = match store.bounds(&key.0, p) {
+                        Ok(_) => None,
+                        Err(Error::UnknownTopic(_)) => Some("topic deleted"),
+                        Err(Error::UnknownPartition { .. }) => Some("partition gone"),
+                        Err(e) => return Err(e),
+                    };
+                    exists.insert(key.clone(), found);
+                    found
+                }
+            };
+            match missing {
+                None => out.entry(key).or_default().push((*t, e.id, m)),
+                Some(reason) => {
+                    undeliverable.push((*t, e.id, undeliverable_copy(m, &key.0, partition, reason)))
+                }
             }
         }
         for (t, e) in planned.iter().filter(|(_, e)| e.kind == EntryKind::Cancel) {
@@ -846,8 +856,11 @@ impl DelayQueue {
                 return Err(e);
             }
         }
-        if options.background {
-            queue.start_threads()?;
+        if options.background
+            && let Err(e) = queue.start_threads()
+        {
+            let _ = queue.close();
+            return Err(e);
         }
         Ok(queue)
     }

@@ -209,7 +209,7 @@ impl DelayOptions {
                 self.precision
             )));
         }
-        if self.precision.subsec_nanos() % 1_000_000 != 0 {
+        if !self.precision.subsec_nanos().is_multiple_of(1_000_000) {
             return Err(Error::InvalidArgument(format!(
                 "DelayOptions::precision must be whole milliseconds, not {:?}",
                 self.precision

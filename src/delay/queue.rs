@@ -54,6 +54,9 @@ const PROGRESS_KEY: &str = "progress";
 /// would both deliver every message.
 static SERVED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
+/// A message a round writes: (its slot, its id, the message).
+type Outgoing = (i64, u64, Message);
+
 /// Delivery state, changed only under [`Shared::state`].
 struct State {
     wheel: Wheel,
@@ -258,21 +261,19 @@ impl Shared {
             {
                 store.sync()?;
             }
-            let mut next_entry = store.bounds(TIMER_LOG_TOPIC, 0)?.end;
-            let first_entry = next_entry;
+            let first_entry = store.bounds(TIMER_LOG_TOPIC, 0)?.end;
             let mut lasts: BTreeMap<i64, u64> = BTreeMap::new();
             let mut cancels_now: HashSet<u64> = HashSet::new();
             let mut entries = Vec::with_capacity(records.len());
             // One range for the batch: entries placed within it are within a lap of each
             // other too.
             let range = self.placement_range(st);
-            for r in &records {
-                let e = self.entry_for(st, r, &cancels_now, next_entry, &mut lasts, range);
+            for (at, r) in (first_entry..).zip(&records) {
+                let e = self.entry_for(st, r, &cancels_now, at, &mut lasts, range);
                 if e.kind == EntryKind::Cancel {
                     cancels_now.insert(e.id);
                 }
                 entries.push(e);
-                next_entry += 1;
             }
             let batch: Vec<Message> = entries
                 .iter()
@@ -497,8 +498,8 @@ impl Shared {
         // pending cancel anywhere on the wheel is dropped.
         let mut report = PumpReport::default();
         let mut cancelled_now: HashSet<u64> = HashSet::new();
-        let mut out: BTreeMap<(String, u32), Vec<(i64, u64, Message)>> = BTreeMap::new();
-        let mut undeliverable: Vec<(i64, u64, Message)> = Vec::new();
+        let mut out: BTreeMap<(String, u32), Vec<Outgoing>> = BTreeMap::new();
+        let mut undeliverable: Vec<Outgoing> = Vec::new();
         let mut dropped_cancels: Vec<u64> = Vec::new();
         let dequeue_ms = self.clock.now_ms();
         // Whether each real partition exists, asked once per round, not once per message.
@@ -654,7 +655,7 @@ impl Shared {
         for ((topic, p), mut msgs) in out {
             msgs.sort_by_key(|(t, id, _)| (*t, *id));
             let is_rolls = topic == MESSAGES_TOPIC;
-            let msgs: Vec<(i64, u64, Message)> = msgs
+            let msgs: Vec<Outgoing> = msgs
                 .into_iter()
                 .filter(|(_, id, m)| {
                     let cancel = m.properties.iter().any(|(k, _)| k == DELAY_CANCEL_ROLLS);

@@ -371,15 +371,15 @@ pub fn duration(v: &str) -> Result<Duration, String> {
 
 /// A delay: as [`duration`], and also in days (`40d`).
 pub fn delay(v: &str) -> Result<Duration, String> {
+    let bad = || format!("needs a delay such as 500ms, 30s, 5m, 2h or 40d, not {v:?}");
     if let Some(days) = v.strip_suffix('d') {
-        let bad = || format!("needs a delay such as 500ms, 30s, 5m, 2h or 40d, not {v:?}");
         let n: u64 = days.parse().map_err(|_| bad())?;
         return n
             .checked_mul(86_400)
             .map(Duration::from_secs)
             .ok_or_else(bad);
     }
-    duration(v)
+    duration(v).map_err(|_| bad())
 }
 
 #[cfg(test)]

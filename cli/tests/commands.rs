@@ -1175,3 +1175,46 @@ fn produce_with_a_delay_is_consumed_once_after_the_delay() {
     let out = duolog(&["delayed", "--dir", d], "");
     assert_eq!(text(&out.stdout), "total\t0\n");
 }
+
+#[test]
+fn produce_deliver_at_a_past_time_is_delivered_at_once_and_bad_delays_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("s");
+    let d = d.to_str().unwrap();
+    let out = duolog(
+        &["produce", "--dir", d, "--topic", "t", "--deliver-at", "0"],
+        "past\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "0 0@0\n");
+    let out = duolog(
+        &[
+            "consume",
+            "--dir",
+            d,
+            "--topic",
+            "t",
+            "--group",
+            "g",
+            "--follow",
+            "--idle-exit",
+            "2s",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "0\t0\t\tpast\n");
+    for bad in [
+        &["--delay", "41d"][..],
+        &["--delay", "soon"][..],
+        &["--delay", "1s", "--deliver-at", "5"][..],
+    ] {
+        let mut args = vec!["produce", "--dir", d, "--topic", "t"];
+        args.extend_from_slice(bad);
+        let out = duolog(&args, "x\n");
+        assert!(!out.status.success(), "{bad:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains("error:"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

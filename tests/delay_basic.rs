@@ -514,3 +514,32 @@ fn rounds_bounded_by_max_round_split_a_slot_and_still_deliver_each_once() {
         check_delivered_once_never_early(&*s);
     });
 }
+
+#[test]
+fn large_messages_in_one_slot_are_all_delivered() {
+    for_each_engine(|engine, dir| {
+        // Default file sizes: the small test files cannot hold these messages.
+        let store_options = duolog::StoreOptions {
+            engine: Some(engine),
+            ..duolog::StoreOptions::default()
+        };
+        let s: Arc<dyn LogStore> = Arc::from(duolog::open(dir, store_options).unwrap());
+        s.create_topic("t", TopicConfig::with_partitions(2))
+            .unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let q = DelayQueue::open(Arc::clone(&s), options(&clock)).unwrap();
+        // Over a read's default byte limit (4 MiB) together: the round reads them in several
+        // calls.
+        for i in 0..6u8 {
+            q.schedule("t", 0, Message::new(vec![i; 900 * 1024]), T0 + 1_000)
+                .unwrap();
+        }
+        clock.set(T0 + 1_000);
+        assert_eq!(q.pump().unwrap().delivered, 6);
+        let r = read_all(&*s, "t", 0);
+        let firsts: Vec<u8> = r.iter().map(|r| r.body()[0]).collect();
+        assert_eq!(firsts, [0, 1, 2, 3, 4, 5]);
+        assert!(r.iter().all(|r| r.body().len() == 900 * 1024));
+        check_delivered_once_never_early(&*s);
+    });
+}

@@ -177,6 +177,105 @@ fn read_entry(store: &dyn LogStore, offset: u64) -> Result<TimerEntry> {
     TimerEntry::decode(r.body()).map_err(|e| corrupted(store, TIMER_LOG_TOPIC, offset, e))
 }
 
+/// Timer-log entries read a block at a time while walking a chain backwards: a slot's entries
+/// are often close together (messages scheduled together for the same time), so one read
+/// serves many steps of the walk.
+struct EntryBlock {
+    first: u64,
+    entries: Vec<TimerEntry>,
+}
+
+/// Entries read per block.
+const ENTRY_BLOCK: u64 = 256;
+
+impl EntryBlock {
+    fn new() -> EntryBlock {
+        EntryBlock {
+            first: 0,
+            entries: Vec::new(),
+        }
+    }
+
+    fn get(&mut self, store: &dyn LogStore, pos: u64) -> Result<TimerEntry> {
+        if let Some(e) = pos
+            .checked_sub(self.first)
+            .and_then(|i| self.entries.get(i as usize))
+        {
+            return Ok(*e);
+        }
+        let start = store.bounds(TIMER_LOG_TOPIC, 0)?.start;
+        let from = pos.saturating_sub(ENTRY_BLOCK - 1).max(start);
+        if from > pos {
+            return read_entry(store, pos);
+        }
+        let records = store.read(
+            TIMER_LOG_TOPIC,
+            0,
+            from,
+            ReadLimits::messages((pos - from + 1) as usize),
+        )?;
+        // Offsets of the timer log are dense (never compacted); anything else is damage.
+        if records.len() as u64 != pos - from + 1
+            || records.first().map(Record::offset) != Some(from)
+        {
+            return read_entry(store, pos);
+        }
+        self.entries.clear();
+        self.first = from;
+        for r in &records {
+            let e = TimerEntry::decode(r.body())
+                .map_err(|e| corrupted(store, TIMER_LOG_TOPIC, r.offset(), e))?;
+            self.entries.push(e);
+        }
+        Ok(self.entries[(pos - from) as usize])
+    }
+}
+
+/// The records of `__delay_messages` at `offsets`, read in runs of consecutive offsets (a
+/// round's messages were mostly scheduled together). Missing ones (below the log start) are
+/// absent from the map.
+fn read_messages(
+    store: &dyn LogStore,
+    offsets: &[u64],
+) -> Result<std::collections::HashMap<u64, Record>> {
+    let mut sorted = offsets.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = std::collections::HashMap::with_capacity(sorted.len());
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i + 1;
+        while j < sorted.len() && sorted[j] == sorted[j - 1] + 1 && j - i < 1024 {
+            j += 1;
+        }
+        let (mut at, to) = (sorted[i], sorted[j - 1]);
+        // A read may stop short (its byte limit): go on until the run is covered.
+        while at <= to {
+            let want = (to - at + 1) as usize;
+            let records = match store.read(MESSAGES_TOPIC, 0, at, ReadLimits::messages(want)) {
+                Ok(r) => r,
+                Err(Error::OffsetOutOfRange { start, .. }) if at < start => {
+                    // Retention took the head of the run: read on from the log start.
+                    at = start;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let Some(last) = records.last().map(Record::offset) else {
+                break;
+            };
+            for r in records {
+                if r.offset() <= to {
+                    out.insert(r.offset(), r);
+                }
+            }
+            at = last + 1;
+        }
+        i = j;
+    }
+    Ok(out)
+}
+
 fn prop_i64(r: &Record, name: &str) -> Option<i64> {
     r.properties().get(name)?.parse().ok()
 }
@@ -442,13 +541,14 @@ impl Shared {
             .take_while(|t| *t <= now)
             .take(budget)
             .collect();
+        let mut block = EntryBlock::new();
         for t in due {
             let Some(slot) = st.wheel.get(t) else {
                 continue;
             };
             let (mut pos, mut done, mut cancels) = (slot.last, 0u32, 0u32);
             while pos != NO_ENTRY && planned.len() < budget {
-                let e = read_entry(store, pos)?;
+                let e = block.get(store, pos)?;
                 if e.slot_ms != t {
                     return Err(corrupted(
                         store,
@@ -504,8 +604,10 @@ impl Shared {
         let dequeue_ms = self.clock.now_ms();
         // Whether each real partition exists, asked once per round, not once per message.
         let mut exists: BTreeMap<(String, u32), Option<&'static str>> = BTreeMap::new();
+        let offsets: Vec<u64> = planned.iter().map(|(_, e)| e.message_offset).collect();
+        let mut records = read_messages(store, &offsets)?;
         for (t, e) in planned.iter().filter(|(_, e)| e.kind == EntryKind::Message) {
-            let Some(r) = read_one(store, MESSAGES_TOPIC, e.message_offset)? else {
+            let Some(r) = records.remove(&e.message_offset) else {
                 // Its record is gone (damage, or a deletion by hand): never wedge the wheel.
                 report.undeliverable += 1;
                 continue;
@@ -574,7 +676,7 @@ impl Shared {
                 st.pending_cancels.contains(&e.id) && !cancelled_now.contains(&e.id);
             let due = self.slot_of(e.deliver_ms) <= *t;
             let Some(r) = (if still_pending || !due {
-                read_one(store, MESSAGES_TOPIC, e.message_offset)?
+                records.remove(&e.message_offset)
             } else {
                 None
             }) else {

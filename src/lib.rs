@@ -33,6 +33,7 @@ mod catalog;
 mod clock;
 pub mod commitlog;
 pub mod consumer;
+pub mod delay;
 pub mod durability;
 mod error;
 mod index;

@@ -98,6 +98,11 @@ pub enum Command {
     /// the id's offset), SubBefore (delivered to a consumer of the group), SubAfter (handled).
     /// A message id is `<topic>-<partition>-<offset>`.
     Trace(TraceArgs),
+    /// Prints delayed messages still pending, counted by due second: `<due time><TAB><count>`
+    ///
+    /// Due times are RFC 3339 (UTC) to the second; a last line `total<TAB><count>`. Messages
+    /// due past the timer wheel's window (about 3 days) are counted at the time they roll.
+    Delayed(DirArgs),
 }
 
 #[derive(Debug, Args)]
@@ -168,6 +173,14 @@ pub struct ProduceArgs {
     /// Record a trace event per message (see `duolog trace`)
     #[arg(long)]
     pub trace: bool,
+    /// Deliver each line this long after it is produced (the delay layer): 500ms, 30s, 5m,
+    /// 2h, 40d. Prints `<partition> <id>@<due ms>` per line instead of an offset; a process
+    /// with the delay layer open (`consume --group --follow`) delivers it when due
+    #[arg(long, value_name = "DUR", value_parser = delay, conflicts_with = "deliver_at")]
+    pub delay: Option<Duration>,
+    /// Deliver each line at this time (ms since the epoch), as --delay
+    #[arg(long, value_name = "MS", value_parser = number::<i64>)]
+    pub deliver_at: Option<i64>,
 }
 
 #[derive(Debug, Args)]
@@ -397,6 +410,19 @@ pub fn duration(v: &str) -> Result<Duration, String> {
     ms.map(Duration::from_millis).ok_or_else(bad)
 }
 
+/// A delay: as [`duration`], and also in days (`40d`).
+pub fn delay(v: &str) -> Result<Duration, String> {
+    let bad = || format!("needs a delay such as 500ms, 30s, 5m, 2h or 40d, not {v:?}");
+    if let Some(days) = v.strip_suffix('d') {
+        let n: u64 = days.parse().map_err(|_| bad())?;
+        return n
+            .checked_mul(86_400)
+            .map(Duration::from_secs)
+            .ok_or_else(bad);
+    }
+    duration(v).map_err(|_| bad())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,6 +441,15 @@ mod tests {
         assert_eq!(duration("1h"), Ok(Duration::from_secs(3600)));
         for bad in ["", "2", "s", "2x", "-1s", "1.5s", "99999999999999999999h"] {
             assert!(duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn delays_take_days_too() {
+        assert_eq!(delay("40d"), Ok(Duration::from_secs(40 * 86_400)));
+        assert_eq!(delay("500ms"), Ok(Duration::from_millis(500)));
+        for bad in ["d", "-1d", "1.5d", "99999999999999999999d", "2x"] {
+            assert!(delay(bad).is_err(), "{bad}");
         }
     }
 }

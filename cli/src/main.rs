@@ -14,6 +14,7 @@ use duolog::consumer::{
     Consumer, ConsumerConfig, ConsumerRecord, GroupCoordinator, OffsetReset, SqlFilter, TagFilter,
 };
 use duolog::consumer::{TRACE_TOPIC, TraceConfig, TraceKind, TracedStore, Tracer};
+use duolog::delay::{DelayOptions, DelayQueue};
 use duolog::{FlushPolicy, LogStore, Message, ReadLimits, StoreOptions, TopicConfig};
 
 use args::{Cli, Command, ConsumeArgs, ProduceArgs, TopicCommand};
@@ -68,12 +69,11 @@ fn produce(args: &ProduceArgs) -> Result<(), CliError> {
         },
         ..StoreOptions::default()
     };
-    let mut store = duolog::open(&args.dir, options)?;
+    let mut store: Arc<dyn LogStore> = Arc::from(duolog::open(&args.dir, options)?);
     if args.trace {
         // Closing the traced store closes the tracer first, writing every queued event.
-        let inner: Arc<dyn LogStore> = Arc::from(store);
-        let tracer = Tracer::new(Arc::clone(&inner), TraceConfig::default())?;
-        store = Box::new(TracedStore::new(inner, Arc::new(tracer)));
+        let tracer = Tracer::new(Arc::clone(&store), TraceConfig::default())?;
+        store = Arc::new(TracedStore::new(store, Arc::new(tracer)));
     }
     let partitions = match store.describe_topic(topic) {
         Ok(c) => c.partitions,
@@ -96,6 +96,18 @@ fn produce(args: &ProduceArgs) -> Result<(), CliError> {
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let mut round_robin = 0u32;
+    // With --delay / --deliver-at the lines go through the delay layer (scheduling only:
+    // delivery is for a process that keeps the store open).
+    let delayed = match (args.delay, args.deliver_at) {
+        (None, None) => None,
+        _ => Some(DelayQueue::open(
+            Arc::clone(&store),
+            DelayOptions {
+                background: false,
+                ..DelayOptions::default()
+            },
+        )?),
+    };
     // Lines are batched per partition while more input is already buffered, so a fast producer
     // shares fsyncs; every printed offset is acknowledged (durable with --sync).
     let mut pending: Vec<(u32, Message)> = Vec::new();
@@ -136,6 +148,22 @@ fn produce(args: &ProduceArgs) -> Result<(), CliError> {
             pending.push((partition, m));
         }
         let flush_now = n == 0 || input.buffer().is_empty() || pending.len() >= 512;
+        if let Some(q) = &delayed {
+            for (p, m) in pending.drain(..) {
+                let at = match (args.delay, args.deliver_at) {
+                    (Some(d), _) => {
+                        now_ms().saturating_add(d.as_millis().min(i64::MAX as u128) as i64)
+                    }
+                    (None, Some(at)) => at,
+                    (None, None) => unreachable!("delayed only with --delay or --deliver-at"),
+                };
+                let handle = q.schedule(topic, p, m, at)?;
+                writeln!(out, "{p} {handle}")?;
+            }
+            if flush_now {
+                out.flush()?;
+            }
+        }
         if flush_now && !pending.is_empty() {
             let mut by_partition: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
             for (i, (p, _)) in pending.iter().enumerate() {
@@ -160,8 +188,81 @@ fn produce(args: &ProduceArgs) -> Result<(), CliError> {
             break;
         }
     }
+    if let Some(q) = delayed {
+        q.close()?;
+    }
     store.close()?;
     Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The delay layer in the background (it delivers due messages while the command runs), if
+/// the store has ever scheduled one.
+fn open_delay(store: &Arc<dyn LogStore>) -> Result<Option<DelayQueue>, CliError> {
+    if store.describe_topic(duolog::delay::MESSAGES_TOPIC).is_err() {
+        return Ok(None);
+    }
+    Ok(Some(DelayQueue::open(
+        Arc::clone(store),
+        DelayOptions::default(),
+    )?))
+}
+
+/// `delayed`: pending delayed messages by due second, and their total.
+fn delayed(dir: &Path) -> Result<(), CliError> {
+    let store: Arc<dyn LogStore> = Arc::from(open_existing(dir, StoreOptions::default())?);
+    let mut total = 0u64;
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    if store.describe_topic(duolog::delay::MESSAGES_TOPIC).is_ok() {
+        let q = DelayQueue::open(
+            Arc::clone(&store),
+            DelayOptions {
+                background: false,
+                ..DelayOptions::default()
+            },
+        )?;
+        let mut by_second: std::collections::BTreeMap<i64, u64> = Default::default();
+        for (ms, n) in q.pending()? {
+            *by_second.entry(ms.div_euclid(1000)).or_default() += n;
+        }
+        q.close()?;
+        for (s, n) in by_second {
+            writeln!(out, "{}\t{n}", rfc3339(s))?;
+            total += n;
+        }
+    }
+    writeln!(out, "total\t{total}")?;
+    out.flush()?;
+    store.close()?;
+    Ok(())
+}
+
+/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian, UTC; Howard
+/// Hinnant's days-to-civil).
+fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn key_and_body(r: &duolog::Record) -> (std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>) {
@@ -271,7 +372,9 @@ fn consume_group(args: &ConsumeArgs) -> Result<(), CliError> {
     };
     let consumer = Consumer::new(&groups, config)?;
     consumer.subscribe(&[topic])?;
+    let delay = open_delay(&store)?;
     let result = consume_loop(args, &consumer, store.as_ref(), &filter, partitions);
+    let delay_closed = delay.map_or(Ok(()), |q| q.close());
     // Auto commit is off: closing commits nothing beyond what the loop committed.
     let closed = consumer.close();
     drop(consumer);
@@ -281,6 +384,7 @@ fn consume_group(args: &ConsumeArgs) -> Result<(), CliError> {
     result?;
     closed?;
     traced?;
+    delay_closed?;
     store.close()?;
     Ok(())
 }
@@ -693,6 +797,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Dump { file } => dump(file),
         Command::Completions { shell } => completions(*shell),
         Command::Trace(a) => trace(a),
+        Command::Delayed(a) => delayed(&a.dir),
     }
 }
 

@@ -1225,3 +1225,122 @@ fn trace_shows_what_produce_and_consume_did() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn produce_with_a_delay_is_consumed_once_after_the_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("s");
+    let d = d.to_str().unwrap();
+    let lines: String = (0..1000).map(|i| format!("line-{i}\n")).collect();
+    let produced = std::time::Instant::now();
+    let out = duolog(
+        &[
+            "produce",
+            "--dir",
+            d,
+            "--topic",
+            "t",
+            "--partitions",
+            "2",
+            "--delay",
+            "3s",
+        ],
+        &lines,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let handles = text(&out.stdout);
+    assert_eq!(handles.lines().count(), 1000);
+    assert!(handles.lines().all(|l| l.contains('@')), "{handles}");
+    let out = duolog(&["delayed", "--dir", d], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).ends_with("total\t1000\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    // Nothing is in the topic yet.
+    let out = duolog(
+        &["consume", "--dir", d, "--topic", "t", "--partition", "0"],
+        "",
+    );
+    assert_eq!(text(&out.stdout), "");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_duolog"))
+        .args([
+            "consume",
+            "--dir",
+            d,
+            "--topic",
+            "t",
+            "--group",
+            "g",
+            "--follow",
+            "--idle-exit",
+            "8s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first_line_at = None;
+    let mut got = Vec::new();
+    let stdout = child.stdout.take().unwrap();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        first_line_at.get_or_insert_with(|| produced.elapsed());
+        got.push(line.unwrap().rsplit('\t').next().unwrap().to_owned());
+    }
+    assert!(child.wait().unwrap().success());
+    let first = first_line_at.expect("delivered");
+    assert!(
+        first >= std::time::Duration::from_millis(2_900),
+        "early: {first:?}"
+    );
+    got.sort();
+    let mut want: Vec<String> = (0..1000).map(|i| format!("line-{i}")).collect();
+    want.sort();
+    assert_eq!(got, want, "each line once");
+    let out = duolog(&["delayed", "--dir", d], "");
+    assert_eq!(text(&out.stdout), "total\t0\n");
+}
+
+#[test]
+fn produce_deliver_at_a_past_time_is_delivered_at_once_and_bad_delays_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("s");
+    let d = d.to_str().unwrap();
+    let out = duolog(
+        &["produce", "--dir", d, "--topic", "t", "--deliver-at", "0"],
+        "past\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "0 0@0\n");
+    let out = duolog(
+        &[
+            "consume",
+            "--dir",
+            d,
+            "--topic",
+            "t",
+            "--group",
+            "g",
+            "--follow",
+            "--idle-exit",
+            "2s",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "0\t0\t\tpast\n");
+    for bad in [
+        &["--delay", "41d"][..],
+        &["--delay", "soon"][..],
+        &["--delay", "1s", "--deliver-at", "5"][..],
+    ] {
+        let mut args = vec!["produce", "--dir", d, "--topic", "t"];
+        args.extend_from_slice(bad);
+        let out = duolog(&args, "x\n");
+        assert!(!out.status.success(), "{bad:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains("error:"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

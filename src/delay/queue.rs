@@ -1,0 +1,1397 @@
+//! [`DelayQueue`]: scheduling, the enqueue step (messages → timer log + wheel), delivery rounds
+//! (due slots → real topics, with an INTENT/DONE pair around each), recovery and the two
+//! background threads.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::codec::{EntryKind, NO_ENTRY, Phase, Progress, TimerEntry};
+use super::wheel::Wheel;
+use super::{
+    Clock, DELAY_ID, DELAY_LEVELS, DELAY_REAL_PARTITION, DELAY_REAL_TOPIC, DELAY_UNDELIVERABLE,
+    DelayHandle, DelayOptions, MESSAGES_TOPIC, PROGRESS_TOPIC, PumpReport, TIMER_DELIVER_MS,
+    TIMER_DEQUEUE_MS, TIMER_ENQUEUE_MS, TIMER_LOG_TOPIC, UNDELIVERABLE_TOPIC,
+};
+use crate::durability::{Wakeup, wait_any};
+use crate::error::{Error, Result};
+use crate::store::{CleanupPolicy, LogStore, Message, ReadLimits, Record, TopicConfig};
+
+/// Property of a cancel record in `__delay_messages`: the id of the message it cancels.
+const DELAY_CANCEL: &str = "DELAY_CANCEL";
+/// Property of a cancel re-appended because its message was not processed yet: how many times.
+const DELAY_CANCEL_ROLLS: &str = "DELAY_CANCEL_ROLLS";
+/// Every property the layer writes; a scheduled message may not carry any of them.
+const LAYER_PROPERTIES: [&str; 9] = [
+    TIMER_DELIVER_MS,
+    TIMER_ENQUEUE_MS,
+    TIMER_DEQUEUE_MS,
+    DELAY_ID,
+    DELAY_UNDELIVERABLE,
+    DELAY_REAL_TOPIC,
+    DELAY_REAL_PARTITION,
+    DELAY_CANCEL,
+    DELAY_CANCEL_ROLLS,
+];
+/// A cancel whose message never shows up (a handle forged or too old to check) stops being
+/// re-appended after this many laps past its due time.
+const MAX_CANCEL_ROLLS: u32 = 16;
+/// Records of `__delay_messages` read per enqueue batch.
+const ENQUEUE_BATCH: usize = 1024;
+/// Messages per append when delivering.
+const DELIVERY_BATCH: usize = 256;
+/// Retention of the internal topics runs after this many rounds.
+const RETENTION_EVERY: u32 = 64;
+/// Key of every progress record (the topic is compacted: the latest is the state).
+const PROGRESS_KEY: &str = "progress";
+
+/// Stores served by a live delay queue in this process, by directory: two queues on one store
+/// would both deliver every message.
+static SERVED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// A message a round writes: (its slot, its id, the message).
+type Outgoing = (i64, u64, Message);
+
+/// Delivery state, changed only under [`Shared::state`].
+struct State {
+    wheel: Wheel,
+    /// Next offset of `__delay_messages` to place.
+    cursor: u64,
+    /// The last slot processed completely.
+    read_time: i64,
+    /// A slot processed in part: (due time, newest entry left).
+    partial: Option<(i64, u64)>,
+    /// Ids of messages with a pending cancel (one u64 per pending cancel, not per message).
+    pending_cancels: HashSet<u64>,
+    /// The INTENT of a round whose DONE is not written: the next round redoes it.
+    intent: Option<Progress>,
+    rounds_since_retention: u32,
+}
+
+struct Shared {
+    store: Arc<dyn LogStore>,
+    clock: Arc<dyn Clock>,
+    precision: i64,
+    slots: u32,
+    max_delay_ms: Option<i64>,
+    max_round: usize,
+    dir: PathBuf,
+    state: Mutex<State>,
+    closed: AtomicBool,
+    /// Wakes the timer thread (clock change, new entries, close).
+    timer_wakeup: Wakeup,
+    /// Ends the enqueue thread's long poll (close).
+    enqueue_wakeup: Wakeup,
+    /// The first error of a background thread, returned by the next call.
+    error: Mutex<Option<Error>>,
+}
+
+/// Delayed and scheduled messages over a store: see the [module docs](super).
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use duolog::delay::{DelayOptions, DelayQueue, ManualClock, TIMER_DELIVER_MS};
+/// use duolog::{LogStore, Message, ReadLimits, StoreOptions, TopicConfig};
+/// # fn main() -> duolog::Result<()> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+/// store.create_topic("orders", TopicConfig::default())?;
+/// let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+/// let options = DelayOptions { clock: clock.clone(), background: false, ..DelayOptions::default() };
+/// let delay = DelayQueue::open(Arc::clone(&store), options)?;
+/// let handle = delay.schedule_after("orders", 0, Message::new("pay now"), Duration::from_secs(30))?;
+/// delay.pump()?;
+/// assert!(store.read("orders", 0, 0, ReadLimits::default())?.is_empty(), "not yet due");
+/// clock.advance(Duration::from_secs(30));
+/// assert_eq!(delay.pump()?.delivered, 1);
+/// let r = store.read("orders", 0, 0, ReadLimits::default())?;
+/// assert_eq!(r[0].body(), b"pay now");
+/// assert_eq!(r[0].properties().get(TIMER_DELIVER_MS), Some(handle.deliver_at_ms.to_string().as_str()));
+/// delay.close()?;
+/// # Ok(()) }
+/// ```
+pub struct DelayQueue {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for DelayQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DelayQueue")
+            .field("dir", &self.shared.dir)
+            .finish()
+    }
+}
+
+fn internal_config(cleanup_policy: CleanupPolicy) -> TopicConfig {
+    TopicConfig {
+        cleanup_policy,
+        // Never by time or size: the layer deletes what it no longer needs.
+        retention: Some(Duration::MAX),
+        retention_bytes: Some(u64::MAX),
+        min_compaction_lag: cleanup_policy.compacts().then_some(Duration::ZERO),
+        ..TopicConfig::with_partitions(1)
+    }
+}
+
+fn ensure_topic(store: &dyn LogStore, name: &str, policy: CleanupPolicy) -> Result<()> {
+    match store.create_topic(name, internal_config(policy)) {
+        Ok(()) | Err(Error::TopicExists(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn corrupted(store: &dyn LogStore, topic: &str, offset: u64, reason: &str) -> Error {
+    Error::corrupted(
+        store.dir().join(format!("{topic}-0")),
+        offset,
+        format!("{topic} record at offset {offset}: {reason}"),
+    )
+}
+
+/// One record at `offset`, or `None` if retention took it (below the log start).
+fn read_one(store: &dyn LogStore, topic: &str, offset: u64) -> Result<Option<Record>> {
+    match store.read(topic, 0, offset, ReadLimits::messages(1)) {
+        Ok(mut r) if !r.is_empty() => Ok(Some(r.swap_remove(0))),
+        Ok(_) => Ok(None),
+        Err(Error::OffsetOutOfRange { start, .. }) if offset < start => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn read_entry(store: &dyn LogStore, offset: u64) -> Result<TimerEntry> {
+    let r = read_one(store, TIMER_LOG_TOPIC, offset)?.ok_or_else(|| {
+        corrupted(
+            store,
+            TIMER_LOG_TOPIC,
+            offset,
+            "a pending entry is below the log start",
+        )
+    })?;
+    TimerEntry::decode(r.body()).map_err(|e| corrupted(store, TIMER_LOG_TOPIC, offset, e))
+}
+
+/// Timer-log entries read a block at a time while walking a chain backwards: a slot's entries
+/// are often close together (messages scheduled together for the same time), so one read
+/// serves many steps of the walk.
+struct EntryBlock {
+    first: u64,
+    entries: Vec<TimerEntry>,
+}
+
+/// Entries read per block.
+const ENTRY_BLOCK: u64 = 256;
+
+impl EntryBlock {
+    fn new() -> EntryBlock {
+        EntryBlock {
+            first: 0,
+            entries: Vec::new(),
+        }
+    }
+
+    fn get(&mut self, store: &dyn LogStore, pos: u64) -> Result<TimerEntry> {
+        if let Some(e) = pos
+            .checked_sub(self.first)
+            .and_then(|i| self.entries.get(i as usize))
+        {
+            return Ok(*e);
+        }
+        let start = store.bounds(TIMER_LOG_TOPIC, 0)?.start;
+        let from = pos.saturating_sub(ENTRY_BLOCK - 1).max(start);
+        if from > pos {
+            return read_entry(store, pos);
+        }
+        let records = store.read(
+            TIMER_LOG_TOPIC,
+            0,
+            from,
+            ReadLimits::messages((pos - from + 1) as usize),
+        )?;
+        // Offsets of the timer log are dense (never compacted); anything else is damage.
+        if records.len() as u64 != pos - from + 1
+            || records.first().map(Record::offset) != Some(from)
+        {
+            return read_entry(store, pos);
+        }
+        self.entries.clear();
+        self.first = from;
+        for r in &records {
+            let e = TimerEntry::decode(r.body())
+                .map_err(|e| corrupted(store, TIMER_LOG_TOPIC, r.offset(), e))?;
+            self.entries.push(e);
+        }
+        Ok(self.entries[(pos - from) as usize])
+    }
+}
+
+/// The records of `__delay_messages` at `offsets`, read in runs of consecutive offsets (a
+/// round's messages were mostly scheduled together). Missing ones (below the log start) are
+/// absent from the map.
+fn read_messages(
+    store: &dyn LogStore,
+    offsets: &[u64],
+) -> Result<std::collections::HashMap<u64, Record>> {
+    let mut sorted = offsets.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = std::collections::HashMap::with_capacity(sorted.len());
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i + 1;
+        while j < sorted.len() && sorted[j] == sorted[j - 1] + 1 && j - i < 1024 {
+            j += 1;
+        }
+        let (mut at, to) = (sorted[i], sorted[j - 1]);
+        // A read may stop short (its byte limit): go on until the run is covered.
+        while at <= to {
+            let want = (to - at + 1) as usize;
+            let records = match store.read(MESSAGES_TOPIC, 0, at, ReadLimits::messages(want)) {
+                Ok(r) => r,
+                Err(Error::OffsetOutOfRange { start, .. }) if at < start => {
+                    // Retention took the head of the run: read on from the log start.
+                    at = start;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let Some(last) = records.last().map(Record::offset) else {
+                break;
+            };
+            for r in records {
+                if r.offset() <= to {
+                    out.insert(r.offset(), r);
+                }
+            }
+            at = last + 1;
+        }
+        i = j;
+    }
+    Ok(out)
+}
+
+fn prop_i64(r: &Record, name: &str) -> Option<i64> {
+    r.properties().get(name)?.parse().ok()
+}
+
+/// The user's message back from its stored copy: the layer's properties removed.
+fn user_message(r: &Record) -> Message {
+    let mut m = r.to_message();
+    m.properties
+        .retain(|(k, _)| !LAYER_PROPERTIES.contains(&k.as_str()));
+    m
+}
+
+impl Shared {
+    /// The first slot boundary at or after `ms` (saturating).
+    fn slot_of(&self, ms: i64) -> i64 {
+        let p = self.precision;
+        let q = ms.div_euclid(p) + i64::from(ms.rem_euclid(p) != 0);
+        q.saturating_mul(p)
+    }
+
+    /// The first slot open to new entries: after the last slot processed (or in part).
+    fn floor(&self, st: &State) -> i64 {
+        match st.partial {
+            Some((t, _)) => t.saturating_add(self.precision),
+            None => st.read_time.saturating_add(self.precision),
+        }
+    }
+
+    /// The slots a new entry may take, `(earliest, latest)`: every pending slot must stay
+    /// within one lap of the wheel (`slots - 1` precisions), or two due times would share a
+    /// slot. Measured from the pending slots themselves, not only from the floor: after a
+    /// reopen the floor can be lower than when the pending entries were placed (the read time
+    /// an idle timer moved on is not persisted), and placing from it alone could reach a lap
+    /// past them.
+    fn placement_range(&self, st: &State) -> (i64, i64) {
+        let floor = self.floor(st);
+        let lap = (i64::from(self.slots) - 1).saturating_mul(self.precision);
+        let (lo, hi) = match st.wheel.span() {
+            Some((lo, hi)) => (lo.min(floor), hi.max(floor)),
+            None => (floor, floor),
+        };
+        (hi.saturating_sub(lap).max(floor), lo.saturating_add(lap))
+    }
+
+    fn take_error(&self) -> Result<()> {
+        if let Some(e) = self.error.lock().take() {
+            return Err(e);
+        }
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    // ---- enqueue -------------------------------------------------------------------------
+
+    /// Places every record of `__delay_messages` past the cursor on the wheel: a timer-log
+    /// entry each, appended only once the records are durable. Returns how many.
+    fn enqueue(&self, st: &mut State) -> Result<u64> {
+        self.finish_intent(st)?;
+        let store = &*self.store;
+        let mut placed = 0;
+        loop {
+            let bounds = store.bounds(MESSAGES_TOPIC, 0)?;
+            if st.cursor >= bounds.end {
+                return Ok(placed);
+            }
+            let from = st.cursor.max(bounds.start);
+            let records =
+                store.read(MESSAGES_TOPIC, 0, from, ReadLimits::messages(ENQUEUE_BATCH))?;
+            let Some(last) = records.last() else {
+                return Ok(placed);
+            };
+            let last_offset = last.offset();
+            // No entry may outlive its message: on the segmented engine partitions are
+            // independent, so a crash could keep the entry and lose the record. Nor the DONE
+            // of the last round: a rebuild from its INTENT must not meet entries placed after
+            // it (they could reach a lap of the wheel past the INTENT's read time).
+            let progress = store.bounds(PROGRESS_TOPIC, 0)?;
+            if store.bounds(MESSAGES_TOPIC, 0)?.durable_end <= last_offset
+                || progress.durable_end < progress.end
+            {
+                store.sync()?;
+            }
+            let first_entry = store.bounds(TIMER_LOG_TOPIC, 0)?.end;
+            let mut lasts: BTreeMap<i64, u64> = BTreeMap::new();
+            let mut cancels_now: HashSet<u64> = HashSet::new();
+            let mut entries = Vec::with_capacity(records.len());
+            // One range for the batch: entries placed within it are within a lap of each
+            // other too.
+            let range = self.placement_range(st);
+            for (at, r) in (first_entry..).zip(&records) {
+                let e = self.entry_for(st, r, &cancels_now, at, &mut lasts, range);
+                if e.kind == EntryKind::Cancel {
+                    cancels_now.insert(e.id);
+                }
+                entries.push(e);
+            }
+            let batch: Vec<Message> = entries
+                .iter()
+                .map(|e| Message::new(e.encode().to_vec()))
+                .collect();
+            let appended = store.append(TIMER_LOG_TOPIC, 0, &batch)?;
+            if appended.base_offset != first_entry {
+                return Err(corrupted(
+                    store,
+                    TIMER_LOG_TOPIC,
+                    appended.base_offset,
+                    "entries landed at an unexpected offset (another writer?)",
+                ));
+            }
+            for (i, e) in entries.iter().enumerate() {
+                let at = first_entry + i as u64;
+                if e.kind == EntryKind::Void {
+                    continue;
+                }
+                let cancel = e.kind == EntryKind::Cancel;
+                if !st.wheel.add(e.slot_ms, at, cancel) {
+                    // placement_range rules this out; never overwrite pending entries.
+                    return Err(corrupted(
+                        store,
+                        TIMER_LOG_TOPIC,
+                        at,
+                        "entry placed a lap away from a pending slot",
+                    ));
+                }
+                if cancel {
+                    st.pending_cancels.insert(e.id);
+                }
+            }
+            placed += entries.len() as u64;
+            st.cursor = last_offset + 1;
+        }
+    }
+
+    /// The timer-log entry for one record of `__delay_messages`, to be written at `at`.
+    fn entry_for(
+        &self,
+        st: &State,
+        r: &Record,
+        cancels_now: &HashSet<u64>,
+        at: u64,
+        lasts: &mut BTreeMap<i64, u64>,
+        range: (i64, i64),
+    ) -> TimerEntry {
+        let void = TimerEntry {
+            kind: EntryKind::Void,
+            slot_ms: 0,
+            message_offset: r.offset(),
+            prev: NO_ENTRY,
+            deliver_ms: 0,
+            id: r.offset(),
+        };
+        let Some(deliver_ms) = prop_i64(r, TIMER_DELIVER_MS) else {
+            return void;
+        };
+        let (kind, id) = if let Some(target) = prop_i64(r, DELAY_CANCEL) {
+            let target = target as u64;
+            let rolled = r.properties().get(DELAY_CANCEL_ROLLS).is_some();
+            // A first cancel is placed only if its message cannot have been processed yet
+            // (its due slot is still ahead) and it is not cancelled already; `cancel` made the
+            // same check under the same state.
+            let taken = st.pending_cancels.contains(&target) || cancels_now.contains(&target);
+            if !rolled && (taken || self.slot_of(deliver_ms) < self.floor(st)) {
+                return void;
+            }
+            (EntryKind::Cancel, target)
+        } else if r.properties().get(DELAY_REAL_TOPIC).is_some() {
+            let id = prop_i64(r, DELAY_ID).map_or(r.offset(), |i| i as u64);
+            (EntryKind::Message, id)
+        } else {
+            return void;
+        };
+        // Never before its due slot nor the floor; past the lap, parked at its end (a roll).
+        let (earliest, latest) = range;
+        let slot_ms = self.slot_of(deliver_ms).max(earliest).min(latest);
+        let prev = lasts
+            .get(&slot_ms)
+            .copied()
+            .unwrap_or_else(|| st.wheel.last(slot_ms));
+        lasts.insert(slot_ms, at);
+        TimerEntry {
+            kind,
+            slot_ms,
+            message_offset: r.offset(),
+            prev,
+            deliver_ms,
+            id,
+        }
+    }
+
+    // ---- delivery rounds ------------------------------------------------------------------
+
+    /// Places and delivers until nothing is due at `now`.
+    fn work(&self, st: &mut State, now: i64) -> Result<PumpReport> {
+        let mut report = PumpReport::default();
+        loop {
+            report.enqueued += self.enqueue(st)?;
+            match self.round(st, now, None)? {
+                Some(r) => report.add(&r),
+                None => return Ok(report),
+            }
+        }
+    }
+
+    /// Redoes the round of an INTENT whose DONE is missing (a crash, or an error after the
+    /// INTENT), skipping what it already wrote.
+    fn finish_intent(&self, st: &mut State) -> Result<()> {
+        let Some(intent) = st.intent.clone() else {
+            return Ok(());
+        };
+        self.round(st, intent.up_to, Some(intent))?;
+        Ok(())
+    }
+
+    /// The DELAY_IDs (and rolled cancels) written to the INTENT's targets after their
+    /// recorded ends.
+    fn written_since(&self, intent: &Progress) -> Result<HashSet<(bool, u64)>> {
+        let mut found = HashSet::new();
+        for (topic, partition, end) in &intent.targets {
+            let bounds = match self.store.bounds(topic, *partition) {
+                Ok(b) => b,
+                Err(Error::UnknownTopic(_) | Error::UnknownPartition { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let mut at = (*end).max(bounds.start);
+            while at < bounds.end {
+                let records = self
+                    .store
+                    .read(topic, *partition, at, ReadLimits::messages(1024))?;
+                let Some(last) = records.last() else { break };
+                at = last.offset() + 1;
+                for r in &records {
+                    if let Some(id) = prop_i64(r, DELAY_ID) {
+                        found.insert((false, id as u64));
+                    } else if r.properties().get(DELAY_CANCEL_ROLLS).is_some()
+                        && let Some(id) = prop_i64(r, DELAY_CANCEL)
+                    {
+                        found.insert((true, id as u64));
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// One delivery round over the slots due at `now`, at most `max_round` entries (or exactly
+    /// the round of `redo`). Returns `None` when nothing is due.
+    fn round(
+        &self,
+        st: &mut State,
+        now: i64,
+        redo: Option<Progress>,
+    ) -> Result<Option<PumpReport>> {
+        let store = &*self.store;
+        let budget = redo.as_ref().map_or(self.max_round, |p| p.count as usize);
+        // Plan: the due slots in order, each walked from its newest entry back.
+        let mut planned: Vec<(i64, TimerEntry)> = Vec::new();
+        let mut slots_done: Vec<(i64, u64, u32, u32)> = Vec::new();
+        let due: Vec<i64> = st
+            .wheel
+            .due_from(i64::MIN)
+            .take_while(|t| *t <= now)
+            .take(budget)
+            .collect();
+        let mut block = EntryBlock::new();
+        for t in due {
+            let Some(slot) = st.wheel.get(t) else {
+                continue;
+            };
+            let (mut pos, mut done, mut cancels) = (slot.last, 0u32, 0u32);
+            while pos != NO_ENTRY && planned.len() < budget {
+                let e = block.get(store, pos)?;
+                if e.slot_ms != t {
+                    return Err(corrupted(
+                        store,
+                        TIMER_LOG_TOPIC,
+                        pos,
+                        "an entry chained into the wrong slot",
+                    ));
+                }
+                cancels += u32::from(e.kind == EntryKind::Cancel);
+                done += 1;
+                pos = e.prev;
+                planned.push((t, e));
+            }
+            slots_done.push((t, pos, done, cancels));
+            if pos != NO_ENTRY {
+                break;
+            }
+            // A roll that is due by now ends the round here: placed again once this slot is
+            // done, it lands in its own due slot, which the next round takes in order. Going
+            // on past that slot first would make the roll a slot (or more) late.
+            let rolls_due = planned.iter().rev().take(done as usize).any(|(_, e)| {
+                let due = self.slot_of(e.deliver_ms);
+                due > t && due <= now
+            });
+            if rolls_due {
+                break;
+            }
+        }
+        if planned.is_empty() {
+            if redo.is_some() {
+                st.intent = None;
+            } else if st.partial.is_none() && st.wheel.next_due().is_none_or(|t| t > now) {
+                // Nothing is due up to now: every slot before the current one is processed
+                // (empty), so new entries may start at the current one (a message already
+                // due then goes out at the next round, not a slot later). Not persisted: an
+                // older read time is safe.
+                let now_slot = now
+                    .div_euclid(self.precision)
+                    .saturating_mul(self.precision);
+                st.read_time = st.read_time.max(now_slot.saturating_sub(self.precision));
+            }
+            return Ok(None);
+        }
+        let up_to = planned.last().map_or(now, |(t, _)| *t);
+
+        // Decide each entry. Cancels apply before deliveries: a message whose id has a
+        // pending cancel anywhere on the wheel is dropped.
+        let mut report = PumpReport::default();
+        let mut cancelled_now: HashSet<u64> = HashSet::new();
+        let mut out: BTreeMap<(String, u32), Vec<Outgoing>> = BTreeMap::new();
+        let mut undeliverable: Vec<Outgoing> = Vec::new();
+        let mut dropped_cancels: Vec<u64> = Vec::new();
+        let dequeue_ms = self.clock.now_ms();
+        // Whether each real partition exists, asked once per round, not once per message.
+        let mut exists: BTreeMap<(String, u32), Option<&'static str>> = BTreeMap::new();
+        let offsets: Vec<u64> = planned.iter().map(|(_, e)| e.message_offset).collect();
+        let mut records = read_messages(store, &offsets)?;
+        for (t, e) in planned.iter().filter(|(_, e)| e.kind == EntryKind::Message) {
+            let Some(r) = records.remove(&e.message_offset) else {
+                // Its record is gone (damage, or a deletion by hand): never wedge the wheel.
+                report.undeliverable += 1;
+                continue;
+            };
+            if self.slot_of(e.deliver_ms) > *t {
+                let mut m = r.to_message();
+                m.properties.retain(|(k, _)| k != DELAY_ID);
+                m.properties.push((DELAY_ID.into(), e.id.to_string()));
+                out.entry((MESSAGES_TOPIC.into(), 0))
+                    .or_default()
+                    .push((*t, e.id, m));
+                report.rolled += 1;
+                continue;
+            }
+            if st.pending_cancels.contains(&e.id) {
+                cancelled_now.insert(e.id);
+                report.cancelled += 1;
+                continue;
+            }
+            let topic = r
+                .properties()
+                .get(DELAY_REAL_TOPIC)
+                .unwrap_or("")
+                .to_owned();
+            let partition = prop_i64(&r, DELAY_REAL_PARTITION).unwrap_or(-1);
+            let mut m = user_message(&r);
+            m.properties.extend([
+                (TIMER_DELIVER_MS.into(), e.deliver_ms.to_string()),
+                (
+                    TIMER_ENQUEUE_MS.into(),
+                    prop_i64(&r, TIMER_ENQUEUE_MS)
+                        .unwrap_or(r.timestamp())
+                        .to_string(),
+                ),
+                (TIMER_DEQUEUE_MS.into(), dequeue_ms.to_string()),
+                (DELAY_ID.into(), e.id.to_string()),
+            ]);
+            let Ok(p) = u32::try_from(partition) else {
+                let reason = "the message names no partition";
+                undeliverable.push((*t, e.id, undeliverable_copy(m, &topic, partition, reason)));
+                continue;
+            };
+            let key = (topic, p);
+            let missing = match exists.get(&key) {
+                Some(known) => *known,
+                None => {
+                    let found = match store.bounds(&key.0, p) {
+                        Ok(_) => None,
+                        Err(Error::UnknownTopic(_)) => Some("topic deleted"),
+                        Err(Error::UnknownPartition { .. }) => Some("partition gone"),
+                        Err(e) => return Err(e),
+                    };
+                    exists.insert(key.clone(), found);
+                    found
+                }
+            };
+            match missing {
+                None => out.entry(key).or_default().push((*t, e.id, m)),
+                Some(reason) => {
+                    undeliverable.push((*t, e.id, undeliverable_copy(m, &key.0, partition, reason)))
+                }
+            }
+        }
+        for (t, e) in planned.iter().filter(|(_, e)| e.kind == EntryKind::Cancel) {
+            let still_pending =
+                st.pending_cancels.contains(&e.id) && !cancelled_now.contains(&e.id);
+            let due = self.slot_of(e.deliver_ms) <= *t;
+            let Some(r) = (if still_pending || !due {
+                records.remove(&e.message_offset)
+            } else {
+                None
+            }) else {
+                dropped_cancels.push(e.id);
+                continue;
+            };
+            let laps = prop_i64(&r, DELAY_CANCEL_ROLLS).unwrap_or(0) + i64::from(due);
+            if due && laps > i64::from(MAX_CANCEL_ROLLS) {
+                dropped_cancels.push(e.id);
+                continue;
+            }
+            // Not due yet, or its message is still on the wheel (in a later slot or the
+            // rest of a partial one): it goes round again so it meets its message.
+            let mut m = r.to_message();
+            m.properties.retain(|(k, _)| k != DELAY_CANCEL_ROLLS);
+            m.properties
+                .push((DELAY_CANCEL_ROLLS.into(), laps.to_string()));
+            out.entry((MESSAGES_TOPIC.into(), 0))
+                .or_default()
+                .push((*t, e.id, m));
+        }
+
+        // (1) INTENT: every partition the round may write to, with its end before the round.
+        let mut targets: Vec<(String, u32, u64)> = Vec::new();
+        let mut keys: Vec<(String, u32)> = out.keys().cloned().collect();
+        keys.push((MESSAGES_TOPIC.into(), 0));
+        keys.push((UNDELIVERABLE_TOPIC.into(), 0));
+        keys.sort();
+        keys.dedup();
+        for (topic, p) in keys {
+            let earlier = redo.as_ref().and_then(|i| {
+                i.targets
+                    .iter()
+                    .find(|(tp, pp, _)| *tp == topic && *pp == p)
+                    .map(|x| x.2)
+            });
+            let end = match earlier {
+                Some(end) => end,
+                None => match store.bounds(&topic, p) {
+                    Ok(b) => b.end,
+                    Err(Error::UnknownTopic(_) | Error::UnknownPartition { .. }) => continue,
+                    Err(e) => return Err(e),
+                },
+            };
+            targets.push((topic, p, end));
+        }
+        if let Some(old) = &redo {
+            // Targets of the first attempt that this plan does not write to any more keep
+            // their ends, so a second crash still finds what the first attempt wrote.
+            for t in &old.targets {
+                if !targets.iter().any(|x| x.0 == t.0 && x.1 == t.1) {
+                    targets.push(t.clone());
+                }
+            }
+        }
+        let intent = Progress {
+            phase: Phase::Intent,
+            read_time: st.read_time,
+            scan_start: 0,
+            partial_slot: st.partial.map_or(i64::MIN, |p| p.0),
+            partial_next: st.partial.map_or(NO_ENTRY, |p| p.1),
+            up_to,
+            count: planned.len() as u32,
+            targets,
+        };
+        let skip = match &redo {
+            Some(old) => self.written_since(old)?,
+            None => HashSet::new(),
+        };
+        let mut intent = intent;
+        intent.scan_start = self.scan_start(st)?;
+        self.append_progress(&intent)?;
+        store.sync()?;
+        st.intent = Some(intent);
+
+        // (2) The writes, grouped per partition, oldest first; what the first attempt of a
+        // redone round wrote is skipped.
+        for ((topic, p), mut msgs) in out {
+            msgs.sort_by_key(|(t, id, _)| (*t, *id));
+            let is_rolls = topic == MESSAGES_TOPIC;
+            let msgs: Vec<Outgoing> = msgs
+                .into_iter()
+                .filter(|(_, id, m)| {
+                    let cancel = m.properties.iter().any(|(k, _)| k == DELAY_CANCEL_ROLLS);
+                    !skip.contains(&(cancel, *id))
+                })
+                .collect();
+            for chunk in msgs.chunks(DELIVERY_BATCH) {
+                let batch: Vec<Message> = chunk.iter().map(|x| x.2.clone()).collect();
+                match store.append(&topic, p, &batch) {
+                    Ok(_) => {}
+                    Err(
+                        Error::UnknownTopic(_)
+                        | Error::UnknownPartition { .. }
+                        | Error::MessageTooLarge { .. }
+                        | Error::InvalidArgument(_),
+                    ) if !is_rolls => {
+                        // The topic changed under the round: one at a time, and what it
+                        // refuses goes to the undeliverable topic.
+                        for (t, id, m) in chunk {
+                            if let Err(e) = store.append(&topic, p, std::slice::from_ref(m)) {
+                                match e {
+                                    Error::Io { .. }
+                                    | Error::StorageFull { .. }
+                                    | Error::Poisoned { .. }
+                                    | Error::Closed
+                                    | Error::Corrupted { .. } => return Err(e),
+                                    other => undeliverable.push((
+                                        *t,
+                                        *id,
+                                        undeliverable_copy(
+                                            m.clone(),
+                                            &topic,
+                                            i64::from(p),
+                                            &other.to_string(),
+                                        ),
+                                    )),
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if !is_rolls {
+                report.delivered += msgs.len() as u64;
+            }
+        }
+        let dead: Vec<Message> = undeliverable
+            .into_iter()
+            .filter(|(_, id, _)| !skip.contains(&(false, *id)))
+            .map(|x| x.2)
+            .collect();
+        // Counted whether or not a first attempt already wrote them.
+        for chunk in dead.chunks(DELIVERY_BATCH) {
+            store.append(UNDELIVERABLE_TOPIC, 0, chunk)?;
+        }
+        report.undeliverable += dead.len() as u64;
+
+        // (3) Durable, then DONE.
+        store.sync()?;
+        let mut read_time = st.read_time;
+        let mut partial = None;
+        for (t, next, done, cancels) in &slots_done {
+            st.wheel.consume(*t, *next, *done, *cancels);
+            if *next == NO_ENTRY {
+                read_time = read_time.max(*t);
+            } else {
+                partial = Some((*t, *next));
+            }
+        }
+        st.read_time = read_time;
+        st.partial = partial;
+        for id in cancelled_now.iter().chain(&dropped_cancels) {
+            st.pending_cancels.remove(id);
+        }
+        let done = Progress {
+            phase: Phase::Done,
+            read_time: st.read_time,
+            scan_start: self.scan_start(st)?,
+            partial_slot: st.partial.map_or(i64::MIN, |p| p.0),
+            partial_next: st.partial.map_or(NO_ENTRY, |p| p.1),
+            up_to,
+            count: 0,
+            targets: Vec::new(),
+        };
+        st.intent = None;
+        // Not synced: if it is lost, the INTENT before it is redone and skips everything.
+        self.append_progress(&done)?;
+        st.rounds_since_retention += 1;
+        if st.rounds_since_retention >= RETENTION_EVERY {
+            st.rounds_since_retention = 0;
+            self.retain(done.scan_start)?;
+        }
+        Ok(Some(report))
+    }
+
+    /// Timer-log offset of the oldest pending entry (the end when none is).
+    fn scan_start(&self, st: &State) -> Result<u64> {
+        match st.wheel.oldest_entry() {
+            Some(e) => Ok(e),
+            None => Ok(self.store.bounds(TIMER_LOG_TOPIC, 0)?.end),
+        }
+    }
+
+    fn append_progress(&self, p: &Progress) -> Result<()> {
+        let m = Message::new(p.encode()).with_key(PROGRESS_KEY);
+        self.store.append(PROGRESS_TOPIC, 0, &[m])?;
+        Ok(())
+    }
+
+    /// Deletes the timer-log entries before `scan_start` (keeping the last entry, which holds
+    /// the enqueue cursor) and the records of `__delay_messages` before the oldest pending
+    /// entry's. Only after a sync, so the DONE that made them unneeded is durable.
+    fn retain(&self, scan_start: u64) -> Result<()> {
+        let store = &*self.store;
+        let tl = store.bounds(TIMER_LOG_TOPIC, 0)?;
+        if tl.end == 0 {
+            return Ok(());
+        }
+        let keep = scan_start.min(tl.end - 1);
+        if keep <= tl.start {
+            return Ok(());
+        }
+        store.sync()?;
+        let first_kept = read_entry(store, keep)?;
+        store.delete_before(TIMER_LOG_TOPIC, 0, keep)?;
+        let messages_start = if scan_start >= tl.end {
+            // Nothing pending: every placed record is done with.
+            first_kept.message_offset + 1
+        } else {
+            first_kept.message_offset
+        };
+        let mb = store.bounds(MESSAGES_TOPIC, 0)?;
+        if messages_start > mb.start && messages_start <= mb.end {
+            store.delete_before(MESSAGES_TOPIC, 0, messages_start)?;
+        }
+        Ok(())
+    }
+}
+
+fn undeliverable_copy(mut m: Message, topic: &str, partition: i64, reason: &str) -> Message {
+    m.properties.extend([
+        (DELAY_REAL_TOPIC.into(), topic.to_owned()),
+        (DELAY_REAL_PARTITION.into(), partition.to_string()),
+        (DELAY_UNDELIVERABLE.into(), reason.to_owned()),
+    ]);
+    m
+}
+
+/// The latest progress record, if any.
+fn latest_progress(store: &dyn LogStore) -> Result<Option<Progress>> {
+    let b = store.bounds(PROGRESS_TOPIC, 0)?;
+    if b.end == 0 || b.end <= b.start {
+        return Ok(None);
+    }
+    let Some(r) = read_one(store, PROGRESS_TOPIC, b.end - 1)? else {
+        return Ok(None);
+    };
+    Progress::decode(r.body())
+        .map(Some)
+        .map_err(|e| corrupted(store, PROGRESS_TOPIC, b.end - 1, e))
+}
+
+impl DelayQueue {
+    /// Opens the layer over `store`: creates its internal topics if missing, rebuilds the
+    /// wheel from the timer log, redoes a round a crash interrupted, and (with
+    /// [`DelayOptions::background`]) starts its threads. One per store in a process: a second
+    /// open while the first is alive is [`Error::InvalidArgument`].
+    pub fn open(store: Arc<dyn LogStore>, options: DelayOptions) -> Result<DelayQueue> {
+        options.validate()?;
+        let dir = store.dir().to_path_buf();
+        {
+            let mut served = SERVED.lock();
+            if served.contains(&dir) {
+                return Err(Error::InvalidArgument(format!(
+                    "a DelayQueue is already open on the store at {}: share that one",
+                    dir.display()
+                )));
+            }
+            served.push(dir.clone());
+        }
+        let release = |e: Error| {
+            SERVED.lock().retain(|d| *d != dir);
+            e
+        };
+        let shared = Self::load(Arc::clone(&store), &options, dir.clone()).map_err(release)?;
+        let shared = Arc::new(shared);
+        options.clock.notify_changes(shared.timer_wakeup.clone());
+        let queue = DelayQueue {
+            shared,
+            threads: Mutex::new(Vec::new()),
+        };
+        {
+            let mut st = queue.shared.state.lock();
+            // A round in doubt is redone before anything else moves.
+            if let Err(e) = queue.shared.finish_intent(&mut st) {
+                drop(st);
+                let _ = queue.close();
+                return Err(e);
+            }
+        }
+        if options.background
+            && let Err(e) = queue.start_threads()
+        {
+            let _ = queue.close();
+            return Err(e);
+        }
+        Ok(queue)
+    }
+
+    fn load(store: Arc<dyn LogStore>, options: &DelayOptions, dir: PathBuf) -> Result<Shared> {
+        for (name, policy) in [
+            (MESSAGES_TOPIC, CleanupPolicy::Delete),
+            (TIMER_LOG_TOPIC, CleanupPolicy::Delete),
+            (PROGRESS_TOPIC, CleanupPolicy::Compact),
+            (UNDELIVERABLE_TOPIC, CleanupPolicy::Delete),
+        ] {
+            ensure_topic(&*store, name, policy)?;
+        }
+        let precision = crate::clock::duration_ms(options.precision);
+        let progress = latest_progress(&*store)?;
+        let now = options.clock.now_ms();
+        let (read_time, scan_start, partial, intent) = match progress {
+            Some(p) => {
+                let partial = (p.partial_slot != i64::MIN && p.partial_next != NO_ENTRY)
+                    .then_some((p.partial_slot, p.partial_next));
+                let intent = (p.phase == Phase::Intent).then(|| p.clone());
+                (p.read_time, p.scan_start, partial, intent)
+            }
+            None => {
+                // A first open: nothing before the current slot is pending. Persisted at
+                // once, or a reopen later would take its own "now" and skip what is due.
+                let read_time = now.div_euclid(precision).saturating_mul(precision) - precision;
+                let first = Progress {
+                    phase: Phase::Done,
+                    read_time,
+                    scan_start: 0,
+                    partial_slot: i64::MIN,
+                    partial_next: NO_ENTRY,
+                    up_to: read_time,
+                    count: 0,
+                    targets: Vec::new(),
+                };
+                store.append(
+                    PROGRESS_TOPIC,
+                    0,
+                    &[Message::new(first.encode()).with_key(PROGRESS_KEY)],
+                )?;
+                store.sync()?;
+                (read_time, 0, None, None)
+            }
+        };
+        let mut st = State {
+            wheel: Wheel::new(precision, options.wheel_slots),
+            cursor: store.bounds(MESSAGES_TOPIC, 0)?.start,
+            read_time,
+            partial,
+            pending_cancels: HashSet::new(),
+            intent,
+            rounds_since_retention: 0,
+        };
+        // Rebuild the wheel: every entry from the scan start on whose slot is not processed.
+        let tl = store.bounds(TIMER_LOG_TOPIC, 0)?;
+        if tl.end > tl.start {
+            let last = read_entry(&*store, tl.end - 1)?;
+            st.cursor = st.cursor.max(last.message_offset + 1);
+        }
+        let mut at = scan_start.max(tl.start);
+        while at < tl.end {
+            let records = store.read(TIMER_LOG_TOPIC, 0, at, ReadLimits::messages(4096))?;
+            let Some(last) = records.last() else { break };
+            let next = last.offset() + 1;
+            for r in records {
+                let e = TimerEntry::decode(r.body())
+                    .map_err(|e| corrupted(&*store, TIMER_LOG_TOPIC, r.offset(), e))?;
+                if e.kind == EntryKind::Void || e.slot_ms <= st.read_time {
+                    continue;
+                }
+                if let Some((pt, pn)) = st.partial
+                    && e.slot_ms == pt
+                    && r.offset() > pn
+                {
+                    continue;
+                }
+                if st.wheel.get(e.slot_ms).is_some_and(|s| s.last != e.prev) {
+                    return Err(corrupted(
+                        &*store,
+                        TIMER_LOG_TOPIC,
+                        r.offset(),
+                        "entry does not chain to its slot's previous entry",
+                    ));
+                }
+                let cancel = e.kind == EntryKind::Cancel;
+                if !st.wheel.add(e.slot_ms, r.offset(), cancel) {
+                    return Err(corrupted(
+                        &*store,
+                        TIMER_LOG_TOPIC,
+                        r.offset(),
+                        "entry a lap away from a pending slot",
+                    ));
+                }
+                if cancel {
+                    st.pending_cancels.insert(e.id);
+                }
+            }
+            at = next;
+        }
+        let max_delay_ms = (options.max_delay != Duration::MAX)
+            .then(|| crate::clock::duration_ms(options.max_delay));
+        Ok(Shared {
+            store,
+            clock: Arc::clone(&options.clock),
+            precision,
+            slots: options.wheel_slots,
+            max_delay_ms,
+            max_round: options.max_round,
+            dir,
+            state: Mutex::new(st),
+            closed: AtomicBool::new(false),
+            timer_wakeup: Wakeup::new(),
+            enqueue_wakeup: Wakeup::new(),
+            error: Mutex::new(None),
+        })
+    }
+
+    fn start_threads(&self) -> Result<()> {
+        let mut threads = self.threads.lock();
+        let s = Arc::clone(&self.shared);
+        let spawned = std::thread::Builder::new()
+            .name("duolog-delay-enqueue".into())
+            .spawn(move || enqueue_loop(&s));
+        threads.push(spawned.map_err(|e| Error::io(&self.shared.dir, e))?);
+        let s = Arc::clone(&self.shared);
+        let spawned = std::thread::Builder::new()
+            .name("duolog-timer".into())
+            .spawn(move || timer_loop(&s));
+        threads.push(spawned.map_err(|e| Error::io(&self.shared.dir, e))?);
+        Ok(())
+    }
+
+    /// Schedules `message` for `topic`/`partition` at `deliver_at_ms` (ms since the epoch; a
+    /// time in the past delivers promptly). Returns once the message is stored (acknowledged
+    /// under the store's flush policy). Errors: unknown topic or partition, a message the
+    /// store or the topic refuses, a property name the layer reserves, a delay over
+    /// [`DelayOptions::max_delay`].
+    pub fn schedule(
+        &self,
+        topic: &str,
+        partition: u32,
+        message: Message,
+        deliver_at_ms: i64,
+    ) -> Result<DelayHandle> {
+        let s = &self.shared;
+        s.take_error()?;
+        let now = s.clock.now_ms();
+        if let Some(max) = s.max_delay_ms
+            && deliver_at_ms.saturating_sub(now) > max
+        {
+            return Err(Error::InvalidArgument(format!(
+                "delivery at {deliver_at_ms} is {} ms away, over DelayOptions::max_delay ({max} ms)",
+                deliver_at_ms.saturating_sub(now)
+            )));
+        }
+        self.check_message(topic, partition, &message)?;
+        let mut stored = message;
+        if stored.timestamp.is_none() {
+            stored.timestamp = Some(now);
+        }
+        stored.properties.extend([
+            (DELAY_REAL_TOPIC.into(), topic.to_owned()),
+            (DELAY_REAL_PARTITION.into(), partition.to_string()),
+            (TIMER_DELIVER_MS.into(), deliver_at_ms.to_string()),
+            (TIMER_ENQUEUE_MS.into(), now.to_string()),
+        ]);
+        let r = s.store.append(MESSAGES_TOPIC, 0, &[stored])?;
+        Ok(DelayHandle {
+            id: r.base_offset,
+            deliver_at_ms,
+        })
+    }
+
+    fn check_message(&self, topic: &str, partition: u32, m: &Message) -> Result<()> {
+        let store = &*self.shared.store;
+        if crate::store::is_internal_topic(topic) {
+            return Err(Error::InvalidArgument(format!(
+                "delayed messages go to user topics, not the internal topic {topic:?}"
+            )));
+        }
+        let config = store.describe_topic(topic)?;
+        if partition >= config.partitions {
+            return Err(Error::UnknownPartition {
+                topic: topic.to_owned(),
+                partition,
+                partitions: config.partitions,
+            });
+        }
+        crate::store::validate_properties(m)?;
+        if let Some((name, _)) = m
+            .properties
+            .iter()
+            .find(|(k, _)| LAYER_PROPERTIES.contains(&k.as_str()))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "property name {name:?} is reserved by the delay layer"
+            )));
+        }
+        if let Some(max) = config.max_message_bytes {
+            // What the delivered copy adds to the message: its four timer properties.
+            let props: usize = m
+                .properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 2)
+                .sum();
+            let size = m.body.len()
+                + m.key.as_ref().map_or(0, |k| k.len())
+                + m.tags.as_ref().map_or(0, String::len)
+                + props
+                + 120;
+            if size > max {
+                return Err(Error::MessageTooLarge { size, max });
+            }
+        }
+        Ok(())
+    }
+
+    /// Schedules `message` to be delivered `delay` from now.
+    pub fn schedule_after(
+        &self,
+        topic: &str,
+        partition: u32,
+        message: Message,
+        delay: Duration,
+    ) -> Result<DelayHandle> {
+        let s = &self.shared;
+        if let Some(max) = s.max_delay_ms
+            && crate::clock::duration_ms(delay) > max
+        {
+            return Err(Error::InvalidArgument(format!(
+                "delay {delay:?} is over DelayOptions::max_delay ({max} ms)"
+            )));
+        }
+        let at = s
+            .clock
+            .now_ms()
+            .saturating_add(crate::clock::duration_ms(delay));
+        self.schedule(topic, partition, message, at)
+    }
+
+    /// Schedules `message` at one of RocketMQ's delay levels, 1 ..= 18 ([`DELAY_LEVELS`]).
+    pub fn schedule_level(
+        &self,
+        topic: &str,
+        partition: u32,
+        message: Message,
+        level: u32,
+    ) -> Result<DelayHandle> {
+        let delay = level
+            .checked_sub(1)
+            .and_then(|i| DELAY_LEVELS.get(i as usize))
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("delay level {level} is not in 1..=18"))
+            })?;
+        self.schedule_after(topic, partition, message, *delay)
+    }
+
+    /// Cancels a scheduled message (RocketMQ 5's recall). Succeeds only if the message will
+    /// not be delivered; an error says why otherwise: unknown handle, already cancelled, or
+    /// already due (delivered, or being delivered).
+    pub fn cancel(&self, handle: DelayHandle) -> Result<()> {
+        let s = &self.shared;
+        s.take_error()?;
+        let store = &*s.store;
+        let mut st = s.state.lock();
+        s.enqueue(&mut st)?;
+        let mb = store.bounds(MESSAGES_TOPIC, 0)?;
+        let unknown =
+            || Error::InvalidArgument(format!("no scheduled message has handle {handle}"));
+        if handle.id >= mb.end {
+            return Err(unknown());
+        }
+        if handle.id >= mb.start {
+            let r = read_one(store, MESSAGES_TOPIC, handle.id)?.ok_or_else(unknown)?;
+            let first_schedule = r.properties().get(DELAY_REAL_TOPIC).is_some()
+                && r.properties().get(DELAY_ID).is_none();
+            if !first_schedule || prop_i64(&r, TIMER_DELIVER_MS) != Some(handle.deliver_at_ms) {
+                return Err(unknown());
+            }
+        }
+        if st.pending_cancels.contains(&handle.id) {
+            return Err(Error::InvalidArgument(format!(
+                "the message {handle} is already cancelled"
+            )));
+        }
+        if s.slot_of(handle.deliver_at_ms) < s.floor(&st) {
+            return Err(Error::InvalidArgument(format!(
+                "the message {handle} is already due: delivered or being delivered"
+            )));
+        }
+        let cancel = Message::new("").with_property(DELAY_CANCEL, handle.id.to_string());
+        let cancel = cancel.with_property(TIMER_DELIVER_MS, handle.deliver_at_ms.to_string());
+        store.append(MESSAGES_TOPIC, 0, &[cancel])?;
+        s.enqueue(&mut st)?;
+        if st.pending_cancels.contains(&handle.id) {
+            s.timer_wakeup.wake();
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "the message {handle} could not be cancelled"
+            )))
+        }
+    }
+
+    /// Places everything scheduled and delivers everything due now, on this thread.
+    pub fn pump(&self) -> Result<PumpReport> {
+        let s = &self.shared;
+        s.take_error()?;
+        let mut st = s.state.lock();
+        let now = s.clock.now_ms();
+        s.work(&mut st, now)
+    }
+
+    /// Pending entries by due slot: (slot time in ms, messages due then). Placed entries
+    /// only (a message scheduled a moment ago may not be placed yet); messages past the
+    /// window show under the slot they roll at.
+    pub fn pending(&self) -> Result<Vec<(i64, u64)>> {
+        let s = &self.shared;
+        s.take_error()?;
+        let mut st = s.state.lock();
+        s.enqueue(&mut st)?;
+        Ok(st
+            .wheel
+            .slots()
+            .filter(|slot| slot.count > slot.cancels)
+            .map(|slot| (slot.time, u64::from(slot.count - slot.cancels)))
+            .collect())
+    }
+
+    /// Stops the threads and returns their first error, if any. Idempotent; dropping the
+    /// queue closes it too.
+    pub fn close(&self) -> Result<()> {
+        let s = &self.shared;
+        let first = !s.closed.swap(true, Ordering::SeqCst);
+        s.timer_wakeup.wake();
+        s.enqueue_wakeup.wake();
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+        if first {
+            SERVED.lock().retain(|d| *d != s.dir);
+        }
+        match s.error.lock().take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for DelayQueue {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+fn keep_error(s: &Shared, e: Error) {
+    let mut slot = s.error.lock();
+    if slot.is_none() {
+        *slot = Some(e);
+    }
+}
+
+fn enqueue_loop(s: &Shared) {
+    while !s.closed.load(Ordering::SeqCst) {
+        let cursor = s.state.lock().cursor;
+        let waited = s.store.wait_for_any_with(
+            &[(MESSAGES_TOPIC, 0, cursor)],
+            Duration::from_secs(1),
+            &s.enqueue_wakeup,
+        );
+        if s.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let result = waited.and_then(|data| {
+            if data {
+                let mut st = s.state.lock();
+                s.enqueue(&mut st)
+            } else {
+                Ok(0)
+            }
+        });
+        match result {
+            Ok(n) if n > 0 => s.timer_wakeup.wake(),
+            Ok(_) => {}
+            Err(e) => {
+                let stop = matches!(e, Error::Closed | Error::Poisoned { .. });
+                keep_error(s, e);
+                if stop {
+                    return;
+                }
+                sleep_on(&s.enqueue_wakeup, Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn timer_loop(s: &Shared) {
+    while !s.closed.load(Ordering::SeqCst) {
+        let next = {
+            let mut st = s.state.lock();
+            let now = s.clock.now_ms();
+            match s.work(&mut st, now) {
+                Ok(_) => st.wheel.next_due(),
+                Err(e) => {
+                    let stop = matches!(e, Error::Closed | Error::Poisoned { .. });
+                    drop(st);
+                    keep_error(s, e);
+                    if stop {
+                        return;
+                    }
+                    sleep_on(&s.timer_wakeup, Duration::from_secs(1));
+                    continue;
+                }
+            }
+        };
+        if s.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        // Until the next due slot (the clock wakes us if it jumps), at most a second.
+        let wait = next.map_or(1000, |t| (t - s.clock.now_ms()).clamp(0, 1000));
+        if wait > 0 {
+            sleep_on(&s.timer_wakeup, Duration::from_millis(wait as u64));
+        }
+    }
+}
+
+fn sleep_on(wakeup: &Wakeup, d: Duration) {
+    wait_any(&[], wakeup, crate::clock::deadline(d), || false);
+}

@@ -182,6 +182,7 @@ impl GroupCoordinator {
     /// # fn main() -> duolog::Result<()> {
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+    /// # store.create_topic("orders", duolog::TopicConfig::with_partitions(2))?;
     /// let groups = GroupCoordinator::new(store)?;
     /// assert!(groups.groups().is_empty());
     /// groups.commit_offsets("shipping", &[("orders", 0, 3)])?;
@@ -195,7 +196,8 @@ impl GroupCoordinator {
 
     /// Commits offsets for a group from outside any consumer (an admin reset, Kafka's
     /// `kafka-consumer-groups --reset-offsets`), atomically and durably. Members that hold
-    /// those partitions keep reading from their positions; new owners start from these.
+    /// those partitions keep reading from their positions; new owners start from these. The
+    /// topics must exist (`UnknownTopic` otherwise); the partitions are not checked.
     ///
     /// ```
     /// # use std::sync::Arc;
@@ -204,6 +206,7 @@ impl GroupCoordinator {
     /// # fn main() -> duolog::Result<()> {
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+    /// # store.create_topic("t", duolog::TopicConfig::with_partitions(2))?;
     /// let groups = GroupCoordinator::new(store)?;
     /// groups.commit_offsets("g", &[("t", 0, 10), ("t", 1, 7)])?;
     /// assert_eq!(groups.committed_offsets("g")["t"][&1], 7);

@@ -37,8 +37,8 @@ pub use offsets::{CommitRecord, OFFSETS_SEGMENT_BYTES, OFFSETS_TOPIC, OffsetTabl
 pub use pull::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, RebalanceListener};
 pub use push::{ConsumeResult, MessageHandler, PushConfig, PushConsumer};
 pub use retry::{
-    ORIGIN_MESSAGE_ID, ORIGIN_OFFSET, ORIGIN_PARTITION, RECONSUME_TIMES, RETRY_NOT_BEFORE_MS,
-    RETRY_TOPIC, RetryPolicy, dlq_topic, retry_topic,
+    ORIGIN_MESSAGE_ID, ORIGIN_OFFSET, ORIGIN_PARTITION, RECONSUME_TIMES, RETRY_TOPIC, RetryPolicy,
+    dlq_topic, retry_topic,
 };
 pub use sql::{FilterError, SqlFilter};
 pub use table::CompactedTable;

@@ -282,10 +282,10 @@ impl OffsetStore {
                 };
                 // Version-1 records carry no ids: their topics are taken as the ones living now.
                 for topic in v.table.keys() {
-                    if !v.ids.contains_key(topic) {
-                        if let Ok(id) = store.topic_id(topic) {
-                            v.ids.insert(topic.clone(), id);
-                        }
+                    if !v.ids.contains_key(topic)
+                        && let Ok(id) = store.topic_id(topic)
+                    {
+                        v.ids.insert(topic.clone(), id);
                     }
                 }
                 let offsets = GroupOffsets {

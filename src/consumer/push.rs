@@ -8,7 +8,7 @@
 //! it subscribes to `%RETRY%<group>` along with the caller's topics.
 //!
 //! **Process queue.** Every record pulled and not yet finished (queued for a worker, inside
-//! the handler, being sent back, or held until its retry time) is in its partition's process
+//! the handler, being sent back, or waiting to retry a failed send back) is in its partition's process
 //! queue. The offset committed for a partition is the smallest offset in it, or the pull
 //! position when it is empty: a slow record holds its partition's committed offset back while
 //! later ones finish, as RocketMQ's `ProcessQueue` does. Back-pressure: a record is taken into
@@ -44,10 +44,9 @@ use parking_lot::{Condvar, Mutex};
 use super::assignor::TopicPartition;
 use super::group::{GroupCoordinator, validate_group};
 use super::pull::{Consumer, ConsumerConfig, ConsumerRecord, RebalanceListener};
-use super::retry::{
-    RetryPolicy, ensure_topic, not_before_ms, retry_topic, send_back, validate_group_topics,
-};
+use super::retry::{RetryPolicy, ensure_topic, retry_topic, send_back, validate_group_topics};
 use crate::clock::{deadline, now_ms};
+use crate::delay::DelayQueue;
 use crate::error::{Error, Result};
 use crate::store::LogStore;
 
@@ -125,6 +124,11 @@ pub struct PushConfig {
     /// Retries before a failed record goes to `%DLQ%<group>` (`maxReconsumeTimes`).
     /// Default: 16.
     pub max_reconsume_times: u32,
+    /// The delay layer that holds a failed record's copy until its back-off has passed and
+    /// then puts it in `%RETRY%<group>`. `None` (the default): the store's
+    /// [`DelayQueue::shared`] queue. Give the application's own queue here if it opened one
+    /// with [`DelayQueue::open`] (one queue serves a store).
+    pub delay: Option<Arc<DelayQueue>>,
 }
 
 impl PushConfig {
@@ -192,6 +196,7 @@ impl Default for PushConfig {
             commit_interval: Duration::from_secs(5),
             retry: RetryPolicy::default(),
             max_reconsume_times: 16,
+            delay: None,
         }
     }
 }
@@ -285,8 +290,9 @@ struct Shared {
     handler: Arc<dyn MessageHandler>,
     store: Arc<dyn LogStore>,
     group: String,
-    retry_topic: String,
     retry: RetryPolicy,
+    /// Schedules the copies of failed records.
+    delay: Arc<DelayQueue>,
     max_reconsume_times: u32,
     batch_max: usize,
     /// The pool's size.
@@ -489,6 +495,17 @@ impl PushConsumer {
             let start = store.bounds(&retry, 0)?.start;
             coordinator.commit_offsets(&group, &[(retry.as_str(), 0, start)])?;
         }
+        let delay = match &config.delay {
+            Some(d) if d.store_dir() != store.dir() => {
+                return Err(Error::InvalidArgument(format!(
+                    "push consumer: PushConfig::delay serves the store at {}, not this one at {}",
+                    d.store_dir().display(),
+                    store.dir().display()
+                )));
+            }
+            Some(d) => Arc::clone(d),
+            None => DelayQueue::shared(Arc::clone(&store))?,
+        };
         let limits = Limits {
             records: config.pull_threshold_for_queue,
             bytes: config.pull_threshold_size_for_queue as u64,
@@ -501,8 +518,8 @@ impl PushConsumer {
             handler,
             store,
             group: group.clone(),
-            retry_topic: retry.clone(),
             retry: config.retry.clone(),
+            delay,
             max_reconsume_times: config.max_reconsume_times,
             batch_max: config.consume_batch_max,
             workers: config.consume_threads,
@@ -559,7 +576,7 @@ impl PushConsumer {
     }
 
     /// How many records each partition's process queue holds now — pulled and not finished:
-    /// queued, being handled, or held until a retry time (RocketMQ's `ProcessQueue` message
+    /// queued, being handled, or waiting to retry a failed send back (RocketMQ's `ProcessQueue` message
     /// count). Never more than `pull_threshold_for_queue`.
     pub fn in_flight(&self) -> BTreeMap<TopicPartition, usize> {
         let st = self.shared.state.lock();
@@ -569,8 +586,8 @@ impl PushConsumer {
             .collect()
     }
 
-    /// Stops pulling, lets the workers finish every record already dispatched (records held
-    /// for a later retry time are left to the next owner), commits exactly up to the first
+    /// Stops pulling, lets the workers finish every record already dispatched (records whose
+    /// send back failed and waits to be tried again are left to the next owner), commits exactly up to the first
     /// unfinished record of each partition, and leaves the group. Returns the first error of
     /// the pull thread (a failed poll or commit stops it), or of the final commit.
     pub fn shutdown(mut self) -> Result<()> {
@@ -663,14 +680,13 @@ fn forget_lost_partitions(shared: &Shared, consumer: &Consumer) {
     st.queues.retain(|tp, _| held.contains(tp));
 }
 
-/// Takes polled records into their process queues — held until their retry time, or queued
-/// for the workers in batches — and gives back (seeks to) the first record of a partition
+/// Takes polled records into their process queues — queued for the workers in batches — and
+/// gives back (seeks to) the first record of a partition
 /// that does not fit.
 fn take(shared: &Shared, consumer: &Consumer, records: Vec<ConsumerRecord>) -> Result<()> {
     if records.is_empty() {
         return Ok(());
     }
-    let now = now_ms();
     let mut given_back: Vec<(TopicPartition, u64)> = Vec::new();
     let mut ready: BTreeMap<TopicPartition, Vec<ConsumerRecord>> = BTreeMap::new();
     {
@@ -706,13 +722,7 @@ fn take(shared: &Shared, consumer: &Consumer, records: Vec<ConsumerRecord>) -> R
             pq.blocked = None;
             pq.msgs.insert(offset, size);
             pq.bytes += size;
-            match not_before_ms(&shared.retry_topic, &record) {
-                // Due strictly after its millisecond: never before the back-off has passed.
-                Some(due) if due >= now => {
-                    pq.held.insert((due, offset), record);
-                }
-                _ => ready.entry(tp).or_default().push(record),
-            }
+            ready.entry(tp).or_default().push(record);
         }
     }
     for (tp, offset) in &given_back {
@@ -852,6 +862,7 @@ fn run(shared: &Shared, consumer: &Consumer, task: Task) {
         for record in &task.records {
             match send_back(
                 &*shared.store,
+                &shared.delay,
                 &shared.group,
                 record,
                 &shared.retry,

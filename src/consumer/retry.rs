@@ -8,23 +8,21 @@
 //! This module owns those two topics (one partition each, made on first use) and the
 //! properties it stamps on the copies: [`RETRY_TOPIC`] (the original topic),
 //! [`ORIGIN_PARTITION`], [`ORIGIN_OFFSET`], [`ORIGIN_MESSAGE_ID`] (`topic-partition-offset` of
-//! the first delivery; all four kept across retries), [`RECONSUME_TIMES`] (how many times the
-//! copy has been sent back) and, on a retry copy, [`RETRY_NOT_BEFORE_MS`]. It touches no other
-//! topic and no file.
+//! the first delivery; all four kept across retries) and [`RECONSUME_TIMES`] (RocketMQ's
+//! `RECONSUME_TIME`: how many times the copy has been sent back). It touches no other topic
+//! and no file.
 //!
-//! **The delayed send.** A retry copy must not reach the handler before its back-off has
-//! passed. Until the delay layer (`src/delay/`) is wired in, the copy is appended to the retry
-//! topic at once with `RETRY_NOT_BEFORE_MS` (milliseconds since the epoch), and the push
-//! consumer holds such a record in its process queue until then (counted against
-//! `pull_threshold_for_queue`, so a long back-off holds the retry partition's offset and, with
-//! enough of them, pauses it). The whole send is [`send_back`]; the delayed case is the one
-//! block in it marked `DELAYED SEND`, to be replaced by `DelayQueue::schedule(retry topic, 0,
-//! message, deliver_at_ms)`.
+//! **The delayed send** goes through the delay layer ([`DelayQueue`]): the copy is scheduled
+//! for `%RETRY%<group>` at now + the back-off (at most the queue's `max_delay`), waits durably
+//! in the layer's topics with nothing per copy in memory, and arrives in the retry topic once
+//! due (never early: the layer rounds up to its precision, 1 s by default), where the consumer
+//! handles it at once. Dead letters are appended directly.
 //!
 //! **What can repeat after a crash** (delivery is at least once, never lost): the push consumer
-//! commits past a failed record only after its copy was appended *and* the store synced, so a
-//! crash between the handler and the commit finds either no copy (the original is handled
-//! again) or a copy and the original's uncommitted offset (the original is handled again *and*
+//! commits past a failed record only after its copy was scheduled (appended to the delay
+//! layer's topic) *and* the store synced, so a crash between the handler and the commit finds
+//! either no copy (the original is handled again) or a copy and the original's uncommitted
+//! offset (the original is handled again *and*
 //! its copy is delivered later: one extra delivery, whose `RECONSUME_TIMES` is one ahead). The
 //! same holds for a retry record that fails again: its next copy may exist while its own offset
 //! in the retry topic was not committed.
@@ -33,6 +31,7 @@ use std::time::Duration;
 
 use super::pull::ConsumerRecord;
 use crate::clock::{duration_ms, now_ms};
+use crate::delay::{DelayHandle, DelayQueue, LAYER_PROPERTIES};
 use crate::error::{Error, Result};
 use crate::store::{LogStore, Message, TopicConfig, validate_topic_name};
 
@@ -47,17 +46,14 @@ pub const ORIGIN_MESSAGE_ID: &str = "ORIGIN_MESSAGE_ID";
 /// Property: how many times the record has been sent back (RocketMQ's `RECONSUME_TIME`); 1 on
 /// the first retry copy.
 pub const RECONSUME_TIMES: &str = "RECONSUME_TIME";
-/// Property: not to be handled before this time (milliseconds since the Unix epoch).
-pub const RETRY_NOT_BEFORE_MS: &str = "RETRY_NOT_BEFORE_MS";
 
 /// The properties `send_back` owns: replaced, never duplicated, on each copy.
-const RETRY_PROPERTIES: [&str; 6] = [
+const RETRY_PROPERTIES: [&str; 5] = [
     RETRY_TOPIC,
     ORIGIN_PARTITION,
     ORIGIN_OFFSET,
     ORIGIN_MESSAGE_ID,
     RECONSUME_TIMES,
-    RETRY_NOT_BEFORE_MS,
 ];
 
 /// RocketMQ's delay levels 3..=18, the broker's retry schedule (`3 + reconsumeTimes`).
@@ -185,8 +181,8 @@ impl RetryPolicy {
 /// Where [`send_back`] put a failed record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SendBack {
-    /// Appended to `%RETRY%<group>` at `offset`, to be handled at `deliver_at_ms` or later.
-    Retry { offset: u64, deliver_at_ms: i64 },
+    /// Scheduled by the delay layer for `%RETRY%<group>`, delivered at `handle.deliver_at_ms`.
+    Retry { handle: DelayHandle },
     /// Appended to `%DLQ%<group>` at `offset`.
     DeadLetter { offset: u64 },
 }
@@ -225,25 +221,13 @@ pub(crate) fn reconsume_times(record: &ConsumerRecord) -> u32 {
         .unwrap_or(0)
 }
 
-/// When a delivered record may be handled: its `RETRY_NOT_BEFORE_MS` if it came from the
-/// group's retry topic, else now.
-pub(crate) fn not_before_ms(group_retry_topic: &str, record: &ConsumerRecord) -> Option<i64> {
-    if record.topic() != group_retry_topic {
-        return None;
-    }
-    record
-        .record()
-        .properties()
-        .get(RETRY_NOT_BEFORE_MS)
-        .and_then(|v| v.parse().ok())
-}
-
 /// Sends a failed record back: a copy with the retry properties to `%RETRY%<group>`
 /// partition 0, to be handled after `policy.delay(reconsume_times)`, or — once it has been
 /// sent back `max_reconsume_times` times — to `%DLQ%<group>` at once. Returns where it went;
 /// only after `Ok` may the original's offset be committed past.
 pub(crate) fn send_back(
     store: &dyn LogStore,
+    delay: &DelayQueue,
     group: &str,
     record: &ConsumerRecord,
     policy: &RetryPolicy,
@@ -273,9 +257,11 @@ pub(crate) fn send_back(
         ),
     };
     let mut message: Message = record.record().to_message();
-    message
-        .properties
-        .retain(|(k, _)| !RETRY_PROPERTIES.contains(&k.as_str()));
+    // A copy delivered by the delay layer carries its delivery properties: a new schedule
+    // may not (they are the layer's own), and the next delivery writes fresh ones.
+    message.properties.retain(|(k, _)| {
+        !RETRY_PROPERTIES.contains(&k.as_str()) && !LAYER_PROPERTIES.contains(&k.as_str())
+    });
     let (topic, partition, offset, id) = origin;
     message.properties.extend([
         (RETRY_TOPIC.to_owned(), topic),
@@ -295,19 +281,15 @@ pub(crate) fn send_back(
             offset: appended.base_offset,
         });
     }
-    let deliver_at_ms = now_ms().saturating_add(duration_ms(policy.delay(times)));
-    // DELAYED SEND. Today: the copy goes to the retry topic now, stamped with the time before
-    // which the push consumer holds it. With the delay layer this block becomes
-    // `delay.schedule(&retry, 0, message, deliver_at_ms)?` (and the offset its handle's).
-    message
-        .properties
-        .push((RETRY_NOT_BEFORE_MS.to_owned(), deliver_at_ms.to_string()));
+    // A back-off past what the delay layer accepts waits its longest delay instead.
+    let backoff = policy.delay(times);
+    let backoff = delay.max_delay().map_or(backoff, |max| backoff.min(max));
+    let deliver_at_ms = now_ms().saturating_add(duration_ms(backoff));
+    // The delay layer holds the copy (durably, with nothing per message in memory) and puts it
+    // in the retry topic once due: the consumer handles whatever arrives there at once.
     ensure_topic(store, &retry)?;
-    let appended = store.append(&retry, 0, std::slice::from_ref(&message))?;
-    Ok(SendBack::Retry {
-        offset: appended.base_offset,
-        deliver_at_ms,
-    })
+    let handle = delay.schedule(&retry, 0, message, deliver_at_ms)?;
+    Ok(SendBack::Retry { handle })
 }
 
 #[cfg(test)]

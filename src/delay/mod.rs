@@ -35,7 +35,7 @@ use parking_lot::Mutex;
 use crate::durability::Wakeup;
 use crate::error::Error;
 
-pub use queue::DelayQueue;
+pub use queue::{DelayQueue, LAYER_PROPERTIES};
 
 /// The internal topic holding every scheduled message, cancel and roll.
 pub const MESSAGES_TOPIC: &str = "__delay_messages";

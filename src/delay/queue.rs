@@ -26,8 +26,9 @@ use crate::store::{CleanupPolicy, LogStore, Message, ReadLimits, Record, TopicCo
 const DELAY_CANCEL: &str = "DELAY_CANCEL";
 /// Property of a cancel re-appended because its message was not processed yet: how many times.
 const DELAY_CANCEL_ROLLS: &str = "DELAY_CANCEL_ROLLS";
-/// Every property the layer writes; a scheduled message may not carry any of them.
-const LAYER_PROPERTIES: [&str; 9] = [
+/// Every property the layer writes; a scheduled message may not carry any of them (a copy of a
+/// delivered message drops them before it is scheduled again).
+pub const LAYER_PROPERTIES: [&str; 9] = [
     TIMER_DELIVER_MS,
     TIMER_ENQUEUE_MS,
     TIMER_DEQUEUE_MS,
@@ -53,6 +54,10 @@ const PROGRESS_KEY: &str = "progress";
 /// Stores served by a live delay queue in this process, by directory: two queues on one store
 /// would both deliver every message.
 static SERVED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// The queues handed out by [`DelayQueue::shared`], by store directory (dropped ones linger as
+/// dead weak references until the next call).
+static SHARED: Mutex<Vec<(PathBuf, std::sync::Weak<DelayQueue>)>> = Mutex::new(Vec::new());
 
 /// A message a round writes: (its slot, its id, the message).
 type Outgoing = (i64, u64, Message);
@@ -1141,9 +1146,11 @@ impl DelayQueue {
 
     fn check_message(&self, topic: &str, partition: u32, m: &Message) -> Result<()> {
         let store = &*self.shared.store;
-        if crate::store::is_internal_topic(topic) {
+        // Internal `__…` topics belong to the layers that own them (the delay layer's own
+        // among them); `%RETRY%<group>` is where the consumer layer's retries are delivered.
+        if topic.starts_with("__") {
             return Err(Error::InvalidArgument(format!(
-                "delayed messages go to user topics, not the internal topic {topic:?}"
+                "delayed messages go to user or retry topics, not the internal topic {topic:?}"
             )));
         }
         let config = store.describe_topic(topic)?;
@@ -1293,6 +1300,52 @@ impl DelayQueue {
             .filter(|slot| slot.count > slot.cancels)
             .map(|slot| (slot.time, u64::from(slot.count - slot.cancels)))
             .collect())
+    }
+
+    /// The delay queue of `store` shared by every user in this process that asks for it (the
+    /// push consumer's retries, for one): the live one if [`shared`](Self::shared) opened one
+    /// for this store and it is still held, else a new one with default [`DelayOptions`]. A
+    /// queue opened with [`open`](Self::open) is not shared: this is then the error `open`
+    /// gives, so pass that queue where it is needed instead.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use duolog::delay::DelayQueue;
+    /// use duolog::{LogStore, StoreOptions};
+    /// # fn main() -> duolog::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+    /// let a = DelayQueue::shared(Arc::clone(&store))?;
+    /// let b = DelayQueue::shared(Arc::clone(&store))?;
+    /// assert!(Arc::ptr_eq(&a, &b));
+    /// # Ok(()) }
+    /// ```
+    pub fn shared(store: Arc<dyn LogStore>) -> Result<Arc<DelayQueue>> {
+        let dir = store.dir().to_path_buf();
+        let mut shared = SHARED.lock();
+        shared.retain(|(_, q)| q.strong_count() > 0);
+        if let Some(q) = shared
+            .iter()
+            .find(|(d, _)| *d == dir)
+            .and_then(|(_, q)| q.upgrade())
+        {
+            return Ok(q);
+        }
+        let queue = Arc::new(DelayQueue::open(store, DelayOptions::default())?);
+        shared.push((dir, Arc::downgrade(&queue)));
+        Ok(queue)
+    }
+
+    /// The longest delay this queue accepts ([`DelayOptions::max_delay`]; `None`: no limit).
+    pub fn max_delay(&self) -> Option<Duration> {
+        self.shared
+            .max_delay_ms
+            .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+    }
+
+    /// The directory of the store this queue serves.
+    pub fn store_dir(&self) -> &std::path::Path {
+        &self.shared.dir
     }
 
     /// Stops the threads and returns their first error, if any. Idempotent; dropping the

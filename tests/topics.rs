@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{for_each_backend, for_each_engine, open, read_all, small_options};
 use duolog::io::{CrashMode, Fault, SimFs};
-use duolog::{CleanupPolicy, Error, LogStore, Message, ReadLimits, TopicConfig};
+use duolog::{CleanupPolicy, EngineKind, Error, LogStore, Message, ReadLimits, TopicConfig};
 
 fn msg(i: usize) -> Message {
     Message::new(format!("body-{i}")).with_key(format!("key-{i}"))
@@ -475,4 +475,39 @@ fn deleting_a_topic_during_a_cleaning_pass_leaves_nothing_behind() {
         assert_eq!(store.bounds("kv", 0).unwrap().end, 0);
         store.close().unwrap();
     });
+}
+
+/// On the shared commit log, a topic of unlimited retention keeps only the files holding its
+/// live records: once its start moved past them (as the delay layer moves its topics' starts),
+/// the others' expired files go. Before, such a topic kept every file of the log forever.
+#[test]
+fn a_topic_of_unlimited_retention_keeps_only_the_files_of_its_live_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &small_options(EngineKind::CommitLog));
+    let forever = TopicConfig {
+        retention: Some(Duration::MAX),
+        ..TopicConfig::with_partitions(1)
+    };
+    let short = TopicConfig {
+        retention: Some(Duration::from_millis(1)),
+        ..TopicConfig::with_partitions(1)
+    };
+    store.create_topic("forever", forever).unwrap();
+    store.create_topic("short", short).unwrap();
+    fill(store.as_ref(), "forever", 0, 50);
+    // Several 64 KiB files of the short topic after the forever topic's records.
+    fill(store.as_ref(), "short", 0, 3000);
+    std::thread::sleep(Duration::from_millis(20));
+    // Its live records are in the first file: nothing goes.
+    assert_eq!(store.enforce_retention().unwrap(), 0);
+    assert_eq!(read_all(store.as_ref(), "forever", 0).len(), 50);
+
+    store.delete_before("forever", 0, 50).unwrap();
+    fill(store.as_ref(), "forever", 0, 1);
+    let removed = store.enforce_retention().unwrap();
+    assert!(removed > 0, "expired files of the short topic go");
+    let f = store.bounds("forever", 0).unwrap();
+    assert_eq!((f.start, f.end), (50, 51));
+    assert_eq!(read_all(store.as_ref(), "forever", 0)[0].offset(), 50);
+    store.close().unwrap();
 }

@@ -2,9 +2,10 @@
 //! written); partition start offsets then move past records that are gone, and consume-queue
 //! files wholly below a start offset are deleted. `delete_before` raises one partition's start.
 //!
-//! Per-topic retention on a shared log: files are deleted by age only once they are older than
-//! the *longest* retention of any topic whose policy deletes (so a topic keeping its records
-//! longer than the store's default keeps the files they are in), and by size per
+//! Per-topic retention on a shared log: a file is deleted by age once, for every topic whose
+//! policy deletes, it is older than that topic's retention or holds none of that topic's live
+//! records (below its start offset, which `delete_before` raises) — so a topic keeping its
+//! records longer than the store's default keeps only the files they are in — and by size per
 //! `commitlog.retention_bytes` (a bound on the whole log). A topic whose retention is shorter
 //! than that, or that has a `retention.bytes`, loses its old records logically: its partitions'
 //! start offsets rise past them (as `delete_before` does) and their queue files go.
@@ -97,14 +98,23 @@ impl Inner {
             .min(files.len().saturating_sub(1));
         let mut delete = 0usize;
         let logical = self.enforce_topic_retention()?;
-        if let Some(max_age) = self.file_retention() {
-            let cutoff = ms_before(now_ms(), max_age);
-            // A file's newest record is no newer than the next file's first record.
+        let rules = self.age_rules()?;
+        if !rules.is_empty() {
+            // A file's newest record is no newer than the next file's first record. A file goes
+            // once every rule lets it: it is past the rule's retention, or holds none of the
+            // rule's live records.
             while delete < sealed {
                 let next_start = files[delete].start_offset() + size;
-                match self.first_store_timestamp(next_start) {
-                    Some(ts) if ts < cutoff => delete += 1,
-                    _ => break,
+                let Some(ts) = self.first_store_timestamp(next_start) else {
+                    break;
+                };
+                if rules
+                    .iter()
+                    .all(|r| r.cutoff.is_some_and(|c| ts < c) || r.first_live >= next_start)
+                {
+                    delete += 1;
+                } else {
+                    break;
                 }
             }
         }
@@ -156,6 +166,42 @@ impl Inner {
             .map_err(|e| self.note_poison(e))?;
         self.trim_index()?;
         Ok(removed)
+    }
+
+    /// What keeps commit-log files from going by age: each topic whose policy deletes, with the
+    /// time before which its retention lets records go and the position of its first live
+    /// record in the log; with no such topic, the store's retention over the whole log. A topic
+    /// of long (or unlimited) retention thus keeps only the files holding its live records —
+    /// the delay layer's topics, whose starts the layer raises itself, do not pin the log.
+    fn age_rules(&self) -> Result<Vec<AgeRule>> {
+        let now = now_ms();
+        let topics: Vec<_> = self.topics.read().values().cloned().collect();
+        let mut rules = Vec::new();
+        for t in topics.iter().filter(|t| t.effective.policy.deletes()) {
+            let mut first_live = u64::MAX;
+            for part in &t.partitions {
+                // Below `clean_end` the records are in the compacted prefix, not the log.
+                let from = part.start.load(Ordering::Acquire).max(part.clean_end());
+                if from < part.end.load(Ordering::Acquire) {
+                    // A live offset without its unit: keep everything rather than guess.
+                    let position = part.cq.unit(from)?.map_or(0, |u| u.position);
+                    first_live = first_live.min(position);
+                }
+            }
+            rules.push(AgeRule {
+                cutoff: t.effective.retention.map(|r| ms_before(now, r)),
+                first_live,
+            });
+        }
+        if rules.is_empty()
+            && let Some(r) = self.opts.commitlog.retention
+        {
+            rules.push(AgeRule {
+                cutoff: Some(ms_before(now, r)),
+                first_live: 0,
+            });
+        }
+        Ok(rules)
     }
 
     /// How old a commit-log file must be to go: the longest retention of the topics whose
@@ -299,4 +345,12 @@ impl Inner {
         self.trim_index()?;
         Ok(offset)
     }
+}
+
+/// One topic's say on deleting commit-log files by age (see `Inner::age_rules`).
+struct AgeRule {
+    /// Records stored before this time may go (`None`: unlimited retention).
+    cutoff: Option<i64>,
+    /// Log position of the topic's first live record (`u64::MAX`: none in the log).
+    first_live: u64,
 }

@@ -37,6 +37,8 @@ fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u64>> {
         match (io::parse_offset_name(stem), ext) {
             (Some(base), "log") => bases.push(base),
             (Some(base), "index" | "timeindex") => indexes.push((base, e.name.clone())),
+            // Producer snapshots: read by `producers::rebuild`.
+            (Some(_), "snapshot") => {}
             (_, "tmp") => {
                 let p = dir.join(name);
                 fs.remove_file(&p).map_err(|e| Error::io(&p, e))?;
@@ -358,6 +360,14 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
     let first_base = metas.first().map_or(0, |m| m.base);
     let start = spec.log_start.max(first_base).min(end);
     let last_timestamp = metas.iter().map(|m| m.max_timestamp).max().unwrap_or(-1);
+    let producers = super::producers::rebuild(
+        fs,
+        dir,
+        &metas,
+        end,
+        crate::clock::now_ms(),
+        ctx.producer_expiration,
+    )?;
     Ok(Partition {
         uid: spec.uid,
         topic: spec.topic.to_owned(),
@@ -367,6 +377,8 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
             segments: metas,
             last_timestamp,
             pending: Vec::new(),
+            producers,
+            pending_snapshots: Vec::new(),
         }),
         seal_lock: Mutex::new(()),
         clean_lock: Mutex::new(()),

@@ -24,6 +24,8 @@ pub(crate) struct Ctx {
     pub(crate) closed: AtomicBool,
     /// The key index (None when disabled).
     pub(crate) index: Option<crate::index::KeyIndex>,
+    /// `StoreOptions::producer_id_expiration`.
+    pub(crate) producer_expiration: std::time::Duration,
 }
 
 pub(crate) struct PartState {
@@ -32,6 +34,11 @@ pub(crate) struct PartState {
     pub(super) last_timestamp: i64,
     /// Rolled segments not sealed yet (base, the handle written through), oldest first.
     pub(super) pending: Vec<(u64, Arc<SegmentHandle>)>,
+    /// Idempotent producers' state (checked and updated under this lock).
+    pub(super) producers: crate::producer_state::ProducerStates,
+    /// Producer snapshots taken at rolls (offset, entries), written by the seal path once the
+    /// segments below them are sealed.
+    pub(super) pending_snapshots: Vec<(u64, Vec<crate::producer_state::SnapshotEntry>)>,
 }
 
 pub(crate) struct Partition {
@@ -94,6 +101,28 @@ impl Partition {
         }
         self.durable_end.fetch_max(end, Ordering::AcqRel);
         Ok(end)
+    }
+
+    /// Writes a producer snapshot at the partition's end (a clean close: everything is synced),
+    /// if there are producers, and deletes the ones it supersedes.
+    pub(crate) fn write_producer_snapshot(&self, ctx: &Ctx) -> Result<()> {
+        let (end, entries, first_base, active_base) = {
+            let mut st = self.state.lock();
+            if st.producers.is_empty() || self.deleted.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            st.producers
+                .expire(crate::clock::now_ms(), ctx.producer_expiration);
+            let end = self.end.load(Ordering::Acquire);
+            (
+                end,
+                st.producers.snapshot(),
+                st.segments.first().map_or(end, |m| m.base),
+                st.segments.last().map_or(end, |m| m.base),
+            )
+        };
+        super::producers::write(ctx.fs.as_ref(), &self.dir, end, &entries)?;
+        super::producers::prune(ctx.fs.as_ref(), &self.dir, first_base, active_base)
     }
 
     /// Makes the active segment's index entries durable (for a clean close, whose next open
@@ -165,6 +194,7 @@ impl Partition {
                 ctx.cache.remove((self.uid, m.base));
             }
             st.pending.clear();
+            st.pending_snapshots.clear();
         }
         self.signal.notify();
         // A cleaning pass in progress sees `deleted` and stops at its next check; waiting for

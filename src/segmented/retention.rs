@@ -99,7 +99,17 @@ impl Partition {
         }
         ctx.fs
             .sync_dir(&self.dir)
-            .map_err(|e| Error::io(&self.dir, e))
+            .map_err(|e| Error::io(&self.dir, e))?;
+        // Producer snapshots of the removed segments go with them (the newest one stays, so
+        // live producers keep their state).
+        let (first_base, active_base) = {
+            let st = self.state.lock();
+            (
+                st.segments.first().map_or(0, |m| m.base),
+                st.segments.last().map_or(0, |m| m.base),
+            )
+        };
+        super::producers::prune(ctx.fs.as_ref(), &self.dir, first_base, active_base)
     }
 
     /// Raises the log start offset (already persisted by the caller) and deletes segments wholly

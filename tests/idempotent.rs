@@ -450,7 +450,7 @@ fn snapshot_files(dir: &Path) -> Vec<std::path::PathBuf> {
 }
 
 #[test]
-fn a_damaged_or_missing_snapshot_falls_back_to_the_log() {
+fn a_damaged_snapshot_falls_back_to_an_older_one_or_the_log() {
     common::for_each_engine(|engine, dir| {
         let opts = common::small_options(engine);
         let store = common::open(dir, &opts);
@@ -480,17 +480,46 @@ fn a_damaged_or_missing_snapshot_falls_back_to_the_log() {
                 "{engine}: batch {k}"
             );
         }
+    });
+}
+
+/// A store that never had an idempotent producer keeps no snapshot (so its opens read nothing
+/// more than before); its first idempotent batch starts one.
+#[test]
+fn plain_stores_keep_no_producer_snapshot() {
+    common::for_each_engine(|engine, dir| {
+        let opts = common::small_options(engine);
+        let store = common::open(dir, &opts);
+        store
+            .create_topic("t", TopicConfig::with_partitions(2))
+            .unwrap();
+        for i in 0..50 {
+            store.append("t", i % 2, &batch("plain", 3)).unwrap();
+        }
         store.close().unwrap();
         drop(store);
-        for s in snapshot_files(dir) {
-            std::fs::remove_file(s).unwrap();
-        }
+        assert!(snapshot_files(dir).is_empty(), "{engine}");
+        let store = common::open(dir, &opts);
+        let p = producer(store.as_ref(), 0);
+        store.abandon();
+        drop(store);
+        let store = common::open(dir, &opts);
+        assert!(snapshot_files(dir).is_empty(), "{engine}");
+        assert_eq!(
+            store
+                .append_idempotent("t", 1, p, 0, &batch("i", 2))
+                .unwrap(),
+            ar(75, 76)
+        );
+        assert!(!snapshot_files(dir).is_empty(), "{engine}");
+        store.abandon();
+        drop(store);
         let store = common::open(dir, &opts);
         assert_eq!(
             store
-                .append_idempotent("t", 0, p, 8, &batch("b4", 2))
+                .append_idempotent("t", 1, p, 0, &batch("i", 2))
                 .unwrap(),
-            results[4],
+            ar(75, 76),
             "{engine}"
         );
     });
@@ -731,8 +760,8 @@ fn segment_rolls_write_producer_snapshots_that_retention_removes_with_their_segm
     let logs = list(".log");
     let snaps = list(".snapshot");
     assert!(logs.len() > 3, "{logs:?}");
-    // One snapshot per rolled-to segment (every base but the first's 0).
-    let bases: Vec<String> = logs[1..]
+    // One snapshot per segment: the first idempotent append's (empty) at 0, then one per roll.
+    let bases: Vec<String> = logs[..]
         .iter()
         .map(|l| l.replace(".log", ".snapshot"))
         .collect();

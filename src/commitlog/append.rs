@@ -203,6 +203,9 @@ impl Inner {
         }
         let t = self.topic(topic)?;
         t.partition(partition)?;
+        if idem.is_some() && !self.tracks_producers.load(Ordering::Acquire) {
+            self.start_tracking_producers()?;
+        }
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
             let Scratch { buf, props, items } = &mut *s;
@@ -430,7 +433,6 @@ impl Inner {
                     timestamp: now,
                 },
             );
-            self.any_producers.store(true, Ordering::Release);
         }
         cq_file.commit_all();
         file.commit_all();

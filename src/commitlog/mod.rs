@@ -211,9 +211,9 @@ pub(crate) struct Inner {
     next_topic_id: AtomicU64,
     /// (next producer id, end of the block reserved in the catalog).
     producer_ids: Mutex<(i64, i64)>,
-    /// Set once any partition has an idempotent producer: checkpoints then write the producer
-    /// snapshot (see `producers`).
-    any_producers: AtomicBool,
+    /// Whether the store has a producer snapshot (set before its first idempotent record is
+    /// written): checkpoints then keep it current (see `producers`).
+    tracks_producers: AtomicBool,
     /// The producer state sampled at the last checkpoint, written by the first checkpoint
     /// whose durable log position covers it.
     producer_sample: Mutex<Option<producers::Snapshot>>,

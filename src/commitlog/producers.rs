@@ -8,7 +8,10 @@
 //! idempotent batch is all or nothing and a retry after the crash writes it whole.
 //!
 //! Producer snapshot: one store-level file, `producer-snapshot`, written (atomically) with the
-//! checkpoint:
+//! checkpoint once the store has it. A store without the file has no idempotent record in its
+//! log: the first idempotent append writes an empty snapshot at the log's end before it writes
+//! anything, so an open of a store that never had an idempotent producer reads nothing more.
+//! Layout:
 //! ```text
 //! "DLPS" | version u16 = 1 | reserved u16 | position u64 | partition count u32 |
 //!   per partition: topic length u16 | topic | topic id u64 | partition u32 | entry count u32 |
@@ -174,11 +177,22 @@ impl Snapshot {
     }
 }
 
-/// Reads the store's producer snapshot; `None` when absent or damaged (recovery then replays
-/// the whole log).
-pub(crate) fn load(fs: &dyn io::FileSystem, dir: &Path) -> Option<Snapshot> {
-    let bytes = fs.read_file(&dir.join(SNAPSHOT_FILE)).ok()?;
-    Snapshot::decode(&bytes).ok()
+/// What the store directory holds for a producer snapshot.
+pub(crate) enum Stored {
+    /// No file: the log holds no idempotent record (see the module docs).
+    Absent,
+    /// A file that does not decode (or cannot be read): the whole log is replayed.
+    Damaged,
+    Valid(Snapshot),
+}
+
+/// Reads the store's producer snapshot.
+pub(crate) fn load(fs: &dyn io::FileSystem, dir: &Path) -> Stored {
+    match fs.read_file(&dir.join(SNAPSHOT_FILE)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stored::Absent,
+        Err(_) => Stored::Damaged,
+        Ok(bytes) => Snapshot::decode(&bytes).map_or(Stored::Damaged, Stored::Valid),
+    }
 }
 
 impl Inner {
@@ -205,11 +219,35 @@ impl Inner {
         }
     }
 
+    /// Before the store's first idempotent batch: writes an empty snapshot at the log's end, so
+    /// that "no snapshot file" keeps meaning "no idempotent record in the log" (an open then
+    /// replays nothing for producers). Once per store; not under the append lock.
+    pub(super) fn start_tracking_producers(&self) -> Result<()> {
+        let _one = self.producer_sample.lock();
+        if self.tracks_producers.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let snapshot = Snapshot {
+            // Sampled under the append lock: a batch boundary.
+            position: {
+                let _appends = self.append_lock.lock();
+                self.written.load(Ordering::Acquire)
+            },
+            partitions: Vec::new(),
+        };
+        let path = self.dir.join(SNAPSHOT_FILE);
+        io::write_atomic(self.fs.as_ref(), &path, &snapshot.encode())
+            .map_err(|e| self.metadata_write_failed(Error::io(&path, e)))?;
+        self.tracks_producers.store(true, Ordering::Release);
+        Ok(())
+    }
+
     /// The producer-snapshot part of a checkpoint: samples the state now and writes the newest
     /// sample the durable log position `durable` covers (this one, or the one kept from an
-    /// earlier checkpoint). Nothing to do before the store has had an idempotent producer.
+    /// earlier checkpoint). Nothing to do while the store has no snapshot (no idempotent
+    /// record in its log).
     pub(super) fn checkpoint_producers(&self, durable: u64) -> Result<()> {
-        if !self.any_producers.load(Ordering::Acquire) {
+        if !self.tracks_producers.load(Ordering::Acquire) {
             return Ok(());
         }
         let fresh = self.sample_producers();
@@ -241,18 +279,30 @@ struct Partial {
     base_offset: u64,
 }
 
-/// Rebuilds every partition's producer state at open: the snapshot (if it covers no more than
-/// the recovered log, `end`), then the records from its position (or the first log file) to
-/// `end`, then expiry. Returns whether any partition has producers.
+/// Rebuilds every partition's producer state at open: the snapshot, then the records from its
+/// position to the recovered end `end`, then expiry. No snapshot means no idempotent record
+/// (nothing to read); a damaged one, or one that claims batches past `end` (only damage to the
+/// log can do that: a snapshot is written once the log is durable past it), means the whole
+/// log; an empty one past `end` (written before the first idempotent batch, whose records the
+/// crash took) means nothing to read. Returns whether the store keeps a snapshot.
 pub(super) fn rebuild(
     inner: &mut Inner,
     topics: &mut HashMap<String, TopicState>,
-    snapshot: Option<Snapshot>,
+    stored: Stored,
     end: u64,
 ) -> Result<bool> {
     let log_min = inner.log.min_offset().unwrap_or(0);
+    let snapshot = match stored {
+        Stored::Absent => return Ok(false),
+        Stored::Damaged => None,
+        Stored::Valid(s) if s.position > end && s.partitions.is_empty() => Some(Snapshot {
+            position: end,
+            partitions: Vec::new(),
+        }),
+        Stored::Valid(s) => Some(s).filter(|s| s.position <= end),
+    };
     let mut from = log_min;
-    if let Some(s) = snapshot.filter(|s| s.position <= end) {
+    if let Some(s) = snapshot {
         from = s.position.max(log_min);
         for (topic, id, p, entries) in &s.partitions {
             if let Some(part) = topics
@@ -275,15 +325,13 @@ pub(super) fn rebuild(
     }
     replay(inner, topics, from, end, &mut states)?;
     let now = crate::clock::now_ms();
-    let mut any = false;
     for ((name, p), mut s) in states {
         s.expire(now, inner.opts.producer_id_expiration);
-        any |= !s.is_empty();
         if let Some(part) = topics.get(&name).and_then(|t| t.partitions.get(p as usize)) {
             *part.producers.lock() = s;
         }
     }
-    Ok(any)
+    Ok(true)
 }
 
 /// Applies the idempotent batches of the records between `from` and `end`.

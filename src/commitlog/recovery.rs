@@ -91,7 +91,7 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         deleting: Mutex::new(catalog.deleting.clone()),
         next_topic_id: AtomicU64::new(catalog.next_topic_id),
         producer_ids: Mutex::new((catalog.producer_id_block_end, catalog.producer_id_block_end)),
-        any_producers: AtomicBool::new(false),
+        tracks_producers: AtomicBool::new(false),
         producer_sample: Mutex::new(None),
         append_lock: Mutex::new(AppendState {
             last_store_timestamp: 0,
@@ -196,8 +196,8 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
     // Producer state: the snapshot, then the records past it (complete batches only: a torn
     // one ended the log above).
     let snapshot = super::producers::load(fs.as_ref(), dir);
-    let any = super::producers::rebuild(&mut inner, &mut topics, snapshot, valid_end)?;
-    inner.any_producers = AtomicBool::new(any);
+    let tracks = super::producers::rebuild(&mut inner, &mut topics, snapshot, valid_end)?;
+    inner.tracks_producers = AtomicBool::new(tracks);
 
     // Start offsets: persisted ones, the first queue file, and the first record still in the log.
     let log_min = inner.log.min_offset().unwrap_or(0);

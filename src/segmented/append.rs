@@ -36,6 +36,9 @@ impl Partition {
         config: &Effective,
         idem: Option<IdempotentBatch>,
     ) -> Result<(AppendResult, bool)> {
+        if idem.is_some() && !self.state.lock().has_snapshot {
+            self.start_tracking_producers(ctx)?;
+        }
         let (result, rolled, written) =
             self.append_locked(ctx, buf, messages, now, config, idem)?;
         if rolled {
@@ -182,7 +185,7 @@ impl Partition {
         let new = self.create_segment(ctx, base)?;
         // The producer state now covers exactly the offsets below the new segment: Kafka's
         // snapshot at a roll. Copied here (no I/O), written by the seal path.
-        if !st.producers.is_empty() {
+        if st.has_snapshot {
             st.producers
                 .expire(crate::clock::now_ms(), ctx.producer_expiration);
             let entries = st.producers.snapshot();

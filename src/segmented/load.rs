@@ -360,7 +360,7 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
     let first_base = metas.first().map_or(0, |m| m.base);
     let start = spec.log_start.max(first_base).min(end);
     let last_timestamp = metas.iter().map(|m| m.max_timestamp).max().unwrap_or(-1);
-    let producers = super::producers::rebuild(
+    let (producers, has_snapshot) = super::producers::rebuild(
         fs,
         dir,
         &metas,
@@ -378,6 +378,7 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
             last_timestamp,
             pending: Vec::new(),
             producers,
+            has_snapshot,
             pending_snapshots: Vec::new(),
         }),
         seal_lock: Mutex::new(()),

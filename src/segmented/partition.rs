@@ -36,6 +36,10 @@ pub(crate) struct PartState {
     pub(super) pending: Vec<(u64, Arc<SegmentHandle>)>,
     /// Idempotent producers' state (checked and updated under this lock).
     pub(super) producers: crate::producer_state::ProducerStates,
+    /// Whether the partition has a producer snapshot file. Without one, its log holds no
+    /// idempotent batch (the first idempotent append writes an empty snapshot before it writes
+    /// anything: see `producers`), so an open needs no replay to know that.
+    pub(super) has_snapshot: bool,
     /// Producer snapshots taken at rolls (offset, entries), written by the seal path once the
     /// segments below them are sealed.
     pub(super) pending_snapshots: Vec<(u64, Vec<crate::producer_state::SnapshotEntry>)>,
@@ -104,11 +108,11 @@ impl Partition {
     }
 
     /// Writes a producer snapshot at the partition's end (a clean close: everything is synced),
-    /// if there are producers, and deletes the ones it supersedes.
+    /// if the partition keeps snapshots, and deletes the ones it supersedes.
     pub(crate) fn write_producer_snapshot(&self, ctx: &Ctx) -> Result<()> {
         let (end, entries, first_base, active_base) = {
             let mut st = self.state.lock();
-            if st.producers.is_empty() || self.deleted.load(Ordering::Acquire) {
+            if !st.has_snapshot || self.deleted.load(Ordering::Acquire) {
                 return Ok(());
             }
             st.producers
@@ -123,6 +127,27 @@ impl Partition {
         };
         super::producers::write(ctx.fs.as_ref(), &self.dir, end, &entries)?;
         super::producers::prune(ctx.fs.as_ref(), &self.dir, first_base, active_base)
+    }
+
+    /// Before the partition's first idempotent batch: writes an empty snapshot at its end, so
+    /// that "no snapshot file" keeps meaning "no idempotent batch in the log" (an open then
+    /// skips the replay). Once per partition; serialised with seals by the seal lock.
+    pub(crate) fn start_tracking_producers(&self, ctx: &Ctx) -> Result<()> {
+        let _one = self.seal_lock.lock();
+        let end = {
+            let st = self.state.lock();
+            if st.has_snapshot {
+                return Ok(());
+            }
+            if self.deleted.load(Ordering::Acquire) {
+                return Err(Error::UnknownTopic(self.topic.clone()));
+            }
+            self.end.load(Ordering::Acquire)
+        };
+        // The state below `end` is empty: the log holds no idempotent batch yet.
+        super::producers::write(ctx.fs.as_ref(), &self.dir, end, &[])?;
+        self.state.lock().has_snapshot = true;
+        Ok(())
     }
 
     /// Makes the active segment's index entries durable (for a clean close, whose next open

@@ -2,6 +2,13 @@
 //! (`<20-digit offset>.snapshot` in the partition directory, the state of every producer as of
 //! that offset: see `producer_state`) and the rebuild at open.
 //!
+//! A partition without a snapshot file has no idempotent batch in its log: the first idempotent
+//! append to it writes an empty snapshot at its end before it writes anything, and the newest
+//! snapshot is never deleted (one past the recovered end covers only batches that are gone).
+//! So an open of a partition that never had an idempotent producer reads nothing more, and
+//! one that has snapshots replays from the newest. A snapshot file deleted by hand is not
+//! noticed (its producers are forgotten), as in Kafka after a clean shutdown.
+//!
 //! A snapshot at offset `X` is taken under the partition lock when a roll makes `X` the new
 //! active segment's base (the state then covers exactly the offsets below `X`), and written by
 //! the seal path once every rolled segment is sealed — their logs synced, so no snapshot ever
@@ -95,7 +102,7 @@ pub(super) fn rebuild(
     end: u64,
     now: i64,
     expiration: Duration,
-) -> Result<ProducerStates> {
+) -> Result<(ProducerStates, bool)> {
     let all = list(fs, dir)?;
     let stale: Vec<u64> = all.iter().copied().filter(|&o| o > end).collect();
     for &o in &stale {
@@ -106,6 +113,10 @@ pub(super) fn rebuild(
         fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
     }
     let mut state = ProducerStates::default();
+    if all.len() == stale.len() {
+        // No snapshot: the log holds no idempotent batch (see `Partition::has_snapshot`).
+        return Ok((state, false));
+    }
     let mut from = 0;
     for &o in all.iter().rev().filter(|&&o| o <= end) {
         let p = snapshot_path(dir, o);
@@ -121,7 +132,7 @@ pub(super) fn rebuild(
     }
     replay(fs, dir, metas, from, end, &mut state)?;
     state.expire(now, expiration);
-    Ok(state)
+    Ok((state, true))
 }
 
 /// Applies the idempotent batches of offsets `from..end` (headers only).

@@ -129,6 +129,25 @@ impl Partition {
         super::producers::prune(ctx.fs.as_ref(), &self.dir, first_base, active_base)
     }
 
+    /// Writes a producer snapshot at the partition's end after syncing its log up to there (so
+    /// the snapshot claims only durable batches), if the partition keeps snapshots. Called
+    /// before segments are deleted: the newest snapshot on disk may be older than them (one a
+    /// crash kept from being written at a roll).
+    pub(crate) fn snapshot_producers_durably(&self, ctx: &Ctx) -> Result<()> {
+        let (end, entries) = {
+            let mut st = self.state.lock();
+            if !st.has_snapshot || self.deleted.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            st.producers
+                .expire(crate::clock::now_ms(), ctx.producer_expiration);
+            (self.end.load(Ordering::Acquire), st.producers.snapshot())
+        };
+        // Syncs everything appended so far, so every offset below `end`.
+        self.flush(ctx)?;
+        super::producers::write(ctx.fs.as_ref(), &self.dir, end, &entries)
+    }
+
     /// Before the partition's first idempotent batch: writes an empty snapshot at its end, so
     /// that "no snapshot file" keeps meaning "no idempotent batch in the log" (an open then
     /// skips the replay). Once per partition; serialised with seals by the seal lock.

@@ -81,6 +81,9 @@ impl Partition {
         if removed.is_empty() {
             return Ok(());
         }
+        // Live producers' state must not go with the segments that hold their batches: a
+        // snapshot at the end (log synced first) covers every one of them before any goes.
+        self.snapshot_producers_durably(ctx)?;
         for m in removed {
             remove_segment_files(ctx.fs.as_ref(), &self.dir, m.base)?;
             if m.swapping {

@@ -776,3 +776,73 @@ fn segment_rolls_write_producer_snapshots_that_retention_removes_with_their_segm
         "{left:?}"
     );
 }
+
+/// When kafka-python is installed, its own decoder (`DefaultRecordBatch`) reads segments with
+/// idempotent batches: producer id, epoch and base sequence in the header, CRC valid, records
+/// at their offsets.
+#[test]
+fn kafka_python_decodes_idempotent_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::open(dir.path(), &common::small_options(EngineKind::Segmented));
+    store.create_topic("t", TopicConfig::default()).unwrap();
+    let a = producer(store.as_ref(), 3);
+    let b = producer(store.as_ref(), 0);
+    store.append("t", 0, &batch("plain", 2)).unwrap();
+    store
+        .append_idempotent("t", 0, a, 0, &batch("a", 3))
+        .unwrap();
+    store
+        .append_idempotent("t", 0, b, 0, &batch("b", 1))
+        .unwrap();
+    store
+        .append_idempotent("t", 0, a, 3, &batch("a2", 2))
+        .unwrap();
+    store.close().unwrap();
+    let script = r#"
+import sys, glob, os
+from kafka.record.default_records import DefaultRecordBatch
+for path in sorted(glob.glob(os.path.join(sys.argv[1], "t-0", "*.log"))):
+    data = open(path, "rb").read()
+    pos = 0
+    while pos < len(data):
+        size = int.from_bytes(data[pos + 8:pos + 12], "big") + 12
+        b = DefaultRecordBatch(bytearray(data[pos:pos + size]))
+        assert b.validate_crc(), path
+        records = list(b)
+        offsets = [r.offset for r in records]
+        values = [r.value.decode() for r in records]
+        print(b.producer_id, b.producer_epoch, b.base_sequence, offsets[0], offsets[-1], ",".join(values))
+        pos += size
+"#;
+    let out = match std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(dir.path())
+        .output()
+    {
+        Ok(o) if o.status.success() => o,
+        Ok(o) if String::from_utf8_lossy(&o.stderr).contains("No module named 'kafka'") => {
+            eprintln!("kafka-python not installed: its decode is skipped");
+            return;
+        }
+        Ok(o) => panic!(
+            "kafka-python failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(_) => {
+            eprintln!("python3 not found: the kafka-python decode is skipped");
+            return;
+        }
+    };
+    let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let want = [
+        "-1 -1 -1 0 1 plain-0,plain-1".to_owned(),
+        format!("{} 3 0 2 4 a-0,a-1,a-2", a.id),
+        format!("{} 0 0 5 5 b-0", b.id),
+        format!("{} 3 3 6 7 a2-0,a2-1", a.id),
+    ];
+    assert_eq!(got, want);
+}

@@ -246,6 +246,14 @@ impl ProducerStates {
         v
     }
 
+    /// The last offset of each producer's last batch.
+    pub(crate) fn last_offsets(&self) -> std::collections::HashSet<u64> {
+        self.map
+            .values()
+            .filter_map(|e| e.last().map(|b| b.last_offset))
+            .collect()
+    }
+
     /// Each producer's last batch, by producer id: what a snapshot keeps.
     pub(crate) fn snapshot(&self) -> Vec<SnapshotEntry> {
         let mut v: Vec<SnapshotEntry> = self

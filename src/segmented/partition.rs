@@ -148,6 +148,12 @@ impl Partition {
         super::producers::write(ctx.fs.as_ref(), &self.dir, end, &entries)
     }
 
+    /// The last offset of each idempotent producer's last batch (what the cleaner keeps).
+    pub(crate) fn producer_last_offsets(&self) -> std::collections::HashSet<u64> {
+        let st = self.state.lock();
+        st.producers.last_offsets()
+    }
+
     /// Before the partition's first idempotent batch: writes an empty snapshot at its end, so
     /// that "no snapshot file" keeps meaning "no idempotent batch in the log" (an open then
     /// skips the replay). Once per partition; serialised with seals by the seal lock.

@@ -892,3 +892,118 @@ fn compaction_keeps_the_last_batch_of_each_live_producer() {
         "the producer's last batch survived compaction"
     );
 }
+
+/// One 46-byte entry of Kafka's producer snapshot.
+fn kafka_entry(p: ProducerId, last_seq: i32, last_offset: i64, delta: i32, ts: i64) -> Vec<u8> {
+    let mut e = Vec::new();
+    e.extend_from_slice(&p.id.to_be_bytes());
+    e.extend_from_slice(&p.epoch.to_be_bytes());
+    e.extend_from_slice(&last_seq.to_be_bytes());
+    e.extend_from_slice(&last_offset.to_be_bytes());
+    e.extend_from_slice(&delta.to_be_bytes());
+    e.extend_from_slice(&ts.to_be_bytes());
+    e.extend_from_slice(&0i32.to_be_bytes());
+    e.extend_from_slice(&(-1i64).to_be_bytes());
+    e
+}
+
+/// Sequences wrap from `i32::MAX` to 0 (Kafka's rule), on both engines. A producer starts at 0
+/// through the API, so the state near `i32::MAX` is written as a snapshot by hand: Kafka's own
+/// layout on the segmented engine, the store's `producer-snapshot` on the CommitLog engine.
+#[test]
+fn sequences_wrap_from_i32_max_to_zero() {
+    common::for_each_engine(|engine, dir| {
+        let opts = common::small_options(engine);
+        let store = common::open(dir, &opts);
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        let p = producer(store.as_ref(), 0);
+        store.append("t", 0, &batch("plain", 3)).unwrap();
+        let topic_id = store.topic_id("t").unwrap();
+        store.close().unwrap();
+        drop(store);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        // The producer's last batch: sequences MAX-1..=MAX at offsets 1..=2.
+        let entry = kafka_entry(p, i32::MAX, 2, 1, now);
+        match engine {
+            EngineKind::Segmented => {
+                let mut b = vec![0, 1, 0, 0, 0, 0];
+                b.extend_from_slice(&1i32.to_be_bytes());
+                b.extend_from_slice(&entry);
+                let crc = crc32c::crc32c(&b[6..]);
+                b[2..6].copy_from_slice(&crc.to_be_bytes());
+                std::fs::write(dir.join("t-0").join(format!("{:020}.snapshot", 3)), b).unwrap();
+            }
+            _ => {
+                let cl = duolog::CommitLogStore::open(dir, opts.clone()).unwrap();
+                let position = cl.log_end_position();
+                cl.close().unwrap();
+                drop(cl);
+                let mut b = b"DLPS".to_vec();
+                b.extend_from_slice(&[0, 1, 0, 0]);
+                b.extend_from_slice(&position.to_be_bytes());
+                b.extend_from_slice(&1u32.to_be_bytes());
+                b.extend_from_slice(&1u16.to_be_bytes());
+                b.extend_from_slice(b"t");
+                b.extend_from_slice(&topic_id.to_be_bytes());
+                b.extend_from_slice(&0u32.to_be_bytes());
+                b.extend_from_slice(&1u32.to_be_bytes());
+                b.extend_from_slice(&entry);
+                let crc = crc32c::crc32c(&b);
+                b.extend_from_slice(&crc.to_be_bytes());
+                std::fs::write(dir.join("producer-snapshot"), b).unwrap();
+            }
+        }
+        let store = common::open(dir, &opts);
+        let state = store.producer_state("t", 0).unwrap();
+        assert_eq!(state.len(), 1, "{engine}");
+        assert_eq!(
+            (state[0].last_sequence, state[0].last_offset),
+            (i32::MAX, 2)
+        );
+        // The retry of the batch that ended at i32::MAX is a duplicate.
+        assert_eq!(
+            store
+                .append_idempotent("t", 0, p, i32::MAX - 1, &batch("w", 2))
+                .unwrap(),
+            ar(1, 2),
+            "{engine}"
+        );
+        let past = store.append_idempotent("t", 0, p, i32::MAX, &batch("x", 1));
+        assert!(
+            matches!(past, Err(Error::OutOfOrderSequence { expected: 0, .. })),
+            "{engine}: {past:?}"
+        );
+        assert_eq!(
+            store
+                .append_idempotent("t", 0, p, 0, &batch("y", 2))
+                .unwrap(),
+            ar(3, 4)
+        );
+        assert_eq!(
+            store
+                .append_idempotent("t", 0, p, 0, &batch("y", 2))
+                .unwrap(),
+            ar(3, 4)
+        );
+        assert_eq!(
+            store
+                .append_idempotent("t", 0, p, 2, &batch("z", 1))
+                .unwrap(),
+            ar(5, 5)
+        );
+        // And after a crash, rebuilt from the log past the snapshot.
+        store.abandon();
+        drop(store);
+        let store = common::open(dir, &opts);
+        assert_eq!(
+            store
+                .append_idempotent("t", 0, p, 2, &batch("z", 1))
+                .unwrap(),
+            ar(5, 5),
+            "{engine}"
+        );
+    });
+}

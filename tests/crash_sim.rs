@@ -56,6 +56,9 @@ fn options(engine: EngineKind, sim: &SimFs, sync: bool) -> StoreOptions {
     }
 }
 
+/// An idempotent batch the test sent: (first sequence, base offset, values).
+type SentBatch = (i32, usize, Vec<Vec<u8>>);
+
 /// What the test knows: everything appended per partition, how much of it is durable, and the
 /// start offsets set by delete_before.
 #[derive(Clone, Debug, Default)]
@@ -71,7 +74,7 @@ struct Model {
     /// Group `g`'s last acknowledged commit (every partition of `t`), if it made one.
     committed: Option<Vec<u64>>,
     /// Per partition, the idempotent batches sent: (first sequence, base offset, values).
-    idem: Vec<Vec<(i32, usize, Vec<Vec<u8>>)>>,
+    idem: Vec<Vec<SentBatch>>,
     /// The highest producer id handed out so far.
     highest_pid: i64,
 }

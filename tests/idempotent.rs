@@ -664,7 +664,7 @@ fn commitlog_recovery_cuts_a_torn_idempotent_batch_back_to_its_first_record() {
     let files = store.commitlog_files();
     store.abandon();
     drop(store);
-    let size = opts.commitlog.file_size as u64;
+    let size = opts.commitlog.file_size;
     let file = &files[(unit.position / size) as usize];
     let mut bytes = std::fs::read(file).unwrap();
     let at = (unit.position % size) as usize;

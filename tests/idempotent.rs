@@ -1007,3 +1007,39 @@ fn sequences_wrap_from_i32_max_to_zero() {
         );
     });
 }
+
+/// Segments are deleted only once a snapshot covers their producers: here the snapshots of the
+/// rolls are gone (as after a crash before the seal wrote them), and `delete_before` removes
+/// every segment holding the producer's batches; a crash later, its state must still be there.
+#[test]
+fn segment_deletion_first_snapshots_the_producers_of_the_deleted_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = common::small_options(EngineKind::Segmented);
+    let store = common::open(dir.path(), &opts);
+    store.create_topic("t", TopicConfig::default()).unwrap();
+    let p = producer(store.as_ref(), 0);
+    let body = vec![b'z'; 3000];
+    let m: Vec<Message> = (0..2).map(|_| Message::new(body.clone())).collect();
+    let mut last = ar(0, 0);
+    for k in 0..60 {
+        last = store.append_idempotent("t", 0, p, 2 * k, &m).unwrap();
+    }
+    // Plain records after the producer's last batch, so every segment it wrote is sealed.
+    let plain: Vec<Message> = (0..2).map(|_| Message::new(body.clone())).collect();
+    for _ in 0..30 {
+        store.append("t", 0, &plain).unwrap();
+    }
+    store.abandon();
+    drop(store);
+    for s in snapshot_files(dir.path()) {
+        if !s.ends_with(format!("{:020}.snapshot", 0)) {
+            std::fs::remove_file(s).unwrap();
+        }
+    }
+    let store = common::open(dir.path(), &opts);
+    store.delete_before("t", 0, last.last_offset + 1).unwrap();
+    store.abandon();
+    drop(store);
+    let store = common::open(dir.path(), &opts);
+    assert_eq!(store.append_idempotent("t", 0, p, 118, &m).unwrap(), last);
+}

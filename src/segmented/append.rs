@@ -252,25 +252,13 @@ impl Partition {
             }
             std::mem::take(&mut st.pending_snapshots)
         };
-        let Some((last, _)) = snapshots.last() else {
+        if snapshots.is_empty() {
             return Ok(());
-        };
-        let last = *last;
+        }
         for (offset, entries) in &snapshots {
             producers::write(ctx.fs.as_ref(), &self.dir, *offset, entries)?;
         }
-        let (first_base, active_base) = {
-            let st = self.state.lock();
-            (
-                st.segments.first().map_or(last, |m| m.base),
-                st.segments.last().map_or(last, |m| m.base),
-            )
-        };
-        producers::prune(
-            ctx.fs.as_ref(),
-            &self.dir,
-            first_base,
-            active_base.max(last),
-        )
+        let bases = self.segment_bases();
+        producers::prune(ctx.fs.as_ref(), &self.dir, &bases)
     }
 }

@@ -110,23 +110,22 @@ impl Partition {
     /// Writes a producer snapshot at the partition's end (a clean close: everything is synced),
     /// if the partition keeps snapshots, and deletes the ones it supersedes.
     pub(crate) fn write_producer_snapshot(&self, ctx: &Ctx) -> Result<()> {
-        let (end, entries, first_base, active_base) = {
+        let (end, entries) = {
             let mut st = self.state.lock();
             if !st.has_snapshot || self.deleted.load(Ordering::Acquire) {
                 return Ok(());
             }
             st.producers
                 .expire(crate::clock::now_ms(), ctx.producer_expiration);
-            let end = self.end.load(Ordering::Acquire);
-            (
-                end,
-                st.producers.snapshot(),
-                st.segments.first().map_or(end, |m| m.base),
-                st.segments.last().map_or(end, |m| m.base),
-            )
+            (self.end.load(Ordering::Acquire), st.producers.snapshot())
         };
         super::producers::write(ctx.fs.as_ref(), &self.dir, end, &entries)?;
-        super::producers::prune(ctx.fs.as_ref(), &self.dir, first_base, active_base)
+        super::producers::prune(ctx.fs.as_ref(), &self.dir, &self.segment_bases())
+    }
+
+    /// The bases of the partition's segments, ascending.
+    pub(super) fn segment_bases(&self) -> Vec<u64> {
+        self.state.lock().segments.iter().map(|m| m.base).collect()
     }
 
     /// Writes a producer snapshot at the partition's end after syncing its log up to there (so

@@ -18,8 +18,9 @@
 //! starting point, older ones are the fallback, and none at all means the log start; the batch
 //! headers after it are replayed (never the records). Snapshots past the recovered end (the log
 //! was cut by recovery) describe batches that are gone and are deleted before anything is
-//! appended. Retention deletes snapshots below the first segment with their segments, except
-//! the newest one, so live producers' state outlives the segments they wrote.
+//! appended. Before retention or `delete_before` deletes segments, a snapshot is written at the
+//! end (log synced first); then only the newest snapshot and those at segment bases stay, so
+//! snapshots go with their segments and live producers' state outlives the segments they wrote.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -65,22 +66,17 @@ pub(super) fn write(
         .map_err(|e| Error::io(&path, e))
 }
 
-/// Deletes snapshots that nothing needs: those below `first_base` (their segments are gone)
-/// and those above `active_base` other than the newest (a later one in the same segment
-/// supersedes them). The newest snapshot always stays.
-pub(super) fn prune(
-    fs: &dyn FileSystem,
-    dir: &Path,
-    first_base: u64,
-    active_base: u64,
-) -> Result<()> {
+/// Deletes snapshots that nothing needs: every one but the newest and those at the base of a
+/// segment of `bases` (sorted; the fallbacks of a damaged newest one). So snapshots go with
+/// their segments, and those a clean close wrote inside a segment go once a newer one exists.
+pub(super) fn prune(fs: &dyn FileSystem, dir: &Path, bases: &[u64]) -> Result<()> {
     let all = list(fs, dir)?;
     let Some(&newest) = all.last() else {
         return Ok(());
     };
     let mut removed = false;
     for &o in &all {
-        if o != newest && (o < first_base || o > active_base) {
+        if o != newest && bases.binary_search(&o).is_err() {
             let p = snapshot_path(dir, o);
             io::remove_if_exists(fs, &p).map_err(|e| Error::io(&p, e))?;
             removed = true;

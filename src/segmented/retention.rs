@@ -105,14 +105,7 @@ impl Partition {
             .map_err(|e| Error::io(&self.dir, e))?;
         // Producer snapshots of the removed segments go with them (the newest one stays, so
         // live producers keep their state).
-        let (first_base, active_base) = {
-            let st = self.state.lock();
-            (
-                st.segments.first().map_or(0, |m| m.base),
-                st.segments.last().map_or(0, |m| m.base),
-            )
-        };
-        super::producers::prune(ctx.fs.as_ref(), &self.dir, first_base, active_base)
+        super::producers::prune(ctx.fs.as_ref(), &self.dir, &self.segment_bases())
     }
 
     /// Raises the log start offset (already persisted by the caller) and deletes segments wholly

@@ -214,9 +214,10 @@ pub(crate) struct Inner {
     /// Whether the store has a producer snapshot (set before its first idempotent record is
     /// written): checkpoints then keep it current (see `producers`).
     tracks_producers: AtomicBool,
-    /// The producer state sampled at the last checkpoint, written by the first checkpoint
-    /// whose durable log position covers it.
-    producer_sample: Mutex<Option<producers::Snapshot>>,
+    /// The producer snapshots: the one sampled at the last checkpoint (written by the first
+    /// checkpoint whose durable log position covers it) and the position of the last one
+    /// written (never replaced by an older one). Held while one is written.
+    producer_sample: Mutex<producers::Samples>,
     append_lock: Mutex<AppendState>,
     /// End of published commit-log data.
     written: AtomicU64,

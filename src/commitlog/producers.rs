@@ -223,7 +223,7 @@ impl Inner {
     /// that "no snapshot file" keeps meaning "no idempotent record in the log" (an open then
     /// replays nothing for producers). Once per store; not under the append lock.
     pub(super) fn start_tracking_producers(&self) -> Result<()> {
-        let _one = self.producer_sample.lock();
+        let mut samples = self.producer_sample.lock();
         if self.tracks_producers.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -235,10 +235,20 @@ impl Inner {
             },
             partitions: Vec::new(),
         };
+        self.write_producer_snapshot(&mut samples, &snapshot)?;
+        self.tracks_producers.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Writes `snapshot` unless a newer one was written already.
+    fn write_producer_snapshot(&self, samples: &mut Samples, snapshot: &Snapshot) -> Result<()> {
+        if snapshot.position < samples.written {
+            return Ok(());
+        }
         let path = self.dir.join(SNAPSHOT_FILE);
         io::write_atomic(self.fs.as_ref(), &path, &snapshot.encode())
             .map_err(|e| self.metadata_write_failed(Error::io(&path, e)))?;
-        self.tracks_producers.store(true, Ordering::Release);
+        samples.written = snapshot.position;
         Ok(())
     }
 
@@ -251,24 +261,42 @@ impl Inner {
             return Ok(());
         }
         let fresh = self.sample_producers();
-        let ready = {
-            let mut kept = self.producer_sample.lock();
-            if fresh.position <= durable {
-                *kept = None;
-                Some(fresh)
-            } else {
-                let older = kept.take().filter(|s| s.position <= durable);
-                *kept = Some(fresh);
-                older
-            }
+        let mut samples = self.producer_sample.lock();
+        let ready = if fresh.position <= durable {
+            samples.kept = None;
+            Some(fresh)
+        } else {
+            let older = samples.kept.take().filter(|s| s.position <= durable);
+            samples.kept = Some(fresh);
+            older
         };
-        let Some(snapshot) = ready else {
-            return Ok(());
-        };
-        let path = self.dir.join(SNAPSHOT_FILE);
-        io::write_atomic(self.fs.as_ref(), &path, &snapshot.encode())
-            .map_err(|e| self.metadata_write_failed(Error::io(&path, e)))
+        match ready {
+            Some(snapshot) => self.write_producer_snapshot(&mut samples, &snapshot),
+            None => Ok(()),
+        }
     }
+
+    /// Before retention deletes commit-log files: a snapshot of the state now, written once the
+    /// log is durable up to it, so no producer's batches go with the files while only an older
+    /// snapshot (a replay from which would miss them) is on disk.
+    pub(super) fn snapshot_producers_durably(&self) -> Result<()> {
+        if !self.tracks_producers.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let snapshot = self.sample_producers();
+        self.gc.sync_all(self)?;
+        let mut samples = self.producer_sample.lock();
+        self.write_producer_snapshot(&mut samples, &snapshot)
+    }
+}
+
+/// The CommitLog engine's producer snapshots in flight (see `Inner::producer_sample`).
+#[derive(Debug, Default)]
+pub(crate) struct Samples {
+    /// Sampled at a checkpoint, not yet covered by the durable log position.
+    kept: Option<Snapshot>,
+    /// Position of the last snapshot written by this run (0 at open).
+    written: u64,
 }
 
 /// A batch whose records the rebuild has seen part of.

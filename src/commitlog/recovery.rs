@@ -92,7 +92,7 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         next_topic_id: AtomicU64::new(catalog.next_topic_id),
         producer_ids: Mutex::new((catalog.producer_id_block_end, catalog.producer_id_block_end)),
         tracks_producers: AtomicBool::new(false),
-        producer_sample: Mutex::new(None),
+        producer_sample: Mutex::new(Default::default()),
         append_lock: Mutex::new(AppendState {
             last_store_timestamp: 0,
             current: None,

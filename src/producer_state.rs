@@ -47,9 +47,10 @@ struct Entry {
     epoch: i16,
     /// Oldest first, at most [`BATCHES_RETAINED`].
     batches: VecDeque<BatchMeta>,
-    /// Kept for transactions (a later layer), written to snapshots: the epoch of the
-    /// coordinator that last wrote a marker for the producer, and the first offset of the
-    /// producer's open transaction. Unused for now (0 and `None`).
+    /// Kept for transactions (a later layer), written to snapshots: whether the producer is
+    /// transactional, the epoch of the coordinator that last wrote a marker for it, and the
+    /// first offset of its open transaction. Unused for now (false, 0 and `None`).
+    transactional: bool,
     coordinator_epoch: i32,
     txn_first_offset: Option<u64>,
 }
@@ -208,6 +209,7 @@ impl ProducerStates {
         let e = self.map.entry(producer.id).or_insert_with(|| Entry {
             epoch: producer.epoch,
             batches: VecDeque::new(),
+            transactional: false,
             coordinator_epoch: 0,
             txn_first_offset: None,
         });
@@ -269,7 +271,11 @@ impl ProducerStates {
                     offset_delta: (b.last_offset - b.base_offset) as i32,
                     timestamp: b.timestamp,
                     coordinator_epoch: e.coordinator_epoch,
-                    txn_first_offset: e.txn_first_offset.map_or(-1, |o| o as i64),
+                    // Only a transactional producer has an open transaction.
+                    txn_first_offset: e
+                        .txn_first_offset
+                        .filter(|_| e.transactional)
+                        .map_or(-1, |o| o as i64),
                 })
             })
             .collect();
@@ -293,6 +299,7 @@ impl ProducerStates {
                         last_offset: e.last_offset,
                         timestamp: e.timestamp,
                     }]),
+                    transactional: e.txn_first_offset >= 0,
                     coordinator_epoch: e.coordinator_epoch,
                     txn_first_offset: u64::try_from(e.txn_first_offset).ok(),
                 },

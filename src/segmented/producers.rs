@@ -88,18 +88,19 @@ pub(super) fn prune(fs: &dyn FileSystem, dir: &Path, bases: &[u64]) -> Result<()
     Ok(())
 }
 
-/// Rebuilds a partition's producer state at open: the newest usable snapshot, then the batch
-/// headers of the log from its offset to `end`, then expiry at `now`. Deletes snapshots past
+/// Rebuilds a partition's producer state at open from its snapshots (`all`, their offsets
+/// ascending): the newest usable snapshot, then the batch headers of the log from its offset to
+/// `end`, then expiry at `now`. Deletes snapshots past
 /// `end` first (durably: a later open must not find them once the log has grown past them).
 pub(super) fn rebuild(
     fs: &dyn FileSystem,
     dir: &Path,
+    all: Vec<u64>,
     metas: &[SegmentMeta],
     end: u64,
     now: i64,
     expiration: Duration,
 ) -> Result<(ProducerStates, bool)> {
-    let all = list(fs, dir)?;
     let stale: Vec<u64> = all.iter().copied().filter(|&o| o > end).collect();
     for &o in &stale {
         let p = snapshot_path(dir, o);

@@ -1079,3 +1079,56 @@ fn a_topic_created_again_does_not_inherit_producers() {
         );
     });
 }
+
+/// A retry racing its original (two threads send every batch of a producer at the same time,
+/// four producers at once): each batch is written once, and both senders get its offsets.
+#[test]
+fn a_retry_racing_its_original_is_written_once() {
+    common::for_each_engine(|engine, dir| {
+        let store: Arc<dyn LogStore> = Arc::from(common::open(dir, &common::small_options(engine)));
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        let mut threads = Vec::new();
+        for n in 0..4 {
+            let p = producer(store.as_ref(), 0);
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            for _ in 0..2 {
+                let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+                threads.push(std::thread::spawn(move || {
+                    (0..50)
+                        .map(|k| {
+                            barrier.wait();
+                            store
+                                .append_idempotent(
+                                    "t",
+                                    0,
+                                    p,
+                                    3 * k,
+                                    &batch(&format!("p{n}b{k}"), 3),
+                                )
+                                .unwrap()
+                        })
+                        .collect::<Vec<_>>()
+                }));
+            }
+        }
+        let results: Vec<Vec<AppendResult>> =
+            threads.into_iter().map(|t| t.join().unwrap()).collect();
+        for pair in results.chunks(2) {
+            assert_eq!(
+                pair[0], pair[1],
+                "{engine}: both senders see the same offsets"
+            );
+        }
+        let recs = common::read_all(store.as_ref(), "t", 0);
+        assert_eq!(recs.len(), 4 * 50 * 3, "{engine}: every batch written once");
+        for pair in results.chunks(2) {
+            for r in &pair[0] {
+                let first = &recs[r.base_offset as usize];
+                assert!(
+                    first.body().ends_with(b"-0"),
+                    "{engine}: a batch starts at its base"
+                );
+            }
+        }
+    });
+}

@@ -1132,3 +1132,41 @@ fn a_retry_racing_its_original_is_written_once() {
         }
     });
 }
+
+/// Retention deleting the log files that hold a producer's batches (by size here) keeps its
+/// state, across a crash right after (both engines).
+#[test]
+fn retention_by_size_keeps_the_state_of_live_producers_across_a_crash() {
+    common::for_each_engine(|engine, dir| {
+        let opts = common::small_options(engine);
+        let store = common::open(dir, &opts);
+        let config = TopicConfig {
+            retention_bytes: Some(100_000),
+            ..TopicConfig::default()
+        };
+        store.create_topic("t", config).unwrap();
+        let p = producer(store.as_ref(), 0);
+        let first = store
+            .append_idempotent("t", 0, p, 0, &batch("idem", 2))
+            .unwrap();
+        let body = vec![b'q'; 4000];
+        for _ in 0..100 {
+            store.append("t", 0, &[Message::new(body.clone())]).unwrap();
+        }
+        store.enforce_retention().unwrap();
+        assert!(
+            store.bounds("t", 0).unwrap().start > first.last_offset,
+            "{engine}"
+        );
+        store.abandon();
+        drop(store);
+        let store = common::open(dir, &opts);
+        assert_eq!(
+            store
+                .append_idempotent("t", 0, p, 0, &batch("idem", 2))
+                .unwrap(),
+            first,
+            "{engine}"
+        );
+    });
+}

@@ -1,7 +1,8 @@
 //! The store's `meta` file: which engine made the store and which topics it has.
 //!
 //! ```text
-//! "DUOL" | version u16 = 2 | engine u8 | reserved u8 | next topic id u64 | topic count u32 |
+//! "DUOL" | version u16 = 3 | engine u8 | reserved u8 | next topic id u64 |
+//!   producer id block end i64 | topic count u32 |
 //!   per topic: name length u16 | name | partitions u32 | since u64 | id u64 |
 //!              config count u16 | per config: name length u8 | name | value length u16 | value
 //! deleting count u32 | per topic being deleted: name length u16 | name | partitions u32
@@ -14,7 +15,13 @@
 //! reused in the store, so a topic deleted and created again has a new one. Version 1 topics
 //! get ids 1, 2, … in catalog order.
 //! Configs are Kafka's names and values (`retention.ms` = `3600000`), so a config added later
-//! needs no new version. Version 1 (no configs, no deletions) is still read.
+//! needs no new version. Version 1 (no configs, no deletions) and version 2 (no producer id
+//! block) are still read.
+//! `producer id block end` (version 3): every producer id below it may have been handed out
+//! (`LogStore::allocate_producer_id` reserves ids in blocks of [`PRODUCER_ID_BLOCK`] by
+//! writing a catalog whose end covers the block before it hands out one of them), so an open
+//! starts handing out ids at it: none is ever given twice, even after a crash. Older versions
+//! read as 0.
 //! Written atomically (temp file, fsync, rename, directory fsync), so after a crash it holds the
 //! old or the new catalog, never a mix: the catalog is the commit point of every topic change.
 //! Deleting a topic first writes a catalog without it and with it listed as being deleted, then
@@ -28,7 +35,9 @@ use crate::io::{self, FileSystem};
 use crate::store::{EngineKind, TopicConfig};
 
 const MAGIC: &[u8; 4] = b"DUOL";
-const VERSION: u16 = 2;
+const VERSION: u16 = 3;
+/// Producer ids reserved per catalog write (Kafka's `ProducerIdManager` takes blocks of 1,000).
+pub(crate) const PRODUCER_ID_BLOCK: i64 = 1000;
 /// File name of the catalog inside a store directory.
 pub(crate) const META_FILE: &str = "meta";
 
@@ -40,6 +49,8 @@ pub(crate) struct Catalog {
     pub(crate) topics: Vec<(String, TopicConfig, TopicMeta)>,
     /// The id the next topic created gets.
     pub(crate) next_topic_id: u64,
+    /// Producer ids below it may have been handed out (see the module docs).
+    pub(crate) producer_id_block_end: i64,
     /// Topics whose deletion began but may not have finished: (name, partitions).
     pub(crate) deleting: Vec<(String, u32)>,
 }
@@ -61,6 +72,7 @@ impl Catalog {
         out.push(self.engine.code());
         out.push(0);
         out.extend_from_slice(&self.next_topic_id.to_be_bytes());
+        out.extend_from_slice(&self.producer_id_block_end.to_be_bytes());
         out.extend_from_slice(&(self.topics.len() as u32).to_be_bytes());
         for (name, config, meta) in &self.topics {
             out.extend_from_slice(&(name.len() as u16).to_be_bytes());
@@ -101,12 +113,16 @@ impl Catalog {
             return Err(bad(0, "not a duolog store (bad magic)"));
         }
         let version = u16::from_be_bytes([body[4], body[5]]);
-        if version != 1 && version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(bad(4, &format!("unsupported catalog version {version}")));
         }
         let engine = EngineKind::from_code(body[6]).ok_or_else(|| bad(6, "unknown engine code"))?;
         let mut r = Reader { body, pos: 8, bad };
         let mut next_topic_id = if version >= 2 { r.u64()? } else { 1 };
+        let producer_id_block_end = if version >= 3 { r.u64()? as i64 } else { 0 };
+        if producer_id_block_end < 0 {
+            return Err(bad(16, "negative producer id block end"));
+        }
         let count = r.u32()? as usize;
         let mut topics = Vec::with_capacity(count.min(body.len() / 6));
         for _ in 0..count {
@@ -155,6 +171,7 @@ impl Catalog {
             engine,
             topics,
             next_topic_id,
+            producer_id_block_end,
             deleting,
         })
     }
@@ -218,6 +235,31 @@ impl<F: Fn(usize, &str) -> Error> Reader<'_, F> {
     }
 }
 
+/// Hands out the next producer id of `ids` (next id, end of the block the catalog reserves),
+/// first reserving a new block of [`PRODUCER_ID_BLOCK`] ids with `store_catalog` (which writes
+/// the catalog with `ids`' block end, atomically and durably) when the block is used up. The
+/// caller holds the lock that serialises catalog writes.
+pub(crate) fn allocate_producer_id(
+    ids: &parking_lot::Mutex<(i64, i64)>,
+    store_catalog: impl FnOnce() -> Result<()>,
+) -> Result<i64> {
+    let (next, end) = *ids.lock();
+    if next >= end {
+        let new_end = next
+            .checked_add(PRODUCER_ID_BLOCK)
+            .ok_or_else(|| Error::InvalidArgument("producer ids are exhausted".into()))?;
+        ids.lock().1 = new_end;
+        if let Err(e) = store_catalog() {
+            ids.lock().1 = end;
+            return Err(e);
+        }
+    }
+    let mut ids = ids.lock();
+    let id = ids.0;
+    ids.0 += 1;
+    Ok(id)
+}
+
 /// The guard of a store directory's `LOCK` file.
 pub(crate) type DirLock = Box<dyn std::any::Any + Send + Sync>;
 
@@ -267,6 +309,7 @@ pub(crate) fn lock_and_load(
                 engine,
                 topics: Vec::new(),
                 next_topic_id: 1,
+                producer_id_block_end: 0,
                 deleting: Vec::new(),
             };
             c.store(fs, dir)?;
@@ -303,6 +346,7 @@ mod tests {
                 ),
             ],
             next_topic_id: 8,
+            producer_id_block_end: 3000,
             deleting: vec![("gone".into(), 4)],
         };
         let bytes = c.encode();
@@ -317,6 +361,35 @@ mod tests {
                 "truncation at {i} accepted"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod version_two {
+    use super::*;
+
+    /// A catalog written before producer ids (version 2) still reads, with no block reserved.
+    #[test]
+    fn a_version_two_catalog_still_reads_with_no_producer_ids_reserved() {
+        let c = Catalog {
+            engine: EngineKind::Segmented,
+            topics: vec![(
+                "t".into(),
+                TopicConfig::with_partitions(2),
+                TopicMeta { since: 0, id: 1 },
+            )],
+            next_topic_id: 2,
+            producer_id_block_end: 0,
+            deleting: Vec::new(),
+        };
+        let v3 = c.encode();
+        // Version 2: the same bytes without the producer id block end (bytes 16..24).
+        let mut v2 = v3[..v3.len() - 4].to_vec();
+        v2.drain(16..24);
+        v2[4..6].copy_from_slice(&2u16.to_be_bytes());
+        let crc = crc32c::crc32c(&v2);
+        v2.extend_from_slice(&crc.to_be_bytes());
+        assert_eq!(Catalog::decode(Path::new("meta"), &v2).unwrap(), c);
     }
 }
 

@@ -131,6 +131,40 @@ pub enum Error {
         /// Partition.
         partition: u32,
     },
+
+    /// An idempotent batch whose first sequence number does not follow the producer's last one
+    /// on the partition (Kafka's `OUT_OF_ORDER_SEQUENCE_NUMBER`): a batch was lost in between,
+    /// or the producer is unknown here (never seen, or expired) and did not start at 0.
+    #[error(
+        "out-of-order sequence for {producer} on {topic}-{partition}: expected {expected}, got {got}"
+    )]
+    OutOfOrderSequence {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The producer.
+        producer: crate::store::ProducerId,
+        /// The sequence number the partition expects next.
+        expected: i32,
+        /// The batch's first sequence number.
+        got: i32,
+    },
+
+    /// An idempotent batch from an epoch older than the one the partition knows for the
+    /// producer id (Kafka's `PRODUCER_FENCED` / `INVALID_PRODUCER_EPOCH`): a newer instance of
+    /// the producer took over.
+    #[error("{producer} is fenced on {topic}-{partition}: epoch {current_epoch} took over")]
+    ProducerFenced {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The fenced producer.
+        producer: crate::store::ProducerId,
+        /// The epoch the partition knows.
+        current_epoch: i16,
+    },
 }
 
 impl Error {

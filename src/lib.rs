@@ -43,6 +43,7 @@ mod offsets_file;
 mod open;
 mod options;
 mod partitioner;
+mod producer_state;
 pub mod segmented;
 mod store;
 mod topic_config;
@@ -62,6 +63,7 @@ pub use store::{
     Message, PartitionBounds, Properties, ReadLimits, Record, TAG_SCAN_FACTOR, TaggedRead,
     TopicConfig, VerifyReport, is_internal_topic,
 };
+pub use store::{ProducerEntry, ProducerId};
 pub use topic_config::TOPIC_CONFIG_NAMES;
 
 /// The README's quickstart, compiled and run as a doctest.

@@ -246,6 +246,11 @@ pub struct StoreOptions {
     /// most) come on top. Default: 512, which leaves room under the usual soft limit of 1,024
     /// descriptors. Minimum 1.
     pub max_open_files: usize,
+    /// How long a partition remembers an idempotent producer that wrote nothing to it (Kafka's
+    /// `producer.id.expiration.ms`): after that, its state is dropped and its next batch must
+    /// start a new sequence at 0. Bounds the producer state kept in memory and in snapshots.
+    /// `Duration::MAX` never expires. Default: 1 day. Minimum 1 ms.
+    pub producer_id_expiration: Duration,
     /// The storage every file operation goes through. Default: the real file system.
     pub fs: Arc<dyn FileSystem>,
 }
@@ -261,6 +266,7 @@ impl Default for StoreOptions {
             index: IndexOptions::default(),
             compaction: CompactionOptions::default(),
             max_open_files: 512,
+            producer_id_expiration: Duration::from_secs(24 * 3600),
             fs: Arc::new(RealFs),
         }
     }
@@ -327,6 +333,13 @@ impl StoreOptions {
         })?;
         check(self.max_open_files >= 1, || {
             "max_open_files must be at least 1".to_owned()
+        })?;
+        // Zero would forget every producer at once, so no retry could ever be recognised.
+        check(self.producer_id_expiration >= MIN_INTERVAL, || {
+            format!(
+                "producer_id_expiration must be at least 1 ms (Duration::MAX: never), not {:?}",
+                self.producer_id_expiration
+            )
         })?;
         if self.index.enabled {
             let IndexOptions {

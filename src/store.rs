@@ -165,9 +165,32 @@ pub(crate) enum PropertyEncoding {
     KafkaHeaders,
 }
 
-/// Property names the engines use for fields of their own; hidden from [`Properties::iter`].
-pub(crate) const RESERVED_PROPERTIES: [&str; 5] =
-    ["TAGS", "__KEY", "__KEYHEX", "__CRC32#", TOMBSTONE_PROPERTY];
+/// Property names the engines use for fields of their own; hidden from [`Properties::iter`],
+/// and refused in a message's properties (so no user can forge them: the producer fields
+/// below decide what recovery rebuilds).
+pub(crate) const RESERVED_PROPERTIES: &[&str] = &[
+    "TAGS",
+    "__KEY",
+    "__KEYHEX",
+    "__CRC32#",
+    TOMBSTONE_PROPERTY,
+    PRODUCER_ID_PROPERTY,
+    PRODUCER_EPOCH_PROPERTY,
+    PRODUCER_SEQUENCE_PROPERTY,
+    PRODUCER_LAST_PROPERTY,
+];
+
+/// CommitLog engine: the producer id of a record appended by
+/// [`append_idempotent`](LogStore::append_idempotent) (RocketMQ's record has no producer
+/// fields; Kafka's batch header carries them on the segmented engine).
+pub(crate) const PRODUCER_ID_PROPERTY: &str = "__PID";
+/// CommitLog engine: the producer epoch of such a record.
+pub(crate) const PRODUCER_EPOCH_PROPERTY: &str = "__EPOCH";
+/// CommitLog engine: the record's own sequence number.
+pub(crate) const PRODUCER_SEQUENCE_PROPERTY: &str = "__SEQ";
+/// CommitLog engine: marks the last record of an idempotent batch, so recovery can tell a
+/// batch cut short by a power loss (and removes it whole).
+pub(crate) const PRODUCER_LAST_PROPERTY: &str = "__LAST";
 
 /// The property that marks a tombstone on the CommitLog engine (RocketMQ's format has no null
 /// body).
@@ -591,6 +614,40 @@ pub struct AppendResult {
     pub last_offset: u64,
 }
 
+/// A producer's identity (Kafka's `producerId` / `producerEpoch`): ids come from
+/// [`LogStore::allocate_producer_id`]; a producer that restarts under the same id bumps the
+/// epoch, which fences appends of the older epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ProducerId {
+    /// The producer id (non-negative).
+    pub id: i64,
+    /// The producer epoch (non-negative).
+    pub epoch: i16,
+}
+
+impl fmt::Display for ProducerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "producer {} epoch {}", self.id, self.epoch)
+    }
+}
+
+/// What an engine remembers of one producer on one partition (see
+/// [`LogStore::producer_state`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProducerEntry {
+    /// The producer and its current epoch on this partition.
+    pub producer: ProducerId,
+    /// Sequence number of the producer's last record on this partition.
+    pub last_sequence: i32,
+    /// Offset of that record.
+    pub last_offset: u64,
+    /// Store time (ms since the epoch) of the producer's last batch on this partition.
+    pub last_timestamp: i64,
+    /// Batches whose duplicates are recognised (at most 5; 1 after a reopen that read the
+    /// state from a snapshot, as in Kafka, whose snapshots keep only the last batch).
+    pub batches_retained: usize,
+}
+
 /// A record found by key, with the partition it lives in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyMatch {
@@ -838,6 +895,86 @@ pub trait LogStore: Send + Sync + fmt::Debug {
         timeout: Duration,
         wakeup: &Wakeup,
     ) -> Result<bool>;
+
+    /// Hands out a producer id for [`append_idempotent`](LogStore::append_idempotent), never
+    /// the same one twice in this store, even across crashes: ids are reserved in blocks of
+    /// 1,000 in the catalog (Kafka's `ProducerIdManager`), durably before one is returned.
+    ///
+    /// ```
+    /// use duolog::{LogStore, StoreOptions};
+    /// # fn main() -> duolog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = duolog::open(dir.path(), StoreOptions::default())?;
+    /// let a = store.allocate_producer_id()?;
+    /// let b = store.allocate_producer_id()?;
+    /// assert!(a >= 0 && b > a);
+    /// # Ok(()) }
+    /// ```
+    fn allocate_producer_id(&self) -> Result<i64>;
+
+    /// Appends a batch as Kafka's idempotent producer does: `base_sequence` is the sequence
+    /// number of the first message (each message takes the next one; a batch's range must not
+    /// pass `i32::MAX`, and the batch after one that ends there starts at 0). Under the
+    /// partition's append lock:
+    /// - a batch with the same producer, epoch and sequence range as one of the producer's
+    ///   last 5 batches on this partition is a retry: it returns that batch's original offsets
+    ///   and writes nothing;
+    /// - otherwise `base_sequence` must follow the producer's last sequence on this partition
+    ///   (0 for an unknown producer or a new epoch), else
+    ///   [`Error::OutOfOrderSequence`](crate::Error::OutOfOrderSequence);
+    /// - an epoch older than the one this partition knows for the id is
+    ///   [`Error::ProducerFenced`](crate::Error::ProducerFenced).
+    ///
+    /// A batch is all or nothing across crashes on both engines, and the producer state
+    /// survives them (snapshots plus a replay of the log past them), so a batch retried after
+    /// a crash is still recognised. Acknowledged as [`append`](LogStore::append) is (a retry
+    /// returns once the original is acknowledged). State of a producer that wrote nothing to
+    /// the partition for [`StoreOptions::producer_id_expiration`](crate::StoreOptions) is
+    /// forgotten.
+    ///
+    /// ```
+    /// use duolog::{Error, LogStore, Message, ProducerId, StoreOptions, TopicConfig};
+    /// # fn main() -> duolog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = duolog::open(dir.path(), StoreOptions::default())?;
+    /// store.create_topic("orders", TopicConfig::default())?;
+    /// let producer = ProducerId { id: store.allocate_producer_id()?, epoch: 0 };
+    /// let batch = [Message::new("a"), Message::new("b")];
+    /// let first = store.append_idempotent("orders", 0, producer, 0, &batch)?;
+    /// // A retry (say the acknowledgement was lost) is not written again.
+    /// assert_eq!(store.append_idempotent("orders", 0, producer, 0, &batch)?, first);
+    /// assert_eq!(store.bounds("orders", 0)?.end, 2);
+    /// // A gap in the sequence is refused.
+    /// let gap = store.append_idempotent("orders", 0, producer, 5, &batch);
+    /// assert!(matches!(gap, Err(Error::OutOfOrderSequence { expected: 2, got: 5, .. })));
+    /// # Ok(()) }
+    /// ```
+    fn append_idempotent(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer: ProducerId,
+        base_sequence: i32,
+        messages: &[Message],
+    ) -> Result<AppendResult>;
+
+    /// What the partition remembers of each idempotent producer, by producer id (expired
+    /// producers left out).
+    ///
+    /// ```
+    /// use duolog::{LogStore, Message, ProducerId, StoreOptions, TopicConfig};
+    /// # fn main() -> duolog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = duolog::open(dir.path(), StoreOptions::default())?;
+    /// store.create_topic("t", TopicConfig::default())?;
+    /// let producer = ProducerId { id: store.allocate_producer_id()?, epoch: 3 };
+    /// store.append_idempotent("t", 0, producer, 0, &[Message::new("x"), Message::new("y")])?;
+    /// let state = store.producer_state("t", 0)?;
+    /// assert_eq!(state[0].producer, producer);
+    /// assert_eq!((state[0].last_sequence, state[0].last_offset), (1, 1));
+    /// # Ok(()) }
+    /// ```
+    fn producer_state(&self, topic: &str, partition: u32) -> Result<Vec<ProducerEntry>>;
 
     /// Makes records before `offset` unreadable (Kafka DeleteRecords) and frees whole files
     /// where the engine can. Returns the new log start offset.

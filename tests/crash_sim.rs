@@ -13,7 +13,11 @@
 //!    latest generation (a deleted topic's records never reach its namesake), dense from 0;
 //! i. a consumer group's committed offsets (the consumer layer's `__consumer_offsets`) are
 //!    exactly those of its last acknowledged commit (a commit is durable when it returns), every
-//!    partition of a commit together.
+//!    partition of a commit together;
+//! j. idempotent batches are all or nothing; after recovery the producer's batches the crash
+//!    took are retried in order and written once each, and a retry of the last one that
+//!    survived returns its original offsets and writes nothing; producer ids handed out after
+//!    a crash are above every id handed out before it.
 //!
 //! `DUOLOG_CRASH_CASES` raises the number of property-test cases (default 24 per engine) and
 //! `DUOLOG_CRASH_SEEDS` the damage seeds per crash point of the sweep (default 2).
@@ -27,7 +31,9 @@ use std::time::Duration;
 
 use duolog::consumer::GroupCoordinator;
 use duolog::io::{CrashMode, Fault, SimFs};
-use duolog::{EngineKind, FlushPolicy, LogStore, Message, ReadLimits, StoreOptions, TopicConfig};
+use duolog::{
+    EngineKind, FlushPolicy, LogStore, Message, ProducerId, ReadLimits, StoreOptions, TopicConfig,
+};
 use proptest::prelude::*;
 
 const PARTITIONS: u32 = 3;
@@ -50,6 +56,9 @@ fn options(engine: EngineKind, sim: &SimFs, sync: bool) -> StoreOptions {
     }
 }
 
+/// An idempotent batch the test sent: (first sequence, base offset, values).
+type SentBatch = (i32, usize, Vec<Vec<u8>>);
+
 /// What the test knows: everything appended per partition, how much of it is durable, and the
 /// start offsets set by delete_before.
 #[derive(Clone, Debug, Default)]
@@ -64,6 +73,10 @@ struct Model {
     churn: u32,
     /// Group `g`'s last acknowledged commit (every partition of `t`), if it made one.
     committed: Option<Vec<u64>>,
+    /// Per partition, the idempotent batches sent: (first sequence, base offset, values).
+    idem: Vec<Vec<SentBatch>>,
+    /// The highest producer id handed out so far.
+    highest_pid: i64,
 }
 
 impl Model {
@@ -75,6 +88,8 @@ impl Model {
             maybe_start: vec![None; PARTITIONS as usize],
             churn: 0,
             committed: None,
+            idem: vec![Vec::new(); PARTITIONS as usize],
+            highest_pid: -1,
         }
     }
 }
@@ -249,6 +264,13 @@ enum Op {
         mode: usize,
         seed: u64,
     },
+    /// An idempotent batch of `n` messages, or (`retry`) the last one sent again.
+    Idempotent {
+        p: u32,
+        n: usize,
+        size: usize,
+        retry: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -260,7 +282,78 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..PARTITIONS, 0u8..=100).prop_map(|(p, fraction)| Op::DeleteBefore { p, fraction }),
         1 => (0u8..=100).prop_map(|fraction| Op::Commit { fraction }),
         2 => (0..CrashMode::ALL.len(), any::<u64>()).prop_map(|(mode, seed)| Op::Crash { mode, seed }),
+        3 => (0..PARTITIONS, 1usize..8, 1usize..900, any::<bool>())
+            .prop_map(|(p, n, size, retry)| Op::Idempotent { p, n, size, retry }),
     ]
+}
+
+/// The producer of the idempotent batches: one id for the whole case.
+const PRODUCER: ProducerId = ProducerId { id: 0, epoch: 0 };
+
+/// Appends an idempotent batch (its first sequence `seq`) and checks where it went.
+fn send_idempotent(
+    store: &dyn LogStore,
+    model: &mut Model,
+    sync: bool,
+    p: u32,
+    seq: i32,
+    values: Vec<Vec<u8>>,
+    ctx: &str,
+) {
+    let batch: Vec<Message> = values.iter().map(|v| Message::new(v.clone())).collect();
+    let r = store
+        .append_idempotent("t", p, PRODUCER, seq, &batch)
+        .unwrap_or_else(|e| panic!("{ctx}: idempotent append at {seq}: {e}"));
+    let base = model.appended[p as usize].len();
+    assert_eq!(
+        r.base_offset as usize, base,
+        "{ctx}: f/j: a new batch goes at the end"
+    );
+    model.appended[p as usize].extend(values.iter().cloned().map(Some));
+    model.idem[p as usize].push((seq, base, values));
+    if sync {
+        model.durable[p as usize] = model.appended[p as usize].len();
+    }
+}
+
+/// j, after a recovery: no idempotent batch is torn; the ones the crash took are sent again
+/// in order (each written once, at the end); a retry of the last one that survived is a
+/// duplicate; a new producer id is above every earlier one.
+fn after_recovery(store: &dyn LogStore, model: &mut Model, sync: bool, ctx: &str) {
+    let pid = store.allocate_producer_id().unwrap();
+    assert!(
+        pid > model.highest_pid,
+        "{ctx}: j: producer id {pid} handed out again"
+    );
+    model.highest_pid = pid;
+    for p in 0..PARTITIONS {
+        let end = model.appended[p as usize].len();
+        let sent = std::mem::take(&mut model.idem[p as usize]);
+        let (kept, lost): (Vec<_>, Vec<_>) = sent.into_iter().partition(|(_, base, _)| *base < end);
+        if let Some((seq, base, values)) = kept.last() {
+            assert!(
+                base + values.len() <= end,
+                "{ctx}: j: batch at {base} of partition {p} is torn"
+            );
+            let batch: Vec<Message> = values.iter().map(|v| Message::new(v.clone())).collect();
+            let r = store
+                .append_idempotent("t", p, PRODUCER, *seq, &batch)
+                .unwrap_or_else(|e| panic!("{ctx}: j: retry of the last batch: {e}"));
+            assert_eq!(
+                r.base_offset as usize, *base,
+                "{ctx}: j: retry returns its offsets"
+            );
+            assert_eq!(
+                store.bounds("t", p).unwrap().end as usize,
+                end,
+                "{ctx}: j: nothing written"
+            );
+        }
+        model.idem[p as usize] = kept;
+        for (seq, _, values) in lost {
+            send_idempotent(store, model, sync, p, seq, values, ctx);
+        }
+    }
 }
 
 fn run_case(engine: EngineKind, sync: bool, ops: &[Op]) {
@@ -271,6 +364,9 @@ fn run_case(engine: EngineKind, sync: bool, ops: &[Op]) {
     store
         .create_topic("t", TopicConfig::with_partitions(PARTITIONS))
         .unwrap();
+    // The case's producer (the first id of a new store).
+    model.highest_pid = store.allocate_producer_id().unwrap();
+    assert_eq!(model.highest_pid, PRODUCER.id);
     // The catalog must be durable before the first crash counts.
     for (i, op) in ops.iter().enumerate() {
         match *op {
@@ -348,19 +444,41 @@ fn run_case(engine: EngineKind, sync: bool, ops: &[Op]) {
                 let (s2, st2) = recover(engine, sim, sync, &mut model, &ctx);
                 sim = s2;
                 store = st2;
+                after_recovery(store.as_ref(), &mut model, sync, &ctx);
+            }
+            Op::Idempotent { p, n, size, retry } => {
+                let ctx = format!("{engine} sync={sync} op {i}");
+                let last = model.idem[p as usize].last().cloned();
+                match last {
+                    Some((seq, base, values)) if retry => {
+                        let batch: Vec<Message> =
+                            values.iter().map(|v| Message::new(v.clone())).collect();
+                        let end = store.bounds("t", p).unwrap().end;
+                        let r = store
+                            .append_idempotent("t", p, PRODUCER, seq, &batch)
+                            .unwrap();
+                        assert_eq!(
+                            r.base_offset as usize, base,
+                            "{ctx}: j: a retry is a duplicate"
+                        );
+                        assert_eq!(store.bounds("t", p).unwrap().end, end, "{ctx}: j");
+                    }
+                    _ => {
+                        let seq = last.map_or(0, |(seq, _, v)| seq + v.len() as i32);
+                        let base = model.appended[p as usize].len();
+                        let values = (0..n).map(|k| body(p, base + k, size)).collect();
+                        send_idempotent(store.as_ref(), &mut model, sync, p, seq, values, &ctx);
+                    }
+                }
             }
         }
     }
     store.abandon();
     drop(store);
     let sim = sim.crash(CrashMode::PersistSubset, 99);
-    recover(
-        engine,
-        sim,
-        sync,
-        &mut model,
-        &format!("{engine} sync={sync} final crash"),
-    );
+    let ctx = format!("{engine} sync={sync} final crash");
+    let (_, store) = recover(engine, sim, sync, &mut model, &ctx);
+    after_recovery(store.as_ref(), &mut model, sync, &ctx);
 }
 
 fn cases() -> u32 {

@@ -397,6 +397,27 @@ impl LogStore for Gated {
     fn list_topics(&self, include_internal: bool) -> Vec<String> {
         self.inner.list_topics(include_internal)
     }
+    fn allocate_producer_id(&self) -> duolog::Result<i64> {
+        self.inner.allocate_producer_id()
+    }
+    fn append_idempotent(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer: duolog::ProducerId,
+        base_sequence: i32,
+        messages: &[Message],
+    ) -> duolog::Result<AppendResult> {
+        self.inner
+            .append_idempotent(topic, partition, producer, base_sequence, messages)
+    }
+    fn producer_state(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> duolog::Result<Vec<duolog::ProducerEntry>> {
+        self.inner.producer_state(topic, partition)
+    }
     fn append(
         &self,
         topic: &str,

@@ -17,6 +17,7 @@ use super::record::{self, BLANK_LEN, RecordHeader};
 use super::{Inner, TopicState};
 use crate::error::{Error, Result};
 use crate::io::MappedFile;
+use crate::producer_state::{BatchMeta, IdempotentBatch, Verdict};
 use crate::store::{AppendResult, Message};
 
 /// How far ahead of the appender the warm-up thread faults in commit-log pages: at 1 GB/s of
@@ -45,8 +46,13 @@ thread_local! {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Builds the property string of a message: user properties, then TAGS, then the key.
-fn encode_properties(out: &mut Vec<u8>, m: &Message) -> Result<()> {
+/// Builds the property string of a message: user properties, then TAGS, then the key, then
+/// the producer fields of an idempotent batch's record.
+fn encode_properties(
+    out: &mut Vec<u8>,
+    m: &Message,
+    producer: Option<super::producers::RecordProducer>,
+) -> Result<()> {
     out.clear();
     crate::store::validate_properties(m)?;
     for (name, value) in &m.properties {
@@ -69,6 +75,9 @@ fn encode_properties(out: &mut Vec<u8>, m: &Message) -> Result<()> {
             }
             out.push(record::PROPERTY_SEPARATOR);
         }
+    }
+    if let Some(p) = producer {
+        super::producers::put_properties(out, p);
     }
     if out.len() + record::CRC_PROPERTY_LEN > i16::MAX as usize {
         return Err(Error::InvalidArgument(format!(
@@ -176,12 +185,16 @@ impl Inner {
         }
     }
 
-    /// Appends a batch; returns its offsets and the commit-log position after it.
+    /// Appends a batch; returns its offsets and the commit-log position after it. With `idem`,
+    /// the batch is checked against its producer's state under the append lock: a retry of a
+    /// batch already written returns that batch's offsets (and a position past it) and writes
+    /// nothing.
     pub(crate) fn append_batch(
         &self,
         topic: &str,
         partition: u32,
         messages: &[Message],
+        idem: Option<IdempotentBatch>,
     ) -> Result<(AppendResult, u64)> {
         self.check_open()?;
         self.gc.check_writable()?;
@@ -190,6 +203,9 @@ impl Inner {
         }
         let t = self.topic(topic)?;
         t.partition(partition)?;
+        if idem.is_some() && !self.tracks_producers.load(Ordering::Acquire) {
+            self.start_tracking_producers()?;
+        }
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
             let Scratch { buf, props, items } = &mut *s;
@@ -198,8 +214,14 @@ impl Inner {
             let max = self.max_record_len(t.effective.max_message_bytes);
             let born_now = crate::clock::now_ms();
             // One clock read per batch: the born time of untimestamped messages and the store time.
-            for m in messages {
-                encode_properties(props, m)?;
+            for (i, m) in messages.iter().enumerate() {
+                let producer = idem.map(|b| super::producers::RecordProducer {
+                    producer: b.producer,
+                    // `validate` made sure the batch's range does not pass i32::MAX.
+                    sequence: b.first_seq + i as i32,
+                    last: i + 1 == messages.len(),
+                });
+                encode_properties(props, m, producer)?;
                 let header = RecordHeader::local(partition as i32, m.timestamp.unwrap_or(born_now));
                 let len = record::encoded_len(
                     &header,
@@ -222,9 +244,12 @@ impl Inner {
                 });
             }
             let total_bytes = buf.len() as u64;
-            let (result, end) = self
-                .append_locked(&t, partition, buf, items, born_now, messages)
+            let (result, end, written) = self
+                .append_locked(&t, partition, buf, items, born_now, messages, idem)
                 .map_err(|e| self.note_poison(e))?;
+            if !written {
+                return Ok((result, end));
+            }
             if let Some(p) = t.partitions.get(partition as usize) {
                 p.signal.notify();
             }
@@ -233,6 +258,7 @@ impl Inner {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn append_locked(
         &self,
         t: &Arc<TopicState>,
@@ -241,7 +267,8 @@ impl Inner {
         items: &[Item],
         now: i64,
         messages: &[Message],
-    ) -> Result<(AppendResult, u64)> {
+        idem: Option<IdempotentBatch>,
+    ) -> Result<(AppendResult, u64, bool)> {
         let fs = self.fs.as_ref();
         let part = t.partition(partition)?;
         let file_size = self.log.file_size();
@@ -282,6 +309,22 @@ impl Inner {
         self.check_open()?;
         if t.deleted.load(Ordering::Acquire) {
             return Err(Error::UnknownTopic(t.name.clone()));
+        }
+        if let Some(b) = idem {
+            let verdict = part.producers.lock().check(
+                &t.name,
+                partition,
+                b.producer,
+                b.first_seq,
+                b.last_seq,
+                now,
+                self.opts.producer_id_expiration,
+            )?;
+            if let Verdict::Duplicate(original) = verdict {
+                // The original's records end at or before the published end: a caller that
+                // waits for this position waits for the original to be flushed.
+                return Ok((original, self.written.load(Ordering::Acquire), false));
+            }
         }
 
         // The file holding the write position (not simply the last file: a batch that failed
@@ -379,6 +422,18 @@ impl Inner {
                 keys.add(&t.name, partition, base + i as u64, now, m)?;
             }
         }
+        if let Some(b) = idem {
+            part.producers.lock().record(
+                b.producer,
+                BatchMeta {
+                    first_seq: b.first_seq,
+                    last_seq: b.last_seq,
+                    base_offset: base,
+                    last_offset: offset - 1,
+                    timestamp: now,
+                },
+            );
+        }
         cq_file.commit_all();
         file.commit_all();
         let end = file.start_offset() + file.write_position() as u64;
@@ -404,6 +459,7 @@ impl Inner {
                 last_offset: offset - 1,
             },
             end,
+            true,
         ))
     }
 }

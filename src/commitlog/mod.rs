@@ -22,6 +22,7 @@ mod cleaner;
 mod compacted;
 mod consume_queue;
 mod file_queue;
+mod producers;
 mod queue_cache;
 mod read;
 pub mod record;
@@ -50,10 +51,11 @@ use crate::durability::{
 use crate::error::{Error, Result};
 use crate::io::FileSystem;
 use crate::options::StoreOptions;
+use crate::producer_state::IdempotentBatch;
 use crate::store::{
     AppendResult, CompactionReport, DiskUsage, EngineKind, KeyMatch, LogStore, Message,
-    PartitionBounds, ReadLimits, Record, TaggedRead, TopicConfig, VerifyReport, listed_topics,
-    validate_new_topic,
+    PartitionBounds, ProducerEntry, ProducerId, ReadLimits, Record, TaggedRead, TopicConfig,
+    VerifyReport, listed_topics, validate_new_topic,
 };
 use crate::topic_config::Effective;
 
@@ -79,6 +81,8 @@ pub(crate) struct PartitionState {
     /// The compacted prefix (see `compacted`), `None` until a cleaner pass committed one.
     /// Replaced whole by a pass; readers take the `Arc` and read that generation.
     compacted: RwLock<Option<Arc<compacted::Compacted>>>,
+    /// Idempotent producers' state; checked and updated under the append lock.
+    producers: Mutex<crate::producer_state::ProducerStates>,
 }
 
 impl PartitionState {
@@ -205,6 +209,15 @@ pub(crate) struct Inner {
     deleting: Mutex<Vec<(String, u32)>>,
     /// The id the next topic created gets (persisted in the catalog).
     next_topic_id: AtomicU64,
+    /// (next producer id, end of the block reserved in the catalog).
+    producer_ids: Mutex<(i64, i64)>,
+    /// Whether the store has a producer snapshot (set before its first idempotent record is
+    /// written): checkpoints then keep it current (see `producers`).
+    tracks_producers: AtomicBool,
+    /// The producer snapshots: the one sampled at the last checkpoint (written by the first
+    /// checkpoint whose durable log position covers it) and the position of the last one
+    /// written (never replaced by an older one). Held while one is written.
+    producer_sample: Mutex<producers::Samples>,
     append_lock: Mutex<AppendState>,
     /// End of published commit-log data.
     written: AtomicU64,
@@ -326,6 +339,7 @@ impl Inner {
                 signal: DataSignal::default(),
                 queue_ready_until: AtomicU64::new(0),
                 compacted: RwLock::new(None),
+                producers: Mutex::new(Default::default()),
             }));
         }
         Ok(partitions)
@@ -360,6 +374,7 @@ impl Inner {
             engine: EngineKind::CommitLog,
             topics: list,
             next_topic_id: self.next_topic_id.load(Ordering::Acquire),
+            producer_id_block_end: self.producer_ids.lock().1,
             deleting: self.deleting.lock().clone(),
         }
         .store(self.fs.as_ref(), &self.dir)
@@ -490,6 +505,7 @@ impl Inner {
             }
         }
         let durable = self.gc.durable();
+        self.checkpoint_producers(durable)?;
         let cp = checkpoint::Checkpoint {
             log_flushed: durable,
             dispatch_flushed: dispatched.min(durable),
@@ -817,7 +833,7 @@ impl LogStore for CommitLogStore {
     }
 
     fn append(&self, topic: &str, partition: u32, messages: &[Message]) -> Result<AppendResult> {
-        let (r, end) = self.inner.append_batch(topic, partition, messages)?;
+        let (r, end) = self.inner.append_batch(topic, partition, messages, None)?;
         self.finish(r, end, true)
     }
 
@@ -827,7 +843,7 @@ impl LogStore for CommitLogStore {
         partition: u32,
         messages: &[Message],
     ) -> Result<AppendResult> {
-        let (r, end) = self.inner.append_batch(topic, partition, messages)?;
+        let (r, end) = self.inner.append_batch(topic, partition, messages, None)?;
         self.finish(r, end, false)
     }
 
@@ -837,8 +853,51 @@ impl LogStore for CommitLogStore {
         partition: u32,
         messages: &[Message],
     ) -> Result<Completion> {
-        let (r, end) = self.inner.append_batch(topic, partition, messages)?;
+        let (r, end) = self.inner.append_batch(topic, partition, messages, None)?;
         Ok(Completion::new(r, end, Arc::clone(&self.inner.gc)))
+    }
+
+    fn allocate_producer_id(&self) -> Result<i64> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let _admin = inner.admin.lock();
+        crate::catalog::allocate_producer_id(&inner.producer_ids, || {
+            inner
+                .store_catalog(&inner.topics.read().clone())
+                .map_err(|e| inner.metadata_write_failed(e))
+        })
+    }
+
+    fn append_idempotent(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer: ProducerId,
+        base_sequence: i32,
+        messages: &[Message],
+    ) -> Result<AppendResult> {
+        let last_seq = crate::producer_state::validate(producer, base_sequence, messages.len())?;
+        let idem = IdempotentBatch {
+            producer,
+            first_seq: base_sequence,
+            last_seq,
+        };
+        let (r, end) = self
+            .inner
+            .append_batch(topic, partition, messages, Some(idem))?;
+        self.finish(r, end, true)
+    }
+
+    fn producer_state(&self, topic: &str, partition: u32) -> Result<Vec<ProducerEntry>> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let t = inner.topic(topic)?;
+        let part = t.partition(partition)?;
+        let entries = part
+            .producers
+            .lock()
+            .entries(crate::clock::now_ms(), inner.opts.producer_id_expiration);
+        Ok(entries)
     }
 
     fn read(

@@ -90,6 +90,9 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         queue_prep: parking_lot::RwLock::new(()),
         deleting: Mutex::new(catalog.deleting.clone()),
         next_topic_id: AtomicU64::new(catalog.next_topic_id),
+        producer_ids: Mutex::new((catalog.producer_id_block_end, catalog.producer_id_block_end)),
+        tracks_producers: AtomicBool::new(false),
+        producer_sample: Mutex::new(Default::default()),
         append_lock: Mutex::new(AppendState {
             last_store_timestamp: 0,
             current: None,
@@ -190,6 +193,11 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
     };
     truncate_log(&mut inner, valid_end, replay_from, clean_end.is_none())?;
     inner.written = AtomicU64::new(valid_end);
+    // Producer state: the snapshot, then the records past it (complete batches only: a torn
+    // one ended the log above).
+    let snapshot = super::producers::load(fs.as_ref(), dir);
+    let tracks = super::producers::rebuild(&mut inner, &mut topics, snapshot, valid_end)?;
+    inner.tracks_producers = AtomicBool::new(tracks);
 
     // Start offsets: persisted ones, the first queue file, and the first record still in the log.
     let log_min = inner.log.min_offset().unwrap_or(0);
@@ -357,11 +365,51 @@ fn replay(
     Ok((end, max_ts))
 }
 
+/// An idempotent batch whose last record the replay has not reached yet: its units wait here,
+/// so a batch a power cut kept only the first records of is never dispatched.
+struct OpenBatch {
+    /// Position of its first record: the end of the log if the batch never completes.
+    start: u64,
+    part: Arc<super::PartitionState>,
+    /// Its first offset.
+    base: u64,
+    units: Vec<(u64, Unit)>,
+}
+
+impl OpenBatch {
+    fn dispatch(self) -> Result<()> {
+        for (offset, unit) in &self.units {
+            self.part.cq.put(*offset, unit)?;
+        }
+        Ok(())
+    }
+}
+
 fn replay_records(
     inner: &mut Inner,
     topics: &HashMap<String, TopicState>,
     from: u64,
     max_ts: &mut i64,
+) -> Result<u64> {
+    let mut open: Option<OpenBatch> = None;
+    let end = replay_walk(inner, topics, from, max_ts, &mut open)?;
+    match open {
+        // The log ends inside an idempotent batch: it ends before the batch instead (the
+        // truncation zeroes its records), and its offsets are given out again.
+        Some(b) => {
+            b.part.next_offset.store(b.base, Ordering::Relaxed);
+            Ok(b.start)
+        }
+        None => Ok(end),
+    }
+}
+
+fn replay_walk(
+    inner: &mut Inner,
+    topics: &HashMap<String, TopicState>,
+    from: u64,
+    max_ts: &mut i64,
+    open: &mut Option<OpenBatch>,
 ) -> Result<u64> {
     let size = inner.log.file_size();
     let mut pos = from;
@@ -442,7 +490,34 @@ fn replay_records(
                             size: d.total_size as u32,
                             tag_hash,
                         };
-                        part.cq.put(expected, &unit)?;
+                        let batch = super::producers::parse_properties(d.properties);
+                        // A record that does not continue the open batch (only a failed
+                        // append, never a crash, can leave one unfinished mid-log): the
+                        // open batch's records are dispatched as any others.
+                        if open
+                            .as_ref()
+                            .is_some_and(|b| batch.is_none() || !Arc::ptr_eq(&b.part, part))
+                            && let Some(b) = open.take()
+                        {
+                            b.dispatch()?;
+                        }
+                        match batch {
+                            Some(fields) => {
+                                let b = open.get_or_insert_with(|| OpenBatch {
+                                    start: start + at as u64,
+                                    part: Arc::clone(part),
+                                    base: expected,
+                                    units: Vec::new(),
+                                });
+                                b.units.push((expected, unit));
+                                if fields.last
+                                    && let Some(b) = open.take()
+                                {
+                                    b.dispatch()?;
+                                }
+                            }
+                            None => part.cq.put(expected, &unit)?,
+                        }
                         part.next_offset.store(expected + 1, Ordering::Relaxed);
                     }
                     at += d.total_size;

@@ -155,6 +155,7 @@ impl Inner {
         // the checkpoint (recovery could not rebuild one from a file that is gone), and the
         // starts move past them durably (recovery cannot check those units against the log,
         // and trusts the ones below the persisted start instead).
+        self.snapshot_producers_durably()?;
         self.gc.sync_all(self)?;
         self.write_checkpoint()?;
         self.advance_starts_past(keep_from)?;

@@ -47,7 +47,8 @@ use crate::durability::{Completion, Wakeup};
 use crate::error::{Error, Result};
 use crate::store::{
     AppendResult, CompactionReport, DiskUsage, EngineKind, KeyMatch, LogStore, Message,
-    PartitionBounds, ReadLimits, Record, TaggedRead, TopicConfig, VerifyReport,
+    PartitionBounds, ProducerEntry, ProducerId, ReadLimits, Record, TaggedRead, TopicConfig,
+    VerifyReport,
 };
 
 /// The default trace topic (RocketMQ's `RMQ_SYS_TRACE_TOPIC`): internal, hidden from
@@ -1183,6 +1184,31 @@ impl LogStore for TracedStore {
             || self.inner.append_async(topic, partition, messages),
             |c| c.offsets().base_offset,
         )
+    }
+    fn allocate_producer_id(&self) -> Result<i64> {
+        self.inner.allocate_producer_id()
+    }
+    fn append_idempotent(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer: ProducerId,
+        base_sequence: i32,
+        messages: &[Message],
+    ) -> Result<AppendResult> {
+        self.append_traced(
+            topic,
+            partition,
+            messages,
+            || {
+                self.inner
+                    .append_idempotent(topic, partition, producer, base_sequence, messages)
+            },
+            |r| r.base_offset,
+        )
+    }
+    fn producer_state(&self, topic: &str, partition: u32) -> Result<Vec<ProducerEntry>> {
+        self.inner.producer_state(topic, partition)
     }
     fn read(
         &self,

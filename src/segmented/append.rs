@@ -14,14 +14,19 @@ use std::sync::atomic::Ordering;
 
 use super::batch;
 use super::partition::{Ctx, PartState, Partition, remove_segment_files};
+use super::producers;
 use super::segment::{self, SegmentHandle, SegmentMeta};
 use crate::clock::duration_ms;
 use crate::error::{Error, Result};
+use crate::producer_state::{BatchMeta, IdempotentBatch, Verdict};
 use crate::store::{AppendResult, Message};
 use crate::topic_config::Effective;
 
 impl Partition {
-    /// Appends one encoded batch (base offset and max timestamp are stamped here).
+    /// Appends one encoded batch (base offset and max timestamp are stamped here). With
+    /// `idem`, the batch is first checked against its producer's state (a retry of a batch
+    /// already written returns that batch's offsets and writes nothing: the `bool` is whether
+    /// anything was written).
     pub(crate) fn append(
         &self,
         ctx: &Ctx,
@@ -29,18 +34,24 @@ impl Partition {
         messages: &[Message],
         now: i64,
         config: &Effective,
-    ) -> Result<AppendResult> {
-        let (result, rolled) = self.append_locked(ctx, buf, messages, now, config)?;
+        idem: Option<IdempotentBatch>,
+    ) -> Result<(AppendResult, bool)> {
+        if idem.is_some() && !self.state.lock().has_snapshot {
+            self.start_tracking_producers(ctx)?;
+        }
+        let (result, rolled, written) =
+            self.append_locked(ctx, buf, messages, now, config, idem)?;
         if rolled {
             // The batch is written and published whatever the seal does: a failure leaves the
             // old segment pending (its log is still synced by every flush) and is retried at
             // the next roll or the close; a failed sync has poisoned the store.
             let _ = self.seal_pending(ctx);
         }
-        Ok(result)
+        Ok((result, written))
     }
 
-    /// The part of an append under the partition lock; says whether it rolled a segment.
+    /// The part of an append under the partition lock; says whether it rolled a segment and
+    /// whether it wrote the batch (not for a duplicate).
     fn append_locked(
         &self,
         ctx: &Ctx,
@@ -48,7 +59,8 @@ impl Partition {
         messages: &[Message],
         now: i64,
         config: &Effective,
-    ) -> Result<(AppendResult, bool)> {
+        idem: Option<IdempotentBatch>,
+    ) -> Result<(AppendResult, bool, bool)> {
         let records = messages.len();
         let mut st = self.state.lock();
         if ctx.closed.load(Ordering::Acquire) {
@@ -56,6 +68,20 @@ impl Partition {
         }
         if self.deleted.load(Ordering::Acquire) {
             return Err(Error::UnknownTopic(self.topic.clone()));
+        }
+        if let Some(b) = idem {
+            let verdict = st.producers.check(
+                &self.topic,
+                self.id,
+                b.producer,
+                b.first_seq,
+                b.last_seq,
+                now,
+                ctx.producer_expiration,
+            )?;
+            if let Verdict::Duplicate(original) = verdict {
+                return Ok((original, false, false));
+            }
         }
         let now = now.max(st.last_timestamp);
         st.last_timestamp = now;
@@ -108,6 +134,18 @@ impl Partition {
                 keys.add(&self.topic, self.id, base_offset + i as u64, now, m)?;
             }
         }
+        if let Some(b) = idem {
+            st.producers.record(
+                b.producer,
+                BatchMeta {
+                    first_seq: b.first_seq,
+                    last_seq: b.last_seq,
+                    base_offset,
+                    last_offset,
+                    timestamp: now,
+                },
+            );
+        }
         self.end.store(last_offset + 1, Ordering::Release);
         Ok((
             AppendResult {
@@ -115,6 +153,7 @@ impl Partition {
                 last_offset,
             },
             rolled,
+            true,
         ))
     }
 
@@ -144,6 +183,14 @@ impl Partition {
             old.append_final_time_entry(active)?;
         }
         let new = self.create_segment(ctx, base)?;
+        // The producer state now covers exactly the offsets below the new segment: Kafka's
+        // snapshot at a roll. Copied here (no I/O), written by the seal path.
+        if st.has_snapshot {
+            st.producers
+                .expire(crate::clock::now_ms(), ctx.producer_expiration);
+            let entries = st.producers.snapshot();
+            st.pending_snapshots.push((base, entries));
+        }
         let old_base = st.segments.last().map_or(base, |m| m.base);
         st.pending.push((old_base, old));
         st.segments.push(SegmentMeta::new(base));
@@ -172,7 +219,7 @@ impl Partition {
                 })
             };
             let Some((meta, handle)) = next else {
-                return Ok(());
+                return self.write_pending_snapshots(ctx);
             };
             segment::seal(ctx.fs.as_ref(), &self.dir, &handle, &meta)?;
             let mut st = self.state.lock();
@@ -191,5 +238,27 @@ impl Partition {
             // The next opener maps the trimmed indexes.
             ctx.cache.remove((self.uid, meta.base));
         }
+    }
+
+    /// Writes the producer snapshots taken at rolls whose segments are all sealed (the caller
+    /// holds the seal lock and found nothing pending). A snapshot that fails to be written is
+    /// dropped: an older one and the log still rebuild the state.
+    fn write_pending_snapshots(&self, ctx: &Ctx) -> Result<()> {
+        let snapshots = {
+            let mut st = self.state.lock();
+            // Taken only when no segment below them is waiting for its seal.
+            if !st.pending.is_empty() {
+                return Ok(());
+            }
+            std::mem::take(&mut st.pending_snapshots)
+        };
+        if snapshots.is_empty() {
+            return Ok(());
+        }
+        for (offset, entries) in &snapshots {
+            producers::write(ctx.fs.as_ref(), &self.dir, *offset, entries)?;
+        }
+        let bases = self.segment_bases();
+        producers::prune(ctx.fs.as_ref(), &self.dir, &bases)
     }
 }

@@ -17,7 +17,9 @@
 //!    without a key are kept; records at or past the dirty end are kept. Batches keep their base
 //!    and last offsets ([`batch::filter_batch`]); a batch left with no record disappears, except
 //!    the group's last batch, kept empty, so a cleaned segment always ends at the last offset of
-//!    the segments it replaces (what an open reads to finish an interrupted swap).
+//!    the segments it replaces (what an open reads to finish an interrupted swap), and each
+//!    idempotent producer's last batch, kept empty too, so its producer state can still be
+//!    rebuilt from the log (Kafka's cleaner keeps it for the same reason).
 //! 4. **Swap**, per group, under the partition's `seal_lock` (retention and `delete_before`
 //!    take it too, so neither changes the segment list under a swap): `.cleaned` files synced,
 //!    renamed to `.swap`, directory synced — the commit point; the partition's segment list
@@ -354,11 +356,15 @@ impl Partition {
             .iter()
             .filter(|m| m.base < dirty_end)
             .collect();
+        // Each idempotent producer's last batch stays, emptied if need be (Kafka's cleaner keeps
+        // it too): a rebuild of the producer state from the log still finds it.
+        let producer_lasts = self.producer_last_offsets();
         for group in group_segments(&to_clean, cfg.segment_bytes, ctx.opts.max_index_bytes) {
             let judge = Judge {
                 map: &map,
                 dirty_end,
                 tombstone_cutoff,
+                producer_lasts: &producer_lasts,
             };
             if !self.clean_group(
                 ctx,
@@ -507,6 +513,9 @@ impl Partition {
                 self.check_cleanable(ctx)?;
                 throttle.moved(read);
                 let last_of_group = k + 1 == group.len() && pos + h.total_len() as u64 >= m.size;
+                let keep_empty = last_of_group
+                    || (h.producer_id >= 0
+                        && judge.producer_lasts.contains(&(h.last_offset() as u64)));
                 let at = buf.len();
                 batch::filter_batch(
                     &mut buf,
@@ -531,7 +540,7 @@ impl Partition {
                             false
                         }
                     },
-                    last_of_group,
+                    keep_empty,
                 )
                 .map_err(|e| Error::corrupted(&handle.log_path, pos, e.reason()))?;
                 if buf.len() > at {
@@ -749,6 +758,8 @@ struct Judge<'a> {
     map: &'a OffsetMap,
     dirty_end: u64,
     tombstone_cutoff: i64,
+    /// Last offsets of each idempotent producer's last batch: those batches are kept.
+    producer_lasts: &'a std::collections::HashSet<u64>,
 }
 
 impl Judge<'_> {

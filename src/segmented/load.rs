@@ -28,8 +28,10 @@ pub(crate) struct LoadSpec<'a> {
     pub(crate) clean_end: u64,
 }
 
-fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u64>> {
+/// The bases of the segments in `dir` and the offsets of its producer snapshots, ascending.
+fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<(Vec<u64>, Vec<u64>)> {
     let mut bases = Vec::new();
+    let mut snapshots = Vec::new();
     let mut indexes = Vec::new();
     for e in io::list_dir_or_empty(fs, dir).map_err(|e| Error::io(dir, e))? {
         let name = e.name.as_str();
@@ -37,6 +39,8 @@ fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u64>> {
         match (io::parse_offset_name(stem), ext) {
             (Some(base), "log") => bases.push(base),
             (Some(base), "index" | "timeindex") => indexes.push((base, e.name.clone())),
+            // Producer snapshots: read by `producers::rebuild`.
+            (Some(offset), "snapshot") => snapshots.push(offset),
             (_, "tmp") => {
                 let p = dir.join(name);
                 fs.remove_file(&p).map_err(|e| Error::io(&p, e))?;
@@ -56,6 +60,7 @@ fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u64>> {
         }
     }
     bases.sort_unstable();
+    snapshots.sort_unstable();
     // Index files without a log: a segment creation cut short (the log is created first) or
     // a seal that finished after retention removed its segment. Nothing refers to them.
     for (base, name) in indexes {
@@ -64,7 +69,7 @@ fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u64>> {
             fs.remove_file(&p).map_err(|e| Error::io(&p, e))?;
         }
     }
-    Ok(bases)
+    Ok((bases, snapshots))
 }
 
 /// Kafka's `LogLoader` for a cleaner swap cut short (see `cleaner.rs` for the protocol):
@@ -202,7 +207,7 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
     let o = &ctx.opts;
     io::create_dir_durable(fs, dir).map_err(|e| Error::io(dir, e))?;
     finish_interrupted_swaps(ctx, dir)?;
-    let mut bases = list_segments(fs, dir)?;
+    let (mut bases, snapshots) = list_segments(fs, dir)?;
     // The first segment that must be validated.
     let recover_from = if spec.clean {
         bases.len()
@@ -358,6 +363,15 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
     let first_base = metas.first().map_or(0, |m| m.base);
     let start = spec.log_start.max(first_base).min(end);
     let last_timestamp = metas.iter().map(|m| m.max_timestamp).max().unwrap_or(-1);
+    let (producers, has_snapshot) = super::producers::rebuild(
+        fs,
+        dir,
+        snapshots,
+        &metas,
+        end,
+        crate::clock::now_ms(),
+        ctx.producer_expiration,
+    )?;
     Ok(Partition {
         uid: spec.uid,
         topic: spec.topic.to_owned(),
@@ -367,6 +381,9 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
             segments: metas,
             last_timestamp,
             pending: Vec::new(),
+            producers,
+            has_snapshot,
+            pending_snapshots: Vec::new(),
         }),
         seal_lock: Mutex::new(()),
         clean_lock: Mutex::new(()),

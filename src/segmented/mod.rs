@@ -30,6 +30,7 @@ mod handles;
 pub mod index;
 mod load;
 mod partition;
+mod producers;
 mod read;
 mod retention;
 mod segment;
@@ -57,10 +58,11 @@ use crate::durability::{
 };
 use crate::error::{Error, Result};
 use crate::options::StoreOptions;
+use crate::producer_state::IdempotentBatch;
 use crate::store::{
     AppendResult, CompactionReport, DiskUsage, EngineKind, KeyMatch, LogStore, Message,
-    PartitionBounds, ReadLimits, Record, TaggedRead, TopicConfig, VerifyReport,
-    delete_before_target, listed_topics, validate_new_topic,
+    PartitionBounds, ProducerEntry, ProducerId, ReadLimits, Record, TaggedRead, TopicConfig,
+    VerifyReport, delete_before_target, listed_topics, validate_new_topic,
 };
 use crate::topic_config::Effective;
 
@@ -93,6 +95,8 @@ pub(crate) struct Inner {
     deleting: Mutex<Vec<(String, u32)>>,
     /// The id the next topic created gets (persisted in the catalog).
     next_topic_id: AtomicU64,
+    /// (next producer id, end of the block reserved in the catalog).
+    producer_ids: Mutex<(i64, i64)>,
     next_uid: AtomicU64,
     /// Appends completed so far (a store-wide sequence for group commit).
     appended: AtomicU64,
@@ -165,6 +169,7 @@ impl Inner {
             engine: EngineKind::Segmented,
             topics: list,
             next_topic_id: self.next_topic_id.load(Ordering::Acquire),
+            producer_id_block_end: self.producer_ids.lock().1,
             deleting: self.deleting.lock().clone(),
         }
         .store(self.ctx.fs.as_ref(), &self.dir)
@@ -219,6 +224,7 @@ impl Inner {
         topic: &str,
         partition: u32,
         messages: &[Message],
+        idem: Option<IdempotentBatch>,
     ) -> Result<(AppendResult, u64)> {
         self.check_open()?;
         self.gc.check_writable()?;
@@ -227,12 +233,22 @@ impl Inner {
         }
         let (t, p) = self.topic_partition(topic, partition)?;
         let now = now_ms();
-        let (result, bytes) = SCRATCH.with(|s| {
+        let producer = idem.map_or(batch::ProducerInfo::NONE, |b| batch::ProducerInfo {
+            id: b.producer.id,
+            epoch: b.producer.epoch,
+            base_sequence: b.first_seq,
+        });
+        let (result, bytes, count) = SCRATCH.with(|s| {
             let buf = &mut s.borrow_mut().buf;
             buf.clear();
-            encode(buf, messages, now, t.effective.max_message_bytes)?;
-            let r = p.append(&self.ctx, buf, messages, now, &t.effective)?;
-            Ok::<_, Error>((r, buf.len() as u64))
+            encode(buf, messages, now, t.effective.max_message_bytes, producer)?;
+            let (r, written) = p.append(&self.ctx, buf, messages, now, &t.effective, idem)?;
+            // A duplicate wrote nothing; it still goes through the steps below, so its
+            // acknowledgement waits for a flush that covers the original batch.
+            Ok::<_, Error>(match written {
+                true => (r, buf.len() as u64, messages.len() as u64),
+                false => (r, 0, 0),
+            })
         })?;
         // Order matters for group commit: data written, then the partition marked dirty, then
         // the append counted (see `flush_to`).
@@ -241,7 +257,7 @@ impl Inner {
         }
         let seq = self.appended.fetch_add(1, Ordering::AcqRel) + 1;
         p.signal.notify();
-        self.gc.note_appended(messages.len() as u64, bytes);
+        self.gc.note_appended(count, bytes);
         Ok((result, seq))
     }
 
@@ -302,6 +318,7 @@ fn encode(
     messages: &[Message],
     now: i64,
     max_message_bytes: usize,
+    producer: batch::ProducerInfo,
 ) -> Result<()> {
     let base_ts = messages[0].timestamp.unwrap_or(now);
     let start = batch::begin_batch(buf);
@@ -344,9 +361,9 @@ fn encode(
         last_offset_delta: messages.len() as i32 - 1,
         base_timestamp: base_ts,
         max_timestamp: now,
-        producer_id: -1,
-        producer_epoch: -1,
-        base_sequence: -1,
+        producer_id: producer.id,
+        producer_epoch: producer.epoch,
+        base_sequence: producer.base_sequence,
         record_count: messages.len() as i32,
     };
     batch::finish_batch(buf, start, &h);
@@ -456,12 +473,17 @@ impl SegmentedStore {
                 cache: HandleCache::new(options.max_open_files),
                 closed: AtomicBool::new(false),
                 index: None,
+                producer_expiration: options.producer_id_expiration,
             },
             options: options.clone(),
             topics: RwLock::new(HashMap::new()),
             admin: Mutex::new(()),
             deleting: Mutex::new(catalog.deleting.clone()),
             next_topic_id: AtomicU64::new(catalog.next_topic_id),
+            producer_ids: Mutex::new((
+                catalog.producer_id_block_end,
+                catalog.producer_id_block_end,
+            )),
             next_uid: AtomicU64::new(0),
             appended: AtomicU64::new(0),
             dirty: Mutex::new(Vec::new()),
@@ -883,7 +905,7 @@ impl LogStore for SegmentedStore {
     }
 
     fn append(&self, topic: &str, partition: u32, messages: &[Message]) -> Result<AppendResult> {
-        let (r, seq) = self.inner.append_batch(topic, partition, messages)?;
+        let (r, seq) = self.inner.append_batch(topic, partition, messages, None)?;
         self.finish(r, seq, true)
     }
 
@@ -893,7 +915,7 @@ impl LogStore for SegmentedStore {
         partition: u32,
         messages: &[Message],
     ) -> Result<AppendResult> {
-        let (r, seq) = self.inner.append_batch(topic, partition, messages)?;
+        let (r, seq) = self.inner.append_batch(topic, partition, messages, None)?;
         self.finish(r, seq, false)
     }
 
@@ -903,7 +925,7 @@ impl LogStore for SegmentedStore {
         partition: u32,
         messages: &[Message],
     ) -> Result<Completion> {
-        let (r, seq) = self.inner.append_batch(topic, partition, messages)?;
+        let (r, seq) = self.inner.append_batch(topic, partition, messages, None)?;
         Ok(Completion::new(r, seq, Arc::clone(&self.inner.gc)))
     }
 
@@ -918,6 +940,44 @@ impl LogStore for SegmentedStore {
         self.inner
             .partition(topic, partition)?
             .read(&self.inner.ctx, offset, limits)
+    }
+
+    fn allocate_producer_id(&self) -> Result<i64> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let _admin = inner.admin.lock();
+        crate::catalog::allocate_producer_id(&inner.producer_ids, || {
+            inner.store_catalog(&inner.topics.read().clone())
+        })
+    }
+
+    fn append_idempotent(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer: ProducerId,
+        base_sequence: i32,
+        messages: &[Message],
+    ) -> Result<AppendResult> {
+        let last_seq = crate::producer_state::validate(producer, base_sequence, messages.len())?;
+        let idem = IdempotentBatch {
+            producer,
+            first_seq: base_sequence,
+            last_seq,
+        };
+        let (r, seq) = self
+            .inner
+            .append_batch(topic, partition, messages, Some(idem))?;
+        self.finish(r, seq, true)
+    }
+
+    fn producer_state(&self, topic: &str, partition: u32) -> Result<Vec<ProducerEntry>> {
+        self.inner.check_open()?;
+        let p = self.inner.partition(topic, partition)?;
+        let st = p.state.lock();
+        Ok(st
+            .producers
+            .entries(now_ms(), self.inner.ctx.producer_expiration))
     }
 
     fn read_tagged(
@@ -1151,6 +1211,8 @@ impl LogStore for SegmentedStore {
                 }
                 // The next open trusts the active segment's indexes after a clean shutdown.
                 p.sync_active_indexes(&inner.ctx)?;
+                // The next open starts from the producer state as it is now.
+                p.write_producer_snapshot(&inner.ctx)?;
             }
             inner.gc.sync_all(inner.as_ref())?;
             inner.write_checkpoint()?;

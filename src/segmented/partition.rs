@@ -24,6 +24,8 @@ pub(crate) struct Ctx {
     pub(crate) closed: AtomicBool,
     /// The key index (None when disabled).
     pub(crate) index: Option<crate::index::KeyIndex>,
+    /// `StoreOptions::producer_id_expiration`.
+    pub(crate) producer_expiration: std::time::Duration,
 }
 
 pub(crate) struct PartState {
@@ -32,6 +34,15 @@ pub(crate) struct PartState {
     pub(super) last_timestamp: i64,
     /// Rolled segments not sealed yet (base, the handle written through), oldest first.
     pub(super) pending: Vec<(u64, Arc<SegmentHandle>)>,
+    /// Idempotent producers' state (checked and updated under this lock).
+    pub(super) producers: crate::producer_state::ProducerStates,
+    /// Whether the partition has a producer snapshot file. Without one, its log holds no
+    /// idempotent batch (the first idempotent append writes an empty snapshot before it writes
+    /// anything: see `producers`), so an open needs no replay to know that.
+    pub(super) has_snapshot: bool,
+    /// Producer snapshots taken at rolls (offset, entries), written by the seal path once the
+    /// segments below them are sealed.
+    pub(super) pending_snapshots: Vec<(u64, Vec<crate::producer_state::SnapshotEntry>)>,
 }
 
 pub(crate) struct Partition {
@@ -94,6 +105,73 @@ impl Partition {
         }
         self.durable_end.fetch_max(end, Ordering::AcqRel);
         Ok(end)
+    }
+
+    /// Writes a producer snapshot at the partition's end (a clean close: everything is synced),
+    /// if the partition keeps snapshots, and deletes the ones it supersedes.
+    pub(crate) fn write_producer_snapshot(&self, ctx: &Ctx) -> Result<()> {
+        let (end, entries) = {
+            let mut st = self.state.lock();
+            if !st.has_snapshot || self.deleted.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            st.producers
+                .expire(crate::clock::now_ms(), ctx.producer_expiration);
+            (self.end.load(Ordering::Acquire), st.producers.snapshot())
+        };
+        super::producers::write(ctx.fs.as_ref(), &self.dir, end, &entries)?;
+        super::producers::prune(ctx.fs.as_ref(), &self.dir, &self.segment_bases())
+    }
+
+    /// The bases of the partition's segments, ascending.
+    pub(super) fn segment_bases(&self) -> Vec<u64> {
+        self.state.lock().segments.iter().map(|m| m.base).collect()
+    }
+
+    /// Writes a producer snapshot at the partition's end after syncing its log up to there (so
+    /// the snapshot claims only durable batches), if the partition keeps snapshots. Called
+    /// before segments are deleted: the newest snapshot on disk may be older than them (one a
+    /// crash kept from being written at a roll).
+    pub(crate) fn snapshot_producers_durably(&self, ctx: &Ctx) -> Result<()> {
+        let (end, entries) = {
+            let mut st = self.state.lock();
+            if !st.has_snapshot || self.deleted.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            st.producers
+                .expire(crate::clock::now_ms(), ctx.producer_expiration);
+            (self.end.load(Ordering::Acquire), st.producers.snapshot())
+        };
+        // Syncs everything appended so far, so every offset below `end`.
+        self.flush(ctx)?;
+        super::producers::write(ctx.fs.as_ref(), &self.dir, end, &entries)
+    }
+
+    /// The last offset of each idempotent producer's last batch (what the cleaner keeps).
+    pub(crate) fn producer_last_offsets(&self) -> std::collections::HashSet<u64> {
+        let st = self.state.lock();
+        st.producers.last_offsets()
+    }
+
+    /// Before the partition's first idempotent batch: writes an empty snapshot at its end, so
+    /// that "no snapshot file" keeps meaning "no idempotent batch in the log" (an open then
+    /// skips the replay). Once per partition; serialised with seals by the seal lock.
+    pub(crate) fn start_tracking_producers(&self, ctx: &Ctx) -> Result<()> {
+        let _one = self.seal_lock.lock();
+        let end = {
+            let st = self.state.lock();
+            if st.has_snapshot {
+                return Ok(());
+            }
+            if self.deleted.load(Ordering::Acquire) {
+                return Err(Error::UnknownTopic(self.topic.clone()));
+            }
+            self.end.load(Ordering::Acquire)
+        };
+        // The state below `end` is empty: the log holds no idempotent batch yet.
+        super::producers::write(ctx.fs.as_ref(), &self.dir, end, &[])?;
+        self.state.lock().has_snapshot = true;
+        Ok(())
     }
 
     /// Makes the active segment's index entries durable (for a clean close, whose next open
@@ -165,6 +243,7 @@ impl Partition {
                 ctx.cache.remove((self.uid, m.base));
             }
             st.pending.clear();
+            st.pending_snapshots.clear();
         }
         self.signal.notify();
         // A cleaning pass in progress sees `deleted` and stops at its next check; waiting for

@@ -81,6 +81,9 @@ impl Partition {
         if removed.is_empty() {
             return Ok(());
         }
+        // Live producers' state must not go with the segments that hold their batches: a
+        // snapshot at the end (log synced first) covers every one of them before any goes.
+        self.snapshot_producers_durably(ctx)?;
         for m in removed {
             remove_segment_files(ctx.fs.as_ref(), &self.dir, m.base)?;
             if m.swapping {
@@ -99,7 +102,10 @@ impl Partition {
         }
         ctx.fs
             .sync_dir(&self.dir)
-            .map_err(|e| Error::io(&self.dir, e))
+            .map_err(|e| Error::io(&self.dir, e))?;
+        // Producer snapshots of the removed segments go with them (the newest one stays, so
+        // live producers keep their state).
+        super::producers::prune(ctx.fs.as_ref(), &self.dir, &self.segment_bases())
     }
 
     /// Raises the log start offset (already persisted by the caller) and deletes segments wholly

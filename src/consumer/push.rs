@@ -405,7 +405,7 @@ impl RebalanceListener for PushListener {
 /// group that calls a [`MessageHandler`] on a pool of threads for every record of its
 /// partitions, commits by itself, retries failures through `%RETRY%<group>` with the
 /// [`RetryPolicy`]'s back-off and parks them in `%DLQ%<group>` after `max_reconsume_times`
-/// retries. See the [module docs](self) for the process queue, back-pressure and rebalances.
+/// retries. ARCHITECTURE.md ("Push consumer and retries") has the process queue, back-pressure and rebalances.
 /// Dropping it shuts it down as [`shutdown`](PushConsumer::shutdown) does, ignoring errors.
 ///
 /// ```

@@ -611,7 +611,7 @@ pub struct TraceQuery {
 }
 
 /// Records trace events and writes them, in batches, to the trace topic of a store (see the
-/// [module docs](self)).
+/// module docs of `duolog::consumer`).
 ///
 /// ```
 /// use std::sync::Arc;

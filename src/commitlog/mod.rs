@@ -51,7 +51,6 @@ use crate::durability::{
 use crate::error::{Error, Result};
 use crate::io::FileSystem;
 use crate::options::StoreOptions;
-use crate::producer_state::IdempotentBatch;
 use crate::store::{
     AppendResult, CompactionReport, DiskUsage, EngineKind, KeyMatch, LogStore, Message,
     PartitionBounds, ProducerEntry, ProducerId, ReadLimits, Record, TaggedRead, TopicConfig,
@@ -876,12 +875,7 @@ impl LogStore for CommitLogStore {
         base_sequence: i32,
         messages: &[Message],
     ) -> Result<AppendResult> {
-        let last_seq = crate::producer_state::validate(producer, base_sequence, messages.len())?;
-        let idem = IdempotentBatch {
-            producer,
-            first_seq: base_sequence,
-            last_seq,
-        };
+        let idem = crate::producer_state::checked_batch(producer, base_sequence, messages.len())?;
         let (r, end) = self
             .inner
             .append_batch(topic, partition, messages, Some(idem))?;

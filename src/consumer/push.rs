@@ -298,6 +298,8 @@ struct Shared {
     store: Arc<dyn LogStore>,
     group: String,
     retry: RetryPolicy,
+    /// `%RETRY%<group>`: where a record's reconsume count is trusted.
+    retry_topic: String,
     /// Schedules the copies of failed records.
     delay: Arc<DelayQueue>,
     /// Records a SubAfter event per handled record (`ConsumerConfig::trace`).
@@ -532,6 +534,7 @@ impl PushConsumer {
             store,
             group: group.clone(),
             retry: config.retry.clone(),
+            retry_topic: retry.clone(),
             delay,
             tracer: config.consumer.trace.clone(),
             max_reconsume_times: config.max_reconsume_times,
@@ -875,7 +878,7 @@ fn run(shared: &Shared, consumer: &Consumer, task: Task) {
         // SubAfter per record: the handler's cost (of the whole call) and its result.
         let cost = started.elapsed();
         for record in &task.records {
-            let retries = reconsume_times(record, &retry_topic(&shared.group));
+            let retries = reconsume_times(record, &shared.retry_topic);
             tracer.consumed(
                 &shared.group,
                 record,

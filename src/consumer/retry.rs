@@ -210,7 +210,6 @@ pub(crate) fn ensure_topic(store: &dyn LogStore, topic: &str) -> Result<()> {
     }
 }
 
-/// How many times a delivered record had been sent back before (0 for a first delivery).
 /// How many times `record` was sent back: its `RECONSUME_TIME` if it is a copy delivered from
 /// `retry` (the group's retry topic), else 0 — a message republished to its topic (from the
 /// dead-letter topic, say) starts its retries afresh, as a new send does in RocketMQ.

@@ -181,6 +181,25 @@ fn corrupted(store: &dyn LogStore, topic: &str, offset: u64, reason: &str) -> Er
     )
 }
 
+/// Appends timer-log entries, which must land at `at`: the layer is the timer log's only
+/// writer, and entry offsets are what the wheel's chains point at.
+fn append_entries(store: &dyn LogStore, entries: &[TimerEntry], at: u64) -> Result<()> {
+    let batch: Vec<Message> = entries
+        .iter()
+        .map(|e| Message::new(e.encode().to_vec()))
+        .collect();
+    let appended = store.append(TIMER_LOG_TOPIC, 0, &batch)?;
+    if appended.base_offset != at {
+        return Err(corrupted(
+            store,
+            TIMER_LOG_TOPIC,
+            appended.base_offset,
+            "entries landed at an unexpected offset (another writer?)",
+        ));
+    }
+    Ok(())
+}
+
 /// One record at `offset`, or `None` if retention took it (below the log start).
 fn read_one(store: &dyn LogStore, topic: &str, offset: u64) -> Result<Option<Record>> {
     match store.read(topic, 0, offset, ReadLimits::messages(1)) {
@@ -402,19 +421,7 @@ impl Shared {
                 }
                 entries.push(e);
             }
-            let batch: Vec<Message> = entries
-                .iter()
-                .map(|e| Message::new(e.encode().to_vec()))
-                .collect();
-            let appended = store.append(TIMER_LOG_TOPIC, 0, &batch)?;
-            if appended.base_offset != first_entry {
-                return Err(corrupted(
-                    store,
-                    TIMER_LOG_TOPIC,
-                    appended.base_offset,
-                    "entries landed at an unexpected offset (another writer?)",
-                ));
-            }
+            append_entries(store, &entries, first_entry)?;
             for (i, e) in entries.iter().enumerate() {
                 let at = first_entry + i as u64;
                 if e.kind == EntryKind::Void {
@@ -975,18 +982,8 @@ impl Shared {
                     deliver_ms: 0,
                     id: cursor - 1,
                 };
-                let at = store
-                    .append(TIMER_LOG_TOPIC, 0, &[Message::new(void.encode().to_vec())])?
-                    .base_offset;
-                if at != tl.end {
-                    return Err(corrupted(
-                        store,
-                        TIMER_LOG_TOPIC,
-                        at,
-                        "entries landed at an unexpected offset (another writer?)",
-                    ));
-                }
-                keep = at;
+                append_entries(store, &[void], tl.end)?;
+                keep = tl.end;
             }
         }
         if keep <= tl.start {

@@ -959,12 +959,7 @@ impl LogStore for SegmentedStore {
         base_sequence: i32,
         messages: &[Message],
     ) -> Result<AppendResult> {
-        let last_seq = crate::producer_state::validate(producer, base_sequence, messages.len())?;
-        let idem = IdempotentBatch {
-            producer,
-            first_seq: base_sequence,
-            last_seq,
-        };
+        let idem = crate::producer_state::checked_batch(producer, base_sequence, messages.len())?;
         let (r, seq) = self
             .inner
             .append_batch(topic, partition, messages, Some(idem))?;

@@ -208,6 +208,7 @@ fn run(engine: EngineKind, dir: &Path, s: &Settings, started: Instant) -> duolog
                     ReadLimits {
                         max_messages: 4096,
                         max_bytes: 8 << 20,
+                        ..ReadLimits::default()
                     },
                 )?;
                 at += recs.len() as u64;

@@ -165,6 +165,21 @@ pub enum Error {
         /// The epoch the partition knows.
         current_epoch: i16,
     },
+
+    /// A transactional operation that does not fit the producer's transaction state on the
+    /// partition (Kafka's `INVALID_TXN_STATE`), or the coordinator's state for a transactional
+    /// id: e.g. a non-transactional idempotent append while the producer's transaction is open.
+    #[error("invalid transaction state for {producer} on {topic}-{partition}: {reason}")]
+    InvalidTxnState {
+        /// Topic (or the transaction log's name, for coordinator states).
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The producer.
+        producer: crate::store::ProducerId,
+        /// What did not fit.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -63,7 +63,7 @@ pub use store::{
     Message, PartitionBounds, Properties, ReadLimits, Record, TAG_SCAN_FACTOR, TaggedRead,
     TopicConfig, VerifyReport, is_internal_topic,
 };
-pub use store::{ProducerEntry, ProducerId};
+pub use store::{Fetch, IsolationLevel, ProducerEntry, ProducerId, TxnMarker};
 pub use topic_config::TOPIC_CONFIG_NAMES;
 
 /// The README's quickstart, compiled and run as a doctest.

@@ -255,6 +255,8 @@ impl ProducerStates {
                     last_offset: b.last_offset,
                     last_timestamp: b.timestamp,
                     batches_retained: e.batches.len(),
+                    open_transaction: None,
+                    coordinator_epoch: -1,
                 })
             })
             .collect();

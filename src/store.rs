@@ -542,6 +542,47 @@ pub struct PartitionBounds {
     pub end: u64,
     /// Every offset below this is durable on disk.
     pub durable_end: u64,
+    /// Last stable offset (Kafka's LSO): the first offset of the oldest transaction still open
+    /// on the partition, or `end` when none is. A
+    /// [`ReadCommitted`](IsolationLevel::ReadCommitted) read never returns a record at or past
+    /// it.
+    pub last_stable: u64,
+}
+
+/// Which records a read may return (Kafka's `isolation.level`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum IsolationLevel {
+    /// Every record written, including those of open and aborted transactions (Kafka's default
+    /// `read_uncommitted`).
+    #[default]
+    ReadUncommitted,
+    /// Only records below the last stable offset, and never a record of an aborted transaction
+    /// (`read_committed`).
+    ReadCommitted,
+}
+
+/// How an end-transaction marker ends a producer's transaction on a partition (Kafka's control
+/// record types `COMMIT` = 1 and `ABORT` = 0; RocketMQ's `TRANSACTION_COMMIT_TYPE` and
+/// `TRANSACTION_ROLLBACK_TYPE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TxnMarker {
+    /// The transaction's records become visible to `read_committed` readers.
+    Commit,
+    /// The transaction's records are never shown to `read_committed` readers.
+    Abort,
+}
+
+/// What [`LogStore::fetch`] returns: records and where to read next.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fetch {
+    /// The records, in offset order. Control records (transaction markers) are never among
+    /// them; under [`ReadCommitted`](IsolationLevel::ReadCommitted) neither are records of
+    /// aborted transactions nor any record at or past the last stable offset.
+    pub records: Vec<Record>,
+    /// The offset to fetch from next: past every offset the call examined, returned or
+    /// skipped (markers, aborted records), so a reader storing it never stalls on a marker.
+    /// Never past the partition end, nor (read-committed) past the last stable offset.
+    pub next_offset: u64,
 }
 
 /// Limits on one read.
@@ -552,6 +593,8 @@ pub struct ReadLimits {
     /// At most about this many stored bytes; the first record is returned even if it is larger,
     /// so a reader always makes progress (Kafka's fetch semantics). Default: 4 MiB.
     pub max_bytes: usize,
+    /// Which records may be returned. Default: [`IsolationLevel::ReadUncommitted`], as Kafka.
+    pub isolation: IsolationLevel,
 }
 
 impl Default for ReadLimits {
@@ -559,6 +602,7 @@ impl Default for ReadLimits {
         ReadLimits {
             max_messages: 1024,
             max_bytes: 4 << 20,
+            isolation: IsolationLevel::ReadUncommitted,
         }
     }
 }
@@ -570,6 +614,13 @@ impl ReadLimits {
             max_messages: n,
             ..ReadLimits::default()
         }
+    }
+
+    /// These limits with isolation level `isolation`.
+    #[must_use]
+    pub fn with_isolation(mut self, isolation: IsolationLevel) -> Self {
+        self.isolation = isolation;
+        self
     }
 }
 
@@ -646,6 +697,11 @@ pub struct ProducerEntry {
     /// Batches whose duplicates are recognised (at most 5; 1 after a reopen that read the
     /// state from a snapshot, as in Kafka, whose snapshots keep only the last batch).
     pub batches_retained: usize,
+    /// First offset of the producer's transaction open on this partition, if one is (Kafka's
+    /// `currentTxnFirstOffset`).
+    pub open_transaction: Option<u64>,
+    /// Coordinator epoch of the last marker written for this producer here (−1: none).
+    pub coordinator_epoch: i32,
 }
 
 /// A record found by key, with the partition it lives in.
@@ -976,6 +1032,71 @@ pub trait LogStore: Send + Sync + fmt::Debug {
     /// ```
     fn producer_state(&self, topic: &str, partition: u32) -> Result<Vec<ProducerEntry>>;
 
+    /// Appends a batch to `producer`'s transaction on the partition (Kafka's transactional
+    /// produce: the batch carries the transactional attribute). The first such batch since the
+    /// producer's last marker here opens the transaction, and the partition's
+    /// [`last_stable`](PartitionBounds::last_stable) offset stays at or below its first offset
+    /// until [`write_marker`](LogStore::write_marker) ends it. Sequence, epoch and duplicate
+    /// rules are those of [`append_idempotent`](LogStore::append_idempotent); a plain
+    /// idempotent append while the producer's transaction is open here, or a transactional one
+    /// into a batch sequence of non-transactional ones without a marker between, is
+    /// [`Error::InvalidTxnState`](crate::Error::InvalidTxnState). The open transaction survives
+    /// crashes (snapshots plus replay).
+    ///
+    /// The default implementation refuses: an engine that supports transactions overrides it.
+    fn append_transactional(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer: ProducerId,
+        base_sequence: i32,
+        messages: &[Message],
+    ) -> Result<AppendResult> {
+        let _ = (topic, partition, producer, base_sequence, messages);
+        Err(crate::Error::InvalidArgument(format!(
+            "the {} engine does not support transactions",
+            self.engine()
+        )))
+    }
+
+    /// Ends `producer`'s open transaction on the partition with a control record (Kafka's
+    /// end-transaction marker: a control batch with key `[0, type]` and value
+    /// `[0, coordinator_epoch]` on the segmented engine; a record with RocketMQ's commit or
+    /// rollback transaction type on the CommitLog engine). The marker takes one offset, which
+    /// is returned; it is never returned by a read. An abort is recorded in the partition's
+    /// aborted-transaction index so `read_committed` readers skip its records cheaply.
+    ///
+    /// With no transaction of this producer open on the partition nothing is written and
+    /// `Ok(None)` is returned, so a coordinator may resend markers after a crash. An epoch
+    /// older than the partition knows is [`Error::ProducerFenced`](crate::Error::ProducerFenced);
+    /// a marker is durable when this returns, whatever the store's flush policy.
+    fn write_marker(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer: ProducerId,
+        marker: TxnMarker,
+        coordinator_epoch: i32,
+    ) -> Result<Option<u64>> {
+        let _ = (topic, partition, producer, marker, coordinator_epoch);
+        Err(crate::Error::InvalidArgument(format!(
+            "the {} engine does not support transactions",
+            self.engine()
+        )))
+    }
+
+    /// Reads from `offset` as [`read`](LogStore::read) does, under `limits.isolation`, and
+    /// says where to read next (past markers and skipped aborted records). The primitive under
+    /// consumers: a reader that stores [`Fetch::next_offset`] never stalls on a control record.
+    fn fetch(&self, topic: &str, partition: u32, offset: u64, limits: ReadLimits) -> Result<Fetch> {
+        let records = self.read(topic, partition, offset, limits)?;
+        let next_offset = records.last().map_or(offset, |r| r.offset() + 1);
+        Ok(Fetch {
+            records,
+            next_offset,
+        })
+    }
+
     /// Makes records before `offset` unreadable (Kafka DeleteRecords) and frees whole files
     /// where the engine can. Returns the new log start offset.
     fn delete_before(&self, topic: &str, partition: u32, offset: u64) -> Result<u64>;
@@ -1080,6 +1201,7 @@ pub(crate) fn read_tagged_by_reading<S: LogStore + ?Sized>(
         let chunk = ReadLimits {
             max_messages: scan_left.min(1024) as usize,
             max_bytes: scan_bytes.min(1 << 20) as usize,
+            isolation: limits.isolation,
         };
         let records = store.read(topic, partition, out.next_offset, chunk)?;
         let Some(last) = records.last() else {
@@ -1297,6 +1419,7 @@ mod tests {
                     ReadLimits {
                         max_messages: 1000,
                         max_bytes: 500,
+                        ..ReadLimits::default()
                     },
                 ] {
                     // Where a call stops may differ (the engines bound the scan in their own

@@ -132,7 +132,8 @@ fn bounds_track_durability() {
             duolog::PartitionBounds {
                 start: 0,
                 end: 0,
-                durable_end: 0
+                durable_end: 0,
+                last_stable: 0,
             }
         );
         store.append("t", 0, &[msg(0), msg(1)]).unwrap();
@@ -217,6 +218,7 @@ fn read_limits() {
                 ReadLimits {
                     max_messages: 100,
                     max_bytes: 5000,
+                    ..ReadLimits::default()
                 },
             )
             .unwrap();
@@ -233,6 +235,7 @@ fn read_limits() {
                 ReadLimits {
                     max_messages: 100,
                     max_bytes: 1,
+                    ..ReadLimits::default()
                 },
             )
             .unwrap();

@@ -77,6 +77,7 @@ fn small_read_over_a_large_backlog_allocates_little() {
         let limits = ReadLimits {
             max_messages: usize::MAX,
             max_bytes: 1024,
+            ..ReadLimits::default()
         };
         LARGEST.store(0, Ordering::Relaxed);
         ARMED.store(true, Ordering::Relaxed);

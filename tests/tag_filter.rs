@@ -134,6 +134,7 @@ fn exactly_the_matching_records_in_order() {
                 ReadLimits {
                     max_messages: 1000,
                     max_bytes: 300,
+                    ..ReadLimits::default()
                 },
             ] {
                 for from in [0, 1, 999] {
@@ -216,6 +217,7 @@ fn next_offset_limits_and_the_scan_bound() {
         let tiny = ReadLimits {
             max_messages: 10,
             max_bytes: 1,
+            ..ReadLimits::default()
         };
         let r = store.read_tagged("t", 0, 400, tiny, &a).unwrap();
         assert_eq!(offsets(&r.records), [500]);

@@ -922,10 +922,12 @@ impl LogStore for CommitLogStore {
         self.inner.check_open()?;
         let t = self.inner.topic(topic)?;
         let part = t.partition(partition)?;
+        let end = part.end.load(Ordering::Acquire);
         Ok(PartitionBounds {
             start: part.start.load(Ordering::Acquire),
-            end: part.end.load(Ordering::Acquire),
+            end,
             durable_end: self.inner.durable_end(part)?,
+            last_stable: end,
         })
     }
 

@@ -760,6 +760,7 @@ impl Consumer {
             let limits = ReadLimits {
                 max_messages: room,
                 max_bytes: self.config.max_partition_fetch_bytes,
+                ..ReadLimits::default()
             };
             let tags = self.config.tag_filter.as_ref().and_then(TagFilter::tags);
             // At most one retry, after a reset of a position that left the log.

@@ -46,9 +46,9 @@ use super::pull::ConsumerRecord;
 use crate::durability::{Completion, Wakeup};
 use crate::error::{Error, Result};
 use crate::store::{
-    AppendResult, CompactionReport, DiskUsage, EngineKind, KeyMatch, LogStore, Message,
+    AppendResult, CompactionReport, DiskUsage, EngineKind, Fetch, KeyMatch, LogStore, Message,
     PartitionBounds, ProducerEntry, ProducerId, ReadLimits, Record, TaggedRead, TopicConfig,
-    VerifyReport,
+    TxnMarker, VerifyReport,
 };
 
 /// The default trace topic (RocketMQ's `RMQ_SYS_TRACE_TOPIC`): internal, hidden from
@@ -1209,6 +1209,39 @@ impl LogStore for TracedStore {
     }
     fn producer_state(&self, topic: &str, partition: u32) -> Result<Vec<ProducerEntry>> {
         self.inner.producer_state(topic, partition)
+    }
+    fn append_transactional(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer: ProducerId,
+        base_sequence: i32,
+        messages: &[Message],
+    ) -> Result<AppendResult> {
+        self.append_traced(
+            topic,
+            partition,
+            messages,
+            || {
+                self.inner
+                    .append_transactional(topic, partition, producer, base_sequence, messages)
+            },
+            |r| r.base_offset,
+        )
+    }
+    fn write_marker(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer: ProducerId,
+        marker: TxnMarker,
+        coordinator_epoch: i32,
+    ) -> Result<Option<u64>> {
+        self.inner
+            .write_marker(topic, partition, producer, marker, coordinator_epoch)
+    }
+    fn fetch(&self, topic: &str, partition: u32, offset: u64, limits: ReadLimits) -> Result<Fetch> {
+        self.inner.fetch(topic, partition, offset, limits)
     }
     fn read(
         &self,

@@ -997,6 +997,7 @@ impl LogStore for SegmentedStore {
             start: p.start.load(Ordering::Acquire),
             end,
             durable_end: p.durable_end.load(Ordering::Acquire).min(end),
+            last_stable: end,
         })
     }
 

@@ -819,6 +819,17 @@ impl Shared {
         };
         let mut intent = intent;
         intent.scan_start = self.scan_start(st)?;
+        // The plan was made from timer-log entries the enqueue step may have appended since
+        // the last sync — a rolled cancel among them. The timer log and the progress topic
+        // are separate files on the segmented engine: one sync does not order them, so a
+        // power cut could keep this INTENT and lose those entries, and the redo at open would
+        // plan without them (the cancel missing: its message delivered; a delivery missing
+        // from the plan: delivered again once re-placed). Hence no INTENT before the entries
+        // it was planned from are durable.
+        let tl = store.bounds(TIMER_LOG_TOPIC, 0)?;
+        if tl.durable_end < tl.end {
+            store.sync()?;
+        }
         self.append_progress(&intent)?;
         store.sync()?;
         st.intent = Some(intent);

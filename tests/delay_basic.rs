@@ -67,7 +67,7 @@ fn check_delivered_once_never_early(store: &dyn LogStore) {
 }
 
 #[test]
-fn never_early_and_at_most_one_precision_late() {
+fn never_early_and_delivered_at_the_exact_due_time() {
     for_each_engine(|engine, dir| {
         let (s, clock, q) = setup(engine, dir);
         q.schedule("t", 0, Message::new("a"), T0 + 1_500).unwrap();
@@ -79,14 +79,14 @@ fn never_early_and_at_most_one_precision_late() {
         let r = q.pump().unwrap();
         assert_eq!(r.delivered, 2, "due now or in the past: delivered promptly");
         assert_eq!(bodies(&*s, 0), ["now", "past"]);
-        clock.set(T0 + 1_999);
+        clock.set(T0 + 1_499);
+        assert_eq!(q.pump().unwrap().delivered, 0, "a is due at 1.5 s");
+        clock.set(T0 + 1_500);
         assert_eq!(
             q.pump().unwrap().delivered,
-            0,
-            "a is due at 1.5 s, its slot at 2 s"
+            1,
+            "a goes out at 1.5 s, not at its slot's end"
         );
-        clock.set(T0 + 2_000);
-        assert_eq!(q.pump().unwrap().delivered, 1);
         clock.set(T0 + 2_999);
         assert_eq!(
             q.pump().unwrap().delivered,
@@ -97,7 +97,7 @@ fn never_early_and_at_most_one_precision_late() {
         assert_eq!(q.pump().unwrap().delivered, 1);
         assert_eq!(bodies(&*s, 0), ["now", "past", "a", "b"]);
         let recs = read_all(&*s, "t", 0);
-        assert_eq!(prop(&recs[2], TIMER_DEQUEUE_MS), T0 + 2_000);
+        assert_eq!(prop(&recs[2], TIMER_DEQUEUE_MS), T0 + 1_500);
         assert_eq!(prop(&recs[2], TIMER_DELIVER_MS), T0 + 1_500);
         assert_eq!(prop(&recs[2], TIMER_ENQUEUE_MS), T0);
         check_delivered_once_never_early(&*s);
@@ -357,9 +357,9 @@ fn precision_of_100_ms() {
         };
         let q = DelayQueue::open(Arc::clone(&s), opts).unwrap();
         q.schedule("t", 0, Message::new("x"), T0 + 250).unwrap();
-        clock.set(T0 + 299);
+        clock.set(T0 + 249);
         assert_eq!(q.pump().unwrap().delivered, 0);
-        clock.set(T0 + 300);
+        clock.set(T0 + 250);
         assert_eq!(q.pump().unwrap().delivered, 1);
     });
 }
@@ -541,5 +541,84 @@ fn large_messages_in_one_slot_are_all_delivered() {
         assert_eq!(firsts, [0, 1, 2, 3, 4, 5]);
         assert!(r.iter().all(|r| r.body().len() == 900 * 1024));
         check_delivered_once_never_early(&*s);
+    });
+}
+
+/// Issue 13 item 4 (lateness): a slot's entries go out as their exact due times pass, not when
+/// the slot ends. At 1 s precision a message due at 1.2 s is delivered at 1.2 s (it was 2 s),
+/// by the timer thread too; entries of one slot due at different times (and more than a
+/// round holds) each go out at their own time, once.
+#[test]
+fn a_message_due_at_1_2_s_goes_out_at_1_2_s_not_at_its_slot_end() {
+    for_each_engine(|engine, dir| {
+        let s = store(engine, dir);
+        s.create_topic("t", TopicConfig::with_partitions(2))
+            .unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let q = DelayQueue::open(
+            Arc::clone(&s),
+            DelayOptions {
+                background: true,
+                max_round: 2,
+                ..options(&clock)
+            },
+        )
+        .unwrap();
+        let h = q
+            .schedule_after("t", 0, Message::new("x"), Duration::from_millis(1_200))
+            .unwrap();
+        assert_eq!(h.deliver_at_ms, T0 + 1_200);
+        // Same slot (1 s ..= 2 s), other due times, scheduled in no order.
+        for (i, at) in [1_900, 1_300, 1_300, 1_250, 1_700, 1_300]
+            .into_iter()
+            .enumerate()
+        {
+            q.schedule("t", 1, Message::new(format!("{at}/{i}")), T0 + at)
+                .unwrap();
+        }
+        let wait_for = |n: usize| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while read_all(&*s, "t", 0).len() + read_all(&*s, "t", 1).len() < n
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            read_all(&*s, "t", 0).len() + read_all(&*s, "t", 1).len()
+        };
+        clock.set(T0 + 1_199);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            read_all(&*s, "t", 0).len(),
+            0,
+            "{engine}: nothing is due before 1.2 s"
+        );
+        clock.set(T0 + 1_200);
+        assert_eq!(wait_for(1), 1, "{engine}: due at 1.2 s, delivered at 1.2 s");
+        let r = &read_all(&*s, "t", 0)[0];
+        assert_eq!(prop(r, TIMER_DEQUEUE_MS), T0 + 1_200);
+        assert_eq!(prop(r, TIMER_DELIVER_MS), T0 + 1_200);
+        for (now, total) in [
+            (1_249, 1),
+            (1_250, 2),
+            (1_299, 2),
+            (1_300, 5),
+            (1_699, 5),
+            (1_700, 6),
+            (1_899, 6),
+            (1_900, 7),
+        ] {
+            clock.set(T0 + now);
+            assert_eq!(wait_for(total), total, "{engine}: at {now} ms");
+        }
+        for r in read_all(&*s, "t", 1) {
+            assert_eq!(
+                prop(&r, TIMER_DEQUEUE_MS),
+                prop(&r, TIMER_DELIVER_MS),
+                "{engine}: each at its own due time"
+            );
+        }
+        check_delivered_once_never_early(&*s);
+        q.close().unwrap();
     });
 }

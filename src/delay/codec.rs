@@ -5,12 +5,16 @@
 
 /// Magic of a timer-log entry: `DLT` and format version 1.
 pub(crate) const ENTRY_MAGIC: [u8; 4] = *b"DLT1";
-/// Magic of a progress record: `DLP` and format version 1.
-pub(crate) const PROGRESS_MAGIC: [u8; 4] = *b"DLP1";
+/// Magic of a progress record: `DLP` and format version 2 (written).
+pub(crate) const PROGRESS_MAGIC: [u8; 4] = *b"DLP2";
+/// Magic of a format-1 progress record (read only): no watermark, no cursor.
+pub(crate) const PROGRESS_MAGIC_V1: [u8; 4] = *b"DLP1";
 /// Encoded size of a timer-log entry.
 pub(crate) const ENTRY_LEN: usize = 45;
 /// Encoded size of a progress record without its targets.
-pub(crate) const HEADER_LEN: usize = 53;
+pub(crate) const HEADER_LEN: usize = 85;
+/// The same in format 1.
+const HEADER_LEN_V1: usize = 53;
 /// `prev` of the first entry of a slot.
 pub(crate) const NO_ENTRY: u64 = u64::MAX;
 
@@ -94,17 +98,29 @@ pub(crate) enum Phase {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Progress {
     pub(crate) phase: Phase,
+    /// The format the record was read in (1 or 2); written records are format 2.
+    pub(crate) version: u8,
     /// The last slot processed completely (ms); `i64::MIN` before any.
     pub(crate) read_time: i64,
-    /// Timer-log offset of the oldest entry still pending: the wheel is rebuilt from here.
+    /// Timer-log offset of the oldest pending entry: the wheel is rebuilt from here.
     pub(crate) scan_start: u64,
-    /// A slot processed in part (rounds are bounded), or `i64::MIN`.
+    /// The open slot: one processed in part (rounds are bounded, and a slot's entries go
+    /// out at their exact due time), or `i64::MIN`.
     pub(crate) partial_slot: i64,
-    /// In the partial slot, the timer-log offset of the newest entry not yet processed (the
-    /// chain is walked from its newest entry back), or [`NO_ENTRY`] when none is left.
+    /// Format 1's cursor in the partial slot, kept while that slot lasts: its entries above
+    /// this timer-log offset (and below `partial_below`) are done. [`NO_ENTRY`]: none.
     pub(crate) partial_next: u64,
-    /// INTENT only: the latest due time the round covers and how many entries it takes, so
-    /// a redo plans exactly the same round.
+    /// In the partial slot, every entry at or before this (effective due time, timer-log
+    /// offset) is done: the slot is processed in that order. `(i64::MIN, 0)`: none.
+    pub(crate) partial_due: i64,
+    pub(crate) partial_offset: u64,
+    /// See `partial_next`; `u64::MAX` in a format-1 record (the timer log's end at open).
+    pub(crate) partial_below: u64,
+    /// The enqueue cursor: records of `__delay_messages` before it are placed. Format 1: 0
+    /// (the cursor came from the timer log's last entry only).
+    pub(crate) cursor: u64,
+    /// INTENT only: the time the round was planned at and how many entries it takes, so a
+    /// redo plans exactly the same round.
     pub(crate) up_to: i64,
     pub(crate) count: u32,
     /// INTENT only: (topic, partition, end offset before the round).
@@ -120,6 +136,10 @@ impl Progress {
         b.extend_from_slice(&self.scan_start.to_be_bytes());
         b.extend_from_slice(&self.partial_slot.to_be_bytes());
         b.extend_from_slice(&self.partial_next.to_be_bytes());
+        b.extend_from_slice(&self.partial_due.to_be_bytes());
+        b.extend_from_slice(&self.partial_offset.to_be_bytes());
+        b.extend_from_slice(&self.partial_below.to_be_bytes());
+        b.extend_from_slice(&self.cursor.to_be_bytes());
         b.extend_from_slice(&self.up_to.to_be_bytes());
         b.extend_from_slice(&self.count.to_be_bytes());
         b.extend_from_slice(&(self.targets.len() as u32).to_be_bytes());
@@ -134,10 +154,12 @@ impl Progress {
     }
 
     pub(crate) fn decode(b: &[u8]) -> Result<Progress, &'static str> {
-        if b.len() < HEADER_LEN {
+        let v1 = b.get(0..4) == Some(&PROGRESS_MAGIC_V1[..]);
+        let header = if v1 { HEADER_LEN_V1 } else { HEADER_LEN };
+        if b.len() < header {
             return Err("progress record is too short");
         }
-        if b[0..4] != PROGRESS_MAGIC {
+        if !v1 && b[0..4] != PROGRESS_MAGIC {
             return Err("progress record has a bad magic or version");
         }
         let phase = match b[4] {
@@ -145,9 +167,12 @@ impl Progress {
             2 => Phase::Done,
             _ => return Err("progress record has an unknown phase"),
         };
-        let n = u32::from_be_bytes([b[49], b[50], b[51], b[52]]) as usize;
-        let mut at = HEADER_LEN;
-        let mut targets = Vec::with_capacity(n.min(1024));
+        // Format 2 inserts the watermark, the format-1 bound and the cursor after
+        // partial_next.
+        let tail = if v1 { 37 } else { 69 };
+        let n = u32::from_be_bytes([b[tail + 12], b[tail + 13], b[tail + 14], b[tail + 15]]);
+        let mut at = header;
+        let mut targets = Vec::with_capacity((n as usize).min(1024));
         for _ in 0..n {
             let len = b.get(at..at + 2).ok_or("progress record is truncated")?;
             let len = u16::from_be_bytes([len[0], len[1]]) as usize;
@@ -166,14 +191,24 @@ impl Progress {
         if at != b.len() {
             return Err("progress record has trailing bytes");
         }
+        let (partial_due, partial_offset, partial_below, cursor) = if v1 {
+            (i64::MIN, 0, u64::MAX, 0)
+        } else {
+            (i64_at(b, 37), u64_at(b, 45), u64_at(b, 53), u64_at(b, 61))
+        };
         Ok(Progress {
             phase,
+            version: if v1 { 1 } else { 2 },
             read_time: i64_at(b, 5),
             scan_start: u64_at(b, 13),
             partial_slot: i64_at(b, 21),
             partial_next: u64_at(b, 29),
-            up_to: i64_at(b, 37),
-            count: u32::from_be_bytes([b[45], b[46], b[47], b[48]]),
+            partial_due,
+            partial_offset,
+            partial_below,
+            cursor,
+            up_to: i64_at(b, tail),
+            count: u32::from_be_bytes([b[tail + 8], b[tail + 9], b[tail + 10], b[tail + 11]]),
             targets,
         })
     }
@@ -215,6 +250,38 @@ mod tests {
         assert!(TimerEntry::decode(&bad).is_err());
     }
 
+    /// A format-1 record (as session 5 wrote it) still decodes: no watermark, no cursor.
+    #[test]
+    fn format_1_progress_still_decodes() {
+        let mut b = Vec::new();
+        b.extend_from_slice(b"DLP1");
+        b.push(2);
+        for v in [7i64, 9, 3_000] {
+            b.extend_from_slice(&v.to_be_bytes());
+        }
+        b.extend_from_slice(&42u64.to_be_bytes());
+        b.extend_from_slice(&2_000i64.to_be_bytes());
+        b.extend_from_slice(&5u32.to_be_bytes());
+        b.extend_from_slice(&1u32.to_be_bytes());
+        b.extend_from_slice(&1u16.to_be_bytes());
+        b.push(b't');
+        b.extend_from_slice(&3u32.to_be_bytes());
+        b.extend_from_slice(&11u64.to_be_bytes());
+        let p = Progress::decode(&b).unwrap();
+        assert_eq!(p.version, 1);
+        assert_eq!(
+            (p.read_time, p.scan_start, p.partial_slot, p.partial_next),
+            (7, 9, 3_000, 42)
+        );
+        assert_eq!(
+            (p.partial_due, p.partial_below, p.cursor),
+            (i64::MIN, u64::MAX, 0)
+        );
+        assert_eq!((p.up_to, p.count), (2_000, 5));
+        assert_eq!(p.targets, vec![("t".to_owned(), 3, 11)]);
+        assert!(Progress::decode(&b[..b.len() - 1]).is_err());
+    }
+
     proptest! {
         #[test]
         fn progress_round_trips_and_never_panics_on_garbage(
@@ -223,8 +290,9 @@ mod tests {
             targets in proptest::collection::vec(("[a-z_]{1,20}", any::<u32>(), any::<u64>()), 0..5),
             cut in 0usize..200, garbage in proptest::collection::vec(any::<u8>(), 0..100),
         ) {
-            let p = Progress { phase: Phase::Intent, read_time, scan_start: scan, partial_slot: slot,
-                partial_next: next, up_to, count, targets };
+            let p = Progress { phase: Phase::Intent, version: 2, read_time, scan_start: scan,
+                partial_slot: slot, partial_next: next, partial_due: up_to ^ 5, partial_offset: next ^ 9,
+                partial_below: scan ^ 3, cursor: scan ^ 7, up_to, count, targets };
             let b = p.encode();
             prop_assert_eq!(Progress::decode(&b), Ok(p));
             if cut < b.len() {

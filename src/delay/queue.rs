@@ -56,8 +56,8 @@ const DELIVERY_BATCH: usize = 256;
 /// Retention of the internal topics runs after this many rounds, and when the timer goes idle
 /// after any.
 const RETENTION_EVERY: u32 = 64;
-/// When nothing is pending, the timer log's last entry (the enqueue cursor) is rewritten once
-/// it is this old, so that an idle layer's records do not pin old files of a shared log.
+/// While the timer stays idle, retention runs this often (void entries of records the wheel
+/// ignores go too).
 const REFRESH_AFTER_MS: i64 = 60_000;
 /// Key of every progress record (the topic is compacted: the latest is the state).
 const PROGRESS_KEY: &str = "progress";
@@ -73,6 +73,66 @@ static SHARED: Mutex<Vec<(PathBuf, std::sync::Weak<DelayQueue>)>> = Mutex::new(V
 /// A message a round writes: (its slot, its id, the message).
 type Outgoing = (i64, u64, Message);
 
+/// The open slot: one processed in part. A slot's entries go out in (effective due time,
+/// timer-log offset) order as their exact due times pass, so what is done is a prefix in that
+/// order, named by its last entry (the watermark).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Partial {
+    slot: i64,
+    /// The watermark: entries at or before (due, offset) are done. `(i64::MIN, 0)`: none.
+    due: i64,
+    offset: u64,
+    /// A format-1 store's cursor in this slot: entries above `above` and below `below` were
+    /// processed (newest first, as format 1 did). `above == NO_ENTRY`: none.
+    above: u64,
+    below: u64,
+}
+
+impl Partial {
+    fn new(slot: i64) -> Partial {
+        Partial {
+            slot,
+            due: i64::MIN,
+            offset: 0,
+            above: NO_ENTRY,
+            below: 0,
+        }
+    }
+}
+
+/// A ready entry of a slot: (effective due time, order key, timer-log offset, entry), ordered
+/// by the first two (a round takes the smallest). The order key is the offset, or its
+/// complement when redoing a format-1 round (which took a slot's newest entries first).
+#[derive(Clone, Copy, Debug)]
+struct Candidate(i64, u64, u64, TimerEntry);
+
+impl PartialEq for Candidate {
+    fn eq(&self, o: &Self) -> bool {
+        (self.0, self.1) == (o.0, o.1)
+    }
+}
+impl Eq for Candidate {}
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Candidate {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.0, self.1).cmp(&(o.0, o.1))
+    }
+}
+
+/// What a round did to one slot: entries taken (cancels among them), entries lost under the
+/// layer, the last taken (effective due time, offset).
+struct SlotStep {
+    slot: i64,
+    taken: u32,
+    cancels: u32,
+    lost: u32,
+    last: Option<(i64, u64)>,
+}
+
 /// Delivery state, changed only under [`Shared::state`].
 struct State {
     wheel: Wheel,
@@ -80,8 +140,11 @@ struct State {
     cursor: u64,
     /// The last slot processed completely.
     read_time: i64,
-    /// A slot processed in part: (due time, newest entry left).
-    partial: Option<(i64, u64)>,
+    /// The open slot, processed in part.
+    partial: Option<Partial>,
+    /// The earliest effective due time of a pending entry of an open slot that is not due
+    /// yet, as the last round that found nothing to do saw it: when the timer looks again.
+    next_ready: Option<i64>,
     /// Ids of messages with a pending cancel (one u64 per pending cancel, not per message).
     pending_cancels: HashSet<u64>,
     /// The INTENT of a round whose DONE is not written: the next round redoes it.
@@ -336,18 +399,70 @@ fn user_message(r: &Record) -> Message {
 }
 
 impl Shared {
-    /// The first slot boundary at or after `ms` (saturating).
+    /// The slot holding `ms`: `[slot, slot + precision)` (format 1 rounded up instead; its
+    /// entries are due when their slot opens, which the rules below keep).
     fn slot_of(&self, ms: i64) -> i64 {
-        let p = self.precision;
-        let q = ms.div_euclid(p) + i64::from(ms.rem_euclid(p) != 0);
-        q.saturating_mul(p)
+        ms.div_euclid(self.precision).saturating_mul(self.precision)
     }
 
-    /// The first slot open to new entries: after the last slot processed (or in part).
+    /// When an entry of slot `t` is due: its due time, within the slot (an entry placed in a
+    /// later slot than its own is due when that slot opens; a message parked for a roll, at
+    /// the slot's last millisecond).
+    fn effective_due(&self, t: i64, e: &TimerEntry) -> i64 {
+        e.deliver_ms.clamp(t, t.saturating_add(self.precision - 1))
+    }
+
+    /// Whether the entry at `pos` of slot `t` was processed already (before the open slot's
+    /// watermark, or by a format-1 round).
+    fn is_done(&self, st: &State, t: i64, pos: u64, e: &TimerEntry) -> bool {
+        match st.partial {
+            Some(p) if p.slot == t => {
+                (self.effective_due(t, e), pos) <= (p.due, p.offset)
+                    || (pos > p.above && pos < p.below)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a message due at `deliver_ms` may have been processed (delivered) already: its
+    /// slot is before the first open one, or it is the open slot and the watermark reached its
+    /// due time.
+    fn may_be_processed(&self, st: &State, deliver_ms: i64) -> bool {
+        let slot = self.slot_of(deliver_ms);
+        slot < self.floor(st)
+            || st.partial.is_some_and(|p| {
+                p.slot == slot
+                    && (deliver_ms <= p.due || (p.above != NO_ENTRY && deliver_ms <= p.slot))
+            })
+    }
+
+    /// The first slot open to new entries: the open slot, else the one after the last slot
+    /// processed.
     fn floor(&self, st: &State) -> i64 {
         match st.partial {
-            Some((t, _)) => t.saturating_add(self.precision),
+            Some(p) => p.slot,
             None => st.read_time.saturating_add(self.precision),
+        }
+    }
+
+    /// The open slot is closed once it holds nothing and its time is over.
+    fn settle_partial(&self, st: &mut State, now: i64) {
+        if let Some(p) = st.partial
+            && st.wheel.get(p.slot).is_none()
+            && p.slot.saturating_add(self.precision - 1) <= now
+        {
+            st.read_time = st.read_time.max(p.slot);
+            st.partial = None;
+        }
+    }
+
+    /// When the timer should look again: the next entry of the open slot to become due, or
+    /// the next slot after `now` with entries.
+    fn next_wake(&self, st: &State, now: i64) -> Option<i64> {
+        let later = st.wheel.due_from(now.saturating_add(1)).next();
+        match (st.next_ready, later) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -474,7 +589,7 @@ impl Shared {
             // (its due slot is still ahead) and it is not cancelled already; `cancel` made the
             // same check under the same state.
             let taken = st.pending_cancels.contains(&target) || cancels_now.contains(&target);
-            if !rolled && (taken || self.slot_of(deliver_ms) < self.floor(st)) {
+            if !rolled && (taken || self.may_be_processed(st, deliver_ms)) {
                 return void;
             }
             (EntryKind::Cancel, target)
@@ -487,6 +602,12 @@ impl Shared {
         // Never before its due slot nor the floor; past the lap, parked at its end (a roll).
         let (earliest, latest) = range;
         let slot_ms = self.slot_of(deliver_ms).max(earliest).min(latest);
+        // In the open slot, an entry must sort after the watermark (its offset is the newest):
+        // one due before it goes out at the next round, not never.
+        let deliver_ms = match st.partial {
+            Some(p) if p.slot == slot_ms => deliver_ms.max(p.due),
+            _ => deliver_ms,
+        };
         let prev = lasts
             .get(&slot_ms)
             .copied()
@@ -579,11 +700,17 @@ impl Shared {
     ) -> Result<Option<PumpReport>> {
         let store = &*self.store;
         let budget = redo.as_ref().map_or(self.max_round, |p| p.count as usize);
-        // Plan: the due slots in order, each walked from its newest entry back.
-        let mut planned: Vec<(i64, TimerEntry)> = Vec::new();
+        // A format-1 round took a slot's newest entries first: its redo does the same.
+        let newest_first = redo.as_ref().is_some_and(|p| p.version == 1);
+        self.settle_partial(st, now);
+        // Plan: the open slots in order; in each, the entries due by `now` that are not done,
+        // smallest (effective due time, offset) first — at most `budget` in all, so a slot's
+        // entries go out at their exact due times, not at the slot's end.
+        let mut planned: Vec<(i64, u64, TimerEntry)> = Vec::new();
         // Entries whose timer-log records were deleted under the layer (see `EntryBlock::get`).
         let mut lost: u64 = 0;
-        let mut slots_done: Vec<(i64, u64, u32, u32)> = Vec::new();
+        let mut steps: Vec<SlotStep> = Vec::new();
+        let mut next_ready: Option<i64> = None;
         let due: Vec<i64> = st
             .wheel
             .due_from(i64::MIN)
@@ -592,17 +719,24 @@ impl Shared {
             .collect();
         let mut block = EntryBlock::new();
         for t in due {
+            let room = budget - planned.len();
+            if room == 0 {
+                break;
+            }
             let Some(slot) = st.wheel.get(t) else {
                 continue;
             };
-            let (mut pos, mut done, mut cancels) = (slot.last, 0u32, 0u32);
-            while pos != NO_ENTRY && planned.len() < budget {
+            // The walk keeps the `room` smallest ready entries (memory bounded by the round,
+            // whatever the slot holds) and stops once it has seen every pending one.
+            let mut ready: std::collections::BinaryHeap<Candidate> =
+                std::collections::BinaryHeap::new();
+            let (mut pos, mut seen, mut slot_lost) = (slot.last, 0u32, 0u32);
+            while pos != NO_ENTRY && seen < slot.count {
                 let Some(e) = block.get(store, pos)? else {
                     // The rest of the chain (older entries, lower offsets) was deleted under
-                    // the layer: those messages are lost, counted, and the slot is done —
+                    // the layer: those messages are lost, counted, and the slot goes on —
                     // the wheel never wedges on it (RocketMQ #10668).
-                    lost += u64::from(slot.count.saturating_sub(done));
-                    pos = NO_ENTRY;
+                    slot_lost = slot.count - seen;
                     break;
                 };
                 if e.slot_ms != t {
@@ -613,19 +747,49 @@ impl Shared {
                         "an entry chained into the wrong slot",
                     ));
                 }
-                cancels += u32::from(e.kind == EntryKind::Cancel);
-                done += 1;
+                let at = pos;
                 pos = e.prev;
-                planned.push((t, e));
+                if self.is_done(st, t, at, &e) {
+                    continue;
+                }
+                seen += 1;
+                let eff = self.effective_due(t, &e);
+                if eff <= now {
+                    let key = if newest_first { u64::MAX - at } else { at };
+                    ready.push(Candidate(eff, key, at, e));
+                    if ready.len() > room {
+                        ready.pop();
+                    }
+                } else {
+                    next_ready = Some(next_ready.map_or(eff, |n| n.min(eff)));
+                }
             }
-            slots_done.push((t, pos, done, cancels));
-            if pos != NO_ENTRY {
+            if slot_lost == 0 && seen < slot.count {
+                // The chain ended early (damage): what it does not reach is lost likewise.
+                slot_lost = slot.count - seen;
+            }
+            let taken = ready.into_sorted_vec();
+            let left = slot.count - slot_lost - taken.len() as u32;
+            lost += u64::from(slot_lost);
+            let n = taken.len();
+            steps.push(SlotStep {
+                slot: t,
+                taken: n as u32,
+                cancels: taken
+                    .iter()
+                    .filter(|c| c.3.kind == EntryKind::Cancel)
+                    .count() as u32,
+                lost: slot_lost,
+                last: taken.last().map(|c| (c.0, c.2)),
+            });
+            planned.extend(taken.into_iter().map(|c| (t, c.2, c.3)));
+            if left > 0 {
                 break;
             }
             // A roll that is due by now ends the round here: placed again once this slot is
             // done, it lands in its own due slot, which the next round takes in order. Going
             // on past that slot first would make the roll a slot (or more) late.
-            let rolls_due = planned.iter().rev().take(done as usize).any(|(_, e)| {
+            let rolls_due = planned.iter().rev().take(n).any(|(_, _, e)| {
                 let due = self.slot_of(e.deliver_ms);
                 due > t && due <= now
             });
@@ -636,15 +800,14 @@ impl Shared {
         if planned.is_empty() && lost > 0 {
             // Only entries deleted under the layer: nothing to deliver, the slots are done
             // (a reopen does not bring them back: they are below the timer log's start).
-            for (t, next, done, cancels) in &slots_done {
-                st.wheel.consume(*t, *next, *done, *cancels);
-            }
+            self.advance(st, &steps, now, None);
             return Ok(Some(PumpReport {
                 undeliverable: lost,
                 ..PumpReport::default()
             }));
         }
         if planned.is_empty() {
+            st.next_ready = next_ready;
             if redo.is_some() {
                 st.intent = None;
             } else if st.partial.is_none() && st.wheel.next_due().is_none_or(|t| t > now) {
@@ -652,14 +815,12 @@ impl Shared {
                 // (empty), so new entries may start at the current one (a message already
                 // due then goes out at the next round, not a slot later). Not persisted: an
                 // older read time is safe.
-                let now_slot = now
-                    .div_euclid(self.precision)
-                    .saturating_mul(self.precision);
+                let now_slot = self.slot_of(now);
                 st.read_time = st.read_time.max(now_slot.saturating_sub(self.precision));
             }
             return Ok(None);
         }
-        let up_to = planned.last().map_or(now, |(t, _)| *t);
+        let up_to = now;
 
         // Decide each entry. Cancels apply before deliveries: a message whose id has a
         // pending cancel anywhere on the wheel is dropped.
@@ -674,9 +835,12 @@ impl Shared {
         let dequeue_ms = self.clock.now_ms();
         // Whether each real partition exists, asked once per round, not once per message.
         let mut exists: BTreeMap<(String, u32), Option<&'static str>> = BTreeMap::new();
-        let offsets: Vec<u64> = planned.iter().map(|(_, e)| e.message_offset).collect();
+        let offsets: Vec<u64> = planned.iter().map(|(_, _, e)| e.message_offset).collect();
         let mut records = read_messages(store, &offsets)?;
-        for (t, e) in planned.iter().filter(|(_, e)| e.kind == EntryKind::Message) {
+        for (t, _, e) in planned
+            .iter()
+            .filter(|(_, _, e)| e.kind == EntryKind::Message)
+        {
             let Some(r) = records.remove(&e.message_offset) else {
                 // Its record is gone (damage, or a deletion by hand): never wedge the wheel.
                 report.undeliverable += 1;
@@ -706,7 +870,14 @@ impl Shared {
             let partition = prop_i64(&r, DELAY_REAL_PARTITION).unwrap_or(-1);
             let mut m = user_message(&r);
             m.properties.extend([
-                (TIMER_DELIVER_MS.into(), e.deliver_ms.to_string()),
+                // The time asked for: the entry's may have been raised to sort after the
+                // watermark of the open slot it was placed in.
+                (
+                    TIMER_DELIVER_MS.into(),
+                    prop_i64(&r, TIMER_DELIVER_MS)
+                        .unwrap_or(e.deliver_ms)
+                        .to_string(),
+                ),
                 (
                     TIMER_ENQUEUE_MS.into(),
                     prop_i64(&r, TIMER_ENQUEUE_MS)
@@ -742,7 +913,10 @@ impl Shared {
                 }
             }
         }
-        for (t, e) in planned.iter().filter(|(_, e)| e.kind == EntryKind::Cancel) {
+        for (t, _, e) in planned
+            .iter()
+            .filter(|(_, _, e)| e.kind == EntryKind::Cancel)
+        {
             let still_pending =
                 st.pending_cancels.contains(&e.id) && !cancelled_now.contains(&e.id);
             let due = self.slot_of(e.deliver_ms) <= *t;
@@ -803,16 +977,7 @@ impl Shared {
                 }
             }
         }
-        let intent = Progress {
-            phase: Phase::Intent,
-            read_time: st.read_time,
-            scan_start: 0,
-            partial_slot: st.partial.map_or(i64::MIN, |p| p.0),
-            partial_next: st.partial.map_or(NO_ENTRY, |p| p.1),
-            up_to,
-            count: planned.len() as u32,
-            targets,
-        };
+        let intent = self.progress(st, Phase::Intent, 0, up_to, planned.len() as u32, targets);
         let skip = match &redo {
             Some(old) => self.written_since(old)?,
             None => HashSet::new(),
@@ -900,46 +1065,95 @@ impl Shared {
 
         // (3) Durable, then DONE.
         store.sync()?;
-        let mut read_time = st.read_time;
-        let mut partial = None;
-        for (t, next, done, cancels) in &slots_done {
-            st.wheel.consume(*t, *next, *done, *cancels);
-            if *next == NO_ENTRY {
-                read_time = read_time.max(*t);
-            } else {
-                partial = Some((*t, *next));
-            }
-        }
-        st.read_time = read_time;
-        st.partial = partial;
+        let legacy_end = if newest_first {
+            Some(store.bounds(TIMER_LOG_TOPIC, 0)?.end)
+        } else {
+            None
+        };
+        self.advance(st, &steps, now, legacy_end);
         for id in cancelled_now.iter().chain(&dropped_cancels) {
             st.pending_cancels.remove(id);
         }
-        let done = Progress {
-            phase: Phase::Done,
-            read_time: st.read_time,
-            scan_start: self.scan_start(st)?,
-            partial_slot: st.partial.map_or(i64::MIN, |p| p.0),
-            partial_next: st.partial.map_or(NO_ENTRY, |p| p.1),
-            up_to,
-            count: 0,
-            targets: Vec::new(),
-        };
+        let done = self.progress(st, Phase::Done, self.scan_start(st)?, up_to, 0, Vec::new());
         st.intent = None;
         // Not synced: if it is lost, the INTENT before it is redone and skips everything.
         self.append_progress(&done)?;
         st.rounds_since_retention += 1;
         if st.rounds_since_retention >= RETENTION_EVERY {
             st.rounds_since_retention = 0;
-            self.retain(done.scan_start, st.cursor)?;
+            self.retain(st)?;
         }
         Ok(Some(report))
     }
 
+    /// The state after a round's slots were processed (in memory; the caller persists it).
+    /// `legacy_end`: the timer log's end, when redoing a format-1 round.
+    fn advance(&self, st: &mut State, steps: &[SlotStep], now: i64, legacy_end: Option<u64>) {
+        for s in steps {
+            st.wheel.consume(s.slot, s.taken + s.lost, s.cancels);
+            let pending = st.wheel.get(s.slot).is_some();
+            let over = s.slot.saturating_add(self.precision - 1) <= now;
+            if !pending && over {
+                st.read_time = st.read_time.max(s.slot);
+                if st.partial.is_some_and(|p| p.slot <= s.slot) {
+                    st.partial = None;
+                }
+            } else {
+                // Entries left, or the slot's time is not over: it stays open, new entries
+                // placed in it sort after the watermark.
+                let mut p = st
+                    .partial
+                    .filter(|p| p.slot == s.slot)
+                    .unwrap_or_else(|| Partial::new(s.slot));
+                if let Some((due, offset)) = s.last {
+                    if let Some(end) = legacy_end {
+                        // A format-1 round redone newest first: what it took is the newest
+                        // pending entries, down to `offset`: the format-1 bound extends.
+                        p.above = p.above.min(offset.saturating_sub(1));
+                        if p.below == 0 {
+                            p.below = end;
+                        }
+                    } else {
+                        p.due = due;
+                        p.offset = offset;
+                    }
+                }
+                st.partial = Some(p);
+            }
+        }
+    }
+
+    /// A progress record of the current state.
+    fn progress(
+        &self,
+        st: &State,
+        phase: Phase,
+        scan_start: u64,
+        up_to: i64,
+        count: u32,
+        targets: Vec<(String, u32, u64)>,
+    ) -> Progress {
+        let p = st.partial;
+        Progress {
+            phase,
+            version: 2,
+            read_time: st.read_time,
+            scan_start,
+            partial_slot: p.map_or(i64::MIN, |p| p.slot),
+            partial_next: p.map_or(NO_ENTRY, |p| p.above),
+            partial_due: p.map_or(i64::MIN, |p| p.due),
+            partial_offset: p.map_or(0, |p| p.offset),
+            partial_below: p.map_or(0, |p| p.below),
+            cursor: st.cursor,
+            up_to,
+            count,
+            targets,
+        }
+    }
+
     /// Retention when the timer goes idle after rounds (a burst is done), and once a minute
     /// while it stays idle: what the rounds made unneeded goes now rather than after
-    /// `RETENTION_EVERY` more rounds that may never come, and the last timer-log entry is
-    /// rewritten when old (see `retain`).
+    /// `RETENTION_EVERY` more rounds that may never come (see `retain`).
     fn retain_idle(&self, st: &mut State) -> Result<()> {
         let wall = crate::clock::now_ms();
         let quiet_long = wall.saturating_sub(st.last_retention_ms) >= REFRESH_AFTER_MS;
@@ -948,8 +1162,7 @@ impl Shared {
         }
         st.rounds_since_retention = 0;
         st.last_retention_ms = wall;
-        let scan_start = self.scan_start(st)?;
-        self.retain(scan_start, st.cursor)
+        self.retain(st)
     }
 
     /// Timer-log offset of the oldest pending entry (the end when none is).
@@ -966,51 +1179,42 @@ impl Shared {
         Ok(())
     }
 
-    /// Deletes the timer-log entries before `scan_start` (keeping the last entry, which holds
-    /// the enqueue cursor) and the records of `__delay_messages` before the oldest pending
-    /// entry's. Only after a sync, so the DONE that made them unneeded is durable.
-    fn retain(&self, scan_start: u64, cursor: u64) -> Result<()> {
-        let store = &*self.store;
-        let tl = store.bounds(TIMER_LOG_TOPIC, 0)?;
-        if tl.end == 0 {
+    /// Deletes the timer-log entries before the oldest pending one and the records of
+    /// `__delay_messages` before its message. With nothing pending, the whole timer log and
+    /// every placed record go: the enqueue cursor is then only in a progress record written
+    /// first, so an idle layer keeps no record in the shared log but that compacted one.
+    /// Deletes only after a sync, so the DONE (or the record) that made them unneeded is
+    /// durable. Not while a round is in doubt (its redo reads the entries).
+    fn retain(&self, st: &State) -> Result<()> {
+        if st.intent.is_some() {
             return Ok(());
         }
-        let mut keep = scan_start.min(tl.end - 1);
-        if scan_start >= tl.end && cursor > 0 {
-            // Nothing pending: the last entry stays only for the enqueue cursor. Once it is
-            // old, a fresh void entry carries the cursor instead, so the old one — and with
-            // it the shared commit-log files it sits in (CommitLog engine) — can go: an idle
-            // layer pins no more than the newest stretch of the log.
-            let old = read_one(store, TIMER_LOG_TOPIC, tl.end - 1)?.is_none_or(|r| {
-                r.store_timestamp() < crate::clock::now_ms().saturating_sub(REFRESH_AFTER_MS)
-            });
-            if old {
-                let void = TimerEntry {
-                    kind: EntryKind::Void,
-                    slot_ms: 0,
-                    message_offset: cursor - 1,
-                    prev: NO_ENTRY,
-                    deliver_ms: 0,
-                    id: cursor - 1,
-                };
-                append_entries(store, &[void], tl.end)?;
-                keep = tl.end;
-            }
-        }
-        if keep <= tl.start {
+        let store = &*self.store;
+        let tl = store.bounds(TIMER_LOG_TOPIC, 0)?;
+        let mb = store.bounds(MESSAGES_TOPIC, 0)?;
+        let idle = st.wheel.oldest_entry().is_none();
+        let (keep, messages_start) = if idle {
+            (tl.end, st.cursor)
+        } else {
+            let keep = self.scan_start(st)?.max(tl.start);
+            (keep, read_entry(store, keep)?.message_offset)
+        };
+        let messages_start = messages_start.min(mb.end);
+        if keep <= tl.start && messages_start <= mb.start {
             return Ok(());
         }
         store.sync()?;
-        let first_kept = read_entry(store, keep)?;
-        store.delete_before(TIMER_LOG_TOPIC, 0, keep)?;
-        let messages_start = if scan_start >= tl.end {
-            // Nothing pending: every placed record is done with.
-            first_kept.message_offset + 1
-        } else {
-            first_kept.message_offset
-        };
-        let mb = store.bounds(MESSAGES_TOPIC, 0)?;
-        if messages_start > mb.start && messages_start <= mb.end {
+        if idle {
+            // The entries up to the cursor are durable (the sync above) before a record says
+            // they are placed; that record is durable before the entries go.
+            let state = self.progress(st, Phase::Done, tl.end, st.read_time, 0, Vec::new());
+            self.append_progress(&state)?;
+            store.sync()?;
+        }
+        if keep > tl.start {
+            store.delete_before(TIMER_LOG_TOPIC, 0, keep)?;
+        }
+        if messages_start > mb.start {
             store.delete_before(MESSAGES_TOPIC, 0, messages_start)?;
         }
         Ok(())
@@ -1099,23 +1303,43 @@ impl DelayQueue {
         let precision = crate::clock::duration_ms(options.precision);
         let progress = latest_progress(&*store)?;
         let now = options.clock.now_ms();
-        let (read_time, scan_start, partial, intent) = match progress {
+        let tl = store.bounds(TIMER_LOG_TOPIC, 0)?;
+        let (read_time, scan_start, partial, intent, cursor) = match progress {
             Some(p) => {
-                let partial = (p.partial_slot != i64::MIN && p.partial_next != NO_ENTRY)
-                    .then_some((p.partial_slot, p.partial_next));
+                let partial = (p.partial_slot != i64::MIN
+                    && (p.version >= 2 || p.partial_next != NO_ENTRY))
+                    .then(|| Partial {
+                        slot: p.partial_slot,
+                        due: p.partial_due,
+                        offset: p.partial_offset,
+                        above: p.partial_next,
+                        // Format 1: every entry of the slot above its cursor was processed;
+                        // the timer log's end now bounds them (later entries are new).
+                        below: if p.partial_below == u64::MAX {
+                            tl.end
+                        } else {
+                            p.partial_below
+                        },
+                    });
                 let intent = (p.phase == Phase::Intent).then(|| p.clone());
-                (p.read_time, p.scan_start, partial, intent)
+                (p.read_time, p.scan_start, partial, intent, p.cursor)
             }
             None => {
                 // A first open: nothing before the current slot is pending. Persisted at
                 // once, or a reopen later would take its own "now" and skip what is due.
                 let read_time = now.div_euclid(precision).saturating_mul(precision) - precision;
+                let cursor = store.bounds(MESSAGES_TOPIC, 0)?.start;
                 let first = Progress {
                     phase: Phase::Done,
+                    version: 2,
                     read_time,
                     scan_start: 0,
                     partial_slot: i64::MIN,
                     partial_next: NO_ENTRY,
+                    partial_due: i64::MIN,
+                    partial_offset: 0,
+                    partial_below: 0,
+                    cursor,
                     up_to: read_time,
                     count: 0,
                     targets: Vec::new(),
@@ -1126,25 +1350,28 @@ impl DelayQueue {
                     &[Message::new(first.encode()).with_key(PROGRESS_KEY)],
                 )?;
                 store.sync()?;
-                (read_time, 0, None, None)
+                (read_time, 0, None, None, cursor)
             }
         };
         let mut st = State {
             wheel: Wheel::new(precision, options.wheel_slots),
-            cursor: store.bounds(MESSAGES_TOPIC, 0)?.start,
+            // The cursor is in the progress record (format 2) and in the timer log's last
+            // entry: the larger wins (entries placed after the last progress record).
+            cursor: store.bounds(MESSAGES_TOPIC, 0)?.start.max(cursor),
             read_time,
             partial,
+            next_ready: None,
             pending_cancels: HashSet::new(),
             intent,
             rounds_since_retention: 0,
             last_retention_ms: crate::clock::now_ms(),
         };
         // Rebuild the wheel: every entry from the scan start on whose slot is not processed.
-        let tl = store.bounds(TIMER_LOG_TOPIC, 0)?;
         if tl.end > tl.start {
             let last = read_entry(&*store, tl.end - 1)?;
             st.cursor = st.cursor.max(last.message_offset + 1);
         }
+        let shared_precision = precision;
         let mut at = scan_start.max(tl.start);
         while at < tl.end {
             let records = store.read(TIMER_LOG_TOPIC, 0, at, ReadLimits::messages(4096))?;
@@ -1156,13 +1383,18 @@ impl DelayQueue {
                 if e.kind == EntryKind::Void || e.slot_ms <= st.read_time {
                     continue;
                 }
-                if let Some((pt, pn)) = st.partial
-                    && e.slot_ms == pt
-                    && r.offset() > pn
-                {
-                    continue;
-                }
-                if st.wheel.get(e.slot_ms).is_some_and(|s| s.last != e.prev) {
+                let open_slot = st.partial.filter(|p| p.slot == e.slot_ms);
+                if let Some(p) = open_slot {
+                    let eff = e
+                        .deliver_ms
+                        .clamp(e.slot_ms, e.slot_ms.saturating_add(shared_precision - 1));
+                    let pos = r.offset();
+                    if (eff, pos) <= (p.due, p.offset) || (pos > p.above && pos < p.below) {
+                        continue;
+                    }
+                } else if st.wheel.get(e.slot_ms).is_some_and(|s| s.last != e.prev) {
+                    // (The open slot's chain runs through its done entries, which are not
+                    // on the wheel: it is not checked.)
                     return Err(corrupted(
                         &*store,
                         TIMER_LOG_TOPIC,
@@ -1374,7 +1606,7 @@ impl DelayQueue {
                 "the message {handle} is already cancelled"
             )));
         }
-        if s.slot_of(handle.deliver_at_ms) < s.floor(&st) {
+        if s.may_be_processed(&st, handle.deliver_at_ms) {
             return Err(Error::InvalidArgument(format!(
                 "the message {handle} is already due: delivered or being delivered"
             )));
@@ -1561,7 +1793,7 @@ fn timer_loop(s: &Shared) {
             match s.work_once(&mut st, now, &mut PumpReport::default()) {
                 Ok(true) => continue,
                 Ok(false) => match s.retain_idle(&mut st) {
-                    Ok(()) => st.wheel.next_due(),
+                    Ok(()) => s.next_wake(&st, now),
                     Err(e) => {
                         drop(st);
                         keep_error(s, e);

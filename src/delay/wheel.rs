@@ -1,5 +1,5 @@
-//! The timer wheel: `slots` slots, each the head of one due time's backward chain of timer-log
-//! entries. In memory only, rebuilt from the timer log at open; its size is fixed by the
+//! The timer wheel: `slots` slots, each the head of one slot time's backward chain of
+//! timer-log entries. In memory only, rebuilt from the timer log at open; its size is fixed by the
 //! options (nothing per pending message).
 
 use std::collections::BTreeSet;
@@ -87,20 +87,21 @@ impl Wheel {
         true
     }
 
-    /// After part of a slot was processed from its newest entry back: `next` is the newest
-    /// entry left (`NO_ENTRY`: none), `done` entries (`cancels` of them cancels) are gone.
-    pub(crate) fn consume(&mut self, time: i64, next: u64, done: u32, cancels: u32) {
+    /// `done` entries of `time`'s slot (`cancels` of them cancels), anywhere in its chain, are
+    /// processed. The chain keeps them (it is walked from its newest entry, skipping what the
+    /// caller knows is done) until the slot is empty; its oldest entry stays as it was (a
+    /// lower scan start is only conservative).
+    pub(crate) fn consume(&mut self, time: i64, done: u32, cancels: u32) {
         let i = self.index(time);
         let s = &mut self.slots[i];
         if s.time != time || s.count == 0 {
             return;
         }
-        if next == NO_ENTRY || done >= s.count {
+        if done >= s.count {
             self.occupied.remove(&time);
             self.by_first.remove(&(s.first, time));
             *s = EMPTY;
         } else {
-            s.last = next;
             s.count -= done;
             s.cancels = s.cancels.saturating_sub(cancels);
         }
@@ -160,15 +161,29 @@ mod tests {
         ]
     }
 
+    /// A slot of the model: entries added since it was last empty (oldest first) and which
+    /// of them are still pending.
+    #[derive(Default)]
+    struct ModelSlot {
+        added: Vec<(u64, bool)>,
+        pending: Vec<bool>,
+    }
+
+    impl ModelSlot {
+        fn count(&self) -> usize {
+            self.pending.iter().filter(|p| **p).count()
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(cases()))]
-        /// The wheel against a BTreeMap of due time → entries (newest last): times kept within
-        /// one lap of a 64-slot wheel, partial consumption from the newest entry back.
+        /// The wheel against a BTreeMap of due time → entries: times kept within one lap of a
+        /// 64-slot wheel, entries consumed anywhere in a slot (oldest pending first here).
         #[test]
         fn wheel_matches_a_sorted_map(ops in proptest::collection::vec(op(), 1..200)) {
             let p = 10;
             let mut wheel = Wheel::new(p, 64);
-            let mut model: BTreeMap<i64, Vec<(u64, bool)>> = BTreeMap::new();
+            let mut model: BTreeMap<i64, ModelSlot> = BTreeMap::new();
             let mut floor = 0i64; // first slot open for new entries
             let mut next_entry = 0u64;
             for op in ops {
@@ -176,21 +191,27 @@ mod tests {
                     Op::Add(d, cancel) => {
                         let t = floor + d * p;
                         let prev = wheel.last(t);
-                        let expect = model.get(&t).and_then(|v| v.last()).map_or(NO_ENTRY, |e| e.0);
+                        let expect = model.get(&t).and_then(|v| v.added.last()).map_or(NO_ENTRY, |e| e.0);
                         prop_assert_eq!(prev, expect);
                         prop_assert!(wheel.add(t, next_entry, cancel));
-                        model.entry(t).or_default().push((next_entry, cancel));
+                        let slot = model.entry(t).or_default();
+                        slot.added.push((next_entry, cancel));
+                        slot.pending.push(true);
                         next_entry += 1;
                     }
                     Op::Consume(n) => {
                         if let Some((&t, v)) = model.iter_mut().next() {
                             prop_assert_eq!(wheel.next_due(), Some(t));
-                            let take = (n as usize).min(v.len());
-                            let gone: Vec<_> = v.drain(v.len() - take..).collect();
-                            let next = v.last().map_or(NO_ENTRY, |e| e.0);
-                            let cancels = gone.iter().filter(|e| e.1).count() as u32;
-                            wheel.consume(t, next, take as u32, cancels);
-                            if v.is_empty() { model.remove(&t); }
+                            let (mut done, mut cancels) = (0u32, 0u32);
+                            for (i, pending) in v.pending.iter_mut().enumerate() {
+                                if *pending && done < n {
+                                    *pending = false;
+                                    done += 1;
+                                    cancels += u32::from(v.added[i].1);
+                                }
+                            }
+                            wheel.consume(t, done, cancels);
+                            if v.count() == 0 { model.remove(&t); }
                             floor = floor.max(t + p);
                         }
                     }
@@ -200,12 +221,13 @@ mod tests {
                     }
                 }
                 prop_assert_eq!(wheel.next_due(), model.keys().next().copied());
-                prop_assert_eq!(wheel.oldest_entry(), model.values().filter_map(|v| v.first()).map(|e| e.0).min());
+                prop_assert_eq!(wheel.oldest_entry(), model.values().filter_map(|v| v.added.first()).map(|e| e.0).min());
                 for (t, v) in &model {
                     let s = wheel.get(*t).expect("pending slot present");
-                    prop_assert_eq!(s.count as usize, v.len());
-                    prop_assert_eq!(s.cancels as usize, v.iter().filter(|e| e.1).count());
-                    prop_assert_eq!(s.last, v.last().unwrap().0);
+                    prop_assert_eq!(s.count as usize, v.count());
+                    let cancels = v.added.iter().zip(&v.pending).filter(|(e, p)| e.1 && **p).count();
+                    prop_assert_eq!(s.cancels as usize, cancels);
+                    prop_assert_eq!(s.last, v.added.last().unwrap().0);
                 }
                 let listed: Vec<i64> = wheel.slots().map(|s| s.time).collect();
                 let expected: Vec<i64> = model.keys().copied().collect();

@@ -1001,8 +1001,8 @@ impl Shared {
 
         // (2) The writes, grouped per partition, oldest first; what the first attempt of a
         // redone round wrote is skipped.
-        for ((topic, p), mut msgs) in out {
-            msgs.sort_by_key(|(t, id, _)| (*t, *id));
+        for ((topic, p), msgs) in out {
+            // Kept in plan order: by slot, then (effective due time, placement).
             let is_rolls = topic == MESSAGES_TOPIC;
             let msgs: Vec<Outgoing> = msgs
                 .into_iter()
@@ -1084,6 +1084,34 @@ impl Shared {
             self.retain(st)?;
         }
         Ok(Some(report))
+    }
+
+    /// Whether a message entry of `handle` (a roll: its first record was deleted) is on the
+    /// wheel: one with its id and due time in a slot not processed. Reads the pending part of
+    /// the timer log (45 B per pending entry), only for a cancel whose record is gone.
+    fn rolled_copy_pending(&self, st: &State, handle: DelayHandle) -> Result<bool> {
+        let store = &*self.store;
+        let tl = store.bounds(TIMER_LOG_TOPIC, 0)?;
+        let mut at = self.scan_start(st)?.max(tl.start);
+        while at < tl.end {
+            let records = store.read(TIMER_LOG_TOPIC, 0, at, ReadLimits::messages(4096))?;
+            let Some(last) = records.last().map(Record::offset) else {
+                break;
+            };
+            for r in &records {
+                let e = TimerEntry::decode(r.body())
+                    .map_err(|e| corrupted(store, TIMER_LOG_TOPIC, r.offset(), e))?;
+                if e.kind == EntryKind::Message
+                    && e.id == handle.id
+                    && e.deliver_ms == handle.deliver_at_ms
+                    && e.slot_ms > st.read_time
+                {
+                    return Ok(true);
+                }
+            }
+            at = last + 1;
+        }
+        Ok(false)
     }
 
     /// The state after a round's slots were processed (in memory; the caller persists it).
@@ -1604,6 +1632,14 @@ impl DelayQueue {
         if st.pending_cancels.contains(&handle.id) {
             return Err(Error::InvalidArgument(format!(
                 "the message {handle} is already cancelled"
+            )));
+        }
+        if handle.id < mb.start && !s.rolled_copy_pending(&st, handle)? {
+            // Its first record is gone: retention deletes a record once nothing pending needs
+            // it, so the message was delivered (or cancelled) — unless it rolled, and then a
+            // pending entry of it is on the wheel.
+            return Err(Error::InvalidArgument(format!(
+                "no pending message has handle {handle}: delivered already, or never scheduled"
             )));
         }
         if s.may_be_processed(&st, handle.deliver_at_ms) {

@@ -186,6 +186,11 @@ pub struct DelayOptions {
     /// Most entries one delivery round takes (bounds its memory and what a crash leaves in
     /// doubt). Default: 10,000. At least 1.
     pub max_round: usize,
+    /// Most bytes of scheduled messages (body, key, properties) one delivery round reads and
+    /// holds: it stops taking entries once it has read this much, so it holds at most this
+    /// plus the one message that crossed it (and the copies it writes). Default: 64 MiB.
+    /// At least 1.
+    pub max_round_bytes: usize,
 }
 
 impl Default for DelayOptions {
@@ -197,6 +202,7 @@ impl Default for DelayOptions {
             clock: Arc::new(SystemClock),
             background: true,
             max_round: 10_000,
+            max_round_bytes: 64 << 20,
         }
     }
 }
@@ -224,6 +230,11 @@ impl DelayOptions {
         if self.max_round == 0 || self.max_round > u32::MAX as usize {
             return Err(Error::InvalidArgument(
                 "DelayOptions::max_round must be between 1 and 4294967295".into(),
+            ));
+        }
+        if self.max_round_bytes == 0 {
+            return Err(Error::InvalidArgument(
+                "DelayOptions::max_round_bytes must be at least 1".into(),
             ));
         }
         Ok(())

@@ -161,6 +161,7 @@ struct Shared {
     slots: u32,
     max_delay_ms: Option<i64>,
     max_round: usize,
+    max_round_bytes: usize,
     dir: PathBuf,
     state: Mutex<State>,
     closed: AtomicBool,
@@ -341,28 +342,44 @@ impl EntryBlock {
     }
 }
 
-/// The records of `__delay_messages` at `offsets`, read in runs of consecutive offsets (a
-/// round's messages were mostly scheduled together). Missing ones (below the log start) are
-/// absent from the map.
-fn read_messages(
+/// The bytes of a record the byte budget of a round counts: body, key and properties.
+fn record_bytes(r: &Record) -> usize {
+    r.body().len()
+        + r.key().map_or(0, <[u8]>::len)
+        + r.properties()
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+}
+
+/// The records of `__delay_messages` a round's plan names, read in plan order in runs of
+/// consecutive offsets (a slot's messages were mostly scheduled together), until `budget`
+/// bytes are read. Returns them (missing ones, below the log start, are absent) and how many
+/// entries of the plan they cover: the plan is cut there (at least one entry), so a round
+/// holds at most `budget` plus the record that crossed it.
+fn read_planned(
     store: &dyn LogStore,
-    offsets: &[u64],
-) -> Result<std::collections::HashMap<u64, Record>> {
-    let mut sorted = offsets.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let mut out = std::collections::HashMap::with_capacity(sorted.len());
+    planned: &[(i64, u64, TimerEntry)],
+    budget: usize,
+) -> Result<(std::collections::HashMap<u64, Record>, usize)> {
+    let mut out = std::collections::HashMap::new();
+    let mut bytes = 0usize;
     let mut i = 0;
-    while i < sorted.len() {
+    while i < planned.len() {
+        let offset = |k: usize| planned[k].2.message_offset;
         let mut j = i + 1;
-        while j < sorted.len() && sorted[j] == sorted[j - 1] + 1 && j - i < 1024 {
+        while j < planned.len() && offset(j) == offset(j - 1) + 1 && j - i < 1024 {
             j += 1;
         }
-        let (mut at, to) = (sorted[i], sorted[j - 1]);
+        let (mut at, to) = (offset(i), offset(j - 1));
         // A read may stop short (its byte limit): go on until the run is covered.
-        while at <= to {
-            let want = (to - at + 1) as usize;
-            let records = match store.read(MESSAGES_TOPIC, 0, at, ReadLimits::messages(want)) {
+        while at <= to && bytes < budget {
+            let limits = ReadLimits {
+                max_messages: (to - at + 1) as usize,
+                max_bytes: (budget - bytes).min(ReadLimits::default().max_bytes),
+                ..ReadLimits::default()
+            };
+            let records = match store.read(MESSAGES_TOPIC, 0, at, limits) {
                 Ok(r) => r,
                 Err(Error::OffsetOutOfRange { start, .. }) if at < start => {
                     // Retention took the head of the run: read on from the log start.
@@ -372,18 +389,25 @@ fn read_messages(
                 Err(e) => return Err(e),
             };
             let Some(last) = records.last().map(Record::offset) else {
+                at = to + 1;
                 break;
             };
             for r in records {
                 if r.offset() <= to {
+                    bytes += record_bytes(&r);
                     out.insert(r.offset(), r);
                 }
             }
             at = last + 1;
         }
+        if bytes >= budget {
+            // The entries of this run whose records were read (or are gone) stay in.
+            let covered = (i..j).take_while(|&k| offset(k) < at).count();
+            return Ok((out, (i + covered).max(1)));
+        }
         i = j;
     }
-    Ok(out)
+    Ok((out, planned.len()))
 }
 
 fn prop_i64(r: &Record, name: &str) -> Option<i64> {
@@ -821,6 +845,29 @@ impl Shared {
             return Ok(None);
         }
         let up_to = now;
+        // The byte budget may cut the plan (a prefix of it: the redo of an INTENT takes
+        // exactly its count, so it is not cut again).
+        let bytes = if redo.is_some() {
+            usize::MAX
+        } else {
+            self.max_round_bytes
+        };
+        let (mut records, keep) = read_planned(store, &planned, bytes)?;
+        if keep < planned.len() {
+            planned.truncate(keep);
+            let last_slot = planned.last().map_or(i64::MIN, |p| p.0);
+            steps.retain(|s| s.slot <= last_slot);
+            if let Some(s) = steps.last_mut() {
+                let in_slot: Vec<_> = planned.iter().filter(|p| p.0 == s.slot).collect();
+                s.taken = in_slot.len() as u32;
+                s.cancels = in_slot
+                    .iter()
+                    .filter(|p| p.2.kind == EntryKind::Cancel)
+                    .count() as u32;
+                s.last = in_slot.last().map(|p| (self.effective_due(p.0, &p.2), p.1));
+            }
+            lost = steps.iter().map(|s| u64::from(s.lost)).sum();
+        }
 
         // Decide each entry. Cancels apply before deliveries: a message whose id has a
         // pending cancel anywhere on the wheel is dropped.
@@ -835,8 +882,6 @@ impl Shared {
         let dequeue_ms = self.clock.now_ms();
         // Whether each real partition exists, asked once per round, not once per message.
         let mut exists: BTreeMap<(String, u32), Option<&'static str>> = BTreeMap::new();
-        let offsets: Vec<u64> = planned.iter().map(|(_, _, e)| e.message_offset).collect();
-        let mut records = read_messages(store, &offsets)?;
         for (t, _, e) in planned
             .iter()
             .filter(|(_, _, e)| e.kind == EntryKind::Message)
@@ -1454,6 +1499,7 @@ impl DelayQueue {
             slots: options.wheel_slots,
             max_delay_ms,
             max_round: options.max_round,
+            max_round_bytes: options.max_round_bytes,
             dir,
             state: Mutex::new(st),
             closed: AtomicBool::new(false),
@@ -1634,17 +1680,17 @@ impl DelayQueue {
                 "the message {handle} is already cancelled"
             )));
         }
+        if s.may_be_processed(&st, handle.deliver_at_ms) {
+            return Err(Error::InvalidArgument(format!(
+                "the message {handle} is already due: delivered or being delivered"
+            )));
+        }
         if handle.id < mb.start && !s.rolled_copy_pending(&st, handle)? {
             // Its first record is gone: retention deletes a record once nothing pending needs
             // it, so the message was delivered (or cancelled) — unless it rolled, and then a
             // pending entry of it is on the wheel.
             return Err(Error::InvalidArgument(format!(
                 "no pending message has handle {handle}: delivered already, or never scheduled"
-            )));
-        }
-        if s.may_be_processed(&st, handle.deliver_at_ms) {
-            return Err(Error::InvalidArgument(format!(
-                "the message {handle} is already due: delivered or being delivered"
             )));
         }
         let cancel = Message::new("").with_property(DELAY_CANCEL, handle.id.to_string());

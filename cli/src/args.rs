@@ -100,8 +100,10 @@ pub enum Command {
     Trace(TraceArgs),
     /// Prints delayed messages still pending, counted by due second: `<due time><TAB><count>`
     ///
-    /// Due times are RFC 3339 (UTC) to the second; a last line `total<TAB><count>`. Messages
-    /// due past the timer wheel's window (about 3 days) are counted at the time they roll.
+    /// Due times are RFC 3339 (UTC) to the second; a last line `total<TAB><count>`. Read-only
+    /// as far as the delay layer goes: it only reads the layer's topics (nothing is placed,
+    /// delivered or written; delivery is for `consume --follow` and other processes that run
+    /// the layer).
     Delayed(DirArgs),
 }
 

@@ -213,29 +213,18 @@ fn open_delay(store: &Arc<dyn LogStore>) -> Result<Option<DelayQueue>, CliError>
     )?))
 }
 
-/// `delayed`: pending delayed messages by due second, and their total.
+/// `delayed`: pending delayed messages by due second, and their total. Read-only as far as
+/// the delay layer goes: it does not open the layer (which would place scheduled records,
+/// redo a round in doubt and so deliver), it reads its topics (`DelayQueue::pending_in`).
 fn delayed(dir: &Path) -> Result<(), CliError> {
     let store: Arc<dyn LogStore> = Arc::from(open_existing(dir, StoreOptions::default())?);
     let mut total = 0u64;
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
-    if store.describe_topic(duolog::delay::MESSAGES_TOPIC).is_ok() {
-        let q = DelayQueue::open(
-            Arc::clone(&store),
-            DelayOptions {
-                background: false,
-                ..DelayOptions::default()
-            },
-        )?;
-        let mut by_second: std::collections::BTreeMap<i64, u64> = Default::default();
-        for (ms, n) in q.pending()? {
-            *by_second.entry(ms.div_euclid(1000)).or_default() += n;
-        }
-        q.close()?;
-        for (s, n) in by_second {
-            writeln!(out, "{}\t{n}", rfc3339(s))?;
-            total += n;
-        }
+    let pending = DelayQueue::pending_in(&*store, std::time::Duration::from_secs(1))?;
+    for (ms, n) in pending {
+        writeln!(out, "{}\t{n}", rfc3339(ms.div_euclid(1000)))?;
+        total += n;
     }
     writeln!(out, "total\t{total}")?;
     out.flush()?;

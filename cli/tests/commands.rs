@@ -1344,3 +1344,35 @@ fn produce_deliver_at_a_past_time_is_delivered_at_once_and_bad_delays_are_usage_
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// `delayed` only reads: it places nothing in the timer log, delivers nothing (not even a
+/// message already due) and writes no progress record; it counts what is scheduled, placed or
+/// not, under its due time. (It used to open the delay layer, which placed every scheduled
+/// record: 2 timer-log entries here.)
+#[test]
+fn delayed_is_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("s");
+    let d = d.to_str().unwrap();
+    for args in [["--deliver-at", "0"], ["--delay", "1h"]] {
+        let mut a = vec!["produce", "--dir", d, "--topic", "t"];
+        a.extend(args);
+        let out = duolog(&a, "x\n");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    for _ in 0..2 {
+        let out = duolog(&["delayed", "--dir", d], "");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let shown = text(&out.stdout);
+        assert!(shown.starts_with("1970-01-01T00:00:00Z\t1\n"), "{shown}");
+        assert!(shown.ends_with("total\t2\n"), "{shown}");
+    }
+    for topic in ["__delay_timer_log", "t"] {
+        let out = duolog(
+            &["consume", "--dir", d, "--topic", topic, "--partition", "0"],
+            "",
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "", "{topic}: written by `delayed`");
+    }
+}

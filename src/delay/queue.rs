@@ -1732,6 +1732,127 @@ impl DelayQueue {
             .collect())
     }
 
+    /// Pending messages of the delay layer of `store`, by due slot of `precision` — (slot time
+    /// in ms, messages due in it) in order — read without opening the layer: nothing is
+    /// written, placed or delivered (the CLI's `delayed`). It reads the latest progress
+    /// record, the pending part of the timer log (twice: cancels, then messages) and the
+    /// records of `__delay_messages` not placed yet. A message counts under its due time (a
+    /// message past the window too); one with a cancel pending does not. A round in doubt
+    /// (a crash between its INTENT and DONE) counts as not done. Empty if the store never
+    /// scheduled a delayed message. Errors: `precision` outside 10 ms ..= 60 s.
+    pub fn pending_in(store: &dyn LogStore, precision: Duration) -> Result<Vec<(i64, u64)>> {
+        DelayOptions {
+            precision,
+            ..DelayOptions::default()
+        }
+        .validate()?;
+        let p = crate::clock::duration_ms(precision);
+        match store.bounds(MESSAGES_TOPIC, 0) {
+            Ok(_) => {}
+            Err(Error::UnknownTopic(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+        let tl = match store.bounds(TIMER_LOG_TOPIC, 0) {
+            Ok(b) => Some(b),
+            Err(Error::UnknownTopic(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let progress = match store.bounds(PROGRESS_TOPIC, 0) {
+            Ok(_) => latest_progress(store)?,
+            Err(Error::UnknownTopic(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let (read_time, scan_start, cursor) = progress
+            .as_ref()
+            .map_or((i64::MIN, 0, 0), |p| (p.read_time, p.scan_start, p.cursor));
+        let partial = progress.as_ref().filter(|q| {
+            q.partial_slot != i64::MIN && (q.version >= 2 || q.partial_next != NO_ENTRY)
+        });
+        let pending_entry = |pos: u64, e: &TimerEntry| -> bool {
+            if e.kind == EntryKind::Void || e.slot_ms <= read_time {
+                return false;
+            }
+            match partial {
+                Some(q) if q.partial_slot == e.slot_ms => {
+                    let eff = e
+                        .deliver_ms
+                        .clamp(e.slot_ms, e.slot_ms.saturating_add(p - 1));
+                    let below = match (q.partial_below, tl) {
+                        (u64::MAX, Some(b)) => b.end,
+                        (below, _) => below,
+                    };
+                    !((eff, pos) <= (q.partial_due, q.partial_offset)
+                        || (pos > q.partial_next && pos < below))
+                }
+                _ => true,
+            }
+        };
+        let mut cancels: HashSet<u64> = HashSet::new();
+        let mut by_slot: BTreeMap<i64, u64> = BTreeMap::new();
+        let mb = store.bounds(MESSAGES_TOPIC, 0)?;
+        let mut placed_to = mb.start.max(cursor);
+        if let Some(tl) = tl
+            && tl.end > tl.start
+        {
+            placed_to = placed_to.max(read_entry(store, tl.end - 1)?.message_offset + 1);
+        }
+        // Cancels first (placed and not), then the messages they do not cancel.
+        for pass in [EntryKind::Cancel, EntryKind::Message] {
+            if let Some(tl) = tl {
+                let mut at = scan_start.max(tl.start);
+                while at < tl.end {
+                    let records = store.read(TIMER_LOG_TOPIC, 0, at, ReadLimits::messages(4096))?;
+                    let Some(last) = records.last().map(Record::offset) else {
+                        break;
+                    };
+                    for r in &records {
+                        let e = TimerEntry::decode(r.body())
+                            .map_err(|e| corrupted(store, TIMER_LOG_TOPIC, r.offset(), e))?;
+                        if e.kind != pass || !pending_entry(r.offset(), &e) {
+                            continue;
+                        }
+                        if pass == EntryKind::Cancel {
+                            cancels.insert(e.id);
+                        } else if !cancels.contains(&e.id) {
+                            let slot = e.deliver_ms.div_euclid(p).saturating_mul(p);
+                            *by_slot.entry(slot).or_default() += 1;
+                        }
+                    }
+                    at = last + 1;
+                }
+            }
+            let mut at = placed_to.max(mb.start);
+            while at < mb.end {
+                let records = store.read(MESSAGES_TOPIC, 0, at, ReadLimits::messages(1024))?;
+                let Some(last) = records.last().map(Record::offset) else {
+                    break;
+                };
+                for r in &records {
+                    let Some(due) = prop_i64(r, TIMER_DELIVER_MS) else {
+                        continue;
+                    };
+                    match prop_i64(r, DELAY_CANCEL) {
+                        Some(id) if pass == EntryKind::Cancel => {
+                            cancels.insert(id as u64);
+                        }
+                        None if pass == EntryKind::Message
+                            && r.properties().get(DELAY_REAL_TOPIC).is_some() =>
+                        {
+                            let id = prop_i64(r, DELAY_ID).map_or(r.offset(), |i| i as u64);
+                            if !cancels.contains(&id) {
+                                let slot = due.div_euclid(p).saturating_mul(p);
+                                *by_slot.entry(slot).or_default() += 1;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                at = last + 1;
+            }
+        }
+        Ok(by_slot.into_iter().collect())
+    }
+
     /// The delay queue of `store` shared by every user in this process that asks for it (the
     /// push consumer's retries, for one): the live one if [`shared`](Self::shared) opened one
     /// for this store and it is still held, else a new one with default [`DelayOptions`]. A

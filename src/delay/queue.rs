@@ -1381,7 +1381,7 @@ impl DelayQueue {
             Some(p) => {
                 let partial = (p.partial_slot != i64::MIN
                     && (p.version >= 2 || p.partial_next != NO_ENTRY))
-                    .then(|| Partial {
+                    .then_some(Partial {
                         slot: p.partial_slot,
                         due: p.partial_due,
                         offset: p.partial_offset,

@@ -168,8 +168,10 @@ impl Clock for ManualClock {
 /// Options of the delay layer, with documented defaults.
 #[derive(Clone, Debug)]
 pub struct DelayOptions {
-    /// Width of a wheel slot: messages are delivered at the first slot boundary at or after
-    /// their due time (never early, at most one precision late when not under load).
+    /// Width of a wheel slot: a slot holds the due times `[slot, slot + precision)`, and its
+    /// messages go out at their exact due times (never early; late only by the timer's
+    /// reaction). Coarser slots mean fewer slots to keep per window, finer ones shorter chains
+    /// to walk per round.
     /// Default: 1 s. Allowed: 10 ms ..= 60 s.
     pub precision: Duration,
     /// Slots of the wheel. The window (precision × slots) is how far ahead a message is placed

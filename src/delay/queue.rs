@@ -145,6 +145,12 @@ struct State {
     /// The earliest effective due time of a pending entry of an open slot that is not due
     /// yet, as the last round that found nothing to do saw it: when the timer looks again.
     next_ready: Option<i64>,
+    /// The earliest effective due time among entries placed since the timer last looked.
+    placed_min: Option<i64>,
+    /// When the sleeping timer thread will look again (`None`: it is awake). The enqueue
+    /// thread wakes it only for entries due before that: waking it for later ones would only
+    /// make it walk the open slot again for nothing.
+    timer_sleeps_until: Option<i64>,
     /// Ids of messages with a pending cancel (one u64 per pending cancel, not per message).
     pending_cancels: HashSet<u64>,
     /// The INTENT of a round whose DONE is not written: the next round redoes it.
@@ -579,6 +585,8 @@ impl Shared {
                 if cancel {
                     st.pending_cancels.insert(e.id);
                 }
+                let eff = self.effective_due(e.slot_ms, e);
+                st.placed_min = Some(st.placed_min.map_or(eff, |m| m.min(eff)));
             }
             placed += entries.len() as u64;
             st.cursor = last_offset + 1;
@@ -1434,6 +1442,8 @@ impl DelayQueue {
             read_time,
             partial,
             next_ready: None,
+            placed_min: None,
+            timer_sleeps_until: None,
             pending_cancels: HashSet::new(),
             intent,
             rounds_since_retention: 0,
@@ -1966,14 +1976,16 @@ fn enqueue_loop(s: &Shared) {
         let result = waited.and_then(|data| {
             if data {
                 let mut st = s.state.lock();
-                s.enqueue(&mut st)
+                s.enqueue(&mut st)?;
+                let placed = st.placed_min.take();
+                Ok(placed.is_some_and(|m| st.timer_sleeps_until.is_some_and(|w| m < w)))
             } else {
-                Ok(0)
+                Ok(false)
             }
         });
         match result {
-            Ok(n) if n > 0 => s.timer_wakeup.wake(),
-            Ok(_) => {}
+            Ok(true) => s.timer_wakeup.wake(),
+            Ok(false) => {}
             Err(e) => {
                 let stop = matches!(e, Error::Closed | Error::Poisoned { .. });
                 keep_error(s, e);
@@ -1991,12 +2003,23 @@ fn timer_loop(s: &Shared) {
         let next = {
             let mut st = s.state.lock();
             let now = s.clock.now_ms();
+            st.timer_sleeps_until = None;
+            st.placed_min = None;
             // One round per hold of the lock: `cancel`, `pending` and the enqueue thread get
             // their turn between the rounds of a backlog.
             match s.work_once(&mut st, now, &mut PumpReport::default()) {
                 Ok(true) => continue,
                 Ok(false) => match s.retain_idle(&mut st) {
-                    Ok(()) => s.next_wake(&st, now),
+                    Ok(()) => {
+                        let next = s.next_wake(&st, now);
+                        // Entries placed after this (by the enqueue thread) wake it if due
+                        // earlier.
+                        let until = next.map_or(now.saturating_add(1000), |t| {
+                            t.min(now.saturating_add(1000))
+                        });
+                        st.timer_sleeps_until = Some(until);
+                        next
+                    }
                     Err(e) => {
                         drop(st);
                         keep_error(s, e);

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use clap_complete::Shell;
-use duolog::EngineKind;
 use duolog::consumer::SqlFilter;
+use duolog::{EngineKind, IsolationLevel};
 
 /// Produce to, consume from, inspect and verify duolog stores.
 #[derive(Debug, Parser)]
@@ -181,6 +181,18 @@ pub struct ProduceArgs {
     /// Deliver each line at this time (ms since the epoch), as --delay
     #[arg(long, value_name = "MS", value_parser = number::<i64>)]
     pub deliver_at: Option<i64>,
+    /// Write lines in transactions of --txn-size lines each, spread over the topic's
+    /// partitions; `<partition> <offset>` is printed for a line only once its transaction is
+    /// committed (visible to `consume --isolation read-committed`)
+    #[arg(long, conflicts_with_all = ["delay", "deliver_at", "trace"])]
+    pub transactional: bool,
+    /// With --transactional: lines per transaction (the last one may be shorter) [default: 1]
+    #[arg(long, value_name = "N", value_parser = positive, requires = "transactional")]
+    pub txn_size: Option<u64>,
+    /// With --transactional: the transactional id (a new process with the same id fences the
+    /// old one and aborts what it left open) [default: duolog-produce-<topic>]
+    #[arg(long, value_name = "ID", requires = "transactional")]
+    pub transactional_id: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -239,6 +251,10 @@ pub struct ConsumeArgs {
     /// Record a trace event per record consumed (see `duolog trace`)
     #[arg(long, requires = "group", conflicts_with_all = ["partition", "from"])]
     pub trace: bool,
+    /// read-committed: only records of committed transactions (and non-transactional ones),
+    /// below the last stable offset; read-uncommitted: everything written
+    #[arg(long, value_name = "LEVEL", value_parser = isolation, default_value = "read-committed")]
+    pub isolation: IsolationLevel,
 }
 
 #[derive(Debug, Subcommand)]
@@ -374,6 +390,23 @@ pub struct OffsetForTimeArgs {
 fn number<T: std::str::FromStr>(v: &str) -> Result<T, String> {
     v.parse::<T>()
         .map_err(|_| format!("needs a number, not {v:?}"))
+}
+
+fn positive(v: &str) -> Result<u64, String> {
+    match number::<u64>(v)? {
+        0 => Err("must be at least 1".into()),
+        n => Ok(n),
+    }
+}
+
+fn isolation(v: &str) -> Result<IsolationLevel, String> {
+    match v {
+        "read-committed" | "read_committed" => Ok(IsolationLevel::ReadCommitted),
+        "read-uncommitted" | "read_uncommitted" => Ok(IsolationLevel::ReadUncommitted),
+        _ => Err(format!(
+            "{v:?}: expected read-committed or read-uncommitted"
+        )),
+    }
 }
 
 fn engine(name: &str) -> Result<EngineKind, String> {

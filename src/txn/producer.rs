@@ -250,6 +250,13 @@ impl TransactionalProducer {
                 Ok(r)
             }
             Err(e @ Error::ProducerFenced { .. }) => Err(self.note(st, e)),
+            // Refused before anything was written: the transaction goes on.
+            Err(
+                e @ (Error::MessageTooLarge { .. }
+                | Error::InvalidArgument(_)
+                | Error::UnknownTopic(_)
+                | Error::UnknownPartition { .. }),
+            ) => Err(e),
             Err(e) => {
                 // The batch may or may not be in the log, and the sequence is uncertain: the
                 // transaction can only be aborted (Kafka's abortable error).

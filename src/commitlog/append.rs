@@ -317,6 +317,7 @@ impl Inner {
                 b.producer,
                 b.first_seq,
                 b.last_seq,
+                false,
                 now,
                 self.opts.producer_id_expiration,
             )?;
@@ -432,6 +433,7 @@ impl Inner {
                     last_offset: offset - 1,
                     timestamp: now,
                 },
+                false,
             );
         }
         cq_file.commit_all();

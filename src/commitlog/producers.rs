@@ -427,6 +427,7 @@ fn replay(
                         last_offset: offset,
                         timestamp: d.header.store_timestamp,
                     },
+                    false,
                 );
             }
         }

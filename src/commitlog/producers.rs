@@ -42,7 +42,10 @@ use crate::store::{
 
 pub(crate) const SNAPSHOT_FILE: &str = "producer-snapshot";
 const MAGIC: &[u8; 4] = b"DLPS";
-const VERSION: u16 = 1;
+/// Version 2 entries may have no batch (Kafka's `NO_SEQUENCE`: a producer whose epoch a marker
+/// bumped) and carry open transactions; version 1 files (never with either) still read.
+const VERSION: u16 = 2;
+const VERSION_1: u16 = 1;
 
 /// The producer fields of one record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,8 +138,9 @@ impl Snapshot {
         if crc32c::crc32c(body).to_be_bytes() != crc {
             return Err("producer snapshot checksum mismatch");
         }
-        if &body[..4] != MAGIC || body[4..6] != VERSION.to_be_bytes() {
-            return Err("not a version 1 producer snapshot");
+        let version = u16::from_be_bytes([body[4], body[5]]);
+        if &body[..4] != MAGIC || (version != VERSION && version != VERSION_1) {
+            return Err("not a version 1 or 2 producer snapshot");
         }
         let mut at: usize = 8;
         let mut take = |n: usize| -> std::result::Result<&[u8], &'static str> {
@@ -305,6 +309,8 @@ struct Partial {
     producer: ProducerId,
     first_seq: i32,
     base_offset: u64,
+    /// Its records carry `TRANSACTION_PREPARED_TYPE`: it opens or continues a transaction.
+    transactional: bool,
 }
 
 /// Rebuilds every partition's producer state at open: the snapshot, then the records from its
@@ -389,12 +395,11 @@ fn replay(
             };
             let pos = start + at as u64;
             at += d.total_size;
-            if !record::is_dispatched(d.header.sys_flag) {
+            let marker = record::is_marker(d.header.sys_flag);
+            let fields = parse_properties(d.properties);
+            if fields.is_none() && !marker {
                 continue;
             }
-            let Some(fields) = parse_properties(d.properties) else {
-                continue;
-            };
             let Some(name) = std::str::from_utf8(d.topic)
                 .ok()
                 .filter(|n| topics.get(*n).is_some_and(|t| pos >= t.since))
@@ -403,6 +408,24 @@ fn replay(
             };
             let key = (name.to_owned(), d.header.queue_id as u32);
             let offset = d.header.queue_offset as u64;
+            if marker {
+                // A marker ends its producer's transaction (and may bump its epoch).
+                if let Some((producer, _)) = super::txn::parse_marker(d.properties)
+                    && let Some(coordinator_epoch) = record::decode_marker_body(d.body)
+                    && let Some(s) = states.get_mut(&key)
+                {
+                    s.complete_txn(
+                        producer,
+                        offset,
+                        coordinator_epoch,
+                        d.header.store_timestamp,
+                    );
+                }
+                continue;
+            }
+            let Some(fields) = fields else {
+                continue;
+            };
             let continues = partial
                 .as_ref()
                 .is_some_and(|b| b.key == key && b.producer == fields.producer);
@@ -412,6 +435,8 @@ fn replay(
                     producer: fields.producer,
                     first_seq: fields.sequence,
                     base_offset: offset,
+                    transactional: record::transaction_type(d.header.sys_flag)
+                        == record::SYSFLAG_TRANSACTION_PREPARED,
                 });
             }
             if fields.last
@@ -427,7 +452,7 @@ fn replay(
                         last_offset: offset,
                         timestamp: d.header.store_timestamp,
                     },
-                    false,
+                    b.transactional,
                 );
             }
         }

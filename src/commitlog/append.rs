@@ -432,7 +432,10 @@ impl Inner {
                     return Ok(Appended::NoTransaction);
                 };
                 let item = &items[0];
-                super::txn::patch_marker_properties(&mut buf[item.start..item.start + item.len], txn);
+                super::txn::patch_marker_properties(
+                    &mut buf[item.start..item.start + item.len],
+                    txn,
+                );
                 Some((producer, marker, coordinator_epoch, txn))
             }
             _ => None,

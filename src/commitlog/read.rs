@@ -275,7 +275,9 @@ impl Inner {
         while at < bound && budget.messages > 0 && scan_left > 0 && scan_bytes > 0 {
             let chunk = ReadLimits {
                 max_messages: (budget.messages as u64).min(scan_left).max(1) as usize,
-                max_bytes: budget.bytes.min(scan_bytes.try_into().unwrap_or(usize::MAX)),
+                max_bytes: budget
+                    .bytes
+                    .min(scan_bytes.try_into().unwrap_or(usize::MAX)),
                 isolation: limits.isolation,
             };
             let records = retry_moved(part, at, || {

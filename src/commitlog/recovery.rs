@@ -213,7 +213,8 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
     // Producer state: the snapshot, then the records past it (complete batches only: a torn
     // one ended the log above).
     let snapshot = super::producers::load(fs.as_ref(), dir);
-    let tracks = super::producers::rebuild(&mut inner, &mut topics, snapshot, valid_end)?;
+    let (tracks, last_aborts) =
+        super::producers::rebuild(&mut inner, &mut topics, snapshot, valid_end)?;
     inner.tracks_producers = AtomicBool::new(tracks);
 
     // Start offsets: persisted ones, the first queue file, and the first record still in the log.
@@ -277,8 +278,10 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
     // does not match), before the checkpoint below writes it.
     for t in inner.topics.read().values() {
         for (p, part) in t.partitions.iter().enumerate() {
-            let rebuild = rebuild_txn_index.contains(&(t.name.clone(), p as u32));
-            inner.settle_txn_index(&t.name, p as u32, part, rebuild)?;
+            let key = (t.name.clone(), p as u32);
+            let rebuild = rebuild_txn_index.contains(&key);
+            let last_abort = last_aborts.get(&key).copied();
+            inner.settle_txn_index(&t.name, p as u32, part, rebuild, last_abort)?;
         }
     }
     // Make the recovered state durable before anything new is acknowledged.

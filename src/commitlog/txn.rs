@@ -19,9 +19,7 @@ use super::txn_index::AbortedTxn;
 use super::{Inner, PartitionState};
 use crate::error::Result;
 use crate::producer_state::ProducerStates;
-use crate::store::{
-    PRODUCER_EPOCH_PROPERTY, PRODUCER_ID_PROPERTY, ProducerId, ReadLimits, Record,
-};
+use crate::store::{PRODUCER_EPOCH_PROPERTY, PRODUCER_ID_PROPERTY, ProducerId, ReadLimits, Record};
 
 /// A marker's property: the first offset of the transaction it ends.
 pub(crate) const TXN_FIRST_PROPERTY: &str = "__TXNFIRST";
@@ -145,7 +143,10 @@ pub(crate) fn marker_of(r: &Record) -> Option<(ProducerId, MarkerTxn)> {
     let field = |name: &str| p.get(name);
     Some((
         ProducerId {
-            id: field(PRODUCER_ID_PROPERTY)?.parse().ok().filter(|&i: &i64| i >= 0)?,
+            id: field(PRODUCER_ID_PROPERTY)?
+                .parse()
+                .ok()
+                .filter(|&i: &i64| i >= 0)?,
             epoch: field(PRODUCER_EPOCH_PROPERTY)?
                 .parse()
                 .ok()
@@ -161,14 +162,16 @@ pub(crate) fn marker_of(r: &Record) -> Option<(ProducerId, MarkerTxn)> {
 impl Inner {
     /// At open, once the partition's bounds are known: checks every aborted-transaction entry
     /// at or past the start against its marker record (entries below the start are dropped),
-    /// and rebuilds the index from the partition's markers when one does not match or
-    /// `rebuild` (the file did not decode).
+    /// and rebuilds the index from the partition's markers when one does not match, when
+    /// `rebuild` (the file did not decode), or when it lacks the entry of `last_abort` (the
+    /// last abort marker the producer snapshot names: the file was deleted or cut).
     pub(crate) fn settle_txn_index(
         &self,
         topic: &str,
         partition: u32,
         part: &PartitionState,
         rebuild: bool,
+        last_abort: Option<u64>,
     ) -> Result<()> {
         let start = part.start.load(Ordering::Acquire);
         let end = part.end.load(Ordering::Acquire);
@@ -180,15 +183,22 @@ impl Inner {
             .copied()
             .filter(|e| e.last_offset >= start)
             .collect();
-        let mut good = !rebuild;
+        let mut good = !rebuild
+            && last_abort.is_none_or(|m| m < start || entries.iter().any(|e| e.last_offset == m));
         for e in &entries {
             if !good {
                 break;
             }
             let found = if e.last_offset < end {
-                self.read_raw(topic, partition, e.last_offset, e.last_offset + 1, ReadLimits::messages(1))
-                    .ok()
-                    .and_then(|mut v| v.pop())
+                self.read_raw(
+                    topic,
+                    partition,
+                    e.last_offset,
+                    e.last_offset + 1,
+                    ReadLimits::messages(1),
+                )
+                .ok()
+                .and_then(|mut v| v.pop())
             } else {
                 None
             };
@@ -196,8 +206,7 @@ impl Inner {
                 r.offset() == e.last_offset
                     && record::transaction_type(r.flags() as i32)
                         == record::SYSFLAG_TRANSACTION_ROLLBACK
-                    && marker_of(&r)
-                        .is_some_and(|(p, txn)| txn.aborted(p.id, r.offset()) == *e)
+                    && marker_of(&r).is_some_and(|(p, txn)| txn.aborted(p.id, r.offset()) == *e)
             });
         }
         let entries = if good {
@@ -257,7 +266,14 @@ mod tests {
         let mut h = record::RecordHeader::local(1, 5);
         h.sys_flag = record::SYSFLAG_TRANSACTION_ROLLBACK;
         let mut rec = Vec::new();
-        record::encode_unsealed(&mut rec, &h, &record::encode_marker_body(9), b"t", &props, true);
+        record::encode_unsealed(
+            &mut rec,
+            &h,
+            &record::encode_marker_body(9),
+            b"t",
+            &props,
+            true,
+        );
         let txn = MarkerTxn {
             first_offset: 1234,
             last_stable: u64::MAX / 3,

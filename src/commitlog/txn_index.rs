@@ -25,7 +25,6 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::io::{self, FileSystem, OpenMode};
 
-
 /// Name of the index file in a partition's consume-queue directory.
 pub(crate) const TXN_INDEX_FILE: &str = "aborted.txnindex";
 /// Bytes of one entry.
@@ -170,7 +169,11 @@ impl TxnIndex {
 
     /// Adds the entry of an abort marker (in memory; the next checkpoint writes it).
     pub(crate) fn push(&mut self, e: AbortedTxn) {
-        debug_assert!(self.entries.last().is_none_or(|l| l.last_offset < e.last_offset));
+        debug_assert!(
+            self.entries
+                .last()
+                .is_none_or(|l| l.last_offset < e.last_offset)
+        );
         self.entries.push(e);
     }
 
@@ -219,7 +222,9 @@ impl TxnIndex {
         let write = if self.on_disk == 0 && (self.exists || !self.entries.is_empty()) {
             // New, or replaced: the whole file, atomically (an index emptied by retention keeps
             // an empty file).
-            Some(Write::Whole(self.entries.iter().flat_map(|e| e.encode()).collect()))
+            Some(Write::Whole(
+                self.entries.iter().flat_map(|e| e.encode()).collect(),
+            ))
         } else if self.on_disk < self.entries.len() {
             Some(Write::Append(
                 (self.on_disk * ENTRY_LEN) as u64,
@@ -326,7 +331,10 @@ mod tests {
         idx.push(t(1, 6, 8, 9));
         let a = idx.collect(0, 3);
         assert!(a.covers(1, 0) && a.covers(2, 3));
-        assert!(!a.covers(1, 6), "stopped at the entry whose LSO passed the bound");
+        assert!(
+            !a.covers(1, 6),
+            "stopped at the entry whose LSO passed the bound"
+        );
         let a = idx.collect(5, 100);
         assert!(!a.covers(1, 0) && a.covers(1, 7));
         idx.drop_below(3);

@@ -76,6 +76,7 @@ impl Partition {
                 b.producer,
                 b.first_seq,
                 b.last_seq,
+                false,
                 now,
                 ctx.producer_expiration,
             )?;
@@ -144,6 +145,7 @@ impl Partition {
                     last_offset,
                     timestamp: now,
                 },
+                false,
             );
         }
         self.end.store(last_offset + 1, Ordering::Release);

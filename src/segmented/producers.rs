@@ -171,6 +171,7 @@ fn replay(
                     last_offset: last,
                     timestamp: h.max_timestamp,
                 },
+                false,
             );
         }
     }

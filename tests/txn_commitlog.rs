@@ -1,0 +1,290 @@
+//! Transactions on the CommitLog engine specifically (issue 14): the records' RocketMQ sys
+//! flags and marker layout, a torn transactional batch, the aborted-transaction index file
+//! (`consumequeue/<topic>/<partition>/aborted.txnindex`) rebuilt when it is deleted or
+//! damaged, and compaction next to aborted transactions. The behaviour both engines share is in
+//! `txn_engine.rs`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use duolog::commitlog::record::{self, Checks, Decoded};
+use duolog::{
+    CommitLogStore, EngineKind, FlushPolicy, IsolationLevel, LogStore, Message, ProducerId,
+    ReadLimits, StoreOptions, TopicConfig, TxnMarker,
+};
+
+const COMMITTED: ReadLimits = ReadLimits {
+    max_messages: 1024,
+    max_bytes: 4 << 20,
+    isolation: IsolationLevel::ReadCommitted,
+};
+
+fn batch(tag: &str, n: usize) -> Vec<Message> {
+    (0..n).map(|i| Message::new(format!("{tag}-{i}"))).collect()
+}
+
+fn producer(store: &dyn LogStore) -> ProducerId {
+    ProducerId {
+        id: store.allocate_producer_id().unwrap(),
+        epoch: 0,
+    }
+}
+
+fn ar(base: u64, last: u64) -> duolog::AppendResult {
+    duolog::AppendResult {
+        base_offset: base,
+        last_offset: last,
+    }
+}
+
+/// Bodies a read-committed reader sees, fetched from the start to the LSO.
+fn committed(store: &dyn LogStore, topic: &str, partition: u32) -> Vec<String> {
+    let b = store.bounds(topic, partition).unwrap();
+    let mut at = b.start;
+    let mut out = Vec::new();
+    while at < b.last_stable {
+        let f = store.fetch(topic, partition, at, COMMITTED).unwrap();
+        assert!(f.next_offset > at, "no progress at {at}");
+        out.extend(
+            f.records
+                .iter()
+                .map(|r| String::from_utf8(r.body().to_vec()).unwrap()),
+        );
+        at = f.next_offset;
+    }
+    out
+}
+
+fn opts() -> StoreOptions {
+    StoreOptions {
+        flush: FlushPolicy::Async {
+            interval: Duration::from_secs(3600),
+        },
+        ..common::small_options(EngineKind::CommitLog)
+    }
+}
+
+/// The stored record of `offset`, decoded from the commit-log file its unit points at.
+fn stored(
+    store: &CommitLogStore,
+    offset: u64,
+    check: impl Fn(&duolog::commitlog::Unit, record::DecodedRecord<'_>),
+) {
+    let unit = store.consume_queue_unit("t", 0, offset).unwrap().unwrap();
+    let size = opts().commitlog.file_size;
+    let file = &store.commitlog_files()[(unit.position / size) as usize];
+    let bytes = std::fs::read(file).unwrap();
+    let at = (unit.position % size) as usize;
+    let Ok(Decoded::Message(d)) = record::decode(&bytes[at..at + unit.size as usize], Checks::FULL)
+    else {
+        panic!("record {offset} does not decode");
+    };
+    check(&unit, d);
+}
+
+fn property<'a>(d: &record::DecodedRecord<'a>, name: &str) -> Option<&'a str> {
+    record::iter_properties(d.properties)
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+#[test]
+fn markers_are_rocketmq_commit_and_rollback_records_with_kafkas_marker_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CommitLogStore::open(dir.path(), opts()).unwrap();
+    store.create_topic("t", TopicConfig::default()).unwrap();
+    let p = producer(&store);
+    let q = producer(&store);
+    store
+        .append_transactional("t", 0, p, 0, &[Message::new("a").with_tags("T")])
+        .unwrap();
+    store
+        .append_transactional("t", 0, q, 0, &batch("q", 1))
+        .unwrap();
+    assert_eq!(
+        store.write_marker("t", 0, p, TxnMarker::Abort, 7).unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        store.write_marker("t", 0, q, TxnMarker::Commit, 8).unwrap(),
+        Some(3)
+    );
+    store.append("t", 0, &batch("plain", 1)).unwrap();
+    // The transaction's record: prepared type, producer properties, its own tag hash.
+    stored(&store, 0, |unit, d| {
+        assert_eq!(
+            d.header.sys_flag & 0x0C,
+            record::SYSFLAG_TRANSACTION_PREPARED
+        );
+        assert_eq!(property(&d, "__PID"), Some(p.id.to_string().as_str()));
+        assert_eq!(property(&d, "__SEQ"), Some("0"));
+        assert_eq!(unit.tag_hash, record::tag_hash("T"));
+    });
+    // The rollback marker: its own record, dispatched with the reserved tag hash.
+    stored(&store, 2, |unit, d| {
+        assert_eq!(
+            d.header.sys_flag & 0x0C,
+            record::SYSFLAG_TRANSACTION_ROLLBACK
+        );
+        assert_eq!(d.body, [0, 0, 0, 0, 0, 7], "version 0, coordinator epoch 7");
+        assert_eq!(property(&d, "__PID"), Some(p.id.to_string().as_str()));
+        assert_eq!(property(&d, "__EPOCH"), Some("0"));
+        assert_eq!(property(&d, "__TXNFIRST"), Some("00000000000000000000"));
+        // q's transaction (from 1) was still open: Kafka's LSO of the abort.
+        assert_eq!(property(&d, "__TXNLSO"), Some("00000000000000000001"));
+        assert_eq!(property(&d, "__SEQ"), None);
+        assert_eq!(unit.tag_hash, record::MARKER_TAG_HASH);
+    });
+    stored(&store, 3, |unit, d| {
+        assert_eq!(d.header.sys_flag & 0x0C, record::SYSFLAG_TRANSACTION_COMMIT);
+        assert_eq!(record::decode_marker_body(d.body), Some(8));
+        assert_eq!(unit.tag_hash, record::MARKER_TAG_HASH);
+    });
+    stored(&store, 4, |_, d| assert_eq!(d.header.sys_flag & 0x0C, 0));
+    // Never returned, by any read.
+    let all = store.read("t", 0, 0, ReadLimits::default()).unwrap();
+    assert!(all.iter().all(|r| !record::is_marker(r.flags() as i32)));
+    assert_eq!(all.len(), 3);
+    assert_eq!(committed(&store, "t", 0), ["q-0", "plain-0"]);
+}
+
+/// As `commitlog_recovery_cuts_a_torn_idempotent_batch_back_to_its_first_record`, for a batch
+/// of an open transaction: the power cut kept its first records; recovery cuts it whole, the
+/// transaction stays open from its first (intact) batch, and the retry is written whole.
+#[test]
+fn a_torn_transactional_batch_is_cut_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CommitLogStore::open(dir.path(), opts()).unwrap();
+    store.create_topic("t", TopicConfig::default()).unwrap();
+    let p = producer(&store);
+    store.append("t", 0, &batch("plain", 2)).unwrap();
+    store
+        .append_transactional("t", 0, p, 0, &batch("first", 2))
+        .unwrap();
+    store.sync().unwrap();
+    let torn = batch("torn", 6);
+    assert_eq!(
+        store.append_transactional("t", 0, p, 2, &torn).unwrap(),
+        ar(4, 9)
+    );
+    let unit = store.consume_queue_unit("t", 0, 7).unwrap().unwrap();
+    let files = store.commitlog_files();
+    store.abandon();
+    drop(store);
+    let size = opts().commitlog.file_size;
+    let file = &files[(unit.position / size) as usize];
+    let mut bytes = std::fs::read(file).unwrap();
+    bytes[(unit.position % size) as usize..].fill(0);
+    std::fs::write(file, bytes).unwrap();
+
+    let store = CommitLogStore::open(dir.path(), opts()).unwrap();
+    let b = store.bounds("t", 0).unwrap();
+    assert_eq!(
+        (b.end, b.last_stable),
+        (4, 2),
+        "the torn batch is gone whole"
+    );
+    let state = store.producer_state("t", 0).unwrap();
+    assert_eq!(
+        (state[0].last_sequence, state[0].open_transaction),
+        (1, Some(2))
+    );
+    assert_eq!(
+        store.append_transactional("t", 0, p, 2, &torn).unwrap(),
+        ar(4, 9)
+    );
+    assert_eq!(
+        store.write_marker("t", 0, p, TxnMarker::Commit, 0).unwrap(),
+        Some(10)
+    );
+    let seen = committed(&store, "t", 0);
+    assert_eq!(seen.len(), 10);
+    assert_eq!(seen[4], "torn-0");
+    assert!(store.verify().unwrap().is_ok());
+}
+
+/// A partition with aborted and committed transactions of two producers, closed cleanly.
+/// Returns the committed bodies and the index file's path.
+fn aborted_workload(dir: &Path) -> (Vec<String>, PathBuf) {
+    let store = CommitLogStore::open(dir, opts()).unwrap();
+    store.create_topic("t", TopicConfig::default()).unwrap();
+    let p = producer(&store);
+    let q = producer(&store);
+    let (mut sp, mut sq) = (0, 0);
+    for k in 0..20 {
+        store
+            .append_transactional("t", 0, p, sp, &batch(&format!("p{k}"), 3))
+            .unwrap();
+        sp += 3;
+        store
+            .append_transactional("t", 0, q, sq, &batch(&format!("q{k}"), 2))
+            .unwrap();
+        sq += 2;
+        let (mp, mq) = if k % 3 == 0 {
+            (TxnMarker::Commit, TxnMarker::Abort)
+        } else {
+            (TxnMarker::Abort, TxnMarker::Commit)
+        };
+        store.write_marker("t", 0, p, mp, 1).unwrap();
+        store.write_marker("t", 0, q, mq, 1).unwrap();
+        store.append("t", 0, &batch(&format!("x{k}"), 1)).unwrap();
+    }
+    let seen = committed(&store, "t", 0);
+    assert_eq!(seen.len(), 7 * 3 + 13 * 2 + 20);
+    store.close().unwrap();
+    (seen, dir.join("consumequeue/t/0/aborted.txnindex"))
+}
+
+#[test]
+fn the_aborted_index_is_rebuilt_after_deletion_or_damage() {
+    type Damage = fn(&Path);
+    let cases: [(&str, Damage); 5] = [
+        ("deleted", |f| std::fs::remove_file(f).unwrap()),
+        ("emptied", |f| std::fs::write(f, b"").unwrap()),
+        ("cut mid-entry", |f| {
+            let b = std::fs::read(f).unwrap();
+            std::fs::write(f, &b[..b.len() - 5]).unwrap();
+        }),
+        ("producer id flipped", |f| {
+            let mut b = std::fs::read(f).unwrap();
+            b[34 * 3 + 9] ^= 1;
+            std::fs::write(f, b).unwrap();
+        }),
+        ("garbage", |f| {
+            std::fs::write(f, vec![0xA5; 34 * 4]).unwrap()
+        }),
+    ];
+    for (what, damage) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let (seen, file) = aborted_workload(dir.path());
+        let original = std::fs::read(&file).unwrap();
+        assert_eq!(original.len(), 34 * 20, "one 34-byte entry per abort");
+        damage(&file);
+        let store = CommitLogStore::open(dir.path(), opts()).unwrap();
+        assert_eq!(committed(&store, "t", 0), seen, "{what}");
+        assert!(store.verify().unwrap().is_ok(), "{what}");
+        store.close().unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), original, "{what}: rebuilt");
+    }
+}
+
+#[test]
+fn retention_drops_aborted_transactions_below_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seen, file) = aborted_workload(dir.path());
+    let store = CommitLogStore::open(dir.path(), opts()).unwrap();
+    // Past the first ten rounds (each 3 + 1 + 2 + 1 + 1 = 8 offsets).
+    store.delete_before("t", 0, 80).unwrap();
+    store.close().unwrap();
+    let entries = std::fs::read(&file).unwrap().len() / 34;
+    assert_eq!(entries, 10, "the aborts of the first ten rounds are gone");
+    let store = CommitLogStore::open(dir.path(), opts()).unwrap();
+    let later: Vec<String> = seen
+        .iter()
+        .filter(|s| s[1..].split('-').next().unwrap().parse::<u32>().unwrap() >= 10)
+        .cloned()
+        .collect();
+    assert_eq!(committed(&store, "t", 0), later);
+}

@@ -96,7 +96,7 @@ fn kill_and_check(engine: &str) {
                 }
             }
         });
-        let delay = Duration::from_millis(50 + pseudo_random(seed + iteration as u64) % 300);
+        let delay = Duration::from_millis(150 + pseudo_random(seed + iteration as u64) % 600);
         let pid = child.id();
         let killer = std::thread::spawn(move || {
             std::thread::sleep(delay);

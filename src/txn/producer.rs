@@ -204,10 +204,11 @@ impl TransactionalProducer {
         // The partition must exist before it is enrolled (an unknown one is the caller's error,
         // not something to mark at commit).
         self.coord.store.bounds(topic, partition)?;
-        if let Err(e) =
-            self.coord
-                .add_partitions(&self.transactional_id, self.producer, &[tp.clone()])
-        {
+        if let Err(e) = self.coord.add_partitions(
+            &self.transactional_id,
+            self.producer,
+            std::slice::from_ref(&tp),
+        ) {
             return Err(self.note(st, e));
         }
         st.enrolled.insert(tp);

@@ -101,10 +101,10 @@ pub(super) struct Rebuilt {
 }
 
 /// Rebuilds a partition's producer state at open from its snapshots (`all`, their offsets
-/// ascending): the newest usable snapshot at or below `replay_from` (the first segment whose
-/// transaction index must be rebuilt from the log, so the replay goes over all its markers
-/// with the state they were written in), then the batch headers of the log from its offset
-/// to `end`, then expiry at `now`. Deletes snapshots past `end` first (durably: a later open
+/// ascending): the newest usable snapshot, then the batch headers of the log from its offset
+/// to `end`, then expiry at `now`. Collects the aborts of the markers from `replay_from` on
+/// (the first segment whose transaction index must be rebuilt from the log), each with the
+/// state it was written in: those below the snapshot by a replay from an older one. Deletes snapshots past `end` first (durably: a later open
 /// must not find them once the log has grown past them).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn rebuild(
@@ -136,18 +136,28 @@ pub(super) fn rebuild(
             aborts,
         });
     }
-    let mut from = 0;
-    for &o in all.iter().rev().filter(|&&o| o <= end.min(replay_from)) {
-        let p = snapshot_path(dir, o);
-        // A damaged or unreadable snapshot is passed over: an older one, or the log, has it.
-        let Ok(bytes) = fs.read_file(&p) else {
-            continue;
-        };
-        if let Ok(entries) = producer_state::decode_snapshot(&bytes) {
-            state = ProducerStates::from_snapshot(&entries);
-            from = o;
-            break;
+    let usable = |limit: u64| {
+        for &o in all.iter().rev().filter(|&&o| o <= limit) {
+            let p = snapshot_path(dir, o);
+            // A damaged or unreadable snapshot is passed over: an older one, or the log, has it.
+            let Ok(bytes) = fs.read_file(&p) else {
+                continue;
+            };
+            if let Ok(entries) = producer_state::decode_snapshot(&bytes) {
+                return (ProducerStates::from_snapshot(&entries), o);
+            }
         }
+        (ProducerStates::default(), 0)
+    };
+    let from;
+    (state, from) = usable(end);
+    if replay_from < from {
+        // Markers below the newest snapshot whose index must be rebuilt: replayed from an
+        // older snapshot (or the log's first segment: a transaction begun in a deleted
+        // segment opens at its first batch still there, all that a reader can see of it),
+        // in a state thrown away after.
+        let (mut older, older_from) = usable(replay_from);
+        replay(fs, dir, metas, older_from, from, &mut older, &mut aborts)?;
     }
     replay(fs, dir, metas, from, end, &mut state, &mut aborts)?;
     state.expire(now, expiration);
@@ -184,6 +194,9 @@ fn replay(
         while let Ok(h) = segment::read_header(log.as_ref(), pos, m.size) {
             let at = pos;
             pos += h.total_len() as u64;
+            if h.base_offset as u64 >= end {
+                break;
+            }
             let last = h.last_offset() as u64;
             if last < from || h.producer_id < 0 || h.producer_epoch < 0 {
                 continue;

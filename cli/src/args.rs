@@ -62,6 +62,14 @@ pub enum Command {
     /// every partition a group has committed (`-` as end and lag when the partition no longer
     /// exists).
     Groups(GroupsArgs),
+    /// Copies a topic into another exactly once (consume-transform-produce)
+    ///
+    /// Reads --from read-committed as a member of --group and writes each record to the same
+    /// partition of --to (created with as many partitions if missing), the records and the
+    /// group's offsets in one transaction per poll: killed at any moment and run again, it
+    /// resumes where its last committed transaction ended, and --to holds every record once.
+    /// Stops when caught up; prints the number of records copied.
+    Copy(CopyArgs),
     /// Runs the log cleaner now and reports what it removed
     Compact(CompactArgs),
     /// Prints partitions, bounds, files and bytes on disk
@@ -327,6 +335,28 @@ pub struct TopicsArgs {
     /// Every config, with the value that applies (`*` marks the topic's own)
     #[arg(long)]
     pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// The store's directory
+    #[arg(long, value_name = "D")]
+    pub dir: PathBuf,
+    /// The topic to read
+    #[arg(long, value_name = "T", allow_hyphen_values = true)]
+    pub from: String,
+    /// The topic to write
+    #[arg(long, value_name = "T", allow_hyphen_values = true)]
+    pub to: String,
+    /// The consumer group whose offsets track the copy
+    #[arg(long, value_name = "G", allow_hyphen_values = true)]
+    pub group: String,
+    /// The transactional id [default: duolog-copy-<group>]
+    #[arg(long, value_name = "ID")]
+    pub transactional_id: Option<String>,
+    /// Records per transaction at most [default: 100]
+    #[arg(long, value_name = "N", value_parser = positive)]
+    pub batch: Option<u64>,
 }
 
 #[derive(Debug, Args)]

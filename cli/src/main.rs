@@ -20,7 +20,7 @@ use duolog::{
     FlushPolicy, IsolationLevel, LogStore, Message, ReadLimits, StoreOptions, TopicConfig,
 };
 
-use args::{Cli, Command, ConsumeArgs, ProduceArgs, TopicCommand};
+use args::{Cli, Command, ConsumeArgs, CopyArgs, ProduceArgs, TopicCommand};
 
 /// A command's error: printed as one line, exit code 2 for usage, 1 otherwise.
 enum CliError {
@@ -270,6 +270,65 @@ fn produce_transactional(
         out.flush()?;
     }
     coordinator.close()?;
+    Ok(())
+}
+
+/// `copy`: the consume-transform-produce loop of `duolog::txn::transform`, with the identity
+/// as the transform, until the group is caught up with `--from`'s last stable offsets.
+fn copy(args: &CopyArgs) -> Result<(), CliError> {
+    let store: Arc<dyn LogStore> = Arc::from(open_existing(&args.dir, StoreOptions::default())?);
+    let partitions = store.describe_topic(&args.from)?.partitions;
+    match store.create_topic(&args.to, TopicConfig::with_partitions(partitions)) {
+        Ok(()) | Err(duolog::Error::TopicExists(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let to_partitions = store.describe_topic(&args.to)?.partitions;
+    let groups = GroupCoordinator::new(Arc::clone(&store))?;
+    let txns = TransactionCoordinator::open(
+        Arc::clone(&store),
+        TxnCoordinatorConfig {
+            groups: Some(groups.clone()),
+            ..TxnCoordinatorConfig::default()
+        },
+    )?;
+    let consumer = Consumer::new(
+        &groups,
+        ConsumerConfig {
+            isolation: IsolationLevel::ReadCommitted,
+            enable_auto_commit: false,
+            auto_offset_reset: OffsetReset::Earliest,
+            max_poll_records: args.batch.unwrap_or(100).min(1 << 20) as usize,
+            ..ConsumerConfig::new(args.group.clone())
+        },
+    )?;
+    let parts: Vec<(&str, u32)> = (0..partitions).map(|p| (args.from.as_str(), p)).collect();
+    consumer.assign(&parts)?;
+    let id = args
+        .transactional_id
+        .clone()
+        .unwrap_or_else(|| format!("duolog-copy-{}", args.group));
+    let producer = txns.producer(&id, TxnProducerConfig::default())?;
+    let mut copied = 0u64;
+    loop {
+        let n = duolog::txn::transform(&consumer, &producer, Duration::from_millis(50), |r| {
+            vec![(
+                args.to.clone(),
+                r.partition() % to_partitions,
+                r.record().to_message(),
+            )]
+        })?;
+        copied += n as u64;
+        if n == 0 && caught_up(&consumer, store.as_ref(), IsolationLevel::ReadCommitted)? {
+            break;
+        }
+    }
+    out!("{copied}");
+    consumer.close()?;
+    drop(consumer);
+    txns.close()?;
+    drop(txns);
+    drop(groups);
+    store.close()?;
     Ok(())
 }
 
@@ -905,6 +964,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Topic(t) => topic(t),
         Command::Topics(a) => topics(a),
         Command::Groups(a) => groups(a),
+        Command::Copy(a) => copy(a),
         Command::Compact(a) => compact(a),
         Command::Stats(a) => stats(&a.dir),
         Command::Verify(a) => verify(&a.dir),

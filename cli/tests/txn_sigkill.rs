@@ -188,3 +188,143 @@ fn kill_and_check(engine: &str) {
         "{engine}: {kills_mid_transaction} kills left a committed, unacknowledged transaction"
     );
 }
+
+#[test]
+fn copy_is_exactly_once_after_sigkill_commitlog() {
+    kill_copy_and_check("commitlog");
+}
+
+#[test]
+fn copy_is_exactly_once_after_sigkill_segmented() {
+    kill_copy_and_check("segmented");
+}
+
+/// Bodies of a partition that read-committed readers see, from its start.
+fn committed_bodies(store: &dyn duolog::LogStore, topic: &str, p: u32) -> Vec<String> {
+    let b = store.bounds(topic, p).unwrap();
+    let limits =
+        duolog::ReadLimits::messages(1000).with_isolation(duolog::IsolationLevel::ReadCommitted);
+    let mut at = b.start;
+    let mut out = Vec::new();
+    while at < b.last_stable {
+        let f = store.fetch(topic, p, at, limits).unwrap();
+        assert!(f.next_offset > at);
+        out.extend(
+            f.records
+                .iter()
+                .map(|r| String::from_utf8(r.body().to_vec()).unwrap()),
+        );
+        at = f.next_offset;
+    }
+    out
+}
+
+/// The exactly-once loop as a process (`duolog copy`), killed with SIGKILL at random moments
+/// and run again until it finishes: after every kill, `out` (read committed) holds exactly the
+/// inputs below the group's committed offsets, once each and in order; at the end, all of them.
+fn kill_copy_and_check(engine: &str) {
+    let exe = env!("CARGO_BIN_EXE_duolog");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("store");
+    let d = d.to_str().unwrap().to_owned();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let inputs = 4000u64;
+    let mut child = Command::new(exe)
+        .args([
+            "produce",
+            "--dir",
+            &d,
+            "--engine",
+            engine,
+            "--topic",
+            "in",
+            "--partitions",
+            "4",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for n in 0..inputs {
+            writeln!(stdin, "in-{n:06}").unwrap();
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    let check = |ctx: &str| -> u64 {
+        let store: Arc<dyn duolog::LogStore> =
+            Arc::from(duolog::open(&d, duolog::StoreOptions::default()).unwrap());
+        let groups = duolog::consumer::GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let txns = duolog::txn::TransactionCoordinator::open(
+            Arc::clone(&store),
+            duolog::txn::TxnCoordinatorConfig {
+                groups: Some(groups.clone()),
+                ..duolog::txn::TxnCoordinatorConfig::default()
+            },
+        )
+        .unwrap();
+        let table = groups.committed_offsets("copier");
+        let mut done = 0;
+        for p in 0..PARTITIONS {
+            let committed = table
+                .get("in")
+                .and_then(|t| t.get(&p))
+                .copied()
+                .unwrap_or(0);
+            let input = committed_bodies(store.as_ref(), "in", p);
+            let output = if store.describe_topic("out").is_ok() {
+                committed_bodies(store.as_ref(), "out", p)
+            } else {
+                Vec::new()
+            };
+            assert_eq!(
+                output,
+                input[..committed as usize],
+                "{ctx}: partition {p}, committed offset {committed}"
+            );
+            done += committed;
+        }
+        txns.close().unwrap();
+        drop(txns);
+        drop(groups);
+        store.close().unwrap();
+        done
+    };
+    let copy = || {
+        Command::new(exe)
+            .args([
+                "copy", "--dir", &d, "--from", "in", "--to", "out", "--group", "copier", "--batch",
+                "40",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut kills = 0;
+    for iteration in 0..12 {
+        let mut child = copy();
+        let delay = Duration::from_millis(100 + pseudo_random(seed + iteration) % 400);
+        let pid = child.id();
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        });
+        let status = child.wait().unwrap();
+        killer.join().unwrap();
+        kills += usize::from(!status.success());
+        let done = check(&format!("{engine}: after kill {iteration}"));
+        eprintln!("{engine}: kill {iteration}: {done} of {inputs} copied");
+        if done == inputs {
+            break;
+        }
+    }
+    let out = copy().wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(check(&format!("{engine}: at the end")), inputs);
+    assert!(kills > 0, "{engine}: some run was killed");
+}

@@ -116,3 +116,79 @@ fn read_committed_consumers_skip_aborted_records_and_stop_at_the_last_stable_off
         drop(p2.join().unwrap());
     });
 }
+
+/// The push consumer and the compacted table follow the isolation level too.
+#[test]
+fn push_consumers_and_tables_read_committed_see_only_committed_records() {
+    use duolog::CompactedTable;
+    use duolog::consumer::{ConsumeResult, PushConfig, PushConsumer};
+    common::for_each_engine(|engine, dir| {
+        let store: Arc<dyn LogStore> = Arc::from(common::open(dir, &common::small_options(engine)));
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let txns = TransactionCoordinator::open(
+            Arc::clone(&store),
+            TxnCoordinatorConfig {
+                groups: Some(groups.clone()),
+                ..TxnCoordinatorConfig::default()
+            },
+        )
+        .unwrap();
+        let p = txns.producer("p", TxnProducerConfig::default()).unwrap();
+        let table = CompactedTable::open_with_isolation(
+            Arc::clone(&store),
+            "t",
+            IsolationLevel::ReadCommitted,
+        )
+        .unwrap();
+        p.begin().unwrap();
+        p.send("t", 0, &[Message::new("aborted").with_key("k")])
+            .unwrap();
+        p.abort().unwrap();
+        p.begin().unwrap();
+        p.send("t", 0, &[Message::new("committed").with_key("k")])
+            .unwrap();
+        p.commit().unwrap();
+        p.begin().unwrap();
+        p.send("t", 0, &[Message::new("open").with_key("k")])
+            .unwrap();
+        assert_eq!(table.get(b"k").unwrap().as_deref(), Some(&b"committed"[..]));
+        let uncommitted = CompactedTable::open(Arc::clone(&store), "t").unwrap();
+        assert_eq!(
+            uncommitted.get(b"k").unwrap().as_deref(),
+            Some(&b"open"[..])
+        );
+
+        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen2 = Arc::clone(&seen);
+        let config = PushConfig {
+            consumer: ConsumerConfig {
+                isolation: IsolationLevel::ReadCommitted,
+                auto_offset_reset: OffsetReset::Earliest,
+                ..ConsumerConfig::new("push")
+            },
+            ..PushConfig::new("push")
+        };
+        let handler = move |records: &[duolog::consumer::ConsumerRecord]| {
+            let mut s = seen2.lock();
+            for r in records {
+                s.push(String::from_utf8(r.record().body().to_vec()).unwrap());
+            }
+            ConsumeResult::Success
+        };
+        let push = PushConsumer::start(&groups, config, &["t"], Arc::new(handler)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while seen.lock().len() < 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(*seen.lock(), ["committed"]);
+        p.commit().unwrap();
+        while seen.lock().len() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(*seen.lock(), ["committed", "open"]);
+        assert_eq!(table.get(b"k").unwrap().as_deref(), Some(&b"open"[..]));
+        push.shutdown().unwrap();
+    });
+}

@@ -291,12 +291,18 @@ fn misuse_is_a_clear_error() {
             abort_timed_out_interval: Duration::ZERO,
             ..TxnCoordinatorConfig::default()
         };
-        drop(txns);
         assert!(matches!(
             TransactionCoordinator::open(Arc::clone(&store), zero),
             Err(Error::InvalidArgument(_))
         ));
-        // Dropped, the coordinator frees the store for another.
+        // While a producer of it lives, the coordinator's state does: no second one yet.
+        drop(txns);
+        assert!(matches!(
+            TransactionCoordinator::open(Arc::clone(&store), TxnCoordinatorConfig::default()),
+            Err(Error::InvalidArgument(_))
+        ));
+        // Dropped with its producers, the coordinator frees the store for another.
+        drop(p);
         coordinator(&store).close().unwrap();
     });
 }
@@ -491,5 +497,32 @@ fn offsets_sent_in_a_transaction_apply_only_at_its_commit() {
         assert_eq!(groups.committed_offsets("g")["a"][&0], 5);
         assert_eq!(groups.committed_offsets("g")["a"][&1], 7);
         assert_eq!(groups.committed_offsets("other")["b"][&0], 1);
+    });
+}
+
+/// A producer dropped (or closed) with a transaction open aborts it, so it holds no LSO until
+/// the timeout.
+#[test]
+fn a_producer_dropped_mid_transaction_aborts_it() {
+    common::for_each_engine(|engine, dir| {
+        let store = setup(engine, dir);
+        let txns = coordinator(&store);
+        {
+            let p = txns.producer("p", TxnProducerConfig::default()).unwrap();
+            p.begin().unwrap();
+            p.send("a", 0, &msgs("dropped", 1)).unwrap();
+            assert_eq!(store.bounds("a", 0).unwrap().last_stable, 0);
+        }
+        let b = store.bounds("a", 0).unwrap();
+        assert_eq!(b.last_stable, b.end);
+        assert!(rc(store.as_ref(), "a", 0).is_empty());
+        assert_eq!(txns.describe("p").unwrap().state, TxnState::CompleteAbort);
+        let p = txns.producer("p", TxnProducerConfig::default()).unwrap();
+        p.close().unwrap();
+        p.begin().unwrap();
+        p.send("a", 1, &msgs("closed", 1)).unwrap();
+        p.close().unwrap();
+        assert!(!p.in_transaction());
+        assert!(rc(store.as_ref(), "a", 1).is_empty());
     });
 }

@@ -137,6 +137,9 @@ type Shared = Arc<Mutex<Meta>>;
 
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn LogStore>,
+    /// This coordinator's entry in `SERVED`, released when the last holder (the coordinator,
+    /// its thread, its producers) is gone.
+    key: usize,
     config: TxnCoordinatorConfig,
     /// Per transactional id; each id's operations are serialised by its own lock (held across
     /// its log writes and markers, as Kafka serialises a transactional id's requests). This map's
@@ -161,7 +164,8 @@ pub(crate) struct Inner {
 /// bumped epoch that fences their producer, so no last stable offset stays stuck.
 ///
 /// One per store at a time in a process (a second is refused with
-/// [`Error::InvalidArgument`]); it stops on [`close`](Self::close) or drop.
+/// [`Error::InvalidArgument`] while this one or any of its producers lives); its thread stops on
+/// [`close`](Self::close) or drop.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -186,7 +190,6 @@ pub(crate) struct Inner {
 pub struct TransactionCoordinator {
     inner: Arc<Inner>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    key: usize,
 }
 
 impl std::fmt::Debug for TransactionCoordinator {
@@ -222,29 +225,26 @@ impl TransactionCoordinator {
             }
             served.push(key);
         }
-        let release = |e| {
-            SERVED.lock().retain(|k| *k != key);
-            e
-        };
         let groups = config.groups.clone();
+        // From here on, dropping `inner` releases the store's slot.
         let inner = Arc::new(Inner {
             store,
+            key,
             config,
             txns: Mutex::new(HashMap::new()),
             groups: Mutex::new(groups),
             stop: Mutex::new(false),
             wake: Condvar::new(),
         });
-        inner.recover().map_err(release)?;
+        inner.recover()?;
         let worker = Arc::clone(&inner);
         let thread = std::thread::Builder::new()
             .name("duolog-txn-timeout".into())
             .spawn(move || worker.run())
-            .map_err(|e| release(Error::io(inner.store.dir(), e)))?;
+            .map_err(|e| Error::io(inner.store.dir(), e))?;
         Ok(TransactionCoordinator {
             inner,
             thread: Mutex::new(Some(thread)),
-            key,
         })
     }
 
@@ -316,6 +316,27 @@ impl TransactionCoordinator {
         (!m.removed && m.producer_id >= 0).then(|| entry_of(transactional_id, &m))
     }
 
+    /// The group coordinator that offsets sent in transactions go to: the one given in
+    /// [`TxnCoordinatorConfig::groups`], or else one made for the store now (or at the first
+    /// `send_offsets`) — the store's only one while this coordinator lives, so take it from
+    /// here.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use duolog::{LogStore, StoreOptions};
+    /// # use duolog::txn::{TransactionCoordinator, TxnCoordinatorConfig};
+    /// # fn main() -> duolog::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+    /// let coordinator = TransactionCoordinator::open(store, TxnCoordinatorConfig::default())?;
+    /// let groups = coordinator.groups()?;
+    /// assert!(groups.groups().is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn groups(&self) -> Result<GroupCoordinator> {
+        self.inner.groups()
+    }
+
     /// Runs one pass of the background work now: aborts transactions past their timeout,
     /// finishes decided ones whose markers failed, and forgets expired ids. For tests and tools
     /// (the background thread does the same every `abort_timed_out_interval`).
@@ -340,6 +361,11 @@ impl TransactionCoordinator {
 impl Drop for TransactionCoordinator {
     fn drop(&mut self) {
         let _ = self.close();
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
         SERVED.lock().retain(|k| *k != self.key);
     }
 }

@@ -33,6 +33,12 @@ pub const TXN_LOG_SEGMENT_BYTES: u64 = 64 * 1024;
 const VERSION: u8 = 1;
 
 /// Where a transactional id's transaction stands (Kafka's `TransactionState`).
+///
+/// ```
+/// use duolog::txn::TxnState;
+/// assert!(TxnState::CompleteCommit.is_idle());
+/// assert!(!TxnState::PrepareCommit.is_idle(), "a decided commit still has markers to send");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TxnState {
     /// No transaction yet under the current epoch.

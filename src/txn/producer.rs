@@ -417,6 +417,39 @@ impl TransactionalProducer {
         self.end(TxnMarker::Abort)
     }
 
+    /// Aborts the transaction in progress, if any (a producer dropped with one open does the
+    /// same, ignoring errors). After [`Error::ProducerFenced`] there is nothing to abort: the
+    /// newer instance or the timeout did.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use duolog::{IsolationLevel, LogStore, Message, ReadLimits, StoreOptions, TopicConfig};
+    /// # use duolog::txn::{TransactionCoordinator, TxnCoordinatorConfig, TxnProducerConfig};
+    /// # fn main() -> duolog::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+    /// # store.create_topic("t", TopicConfig::default())?;
+    /// let coordinator = TransactionCoordinator::open(Arc::clone(&store), TxnCoordinatorConfig::default())?;
+    /// let producer = coordinator.producer("p", TxnProducerConfig::default())?;
+    /// producer.begin()?;
+    /// producer.send("t", 0, &[Message::new("x")])?;
+    /// producer.close()?;
+    /// let b = store.bounds("t", 0)?;
+    /// assert_eq!(b.last_stable, b.end, "aborted: nothing holds the LSO");
+    /// # Ok(()) }
+    /// ```
+    pub fn close(&self) -> Result<()> {
+        let open = {
+            let st = self.state.lock();
+            st.in_txn && st.fenced.is_none()
+        };
+        match self.abort() {
+            Err(Error::ProducerFenced { .. }) => Ok(()),
+            Err(e) if open => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether a transaction is in progress (between `begin` and its `commit` or `abort`).
     ///
     /// ```
@@ -436,5 +469,13 @@ impl TransactionalProducer {
     /// ```
     pub fn in_transaction(&self) -> bool {
         self.state.lock().in_txn
+    }
+}
+
+impl Drop for TransactionalProducer {
+    fn drop(&mut self) {
+        if self.state.get_mut().in_txn {
+            let _ = self.close();
+        }
     }
 }

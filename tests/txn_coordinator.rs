@@ -474,10 +474,26 @@ fn offsets_sent_in_a_transaction_apply_only_at_its_commit() {
             p.abort().unwrap();
             assert_eq!(groups.committed_offsets("g")["a"].get(&0), None);
             p.begin().unwrap();
-            p.send_offsets("g", &[("a", 0, 5)]).unwrap();
+            p.send_offsets("g", &[("a", 0, 4)]).unwrap();
+            // A second call in the same transaction keeps the first one's other offsets.
+            p.send_offsets("g", &[("a", 0, 5), ("b", 0, 1)]).unwrap();
             p.commit().unwrap();
             assert_eq!(groups.committed_offsets("g")["a"][&0], 5);
             assert_eq!(groups.committed_offsets("g")["a"][&1], 7);
+            assert_eq!(groups.committed_offsets("g")["b"][&0], 1);
+            p.begin().unwrap();
+            p.send_offsets("g", &[("b", 0, 2)]).unwrap();
+            p.send_offsets("g", &[("a", 1, 8)]).unwrap();
+            p.commit().unwrap();
+            assert_eq!(
+                groups.committed_offsets("g")["b"][&0],
+                2,
+                "the first call's offset"
+            );
+            assert_eq!(groups.committed_offsets("g")["a"][&1], 8);
+            p.begin().unwrap();
+            p.send_offsets("g", &[("a", 1, 7)]).unwrap();
+            p.commit().unwrap();
             // A transaction left open at the crash: its offsets never apply.
             p.begin().unwrap();
             p.send_offsets("g", &[("a", 0, 9)]).unwrap();
@@ -496,6 +512,7 @@ fn offsets_sent_in_a_transaction_apply_only_at_its_commit() {
         let _txns = TransactionCoordinator::open(Arc::clone(&store), config).unwrap();
         assert_eq!(groups.committed_offsets("g")["a"][&0], 5);
         assert_eq!(groups.committed_offsets("g")["a"][&1], 7);
+        assert_eq!(groups.committed_offsets("g")["b"][&0], 2);
         assert_eq!(groups.committed_offsets("other")["b"][&0], 1);
     });
 }

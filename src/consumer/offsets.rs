@@ -221,6 +221,16 @@ struct Versioned {
     last_record: u64,
 }
 
+/// A transaction's commit record waiting for its transaction's end.
+struct Pending {
+    producer_id: i64,
+    /// The table it holds.
+    table: Versioned,
+    /// Every offset the transaction sent for the group so far (a later record of the same
+    /// transaction carries the earlier ones too).
+    offsets: Vec<(String, u32, u64)>,
+}
+
 /// One group's offsets: what its newest record says (`written`, under the commit lock) and what
 /// is known durable (`durable`, what `committed` reports). They differ only while a commit is
 /// in flight. Two locks, so a completion callback (run on the thread that made a record
@@ -235,7 +245,7 @@ struct GroupOffsets {
     written: Mutex<Versioned>,
     durable: Mutex<Versioned>,
     /// Order number → (producer id, the table with the transaction's offsets).
-    pending: Mutex<BTreeMap<u64, (i64, Versioned)>>,
+    pending: Mutex<BTreeMap<u64, Pending>>,
 }
 
 /// The committed offsets of every group of a store, loaded from and written to
@@ -585,7 +595,18 @@ impl OffsetStore {
     ) -> Result<AppendResult> {
         let g = self.group(group);
         let mut w = g.written.lock();
-        let next = self.merged(&w, offsets)?;
+        // The transaction's earlier offsets for the group, then these: its newest record
+        // carries them all.
+        let mut sent: Vec<(String, u32, u64)> = g
+            .pending
+            .lock()
+            .values()
+            .filter(|p| p.producer_id == producer_id)
+            .flat_map(|p| p.offsets.iter().cloned())
+            .collect();
+        sent.retain(|(t, p, _)| !offsets.iter().any(|(t2, p2, _)| t == t2 && p == p2));
+        sent.extend(offsets.iter().cloned());
+        let next = self.merged(&w, &sent)?;
         let record = CommitRecord {
             offsets: next.table,
             topic_ids: next.ids,
@@ -596,13 +617,23 @@ impl OffsetStore {
         let result = append(message)?;
         w.last_record += 1;
         let seq = w.last_record;
-        let pending = Versioned {
+        let table = Versioned {
             table: record.offsets,
             ids: record.topic_ids,
             seq,
             last_record: seq,
         };
-        g.pending.lock().insert(seq, (producer_id, pending));
+        let mut pending = g.pending.lock();
+        // The earlier records of the transaction are superseded by this one.
+        pending.retain(|_, p| p.producer_id != producer_id);
+        pending.insert(
+            seq,
+            Pending {
+                producer_id,
+                table,
+                offsets: sent,
+            },
+        );
         Ok(result)
     }
 
@@ -617,11 +648,11 @@ impl OffsetStore {
                 let mut pending = g.pending.lock();
                 let seqs: Vec<u64> = pending
                     .iter()
-                    .filter(|(_, (pid, _))| *pid == producer_id)
+                    .filter(|(_, p)| p.producer_id == producer_id)
                     .map(|(s, _)| *s)
                     .collect();
                 seqs.into_iter()
-                    .filter_map(|s| pending.remove(&s).map(|(_, v)| (s, v)))
+                    .filter_map(|s| pending.remove(&s).map(|p| (s, p.table)))
                     .collect()
             };
             if !commit {

@@ -178,7 +178,7 @@ fn push_consumers_and_tables_read_committed_see_only_committed_records() {
         };
         let push = PushConsumer::start(&groups, config, &["t"], Arc::new(handler)).unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while seen.lock().len() < 1 && Instant::now() < deadline {
+        while seen.lock().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -350,6 +350,7 @@ impl ProducerStates {
     }
 
     /// Whether any transaction is open on the partition.
+    #[cfg(test)]
     pub(crate) fn has_open_txn(&self) -> bool {
         !self.open.is_empty()
     }

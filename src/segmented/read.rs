@@ -178,7 +178,7 @@ impl Partition {
     /// The aborted transactions overlapping `[offset, bound)`: the transaction indexes of the
     /// segments from `offset`'s on (an abort's marker follows its records), each read once,
     /// up to the first entry whose last stable offset reaches `bound` (see `txnindex`).
-    fn collect_aborted(&self, ctx: &Ctx, offset: u64, bound: u64) -> Result<Aborted> {
+    pub(super) fn collect_aborted(&self, ctx: &Ctx, offset: u64, bound: u64) -> Result<Aborted> {
         let indexes: Vec<(std::path::PathBuf, u64)> = {
             let st = self.state.lock();
             let i = st

@@ -288,3 +288,82 @@ fn retention_drops_aborted_transactions_below_the_start() {
         .collect();
     assert_eq!(committed(&store, "t", 0), later);
 }
+
+/// Compaction next to transactions (Kafka's cleaner rules): nothing at or past the LSO is
+/// cleaned; an aborted record neither survives nor supersedes the committed record of its key;
+/// markers stay (no read returns them) and read_committed readers see the same before and after
+/// a pass, and after a reopen.
+#[test]
+fn compaction_removes_aborted_records_and_stops_at_the_last_stable_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        compaction: duolog::CompactionOptions {
+            enabled: false,
+            ..duolog::CompactionOptions::default()
+        },
+        ..opts()
+    };
+    let topic = TopicConfig {
+        cleanup_policy: duolog::CleanupPolicy::Compact,
+        segment_ms: Some(Duration::from_millis(1)),
+        ..TopicConfig::default()
+    };
+    let keyed = |k: &str, v: &str| Message::new(v.to_string()).with_key(k.to_string());
+    let store = CommitLogStore::open(dir.path(), opts.clone()).unwrap();
+    store.create_topic("t", topic).unwrap();
+    let (p, q, r) = (producer(&store), producer(&store), producer(&store));
+    store
+        .append_transactional("t", 0, p, 0, &[keyed("k1", "committed-1")])
+        .unwrap();
+    store.write_marker("t", 0, p, TxnMarker::Commit, 0).unwrap();
+    store
+        .append_transactional(
+            "t",
+            0,
+            q,
+            0,
+            &[keyed("k1", "aborted-1"), keyed("k2", "aborted-2")],
+        )
+        .unwrap();
+    store.write_marker("t", 0, q, TxnMarker::Abort, 0).unwrap();
+    store.append("t", 0, &[keyed("k3", "plain-3")]).unwrap();
+    // Open: the LSO stays at its first offset (6).
+    store
+        .append_transactional("t", 0, r, 0, &[keyed("k1", "open-1")])
+        .unwrap();
+    store.append("t", 0, &[keyed("k3", "plain-3b")]).unwrap();
+    assert_eq!(store.bounds("t", 0).unwrap().last_stable, 6);
+    let before = committed(&store, "t", 0);
+    assert_eq!(before, ["committed-1", "plain-3"]);
+    std::thread::sleep(Duration::from_millis(5));
+    let report = store.compact(Some("t")).unwrap();
+    assert_eq!(
+        report.records_removed, 2,
+        "the two aborted records: {report:?}"
+    );
+    assert_eq!(committed(&store, "t", 0), before);
+    let all: Vec<String> = store
+        .read("t", 0, 0, ReadLimits::default())
+        .unwrap()
+        .iter()
+        .map(|r| String::from_utf8(r.body().to_vec()).unwrap())
+        .collect();
+    assert_eq!(
+        all,
+        ["committed-1", "plain-3", "open-1", "plain-3b"],
+        "nothing at or past the LSO cleaned, no marker returned"
+    );
+    assert!(store.verify().unwrap().is_ok());
+    // Once r commits, the next pass may clean up to the end: k1 and k3 keep their latest.
+    store.write_marker("t", 0, r, TxnMarker::Commit, 0).unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    store.compact(Some("t")).unwrap();
+    assert_eq!(committed(&store, "t", 0), ["open-1", "plain-3b"]);
+    store.close().unwrap();
+    drop(store);
+    let store = CommitLogStore::open(dir.path(), opts).unwrap();
+    assert_eq!(committed(&store, "t", 0), ["open-1", "plain-3b"]);
+    let b = store.bounds("t", 0).unwrap();
+    assert_eq!((b.end, b.last_stable), (9, 9));
+    assert!(store.verify().unwrap().is_ok());
+}

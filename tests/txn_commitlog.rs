@@ -367,3 +367,38 @@ fn compaction_removes_aborted_records_and_stops_at_the_last_stable_offset() {
     assert_eq!((b.end, b.last_stable), (9, 9));
     assert!(store.verify().unwrap().is_ok());
 }
+
+/// Review-e (d): a checkpoint rewrote `producer-snapshot` every time, idle or not. Now one
+/// that finds the log where the last snapshot left it writes nothing.
+#[test]
+fn an_idle_store_does_not_rewrite_its_producer_snapshot() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = CommitLogStore::open(dir.path(), opts()).unwrap();
+    store.create_topic("t", TopicConfig::default()).unwrap();
+    let p = producer(&store);
+    store
+        .append_transactional("t", 0, p, 0, &batch("x", 2))
+        .unwrap();
+    store.sync().unwrap();
+    // Checkpoints every 100 ms: the first after the sync writes the state.
+    std::thread::sleep(Duration::from_millis(400));
+    let file = dir.path().join("producer-snapshot");
+    let inode = std::fs::metadata(&file).unwrap().ino();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().ino(),
+        inode,
+        "rewritten while idle"
+    );
+    // A change is still written.
+    store.write_marker("t", 0, p, TxnMarker::Commit, 0).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_ne!(std::fs::metadata(&file).unwrap().ino(), inode);
+    store.close().unwrap();
+    let store = CommitLogStore::open(dir.path(), opts()).unwrap();
+    assert_eq!(
+        store.producer_state("t", 0).unwrap()[0].open_transaction,
+        None
+    );
+}

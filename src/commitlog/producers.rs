@@ -304,6 +304,16 @@ impl Inner {
         if !self.tracks_producers.load(Ordering::Acquire) {
             return Ok(());
         }
+        // Every change of producer state comes with an append (batches, markers): a log that
+        // has not moved since the last snapshot written, with no sample waiting, leaves
+        // nothing to write (expiry alone is applied again at the next open). Checked without
+        // the append lock, so an idle store neither samples nor rewrites the file.
+        {
+            let samples = self.producer_sample.lock();
+            if samples.kept.is_none() && samples.written == self.written.load(Ordering::Acquire) {
+                return Ok(());
+            }
+        }
         let fresh = self.sample_producers();
         let mut samples = self.producer_sample.lock();
         let ready = if fresh.position <= durable {

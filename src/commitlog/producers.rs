@@ -353,6 +353,9 @@ pub(crate) struct Samples {
     written: u64,
 }
 
+/// Each partition's last abort marker as a snapshot names it, by (topic, partition).
+pub(super) type LastAborts = HashMap<(String, u32), u64>;
+
 /// A batch whose records the rebuild has seen part of.
 struct Partial {
     key: (String, u32),
@@ -375,7 +378,7 @@ pub(super) fn rebuild(
     topics: &mut HashMap<String, TopicState>,
     stored: Stored,
     end: u64,
-) -> Result<(bool, HashMap<(String, u32), u64>)> {
+) -> Result<(bool, LastAborts)> {
     let log_min = inner.log.min_offset().unwrap_or(0);
     let mut last_aborts = HashMap::new();
     let snapshot = match stored {

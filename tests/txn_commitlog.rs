@@ -402,3 +402,65 @@ fn an_idle_store_does_not_rewrite_its_producer_snapshot() {
         None
     );
 }
+
+/// A power cut tore an abort marker (its `write_marker` never returned: the sync was cut
+/// short): recovery ends the log before it, the transaction is open again (the LSO holds at its
+/// first offset, its records invisible to read_committed) with no aborted-index entry, and the
+/// coordinator's retry writes the marker at the same offset.
+#[test]
+fn a_torn_marker_leaves_its_transaction_open_until_the_marker_is_written_again() {
+    for cut in [1usize, 30, 60] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CommitLogStore::open(dir.path(), opts()).unwrap();
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        let p = producer(&store);
+        let q = producer(&store);
+        store
+            .append_transactional("t", 0, q, 0, &batch("q", 1))
+            .unwrap();
+        store.write_marker("t", 0, q, TxnMarker::Abort, 0).unwrap();
+        store.append("t", 0, &batch("plain", 1)).unwrap();
+        store
+            .append_transactional("t", 0, p, 0, &batch("p", 2))
+            .unwrap();
+        assert_eq!(
+            store.write_marker("t", 0, p, TxnMarker::Abort, 4).unwrap(),
+            Some(5)
+        );
+        let unit = store.consume_queue_unit("t", 0, 5).unwrap().unwrap();
+        let files = store.commitlog_files();
+        store.abandon();
+        drop(store);
+        // Keep only the marker's first `cut` bytes.
+        let size = opts().commitlog.file_size;
+        let file = &files[(unit.position / size) as usize];
+        let mut bytes = std::fs::read(file).unwrap();
+        bytes[(unit.position % size) as usize + cut..].fill(0);
+        std::fs::write(file, bytes).unwrap();
+
+        let store = CommitLogStore::open(dir.path(), opts()).unwrap();
+        let b = store.bounds("t", 0).unwrap();
+        assert_eq!(
+            (b.end, b.last_stable),
+            (5, 3),
+            "cut {cut}: p's transaction is open"
+        );
+        assert_eq!(committed(&store, "t", 0), ["plain-0"], "cut {cut}");
+        let state = store.producer_state("t", 0).unwrap();
+        let sp = state.iter().find(|e| e.producer == p).unwrap();
+        assert_eq!(sp.open_transaction, Some(3));
+        assert_eq!(
+            store.write_marker("t", 0, p, TxnMarker::Abort, 4).unwrap(),
+            Some(5),
+            "cut {cut}"
+        );
+        store.append("t", 0, &batch("after", 1)).unwrap();
+        assert_eq!(committed(&store, "t", 0), ["plain-0", "after-0"]);
+        assert!(store.verify().unwrap().is_ok());
+        store.close().unwrap();
+        let index = dir.path().join("consumequeue/t/0/aborted.txnindex");
+        assert_eq!(std::fs::read(&index).unwrap().len(), 2 * 34, "cut {cut}");
+        let store = CommitLogStore::open(dir.path(), opts()).unwrap();
+        assert_eq!(committed(&store, "t", 0), ["plain-0", "after-0"]);
+    }
+}

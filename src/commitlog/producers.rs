@@ -304,6 +304,16 @@ impl Inner {
         if !self.tracks_producers.load(Ordering::Acquire) {
             return Ok(());
         }
+        // Every change of producer state comes with an append (batches, markers): a log that
+        // has not moved since the last snapshot written, with no sample waiting, leaves
+        // nothing to write (expiry alone is applied again at the next open). Checked without
+        // the append lock, so an idle store neither samples nor rewrites the file.
+        {
+            let samples = self.producer_sample.lock();
+            if samples.kept.is_none() && samples.written == self.written.load(Ordering::Acquire) {
+                return Ok(());
+            }
+        }
         let fresh = self.sample_producers();
         let mut samples = self.producer_sample.lock();
         let ready = if fresh.position <= durable {
@@ -343,6 +353,9 @@ pub(crate) struct Samples {
     written: u64,
 }
 
+/// Each partition's last abort marker as a snapshot names it, by (topic, partition).
+pub(super) type LastAborts = HashMap<(String, u32), u64>;
+
 /// A batch whose records the rebuild has seen part of.
 struct Partial {
     key: (String, u32),
@@ -365,7 +378,7 @@ pub(super) fn rebuild(
     topics: &mut HashMap<String, TopicState>,
     stored: Stored,
     end: u64,
-) -> Result<(bool, HashMap<(String, u32), u64>)> {
+) -> Result<(bool, LastAborts)> {
     let log_min = inner.log.min_offset().unwrap_or(0);
     let mut last_aborts = HashMap::new();
     let snapshot = match stored {

@@ -590,6 +590,14 @@ pub fn is_storable_property_text(s: &[u8]) -> bool {
         .any(|&b| b == NAME_VALUE_SEPARATOR || b == PROPERTY_SEPARATOR)
 }
 
+/// Whether RocketMQ would dispatch a record of this sys flag to a consume queue: its prepared
+/// (half) and rollback records are not. duolog dispatches every record it writes, markers and
+/// prepared records included (see [`is_marker`]); this is RocketMQ's rule, for reading its logs.
+pub fn is_dispatched(sys_flag: i32) -> bool {
+    let t = transaction_type(sys_flag);
+    t != SYSFLAG_TRANSACTION_PREPARED && t != SYSFLAG_TRANSACTION_ROLLBACK
+}
+
 /// The transaction type of a sys flag (`0`, or one of the `SYSFLAG_TRANSACTION_*` values).
 pub fn transaction_type(sys_flag: i32) -> i32 {
     sys_flag & SYSFLAG_TRANSACTION_MASK

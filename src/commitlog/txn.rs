@@ -212,14 +212,17 @@ impl Inner {
         let entries = if good {
             entries
         } else {
-            self.aborted_from_markers(topic, partition, start, end)?
+            // A log that does not read (damage the reads report as `Corrupted`) keeps the
+            // entries the file had: the store still opens, as it would without transactions.
+            self.aborted_from_markers(topic, partition, start, end)
+                .unwrap_or(entries)
         };
         part.txn_index.lock().replace(entries);
         Ok(())
     }
 
     /// The aborted-transaction entries of every abort marker in `[start, end)`.
-    fn aborted_from_markers(
+    pub(super) fn aborted_from_markers(
         &self,
         topic: &str,
         partition: u32,

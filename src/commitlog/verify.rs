@@ -109,6 +109,33 @@ impl Inner {
                         "partition {name}/{p}: offsets {start}..{end} but the log holds {found} of its records"
                     ));
                 }
+                // The aborted-transaction index is derived: it must be exactly the entries of
+                // the partition's abort markers from its start to its end.
+                let from = part.start.load(Ordering::Acquire).min(end);
+                let indexed: Vec<_> = part
+                    .txn_index
+                    .lock()
+                    .entries()
+                    .iter()
+                    .copied()
+                    .filter(|e| e.last_offset >= from && e.last_offset < end)
+                    .collect();
+                match self.aborted_from_markers(name, p as u32, from, end) {
+                    Ok(derived) => {
+                        report.derived_checked += derived.len() as u64;
+                        if indexed != derived {
+                            report.problems.push(format!(
+                                "partition {name}/{p}: aborted-transaction index holds {} entries, its abort markers say {}",
+                                indexed.len(),
+                                derived.len()
+                            ));
+                        }
+                    }
+                    // A record that does not read is reported by the checks above.
+                    Err(e) => report.problems.push(format!(
+                        "partition {name}/{p}: abort markers unreadable: {e}"
+                    )),
+                }
             }
         }
         if let Some(index) = &self.index {

@@ -304,6 +304,32 @@ fn misuse_is_a_clear_error() {
         // Dropped with its producers, the coordinator frees the store for another.
         drop(p);
         coordinator(&store).close().unwrap();
+        // Huge settings saturate instead of overflowing.
+        let huge = TxnCoordinatorConfig {
+            transaction_max_timeout: Duration::MAX,
+            transactional_id_expiration: Duration::MAX,
+            abort_timed_out_interval: Duration::MAX,
+            ..TxnCoordinatorConfig::default()
+        };
+        let txns = TransactionCoordinator::open(Arc::clone(&store), huge).unwrap();
+        let long = TxnProducerConfig {
+            transaction_timeout: Duration::from_secs(3600),
+            ..TxnProducerConfig::default()
+        };
+        let p = txns.producer("p", long).unwrap();
+        let too_long = TxnProducerConfig {
+            transaction_timeout: Duration::MAX,
+            ..TxnProducerConfig::default()
+        };
+        assert!(matches!(
+            txns.producer("p", too_long),
+            Err(Error::InvalidArgument(_))
+        ));
+        txns.check_timeouts().unwrap();
+        p.begin().unwrap();
+        p.send("b", 0, &msgs("late", 1)).unwrap();
+        p.commit().unwrap();
+        txns.close().unwrap();
     });
 }
 

@@ -232,9 +232,9 @@ fn check_txn(store: &dyn LogStore, model: &Model, ctx: &str) -> u64 {
         tx: model.tx[..end].to_vec(),
         ..Model::default()
     };
-    let open_first = kept.tx.iter().position(|e| {
-        matches!(e, TxEntry::Data { txn: Some(t), .. } if kept.tx_outcome(*t).is_none())
-    });
+    let open_first = kept.tx.iter().position(
+        |e| matches!(e, TxEntry::Data { txn: Some(t), .. } if kept.tx_outcome(*t).is_none()),
+    );
     let lso = open_first.unwrap_or(end);
     assert_eq!(b.last_stable as usize, lso, "{ctx}: k: last stable offset");
     let read = |isolation: IsolationLevel, bound: usize| {
@@ -263,10 +263,7 @@ fn check_txn(store: &dyn LogStore, model: &Model, ctx: &str) -> u64 {
     };
     assert_eq!(
         read(IsolationLevel::ReadCommitted, lso),
-        want(
-            &|t| t.is_none_or(|t| kept.tx_outcome(t) == Some(true)),
-            lso
-        ),
+        want(&|t| t.is_none_or(|t| kept.tx_outcome(t) == Some(true)), lso),
         "{ctx}: k: read_committed"
     );
     assert_eq!(
@@ -623,10 +620,12 @@ fn run_case(engine: EngineKind, sync: bool, ops: &[Op]) {
                     .unwrap_or_else(|e| panic!("op {i}: transactional append: {e}"));
                 assert_eq!(r.base_offset as usize, base, "op {i}: k: at the end");
                 model.tx_batches.push((seq, base, n));
-                model.tx.extend(values.into_iter().map(|value| TxEntry::Data {
-                    value,
-                    txn: Some(txn),
-                }));
+                model
+                    .tx
+                    .extend(values.into_iter().map(|value| TxEntry::Data {
+                        value,
+                        txn: Some(txn),
+                    }));
                 if sync {
                     model.tx_durable = model.tx.len();
                 }
@@ -656,9 +655,11 @@ fn run_case(engine: EngineKind, sync: bool, ops: &[Op]) {
                 let batch: Vec<Message> = values.iter().map(|v| Message::new(v.clone())).collect();
                 let r = store.append("tx", 0, &batch).unwrap();
                 assert_eq!(r.base_offset as usize, base, "op {i}: k: at the end");
-                model
-                    .tx
-                    .extend(values.into_iter().map(|value| TxEntry::Data { value, txn: None }));
+                model.tx.extend(
+                    values
+                        .into_iter()
+                        .map(|value| TxEntry::Data { value, txn: None }),
+                );
                 if sync {
                     model.tx_durable = model.tx.len();
                 }

@@ -5,8 +5,7 @@
 use std::process::Command;
 
 use duolog::{
-    EngineKind, LogStore, Message, ProducerId, SegmentedStore, StoreOptions, TopicConfig,
-    TxnMarker,
+    EngineKind, LogStore, Message, ProducerId, SegmentedStore, StoreOptions, TopicConfig, TxnMarker,
 };
 
 #[test]
@@ -43,9 +42,15 @@ fn dump_of_a_segment_shows_control_batches_and_producers() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    let batches: Vec<&str> = text.lines().filter(|l| l.starts_with("baseOffset")).collect();
+    let batches: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("baseOffset"))
+        .collect();
     assert_eq!(batches.len(), 5, "{text}");
-    assert!(batches[0].contains("producerId: -1 producerEpoch: -1"), "{text}");
+    assert!(
+        batches[0].contains("producerId: -1 producerEpoch: -1"),
+        "{text}"
+    );
     let pid = format!("producerId: {} producerEpoch: 2", p.id);
     assert!(
         batches[1].contains("baseSequence: 0 lastSequence: 1")
@@ -60,8 +65,7 @@ fn dump_of_a_segment_shows_control_batches_and_producers() {
         "{text}"
     );
     assert!(
-        text.contains("| offset: 2 ")
-            && text.contains("sequence: 1 key: null payload: b"),
+        text.contains("| offset: 2 ") && text.contains("sequence: 1 key: null payload: b"),
         "{text}"
     );
     assert!(

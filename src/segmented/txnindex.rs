@@ -62,8 +62,12 @@ pub(crate) fn encode(e: &AbortedTxn) -> [u8; ENTRY_LEN] {
 /// offset at or before the marker, markers inside the segment and strictly increasing. (The
 /// last stable offset may lie below the transaction's first offset: another producer's
 /// transaction may have been open since before it; 0 means unknown, see `load`.)
-pub(crate) fn decode(b: &[u8], base: u64, next_offset: u64) -> Result<Vec<AbortedTxn>, &'static str> {
-    if b.len() % ENTRY_LEN != 0 {
+pub(crate) fn decode(
+    b: &[u8],
+    base: u64,
+    next_offset: u64,
+) -> Result<Vec<AbortedTxn>, &'static str> {
+    if !b.len().is_multiple_of(ENTRY_LEN) {
         return Err("length is not a whole number of entries");
     }
     let mut out: Vec<AbortedTxn> = Vec::with_capacity(b.len() / ENTRY_LEN);

@@ -1,9 +1,11 @@
 //! `duolog dump <file>`: prints a segment's `.log` batch by batch and record by record (like
-//! kafka-dump-log), or the entries of an `.index` / `.timeindex`.
+//! kafka-dump-log), or the entries of an `.index` / `.timeindex`; or a CommitLog store's
+//! commit-log file (`commitlog/<20-digit position>`) record by record.
 
 use std::io::{self, Write};
 use std::path::Path;
 
+use duolog::commitlog::record;
 use duolog::segmented::{batch, index};
 
 /// Why a dump stopped early.
@@ -72,8 +74,9 @@ pub fn dump(path: &Path, out: &mut dyn Write) -> Result<(), DumpError> {
             }
             Ok(())
         }
+        "" if is_commitlog_file(path) => dump_commitlog(&data, base, out),
         other => Err(DumpError::Invalid(format!(
-            "cannot dump a .{other} file (give a .log, .index or .timeindex)"
+            "cannot dump a .{other} file (give a .log, .index or .timeindex, or a commit-log file)"
         ))),
     }
 }
@@ -165,6 +168,96 @@ fn dump_log(data: &[u8], out: &mut dyn Write) -> Result<(), DumpError> {
             )?;
         }
         pos += h.total_len();
+    }
+    Ok(())
+}
+
+/// A CommitLog engine's commit-log file: named by its 20-digit start position.
+fn is_commitlog_file(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// RocketMQ's name of a sys flag's transaction type.
+fn transaction_type(sys_flag: i32) -> &'static str {
+    match record::transaction_type(sys_flag) {
+        record::SYSFLAG_TRANSACTION_PREPARED => "PREPARED_TYPE",
+        record::SYSFLAG_TRANSACTION_COMMIT => "COMMIT_TYPE",
+        record::SYSFLAG_TRANSACTION_ROLLBACK => "ROLLBACK_TYPE",
+        _ => "NOT_TYPE",
+    }
+}
+
+/// Every record of a commit-log file starting at log position `base`: its queue, sys flag and
+/// transaction type, producer id / epoch / sequence (−1 when not an idempotent or
+/// transactional record), and for a marker its end-transaction type and coordinator epoch.
+fn dump_commitlog(data: &[u8], base: u64, out: &mut dyn Write) -> Result<(), DumpError> {
+    let mut at = 0usize;
+    while at < data.len() {
+        let d = match record::decode(&data[at..], record::Checks::FULL) {
+            Ok(record::Decoded::Message(d)) => d,
+            Ok(record::Decoded::Blank { size }) => {
+                writeln!(out, "position: {} blank: {size}", base + at as u64)?;
+                break;
+            }
+            Err(record::DecodeError::Empty) => break,
+            Err(e) => {
+                return Err(DumpError::Invalid(format!(
+                    "invalid record at position {}: {}",
+                    base + at as u64,
+                    e.reason()
+                )));
+            }
+        };
+        let prop = |name: &str| {
+            record::iter_properties(d.properties)
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v)
+        };
+        let num = |name: &str| prop(name).and_then(|v| v.parse::<i64>().ok()).unwrap_or(-1);
+        let h = &d.header;
+        write!(
+            out,
+            "position: {} topic: {} queueId: {} queueOffset: {} sysFlag: {} transactionType: {} \
+             producerId: {} producerEpoch: {} sequence: {} isControl: {} storeTimestamp: {} \
+             bodySize: {}",
+            base + at as u64,
+            printable(d.topic),
+            h.queue_id,
+            h.queue_offset,
+            h.sys_flag,
+            transaction_type(h.sys_flag),
+            num("__PID"),
+            num("__EPOCH"),
+            num("__SEQ"),
+            record::is_marker(h.sys_flag),
+            h.store_timestamp,
+            d.body.len(),
+        )?;
+        if record::is_marker(h.sys_flag) {
+            let kind = if record::transaction_type(h.sys_flag) == record::SYSFLAG_TRANSACTION_COMMIT
+            {
+                "COMMIT"
+            } else {
+                "ABORT"
+            };
+            let epoch =
+                record::decode_marker_body(d.body).map_or("invalid".into(), |e| e.to_string());
+            writeln!(
+                out,
+                " endTxnMarker: {kind} coordinatorEpoch: {epoch} txnFirstOffset: {}",
+                num("__TXNFIRST")
+            )?;
+        } else {
+            writeln!(
+                out,
+                " key: {} payload: {}",
+                prop("__KEY").map_or("null".into(), |k| printable(k.as_bytes())),
+                printable(d.body),
+            )?;
+        }
+        at += d.total_size;
     }
     Ok(())
 }

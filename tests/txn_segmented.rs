@@ -121,7 +121,10 @@ fn transaction_indexes_hold_kafkas_entries_only_where_aborts_are() {
     let mut entries = 0;
     for path in &indexes {
         let b = std::fs::read(path).unwrap();
-        assert!(!b.is_empty() && b.len().is_multiple_of(34), "no empty or torn index");
+        assert!(
+            !b.is_empty() && b.len().is_multiple_of(34),
+            "no empty or torn index"
+        );
         for e in b.chunks(34) {
             assert_eq!(&e[0..2], &[0, 0], "version 0");
             assert_eq!(i64::from_be_bytes(e[2..10].try_into().unwrap()), p.id);

@@ -87,13 +87,14 @@ fn aborts_across_segments(store: &dyn LogStore, p: ProducerId) -> Vec<String> {
     let mut want = Vec::new();
     for k in 0..10 {
         let msgs = batch_of(&format!("t{k}"), 8);
-        store
-            .append_transactional("t", 0, p, k * 8, &msgs)
-            .unwrap();
+        store.append_transactional("t", 0, p, k * 8, &msgs).unwrap();
         let marker = if k % 2 == 0 {
             TxnMarker::Abort
         } else {
-            want.extend(msgs.iter().map(|m| String::from_utf8(m.body.to_vec()).unwrap()));
+            want.extend(
+                msgs.iter()
+                    .map(|m| String::from_utf8(m.body.to_vec()).unwrap()),
+            );
             TxnMarker::Commit
         };
         store.write_marker("t", 0, p, marker, 0).unwrap();
@@ -113,11 +114,17 @@ fn transaction_indexes_hold_kafkas_entries_only_where_aborts_are() {
     let logs = files(dir.path(), "log");
     let indexes = files(dir.path(), "txnindex");
     assert!(logs.len() > 3, "the test needs several segments");
-    assert!(!indexes.is_empty() && indexes.len() < logs.len(), "{indexes:?}");
+    assert!(
+        !indexes.is_empty() && indexes.len() < logs.len(),
+        "{indexes:?}"
+    );
     let mut entries = 0;
     for path in &indexes {
         let b = std::fs::read(path).unwrap();
-        assert!(!b.is_empty() && b.len() % 34 == 0, "no empty or torn index");
+        assert!(
+            !b.is_empty() && b.len().is_multiple_of(34),
+            "no empty or torn index"
+        );
         for e in b.chunks(34) {
             assert_eq!(&e[0..2], &[0, 0], "version 0");
             assert_eq!(i64::from_be_bytes(e[2..10].try_into().unwrap()), p.id);
@@ -161,7 +168,11 @@ fn damaged_or_missing_transaction_indexes_are_rebuilt_from_the_log() {
         store.close().unwrap();
     }
     for (k, path) in indexes.iter().enumerate() {
-        assert_eq!(std::fs::read(path).unwrap(), originals[k], "rebuilt as written");
+        assert_eq!(
+            std::fs::read(path).unwrap(),
+            originals[k],
+            "rebuilt as written"
+        );
     }
     // Missing after a crash with no recovery point: every segment is validated, and each
     // one's index rebuilt from the log.
@@ -219,11 +230,10 @@ fn the_producer_snapshot_holds_the_open_transaction_and_coordinator_epoch() {
     );
     // A fencing abort with a newer epoch leaves the producer without a batch under it; the
     // snapshot still holds it (Kafka's NO_SEQUENCE), so the old epoch stays fenced.
-    let newer = ProducerId {
-        id: p.id,
-        epoch: 1,
-    };
-    store.write_marker("t", 0, newer, TxnMarker::Abort, 10).unwrap();
+    let newer = ProducerId { id: p.id, epoch: 1 };
+    store
+        .write_marker("t", 0, newer, TxnMarker::Abort, 10)
+        .unwrap();
     store.close().unwrap();
     drop(store);
     let store = duolog::open(dir.path(), options()).unwrap();
@@ -268,7 +278,10 @@ fn retention_deletes_transaction_indexes_with_their_segments() {
     store.write_marker("t", 0, q, TxnMarker::Commit, 0).unwrap();
     let seen = committed(store.as_ref());
     for k in (0..10).step_by(2) {
-        assert!(!seen.iter().any(|s| s.starts_with(&format!("t{k}-"))), "t{k} aborted");
+        assert!(
+            !seen.iter().any(|s| s.starts_with(&format!("t{k}-"))),
+            "t{k} aborted"
+        );
     }
     assert_eq!(seen.last().unwrap(), &format!("q-0-{}", "x".repeat(40)));
     store.close().unwrap();
@@ -294,7 +307,12 @@ fn compaction_removes_aborted_records_and_stops_at_the_last_stable_offset() {
     let p = producer(store.as_ref());
     let q = producer(store.as_ref());
     let kv = |k: &str, v: &str| Message::new(v.to_string()).with_key(k.to_string());
-    let pad = |i: usize| kv(&format!("pad{}", i % 4), &format!("pad-{i}-{}", "y".repeat(60)));
+    let pad = |i: usize| {
+        kv(
+            &format!("pad{}", i % 4),
+            &format!("pad-{i}-{}", "y".repeat(60)),
+        )
+    };
     store.append("t", 0, &[kv("k", "committed")]).unwrap();
     // An aborted newer value of k must neither show nor supersede the committed one.
     store
@@ -319,16 +337,25 @@ fn compaction_removes_aborted_records_and_stops_at_the_last_stable_offset() {
         .iter()
         .map(|r| String::from_utf8(r.body().to_vec()).unwrap())
         .collect();
-    assert!(!all.contains(&"aborted".to_string()), "aborted records are removed");
+    assert!(
+        !all.contains(&"aborted".to_string()),
+        "aborted records are removed"
+    );
     assert!(all.contains(&"committed".to_string()));
     let after = store.read("t", 0, open, ReadLimits::default()).unwrap();
-    assert_eq!(after, uncommitted_before, "nothing at or past the LSO is cleaned");
+    assert_eq!(
+        after, uncommitted_before,
+        "nothing at or past the LSO is cleaned"
+    );
     let seen = committed(store.as_ref());
     assert_eq!(seen[0], "committed");
     store.write_marker("t", 0, q, TxnMarker::Commit, 0).unwrap();
     store.compact(Some("t")).unwrap();
     let seen = committed(store.as_ref());
-    assert!(!seen.contains(&"committed".to_string()), "superseded once q commits");
+    assert!(
+        !seen.contains(&"committed".to_string()),
+        "superseded once q commits"
+    );
     assert!(seen.contains(&"open".to_string()));
     store.close().unwrap();
     let store = duolog::open(dir.path(), options()).unwrap();
@@ -350,7 +377,9 @@ fn control_batches_are_kafkas_end_transaction_markers() {
     store
         .append_transactional("t", 0, p, 0, &batch_of("a", 2))
         .unwrap();
-    store.write_marker("t", 0, p, TxnMarker::Commit, 17).unwrap();
+    store
+        .write_marker("t", 0, p, TxnMarker::Commit, 17)
+        .unwrap();
     store
         .append_transactional("t", 0, p, 2, &batch_of("b", 1))
         .unwrap();

@@ -38,6 +38,22 @@ pub fn dump(path: &Path, out: &mut dyn Write) -> Result<(), DumpError> {
     writeln!(out, "Dumping {}", path.display())?;
     match ext {
         "log" => dump_log(&data, out),
+        // Kafka's 34-byte aborted-transaction entries, printed as kafka-dump-log does.
+        "txnindex" => {
+            let at = |c: &[u8], p: usize| i64::from_be_bytes(c[p..p + 8].try_into().unwrap());
+            for c in data.chunks_exact(34) {
+                writeln!(
+                    out,
+                    "version: {} producerId: {} firstOffset: {} lastOffset: {} lastStableOffset: {}",
+                    i16::from_be_bytes([c[0], c[1]]),
+                    at(c, 2),
+                    at(c, 10),
+                    at(c, 18),
+                    at(c, 26)
+                )?;
+            }
+            Ok(())
+        }
         "index" => {
             for i in 0..data.len() / index::OFFSET_ENTRY {
                 let (rel, pos) = index::offset_at(&data, i);
@@ -115,15 +131,39 @@ fn dump_log(data: &[u8], out: &mut dyn Write) -> Result<(), DumpError> {
             let headers: Vec<String> = batch::iter_headers(&b[r.headers.clone()])
                 .map(|(k, v)| format!("{}={}", printable(k), v.map_or("null".into(), printable)))
                 .collect();
+            // As kafka-dump-log: each record's sequence (-1 outside idempotent batches), and a
+            // control record as its end-transaction marker rather than key and payload.
+            let sequence = if h.base_sequence < 0 {
+                -1
+            } else {
+                h.base_sequence + r.offset_delta
+            };
+            let content = if h.is_control() {
+                match batch::end_txn_marker(b, &h) {
+                    Ok(m) => format!(
+                        "endTxnMarker: {} coordinatorEpoch: {}",
+                        match m.marker {
+                            duolog::TxnMarker::Commit => "COMMIT",
+                            duolog::TxnMarker::Abort => "ABORT",
+                        },
+                        m.coordinator_epoch
+                    ),
+                    Err(e) => format!("unknown control record: {}", e.reason()),
+                }
+            } else {
+                format!(
+                    "key: {} payload: {}",
+                    r.key.clone().map_or("null".into(), |k| printable(&b[k])),
+                    r.value.clone().map_or("null".into(), |v| printable(&b[v])),
+                )
+            };
             writeln!(
                 out,
-                "| offset: {} CreateTime: {} keySize: {} valueSize: {} key: {} payload: {} headers: [{}]",
+                "| offset: {} CreateTime: {} keySize: {} valueSize: {} sequence: {sequence} {content} headers: [{}]",
                 h.base_offset + i64::from(r.offset_delta),
                 h.base_timestamp + r.timestamp_delta,
                 r.key.as_ref().map_or(-1, |k| k.len() as i64),
                 r.value.as_ref().map_or(-1, |v| v.len() as i64),
-                r.key.clone().map_or("null".into(), |k| printable(&b[k])),
-                r.value.clone().map_or("null".into(), |v| printable(&b[v])),
                 headers.join(", "),
             )?;
         }

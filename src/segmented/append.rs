@@ -16,9 +16,9 @@ use super::batch;
 use super::partition::{Ctx, PartState, Partition, remove_segment_files};
 use super::producers;
 use super::segment::{self, SegmentHandle, SegmentMeta};
+use super::txnindex::{self, AbortedTxn};
 use crate::clock::duration_ms;
 use crate::error::{Error, Result};
-use super::txnindex::{self, AbortedTxn};
 use crate::io::StorageFile;
 use crate::producer_state::{BatchMeta, IdempotentBatch, Verdict};
 use crate::store::{AppendResult, Message, ProducerId, TxnMarker};
@@ -220,9 +220,9 @@ impl Partition {
                 coordinator_epoch,
             } => {
                 let last_stable = st.producers.aborted_lso(producer.id, base_offset);
-                let first = st
-                    .producers
-                    .complete_txn(producer, base_offset, coordinator_epoch, now);
+                let first =
+                    st.producers
+                        .complete_txn(producer, base_offset, coordinator_epoch, now);
                 if let (Some(first), TxnMarker::Abort) = (first, marker) {
                     let e = AbortedTxn {
                         producer_id: producer.id,
@@ -254,17 +254,18 @@ impl Partition {
     /// `read_committed` reader that sees the marker sees its entry). The marker is in the log
     /// by now: an index that cannot take the entry poisons the store, whose reopen (unclean,
     /// the marker past the recovery point) rebuilds the index from the log.
-    fn index_abort(
-        &self,
-        ctx: &Ctx,
-        st: &mut PartState,
-        e: &AbortedTxn,
-    ) -> Result<IndexWrite> {
+    fn index_abort(&self, ctx: &Ctx, st: &mut PartState, e: &AbortedTxn) -> Result<IndexWrite> {
         let active = st
             .segments
             .last_mut()
             .ok_or_else(|| Error::corrupted(&self.dir, 0, "no segment"))?;
-        match txnindex::append(ctx.fs.as_ref(), &self.dir, active.base, active.txn_entries, e) {
+        match txnindex::append(
+            ctx.fs.as_ref(),
+            &self.dir,
+            active.base,
+            active.txn_entries,
+            e,
+        ) {
             Ok(file) => {
                 let created = active.txn_entries == 0;
                 active.txn_entries += 1;

@@ -383,17 +383,25 @@ pub fn end_txn_marker(b: &[u8], h: &BatchHeader) -> Result<EndTxnMarker, BatchEr
         .key
         .map(|k| &b[k])
         .filter(|k| k.len() >= 4)
-        .ok_or(BatchError::Invalid("control record key shorter than 4 bytes"))?;
+        .ok_or(BatchError::Invalid(
+            "control record key shorter than 4 bytes",
+        ))?;
     let marker = match i16_at(key, 2) {
         CONTROL_ABORT => crate::store::TxnMarker::Abort,
         CONTROL_COMMIT => crate::store::TxnMarker::Commit,
-        _ => return Err(BatchError::Invalid("control record is no transaction marker")),
+        _ => {
+            return Err(BatchError::Invalid(
+                "control record is no transaction marker",
+            ));
+        }
     };
     let value = r
         .value
         .map(|v| &b[v])
         .filter(|v| v.len() >= 6)
-        .ok_or(BatchError::Invalid("transaction marker value shorter than 6 bytes"))?;
+        .ok_or(BatchError::Invalid(
+            "transaction marker value shorter than 6 bytes",
+        ))?;
     Ok(EndTxnMarker {
         marker,
         coordinator_epoch: i32_at(value, 2),

@@ -531,7 +531,12 @@ impl Partition {
         let fs = ctx.fs.as_ref();
         let o = &ctx.opts;
         let base = group[0].base;
-        let [(index_path, _), (time_path, _), (txn_path, _), (log_path, _)] = cleaned;
+        let [
+            (index_path, _),
+            (time_path, _),
+            (txn_path, _),
+            (log_path, _),
+        ] = cleaned;
         let out = fs
             .open_file(log_path, OpenMode::CreateNew)
             .map_err(|e| Error::io(log_path, e))?;
@@ -633,7 +638,11 @@ impl Partition {
         // transaction index is theirs, in order.
         let mut aborts = Vec::new();
         for m in group.iter().filter(|m| m.txn_entries > 0) {
-            aborts.extend(txnindex::read(fs, &self.txn_index_path(ctx, m), m.txn_entries)?);
+            aborts.extend(txnindex::read(
+                fs,
+                &self.txn_index_path(ctx, m),
+                m.txn_entries,
+            )?);
         }
         if !aborts.is_empty() {
             let bytes: Vec<u8> = aborts.iter().flat_map(txnindex::encode).collect();
@@ -817,9 +826,7 @@ enum Verdict {
 
 /// Whether `h` is a batch of an aborted transaction.
 fn is_aborted(h: &BatchHeader, aborted: &Aborted) -> bool {
-    h.is_transactional()
-        && !h.is_control()
-        && aborted.contains(h.producer_id, h.base_offset as u64)
+    h.is_transactional() && !h.is_control() && aborted.contains(h.producer_id, h.base_offset as u64)
 }
 
 /// Kafka's `shouldRetainRecord`.

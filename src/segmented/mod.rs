@@ -61,9 +61,9 @@ use crate::error::{Error, Result};
 use crate::options::StoreOptions;
 use crate::producer_state::IdempotentBatch;
 use crate::store::{
-    AppendResult, CompactionReport, DiskUsage, EngineKind, KeyMatch, LogStore, Message,
-    Fetch, PartitionBounds, ProducerEntry, ProducerId, ReadLimits, Record, TaggedRead,
-    TopicConfig, TxnMarker, VerifyReport, delete_before_target, listed_topics, validate_new_topic,
+    AppendResult, CompactionReport, DiskUsage, EngineKind, Fetch, KeyMatch, LogStore, Message,
+    PartitionBounds, ProducerEntry, ProducerId, ReadLimits, Record, TaggedRead, TopicConfig,
+    TxnMarker, VerifyReport, delete_before_target, listed_topics, validate_new_topic,
 };
 use crate::topic_config::Effective;
 
@@ -993,7 +993,9 @@ impl LogStore for SegmentedStore {
     }
 
     fn append(&self, topic: &str, partition: u32, messages: &[Message]) -> Result<AppendResult> {
-        let (r, seq) = self.inner.append_batch(topic, partition, messages, None, false)?;
+        let (r, seq) = self
+            .inner
+            .append_batch(topic, partition, messages, None, false)?;
         self.finish(r, seq, true)
     }
 
@@ -1003,7 +1005,9 @@ impl LogStore for SegmentedStore {
         partition: u32,
         messages: &[Message],
     ) -> Result<AppendResult> {
-        let (r, seq) = self.inner.append_batch(topic, partition, messages, None, false)?;
+        let (r, seq) = self
+            .inner
+            .append_batch(topic, partition, messages, None, false)?;
         self.finish(r, seq, false)
     }
 
@@ -1013,7 +1017,9 @@ impl LogStore for SegmentedStore {
         partition: u32,
         messages: &[Message],
     ) -> Result<Completion> {
-        let (r, seq) = self.inner.append_batch(topic, partition, messages, None, false)?;
+        let (r, seq) = self
+            .inner
+            .append_batch(topic, partition, messages, None, false)?;
         Ok(Completion::new(r, seq, Arc::clone(&self.inner.gc)))
     }
 

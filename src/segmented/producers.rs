@@ -215,12 +215,8 @@ fn replay(
                 };
                 let offset = h.base_offset as u64;
                 let last_stable = state.aborted_lso(producer.id, offset);
-                let first = state.complete_txn(
-                    producer,
-                    offset,
-                    marker.coordinator_epoch,
-                    h.max_timestamp,
-                );
+                let first =
+                    state.complete_txn(producer, offset, marker.coordinator_epoch, h.max_timestamp);
                 if let (Some(first), TxnMarker::Abort) = (first, marker.marker) {
                     aborts.push((
                         m.base,

@@ -13,8 +13,8 @@ use super::txnindex::{self, Aborted};
 use crate::error::{Error, Result};
 use crate::io::{self, OpenMode};
 use crate::store::{
-    Fetch, IsolationLevel, Properties, PropertyEncoding, ReadLimits, Record, TaggedRead,
-    range_in, tag_matches,
+    Fetch, IsolationLevel, Properties, PropertyEncoding, ReadLimits, Record, TaggedRead, range_in,
+    tag_matches,
 };
 
 /// Whether a read skips a whole batch: a control batch (markers are never returned), or a

@@ -59,11 +59,15 @@ pub(crate) fn encode(e: &AbortedTxn) -> [u8; ENTRY_LEN] {
 
 /// Decodes a whole index of the segment holding offsets `[base, next_offset)`, checking what
 /// can be checked without the log: whole entries of version 0, non-negative ids, a first
-/// offset at or before the marker, markers inside the segment and strictly increasing. (The
+/// offset before the marker (a transaction has a record before its marker), markers inside the segment and strictly increasing. (The
 /// last stable offset may lie below the transaction's first offset: another producer's
 /// transaction may have been open since before it; 0 means unknown, see `load`.)
-pub(crate) fn decode(b: &[u8], base: u64, next_offset: u64) -> Result<Vec<AbortedTxn>, &'static str> {
-    if b.len() % ENTRY_LEN != 0 {
+pub(crate) fn decode(
+    b: &[u8],
+    base: u64,
+    next_offset: u64,
+) -> Result<Vec<AbortedTxn>, &'static str> {
+    if !b.len().is_multiple_of(ENTRY_LEN) {
         return Err("length is not a whole number of entries");
     }
     let mut out: Vec<AbortedTxn> = Vec::with_capacity(b.len() / ENTRY_LEN);
@@ -77,7 +81,7 @@ pub(crate) fn decode(b: &[u8], base: u64, next_offset: u64) -> Result<Vec<Aborte
             return Err("unsupported entry version");
         }
         let (id, first, last, lso) = (i64_at(2), i64_at(10), i64_at(18), i64_at(26));
-        if id < 0 || first < 0 || last < first || lso < 0 {
+        if id < 0 || first < 0 || last <= first || lso < 0 {
             return Err("entry describes an impossible transaction");
         }
         let e = AbortedTxn {
@@ -223,7 +227,7 @@ mod tests {
         let mut bad = good;
         bad[1] = 1;
         assert!(decode(&bad, 0, 20).is_err(), "version");
-        for bad in [e(7, 11, 10, 12), e(-1, 3, 10, 11)] {
+        for bad in [e(7, 11, 10, 12), e(7, 10, 10, 11), e(-1, 3, 10, 11)] {
             assert!(decode(&encode(&bad), 0, 20).is_err(), "{bad:?}");
         }
         // Zeroes (a file extended but never written) are no entry.

@@ -636,3 +636,46 @@ fn random_transactions_survive_power_cuts_with_exactly_the_committed_view() {
         }
     }
 }
+
+/// Found by crash_sim against the first version of the idle-snapshot fix: a power cut took
+/// every record, so the producer snapshot on disk (written before the first idempotent batch)
+/// names a position past the recovered end. The first checkpoint after the open must replace
+/// it, even though the log has not moved since: otherwise, once later records pass that
+/// position, a recovery replays from the middle of them and forgets their producer.
+#[test]
+fn a_snapshot_past_the_recovered_end_is_replaced_at_open() {
+    use duolog::io::{CrashMode, SimFs};
+    let sim = SimFs::new();
+    let sim_opts = |sim: &SimFs| StoreOptions {
+        fs: std::sync::Arc::new(sim.clone()),
+        ..opts()
+    };
+    let store = duolog::open("/s", sim_opts(&sim)).unwrap();
+    store.create_topic("t", TopicConfig::default()).unwrap();
+    let p = producer(store.as_ref());
+    store.sync().unwrap();
+    store.append("t", 0, &batch("plain", 1)).unwrap();
+    store
+        .append_idempotent("t", 0, p, 0, &batch("x", 1))
+        .unwrap();
+    store.abandon();
+    drop(store);
+    let sim = sim.crash(CrashMode::DropUnsynced, 0);
+    let store = duolog::open("/s", sim_opts(&sim)).unwrap();
+    assert_eq!(store.bounds("t", 0).unwrap().end, 0, "the crash took both");
+    let r = store
+        .append_idempotent("t", 0, p, 0, &batch("longer-than-the-plain-record", 3))
+        .unwrap();
+    store.sync().unwrap();
+    store.abandon();
+    drop(store);
+    let sim = sim.crash(CrashMode::DropUnsynced, 1);
+    let store = duolog::open("/s", sim_opts(&sim)).unwrap();
+    assert_eq!(
+        store
+            .append_idempotent("t", 0, p, 0, &batch("longer-than-the-plain-record", 3))
+            .unwrap(),
+        r,
+        "the retry is a duplicate"
+    );
+}

@@ -293,6 +293,7 @@ impl Inner {
         io::write_atomic(self.fs.as_ref(), &path, &snapshot.encode())
             .map_err(|e| self.metadata_write_failed(Error::io(&path, e)))?;
         samples.written = snapshot.position;
+        samples.last_written = Some(snapshot.position);
         Ok(())
     }
 
@@ -310,7 +311,9 @@ impl Inner {
         // the append lock, so an idle store neither samples nor rewrites the file.
         {
             let samples = self.producer_sample.lock();
-            if samples.kept.is_none() && samples.written == self.written.load(Ordering::Acquire) {
+            if samples.kept.is_none()
+                && samples.last_written == Some(self.written.load(Ordering::Acquire))
+            {
                 return Ok(());
             }
         }
@@ -351,6 +354,9 @@ pub(crate) struct Samples {
     kept: Option<Snapshot>,
     /// Position of the last snapshot written by this run (0 at open).
     written: u64,
+    /// The same, `None` until this run wrote one: the file found at open may name a position
+    /// past the recovered end (its batches lost), so the first checkpoint always replaces it.
+    last_written: Option<u64>,
 }
 
 /// Each partition's last abort marker as a snapshot names it, by (topic, partition).

@@ -17,7 +17,14 @@
 //! j. idempotent batches are all or nothing; after recovery the producer's batches the crash
 //!    took are retried in order and written once each, and a retry of the last one that
 //!    survived returns its original offsets and writes nothing; producer ids handed out after
-//!    a crash are above every id handed out before it.
+//!    a crash are above every id handed out before it;
+//! k. transactions (topic `tx`, on engines that support them): a `read_committed` reader sees
+//!    exactly the plain records and those of transactions whose commit marker is there, in
+//!    order, up to the last stable offset (the first offset of the oldest transaction whose
+//!    marker the crash took or that was never ended, else the end); never a record of an
+//!    aborted transaction; a marker acknowledged is durable with everything before it; a
+//!    transaction whose marker the crash took stays open (later markers end it); no
+//!    transactional batch is torn; markers are never returned, by either isolation level.
 //!
 //! `DUOLOG_CRASH_CASES` raises the number of property-test cases (default 24 per engine) and
 //! `DUOLOG_CRASH_SEEDS` the damage seeds per crash point of the sweep (default 2).
@@ -32,7 +39,8 @@ use std::time::Duration;
 use duolog::consumer::GroupCoordinator;
 use duolog::io::{CrashMode, Fault, SimFs};
 use duolog::{
-    EngineKind, FlushPolicy, LogStore, Message, ProducerId, ReadLimits, StoreOptions, TopicConfig,
+    EngineKind, FlushPolicy, IsolationLevel, LogStore, Message, ProducerId, ReadLimits,
+    StoreOptions, TopicConfig, TxnMarker,
 };
 use proptest::prelude::*;
 
@@ -77,6 +85,53 @@ struct Model {
     idem: Vec<Vec<SentBatch>>,
     /// The highest producer id handed out so far.
     highest_pid: i64,
+    /// Whether the engine supports transactions (topic `tx` exists then).
+    tx_supported: bool,
+    /// Topic `tx` (one partition), each offset's entry.
+    tx: Vec<TxEntry>,
+    /// Entries of `tx` acknowledged as durable.
+    tx_durable: usize,
+    /// The transactional producer's batches still in the log: (first sequence, base, count).
+    tx_batches: Vec<(i32, usize, usize)>,
+    /// Transactions begun so far (their ids index nothing else: a counter).
+    tx_count: usize,
+}
+
+/// One offset of topic `tx`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum TxEntry {
+    /// A record, of transaction `txn` or plain.
+    Data { value: Vec<u8>, txn: Option<usize> },
+    /// The marker ending transaction `txn`.
+    Marker { txn: usize, commit: bool },
+}
+
+/// The transactional producer (the case's second id).
+const TX_PRODUCER: ProducerId = ProducerId { id: 1, epoch: 0 };
+
+impl Model {
+    /// Transaction `txn`'s marker in the log: `Some(commit)`, or `None` while it is open.
+    fn tx_outcome(&self, txn: usize) -> Option<bool> {
+        self.tx.iter().find_map(|e| match e {
+            TxEntry::Marker { txn: t, commit } if *t == txn => Some(*commit),
+            _ => None,
+        })
+    }
+
+    /// The open transaction (records in the log, no marker), if any.
+    fn tx_open(&self) -> Option<usize> {
+        self.tx.iter().find_map(|e| match e {
+            TxEntry::Data { txn: Some(t), .. } if self.tx_outcome(*t).is_none() => Some(*t),
+            _ => None,
+        })
+    }
+
+    /// The next sequence of the transactional producer.
+    fn tx_next_seq(&self) -> i32 {
+        self.tx_batches
+            .last()
+            .map_or(0, |&(seq, _, n)| seq + n as i32)
+    }
 }
 
 impl Model {
@@ -90,6 +145,11 @@ impl Model {
             committed: None,
             idem: vec![Vec::new(); PARTITIONS as usize],
             highest_pid: -1,
+            tx_supported: false,
+            tx: Vec::new(),
+            tx_durable: 0,
+            tx_batches: Vec::new(),
+            tx_count: 0,
         }
     }
 }
@@ -145,12 +205,83 @@ fn check(store: &dyn LogStore, model: &Model, ctx: &str) -> Vec<u64> {
         }
         ends.push(b.end);
     }
+    if model.tx_supported {
+        ends.push(check_txn(store, model, ctx));
+    }
     check_churned(store, model, ctx);
     let report = store
         .verify()
         .unwrap_or_else(|e| panic!("{ctx}: verify: {e}"));
     assert!(report.is_ok(), "{ctx}: {:?}", report.problems);
     ends
+}
+
+/// Markers checked by `check_txn` after crashes, over all cases (the summary prints it, so a
+/// run that never exercised transactions shows).
+static TX_MARKERS_CHECKED: AtomicU64 = AtomicU64::new(0);
+
+/// k: topic `tx` against the model; returns its recovered end.
+fn check_txn(store: &dyn LogStore, model: &Model, ctx: &str) -> u64 {
+    let b = store
+        .bounds("tx", 0)
+        .unwrap_or_else(|e| panic!("{ctx}: bounds of tx: {e}"));
+    let end = b.end as usize;
+    assert!(
+        end >= model.tx_durable && end <= model.tx.len(),
+        "{ctx}: k: tx end {end} outside [{}, {}]",
+        model.tx_durable,
+        model.tx.len()
+    );
+    let kept = Model {
+        tx: model.tx[..end].to_vec(),
+        ..Model::default()
+    };
+    let open_first = kept.tx.iter().position(
+        |e| matches!(e, TxEntry::Data { txn: Some(t), .. } if kept.tx_outcome(*t).is_none()),
+    );
+    let lso = open_first.unwrap_or(end);
+    let markers = kept
+        .tx
+        .iter()
+        .filter(|e| matches!(e, TxEntry::Marker { .. }))
+        .count();
+    TX_MARKERS_CHECKED.fetch_add(markers as u64, Ordering::Relaxed);
+    assert_eq!(b.last_stable as usize, lso, "{ctx}: k: last stable offset");
+    let read = |isolation: IsolationLevel, bound: usize| {
+        let limits = ReadLimits::messages(7).with_isolation(isolation);
+        let mut at = 0u64;
+        let mut out = Vec::new();
+        while (at as usize) < bound {
+            let f = store
+                .fetch("tx", 0, at, limits)
+                .unwrap_or_else(|e| panic!("{ctx}: fetch tx/{at}: {e}"));
+            assert!(f.next_offset > at, "{ctx}: k: no progress at {at}");
+            out.extend(f.records.iter().map(|r| (r.offset(), r.body().to_vec())));
+            at = f.next_offset;
+        }
+        out
+    };
+    let want = |visible: &dyn Fn(Option<usize>) -> bool, bound: usize| -> Vec<(u64, Vec<u8>)> {
+        kept.tx[..bound]
+            .iter()
+            .enumerate()
+            .filter_map(|(o, e)| match e {
+                TxEntry::Data { value, txn } if visible(*txn) => Some((o as u64, value.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        read(IsolationLevel::ReadCommitted, lso),
+        want(&|t| t.is_none_or(|t| kept.tx_outcome(t) == Some(true)), lso),
+        "{ctx}: k: read_committed"
+    );
+    assert_eq!(
+        read(IsolationLevel::ReadUncommitted, end),
+        want(&|_| true, end),
+        "{ctx}: k: read_uncommitted (no marker returned)"
+    );
+    b.end
 }
 
 fn churn_body(generation: u32, n: usize) -> Vec<u8> {
@@ -228,11 +359,23 @@ fn recover(
     assert_eq!(ends, again, "{ctx}: recovery is idempotent");
     let store: Arc<dyn LogStore> = Arc::from(store);
     check_committed(&store, model, &format!("{ctx} (second recovery)"));
-    for (p, &end) in ends.iter().enumerate() {
+    for (p, &end) in ends.iter().take(PARTITIONS as usize).enumerate() {
         model.appended[p].truncate(end as usize);
         model.durable[p] = end as usize;
         model.start[p] = store.bounds("t", p as u32).unwrap().start;
         model.maybe_start[p] = None;
+    }
+    if model.tx_supported {
+        let end = ends[PARTITIONS as usize] as usize;
+        model.tx.truncate(end);
+        model.tx_durable = end;
+        model.tx_batches.retain(|&(_, base, n)| {
+            assert!(
+                base >= end || base + n <= end,
+                "{ctx}: k: transactional batch at {base} torn"
+            );
+            base < end
+        });
     }
     (sim, store)
 }
@@ -271,6 +414,19 @@ enum Op {
         size: usize,
         retry: bool,
     },
+    /// A transactional batch of `n` messages to `tx` (opening a transaction if none is).
+    TxnAppend {
+        n: usize,
+        size: usize,
+    },
+    /// The open transaction's marker (nothing written when none is open).
+    TxnEnd {
+        commit: bool,
+    },
+    /// Plain records to `tx` (held back from read_committed by an open transaction).
+    TxnPlain {
+        n: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -284,6 +440,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..CrashMode::ALL.len(), any::<u64>()).prop_map(|(mode, seed)| Op::Crash { mode, seed }),
         3 => (0..PARTITIONS, 1usize..8, 1usize..900, any::<bool>())
             .prop_map(|(p, n, size, retry)| Op::Idempotent { p, n, size, retry }),
+        3 => (1usize..5, 1usize..400).prop_map(|(n, size)| Op::TxnAppend { n, size }),
+        2 => any::<bool>().prop_map(|commit| Op::TxnEnd { commit }),
+        1 => (1usize..4).prop_map(|n| Op::TxnPlain { n }),
     ]
 }
 
@@ -364,9 +523,16 @@ fn run_case(engine: EngineKind, sync: bool, ops: &[Op]) {
     store
         .create_topic("t", TopicConfig::with_partitions(PARTITIONS))
         .unwrap();
-    // The case's producer (the first id of a new store).
+    // The case's producers (the first ids of a new store).
     model.highest_pid = store.allocate_producer_id().unwrap();
     assert_eq!(model.highest_pid, PRODUCER.id);
+    model.highest_pid = store.allocate_producer_id().unwrap();
+    assert_eq!(model.highest_pid, TX_PRODUCER.id);
+    // Transactions where the engine supports them: a marker with nothing open writes nothing.
+    store.create_topic("tx", TopicConfig::default()).unwrap();
+    model.tx_supported = store
+        .write_marker("tx", 0, TX_PRODUCER, TxnMarker::Commit, 0)
+        .is_ok();
     // The catalog must be durable before the first crash counts.
     for (i, op) in ops.iter().enumerate() {
         match *op {
@@ -413,6 +579,7 @@ fn run_case(engine: EngineKind, sync: bool, ops: &[Op]) {
                 for p in 0..PARTITIONS as usize {
                     model.durable[p] = model.appended[p].len();
                 }
+                model.tx_durable = model.tx.len();
             }
             Op::DeleteBefore { p, fraction } => {
                 let b = store.bounds("t", p).unwrap();
@@ -446,6 +613,68 @@ fn run_case(engine: EngineKind, sync: bool, ops: &[Op]) {
                 store = st2;
                 after_recovery(store.as_ref(), &mut model, sync, &ctx);
             }
+            Op::TxnAppend { n, size } if model.tx_supported => {
+                let base = model.tx.len();
+                let txn = match model.tx_open() {
+                    Some(t) => t,
+                    None => {
+                        model.tx_count += 1;
+                        model.tx_count
+                    }
+                };
+                let values: Vec<Vec<u8>> = (0..n).map(|k| body(9, base + k, size)).collect();
+                let batch: Vec<Message> = values.iter().map(|v| Message::new(v.clone())).collect();
+                let seq = model.tx_next_seq();
+                let r = store
+                    .append_transactional("tx", 0, TX_PRODUCER, seq, &batch)
+                    .unwrap_or_else(|e| panic!("op {i}: transactional append: {e}"));
+                assert_eq!(r.base_offset as usize, base, "op {i}: k: at the end");
+                model.tx_batches.push((seq, base, n));
+                model
+                    .tx
+                    .extend(values.into_iter().map(|value| TxEntry::Data {
+                        value,
+                        txn: Some(txn),
+                    }));
+                if sync {
+                    model.tx_durable = model.tx.len();
+                }
+            }
+            Op::TxnEnd { commit } if model.tx_supported => {
+                let marker = if commit {
+                    TxnMarker::Commit
+                } else {
+                    TxnMarker::Abort
+                };
+                let r = store
+                    .write_marker("tx", 0, TX_PRODUCER, marker, 0)
+                    .unwrap_or_else(|e| panic!("op {i}: marker: {e}"));
+                match model.tx_open() {
+                    Some(txn) => {
+                        assert_eq!(r, Some(model.tx.len() as u64), "op {i}: k: marker offset");
+                        model.tx.push(TxEntry::Marker { txn, commit });
+                        // Durable on return, with everything before it.
+                        model.tx_durable = model.tx.len();
+                    }
+                    None => assert_eq!(r, None, "op {i}: k: no open transaction"),
+                }
+            }
+            Op::TxnPlain { n } if model.tx_supported => {
+                let base = model.tx.len();
+                let values: Vec<Vec<u8>> = (0..n).map(|k| body(8, base + k, 30)).collect();
+                let batch: Vec<Message> = values.iter().map(|v| Message::new(v.clone())).collect();
+                let r = store.append("tx", 0, &batch).unwrap();
+                assert_eq!(r.base_offset as usize, base, "op {i}: k: at the end");
+                model.tx.extend(
+                    values
+                        .into_iter()
+                        .map(|value| TxEntry::Data { value, txn: None }),
+                );
+                if sync {
+                    model.tx_durable = model.tx.len();
+                }
+            }
+            Op::TxnAppend { .. } | Op::TxnEnd { .. } | Op::TxnPlain { .. } => {}
             Op::Idempotent { p, n, size, retry } => {
                 let ctx = format!("{engine} sync={sync} op {i}");
                 let last = model.idem[p as usize].last().cloned();
@@ -514,9 +743,11 @@ fn property(engine: EngineKind) {
         panic!("{engine}: {e}");
     }
     eprintln!(
-        "{engine}: {} random workloads, {} crash cases, 0 violations",
+        "{engine}: {} random workloads, {} crash cases, 0 violations ({} transaction markers \
+         checked after crashes, both engines so far)",
         cases(),
-        crash_counter(engine).load(Ordering::Relaxed)
+        crash_counter(engine).load(Ordering::Relaxed),
+        TX_MARKERS_CHECKED.load(Ordering::Relaxed)
     );
 }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use clap_complete::Shell;
-use duolog::EngineKind;
 use duolog::consumer::SqlFilter;
+use duolog::{EngineKind, IsolationLevel};
 
 /// Produce to, consume from, inspect and verify duolog stores.
 #[derive(Debug, Parser)]
@@ -62,6 +62,14 @@ pub enum Command {
     /// every partition a group has committed (`-` as end and lag when the partition no longer
     /// exists).
     Groups(GroupsArgs),
+    /// Copies a topic into another exactly once (consume-transform-produce)
+    ///
+    /// Reads --from read-committed as a member of --group and writes each record to the same
+    /// partition of --to (created with as many partitions if missing), the records and the
+    /// group's offsets in one transaction per poll: killed at any moment and run again, it
+    /// resumes where its last committed transaction ended, and --to holds every record once.
+    /// Stops when caught up; prints the number of records copied.
+    Copy(CopyArgs),
     /// Runs the log cleaner now and reports what it removed
     Compact(CompactArgs),
     /// Prints partitions, bounds, files and bytes on disk
@@ -183,6 +191,18 @@ pub struct ProduceArgs {
     /// Deliver each line at this time (ms since the epoch), as --delay
     #[arg(long, value_name = "MS", value_parser = number::<i64>)]
     pub deliver_at: Option<i64>,
+    /// Write lines in transactions of --txn-size lines each, spread over the topic's
+    /// partitions; `<partition> <offset>` is printed for a line only once its transaction is
+    /// committed (visible to `consume --isolation read-committed`)
+    #[arg(long, conflicts_with_all = ["delay", "deliver_at", "trace"])]
+    pub transactional: bool,
+    /// With --transactional: lines per transaction (the last one may be shorter) [default: 1]
+    #[arg(long, value_name = "N", value_parser = positive, requires = "transactional")]
+    pub txn_size: Option<u64>,
+    /// With --transactional: the transactional id (a new process with the same id fences the
+    /// old one and aborts what it left open) [default: duolog-produce-<topic>]
+    #[arg(long, value_name = "ID", requires = "transactional")]
+    pub transactional_id: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -241,6 +261,10 @@ pub struct ConsumeArgs {
     /// Record a trace event per record consumed (see `duolog trace`)
     #[arg(long, requires = "group", conflicts_with_all = ["partition", "from"])]
     pub trace: bool,
+    /// read-committed: only records of committed transactions (and non-transactional ones),
+    /// below the last stable offset; read-uncommitted: everything written
+    #[arg(long, value_name = "LEVEL", value_parser = isolation, default_value = "read-committed")]
+    pub isolation: IsolationLevel,
 }
 
 #[derive(Debug, Subcommand)]
@@ -316,6 +340,28 @@ pub struct TopicsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// The store's directory
+    #[arg(long, value_name = "D")]
+    pub dir: PathBuf,
+    /// The topic to read
+    #[arg(long, value_name = "T", allow_hyphen_values = true)]
+    pub from: String,
+    /// The topic to write
+    #[arg(long, value_name = "T", allow_hyphen_values = true)]
+    pub to: String,
+    /// The consumer group whose offsets track the copy
+    #[arg(long, value_name = "G", allow_hyphen_values = true)]
+    pub group: String,
+    /// The transactional id [default: duolog-copy-<group>]
+    #[arg(long, value_name = "ID")]
+    pub transactional_id: Option<String>,
+    /// Records per transaction at most [default: 100]
+    #[arg(long, value_name = "N", value_parser = positive)]
+    pub batch: Option<u64>,
+}
+
+#[derive(Debug, Args)]
 pub struct GroupsArgs {
     /// The store's directory
     #[arg(long, value_name = "D")]
@@ -376,6 +422,23 @@ pub struct OffsetForTimeArgs {
 fn number<T: std::str::FromStr>(v: &str) -> Result<T, String> {
     v.parse::<T>()
         .map_err(|_| format!("needs a number, not {v:?}"))
+}
+
+fn positive(v: &str) -> Result<u64, String> {
+    match number::<u64>(v)? {
+        0 => Err("must be at least 1".into()),
+        n => Ok(n),
+    }
+}
+
+fn isolation(v: &str) -> Result<IsolationLevel, String> {
+    match v {
+        "read-committed" | "read_committed" => Ok(IsolationLevel::ReadCommitted),
+        "read-uncommitted" | "read_uncommitted" => Ok(IsolationLevel::ReadUncommitted),
+        _ => Err(format!(
+            "{v:?}: expected read-committed or read-uncommitted"
+        )),
+    }
 }
 
 fn engine(name: &str) -> Result<EngineKind, String> {

@@ -15,9 +15,12 @@ use duolog::consumer::{
 };
 use duolog::consumer::{TRACE_TOPIC, TraceConfig, TraceKind, TracedStore, Tracer};
 use duolog::delay::{DelayOptions, DelayQueue};
-use duolog::{FlushPolicy, LogStore, Message, ReadLimits, StoreOptions, TopicConfig};
+use duolog::txn::{TXN_LOG_TOPIC, TransactionCoordinator, TxnCoordinatorConfig, TxnProducerConfig};
+use duolog::{
+    FlushPolicy, IsolationLevel, LogStore, Message, ReadLimits, StoreOptions, TopicConfig,
+};
 
-use args::{Cli, Command, ConsumeArgs, ProduceArgs, TopicCommand};
+use args::{Cli, Command, ConsumeArgs, CopyArgs, ProduceArgs, TopicCommand};
 
 /// A command's error: printed as one line, exit code 2 for usage, 1 otherwise.
 enum CliError {
@@ -90,8 +93,11 @@ fn produce(args: &ProduceArgs) -> Result<(), CliError> {
             "--partition {p} but topic {topic} has {partitions} partitions"
         )));
     }
-    let keyed = args.keyed;
-    let tombstones = args.tombstones;
+    if args.transactional {
+        let result = produce_transactional(args, &store, partitions);
+        store.close()?;
+        return result;
+    }
     let mut input = io::BufReader::with_capacity(1 << 16, io::stdin());
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
@@ -118,34 +124,7 @@ fn produce(args: &ProduceArgs) -> Result<(), CliError> {
         if n > 0 {
             let text = line.strip_suffix('\n').unwrap_or(&line);
             let text = text.strip_suffix('\r').unwrap_or(text);
-            let (key, body) = match (keyed, text.split_once('\t')) {
-                (true, Some((k, b))) => (Some(k), b),
-                (true, None) => (None, text),
-                (false, _) => (None, text),
-            };
-            let partition = match (fixed, key) {
-                (Some(p), _) => p,
-                (None, Some(k)) => duolog::partition_for_key(k.as_bytes(), partitions),
-                (None, None) => {
-                    round_robin = (round_robin + 1) % partitions;
-                    round_robin
-                }
-            };
-            let mut m = Message::new(body.to_owned());
-            if let Some(k) = key {
-                m = if tombstones && body.is_empty() {
-                    Message::tombstone(k.to_owned())
-                } else {
-                    m.with_key(k.to_owned())
-                };
-            }
-            if let Some(tags) = &args.tags {
-                m = m.with_tags(tags.clone());
-            }
-            for (name, value) in &args.properties {
-                m = m.with_property(name.clone(), value.clone());
-            }
-            pending.push((partition, m));
+            pending.push(line_message(args, text, partitions, &mut round_robin));
         }
         let flush_now = n == 0 || input.buffer().is_empty() || pending.len() >= 512;
         if let Some(q) = &delayed {
@@ -193,6 +172,183 @@ fn produce(args: &ProduceArgs) -> Result<(), CliError> {
     }
     store.close()?;
     Ok(())
+}
+
+/// Parses one input line of `produce` into its message and partition (`round_robin` advances
+/// for a line with neither a fixed partition nor a key).
+fn line_message(
+    args: &ProduceArgs,
+    text: &str,
+    partitions: u32,
+    round_robin: &mut u32,
+) -> (u32, Message) {
+    let (key, body) = match (args.keyed, text.split_once('\t')) {
+        (true, Some((k, b))) => (Some(k), b),
+        _ => (None, text),
+    };
+    let partition = match (args.partition, key) {
+        (Some(p), _) => p,
+        (None, Some(k)) => duolog::partition_for_key(k.as_bytes(), partitions),
+        (None, None) => {
+            *round_robin = (*round_robin + 1) % partitions;
+            *round_robin
+        }
+    };
+    let mut m = Message::new(body.to_owned());
+    if let Some(k) = key {
+        m = if args.tombstones && body.is_empty() {
+            Message::tombstone(k.to_owned())
+        } else {
+            m.with_key(k.to_owned())
+        };
+    }
+    if let Some(tags) = &args.tags {
+        m = m.with_tags(tags.clone());
+    }
+    for (name, value) in &args.properties {
+        m = m.with_property(name.clone(), value.clone());
+    }
+    (partition, m)
+}
+
+/// `produce --transactional`: every `--txn-size` lines are one transaction over the
+/// partitions their lines go to; a line's `<partition> <offset>` is printed only after its
+/// transaction committed (so every printed line is visible to read-committed consumers, after
+/// any crash), and a transaction cut short by a crash is aborted at the next open.
+fn produce_transactional(
+    args: &ProduceArgs,
+    store: &Arc<dyn LogStore>,
+    partitions: u32,
+) -> Result<(), CliError> {
+    let size = args.txn_size.unwrap_or(1);
+    let id = args
+        .transactional_id
+        .clone()
+        .unwrap_or_else(|| format!("duolog-produce-{}", args.topic));
+    let coordinator =
+        TransactionCoordinator::open(Arc::clone(store), TxnCoordinatorConfig::default())?;
+    let producer = coordinator.producer(&id, TxnProducerConfig::default())?;
+    let mut input = io::BufReader::with_capacity(1 << 16, io::stdin());
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let mut round_robin = 0u32;
+    let mut line = String::new();
+    let mut eof = false;
+    while !eof {
+        let mut lines: Vec<(u32, Message)> = Vec::new();
+        while (lines.len() as u64) < size {
+            line.clear();
+            if input.read_line(&mut line)? == 0 {
+                eof = true;
+                break;
+            }
+            let text = line.strip_suffix('\n').unwrap_or(&line);
+            let text = text.strip_suffix('\r').unwrap_or(text);
+            lines.push(line_message(args, text, partitions, &mut round_robin));
+        }
+        if lines.is_empty() {
+            break;
+        }
+        let mut by_partition: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+        for (i, (p, _)) in lines.iter().enumerate() {
+            by_partition.entry(*p).or_default().push(i);
+        }
+        producer.begin()?;
+        let mut acked: Vec<(usize, u32, u64)> = Vec::with_capacity(lines.len());
+        for (p, idx) in by_partition {
+            let batch: Vec<Message> = idx.iter().map(|&i| lines[i].1.clone()).collect();
+            let r = producer.send(&args.topic, p, &batch)?;
+            for (k, &i) in idx.iter().enumerate() {
+                acked.push((i, p, r.base_offset + k as u64));
+            }
+        }
+        producer.commit()?;
+        acked.sort_unstable();
+        for (_, p, o) in acked {
+            writeln!(out, "{p} {o}")?;
+        }
+        out.flush()?;
+    }
+    coordinator.close()?;
+    Ok(())
+}
+
+/// `copy`: the consume-transform-produce loop of `duolog::txn::transform`, with the identity
+/// as the transform, until the group is caught up with `--from`'s last stable offsets.
+fn copy(args: &CopyArgs) -> Result<(), CliError> {
+    let store: Arc<dyn LogStore> = Arc::from(open_existing(&args.dir, StoreOptions::default())?);
+    let partitions = store.describe_topic(&args.from)?.partitions;
+    match store.create_topic(&args.to, TopicConfig::with_partitions(partitions)) {
+        Ok(()) | Err(duolog::Error::TopicExists(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let to_partitions = store.describe_topic(&args.to)?.partitions;
+    let groups = GroupCoordinator::new(Arc::clone(&store))?;
+    let txns = TransactionCoordinator::open(
+        Arc::clone(&store),
+        TxnCoordinatorConfig {
+            groups: Some(groups.clone()),
+            ..TxnCoordinatorConfig::default()
+        },
+    )?;
+    let consumer = Consumer::new(
+        &groups,
+        ConsumerConfig {
+            isolation: IsolationLevel::ReadCommitted,
+            enable_auto_commit: false,
+            auto_offset_reset: OffsetReset::Earliest,
+            max_poll_records: args.batch.unwrap_or(100).min(1 << 20) as usize,
+            ..ConsumerConfig::new(args.group.clone())
+        },
+    )?;
+    let parts: Vec<(&str, u32)> = (0..partitions).map(|p| (args.from.as_str(), p)).collect();
+    consumer.assign(&parts)?;
+    let id = args
+        .transactional_id
+        .clone()
+        .unwrap_or_else(|| format!("duolog-copy-{}", args.group));
+    let producer = txns.producer(&id, TxnProducerConfig::default())?;
+    let mut copied = 0u64;
+    loop {
+        let n = duolog::txn::transform(&consumer, &producer, Duration::from_millis(50), |r| {
+            vec![(
+                args.to.clone(),
+                r.partition() % to_partitions,
+                r.record().to_message(),
+            )]
+        })?;
+        copied += n as u64;
+        if n == 0 && caught_up(&consumer, store.as_ref(), IsolationLevel::ReadCommitted)? {
+            break;
+        }
+    }
+    out!("{copied}");
+    consumer.close()?;
+    drop(consumer);
+    txns.close()?;
+    drop(txns);
+    drop(groups);
+    store.close()?;
+    Ok(())
+}
+
+/// The transaction coordinator, when the store has ever run transactions: opening it finishes
+/// or aborts what a crashed process left open, so the last stable offsets move on.
+fn open_transactions(
+    store: &Arc<dyn LogStore>,
+    groups: Option<&GroupCoordinator>,
+) -> Result<Option<TransactionCoordinator>, CliError> {
+    if store.describe_topic(TXN_LOG_TOPIC).is_err() {
+        return Ok(None);
+    }
+    let config = TxnCoordinatorConfig {
+        groups: groups.cloned(),
+        ..TxnCoordinatorConfig::default()
+    };
+    Ok(Some(TransactionCoordinator::open(
+        Arc::clone(store),
+        config,
+    )?))
 }
 
 fn now_ms() -> i64 {
@@ -271,7 +427,8 @@ fn consume(args: &ConsumeArgs) -> Result<(), CliError> {
     let Some(partition) = args.partition else {
         return Err(CliError::Usage("--partition is required".into()));
     };
-    let store = open_existing(&args.dir, StoreOptions::default())?;
+    let store: Arc<dyn LogStore> = Arc::from(open_existing(&args.dir, StoreOptions::default())?);
+    let txns = open_transactions(&store, None)?;
     let mut at = match args.from {
         Some(o) => o,
         None => store.bounds(topic, partition)?.start,
@@ -283,18 +440,24 @@ fn consume(args: &ConsumeArgs) -> Result<(), CliError> {
     // The first read also reports an offset outside the partition's bounds.
     while printed < max {
         let want = (max - printed).min(1000) as usize;
-        let recs = store.read(topic, partition, at, ReadLimits::messages(want))?;
-        if recs.is_empty() {
-            break;
-        }
-        for r in &recs {
+        let limits = ReadLimits::messages(want).with_isolation(args.isolation);
+        let fetch = store.fetch(topic, partition, at, limits)?;
+        for r in &fetch.records {
             let (key, body) = key_and_body(r);
             writeln!(out, "{}\t{}\t{}", r.offset(), key, body)?;
         }
-        printed += recs.len() as u64;
-        at = recs[recs.len() - 1].offset() + 1;
+        printed += fetch.records.len() as u64;
+        // Past markers and skipped aborted records; stops at the end (or the last stable
+        // offset, read-committed).
+        if fetch.next_offset <= at {
+            break;
+        }
+        at = fetch.next_offset;
     }
     out.flush()?;
+    if let Some(t) = txns {
+        t.close()?;
+    }
     store.close()?;
     Ok(())
 }
@@ -337,7 +500,9 @@ fn consume_group(args: &ConsumeArgs) -> Result<(), CliError> {
     let store: Arc<dyn LogStore> = Arc::from(open_existing(&args.dir, StoreOptions::default())?);
     let partitions = store.describe_topic(topic)?.partitions;
     let groups = GroupCoordinator::new(Arc::clone(&store))?;
+    let txns = open_transactions(&store, Some(&groups))?;
     let config = ConsumerConfig {
+        isolation: args.isolation,
         auto_offset_reset: OffsetReset::Earliest,
         enable_auto_commit: false,
         max_poll_records: 2000,
@@ -367,11 +532,13 @@ fn consume_group(args: &ConsumeArgs) -> Result<(), CliError> {
     // Auto commit is off: closing commits nothing beyond what the loop committed.
     let closed = consumer.close();
     drop(consumer);
+    let txns_closed = txns.map_or(Ok(()), |t| t.close());
     drop(groups);
     // Written while the store is still open.
     let traced = tracer.as_deref().map_or(Ok(()), Tracer::close);
     result?;
     closed?;
+    txns_closed?;
     traced?;
     delay_closed?;
     store.close()?;
@@ -408,7 +575,7 @@ fn consume_loop(
                     break;
                 }
             } else if (consumer.assignment().len() >= partitions as usize
-                && caught_up(consumer, store)?)
+                && caught_up(consumer, store, args.isolation)?)
                 || idle_since.elapsed() >= Duration::from_secs(10)
             {
                 // (The second case cannot happen with one member in one process; it only
@@ -448,10 +615,19 @@ fn consume_loop(
 
 /// Whether every assigned partition's position is at its end (an empty poll may also mean
 /// that a tag-filtered scan of a long run of other tags outlasted the poll's timeout).
-fn caught_up(consumer: &Consumer, store: &dyn LogStore) -> Result<bool, CliError> {
+/// Under read-committed, the last stable offset is as far as a position can go.
+fn caught_up(
+    consumer: &Consumer,
+    store: &dyn LogStore,
+    isolation: IsolationLevel,
+) -> Result<bool, CliError> {
     for tp in consumer.assignment() {
-        if consumer.position(&tp.topic, tp.partition)? < store.bounds(&tp.topic, tp.partition)?.end
-        {
+        let b = store.bounds(&tp.topic, tp.partition)?;
+        let bound = match isolation {
+            IsolationLevel::ReadCommitted => b.last_stable,
+            IsolationLevel::ReadUncommitted => b.end,
+        };
+        if consumer.position(&tp.topic, tp.partition)? < bound {
             return Ok(false);
         }
     }
@@ -777,6 +953,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Topic(t) => topic(t),
         Command::Topics(a) => topics(a),
         Command::Groups(a) => groups(a),
+        Command::Copy(a) => copy(a),
         Command::Compact(a) => compact(a),
         Command::Stats(a) => stats(&a.dir),
         Command::Verify(a) => verify(&a.dir),

@@ -18,7 +18,7 @@ use super::{Inner, TopicState};
 use crate::error::{Error, Result};
 use crate::io::MappedFile;
 use crate::producer_state::{BatchMeta, IdempotentBatch, Verdict};
-use crate::store::{AppendResult, Message};
+use crate::store::{AppendResult, Message, ProducerId, TxnMarker};
 
 /// How far ahead of the appender the warm-up thread faults in commit-log pages: at 1 GB/s of
 /// appends that is 16 ms of head start, refreshed every 8 MiB.
@@ -46,12 +46,78 @@ thread_local! {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// What kind of records an append writes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Produce {
+    /// Plain records.
+    Plain,
+    /// An idempotent producer's batch (`append_idempotent`).
+    Idempotent(IdempotentBatch),
+    /// A batch of a producer's transaction (`append_transactional`): sys flag
+    /// `TRANSACTION_PREPARED_TYPE` and the producer properties.
+    Transactional(IdempotentBatch),
+    /// One end-transaction marker (`write_marker`); its message is the marker's body.
+    Marker {
+        producer: ProducerId,
+        marker: TxnMarker,
+        coordinator_epoch: i32,
+    },
+}
+
+impl Produce {
+    fn batch(&self) -> Option<IdempotentBatch> {
+        match *self {
+            Produce::Idempotent(b) | Produce::Transactional(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    fn sys_flag(&self) -> i32 {
+        match self {
+            Produce::Plain | Produce::Idempotent(_) => 0,
+            Produce::Transactional(_) => record::SYSFLAG_TRANSACTION_PREPARED,
+            Produce::Marker {
+                marker: TxnMarker::Commit,
+                ..
+            } => record::SYSFLAG_TRANSACTION_COMMIT,
+            Produce::Marker {
+                marker: TxnMarker::Abort,
+                ..
+            } => record::SYSFLAG_TRANSACTION_ROLLBACK,
+        }
+    }
+}
+
+/// What an append did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Appended {
+    /// Wrote the records: their offsets, and the commit-log position after them.
+    Written(AppendResult, u64),
+    /// A retry of an idempotent batch already written: its offsets, and the published log end.
+    Duplicate(AppendResult, u64),
+    /// A marker for a producer with no transaction open on the partition: nothing written.
+    NoTransaction,
+}
+
+impl Appended {
+    /// The offsets and the position to wait for (a marker that wrote nothing is an error).
+    pub(crate) fn offsets(self) -> Result<(AppendResult, u64)> {
+        match self {
+            Appended::Written(r, end) | Appended::Duplicate(r, end) => Ok((r, end)),
+            Appended::NoTransaction => Err(Error::InvalidArgument(
+                "no transaction open for this marker".into(),
+            )),
+        }
+    }
+}
+
 /// Builds the property string of a message: user properties, then TAGS, then the key, then
 /// the producer fields of an idempotent batch's record.
 fn encode_properties(
     out: &mut Vec<u8>,
     m: &Message,
     producer: Option<super::producers::RecordProducer>,
+    marker: Option<ProducerId>,
 ) -> Result<()> {
     out.clear();
     crate::store::validate_properties(m)?;
@@ -78,6 +144,9 @@ fn encode_properties(
     }
     if let Some(p) = producer {
         super::producers::put_properties(out, p);
+    }
+    if let Some(p) = marker {
+        super::txn::put_marker_properties(out, p);
     }
     if out.len() + record::CRC_PROPERTY_LEN > i16::MAX as usize {
         return Err(Error::InvalidArgument(format!(
@@ -194,8 +263,9 @@ impl Inner {
         topic: &str,
         partition: u32,
         messages: &[Message],
-        idem: Option<IdempotentBatch>,
-    ) -> Result<(AppendResult, u64)> {
+        kind: Produce,
+    ) -> Result<Appended> {
+        let idem = kind.batch();
         self.check_open()?;
         self.gc.check_writable()?;
         if messages.is_empty() {
@@ -203,7 +273,7 @@ impl Inner {
         }
         let t = self.topic(topic)?;
         t.partition(partition)?;
-        if idem.is_some() && !self.tracks_producers.load(Ordering::Acquire) {
+        if !matches!(kind, Produce::Plain) && !self.tracks_producers.load(Ordering::Acquire) {
             self.start_tracking_producers()?;
         }
         SCRATCH.with(|s| {
@@ -221,8 +291,14 @@ impl Inner {
                     sequence: b.first_seq + i as i32,
                     last: i + 1 == messages.len(),
                 });
-                encode_properties(props, m, producer)?;
-                let header = RecordHeader::local(partition as i32, m.timestamp.unwrap_or(born_now));
+                let marker = match kind {
+                    Produce::Marker { producer, .. } => Some(producer),
+                    _ => None,
+                };
+                encode_properties(props, m, producer, marker)?;
+                let mut header =
+                    RecordHeader::local(partition as i32, m.timestamp.unwrap_or(born_now));
+                header.sys_flag = kind.sys_flag();
                 let len = record::encoded_len(
                     &header,
                     m.body.len(),
@@ -235,7 +311,11 @@ impl Inner {
                 let start = buf.len();
                 record::encode_unsealed(buf, &header, &m.body, topic.as_bytes(), props, true);
                 let tail = record::crc_of_stable_tail(&buf[start..]);
-                let tag_hash = m.tags.as_deref().map_or(0, record::tag_hash);
+                let tag_hash = if matches!(kind, Produce::Marker { .. }) {
+                    record::MARKER_TAG_HASH
+                } else {
+                    m.tags.as_deref().map_or(0, record::tag_hash)
+                };
                 items.push(Item {
                     start,
                     len,
@@ -244,17 +324,17 @@ impl Inner {
                 });
             }
             let total_bytes = buf.len() as u64;
-            let (result, end, written) = self
-                .append_locked(&t, partition, buf, items, born_now, messages, idem)
+            let appended = self
+                .append_locked(&t, partition, buf, items, born_now, messages, kind)
                 .map_err(|e| self.note_poison(e))?;
-            if !written {
-                return Ok((result, end));
+            if !matches!(appended, Appended::Written(..)) {
+                return Ok(appended);
             }
             if let Some(p) = t.partitions.get(partition as usize) {
                 p.signal.notify();
             }
             self.gc.note_appended(items.len() as u64, total_bytes);
-            Ok((result, end))
+            Ok(appended)
         })
     }
 
@@ -267,8 +347,9 @@ impl Inner {
         items: &[Item],
         now: i64,
         messages: &[Message],
-        idem: Option<IdempotentBatch>,
-    ) -> Result<(AppendResult, u64, bool)> {
+        kind: Produce,
+    ) -> Result<Appended> {
+        let idem = kind.batch();
         let fs = self.fs.as_ref();
         let part = t.partition(partition)?;
         let file_size = self.log.file_size();
@@ -317,15 +398,48 @@ impl Inner {
                 b.producer,
                 b.first_seq,
                 b.last_seq,
+                matches!(kind, Produce::Transactional(_)),
                 now,
                 self.opts.producer_id_expiration,
             )?;
             if let Verdict::Duplicate(original) = verdict {
                 // The original's records end at or before the published end: a caller that
                 // waits for this position waits for the original to be flushed.
-                return Ok((original, self.written.load(Ordering::Acquire), false));
+                return Ok(Appended::Duplicate(
+                    original,
+                    self.written.load(Ordering::Acquire),
+                ));
             }
         }
+        // A marker ends the producer's open transaction: its first offset and the partition's
+        // LSO once it ends go into the marker's fixed-width properties (what a rebuild of the
+        // aborted-transaction index reads back).
+        let marker = match kind {
+            Produce::Marker {
+                producer,
+                marker,
+                coordinator_epoch,
+            } => {
+                let marker_offset = part.next_offset.load(Ordering::Relaxed);
+                let Some(txn) = super::txn::marker_fields(
+                    &part.producers.lock(),
+                    &t.name,
+                    partition,
+                    producer,
+                    marker_offset,
+                )?
+                else {
+                    return Ok(Appended::NoTransaction);
+                };
+                let item = &items[0];
+                super::txn::patch_marker_properties(
+                    &mut buf[item.start..item.start + item.len],
+                    txn,
+                );
+                Some((producer, marker, coordinator_epoch, txn))
+            }
+            _ => None,
+        };
 
         // The file holding the write position (not simply the last file: a batch that failed
         // after its planning step may have left an empty file ahead).
@@ -432,7 +546,18 @@ impl Inner {
                     last_offset: offset - 1,
                     timestamp: now,
                 },
+                matches!(kind, Produce::Transactional(_)),
             );
+        }
+        if let Some((producer, marker, coordinator_epoch, txn)) = marker {
+            // The aborted-transaction index first: a reader that sees the transaction ended
+            // (the LSO past it) finds its entry.
+            if marker == TxnMarker::Abort {
+                part.txn_index.lock().push(txn.aborted(producer.id, base));
+            }
+            part.producers
+                .lock()
+                .complete_txn(producer, base, coordinator_epoch, now);
         }
         cq_file.commit_all();
         file.commit_all();
@@ -453,13 +578,12 @@ impl Inner {
                 warmer.request(&cq_file, QUEUE_WARM_WINDOW);
             }
         }
-        Ok((
+        Ok(Appended::Written(
             AppendResult {
                 base_offset: base,
                 last_offset: offset - 1,
             },
             end,
-            true,
         ))
     }
 }

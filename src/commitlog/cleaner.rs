@@ -23,6 +23,7 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 
 use super::compacted::{self, Compacted, Meta, State, Writer};
+use super::txn_index::Aborted;
 use super::{Inner, PartitionState, TopicState};
 use crate::clock::{duration_ms, now_ms};
 use crate::error::{Error, Result};
@@ -92,6 +93,14 @@ pub(crate) fn replaced(part: &PartitionState, c: &Compacted, e: &Error) -> bool 
         && part
             .compacted()
             .is_none_or(|now| now.state.generation != c.state.generation)
+}
+
+/// Whether a record is one of an aborted transaction's.
+fn is_aborted(aborted: &Aborted, meta: &Meta) -> bool {
+    meta.txn_type == super::record::SYSFLAG_TRANSACTION_PREPARED
+        && meta
+            .producer_id
+            .is_some_and(|id| aborted.covers(id, meta.offset))
 }
 
 /// Whether a record survives a pass: not superseded by a later record of its key in the map,
@@ -255,6 +264,13 @@ impl Inner {
             Pass::Force { until } => head.max(until.min(durable)),
             _ => head,
         };
+        // Never at or past the last stable offset: an open transaction's records (and
+        // everything after its first) wait until its marker decides them (Kafka's cleaner
+        // stops at the first unstable offset). Every transaction with a record below it has
+        // ended, so its abort (if it aborted) is in the index collected here.
+        let lso = self.last_stable(part, end);
+        dirty_end = dirty_end.min(lso.max(lo));
+        let aborted = part.txn_index.lock().collect(lo, dirty_end);
         let tombstones_due = old_state.tombstones > 0
             && now.saturating_sub(old_state.oldest_tombstone_ms)
                 > duration_ms(rules.delete_retention);
@@ -278,6 +294,10 @@ impl Inner {
             self.check_open()?;
             let (bytes, meta) = self.raw_record(&t.name, partition, part, o)?;
             throttle.account(bytes.len(), self)?;
+            // An aborted record never supersedes a committed one of its key.
+            if is_aborted(&aborted, &meta) {
+                continue;
+            }
             if let Some(key) = &meta.key
                 && !map.put(key, o)
             {
@@ -327,6 +347,12 @@ impl Inner {
                 let (bytes, meta) = self.raw_record(&t.name, partition, part, o)?;
                 r.bytes_before += bytes.len() as u64;
                 throttle.account(bytes.len(), self)?;
+                // Records of aborted transactions are removed (Kafka's cleaner discards
+                // them); markers have no key and are kept.
+                if is_aborted(&aborted, &meta) {
+                    r.records_removed += 1;
+                    continue;
+                }
                 if keep(&meta, &map, now, rules, &mut r) {
                     let flushed = w.push(&bytes, &meta)?;
                     throttle.account(flushed, self)?;

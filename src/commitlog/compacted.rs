@@ -162,6 +162,10 @@ pub(crate) struct Meta {
     pub(crate) store_timestamp: i64,
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) tombstone: bool,
+    /// The record's transaction type (its sys flag's `0x0C` bits).
+    pub(crate) txn_type: i32,
+    /// The producer id of a transactional record (`__PID`).
+    pub(crate) producer_id: Option<i64>,
 }
 
 /// The property that marks a tombstone on the CommitLog engine (hidden from the user's view).
@@ -195,11 +199,17 @@ pub(crate) fn describe(rec: &[u8], topic: &str) -> std::result::Result<Meta, &'s
     }
     let mut key = None;
     let mut tombstone = false;
+    let mut producer_id = None;
     for (name, value) in record::iter_raw_properties(d.properties) {
         match name {
             b"__KEY" => key = Some(value.to_vec()),
             b"__KEYHEX" => key = Some(unhex(value).ok_or("bad hex key")?),
             TOMBSTONE_PROPERTY => tombstone = value == b"1",
+            b"__PID" => {
+                producer_id = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse::<i64>().ok())
+            }
             _ => {}
         }
     }
@@ -210,6 +220,8 @@ pub(crate) fn describe(rec: &[u8], topic: &str) -> std::result::Result<Meta, &'s
         store_timestamp: d.header.store_timestamp,
         key,
         tombstone,
+        txn_type: record::transaction_type(d.header.sys_flag),
+        producer_id,
     })
 }
 

@@ -94,6 +94,8 @@ impl FileQueue {
                     found.push((start, len));
                 }
                 None if entry.name.ends_with(".tmp") => {}
+                // A partition's aborted-transaction index lives beside its queue files.
+                None if entry.name == super::txn_index::TXN_INDEX_FILE => {}
                 None => {
                     return Err(Error::corrupted(
                         dir.join(&entry.name),

@@ -28,6 +28,8 @@ mod read;
 pub mod record;
 mod recovery;
 mod retention;
+mod txn;
+mod txn_index;
 mod verify;
 
 use std::any::Any;
@@ -42,6 +44,7 @@ use parking_lot::{Mutex, RwLock};
 
 pub use consume_queue::{UNIT_SIZE, Unit};
 
+use self::append::{Appended, Produce};
 use self::consume_queue::ConsumeQueue;
 use self::file_queue::FileQueue;
 use crate::catalog::{Catalog, TopicMeta};
@@ -52,9 +55,9 @@ use crate::error::{Error, Result};
 use crate::io::FileSystem;
 use crate::options::StoreOptions;
 use crate::store::{
-    AppendResult, CompactionReport, DiskUsage, EngineKind, KeyMatch, LogStore, Message,
+    AppendResult, CompactionReport, DiskUsage, EngineKind, Fetch, KeyMatch, LogStore, Message,
     PartitionBounds, ProducerEntry, ProducerId, ReadLimits, Record, TaggedRead, TopicConfig,
-    VerifyReport, listed_topics, validate_new_topic,
+    TxnMarker, VerifyReport, listed_topics, validate_new_topic,
 };
 use crate::topic_config::Effective;
 
@@ -82,6 +85,9 @@ pub(crate) struct PartitionState {
     compacted: RwLock<Option<Arc<compacted::Compacted>>>,
     /// Idempotent producers' state; checked and updated under the append lock.
     producers: Mutex<crate::producer_state::ProducerStates>,
+    /// Aborted transactions (see `txn_index`); entries added under the append lock, before the
+    /// producer state ends their transaction.
+    txn_index: Mutex<txn_index::TxnIndex>,
 }
 
 impl PartitionState {
@@ -339,6 +345,7 @@ impl Inner {
                 queue_ready_until: AtomicU64::new(0),
                 compacted: RwLock::new(None),
                 producers: Mutex::new(Default::default()),
+                txn_index: Mutex::new(txn_index::TxnIndex::empty(&self.cq_dir(name, p))),
             }));
         }
         Ok(partitions)
@@ -501,6 +508,13 @@ impl Inner {
                     // succeeding would not bring them back, so no checkpoint may claim them.
                     return Err(self.sync_failed(e));
                 }
+                // The aborted-transaction entries of markers below `dispatched` (pushed before
+                // the markers were published): recovery re-derives only those past the
+                // checkpoint. Written without the index's lock (this is its one writer).
+                let pending = part.txn_index.lock().pending();
+                txn_index::persist(self.fs.as_ref(), &pending)
+                    .map_err(|e| self.metadata_write_failed(e))?;
+                part.txn_index.lock().persisted(&pending);
             }
         }
         let durable = self.gc.durable();
@@ -832,7 +846,10 @@ impl LogStore for CommitLogStore {
     }
 
     fn append(&self, topic: &str, partition: u32, messages: &[Message]) -> Result<AppendResult> {
-        let (r, end) = self.inner.append_batch(topic, partition, messages, None)?;
+        let (r, end) = self
+            .inner
+            .append_batch(topic, partition, messages, Produce::Plain)?
+            .offsets()?;
         self.finish(r, end, true)
     }
 
@@ -842,7 +859,10 @@ impl LogStore for CommitLogStore {
         partition: u32,
         messages: &[Message],
     ) -> Result<AppendResult> {
-        let (r, end) = self.inner.append_batch(topic, partition, messages, None)?;
+        let (r, end) = self
+            .inner
+            .append_batch(topic, partition, messages, Produce::Plain)?
+            .offsets()?;
         self.finish(r, end, false)
     }
 
@@ -852,7 +872,10 @@ impl LogStore for CommitLogStore {
         partition: u32,
         messages: &[Message],
     ) -> Result<Completion> {
-        let (r, end) = self.inner.append_batch(topic, partition, messages, None)?;
+        let (r, end) = self
+            .inner
+            .append_batch(topic, partition, messages, Produce::Plain)?
+            .offsets()?;
         Ok(Completion::new(r, end, Arc::clone(&self.inner.gc)))
     }
 
@@ -878,8 +901,62 @@ impl LogStore for CommitLogStore {
         let idem = crate::producer_state::checked_batch(producer, base_sequence, messages.len())?;
         let (r, end) = self
             .inner
-            .append_batch(topic, partition, messages, Some(idem))?;
+            .append_batch(topic, partition, messages, Produce::Idempotent(idem))?
+            .offsets()?;
         self.finish(r, end, true)
+    }
+
+    fn append_transactional(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer: ProducerId,
+        base_sequence: i32,
+        messages: &[Message],
+    ) -> Result<AppendResult> {
+        let idem = crate::producer_state::checked_batch(producer, base_sequence, messages.len())?;
+        let (r, end) = self
+            .inner
+            .append_batch(topic, partition, messages, Produce::Transactional(idem))?
+            .offsets()?;
+        self.finish(r, end, true)
+    }
+
+    fn write_marker(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer: ProducerId,
+        marker: TxnMarker,
+        coordinator_epoch: i32,
+    ) -> Result<Option<u64>> {
+        let inner = &self.inner;
+        if producer.id < 0 || producer.epoch < 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{producer}: producer id and epoch must not be negative"
+            )));
+        }
+        let body = record::encode_marker_body(coordinator_epoch);
+        let kind = Produce::Marker {
+            producer,
+            marker,
+            coordinator_epoch,
+        };
+        let message = Message::new(body.to_vec());
+        match inner.append_batch(topic, partition, std::slice::from_ref(&message), kind)? {
+            Appended::Written(r, end) => {
+                // Durable on return, whatever the flush policy: the marker and every record of
+                // its transaction before it.
+                inner.gc.sync_to(inner.as_ref(), end)?;
+                Ok(Some(r.base_offset))
+            }
+            Appended::Duplicate(..) | Appended::NoTransaction => Ok(None),
+        }
+    }
+
+    fn fetch(&self, topic: &str, partition: u32, offset: u64, limits: ReadLimits) -> Result<Fetch> {
+        self.inner.check_open()?;
+        self.inner.fetch(topic, partition, offset, limits)
     }
 
     fn producer_state(&self, topic: &str, partition: u32) -> Result<Vec<ProducerEntry>> {
@@ -927,7 +1004,7 @@ impl LogStore for CommitLogStore {
             start: part.start.load(Ordering::Acquire),
             end,
             durable_end: self.inner.durable_end(part)?,
-            last_stable: end,
+            last_stable: self.inner.last_stable(part, end),
         })
     }
 

@@ -42,7 +42,10 @@ use crate::store::{
 
 pub(crate) const SNAPSHOT_FILE: &str = "producer-snapshot";
 const MAGIC: &[u8; 4] = b"DLPS";
-const VERSION: u16 = 1;
+/// Version 2 entries may have no batch (Kafka's `NO_SEQUENCE`: a producer whose epoch a marker
+/// bumped) and carry open transactions; version 1 files (never with either) still read.
+const VERSION: u16 = 2;
+const VERSION_1: u16 = 1;
 
 /// The producer fields of one record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,12 +101,24 @@ pub(crate) fn parse_properties(raw: &[u8]) -> Option<RecordProducer> {
     })
 }
 
+/// One partition in a snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PartitionEntries {
+    pub(crate) topic: String,
+    pub(crate) topic_id: u64,
+    pub(crate) partition: u32,
+    /// Offset of the partition's last abort marker at the snapshot's position (version 2; `None`
+    /// for none, and in version 1): recovery checks the aborted-transaction index still has
+    /// its entry (a deleted or cut index file is rebuilt).
+    pub(crate) last_abort: Option<u64>,
+    pub(crate) entries: Vec<SnapshotEntry>,
+}
+
 /// A snapshot's content: the position it covers and each partition's entries.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Snapshot {
     pub(crate) position: u64,
-    /// (topic, topic id, partition, entries).
-    pub(crate) partitions: Vec<(String, u64, u32, Vec<SnapshotEntry>)>,
+    pub(crate) partitions: Vec<PartitionEntries>,
 }
 
 impl Snapshot {
@@ -114,13 +129,14 @@ impl Snapshot {
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&self.position.to_be_bytes());
         out.extend_from_slice(&(self.partitions.len() as u32).to_be_bytes());
-        for (topic, id, p, entries) in &self.partitions {
-            out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-            out.extend_from_slice(topic.as_bytes());
-            out.extend_from_slice(&id.to_be_bytes());
-            out.extend_from_slice(&p.to_be_bytes());
-            out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
-            producer_state::put_entries(&mut out, entries);
+        for p in &self.partitions {
+            out.extend_from_slice(&(p.topic.len() as u16).to_be_bytes());
+            out.extend_from_slice(p.topic.as_bytes());
+            out.extend_from_slice(&p.topic_id.to_be_bytes());
+            out.extend_from_slice(&p.partition.to_be_bytes());
+            out.extend_from_slice(&p.last_abort.map_or(-1, |o| o as i64).to_be_bytes());
+            out.extend_from_slice(&(p.entries.len() as u32).to_be_bytes());
+            producer_state::put_entries(&mut out, &p.entries);
         }
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_be_bytes());
@@ -135,8 +151,9 @@ impl Snapshot {
         if crc32c::crc32c(body).to_be_bytes() != crc {
             return Err("producer snapshot checksum mismatch");
         }
-        if &body[..4] != MAGIC || body[4..6] != VERSION.to_be_bytes() {
-            return Err("not a version 1 producer snapshot");
+        let version = u16::from_be_bytes([body[4], body[5]]);
+        if &body[..4] != MAGIC || (version != VERSION && version != VERSION_1) {
+            return Err("not a version 1 or 2 producer snapshot");
         }
         let mut at: usize = 8;
         let mut take = |n: usize| -> std::result::Result<&[u8], &'static str> {
@@ -161,11 +178,26 @@ impl Snapshot {
             let topic = std::str::from_utf8(take(len)?)
                 .map_err(|_| "topic name is not UTF-8")?
                 .to_owned();
-            let id = u64_of(take(8)?);
-            let p = u32_of(take(4)?);
+            let topic_id = u64_of(take(8)?);
+            let partition = u32_of(take(4)?);
+            let last_abort = if version == VERSION_1 {
+                None
+            } else {
+                match u64_of(take(8)?) as i64 {
+                    -1 => None,
+                    o if o >= 0 => Some(o as u64),
+                    _ => return Err("negative last abort offset"),
+                }
+            };
             let n = u32_of(take(4)?) as usize;
             let bytes = take(n.saturating_mul(producer_state::SNAPSHOT_ENTRY_LEN))?;
-            partitions.push((topic, id, p, producer_state::get_entries(bytes, n)?));
+            partitions.push(PartitionEntries {
+                topic,
+                topic_id,
+                partition,
+                last_abort,
+                entries: producer_state::get_entries(bytes, n)?,
+            });
         }
         if at != body.len() {
             return Err("trailing bytes in producer snapshot");
@@ -207,12 +239,24 @@ impl Inner {
             for (p, part) in t.partitions.iter().enumerate() {
                 let mut ps = part.producers.lock();
                 ps.expire(now, expiration);
-                if !ps.is_empty() {
-                    partitions.push((t.name.clone(), t.id, p as u32, ps.snapshot()));
+                let last_abort = part
+                    .txn_index
+                    .lock()
+                    .entries()
+                    .last()
+                    .map(|e| e.last_offset);
+                if !ps.is_empty() || last_abort.is_some() {
+                    partitions.push(PartitionEntries {
+                        topic: t.name.clone(),
+                        topic_id: t.id,
+                        partition: p as u32,
+                        last_abort,
+                        entries: ps.snapshot(),
+                    });
                 }
             }
         }
-        partitions.sort_by(|a, b| (&a.0, a.2).cmp(&(&b.0, b.2)));
+        partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         Snapshot {
             position,
             partitions,
@@ -249,6 +293,7 @@ impl Inner {
         io::write_atomic(self.fs.as_ref(), &path, &snapshot.encode())
             .map_err(|e| self.metadata_write_failed(Error::io(&path, e)))?;
         samples.written = snapshot.position;
+        samples.last_written = Some(snapshot.position);
         Ok(())
     }
 
@@ -259,6 +304,18 @@ impl Inner {
     pub(super) fn checkpoint_producers(&self, durable: u64) -> Result<()> {
         if !self.tracks_producers.load(Ordering::Acquire) {
             return Ok(());
+        }
+        // Every change of producer state comes with an append (batches, markers): a log that
+        // has not moved since the last snapshot written, with no sample waiting, leaves
+        // nothing to write (expiry alone is applied again at the next open). Checked without
+        // the append lock, so an idle store neither samples nor rewrites the file.
+        {
+            let samples = self.producer_sample.lock();
+            if samples.kept.is_none()
+                && samples.last_written == Some(self.written.load(Ordering::Acquire))
+            {
+                return Ok(());
+            }
         }
         let fresh = self.sample_producers();
         let mut samples = self.producer_sample.lock();
@@ -297,7 +354,13 @@ pub(crate) struct Samples {
     kept: Option<Snapshot>,
     /// Position of the last snapshot written by this run (0 at open).
     written: u64,
+    /// The same, `None` until this run wrote one: the file found at open may name a position
+    /// past the recovered end (its batches lost), so the first checkpoint always replaces it.
+    last_written: Option<u64>,
 }
+
+/// Each partition's last abort marker as a snapshot names it, by (topic, partition).
+pub(super) type LastAborts = HashMap<(String, u32), u64>;
 
 /// A batch whose records the rebuild has seen part of.
 struct Partial {
@@ -305,6 +368,8 @@ struct Partial {
     producer: ProducerId,
     first_seq: i32,
     base_offset: u64,
+    /// Its records carry `TRANSACTION_PREPARED_TYPE`: it opens or continues a transaction.
+    transactional: bool,
 }
 
 /// Rebuilds every partition's producer state at open: the snapshot, then the records from its
@@ -312,16 +377,18 @@ struct Partial {
 /// (nothing to read); a damaged one, or one that claims batches past `end` (only damage to the
 /// log can do that: a snapshot is written once the log is durable past it), means the whole
 /// log; an empty one past `end` (written before the first idempotent batch, whose records the
-/// crash took) means nothing to read. Returns whether the store keeps a snapshot.
+/// crash took) means nothing to read. Returns whether the store keeps a snapshot, and the
+/// last abort marker the snapshot names of each partition.
 pub(super) fn rebuild(
     inner: &mut Inner,
     topics: &mut HashMap<String, TopicState>,
     stored: Stored,
     end: u64,
-) -> Result<bool> {
+) -> Result<(bool, LastAborts)> {
     let log_min = inner.log.min_offset().unwrap_or(0);
+    let mut last_aborts = HashMap::new();
     let snapshot = match stored {
-        Stored::Absent => return Ok(false),
+        Stored::Absent => return Ok((false, last_aborts)),
         Stored::Damaged => None,
         Stored::Valid(s) if s.position > end && s.partitions.is_empty() => Some(Snapshot {
             position: end,
@@ -332,13 +399,16 @@ pub(super) fn rebuild(
     let mut from = log_min;
     if let Some(s) = snapshot {
         from = s.position.max(log_min);
-        for (topic, id, p, entries) in &s.partitions {
+        for e in &s.partitions {
             if let Some(part) = topics
-                .get(topic)
-                .filter(|t| t.id == *id)
-                .and_then(|t| t.partitions.get(*p as usize))
+                .get(&e.topic)
+                .filter(|t| t.id == e.topic_id)
+                .and_then(|t| t.partitions.get(e.partition as usize))
             {
-                *part.producers.lock() = ProducerStates::from_snapshot(entries);
+                *part.producers.lock() = ProducerStates::from_snapshot(&e.entries);
+                if let Some(o) = e.last_abort {
+                    last_aborts.insert((e.topic.clone(), e.partition), o);
+                }
             }
         }
     }
@@ -359,7 +429,7 @@ pub(super) fn rebuild(
             *part.producers.lock() = s;
         }
     }
-    Ok(true)
+    Ok((true, last_aborts))
 }
 
 /// Applies the idempotent batches of the records between `from` and `end`.
@@ -389,12 +459,11 @@ fn replay(
             };
             let pos = start + at as u64;
             at += d.total_size;
-            if !record::is_dispatched(d.header.sys_flag) {
+            let marker = record::is_marker(d.header.sys_flag);
+            let fields = parse_properties(d.properties);
+            if fields.is_none() && !marker {
                 continue;
             }
-            let Some(fields) = parse_properties(d.properties) else {
-                continue;
-            };
             let Some(name) = std::str::from_utf8(d.topic)
                 .ok()
                 .filter(|n| topics.get(*n).is_some_and(|t| pos >= t.since))
@@ -403,6 +472,24 @@ fn replay(
             };
             let key = (name.to_owned(), d.header.queue_id as u32);
             let offset = d.header.queue_offset as u64;
+            if marker {
+                // A marker ends its producer's transaction (and may bump its epoch).
+                if let Some((producer, _)) = super::txn::parse_marker(d.properties)
+                    && let Some(coordinator_epoch) = record::decode_marker_body(d.body)
+                    && let Some(s) = states.get_mut(&key)
+                {
+                    s.complete_txn(
+                        producer,
+                        offset,
+                        coordinator_epoch,
+                        d.header.store_timestamp,
+                    );
+                }
+                continue;
+            }
+            let Some(fields) = fields else {
+                continue;
+            };
             let continues = partial
                 .as_ref()
                 .is_some_and(|b| b.key == key && b.producer == fields.producer);
@@ -412,6 +499,8 @@ fn replay(
                     producer: fields.producer,
                     first_seq: fields.sequence,
                     base_offset: offset,
+                    transactional: record::transaction_type(d.header.sys_flag)
+                        == record::SYSFLAG_TRANSACTION_PREPARED,
                 });
             }
             if fields.last
@@ -427,6 +516,7 @@ fn replay(
                         last_offset: offset,
                         timestamp: d.header.store_timestamp,
                     },
+                    b.transactional,
                 );
             }
         }
@@ -452,7 +542,22 @@ mod tests {
         };
         let s = Snapshot {
             position: 1 << 20,
-            partitions: vec![("t".into(), 3, 1, vec![entry]), ("u".into(), 5, 0, vec![])],
+            partitions: vec![
+                PartitionEntries {
+                    topic: "t".into(),
+                    topic_id: 3,
+                    partition: 1,
+                    last_abort: Some(17),
+                    entries: vec![entry],
+                },
+                PartitionEntries {
+                    topic: "u".into(),
+                    topic_id: 5,
+                    partition: 0,
+                    last_abort: None,
+                    entries: vec![],
+                },
+            ],
         };
         let bytes = s.encode();
         assert_eq!(Snapshot::decode(&bytes).unwrap(), s);
@@ -465,6 +570,49 @@ mod tests {
                 "cut at {i} accepted"
             );
         }
+    }
+
+    /// A version 1 file (written before transactions: no last-abort field) still reads.
+    #[test]
+    fn snapshot_version_1_still_reads() {
+        let entry = SnapshotEntry {
+            producer_id: 4,
+            epoch: 2,
+            last_seq: 9,
+            last_offset: 30,
+            offset_delta: 3,
+            timestamp: 1_700_000_000_000,
+            coordinator_epoch: 0,
+            txn_first_offset: -1,
+        };
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(MAGIC);
+        v1.extend_from_slice(&1u16.to_be_bytes());
+        v1.extend_from_slice(&[0, 0]);
+        v1.extend_from_slice(&4096u64.to_be_bytes());
+        v1.extend_from_slice(&1u32.to_be_bytes());
+        v1.extend_from_slice(&1u16.to_be_bytes());
+        v1.extend_from_slice(b"t");
+        v1.extend_from_slice(&3u64.to_be_bytes());
+        v1.extend_from_slice(&1u32.to_be_bytes());
+        v1.extend_from_slice(&1u32.to_be_bytes());
+        producer_state::put_entries(&mut v1, &[entry]);
+        let crc = crc32c::crc32c(&v1);
+        v1.extend_from_slice(&crc.to_be_bytes());
+        let s = Snapshot::decode(&v1).unwrap();
+        assert_eq!(s.position, 4096);
+        assert_eq!(
+            s.partitions,
+            [PartitionEntries {
+                topic: "t".into(),
+                topic_id: 3,
+                partition: 1,
+                last_abort: None,
+                entries: vec![entry],
+            }]
+        );
+        // What this version writes is version 2.
+        assert_eq!(s.encode()[4..6], 2u16.to_be_bytes());
     }
 
     #[test]

@@ -8,10 +8,13 @@ use bytes::Bytes;
 use super::compacted::Compacted;
 use super::consume_queue::Unit;
 use super::record::{self, Checks, Decoded};
+use super::txn_index::Aborted;
 use super::{Inner, PartitionState};
 use crate::error::{Error, Result};
 use crate::io::MappedFile;
-use crate::store::{Properties, PropertyEncoding, ReadLimits, Record, TaggedRead};
+use crate::store::{
+    Fetch, IsolationLevel, Properties, PropertyEncoding, ReadLimits, Record, TaggedRead,
+};
 
 fn unhex(b: &[u8]) -> Option<Vec<u8>> {
     if !b.len().is_multiple_of(2) {
@@ -119,6 +122,8 @@ struct Scan<'a> {
     left: u64,
     bytes_left: u64,
     tags: Option<&'a [String]>,
+    /// Read-committed tagged reads: the aborted transactions whose records are skipped.
+    aborted: Option<&'a Aborted>,
 }
 
 impl Scan<'_> {
@@ -127,8 +132,23 @@ impl Scan<'_> {
             left: u64::MAX,
             bytes_left: u64::MAX,
             tags,
+            aborted: None,
         }
     }
+}
+
+/// Whether `r` is a record of one of the `aborted` transactions: a prepared (transactional)
+/// record whose producer's aborted range covers its offset.
+pub(crate) fn is_aborted(aborted: &Aborted, r: &Record) -> bool {
+    if aborted.is_empty()
+        || record::transaction_type(r.flags() as i32) != record::SYSFLAG_TRANSACTION_PREPARED
+    {
+        return false;
+    }
+    r.properties()
+        .get(crate::store::PRODUCER_ID_PROPERTY)
+        .and_then(|v| v.parse::<i64>().ok())
+        .is_some_and(|id| aborted.covers(id, r.offset()))
 }
 
 /// A log file, and a zero-copy span of it with the span's log position.
@@ -190,19 +210,118 @@ impl Inner {
         offset: u64,
         limits: ReadLimits,
     ) -> Result<Vec<Record>> {
+        Ok(self.fetch(topic, partition, offset, limits)?.records)
+    }
+
+    /// Every record from `offset` below `upto` within `limits`' counts, markers and aborted
+    /// records included (what the engine itself reads: index rebuilds, dumps).
+    pub(crate) fn read_raw(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        upto: u64,
+        limits: ReadLimits,
+    ) -> Result<Vec<Record>> {
         let t = self.topic(topic)?;
         let part = t.partition(partition)?;
         retry_moved(part, offset, || {
-            self.read_attempt(topic, partition, part, offset, limits)
+            self.read_attempt(topic, partition, part, offset, upto, limits)
         })
     }
 
+    /// A read under `limits.isolation` that skips markers (and, read-committed, the records of
+    /// aborted transactions) and keeps filling up to its limits past them, examining at most
+    /// [`ReadLimits::tagged_scan`] offsets when it skips aborted records (markers are at most
+    /// half of what it examines).
+    pub(crate) fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limits: ReadLimits,
+    ) -> Result<Fetch> {
+        let t = self.topic(topic)?;
+        let part = t.partition(partition)?;
+        let (start, end) = (
+            part.start.load(Ordering::Acquire),
+            part.end.load(Ordering::Acquire),
+        );
+        if offset < start || offset > end {
+            return Err(out_of_range(topic, partition, part, offset));
+        }
+        let committed = limits.isolation == IsolationLevel::ReadCommitted;
+        let bound = if committed {
+            self.last_stable(part, end)
+        } else {
+            end
+        };
+        let aborted = if committed && offset < bound {
+            part.txn_index.lock().collect(offset, bound)
+        } else {
+            Aborted::default()
+        };
+        let (mut scan_left, mut scan_bytes) = if aborted.is_empty() {
+            (u64::MAX, u64::MAX)
+        } else {
+            limits.tagged_scan()
+        };
+        let mut budget = Budget {
+            messages: limits.max_messages,
+            bytes: limits.max_bytes,
+        };
+        let mut out = Vec::new();
+        let mut at = offset;
+        while at < bound && budget.messages > 0 && scan_left > 0 && scan_bytes > 0 {
+            let chunk = ReadLimits {
+                max_messages: (budget.messages as u64).min(scan_left).max(1) as usize,
+                max_bytes: budget
+                    .bytes
+                    .min(scan_bytes.try_into().unwrap_or(usize::MAX)),
+                isolation: limits.isolation,
+            };
+            let records = retry_moved(part, at, || {
+                self.read_attempt(topic, partition, part, at, bound, chunk)
+            })?;
+            if records.is_empty() {
+                // Nothing left below the bound (compaction removed the rest).
+                at = bound;
+                break;
+            }
+            for r in records {
+                let size = r.size as usize;
+                scan_left = scan_left.saturating_sub(1);
+                scan_bytes = scan_bytes.saturating_sub(size as u64);
+                if record::is_marker(r.flags() as i32) || is_aborted(&aborted, &r) {
+                    at = r.offset() + 1;
+                    continue;
+                }
+                if !budget.admits(&out, size) || budget.messages == 0 {
+                    return Ok(Fetch {
+                        records: out,
+                        next_offset: r.offset(),
+                    });
+                }
+                budget.take(size);
+                at = r.offset() + 1;
+                out.push(r);
+            }
+        }
+        Ok(Fetch {
+            records: out,
+            next_offset: at,
+        })
+    }
+
+    /// Every record (markers included) from `offset` below `upto` within `limits`' counts.
+    #[allow(clippy::too_many_arguments)]
     fn read_attempt(
         &self,
         topic: &str,
         partition: u32,
         part: &PartitionState,
         offset: u64,
+        upto: u64,
         limits: ReadLimits,
     ) -> Result<std::result::Result<Vec<Record>, Moved>> {
         let compacted = part.compacted();
@@ -213,6 +332,7 @@ impl Inner {
         if offset < start || offset > end {
             return Err(out_of_range());
         }
+        let end = end.min(upto);
         let mut budget = Budget {
             messages: limits.max_messages,
             bytes: limits.max_bytes,
@@ -355,6 +475,9 @@ impl Inner {
             {
                 continue;
             }
+            if scan.aborted.is_some_and(|a| is_aborted(a, &r)) {
+                continue;
+            }
             if !budget.admits(out, r.size as usize) {
                 return Ok(Ok(Some(r.offset)));
             }
@@ -379,8 +502,19 @@ impl Inner {
         let part = t.partition(partition)?;
         // Hashed once per call; a handful of tags, so a linear search beats a set.
         let hashes: Vec<i64> = tags.iter().map(|t| record::tag_hash(t)).collect();
+        // Read-committed: nothing at or past the LSO, and no aborted record (markers never
+        // match: their units carry a hash no tag has).
+        let end = part.end.load(Ordering::Acquire);
+        let (bound, aborted) = if limits.isolation == IsolationLevel::ReadCommitted {
+            let bound = self.last_stable(part, end);
+            (bound, part.txn_index.lock().collect(offset, bound))
+        } else {
+            (u64::MAX, Aborted::default())
+        };
         retry_moved(part, offset, || {
-            self.read_tagged_attempt(topic, partition, part, offset, limits, tags, &hashes)
+            self.read_tagged_attempt(
+                topic, partition, part, offset, limits, tags, &hashes, bound, &aborted,
+            )
         })
     }
 
@@ -397,6 +531,8 @@ impl Inner {
         limits: ReadLimits,
         tags: &[String],
         hashes: &[i64],
+        bound: u64,
+        aborted: &Aborted,
     ) -> Result<std::result::Result<TaggedRead, Moved>> {
         let compacted = part.compacted();
         let clean_end = compacted.as_ref().map_or(0, |c| c.state.clean_end);
@@ -406,6 +542,8 @@ impl Inner {
         if offset < start || offset > end {
             return Err(out_of_range());
         }
+        // Read-committed: the LSO (never past the end) bounds the read.
+        let end = end.min(bound).max(offset);
         let mut budget = Budget {
             messages: limits.max_messages,
             bytes: limits.max_bytes,
@@ -425,6 +563,7 @@ impl Inner {
             left,
             bytes_left,
             tags: Some(tags),
+            aborted: Some(aborted),
         };
         let mut at = offset;
         if let Some(c) = compacted.as_deref()
@@ -498,8 +637,8 @@ impl Inner {
                 let pos = unit.position;
                 let locate = || (file.path().to_owned(), pos - base);
                 let r = make_record(bytes, from..from + size, topic, partition, o, locate)?;
-                // A hash collision: another tag with the same hash.
-                if !crate::store::tag_matches(tags, r.tags()) {
+                // A hash collision: another tag with the same hash; or an aborted record.
+                if !crate::store::tag_matches(tags, r.tags()) || is_aborted(aborted, &r) {
                     continue;
                 }
                 if !budget.admits(&out, size) {

@@ -590,11 +590,58 @@ pub fn is_storable_property_text(s: &[u8]) -> bool {
         .any(|&b| b == NAME_VALUE_SEPARATOR || b == PROPERTY_SEPARATOR)
 }
 
-/// Whether a record of this sys flag takes a queue offset and a consume-queue entry (RocketMQ:
-/// prepared and rollback records do not).
+/// Whether RocketMQ would dispatch a record of this sys flag to a consume queue: its prepared
+/// (half) and rollback records are not. duolog dispatches every record it writes, markers and
+/// prepared records included (see [`is_marker`]); this is RocketMQ's rule, for reading its logs.
 pub fn is_dispatched(sys_flag: i32) -> bool {
-    let t = sys_flag & SYSFLAG_TRANSACTION_MASK;
+    let t = transaction_type(sys_flag);
     t != SYSFLAG_TRANSACTION_PREPARED && t != SYSFLAG_TRANSACTION_ROLLBACK
+}
+
+/// The transaction type of a sys flag (`0`, or one of the `SYSFLAG_TRANSACTION_*` values).
+pub fn transaction_type(sys_flag: i32) -> i32 {
+    sys_flag & SYSFLAG_TRANSACTION_MASK
+}
+
+/// Whether a record of this sys flag is an end-transaction marker (commit or rollback).
+/// Unlike RocketMQ, where prepared records live in a half topic and rollback records are not
+/// dispatched, duolog dispatches every record to its partition's consume queue: a
+/// transaction's records and its marker all take queue offsets.
+pub fn is_marker(sys_flag: i32) -> bool {
+    let t = transaction_type(sys_flag);
+    t == SYSFLAG_TRANSACTION_COMMIT || t == SYSFLAG_TRANSACTION_ROLLBACK
+}
+
+/// The consume-queue tag hash of a marker. A Java `String.hashCode` is an `i32`, so no tag's
+/// (sign-extended) hash equals it: a tagged read never reads a marker's record.
+pub const MARKER_TAG_HASH: i64 = i64::MIN;
+
+/// The tag hash a record's consume-queue unit carries: [`MARKER_TAG_HASH`] for a marker, else
+/// the hash of its `TAGS` property (0 without one).
+pub fn unit_tag_hash(sys_flag: i32, properties: &[u8]) -> i64 {
+    if is_marker(sys_flag) {
+        return MARKER_TAG_HASH;
+    }
+    iter_properties(properties)
+        .find(|(k, _)| *k == "TAGS")
+        .map_or(0, |(_, v)| tag_hash(v))
+}
+
+/// Bytes of a marker's body: Kafka's end-transaction marker value (version i16 = 0,
+/// coordinator epoch i32), big-endian.
+pub const MARKER_BODY_LEN: usize = 6;
+
+/// A marker's body.
+pub fn encode_marker_body(coordinator_epoch: i32) -> [u8; MARKER_BODY_LEN] {
+    let mut b = [0u8; MARKER_BODY_LEN];
+    b[2..].copy_from_slice(&coordinator_epoch.to_be_bytes());
+    b
+}
+
+/// The coordinator epoch of a marker's body (`None` unless version 0 and 6 bytes).
+pub fn decode_marker_body(body: &[u8]) -> Option<i32> {
+    let b: &[u8; MARKER_BODY_LEN] = body.try_into().ok()?;
+    (b[..2] == [0, 0]).then(|| i32::from_be_bytes([b[2], b[3], b[4], b[5]]))
 }
 
 #[cfg(test)]
@@ -680,6 +727,19 @@ mod tests {
         assert_eq!(tag_hash("TagA"), 2598919);
         assert_eq!(tag_hash(""), 0);
         assert_eq!(tag_hash("标签🚀x"), -178739394);
+    }
+
+    #[test]
+    fn marker_body_is_kafkas_marker_value() {
+        let b = encode_marker_body(-3);
+        assert_eq!(b, [0, 0, 0xFF, 0xFF, 0xFF, 0xFD]);
+        assert_eq!(decode_marker_body(&b), Some(-3));
+        assert_eq!(decode_marker_body(&[0, 1, 0, 0, 0, 0]), None);
+        assert_eq!(decode_marker_body(&b[..5]), None);
+        assert!(is_marker(SYSFLAG_TRANSACTION_COMMIT | SYSFLAG_BORNHOST_V6));
+        assert!(is_marker(SYSFLAG_TRANSACTION_ROLLBACK));
+        assert!(!is_marker(SYSFLAG_TRANSACTION_PREPARED));
+        assert!(!is_marker(0));
     }
 
     #[test]

@@ -26,6 +26,7 @@ use super::compacted;
 use super::consume_queue::Unit;
 use super::file_queue::FileQueue;
 use super::record::{self, Checks, DecodeError, Decoded};
+use super::txn_index::TxnIndex;
 use super::{
     ABORT_FILE, AppendState, COMMITLOG_DIR, CommitLogStore, Inner, TopicState, start_flusher,
 };
@@ -154,6 +155,7 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
 
     // Cut every consume queue back to units for records before the replay point.
     let after_crash = clean_end.is_none();
+    let mut rebuild_txn_index = Vec::new();
     for t in topics.values_mut() {
         let name = t.name.clone();
         for (p, part) in t.partitions.iter_mut().enumerate() {
@@ -177,6 +179,21 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
             let mut n = part
                 .cq
                 .recover(fs.as_ref(), replay_from, after_crash, &mut check)?;
+            // The aborted-transaction index: the entries of markers before the replay point
+            // (the replay adds the rest); one that does not decode is rebuilt once open.
+            let (mut index, decoded) = TxnIndex::load(fs.as_ref(), part.cq.dir())?;
+            if decoded {
+                let kept: Vec<_> = index
+                    .entries()
+                    .iter()
+                    .copied()
+                    .filter(|e| e.last_offset < n)
+                    .collect();
+                index.replace(kept);
+            } else {
+                rebuild_txn_index.push((name.clone(), p as u32));
+            }
+            *part.txn_index.get_mut() = index;
             if part.cq.min_offset()?.is_none() {
                 // Every queue file was below the compacted prefix and deleted: no unit at or
                 // past `clean_end` was written (it would sit in a file not wholly below it).
@@ -196,7 +213,8 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
     // Producer state: the snapshot, then the records past it (complete batches only: a torn
     // one ended the log above).
     let snapshot = super::producers::load(fs.as_ref(), dir);
-    let tracks = super::producers::rebuild(&mut inner, &mut topics, snapshot, valid_end)?;
+    let (tracks, last_aborts) =
+        super::producers::rebuild(&mut inner, &mut topics, snapshot, valid_end)?;
     inner.tracks_producers = AtomicBool::new(tracks);
 
     // Start offsets: persisted ones, the first queue file, and the first record still in the log.
@@ -256,6 +274,16 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         index.clear()?;
     }
     inner.catch_up_index(rebuild_index)?;
+    // Every aborted-transaction index checked against its markers (rebuilt from them when it
+    // does not match), before the checkpoint below writes it.
+    for t in inner.topics.read().values() {
+        for (p, part) in t.partitions.iter().enumerate() {
+            let key = (t.name.clone(), p as u32);
+            let rebuild = rebuild_txn_index.contains(&key);
+            let last_abort = last_aborts.get(&key).copied();
+            inner.settle_txn_index(&t.name, p as u32, part, rebuild, last_abort)?;
+        }
+    }
     // Make the recovered state durable before anything new is acknowledged.
     inner.gc.sync_all(inner.as_ref())?;
     inner.write_checkpoint()?;
@@ -443,7 +471,7 @@ fn replay_walk(
                         return Ok(start + at as u64);
                     }
                     *max_ts = (*max_ts).max(d.header.store_timestamp);
-                    if record::is_dispatched(d.header.sys_flag) {
+                    {
                         let topic = std::str::from_utf8(d.topic)
                             .ok()
                             .and_then(|n| topics.get(n))
@@ -482,14 +510,20 @@ fn replay_walk(
                                 ),
                             ));
                         }
-                        let tag_hash = record::iter_properties(d.properties)
-                            .find(|(k, _)| *k == "TAGS")
-                            .map_or(0, |(_, v)| record::tag_hash(v));
+                        let tag_hash = record::unit_tag_hash(d.header.sys_flag, d.properties);
                         let unit = Unit {
                             position: start + at as u64,
                             size: d.total_size as u32,
                             tag_hash,
                         };
+                        if record::transaction_type(d.header.sys_flag)
+                            == record::SYSFLAG_TRANSACTION_ROLLBACK
+                            && let Some((producer, txn)) = super::txn::parse_marker(d.properties)
+                        {
+                            part.txn_index
+                                .lock()
+                                .push(txn.aborted(producer.id, expected));
+                        }
                         let batch = super::producers::parse_properties(d.properties);
                         // A record that does not continue the open batch (only a failed
                         // append, never a crash, can leave one unfinished mid-log): the

@@ -272,6 +272,9 @@ impl Inner {
                     part.cq
                         .remove_below(self.fs.as_ref(), target)
                         .map_err(|e| self.note_poison(e))?;
+                    // Aborted transactions wholly below the start go (the next checkpoint
+                    // rewrites the file).
+                    part.txn_index.lock().drop_below(target);
                     changed = true;
                 }
             }
@@ -317,6 +320,7 @@ impl Inner {
             part.cq
                 .remove_below(self.fs.as_ref(), start)
                 .map_err(|e| self.note_poison(e))?;
+            part.txn_index.lock().drop_below(start);
         }
         Ok(())
     }
@@ -342,6 +346,7 @@ impl Inner {
         part.cq
             .remove_below(self.fs.as_ref(), offset)
             .map_err(|e| self.note_poison(e))?;
+        part.txn_index.lock().drop_below(offset);
         drop(_admin);
         self.trim_index()?;
         Ok(offset)

@@ -45,7 +45,7 @@ impl Inner {
                                 d.header.physical_offset
                             ));
                         }
-                        if record::is_dispatched(d.header.sys_flag) {
+                        {
                             let name = String::from_utf8_lossy(d.topic).into_owned();
                             let topic = topics.get(&name);
                             if topic.is_none_or(|t| pos < t.since) {
@@ -68,9 +68,7 @@ impl Inner {
                                         report.derived_checked += 1;
                                         *seen.entry((name.clone(), d.header.queue_id as u32)).or_default() += 1;
                                         // Tag filters trust the unit's tag hash.
-                                        let tag_hash = record::iter_properties(d.properties)
-                                            .find(|(k, _)| *k == "TAGS")
-                                            .map_or(0, |(_, v)| record::tag_hash(v));
+                                        let tag_hash = record::unit_tag_hash(d.header.sys_flag, d.properties);
                                         match part.cq.unit(offset)? {
                                             Some(u) if u.position == pos && u.size as usize == d.total_size && u.tag_hash == tag_hash => {}
                                             other => report.problems.push(format!(
@@ -110,6 +108,33 @@ impl Inner {
                     report.problems.push(format!(
                         "partition {name}/{p}: offsets {start}..{end} but the log holds {found} of its records"
                     ));
+                }
+                // The aborted-transaction index is derived: it must be exactly the entries of
+                // the partition's abort markers from its start to its end.
+                let from = part.start.load(Ordering::Acquire).min(end);
+                let indexed: Vec<_> = part
+                    .txn_index
+                    .lock()
+                    .entries()
+                    .iter()
+                    .copied()
+                    .filter(|e| e.last_offset >= from && e.last_offset < end)
+                    .collect();
+                match self.aborted_from_markers(name, p as u32, from, end) {
+                    Ok(derived) => {
+                        report.derived_checked += derived.len() as u64;
+                        if indexed != derived {
+                            report.problems.push(format!(
+                                "partition {name}/{p}: aborted-transaction index holds {} entries, its abort markers say {}",
+                                indexed.len(),
+                                derived.len()
+                            ));
+                        }
+                    }
+                    // A record that does not read is reported by the checks above.
+                    Err(e) => report.problems.push(format!(
+                        "partition {name}/{p}: abort markers unreadable: {e}"
+                    )),
                 }
             }
         }

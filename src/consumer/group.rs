@@ -270,6 +270,31 @@ impl GroupCoordinator {
     }
 }
 
+impl GroupCoordinator {
+    /// A transaction's commit record for `group` (see `OffsetStore::append_txn`).
+    pub(crate) fn append_txn_offsets(
+        &self,
+        group: &str,
+        offsets: &[(String, u32, u64)],
+        producer_id: i64,
+        append: impl FnOnce(crate::Message) -> Result<crate::AppendResult>,
+    ) -> Result<crate::AppendResult> {
+        self.inner
+            .offsets
+            .append_txn(group, offsets, producer_id, append)
+    }
+
+    /// The transaction of `producer_id` ended: its offsets apply (commit) or are dropped.
+    pub(crate) fn complete_txn_offsets(&self, producer_id: i64, commit: bool) {
+        self.inner.offsets.complete_txn(producer_id, commit);
+    }
+
+    /// Reads the offsets that a transaction left open at load time kept out of reach.
+    pub(crate) fn reload_offsets(&self) -> Result<()> {
+        self.inner.offsets.reload()
+    }
+}
+
 pub(crate) fn validate_group(group: &str) -> Result<()> {
     if group.is_empty() || group.len() > 255 {
         return Err(Error::InvalidArgument(format!(

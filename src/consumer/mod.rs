@@ -33,6 +33,7 @@ mod trace;
 
 pub use assignor::{Assignor, Averagely, MemberSubscription, Sticky, TopicPartition};
 pub use group::GroupCoordinator;
+pub(crate) use group::validate_group as validate_group_name;
 pub use offsets::{CommitRecord, OFFSETS_SEGMENT_BYTES, OFFSETS_TOPIC, OffsetTable, TopicIds};
 pub use pull::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, RebalanceListener};
 pub use push::{ConsumeResult, MessageHandler, PushConfig, PushConsumer};

@@ -22,7 +22,9 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::store::{CleanupPolicy, LogStore, Message, ReadLimits, TopicConfig};
+use crate::store::{
+    AppendResult, CleanupPolicy, IsolationLevel, LogStore, Message, ReadLimits, TopicConfig,
+};
 
 /// The internal topic holding committed offsets (hidden from `list_topics(false)`).
 ///
@@ -207,22 +209,43 @@ impl CommitRecord {
     }
 }
 
-/// A table, its topics' ids and the sequence number of the record that holds them.
+/// A table, its topics' ids and the order number of the record that holds them.
 #[derive(Clone, Default)]
 struct Versioned {
     table: OffsetTable,
     ids: TopicIds,
     seq: u64,
+    /// Under the commit lock: the order number of the group's newest record, plain or
+    /// transactional (records of one group are appended in this order, so a higher number is
+    /// a later offset). Unused elsewhere.
+    last_record: u64,
+}
+
+/// A transaction's commit record waiting for its transaction's end.
+struct Pending {
+    producer_id: i64,
+    /// The table it holds.
+    table: Versioned,
+    /// Every offset the transaction sent for the group so far (a later record of the same
+    /// transaction carries the earlier ones too).
+    offsets: Vec<(String, u32, u64)>,
 }
 
 /// One group's offsets: what its newest record says (`written`, under the commit lock) and what
 /// is known durable (`durable`, what `committed` reports). They differ only while a commit is
 /// in flight. Two locks, so a completion callback (run on the thread that made a record
 /// durable, maybe the flusher) never waits for a committer that may be waiting for that thread.
+///
+/// A transaction's commit record (see [`OffsetStore::append_txn`]) holds the group's table with
+/// the transaction's offsets merged in; it waits in `pending` until its transaction ends. On
+/// commit it becomes the group's table if no later record of the group was written meanwhile —
+/// exactly what a reload sees, where the newest committed record of a group wins.
 #[derive(Default)]
 struct GroupOffsets {
     written: Mutex<Versioned>,
     durable: Mutex<Versioned>,
+    /// Order number → (producer id, the table with the transaction's offsets).
+    pending: Mutex<BTreeMap<u64, Pending>>,
 }
 
 /// The committed offsets of every group of a store, loaded from and written to
@@ -233,64 +256,27 @@ struct GroupOffsets {
 pub(crate) struct OffsetStore {
     store: Arc<dyn LogStore>,
     groups: Mutex<HashMap<String, Arc<GroupOffsets>>>,
+    /// Where loading stopped, per partition, when a transaction still open in the log held the
+    /// last stable offset below the end (`None`: loading read everything).
+    cut_short: Mutex<Option<Vec<u64>>>,
 }
 
 impl OffsetStore {
     /// Creates the offsets topic if it is missing and reads it once from its start.
     pub(crate) fn open(store: Arc<dyn LogStore>) -> Result<OffsetStore> {
         ensure_topic(store.as_ref())?;
-        let mut tables: HashMap<String, CommitRecord> = HashMap::new();
-        for p in 0..store.describe_topic(OFFSETS_TOPIC)?.partitions {
-            let bounds = store.bounds(OFFSETS_TOPIC, p)?;
-            let mut at = bounds.start;
-            while at < bounds.end {
-                let records = match store.read(OFFSETS_TOPIC, p, at, ReadLimits::messages(FETCH)) {
-                    Ok(r) => r,
-                    Err(Error::OffsetOutOfRange { start, .. }) if start > at => {
-                        at = start;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                };
-                let Some(last) = records.last() else { break };
-                at = last.offset() + 1;
-                for r in &records {
-                    let Some(key) = r.key() else { continue };
-                    let group = std::str::from_utf8(key).map_err(|_| {
-                        corrupted(store.as_ref(), p, r.offset(), "group name is not UTF-8")
-                    })?;
-                    match r.value() {
-                        None => {
-                            tables.remove(group);
-                        }
-                        Some(v) => {
-                            let record = CommitRecord::decode(v)
-                                .map_err(|e| corrupted(store.as_ref(), p, r.offset(), &e))?;
-                            tables.insert(group.to_owned(), record);
-                        }
-                    }
-                }
-            }
-        }
+        let partitions = store.describe_topic(OFFSETS_TOPIC)?.partitions;
+        let from = vec![0; partitions as usize];
+        let (tables, stopped) = load(store.as_ref(), &from)?;
+        let cut_short = stopped.iter().any(|&(at, end)| at < end);
         let groups = tables
             .into_iter()
             .map(|(g, record)| {
-                let mut v = Versioned {
-                    table: record.offsets,
-                    ids: record.topic_ids,
-                    seq: 0,
-                };
-                // Version-1 records carry no ids: their topics are taken as the ones living now.
-                for topic in v.table.keys() {
-                    if !v.ids.contains_key(topic)
-                        && let Ok(id) = store.topic_id(topic)
-                    {
-                        v.ids.insert(topic.clone(), id);
-                    }
-                }
+                let v = versioned(store.as_ref(), record, 0);
                 let offsets = GroupOffsets {
                     written: Mutex::new(v.clone()),
                     durable: Mutex::new(v),
+                    pending: Mutex::new(BTreeMap::new()),
                 };
                 (g, Arc::new(offsets))
             })
@@ -298,9 +284,108 @@ impl OffsetStore {
         Ok(OffsetStore {
             store,
             groups: Mutex::new(groups),
+            cut_short: Mutex::new(cut_short.then(|| stopped.iter().map(|s| s.0).collect())),
         })
     }
 
+    /// After the transaction coordinator finished the transactions a crash left open: reads
+    /// what loading could not (past the last stable offset they held) and applies it, each
+    /// record as its group's newest.
+    pub(crate) fn reload(&self) -> Result<()> {
+        let Some(from) = self.cut_short.lock().take() else {
+            return Ok(());
+        };
+        let (tables, stopped) = load(self.store.as_ref(), &from)?;
+        if stopped.iter().any(|&(at, end)| at < end) {
+            *self.cut_short.lock() = Some(stopped.iter().map(|s| s.0).collect());
+        }
+        for (group, record) in tables {
+            let g = self.group(&group);
+            let mut w = g.written.lock();
+            w.last_record += 1;
+            let v = versioned(self.store.as_ref(), record, w.last_record);
+            let last_record = w.last_record;
+            *w = Versioned {
+                last_record,
+                ..v.clone()
+            };
+            mark_durable(&g.durable, v, last_record);
+        }
+        Ok(())
+    }
+}
+
+/// A loaded record as a group's table; version-1 records carry no ids: their topics are taken
+/// as the ones living now.
+fn versioned(store: &dyn LogStore, record: CommitRecord, seq: u64) -> Versioned {
+    let mut v = Versioned {
+        table: record.offsets,
+        ids: record.topic_ids,
+        seq,
+        last_record: seq,
+    };
+    for topic in v.table.keys() {
+        if !v.ids.contains_key(topic)
+            && let Ok(id) = store.topic_id(topic)
+        {
+            v.ids.insert(topic.clone(), id);
+        }
+    }
+    v
+}
+
+/// What loading found: each group's newest committed record, and per partition where it
+/// stopped and the end.
+type Loaded = (HashMap<String, CommitRecord>, Vec<(u64, u64)>);
+
+/// Reads the offsets topic from `from` (per partition) to its last stable offset, under
+/// `read_committed`: offsets a transaction wrote apply only once it committed, and never
+/// if it aborted.
+fn load(store: &dyn LogStore, from: &[u64]) -> Result<Loaded> {
+    let mut tables: HashMap<String, CommitRecord> = HashMap::new();
+    let mut stopped = Vec::with_capacity(from.len());
+    let limits = ReadLimits::messages(FETCH).with_isolation(IsolationLevel::ReadCommitted);
+    for (p, &from) in (0u32..).zip(from) {
+        let bounds = store.bounds(OFFSETS_TOPIC, p)?;
+        let mut at = bounds.start.max(from);
+        while at < bounds.last_stable {
+            let fetch = match store.fetch(OFFSETS_TOPIC, p, at, limits) {
+                Ok(f) => f,
+                Err(Error::OffsetOutOfRange { start, .. }) if start > at => {
+                    at = start;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if fetch.next_offset <= at {
+                break;
+            }
+            at = fetch.next_offset;
+            {
+                let records = fetch.records;
+                for r in &records {
+                    let Some(key) = r.key() else { continue };
+                    let group = std::str::from_utf8(key)
+                        .map_err(|_| corrupted(store, p, r.offset(), "group name is not UTF-8"))?;
+                    match r.value() {
+                        None => {
+                            tables.remove(group);
+                        }
+                        Some(v) => {
+                            let record = CommitRecord::decode(v)
+                                .map_err(|e| corrupted(store, p, r.offset(), &e))?;
+                            tables.insert(group.to_owned(), record);
+                        }
+                    }
+                }
+            }
+        }
+        stopped.push((at, bounds.end));
+    }
+    Ok((tables, stopped))
+}
+
+impl OffsetStore {
     fn group(&self, group: &str) -> Arc<GroupOffsets> {
         Arc::clone(self.groups.lock().entry(group.to_owned()).or_default())
     }
@@ -453,10 +538,21 @@ impl OffsetStore {
         w: &mut Versioned,
         offsets: &[(String, u32, u64)],
     ) -> Result<Option<(crate::Completion, Versioned, u64)>> {
+        let next = self.merged(w, offsets)?;
+        if next.table == w.table && next.ids == w.ids {
+            return Ok(None);
+        }
+        self.append_table(group, w, next).map(Some)
+    }
+
+    /// The newest table with `offsets` merged in; offsets of topics deleted since (or deleted
+    /// and created again) dropped. A topic that does not exist is `UnknownTopic`.
+    fn merged(&self, w: &Versioned, offsets: &[(String, u32, u64)]) -> Result<Versioned> {
         let mut next = Versioned {
             table: w.table.clone(),
             ids: w.ids.clone(),
             seq: w.seq,
+            last_record: w.last_record,
         };
         for (topic, p, offset) in offsets {
             let id = self.store.topic_id(topic)?;
@@ -482,10 +578,97 @@ impl OffsetStore {
             next.ids.remove(&topic);
         }
         next.ids.retain(|topic, _| next.table.contains_key(topic));
-        if next.table == w.table && next.ids == w.ids {
-            return Ok(None);
+        Ok(next)
+    }
+
+    /// Writes a transaction's commit record for `group` through `append` (a transactional
+    /// append of the producer `producer_id`): the group's table with `offsets` merged in. It
+    /// applies when [`complete_txn`](Self::complete_txn) reports the transaction committed.
+    /// Taken under the group's commit lock, so the record's place among the group's records is
+    /// known.
+    pub(crate) fn append_txn(
+        &self,
+        group: &str,
+        offsets: &[(String, u32, u64)],
+        producer_id: i64,
+        append: impl FnOnce(Message) -> Result<AppendResult>,
+    ) -> Result<AppendResult> {
+        let g = self.group(group);
+        let mut w = g.written.lock();
+        // The transaction's earlier offsets for the group, then these: its newest record
+        // carries them all.
+        let mut sent: Vec<(String, u32, u64)> = g
+            .pending
+            .lock()
+            .values()
+            .filter(|p| p.producer_id == producer_id)
+            .flat_map(|p| p.offsets.iter().cloned())
+            .collect();
+        sent.retain(|(t, p, _)| !offsets.iter().any(|(t2, p2, _)| t == t2 && p == p2));
+        sent.extend(offsets.iter().cloned());
+        let next = self.merged(&w, &sent)?;
+        let record = CommitRecord {
+            offsets: next.table,
+            topic_ids: next.ids,
+            commit_time_ms: u64::try_from(crate::clock::now_ms()).unwrap_or(0),
+        };
+        let message =
+            Message::new(record.encode()).with_key(Bytes::copy_from_slice(group.as_bytes()));
+        let result = append(message)?;
+        w.last_record += 1;
+        let seq = w.last_record;
+        let table = Versioned {
+            table: record.offsets,
+            ids: record.topic_ids,
+            seq,
+            last_record: seq,
+        };
+        let mut pending = g.pending.lock();
+        // The earlier records of the transaction are superseded by this one.
+        pending.retain(|_, p| p.producer_id != producer_id);
+        pending.insert(
+            seq,
+            Pending {
+                producer_id,
+                table,
+                offsets: sent,
+            },
+        );
+        Ok(result)
+    }
+
+    /// The transaction of `producer_id` ended: on commit each of its pending records becomes
+    /// its group's table unless a later record of the group was written meanwhile (durable:
+    /// the coordinator synced the store before deciding the commit); on abort they are dropped.
+    pub(crate) fn complete_txn(&self, producer_id: i64, commit: bool) {
+        let groups: Vec<Arc<GroupOffsets>> = self.groups.lock().values().cloned().collect();
+        for g in groups {
+            let mut w = g.written.lock();
+            let mine: Vec<(u64, Versioned)> = {
+                let mut pending = g.pending.lock();
+                let seqs: Vec<u64> = pending
+                    .iter()
+                    .filter(|(_, p)| p.producer_id == producer_id)
+                    .map(|(s, _)| *s)
+                    .collect();
+                seqs.into_iter()
+                    .filter_map(|s| pending.remove(&s).map(|p| (s, p.table)))
+                    .collect()
+            };
+            if !commit {
+                continue;
+            }
+            for (seq, v) in mine {
+                if seq > w.seq {
+                    let last_record = w.last_record;
+                    *w = Versioned {
+                        last_record,
+                        ..v.clone()
+                    };
+                    mark_durable(&g.durable, v, seq);
+                }
+            }
         }
-        self.append_table(group, w, next).map(Some)
     }
 
     fn append_table(
@@ -505,7 +688,8 @@ impl OffsetStore {
         // Always partition 0: one partition keeps loading a single read and the order of a
         // group's commits the order of its records.
         let completion = self.store.append_async(OFFSETS_TOPIC, 0, &[message])?;
-        w.seq += 1;
+        w.last_record += 1;
+        w.seq = w.last_record;
         w.table = record.offsets;
         w.ids = record.topic_ids;
         Ok((completion, w.clone(), w.seq))

@@ -13,7 +13,7 @@ use super::group::{CoordinatorInner, GroupCoordinator, validate_group};
 use super::tags::TagFilter;
 use crate::durability::Wakeup;
 use crate::error::{Error, Result};
-use crate::store::{ReadLimits, Record};
+use crate::store::{IsolationLevel, ReadLimits, Record};
 
 /// Where a partition with no usable committed offset starts (Kafka's `auto.offset.reset`).
 ///
@@ -126,6 +126,44 @@ pub struct ConsumerConfig {
     /// [`RECONSUME_TIMES`](super::RECONSUME_TIMES), or 0). A pull consumer learns
     /// nothing of how a record was handled, so it records no `SubAfter`. Default: `None`.
     pub trace: Option<Arc<super::Tracer>>,
+    /// `isolation.level`: with [`IsolationLevel::ReadCommitted`], `poll` returns only records
+    /// below each partition's last stable offset and never a record of an aborted
+    /// transaction; transaction markers are never returned and never stall the position
+    /// (it moves past them, and past skipped aborted records). Default:
+    /// [`IsolationLevel::ReadUncommitted`], as Kafka.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use duolog::{IsolationLevel, LogStore, Message, StoreOptions, TopicConfig};
+    /// use duolog::consumer::{Consumer, ConsumerConfig, GroupCoordinator, OffsetReset};
+    /// use duolog::txn::{TransactionCoordinator, TxnCoordinatorConfig, TxnProducerConfig};
+    /// # fn main() -> duolog::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+    /// store.create_topic("t", TopicConfig::default())?;
+    /// let txns = TransactionCoordinator::open(Arc::clone(&store), TxnCoordinatorConfig::default())?;
+    /// let producer = txns.producer("p", TxnProducerConfig::default())?;
+    /// producer.begin()?;
+    /// producer.send("t", 0, &[Message::new("aborted")])?;
+    /// producer.abort()?;
+    /// producer.begin()?;
+    /// producer.send("t", 0, &[Message::new("committed")])?;
+    /// producer.commit()?;
+    /// let groups = GroupCoordinator::new(store)?;
+    /// let config = ConsumerConfig {
+    ///     isolation: IsolationLevel::ReadCommitted,
+    ///     auto_offset_reset: OffsetReset::Earliest,
+    ///     ..ConsumerConfig::new("g")
+    /// };
+    /// let c = Consumer::new(&groups, config)?;
+    /// c.assign(&[("t", 0)])?;
+    /// let got = c.poll(std::time::Duration::from_secs(1))?;
+    /// assert_eq!(got.len(), 1);
+    /// assert_eq!(got[0].record().body(), b"committed");
+    /// assert_eq!(c.position("t", 0)?, 4, "past both markers");
+    /// # Ok(()) }
+    /// ```
+    pub isolation: IsolationLevel,
 }
 
 impl ConsumerConfig {
@@ -153,6 +191,7 @@ impl Default for ConsumerConfig {
             assignor: Arc::new(Sticky),
             tag_filter: None,
             trace: None,
+            isolation: IsolationLevel::ReadUncommitted,
         }
     }
 }
@@ -760,7 +799,7 @@ impl Consumer {
             let limits = ReadLimits {
                 max_messages: room,
                 max_bytes: self.config.max_partition_fetch_bytes,
-                ..ReadLimits::default()
+                isolation: self.config.isolation,
             };
             let tags = self.config.tag_filter.as_ref().and_then(TagFilter::tags);
             // At most one retry, after a reset of a position that left the log.
@@ -769,12 +808,11 @@ impl Consumer {
                 tries += 1;
                 let store = &self.coord.store;
                 let read = match tags {
-                    None => store.read(&tp.topic, tp.partition, pos, limits).map(|r| {
-                        // Compacted partitions have gaps: the next position follows the last
-                        // record.
-                        let next = r.last().map_or(pos, |l| l.offset() + 1);
-                        (r, next)
-                    }),
+                    // Past every offset the fetch examined: compaction's gaps, transaction
+                    // markers and (read-committed) aborted records.
+                    None => store
+                        .fetch(&tp.topic, tp.partition, pos, limits)
+                        .map(|f| (f.records, f.next_offset)),
                     Some(tags) => store
                         .read_tagged(&tp.topic, tp.partition, pos, limits, tags)
                         .map(|r| (r.records, r.next_offset)),
@@ -806,7 +844,21 @@ impl Consumer {
                 }
                 // A filtered read that skipped records waits from past them (the wait returns
                 // at once while unread records remain).
-                None => waits.push((tp.clone(), next.max(pos))),
+                None => {
+                    let mut at = next.max(pos);
+                    if self.config.isolation == IsolationLevel::ReadCommitted {
+                        // Stopped at the last stable offset with records past it: waiting
+                        // there would return at once, forever. Wait for the end to move (a
+                        // marker is an append); if the LSO moved since the fetch, the end did
+                        // too and the wait returns at once.
+                        if let Ok(b) = self.coord.store.bounds(&tp.topic, tp.partition)
+                            && b.last_stable <= at
+                        {
+                            at = at.max(b.end);
+                        }
+                    }
+                    waits.push((tp.clone(), at));
+                }
             }
         }
         Ok((out, waits))

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::store::{LogStore, ReadLimits};
+use crate::store::{IsolationLevel, LogStore, ReadLimits};
 
 /// Records read per fetch while catching up.
 const FETCH: usize = 4096;
@@ -61,6 +61,7 @@ struct State {
 pub struct CompactedTable {
     store: Arc<dyn LogStore>,
     topic: String,
+    isolation: IsolationLevel,
     state: Mutex<State>,
 }
 
@@ -73,12 +74,45 @@ impl std::fmt::Debug for CompactedTable {
 }
 
 impl CompactedTable {
-    /// Builds the table from every record of `topic` now in the store.
+    /// Builds the table from every record of `topic` now in the store (read uncommitted, as
+    /// Kafka's default: see [`open_with_isolation`](Self::open_with_isolation)).
     pub fn open(store: Arc<dyn LogStore>, topic: &str) -> Result<CompactedTable> {
+        Self::open_with_isolation(store, topic, IsolationLevel::ReadUncommitted)
+    }
+
+    /// [`open`](Self::open) under an isolation level: with
+    /// [`ReadCommitted`](IsolationLevel::ReadCommitted) the table holds only records of
+    /// committed transactions (and plain ones) below each partition's last stable offset, and
+    /// takes a transaction's records when it commits.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use duolog::{CompactedTable, IsolationLevel, LogStore, Message, StoreOptions, TopicConfig};
+    /// use duolog::txn::{TransactionCoordinator, TxnCoordinatorConfig, TxnProducerConfig};
+    /// # fn main() -> duolog::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+    /// store.create_topic("prices", TopicConfig::default())?;
+    /// let txns = TransactionCoordinator::open(Arc::clone(&store), TxnCoordinatorConfig::default())?;
+    /// let producer = txns.producer("pricer", TxnProducerConfig::default())?;
+    /// let table = CompactedTable::open_with_isolation(Arc::clone(&store), "prices", IsolationLevel::ReadCommitted)?;
+    /// producer.begin()?;
+    /// producer.send("prices", 0, &[Message::new("10").with_key("apple")])?;
+    /// assert_eq!(table.get(b"apple")?, None, "not committed yet");
+    /// producer.commit()?;
+    /// assert_eq!(table.get(b"apple")?.as_deref(), Some(&b"10"[..]));
+    /// # Ok(()) }
+    /// ```
+    pub fn open_with_isolation(
+        store: Arc<dyn LogStore>,
+        topic: &str,
+        isolation: IsolationLevel,
+    ) -> Result<CompactedTable> {
         store.describe_topic(topic)?;
         let table = CompactedTable {
             store,
             topic: topic.to_owned(),
+            isolation,
             state: Mutex::new(State::default()),
         };
         table.refresh()?;
@@ -107,24 +141,27 @@ impl CompactedTable {
             let bounds = self.store.bounds(&self.topic, p as u32)?;
             // Retention may have passed the position: go on from the start.
             let mut at = st.positions[p].max(bounds.start);
-            while at < bounds.end {
-                let records =
-                    match self
-                        .store
-                        .read(&self.topic, p as u32, at, ReadLimits::messages(FETCH))
-                    {
-                        Ok(r) => r,
-                        // Retention moved the start since `bounds`: start over from it.
-                        Err(Error::OffsetOutOfRange { start, .. }) if start > at => {
-                            at = start;
-                            continue;
-                        }
-                        Err(e) => return Err(e),
-                    };
-                let Some(last) = records.last() else {
-                    break;
+            let bound = match self.isolation {
+                IsolationLevel::ReadCommitted => bounds.last_stable,
+                IsolationLevel::ReadUncommitted => bounds.end,
+            };
+            let limits = ReadLimits::messages(FETCH).with_isolation(self.isolation);
+            while at < bound {
+                let fetch = match self.store.fetch(&self.topic, p as u32, at, limits) {
+                    Ok(f) => f,
+                    // Retention moved the start since `bounds`: start over from it.
+                    Err(Error::OffsetOutOfRange { start, .. }) if start > at => {
+                        at = start;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 };
-                at = last.offset() + 1;
+                // Past markers and skipped aborted records too.
+                if fetch.next_offset <= at {
+                    break;
+                }
+                at = fetch.next_offset;
+                let records = fetch.records;
                 for r in &records {
                     let Some(key) = r.key() else { continue };
                     match r.value() {

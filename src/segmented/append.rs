@@ -16,52 +16,94 @@ use super::batch;
 use super::partition::{Ctx, PartState, Partition, remove_segment_files};
 use super::producers;
 use super::segment::{self, SegmentHandle, SegmentMeta};
+use super::txnindex::{self, AbortedTxn};
 use crate::clock::duration_ms;
 use crate::error::{Error, Result};
+use crate::io::StorageFile;
 use crate::producer_state::{BatchMeta, IdempotentBatch, Verdict};
-use crate::store::{AppendResult, Message};
+use crate::store::{AppendResult, Message, ProducerId, TxnMarker};
 use crate::topic_config::Effective;
 
+/// What a batch is to the partition's producer state.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Op {
+    /// A plain batch.
+    Plain,
+    /// An idempotent batch, transactional or not: checked and recorded.
+    Idempotent {
+        batch: IdempotentBatch,
+        transactional: bool,
+    },
+    /// An end-transaction marker (a control batch): written only if the producer has a
+    /// transaction open here.
+    Marker {
+        producer: ProducerId,
+        marker: TxnMarker,
+        coordinator_epoch: i32,
+    },
+}
+
+/// What an append did.
+pub(crate) struct Appended {
+    pub(crate) result: AppendResult,
+    /// Whether it wrote anything (not for a duplicate, nor for a marker with no open
+    /// transaction).
+    pub(crate) written: bool,
+    rolled: bool,
+    /// The transaction index an abort wrote to (to sync outside the partition lock).
+    pub(crate) txn_index: Option<IndexWrite>,
+}
+
+/// A transaction index entry written but not synced yet.
+pub(crate) struct IndexWrite {
+    pub(crate) file: Box<dyn StorageFile>,
+    pub(crate) path: std::path::PathBuf,
+    /// The write created the file: its directory entry needs a sync too.
+    pub(crate) created: bool,
+}
+
 impl Partition {
-    /// Appends one encoded batch (base offset and max timestamp are stamped here). With
-    /// `idem`, the batch is first checked against its producer's state (a retry of a batch
-    /// already written returns that batch's offsets and writes nothing: the `bool` is whether
-    /// anything was written).
+    /// Appends one encoded batch of `records` records (base offset and max timestamp are
+    /// stamped here; `messages` are those the key index indexes, none for a marker). `op` says
+    /// how the producer state checks and records it: a retry of an idempotent batch already
+    /// written returns that batch's offsets and writes nothing, as does a marker for a
+    /// producer with no transaction open here.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn append(
         &self,
         ctx: &Ctx,
         buf: &mut [u8],
         messages: &[Message],
+        records: usize,
         now: i64,
         config: &Effective,
-        idem: Option<IdempotentBatch>,
-    ) -> Result<(AppendResult, bool)> {
-        if idem.is_some() && !self.state.lock().has_snapshot {
+        op: Op,
+    ) -> Result<Appended> {
+        if matches!(op, Op::Idempotent { .. }) && !self.state.lock().has_snapshot {
             self.start_tracking_producers(ctx)?;
         }
-        let (result, rolled, written) =
-            self.append_locked(ctx, buf, messages, now, config, idem)?;
-        if rolled {
+        let appended = self.append_locked(ctx, buf, messages, records, now, config, op)?;
+        if appended.rolled {
             // The batch is written and published whatever the seal does: a failure leaves the
             // old segment pending (its log is still synced by every flush) and is retried at
             // the next roll or the close; a failed sync has poisoned the store.
             let _ = self.seal_pending(ctx);
         }
-        Ok((result, written))
+        Ok(appended)
     }
 
-    /// The part of an append under the partition lock; says whether it rolled a segment and
-    /// whether it wrote the batch (not for a duplicate).
+    /// The part of an append under the partition lock.
+    #[allow(clippy::too_many_arguments)]
     fn append_locked(
         &self,
         ctx: &Ctx,
         buf: &mut [u8],
         messages: &[Message],
+        records: usize,
         now: i64,
         config: &Effective,
-        idem: Option<IdempotentBatch>,
-    ) -> Result<(AppendResult, bool, bool)> {
-        let records = messages.len();
+        op: Op,
+    ) -> Result<Appended> {
         let mut st = self.state.lock();
         if ctx.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
@@ -69,18 +111,39 @@ impl Partition {
         if self.deleted.load(Ordering::Acquire) {
             return Err(Error::UnknownTopic(self.topic.clone()));
         }
-        if let Some(b) = idem {
-            let verdict = st.producers.check(
-                &self.topic,
-                self.id,
-                b.producer,
-                b.first_seq,
-                b.last_seq,
-                now,
-                ctx.producer_expiration,
-            )?;
-            if let Verdict::Duplicate(original) = verdict {
-                return Ok((original, false, false));
+        let nothing = |result| Appended {
+            result,
+            written: false,
+            rolled: false,
+            txn_index: None,
+        };
+        match op {
+            Op::Plain => {}
+            Op::Idempotent {
+                batch: b,
+                transactional,
+            } => {
+                let verdict = st.producers.check(
+                    &self.topic,
+                    self.id,
+                    b.producer,
+                    b.first_seq,
+                    b.last_seq,
+                    transactional,
+                    now,
+                    ctx.producer_expiration,
+                )?;
+                if let Verdict::Duplicate(original) = verdict {
+                    return Ok(nothing(original));
+                }
+            }
+            Op::Marker { producer, .. } => {
+                if !st.producers.check_marker(&self.topic, self.id, producer)? {
+                    return Ok(nothing(AppendResult {
+                        base_offset: 0,
+                        last_offset: 0,
+                    }));
+                }
             }
         }
         let now = now.max(st.last_timestamp);
@@ -134,8 +197,13 @@ impl Partition {
                 keys.add(&self.topic, self.id, base_offset + i as u64, now, m)?;
             }
         }
-        if let Some(b) = idem {
-            st.producers.record(
+        let mut txn_index = None;
+        match op {
+            Op::Plain => {}
+            Op::Idempotent {
+                batch: b,
+                transactional,
+            } => st.producers.record(
                 b.producer,
                 BatchMeta {
                     first_seq: b.first_seq,
@@ -144,17 +212,77 @@ impl Partition {
                     last_offset,
                     timestamp: now,
                 },
-            );
+                transactional,
+            ),
+            Op::Marker {
+                producer,
+                marker,
+                coordinator_epoch,
+            } => {
+                let last_stable = st.producers.aborted_lso(producer.id, base_offset);
+                let first =
+                    st.producers
+                        .complete_txn(producer, base_offset, coordinator_epoch, now);
+                if let (Some(first), TxnMarker::Abort) = (first, marker) {
+                    let e = AbortedTxn {
+                        producer_id: producer.id,
+                        first_offset: first,
+                        last_offset: base_offset,
+                        last_stable,
+                    };
+                    txn_index = Some(self.index_abort(ctx, &mut st, &e));
+                }
+            }
         }
+        // Published even if the index failed: the marker is in the log (the store is
+        // poisoned then, and the error returned).
         self.end.store(last_offset + 1, Ordering::Release);
-        Ok((
-            AppendResult {
+        let txn_index = txn_index.transpose()?;
+        Ok(Appended {
+            result: AppendResult {
                 base_offset,
                 last_offset,
             },
+            written: true,
             rolled,
-            true,
-        ))
+            txn_index,
+        })
+    }
+
+    /// Adds an abort whose marker was just appended to the active segment's transaction
+    /// index (under the partition lock, before the marker's offset is published, so a
+    /// `read_committed` reader that sees the marker sees its entry). The marker is in the log
+    /// by now: an index that cannot take the entry poisons the store, whose reopen (unclean,
+    /// the marker past the recovery point) rebuilds the index from the log.
+    fn index_abort(&self, ctx: &Ctx, st: &mut PartState, e: &AbortedTxn) -> Result<IndexWrite> {
+        let active = st
+            .segments
+            .last_mut()
+            .ok_or_else(|| Error::corrupted(&self.dir, 0, "no segment"))?;
+        match txnindex::append(
+            ctx.fs.as_ref(),
+            &self.dir,
+            active.base,
+            active.txn_entries,
+            e,
+        ) {
+            Ok(file) => {
+                let created = active.txn_entries == 0;
+                active.txn_entries += 1;
+                Ok(IndexWrite {
+                    file,
+                    path: txnindex::path(&self.dir, active.base),
+                    created,
+                })
+            }
+            Err(err) => {
+                ctx.gc.poison(format!(
+                    "the transaction index of {}-{} could not record an abort: {err}",
+                    self.topic, self.id
+                ));
+                Err(err)
+            }
+        }
     }
 
     /// Creates the files of a new segment at `base`. Leftovers of an earlier attempt that

@@ -316,6 +316,98 @@ pub fn encode_batch(
     finish_batch(out, start, &h);
 }
 
+/// Kafka's control record type of an end-transaction marker (the key's second field).
+const CONTROL_ABORT: i16 = 0;
+const CONTROL_COMMIT: i16 = 1;
+
+/// An end-transaction marker as a control batch holds it (Kafka's `EndTransactionMarker`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndTxnMarker {
+    /// Commit or abort.
+    pub marker: crate::store::TxnMarker,
+    /// Epoch of the coordinator that wrote it.
+    pub coordinator_epoch: i32,
+}
+
+/// Encodes the control batch of an end-transaction marker as a Kafka broker writes it:
+/// attributes `0x30` (transactional | control, CreateTime), base sequence −1, the marker's
+/// producer id and epoch, and one record whose key is `version i16 = 0 | type i16` (ABORT 0,
+/// COMMIT 1) and value `version i16 = 0 | coordinatorEpoch i32`.
+pub fn encode_end_txn_marker(
+    out: &mut Vec<u8>,
+    base_offset: i64,
+    producer_id: i64,
+    producer_epoch: i16,
+    m: EndTxnMarker,
+    timestamp: i64,
+) {
+    let kind = match m.marker {
+        crate::store::TxnMarker::Commit => CONTROL_COMMIT,
+        crate::store::TxnMarker::Abort => CONTROL_ABORT,
+    };
+    let mut key = [0u8; 4];
+    key[2..].copy_from_slice(&kind.to_be_bytes());
+    let mut value = [0u8; 6];
+    value[2..].copy_from_slice(&m.coordinator_epoch.to_be_bytes());
+    let record = RecordInput {
+        timestamp,
+        key: Some(&key),
+        value: Some(&value),
+        headers: &[],
+    };
+    let producer = ProducerInfo {
+        id: producer_id,
+        epoch: producer_epoch,
+        base_sequence: -1,
+    };
+    encode_batch(
+        out,
+        base_offset,
+        &[record],
+        ATTR_TRANSACTIONAL | ATTR_CONTROL,
+        producer,
+        None,
+    );
+}
+
+/// The end-transaction marker of a checked control batch `b` (exactly the batch's bytes).
+/// Only the first record is read: Kafka's control batches hold one.
+pub fn end_txn_marker(b: &[u8], h: &BatchHeader) -> Result<EndTxnMarker, BatchError> {
+    if !h.is_control() {
+        return Err(BatchError::Invalid("not a control batch"));
+    }
+    let r = records(b, h)
+        .next()
+        .ok_or(BatchError::Invalid("control batch without a record"))??;
+    let key = r
+        .key
+        .map(|k| &b[k])
+        .filter(|k| k.len() >= 4)
+        .ok_or(BatchError::Invalid(
+            "control record key shorter than 4 bytes",
+        ))?;
+    let marker = match i16_at(key, 2) {
+        CONTROL_ABORT => crate::store::TxnMarker::Abort,
+        CONTROL_COMMIT => crate::store::TxnMarker::Commit,
+        _ => {
+            return Err(BatchError::Invalid(
+                "control record is no transaction marker",
+            ));
+        }
+    };
+    let value = r
+        .value
+        .map(|v| &b[v])
+        .filter(|v| v.len() >= 6)
+        .ok_or(BatchError::Invalid(
+            "transaction marker value shorter than 6 bytes",
+        ))?;
+    Ok(EndTxnMarker {
+        marker,
+        coordinator_epoch: i32_at(value, 2),
+    })
+}
+
 /// Why bytes are not a valid batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BatchError {

@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 use super::batch::{self, BatchHeader, HEADER_LEN};
 use super::partition::{Ctx, Partition, remove_segment_files};
 use super::segment::{self, CLEANED_SUFFIX, SWAP_SUFFIX, ScanResult, SegmentHandle, SegmentMeta};
+use super::txnindex::{self, Aborted};
 use crate::clock::ms_before;
 use crate::error::{Error, Result};
 use crate::index::offset_map::OffsetMap;
@@ -210,17 +211,31 @@ fn store_timestamp(h: &BatchHeader, timestamp_delta: i64) -> i64 {
     }
 }
 
-/// A segment's three files with a suffix (`.cleaned`, `.swap`), log last.
-fn suffixed(dir: &Path, base: u64, suffix: &str) -> [(PathBuf, PathBuf); 3] {
+/// A segment's files with a suffix (`.cleaned`, `.swap`), log last: indexes, time index,
+/// transaction index (present only when the segment holds an abort), log.
+fn suffixed(dir: &Path, base: u64, suffix: &str) -> [(PathBuf, PathBuf); 4] {
     [
         segment::index_path(dir, base),
         segment::time_index_path(dir, base),
+        txnindex::path(dir, base),
         segment::log_path(dir, base),
     ]
     .map(|p| (segment::with_suffix(&p, suffix), p))
 }
 
-fn remove_all(fs: &dyn FileSystem, paths: &[(PathBuf, PathBuf); 3]) -> Result<()> {
+/// Renames `from` to `to`; a missing `from` (a segment without a transaction index) is
+/// nothing to rename, and `to` is removed then (no stale index of the old segment stays).
+fn rename_optional(fs: &dyn FileSystem, from: &Path, to: &Path) -> Result<()> {
+    if fs.exists(from).map_err(|e| Error::io(from, e))? {
+        fs.rename(from, to).map_err(|e| Error::io(from, e))
+    } else {
+        io::remove_if_exists(fs, to)
+            .map(|_| ())
+            .map_err(|e| Error::io(to, e))
+    }
+}
+
+fn remove_all(fs: &dyn FileSystem, paths: &[(PathBuf, PathBuf); 4]) -> Result<()> {
     for (p, _) in paths {
         io::remove_if_exists(fs, p).map_err(|e| Error::io(p, e))?;
     }
@@ -237,10 +252,21 @@ impl Partition {
     fn plan(&self, cfg: &CleanConfig, now: i64) -> Option<Plan> {
         let st = self.state.lock();
         let lag_cutoff = ms_before(now, cfg.min_compaction_lag);
+        // Nothing at or past the last stable offset is cleaned (Kafka's first uncleanable
+        // offset): an open transaction's records may still be aborted.
+        let last_stable = st.producers.last_stable(
+            self.start.load(Ordering::Acquire),
+            self.end.load(Ordering::Acquire),
+        );
         let n = st
             .segments
             .iter()
-            .take_while(|m| m.sealed && !m.swapping && m.max_timestamp <= lag_cutoff)
+            .take_while(|m| {
+                m.sealed
+                    && !m.swapping
+                    && m.max_timestamp <= lag_cutoff
+                    && m.next_offset <= last_stable
+            })
             .count()
             .min(st.segments.len().saturating_sub(1));
         let segments = st.segments[..n].to_vec();
@@ -345,7 +371,19 @@ impl Partition {
             return Ok(None);
         };
         let mut throttle = Throttle::new(cfg.io_bytes_per_sec);
-        let Some((map, dirty_end)) = self.build_offset_map(ctx, cfg, &plan, &mut throttle)? else {
+        // The aborted transactions of the cleanable section (all below the last stable
+        // offset, so each one's abort is already indexed): their records are removed, and
+        // never supersede a committed record of their key.
+        let from = plan.segments.first().map_or(0, |m| m.base);
+        let aborted = match self.collect_aborted(ctx, from, plan.uncleanable) {
+            Ok(a) => a,
+            // Retention moved the start meanwhile: the next pass plans again.
+            Err(Error::OffsetOutOfRange { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some((map, dirty_end)) =
+            self.build_offset_map(ctx, cfg, &plan, &aborted, &mut throttle)?
+        else {
             return Ok(None);
         };
         let mut report = PassReport::default();
@@ -365,6 +403,7 @@ impl Partition {
                 dirty_end,
                 tombstone_cutoff,
                 producer_lasts: &producer_lasts,
+                aborted: &aborted,
             };
             if !self.clean_group(
                 ctx,
@@ -392,6 +431,7 @@ impl Partition {
         ctx: &Ctx,
         cfg: &CleanConfig,
         plan: &Plan,
+        aborted: &Aborted,
         throttle: &mut Throttle,
     ) -> Result<Option<(OffsetMap, u64)>> {
         let mut map = OffsetMap::new(cfg.offset_map_bytes, plan.uncleanable - plan.first_dirty);
@@ -413,7 +453,10 @@ impl Partition {
             {
                 self.check_cleanable(ctx)?;
                 throttle.moved(read);
-                if h.is_control() || h.last_offset() < plan.first_dirty as i64 {
+                if h.is_control()
+                    || h.last_offset() < plan.first_dirty as i64
+                    || is_aborted(&h, aborted)
+                {
                     continue;
                 }
                 for r in batch::records(bytes, &h) {
@@ -482,13 +525,18 @@ impl Partition {
         ctx: &Ctx,
         group: &[&SegmentMeta],
         judge: &Judge<'_>,
-        cleaned: &[(PathBuf, PathBuf); 3],
+        cleaned: &[(PathBuf, PathBuf); 4],
         throttle: &mut Throttle,
     ) -> Result<Option<Recopied>> {
         let fs = ctx.fs.as_ref();
         let o = &ctx.opts;
         let base = group[0].base;
-        let [(index_path, _), (time_path, _), (log_path, _)] = cleaned;
+        let [
+            (index_path, _),
+            (time_path, _),
+            (txn_path, _),
+            (log_path, _),
+        ] = cleaned;
         let out = fs
             .open_file(log_path, OpenMode::CreateNew)
             .map_err(|e| Error::io(log_path, e))?;
@@ -539,6 +587,10 @@ impl Partition {
                             tombstones += 1;
                             false
                         }
+                        Verdict::Aborted => {
+                            removed += 1;
+                            false
+                        }
                     },
                     keep_empty,
                 )
@@ -582,7 +634,23 @@ impl Partition {
             .map_err(|e| Error::io(index_path, e))?;
         fs.write_file_synced(time_path, &time)
             .map_err(|e| Error::io(time_path, e))?;
+        // Markers are all kept, so the group's aborts stay valid for the cleaned segment: its
+        // transaction index is theirs, in order.
+        let mut aborts = Vec::new();
+        for m in group.iter().filter(|m| m.txn_entries > 0) {
+            aborts.extend(txnindex::read(
+                fs,
+                &self.txn_index_path(ctx, m),
+                m.txn_entries,
+            )?);
+        }
+        if !aborts.is_empty() {
+            let bytes: Vec<u8> = aborts.iter().flat_map(txnindex::encode).collect();
+            fs.write_file_synced(txn_path, &bytes)
+                .map_err(|e| Error::io(txn_path, e))?;
+        }
         let mut meta = SegmentMeta::new(base);
+        meta.txn_entries = aborts.len() as u64;
         meta.size = flushed;
         // The group's last batch is kept, so this is also the cleaned log's end.
         meta.next_offset = last.next_offset;
@@ -632,7 +700,7 @@ impl Partition {
         // Indexes first, the log last: an open finishes a swap only when the log `.swap` is
         // there, and rebuilds the indexes then.
         for ((from, _), (to, _)) in cleaned.iter().zip(&swap) {
-            fs.rename(from, to).map_err(|e| Error::io(from, e))?;
+            rename_optional(fs, from, to)?;
         }
         sync_dir(fs, dir)?;
         // Committed: from here on an open finishes the swap. The segment list takes the new
@@ -654,10 +722,11 @@ impl Partition {
         for g in &group[1..] {
             remove_segment_files(fs, dir, g.base)?;
         }
-        let [index, time, log] = &swap;
+        let [index, time, txn, log] = &swap;
         for (from, to) in [index, time] {
             fs.rename(from, to).map_err(|e| Error::io(from, e))?;
         }
+        rename_optional(fs, &txn.0, &txn.1)?;
         sync_dir(fs, dir)?;
         fs.rename(&log.0, &log.1)
             .map_err(|e| Error::io(&log.0, e))?;
@@ -751,6 +820,13 @@ enum Verdict {
     Keep,
     Superseded,
     ExpiredTombstone,
+    /// A record of an aborted transaction (Kafka's cleaner removes them too).
+    Aborted,
+}
+
+/// Whether `h` is a batch of an aborted transaction.
+fn is_aborted(h: &BatchHeader, aborted: &Aborted) -> bool {
+    h.is_transactional() && !h.is_control() && aborted.contains(h.producer_id, h.base_offset as u64)
 }
 
 /// Kafka's `shouldRetainRecord`.
@@ -760,11 +836,16 @@ struct Judge<'a> {
     tombstone_cutoff: i64,
     /// Last offsets of each idempotent producer's last batch: those batches are kept.
     producer_lasts: &'a std::collections::HashSet<u64>,
+    /// The aborted transactions of the cleanable section.
+    aborted: &'a Aborted,
 }
 
 impl Judge<'_> {
     fn verdict(&self, bytes: &[u8], h: &BatchHeader, r: &batch::RecordView) -> Verdict {
         let offset = h.base_offset as u64 + r.offset_delta as u64;
+        if is_aborted(h, self.aborted) {
+            return Verdict::Aborted;
+        }
         // Past the dirty end the map knows nothing; control records are not keyed data; a
         // record without a key cannot be judged (Kafka refuses them on compacted topics).
         if offset >= self.dirty_end || h.is_control() {

@@ -10,6 +10,7 @@ use super::batch;
 use super::index::{self, OFFSET_ENTRY, TIME_ENTRY};
 use super::partition::{Ctx, PartState, Partition, remove_segment_files};
 use super::segment::{self, SegmentMeta};
+use super::txnindex::{self, AbortedTxn};
 use crate::error::{Error, Result};
 use crate::io::{self, FileSystem, OpenMode};
 
@@ -38,7 +39,9 @@ fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<(Vec<u64>, Vec<u64>)
         let (stem, ext) = name.rsplit_once('.').unwrap_or((name, ""));
         match (io::parse_offset_name(stem), ext) {
             (Some(base), "log") => bases.push(base),
-            (Some(base), "index" | "timeindex") => indexes.push((base, e.name.clone())),
+            (Some(base), "index" | "timeindex" | "txnindex") => {
+                indexes.push((base, e.name.clone()))
+            }
             // Producer snapshots: read by `producers::rebuild`.
             (Some(offset), "snapshot") => snapshots.push(offset),
             (_, "tmp") => {
@@ -217,6 +220,9 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
             .saturating_sub(1)
     };
     let mut metas: Vec<SegmentMeta> = Vec::with_capacity(bases.len());
+    // Per segment: whether its transaction index is rebuilt from the log (it was validated
+    // from the log, not trusted).
+    let mut rebuild_txn: Vec<bool> = Vec::with_capacity(bases.len());
     let mut i = 0;
     while i < bases.len() {
         let base = bases[i];
@@ -236,6 +242,7 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
         } else {
             None
         };
+        let mut rebuild = trusted.is_none();
         if let Some(sealed) = trusted {
             // Trusted sealed segment: its indexes were trimmed and synced when it was sealed.
             meta.next_offset = bases[i + 1];
@@ -320,6 +327,7 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
                     let from = o_last.map_or(0, |e| u64::from(index::offset_at(&e, 0).1));
                     match scan_tail(log.as_ref(), base, from, size) {
                         Some((next, max_ts)) => {
+                            rebuild = false;
                             let last_ts = t_last.map_or(-1, |e| index::time_at(&e, 0).0);
                             meta.next_offset = next;
                             meta.max_timestamp = max_ts.max(last_ts);
@@ -357,21 +365,50 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
             }
         }
         metas.push(meta);
+        rebuild_txn.push(rebuild);
         i += 1;
     }
+    // Segments truncated away above took their flags with them.
+    rebuild_txn.truncate(metas.len());
+    // Trusted segments' transaction indexes are checked; a bad one is rebuilt.
+    for (m, rebuild) in metas.iter_mut().zip(rebuild_txn.iter_mut()) {
+        if !*rebuild {
+            match read_txn_index(fs, dir, m) {
+                Some(n) => m.txn_entries = n,
+                None => *rebuild = true,
+            }
+        }
+    }
+    let replay_from = metas
+        .iter()
+        .zip(&rebuild_txn)
+        .find(|(_, r)| **r)
+        .map_or(u64::MAX, |(m, _)| m.base);
     let end = metas.last().map_or(spec.log_start, |m| m.next_offset);
     let first_base = metas.first().map_or(0, |m| m.base);
     let start = spec.log_start.max(first_base).min(end);
     let last_timestamp = metas.iter().map(|m| m.max_timestamp).max().unwrap_or(-1);
-    let (producers, has_snapshot) = super::producers::rebuild(
+    let rebuilt = super::producers::rebuild(
         fs,
         dir,
         snapshots,
         &metas,
         end,
+        replay_from,
         crate::clock::now_ms(),
         ctx.producer_expiration,
     )?;
+    for (m, _) in metas.iter_mut().zip(&rebuild_txn).filter(|(_, r)| **r) {
+        let entries: Vec<AbortedTxn> = rebuilt
+            .aborts
+            .iter()
+            .filter(|(base, _)| *base == m.base)
+            .map(|(_, e)| *e)
+            .collect();
+        txnindex::write_all(fs, dir, m.base, &entries)?;
+        m.txn_entries = entries.len() as u64;
+    }
+    let (producers, has_snapshot) = (rebuilt.state, rebuilt.has_snapshot);
     Ok(Partition {
         uid: spec.uid,
         topic: spec.topic.to_owned(),
@@ -396,6 +433,19 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
         signal: Default::default(),
         deleted: Default::default(),
     })
+}
+
+/// The entry count of segment `m`'s transaction index (0 without one), or `None` if the file
+/// does not check out (see `txnindex::decode`) and must be rebuilt.
+fn read_txn_index(fs: &dyn FileSystem, dir: &Path, m: &SegmentMeta) -> Option<u64> {
+    let p = txnindex::path(dir, m.base);
+    match fs.read_file(&p) {
+        Ok(b) => txnindex::decode(&b, m.base, m.next_offset)
+            .ok()
+            .map(|v| v.len() as u64),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(0),
+        Err(_) => None,
+    }
 }
 
 /// Scans batch headers from `from` to `size`: the next offset and newest max timestamp, or

@@ -34,6 +34,7 @@ mod producers;
 mod read;
 mod retention;
 mod segment;
+mod txnindex;
 mod verify;
 
 use std::any::Any;
@@ -60,9 +61,9 @@ use crate::error::{Error, Result};
 use crate::options::StoreOptions;
 use crate::producer_state::IdempotentBatch;
 use crate::store::{
-    AppendResult, CompactionReport, DiskUsage, EngineKind, KeyMatch, LogStore, Message,
+    AppendResult, CompactionReport, DiskUsage, EngineKind, Fetch, KeyMatch, LogStore, Message,
     PartitionBounds, ProducerEntry, ProducerId, ReadLimits, Record, TaggedRead, TopicConfig,
-    VerifyReport, delete_before_target, listed_topics, validate_new_topic,
+    TxnMarker, VerifyReport, delete_before_target, listed_topics, validate_new_topic,
 };
 use crate::topic_config::Effective;
 
@@ -225,6 +226,7 @@ impl Inner {
         partition: u32,
         messages: &[Message],
         idem: Option<IdempotentBatch>,
+        transactional: bool,
     ) -> Result<(AppendResult, u64)> {
         self.check_open()?;
         self.gc.check_writable()?;
@@ -238,27 +240,111 @@ impl Inner {
             epoch: b.producer.epoch,
             base_sequence: b.first_seq,
         });
+        let op = match idem {
+            Some(batch) => append::Op::Idempotent {
+                batch,
+                transactional,
+            },
+            None => append::Op::Plain,
+        };
+        let attributes = match transactional {
+            true => batch::ATTR_LOG_APPEND_TIME | batch::ATTR_TRANSACTIONAL,
+            false => batch::ATTR_LOG_APPEND_TIME,
+        };
         let (result, bytes, count) = SCRATCH.with(|s| {
             let buf = &mut s.borrow_mut().buf;
             buf.clear();
-            encode(buf, messages, now, t.effective.max_message_bytes, producer)?;
-            let (r, written) = p.append(&self.ctx, buf, messages, now, &t.effective, idem)?;
+            encode(
+                buf,
+                messages,
+                now,
+                t.effective.max_message_bytes,
+                producer,
+                attributes,
+            )?;
+            let a = p.append(
+                &self.ctx,
+                buf,
+                messages,
+                messages.len(),
+                now,
+                &t.effective,
+                op,
+            )?;
             // A duplicate wrote nothing; it still goes through the steps below, so its
             // acknowledgement waits for a flush that covers the original batch.
-            Ok::<_, Error>(match written {
-                true => (r, buf.len() as u64, messages.len() as u64),
-                false => (r, 0, 0),
+            Ok::<_, Error>(match a.written {
+                true => (a.result, buf.len() as u64, messages.len() as u64),
+                false => (a.result, 0, 0),
             })
         })?;
-        // Order matters for group commit: data written, then the partition marked dirty, then
-        // the append counted (see `flush_to`).
+        Ok((result, self.appended(&p, count, bytes)))
+    }
+
+    /// The steps after an append: the partition marked dirty, the append counted (in this
+    /// order, for group commit: see `flush_to`), waiters woken. Returns the append's sequence.
+    fn appended(&self, p: &Arc<Partition>, count: u64, bytes: u64) -> u64 {
         if !p.dirty.swap(true, Ordering::AcqRel) {
-            self.dirty.lock().push(Arc::clone(&p));
+            self.dirty.lock().push(Arc::clone(p));
         }
         let seq = self.appended.fetch_add(1, Ordering::AcqRel) + 1;
         p.signal.notify();
         self.gc.note_appended(count, bytes);
-        Ok((result, seq))
+        seq
+    }
+
+    /// [`LogStore::write_marker`]: the control batch appended under the partition lock (if
+    /// the producer has a transaction open there), then, outside it, the partition's logs
+    /// synced (the active segment's and those of rolled segments not sealed yet, so a roll
+    /// just before the marker loses nothing) and the abort's transaction index entry synced.
+    fn write_marker(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer: ProducerId,
+        marker: TxnMarker,
+        coordinator_epoch: i32,
+    ) -> Result<Option<u64>> {
+        self.check_open()?;
+        self.gc.check_writable()?;
+        let (t, p) = self.topic_partition(topic, partition)?;
+        if producer.id < 0 || producer.epoch < 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{producer}: producer id and epoch must not be negative"
+            )));
+        }
+        let now = now_ms();
+        let m = batch::EndTxnMarker {
+            marker,
+            coordinator_epoch,
+        };
+        let op = append::Op::Marker {
+            producer,
+            marker,
+            coordinator_epoch,
+        };
+        let (a, bytes) = SCRATCH.with(|s| {
+            let buf = &mut s.borrow_mut().buf;
+            buf.clear();
+            batch::encode_end_txn_marker(buf, 0, producer.id, producer.epoch, m, now);
+            let a = p.append(&self.ctx, buf, &[], 1, now, &t.effective, op)?;
+            Ok::<_, Error>((a, buf.len() as u64))
+        })?;
+        if !a.written {
+            return Ok(None);
+        }
+        self.appended(&p, 1, bytes);
+        p.flush(&self.ctx)?;
+        if let Some(w) = a.txn_index {
+            w.file.sync_data().map_err(|e| Error::io(&w.path, e))?;
+            if w.created {
+                self.ctx
+                    .fs
+                    .sync_dir(&p.dir)
+                    .map_err(|e| Error::io(&p.dir, e))?;
+            }
+        }
+        Ok(Some(a.result.base_offset))
     }
 
     fn store_offsets(
@@ -319,6 +405,7 @@ fn encode(
     now: i64,
     max_message_bytes: usize,
     producer: batch::ProducerInfo,
+    attributes: i16,
 ) -> Result<()> {
     let base_ts = messages[0].timestamp.unwrap_or(now);
     let start = batch::begin_batch(buf);
@@ -357,7 +444,7 @@ fn encode(
         partition_leader_epoch: 0,
         magic: batch::MAGIC,
         crc: 0,
-        attributes: batch::ATTR_LOG_APPEND_TIME,
+        attributes,
         last_offset_delta: messages.len() as i32 - 1,
         base_timestamp: base_ts,
         max_timestamp: now,
@@ -474,6 +561,7 @@ impl SegmentedStore {
                 closed: AtomicBool::new(false),
                 index: None,
                 producer_expiration: options.producer_id_expiration,
+                gc: Arc::clone(&gc),
             },
             options: options.clone(),
             topics: RwLock::new(HashMap::new()),
@@ -905,7 +993,9 @@ impl LogStore for SegmentedStore {
     }
 
     fn append(&self, topic: &str, partition: u32, messages: &[Message]) -> Result<AppendResult> {
-        let (r, seq) = self.inner.append_batch(topic, partition, messages, None)?;
+        let (r, seq) = self
+            .inner
+            .append_batch(topic, partition, messages, None, false)?;
         self.finish(r, seq, true)
     }
 
@@ -915,7 +1005,9 @@ impl LogStore for SegmentedStore {
         partition: u32,
         messages: &[Message],
     ) -> Result<AppendResult> {
-        let (r, seq) = self.inner.append_batch(topic, partition, messages, None)?;
+        let (r, seq) = self
+            .inner
+            .append_batch(topic, partition, messages, None, false)?;
         self.finish(r, seq, false)
     }
 
@@ -925,7 +1017,9 @@ impl LogStore for SegmentedStore {
         partition: u32,
         messages: &[Message],
     ) -> Result<Completion> {
-        let (r, seq) = self.inner.append_batch(topic, partition, messages, None)?;
+        let (r, seq) = self
+            .inner
+            .append_batch(topic, partition, messages, None, false)?;
         Ok(Completion::new(r, seq, Arc::clone(&self.inner.gc)))
     }
 
@@ -962,8 +1056,42 @@ impl LogStore for SegmentedStore {
         let idem = crate::producer_state::checked_batch(producer, base_sequence, messages.len())?;
         let (r, seq) = self
             .inner
-            .append_batch(topic, partition, messages, Some(idem))?;
+            .append_batch(topic, partition, messages, Some(idem), false)?;
         self.finish(r, seq, true)
+    }
+
+    fn append_transactional(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer: ProducerId,
+        base_sequence: i32,
+        messages: &[Message],
+    ) -> Result<AppendResult> {
+        let idem = crate::producer_state::checked_batch(producer, base_sequence, messages.len())?;
+        let (r, seq) = self
+            .inner
+            .append_batch(topic, partition, messages, Some(idem), true)?;
+        self.finish(r, seq, true)
+    }
+
+    fn write_marker(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer: ProducerId,
+        marker: TxnMarker,
+        coordinator_epoch: i32,
+    ) -> Result<Option<u64>> {
+        self.inner
+            .write_marker(topic, partition, producer, marker, coordinator_epoch)
+    }
+
+    fn fetch(&self, topic: &str, partition: u32, offset: u64, limits: ReadLimits) -> Result<Fetch> {
+        self.inner.check_open()?;
+        self.inner
+            .partition(topic, partition)?
+            .fetch(&self.inner.ctx, offset, limits)
     }
 
     fn producer_state(&self, topic: &str, partition: u32) -> Result<Vec<ProducerEntry>> {
@@ -992,12 +1120,12 @@ impl LogStore for SegmentedStore {
     fn bounds(&self, topic: &str, partition: u32) -> Result<PartitionBounds> {
         self.inner.check_open()?;
         let p = self.inner.partition(topic, partition)?;
-        let end = p.end.load(Ordering::Acquire);
+        let (start, end, last_stable) = p.stable_bounds();
         Ok(PartitionBounds {
-            start: p.start.load(Ordering::Acquire),
+            start,
             end,
             durable_end: p.durable_end.load(Ordering::Acquire).min(end),
-            last_stable: end,
+            last_stable,
         })
     }
 

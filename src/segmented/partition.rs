@@ -26,6 +26,9 @@ pub(crate) struct Ctx {
     pub(crate) index: Option<crate::index::KeyIndex>,
     /// `StoreOptions::producer_id_expiration`.
     pub(crate) producer_expiration: std::time::Duration,
+    /// The store's group commit: poisoned when a transaction index cannot record an abort
+    /// whose marker is already in the log (a reopen rebuilds it).
+    pub(crate) gc: Arc<crate::durability::GroupCommit>,
 }
 
 pub(crate) struct PartState {
@@ -123,6 +126,15 @@ impl Partition {
         super::producers::prune(ctx.fs.as_ref(), &self.dir, &self.segment_bases())
     }
 
+    /// (start, end, last stable offset), read together under the partition lock (appends and
+    /// markers publish their end under it).
+    pub(crate) fn stable_bounds(&self) -> (u64, u64, u64) {
+        let st = self.state.lock();
+        let start = self.start.load(Ordering::Acquire);
+        let end = self.end.load(Ordering::Acquire);
+        (start, end, st.producers.last_stable(start, end))
+    }
+
     /// The bases of the partition's segments, ascending.
     pub(super) fn segment_bases(&self) -> Vec<u64> {
         self.state.lock().segments.iter().map(|m| m.base).collect()
@@ -203,6 +215,7 @@ impl Partition {
                 segment::log_path(&self.dir, m.base),
                 segment::index_path(&self.dir, m.base),
                 segment::time_index_path(&self.dir, m.base),
+                super::txnindex::path(&self.dir, m.base),
             ] {
                 if let Ok(len) = ctx.fs.file_len(&p) {
                     files += 1;
@@ -219,6 +232,7 @@ pub(super) fn remove_segment_files(fs: &dyn FileSystem, dir: &Path, base: u64) -
         segment::log_path(dir, base),
         segment::index_path(dir, base),
         segment::time_index_path(dir, base),
+        super::txnindex::path(dir, base),
     ] {
         io::remove_if_exists(fs, &p).map_err(|e| Error::io(&p, e))?;
     }

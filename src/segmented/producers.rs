@@ -25,11 +25,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::batch;
 use super::segment::{self, SegmentMeta};
+use super::txnindex::AbortedTxn;
 use crate::error::{Error, Result};
 use crate::io::{self, FileSystem, OpenMode};
 use crate::producer_state::{self, BatchMeta, ProducerStates, SnapshotEntry};
-use crate::store::ProducerId;
+use crate::store::{ProducerId, TxnMarker};
 
 const SUFFIX: &str = "snapshot";
 
@@ -88,19 +90,33 @@ pub(super) fn prune(fs: &dyn FileSystem, dir: &Path, bases: &[u64]) -> Result<()
     Ok(())
 }
 
+/// What an open rebuilds from the snapshots and the log.
+pub(super) struct Rebuilt {
+    pub(super) state: ProducerStates,
+    /// Whether the partition has a snapshot (see `PartState::has_snapshot`).
+    pub(super) has_snapshot: bool,
+    /// The aborts whose markers the replay went over: (base of the segment holding the
+    /// marker, the transaction index entry).
+    pub(super) aborts: Vec<(u64, AbortedTxn)>,
+}
+
 /// Rebuilds a partition's producer state at open from its snapshots (`all`, their offsets
-/// ascending): the newest usable snapshot, then the batch headers of the log from its offset to
-/// `end`, then expiry at `now`. Deletes snapshots past
-/// `end` first (durably: a later open must not find them once the log has grown past them).
+/// ascending): the newest usable snapshot, then the batch headers of the log from its offset
+/// to `end`, then expiry at `now`. Collects the aborts of the markers from `replay_from` on
+/// (the first segment whose transaction index must be rebuilt from the log), each with the
+/// state it was written in: those below the snapshot by a replay from an older one. Deletes snapshots past `end` first (durably: a later open
+/// must not find them once the log has grown past them).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn rebuild(
     fs: &dyn FileSystem,
     dir: &Path,
     all: Vec<u64>,
     metas: &[SegmentMeta],
     end: u64,
+    replay_from: u64,
     now: i64,
     expiration: Duration,
-) -> Result<(ProducerStates, bool)> {
+) -> Result<Rebuilt> {
     let stale: Vec<u64> = all.iter().copied().filter(|&o| o > end).collect();
     for &o in &stale {
         let p = snapshot_path(dir, o);
@@ -110,29 +126,51 @@ pub(super) fn rebuild(
         fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
     }
     let mut state = ProducerStates::default();
+    let mut aborts = Vec::new();
     if all.len() == stale.len() {
-        // No snapshot: the log holds no idempotent batch (see `Partition::has_snapshot`).
-        return Ok((state, false));
+        // No snapshot: the log holds no idempotent batch (see `Partition::has_snapshot`), so
+        // no transaction either.
+        return Ok(Rebuilt {
+            state,
+            has_snapshot: false,
+            aborts,
+        });
     }
-    let mut from = 0;
-    for &o in all.iter().rev().filter(|&&o| o <= end) {
-        let p = snapshot_path(dir, o);
-        // A damaged or unreadable snapshot is passed over: an older one, or the log, has it.
-        let Ok(bytes) = fs.read_file(&p) else {
-            continue;
-        };
-        if let Ok(entries) = producer_state::decode_snapshot(&bytes) {
-            state = ProducerStates::from_snapshot(&entries);
-            from = o;
-            break;
+    let usable = |limit: u64| {
+        for &o in all.iter().rev().filter(|&&o| o <= limit) {
+            let p = snapshot_path(dir, o);
+            // A damaged or unreadable snapshot is passed over: an older one, or the log, has it.
+            let Ok(bytes) = fs.read_file(&p) else {
+                continue;
+            };
+            if let Ok(entries) = producer_state::decode_snapshot(&bytes) {
+                return (ProducerStates::from_snapshot(&entries), o);
+            }
         }
+        (ProducerStates::default(), 0)
+    };
+    let from;
+    (state, from) = usable(end);
+    if replay_from < from {
+        // Markers below the newest snapshot whose index must be rebuilt: replayed from an
+        // older snapshot (or the log's first segment: a transaction begun in a deleted
+        // segment opens at its first batch still there, all that a reader can see of it),
+        // in a state thrown away after.
+        let (mut older, older_from) = usable(replay_from);
+        replay(fs, dir, metas, older_from, from, &mut older, &mut aborts)?;
     }
-    replay(fs, dir, metas, from, end, &mut state)?;
+    replay(fs, dir, metas, from, end, &mut state, &mut aborts)?;
     state.expire(now, expiration);
-    Ok((state, true))
+    Ok(Rebuilt {
+        state,
+        has_snapshot: true,
+        aborts,
+    })
 }
 
-/// Applies the idempotent batches of offsets `from..end` (headers only).
+/// Applies the idempotent and transactional batches of offsets `from..end` (headers only)
+/// and the end-transaction markers among them (a control batch is one short record: read
+/// whole), collecting the aborts.
 fn replay(
     fs: &dyn FileSystem,
     dir: &Path,
@@ -140,6 +178,7 @@ fn replay(
     from: u64,
     end: u64,
     state: &mut ProducerStates,
+    aborts: &mut Vec<(u64, AbortedTxn)>,
 ) -> Result<()> {
     for m in metas
         .iter()
@@ -153,15 +192,47 @@ fn replay(
         // The open validated (or trusted) every batch up to the segment's size; a header that
         // does not parse ends the walk of this segment rather than failing the open.
         while let Ok(h) = segment::read_header(log.as_ref(), pos, m.size) {
+            let at = pos;
             pos += h.total_len() as u64;
+            if h.base_offset as u64 >= end {
+                break;
+            }
             let last = h.last_offset() as u64;
-            if last < from || h.producer_id < 0 || h.base_sequence < 0 || h.is_control() {
+            if last < from || h.producer_id < 0 || h.producer_epoch < 0 {
                 continue;
             }
             let producer = ProducerId {
                 id: h.producer_id,
                 epoch: h.producer_epoch,
             };
+            if h.is_control() {
+                let mut b = vec![0u8; h.total_len()];
+                io::read_exact_at(log.as_ref(), &mut b, at).map_err(|e| Error::io(&lp, e))?;
+                // The open validated the batch; one that is no marker is passed over.
+                let Ok(marker) = batch::check_batch(&b).and_then(|h| batch::end_txn_marker(&b, &h))
+                else {
+                    continue;
+                };
+                let offset = h.base_offset as u64;
+                let last_stable = state.aborted_lso(producer.id, offset);
+                let first =
+                    state.complete_txn(producer, offset, marker.coordinator_epoch, h.max_timestamp);
+                if let (Some(first), TxnMarker::Abort) = (first, marker.marker) {
+                    aborts.push((
+                        m.base,
+                        AbortedTxn {
+                            producer_id: producer.id,
+                            first_offset: first,
+                            last_offset: offset,
+                            last_stable,
+                        },
+                    ));
+                }
+                continue;
+            }
+            if h.base_sequence < 0 {
+                continue;
+            }
             state.record(
                 producer,
                 BatchMeta {
@@ -171,6 +242,7 @@ fn replay(
                     last_offset: last,
                     timestamp: h.max_timestamp,
                 },
+                h.is_transactional(),
             );
         }
     }

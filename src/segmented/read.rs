@@ -8,12 +8,24 @@ use bytes::{Bytes, BytesMut};
 use super::batch::{self, BatchHeader};
 use super::index;
 use super::partition::{Ctx, Partition};
-use super::segment;
+use super::segment::{self, SegmentMeta};
+use super::txnindex::{self, Aborted};
 use crate::error::{Error, Result};
 use crate::io::{self, OpenMode};
 use crate::store::{
-    Properties, PropertyEncoding, ReadLimits, Record, TaggedRead, range_in, tag_matches,
+    Fetch, IsolationLevel, Properties, PropertyEncoding, ReadLimits, Record, TaggedRead, range_in,
+    tag_matches,
 };
+
+/// Whether a read skips a whole batch: a control batch (markers are never returned), or a
+/// transactional batch of an aborted transaction (`read_committed` only: `aborted` is empty
+/// otherwise).
+fn skipped(h: &BatchHeader, aborted: &Aborted) -> bool {
+    h.is_control()
+        || (h.is_transactional()
+            && !aborted.is_empty()
+            && aborted.contains(h.producer_id, h.base_offset as u64))
+}
 
 impl Partition {
     /// [`repair_indexes`](Self::repair_indexes) of the segment holding `offset`, if any.
@@ -94,33 +106,116 @@ impl Partition {
     }
 
     pub(crate) fn read(&self, ctx: &Ctx, offset: u64, limits: ReadLimits) -> Result<Vec<Record>> {
-        let end = self.end.load(Ordering::Acquire);
-        let start = self.start.load(Ordering::Acquire);
+        Ok(self.fetch(ctx, offset, limits)?.records)
+    }
+
+    /// The offsets a read under `isolation` may return: `[start, bound)`, with the bound the
+    /// end or (`read_committed`) the last stable offset. Out of range below the start or
+    /// past the end.
+    fn read_bounds(&self, offset: u64, isolation: IsolationLevel) -> Result<u64> {
+        let (start, end, last_stable) = self.stable_bounds();
         if offset < start || offset > end {
             return Err(self.out_of_range(offset, start, end));
         }
-        if offset == end || limits.max_messages == 0 {
-            return Ok(Vec::new());
+        Ok(match isolation {
+            IsolationLevel::ReadUncommitted => end,
+            IsolationLevel::ReadCommitted => last_stable,
+        })
+    }
+
+    /// [`LogStore::fetch`](crate::LogStore::fetch): rounds of [`read_once`](Self::read_once)
+    /// until the limits are met, the bound is reached, or the scan bound of
+    /// [`ReadLimits::tagged_scan`] is spent (skipped markers and aborted records count
+    /// towards it, so a backlog of aborted data costs one call a bounded amount of work).
+    /// `read_committed` collects the aborted transactions overlapping `[offset, bound)`
+    /// once, from the transaction indexes.
+    pub(crate) fn fetch(&self, ctx: &Ctx, offset: u64, limits: ReadLimits) -> Result<Fetch> {
+        let bound = self.read_bounds(offset, limits.isolation)?;
+        if offset >= bound || limits.max_messages == 0 {
+            return Ok(Fetch {
+                records: Vec::new(),
+                next_offset: offset,
+            });
         }
+        let aborted = match limits.isolation {
+            IsolationLevel::ReadCommitted => self.collect_aborted(ctx, offset, bound)?,
+            IsolationLevel::ReadUncommitted => Aborted::default(),
+        };
+        let (scan_offsets, scan_bytes) = limits.tagged_scan();
+        let mut f = Filling {
+            records: Vec::new(),
+            bytes: 0,
+            full: false,
+            examined: 0,
+            read: 0,
+        };
+        let mut at = offset;
         let mut repaired = false;
-        let mut offset = offset;
-        loop {
-            match self.read_once(ctx, offset, end, limits) {
-                // Compaction leaves gaps: what was read held no record at or after `offset`
-                // (batches emptied or ending in removed records, a segment's removed tail), so
-                // the read goes on after it. Each round moves `offset` forward.
-                Ok((records, next)) if records.is_empty() && next > offset && next < end => {
-                    offset = next;
-                }
-                Ok((records, _)) => return Ok(records),
+        while at < bound
+            && !f.full
+            && f.records.len() < limits.max_messages
+            && f.examined < scan_offsets
+            && f.read < scan_bytes
+        {
+            match self.read_once(ctx, at, bound, limits, &aborted, &mut f) {
+                Ok(next) if next > at => at = next,
+                // Nothing left to examine (a segment's end raced the bound): done.
+                Ok(_) => break,
                 Err(Error::Corrupted { .. }) if !repaired => {
                     // A garbled index sends the scan to a wrong position: rebuild and retry once.
-                    self.repair_indexes_at(ctx, offset)?;
+                    self.repair_indexes_at(ctx, at)?;
                     repaired = true;
                 }
                 Err(e) => return Err(e),
             }
         }
+        Ok(Fetch {
+            records: f.records,
+            next_offset: at,
+        })
+    }
+
+    /// The aborted transactions overlapping `[offset, bound)`: the transaction indexes of the
+    /// segments from `offset`'s on (an abort's marker follows its records), each read once,
+    /// up to the first entry whose last stable offset reaches `bound` (see `txnindex`).
+    pub(super) fn collect_aborted(&self, ctx: &Ctx, offset: u64, bound: u64) -> Result<Aborted> {
+        let indexes: Vec<(std::path::PathBuf, u64)> = {
+            let st = self.state.lock();
+            let i = st
+                .segments
+                .partition_point(|m| m.base <= offset)
+                .saturating_sub(1);
+            st.segments[i.min(st.segments.len())..]
+                .iter()
+                .filter(|m| m.txn_entries > 0)
+                .map(|m| (self.txn_index_path(ctx, m), m.txn_entries))
+                .collect()
+        };
+        let mut out = Aborted::default();
+        for (path, count) in indexes {
+            for e in txnindex::read(ctx.fs.as_ref(), &path, count)? {
+                if e.last_offset >= offset && e.first_offset < bound {
+                    out.add(&e);
+                }
+                if e.last_stable >= bound {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Where segment `m`'s transaction index is now: its `.swap` name while the cleaner
+    /// renames a cleaned segment into place, if that name is still there.
+    pub(super) fn txn_index_path(&self, ctx: &Ctx, m: &SegmentMeta) -> std::path::PathBuf {
+        let p = txnindex::path(&self.dir, m.base);
+        if m.swapping {
+            let swap = segment::with_suffix(&p, segment::SWAP_SUFFIX);
+            if ctx.fs.exists(&swap).unwrap_or(false) {
+                return swap;
+            }
+        }
+        p
     }
 
     /// [`LogStore::read_tagged`](crate::LogStore::read_tagged): batches read as `read` reads
@@ -133,11 +228,14 @@ impl Partition {
         limits: ReadLimits,
         tags: &[String],
     ) -> Result<TaggedRead> {
-        let end = self.end.load(Ordering::Acquire);
-        let start = self.start.load(Ordering::Acquire);
-        if offset < start || offset > end {
-            return Err(self.out_of_range(offset, start, end));
-        }
+        // Past the bound (read_committed, past the last stable offset): nothing yet.
+        let end = self.read_bounds(offset, limits.isolation)?.max(offset);
+        let aborted = match limits.isolation {
+            IsolationLevel::ReadCommitted if offset < end => {
+                self.collect_aborted(ctx, offset, end)?
+            }
+            _ => Aborted::default(),
+        };
         let mut t = Tagged {
             records: Vec::new(),
             messages: limits.max_messages,
@@ -148,7 +246,7 @@ impl Partition {
         let mut at = offset;
         let mut repaired = false;
         while at < end && t.messages > 0 && !t.full && t.scan.0 > 0 && t.scan.1 > 0 {
-            match self.read_tagged_once(ctx, at, end, tags, &mut t) {
+            match self.read_tagged_once(ctx, at, end, tags, &aborted, &mut t) {
                 Ok(next) if next > at => at = next,
                 // Nothing left to examine (a segment's end raced the bound): done.
                 Ok(_) => break,
@@ -173,6 +271,7 @@ impl Partition {
         offset: u64,
         end: u64,
         tags: &[String],
+        aborted: &Aborted,
         t: &mut Tagged,
     ) -> Result<u64> {
         let (meta, handle) = {
@@ -251,6 +350,10 @@ impl Partition {
                 .map_err(|e| corrupt(first + at as u64, e.reason()))?;
             let b = buf.slice(at..at + h.total_len());
             at += h.total_len();
+            if skipped(&h, aborted) {
+                next = next.max((h.last_offset() as u64 + 1).min(end));
+                continue;
+            }
             for rv in batch::records(&b, &h) {
                 let rv = rv.map_err(|e| corrupt(first, e.reason()))?;
                 let o = h.base_offset as u64 + rv.offset_delta as u64;
@@ -290,15 +393,18 @@ impl Partition {
         Ok(next.min(end))
     }
 
-    /// Reads from the segment holding `offset`; returns the records and the offset the read
-    /// got to (where a read that found nothing goes on).
+    /// Reads from the segment holding `offset` (or the first after it) into `f`, up to
+    /// `bound` and the limits, skipping markers and `aborted` transactions' batches; returns
+    /// the offset the read got to: past every offset it examined, returned or skipped.
     fn read_once(
         &self,
         ctx: &Ctx,
         offset: u64,
-        end: u64,
+        bound: u64,
         limits: ReadLimits,
-    ) -> Result<(Vec<Record>, u64)> {
+        aborted: &Aborted,
+        f: &mut Filling,
+    ) -> Result<u64> {
         // Find the segment holding `offset` (or the first after it, if the offset fell in a gap).
         let (meta, handle) = {
             let st = self.state.lock();
@@ -306,6 +412,7 @@ impl Partition {
             // the start moves under this lock, before the segment goes.
             let start = self.start.load(Ordering::Acquire);
             if offset < start {
+                let end = self.end.load(Ordering::Acquire);
                 return Err(self.out_of_range(offset, start, end));
             }
             let mut i = st
@@ -316,7 +423,7 @@ impl Partition {
                 i += 1;
             }
             let Some(meta) = st.segments.get(i).cloned() else {
-                return Ok((Vec::new(), end));
+                return Ok(bound);
             };
             let handle = self.handle(ctx, &meta)?;
             (meta, handle)
@@ -332,7 +439,7 @@ impl Partition {
         let indexed_pos = pos;
         let first = loop {
             if pos >= meta.size {
-                return Ok((Vec::new(), meta.next_offset));
+                return Ok(meta.next_offset.min(bound).max(offset));
             }
             let h = handle
                 .header_at(pos, meta.size)
@@ -348,10 +455,11 @@ impl Partition {
             }
             pos += h.total_len() as u64;
         };
-        // Decide the span to read: whole batches until the limits are met.
+        // Decide the span to read: whole batches until what is left of the limits is met.
+        let messages_left = (limits.max_messages - f.records.len()) as u64;
+        let bytes_left = limits.max_bytes.saturating_sub(f.bytes) as u64;
         let mut span_end = first;
         let mut records = 0u64;
-        let mut scanned_to = offset;
         while span_end < meta.size {
             let h = handle
                 .header_at(span_end, meta.size)
@@ -359,15 +467,14 @@ impl Partition {
             let useful =
                 (h.last_offset() as u64 + 1).saturating_sub(offset.max(h.base_offset as u64));
             if span_end > first
-                && (records >= limits.max_messages as u64
-                    || span_end - first + h.total_len() as u64 > limits.max_bytes as u64)
+                && (records >= messages_left
+                    || span_end - first + h.total_len() as u64 > bytes_left)
             {
                 break;
             }
             records += useful.min(h.record_count as u64);
             span_end += h.total_len() as u64;
-            scanned_to = h.last_offset() as u64 + 1;
-            if h.last_offset() as u64 + 1 >= end {
+            if h.last_offset() as u64 + 1 >= bound {
                 break;
             }
         }
@@ -375,33 +482,49 @@ impl Partition {
         io::read_exact_at(handle.log.as_ref(), &mut buf, first)
             .map_err(|e| Error::io(&handle.log_path, e))?;
         let buf = buf.freeze();
-        let mut out = Vec::with_capacity((records as usize).min(limits.max_messages));
+        f.read += buf.len() as u64;
         let mut at = 0usize;
-        let mut bytes = 0usize;
+        let mut next = offset;
         'batches: while at < buf.len() {
             let h = batch::check_batch(&buf[at..])
                 .map_err(|e| corrupt(first + at as u64, e.reason()))?;
             let b = buf.slice(at..at + h.total_len());
             at += h.total_len();
+            let batch_end = h.last_offset() as u64 + 1;
+            if skipped(&h, aborted) {
+                f.examined += h.record_count.max(1) as u64;
+                next = next.max(batch_end.min(bound));
+                continue;
+            }
             for rv in batch::records(&b, &h) {
                 let rv = rv.map_err(|e| corrupt(first, e.reason()))?;
                 let o = h.base_offset as u64 + rv.offset_delta as u64;
-                if o < offset || o >= end {
+                if o < offset {
                     continue;
                 }
-                if out.len() >= limits.max_messages
-                    || (!out.is_empty() && bytes + rv.len > limits.max_bytes)
-                {
+                if o >= bound {
+                    // Every offset below the bound in this batch was examined.
+                    next = bound;
                     break 'batches;
                 }
-                bytes += rv.len;
-                out.push(make_record(&b, &h, &rv, o));
+                if f.records.len() >= limits.max_messages
+                    || (!f.records.is_empty() && f.bytes + rv.len > limits.max_bytes)
+                {
+                    f.full = true;
+                    return Ok(next);
+                }
+                f.examined += 1;
+                f.bytes += rv.len;
+                f.records.push(make_record(&b, &h, &rv, o));
+                next = o + 1;
             }
+            // Past the whole batch: compaction may have removed its last records.
+            next = next.max(batch_end);
         }
         if span_end >= meta.size {
-            scanned_to = scanned_to.max(meta.next_offset);
+            next = next.max(meta.next_offset);
         }
-        Ok((out, scanned_to))
+        Ok(next.min(bound))
     }
 
     /// Kafka's `offsetsForTimes` by store time (the batches' LogAppendTime): the first segment
@@ -466,6 +589,16 @@ impl Partition {
 
 /// Bytes of batches a tagged read reads at once.
 const TAGGED_CHUNK: u64 = 4 << 20;
+
+/// A fetch's state across rounds: what it returns, and what it examined (offsets, bytes
+/// read) against its scan bound.
+struct Filling {
+    records: Vec<Record>,
+    bytes: usize,
+    full: bool,
+    examined: u64,
+    read: u64,
+}
 
 /// A tagged read's state across rounds: what it returned, what is left of its limits and of
 /// its scan bound (offsets, bytes).

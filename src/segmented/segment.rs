@@ -73,6 +73,8 @@ pub(crate) struct SegmentMeta {
     /// A cleaned segment whose files may still be named `.swap` (the cleaner is renaming them
     /// into place): opened by either name, never repaired.
     pub(crate) swapping: bool,
+    /// Entries of the segment's `.txnindex` (0: no file): aborts whose marker it holds.
+    pub(crate) txn_entries: u64,
 }
 
 impl SegmentMeta {
@@ -90,6 +92,7 @@ impl SegmentMeta {
             sealed: false,
             log_damaged: false,
             swapping: false,
+            txn_entries: 0,
         }
     }
 }

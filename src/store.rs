@@ -1042,8 +1042,6 @@ pub trait LogStore: Send + Sync + fmt::Debug {
     /// into a batch sequence of non-transactional ones without a marker between, is
     /// [`Error::InvalidTxnState`](crate::Error::InvalidTxnState). The open transaction survives
     /// crashes (snapshots plus replay).
-    ///
-    /// The default implementation refuses: an engine that supports transactions overrides it.
     fn append_transactional(
         &self,
         topic: &str,
@@ -1051,13 +1049,7 @@ pub trait LogStore: Send + Sync + fmt::Debug {
         producer: ProducerId,
         base_sequence: i32,
         messages: &[Message],
-    ) -> Result<AppendResult> {
-        let _ = (topic, partition, producer, base_sequence, messages);
-        Err(crate::Error::InvalidArgument(format!(
-            "the {} engine does not support transactions",
-            self.engine()
-        )))
-    }
+    ) -> Result<AppendResult>;
 
     /// Ends `producer`'s open transaction on the partition with a control record (Kafka's
     /// end-transaction marker: a control batch with key `[0, type]` and value
@@ -1077,25 +1069,12 @@ pub trait LogStore: Send + Sync + fmt::Debug {
         producer: ProducerId,
         marker: TxnMarker,
         coordinator_epoch: i32,
-    ) -> Result<Option<u64>> {
-        let _ = (topic, partition, producer, marker, coordinator_epoch);
-        Err(crate::Error::InvalidArgument(format!(
-            "the {} engine does not support transactions",
-            self.engine()
-        )))
-    }
+    ) -> Result<Option<u64>>;
 
     /// Reads from `offset` as [`read`](LogStore::read) does, under `limits.isolation`, and
     /// says where to read next (past markers and skipped aborted records). The primitive under
     /// consumers: a reader that stores [`Fetch::next_offset`] never stalls on a control record.
-    fn fetch(&self, topic: &str, partition: u32, offset: u64, limits: ReadLimits) -> Result<Fetch> {
-        let records = self.read(topic, partition, offset, limits)?;
-        let next_offset = records.last().map_or(offset, |r| r.offset() + 1);
-        Ok(Fetch {
-            records,
-            next_offset,
-        })
-    }
+    fn fetch(&self, topic: &str, partition: u32, offset: u64, limits: ReadLimits) -> Result<Fetch>;
 
     /// Makes records before `offset` unreadable (Kafka DeleteRecords) and frees whole files
     /// where the engine can. Returns the new log start offset.

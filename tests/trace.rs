@@ -418,6 +418,37 @@ impl LogStore for Gated {
     ) -> duolog::Result<Vec<duolog::ProducerEntry>> {
         self.inner.producer_state(topic, partition)
     }
+    fn append_transactional(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer: duolog::ProducerId,
+        base_sequence: i32,
+        messages: &[Message],
+    ) -> duolog::Result<AppendResult> {
+        self.inner
+            .append_transactional(topic, partition, producer, base_sequence, messages)
+    }
+    fn write_marker(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer: duolog::ProducerId,
+        marker: duolog::TxnMarker,
+        coordinator_epoch: i32,
+    ) -> duolog::Result<Option<u64>> {
+        self.inner
+            .write_marker(topic, partition, producer, marker, coordinator_epoch)
+    }
+    fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limits: ReadLimits,
+    ) -> duolog::Result<duolog::Fetch> {
+        self.inner.fetch(topic, partition, offset, limits)
+    }
     fn append(
         &self,
         topic: &str,

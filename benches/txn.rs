@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use duolog::txn::{TransactionCoordinator, TxnCoordinatorConfig, TxnProducerConfig};
 use duolog::{
     EngineKind, IsolationLevel, LogStore, Message, ProducerId, ReadLimits, StoreOptions,
     TopicConfig, TxnMarker,
@@ -59,6 +60,62 @@ fn idempotent_overhead(c: &mut Criterion) {
                 r
             })
         });
+        store.close().expect("close");
+    }
+    group.finish();
+}
+
+fn transactions(c: &mut Criterion) {
+    const PARTITIONS: u32 = 4;
+    let mut group = c.benchmark_group("txn/commit/100B");
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(5));
+    for engine in ENGINES {
+        let (_dir, store) = open(engine);
+        store
+            .create_topic("t", TopicConfig::with_partitions(PARTITIONS))
+            .expect("topic");
+        let coordinator =
+            TransactionCoordinator::open(Arc::clone(&store), TxnCoordinatorConfig::default())
+                .expect("coordinator");
+        let producer = coordinator
+            .producer("bench", TxnProducerConfig::default())
+            .expect("producer");
+        let message = [Message::new(vec![b't'; 100])];
+        for size in [10u64, 100] {
+            group.throughput(Throughput::Elements(size));
+            // One transaction of `size` messages, one per send, round-robin over the partitions.
+            group.bench_function(
+                BenchmarkId::new(engine.name(), format!("transaction-of-{size}")),
+                |b| {
+                    b.iter(|| {
+                        producer.begin().expect("begin");
+                        for i in 0..size {
+                            producer
+                                .send("t", i as u32 % PARTITIONS, &message)
+                                .expect("send");
+                        }
+                        producer.commit().expect("commit");
+                    })
+                },
+            );
+            // The same messages appended plainly, made durable once: what the transaction adds.
+            group.bench_function(
+                BenchmarkId::new(engine.name(), format!("plain-{size}-then-sync")),
+                |b| {
+                    b.iter(|| {
+                        for i in 0..size {
+                            store
+                                .append("t", i as u32 % PARTITIONS, &message)
+                                .expect("append");
+                        }
+                        store.sync().expect("sync");
+                    })
+                },
+            );
+        }
+        producer.close().expect("close producer");
+        coordinator.close().expect("close coordinator");
         store.close().expect("close");
     }
     group.finish();
@@ -124,5 +181,5 @@ fn read_isolation(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, idempotent_overhead, read_isolation);
+criterion_group!(benches, idempotent_overhead, transactions, read_isolation);
 criterion_main!(benches);

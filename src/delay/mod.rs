@@ -193,6 +193,13 @@ pub struct DelayOptions {
     /// plus the one message that crossed it (and the copies it writes). Default: 64 MiB.
     /// At least 1.
     pub max_round_bytes: usize,
+    /// Most pending entries of the open slot kept in memory (about 100 B each), sorted by due
+    /// time: the slot's chain is walked once when it opens and later rounds take from this
+    /// list, so a slot of N entries costs about N timer-log reads, not one walk per round
+    /// (the timer wakes at each distinct due millisecond). A slot with more pending entries
+    /// is walked per round instead, but only once per 1/64 of the precision: its messages may
+    /// then be up to precision/64 late. Default: 262,144 (about 26 MiB). 0: never kept.
+    pub max_open_slot_entries: usize,
 }
 
 impl Default for DelayOptions {
@@ -205,6 +212,7 @@ impl Default for DelayOptions {
             background: true,
             max_round: 10_000,
             max_round_bytes: 64 << 20,
+            max_open_slot_entries: 262_144,
         }
     }
 }

@@ -123,6 +123,22 @@ impl Ord for Candidate {
     }
 }
 
+/// The open slot's pending entries, by (effective due time, timer-log offset): its chain walked
+/// once (the first round of the slot) and kept, so later rounds take the smallest ready ones
+/// without walking it again; entries placed in the slot later are added by the enqueue step.
+/// A cache only: the watermark in the progress records says what is done, and it is rebuilt
+/// by a walk after an open (or whenever its count disagrees with the wheel's).
+#[derive(Debug)]
+struct OpenEntries {
+    slot: i64,
+    entries: BTreeMap<(i64, u64), TimerEntry>,
+}
+
+/// Walks of a slot too large for [`OpenEntries`] are at most this many per slot (plus one per
+/// round of `max_round` entries): such a slot is walked again only once per this fraction of
+/// the precision, so its messages may be up to `precision / OVER_CAP_WINDOWS` late.
+const OVER_CAP_WINDOWS: i64 = 64;
+
 /// What a round did to one slot: entries taken (cancels among them), entries lost under the
 /// layer, the last taken (effective due time, offset).
 struct SlotStep {
@@ -153,6 +169,10 @@ struct State {
     timer_sleeps_until: Option<i64>,
     /// Ids of messages with a pending cancel (one u64 per pending cancel, not per message).
     pending_cancels: HashSet<u64>,
+    /// The open slot's pending entries (at most `max_open_slot_entries`).
+    open_entries: Option<OpenEntries>,
+    /// A slot too large for `open_entries`: (slot, time before which it is not walked again).
+    walk_gate: Option<(i64, i64)>,
     /// The INTENT of a round whose DONE is not written: the next round redoes it.
     intent: Option<Progress>,
     rounds_since_retention: u32,
@@ -168,6 +188,7 @@ struct Shared {
     max_delay_ms: Option<i64>,
     max_round: usize,
     max_round_bytes: usize,
+    max_open_slot_entries: usize,
     dir: PathBuf,
     state: Mutex<State>,
     closed: AtomicBool,
@@ -325,12 +346,26 @@ impl EntryBlock {
             return Ok(None);
         }
         let from = pos.saturating_sub(ENTRY_BLOCK - 1).max(start);
-        let records = store.read(
-            TIMER_LOG_TOPIC,
-            0,
-            from,
-            ReadLimits::messages((pos - from + 1) as usize),
-        )?;
+        // A read may stop short (at a segment's end): read on until `pos` is covered, rather
+        // than fall back to reading entries one at a time.
+        let mut records: Vec<Record> = Vec::new();
+        let mut at = from;
+        while at <= pos {
+            let more = store.read(
+                TIMER_LOG_TOPIC,
+                0,
+                at,
+                ReadLimits::messages((pos - at + 1) as usize),
+            )?;
+            let Some(last) = more.last().map(Record::offset) else {
+                break;
+            };
+            records.extend(more.into_iter().filter(|r| r.offset() <= pos));
+            if last < at {
+                break;
+            }
+            at = last + 1;
+        }
         // Offsets of the timer log are dense (never compacted); anything else is damage.
         if records.len() as u64 != pos - from + 1
             || records.first().map(Record::offset) != Some(from)
@@ -475,6 +510,41 @@ impl Shared {
         }
     }
 
+    /// Drops what is done from the kept open-slot entries (a prefix, up to the watermark),
+    /// and the list itself once its slot is processed.
+    fn prune_open_entries(&self, st: &mut State) {
+        let partial = st.partial;
+        let Some(o) = st.open_entries.as_mut() else {
+            return;
+        };
+        match partial.filter(|p| p.slot == o.slot) {
+            Some(p) => {
+                while let Some(e) = o.entries.first_entry() {
+                    if *e.key() > (p.due, p.offset) {
+                        break;
+                    }
+                    e.remove();
+                }
+            }
+            None if o.slot <= st.read_time => st.open_entries = None,
+            None => {}
+        }
+    }
+
+    /// Whether the kept entries of slot `t` are exactly its `count` pending ones (else they
+    /// are dropped, and the caller walks the chain).
+    fn open_entries_ready(&self, st: &mut State, t: i64, count: u32) -> bool {
+        self.prune_open_entries(st);
+        match &st.open_entries {
+            Some(o) if o.slot == t && o.entries.len() == count as usize => true,
+            Some(o) if o.slot == t => {
+                st.open_entries = None;
+                false
+            }
+            _ => false,
+        }
+    }
+
     /// The open slot is closed once it holds nothing and its time is over.
     fn settle_partial(&self, st: &mut State, now: i64) {
         if let Some(p) = st.partial
@@ -587,6 +657,12 @@ impl Shared {
                 }
                 let eff = self.effective_due(e.slot_ms, e);
                 st.placed_min = Some(st.placed_min.map_or(eff, |m| m.min(eff)));
+                if let Some(o) = st.open_entries.as_mut().filter(|o| o.slot == e.slot_ms) {
+                    o.entries.insert((eff, at), *e);
+                    if o.entries.len() > self.max_open_slot_entries {
+                        st.open_entries = None;
+                    }
+                }
             }
             placed += entries.len() as u64;
             st.cursor = last_offset + 1;
@@ -758,49 +834,116 @@ impl Shared {
             let Some(slot) = st.wheel.get(t) else {
                 continue;
             };
-            // The walk keeps the `room` smallest ready entries (memory bounded by the round,
-            // whatever the slot holds) and stops once it has seen every pending one.
-            let mut ready: std::collections::BinaryHeap<Candidate> =
-                std::collections::BinaryHeap::new();
-            let (mut pos, mut seen, mut slot_lost) = (slot.last, 0u32, 0u32);
-            while pos != NO_ENTRY && seen < slot.count {
-                let Some(e) = block.get(store, pos)? else {
-                    // The rest of the chain (older entries, lower offsets) was deleted under
-                    // the layer: those messages are lost, counted, and the slot goes on —
-                    // the wheel never wedges on it (RocketMQ #10668).
-                    slot_lost = slot.count - seen;
-                    break;
+            // Entries in a format-1 order (a redone format-1 round, an open slot with a
+            // format-1 cursor) are walked each time: the kept list has the format-2 order.
+            let plain = !newest_first
+                && st
+                    .partial
+                    .is_none_or(|p| p.slot != t || p.above == NO_ENTRY);
+            let mut slot_lost = 0u32;
+            let taken: Vec<Candidate> = if plain && self.open_entries_ready(st, t, slot.count) {
+                let Some(o) = st.open_entries.as_ref() else {
+                    unreachable!("open_entries_ready checked it")
                 };
-                if e.slot_ms != t {
-                    return Err(corrupted(
-                        store,
-                        TIMER_LOG_TOPIC,
-                        pos,
-                        "an entry chained into the wrong slot",
-                    ));
-                }
-                let at = pos;
-                pos = e.prev;
-                if self.is_done(st, t, at, &e) {
-                    continue;
-                }
-                seen += 1;
-                let eff = self.effective_due(t, &e);
-                if eff <= now {
-                    let key = if newest_first { u64::MAX - at } else { at };
-                    ready.push(Candidate(eff, key, at, e));
-                    if ready.len() > room {
-                        ready.pop();
-                    }
-                } else {
+                let taken = o
+                    .entries
+                    .iter()
+                    .take_while(|((eff, _), _)| *eff <= now)
+                    .take(room)
+                    .map(|(&(eff, at), e)| Candidate(eff, at, at, *e))
+                    .collect();
+                if let Some((&(eff, _), _)) = o.entries.range((now.saturating_add(1), 0)..).next() {
                     next_ready = Some(next_ready.map_or(eff, |n| n.min(eff)));
                 }
-            }
-            if slot_lost == 0 && seen < slot.count {
-                // The chain ended early (damage): what it does not reach is lost likewise.
-                slot_lost = slot.count - seen;
-            }
-            let taken = ready.into_sorted_vec();
+                taken
+            } else {
+                if plain
+                    && redo.is_none()
+                    && let Some((gated, until)) = st.walk_gate
+                    && gated == t
+                    && now < until
+                {
+                    // Too large to keep, walked recently: not again before `until`.
+                    next_ready = Some(next_ready.map_or(until, |n| n.min(until)));
+                    break;
+                }
+                // The walk keeps the `room` smallest ready entries (memory bounded by the
+                // round, whatever the slot holds) and stops once it has seen every pending
+                // one; it keeps them all for later rounds if they are few enough.
+                let keep = plain && (slot.count as usize) <= self.max_open_slot_entries;
+                let mut all: BTreeMap<(i64, u64), TimerEntry> = BTreeMap::new();
+                let mut ready: std::collections::BinaryHeap<Candidate> =
+                    std::collections::BinaryHeap::new();
+                let (mut pos, mut seen, mut ready_count) = (slot.last, 0u32, 0usize);
+                let mut slot_next: Option<i64> = None;
+                while pos != NO_ENTRY && seen < slot.count {
+                    let Some(e) = block.get(store, pos)? else {
+                        // The rest of the chain (older entries, lower offsets) was deleted
+                        // under the layer: those messages are lost, counted, and the slot goes
+                        // on — the wheel never wedges on it (RocketMQ #10668).
+                        slot_lost = slot.count - seen;
+                        break;
+                    };
+                    if e.slot_ms != t {
+                        return Err(corrupted(
+                            store,
+                            TIMER_LOG_TOPIC,
+                            pos,
+                            "an entry chained into the wrong slot",
+                        ));
+                    }
+                    let at = pos;
+                    pos = e.prev;
+                    if self.is_done(st, t, at, &e) {
+                        continue;
+                    }
+                    seen += 1;
+                    let eff = self.effective_due(t, &e);
+                    if keep {
+                        all.insert((eff, at), e);
+                    }
+                    if eff <= now {
+                        let key = if newest_first { u64::MAX - at } else { at };
+                        ready.push(Candidate(eff, key, at, e));
+                        ready_count += 1;
+                        if ready.len() > room {
+                            ready.pop();
+                        }
+                    } else {
+                        slot_next = Some(slot_next.map_or(eff, |n| n.min(eff)));
+                    }
+                }
+                if slot_lost == 0 && seen < slot.count {
+                    // The chain ended early (damage): what it does not reach is lost likewise.
+                    slot_lost = slot.count - seen;
+                }
+                if let Some(n) = slot_next {
+                    next_ready = Some(next_ready.map_or(n, |m| m.min(n)));
+                }
+                if keep && slot_lost == 0 {
+                    st.open_entries = Some(OpenEntries {
+                        slot: t,
+                        entries: all,
+                    });
+                } else if plain
+                    && redo.is_none()
+                    && ready_count <= room
+                    && let Some(n) = slot_next
+                {
+                    // Too many to keep: the next walk waits for the end of the window of the
+                    // next entry due, so a slot is walked about OVER_CAP_WINDOWS times, not
+                    // once per distinct due time.
+                    let w = (self.precision / OVER_CAP_WINDOWS).max(1);
+                    let until = n
+                        .div_euclid(w)
+                        .saturating_add(i64::from(n.rem_euclid(w) != 0))
+                        .saturating_mul(w)
+                        .min(t.saturating_add(self.precision - 1))
+                        .max(n);
+                    st.walk_gate = Some((t, until));
+                }
+                ready.into_sorted_vec()
+            };
             let left = slot.count - slot_lost - taken.len() as u32;
             lost += u64::from(slot_lost);
             let n = taken.len();
@@ -862,6 +1005,8 @@ impl Shared {
         };
         let (mut records, keep) = read_planned(store, &planned, bytes)?;
         if keep < planned.len() {
+            // Ready entries are left: the next round must not wait for a walk gate.
+            st.walk_gate = None;
             planned.truncate(keep);
             let last_slot = planned.last().map_or(i64::MIN, |p| p.0);
             steps.retain(|s| s.slot <= last_slot);
@@ -1202,6 +1347,7 @@ impl Shared {
                 st.partial = Some(p);
             }
         }
+        self.prune_open_entries(st);
     }
 
     /// A progress record of the current state.
@@ -1445,6 +1591,8 @@ impl DelayQueue {
             placed_min: None,
             timer_sleeps_until: None,
             pending_cancels: HashSet::new(),
+            open_entries: None,
+            walk_gate: None,
             intent,
             rounds_since_retention: 0,
             last_retention_ms: crate::clock::now_ms(),
@@ -1510,6 +1658,7 @@ impl DelayQueue {
             max_delay_ms,
             max_round: options.max_round,
             max_round_bytes: options.max_round_bytes,
+            max_open_slot_entries: options.max_open_slot_entries,
             dir,
             state: Mutex::new(st),
             closed: AtomicBool::new(false),

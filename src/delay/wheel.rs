@@ -1,6 +1,7 @@
 //! The timer wheel: `slots` slots, each the head of one slot time's backward chain of
 //! timer-log entries. In memory only, rebuilt from the timer log at open; its size is fixed by the
-//! options (nothing per pending message).
+//! options (nothing per pending message; the open slot's pending entries are kept apart, in the
+//! delivery state).
 
 use std::collections::BTreeSet;
 

@@ -47,6 +47,7 @@ mod producer_state;
 pub mod segmented;
 mod store;
 mod topic_config;
+pub mod txn;
 
 pub use commitlog::CommitLogStore;
 pub use consumer::CompactedTable;

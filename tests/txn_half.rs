@@ -450,3 +450,150 @@ fn the_background_thread_checks_and_close_joins_it() {
         assert_eq!(bodies(&*store, "orders", 0), ["commit"]);
     });
 }
+
+#[test]
+fn a_commit_whose_real_topic_is_gone_is_parked_with_the_reason() {
+    for_each_engine(|engine, dir| {
+        let store = store(engine, dir);
+        let clock = Arc::new(ManualClock::new(T0));
+        let txn = HalfMessages::open(
+            Arc::clone(&store),
+            config(&clock),
+            Arc::new(ByBody::default()),
+        )
+        .unwrap();
+        for t in ["gone", "gone-too"] {
+            store.create_topic(t, TopicConfig::default()).unwrap();
+        }
+        let by_user = txn.send_half("gone", 0, Message::new("x")).unwrap();
+        txn.send_half("gone-too", 0, Message::new("commit"))
+            .unwrap();
+        store.delete_topic("gone").unwrap();
+        store.delete_topic("gone-too").unwrap();
+        assert_eq!(txn.end(by_user, Commit).unwrap(), EndOutcome::Discarded);
+        assert_eq!(
+            txn.end(by_user, Commit).unwrap(),
+            EndOutcome::AlreadyDiscarded
+        );
+        clock.advance(Duration::from_secs(7));
+        let report = txn.check_now().unwrap();
+        assert_eq!((report.checked, report.discarded), (1, 1), "{report:?}");
+        // Not wedged: nothing left to check.
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(txn.check_now().unwrap(), Default::default());
+        let parked = read_all(&*store, CHECK_MAX_TIME_TOPIC, 0);
+        assert_eq!(parked.len(), 2);
+        for (p, topic) in parked.iter().zip(["gone", "gone-too"]) {
+            assert_eq!(p.properties().get(REAL_TOPIC), Some(topic));
+            let reason = p.properties().get(TRAN_DISCARD_REASON).unwrap();
+            assert!(
+                reason.contains("commit to") && reason.contains(topic),
+                "{reason}"
+            );
+        }
+        txn.close().unwrap();
+    });
+}
+
+#[test]
+fn without_the_key_index_ends_and_checks_work_the_same() {
+    for engine in common::engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = small_options(engine);
+        opts.index.enabled = false;
+        let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), opts).unwrap());
+        store
+            .create_topic("orders", TopicConfig::default())
+            .unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let txn = HalfMessages::open(
+            Arc::clone(&store),
+            config(&clock),
+            Arc::new(ByBody::default()),
+        )
+        .unwrap();
+        let a = txn.send_half("orders", 0, Message::new("a")).unwrap();
+        let b = txn.send_half("orders", 0, Message::new("b")).unwrap();
+        txn.send_half("orders", 0, Message::new("commit")).unwrap();
+        assert_eq!(txn.end(a, Commit).unwrap(), EndOutcome::Committed);
+        assert_eq!(txn.end(b, Rollback).unwrap(), EndOutcome::RolledBack);
+        assert_eq!(txn.end(a, Rollback).unwrap(), EndOutcome::AlreadyCommitted);
+        assert_eq!(txn.end(b, Commit).unwrap(), EndOutcome::AlreadyRolledBack);
+        clock.advance(Duration::from_secs(7));
+        assert_eq!(txn.check_now().unwrap().committed, 1);
+        assert_eq!(bodies(&*store, "orders", 0), ["a", "commit"]);
+        txn.close().unwrap();
+    }
+}
+
+#[test]
+fn half_messages_retention_deleted_before_the_scan_are_reported() {
+    for_each_engine(|engine, dir| {
+        let store = store(engine, dir);
+        let clock = Arc::new(ManualClock::new(T0));
+        let txn = HalfMessages::open(
+            Arc::clone(&store),
+            config(&clock),
+            Arc::new(ByBody::default()),
+        )
+        .unwrap();
+        for _ in 0..3 {
+            txn.send_half("orders", 0, Message::new("commit")).unwrap();
+        }
+        // What retention would do to a layer that did not run for longer than it.
+        store.delete_before(HALF_TOPIC, 0, 2).unwrap();
+        clock.advance(Duration::from_secs(7));
+        let report = txn.check_now().unwrap();
+        assert_eq!((report.expired, report.committed), (2, 1), "{report:?}");
+        assert!(matches!(
+            txn.end(HalfId(0), Commit),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert_eq!(txn.check_now().unwrap().expired, 0, "reported once");
+        txn.close().unwrap();
+    });
+}
+
+/// `end` calls racing the check-back on the same half messages: each is committed once.
+#[test]
+fn ends_racing_the_check_back_commit_each_message_once() {
+    for_each_engine(|engine, dir| {
+        let store = store(engine, dir);
+        let clock = Arc::new(ManualClock::new(T0));
+        let txn = Arc::new(
+            HalfMessages::open(
+                Arc::clone(&store),
+                config(&clock),
+                Arc::new(ByBody::default()),
+            )
+            .unwrap(),
+        );
+        let ids: Vec<HalfId> = (0..200)
+            .map(|i| {
+                txn.send_half("orders", 0, Message::new(format!("c{i}")))
+                    .unwrap()
+            })
+            .collect();
+        clock.advance(Duration::from_secs(7));
+        let checker = {
+            let txn = Arc::clone(&txn);
+            std::thread::spawn(move || txn.check_now().unwrap())
+        };
+        let mut ended = 0;
+        for id in ids.iter().rev() {
+            match txn.end(*id, Commit).unwrap() {
+                EndOutcome::Committed => ended += 1,
+                EndOutcome::AlreadyCommitted => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        let report = checker.join().unwrap();
+        assert_eq!(ended + report.committed, 200, "{report:?}");
+        let mut seen = bodies(&*store, "orders", 0);
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 200);
+        assert_eq!(store.bounds("orders", 0).unwrap().end, 200);
+        txn.close().unwrap();
+    });
+}

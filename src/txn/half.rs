@@ -164,8 +164,13 @@ pub enum EndOutcome {
     AlreadyCommitted,
     /// It was rolled back before.
     AlreadyRolledBack,
-    /// The check-back gave up on it and moved it to [`CHECK_MAX_TIME_TOPIC`].
+    /// It was discarded before: moved to [`CHECK_MAX_TIME_TOPIC`] (checked too often, or its
+    /// commit failed as for [`Discarded`](EndOutcome::Discarded)).
     AlreadyDiscarded,
+    /// This call could not commit it — its real topic or partition is gone, or the topic
+    /// refuses the message (too large for it) — so it was moved to [`CHECK_MAX_TIME_TOPIC`]
+    /// with the reason in [`TRAN_DISCARD_REASON`] rather than left to fail at every check.
+    Discarded,
 }
 
 /// Options of the half-message layer. Defaults are RocketMQ's broker's.
@@ -600,7 +605,11 @@ impl Shared {
     /// The second half of a commit or a discard whose intent is durable: the write unless it
     /// is found already made, a sync, then the done record. `redo`: a crash or an error may
     /// have come between the intent and the done record, so look for the write first.
-    pub(crate) fn complete(&self, half: &Record, intent: &Op, redo: bool) -> Result<()> {
+    ///
+    /// A commit the real topic refuses for good (gone, or the message too large for it) is
+    /// parked in [`CHECK_MAX_TIME_TOPIC`] with the reason instead, and its done record says
+    /// DISCARD. Returns the outcome recorded.
+    pub(crate) fn complete(&self, half: &Record, intent: &Op, redo: bool) -> Result<Outcome> {
         let target = intent
             .target
             .as_ref()
@@ -613,33 +622,61 @@ impl Shared {
                 "a half message without UNIQ_KEY",
             )
         })?;
+        let mut outcome = intent.outcome;
         if !(redo && self.written_since(target, uniq)?) {
             let m = match intent.outcome {
                 Outcome::Discard => discard_message(half, intent.reason.as_deref().unwrap_or("")),
                 _ => real_message(half),
             };
-            self.store.append(&target.topic, target.partition, &[m])?;
+            match self.store.append(&target.topic, target.partition, &[m]) {
+                Ok(_) => {}
+                Err(
+                    e @ (Error::UnknownTopic(_)
+                    | Error::UnknownPartition { .. }
+                    | Error::MessageTooLarge { .. }
+                    | Error::InvalidArgument(_)),
+                ) if intent.outcome == Outcome::Commit => {
+                    let reason = format!(
+                        "the commit to {} partition {} failed: {e}",
+                        target.topic, target.partition
+                    );
+                    self.store.append(
+                        CHECK_MAX_TIME_TOPIC,
+                        0,
+                        &[discard_message(half, &reason)],
+                    )?;
+                    outcome = Outcome::Discard;
+                }
+                Err(e) => return Err(e),
+            }
         }
         // The write is durable before its done record can be: else a power cut could keep the
         // done record (another partition, another file) and lose the message.
         self.store.sync()?;
-        self.append_op(intent.id, intent.outcome, None)
+        self.append_op(intent.id, outcome, None)?;
+        Ok(outcome)
     }
 
     /// Writes the intent of a commit (or discard) of `half` and makes it durable, then
-    /// completes it. The caller holds the id's claim and saw no op record for it.
+    /// completes it; returns the outcome recorded. The caller holds the id's claim and saw no
+    /// op record for it.
     pub(crate) fn commit_or_discard(
         &self,
         id: u64,
         half: &Record,
         outcome: Outcome,
         reason: &str,
-    ) -> Result<()> {
+    ) -> Result<Outcome> {
         let (topic, partition) = match outcome {
             Outcome::Discard => (CHECK_MAX_TIME_TOPIC.to_owned(), 0),
             _ => real_target(&*self.store, half)?,
         };
-        let end = self.store.bounds(&topic, partition)?.end;
+        let end = match self.store.bounds(&topic, partition) {
+            Ok(b) => b.end,
+            // Gone: the write fails and parks the message (see `complete`).
+            Err(Error::UnknownTopic(_) | Error::UnknownPartition { .. }) => 0,
+            Err(e) => return Err(e),
+        };
         let target = Target {
             topic,
             partition,
@@ -670,21 +707,22 @@ impl Shared {
         match self.op_state(id)? {
             Some(OpState::Done(o)) => return Ok(o.already()),
             Some(OpState::Intent(op)) => {
-                self.complete(half, &op, true)?;
-                return Ok(
-                    if op.outcome == Outcome::Commit && decision == LocalTransactionState::Commit {
-                        EndOutcome::Committed
-                    } else {
-                        op.outcome.already()
-                    },
-                );
+                let done = self.complete(half, &op, true)?;
+                let asked_commit = decision == LocalTransactionState::Commit;
+                return Ok(match done {
+                    Outcome::Commit if asked_commit => EndOutcome::Committed,
+                    Outcome::Discard if op.outcome == Outcome::Commit => EndOutcome::Discarded,
+                    o => o.already(),
+                });
             }
             None => {}
         }
         match decision {
             LocalTransactionState::Commit => {
-                self.commit_or_discard(id, half, Outcome::Commit, "")?;
-                Ok(EndOutcome::Committed)
+                match self.commit_or_discard(id, half, Outcome::Commit, "")? {
+                    Outcome::Commit => Ok(EndOutcome::Committed),
+                    _ => Ok(EndOutcome::Discarded),
+                }
             }
             LocalTransactionState::Rollback => {
                 self.append_op(id, Outcome::Rollback, None)?;

@@ -341,10 +341,10 @@ fn visit(
         ),
     };
     match state {
-        LocalTransactionState::Commit => {
-            s.end_claimed(id, r, state)?;
-            report.committed += 1;
-        }
+        LocalTransactionState::Commit => match s.end_claimed(id, r, state)? {
+            super::half::EndOutcome::Discarded => report.discarded += 1,
+            _ => report.committed += 1,
+        },
         LocalTransactionState::Rollback => {
             s.end_claimed(id, r, state)?;
             report.rolled_back += 1;

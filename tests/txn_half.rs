@@ -207,6 +207,11 @@ fn bad_input_is_a_clear_error_before_anything_is_written() {
             Err(Error::InvalidArgument(_))
         ));
         txn.close().unwrap();
+        assert!(matches!(
+            txn.send_half("orders", 0, m()),
+            Err(Error::Closed)
+        ));
+        assert!(matches!(txn.end(id, Commit), Err(Error::Closed)));
     });
 }
 

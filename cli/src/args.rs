@@ -103,6 +103,12 @@ pub enum Command {
     /// Due times are RFC 3339 (UTC) to the second; a last line `total<TAB><count>`. Messages
     /// due past the timer wheel's window (about 3 days) are counted at the time they roll.
     Delayed(DirArgs),
+    /// Prints half (transactional) messages not yet committed or rolled back
+    ///
+    /// One line each: `<id><TAB><topic><TAB><partition><TAB><checks><TAB><key><TAB><body>`
+    /// (id: the half message's id; checks: how many check-backs answered unknown), then
+    /// `total<TAB><count>`. Opening the layer finishes any commit a crash interrupted.
+    Half(DirArgs),
 }
 
 #[derive(Debug, Args)]

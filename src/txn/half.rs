@@ -768,7 +768,11 @@ impl Shared {
         }
     }
 
+    /// The first error a background scan met (once), or `Closed` after `close`.
     fn take_error(&self) -> Result<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
         match self.error.lock().take() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -971,7 +975,10 @@ impl HalfMessages {
             let _ = h.join();
         }
         SERVED.lock().retain(|d| *d != s.dir);
-        s.take_error()
+        match s.error.lock().take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 

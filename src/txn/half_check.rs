@@ -366,6 +366,7 @@ pub(crate) fn undecided(s: &Shared, limit: usize) -> Result<Vec<Record>> {
     let (h, o) = *s.committed.lock();
     let end = store.bounds(HALF_TOPIC, 0)?.end;
     let mut out: Vec<Record> = Vec::new();
+    let mut index: HashMap<u64, usize> = HashMap::new();
     let mut at = h;
     while at < end && out.len() < limit {
         let window = read_from(store, HALF_TOPIC, 0, at, HALF_WINDOW)?;
@@ -378,9 +379,12 @@ pub(crate) fn undecided(s: &Shared, limit: usize) -> Result<Vec<Record>> {
             if states.contains_key(&id) {
                 continue;
             }
-            match out.iter().position(|x| effective_id(x) == id) {
-                Some(i) => out[i] = r,
-                None if out.len() < limit => out.push(r),
+            match index.get(&id) {
+                Some(&i) => out[i] = r,
+                None if out.len() < limit => {
+                    index.insert(id, out.len());
+                    out.push(r);
+                }
                 None => {}
             }
         }

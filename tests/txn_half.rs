@@ -602,3 +602,46 @@ fn ends_racing_the_check_back_commit_each_message_once() {
         txn.close().unwrap();
     });
 }
+
+/// More half messages than one scan window, most of them ended by the user between scans:
+/// each scan checks every undecided one exactly once, whatever window it falls in.
+#[test]
+fn a_scan_over_many_windows_checks_each_undecided_message_once() {
+    for_each_engine(|engine, dir| {
+        let store = store(engine, dir);
+        let clock = Arc::new(ManualClock::new(T0));
+        let checker = Arc::new(ByBody::default());
+        let txn = HalfMessages::open(Arc::clone(&store), config(&clock), checker.clone()).unwrap();
+        let n = 2_500u32;
+        let ids: Vec<HalfId> = (0..n)
+            .map(|i| {
+                txn.send_half("orders", i % 2, Message::new(format!("u{i}")))
+                    .unwrap()
+            })
+            .collect();
+        let mut undecided = n as u64;
+        for (i, id) in ids.iter().enumerate() {
+            match i % 3 {
+                0 => txn.end(*id, Commit).unwrap(),
+                1 => txn.end(*id, Rollback).unwrap(),
+                _ => continue,
+            };
+            undecided -= 1;
+        }
+        for round in 1..=3u32 {
+            clock.advance(Duration::from_secs(30));
+            let report = txn.check_now().unwrap();
+            assert_eq!(report.checked, undecided, "round {round}: {report:?}");
+            assert_eq!(report.unknown, undecided);
+            // Between scans, the user ends a few more (the newest copies stand for them).
+            for id in ids.iter().skip(2).step_by(3).take(10 * round as usize) {
+                let _ = txn.end(*id, Rollback).unwrap();
+            }
+            undecided = (n as u64 / 3) - 10 * u64::from(round);
+        }
+        let committed = read_all(&*store, "orders", 0).len() + read_all(&*store, "orders", 1).len();
+        assert_eq!(committed, (n as usize).div_ceil(3));
+        assert_eq!(txn.undecided(usize::MAX).unwrap().len() as u64, undecided);
+        txn.close().unwrap();
+    });
+}

@@ -23,8 +23,10 @@ use crate::consumer::{CommitRecord, OFFSETS_SEGMENT_BYTES, OFFSETS_TOPIC};
 use crate::error::{Error, Result};
 use crate::store::{CleanupPolicy, LogStore, Message, Record, TopicConfig};
 
-/// Half messages read per window of a scan.
-pub const HALF_WINDOW: usize = 256;
+/// Half messages read per window of a scan. Each window reads the op records from `O` on, so a
+/// scan reads about (half messages scanned / `HALF_WINDOW`) × (op records written over about
+/// one timeout plus one check interval); larger windows read fewer, at one window's memory.
+pub const HALF_WINDOW: usize = 1024;
 /// Op records read per pull (RocketMQ pulls 32).
 pub const OP_PULL: usize = 32;
 

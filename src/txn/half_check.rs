@@ -252,6 +252,10 @@ pub(crate) fn scan(s: &Shared) -> Result<CheckReport> {
     while h < stop_at && !is_closed(s) {
         let mut window = read_from(store, HALF_TOPIC, 0, h, HALF_WINDOW)?;
         window.retain(|r| r.offset() < stop_at);
+        if let Some(first) = window.first() {
+            // Retention deleted records ahead of the scan since it started.
+            report.expired += first.offset().saturating_sub(h);
+        }
         let Some(window_end) = window.last().map(|r| r.offset() + 1) else {
             break;
         };

@@ -361,3 +361,107 @@ fn a_checker_that_ends_its_own_half_message_does_not_deadlock() {
     let done = rx.recv_timeout(Duration::from_secs(5));
     assert!(done.is_ok(), "the check deadlocked");
 }
+
+/// The group `CID_RMQ_SYS_TRANS`'s committed (half, op) scan positions, as last written.
+fn committed_positions(store: &dyn LogStore) -> (u64, u64) {
+    use duolog::consumer::{CommitRecord, OFFSETS_TOPIC};
+    use duolog::txn::half::{CHECK_GROUP, HALF_TOPIC, OP_TOPIC};
+    let mut latest = None;
+    for r in read_all(store, OFFSETS_TOPIC, 0) {
+        if r.key() == Some(CHECK_GROUP.as_bytes()) {
+            latest = r.value().map(|v| CommitRecord::decode(v).unwrap());
+        }
+    }
+    let rec = latest.expect("no committed scan position");
+    let get = |t: &str| {
+        rec.offsets
+            .get(t)
+            .and_then(|p| p.get(&0))
+            .copied()
+            .unwrap_or(0)
+    };
+    (get(HALF_TOPIC), get(OP_TOPIC))
+}
+
+/// ARCHITECTURE.md: "`O` trails the scan by about one timeout plus one check interval of op
+/// records". But a scan that stops at a message younger than the timeout keeps `O` where it
+/// was for that window, and under steady traffic every scan ends that way: `O` never moves,
+/// and every scan (and every open's recovery) re-reads the op topic from its first record.
+#[test]
+#[ignore = "review: under steady traffic every scan stops at a young message and the committed op offset O never advances; each scan re-reads the whole op topic"]
+fn the_committed_op_offset_follows_the_scan_under_steady_traffic() {
+    for_each_engine(|engine, dir| {
+        let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir, small_options(engine)).unwrap());
+        store
+            .create_topic("orders", TopicConfig::with_partitions(1))
+            .unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let config = HalfConfig {
+            check_interval: Duration::from_secs(1),
+            ..manual(&clock)
+        };
+        let txn =
+            HalfMessages::open(Arc::clone(&store), config, Arc::new(|_: &Record| Commit)).unwrap();
+        // One transaction a second ended by its producer, one a second left to the check-back
+        // (which commits it once it is 6 s old); a scan every second.
+        for i in 0..120 {
+            let id = txn
+                .send_half("orders", 0, Message::new(format!("a{i}")))
+                .unwrap();
+            txn.end(id, Commit).unwrap();
+            txn.send_half("orders", 0, Message::new(format!("b{i}")))
+                .unwrap();
+            clock.advance(Duration::from_secs(1));
+            txn.check_now().unwrap();
+        }
+        let (h, o) = committed_positions(&*store);
+        let op_end = store.bounds(duolog::txn::half::OP_TOPIC, 0).unwrap().end;
+        assert!(h > 200, "{engine}: the scan moved on (H = {h})");
+        assert!(
+            o + 60 >= op_end,
+            "{engine}: O = {o} trails the op topic's end {op_end} by more than ~7 s of op records"
+        );
+        txn.close().unwrap();
+        store.close().unwrap();
+    });
+}
+
+/// The contract: half messages retention deleted before the check-back reached them "are
+/// reported, never silently lost". The count is only in the `CheckReport` `check_now`
+/// returns; the check thread (the default) drops its reports, commits its position past the
+/// deleted offsets, and nothing anywhere says they were lost.
+#[test]
+#[ignore = "review: with the background check thread, half messages lost to retention are counted in a report nobody sees"]
+fn half_messages_lost_to_retention_are_reported_with_the_check_thread_too() {
+    for_each_engine(|engine, dir| {
+        let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir, small_options(engine)).unwrap());
+        store
+            .create_topic("orders", TopicConfig::with_partitions(1))
+            .unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let config = HalfConfig {
+            background: true,
+            check_interval: Duration::from_millis(20),
+            ..manual(&clock)
+        };
+        let txn =
+            HalfMessages::open(Arc::clone(&store), config, Arc::new(|_: &Record| Unknown)).unwrap();
+        for i in 0..3 {
+            txn.send_half("orders", 0, Message::new(format!("u{i}")))
+                .unwrap();
+        }
+        store
+            .delete_before(duolog::txn::half::HALF_TOPIC, 0, 3)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        // Whatever the user can ask now: a scan's report, the close result.
+        let report = txn.check_now().unwrap();
+        let closed = txn.close();
+        assert!(
+            report.expired == 3 || closed.is_err(),
+            "{engine}: 3 undecided half messages lost to retention and reported nowhere \
+             (check_now: {report:?}, close: {closed:?})"
+        );
+        store.close().unwrap();
+    });
+}

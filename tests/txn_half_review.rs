@@ -37,7 +37,6 @@ fn bodies(store: &dyn LogStore, topic: &str, partition: u32) -> Vec<String> {
 /// properties) does not: every scan fails on it, so no half message behind it is ever
 /// checked again. One user message stops the check-back of the whole store.
 #[test]
-#[ignore = "review: a half message near max_message_bytes makes every scan fail at its copy; the check-back is stuck for every message behind it"]
 fn a_half_message_near_the_size_limit_does_not_stop_the_check_back_of_the_others() {
     for_each_engine(|engine, dir| {
         let opts = duolog::StoreOptions {
@@ -110,7 +109,6 @@ fn a_half_message_near_the_size_limit_does_not_stop_the_check_back_of_the_others
 /// same store while the second lives (two check threads, two sets of claims: two commits of
 /// one id can run at once).
 #[test]
-#[ignore = "review: Drop after close() unregisters another live layer's store, so two layers can serve one store"]
 fn a_closed_then_dropped_layer_does_not_let_a_second_layer_onto_a_served_store() {
     for_each_engine(|engine, dir| {
         let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir, small_options(engine)).unwrap());
@@ -146,7 +144,6 @@ fn sim_opts(engine: EngineKind, sim: &SimFs) -> duolog::StoreOptions {
 /// makes the retry (at open, or a retried `end`) look for the write in the real topic, not
 /// find it, and park the message a second time.
 #[test]
-#[ignore = "review: a parked commit interrupted before its done record is parked again on retry (duplicate in TRANS_CHECK_MAX_TIME_TOPIC)"]
 fn a_parked_commit_interrupted_by_a_power_cut_is_parked_once() {
     for engine in common::engines() {
         let setup = |sim: &SimFs| -> (Arc<dyn LogStore>, HalfMessages, HalfId) {
@@ -211,7 +208,6 @@ fn a_parked_commit_interrupted_by_a_power_cut_is_parked_once() {
 /// *and* its copy, each appending its own copy: two chains of copies, each checked at every
 /// scan from then on until one reaches `max_checks`.
 #[test]
-#[ignore = "review: a lost scan position forks a half message into two chains of copies, each checked every scan (about 2x max_checks checks)"]
 fn a_lost_scan_position_costs_at_most_one_extra_check() {
     for engine in common::engines() {
         let sim = SimFs::new();
@@ -271,7 +267,6 @@ fn a_lost_scan_position_costs_at_most_one_extra_check() {
 /// windows of 1,024 half messages: with a checker that takes 20 ms (a network call), closing
 /// waits for a whole window of checks.
 #[test]
-#[ignore = "review: close() waits for up to a whole 1,024-message window of checker calls before the check thread sees it"]
 fn close_does_not_wait_for_a_whole_window_of_checks() {
     for_each_engine(|engine, dir| {
         let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir, small_options(engine)).unwrap());
@@ -328,7 +323,6 @@ fn close_does_not_wait_for_a_whole_window_of_checks() {
 /// calling `end` on the id it is asked about waits for its own claim for ever (and the check
 /// thread, `close` and `Drop` with it).
 #[test]
-#[ignore = "review: a checker that calls end() on the id it is checking deadlocks the check (callback under the id's claim)"]
 fn a_checker_that_ends_its_own_half_message_does_not_deadlock() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn LogStore> =
@@ -388,7 +382,6 @@ fn committed_positions(store: &dyn LogStore) -> (u64, u64) {
 /// was for that window, and under steady traffic every scan ends that way: `O` never moves,
 /// and every scan (and every open's recovery) re-reads the op topic from its first record.
 #[test]
-#[ignore = "review: under steady traffic every scan stops at a young message and the committed op offset O never advances; each scan re-reads the whole op topic"]
 fn the_committed_op_offset_follows_the_scan_under_steady_traffic() {
     for_each_engine(|engine, dir| {
         let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir, small_options(engine)).unwrap());
@@ -431,7 +424,6 @@ fn the_committed_op_offset_follows_the_scan_under_steady_traffic() {
 /// returns; the check thread (the default) drops its reports, commits its position past the
 /// deleted offsets, and nothing anywhere says they were lost.
 #[test]
-#[ignore = "review: with the background check thread, half messages lost to retention are counted in a report nobody sees"]
 fn half_messages_lost_to_retention_are_reported_with_the_check_thread_too() {
     for_each_engine(|engine, dir| {
         let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir, small_options(engine)).unwrap());
@@ -471,7 +463,6 @@ fn half_messages_lost_to_retention_are_reported_with_the_check_thread_too() {
 /// `end` finds out, parking the message (`Discarded`): the local transaction is committed and
 /// its message never delivered. The topic's limit is known at send time.
 #[test]
-#[ignore = "review: send_half accepts a message larger than its real topic's max_message_bytes; the commit after the local transaction parks it"]
 fn a_message_its_real_topic_refuses_is_an_error_at_send_half() {
     for_each_engine(|engine, dir| {
         let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir, small_options(engine)).unwrap());

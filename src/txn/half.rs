@@ -225,13 +225,30 @@ pub struct CheckReport {
     pub rolled_back: u64,
     /// Checks that answered [`LocalTransactionState::Unknown`] (or panicked).
     pub unknown: u64,
-    /// Half messages moved to [`CHECK_MAX_TIME_TOPIC`].
+    /// Half messages moved to [`CHECK_MAX_TIME_TOPIC`] (or, too large even for that, ended
+    /// with a DISCARD done record saying why: see [`dropped`](Self::dropped)).
     pub discarded: u64,
+    /// Of the `discarded`, those too large to be parked in [`CHECK_MAX_TIME_TOPIC`] even
+    /// without the layer's properties: only their op record (with the reason) remains.
+    pub dropped: u64,
     /// Commits or discards a crash (or an error) had interrupted, finished by this scan.
     pub finished: u64,
     /// Half-topic offsets the scan had not reached that retention deleted: half messages
     /// (or their copies) never checked, reported here rather than lost silently.
     pub expired: u64,
+}
+
+impl CheckReport {
+    pub(crate) fn add(&mut self, o: &CheckReport) {
+        self.checked += o.checked;
+        self.committed += o.committed;
+        self.rolled_back += o.rolled_back;
+        self.unknown += o.unknown;
+        self.discarded += o.discarded;
+        self.dropped += o.dropped;
+        self.finished += o.finished;
+        self.expired += o.expired;
+    }
 }
 
 /// The outcome an op record names.
@@ -401,6 +418,34 @@ fn discard_message(r: &Record, reason: &str) -> Message {
     m
 }
 
+/// The reason a bare parked message carries (the full one is in its done op record).
+pub(crate) const BARE_REASON: &str = "too large: parked bare";
+
+/// A parked message without the layer's bookkeeping (what a commit would write, plus
+/// `REAL_TOPIC` / `REAL_QID` and a short reason), for a half message too large to park with
+/// all its properties: smaller than the half message as sent, which the store took.
+fn bare_message(r: &Record) -> Message {
+    let mut m = real_message(r);
+    for name in [REAL_TOPIC, REAL_QID] {
+        if let Some(v) = r.properties().get(name) {
+            m.properties.push((name.into(), v.to_owned()));
+        }
+    }
+    m.properties
+        .push((TRAN_DISCARD_REASON.into(), BARE_REASON.to_owned()));
+    m
+}
+
+/// What a park wrote.
+enum Parked {
+    /// The message with all its properties and the reason.
+    Whole,
+    /// [`bare_message`]: the reason goes to the done record.
+    Bare,
+    /// Nothing (too large even bare): the reason goes to the done record.
+    Dropped(String),
+}
+
 /// Stores served by a live layer in this process: two on one store would both check back.
 static SERVED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
@@ -431,12 +476,20 @@ pub(crate) struct Shared {
     claims: Claims,
     /// Whether the store has a key index (`find_by_key` on the op topic); without one, an
     /// id's op records are found by reading the op topic.
-    indexed: bool,
+    pub(crate) indexed: bool,
     /// The committed scan offsets (half, op), as last written.
     pub(crate) committed: Mutex<(u64, u64)>,
     /// Held by one scan at a time.
     pub(crate) scan_lock: Mutex<()>,
     closed: AtomicBool,
+    /// Whether this layer still holds its entry in [`SERVED`]: `close` and `Drop` both
+    /// release it, and only the first may (the entry may be another layer's by then).
+    registered: AtomicBool,
+    /// Totals of every scan since open, the check thread's included ([`HalfMessages::stats`]).
+    pub(crate) totals: Mutex<CheckReport>,
+    /// Half messages the check thread's scans found deleted by retention, not yet reported by
+    /// a [`HalfMessages::check_now`].
+    unreported_expired: AtomicU64,
     wakeup: Wakeup,
     error: Mutex<Option<Error>>,
     dir: PathBuf,
@@ -543,14 +596,25 @@ impl Shared {
         Ok(ops.into_iter().fold(None, OpState::fold))
     }
 
-    fn append_op(&self, id: u64, outcome: Outcome, intent: Option<(&Target, &str)>) -> Result<()> {
+    fn append_op(
+        &self,
+        id: u64,
+        outcome: Outcome,
+        intent: Option<(&Target, &str)>,
+        done_reason: Option<&str>,
+    ) -> Result<()> {
         let half_end = self.store.bounds(HALF_TOPIC, 0)?.end;
         let mut m = Message::new(id.to_string())
             .with_key(id.to_string())
             .with_property(OP_OUTCOME, outcome.name())
             .with_property(OP_HALF_END, half_end.to_string());
         match intent {
-            None => m = m.with_tags(DONE_TAG),
+            None => {
+                m = m.with_tags(DONE_TAG);
+                if let Some(reason) = done_reason {
+                    m = m.with_property(TRAN_DISCARD_REASON, reason);
+                }
+            }
             Some((t, reason)) => {
                 m = m
                     .with_tags(INTENT_TAG)
@@ -606,10 +670,24 @@ impl Shared {
     /// is found already made, a sync, then the done record. `redo`: a crash or an error may
     /// have come between the intent and the done record, so look for the write first.
     ///
-    /// A commit the real topic refuses for good (gone, or the message too large for it) is
-    /// parked in [`CHECK_MAX_TIME_TOPIC`] with the reason instead, and its done record says
-    /// DISCARD. Returns the outcome recorded.
+    /// The intent's target says where the write goes: the real topic (a commit) or
+    /// [`CHECK_MAX_TIME_TOPIC`] (a discard, or a parked commit). A commit the real topic
+    /// refuses for good (gone, or the message too large for it) is parked instead, under a new
+    /// intent naming the parking topic (durable before the write, so a retry looks there and
+    /// parks once); its done record says DISCARD. A message too large to park whole is parked
+    /// bare, and one too large even so is not written at all: its done record carries why.
+    /// Returns the outcome recorded.
     pub(crate) fn complete(&self, half: &Record, intent: &Op, redo: bool) -> Result<Outcome> {
+        Ok(self.complete_parked(half, intent, redo)?.0)
+    }
+
+    /// [`complete`](Self::complete), also saying whether a park dropped the message.
+    pub(crate) fn complete_parked(
+        &self,
+        half: &Record,
+        intent: &Op,
+        redo: bool,
+    ) -> Result<(Outcome, bool)> {
         let target = intent
             .target
             .as_ref()
@@ -622,55 +700,81 @@ impl Shared {
                 "a half message without UNIQ_KEY",
             )
         })?;
-        let mut outcome = intent.outcome;
+        let parks = target.topic == CHECK_MAX_TIME_TOPIC;
+        let outcome = if parks {
+            Outcome::Discard
+        } else {
+            intent.outcome
+        };
+        let reason = intent.reason.as_deref().unwrap_or("");
+        let mut done_reason = None;
+        let mut dropped = false;
         if !(redo && self.written_since(target, uniq)?) {
-            let m = match intent.outcome {
-                Outcome::Discard => discard_message(half, intent.reason.as_deref().unwrap_or("")),
-                _ => real_message(half),
-            };
-            match self.store.append(&target.topic, target.partition, &[m]) {
-                Ok(_) => {}
-                Err(
-                    e @ (Error::UnknownTopic(_)
-                    | Error::UnknownPartition { .. }
-                    | Error::MessageTooLarge { .. }
-                    | Error::InvalidArgument(_)),
-                ) if intent.outcome == Outcome::Commit => {
-                    let reason = format!(
-                        "the commit to {} partition {} failed: {e}",
-                        target.topic, target.partition
-                    );
-                    self.store.append(
-                        CHECK_MAX_TIME_TOPIC,
-                        0,
-                        &[discard_message(half, &reason)],
-                    )?;
-                    outcome = Outcome::Discard;
+            if parks {
+                match self.park(half, reason)? {
+                    Parked::Whole => {}
+                    Parked::Bare => done_reason = Some(format!("{reason} ({BARE_REASON})")),
+                    Parked::Dropped(why) => {
+                        done_reason = Some(format!("{reason} (not parked: {why})"));
+                        dropped = true;
+                    }
                 }
-                Err(e) => return Err(e),
+            } else {
+                match self
+                    .store
+                    .append(&target.topic, target.partition, &[real_message(half)])
+                {
+                    Ok(_) => {}
+                    Err(
+                        e @ (Error::UnknownTopic(_)
+                        | Error::UnknownPartition { .. }
+                        | Error::MessageTooLarge { .. }
+                        | Error::InvalidArgument(_)),
+                    ) => {
+                        let reason = format!(
+                            "the commit to {} partition {} failed: {e}",
+                            target.topic, target.partition
+                        );
+                        let park = self.intend(intent.id, Outcome::Discard, None, &reason)?;
+                        return self.complete_parked(half, &park, false);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         // The write is durable before its done record can be: else a power cut could keep the
         // done record (another partition, another file) and lose the message.
         self.store.sync()?;
-        self.append_op(intent.id, outcome, None)?;
-        Ok(outcome)
+        self.append_op(intent.id, outcome, None, done_reason.as_deref())?;
+        Ok((outcome, dropped))
     }
 
-    /// Writes the intent of a commit (or discard) of `half` and makes it durable, then
-    /// completes it; returns the outcome recorded. The caller holds the id's claim and saw no
-    /// op record for it.
-    pub(crate) fn commit_or_discard(
+    /// Writes `half` to [`CHECK_MAX_TIME_TOPIC`] with `reason`: whole, else bare, else not
+    /// at all (see [`complete`](Self::complete)).
+    fn park(&self, half: &Record, reason: &str) -> Result<Parked> {
+        let store = &*self.store;
+        let e = match store.append(CHECK_MAX_TIME_TOPIC, 0, &[discard_message(half, reason)]) {
+            Ok(_) => return Ok(Parked::Whole),
+            Err(e @ Error::MessageTooLarge { .. }) => e,
+            Err(e) => return Err(e),
+        };
+        match store.append(CHECK_MAX_TIME_TOPIC, 0, &[bare_message(half)]) {
+            Ok(_) => Ok(Parked::Bare),
+            Err(Error::MessageTooLarge { .. }) => Ok(Parked::Dropped(e.to_string())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Appends the intent of a commit (to the real topic of `real`) or of a discard (to
+    /// [`CHECK_MAX_TIME_TOPIC`], `real` being `None`) of `id` and makes it durable.
+    fn intend(
         &self,
         id: u64,
-        half: &Record,
         outcome: Outcome,
+        real: Option<(String, u32)>,
         reason: &str,
-    ) -> Result<Outcome> {
-        let (topic, partition) = match outcome {
-            Outcome::Discard => (CHECK_MAX_TIME_TOPIC.to_owned(), 0),
-            _ => real_target(&*self.store, half)?,
-        };
+    ) -> Result<Op> {
+        let (topic, partition) = real.unwrap_or((CHECK_MAX_TIME_TOPIC.to_owned(), 0));
         let end = match self.store.bounds(&topic, partition) {
             Ok(b) => b.end,
             // Gone: the write fails and parks the message (see `complete`).
@@ -682,19 +786,36 @@ impl Shared {
             partition,
             end,
         };
-        self.append_op(id, outcome, Some((&target, reason)))?;
+        self.append_op(id, outcome, Some((&target, reason)), None)?;
         // Durable before the write: a write that survives without its intent would be
         // written again by a retry.
         self.store.sync()?;
-        let intent = Op {
+        Ok(Op {
             offset: 0,
             id,
             outcome,
             half_end: 0,
             target: Some(target),
             reason: Some(reason.to_owned()),
+        })
+    }
+
+    /// Writes the intent of a commit (or discard) of `half` and makes it durable, then
+    /// completes it; returns the outcome recorded and whether a park dropped the message. The
+    /// caller holds the id's claim and saw no op record for it.
+    pub(crate) fn commit_or_discard(
+        &self,
+        id: u64,
+        half: &Record,
+        outcome: Outcome,
+        reason: &str,
+    ) -> Result<(Outcome, bool)> {
+        let real = match outcome {
+            Outcome::Discard => None,
+            _ => Some(real_target(&*self.store, half)?),
         };
-        self.complete(half, &intent, false)
+        let intent = self.intend(id, outcome, real, reason)?;
+        self.complete_parked(half, &intent, false)
     }
 
     /// Ends `id` (claimed by the caller) with `decision`, the half message being `half`.
@@ -719,13 +840,13 @@ impl Shared {
         }
         match decision {
             LocalTransactionState::Commit => {
-                match self.commit_or_discard(id, half, Outcome::Commit, "")? {
+                match self.commit_or_discard(id, half, Outcome::Commit, "")?.0 {
                     Outcome::Commit => Ok(EndOutcome::Committed),
                     _ => Ok(EndOutcome::Discarded),
                 }
             }
             LocalTransactionState::Rollback => {
-                self.append_op(id, Outcome::Rollback, None)?;
+                self.append_op(id, Outcome::Rollback, None, None)?;
                 Ok(EndOutcome::RolledBack)
             }
             LocalTransactionState::Unknown => Err(Error::InvalidArgument(
@@ -780,6 +901,30 @@ impl Shared {
     }
 }
 
+/// Bytes of framing a property may take beyond its name and value, on either engine.
+const PROPERTY_BOUND: usize = 10;
+/// Bytes of framing a record may take beyond its contents, on either engine (the CommitLog's
+/// header with IPv6 hosts, its checksum property and length fields are the larger).
+const RECORD_BOUND: usize = 192;
+
+/// An upper bound of the size either engine gives `m` in `topic` (what its
+/// `max_message_bytes` is checked against): a message this bound admits is never refused as
+/// too large; one within [`RECORD_BOUND`] bytes of the limit may be refused here though the
+/// engine would take it.
+fn size_bound(topic: &str, m: &Message) -> usize {
+    let key = m
+        .key
+        .as_ref()
+        .map_or(0, |k| 2 * k.len() + PROPERTY_BOUND + 8);
+    let tags = m.tags.as_ref().map_or(0, |t| t.len() + PROPERTY_BOUND + 4);
+    let props: usize = m
+        .properties
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + PROPERTY_BOUND)
+        .sum();
+    RECORD_BOUND + topic.len() + m.body.len() + key + tags + props
+}
+
 /// The real topic and partition a half message names.
 fn real_target(store: &dyn LogStore, half: &Record) -> Result<(String, u32)> {
     let topic = half.properties().get(REAL_TOPIC);
@@ -831,6 +976,9 @@ impl HalfMessages {
                 committed: Mutex::new((0, 0)),
                 scan_lock: Mutex::new(()),
                 closed: AtomicBool::new(false),
+                registered: AtomicBool::new(true),
+                totals: Mutex::new(CheckReport::default()),
+                unreported_expired: AtomicU64::new(0),
                 wakeup: Wakeup::new(),
                 error: Mutex::new(None),
                 dir,
@@ -882,7 +1030,8 @@ impl HalfMessages {
                 "{topic} is an internal topic: no half messages"
             )));
         }
-        let partitions = store.describe_topic(topic)?.partitions;
+        let config = store.describe_topic(topic)?;
+        let partitions = config.partitions;
         if partition >= partitions {
             return Err(Error::UnknownPartition {
                 topic: topic.to_owned(),
@@ -903,6 +1052,16 @@ impl HalfMessages {
             }
         }
         let uniq = unique_key();
+        // The commit writes the message with its UNIQ_KEY: a topic that would refuse it is
+        // an error now, before the producer runs its local transaction, not a parked message
+        // after it. (The topic following the store's limit takes it if the half topic does:
+        // the committed message is the half message less the layer's properties.)
+        if let Some(max) = config.max_message_bytes {
+            let size = size_bound(topic, &message) + UNIQ_KEY.len() + uniq.len() + PROPERTY_BOUND;
+            if size > max {
+                return Err(Error::MessageTooLarge { size, max });
+            }
+        }
         let m = message
             .with_property(REAL_TOPIC, topic)
             .with_property(REAL_QID, partition.to_string())
@@ -954,9 +1113,19 @@ impl HalfMessages {
     }
 
     /// Runs one check-back scan now (what the check thread does every `check_interval`).
+    /// Its [`CheckReport::expired`] also counts the half messages the check thread's scans
+    /// found deleted by retention since the last `check_now`, so none goes unreported.
     pub fn check_now(&self) -> Result<CheckReport> {
-        self.shared.take_error()?;
-        crate::txn::half_check::scan(&self.shared)
+        let s = &*self.shared;
+        s.take_error()?;
+        let mut report = crate::txn::half_check::scan(s)?;
+        report.expired += s.unreported_expired.swap(0, Ordering::SeqCst);
+        Ok(report)
+    }
+
+    /// What every scan since open did, the check thread's and `check_now`'s, added up.
+    pub fn stats(&self) -> CheckReport {
+        *self.shared.totals.lock()
     }
 
     /// Half messages not decided yet, from the check-back's position on, at most `limit`
@@ -974,7 +1143,9 @@ impl HalfMessages {
         if let Some(h) = self.thread.lock().take() {
             let _ = h.join();
         }
-        SERVED.lock().retain(|d| *d != s.dir);
+        if s.registered.swap(false, Ordering::SeqCst) {
+            SERVED.lock().retain(|d| *d != s.dir);
+        }
         match s.error.lock().take() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -997,8 +1168,12 @@ fn check_loop(s: &Shared) {
         if s.closed.load(Ordering::SeqCst) {
             return;
         }
-        if let Err(e) = crate::txn::half_check::scan(s) {
-            s.keep_error(e);
+        match crate::txn::half_check::scan(s) {
+            // Nobody sees this report: its retention losses wait for the next `check_now`.
+            Ok(r) => {
+                s.unreported_expired.fetch_add(r.expired, Ordering::SeqCst);
+            }
+            Err(e) => s.keep_error(e),
         }
     }
 }

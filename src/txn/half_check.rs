@@ -16,7 +16,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use super::half::{
     CHECK_GROUP, CHECK_IMMUNITY_TIME_IN_SECONDS, CheckReport, HALF_TOPIC, LocalTransactionState,
     OP_TOPIC, OpState, Outcome, Shared, TRAN_BORN_MS, TRAN_LAST_CHECK_RESULT,
-    TRAN_PREPARED_QUEUE_OFFSET, TRANSACTION_CHECK_TIMES, corrupted, decode_op, is_closed,
+    TRAN_PREPARED_QUEUE_OFFSET, TRANSACTION_CHECK_TIMES, UNIQ_KEY, corrupted, decode_op, is_closed,
     read_from,
 };
 use crate::consumer::{CommitRecord, OFFSETS_SEGMENT_BYTES, OFFSETS_TOPIC};
@@ -150,18 +150,12 @@ fn commit(s: &Shared, half: u64, op: u64) -> Result<()> {
     Ok(())
 }
 
-/// The op states of the ids in `ids`, from the op topic's offset `o` to its end; and how far
-/// `O` may move once the scan has passed `window_end`.
-fn op_states(
-    s: &Shared,
-    o: u64,
-    ids: &HashSet<u64>,
-    window_end: u64,
-) -> Result<(HashMap<u64, OpState>, u64)> {
+/// The op states of the ids in `ids`, from the op topic's offset `o` to its end.
+fn op_states(s: &Shared, o: u64, ids: &HashSet<u64>) -> Result<HashMap<u64, OpState>> {
     let store = &*s.store;
     let end = store.bounds(OP_TOPIC, 0)?.end;
     let mut states: HashMap<u64, OpState> = HashMap::new();
-    let (mut at, mut new_o, mut frozen) = (o, o, false);
+    let mut at = o;
     while at < end {
         let records = read_from(store, OP_TOPIC, 0, at, OP_PULL)?;
         let Some(last) = records.last() else { break };
@@ -171,13 +165,6 @@ fn op_states(
                 break;
             }
             let op = decode_op(store, r)?;
-            if !frozen {
-                if op.half_end <= window_end {
-                    new_o = r.offset() + 1;
-                } else {
-                    frozen = true;
-                }
-            }
             if ids.contains(&op.id) {
                 let id = op.id;
                 if let Some(st) = OpState::fold(states.remove(&id), op) {
@@ -186,7 +173,62 @@ fn op_states(
             }
         }
     }
-    Ok((states, new_o))
+    Ok(states)
+}
+
+/// How far `O` may move from `o` with the scan at half offset `h`: past each op record whose
+/// half end is at most `h` (every copy of its half message lies below that end, so no later
+/// scan needs the record), up to the first that is not, and never past an intent whose done
+/// record is not also passed (`open` finishes intents from `O` on). Reads only the records it
+/// moves past, plus one pull.
+fn op_floor(s: &Shared, o: u64, h: u64) -> Result<u64> {
+    let store = &*s.store;
+    let end = store.bounds(OP_TOPIC, 0)?.end;
+    let mut open: HashSet<u64> = HashSet::new();
+    let (mut at, mut new_o) = (o, o);
+    'pull: while at < end {
+        let records = read_from(store, OP_TOPIC, 0, at, OP_PULL)?;
+        let Some(last) = records.last() else { break };
+        at = last.offset() + 1;
+        for r in &records {
+            if r.offset() >= end {
+                break 'pull;
+            }
+            let op = decode_op(store, r)?;
+            if op.half_end > h {
+                break 'pull;
+            }
+            if op.target.is_some() {
+                open.insert(op.id);
+            } else {
+                open.remove(&op.id);
+            }
+            if open.is_empty() {
+                new_o = r.offset() + 1;
+            }
+        }
+    }
+    Ok(new_o.max(o))
+}
+
+/// Whether a later record of `r`'s id is in the half topic (an original or copy the scan
+/// reads again after a lost scan position, whose check was made and copied already): only
+/// the latest record of an id is acted on, so a lost position costs at most one extra check
+/// instead of a second chain of copies. Through the key index (copies keep `UNIQ_KEY`); a
+/// store without one only sees later records in the same window (see `scan`).
+fn superseded(s: &Shared, r: &Record, id: u64) -> Result<bool> {
+    if !s.indexed {
+        return Ok(false);
+    }
+    let Some(uniq) = r.properties().get(UNIQ_KEY) else {
+        return Ok(false);
+    };
+    let hits = s
+        .store
+        .find_by_key(HALF_TOPIC, uniq, (i64::MIN, i64::MAX), 1)?;
+    Ok(hits
+        .iter()
+        .any(|h| h.record.offset() > r.offset() && effective_id(&h.record) == id))
 }
 
 /// Finishes every commit or discard whose intent has no done record, from the committed op
@@ -234,11 +276,18 @@ fn read_original(s: &Shared, id: u64) -> Result<Option<Record>> {
 /// One check-back scan: see the module docs.
 pub(crate) fn scan(s: &Shared) -> Result<CheckReport> {
     let _one = s.scan_lock.lock();
+    let mut report = CheckReport::default();
+    let result = scan_locked(s, &mut report);
+    // What was done is counted even when the scan stopped on an error.
+    s.totals.lock().add(&report);
+    result.map(|()| report)
+}
+
+fn scan_locked(s: &Shared, report: &mut CheckReport) -> Result<()> {
     let store = &*s.store;
     let now = s.now();
     let timeout = crate::clock::duration_ms(s.config.transaction_timeout);
     let max_checks = s.config.max_checks;
-    let mut report = CheckReport::default();
     let (committed_h, committed_o) = *s.committed.lock();
     let (mut h, mut o) = (committed_h, committed_o);
     let hb = store.bounds(HALF_TOPIC, 0)?;
@@ -256,16 +305,26 @@ pub(crate) fn scan(s: &Shared) -> Result<CheckReport> {
             // Retention deleted records ahead of the scan since it started.
             report.expired += first.offset().saturating_sub(h);
         }
-        let Some(window_end) = window.last().map(|r| r.offset() + 1) else {
+        if window.is_empty() {
             break;
-        };
+        }
         let ids: HashSet<u64> = window.iter().map(effective_id).collect();
-        let (states, o_after) = op_states(s, o, &ids, window_end)?;
+        // The latest record of each id in the window: earlier ones are superseded.
+        let latest: HashMap<u64, u64> = window
+            .iter()
+            .map(|r| (effective_id(r), r.offset()))
+            .collect();
+        let states = op_states(s, o, &ids)?;
         let mut stopped = false;
         for r in &window {
+            // Checked between messages, not windows: `close` waits for one check at most.
+            if is_closed(s) {
+                stopped = true;
+                break;
+            }
             let id = effective_id(r);
             let state = states.get(&id);
-            if !matches!(state, Some(OpState::Done(_))) {
+            if latest.get(&id) == Some(&r.offset()) && !matches!(state, Some(OpState::Done(_))) {
                 let born = prop::<i64>(r, TRAN_BORN_MS).unwrap_or(r.store_timestamp());
                 let age = now.saturating_sub(born);
                 let count: u32 = prop(r, TRANSACTION_CHECK_TIMES).unwrap_or(0);
@@ -276,11 +335,13 @@ pub(crate) fn scan(s: &Shared) -> Result<CheckReport> {
                     stopped = true;
                     break;
                 }
-                visit(s, r, id, age, count, immunity, &mut report)?;
+                if !superseded(s, r, id)? {
+                    visit(s, r, id, age, count, immunity, report)?;
+                }
             }
             h = r.offset() + 1;
         }
-        let o_new = if stopped { o } else { o_after };
+        let o_new = op_floor(s, o, h)?;
         if (h, o_new) != *s.committed.lock() {
             commit(s, h, o_new)?;
         }
@@ -292,11 +353,13 @@ pub(crate) fn scan(s: &Shared) -> Result<CheckReport> {
     if report.expired > 0 && (h, o) != *s.committed.lock() {
         commit(s, h, o)?;
     }
-    Ok(report)
+    Ok(())
 }
 
 /// One half message not known to be done, old enough to act on (or with an intent to finish):
-/// under its claim, with its op state looked up again (an `end` may have just ended it).
+/// under its claim, with its op state looked up again (an `end` may have just ended it). The
+/// checker is called without the claim, so it may itself `end` the id (the result of the
+/// check is then moot: the op state is looked up again under the claim afterwards).
 fn visit(
     s: &Shared,
     r: &Record,
@@ -306,16 +369,9 @@ fn visit(
     immunity: i64,
     report: &mut CheckReport,
 ) -> Result<()> {
-    let store = &*s.store;
-    let _claim = s.claim(id);
-    match s.op_state(id)? {
-        Some(OpState::Done(_)) => return Ok(()),
-        Some(OpState::Intent(op)) => {
-            s.complete(r, &op, true)?;
-            report.finished += 1;
-            return Ok(());
-        }
-        None => {}
+    let claim = s.claim(id);
+    if !claimed_and_undecided(s, r, id, report)? {
+        return Ok(());
     }
     let last = r.properties().get(TRAN_LAST_CHECK_RESULT);
     if count >= s.config.max_checks {
@@ -324,18 +380,22 @@ fn visit(
             s.config.max_checks,
             last.unwrap_or("none")
         );
-        s.commit_or_discard(id, r, Outcome::Discard, &reason)?;
-        report.discarded += 1;
+        discard(s, r, id, &reason, report)?;
         return Ok(());
     }
     if age < immunity {
         // Past the timeout but within its own immunity time: not checked yet; a copy (same
         // count) keeps it ahead of the scan.
-        store.append(HALF_TOPIC, 0, &[copy_of(r, id, count, last)])?;
+        append_copy(s, r, id, copy_of(r, id, count, last), report)?;
         return Ok(());
     }
+    drop(claim);
     let state = catch_unwind(AssertUnwindSafe(|| s.checker.check(r)));
     report.checked += 1;
+    let _claim = s.claim(id);
+    if !claimed_and_undecided(s, r, id, report)? {
+        return Ok(());
+    }
     let (state, label) = match state {
         Ok(st) => (st, st.name().to_owned()),
         Err(_) => (
@@ -358,9 +418,59 @@ fn visit(
         LocalTransactionState::Unknown => {
             // The check is counted durably by the copy: a crash before it only repeats the
             // check.
-            store.append(HALF_TOPIC, 0, &[copy_of(r, id, count + 1, Some(&label))])?;
+            append_copy(s, r, id, copy_of(r, id, count + 1, Some(&label)), report)?;
             report.unknown += 1;
         }
+    }
+    Ok(())
+}
+
+/// With `id` claimed: `false` if the op log says it is done, or had an intent (finished now);
+/// `true` if it is undecided.
+fn claimed_and_undecided(
+    s: &Shared,
+    r: &Record,
+    id: u64,
+    report: &mut CheckReport,
+) -> Result<bool> {
+    match s.op_state(id)? {
+        Some(OpState::Done(_)) => Ok(false),
+        Some(OpState::Intent(op)) => {
+            s.complete(r, &op, true)?;
+            report.finished += 1;
+            Ok(false)
+        }
+        None => Ok(true),
+    }
+}
+
+/// Appends a check's copy of `r`; a copy the half topic refuses as too large (it carries three
+/// more properties than the message as sent) is parked instead, so one message near the size
+/// limit cannot stop the check-back of every message behind it.
+fn append_copy(
+    s: &Shared,
+    r: &Record,
+    id: u64,
+    copy: Message,
+    report: &mut CheckReport,
+) -> Result<()> {
+    match s.store.append(HALF_TOPIC, 0, &[copy]) {
+        Ok(_) => Ok(()),
+        Err(e @ Error::MessageTooLarge { .. }) => {
+            let last = r.properties().get(TRAN_LAST_CHECK_RESULT).unwrap_or("none");
+            let reason =
+                format!("its check copy does not fit {HALF_TOPIC}: {e}; last result {last}");
+            discard(s, r, id, &reason, report)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn discard(s: &Shared, r: &Record, id: u64, reason: &str, report: &mut CheckReport) -> Result<()> {
+    let (_, dropped) = s.commit_or_discard(id, r, Outcome::Discard, reason)?;
+    report.discarded += 1;
+    if dropped {
+        report.dropped += 1;
     }
     Ok(())
 }
@@ -379,7 +489,7 @@ pub(crate) fn undecided(s: &Shared, limit: usize) -> Result<Vec<Record>> {
         let Some(last) = window.last() else { break };
         at = last.offset() + 1;
         let ids: HashSet<u64> = window.iter().map(effective_id).collect();
-        let (states, _) = op_states(s, o, &ids, 0)?;
+        let states = op_states(s, o, &ids)?;
         for r in window {
             let id = effective_id(&r);
             if states.contains_key(&id) {

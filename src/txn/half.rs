@@ -130,7 +130,9 @@ impl LocalTransactionState {
 /// `TransactionListener#checkLocalTransaction`). Called on the layer's check thread with the
 /// half message as last stored (its [`TRANSACTION_CHECK_TIMES`] is the number of earlier
 /// checks, its [`TRANSACTION_ID`] the transaction's id). A panic counts as
-/// [`LocalTransactionState::Unknown`].
+/// [`LocalTransactionState::Unknown`]. The layer holds nothing of the id across the call: a
+/// checker may settle the transaction itself with [`HalfMessages::end`] (its answer then
+/// changes nothing).
 pub trait TransactionChecker: Send + Sync {
     /// The state of the half message's local transaction.
     fn check(&self, half: &Record) -> LocalTransactionState;
@@ -1020,7 +1022,11 @@ impl HalfMessages {
     /// [`append`](LogStore::append) is, invisible to that partition's readers until
     /// [`end`](Self::end) commits it. An unknown topic or partition, an internal topic, or a
     /// message carrying one of [`LAYER_PROPERTIES`] (or an unparsable
-    /// [`CHECK_IMMUNITY_TIME_IN_SECONDS`]) is an error here, before anything is written.
+    /// [`CHECK_IMMUNITY_TIME_IN_SECONDS`]) is an error here, before anything is written; so
+    /// is ([`Error::MessageTooLarge`]) a message larger than the real topic's own
+    /// `max_message_bytes` would take once committed (an upper bound of the size on either
+    /// engine: within about 200 bytes of the limit, a message may be refused here though the
+    /// topic would take it).
     pub fn send_half(&self, topic: &str, partition: u32, message: Message) -> Result<HalfId> {
         let s = &*self.shared;
         s.take_error()?;
@@ -1134,8 +1140,9 @@ impl HalfMessages {
         crate::txn::half_check::undecided(&self.shared, limit)
     }
 
-    /// Stops the check thread (waiting for a scan in progress) and returns the first error a
-    /// background scan met, if any. The store stays open.
+    /// Stops the check thread (waiting for the checker call in progress, if any: the scan
+    /// stops between messages) and returns the first error a background scan met, if any.
+    /// The store stays open. Calling it again (or dropping the layer after it) does nothing.
     pub fn close(&self) -> Result<()> {
         let s = &*self.shared;
         s.closed.store(true, Ordering::SeqCst);

@@ -8,7 +8,9 @@
 //! [`OP_PULL`] records at a time, keeping only the op records of ids in the window: memory is
 //! one window of half messages plus at most one op state per id in it, whatever the number of
 //! pending half messages or op records. `O` moves past an op record once the scan has passed
-//! every copy its half message can have (all lie below the half end the op record carries).
+//! every copy its half message can have (all lie below the half end the op record carries),
+//! never past an intent without its done record (see [`op_floor`]). Only the latest record of
+//! an id is acted on (see [`superseded`]).
 
 use std::collections::{HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};

@@ -243,8 +243,8 @@ fn delayed(dir: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `half`: the undecided half messages, from the check-back's position on.
-fn half(dir: &Path) -> Result<(), CliError> {
+/// `half`: the undecided half messages, from the check-back's position on, at most `limit`.
+fn half(dir: &Path, limit: usize) -> Result<(), CliError> {
     use duolog::txn::half::{HALF_TOPIC, REAL_QID, REAL_TOPIC, TRANSACTION_CHECK_TIMES};
     use duolog::txn::{HalfConfig, HalfMessages, LocalTransactionState};
     let store: Arc<dyn LogStore> = Arc::from(open_existing(dir, StoreOptions::default())?);
@@ -259,7 +259,11 @@ fn half(dir: &Path) -> Result<(), CliError> {
         // Never called: the listing runs no check.
         let checker = Arc::new(|_: &duolog::Record| LocalTransactionState::Unknown);
         let layer = HalfMessages::open(Arc::clone(&store), config, checker)?;
-        for r in layer.undecided(usize::MAX)? {
+        // One more than asked, to tell the reader the listing was cut.
+        let mut undecided = layer.undecided(limit.saturating_add(1))?;
+        let truncated = undecided.len() > limit;
+        undecided.truncate(limit);
+        for r in undecided {
             let p = r.properties();
             let id = p
                 .get(duolog::txn::half::TRAN_PREPARED_QUEUE_OFFSET)
@@ -275,6 +279,9 @@ fn half(dir: &Path) -> Result<(), CliError> {
             total += 1;
         }
         layer.close()?;
+        if truncated {
+            writeln!(out, "truncated\t{limit}")?;
+        }
     }
     writeln!(out, "total\t{total}")?;
     out.flush()?;
@@ -837,7 +844,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Completions { shell } => completions(*shell),
         Command::Trace(a) => trace(a),
         Command::Delayed(a) => delayed(&a.dir),
-        Command::Half(a) => half(&a.dir),
+        Command::Half(a) => half(&a.dir, a.limit),
     }
 }
 

@@ -645,3 +645,93 @@ fn a_scan_over_many_windows_checks_each_undecided_message_once() {
         txn.close().unwrap();
     });
 }
+
+/// A half message its parking topic refuses even bare is not written anywhere: its DISCARD
+/// done record says why, the report and `stats()` count it as dropped, and it is never
+/// checked again.
+#[test]
+fn a_message_too_large_to_park_is_dropped_with_the_reason_in_its_done_record() {
+    for_each_engine(|engine, dir| {
+        let store = store(engine, dir);
+        // The layer keeps an existing parking topic: one that takes (almost) nothing.
+        store
+            .create_topic(
+                CHECK_MAX_TIME_TOPIC,
+                TopicConfig {
+                    max_message_bytes: Some(64),
+                    ..TopicConfig::with_partitions(1)
+                },
+            )
+            .unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let checker = Arc::new(ByBody::default());
+        let config = HalfConfig {
+            max_checks: 1,
+            ..config(&clock)
+        };
+        let txn = HalfMessages::open(Arc::clone(&store), config, checker.clone()).unwrap();
+        let id = txn.send_half("orders", 0, Message::new("u")).unwrap();
+        clock.advance(Duration::from_secs(7));
+        assert_eq!(txn.check_now().unwrap().unknown, 1, "{engine}");
+        clock.advance(Duration::from_secs(31));
+        let report = txn.check_now().unwrap();
+        assert_eq!((report.discarded, report.dropped), (1, 1), "{engine}");
+        assert!(
+            bodies(&*store, CHECK_MAX_TIME_TOPIC, 0).is_empty(),
+            "{engine}"
+        );
+        let ops = read_all(&*store, OP_TOPIC, 0);
+        let done = ops.last().unwrap();
+        assert_eq!(done.tags(), Some("d"), "{engine}");
+        let reason = done.properties().get(TRAN_DISCARD_REASON).unwrap();
+        assert!(
+            reason.starts_with("checked 1 times") && reason.contains("not parked"),
+            "{engine}: {reason}"
+        );
+        assert_eq!(
+            txn.end(id, Commit).unwrap(),
+            EndOutcome::AlreadyDiscarded,
+            "{engine}"
+        );
+        clock.advance(Duration::from_secs(31));
+        assert_eq!(txn.check_now().unwrap().checked, 0, "{engine}");
+        assert_eq!(checker.calls.load(Ordering::SeqCst), 1, "{engine}");
+        let stats = txn.stats();
+        assert_eq!(
+            (stats.unknown, stats.discarded, stats.dropped),
+            (1, 1, 1),
+            "{engine}"
+        );
+        txn.close().unwrap();
+        store.close().unwrap();
+    });
+}
+
+/// `stats()` adds up the check thread's scans too (their reports have no other reader).
+#[test]
+fn stats_count_the_check_threads_scans() {
+    for_each_engine(|engine, dir| {
+        let store = store(engine, dir);
+        let clock = Arc::new(ManualClock::new(T0));
+        let config = HalfConfig {
+            background: true,
+            check_interval: Duration::from_millis(10),
+            ..config(&clock)
+        };
+        let txn =
+            HalfMessages::open(Arc::clone(&store), config, Arc::new(ByBody::default())).unwrap();
+        txn.send_half("orders", 0, Message::new("u")).unwrap();
+        clock.advance(Duration::from_secs(7));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while txn.stats().unknown == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{engine}: no scan counted"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(txn.stats().checked, 1, "{engine}");
+        txn.close().unwrap();
+        store.close().unwrap();
+    });
+}

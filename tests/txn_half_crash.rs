@@ -195,3 +195,67 @@ fn sweep(sync: bool) {
         assert!(outcomes.0 > 0 && outcomes.1 > 0);
     }
 }
+
+/// A power cut that loses the scan's last committed position makes the next scan read again
+/// half messages whose check was already copied, their copies more than a window later (the
+/// copies of a whole window of other messages lie between): through the key index the scan
+/// sees the later copy and passes the earlier record over, so each message is checked at most
+/// once more than `max_checks`, and parked once.
+#[test]
+fn a_lost_scan_position_over_more_than_a_window_costs_at_most_one_extra_check_each() {
+    const N: usize = 1100;
+    let max_checks = 2;
+    for engine in common::engines() {
+        let sim = SimFs::new();
+        let calls: Arc<parking_lot::Mutex<HashMap<String, u32>>> = Arc::default();
+        let checker = {
+            let calls = Arc::clone(&calls);
+            Arc::new(move |r: &Record| {
+                let body = String::from_utf8(r.body().to_vec()).unwrap();
+                *calls.lock().entry(body).or_default() += 1;
+                LocalTransactionState::Unknown
+            })
+        };
+        let config = |clock: &Arc<ManualClock>| HalfConfig {
+            clock: clock.clone(),
+            background: false,
+            max_checks,
+            ..HalfConfig::default()
+        };
+        let store: Arc<dyn LogStore> =
+            Arc::from(duolog::open("/txh-fork", opts(engine, &sim, false)).unwrap());
+        store
+            .create_topic("orders", TopicConfig::with_partitions(1))
+            .unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let txn = HalfMessages::open(Arc::clone(&store), config(&clock), checker.clone()).unwrap();
+        for i in 0..N {
+            txn.send_half("orders", 0, Message::new(format!("u{i}")))
+                .unwrap();
+        }
+        store.sync().unwrap();
+        clock.advance(Duration::from_secs(7));
+        assert_eq!(txn.check_now().unwrap().unknown, N as u64, "{engine}");
+        // Power cut: the copies were synced, the last committed position was not.
+        store.abandon();
+        drop(txn);
+        drop(store);
+        let crashed = sim.crash(CrashMode::DropUnsynced, 3);
+        let store: Arc<dyn LogStore> =
+            Arc::from(duolog::open("/txh-fork", opts(engine, &crashed, false)).unwrap());
+        let clock = Arc::new(ManualClock::new(T0 + 60_000));
+        let txn = HalfMessages::open(Arc::clone(&store), config(&clock), checker.clone()).unwrap();
+        for _ in 0..4 {
+            txn.check_now().unwrap();
+            clock.advance(Duration::from_secs(31));
+        }
+        let parked = read_all(&*store, CHECK_MAX_TIME_TOPIC, 0);
+        assert_eq!(parked.len(), N, "{engine}: each message parked once");
+        let calls = calls.lock();
+        assert_eq!(calls.len(), N, "{engine}");
+        let over: Vec<_> = calls.iter().filter(|(_, n)| **n > max_checks + 1).collect();
+        assert!(over.is_empty(), "{engine}: checked too often: {over:?}");
+        txn.close().unwrap();
+        store.close().unwrap();
+    }
+}

@@ -1214,9 +1214,18 @@ pub(crate) fn read_tagged_by_reading<S: LogStore + ?Sized>(
     }
 }
 
-/// `true` for the names of internal topics (`__…` or `%…`), hidden from user listings.
+/// RocketMQ's system topics of transactional messages, kept under their RocketMQ names by
+/// the half-message layer (`txn::half`) and internal like the `__`/`%` ones.
+const ROCKETMQ_SYSTEM_TOPICS: [&str; 3] = [
+    "RMQ_SYS_TRANS_HALF_TOPIC",
+    "RMQ_SYS_TRANS_OP_HALF_TOPIC",
+    "TRANS_CHECK_MAX_TIME_TOPIC",
+];
+
+/// `true` for the names of internal topics (`__…`, `%…`, and RocketMQ's transaction system
+/// topics such as `RMQ_SYS_TRANS_HALF_TOPIC`), hidden from user listings.
 pub fn is_internal_topic(name: &str) -> bool {
-    name.starts_with("__") || name.starts_with('%')
+    name.starts_with("__") || name.starts_with('%') || ROCKETMQ_SYSTEM_TOPICS.contains(&name)
 }
 
 /// The same property rules on every engine (so switching engines changes no behaviour): names

@@ -113,6 +113,16 @@ pub enum Command {
     /// delivered or written; delivery is for `consume --follow` and other processes that run
     /// the layer).
     Delayed(DirArgs),
+    /// Prints half (transactional) messages not yet committed or rolled back (at most --limit)
+    ///
+    /// One line each: `<id><TAB><topic><TAB><partition><TAB><checks><TAB><key><TAB><body>`
+    /// (id: the half message's id; checks: how many check-backs answered unknown), then
+    /// `total<TAB><count>`, preceded by `truncated<TAB><limit>` if more are undecided.
+    ///
+    /// Not read-only: it opens the half-message layer, which finishes every commit or discard
+    /// a crash left in doubt (writing the message to its real topic, or parking it, and its op
+    /// record) before listing. It runs no check-back.
+    Half(HalfArgs),
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +156,16 @@ pub struct DirArgs {
     /// The store's directory
     #[arg(long, value_name = "D")]
     pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct HalfArgs {
+    /// The store's directory
+    #[arg(long, value_name = "D")]
+    pub dir: PathBuf,
+    /// List at most this many half messages (memory and time grow with it)
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub limit: usize,
 }
 
 #[derive(Debug, Args)]

@@ -388,6 +388,52 @@ fn delayed(dir: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `half`: the undecided half messages, from the check-back's position on, at most `limit`.
+fn half(dir: &Path, limit: usize) -> Result<(), CliError> {
+    use duolog::txn::half::{HALF_TOPIC, REAL_QID, REAL_TOPIC, TRANSACTION_CHECK_TIMES};
+    use duolog::txn::{HalfConfig, HalfMessages, LocalTransactionState};
+    let store: Arc<dyn LogStore> = Arc::from(open_existing(dir, StoreOptions::default())?);
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let mut total = 0u64;
+    if store.describe_topic(HALF_TOPIC).is_ok() {
+        let config = HalfConfig {
+            background: false,
+            ..HalfConfig::default()
+        };
+        // Never called: the listing runs no check.
+        let checker = Arc::new(|_: &duolog::Record| LocalTransactionState::Unknown);
+        let layer = HalfMessages::open(Arc::clone(&store), config, checker)?;
+        // One more than asked, to tell the reader the listing was cut.
+        let mut undecided = layer.undecided(limit.saturating_add(1))?;
+        let truncated = undecided.len() > limit;
+        undecided.truncate(limit);
+        for r in undecided {
+            let p = r.properties();
+            let id = p
+                .get(duolog::txn::half::TRAN_PREPARED_QUEUE_OFFSET)
+                .map_or_else(|| r.offset().to_string(), str::to_owned);
+            let (key, body) = key_and_body(&r);
+            writeln!(
+                out,
+                "{id}\t{}\t{}\t{}\t{key}\t{body}",
+                p.get(REAL_TOPIC).unwrap_or("-"),
+                p.get(REAL_QID).unwrap_or("-"),
+                p.get(TRANSACTION_CHECK_TIMES).unwrap_or("0"),
+            )?;
+            total += 1;
+        }
+        layer.close()?;
+        if truncated {
+            writeln!(out, "truncated\t{limit}")?;
+        }
+    }
+    writeln!(out, "total\t{total}")?;
+    out.flush()?;
+    store.close()?;
+    Ok(())
+}
+
 /// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian, UTC; Howard
 /// Hinnant's days-to-civil).
 fn rfc3339(secs: i64) -> String {
@@ -964,6 +1010,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Completions { shell } => completions(*shell),
         Command::Trace(a) => trace(a),
         Command::Delayed(a) => delayed(&a.dir),
+        Command::Half(a) => half(&a.dir, a.limit),
     }
 }
 

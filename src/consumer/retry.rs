@@ -15,7 +15,7 @@
 //! **The delayed send** goes through the delay layer ([`DelayQueue`]): the copy is scheduled
 //! for `%RETRY%<group>` at now + the back-off (at most the queue's `max_delay`), waits durably
 //! in the layer's topics with nothing per copy in memory, and arrives in the retry topic once
-//! due (never early: the layer rounds up to its precision, 1 s by default), where the consumer
+//! due (never early: the layer delivers once the exact due time has passed), where the consumer
 //! handles it at once. Dead letters are appended directly.
 //!
 //! **What can repeat after a crash** (delivery is at least once, never lost): the push consumer

@@ -471,3 +471,36 @@ fn plain_group_commits_survive_a_restart_after_a_crashed_transactional_producer(
         );
     });
 }
+
+/// A topic's `max_message_bytes` applies to the end marker the coordinator writes (on the
+/// CommitLog engine the marker record is ~200 bytes with its properties): with a small limit
+/// no transaction on the topic can ever end — commit fails, and the abort the timeout thread
+/// retries forever fails too, so the LSO sticks. (Engine side: hand-off.)
+#[test]
+#[ignore = "review: max_message_bytes refuses the CommitLog end marker: transactions on the topic can never end"]
+fn a_small_max_message_size_does_not_block_the_end_marker() {
+    common::for_each_engine(|engine, dir| {
+        let store = open(engine, dir);
+        store
+            .create_topic(
+                "t",
+                TopicConfig {
+                    max_message_bytes: Some(180),
+                    ..TopicConfig::default()
+                },
+            )
+            .unwrap();
+        let txns = manual(&store);
+        let p = txns.producer("app", TxnProducerConfig::default()).unwrap();
+        p.begin().unwrap();
+        p.send("t", 0, &[Message::new("small")]).unwrap();
+        let commit = p.commit();
+        let _ = p.abort();
+        let _ = txns.check_timeouts();
+        let b = store.bounds("t", 0).unwrap();
+        assert!(
+            commit.is_ok() && b.last_stable == b.end,
+            "{engine:?}: commit {commit:?}, bounds {b:?}"
+        );
+    });
+}

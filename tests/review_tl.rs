@@ -504,3 +504,52 @@ fn a_small_max_message_size_does_not_block_the_end_marker() {
         );
     });
 }
+
+/// Disk growth of the internal offsets topic: every exactly-once round commits a transaction
+/// enrolled in `__consumer_offsets-0`, which gets one end marker per round. The offsets topic
+/// is compacted, but the cleaners of both engines keep every marker forever (Kafka removes
+/// them after `delete.retention.ms` once their transaction's records are gone), so the topic
+/// grows by one marker per transaction without bound, and every group coordinator's load
+/// scans them all.
+#[test]
+#[ignore = "review: compaction keeps every transaction marker in __consumer_offsets: unbounded growth under exactly-once"]
+fn compaction_bounds_the_offsets_topic_under_exactly_once() {
+    use duolog::consumer::{GroupCoordinator, OFFSETS_TOPIC};
+    use duolog::io::SimFs;
+    let mut grown = Vec::new();
+    for engine in common::engines() {
+        let sim = SimFs::new();
+        let mut opts = sim_opts(engine, &sim);
+        opts.compaction.enabled = false;
+        opts.compaction.delete_retention = Duration::ZERO;
+        let store: Arc<dyn LogStore> = Arc::from(duolog::open("/s", opts).unwrap());
+        store.create_topic("in", TopicConfig::default()).unwrap();
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let txns = TransactionCoordinator::open(
+            Arc::clone(&store),
+            TxnCoordinatorConfig {
+                groups: Some(groups.clone()),
+                ..TxnCoordinatorConfig::default()
+            },
+        )
+        .unwrap();
+        let p = txns.producer("eos", TxnProducerConfig::default()).unwrap();
+        for i in 0..2000u64 {
+            p.begin().unwrap();
+            p.send_offsets("g", &[("in", 0, i)]).unwrap();
+            p.commit().unwrap();
+        }
+        let mut total = duolog::CompactionReport::default();
+        for _ in 0..3 {
+            total.add(&store.compact(Some(OFFSETS_TOPIC)).unwrap());
+        }
+        let left = total.bytes_after;
+        if left >= 32 * 1024 {
+            grown.push(format!(
+                "{engine:?}: {left} bytes of __consumer_offsets left after compaction of 2000 \
+                 transactions holding one group's offsets ({total:?})"
+            ));
+        }
+    }
+    assert!(grown.is_empty(), "{}", grown.join("\n"));
+}

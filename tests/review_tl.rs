@@ -183,7 +183,6 @@ fn committed(store: &dyn LogStore, topic: &str, p: u32) -> Vec<String> {
 /// without a marker while the ones already marked stay committed. The transaction is visible in
 /// some partitions and not others.
 #[test]
-#[ignore = "review: a commit retried after a failed PrepareCommit write sends markers with no durable decision: partial commit after a crash"]
 fn a_commit_retried_after_a_failed_decision_write_is_atomic_across_a_crash() {
     use duolog::io::{CrashMode, Fault, SimFs};
     for engine in common::engines() {
@@ -352,7 +351,6 @@ fn a_zombie_member_cannot_commit_offsets_through_a_transaction() {
 /// reprocessed: its outputs are doubled. (Kafka keys offset records by group, topic and
 /// partition, so two transactions never overwrite each other's partitions.)
 #[test]
-#[ignore = "review: interleaved transactions of two members of a group erase each other's offsets (whole-table records)"]
 fn two_transactional_members_of_a_group_keep_each_others_offsets() {
     use duolog::consumer::GroupCoordinator;
     common::for_each_engine(|engine, dir| {
@@ -412,7 +410,6 @@ fn two_transactional_members_of_a_group_keep_each_others_offsets() {
 /// made after the crash is invisible at the next start. A plain consumer app on such a store
 /// rewinds to the crash point at every restart.
 #[test]
-#[ignore = "review: a transaction left open in __consumer_offsets hides every later plain commit of every group from the offsets loader"]
 fn plain_group_commits_survive_a_restart_after_a_crashed_transactional_producer() {
     use duolog::consumer::{Consumer, ConsumerConfig, GroupCoordinator, OffsetReset};
     common::for_each_engine(|engine, dir| {

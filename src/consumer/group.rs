@@ -271,13 +271,13 @@ impl GroupCoordinator {
 }
 
 impl GroupCoordinator {
-    /// A transaction's commit record for `group` (see `OffsetStore::append_txn`).
+    /// A transaction's offset records for `group` (see `OffsetStore::append_txn`).
     pub(crate) fn append_txn_offsets(
         &self,
         group: &str,
         offsets: &[(String, u32, u64)],
         producer_id: i64,
-        append: impl FnOnce(crate::Message) -> Result<crate::AppendResult>,
+        append: impl FnOnce(Vec<crate::Message>) -> Result<crate::AppendResult>,
     ) -> Result<crate::AppendResult> {
         self.inner
             .offsets

@@ -2,7 +2,7 @@
 //! [`TransactionCoordinator`](super::TransactionCoordinator) — `begin`, `send` to any
 //! partitions, `send_offsets` (Kafka's `sendOffsetsToTransaction`), `commit`, `abort`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -357,15 +357,18 @@ impl TransactionalProducer {
         }
         let groups = self.coord.groups()?;
         self.enroll(&mut st, OFFSETS_TOPIC, 0)?;
-        let owned: Vec<(String, u32, u64)> = offsets
-            .iter()
-            .map(|&(t, p, o)| (t.to_owned(), p, o))
+        // One record per partition (the last offset given for it wins).
+        let last: BTreeMap<(&str, u32), u64> =
+            offsets.iter().map(|&(t, p, o)| ((t, p), o)).collect();
+        let owned: Vec<(String, u32, u64)> = last
+            .into_iter()
+            .map(|((t, p), o)| (t.to_owned(), p, o))
             .collect();
         let store = Arc::clone(&self.coord.store);
         let producer = self.producer;
-        self.append_sequenced(&mut st, OFFSETS_TOPIC, 0, 1, |seq| {
-            groups.append_txn_offsets(group, &owned, producer.id, |message| {
-                store.append_transactional(OFFSETS_TOPIC, 0, producer, seq, &[message])
+        self.append_sequenced(&mut st, OFFSETS_TOPIC, 0, owned.len(), |seq| {
+            groups.append_txn_offsets(group, &owned, producer.id, |messages| {
+                store.append_transactional(OFFSETS_TOPIC, 0, producer, seq, &messages)
             })
         })?;
         Ok(())

@@ -519,11 +519,10 @@ impl Inner {
             // Only a commit's decision must be durable before its markers: an abort lost to a
             // crash is decided again at the next open (an `Ongoing` transaction is aborted).
             if let Err(e) = self.write(transactional_id, m, marker == TxnMarker::Commit) {
-                if marker == TxnMarker::Commit {
-                    // The decision may or may not be on disk; recovery follows the disk. In
-                    // memory it stays decided, so nothing else proceeds until it is finished.
-                    return Err(e);
-                }
+                // Not known durable: the state stays what it was (`Ongoing`), so no marker is
+                // ever sent for a decision the log may not hold; a retry writes the decision
+                // again. Had the record reached the log all the same, only a failed fsync can
+                // have hidden it, and that poisons the store: nothing is written after it.
                 *m = before;
                 return Err(e);
             }

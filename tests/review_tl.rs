@@ -45,7 +45,6 @@ fn short() -> TxnProducerConfig {
 /// accepted at the old epoch: it opens a transaction the coordinator no longer knows about.
 /// Nothing ever ends it: the last stable offset sticks for good, across reopen too.
 #[test]
-#[ignore = "review: a send to a partition enrolled before a timeout abort opens a hanging transaction (LSO stuck forever)"]
 fn a_send_after_a_timeout_abort_never_leaves_a_hanging_transaction() {
     common::for_each_engine(|engine, dir| {
         {
@@ -96,7 +95,6 @@ fn a_send_after_a_timeout_abort_never_leaves_a_hanging_transaction() {
 /// transaction there that the coordinator (CompleteAbort) does not know; `commit` then fails
 /// with InvalidTxnState, `abort` returns Ok without writing a marker: a hanging transaction.
 #[test]
-#[ignore = "review: a timeout abort at epoch i16::MAX does not fence; the producer's later sends hang the LSO"]
 fn a_timeout_abort_at_the_last_epoch_still_fences() {
     common::for_each_engine(|engine, dir| {
         let store = open(engine, dir);

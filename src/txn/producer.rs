@@ -195,24 +195,40 @@ impl TransactionalProducer {
         Ok(())
     }
 
-    /// Enrolls a partition (durably, at the coordinator) before the first write to it.
-    fn enroll(&self, st: &mut State, topic: &str, partition: u32) -> Result<()> {
+    /// Runs `append` (a write to the partition) under the coordinator's check that this
+    /// instance and its transaction are still current, enrolling the partition (durably)
+    /// before its first write. Checked at every send, not only the first to a partition: a
+    /// timeout abort may have ended the transaction since (KIP-890's verification).
+    fn verified<T>(
+        &self,
+        st: &mut State,
+        topic: &str,
+        partition: u32,
+        append: impl FnOnce(&mut State) -> Result<T>,
+    ) -> Result<T> {
         let tp = (topic.to_owned(), partition);
-        if st.enrolled.contains(&tp) {
-            return Ok(());
-        }
         // The partition must exist before it is enrolled (an unknown one is the caller's error,
         // not something to mark at commit).
         self.coord.store.bounds(topic, partition)?;
-        if let Err(e) = self.coord.add_partitions(
+        // Only the transaction's first enrolment may begin it at the coordinator; later sends
+        // must find it still open.
+        let may_begin = st.enrolled.is_empty();
+        let mut enrolled = false;
+        let r = self.coord.append_verified(
             &self.transactional_id,
             self.producer,
             std::slice::from_ref(&tp),
-        ) {
-            return Err(self.note(st, e));
+            may_begin,
+            || {
+                enrolled = true;
+                st.enrolled.insert(tp.clone());
+                append(st)
+            },
+        );
+        match r {
+            Err(e) if !enrolled => Err(self.note(st, e)),
+            r => r,
         }
-        st.enrolled.insert(tp);
-        Ok(())
     }
 
     /// Appends through `append` with this partition's next sequence numbers, retrying I/O
@@ -311,11 +327,12 @@ impl TransactionalProducer {
         if messages.is_empty() {
             return Err(Error::InvalidArgument("an empty batch".into()));
         }
-        self.enroll(&mut st, topic, partition)?;
         let store = Arc::clone(&self.coord.store);
         let producer = self.producer;
-        self.append_sequenced(&mut st, topic, partition, messages.len(), |seq| {
-            store.append_transactional(topic, partition, producer, seq, messages)
+        self.verified(&mut st, topic, partition, |st| {
+            self.append_sequenced(st, topic, partition, messages.len(), |seq| {
+                store.append_transactional(topic, partition, producer, seq, messages)
+            })
         })
     }
 
@@ -356,7 +373,6 @@ impl TransactionalProducer {
             return Ok(());
         }
         let groups = self.coord.groups()?;
-        self.enroll(&mut st, OFFSETS_TOPIC, 0)?;
         // One record per partition (the last offset given for it wins).
         let last: BTreeMap<(&str, u32), u64> =
             offsets.iter().map(|&(t, p, o)| ((t, p), o)).collect();
@@ -366,9 +382,11 @@ impl TransactionalProducer {
             .collect();
         let store = Arc::clone(&self.coord.store);
         let producer = self.producer;
-        self.append_sequenced(&mut st, OFFSETS_TOPIC, 0, owned.len(), |seq| {
-            groups.append_txn_offsets(group, &owned, producer.id, |messages| {
-                store.append_transactional(OFFSETS_TOPIC, 0, producer, seq, &messages)
+        self.verified(&mut st, OFFSETS_TOPIC, 0, |st| {
+            self.append_sequenced(st, OFFSETS_TOPIC, 0, owned.len(), |seq| {
+                groups.append_txn_offsets(group, &owned, producer.id, |messages| {
+                    store.append_transactional(OFFSETS_TOPIC, 0, producer, seq, &messages)
+                })
             })
         })?;
         Ok(())

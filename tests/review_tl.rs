@@ -254,7 +254,6 @@ fn a_commit_retried_after_a_failed_decision_write_is_atomic_across_a_crash() {
 /// and reprocesses from the committed offset; the stalled one then commits its transaction —
 /// output and offsets — and it lands. The output is doubled.
 #[test]
-#[ignore = "review: send_offsets does not fence an evicted group member (no KIP-447 check): duplicated output after a rebalance"]
 fn a_zombie_member_cannot_commit_offsets_through_a_transaction() {
     use duolog::consumer::{Consumer, ConsumerConfig, GroupCoordinator, OffsetReset};
     use duolog::txn::transform;
@@ -328,7 +327,8 @@ fn a_zombie_member_cannot_commit_offsets_through_a_transaction() {
                     .collect();
                 p1.send("out", p, &batch)?;
             }
-            p1.send_offsets("g", &[("in", 0, 4), ("in", 1, 4)])?;
+            // Kafka's sendOffsetsToTransaction(offsets, consumer.groupMetadata()).
+            p1.send_offsets(&c1.group_metadata(), &[("in", 0, 4), ("in", 1, 4)])?;
             p1.commit()
         })();
         let total: usize = (0..2)

@@ -733,15 +733,21 @@ impl OffsetStore {
     /// partition ([`txn_key`]), each holding that partition's offset only. They apply, merged
     /// partition by partition, when [`complete_txn`](Self::complete_txn) reports the
     /// transaction committed. A topic that does not exist is `UnknownTopic`; `offsets` must not
-    /// name a partition twice (the caller keeps the last).
+    /// name a partition twice (the caller keeps the last). `check` runs first, under the
+    /// group's commit lock.
     pub(crate) fn append_txn(
         &self,
         group: &str,
         offsets: &[(String, u32, u64)],
         producer_id: i64,
+        check: impl FnOnce() -> Result<()>,
         append: impl FnOnce(Vec<Message>) -> Result<AppendResult>,
     ) -> Result<AppendResult> {
         let g = self.group(group);
+        // The commit lock: `check` (a member's ownership) holds until the records are
+        // appended, as for a plain commit.
+        let _held = g.written.lock();
+        check()?;
         let now = u64::try_from(crate::clock::now_ms()).unwrap_or(0);
         let mut sent = Vec::with_capacity(offsets.len());
         let mut messages = Vec::with_capacity(offsets.len());

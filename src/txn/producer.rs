@@ -9,7 +9,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::coordinator::Inner;
-use crate::consumer::OFFSETS_TOPIC;
+use crate::consumer::{ConsumerGroupMetadata, OFFSETS_TOPIC};
 use crate::error::{Error, Result};
 use crate::store::{AppendResult, Message, ProducerId, TxnMarker};
 
@@ -343,6 +343,13 @@ impl TransactionalProducer {
     /// one given in [`TxnCoordinatorConfig::groups`](super::TxnCoordinatorConfig::groups)) —
     /// and never if it aborts. Each offset is the next one to consume.
     ///
+    /// `group` is the consumer's [`group_metadata`](crate::consumer::Consumer::group_metadata)
+    /// (or the [`Consumer`](crate::consumer::Consumer) itself): a subscribed member's offsets
+    /// are refused with [`Error::NotAssigned`] unless it holds every partition now (KIP-447:
+    /// an evicted member cannot commit what another member reprocesses); the transaction can
+    /// still be aborted. A bare group name (`&str`) is *unchecked*: for producers outside any
+    /// group membership only.
+    ///
     /// ```
     /// # use std::sync::Arc;
     /// # use duolog::{LogStore, Message, StoreOptions, TopicConfig};
@@ -365,10 +372,15 @@ impl TransactionalProducer {
     /// assert_eq!(groups.committed_offsets("etl-group")["in"][&0], 5);
     /// # Ok(()) }
     /// ```
-    pub fn send_offsets(&self, group: &str, offsets: &[(&str, u32, u64)]) -> Result<()> {
+    pub fn send_offsets(
+        &self,
+        group: impl Into<ConsumerGroupMetadata>,
+        offsets: &[(&str, u32, u64)],
+    ) -> Result<()> {
+        let meta: ConsumerGroupMetadata = group.into();
         let mut st = self.state.lock();
         self.check_sending(&st, OFFSETS_TOPIC, 0)?;
-        crate::consumer::validate_group_name(group)?;
+        crate::consumer::validate_group_name(meta.group())?;
         if offsets.is_empty() {
             return Ok(());
         }
@@ -384,7 +396,7 @@ impl TransactionalProducer {
         let producer = self.producer;
         self.verified(&mut st, OFFSETS_TOPIC, 0, |st| {
             self.append_sequenced(st, OFFSETS_TOPIC, 0, owned.len(), |seq| {
-                groups.append_txn_offsets(group, &owned, producer.id, |messages| {
+                groups.append_txn_offsets(&meta, &owned, producer.id, |messages| {
                     store.append_transactional(OFFSETS_TOPIC, 0, producer, seq, &messages)
                 })
             })

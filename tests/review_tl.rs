@@ -328,7 +328,7 @@ fn a_zombie_member_cannot_commit_offsets_through_a_transaction() {
                 p1.send("out", p, &batch)?;
             }
             // Kafka's sendOffsetsToTransaction(offsets, consumer.groupMetadata()).
-            p1.send_offsets(&c1.group_metadata(), &[("in", 0, 4), ("in", 1, 4)])?;
+            p1.send_offsets(c1.group_metadata(), &[("in", 0, 4), ("in", 1, 4)])?;
             p1.commit()
         })();
         let total: usize = (0..2)

@@ -271,17 +271,36 @@ impl GroupCoordinator {
 }
 
 impl GroupCoordinator {
-    /// A transaction's commit record for `group` (see `OffsetStore::append_txn`).
+    /// A transaction's offset records for the group of `meta` (see `OffsetStore::append_txn`).
+    /// With a member id, every partition must be held by that member now (else
+    /// `NotAssigned`), checked under the group's commit lock, which an eviction takes too.
     pub(crate) fn append_txn_offsets(
         &self,
-        group: &str,
+        meta: &super::ConsumerGroupMetadata,
         offsets: &[(String, u32, u64)],
         producer_id: i64,
-        append: impl FnOnce(crate::Message) -> Result<crate::AppendResult>,
+        append: impl FnOnce(Vec<crate::Message>) -> Result<crate::AppendResult>,
     ) -> Result<crate::AppendResult> {
+        let group = meta.group();
+        let check = || {
+            let Some(member) = meta.member_id() else {
+                return Ok(());
+            };
+            for (topic, partition, _) in offsets {
+                let tp = super::TopicPartition::new(topic.as_str(), *partition);
+                if !self.inner.holds(group, member, &tp) {
+                    return Err(Error::NotAssigned {
+                        group: group.to_owned(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                    });
+                }
+            }
+            Ok(())
+        };
         self.inner
             .offsets
-            .append_txn(group, offsets, producer_id, append)
+            .append_txn(group, offsets, producer_id, check, append)
     }
 
     /// The transaction of `producer_id` ended: its offsets apply (commit) or are dropped.

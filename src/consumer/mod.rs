@@ -35,7 +35,9 @@ pub use assignor::{Assignor, Averagely, MemberSubscription, Sticky, TopicPartiti
 pub use group::GroupCoordinator;
 pub(crate) use group::validate_group as validate_group_name;
 pub use offsets::{CommitRecord, OFFSETS_SEGMENT_BYTES, OFFSETS_TOPIC, OffsetTable, TopicIds};
-pub use pull::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, RebalanceListener};
+pub use pull::{
+    Consumer, ConsumerConfig, ConsumerGroupMetadata, ConsumerRecord, OffsetReset, RebalanceListener,
+};
 pub use push::{ConsumeResult, MessageHandler, PushConfig, PushConsumer};
 pub use retry::{
     ORIGIN_MESSAGE_ID, ORIGIN_OFFSET, ORIGIN_PARTITION, RECONSUME_TIMES, RETRY_TOPIC, RetryPolicy,

@@ -14,7 +14,7 @@
 //! as "no commit" (Kafka deletes a deleted topic's offsets) and the next commit of the group
 //! drops them, so a table stays bounded by the live topics it consumes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,8 +48,18 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// 64 KiB and the topic stays bounded by the number of groups, not of commits.
 pub const OFFSETS_SEGMENT_BYTES: u64 = 64 * 1024;
 
-/// The first byte of a commit record's value (version 1, without topic ids, is still read).
+/// The first byte of a commit record's value when every entry is the record's own (version 1,
+/// without topic ids, is still read).
 const VERSION: u8 = 2;
+
+/// The first byte of a commit record's value with carried entries (see [`CommitRecord::carried`]):
+/// version 2's layout plus one flag byte per partition.
+const VERSION_CARRIED: u8 = 3;
+
+/// The first byte of the key of a transaction's offset record (one per group, topic and
+/// partition, see [`txn_key`]). Never the first byte of a plain record's key, a group name in
+/// UTF-8.
+const TXN_KEY: u8 = 0xff;
 
 /// Records read per fetch while loading.
 const FETCH: usize = 4096;
@@ -115,6 +125,12 @@ pub struct CommitRecord {
     pub topic_ids: TopicIds,
     /// When the commit was made, in milliseconds since the Unix epoch.
     pub commit_time_ms: u64,
+    /// The entries of `offsets` this record only carries over from the group's table (the
+    /// record did not commit them): when loading, such an entry fills a partition no earlier
+    /// record set but never overrides one. So a plain commit of some partitions written while
+    /// a transaction's offsets for others were pending never erases them, wherever their
+    /// marker lands (version 3; versions 1 and 2 carry none).
+    pub carried: BTreeSet<(String, u32)>,
 }
 
 impl CommitRecord {
@@ -123,9 +139,17 @@ impl CommitRecord {
     /// entries varint`, then per partition (ascending) `partition_delta varint, offset
     /// varint`, and last a CRC-32C (big-endian u32) of every byte before it. A topic without an
     /// id in `topic_ids` is written with id 0 (never a real id: ids start at 1).
+    ///
+    /// With carried entries it is version 3: the same with one byte after each partition's
+    /// offset, 1 if the entry is carried, else 0.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + self.offsets.len() * 32);
-        out.push(VERSION);
+        let version = if self.carried.is_empty() {
+            VERSION
+        } else {
+            VERSION_CARRIED
+        };
+        out.push(version);
         put_varint(&mut out, self.commit_time_ms);
         put_varint(&mut out, self.offsets.len() as u64);
         for (topic, parts) in &self.offsets {
@@ -137,6 +161,9 @@ impl CommitRecord {
             for (&p, &offset) in parts {
                 put_varint(&mut out, u64::from(p) - prev);
                 put_varint(&mut out, offset);
+                if version == VERSION_CARRIED {
+                    out.push(u8::from(self.carried.contains(&(topic.clone(), p))));
+                }
                 prev = u64::from(p);
             }
         }
@@ -145,7 +172,8 @@ impl CommitRecord {
         out
     }
 
-    /// Decodes [`encode`](Self::encode)'s bytes, and version 1 (the same without topic ids).
+    /// Decodes [`encode`](Self::encode)'s bytes (versions 2 and 3), and version 1 (version 2
+    /// without topic ids).
     /// Never panics: anything malformed (unknown version, bad checksum, truncated, trailing
     /// bytes, partitions out of order, names that are not UTF-8) is an error naming the problem.
     pub fn decode(bytes: &[u8]) -> std::result::Result<CommitRecord, String> {
@@ -158,7 +186,7 @@ impl CommitRecord {
             return Err("checksum mismatch".into());
         }
         let version = body[0];
-        if version != 1 && version != VERSION {
+        if !(1..=VERSION_CARRIED).contains(&version) {
             return Err(format!("unknown commit version {version}"));
         }
         let mut at = 1;
@@ -195,6 +223,17 @@ impl CommitRecord {
                 };
                 let partition = u32::try_from(p).map_err(|_| "partition past u32")?;
                 let offset = get_varint(body, &mut at)?;
+                if version == VERSION_CARRIED {
+                    match body.get(at) {
+                        Some(0) => {}
+                        Some(1) => {
+                            record.carried.insert((name.to_owned(), partition));
+                        }
+                        Some(_) => return Err("carried flag is neither 0 nor 1".into()),
+                        None => return Err("truncated carried flag".into()),
+                    }
+                    at += 1;
+                }
                 parts.insert(partition, offset);
                 prev = Some(p);
             }
@@ -221,31 +260,24 @@ struct Versioned {
     last_record: u64,
 }
 
-/// A transaction's commit record waiting for its transaction's end.
-struct Pending {
-    producer_id: i64,
-    /// The table it holds.
-    table: Versioned,
-    /// Every offset the transaction sent for the group so far (a later record of the same
-    /// transaction carries the earlier ones too).
-    offsets: Vec<(String, u32, u64)>,
-}
+/// One offset a transaction sent for a group: topic, partition, offset, the topic's id.
+type TxnOffset = (String, u32, u64, u64);
 
 /// One group's offsets: what its newest record says (`written`, under the commit lock) and what
 /// is known durable (`durable`, what `committed` reports). They differ only while a commit is
 /// in flight. Two locks, so a completion callback (run on the thread that made a record
 /// durable, maybe the flusher) never waits for a committer that may be waiting for that thread.
 ///
-/// A transaction's commit record (see [`OffsetStore::append_txn`]) holds the group's table with
-/// the transaction's offsets merged in; it waits in `pending` until its transaction ends. On
-/// commit it becomes the group's table if no later record of the group was written meanwhile —
-/// exactly what a reload sees, where the newest committed record of a group wins.
+/// A transaction's offsets (see [`OffsetStore::append_txn`]) wait in `pending`, per producer,
+/// until its transaction ends; on commit they are merged into both tables partition by
+/// partition (Kafka's pending transactional offsets), so two transactions, or a transaction
+/// and plain commits, of one group never erase each other's partitions.
 #[derive(Default)]
 struct GroupOffsets {
     written: Mutex<Versioned>,
     durable: Mutex<Versioned>,
-    /// Order number → (producer id, the table with the transaction's offsets).
-    pending: Mutex<BTreeMap<u64, Pending>>,
+    /// Producer id → the offsets its open transaction sent for the group.
+    pending: Mutex<HashMap<i64, Vec<TxnOffset>>>,
 }
 
 /// The committed offsets of every group of a store, loaded from and written to
@@ -271,12 +303,12 @@ impl OffsetStore {
         let cut_short = stopped.iter().any(|&(at, end)| at < end);
         let groups = tables
             .into_iter()
-            .map(|(g, record)| {
-                let v = versioned(store.as_ref(), record, 0);
+            .map(|(g, (table, ids))| {
+                let v = versioned(store.as_ref(), table, ids, 0);
                 let offsets = GroupOffsets {
                     written: Mutex::new(v.clone()),
                     durable: Mutex::new(v),
-                    pending: Mutex::new(BTreeMap::new()),
+                    pending: Mutex::new(HashMap::new()),
                 };
                 (g, Arc::new(offsets))
             })
@@ -289,38 +321,68 @@ impl OffsetStore {
     }
 
     /// After the transaction coordinator finished the transactions a crash left open: reads
-    /// what loading could not (past the last stable offset they held) and applies it, each
-    /// record as its group's newest.
+    /// the transactions' offsets that loading could not decide (past the last stable offset
+    /// they held) and merges the committed ones in. Plain commits past that offset were
+    /// applied at load already.
     pub(crate) fn reload(&self) -> Result<()> {
         let Some(from) = self.cut_short.lock().take() else {
             return Ok(());
         };
-        let (tables, stopped) = load(self.store.as_ref(), &from)?;
+        let (tables, stopped) = load_from(self.store.as_ref(), &from, Load::TxnOnly)?;
         if stopped.iter().any(|&(at, end)| at < end) {
             *self.cut_short.lock() = Some(stopped.iter().map(|s| s.0).collect());
         }
-        for (group, record) in tables {
-            let g = self.group(&group);
-            let mut w = g.written.lock();
-            w.last_record += 1;
-            let v = versioned(self.store.as_ref(), record, w.last_record);
-            let last_record = w.last_record;
-            *w = Versioned {
-                last_record,
-                ..v.clone()
-            };
-            mark_durable(&g.durable, v, last_record);
+        for (group, (table, ids)) in tables {
+            let entries: Vec<TxnOffset> = table
+                .into_iter()
+                .flat_map(|(topic, parts)| {
+                    let id = ids.get(&topic).copied().unwrap_or(0);
+                    parts
+                        .into_iter()
+                        .map(move |(p, o)| (topic.clone(), p, o, id))
+                })
+                .collect();
+            apply_committed(&self.group(&group), &entries);
         }
         Ok(())
     }
 }
 
+/// Merges a committed transaction's offsets into a group's tables, partition by partition.
+fn apply_committed(g: &GroupOffsets, entries: &[TxnOffset]) {
+    if entries.is_empty() {
+        return;
+    }
+    let merge = |v: &mut Versioned| {
+        for (topic, p, offset, id) in entries {
+            if v.ids.get(topic) != Some(id) {
+                // A topic new to the group, or a new one under an old name.
+                v.table.remove(topic);
+                v.ids.insert(topic.clone(), *id);
+            }
+            v.table
+                .entry(topic.clone())
+                .or_default()
+                .insert(*p, *offset);
+        }
+    };
+    let mut w = g.written.lock();
+    merge(&mut w);
+    w.last_record += 1;
+    w.seq = w.last_record;
+    // Durable already (the coordinator synced the store before deciding the commit). Merged
+    // into the durable table as it stands, not as a copy of `written`, which may hold an
+    // async commit still in flight.
+    let mut d = g.durable.lock();
+    merge(&mut d);
+}
+
 /// A loaded record as a group's table; version-1 records carry no ids: their topics are taken
 /// as the ones living now.
-fn versioned(store: &dyn LogStore, record: CommitRecord, seq: u64) -> Versioned {
+fn versioned(store: &dyn LogStore, table: OffsetTable, ids: TopicIds, seq: u64) -> Versioned {
     let mut v = Versioned {
-        table: record.offsets,
-        ids: record.topic_ids,
+        table,
+        ids,
         seq,
         last_record: seq,
     };
@@ -334,39 +396,123 @@ fn versioned(store: &dyn LogStore, record: CommitRecord, seq: u64) -> Versioned 
     v
 }
 
-/// What loading found: each group's newest committed record, and per partition where it
-/// stopped and the end.
-type Loaded = (HashMap<String, CommitRecord>, Vec<(u64, u64)>);
+/// What loading found: each group's table and topic ids, and per partition where the
+/// transactions it could decide end (the last stable offset reached) and the end.
+type Loaded = (HashMap<String, (OffsetTable, TopicIds)>, Vec<(u64, u64)>);
 
-/// Reads the offsets topic from `from` (per partition) to its last stable offset, under
-/// `read_committed`: offsets a transaction wrote apply only once it committed, and never
-/// if it aborted.
+/// Which records a load applies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// Everything decided: below the last stable offset every plain record and every committed
+    /// transaction's offsets, past it plain records only (a transaction left open by a crash
+    /// must not hide the plain commits of every group made after it).
+    All,
+    /// Only transactions' offsets, below the last stable offset (the plain ones were applied).
+    TxnOnly,
+}
+
+/// The key of a transaction's offset record: `0xff, group_len u8, group, partition u32 BE,
+/// topic`. One key per group, topic and partition (Kafka's offset key), so compaction keeps
+/// each partition's newest transactional offset and no transaction's record ever supersedes
+/// another's partitions; plain records keep the group's name as key.
+fn txn_key(group: &str, topic: &str, partition: u32) -> Bytes {
+    let mut key = Vec::with_capacity(6 + group.len() + topic.len());
+    key.push(TXN_KEY);
+    // Group names are at most 255 bytes (`validate_group`).
+    key.push(u8::try_from(group.len()).unwrap_or(u8::MAX));
+    key.extend_from_slice(group.as_bytes());
+    key.extend_from_slice(&partition.to_be_bytes());
+    key.extend_from_slice(topic.as_bytes());
+    Bytes::from(key)
+}
+
+/// The group a record's key names, and whether it is a transaction's offset record.
+fn group_of(key: &[u8]) -> std::result::Result<(&str, bool), &'static str> {
+    let (name, txn) = match key {
+        [TXN_KEY, len, rest @ ..] => (
+            rest.get(..usize::from(*len))
+                .filter(|_| rest.len() >= usize::from(*len) + 4)
+                .ok_or("transactional offset key too short")?,
+            true,
+        ),
+        _ => (key, false),
+    };
+    let group = std::str::from_utf8(name).map_err(|_| "group name is not UTF-8")?;
+    Ok((group, txn))
+}
+
+/// Merges one record into a group's table, partition by partition: an entry the record
+/// committed always applies (it is newer), a carried one only where no record set the
+/// partition yet.
+fn merge_record(into: &mut (OffsetTable, TopicIds), record: CommitRecord) {
+    let (table, ids) = into;
+    for (topic, parts) in record.offsets {
+        if let Some(&id) = record.topic_ids.get(&topic) {
+            if ids.get(&topic).is_some_and(|&old| old != id) {
+                table.remove(&topic);
+            }
+            ids.insert(topic.clone(), id);
+        }
+        let t = table.entry(topic.clone()).or_default();
+        for (p, offset) in parts {
+            if !t.contains_key(&p) || !record.carried.contains(&(topic.clone(), p)) {
+                t.insert(p, offset);
+            }
+        }
+    }
+}
+
+/// Reads the offsets topic from `from` (per partition), see [`Load::All`].
 fn load(store: &dyn LogStore, from: &[u64]) -> Result<Loaded> {
-    let mut tables: HashMap<String, CommitRecord> = HashMap::new();
+    load_from(store, from, Load::All)
+}
+
+/// Reads the offsets topic from `from` (per partition): up to the last stable offset under
+/// `read_committed` (offsets a transaction wrote apply only once it committed, never if it
+/// aborted), then (with [`Load::All`]) on to the end under `read_uncommitted`, applying plain
+/// records only.
+fn load_from(store: &dyn LogStore, from: &[u64], mode: Load) -> Result<Loaded> {
+    let mut tables: HashMap<String, (OffsetTable, TopicIds)> = HashMap::new();
     let mut stopped = Vec::with_capacity(from.len());
-    let limits = ReadLimits::messages(FETCH).with_isolation(IsolationLevel::ReadCommitted);
     for (p, &from) in (0u32..).zip(from) {
         let bounds = store.bounds(OFFSETS_TOPIC, p)?;
         let mut at = bounds.start.max(from);
-        while at < bounds.last_stable {
-            let fetch = match store.fetch(OFFSETS_TOPIC, p, at, limits) {
-                Ok(f) => f,
-                Err(Error::OffsetOutOfRange { start, .. }) if start > at => {
-                    at = start;
-                    continue;
+        let mut stable = None;
+        let passes: &[(IsolationLevel, u64)] = match mode {
+            Load::All => &[
+                (IsolationLevel::ReadCommitted, bounds.last_stable),
+                (IsolationLevel::ReadUncommitted, bounds.end),
+            ],
+            Load::TxnOnly => &[(IsolationLevel::ReadCommitted, bounds.last_stable)],
+        };
+        for &(isolation, until) in passes {
+            let limits = ReadLimits::messages(FETCH).with_isolation(isolation);
+            let undecided = isolation == IsolationLevel::ReadUncommitted;
+            while at < until {
+                let fetch = match store.fetch(OFFSETS_TOPIC, p, at, limits) {
+                    Ok(f) => f,
+                    Err(Error::OffsetOutOfRange { start, .. }) if start > at => {
+                        at = start;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                if fetch.next_offset <= at {
+                    break;
                 }
-                Err(e) => return Err(e),
-            };
-            if fetch.next_offset <= at {
-                break;
-            }
-            at = fetch.next_offset;
-            {
-                let records = fetch.records;
-                for r in &records {
+                at = fetch.next_offset.min(until);
+                for r in &fetch.records {
+                    if r.offset() >= until {
+                        break;
+                    }
                     let Some(key) = r.key() else { continue };
-                    let group = std::str::from_utf8(key)
-                        .map_err(|_| corrupted(store, p, r.offset(), "group name is not UTF-8"))?;
+                    let (group, txn) =
+                        group_of(key).map_err(|e| corrupted(store, p, r.offset(), e))?;
+                    // Past the last stable offset a transaction's record may still abort:
+                    // left for `reload` once the coordinator decided it.
+                    if (txn && undecided) || (!txn && mode == Load::TxnOnly) {
+                        continue;
+                    }
                     match r.value() {
                         None => {
                             tables.remove(group);
@@ -374,13 +520,14 @@ fn load(store: &dyn LogStore, from: &[u64]) -> Result<Loaded> {
                         Some(v) => {
                             let record = CommitRecord::decode(v)
                                 .map_err(|e| corrupted(store, p, r.offset(), &e))?;
-                            tables.insert(group.to_owned(), record);
+                            merge_record(tables.entry(group.to_owned()).or_default(), record);
                         }
                     }
                 }
             }
+            stable.get_or_insert(at);
         }
-        stopped.push((at, bounds.end));
+        stopped.push((stable.unwrap_or(at), bounds.end));
     }
     Ok((tables, stopped))
 }
@@ -488,7 +635,7 @@ impl OffsetStore {
             // wait (the flush that covers the new record covers the earlier one).
             None => {
                 let same = w.clone();
-                self.append_table(group, &mut w, same)?
+                self.append_table(group, &mut w, same, offsets)?
             }
         };
         if !completion.is_durable() {
@@ -542,7 +689,7 @@ impl OffsetStore {
         if next.table == w.table && next.ids == w.ids {
             return Ok(None);
         }
-        self.append_table(group, w, next).map(Some)
+        self.append_table(group, w, next, offsets).map(Some)
     }
 
     /// The newest table with `offsets` merged in; offsets of topics deleted since (or deleted
@@ -581,107 +728,87 @@ impl OffsetStore {
         Ok(next)
     }
 
-    /// Writes a transaction's commit record for `group` through `append` (a transactional
-    /// append of the producer `producer_id`): the group's table with `offsets` merged in. It
-    /// applies when [`complete_txn`](Self::complete_txn) reports the transaction committed.
-    /// Taken under the group's commit lock, so the record's place among the group's records is
-    /// known.
+    /// Writes a transaction's offsets for `group` through `append` (a transactional append of
+    /// the producer `producer_id`): one record per partition, keyed by group, topic and
+    /// partition ([`txn_key`]), each holding that partition's offset only. They apply, merged
+    /// partition by partition, when [`complete_txn`](Self::complete_txn) reports the
+    /// transaction committed. A topic that does not exist is `UnknownTopic`; `offsets` must not
+    /// name a partition twice (the caller keeps the last). `check` runs first, under the
+    /// group's commit lock.
     pub(crate) fn append_txn(
         &self,
         group: &str,
         offsets: &[(String, u32, u64)],
         producer_id: i64,
-        append: impl FnOnce(Message) -> Result<AppendResult>,
+        check: impl FnOnce() -> Result<()>,
+        append: impl FnOnce(Vec<Message>) -> Result<AppendResult>,
     ) -> Result<AppendResult> {
         let g = self.group(group);
-        let mut w = g.written.lock();
-        // The transaction's earlier offsets for the group, then these: its newest record
-        // carries them all.
-        let mut sent: Vec<(String, u32, u64)> = g
-            .pending
-            .lock()
-            .values()
-            .filter(|p| p.producer_id == producer_id)
-            .flat_map(|p| p.offsets.iter().cloned())
-            .collect();
-        sent.retain(|(t, p, _)| !offsets.iter().any(|(t2, p2, _)| t == t2 && p == p2));
-        sent.extend(offsets.iter().cloned());
-        let next = self.merged(&w, &sent)?;
-        let record = CommitRecord {
-            offsets: next.table,
-            topic_ids: next.ids,
-            commit_time_ms: u64::try_from(crate::clock::now_ms()).unwrap_or(0),
-        };
-        let message =
-            Message::new(record.encode()).with_key(Bytes::copy_from_slice(group.as_bytes()));
-        let result = append(message)?;
-        w.last_record += 1;
-        let seq = w.last_record;
-        let table = Versioned {
-            table: record.offsets,
-            ids: record.topic_ids,
-            seq,
-            last_record: seq,
-        };
+        // The commit lock: `check` (a member's ownership) holds until the records are
+        // appended, as for a plain commit.
+        let _held = g.written.lock();
+        check()?;
+        let now = u64::try_from(crate::clock::now_ms()).unwrap_or(0);
+        let mut sent = Vec::with_capacity(offsets.len());
+        let mut messages = Vec::with_capacity(offsets.len());
+        for (topic, p, offset) in offsets {
+            let id = self.store.topic_id(topic)?;
+            let mut record = CommitRecord {
+                commit_time_ms: now,
+                ..CommitRecord::default()
+            };
+            record
+                .offsets
+                .entry(topic.clone())
+                .or_default()
+                .insert(*p, *offset);
+            record.topic_ids.insert(topic.clone(), id);
+            messages.push(Message::new(record.encode()).with_key(txn_key(group, topic, *p)));
+            sent.push((topic.clone(), *p, *offset, id));
+        }
+        let result = append(messages)?;
         let mut pending = g.pending.lock();
-        // The earlier records of the transaction are superseded by this one.
-        pending.retain(|_, p| p.producer_id != producer_id);
-        pending.insert(
-            seq,
-            Pending {
-                producer_id,
-                table,
-                offsets: sent,
-            },
-        );
+        let mine = pending.entry(producer_id).or_default();
+        // A later offset of the same partition in one transaction replaces the earlier.
+        mine.retain(|(t, p, _, _)| !sent.iter().any(|(t2, p2, _, _)| t == t2 && p == p2));
+        mine.extend(sent);
         Ok(result)
     }
 
-    /// The transaction of `producer_id` ended: on commit each of its pending records becomes
-    /// its group's table unless a later record of the group was written meanwhile (durable:
-    /// the coordinator synced the store before deciding the commit); on abort they are dropped.
+    /// The transaction of `producer_id` ended: on commit its offsets are merged into each
+    /// group's tables partition by partition (durable: the coordinator synced the store before
+    /// deciding the commit); on abort they are dropped.
     pub(crate) fn complete_txn(&self, producer_id: i64, commit: bool) {
         let groups: Vec<Arc<GroupOffsets>> = self.groups.lock().values().cloned().collect();
         for g in groups {
-            let mut w = g.written.lock();
-            let mine: Vec<(u64, Versioned)> = {
-                let mut pending = g.pending.lock();
-                let seqs: Vec<u64> = pending
-                    .iter()
-                    .filter(|(_, p)| p.producer_id == producer_id)
-                    .map(|(s, _)| *s)
-                    .collect();
-                seqs.into_iter()
-                    .filter_map(|s| pending.remove(&s).map(|p| (s, p.table)))
-                    .collect()
-            };
-            if !commit {
-                continue;
-            }
-            for (seq, v) in mine {
-                if seq > w.seq {
-                    let last_record = w.last_record;
-                    *w = Versioned {
-                        last_record,
-                        ..v.clone()
-                    };
-                    mark_durable(&g.durable, v, seq);
-                }
+            let mine = g.pending.lock().remove(&producer_id);
+            if let (true, Some(entries)) = (commit, mine) {
+                apply_committed(&g, &entries);
             }
         }
     }
 
+    /// Writes `next`, the group's whole table, as one plain record: the entries of `offsets`
+    /// as committed by it, every other one as carried ([`CommitRecord::carried`]).
     fn append_table(
         &self,
         group: &str,
         w: &mut Versioned,
         next: Versioned,
+        offsets: &[(String, u32, u64)],
     ) -> Result<(crate::Completion, Versioned, u64)> {
         let now = u64::try_from(crate::clock::now_ms()).unwrap_or(0);
+        let carried = next
+            .table
+            .iter()
+            .flat_map(|(topic, parts)| parts.keys().map(move |&p| (topic.clone(), p)))
+            .filter(|(topic, p)| !offsets.iter().any(|(t, p2, _)| t == topic && p2 == p))
+            .collect();
         let record = CommitRecord {
             offsets: next.table,
             topic_ids: next.ids,
             commit_time_ms: now,
+            carried,
         };
         let message =
             Message::new(record.encode()).with_key(Bytes::copy_from_slice(group.as_bytes()));
@@ -792,6 +919,43 @@ mod tests {
         assert!(r.topic_ids.is_empty());
     }
 
+    /// A record with carried entries is version 3 and keeps which entries are carried.
+    #[test]
+    fn carried_entries_round_trip_as_version_three() {
+        let mut r = record(&[("a", 0, 5), ("a", 2, 7)], 9);
+        r.carried.insert(("a".into(), 2));
+        let bytes = r.encode();
+        assert_eq!(bytes[0], 3);
+        assert_eq!(CommitRecord::decode(&bytes).unwrap(), r);
+        assert!(CommitRecord::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    /// Loading merges partition by partition: a carried entry fills a missing partition but
+    /// never overrides one an earlier record set (a transaction's committed offset).
+    #[test]
+    fn a_carried_entry_never_overrides_a_partition_already_set() {
+        let mut table = (OffsetTable::new(), TopicIds::new());
+        merge_record(&mut table, record(&[("a", 0, 10)], 1));
+        let mut plain = record(&[("a", 0, 3), ("a", 1, 4)], 2);
+        // One topic, one id (the helper numbers entries).
+        plain.topic_ids.insert("a".into(), 1);
+        plain.carried.insert(("a".into(), 0));
+        merge_record(&mut table, plain);
+        assert_eq!(table.0["a"], BTreeMap::from([(0, 10), (1, 4)]));
+        merge_record(&mut table, record(&[("a", 0, 12)], 3));
+        assert_eq!(table.0["a"][&0], 12);
+    }
+
+    /// A transaction's offset key names its group; a key too short for one is an error.
+    #[test]
+    fn transactional_keys_name_their_group() {
+        let key = txn_key("g", "topic", 3);
+        assert_eq!(group_of(&key).unwrap(), ("g", true));
+        assert_eq!(group_of(b"plain").unwrap(), ("plain", false));
+        assert!(group_of(&key[..4]).is_err());
+        assert!(group_of(&[0xfe]).is_err());
+    }
+
     #[test]
     fn an_empty_topic_name_and_partition_zero_round_trip() {
         let r = record(&[("", 0, 0)], 0);
@@ -806,8 +970,10 @@ mod tests {
             b.extend_from_slice(&crc.to_be_bytes());
             b
         };
-        // version 3
-        assert!(CommitRecord::decode(&seal(vec![3, 0, 0])).is_err());
+        // version 4
+        assert!(CommitRecord::decode(&seal(vec![4, 0, 0])).is_err());
+        // version 3: a carried flag of 2
+        assert!(CommitRecord::decode(&seal(vec![3, 0, 1, 1, b'a', 1, 1, 0, 5, 2])).is_err());
         // version 2: a topic whose id is missing
         assert!(CommitRecord::decode(&seal(vec![2, 0, 1, 1, b'a'])).is_err());
         // one topic whose name runs past the end

@@ -476,6 +476,35 @@ impl Consumer {
         &self.member_id
     }
 
+    /// Who this consumer is in its group, for a transaction's offsets
+    /// ([`TransactionalProducer::send_offsets`](crate::txn::TransactionalProducer::send_offsets),
+    /// Kafka's `groupMetadata()`): a subscribed member's offsets commit through a transaction
+    /// only while it still holds their partitions (KIP-447's zombie fencing); a consumer with a
+    /// manual assignment is no member and is not checked, as for its plain commits.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use duolog::{LogStore, StoreOptions, TopicConfig};
+    /// use duolog::consumer::{Consumer, ConsumerConfig, GroupCoordinator};
+    /// # fn main() -> duolog::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+    /// # store.create_topic("t", TopicConfig::default())?;
+    /// let groups = GroupCoordinator::new(store)?;
+    /// let c = Consumer::new(&groups, ConsumerConfig::new("g"))?;
+    /// c.subscribe(&["t"])?;
+    /// let meta = c.group_metadata();
+    /// assert_eq!((meta.group(), meta.member_id()), ("g", Some(c.member_id())));
+    /// # Ok(()) }
+    /// ```
+    pub fn group_metadata(&self) -> ConsumerGroupMetadata {
+        let member = matches!(self.state.lock().mode, Mode::Subscribed(_));
+        ConsumerGroupMetadata {
+            group: self.config.group.clone(),
+            member_id: member.then(|| self.member_id.clone()),
+        }
+    }
+
     /// The group (see [`member_id`](Self::member_id) for an example).
     pub fn group(&self) -> &str {
         &self.config.group
@@ -1366,5 +1395,69 @@ impl Drop for Consumer {
         let _ = self.close();
         // A failed close may have left the membership behind.
         self.coord.leave(&self.config.group, &self.member_id);
+    }
+}
+
+/// A consumer's place in its group, as a transaction's offsets need it (Kafka's
+/// `ConsumerGroupMetadata`, KIP-447): the group and, for a subscribed member, its member id.
+/// Offsets sent with a member's metadata commit only while that member holds their partitions;
+/// an evicted member (a zombie whose partitions went to another) gets
+/// [`Error::NotAssigned`](crate::Error::NotAssigned). Made by [`Consumer::group_metadata`];
+/// from a bare group name ([`unchecked`](Self::unchecked), or `&str` through `From`) nothing is
+/// checked — only for producers that are no group member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerGroupMetadata {
+    pub(crate) group: String,
+    pub(crate) member_id: Option<String>,
+}
+
+impl ConsumerGroupMetadata {
+    /// A group name alone: offsets sent with it are not checked against any member.
+    ///
+    /// ```
+    /// use duolog::consumer::ConsumerGroupMetadata;
+    /// let meta = ConsumerGroupMetadata::unchecked("g");
+    /// assert_eq!((meta.group(), meta.member_id()), ("g", None));
+    /// assert_eq!(ConsumerGroupMetadata::from("g"), meta);
+    /// ```
+    pub fn unchecked(group: impl Into<String>) -> Self {
+        ConsumerGroupMetadata {
+            group: group.into(),
+            member_id: None,
+        }
+    }
+
+    /// The group (see [`unchecked`](Self::unchecked)).
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The member whose ownership is checked, if any (see [`unchecked`](Self::unchecked)).
+    pub fn member_id(&self) -> Option<&str> {
+        self.member_id.as_deref()
+    }
+}
+
+impl From<&str> for ConsumerGroupMetadata {
+    fn from(group: &str) -> Self {
+        ConsumerGroupMetadata::unchecked(group)
+    }
+}
+
+impl From<&String> for ConsumerGroupMetadata {
+    fn from(group: &String) -> Self {
+        ConsumerGroupMetadata::unchecked(group.as_str())
+    }
+}
+
+impl From<&ConsumerGroupMetadata> for ConsumerGroupMetadata {
+    fn from(meta: &ConsumerGroupMetadata) -> Self {
+        meta.clone()
+    }
+}
+
+impl From<&Consumer> for ConsumerGroupMetadata {
+    fn from(consumer: &Consumer) -> Self {
+        consumer.group_metadata()
     }
 }

@@ -506,24 +506,27 @@ impl Inner {
             TxnMarker::Commit => (TxnState::PrepareCommit, TxnState::CompleteCommit),
             TxnMarker::Abort => (TxnState::PrepareAbort, TxnState::CompleteAbort),
         };
+        // The epoch is exhausted: the markers go out at the old epoch (ending what is open),
+        // then the id moves to a new producer id (KIP-890 part 2), which fences the old
+        // instance at every later call (`append_verified`, `end_txn`).
+        let mut renew = false;
         if m.state != prepare {
             if marker == TxnMarker::Commit {
                 // Every data record of the transaction durable before the decision that makes
                 // it visible (the flush policy may not have flushed it yet).
                 self.store.sync()?;
             } else if bump {
-                m.bump();
+                renew = !m.bump();
             }
             let before = m.clone();
             m.state = prepare;
             // Only a commit's decision must be durable before its markers: an abort lost to a
             // crash is decided again at the next open (an `Ongoing` transaction is aborted).
             if let Err(e) = self.write(transactional_id, m, marker == TxnMarker::Commit) {
-                if marker == TxnMarker::Commit {
-                    // The decision may or may not be on disk; recovery follows the disk. In
-                    // memory it stays decided, so nothing else proceeds until it is finished.
-                    return Err(e);
-                }
+                // Not known durable: the state stays what it was (`Ongoing`), so no marker is
+                // ever sent for a decision the log may not hold; a retry writes the decision
+                // again. Had the record reached the log all the same, only a failed fsync can
+                // have hidden it, and that poisons the store: nothing is written after it.
                 *m = before;
                 return Err(e);
             }
@@ -539,6 +542,10 @@ impl Inner {
                 Err(Error::UnknownTopic(_) | Error::UnknownPartition { .. }) => {}
                 Err(e) => return Err(e),
             }
+        }
+        if renew {
+            m.producer_id = self.store.allocate_producer_id()?;
+            m.epoch = 0;
         }
         m.state = complete;
         m.txn_start_ms = -1;
@@ -595,19 +602,49 @@ impl Inner {
         }
     }
 
-    /// Kafka's `AddPartitionsToTxn`: enrolls partitions in the producer's transaction (starting
-    /// one if none is in progress), durably, before the producer writes to them.
-    pub(crate) fn add_partitions(
+    /// Kafka's `AddPartitionsToTxn` and KIP-890's verification guard in one: under the id's
+    /// lock, checks that `producer` is still the id's current instance and its transaction
+    /// still open (a timeout abort or a newer instance fenced it: `ProducerFenced`), enrolls
+    /// `partitions` durably (starting a transaction if `may_begin` and none is in progress),
+    /// and runs `append` before the lock is released. So no append ever lands after the
+    /// transaction it belongs to was ended by someone else (which would open a transaction on
+    /// the partition that nobody ends), even on a partition the abort's marker found empty
+    /// and so never told of the new epoch. The lock is held across `append` on purpose; only
+    /// this id's other calls (and the timeout sweep of this id) wait for it.
+    pub(crate) fn append_verified<T>(
         &self,
         transactional_id: &str,
         producer: ProducerId,
         partitions: &[(String, u32)],
-    ) -> Result<()> {
+        may_begin: bool,
+        append: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
         let meta = self.existing(transactional_id, producer)?;
         let mut m = meta.lock();
         if m.removed || m.producer() != producer {
             return Err(self.fenced(transactional_id, producer, &m));
         }
+        if !may_begin && m.state != TxnState::Ongoing {
+            // The producer's transaction was ended behind its back (cannot happen without an
+            // epoch bump, which is caught above; kept as a guard).
+            return Err(self.invalid(
+                transactional_id,
+                producer,
+                format!("the transaction was ended ({:?}): abort it", m.state),
+            ));
+        }
+        self.add_partitions_locked(transactional_id, producer, &mut m, partitions)?;
+        append()
+    }
+
+    /// [`append_verified`](Self::append_verified)'s enrolment, under the id's lock.
+    fn add_partitions_locked(
+        &self,
+        transactional_id: &str,
+        producer: ProducerId,
+        m: &mut Meta,
+        partitions: &[(String, u32)],
+    ) -> Result<()> {
         let before = m.clone();
         match m.state {
             s if s.is_idle() => {
@@ -631,7 +668,7 @@ impl Inner {
         if !added && before.state == TxnState::Ongoing {
             return Ok(());
         }
-        if let Err(e) = self.write(transactional_id, &mut m, true) {
+        if let Err(e) = self.write(transactional_id, m, true) {
             // Whether or not it reached the disk, nothing was written to the new partitions:
             // at worst a marker goes to a partition with nothing open (which writes nothing).
             *m = before;

@@ -95,7 +95,7 @@ pub fn transform(
                 consumer.position(topic, *partition)?,
             ));
         }
-        producer.send_offsets(consumer.group(), &positions)
+        producer.send_offsets(consumer, &positions)
     })();
     if let Err(e) = sent {
         // Nothing is decided yet: abort, and read the round again.

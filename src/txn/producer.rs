@@ -2,14 +2,14 @@
 //! [`TransactionCoordinator`](super::TransactionCoordinator) — `begin`, `send` to any
 //! partitions, `send_offsets` (Kafka's `sendOffsetsToTransaction`), `commit`, `abort`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use super::coordinator::Inner;
-use crate::consumer::OFFSETS_TOPIC;
+use crate::consumer::{ConsumerGroupMetadata, OFFSETS_TOPIC};
 use crate::error::{Error, Result};
 use crate::store::{AppendResult, Message, ProducerId, TxnMarker};
 
@@ -195,24 +195,40 @@ impl TransactionalProducer {
         Ok(())
     }
 
-    /// Enrolls a partition (durably, at the coordinator) before the first write to it.
-    fn enroll(&self, st: &mut State, topic: &str, partition: u32) -> Result<()> {
+    /// Runs `append` (a write to the partition) under the coordinator's check that this
+    /// instance and its transaction are still current, enrolling the partition (durably)
+    /// before its first write. Checked at every send, not only the first to a partition: a
+    /// timeout abort may have ended the transaction since (KIP-890's verification).
+    fn verified<T>(
+        &self,
+        st: &mut State,
+        topic: &str,
+        partition: u32,
+        append: impl FnOnce(&mut State) -> Result<T>,
+    ) -> Result<T> {
         let tp = (topic.to_owned(), partition);
-        if st.enrolled.contains(&tp) {
-            return Ok(());
-        }
         // The partition must exist before it is enrolled (an unknown one is the caller's error,
         // not something to mark at commit).
         self.coord.store.bounds(topic, partition)?;
-        if let Err(e) = self.coord.add_partitions(
+        // Only the transaction's first enrolment may begin it at the coordinator; later sends
+        // must find it still open.
+        let may_begin = st.enrolled.is_empty();
+        let mut enrolled = false;
+        let r = self.coord.append_verified(
             &self.transactional_id,
             self.producer,
             std::slice::from_ref(&tp),
-        ) {
-            return Err(self.note(st, e));
+            may_begin,
+            || {
+                enrolled = true;
+                st.enrolled.insert(tp.clone());
+                append(st)
+            },
+        );
+        match r {
+            Err(e) if !enrolled => Err(self.note(st, e)),
+            r => r,
         }
-        st.enrolled.insert(tp);
-        Ok(())
     }
 
     /// Appends through `append` with this partition's next sequence numbers, retrying I/O
@@ -311,11 +327,12 @@ impl TransactionalProducer {
         if messages.is_empty() {
             return Err(Error::InvalidArgument("an empty batch".into()));
         }
-        self.enroll(&mut st, topic, partition)?;
         let store = Arc::clone(&self.coord.store);
         let producer = self.producer;
-        self.append_sequenced(&mut st, topic, partition, messages.len(), |seq| {
-            store.append_transactional(topic, partition, producer, seq, messages)
+        self.verified(&mut st, topic, partition, |st| {
+            self.append_sequenced(st, topic, partition, messages.len(), |seq| {
+                store.append_transactional(topic, partition, producer, seq, messages)
+            })
         })
     }
 
@@ -325,6 +342,13 @@ impl TransactionalProducer {
     /// store's [`GroupCoordinator`](crate::consumer::GroupCoordinator) of this process (the
     /// one given in [`TxnCoordinatorConfig::groups`](super::TxnCoordinatorConfig::groups)) —
     /// and never if it aborts. Each offset is the next one to consume.
+    ///
+    /// `group` is the consumer's [`group_metadata`](crate::consumer::Consumer::group_metadata)
+    /// (or the [`Consumer`](crate::consumer::Consumer) itself): a subscribed member's offsets
+    /// are refused with [`Error::NotAssigned`] unless it holds every partition now (KIP-447:
+    /// an evicted member cannot commit what another member reprocesses); the transaction can
+    /// still be aborted. A bare group name (`&str`) is *unchecked*: for producers outside any
+    /// group membership only.
     ///
     /// ```
     /// # use std::sync::Arc;
@@ -348,24 +372,33 @@ impl TransactionalProducer {
     /// assert_eq!(groups.committed_offsets("etl-group")["in"][&0], 5);
     /// # Ok(()) }
     /// ```
-    pub fn send_offsets(&self, group: &str, offsets: &[(&str, u32, u64)]) -> Result<()> {
+    pub fn send_offsets(
+        &self,
+        group: impl Into<ConsumerGroupMetadata>,
+        offsets: &[(&str, u32, u64)],
+    ) -> Result<()> {
+        let meta: ConsumerGroupMetadata = group.into();
         let mut st = self.state.lock();
         self.check_sending(&st, OFFSETS_TOPIC, 0)?;
-        crate::consumer::validate_group_name(group)?;
+        crate::consumer::validate_group_name(meta.group())?;
         if offsets.is_empty() {
             return Ok(());
         }
         let groups = self.coord.groups()?;
-        self.enroll(&mut st, OFFSETS_TOPIC, 0)?;
-        let owned: Vec<(String, u32, u64)> = offsets
-            .iter()
-            .map(|&(t, p, o)| (t.to_owned(), p, o))
+        // One record per partition (the last offset given for it wins).
+        let last: BTreeMap<(&str, u32), u64> =
+            offsets.iter().map(|&(t, p, o)| ((t, p), o)).collect();
+        let owned: Vec<(String, u32, u64)> = last
+            .into_iter()
+            .map(|((t, p), o)| (t.to_owned(), p, o))
             .collect();
         let store = Arc::clone(&self.coord.store);
         let producer = self.producer;
-        self.append_sequenced(&mut st, OFFSETS_TOPIC, 0, 1, |seq| {
-            groups.append_txn_offsets(group, &owned, producer.id, |message| {
-                store.append_transactional(OFFSETS_TOPIC, 0, producer, seq, &[message])
+        self.verified(&mut st, OFFSETS_TOPIC, 0, |st| {
+            self.append_sequenced(st, OFFSETS_TOPIC, 0, owned.len(), |seq| {
+                groups.append_txn_offsets(&meta, &owned, producer.id, |messages| {
+                    store.append_transactional(OFFSETS_TOPIC, 0, producer, seq, &messages)
+                })
             })
         })?;
         Ok(())

@@ -98,6 +98,41 @@ impl LogStore for Counting {
     ) -> duolog::Result<Completion> {
         self.inner.append_async(topic, partition, messages)
     }
+    fn append_transactional(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer: duolog::ProducerId,
+        base_sequence: i32,
+        messages: &[duolog::Message],
+    ) -> duolog::Result<AppendResult> {
+        self.inner
+            .append_transactional(topic, partition, producer, base_sequence, messages)
+    }
+    fn write_marker(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer: duolog::ProducerId,
+        marker: duolog::TxnMarker,
+        coordinator_epoch: i32,
+    ) -> duolog::Result<Option<u64>> {
+        self.inner
+            .write_marker(topic, partition, producer, marker, coordinator_epoch)
+    }
+    fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limits: ReadLimits,
+    ) -> duolog::Result<duolog::Fetch> {
+        let fetch = self.inner.fetch(topic, partition, offset, limits)?;
+        if topic == TIMER_LOG_TOPIC {
+            *self.entries_read.lock() += fetch.records.len();
+        }
+        Ok(fetch)
+    }
     fn read(
         &self,
         topic: &str,

@@ -196,3 +196,55 @@ fn a_marker_found_already_written_is_durable_when_write_marker_returns() {
         "markers lost after write_marker returned Ok, of 40 rounds: {lost_by_engine:?}"
     );
 }
+
+fn files_ending(dir: &std::path::Path, suffix: &str, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            files_ending(&p, suffix, out);
+        } else if p.to_string_lossy().ends_with(suffix) {
+            out.push(p);
+        }
+    }
+}
+
+/// The aborted-transaction index is derived data: the CommitLog engine notices a deleted one
+/// after a clean shutdown (the producer snapshot names the last abort) and rebuilds it; the
+/// segmented engine trusts a missing `.txnindex` as "no abort in this segment" after a clean
+/// shutdown, so the aborted records become read_committed.
+#[test]
+#[ignore = "review: segmented trusts a missing .txnindex after a clean shutdown: aborted records become read_committed"]
+fn a_deleted_txn_index_never_makes_aborted_records_visible() {
+    common::for_each_engine(|engine, dir| {
+        let opts = common::small_options(engine);
+        {
+            let store = common::open(dir, &opts);
+            store.create_topic("t", TopicConfig::default()).unwrap();
+            let p = ProducerId {
+                id: store.allocate_producer_id().unwrap(),
+                epoch: 0,
+            };
+            store.append("t", 0, &batch("plain", 2)).unwrap();
+            store
+                .append_transactional("t", 0, p, 0, &batch("gone", 3))
+                .unwrap();
+            store.write_marker("t", 0, p, TxnMarker::Abort, 0).unwrap();
+            store.append("t", 0, &batch("after", 1)).unwrap();
+            store.close().unwrap();
+        }
+        let mut indexes = Vec::new();
+        files_ending(dir, "txnindex", &mut indexes);
+        assert!(!indexes.is_empty(), "{engine}: an abort has an index file");
+        for p in &indexes {
+            std::fs::remove_file(p).unwrap();
+        }
+        let store = common::open(dir, &opts);
+        let f = store.fetch("t", 0, 0, COMMITTED).unwrap();
+        let bodies: Vec<String> = f
+            .records
+            .iter()
+            .map(|r| String::from_utf8(r.body().to_vec()).unwrap())
+            .collect();
+        assert_eq!(bodies, ["plain-0", "plain-1", "after-0"], "{engine}");
+    });
+}

@@ -281,7 +281,13 @@ impl Inner {
             let Scratch { buf, props, items } = &mut *s;
             buf.clear();
             items.clear();
-            let max = self.max_record_len(t.effective.max_message_bytes);
+            // A marker is the engine's own control record: the topic's message size limit is
+            // for producers' messages, and a marker refused by it would leave its transaction
+            // open forever (only the commit-log file size bounds it).
+            let max = match kind {
+                Produce::Marker { .. } => self.max_record_len(usize::MAX),
+                _ => self.max_record_len(t.effective.max_message_bytes),
+            };
             let born_now = crate::clock::now_ms();
             // One clock read per batch: the born time of untimestamped messages and the store time.
             for (i, m) in messages.iter().enumerate() {

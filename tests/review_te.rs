@@ -132,7 +132,6 @@ fn a_negative_coordinator_epoch_does_not_change_the_producer_after_a_reopen() {
 /// batch waits for the flush covering its original; a marker found already written should wait
 /// for its sync the same way.
 #[test]
-#[ignore = "review: write_marker's Ok(None) (marker already written) returns before the other caller's marker is durable"]
 fn a_marker_found_already_written_is_durable_when_write_marker_returns() {
     let mut lost_by_engine = Vec::new();
     for engine in common::engines() {

@@ -95,8 +95,10 @@ pub(crate) enum Appended {
     Written(AppendResult, u64),
     /// A retry of an idempotent batch already written: its offsets, and the published log end.
     Duplicate(AppendResult, u64),
-    /// A marker for a producer with no transaction open on the partition: nothing written.
-    NoTransaction,
+    /// A marker for a producer with no transaction open on the partition: nothing written. The
+    /// published log end: the producer's last marker (if another caller just wrote it) ends at
+    /// or before it, so a caller waiting for it waits for that marker to be durable.
+    NoTransaction(u64),
 }
 
 impl Appended {
@@ -104,7 +106,7 @@ impl Appended {
     pub(crate) fn offsets(self) -> Result<(AppendResult, u64)> {
         match self {
             Appended::Written(r, end) | Appended::Duplicate(r, end) => Ok((r, end)),
-            Appended::NoTransaction => Err(Error::InvalidArgument(
+            Appended::NoTransaction(_) => Err(Error::InvalidArgument(
                 "no transaction open for this marker".into(),
             )),
         }
@@ -435,7 +437,7 @@ impl Inner {
                     marker_offset,
                 )?
                 else {
-                    return Ok(Appended::NoTransaction);
+                    return Ok(Appended::NoTransaction(self.written.load(Ordering::Acquire)));
                 };
                 let item = &items[0];
                 super::txn::patch_marker_properties(

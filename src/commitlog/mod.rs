@@ -950,7 +950,13 @@ impl LogStore for CommitLogStore {
                 inner.gc.sync_to(inner.as_ref(), end)?;
                 Ok(Some(r.base_offset))
             }
-            Appended::Duplicate(..) | Appended::NoTransaction => Ok(None),
+            Appended::Duplicate(_, end) | Appended::NoTransaction(end) => {
+                // Nothing written, maybe because another caller has just written this marker
+                // and not synced it yet: `Ok(None)` tells the coordinator the marker is there,
+                // so wait for it to be durable, as a duplicate batch waits for its original.
+                inner.gc.sync_to(inner.as_ref(), end)?;
+                Ok(None)
+            }
         }
     }
 

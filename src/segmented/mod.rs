@@ -331,6 +331,10 @@ impl Inner {
             Ok::<_, Error>((a, buf.len() as u64))
         })?;
         if !a.written {
+            // No transaction open: maybe another caller has just written this marker and not
+            // synced it yet. `Ok(None)` tells the coordinator the marker is there, so make the
+            // log durable up to here first (as a duplicate batch waits for its original).
+            p.flush(&self.ctx)?;
             return Ok(None);
         }
         self.appended(&p, 1, bytes);

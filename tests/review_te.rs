@@ -88,7 +88,6 @@ fn a_small_read_committed_fetch_reads_a_bounded_number_of_txn_indexes() {
 /// batch, accepted before the reopen, is `InvalidTxnState` after it. Producer state must not
 /// change meaning across a clean reopen (refuse a negative coordinator epoch, or store the flag).
 #[test]
-#[ignore = "review: a marker with coordinator epoch -1 makes the producer's next transactional batch InvalidTxnState after a clean reopen (not before)"]
 fn a_negative_coordinator_epoch_does_not_change_the_producer_after_a_reopen() {
     common::for_each_engine(|engine, dir| {
         let opts = common::small_options(engine);

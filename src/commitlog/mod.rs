@@ -936,6 +936,13 @@ impl LogStore for CommitLogStore {
                 "{producer}: producer id and epoch must not be negative"
             )));
         }
+        // -1 is the producer state's "no marker yet": a negative epoch stored would change
+        // the producer's meaning across a reopen (its last batch taken as non-transactional).
+        if coordinator_epoch < 0 {
+            return Err(Error::InvalidArgument(format!(
+                "coordinator epoch {coordinator_epoch} must not be negative"
+            )));
+        }
         let body = record::encode_marker_body(coordinator_epoch);
         let kind = Produce::Marker {
             producer,

@@ -72,7 +72,6 @@ fn a_small_max_message_size_does_not_block_the_end_marker() {
 /// grows by one marker per transaction without bound, and every group coordinator's load
 /// scans them all.
 #[test]
-#[ignore = "review: compaction keeps every transaction marker in __consumer_offsets: unbounded growth under exactly-once"]
 fn compaction_bounds_the_offsets_topic_under_exactly_once() {
     use duolog::consumer::{GroupCoordinator, OFFSETS_TOPIC};
     use duolog::io::SimFs;

@@ -421,6 +421,7 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
             producers,
             has_snapshot,
             pending_snapshots: Vec::new(),
+            txn_unsynced: Vec::new(),
         }),
         seal_lock: Mutex::new(()),
         clean_lock: Mutex::new(()),

@@ -1397,3 +1397,79 @@ impl LogStore for SegmentedStore {
         self.lock.lock().take();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{CrashMode, SimFs};
+    use crate::options::FlushPolicy;
+    use crate::store::IsolationLevel;
+
+    /// An abort's `.txnindex` entry is durable before anything can make a reopen trust the
+    /// segment past its marker: here another appender's roll (which seals the segment and
+    /// writes a producer snapshot past the marker), a flush and a checkpoint run between the
+    /// marker's append and `write_marker`'s own syncs, then the power fails. Unless the seal
+    /// and the flush sync the index, the reopen trusts the segment (no replay reaches the
+    /// marker), its index is gone, and the aborted records read as committed.
+    #[test]
+    fn a_seal_and_a_flush_after_an_abort_make_its_txn_index_entry_durable() {
+        let sim = SimFs::new();
+        let mut opts = StoreOptions {
+            engine: Some(EngineKind::Segmented),
+            fs: Arc::new(sim.clone()),
+            ..StoreOptions::default()
+        };
+        opts.flush = FlushPolicy::Async {
+            interval: Duration::from_secs(3600),
+        };
+        opts.segmented.checkpoint_interval = Duration::from_secs(3600);
+        opts.segmented.segment_bytes = 4096;
+        opts.index.enabled = false;
+        let store = SegmentedStore::open("/s", opts.clone()).unwrap();
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        let producer = ProducerId {
+            id: store.allocate_producer_id().unwrap(),
+            epoch: 0,
+        };
+        store.append("t", 0, &[Message::new("plain")]).unwrap();
+        store
+            .append_transactional("t", 0, producer, 0, &[Message::new("aborted")])
+            .unwrap();
+        let inner = &store.inner;
+        let (t, p) = inner.topic_partition("t", 0).unwrap();
+        // `write_marker`'s append, without the syncs that follow it there.
+        let now = now_ms();
+        let mut buf = Vec::new();
+        let m = batch::EndTxnMarker {
+            marker: TxnMarker::Abort,
+            coordinator_epoch: 0,
+        };
+        batch::encode_end_txn_marker(&mut buf, 0, producer.id, producer.epoch, m, now);
+        let op = append::Op::Marker {
+            producer,
+            marker: TxnMarker::Abort,
+            coordinator_epoch: 0,
+        };
+        let a = p
+            .append(&inner.ctx, &mut buf, &[], 1, now, &t.effective, op)
+            .unwrap();
+        assert!(a.written);
+        inner.appended(&p, 1, buf.len() as u64);
+        // Another appender rolls the segment (and seals it), another caller flushes, a
+        // checkpoint follows; then the power fails.
+        store
+            .append("t", 0, &[Message::new("x".repeat(5000))])
+            .unwrap();
+        p.flush(&inner.ctx).unwrap();
+        inner.write_checkpoint().unwrap();
+        let disk = sim.crash(CrashMode::DropUnsynced, 1);
+        store.abandon();
+        opts.fs = Arc::new(disk);
+        let reopened = SegmentedStore::open("/s", opts).unwrap();
+        let limits = ReadLimits::messages(100).with_isolation(IsolationLevel::ReadCommitted);
+        let f = reopened.fetch("t", 0, 0, limits).unwrap();
+        let bodies: Vec<usize> = f.records.iter().map(|r| r.body().len()).collect();
+        assert_eq!(bodies, [5, 5000], "only the plain records");
+        reopened.abandon();
+    }
+}

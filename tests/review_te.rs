@@ -41,7 +41,6 @@ fn sim_options(engine: EngineKind, sim: &SimFs) -> StoreOptions {
 /// ahead of it on every fetch: the segmented engine opens and reads every later segment's
 /// `.txnindex` for a fetch of one record.
 #[test]
-#[ignore = "review: a read_committed fetch reads every later segment's .txnindex (aborts up to the LSO, not up to the fetched data)"]
 fn a_small_read_committed_fetch_reads_a_bounded_number_of_txn_indexes() {
     let sim = SimFs::new();
     let mut o = sim_options(EngineKind::Segmented, &sim);

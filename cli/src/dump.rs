@@ -304,7 +304,7 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.contains(&format!(
-                "baseSequence: {} lastSequence: 1 ",
+                "baseSequence: {} lastSequence: 0 ",
                 i32::MAX - 1
             )),
             "{text}"
@@ -314,6 +314,6 @@ mod tests {
             .filter_map(|l| l.split("sequence: ").nth(1))
             .map(|rest| rest.split(' ').next().unwrap())
             .collect();
-        assert_eq!(sequences, ["2147483647", "0", "1"], "{text}");
+        assert_eq!(sequences, ["2147483646", "2147483647", "0"], "{text}");
     }
 }

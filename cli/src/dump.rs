@@ -303,10 +303,7 @@ mod tests {
         assert!(dump_log(&buf, &mut out).is_ok());
         let text = String::from_utf8(out).unwrap();
         assert!(
-            text.contains(&format!(
-                "baseSequence: {} lastSequence: 0 ",
-                i32::MAX - 1
-            )),
+            text.contains(&format!("baseSequence: {} lastSequence: 0 ", i32::MAX - 1)),
             "{text}"
         );
         let sequences: Vec<&str> = text

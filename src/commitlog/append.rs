@@ -437,7 +437,9 @@ impl Inner {
                     marker_offset,
                 )?
                 else {
-                    return Ok(Appended::NoTransaction(self.written.load(Ordering::Acquire)));
+                    return Ok(Appended::NoTransaction(
+                        self.written.load(Ordering::Acquire),
+                    ));
                 };
                 let item = &items[0];
                 super::txn::patch_marker_properties(

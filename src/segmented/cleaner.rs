@@ -46,9 +46,9 @@ use super::segment::{self, CLEANED_SUFFIX, SWAP_SUFFIX, ScanResult, SegmentHandl
 use super::txnindex::{self, Aborted};
 use crate::clock::ms_before;
 use crate::error::{Error, Result};
-use crate::store::TxnMarker;
 use crate::index::offset_map::OffsetMap;
 use crate::io::{self, FileSystem, OpenMode, StorageFile};
+use crate::store::TxnMarker;
 
 /// Bytes read or written per I/O by the cleaner (Kafka's `log.cleaner.io.buffer.size`, 512
 /// KiB); a batch larger than this is read whole.

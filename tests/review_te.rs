@@ -210,7 +210,6 @@ fn files_ending(dir: &std::path::Path, suffix: &str, out: &mut Vec<std::path::Pa
 /// segmented engine trusts a missing `.txnindex` as "no abort in this segment" after a clean
 /// shutdown, so the aborted records become read_committed.
 #[test]
-#[ignore = "review: segmented trusts a missing .txnindex after a clean shutdown: aborted records become read_committed"]
 fn a_deleted_txn_index_never_makes_aborted_records_visible() {
     common::for_each_engine(|engine, dir| {
         let opts = common::small_options(engine);

@@ -12,6 +12,7 @@
 //! recovery-point-offset-checkpoint   per partition: offsets below are durable
 //! log-start-offset-checkpoint        per partition: raised start offsets
 //! cleaner-offset-checkpoint          per partition: the cleaner's clean end
+//! txn-index-checkpoint               (topic, partition, base) of each segment with aborts
 //! <topic>-<partition>/<20-digit base>.{log,index,timeindex}
 //! <topic>-<partition>/<base>.*.{cleaned,swap}   a cleaner swap in progress
 //! ```
@@ -74,6 +75,10 @@ const RECOVERY_MAGIC: &[u8; 4] = b"DLRP";
 const START_MAGIC: &[u8; 4] = b"DLSO";
 const CLEANER_FILE: &str = "cleaner-offset-checkpoint";
 const CLEANER_MAGIC: &[u8; 4] = b"DLCO";
+/// Which segments have aborts (a `.txnindex`): a reopen rebuilds one found missing, where an
+/// absent file would otherwise read as "no abort here" and show aborted records.
+const TXN_SEGMENTS_FILE: &str = "txn-index-checkpoint";
+const TXN_SEGMENTS_MAGIC: &[u8; 4] = b"DLTX";
 
 struct TopicLog {
     /// Unique in the store, never reused (see `catalog`).
@@ -106,6 +111,10 @@ pub(crate) struct Inner {
     gc: Arc<GroupCommit>,
     jobs: PeriodicJobs,
     checkpoint_lock: Mutex<()>,
+    /// `txn-index-checkpoint` as the open read it, by partition (taken by each partition's
+    /// load), and whether the file may exist (so an empty list removes it).
+    txn_segments: Mutex<HashMap<(String, u32), Vec<u64>>>,
+    txn_segments_file: AtomicBool,
 }
 
 #[derive(Default)]
@@ -386,7 +395,29 @@ impl Inner {
         }
         self.store_offsets(RECOVERY_POINTS_FILE, RECOVERY_MAGIC, |p| {
             p.durable_end.load(Ordering::Acquire)
-        })
+        })?;
+        self.store_txn_segments()
+    }
+
+    /// Writes `txn-index-checkpoint`: the segments that have aborts (removed when none has).
+    fn store_txn_segments(&self) -> Result<()> {
+        let mut entries: Vec<(String, u32, u64)> = Vec::new();
+        for p in self.all_partitions() {
+            for base in p.txn_segment_bases() {
+                entries.push((p.topic.clone(), p.id, base));
+            }
+        }
+        let path = self.dir.join(TXN_SEGMENTS_FILE);
+        let fs = self.ctx.fs.as_ref();
+        if entries.is_empty() {
+            if self.txn_segments_file.swap(false, Ordering::AcqRel) {
+                crate::io::remove_if_exists(fs, &path).map_err(|e| Error::io(&path, e))?;
+            }
+            return Ok(());
+        }
+        entries.sort();
+        self.txn_segments_file.store(true, Ordering::Release);
+        crate::offsets_file::store(fs, &path, TXN_SEGMENTS_MAGIC, &entries)
     }
 
     fn enforce_retention(&self) -> Result<usize> {
@@ -563,6 +594,17 @@ impl SegmentedStore {
                 .into_iter()
                 .map(|(t, p, o)| ((t, p), o))
                 .collect();
+        // A damaged one only means a missing `.txnindex` goes unnoticed, as before it existed.
+        let mut txn_segments: HashMap<(String, u32), Vec<u64>> = HashMap::new();
+        for (t, p, base) in crate::offsets_file::load(
+            fs.as_ref(),
+            &dir.join(TXN_SEGMENTS_FILE),
+            TXN_SEGMENTS_MAGIC,
+        )
+        .unwrap_or_default()
+        {
+            txn_segments.entry((t, p)).or_default().push(base);
+        }
         let inner = Inner {
             dir: dir.to_owned(),
             ctx: Ctx {
@@ -592,6 +634,8 @@ impl SegmentedStore {
                 options.segmented.retention_check_interval,
             ),
             checkpoint_lock: Mutex::new(()),
+            txn_segments_file: AtomicBool::new(!txn_segments.is_empty()),
+            txn_segments: Mutex::new(txn_segments),
         };
         for (name, config, meta) in &catalog.topics {
             let t = inner.load_topic(name, config, meta.id, |p| {
@@ -830,6 +874,11 @@ impl Inner {
         let mut partitions = Vec::with_capacity(dirs.len());
         for p in first..config.partitions {
             let (clean, recovery_point, log_start, clean_end) = spec(p);
+            let txn_segments = self
+                .txn_segments
+                .lock()
+                .remove(&(name.to_owned(), p))
+                .unwrap_or_default();
             let part = load::load(
                 &self.ctx,
                 LoadSpec {
@@ -841,6 +890,7 @@ impl Inner {
                     recovery_point,
                     log_start,
                     clean_end,
+                    txn_segments,
                 },
             )?;
             partitions.push(Arc::new(part));

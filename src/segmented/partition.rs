@@ -169,6 +169,16 @@ impl Partition {
         (start, end, st.producers.last_stable(start, end))
     }
 
+    /// The bases of the segments that have aborts (a `.txnindex`), ascending.
+    pub(crate) fn txn_segment_bases(&self) -> Vec<u64> {
+        let st = self.state.lock();
+        st.segments
+            .iter()
+            .filter(|m| m.txn_entries > 0)
+            .map(|m| m.base)
+            .collect()
+    }
+
     /// The bases of the partition's segments, ascending.
     pub(super) fn segment_bases(&self) -> Vec<u64> {
         self.state.lock().segments.iter().map(|m| m.base).collect()

@@ -349,6 +349,12 @@ impl ProducerStates {
             .map_or(marker_offset + 1, |(&first, _)| first)
     }
 
+    /// The first offset of `producer_id`'s transaction open on the partition, if one is (one
+    /// map lookup: a marker needs it under the append lock).
+    pub(crate) fn open_transaction(&self, producer_id: i64) -> Option<u64> {
+        self.map.get(&producer_id).and_then(|e| e.txn_first_offset)
+    }
+
     /// Whether any transaction is open on the partition.
     #[cfg(test)]
     pub(crate) fn has_open_txn(&self) -> bool {
@@ -678,6 +684,10 @@ mod tests {
         let e = s.entries(1_000, FOREVER);
         assert_eq!(e[0].open_transaction, Some(10));
         assert_eq!(e[1].open_transaction, Some(12));
+        // What a marker looks up (without listing the producers).
+        assert_eq!(s.open_transaction(P.id), Some(10));
+        assert_eq!(s.open_transaction(q.id), Some(12));
+        assert_eq!(s.open_transaction(77), None);
         // An abort of P records q's open transaction as its LSO; q's abort, the marker's next.
         assert_eq!(s.aborted_lso(P.id, 15), 12);
         assert_eq!(s.complete_txn(P, 15, 3, 1_000), Some(10));

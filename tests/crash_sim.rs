@@ -528,11 +528,16 @@ fn run_case(engine: EngineKind, sync: bool, ops: &[Op]) {
     assert_eq!(model.highest_pid, PRODUCER.id);
     model.highest_pid = store.allocate_producer_id().unwrap();
     assert_eq!(model.highest_pid, TX_PRODUCER.id);
-    // Transactions where the engine supports them: a marker with nothing open writes nothing.
+    // Both engines support transactions: a marker with nothing open writes nothing. The probe
+    // must succeed on each engine; taking its failure for "no transactions" would switch
+    // invariant k off without a word.
     store.create_topic("tx", TopicConfig::default()).unwrap();
-    model.tx_supported = store
-        .write_marker("tx", 0, TX_PRODUCER, TxnMarker::Commit, 0)
-        .is_ok();
+    let probe = store.write_marker("tx", 0, TX_PRODUCER, TxnMarker::Commit, 0);
+    assert!(
+        matches!(probe, Ok(None)),
+        "{engine}: k must run on every engine, the transaction probe gave {probe:?}"
+    );
+    model.tx_supported = true;
     // The catalog must be durable before the first crash counts.
     for (i, op) in ops.iter().enumerate() {
         match *op {

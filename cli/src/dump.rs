@@ -81,6 +81,20 @@ pub fn dump(path: &Path, out: &mut dyn Write) -> Result<(), DumpError> {
     }
 }
 
+/// The sequence `delta` records after `base`, wrapping from `i32::MAX` to 0 as Kafka's
+/// producers number records (`DefaultRecordBatch.incrementSequence`): a batch may straddle
+/// the wrap, and plain addition would overflow. Computed wide, so a damaged (negative) delta
+/// cannot overflow either.
+fn sequence_after(base: i32, delta: i32) -> i32 {
+    let s = i64::from(base) + i64::from(delta);
+    let max = i64::from(i32::MAX);
+    if s > max {
+        (s - max - 1) as i32
+    } else {
+        s as i32
+    }
+}
+
 fn dump_log(data: &[u8], out: &mut dyn Write) -> Result<(), DumpError> {
     let mut pos = 0usize;
     while pos < data.len() {
@@ -111,7 +125,7 @@ fn dump_log(data: &[u8], out: &mut dyn Write) -> Result<(), DumpError> {
             if h.base_sequence < 0 {
                 -1
             } else {
-                h.base_sequence + h.last_offset_delta
+                sequence_after(h.base_sequence, h.last_offset_delta)
             },
             h.producer_id,
             h.producer_epoch,
@@ -136,7 +150,7 @@ fn dump_log(data: &[u8], out: &mut dyn Write) -> Result<(), DumpError> {
             let sequence = if h.base_sequence < 0 {
                 -1
             } else {
-                h.base_sequence + r.offset_delta
+                sequence_after(h.base_sequence, r.offset_delta)
             };
             let content = if h.is_control() {
                 match batch::end_txn_marker(b, &h) {
@@ -260,4 +274,43 @@ fn dump_commitlog(data: &[u8], base: u64, out: &mut dyn Write) -> Result<(), Dum
         at += d.total_size;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch whose sequences straddle `i32::MAX` shows them wrapped to 0, as Kafka numbers
+    /// them, not overflowed.
+    #[test]
+    fn dump_wraps_sequences_past_i32_max_to_zero() {
+        let records: Vec<batch::RecordInput<'_>> = (0..3)
+            .map(|_| batch::RecordInput {
+                timestamp: 1,
+                key: None,
+                value: Some(b"v"),
+                headers: &[],
+            })
+            .collect();
+        let mut buf = Vec::new();
+        let producer = batch::ProducerInfo {
+            id: 7,
+            epoch: 0,
+            base_sequence: i32::MAX - 1,
+        };
+        batch::encode_batch(&mut buf, 0, &records, 0, producer, None);
+        let mut out = Vec::new();
+        assert!(dump_log(&buf, &mut out).is_ok());
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(&format!("baseSequence: {} lastSequence: 0 ", i32::MAX - 1)),
+            "{text}"
+        );
+        let sequences: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split("sequence: ").nth(1))
+            .map(|rest| rest.split(' ').next().unwrap())
+            .collect();
+        assert_eq!(sequences, ["2147483646", "2147483647", "0"], "{text}");
+    }
 }

@@ -95,8 +95,10 @@ pub(crate) enum Appended {
     Written(AppendResult, u64),
     /// A retry of an idempotent batch already written: its offsets, and the published log end.
     Duplicate(AppendResult, u64),
-    /// A marker for a producer with no transaction open on the partition: nothing written.
-    NoTransaction,
+    /// A marker for a producer with no transaction open on the partition: nothing written. The
+    /// published log end: the producer's last marker (if another caller just wrote it) ends at
+    /// or before it, so a caller waiting for it waits for that marker to be durable.
+    NoTransaction(u64),
 }
 
 impl Appended {
@@ -104,7 +106,7 @@ impl Appended {
     pub(crate) fn offsets(self) -> Result<(AppendResult, u64)> {
         match self {
             Appended::Written(r, end) | Appended::Duplicate(r, end) => Ok((r, end)),
-            Appended::NoTransaction => Err(Error::InvalidArgument(
+            Appended::NoTransaction(_) => Err(Error::InvalidArgument(
                 "no transaction open for this marker".into(),
             )),
         }
@@ -281,7 +283,13 @@ impl Inner {
             let Scratch { buf, props, items } = &mut *s;
             buf.clear();
             items.clear();
-            let max = self.max_record_len(t.effective.max_message_bytes);
+            // A marker is the engine's own control record: the topic's message size limit is
+            // for producers' messages, and a marker refused by it would leave its transaction
+            // open forever (only the commit-log file size bounds it).
+            let max = match kind {
+                Produce::Marker { .. } => self.max_record_len(usize::MAX),
+                _ => self.max_record_len(t.effective.max_message_bytes),
+            };
             let born_now = crate::clock::now_ms();
             // One clock read per batch: the born time of untimestamped messages and the store time.
             for (i, m) in messages.iter().enumerate() {
@@ -429,7 +437,9 @@ impl Inner {
                     marker_offset,
                 )?
                 else {
-                    return Ok(Appended::NoTransaction);
+                    return Ok(Appended::NoTransaction(
+                        self.written.load(Ordering::Acquire),
+                    ));
                 };
                 let item = &items[0];
                 super::txn::patch_marker_properties(

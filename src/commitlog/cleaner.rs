@@ -103,6 +103,63 @@ fn is_aborted(aborted: &Aborted, meta: &Meta) -> bool {
             .is_some_and(|id| aborted.covers(id, meta.offset))
 }
 
+/// The transactions a pass follows, to drop commit markers no record needs any more (Kafka
+/// drops a marker once no record of its transaction is left and `delete.retention` has
+/// passed, KIP-534). Without it a compacted topic written by transactions
+/// (`__consumer_offsets` under exactly-once) grows by one marker per transaction for good.
+/// A pass writes its records in offset order from the partition's start, and a transaction's
+/// records all come before its marker, so one scan decides. Abort markers stay: the aborted
+/// index's entries name them (and are checked against them at open).
+#[derive(Default)]
+struct Markers {
+    /// Producers whose transaction (the one after their last marker seen so far) has a record
+    /// kept by this pass: its marker must stay.
+    holding: std::collections::HashSet<i64>,
+}
+
+impl Markers {
+    /// Whether `meta` is a commit marker the pass drops: no record of its transaction kept,
+    /// and older than the delete retention (as an expired tombstone).
+    fn droppable(&self, meta: &Meta, now: i64, rules: &Rules) -> bool {
+        meta.txn_type == super::record::SYSFLAG_TRANSACTION_COMMIT
+            && meta
+                .producer_id
+                .is_some_and(|id| !self.holding.contains(&id))
+            && now.saturating_sub(meta.store_timestamp) > duration_ms(rules.delete_retention)
+    }
+
+    /// Follows one record through the pass (`kept`: written to the new generation).
+    fn note(&mut self, meta: &Meta, kept: bool) {
+        let Some(id) = meta.producer_id else {
+            return;
+        };
+        if super::record::is_marker(meta.txn_type) {
+            self.holding.remove(&id);
+        } else if kept && meta.txn_type == super::record::SYSFLAG_TRANSACTION_PREPARED {
+            self.holding.insert(id);
+        }
+    }
+
+    /// [`keep`], with the commit markers this pass drops removed.
+    fn keep(
+        &mut self,
+        meta: &Meta,
+        map: &OffsetMap,
+        now: i64,
+        rules: &Rules,
+        r: &mut CompactionReport,
+    ) -> bool {
+        let kept = if self.droppable(meta, now, rules) {
+            r.records_removed += 1;
+            false
+        } else {
+            keep(meta, map, now, rules, r)
+        };
+        self.note(meta, kept);
+        kept
+    }
+}
+
 /// Whether a record survives a pass: not superseded by a later record of its key in the map,
 /// and not a tombstone older than `delete_retention` when the pass started.
 fn keep(meta: &Meta, map: &OffsetMap, now: i64, rules: &Rules, r: &mut CompactionReport) -> bool {
@@ -308,6 +365,7 @@ impl Inner {
         let dir = compacted::partition_dir(&self.dir, &t.name, partition);
         let generation = old_state.generation + 1;
         let mut r = CompactionReport::default();
+        let mut markers = Markers::default();
         let written = (|| {
             let mut w = Writer::create(fs, &dir, generation)?;
             if let Some(reader) = old
@@ -336,7 +394,7 @@ impl Inner {
                         break;
                     }
                     throttle.account(rec.len(), self)?;
-                    if meta.offset >= start && keep(&meta, &map, now, rules, &mut r) {
+                    if meta.offset >= start && markers.keep(&meta, &map, now, rules, &mut r) {
                         let flushed = w.push(rec, &meta)?;
                         throttle.account(flushed, self)?;
                     }
@@ -348,12 +406,12 @@ impl Inner {
                 r.bytes_before += bytes.len() as u64;
                 throttle.account(bytes.len(), self)?;
                 // Records of aborted transactions are removed (Kafka's cleaner discards
-                // them); markers have no key and are kept.
+                // them); markers have no key and are kept unless `markers` drops them.
                 if is_aborted(&aborted, &meta) {
                     r.records_removed += 1;
                     continue;
                 }
-                if keep(&meta, &map, now, rules, &mut r) {
+                if markers.keep(&meta, &map, now, rules, &mut r) {
                     let flushed = w.push(&bytes, &meta)?;
                     throttle.account(flushed, self)?;
                 }

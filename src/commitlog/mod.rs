@@ -936,6 +936,13 @@ impl LogStore for CommitLogStore {
                 "{producer}: producer id and epoch must not be negative"
             )));
         }
+        // -1 is the producer state's "no marker yet": a negative epoch stored would change
+        // the producer's meaning across a reopen (its last batch taken as non-transactional).
+        if coordinator_epoch < 0 {
+            return Err(Error::InvalidArgument(format!(
+                "coordinator epoch {coordinator_epoch} must not be negative"
+            )));
+        }
         let body = record::encode_marker_body(coordinator_epoch);
         let kind = Produce::Marker {
             producer,
@@ -950,7 +957,13 @@ impl LogStore for CommitLogStore {
                 inner.gc.sync_to(inner.as_ref(), end)?;
                 Ok(Some(r.base_offset))
             }
-            Appended::Duplicate(..) | Appended::NoTransaction => Ok(None),
+            Appended::Duplicate(_, end) | Appended::NoTransaction(end) => {
+                // Nothing written, maybe because another caller has just written this marker
+                // and not synced it yet: `Ok(None)` tells the coordinator the marker is there,
+                // so wait for it to be durable, as a duplicate batch waits for its original.
+                inner.gc.sync_to(inner.as_ref(), end)?;
+                Ok(None)
+            }
         }
     }
 

@@ -118,14 +118,9 @@ pub(crate) fn marker_fields(
     if !states.check_marker(topic, partition, producer)? {
         return Ok(None);
     }
-    // The state exposes a producer's open transaction through its entries only (a marker is
-    // rare next to records: one pass over the partition's producers is affordable).
-    let Some(first_offset) = states
-        .entries(0, std::time::Duration::MAX)
-        .into_iter()
-        .find(|e| e.producer.id == producer.id)
-        .and_then(|e| e.open_transaction)
-    else {
+    // One lookup, not a listing of every producer of the partition (a marker is written under
+    // the append lock every other appender waits on).
+    let Some(first_offset) = states.open_transaction(producer.id) else {
         return Ok(None);
     };
     Ok(Some(MarkerTxn {

@@ -102,11 +102,14 @@ impl Aborted {
         self.by_producer.is_empty()
     }
 
-    /// Whether a transactional record of `producer_id` at `offset` belongs to one of them.
+    /// Whether a transactional record of `producer_id` at `offset` belongs to one of them. A
+    /// binary search: one producer's transactions never overlap and are collected in marker
+    /// order, so its ranges ascend (no records × aborts scan for a lagging reader).
     pub(crate) fn covers(&self, producer_id: i64, offset: u64) -> bool {
-        self.by_producer
-            .get(&producer_id)
-            .is_some_and(|v| v.iter().any(|&(f, l)| f <= offset && offset <= l))
+        self.by_producer.get(&producer_id).is_some_and(|v| {
+            let i = v.partition_point(|&(_, last)| last < offset);
+            v.get(i).is_some_and(|&(first, _)| first <= offset)
+        })
     }
 }
 
@@ -320,6 +323,22 @@ mod tests {
         assert_eq!(decode_all(&bytes[..60]), None, "torn entry");
         bytes[18 + 7] = 9; // first marker at 9, after the second's
         assert_eq!(decode_all(&bytes), None, "out of order");
+    }
+
+    /// `covers` finds the range holding an offset among one producer's many aborts (a
+    /// binary search), and nothing between or outside them.
+    #[test]
+    fn covers_finds_an_offset_among_many_aborts_of_one_producer() {
+        let mut idx = TxnIndex::empty(Path::new("/x"));
+        for k in 0..100u64 {
+            idx.push(t(7, k * 10, k * 10 + 3, k * 10 + 4));
+        }
+        idx.push(t(8, 2000, 2001, 2002));
+        let a = idx.collect(0, 10_000);
+        assert!(a.covers(7, 0) && a.covers(7, 3) && a.covers(7, 503) && a.covers(7, 990));
+        assert!(!a.covers(7, 4) && !a.covers(7, 509) && !a.covers(7, 994));
+        assert!(!a.covers(7, 2000) && a.covers(8, 2000) && !a.covers(8, 1999));
+        assert!(!a.covers(9, 0));
     }
 
     #[test]

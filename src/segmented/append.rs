@@ -269,6 +269,8 @@ impl Partition {
             Ok(file) => {
                 let created = active.txn_entries == 0;
                 active.txn_entries += 1;
+                let base = active.base;
+                st.txn_unsynced.push((base, created));
                 Ok(IndexWrite {
                     file,
                     path: txnindex::path(&self.dir, active.base),
@@ -349,6 +351,8 @@ impl Partition {
             let Some((meta, handle)) = next else {
                 return self.write_pending_snapshots(ctx);
             };
+            // A sealed segment is trusted by a reopen, its `.txnindex` with it.
+            self.sync_txn_indexes(ctx)?;
             segment::seal(ctx.fs.as_ref(), &self.dir, &handle, &meta)?;
             let mut st = self.state.lock();
             if let Some(m) = st.segments.iter_mut().find(|m| m.base == meta.base) {

@@ -48,6 +48,7 @@ use crate::clock::ms_before;
 use crate::error::{Error, Result};
 use crate::index::offset_map::OffsetMap;
 use crate::io::{self, FileSystem, OpenMode, StorageFile};
+use crate::store::TxnMarker;
 
 /// Bytes read or written per I/O by the cleaner (Kafka's `log.cleaner.io.buffer.size`, 512
 /// KiB); a batch larger than this is read whole.
@@ -397,6 +398,7 @@ impl Partition {
         // Each idempotent producer's last batch stays, emptied if need be (Kafka's cleaner keeps
         // it too): a rebuild of the producer state from the log still finds it.
         let producer_lasts = self.producer_last_offsets();
+        let holding = std::cell::RefCell::new(std::collections::HashSet::new());
         for group in group_segments(&to_clean, cfg.segment_bytes, ctx.opts.max_index_bytes) {
             let judge = Judge {
                 map: &map,
@@ -404,6 +406,7 @@ impl Partition {
                 tombstone_cutoff,
                 producer_lasts: &producer_lasts,
                 aborted: &aborted,
+                holding: &holding,
             };
             if !self.clean_group(
                 ctx,
@@ -565,11 +568,16 @@ impl Partition {
                     || (h.producer_id >= 0
                         && judge.producer_lasts.contains(&(h.last_offset() as u64)));
                 let at = buf.len();
+                let drop_marker = !keep_empty && judge.droppable_marker(bytes, &h);
                 batch::filter_batch(
                     &mut buf,
                     bytes,
                     &h,
                     |r| match judge.verdict(bytes, &h, r) {
+                        _ if drop_marker => {
+                            removed += 1;
+                            false
+                        }
                         Verdict::Keep => {
                             if r.key.is_some() && r.value.is_none() {
                                 earliest_tombstone =
@@ -595,6 +603,7 @@ impl Partition {
                     keep_empty,
                 )
                 .map_err(|e| Error::corrupted(&handle.log_path, pos, e.reason()))?;
+                judge.note_transactional(&h, buf.len() > at);
                 if buf.len() > at {
                     let out_header = batch::parse_header(&buf[at..])
                         .map_err(|e| Error::corrupted(log_path, 0, e.reason()))?;
@@ -634,8 +643,8 @@ impl Partition {
             .map_err(|e| Error::io(index_path, e))?;
         fs.write_file_synced(time_path, &time)
             .map_err(|e| Error::io(time_path, e))?;
-        // Markers are all kept, so the group's aborts stay valid for the cleaned segment: its
-        // transaction index is theirs, in order.
+        // Abort markers are all kept (only commit markers are dropped), so the group's aborts
+        // stay valid for the cleaned segment: its transaction index is theirs, in order.
         let mut aborts = Vec::new();
         for m in group.iter().filter(|m| m.txn_entries > 0) {
             aborts.extend(txnindex::read(
@@ -838,9 +847,44 @@ struct Judge<'a> {
     producer_lasts: &'a std::collections::HashSet<u64>,
     /// The aborted transactions of the cleanable section.
     aborted: &'a Aborted,
+    /// Producers whose transaction (the one after their last marker seen so far) has a
+    /// record kept by this pass: its marker must stay. The pass reads the log from its start
+    /// in offset order, and a transaction's records all come before its marker.
+    holding: &'a std::cell::RefCell<std::collections::HashSet<i64>>,
 }
 
 impl Judge<'_> {
+    /// Whether a control batch is a commit marker the pass drops (Kafka drops a marker once
+    /// no record of its transaction is left and `delete.retention` has passed, KIP-534):
+    /// below the dirty end, older than the delete retention (its time is its append time),
+    /// and no record of its transaction kept. Without it a compacted topic written by
+    /// transactions (`__consumer_offsets` under exactly-once) grows by one marker per
+    /// transaction for good. Abort markers stay: the `.txnindex` entries name them.
+    fn droppable_marker(&self, bytes: &[u8], h: &BatchHeader) -> bool {
+        h.is_control()
+            && h.producer_id >= 0
+            && (h.last_offset() as u64) < self.dirty_end
+            && h.max_timestamp < self.tombstone_cutoff
+            && !self.holding.borrow().contains(&h.producer_id)
+            && batch::end_txn_marker(bytes, h).is_ok_and(|m| m.marker == TxnMarker::Commit)
+    }
+
+    /// Follows transactions through the pass: a transactional batch written to the cleaned
+    /// log (even emptied, as a producer's last batch or a group's last is) holds its
+    /// transaction's marker, so a replay from the log never finds a transaction without its
+    /// end; a marker (kept or not) ends the transaction.
+    fn note_transactional(&self, h: &BatchHeader, written: bool) {
+        if h.producer_id < 0 {
+            return;
+        }
+        let mut holding = self.holding.borrow_mut();
+        if h.is_control() {
+            holding.remove(&h.producer_id);
+        } else if h.is_transactional() && written {
+            holding.insert(h.producer_id);
+        }
+    }
+
     fn verdict(&self, bytes: &[u8], h: &BatchHeader, r: &batch::RecordView) -> Verdict {
         let offset = h.base_offset as u64 + r.offset_delta as u64;
         if is_aborted(h, self.aborted) {

@@ -27,6 +27,9 @@ pub(crate) struct LoadSpec<'a> {
     pub(crate) log_start: u64,
     /// The cleaner's clean end from its checkpoint (0: clean from the start).
     pub(crate) clean_end: u64,
+    /// The segments `txn-index-checkpoint` says have aborts: one whose `.txnindex` is missing
+    /// is rebuilt, not trusted as "no abort".
+    pub(crate) txn_segments: Vec<u64>,
 }
 
 /// The bases of the segments in `dir` and the offsets of its producer snapshots, ascending.
@@ -374,6 +377,7 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
     for (m, rebuild) in metas.iter_mut().zip(rebuild_txn.iter_mut()) {
         if !*rebuild {
             match read_txn_index(fs, dir, m) {
+                Some(0) if spec.txn_segments.contains(&m.base) => *rebuild = true,
                 Some(n) => m.txn_entries = n,
                 None => *rebuild = true,
             }
@@ -421,6 +425,7 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
             producers,
             has_snapshot,
             pending_snapshots: Vec::new(),
+            txn_unsynced: Vec::new(),
         }),
         seal_lock: Mutex::new(()),
         clean_lock: Mutex::new(()),

@@ -12,6 +12,7 @@
 //! recovery-point-offset-checkpoint   per partition: offsets below are durable
 //! log-start-offset-checkpoint        per partition: raised start offsets
 //! cleaner-offset-checkpoint          per partition: the cleaner's clean end
+//! txn-index-checkpoint               (topic, partition, base) of each segment with aborts
 //! <topic>-<partition>/<20-digit base>.{log,index,timeindex}
 //! <topic>-<partition>/<base>.*.{cleaned,swap}   a cleaner swap in progress
 //! ```
@@ -74,6 +75,10 @@ const RECOVERY_MAGIC: &[u8; 4] = b"DLRP";
 const START_MAGIC: &[u8; 4] = b"DLSO";
 const CLEANER_FILE: &str = "cleaner-offset-checkpoint";
 const CLEANER_MAGIC: &[u8; 4] = b"DLCO";
+/// Which segments have aborts (a `.txnindex`): a reopen rebuilds one found missing, where an
+/// absent file would otherwise read as "no abort here" and show aborted records.
+const TXN_SEGMENTS_FILE: &str = "txn-index-checkpoint";
+const TXN_SEGMENTS_MAGIC: &[u8; 4] = b"DLTX";
 
 struct TopicLog {
     /// Unique in the store, never reused (see `catalog`).
@@ -106,6 +111,10 @@ pub(crate) struct Inner {
     gc: Arc<GroupCommit>,
     jobs: PeriodicJobs,
     checkpoint_lock: Mutex<()>,
+    /// `txn-index-checkpoint` as the open read it, by partition (taken by each partition's
+    /// load), and whether the file may exist (so an empty list removes it).
+    txn_segments: Mutex<HashMap<(String, u32), Vec<u64>>>,
+    txn_segments_file: AtomicBool,
 }
 
 #[derive(Default)]
@@ -313,6 +322,13 @@ impl Inner {
                 "{producer}: producer id and epoch must not be negative"
             )));
         }
+        // -1 is the producer state's "no marker yet": a negative epoch stored would change
+        // the producer's meaning across a reopen (its last batch taken as non-transactional).
+        if coordinator_epoch < 0 {
+            return Err(Error::InvalidArgument(format!(
+                "coordinator epoch {coordinator_epoch} must not be negative"
+            )));
+        }
         let now = now_ms();
         let m = batch::EndTxnMarker {
             marker,
@@ -331,6 +347,10 @@ impl Inner {
             Ok::<_, Error>((a, buf.len() as u64))
         })?;
         if !a.written {
+            // No transaction open: maybe another caller has just written this marker and not
+            // synced it yet. `Ok(None)` tells the coordinator the marker is there, so make the
+            // log durable up to here first (as a duplicate batch waits for its original).
+            p.flush(&self.ctx)?;
             return Ok(None);
         }
         self.appended(&p, 1, bytes);
@@ -375,7 +395,29 @@ impl Inner {
         }
         self.store_offsets(RECOVERY_POINTS_FILE, RECOVERY_MAGIC, |p| {
             p.durable_end.load(Ordering::Acquire)
-        })
+        })?;
+        self.store_txn_segments()
+    }
+
+    /// Writes `txn-index-checkpoint`: the segments that have aborts (removed when none has).
+    fn store_txn_segments(&self) -> Result<()> {
+        let mut entries: Vec<(String, u32, u64)> = Vec::new();
+        for p in self.all_partitions() {
+            for base in p.txn_segment_bases() {
+                entries.push((p.topic.clone(), p.id, base));
+            }
+        }
+        let path = self.dir.join(TXN_SEGMENTS_FILE);
+        let fs = self.ctx.fs.as_ref();
+        if entries.is_empty() {
+            if self.txn_segments_file.swap(false, Ordering::AcqRel) {
+                crate::io::remove_if_exists(fs, &path).map_err(|e| Error::io(&path, e))?;
+            }
+            return Ok(());
+        }
+        entries.sort();
+        self.txn_segments_file.store(true, Ordering::Release);
+        crate::offsets_file::store(fs, &path, TXN_SEGMENTS_MAGIC, &entries)
     }
 
     fn enforce_retention(&self) -> Result<usize> {
@@ -552,6 +594,17 @@ impl SegmentedStore {
                 .into_iter()
                 .map(|(t, p, o)| ((t, p), o))
                 .collect();
+        // A damaged one only means a missing `.txnindex` goes unnoticed, as before it existed.
+        let mut txn_segments: HashMap<(String, u32), Vec<u64>> = HashMap::new();
+        for (t, p, base) in crate::offsets_file::load(
+            fs.as_ref(),
+            &dir.join(TXN_SEGMENTS_FILE),
+            TXN_SEGMENTS_MAGIC,
+        )
+        .unwrap_or_default()
+        {
+            txn_segments.entry((t, p)).or_default().push(base);
+        }
         let inner = Inner {
             dir: dir.to_owned(),
             ctx: Ctx {
@@ -581,6 +634,8 @@ impl SegmentedStore {
                 options.segmented.retention_check_interval,
             ),
             checkpoint_lock: Mutex::new(()),
+            txn_segments_file: AtomicBool::new(!txn_segments.is_empty()),
+            txn_segments: Mutex::new(txn_segments),
         };
         for (name, config, meta) in &catalog.topics {
             let t = inner.load_topic(name, config, meta.id, |p| {
@@ -819,6 +874,11 @@ impl Inner {
         let mut partitions = Vec::with_capacity(dirs.len());
         for p in first..config.partitions {
             let (clean, recovery_point, log_start, clean_end) = spec(p);
+            let txn_segments = self
+                .txn_segments
+                .lock()
+                .remove(&(name.to_owned(), p))
+                .unwrap_or_default();
             let part = load::load(
                 &self.ctx,
                 LoadSpec {
@@ -830,6 +890,7 @@ impl Inner {
                     recovery_point,
                     log_start,
                     clean_end,
+                    txn_segments,
                 },
             )?;
             partitions.push(Arc::new(part));
@@ -1384,5 +1445,81 @@ impl LogStore for SegmentedStore {
         inner.gc.close();
         inner.ctx.cache.clear();
         self.lock.lock().take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{CrashMode, SimFs};
+    use crate::options::FlushPolicy;
+    use crate::store::IsolationLevel;
+
+    /// An abort's `.txnindex` entry is durable before anything can make a reopen trust the
+    /// segment past its marker: here another appender's roll (which seals the segment and
+    /// writes a producer snapshot past the marker), a flush and a checkpoint run between the
+    /// marker's append and `write_marker`'s own syncs, then the power fails. Unless the seal
+    /// and the flush sync the index, the reopen trusts the segment (no replay reaches the
+    /// marker), its index is gone, and the aborted records read as committed.
+    #[test]
+    fn a_seal_and_a_flush_after_an_abort_make_its_txn_index_entry_durable() {
+        let sim = SimFs::new();
+        let mut opts = StoreOptions {
+            engine: Some(EngineKind::Segmented),
+            fs: Arc::new(sim.clone()),
+            ..StoreOptions::default()
+        };
+        opts.flush = FlushPolicy::Async {
+            interval: Duration::from_secs(3600),
+        };
+        opts.segmented.checkpoint_interval = Duration::from_secs(3600);
+        opts.segmented.segment_bytes = 4096;
+        opts.index.enabled = false;
+        let store = SegmentedStore::open("/s", opts.clone()).unwrap();
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        let producer = ProducerId {
+            id: store.allocate_producer_id().unwrap(),
+            epoch: 0,
+        };
+        store.append("t", 0, &[Message::new("plain")]).unwrap();
+        store
+            .append_transactional("t", 0, producer, 0, &[Message::new("aborted")])
+            .unwrap();
+        let inner = &store.inner;
+        let (t, p) = inner.topic_partition("t", 0).unwrap();
+        // `write_marker`'s append, without the syncs that follow it there.
+        let now = now_ms();
+        let mut buf = Vec::new();
+        let m = batch::EndTxnMarker {
+            marker: TxnMarker::Abort,
+            coordinator_epoch: 0,
+        };
+        batch::encode_end_txn_marker(&mut buf, 0, producer.id, producer.epoch, m, now);
+        let op = append::Op::Marker {
+            producer,
+            marker: TxnMarker::Abort,
+            coordinator_epoch: 0,
+        };
+        let a = p
+            .append(&inner.ctx, &mut buf, &[], 1, now, &t.effective, op)
+            .unwrap();
+        assert!(a.written);
+        inner.appended(&p, 1, buf.len() as u64);
+        // Another appender rolls the segment (and seals it), another caller flushes, a
+        // checkpoint follows; then the power fails.
+        store
+            .append("t", 0, &[Message::new("x".repeat(5000))])
+            .unwrap();
+        p.flush(&inner.ctx).unwrap();
+        inner.write_checkpoint().unwrap();
+        let disk = sim.crash(CrashMode::DropUnsynced, 1);
+        store.abandon();
+        opts.fs = Arc::new(disk);
+        let reopened = SegmentedStore::open("/s", opts).unwrap();
+        let limits = ReadLimits::messages(100).with_isolation(IsolationLevel::ReadCommitted);
+        let f = reopened.fetch("t", 0, 0, limits).unwrap();
+        let bodies: Vec<usize> = f.records.iter().map(|r| r.body().len()).collect();
+        assert_eq!(bodies, [5, 5000], "only the plain records");
+        reopened.abandon();
     }
 }

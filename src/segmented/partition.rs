@@ -46,6 +46,10 @@ pub(crate) struct PartState {
     /// Producer snapshots taken at rolls (offset, entries), written by the seal path once the
     /// segments below them are sealed.
     pub(super) pending_snapshots: Vec<(u64, Vec<crate::producer_state::SnapshotEntry>)>,
+    /// Segments (base, whether the write created the file) whose `.txnindex` took an abort
+    /// not synced yet: `flush` and the seal sync them before the recovery point or a seal can
+    /// make a reopen trust the segment (and so its index) past the marker.
+    pub(super) txn_unsynced: Vec<(u64, bool)>,
 }
 
 pub(crate) struct Partition {
@@ -106,8 +110,38 @@ impl Partition {
         for h in handles {
             h.sync()?;
         }
+        self.sync_txn_indexes(ctx)?;
         self.durable_end.fetch_max(end, Ordering::AcqRel);
         Ok(end)
+    }
+
+    /// Syncs the transaction indexes that took an abort since the last call (and the
+    /// directory, for one the abort created). A failure puts them back for the next flush.
+    pub(crate) fn sync_txn_indexes(&self, ctx: &Ctx) -> Result<()> {
+        let unsynced = std::mem::take(&mut self.state.lock().txn_unsynced);
+        let fs = ctx.fs.as_ref();
+        let synced = (|| {
+            for &(base, _) in &unsynced {
+                let path = super::txnindex::path(&self.dir, base);
+                match fs.open_file(&path, io::OpenMode::Existing) {
+                    Ok(f) => f.sync_data().map_err(|e| Error::io(&path, e))?,
+                    // Its segment was deleted meanwhile: nothing left to sync.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(&path, e)),
+                }
+            }
+            if unsynced.iter().any(|&(_, created)| created) {
+                fs.sync_dir(&self.dir)
+                    .map_err(|e| Error::io(&self.dir, e))?;
+            }
+            Ok(())
+        })();
+        if synced.is_err() {
+            let mut st = self.state.lock();
+            let newer = std::mem::replace(&mut st.txn_unsynced, unsynced);
+            st.txn_unsynced.extend(newer);
+        }
+        synced
     }
 
     /// Writes a producer snapshot at the partition's end (a clean close: everything is synced),
@@ -133,6 +167,16 @@ impl Partition {
         let start = self.start.load(Ordering::Acquire);
         let end = self.end.load(Ordering::Acquire);
         (start, end, st.producers.last_stable(start, end))
+    }
+
+    /// The bases of the segments that have aborts (a `.txnindex`), ascending.
+    pub(crate) fn txn_segment_bases(&self) -> Vec<u64> {
+        let st = self.state.lock();
+        st.segments
+            .iter()
+            .filter(|m| m.txn_entries > 0)
+            .map(|m| m.base)
+            .collect()
     }
 
     /// The bases of the partition's segments, ascending.

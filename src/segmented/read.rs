@@ -127,8 +127,9 @@ impl Partition {
     /// until the limits are met, the bound is reached, or the scan bound of
     /// [`ReadLimits::tagged_scan`] is spent (skipped markers and aborted records count
     /// towards it, so a backlog of aborted data costs one call a bounded amount of work).
-    /// `read_committed` collects the aborted transactions overlapping `[offset, bound)`
-    /// once, from the transaction indexes.
+    /// `read_committed` collects, per round, the aborted transactions overlapping the segment
+    /// the round reads (Kafka's `collectAbortedTxns` up to the end of the fetched data), so a
+    /// small fetch reads one or two `.txnindex` files, not every later segment's.
     pub(crate) fn fetch(&self, ctx: &Ctx, offset: u64, limits: ReadLimits) -> Result<Fetch> {
         let bound = self.read_bounds(offset, limits.isolation)?;
         if offset >= bound || limits.max_messages == 0 {
@@ -137,10 +138,10 @@ impl Partition {
                 next_offset: offset,
             });
         }
-        let aborted = match limits.isolation {
-            IsolationLevel::ReadCommitted => self.collect_aborted(ctx, offset, bound)?,
-            IsolationLevel::ReadUncommitted => Aborted::default(),
-        };
+        let committed = limits.isolation == IsolationLevel::ReadCommitted;
+        let mut aborted = Aborted::default();
+        // Aborts are collected for `[.., covered)`; a round never reads past it.
+        let mut covered = offset;
         let (scan_offsets, scan_bytes) = limits.tagged_scan();
         let mut f = Filling {
             records: Vec::new(),
@@ -157,7 +158,17 @@ impl Partition {
             && f.examined < scan_offsets
             && f.read < scan_bytes
         {
-            match self.read_once(ctx, at, bound, limits, &aborted, &mut f) {
+            let upper = match committed {
+                true => {
+                    if at >= covered {
+                        covered = self.segment_end_from(at).min(bound);
+                        aborted = self.collect_aborted(ctx, at, covered)?;
+                    }
+                    covered
+                }
+                false => bound,
+            };
+            match self.read_once(ctx, at, upper, limits, &aborted, &mut f) {
                 Ok(next) if next > at => at = next,
                 // Nothing left to examine (a segment's end raced the bound): done.
                 Ok(_) => break,
@@ -173,6 +184,14 @@ impl Partition {
             records: f.records,
             next_offset: at,
         })
+    }
+
+    /// The end of the segment a read at `offset` reads (the first one ending past it: a read
+    /// in a gap goes on to the next segment); `u64::MAX` past the last one.
+    fn segment_end_from(&self, offset: u64) -> u64 {
+        let st = self.state.lock();
+        let i = st.segments.partition_point(|m| m.next_offset <= offset);
+        st.segments.get(i).map_or(u64::MAX, |m| m.next_offset)
     }
 
     /// The aborted transactions overlapping `[offset, bound)`: the transaction indexes of the

@@ -118,6 +118,13 @@ fn kill_and_check(engine: &str) {
         // Reopen (crash recovery); read every partition once, densely, then check every
         // acknowledged line against what is there.
         let store = duolog::open(&store_dir, StoreOptions::default()).unwrap();
+        if acked_total.is_empty() && !store.list_topics(false).iter().any(|t| t == "lines") {
+            // Killed before the producer created its topic (a slow start on a loaded machine):
+            // nothing was acknowledged, so nothing is owed.
+            assert!(store.verify().unwrap().is_ok());
+            store.close().unwrap();
+            continue;
+        }
         let mut stored: Vec<Vec<String>> = Vec::new();
         for p in 0..3 {
             let b = store.bounds("lines", p).unwrap();

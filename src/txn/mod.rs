@@ -9,7 +9,7 @@
 //!   of the transaction log are [`TxnLogEntry`] values, a pure codec.
 //! - Exactly once end to end: [`transform`], the consume-transform-produce loop.
 //! - [`half`]: RocketMQ's transactional (half) messages: `send_half` / `end`, or
-//!   `send_in_transaction`, with a [`TransactionChecker`](half::TransactionChecker) asked back
+//!   `send_in_transaction`, with a [`TransactionChecker`] asked back
 //!   about undecided ones (its scan in `half_check.rs`).
 //!
 //! It owns the topics `__transaction_state`, `RMQ_SYS_TRANS_HALF_TOPIC`,

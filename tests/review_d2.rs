@@ -7,211 +7,25 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::wrap::{Hooks, Wrapped};
 use common::{for_each_engine, read_all, small_options};
 use duolog::delay::{DelayOptions, DelayQueue, ManualClock, TIMER_LOG_TOPIC};
-use duolog::durability::{Completion, Wakeup};
-use duolog::{
-    AppendResult, CompactionReport, DiskUsage, EngineKind, KeyMatch, LogStore, Message,
-    PartitionBounds, ReadLimits, Record, TopicConfig, VerifyReport,
-};
+use duolog::{EngineKind, LogStore, Message, Record, TopicConfig};
 use parking_lot::Mutex;
 
 const T0: i64 = 1_700_000_000_000;
 
 #[derive(Debug)]
 struct Counting {
-    inner: Arc<dyn LogStore>,
     /// Timer-log records read.
     entries_read: Mutex<usize>,
 }
 
-impl LogStore for Counting {
-    fn engine(&self) -> EngineKind {
-        self.inner.engine()
-    }
-    fn dir(&self) -> &Path {
-        self.inner.dir()
-    }
-    fn create_topic(&self, name: &str, config: TopicConfig) -> duolog::Result<()> {
-        self.inner.create_topic(name, config)
-    }
-    fn describe_topic(&self, name: &str) -> duolog::Result<TopicConfig> {
-        self.inner.describe_topic(name)
-    }
-    fn topic_id(&self, name: &str) -> duolog::Result<u64> {
-        self.inner.topic_id(name)
-    }
-    fn alter_topic(&self, name: &str, config: TopicConfig) -> duolog::Result<()> {
-        self.inner.alter_topic(name, config)
-    }
-    fn add_partitions(&self, name: &str, count: u32) -> duolog::Result<u32> {
-        self.inner.add_partitions(name, count)
-    }
-    fn delete_topic(&self, name: &str) -> duolog::Result<()> {
-        self.inner.delete_topic(name)
-    }
-    fn list_topics(&self, include_internal: bool) -> Vec<String> {
-        self.inner.list_topics(include_internal)
-    }
-    fn allocate_producer_id(&self) -> duolog::Result<i64> {
-        self.inner.allocate_producer_id()
-    }
-    fn append_idempotent(
-        &self,
-        topic: &str,
-        partition: u32,
-        producer: duolog::ProducerId,
-        base_sequence: i32,
-        messages: &[Message],
-    ) -> duolog::Result<AppendResult> {
-        self.inner
-            .append_idempotent(topic, partition, producer, base_sequence, messages)
-    }
-    fn producer_state(
-        &self,
-        topic: &str,
-        partition: u32,
-    ) -> duolog::Result<Vec<duolog::ProducerEntry>> {
-        self.inner.producer_state(topic, partition)
-    }
-    fn append(
-        &self,
-        topic: &str,
-        partition: u32,
-        messages: &[Message],
-    ) -> duolog::Result<AppendResult> {
-        self.inner.append(topic, partition, messages)
-    }
-    fn append_oneway(
-        &self,
-        topic: &str,
-        partition: u32,
-        messages: &[Message],
-    ) -> duolog::Result<AppendResult> {
-        self.inner.append_oneway(topic, partition, messages)
-    }
-    fn append_async(
-        &self,
-        topic: &str,
-        partition: u32,
-        messages: &[Message],
-    ) -> duolog::Result<Completion> {
-        self.inner.append_async(topic, partition, messages)
-    }
-    fn append_transactional(
-        &self,
-        topic: &str,
-        partition: u32,
-        producer: duolog::ProducerId,
-        base_sequence: i32,
-        messages: &[duolog::Message],
-    ) -> duolog::Result<AppendResult> {
-        self.inner
-            .append_transactional(topic, partition, producer, base_sequence, messages)
-    }
-    fn write_marker(
-        &self,
-        topic: &str,
-        partition: u32,
-        producer: duolog::ProducerId,
-        marker: duolog::TxnMarker,
-        coordinator_epoch: i32,
-    ) -> duolog::Result<Option<u64>> {
-        self.inner
-            .write_marker(topic, partition, producer, marker, coordinator_epoch)
-    }
-    fn fetch(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        limits: ReadLimits,
-    ) -> duolog::Result<duolog::Fetch> {
-        let fetch = self.inner.fetch(topic, partition, offset, limits)?;
-        if topic == TIMER_LOG_TOPIC {
-            *self.entries_read.lock() += fetch.records.len();
-        }
-        Ok(fetch)
-    }
-    fn read(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        limits: ReadLimits,
-    ) -> duolog::Result<Vec<Record>> {
-        let records = self.inner.read(topic, partition, offset, limits)?;
+impl Hooks for Counting {
+    fn after_read(&self, topic: &str, _partition: u32, records: &[Record]) {
         if topic == TIMER_LOG_TOPIC {
             *self.entries_read.lock() += records.len();
         }
-        Ok(records)
-    }
-    fn bounds(&self, topic: &str, partition: u32) -> duolog::Result<PartitionBounds> {
-        self.inner.bounds(topic, partition)
-    }
-    fn sync(&self) -> duolog::Result<()> {
-        self.inner.sync()
-    }
-    fn wait_for(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        timeout: Duration,
-    ) -> duolog::Result<bool> {
-        self.inner.wait_for(topic, partition, offset, timeout)
-    }
-    fn wait_for_any_with(
-        &self,
-        positions: &[(&str, u32, u64)],
-        timeout: Duration,
-        wakeup: &Wakeup,
-    ) -> duolog::Result<bool> {
-        self.inner.wait_for_any_with(positions, timeout, wakeup)
-    }
-    fn delete_before(&self, topic: &str, partition: u32, offset: u64) -> duolog::Result<u64> {
-        self.inner.delete_before(topic, partition, offset)
-    }
-    fn find_by_key(
-        &self,
-        topic: &str,
-        key: &str,
-        time_range: (i64, i64),
-        limit: usize,
-    ) -> duolog::Result<Vec<KeyMatch>> {
-        self.inner.find_by_key(topic, key, time_range, limit)
-    }
-    fn offset_for_time(
-        &self,
-        topic: &str,
-        partition: u32,
-        timestamp: i64,
-    ) -> duolog::Result<Option<u64>> {
-        self.inner.offset_for_time(topic, partition, timestamp)
-    }
-    fn reindex(&self) -> duolog::Result<u64> {
-        self.inner.reindex()
-    }
-    fn enforce_retention(&self) -> duolog::Result<usize> {
-        self.inner.enforce_retention()
-    }
-    fn compact(&self, topic: Option<&str>) -> duolog::Result<CompactionReport> {
-        self.inner.compact(topic)
-    }
-    fn partition_bytes(&self, topic: &str, partition: u32) -> duolog::Result<u64> {
-        self.inner.partition_bytes(topic, partition)
-    }
-    fn disk_usage(&self) -> duolog::Result<DiskUsage> {
-        self.inner.disk_usage()
-    }
-    fn verify(&self) -> duolog::Result<VerifyReport> {
-        self.inner.verify()
-    }
-    fn close(&self) -> duolog::Result<()> {
-        self.inner.close()
-    }
-    fn abandon(&self) {
-        self.inner.abandon()
     }
 }
 
@@ -230,10 +44,12 @@ fn review_d2_open_slot_delivery_reads_stay_linear_in_its_entries() {
         inner
             .create_topic("t", TopicConfig::with_partitions(1))
             .unwrap();
-        let counting = Arc::new(Counting {
-            inner: Arc::clone(&inner),
-            entries_read: Mutex::new(0),
-        });
+        let counting = Wrapped::new(
+            Arc::clone(&inner),
+            Counting {
+                entries_read: Mutex::new(0),
+            },
+        );
         let s: Arc<dyn LogStore> = counting.clone();
         let clock = Arc::new(ManualClock::new(T0));
         let q = DelayQueue::open(
@@ -255,7 +71,7 @@ fn review_d2_open_slot_delivery_reads_stay_linear_in_its_entries() {
                 .unwrap();
         }
         q.pump().unwrap();
-        *counting.entries_read.lock() = 0;
+        *counting.hooks.entries_read.lock() = 0;
         let mut delivered = 0;
         for ms in 0..n {
             clock.set(slot + ms);
@@ -263,7 +79,7 @@ fn review_d2_open_slot_delivery_reads_stay_linear_in_its_entries() {
         }
         assert_eq!(delivered, n as u64, "{engine}");
         assert_eq!(read_all(&*inner, "t", 0).len(), n as usize);
-        let reads = *counting.entries_read.lock();
+        let reads = *counting.hooks.entries_read.lock();
         assert!(
             reads <= 20 * n as usize,
             "{engine}: {reads} timer-log entries read to deliver {n} entries of one slot"
@@ -279,7 +95,7 @@ fn counted_queue(
     max_open_slot_entries: usize,
 ) -> (
     Arc<dyn LogStore>,
-    Arc<Counting>,
+    Arc<Wrapped<Counting>>,
     Arc<ManualClock>,
     DelayQueue,
 ) {
@@ -287,10 +103,12 @@ fn counted_queue(
     inner
         .create_topic("t", TopicConfig::with_partitions(1))
         .unwrap();
-    let counting = Arc::new(Counting {
-        inner: Arc::clone(&inner),
-        entries_read: Mutex::new(0),
-    });
+    let counting = Wrapped::new(
+        Arc::clone(&inner),
+        Counting {
+            entries_read: Mutex::new(0),
+        },
+    );
     let s: Arc<dyn LogStore> = counting.clone();
     let clock = Arc::new(ManualClock::new(T0));
     let q = DelayQueue::open(
@@ -326,7 +144,7 @@ fn a_slot_over_the_kept_entries_cap_is_walked_once_per_window_never_early() {
                 .unwrap();
         }
         q.pump().unwrap();
-        *counting.entries_read.lock() = 0;
+        *counting.hooks.entries_read.lock() = 0;
         let mut delivered = 0;
         for ms in 0..n + 200 {
             clock.set(slot + ms);
@@ -345,7 +163,7 @@ fn a_slot_over_the_kept_entries_cap_is_walked_once_per_window_never_early() {
                 "{engine}: due {due} at {at}"
             );
         }
-        let reads = *counting.entries_read.lock();
+        let reads = *counting.hooks.entries_read.lock();
         assert!(
             reads <= 20 * n as usize,
             "{engine}: {reads} timer-log entries read to deliver {n} entries of one slot"

@@ -8,16 +8,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::wrap::{Hooks, Wrapped};
 use common::{for_each_engine, small_options};
 use duolog::consumer::{
     Consumer, ConsumerConfig, GroupCoordinator, MAX_EVENTS_PER_MESSAGE, MAX_TRACED_FIELD,
     OffsetReset, TRACE_TOPIC, TraceConfig, TraceKind, TracedStore, Tracer, decode_events,
 };
-use duolog::durability::{Completion, Wakeup};
-use duolog::{
-    AppendResult, CompactionReport, DiskUsage, EngineKind, KeyMatch, LogStore, Message,
-    PartitionBounds, ReadLimits, Record, StoreOptions, TopicConfig, VerifyReport,
-};
+use duolog::{EngineKind, LogStore, Message, StoreOptions, TopicConfig};
 use parking_lot::{Condvar, Mutex};
 
 fn open(engine: EngineKind, dir: &Path) -> Arc<dyn LogStore> {
@@ -350,7 +347,6 @@ fn malformed_trace_bodies_are_skipped_and_counted() {
 /// append, as under a full disk or a long fsync.
 #[derive(Debug)]
 struct Gated {
-    inner: Arc<dyn LogStore>,
     /// (writer is waiting at the gate, gate open)
     state: Mutex<(bool, bool)>,
     changed: Condvar,
@@ -369,92 +365,8 @@ impl Gated {
     }
 }
 
-impl LogStore for Gated {
-    fn engine(&self) -> EngineKind {
-        self.inner.engine()
-    }
-    fn dir(&self) -> &Path {
-        self.inner.dir()
-    }
-    fn create_topic(&self, name: &str, config: TopicConfig) -> duolog::Result<()> {
-        self.inner.create_topic(name, config)
-    }
-    fn describe_topic(&self, name: &str) -> duolog::Result<TopicConfig> {
-        self.inner.describe_topic(name)
-    }
-    fn topic_id(&self, name: &str) -> duolog::Result<u64> {
-        self.inner.topic_id(name)
-    }
-    fn alter_topic(&self, name: &str, config: TopicConfig) -> duolog::Result<()> {
-        self.inner.alter_topic(name, config)
-    }
-    fn add_partitions(&self, name: &str, count: u32) -> duolog::Result<u32> {
-        self.inner.add_partitions(name, count)
-    }
-    fn delete_topic(&self, name: &str) -> duolog::Result<()> {
-        self.inner.delete_topic(name)
-    }
-    fn list_topics(&self, include_internal: bool) -> Vec<String> {
-        self.inner.list_topics(include_internal)
-    }
-    fn allocate_producer_id(&self) -> duolog::Result<i64> {
-        self.inner.allocate_producer_id()
-    }
-    fn append_idempotent(
-        &self,
-        topic: &str,
-        partition: u32,
-        producer: duolog::ProducerId,
-        base_sequence: i32,
-        messages: &[Message],
-    ) -> duolog::Result<AppendResult> {
-        self.inner
-            .append_idempotent(topic, partition, producer, base_sequence, messages)
-    }
-    fn producer_state(
-        &self,
-        topic: &str,
-        partition: u32,
-    ) -> duolog::Result<Vec<duolog::ProducerEntry>> {
-        self.inner.producer_state(topic, partition)
-    }
-    fn append_transactional(
-        &self,
-        topic: &str,
-        partition: u32,
-        producer: duolog::ProducerId,
-        base_sequence: i32,
-        messages: &[Message],
-    ) -> duolog::Result<AppendResult> {
-        self.inner
-            .append_transactional(topic, partition, producer, base_sequence, messages)
-    }
-    fn write_marker(
-        &self,
-        topic: &str,
-        partition: u32,
-        producer: duolog::ProducerId,
-        marker: duolog::TxnMarker,
-        coordinator_epoch: i32,
-    ) -> duolog::Result<Option<u64>> {
-        self.inner
-            .write_marker(topic, partition, producer, marker, coordinator_epoch)
-    }
-    fn fetch(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        limits: ReadLimits,
-    ) -> duolog::Result<duolog::Fetch> {
-        self.inner.fetch(topic, partition, offset, limits)
-    }
-    fn append(
-        &self,
-        topic: &str,
-        partition: u32,
-        messages: &[Message],
-    ) -> duolog::Result<AppendResult> {
+impl Hooks for Gated {
+    fn before_append(&self, topic: &str, _partition: u32, _messages: &[Message]) {
         if topic == TRACE_TOPIC {
             let mut s = self.state.lock();
             s.0 = true;
@@ -463,99 +375,6 @@ impl LogStore for Gated {
                 self.changed.wait(&mut s);
             }
         }
-        self.inner.append(topic, partition, messages)
-    }
-    fn append_oneway(
-        &self,
-        topic: &str,
-        partition: u32,
-        messages: &[Message],
-    ) -> duolog::Result<AppendResult> {
-        self.inner.append_oneway(topic, partition, messages)
-    }
-    fn append_async(
-        &self,
-        topic: &str,
-        partition: u32,
-        messages: &[Message],
-    ) -> duolog::Result<Completion> {
-        self.inner.append_async(topic, partition, messages)
-    }
-    fn read(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        limits: ReadLimits,
-    ) -> duolog::Result<Vec<Record>> {
-        self.inner.read(topic, partition, offset, limits)
-    }
-    fn bounds(&self, topic: &str, partition: u32) -> duolog::Result<PartitionBounds> {
-        self.inner.bounds(topic, partition)
-    }
-    fn sync(&self) -> duolog::Result<()> {
-        self.inner.sync()
-    }
-    fn wait_for(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        timeout: Duration,
-    ) -> duolog::Result<bool> {
-        self.inner.wait_for(topic, partition, offset, timeout)
-    }
-    fn wait_for_any_with(
-        &self,
-        positions: &[(&str, u32, u64)],
-        timeout: Duration,
-        wakeup: &Wakeup,
-    ) -> duolog::Result<bool> {
-        self.inner.wait_for_any_with(positions, timeout, wakeup)
-    }
-    fn delete_before(&self, topic: &str, partition: u32, offset: u64) -> duolog::Result<u64> {
-        self.inner.delete_before(topic, partition, offset)
-    }
-    fn find_by_key(
-        &self,
-        topic: &str,
-        key: &str,
-        time_range: (i64, i64),
-        limit: usize,
-    ) -> duolog::Result<Vec<KeyMatch>> {
-        self.inner.find_by_key(topic, key, time_range, limit)
-    }
-    fn offset_for_time(
-        &self,
-        topic: &str,
-        partition: u32,
-        timestamp: i64,
-    ) -> duolog::Result<Option<u64>> {
-        self.inner.offset_for_time(topic, partition, timestamp)
-    }
-    fn reindex(&self) -> duolog::Result<u64> {
-        self.inner.reindex()
-    }
-    fn enforce_retention(&self) -> duolog::Result<usize> {
-        self.inner.enforce_retention()
-    }
-    fn compact(&self, topic: Option<&str>) -> duolog::Result<CompactionReport> {
-        self.inner.compact(topic)
-    }
-    fn partition_bytes(&self, topic: &str, partition: u32) -> duolog::Result<u64> {
-        self.inner.partition_bytes(topic, partition)
-    }
-    fn disk_usage(&self) -> duolog::Result<DiskUsage> {
-        self.inner.disk_usage()
-    }
-    fn verify(&self) -> duolog::Result<VerifyReport> {
-        self.inner.verify()
-    }
-    fn close(&self) -> duolog::Result<()> {
-        self.inner.close()
-    }
-    fn abandon(&self) {
-        self.inner.abandon()
     }
 }
 
@@ -563,11 +382,13 @@ impl LogStore for Gated {
 fn a_full_queue_drops_and_counts_instead_of_blocking() {
     for_each_engine(|engine, dir| {
         let store = open(engine, dir);
-        let gated = Arc::new(Gated {
-            inner: Arc::clone(&store),
-            state: Mutex::new((false, false)),
-            changed: Condvar::new(),
-        });
+        let gated = Wrapped::new(
+            Arc::clone(&store),
+            Gated {
+                state: Mutex::new((false, false)),
+                changed: Condvar::new(),
+            },
+        );
         let capacity = 8;
         let tracer = Arc::new(
             Tracer::new(
@@ -584,7 +405,7 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
         traced.create_topic("t", TopicConfig::default()).unwrap();
         // The first event is taken at once (zero interval) and its write sticks at the gate.
         traced.append("t", 0, &[Message::new("0")]).unwrap();
-        gated.wait_until_stuck();
+        gated.hooks.wait_until_stuck();
         // The queue takes `capacity` more; the appends after that still go through (the
         // test would hang here if recording blocked), their events dropped and counted.
         let batch: Vec<Message> = (0..capacity + 5)
@@ -602,7 +423,7 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
             store.bounds("t", 0).unwrap().end,
             1 + capacity as u64 + 5 + 3
         );
-        gated.open();
+        gated.hooks.open();
         tracer.close().unwrap();
         let stats = tracer.stats();
         assert_eq!((stats.written, stats.lost), (1 + capacity as u64, 0));

@@ -2,21 +2,17 @@
 //! a random moment; the store reopens and every acknowledged line is there, in order, intact.
 //! `DUOLOG_KILL_ITERATIONS` raises the number of kills (default 3).
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::{
+    complete_lines, exe, feed, kill_after, kill_iterations, parse_acks, pseudo_random, run_to_end,
+    seed, spawn_piped,
+};
 use duolog::{ReadLimits, StoreOptions};
-
-fn pseudo_random(seed: u64) -> u64 {
-    let mut x = seed ^ 0x9E37_79B9_7F4A_7C15;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    x
-}
 
 #[test]
 fn acknowledged_lines_survive_sigkill_commitlog() {
@@ -29,79 +25,45 @@ fn acknowledged_lines_survive_sigkill_segmented() {
 }
 
 fn kill_and_check(engine: &str) {
-    let iterations: usize = std::env::var("DUOLOG_KILL_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let exe = env!("CARGO_BIN_EXE_duolog");
+    let iterations = kill_iterations(3);
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
     let mut acked_total: Vec<(u32, u64, String)> = Vec::new();
     let mut next_line = 0u64;
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    let seed = seed();
     for iteration in 0..iterations {
         // A fresh store every few kills keeps soak runs from re-verifying an ever larger store.
         if iteration > 0 && iteration % 10 == 0 {
             std::fs::remove_dir_all(&store_dir).unwrap();
             acked_total.clear();
         }
-        let mut child = Command::new(exe)
-            .args([
-                "produce",
-                "--dir",
-                store_dir.to_str().unwrap(),
-                "--engine",
-                engine,
-                "--topic",
-                "lines",
-                "--partitions",
-                "3",
-                "--sync",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
+        let mut child = spawn_piped(&[
+            "produce",
+            "--dir",
+            store_dir.to_str().unwrap(),
+            "--engine",
+            engine,
+            "--topic",
+            "lines",
+            "--partitions",
+            "3",
+            "--sync",
+        ]);
         let first = next_line;
-        let stop2 = Arc::clone(&stop);
-        // Writes numbered lines until the child dies (broken pipe) or we stop.
-        let writer = std::thread::spawn(move || {
-            let mut n = first;
-            while !stop2.load(Ordering::Relaxed) {
-                let line = format!("line-{n:09}-{}\n", "x".repeat((n % 50) as usize));
-                if stdin.write_all(line.as_bytes()).is_err() {
-                    break;
-                }
-                n += 1;
-                if n.is_multiple_of(64) {
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-            }
-        });
-        let stdout = child.stdout.take().unwrap();
+        // Numbered lines until the child dies (broken pipe) or we stop.
+        let (stop, writer) = feed(
+            child.stdin.take().unwrap(),
+            first,
+            |n| format!("line-{n:09}-{}", "x".repeat((n % 50) as usize)),
+            64,
+            Duration::from_micros(200),
+        );
         let delay = Duration::from_millis(100 + pseudo_random(seed + iteration as u64) % 400);
-        let killer_pid = child.id();
-        let killer = std::thread::spawn(move || {
-            std::thread::sleep(delay);
-            let _ = Command::new("kill")
-                .args(["-9", &killer_pid.to_string()])
-                .status();
-        });
-        let mut acks = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let (p, o) = line.split_once(' ').unwrap();
-            acks.push((p.parse::<u32>().unwrap(), o.parse::<u64>().unwrap()));
-        }
+        let killer = kill_after(child.id(), delay);
+        let acks = parse_acks(&complete_lines(child.stdout.take().unwrap()));
         killer.join().unwrap();
         let status = child.wait().unwrap();
-        stop.store(true, Ordering::Relaxed);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
         writer.join().unwrap();
         assert!(!status.success(), "the producer was killed");
         // Acks come in input order: ack k is line first + k.
@@ -174,15 +136,9 @@ fn compaction_survives_sigkill_segmented() {
 /// offset where it was, every key's latest value readable from the start, and every record
 /// left the one that was appended at its offset; `verify` passes; a later `compact` finishes.
 fn kill_compaction_and_check(engine: &str) {
-    let iterations: usize = std::env::var("DUOLOG_KILL_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let exe = env!("CARGO_BIN_EXE_duolog");
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    let iterations = kill_iterations(3);
+    let exe = exe();
+    let seed = seed();
     let keys = 500u64;
     for iteration in 0..iterations {
         let dir = tempfile::tempdir().unwrap();
@@ -331,40 +287,20 @@ fn group_consumer_killed_mid_stream_skips_nothing_segmented() {
 
 /// One complete line of a child's output (a line cut by the kill is dropped: its record was
 /// not committed, so the next run prints it again).
-fn complete_lines(stdout: impl std::io::Read) -> Vec<String> {
-    let mut reader = BufReader::new(stdout);
-    let mut lines = Vec::new();
-    loop {
-        let mut buf = Vec::new();
-        match reader.read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(_) if buf.ends_with(b"\n") => {
-                buf.pop();
-                lines.push(String::from_utf8(buf).unwrap());
-            }
-            Ok(_) => break,
-        }
-    }
-    lines
-}
-
 /// `duolog consume --group g --follow` killed with SIGKILL mid-stream, several times, then
 /// run to the end: every produced message is printed at least once across the runs, each
 /// run prints every partition densely from where the group's commit was, and the committed
 /// offsets after a kill never pass what was printed (commits follow the printing).
 fn kill_consumer_and_check(engine: &str) {
-    let kills: usize = std::env::var("DUOLOG_KILL_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let exe = env!("CARGO_BIN_EXE_duolog");
+    let kills = kill_iterations(3);
+    let exe = exe();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("store");
     let d = d.to_str().unwrap();
     let total = 60_000u64;
     let input: String = (0..total).map(|n| format!("m-{n:07}\n")).collect();
-    let mut producer = Command::new(exe)
-        .args([
+    let acks = run_to_end(
+        &[
             "produce",
             "--dir",
             d,
@@ -376,16 +312,9 @@ fn kill_consumer_and_check(engine: &str) {
             "4",
             "--tags",
             "TagA",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = producer.stdin.take().unwrap();
-    let feeder = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
-    let acks = complete_lines(producer.stdout.take().unwrap());
-    feeder.join().unwrap();
-    assert!(producer.wait().unwrap().success());
+        ],
+        input,
+    );
     assert_eq!(acks.len() as u64, total);
     // Where each produced line went.
     let mut produced: std::collections::HashMap<(u32, u64), String> = Default::default();
@@ -396,10 +325,7 @@ fn kill_consumer_and_check(engine: &str) {
             format!("m-{n:07}"),
         );
     }
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    let seed = seed();
     let mut printed: std::collections::HashSet<(u32, u64)> = Default::default();
     // Per partition: the offset after the highest printed so far.
     let mut next_printed = [0u64; 4];
@@ -530,18 +456,15 @@ fn delayed_lines_survive_sigkill_during_delivery_segmented() {
 /// end: reading the topic itself, every line is there exactly once (deliveries are
 /// deduplicated across the crash), whatever the consumer printed.
 fn kill_delivery_and_check(engine: &str) {
-    let kills: usize = std::env::var("DUOLOG_KILL_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let exe = env!("CARGO_BIN_EXE_duolog");
+    let kills = kill_iterations(3);
+    let exe = exe();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("store");
     let d = d.to_str().unwrap();
     let total = 30_000usize;
     let input: String = (0..total).map(|n| format!("d-{n:07}\n")).collect();
-    let mut producer = Command::new(exe)
-        .args([
+    let acks = run_to_end(
+        &[
             "produce",
             "--dir",
             d,
@@ -553,21 +476,11 @@ fn kill_delivery_and_check(engine: &str) {
             "2",
             "--delay",
             "1s",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = producer.stdin.take().unwrap();
-    let feeder = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
-    let acks = complete_lines(producer.stdout.take().unwrap());
-    feeder.join().unwrap();
-    assert!(producer.wait().unwrap().success());
+        ],
+        input,
+    );
     assert_eq!(acks.len(), total);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    let seed = seed();
     for run in 0..=kills {
         let killing = run < kills;
         let mut child = Command::new(exe)

@@ -4,23 +4,21 @@
 //! all, every acknowledged (printed) line, and no line twice. `DUOLOG_KILL_ITERATIONS`
 //! changes the number of kills.
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use common::{
+    complete_lines, exe, feed, kill_after, kill_iterations, parse_acks, pseudo_random, seed,
+    spawn_piped,
+};
 
 const TXN_SIZE: u64 = 10;
 const PARTITIONS: u32 = 4;
-
-fn pseudo_random(seed: u64) -> u64 {
-    let mut x = seed ^ 0x9E37_79B9_7F4A_7C15;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    x
-}
 
 #[test]
 fn transactions_are_all_or_nothing_after_sigkill_commitlog() {
@@ -39,80 +37,46 @@ fn line(n: u64) -> String {
 }
 
 fn kill_and_check(engine: &str) {
-    let iterations: usize = std::env::var("DUOLOG_KILL_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let exe = env!("CARGO_BIN_EXE_duolog");
+    let iterations = kill_iterations(20);
+    let exe = exe();
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
     let d = store_dir.to_str().unwrap().to_owned();
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    let seed = seed();
     // Every acknowledged line number.
     let mut acked: HashSet<u64> = HashSet::new();
     let mut next_line = 0u64;
     let mut kills_mid_transaction = 0;
     for iteration in 0..iterations {
-        let mut child = Command::new(exe)
-            .args([
-                "produce",
-                "--dir",
-                &d,
-                "--engine",
-                engine,
-                "--topic",
-                "lines",
-                "--partitions",
-                &PARTITIONS.to_string(),
-                "--keyed",
-                "--transactional",
-                "--txn-size",
-                &TXN_SIZE.to_string(),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
+        let mut child = spawn_piped(&[
+            "produce",
+            "--dir",
+            &d,
+            "--engine",
+            engine,
+            "--topic",
+            "lines",
+            "--partitions",
+            &PARTITIONS.to_string(),
+            "--keyed",
+            "--transactional",
+            "--txn-size",
+            &TXN_SIZE.to_string(),
+        ]);
         let first = next_line;
-        let stop2 = Arc::clone(&stop);
-        let writer = std::thread::spawn(move || {
-            let mut n = first;
-            while !stop2.load(Ordering::Relaxed) {
-                if stdin
-                    .write_all(format!("{}\n", line(n)).as_bytes())
-                    .is_err()
-                {
-                    break;
-                }
-                n += 1;
-                if n.is_multiple_of(16) {
-                    std::thread::sleep(Duration::from_micros(300));
-                }
-            }
-        });
+        let (stop, writer) = feed(
+            child.stdin.take().unwrap(),
+            first,
+            line,
+            16,
+            Duration::from_micros(300),
+        );
         let delay = Duration::from_millis(150 + pseudo_random(seed + iteration as u64) % 600);
-        let pid = child.id();
-        let killer = std::thread::spawn(move || {
-            std::thread::sleep(delay);
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        });
-        let mut acks = 0u64;
-        for l in BufReader::new(child.stdout.take().unwrap()).lines() {
-            let Ok(l) = l else { break };
-            let (p, o) = l.split_once(' ').unwrap();
-            p.parse::<u32>().unwrap();
-            o.parse::<u64>().unwrap();
-            acks += 1;
-        }
+        let killer = kill_after(child.id(), delay);
+        let acks = parse_acks(&complete_lines(child.stdout.take().unwrap())).len() as u64;
         killer.join().unwrap();
         let status = child.wait().unwrap();
-        stop.store(true, Ordering::Relaxed);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
         writer.join().unwrap();
         assert!(!status.success(), "the producer was killed");
         assert_eq!(
@@ -223,14 +187,11 @@ fn committed_bodies(store: &dyn duolog::LogStore, topic: &str, p: u32) -> Vec<St
 /// and run again until it finishes: after every kill, `out` (read committed) holds exactly the
 /// inputs below the group's committed offsets, once each and in order; at the end, all of them.
 fn kill_copy_and_check(engine: &str) {
-    let exe = env!("CARGO_BIN_EXE_duolog");
+    let exe = exe();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("store");
     let d = d.to_str().unwrap().to_owned();
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    let seed = seed();
     let inputs = 4000u64;
     let mut child = Command::new(exe)
         .args([
@@ -309,11 +270,7 @@ fn kill_copy_and_check(engine: &str) {
     for iteration in 0..12 {
         let mut child = copy();
         let delay = Duration::from_millis(100 + pseudo_random(seed + iteration) % 400);
-        let pid = child.id();
-        let killer = std::thread::spawn(move || {
-            std::thread::sleep(delay);
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        });
+        let killer = kill_after(child.id(), delay);
         let status = child.wait().unwrap();
         killer.join().unwrap();
         kills += usize::from(!status.success());

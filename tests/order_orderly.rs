@@ -389,3 +389,50 @@ fn bad_orderly_options_are_invalid_arguments() {
         );
     }
 }
+
+#[test]
+fn a_lease_that_expires_during_the_last_call_is_given_up_and_taken_again_without_a_commit() {
+    for_each_engine(|engine, dir| {
+        let store = open(dir, &small_options(engine));
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        produce(&*store, "t", 0, 1);
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let clock = Arc::new(ManualClock::default());
+        let gate = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Log::default());
+        let (l, g) = (Arc::clone(&log), Arc::clone(&gate));
+        let cfg = OrderlyConfig {
+            // No periodic commit to stumble on the lost lease: the renewal must notice it.
+            commit_interval: Duration::from_secs(3600),
+            lease: LeaseOptions {
+                renew_interval: Duration::from_millis(5),
+                clock: clock.clone(),
+                ..LeaseOptions::default()
+            },
+            ..config("g")
+        };
+        let c = OrderlyConsumer::start(&groups, cfg, &["t"], move |r: &ConsumerRecord, ctx: &OrderlyContext| {
+            l.enter(r, ctx);
+            while !g.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            l.leave(r);
+            ConsumeOrderlyStatus::Success
+        })
+        .unwrap();
+        wait_until("inside the only record", || log.handled(0).len() == 1);
+        let first = c.leased()[&TopicPartition::new("t", 0)];
+        // The lease expires inside the call. Nothing is left in the queue, so no later call
+        // would notice: the renewal gives the lease up once the call has returned (its success
+        // known), and the member takes it again and commits after the record.
+        clock.advance(Duration::from_secs(61));
+        std::thread::sleep(Duration::from_millis(30));
+        gate.store(true, Ordering::SeqCst);
+        wait_until("a new lease", || {
+            c.leased().get(&TopicPartition::new("t", 0)).is_some_and(|t| *t > first)
+        });
+        c.close().unwrap();
+        assert_eq!(committed(&groups, "g", "t", 0), Some(1));
+        assert_eq!(log.overlaps.load(Ordering::SeqCst), 0);
+    });
+}

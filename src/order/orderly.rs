@@ -758,6 +758,8 @@ fn renew_loop(shared: &Shared) {
         st = shared.state.lock();
         let any = !lost.is_empty();
         for (tp, tok) in lost {
+            // A partition inside a call is lost at the next round, after the call: then
+            // its success is known and the next holding starts after it.
             if let Some(pq) = st.parts.get_mut(&tp)
                 && pq.token == Some(tok)
                 && !pq.busy

@@ -23,8 +23,7 @@ use std::time::{Duration, Instant};
 
 use duolog::consumer::{ConsumerRecord, GroupCoordinator, OffsetReset};
 use duolog::order::{
-    ConsumeOrderlyStatus, LeaseOptions, ManualClock, OrderlyConfig, OrderlyConsumer,
-    OrderlyContext,
+    ConsumeOrderlyStatus, LeaseOptions, ManualClock, OrderlyConfig, OrderlyConsumer, OrderlyContext,
 };
 use duolog::{EngineKind, Error, LogStore, Message, TopicConfig};
 use proptest::prelude::*;
@@ -93,7 +92,8 @@ fn handler(
             .unwrap_or(0);
         let n = world.calls.fetch_add(1, Ordering::Relaxed);
         // Fails some first attempts, deterministically per record.
-        let fail = fail_every > 0 && ctx.attempt == 1 && (o * 7 + u64::from(p)) % fail_every == 0;
+        let fail =
+            fail_every > 0 && ctx.attempt == 1 && (o * 7 + u64::from(p)).is_multiple_of(fail_every);
         {
             let mut parts = world.parts.lock().unwrap();
             let v = parts.entry(p).or_default();
@@ -101,7 +101,9 @@ fn handler(
                 world.violation(format!("p{p}: two calls at once at offset {o}"));
             }
             if o < committed {
-                world.violation(format!("p{p}: offset {o} re-handled below committed {committed}"));
+                world.violation(format!(
+                    "p{p}: offset {o} re-handled below committed {committed}"
+                ));
             }
             let limit = v.max_done.map_or(0, |m| m + 1);
             if o > limit {
@@ -125,7 +127,7 @@ fn handler(
                 world.violation(format!("p{p}: key {key:?} went back from {ko} to {o}"));
             }
         }
-        if n % 3 == 0 {
+        if n.is_multiple_of(3) {
             std::thread::yield_now();
         }
         let mut parts = world.parts.lock().unwrap();
@@ -240,18 +242,29 @@ fn run(engine: EngineKind, ops: &[Op], fail_every: u64) {
         if done && committed {
             break;
         }
-        assert!(Instant::now() < deadline, "{engine}: not everything handled");
+        assert!(
+            Instant::now() < deadline,
+            "{engine}: not everything handled"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     for m in members {
         m.close().unwrap();
     }
     let violations = world.violations.lock().unwrap();
-    assert!(violations.is_empty(), "{engine}: {:?}", &violations[..violations.len().min(5)]);
+    assert!(
+        violations.is_empty(),
+        "{engine}: {:?}",
+        &violations[..violations.len().min(5)]
+    );
     let committed = groups.committed_offsets("g");
     for p in 0..PARTITIONS {
         if ends[p as usize] > 0 {
-            assert_eq!(committed["t"].get(&p), Some(&ends[p as usize]), "{engine}: p{p}");
+            assert_eq!(
+                committed["t"].get(&p),
+                Some(&ends[p as usize]),
+                "{engine}: p{p}"
+            );
         }
     }
 }

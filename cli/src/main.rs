@@ -544,11 +544,17 @@ fn consume_orderly(args: &ConsumeArgs) -> Result<(), CliError> {
     // Per partition, the offset after the last record printed; and when one was last printed.
     let progress = Arc::new(Mutex::new((BTreeMap::<u32, u64>::new(), Instant::now())));
     let out = Arc::new(Mutex::new(io::stdout()));
-    let (n, prog, o) = (Arc::clone(&printed), Arc::clone(&progress), Arc::clone(&out));
+    let (n, prog, o) = (
+        Arc::clone(&printed),
+        Arc::clone(&progress),
+        Arc::clone(&out),
+    );
     let handler = move |r: &duolog::consumer::ConsumerRecord, _: &OrderlyContext| {
         // A slot under --max first: past it nothing is printed (nor committed).
-        if n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| (v < max).then_some(v + 1))
-            .is_err()
+        if n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+            (v < max).then_some(v + 1)
+        })
+        .is_err()
         {
             return ConsumeOrderlyStatus::SuspendCurrentQueueAMoment;
         }
@@ -560,7 +566,9 @@ fn consume_orderly(args: &ConsumeArgs) -> Result<(), CliError> {
             n.fetch_sub(1, Ordering::AcqRel);
             return ConsumeOrderlyStatus::SuspendCurrentQueueAMoment;
         }
-        let mut p = prog.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut p = prog
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         p.0.insert(r.partition(), r.offset() + 1);
         p.1 = Instant::now();
         ConsumeOrderlyStatus::Success

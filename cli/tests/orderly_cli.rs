@@ -43,14 +43,32 @@ fn offsets(out: &str) -> BTreeMap<u32, Vec<u64>> {
 
 fn setup(d: &str) {
     ok(
-        &["topic", "create", "--dir", d, "--topic", "t", "--partitions", "4"],
+        &[
+            "topic",
+            "create",
+            "--dir",
+            d,
+            "--topic",
+            "t",
+            "--partitions",
+            "4",
+        ],
         "",
     );
     for p in 0..4 {
         let input: String = (0..25).map(|i| format!("k{}\tv{p}-{i}\n", i % 3)).collect();
         let part = p.to_string();
         ok(
-            &["produce", "--dir", d, "--topic", "t", "--partition", &part, "--keyed"],
+            &[
+                "produce",
+                "--dir",
+                d,
+                "--topic",
+                "t",
+                "--partition",
+                &part,
+                "--keyed",
+            ],
             &input,
         );
     }
@@ -62,7 +80,16 @@ fn orderly_consume_prints_every_partition_in_offset_order_and_resumes_from_the_c
     let d = dir.path().join("s");
     let d = d.to_str().unwrap();
     setup(d);
-    let args = ["consume", "--dir", d, "--topic", "t", "--group", "g", "--orderly"];
+    let args = [
+        "consume",
+        "--dir",
+        d,
+        "--topic",
+        "t",
+        "--group",
+        "g",
+        "--orderly",
+    ];
     let out = ok(&args, "");
     let got = offsets(&out);
     assert_eq!(got.len(), 4, "{out}");
@@ -72,7 +99,16 @@ fn orderly_consume_prints_every_partition_in_offset_order_and_resumes_from_the_c
     assert!(out.contains("0\t0\tk0\tv0-0\n"), "{out}");
     // Committed: a second run prints only what was produced since.
     ok(
-        &["produce", "--dir", d, "--topic", "t", "--partition", "2", "--keyed"],
+        &[
+            "produce",
+            "--dir",
+            d,
+            "--topic",
+            "t",
+            "--partition",
+            "2",
+            "--keyed",
+        ],
         "k9\tlate\n",
     );
     let out = ok(&args, "");
@@ -86,8 +122,17 @@ fn a_second_orderly_follower_on_the_same_directory_is_refused_clearly() {
     let d = d.to_str().unwrap();
     setup(d);
     let follow = [
-        "consume", "--dir", d, "--topic", "t", "--group", "g", "--orderly", "--follow",
-        "--idle-exit", "3s",
+        "consume",
+        "--dir",
+        d,
+        "--topic",
+        "t",
+        "--group",
+        "g",
+        "--orderly",
+        "--follow",
+        "--idle-exit",
+        "3s",
     ];
     let first = Command::new(env!("CARGO_BIN_EXE_duolog"))
         .args(follow)
@@ -103,5 +148,11 @@ fn a_second_orderly_follower_on_the_same_directory_is_refused_clearly() {
     assert_eq!(err.lines().count(), 1, "one clear line: {err}");
     let first = first.wait_with_output().unwrap();
     assert!(first.status.success(), "{}", text(&first.stderr));
-    assert_eq!(offsets(&text(&first.stdout)).values().map(Vec::len).sum::<usize>(), 100);
+    assert_eq!(
+        offsets(&text(&first.stdout))
+            .values()
+            .map(Vec::len)
+            .sum::<usize>(),
+        100
+    );
 }

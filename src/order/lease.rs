@@ -275,7 +275,10 @@ impl LeaseTable {
     ) -> bool {
         let now = clock.now();
         let mut slots = self.slots.lock();
-        match slots.get_mut(&key(group, tp)).and_then(|s| s.lease.as_mut()) {
+        match slots
+            .get_mut(&key(group, tp))
+            .and_then(|s| s.lease.as_mut())
+        {
             Some(l) if valid(l, member, token, now) => {
                 l.expires_at = now.saturating_add(expire_after);
                 true
@@ -340,7 +343,10 @@ impl LeaseTable {
     ) -> bool {
         let now = clock.now();
         let mut slots = self.slots.lock();
-        match slots.get_mut(&key(group, tp)).and_then(|s| s.lease.as_mut()) {
+        match slots
+            .get_mut(&key(group, tp))
+            .and_then(|s| s.lease.as_mut())
+        {
             Some(l) if valid(l, member, token, now) => {
                 l.in_call = true;
                 true
@@ -352,7 +358,9 @@ impl LeaseTable {
     /// Marks the end of the call [`begin_call`](Self::begin_call) started.
     pub(crate) fn end_call(&self, group: &str, tp: &TopicPartition, member: &str, token: u64) {
         let mut slots = self.slots.lock();
-        if let Some(l) = slots.get_mut(&key(group, tp)).and_then(|s| s.lease.as_mut())
+        if let Some(l) = slots
+            .get_mut(&key(group, tp))
+            .and_then(|s| s.lease.as_mut())
             && l.holder == member
             && l.token == token
         {
@@ -411,7 +419,10 @@ mod tests {
         assert!(t.begin_call("g", &tp, "a", tok, &c));
         c.advance(Duration::from_secs(5));
         assert!(t.try_acquire("g", &tp, "b", ttl, &c).is_none());
-        assert!(!t.renew("g", &tp, "a", tok, ttl, &c), "expired: not renewed");
+        assert!(
+            !t.renew("g", &tp, "a", tok, ttl, &c),
+            "expired: not renewed"
+        );
         t.end_call("g", &tp, "a", tok);
         let tok_b = t.try_acquire("g", &tp, "b", ttl, &c).unwrap();
         assert!(tok_b > tok);

@@ -38,9 +38,9 @@ use parking_lot::{Condvar, Mutex};
 use super::lease::{LeaseOptions, LeaseTable};
 use crate::clock::deadline;
 use crate::consumer::{
-    Consumer, ConsumerConfig, ConsumerRecord, GroupCoordinator, ORIGIN_MESSAGE_ID,
-    ORIGIN_OFFSET, ORIGIN_PARTITION, RECONSUME_TIMES, RETRY_TOPIC, RebalanceListener,
-    TopicPartition, validate_group_name,
+    Consumer, ConsumerConfig, ConsumerRecord, GroupCoordinator, ORIGIN_MESSAGE_ID, ORIGIN_OFFSET,
+    ORIGIN_PARTITION, RECONSUME_TIMES, RETRY_TOPIC, RebalanceListener, TopicPartition,
+    validate_group_name,
 };
 use crate::error::{Error, Result};
 
@@ -184,7 +184,11 @@ impl PartQueue {
     /// Drops what was pulled and forgets the lease: the partition waits for a new one and then
     /// starts from the committed offset (or where this holding had got to, if none).
     fn lose(&mut self) {
-        let start = self.records.front().map(ConsumerRecord::offset).or(self.next);
+        let start = self
+            .records
+            .front()
+            .map(ConsumerRecord::offset)
+            .or(self.next);
         self.rewind = start.or(self.rewind);
         self.token = None;
         self.records.clear();
@@ -332,7 +336,11 @@ impl RebalanceListener for Listener {
             let mut st = shared.state.lock();
             partitions
                 .iter()
-                .filter_map(|tp| st.parts.remove(tp).and_then(|pq| pq.token.map(|t| (tp.clone(), t))))
+                .filter_map(|tp| {
+                    st.parts
+                        .remove(tp)
+                        .and_then(|pq| pq.token.map(|t| (tp.clone(), t)))
+                })
                 .collect()
         };
         shared.release(&held);
@@ -559,7 +567,12 @@ fn pull_loop(shared: &Shared, consumer: &Consumer) -> Result<()> {
 fn pull_until_stopped(shared: &Shared, consumer: &Consumer) -> Result<()> {
     let mut next_commit = deadline(shared.config.commit_interval);
     while !shared.stop.load(Ordering::Acquire) {
-        let waiting = shared.state.lock().parts.values().any(|pq| pq.token.is_none());
+        let waiting = shared
+            .state
+            .lock()
+            .parts
+            .values()
+            .any(|pq| pq.token.is_none());
         let now = Instant::now();
         let mut timeout = next_commit.map_or(Duration::MAX, |at| at.saturating_duration_since(now));
         if waiting {
@@ -606,7 +619,10 @@ fn take(shared: &Shared, consumer: &Consumer, records: Vec<ConsumerRecord>) -> R
                 continue;
             };
             if pq.token.is_none() {
-                pq.rewind = Some(pq.rewind.map_or(record.offset(), |r| r.min(record.offset())));
+                pq.rewind = Some(
+                    pq.rewind
+                        .map_or(record.offset(), |r| r.min(record.offset())),
+                );
                 continue;
             }
             if give_back.contains_key(&tp) {
@@ -699,7 +715,9 @@ fn acquire(shared: &Shared, consumer: &Consumer) -> Result<()> {
         let start = {
             let mut st = shared.state.lock();
             let Some(pq) = st.parts.get_mut(&tp) else {
-                shared.leases.release(&shared.group, &tp, shared.member(), token);
+                shared
+                    .leases
+                    .release(&shared.group, &tp, shared.member(), token);
                 continue;
             };
             pq.token = Some(token);
@@ -717,7 +735,9 @@ fn acquire(shared: &Shared, consumer: &Consumer) -> Result<()> {
         }
         let was_paused = {
             let mut st = shared.state.lock();
-            st.parts.get_mut(&tp).is_some_and(|pq| std::mem::replace(&mut pq.paused, false))
+            st.parts
+                .get_mut(&tp)
+                .is_some_and(|pq| std::mem::replace(&mut pq.paused, false))
         };
         if was_paused {
             held(consumer.resume(&[(tp.topic.as_str(), tp.partition)]))?;
@@ -782,7 +802,10 @@ fn next_ready(st: &mut State, now: Instant) -> (Option<TopicPartition>, Option<I
         .as_ref()
         .map(|c| {
             st.parts
-                .range::<TopicPartition, _>((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
+                .range::<TopicPartition, _>((
+                    std::ops::Bound::Excluded(c),
+                    std::ops::Bound::Unbounded,
+                ))
                 .map(|(tp, _)| tp.clone())
                 .collect::<Vec<_>>()
         })
@@ -919,7 +942,12 @@ fn dead_letter(shared: &Shared, record: &ConsumerRecord, attempt: u32) -> Result
         (ORIGIN_OFFSET.to_owned(), record.offset().to_string()),
         (
             ORIGIN_MESSAGE_ID.to_owned(),
-            format!("{}-{}-{}", record.topic(), record.partition(), record.offset()),
+            format!(
+                "{}-{}-{}",
+                record.topic(),
+                record.partition(),
+                record.offset()
+            ),
         ),
         (RECONSUME_TIMES.to_owned(), attempt.to_string()),
     ]);

@@ -211,6 +211,8 @@ struct Shared {
     work_ready: Condvar,
     /// A handler call ended: what a revoke and close wait on.
     changed: Condvar,
+    /// Stop: what the renew thread sleeps on between rounds.
+    renew_wake: Condvar,
     handler: Arc<dyn OrderlyHandler>,
     coord: GroupCoordinator,
     leases: Arc<LeaseTable>,
@@ -414,6 +416,7 @@ impl OrderlyConsumer {
             state: Mutex::new(State::default()),
             work_ready: Condvar::new(),
             changed: Condvar::new(),
+            renew_wake: Condvar::new(),
             handler: Arc::new(handler),
             coord: coordinator.clone(),
             leases: LeaseTable::of(coordinator),
@@ -526,6 +529,7 @@ impl OrderlyConsumer {
         self.shared.stop.store(true, Ordering::Release);
         self.shared.state.lock().stop_workers = true;
         self.shared.work_ready.notify_all();
+        self.shared.renew_wake.notify_all();
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
@@ -750,12 +754,17 @@ fn acquire(shared: &Shared, consumer: &Consumer) -> Result<()> {
 fn renew_loop(shared: &Shared) {
     let lease = &shared.config.lease;
     let mut st = shared.state.lock();
+    let mut due = Instant::now() + lease.renew_interval;
     while !shared.stop.load(Ordering::Acquire) {
-        // Woken early only at stop (`work_ready` is notified then).
-        let _ = shared.work_ready.wait_for(&mut st, lease.renew_interval);
-        if shared.stop.load(Ordering::Acquire) || !shared.renewing.load(Ordering::Acquire) {
+        // Woken early only at stop.
+        let _ = shared.renew_wake.wait_until(&mut st, due);
+        if Instant::now() < due
+            || shared.stop.load(Ordering::Acquire)
+            || !shared.renewing.load(Ordering::Acquire)
+        {
             continue;
         }
+        due = Instant::now() + lease.renew_interval;
         let held: Vec<(TopicPartition, u64)> = st
             .parts
             .iter()
@@ -925,8 +934,9 @@ fn run(shared: &Shared, tp: TopicPartition, record: ConsumerRecord, token: u64, 
         }
         wake
     };
+    // No worker to wake: this one goes back for the next ready partition itself (and waits
+    // for the end of a suspension it just set).
     shared.changed.notify_all();
-    shared.work_ready.notify_all();
     if wake_pull {
         shared.wake_pull();
     }

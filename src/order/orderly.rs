@@ -320,32 +320,7 @@ struct Listener(Arc<Shared>);
 
 impl RebalanceListener for Listener {
     fn on_revoke(&self, _: &Consumer, partitions: &[TopicPartition]) {
-        let shared = &self.0;
-        {
-            let mut st = shared.state.lock();
-            for tp in partitions {
-                if let Some(pq) = st.parts.get_mut(tp) {
-                    pq.revoking = true;
-                    pq.records.clear();
-                }
-            }
-        }
-        shared.wait_idle(Some(partitions));
-        // A failed commit (a lost lease) leaves the offset where it was: the next owner
-        // handles again from there. Nothing to report to: the partition goes either way.
-        let _ = shared.commit(Some(partitions));
-        let held: Vec<(TopicPartition, u64)> = {
-            let mut st = shared.state.lock();
-            partitions
-                .iter()
-                .filter_map(|tp| {
-                    st.parts
-                        .remove(tp)
-                        .and_then(|pq| pq.token.map(|t| (tp.clone(), t)))
-                })
-                .collect()
-        };
-        shared.release(&held);
+        revoke(&self.0, partitions);
     }
 
     fn on_assign(&self, _: &Consumer, partitions: &[TopicPartition]) {
@@ -354,6 +329,35 @@ impl RebalanceListener for Listener {
             st.parts.insert(tp.clone(), PartQueue::default());
         }
     }
+}
+
+/// Gives partitions up: no more calls, wait for the one in flight, commit, release the lease.
+fn revoke(shared: &Shared, partitions: &[TopicPartition]) {
+    {
+        let mut st = shared.state.lock();
+        for tp in partitions {
+            if let Some(pq) = st.parts.get_mut(tp) {
+                pq.revoking = true;
+                pq.records.clear();
+            }
+        }
+    }
+    shared.wait_idle(Some(partitions));
+    // A failed commit (a lost lease) leaves the offset where it was: the next owner
+    // handles again from there. Nothing to report to: the partition goes either way.
+    let _ = shared.commit(Some(partitions));
+    let held: Vec<(TopicPartition, u64)> = {
+        let mut st = shared.state.lock();
+        partitions
+            .iter()
+            .filter_map(|tp| {
+                st.parts
+                    .remove(tp)
+                    .and_then(|pq| pq.token.map(|t| (tp.clone(), t)))
+            })
+            .collect()
+    };
+    shared.release(&held);
 }
 
 /// An orderly push consumer: a member of its group whose held partitions' records go to the
@@ -585,6 +589,22 @@ fn pull_until_stopped(shared: &Shared, consumer: &Consumer) -> Result<()> {
         let records = consumer.poll(timeout)?;
         if shared.stop.load(Ordering::Acquire) {
             break;
+        }
+        // Partitions the group took without a revoke (an eviction after
+        // `max_poll_interval`): given up like a revoke, or the lease, renewed here, would
+        // keep their new owner waiting for ever.
+        let assigned: std::collections::BTreeSet<TopicPartition> =
+            consumer.assignment().into_iter().collect();
+        let gone: Vec<TopicPartition> = {
+            let st = shared.state.lock();
+            st.parts
+                .keys()
+                .filter(|tp| !assigned.contains(*tp))
+                .cloned()
+                .collect()
+        };
+        if !gone.is_empty() {
+            revoke(shared, &gone);
         }
         // Records first, leases second: a partition granted now is sought back to its start,
         // so nothing this poll returned for it before the grant may be kept.

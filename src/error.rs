@@ -132,6 +132,24 @@ pub enum Error {
         partition: u32,
     },
 
+    /// An orderly consumer acted on a partition whose lease it no longer holds with this
+    /// fencing token: the lease expired (its renewals stalled) or passed to another member.
+    /// Nothing was committed; the member stops delivering the partition until it holds a new
+    /// lease, and then resumes from the group's committed offset.
+    #[error(
+        "the lease of group {group:?} on {topic}-{partition} with fencing token {token} expired or passed to another member"
+    )]
+    LeaseLost {
+        /// The consumer group.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The fencing token the member held.
+        token: u64,
+    },
+
     /// An idempotent batch whose first sequence number does not follow the producer's last one
     /// on the partition (Kafka's `OUT_OF_ORDER_SEQUENCE_NUMBER`): a batch was lost in between,
     /// or the producer is unknown here (never seen, or expired) and did not start at 0.

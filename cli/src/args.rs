@@ -278,6 +278,14 @@ pub struct ConsumeArgs {
     /// With --follow: stop after this long without a new record: 500ms, 2s, 5m, 1h [default: 2s]
     #[arg(long, value_name = "DUR", value_parser = duration, requires = "follow")]
     pub idle_exit: Option<Duration>,
+    /// Consume orderly (RocketMQ's orderly listener): each partition's records strictly in
+    /// offset order under a lease; prints `<partition><TAB><offset><TAB><key><TAB><body>`
+    #[arg(
+        long,
+        requires = "group",
+        conflicts_with_all = ["partition", "from", "filter", "sql", "trace"]
+    )]
+    pub orderly: bool,
     /// Record a trace event per record consumed (see `duolog trace`)
     #[arg(long, requires = "group", conflicts_with_all = ["partition", "from"])]
     pub trace: bool,

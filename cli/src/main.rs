@@ -466,6 +466,9 @@ fn key_and_body(r: &duolog::Record) -> (std::borrow::Cow<'_, str>, std::borrow::
 }
 
 fn consume(args: &ConsumeArgs) -> Result<(), CliError> {
+    if args.orderly {
+        return consume_orderly(args);
+    }
     if args.group.is_some() {
         return consume_group(args);
     }
@@ -504,6 +507,96 @@ fn consume(args: &ConsumeArgs) -> Result<(), CliError> {
     if let Some(t) = txns {
         t.close()?;
     }
+    store.close()?;
+    Ok(())
+}
+
+/// `consume --orderly --group G`: an orderly member of G (one partition's records strictly in
+/// offset order, under a lease). Each record is printed and stdout flushed inside the handler
+/// call, so what is committed (every 200 ms and at exit) was printed. Without --follow it stops
+/// once every partition is handled to the end it had at the start (or after 1 s with nothing
+/// new: the end may be transaction markers); with --follow, after --idle-exit with nothing new.
+fn consume_orderly(args: &ConsumeArgs) -> Result<(), CliError> {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use duolog::order::{ConsumeOrderlyStatus, OrderlyConfig, OrderlyConsumer, OrderlyContext};
+
+    let topic = args.topic.as_str();
+    let group = args.group.as_deref().unwrap_or_default();
+    let store: Arc<dyn LogStore> = Arc::from(open_existing(&args.dir, StoreOptions::default())?);
+    let partitions = store.describe_topic(topic)?.partitions;
+    let ends: Vec<u64> = (0..partitions)
+        .map(|p| store.bounds(topic, p).map(|b| b.end))
+        .collect::<Result<_, _>>()?;
+    let groups = GroupCoordinator::new(Arc::clone(&store))?;
+    let txns = open_transactions(&store, Some(&groups))?;
+    let mut config = OrderlyConfig {
+        consume_threads: (partitions as usize).clamp(1, 20),
+        commit_interval: Duration::from_millis(200),
+        ..OrderlyConfig::new(group)
+    };
+    config.consumer.isolation = args.isolation;
+    config.consumer.auto_offset_reset = OffsetReset::Earliest;
+    let max = args.max.unwrap_or(u64::MAX);
+    let printed = Arc::new(AtomicU64::new(0));
+    // Per partition, the offset after the last record printed; and when one was last printed.
+    let progress = Arc::new(Mutex::new((BTreeMap::<u32, u64>::new(), Instant::now())));
+    let out = Arc::new(Mutex::new(io::stdout()));
+    let (n, prog, o) = (
+        Arc::clone(&printed),
+        Arc::clone(&progress),
+        Arc::clone(&out),
+    );
+    let handler = move |r: &duolog::consumer::ConsumerRecord, _: &OrderlyContext| {
+        // A slot under --max first: past it nothing is printed (nor committed).
+        if n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+            (v < max).then_some(v + 1)
+        })
+        .is_err()
+        {
+            return ConsumeOrderlyStatus::SuspendCurrentQueueAMoment;
+        }
+        let (key, body) = key_and_body(r.record());
+        let mut out = o.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let written = writeln!(out, "{}\t{}\t{}\t{}", r.partition(), r.offset(), key, body)
+            .and_then(|()| out.flush());
+        if written.is_err() {
+            n.fetch_sub(1, Ordering::AcqRel);
+            return ConsumeOrderlyStatus::SuspendCurrentQueueAMoment;
+        }
+        let mut p = prog
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        p.0.insert(r.partition(), r.offset() + 1);
+        p.1 = Instant::now();
+        ConsumeOrderlyStatus::Success
+    };
+    let consumer = OrderlyConsumer::start(&groups, config, &[topic], handler)?;
+    let idle = if args.follow {
+        args.idle_exit.unwrap_or(Duration::from_secs(2))
+    } else {
+        Duration::from_secs(1)
+    };
+    loop {
+        std::thread::sleep(Duration::from_millis(10));
+        if printed.load(Ordering::Acquire) >= max {
+            break;
+        }
+        let p = progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at_end = (0..partitions).all(|i| p.0.get(&i).copied().unwrap_or(0) >= ends[i as usize]);
+        if (!args.follow && at_end) || p.1.elapsed() >= idle {
+            break;
+        }
+    }
+    let closed = consumer.close();
+    let txns_closed = txns.map_or(Ok(()), |t| t.close());
+    drop(groups);
+    closed?;
+    txns_closed?;
     store.close()?;
     Ok(())
 }

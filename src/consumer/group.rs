@@ -68,6 +68,9 @@ pub(crate) struct CoordinatorInner {
     groups: Mutex<HashMap<String, GroupState>>,
     next_member: std::sync::atomic::AtomicU64,
     dir: PathBuf,
+    /// State other layers keep per coordinator, one value per type (the order layer's lease
+    /// table): shared by every consumer made from this coordinator, gone with it.
+    extensions: Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
 }
 
 impl Drop for CoordinatorInner {
@@ -144,6 +147,7 @@ impl GroupCoordinator {
                 groups: Mutex::new(HashMap::new()),
                 next_member: std::sync::atomic::AtomicU64::new(1),
                 dir,
+                extensions: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -325,6 +329,21 @@ pub(crate) fn validate_group(group: &str) -> Result<()> {
 }
 
 impl CoordinatorInner {
+    /// The coordinator's one value of type `T` (made with `Default` on first use): how a layer
+    /// above keeps state shared by all consumers of this coordinator without the consumer
+    /// layer knowing its type.
+    pub(crate) fn extension<T: std::any::Any + Send + Sync + Default>(&self) -> Arc<T> {
+        let mut ext = self.extensions.lock();
+        for e in ext.iter() {
+            if let Ok(t) = Arc::clone(e).downcast::<T>() {
+                return t;
+            }
+        }
+        let t = Arc::new(T::default());
+        ext.push(Arc::clone(&t) as Arc<dyn std::any::Any + Send + Sync>);
+        t
+    }
+
     pub(crate) fn new_member_id(&self, prefix: &str) -> String {
         let n = self
             .next_member

@@ -39,6 +39,7 @@ pub use pull::{
     Consumer, ConsumerConfig, ConsumerGroupMetadata, ConsumerRecord, OffsetReset, RebalanceListener,
 };
 pub use push::{ConsumeResult, MessageHandler, PushConfig, PushConsumer};
+pub(crate) use retry::dead_letter_record;
 pub use retry::{
     ORIGIN_MESSAGE_ID, ORIGIN_OFFSET, ORIGIN_PARTITION, RECONSUME_TIMES, RETRY_TOPIC, RetryPolicy,
     dlq_topic, retry_topic,

@@ -323,6 +323,17 @@ fn dead_letter(
     })
 }
 
+/// Appends `message` (a failed `record` with its retry properties) to `%DLQ%<group>`: the
+/// orderly consumer's way to the dead letters, which never goes through the retry topic.
+pub(crate) fn dead_letter_record(
+    store: &dyn LogStore,
+    group: &str,
+    message: &Message,
+    record: &ConsumerRecord,
+) -> Result<()> {
+    dead_letter(store, group, message, record).map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

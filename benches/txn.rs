@@ -3,7 +3,9 @@
 //!   producer's sequence advancing), the idempotent producer's overhead;
 //! - `txn/commit`: transactions of 10 and of 100 messages spread round-robin over 4 partitions
 //!   through the transaction layer (`begin`, sends, `commit`: enrolment in the transaction log,
-//!   a sync, the prepare record, one marker per partition, the complete record), against the same
+//!   a sync, the prepare record, the markers of all partitions written at once, the complete
+//!   record), one message per `send` or one batch per partition in a single `send_all` (one
+//!   enrolment record), against the same
 //!   messages appended plainly in batches of the same shape and made durable with one `sync`;
 //! - `txn/read`: reading 100,000 records back, 10% of them in aborted transactions, under
 //!   `read_committed` against `read_uncommitted`.
@@ -95,6 +97,29 @@ fn transactions(c: &mut Criterion) {
                                 .send("t", i as u32 % PARTITIONS, &message)
                                 .expect("send");
                         }
+                        producer.commit().expect("commit");
+                    })
+                },
+            );
+            // The same transaction sent in one `send_all`: one batch per partition, all four
+            // enrolled in one transaction log record.
+            let batches: Vec<Vec<Message>> = (0..PARTITIONS)
+                .map(|p| {
+                    (0..size)
+                        .filter(|i| *i as u32 % PARTITIONS == p)
+                        .map(|_| message[0].clone())
+                        .collect()
+                })
+                .collect();
+            let all: Vec<(&str, u32, &[Message])> = (0..PARTITIONS)
+                .map(|p| ("t", p, batches[p as usize].as_slice()))
+                .collect();
+            group.bench_function(
+                BenchmarkId::new(engine.name(), format!("transaction-of-{size}-send-all")),
+                |b| {
+                    b.iter(|| {
+                        producer.begin().expect("begin");
+                        producer.send_all(&all).expect("send_all");
                         producer.commit().expect("commit");
                     })
                 },

@@ -166,19 +166,28 @@ pub(crate) enum PropertyEncoding {
 }
 
 /// Property names the engines use for fields of their own; hidden from [`Properties::iter`],
-/// and refused in a message's properties (so no user can forge them: the producer fields
-/// below decide what recovery rebuilds).
-pub(crate) const RESERVED_PROPERTIES: &[&str] = &[
-    "TAGS",
-    "__KEY",
-    "__KEYHEX",
-    "__CRC32#",
-    TOMBSTONE_PROPERTY,
+/// and refused in a message's properties (so no user can forge them).
+pub(crate) const RESERVED_PROPERTIES: &[&str] =
+    &["TAGS", "__KEY", "__KEYHEX", "__CRC32#", TOMBSTONE_PROPERTY];
+
+/// The CommitLog engine's producer fields, reserved (refused and hidden) on that engine only:
+/// the segmented engine keeps its producer fields in the batch header, so these names are
+/// ordinary user properties there, as they were before idempotent producers existed. On the
+/// CommitLog engine recovery reads them only from records whose sys flag carries
+/// `SYSFLAG_PRODUCER_BATCH`, which a plain record never does (so plain records written before
+/// the names were reserved keep them harmlessly).
+pub(crate) const COMMITLOG_PRODUCER_PROPERTIES: &[&str] = &[
     PRODUCER_ID_PROPERTY,
     PRODUCER_EPOCH_PROPERTY,
     PRODUCER_SEQUENCE_PROPERTY,
     PRODUCER_LAST_PROPERTY,
 ];
+
+/// Whether `name` is an engine field on an engine that stores properties as `encoding`.
+fn is_reserved(name: &str, encoding: PropertyEncoding) -> bool {
+    RESERVED_PROPERTIES.contains(&name)
+        || (encoding == PropertyEncoding::RocketMq && COMMITLOG_PRODUCER_PROPERTIES.contains(&name))
+}
 
 /// CommitLog engine: the producer id of a record appended by
 /// [`append_idempotent`](LogStore::append_idempotent) (RocketMQ's record has no producer
@@ -247,8 +256,9 @@ impl Properties {
     /// User properties in stored order (engine fields such as `TAGS` and the key are left out:
     /// they have their own accessors on [`Record`]).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let encoding = self.encoding;
         self.iter_all()
-            .filter(|(k, _)| !RESERVED_PROPERTIES.contains(k))
+            .filter(move |(k, _)| !is_reserved(k, encoding))
     }
 
     /// The value of property `name`, if present.
@@ -1230,8 +1240,13 @@ pub fn is_internal_topic(name: &str) -> bool {
 
 /// The same property rules on every engine (so switching engines changes no behaviour): names
 /// non-empty and not reserved, and no name, value or tag holding one of RocketMQ's separators
-/// (`\u{1}`, `\u{2}`).
-pub(crate) fn validate_properties(m: &Message) -> Result<()> {
+/// (`\u{1}`, `\u{2}`). The one difference: the CommitLog engine's producer fields
+/// ([`COMMITLOG_PRODUCER_PROPERTIES`]) are reserved on that engine only.
+pub(crate) fn validate_properties(m: &Message, engine: EngineKind) -> Result<()> {
+    let encoding = match engine {
+        EngineKind::CommitLog => PropertyEncoding::RocketMq,
+        EngineKind::Segmented => PropertyEncoding::KafkaHeaders,
+    };
     let clean = |s: &str| !s.bytes().any(|b| b == 1 || b == 2);
     for (name, value) in &m.properties {
         if name.is_empty() || !clean(name) || !clean(value) {
@@ -1239,7 +1254,7 @@ pub(crate) fn validate_properties(m: &Message) -> Result<()> {
                 "property {name:?} is empty or contains a \\u{{1}} or \\u{{2}} separator"
             )));
         }
-        if RESERVED_PROPERTIES.contains(&name.as_str()) {
+        if is_reserved(name, encoding) {
             return Err(crate::Error::InvalidArgument(format!(
                 "property name {name:?} is reserved"
             )));

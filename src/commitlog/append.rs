@@ -122,7 +122,7 @@ fn encode_properties(
     marker: Option<ProducerId>,
 ) -> Result<()> {
     out.clear();
-    crate::store::validate_properties(m)?;
+    crate::store::validate_properties(m, crate::EngineKind::CommitLog)?;
     for (name, value) in &m.properties {
         record::put_property(out, name.as_bytes(), value.as_bytes());
     }
@@ -306,7 +306,12 @@ impl Inner {
                 encode_properties(props, m, producer, marker)?;
                 let mut header =
                     RecordHeader::local(partition as i32, m.timestamp.unwrap_or(born_now));
-                header.sys_flag = kind.sys_flag();
+                header.sys_flag = kind.sys_flag()
+                    | if producer.is_some() {
+                        record::SYSFLAG_PRODUCER_BATCH
+                    } else {
+                        0
+                    };
                 let len = record::encoded_len(
                     &header,
                     m.body.len(),

@@ -78,9 +78,13 @@ pub(crate) fn put_properties(out: &mut Vec<u8>, r: RecordProducer) {
     }
 }
 
-/// The producer fields of a record's properties, if it belongs to an idempotent batch (and
-/// they parse; users cannot set these names).
-pub(crate) fn parse_properties(raw: &[u8]) -> Option<RecordProducer> {
+/// The producer fields of a record's properties, if it belongs to an idempotent batch: its
+/// sys flag carries [`record::SYSFLAG_PRODUCER_BATCH`] (a plain record's own properties of
+/// these names, from before they were reserved, are not fields) and they parse.
+pub(crate) fn parse_properties(sys_flag: i32, raw: &[u8]) -> Option<RecordProducer> {
+    if sys_flag & record::SYSFLAG_PRODUCER_BATCH == 0 {
+        return None;
+    }
     let (mut id, mut epoch, mut seq, mut last) = (None, None, None, false);
     for (k, v) in record::iter_properties(raw) {
         match k {
@@ -460,7 +464,7 @@ fn replay(
             let pos = start + at as u64;
             at += d.total_size;
             let marker = record::is_marker(d.header.sys_flag);
-            let fields = parse_properties(d.properties);
+            let fields = parse_properties(d.header.sys_flag, d.properties);
             if fields.is_none() && !marker {
                 continue;
             }
@@ -624,7 +628,13 @@ mod tests {
         };
         let mut out = Vec::new();
         put_properties(&mut out, r);
-        assert_eq!(parse_properties(&out), Some(r));
-        assert_eq!(parse_properties(b""), None);
+        let flag = record::SYSFLAG_PRODUCER_BATCH;
+        assert_eq!(parse_properties(flag, &out), Some(r));
+        assert_eq!(parse_properties(flag, b""), None);
+        assert_eq!(
+            parse_properties(0, &out),
+            None,
+            "a plain record's own properties"
+        );
     }
 }

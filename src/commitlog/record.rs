@@ -27,6 +27,11 @@ pub const BLANK_LEN: usize = 8;
 pub const SYSFLAG_BORNHOST_V6: i32 = 0x10;
 /// SYSFLAG bit: store host is IPv6.
 pub const SYSFLAG_STOREHOST_V6: i32 = 0x20;
+/// SYSFLAG bit (duolog's, unused by RocketMQ): the record belongs to an idempotent (or
+/// transactional) producer's batch, so its `__PID`/`__EPOCH`/`__SEQ`/`__LAST` properties are
+/// the engine's producer fields. Without it those names are a plain record's own properties
+/// (written before the names were reserved) and recovery never reads them as a batch.
+pub const SYSFLAG_PRODUCER_BATCH: i32 = 0x1000;
 /// SYSFLAG transaction type mask and values.
 pub const SYSFLAG_TRANSACTION_MASK: i32 = 0x0C;
 /// Half (prepared) transactional message.

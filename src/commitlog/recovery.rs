@@ -524,7 +524,8 @@ fn replay_walk(
                                 .lock()
                                 .push(txn.aborted(producer.id, expected));
                         }
-                        let batch = super::producers::parse_properties(d.properties);
+                        let batch =
+                            super::producers::parse_properties(d.header.sys_flag, d.properties);
                         // A record that does not continue the open batch (only a failed
                         // append, never a crash, can leave one unfinished mid-log): the
                         // open batch's records are dispatched as any others.

@@ -258,10 +258,19 @@ struct Versioned {
     /// transactional (records of one group are appended in this order, so a higher number is
     /// a later offset). Unused elsewhere.
     last_record: u64,
+    /// Per partition, the offset in [`OFFSETS_TOPIC`] of the record that last set it (Kafka's
+    /// `recordOffset`): a committed transaction's offset applies only over an older one (see
+    /// [`apply_committed`]). A partition missing here was set by no record this process saw
+    /// or loaded with one.
+    set_at: SetAt,
 }
 
-/// One offset a transaction sent for a group: topic, partition, offset, the topic's id.
-type TxnOffset = (String, u32, u64, u64);
+/// Per (topic, partition), the offset of the record that last set it.
+type SetAt = HashMap<(String, u32), u64>;
+
+/// One offset a transaction sent for a group: topic, partition, offset, the topic's id, and the
+/// offset of its record in [`OFFSETS_TOPIC`].
+type TxnOffset = (String, u32, u64, u64, u64);
 
 /// One group's offsets: what its newest record says (`written`, under the commit lock) and what
 /// is known durable (`durable`, what `committed` reports). They differ only while a commit is
@@ -299,12 +308,13 @@ impl OffsetStore {
         ensure_topic(store.as_ref())?;
         let partitions = store.describe_topic(OFFSETS_TOPIC)?.partitions;
         let from = vec![0; partitions as usize];
-        let (tables, stopped) = load(store.as_ref(), &from)?;
+        let (tables, mut set_ats, stopped) = load(store.as_ref(), &from)?;
         let cut_short = stopped.iter().any(|&(at, end)| at < end);
         let groups = tables
             .into_iter()
             .map(|(g, (table, ids))| {
-                let v = versioned(store.as_ref(), table, ids, 0);
+                let mut v = versioned(store.as_ref(), table, ids, 0);
+                v.set_at = set_ats.remove(&g).unwrap_or_default();
                 let offsets = GroupOffsets {
                     written: Mutex::new(v.clone()),
                     durable: Mutex::new(v),
@@ -328,18 +338,23 @@ impl OffsetStore {
         let Some(from) = self.cut_short.lock().take() else {
             return Ok(());
         };
-        let (tables, stopped) = load_from(self.store.as_ref(), &from, Load::TxnOnly)?;
+        let (tables, set_ats, stopped) = load_from(self.store.as_ref(), &from, Load::TxnOnly)?;
         if stopped.iter().any(|&(at, end)| at < end) {
             *self.cut_short.lock() = Some(stopped.iter().map(|s| s.0).collect());
         }
         for (group, (table, ids)) in tables {
+            let set_at = set_ats.get(&group);
             let entries: Vec<TxnOffset> = table
                 .into_iter()
                 .flat_map(|(topic, parts)| {
                     let id = ids.get(&topic).copied().unwrap_or(0);
-                    parts
-                        .into_iter()
-                        .map(move |(p, o)| (topic.clone(), p, o, id))
+                    parts.into_iter().map(move |(p, o)| {
+                        let at = set_at
+                            .and_then(|s| s.get(&(topic.clone(), p)))
+                            .copied()
+                            .unwrap_or(0);
+                        (topic.clone(), p, o, id, at)
+                    })
                 })
                 .collect();
             apply_committed(&self.group(&group), &entries);
@@ -348,18 +363,30 @@ impl OffsetStore {
     }
 }
 
-/// Merges a committed transaction's offsets into a group's tables, partition by partition.
+/// Merges a committed transaction's offsets into a group's tables, partition by partition,
+/// each only over an offset set by an older record: a plain commit written after the
+/// transaction's offset record (before its marker) stays, as loading the log in order gives.
+/// Kafka's rule, `OffsetMetadataManager.replayEndTransactionMarker`
+/// (group-coordinator/src/main/java/org/apache/kafka/coordinator/group/OffsetMetadataManager.java):
+/// "We always keep the most recent committed offset when we have a mix of transactional and
+/// regular offset commits" — applied only if `recordOffset` is greater than the current one's.
 fn apply_committed(g: &GroupOffsets, entries: &[TxnOffset]) {
     if entries.is_empty() {
         return;
     }
     let merge = |v: &mut Versioned| {
-        for (topic, p, offset, id) in entries {
+        for (topic, p, offset, id, at) in entries {
             if v.ids.get(topic) != Some(id) {
                 // A topic new to the group, or a new one under an old name.
                 v.table.remove(topic);
+                v.set_at.retain(|(t, _), _| t != topic);
                 v.ids.insert(topic.clone(), *id);
             }
+            let key = (topic.clone(), *p);
+            if v.set_at.get(&key).is_some_and(|&newer| newer > *at) {
+                continue;
+            }
+            v.set_at.insert(key, *at);
             v.table
                 .entry(topic.clone())
                 .or_default()
@@ -385,6 +412,7 @@ fn versioned(store: &dyn LogStore, table: OffsetTable, ids: TopicIds, seq: u64) 
         ids,
         seq,
         last_record: seq,
+        set_at: SetAt::new(),
     };
     for topic in v.table.keys() {
         if !v.ids.contains_key(topic)
@@ -398,7 +426,12 @@ fn versioned(store: &dyn LogStore, table: OffsetTable, ids: TopicIds, seq: u64) 
 
 /// What loading found: each group's table and topic ids, and per partition where the
 /// transactions it could decide end (the last stable offset reached) and the end.
-type Loaded = (HashMap<String, (OffsetTable, TopicIds)>, Vec<(u64, u64)>);
+/// Also per group, the record offset that set each partition (see [`Versioned::set_at`]).
+type Loaded = (
+    HashMap<String, (OffsetTable, TopicIds)>,
+    HashMap<String, SetAt>,
+    Vec<(u64, u64)>,
+);
 
 /// Which records a load applies.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -473,6 +506,7 @@ fn load(store: &dyn LogStore, from: &[u64]) -> Result<Loaded> {
 /// records only.
 fn load_from(store: &dyn LogStore, from: &[u64], mode: Load) -> Result<Loaded> {
     let mut tables: HashMap<String, (OffsetTable, TopicIds)> = HashMap::new();
+    let mut set_ats: HashMap<String, SetAt> = HashMap::new();
     let mut stopped = Vec::with_capacity(from.len());
     for (p, &from) in (0u32..).zip(from) {
         let bounds = store.bounds(OFFSETS_TOPIC, p)?;
@@ -516,10 +550,20 @@ fn load_from(store: &dyn LogStore, from: &[u64], mode: Load) -> Result<Loaded> {
                     match r.value() {
                         None => {
                             tables.remove(group);
+                            set_ats.remove(group);
                         }
                         Some(v) => {
                             let record = CommitRecord::decode(v)
                                 .map_err(|e| corrupted(store, p, r.offset(), &e))?;
+                            let set_at = set_ats.entry(group.to_owned()).or_default();
+                            for (topic, parts) in &record.offsets {
+                                for part in parts.keys() {
+                                    let key = (topic.clone(), *part);
+                                    if !record.carried.contains(&key) {
+                                        set_at.insert(key, r.offset());
+                                    }
+                                }
+                            }
                             merge_record(tables.entry(group.to_owned()).or_default(), record);
                         }
                     }
@@ -529,7 +573,7 @@ fn load_from(store: &dyn LogStore, from: &[u64], mode: Load) -> Result<Loaded> {
         }
         stopped.push((stable.unwrap_or(at), bounds.end));
     }
-    Ok((tables, stopped))
+    Ok((tables, set_ats, stopped))
 }
 
 impl OffsetStore {
@@ -700,6 +744,7 @@ impl OffsetStore {
             ids: w.ids.clone(),
             seq: w.seq,
             last_record: w.last_record,
+            set_at: w.set_at.clone(),
         };
         for (topic, p, offset) in offsets {
             let id = self.store.topic_id(topic)?;
@@ -764,13 +809,17 @@ impl OffsetStore {
                 .insert(*p, *offset);
             record.topic_ids.insert(topic.clone(), id);
             messages.push(Message::new(record.encode()).with_key(txn_key(group, topic, *p)));
-            sent.push((topic.clone(), *p, *offset, id));
+            sent.push((topic.clone(), *p, *offset, id, 0));
         }
         let result = append(messages)?;
+        // One record per partition, in order: the i-th at `base_offset + i`.
+        for (i, entry) in (0u64..).zip(sent.iter_mut()) {
+            entry.4 = result.base_offset + i;
+        }
         let mut pending = g.pending.lock();
         let mine = pending.entry(producer_id).or_default();
         // A later offset of the same partition in one transaction replaces the earlier.
-        mine.retain(|(t, p, _, _)| !sent.iter().any(|(t2, p2, _, _)| t == t2 && p == p2));
+        mine.retain(|(t, p, ..)| !sent.iter().any(|(t2, p2, ..)| t == t2 && p == p2));
         mine.extend(sent);
         Ok(result)
     }
@@ -815,19 +864,43 @@ impl OffsetStore {
         // Always partition 0: one partition keeps loading a single read and the order of a
         // group's commits the order of its records.
         let completion = self.store.append_async(OFFSETS_TOPIC, 0, &[message])?;
+        let at = completion.offsets().base_offset;
         w.last_record += 1;
         w.seq = w.last_record;
         w.table = record.offsets;
         w.ids = record.topic_ids;
+        w.set_at = next.set_at;
+        for (topic, p, _) in offsets {
+            w.set_at.insert((topic.clone(), *p), at);
+        }
         Ok((completion, w.clone(), w.seq))
     }
 }
 
 /// Records that the table of record `seq` is durable (completions may report out of order).
+/// Partitions the durable table holds from a newer record than `written` does (a transaction
+/// committed while this plain commit was in flight, see [`apply_committed`]) keep their value.
 fn mark_durable(durable: &Mutex<Versioned>, written: Versioned, seq: u64) {
     let mut d = durable.lock();
     if seq > d.seq {
-        *d = Versioned { seq, ..written };
+        let old = std::mem::replace(&mut *d, Versioned { seq, ..written });
+        for ((topic, p), at) in old.set_at {
+            if d.set_at.get(&(topic.clone(), p)).is_some_and(|&w| w >= at) {
+                continue;
+            }
+            let Some(&offset) = old.table.get(&topic).and_then(|parts| parts.get(&p)) else {
+                continue;
+            };
+            if let Some(&id) = old.ids.get(&topic) {
+                if d.ids.get(&topic).is_some_and(|&new| new != id) {
+                    // The topic was made again since: the old generation's offset is gone.
+                    continue;
+                }
+                d.ids.insert(topic.clone(), id);
+            }
+            d.table.entry(topic.clone()).or_default().insert(p, offset);
+            d.set_at.insert((topic, p), at);
+        }
     }
 }
 

@@ -1742,7 +1742,7 @@ impl DelayQueue {
                 partitions: config.partitions,
             });
         }
-        crate::store::validate_properties(m)?;
+        crate::store::validate_properties(m, store.engine())?;
         if let Some((name, _)) = m
             .properties
             .iter()

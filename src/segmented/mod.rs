@@ -462,7 +462,7 @@ fn encode(
                 .iter()
                 .map(|(k, v)| (k.as_bytes(), Some(v.as_bytes()))),
         );
-        crate::store::validate_properties(m)?;
+        crate::store::validate_properties(m, crate::EngineKind::Segmented)?;
         let before = buf.len();
         batch::put_record_parts(
             buf,

@@ -2,7 +2,7 @@
 //! [`TransactionCoordinator`](super::TransactionCoordinator) — `begin`, `send` to any
 //! partitions, `send_offsets` (Kafka's `sendOffsetsToTransaction`), `commit`, `abort`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +47,9 @@ struct State {
     enrolled: BTreeSet<(String, u32)>,
     /// Next sequence number per partition under this producer's epoch.
     sequences: HashMap<(String, u32), i32>,
+    /// Partitions whose last send failed without knowing whether its batch landed: their next
+    /// sequence is read back from the partition's producer state before the next send there.
+    unsure: HashSet<(String, u32)>,
     /// A newer instance (or a timeout) took over: every later call fails.
     fenced: Option<Error>,
     /// A send failed in a way that leaves the transaction unusable: only `abort` is allowed.
@@ -195,21 +198,22 @@ impl TransactionalProducer {
         Ok(())
     }
 
-    /// Runs `append` (a write to the partition) under the coordinator's check that this
-    /// instance and its transaction are still current, enrolling the partition (durably)
-    /// before its first write. Checked at every send, not only the first to a partition: a
-    /// timeout abort may have ended the transaction since (KIP-890's verification).
+    /// Runs `append` (the writes to `partitions`) under the coordinator's check that this
+    /// instance and its transaction are still current, enrolling the partitions not enrolled
+    /// yet (durably, all in one transaction log record; none written when all are) before
+    /// anything is written to them. Checked at every send, not only the first to a partition:
+    /// a timeout abort may have ended the transaction since (KIP-890's verification).
     fn verified<T>(
         &self,
         st: &mut State,
-        topic: &str,
-        partition: u32,
+        partitions: &[(String, u32)],
         append: impl FnOnce(&mut State) -> Result<T>,
     ) -> Result<T> {
-        let tp = (topic.to_owned(), partition);
-        // The partition must exist before it is enrolled (an unknown one is the caller's error,
-        // not something to mark at commit).
-        self.coord.store.bounds(topic, partition)?;
+        // The partitions must exist before they are enrolled (an unknown one is the caller's
+        // error, not something to mark at commit).
+        for (topic, partition) in partitions {
+            self.coord.store.bounds(topic, *partition)?;
+        }
         // Only the transaction's first enrolment may begin it at the coordinator; later sends
         // must find it still open.
         let may_begin = st.enrolled.is_empty();
@@ -217,11 +221,11 @@ impl TransactionalProducer {
         let r = self.coord.append_verified(
             &self.transactional_id,
             self.producer,
-            std::slice::from_ref(&tp),
+            partitions,
             may_begin,
             || {
                 enrolled = true;
-                st.enrolled.insert(tp.clone());
+                st.enrolled.extend(partitions.iter().cloned());
                 append(st)
             },
         );
@@ -242,6 +246,9 @@ impl TransactionalProducer {
         mut append: impl FnMut(i32) -> Result<AppendResult>,
     ) -> Result<AppendResult> {
         let tp = (topic.to_owned(), partition);
+        if st.unsure.contains(&tp) {
+            self.resync_sequence(st, &tp)?;
+        }
         let base = st.sequences.get(&tp).copied().unwrap_or(0);
         let n = i32::try_from(count).map_err(|_| {
             Error::InvalidArgument(format!("a batch of {count} messages is too large"))
@@ -276,11 +283,32 @@ impl TransactionalProducer {
             ) => Err(e),
             Err(e) => {
                 // The batch may or may not be in the log, and the sequence is uncertain: the
-                // transaction can only be aborted (Kafka's abortable error).
+                // transaction can only be aborted (Kafka's abortable error), and the next send
+                // here learns the sequence from the partition (KIP-360: had it landed, the
+                // same numbers again would be taken for a retry of it, other ones refused as
+                // out of order, as the abort keeps the epoch).
                 st.abortable = Some(e.to_string());
+                st.unsure.insert(tp);
                 Err(e)
             }
         }
+    }
+
+    /// Sets the partition's next sequence from what the partition holds of this producer (its
+    /// last sequence under this epoch), once a send's outcome was unknown. Nothing of this
+    /// epoch there: the sequence the producer had stays (the batch did not land).
+    fn resync_sequence(&self, st: &mut State, tp: &(String, u32)) -> Result<()> {
+        let entries = self.coord.store.producer_state(&tp.0, tp.1)?;
+        if let Some(e) = entries.iter().find(|e| e.producer == self.producer) {
+            let next = if e.last_sequence == i32::MAX {
+                0
+            } else {
+                e.last_sequence + 1
+            };
+            st.sequences.insert(tp.clone(), next);
+        }
+        st.unsure.remove(tp);
+        Ok(())
     }
 
     fn check_sending(&self, st: &State, topic: &str, partition: u32) -> Result<()> {
@@ -329,10 +357,79 @@ impl TransactionalProducer {
         }
         let store = Arc::clone(&self.coord.store);
         let producer = self.producer;
-        self.verified(&mut st, topic, partition, |st| {
+        self.verified(&mut st, &[(topic.to_owned(), partition)], |st| {
             self.append_sequenced(st, topic, partition, messages.len(), |seq| {
                 store.append_transactional(topic, partition, producer, seq, messages)
             })
+        })
+    }
+
+    /// Sends batches to several partitions inside the transaction, as Kafka's producer sends
+    /// what it accumulated: the partitions not enrolled yet are enrolled together, in one
+    /// durable transaction log record (a transaction spread over N partitions costs one
+    /// enrolment sync, not N), then each batch is appended in order with its partition's next
+    /// sequence numbers. Returns each batch's offsets, in order. A partition may appear more
+    /// than once (its batches follow each other). Checked before anything is written: no
+    /// batches, an empty batch ([`Error::InvalidArgument`]), an unknown partition; the rest
+    /// as [`send`](Self::send). An error once a batch of the call was written leaves the
+    /// transaction abortable only (which of the call's batches landed is not known to the
+    /// caller).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use duolog::{IsolationLevel, LogStore, Message, ReadLimits, StoreOptions, TopicConfig};
+    /// # use duolog::txn::{TransactionCoordinator, TxnCoordinatorConfig, TxnProducerConfig};
+    /// # fn main() -> duolog::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), StoreOptions::default())?);
+    /// store.create_topic("t", TopicConfig::with_partitions(2))?;
+    /// let coordinator = TransactionCoordinator::open(Arc::clone(&store), TxnCoordinatorConfig::default())?;
+    /// let producer = coordinator.producer("p", TxnProducerConfig::default())?;
+    /// producer.begin()?;
+    /// let a = [Message::new("a")];
+    /// let b = [Message::new("b"), Message::new("c")];
+    /// let sent = producer.send_all(&[("t", 0, &a[..]), ("t", 1, &b[..])])?;
+    /// assert_eq!((sent[1].base_offset, sent[1].last_offset), (0, 1));
+    /// producer.commit()?;
+    /// let committed = ReadLimits::default().with_isolation(IsolationLevel::ReadCommitted);
+    /// assert_eq!(store.fetch("t", 1, 0, committed)?.records.len(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn send_all(&self, batches: &[(&str, u32, &[Message])]) -> Result<Vec<AppendResult>> {
+        let mut st = self.state.lock();
+        let Some(&(topic, partition, _)) = batches.first() else {
+            return Err(Error::InvalidArgument("no batches to send".into()));
+        };
+        self.check_sending(&st, topic, partition)?;
+        if batches.iter().any(|(_, _, m)| m.is_empty()) {
+            return Err(Error::InvalidArgument("an empty batch".into()));
+        }
+        let mut partitions: Vec<(String, u32)> =
+            batches.iter().map(|&(t, p, _)| (t.to_owned(), p)).collect();
+        partitions.sort();
+        partitions.dedup();
+        let store = Arc::clone(&self.coord.store);
+        let producer = self.producer;
+        self.verified(&mut st, &partitions, |st| {
+            let mut out = Vec::with_capacity(batches.len());
+            for &(topic, partition, messages) in batches {
+                let r = self.append_sequenced(st, topic, partition, messages.len(), |seq| {
+                    store.append_transactional(topic, partition, producer, seq, messages)
+                });
+                match r {
+                    Ok(r) => out.push(r),
+                    Err(e) => {
+                        if !out.is_empty() && st.abortable.is_none() {
+                            st.abortable = Some(format!(
+                                "a multi-partition send failed after {} of its batches: {e}",
+                                out.len()
+                            ));
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(out)
         })
     }
 
@@ -394,7 +491,7 @@ impl TransactionalProducer {
             .collect();
         let store = Arc::clone(&self.coord.store);
         let producer = self.producer;
-        self.verified(&mut st, OFFSETS_TOPIC, 0, |st| {
+        self.verified(&mut st, &[(OFFSETS_TOPIC.to_owned(), 0)], |st| {
             self.append_sequenced(st, OFFSETS_TOPIC, 0, owned.len(), |seq| {
                 groups.append_txn_offsets(&meta, &owned, producer.id, |messages| {
                     store.append_transactional(OFFSETS_TOPIC, 0, producer, seq, &messages)

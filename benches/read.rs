@@ -3,6 +3,10 @@
 //! tail reads (append a batch of 16, then read those 16 back: only the read is timed). Every
 //! peer checks each message's CRC as it reads.
 //!
+//! `read/sequential-defaults/100B` is the read as a new user meets it (issue 16): 1,000,000
+//! messages appended one per call with DEFAULT `StoreOptions`, read back from the start in
+//! fetches of at most 8,192 messages / 1 MiB, against raw framed records written the same way.
+//!
 //! Run: `cargo bench --bench read`. Nothing here asserts a speed.
 
 #[path = "common/peers.rs"]
@@ -21,6 +25,11 @@ fn consume(body: &[u8]) {
 }
 
 fn reads(c: &mut Criterion) {
+    // Filling five peers costs seconds: skip it when only the defaults group was asked for.
+    let filters = filters();
+    if !filters.is_empty() && filters.iter().all(|f| f.contains("sequential-defaults")) {
+        return;
+    }
     let filled: Vec<_> = peers::PEERS
         .iter()
         .map(|&name| {
@@ -98,5 +107,101 @@ fn reads(c: &mut Criterion) {
     tail.finish();
 }
 
-criterion_group!(benches, reads);
+/// Messages of the default-options sequential read.
+const DEFAULT_MESSAGES: u64 = 1_000_000;
+
+/// A store as a new user opens it: default options but the engine.
+struct Defaults(Box<dyn duolog::LogStore>);
+
+impl peers::Peer for Defaults {
+    fn append(&self, partition: u32, batch: &[Message]) {
+        self.0.append("bench", partition, batch).expect("append");
+    }
+    fn sync(&self) {
+        self.0.sync().expect("sync");
+    }
+    fn read(&self, partition: u32, offset: u64, max: usize, each: &mut dyn FnMut(&[u8])) -> usize {
+        let limits = duolog::ReadLimits {
+            max_messages: max,
+            max_bytes: 1 << 20,
+            ..duolog::ReadLimits::default()
+        };
+        let records = self
+            .0
+            .read("bench", partition, offset, limits)
+            .expect("read");
+        for r in &records {
+            each(r.body());
+        }
+        records.len()
+    }
+}
+
+fn sequential_defaults(c: &mut Criterion) {
+    let mut group = c.benchmark_group("read/sequential-defaults/100B");
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(3));
+    group.throughput(Throughput::Elements(8192));
+    let msg = [Message::new(vec![b'r'; 100])];
+    for name in ["commitlog", "segmented", "raw-per-partition"] {
+        if !group_wanted(name) {
+            continue;
+        }
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+        let peer: Box<dyn peers::Peer> = match name {
+            "raw-per-partition" => peers::open(name, dir.path(), 1),
+            engine => {
+                let options = duolog::StoreOptions {
+                    engine: Some(match engine {
+                        "commitlog" => duolog::EngineKind::CommitLog,
+                        _ => duolog::EngineKind::Segmented,
+                    }),
+                    ..duolog::StoreOptions::default()
+                };
+                let s = duolog::open(dir.path(), options).expect("open");
+                s.create_topic("bench", duolog::TopicConfig::with_partitions(1))
+                    .expect("topic");
+                Box::new(Defaults(s))
+            }
+        };
+        for _ in 0..DEFAULT_MESSAGES {
+            peer.append(0, &msg);
+        }
+        peer.sync();
+        peer.publish();
+        let mut at = 0u64;
+        group.bench_function(BenchmarkId::new(name, "fetch-8192"), |b| {
+            b.iter(|| {
+                let n = peer.read(0, at, 8192, &mut consume);
+                at += n as u64;
+                if at >= DEFAULT_MESSAGES {
+                    at = 0;
+                }
+                n
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Whether the command line's filter (if any) can select this peer of the defaults group, so a
+/// run of another group does not fill a million messages per peer for nothing.
+fn group_wanted(name: &str) -> bool {
+    let filters = filters();
+    filters.is_empty()
+        || filters.iter().any(|f| {
+            let full = format!("read/sequential-defaults/100B/{name}/fetch-8192");
+            full.contains(f.as_str()) || f.contains("sequential-defaults")
+        })
+}
+
+/// The benchmark filters on the command line (criterion's positional arguments).
+fn filters() -> Vec<String> {
+    std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect()
+}
+
+criterion_group!(benches, reads, sequential_defaults);
 criterion_main!(benches);

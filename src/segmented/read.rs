@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use super::batch::{self, BatchHeader};
 use super::index;
 use super::partition::{Ctx, Partition};
-use super::segment::{self, SegmentMeta};
+use super::segment::{self, SegmentHandle, SegmentMeta};
 use super::txnindex::{self, Aborted};
 use crate::error::{Error, Result};
 use crate::io::{self, OpenMode};
@@ -397,7 +397,7 @@ impl Partition {
                 }
                 t.bytes = t.bytes.saturating_sub(rv.len);
                 t.messages -= 1;
-                t.records.push(make_record(&b, &h, &rv, o));
+                t.records.push(make_record(&b, 0, &b, &h, &rv, o));
                 next = o + 1;
                 if t.messages == 0 {
                     return Ok(next);
@@ -448,101 +448,116 @@ impl Partition {
             (meta, handle)
         };
         let corrupt = |pos: u64, why: &str| Error::corrupted(&handle.log_path, pos, why.to_owned());
-        let (_, indexed) = index::lookup_offset(handle.offset_entries(), meta.base, offset);
-        let mut pos = u64::from(indexed);
-        if pos >= meta.size && meta.size > 0 {
-            return Err(corrupt(pos, "index points past the end of the log"));
+        let (indexed_offset, indexed) =
+            index::lookup_offset(handle.offset_entries(), meta.base, offset);
+        let indexed_pos = u64::from(indexed);
+        if indexed_pos >= meta.size && meta.size > 0 {
+            return Err(corrupt(indexed_pos, "index points past the end of the log"));
         }
-        // Skip batches wholly before `offset`. A correct index entry names a batch that starts
-        // at or before the target; anything else means the index is wrong.
-        let indexed_pos = pos;
-        let first = loop {
-            if pos >= meta.size {
-                return Ok(meta.next_offset.min(bound).max(offset));
-            }
-            let h = handle
-                .header_at(pos, meta.size)
-                .map_err(|e| corrupt(pos, e.reason()))?;
-            if pos == indexed_pos && pos > 0 && h.base_offset as u64 > offset {
+        // One read covers the skip from the indexed batch to `offset` and what is left of the
+        // limits, sized by the segment's mean bytes per offset; the cursor reads on (doubling)
+        // if the estimate falls short, so a fetch costs a few reads, not one per batch.
+        let messages_left = (limits.max_messages - f.records.len()) as u64;
+        let bytes_left = limits.max_bytes.saturating_sub(f.bytes) as u64;
+        let per_offset = meta
+            .size
+            .div_ceil(meta.next_offset.saturating_sub(meta.base).max(1))
+            .max(1);
+        let skip = offset.saturating_sub(indexed_offset);
+        let want = skip
+            .saturating_add(messages_left)
+            .saturating_mul(per_offset)
+            .min(
+                skip.saturating_mul(per_offset)
+                    .saturating_add(bytes_left.saturating_mul(2)),
+            )
+            .saturating_add(batch::HEADER_LEN as u64);
+        let (scan_offsets, scan_bytes) = limits.tagged_scan();
+        let mut cursor = BatchCursor::new(&handle, meta.size, indexed_pos, want);
+        // Room for the records the estimate expects, so a large fetch does not grow its vector
+        // by doubling (nor a small one reserve for the limit it will not reach).
+        f.records
+            .reserve((want / per_offset).min(messages_left) as usize);
+        let mut views = Vec::new();
+        let mut next = offset;
+        let mut first = true;
+        loop {
+            let (pos, h, range) = match cursor.next() {
+                Ok(Some(b)) => b,
+                Ok(None) => {
+                    next = next.max(meta.next_offset);
+                    break;
+                }
+                Err(CursorError::Io(e)) => return Err(Error::io(&handle.log_path, e)),
+                Err(CursorError::Batch(pos, e)) => return Err(corrupt(pos, e.reason())),
+            };
+            // A correct index entry names a batch that starts at or before the target; anything
+            // else means the index is wrong.
+            if first && pos > 0 && h.base_offset as u64 > offset {
                 return Err(corrupt(
                     pos,
                     "offset index names a batch past the target offset",
                 ));
             }
-            if h.last_offset() as u64 >= offset {
-                break pos;
-            }
-            pos += h.total_len() as u64;
-        };
-        // Decide the span to read: whole batches until what is left of the limits is met.
-        let messages_left = (limits.max_messages - f.records.len()) as u64;
-        let bytes_left = limits.max_bytes.saturating_sub(f.bytes) as u64;
-        let mut span_end = first;
-        let mut records = 0u64;
-        while span_end < meta.size {
-            let h = handle
-                .header_at(span_end, meta.size)
-                .map_err(|e| corrupt(span_end, e.reason()))?;
-            let useful =
-                (h.last_offset() as u64 + 1).saturating_sub(offset.max(h.base_offset as u64));
-            if span_end > first
-                && (records >= messages_left
-                    || span_end - first + h.total_len() as u64 > bytes_left)
-            {
-                break;
-            }
-            records += useful.min(h.record_count as u64);
-            span_end += h.total_len() as u64;
-            if h.last_offset() as u64 + 1 >= bound {
-                break;
-            }
-        }
-        let mut buf = BytesMut::zeroed((span_end - first) as usize);
-        io::read_exact_at(handle.log.as_ref(), &mut buf, first)
-            .map_err(|e| Error::io(&handle.log_path, e))?;
-        let buf = buf.freeze();
-        f.read += buf.len() as u64;
-        let mut at = 0usize;
-        let mut next = offset;
-        'batches: while at < buf.len() {
-            let h = batch::check_batch(&buf[at..])
-                .map_err(|e| corrupt(first + at as u64, e.reason()))?;
-            let b = buf.slice(at..at + h.total_len());
-            at += h.total_len();
+            first = false;
             let batch_end = h.last_offset() as u64 + 1;
+            if batch_end <= offset {
+                // Wholly before `offset`: passed over on its header alone.
+                continue;
+            }
+            // Past the limits before this batch: the next round (or fetch) starts here.
+            if f.records.len() >= limits.max_messages
+                || (!f.records.is_empty() && f.bytes >= limits.max_bytes)
+            {
+                f.full = true;
+                break;
+            }
+            // Records slice the chunk itself: no reference taken per batch.
+            let at = range.start;
+            let b = &cursor.buf[range];
+            decode_batch(b, &h, &mut views).map_err(|e| corrupt(pos, e.reason()))?;
             if skipped(&h, aborted) {
                 f.examined += h.record_count.max(1) as u64;
                 next = next.max(batch_end.min(bound));
+                // A backlog of skipped data ends the round at the scan bound (checked again
+                // by `fetch`), not at the segment's end.
+                if batch_end >= bound
+                    || f.examined >= scan_offsets
+                    || f.read + cursor.read >= scan_bytes
+                {
+                    break;
+                }
                 continue;
             }
-            for rv in batch::records(&b, &h) {
-                let rv = rv.map_err(|e| corrupt(first, e.reason()))?;
+            for rv in views.drain(..) {
                 let o = h.base_offset as u64 + rv.offset_delta as u64;
                 if o < offset {
                     continue;
                 }
                 if o >= bound {
                     // Every offset below the bound in this batch was examined.
-                    next = bound;
-                    break 'batches;
+                    f.read += cursor.read;
+                    return Ok(bound);
                 }
                 if f.records.len() >= limits.max_messages
                     || (!f.records.is_empty() && f.bytes + rv.len > limits.max_bytes)
                 {
                     f.full = true;
+                    f.read += cursor.read;
                     return Ok(next);
                 }
                 f.examined += 1;
                 f.bytes += rv.len;
-                f.records.push(make_record(&b, &h, &rv, o));
+                f.records.push(make_record(&cursor.buf, at, b, &h, &rv, o));
                 next = o + 1;
             }
             // Past the whole batch: compaction may have removed its last records.
             next = next.max(batch_end);
+            if batch_end >= bound {
+                break;
+            }
         }
-        if span_end >= meta.size {
-            next = next.max(meta.next_offset);
-        }
+        f.read += cursor.read;
         Ok(next.min(bound))
     }
 
@@ -629,7 +644,132 @@ struct Tagged {
     full: bool,
 }
 
-fn make_record(b: &Bytes, h: &BatchHeader, rv: &batch::RecordView, offset: u64) -> Record {
+/// Why a [`BatchCursor`] stopped: the file failed, or the batch at a position is damaged.
+enum CursorError {
+    Io(std::io::Error),
+    Batch(u64, batch::BatchError),
+}
+
+/// Whole batches of one segment's log, from a position up to the segment's size, read in
+/// chunks of at most [`CHUNK`] bytes (the first sized by the caller's estimate; a batch larger
+/// than a chunk is read whole), so walking a segment costs a read per chunk, not one per batch
+/// header. Chunks stay small enough to sit in the CPU's cache between the read that fills one
+/// and the decoding of its batches, and to come from the allocator's free lists rather than
+/// fresh pages. Batches are handed out as ranges of the current chunk, which records share
+/// (zero-copy).
+struct BatchCursor<'a> {
+    handle: &'a SegmentHandle,
+    size: u64,
+    /// Position of the next batch.
+    pos: u64,
+    /// The current chunk and the log position it starts at.
+    buf: Bytes,
+    buf_start: u64,
+    next_len: u64,
+    /// Bytes read so far.
+    read: u64,
+}
+
+/// The bytes a [`BatchCursor`] reads at once (a single larger batch is read whole). Measured:
+/// 64 KiB chunks decode about twice as fast as one read of a whole 1 MiB fetch, which leaves
+/// the cache before it is decoded and faults fresh pages in.
+const CHUNK: u64 = 64 << 10;
+
+impl<'a> BatchCursor<'a> {
+    fn new(handle: &'a SegmentHandle, size: u64, pos: u64, first_len: u64) -> Self {
+        BatchCursor {
+            handle,
+            size,
+            pos,
+            buf: Bytes::new(),
+            buf_start: pos,
+            next_len: first_len.clamp(batch::HEADER_LEN as u64, CHUNK),
+            read: 0,
+        }
+    }
+
+    /// The next batch: its position, header (not yet checked against its CRC) and range in
+    /// [`buf`](Self::buf); `None` at the segment's end.
+    fn next(
+        &mut self,
+    ) -> std::result::Result<Option<(u64, BatchHeader, std::ops::Range<usize>)>, CursorError> {
+        loop {
+            let pos = self.pos;
+            if pos >= self.size {
+                return Ok(None);
+            }
+            let off = (pos - self.buf_start) as usize;
+            let avail = self.buf.len().saturating_sub(off);
+            let need = if avail >= batch::HEADER_LEN {
+                let h = batch::parse_header(&self.buf[off..off + batch::HEADER_LEN])
+                    .map_err(|e| CursorError::Batch(pos, e))?;
+                let total = h.total_len() as u64;
+                if pos + total > self.size {
+                    return Err(CursorError::Batch(pos, batch::BatchError::Truncated));
+                }
+                if avail as u64 >= total {
+                    self.pos += total;
+                    return Ok(Some((pos, h, off..off + total as usize)));
+                }
+                total
+            } else {
+                if pos + batch::HEADER_LEN as u64 > self.size {
+                    return Err(CursorError::Batch(pos, batch::BatchError::Truncated));
+                }
+                batch::HEADER_LEN as u64
+            };
+            // Refill from the batch that did not fit.
+            let len = self.next_len.max(need).min(self.size - pos);
+            let mut buf = BytesMut::zeroed(len as usize);
+            io::read_exact_at(self.handle.log.as_ref(), &mut buf, pos).map_err(CursorError::Io)?;
+            self.read += len;
+            self.buf = buf.freeze();
+            self.buf_start = pos;
+            self.next_len = CHUNK;
+        }
+    }
+}
+
+/// [`batch::check_batch`] that keeps what it decodes: the batch's CRC-32C, each record's
+/// bounds and offset delta, and the record count, checked once; `views` gets the records.
+fn decode_batch(
+    b: &[u8],
+    h: &BatchHeader,
+    views: &mut Vec<batch::RecordView>,
+) -> std::result::Result<(), batch::BatchError> {
+    views.clear();
+    if crc32c::crc32c(&b[21..]) != h.crc {
+        return Err(batch::BatchError::Invalid("batch CRC-32C mismatch"));
+    }
+    for r in batch::records(b, h) {
+        let r = r?;
+        if r.offset_delta > h.last_offset_delta {
+            return Err(batch::BatchError::Invalid(
+                "record offset delta past the batch's last offset",
+            ));
+        }
+        views.push(r);
+    }
+    if views.len() != h.record_count.max(0) as usize {
+        return Err(batch::BatchError::Invalid(
+            "record count does not match the records",
+        ));
+    }
+    Ok(())
+}
+
+/// The record `rv` of batch `b`, which is `chunk[at..]`: its byte fields are slices of `chunk`.
+/// Inlined so the record is built in the vector's slot rather than copied there.
+#[inline(always)]
+fn make_record(
+    chunk: &Bytes,
+    at: usize,
+    b: &[u8],
+    h: &BatchHeader,
+    rv: &batch::RecordView,
+    offset: u64,
+) -> Record {
+    let shift = |r: &std::ops::Range<usize>| chunk.slice(r.start + at..r.end + at);
     let timestamp = h.base_timestamp + rv.timestamp_delta;
     let store_timestamp = if h.attributes & batch::ATTR_LOG_APPEND_TIME != 0 {
         h.max_timestamp
@@ -640,16 +780,16 @@ fn make_record(b: &Bytes, h: &BatchHeader, rv: &batch::RecordView, offset: u64) 
     let tags = batch::iter_headers(headers)
         .find(|(k, _)| *k == b"TAGS")
         .and_then(|(_, v)| v)
-        .map(|v| b.slice(range_in(b, v)));
+        .map(|v| shift(&range_in(b, v)));
     Record {
         offset,
         timestamp,
         store_timestamp,
         flags: (h.attributes & (batch::ATTR_TRANSACTIONAL | batch::ATTR_CONTROL)) as u32,
-        key: rv.key.clone().map(|r| b.slice(r)),
-        body: rv.value.clone().map(|r| b.slice(r)).unwrap_or_default(),
+        key: rv.key.as_ref().map(shift),
+        body: rv.value.as_ref().map(shift).unwrap_or_default(),
         tags,
-        properties: Properties::new(b.slice(rv.headers.clone()), PropertyEncoding::KafkaHeaders),
+        properties: Properties::new(shift(&rv.headers), PropertyEncoding::KafkaHeaders),
         size: rv.len as u32,
         tombstone: rv.value.is_none(),
     }

@@ -42,6 +42,7 @@ pub mod io;
 mod offsets_file;
 mod open;
 mod options;
+pub mod order;
 mod partitioner;
 mod producer_state;
 pub mod segmented;

@@ -155,7 +155,9 @@ pub fn create_priority_topic<S: LogStore + ?Sized>(
 /// Routes by the [`PRIORITY_PROPERTY`] of the message (see the module docs).
 #[derive(Default)]
 struct PrioritySelector {
-    round_robin: AtomicU64,
+    /// One round-robin counter per priority: a shared one would, with interleaved
+    /// priorities, land every message of a priority on the same partition of its band.
+    round_robin: [AtomicU64; PRIORITY_LEVELS as usize],
 }
 
 impl PartitionSelector for PrioritySelector {
@@ -178,7 +180,10 @@ impl PartitionSelector for PrioritySelector {
         let width = band.end - band.start;
         let within = match &message.key {
             Some(key) => partition_for_key(key, width),
-            None => (self.round_robin.fetch_add(1, Ordering::Relaxed) % u64::from(width)) as u32,
+            None => {
+                let n = self.round_robin[usize::from(priority)].fetch_add(1, Ordering::Relaxed);
+                (n % u64::from(width)) as u32
+            }
         };
         Ok(band.start + within)
     }

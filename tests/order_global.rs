@@ -4,7 +4,7 @@
 mod common;
 
 use common::{for_each_engine, open, small_options};
-use duolog::{Error, LogStore, Message, TopicConfig};
+use duolog::{Error, Message, TopicConfig};
 
 fn global(partitions: u32) -> TopicConfig {
     let mut c = TopicConfig::with_partitions(partitions);

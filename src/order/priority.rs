@@ -48,7 +48,9 @@ fn check_priority(priority: u8) -> Result<()> {
 }
 
 fn check_partitions(partitions: u32) -> Result<()> {
-    if partitions == 0 || (partitions > PRIORITY_LEVELS && partitions % PRIORITY_LEVELS != 0) {
+    if partitions == 0
+        || (partitions > PRIORITY_LEVELS && !partitions.is_multiple_of(PRIORITY_LEVELS))
+    {
         return Err(Error::InvalidArgument(format!(
             "a priority topic has 1 to {PRIORITY_LEVELS} partitions or a multiple of \
              {PRIORITY_LEVELS}, not {partitions}"

@@ -20,11 +20,11 @@ use crate::store::{LogStore, MessageOrder, TopicConfig};
 /// # fn main() -> duolog::Result<()> {
 /// let dir = tempfile::tempdir().unwrap();
 /// let store = duolog::open(dir.path(), StoreOptions::default())?;
-/// create_global_topic(&store, "ledger", TopicConfig::default())?;
+/// create_global_topic(&*store, "ledger", TopicConfig::default())?;
 /// let config = store.describe_topic("ledger")?;
 /// assert_eq!((config.partitions, config.message_order), (1, MessageOrder::Global));
 /// assert!(store.add_partitions("ledger", 1).is_err());
-/// assert!(create_global_topic(&store, "wide", TopicConfig::with_partitions(4)).is_err());
+/// assert!(create_global_topic(&*store, "wide", TopicConfig::with_partitions(4)).is_err());
 /// # Ok(()) }
 /// ```
 pub fn create_global_topic<S: LogStore + ?Sized>(

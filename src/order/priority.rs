@@ -134,8 +134,8 @@ fn parse_priority(value: &str) -> Option<u8> {
 /// # fn main() -> duolog::Result<()> {
 /// # let dir = tempfile::tempdir().unwrap();
 /// # let store = duolog::open(dir.path(), StoreOptions::default())?;
-/// create_priority_topic(&store, "jobs", 10, TopicConfig::default())?;
-/// assert!(create_priority_topic(&store, "odd", 12, TopicConfig::default()).is_err());
+/// create_priority_topic(&*store, "jobs", 10, TopicConfig::default())?;
+/// assert!(create_priority_topic(&*store, "odd", 12, TopicConfig::default()).is_err());
 /// # Ok(()) }
 /// ```
 pub fn create_priority_topic<S: LogStore + ?Sized>(

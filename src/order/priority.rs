@@ -418,11 +418,13 @@ impl PriorityConsumer {
             .iter()
             .map(|t| (t.topic.as_str(), t.partition))
             .collect();
-        match self.consumer.resume(&parts) {
-            Ok(()) | Err(Error::NotAssigned { .. }) => {}
-            Err(e) => return Err(e),
+        let resumed = self.consumer.resume(&parts);
+        // The poll's own error first: it is the one that explains what went wrong.
+        let records = result?;
+        match resumed {
+            Ok(()) | Err(Error::NotAssigned { .. }) => Ok(records),
+            Err(e) => Err(e),
         }
-        result
     }
 
     fn poll_inner(&self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
@@ -586,4 +588,50 @@ impl PriorityConsumer {
 
 fn tp_of(r: &ConsumerRecord) -> TopicPartition {
     TopicPartition::new(r.topic(), r.partition())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_priority_maps_into_the_topic_and_higher_priorities_to_higher_bands() {
+        for partitions in (1..=10).chain([20, 30, 100]) {
+            let mut last_band = 0;
+            for p in 0..=MAX_PRIORITY {
+                let range = priority_partition_range(p, partitions).unwrap();
+                assert!(
+                    !range.is_empty() && range.end <= partitions,
+                    "{p} of {partitions}"
+                );
+                let bands: Vec<u32> = range.map(|q| priority_band(q, partitions)).collect();
+                assert!(
+                    bands.windows(2).all(|w| w[0] == w[1]),
+                    "one band per priority"
+                );
+                assert!(
+                    bands[0] >= last_band,
+                    "{p} of {partitions}: not below {last_band}"
+                );
+                last_band = bands[0];
+            }
+            assert_eq!(priority_partition_range(0, partitions).unwrap().start, 0);
+            assert_eq!(
+                priority_partition_range(9, partitions).unwrap().end,
+                partitions
+            );
+        }
+        for bad in [0, 11, 15, 99] {
+            assert!(priority_partition_range(5, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_decimal_priorities_0_to_9_are_read_back() {
+        assert_eq!(parse_priority("0"), Some(0));
+        assert_eq!(parse_priority("9"), Some(9));
+        for bad in ["10", "-1", "", "high", "255", "9.0"] {
+            assert_eq!(parse_priority(bad), None, "{bad}");
+        }
+    }
 }

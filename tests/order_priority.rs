@@ -65,13 +65,7 @@ fn with_a_backlog_of_every_priority_the_highest_come_first_then_the_lower() {
         create_priority_topic(&*store, "jobs", 10, TopicConfig::default()).unwrap();
         backlog_of_every_priority(&store, 20);
         let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
-        let c = PriorityConsumer::new(
-            &groups,
-            consumer_config(7),
-            "jobs",
-            PriorityConfig::default(),
-        )
-        .unwrap();
+        let c = PriorityConsumer::new(&groups, consumer_config(7), "jobs", strict()).unwrap();
         c.subscribe().unwrap();
         let got = drain(&c, 200, Duration::from_secs(20));
         assert_eq!(got.len(), 200);
@@ -103,13 +97,7 @@ fn two_partitions_make_two_bands_and_the_upper_band_is_drained_first() {
             }
         }
         let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
-        let c = PriorityConsumer::new(
-            &groups,
-            consumer_config(3),
-            "jobs",
-            PriorityConfig::default(),
-        )
-        .unwrap();
+        let c = PriorityConsumer::new(&groups, consumer_config(3), "jobs", strict()).unwrap();
         c.assign_all().unwrap();
         let got = drain(&c, 40, Duration::from_secs(20));
         assert_eq!(got.len(), 40);
@@ -138,13 +126,7 @@ fn twenty_partitions_spread_a_priority_over_its_two_and_still_drain_it_first() {
             assert_eq!(p, 14 + duolog::partition_for_key(b"order-1", 2));
         }
         let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
-        let c = PriorityConsumer::new(
-            &groups,
-            consumer_config(100),
-            "jobs",
-            PriorityConfig::default(),
-        )
-        .unwrap();
+        let c = PriorityConsumer::new(&groups, consumer_config(100), "jobs", strict()).unwrap();
         c.assign_all().unwrap();
         let got = drain(&c, 45, Duration::from_secs(20));
         assert_eq!(got.len(), 45);

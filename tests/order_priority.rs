@@ -329,3 +329,41 @@ fn bad_priorities_counts_and_options_are_clear_errors() {
         assert_eq!(end, 0, "nothing appended by a refused send");
     });
 }
+
+#[test]
+fn two_members_of_a_group_share_the_bands_and_lose_nothing_across_the_rebalance() {
+    for_each_engine(|engine, dir| {
+        let store = open(dir, engine);
+        create_priority_topic(&*store, "jobs", 10, TopicConfig::default()).unwrap();
+        backlog_of_every_priority(&store, 10);
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let a = PriorityConsumer::new(&groups, consumer_config(5), "jobs", strict()).unwrap();
+        a.subscribe().unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        let first = a.poll(Duration::from_secs(5)).unwrap();
+        assert!(
+            first
+                .iter()
+                .all(|r| message_priority(r.record()) == Some(9))
+        );
+        seen.extend(first.iter().map(|r| r.record().body().to_vec()));
+        a.commit().unwrap();
+        let b = PriorityConsumer::new(&groups, consumer_config(5), "jobs", strict()).unwrap();
+        b.subscribe().unwrap();
+        let t = Instant::now();
+        while seen.len() < 100 && t.elapsed() < Duration::from_secs(20) {
+            for c in [&a, &b] {
+                let got = c.poll(Duration::from_millis(50)).unwrap();
+                let bands: std::collections::BTreeSet<u32> =
+                    got.iter().map(|r| r.partition()).collect();
+                assert!(bands.len() <= 1, "one band per poll: {bands:?}");
+                seen.extend(got.iter().map(|r| r.record().body().to_vec()));
+                c.commit().unwrap();
+            }
+        }
+        assert_eq!(seen.len(), 100, "every record delivered");
+        assert!(!a.consumer().assignment().is_empty() && !b.consumer().assignment().is_empty());
+        a.close().unwrap();
+        b.close().unwrap();
+    });
+}

@@ -447,6 +447,61 @@ impl fmt::Display for CleanupPolicy {
     }
 }
 
+/// Which order a topic promises its readers (`message.order`; RocketMQ's global versus
+/// partition order).
+///
+/// - [`Partition`](MessageOrder::Partition) (`partition`, the default): records are ordered
+///   within each partition only, so per-key order holds for keys routed to one partition.
+/// - [`Global`](MessageOrder::Global) (`global`): one total order over the whole topic, which
+///   a log can give only with exactly one partition. Both engines refuse to create such a
+///   topic with more partitions, to add partitions to it, and to alter a wider topic to it.
+///
+/// ```
+/// use duolog::{LogStore, MessageOrder, StoreOptions, TopicConfig};
+/// # fn main() -> duolog::Result<()> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = duolog::open(dir.path(), StoreOptions::default())?;
+/// let mut config = TopicConfig::default();
+/// config.set("message.order", "global")?;
+/// store.create_topic("ledger", config)?;
+/// assert_eq!(store.describe_topic("ledger")?.message_order, MessageOrder::Global);
+/// assert!(store.add_partitions("ledger", 1).is_err());
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MessageOrder {
+    /// Ordered within each partition (`partition`). The default.
+    #[default]
+    Partition,
+    /// One order over the whole topic: exactly one partition, never widened (`global`).
+    Global,
+}
+
+impl MessageOrder {
+    /// The config value: `partition` or `global`.
+    pub fn name(self) -> &'static str {
+        match self {
+            MessageOrder::Partition => "partition",
+            MessageOrder::Global => "global",
+        }
+    }
+
+    /// Parses [`MessageOrder::name`] back.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.trim() {
+            "partition" => Some(MessageOrder::Partition),
+            "global" => Some(MessageOrder::Global),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for MessageOrder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A topic's configuration: its partition count, its cleanup policy, and overrides of the
 /// store-wide options (`None` takes the store's value, from [`StoreOptions`](crate::StoreOptions)
 /// at open). Kafka's names for each are accepted by [`TopicConfig::set`] and listed by
@@ -492,6 +547,9 @@ pub struct TopicConfig {
     /// `delete.retention.ms`: how long a tombstone outlives its write before compaction may
     /// remove it.
     pub delete_retention: Option<Duration>,
+    /// `message.order`: partition order or global order (exactly one partition, which the
+    /// engines refuse to widen). Default: [`MessageOrder::Partition`].
+    pub message_order: MessageOrder,
 }
 
 impl Default for TopicConfig {
@@ -513,6 +571,7 @@ impl TopicConfig {
             max_message_bytes: None,
             min_compaction_lag: None,
             delete_retention: None,
+            message_order: MessageOrder::Partition,
         }
     }
 }
@@ -1310,6 +1369,12 @@ pub(crate) fn grown_config(name: &str, current: &TopicConfig, count: u32) -> Res
         return Err(crate::Error::InvalidArgument(
             "add at least one partition".into(),
         ));
+    }
+    if current.message_order == MessageOrder::Global {
+        return Err(crate::Error::InvalidArgument(format!(
+            "topic {name} is globally ordered (message.order=global): it keeps exactly one \
+             partition"
+        )));
     }
     let mut config = current.clone();
     config.partitions = config.partitions.saturating_add(count);

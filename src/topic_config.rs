@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::options::StoreOptions;
-use crate::store::{CleanupPolicy, EngineKind, TopicConfig};
+use crate::store::{CleanupPolicy, EngineKind, MessageOrder, TopicConfig};
 
 /// Kafka's names of the per-topic configs duolog knows, in the order they are listed.
-pub const TOPIC_CONFIG_NAMES: [&str; 8] = [
+pub const TOPIC_CONFIG_NAMES: [&str; 9] = [
     "cleanup.policy",
     "retention.ms",
     "retention.bytes",
@@ -17,6 +17,7 @@ pub const TOPIC_CONFIG_NAMES: [&str; 8] = [
     "max.message.bytes",
     "min.compaction.lag.ms",
     "delete.retention.ms",
+    "message.order",
 ];
 
 /// Largest file offset a segment's index can address (Kafka caps `segment.bytes` at it).
@@ -74,7 +75,8 @@ fn parse_bytes(name: &str, value: &str, allow_unlimited: bool) -> Result<u64> {
 impl TopicConfig {
     /// Sets one config by its Kafka name (`cleanup.policy`, `retention.ms`,
     /// `retention.bytes`, `segment.bytes`, `segment.ms`, `max.message.bytes`,
-    /// `min.compaction.lag.ms`, `delete.retention.ms`), with Kafka's value syntax (`-1` for
+    /// `min.compaction.lag.ms`, `delete.retention.ms`, and duolog's `message.order`:
+    /// `partition` or `global`), with Kafka's value syntax (`-1` for
     /// unlimited retention). An unknown name or a malformed value is an error naming it.
     pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
         match name {
@@ -97,6 +99,13 @@ impl TopicConfig {
                 self.min_compaction_lag = Some(parse_ms(name, value, false)?);
             }
             "delete.retention.ms" => self.delete_retention = Some(parse_ms(name, value, false)?),
+            "message.order" => {
+                self.message_order = MessageOrder::from_name(value).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "message.order must be partition or global, not {value:?}"
+                    ))
+                })?;
+            }
             _ => {
                 return Err(Error::InvalidArgument(format!(
                     "unknown topic config {name:?} (known: {})",
@@ -119,6 +128,7 @@ impl TopicConfig {
             "max.message.bytes" => self.max_message_bytes = None,
             "min.compaction.lag.ms" => self.min_compaction_lag = None,
             "delete.retention.ms" => self.delete_retention = None,
+            "message.order" => self.message_order = MessageOrder::Partition,
             _ => {
                 return Err(Error::InvalidArgument(format!(
                     "unknown topic config {name:?} (known: {})",
@@ -130,7 +140,8 @@ impl TopicConfig {
     }
 
     /// The configs this topic sets, by Kafka name, in [`TOPIC_CONFIG_NAMES`] order (the
-    /// cleanup policy only when it is not the default `delete`). [`TopicConfig::set`] reads
+    /// cleanup policy only when it is not the default `delete`, the message order only when
+    /// `global`). [`TopicConfig::set`] reads
     /// every pair back to the same config.
     pub fn overrides(&self) -> Vec<(&'static str, String)> {
         let mut v = Vec::new();
@@ -162,6 +173,9 @@ impl TopicConfig {
         }
         if let Some(d) = self.delete_retention {
             v.push(("delete.retention.ms", ms(d)));
+        }
+        if self.message_order != MessageOrder::Partition {
+            v.push(("message.order", self.message_order.name().to_owned()));
         }
         v
     }
@@ -197,6 +211,7 @@ impl TopicConfig {
             e.max_message_bytes.to_string(),
             ms(e.min_compaction_lag),
             ms(e.delete_retention),
+            self.message_order.name().to_owned(),
         ];
         TOPIC_CONFIG_NAMES
             .iter()
@@ -246,6 +261,12 @@ impl TopicConfig {
 
     /// Refuses overrides no engine can honour, naming the config.
     pub(crate) fn validate(&self) -> Result<()> {
+        if self.message_order == MessageOrder::Global && self.partitions != 1 {
+            return Err(Error::InvalidArgument(format!(
+                "a globally ordered topic (message.order=global) has exactly one partition, not {}",
+                self.partitions
+            )));
+        }
         if let Some(b) = self.segment_bytes
             && !(1024..=MAX_SEGMENT_BYTES).contains(&b)
         {
@@ -323,6 +344,7 @@ mod tests {
             ("max.message.bytes", "1000"),
             ("min.compaction.lag.ms", "0"),
             ("delete.retention.ms", "5000"),
+            ("message.order", "global"),
         ] {
             c.set(name, value).unwrap();
         }

@@ -216,6 +216,16 @@ pub struct ProduceArgs {
     /// committed (visible to `consume --isolation read-committed`)
     #[arg(long, conflicts_with_all = ["delay", "deliver_at", "trace"])]
     pub transactional: bool,
+    /// Priority 0-9 (9 highest) of every line: the topic is a priority topic (created with
+    /// --partitions, default 10) and each line goes to its priority's partition, with the
+    /// PRIORITY property (see `consume --priority`)
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u8).range(0..=9),
+        conflicts_with_all = ["partition", "transactional", "delay", "deliver_at"]
+    )]
+    pub priority: Option<u8>,
     /// With --transactional: lines per transaction (the last one may be shorter) [default: 1]
     #[arg(long, value_name = "N", value_parser = positive, requires = "transactional")]
     pub txn_size: Option<u64>,
@@ -272,6 +282,10 @@ pub struct ConsumeArgs {
         allow_hyphen_values = true
     )]
     pub sql: Option<SqlFilter>,
+    /// Consume a priority topic (see `produce --priority`) highest priority first while a
+    /// backlog exists; a partition passed over for 10 s is served regardless
+    #[arg(long, requires = "group", conflicts_with_all = ["partition", "from"])]
+    pub priority: bool,
     /// Keep waiting for new records until none arrived for --idle-exit
     #[arg(long, requires = "group", conflicts_with_all = ["partition", "from"])]
     pub follow: bool,

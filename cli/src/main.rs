@@ -15,6 +15,7 @@ use duolog::consumer::{
 };
 use duolog::consumer::{TRACE_TOPIC, TraceConfig, TraceKind, TracedStore, Tracer};
 use duolog::delay::{DelayOptions, DelayQueue};
+use duolog::order::{PriorityConfig, PriorityConsumer};
 use duolog::txn::{TXN_LOG_TOPIC, TransactionCoordinator, TxnCoordinatorConfig, TxnProducerConfig};
 use duolog::{
     FlushPolicy, IsolationLevel, LogStore, Message, ReadLimits, StoreOptions, TopicConfig,
@@ -80,6 +81,11 @@ fn produce(args: &ProduceArgs) -> Result<(), CliError> {
     }
     let partitions = match store.describe_topic(topic) {
         Ok(c) => c.partitions,
+        Err(duolog::Error::UnknownTopic(_)) if args.priority.is_some() => {
+            let n = args.partitions.unwrap_or(duolog::order::PRIORITY_LEVELS);
+            duolog::order::create_priority_topic(&*store, topic, n, TopicConfig::default())?;
+            n
+        }
         Err(duolog::Error::UnknownTopic(_)) => {
             let n = args.partitions.unwrap_or(1);
             store.create_topic(topic, TopicConfig::with_partitions(n))?;
@@ -87,6 +93,13 @@ fn produce(args: &ProduceArgs) -> Result<(), CliError> {
         }
         Err(e) => return Err(e.into()),
     };
+    // --priority: the band of the topic's partitions the priority maps onto (an existing
+    // topic must have a priority topic's partition count).
+    let band = match args.priority {
+        Some(p) => Some(duolog::order::priority_partition_range(p, partitions)?),
+        None => None,
+    };
+    let mut band_round_robin = 0u32;
     let fixed = args.partition;
     if let Some(p) = fixed.filter(|&p| p >= partitions) {
         return Err(CliError::Usage(format!(
@@ -124,7 +137,20 @@ fn produce(args: &ProduceArgs) -> Result<(), CliError> {
         if n > 0 {
             let text = line.strip_suffix('\n').unwrap_or(&line);
             let text = text.strip_suffix('\r').unwrap_or(text);
-            pending.push(line_message(args, text, partitions, &mut round_robin));
+            let (mut p, mut m) = line_message(args, text, partitions, &mut round_robin);
+            if let (Some(band), Some(priority)) = (&band, args.priority) {
+                let width = band.end - band.start;
+                p = band.start
+                    + match &m.key {
+                        Some(k) => duolog::partition_for_key(k, width),
+                        None => {
+                            band_round_robin = band_round_robin.wrapping_add(1);
+                            band_round_robin % width
+                        }
+                    };
+                m = m.with_property(duolog::order::PRIORITY_PROPERTY, priority.to_string());
+            }
+            pending.push((p, m));
         }
         let flush_now = n == 0 || input.buffer().is_empty() || pending.len() >= 512;
         if let Some(q) = &delayed {
@@ -663,14 +689,35 @@ fn consume_group(args: &ConsumeArgs) -> Result<(), CliError> {
         trace: tracer.clone(),
         ..config
     };
-    let consumer = Consumer::new(&groups, config)?;
-    consumer.subscribe(&[topic])?;
+    // --priority: the priority consumer wraps the group member; the loop polls through it.
+    let (plain, priority) = if args.priority {
+        let c = PriorityConsumer::new(&groups, config, topic, PriorityConfig::default())?;
+        c.subscribe()?;
+        (None, Some(c))
+    } else {
+        let c = Consumer::new(&groups, config)?;
+        c.subscribe(&[topic])?;
+        (Some(c), None)
+    };
+    let consumer = match (&plain, &priority) {
+        (Some(c), _) => c,
+        (None, Some(p)) => p.consumer(),
+        (None, None) => unreachable!("one of the two was made above"),
+    };
     let delay = open_delay(&store)?;
-    let result = consume_loop(args, &consumer, store.as_ref(), &filter, partitions);
+    let result = consume_loop(
+        args,
+        consumer,
+        priority.as_ref(),
+        store.as_ref(),
+        &filter,
+        partitions,
+    );
     let delay_closed = delay.map_or(Ok(()), |q| q.close());
     // Auto commit is off: closing commits nothing beyond what the loop committed.
     let closed = consumer.close();
-    drop(consumer);
+    drop(plain);
+    drop(priority);
     let txns_closed = txns.map_or(Ok(()), |t| t.close());
     drop(groups);
     // Written while the store is still open.
@@ -687,6 +734,7 @@ fn consume_group(args: &ConsumeArgs) -> Result<(), CliError> {
 fn consume_loop(
     args: &ConsumeArgs,
     consumer: &Consumer,
+    priority: Option<&PriorityConsumer>,
     store: &dyn LogStore,
     filter: &Filter,
     partitions: u32,
@@ -707,7 +755,10 @@ fn consume_loop(
         } else {
             Duration::from_millis(50)
         };
-        let records = consumer.poll(timeout)?;
+        let records = match priority {
+            Some(p) => p.poll(timeout)?,
+            None => consumer.poll(timeout)?,
+        };
         if records.is_empty() {
             if args.follow {
                 if idle_since.elapsed() >= idle {

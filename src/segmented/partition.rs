@@ -252,7 +252,7 @@ impl Partition {
         };
         handle.sync_indexes()?;
         handle.sync()?;
-        handle.trim_log(ctx.fs.as_ref(), size)
+        handle.trim_log(ctx.fs.as_ref(), size, false)
     }
 
     /// Whether appends may have left data that is not durable yet.

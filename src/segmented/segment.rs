@@ -504,10 +504,12 @@ impl SegmentHandle {
             .map_err(|e| Error::io(&self.log_path, e))
     }
 
-    /// Cuts the log file to its `size` bytes of batches (the zeros its mapping grew into go)
-    /// and makes that durable. Only once nothing appends to the segment any more (a roll or a
-    /// clean close): the mapping stays valid below `size`, the only bytes anyone reads.
-    pub(crate) fn trim_log(&self, fs: &dyn FileSystem, size: u64) -> Result<()> {
+    /// Cuts the log file to its `size` bytes of batches (the zeros its mapping grew into go),
+    /// durably when `durable` (a seal: a reopen trusts a sealed segment's length; a clean close
+    /// does not need it, since an open that finds zeros after the last batch scans and cuts
+    /// them). Only once nothing appends to the segment any more: the mapping stays valid below
+    /// `size`, the only bytes anyone reads.
+    pub(crate) fn trim_log(&self, fs: &dyn FileSystem, size: u64, durable: bool) -> Result<()> {
         if self.writer.is_none() {
             return Ok(());
         }
@@ -517,7 +519,9 @@ impl SegmentHandle {
             .map_err(|e| Error::io(lp, e))?;
         if f.len().map_err(|e| Error::io(lp, e))? > size {
             f.set_len(size).map_err(|e| Error::io(lp, e))?;
-            f.sync_data().map_err(|e| Error::io(lp, e))?;
+            if durable {
+                f.sync_data().map_err(|e| Error::io(lp, e))?;
+            }
         }
         Ok(())
     }
@@ -588,7 +592,7 @@ pub(crate) fn seal(
     handle.sync()?;
     // The log is cut to its batches before its indexes say "sealed": a reopen trusts a sealed
     // segment's length as its size.
-    handle.trim_log(fs, meta.size)?;
+    handle.trim_log(fs, meta.size, true)?;
     let time = sealed_time_entries(
         handle.time_entries(),
         meta.base,

@@ -204,6 +204,9 @@ impl Partition {
             active.map_len = handle.log_capacity();
         }
         handle.append(active, buf, &header, o.index_interval_bytes)?;
+        if let Some(warmer) = &ctx.warmer {
+            handle.warm_ahead(warmer);
+        }
         // Keys are indexed before the offsets are published (see the index checkpoint).
         if let Some(keys) = &mut keys {
             for (i, m) in messages.iter().enumerate() {

@@ -29,6 +29,9 @@ pub(crate) struct Ctx {
     /// The store's group commit: poisoned when a transaction index cannot record an abort
     /// whose marker is already in the log (a reopen rebuilds it).
     pub(crate) gc: Arc<crate::durability::GroupCommit>,
+    /// Faults active logs in ahead of their appenders (`None`: the thread could not start;
+    /// appenders then take the page faults themselves).
+    pub(crate) warmer: Option<crate::io::Warmer>,
 }
 
 pub(crate) struct PartState {

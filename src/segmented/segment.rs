@@ -190,6 +190,10 @@ pub(crate) fn log_map_len(want: u64, len: u64) -> u64 {
 
 const PAGE: u64 = 4096;
 
+/// How far ahead of the writer the warm-up thread faults in an active log (never past its
+/// allocated blocks, which stay in proportion to the data).
+const LOG_WARM_WINDOW: usize = 256 << 10;
+
 /// Maps the log of a segment not sealed yet, writable, with its data (`size` bytes) published
 /// and nothing assumed durable: bytes appended through an earlier (evicted) handle may still be
 /// only in the page cache, so the first flush through this one covers them too.
@@ -339,6 +343,18 @@ impl SegmentHandle {
         })
     }
 
+    /// Asks `warmer` to fault in the log's next pages ahead of the writer when it nears the end
+    /// of those already faulted in: the first store into a fresh page of the mapping (a page
+    /// fault, a page-cache allocation and a zero-fill) then happens on the warm-up thread
+    /// instead of inside an append.
+    pub(crate) fn warm_ahead(&self, warmer: &crate::io::Warmer) {
+        if let Some(w) = &self.writer
+            && w.wants_prefault(w.committed(), LOG_WARM_WINDOW)
+        {
+            warmer.request(w, LOG_WARM_WINDOW);
+        }
+    }
+
     /// Whether the log is mapped (a segment not sealed yet): the handle holds no descriptor.
     pub(crate) fn is_mapped(&self) -> bool {
         self.writer.is_some()
@@ -427,6 +443,12 @@ impl SegmentHandle {
         }
         // Published to readers of this handle; the partition publishes the offsets after.
         w.commit_all();
+        // Blocks for the next appends are allocated half a step before they are needed, so the
+        // warm-up thread can fault them in ahead of this writer. A failure here is reported by
+        // the `ensure_allocated` of the append that needs the blocks.
+        if w.wants_growth(end as usize) {
+            let _ = w.grow_ahead();
+        }
         if pos == 0 {
             meta.first_timestamp = h.max_timestamp;
         }

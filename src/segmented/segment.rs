@@ -541,9 +541,11 @@ impl SegmentHandle {
             .map_err(|e| Error::io(lp, e))?;
         if f.len().map_err(|e| Error::io(lp, e))? > size {
             f.set_len(size).map_err(|e| Error::io(lp, e))?;
-            if durable {
-                f.sync_data().map_err(|e| Error::io(lp, e))?;
-            }
+        }
+        // Synced even when the length already fits: an earlier cut (a clean close's) may not
+        // be durable yet.
+        if durable {
+            f.sync_data().map_err(|e| Error::io(lp, e))?;
         }
         Ok(())
     }

@@ -65,6 +65,30 @@ fn all(store: &dyn LogStore) -> Vec<(u64, String)> {
     out
 }
 
+/// Cuts the zeros after the last batch of an active segment's log that a crash left: its mapping
+/// grows the file ahead of the data. The tests that damage a log's end model a file that ends
+/// at its last batch (recovery of a zero tail: `tests/segmented_mapped_log.rs`).
+fn cut_zero_tail(log: &Path) {
+    let b = std::fs::read(log).unwrap();
+    let mut pos = 0;
+    while pos < b.len() {
+        match batch::check_batch(&b[pos..]) {
+            Ok(h) => pos += h.total_len(),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        b[pos..].iter().all(|&x| x == 0),
+        "only zeros follow the batches"
+    );
+    OpenOptions::new()
+        .write(true)
+        .open(log)
+        .unwrap()
+        .set_len(pos as u64)
+        .unwrap();
+}
+
 /// Batch boundaries of a log file.
 fn batch_ends(log: &Path) -> Vec<(usize, i64)> {
     let b = std::fs::read(log).unwrap();
@@ -114,6 +138,7 @@ fn recovery_truncates_garbage_to_exactly_the_previous_batch() {
         };
         fill(dir.path(), 40, &o);
         let log = segment_files(dir.path(), "log").pop().unwrap();
+        cut_zero_tail(&log);
         let ends = batch_ends(&log);
         let len = ends.last().unwrap().0;
         let cut = (noise(seed, 8).iter().map(|&b| b as usize).sum::<usize>() * 7919) % len;
@@ -398,15 +423,20 @@ fn ten_thousand_partitions_stay_under_the_handle_budget() {
         assert_eq!(r.len(), 2);
         assert_eq!(r[1].body(), format!("1-{p}").as_bytes());
     }
-    assert!(s.open_segments() <= 64);
+    // Sealed segments: at most `max_open_files`, a descriptor and two mappings each; segments
+    // not sealed yet (here every one: the active ones): at most 8 × `max_open_files`, three
+    // mappings and no descriptor each.
+    assert!(s.open_segments() <= 64 * 9);
     let fds = open_fds().saturating_sub(fds_before);
     let maps = mappings().saturating_sub(maps_before);
-    // Each open segment holds a log descriptor and two mapped indexes (with their descriptors).
     assert!(
         fds <= 64 * 3 + 16,
         "{fds} descriptors open for 10,000 partitions"
     );
-    assert!(maps <= 64 * 2 + 64, "{maps} mappings for 10,000 partitions");
+    assert!(
+        maps <= 64 * 2 + 64 * 8 * 3 + 64,
+        "{maps} mappings for 10,000 partitions"
+    );
     s.close().unwrap();
     drop(s);
     let s = SegmentedStore::open(dir.path(), o).unwrap();
@@ -488,6 +518,7 @@ fn resumed_recovery_rebuilds_the_same_indexes_as_a_full_scan() {
         "one active segment"
     );
     let log = segment_files(src.path(), "log").pop().unwrap();
+    cut_zero_tail(&log);
     let len = std::fs::metadata(&log).unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)

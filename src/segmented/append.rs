@@ -151,9 +151,12 @@ impl Partition {
         if st.segments.is_empty() {
             // Files are created on the first append, so idle partitions cost nothing.
             let base = self.end.load(Ordering::Acquire);
-            let h = self.create_segment(ctx, base)?;
+            let map_len = segment::log_map_len(config.segment_bytes, buf.len() as u64);
+            let h = self.create_segment(ctx, base, map_len)?;
             ctx.cache.insert((self.uid, base), Arc::new(h));
-            st.segments.push(SegmentMeta::new(base));
+            let mut meta = SegmentMeta::new(base);
+            meta.map_len = map_len;
+            st.segments.push(meta);
         }
         let active = st
             .segments
@@ -190,7 +193,20 @@ impl Partition {
             .segments
             .last_mut()
             .ok_or_else(|| Error::corrupted(&self.dir, 0, "no segment"))?;
+        let handle = if active.size + buf.len() as u64 > handle.log_capacity() {
+            // A batch larger than the segment size, or a topic whose segment size grew: the
+            // log gets a larger mapping (the old one stays valid for readers holding it).
+            self.remap_active(ctx, active, handle, segment_bytes, buf.len() as u64)?
+        } else {
+            handle
+        };
+        if active.map_len == 0 {
+            active.map_len = handle.log_capacity();
+        }
         handle.append(active, buf, &header, o.index_interval_bytes)?;
+        if let Some(warmer) = &ctx.warmer {
+            handle.warm_ahead(warmer);
+        }
         // Keys are indexed before the offsets are published (see the index checkpoint).
         if let Some(keys) = &mut keys {
             for (i, m) in messages.iter().enumerate() {
@@ -291,13 +307,15 @@ impl Partition {
     /// failed half-way are removed first (no segment of this partition starts at `base`: it is
     /// the partition's end), and a failed attempt removes what it created, so a failed roll
     /// never wedges the next one.
-    fn create_segment(&self, ctx: &Ctx, base: u64) -> Result<SegmentHandle> {
+    fn create_segment(&self, ctx: &Ctx, base: u64, map_len: u64) -> Result<SegmentHandle> {
         let fs = ctx.fs.as_ref();
         remove_segment_files(fs, &self.dir, base)?;
-        SegmentHandle::create(fs, &self.dir, base, ctx.opts.max_index_bytes).inspect_err(|_| {
-            // Best effort: if this fails too, the next attempt starts by removing them.
-            let _ = remove_segment_files(fs, &self.dir, base);
-        })
+        SegmentHandle::create(fs, &self.dir, base, ctx.opts.max_index_bytes, map_len).inspect_err(
+            |_| {
+                // Best effort: if this fails too, the next attempt starts by removing them.
+                let _ = remove_segment_files(fs, &self.dir, base);
+            },
+        )
     }
 
     /// Rolls to a new segment at `base` under the partition lock; the old active segment becomes
@@ -312,7 +330,13 @@ impl Partition {
         if let Some(active) = st.segments.last_mut() {
             old.append_final_time_entry(active)?;
         }
-        let new = self.create_segment(ctx, base)?;
+        // The new log reserves what the old one did (its topic's segment size), so appends to it
+        // need no larger mapping.
+        let map_len = match st.segments.last().map_or(0, |m| m.map_len) {
+            0 => segment::log_map_len(ctx.opts.segment_bytes, 0),
+            n => n,
+        };
+        let new = self.create_segment(ctx, base, map_len)?;
         // The producer state now covers exactly the offsets below the new segment: Kafka's
         // snapshot at a roll. Copied here (no I/O), written by the seal path.
         if st.has_snapshot {
@@ -323,8 +347,34 @@ impl Partition {
         }
         let old_base = st.segments.last().map_or(base, |m| m.base);
         st.pending.push((old_base, old));
-        st.segments.push(SegmentMeta::new(base));
+        let mut meta = SegmentMeta::new(base);
+        meta.map_len = map_len;
+        st.segments.push(meta);
         Ok(ctx.cache.insert((self.uid, base), Arc::new(new)))
+    }
+
+    /// Maps the active segment's log again with room for `len` more bytes (at least the
+    /// topic's `segment_bytes`), under the partition lock, and caches the new handle.
+    fn remap_active(
+        &self,
+        ctx: &Ctx,
+        active: &mut SegmentMeta,
+        old: Arc<SegmentHandle>,
+        segment_bytes: u64,
+        len: u64,
+    ) -> Result<Arc<SegmentHandle>> {
+        let key = (self.uid, active.base);
+        ctx.cache.remove(key);
+        drop(old);
+        active.map_len = segment::log_map_len(segment_bytes, active.size + len);
+        let h = SegmentHandle::open(
+            ctx.fs.as_ref(),
+            &self.dir,
+            active,
+            ctx.opts.max_index_bytes,
+            segment_bytes,
+        )?;
+        Ok(ctx.cache.insert(key, Arc::new(h)))
     }
 
     /// Seals every rolled segment still pending: log synced, indexes trimmed (outside the

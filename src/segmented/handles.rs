@@ -1,7 +1,11 @@
 //! A bounded cache of open segments, so that thousands of partitions do not mean thousands of
-//! open files and mappings (Kafka's most common operational complaint). The bound is the store's
-//! `max_open_files`; least recently used handles are dropped first, and a reader or writer still
-//! holding one keeps it open until done.
+//! open files and mappings (Kafka's most common operational complaint). Two bounds, each its own
+//! LRU: sealed segments (one descriptor and two mappings each) at most the store's
+//! `max_open_files`; segments not sealed yet, whose log is mapped (three mappings, no
+//! descriptor), at most [`MAPPED_PER_OPEN_FILE`] × `max_open_files` — so appends round-robin
+//! over thousands of partitions keep their active segments open without running into the
+//! descriptor limit. Least recently used handles are dropped first, and a reader or writer
+//! still holding one keeps it open until done.
 //!
 //! Every append and read looks a handle up here, so the cache is sharded by key (each shard a
 //! mutex over a map and an intrusive LRU list: O(1) lookup, touch and eviction), and handles are
@@ -140,49 +144,74 @@ impl Shard {
     }
 }
 
+/// Segments not sealed yet kept open per `max_open_files`: their handles hold three mappings
+/// and no descriptor, so 8 × 512 by default (12,288 mappings, well under the kernel's usual
+/// 65,530).
+pub(crate) const MAPPED_PER_OPEN_FILE: usize = 8;
+
 pub(crate) struct HandleCache {
+    /// Sealed segments (a descriptor each).
     shards: Vec<Mutex<Shard>>,
+    /// Segments not sealed yet (mapped, no descriptor).
+    mapped: Vec<Mutex<Shard>>,
+}
+
+/// Shards whose capacities add up to exactly `capacity` (at least one).
+fn shards(capacity: usize) -> Vec<Mutex<Shard>> {
+    let capacity = capacity.max(1);
+    let n = SHARDS.min(capacity);
+    (0..n)
+        .map(|i| Mutex::new(Shard::new(capacity / n + usize::from(i < capacity % n))))
+        .collect()
+}
+
+fn shard(shards: &[Mutex<Shard>], key: Key) -> &Mutex<Shard> {
+    let h = key.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ key.1.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    &shards[((h >> 32) as usize) % shards.len()]
 }
 
 impl HandleCache {
-    /// A cache of at most `capacity` handles (at least one).
+    /// A cache of at most `capacity` sealed segments and `MAPPED_PER_OPEN_FILE × capacity`
+    /// segments not sealed yet (each at least one).
     pub(crate) fn new(capacity: usize) -> Self {
-        let capacity = capacity.max(1);
-        let n = SHARDS.min(capacity);
-        // Shard capacities add up to exactly `capacity`.
-        let shards = (0..n)
-            .map(|i| Mutex::new(Shard::new(capacity / n + usize::from(i < capacity % n))))
-            .collect();
-        HandleCache { shards }
-    }
-
-    fn shard(&self, key: Key) -> &Mutex<Shard> {
-        let h =
-            key.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ key.1.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-        &self.shards[((h >> 32) as usize) % self.shards.len()]
+        HandleCache {
+            shards: shards(capacity),
+            mapped: shards(capacity.saturating_mul(MAPPED_PER_OPEN_FILE)),
+        }
     }
 
     pub(crate) fn get(&self, key: Key) -> Option<Arc<SegmentHandle>> {
-        self.shard(key).lock().get(key)
+        // The active segments first: every append looks its segment up.
+        if let Some(h) = shard(&self.mapped, key).lock().get(key) {
+            return Some(h);
+        }
+        shard(&self.shards, key).lock().get(key)
     }
 
     /// Inserts a handle, closing the least recently used one of its shard if the shard is full.
     /// Returns the handle now cached for `key` (another thread may have inserted one first).
     pub(crate) fn insert(&self, key: Key, handle: Arc<SegmentHandle>) -> Arc<SegmentHandle> {
-        let (out, evicted) = self.shard(key).lock().insert(key, handle);
+        let tier = if handle.is_mapped() {
+            &self.mapped
+        } else {
+            &self.shards
+        };
+        let (out, evicted) = shard(tier, key).lock().insert(key, handle);
         // Closed outside the lock.
         drop(evicted);
         out
     }
 
     pub(crate) fn remove(&self, key: Key) {
-        let e = self.shard(key).lock().remove(key);
+        let e = shard(&self.mapped, key).lock().remove(key);
+        drop(e);
+        let e = shard(&self.shards, key).lock().remove(key);
         drop(e);
     }
 
     /// Drops every cached handle.
     pub(crate) fn clear(&self) {
-        for s in &self.shards {
+        for s in self.shards.iter().chain(&self.mapped) {
             let all = {
                 let mut s = s.lock();
                 let cap = s.capacity;
@@ -193,7 +222,11 @@ impl HandleCache {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map.len()).sum()
+        self.shards
+            .iter()
+            .chain(&self.mapped)
+            .map(|s| s.lock().map.len())
+            .sum()
     }
 }
 
@@ -237,6 +270,8 @@ mod tests {
             let c = HandleCache::new(cap);
             let total: usize = c.shards.iter().map(|s| s.lock().capacity).sum();
             assert_eq!(total, cap);
+            let mapped: usize = c.mapped.iter().map(|s| s.lock().capacity).sum();
+            assert_eq!(mapped, cap * MAPPED_PER_OPEN_FILE);
         }
     }
 }

@@ -290,16 +290,22 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
             };
             match scan {
                 Some(scan) => {
+                    // A rolled segment whose batches reach the next segment's base is whole:
+                    // what follows them is the zeros its mapping grew into before the seal
+                    // could cut them (a crash in between), not a torn write.
+                    let whole = bases.get(i + 1) == Some(&scan.next_offset);
                     if scan.valid_size < size {
                         // Truncate the first invalid batch and everything after it.
                         log.set_len(scan.valid_size)
                             .map_err(|e| Error::io(&lp, e))?;
                         log.sync_data().map_err(|e| Error::io(&lp, e))?;
-                        for &later in &bases[i + 1..] {
-                            remove_segment_files(fs, dir, later)?;
+                        if !whole {
+                            for &later in &bases[i + 1..] {
+                                remove_segment_files(fs, dir, later)?;
+                            }
+                            fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+                            bases.truncate(i + 1);
                         }
-                        fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
-                        bases.truncate(i + 1);
                     } else if !spec.clean && scan.next_offset > spec.recovery_point {
                         // What was validated past the recovery point may exist only in the page
                         // cache (a process crash); the recovery point written at open will claim

@@ -615,6 +615,7 @@ impl SegmentedStore {
                 index: None,
                 producer_expiration: options.producer_id_expiration,
                 gc: Arc::clone(&gc),
+                warmer: crate::io::Warmer::start("duolog-seg-warm").ok(),
             },
             options: options.clone(),
             topics: RwLock::new(HashMap::new()),

@@ -29,6 +29,9 @@ pub(crate) struct Ctx {
     /// The store's group commit: poisoned when a transaction index cannot record an abort
     /// whose marker is already in the log (a reopen rebuilds it).
     pub(crate) gc: Arc<crate::durability::GroupCommit>,
+    /// Faults active logs in ahead of their appenders (`None`: the thread could not start;
+    /// appenders then take the page faults themselves).
+    pub(crate) warmer: Option<crate::io::Warmer>,
 }
 
 pub(crate) struct PartState {
@@ -86,7 +89,13 @@ impl Partition {
         if let Some(h) = ctx.cache.get(key) {
             return Ok(h);
         }
-        let h = SegmentHandle::open(ctx.fs.as_ref(), &self.dir, meta, ctx.opts.max_index_bytes)?;
+        let h = SegmentHandle::open(
+            ctx.fs.as_ref(),
+            &self.dir,
+            meta,
+            ctx.opts.max_index_bytes,
+            ctx.opts.segment_bytes,
+        )?;
         Ok(ctx.cache.insert(key, Arc::new(h)))
     }
 
@@ -230,17 +239,23 @@ impl Partition {
         Ok(())
     }
 
-    /// Makes the active segment's index entries durable (for a clean close, whose next open
-    /// trusts them).
+    /// Makes the active segment's index entries durable and cuts its log to its batches (for a
+    /// clean close, whose next open trusts both). The caller has stopped appends and flushed
+    /// the log.
     pub(crate) fn sync_active_indexes(&self, ctx: &Ctx) -> Result<()> {
-        let handle = {
+        let (handle, size) = {
             let st = self.state.lock();
+            if self.deleted.load(Ordering::Acquire) {
+                return Ok(());
+            }
             match st.segments.last() {
-                Some(active) => self.handle(ctx, active)?,
+                Some(active) => (self.handle(ctx, active)?, active.size),
                 None => return Ok(()),
             }
         };
-        handle.sync_indexes()
+        handle.sync_indexes()?;
+        handle.sync()?;
+        handle.trim_log(ctx.fs.as_ref(), size, false)
     }
 
     /// Whether appends may have left data that is not durable yet.

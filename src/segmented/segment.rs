@@ -1,8 +1,17 @@
-//! One segment: `<base>.log` (RecordBatch v2, appended with positional writes), `<base>.index`
-//! and `<base>.timeindex` (mapped). What stays in memory for every segment is [`SegmentMeta`];
-//! the open files live in a [`SegmentHandle`], which the handle cache may close at any time.
+//! One segment: `<base>.log` (RecordBatch v2), `<base>.index` and `<base>.timeindex` (mapped).
+//! What stays in memory for every segment is [`SegmentMeta`]; the open files live in a
+//! [`SegmentHandle`], which the handle cache may close at any time.
+//!
+//! A segment not sealed yet (the active one, and one rolled but not sealed) has its log mapped
+//! writable and growing ahead of the data (`MapMode::OpenGrowable`, real blocks allocated in
+//! doubling steps of at most `io::MAX_GROW_STEP`), so an append is a copy into the page cache
+//! with no system call, and the handle holds no file descriptor. Its file is longer than its
+//! data until the seal (or a clean close) cuts it to its batches; recovery treats the zeros
+//! past the last batch like any invalid tail. A sealed segment's log is read with positional
+//! reads through one descriptor.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::batch::{self, BatchError, BatchHeader, HEADER_LEN};
 use super::index::{self, OFFSET_ENTRY, TIME_ENTRY};
@@ -75,6 +84,9 @@ pub(crate) struct SegmentMeta {
     pub(crate) swapping: bool,
     /// Entries of the segment's `.txnindex` (0: no file): aborts whose marker it holds.
     pub(crate) txn_entries: u64,
+    /// Bytes of address space the log of a segment not sealed yet is mapped with (0: not
+    /// known yet). Every handle maps the same length, so all see one mapping of the file.
+    pub(crate) map_len: u64,
 }
 
 impl SegmentMeta {
@@ -93,6 +105,7 @@ impl SegmentMeta {
             log_damaged: false,
             swapping: false,
             txn_entries: 0,
+            map_len: 0,
         }
     }
 }
@@ -113,10 +126,99 @@ impl SegmentMeta {
 /// The open files of a segment.
 #[derive(Debug)]
 pub(crate) struct SegmentHandle {
+    /// Reads of the log: positional reads of a sealed segment's file, or copies out of the
+    /// writable mapping of one not sealed yet.
     pub(crate) log: Box<dyn StorageFile>,
     pub(crate) log_path: PathBuf,
     pub(crate) offset_index: Option<MappedFile>,
     pub(crate) time_index: Option<MappedFile>,
+    /// The log's writable mapping, for a segment not sealed yet: appends copy into it and a
+    /// flush is an msync of what it wrote since the last one. `None` for a sealed segment.
+    writer: Option<Arc<MappedFile>>,
+}
+
+/// Reads of a mapped log, through the `StorageFile` interface the readers use for every log:
+/// only its published bytes (whole batches, below the segment's size) are ever seen.
+#[derive(Debug)]
+struct MappedLog(Arc<MappedFile>);
+
+fn unsupported(what: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        format!("{what} on the mapped log of an active segment"),
+    )
+}
+
+impl StorageFile for MappedLog {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let end = self.0.committed() as u64;
+        if offset >= end {
+            return Ok(0);
+        }
+        let n = (end - offset).min(buf.len() as u64) as usize;
+        let src = self
+            .0
+            .read(offset as usize, n)
+            .ok_or_else(|| unsupported("a read past the published bytes"))?;
+        buf[..n].copy_from_slice(src);
+        Ok(n)
+    }
+
+    fn write_all_at(&self, _data: &[u8], _offset: u64) -> std::io::Result<()> {
+        Err(unsupported("a positional write"))
+    }
+
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.0.committed() as u64)
+    }
+
+    fn set_len(&self, _len: u64) -> std::io::Result<()> {
+        Err(unsupported("a truncation"))
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.flush(self.0.committed()).map(|_| ())
+    }
+}
+
+/// The address space a segment's log mapping reserves: at least `want` (the segment size its
+/// topic rolls at) and the `len` bytes the file already has, in whole pages. Nothing of it is
+/// allocated on disk until written (see `MappedFile::ensure_allocated`).
+pub(crate) fn log_map_len(want: u64, len: u64) -> u64 {
+    want.max(len).max(1).div_ceil(PAGE) * PAGE
+}
+
+const PAGE: u64 = 4096;
+
+/// How far ahead of the writer the warm-up thread faults in an active log (never past its
+/// allocated blocks, which stay in proportion to the data).
+const LOG_WARM_WINDOW: usize = 256 << 10;
+
+/// Maps the log of a segment not sealed yet, writable, with its data (`size` bytes) published
+/// and nothing assumed durable: bytes appended through an earlier (evicted) handle may still be
+/// only in the page cache, so the first flush through this one covers them too.
+fn map_log(
+    fs: &dyn FileSystem,
+    path: &Path,
+    size: u64,
+    map_len: u64,
+    create: bool,
+) -> Result<MappedFile> {
+    let mode = if create {
+        MapMode::CreateGrowable { initial: 0 }
+    } else {
+        MapMode::OpenGrowable
+    };
+    let mut f = MappedFile::map(fs, path, 0, map_len, mode).map_err(|e| Error::io(path, e))?;
+    if (f.allocated() as u64) < size {
+        return Err(Error::corrupted(
+            path,
+            f.allocated() as u64,
+            "log shorter than its data",
+        ));
+    }
+    f.set_recovered_end(size as usize, 0);
+    Ok(f)
 }
 
 fn map_index(
@@ -159,11 +261,10 @@ impl SegmentHandle {
         dir: &Path,
         base: u64,
         max_index_bytes: u64,
+        map_len: u64,
     ) -> Result<SegmentHandle> {
         let lp = log_path(dir, base);
-        let log = fs
-            .open_file(&lp, OpenMode::CreateNew)
-            .map_err(|e| Error::io(&lp, e))?;
+        let writer = Arc::new(map_log(fs, &lp, 0, map_len, true)?);
         let oi = index_path(dir, base);
         let ti = time_index_path(dir, base);
         let (offset_bytes, time_bytes) = index_capacities(max_index_bytes);
@@ -174,26 +275,43 @@ impl SegmentHandle {
         let time_index = map_index(fs, &ti, time_bytes, 0, grow)?;
         fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
         Ok(SegmentHandle {
-            log,
+            log: Box::new(MappedLog(Arc::clone(&writer))),
             log_path: lp,
             offset_index,
             time_index,
+            writer: Some(writer),
         })
     }
 
     /// Opens an existing segment whose indexes hold `meta`'s entry counts: a sealed segment's
     /// indexes at their length, an active one's at their full capacity (they grow as it fills).
+    /// A segment not sealed yet has its log mapped with `meta.map_len` bytes of address space
+    /// (or, when that is not known yet, `segment_bytes` or the file's length if longer).
     pub(crate) fn open(
         fs: &dyn FileSystem,
         dir: &Path,
         meta: &SegmentMeta,
         max_index_bytes: u64,
+        segment_bytes: u64,
     ) -> Result<SegmentHandle> {
         let lp = log_path(dir, meta.base);
-        let log = open_swapping(&lp, meta.swapping, |p| {
-            fs.open_file(p, OpenMode::Existing)
-                .map_err(|e| Error::io(p, e))
-        })?;
+        let (log, writer): (Box<dyn StorageFile>, _) = if meta.sealed || meta.swapping {
+            let log = open_swapping(&lp, meta.swapping, |p| {
+                fs.open_file(p, OpenMode::Existing)
+                    .map_err(|e| Error::io(p, e))
+            })?;
+            (log, None)
+        } else {
+            let map_len = match meta.map_len {
+                0 => log_map_len(
+                    segment_bytes,
+                    fs.file_len(&lp).map_err(|e| Error::io(&lp, e))?,
+                ),
+                n => n,
+            };
+            let w = Arc::new(map_log(fs, &lp, meta.size, map_len, false)?);
+            (Box::new(MappedLog(Arc::clone(&w))), Some(w))
+        };
         let (ocap, tcap) = index_capacities(max_index_bytes);
         let index = |path: &Path, cap: u64, used: u64| {
             open_swapping(path, meta.swapping, |p| {
@@ -221,7 +339,31 @@ impl SegmentHandle {
             log_path: lp,
             offset_index,
             time_index,
+            writer,
         })
+    }
+
+    /// Asks `warmer` to fault in the log's next pages ahead of the writer when it nears the end
+    /// of those already faulted in: the first store into a fresh page of the mapping (a page
+    /// fault, a page-cache allocation and a zero-fill) then happens on the warm-up thread
+    /// instead of inside an append.
+    pub(crate) fn warm_ahead(&self, warmer: &crate::io::Warmer) {
+        if let Some(w) = &self.writer
+            && w.wants_prefault(w.committed(), LOG_WARM_WINDOW)
+        {
+            warmer.request(w, LOG_WARM_WINDOW);
+        }
+    }
+
+    /// Whether the log is mapped (a segment not sealed yet): the handle holds no descriptor.
+    pub(crate) fn is_mapped(&self) -> bool {
+        self.writer.is_some()
+    }
+
+    /// Bytes of log the handle can take (its mapping's length); unbounded for a sealed one,
+    /// which takes none.
+    pub(crate) fn log_capacity(&self) -> u64 {
+        self.writer.as_ref().map_or(u64::MAX, |w| w.len() as u64)
     }
 
     pub(crate) fn offset_entries(&self) -> &[u8] {
@@ -270,9 +412,43 @@ impl SegmentHandle {
                     .map_err(|e| Error::io(f.path(), e))?;
             }
         }
-        self.log
-            .write_all_at(bytes, pos)
+        let Some(w) = &self.writer else {
+            return Err(Error::corrupted(
+                &self.log_path,
+                pos,
+                "append to a sealed segment",
+            ));
+        };
+        let end = pos + bytes.len() as u64;
+        if end > w.len() as u64 {
+            return Err(Error::corrupted(
+                &self.log_path,
+                pos,
+                "batch past the log's mapping",
+            ));
+        }
+        // Blocks first (a full disk is an error here, not a SIGBUS on the copy), in steps that
+        // double, so an append pays an allocation once per step.
+        w.ensure_allocated(end as usize)
             .map_err(|e| Error::io(&self.log_path, e))?;
+        match w.append(&[bytes]) {
+            Some(at) if at as u64 == pos => {}
+            _ => {
+                return Err(Error::corrupted(
+                    &self.log_path,
+                    pos,
+                    "the log's mapping is not at the segment's end",
+                ));
+            }
+        }
+        // Published to readers of this handle; the partition publishes the offsets after.
+        w.commit_all();
+        // Blocks for the next appends are allocated half a step before they are needed, so the
+        // warm-up thread can fault them in ahead of this writer. A failure here is reported by
+        // the `ensure_allocated` of the append that needs the blocks.
+        if w.wants_growth(end as usize) {
+            let _ = w.grow_ahead();
+        }
         if pos == 0 {
             meta.first_timestamp = h.max_timestamp;
         }
@@ -342,11 +518,36 @@ impl SegmentHandle {
         Ok(())
     }
 
-    /// Flushes the log data.
+    /// Flushes the log data: msync of what the mapping wrote since its last flush (which, like
+    /// fdatasync, also makes the grown length durable), or fdatasync of a sealed segment.
     pub(crate) fn sync(&self) -> Result<()> {
         self.log
             .sync_data()
             .map_err(|e| Error::io(&self.log_path, e))
+    }
+
+    /// Cuts the log file to its `size` bytes of batches (the zeros its mapping grew into go),
+    /// durably when `durable` (a seal: a reopen trusts a sealed segment's length; a clean close
+    /// does not need it, since an open that finds zeros after the last batch scans and cuts
+    /// them). Only once nothing appends to the segment any more: the mapping stays valid below
+    /// `size`, the only bytes anyone reads.
+    pub(crate) fn trim_log(&self, fs: &dyn FileSystem, size: u64, durable: bool) -> Result<()> {
+        if self.writer.is_none() {
+            return Ok(());
+        }
+        let lp = &self.log_path;
+        let f = fs
+            .open_file(lp, OpenMode::Existing)
+            .map_err(|e| Error::io(lp, e))?;
+        if f.len().map_err(|e| Error::io(lp, e))? > size {
+            f.set_len(size).map_err(|e| Error::io(lp, e))?;
+        }
+        // Synced even when the length already fits: an earlier cut (a clean close's) may not
+        // be durable yet.
+        if durable {
+            f.sync_data().map_err(|e| Error::io(lp, e))?;
+        }
+        Ok(())
     }
 
     /// Reads the header of the batch at `pos`.
@@ -413,6 +614,9 @@ pub(crate) fn seal(
     meta: &SegmentMeta,
 ) -> Result<()> {
     handle.sync()?;
+    // The log is cut to its batches before its indexes say "sealed": a reopen trusts a sealed
+    // segment's length as its size.
+    handle.trim_log(fs, meta.size, true)?;
     let time = sealed_time_entries(
         handle.time_entries(),
         meta.base,

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 
 use super::compacted::{self, Compacted, Meta, State, Writer};
-use super::txn_index::Aborted;
+use super::txn_index::{self, Aborted};
 use super::{Inner, PartitionState, TopicState};
 use crate::clock::{duration_ms, now_ms};
 use crate::error::{Error, Result};
@@ -327,7 +327,8 @@ impl Inner {
         // ended, so its abort (if it aborted) is in the index collected here.
         let lso = self.last_stable(part, end);
         dirty_end = dirty_end.min(lso.max(lo));
-        let aborted = part.txn_index.lock().collect(lo, dirty_end);
+        // Every entry of the section (no cap: the pass must know them all).
+        let (aborted, _) = txn_index::collect(&part.txn_index, lo, dirty_end, usize::MAX)?;
         let tombstones_due = old_state.tombstones > 0
             && now.saturating_sub(old_state.oldest_tombstone_ms)
                 > duration_ms(rules.delete_retention);

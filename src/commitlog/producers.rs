@@ -239,12 +239,7 @@ impl Inner {
             for (p, part) in t.partitions.iter().enumerate() {
                 let mut ps = part.producers.lock();
                 ps.expire(now, expiration);
-                let last_abort = part
-                    .txn_index
-                    .lock()
-                    .entries()
-                    .last()
-                    .map(|e| e.last_offset);
+                let last_abort = part.txn_index.lock().last_marker();
                 if !ps.is_empty() || last_abort.is_some() {
                     partitions.push(PartitionEntries {
                         topic: t.name.clone(),

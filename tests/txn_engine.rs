@@ -622,3 +622,76 @@ fn compaction_drops_an_abort_marker_and_its_index_entry_after_delete_retention()
         store.close().unwrap();
     });
 }
+
+fn is_fenced<T: std::fmt::Debug>(r: duolog::Result<T>) -> bool {
+    matches!(r, Err(Error::ProducerFenced { .. }))
+}
+
+/// A marker with a bumped epoch fences the older epoch on its partition even when it ends
+/// nothing there (`Ok(None)`): on a partition where the producer has written (and its
+/// transaction is not open) and on one where it never has; durable across a clean reopen and a
+/// crash. The new epoch starts its sequences at 0.
+#[test]
+fn a_marker_with_a_bumped_epoch_fences_the_old_epoch_even_when_nothing_is_open() {
+    common::for_each_engine(|engine, dir| {
+        let opts = common::small_options(engine);
+        let store = common::open(dir, &opts);
+        store
+            .create_topic(
+                "t",
+                TopicConfig {
+                    partitions: 2,
+                    ..TopicConfig::default()
+                },
+            )
+            .unwrap();
+        let old = producer(store.as_ref(), 3);
+        let new = ProducerId {
+            id: old.id,
+            epoch: 4,
+        };
+        store
+            .append_transactional("t", 0, old, 0, &batch("b", 3))
+            .unwrap();
+        store.write_marker("t", 0, old, TxnMarker::Commit, 0).unwrap();
+        for p in 0..2 {
+            assert_eq!(
+                store.write_marker("t", p, new, TxnMarker::Abort, 1).unwrap(),
+                None,
+                "{engine}: nothing open on partition {p}"
+            );
+        }
+        let check = |store: &dyn LogStore, when: &str| {
+            for p in 0..2 {
+                assert!(
+                    is_fenced(store.append_idempotent("t", p, old, 3, &batch("z", 1))),
+                    "{engine} {when}: idempotent append of the old epoch on {p}"
+                );
+                assert!(
+                    is_fenced(store.append_transactional("t", p, old, 3, &batch("z", 1))),
+                    "{engine} {when}: transactional append of the old epoch on {p}"
+                );
+                assert!(
+                    is_fenced(store.append_idempotent("t", p, old, 0, &batch("z", 1))),
+                    "{engine} {when}: old epoch from sequence 0 on {p}"
+                );
+            }
+        };
+        check(store.as_ref(), "before a reopen");
+        store.close().unwrap();
+        let store = common::open(dir, &opts);
+        check(store.as_ref(), "after a clean reopen");
+        store.abandon();
+        drop(store);
+        let store = common::open(dir, &opts);
+        check(store.as_ref(), "after a crash");
+        // The new epoch's sequences start at 0 on both partitions.
+        for p in 0..2 {
+            store
+                .append_idempotent("t", p, new, 0, &batch("n", 1))
+                .unwrap();
+        }
+        assert!(store.verify().unwrap().is_ok(), "{engine}");
+        store.close().unwrap();
+    });
+}

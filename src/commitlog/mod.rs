@@ -971,11 +971,17 @@ impl LogStore for CommitLogStore {
                 inner.gc.sync_to(inner.as_ref(), end)?;
                 Ok(Some(r.base_offset))
             }
-            Appended::Duplicate(_, end) | Appended::NoTransaction(end) => {
+            Appended::Duplicate(_, end) | Appended::NoTransaction(end, false) => {
                 // Nothing written, maybe because another caller has just written this marker
                 // and not synced it yet: `Ok(None)` tells the coordinator the marker is there,
                 // so wait for it to be durable, as a duplicate batch waits for its original.
                 inner.gc.sync_to(inner.as_ref(), end)?;
+                Ok(None)
+            }
+            Appended::NoTransaction(_, true) => {
+                // Nothing open here, but the marker's newer epoch now fences the older one on
+                // this partition: durable on return, through a producer snapshot (no record).
+                inner.snapshot_after_fence()?;
                 Ok(None)
             }
         }

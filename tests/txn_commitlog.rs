@@ -463,7 +463,11 @@ fn a_torn_marker_leaves_its_transaction_open_until_the_marker_is_written_again()
         assert!(store.verify().unwrap().is_ok());
         store.close().unwrap();
         let index = dir.path().join("consumequeue/t/0/aborted.txnindex");
-        assert_eq!(std::fs::read(&index).unwrap().len(), 8 + 2 * 38, "cut {cut}");
+        assert_eq!(
+            std::fs::read(&index).unwrap().len(),
+            8 + 2 * 38,
+            "cut {cut}"
+        );
         let store = CommitLogStore::open(dir.path(), opts()).unwrap();
         assert_eq!(committed(&store, "t", 0), ["plain-0", "after-0"]);
     }

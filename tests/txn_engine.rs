@@ -559,7 +559,10 @@ fn compaction_drops_an_abort_marker_and_its_index_entry_after_delete_retention()
                 0,
                 q,
                 0,
-                &[kv("b".into(), "aborted-b".into()), kv("c".into(), "aborted-c".into())],
+                &[
+                    kv("b".into(), "aborted-b".into()),
+                    kv("c".into(), "aborted-c".into()),
+                ],
             )
             .unwrap();
         store
@@ -578,13 +581,18 @@ fn compaction_drops_an_abort_marker_and_its_index_entry_after_delete_retention()
         // Enough distinct keys after them to roll segments past the markers.
         for i in 0..40 {
             let v = format!("pad-{i}-{}", "y".repeat(60));
-            store.append("t", 0, &[kv(format!("pad{i}"), v.clone())]).unwrap();
+            store
+                .append("t", 0, &[kv(format!("pad{i}"), v.clone())])
+                .unwrap();
             expected.push(v);
         }
         store.sync().unwrap();
 
         let first = store.compact(Some("t")).unwrap();
-        assert!(first.records_removed >= 2, "{first:?}: the aborted records go");
+        assert!(
+            first.records_removed >= 2,
+            "{first:?}: the aborted records go"
+        );
         assert_eq!(visible(store.as_ref(), "t", 0, COMMITTED), expected);
         assert_eq!(visible(store.as_ref(), "t", 0, UNCOMMITTED), expected);
         assert_eq!(
@@ -597,13 +605,18 @@ fn compaction_drops_an_abort_marker_and_its_index_entry_after_delete_retention()
         // The next pass (which, like Kafka's, runs for new dirty records) drops the markers.
         for i in 40..60 {
             let v = format!("pad-{i}-{}", "y".repeat(60));
-            store.append("t", 0, &[kv(format!("pad{i}"), v.clone())]).unwrap();
+            store
+                .append("t", 0, &[kv(format!("pad{i}"), v.clone())])
+                .unwrap();
             expected.push(v);
         }
         store.sync().unwrap();
         let second = store.compact(Some("t")).unwrap();
         // (The commit marker stays: its transaction's record is kept.)
-        assert_eq!(second.records_removed, 1, "{second:?}: the abort marker goes");
+        assert_eq!(
+            second.records_removed, 1,
+            "{second:?}: the abort marker goes"
+        );
         assert_eq!(
             abort_index_entries(engine, dir),
             0,
@@ -653,10 +666,14 @@ fn a_marker_with_a_bumped_epoch_fences_the_old_epoch_even_when_nothing_is_open()
         store
             .append_transactional("t", 0, old, 0, &batch("b", 3))
             .unwrap();
-        store.write_marker("t", 0, old, TxnMarker::Commit, 0).unwrap();
+        store
+            .write_marker("t", 0, old, TxnMarker::Commit, 0)
+            .unwrap();
         for p in 0..2 {
             assert_eq!(
-                store.write_marker("t", p, new, TxnMarker::Abort, 1).unwrap(),
+                store
+                    .write_marker("t", p, new, TxnMarker::Abort, 1)
+                    .unwrap(),
                 None,
                 "{engine}: nothing open on partition {p}"
             );

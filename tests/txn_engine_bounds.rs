@@ -80,7 +80,9 @@ fn many_aborts(store: &CommitLogStore, aborts: usize) -> Vec<String> {
             sq += 1;
             store.write_marker("t", 0, q, TxnMarker::Commit, 0).unwrap();
             expected.push(format!("c{k}"));
-            store.append("t", 0, &[Message::new(format!("x{k}"))]).unwrap();
+            store
+                .append("t", 0, &[Message::new(format!("x{k}"))])
+                .unwrap();
             expected.push(format!("x{k}"));
         }
         store.write_marker("t", 0, p, TxnMarker::Abort, 0).unwrap();

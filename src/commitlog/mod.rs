@@ -345,7 +345,10 @@ impl Inner {
                 queue_ready_until: AtomicU64::new(0),
                 compacted: RwLock::new(None),
                 producers: Mutex::new(Default::default()),
-                txn_index: Mutex::new(txn_index::TxnIndex::empty(Arc::clone(&self.fs), &self.cq_dir(name, p))),
+                txn_index: Mutex::new(txn_index::TxnIndex::empty(
+                    Arc::clone(&self.fs),
+                    &self.cq_dir(name, p),
+                )),
             }));
         }
         Ok(partitions)

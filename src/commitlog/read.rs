@@ -510,12 +510,8 @@ impl Inner {
         let (bound, aborted) = if limits.isolation == IsolationLevel::ReadCommitted {
             let bound = self.last_stable(part, end);
             if offset < bound {
-                let (aborted, bound) = txn_index::collect(
-                    &part.txn_index,
-                    offset,
-                    bound,
-                    txn_index::COLLECT_ENTRIES,
-                )?;
+                let (aborted, bound) =
+                    txn_index::collect(&part.txn_index, offset, bound, txn_index::COLLECT_ENTRIES)?;
                 (bound, aborted)
             } else {
                 (bound, Aborted::default())

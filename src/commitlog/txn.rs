@@ -174,9 +174,8 @@ impl Inner {
     ) -> Result<()> {
         let start = part.start.load(Ordering::Acquire);
         let end = part.end.load(Ordering::Acquire);
-        let past_snapshot = |e: &AbortedTxn| {
-            e.last_offset >= start && last_abort.is_none_or(|m| e.last_offset > m)
-        };
+        let past_snapshot =
+            |e: &AbortedTxn| e.last_offset >= start && last_abort.is_none_or(|m| e.last_offset > m);
         let mut good = !rebuild;
         if good && let Some(m) = last_abort.filter(|&m| m >= start) {
             good = part.txn_index.lock().contains(m).unwrap_or(false);

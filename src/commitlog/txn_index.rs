@@ -254,12 +254,7 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
 }
 
 /// Reads entries `[at, at + n)` of an open index file, checking each.
-fn read_entries(
-    file: &dyn StorageFile,
-    path: &Path,
-    at: u64,
-    n: usize,
-) -> Result<Vec<AbortedTxn>> {
+fn read_entries(file: &dyn StorageFile, path: &Path, at: u64, n: usize) -> Result<Vec<AbortedTxn>> {
     let mut buf = vec![0u8; n * ENTRY_LEN];
     let pos = HEADER_LEN + at * ENTRY_LEN as u64;
     io::read_exact_at(file, &mut buf, pos).map_err(io_err(path))?;
@@ -501,7 +496,11 @@ impl TxnIndex {
     /// syncs it) once the unwritten ones reach [`RESIDENT_ENTRIES`]; a write that fails keeps
     /// them in memory for the checkpoint, which reports the error.
     pub(crate) fn push(&mut self, e: AbortedTxn) {
-        debug_assert!(self.tail.back().is_none_or(|l| l.last_offset < e.last_offset));
+        debug_assert!(
+            self.tail
+                .back()
+                .is_none_or(|l| l.last_offset < e.last_offset)
+        );
         self.tail.push_back(e);
         self.unwritten += 1;
         if self.unwritten >= RESIDENT_ENTRIES {
@@ -606,7 +605,10 @@ impl TxnIndex {
             .open_file(&self.path, OpenMode::Existing)
             .map_err(io_err(&self.path))?;
         let i = search(file.as_ref(), &self.path, only_file, offset)?;
-        Ok(i < only_file && read_entries(file.as_ref(), &self.path, i, 1)?[0].last_offset == offset)
+        Ok(
+            i < only_file
+                && read_entries(file.as_ref(), &self.path, i, 1)?[0].last_offset == offset,
+        )
     }
 
     /// What the index must still do for the file to hold every entry durably, taken under the
@@ -615,12 +617,7 @@ impl TxnIndex {
     pub(crate) fn pending(&mut self) -> Result<Pending> {
         if self.floor > self.floor_applied {
             let floor = self.floor;
-            if self
-                .tail
-                .front()
-                .is_some_and(|e| e.last_offset < floor)
-                || !self.all_resident()
-            {
+            if self.tail.front().is_some_and(|e| e.last_offset < floor) || !self.all_resident() {
                 self.rewrite(|e| e.last_offset >= floor)?;
             }
             self.floor_applied = floor;
@@ -757,12 +754,20 @@ mod tests {
         bad[12] ^= 1;
         assert_eq!(AbortedTxn::decode(&bad), None, "checksum");
         let mut bytes: Vec<u8> = HEADER.to_vec();
-        bytes.extend([t(1, 0, 3, 4), t(2, 1, 5, 6)].iter().flat_map(|e| e.encode()));
+        bytes.extend(
+            [t(1, 0, 3, 4), t(2, 1, 5, 6)]
+                .iter()
+                .flat_map(|e| e.encode()),
+        );
         assert_eq!(decode_all(&bytes).map(|v| v.len()), Some(2));
         assert_eq!(decode_all(&bytes[..60]), None, "torn entry");
         assert_eq!(decode_all(&bytes[8..]), None, "no header");
         let mut swapped: Vec<u8> = HEADER.to_vec();
-        swapped.extend([t(2, 1, 5, 6), t(1, 0, 3, 4)].iter().flat_map(|e| e.encode()));
+        swapped.extend(
+            [t(2, 1, 5, 6), t(1, 0, 3, 4)]
+                .iter()
+                .flat_map(|e| e.encode()),
+        );
         assert_eq!(decode_all(&swapped), None, "out of order");
     }
 

@@ -457,6 +457,7 @@ impl Inner {
                 .lock()
                 .rewrite(|e| dropped.binary_search(&e.last_offset).is_err())
                 .map_err(|e| self.metadata_write_failed(e))?;
+            self.producer_snapshot_stale();
         }
         r.partitions_cleaned = 1;
         r.bytes_after = state.data_len;

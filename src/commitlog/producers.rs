@@ -353,6 +353,13 @@ impl Inner {
         Ok(())
     }
 
+    /// The snapshot on disk may name an abort marker that is gone (compaction dropped it):
+    /// the next checkpoint writes a fresh one even if the log has not moved, so an open does
+    /// not take the missing entry for a cut index and rebuild it.
+    pub(super) fn producer_snapshot_stale(&self) {
+        self.producer_sample.lock().last_written = None;
+    }
+
     pub(super) fn snapshot_producers_durably(&self) -> Result<()> {
         if !self.tracks_producers.load(Ordering::Acquire) {
             return Ok(());

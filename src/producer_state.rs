@@ -296,6 +296,31 @@ impl ProducerStates {
         }
     }
 
+    /// A marker of `producer` that ends nothing here (no transaction of it open): its epoch
+    /// still fences older ones on this partition, as a written marker's would. Records it
+    /// when newer than the partition knows (a producer it does not know counts from epoch 0);
+    /// returns whether anything changed (the caller makes that durable with a snapshot).
+    /// The new epoch's sequences restart at 0.
+    pub(crate) fn fence_epoch(&mut self, producer: ProducerId, timestamp: i64) -> bool {
+        let newer = self
+            .map
+            .get(&producer.id)
+            .map_or(producer.epoch > 0, |e| producer.epoch > e.epoch);
+        if !newer {
+            return false;
+        }
+        let e = self
+            .map
+            .entry(producer.id)
+            .or_insert_with(|| Entry::new(producer.epoch));
+        debug_assert!(e.txn_first_offset.is_none(), "no transaction open");
+        e.epoch = producer.epoch;
+        e.batches.clear();
+        e.transactional = false;
+        e.last_timestamp = e.last_timestamp.max(timestamp);
+        true
+    }
+
     /// Applies a marker of `producer` written at `marker_offset` (by `write_marker`, or found
     /// by a replay of the log), as Kafka's `appendEndTxnMarker`: ends the producer's open
     /// transaction and returns its first offset (`None`: none was open), records the

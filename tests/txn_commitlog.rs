@@ -249,7 +249,7 @@ fn the_aborted_index_is_rebuilt_after_deletion_or_damage() {
         }),
         ("producer id flipped", |f| {
             let mut b = std::fs::read(f).unwrap();
-            b[34 * 3 + 9] ^= 1;
+            b[8 + 38 * 3 + 9] ^= 1;
             std::fs::write(f, b).unwrap();
         }),
         ("garbage", |f| {
@@ -260,7 +260,11 @@ fn the_aborted_index_is_rebuilt_after_deletion_or_damage() {
         let dir = tempfile::tempdir().unwrap();
         let (seen, file) = aborted_workload(dir.path());
         let original = std::fs::read(&file).unwrap();
-        assert_eq!(original.len(), 34 * 20, "one 34-byte entry per abort");
+        assert_eq!(
+            original.len(),
+            8 + 38 * 20,
+            "a header, then one checksummed 34-byte Kafka entry per abort"
+        );
         damage(&file);
         let store = CommitLogStore::open(dir.path(), opts()).unwrap();
         assert_eq!(committed(&store, "t", 0), seen, "{what}");
@@ -278,7 +282,7 @@ fn retention_drops_aborted_transactions_below_the_start() {
     // Past the first ten rounds (each 3 + 1 + 2 + 1 + 1 = 8 offsets).
     store.delete_before("t", 0, 80).unwrap();
     store.close().unwrap();
-    let entries = std::fs::read(&file).unwrap().len() / 34;
+    let entries = (std::fs::read(&file).unwrap().len() - 8) / 38;
     assert_eq!(entries, 10, "the aborts of the first ten rounds are gone");
     let store = CommitLogStore::open(dir.path(), opts()).unwrap();
     let later: Vec<String> = seen
@@ -459,7 +463,11 @@ fn a_torn_marker_leaves_its_transaction_open_until_the_marker_is_written_again()
         assert!(store.verify().unwrap().is_ok());
         store.close().unwrap();
         let index = dir.path().join("consumequeue/t/0/aborted.txnindex");
-        assert_eq!(std::fs::read(&index).unwrap().len(), 2 * 34, "cut {cut}");
+        assert_eq!(
+            std::fs::read(&index).unwrap().len(),
+            8 + 2 * 38,
+            "cut {cut}"
+        );
         let store = CommitLogStore::open(dir.path(), opts()).unwrap();
         assert_eq!(committed(&store, "t", 0), ["plain-0", "after-0"]);
     }

@@ -492,3 +492,223 @@ fn bad_transactional_input_is_an_error() {
         assert!(matches!(f, Err(Error::OffsetOutOfRange { .. })), "{engine}");
     });
 }
+
+/// Aborted-transaction index entries of partition `t`/0, counted from the engine's files
+/// (`aborted.txnindex` on the CommitLog engine: an 8-byte header and 38-byte entries;
+/// Kafka's 34-byte `.txnindex` entries per segment on the segmented engine).
+fn abort_index_entries(engine: EngineKind, dir: &Path) -> u64 {
+    fn walk(p: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(p).unwrap() {
+            let e = e.unwrap().path();
+            if e.is_dir() {
+                walk(&e, out);
+            } else {
+                out.push(e);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, &mut files);
+    let len = |f: &Path| std::fs::metadata(f).unwrap().len();
+    match engine {
+        EngineKind::CommitLog => files
+            .iter()
+            .filter(|f| f.ends_with("consumequeue/t/0/aborted.txnindex"))
+            .map(|f| len(f).saturating_sub(8) / 38)
+            .sum(),
+        _ => files
+            .iter()
+            .filter(|f| f.extension().is_some_and(|x| x == "txnindex"))
+            .map(|f| len(f) / 34)
+            .sum(),
+    }
+}
+
+/// Kafka's cleaner rule for abort markers: once compaction has removed every record of an
+/// aborted transaction, its marker goes after `delete.retention` like a commit marker, and
+/// with it the transaction's aborted-index entry. Both isolation levels see the right records
+/// before and after, a reopen agrees and `verify` is clean.
+#[test]
+fn compaction_drops_an_abort_marker_and_its_index_entry_after_delete_retention() {
+    common::for_each_engine(|engine, dir| {
+        let opts = common::small_options(engine);
+        let store = common::open(dir, &opts);
+        store
+            .create_topic(
+                "t",
+                TopicConfig {
+                    partitions: 1,
+                    cleanup_policy: duolog::CleanupPolicy::Compact,
+                    segment_bytes: Some(1024),
+                    delete_retention: Some(std::time::Duration::from_millis(300)),
+                    ..TopicConfig::default()
+                },
+            )
+            .unwrap();
+        let kv = |k: String, v: String| Message::new(v).with_key(k);
+        let p = producer(store.as_ref(), 0);
+        let q = producer(store.as_ref(), 0);
+        let mut expected = Vec::new();
+        store
+            .append("t", 0, &[kv("a".into(), "plain-a".into())])
+            .unwrap();
+        expected.push("plain-a".to_string());
+        store
+            .append_transactional(
+                "t",
+                0,
+                q,
+                0,
+                &[
+                    kv("b".into(), "aborted-b".into()),
+                    kv("c".into(), "aborted-c".into()),
+                ],
+            )
+            .unwrap();
+        store
+            .append_transactional("t", 0, p, 0, &[kv("d".into(), "committed-d".into())])
+            .unwrap();
+        store.write_marker("t", 0, q, TxnMarker::Abort, 0).unwrap();
+        store.write_marker("t", 0, p, TxnMarker::Commit, 0).unwrap();
+        expected.push("committed-d".to_string());
+        // q goes on: its aborted batch is not its last (the segmented engine keeps a
+        // producer's last batch, emptied, for its sequence; that holds its marker, as in Kafka).
+        store
+            .append_transactional("t", 0, q, 2, &[kv("e".into(), "committed-e".into())])
+            .unwrap();
+        store.write_marker("t", 0, q, TxnMarker::Commit, 0).unwrap();
+        expected.push("committed-e".to_string());
+        // Enough distinct keys after them to roll segments past the markers.
+        for i in 0..40 {
+            let v = format!("pad-{i}-{}", "y".repeat(60));
+            store
+                .append("t", 0, &[kv(format!("pad{i}"), v.clone())])
+                .unwrap();
+            expected.push(v);
+        }
+        store.sync().unwrap();
+
+        let first = store.compact(Some("t")).unwrap();
+        assert!(
+            first.records_removed >= 2,
+            "{first:?}: the aborted records go"
+        );
+        assert_eq!(visible(store.as_ref(), "t", 0, COMMITTED), expected);
+        assert_eq!(visible(store.as_ref(), "t", 0, UNCOMMITTED), expected);
+        assert_eq!(
+            abort_index_entries(engine, dir),
+            1,
+            "within delete.retention the marker and its entry stay"
+        );
+
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        // The next pass (which, like Kafka's, runs for new dirty records) drops the markers.
+        for i in 40..60 {
+            let v = format!("pad-{i}-{}", "y".repeat(60));
+            store
+                .append("t", 0, &[kv(format!("pad{i}"), v.clone())])
+                .unwrap();
+            expected.push(v);
+        }
+        store.sync().unwrap();
+        let second = store.compact(Some("t")).unwrap();
+        // (The commit marker stays: its transaction's record is kept.)
+        assert_eq!(
+            second.records_removed, 1,
+            "{second:?}: the abort marker goes"
+        );
+        assert_eq!(
+            abort_index_entries(engine, dir),
+            0,
+            "the abort marker's index entry goes with it"
+        );
+        assert_eq!(visible(store.as_ref(), "t", 0, COMMITTED), expected);
+        assert_eq!(visible(store.as_ref(), "t", 0, UNCOMMITTED), expected);
+        assert!(store.verify().unwrap().is_ok(), "{engine}");
+        store.close().unwrap();
+
+        let store = common::open(dir, &opts);
+        assert_eq!(visible(store.as_ref(), "t", 0, COMMITTED), expected);
+        assert_eq!(visible(store.as_ref(), "t", 0, UNCOMMITTED), expected);
+        assert_eq!(abort_index_entries(engine, dir), 0);
+        assert!(store.verify().unwrap().is_ok(), "{engine}");
+        store.close().unwrap();
+    });
+}
+
+fn is_fenced<T: std::fmt::Debug>(r: duolog::Result<T>) -> bool {
+    matches!(r, Err(Error::ProducerFenced { .. }))
+}
+
+/// A marker with a bumped epoch fences the older epoch on its partition even when it ends
+/// nothing there (`Ok(None)`): on a partition where the producer has written (and its
+/// transaction is not open) and on one where it never has; durable across a clean reopen and a
+/// crash. The new epoch starts its sequences at 0.
+#[test]
+fn a_marker_with_a_bumped_epoch_fences_the_old_epoch_even_when_nothing_is_open() {
+    common::for_each_engine(|engine, dir| {
+        let opts = common::small_options(engine);
+        let store = common::open(dir, &opts);
+        store
+            .create_topic(
+                "t",
+                TopicConfig {
+                    partitions: 2,
+                    ..TopicConfig::default()
+                },
+            )
+            .unwrap();
+        let old = producer(store.as_ref(), 3);
+        let new = ProducerId {
+            id: old.id,
+            epoch: 4,
+        };
+        store
+            .append_transactional("t", 0, old, 0, &batch("b", 3))
+            .unwrap();
+        store
+            .write_marker("t", 0, old, TxnMarker::Commit, 0)
+            .unwrap();
+        for p in 0..2 {
+            assert_eq!(
+                store
+                    .write_marker("t", p, new, TxnMarker::Abort, 1)
+                    .unwrap(),
+                None,
+                "{engine}: nothing open on partition {p}"
+            );
+        }
+        let check = |store: &dyn LogStore, when: &str| {
+            for p in 0..2 {
+                assert!(
+                    is_fenced(store.append_idempotent("t", p, old, 3, &batch("z", 1))),
+                    "{engine} {when}: idempotent append of the old epoch on {p}"
+                );
+                assert!(
+                    is_fenced(store.append_transactional("t", p, old, 3, &batch("z", 1))),
+                    "{engine} {when}: transactional append of the old epoch on {p}"
+                );
+                assert!(
+                    is_fenced(store.append_idempotent("t", p, old, 0, &batch("z", 1))),
+                    "{engine} {when}: old epoch from sequence 0 on {p}"
+                );
+            }
+        };
+        check(store.as_ref(), "before a reopen");
+        store.close().unwrap();
+        let store = common::open(dir, &opts);
+        check(store.as_ref(), "after a clean reopen");
+        store.abandon();
+        drop(store);
+        let store = common::open(dir, &opts);
+        check(store.as_ref(), "after a crash");
+        // The new epoch's sequences start at 0 on both partitions.
+        for p in 0..2 {
+            store
+                .append_idempotent("t", p, new, 0, &batch("n", 1))
+                .unwrap();
+        }
+        assert!(store.verify().unwrap().is_ok(), "{engine}");
+        store.close().unwrap();
+    });
+}

@@ -98,7 +98,9 @@ pub(crate) enum Appended {
     /// A marker for a producer with no transaction open on the partition: nothing written. The
     /// published log end: the producer's last marker (if another caller just wrote it) ends at
     /// or before it, so a caller waiting for it waits for that marker to be durable.
-    NoTransaction(u64),
+    /// Nothing written; `true` when the marker's newer epoch was recorded (fencing the older
+    /// one here), which the caller makes durable with a producer snapshot.
+    NoTransaction(u64, bool),
 }
 
 impl Appended {
@@ -106,7 +108,7 @@ impl Appended {
     pub(crate) fn offsets(self) -> Result<(AppendResult, u64)> {
         match self {
             Appended::Written(r, end) | Appended::Duplicate(r, end) => Ok((r, end)),
-            Appended::NoTransaction(_) => Err(Error::InvalidArgument(
+            Appended::NoTransaction(..) => Err(Error::InvalidArgument(
                 "no transaction open for this marker".into(),
             )),
         }
@@ -442,8 +444,10 @@ impl Inner {
                     marker_offset,
                 )?
                 else {
+                    let fenced = part.producers.lock().fence_epoch(producer, now);
                     return Ok(Appended::NoTransaction(
                         self.written.load(Ordering::Acquire),
+                        fenced,
                     ));
                 };
                 let item = &items[0];

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 
 use super::compacted::{self, Compacted, Meta, State, Writer};
-use super::txn_index::Aborted;
+use super::txn_index::{self, Aborted};
 use super::{Inner, PartitionState, TopicState};
 use crate::clock::{duration_ms, now_ms};
 use crate::error::{Error, Result};
@@ -108,20 +108,24 @@ fn is_aborted(aborted: &Aborted, meta: &Meta) -> bool {
 /// passed, KIP-534). Without it a compacted topic written by transactions
 /// (`__consumer_offsets` under exactly-once) grows by one marker per transaction for good.
 /// A pass writes its records in offset order from the partition's start, and a transaction's
-/// records all come before its marker, so one scan decides. Abort markers stay: the aborted
-/// index's entries name them (and are checked against them at open).
+/// records all come before its marker, so one scan decides. Abort markers go by the same rule
+/// (Kafka's): the records of an aborted transaction are removed by the pass that first cleans
+/// them (never kept, so they never hold the marker), and once the marker goes its
+/// aborted-index entry is dropped too (`dropped_aborts`, after the pass commits).
 #[derive(Default)]
 struct Markers {
     /// Producers whose transaction (the one after their last marker seen so far) has a record
     /// kept by this pass: its marker must stay.
     holding: std::collections::HashSet<i64>,
+    /// Offsets of the abort markers this pass dropped, ascending.
+    dropped_aborts: Vec<u64>,
 }
 
 impl Markers {
-    /// Whether `meta` is a commit marker the pass drops: no record of its transaction kept,
-    /// and older than the delete retention (as an expired tombstone).
+    /// Whether `meta` is a marker the pass drops: no record of its transaction kept, and
+    /// older than the delete retention (as an expired tombstone).
     fn droppable(&self, meta: &Meta, now: i64, rules: &Rules) -> bool {
-        meta.txn_type == super::record::SYSFLAG_TRANSACTION_COMMIT
+        super::record::is_marker(meta.txn_type)
             && meta
                 .producer_id
                 .is_some_and(|id| !self.holding.contains(&id))
@@ -151,6 +155,9 @@ impl Markers {
     ) -> bool {
         let kept = if self.droppable(meta, now, rules) {
             r.records_removed += 1;
+            if meta.txn_type == super::record::SYSFLAG_TRANSACTION_ROLLBACK {
+                self.dropped_aborts.push(meta.offset);
+            }
             false
         } else {
             keep(meta, map, now, rules, r)
@@ -327,7 +334,8 @@ impl Inner {
         // ended, so its abort (if it aborted) is in the index collected here.
         let lso = self.last_stable(part, end);
         dirty_end = dirty_end.min(lso.max(lo));
-        let aborted = part.txn_index.lock().collect(lo, dirty_end);
+        // Every entry of the section (no cap: the pass must know them all).
+        let (aborted, _) = txn_index::collect(&part.txn_index, lo, dirty_end, usize::MAX)?;
         let tombstones_due = old_state.tombstones > 0
             && now.saturating_sub(old_state.oldest_tombstone_ms)
                 > duration_ms(rules.delete_retention);
@@ -439,6 +447,18 @@ impl Inner {
             dir: dir.clone(),
             state,
         }));
+        // The dropped abort markers' index entries go now the pass is committed (before it,
+        // the aborted records were still in the log). A crash before this rewrite leaves
+        // entries naming markers that are gone: harmless to reads (their transactions have
+        // no record left), and `verify` names them.
+        if !markers.dropped_aborts.is_empty() {
+            let dropped = &markers.dropped_aborts;
+            part.txn_index
+                .lock()
+                .rewrite(|e| dropped.binary_search(&e.last_offset).is_err())
+                .map_err(|e| self.metadata_write_failed(e))?;
+            self.producer_snapshot_stale();
+        }
         r.partitions_cleaned = 1;
         r.bytes_after = state.data_len;
         report.add(&r);

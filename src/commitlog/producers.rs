@@ -243,12 +243,7 @@ impl Inner {
             for (p, part) in t.partitions.iter().enumerate() {
                 let mut ps = part.producers.lock();
                 ps.expire(now, expiration);
-                let last_abort = part
-                    .txn_index
-                    .lock()
-                    .entries()
-                    .last()
-                    .map(|e| e.last_offset);
+                let last_abort = part.txn_index.lock().last_marker();
                 if !ps.is_empty() || last_abort.is_some() {
                     partitions.push(PartitionEntries {
                         topic: t.name.clone(),
@@ -288,11 +283,18 @@ impl Inner {
         Ok(())
     }
 
-    /// Writes `snapshot` unless a newer one was written already.
+    /// Writes `snapshot` unless a newer one was written already (or one at its position that
+    /// recorded a fence: a sample taken before the fence would lose it).
     fn write_producer_snapshot(&self, samples: &mut Samples, snapshot: &Snapshot) -> Result<()> {
-        if snapshot.position < samples.written {
+        if snapshot.position < samples.written
+            || samples.fenced_at.is_some_and(|f| snapshot.position <= f)
+        {
             return Ok(());
         }
+        self.store_producer_snapshot(samples, snapshot)
+    }
+
+    fn store_producer_snapshot(&self, samples: &mut Samples, snapshot: &Snapshot) -> Result<()> {
         let path = self.dir.join(SNAPSHOT_FILE);
         io::write_atomic(self.fs.as_ref(), &path, &snapshot.encode())
             .map_err(|e| self.metadata_write_failed(Error::io(&path, e)))?;
@@ -340,6 +342,28 @@ impl Inner {
     /// Before retention deletes commit-log files: a snapshot of the state now, written once the
     /// log is durable up to it, so no producer's batches go with the files while only an older
     /// snapshot (a replay from which would miss them) is on disk.
+    /// After a marker that ended nothing recorded a newer epoch (see
+    /// `ProducerStates::fence_epoch`): a snapshot of the state now, written durably before the
+    /// marker call returns, so the fence survives a crash without a record in the log. Sampled
+    /// under the snapshot lock, so no sample taken before the fence is written after it.
+    pub(super) fn snapshot_after_fence(&self) -> Result<()> {
+        self.start_tracking_producers()?;
+        let mut samples = self.producer_sample.lock();
+        let snapshot = self.sample_producers();
+        self.gc.sync_all(self)?;
+        self.store_producer_snapshot(&mut samples, &snapshot)?;
+        samples.fenced_at = Some(snapshot.position);
+        samples.kept = None;
+        Ok(())
+    }
+
+    /// The snapshot on disk may name an abort marker that is gone (compaction dropped it):
+    /// the next checkpoint writes a fresh one even if the log has not moved, so an open does
+    /// not take the missing entry for a cut index and rebuild it.
+    pub(super) fn producer_snapshot_stale(&self) {
+        self.producer_sample.lock().last_written = None;
+    }
+
     pub(super) fn snapshot_producers_durably(&self) -> Result<()> {
         if !self.tracks_producers.load(Ordering::Acquire) {
             return Ok(());
@@ -361,6 +385,9 @@ pub(crate) struct Samples {
     /// The same, `None` until this run wrote one: the file found at open may name a position
     /// past the recovered end (its batches lost), so the first checkpoint always replaces it.
     last_written: Option<u64>,
+    /// Position of the last snapshot written for a fence: samples at or before it may predate
+    /// the fence and are not written.
+    fenced_at: Option<u64>,
 }
 
 /// Each partition's last abort marker as a snapshot names it, by (topic, partition).

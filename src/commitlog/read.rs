@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::compacted::Compacted;
 use super::consume_queue::{UNIT_SIZE, Unit};
 use super::record::{self, Checks, Decoded};
-use super::txn_index::Aborted;
+use super::txn_index::{self, Aborted};
 use super::{Inner, PartitionState};
 use crate::error::{Error, Result};
 use crate::io::MappedFile;
@@ -260,10 +260,12 @@ impl Inner {
         } else {
             end
         };
-        let aborted = if committed && offset < bound {
-            part.txn_index.lock().collect(offset, bound)
+        // A bounded number of entries, read without the index's lock; the bound comes down to
+        // what they decide when the cap stopped the collection (see `txn_index`).
+        let (aborted, bound) = if committed && offset < bound {
+            txn_index::collect(&part.txn_index, offset, bound, txn_index::COLLECT_ENTRIES)?
         } else {
-            Aborted::default()
+            (Aborted::default(), bound)
         };
         let (mut scan_left, mut scan_bytes) = if aborted.is_empty() {
             (u64::MAX, u64::MAX)
@@ -549,7 +551,13 @@ impl Inner {
         let end = part.end.load(Ordering::Acquire);
         let (bound, aborted) = if limits.isolation == IsolationLevel::ReadCommitted {
             let bound = self.last_stable(part, end);
-            (bound, part.txn_index.lock().collect(offset, bound))
+            if offset < bound {
+                let (aborted, bound) =
+                    txn_index::collect(&part.txn_index, offset, bound, txn_index::COLLECT_ENTRIES)?;
+                (bound, aborted)
+            } else {
+                (bound, Aborted::default())
+            }
         } else {
             (u64::MAX, Aborted::default())
         };

@@ -181,19 +181,11 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
                 .recover(fs.as_ref(), replay_from, after_crash, &mut check)?;
             // The aborted-transaction index: the entries of markers before the replay point
             // (the replay adds the rest); one that does not decode is rebuilt once open.
-            let (mut index, decoded) = TxnIndex::load(fs.as_ref(), part.cq.dir())?;
-            if decoded {
-                let kept: Vec<_> = index
-                    .entries()
-                    .iter()
-                    .copied()
-                    .filter(|e| e.last_offset < n)
-                    .collect();
-                index.replace(kept);
-            } else {
+            let opened = TxnIndex::open(Arc::clone(&fs), part.cq.dir(), n)?;
+            if !opened.sound {
                 rebuild_txn_index.push((name.clone(), p as u32));
             }
-            *part.txn_index.get_mut() = index;
+            *part.txn_index.get_mut() = opened.index;
             if part.cq.min_offset()?.is_none() {
                 // Every queue file was below the compacted prefix and deleted: no unit at or
                 // past `clean_end` was written (it would sit in a file not wholly below it).

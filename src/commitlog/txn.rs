@@ -15,7 +15,7 @@
 use std::sync::atomic::Ordering;
 
 use super::record::{self, CRC_PROPERTY_LEN};
-use super::txn_index::AbortedTxn;
+use super::txn_index::{AbortedTxn, Rewriter};
 use super::{Inner, PartitionState};
 use crate::error::Result;
 use crate::producer_state::ProducerStates;
@@ -155,11 +155,15 @@ pub(crate) fn marker_of(r: &Record) -> Option<(ProducerId, MarkerTxn)> {
 }
 
 impl Inner {
-    /// At open, once the partition's bounds are known: checks every aborted-transaction entry
-    /// at or past the start against its marker record (entries below the start are dropped),
-    /// and rebuilds the index from the partition's markers when one does not match, when
-    /// `rebuild` (the file did not decode), or when it lacks the entry of `last_abort` (the
-    /// last abort marker the producer snapshot names: the file was deleted or cut).
+    /// At open, once the partition's bounds are known: checks the aborted-transaction index
+    /// without reading every marker back. The file's entries were checked (checksums, order)
+    /// when it was opened; the index must hold the entry of `last_abort` (the last abort
+    /// marker the producer snapshot names: a deleted or cut file lacks it), and only the
+    /// entries past it (the tail the snapshot did not see) are checked against their marker
+    /// records. The index is rebuilt from the partition's markers (streamed into a new file)
+    /// when `rebuild` (the file did not check out), when it lacks that entry, or when a tail
+    /// entry does not match its marker. Entries below the start are dropped by the next
+    /// checkpoint.
     pub(crate) fn settle_txn_index(
         &self,
         topic: &str,
@@ -170,17 +174,30 @@ impl Inner {
     ) -> Result<()> {
         let start = part.start.load(Ordering::Acquire);
         let end = part.end.load(Ordering::Acquire);
-        let entries: Vec<AbortedTxn> = part
-            .txn_index
-            .lock()
-            .entries()
-            .iter()
-            .copied()
-            .filter(|e| e.last_offset >= start)
-            .collect();
-        let mut good = !rebuild
-            && last_abort.is_none_or(|m| m < start || entries.iter().any(|e| e.last_offset == m));
-        for e in &entries {
+        let past_snapshot =
+            |e: &AbortedTxn| e.last_offset >= start && last_abort.is_none_or(|m| e.last_offset > m);
+        let mut good = !rebuild;
+        if good && let Some(m) = last_abort.filter(|&m| m >= start) {
+            good = part.txn_index.lock().contains(m).unwrap_or(false);
+        }
+        let tail: Vec<AbortedTxn> = if good {
+            let idx = part.txn_index.lock();
+            // Every entry past the snapshot's last abort must be resident to be checked (more
+            // than the resident bound since the last snapshot: rebuilt instead).
+            let covered = idx.all_resident()
+                || idx
+                    .resident_entries()
+                    .next()
+                    .is_some_and(|e| !past_snapshot(e));
+            good = covered;
+            idx.resident_entries()
+                .filter(|e| past_snapshot(e))
+                .copied()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for e in &tail {
             if !good {
                 break;
             }
@@ -204,27 +221,35 @@ impl Inner {
                     && marker_of(&r).is_some_and(|(p, txn)| txn.aborted(p.id, r.offset()) == *e)
             });
         }
-        let entries = if good {
-            entries
-        } else {
+        if !good {
+            let (fs, path) = {
+                let idx = part.txn_index.lock();
+                (idx.fs(), idx.path().to_owned())
+            };
+            let mut w = Rewriter::new(fs, &path)?;
             // A log that does not read (damage the reads report as `Corrupted`) keeps the
-            // entries the file had: the store still opens, as it would without transactions.
-            self.aborted_from_markers(topic, partition, start, end)
-                .unwrap_or(entries)
-        };
-        part.txn_index.lock().replace(entries);
+            // entries the index has: the store still opens, as it would without transactions.
+            if self
+                .for_each_abort(topic, partition, start, end, |e| w.push(&e))
+                .is_ok()
+            {
+                w.install(&mut part.txn_index.lock())?;
+            }
+        }
+        part.txn_index.lock().drop_below(start);
         Ok(())
     }
 
-    /// The aborted-transaction entries of every abort marker in `[start, end)`.
-    pub(super) fn aborted_from_markers(
+    /// Calls `f` with the aborted-transaction entry of every abort marker in `[start, end)`,
+    /// in order (the log read in chunks).
+    pub(super) fn for_each_abort(
         &self,
         topic: &str,
         partition: u32,
         start: u64,
         end: u64,
-    ) -> Result<Vec<AbortedTxn>> {
-        let mut out = Vec::new();
+        mut f: impl FnMut(AbortedTxn) -> Result<()>,
+    ) -> Result<()> {
         let mut at = start;
         while at < end {
             let records = self.read_raw(topic, partition, at, end, ReadLimits::messages(1024))?;
@@ -237,10 +262,26 @@ impl Inner {
                     == record::SYSFLAG_TRANSACTION_ROLLBACK
                     && let Some((p, txn)) = marker_of(r)
                 {
-                    out.push(txn.aborted(p.id, r.offset()));
+                    f(txn.aborted(p.id, r.offset()))?;
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The aborted-transaction entries of every abort marker in `[start, end)` (`verify`).
+    pub(super) fn aborted_from_markers(
+        &self,
+        topic: &str,
+        partition: u32,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<AbortedTxn>> {
+        let mut out = Vec::new();
+        self.for_each_abort(topic, partition, start, end, |e| {
+            out.push(e);
+            Ok(())
+        })?;
         Ok(out)
     }
 

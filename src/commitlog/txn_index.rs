@@ -19,17 +19,63 @@
 //! its offset. Entries wholly below the partition's start are dropped (the file rewritten) by
 //! retention and `delete_before`.
 
-use std::collections::HashMap;
+//! The aborted-transaction index of a CommitLog partition (Kafka's `.txnindex`, one file per
+//! partition): `consumequeue/<topic>/<partition>/aborted.txnindex`, an 8-byte header
+//! (`DLTXNIX` and version 1) then one 38-byte entry per abort marker, in marker order: Kafka's
+//! 34 bytes and their CRC-32C,
+//!
+//! ```text
+//! version i16 = 0 | producerId i64 | firstOffset i64 | lastOffset i64 (the abort marker's
+//! offset) | lastStableOffset i64 (the partition's LSO once the marker was written) | crc u32
+//! ```
+//!
+//! The file is derived data, like the consume queue: every entry is the image of one rollback
+//! marker record in the log (whose properties carry the transaction's first offset and the LSO;
+//! see `txn`), and it is rebuilt from the markers when it does not check out at open.
+//!
+//! *Memory is bounded, whatever the number of aborts*: the file holds the entries; a partition
+//! keeps in memory only its last [`RESIDENT_ENTRIES`] (the ones tailing readers need), of which
+//! those not yet written are written (unsynced) as soon as they would be more than that.
+//! Entries are appended as the markers are dispatched and synced by the next checkpoint before
+//! it moves the replay point past them; recovery drops the entries of markers at or past its
+//! replay point and re-derives them from the replayed records.
+//!
+//! A `read_committed` fetch collects the entries overlapping its range once (Kafka's
+//! `collectAbortedTxns`): from the resident tail when it reaches back to the fetch's offset,
+//! else by a binary search of the file then reads of [`CHUNK_ENTRIES`] entries forward, at most
+//! [`COLLECT_ENTRIES`] of them per fetch (the fetch's bound is then lowered to what they
+//! decide); no file lock is held while reading. Entries wholly below the partition's start are
+//! ignored, and dropped (the file rewritten) by the next checkpoint after retention or
+//! `delete_before` moved the start.
+
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::io::{self, FileSystem, OpenMode};
+use crate::io::{self, FileSystem, OpenMode, StorageFile};
 
 /// Name of the index file in a partition's consume-queue directory.
 pub(crate) const TXN_INDEX_FILE: &str = "aborted.txnindex";
-/// Bytes of one entry.
-pub(crate) const ENTRY_LEN: usize = 34;
+const TMP_SUFFIX: &str = ".tmp";
+/// The file's header: magic and format version (1: checksummed entries; the unversioned
+/// Kafka-only layout before it does not decode and is rebuilt).
+pub(crate) const HEADER: &[u8; 8] = b"DLTXNIX\x01";
+const HEADER_LEN: u64 = HEADER.len() as u64;
+/// Bytes of Kafka's entry.
+const KAFKA_ENTRY_LEN: usize = 34;
+/// Bytes of one entry in the file: Kafka's and a CRC-32C of them.
+pub(crate) const ENTRY_LEN: usize = KAFKA_ENTRY_LEN + 4;
 const ENTRY_VERSION: i16 = 0;
+/// Entries a partition keeps in memory at most (its most recent ones).
+pub(crate) const RESIDENT_ENTRIES: usize = 1024;
+/// Entries a `read_committed` fetch collects at most (unless the ones it has decide nothing
+/// past its offset: a transaction open across thousands of aborts).
+pub(crate) const COLLECT_ENTRIES: usize = 4096;
+/// Entries read from the file at a time.
+pub(crate) const CHUNK_ENTRIES: usize = 256;
 
 /// One aborted transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,12 +97,19 @@ impl AbortedTxn {
         b[10..18].copy_from_slice(&(self.first_offset as i64).to_be_bytes());
         b[18..26].copy_from_slice(&(self.last_offset as i64).to_be_bytes());
         b[26..34].copy_from_slice(&(self.last_stable_offset as i64).to_be_bytes());
+        let crc = crc32c::crc32c(&b[..KAFKA_ENTRY_LEN]);
+        b[KAFKA_ENTRY_LEN..].copy_from_slice(&crc.to_be_bytes());
         b
     }
 
-    /// Decodes an entry; `None` for a version other than 0 or impossible fields.
+    /// Decodes an entry; `None` for a bad checksum, a version other than 0 or impossible
+    /// fields.
     pub(crate) fn decode(b: &[u8]) -> Option<AbortedTxn> {
         let b: &[u8; ENTRY_LEN] = b.try_into().ok()?;
+        let crc = u32::from_be_bytes([b[34], b[35], b[36], b[37]]);
+        if crc32c::crc32c(&b[..KAFKA_ENTRY_LEN]) != crc {
+            return None;
+        }
         let i64_at = |p: usize| i64::from_be_bytes(b[p..p + 8].try_into().unwrap_or([0xFF; 8]));
         if i16::from_be_bytes([b[0], b[1]]) != ENTRY_VERSION {
             return None;
@@ -74,13 +127,16 @@ impl AbortedTxn {
     }
 }
 
-/// Decodes a whole index file: `None` if its length is not a multiple of an entry, an entry
-/// does not decode, or the markers are not in increasing offset order.
+/// Decodes a whole index file: `None` if the header is not version 1's, its length is not
+/// the header and whole entries, an entry does not decode, or the markers are not in
+/// increasing offset order. (Tests only: the store streams its files.)
+#[cfg(test)]
 pub(crate) fn decode_all(bytes: &[u8]) -> Option<Vec<AbortedTxn>> {
-    if !bytes.len().is_multiple_of(ENTRY_LEN) {
+    let body = bytes.strip_prefix(HEADER.as_slice())?;
+    if !body.len().is_multiple_of(ENTRY_LEN) {
         return None;
     }
-    let entries = bytes
+    let entries = body
         .chunks_exact(ENTRY_LEN)
         .map(AbortedTxn::decode)
         .collect::<Option<Vec<_>>>()?;
@@ -102,6 +158,13 @@ impl Aborted {
         self.by_producer.is_empty()
     }
 
+    fn add(&mut self, e: &AbortedTxn) {
+        self.by_producer
+            .entry(e.producer_id)
+            .or_default()
+            .push((e.first_offset, e.last_offset));
+    }
+
     /// Whether a transactional record of `producer_id` at `offset` belongs to one of them. A
     /// binary search: one producer's transactions never overlap and are collected in marker
     /// order, so its ranges ascend (no records × aborts scan for a lagging reader).
@@ -113,184 +176,555 @@ impl Aborted {
     }
 }
 
-/// A partition's index: its entries in memory, and how many of them the file holds.
-#[derive(Debug)]
+/// Collects entries in marker order for a fetch of `[from, bound)` (see [`collect`]).
+struct Collector {
+    from: u64,
+    bound: u64,
+    cap: usize,
+    taken: usize,
+    out: Aborted,
+    done: bool,
+}
+
+impl Collector {
+    /// Takes `e` (at or past `from` in marker order); `done` once nothing later can matter.
+    fn take(&mut self, e: &AbortedTxn) {
+        if e.last_offset < self.from || self.done {
+            return;
+        }
+        if e.first_offset < self.bound {
+            self.out.add(e);
+        }
+        self.taken += 1;
+        if e.last_stable_offset >= self.bound {
+            self.done = true;
+        } else if self.taken >= self.cap && e.last_stable_offset > self.from {
+            // Every transaction aborted after this one starts at or past its LSO: what was
+            // collected decides every record below it.
+            self.bound = e.last_stable_offset;
+            self.done = true;
+        }
+    }
+}
+
+/// A partition's index: the file, and its most recent entries in memory.
 pub(crate) struct TxnIndex {
+    fs: Arc<dyn FileSystem>,
     path: PathBuf,
-    entries: Vec<AbortedTxn>,
-    /// Entries `..on_disk` are in the file (not necessarily synced).
-    on_disk: usize,
+    /// Entries in the file (written, synced or not).
+    in_file: u64,
+    /// The last entries (at most [`RESIDENT_ENTRIES`] plus any not yet written): a suffix of
+    /// the file's entries followed by the `unwritten` ones.
+    tail: VecDeque<AbortedTxn>,
+    unwritten: usize,
     /// Whether the file exists.
     exists: bool,
-    /// Bumped when the entries are replaced (a persist of the old ones does not count).
+    /// Written since the last sync (the next persist syncs the file, and its directory when
+    /// `created`).
+    dirty: bool,
+    created: bool,
+    /// Entries whose marker is below this are dead (retention moved the start past them).
+    floor: u64,
+    /// The floor the file was last rewritten for.
+    floor_applied: u64,
+    /// Bumped when the file is replaced (a reader that opened the old one retries).
     generation: u64,
+}
+
+impl std::fmt::Debug for TxnIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxnIndex")
+            .field("path", &self.path)
+            .field("in_file", &self.in_file)
+            .field("resident", &self.tail.len())
+            .finish()
+    }
+}
+
+/// What [`TxnIndex::open`] found in the file.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    pub(crate) index: TxnIndex,
+    /// `false` when the file exists but does not check out (the caller rebuilds).
+    pub(crate) sound: bool,
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::io(path, e)
+}
+
+/// Reads entries `[at, at + n)` of an open index file, checking each.
+fn read_entries(file: &dyn StorageFile, path: &Path, at: u64, n: usize) -> Result<Vec<AbortedTxn>> {
+    let mut buf = vec![0u8; n * ENTRY_LEN];
+    let pos = HEADER_LEN + at * ENTRY_LEN as u64;
+    io::read_exact_at(file, &mut buf, pos).map_err(io_err(path))?;
+    buf.chunks_exact(ENTRY_LEN)
+        .enumerate()
+        .map(|(i, c)| {
+            AbortedTxn::decode(c).ok_or_else(|| {
+                Error::corrupted(
+                    path,
+                    pos + (i * ENTRY_LEN) as u64,
+                    "aborted-transaction entry does not check out",
+                )
+            })
+        })
+        .collect()
+}
+
+/// The first of entries `[0, n)` whose marker is at or past `offset` (`n` if none): a binary
+/// search, one entry read per step.
+fn search(file: &dyn StorageFile, path: &Path, n: u64, offset: u64) -> Result<u64> {
+    let (mut lo, mut hi) = (0u64, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let e = read_entries(file, path, mid, 1)?[0];
+        if e.last_offset < offset {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
+/// Writes a new index file at `<path>.tmp` entry by entry (buffered), keeping its last
+/// [`RESIDENT_ENTRIES`]; [`Rewriter::install`] syncs it and renames it over the index.
+pub(crate) struct Rewriter {
+    fs: Arc<dyn FileSystem>,
+    tmp: PathBuf,
+    file: Box<dyn StorageFile>,
+    buf: Vec<u8>,
+    written: u64,
+    count: u64,
+    tail: VecDeque<AbortedTxn>,
+    last: Option<u64>,
+}
+
+impl Rewriter {
+    pub(crate) fn new(fs: Arc<dyn FileSystem>, path: &Path) -> Result<Rewriter> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(TMP_SUFFIX);
+        let tmp = PathBuf::from(tmp);
+        io::remove_if_exists(fs.as_ref(), &tmp).map_err(io_err(&tmp))?;
+        let file = fs
+            .open_file(&tmp, OpenMode::CreateNew)
+            .map_err(io_err(&tmp))?;
+        Ok(Rewriter {
+            fs,
+            tmp,
+            file,
+            buf: HEADER.to_vec(),
+            written: 0,
+            count: 0,
+            tail: VecDeque::new(),
+            last: None,
+        })
+    }
+
+    pub(crate) fn push(&mut self, e: &AbortedTxn) -> Result<()> {
+        // Markers ascend; a repeated one (a source read twice) is written once.
+        if self.last.is_some_and(|l| l >= e.last_offset) {
+            return Ok(());
+        }
+        self.last = Some(e.last_offset);
+        self.buf.extend_from_slice(&e.encode());
+        self.count += 1;
+        self.tail.push_back(*e);
+        if self.tail.len() > RESIDENT_ENTRIES {
+            self.tail.pop_front();
+        }
+        if self.buf.len() >= CHUNK_ENTRIES * ENTRY_LEN {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.file
+            .write_all_at(&self.buf, self.written)
+            .map_err(io_err(&self.tmp))?;
+        self.written += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Syncs the new file and renames it over `index`'s, which then holds exactly its
+    /// entries.
+    pub(crate) fn install(mut self, index: &mut TxnIndex) -> Result<()> {
+        self.flush()?;
+        self.file.sync_data().map_err(io_err(&self.tmp))?;
+        drop(self.file);
+        self.fs
+            .rename(&self.tmp, &index.path)
+            .map_err(io_err(&index.path))?;
+        if let Some(dir) = index.path.parent() {
+            self.fs.sync_dir(dir).map_err(io_err(dir))?;
+        }
+        index.in_file = self.count;
+        index.tail = self.tail;
+        index.unwritten = 0;
+        index.exists = true;
+        index.dirty = false;
+        index.created = false;
+        index.generation += 1;
+        Ok(())
+    }
 }
 
 impl TxnIndex {
-    /// The index of the partition whose consume queue is in `cq_dir`, read from its file; the
-    /// second value is `false` when the file exists but does not decode (the caller rebuilds).
-    pub(crate) fn load(fs: &dyn FileSystem, cq_dir: &Path) -> Result<(TxnIndex, bool)> {
-        let path = cq_dir.join(TXN_INDEX_FILE);
-        let mut index = TxnIndex {
-            path,
-            entries: Vec::new(),
-            on_disk: 0,
+    /// An empty index for a new partition (no file yet).
+    pub(crate) fn empty(fs: Arc<dyn FileSystem>, cq_dir: &Path) -> TxnIndex {
+        TxnIndex {
+            fs,
+            path: cq_dir.join(TXN_INDEX_FILE),
+            in_file: 0,
+            tail: VecDeque::new(),
+            unwritten: 0,
             exists: false,
+            dirty: false,
+            created: false,
+            floor: 0,
+            floor_applied: 0,
             generation: 0,
+        }
+    }
+
+    /// At recovery: the index of the partition whose consume queue is in `cq_dir`, keeping the
+    /// file's entries of markers below `keep_below` (the replay re-derives the rest; the file
+    /// is cut back to them). Every entry is checked (read in chunks, never all in memory); a
+    /// file that does not check out is reported unsound, to be rebuilt.
+    pub(crate) fn open(fs: Arc<dyn FileSystem>, cq_dir: &Path, keep_below: u64) -> Result<Opened> {
+        let mut index = TxnIndex::empty(fs, cq_dir);
+        let path = index.path.clone();
+        let file = match index.fs.open_file(&path, OpenMode::Existing) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Opened { index, sound: true });
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+            Ok(f) => f,
         };
-        match fs.read_file(&index.path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((index, true)),
-            Err(e) => Err(Error::io(&index.path, e)),
-            Ok(bytes) => {
-                index.exists = true;
-                match decode_all(&bytes) {
-                    Some(entries) => {
-                        index.on_disk = entries.len();
-                        index.entries = entries;
-                        Ok((index, true))
+        index.exists = true;
+        let len = file.len().map_err(io_err(&path))?;
+        let mut header = [0u8; HEADER_LEN as usize];
+        let sound_shape = len >= HEADER_LEN
+            && (len - HEADER_LEN).is_multiple_of(ENTRY_LEN as u64)
+            && io::read_exact_at(file.as_ref(), &mut header, 0).is_ok()
+            && &header == HEADER;
+        if !sound_shape {
+            // Rebuilt whole; nothing is appended to it meanwhile.
+            index.exists = false;
+            return Ok(Opened {
+                index,
+                sound: false,
+            });
+        }
+        let n = (len - HEADER_LEN) / ENTRY_LEN as u64;
+        let mut at = 0u64;
+        let mut kept = 0u64;
+        let mut last: Option<u64> = None;
+        while at < n {
+            let k = (n - at).min(CHUNK_ENTRIES as u64) as usize;
+            let Ok(chunk) = read_entries(file.as_ref(), &path, at, k) else {
+                index.exists = false;
+                index.tail.clear();
+                return Ok(Opened {
+                    index,
+                    sound: false,
+                });
+            };
+            for e in chunk {
+                if last.is_some_and(|l| l >= e.last_offset) {
+                    index.exists = false;
+                    index.tail.clear();
+                    return Ok(Opened {
+                        index,
+                        sound: false,
+                    });
+                }
+                last = Some(e.last_offset);
+                if e.last_offset < keep_below {
+                    kept += 1;
+                    index.tail.push_back(e);
+                    if index.tail.len() > RESIDENT_ENTRIES {
+                        index.tail.pop_front();
                     }
-                    None => Ok((index, false)),
                 }
             }
+            at += k as u64;
         }
-    }
-
-    /// An empty index for a new partition (no file yet).
-    pub(crate) fn empty(cq_dir: &Path) -> TxnIndex {
-        TxnIndex {
-            path: cq_dir.join(TXN_INDEX_FILE),
-            entries: Vec::new(),
-            on_disk: 0,
-            exists: false,
-            generation: 0,
+        if kept < n {
+            // Entries of markers the replay re-derives: cut, so appends continue after the
+            // kept ones.
+            file.set_len(HEADER_LEN + kept * ENTRY_LEN as u64)
+                .map_err(io_err(&path))?;
+            file.sync_data().map_err(io_err(&path))?;
         }
+        index.in_file = kept;
+        Ok(Opened { index, sound: true })
     }
 
-    pub(crate) fn entries(&self) -> &[AbortedTxn] {
-        &self.entries
+    /// Entries held in memory.
+    pub(crate) fn resident(&self) -> usize {
+        self.tail.len()
     }
 
-    /// Adds the entry of an abort marker (in memory; the next checkpoint writes it).
+    /// The last entry's marker offset.
+    pub(crate) fn last_marker(&self) -> Option<u64> {
+        self.tail.back().map(|e| e.last_offset)
+    }
+
+    /// The resident entries (the most recent ones).
+    pub(crate) fn resident_entries(&self) -> impl Iterator<Item = &AbortedTxn> {
+        self.tail.iter()
+    }
+
+    /// Whether every entry is resident (none only in the file).
+    pub(crate) fn all_resident(&self) -> bool {
+        (self.tail.len() - self.unwritten) as u64 == self.in_file
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn fs(&self) -> Arc<dyn FileSystem> {
+        Arc::clone(&self.fs)
+    }
+
+    /// Adds the entry of an abort marker. Written to the file (unsynced: the next checkpoint
+    /// syncs it) once the unwritten ones reach [`RESIDENT_ENTRIES`]; a write that fails keeps
+    /// them in memory for the checkpoint, which reports the error.
     pub(crate) fn push(&mut self, e: AbortedTxn) {
         debug_assert!(
-            self.entries
-                .last()
+            self.tail
+                .back()
                 .is_none_or(|l| l.last_offset < e.last_offset)
         );
-        self.entries.push(e);
+        self.tail.push_back(e);
+        self.unwritten += 1;
+        if self.unwritten >= RESIDENT_ENTRIES {
+            let _ = self.write_unwritten();
+        }
+        self.trim();
     }
 
-    /// Replaces the entries (recovery, rebuilds, retention); the next checkpoint rewrites the
-    /// file.
-    pub(crate) fn replace(&mut self, entries: Vec<AbortedTxn>) {
-        if entries != self.entries || self.on_disk != entries.len() {
-            self.entries = entries;
-            self.on_disk = 0;
-            self.generation += 1;
+    fn trim(&mut self) {
+        while self.tail.len() > RESIDENT_ENTRIES.max(self.unwritten) {
+            self.tail.pop_front();
         }
     }
 
-    /// Drops the entries of transactions wholly below `start` (rewritten by the next persist).
-    pub(crate) fn drop_below(&mut self, start: u64) {
-        let n = self.entries.partition_point(|e| e.last_offset < start);
-        if n > 0 {
-            let kept = self.entries.split_off(n);
-            self.replace(kept);
+    /// Writes the unwritten entries after the file's (no sync).
+    fn write_unwritten(&mut self) -> Result<()> {
+        if self.unwritten == 0 {
+            return Ok(());
         }
-    }
-
-    /// The aborted transactions overlapping `[from, bound)` (Kafka's `collectAbortedTxns`):
-    /// from the first whose marker is at or past `from`, stopping after the first whose LSO
-    /// reaches `bound` (every transaction aborted after it starts at or past its LSO).
-    pub(crate) fn collect(&self, from: u64, bound: u64) -> Aborted {
-        let mut out = Aborted::default();
-        let i = self.entries.partition_point(|e| e.last_offset < from);
-        for e in &self.entries[i..] {
-            if e.first_offset < bound {
-                out.by_producer
-                    .entry(e.producer_id)
-                    .or_default()
-                    .push((e.first_offset, e.last_offset));
-            }
-            if e.last_stable_offset >= bound {
-                break;
-            }
-        }
-        out
-    }
-
-    /// What [`persist`] must write for the file to hold every entry, taken under the lock
-    /// (the I/O is done without it).
-    pub(crate) fn pending(&self) -> Pending {
-        let write = if self.on_disk == 0 && (self.exists || !self.entries.is_empty()) {
-            // New, or replaced: the whole file, atomically (an index emptied by retention keeps
-            // an empty file).
-            Some(Write::Whole(
-                self.entries.iter().flat_map(|e| e.encode()).collect(),
-            ))
-        } else if self.on_disk < self.entries.len() {
-            Some(Write::Append(
-                (self.on_disk * ENTRY_LEN) as u64,
-                self.entries[self.on_disk..]
-                    .iter()
-                    .flat_map(|e| e.encode())
-                    .collect(),
-            ))
+        let path = self.path.clone();
+        let file = if self.exists {
+            self.fs
+                .open_file(&path, OpenMode::Existing)
+                .map_err(io_err(&path))?
         } else {
-            None
-        };
-        Pending {
-            path: self.path.clone(),
-            write,
-            upto: self.entries.len(),
-            generation: self.generation,
-        }
-    }
-
-    /// Notes that `done` was written and synced.
-    pub(crate) fn persisted(&mut self, done: &Pending) {
-        if done.generation == self.generation {
-            self.on_disk = done.upto;
+            // A leftover of a failed first write: nothing refers to it.
+            io::remove_if_exists(self.fs.as_ref(), &path).map_err(io_err(&path))?;
+            let f = self
+                .fs
+                .open_file(&path, OpenMode::CreateNew)
+                .map_err(io_err(&path))?;
+            f.write_all_at(HEADER, 0).map_err(io_err(&path))?;
             self.exists = true;
+            self.created = true;
+            f
+        };
+        let bytes: Vec<u8> = self
+            .tail
+            .iter()
+            .skip(self.tail.len() - self.unwritten)
+            .flat_map(|e| e.encode())
+            .collect();
+        file.write_all_at(&bytes, HEADER_LEN + self.in_file * ENTRY_LEN as u64)
+            .map_err(io_err(&path))?;
+        self.in_file += self.unwritten as u64;
+        self.unwritten = 0;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Notes that entries of markers below `start` are dead (the next persist rewrites the
+    /// file without them).
+    pub(crate) fn drop_below(&mut self, start: u64) {
+        self.floor = self.floor.max(start);
+    }
+
+    /// Copies every entry `keep` accepts into a new file that replaces this one (retention,
+    /// compaction; under the index's lock, as the appends of markers it would race are rare
+    /// next to these passes).
+    pub(crate) fn rewrite(&mut self, keep: impl Fn(&AbortedTxn) -> bool) -> Result<()> {
+        let mut w = Rewriter::new(Arc::clone(&self.fs), &self.path)?;
+        self.for_each(|e| if keep(e) { w.push(e) } else { Ok(()) })?;
+        w.install(self)
+    }
+
+    /// Every entry in order, the file's read in chunks.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&AbortedTxn) -> Result<()>) -> Result<()> {
+        let resident_written = (self.tail.len() - self.unwritten) as u64;
+        let only_file = self.in_file - resident_written;
+        if only_file > 0 {
+            let file = self
+                .fs
+                .open_file(&self.path, OpenMode::Existing)
+                .map_err(io_err(&self.path))?;
+            let mut at = 0;
+            while at < only_file {
+                let k = (only_file - at).min(CHUNK_ENTRIES as u64) as usize;
+                for e in read_entries(file.as_ref(), &self.path, at, k)? {
+                    f(&e)?;
+                }
+                at += k as u64;
+            }
         }
+        for e in &self.tail {
+            f(e)?;
+        }
+        Ok(())
+    }
+
+    /// Whether an entry's marker is at `offset` (a binary search of the file when it is not
+    /// resident).
+    pub(crate) fn contains(&self, offset: u64) -> Result<bool> {
+        if self.tail.iter().any(|e| e.last_offset == offset) {
+            return Ok(true);
+        }
+        let only_file = self.in_file - (self.tail.len() - self.unwritten) as u64;
+        if only_file == 0 || !self.exists {
+            return Ok(false);
+        }
+        let file = self
+            .fs
+            .open_file(&self.path, OpenMode::Existing)
+            .map_err(io_err(&self.path))?;
+        let i = search(file.as_ref(), &self.path, only_file, offset)?;
+        Ok(
+            i < only_file
+                && read_entries(file.as_ref(), &self.path, i, 1)?[0].last_offset == offset,
+        )
+    }
+
+    /// What the index must still do for the file to hold every entry durably, taken under the
+    /// lock: the entries are written (no sync) here, the file rewritten when retention left
+    /// dead entries; [`persist`] syncs without the lock.
+    pub(crate) fn pending(&mut self) -> Result<Pending> {
+        if self.floor > self.floor_applied {
+            let floor = self.floor;
+            if self.tail.front().is_some_and(|e| e.last_offset < floor) || !self.all_resident() {
+                self.rewrite(|e| e.last_offset >= floor)?;
+            }
+            self.floor_applied = floor;
+        }
+        let written = self.write_unwritten();
+        let out = Pending {
+            path: self.path.clone(),
+            sync: self.dirty,
+            sync_dir: self.created,
+        };
+        self.dirty = false;
+        self.created = false;
+        written.map(|()| out)
+    }
+
+    /// A persist failed: sync again next time.
+    pub(crate) fn unsynced(&mut self, p: &Pending) {
+        self.dirty |= p.sync;
+        self.created |= p.sync_dir;
     }
 }
 
-/// How an index file is brought up to date.
-#[derive(Debug)]
-pub(crate) enum Write {
-    /// The whole file, written atomically.
-    Whole(Vec<u8>),
-    /// Entries appended at a byte position.
-    Append(u64, Vec<u8>),
-}
-
-/// Entries to write to an index file (see [`TxnIndex::pending`]).
+/// A sync an index file owes (see [`TxnIndex::pending`]).
 #[derive(Debug)]
 pub(crate) struct Pending {
     path: PathBuf,
-    write: Option<Write>,
-    upto: usize,
-    generation: u64,
+    sync: bool,
+    sync_dir: bool,
 }
 
-/// Writes and syncs what `pending` names (no lock held: one writer at a time, the caller's).
+/// Syncs what `pending` names (no lock held).
 pub(crate) fn persist(fs: &dyn FileSystem, pending: &Pending) -> Result<()> {
     let path = &pending.path;
-    match &pending.write {
-        None => Ok(()),
-        Some(Write::Whole(bytes)) => {
-            io::write_atomic(fs, path, bytes).map_err(|e| Error::io(path, e))
-        }
-        Some(Write::Append(at, bytes)) => {
-            let file = fs
-                .open_file(path, OpenMode::Existing)
-                .map_err(|e| Error::io(path, e))?;
-            file.write_all_at(bytes, *at)
-                .map_err(|e| Error::io(path, e))?;
-            file.sync_data().map_err(|e| Error::io(path, e))
-        }
+    if pending.sync {
+        let file = fs
+            .open_file(path, OpenMode::Existing)
+            .map_err(io_err(path))?;
+        file.sync_data().map_err(io_err(path))?;
     }
+    if pending.sync_dir
+        && let Some(dir) = path.parent()
+    {
+        fs.sync_dir(dir).map_err(io_err(dir))?;
+    }
+    Ok(())
+}
+
+/// The aborted transactions overlapping `[from, bound)` (Kafka's `collectAbortedTxns`): from
+/// the first whose marker is at or past `from`, stopping after the first whose LSO reaches
+/// `bound` (every transaction aborted after it starts at or past its LSO), or after `cap`
+/// entries. Returns them and the bound they decide (`bound`, or lower when `cap` stopped the
+/// collection). The lock is held only to copy the resident tail; the file is read without it.
+pub(crate) fn collect(
+    index: &Mutex<TxnIndex>,
+    from: u64,
+    bound: u64,
+    cap: usize,
+) -> Result<(Aborted, u64)> {
+    for _ in 0..16 {
+        let mut c = Collector {
+            from,
+            bound,
+            cap,
+            taken: 0,
+            out: Aborted::default(),
+            done: false,
+        };
+        let (tail, only_file, generation, fs, path) = {
+            let idx = index.lock();
+            let only_file = idx.in_file - (idx.tail.len() - idx.unwritten) as u64;
+            if only_file == 0 || idx.tail.front().is_some_and(|e| e.last_offset < from) {
+                // The resident tail reaches back to `from`: no file read.
+                for e in &idx.tail {
+                    c.take(e);
+                }
+                return Ok((c.out, c.bound));
+            }
+            (
+                idx.tail.iter().copied().collect::<Vec<_>>(),
+                only_file,
+                idx.generation,
+                Arc::clone(&idx.fs),
+                idx.path.clone(),
+            )
+        };
+        let file = fs
+            .open_file(&path, OpenMode::Existing)
+            .map_err(io_err(&path))?;
+        if index.lock().generation != generation {
+            continue; // Replaced meanwhile: start over on the new file.
+        }
+        let mut at = search(file.as_ref(), &path, only_file, from)?;
+        while at < only_file && !c.done {
+            let k = (only_file - at).min(CHUNK_ENTRIES as u64) as usize;
+            for e in read_entries(file.as_ref(), &path, at, k)? {
+                c.take(&e);
+            }
+            at += k as u64;
+        }
+        for e in &tail {
+            c.take(e);
+        }
+        return Ok((c.out, c.bound));
+    }
+    Err(Error::InvalidArgument(
+        "aborted-transaction index replaced during every attempt to read it".into(),
+    ))
 }
 
 #[cfg(test)]
@@ -306,57 +740,110 @@ mod tests {
         }
     }
 
+    fn index(dir: &Path) -> Mutex<TxnIndex> {
+        Mutex::new(TxnIndex::empty(Arc::new(io::RealFs), dir))
+    }
+
     #[test]
-    fn entries_are_kafkas_34_bytes_and_damage_is_refused() {
+    fn entries_are_kafkas_34_bytes_and_a_checksum_and_damage_is_refused() {
         let e = t(7, 10, 15, 16);
         let b = e.encode();
-        assert_eq!(b.len(), 34);
+        assert_eq!(b.len(), 38);
         assert_eq!(AbortedTxn::decode(&b), Some(e));
         let mut bad = b;
-        bad[1] = 1;
-        assert_eq!(AbortedTxn::decode(&bad), None, "version 1");
-        let mut bytes: Vec<u8> = [t(1, 0, 3, 4), t(2, 1, 5, 6)]
-            .iter()
-            .flat_map(|e| e.encode())
-            .collect();
+        bad[12] ^= 1;
+        assert_eq!(AbortedTxn::decode(&bad), None, "checksum");
+        let mut bytes: Vec<u8> = HEADER.to_vec();
+        bytes.extend(
+            [t(1, 0, 3, 4), t(2, 1, 5, 6)]
+                .iter()
+                .flat_map(|e| e.encode()),
+        );
         assert_eq!(decode_all(&bytes).map(|v| v.len()), Some(2));
         assert_eq!(decode_all(&bytes[..60]), None, "torn entry");
-        bytes[18 + 7] = 9; // first marker at 9, after the second's
-        assert_eq!(decode_all(&bytes), None, "out of order");
+        assert_eq!(decode_all(&bytes[8..]), None, "no header");
+        let mut swapped: Vec<u8> = HEADER.to_vec();
+        swapped.extend(
+            [t(2, 1, 5, 6), t(1, 0, 3, 4)]
+                .iter()
+                .flat_map(|e| e.encode()),
+        );
+        assert_eq!(decode_all(&swapped), None, "out of order");
     }
 
     /// `covers` finds the range holding an offset among one producer's many aborts (a
     /// binary search), and nothing between or outside them.
     #[test]
     fn covers_finds_an_offset_among_many_aborts_of_one_producer() {
-        let mut idx = TxnIndex::empty(Path::new("/x"));
-        for k in 0..100u64 {
-            idx.push(t(7, k * 10, k * 10 + 3, k * 10 + 4));
+        let dir = tempfile::tempdir().unwrap();
+        let idx = index(dir.path());
+        for k in 0..3000u64 {
+            idx.lock().push(t(7, k * 10, k * 10 + 3, k * 10 + 4));
         }
-        idx.push(t(8, 2000, 2001, 2002));
-        let a = idx.collect(0, 10_000);
+        idx.lock().push(t(8, 40_000, 40_001, 40_002));
+        assert!(idx.lock().resident() <= RESIDENT_ENTRIES);
+        let (a, _) = collect(&idx, 0, 100_000, usize::MAX).unwrap();
         assert!(a.covers(7, 0) && a.covers(7, 3) && a.covers(7, 503) && a.covers(7, 990));
         assert!(!a.covers(7, 4) && !a.covers(7, 509) && !a.covers(7, 994));
-        assert!(!a.covers(7, 2000) && a.covers(8, 2000) && !a.covers(8, 1999));
+        assert!(!a.covers(7, 40_000) && a.covers(8, 40_000) && !a.covers(8, 39_999));
         assert!(!a.covers(9, 0));
+        // From the middle of the file: a binary search, then forward.
+        let (a, _) = collect(&idx, 15_000, 100_000, usize::MAX).unwrap();
+        assert!(a.covers(7, 15_001) && !a.covers(7, 14_991));
     }
 
     #[test]
     fn collect_stops_at_the_first_entry_whose_lso_reaches_the_bound() {
-        let mut idx = TxnIndex::empty(Path::new("/x"));
+        let dir = tempfile::tempdir().unwrap();
+        let idx = index(dir.path());
         // p1 aborts [0, 2] while p2 is open from 1: LSO 1. p2 aborts [1, 4].
-        idx.push(t(1, 0, 2, 1));
-        idx.push(t(2, 1, 4, 5));
-        idx.push(t(1, 6, 8, 9));
-        let a = idx.collect(0, 3);
+        idx.lock().push(t(1, 0, 2, 1));
+        idx.lock().push(t(2, 1, 4, 5));
+        idx.lock().push(t(1, 6, 8, 9));
+        let (a, b) = collect(&idx, 0, 3, usize::MAX).unwrap();
+        assert_eq!(b, 3);
         assert!(a.covers(1, 0) && a.covers(2, 3));
         assert!(
             !a.covers(1, 6),
             "stopped at the entry whose LSO passed the bound"
         );
-        let a = idx.collect(5, 100);
+        let (a, _) = collect(&idx, 5, 100, usize::MAX).unwrap();
         assert!(!a.covers(1, 0) && a.covers(1, 7));
-        idx.drop_below(3);
-        assert_eq!(idx.entries().len(), 2);
+    }
+
+    /// A capped collection lowers the bound to the LSO of its last entry: everything below
+    /// it is decided by what was collected.
+    #[test]
+    fn a_capped_collection_lowers_the_bound_to_what_it_decides() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = index(dir.path());
+        for k in 0..5000u64 {
+            idx.lock().push(t(7, k * 2, k * 2 + 1, k * 2 + 2));
+        }
+        let (a, b) = collect(&idx, 0, 10_000, 100).unwrap();
+        assert_eq!(b, 200);
+        assert!(a.covers(7, 198) && !a.covers(7, 200));
+    }
+
+    /// Entries past the resident bound are in the file; `pending` writes the rest, a reopen
+    /// reads them back, and one below the replay point's cut is dropped from the file.
+    #[test]
+    fn the_file_holds_every_entry_and_a_reopen_keeps_those_below_the_replay_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = index(dir.path());
+        for k in 0..2500u64 {
+            idx.lock().push(t(7, k * 2, k * 2 + 1, k * 2 + 2));
+        }
+        let p = idx.lock().pending().unwrap();
+        persist(&io::RealFs, &p).unwrap();
+        let bytes = std::fs::read(dir.path().join(TXN_INDEX_FILE)).unwrap();
+        assert_eq!(decode_all(&bytes).unwrap().len(), 2500);
+        let o = TxnIndex::open(Arc::new(io::RealFs), dir.path(), 3001).unwrap();
+        assert!(o.sound);
+        assert_eq!(o.index.in_file, 1500);
+        assert_eq!(o.index.last_marker(), Some(2999));
+        assert!(o.index.contains(1).unwrap() && !o.index.contains(2).unwrap());
+        let bytes = std::fs::read(dir.path().join(TXN_INDEX_FILE)).unwrap();
+        assert_eq!(decode_all(&bytes).unwrap().len(), 1500);
     }
 }

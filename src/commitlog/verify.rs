@@ -112,14 +112,19 @@ impl Inner {
                 // The aborted-transaction index is derived: it must be exactly the entries of
                 // the partition's abort markers from its start to its end.
                 let from = part.start.load(Ordering::Acquire).min(end);
-                let indexed: Vec<_> = part
-                    .txn_index
-                    .lock()
-                    .entries()
-                    .iter()
-                    .copied()
-                    .filter(|e| e.last_offset >= from && e.last_offset < end)
-                    .collect();
+                // (A diagnostic: every entry in memory at once.)
+                let mut indexed = Vec::new();
+                let listed = part.txn_index.lock().for_each(|e| {
+                    if e.last_offset >= from && e.last_offset < end {
+                        indexed.push(*e);
+                    }
+                    Ok(())
+                });
+                if let Err(e) = listed {
+                    report.problems.push(format!(
+                        "partition {name}/{p}: aborted-transaction index does not read: {e}"
+                    ));
+                }
                 match self.aborted_from_markers(name, p as u32, from, end) {
                     Ok(derived) => {
                         report.derived_checked += derived.len() as u64;

@@ -49,6 +49,9 @@ pub(crate) struct Appended {
     /// Whether it wrote anything (not for a duplicate, nor for a marker with no open
     /// transaction).
     pub(crate) written: bool,
+    /// A marker that wrote nothing recorded its newer epoch (fencing the older one here): the
+    /// caller makes that durable with a producer snapshot.
+    pub(crate) fenced: bool,
     rolled: bool,
     /// The transaction index an abort wrote to (to sync outside the partition lock).
     pub(crate) txn_index: Option<IndexWrite>,
@@ -114,6 +117,7 @@ impl Partition {
         let nothing = |result| Appended {
             result,
             written: false,
+            fenced: false,
             rolled: false,
             txn_index: None,
         };
@@ -139,10 +143,14 @@ impl Partition {
             }
             Op::Marker { producer, .. } => {
                 if !st.producers.check_marker(&self.topic, self.id, producer)? {
-                    return Ok(nothing(AppendResult {
-                        base_offset: 0,
-                        last_offset: 0,
-                    }));
+                    let fenced = st.producers.fence_epoch(producer, now);
+                    return Ok(Appended {
+                        fenced,
+                        ..nothing(AppendResult {
+                            base_offset: 0,
+                            last_offset: 0,
+                        })
+                    });
                 }
             }
         }
@@ -260,6 +268,7 @@ impl Partition {
                 last_offset,
             },
             written: true,
+            fenced: false,
             rolled,
             txn_index,
         })

@@ -549,6 +549,8 @@ impl Partition {
         let mut removed = 0u64;
         let mut tombstones = 0u64;
         let mut earliest_tombstone = i64::MAX;
+        // Offsets of the abort markers dropped (ascending): their `.txnindex` entries go.
+        let mut dropped_aborts: Vec<u64> = Vec::new();
         for (k, m) in group.iter().enumerate() {
             let Some((_, handle)) = self.live_segment(ctx, m.base)? else {
                 return Ok(None);
@@ -569,6 +571,11 @@ impl Partition {
                         && judge.producer_lasts.contains(&(h.last_offset() as u64)));
                 let at = buf.len();
                 let drop_marker = !keep_empty && judge.droppable_marker(bytes, &h);
+                if drop_marker
+                    && batch::end_txn_marker(bytes, &h).is_ok_and(|m| m.marker == TxnMarker::Abort)
+                {
+                    dropped_aborts.push(h.last_offset() as u64);
+                }
                 batch::filter_batch(
                     &mut buf,
                     bytes,
@@ -643,15 +650,15 @@ impl Partition {
             .map_err(|e| Error::io(index_path, e))?;
         fs.write_file_synced(time_path, &time)
             .map_err(|e| Error::io(time_path, e))?;
-        // Abort markers are all kept (only commit markers are dropped), so the group's aborts
-        // stay valid for the cleaned segment: its transaction index is theirs, in order.
+        // The cleaned segment's transaction index is the group's aborts, in order, but for
+        // those whose marker this pass dropped (written with the segment: swapped in with it).
         let mut aborts = Vec::new();
         for m in group.iter().filter(|m| m.txn_entries > 0) {
-            aborts.extend(txnindex::read(
-                fs,
-                &self.txn_index_path(ctx, m),
-                m.txn_entries,
-            )?);
+            aborts.extend(
+                txnindex::read(fs, &self.txn_index_path(ctx, m), m.txn_entries)?
+                    .into_iter()
+                    .filter(|e| dropped_aborts.binary_search(&e.last_offset).is_err()),
+            );
         }
         if !aborts.is_empty() {
             let bytes: Vec<u8> = aborts.iter().flat_map(txnindex::encode).collect();
@@ -854,19 +861,21 @@ struct Judge<'a> {
 }
 
 impl Judge<'_> {
-    /// Whether a control batch is a commit marker the pass drops (Kafka drops a marker once
-    /// no record of its transaction is left and `delete.retention` has passed, KIP-534):
-    /// below the dirty end, older than the delete retention (its time is its append time),
-    /// and no record of its transaction kept. Without it a compacted topic written by
-    /// transactions (`__consumer_offsets` under exactly-once) grows by one marker per
-    /// transaction for good. Abort markers stay: the `.txnindex` entries name them.
+    /// Whether a control batch is a marker the pass drops (Kafka drops a marker once no
+    /// record of its transaction is left and `delete.retention` has passed, KIP-534): below
+    /// the dirty end, older than the delete retention (its time is its append time), and no
+    /// record of its transaction kept. Without it a compacted topic written by transactions
+    /// (`__consumer_offsets` under exactly-once) grows by one marker per transaction for good.
+    /// An abort marker goes by the same rule: its transaction's records are removed by the
+    /// pass that first cleans them (never kept, so they never hold it), and its `.txnindex`
+    /// entry goes with it.
     fn droppable_marker(&self, bytes: &[u8], h: &BatchHeader) -> bool {
         h.is_control()
             && h.producer_id >= 0
             && (h.last_offset() as u64) < self.dirty_end
             && h.max_timestamp < self.tombstone_cutoff
             && !self.holding.borrow().contains(&h.producer_id)
-            && batch::end_txn_marker(bytes, h).is_ok_and(|m| m.marker == TxnMarker::Commit)
+            && batch::end_txn_marker(bytes, h).is_ok()
     }
 
     /// Follows transactions through the pass: a transactional batch written to the cleaned

@@ -350,7 +350,14 @@ impl Inner {
             // No transaction open: maybe another caller has just written this marker and not
             // synced it yet. `Ok(None)` tells the coordinator the marker is there, so make the
             // log durable up to here first (as a duplicate batch waits for its original).
-            p.flush(&self.ctx)?;
+            if a.fenced {
+                // The marker's newer epoch fences the older one here: durable on return,
+                // through a producer snapshot at the end (no record), which syncs the log.
+                p.start_tracking_producers(&self.ctx)?;
+                p.snapshot_producers_durably(&self.ctx)?;
+            } else {
+                p.flush(&self.ctx)?;
+            }
             return Ok(None);
         }
         self.appended(&p, 1, bytes);

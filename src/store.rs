@@ -1127,10 +1127,12 @@ pub trait LogStore: Send + Sync + fmt::Debug {
     /// is returned; it is never returned by a read. An abort is recorded in the partition's
     /// aborted-transaction index so `read_committed` readers skip its records cheaply.
     ///
-    /// With no transaction of this producer open on the partition nothing is written and
-    /// `Ok(None)` is returned, so a coordinator may resend markers after a crash. An epoch
-    /// older than the partition knows is [`Error::ProducerFenced`](crate::Error::ProducerFenced);
-    /// a marker is durable when this returns, whatever the store's flush policy.
+    /// With no transaction of this producer open on the partition no marker is written and
+    /// `Ok(None)` is returned, so a coordinator may resend markers after a crash; a newer epoch
+    /// is still recorded (durably, in the producer state), so the older epoch is fenced on the
+    /// partition from then on. An epoch older than the partition knows is
+    /// [`Error::ProducerFenced`](crate::Error::ProducerFenced); a marker is durable when this
+    /// returns, whatever the store's flush policy.
     fn write_marker(
         &self,
         topic: &str,

@@ -193,7 +193,6 @@ fn a_commit_over_many_partitions_uses_a_bounded_number_of_marker_threads() {
 /// exactly-once consumer reprocesses and duplicates output. t2's docs claim the later write
 /// wins "in the running process as after a reload".
 #[test]
-#[ignore = "review: after compaction of __consumer_offsets a reload applies an older txn offset over a newer plain one"]
 fn a_plain_commit_over_a_transactions_offset_survives_compaction_and_reload() {
     use duolog::consumer::{GroupCoordinator, OFFSETS_TOPIC};
     common::for_each_engine(|engine, dir| {

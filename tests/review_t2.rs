@@ -147,7 +147,6 @@ fn commitlog_pre_flag_idempotent_batch_is_still_deduplicated_after_upgrade() {
 /// transaction over many partitions (or many producers committing at once) makes threads
 /// without bound. The markers should be written by a bounded number of threads.
 #[test]
-#[ignore = "review: a commit spawns one marker thread per partition, unbounded"]
 fn a_commit_over_many_partitions_uses_a_bounded_number_of_marker_threads() {
     const PARTITIONS: u32 = 64;
     let dir = tempfile::tempdir().unwrap();
@@ -263,7 +262,6 @@ fn a_plain_commit_over_a_transactions_offset_survives_compaction_and_reload() {
 /// a consumer (re)starting from it reprocesses and duplicates the committed output.
 /// (In `Inner::end` since before t2; t2 left it while reworking the same lines.)
 #[test]
-#[ignore = "review: a failed CompleteCommit write leaves a committed transaction's offsets unapplied in memory"]
 fn a_committed_transactions_offsets_apply_even_if_its_complete_record_fails() {
     use duolog::consumer::GroupCoordinator;
     common::for_each_engine(|engine, dir| {

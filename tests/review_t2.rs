@@ -48,14 +48,35 @@ fn old_store_options() -> StoreOptions {
     }
 }
 
+/// Rewrites the store's catalog (`meta`) as the version 3 a build before the producer flag
+/// wrote: the same fields without `producer flag since` (bytes 24..32), CRC re-sealed.
+fn downgrade_catalog_to_version_3(dir: &std::path::Path) {
+    let path = dir.join("meta");
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(
+        bytes[4..6],
+        4u16.to_be_bytes(),
+        "this build writes version 4"
+    );
+    let mut v3 = bytes[..bytes.len() - 4].to_vec();
+    v3.drain(24..32);
+    v3[4..6].copy_from_slice(&3u16.to_be_bytes());
+    let crc = crc32c::crc32c(&v3);
+    v3.extend_from_slice(&crc.to_be_bytes());
+    std::fs::write(&path, v3).unwrap();
+}
+
 /// Turns the records `offsets` of `t`/0 into what the engine wrote before branch t2 (main at
-/// 550a429): the same bytes, without SYSFLAG bit 0x1000, the whole-record CRC re-sealed.
+/// 550a429): the same bytes, without SYSFLAG bit 0x1000, the whole-record CRC re-sealed; and
+/// the catalog into that build's (version 3: it had handed out producer ids).
 fn strip_producer_flag(store: &CommitLogStore, opts: &StoreOptions, offsets: std::ops::Range<u64>) {
     let units: Vec<_> = offsets
         .map(|o| store.consume_queue_unit("t", 0, o).unwrap().unwrap())
         .collect();
     let files = store.commitlog_files();
+    let dir = store.dir().to_owned();
     store.abandon();
+    downgrade_catalog_to_version_3(&dir);
     let size = opts.commitlog.file_size;
     for u in &units {
         let file = &files[(u.position / size) as usize];
@@ -77,7 +98,6 @@ fn strip_producer_flag(store: &CommitLogStore, opts: &StoreOptions, offsets: std
 /// nothing ("no transaction open"), and the aborted records are shown to `read_committed`
 /// readers forever. The contract asked to "keep reading old stores".
 #[test]
-#[ignore = "review: t2 recovery ignores pre-0x1000 transactional batches: an aborted txn of an old store becomes visible"]
 fn commitlog_pre_flag_transaction_open_at_crash_stays_invisible_after_upgrade() {
     let dir = tempfile::tempdir().unwrap();
     let opts = old_store_options();
@@ -114,7 +134,6 @@ fn commitlog_pre_flag_transaction_open_at_crash_stays_invisible_after_upgrade() 
 /// must come back as a duplicate with its original offsets; t2 has forgotten the producer and
 /// writes it a second time.
 #[test]
-#[ignore = "review: t2 recovery forgets pre-0x1000 idempotent batches: a retried batch is written twice"]
 fn commitlog_pre_flag_idempotent_batch_is_still_deduplicated_after_upgrade() {
     let dir = tempfile::tempdir().unwrap();
     let opts = old_store_options();
@@ -296,4 +315,66 @@ fn a_committed_transactions_offsets_apply_even_if_its_complete_record_fails() {
             "{engine}: the committed transaction's offset is not applied"
         );
     });
+}
+
+/// The upgrade point is precise on both sides: a store whose catalog predates the producer
+/// flag (version 3) is opened once (the catalog becomes version 4 with the recovered end as
+/// the point), then plain records whose own properties are named `__PID`/`__EPOCH`/`__SEQ`
+/// (as a build before the names were reserved accepted; simulated by renaming same-length
+/// names and re-sealing the CRC) are written past it and the process dies. They carry no flag,
+/// so the next recovery keeps them as plain records (read by the old rule, they would be an
+/// idempotent batch without its last record and cut).
+#[test]
+fn commitlog_unflagged_records_past_the_upgrade_point_are_plain() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = old_store_options();
+    {
+        let store = CommitLogStore::open(dir.path(), opts.clone()).unwrap();
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        store.append("t", 0, &batch("before", 2)).unwrap();
+        store.close().unwrap();
+    }
+    downgrade_catalog_to_version_3(dir.path());
+    let store = CommitLogStore::open(dir.path(), opts.clone()).unwrap();
+    let meta = std::fs::read(dir.path().join("meta")).unwrap();
+    assert_eq!(
+        meta[4..6],
+        4u16.to_be_bytes(),
+        "the open rewrote the catalog"
+    );
+    let m = Message::new("after")
+        .with_property("__PIX", "1")
+        .with_property("__EPOCX", "0")
+        .with_property("__SEX", "4");
+    store.append("t", 0, &[m.clone(), m]).unwrap();
+    store.sync().unwrap();
+    let units: Vec<_> = (2..4)
+        .map(|o| store.consume_queue_unit("t", 0, o).unwrap().unwrap())
+        .collect();
+    let files = store.commitlog_files();
+    store.abandon();
+    drop(store);
+    let size = opts.commitlog.file_size;
+    for u in &units {
+        let file = &files[(u.position / size) as usize];
+        let mut bytes = std::fs::read(file).unwrap();
+        let at = (u.position % size) as usize;
+        let rec = &mut bytes[at..at + u.size as usize];
+        for (from, to) in [
+            (&b"__PIX"[..], &b"__PID"[..]),
+            (b"__EPOCX", b"__EPOCH"),
+            (b"__SEX", b"__SEQ"),
+        ] {
+            let i = rec.windows(from.len()).position(|w| w == from).unwrap();
+            rec[i..i + to.len()].copy_from_slice(to);
+        }
+        duolog::commitlog::record::fill_record_crc(rec);
+        std::fs::write(file, bytes).unwrap();
+    }
+    let store = CommitLogStore::open(dir.path(), opts).unwrap();
+    assert_eq!(
+        store.bounds("t", 0).unwrap().end,
+        4,
+        "plain records written past the upgrade point were taken for a producer's batch"
+    );
 }

@@ -1,8 +1,8 @@
 //! The store's `meta` file: which engine made the store and which topics it has.
 //!
 //! ```text
-//! "DUOL" | version u16 = 3 | engine u8 | reserved u8 | next topic id u64 |
-//!   producer id block end i64 | topic count u32 |
+//! "DUOL" | version u16 = 4 | engine u8 | reserved u8 | next topic id u64 |
+//!   producer id block end i64 | producer flag since u64 | topic count u32 |
 //!   per topic: name length u16 | name | partitions u32 | since u64 | id u64 |
 //!              config count u16 | per config: name length u8 | name | value length u16 | value
 //! deleting count u32 | per topic being deleted: name length u16 | name | partitions u32
@@ -22,6 +22,14 @@
 //! writing a catalog whose end covers the block before it hands out one of them), so an open
 //! starts handing out ids at it: none is ever given twice, even after a crash. Older versions
 //! read as 0.
+//! `producer flag since` (version 4; CommitLog engine, 0 on the segmented one): the commit-log
+//! position from which a record is an idempotent (or transactional) producer's only if its sys
+//! flag has bit 0x1000. Records below it were written by a build that had no such flag and are
+//! read as that build read them: a producer's if their `__PID`/`__EPOCH`/`__SEQ` properties
+//! parse. A version-3 catalog (producer ids handed out, no flag yet) reads as `u64::MAX` — that
+//! rule for the whole log — and the engine's open rewrites it (version 4) with the end it
+//! recovered before anything is appended. A version-1 or 2 catalog reads as 0: no producer id
+//! was ever handed out under it, so no record below is a producer's, and none has the flag.
 //! Written atomically (temp file, fsync, rename, directory fsync), so after a crash it holds the
 //! old or the new catalog, never a mix: the catalog is the commit point of every topic change.
 //! Deleting a topic first writes a catalog without it and with it listed as being deleted, then
@@ -35,7 +43,7 @@ use crate::io::{self, FileSystem};
 use crate::store::{EngineKind, TopicConfig};
 
 const MAGIC: &[u8; 4] = b"DUOL";
-const VERSION: u16 = 3;
+const VERSION: u16 = 4;
 /// Producer ids reserved per catalog write (Kafka's `ProducerIdManager` takes blocks of 1,000).
 pub(crate) const PRODUCER_ID_BLOCK: i64 = 1000;
 /// File name of the catalog inside a store directory.
@@ -51,6 +59,9 @@ pub(crate) struct Catalog {
     pub(crate) next_topic_id: u64,
     /// Producer ids below it may have been handed out (see the module docs).
     pub(crate) producer_id_block_end: i64,
+    /// CommitLog: where records start to be producers' by sys flag 0x1000 only; `u64::MAX`
+    /// until an open of a version-3 catalog fixes it (see the module docs).
+    pub(crate) producer_flag_since: u64,
     /// Topics whose deletion began but may not have finished: (name, partitions).
     pub(crate) deleting: Vec<(String, u32)>,
 }
@@ -73,6 +84,7 @@ impl Catalog {
         out.push(0);
         out.extend_from_slice(&self.next_topic_id.to_be_bytes());
         out.extend_from_slice(&self.producer_id_block_end.to_be_bytes());
+        out.extend_from_slice(&self.producer_flag_since.to_be_bytes());
         out.extend_from_slice(&(self.topics.len() as u32).to_be_bytes());
         for (name, config, meta) in &self.topics {
             out.extend_from_slice(&(name.len() as u16).to_be_bytes());
@@ -123,6 +135,11 @@ impl Catalog {
         if producer_id_block_end < 0 {
             return Err(bad(16, "negative producer id block end"));
         }
+        let producer_flag_since = match version {
+            4.. => r.u64()?,
+            3 => u64::MAX,
+            _ => 0,
+        };
         let count = r.u32()? as usize;
         let mut topics = Vec::with_capacity(count.min(body.len() / 6));
         for _ in 0..count {
@@ -172,6 +189,7 @@ impl Catalog {
             topics,
             next_topic_id,
             producer_id_block_end,
+            producer_flag_since,
             deleting,
         })
     }
@@ -310,6 +328,8 @@ pub(crate) fn lock_and_load(
                 topics: Vec::new(),
                 next_topic_id: 1,
                 producer_id_block_end: 0,
+                // A new store: every record is a producer's by the flag only.
+                producer_flag_since: 0,
                 deleting: Vec::new(),
             };
             c.store(fs, dir)?;
@@ -347,6 +367,7 @@ mod tests {
             ],
             next_topic_id: 8,
             producer_id_block_end: 3000,
+            producer_flag_since: 1 << 33,
             deleting: vec![("gone".into(), 4)],
         };
         let bytes = c.encode();
@@ -380,16 +401,51 @@ mod version_two {
             )],
             next_topic_id: 2,
             producer_id_block_end: 0,
+            producer_flag_since: 0,
             deleting: Vec::new(),
         };
-        let v3 = c.encode();
-        // Version 2: the same bytes without the producer id block end (bytes 16..24).
-        let mut v2 = v3[..v3.len() - 4].to_vec();
-        v2.drain(16..24);
+        let v4 = c.encode();
+        // Version 2: the same bytes without the producer id block end and the producer flag
+        // position (bytes 16..32).
+        let mut v2 = v4[..v4.len() - 4].to_vec();
+        v2.drain(16..32);
         v2[4..6].copy_from_slice(&2u16.to_be_bytes());
         let crc = crc32c::crc32c(&v2);
         v2.extend_from_slice(&crc.to_be_bytes());
         assert_eq!(Catalog::decode(Path::new("meta"), &v2).unwrap(), c);
+    }
+}
+
+#[cfg(test)]
+mod version_three {
+    use super::*;
+
+    /// A catalog written before the producer flag (version 3) reads with the legacy rule for
+    /// the whole log (`producer_flag_since = u64::MAX`) until an open fixes the position.
+    #[test]
+    fn a_version_three_catalog_reads_with_the_legacy_producer_rule_everywhere() {
+        let c = Catalog {
+            engine: EngineKind::CommitLog,
+            topics: Vec::new(),
+            next_topic_id: 1,
+            producer_id_block_end: 1000,
+            producer_flag_since: 77,
+            deleting: Vec::new(),
+        };
+        let v4 = c.encode();
+        let mut v3 = v4[..v4.len() - 4].to_vec();
+        v3.drain(24..32);
+        v3[4..6].copy_from_slice(&3u16.to_be_bytes());
+        let crc = crc32c::crc32c(&v3);
+        v3.extend_from_slice(&crc.to_be_bytes());
+        let read = Catalog::decode(Path::new("meta"), &v3).unwrap();
+        assert_eq!(
+            read,
+            Catalog {
+                producer_flag_since: u64::MAX,
+                ..c
+            }
+        );
     }
 }
 

@@ -3,8 +3,8 @@
 //! in one durable transaction log record (none when all are enrolled), and a commit is one
 //! data sync, the durable `PrepareCommit`, the markers of every partition written at once
 //! (each durable on return, their syncs overlapping), and an unsynced `CompleteCommit` — the
-//! budget the module docs of `txn/coordinator.rs` state. And a commit that returned `Ok` is
-//! still there after a power cut.
+//! budget the module docs of `txn/coordinator.rs` state. And a commit that returned `Ok` has
+//! every marker durable: after a power cut, the store opened without the coordinator shows it.
 
 mod common;
 mod txn_probe;
@@ -177,10 +177,14 @@ fn a_four_partition_transaction_stays_within_its_documented_sync_budget() {
     });
 }
 
-/// A commit that returned `Ok` survives a power cut right after it, on both engines: the
-/// markers written at once were each durable before `CompleteCommit` was written.
+/// A commit that returned `Ok` survives a power cut right after it, on both engines, *by its
+/// markers*: the store is first opened without the coordinator (whose recovery would re-drive
+/// the durable `PrepareCommit` and write any lost marker again, hiding the loss), and every
+/// partition must already show the transaction to `read_committed` — a marker not durable when
+/// `commit` returned would leave the transaction open there, the last stable offset below its
+/// records. Then the coordinator's open must leave it so.
 #[test]
-fn a_commit_that_returned_survives_a_power_cut() {
+fn a_commit_that_returned_has_every_marker_durable_through_a_power_cut() {
     for engine in common::engines() {
         for (seed, &mode) in (0u64..).zip(CrashMode::ALL.iter()) {
             let sim = SimFs::new();
@@ -215,6 +219,13 @@ fn a_commit_that_returned_survives_a_power_cut() {
             }
             let sim = sim.crash(mode, seed);
             let store: Arc<dyn LogStore> = Arc::from(common::open("/s".as_ref(), &opts(&sim)));
+            for i in 0..PARTITIONS {
+                assert_eq!(
+                    committed(store.as_ref(), "t", i).len(),
+                    3,
+                    "{engine} {mode:?}: partition {i}'s marker was lost (before the coordinator ran)"
+                );
+            }
             let _txns =
                 TransactionCoordinator::open(Arc::clone(&store), TxnCoordinatorConfig::default())
                     .unwrap();

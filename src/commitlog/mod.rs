@@ -216,6 +216,9 @@ pub(crate) struct Inner {
     next_topic_id: AtomicU64,
     /// (next producer id, end of the block reserved in the catalog).
     producer_ids: Mutex<(i64, i64)>,
+    /// Where records start to be producers' by sys flag 0x1000 only (the catalog's
+    /// `producer flag since`); below it, by their properties (written before the flag).
+    producer_flag_since: u64,
     /// Whether the store has a producer snapshot (set before its first idempotent record is
     /// written): checkpoints then keep it current (see `producers`).
     tracks_producers: AtomicBool,
@@ -384,6 +387,7 @@ impl Inner {
             topics: list,
             next_topic_id: self.next_topic_id.load(Ordering::Acquire),
             producer_id_block_end: self.producer_ids.lock().1,
+            producer_flag_since: self.producer_flag_since,
             deleting: self.deleting.lock().clone(),
         }
         .store(self.fs.as_ref(), &self.dir)

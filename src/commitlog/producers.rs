@@ -80,9 +80,16 @@ pub(crate) fn put_properties(out: &mut Vec<u8>, r: RecordProducer) {
 
 /// The producer fields of a record's properties, if it belongs to an idempotent batch: its
 /// sys flag carries [`record::SYSFLAG_PRODUCER_BATCH`] (a plain record's own properties of
-/// these names, from before they were reserved, are not fields) and they parse.
-pub(crate) fn parse_properties(sys_flag: i32, raw: &[u8]) -> Option<RecordProducer> {
-    if sys_flag & record::SYSFLAG_PRODUCER_BATCH == 0 {
+/// these names, from before they were reserved, are not fields) and they parse. With
+/// `before_flag` (the record lies below the catalog's `producer flag since`: written by a
+/// build that had no flag, see `catalog.rs`), the properties alone decide, as that build read
+/// them.
+pub(crate) fn parse_properties(
+    sys_flag: i32,
+    raw: &[u8],
+    before_flag: bool,
+) -> Option<RecordProducer> {
+    if sys_flag & record::SYSFLAG_PRODUCER_BATCH == 0 && !before_flag {
         return None;
     }
     let (mut id, mut epoch, mut seq, mut last) = (None, None, None, false);
@@ -491,7 +498,11 @@ fn replay(
             let pos = start + at as u64;
             at += d.total_size;
             let marker = record::is_marker(d.header.sys_flag);
-            let fields = parse_properties(d.header.sys_flag, d.properties);
+            let fields = parse_properties(
+                d.header.sys_flag,
+                d.properties,
+                pos < inner.producer_flag_since,
+            );
             if fields.is_none() && !marker {
                 continue;
             }
@@ -656,12 +667,15 @@ mod tests {
         let mut out = Vec::new();
         put_properties(&mut out, r);
         let flag = record::SYSFLAG_PRODUCER_BATCH;
-        assert_eq!(parse_properties(flag, &out), Some(r));
-        assert_eq!(parse_properties(flag, b""), None);
+        assert_eq!(parse_properties(flag, &out, false), Some(r));
+        assert_eq!(parse_properties(flag, b"", false), None);
         assert_eq!(
-            parse_properties(0, &out),
+            parse_properties(0, &out, false),
             None,
             "a plain record's own properties"
         );
+        // Below the catalog's `producer flag since`: the properties alone decide.
+        assert_eq!(parse_properties(0, &out, true), Some(r));
+        assert_eq!(parse_properties(0, b"", true), None);
     }
 }

@@ -92,6 +92,7 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         deleting: Mutex::new(catalog.deleting.clone()),
         next_topic_id: AtomicU64::new(catalog.next_topic_id),
         producer_ids: Mutex::new((catalog.producer_id_block_end, catalog.producer_id_block_end)),
+        producer_flag_since: catalog.producer_flag_since,
         tracks_producers: AtomicBool::new(false),
         producer_sample: Mutex::new(Default::default()),
         append_lock: Mutex::new(AppendState {
@@ -244,6 +245,15 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         }
     }
     *inner.topics.get_mut() = topics.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+    // A catalog from before the producer flag (version 3): recovery read the whole log the way
+    // that build did; from the recovered end on, records are producers' by the flag only. The
+    // position is durable (the catalog is written atomically) before anything is appended, so
+    // every later open reads each record by the rule it was written under.
+    if inner.producer_flag_since == u64::MAX {
+        inner.producer_flag_since = valid_end;
+        let topics = inner.topics.read().clone();
+        inner.store_catalog(&topics)?;
+    }
     // An interrupted topic deletion is finished before the store is used (its name is in no
     // loaded topic: a deletion in progress refuses a new topic of that name).
     inner.finish_deletions(&inner.topics.read().clone())?;
@@ -516,8 +526,11 @@ fn replay_walk(
                                 .lock()
                                 .push(txn.aborted(producer.id, expected));
                         }
-                        let batch =
-                            super::producers::parse_properties(d.header.sys_flag, d.properties);
+                        let batch = super::producers::parse_properties(
+                            d.header.sys_flag,
+                            d.properties,
+                            start + (at as u64) < inner.producer_flag_since,
+                        );
                         // A record that does not continue the open batch (only a failed
                         // append, never a crash, can leave one unfinished mid-log): the
                         // open batch's records are dispatched as any others.

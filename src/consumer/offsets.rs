@@ -838,7 +838,9 @@ impl OffsetStore {
     }
 
     /// Writes `next`, the group's whole table, as one plain record: the entries of `offsets`
-    /// as committed by it, every other one as carried ([`CommitRecord::carried`]).
+    /// as committed by it; every other one as committed too, unless a transaction's offset
+    /// record for its partition may still apply over it, then as carried
+    /// ([`CommitRecord::carried`], see [`carried_entries`]).
     fn append_table(
         &self,
         group: &str,
@@ -847,12 +849,15 @@ impl OffsetStore {
         offsets: &[(String, u32, u64)],
     ) -> Result<(crate::Completion, Versioned, u64)> {
         let now = u64::try_from(crate::clock::now_ms()).unwrap_or(0);
-        let carried = next
-            .table
-            .iter()
-            .flat_map(|(topic, parts)| parts.keys().map(move |&p| (topic.clone(), p)))
-            .filter(|(topic, p)| !offsets.iter().any(|(t, p2, _)| t == topic && p2 == p))
-            .collect();
+        let carried = {
+            let g = self.group(group);
+            let pending = g.pending.lock();
+            // Loading could not yet decide the transactions a crash left open (`reload` has
+            // not run): their offset records are known to no one here, so every entry not
+            // committed now stays carried.
+            let undecided = self.cut_short.lock().is_some();
+            carried_entries(&next, offsets, &pending, undecided)
+        };
         let record = CommitRecord {
             offsets: next.table,
             topic_ids: next.ids,
@@ -870,11 +875,50 @@ impl OffsetStore {
         w.table = record.offsets;
         w.ids = record.topic_ids;
         w.set_at = next.set_at;
-        for (topic, p, _) in offsets {
-            w.set_at.insert((topic.clone(), *p), at);
+        // Every entry written as committed is set by this record, as loading will find it.
+        for (topic, parts) in &w.table {
+            for &p in parts.keys() {
+                let key = (topic.clone(), p);
+                if !record.carried.contains(&key) {
+                    w.set_at.insert(key, at);
+                }
+            }
         }
         Ok((completion, w.clone(), w.seq))
     }
+}
+
+/// The entries of `next` a plain record must write as *carried*: those it does not commit
+/// (`offsets`) whose value may be older than a transaction's offset record for the partition
+/// that is still to be decided — a pending one (of an open transaction) written after the
+/// record that set the value (or the value's record is unknown), or any one while loading has
+/// undecided transactions. Every other entry is written as committed, with the value it holds.
+///
+/// Why not carry every entry: compaction keeps a partition's newest *transactional* record
+/// (its own key) but only the group's newest *plain* record. Were a value set by a plain commit
+/// newer than a transaction's record only ever carried by the records after it, compaction
+/// would drop the commit and a reload would apply the older transactional offset (a carried
+/// entry never overrides). Written as committed, each later plain record overrides it again on
+/// load, as the live table does. A carried entry stays only where the transaction's record is
+/// the newer one: there it must win on load, and does.
+fn carried_entries(
+    next: &Versioned,
+    offsets: &[(String, u32, u64)],
+    pending: &HashMap<i64, Vec<TxnOffset>>,
+    undecided: bool,
+) -> BTreeSet<(String, u32)> {
+    let pending_after = |topic: &str, p: u32, set_at: Option<u64>| {
+        pending
+            .values()
+            .flatten()
+            .any(|(t, tp, _, _, at)| t == topic && *tp == p && set_at.is_none_or(|s| s < *at))
+    };
+    next.table
+        .iter()
+        .flat_map(|(topic, parts)| parts.keys().map(move |&p| (topic.clone(), p)))
+        .filter(|(topic, p)| !offsets.iter().any(|(t, p2, _)| t == topic && p2 == p))
+        .filter(|key| undecided || pending_after(&key.0, key.1, next.set_at.get(key).copied()))
+        .collect()
 }
 
 /// Records that the table of record `seq` is durable (completions may report out of order).

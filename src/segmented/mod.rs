@@ -180,6 +180,7 @@ impl Inner {
             topics: list,
             next_topic_id: self.next_topic_id.load(Ordering::Acquire),
             producer_id_block_end: self.producer_ids.lock().1,
+            producer_flag_since: 0,
             deleting: self.deleting.lock().clone(),
         }
         .store(self.ctx.fs.as_ref(), &self.dir)

@@ -15,10 +15,10 @@
 //! | enrolment (`AddPartitionsToTxn`) | 1 transaction log record + 1 `sync` per send that adds partitions, all its new ones in the record; 0 for a send to enrolled ones |
 //! | data | 1 `sync` (every record of the transaction durable before the decision) |
 //! | `PrepareCommit` | 1 transaction log record + 1 `sync` |
-//! | markers | N `write_marker` calls issued at once, one thread each: each is durable on return, so they share syncs — the CommitLog engine's group commit fsyncs its one file for all of them, the segmented engine fsyncs the N partition files in parallel |
+//! | markers | N `write_marker` calls, up to 8 at once (`MARKER_THREADS`, this thread and scoped threads taking partitions from a shared queue): each is durable on return, so they share syncs — the CommitLog engine's group commit fsyncs its one file for all of them, the segmented engine fsyncs the N partition files in parallel |
 //! | `CompleteCommit` | 1 transaction log record, **not** synced |
 //!
-//! So at most 3 `sync` calls and N overlapping marker writes per transaction sent in one
+//! So at most 3 `sync` calls and N marker writes, 8 at a time, per transaction sent in one
 //! `send_all` (`tests/txn_commit_cost.rs` counts them); an abort skips the data sync and the
 //! decision's sync. The trait was left as it is: `write_marker` stays durable on return, and
 //! issuing the calls together is enough for the engines' own group commit.
@@ -48,6 +48,11 @@ use crate::store::{
 /// The coordinator epoch every marker carries. Kafka bumps it when another broker takes the
 /// transaction log partition over; here one coordinator serves a store for its whole life.
 pub(crate) const COORDINATOR_EPOCH: i32 = 0;
+
+/// The most markers one end of a transaction writes at once (this thread and up to 7 scoped
+/// threads): enough for their syncs to overlap, bounded however many partitions the
+/// transaction spans.
+pub(crate) const MARKER_THREADS: usize = 8;
 
 /// Stores served by a live transaction coordinator in this process, by the address of the store
 /// object: a guard (like [`GroupCoordinator`]'s) so two coordinators, which would hand out the
@@ -558,6 +563,15 @@ impl Inner {
         }
         let producer = m.producer();
         self.write_markers(&m.partitions, producer, marker)?;
+        // Every marker is durable: the transaction is ended whatever happens to the writes
+        // below (a lost `Complete*` only makes the next open send the markers again), so its
+        // offsets apply now. Were they applied after `Complete*` and that write failed, the
+        // state in memory would already say complete and a retried commit would return `Ok`
+        // with the committed offsets never applied. Applying twice (a retry after a failure
+        // below) finds nothing pending the second time.
+        if let Some(groups) = self.groups.lock().clone() {
+            groups.complete_txn_offsets(producer.id, marker == TxnMarker::Commit);
+        }
         if renew {
             m.producer_id = self.store.allocate_producer_id()?;
             m.epoch = 0;
@@ -566,20 +580,20 @@ impl Inner {
         m.txn_start_ms = -1;
         // Not synced: if it is lost, recovery sends the markers again, which write nothing.
         self.write(transactional_id, m, false)?;
-        if let Some(groups) = self.groups.lock().clone() {
-            groups.complete_txn_offsets(producer.id, marker == TxnMarker::Commit);
-        }
         Ok(())
     }
 
-    /// Writes `marker` into every partition of `partitions`, all at once: one call per
-    /// partition, each on its own thread (the first on this one), so their syncs overlap —
-    /// the CommitLog engine's group commit makes the calls share its one file's fsyncs, the
-    /// segmented engine syncs the partitions' files in parallel — and a commit waits for about
-    /// one sync, not one per partition. `write_marker` is durable on return, so every marker is
-    /// durable once this returns `Ok`: what `Complete*` needs before it may reach the log.
-    /// A partition deleted since (`UnknownTopic`/`UnknownPartition`) holds nothing of the
-    /// transaction and is skipped; the first other error is returned, after every call ended.
+    /// Writes `marker` into every partition of `partitions`, up to [`MARKER_THREADS`] at once:
+    /// that many workers (this thread and scoped `duolog-txn-marker` threads) take the
+    /// partitions one by one from a shared queue, so their syncs overlap — the CommitLog
+    /// engine's group commit makes the calls share its one file's fsyncs, the segmented engine
+    /// syncs the partitions' files in parallel — and a commit waits for about
+    /// `partitions / MARKER_THREADS` syncs, not one per partition, with a bounded number of
+    /// threads however many partitions a transaction spans. `write_marker` is durable on
+    /// return, so every marker is durable once this returns `Ok`: what `Complete*` needs before
+    /// it may reach the log. A partition deleted since (`UnknownTopic`/`UnknownPartition`)
+    /// holds nothing of the transaction and is skipped; the first other error is returned,
+    /// after every call ended.
     fn write_markers(
         &self,
         partitions: &BTreeSet<(String, u32)>,
@@ -595,36 +609,45 @@ impl Inner {
                 Err(e) => Err(e),
             }
         };
-        let mut all = partitions.iter();
-        let Some(first) = all.next() else {
-            return Ok(());
-        };
-        let rest: Vec<&(String, u32)> = all.collect();
-        if rest.is_empty() {
-            return one(first);
+        let all: Vec<&(String, u32)> = partitions.iter().collect();
+        if all.len() <= 1 {
+            return all.first().map_or(Ok(()), |tp| one(tp));
         }
-        std::thread::scope(|scope| {
-            let mut handles = Vec::with_capacity(rest.len());
-            for tp in rest {
-                let spawned = std::thread::Builder::new()
-                    .name("duolog-txn-marker".into())
-                    .spawn_scoped(scope, move || one(tp));
-                match spawned {
-                    Ok(h) => handles.push(Ok(h)),
-                    // No thread to be had: this partition's marker on this thread, in turn.
-                    Err(_) => handles.push(Err(tp)),
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        // One worker: takes the next partition until none is left; keeps its first error
+        // (every partition still gets its call: a marker written is never wasted).
+        let work = || -> Result<()> {
+            let mut result = Ok(());
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(tp) = all.get(i) else {
+                    return result;
+                };
+                let r = one(tp);
+                if result.is_ok() {
+                    result = r;
                 }
             }
-            let mut result = one(first);
+        };
+        std::thread::scope(|scope| {
+            let helpers = all.len().min(MARKER_THREADS) - 1;
+            let mut handles = Vec::with_capacity(helpers);
+            for _ in 0..helpers {
+                // No thread to be had: the workers there are take its share.
+                if let Ok(h) = std::thread::Builder::new()
+                    .name("duolog-txn-marker".into())
+                    .spawn_scoped(scope, work)
+                {
+                    handles.push(h);
+                }
+            }
+            let mut result = work();
             for h in handles {
-                let r = match h {
-                    Ok(h) => h.join().unwrap_or_else(|_| {
-                        Err(Error::InvalidArgument(
-                            "a transaction marker thread panicked".into(),
-                        ))
-                    }),
-                    Err(tp) => one(tp),
-                };
+                let r = h.join().unwrap_or_else(|_| {
+                    Err(Error::InvalidArgument(
+                        "a transaction marker thread panicked".into(),
+                    ))
+                });
                 if result.is_ok() {
                     result = r;
                 }

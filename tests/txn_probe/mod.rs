@@ -38,6 +38,8 @@ struct State {
     rendezvous: usize,
     /// The next N transactional appends land and then fail with an I/O error.
     land_then_fail: usize,
+    /// (review) After this many more transaction log writes, the next one fails unwritten.
+    fail_txn_log_write_after: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -67,6 +69,11 @@ impl Probe {
     /// Markers wait (at most a second each) for `n` of them to be in flight together.
     pub fn rendezvous_markers(&self, n: usize) {
         self.state.lock().rendezvous = n;
+    }
+
+    /// (review) After `skip` more transaction log writes, the next one fails (nothing written).
+    pub fn fail_txn_log_write_after(&self, skip: usize) {
+        self.state.lock().fail_txn_log_write_after = Some(skip);
     }
 
     /// The next `n` transactional appends are written, then reported as failed.
@@ -143,7 +150,19 @@ impl LogStore for Probe {
         messages: &[Message],
     ) -> duolog::Result<Completion> {
         if topic == TXN_LOG_TOPIC {
-            self.state.lock().counts.txn_log_writes += 1;
+            let mut st = self.state.lock();
+            st.counts.txn_log_writes += 1;
+            match st.fail_txn_log_write_after {
+                Some(0) => {
+                    st.fail_txn_log_write_after = None;
+                    return Err(Error::Io {
+                        path: self.inner.dir().to_path_buf(),
+                        source: std::io::Error::other("injected: transaction log write failed"),
+                    });
+                }
+                Some(n) => st.fail_txn_log_write_after = Some(n - 1),
+                None => {}
+            }
         }
         self.inner.append_async(topic, partition, messages)
     }

@@ -43,7 +43,6 @@ pub(crate) fn queue_warm_window(mapped: usize) -> usize {
     w - w % 4096
 }
 
-
 struct Item {
     start: usize,
     len: usize,

@@ -2,7 +2,9 @@
 //! round-robin over N partitions (every partition written once before timing), async flush.
 //! Prints messages/s and the ratio to the 1-partition rate, per engine.
 //!
-//! Run: `cargo run --release --example fanout_defaults [-- PARTITIONS...]` (default 1 1024 4096).
+//! Run: `cargo run --release --example fanout_defaults [-- [commitlog|segmented] PARTITIONS...]`
+//! (default: both engines, 1 1024 4096). Measure peak RSS of one engine at a time with
+//! `/usr/bin/time -f '%e s %M KB'`.
 //! Nothing here asserts a speed.
 
 use std::time::Instant;
@@ -44,7 +46,15 @@ fn main() -> duolog::Result<()> {
     } else {
         counts
     };
+    let only = std::env::args().skip(1).find_map(|a| match a.as_str() {
+        "commitlog" => Some(EngineKind::CommitLog),
+        "segmented" => Some(EngineKind::Segmented),
+        _ => None,
+    });
     for engine in [EngineKind::CommitLog, EngineKind::Segmented] {
+        if only.is_some_and(|o| o != engine) {
+            continue;
+        }
         let mut base = None;
         for &n in &counts {
             let rate = run(engine, n)?;

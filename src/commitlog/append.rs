@@ -23,8 +23,25 @@ use crate::store::{AppendResult, Message, ProducerId, TxnMarker};
 /// How far ahead of the appender the warm-up thread faults in commit-log pages: at 1 GB/s of
 /// appends that is 16 ms of head start, refreshed every 8 MiB.
 const LOG_WARM_WINDOW: usize = 16 << 20;
-/// The same for a consume-queue file (20 bytes per message, so 1 MiB lasts 52,428 messages).
-const QUEUE_WARM_WINDOW: usize = 1 << 20;
+/// What the warm-up thread may fault in ahead of all consume queues together: each mapped
+/// queue's window is this divided among them, between [`QUEUE_WARM_MIN`] and
+/// [`QUEUE_WARM_MAX`]. Every partition has its own queue and a queue's window stays resident
+/// while it is mapped, so a fixed 1 MiB window was 1 GiB at 1,024 partitions; one busy partition
+/// still gets the full 1 MiB (20 bytes a message: 52,428 messages of head start), so the
+/// appender's store into a fresh queue page does not fault at high rates.
+const QUEUE_WARM_BUDGET: usize = 16 << 20;
+/// The largest window of one queue.
+const QUEUE_WARM_MAX: usize = 1 << 20;
+/// The smallest: the page after the one being written (asked for again half a window before).
+/// Bounds the total at `QUEUE_WARM_MIN × 16 × max_open_files` (64 MiB by default, reached
+/// only past 2,048 mapped queues).
+const QUEUE_WARM_MIN: usize = 8 << 10;
+
+/// The warm window of one consume queue when `mapped` queues are mapped (page multiples).
+pub(crate) fn queue_warm_window(mapped: usize) -> usize {
+    let w = (QUEUE_WARM_BUDGET / mapped.max(1)).clamp(QUEUE_WARM_MIN, QUEUE_WARM_MAX);
+    w - w % 4096
+}
 
 struct Item {
     start: usize,
@@ -181,6 +198,7 @@ impl Inner {
         let Some(me) = self.me.get() else {
             return;
         };
+        let queue_window = queue_warm_window(self.queue_cache.mapped());
         let half = self.log.file_size() / 2;
         if log_end - log_file.start_offset() >= half
             && let Some(next) = self.log.should_request_after(log_file.start_offset())
@@ -234,7 +252,7 @@ impl Inner {
                     // As for the log: the appender's first store into the new file must not be
                     // the one that faults its page in.
                     Ok(Some(f)) if inner.warmer.is_some() => {
-                        let _ = f.prefault_ahead(QUEUE_WARM_WINDOW);
+                        let _ = f.prefault_ahead(queue_window);
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -252,7 +270,7 @@ impl Inner {
                     && f.grow_ahead().is_ok()
                     && warm
                 {
-                    let _ = f.prefault_ahead(QUEUE_WARM_WINDOW);
+                    let _ = f.prefault_ahead(queue_window);
                 }
             }));
         }
@@ -593,8 +611,9 @@ impl Inner {
                 warmer.request(&file, LOG_WARM_WINDOW);
             }
             let cq_pos = (offset * UNIT_SIZE - cq_file.start_offset()) as usize;
-            if cq_file.wants_prefault(cq_pos, QUEUE_WARM_WINDOW) {
-                warmer.request(&cq_file, QUEUE_WARM_WINDOW);
+            let window = queue_warm_window(self.queue_cache.mapped());
+            if cq_file.wants_prefault(cq_pos, window) {
+                warmer.request(&cq_file, window);
             }
         }
         Ok(Appended::Written(
@@ -604,5 +623,21 @@ impl Inner {
             },
             end,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_warm_windows_share_a_budget_between_a_page_pair_and_a_mebibyte() {
+        assert_eq!(queue_warm_window(0), QUEUE_WARM_MAX);
+        assert_eq!(queue_warm_window(1), QUEUE_WARM_MAX);
+        assert_eq!(queue_warm_window(16), QUEUE_WARM_MAX);
+        assert_eq!(queue_warm_window(64), 256 << 10);
+        assert_eq!(queue_warm_window(1024), 16 << 10);
+        assert_eq!(queue_warm_window(10_000), QUEUE_WARM_MIN);
+        assert_eq!(queue_warm_window(3000) % 4096, 0);
     }
 }

@@ -83,6 +83,10 @@ struct CqInner {
     /// The files' watermarks while evicted.
     marks: Mutex<Vec<Mark>>,
     referenced: AtomicBool,
+    /// The directory entry of the queue's first file is not durable yet (its creation skipped
+    /// the directory sync, see [`FileQueue::defer_first_dir_sync`]); the next flush syncs it.
+    /// Kept here, not in the mapped files, so it survives an eviction.
+    dir_unsynced: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for CqInner {
@@ -130,12 +134,14 @@ impl ConsumeQueue {
         units_per_file: u32,
         cache: Option<Arc<QueueCache>>,
     ) -> Result<Self> {
-        let fq = FileQueue::open_growable(
+        let mut fq = FileQueue::open_growable(
             fs.as_ref(),
             dir,
             u64::from(units_per_file) * UNIT_SIZE,
             UNIT_SIZE,
         )?;
+        let dir_unsynced = Arc::new(AtomicBool::new(false));
+        fq.defer_first_dir_sync(Arc::clone(&dir_unsynced));
         Ok(ConsumeQueue {
             inner: Arc::new(CqInner {
                 fs: Arc::clone(fs),
@@ -145,6 +151,7 @@ impl ConsumeQueue {
                 files: RwLock::new(Some(Arc::new(fq))),
                 marks: Mutex::new(Vec::new()),
                 referenced: AtomicBool::new(true),
+                dir_unsynced,
             }),
         })
     }
@@ -196,7 +203,9 @@ impl ConsumeQueue {
             f.set_recovered_end(m.end, m.flushed);
             files.push(Arc::new(f));
         }
-        let fq = Arc::new(FileQueue::from_files(&inner.dir, inner.file_size, files));
+        let mut fq = FileQueue::from_files(&inner.dir, inner.file_size, files);
+        fq.defer_first_dir_sync(Arc::clone(&inner.dir_unsynced));
+        let fq = Arc::new(fq);
         *slot = Some(Arc::clone(&fq));
         drop(slot);
         self.enroll();
@@ -400,6 +409,19 @@ impl ConsumeQueue {
 
     /// Flushes every file's published units. Returns the first error.
     pub(crate) fn flush(&self) -> Result<()> {
+        // First the directory entry of a first file created since the last flush: the
+        // checkpoint this flush is for will trust the file's units.
+        if self.inner.dir_unsynced.swap(false, Ordering::AcqRel) {
+            match self.inner.fs.sync_dir(&self.inner.dir) {
+                Ok(()) => {}
+                // Removed with its topic by a deletion this flush raced: nothing to keep.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    self.inner.dir_unsynced.store(true, Ordering::Release);
+                    return Err(Error::io(&self.inner.dir, e));
+                }
+            }
+        }
         if self.inner.files.read().is_none()
             && self.inner.marks.lock().iter().all(|m| m.flushed >= m.end)
         {

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -28,6 +28,9 @@ pub(crate) struct FileQueue {
     create_lock: Mutex<()>,
     /// Start of the next file last asked of the allocation thread (deduplicates requests).
     requested_next: AtomicU64,
+    /// Set for a consume queue (see [`Self::defer_first_dir_sync`]): the flag its owner keeps
+    /// while the directory entry of the queue's first file is not yet durable.
+    first_dir_sync: Option<Arc<AtomicBool>>,
 }
 
 /// Bytes a growable file is created with.
@@ -69,6 +72,7 @@ impl FileQueue {
             growable: true,
             create_lock: Mutex::new(()),
             requested_next: AtomicU64::new(u64::MAX),
+            first_dir_sync: None,
         }
     }
 
@@ -190,6 +194,7 @@ impl FileQueue {
             growable,
             create_lock: Mutex::new(()),
             requested_next: AtomicU64::new(u64::MAX),
+            first_dir_sync: None,
         })
     }
 
@@ -313,7 +318,19 @@ impl FileQueue {
                 return Err(Error::io(&path, e));
             }
         };
-        if let Err(e) = fs.sync_dir(&self.dir) {
+        let deferred = match &self.first_dir_sync {
+            Some(pending) if self.files.read().is_empty() => {
+                pending.store(true, Ordering::Release);
+                true
+            }
+            _ => false,
+        };
+        let synced = if deferred {
+            Ok(())
+        } else {
+            fs.sync_dir(&self.dir)
+        };
+        if let Err(e) = synced {
             drop(file);
             let removed = fs.remove_file(&path);
             return Err(Error::Poisoned {
@@ -328,6 +345,10 @@ impl FileQueue {
                 ),
             });
         }
+        if !deferred && let Some(pending) = &self.first_dir_sync {
+            // That sync made the first file's entry durable too.
+            pending.store(false, Ordering::Release);
+        }
         if self.small_pages {
             file.small_pages_ahead();
         }
@@ -338,6 +359,19 @@ impl FileQueue {
         }
         files.push(Arc::clone(&file));
         Ok(file)
+    }
+
+    /// Creates the queue's first file without syncing the directory, setting `pending`
+    /// instead; the owner syncs the directory before anything trusts the file to survive a
+    /// crash (a consume queue: before a checkpoint covers its units, see
+    /// `ConsumeQueue::flush`). Only the first file: losing it in a crash is the same as not
+    /// having created it (the queue is rebuilt from the commit log past the checkpoint),
+    /// whereas a later file lost in front of a surviving one would break the queue's
+    /// contiguity. Every later file's creation syncs the directory as before. A partition's
+    /// first append then costs no directory fsync (1,024 of them were most of the time to
+    /// start writing 1,024 new partitions).
+    pub(crate) fn defer_first_dir_sync(&mut self, pending: Arc<AtomicBool>) {
+        self.first_dir_sync = Some(pending);
     }
 
     /// Whether files are written by a writer that flushes often: new files, and the last file

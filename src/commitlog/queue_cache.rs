@@ -13,7 +13,7 @@
 //! one relaxed store; the lock is taken only to map, enroll or evict.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 /// Partitions whose queues stay mapped per unit of `StoreOptions::max_open_files`. A mapped
@@ -47,6 +47,8 @@ struct Ring {
 pub(crate) struct QueueCache {
     capacity: usize,
     ring: Mutex<Ring>,
+    /// `ring.files`, readable without the lock (the append path sizes its queue warm-up by it).
+    mapped: AtomicUsize,
 }
 
 impl QueueCache {
@@ -54,7 +56,14 @@ impl QueueCache {
         Arc::new(QueueCache {
             capacity: capacity.max(1),
             ring: Mutex::new(Ring::default()),
+            mapped: AtomicUsize::new(0),
         })
+    }
+
+    /// Partitions whose queue files are mapped now (at most the capacity, give or take the
+    /// ones in use when the bound was passed). A relaxed read: an estimate for sizing.
+    pub(crate) fn mapped(&self) -> usize {
+        self.mapped.load(Ordering::Relaxed)
     }
 
     /// Records a newly mapped queue (`files`: 1, or 0 while it has no file); then evicts others
@@ -65,6 +74,7 @@ impl QueueCache {
         ring.entries.push_back(Entry { queue });
         ring.files += files;
         self.evict_excess(&mut ring);
+        self.mapped.store(ring.files, Ordering::Relaxed);
     }
 
     /// A mapped queue got its first file (`n` = 1); evicts others past the bound.
@@ -72,12 +82,14 @@ impl QueueCache {
         let mut ring = self.ring.lock();
         ring.files += n;
         self.evict_excess(&mut ring);
+        self.mapped.store(ring.files, Ordering::Relaxed);
     }
 
     /// A queue unmapped for good (its topic was deleted) stops counting.
     pub(crate) fn forgot(&self, n: usize) {
         let mut ring = self.ring.lock();
         ring.files = ring.files.saturating_sub(n);
+        self.mapped.store(ring.files, Ordering::Relaxed);
     }
 
     fn evict_excess(&self, ring: &mut Ring) {

@@ -57,6 +57,13 @@ impl Warmer {
                 return;
             }
             q.push((weak, window));
+            // Only the push that makes the queue non-empty wakes the thread: it takes the whole
+            // queue before it parks again, so later pushes need no wake-up of their own (with
+            // many partitions' small queue windows, requests are frequent and a wake-up is a
+            // syscall on the appender's path).
+            if q.len() > 1 {
+                return;
+            }
         }
         if let Some(t) = &self.thread {
             t.thread().unpark();

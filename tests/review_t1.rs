@@ -185,7 +185,10 @@ fn a_crash_between_compaction_and_the_index_rewrite_leaves_verify_clean_after_re
     let tmp = dir.path().join("consumequeue/t/0/aborted.txnindex.tmp");
     std::fs::create_dir_all(tmp.join("blocker")).unwrap();
     let pass = store.compact(Some("t"));
-    assert!(pass.is_err(), "the index rewrite fails after the pass committed: {pass:?}");
+    assert!(
+        pass.is_err(),
+        "the index rewrite fails after the pass committed: {pass:?}"
+    );
     store.abandon();
     drop(store);
     std::fs::remove_dir_all(&tmp).unwrap();
@@ -193,7 +196,11 @@ fn a_crash_between_compaction_and_the_index_rewrite_leaves_verify_clean_after_re
     let opts = common::small_options(EngineKind::CommitLog);
     for round in 0..2 {
         let store = common::open(dir.path(), &opts);
-        assert_eq!(visible(store.as_ref(), COMMITTED), expected, "round {round}");
+        assert_eq!(
+            visible(store.as_ref(), COMMITTED),
+            expected,
+            "round {round}"
+        );
         let report = store.verify().unwrap();
         assert!(report.is_ok(), "round {round}: {report:?}");
         // Another pass changes nothing about it.
@@ -237,7 +244,9 @@ fn a_retried_fence_after_a_failed_snapshot_is_durable() {
     std::fs::remove_dir_all(&tmp).unwrap();
     // The caller retries; this time the call succeeds.
     assert_eq!(
-        store.write_marker("t", 0, new, TxnMarker::Abort, 0).unwrap(),
+        store
+            .write_marker("t", 0, new, TxnMarker::Abort, 0)
+            .unwrap(),
         None
     );
     store.abandon();
@@ -289,7 +298,9 @@ fn a_retried_fence_after_a_full_disk_is_durable_on_the_commitlog_engine() {
         "the snapshot write hits a full disk: {first:?}"
     );
     assert_eq!(
-        store.write_marker("t", 0, new, TxnMarker::Abort, 0).unwrap(),
+        store
+            .write_marker("t", 0, new, TxnMarker::Abort, 0)
+            .unwrap(),
         None,
         "the retry succeeds"
     );

@@ -22,7 +22,6 @@ fn is_fenced<T: std::fmt::Debug>(r: duolog::Result<T>) -> bool {
 /// with no lock between the two: every call writes the same `<end>.snapshot` (through the same
 /// `.tmp` name), so a stale sample can land last, or two writers collide on the temporary file.
 #[test]
-#[ignore = "review: segmented concurrent fences race on <end>.snapshot(.tmp): a returned fence is lost after a crash or the call fails"]
 fn concurrent_fences_on_one_partition_all_survive_a_crash() {
     const ROUNDS: u32 = 40;
     const THREADS: usize = 4;
@@ -214,7 +213,6 @@ fn a_crash_between_compaction_and_the_index_rewrite_leaves_verify_clean_after_re
 /// record (`fenced == false`), takes the plain `Ok(None)` path and writes no snapshot. The
 /// caller got `Ok(None)` for a fence that is not durable: a crash loses it.
 #[test]
-#[ignore = "review: a retried fencing marker after a failed snapshot write returns Ok(None) without making the fence durable"]
 fn a_retried_fence_after_a_failed_snapshot_is_durable() {
     let dir = tempfile::tempdir().unwrap();
     let opts = common::small_options(EngineKind::Segmented);
@@ -265,7 +263,6 @@ fn a_retried_fence_after_a_failed_snapshot_is_durable() {
 /// retry takes the plain `NoTransaction(_, false)` path and returns `Ok(None)` with no
 /// snapshot; after a power cut the old epoch appends again.
 #[test]
-#[ignore = "review: commitlog fence retried after ENOSPC on the snapshot returns Ok(None) without a durable fence"]
 fn a_retried_fence_after_a_full_disk_is_durable_on_the_commitlog_engine() {
     use duolog::io::{CrashMode, Fault, SimFs};
     use duolog::{FlushPolicy, StoreOptions};

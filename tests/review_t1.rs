@@ -177,7 +177,6 @@ fn compacted_abort(dir: &Path) -> (Box<dyn LogStore>, Vec<String>) {
 /// snapshot's last abort, and no later pass drops a marker that is already gone), so `verify`
 /// reports a problem for good after a crash at an ordinary point.
 #[test]
-#[ignore = "review: crash between compaction commit and aborted.txnindex rewrite leaves a stale entry no open repairs; verify() fails forever"]
 fn a_crash_between_compaction_and_the_index_rewrite_leaves_verify_clean_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let (store, expected) = compacted_abort(dir.path());

@@ -176,6 +176,12 @@ pub(crate) struct ProducerStates {
     /// Open transactions: first offset → producer id (Kafka's `ongoingTxns`). Always the
     /// `txn_first_offset`s of `map`, so the last stable offset is its first key.
     open: BTreeMap<u64, i64>,
+    /// Fences recorded by [`Self::fence_epoch`] (a counter), and how many of them a producer
+    /// snapshot is known to hold. The epoch is recorded before its snapshot is written: if
+    /// that write fails, a retry of the marker finds nothing newer, and without this it would
+    /// be told the fence is durable when it is not.
+    fences: u64,
+    durable_fences: u64,
 }
 
 impl ProducerStates {
@@ -301,14 +307,19 @@ impl ProducerStates {
     /// when newer than the partition knows (a producer it does not know counts from epoch 0);
     /// returns whether anything changed (the caller makes that durable with a snapshot).
     /// The new epoch's sequences restart at 0.
+    ///
+    /// Also true while an earlier fence on this partition is not known to be durable (its
+    /// snapshot failed, or is still being written by another caller): the caller must write
+    /// a snapshot before it may answer. It reports the snapshot with [`Self::fences_durable`].
     pub(crate) fn fence_epoch(&mut self, producer: ProducerId, timestamp: i64) -> bool {
         let newer = self
             .map
             .get(&producer.id)
             .map_or(producer.epoch > 0, |e| producer.epoch > e.epoch);
         if !newer {
-            return false;
+            return self.durable_fences < self.fences;
         }
+        self.fences += 1;
         let e = self
             .map
             .entry(producer.id)
@@ -319,6 +330,18 @@ impl ProducerStates {
         e.transactional = false;
         e.last_timestamp = e.last_timestamp.max(timestamp);
         true
+    }
+
+    /// The fence counter to hand to [`Self::fences_durable`], read with the state a snapshot
+    /// is sampled from (under the same lock).
+    pub(crate) fn fence_generation(&self) -> u64 {
+        self.fences
+    }
+
+    /// A snapshot sampled when [`Self::fence_generation`] was `generation` is durable: the
+    /// fences up to there no longer need one.
+    pub(crate) fn fences_durable(&mut self, generation: u64) {
+        self.durable_fences = self.durable_fences.max(generation);
     }
 
     /// Applies a marker of `producer` written at `marker_offset` (by `write_marker`, or found

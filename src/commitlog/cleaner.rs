@@ -434,6 +434,18 @@ impl Inner {
                 return Err(self.note_poison(e));
             }
         };
+        // Once the pass commits, the dropped markers' index entries name nothing: record that
+        // the index owes a rewrite first, so a crash before it makes the next open rebuild it.
+        let index_path = part.txn_index.lock().path().to_owned();
+        if !markers.dropped_aborts.is_empty()
+            && let Err(e) = super::txn_index::mark_rewrite_owed(fs, &index_path)
+        {
+            let _ = compacted::remove_other_generations(fs, &dir, keep_generation);
+            if e.is_storage_full() {
+                return Err(e);
+            }
+            return Err(self.metadata_write_failed(e));
+        }
         if let Err(e) = compacted::commit(fs, &dir, &state) {
             if e.is_storage_full() {
                 // Only the temporary state could not be written: the old state holds.
@@ -449,8 +461,8 @@ impl Inner {
         }));
         // The dropped abort markers' index entries go now the pass is committed (before it,
         // the aborted records were still in the log). A crash before this rewrite leaves
-        // entries naming markers that are gone: harmless to reads (their transactions have
-        // no record left), and `verify` names them.
+        // entries naming markers that are gone: the owed-rewrite file written above makes the
+        // next open rebuild the index.
         if !markers.dropped_aborts.is_empty() {
             let dropped = &markers.dropped_aborts;
             part.txn_index
@@ -458,6 +470,8 @@ impl Inner {
                 .rewrite(|e| dropped.binary_search(&e.last_offset).is_err())
                 .map_err(|e| self.metadata_write_failed(e))?;
             self.producer_snapshot_stale();
+            // Left behind, it costs the next open a rebuild, nothing more.
+            let _ = super::txn_index::clear_rewrite_owed(fs, &index_path);
         }
         r.partitions_cleaned = 1;
         r.bytes_after = state.data_len;

@@ -99,7 +99,8 @@ impl FileQueue {
                 }
                 None if entry.name.ends_with(".tmp") => {}
                 // A partition's aborted-transaction index lives beside its queue files.
-                None if entry.name == super::txn_index::TXN_INDEX_FILE => {}
+                None if entry.name == super::txn_index::TXN_INDEX_FILE
+                    || entry.name == super::txn_index::REWRITE_OWED_FILE => {}
                 None => {
                     return Err(Error::corrupted(
                         dir.join(&entry.name),

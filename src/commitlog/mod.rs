@@ -988,7 +988,8 @@ impl LogStore for CommitLogStore {
             Appended::NoTransaction(_, true) => {
                 // Nothing open here, but the marker's newer epoch now fences the older one on
                 // this partition: durable on return, through a producer snapshot (no record).
-                inner.snapshot_after_fence()?;
+                let t = inner.topic(topic)?;
+                inner.snapshot_after_fence(t.partition(partition)?)?;
                 Ok(None)
             }
         }

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::record::{self, Checks, Decoded};
-use super::{Inner, TopicState};
+use super::{Inner, PartitionState, TopicState};
 use crate::error::{Error, Result};
 use crate::io;
 use crate::producer_state::{self, BatchMeta, ProducerStates, SnapshotEntry};
@@ -346,21 +346,25 @@ impl Inner {
         }
     }
 
-    /// Before retention deletes commit-log files: a snapshot of the state now, written once the
-    /// log is durable up to it, so no producer's batches go with the files while only an older
-    /// snapshot (a replay from which would miss them) is on disk.
     /// After a marker that ended nothing recorded a newer epoch (see
     /// `ProducerStates::fence_epoch`): a snapshot of the state now, written durably before the
     /// marker call returns, so the fence survives a crash without a record in the log. Sampled
     /// under the snapshot lock, so no sample taken before the fence is written after it.
-    pub(super) fn snapshot_after_fence(&self) -> Result<()> {
+    ///
+    /// `fenced` is the partition whose fence this makes durable: on success its fences up to
+    /// the sample are recorded as durable, so a retry after a failure here writes again.
+    pub(super) fn snapshot_after_fence(&self, fenced: &PartitionState) -> Result<()> {
         self.start_tracking_producers()?;
         let mut samples = self.producer_sample.lock();
+        // Read before the sample, which then holds every fence counted here.
+        let fences = fenced.producers.lock().fence_generation();
         let snapshot = self.sample_producers();
         self.gc.sync_all(self)?;
         self.store_producer_snapshot(&mut samples, &snapshot)?;
         samples.fenced_at = Some(snapshot.position);
         samples.kept = None;
+        drop(samples);
+        fenced.producers.lock().fences_durable(fences);
         Ok(())
     }
 
@@ -371,6 +375,9 @@ impl Inner {
         self.producer_sample.lock().last_written = None;
     }
 
+    /// Before retention deletes commit-log files: a snapshot of the state now, written once the
+    /// log is durable up to it, so no producer's batches go with the files while only an older
+    /// snapshot (a replay from which would miss them) is on disk.
     pub(super) fn snapshot_producers_durably(&self) -> Result<()> {
         if !self.tracks_producers.load(Ordering::Acquire) {
             return Ok(());

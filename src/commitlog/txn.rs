@@ -176,7 +176,13 @@ impl Inner {
         let end = part.end.load(Ordering::Acquire);
         let past_snapshot =
             |e: &AbortedTxn| e.last_offset >= start && last_abort.is_none_or(|m| e.last_offset > m);
-        let mut good = !rebuild;
+        // A compaction pass committed without its index rewrite: entries may name gone markers.
+        let (index_fs, index_path) = {
+            let idx = part.txn_index.lock();
+            (idx.fs(), idx.path().to_owned())
+        };
+        let owed = super::txn_index::rewrite_owed(index_fs.as_ref(), &index_path);
+        let mut good = !rebuild && !owed;
         if good && let Some(m) = last_abort.filter(|&m| m >= start) {
             good = part.txn_index.lock().contains(m).unwrap_or(false);
         }
@@ -234,6 +240,9 @@ impl Inner {
                 .is_ok()
             {
                 w.install(&mut part.txn_index.lock())?;
+                if owed {
+                    super::txn_index::clear_rewrite_owed(index_fs.as_ref(), &index_path)?;
+                }
             }
         }
         part.txn_index.lock().drop_below(start);

@@ -1,25 +1,4 @@
 //! The aborted-transaction index of a CommitLog partition (Kafka's `.txnindex`, one file per
-//! partition): `consumequeue/<topic>/<partition>/aborted.txnindex`, a sequence of Kafka's
-//! 34-byte entries, in the order of their markers:
-//!
-//! ```text
-//! version i16 = 0 | producerId i64 | firstOffset i64 | lastOffset i64 (the abort marker's
-//! offset) | lastStableOffset i64 (the partition's LSO once the marker was written)
-//! ```
-//!
-//! The file is derived data, like the consume queue: every entry is the image of one rollback
-//! marker record in the log (whose properties carry the transaction's first offset and the LSO;
-//! see `txn`), checked against that record at every open, and rebuilt from the markers when it
-//! does not match. Entries are appended (unsynced) as the markers are dispatched and synced by
-//! the next checkpoint before it moves the replay point past them; recovery drops the entries of
-//! markers at or past its replay point and re-derives them from the replayed records.
-//!
-//! A `read_committed` fetch collects the entries overlapping its range once (Kafka's
-//! `collectAbortedTxns`) and skips a transactional record only when its producer's entry covers
-//! its offset. Entries wholly below the partition's start are dropped (the file rewritten) by
-//! retention and `delete_before`.
-
-//! The aborted-transaction index of a CommitLog partition (Kafka's `.txnindex`, one file per
 //! partition): `consumequeue/<topic>/<partition>/aborted.txnindex`, an 8-byte header
 //! (`DLTXNIX` and version 1) then one 38-byte entry per abort marker, in marker order: Kafka's
 //! 34 bytes and their CRC-32C,
@@ -47,6 +26,12 @@
 //! decide); no file lock is held while reading. Entries wholly below the partition's start are
 //! ignored, and dropped (the file rewritten) by the next checkpoint after retention or
 //! `delete_before` moved the start.
+//!
+//! A compaction pass that drops abort markers removes their entries only after it commits; a
+//! crash in between would leave entries naming markers that are gone, which no open notices
+//! (it checks the entries past the producer snapshot's last abort). So the pass first writes
+//! [`REWRITE_OWED_FILE`] (8 bytes: `DLTXNRW` and version 1) and removes it once the index is
+//! rewritten; an open that finds it rebuilds the index from the markers.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -56,6 +41,38 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::io::{self, FileSystem, OpenMode, StorageFile};
+
+/// Name of the file, next to the index, saying a rewrite of the index is owed (see the module
+/// docs). Its contents only identify it: its presence is what counts.
+pub(crate) const REWRITE_OWED_FILE: &str = "aborted.txnindex.owed";
+const REWRITE_OWED_MAGIC: &[u8; 8] = b"DLTXNRW\x01";
+
+/// The owed-rewrite file of the index at `index_path`.
+pub(crate) fn rewrite_owed_path(index_path: &Path) -> PathBuf {
+    index_path.with_file_name(REWRITE_OWED_FILE)
+}
+
+/// Records, durably, that the index at `index_path` must be rebuilt if no rewrite removes the
+/// record first (before a pass that drops abort markers commits).
+pub(crate) fn mark_rewrite_owed(fs: &dyn FileSystem, index_path: &Path) -> Result<()> {
+    let p = rewrite_owed_path(index_path);
+    io::write_atomic(fs, &p, REWRITE_OWED_MAGIC).map_err(|e| Error::io(&p, e))
+}
+
+/// Whether a rewrite of the index at `index_path` is owed (an unreadable answer counts as yes:
+/// the rebuild it costs is always correct).
+pub(crate) fn rewrite_owed(fs: &dyn FileSystem, index_path: &Path) -> bool {
+    fs.exists(&rewrite_owed_path(index_path)).unwrap_or(true)
+}
+
+/// The owed rewrite is done: removes its record. The removal need not be durable (if it comes
+/// back, an open rebuilds an index that is already right).
+pub(crate) fn clear_rewrite_owed(fs: &dyn FileSystem, index_path: &Path) -> Result<()> {
+    let p = rewrite_owed_path(index_path);
+    io::remove_if_exists(fs, &p)
+        .map(drop)
+        .map_err(|e| Error::io(&p, e))
+}
 
 /// Name of the index file in a partition's consume-queue directory.
 pub(crate) const TXN_INDEX_FILE: &str = "aborted.txnindex";

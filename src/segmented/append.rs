@@ -435,6 +435,7 @@ impl Partition {
     /// holds the seal lock and found nothing pending). A snapshot that fails to be written is
     /// dropped: an older one and the log still rebuild the state.
     fn write_pending_snapshots(&self, ctx: &Ctx) -> Result<()> {
+        let _writer = self.snapshot_lock.lock();
         let snapshots = {
             let mut st = self.state.lock();
             // Taken only when no segment below them is waiting for its seal.

@@ -654,8 +654,18 @@ impl Partition {
         // those whose marker this pass dropped (written with the segment: swapped in with it).
         let mut aborts = Vec::new();
         for m in group.iter().filter(|m| m.txn_entries > 0) {
+            let path = self.txn_index_path(ctx, m);
+            let entries = txnindex::read(fs, &path, m.txn_entries)?;
+            // Under the clean lock nothing else shortens it: fewer entries is damage.
+            if entries.len() as u64 != m.txn_entries {
+                return Err(Error::corrupted(
+                    &path,
+                    0,
+                    "transaction index shorter than known",
+                ));
+            }
             aborts.extend(
-                txnindex::read(fs, &self.txn_index_path(ctx, m), m.txn_entries)?
+                entries
                     .into_iter()
                     .filter(|e| dropped_aborts.binary_search(&e.last_offset).is_err()),
             );

@@ -434,6 +434,7 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
             txn_unsynced: Vec::new(),
         }),
         seal_lock: Mutex::new(()),
+        snapshot_lock: Mutex::new(()),
         clean_lock: Mutex::new(()),
         clean_end: AtomicU64::new(spec.clean_end.min(end)),
         tombstone_due: AtomicI64::new(i64::MAX),

@@ -65,6 +65,11 @@ pub(crate) struct Partition {
     /// retention, `delete_before` and the cleaner's swaps take it too, so only one of them
     /// changes the list of sealed segments at a time.
     pub(super) seal_lock: Mutex<()>,
+    /// Held by whoever writes a producer snapshot, from sampling the state through the write:
+    /// snapshots at one offset share a file name (and its `.tmp`), so two writers at once could
+    /// collide, or an older sample land last and lose a fence after a crash. Taken after
+    /// `seal_lock` (when both are), before `state`; never by appends.
+    pub(super) snapshot_lock: Mutex<()>,
     /// Held for a whole cleaning pass: one pass per partition at a time.
     pub(super) clean_lock: Mutex<()>,
     /// The cleaner's clean end: offsets below were cleaned by a finished pass (Kafka's first
@@ -156,6 +161,7 @@ impl Partition {
     /// Writes a producer snapshot at the partition's end (a clean close: everything is synced),
     /// if the partition keeps snapshots, and deletes the ones it supersedes.
     pub(crate) fn write_producer_snapshot(&self, ctx: &Ctx) -> Result<()> {
+        let _writer = self.snapshot_lock.lock();
         let (end, entries) = {
             let mut st = self.state.lock();
             if !st.has_snapshot || self.deleted.load(Ordering::Acquire) {
@@ -197,19 +203,33 @@ impl Partition {
     /// the snapshot claims only durable batches), if the partition keeps snapshots. Called
     /// before segments are deleted: the newest snapshot on disk may be older than them (one a
     /// crash kept from being written at a roll).
+    ///
+    /// Also what makes a fence durable (`fence_epoch`): a success here records that the
+    /// fences sampled with the state are on disk.
     pub(crate) fn snapshot_producers_durably(&self, ctx: &Ctx) -> Result<()> {
-        let (end, entries) = {
+        let _writer = self.snapshot_lock.lock();
+        let (end, entries, fences) = {
             let mut st = self.state.lock();
             if !st.has_snapshot || self.deleted.load(Ordering::Acquire) {
                 return Ok(());
             }
             st.producers
                 .expire(crate::clock::now_ms(), ctx.producer_expiration);
-            (self.end.load(Ordering::Acquire), st.producers.snapshot())
+            let end = self.end.load(Ordering::Acquire);
+            // A roll's snapshot at this same offset, still waiting for its seal, is older
+            // than this sample: written after it, it would replace it.
+            st.pending_snapshots.retain(|(o, _)| *o != end);
+            (
+                end,
+                st.producers.snapshot(),
+                st.producers.fence_generation(),
+            )
         };
         // Syncs everything appended so far, so every offset below `end`.
         self.flush(ctx)?;
-        super::producers::write(ctx.fs.as_ref(), &self.dir, end, &entries)
+        super::producers::write(ctx.fs.as_ref(), &self.dir, end, &entries)?;
+        self.state.lock().producers.fences_durable(fences);
+        Ok(())
     }
 
     /// The last offset of each idempotent producer's last batch (what the cleaner keeps).
@@ -234,6 +254,7 @@ impl Partition {
             self.end.load(Ordering::Acquire)
         };
         // The state below `end` is empty: the log holds no idempotent batch yet.
+        let _writer = self.snapshot_lock.lock();
         super::producers::write(ctx.fs.as_ref(), &self.dir, end, &[])?;
         self.state.lock().has_snapshot = true;
         Ok(())

@@ -197,7 +197,29 @@ impl Partition {
     /// The aborted transactions overlapping `[offset, bound)`: the transaction indexes of the
     /// segments from `offset`'s on (an abort's marker follows its records), each read once,
     /// up to the first entry whose last stable offset reaches `bound` (see `txnindex`).
+    ///
+    /// An index found shorter than sampled was swapped for a cleaned segment's meanwhile: the
+    /// collection starts over from a fresh sample (a few times; then what was read stands, each
+    /// swap having kept every entry whose transaction still has records).
     pub(super) fn collect_aborted(&self, ctx: &Ctx, offset: u64, bound: u64) -> Result<Aborted> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            if let Some(out) = self.collect_aborted_once(ctx, offset, bound, tries >= 4)? {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// One try of `collect_aborted`: `None` when an index was shorter than sampled (unless
+    /// `last`).
+    fn collect_aborted_once(
+        &self,
+        ctx: &Ctx,
+        offset: u64,
+        bound: u64,
+        last: bool,
+    ) -> Result<Option<Aborted>> {
         let indexes: Vec<(std::path::PathBuf, u64)> = {
             let st = self.state.lock();
             let i = st
@@ -212,16 +234,21 @@ impl Partition {
         };
         let mut out = Aborted::default();
         for (path, count) in indexes {
-            for e in txnindex::read(ctx.fs.as_ref(), &path, count)? {
+            let entries = txnindex::read(ctx.fs.as_ref(), &path, count)?;
+            let short = (entries.len() as u64) < count;
+            for e in entries {
                 if e.last_offset >= offset && e.first_offset < bound {
                     out.add(&e);
                 }
                 if e.last_stable >= bound {
-                    return Ok(out);
+                    return Ok(Some(out));
                 }
             }
+            if short && !last {
+                return Ok(None);
+            }
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// Where segment `m`'s transaction index is now: its `.swap` name while the cleaner

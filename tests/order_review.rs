@@ -1,0 +1,186 @@
+//! Review of the order layer: defects found cold, one test each (ignored until fixed).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use duolog::consumer::{ConsumerRecord, GroupCoordinator, OffsetReset};
+use duolog::order::{ConsumeOrderlyStatus, OrderlyConfig, OrderlyConsumer, OrderlyContext};
+use duolog::{LogStore, Message, StoreOptions, TopicConfig};
+
+use common::for_each_engine;
+
+fn open(dir: &std::path::Path, opts: &StoreOptions) -> Arc<dyn LogStore> {
+    Arc::from(duolog::open(dir, opts.clone()).expect("open"))
+}
+
+/// Per partition: whether a call runs now, and the (offset, token) of the last call.
+#[derive(Default)]
+struct Watch {
+    in_use: Mutex<HashMap<u32, bool>>,
+    last: Mutex<HashMap<u32, (u64, u64)>>,
+    overlaps: AtomicUsize,
+    out_of_order: AtomicUsize,
+    calls: AtomicUsize,
+}
+
+impl Watch {
+    fn call(&self, r: &ConsumerRecord, ctx: &OrderlyContext, hold: Duration) {
+        let p = r.partition();
+        if std::mem::replace(self.in_use.lock().unwrap().entry(p).or_default(), true) {
+            self.overlaps.fetch_add(1, Ordering::SeqCst);
+        }
+        {
+            let mut last = self.last.lock().unwrap();
+            // Under one token a partition's offsets go on by one (handlers here never fail).
+            if let Some(&(o, t)) = last.get(&p)
+                && t == ctx.fencing_token
+                && r.offset() != o + 1
+            {
+                self.out_of_order.fetch_add(1, Ordering::SeqCst);
+            }
+            last.insert(p, (r.offset(), ctx.fencing_token));
+        }
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(hold);
+        self.in_use.lock().unwrap().insert(p, false);
+    }
+}
+
+/// A member evicted by the group (`max_poll_interval` passed while its pull thread was outside
+/// `poll`) that joins again and claims a partition it still has a process queue for, inside one
+/// `poll`: `Listener::on_assign` replaces that queue with a fresh one (`busy = false`), and
+/// `acquire` gets the member's still-valid lease back with the SAME token, so a second worker
+/// starts on the partition while the first one's handler call is still running.
+#[test]
+#[ignore = "review: on_assign overwrites a held partition's queue after an eviction: two calls at once on one partition"]
+fn an_evicted_member_that_claims_its_partitions_back_never_runs_two_calls_at_once() {
+    for_each_engine(|engine, dir| {
+        let store = open(dir, &common::small_options(engine));
+        store
+            .create_topic("t", TopicConfig::with_partitions(8))
+            .unwrap();
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let watch = Arc::new(Watch::default());
+        let config = || {
+            let mut c = OrderlyConfig {
+                consume_threads: 4,
+                commit_interval: Duration::from_millis(1),
+                ..OrderlyConfig::new("g")
+            };
+            c.consumer.auto_offset_reset = OffsetReset::Earliest;
+            // Kafka allows a short max.poll.interval.ms: a member outside poll for longer may
+            // be evicted by another member that wants its partitions.
+            c.consumer.max_poll_interval = Duration::ZERO;
+            c
+        };
+        let start = |w: &Arc<Watch>| {
+            let w = Arc::clone(w);
+            OrderlyConsumer::start(
+                &groups,
+                config(),
+                &["t"],
+                move |r: &ConsumerRecord, ctx: &OrderlyContext| {
+                    w.call(r, ctx, Duration::from_millis(2));
+                    ConsumeOrderlyStatus::Success
+                },
+            )
+            .unwrap()
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let producer = {
+            let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for p in 0..8 {
+                        store
+                            .append("t", p, &[Message::new(format!("{i}"))])
+                            .unwrap();
+                    }
+                    i += 1;
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            })
+        };
+        let mut members: Vec<OrderlyConsumer> = (0..4).map(|_| start(&watch)).collect();
+        let until = Instant::now() + Duration::from_secs(10);
+        let mut n = 0usize;
+        while Instant::now() < until && watch.overlaps.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(150));
+            // Churn: a member leaves, another joins (rebalances keep partitions moving).
+            let m = members.remove(n % members.len());
+            let _ = m.close();
+            members.push(start(&watch));
+            n += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        producer.join().unwrap();
+        for m in members {
+            let _ = m.close();
+        }
+        assert!(
+            watch.calls.load(Ordering::SeqCst) > 0,
+            "{engine}: nothing handled"
+        );
+        assert_eq!(
+            (
+                watch.overlaps.load(Ordering::SeqCst),
+                watch.out_of_order.load(Ordering::SeqCst)
+            ),
+            (0, 0),
+            "{engine}: (calls at once on one partition, out-of-order calls under one token)"
+        );
+    });
+}
+
+/// `PriorityConsumer::poll` fetches through the wrapped consumer, which records a `SubBefore`
+/// trace event for every record it returns, then puts back (seeks over) the records of lower
+/// bands: each put-back record is traced as delivered although the application never saw it,
+/// and traced again when it is really delivered. `consume --group --priority --trace` does this.
+#[test]
+#[ignore = "review: PriorityConsumer traces put-back records as delivered (SubBefore for records never returned)"]
+fn a_priority_consumer_traces_only_the_records_it_returns() {
+    use duolog::consumer::{ConsumerConfig, TraceConfig, Tracer};
+    use duolog::order::{
+        PriorityConfig, PriorityConsumer, PriorityProducer, create_priority_topic,
+    };
+    for_each_engine(|engine, dir| {
+        let store = open(dir, &common::small_options(engine));
+        create_priority_topic(&*store, "jobs", 10, TopicConfig::default()).unwrap();
+        let producer = PriorityProducer::new(Arc::clone(&store), "jobs").unwrap();
+        for i in 0..5 {
+            producer.send(&Message::new(format!("low {i}")), 1).unwrap();
+            producer
+                .send(&Message::new(format!("high {i}")), 8)
+                .unwrap();
+        }
+        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let tracer = Arc::new(Tracer::new(Arc::clone(&store), TraceConfig::default()).unwrap());
+        let config = ConsumerConfig {
+            auto_offset_reset: OffsetReset::Earliest,
+            enable_auto_commit: false,
+            trace: Some(Arc::clone(&tracer)),
+            ..ConsumerConfig::new("workers")
+        };
+        let consumer =
+            PriorityConsumer::new(&groups, config, "jobs", PriorityConfig::default()).unwrap();
+        consumer.subscribe().unwrap();
+        let mut returned = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while returned < 10 && Instant::now() < deadline {
+            returned += consumer.poll(Duration::from_millis(200)).unwrap().len() as u64;
+        }
+        assert_eq!(returned, 10, "{engine}");
+        consumer.close().unwrap();
+        let recorded = tracer.stats().recorded;
+        tracer.close().unwrap();
+        assert_eq!(
+            recorded, returned,
+            "{engine}: trace events recorded for {returned} records returned"
+        );
+    });
+}

@@ -56,7 +56,6 @@ impl Watch {
 /// `acquire` gets the member's still-valid lease back with the SAME token, so a second worker
 /// starts on the partition while the first one's handler call is still running.
 #[test]
-#[ignore = "review: on_assign overwrites a held partition's queue after an eviction: two calls at once on one partition"]
 fn an_evicted_member_that_claims_its_partitions_back_never_runs_two_calls_at_once() {
     for_each_engine(|engine, dir| {
         let store = open(dir, &common::small_options(engine));
@@ -142,7 +141,6 @@ fn an_evicted_member_that_claims_its_partitions_back_never_runs_two_calls_at_onc
 /// bands: each put-back record is traced as delivered although the application never saw it,
 /// and traced again when it is really delivered. `consume --group --priority --trace` does this.
 #[test]
-#[ignore = "review: PriorityConsumer traces put-back records as delivered (SubBefore for records never returned)"]
 fn a_priority_consumer_traces_only_the_records_it_returns() {
     use duolog::consumer::{ConsumerConfig, TraceConfig, Tracer};
     use duolog::order::{
@@ -183,4 +181,63 @@ fn a_priority_consumer_traces_only_the_records_it_returns() {
             "{engine}: trace events recorded for {returned} records returned"
         );
     });
+}
+
+/// CPU ticks (user + system) the thread of this process named `name` has used so far.
+#[cfg(target_os = "linux")]
+fn thread_cpu_ticks(name: &str) -> Option<u64> {
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = task.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
+        let rest: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+        let utime: u64 = rest.get(11)?.parse().ok()?;
+        let stime: u64 = rest.get(12)?.parse().ok()?;
+        return Some(utime + stime);
+    }
+    None
+}
+
+/// `stop_renewing` used to leave the renew thread's deadline in the past: its wait returned
+/// at once, round after round, a thread spinning on a core until close.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_member_that_stopped_renewing_leaves_its_renew_thread_asleep() {
+    use duolog::order::LeaseOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &StoreOptions::default());
+    store.create_topic("t", TopicConfig::default()).unwrap();
+    let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+    let config = OrderlyConfig {
+        consume_threads: 1,
+        lease: LeaseOptions {
+            renew_interval: Duration::from_millis(20),
+            expire_after: Duration::from_secs(10),
+            ..LeaseOptions::default()
+        },
+        // A group name of its own: the thread is found by its name, `duolog-lease-<group>`.
+        ..OrderlyConfig::new("sr")
+    };
+    let consumer = OrderlyConsumer::start(&groups, config, &["t"], |_: &ConsumerRecord, _: &_| {
+        ConsumeOrderlyStatus::Success
+    })
+    .unwrap();
+    consumer.stop_renewing();
+    // Past the first due round.
+    std::thread::sleep(Duration::from_millis(100));
+    let before = thread_cpu_ticks("duolog-lease-sr").expect("renew thread");
+    std::thread::sleep(Duration::from_secs(1));
+    let after = thread_cpu_ticks("duolog-lease-sr").expect("renew thread");
+    consumer.close().unwrap();
+    // A clock tick is 10 ms on Linux: an asleep thread uses none, a spinning one about one
+    // per 10 ms it is on a core.
+    assert!(
+        after - before < 5,
+        "the renew thread used {} ticks in 1 s while not renewing",
+        after - before
+    );
 }

@@ -241,3 +241,89 @@ fn a_member_that_stopped_renewing_leaves_its_renew_thread_asleep() {
         after - before
     );
 }
+
+/// When the pull thread fails (here: `auto_offset_reset = None` meets a new partition with no
+/// committed offset), it used to wait for the calls in flight, then release the leases while
+/// the workers went on taking queued records: a call could run with its lease released (so
+/// another member could take the partition during it), and the consumer looked alive.
+#[test]
+fn a_failed_pull_thread_stops_the_workers_before_it_releases_the_leases() {
+    use duolog::order::LeaseTable;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &StoreOptions::default());
+    store.create_topic("t", TopicConfig::default()).unwrap();
+    for i in 0..200 {
+        store
+            .append("t", 0, &[Message::new(format!("{i}"))])
+            .unwrap();
+    }
+    let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+    groups.commit_offsets("pf", &[("t", 0, 0)]).unwrap();
+    let leases = LeaseTable::of(&groups);
+    let unleased = Arc::new(AtomicUsize::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut config = OrderlyConfig {
+        consume_threads: 1,
+        commit_interval: Duration::from_millis(20),
+        ..OrderlyConfig::new("pf")
+    };
+    config.consumer.auto_offset_reset = OffsetReset::None;
+    let consumer = {
+        let (leases, unleased, calls) = (
+            Arc::clone(&leases),
+            Arc::clone(&unleased),
+            Arc::clone(&calls),
+        );
+        OrderlyConsumer::start(
+            &groups,
+            config,
+            &["t"],
+            move |r: &ConsumerRecord, ctx: &OrderlyContext| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(10));
+                let tp = duolog::consumer::TopicPartition::new(r.topic(), r.partition());
+                if !leases
+                    .lease("pf", &tp)
+                    .is_some_and(|l| l.token == ctx.fencing_token && l.in_call)
+                {
+                    unleased.fetch_add(1, Ordering::SeqCst);
+                }
+                ConsumeOrderlyStatus::Success
+            },
+        )
+        .unwrap()
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    while calls.load(Ordering::SeqCst) < 3 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    store.add_partitions("t", 1).unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while consumer.is_running() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!consumer.is_running(), "the pull thread failed");
+    assert!(
+        matches!(consumer.commit(), Err(duolog::Error::Closed)),
+        "delivery stopped"
+    );
+    let handled = calls.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        handled,
+        "no call starts after the pull thread failed"
+    );
+    assert_eq!(
+        unleased.load(Ordering::SeqCst),
+        0,
+        "calls without their lease"
+    );
+    assert!(
+        matches!(
+            consumer.close(),
+            Err(duolog::Error::NoCommittedOffset { .. })
+        ),
+        "close returns the pull thread's error"
+    );
+}

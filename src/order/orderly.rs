@@ -228,6 +228,8 @@ struct Shared {
     member: OnceLock<String>,
     config: OrderlyConfig,
     stop: AtomicBool,
+    /// The pull thread ended (closed, or failed: `close` returns its error).
+    pull_ended: AtomicBool,
     renewing: AtomicBool,
     /// The pull thread, to wake when a paused partition has room or a lease was lost.
     consumer: OnceLock<Arc<Consumer>>,
@@ -458,6 +460,7 @@ impl OrderlyConsumer {
             member: OnceLock::new(),
             config: config.clone(),
             stop: AtomicBool::new(false),
+            pull_ended: AtomicBool::new(false),
             renewing: AtomicBool::new(true),
             consumer: OnceLock::new(),
         });
@@ -528,8 +531,20 @@ impl OrderlyConsumer {
     /// Commits now what it has handled of every partition it holds. [`Error::LeaseLost`] for
     /// a partition whose lease expired or passed on: that partition's offset is not written
     /// (the others are), and it is no longer delivered until its lease is granted again.
+    /// [`Error::Closed`] once delivery has stopped (see [`is_running`](Self::is_running)).
     pub fn commit(&self) -> Result<()> {
+        if !self.is_running() {
+            return Err(Error::Closed);
+        }
         self.shared.commit(None)
+    }
+
+    /// Whether it still delivers. `false` once its pull thread has stopped: on an error
+    /// (the store failed, an `auto_offset_reset` of `None` met a partition with no committed
+    /// offset…) it stops the workers, waits for the calls in flight, commits, releases its
+    /// leases and leaves the group; [`close`](Self::close) then returns that error.
+    pub fn is_running(&self) -> bool {
+        !self.shared.pull_ended.load(Ordering::Acquire)
     }
 
     /// Stops renewing its leases, as a member whose process stalls would: they expire after
@@ -585,6 +600,12 @@ const LEASE_RETRY: Duration = Duration::from_millis(20);
 
 fn pull_loop(shared: &Shared, consumer: &Consumer) -> Result<()> {
     let result = pull_until_stopped(shared, consumer);
+    // Stopped by close or by an error: no worker starts a call from here on, so once the
+    // calls in flight end, the commit below is the last word and no call runs after the
+    // leases are released.
+    shared.pull_ended.store(true, Ordering::Release);
+    shared.state.lock().stop_workers = true;
+    shared.work_ready.notify_all();
     shared.wait_idle(None);
     let committed = shared.commit(None);
     let held: Vec<(TopicPartition, u64)> = {

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -171,6 +171,9 @@ fn next_token() -> u64 {
 
 type Key = (String, TopicPartition);
 
+/// Below this many slots the table is never swept.
+const PRUNE_AT: usize = 1024;
+
 #[derive(Default)]
 struct Slot {
     lease: Option<Lease>,
@@ -205,6 +208,8 @@ struct Slot {
 #[derive(Default)]
 pub struct LeaseTable {
     slots: Mutex<HashMap<Key, Slot>>,
+    /// The slots left after the last sweep (see `prune`).
+    swept: AtomicUsize,
 }
 
 impl fmt::Debug for LeaseTable {
@@ -229,9 +234,11 @@ impl LeaseTable {
         coordinator.inner.extension::<LeaseTable>()
     }
 
-    /// Grants `member` the lease on `tp` for `expire_after` if it is free, or expired and no
-    /// handler call of its holder is running; returns the new fencing token. A member that
-    /// holds a valid lease already gets its token back.
+    /// Grants `member` the lease on `tp` for `expire_after` if it is free, or expired, and no
+    /// handler call of its holder is running; returns the new fencing token. Every grant has a
+    /// new token, also to a member that holds the lease already (its old token is fenced):
+    /// a holder that asks again has lost track of what it held, and a call still running
+    /// under the old token must not share the partition with a new start.
     pub fn try_acquire(
         &self,
         group: &str,
@@ -242,14 +249,12 @@ impl LeaseTable {
     ) -> Option<u64> {
         let now = clock.now();
         let mut slots = self.slots.lock();
+        self.prune(&mut slots, now);
         let slot = slots.entry(key(group, tp)).or_default();
-        if let Some(l) = &slot.lease {
-            if l.holder == member && now < l.expires_at {
-                return Some(l.token);
-            }
-            if now < l.expires_at || l.in_call {
-                return None;
-            }
+        if let Some(l) = &slot.lease
+            && (l.in_call || (now < l.expires_at && l.holder != member))
+        {
+            return None;
         }
         let token = next_token();
         slot.lease = Some(Lease {
@@ -287,17 +292,49 @@ impl LeaseTable {
         }
     }
 
-    /// Gives the lease up, if `member` still holds it with `token`.
+    /// Gives the lease up, if `member` still holds it with `token`. The partition's slot
+    /// goes with it unless a commit guard is in use.
     pub fn release(&self, group: &str, tp: &TopicPartition, member: &str, token: u64) {
         let mut slots = self.slots.lock();
-        if let Some(slot) = slots.get_mut(&key(group, tp))
+        let k = key(group, tp);
+        if let Some(slot) = slots.get_mut(&k)
             && slot
                 .lease
                 .as_ref()
                 .is_some_and(|l| l.holder == member && l.token == token)
         {
             slot.lease = None;
+            if Arc::strong_count(&slot.guard) == 1 {
+                slots.remove(&k);
+            }
         }
+    }
+
+    /// Drops the slots nobody needs (no lease, or an expired one with no call running, and
+    /// no commit guard in use) once the table has doubled since the last sweep: what a
+    /// member that never released (it crashed, or its topic was deleted) left behind does
+    /// not accumulate. Fencing does not need the slot: tokens only grow, process-wide.
+    fn prune(&self, slots: &mut HashMap<Key, Slot>, now: Duration) {
+        if slots.len() < PRUNE_AT.max(self.swept.load(Ordering::Relaxed).saturating_mul(2)) {
+            return;
+        }
+        slots.retain(|_, s| {
+            Arc::strong_count(&s.guard) > 1
+                || s.lease
+                    .as_ref()
+                    .is_some_and(|l| l.in_call || now < l.expires_at)
+        });
+        self.swept.store(slots.len(), Ordering::Relaxed);
+    }
+
+    /// How many partitions have a slot now (held, expired or in use by a commit).
+    pub fn len(&self) -> usize {
+        self.slots.lock().len()
+    }
+
+    /// Whether no partition has a slot.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// `Ok` if `member` holds the lease on `tp` with `token` and it has not expired;
@@ -407,6 +444,60 @@ mod tests {
                 "{renew:?} {expire:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_member_acquiring_its_own_lease_again_gets_a_new_token_never_during_its_call() {
+        let t = LeaseTable::default();
+        let c = ManualClock::default();
+        let tp = TopicPartition::new("t", 0);
+        let ttl = Duration::from_secs(60);
+        let first = t.try_acquire("g", &tp, "a", ttl, &c).unwrap();
+        assert!(t.begin_call("g", &tp, "a", first, &c));
+        assert_eq!(
+            t.try_acquire("g", &tp, "a", ttl, &c),
+            None,
+            "a call runs under the old token"
+        );
+        t.end_call("g", &tp, "a", first);
+        let second = t.try_acquire("g", &tp, "a", ttl, &c).unwrap();
+        assert!(second > first);
+        assert!(
+            t.check("g", &tp, "a", first, &c).is_err(),
+            "old token fenced"
+        );
+        assert!(t.check("g", &tp, "a", second, &c).is_ok());
+    }
+
+    #[test]
+    fn released_and_abandoned_leases_leave_no_slots_behind() {
+        let t = LeaseTable::default();
+        let c = ManualClock::default();
+        let ttl = Duration::from_secs(1);
+        for p in 0..10_000 {
+            let tp = TopicPartition::new("t", p);
+            let tok = t.try_acquire("g", &tp, "a", ttl, &c).unwrap();
+            drop(t.guard("g", &tp));
+            t.release("g", &tp, "a", tok);
+        }
+        assert_eq!(t.len(), 0, "released");
+        // Never released (crashed members, deleted topics): swept once expired.
+        for round in 0..20 {
+            for p in 0..600 {
+                let tp = TopicPartition::new(format!("u{round}"), p);
+                t.try_acquire("g", &tp, "a", ttl, &c).unwrap();
+            }
+            c.advance(Duration::from_secs(2));
+        }
+        assert!(t.len() <= 2 * PRUNE_AT, "{} slots", t.len());
+        // A slot whose commit guard is in use stays.
+        let tp = TopicPartition::new("w", 0);
+        let tok = t.try_acquire("g", &tp, "a", ttl, &c).unwrap();
+        let guard = t.guard("g", &tp);
+        t.release("g", &tp, "a", tok);
+        let before = t.len();
+        assert!(Arc::ptr_eq(&guard, &t.guard("g", &tp)), "same guard");
+        assert_eq!(t.len(), before);
     }
 
     #[test]

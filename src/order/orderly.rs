@@ -181,6 +181,14 @@ struct PartQueue {
 }
 
 impl PartQueue {
+    /// While leased: the first offset not yet queued nor handled under this token.
+    fn resume_at(&self) -> Option<u64> {
+        self.records
+            .back()
+            .map(|r| r.offset().saturating_add(1))
+            .or(self.next)
+    }
+
     /// Drops what was pulled and forgets the lease: the partition waits for a new one and then
     /// starts from the committed offset (or where this holding had got to, if none).
     fn lose(&mut self) {
@@ -220,6 +228,8 @@ struct Shared {
     member: OnceLock<String>,
     config: OrderlyConfig,
     stop: AtomicBool,
+    /// The pull thread ended (closed, or failed: `close` returns its error).
+    pull_ended: AtomicBool,
     renewing: AtomicBool,
     /// The pull thread, to wake when a paused partition has room or a lease was lost.
     consumer: OnceLock<Arc<Consumer>>,
@@ -323,10 +333,32 @@ impl RebalanceListener for Listener {
         revoke(&self.0, partitions);
     }
 
-    fn on_assign(&self, _: &Consumer, partitions: &[TopicPartition]) {
-        let mut st = self.0.state.lock();
-        for tp in partitions {
-            st.parts.insert(tp.clone(), PartQueue::default());
+    fn on_assign(&self, consumer: &Consumer, partitions: &[TopicPartition]) {
+        // A partition may come back while its queue is still here: an evicted member (past
+        // `max_poll_interval`) rejoins inside one `poll` and claims what it had, without a
+        // revoke. Its queue keeps its lease, its token and the handler call in flight: a
+        // fresh queue would let a second worker start on the partition during that call.
+        // The consumer dropped the partition's position and pause on eviction, so it is
+        // sought to where the queue goes on (the committed offset is behind it).
+        let resume_at: Vec<(TopicPartition, u64)> = {
+            let mut st = self.0.state.lock();
+            partitions
+                .iter()
+                .filter_map(|tp| match st.parts.get_mut(tp) {
+                    Some(pq) => {
+                        pq.paused = false;
+                        pq.token.and(pq.resume_at()).map(|at| (tp.clone(), at))
+                    }
+                    None => {
+                        st.parts.insert(tp.clone(), PartQueue::default());
+                        None
+                    }
+                })
+                .collect()
+        };
+        for (tp, offset) in resume_at {
+            // Only a partition revoked meanwhile can fail, and then it is not ours to read.
+            let _ = consumer.seek(&tp.topic, tp.partition, offset);
         }
     }
 }
@@ -428,6 +460,7 @@ impl OrderlyConsumer {
             member: OnceLock::new(),
             config: config.clone(),
             stop: AtomicBool::new(false),
+            pull_ended: AtomicBool::new(false),
             renewing: AtomicBool::new(true),
             consumer: OnceLock::new(),
         });
@@ -498,8 +531,20 @@ impl OrderlyConsumer {
     /// Commits now what it has handled of every partition it holds. [`Error::LeaseLost`] for
     /// a partition whose lease expired or passed on: that partition's offset is not written
     /// (the others are), and it is no longer delivered until its lease is granted again.
+    /// [`Error::Closed`] once delivery has stopped (see [`is_running`](Self::is_running)).
     pub fn commit(&self) -> Result<()> {
+        if !self.is_running() {
+            return Err(Error::Closed);
+        }
         self.shared.commit(None)
+    }
+
+    /// Whether it still delivers. `false` once its pull thread has stopped: on an error
+    /// (the store failed, an `auto_offset_reset` of `None` met a partition with no committed
+    /// offset…) it stops the workers, waits for the calls in flight, commits, releases its
+    /// leases and leaves the group; [`close`](Self::close) then returns that error.
+    pub fn is_running(&self) -> bool {
+        !self.shared.pull_ended.load(Ordering::Acquire)
     }
 
     /// Stops renewing its leases, as a member whose process stalls would: they expire after
@@ -555,6 +600,12 @@ const LEASE_RETRY: Duration = Duration::from_millis(20);
 
 fn pull_loop(shared: &Shared, consumer: &Consumer) -> Result<()> {
     let result = pull_until_stopped(shared, consumer);
+    // Stopped by close or by an error: no worker starts a call from here on, so once the
+    // calls in flight end, the commit below is the last word and no call runs after the
+    // leases are released.
+    shared.pull_ended.store(true, Ordering::Release);
+    shared.state.lock().stop_workers = true;
+    shared.work_ready.notify_all();
     shared.wait_idle(None);
     let committed = shared.commit(None);
     let held: Vec<(TopicPartition, u64)> = {
@@ -650,6 +701,11 @@ fn take(shared: &Shared, consumer: &Consumer, records: Vec<ConsumerRecord>) -> R
                 continue;
             }
             if give_back.contains_key(&tp) {
+                continue;
+            }
+            // A leased queue only goes forward: a record already queued or handled under
+            // this token (pulled again after a rejoin) is not handled a second time.
+            if pq.resume_at().is_some_and(|at| record.offset() < at) {
                 continue;
             }
             if pq.revoking || pq.records.len() >= shared.config.pull_threshold_for_queue {
@@ -778,13 +834,15 @@ fn renew_loop(shared: &Shared) {
     while !shared.stop.load(Ordering::Acquire) {
         // Woken early only at stop.
         let _ = shared.renew_wake.wait_until(&mut st, due);
-        if Instant::now() < due
-            || shared.stop.load(Ordering::Acquire)
-            || !shared.renewing.load(Ordering::Acquire)
-        {
+        if Instant::now() < due || shared.stop.load(Ordering::Acquire) {
             continue;
         }
+        // The next round is due in an interval whether or not this one renews: a passed
+        // deadline kept while not renewing would make the wait return at once, a busy loop.
         due = Instant::now() + lease.renew_interval;
+        if !shared.renewing.load(Ordering::Acquire) {
+            continue;
+        }
         let held: Vec<(TopicPartition, u64)> = st
             .parts
             .iter()

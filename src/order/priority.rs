@@ -25,7 +25,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::selector::{OrderedProducer, PartitionSelector};
-use crate::consumer::{Consumer, ConsumerConfig, ConsumerRecord, GroupCoordinator, TopicPartition};
+use crate::consumer::{
+    Consumer, ConsumerConfig, ConsumerRecord, GroupCoordinator, RECONSUME_TIMES, TopicPartition,
+    Tracer,
+};
 use crate::error::{Error, Result};
 use crate::partitioner::partition_for_key;
 use crate::store::{LogStore, Message, Record, TopicConfig};
@@ -298,6 +301,9 @@ impl PriorityConfig {
 /// resumed when `poll` returns). With no backlog it waits on every held partition and returns
 /// the highest band of what arrived, putting the rest back (a seek to where they started).
 /// Positions, commits and rebalances are the wrapped [`Consumer`]'s ([`consumer`](Self::consumer)).
+/// A [`ConsumerConfig::trace`] is kept by the priority consumer, not passed to the wrapped one:
+/// a `SubBefore` event is recorded for each record [`poll`](Self::poll) returns, never for the
+/// records of lower bands it fetched and put back.
 /// Partitions of other topics the consumer holds rank below every priority.
 ///
 /// ```
@@ -327,6 +333,9 @@ pub struct PriorityConsumer {
     store: Arc<dyn LogStore>,
     topic: String,
     config: PriorityConfig,
+    /// The message trace, taken from the consumer's config: the wrapped consumer would trace
+    /// every record it fetches, put-back ones included.
+    trace: Option<Arc<Tracer>>,
     /// Since when each held partition with a backlog has been passed over.
     waiting: Mutex<HashMap<TopicPartition, Instant>>,
 }
@@ -354,7 +363,7 @@ impl PriorityConsumer {
     /// [`InvalidArgument`](Error::InvalidArgument).
     pub fn new(
         groups: &GroupCoordinator,
-        consumer: ConsumerConfig,
+        mut consumer: ConsumerConfig,
         topic: impl Into<String>,
         config: PriorityConfig,
     ) -> Result<PriorityConsumer> {
@@ -362,7 +371,9 @@ impl PriorityConsumer {
         let topic = topic.into();
         let store = Arc::clone(groups.store());
         store.describe_topic(&topic)?;
+        let trace = consumer.trace.take();
         Ok(PriorityConsumer {
+            trace,
             consumer: Consumer::new(groups, consumer)?,
             store,
             topic,
@@ -492,6 +503,19 @@ impl PriorityConsumer {
                 for r in &kept {
                     // Served: its wait starts again from the next poll that passes it over.
                     waiting.remove(&tp_of(r));
+                }
+                drop(waiting);
+                if let Some(tracer) = &self.trace {
+                    let group = self.consumer.group();
+                    for r in &kept {
+                        let retries = r
+                            .record()
+                            .properties()
+                            .get(RECONSUME_TIMES)
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        tracer.delivered(group, r, retries);
+                    }
                 }
                 return Ok(kept);
             }

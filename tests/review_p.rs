@@ -38,7 +38,6 @@ fn bodies(store: &dyn LogStore, topic: &str) -> Vec<String> {
 /// acknowledged) — before `SegmentHandle::append` notices that the cursor is not at the
 /// segment's end. Appends then fail, and reads of the overwritten range return other records.
 #[test]
-#[ignore = "review: verify() caches an active-segment mapping with a stale size; the next append overwrites published batches"]
 fn verify_during_appends_with_evictions_keeps_every_acknowledged_record() {
     let dir = tempfile::tempdir().unwrap();
     let mut o = small_options(EngineKind::Segmented);
@@ -116,12 +115,15 @@ fn verify_during_appends_with_evictions_keeps_every_acknowledged_record() {
     expected.extend(written);
     // The acknowledged records, read back after the failure (the append that failed wrote over
     // published bytes before it noticed).
-    let read_back = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bodies(s.as_ref(), "t")));
+    let read_back =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bodies(s.as_ref(), "t")));
     let damage = match &read_back {
         Err(_) => Some("the partition cannot be read back".to_owned()),
-        Ok(got) if got.len() != expected.len() => {
-            Some(format!("{} records read back, {} acknowledged", got.len(), expected.len()))
-        }
+        Ok(got) if got.len() != expected.len() => Some(format!(
+            "{} records read back, {} acknowledged",
+            got.len(),
+            expected.len()
+        )),
         Ok(got) => got
             .iter()
             .zip(&expected)
@@ -132,6 +134,9 @@ fn verify_during_appends_with_evictions_keeps_every_acknowledged_record() {
         err.is_none() && damage.is_none(),
         "append error: {err:?}; acknowledged records: {damage:?}"
     );
+    // A live store's verify checks a consistent view (each segment's size and index entries
+    // as of one moment): appends running alongside are not problems.
+    assert!(errs.is_empty(), "verify on a live store: {errs:?}");
 }
 
 fn rss_bytes() -> u64 {

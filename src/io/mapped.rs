@@ -191,10 +191,23 @@ impl MappedFile {
     /// `None` (writing nothing) when they do not fit, in the file or in its allocated prefix
     /// (a growable file's writer calls [`Self::ensure_allocated`] first).
     pub fn append(&self, parts: &[&[u8]]) -> Option<usize> {
+        self.append_inner(None, parts)
+    }
+
+    /// [`Self::append`], only if the cursor is at `pos`: `None` (writing nothing) otherwise, so
+    /// a writer whose idea of the end differs from the mapping's cannot write over bytes
+    /// already published.
+    pub fn append_at(&self, pos: usize, parts: &[&[u8]]) -> Option<usize> {
+        self.append_inner(Some(pos), parts)
+    }
+
+    fn append_inner(&self, expect: Option<usize>, parts: &[&[u8]]) -> Option<usize> {
         let mut cursor = self.cursor.lock();
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let start = *cursor;
-        if total > self.storage.allocated().min(self.len).saturating_sub(start) {
+        if expect.is_some_and(|pos| pos != start)
+            || total > self.storage.allocated().min(self.len).saturating_sub(start)
+        {
             return None;
         }
         let mut at = start;

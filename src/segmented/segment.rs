@@ -431,15 +431,14 @@ impl SegmentHandle {
         // double, so an append pays an allocation once per step.
         w.ensure_allocated(end as usize)
             .map_err(|e| Error::io(&self.log_path, e))?;
-        match w.append(&[bytes]) {
-            Some(at) if at as u64 == pos => {}
-            _ => {
-                return Err(Error::corrupted(
-                    &self.log_path,
-                    pos,
-                    "the log's mapping is not at the segment's end",
-                ));
-            }
+        // The position is checked before the copy: a mapping whose cursor is not the segment's
+        // end (a bug elsewhere) fails the append without writing over published batches.
+        if w.append_at(pos as usize, &[bytes]).is_none() {
+            return Err(Error::corrupted(
+                &self.log_path,
+                pos,
+                "the log's mapping is not at the segment's end",
+            ));
         }
         // Published to readers of this handle; the partition publishes the offsets after.
         w.commit_all();

@@ -153,7 +153,6 @@ fn rss_bytes() -> u64 {
 /// process's resident set: RSS grows with the data written, and ARCHITECTURE.md documents no
 /// bound for it.
 #[test]
-#[ignore = "review: the mapped active log keeps every appended page resident: RSS grows with data size (issue 16 memory target)"]
 fn appending_to_the_segmented_engine_keeps_rss_independent_of_data_size() {
     let dir = tempfile::tempdir().unwrap();
     let s = SegmentedStore::open(dir.path(), duolog::StoreOptions::default()).unwrap();

@@ -24,6 +24,9 @@ use super::{FileSystem, MapMode, MappedStorage};
 const PAGE: usize = 4096;
 /// Largest step by which [`MappedFile::ensure_allocated`] grows a file.
 pub const MAX_GROW_STEP: usize = 1 << 20;
+/// Flushed pages are released from the process in steps of this many bytes (see
+/// [`MappedFile::release_flushed_behind`]).
+pub const RELEASE_STEP: usize = 1 << 20;
 
 /// A published range of a [`MappedFile`], owning a reference to it: the backing of the zero-copy
 /// [`Bytes`] that reads hand out.
@@ -56,6 +59,11 @@ pub struct MappedFile {
     prefaulted: AtomicUsize,
     /// The allocated length at which growth ahead was last asked for.
     grow_requested: AtomicUsize,
+    /// Flushed bytes kept mapped behind the flushed end (0: none released), see
+    /// [`MappedFile::release_flushed_behind`].
+    release_keep: AtomicUsize,
+    /// End of the prefix whose pages were released from the process.
+    released: AtomicUsize,
 }
 
 // SAFETY: the raw pointer refers to a shared mapping owned by `storage`, which is Send + Sync.
@@ -99,6 +107,8 @@ impl MappedFile {
             flushed: AtomicUsize::new(0),
             prefaulted: AtomicUsize::new(0),
             grow_requested: AtomicUsize::new(usize::MAX),
+            release_keep: AtomicUsize::new(0),
+            released: AtomicUsize::new(0),
         })
     }
 
@@ -352,8 +362,36 @@ impl MappedFile {
         if target > from {
             self.storage.flush_range(from, target - from)?;
             self.flushed.fetch_max(target, Ordering::AcqRel);
+            self.release_flushed();
         }
         Ok(self.flushed())
+    }
+
+    /// From now on, each flush unmaps from the process the flushed pages more than `keep`
+    /// bytes behind the flushed end (whole [`RELEASE_STEP`]s at a time): a long-lived writable
+    /// mapping (the segmented engine's active log) then keeps resident only its recent pages
+    /// and those not flushed yet, not every page it ever wrote. Only clean pages go, so nothing
+    /// is lost; a reader of an older byte maps its page again from the page cache or the file.
+    pub fn release_flushed_behind(&self, keep: usize) {
+        self.release_keep.store(keep.max(1), Ordering::Release);
+    }
+
+    fn release_flushed(&self) {
+        let keep = self.release_keep.load(Ordering::Acquire);
+        if keep == 0 {
+            return;
+        }
+        let to = self.flushed().saturating_sub(keep) / RELEASE_STEP * RELEASE_STEP;
+        let from = self.released.load(Ordering::Acquire);
+        if to > from
+            && self
+                .released
+                .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            // Best effort: pages left mapped only cost memory.
+            let _ = self.storage.release(from, to - from);
+        }
     }
 }
 

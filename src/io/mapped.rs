@@ -5,8 +5,10 @@
 //! ones readers can see; the writer only writes at or after its `cursor` (never below
 //! `committed`), under the cursor mutex; `committed` only grows while the file is shared. The
 //! `&mut self` methods (recovery) run before the file is shared. Another *process* truncating the
-//! file would turn reads into SIGBUS; the store's `LOCK` file keeps other processes out and the
-//! engines never shrink a mapped file.
+//! file would turn reads into SIGBUS; the store's `LOCK` file keeps other processes out. The
+//! engines shrink a mapped file only to its published length (the segmented engine's seal and
+//! clean close cut an active log to its batches once nothing appends to it), so every byte
+//! anyone reads stays inside the file.
 
 use std::fmt;
 use std::io;

@@ -185,3 +185,21 @@ fn mapped_files_hold_no_descriptor() {
         "{before} descriptors before, {after} with 400 mappings"
     );
 }
+
+#[test]
+fn an_append_at_a_position_other_than_the_cursor_writes_nothing() {
+    both(|fs, dir, _| {
+        let path = dir.join("a");
+        let f =
+            MappedFile::map(fs, &path, 0, LEN, MapMode::CreateGrowable { initial: 8192 }).unwrap();
+        assert_eq!(f.append_at(0, &[b"first"]), Some(0));
+        f.commit_all();
+        // A writer that thinks the end is still 0 (a stale size) is refused, and the published
+        // bytes stay as they were.
+        assert_eq!(f.append_at(0, &[b"XXXXX"]), None);
+        assert_eq!(f.append_at(9, &[b"XXXXX"]), None);
+        assert_eq!(f.write_position(), 5);
+        assert_eq!(f.read(0, 5), Some(&b"first"[..]));
+        assert_eq!(f.append_at(5, &[b"next"]), Some(5));
+    });
+}

@@ -17,9 +17,15 @@ fn reads_per_fetch(engine: EngineKind) -> (u64, usize) {
         ..StoreOptions::default()
     };
     let store = duolog::open("/sim/store", options).expect("open");
-    store
-        .create_topic("t", TopicConfig::with_partitions(1))
-        .expect("topic");
+    // Small segments (the CommitLog engine ignores this): the segmented data is then mostly in
+    // sealed segments, read through positional reads the simulated disk counts. The active
+    // segment's log is a mapping, whose reads are copies that no operation counts, so with all
+    // the data in it the count could not show a read per batch.
+    let config = TopicConfig {
+        segment_bytes: Some(128 << 10),
+        ..TopicConfig::with_partitions(1)
+    };
+    store.create_topic("t", config).expect("topic");
     // One message per append: one batch (segmented) or one entry (CommitLog) per record.
     let msg = [Message::new(vec![b'r'; 100])];
     for _ in 0..MESSAGES {
@@ -54,9 +60,11 @@ fn reads_per_fetch(engine: EngineKind) -> (u64, usize) {
 fn a_segmented_fetch_of_thousands_of_batches_takes_a_few_reads() {
     let (ops, n) = reads_per_fetch(EngineKind::Segmented);
     assert_eq!(n, MESSAGES as usize);
-    // ~700 KiB of batches in 64 KiB chunks: about a dozen reads, never one per batch.
+    // ~700 KiB of batches, most in sealed 128 KiB segments, in 64 KiB chunks: a few reads and
+    // opens per segment, never one per batch. At least one read was counted, so the count
+    // covers the positional read path.
     assert!(
-        ops <= 32,
+        (1..=32).contains(&ops),
         "{ops} file operations for one fetch of {n} batches"
     );
 }

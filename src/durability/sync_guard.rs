@@ -167,6 +167,9 @@ impl MappedStorage for GuardedMap {
     fn set_random_access(&self, offset: usize, len: usize, random: bool) -> io::Result<()> {
         self.inner.set_random_access(offset, len, random)
     }
+    fn release(&self, offset: usize, len: usize) -> io::Result<()> {
+        self.inner.release(offset, len)
+    }
 }
 
 #[cfg(test)]

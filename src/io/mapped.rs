@@ -5,8 +5,10 @@
 //! ones readers can see; the writer only writes at or after its `cursor` (never below
 //! `committed`), under the cursor mutex; `committed` only grows while the file is shared. The
 //! `&mut self` methods (recovery) run before the file is shared. Another *process* truncating the
-//! file would turn reads into SIGBUS; the store's `LOCK` file keeps other processes out and the
-//! engines never shrink a mapped file.
+//! file would turn reads into SIGBUS; the store's `LOCK` file keeps other processes out. The
+//! engines shrink a mapped file only to its published length (the segmented engine's seal and
+//! clean close cut an active log to its batches once nothing appends to it), so every byte
+//! anyone reads stays inside the file.
 
 use std::fmt;
 use std::io;
@@ -24,6 +26,9 @@ use super::{FileSystem, MapMode, MappedStorage};
 const PAGE: usize = 4096;
 /// Largest step by which [`MappedFile::ensure_allocated`] grows a file.
 pub const MAX_GROW_STEP: usize = 1 << 20;
+/// Flushed pages are released from the process in steps of this many bytes (see
+/// [`MappedFile::release_flushed_behind`]).
+pub const RELEASE_STEP: usize = 1 << 20;
 
 /// A published range of a [`MappedFile`], owning a reference to it: the backing of the zero-copy
 /// [`Bytes`] that reads hand out.
@@ -56,6 +61,11 @@ pub struct MappedFile {
     prefaulted: AtomicUsize,
     /// The allocated length at which growth ahead was last asked for.
     grow_requested: AtomicUsize,
+    /// Flushed bytes kept mapped behind the flushed end (0: none released), see
+    /// [`MappedFile::release_flushed_behind`].
+    release_keep: AtomicUsize,
+    /// End of the prefix whose pages were released from the process.
+    released: AtomicUsize,
 }
 
 // SAFETY: the raw pointer refers to a shared mapping owned by `storage`, which is Send + Sync.
@@ -99,6 +109,8 @@ impl MappedFile {
             flushed: AtomicUsize::new(0),
             prefaulted: AtomicUsize::new(0),
             grow_requested: AtomicUsize::new(usize::MAX),
+            release_keep: AtomicUsize::new(0),
+            released: AtomicUsize::new(0),
         })
     }
 
@@ -191,10 +203,23 @@ impl MappedFile {
     /// `None` (writing nothing) when they do not fit, in the file or in its allocated prefix
     /// (a growable file's writer calls [`Self::ensure_allocated`] first).
     pub fn append(&self, parts: &[&[u8]]) -> Option<usize> {
+        self.append_inner(None, parts)
+    }
+
+    /// [`Self::append`], only if the cursor is at `pos`: `None` (writing nothing) otherwise, so
+    /// a writer whose idea of the end differs from the mapping's cannot write over bytes
+    /// already published.
+    pub fn append_at(&self, pos: usize, parts: &[&[u8]]) -> Option<usize> {
+        self.append_inner(Some(pos), parts)
+    }
+
+    fn append_inner(&self, expect: Option<usize>, parts: &[&[u8]]) -> Option<usize> {
         let mut cursor = self.cursor.lock();
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let start = *cursor;
-        if total > self.storage.allocated().min(self.len).saturating_sub(start) {
+        if expect.is_some_and(|pos| pos != start)
+            || total > self.storage.allocated().min(self.len).saturating_sub(start)
+        {
             return None;
         }
         let mut at = start;
@@ -339,8 +364,36 @@ impl MappedFile {
         if target > from {
             self.storage.flush_range(from, target - from)?;
             self.flushed.fetch_max(target, Ordering::AcqRel);
+            self.release_flushed();
         }
         Ok(self.flushed())
+    }
+
+    /// From now on, each flush unmaps from the process the flushed pages more than `keep`
+    /// bytes behind the flushed end (whole [`RELEASE_STEP`]s at a time): a long-lived writable
+    /// mapping (the segmented engine's active log) then keeps resident only its recent pages
+    /// and those not flushed yet, not every page it ever wrote. Only clean pages go, so nothing
+    /// is lost; a reader of an older byte maps its page again from the page cache or the file.
+    pub fn release_flushed_behind(&self, keep: usize) {
+        self.release_keep.store(keep.max(1), Ordering::Release);
+    }
+
+    fn release_flushed(&self) {
+        let keep = self.release_keep.load(Ordering::Acquire);
+        if keep == 0 {
+            return;
+        }
+        let to = self.flushed().saturating_sub(keep) / RELEASE_STEP * RELEASE_STEP;
+        let from = self.released.load(Ordering::Acquire);
+        if to > from
+            && self
+                .released
+                .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            // Best effort: pages left mapped only cost memory.
+            let _ = self.storage.release(from, to - from);
+        }
     }
 }
 

@@ -99,6 +99,13 @@ pub trait MappedStorage: Send + Sync + fmt::Debug {
     fn set_random_access(&self, _offset: usize, _len: usize, _random: bool) -> io::Result<()> {
         Ok(())
     }
+    /// Unmaps the pages of `[offset, offset + len)` from the process (its page-table entries
+    /// only), so flushed pages a writer has moved past stop counting in its resident set; the
+    /// file and the page cache keep the bytes, and the next access maps them again. Callers
+    /// pass flushed (clean) ranges only. Best effort: the default does nothing.
+    fn release(&self, _offset: usize, _len: usize) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A file accessed with positional reads and writes (Kafka-style logs and indexes).

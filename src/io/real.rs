@@ -148,6 +148,21 @@ impl MappedStorage for RealMapped {
         self.map.advise_range(memmap2::Advice::Random, offset, len)
     }
 
+    fn release(&self, offset: usize, len: usize) -> io::Result<()> {
+        let len = self.clip(offset, len);
+        if len == 0 {
+            return Ok(());
+        }
+        // On a shared file mapping MADV_DONTNEED only removes page-table entries: the next
+        // access maps the same page-cache page (or reads the file) again, and a page still
+        // dirty would stay dirty (callers pass flushed ranges anyway).
+        // SAFETY: no reader of the mapping can observe a change to its contents.
+        unsafe {
+            self.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+        }
+    }
+
     fn zero_range(&self, offset: usize, len: usize) -> io::Result<()> {
         let len = self.clip(offset, len);
         if len == 0 {

@@ -89,6 +89,11 @@ pub(crate) struct Partition {
 }
 
 impl Partition {
+    /// The handle of the segment `meta` describes, from the cache or opened (and cached).
+    /// Callers hold the partition lock and pass the segment's current meta: the handle of a
+    /// segment not sealed yet writes at `meta.size`, so one opened from a stale copy would,
+    /// once cached, have appends write over published batches (`SegmentHandle::append` then
+    /// refuses them rather than writing).
     pub(super) fn handle(&self, ctx: &Ctx, meta: &SegmentMeta) -> Result<Arc<SegmentHandle>> {
         let key = (self.uid, meta.base);
         if let Some(h) = ctx.cache.get(key) {

@@ -218,8 +218,20 @@ fn map_log(
         ));
     }
     f.set_recovered_end(size as usize, 0);
+    // Pages flushed and behind the writer leave the process's resident set, so a partition's
+    // RSS does not grow with its data (readers tailing it find the recent ones still mapped).
+    f.release_flushed_behind(LOG_RELEASE_KEEP);
     Ok(f)
 }
+
+/// Flushed bytes of an active log kept mapped behind its flushed end.
+const LOG_RELEASE_KEEP: usize = 1 << 20;
+
+/// Published bytes of an active log an append lets pile up unflushed before it flushes them
+/// itself (ahead of the flush policy, which only makes them durable sooner), so that they can
+/// leave the resident set: together with [`LOG_RELEASE_KEEP`] and [`LOG_WARM_WINDOW`], the
+/// bound on an active log's resident pages whatever the data size or the flush interval.
+const LOG_UNFLUSHED_MAX: usize = 8 << 20;
 
 fn map_index(
     fs: &dyn FileSystem,
@@ -431,18 +443,23 @@ impl SegmentHandle {
         // double, so an append pays an allocation once per step.
         w.ensure_allocated(end as usize)
             .map_err(|e| Error::io(&self.log_path, e))?;
-        match w.append(&[bytes]) {
-            Some(at) if at as u64 == pos => {}
-            _ => {
-                return Err(Error::corrupted(
-                    &self.log_path,
-                    pos,
-                    "the log's mapping is not at the segment's end",
-                ));
-            }
+        // The position is checked before the copy: a mapping whose cursor is not the segment's
+        // end (a bug elsewhere) fails the append without writing over published batches.
+        if w.append_at(pos as usize, &[bytes]).is_none() {
+            return Err(Error::corrupted(
+                &self.log_path,
+                pos,
+                "the log's mapping is not at the segment's end",
+            ));
         }
         // Published to readers of this handle; the partition publishes the offsets after.
         w.commit_all();
+        // Bounds the pages this mapping keeps resident (see `LOG_UNFLUSHED_MAX`). The batch is
+        // already published, so a failed msync is not this append's error: the store's sync
+        // guard poisons the store, as for any failed sync.
+        if w.committed() - w.flushed() >= LOG_UNFLUSHED_MAX {
+            let _ = w.flush(w.committed());
+        }
         // Blocks for the next appends are allocated half a step before they are needed, so the
         // warm-up thread can fault them in ahead of this writer. A failure here is reported by
         // the `ensure_allocated` of the append that needs the blocks.

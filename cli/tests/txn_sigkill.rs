@@ -192,7 +192,9 @@ fn kill_copy_and_check(engine: &str) {
     let d = dir.path().join("store");
     let d = d.to_str().unwrap().to_owned();
     let seed = seed();
-    let inputs = 4000u64;
+    // Enough that a copy takes longer than the kill delay (a batched commit copies 4,000 in
+    // well under 100 ms).
+    let inputs = 40_000u64;
     let mut child = Command::new(exe)
         .args([
             "produce",

@@ -105,7 +105,7 @@ fn a_power_cut_during_orderly_consumption_resumes_every_partition_at_its_commit(
             let handled: Handled = Arc::default();
             let consumer = start(&groups, &handled, true);
             // Cut the power part-way, with commits landing around it.
-            let cut_after = 100 + (seed as usize * 97) % 500;
+            let cut_after = 100 + (seed * 97) % 500;
             wait_until("the first run to handle some records", || {
                 handled.lock().unwrap().len() >= cut_after
             });

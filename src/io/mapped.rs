@@ -370,7 +370,7 @@ impl MappedFile {
     }
 
     /// From now on, each flush unmaps from the process the flushed pages more than `keep`
-    /// bytes behind the flushed end (whole [`RELEASE_STEP`]s at a time): a long-lived writable
+    /// bytes behind the flushed end (in whole `RELEASE_STEP`s, 1 MiB, at a time): a long-lived writable
     /// mapping (the segmented engine's active log) then keeps resident only its recent pages
     /// and those not flushed yet, not every page it ever wrote. Only clean pages go, so nothing
     /// is lost; a reader of an older byte maps its page again from the page cache or the file.

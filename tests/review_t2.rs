@@ -176,7 +176,7 @@ fn a_commit_over_many_partitions_uses_a_bounded_number_of_marker_threads() {
     inner
         .create_topic("t", TopicConfig::with_partitions(PARTITIONS))
         .unwrap();
-    let probe = txn_probe::Probe::new(inner);
+    let probe = txn_probe::probe(inner);
     let store: Arc<dyn LogStore> = probe.clone();
     let txns = TransactionCoordinator::open(store, TxnCoordinatorConfig::default()).unwrap();
     let p = txns.producer("app", TxnProducerConfig::default()).unwrap();
@@ -287,7 +287,7 @@ fn a_committed_transactions_offsets_apply_even_if_its_complete_record_fails() {
         let inner: Arc<dyn LogStore> = Arc::from(common::open(dir, &common::small_options(engine)));
         inner.create_topic("in", TopicConfig::default()).unwrap();
         inner.create_topic("out", TopicConfig::default()).unwrap();
-        let probe = txn_probe::Probe::new(inner);
+        let probe = txn_probe::probe(inner);
         let store: Arc<dyn LogStore> = probe.clone();
         let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
         let config = TxnCoordinatorConfig {

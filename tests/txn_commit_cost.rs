@@ -47,7 +47,7 @@ fn probe_on(dir: &std::path::Path, opts: &StoreOptions) -> (Arc<Probe>, Arc<dyn 
     inner
         .create_topic("t", TopicConfig::with_partitions(PARTITIONS))
         .unwrap();
-    let probe = Probe::new(inner);
+    let probe = txn_probe::probe(inner);
     let store: Arc<dyn LogStore> = probe.clone();
     (probe, store)
 }

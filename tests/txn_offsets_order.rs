@@ -18,7 +18,6 @@ use duolog::txn::{TransactionCoordinator, TxnCoordinatorConfig, TxnProducerConfi
 use duolog::{
     Error, FlushPolicy, IsolationLevel, LogStore, Message, ReadLimits, StoreOptions, TopicConfig,
 };
-use txn_probe::Probe;
 
 fn setup(store: &dyn LogStore) {
     store.create_topic("in", TopicConfig::default()).unwrap();
@@ -208,7 +207,7 @@ fn a_send_that_failed_after_landing_does_not_poison_the_next_transaction() {
     common::for_each_engine(|engine, dir| {
         let inner: Arc<dyn LogStore> = Arc::from(common::open(dir, &common::small_options(engine)));
         setup(inner.as_ref());
-        let probe = Probe::new(inner);
+        let probe = txn_probe::probe(inner);
         let store: Arc<dyn LogStore> = probe.clone();
         let txns =
             TransactionCoordinator::open(Arc::clone(&store), TxnCoordinatorConfig::default())

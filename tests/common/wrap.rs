@@ -21,6 +21,18 @@ pub trait Hooks: Send + Sync + fmt::Debug {
     fn after_read(&self, _topic: &str, _partition: u32, _records: &[Record]) {}
     /// Before `sync` reaches the store.
     fn before_sync(&self) {}
+    /// Before `append_async` reaches the store; an error is returned instead (nothing written).
+    fn before_append_async(&self, _dir: &Path, _topic: &str) -> duolog::Result<()> {
+        Ok(())
+    }
+    /// After a transactional append landed; an error replaces its result (a lost reply).
+    fn after_append_transactional(&self, _dir: &Path) -> duolog::Result<()> {
+        Ok(())
+    }
+    /// Before `write_marker` reaches the store.
+    fn before_marker(&self) {}
+    /// After `write_marker` returned.
+    fn after_marker(&self) {}
 }
 
 /// `inner` with `hooks` around some calls.
@@ -108,6 +120,7 @@ impl<H: Hooks> LogStore for Wrapped<H> {
         partition: u32,
         messages: &[Message],
     ) -> duolog::Result<Completion> {
+        self.hooks.before_append_async(self.inner.dir(), topic)?;
         self.inner.append_async(topic, partition, messages)
     }
     fn append_transactional(
@@ -118,8 +131,11 @@ impl<H: Hooks> LogStore for Wrapped<H> {
         base_sequence: i32,
         messages: &[duolog::Message],
     ) -> duolog::Result<AppendResult> {
-        self.inner
-            .append_transactional(topic, partition, producer, base_sequence, messages)
+        let r =
+            self.inner
+                .append_transactional(topic, partition, producer, base_sequence, messages)?;
+        self.hooks.after_append_transactional(self.inner.dir())?;
+        Ok(r)
     }
     fn write_marker(
         &self,
@@ -129,8 +145,12 @@ impl<H: Hooks> LogStore for Wrapped<H> {
         marker: duolog::TxnMarker,
         coordinator_epoch: i32,
     ) -> duolog::Result<Option<u64>> {
-        self.inner
-            .write_marker(topic, partition, producer, marker, coordinator_epoch)
+        self.hooks.before_marker();
+        let r = self
+            .inner
+            .write_marker(topic, partition, producer, marker, coordinator_epoch);
+        self.hooks.after_marker();
+        r
     }
     fn fetch(
         &self,

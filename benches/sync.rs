@@ -2,7 +2,8 @@
 //! partitions, both engines, next to a bare `write` + `fdatasync` per message (one thread, one
 //! file): messages/s from criterion, and p50/p99 append latency printed after each group.
 //!
-//! Run: `cargo bench --bench sync`. Nothing here asserts a speed.
+//! Run: `cargo bench --bench sync -- --warm-up-time 1 --measurement-time 3` (the times are
+//! the command line's, so a short run is possible). Nothing here asserts a speed.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -32,7 +33,6 @@ fn report(name: &str, latencies: &Mutex<Vec<Duration>>) {
 
 fn sync(c: &mut Criterion) {
     let mut g = c.benchmark_group("sync/100B");
-    g.measurement_time(Duration::from_secs(8));
     g.throughput(Throughput::Elements(1));
     let latencies = Arc::new(Mutex::new(Vec::new()));
     {

@@ -516,13 +516,55 @@ impl FlushTarget for Inner {
         // Every append counted at or below `upto` marked its partition dirty before it was
         // counted, and `upto` was read before this swap, so the swapped-out list covers it.
         let dirty = std::mem::take(&mut *self.dirty.lock());
-        for p in dirty {
+        for p in &dirty {
             // Cleared before the sync: an append after this point marks it again.
             p.dirty.store(false, Ordering::Release);
-            p.flush(&self.ctx)?;
         }
-        Ok(())
+        flush_partitions(&dirty, &self.ctx)
     }
+}
+
+/// The most partitions one group flush syncs at once: the flushing thread and up to
+/// `MAX_CONCURRENT_SYNCS - 1` helper threads it starts for that flush (and joins before
+/// returning), so a store never runs more sync threads than this.
+pub(crate) const MAX_CONCURRENT_SYNCS: usize = 16;
+
+/// Flushes every partition of `parts`, up to [`MAX_CONCURRENT_SYNCS`] at a time, and returns
+/// the first error once all have been tried (the error has poisoned the store already, through
+/// `SyncGuardFs`; the caller then advances nothing). Concurrent syncs because, measured, one
+/// group of 16 dirty partitions synced one after the other cost 16 device flushes in a row,
+/// while ext4 (jbd2) and the block layer merge syncs that are in flight together into one
+/// journal commit and one cache flush.
+fn flush_partitions(parts: &[Arc<Partition>], ctx: &Ctx) -> Result<()> {
+    let workers = parts.len().min(MAX_CONCURRENT_SYNCS);
+    if workers <= 1 {
+        for p in parts {
+            p.flush(ctx)?;
+        }
+        return Ok(());
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let first_error = Mutex::new(None);
+    let work = || {
+        while let Some(p) = parts.get(next.fetch_add(1, Ordering::Relaxed)) {
+            if let Err(e) = p.flush(ctx) {
+                first_error.lock().get_or_insert(e);
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..workers {
+            let spawned = std::thread::Builder::new()
+                .name("duolog-sync".to_owned())
+                .spawn_scoped(scope, work);
+            // No thread to spare: this thread syncs the rest itself.
+            if spawned.is_err() {
+                break;
+            }
+        }
+        work();
+    });
+    first_error.into_inner().map_or(Ok(()), Err)
 }
 
 impl BackgroundWork for Inner {

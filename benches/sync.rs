@@ -3,7 +3,9 @@
 //! file): messages/s from criterion, and p50/p99 append latency printed after each group.
 //!
 //! Run: `cargo bench --bench sync -- --warm-up-time 1 --measurement-time 3` (the times are
-//! the command line's, so a short run is possible). Nothing here asserts a speed.
+//! the command line's, so a short run is possible). `DUOLOG_BENCH_DIR` puts the files
+//! elsewhere (e.g. a tmpfs, where a sync costs next to nothing and what is left is the group
+//! commit's own CPU cost). Nothing here asserts a speed.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -31,12 +33,19 @@ fn report(name: &str, latencies: &Mutex<Vec<Duration>>) {
     );
 }
 
+/// A temporary directory under `DUOLOG_BENCH_DIR`, or the target's temporary directory.
+fn bench_dir() -> tempfile::TempDir {
+    let parent = std::env::var_os("DUOLOG_BENCH_DIR")
+        .map_or_else(|| env!("CARGO_TARGET_TMPDIR").into(), std::path::PathBuf::from);
+    tempfile::tempdir_in(parent).expect("tempdir")
+}
+
 fn sync(c: &mut Criterion) {
     let mut g = c.benchmark_group("sync/100B");
     g.throughput(Throughput::Elements(1));
     let latencies = Arc::new(Mutex::new(Vec::new()));
     {
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+        let dir = bench_dir();
         let mut f = std::fs::File::create(dir.path().join("bare")).expect("file");
         let body = [b's'; 100];
         let l = Arc::clone(&latencies);
@@ -51,7 +60,7 @@ fn sync(c: &mut Criterion) {
         report("write+fdatasync/1", &latencies);
     }
     for engine in [EngineKind::CommitLog, EngineKind::Segmented] {
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+        let dir = bench_dir();
         let options = StoreOptions {
             engine: Some(engine),
             flush: FlushPolicy::Sync,

@@ -1,5 +1,6 @@
 //! Group commit across partitions: the segmented engine's group flush syncs its dirty
-//! partitions concurrently (their syncs overlap), and when one partition's sync fails in such a
+//! partitions concurrently (their syncs overlap) when syncs are slow, and on the flushing
+//! thread alone when they are cheap; when one partition's sync fails in such a
 //! flush the store is poisoned and no append of that partition is acknowledged: after a power
 //! cut that drops everything unsynced, every acknowledged append of every engine is there.
 
@@ -31,6 +32,10 @@ struct Probe {
     gate: AtomicBool,
     in_flight: AtomicUsize,
     most_in_flight: AtomicUsize,
+    /// Make every log sync take a few milliseconds, as a disk's fdatasync may.
+    slow: AtomicBool,
+    /// Log syncs run on a group flush's helper threads.
+    helper_syncs: AtomicUsize,
     /// The directory whose files' syncs fail with EIO.
     failing_dir: parking_lot::Mutex<Option<PathBuf>>,
 }
@@ -40,7 +45,16 @@ impl Probe {
         if self.failing_dir.lock().as_deref() == path.parent() {
             return Err(io::Error::from_raw_os_error(5)); // EIO
         }
-        if path.extension() != Some("log".as_ref()) || !self.gate.load(Ordering::SeqCst) {
+        if path.extension() != Some("log".as_ref()) {
+            return inner();
+        }
+        if std::thread::current().name() == Some("duolog-sync") {
+            self.helper_syncs.fetch_add(1, Ordering::SeqCst);
+        }
+        if self.slow.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if !self.gate.load(Ordering::SeqCst) {
             return inner();
         }
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -197,6 +211,11 @@ fn a_segmented_group_flush_syncs_its_dirty_partitions_concurrently() {
     store
         .create_topic("t", TopicConfig::with_partitions(PARTITIONS))
         .unwrap();
+    // Durable appends one at a time teach the store that its syncs are slow.
+    probe.slow.store(true, Ordering::SeqCst);
+    for p in 0..PARTITIONS {
+        store.append("t", p, &[Message::new("slow")]).unwrap();
+    }
     // Not acknowledged yet: the partitions wait dirty for one flush.
     let pending: Vec<_> = (0..PARTITIONS)
         .map(|p| store.append_async("t", p, &[Message::new("m")]).unwrap())
@@ -213,7 +232,34 @@ fn a_segmented_group_flush_syncs_its_dirty_partitions_concurrently() {
     );
 }
 
-/// Threads append durably to every partition while one partition's log syncs fail: the store
+#[test]
+fn a_segmented_group_flush_of_cheap_syncs_runs_on_the_flushing_thread_alone() {
+    let sim = SimFs::new();
+    let probe = Arc::new(Probe::default());
+    let store = duolog::open(STORE, options(EngineKind::Segmented, &sim, &probe)).unwrap();
+    store
+        .create_topic("t", TopicConfig::with_partitions(PARTITIONS))
+        .unwrap();
+    // The simulated disk syncs in microseconds.
+    for p in 0..PARTITIONS {
+        store.append("t", p, &[Message::new("fast")]).unwrap();
+    }
+    let pending: Vec<_> = (0..PARTITIONS)
+        .map(|p| store.append_async("t", p, &[Message::new("m")]).unwrap())
+        .collect();
+    store.sync().unwrap();
+    for c in &pending {
+        assert!(c.is_durable());
+    }
+    assert_eq!(
+        probe.helper_syncs.load(Ordering::SeqCst),
+        0,
+        "cheap syncs were handed to helper threads"
+    );
+}
+
+/// Threads append durably to every partition while one partition's log syncs fail (syncs
+/// slow, so a segmented flush of several partitions runs them concurrently): the store
 /// turns `Poisoned`, nothing the failing partition appended since is acknowledged, and after a
 /// power cut every acknowledged append of every partition reads back.
 fn one_failed_partition_sync_acknowledges_nothing_unsynced(engine: EngineKind) {
@@ -224,6 +270,8 @@ fn one_failed_partition_sync_acknowledges_nothing_unsynced(engine: EngineKind) {
     store
         .create_topic("t", TopicConfig::with_partitions(PARTITIONS))
         .unwrap();
+    // Slow syncs, so the segmented engine's flushes run on helper threads.
+    probe.slow.store(true, Ordering::SeqCst);
     for p in 0..PARTITIONS {
         store.append("t", p, &[Message::new("before")]).unwrap();
     }

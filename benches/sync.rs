@@ -35,8 +35,10 @@ fn report(name: &str, latencies: &Mutex<Vec<Duration>>) {
 
 /// A temporary directory under `DUOLOG_BENCH_DIR`, or the target's temporary directory.
 fn bench_dir() -> tempfile::TempDir {
-    let parent = std::env::var_os("DUOLOG_BENCH_DIR")
-        .map_or_else(|| env!("CARGO_TARGET_TMPDIR").into(), std::path::PathBuf::from);
+    let parent = std::env::var_os("DUOLOG_BENCH_DIR").map_or_else(
+        || env!("CARGO_TARGET_TMPDIR").into(),
+        std::path::PathBuf::from,
+    );
     tempfile::tempdir_in(parent).expect("tempdir")
 }
 

@@ -157,3 +157,59 @@ fn clean_close_trims_every_log_to_its_batches() {
     let s = SegmentedStore::open(dir.path(), o).unwrap();
     assert_eq!(bodies(&s).len(), 500);
 }
+
+/// An append never waits on an msync of its log. With every mapped flush held up (a very slow
+/// disk), a flush of the partition in progress and 12 MiB appended past it (more than an append
+/// used to let pile up unflushed before it msynced the log itself, under the partition lock),
+/// every append returns; the held flushes then complete and the data is all there.
+#[test]
+fn appends_go_on_while_a_flush_of_their_partition_is_held_up() {
+    use std::time::{Duration, Instant};
+    let sim = SimFs::new();
+    let mut o = sim_options(&sim);
+    // No background flush of the store's own: the only flushes are the test's and the log's.
+    o.flush = duolog::FlushPolicy::Async {
+        interval: Duration::from_secs(3600),
+    };
+    o.index.enabled = false;
+    o.segmented = duolog::SegmentedOptions {
+        segment_bytes: 64 << 20,
+        checkpoint_interval: Duration::from_secs(3600),
+        ..duolog::SegmentedOptions::default()
+    };
+    let s = Arc::new(SegmentedStore::open("/s", o).unwrap());
+    s.create_topic("t", TopicConfig::default()).unwrap();
+    let body = vec![b'z'; 4096];
+    s.append("t", 0, &[Message::new(body.clone())]).unwrap();
+    sim.hold_mapped_flushes(true);
+    let flusher = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || s.sync())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sim.held_mapped_flushes() == 0 {
+        assert!(Instant::now() < deadline, "the flush never reached the disk");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let n = (12 << 20) / body.len();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let appender = {
+        let (s, body) = (Arc::clone(&s), body.clone());
+        std::thread::spawn(move || {
+            for _ in 0..n {
+                s.append("t", 0, &[Message::new(body.clone())]).unwrap();
+            }
+            let _ = tx.send(());
+        })
+    };
+    let finished = rx.recv_timeout(Duration::from_secs(30));
+    sim.hold_mapped_flushes(false);
+    appender.join().unwrap();
+    flusher.join().unwrap().unwrap();
+    assert!(
+        finished.is_ok(),
+        "an append waited on a flush of its log in progress"
+    );
+    s.sync().unwrap();
+    assert_eq!(s.bounds("t", 0).unwrap().end, n as u64 + 1);
+}

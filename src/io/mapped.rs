@@ -66,6 +66,9 @@ pub struct MappedFile {
     release_keep: AtomicUsize,
     /// End of the prefix whose pages were released from the process.
     released: AtomicUsize,
+    /// The published end up to which a background flush was last asked for (see
+    /// [`MappedFile::wants_writeback`]).
+    writeback_asked: AtomicUsize,
 }
 
 // SAFETY: the raw pointer refers to a shared mapping owned by `storage`, which is Send + Sync.
@@ -111,6 +114,7 @@ impl MappedFile {
             grow_requested: AtomicUsize::new(usize::MAX),
             release_keep: AtomicUsize::new(0),
             released: AtomicUsize::new(0),
+            writeback_asked: AtomicUsize::new(0),
         })
     }
 
@@ -321,6 +325,20 @@ impl MappedFile {
             return false;
         }
         self.grow_requested.swap(allocated, Ordering::Relaxed) != allocated
+    }
+
+    /// Whether `unflushed` or more published bytes wait for a flush and no background flush
+    /// was asked for since the last one: time to ask a [`super::Warmer`] for one (see
+    /// [`super::Warmer::request_writeback`]), so that the writer never waits on the msync. True
+    /// once per request, so a caller may ask on every write.
+    pub fn wants_writeback(&self, unflushed: usize) -> bool {
+        let (committed, flushed) = (self.committed(), self.flushed());
+        if committed.saturating_sub(flushed) < unflushed
+            || self.writeback_asked.load(Ordering::Relaxed) > flushed
+        {
+            return false;
+        }
+        self.writeback_asked.fetch_max(committed, Ordering::Relaxed) < committed
     }
 
     /// Grows the file by one step past its allocated length (see

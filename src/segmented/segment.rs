@@ -227,11 +227,18 @@ fn map_log(
 /// Flushed bytes of an active log kept mapped behind its flushed end.
 const LOG_RELEASE_KEEP: usize = 1 << 20;
 
+/// Published bytes of an active log past which an append asks the warm-up thread to flush
+/// them in the background (ahead of the flush policy, which only makes them durable sooner), so
+/// that they can leave the resident set without the appender waiting on the msync under the
+/// partition lock.
+const LOG_WRITEBACK_AT: usize = 4 << 20;
+
 /// Published bytes of an active log an append lets pile up unflushed before it flushes them
-/// itself (ahead of the flush policy, which only makes them durable sooner), so that they can
-/// leave the resident set: together with [`LOG_RELEASE_KEEP`] and [`LOG_WARM_WINDOW`], the
-/// bound on an active log's resident pages whatever the data size or the flush interval.
-const LOG_UNFLUSHED_MAX: usize = 8 << 20;
+/// itself: reached only when the background flushes fall behind (a disk slower than the
+/// appends, or no warm-up thread), it is the backstop that keeps, together with
+/// [`LOG_RELEASE_KEEP`] and [`LOG_WARM_WINDOW`], an active log's resident pages bounded
+/// whatever the data size or the flush interval.
+const LOG_UNFLUSHED_MAX: usize = 16 << 20;
 
 fn map_index(
     fs: &dyn FileSystem,
@@ -358,12 +365,17 @@ impl SegmentHandle {
     /// Asks `warmer` to fault in the log's next pages ahead of the writer when it nears the end
     /// of those already faulted in: the first store into a fresh page of the mapping (a page
     /// fault, a page-cache allocation and a zero-fill) then happens on the warm-up thread
-    /// instead of inside an append.
+    /// instead of inside an append. Once [`LOG_WRITEBACK_AT`] bytes wait for a flush, asks it
+    /// to flush them too (see [`LOG_UNFLUSHED_MAX`]).
     pub(crate) fn warm_ahead(&self, warmer: &crate::io::Warmer) {
-        if let Some(w) = &self.writer
-            && w.wants_prefault(w.committed(), LOG_WARM_WINDOW)
-        {
+        let Some(w) = &self.writer else {
+            return;
+        };
+        if w.wants_prefault(w.committed(), LOG_WARM_WINDOW) {
             warmer.request(w, LOG_WARM_WINDOW);
+        }
+        if w.wants_writeback(LOG_WRITEBACK_AT) {
+            warmer.request_writeback(w);
         }
     }
 
@@ -454,7 +466,8 @@ impl SegmentHandle {
         }
         // Published to readers of this handle; the partition publishes the offsets after.
         w.commit_all();
-        // Bounds the pages this mapping keeps resident (see `LOG_UNFLUSHED_MAX`). The batch is
+        // The backstop of the bound on the pages this mapping keeps resident (see
+        // `LOG_UNFLUSHED_MAX`; the warm-up thread normally flushes long before). The batch is
         // already published, so a failed msync is not this append's error: the store's sync
         // guard poisons the store, as for any failed sync.
         if w.committed() - w.flushed() >= LOG_UNFLUSHED_MAX {

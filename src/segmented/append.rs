@@ -66,8 +66,8 @@ pub(crate) struct IndexWrite {
 }
 
 impl Partition {
-    /// Appends one encoded batch of `records` records (base offset and max timestamp are
-    /// stamped here; `messages` are those the key index indexes, none for a marker). `op` says
+    /// Appends one encoded batch of `records` records, its CRC valid (base offset and max
+    /// timestamp are stamped here; `messages` are those the key index indexes, none for a marker). `op` says
     /// how the producer state checks and records it: a retry of an idempotent batch already
     /// written returns that batch's offsets and writes nothing, as does a marker for a
     /// producer with no transaction open here.
@@ -172,7 +172,9 @@ impl Partition {
             .ok_or_else(|| Error::corrupted(&self.dir, 0, "partition has no segment"))?;
         let base_offset = active.next_offset;
         let last_offset = base_offset + records as u64 - 1;
-        batch::restamp(buf, base_offset as i64, now);
+        // Every caller's batch comes from `batch::finish_batch`, its CRC valid: recomputed
+        // only if the partition's clock moved the max timestamp.
+        batch::restamp_checked(buf, base_offset as i64, now);
         let header =
             batch::parse_header(buf).map_err(|e| Error::InvalidArgument(e.reason().into()))?;
         // The key index must not be able to fail once the batch is in the log.

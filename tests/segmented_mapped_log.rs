@@ -213,3 +213,46 @@ fn appends_go_on_while_a_flush_of_their_partition_is_held_up() {
     s.sync().unwrap();
     assert_eq!(s.bounds("t", 0).unwrap().end, n as u64 + 1);
 }
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// The active log's resident pages are bounded with no flush at all (a flush interval of an
+/// hour): pages behind the writer leave the process unflushed, dirty in the page cache, and
+/// the final sync still makes every record durable.
+#[test]
+fn an_active_log_stays_resident_in_a_bounded_window_without_any_flush() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let o = StoreOptions {
+        flush: duolog::FlushPolicy::Async {
+            interval: Duration::from_secs(3600),
+        },
+        ..StoreOptions::default()
+    };
+    let s = SegmentedStore::open(dir.path(), o).unwrap();
+    s.create_topic("t", TopicConfig::default()).unwrap();
+    let body = vec![b'x'; 4096];
+    for _ in 0..256 {
+        s.append("t", 0, &[Message::new(body.clone())]).unwrap();
+    }
+    let before = rss_bytes();
+    let n = (192 << 20) / body.len();
+    for _ in 0..n {
+        s.append("t", 0, &[Message::new(body.clone())]).unwrap();
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    assert!(
+        grown < 48 << 20,
+        "RSS grew by {} MiB while appending 192 MiB unflushed",
+        grown >> 20
+    );
+    s.sync().unwrap();
+    drop(s);
+    let s = SegmentedStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(s.bounds("t", 0).unwrap().end, n as u64 + 256);
+}

@@ -14,7 +14,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 
@@ -66,9 +66,9 @@ pub struct MappedFile {
     release_keep: AtomicUsize,
     /// End of the prefix whose pages were released from the process.
     released: AtomicUsize,
-    /// The published end up to which a background flush was last asked for (see
-    /// [`MappedFile::wants_writeback`]).
-    writeback_asked: AtomicUsize,
+    /// Released pages are counted behind the published end, not the flushed one (see
+    /// [`MappedFile::release_published_behind`]).
+    release_unflushed: AtomicBool,
 }
 
 // SAFETY: the raw pointer refers to a shared mapping owned by `storage`, which is Send + Sync.
@@ -114,7 +114,7 @@ impl MappedFile {
             grow_requested: AtomicUsize::new(usize::MAX),
             release_keep: AtomicUsize::new(0),
             released: AtomicUsize::new(0),
-            writeback_asked: AtomicUsize::new(0),
+            release_unflushed: AtomicBool::new(false),
         })
     }
 
@@ -327,20 +327,6 @@ impl MappedFile {
         self.grow_requested.swap(allocated, Ordering::Relaxed) != allocated
     }
 
-    /// Whether `unflushed` or more published bytes wait for a flush and no background flush
-    /// was asked for since the last one: time to ask a [`super::Warmer`] for one (see
-    /// [`super::Warmer::request_writeback`]), so that the writer never waits on the msync. True
-    /// once per request, so a caller may ask on every write.
-    pub fn wants_writeback(&self, unflushed: usize) -> bool {
-        let (committed, flushed) = (self.committed(), self.flushed());
-        if committed.saturating_sub(flushed) < unflushed
-            || self.writeback_asked.load(Ordering::Relaxed) > flushed
-        {
-            return false;
-        }
-        self.writeback_asked.fetch_max(committed, Ordering::Relaxed) < committed
-    }
-
     /// Grows the file by one step past its allocated length (see
     /// [`Self::ensure_allocated`]); for a background thread.
     pub fn grow_ahead(&self) -> io::Result<()> {
@@ -396,12 +382,36 @@ impl MappedFile {
         self.release_keep.store(keep.max(1), Ordering::Release);
     }
 
+    /// From now on, published pages more than `keep` bytes behind the published end are
+    /// released from the process (in whole `RELEASE_STEP`s) by [`Self::release_behind`], flushed
+    /// or not: the bound on a writable mapping's resident pages then needs no flush at all, so
+    /// a writer never waits on an msync for it. Nothing is lost: on a shared file mapping,
+    /// removing a dirty page's entry marks its page-cache page dirty, and a later
+    /// [`Self::flush`] (msync, which on Linux syncs the file's range, mapped or not) still
+    /// writes it. Only for a file whose storage keeps dirty pages so (the real disk's mapping;
+    /// the simulated one releases nothing).
+    pub fn release_published_behind(&self, keep: usize) {
+        self.release_unflushed.store(true, Ordering::Release);
+        self.release_flushed_behind(keep);
+    }
+
+    /// Releases what [`Self::release_published_behind`] or [`Self::release_flushed_behind`]
+    /// allows now, if that is a whole step more than already released: cheap to call after
+    /// every write (a system call once per `RELEASE_STEP`, no I/O).
+    pub fn release_behind(&self) {
+        self.release_flushed();
+    }
+
     fn release_flushed(&self) {
         let keep = self.release_keep.load(Ordering::Acquire);
         if keep == 0 {
             return;
         }
-        let to = self.flushed().saturating_sub(keep) / RELEASE_STEP * RELEASE_STEP;
+        let end = match self.release_unflushed.load(Ordering::Acquire) {
+            true => self.committed(),
+            false => self.flushed(),
+        };
+        let to = end.saturating_sub(keep) / RELEASE_STEP * RELEASE_STEP;
         let from = self.released.load(Ordering::Acquire);
         if to > from
             && self

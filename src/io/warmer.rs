@@ -15,25 +15,10 @@ use parking_lot::Mutex;
 
 use super::MappedFile;
 
-/// Files waiting to be warmed, with the window to warm each by, and files waiting for a
-/// background flush. Weak: a queued request never keeps a mapping alive (an evicted or deleted
-/// file is simply skipped), so the store's bound on mappings holds however far behind this
-/// thread is. Each list holds a file at most once, so neither outgrows the mappings alive.
-#[derive(Debug, Default)]
-struct Queues {
-    warm: Vec<(Weak<MappedFile>, usize)>,
-    writeback: Vec<(Weak<MappedFile>, usize)>,
-}
-
-impl Queues {
-    fn is_empty(&self) -> bool {
-        self.warm.is_empty() && self.writeback.is_empty()
-    }
-}
-
-/// Bytes one background flush step covers: the thread goes back to its warm-up requests
-/// between steps, so a long flush delays a warm-up by one step's msync at most.
-const WRITEBACK_STEP: usize = 1 << 20;
+/// Files waiting to be warmed, with the window to warm each by. Weak: a queued request never
+/// keeps a mapping alive (an evicted or deleted file is simply skipped), so the store's bound on
+/// mappings holds however far behind this thread is.
+type Queue = Mutex<Vec<(Weak<MappedFile>, usize)>>;
 
 /// The warm-up thread of one store. Dropping it stops and joins the thread.
 #[derive(Debug)]
@@ -44,7 +29,7 @@ pub struct Warmer {
 
 #[derive(Debug, Default)]
 struct Shared {
-    queue: Mutex<Queues>,
+    queue: Queue,
     stop: AtomicBool,
 }
 
@@ -68,47 +53,18 @@ impl Warmer {
         {
             let mut q = self.shared.queue.lock();
             let weak = Arc::downgrade(file);
-            if q.warm.iter().any(|(f, _)| Weak::ptr_eq(f, &weak)) {
+            if q.iter().any(|(f, _)| Weak::ptr_eq(f, &weak)) {
                 return;
             }
-            let was_empty = q.is_empty();
-            q.warm.push((weak, window));
+            q.push((weak, window));
             // Only the push that makes the queue non-empty wakes the thread: it takes the whole
             // queue before it parks again, so later pushes need no wake-up of their own (with
             // many partitions' small queue windows, requests are frequent and a wake-up is a
             // syscall on the appender's path).
-            if !was_empty {
+            if q.len() > 1 {
                 return;
             }
         }
-        self.wake();
-    }
-
-    /// Asks for `file`'s published bytes to be flushed (msync) on this thread, up to what is
-    /// published now, releasing the flushed pages behind as any flush does
-    /// (see [`MappedFile::release_flushed_behind`]): a writer that bounds its unflushed bytes
-    /// hands the msync here instead of waiting on it. Cheap and non-blocking; repeated
-    /// requests for one file coalesce. A failed flush is left to the next one (the store's
-    /// sync guard has seen it), and the file's flushed mark stays where it was.
-    pub fn request_writeback(&self, file: &Arc<MappedFile>) {
-        {
-            let mut q = self.shared.queue.lock();
-            let weak = Arc::downgrade(file);
-            let upto = file.committed();
-            if let Some((_, t)) = q.writeback.iter_mut().find(|(f, _)| Weak::ptr_eq(f, &weak)) {
-                *t = (*t).max(upto);
-                return;
-            }
-            let was_empty = q.is_empty();
-            q.writeback.push((weak, upto));
-            if !was_empty {
-                return;
-            }
-        }
-        self.wake();
-    }
-
-    fn wake(&self) {
         if let Some(t) = &self.thread {
             t.thread().unpark();
         }
@@ -127,43 +83,18 @@ impl Drop for Warmer {
 
 fn run(shared: &Shared) {
     while !shared.stop.load(Ordering::Acquire) {
-        let (warm, writeback) = {
-            let mut q = shared.queue.lock();
-            // Warm-ups all at once (they are short); one flush step per file and round.
-            (std::mem::take(&mut q.warm), std::mem::take(&mut q.writeback))
-        };
-        if warm.is_empty() && writeback.is_empty() {
+        let batch = std::mem::take(&mut *shared.queue.lock());
+        if batch.is_empty() {
             std::thread::park();
             continue;
         }
-        for (file, window) in warm {
+        for (file, window) in batch {
             let Some(file) = file.upgrade() else {
                 continue;
             };
             // Best effort: a failure (an old kernel without MADV_POPULATE_WRITE) only means the
             // writer takes the page faults itself, as it would without a warmer.
             let _ = file.prefault_ahead(window);
-        }
-        let mut again = Vec::new();
-        for (weak, target) in writeback {
-            let Some(file) = weak.upgrade() else {
-                continue;
-            };
-            let step = file.flushed().saturating_add(WRITEBACK_STEP).min(target);
-            // A failure stops this request: the sync guard has poisoned the store, and the
-            // writer's own bound (it flushes itself past it) still holds.
-            if file.flush(step).is_ok_and(|flushed| flushed < target) {
-                again.push((weak, target));
-            }
-        }
-        if !again.is_empty() {
-            let mut q = shared.queue.lock();
-            for (weak, target) in again {
-                match q.writeback.iter_mut().find(|(f, _)| Weak::ptr_eq(f, &weak)) {
-                    Some((_, t)) => *t = (*t).max(target),
-                    None => q.writeback.push((weak, target)),
-                }
-            }
         }
     }
 }

@@ -218,27 +218,19 @@ fn map_log(
         ));
     }
     f.set_recovered_end(size as usize, 0);
-    // Pages flushed and behind the writer leave the process's resident set, so a partition's
-    // RSS does not grow with its data (readers tailing it find the recent ones still mapped).
-    f.release_flushed_behind(LOG_RELEASE_KEEP);
+    // Pages behind the writer leave the process's resident set, flushed or not, so a
+    // partition's RSS does not grow with its data and no append waits on an msync to bound it
+    // (readers tailing it find the recent ones still mapped; dirty ones stay dirty in the page
+    // cache for the next flush).
+    f.release_published_behind(LOG_RELEASE_KEEP);
     Ok(f)
 }
 
-/// Flushed bytes of an active log kept mapped behind its flushed end.
+/// Published bytes of an active log kept mapped behind its published end: together with
+/// [`LOG_WARM_WINDOW`] and the release step (`io::RELEASE_STEP`), the bound on an active log's
+/// resident pages whatever the data size or the flush interval.
 const LOG_RELEASE_KEEP: usize = 1 << 20;
 
-/// Published bytes of an active log past which an append asks the warm-up thread to flush
-/// them in the background (ahead of the flush policy, which only makes them durable sooner), so
-/// that they can leave the resident set without the appender waiting on the msync under the
-/// partition lock.
-const LOG_WRITEBACK_AT: usize = 4 << 20;
-
-/// Published bytes of an active log an append lets pile up unflushed before it flushes them
-/// itself: reached only when the background flushes fall behind (a disk slower than the
-/// appends, or no warm-up thread), it is the backstop that keeps, together with
-/// [`LOG_RELEASE_KEEP`] and [`LOG_WARM_WINDOW`], an active log's resident pages bounded
-/// whatever the data size or the flush interval.
-const LOG_UNFLUSHED_MAX: usize = 16 << 20;
 
 fn map_index(
     fs: &dyn FileSystem,
@@ -365,17 +357,13 @@ impl SegmentHandle {
     /// Asks `warmer` to fault in the log's next pages ahead of the writer when it nears the end
     /// of those already faulted in: the first store into a fresh page of the mapping (a page
     /// fault, a page-cache allocation and a zero-fill) then happens on the warm-up thread
-    /// instead of inside an append. Once [`LOG_WRITEBACK_AT`] bytes wait for a flush, asks it
-    /// to flush them too (see [`LOG_UNFLUSHED_MAX`]).
+    /// instead of inside an append.
     pub(crate) fn warm_ahead(&self, warmer: &crate::io::Warmer) {
         let Some(w) = &self.writer else {
             return;
         };
         if w.wants_prefault(w.committed(), LOG_WARM_WINDOW) {
             warmer.request(w, LOG_WARM_WINDOW);
-        }
-        if w.wants_writeback(LOG_WRITEBACK_AT) {
-            warmer.request_writeback(w);
         }
     }
 
@@ -466,13 +454,9 @@ impl SegmentHandle {
         }
         // Published to readers of this handle; the partition publishes the offsets after.
         w.commit_all();
-        // The backstop of the bound on the pages this mapping keeps resident (see
-        // `LOG_UNFLUSHED_MAX`; the warm-up thread normally flushes long before). The batch is
-        // already published, so a failed msync is not this append's error: the store's sync
-        // guard poisons the store, as for any failed sync.
-        if w.committed() - w.flushed() >= LOG_UNFLUSHED_MAX {
-            let _ = w.flush(w.committed());
-        }
+        // Bounds the pages this mapping keeps resident (see `LOG_RELEASE_KEEP`) with no flush:
+        // an madvise once per release step, no I/O, so nothing here waits on the disk.
+        w.release_behind();
         // Blocks for the next appends are allocated half a step before they are needed, so the
         // warm-up thread can fault them in ahead of this writer. A failure here is reported by
         // the `ensure_allocated` of the append that needs the blocks.

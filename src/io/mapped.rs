@@ -402,6 +402,28 @@ impl MappedFile {
         self.release_flushed();
     }
 
+    /// [`Self::release_behind`], only once `slack` bytes or more could go: for a writer that
+    /// leaves the releases to a background thread and steps in only when it lags that far.
+    pub fn release_behind_past(&self, slack: usize) {
+        if self.releasable() >= slack.max(1) {
+            self.release_flushed();
+        }
+    }
+
+    /// Bytes [`Self::release_behind`] would release now (before rounding to whole steps).
+    fn releasable(&self) -> usize {
+        let keep = self.release_keep.load(Ordering::Acquire);
+        if keep == 0 {
+            return 0;
+        }
+        let end = match self.release_unflushed.load(Ordering::Acquire) {
+            true => self.committed(),
+            false => self.flushed(),
+        };
+        end.saturating_sub(keep)
+            .saturating_sub(self.released.load(Ordering::Acquire))
+    }
+
     fn release_flushed(&self) {
         let keep = self.release_keep.load(Ordering::Acquire);
         if keep == 0 {

@@ -214,8 +214,10 @@ impl Partition {
             active.map_len = handle.log_capacity();
         }
         handle.append(active, buf, &header, o.index_interval_bytes)?;
-        if let Some(warmer) = &ctx.warmer {
-            handle.warm_ahead(warmer);
+        match &ctx.warmer {
+            Some(warmer) => handle.warm_ahead(warmer),
+            // Without a warm-up thread the appender releases the pages behind it itself.
+            None => handle.release_behind(),
         }
         // Keys are indexed before the offsets are published (see the index checkpoint).
         if let Some(keys) = &mut keys {

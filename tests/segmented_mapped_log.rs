@@ -188,7 +188,10 @@ fn appends_go_on_while_a_flush_of_their_partition_is_held_up() {
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while sim.held_mapped_flushes() == 0 {
-        assert!(Instant::now() < deadline, "the flush never reached the disk");
+        assert!(
+            Instant::now() < deadline,
+            "the flush never reached the disk"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     let n = (12 << 20) / body.len();

@@ -372,10 +372,7 @@ impl FlushGate {
         }
         self.waiting.fetch_add(1, Ordering::AcqRel);
         while *held {
-            held = self
-                .released
-                .wait(held)
-                .unwrap_or_else(|e| e.into_inner());
+            held = self.released.wait(held).unwrap_or_else(|e| e.into_inner());
         }
         self.waiting.fetch_sub(1, Ordering::AcqRel);
     }

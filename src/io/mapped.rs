@@ -14,7 +14,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 
@@ -66,6 +66,9 @@ pub struct MappedFile {
     release_keep: AtomicUsize,
     /// End of the prefix whose pages were released from the process.
     released: AtomicUsize,
+    /// Released pages are counted behind the published end, not the flushed one (see
+    /// [`MappedFile::release_published_behind`]).
+    release_unflushed: AtomicBool,
 }
 
 // SAFETY: the raw pointer refers to a shared mapping owned by `storage`, which is Send + Sync.
@@ -111,6 +114,7 @@ impl MappedFile {
             grow_requested: AtomicUsize::new(usize::MAX),
             release_keep: AtomicUsize::new(0),
             released: AtomicUsize::new(0),
+            release_unflushed: AtomicBool::new(false),
         })
     }
 
@@ -378,12 +382,58 @@ impl MappedFile {
         self.release_keep.store(keep.max(1), Ordering::Release);
     }
 
+    /// From now on, published pages more than `keep` bytes behind the published end are
+    /// released from the process (in whole `RELEASE_STEP`s) by [`Self::release_behind`], flushed
+    /// or not: the bound on a writable mapping's resident pages then needs no flush at all, so
+    /// a writer never waits on an msync for it. Nothing is lost: on a shared file mapping,
+    /// removing a dirty page's entry marks its page-cache page dirty, and a later
+    /// [`Self::flush`] (msync, which on Linux syncs the file's range, mapped or not) still
+    /// writes it. Only for a file whose storage keeps dirty pages so (the real disk's mapping;
+    /// the simulated one releases nothing).
+    pub fn release_published_behind(&self, keep: usize) {
+        self.release_unflushed.store(true, Ordering::Release);
+        self.release_flushed_behind(keep);
+    }
+
+    /// Releases what [`Self::release_published_behind`] or [`Self::release_flushed_behind`]
+    /// allows now, if that is a whole step more than already released: cheap to call after
+    /// every write (a system call once per `RELEASE_STEP`, no I/O).
+    pub fn release_behind(&self) {
+        self.release_flushed();
+    }
+
+    /// [`Self::release_behind`], only once `slack` bytes or more could go: for a writer that
+    /// leaves the releases to a background thread and steps in only when it lags that far.
+    pub fn release_behind_past(&self, slack: usize) {
+        if self.releasable() >= slack.max(1) {
+            self.release_flushed();
+        }
+    }
+
+    /// Bytes [`Self::release_behind`] would release now (before rounding to whole steps).
+    fn releasable(&self) -> usize {
+        let keep = self.release_keep.load(Ordering::Acquire);
+        if keep == 0 {
+            return 0;
+        }
+        let end = match self.release_unflushed.load(Ordering::Acquire) {
+            true => self.committed(),
+            false => self.flushed(),
+        };
+        end.saturating_sub(keep)
+            .saturating_sub(self.released.load(Ordering::Acquire))
+    }
+
     fn release_flushed(&self) {
         let keep = self.release_keep.load(Ordering::Acquire);
         if keep == 0 {
             return;
         }
-        let to = self.flushed().saturating_sub(keep) / RELEASE_STEP * RELEASE_STEP;
+        let end = match self.release_unflushed.load(Ordering::Acquire) {
+            true => self.committed(),
+            false => self.flushed(),
+        };
+        let to = end.saturating_sub(keep) / RELEASE_STEP * RELEASE_STEP;
         let from = self.released.load(Ordering::Acquire);
         if to > from
             && self

@@ -155,7 +155,8 @@ impl MappedStorage for RealMapped {
         }
         // On a shared file mapping MADV_DONTNEED only removes page-table entries: the next
         // access maps the same page-cache page (or reads the file) again, and a page still
-        // dirty would stay dirty (callers pass flushed ranges anyway).
+        // dirty stays dirty (the kernel moves the entry's dirty bit to the page), for the next
+        // msync to write: the segmented engine's active log releases unflushed pages so.
         // SAFETY: no reader of the mapping can observe a change to its contents.
         unsafe {
             self.map

@@ -350,6 +350,32 @@ struct State {
 pub struct SimFs {
     state: Arc<Mutex<State>>,
     ops: Arc<AtomicU64>,
+    /// Holds mapped flushes back (see [`SimFs::hold_mapped_flushes`]).
+    gate: Arc<FlushGate>,
+}
+
+/// A slow-msync hook: while `held`, every [`MappedStorage::flush_range`] waits, so a test can
+/// see who waits on a flush in progress.
+#[derive(Default)]
+struct FlushGate {
+    held: std::sync::Mutex<bool>,
+    released: std::sync::Condvar,
+    /// Flushes waiting at the gate now.
+    waiting: AtomicUsize,
+}
+
+impl FlushGate {
+    fn pass(&self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if !*held {
+            return;
+        }
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        while *held {
+            held = self.released.wait(held).unwrap_or_else(|e| e.into_inner());
+        }
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl fmt::Debug for SimFs {
@@ -409,6 +435,21 @@ impl SimFs {
     /// `write_file_synced`) fails with `EIO` and changes nothing; other operations work.
     pub fn fail_syncs(&self, fail: bool) {
         self.state.lock().fail_syncs = fail;
+    }
+
+    /// While `hold` is set, every flush of a mapping ([`MappedStorage::flush_range`], an
+    /// msync) waits before it does anything, as a very slow disk would; clearing it lets them
+    /// all through. A test uses it to check that nobody else waits on a flush in progress.
+    pub fn hold_mapped_flushes(&self, hold: bool) {
+        *self.gate.held.lock().unwrap_or_else(|e| e.into_inner()) = hold;
+        if !hold {
+            self.gate.released.notify_all();
+        }
+    }
+
+    /// Mapped flushes waiting now because of [`SimFs::hold_mapped_flushes`].
+    pub fn held_mapped_flushes(&self) -> usize {
+        self.gate.waiting.load(Ordering::Acquire)
     }
 
     /// Clears injected faults (the countdown and failing syncs).
@@ -553,6 +594,7 @@ impl SimFs {
         SimFs {
             state: Arc::new(Mutex::new(out)),
             ops: Arc::new(AtomicU64::new(0)),
+            gate: Arc::default(),
         }
     }
 }
@@ -765,6 +807,7 @@ impl MappedStorage for SimMapped {
     }
 
     fn flush_range(&self, offset: usize, len: usize) -> io::Result<()> {
+        self.fs.gate.pass();
         self.fs.op()?;
         if self.fs.state.lock().fail_syncs {
             return Err(Fault::Eio.error());

@@ -5,7 +5,9 @@
 //! a small append. The writer notices when it comes within half a window of the warmed range
 //! ([`MappedFile::wants_prefault`]) and hands the file here; this thread faults the next window
 //! in with `MADV_POPULATE_WRITE`, which leaves the bytes untouched, so it never races the writer
-//! on content. This module owns only the thread and its queue; it never reads or writes records.
+//! on content, and releases the pages the file lets go behind the writer (an madvise, no I/O;
+//! only for files that asked for it, see `MappedFile::release_flushed_behind`). This module owns
+//! only the thread and its queue; it never reads or writes records.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -95,6 +97,9 @@ fn run(shared: &Shared) {
             // Best effort: a failure (an old kernel without MADV_POPULATE_WRITE) only means the
             // writer takes the page faults itself, as it would without a warmer.
             let _ = file.prefault_ahead(window);
+            // The pages its owner lets go behind the writer (see
+            // `MappedFile::release_flushed_behind`), off the writer's path too.
+            file.release_behind();
         }
     }
 }

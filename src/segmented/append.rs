@@ -66,8 +66,8 @@ pub(crate) struct IndexWrite {
 }
 
 impl Partition {
-    /// Appends one encoded batch of `records` records (base offset and max timestamp are
-    /// stamped here; `messages` are those the key index indexes, none for a marker). `op` says
+    /// Appends one encoded batch of `records` records, its CRC valid (base offset and max
+    /// timestamp are stamped here; `messages` are those the key index indexes, none for a marker). `op` says
     /// how the producer state checks and records it: a retry of an idempotent batch already
     /// written returns that batch's offsets and writes nothing, as does a marker for a
     /// producer with no transaction open here.
@@ -172,7 +172,9 @@ impl Partition {
             .ok_or_else(|| Error::corrupted(&self.dir, 0, "partition has no segment"))?;
         let base_offset = active.next_offset;
         let last_offset = base_offset + records as u64 - 1;
-        batch::restamp(buf, base_offset as i64, now);
+        // Every caller's batch comes from `batch::finish_batch`, its CRC valid: recomputed
+        // only if the partition's clock moved the max timestamp.
+        batch::restamp_checked(buf, base_offset as i64, now);
         let header =
             batch::parse_header(buf).map_err(|e| Error::InvalidArgument(e.reason().into()))?;
         // The key index must not be able to fail once the batch is in the log.
@@ -212,8 +214,10 @@ impl Partition {
             active.map_len = handle.log_capacity();
         }
         handle.append(active, buf, &header, o.index_interval_bytes)?;
-        if let Some(warmer) = &ctx.warmer {
-            handle.warm_ahead(warmer);
+        match &ctx.warmer {
+            Some(warmer) => handle.warm_ahead(warmer),
+            // Without a warm-up thread the appender releases the pages behind it itself.
+            None => handle.release_behind(),
         }
         // Keys are indexed before the offsets are published (see the index checkpoint).
         if let Some(keys) = &mut keys {

@@ -218,20 +218,22 @@ fn map_log(
         ));
     }
     f.set_recovered_end(size as usize, 0);
-    // Pages flushed and behind the writer leave the process's resident set, so a partition's
-    // RSS does not grow with its data (readers tailing it find the recent ones still mapped).
-    f.release_flushed_behind(LOG_RELEASE_KEEP);
+    // Pages behind the writer leave the process's resident set, flushed or not, so a
+    // partition's RSS does not grow with its data and no append waits on an msync to bound it
+    // (readers tailing it find the recent ones still mapped; dirty ones stay dirty in the page
+    // cache for the next flush).
+    f.release_published_behind(LOG_RELEASE_KEEP);
     Ok(f)
 }
 
-/// Flushed bytes of an active log kept mapped behind its flushed end.
+/// Published bytes of an active log kept mapped behind its published end: together with
+/// [`LOG_WARM_WINDOW`] and [`LOG_RELEASE_LAG`], the bound on an active log's
+/// resident pages whatever the data size or the flush interval.
 const LOG_RELEASE_KEEP: usize = 1 << 20;
 
-/// Published bytes of an active log an append lets pile up unflushed before it flushes them
-/// itself (ahead of the flush policy, which only makes them durable sooner), so that they can
-/// leave the resident set: together with [`LOG_RELEASE_KEEP`] and [`LOG_WARM_WINDOW`], the
-/// bound on an active log's resident pages whatever the data size or the flush interval.
-const LOG_UNFLUSHED_MAX: usize = 8 << 20;
+/// Bytes the releases behind an active log's writer may lag by before the appender makes them
+/// itself instead of the warm-up thread: part of the bound on its resident pages.
+const LOG_RELEASE_LAG: usize = 8 << 20;
 
 fn map_index(
     fs: &dyn FileSystem,
@@ -358,12 +360,23 @@ impl SegmentHandle {
     /// Asks `warmer` to fault in the log's next pages ahead of the writer when it nears the end
     /// of those already faulted in: the first store into a fresh page of the mapping (a page
     /// fault, a page-cache allocation and a zero-fill) then happens on the warm-up thread
-    /// instead of inside an append.
+    /// instead of inside an append. The same thread releases the pages behind the writer
+    /// (see [`LOG_RELEASE_KEEP`]), an madvise the appender then does not pay: the requests
+    /// come every half window, so it never lags by more than a window and a release step.
     pub(crate) fn warm_ahead(&self, warmer: &crate::io::Warmer) {
         if let Some(w) = &self.writer
             && w.wants_prefault(w.committed(), LOG_WARM_WINDOW)
         {
             warmer.request(w, LOG_WARM_WINDOW);
+        }
+    }
+
+    /// Releases the log's published pages more than [`LOG_RELEASE_KEEP`] behind the writer
+    /// (flushed or not: an madvise once per release step, no I/O, nothing waits on the disk),
+    /// for a writer with no warm-up thread to do it.
+    pub(crate) fn release_behind(&self) {
+        if let Some(w) = &self.writer {
+            w.release_behind();
         }
     }
 
@@ -454,12 +467,9 @@ impl SegmentHandle {
         }
         // Published to readers of this handle; the partition publishes the offsets after.
         w.commit_all();
-        // Bounds the pages this mapping keeps resident (see `LOG_UNFLUSHED_MAX`). The batch is
-        // already published, so a failed msync is not this append's error: the store's sync
-        // guard poisons the store, as for any failed sync.
-        if w.committed() - w.flushed() >= LOG_UNFLUSHED_MAX {
-            let _ = w.flush(w.committed());
-        }
+        // The warm-up thread releases the pages behind the writer (see `warm_ahead`); if it
+        // lags by `LOG_RELEASE_LAG` (a starved thread), the appender does it itself.
+        w.release_behind_past(LOG_RELEASE_LAG);
         // Blocks for the next appends are allocated half a step before they are needed, so the
         // warm-up thread can fault them in ahead of this writer. A failure here is reported by
         // the `ensure_allocated` of the append that needs the blocks.

@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use duolog::{EngineKind, LogStore, Message, ReadLimits, StoreOptions, TopicConfig};
+use duolog::{EngineKind, Message, ReadLimits, StoreOptions, TopicConfig};
 
 /// CPU time this thread has used.
 fn thread_cpu() -> std::time::Duration {

@@ -87,7 +87,13 @@ pub(crate) fn decode_record(
     let mut key = Key::None;
     let mut tags = None;
     let mut tombstone = false;
-    for (name, value) in record::iter_raw_properties(d.properties) {
+    // The checksum property, checked by `decode`, ends the properties: only what precedes it
+    // can name the key, the tags or a tombstone (for a plain record, nothing is scanned).
+    let scanned = match d.has_record_crc {
+        true => &d.properties[..d.properties.len() - record::CRC_PROPERTY_LEN],
+        false => d.properties,
+    };
+    for (name, value) in record::iter_raw_properties(scanned) {
         match name {
             b"__KEY" => key = Key::In(at(value)),
             b"__KEYHEX" => {

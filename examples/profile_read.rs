@@ -32,7 +32,10 @@ fn main() -> duolog::Result<()> {
         "segmented" => EngineKind::Segmented,
         _ => EngineKind::CommitLog,
     };
-    let messages: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let messages: u64 = args
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     let rounds: u32 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10);
     let dir = tempfile::tempdir().map_err(|e| duolog::Error::InvalidArgument(e.to_string()))?;
     if name == "raw" {

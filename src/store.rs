@@ -456,11 +456,7 @@ impl Record {
             body: self.body_bytes(),
             key: match &self.key {
                 Key::None => None,
-                Key::In(s) => Some(
-                    self.properties
-                        .buf
-                        .slice(s.start as usize..s.end as usize),
-                ),
+                Key::In(s) => Some(self.properties.buf.slice(s.start as usize..s.end as usize)),
                 Key::Owned(b) => Some(Bytes::clone(b)),
             },
             tags: self.tags().map(str::to_owned),

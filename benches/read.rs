@@ -191,17 +191,50 @@ fn group_wanted(name: &str) -> bool {
     filters.is_empty()
         || filters.iter().any(|f| {
             let full = format!("read/sequential-defaults/100B/{name}/fetch-8192");
-            full.contains(f.as_str()) || f.contains("sequential-defaults")
+            // A plain prefix, or a pattern naming the peer (`.../(segmented|raw-per-partition)`).
+            full.contains(f.as_str()) || (f.contains("sequential-defaults") && f.contains(name))
         })
 }
 
-/// The benchmark filters on the command line (criterion's positional arguments).
+/// The benchmark filters on the command line (criterion's positional arguments; the values of
+/// its options, such as `--measurement-time 3`, are not filters: "3" would match every peer).
 fn filters() -> Vec<String> {
-    std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect()
+    let mut out = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a.starts_with('-') {
+            if !a.contains('=') && OPTIONS_WITH_VALUES.contains(&a.as_str()) {
+                args.next();
+            }
+        } else {
+            out.push(a);
+        }
+    }
+    out
 }
+
+/// Criterion's options that take a value as the next argument.
+const OPTIONS_WITH_VALUES: &[&str] = &[
+    "--warm-up-time",
+    "--measurement-time",
+    "--sample-size",
+    "--nresamples",
+    "--noise-threshold",
+    "--confidence-level",
+    "--significance-level",
+    "--save-baseline",
+    "-s",
+    "--baseline",
+    "-b",
+    "--baseline-lenient",
+    "--load-baseline",
+    "--profile-time",
+    "--plotting-backend",
+    "--output-format",
+    "--color",
+    "-c",
+    "--format",
+];
 
 criterion_group!(benches, reads, sequential_defaults);
 criterion_main!(benches);

@@ -225,25 +225,77 @@ impl<'a, A: Iterator<Item = (&'a str, &'a str)>, B: Iterator<Item = (&'a str, &'
 
 /// A record's user properties, parsed lazily from the bytes they were stored as (no allocation
 /// per property).
-#[derive(Clone, PartialEq, Eq)]
+///
+/// They hold the one buffer their [`Record`] shares with every other field of it (the record's
+/// stored bytes, or its batch's), and the span of it the properties occupy: a record costs one
+/// reference to its read's buffer, not one per field (issue 16: four reference-counted handles
+/// per record were a fifth of a sequential read's time).
+#[derive(Clone)]
 pub struct Properties {
-    raw: Bytes,
+    buf: Bytes,
+    span: Span,
     encoding: PropertyEncoding,
 }
 
+/// A range of a record's shared buffer, in bytes. `u32` halves: a record's buffer is one
+/// stored record or batch, whose size its format bounds by an `i32`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    /// `range` of a buffer of at most `u32::MAX` bytes (the engines' record and batch sizes).
+    #[inline(always)]
+    pub(crate) fn of(range: std::ops::Range<usize>) -> Span {
+        debug_assert!(range.end <= u32::MAX as usize && range.start <= range.end);
+        Span {
+            start: range.start as u32,
+            end: range.end as u32,
+        }
+    }
+
+    #[inline(always)]
+    fn get(self, buf: &[u8]) -> &[u8] {
+        &buf[self.start as usize..self.end as usize]
+    }
+}
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Self) -> bool {
+        self.encoding == other.encoding && self.raw() == other.raw()
+    }
+}
+
+impl Eq for Properties {}
+
 impl Properties {
-    pub(crate) fn new(raw: Bytes, encoding: PropertyEncoding) -> Self {
-        Properties { raw, encoding }
+    /// Properties occupying `span` of `buf` (the record's shared buffer).
+    #[inline(always)]
+    pub(crate) fn new(buf: Bytes, span: Span, encoding: PropertyEncoding) -> Self {
+        Properties {
+            buf,
+            span,
+            encoding,
+        }
+    }
+
+    /// The properties' stored bytes.
+    #[inline(always)]
+    fn raw(&self) -> &[u8] {
+        self.span.get(&self.buf)
     }
 
     /// Every stored pair, reserved engine fields included.
     pub(crate) fn iter_all(&self) -> impl Iterator<Item = (&str, &str)> {
+        let raw = self.raw();
         match self.encoding {
             PropertyEncoding::RocketMq => {
-                PropIter::RocketMq(crate::commitlog::record::iter_properties(&self.raw))
+                PropIter::RocketMq(crate::commitlog::record::iter_properties(raw))
             }
             PropertyEncoding::KafkaHeaders => PropIter::Kafka(
-                crate::segmented::batch::iter_headers(&self.raw).filter_map(|(k, v)| {
+                crate::segmented::batch::iter_headers(raw).filter_map(|(k, v)| {
                     Some((
                         std::str::from_utf8(k).ok()?,
                         std::str::from_utf8(v.unwrap_or_default()).ok()?,
@@ -293,22 +345,50 @@ impl fmt::Debug for Properties {
 /// What a reader gets back: the message as appended plus where and when it was stored.
 ///
 /// Byte fields are slices of a shared buffer — on the CommitLog engine the mapped log file itself
-/// (zero-copy), on the segmented engine one buffer per read call — so a record costs no
-/// allocation of its own. A record keeps that buffer alive: one held after retention deleted its
-/// file keeps the file's mapping (not its directory entry) until dropped.
-#[derive(Clone, PartialEq, Eq)]
+/// (zero-copy), on the segmented engine the active segment's mapping or one buffer per chunk of
+/// a sealed segment read — so a record costs no allocation of its own, and one reference to
+/// that buffer (its fields are spans of it). A record keeps that buffer alive: one held after
+/// retention deleted its file keeps the file's mapping (not its directory entry) until dropped.
+#[derive(Clone)]
 pub struct Record {
     pub(crate) offset: u64,
     pub(crate) timestamp: i64,
     pub(crate) store_timestamp: i64,
     pub(crate) flags: u32,
-    pub(crate) key: Option<Bytes>,
-    pub(crate) body: Bytes,
-    pub(crate) tags: Option<Bytes>,
-    pub(crate) properties: Properties,
     pub(crate) size: u32,
     pub(crate) tombstone: bool,
+    pub(crate) key: Key,
+    pub(crate) body: Span,
+    pub(crate) tags: Option<Span>,
+    /// The user properties, which also hold the buffer every span above is a range of.
+    pub(crate) properties: Properties,
 }
+
+/// Where a record's key is: none, a span of its buffer, or (a CommitLog key stored hex-encoded)
+/// decoded bytes of its own, boxed so the common cases keep the record small.
+#[derive(Clone, Debug)]
+pub(crate) enum Key {
+    None,
+    In(Span),
+    Owned(Box<Bytes>),
+}
+
+impl PartialEq for Record {
+    fn eq(&self, other: &Self) -> bool {
+        self.offset == other.offset
+            && self.timestamp == other.timestamp
+            && self.store_timestamp == other.store_timestamp
+            && self.flags == other.flags
+            && self.size == other.size
+            && self.tombstone == other.tombstone
+            && self.key() == other.key()
+            && self.body() == other.body()
+            && self.tags_raw() == other.tags_raw()
+            && self.properties == other.properties
+    }
+}
+
+impl Eq for Record {}
 
 impl Record {
     /// The record's offset in its partition.
@@ -329,11 +409,16 @@ impl Record {
     }
     /// The key, if the message had one.
     pub fn key(&self) -> Option<&[u8]> {
-        self.key.as_deref()
+        match &self.key {
+            Key::None => None,
+            Key::In(s) => Some(s.get(&self.properties.buf)),
+            Key::Owned(b) => Some(b),
+        }
     }
     /// The body.
+    #[inline]
     pub fn body(&self) -> &[u8] {
-        &self.body
+        self.body.get(&self.properties.buf)
     }
     /// Whether the record is a tombstone (a delete marker for its key: Kafka's null value).
     pub fn is_tombstone(&self) -> bool {
@@ -341,17 +426,21 @@ impl Record {
     }
     /// The value in Kafka's terms: the body, or `None` for a tombstone.
     pub fn value(&self) -> Option<&[u8]> {
-        (!self.tombstone).then_some(&self.body[..])
+        (!self.tombstone).then(|| self.body())
     }
     /// The body as a cheaply clonable buffer.
     pub fn body_bytes(&self) -> Bytes {
-        self.body.clone()
+        self.properties
+            .buf
+            .slice(self.body.start as usize..self.body.end as usize)
+    }
+    /// The tags' stored bytes, if any.
+    fn tags_raw(&self) -> Option<&[u8]> {
+        self.tags.map(|s| s.get(&self.properties.buf))
     }
     /// The tags, if the message had any.
     pub fn tags(&self) -> Option<&str> {
-        self.tags
-            .as_deref()
-            .and_then(|t| std::str::from_utf8(t).ok())
+        self.tags_raw().and_then(|t| std::str::from_utf8(t).ok())
     }
     /// The user properties.
     pub fn properties(&self) -> &Properties {
@@ -364,8 +453,12 @@ impl Record {
     /// Turns the record back into the message that was appended.
     pub fn to_message(&self) -> Message {
         Message {
-            body: self.body.clone(),
-            key: self.key.clone(),
+            body: self.body_bytes(),
+            key: match &self.key {
+                Key::None => None,
+                Key::In(s) => Some(self.properties.buf.slice(s.start as usize..s.end as usize)),
+                Key::Owned(b) => Some(Bytes::clone(b)),
+            },
             tags: self.tags().map(str::to_owned),
             properties: self.properties.to_vec(),
             timestamp: Some(self.timestamp),
@@ -380,9 +473,9 @@ impl fmt::Debug for Record {
             .field("offset", &self.offset)
             .field("timestamp", &self.timestamp)
             .field("store_timestamp", &self.store_timestamp)
-            .field("key", &self.key)
+            .field("key", &self.key().map(Bytes::copy_from_slice))
             .field("tags", &self.tags())
-            .field("body_len", &self.body.len())
+            .field("body_len", &self.body().len())
             .field("tombstone", &self.tombstone)
             .field("properties", &self.properties)
             .finish()

@@ -13,7 +13,8 @@ use super::{Inner, PartitionState};
 use crate::error::{Error, Result};
 use crate::io::MappedFile;
 use crate::store::{
-    Fetch, IsolationLevel, Properties, PropertyEncoding, ReadLimits, Record, TaggedRead,
+    Fetch, IsolationLevel, Key, Properties, PropertyEncoding, ReadLimits, Record, Span, TaggedRead,
+    range_in,
 };
 
 fn unhex(b: &[u8]) -> Option<Vec<u8>> {
@@ -81,19 +82,26 @@ pub(crate) fn decode_record(
     {
         return Err(corrupt("consume-queue unit points at another record"));
     }
-    let slice = |part: &[u8]| span.slice_ref(part);
-    let mut key = None;
+    // One reference to the span per record: every field is a range of the record's bytes.
+    let at = |part: &[u8]| Span::of(range_in(rec, part));
+    let mut key = Key::None;
     let mut tags = None;
     let mut tombstone = false;
-    for (name, value) in record::iter_raw_properties(d.properties) {
+    // The checksum property, checked by `decode`, ends the properties: only what precedes it
+    // can name the key, the tags or a tombstone (for a plain record, nothing is scanned).
+    let scanned = match d.has_record_crc {
+        true => &d.properties[..d.properties.len() - record::CRC_PROPERTY_LEN],
+        false => d.properties,
+    };
+    for (name, value) in record::iter_raw_properties(scanned) {
         match name {
-            b"__KEY" => key = Some(slice(value)),
+            b"__KEY" => key = Key::In(at(value)),
             b"__KEYHEX" => {
-                key = Some(Bytes::from(
+                key = Key::Owned(Box::new(Bytes::from(
                     unhex(value).ok_or_else(|| corrupt("bad hex key"))?,
-                ))
+                )))
             }
-            b"TAGS" => tags = Some(slice(value)),
+            b"TAGS" => tags = Some(at(value)),
             b"__TOMBSTONE" => tombstone = true,
             _ => {}
         }
@@ -104,9 +112,13 @@ pub(crate) fn decode_record(
         store_timestamp: d.header.store_timestamp,
         flags: d.header.sys_flag as u32,
         key,
-        body: slice(d.body),
+        body: at(d.body),
         tags,
-        properties: Properties::new(slice(d.properties), PropertyEncoding::RocketMq),
+        properties: Properties::new(
+            span.slice(range),
+            at(d.properties),
+            PropertyEncoding::RocketMq,
+        ),
         size: d.total_size as u32,
         tombstone,
     })

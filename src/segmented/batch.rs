@@ -141,6 +141,7 @@ pub fn varlong_len(v: i64) -> usize {
 }
 
 /// Reads a zig-zag varlong at `*pos`, advancing it. `None` if truncated or longer than 10 bytes.
+#[inline(always)]
 pub fn get_varlong(b: &[u8], pos: &mut usize) -> Option<i64> {
     let mut z: u64 = 0;
     for i in 0..10 {
@@ -155,6 +156,7 @@ pub fn get_varlong(b: &[u8], pos: &mut usize) -> Option<i64> {
 }
 
 /// Reads a zig-zag varint (must fit an i32).
+#[inline(always)]
 pub fn get_varint(b: &[u8], pos: &mut usize) -> Option<i32> {
     i32::try_from(get_varlong(b, pos)?).ok()
 }
@@ -551,6 +553,7 @@ pub struct RecordView {
     pub headers: std::ops::Range<usize>,
 }
 
+#[inline(always)]
 fn get_bytes(
     b: &[u8],
     pos: &mut usize,
@@ -594,7 +597,10 @@ pub fn records<'a>(
     })
 }
 
-fn parse_record(b: &[u8], pos: &mut usize) -> Result<RecordView, BatchError> {
+/// Parses the record at `*pos` of batch `b`, advancing `pos` past it. Always inlined, with
+/// the varint readers: a sequential read parses one per record (issue 16).
+#[inline(always)]
+pub fn parse_record(b: &[u8], pos: &mut usize) -> Result<RecordView, BatchError> {
     let start = *pos;
     let body = get_varint(b, pos).ok_or(BatchError::Invalid("bad record length"))?;
     if body < 0 {

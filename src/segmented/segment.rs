@@ -385,6 +385,12 @@ impl SegmentHandle {
         self.writer.is_some()
     }
 
+    /// The log's mapping, for a segment not sealed yet: readers slice its published bytes
+    /// (zero-copy) instead of copying them out.
+    pub(crate) fn mapped_log(&self) -> Option<&Arc<MappedFile>> {
+        self.writer.as_ref()
+    }
+
     /// Bytes of log the handle can take (its mapping's length); unbounded for a sealed one,
     /// which takes none.
     pub(crate) fn log_capacity(&self) -> u64 {

@@ -445,6 +445,7 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
         signal: Default::default(),
         deleted: Default::default(),
         dir_unsynced: AtomicBool::new(false),
+        dir_lock: Mutex::new(()),
     })
 }
 

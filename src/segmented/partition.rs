@@ -92,6 +92,11 @@ pub(crate) struct Partition {
     /// directory fsync of its own, which made the first append to each of 1,024 new
     /// partitions pay 1,024 of them.
     pub(crate) dir_unsynced: AtomicBool,
+    /// Held by a directory sync (`sync_dir`) and by `delete` from after it sets `deleted`
+    /// through the directory's removal: a sync never runs on a directory being removed (the
+    /// store's sync guard would take the missing directory for a failed sync and poison the
+    /// store). Never taken by appends.
+    pub(crate) dir_lock: Mutex<()>,
 }
 
 impl Partition {
@@ -165,8 +170,7 @@ impl Partition {
                 }
             }
             if unsynced.iter().any(|&(_, created)| created) {
-                fs.sync_dir(&self.dir)
-                    .map_err(|e| Error::io(&self.dir, e))?;
+                self.sync_dir(ctx)?;
             }
             Ok(())
         })();
@@ -178,18 +182,16 @@ impl Partition {
         synced
     }
 
-    /// Syncs the partition's directory. One whose topic was deleted meanwhile is gone, with
-    /// nothing left to make durable.
+    /// Syncs the partition's directory, unless its topic was deleted (then it is gone, with
+    /// nothing left to make durable).
     fn sync_dir(&self, ctx: &Ctx) -> Result<()> {
-        match ctx.fs.sync_dir(&self.dir) {
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound
-                    && self.deleted.load(Ordering::Acquire) =>
-            {
-                Ok(())
-            }
-            r => r.map_err(|e| Error::io(&self.dir, e)),
+        let _dir = self.dir_lock.lock();
+        if self.deleted.load(Ordering::Acquire) {
+            return Ok(());
         }
+        ctx.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io(&self.dir, e))
     }
 
     /// Writes a producer snapshot at the partition's end (a clean close: everything is synced),
@@ -377,6 +379,8 @@ impl Partition {
         // A cleaning pass in progress sees `deleted` and stops at its next check; waiting for
         // it here means no `.cleaned` or `.swap` file appears in the directory being removed.
         drop(self.clean_lock.lock());
+        // `deleted` is set: a directory sync waiting for this lock then skips the directory.
+        let _dir = self.dir_lock.lock();
         io::remove_tree(ctx.fs.as_ref(), &self.dir).map_err(|e| Error::io(&self.dir, e))
     }
 }

@@ -1376,3 +1376,47 @@ fn delayed_is_read_only() {
         assert_eq!(text(&out.stdout), "", "{topic}: written by `delayed`");
     }
 }
+
+/// Segmented partitions have no segment before their first record: `topics`, `verify` and
+/// `stats` work on a topic none of whose partitions was written, before and after a record.
+#[test]
+fn segmented_partitions_never_written_list_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("s");
+    let d = d.to_str().unwrap();
+    ok(
+        &[
+            "topic",
+            "create",
+            "--dir",
+            d,
+            "--engine",
+            "segmented",
+            "--topic",
+            "lazy",
+            "--partitions",
+            "4",
+        ],
+        "",
+    );
+    assert_eq!(ok(&["topics", "--dir", d], ""), "lazy\tpartitions=4\n");
+    let out = duolog(&["verify", "--dir", d], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    ok(&["stats", "--dir", d], "");
+    ok(
+        &["produce", "--dir", d, "--topic", "lazy", "--sync"],
+        "one\n",
+    );
+    let out = duolog(&["verify", "--dir", d], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut lines = 0;
+    for p in ["0", "1", "2", "3"] {
+        let out = duolog(
+            &["consume", "--dir", d, "--topic", "lazy", "--partition", p],
+            "",
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        lines += text(&out.stdout).lines().count();
+    }
+    assert_eq!(lines, 1);
+}

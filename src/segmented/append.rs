@@ -323,6 +323,8 @@ impl Partition {
     fn create_segment(&self, ctx: &Ctx, base: u64, map_len: u64) -> Result<SegmentHandle> {
         let fs = ctx.fs.as_ref();
         remove_segment_files(fs, &self.dir, base)?;
+        // Set before the files exist: the next flush syncs the directory that names them.
+        self.dir_unsynced.store(true, Ordering::Release);
         SegmentHandle::create(fs, &self.dir, base, ctx.opts.max_index_bytes, map_len).inspect_err(
             |_| {
                 // Best effort: if this fails too, the next attempt starts by removing them.

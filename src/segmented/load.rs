@@ -444,6 +444,8 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
         dirty: AtomicBool::new(false),
         signal: Default::default(),
         deleted: Default::default(),
+        dir_unsynced: AtomicBool::new(false),
+        dir_lock: Mutex::new(()),
     })
 }
 

@@ -86,6 +86,17 @@ pub(crate) struct Partition {
     pub(crate) signal: crate::durability::DataSignal,
     /// Set (under the state lock) when its topic is deleted: appends and flushes stop.
     pub(crate) deleted: AtomicBool,
+    /// Set when a segment's files were created (a partition's first append, a roll) and the
+    /// directory naming them has not been synced since: the next flush syncs it before it
+    /// advances `durable_end` (see `sync_txn_indexes`). Creating a segment then costs no
+    /// directory fsync of its own, which made the first append to each of 1,024 new
+    /// partitions pay 1,024 of them.
+    pub(crate) dir_unsynced: AtomicBool,
+    /// Held by a directory sync (`sync_dir`) and by `delete` from after it sets `deleted`
+    /// through the directory's removal: a sync never runs on a directory being removed (the
+    /// store's sync guard would take the missing directory for a failed sync and poison the
+    /// store). Never taken by appends.
+    pub(crate) dir_lock: Mutex<()>,
 }
 
 impl Partition {
@@ -134,9 +145,18 @@ impl Partition {
         Ok(end)
     }
 
-    /// Syncs the transaction indexes that took an abort since the last call (and the
-    /// directory, for one the abort created). A failure puts them back for the next flush.
+    /// Syncs the transaction indexes that took an abort since the last call, and the
+    /// partition's directory if a segment or transaction index was created since it was last
+    /// synced. `flush` and the seal call it after syncing the logs and before anything claims
+    /// them durable (`durable_end`, a sealed segment): a segment's log is durable only once its
+    /// directory entry is. A failure puts the work back for the next flush.
     pub(crate) fn sync_txn_indexes(&self, ctx: &Ctx) -> Result<()> {
+        // Taken before the syncs below: a segment created after this swap sets it again.
+        let new_entries = self.dir_unsynced.swap(false, Ordering::AcqRel);
+        if new_entries && let Err(e) = self.sync_dir(ctx) {
+            self.dir_unsynced.store(true, Ordering::Release);
+            return Err(e);
+        }
         let unsynced = std::mem::take(&mut self.state.lock().txn_unsynced);
         let fs = ctx.fs.as_ref();
         let synced = (|| {
@@ -150,8 +170,7 @@ impl Partition {
                 }
             }
             if unsynced.iter().any(|&(_, created)| created) {
-                fs.sync_dir(&self.dir)
-                    .map_err(|e| Error::io(&self.dir, e))?;
+                self.sync_dir(ctx)?;
             }
             Ok(())
         })();
@@ -161,6 +180,18 @@ impl Partition {
             st.txn_unsynced.extend(newer);
         }
         synced
+    }
+
+    /// Syncs the partition's directory, unless its topic was deleted (then it is gone, with
+    /// nothing left to make durable).
+    fn sync_dir(&self, ctx: &Ctx) -> Result<()> {
+        let _dir = self.dir_lock.lock();
+        if self.deleted.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        ctx.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io(&self.dir, e))
     }
 
     /// Writes a producer snapshot at the partition's end (a clean close: everything is synced),
@@ -348,6 +379,8 @@ impl Partition {
         // A cleaning pass in progress sees `deleted` and stops at its next check; waiting for
         // it here means no `.cleaned` or `.swap` file appears in the directory being removed.
         drop(self.clean_lock.lock());
+        // `deleted` is set: a directory sync waiting for this lock then skips the directory.
+        let _dir = self.dir_lock.lock();
         io::remove_tree(ctx.fs.as_ref(), &self.dir).map_err(|e| Error::io(&self.dir, e))
     }
 }

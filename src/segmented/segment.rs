@@ -269,7 +269,10 @@ const INDEX_INITIAL_BYTES: u64 = 0;
 
 impl SegmentHandle {
     /// Creates the three files of a new, empty segment (indexes mapped at their full capacity,
-    /// allocated as they fill).
+    /// allocated as they fill). Their directory entries are not synced here: the caller marks
+    /// the partition's directory unsynced and the next flush syncs it before it claims anything
+    /// in the new files durable (`Partition::sync_txn_indexes`), so a first append or a roll
+    /// pays no directory fsync, under the partition lock or anywhere else.
     pub(crate) fn create(
         fs: &dyn FileSystem,
         dir: &Path,
@@ -287,7 +290,6 @@ impl SegmentHandle {
         };
         let offset_index = map_index(fs, &oi, offset_bytes, 0, grow)?;
         let time_index = map_index(fs, &ti, time_bytes, 0, grow)?;
-        fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
         Ok(SegmentHandle {
             log: Box::new(MappedLog(Arc::clone(&writer))),
             log_path: lp,

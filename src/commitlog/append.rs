@@ -605,6 +605,15 @@ impl Inner {
         st.current = Some(Arc::clone(&file));
         drop(st);
         self.allocate_ahead(t, partition, &file, end, &cq, &cq_file, offset * UNIT_SIZE);
+        // Written pages leave the resident set a fixed distance behind the writer (flushed or
+        // not: see `MappedFile::release_written_behind`), so memory does not grow with the data
+        // appended. One `madvise` per step written, outside the append lock; no I/O.
+        if file.wants_release() {
+            file.release_behind();
+        }
+        if cq_file.wants_release() {
+            cq_file.release_behind();
+        }
         if let Some(warmer) = &self.warmer {
             let log_pos = (end - file.start_offset()) as usize;
             if file.wants_prefault(log_pos, LOG_WARM_WINDOW) {

@@ -78,6 +78,9 @@ pub struct MappedFile {
     /// Start of the range readers may have mapped again below [`Self::released`]: what the
     /// next release behind a reader starts from (see [`MappedFile::release_written_behind`]).
     read_mark: AtomicUsize,
+    /// Whether a request to warm this file waits in a [`super::Warmer`]'s queue (the O(1)
+    /// deduplication of requests).
+    pub(super) warm_queued: std::sync::atomic::AtomicBool,
 }
 
 // SAFETY: the raw pointer refers to a shared mapping owned by `storage`, which is Send + Sync.
@@ -126,6 +129,7 @@ impl MappedFile {
             release_step: AtomicUsize::new(0),
             release_written: std::sync::atomic::AtomicBool::new(false),
             read_mark: AtomicUsize::new(0),
+            warm_queued: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

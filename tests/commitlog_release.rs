@@ -43,10 +43,10 @@ fn commit_log_pages_leave_the_resident_set_behind_the_writer_without_a_flush() {
         .create_topic("t", TopicConfig::with_partitions(1))
         .unwrap();
     // 96 MiB of 1 KiB messages into one partition.
-    let n = 96 * 1024;
+    let n: u64 = 96 * 1024;
     for i in 0..n {
         let mut body = vec![b'x'; 1000];
-        body[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        body[..8].copy_from_slice(&i.to_be_bytes());
         store.append("t", 0, &[Message::new(body)]).unwrap();
     }
     let log = resident_of("/commitlog/");

@@ -609,7 +609,7 @@ impl Inner {
             // The index's unwritten entries go to its file off the append lock, on the
             // allocation thread (see `txn_index::write_out`); a failure leaves them for the
             // checkpoint, which reports it.
-            let (me, t) = (me.clone(), Arc::clone(&t));
+            let (me, t) = (me.clone(), Arc::clone(t));
             self.allocator.submit(Box::new(move || {
                 let Some(inner) = me.upgrade() else { return };
                 if inner.check_open().is_err() {

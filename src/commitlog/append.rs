@@ -586,11 +586,12 @@ impl Inner {
                 matches!(kind, Produce::Transactional(_)),
             );
         }
+        let mut txn_write_due = false;
         if let Some((producer, marker, coordinator_epoch, txn)) = marker {
             // The aborted-transaction index first: a reader that sees the transaction ended
             // (the LSO past it) finds its entry.
             if marker == TxnMarker::Abort {
-                part.txn_index.lock().push(txn.aborted(producer.id, base));
+                txn_write_due = part.txn_index.lock().push(txn.aborted(producer.id, base));
             }
             part.producers
                 .lock()
@@ -604,7 +605,31 @@ impl Inner {
         self.written.store(end, Ordering::Release);
         st.current = Some(Arc::clone(&file));
         drop(st);
+        if txn_write_due && let Some(me) = self.me.get() {
+            // The index's unwritten entries go to its file off the append lock, on the
+            // allocation thread (see `txn_index::write_out`); a failure leaves them for the
+            // checkpoint, which reports it.
+            let (me, t) = (me.clone(), Arc::clone(t));
+            self.allocator.submit(Box::new(move || {
+                let Some(inner) = me.upgrade() else { return };
+                if inner.check_open().is_err() {
+                    return;
+                }
+                if let Some(part) = t.partitions.get(partition as usize) {
+                    let _ = super::txn_index::write_out(&part.txn_index);
+                }
+            }));
+        }
         self.allocate_ahead(t, partition, &file, end, &cq, &cq_file, offset * UNIT_SIZE);
+        // Written pages leave the resident set a fixed distance behind the writer (flushed or
+        // not: see `MappedFile::release_written_behind`), so memory does not grow with the data
+        // appended. One `madvise` per step written, outside the append lock; no I/O.
+        if file.wants_release() {
+            file.release_behind();
+        }
+        if cq_file.wants_release() {
+            cq_file.release_behind();
+        }
         if let Some(warmer) = &self.warmer {
             let log_pos = (end - file.start_offset()) as usize;
             if file.wants_prefault(log_pos, LOG_WARM_WINDOW) {

@@ -36,6 +36,29 @@ pub(crate) struct FileQueue {
 /// Bytes a growable file is created with.
 const GROWABLE_INITIAL: u64 = 4096;
 
+/// Published commit-log bytes kept mapped behind the writer's end; older pages leave the
+/// process in [`LOG_RELEASE_STEP`]s (see [`MappedFile::release_written_behind`]). A tailing
+/// reader within this distance reads pages still mapped; one further back maps them again from
+/// the page cache (a minor fault per page, no I/O while they are cached).
+pub(crate) const LOG_RELEASE_KEEP: usize = 2 << 20;
+/// Granularity of commit-log releases: one `madvise` per MiB written.
+pub(crate) const LOG_RELEASE_STEP: usize = 1 << 20;
+/// The same for a consume queue (20 bytes a message, so 64 KiB is 3,276 messages): small,
+/// since up to `max_open_files` queues are mapped at once and each keeps at most its
+/// `keep + step` of written pages resident.
+pub(crate) const QUEUE_RELEASE_KEEP: usize = 32 << 10;
+/// Granularity of consume-queue releases.
+pub(crate) const QUEUE_RELEASE_STEP: usize = 32 << 10;
+
+/// Makes `file` release its written pages behind its writer, as its queue kind wants.
+fn release_behind_writer(file: &MappedFile, growable: bool) {
+    if growable {
+        file.release_written_behind(QUEUE_RELEASE_KEEP, QUEUE_RELEASE_STEP);
+    } else {
+        file.release_written_behind(LOG_RELEASE_KEEP, LOG_RELEASE_STEP);
+    }
+}
+
 impl FileQueue {
     /// Opens (creating the directory) and maps every file. Files are named by offsets that are
     /// multiples of their size and contiguous. The size of existing files wins over
@@ -63,6 +86,9 @@ impl FileQueue {
 
     /// A queue of files already mapped and positioned (a consume queue mapped again).
     pub(crate) fn from_files(dir: &Path, file_size: u64, files: Vec<Arc<MappedFile>>) -> Self {
+        for f in &files {
+            release_behind_writer(f, true);
+        }
         FileQueue {
             dir: dir.to_owned(),
             file_size,
@@ -184,6 +210,7 @@ impl FileQueue {
             };
             let file = MappedFile::map(fs, &path, start, file_size, mode)
                 .map_err(|e| Error::io(&path, e))?;
+            release_behind_writer(&file, growable);
             files.push(Arc::new(file));
         }
         Ok(FileQueue {
@@ -353,6 +380,7 @@ impl FileQueue {
         if self.small_pages {
             file.small_pages_ahead();
         }
+        release_behind_writer(&file, self.growable);
         let file = Arc::new(file);
         let mut files = self.files.write();
         if let Some(last) = files.last() {

@@ -88,6 +88,9 @@ pub(crate) const ENTRY_LEN: usize = KAFKA_ENTRY_LEN + 4;
 const ENTRY_VERSION: i16 = 0;
 /// Entries a partition keeps in memory at most (its most recent ones).
 pub(crate) const RESIDENT_ENTRIES: usize = 1024;
+/// Unwritten entries at which [`TxnIndex::push`] writes them itself (the background
+/// [`write_out`] it asks for at [`RESIDENT_ENTRIES`] fell this far behind).
+pub(crate) const MAX_UNWRITTEN: usize = 4 * RESIDENT_ENTRIES;
 /// Entries a `read_committed` fetch collects at most (unless the ones it has decide nothing
 /// past its offset: a transaction open across thousands of aborts).
 pub(crate) const COLLECT_ENTRIES: usize = 4096;
@@ -509,10 +512,13 @@ impl TxnIndex {
         Arc::clone(&self.fs)
     }
 
-    /// Adds the entry of an abort marker. Written to the file (unsynced: the next checkpoint
-    /// syncs it) once the unwritten ones reach [`RESIDENT_ENTRIES`]; a write that fails keeps
-    /// them in memory for the checkpoint, which reports the error.
-    pub(crate) fn push(&mut self, e: AbortedTxn) {
+    /// Adds the entry of an abort marker. No I/O: the caller holds the store's append lock.
+    /// Returns whether the unwritten entries reached [`RESIDENT_ENTRIES`]: the caller then runs
+    /// [`write_out`] once it holds no lock (on a background thread), or the next checkpoint
+    /// writes them. Should that fall behind until [`MAX_UNWRITTEN`] pile up, they are written
+    /// here after all (unsynced), so memory stays bounded; a write that fails keeps them in
+    /// memory for the checkpoint, which reports the error.
+    pub(crate) fn push(&mut self, e: AbortedTxn) -> bool {
         debug_assert!(
             self.tail
                 .back()
@@ -520,10 +526,11 @@ impl TxnIndex {
         );
         self.tail.push_back(e);
         self.unwritten += 1;
-        if self.unwritten >= RESIDENT_ENTRIES {
+        if self.unwritten >= MAX_UNWRITTEN {
             let _ = self.write_unwritten();
         }
         self.trim();
+        self.unwritten >= RESIDENT_ENTRIES
     }
 
     fn trim(&mut self) {
@@ -665,6 +672,54 @@ pub(crate) struct Pending {
     sync_dir: bool,
 }
 
+/// Writes the unwritten entries of `index` after the file's, without holding its lock
+/// across the write: an appender pushing an entry, or a reader collecting, never waits for it.
+/// The entries and the file handle are taken under the lock; the file's entry count moves on
+/// only if nobody wrote or replaced the file meanwhile (a checkpoint's [`TxnIndex::pending`]
+/// writing the same entries at the same place, or a rewrite, which includes them: then these
+/// bytes, identical or in the replaced file, change nothing). No sync: the next checkpoint's.
+/// The file's creation (once per partition, a header of 8 bytes) still happens under the lock.
+pub(crate) fn write_out(index: &Mutex<TxnIndex>) -> Result<()> {
+    let (file, path, bytes, at, n, generation) = {
+        let mut idx = index.lock();
+        if idx.unwritten == 0 {
+            return Ok(());
+        }
+        if !idx.exists {
+            return idx.write_unwritten();
+        }
+        let path = idx.path.clone();
+        let file = idx
+            .fs
+            .open_file(&path, OpenMode::Existing)
+            .map_err(io_err(&path))?;
+        let bytes: Vec<u8> = idx
+            .tail
+            .iter()
+            .skip(idx.tail.len() - idx.unwritten)
+            .flat_map(|e| e.encode())
+            .collect();
+        (
+            file,
+            path,
+            bytes,
+            idx.in_file,
+            idx.unwritten,
+            idx.generation,
+        )
+    };
+    file.write_all_at(&bytes, HEADER_LEN + at * ENTRY_LEN as u64)
+        .map_err(io_err(&path))?;
+    let mut idx = index.lock();
+    if idx.generation == generation && idx.in_file == at && idx.unwritten >= n {
+        idx.in_file += n as u64;
+        idx.unwritten -= n;
+        idx.dirty = true;
+        idx.trim();
+    }
+    Ok(())
+}
+
 /// Syncs what `pending` names (no lock held).
 pub(crate) fn persist(fs: &dyn FileSystem, pending: &Pending) -> Result<()> {
     let path = &pending.path;
@@ -762,6 +817,50 @@ mod tests {
     }
 
     #[test]
+    fn a_push_never_writes_the_file_and_write_out_writes_without_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = index(dir.path());
+        let path = idx.lock().path().to_owned();
+        // The first write creates the file (under the lock, once).
+        for k in 0..RESIDENT_ENTRIES as u64 - 1 {
+            assert!(!idx.lock().push(t(7, k * 2, k * 2 + 1, k * 2 + 2)));
+        }
+        write_out(&idx).unwrap();
+        assert!(path.exists());
+        let len = std::fs::metadata(&path).unwrap().len();
+        // A push under the append lock does no I/O, however many entries are unwritten: it
+        // only says a write is due.
+        let base = RESIDENT_ENTRIES as u64 - 1;
+        let mut due = false;
+        for k in base..base + RESIDENT_ENTRIES as u64 + 10 {
+            due |= idx.lock().push(t(7, k * 2, k * 2 + 1, k * 2 + 2));
+        }
+        assert!(due);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            len,
+            "a push wrote the file"
+        );
+        // What the appender hands to a background thread once it holds no lock.
+        write_out(&idx).unwrap();
+        let n = 2 * RESIDENT_ENTRIES as u64 + 9;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            HEADER_LEN + n * ENTRY_LEN as u64
+        );
+        let mut seen = 0;
+        idx.lock()
+            .for_each(|e| {
+                assert_eq!(e.last_offset, seen * 2 + 1);
+                seen += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(seen, n);
+        assert!(idx.lock().resident() <= RESIDENT_ENTRIES);
+    }
+
+    #[test]
     fn entries_are_kafkas_34_bytes_and_a_checksum_and_damage_is_refused() {
         let e = t(7, 10, 15, 16);
         let b = e.encode();
@@ -795,7 +894,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let idx = index(dir.path());
         for k in 0..3000u64 {
-            idx.lock().push(t(7, k * 10, k * 10 + 3, k * 10 + 4));
+            if idx.lock().push(t(7, k * 10, k * 10 + 3, k * 10 + 4)) {
+                write_out(&idx).unwrap();
+            }
         }
         idx.lock().push(t(8, 40_000, 40_001, 40_002));
         assert!(idx.lock().resident() <= RESIDENT_ENTRIES);
@@ -835,7 +936,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let idx = index(dir.path());
         for k in 0..5000u64 {
-            idx.lock().push(t(7, k * 2, k * 2 + 1, k * 2 + 2));
+            if idx.lock().push(t(7, k * 2, k * 2 + 1, k * 2 + 2)) {
+                write_out(&idx).unwrap();
+            }
         }
         let (a, b) = collect(&idx, 0, 10_000, 100).unwrap();
         assert_eq!(b, 200);
@@ -849,7 +952,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let idx = index(dir.path());
         for k in 0..2500u64 {
-            idx.lock().push(t(7, k * 2, k * 2 + 1, k * 2 + 2));
+            if idx.lock().push(t(7, k * 2, k * 2 + 1, k * 2 + 2)) {
+                write_out(&idx).unwrap();
+            }
         }
         let p = idx.lock().pending().unwrap();
         persist(&io::RealFs, &p).unwrap();

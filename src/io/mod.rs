@@ -101,8 +101,11 @@ pub trait MappedStorage: Send + Sync + fmt::Debug {
     }
     /// Unmaps the pages of `[offset, offset + len)` from the process (its page-table entries
     /// only), so flushed pages a writer has moved past stop counting in its resident set; the
-    /// file and the page cache keep the bytes, and the next access maps them again. Callers
-    /// pass flushed (clean) ranges only. Best effort: the default does nothing.
+    /// file and the page cache keep the bytes, and the next access maps them again. The range
+    /// may hold pages not flushed yet: on a shared file mapping they stay dirty in the page
+    /// cache and a later [`Self::flush_range`] writes them as usual. Callers pass only bytes
+    /// nobody writes any more. Never changes the contents. Best effort: the default does
+    /// nothing.
     fn release(&self, _offset: usize, _len: usize) -> io::Result<()> {
         Ok(())
     }

@@ -435,3 +435,47 @@ impl FileSystem for RealFs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::MappedFile;
+
+    /// Drops the clean page-cache pages of `path`, so the next read comes from the disk.
+    fn drop_cached(path: &Path) {
+        let file = File::open(path).unwrap();
+        // SAFETY: posix_fadvise on an fd we own; it only drops clean cached pages.
+        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+    }
+
+    #[test]
+    fn released_pages_keep_their_bytes_before_and_after_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let len = 4 << 20;
+        let file = MappedFile::map(&RealFs, &path, 0, len as u64, MapMode::Create).unwrap();
+        let pattern: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
+        let half = len / 2;
+        file.append(&[&pattern[..half]]).unwrap();
+        file.commit_all();
+        // Released dirty, never flushed: the page cache keeps the dirty pages.
+        file.release_written_behind(0, 1 << 20);
+        file.release_behind();
+        assert_eq!(file.released(), half);
+        assert_eq!(file.read(0, half), Some(&pattern[..half]));
+        // The flush of released dirty pages writes them: read from the disk, they are there.
+        file.flush(half).unwrap();
+        drop_cached(&path);
+        assert_eq!(&std::fs::read(&path).unwrap()[..half], &pattern[..half]);
+        // Flushed, then released: mapped again from the file on the next access.
+        file.append(&[&pattern[half..]]).unwrap();
+        file.commit_all();
+        file.flush(len).unwrap();
+        file.release_behind();
+        assert_eq!(file.released(), len);
+        drop_cached(&path);
+        assert_eq!(file.read(0, len), Some(&pattern[..]));
+        assert_eq!(std::fs::read(&path).unwrap(), pattern);
+    }
+}

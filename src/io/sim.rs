@@ -343,6 +343,8 @@ struct State {
     locked: HashSet<PathBuf>,
     fault: Option<(u64, Fault)>,
     fail_syncs: bool,
+    /// Bytes passed to [`MappedStorage::release`] (a no-op on content here).
+    released_bytes: u64,
 }
 
 /// The simulated disk. Clones share it.
@@ -421,6 +423,12 @@ impl SimFs {
     /// count to know how many crash points [`fail_after`](SimFs::fail_after) can choose from.
     pub fn op_count(&self) -> u64 {
         self.ops.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of mappings released from the process so far ([`MappedStorage::release`]): the
+    /// simulated mapping is the page cache itself, so a release changes nothing else.
+    pub fn released_bytes(&self) -> u64 {
+        self.state.lock().released_bytes
     }
 
     /// The next `n` counted operations succeed; the one after them and every later one fail
@@ -827,6 +835,20 @@ impl MappedStorage for SimMapped {
             d.resize(allocated, 0);
         }
         d[offset..offset + bytes.len()].copy_from_slice(&bytes);
+        Ok(())
+    }
+
+    fn release(&self, offset: usize, len: usize) -> io::Result<()> {
+        // The simulated mapping is the page cache itself: dropping page-table entries changes
+        // nothing a reader or a flush sees, and what is not flushed yet is still lost in a
+        // crash. Counted so tests can see a caller release. No fault injection: it is no I/O.
+        if offset.saturating_add(len) > self.buf.len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "release past the end of the mapping",
+            ));
+        }
+        self.fs.state.lock().released_bytes += len as u64;
         Ok(())
     }
 

@@ -22,6 +22,11 @@ use super::MappedFile;
 /// mappings holds however far behind this thread is.
 type Queue = Mutex<Vec<(Weak<MappedFile>, usize)>>;
 
+/// Requests the queue holds at most: more files than a store keeps mapped and writes at once
+/// (`max_open_files` consume queues and the commit log's files, 512 + a few by default). A
+/// request past it is dropped (the writer faults its pages in itself).
+const MAX_QUEUED: usize = 4096;
+
 /// The warm-up thread of one store. Dropping it stops and joins the thread.
 #[derive(Debug)]
 pub struct Warmer {
@@ -52,13 +57,19 @@ impl Warmer {
     /// Asks for `file` to be faulted in up to `window` bytes past its write cursor. Cheap and
     /// non-blocking: a short queue push and a wake-up; repeated requests for one file coalesce.
     pub fn request(&self, file: &Arc<MappedFile>, window: usize) {
+        // Deduplicated by the file's own flag (O(1), no scan of the queue under its mutex):
+        // set here, cleared by the thread when it takes the request.
+        if file.warm_queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
         {
             let mut q = self.shared.queue.lock();
-            let weak = Arc::downgrade(file);
-            if q.iter().any(|(f, _)| Weak::ptr_eq(f, &weak)) {
+            if q.len() >= MAX_QUEUED {
+                // Best effort: the writer takes its own page faults; a later request retries.
+                file.warm_queued.store(false, Ordering::Release);
                 return;
             }
-            q.push((weak, window));
+            q.push((Arc::downgrade(file), window));
             // Only the push that makes the queue non-empty wakes the thread: it takes the whole
             // queue before it parks again, so later pushes need no wake-up of their own (with
             // many partitions' small queue windows, requests are frequent and a wake-up is a
@@ -70,6 +81,12 @@ impl Warmer {
         if let Some(t) = &self.thread {
             t.thread().unpark();
         }
+    }
+
+    /// Requests waiting (for tests).
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        self.shared.queue.lock().len()
     }
 }
 
@@ -94,6 +111,8 @@ fn run(shared: &Shared) {
             let Some(file) = file.upgrade() else {
                 continue;
             };
+            // Before warming: a request made while this one runs is queued again.
+            file.warm_queued.store(false, Ordering::Release);
             // Best effort: a failure (an old kernel without MADV_POPULATE_WRITE) only means the
             // writer takes the page faults itself, as it would without a warmer.
             let _ = file.prefault_ahead(window);
@@ -107,7 +126,7 @@ fn run(shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::{MapMode, RealFs};
+    use crate::io::{FileSystem, MapMode, RealFs};
 
     #[test]
     fn warming_leaves_the_bytes_alone_and_advances_the_watermark() {
@@ -132,5 +151,29 @@ mod tests {
             file.wants_prefault(40 << 10, 64 << 10),
             "half a window left"
         );
+    }
+
+    #[test]
+    fn requests_are_deduplicated_per_file_and_the_queue_is_bounded() {
+        // A warmer whose thread never runs: requests only pile up.
+        let warmer = Warmer {
+            shared: Arc::new(Shared::default()),
+            thread: None,
+        };
+        let fs = crate::io::SimFs::new();
+        fs.create_dir_all(std::path::Path::new("/d")).unwrap();
+        let files: Vec<Arc<MappedFile>> = (0..MAX_QUEUED + 100)
+            .map(|i| {
+                let path = std::path::PathBuf::from(format!("/d/{i}"));
+                Arc::new(MappedFile::map(&fs, &path, 0, 4096, MapMode::Create).unwrap())
+            })
+            .collect();
+        warmer.request(&files[0], 4096);
+        warmer.request(&files[0], 4096);
+        assert_eq!(warmer.queued(), 1, "one request per file");
+        for f in &files {
+            warmer.request(f, 4096);
+        }
+        assert_eq!(warmer.queued(), MAX_QUEUED);
     }
 }

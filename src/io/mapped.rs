@@ -74,13 +74,13 @@ pub struct MappedFile {
     release_step: AtomicUsize,
     /// Releases follow the published end (`committed`), not the flushed one: see
     /// [`MappedFile::release_written_behind`].
-    release_written: std::sync::atomic::AtomicBool,
+    release_written: AtomicBool,
     /// Start of the range readers may have mapped again below [`Self::released`]: what the
     /// next release behind a reader starts from (see [`MappedFile::release_written_behind`]).
     read_mark: AtomicUsize,
     /// Whether a request to warm this file waits in a [`super::Warmer`]'s queue (the O(1)
     /// deduplication of requests).
-    pub(super) warm_queued: std::sync::atomic::AtomicBool,
+    pub(super) warm_queued: AtomicBool,
 }
 
 // SAFETY: the raw pointer refers to a shared mapping owned by `storage`, which is Send + Sync.
@@ -127,9 +127,9 @@ impl MappedFile {
             release_keep: AtomicUsize::new(0),
             released: AtomicUsize::new(0),
             release_step: AtomicUsize::new(0),
-            release_written: std::sync::atomic::AtomicBool::new(false),
+            release_written: AtomicBool::new(false),
             read_mark: AtomicUsize::new(0),
-            warm_queued: std::sync::atomic::AtomicBool::new(false),
+            warm_queued: AtomicBool::new(false),
         })
     }
 

@@ -201,7 +201,12 @@ fn acknowledged_within(
 fn assert_survives(after: SimFs, offset: u64, tag: u8) {
     let store = duolog::open(
         STORE,
-        options(Arc::new(after), FlushPolicy::Async { interval: Duration::from_millis(50) }),
+        options(
+            Arc::new(after),
+            FlushPolicy::Async {
+                interval: Duration::from_millis(50),
+            },
+        ),
     )
     .expect("reopen after the power cut");
     let b = store.bounds("t", 0).unwrap();
@@ -211,7 +216,9 @@ fn assert_survives(after: SimFs, offset: u64, tag: u8) {
          segment's file name was never made durable)",
         b.end
     );
-    let f = store.fetch("t", 0, offset, ReadLimits::messages(1)).unwrap();
+    let f = store
+        .fetch("t", 0, offset, ReadLimits::messages(1))
+        .unwrap();
     assert_eq!(f.records[0].offset(), offset);
     assert!(f.records[0].body().iter().all(|&b| b == tag));
 }
@@ -230,9 +237,14 @@ fn a_flush_during_a_seals_directory_sync_does_not_ack_an_unnamed_segment() {
     });
     let store: Arc<dyn LogStore> =
         Arc::from(duolog::open(STORE, options(fs, FlushPolicy::Sync)).unwrap());
-    store.create_topic("t", TopicConfig::with_partitions(1)).unwrap();
+    store
+        .create_topic("t", TopicConfig::with_partitions(1))
+        .unwrap();
     // Segment 0, durable (its directory synced by this flush).
-    assert_eq!(store.append("t", 0, &[msg(b'0', 500)]).unwrap().base_offset, 0);
+    assert_eq!(
+        store.append("t", 0, &[msg(b'0', 500)]).unwrap().base_offset,
+        0
+    );
 
     // A's append rolls: its seal swaps the flag and syncs the directory, held here.
     holds.sync_dir.arm("appender-a", PART_DIR);
@@ -274,13 +286,30 @@ fn a_flush_racing_a_roll_does_not_consume_the_directory_flag_before_the_files_ex
         holds: Arc::clone(&holds),
     });
     let store: Arc<dyn LogStore> = Arc::from(
-        duolog::open(STORE, options(fs, FlushPolicy::Async { interval: Duration::MAX })).unwrap(),
+        duolog::open(
+            STORE,
+            options(
+                fs,
+                FlushPolicy::Async {
+                    interval: Duration::MAX,
+                },
+            ),
+        )
+        .unwrap(),
     );
-    store.create_topic("t", TopicConfig::with_partitions(1)).unwrap();
-    assert_eq!(store.append("t", 0, &[msg(b'0', 500)]).unwrap().base_offset, 0);
+    store
+        .create_topic("t", TopicConfig::with_partitions(1))
+        .unwrap();
+    assert_eq!(
+        store.append("t", 0, &[msg(b'0', 500)]).unwrap().base_offset,
+        0
+    );
     store.sync().unwrap();
     // Unsynced data, so the next flush has work on this partition.
-    assert_eq!(store.append("t", 0, &[msg(b'1', 100)]).unwrap().base_offset, 1);
+    assert_eq!(
+        store.append("t", 0, &[msg(b'1', 100)]).unwrap().base_offset,
+        1
+    );
 
     // F: a flush that has read the partition's end and is in its log sync (held).
     sim.hold_mapped_flushes(true);
@@ -305,7 +334,10 @@ fn a_flush_racing_a_roll_does_not_consume_the_directory_flag_before_the_files_ex
     sim.hold_mapped_flushes(false);
     let until = Instant::now() + Duration::from_secs(10);
     while holds.part_dir_syncs.load(Ordering::SeqCst) == syncs {
-        assert!(Instant::now() < until, "F never synced the partition directory");
+        assert!(
+            Instant::now() < until,
+            "F never synced the partition directory"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     // A goes on: the files are created, A's batch lands in them; its seal (whose index rename

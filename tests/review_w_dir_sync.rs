@@ -390,8 +390,12 @@ fn an_abort_marker_racing_delete_topic_does_not_poison_the_store() {
         )
         .unwrap(),
     );
-    store.create_topic("t", TopicConfig::with_partitions(1)).unwrap();
-    store.create_topic("u", TopicConfig::with_partitions(1)).unwrap();
+    store
+        .create_topic("t", TopicConfig::with_partitions(1))
+        .unwrap();
+    store
+        .create_topic("u", TopicConfig::with_partitions(1))
+        .unwrap();
     let producer = ProducerId {
         id: store.allocate_producer_id().unwrap(),
         epoch: 0,

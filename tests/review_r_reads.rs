@@ -18,7 +18,7 @@ fn log_mappings(dir: &std::path::Path) -> usize {
 /// one more per re-read after each eviction — whatever the bound. Before the change such
 /// records were heap copies and pinned nothing.
 #[test]
-#[ignore = "review: held segmented records pin active-log mappings past max_open_files (grows per re-read)"]
+#[ignore = "known, left open (ARCHITECTURE.md \"Not built yet\"): held segmented records pin active-log mappings past max_open_files (grows per re-read)"]
 fn held_records_do_not_pin_log_mappings_past_max_open_files() {
     let dir = tempfile::tempdir().unwrap();
     let opts = StoreOptions {
@@ -150,7 +150,6 @@ fn read_all_after_damage(damage: impl FnOnce(&mut Vec<u8>, usize)) -> Result<Vec
 /// A batch whose base offset is not the previous batch's end (or lies past the segment's
 /// next offset) is corruption.
 #[test]
-#[ignore = "review: damaged base offset (outside the CRC) makes a read silently skip the rest of the segment"]
 fn a_damaged_base_offset_never_skips_records_silently() {
     let r = read_all_after_damage(|b, pos| b[pos] ^= 0x55);
     if let Ok(offsets) = r {
@@ -167,7 +166,6 @@ fn a_damaged_base_offset_never_skips_records_silently() {
 /// under offset 49, which the fetch already returned with other bytes — a duplicate offset out
 /// of order, no error.
 #[test]
-#[ignore = "review: damaged base offset (outside the CRC) returns a record under an offset already returned"]
 fn a_damaged_base_offset_never_returns_an_offset_twice() {
     let r = read_all_after_damage(|b, pos| b[pos + 7] ^= 0x55);
     if let Ok(offsets) = r {
@@ -194,7 +192,6 @@ fn rss_bytes() -> u64 {
 /// page it reads back into that mapping, and nothing releases them again: RSS grows with the
 /// data read (here ~192 MiB for 192 MiB read), not bounded by options.
 #[test]
-#[ignore = "review: reading an active segment re-faults released pages into the writer's mapping for good (RSS grows with data)"]
 fn reading_an_active_log_keeps_rss_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let opts = StoreOptions {

@@ -18,7 +18,6 @@ fn rss_bytes() -> u64 {
 }
 
 #[test]
-#[ignore = "review: pages of the active log released behind the writer and faulted in again by a reader are never released: RSS grows with the data read back"]
 fn reading_back_an_active_segment_keeps_its_resident_pages_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let o = StoreOptions {

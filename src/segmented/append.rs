@@ -323,14 +323,16 @@ impl Partition {
     fn create_segment(&self, ctx: &Ctx, base: u64, map_len: u64) -> Result<SegmentHandle> {
         let fs = ctx.fs.as_ref();
         remove_segment_files(fs, &self.dir, base)?;
-        // Set before the files exist: the next flush syncs the directory that names them.
-        self.dir_unsynced.store(true, Ordering::Release);
-        SegmentHandle::create(fs, &self.dir, base, ctx.opts.max_index_bytes, map_len).inspect_err(
-            |_| {
+        let handle = SegmentHandle::create(fs, &self.dir, base, ctx.opts.max_index_bytes, map_len)
+            .inspect_err(|_| {
                 // Best effort: if this fails too, the next attempt starts by removing them.
                 let _ = remove_segment_files(fs, &self.dir, base);
-            },
-        )
+            })?;
+        // Set once the files exist (not before: a flush syncing the directory in between would
+        // clear it without covering them), and before any batch is written to them: the flush
+        // that first claims such a batch durable syncs the directory that names its file.
+        self.dir_unsynced.store(true, Ordering::Release);
+        Ok(handle)
     }
 
     /// Rolls to a new segment at `base` under the partition lock; the old active segment becomes

@@ -69,7 +69,8 @@ impl BatchHeader {
     }
     /// Offset of the last record.
     pub fn last_offset(&self) -> i64 {
-        self.base_offset + i64::from(self.last_offset_delta)
+        self.base_offset
+            .saturating_add(i64::from(self.last_offset_delta))
     }
     /// Whether the batch is transactional.
     pub fn is_transactional(&self) -> bool {

@@ -369,10 +369,9 @@ impl Inner {
         if let Some(w) = a.txn_index {
             w.file.sync_data().map_err(|e| Error::io(&w.path, e))?;
             if w.created {
-                self.ctx
-                    .fs
-                    .sync_dir(&p.dir)
-                    .map_err(|e| Error::io(&p.dir, e))?;
+                // Through the partition's directory lock: a delete_topic racing this marker
+                // removes the directory, which is not a failed sync (that would poison the store).
+                p.sync_dir(&self.ctx)?;
             }
         }
         Ok(Some(a.result.base_offset))

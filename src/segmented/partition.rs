@@ -151,9 +151,17 @@ impl Partition {
     /// them durable (`durable_end`, a sealed segment): a segment's log is durable only once its
     /// directory entry is. A failure puts the work back for the next flush.
     pub(crate) fn sync_txn_indexes(&self, ctx: &Ctx) -> Result<()> {
+        // Held through every sync below: a second flush must not find the work taken by a
+        // first whose syncs are still running and claim its own end durable before they are
+        // done (it waits here, then finds the work done or put back).
+        let _dir = self.dir_lock.lock();
+        if self.deleted.load(Ordering::Acquire) {
+            // Its directory is gone or going, with nothing left to make durable.
+            return Ok(());
+        }
         // Taken before the syncs below: a segment created after this swap sets it again.
         let new_entries = self.dir_unsynced.swap(false, Ordering::AcqRel);
-        if new_entries && let Err(e) = self.sync_dir(ctx) {
+        if new_entries && let Err(e) = self.sync_dir_locked(ctx) {
             self.dir_unsynced.store(true, Ordering::Release);
             return Err(e);
         }
@@ -170,7 +178,7 @@ impl Partition {
                 }
             }
             if unsynced.iter().any(|&(_, created)| created) {
-                self.sync_dir(ctx)?;
+                self.sync_dir_locked(ctx)?;
             }
             Ok(())
         })();
@@ -184,11 +192,16 @@ impl Partition {
 
     /// Syncs the partition's directory, unless its topic was deleted (then it is gone, with
     /// nothing left to make durable).
-    fn sync_dir(&self, ctx: &Ctx) -> Result<()> {
+    pub(crate) fn sync_dir(&self, ctx: &Ctx) -> Result<()> {
         let _dir = self.dir_lock.lock();
         if self.deleted.load(Ordering::Acquire) {
             return Ok(());
         }
+        self.sync_dir_locked(ctx)
+    }
+
+    /// [`Self::sync_dir`] for a caller that holds `dir_lock` and checked `deleted`.
+    fn sync_dir_locked(&self, ctx: &Ctx) -> Result<()> {
         ctx.fs
             .sync_dir(&self.dir)
             .map_err(|e| Error::io(&self.dir, e))

@@ -508,6 +508,7 @@ impl Partition {
         let mut views = Vec::new();
         let mut next = offset;
         let mut first = true;
+        let mut prev_end: Option<u64> = None;
         loop {
             let (pos, h, range) = match cursor.next() {
                 Ok(Some(b)) => b,
@@ -527,7 +528,17 @@ impl Partition {
                 ));
             }
             first = false;
-            let batch_end = h.last_offset() as u64 + 1;
+            // The base offset lies outside the batch CRC (Kafka's format): one damaged there
+            // would move the batch's records to other offsets. Batches follow each other
+            // (compaction leaves gaps, never overlaps) and end by the segment's end offset.
+            let batch_end = (h.last_offset() as u64).saturating_add(1);
+            if h.base_offset < 0
+                || prev_end.is_some_and(|e| (h.base_offset as u64) < e)
+                || batch_end > meta.next_offset
+            {
+                return Err(corrupt(pos, "batch base offset out of sequence"));
+            }
+            prev_end = Some(batch_end);
             if batch_end <= offset {
                 // Wholly before `offset`: passed over on its header alone.
                 continue;

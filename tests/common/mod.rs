@@ -2,6 +2,7 @@
 //! constantly, and a way to run a behaviour on every engine, and a full read of a partition.
 #![allow(dead_code)]
 
+pub mod half;
 pub mod wrap;
 
 use std::path::Path;

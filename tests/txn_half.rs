@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::half::{T0, background, bodies, manual, open_layer, orders_store, wait_for};
-use common::{for_each_engine, read_all, small_options};
+use common::half::{T0, background, bodies, manual, open_layer, orders_store};
+use common::{for_each_engine, read_all, small_options, wait_for};
 use duolog::delay::ManualClock;
 use duolog::txn::half::{
     CHECK_IMMUNITY_TIME_IN_SECONDS, CHECK_MAX_TIME_TOPIC, HALF_TOPIC, OP_TOPIC, REAL_QID,

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use duolog::delay::ManualClock;
 use duolog::txn::{HalfConfig, HalfMessages, TransactionChecker};
@@ -47,15 +47,6 @@ pub fn bodies(store: &dyn LogStore, topic: &str, partition: u32) -> Vec<String> 
         .iter()
         .map(|r| String::from_utf8(r.body().to_vec()).unwrap())
         .collect()
-}
-
-/// Polls `done` every 5 ms until it holds; fails with `what` after `timeout`.
-pub fn wait_for(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// A store with small files (`small_options`) and the topic `orders` of `partitions`

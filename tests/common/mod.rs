@@ -4,6 +4,7 @@
 
 pub mod consumer;
 pub mod half;
+pub mod priority;
 pub mod wrap;
 
 use std::path::Path;

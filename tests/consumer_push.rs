@@ -17,11 +17,8 @@ use duolog::consumer::{
 };
 use duolog::{Error, LogStore, Message, StoreOptions, TopicConfig};
 
+use common::consumer::{committed, open, produce_with, topic_t, wait_until};
 use common::{for_each_engine, read_all, small_options};
-
-fn open(dir: &std::path::Path, opts: &StoreOptions) -> Arc<dyn LogStore> {
-    Arc::from(duolog::open(dir, opts.clone()).expect("open"))
-}
 
 fn config(group: &str) -> PushConfig {
     let mut c = PushConfig {
@@ -35,29 +32,9 @@ fn config(group: &str) -> PushConfig {
 }
 
 fn produce(store: &dyn LogStore, topic: &str, partition: u32, n: usize) {
-    let batch: Vec<Message> = (0..n)
-        .map(|i| Message::new(format!("{topic}-{partition}-{i}")))
-        .collect();
-    for chunk in batch.chunks(100) {
-        store.append(topic, partition, chunk).unwrap();
-    }
-}
-
-/// Waits up to 20 s for `done`; fails the test with `what` otherwise.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn committed(groups: &GroupCoordinator, group: &str, topic: &str, p: u32) -> Option<u64> {
-    groups
-        .committed_offsets(group)
-        .get(topic)
-        .and_then(|t| t.get(&p))
-        .copied()
+    produce_with(store, topic, partition, n, |i| {
+        Message::new(format!("{topic}-{partition}-{i}"))
+    });
 }
 
 type Seen = Arc<Mutex<BTreeSet<(String, u32, u64)>>>;
@@ -69,13 +46,7 @@ fn key(r: &ConsumerRecord) -> (String, u32, u64) {
 #[test]
 fn every_record_is_handled_and_a_slow_record_holds_its_partitions_committed_offset() {
     for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
-        store
-            .create_topic("t", TopicConfig::with_partitions(2))
-            .unwrap();
-        produce(&*store, "t", 0, 300);
-        produce(&*store, "t", 1, 300);
-        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let (_store, groups) = topic_t(engine, dir, 2, 300, produce);
         let seen: Seen = Arc::default();
         let release = Arc::new(AtomicBool::new(false));
         let (s, rel) = (Arc::clone(&seen), Arc::clone(&release));
@@ -142,13 +113,7 @@ impl Concurrency {
 #[test]
 fn back_pressure_keeps_each_partition_within_its_thresholds() {
     for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
-        store
-            .create_topic("t", TopicConfig::with_partitions(2))
-            .unwrap();
-        produce(&*store, "t", 0, 200);
-        produce(&*store, "t", 1, 200);
-        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let (_store, groups) = topic_t(engine, dir, 2, 200, produce);
 
         // The count threshold.
         let conc = Arc::new(Concurrency::default());
@@ -277,11 +242,7 @@ fn tracking_handler(
 #[test]
 fn rebalancing_under_load_never_hands_a_partition_to_two_members_and_skips_nothing() {
     for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
-        store
-            .create_topic("t", TopicConfig::with_partitions(6))
-            .unwrap();
-        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let (store, groups) = topic_t(engine, dir, 6, 0, produce);
         let owners: Owners = Arc::default();
         let violations = Arc::new(AtomicUsize::new(0));
         let seen: Seen = Arc::default();
@@ -352,13 +313,7 @@ fn rebalancing_under_load_never_hands_a_partition_to_two_members_and_skips_nothi
 #[test]
 fn graceful_shutdown_commits_exactly_what_was_handled() {
     for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
-        store
-            .create_topic("t", TopicConfig::with_partitions(2))
-            .unwrap();
-        produce(&*store, "t", 0, 400);
-        produce(&*store, "t", 1, 400);
-        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let (_store, groups) = topic_t(engine, dir, 2, 400, produce);
         let counts: Arc<Mutex<BTreeMap<(u32, u64), usize>>> = Arc::default();
         let handler = |counts: Arc<Mutex<BTreeMap<(u32, u64), usize>>>| {
             Arc::new(move |records: &[ConsumerRecord]| {
@@ -400,9 +355,7 @@ fn graceful_shutdown_commits_exactly_what_was_handled() {
 #[test]
 fn an_always_failing_record_ends_in_the_dlq_after_exactly_max_reconsume_times_retries() {
     for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
-        store.create_topic("t", TopicConfig::default()).unwrap();
-        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let (store, groups) = topic_t(engine, dir, 1, 0, produce);
         let deliveries: Arc<Mutex<Vec<(Instant, String, u32)>>> = Arc::default();
         let d = Arc::clone(&deliveries);
         let handler = move |records: &[ConsumerRecord]| {
@@ -484,10 +437,7 @@ fn an_always_failing_record_ends_in_the_dlq_after_exactly_max_reconsume_times_re
 #[test]
 fn a_handler_panic_is_a_reconsume_later_and_the_worker_survives() {
     for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
-        store.create_topic("t", TopicConfig::default()).unwrap();
-        produce(&*store, "t", 0, 20);
-        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let (store, groups) = topic_t(engine, dir, 1, 20, produce);
         let seen: Seen = Arc::default();
         let s = Arc::clone(&seen);
         let handler = move |records: &[ConsumerRecord]| {

@@ -17,11 +17,8 @@ use duolog::order::{
 };
 use duolog::{Error, LogStore, Message, StoreOptions, TopicConfig};
 
-use common::{for_each_engine, read_all, small_options};
-
-fn open(dir: &std::path::Path, opts: &StoreOptions) -> Arc<dyn LogStore> {
-    Arc::from(duolog::open(dir, opts.clone()).expect("open"))
-}
+use common::consumer::{committed, open, produce_with, topic_t, wait_until};
+use common::{for_each_engine, read_all};
 
 fn config(group: &str) -> OrderlyConfig {
     let mut c = OrderlyConfig {
@@ -35,28 +32,9 @@ fn config(group: &str) -> OrderlyConfig {
 }
 
 fn produce(store: &dyn LogStore, topic: &str, partition: u32, n: usize) {
-    let batch: Vec<Message> = (0..n)
-        .map(|i| Message::new(format!("{partition}-{i}")).with_key(format!("k{}", i % 5)))
-        .collect();
-    for chunk in batch.chunks(100) {
-        store.append(topic, partition, chunk).unwrap();
-    }
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn committed(groups: &GroupCoordinator, group: &str, topic: &str, p: u32) -> Option<u64> {
-    groups
-        .committed_offsets(group)
-        .get(topic)
-        .and_then(|t| t.get(&p))
-        .copied()
+    produce_with(store, topic, partition, n, |i| {
+        Message::new(format!("{partition}-{i}")).with_key(format!("k{}", i % 5))
+    });
 }
 
 /// Per partition, every call: (offset, attempt, fencing token).
@@ -104,14 +82,7 @@ impl Log {
 #[test]
 fn each_partition_is_handled_in_offset_order_one_call_at_a_time() {
     for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
-        store
-            .create_topic("t", TopicConfig::with_partitions(4))
-            .unwrap();
-        for p in 0..4 {
-            produce(&*store, "t", p, 300);
-        }
-        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let (_store, groups) = topic_t(engine, dir, 4, 300, produce);
         let log = Arc::new(Log::default());
         let l = Arc::clone(&log);
         let c = OrderlyConsumer::start(
@@ -145,10 +116,7 @@ fn each_partition_is_handled_in_offset_order_one_call_at_a_time() {
 #[test]
 fn a_failing_record_suspends_its_partition_and_is_retried_in_place() {
     for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
-        store.create_topic("t", TopicConfig::default()).unwrap();
-        produce(&*store, "t", 0, 10);
-        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let (_store, groups) = topic_t(engine, dir, 1, 10, produce);
         let log = Arc::new(Log::default());
         let times = Arc::new(Mutex::new(Vec::new()));
         let (l, t) = (Arc::clone(&log), Arc::clone(&times));
@@ -187,10 +155,7 @@ fn a_failing_record_suspends_its_partition_and_is_retried_in_place() {
 #[test]
 fn past_the_maximum_a_record_goes_to_the_dead_letters_only_when_asked() {
     for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
-        store.create_topic("t", TopicConfig::default()).unwrap();
-        produce(&*store, "t", 0, 5);
-        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let (store, groups) = topic_t(engine, dir, 1, 5, produce);
         // Without dead letters: a maximum changes nothing, the record is retried for ever.
         let calls = Arc::new(AtomicUsize::new(0));
         let n = Arc::clone(&calls);
@@ -253,10 +218,7 @@ fn past_the_maximum_a_record_goes_to_the_dead_letters_only_when_asked() {
 #[test]
 fn a_member_whose_lease_expired_cannot_commit_and_restarts_from_the_committed_offset() {
     for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
-        store.create_topic("t", TopicConfig::default()).unwrap();
-        produce(&*store, "t", 0, 10);
-        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let (_store, groups) = topic_t(engine, dir, 1, 10, produce);
         let clock = Arc::new(ManualClock::default());
         let gates = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
         let log = Arc::new(Log::default());
@@ -336,14 +298,7 @@ fn a_member_whose_lease_expired_cannot_commit_and_restarts_from_the_committed_of
 #[test]
 fn two_orderly_consumers_of_one_coordinator_never_hold_one_partition() {
     for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
-        store
-            .create_topic("t", TopicConfig::with_partitions(8))
-            .unwrap();
-        for p in 0..8 {
-            produce(&*store, "t", p, 50);
-        }
-        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let (_store, groups) = topic_t(engine, dir, 8, 50, produce);
         let log = Arc::new(Log::default());
         let handler = |l: Arc<Log>| {
             move |r: &ConsumerRecord, ctx: &OrderlyContext| {
@@ -389,14 +344,7 @@ fn two_orderly_consumers_of_one_coordinator_never_hold_one_partition() {
 #[test]
 fn a_moved_partition_waits_for_the_call_in_flight_and_resumes_after_it() {
     for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
-        store
-            .create_topic("t", TopicConfig::with_partitions(2))
-            .unwrap();
-        for p in 0..2 {
-            produce(&*store, "t", p, 20);
-        }
-        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let (_store, groups) = topic_t(engine, dir, 2, 20, produce);
         let log = Arc::new(Log::default());
         let release = Arc::new(AtomicBool::new(false));
         let (l, rel) = (Arc::clone(&log), Arc::clone(&release));
@@ -516,10 +464,7 @@ fn bad_orderly_options_are_invalid_arguments() {
 #[test]
 fn a_lease_that_expires_during_the_last_call_is_given_up_and_taken_again_without_a_commit() {
     for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
-        store.create_topic("t", TopicConfig::default()).unwrap();
-        produce(&*store, "t", 0, 1);
-        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
+        let (_store, groups) = topic_t(engine, dir, 1, 1, produce);
         let clock = Arc::new(ManualClock::default());
         let gate = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Log::default());

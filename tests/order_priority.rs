@@ -7,16 +7,13 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{for_each_engine, small_options};
+use common::for_each_engine;
+use common::priority::{jobs_store, member};
 use duolog::consumer::{ConsumerConfig, GroupCoordinator, OffsetReset};
 use duolog::order::{
     PriorityConfig, PriorityConsumer, PriorityProducer, create_priority_topic, message_priority,
 };
 use duolog::{EngineKind, Error, LogStore, Message, TopicConfig};
-
-fn open(dir: &std::path::Path, engine: EngineKind) -> Arc<dyn LogStore> {
-    Arc::from(duolog::open(dir, small_options(engine)).unwrap())
-}
 
 fn consumer_config(max_poll_records: usize) -> ConsumerConfig {
     ConsumerConfig {
@@ -61,12 +58,10 @@ fn drain(c: &PriorityConsumer, n: usize, limit: Duration) -> Vec<u8> {
 #[test]
 fn with_a_backlog_of_every_priority_the_highest_come_first_then_the_lower() {
     for_each_engine(|engine, dir| {
-        let store = open(dir, engine);
-        create_priority_topic(&*store, "jobs", 10, TopicConfig::default()).unwrap();
+        let store = jobs_store(engine, dir, 10);
         backlog_of_every_priority(&store, 20);
         let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
-        let c = PriorityConsumer::new(&groups, consumer_config(7), "jobs", strict()).unwrap();
-        c.subscribe().unwrap();
+        let c = member(&groups, consumer_config(7), strict());
         let got = drain(&c, 200, Duration::from_secs(20));
         assert_eq!(got.len(), 200);
         assert!(
@@ -85,8 +80,7 @@ fn with_a_backlog_of_every_priority_the_highest_come_first_then_the_lower() {
 #[test]
 fn two_partitions_make_two_bands_and_the_upper_band_is_drained_first() {
     for_each_engine(|engine, dir| {
-        let store = open(dir, engine);
-        create_priority_topic(&*store, "jobs", 2, TopicConfig::default()).unwrap();
+        let store = jobs_store(engine, dir, 2);
         let producer = PriorityProducer::new(Arc::clone(&store), "jobs").unwrap();
         for i in 0..10 {
             for p in [0u8, 4, 5, 9] {
@@ -109,8 +103,7 @@ fn two_partitions_make_two_bands_and_the_upper_band_is_drained_first() {
 #[test]
 fn twenty_partitions_spread_a_priority_over_its_two_and_still_drain_it_first() {
     for_each_engine(|engine, dir| {
-        let store = open(dir, engine);
-        create_priority_topic(&*store, "jobs", 20, TopicConfig::default()).unwrap();
+        let store = jobs_store(engine, dir, 20);
         backlog_of_every_priority(&store, 4);
         assert_eq!(
             store.bounds("jobs", 18).unwrap().end,
@@ -137,8 +130,7 @@ fn twenty_partitions_spread_a_priority_over_its_two_and_still_drain_it_first() {
 /// A backlog of priority 9 far larger than what the test consumes keeps a "flood" of high
 /// priority in front of the consumer for the whole test.
 fn flooded(engine: EngineKind, dir: &std::path::Path) -> Arc<dyn LogStore> {
-    let store = open(dir, engine);
-    create_priority_topic(&*store, "jobs", 10, TopicConfig::default()).unwrap();
+    let store = jobs_store(engine, dir, 10);
     let producer = PriorityProducer::new(Arc::clone(&store), "jobs").unwrap();
     let flood: Vec<Message> = (0..3000).map(|i| Message::new(format!("hi-{i}"))).collect();
     producer.send_batch(&flood, 9).unwrap();
@@ -204,20 +196,12 @@ fn without_aging_a_low_priority_waits_while_the_flood_lasts() {
 #[test]
 fn commits_and_positions_work_as_for_the_pull_consumer() {
     for_each_engine(|engine, dir| {
-        let store = open(dir, engine);
-        create_priority_topic(&*store, "jobs", 10, TopicConfig::default()).unwrap();
+        let store = jobs_store(engine, dir, 10);
         backlog_of_every_priority(&store, 3);
         let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
         let mut seen = Vec::new();
         {
-            let c = PriorityConsumer::new(
-                &groups,
-                consumer_config(4),
-                "jobs",
-                PriorityConfig::default(),
-            )
-            .unwrap();
-            c.subscribe().unwrap();
+            let c = member(&groups, consumer_config(4), PriorityConfig::default());
             let got = drain(&c, 12, Duration::from_secs(20));
             assert!(got[..3].iter().all(|p| *p == 9));
             seen.extend(got);
@@ -225,14 +209,7 @@ fn commits_and_positions_work_as_for_the_pull_consumer() {
             assert_eq!(c.consumer().committed("jobs", 9), Some(3));
             c.close().unwrap();
         }
-        let c = PriorityConsumer::new(
-            &groups,
-            consumer_config(4),
-            "jobs",
-            PriorityConfig::default(),
-        )
-        .unwrap();
-        c.subscribe().unwrap();
+        let c = member(&groups, consumer_config(4), PriorityConfig::default());
         seen.extend(drain(&c, 30 - seen.len(), Duration::from_secs(20)));
         let mut counts = [0; 10];
         for p in &seen {
@@ -246,8 +223,7 @@ fn commits_and_positions_work_as_for_the_pull_consumer() {
 #[test]
 fn a_poll_without_backlog_waits_for_the_next_record_of_any_priority() {
     for_each_engine(|engine, dir| {
-        let store = open(dir, engine);
-        create_priority_topic(&*store, "jobs", 10, TopicConfig::default()).unwrap();
+        let store = jobs_store(engine, dir, 10);
         let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
         let c = PriorityConsumer::new(
             &groups,
@@ -276,8 +252,7 @@ fn a_poll_without_backlog_waits_for_the_next_record_of_any_priority() {
 #[test]
 fn bad_priorities_counts_and_options_are_clear_errors() {
     for_each_engine(|engine, dir| {
-        let store = open(dir, engine);
-        create_priority_topic(&*store, "jobs", 10, TopicConfig::default()).unwrap();
+        let store = jobs_store(engine, dir, 10);
         let producer = PriorityProducer::new(Arc::clone(&store), "jobs").unwrap();
         assert!(matches!(
             producer.send(&Message::new("x"), 10),
@@ -333,12 +308,10 @@ fn bad_priorities_counts_and_options_are_clear_errors() {
 #[test]
 fn two_members_of_a_group_share_the_bands_and_lose_nothing_across_the_rebalance() {
     for_each_engine(|engine, dir| {
-        let store = open(dir, engine);
-        create_priority_topic(&*store, "jobs", 10, TopicConfig::default()).unwrap();
+        let store = jobs_store(engine, dir, 10);
         backlog_of_every_priority(&store, 10);
         let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
-        let a = PriorityConsumer::new(&groups, consumer_config(5), "jobs", strict()).unwrap();
-        a.subscribe().unwrap();
+        let a = member(&groups, consumer_config(5), strict());
         let mut seen = std::collections::BTreeSet::new();
         let first = a.poll(Duration::from_secs(5)).unwrap();
         assert!(
@@ -348,8 +321,7 @@ fn two_members_of_a_group_share_the_bands_and_lose_nothing_across_the_rebalance(
         );
         seen.extend(first.iter().map(|r| r.record().body().to_vec()));
         a.commit().unwrap();
-        let b = PriorityConsumer::new(&groups, consumer_config(5), "jobs", strict()).unwrap();
-        b.subscribe().unwrap();
+        let b = member(&groups, consumer_config(5), strict());
         let t = Instant::now();
         while seen.len() < 100 && t.elapsed() < Duration::from_secs(20) {
             for c in [&a, &b] {

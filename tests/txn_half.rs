@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{for_each_engine, read_all, small_options};
+use common::half::{T0, background, bodies, manual, open_layer, orders_store};
+use common::{for_each_engine, read_all, small_options, wait_for};
 use duolog::delay::ManualClock;
 use duolog::txn::half::{
     CHECK_IMMUNITY_TIME_IN_SECONDS, CHECK_MAX_TIME_TOPIC, HALF_TOPIC, OP_TOPIC, REAL_QID,
@@ -21,26 +22,11 @@ use duolog::txn::{
 };
 use duolog::{EngineKind, Error, LogStore, Message, Record, TopicConfig};
 
-const T0: i64 = 1_700_000_000_000;
-
 use LocalTransactionState::{Commit, Rollback, Unknown};
 
+/// The store every test here uses: `orders` with two partitions.
 fn store(engine: EngineKind, dir: &Path) -> Arc<dyn LogStore> {
-    let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir, small_options(engine)).unwrap());
-    if store.describe_topic("orders").is_err() {
-        store
-            .create_topic("orders", TopicConfig::with_partitions(2))
-            .unwrap();
-    }
-    store
-}
-
-fn config(clock: &Arc<ManualClock>) -> HalfConfig {
-    HalfConfig {
-        clock: clock.clone(),
-        background: false,
-        ..HalfConfig::default()
-    }
+    orders_store(engine, dir, 2)
 }
 
 /// A checker answering by the message body's first letter (`c`, `r`, else unknown), counting
@@ -68,24 +54,11 @@ impl TransactionChecker for ByBody {
     }
 }
 
-fn bodies(store: &dyn LogStore, topic: &str, partition: u32) -> Vec<String> {
-    read_all(store, topic, partition)
-        .iter()
-        .map(|r| String::from_utf8(r.body().to_vec()).unwrap())
-        .collect()
-}
-
 #[test]
 fn a_commit_is_visible_once_a_rollback_never_and_a_half_message_not_before() {
     for_each_engine(|engine, dir| {
         let store = store(engine, dir);
-        let clock = Arc::new(ManualClock::new(T0));
-        let txn = HalfMessages::open(
-            Arc::clone(&store),
-            config(&clock),
-            Arc::new(ByBody::default()),
-        )
-        .unwrap();
+        let (clock, txn) = open_layer(&store, manual, Arc::new(ByBody::default()));
         let m = Message::new("paid")
             .with_key("order-1")
             .with_tags("TagA")
@@ -141,13 +114,7 @@ fn a_commit_is_visible_once_a_rollback_never_and_a_half_message_not_before() {
 fn bad_input_is_a_clear_error_before_anything_is_written() {
     for_each_engine(|engine, dir| {
         let store = store(engine, dir);
-        let clock = Arc::new(ManualClock::new(T0));
-        let txn = HalfMessages::open(
-            Arc::clone(&store),
-            config(&clock),
-            Arc::new(ByBody::default()),
-        )
-        .unwrap();
+        let (clock, txn) = open_layer(&store, manual, Arc::new(ByBody::default()));
         let m = || Message::new("x");
         assert!(matches!(
             txn.send_half("nope", 0, m()),
@@ -201,7 +168,7 @@ fn bad_input_is_a_clear_error_before_anything_is_written() {
         assert!(matches!(
             HalfMessages::open(
                 Arc::clone(&store),
-                config(&clock),
+                manual(&clock),
                 Arc::new(ByBody::default())
             ),
             Err(Error::InvalidArgument(_))
@@ -219,9 +186,8 @@ fn bad_input_is_a_clear_error_before_anything_is_written() {
 fn the_check_back_commits_rolls_back_and_asks_again_after_the_timeout() {
     for_each_engine(|engine, dir| {
         let store = store(engine, dir);
-        let clock = Arc::new(ManualClock::new(T0));
         let checker = Arc::new(ByBody::default());
-        let txn = HalfMessages::open(Arc::clone(&store), config(&clock), checker.clone()).unwrap();
+        let (clock, txn) = open_layer(&store, manual, checker.clone());
         for body in ["commit", "rollback", "unknown"] {
             txn.send_half("orders", 0, Message::new(body)).unwrap();
         }
@@ -261,13 +227,15 @@ fn the_check_back_commits_rolls_back_and_asks_again_after_the_timeout() {
 fn a_message_unknown_max_checks_times_is_discarded_with_the_reason() {
     for_each_engine(|engine, dir| {
         let store = store(engine, dir);
-        let clock = Arc::new(ManualClock::new(T0));
         let checker = Arc::new(ByBody::default());
-        let config = HalfConfig {
-            max_checks: 3,
-            ..config(&clock)
-        };
-        let txn = HalfMessages::open(Arc::clone(&store), config, checker.clone()).unwrap();
+        let (clock, txn) = open_layer(
+            &store,
+            |c| HalfConfig {
+                max_checks: 3,
+                ..manual(c)
+            },
+            checker.clone(),
+        );
         let id = txn
             .send_half("orders", 1, Message::new("unknown").with_key("k"))
             .unwrap();
@@ -305,13 +273,7 @@ fn a_message_unknown_max_checks_times_is_discarded_with_the_reason() {
 fn a_panicking_checker_counts_as_unknown() {
     for_each_engine(|engine, dir| {
         let store = store(engine, dir);
-        let clock = Arc::new(ManualClock::new(T0));
-        let txn = HalfMessages::open(
-            Arc::clone(&store),
-            config(&clock),
-            Arc::new(ByBody::default()),
-        )
-        .unwrap();
+        let (clock, txn) = open_layer(&store, manual, Arc::new(ByBody::default()));
         txn.send_half("orders", 0, Message::new("panic")).unwrap();
         txn.send_half("orders", 0, Message::new("commit")).unwrap();
         clock.advance(Duration::from_secs(10));
@@ -334,9 +296,8 @@ fn a_panicking_checker_counts_as_unknown() {
 fn an_immunity_time_delays_the_first_check_and_has_the_timeout_as_floor() {
     for_each_engine(|engine, dir| {
         let store = store(engine, dir);
-        let clock = Arc::new(ManualClock::new(T0));
         let checker = Arc::new(ByBody::default());
-        let txn = HalfMessages::open(Arc::clone(&store), config(&clock), checker.clone()).unwrap();
+        let (clock, txn) = open_layer(&store, manual, checker.clone());
         let immune = |body: &str, secs: &str| {
             Message::new(body.to_owned()).with_property(CHECK_IMMUNITY_TIME_IN_SECONDS, secs)
         };
@@ -372,7 +333,7 @@ fn a_reopen_resumes_the_checks_where_they_stopped() {
         {
             let store = store(engine, dir);
             let txn =
-                HalfMessages::open(Arc::clone(&store), config(&clock), checker.clone()).unwrap();
+                HalfMessages::open(Arc::clone(&store), manual(&clock), checker.clone()).unwrap();
             txn.send_half("orders", 0, Message::new("unknown")).unwrap();
             clock.advance(Duration::from_secs(7));
             assert_eq!(txn.check_now().unwrap().unknown, 1);
@@ -381,7 +342,7 @@ fn a_reopen_resumes_the_checks_where_they_stopped() {
             store.close().unwrap();
         }
         let store = store(engine, dir);
-        let txn = HalfMessages::open(Arc::clone(&store), config(&clock), checker.clone()).unwrap();
+        let txn = HalfMessages::open(Arc::clone(&store), manual(&clock), checker.clone()).unwrap();
         clock.advance(Duration::from_secs(30));
         assert_eq!(
             txn.check_now().unwrap().checked,
@@ -397,13 +358,7 @@ fn a_reopen_resumes_the_checks_where_they_stopped() {
 fn send_in_transaction_ends_as_the_local_transaction_says() {
     for_each_engine(|engine, dir| {
         let store = store(engine, dir);
-        let clock = Arc::new(ManualClock::new(T0));
-        let txn = HalfMessages::open(
-            Arc::clone(&store),
-            config(&clock),
-            Arc::new(ByBody::default()),
-        )
-        .unwrap();
+        let (_clock, txn) = open_layer(&store, manual, Arc::new(ByBody::default()));
         let (_, out) = txn
             .send_in_transaction("orders", 0, Message::new("a"), |half| {
                 assert!(half.properties().get(TRANSACTION_ID).is_some());
@@ -436,21 +391,12 @@ fn send_in_transaction_ends_as_the_local_transaction_says() {
 fn the_background_thread_checks_and_close_joins_it() {
     for_each_engine(|engine, dir| {
         let store = store(engine, dir);
-        let clock = Arc::new(ManualClock::new(T0));
-        let config = HalfConfig {
-            background: true,
-            check_interval: Duration::from_millis(10),
-            ..config(&clock)
-        };
-        let txn =
-            HalfMessages::open(Arc::clone(&store), config, Arc::new(ByBody::default())).unwrap();
+        let (clock, txn) = open_layer(&store, background, Arc::new(ByBody::default()));
         txn.send_half("orders", 0, Message::new("commit")).unwrap();
         clock.advance(Duration::from_secs(6));
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while store.bounds("orders", 0).unwrap().end == 0 {
-            assert!(std::time::Instant::now() < deadline, "never checked");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for(Duration::from_secs(20), "never checked", || {
+            store.bounds("orders", 0).unwrap().end > 0
+        });
         txn.close().unwrap();
         assert_eq!(bodies(&*store, "orders", 0), ["commit"]);
     });
@@ -460,13 +406,7 @@ fn the_background_thread_checks_and_close_joins_it() {
 fn a_commit_whose_real_topic_is_gone_is_parked_with_the_reason() {
     for_each_engine(|engine, dir| {
         let store = store(engine, dir);
-        let clock = Arc::new(ManualClock::new(T0));
-        let txn = HalfMessages::open(
-            Arc::clone(&store),
-            config(&clock),
-            Arc::new(ByBody::default()),
-        )
-        .unwrap();
+        let (clock, txn) = open_layer(&store, manual, Arc::new(ByBody::default()));
         for t in ["gone", "gone-too"] {
             store.create_topic(t, TopicConfig::default()).unwrap();
         }
@@ -510,13 +450,7 @@ fn without_the_key_index_ends_and_checks_work_the_same() {
         store
             .create_topic("orders", TopicConfig::default())
             .unwrap();
-        let clock = Arc::new(ManualClock::new(T0));
-        let txn = HalfMessages::open(
-            Arc::clone(&store),
-            config(&clock),
-            Arc::new(ByBody::default()),
-        )
-        .unwrap();
+        let (clock, txn) = open_layer(&store, manual, Arc::new(ByBody::default()));
         let a = txn.send_half("orders", 0, Message::new("a")).unwrap();
         let b = txn.send_half("orders", 0, Message::new("b")).unwrap();
         txn.send_half("orders", 0, Message::new("commit")).unwrap();
@@ -535,13 +469,7 @@ fn without_the_key_index_ends_and_checks_work_the_same() {
 fn half_messages_retention_deleted_before_the_scan_are_reported() {
     for_each_engine(|engine, dir| {
         let store = store(engine, dir);
-        let clock = Arc::new(ManualClock::new(T0));
-        let txn = HalfMessages::open(
-            Arc::clone(&store),
-            config(&clock),
-            Arc::new(ByBody::default()),
-        )
-        .unwrap();
+        let (clock, txn) = open_layer(&store, manual, Arc::new(ByBody::default()));
         for _ in 0..3 {
             txn.send_half("orders", 0, Message::new("commit")).unwrap();
         }
@@ -568,7 +496,7 @@ fn ends_racing_the_check_back_commit_each_message_once() {
         let txn = Arc::new(
             HalfMessages::open(
                 Arc::clone(&store),
-                config(&clock),
+                manual(&clock),
                 Arc::new(ByBody::default()),
             )
             .unwrap(),
@@ -609,9 +537,8 @@ fn ends_racing_the_check_back_commit_each_message_once() {
 fn a_scan_over_many_windows_checks_each_undecided_message_once() {
     for_each_engine(|engine, dir| {
         let store = store(engine, dir);
-        let clock = Arc::new(ManualClock::new(T0));
         let checker = Arc::new(ByBody::default());
-        let txn = HalfMessages::open(Arc::clone(&store), config(&clock), checker.clone()).unwrap();
+        let (clock, txn) = open_layer(&store, manual, checker.clone());
         let n = 2_500u32;
         let ids: Vec<HalfId> = (0..n)
             .map(|i| {
@@ -663,13 +590,15 @@ fn a_message_too_large_to_park_is_dropped_with_the_reason_in_its_done_record() {
                 },
             )
             .unwrap();
-        let clock = Arc::new(ManualClock::new(T0));
         let checker = Arc::new(ByBody::default());
-        let config = HalfConfig {
-            max_checks: 1,
-            ..config(&clock)
-        };
-        let txn = HalfMessages::open(Arc::clone(&store), config, checker.clone()).unwrap();
+        let (clock, txn) = open_layer(
+            &store,
+            |c| HalfConfig {
+                max_checks: 1,
+                ..manual(c)
+            },
+            checker.clone(),
+        );
         let id = txn.send_half("orders", 0, Message::new("u")).unwrap();
         clock.advance(Duration::from_secs(7));
         assert_eq!(txn.check_now().unwrap().unknown, 1, "{engine}");
@@ -712,24 +641,14 @@ fn a_message_too_large_to_park_is_dropped_with_the_reason_in_its_done_record() {
 fn stats_count_the_check_threads_scans() {
     for_each_engine(|engine, dir| {
         let store = store(engine, dir);
-        let clock = Arc::new(ManualClock::new(T0));
-        let config = HalfConfig {
-            background: true,
-            check_interval: Duration::from_millis(10),
-            ..config(&clock)
-        };
-        let txn =
-            HalfMessages::open(Arc::clone(&store), config, Arc::new(ByBody::default())).unwrap();
+        let (clock, txn) = open_layer(&store, background, Arc::new(ByBody::default()));
         txn.send_half("orders", 0, Message::new("u")).unwrap();
         clock.advance(Duration::from_secs(7));
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while txn.stats().unknown == 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{engine}: no scan counted"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for(
+            Duration::from_secs(10),
+            &format!("{engine}: no scan counted"),
+            || txn.stats().unknown > 0,
+        );
         assert_eq!(txn.stats().checked, 1, "{engine}");
         txn.close().unwrap();
         store.close().unwrap();

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use common::half::{T0, background, bodies, manual, open_layer, orders_store};
 use common::{for_each_engine, read_all, small_options};
 use duolog::delay::ManualClock;
 use duolog::io::{CrashMode, Fault, SimFs};
@@ -15,23 +16,6 @@ use duolog::txn::{HalfConfig, HalfId, HalfMessages, LocalTransactionState};
 use duolog::{EngineKind, Error, LogStore, Message, Record, TopicConfig};
 
 use LocalTransactionState::{Commit, Unknown};
-
-const T0: i64 = 1_700_000_000_000;
-
-fn manual(clock: &Arc<ManualClock>) -> HalfConfig {
-    HalfConfig {
-        clock: clock.clone(),
-        background: false,
-        ..HalfConfig::default()
-    }
-}
-
-fn bodies(store: &dyn LogStore, topic: &str, partition: u32) -> Vec<String> {
-    read_all(store, topic, partition)
-        .iter()
-        .map(|r| String::from_utf8(r.body().to_vec()).unwrap())
-        .collect()
-}
 
 /// A half message that fits the store's message limit but whose check copy (three more
 /// properties) does not: every scan fails on it, so no half message behind it is ever
@@ -47,12 +31,11 @@ fn a_half_message_near_the_size_limit_does_not_stop_the_check_back_of_the_others
         store
             .create_topic("orders", TopicConfig::with_partitions(1))
             .unwrap();
-        let clock = Arc::new(ManualClock::new(T0));
         let checker = Arc::new(|r: &Record| match r.body().first() {
             Some(b'c') => Commit,
             _ => Unknown,
         });
-        let txn = HalfMessages::open(Arc::clone(&store), manual(&clock), checker).unwrap();
+        let (clock, txn) = open_layer(&store, manual, checker);
         const SCRATCH: &str = "scratch_topic_of_24_char";
         assert_eq!(SCRATCH.len(), duolog::txn::half::HALF_TOPIC.len());
         store
@@ -269,10 +252,7 @@ fn a_lost_scan_position_costs_at_most_one_extra_check() {
 #[test]
 fn close_does_not_wait_for_a_whole_window_of_checks() {
     for_each_engine(|engine, dir| {
-        let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir, small_options(engine)).unwrap());
-        store
-            .create_topic("orders", TopicConfig::with_partitions(1))
-            .unwrap();
+        let store = orders_store(engine, dir, 1);
         let clock = Arc::new(ManualClock::new(T0));
         // Send with the layer in manual mode, then reopen it with the check thread.
         let quiet = HalfMessages::open(
@@ -298,12 +278,7 @@ fn close_does_not_wait_for_a_whole_window_of_checks() {
                 Unknown
             })
         };
-        let config = HalfConfig {
-            background: true,
-            check_interval: Duration::from_millis(10),
-            ..manual(&clock)
-        };
-        let txn = HalfMessages::open(Arc::clone(&store), config, checker).unwrap();
+        let txn = HalfMessages::open(Arc::clone(&store), background(&clock), checker).unwrap();
         while calls.load(Ordering::SeqCst) == 0 {
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -384,17 +359,15 @@ fn committed_positions(store: &dyn LogStore) -> (u64, u64) {
 #[test]
 fn the_committed_op_offset_follows_the_scan_under_steady_traffic() {
     for_each_engine(|engine, dir| {
-        let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir, small_options(engine)).unwrap());
-        store
-            .create_topic("orders", TopicConfig::with_partitions(1))
-            .unwrap();
-        let clock = Arc::new(ManualClock::new(T0));
-        let config = HalfConfig {
-            check_interval: Duration::from_secs(1),
-            ..manual(&clock)
-        };
-        let txn =
-            HalfMessages::open(Arc::clone(&store), config, Arc::new(|_: &Record| Commit)).unwrap();
+        let store = orders_store(engine, dir, 1);
+        let (clock, txn) = open_layer(
+            &store,
+            |c| HalfConfig {
+                check_interval: Duration::from_secs(1),
+                ..manual(c)
+            },
+            Arc::new(|_: &Record| Commit),
+        );
         // One transaction a second ended by its producer, one a second left to the check-back
         // (which commits it once it is 6 s old); a scan every second.
         for i in 0..120 {
@@ -426,18 +399,15 @@ fn the_committed_op_offset_follows_the_scan_under_steady_traffic() {
 #[test]
 fn half_messages_lost_to_retention_are_reported_with_the_check_thread_too() {
     for_each_engine(|engine, dir| {
-        let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir, small_options(engine)).unwrap());
-        store
-            .create_topic("orders", TopicConfig::with_partitions(1))
-            .unwrap();
-        let clock = Arc::new(ManualClock::new(T0));
-        let config = HalfConfig {
-            background: true,
-            check_interval: Duration::from_millis(20),
-            ..manual(&clock)
-        };
-        let txn =
-            HalfMessages::open(Arc::clone(&store), config, Arc::new(|_: &Record| Unknown)).unwrap();
+        let store = orders_store(engine, dir, 1);
+        let (_clock, txn) = open_layer(
+            &store,
+            |c| HalfConfig {
+                check_interval: Duration::from_millis(20),
+                ..background(c)
+            },
+            Arc::new(|_: &Record| Unknown),
+        );
         for i in 0..3 {
             txn.send_half("orders", 0, Message::new(format!("u{i}")))
                 .unwrap();
@@ -475,13 +445,7 @@ fn a_message_its_real_topic_refuses_is_an_error_at_send_half() {
                 },
             )
             .unwrap();
-        let clock = Arc::new(ManualClock::new(T0));
-        let txn = HalfMessages::open(
-            Arc::clone(&store),
-            manual(&clock),
-            Arc::new(|_: &Record| Unknown),
-        )
-        .unwrap();
+        let (_clock, txn) = open_layer(&store, manual, Arc::new(|_: &Record| Unknown));
         let sent = txn.send_half("small", 0, Message::new("x".repeat(1000)));
         let outcome = sent.as_ref().ok().map(|id| txn.end(*id, Commit));
         assert!(

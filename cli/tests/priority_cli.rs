@@ -1,25 +1,11 @@
 //! `duolog produce --priority N` and `duolog consume --group G --priority`, as a user meets
 //! them, on both engines.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+mod common;
 
-fn duolog(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_duolog"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The command may exit before reading its input (a usage error): ignore a broken pipe.
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    child.wait_with_output().unwrap()
-}
+use std::process::Output;
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::{duolog, store_dir, text};
 
 fn produce(d: &str, engine: &str, priority: &str, lines: &str) -> Output {
     duolog(
@@ -41,9 +27,8 @@ fn produce(d: &str, engine: &str, priority: &str, lines: &str) -> Output {
 #[test]
 fn produce_priority_creates_a_priority_topic_and_consume_priority_drains_highest_first() {
     for engine in ["commitlog", "segmented"] {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().join("s");
-        let d = d.to_str().unwrap();
+        let (_dir, d) = store_dir();
+        let d = d.as_str();
         for p in ["1", "4", "9", "4", "1"] {
             let out = produce(d, engine, p, &format!("p{p}-a\np{p}-b\n"));
             assert!(out.status.success(), "{engine}: {}", text(&out.stderr));
@@ -105,9 +90,8 @@ fn produce_priority_creates_a_priority_topic_and_consume_priority_drains_highest
 
 #[test]
 fn produce_priority_out_of_range_or_on_a_topic_of_the_wrong_shape_is_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().join("s");
-    let d = d.to_str().unwrap();
+    let (_dir, d) = store_dir();
+    let d = d.as_str();
     for bad in ["10", "-1", "high"] {
         let out = produce(d, "commitlog", bad, "x\n");
         assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out.stderr));
@@ -159,9 +143,8 @@ fn produce_priority_out_of_range_or_on_a_topic_of_the_wrong_shape_is_a_clear_err
 
 #[test]
 fn a_global_topic_is_created_shown_and_never_widened_from_the_cli() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().join("s");
-    let d = d.to_str().unwrap();
+    let (_dir, d) = store_dir();
+    let d = d.as_str();
     let create = |topic: &str, partitions: &str| {
         duolog(
             &[

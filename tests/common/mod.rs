@@ -2,10 +2,13 @@
 //! constantly, and a way to run a behaviour on every engine, and a full read of a partition.
 #![allow(dead_code)]
 
+pub mod consumer;
+pub mod half;
+pub mod priority;
 pub mod wrap;
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use duolog::{
     CommitLogOptions, EngineKind, FlushPolicy, IndexOptions, LogStore, ReadLimits,
@@ -110,5 +113,14 @@ pub fn for_each_backend(f: impl Fn(&Path, StoreOptions)) {
                 }
             }
         }
+    }
+}
+
+/// Polls `done` every 5 ms until it holds; fails with `what` after `timeout`.
+pub fn wait_for(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(5));
     }
 }

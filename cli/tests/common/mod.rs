@@ -1,9 +1,10 @@
-//! The harness the SIGKILL tests share: seeds, the number of kills, a child fed lines until it
-//! dies, a timed `kill -9`, and the complete lines a killed child printed.
+//! The harness the CLI tests share: one run of the CLI with its input, a store directory, and
+//! for the SIGKILL tests seeds, the number of kills, a child fed lines until it dies, a timed
+//! `kill -9`, and the complete lines a killed child printed.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -12,6 +13,33 @@ use std::time::Duration;
 /// The CLI under test.
 pub fn exe() -> &'static str {
     env!("CARGO_BIN_EXE_duolog")
+}
+
+/// Runs the CLI with `args`, feeding it `stdin`, and waits for it to exit.
+pub fn duolog(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(exe())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The command may exit before reading its input (a usage error): ignore a broken pipe.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    child.wait_with_output().unwrap()
+}
+
+/// A command's output as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A fresh temporary directory (removed when dropped) and the path of a store inside it that
+/// does not exist yet.
+pub fn store_dir() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("s").to_str().unwrap().to_owned();
+    (dir, d)
 }
 
 /// xorshift: kill moments and keys that differ per seed but need no dependency.

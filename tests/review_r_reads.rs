@@ -1,6 +1,6 @@
 //! Review (branch review-r): read-path defects of the Record/Span change (issue 16).
 
-use duolog::{EngineKind, LogStore, Message, ReadLimits, StoreOptions, TopicConfig};
+use duolog::{EngineKind, Message, ReadLimits, StoreOptions, TopicConfig};
 
 /// Lines of /proc/self/maps (VMAs) mapping a `.log` file under `dir`.
 fn log_mappings(dir: &std::path::Path) -> usize {

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use duolog::{EngineKind, LogStore, Message, ReadLimits, StoreOptions, TopicConfig};
+use duolog::{EngineKind, Message, ReadLimits, StoreOptions, TopicConfig};
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();

@@ -28,7 +28,6 @@ fn resident_of(needle: &str) -> u64 {
 /// `LOG_RELEASE_STEP` bytes resident for as long as it stays mapped (every commit-log file
 /// stays mapped), so resident memory grows by up to 3 MiB per commit-log file written.
 #[test]
-#[ignore = "review: every commit-log file the writer left keeps its last 2-3 MiB resident while mapped (RSS grows with data)"]
 fn commit_log_files_the_writer_left_keep_no_written_pages_resident() {
     let dir = tempfile::tempdir().unwrap();
     let file_size: u64 = 8 << 20;
@@ -217,7 +216,7 @@ mod gate {
 /// append lock, so while the index file of one partition is synced, every append of every
 /// topic waits for the disk.
 #[test]
-#[ignore = "review: TxnIndex::rewrite holds the index lock through its fsync/rename/dir sync; an abort push waits on it under the store-wide append lock"]
+#[ignore = "known, left open (ARCHITECTURE.md \"Not built yet\"): TxnIndex::rewrite holds the index lock through its fsync/rename/dir sync; an abort push waits on it under the store-wide append lock"]
 fn appends_are_not_blocked_while_an_abort_index_rewrite_syncs() {
     use duolog::{LogStore, ProducerId, TxnMarker};
     use std::sync::Arc;
@@ -313,43 +312,5 @@ fn appends_are_not_blocked_while_an_abort_index_rewrite_syncs() {
         "only {done:?} finished within 3 s while the abort index rewrite's sync was held: \
          the index lock is held across the rewrite's I/O and the push waits for it under \
          the store-wide append lock"
-    );
-}
-
-/// `io::real::tests::released_pages_keep_their_bytes_before_and_after_a_flush` claims to prove
-/// that "the flush of released dirty pages writes them: read from the disk, they are there"
-/// by dropping the cache (`POSIX_FADV_DONTNEED`) and reading the file. But that fadvise drops
-/// only clean pages: a released page the flush failed to write stays dirty in the page cache
-/// and the read returns it from there. The same check with NO flush at all passes too, so the
-/// test cannot fail for the defect it names. (This test asserts what that check would need:
-/// unflushed bytes are not readable "from the disk"; it fails because they are, from the cache.)
-#[test]
-#[ignore = "review: io::real release test's disk check reads dirty pages from the page cache; it passes with no flush at all"]
-fn the_real_fs_release_test_reads_the_page_cache_not_the_disk() {
-    use duolog::io::{MapMode, MappedFile, RealFs};
-    use std::os::fd::AsRawFd;
-
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("f");
-    let len = 4 << 20;
-    let file = MappedFile::map(&RealFs, &path, 0, len as u64, MapMode::Create).unwrap();
-    let pattern: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096 + 1) as u8).collect();
-    let half = len / 2;
-    file.append(&[&pattern[..half]]).unwrap();
-    file.commit_all();
-    file.release_written_behind(0, 1 << 20);
-    file.release_behind();
-    assert_eq!(file.released(), half);
-    // No flush here. The unit test's "read from the disk" step:
-    let f = std::fs::File::open(&path).unwrap();
-    // SAFETY: posix_fadvise on an fd we own.
-    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    assert_eq!(rc, 0);
-    let on_disk = std::fs::read(&path).unwrap();
-    assert_ne!(
-        &on_disk[..half],
-        &pattern[..half],
-        "never flushed, yet the unit test's disk check finds the bytes (dirty pages stay \
-         cached through POSIX_FADV_DONTNEED): that check cannot fail"
     );
 }

@@ -1,356 +1,316 @@
-//! Review C (consumer layer: push, retry, trace, delay-backed retries): failing tests for
-//! defects found in review. Each is ignored until its fix lands.
+//! Review C (issue 16, CommitLog memory release, abort-index write-out, warm-up queue, group
+//! flush): failing tests for defects found in review.
+//!
+//! Its own test binary: it reads the process's own mappings from `/proc/self/smaps`.
 
-mod common;
+use duolog::{EngineKind, Message, StoreOptions, TopicConfig};
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
-
-use duolog::consumer::{
-    ConsumeResult, ConsumerRecord, GroupCoordinator, OffsetReset, PushConfig, PushConsumer,
-    RetryPolicy, TraceConfig, TraceKind, Tracer, dlq_topic, retry_topic,
-};
-use duolog::{LogStore, Message, StoreOptions, TopicConfig};
-
-use common::{for_each_engine, read_all, small_options};
-
-fn open(dir: &std::path::Path, opts: &StoreOptions) -> Arc<dyn LogStore> {
-    Arc::from(duolog::open(dir, opts.clone()).expect("open"))
-}
-
-fn config(group: &str) -> PushConfig {
-    let mut c = PushConfig {
-        consume_threads: 2,
-        commit_interval: Duration::from_millis(50),
-        retry: RetryPolicy::Customized(vec![Duration::from_millis(50)]),
-        ..PushConfig::new(group)
-    };
-    c.consumer.auto_offset_reset = OffsetReset::Earliest;
-    c
-}
-
-fn committed(groups: &GroupCoordinator, group: &str, topic: &str, p: u32) -> Option<u64> {
-    groups
-        .committed_offsets(group)
-        .get(topic)
-        .and_then(|t| t.get(&p))
-        .copied()
-}
-
-/// trace.rs module docs and ARCHITECTURE.md ("Message trace") say a push consumer reports each
-/// handled message with `Tracer::consumed` (`SubAfter`: cost, success); push.rs never calls it,
-/// so with `ConsumerConfig::trace` set a push consumer records `SubBefore` only.
-#[test]
-fn a_traced_push_consumer_records_sub_after_for_each_handled_record() {
-    for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
-        store.create_topic("t", TopicConfig::default()).unwrap();
-        let tracer = Arc::new(Tracer::new(Arc::clone(&store), TraceConfig::default()).unwrap());
-        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
-        let handled = Arc::new(AtomicUsize::new(0));
-        let h = Arc::clone(&handled);
-        let handler = move |records: &[ConsumerRecord]| {
-            h.fetch_add(records.len(), Ordering::SeqCst);
-            ConsumeResult::Success
-        };
-        let mut cfg = config("g");
-        cfg.consumer.trace = Some(Arc::clone(&tracer));
-        let push = PushConsumer::start(&groups, cfg, &["t"], Arc::new(handler)).unwrap();
-        store.append("t", 0, &[Message::new("m")]).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while handled.load(Ordering::SeqCst) == 0 {
-            assert!(Instant::now() < deadline, "never handled");
-            std::thread::sleep(Duration::from_millis(5));
+/// Resident bytes of the mappings whose path contains `needle`, from `/proc/self/smaps`.
+fn resident_of(needle: &str) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+    let mut total = 0;
+    let mut inside = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            inside = line.contains(needle);
+        } else if inside && let Some(kb) = line.strip_prefix("Rss:") {
+            let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().unwrap();
+            total += kb * 1024;
         }
-        push.shutdown().unwrap();
-        tracer.close().unwrap();
-        let found = Tracer::query(&*store, "t-0-0").unwrap();
-        let kinds: Vec<TraceKind> = found.events.iter().map(|e| e.kind).collect();
-        assert!(kinds.contains(&TraceKind::SubBefore), "{kinds:?}");
-        assert!(
-            kinds.contains(&TraceKind::SubAfter),
-            "a handled record has no SubAfter event: {kinds:?}"
-        );
-    });
+    }
+    total
 }
 
-/// A failing record whose retry copy cannot be stored (the copy's retry properties push it
-/// over `max_message_bytes`) is never sent back nor dead-lettered: `send_back` fails on every
-/// attempt, the record is held and handed to the handler again every 5 s forever, and its
-/// partition's committed offset never passes it (after `consume_concurrently_max_span` more
-/// records the partition stops altogether). Nothing in the push consumer gives up on it.
+/// ARCHITECTURE.md "Memory (CommitLog engine)": written pages of the log are bounded by
+/// "2 MiB + one 1 MiB step of the log" (plus the warm windows of the current and next file),
+/// "not by the data". A file the writer has left keeps its last `LOG_RELEASE_KEEP` +
+/// `LOG_RELEASE_STEP` bytes resident for as long as it stays mapped (every commit-log file
+/// stays mapped), so resident memory grows by up to 3 MiB per commit-log file written.
 #[test]
-fn a_failed_record_too_large_to_copy_does_not_stall_its_partition_forever() {
-    for_each_engine(|engine, dir| {
-        let opts = StoreOptions {
-            max_message_bytes: 2048,
-            ..small_options(engine)
-        };
-        let store = open(dir, &opts);
-        store.create_topic("t", TopicConfig::default()).unwrap();
-        store.create_topic("probe", TopicConfig::default()).unwrap();
-        // The largest body the store takes as a plain message.
-        let mut size = 0;
-        for n in (1..2048).rev() {
-            if store
-                .append("probe", 0, &[Message::new(vec![b'x'; n])])
-                .is_ok()
-            {
-                size = n;
-                break;
+fn commit_log_files_the_writer_left_keep_no_written_pages_resident() {
+    let dir = tempfile::tempdir().unwrap();
+    let file_size: u64 = 8 << 20;
+    let store = duolog::open(
+        dir.path(),
+        StoreOptions {
+            engine: Some(EngineKind::CommitLog),
+            flush: duolog::FlushPolicy::Async {
+                interval: std::time::Duration::MAX,
+            },
+            commitlog: duolog::CommitLogOptions {
+                file_size,
+                ..Default::default()
+            },
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    store
+        .create_topic("t", TopicConfig::with_partitions(1))
+        .unwrap();
+    // 256 MiB of 1 KiB messages: 32 commit-log files of 8 MiB.
+    let n: u64 = 256 * 1024;
+    for i in 0..n {
+        let mut body = vec![b'x'; 1000];
+        body[..8].copy_from_slice(&i.to_be_bytes());
+        store.append("t", 0, &[Message::new(body)]).unwrap();
+    }
+    let log = resident_of("/commitlog/");
+    eprintln!("commit log {} KiB resident after 256 MiB", log >> 10);
+    // The documented bound: warm windows of the current and next file (at most 2 x 8 MiB
+    // here) plus 2 MiB kept + one 1 MiB step, with a little room.
+    assert!(
+        log <= 24 << 20,
+        "commit log holds {} KiB resident for 256 MiB appended in 8 MiB files: grows with the data",
+        log >> 10
+    );
+    store.close().unwrap();
+}
+
+mod gate {
+    use std::any::Any;
+    use std::io;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::{Duration, Instant};
+
+    use duolog::io::{DirEntry, FileSystem, MapMode, MappedStorage, OpenMode, RealFs, StorageFile};
+
+    /// Holds `sync_data` of files whose name ends with `suffix` while armed.
+    #[derive(Debug, Default)]
+    pub struct Hold {
+        pub armed: AtomicBool,
+        pub held: AtomicBool,
+        open: Mutex<bool>,
+        cv: Condvar,
+    }
+
+    impl Hold {
+        fn pass(&self) {
+            if !self.armed.load(Ordering::SeqCst) {
+                return;
+            }
+            self.held.store(true, Ordering::SeqCst);
+            let mut open = self.open.lock().unwrap();
+            let until = Instant::now() + Duration::from_secs(20);
+            while !*open && Instant::now() < until {
+                open = self
+                    .cv
+                    .wait_timeout(open, Duration::from_millis(50))
+                    .unwrap()
+                    .0;
             }
         }
-        assert!(size > 0);
-        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
-        let calls = Arc::new(AtomicUsize::new(0));
-        let c = Arc::clone(&calls);
-        let handler = move |records: &[ConsumerRecord]| {
-            if records.iter().any(|r| r.offset() == 0 && r.topic() == "t") {
-                c.fetch_add(1, Ordering::SeqCst);
-                return ConsumeResult::ReconsumeLater;
-            }
-            ConsumeResult::Success
-        };
-        let cfg = PushConfig {
-            max_reconsume_times: 0,
-            ..config("g")
-        };
-        let push = PushConsumer::start(&groups, cfg, &["t"], Arc::new(handler)).unwrap();
-        // Within a few bytes of the limit: its copy with the retry properties does not fit.
-        // (A record so close to the limit that even its bare copy cannot be written under the
-        // longer dead-letter topic name on the CommitLog engine still waits: a known limit.)
-        store
-            .append("t", 0, &[Message::new(vec![b'x'; size - 16])])
-            .unwrap();
-        store.append("t", 0, &[Message::new("after")]).unwrap();
-        // Two send-back retry periods (5 s each) and some.
-        std::thread::sleep(Duration::from_secs(12));
-        push.shutdown().unwrap();
-        let dlq = read_all(&*store, &dlq_topic("g"), 0);
-        let retried = read_all(&*store, &retry_topic("g"), 0);
-        assert!(
-            committed(&groups, "g", "t", 0) == Some(2) || !dlq.is_empty() || !retried.is_empty(),
-            "record t-0-0 handled {} times, never dead-lettered nor retried; committed offset \
-             still {:?}",
-            calls.load(Ordering::SeqCst),
-            committed(&groups, "g", "t", 0)
-        );
-    });
-}
 
-/// `DelayQueue::shared` hands out the live queue of a store, or opens a new one. When the last
-/// holder drops it, `close` (joining the layer's threads) runs *after* the weak reference is
-/// already dead but *before* the directory leaves `SERVED`: a push consumer starting in that
-/// window gets "a DelayQueue is already open on the store" and fails to start.
-#[test]
-fn push_consumers_of_two_groups_started_and_stopped_concurrently_always_start() {
-    for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
-        store.create_topic("t", TopicConfig::default()).unwrap();
-        let groups = Arc::new(GroupCoordinator::new(Arc::clone(&store)).unwrap());
-        let barrier = Arc::new(Barrier::new(2));
-        let threads: Vec<_> = ["a", "b"]
-            .into_iter()
-            .map(|g| {
-                let groups = Arc::clone(&groups);
-                let barrier = Arc::clone(&barrier);
-                std::thread::spawn(move || -> Result<(), String> {
-                    let mut first = Ok(());
-                    for i in 0..60 {
-                        barrier.wait();
-                        let handler = |_: &[ConsumerRecord]| ConsumeResult::Success;
-                        match PushConsumer::start(&groups, config(g), &["t"], Arc::new(handler)) {
-                            Ok(push) => {
-                                if let Err(e) = push.shutdown() {
-                                    first = first
-                                        .and(Err(format!("group {g}, round {i}: shutdown: {e}")));
-                                }
-                            }
-                            Err(e) => {
-                                first = first
-                                    .and(Err(format!("group {g}, round {i}: start failed: {e}")));
-                            }
-                        }
-                    }
-                    first
-                })
-            })
-            .collect();
-        let mut errors = Vec::new();
-        for t in threads {
-            if let Err(e) = t.join().unwrap() {
-                errors.push(e);
+        pub fn wait_held(&self) {
+            let until = Instant::now() + Duration::from_secs(10);
+            while !self.held.load(Ordering::SeqCst) {
+                assert!(Instant::now() < until, "the held sync never came");
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
-        assert!(errors.is_empty(), "{errors:?}");
-    });
-}
 
-/// `reconsume_times` reads `RECONSUME_TIME` from any record, not only from copies in
-/// `%RETRY%<group>`: a message re-published to its topic from the DLQ (it keeps the property,
-/// as every copy does) or any message carrying the property goes straight to `%DLQ%<group>` on
-/// its first failure, with no retry. RocketMQ keeps the count in the stored message's
-/// `reconsumeTimes`, which a new send resets to 0.
-#[test]
-fn a_republished_dead_letter_is_retried_again_on_failure() {
-    for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
-        store.create_topic("t", TopicConfig::default()).unwrap();
-        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
-        let calls = Arc::new(AtomicUsize::new(0));
-        let c = Arc::clone(&calls);
-        // Fails the first delivery only.
-        let handler = move |_: &[ConsumerRecord]| {
-            if c.fetch_add(1, Ordering::SeqCst) == 0 {
-                ConsumeResult::ReconsumeLater
+        pub fn release(&self) {
+            self.armed.store(false, Ordering::SeqCst);
+            *self.open.lock().unwrap() = true;
+            self.cv.notify_all();
+        }
+    }
+
+    #[derive(Debug)]
+    pub struct GateFs {
+        pub suffix: &'static str,
+        pub hold: Arc<Hold>,
+    }
+
+    #[derive(Debug)]
+    struct GateFile {
+        inner: Box<dyn StorageFile>,
+        hold: Arc<Hold>,
+    }
+
+    impl StorageFile for GateFile {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            self.inner.read_at(buf, offset)
+        }
+        fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+            self.inner.write_all_at(data, offset)
+        }
+        fn len(&self) -> io::Result<u64> {
+            self.inner.len()
+        }
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.inner.set_len(len)
+        }
+        fn allocate(&self, len: u64) -> io::Result<()> {
+            self.inner.allocate(len)
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            self.hold.pass();
+            self.inner.sync_data()
+        }
+    }
+
+    impl FileSystem for GateFs {
+        fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+            RealFs.create_dir_all(path)
+        }
+        fn list_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
+            RealFs.list_dir(path)
+        }
+        fn exists(&self, path: &Path) -> io::Result<bool> {
+            RealFs.exists(path)
+        }
+        fn file_len(&self, path: &Path) -> io::Result<u64> {
+            RealFs.file_len(path)
+        }
+        fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
+            RealFs.read_file(path)
+        }
+        fn write_file_synced(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+            RealFs.write_file_synced(path, data)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            RealFs.rename(from, to)
+        }
+        fn remove_file(&self, path: &Path) -> io::Result<()> {
+            RealFs.remove_file(path)
+        }
+        fn remove_dir(&self, path: &Path) -> io::Result<()> {
+            RealFs.remove_dir(path)
+        }
+        fn sync_dir(&self, path: &Path) -> io::Result<()> {
+            RealFs.sync_dir(path)
+        }
+        fn map_file(
+            &self,
+            path: &Path,
+            len: u64,
+            mode: MapMode,
+        ) -> io::Result<Box<dyn MappedStorage>> {
+            RealFs.map_file(path, len, mode)
+        }
+        fn open_file(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn StorageFile>> {
+            let inner = RealFs.open_file(path, mode)?;
+            if path.to_string_lossy().ends_with(self.suffix) {
+                Ok(Box::new(GateFile {
+                    inner,
+                    hold: Arc::clone(&self.hold),
+                }))
             } else {
-                ConsumeResult::Success
+                Ok(inner)
             }
-        };
-        let push = PushConsumer::start(&groups, config("g"), &["t"], Arc::new(handler)).unwrap();
-        // An operator re-sends a dead letter to its topic, properties and all.
-        store
-            .append(
-                "t",
-                0,
-                &[Message::new("m")
-                    .with_property("RETRY_TOPIC", "t")
-                    .with_property("RECONSUME_TIME", "17")],
-            )
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while calls.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
         }
-        push.shutdown().unwrap();
-        assert!(
-            store.bounds(&dlq_topic("g"), 0).is_err()
-                || read_all(&*store, &dlq_topic("g"), 0).is_empty(),
-            "its first failure sent it to the DLQ; handled {} times",
-            calls.load(Ordering::SeqCst)
-        );
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
-    });
+        fn lock_file(&self, path: &Path) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
+            RealFs.lock_file(path)
+        }
+    }
 }
 
-/// `send_back` computes the copy's due time from the system clock (`clock::now_ms`) and hands
-/// an absolute time to `DelayQueue::schedule`, whose queue measures time on its own
-/// `DelayOptions::clock`. With a queue on another clock (a `ManualClock`, as the delay tests
-/// use, given through `PushConfig::delay`) the back-off is not measured from "now" on that
-/// clock: here the queue's clock is an hour behind, so advancing it by the 50 ms back-off (and
-/// more) never delivers the retry. (`schedule_after` would measure on the queue's clock.)
+/// Contract CL item 3 / the common rule "no lock held across I/O that an appender waits on":
+/// `TxnIndex::rewrite` (a checkpoint's `pending` after retention moved the floor; compaction)
+/// still runs under the index's lock, through the new file's writes, its `sync_data`, the
+/// rename and the directory sync. An abort marker's push takes that lock under the store-wide
+/// append lock, so while the index file of one partition is synced, every append of every
+/// topic waits for the disk.
 #[test]
-fn the_retry_back_off_is_measured_on_the_delay_queues_clock() {
-    use duolog::delay::{DelayOptions, DelayQueue, ManualClock};
-    for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
-        store.create_topic("t", TopicConfig::default()).unwrap();
-        let sys_now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64;
-        let clock = Arc::new(ManualClock::new(sys_now - 3_600_000));
-        let queue = DelayQueue::open(
-            Arc::clone(&store),
-            DelayOptions {
-                precision: Duration::from_millis(10),
-                clock: Arc::clone(&clock) as Arc<dyn duolog::delay::Clock>,
-                ..DelayOptions::default()
+#[ignore = "known, left open (ARCHITECTURE.md \"Not built yet\"): TxnIndex::rewrite holds the index lock through its fsync/rename/dir sync; an abort push waits on it under the store-wide append lock"]
+fn appends_are_not_blocked_while_an_abort_index_rewrite_syncs() {
+    use duolog::{LogStore, ProducerId, TxnMarker};
+    use std::sync::Arc;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let hold = Arc::new(gate::Hold::default());
+    let fs = Arc::new(gate::GateFs {
+        suffix: "aborted.txnindex.tmp",
+        hold: Arc::clone(&hold),
+    });
+    let store: Arc<dyn LogStore> = Arc::from(
+        duolog::open(
+            dir.path(),
+            StoreOptions {
+                engine: Some(EngineKind::CommitLog),
+                flush: duolog::FlushPolicy::Async {
+                    interval: Duration::MAX,
+                },
+                commitlog: duolog::CommitLogOptions {
+                    checkpoint_interval: Duration::MAX,
+                    retention_check_interval: Duration::MAX,
+                    ..Default::default()
+                },
+                fs,
+                ..StoreOptions::default()
             },
         )
+        .unwrap(),
+    );
+    for t in ["t", "u", "v"] {
+        store
+            .create_topic(t, TopicConfig::with_partitions(1))
+            .unwrap();
+    }
+    let producer = ProducerId {
+        id: store.allocate_producer_id().unwrap(),
+        epoch: 0,
+    };
+    // Three aborted transactions in t: offsets 0/1, 2/3, 4/5.
+    for i in 0..3 {
+        store
+            .append_transactional("t", 0, producer, i, &[Message::new("x")])
+            .unwrap();
+        store
+            .write_marker("t", 0, producer, TxnMarker::Abort, 0)
+            .unwrap();
+    }
+    // The first transaction goes: the index owes a rewrite without its entry.
+    store.delete_before("t", 0, 2).unwrap();
+    // A fourth transaction, open, to be aborted while the rewrite syncs.
+    store
+        .append_transactional("t", 0, producer, 3, &[Message::new("y")])
         .unwrap();
-        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
-        let calls = Arc::new(AtomicUsize::new(0));
-        let c = Arc::clone(&calls);
-        let handler = move |_: &[ConsumerRecord]| {
-            if c.fetch_add(1, Ordering::SeqCst) == 0 {
-                ConsumeResult::ReconsumeLater
-            } else {
-                ConsumeResult::Success
-            }
-        };
-        let cfg = PushConfig {
-            delay: Some(Arc::new(queue)),
-            ..config("g")
-        };
-        let push = PushConsumer::start(&groups, cfg, &["t"], Arc::new(handler)).unwrap();
-        store.append("t", 0, &[Message::new("m")]).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while calls.load(Ordering::SeqCst) == 0 {
-            assert!(Instant::now() < deadline, "never handled");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        // Well past the 50 ms back-off on the queue's clock.
-        std::thread::sleep(Duration::from_millis(200));
-        clock.advance(Duration::from_secs(60));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while calls.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        push.shutdown().unwrap();
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            2,
-            "the retry was not delivered a minute after its 50 ms back-off on the queue's clock"
-        );
-    });
-}
+    store.append("v", 0, &[Message::new("v0")]).unwrap();
+    store.append("v", 0, &[Message::new("v1")]).unwrap();
 
-/// Back-pressure gives records back by `seek`: once a partition's process queue is full, every
-/// resume (as soon as one record finishes) fetches `pull_batch` records, takes one and gives the
-/// rest back — each record is read from the store and returned by `poll` up to `pull_batch`
-/// times. With `ConsumerConfig::trace` each of those polls records a `SubBefore`, so a backlog
-/// behind a slow handler writes about `pull_batch` delivery events per message (and fills the
-/// tracer's queue, dropping real events).
-#[test]
-fn back_pressure_delivers_each_record_to_poll_about_once() {
-    for_each_engine(|engine, dir| {
-        let store = open(dir, &small_options(engine));
-        store.create_topic("t", TopicConfig::default()).unwrap();
-        let n = 300u64;
-        let batch: Vec<Message> = (0..n).map(|i| Message::new(format!("m{i}"))).collect();
-        store.append("t", 0, &batch).unwrap();
-        let tracer = Arc::new(
-            Tracer::new(
-                Arc::clone(&store),
-                TraceConfig {
-                    queue_capacity: 100_000,
-                    ..TraceConfig::default()
-                },
-            )
-            .unwrap(),
-        );
-        let groups = GroupCoordinator::new(Arc::clone(&store)).unwrap();
-        let handled = Arc::new(AtomicUsize::new(0));
-        let h = Arc::clone(&handled);
-        let handler = move |records: &[ConsumerRecord]| {
-            std::thread::sleep(Duration::from_millis(2));
-            h.fetch_add(records.len(), Ordering::SeqCst);
-            ConsumeResult::Success
-        };
-        // A threshold of two pull batches: a paused partition resumes once a whole batch fits.
-        // (Smaller thresholds resume at half the queue free: a record is then read at most
-        // pull_batch / (threshold / 2) times.)
-        let mut cfg = PushConfig {
-            pull_threshold_for_queue: 64,
-            ..config("g")
-        };
-        cfg.consumer.trace = Some(Arc::clone(&tracer));
-        let push = PushConsumer::start(&groups, cfg, &["t"], Arc::new(handler)).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while (handled.load(Ordering::SeqCst) as u64) < n {
-            assert!(Instant::now() < deadline, "not all handled");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        push.shutdown().unwrap();
-        tracer.close().unwrap();
-        let stats = tracer.stats();
-        // SubBefore at each poll that returned a record, SubAfter once per handled record.
-        let deliveries = stats.recorded + stats.dropped - n;
-        assert!(
-            deliveries <= n + 32,
-            "{n} records, {deliveries} SubBefore deliveries recorded by poll"
-        );
+    // Any checkpoint now rewrites t's index; its new file's sync is held (a slow disk).
+    hold.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let s = Arc::clone(&store);
+    let checkpoint = std::thread::spawn(move || s.delete_before("v", 0, 1));
+    hold.wait_held();
+
+    let (tx, rx) = mpsc::channel();
+    let s = Arc::clone(&store);
+    let tx2 = tx.clone();
+    let marker = std::thread::spawn(move || {
+        let r = s.write_marker("t", 0, producer, TxnMarker::Abort, 0);
+        let _ = tx2.send("abort marker on t");
+        r
     });
+    let s = Arc::clone(&store);
+    let other = std::thread::spawn(move || {
+        let r = s.append("u", 0, &[Message::new("u0")]);
+        let _ = tx.send("append to u");
+        r
+    });
+    let mut done = Vec::new();
+    while let Ok(what) = rx.recv_timeout(Duration::from_secs(3)) {
+        done.push(what);
+        if done.len() == 2 {
+            break;
+        }
+    }
+    hold.release();
+    checkpoint.join().unwrap().unwrap();
+    marker.join().unwrap().unwrap();
+    other.join().unwrap().unwrap();
+    assert_eq!(
+        done.len(),
+        2,
+        "only {done:?} finished within 3 s while the abort index rewrite's sync was held: \
+         the index lock is held across the rewrite's I/O and the push waits for it under \
+         the store-wide append lock"
+    );
 }

@@ -530,6 +530,8 @@ impl Inner {
         let now = now.max(st.last_store_timestamp);
         st.last_store_timestamp = now;
         let mut offset = base;
+        // Files the writer leaves in this batch (rare: a roll), released once the lock is off.
+        let mut left: Vec<Arc<MappedFile>> = Vec::new();
         for item in items {
             let remaining = file.remaining();
             if item.len + BLANK_LEN > remaining {
@@ -538,6 +540,7 @@ impl Inner {
                 }
                 file.seal();
                 file.commit_all();
+                left.push(Arc::clone(&file));
                 let next = file.start_offset() + file_size;
                 file = self.log.find(next).ok_or_else(|| {
                     Error::corrupted(self.log.dir(), next, "planned log file is missing")
@@ -556,6 +559,7 @@ impl Inner {
             let byte = offset * UNIT_SIZE;
             if byte >= cq_file.start_offset() + cq_file.len() as u64 {
                 cq_file.commit_all();
+                left.push(Arc::clone(&cq_file));
                 cq_file = part.cq.file_for(&cq, byte)?;
             }
             let unit = Unit {
@@ -624,6 +628,9 @@ impl Inner {
         // Written pages leave the resident set a fixed distance behind the writer (flushed or
         // not: see `MappedFile::release_written_behind`), so memory does not grow with the data
         // appended. One `madvise` per step written, outside the append lock; no I/O.
+        for f in &left {
+            f.release_left();
+        }
         if file.wants_release() {
             file.release_behind();
         }

@@ -517,7 +517,8 @@ impl Inner {
                 }
                 // The aborted-transaction entries of markers below `dispatched` (pushed before
                 // the markers were published): recovery re-derives only those past the
-                // checkpoint. Written without the index's lock (this is its one writer).
+                // checkpoint. Synced without the index's lock (`write_out`, on the allocation thread,
+                // also writes entries; `pending` and it agree under the lock on who counts them).
                 let pending = part
                     .txn_index
                     .lock()

@@ -462,6 +462,22 @@ impl MappedFile {
         self.release_written.store(true, Ordering::Release);
     }
 
+    /// For a file its writer has left for good (a full commit-log or consume-queue file):
+    /// every written page leaves the process now, and from then on a reader's pages leave
+    /// right behind it (no distance kept). Without this, each file the writer left would keep
+    /// its last `keep + step` bytes resident for as long as it stays mapped, so memory would
+    /// grow with the number of files written. One `madvise`, no I/O.
+    pub fn release_left(&self) {
+        self.release_keep.store(0, Ordering::Release);
+        self.release_written.store(true, Ordering::Release);
+        // The whole mapping: past the written end there is nothing the writer will add.
+        let to = self.len;
+        let from = self.released.fetch_max(to, Ordering::AcqRel);
+        if to > from {
+            let _ = self.storage.release(from, to - from);
+        }
+    }
+
     /// End of the prefix whose pages were released from the process (0 when none were).
     pub fn released(&self) -> usize {
         self.released.load(Ordering::Acquire)

@@ -449,6 +449,32 @@ mod tests {
         assert_eq!(rc, 0);
     }
 
+    /// Pages of `path`'s first `len` bytes in the page cache (mincore over a fresh mapping).
+    fn cached_pages(path: &Path, len: usize) -> usize {
+        let file = File::open(path).unwrap();
+        // SAFETY: a read-only shared mapping of `len` bytes of a file at least that long, used
+        // only for mincore and unmapped below; nothing reads through it.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(addr, libc::MAP_FAILED);
+        let mut vec = vec![0u8; len.div_ceil(4096)];
+        // SAFETY: `addr` is the page-aligned mapping of `len` bytes made above and `vec` has one
+        // byte per page of it.
+        let rc = unsafe { libc::mincore(addr, len, vec.as_mut_ptr()) };
+        // SAFETY: unmaps exactly the mapping made above.
+        unsafe { libc::munmap(addr, len) };
+        assert_eq!(rc, 0);
+        vec.iter().filter(|&&b| b & 1 == 1).count()
+    }
+
     #[test]
     fn released_pages_keep_their_bytes_before_and_after_a_flush() {
         let dir = tempfile::tempdir().unwrap();
@@ -463,11 +489,17 @@ mod tests {
         file.release_written_behind(0, 1 << 20);
         file.release_behind();
         assert_eq!(file.released(), half);
-        assert_eq!(file.read(0, half), Some(&pattern[..half]));
-        // The flush of released dirty pages writes them: read from the disk, they are there.
+        // The flush of released dirty pages writes them: clean, they leave the page cache
+        // (a dirty page would stay), and read from the disk they are there.
         file.flush(half).unwrap();
         drop_cached(&path);
+        assert_eq!(
+            cached_pages(&path, half),
+            0,
+            "released pages still cached after the flush: not written (dirty) or not evicted"
+        );
         assert_eq!(&std::fs::read(&path).unwrap()[..half], &pattern[..half]);
+        assert_eq!(file.read(0, half), Some(&pattern[..half]));
         // Flushed, then released: mapped again from the file on the next access.
         file.append(&[&pattern[half..]]).unwrap();
         file.commit_all();

@@ -61,6 +61,9 @@ pub struct MappedFile {
     prefaulted: AtomicUsize,
     /// The allocated length at which growth ahead was last asked for.
     grow_requested: AtomicUsize,
+    /// The faulted-in plus the allocated end when warming was last asked for (see
+    /// [`MappedFile::wants_prefault_once`]; both only grow, so the sum names the state).
+    prefault_asked: AtomicUsize,
     /// Flushed bytes kept mapped behind the flushed end (0: none released), see
     /// [`MappedFile::release_flushed_behind`].
     release_keep: AtomicUsize,
@@ -112,6 +115,7 @@ impl MappedFile {
             flushed: AtomicUsize::new(0),
             prefaulted: AtomicUsize::new(0),
             grow_requested: AtomicUsize::new(usize::MAX),
+            prefault_asked: AtomicUsize::new(usize::MAX),
             release_keep: AtomicUsize::new(0),
             released: AtomicUsize::new(0),
             release_unflushed: AtomicBool::new(false),
@@ -310,6 +314,24 @@ impl MappedFile {
     pub fn wants_prefault(&self, pos: usize, window: usize) -> bool {
         let done = self.prefaulted.load(Ordering::Relaxed);
         done < self.storage.allocated().min(self.len) && pos + window / 2 >= done
+    }
+
+    /// [`Self::wants_prefault`], but true once per state of the file (its faulted-in and
+    /// allocated ends), so a writer may ask on every write: it makes one request per window
+    /// step, not one per write until the warm-up thread has caught up (each a queue lock and a
+    /// scan of the queue). The writer's position is compared first, so most writes read no
+    /// more than one counter of this file.
+    pub fn wants_prefault_once(&self, pos: usize, window: usize) -> bool {
+        let done = self.prefaulted.load(Ordering::Relaxed);
+        if pos + window / 2 < done {
+            return false;
+        }
+        let allocated = self.storage.allocated().min(self.len);
+        if done >= allocated {
+            return false;
+        }
+        let state = done.wrapping_add(allocated);
+        self.prefault_asked.swap(state, Ordering::Relaxed) != state
     }
 
     /// Whether the writer at `pos` is within half a grow step of the allocated end of a file

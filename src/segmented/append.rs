@@ -166,6 +166,7 @@ impl Partition {
             meta.map_len = map_len;
             st.segments.push(meta);
         }
+        let handle = self.active_handle(ctx, &mut st)?;
         let active = st
             .segments
             .last()
@@ -182,7 +183,6 @@ impl Partition {
             Some(index) => Some(index.reserve(crate::index::batch_keys(messages), now)?),
             None => None,
         };
-        let handle = self.handle(ctx, active)?;
         let o = &ctx.opts;
         let (segment_bytes, segment_ms) = (config.segment_bytes, config.segment_ms);
         // One time-index slot stays free for the entry the seal adds.
@@ -206,10 +206,17 @@ impl Partition {
         let handle = if active.size + buf.len() as u64 > handle.log_capacity() {
             // A batch larger than the segment size, or a topic whose segment size grew: the
             // log gets a larger mapping (the old one stays valid for readers holding it).
-            self.remap_active(ctx, active, handle, segment_bytes, buf.len() as u64)?
+            let h = self.remap_active(ctx, active, handle, segment_bytes, buf.len() as u64)?;
+            let base = active.base;
+            st.active = Some((base, Arc::downgrade(&h)));
+            h
         } else {
             handle
         };
+        let active = st
+            .segments
+            .last_mut()
+            .ok_or_else(|| Error::corrupted(&self.dir, 0, "no segment"))?;
         if active.map_len == 0 {
             active.map_len = handle.log_capacity();
         }
@@ -365,7 +372,9 @@ impl Partition {
         let mut meta = SegmentMeta::new(base);
         meta.map_len = map_len;
         st.segments.push(meta);
-        Ok(ctx.cache.insert((self.uid, base), Arc::new(new)))
+        let new = ctx.cache.insert((self.uid, base), Arc::new(new));
+        st.active = Some((base, Arc::downgrade(&new)));
+        Ok(new)
     }
 
     /// Maps the active segment's log again with room for `len` more bytes (at least the

@@ -4,8 +4,8 @@
 //! `retention.rs` (retention and `delete_before`), `verify.rs`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
@@ -53,6 +53,12 @@ pub(crate) struct PartState {
     /// not synced yet: `flush` and the seal sync them before the recovery point or a seal can
     /// make a reopen trust the segment (and so its index) past the marker.
     pub(super) txn_unsynced: Vec<(u64, bool)>,
+    /// The active segment's base and its handle as of the last append: appends reach it from
+    /// here instead of looking it up in the handle cache (a shard lock, a map probe and an LRU
+    /// relink, each a cache miss per append at 1,024 partitions). Weak, so the cache's bound on
+    /// open mappings holds; used only while the cache still holds it
+    /// ([`SegmentHandle::is_cached`]).
+    pub(super) active: Option<(u64, Weak<SegmentHandle>)>,
 }
 
 pub(crate) struct Partition {
@@ -118,6 +124,31 @@ impl Partition {
             ctx.opts.segment_bytes,
         )?;
         Ok(ctx.cache.insert(key, Arc::new(h)))
+    }
+
+    /// The active segment's handle for an append (the caller holds the partition lock and the
+    /// partition has a segment): the one remembered in `st.active` if the cache still holds it
+    /// — every handle of a segment not sealed yet is opened under this lock and cached, so
+    /// while the cache holds it no other handle of the segment exists — else [`Self::handle`].
+    pub(super) fn active_handle(
+        &self,
+        ctx: &Ctx,
+        st: &mut PartState,
+    ) -> Result<Arc<SegmentHandle>> {
+        let meta = st
+            .segments
+            .last()
+            .ok_or_else(|| Error::corrupted(&self.dir, 0, "partition has no segment"))?;
+        if let Some((base, weak)) = &st.active
+            && *base == meta.base
+            && let Some(h) = weak.upgrade()
+            && h.is_cached()
+        {
+            return Ok(h);
+        }
+        let h = self.handle(ctx, meta)?;
+        st.active = Some((meta.base, Arc::downgrade(&h)));
+        Ok(h)
     }
 
     /// Makes everything appended so far durable: the active segment's log and those of rolled

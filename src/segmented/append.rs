@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::batch;
-use super::partition::{Ctx, PartState, Partition, remove_segment_files};
+use super::partition::{ActiveAppend, Ctx, PartState, Partition, remove_segment_files};
 use super::producers;
 use super::segment::{self, SegmentHandle, SegmentMeta};
 use super::txnindex::{self, AbortedTxn};
@@ -154,6 +154,12 @@ impl Partition {
                 }
             }
         }
+        if let Some(a) = &st.active {
+            a.prefetch();
+        }
+        if let Some(m) = st.segments.last() {
+            crate::io::prefetch(m as *const SegmentMeta as usize);
+        }
         let now = now.max(st.last_timestamp);
         st.last_timestamp = now;
         if st.segments.is_empty() {
@@ -207,8 +213,7 @@ impl Partition {
             // A batch larger than the segment size, or a topic whose segment size grew: the
             // log gets a larger mapping (the old one stays valid for readers holding it).
             let h = self.remap_active(ctx, active, handle, segment_bytes, buf.len() as u64)?;
-            let base = active.base;
-            st.active = Some((base, Arc::downgrade(&h)));
+            st.active = Some(ActiveAppend::new(active.base, &h, active.size));
             h
         } else {
             handle
@@ -221,6 +226,10 @@ impl Partition {
             active.map_len = handle.log_capacity();
         }
         handle.append(active, buf, &header, o.index_interval_bytes)?;
+        let size = active.size;
+        if let Some(a) = &mut st.active {
+            a.pos = size;
+        }
         match &ctx.warmer {
             Some(warmer) => handle.warm_ahead(warmer),
             // Without a warm-up thread the appender releases the pages behind it itself.
@@ -373,7 +382,7 @@ impl Partition {
         meta.map_len = map_len;
         st.segments.push(meta);
         let new = ctx.cache.insert((self.uid, base), Arc::new(new));
-        st.active = Some((base, Arc::downgrade(&new)));
+        st.active = Some(ActiveAppend::new(base, &new, 0));
         Ok(new)
     }
 

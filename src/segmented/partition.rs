@@ -58,7 +58,46 @@ pub(crate) struct PartState {
     /// relink, each a cache miss per append at 1,024 partitions). Weak, so the cache's bound on
     /// open mappings holds; used only while the cache still holds it
     /// ([`SegmentHandle::is_cached`]).
-    pub(super) active: Option<(u64, Weak<SegmentHandle>)>,
+    pub(super) active: Option<ActiveAppend>,
+}
+
+/// What an append needs to reach the active segment's writer: its handle, and the addresses
+/// the append will touch, to start loading them as soon as the partition lock is taken. At
+/// 1,024 partitions each is a cache miss; hinted together they overlap instead of following one
+/// another (BENCHMARKS.md "Segmented fan-out: a compact append path").
+pub(super) struct ActiveAppend {
+    pub(super) base: u64,
+    pub(super) handle: Weak<SegmentHandle>,
+    /// The log mapping's state, its storage and its first byte ([`crate::io::MappedFile::prefetch_addrs`]).
+    hints: [usize; 3],
+    /// Where the next batch goes in the log (the segment's size after the last append here).
+    pub(super) pos: u64,
+}
+
+impl ActiveAppend {
+    pub(super) fn new(base: u64, handle: &Arc<SegmentHandle>, pos: u64) -> ActiveAppend {
+        ActiveAppend {
+            base,
+            handle: Arc::downgrade(handle),
+            hints: handle.prefetch_addrs().unwrap_or([0; 3]),
+            pos,
+        }
+    }
+
+    /// Hints the CPU to load what the next append touches (see [`crate::io::prefetch`]).
+    pub(super) fn prefetch(&self) {
+        use crate::io::prefetch;
+        let [writer, storage, log] = self.hints;
+        if writer == 0 {
+            return;
+        }
+        prefetch(self.handle.as_ptr() as usize);
+        prefetch(writer);
+        prefetch(writer + 64);
+        prefetch(writer + 128);
+        prefetch(storage);
+        prefetch(log + self.pos as usize);
+    }
 }
 
 pub(crate) struct Partition {
@@ -139,15 +178,15 @@ impl Partition {
             .segments
             .last()
             .ok_or_else(|| Error::corrupted(&self.dir, 0, "partition has no segment"))?;
-        if let Some((base, weak)) = &st.active
-            && *base == meta.base
-            && let Some(h) = weak.upgrade()
+        if let Some(a) = &st.active
+            && a.base == meta.base
+            && let Some(h) = a.handle.upgrade()
             && h.is_cached()
         {
             return Ok(h);
         }
         let h = self.handle(ctx, meta)?;
-        st.active = Some((meta.base, Arc::downgrade(&h)));
+        st.active = Some(ActiveAppend::new(meta.base, &h, meta.size));
         Ok(h)
     }
 

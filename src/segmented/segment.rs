@@ -400,6 +400,12 @@ impl SegmentHandle {
         !self.uncached.load(Ordering::Acquire)
     }
 
+    /// The log writer's addresses for prefetch hints (see [`MappedFile::prefetch_addrs`]), for
+    /// a segment not sealed yet.
+    pub(crate) fn prefetch_addrs(&self) -> Option<[usize; 3]> {
+        self.writer.as_ref().map(|w| w.prefetch_addrs(0))
+    }
+
     /// Whether the log is mapped (a segment not sealed yet): the handle holds no descriptor.
     pub(crate) fn is_mapped(&self) -> bool {
         self.writer.is_some()

@@ -7,9 +7,11 @@
 //! descriptor limit. Least recently used handles are dropped first, and a reader or writer
 //! still holding one keeps it open until done.
 //!
-//! Every append and read looks a handle up here, so the cache is sharded by key (each shard a
-//! mutex over a map and an intrusive LRU list: O(1) lookup, touch and eviction), and handles are
-//! dropped (files closed, mappings unmapped) outside any shard lock.
+//! Appends reach their active segment's handle through the partition (`PartState::active`, a
+//! `Weak` used only while this cache holds the handle: whatever the cache lets go of is marked,
+//! see `SegmentHandle::is_cached`). Every read looks a handle up here, so the cache is sharded
+//! by key (each shard a mutex over a map and an intrusive LRU list: O(1) lookup, touch and
+//! eviction), and handles are dropped (files closed, mappings unmapped) outside any shard lock.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -16,7 +16,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use mapped::{MAX_GROW_STEP, MappedFile, MappedWords};
+pub use mapped::{MAX_GROW_STEP, MappedFile, MappedWords, prefetch};
 pub use real::RealFs;
 pub use sim::{CrashMode, Fault, SimFs};
 pub use warmer::Warmer;

@@ -129,6 +129,31 @@ mod tests {
     use crate::io::{FileSystem, MapMode, RealFs};
 
     #[test]
+    fn a_writer_asking_on_every_write_requests_warming_once_per_window_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(
+            MappedFile::map(&RealFs, &dir.path().join("f"), 0, 1 << 20, MapMode::Create).unwrap(),
+        );
+        let window = 64 << 10;
+        // Before any warming: one request, however many writes ask before the thread runs.
+        assert!(file.wants_prefault_once(5, window));
+        for pos in 6..1000 {
+            assert!(
+                !file.wants_prefault_once(pos, window),
+                "asked again at {pos}"
+            );
+        }
+        file.prefault_ahead(window).unwrap();
+        // Warmed a window ahead: nothing to ask until the writer is half a window from its end,
+        // then once more.
+        assert!(!file.wants_prefault_once(1000, window));
+        assert!(file.wants_prefault_once(40 << 10, window));
+        assert!(!file.wants_prefault_once(41 << 10, window));
+        // The plain check keeps answering on every call (the CommitLog's writers use it).
+        assert!(file.wants_prefault(41 << 10, window));
+    }
+
+    #[test]
     fn warming_leaves_the_bytes_alone_and_advances_the_watermark() {
         let dir = tempfile::tempdir().unwrap();
         let file = Arc::new(

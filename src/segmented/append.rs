@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::batch;
-use super::partition::{Ctx, PartState, Partition, remove_segment_files};
+use super::partition::{ActiveAppend, Ctx, PartState, Partition, remove_segment_files};
 use super::producers;
 use super::segment::{self, SegmentHandle, SegmentMeta};
 use super::txnindex::{self, AbortedTxn};
@@ -154,6 +154,12 @@ impl Partition {
                 }
             }
         }
+        if let Some(a) = &st.active {
+            a.prefetch();
+        }
+        if let Some(m) = st.segments.last() {
+            crate::io::prefetch(m as *const SegmentMeta as usize);
+        }
         let now = now.max(st.last_timestamp);
         st.last_timestamp = now;
         if st.segments.is_empty() {
@@ -166,6 +172,7 @@ impl Partition {
             meta.map_len = map_len;
             st.segments.push(meta);
         }
+        let handle = self.active_handle(ctx, &mut st)?;
         let active = st
             .segments
             .last()
@@ -182,7 +189,6 @@ impl Partition {
             Some(index) => Some(index.reserve(crate::index::batch_keys(messages), now)?),
             None => None,
         };
-        let handle = self.handle(ctx, active)?;
         let o = &ctx.opts;
         let (segment_bytes, segment_ms) = (config.segment_bytes, config.segment_ms);
         // One time-index slot stays free for the entry the seal adds.
@@ -206,14 +212,24 @@ impl Partition {
         let handle = if active.size + buf.len() as u64 > handle.log_capacity() {
             // A batch larger than the segment size, or a topic whose segment size grew: the
             // log gets a larger mapping (the old one stays valid for readers holding it).
-            self.remap_active(ctx, active, handle, segment_bytes, buf.len() as u64)?
+            let h = self.remap_active(ctx, active, handle, segment_bytes, buf.len() as u64)?;
+            st.active = Some(ActiveAppend::new(active.base, &h, active.size));
+            h
         } else {
             handle
         };
+        let active = st
+            .segments
+            .last_mut()
+            .ok_or_else(|| Error::corrupted(&self.dir, 0, "no segment"))?;
         if active.map_len == 0 {
             active.map_len = handle.log_capacity();
         }
         handle.append(active, buf, &header, o.index_interval_bytes)?;
+        let size = active.size;
+        if let Some(a) = &mut st.active {
+            a.pos = size;
+        }
         match &ctx.warmer {
             Some(warmer) => handle.warm_ahead(warmer),
             // Without a warm-up thread the appender releases the pages behind it itself.
@@ -367,7 +383,9 @@ impl Partition {
         let mut meta = SegmentMeta::new(base);
         meta.map_len = map_len;
         st.segments.push(meta);
-        Ok(ctx.cache.insert((self.uid, base), Arc::new(new)))
+        let new = ctx.cache.insert((self.uid, base), Arc::new(new));
+        st.active = Some(ActiveAppend::new(base, &new, 0));
+        Ok(new)
     }
 
     /// Maps the active segment's log again with room for `len` more bytes (at least the

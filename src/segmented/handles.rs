@@ -7,9 +7,11 @@
 //! descriptor limit. Least recently used handles are dropped first, and a reader or writer
 //! still holding one keeps it open until done.
 //!
-//! Every append and read looks a handle up here, so the cache is sharded by key (each shard a
-//! mutex over a map and an intrusive LRU list: O(1) lookup, touch and eviction), and handles are
-//! dropped (files closed, mappings unmapped) outside any shard lock.
+//! Appends reach their active segment's handle through the partition (`PartState::active`, a
+//! `Weak` used only while this cache holds the handle: whatever the cache lets go of is marked,
+//! see `SegmentHandle::is_cached`). Every read looks a handle up here, so the cache is sharded
+//! by key (each shard a mutex over a map and an intrusive LRU list: O(1) lookup, touch and
+//! eviction), and handles are dropped (files closed, mappings unmapped) outside any shard lock.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -96,7 +98,13 @@ impl Shard {
         self.unlink(i);
         self.map.remove(&self.nodes[i].key);
         self.free.push(i);
-        self.nodes[i].handle.take()
+        let h = self.nodes[i].handle.take();
+        // Under the shard lock, before anyone can open and cache another handle of the segment:
+        // a partition remembering this one as its active handle sees it is stale.
+        if let Some(h) = &h {
+            h.mark_uncached();
+        }
+        h
     }
 
     /// Inserts unless present; returns the cached handle and what was evicted.
@@ -217,6 +225,9 @@ impl HandleCache {
                 let cap = s.capacity;
                 std::mem::replace(&mut *s, Shard::new(cap))
             };
+            for h in all.nodes.iter().filter_map(|n| n.handle.as_ref()) {
+                h.mark_uncached();
+            }
             drop(all);
         }
     }
@@ -273,5 +284,29 @@ mod tests {
             let mapped: usize = c.mapped.iter().map(|s| s.lock().capacity).sum();
             assert_eq!(mapped, cap * MAPPED_PER_OPEN_FILE);
         }
+    }
+
+    #[test]
+    fn handles_the_cache_lets_go_of_are_marked_so_appends_stop_writing_through_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = crate::io::RealFs;
+        let open =
+            |base: u64| Arc::new(SegmentHandle::create(&fs, dir.path(), base, 4096, 4096).unwrap());
+        let mut shard = Shard::new(2);
+        let (a, _) = shard.insert((0, 0), open(0));
+        let (b, _) = shard.insert((0, 1), open(1));
+        assert!(a.is_cached() && b.is_cached());
+        // A third evicts the least recently used.
+        let (c3, evicted) = shard.insert((0, 2), open(2));
+        assert!(evicted.is_some_and(|e| Arc::ptr_eq(&e, &a)));
+        assert!(!a.is_cached(), "an evicted handle still looks cached");
+        assert!(b.is_cached() && c3.is_cached());
+        shard.remove((0, 1));
+        assert!(!b.is_cached(), "a removed handle still looks cached");
+        let cache = HandleCache::new(4);
+        let d = cache.insert((1, 0), open(10));
+        assert!(d.is_cached());
+        cache.clear();
+        assert!(!d.is_cached(), "a cleared handle still looks cached");
     }
 }

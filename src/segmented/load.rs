@@ -432,6 +432,7 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
             has_snapshot,
             pending_snapshots: Vec::new(),
             txn_unsynced: Vec::new(),
+            active: None,
         }),
         seal_lock: Mutex::new(()),
         snapshot_lock: Mutex::new(()),

@@ -4,8 +4,8 @@
 //! `retention.rs` (retention and `delete_before`), `verify.rs`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
@@ -53,6 +53,51 @@ pub(crate) struct PartState {
     /// not synced yet: `flush` and the seal sync them before the recovery point or a seal can
     /// make a reopen trust the segment (and so its index) past the marker.
     pub(super) txn_unsynced: Vec<(u64, bool)>,
+    /// The active segment's base and its handle as of the last append: appends reach it from
+    /// here instead of looking it up in the handle cache (a shard lock, a map probe and an LRU
+    /// relink, each a cache miss per append at 1,024 partitions). Weak, so the cache's bound on
+    /// open mappings holds; used only while the cache still holds it
+    /// ([`SegmentHandle::is_cached`]).
+    pub(super) active: Option<ActiveAppend>,
+}
+
+/// What an append needs to reach the active segment's writer: its handle, and the addresses
+/// the append will touch, to start loading them as soon as the partition lock is taken. At
+/// 1,024 partitions each is a cache miss; hinted together they overlap instead of following one
+/// another (BENCHMARKS.md "Segmented fan-out: a compact append path").
+pub(super) struct ActiveAppend {
+    pub(super) base: u64,
+    pub(super) handle: Weak<SegmentHandle>,
+    /// The log mapping's state, its storage and its first byte ([`crate::io::MappedFile::prefetch_addrs`]).
+    hints: [usize; 3],
+    /// Where the next batch goes in the log (the segment's size after the last append here).
+    pub(super) pos: u64,
+}
+
+impl ActiveAppend {
+    pub(super) fn new(base: u64, handle: &Arc<SegmentHandle>, pos: u64) -> ActiveAppend {
+        ActiveAppend {
+            base,
+            handle: Arc::downgrade(handle),
+            hints: handle.prefetch_addrs().unwrap_or([0; 3]),
+            pos,
+        }
+    }
+
+    /// Hints the CPU to load what the next append touches (see [`crate::io::prefetch`]).
+    pub(super) fn prefetch(&self) {
+        use crate::io::prefetch;
+        let [writer, storage, log] = self.hints;
+        if writer == 0 {
+            return;
+        }
+        prefetch(self.handle.as_ptr() as usize);
+        prefetch(writer);
+        prefetch(writer + 64);
+        prefetch(writer + 128);
+        prefetch(storage);
+        prefetch(log + self.pos as usize);
+    }
 }
 
 pub(crate) struct Partition {
@@ -118,6 +163,31 @@ impl Partition {
             ctx.opts.segment_bytes,
         )?;
         Ok(ctx.cache.insert(key, Arc::new(h)))
+    }
+
+    /// The active segment's handle for an append (the caller holds the partition lock and the
+    /// partition has a segment): the one remembered in `st.active` if the cache still holds it
+    /// — every handle of a segment not sealed yet is opened under this lock and cached, so
+    /// while the cache holds it no other handle of the segment exists — else [`Self::handle`].
+    pub(super) fn active_handle(
+        &self,
+        ctx: &Ctx,
+        st: &mut PartState,
+    ) -> Result<Arc<SegmentHandle>> {
+        let meta = st
+            .segments
+            .last()
+            .ok_or_else(|| Error::corrupted(&self.dir, 0, "partition has no segment"))?;
+        if let Some(a) = &st.active
+            && a.base == meta.base
+            && let Some(h) = a.handle.upgrade()
+            && h.is_cached()
+        {
+            return Ok(h);
+        }
+        let h = self.handle(ctx, meta)?;
+        st.active = Some(ActiveAppend::new(meta.base, &h, meta.size));
+        Ok(h)
     }
 
     /// Makes everything appended so far durable: the active segment's log and those of rolled

@@ -12,6 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::batch::{self, BatchError, BatchHeader, HEADER_LEN};
 use super::index::{self, OFFSET_ENTRY, TIME_ENTRY};
@@ -135,6 +136,10 @@ pub(crate) struct SegmentHandle {
     /// The log's writable mapping, for a segment not sealed yet: appends copy into it and a
     /// flush is an msync of what it wrote since the last one. `None` for a sealed segment.
     writer: Option<Arc<MappedFile>>,
+    /// Set when the handle cache lets go of this handle (evicted, removed, cleared): a
+    /// partition's remembered active handle (`PartState::active`, a `Weak`) is then no longer
+    /// the one appends must write through, since another may be opened for the segment.
+    uncached: AtomicBool,
 }
 
 /// Reads of a mapped log, through the `StorageFile` interface the readers use for every log:
@@ -296,6 +301,7 @@ impl SegmentHandle {
             offset_index,
             time_index,
             writer: Some(writer),
+            uncached: AtomicBool::new(false),
         })
     }
 
@@ -356,6 +362,7 @@ impl SegmentHandle {
             offset_index,
             time_index,
             writer,
+            uncached: AtomicBool::new(false),
         })
     }
 
@@ -367,7 +374,7 @@ impl SegmentHandle {
     /// come every half window, so it never lags by more than a window and a release step.
     pub(crate) fn warm_ahead(&self, warmer: &crate::io::Warmer) {
         if let Some(w) = &self.writer
-            && w.wants_prefault(w.committed(), LOG_WARM_WINDOW)
+            && w.wants_prefault_once(w.committed(), LOG_WARM_WINDOW)
         {
             warmer.request(w, LOG_WARM_WINDOW);
         }
@@ -380,6 +387,23 @@ impl SegmentHandle {
         if let Some(w) = &self.writer {
             w.release_behind();
         }
+    }
+
+    /// Records that the handle cache no longer holds this handle (see `uncached`).
+    pub(crate) fn mark_uncached(&self) {
+        self.uncached.store(true, Ordering::Release);
+    }
+
+    /// Whether the handle cache still holds this handle: only then is it the one handle of its
+    /// segment that appends write through.
+    pub(crate) fn is_cached(&self) -> bool {
+        !self.uncached.load(Ordering::Acquire)
+    }
+
+    /// The log writer's addresses for prefetch hints (see [`MappedFile::prefetch_addrs`]), for
+    /// a segment not sealed yet.
+    pub(crate) fn prefetch_addrs(&self) -> Option<[usize; 3]> {
+        self.writer.as_ref().map(|w| w.prefetch_addrs(0))
     }
 
     /// Whether the log is mapped (a segment not sealed yet): the handle holds no descriptor.
@@ -433,16 +457,22 @@ impl SegmentHandle {
         interval: u64,
     ) -> Result<()> {
         let pos = meta.size;
+        let indexed = meta.bytes_since_index >= interval || meta.size == 0;
         // Room for this batch's index entries is allocated before the batch is written, so a
-        // full disk fails the append cleanly instead of leaving the batch unindexed.
-        for (idx, entries, unit) in [
-            (&self.offset_index, meta.index_entries, OFFSET_ENTRY),
-            (&self.time_index, meta.time_entries, TIME_ENTRY),
-        ] {
-            if let Some(f) = idx {
-                let upto = ((entries as usize + 1) * unit).min(f.len());
-                f.ensure_allocated(upto)
-                    .map_err(|e| Error::io(f.path(), e))?;
+        // full disk fails the append cleanly instead of leaving the batch unindexed. Only an
+        // append that writes entries asks: the others (23 in 24 at 100 B and the default
+        // interval) do not touch the index files at all, which at 1,024 partitions are cache
+        // misses (BENCHMARKS.md "Segmented fan-out ... compact append path").
+        if indexed {
+            for (idx, entries, unit) in [
+                (&self.offset_index, meta.index_entries, OFFSET_ENTRY),
+                (&self.time_index, meta.time_entries, TIME_ENTRY),
+            ] {
+                if let Some(f) = idx {
+                    let upto = ((entries as usize + 1) * unit).min(f.len());
+                    f.ensure_allocated(upto)
+                        .map_err(|e| Error::io(f.path(), e))?;
+                }
             }
         }
         let Some(w) = &self.writer else {
@@ -487,7 +517,7 @@ impl SegmentHandle {
         if pos == 0 {
             meta.first_timestamp = h.max_timestamp;
         }
-        if meta.bytes_since_index >= interval || meta.size == 0 {
+        if indexed {
             let rel = (h.last_offset() as u64 - meta.base) as u32;
             let entry = index::offset_entry(rel, pos as u32);
             if let Some(idx) = self.offset_index.as_ref().filter(|_| meta.size > 0)

@@ -6,6 +6,9 @@
 //!
 //! Its own test binary: it reads the process's own mappings from `/proc/self/smaps`.
 
+mod common;
+
+use common::memory::resident_of;
 use duolog::{EngineKind, Message, StoreOptions, TopicConfig};
 
 const PARTITIONS: u32 = 1024;
@@ -14,24 +17,6 @@ const PER_PARTITION: u32 = 1600;
 /// The documented warm window of a consume queue (ARCHITECTURE.md, "Memory"), plus the page
 /// holding the write cursor and the one after it (a page is resident once written).
 const WARM_ALLOWANCE: u64 = 16 * 1024 + 2 * 4096;
-
-/// Resident bytes of the mappings whose path contains `needle`, from `/proc/self/smaps`.
-fn resident_of(needle: &str) -> u64 {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
-    let mut total = 0;
-    let mut inside = false;
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            // A mapping's header line: its path is the last field.
-            inside = line.contains(needle);
-        } else if inside && let Some(kb) = line.strip_prefix("Rss:") {
-            let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().unwrap();
-            total += kb * 1024;
-        }
-    }
-    total
-}
 
 #[test]
 fn consume_queues_of_1024_partitions_stay_resident_in_proportion_to_their_units() {

@@ -3,24 +3,10 @@
 //!
 //! Its own test binary: it reads the process's own mappings from `/proc/self/smaps`.
 
-use duolog::{EngineKind, Message, StoreOptions, TopicConfig};
+mod common;
 
-/// Resident bytes of the mappings whose path contains `needle`, from `/proc/self/smaps`.
-fn resident_of(needle: &str) -> u64 {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
-    let mut total = 0;
-    let mut inside = false;
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            inside = line.contains(needle);
-        } else if inside && let Some(kb) = line.strip_prefix("Rss:") {
-            let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().unwrap();
-            total += kb * 1024;
-        }
-    }
-    total
-}
+use common::memory::resident_of;
+use duolog::{EngineKind, Message, StoreOptions, TopicConfig};
 
 /// ARCHITECTURE.md "Memory (CommitLog engine)": written pages of the log are bounded by
 /// "2 MiB + one 1 MiB step of the log" (plus the warm windows of the current and next file),

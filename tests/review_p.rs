@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use common::memory::rss_bytes;
 use common::small_options;
 use duolog::{EngineKind, LogStore, Message, ReadLimits, SegmentedStore, TopicConfig};
 
@@ -137,13 +138,6 @@ fn verify_during_appends_with_evictions_keeps_every_acknowledged_record() {
     // A live store's verify checks a consistent view (each segment's size and index entries
     // as of one moment): appends running alongside are not problems.
     assert!(errs.is_empty(), "verify on a live store: {errs:?}");
-}
-
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kb * 1024
 }
 
 /// Issue 16's memory target: peak RSS within a bound set by options, independent of data size

@@ -1,5 +1,8 @@
 //! Review (branch review-r): read-path defects of the Record/Span change (issue 16).
 
+mod common;
+
+use common::memory::rss_bytes;
 use duolog::{EngineKind, Message, ReadLimits, StoreOptions, TopicConfig};
 
 /// Lines of /proc/self/maps (VMAs) mapping a `.log` file under `dir`.
@@ -176,13 +179,6 @@ fn a_damaged_base_offset_never_returns_an_offset_twice() {
             &offsets[95..offsets.len().min(110)]
         );
     }
-}
-
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kb * 1024
 }
 
 /// ARCHITECTURE: "Resident memory per active log is bounded whatever the data size ... a later

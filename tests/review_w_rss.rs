@@ -6,16 +6,12 @@
 //! then grows with the data read back, up to the whole active segment (1 GiB by default) per
 //! partition.
 
+mod common;
+
 use std::time::Duration;
 
+use common::memory::rss_bytes;
 use duolog::{EngineKind, Message, ReadLimits, StoreOptions, TopicConfig};
-
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kb * 1024
-}
 
 #[test]
 fn reading_back_an_active_segment_keeps_its_resident_pages_bounded() {

@@ -9,6 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use common::memory::rss_bytes;
 use common::small_options;
 use duolog::io::{CrashMode, SimFs};
 use duolog::{
@@ -215,13 +216,6 @@ fn appends_go_on_while_a_flush_of_their_partition_is_held_up() {
     );
     s.sync().unwrap();
     assert_eq!(s.bounds("t", 0).unwrap().end, n as u64 + 1);
-}
-
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kb * 1024
 }
 
 /// The active log's resident pages are bounded with no flush at all (a flush interval of an

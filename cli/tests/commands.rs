@@ -1,25 +1,11 @@
 //! The CLI as a user meets it: round trip through produce/consume, clear one-line errors with a
 //! non-zero exit, and `verify` failing loudly on a damaged store.
 
+mod common;
+
+use common::{duolog, text};
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
-
-fn duolog(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_duolog"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The command may exit before reading its input (a usage error): ignore a broken pipe.
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    child.wait_with_output().unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use std::process::{Command, Stdio};
 
 #[test]
 fn produce_then_consume_round_trips_lines_and_keys() {

@@ -4,6 +4,7 @@
 
 pub mod consumer;
 pub mod half;
+pub mod memory;
 pub mod priority;
 pub mod wrap;
 

@@ -231,7 +231,7 @@ impl Partition {
             a.pos = size;
         }
         match &ctx.warmer {
-            Some(warmer) => handle.warm_ahead(warmer),
+            Some(warmer) => handle.warm_ahead(warmer, segment::warm_window(ctx.cache.mapped_len())),
             // Without a warm-up thread the appender releases the pages behind it itself.
             None => handle.release_behind(),
         }

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
@@ -162,6 +163,9 @@ pub(crate) struct HandleCache {
     shards: Vec<Mutex<Shard>>,
     /// Segments not sealed yet (mapped, no descriptor).
     mapped: Vec<Mutex<Shard>>,
+    /// How many handles `mapped` holds (kept under the shard locks; read without them): the
+    /// active logs the warm-up budget is shared by (see `segment::warm_window`).
+    mapped_len: AtomicUsize,
 }
 
 /// Shards whose capacities add up to exactly `capacity` (at least one).
@@ -185,6 +189,7 @@ impl HandleCache {
         HandleCache {
             shards: shards(capacity),
             mapped: shards(capacity.saturating_mul(MAPPED_PER_OPEN_FILE)),
+            mapped_len: AtomicUsize::new(0),
         }
     }
 
@@ -204,14 +209,28 @@ impl HandleCache {
         } else {
             &self.shards
         };
-        let (out, evicted) = shard(tier, key).lock().insert(key, handle);
+        let (out, evicted) = {
+            let mut s = shard(tier, key).lock();
+            let before = s.map.len();
+            let r = s.insert(key, handle);
+            if tier.as_ptr() == self.mapped.as_ptr() {
+                self.count_mapped(before, s.map.len());
+            }
+            r
+        };
         // Closed outside the lock.
         drop(evicted);
         out
     }
 
     pub(crate) fn remove(&self, key: Key) {
-        let e = shard(&self.mapped, key).lock().remove(key);
+        let e = {
+            let mut s = shard(&self.mapped, key).lock();
+            let before = s.map.len();
+            let e = s.remove(key);
+            self.count_mapped(before, s.map.len());
+            e
+        };
         drop(e);
         let e = shard(&self.shards, key).lock().remove(key);
         drop(e);
@@ -219,16 +238,32 @@ impl HandleCache {
 
     /// Drops every cached handle.
     pub(crate) fn clear(&self) {
-        for s in self.shards.iter().chain(&self.mapped) {
+        for (i, s) in self.shards.iter().chain(&self.mapped).enumerate() {
             let all = {
                 let mut s = s.lock();
                 let cap = s.capacity;
+                if i >= self.shards.len() {
+                    self.count_mapped(s.map.len(), 0);
+                }
                 std::mem::replace(&mut *s, Shard::new(cap))
             };
             for h in all.nodes.iter().filter_map(|n| n.handle.as_ref()) {
                 h.mark_uncached();
             }
             drop(all);
+        }
+    }
+
+    /// Segments not sealed yet the cache holds (their logs mapped): a relaxed count.
+    pub(crate) fn mapped_len(&self) -> usize {
+        self.mapped_len.load(Ordering::Relaxed)
+    }
+
+    fn count_mapped(&self, before: usize, after: usize) {
+        if after > before {
+            self.mapped_len.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.mapped_len.fetch_sub(before - after, Ordering::Relaxed);
         }
     }
 
@@ -308,5 +343,27 @@ mod tests {
         assert!(d.is_cached());
         cache.clear();
         assert!(!d.is_cached(), "a cleared handle still looks cached");
+    }
+
+    #[test]
+    fn the_count_of_mapped_handles_follows_inserts_evictions_removals_and_clears() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = crate::io::RealFs;
+        let open =
+            |base: u64| Arc::new(SegmentHandle::create(&fs, dir.path(), base, 4096, 4096).unwrap());
+        // One open file: a mapped tier of MAPPED_PER_OPEN_FILE handles, in one shard.
+        let cache = HandleCache::new(1);
+        for k in 0..MAPPED_PER_OPEN_FILE as u64 + 3 {
+            cache.insert((0, k), open(k));
+        }
+        // Full: the later inserts evicted as many as they added.
+        assert_eq!(cache.mapped_len(), MAPPED_PER_OPEN_FILE);
+        // Inserting a key already cached adds nothing.
+        cache.insert((0, MAPPED_PER_OPEN_FILE as u64 + 2), open(99));
+        assert_eq!(cache.mapped_len(), MAPPED_PER_OPEN_FILE);
+        cache.remove((0, MAPPED_PER_OPEN_FILE as u64 + 2));
+        assert_eq!(cache.mapped_len(), MAPPED_PER_OPEN_FILE - 1);
+        cache.clear();
+        assert_eq!(cache.mapped_len(), 0);
     }
 }

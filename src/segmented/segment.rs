@@ -199,6 +199,20 @@ const PAGE: u64 = 4096;
 /// allocated blocks, which stay in proportion to the data).
 const LOG_WARM_WINDOW: usize = 256 << 10;
 
+/// The warm-up budget the active logs share: each log's window ahead of its writer is this
+/// divided by the active logs the handle cache maps, between [`MIN_WARM_WINDOW`] and
+/// [`LOG_WARM_WINDOW`], so the pages faulted in ahead of writers stay about 16 MiB however many
+/// partitions are written (the CommitLog engine's consume queues share a budget the same way).
+/// Measured: 1,024 partitions written round-robin held 144 MB resident with 256 KiB each.
+const WARM_BUDGET: usize = 16 << 20;
+/// The smallest window: four pages, a few appends of 1 KiB ahead.
+const MIN_WARM_WINDOW: usize = 16 << 10;
+
+/// The warm-up window of each active log when `active_logs` are mapped (see [`WARM_BUDGET`]).
+pub(crate) fn warm_window(active_logs: usize) -> usize {
+    (WARM_BUDGET / active_logs.max(1)).clamp(MIN_WARM_WINDOW, LOG_WARM_WINDOW) / 4096 * 4096
+}
+
 /// Maps the log of a segment not sealed yet, writable, with its data (`size` bytes) published
 /// and nothing assumed durable: bytes appended through an earlier (evicted) handle may still be
 /// only in the page cache, so the first flush through this one covers them too.
@@ -372,11 +386,11 @@ impl SegmentHandle {
     /// instead of inside an append. The same thread releases the pages behind the writer
     /// (see [`LOG_RELEASE_KEEP`]), an madvise the appender then does not pay: the requests
     /// come every half window, so it never lags by more than a window and a release step.
-    pub(crate) fn warm_ahead(&self, warmer: &crate::io::Warmer) {
+    pub(crate) fn warm_ahead(&self, warmer: &crate::io::Warmer, window: usize) {
         if let Some(w) = &self.writer
-            && w.wants_prefault_once(w.committed(), LOG_WARM_WINDOW)
+            && w.wants_prefault_once(w.committed(), window)
         {
-            warmer.request(w, LOG_WARM_WINDOW);
+            warmer.request(w, window);
         }
     }
 
@@ -1040,4 +1054,23 @@ pub(crate) fn write_indexes(
         }
     }
     fs.sync_dir(dir).map_err(|e| Error::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn active_logs_share_a_bounded_warm_up_budget() {
+        assert_eq!(warm_window(0), LOG_WARM_WINDOW);
+        assert_eq!(warm_window(1), LOG_WARM_WINDOW);
+        assert_eq!(warm_window(64), LOG_WARM_WINDOW);
+        assert_eq!(warm_window(1024), MIN_WARM_WINDOW);
+        assert_eq!(warm_window(100_000), MIN_WARM_WINDOW);
+        // Past the point where every log has the whole window, the logs share the budget.
+        for n in [64usize, 65, 100, 256, 1000, 1024] {
+            assert!(n * warm_window(n) <= WARM_BUDGET, "{n} logs");
+            assert_eq!(warm_window(n) % 4096, 0);
+        }
+    }
 }

@@ -26,8 +26,8 @@ use super::{FileSystem, MapMode, MappedStorage};
 const PAGE: usize = 4096;
 /// Largest step by which [`MappedFile::ensure_allocated`] grows a file.
 pub const MAX_GROW_STEP: usize = 1 << 20;
-/// Flushed pages are released from the process in steps of this many bytes (see
-/// [`MappedFile::release_flushed_behind`]).
+/// Written pages are released from the process in steps of at most this many bytes (see
+/// [`MappedFile::release_written_behind`]).
 pub const RELEASE_STEP: usize = 1 << 20;
 /// [`MappedFile::prefault_ahead`] faults a window in at most this many bytes at a time.
 const PREFAULT_CHUNK: usize = 1 << 20;
@@ -85,8 +85,8 @@ pub struct MappedFile {
     /// The faulted-in plus the allocated end when warming was last asked for (see
     /// [`MappedFile::wants_prefault_once`]; both only grow, so the sum names the state).
     prefault_asked: AtomicUsize,
-    /// Flushed bytes kept mapped behind the flushed end (0: none released), see
-    /// [`MappedFile::release_flushed_behind`].
+    /// Published bytes kept mapped behind the published end, see
+    /// [`MappedFile::release_written_behind`].
     release_keep: AtomicUsize,
     /// End of the prefix whose pages were released from the process.
     released: AtomicUsize,
@@ -462,18 +462,9 @@ impl MappedFile {
         if target > from {
             self.storage.flush_range(from, target - from)?;
             self.flushed.fetch_max(target, Ordering::AcqRel);
-            self.release_flushed();
+            self.release_behind();
         }
         Ok(self.flushed())
-    }
-
-    /// From now on, each flush unmaps from the process the flushed pages more than `keep`
-    /// bytes behind the flushed end (in whole `RELEASE_STEP`s, 1 MiB, at a time): a long-lived writable
-    /// mapping (the segmented engine's active log) then keeps resident only its recent pages
-    /// and those not flushed yet, not every page it ever wrote. Only clean pages go, so nothing
-    /// is lost; a reader of an older byte maps its page again from the page cache or the file.
-    pub fn release_flushed_behind(&self, keep: usize) {
-        self.release_keep.store(keep.max(1), Ordering::Release);
     }
 
     /// [`Self::release_written_behind`] with the default step (`RELEASE_STEP`): for a writer
@@ -539,24 +530,20 @@ impl MappedFile {
     }
 
     fn release_target(&self) -> usize {
-        let keep = self.release_keep.load(Ordering::Relaxed);
-        let base = if self.release_written.load(Ordering::Relaxed) {
-            self.committed()
-        } else if keep > 0 {
-            self.flushed()
-        } else {
-            // Neither asked for.
+        if !self.release_written.load(Ordering::Relaxed) {
+            // Not asked for.
             return 0;
-        };
+        }
+        let keep = self.release_keep.load(Ordering::Relaxed);
         let step = match self.release_step.load(Ordering::Relaxed) {
             0 => RELEASE_STEP,
             s => s,
         };
-        base.saturating_sub(keep) / step * step
+        self.committed().saturating_sub(keep) / step * step
     }
 
-    /// Releases what [`Self::release_written_behind`] or [`Self::release_flushed_behind`] says
-    /// may go now (nothing if neither was asked for). One `madvise`, no I/O; concurrent callers
+    /// Releases what [`Self::release_written_behind`] says may go now (nothing if it was not
+    /// asked for). One `madvise`, no I/O; concurrent callers
     /// release disjoint ranges. Best effort: pages left mapped only cost memory.
     pub fn release_behind(&self) {
         let to = self.release_target();
@@ -569,10 +556,6 @@ impl MappedFile {
         {
             let _ = self.storage.release(from, to - from);
         }
-    }
-
-    fn release_flushed(&self) {
-        self.release_behind();
     }
 
     /// A reader read at `pos`: with [`Self::release_written_behind`] on, the pages it (and any

@@ -6,7 +6,7 @@
 //! ([`MappedFile::wants_prefault`]) and hands the file here; this thread faults the next window
 //! in with `MADV_POPULATE_WRITE`, which leaves the bytes untouched, so it never races the writer
 //! on content, and releases the pages the file lets go behind the writer (an madvise, no I/O;
-//! only for files that asked for it, see `MappedFile::release_flushed_behind`). This module owns
+//! only for files that asked for it, see `MappedFile::release_written_behind`). This module owns
 //! only the thread and its queue; it never reads or writes records.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -117,7 +117,7 @@ fn run(shared: &Shared) {
             // writer takes the page faults itself, as it would without a warmer.
             let _ = file.prefault_ahead(window);
             // The pages its owner lets go behind the writer (see
-            // `MappedFile::release_flushed_behind`), off the writer's path too.
+            // `MappedFile::release_written_behind`), off the writer's path too.
             file.release_behind();
         }
     }

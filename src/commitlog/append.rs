@@ -39,8 +39,7 @@ const QUEUE_WARM_MIN: usize = 8 << 10;
 
 /// The warm window of one consume queue when `mapped` queues are mapped (page multiples).
 pub(crate) fn queue_warm_window(mapped: usize) -> usize {
-    let w = (QUEUE_WARM_BUDGET / mapped.max(1)).clamp(QUEUE_WARM_MIN, QUEUE_WARM_MAX);
-    w - w % 4096
+    crate::io::window_share(QUEUE_WARM_BUDGET, mapped, QUEUE_WARM_MIN, QUEUE_WARM_MAX)
 }
 
 struct Item {

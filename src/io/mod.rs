@@ -20,6 +20,7 @@ pub use mapped::{MAX_GROW_STEP, MappedFile, MappedWords, prefetch};
 pub use real::RealFs;
 pub use sim::{CrashMode, Fault, SimFs};
 pub use warmer::Warmer;
+pub(crate) use warmer::window_share;
 
 /// One entry of a directory listing.
 #[derive(Clone, Debug, PartialEq, Eq)]

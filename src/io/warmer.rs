@@ -17,6 +17,15 @@ use parking_lot::Mutex;
 
 use super::MappedFile;
 
+/// One file's warm-up window when `files` share a `budget` of pages faulted in ahead of their
+/// writers: the budget divided among them, between `min` and `max`, in whole pages. Both
+/// engines bound their warm-up memory with it (consume queues, active segment logs) whatever
+/// the number of partitions.
+pub(crate) fn window_share(budget: usize, files: usize, min: usize, max: usize) -> usize {
+    let w = (budget / files.max(1)).clamp(min, max);
+    w - w % 4096
+}
+
 /// Files waiting to be warmed, with the window to warm each by. Weak: a queued request never
 /// keeps a mapping alive (an evicted or deleted file is simply skipped), so the store's bound on
 /// mappings holds however far behind this thread is.

@@ -210,7 +210,7 @@ const MIN_WARM_WINDOW: usize = 16 << 10;
 
 /// The warm-up window of each active log when `active_logs` are mapped (see [`WARM_BUDGET`]).
 pub(crate) fn warm_window(active_logs: usize) -> usize {
-    (WARM_BUDGET / active_logs.max(1)).clamp(MIN_WARM_WINDOW, LOG_WARM_WINDOW) / 4096 * 4096
+    crate::io::window_share(WARM_BUDGET, active_logs, MIN_WARM_WINDOW, LOG_WARM_WINDOW)
 }
 
 /// Maps the log of a segment not sealed yet, writable, with its data (`size` bytes) published

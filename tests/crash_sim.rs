@@ -16,8 +16,10 @@
 //!    partition of a commit together;
 //! j. idempotent batches are all or nothing; after recovery the producer's batches the crash
 //!    took are retried in order and written once each, and a retry of the last one that
-//!    survived returns its original offsets and writes nothing; producer ids handed out after
-//!    a crash are above every id handed out before it;
+//!    survived returns its original offsets and writes nothing (a batch that was not durable
+//!    and lay wholly below a durable start offset may instead be forgotten and written anew:
+//!    see `after_recovery`); producer ids handed out after a crash are above every id handed
+//!    out before it;
 //! k. transactions (topic `tx`, on engines that support them): a `read_committed` reader sees
 //!    exactly the plain records and those of transactions whose commit marker is there, in
 //!    order, up to the last stable offset (the first offset of the oldest transaction whose
@@ -74,6 +76,8 @@ struct Model {
     /// Per partition, each record's value (`None`: a tombstone).
     appended: Vec<Vec<Option<Vec<u8>>>>,
     durable: Vec<usize>,
+    /// `durable` as it was when the last crash struck (before recovery shrank the model).
+    durable_at_crash: Vec<usize>,
     start: Vec<u64>,
     /// A start offset a failed `delete_before` may or may not have made durable.
     maybe_start: Vec<Option<u64>>,
@@ -139,6 +143,7 @@ impl Model {
         Model {
             appended: vec![Vec::new(); PARTITIONS as usize],
             durable: vec![0; PARTITIONS as usize],
+            durable_at_crash: vec![0; PARTITIONS as usize],
             start: vec![0; PARTITIONS as usize],
             maybe_start: vec![None; PARTITIONS as usize],
             churn: 0,
@@ -359,6 +364,7 @@ fn recover(
     assert_eq!(ends, again, "{ctx}: recovery is idempotent");
     let store: Arc<dyn LogStore> = Arc::from(store);
     check_committed(&store, model, &format!("{ctx} (second recovery)"));
+    model.durable_at_crash.clone_from(&model.durable);
     for (p, &end) in ends.iter().take(PARTITIONS as usize).enumerate() {
         model.appended[p].truncate(end as usize);
         model.durable[p] = end as usize;
@@ -478,6 +484,14 @@ fn send_idempotent(
 /// j, after a recovery: no idempotent batch is torn; the ones the crash took are sent again
 /// in order (each written once, at the end); a retry of the last one that survived is a
 /// duplicate; a new producer id is above every earlier one.
+///
+/// A durable start offset can outlive records the crash took: `delete_before` past what was
+/// synced, then a crash, recovers to an empty partition at that start (Kafka's
+/// `truncateFullyAndStartAt`). A batch reaching past such an end is lost whole. One that lay
+/// wholly below that start and was not yet durable may have survived (a `delete_before` that
+/// deleted segments synced the log and snapshotted the producers first) or not; its records are
+/// deleted either way, so its retry may be a duplicate at its old offsets or written anew at the
+/// end, never both, never torn.
 fn after_recovery(store: &dyn LogStore, model: &mut Model, sync: bool, ctx: &str) {
     let pid = store.allocate_producer_id().unwrap();
     assert!(
@@ -487,28 +501,41 @@ fn after_recovery(store: &dyn LogStore, model: &mut Model, sync: bool, ctx: &str
     model.highest_pid = pid;
     for p in 0..PARTITIONS {
         let end = model.appended[p as usize].len();
+        let emptied = end as u64 == model.start[p as usize];
+        let durable = model.durable_at_crash[p as usize];
         let sent = std::mem::take(&mut model.idem[p as usize]);
-        let (kept, lost): (Vec<_>, Vec<_>) = sent.into_iter().partition(|(_, base, _)| *base < end);
+        let (kept, lost): (Vec<_>, Vec<_>) = sent
+            .into_iter()
+            .partition(|(_, base, values)| *base < end && !(emptied && base + values.len() > end));
         if let Some((seq, base, values)) = kept.last() {
             assert!(
                 base + values.len() <= end,
                 "{ctx}: j: batch at {base} of partition {p} is torn"
             );
+            let maybe_gone = emptied && base + values.len() > durable;
             let batch: Vec<Message> = values.iter().map(|v| Message::new(v.clone())).collect();
             let r = store
                 .append_idempotent("t", p, PRODUCER, *seq, &batch)
                 .unwrap_or_else(|e| panic!("{ctx}: j: retry of the last batch: {e}"));
-            assert_eq!(
-                r.base_offset as usize, *base,
-                "{ctx}: j: retry returns its offsets"
-            );
-            assert_eq!(
-                store.bounds("t", p).unwrap().end as usize,
-                end,
-                "{ctx}: j: nothing written"
-            );
+            let now = store.bounds("t", p).unwrap().end as usize;
+            if maybe_gone && r.base_offset as usize == end {
+                // Forgotten with its records: written once, at the end.
+                assert_eq!(now, end + values.len(), "{ctx}: j: written once");
+                model.appended[p as usize].extend(values.iter().cloned().map(Some));
+                if sync {
+                    model.durable[p as usize] = now;
+                }
+                let resent = (*seq, end, values.clone());
+                model.idem[p as usize] = vec![resent];
+            } else {
+                assert_eq!(
+                    r.base_offset as usize, *base,
+                    "{ctx}: j: retry returns its offsets"
+                );
+                assert_eq!(now, end, "{ctx}: j: nothing written");
+                model.idem[p as usize] = kept;
+            }
         }
-        model.idem[p as usize] = kept;
         for (seq, _, values) in lost {
             send_idempotent(store, model, sync, p, seq, values, ctx);
         }

@@ -14,12 +14,14 @@
 //! eviction), and handles are dropped (files closed, mappings unmapped) outside any shard lock.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::segment::SegmentHandle;
+use crate::io::MappedFile;
 
 /// (partition id, segment base offset).
 pub(crate) type Key = (u64, u64);
@@ -166,6 +168,8 @@ pub(crate) struct HandleCache {
     /// How many handles `mapped` holds (kept under the shard locks; read without them): the
     /// active logs the warm-up budget is shared by (see `segment::warm_window`).
     mapped_len: AtomicUsize,
+    /// The active-log mappings records handed out may hold (see [`LogPins`]).
+    pins: Arc<LogPins>,
 }
 
 /// Shards whose capacities add up to exactly `capacity` (at least one).
@@ -190,7 +194,23 @@ impl HandleCache {
             shards: shards(capacity),
             mapped: shards(capacity.saturating_mul(MAPPED_PER_OPEN_FILE)),
             mapped_len: AtomicUsize::new(0),
+            pins: Arc::new(LogPins {
+                budget: capacity.max(1),
+                held: Mutex::new(HashMap::new()),
+            }),
         }
+    }
+
+    /// A pin of an active log's mapping for records to slice (zero-copy), or `None` when
+    /// [`LogPins`]' budget is spent and the read must copy.
+    pub(crate) fn pin_log(&self, log: &Arc<MappedFile>) -> Option<Arc<LogPin>> {
+        LogPins::pin(&self.pins, log)
+    }
+
+    /// Active-log mappings records hold now (tests).
+    #[cfg(test)]
+    pub(crate) fn pinned_logs(&self) -> usize {
+        self.pins.held.lock().len()
     }
 
     pub(crate) fn get(&self, key: Key) -> Option<Arc<SegmentHandle>> {
@@ -273,6 +293,87 @@ impl HandleCache {
             .chain(&self.mapped)
             .map(|s| s.lock().map.len())
             .sum()
+    }
+}
+
+/// The active-log mappings that records handed out may keep alive. A record read from a
+/// segment not sealed yet slices that segment's mapping (no copy), which keeps the mapping
+/// alive as long as the application holds the record — past the handle's eviction from the
+/// cache, and a re-read after it maps the log again. Without a bound an application holding
+/// records across more active partitions than the cache holds would add one mapping per
+/// re-read. So at most `budget` (the store's `max_open_files`) mappings are pinned by records
+/// at a time, cached or not: a read from an active log pinned already slices it; one that would
+/// pin another past the budget copies its bytes instead (as a sealed segment's are). Live
+/// active-log mappings are therefore at most the cache's mapped tier
+/// ([`MAPPED_PER_OPEN_FILE`] × `max_open_files`) plus `max_open_files`.
+pub(crate) struct LogPins {
+    budget: usize,
+    /// Pinned mappings by address (stable: each pin holds its mapping).
+    held: Mutex<HashMap<usize, Weak<LogPin>>>,
+}
+
+/// A mapping pinned by records: shared by every record read from it while any is held, the
+/// pin is given back when the last one is dropped.
+pub(crate) struct LogPin {
+    pins: Arc<LogPins>,
+    log: Arc<MappedFile>,
+}
+
+impl LogPin {
+    /// `len` published bytes of the pinned log at `pos`, zero-copy, holding this pin.
+    pub(crate) fn published_bytes(self: &Arc<Self>, pos: usize, len: usize) -> Option<Bytes> {
+        let bytes = self.log.published_bytes(pos, len)?;
+        Some(Bytes::from_owner(Pinned {
+            bytes,
+            _pin: Arc::clone(self),
+        }))
+    }
+}
+
+/// Bytes of a pinned log (what records slice).
+struct Pinned {
+    bytes: Bytes,
+    _pin: Arc<LogPin>,
+}
+
+impl AsRef<[u8]> for Pinned {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl LogPins {
+    fn pin(pins: &Arc<LogPins>, log: &Arc<MappedFile>) -> Option<Arc<LogPin>> {
+        let key = Arc::as_ptr(log) as usize;
+        let mut held = pins.held.lock();
+        if let Some(p) = held.get(&key).and_then(Weak::upgrade) {
+            return Some(p);
+        }
+        // A dead entry is one whose pin is being dropped (it removes itself): not counted.
+        let live = held.len() - usize::from(held.contains_key(&key));
+        if live >= pins.budget {
+            return None;
+        }
+        let pin = Arc::new(LogPin {
+            pins: Arc::clone(pins),
+            log: Arc::clone(log),
+        });
+        held.insert(key, Arc::downgrade(&pin));
+        Some(pin)
+    }
+}
+
+impl Drop for LogPin {
+    fn drop(&mut self) {
+        let key = Arc::as_ptr(&self.log) as usize;
+        let mut held = self.pins.held.lock();
+        // Another pin of the same mapping may have replaced this one's dead entry meanwhile.
+        if held
+            .get(&key)
+            .is_some_and(|w| std::ptr::eq(w.as_ptr(), self as *const LogPin))
+        {
+            held.remove(&key);
+        }
     }
 }
 
@@ -365,5 +466,35 @@ mod tests {
         assert_eq!(cache.mapped_len(), MAPPED_PER_OPEN_FILE - 1);
         cache.clear();
         assert_eq!(cache.mapped_len(), 0);
+    }
+
+    #[test]
+    fn records_pin_at_most_max_open_files_active_logs_and_give_them_back_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = crate::io::RealFs;
+        let open =
+            |base: u64| Arc::new(SegmentHandle::create(&fs, dir.path(), base, 4096, 4096).unwrap());
+        // One open file: one pinned mapping.
+        let cache = HandleCache::new(1);
+        let (a, b) = (open(0), open(1));
+        let (la, lb) = (a.mapped_log().unwrap(), b.mapped_log().unwrap());
+        let held = cache.pin_log(la).unwrap().published_bytes(0, 0).unwrap();
+        assert_eq!(cache.pinned_logs(), 1);
+        // The mapping pinned already is sliced again without another pin.
+        let again = cache.pin_log(la).unwrap().published_bytes(0, 0).unwrap();
+        assert_eq!(cache.pinned_logs(), 1);
+        // Another would pass the budget: that read copies.
+        assert!(cache.pin_log(lb).is_none());
+        drop(held);
+        assert!(
+            cache.pin_log(lb).is_none(),
+            "a pin given back while still held"
+        );
+        drop(again);
+        assert_eq!(cache.pinned_logs(), 0);
+        let other = cache.pin_log(lb).unwrap().published_bytes(0, 0).unwrap();
+        assert_eq!(cache.pinned_logs(), 1);
+        drop(other);
+        assert_eq!(cache.pinned_logs(), 0);
     }
 }

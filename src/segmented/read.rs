@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use bytes::{Bytes, BytesMut};
 
 use super::batch::{self, BatchHeader};
+use super::handles::HandleCache;
 use super::index;
 use super::partition::{Ctx, Partition};
 use super::segment::{self, SegmentHandle, SegmentMeta};
@@ -500,7 +501,7 @@ impl Partition {
             )
             .saturating_add(batch::HEADER_LEN as u64);
         let (scan_offsets, scan_bytes) = limits.tagged_scan();
-        let mut cursor = BatchCursor::new(&handle, meta.size, indexed_pos, want);
+        let mut cursor = BatchCursor::new(&ctx.cache, &handle, meta.size, indexed_pos, want);
         // Room for the records the estimate expects, so a large fetch does not grow its vector
         // by doubling (nor a small one reserve for the limit it will not reach).
         f.records
@@ -730,7 +731,8 @@ enum CursorError {
 /// and the decoding of its batches, and to come from the allocator's free lists rather than
 /// fresh pages. Batches are handed out as ranges of the current chunk, which records share
 /// (zero-copy). A segment not sealed yet is not read at all: its mapping's published bytes up
-/// to the segment's size are the one chunk.
+/// to the segment's size are the one chunk (unless the budget of mappings records may pin is
+/// spent: then it is read in chunks like a sealed one).
 struct BatchCursor<'a> {
     handle: &'a SegmentHandle,
     size: u64,
@@ -752,14 +754,24 @@ struct BatchCursor<'a> {
 const CHUNK: u64 = 64 << 10;
 
 impl<'a> BatchCursor<'a> {
-    fn new(handle: &'a SegmentHandle, size: u64, pos: u64, first_len: u64) -> Self {
+    fn new(
+        cache: &HandleCache,
+        handle: &'a SegmentHandle,
+        size: u64,
+        pos: u64,
+        first_len: u64,
+    ) -> Self {
         // A segment not sealed yet is mapped: its published bytes up to `size` are one
         // zero-copy span, so the walk makes no system call and copies nothing (issue 16: the
         // copies out of the mapping, and the fresh chunk pages they faulted in, were a third
         // of a sequential read's time).
+        // Records slice it and keep the mapping alive while held: past the budget of such
+        // pinned mappings (see `handles::LogPins`), the segment is read in copied chunks as a
+        // sealed one is.
         let mapped = handle
             .mapped_log()
-            .and_then(|w| w.published_bytes(pos as usize, size.saturating_sub(pos) as usize));
+            .and_then(|w| cache.pin_log(w))
+            .and_then(|p| p.published_bytes(pos as usize, size.saturating_sub(pos) as usize));
         BatchCursor {
             handle,
             size,

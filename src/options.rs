@@ -240,7 +240,9 @@ pub struct StoreOptions {
     /// Bounds the files the store's caches keep open, whatever the number of partitions.
     /// Segmented engine: at most this many sealed segments open (each one descriptor and two
     /// mappings), and `8 × max_open_files` segments not sealed yet (the active ones: their log
-    /// is mapped, so three mappings and no descriptor each). CommitLog engine: consume-queue mappings hold no descriptor, so at most
+    /// is mapped, so three mappings and no descriptor each); records the application holds keep
+    /// at most `max_open_files` active logs' mappings alive on top (a read past that copies).
+    /// CommitLog engine: consume-queue mappings hold no descriptor, so at most
     /// `16 × max_open_files` partitions keep their queues mapped (8,192 by default, well under
     /// the kernel's 65,530 mappings). Partitions beyond the bound reopen their files on use.
     /// The store's fixed files (its `LOCK`, the commit-log and key-index files, a few dozen at

@@ -530,10 +530,13 @@ impl Inner {
                 None => self.log.create_if_missing(fs, pos - pos % file_size)?,
             },
         };
+        // The write position in `file`, read once: each file's cursor is a mutex, and this
+        // append (under the append lock) is its only writer.
+        let mut at = file.write_position();
         // Plan: create every file the batch needs before writing any of it.
         let base = part.next_offset.load(Ordering::Relaxed);
         {
-            let mut remaining = file.remaining();
+            let mut remaining = file.len() - at;
             let mut next_start = file.start_offset() + file_size;
             for item in items {
                 if item.len + BLANK_LEN > remaining {
@@ -588,9 +591,6 @@ impl Inner {
         let mut offset = base;
         // Files the writer leaves in this batch (rare: a roll), released once the lock is off.
         let mut left: Vec<Arc<MappedFile>> = Vec::new();
-        // The write position in `file`, read once: each file's cursor is a mutex, and this
-        // append is its only writer.
-        let mut at = file.write_position();
         for item in items {
             let remaining = file.len() - at;
             if item.len + BLANK_LEN > remaining {
@@ -668,7 +668,10 @@ impl Inner {
         part.next_offset.store(offset, Ordering::Relaxed);
         part.end.store(offset, Ordering::Release);
         self.written.store(end, Ordering::Release);
-        st.current = Some(Arc::clone(&file));
+        // Two reference-count updates saved per append while the file stays the same.
+        if !st.current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &file)) {
+            st.current = Some(Arc::clone(&file));
+        }
         drop(st);
         if txn_write_due && let Some(me) = self.me.get() {
             // The index's unwritten entries go to its file off the append lock, on the

@@ -168,12 +168,12 @@ pub fn tag_hash(tags: &str) -> i64 {
     i64::from(h)
 }
 
-fn put_host(out: &mut Vec<u8>, addr: &SocketAddr) {
+fn put_host(put: &mut impl FnMut(&[u8]), addr: &SocketAddr) {
     match addr.ip() {
-        IpAddr::V4(ip) => out.extend_from_slice(&ip.octets()),
-        IpAddr::V6(ip) => out.extend_from_slice(&ip.octets()),
+        IpAddr::V4(ip) => put(&ip.octets()),
+        IpAddr::V6(ip) => put(&ip.octets()),
     }
-    out.extend_from_slice(&i32::from(addr.port()).to_be_bytes());
+    put(&i32::from(addr.port()).to_be_bytes());
 }
 
 /// Appends one encoded message record to `out`. `properties` is the raw property string; when
@@ -207,34 +207,42 @@ pub fn encode_unsealed(
     let props_len = properties.len() + if with_record_crc { CRC_PROPERTY_LEN } else { 0 };
     let total = encoded_len(header, body.len(), topic.len(), props_len);
     let start = out.len();
-    out.reserve(total);
-    out.extend_from_slice(&(total as i32).to_be_bytes());
-    out.extend_from_slice(&MESSAGE_MAGIC.to_be_bytes());
-    out.extend_from_slice(&body_crc(body).to_be_bytes());
-    out.extend_from_slice(&header.queue_id.to_be_bytes());
-    out.extend_from_slice(&header.flag.to_be_bytes());
-    out.extend_from_slice(&header.queue_offset.to_be_bytes());
-    out.extend_from_slice(&header.physical_offset.to_be_bytes());
-    out.extend_from_slice(&header.sys_flag_with_hosts().to_be_bytes());
-    out.extend_from_slice(&header.born_timestamp.to_be_bytes());
-    put_host(out, &header.born_host);
-    out.extend_from_slice(&header.store_timestamp.to_be_bytes());
-    put_host(out, &header.store_host);
-    out.extend_from_slice(&header.reconsume_times.to_be_bytes());
-    out.extend_from_slice(&header.prepared_transaction_offset.to_be_bytes());
-    out.extend_from_slice(&(body.len() as i32).to_be_bytes());
-    out.extend_from_slice(body);
-    out.push(topic.len() as u8);
-    out.extend_from_slice(topic);
-    out.extend_from_slice(&(props_len as i16).to_be_bytes());
-    out.extend_from_slice(properties);
+    // Sized once and filled by position: one capacity check for the record rather than one
+    // per field (this runs once per appended message).
+    out.resize(start + total, 0);
+    let rec = &mut out[start..];
+    let mut at = 0;
+    let mut put = |bytes: &[u8]| {
+        rec[at..at + bytes.len()].copy_from_slice(bytes);
+        at += bytes.len();
+    };
+    put(&(total as i32).to_be_bytes());
+    put(&MESSAGE_MAGIC.to_be_bytes());
+    put(&body_crc(body).to_be_bytes());
+    put(&header.queue_id.to_be_bytes());
+    put(&header.flag.to_be_bytes());
+    put(&header.queue_offset.to_be_bytes());
+    put(&header.physical_offset.to_be_bytes());
+    put(&header.sys_flag_with_hosts().to_be_bytes());
+    put(&header.born_timestamp.to_be_bytes());
+    put_host(&mut put, &header.born_host);
+    put(&header.store_timestamp.to_be_bytes());
+    put_host(&mut put, &header.store_host);
+    put(&header.reconsume_times.to_be_bytes());
+    put(&header.prepared_transaction_offset.to_be_bytes());
+    put(&(body.len() as i32).to_be_bytes());
+    put(body);
+    put(&[topic.len() as u8]);
+    put(topic);
+    put(&(props_len as i16).to_be_bytes());
+    put(properties);
     if with_record_crc {
-        out.extend_from_slice(CRC_PROPERTY.as_bytes());
-        out.push(NAME_VALUE_SEPARATOR);
-        out.extend_from_slice(b"0000000000");
-        out.push(PROPERTY_SEPARATOR);
+        put(CRC_PROPERTY.as_bytes());
+        put(&[NAME_VALUE_SEPARATOR]);
+        put(b"0000000000");
+        put(&[PROPERTY_SEPARATOR]);
     }
-    debug_assert_eq!(out.len() - start, total);
+    debug_assert_eq!(at, total);
 }
 
 /// Records at least this long get the CRC of their stable tail computed outside the append lock

@@ -168,6 +168,7 @@ pub fn tag_hash(tags: &str) -> i64 {
     i64::from(h)
 }
 
+#[inline(always)]
 fn put_host(put: &mut impl FnMut(&[u8]), addr: &SocketAddr) {
     match addr.ip() {
         IpAddr::V4(ip) => put(&ip.octets()),
@@ -207,13 +208,13 @@ pub fn encode_unsealed(
     let props_len = properties.len() + if with_record_crc { CRC_PROPERTY_LEN } else { 0 };
     let total = encoded_len(header, body.len(), topic.len(), props_len);
     let start = out.len();
-    // Sized once and filled by position: one capacity check for the record rather than one
-    // per field (this runs once per appended message).
-    out.resize(start + total, 0);
-    let rec = &mut out[start..];
+    out.reserve(total);
+    // The fixed part is assembled on the stack and copied in one piece: this runs once per
+    // appended message, and a capacity check per field showed in profiles.
+    let mut fixed = [0u8; MAX_FIXED_LEN];
     let mut at = 0;
     let mut put = |bytes: &[u8]| {
-        rec[at..at + bytes.len()].copy_from_slice(bytes);
+        fixed[at..at + bytes.len()].copy_from_slice(bytes);
         at += bytes.len();
     };
     put(&(total as i32).to_be_bytes());
@@ -231,19 +232,23 @@ pub fn encode_unsealed(
     put(&header.reconsume_times.to_be_bytes());
     put(&header.prepared_transaction_offset.to_be_bytes());
     put(&(body.len() as i32).to_be_bytes());
-    put(body);
-    put(&[topic.len() as u8]);
-    put(topic);
-    put(&(props_len as i16).to_be_bytes());
-    put(properties);
+    out.extend_from_slice(&fixed[..at]);
+    out.extend_from_slice(body);
+    out.push(topic.len() as u8);
+    out.extend_from_slice(topic);
+    out.extend_from_slice(&(props_len as i16).to_be_bytes());
+    out.extend_from_slice(properties);
     if with_record_crc {
-        put(CRC_PROPERTY.as_bytes());
-        put(&[NAME_VALUE_SEPARATOR]);
-        put(b"0000000000");
-        put(&[PROPERTY_SEPARATOR]);
+        out.extend_from_slice(CRC_TEMPLATE);
     }
-    debug_assert_eq!(at, total);
+    debug_assert_eq!(out.len() - start, total);
 }
+
+/// The fixed part of a record (through BODYLENGTH) with both hosts IPv6: the longest.
+const MAX_FIXED_LEN: usize = BORN_HOST_POS + 20 + 8 + 20 + 4 + 8 + 4;
+
+/// The checksum property as [`encode_unsealed`] writes it, digits left as zeros.
+const CRC_TEMPLATE: &[u8; CRC_PROPERTY_LEN] = b"__CRC32#\x010000000000\x02";
 
 /// Records at least this long get the CRC of their stable tail computed outside the append lock
 /// and combined in; shorter ones are hashed whole inside it (cheaper than a combine).

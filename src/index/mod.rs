@@ -46,26 +46,6 @@ fn load_file_counts(fs: &dyn FileSystem, dir: &Path) -> HashMap<String, u32> {
         .collect()
 }
 
-/// Counts the key index's per-batch and per-message entry points on this thread, so a test can
-/// see that an append of keyless messages does no key-index work at all.
-#[cfg(test)]
-pub(crate) mod probe {
-    use std::cell::Cell;
-
-    thread_local! {
-        static CALLS: Cell<u64> = const { Cell::new(0) };
-    }
-
-    pub(crate) fn count() {
-        CALLS.with(|c| c.set(c.get() + 1));
-    }
-
-    /// Calls on this thread so far.
-    pub(crate) fn calls() -> u64 {
-        CALLS.with(Cell::get)
-    }
-}
-
 /// Whether a message may have keys to index: false for a message with no key and no `KEYS` or
 /// `UNIQ_KEY` property, for which an engine skips the key index entirely (no reservation, no
 /// per-message call). Two field checks for the common message without key or properties.
@@ -649,4 +629,24 @@ pub(crate) fn verify_partition(
         at = recs[recs.len() - 1].offset() + 1;
     }
     Ok(checked)
+}
+
+/// Counts the key index's per-batch and per-message entry points on this thread, so a test can
+/// see that an append of keyless messages does no key-index work at all.
+#[cfg(test)]
+pub(crate) mod probe {
+    use std::cell::Cell;
+
+    thread_local! {
+        static CALLS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub(crate) fn count() {
+        CALLS.with(|c| c.set(c.get() + 1));
+    }
+
+    /// Calls on this thread so far.
+    pub(crate) fn calls() -> u64 {
+        CALLS.with(Cell::get)
+    }
 }

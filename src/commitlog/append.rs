@@ -8,13 +8,13 @@
 //! a roll happens before anything of the batch is written, so a full disk leaves the log as it was.
 
 use std::cell::RefCell;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 
 use super::consume_queue::{UNIT_SIZE, Unit};
 use super::file_queue::FileQueue;
 use super::record::{self, BLANK_LEN, RecordHeader};
-use super::{Inner, TopicState};
+use super::{Inner, PartitionState, TopicState};
 use crate::error::{Error, Result};
 use crate::io::MappedFile;
 use crate::producer_state::{BatchMeta, IdempotentBatch, Verdict};
@@ -58,6 +58,21 @@ struct Scratch {
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    static LAST_TOPIC: RefCell<Option<LastTopic>> = const { RefCell::new(None) };
+}
+
+/// The topic this thread appended to last, so a stream of appends to one topic finds its state
+/// without hashing the name into the store's map each call. Weak references: the cache keeps
+/// neither the store nor the topic alive (a `Weak` keeps only the allocation, so no other store
+/// can take `store`'s address while it is cached and the pointer comparison is exact).
+struct LastTopic {
+    store: Weak<Inner>,
+    topic: Weak<TopicState>,
+}
+
+/// Whether a cached topic state is still the one the store's map holds.
+fn still_current(t: &TopicState, name: &str) -> bool {
+    t.name == name && !t.replaced.load(Ordering::Acquire) && !t.deleted.load(Ordering::Acquire)
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -178,6 +193,34 @@ fn encode_properties(
 }
 
 impl Inner {
+    /// [`Inner::topic`] through this thread's one-entry cache (see [`LastTopic`]): a topic
+    /// altered, given partitions or deleted since it was cached is looked up again.
+    fn topic_cached(&self, name: &str) -> Result<Arc<TopicState>> {
+        let Some(me) = self.me.get() else {
+            return self.topic(name);
+        };
+        let hit = LAST_TOPIC.with(|c| {
+            let c = c.borrow();
+            let last = c.as_ref()?;
+            if !Weak::ptr_eq(&last.store, me) {
+                return None;
+            }
+            let t = last.topic.upgrade()?;
+            still_current(&t, name).then_some(t)
+        });
+        if let Some(t) = hit {
+            return Ok(t);
+        }
+        let t = self.topic(name)?;
+        LAST_TOPIC.with(|c| {
+            *c.borrow_mut() = Some(LastTopic {
+                store: me.clone(),
+                topic: Arc::downgrade(&t),
+            });
+        });
+        Ok(t)
+    }
+
     /// Asks the allocation thread for what the next appends will need, so the append lock
     /// finds it ready: the next commit-log file once the current one is half written, the
     /// partition's next consume-queue file once its current one is half full, and the next
@@ -292,8 +335,8 @@ impl Inner {
         if messages.is_empty() {
             return Err(Error::InvalidArgument("empty batch".into()));
         }
-        let t = self.topic(topic)?;
-        t.partition(partition)?;
+        let t = self.topic_cached(topic)?;
+        let part = t.partition(partition)?;
         if !matches!(kind, Produce::Plain) && !self.tracks_producers.load(Ordering::Acquire) {
             self.start_tracking_producers()?;
         }
@@ -357,14 +400,12 @@ impl Inner {
             }
             let total_bytes = buf.len() as u64;
             let appended = self
-                .append_locked(&t, partition, buf, items, born_now, messages, kind)
+                .append_locked(&t, part, partition, buf, items, born_now, messages, kind)
                 .map_err(|e| self.note_poison(e))?;
             if !matches!(appended, Appended::Written(..)) {
                 return Ok(appended);
             }
-            if let Some(p) = t.partitions.get(partition as usize) {
-                p.signal.notify();
-            }
+            part.signal.notify();
             self.gc.note_appended(items.len() as u64, total_bytes);
             Ok(appended)
         })
@@ -374,6 +415,7 @@ impl Inner {
     fn append_locked(
         &self,
         t: &Arc<TopicState>,
+        part: &PartitionState,
         partition: u32,
         buf: &mut [u8],
         items: &[Item],
@@ -383,7 +425,6 @@ impl Inner {
     ) -> Result<Appended> {
         let idem = kind.batch();
         let fs = self.fs.as_ref();
-        let part = t.partition(partition)?;
         let file_size = self.log.file_size();
         // Before the store-wide lock: make sure the files this batch will most likely need
         // exist — the partition's consume-queue file(s) for its next units, and the next
@@ -489,10 +530,13 @@ impl Inner {
                 None => self.log.create_if_missing(fs, pos - pos % file_size)?,
             },
         };
+        // The write position in `file`, read once: each file's cursor is a mutex, and this
+        // append (under the append lock) is its only writer.
+        let mut at = file.write_position();
         // Plan: create every file the batch needs before writing any of it.
         let base = part.next_offset.load(Ordering::Relaxed);
         {
-            let mut remaining = file.remaining();
+            let mut remaining = file.len() - at;
             let mut next_start = file.start_offset() + file_size;
             for item in items {
                 if item.len + BLANK_LEN > remaining {
@@ -509,20 +553,36 @@ impl Inner {
         // Held to the end of the append: the queue stays mapped (the cache does not evict a
         // queue someone holds) and its watermarks are ours to move.
         let cq = part.cq.files()?;
-        // The file of the first unit first: with no file yet, the last unit's would be made.
-        part.cq.ensure_file_for(&cq, first_byte)?;
-        part.cq.ensure_file_for(&cq, last_byte)?;
-        if let Some(last) = cq.last() {
-            let ready = (last.start_offset() + cq.file_size()) / UNIT_SIZE;
-            part.queue_ready_until.store(ready, Ordering::Release);
-        }
-        part.cq.ensure_allocated(&cq, first_byte, last_byte + 1)?;
-        let mut cq_file = part.cq.file_for(&cq, first_byte)?;
+        // Usually one file holds the batch's units: one walk of the queue's files finds it.
+        let mut cq_file = match part.cq.writable_file(&cq, first_byte, last_byte + 1)? {
+            Some(f) => {
+                let ready = (f.start_offset() + cq.file_size()) / UNIT_SIZE;
+                if part.queue_ready_until.load(Ordering::Relaxed) < ready {
+                    part.queue_ready_until.store(ready, Ordering::Release);
+                }
+                f
+            }
+            None => {
+                // The file of the first unit first: with no file yet, the last unit's would be
+                // made.
+                part.cq.ensure_file_for(&cq, first_byte)?;
+                part.cq.ensure_file_for(&cq, last_byte)?;
+                if let Some(last) = cq.last() {
+                    let ready = (last.start_offset() + cq.file_size()) / UNIT_SIZE;
+                    part.queue_ready_until.store(ready, Ordering::Release);
+                }
+                part.cq.ensure_allocated(&cq, first_byte, last_byte + 1)?;
+                part.cq.file_for(&cq, first_byte)?
+            }
+        };
 
-        // The key index must not be able to fail once the batch is in the log.
+        // The key index must not be able to fail once the batch is in the log. A batch with
+        // no keys does no key-index work at all (no reservation, no call per message).
         let mut keys = match &self.index {
-            Some(index) => Some(index.reserve(crate::index::batch_keys(messages), now)?),
-            None => None,
+            Some(index) if crate::index::batch_may_have_keys(messages) => {
+                Some(index.reserve(crate::index::batch_keys(messages), now)?)
+            }
+            _ => None,
         };
 
         // Store times never go backwards, even if the clock does.
@@ -532,7 +592,7 @@ impl Inner {
         // Files the writer leaves in this batch (rare: a roll), released once the lock is off.
         let mut left: Vec<Arc<MappedFile>> = Vec::new();
         for item in items {
-            let remaining = file.remaining();
+            let remaining = file.len() - at;
             if item.len + BLANK_LEN > remaining {
                 if remaining > 0 {
                     file.append(&[&record::encode_blank(remaining)]);
@@ -544,17 +604,19 @@ impl Inner {
                 file = self.log.find(next).ok_or_else(|| {
                     Error::corrupted(self.log.dir(), next, "planned log file is missing")
                 })?;
+                at = file.write_position();
             }
             let rec = &mut buf[item.start..item.start + item.len];
-            let physical = file.start_offset() + file.write_position() as u64;
+            let physical = file.start_offset() + at as u64;
             record::stamp(rec, offset as i64, physical as i64, now, item.tail.as_ref());
-            if file.append(&[rec]).is_none() {
+            if file.append_at(at, &[rec]).is_none() {
                 return Err(Error::corrupted(
                     file.path(),
                     physical,
                     "record does not fit where planned",
                 ));
             }
+            at += item.len;
             let byte = offset * UNIT_SIZE;
             if byte >= cq_file.start_offset() + cq_file.len() as u64 {
                 cq_file.commit_all();
@@ -602,11 +664,14 @@ impl Inner {
         }
         cq_file.commit_all();
         file.commit_all();
-        let end = file.start_offset() + file.write_position() as u64;
+        let end = file.start_offset() + at as u64;
         part.next_offset.store(offset, Ordering::Relaxed);
         part.end.store(offset, Ordering::Release);
         self.written.store(end, Ordering::Release);
-        st.current = Some(Arc::clone(&file));
+        // Two reference-count updates saved per append while the file stays the same.
+        if !st.current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &file)) {
+            st.current = Some(Arc::clone(&file));
+        }
         drop(st);
         if txn_write_due && let Some(me) = self.me.get() {
             // The index's unwritten entries go to its file off the append lock, on the
@@ -657,9 +722,125 @@ impl Inner {
     }
 }
 
+/// Counts, per thread, the lookups an append makes, so a test can see what one append pays.
+#[cfg(test)]
+pub(crate) mod probe {
+    use std::cell::Cell;
+    use std::thread::LocalKey;
+
+    thread_local! {
+        /// Lookups of a topic by name in the store's map.
+        pub(crate) static TOPIC_LOOKUPS: Cell<u64> = const { Cell::new(0) };
+        /// Walks of a consume queue's files to find (or make, or allocate) the one to write.
+        pub(crate) static QUEUE_FILE_LOOKUPS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub(crate) fn count(c: &'static LocalKey<Cell<u64>>) {
+        c.with(|c| c.set(c.get() + 1));
+    }
+
+    pub(crate) fn get(c: &'static LocalKey<Cell<u64>>) -> u64 {
+        c.with(Cell::get)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::LogStore;
+    use crate::{CommitLogStore, StoreOptions, TopicConfig};
+
+    /// What an append of one message without keys costs in lookups, counted over `n` appends
+    /// after a first one: (topic lookups, queue file lookups, key-index calls).
+    fn lookups_per_append(n: u64, m: &Message) -> (u64, u64, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CommitLogStore::open(dir.path(), StoreOptions::default()).unwrap();
+        store
+            .create_topic("t", TopicConfig::with_partitions(2))
+            .unwrap();
+        store.append("t", 1, std::slice::from_ref(m)).unwrap();
+        let before = (
+            probe::get(&probe::TOPIC_LOOKUPS),
+            probe::get(&probe::QUEUE_FILE_LOOKUPS),
+            crate::index::probe::calls(),
+        );
+        for _ in 0..n {
+            store
+                .append_oneway("t", 1, std::slice::from_ref(m))
+                .unwrap();
+        }
+        let after = (
+            probe::get(&probe::TOPIC_LOOKUPS),
+            probe::get(&probe::QUEUE_FILE_LOOKUPS),
+            crate::index::probe::calls(),
+        );
+        let r = store.read("t", 1, 0, crate::ReadLimits::default()).unwrap();
+        assert_eq!(r.len() as u64, n + 1);
+        store.close().unwrap();
+        (after.0 - before.0, after.1 - before.1, after.2 - before.2)
+    }
+
+    #[test]
+    fn a_keyless_one_message_append_finds_its_topic_and_queue_file_once_and_skips_the_key_index() {
+        let m = Message::new(b"body".to_vec());
+        // The topic comes from this thread's cache (no map lookup); the queue file from one
+        // walk of the queue's files per append; the key index is not called at all.
+        assert_eq!(
+            lookups_per_append(100, &m),
+            (0, 100, 0),
+            "(topic map lookups, queue file lookups, key-index calls) over 100 appends"
+        );
+    }
+
+    #[test]
+    fn the_cached_topic_follows_other_stores_added_partitions_and_a_recreated_topic() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = CommitLogStore::open(da.path(), StoreOptions::default()).unwrap();
+        let b = CommitLogStore::open(db.path(), StoreOptions::default()).unwrap();
+        a.create_topic("t", TopicConfig::with_partitions(1))
+            .unwrap();
+        b.create_topic("t", TopicConfig::with_partitions(1))
+            .unwrap();
+        let m = [Message::new(b"m".to_vec())];
+        // Same name, other store: each append lands in its own store.
+        assert_eq!(a.append("t", 0, &m).unwrap().base_offset, 0);
+        assert_eq!(b.append("t", 0, &m).unwrap().base_offset, 0);
+        assert_eq!(a.append("t", 0, &m).unwrap().base_offset, 1);
+        // Partitions added after the topic was cached are seen by the next append.
+        assert!(matches!(
+            a.append("t", 1, &m),
+            Err(Error::UnknownPartition { .. })
+        ));
+        a.add_partitions("t", 1).unwrap();
+        assert_eq!(a.append("t", 1, &m).unwrap().base_offset, 0);
+        // A deleted topic is unknown; one created again under its name starts empty.
+        a.delete_topic("t").unwrap();
+        assert!(matches!(a.append("t", 0, &m), Err(Error::UnknownTopic(_))));
+        a.create_topic("t", TopicConfig::with_partitions(1))
+            .unwrap();
+        assert_eq!(a.append("t", 0, &m).unwrap().base_offset, 0);
+        assert_eq!(b.append("t", 0, &m).unwrap().base_offset, 1);
+        a.close().unwrap();
+        b.close().unwrap();
+    }
+
+    #[test]
+    fn a_keyed_append_still_indexes_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CommitLogStore::open(dir.path(), StoreOptions::default()).unwrap();
+        store
+            .create_topic("t", TopicConfig::with_partitions(1))
+            .unwrap();
+        let plain = Message::new(b"x".to_vec());
+        let keyed = Message::new(b"y".to_vec()).with_key(b"k1".to_vec());
+        store
+            .append("t", 0, &[plain.clone(), keyed, plain])
+            .unwrap();
+        let found = store.find_by_key("t", "k1", (0, i64::MAX), 10).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].record.offset(), 1);
+        store.close().unwrap();
+    }
 
     #[test]
     fn queue_warm_windows_share_a_budget_between_a_page_pair_and_a_mebibyte() {

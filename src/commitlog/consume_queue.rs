@@ -340,14 +340,44 @@ impl ConsumeQueue {
 
     /// The existing file holding queue byte `byte`.
     pub(crate) fn file_for(&self, fq: &FileQueue, byte: u64) -> Result<Arc<MappedFile>> {
+        #[cfg(test)]
+        super::append::probe::count(&super::append::probe::QUEUE_FILE_LOOKUPS);
         fq.find(byte)
             .ok_or_else(|| Error::corrupted(self.dir(), byte, "consume-queue file is missing"))
+    }
+
+    /// The file holding queue bytes `[from, to)` whole, with them allocated, found with one
+    /// walk of the files: what an append of a few units needs in the common case. `None` when
+    /// no one existing file holds them all (the caller then plans with
+    /// [`ensure_file_for`](Self::ensure_file_for) and [`ensure_allocated`](Self::ensure_allocated)).
+    pub(crate) fn writable_file(
+        &self,
+        fq: &FileQueue,
+        from: u64,
+        to: u64,
+    ) -> Result<Option<Arc<MappedFile>>> {
+        #[cfg(test)]
+        super::append::probe::count(&super::append::probe::QUEUE_FILE_LOOKUPS);
+        let Some(file) = fq.find(from) else {
+            return Ok(None);
+        };
+        let start = file.start_offset();
+        if to > start + file.len() as u64 {
+            return Ok(None);
+        }
+        file.ensure_allocated((to - start) as usize)
+            .map_err(|e| Error::io(file.path(), e))?;
+        Ok(Some(file))
     }
 
     /// Writes the unit for `offset` into `file` (which holds it, allocated) without publishing
     /// it. There is one writer: the append lock's holder, or recovery.
     pub(crate) fn put_into(&self, file: &MappedFile, offset: u64, unit: &Unit) -> Result<()> {
         let at = (offset * UNIT_SIZE - file.start_offset()) as usize;
+        // One take of the file's cursor: the write happens only where the unit belongs.
+        if file.append_at(at, &[&unit.encode()]).is_some() {
+            return Ok(());
+        }
         let written = file.write_position();
         if written != at {
             return Err(Error::corrupted(
@@ -358,14 +388,11 @@ impl ConsumeQueue {
                 ),
             ));
         }
-        if file.append(&[&unit.encode()]).is_none() {
-            return Err(Error::corrupted(
-                file.path(),
-                at as u64,
-                "consume-queue unit past the file's allocated length",
-            ));
-        }
-        Ok(())
+        Err(Error::corrupted(
+            file.path(),
+            at as u64,
+            "consume-queue unit past the file's allocated length",
+        ))
     }
 
     /// Makes sure the file holding queue byte `byte` exists (creating the next file if needed),
@@ -373,6 +400,8 @@ impl ConsumeQueue {
     /// Every file up to the one holding `byte` is created, in order, so the queue's files stay
     /// contiguous even when one batch spans several of them.
     pub(crate) fn ensure_file_for(&self, fq: &FileQueue, byte: u64) -> Result<()> {
+        #[cfg(test)]
+        super::append::probe::count(&super::append::probe::QUEUE_FILE_LOOKUPS);
         let size = fq.file_size();
         while fq.find(byte).is_none() {
             let next = match fq.last() {
@@ -395,6 +424,8 @@ impl ConsumeQueue {
     /// Allocates the bytes `[from, to)` of the queue in the files (which exist) holding them, so
     /// that writing the units cannot fail, or fault, halfway through a batch.
     pub(crate) fn ensure_allocated(&self, fq: &FileQueue, from: u64, to: u64) -> Result<()> {
+        #[cfg(test)]
+        super::append::probe::count(&super::append::probe::QUEUE_FILE_LOOKUPS);
         let mut at = from;
         while at < to {
             let file = self.file_for(fq, at)?;

@@ -116,6 +116,9 @@ pub(crate) struct TopicState {
     /// before stop there. Shared by every state of the topic (`replace_topic`), so an append
     /// holding the state from before an alter sees it too.
     deleted: Arc<AtomicBool>,
+    /// Set once another state took this one's place in the map (an alter, added partitions):
+    /// an appender's cached state (see `append::topic_cached`) is then looked up again.
+    replaced: AtomicBool,
     /// The commit-log position at the topic's creation: records of its name before it belong
     /// to a deleted topic of the same name (see `catalog`).
     since: u64,
@@ -152,6 +155,7 @@ impl Inner {
             config,
             partitions,
             deleted: Arc::clone(&old.deleted),
+            replaced: AtomicBool::new(false),
             since: old.since,
             id: old.id,
         });
@@ -159,6 +163,7 @@ impl Inner {
         topics.insert(name.to_owned(), Arc::clone(&new));
         self.store_catalog(&topics)?;
         self.topics.write().insert(name.to_owned(), new);
+        old.replaced.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -296,6 +301,8 @@ impl Inner {
     }
 
     fn topic(&self, name: &str) -> Result<Arc<TopicState>> {
+        #[cfg(test)]
+        append::probe::count(&append::probe::TOPIC_LOOKUPS);
         self.topics
             .read()
             .get(name)
@@ -364,6 +371,7 @@ impl Inner {
             effective: config.effective(&self.opts, EngineKind::CommitLog),
             partitions: self.open_partitions(name, config, 0)?,
             deleted: Arc::new(AtomicBool::new(false)),
+            replaced: AtomicBool::new(false),
             since: meta.since,
             id: meta.id,
         })

@@ -168,12 +168,13 @@ pub fn tag_hash(tags: &str) -> i64 {
     i64::from(h)
 }
 
-fn put_host(out: &mut Vec<u8>, addr: &SocketAddr) {
+#[inline(always)]
+fn put_host(put: &mut impl FnMut(&[u8]), addr: &SocketAddr) {
     match addr.ip() {
-        IpAddr::V4(ip) => out.extend_from_slice(&ip.octets()),
-        IpAddr::V6(ip) => out.extend_from_slice(&ip.octets()),
+        IpAddr::V4(ip) => put(&ip.octets()),
+        IpAddr::V6(ip) => put(&ip.octets()),
     }
-    out.extend_from_slice(&i32::from(addr.port()).to_be_bytes());
+    put(&i32::from(addr.port()).to_be_bytes());
 }
 
 /// Appends one encoded message record to `out`. `properties` is the raw property string; when
@@ -208,34 +209,46 @@ pub fn encode_unsealed(
     let total = encoded_len(header, body.len(), topic.len(), props_len);
     let start = out.len();
     out.reserve(total);
-    out.extend_from_slice(&(total as i32).to_be_bytes());
-    out.extend_from_slice(&MESSAGE_MAGIC.to_be_bytes());
-    out.extend_from_slice(&body_crc(body).to_be_bytes());
-    out.extend_from_slice(&header.queue_id.to_be_bytes());
-    out.extend_from_slice(&header.flag.to_be_bytes());
-    out.extend_from_slice(&header.queue_offset.to_be_bytes());
-    out.extend_from_slice(&header.physical_offset.to_be_bytes());
-    out.extend_from_slice(&header.sys_flag_with_hosts().to_be_bytes());
-    out.extend_from_slice(&header.born_timestamp.to_be_bytes());
-    put_host(out, &header.born_host);
-    out.extend_from_slice(&header.store_timestamp.to_be_bytes());
-    put_host(out, &header.store_host);
-    out.extend_from_slice(&header.reconsume_times.to_be_bytes());
-    out.extend_from_slice(&header.prepared_transaction_offset.to_be_bytes());
-    out.extend_from_slice(&(body.len() as i32).to_be_bytes());
+    // The fixed part is assembled on the stack and copied in one piece: this runs once per
+    // appended message, and a capacity check per field showed in profiles.
+    let mut fixed = [0u8; MAX_FIXED_LEN];
+    let mut at = 0;
+    let mut put = |bytes: &[u8]| {
+        fixed[at..at + bytes.len()].copy_from_slice(bytes);
+        at += bytes.len();
+    };
+    put(&(total as i32).to_be_bytes());
+    put(&MESSAGE_MAGIC.to_be_bytes());
+    put(&body_crc(body).to_be_bytes());
+    put(&header.queue_id.to_be_bytes());
+    put(&header.flag.to_be_bytes());
+    put(&header.queue_offset.to_be_bytes());
+    put(&header.physical_offset.to_be_bytes());
+    put(&header.sys_flag_with_hosts().to_be_bytes());
+    put(&header.born_timestamp.to_be_bytes());
+    put_host(&mut put, &header.born_host);
+    put(&header.store_timestamp.to_be_bytes());
+    put_host(&mut put, &header.store_host);
+    put(&header.reconsume_times.to_be_bytes());
+    put(&header.prepared_transaction_offset.to_be_bytes());
+    put(&(body.len() as i32).to_be_bytes());
+    out.extend_from_slice(&fixed[..at]);
     out.extend_from_slice(body);
     out.push(topic.len() as u8);
     out.extend_from_slice(topic);
     out.extend_from_slice(&(props_len as i16).to_be_bytes());
     out.extend_from_slice(properties);
     if with_record_crc {
-        out.extend_from_slice(CRC_PROPERTY.as_bytes());
-        out.push(NAME_VALUE_SEPARATOR);
-        out.extend_from_slice(b"0000000000");
-        out.push(PROPERTY_SEPARATOR);
+        out.extend_from_slice(CRC_TEMPLATE);
     }
     debug_assert_eq!(out.len() - start, total);
 }
+
+/// The fixed part of a record (through BODYLENGTH) with both hosts IPv6: the longest.
+const MAX_FIXED_LEN: usize = BORN_HOST_POS + 20 + 8 + 20 + 4 + 8 + 4;
+
+/// The checksum property as [`encode_unsealed`] writes it, digits left as zeros.
+const CRC_TEMPLATE: &[u8; CRC_PROPERTY_LEN] = b"__CRC32#\x010000000000\x02";
 
 /// Records at least this long get the CRC of their stable tail computed outside the append lock
 /// and combined in; shorter ones are hashed whole inside it (cheaper than a combine).

@@ -46,8 +46,28 @@ fn load_file_counts(fs: &dyn FileSystem, dir: &Path) -> HashMap<String, u32> {
         .collect()
 }
 
+/// Whether a message may have keys to index: false for a message with no key and no `KEYS` or
+/// `UNIQ_KEY` property, for which an engine skips the key index entirely (no reservation, no
+/// per-message call). Two field checks for the common message without key or properties.
+#[inline]
+pub(crate) fn may_have_keys(m: &Message) -> bool {
+    m.key.is_some()
+        || (!m.properties.is_empty()
+            && m.properties
+                .iter()
+                .any(|(k, _)| k == "KEYS" || k == "UNIQ_KEY"))
+}
+
+/// Whether any message of a batch may have keys (see [`may_have_keys`]).
+#[inline]
+pub(crate) fn batch_may_have_keys(messages: &[Message]) -> bool {
+    messages.iter().any(may_have_keys)
+}
+
 /// How many index entries a batch needs.
 pub(crate) fn batch_keys(messages: &[Message]) -> usize {
+    #[cfg(test)]
+    probe::count();
     messages.iter().map(|m| message_keys(m).count()).sum()
 }
 
@@ -200,6 +220,8 @@ impl KeyIndex {
     /// is in the log: the room stays promised to this batch (other partitions appending at the
     /// same time see it taken) until the reservation has used it or is dropped.
     pub(crate) fn reserve(&self, keys: usize, now: i64) -> Result<Reservation<'_>> {
+        #[cfg(test)]
+        probe::count();
         let mut reservation = Reservation {
             index: self,
             file: None,
@@ -459,6 +481,8 @@ impl Reservation<'_> {
         store_timestamp: i64,
         m: &Message,
     ) -> Result<()> {
+        #[cfg(test)]
+        probe::count();
         let mut keys = message_keys(m).peekable();
         if keys.peek().is_none() {
             return Ok(());
@@ -605,4 +629,24 @@ pub(crate) fn verify_partition(
         at = recs[recs.len() - 1].offset() + 1;
     }
     Ok(checked)
+}
+
+/// Counts the key index's per-batch and per-message entry points on this thread, so a test can
+/// see that an append of keyless messages does no key-index work at all.
+#[cfg(test)]
+pub(crate) mod probe {
+    use std::cell::Cell;
+
+    thread_local! {
+        static CALLS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub(crate) fn count() {
+        CALLS.with(|c| c.set(c.get() + 1));
+    }
+
+    /// Calls on this thread so far.
+    pub(crate) fn calls() -> u64 {
+        CALLS.with(Cell::get)
+    }
 }

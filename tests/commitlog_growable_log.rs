@@ -260,3 +260,32 @@ fn a_log_file_longer_than_the_file_size_or_an_empty_one_before_the_last_is_an_er
         other => panic!("an empty file before the last opened: {:?}", other.err()),
     }
 }
+
+/// A full disk when the log file must grow (on the allocation thread and then on the append's
+/// own fallback) is `StorageFull` for that append, with nothing of it written, never a fault on
+/// a store into a page without a block; once space is back the store goes on.
+#[test]
+fn a_full_disk_when_the_log_file_must_grow_is_a_clean_error() {
+    let sim = SimFs::new();
+    let size = 4u64 << 20;
+    let store = duolog::open(DIR, sim_options(&sim, size)).unwrap();
+    store.create_topic("t", TopicConfig::default()).unwrap();
+    let mut acked = 0u64;
+    while acked < 20 {
+        store.append("t", 0, &[Message::new(body(acked))]).unwrap();
+        acked += 1;
+    }
+    sim.fail_after(0, duolog::io::Fault::NoSpace);
+    let err = loop {
+        match store.append("t", 0, &[Message::new(body(acked))]) {
+            Ok(_) => acked += 1,
+            Err(e) => break e,
+        }
+        assert!(acked < 20_000, "the log file never grew");
+    };
+    assert!(err.is_storage_full(), "{err}");
+    assert!(sim.file_len(&log_file(0)).unwrap() < size);
+    sim.clear_faults();
+    store.append("t", 0, &[Message::new(body(acked))]).unwrap();
+    assert_eq!(check_prefix(store.as_ref(), acked + 1), acked + 1);
+}

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use duolog::io::{CrashMode, FileSystem, SimFs, StorageFile};
+use duolog::io::{CrashMode, FileSystem, SimFs};
 use duolog::{EngineKind, Error, FlushPolicy, LogStore, Message, StoreOptions, TopicConfig};
 
 const DIR: &str = "/store";
@@ -69,7 +69,10 @@ fn a_store_holding_one_message_takes_kilobytes_of_log_not_the_file_size() {
     store.create_topic("t", TopicConfig::default()).unwrap();
     store.append("t", 0, &[Message::new("one")]).unwrap();
     store.sync().unwrap();
-    let log = dir.path().join("commitlog").join(duolog::io::offset_name(0));
+    let log = dir
+        .path()
+        .join("commitlog")
+        .join(duolog::io::offset_name(0));
     let meta = std::fs::metadata(&log).unwrap();
     assert!(
         meta.len() <= 1 << 20 && meta.blocks() * 512 <= 1 << 20,
@@ -241,9 +244,7 @@ fn a_log_file_longer_than_the_file_size_or_an_empty_one_before_the_last_is_an_er
         sim
     };
     let set_len = |sim: &SimFs, path: &Path, len: u64| {
-        let f = sim
-            .open_file(path, duolog::io::OpenMode::Existing)
-            .unwrap();
+        let f = sim.open_file(path, duolog::io::OpenMode::Existing).unwrap();
         f.set_len(len).unwrap();
         f.sync_data().unwrap();
     };

@@ -241,6 +241,20 @@ impl Inner {
             return;
         };
         let queue_window = queue_warm_window(self.queue_cache.mapped());
+        let log_pos = (log_end - log_file.start_offset()) as usize;
+        if log_file.wants_growth(log_pos) {
+            let file = Arc::downgrade(log_file);
+            let warm = self.warmer.is_some();
+            self.allocator.submit(Box::new(move || {
+                // Best effort: the appender grows the file itself if this fails.
+                if let Some(f) = file.upgrade()
+                    && f.grow_ahead().is_ok()
+                    && warm
+                {
+                    let _ = f.prefault_ahead(LOG_WARM_WINDOW);
+                }
+            }));
+        }
         let half = self.log.file_size() / 2;
         if log_end - log_file.start_offset() >= half
             && let Some(next) = self.log.should_request_after(log_file.start_offset())
@@ -252,12 +266,16 @@ impl Inner {
                     return;
                 }
                 match inner.log.create_if_missing(inner.fs.as_ref(), next) {
-                    // Its first pages faulted in here too: a first store into a fresh page of a
-                    // new file can wait for a journal commit (tens of ms), measured at rolls.
-                    Ok(f) if inner.warmer.is_some() => {
-                        let _ = f.prefault_ahead(LOG_WARM_WINDOW);
+                    // Grown a first step, and its first pages faulted in, here too: a first
+                    // store into a fresh page of a new file can wait for a journal commit (tens
+                    // of ms), measured at rolls. A failed grow is left to the appender.
+                    Ok(f) => {
+                        let step = super::file_queue::LOG_GROW_STEP.min(f.len());
+                        let grown = f.ensure_allocated(step).is_ok();
+                        if grown && inner.warmer.is_some() {
+                            let _ = f.prefault_ahead(LOG_WARM_WINDOW);
+                        }
                     }
-                    Ok(_) => {}
                     Err(e) => {
                         inner.note_poison(e);
                     }
@@ -533,20 +551,28 @@ impl Inner {
         // The write position in `file`, read once: each file's cursor is a mutex, and this
         // append (under the append lock) is its only writer.
         let mut at = file.write_position();
-        // Plan: create every file the batch needs before writing any of it.
+        // Plan: create every file the batch needs, and grow each far enough for its records
+        // and the blank that may close it, before writing any of it.
         let base = part.next_offset.load(Ordering::Relaxed);
         {
             let mut remaining = file.len() - at;
             let mut next_start = file.start_offset() + file_size;
+            let mut target = Arc::clone(&file);
+            let mut upto = at;
             for item in items {
                 if item.len + BLANK_LEN > remaining {
+                    self.log.reserve(&target, upto + BLANK_LEN)?;
                     // Usually made ahead by the allocation thread: then only found here.
-                    self.log.create_if_missing(fs, next_start)?;
+                    target = self.log.create_if_missing(fs, next_start)?;
+                    upto = 0;
                     next_start += file_size;
                     remaining = file_size as usize;
                 }
                 remaining -= item.len;
+                upto += item.len;
             }
+            // Usually grown ahead by the allocation thread: then a check of one counter.
+            self.log.reserve(&target, upto + BLANK_LEN)?;
         }
         let first_byte = base * UNIT_SIZE;
         let last_byte = (base + items.len() as u64) * UNIT_SIZE - 1;

@@ -1,5 +1,8 @@
 //! A directory of fixed-size mapped files named by the 20-digit offset of their first byte —
 //! the shape shared by the commit log and every consume queue (RocketMQ's `MappedFileQueue`).
+//! Every file has a fixed logical size (its mapping covers it, and offsets are `file start +
+//! position`), but grows on demand: its length on disk is its allocated prefix (see
+//! [`crate::io::MapMode`]), so disk use follows the data.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
-use crate::io::{self, FileSystem, MapMode, MappedFile, OpenMode};
+use crate::io::{self, FileSystem, MapMode, MappedFile};
 
 /// Fixed-size files covering a contiguous range of a byte queue.
 #[derive(Debug)]
@@ -17,13 +20,16 @@ pub(crate) struct FileQueue {
     dir: PathBuf,
     file_size: u64,
     files: RwLock<Vec<Arc<MappedFile>>>,
-    /// A truncated last file was extended back to its size at open.
+    /// The last file was shorter than the data a checkpoint may count as durable in it (see
+    /// [`Self::repaired`]); never set by open itself, which finds every length up to the
+    /// file size legal.
     repaired: bool,
     /// New files get [`MappedFile::small_pages_ahead`] (a writer that flushes often).
     small_pages: bool,
-    /// Files grow on demand (consume queues): a file's length is its allocated prefix, any
-    /// length up to `file_size`.
-    growable: bool,
+    /// Consume-queue files (`true`) or commit-log files: how they start, grow and release.
+    /// Both grow on demand: a file's length is its allocated prefix, any length up to
+    /// `file_size`.
+    queue: bool,
     /// Serialises file creation between the appender and the allocation thread.
     create_lock: Mutex<()>,
     /// Start of the next file last asked of the allocation thread (deduplicates requests).
@@ -35,6 +41,17 @@ pub(crate) struct FileQueue {
 
 /// Bytes a growable file is created with.
 const GROWABLE_INITIAL: u64 = 4096;
+/// Bytes a commit-log file is created with: a store holding one small message takes this
+/// much of log file, not the 1 GiB file size (RocketMQ preallocates the whole file).
+pub(crate) const LOG_GROW_INITIAL: u64 = 64 << 10;
+/// Largest step by which a commit-log file grows (its allocation doubles from
+/// [`LOG_GROW_INITIAL`] up to this step). The allocation thread grows the file once the writer
+/// is within half a step of its allocated end, so the file's allocated end stays between half
+/// a step and 1.5 steps ahead of the writer: far enough for the warm-up thread's 16 MiB window
+/// and for a burst of appends to find blocks ready. Disk taken by the log is therefore its
+/// data plus under 1.5 steps in the file being written (and in each file the writer has left,
+/// whose length stays where it was when sealed), plus one step in a next file made ahead.
+pub(crate) const LOG_GROW_STEP: usize = 16 << 20;
 
 /// Published commit-log bytes kept mapped behind the writer's end; older pages leave the
 /// process in [`LOG_RELEASE_STEP`]s (see [`MappedFile::release_written_behind`]). A tailing
@@ -50,21 +67,27 @@ pub(crate) const QUEUE_RELEASE_KEEP: usize = 32 << 10;
 /// Granularity of consume-queue releases.
 pub(crate) const QUEUE_RELEASE_STEP: usize = 32 << 10;
 
-/// Makes `file` release its written pages behind its writer, as its queue kind wants.
-fn release_behind_writer(file: &MappedFile, growable: bool) {
-    if growable {
+/// Makes `file` release its written pages behind its writer (and grow), as its queue kind
+/// wants.
+fn release_behind_writer(file: &MappedFile, queue: bool) {
+    if queue {
         file.release_written_behind(QUEUE_RELEASE_KEEP, QUEUE_RELEASE_STEP);
     } else {
         file.release_written_behind(LOG_RELEASE_KEEP, LOG_RELEASE_STEP);
+        file.set_max_grow_step(LOG_GROW_STEP);
     }
 }
 
 impl FileQueue {
-    /// Opens (creating the directory) and maps every file. Files are named by offsets that are
-    /// multiples of their size and contiguous. The size of existing files wins over
-    /// `default_file_size` (so changing the option never misreads an old store); a last file
-    /// shorter than the others is the leftover of an interrupted create, holds no acknowledged
-    /// data, and is removed.
+    /// Opens the commit log (creating the directory) and maps every file. Files are named by
+    /// offsets that are multiples of their size and contiguous. Each file's length is its
+    /// allocated prefix: any length up to the file size is legal (a sealed file keeps the
+    /// length it had; stores of earlier builds, whose files all have the full size, open
+    /// unchanged); a longer file is an error, and so is an empty file before the last (an
+    /// empty last file, the leftover of an interrupted create, is removed). The files say what
+    /// their size is, whatever the option says now: the distance between two file names; with
+    /// a single file, the option's size if the file fits it (name a multiple, length no more),
+    /// else the file's own length (a full file of an earlier build).
     pub(crate) fn open(fs: &dyn FileSystem, dir: &Path, default_file_size: u64) -> Result<Self> {
         Self::open_with(fs, dir, default_file_size, None)
     }
@@ -95,7 +118,7 @@ impl FileQueue {
             files: RwLock::new(files),
             repaired: false,
             small_pages: false,
-            growable: true,
+            queue: true,
             create_lock: Mutex::new(()),
             requested_next: AtomicU64::new(u64::MAX),
             first_dir_sync: None,
@@ -108,7 +131,7 @@ impl FileQueue {
         default_file_size: u64,
         growable_unit: Option<u64>,
     ) -> Result<Self> {
-        let growable = growable_unit.is_some();
+        let queue = growable_unit.is_some();
         // `consumequeue/`, `consumequeue/<topic>/` and `<partition>/` (or `commitlog/`): a
         // checkpoint trusts what the queue's files hold, so their directories must be durable.
         io::create_dir_durable(fs, dir).map_err(|e| Error::io(dir, e))?;
@@ -138,59 +161,62 @@ impl FileQueue {
         }
         found.sort_unstable();
         let longest = found.iter().map(|&(_, len)| len).max().filter(|&l| l > 0);
-        let file_size = if let Some(unit) = growable_unit {
-            match found.windows(2).map(|w| w[1].0 - w[0].0).min() {
-                Some(spacing) => spacing,
-                None => default_file_size.max(longest.unwrap_or(0).div_ceil(unit) * unit),
-            }
-        } else {
-            longest.unwrap_or(default_file_size)
+        let spacing = found.windows(2).map(|w| w[1].0 - w[0].0).min();
+        let file_size = match (growable_unit, spacing) {
+            (_, Some(spacing)) => spacing,
+            (Some(unit), None) => default_file_size.max(longest.unwrap_or(0).div_ceil(unit) * unit),
+            (None, None) => match found.first() {
+                None => default_file_size,
+                // The log locates files by absolute offset (`pos - pos % size`): the size
+                // must divide the file's name.
+                Some(&(start, len))
+                    if start.is_multiple_of(default_file_size) && len <= default_file_size =>
+                {
+                    default_file_size
+                }
+                // A full file of an earlier build (or of a larger option).
+                Some(&(start, len)) if len > 0 && start.is_multiple_of(len) => len,
+                Some(&(start, len)) => {
+                    return Err(Error::corrupted(
+                        dir.join(io::offset_name(start)),
+                        len,
+                        format!(
+                            "cannot tell the log's file size: a file of {len} bytes named \
+                             {start} fits no size but the one it was written with, and \
+                             commitlog.file_size is {default_file_size}"
+                        ),
+                    ));
+                }
+            },
         };
         let mut files: Vec<Arc<MappedFile>> = Vec::with_capacity(found.len());
-        let mut repaired = false;
         for (i, &(start, len)) in found.iter().enumerate() {
             let path = dir.join(io::offset_name(start));
-            if growable && len > file_size {
+            if len > file_size {
                 return Err(Error::corrupted(
                     &path,
                     len,
                     format!("file is {len} bytes, more than the file size {file_size}"),
                 ));
             }
-            if growable && len == 0 && i + 1 == found.len() && found.len() > 1 {
+            if len == 0 && i + 1 == found.len() && (found.len() > 1 || !queue) {
                 // Created, never allocated: the leftover of an interrupted create.
                 fs.remove_file(&path).map_err(|e| Error::io(&path, e))?;
                 fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
                 continue;
             }
-            if !growable && len != file_size {
-                if i + 1 == found.len() && len == 0 {
-                    // The leftover of an interrupted create: it never held data.
-                    fs.remove_file(&path).map_err(|e| Error::io(&path, e))?;
-                    fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
-                    continue;
-                }
-                if i + 1 == found.len() && len < file_size {
-                    // A truncated last file: give it back its size (zeros, with real blocks: a
-                    // sparse tail would be a SIGBUS on a full disk when the writer reaches it)
-                    // and let recovery find where its valid data ends.
-                    let f = fs
-                        .open_file(&path, OpenMode::Existing)
-                        .map_err(|e| Error::io(&path, e))?;
-                    f.allocate(file_size).map_err(|e| Error::io(&path, e))?;
-                    f.sync_data().map_err(|e| Error::io(&path, e))?;
-                    repaired = true;
-                } else {
-                    return Err(Error::corrupted(
-                        &path,
-                        len,
-                        format!("file is {len} bytes, expected {file_size}"),
-                    ));
-                }
+            if len == 0 && !queue {
+                // Every log file before the last was written (a roll seals a file only after
+                // writing it): an empty one lost its data.
+                return Err(Error::corrupted(
+                    &path,
+                    0,
+                    "log file before the last is empty",
+                ));
             }
             // Growable queues locate files relative to the first one, so a size changed by the
             // option need not divide the names of files kept from before.
-            if !growable && start % file_size != 0 {
+            if !queue && start % file_size != 0 {
                 return Err(Error::corrupted(
                     &path,
                     0,
@@ -203,23 +229,18 @@ impl FileQueue {
             {
                 return Err(Error::corrupted(&path, 0, "gap between log files"));
             }
-            let mode = if growable {
-                MapMode::OpenGrowable
-            } else {
-                MapMode::Open
-            };
-            let file = MappedFile::map(fs, &path, start, file_size, mode)
+            let file = MappedFile::map(fs, &path, start, file_size, MapMode::OpenGrowable)
                 .map_err(|e| Error::io(&path, e))?;
-            release_behind_writer(&file, growable);
+            release_behind_writer(&file, queue);
             files.push(Arc::new(file));
         }
         Ok(FileQueue {
             dir: dir.to_owned(),
             file_size,
             files: RwLock::new(files),
-            repaired,
+            repaired: false,
             small_pages: false,
-            growable,
+            queue,
             create_lock: Mutex::new(()),
             requested_next: AtomicU64::new(u64::MAX),
             first_dir_sync: None,
@@ -231,10 +252,31 @@ impl FileQueue {
         self.files.read().iter().map(|f| f.allocated() as u64).sum()
     }
 
-    /// Whether open found a truncated last file (and extended it): the caller must not trust
-    /// positions recorded before.
+    /// Whether the last file was found shorter than `durable` (a log position a checkpoint
+    /// counts as durable) says it must be: cut by something other than the store, since a
+    /// flush makes a grown length durable before it returns. The caller must then not trust
+    /// positions recorded before. Remembered for [`Self::repaired`].
+    pub(crate) fn check_last_length(&mut self, durable: u64) -> bool {
+        let short = self.last().is_some_and(|f| {
+            let start = f.start_offset();
+            durable > start && (f.allocated() as u64) < (durable - start).min(self.file_size)
+        });
+        self.repaired |= short;
+        short
+    }
+
+    /// Whether [`Self::check_last_length`] found the last file cut short.
     pub(crate) fn repaired(&self) -> bool {
         self.repaired
+    }
+
+    /// Makes sure `file` (of this queue) has its first `upto` bytes allocated, capped at the
+    /// file size: the append path's synchronous fallback when the allocation thread has not
+    /// grown the file far enough. A full disk is [`Error::StorageFull`] here, before anything
+    /// is written, never a fault on a later store.
+    pub(crate) fn reserve(&self, file: &MappedFile, upto: usize) -> Result<()> {
+        file.ensure_allocated(upto.min(file.len()))
+            .map_err(|e| Error::io(file.path(), e))
     }
 
     pub(crate) fn dir(&self) -> &Path {
@@ -320,12 +362,12 @@ impl FileQueue {
     /// engine turns the store poisoned on that error. Recovery removes the leftover at reopen.
     pub(crate) fn create(&self, fs: &dyn FileSystem, start: u64) -> Result<Arc<MappedFile>> {
         let path = self.dir.join(io::offset_name(start));
-        let mode = if self.growable {
-            MapMode::CreateGrowable {
-                initial: GROWABLE_INITIAL,
-            }
-        } else {
-            MapMode::Create
+        let mode = MapMode::CreateGrowable {
+            initial: if self.queue {
+                GROWABLE_INITIAL
+            } else {
+                LOG_GROW_INITIAL
+            },
         };
         let file = match MappedFile::map(fs, &path, start, self.file_size, mode) {
             Ok(f) => f,
@@ -380,7 +422,7 @@ impl FileQueue {
         if self.small_pages {
             file.small_pages_ahead();
         }
-        release_behind_writer(&file, self.growable);
+        release_behind_writer(&file, self.queue);
         let file = Arc::new(file);
         let mut files = self.files.write();
         if let Some(last) = files.last() {

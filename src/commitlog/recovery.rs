@@ -65,11 +65,16 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
         Err(Error::Corrupted { .. }) => None,
         Err(e) => return Err(e),
     };
-    let log = FileQueue::open(
+    let mut log = FileQueue::open(
         fs.as_ref(),
         &dir.join(COMMITLOG_DIR),
         opts.commitlog.file_size,
     )?;
+    // Log files grow on demand, so a short last file is normal; one shorter than the data the
+    // checkpoint counts as durable in it was cut from outside and is replayed whole below.
+    if let Some(cp) = checkpoint {
+        log.check_last_length(cp.log_flushed.max(cp.dispatch_flushed));
+    }
 
     let jobs = PeriodicJobs::new(
         opts.commitlog.checkpoint_interval,
@@ -141,8 +146,8 @@ pub(super) fn open(dir: &Path, opts: StoreOptions) -> Result<CommitLogStore> {
             if inner.log.repaired()
                 && let Some(last) = inner.log.last()
             {
-                // The truncated last file lost bytes the checkpoint may count as durable:
-                // replay it whole, so a record cut by the truncation ends the log.
+                // The cut last file lost bytes the checkpoint counts as durable: replay it
+                // whole, so a record cut by the truncation ends the log.
                 from = from.min(last.start_offset());
             }
             // Never start past the files that exist.
@@ -349,10 +354,10 @@ fn is_clean_end(inner: &mut Inner, end: u64) -> bool {
         return false;
     };
     let at = (end - file.start_offset()) as usize;
-    matches!(
-        record::decode(&file.contents()[at..], Checks::FULL),
-        Err(DecodeError::Empty)
-    )
+    // Past the allocated prefix the end is not where the log ends (a cut file): replay.
+    file.contents()
+        .get(at..)
+        .is_some_and(|rest| matches!(record::decode(rest, Checks::FULL), Err(DecodeError::Empty)))
 }
 
 /// Whether `unit` points at a valid record of `topic`/`partition` with queue offset `offset`.
@@ -456,12 +461,21 @@ fn replay_walk(
         let mut at = (pos - start) as usize;
         loop {
             if at >= data.len() {
-                pos = start + size;
-                continue 'files;
+                // A full-length file (an earlier build's, or one grown to its size) may end
+                // with a record and no blank: the log goes on in the next file. A shorter file
+                // was grown at least a blank past its last record before the record was
+                // written, so reaching its end without a blank is the end of the log (a grown
+                // length a crash lost, with the records written into it).
+                if data.len() as u64 >= size {
+                    pos = start + size;
+                    continue 'files;
+                }
+                return Ok(start + at as u64);
             }
             match record::decode(&data[at..], Checks::FULL) {
                 Ok(Decoded::Blank { size: blank }) => {
-                    if at + blank != data.len() {
+                    // The blank spans the rest of the file's logical size, allocated or not.
+                    if (at + blank) as u64 != size {
                         // A blank record always closes its file; anything else is damage.
                         return Ok(start + at as u64);
                     }

@@ -82,6 +82,9 @@ pub struct MappedFile {
     prefaulted: AtomicUsize,
     /// The allocated length at which growth ahead was last asked for.
     grow_requested: AtomicUsize,
+    /// Largest step by which the file grows (0: [`MAX_GROW_STEP`]), see
+    /// [`MappedFile::set_max_grow_step`].
+    max_grow_step: AtomicUsize,
     /// The faulted-in plus the allocated end when warming was last asked for (see
     /// [`MappedFile::wants_prefault_once`]; both only grow, so the sum names the state).
     prefault_asked: AtomicUsize,
@@ -144,6 +147,7 @@ impl MappedFile {
             flushed: AtomicUsize::new(0),
             prefaulted: AtomicUsize::new(0),
             grow_requested: AtomicUsize::new(usize::MAX),
+            max_grow_step: AtomicUsize::new(0),
             prefault_asked: AtomicUsize::new(usize::MAX),
             release_keep: AtomicUsize::new(0),
             released: AtomicUsize::new(0),
@@ -185,10 +189,29 @@ impl MappedFile {
         self.storage.allocated()
     }
 
+    /// Sets the largest step by which a growable file grows (a page multiple, at least a page;
+    /// default [`MAX_GROW_STEP`]): both how far [`Self::ensure_allocated`] allocates past what
+    /// it is asked for and how early [`Self::wants_growth`] asks. A writer far faster than a
+    /// consume queue's (the commit log's) takes larger steps, so the background thread grows
+    /// the file, and the warm-up thread faults pages in, well ahead of it.
+    pub fn set_max_grow_step(&self, step: usize) {
+        self.max_grow_step
+            .store(step.max(PAGE) / PAGE * PAGE, Ordering::Relaxed);
+    }
+
+    fn grow_step(&self, have: usize) -> usize {
+        let max = match self.max_grow_step.load(Ordering::Relaxed) {
+            0 => MAX_GROW_STEP,
+            s => s,
+        };
+        have.clamp(PAGE, max)
+    }
+
     /// Makes sure the first `upto` bytes are allocated, growing a growable file in steps that
-    /// double its allocation (at least a page, at most [`MAX_GROW_STEP`] at a time), so a
-    /// writer pays one `fallocate` per step rather than one per record. A full disk is an error
-    /// here; the bytes written later cannot fault.
+    /// double its allocation (at least a page, at most [`MAX_GROW_STEP`] at a time, or the
+    /// step set by [`Self::set_max_grow_step`]), so a writer pays one `fallocate` per step
+    /// rather than one per record. A full disk is an error here; the bytes written later
+    /// cannot fault.
     pub fn ensure_allocated(&self, upto: usize) -> io::Result<()> {
         let have = self.storage.allocated();
         if upto <= have {
@@ -200,7 +223,7 @@ impl MappedFile {
                 format!("{} bytes do not fit a file of {}", upto, self.len),
             ));
         }
-        let step = have.clamp(PAGE, MAX_GROW_STEP);
+        let step = self.grow_step(have);
         let target = upto
             .max(have + step)
             .div_ceil(PAGE)
@@ -294,7 +317,8 @@ impl MappedFile {
     }
 
     /// Moves the cursor to the end of the file: nothing more is written to it (the bytes left
-    /// stay as they are, zero in a preallocated file).
+    /// stay as they are, zero in a preallocated file; a growable file keeps its allocated
+    /// length, and only that prefix is ever published).
     pub fn seal(&self) {
         *self.cursor.lock() = self.len;
         // Written in full: readers of cold pages want readahead again (undoes
@@ -304,15 +328,22 @@ impl MappedFile {
 
     /// Publishes everything written so far up to `upto` to readers.
     pub fn commit(&self, upto: usize) {
-        let cursor = *self.cursor.lock();
+        let cursor = self.publishable();
         self.committed
             .fetch_max(upto.min(cursor), Ordering::Release);
     }
 
     /// Publishes everything written so far.
     pub fn commit_all(&self) {
-        let cursor = *self.cursor.lock();
+        let cursor = self.publishable();
         self.committed.fetch_max(cursor, Ordering::Release);
+    }
+
+    /// The cursor, but never past the allocated prefix: a sealed growable file's cursor is
+    /// its full length, and a reader must never reach bytes the file has no block for.
+    fn publishable(&self) -> usize {
+        let cursor = *self.cursor.lock();
+        cursor.min(self.storage.allocated())
     }
 
     /// End of the readable prefix.
@@ -393,7 +424,7 @@ impl MappedFile {
         if allocated >= self.len {
             return false;
         }
-        let step = allocated.clamp(PAGE, MAX_GROW_STEP);
+        let step = self.grow_step(allocated);
         if pos + step / 2 < allocated {
             return false;
         }

@@ -56,8 +56,12 @@
 //! - **Data of mapped files**: the unit is the 512-byte sector (at a multiple of 512 from the
 //!   start of the file) whose memory differs from the durable image, taken in file order: the
 //!   page cache writes back in an order unrelated to the order of the stores. A mapped file
-//!   keeps its full mapped length (its preallocation counts as durable); a sector that was
-//!   never synced and is not kept reads as zeros.
+//!   keeps the length it was created with (its preallocation counts as durable); a length it
+//!   grew to ([`MappedStorage::grow`]) is durable once a flush of the file follows the grow,
+//!   and before that is kept or lost as a whole (always lost under
+//!   [`CrashMode::DropUnsynced`], always kept under the modes that extend files, either way
+//!   otherwise), with everything written past the shorter length. A sector that was never
+//!   synced and is not kept reads as zeros.
 //!
 //! # What it does not model
 //!
@@ -613,7 +617,18 @@ fn damaged_image(f: &FileData, mode: CrashMode, rng: &mut Rng) -> Vec<u8> {
     if let Some(m) = &*f.mapped.lock() {
         // Mapped: the unit is the 512-byte sector that differs from the durable image.
         let now = m.snapshot();
-        durable.resize(now.len(), 0);
+        // A length grown since the last flush is metadata not yet synced: the file system may
+        // or may not have committed it (always in the modes that keep sizes, never when all
+        // that was not synced is lost). Without it, the file ends at its durable length and
+        // whatever was written past that is gone.
+        let durable_len = durable.len();
+        let keeps_length = now.len() <= durable_len
+            || match mode {
+                CrashMode::DropUnsynced => false,
+                CrashMode::ExtendWithZeros | CrashMode::ExtendWithGarbage => true,
+                _ => rng.below(2) == 0,
+            };
+        durable.resize(now.len().max(durable_len), 0);
         let dirty: Vec<usize> = (0..now.len().div_ceil(SECTOR))
             .filter(|&s| {
                 let r = s * SECTOR..((s + 1) * SECTOR).min(now.len());
@@ -655,6 +670,9 @@ fn damaged_image(f: &FileData, mode: CrashMode, rng: &mut Rng) -> Vec<u8> {
                     }
                 }
             }
+        }
+        if !keeps_length {
+            durable.truncate(durable_len);
         }
         return durable;
     }
@@ -880,6 +898,12 @@ impl SimFs {
         p.parent().map(Path::to_path_buf).unwrap_or_default()
     }
 
+    fn create_mapped(&self, path: &Path, len: usize) -> io::Result<Arc<FileData>> {
+        let data = self.create_file(path, vec![0u8; len])?;
+        *data.durable.lock() = vec![0u8; len];
+        Ok(data)
+    }
+
     fn create_file(&self, path: &Path, contents: Vec<u8>) -> io::Result<Arc<FileData>> {
         let mut st = self.state.lock();
         if !st.dirs.contains(&Self::parent_of(path)) {
@@ -1088,9 +1112,11 @@ impl FileSystem for SimFs {
     fn map_file(&self, path: &Path, len: u64, mode: MapMode) -> io::Result<Box<dyn MappedStorage>> {
         self.op()?;
         let data = match mode {
-            MapMode::Create => self.create_file(path, vec![0u8; len as usize])?,
+            // The length a file is created with counts as durable (its allocation reached the
+            // disk with its entry); a length it grows to later, only once a flush covers it.
+            MapMode::Create => self.create_mapped(path, len as usize)?,
             MapMode::CreateGrowable { initial } => {
-                self.create_file(path, vec![0u8; initial.min(len) as usize])?
+                self.create_mapped(path, initial.min(len) as usize)?
             }
             MapMode::Open | MapMode::OpenGrowable => {
                 let f = self

@@ -533,6 +533,22 @@ impl MappedFile {
         self.release_written.store(true, Ordering::Release);
     }
 
+    /// Changes the `keep` and `step` of a file [`Self::release_written_behind`] was asked for
+    /// (nothing otherwise), for writers that share one budget of pages kept behind them and
+    /// learn their share as it changes. Two loads when nothing changed, so a writer may call it
+    /// on every write.
+    pub fn share_release(&self, keep: usize, step: usize) {
+        let step = step.clamp(PAGE, RELEASE_STEP) / PAGE * PAGE;
+        if !self.release_written.load(Ordering::Relaxed)
+            || (self.release_keep.load(Ordering::Relaxed) == keep
+                && self.release_step.load(Ordering::Relaxed) == step)
+        {
+            return;
+        }
+        self.release_step.store(step, Ordering::Release);
+        self.release_keep.store(keep, Ordering::Release);
+    }
+
     /// For a file its writer has left for good (a full commit-log or consume-queue file):
     /// every written page leaves the process now, and from then on a reader's pages leave
     /// right behind it (no distance kept). Without this, each file the writer left would keep

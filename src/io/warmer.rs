@@ -138,6 +138,26 @@ mod tests {
     use crate::io::{FileSystem, MapMode, RealFs};
 
     #[test]
+    fn a_shared_release_keep_changes_only_files_that_release_behind_their_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let map = |name: &str| {
+            MappedFile::map(&RealFs, &dir.path().join(name), 0, 1 << 20, MapMode::Create).unwrap()
+        };
+        let (releasing, other) = (map("a"), map("b"));
+        releasing.release_written_behind(1 << 20, 1 << 20);
+        for f in [&releasing, &other] {
+            f.append(&[&[7u8; 256 << 10]]).unwrap();
+            f.commit_all();
+            // A writer among many: its share of the budget is 16 KiB kept, 16 KiB steps.
+            f.share_release(16 << 10, 16 << 10);
+            f.release_behind();
+        }
+        assert_eq!(releasing.released(), 240 << 10);
+        // A file that never asked for releases is not made to release by a share.
+        assert_eq!(other.released(), 0);
+    }
+
+    #[test]
     fn a_writer_asking_on_every_write_requests_warming_once_per_window_step() {
         let dir = tempfile::tempdir().unwrap();
         let file = Arc::new(

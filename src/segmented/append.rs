@@ -230,8 +230,11 @@ impl Partition {
         if let Some(a) = &mut st.active {
             a.pos = size;
         }
+        // The active logs share what they keep mapped ahead of and behind their writers.
+        let logs = ctx.cache.mapped_len();
+        handle.share_release(segment::release_keep(logs));
         match &ctx.warmer {
-            Some(warmer) => handle.warm_ahead(warmer, segment::warm_window(ctx.cache.mapped_len())),
+            Some(warmer) => handle.warm_ahead(warmer, segment::warm_window(logs)),
             // Without a warm-up thread the appender releases the pages behind it itself.
             None => handle.release_behind(),
         }

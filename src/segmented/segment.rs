@@ -245,10 +245,33 @@ fn map_log(
     Ok(f)
 }
 
-/// Published bytes of an active log kept mapped behind its published end: together with
-/// [`LOG_WARM_WINDOW`] and [`LOG_RELEASE_LAG`], the bound on an active log's
-/// resident pages whatever the data size or the flush interval.
+/// Published bytes of an active log kept mapped behind its published end, and the step its
+/// pages are released in, when it is the only active log: together with [`LOG_WARM_WINDOW`] and
+/// [`LOG_RELEASE_LAG`], the bound on an active log's resident pages whatever the data size or
+/// the flush interval. With more active logs each keeps its share of [`RELEASE_BUDGET`].
 const LOG_RELEASE_KEEP: usize = 1 << 20;
+
+/// What the active logs keep mapped behind their writers, shared as [`WARM_BUDGET`] is: each
+/// log keeps and releases in steps of this divided by the active logs, between
+/// [`MIN_RELEASE_KEEP`] and [`LOG_RELEASE_KEEP`]. A log holds up to its keep plus a step
+/// behind its writer, so the active logs together hold at most twice this (plus the minimum
+/// per log past 1,024 of them). Measured: with a fixed 1 MiB keep and step per log, 1,024
+/// partitions written 160 KiB each kept all 160 MiB resident.
+const RELEASE_BUDGET: usize = 16 << 20;
+/// The smallest keep and step: four pages, so a log releases at most one madvise per 16 KiB
+/// it is written.
+const MIN_RELEASE_KEEP: usize = 16 << 10;
+
+/// The keep (and release step) of each active log when `active_logs` are mapped (see
+/// [`RELEASE_BUDGET`]).
+pub(crate) fn release_keep(active_logs: usize) -> usize {
+    crate::io::window_share(
+        RELEASE_BUDGET,
+        active_logs,
+        MIN_RELEASE_KEEP,
+        LOG_RELEASE_KEEP,
+    )
+}
 
 /// Bytes the releases behind an active log's writer may lag by before the appender makes them
 /// itself instead of the warm-up thread: part of the bound on its resident pages.
@@ -400,6 +423,14 @@ impl SegmentHandle {
     pub(crate) fn release_behind(&self) {
         if let Some(w) = &self.writer {
             w.release_behind();
+        }
+    }
+
+    /// Sets the log's keep and release step behind its writer to `keep` (its share of
+    /// [`RELEASE_BUDGET`], see [`release_keep`]); two loads when it is unchanged.
+    pub(crate) fn share_release(&self, keep: usize) {
+        if let Some(w) = &self.writer {
+            w.share_release(keep, keep);
         }
     }
 
@@ -1071,6 +1102,18 @@ mod tests {
         for n in [64usize, 65, 100, 256, 1000, 1024] {
             assert!(n * warm_window(n) <= WARM_BUDGET, "{n} logs");
             assert_eq!(warm_window(n) % 4096, 0);
+        }
+    }
+
+    #[test]
+    fn active_logs_share_a_bounded_release_keep() {
+        assert_eq!(release_keep(1), LOG_RELEASE_KEEP);
+        assert_eq!(release_keep(16), LOG_RELEASE_KEEP);
+        assert_eq!(release_keep(1024), MIN_RELEASE_KEEP);
+        assert_eq!(release_keep(100_000), MIN_RELEASE_KEEP);
+        for n in [16usize, 17, 100, 256, 1000, 1024] {
+            assert!(n * release_keep(n) <= RELEASE_BUDGET, "{n} logs");
+            assert_eq!(release_keep(n) % 4096, 0);
         }
     }
 }

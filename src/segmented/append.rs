@@ -184,10 +184,13 @@ impl Partition {
         batch::restamp_checked(buf, base_offset as i64, now);
         let header =
             batch::parse_header(buf).map_err(|e| Error::InvalidArgument(e.reason().into()))?;
-        // The key index must not be able to fail once the batch is in the log.
+        // The key index must not be able to fail once the batch is in the log. A batch with
+        // no keys does no key-index work at all (no reservation, no call per message).
         let mut keys = match &ctx.index {
-            Some(index) => Some(index.reserve(crate::index::batch_keys(messages), now)?),
-            None => None,
+            Some(index) if crate::index::batch_may_have_keys(messages) => {
+                Some(index.reserve(crate::index::batch_keys(messages), now)?)
+            }
+            _ => None,
         };
         let o = &ctx.opts;
         let (segment_bytes, segment_ms) = (config.segment_bytes, config.segment_ms);

@@ -1528,6 +1528,34 @@ mod tests {
     use crate::options::FlushPolicy;
     use crate::store::IsolationLevel;
 
+    /// A keyless append does no key-index work (the index is on by default); a keyed one is
+    /// indexed and found by its key.
+    #[test]
+    fn a_keyless_append_skips_the_key_index_and_a_keyed_one_is_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            engine: Some(EngineKind::Segmented),
+            ..StoreOptions::default()
+        };
+        let store = SegmentedStore::open(dir.path(), opts).unwrap();
+        store.create_topic("t", TopicConfig::default()).unwrap();
+        let before = crate::index::probe::calls();
+        for _ in 0..100 {
+            store.append("t", 0, &[Message::new("body")]).unwrap();
+        }
+        assert_eq!(crate::index::probe::calls() - before, 0, "key-index calls");
+        let keyed = Message::new("keyed").with_key("k1");
+        let at = store.append("t", 0, &[keyed]).unwrap().base_offset;
+        assert!(
+            crate::index::probe::calls() > before,
+            "the keyed append is indexed"
+        );
+        let found = store.find_by_key("t", "k1", (0, i64::MAX), 10).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].record.offset(), at);
+        store.close().unwrap();
+    }
+
     /// An abort's `.txnindex` entry is durable before anything can make a reopen trust the
     /// segment past its marker: here another appender's roll (which seals the segment and
     /// writes a producer snapshot past the marker), a flush and a checkpoint run between the

@@ -202,7 +202,6 @@ mod gate {
 /// append lock, so while the index file of one partition is synced, every append of every
 /// topic waits for the disk.
 #[test]
-#[ignore = "known, left open (ARCHITECTURE.md \"Not built yet\"): TxnIndex::rewrite holds the index lock through its fsync/rename/dir sync; an abort push waits on it under the store-wide append lock"]
 fn appends_are_not_blocked_while_an_abort_index_rewrite_syncs() {
     use duolog::{LogStore, ProducerId, TxnMarker};
     use std::sync::Arc;

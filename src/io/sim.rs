@@ -1248,7 +1248,7 @@ mod tests {
         let m = fs.map_file(path, len as u64, MapMode::Create).unwrap();
         fs.sync_dir(Path::new("/d")).unwrap();
         let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
-        // SAFETY (test): `[0, len)` is the mapping's allocated prefix; nobody else uses it.
+        // SAFETY: `[0, len)` is the mapping's allocated prefix; nobody else uses it.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), m.base_ptr(), len) };
         let before = resident_at(m.base_ptr() as usize);
         assert!(before >= len as u64, "written pages resident: {before}");
@@ -1259,14 +1259,14 @@ mod tests {
             "released pages still resident: {after} of {before} bytes"
         );
         // Visible through the mapping, to a positional read and to another mapping.
-        // SAFETY (test): as above.
+        // SAFETY: as above.
         let seen = unsafe { std::slice::from_raw_parts(m.base_ptr(), len) }.to_vec();
         assert!(seen == bytes, "a released byte changed");
         assert!(fs.read_file(path).unwrap() == bytes);
         let other = fs
             .map_file(path, 2 * len as u64, MapMode::OpenGrowable)
             .unwrap();
-        // SAFETY (test): the new mapping's allocated prefix is the file's `len` bytes.
+        // SAFETY: the new mapping's allocated prefix is the file's `len` bytes.
         let seen = unsafe { std::slice::from_raw_parts(other.base_ptr(), len) }.to_vec();
         assert!(seen == bytes, "a new mapping lost released bytes");
         drop(other);

@@ -462,8 +462,14 @@ mod tests {
         let ttl = Duration::from_secs(60);
         let tok = t.try_acquire("g", &tp, "a", ttl, &c).unwrap();
         for (member, token) in [("b", tok), ("a", tok + 1)] {
-            assert!(!t.renew("g", &tp, member, token, ttl, &c), "{member} {token}");
-            assert!(!t.begin_call("g", &tp, member, token, &c), "{member} {token}");
+            assert!(
+                !t.renew("g", &tp, member, token, ttl, &c),
+                "{member} {token}"
+            );
+            assert!(
+                !t.begin_call("g", &tp, member, token, &c),
+                "{member} {token}"
+            );
         }
         assert!(!t.renew("g", &TopicPartition::new("t", 1), "a", tok, ttl, &c));
         assert!(t.renew("g", &tp, "a", tok, ttl, &c));

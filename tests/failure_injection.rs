@@ -7,14 +7,14 @@
 
 mod common;
 
-use std::any::Any;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use common::small_options;
-use duolog::io::{DirEntry, FileSystem, MapMode, MappedStorage, OpenMode, RealFs, StorageFile};
+use common::wrap::{FsCall, FsHooks, WrapFs};
+use duolog::io::{MapMode, OpenMode, RealFs};
 use duolog::{EngineKind, Error, FlushPolicy, Message, ReadLimits, StoreOptions, TopicConfig};
 
 #[derive(Debug, Default)]
@@ -26,153 +26,42 @@ struct Faults {
     index_creates: AtomicU64,
 }
 
-#[derive(Debug)]
-struct FaultyFs {
-    real: RealFs,
-    faults: Arc<Faults>,
-}
-
-#[derive(Debug)]
-struct FaultyMapped {
-    inner: Box<dyn MappedStorage>,
-    faults: Arc<Faults>,
-}
-
-impl MappedStorage for FaultyMapped {
-    fn len(&self) -> usize {
-        self.inner.len()
-    }
-    fn base_ptr(&self) -> *mut u8 {
-        self.inner.base_ptr()
-    }
-    fn allocated(&self) -> usize {
-        self.inner.allocated()
-    }
-    fn grow(&self, upto: usize) -> io::Result<()> {
-        if self.faults.disk_full.load(Ordering::SeqCst) {
-            return Err(enospc());
-        }
-        self.inner.grow(upto)
-    }
-    fn flush_range(&self, offset: usize, len: usize) -> io::Result<()> {
-        if self.faults.fail_flush.load(Ordering::SeqCst) {
-            return Err(io::Error::from_raw_os_error(5)); // EIO
-        }
-        self.inner.flush_range(offset, len)
-    }
-    fn zero_range(&self, offset: usize, len: usize) -> io::Result<()> {
-        self.inner.zero_range(offset, len)
-    }
-}
-
-/// A positional file whose data sync fails on demand.
-#[derive(Debug)]
-struct FaultyFile {
-    inner: Box<dyn StorageFile>,
-    faults: Arc<Faults>,
-}
-
-impl StorageFile for FaultyFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
-        self.inner.write_all_at(data, offset)
-    }
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        if self.faults.fail_flush.load(Ordering::SeqCst) {
-            return Err(io::Error::from_raw_os_error(5)); // EIO
-        }
-        self.inner.sync_data()
-    }
-}
-
 fn enospc() -> io::Error {
     io::Error::from_raw_os_error(28) // ENOSPC
 }
 
-impl FileSystem for FaultyFs {
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        self.real.create_dir_all(path)
-    }
-    fn list_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
-        self.real.list_dir(path)
-    }
-    fn exists(&self, path: &Path) -> io::Result<bool> {
-        self.real.exists(path)
-    }
-    fn file_len(&self, path: &Path) -> io::Result<u64> {
-        self.real.file_len(path)
-    }
-    fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
-        self.real.read_file(path)
-    }
-    fn write_file_synced(&self, path: &Path, data: &[u8]) -> io::Result<()> {
-        if self.faults.disk_full.load(Ordering::SeqCst) {
-            return Err(enospc());
+impl FsHooks for Faults {
+    fn before(&self, call: FsCall, path: &Path) -> io::Result<()> {
+        let full = self.disk_full.load(Ordering::SeqCst);
+        match call {
+            FsCall::Grow | FsCall::WriteFileSynced if full => Err(enospc()),
+            FsCall::MapFile(MapMode::Create) | FsCall::OpenFile(OpenMode::CreateNew) if full => {
+                Err(enospc())
+            }
+            FsCall::MapFile(MapMode::Create | MapMode::CreateGrowable { .. })
+                if path.parent().and_then(Path::file_name) == Some("index".as_ref())
+                    && self.flaky_index_rolls.load(Ordering::SeqCst)
+                    && self.index_creates.fetch_add(1, Ordering::SeqCst) % 2 == 1 =>
+            {
+                Err(enospc())
+            }
+            _ => Ok(()),
         }
-        self.real.write_file_synced(path, data)
     }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.real.rename(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.real.remove_file(path)
-    }
-    fn remove_dir(&self, path: &Path) -> io::Result<()> {
-        self.real.remove_dir(path)
-    }
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        self.real.sync_dir(path)
-    }
-    fn map_file(&self, path: &Path, len: u64, mode: MapMode) -> io::Result<Box<dyn MappedStorage>> {
-        if mode == MapMode::Create && self.faults.disk_full.load(Ordering::SeqCst) {
-            return Err(enospc());
+    /// Data syncs (of positional and mapped files) fail on demand.
+    fn sync(&self, _path: &Path, sync: &mut dyn FnMut() -> io::Result<()>) -> io::Result<()> {
+        if self.fail_flush.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(5)); // EIO
         }
-        let in_index = path.parent().and_then(Path::file_name) == Some("index".as_ref());
-        if matches!(mode, MapMode::Create | MapMode::CreateGrowable { .. })
-            && in_index
-            && self.faults.flaky_index_rolls.load(Ordering::SeqCst)
-            && self.faults.index_creates.fetch_add(1, Ordering::SeqCst) % 2 == 1
-        {
-            return Err(enospc());
-        }
-        let inner = self.real.map_file(path, len, mode)?;
-        Ok(Box::new(FaultyMapped {
-            inner,
-            faults: Arc::clone(&self.faults),
-        }))
-    }
-    fn open_file(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn StorageFile>> {
-        if mode == OpenMode::CreateNew && self.faults.disk_full.load(Ordering::SeqCst) {
-            return Err(enospc());
-        }
-        let inner = self.real.open_file(path, mode)?;
-        Ok(Box::new(FaultyFile {
-            inner,
-            faults: Arc::clone(&self.faults),
-        }))
-    }
-    fn lock_file(&self, path: &Path) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
-        self.real.lock_file(path)
+        sync()
     }
 }
 
 fn faulty_options(engine: EngineKind, flush: FlushPolicy) -> (StoreOptions, Arc<Faults>) {
     let faults = Arc::new(Faults::default());
-    let fs = FaultyFs {
-        real: RealFs,
-        faults: Arc::clone(&faults),
-    };
     let opts = StoreOptions {
         flush,
-        fs: Arc::new(fs),
+        fs: WrapFs::new(RealFs, Arc::clone(&faults)),
         ..small_options(engine)
     };
     (opts, faults)

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::any::Any;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,9 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::small_options;
-use duolog::io::{
-    CrashMode, DirEntry, FileSystem, MapMode, MappedStorage, OpenMode, SimFs, StorageFile,
-};
+use common::wrap::{FsHooks, WrapFs};
+use duolog::io::{CrashMode, SimFs};
 use duolog::{
     EngineKind, Error, FlushPolicy, LogStore, Message, ReadLimits, StoreOptions, TopicConfig,
 };
@@ -41,7 +39,11 @@ struct Probe {
 }
 
 impl Probe {
-    fn sync(&self, path: &Path, inner: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+    fn around_sync(
+        &self,
+        path: &Path,
+        inner: &mut dyn FnMut() -> io::Result<()>,
+    ) -> io::Result<()> {
         if self.failing_dir.lock().as_deref() == path.parent() {
             return Err(io::Error::from_raw_os_error(5)); // EIO
         }
@@ -70,135 +72,16 @@ impl Probe {
     }
 }
 
-#[derive(Debug)]
-struct ProbeFs {
-    inner: SimFs,
-    probe: Arc<Probe>,
-}
-
-#[derive(Debug)]
-struct ProbeMap {
-    inner: Box<dyn MappedStorage>,
-    probe: Arc<Probe>,
-    path: PathBuf,
-}
-
-impl MappedStorage for ProbeMap {
-    fn len(&self) -> usize {
-        self.inner.len()
-    }
-    fn base_ptr(&self) -> *mut u8 {
-        self.inner.base_ptr()
-    }
-    fn allocated(&self) -> usize {
-        self.inner.allocated()
-    }
-    fn grow(&self, upto: usize) -> io::Result<()> {
-        self.inner.grow(upto)
-    }
-    fn flush_range(&self, offset: usize, len: usize) -> io::Result<()> {
-        self.probe
-            .sync(&self.path, || self.inner.flush_range(offset, len))
-    }
-    fn zero_range(&self, offset: usize, len: usize) -> io::Result<()> {
-        self.inner.zero_range(offset, len)
-    }
-    fn prefault(&self, offset: usize, len: usize) -> io::Result<()> {
-        self.inner.prefault(offset, len)
-    }
-    fn set_random_access(&self, offset: usize, len: usize, random: bool) -> io::Result<()> {
-        self.inner.set_random_access(offset, len, random)
-    }
-    fn release(&self, offset: usize, len: usize) -> io::Result<()> {
-        self.inner.release(offset, len)
-    }
-}
-
-#[derive(Debug)]
-struct ProbeFile {
-    inner: Box<dyn StorageFile>,
-    probe: Arc<Probe>,
-    path: PathBuf,
-}
-
-impl StorageFile for ProbeFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
-        self.inner.write_all_at(data, offset)
-    }
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn allocate(&self, len: u64) -> io::Result<()> {
-        self.inner.allocate(len)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        self.probe.sync(&self.path, || self.inner.sync_data())
-    }
-}
-
-impl FileSystem for ProbeFs {
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        self.inner.create_dir_all(path)
-    }
-    fn list_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
-        self.inner.list_dir(path)
-    }
-    fn exists(&self, path: &Path) -> io::Result<bool> {
-        self.inner.exists(path)
-    }
-    fn file_len(&self, path: &Path) -> io::Result<u64> {
-        self.inner.file_len(path)
-    }
-    fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
-        self.inner.read_file(path)
-    }
-    fn write_file_synced(&self, path: &Path, data: &[u8]) -> io::Result<()> {
-        self.inner.write_file_synced(path, data)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.inner.remove_file(path)
-    }
-    fn remove_dir(&self, path: &Path) -> io::Result<()> {
-        self.inner.remove_dir(path)
-    }
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        self.inner.sync_dir(path)
-    }
-    fn map_file(&self, path: &Path, len: u64, mode: MapMode) -> io::Result<Box<dyn MappedStorage>> {
-        Ok(Box::new(ProbeMap {
-            inner: self.inner.map_file(path, len, mode)?,
-            probe: Arc::clone(&self.probe),
-            path: path.to_owned(),
-        }))
-    }
-    fn open_file(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn StorageFile>> {
-        Ok(Box::new(ProbeFile {
-            inner: self.inner.open_file(path, mode)?,
-            probe: Arc::clone(&self.probe),
-            path: path.to_owned(),
-        }))
-    }
-    fn lock_file(&self, path: &Path) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
-        self.inner.lock_file(path)
+impl FsHooks for Probe {
+    fn sync(&self, path: &Path, sync: &mut dyn FnMut() -> io::Result<()>) -> io::Result<()> {
+        self.around_sync(path, sync)
     }
 }
 
 fn options(engine: EngineKind, sim: &SimFs, probe: &Arc<Probe>) -> StoreOptions {
     StoreOptions {
         flush: FlushPolicy::Sync,
-        fs: Arc::new(ProbeFs {
-            inner: sim.clone(),
-            probe: Arc::clone(probe),
-        }),
+        fs: WrapFs::new(sim.clone(), Arc::clone(probe)),
         ..small_options(engine)
     }
 }

@@ -4,12 +4,14 @@
 //! (CommitLog) for 1,024 partitions. Speeds are never asserted here: the file operations and
 //! the disk blocks that make them are. Times are printed.
 
-use std::any::Any;
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use duolog::io::{DirEntry, FileSystem, MapMode, MappedStorage, OpenMode, RealFs, StorageFile};
+use common::wrap::{FsCall, FsHooks, WrapFs};
+use duolog::io::RealFs;
 use duolog::{EngineKind, Message, StoreOptions, TopicConfig};
 
 const PARTITIONS: u32 = 1024;
@@ -21,56 +23,16 @@ struct Counting {
     files_opened: AtomicU64,
 }
 
-#[derive(Debug, Default)]
-struct CountingFs(Arc<Counting>);
-
-impl FileSystem for CountingFs {
-    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
-        RealFs.create_dir_all(path)
-    }
-    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<DirEntry>> {
-        RealFs.list_dir(path)
-    }
-    fn exists(&self, path: &Path) -> std::io::Result<bool> {
-        RealFs.exists(path)
-    }
-    fn file_len(&self, path: &Path) -> std::io::Result<u64> {
-        RealFs.file_len(path)
-    }
-    fn read_file(&self, path: &Path) -> std::io::Result<Vec<u8>> {
-        RealFs.read_file(path)
-    }
-    fn write_file_synced(&self, path: &Path, data: &[u8]) -> std::io::Result<()> {
-        RealFs.write_file_synced(path, data)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        RealFs.rename(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
-        RealFs.remove_file(path)
-    }
-    fn remove_dir(&self, path: &Path) -> std::io::Result<()> {
-        RealFs.remove_dir(path)
-    }
-    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
-        self.0.dir_syncs.fetch_add(1, Ordering::Relaxed);
-        RealFs.sync_dir(path)
-    }
-    fn map_file(
-        &self,
-        path: &Path,
-        len: u64,
-        mode: MapMode,
-    ) -> std::io::Result<Box<dyn MappedStorage>> {
-        self.0.files_opened.fetch_add(1, Ordering::Relaxed);
-        RealFs.map_file(path, len, mode)
-    }
-    fn open_file(&self, path: &Path, mode: OpenMode) -> std::io::Result<Box<dyn StorageFile>> {
-        self.0.files_opened.fetch_add(1, Ordering::Relaxed);
-        RealFs.open_file(path, mode)
-    }
-    fn lock_file(&self, path: &Path) -> std::io::Result<Option<Box<dyn Any + Send + Sync>>> {
-        RealFs.lock_file(path)
+impl FsHooks for Counting {
+    fn before(&self, call: FsCall, _path: &Path) -> std::io::Result<()> {
+        match call {
+            FsCall::SyncDir => self.dir_syncs.fetch_add(1, Ordering::Relaxed),
+            FsCall::MapFile(_) | FsCall::OpenFile(_) => {
+                self.files_opened.fetch_add(1, Ordering::Relaxed)
+            }
+            _ => 0,
+        };
+        Ok(())
     }
 }
 
@@ -97,7 +59,7 @@ fn creating_1024_partitions_syncs_and_allocates_nothing_per_partition(engine: En
         dir.path(),
         StoreOptions {
             engine: Some(engine),
-            fs: Arc::new(CountingFs(Arc::clone(&counts))),
+            fs: WrapFs::new(RealFs, Arc::clone(&counts)),
             // No timed flush (nor checkpoint tick, which flushes too) inside the measured
             // loops: a flush makes each new partition's first segment durable, and that costs
             // one directory sync per partition, once, off the append path (the segmented

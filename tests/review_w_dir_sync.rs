@@ -6,16 +6,16 @@
 //! Both tests run on the simulated disk, with a wrapper that holds one file-system call of one
 //! named thread so the interleaving is deterministic.
 
-use std::any::Any;
+mod common;
+
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use duolog::io::{
-    CrashMode, DirEntry, FileSystem, MapMode, MappedStorage, OpenMode, SimFs, StorageFile,
-};
+use common::wrap::{FsCall, FsHooks, WrapFs};
+use duolog::io::{CrashMode, FileSystem, SimFs};
 use duolog::{
     EngineKind, FlushPolicy, IndexOptions, LogStore, Message, ReadLimits, SegmentedOptions,
     StoreOptions, TopicConfig,
@@ -88,58 +88,20 @@ struct Holds {
     part_dir_syncs: AtomicUsize,
 }
 
-#[derive(Debug)]
-struct GateFs {
-    inner: SimFs,
-    holds: Arc<Holds>,
-}
-
-impl FileSystem for GateFs {
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        self.inner.create_dir_all(path)
-    }
-    fn list_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
-        self.inner.list_dir(path)
-    }
-    fn exists(&self, path: &Path) -> io::Result<bool> {
-        self.inner.exists(path)
-    }
-    fn file_len(&self, path: &Path) -> io::Result<u64> {
-        self.inner.file_len(path)
-    }
-    fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
-        self.inner.read_file(path)
-    }
-    fn write_file_synced(&self, path: &Path, data: &[u8]) -> io::Result<()> {
-        self.inner.write_file_synced(path, data)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.inner.remove_file(path)
-    }
-    fn remove_dir(&self, path: &Path) -> io::Result<()> {
-        self.inner.remove_dir(path)
-    }
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        self.holds.sync_dir.pass(path);
-        let r = self.inner.sync_dir(path);
-        if path == Path::new(PART_DIR) {
-            self.holds.part_dir_syncs.fetch_add(1, Ordering::SeqCst);
+impl FsHooks for Holds {
+    fn before(&self, call: FsCall, path: &Path) -> io::Result<()> {
+        match call {
+            FsCall::SyncDir => self.sync_dir.pass(path),
+            FsCall::MapFile(_) => self.map_file.pass(path),
+            FsCall::OpenFile(_) => self.open_file.pass(path),
+            _ => {}
         }
-        r
+        Ok(())
     }
-    fn map_file(&self, path: &Path, len: u64, mode: MapMode) -> io::Result<Box<dyn MappedStorage>> {
-        self.holds.map_file.pass(path);
-        self.inner.map_file(path, len, mode)
-    }
-    fn open_file(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn StorageFile>> {
-        self.holds.open_file.pass(path);
-        self.inner.open_file(path, mode)
-    }
-    fn lock_file(&self, path: &Path) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
-        self.inner.lock_file(path)
+    fn after(&self, call: FsCall, path: &Path) {
+        if call == FsCall::SyncDir && path == Path::new(PART_DIR) {
+            self.part_dir_syncs.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -230,10 +192,7 @@ fn assert_survives(after: SimFs, offset: u64, tag: u8) {
 fn a_flush_during_a_seals_directory_sync_does_not_ack_an_unnamed_segment() {
     let sim = SimFs::new();
     let holds = Arc::new(Holds::default());
-    let fs = Arc::new(GateFs {
-        inner: sim.clone(),
-        holds: Arc::clone(&holds),
-    });
+    let fs = WrapFs::new(sim.clone(), Arc::clone(&holds));
     let store: Arc<dyn LogStore> =
         Arc::from(duolog::open(STORE, options(fs, FlushPolicy::Sync)).unwrap());
     store
@@ -279,10 +238,7 @@ fn a_flush_during_a_seals_directory_sync_does_not_ack_an_unnamed_segment() {
 fn a_flush_racing_a_roll_does_not_consume_the_directory_flag_before_the_files_exist() {
     let sim = SimFs::new();
     let holds = Arc::new(Holds::default());
-    let fs = Arc::new(GateFs {
-        inner: sim.clone(),
-        holds: Arc::clone(&holds),
-    });
+    let fs = WrapFs::new(sim.clone(), Arc::clone(&holds));
     let store: Arc<dyn LogStore> = Arc::from(
         duolog::open(
             STORE,
@@ -374,10 +330,7 @@ fn an_abort_marker_racing_delete_topic_does_not_poison_the_store() {
     use duolog::{ProducerId, TxnMarker};
     let sim = SimFs::new();
     let holds = Arc::new(Holds::default());
-    let fs = Arc::new(GateFs {
-        inner: sim.clone(),
-        holds: Arc::clone(&holds),
-    });
+    let fs = WrapFs::new(sim.clone(), Arc::clone(&holds));
     let store: Arc<dyn LogStore> = Arc::from(
         duolog::open(
             STORE,

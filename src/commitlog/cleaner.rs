@@ -465,10 +465,11 @@ impl Inner {
         // next open rebuild the index.
         if !markers.dropped_aborts.is_empty() {
             let dropped = &markers.dropped_aborts;
-            part.txn_index
-                .lock()
-                .rewrite(|e| dropped.binary_search(&e.last_offset).is_err())
-                .map_err(|e| self.metadata_write_failed(e))?;
+            // Off the index's lock: aborts arriving meanwhile do not wait for its syncs.
+            txn_index::rewrite(&part.txn_index, |e| {
+                dropped.binary_search(&e.last_offset).is_err()
+            })
+            .map_err(|e| self.metadata_write_failed(e))?;
             self.producer_snapshot_stale();
             // Left behind, it costs the next open a rebuild, nothing more.
             let _ = super::txn_index::clear_rewrite_owed(fs, &index_path);

@@ -525,12 +525,10 @@ impl Inner {
                 }
                 // The aborted-transaction entries of markers below `dispatched` (pushed before
                 // the markers were published): recovery re-derives only those past the
-                // checkpoint. Synced without the index's lock (`write_out`, on the allocation thread,
-                // also writes entries; `pending` and it agree under the lock on who counts them).
-                let pending = part
-                    .txn_index
-                    .lock()
-                    .pending()
+                // checkpoint. Rewritten and synced without the index's lock (`write_out`, on the
+                // allocation thread, also writes entries; `pending` and it agree under the lock
+                // on who counts them).
+                let pending = txn_index::pending(&part.txn_index)
                     .map_err(|e| self.metadata_write_failed(e))?;
                 if let Err(e) = txn_index::persist(self.fs.as_ref(), &pending) {
                     part.txn_index.lock().unsynced(&pending);

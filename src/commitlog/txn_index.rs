@@ -252,6 +252,9 @@ pub(crate) struct TxnIndex {
     /// Whether a push asked for a [`write_out`] that has not started yet: one job queued per
     /// index, however many aborts arrive before it runs.
     write_asked: bool,
+    /// Held (without the index's lock) by the one [`rewrite`] of this index at a time: they
+    /// share the temporary file.
+    rewrite_gate: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for TxnIndex {
@@ -372,27 +375,144 @@ impl Rewriter {
         Ok(())
     }
 
-    /// Syncs the new file and renames it over `index`'s, which then holds exactly its
-    /// entries.
-    pub(crate) fn install(mut self, index: &mut TxnIndex) -> Result<()> {
+    /// Writes what is buffered and syncs the new file (it may be synced again after more
+    /// pushes).
+    fn sync(&mut self) -> Result<()> {
         self.flush()?;
-        self.file.sync_data().map_err(io_err(&self.tmp))?;
+        self.file.sync_data().map_err(io_err(&self.tmp))
+    }
+
+    /// Renames the synced new file over `index`'s and makes `index` describe it. No data is
+    /// written here (a rename only): a rewrite off the lock calls it under the lock. The
+    /// directory sync making the rename durable is owed (`created`): the caller does it, and
+    /// until it has, the next persist does it too.
+    fn swap_in(self, index: &mut TxnIndex) -> Result<()> {
         drop(self.file);
         self.fs
             .rename(&self.tmp, &index.path)
             .map_err(io_err(&index.path))?;
-        if let Some(dir) = index.path.parent() {
-            self.fs.sync_dir(dir).map_err(io_err(dir))?;
-        }
         index.in_file = self.count;
         index.tail = self.tail;
         index.unwritten = 0;
         index.exists = true;
         index.dirty = false;
-        index.created = false;
+        index.created = true;
         index.generation += 1;
         Ok(())
     }
+
+    /// Syncs the new file and renames it over `index`'s, which then holds exactly its
+    /// entries (at open, or as the last resort of [`rewrite`]: every step under the caller's
+    /// lock).
+    pub(crate) fn install(mut self, index: &mut TxnIndex) -> Result<()> {
+        self.sync()?;
+        self.swap_in(index)?;
+        if let Some(dir) = index.path.parent() {
+            index.fs.sync_dir(dir).map_err(io_err(dir))?;
+        }
+        index.created = false;
+        Ok(())
+    }
+}
+
+/// Attempts [`rewrite`] makes off the lock before it finishes under the lock (each one that
+/// fails found a new generation or aborts still arriving after [`CATCH_UP_ROUNDS`]).
+const REWRITE_ATTEMPTS: usize = 2;
+/// Times one attempt of [`rewrite`] copies and syncs the entries pushed since its last look
+/// before it gives up (aborts arriving faster than it syncs).
+const CATCH_UP_ROUNDS: usize = 8;
+
+/// Copies every entry `keep` accepts into a new file that replaces the index's (retention's
+/// floor, compaction's dropped markers), without holding the index's lock across the new
+/// file's writes and syncs: an abort marker's push (under the store-wide append lock) never
+/// waits for the disk. Under the lock: a snapshot of the entry count (and the resident tail),
+/// then, once the new file holds every entry pushed meanwhile and is synced, the rename and
+/// the new state (a rename is no data write). The directory sync follows off the lock; until
+/// it is done the index owes it (`created`), so a checkpoint's persist does it before trusting
+/// entries appended to the new file. One rewrite of an index at a time (`rewrite_gate`).
+///
+/// Crash-safe at every step: before the rename the old file is whole (and `.tmp` is ignored);
+/// after it, either name's file holds every entry the checkpoints relied on, synced, and an
+/// owed-rewrite record (compaction) is removed by the caller only once this returns, after the
+/// directory sync.
+pub(crate) fn rewrite(index: &Mutex<TxnIndex>, keep: impl Fn(&AbortedTxn) -> bool) -> Result<()> {
+    let gate = Arc::clone(&index.lock().rewrite_gate);
+    let _one_rewrite = gate.lock();
+    for _ in 0..REWRITE_ATTEMPTS {
+        if let Some(dir) = rewrite_off_lock(index, &keep)? {
+            if let Some(dir) = dir {
+                let fs = index.lock().fs();
+                fs.sync_dir(&dir).map_err(io_err(&dir))?;
+            }
+            return Ok(());
+        }
+    }
+    // Aborts kept arriving faster than the new file synced: finish under the lock.
+    index.lock().rewrite(keep)
+}
+
+/// One attempt of [`rewrite`]: `None` when the index was replaced meanwhile or aborts kept
+/// arriving; else the directory whose sync is owed.
+fn rewrite_off_lock(
+    index: &Mutex<TxnIndex>,
+    keep: &impl Fn(&AbortedTxn) -> bool,
+) -> Result<Option<Option<PathBuf>>> {
+    let (fs, path, generation, mut copied) = {
+        let idx = index.lock();
+        (idx.fs(), idx.path.clone(), idx.generation, 0u64)
+    };
+    let mut w = Rewriter::new(Arc::clone(&fs), &path)?;
+    let mut file: Option<Box<dyn StorageFile>> = None;
+    for _ in 0..CATCH_UP_ROUNDS {
+        // Entries `[copied, total)` are new to `w`: those resident are copied under the lock,
+        // those only in the file (written out and trimmed meanwhile) read after it.
+        let (resident, from_file) = {
+            let mut idx = index.lock();
+            if idx.generation != generation {
+                return Ok(None);
+            }
+            let total = idx.in_file + idx.unwritten as u64;
+            if total == copied {
+                // `w` holds every entry and is synced: install it.
+                w.swap_in(&mut idx)?;
+                return Ok(Some(path.parent().map(Path::to_path_buf)));
+            }
+            let first_resident = total - idx.tail.len() as u64;
+            let skip = copied.saturating_sub(first_resident) as usize;
+            let resident: Vec<AbortedTxn> = idx.tail.iter().skip(skip).copied().collect();
+            let from_file = copied..first_resident.max(copied);
+            copied = total;
+            (resident, from_file)
+        };
+        if !from_file.is_empty() {
+            if file.is_none() {
+                let f = fs
+                    .open_file(&path, OpenMode::Existing)
+                    .map_err(io_err(&path))?;
+                // Opened after the check above: replaced since, it is not the one counted.
+                if index.lock().generation != generation {
+                    return Ok(None);
+                }
+                file = Some(f);
+            }
+            let f = file.as_deref().expect("opened above");
+            let mut at = from_file.start;
+            while at < from_file.end {
+                let k = (from_file.end - at).min(CHUNK_ENTRIES as u64) as usize;
+                for e in read_entries(f, &path, at, k)? {
+                    if keep(&e) {
+                        w.push(&e)?;
+                    }
+                }
+                at += k as u64;
+            }
+        }
+        for e in resident.iter().filter(|e| keep(e)) {
+            w.push(e)?;
+        }
+        w.sync()?;
+    }
+    Ok(None)
 }
 
 impl TxnIndex {
@@ -411,6 +531,7 @@ impl TxnIndex {
             floor_applied: 0,
             generation: 0,
             write_asked: false,
+            rewrite_gate: Arc::new(Mutex::new(())),
         }
     }
 
@@ -586,10 +707,9 @@ impl TxnIndex {
         self.floor = self.floor.max(start);
     }
 
-    /// Copies every entry `keep` accepts into a new file that replaces this one (retention,
-    /// compaction; under the index's lock, as the appends of markers it would race are rare
-    /// next to these passes).
-    pub(crate) fn rewrite(&mut self, keep: impl Fn(&AbortedTxn) -> bool) -> Result<()> {
+    /// Copies every entry `keep` accepts into a new file that replaces this one, every step
+    /// under the caller's lock: the last resort of [`rewrite`] (the free function).
+    fn rewrite(&mut self, keep: impl Fn(&AbortedTxn) -> bool) -> Result<()> {
         let mut w = Rewriter::new(Arc::clone(&self.fs), &self.path)?;
         self.for_each(|e| if keep(e) { w.push(e) } else { Ok(()) })?;
         w.install(self)
@@ -641,16 +761,9 @@ impl TxnIndex {
     }
 
     /// What the index must still do for the file to hold every entry durably, taken under the
-    /// lock: the entries are written (no sync) here, the file rewritten when retention left
-    /// dead entries; [`persist`] syncs without the lock.
-    pub(crate) fn pending(&mut self) -> Result<Pending> {
-        if self.floor > self.floor_applied {
-            let floor = self.floor;
-            if self.tail.front().is_some_and(|e| e.last_offset < floor) || !self.all_resident() {
-                self.rewrite(|e| e.last_offset >= floor)?;
-            }
-            self.floor_applied = floor;
-        }
+    /// lock once [`pending`] rewrote the file if it had to: the entries are written (no sync)
+    /// here; [`persist`] syncs without the lock.
+    fn pending_writes(&mut self) -> Result<Pending> {
         let written = self.write_unwritten();
         let out = Pending {
             path: self.path.clone(),
@@ -669,7 +782,7 @@ impl TxnIndex {
     }
 }
 
-/// A sync an index file owes (see [`TxnIndex::pending`]).
+/// A sync an index file owes (see [`pending`]).
 #[derive(Debug)]
 pub(crate) struct Pending {
     path: PathBuf,
@@ -677,10 +790,36 @@ pub(crate) struct Pending {
     sync_dir: bool,
 }
 
+/// What `index` must still do for its file to hold every entry durably (a checkpoint's, before
+/// it moves the replay point): the file rewritten without the entries retention left dead
+/// (off the lock, see [`rewrite`]), then the unwritten entries written under the lock;
+/// [`persist`] syncs without it.
+pub(crate) fn pending(index: &Mutex<TxnIndex>) -> Result<Pending> {
+    let due = {
+        let mut idx = index.lock();
+        let floor = idx.floor;
+        if floor <= idx.floor_applied {
+            None
+        } else if idx.tail.front().is_some_and(|e| e.last_offset < floor) || !idx.all_resident() {
+            Some(floor)
+        } else {
+            // Nothing below it is left: no file to rewrite.
+            idx.floor_applied = floor;
+            None
+        }
+    };
+    if let Some(floor) = due {
+        rewrite(index, |e| e.last_offset >= floor)?;
+        let mut idx = index.lock();
+        idx.floor_applied = idx.floor_applied.max(floor);
+    }
+    index.lock().pending_writes()
+}
+
 /// Writes the unwritten entries of `index` after the file's, without holding its lock
 /// across the write: an appender pushing an entry, or a reader collecting, never waits for it.
 /// The entries and the file handle are taken under the lock; the file's entry count moves on
-/// only if nobody wrote or replaced the file meanwhile (a checkpoint's [`TxnIndex::pending`]
+/// only if nobody wrote or replaced the file meanwhile (a checkpoint's [`pending`]
 /// writing the same entries at the same place, or a rewrite, which includes them: then these
 /// bytes, identical or in the replaced file, change nothing). No sync: the next checkpoint's.
 /// The file's creation (once per partition: its header and the entries unwritten then) still
@@ -965,7 +1104,7 @@ mod tests {
                 write_out(&idx).unwrap();
             }
         }
-        let p = idx.lock().pending().unwrap();
+        let p = pending(&idx).unwrap();
         persist(&io::RealFs, &p).unwrap();
         let bytes = std::fs::read(dir.path().join(TXN_INDEX_FILE)).unwrap();
         assert_eq!(decode_all(&bytes).unwrap().len(), 2500);
@@ -976,5 +1115,49 @@ mod tests {
         assert!(o.index.contains(1).unwrap() && !o.index.contains(2).unwrap());
         let bytes = std::fs::read(dir.path().join(TXN_INDEX_FILE)).unwrap();
         assert_eq!(decode_all(&bytes).unwrap().len(), 1500);
+    }
+
+    /// A rewrite off the lock keeps every entry pushed while it ran, resident or already
+    /// written out and trimmed (a push never waits for it), and drops only what `keep` refuses.
+    #[test]
+    fn a_rewrite_keeps_the_entries_pushed_while_it_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Arc::new(index(dir.path()));
+        for k in 0..3000u64 {
+            if idx.lock().push(t(7, k * 2, k * 2 + 1, k * 2 + 2)) {
+                write_out(&idx).unwrap();
+            }
+        }
+        let pusher = {
+            let idx = Arc::clone(&idx);
+            std::thread::spawn(move || {
+                for k in 3000..9000u64 {
+                    if idx.lock().push(t(7, k * 2, k * 2 + 1, k * 2 + 2)) {
+                        write_out(&idx).unwrap();
+                    }
+                }
+            })
+        };
+        for floor in [1001u64, 2001, 4001] {
+            idx.lock().drop_below(floor);
+            let p = pending(&idx).unwrap();
+            persist(&io::RealFs, &p).unwrap();
+        }
+        pusher.join().unwrap();
+        let p = pending(&idx).unwrap();
+        persist(&io::RealFs, &p).unwrap();
+        let mut seen = Vec::new();
+        idx.lock()
+            .for_each(|e| {
+                seen.push(e.last_offset);
+                Ok(())
+            })
+            .unwrap();
+        let first = seen[0];
+        assert!(first >= 4001, "a dead entry survived: {first}");
+        let want: Vec<u64> = (first / 2..9000).map(|k| k * 2 + 1).collect();
+        assert_eq!(seen, want, "an entry pushed during a rewrite was lost");
+        let bytes = std::fs::read(dir.path().join(TXN_INDEX_FILE)).unwrap();
+        assert_eq!(decode_all(&bytes).unwrap().len(), want.len());
     }
 }

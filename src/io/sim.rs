@@ -19,6 +19,7 @@
 //! |---|---|---|
 //! | [`StorageFile::write_all_at`], [`StorageFile::set_len`] | the volatile image | the file's next [`StorageFile::sync_data`] (the whole file) |
 //! | stores into a mapping ([`FileSystem::map_file`]) | the mapped memory | [`MappedStorage::flush_range`] over them (exactly that range) |
+//! | [`MappedStorage::release`] (the real disk's `MADV_DONTNEED`) | the resident set only: the bytes stay visible to reads and to the next mapping | still only the [`MappedStorage::flush_range`] over them: released is not flushed |
 //! | [`MappedStorage::zero_range`] | both images | at once |
 //! | [`FileSystem::write_file_synced`] | both images | the contents at once; a new file's entry as below |
 //! | creating a file (`open_file(CreateNew)`, `map_file(Create)`, `write_file_synced`), [`FileSystem::rename`], [`FileSystem::remove_file`] | the listing | [`FileSystem::sync_dir`] of its directory (a rename: of either directory) |
@@ -225,7 +226,22 @@ fn page_size() -> usize {
 
 impl MapBuf {
     fn new(contents: &[u8], len: usize, allocated: usize) -> io::Result<MapBuf> {
-        let mut owner = memmap2::MmapMut::map_anon(len.max(1))?;
+        // A shared mapping of an unnamed in-memory file (shmem), not private anonymous memory:
+        // as on a shared file mapping, `MADV_DONTNEED` then only drops page-table entries and
+        // the bytes stay in the (simulated) page cache, which is what `release` relies on.
+        // SAFETY: memfd_create with a NUL-terminated name and no flags has no other
+        // preconditions; the descriptor it returns is owned by the `File` below.
+        let fd = unsafe { libc::memfd_create(c"duolog-sim".as_ptr(), 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor nobody else owns.
+        let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        file.set_len(len.max(1) as u64)?;
+        // SAFETY: the file is ours alone (unnamed, its descriptor dropped below: the mapping
+        // keeps it alive); nothing else can truncate it under the mapping.
+        let mut owner = unsafe { memmap2::MmapMut::map_mut(&file)? };
+        drop(file);
         let allocated = allocated.min(len);
         let n = contents.len().min(allocated);
         owner[..n].copy_from_slice(&contents[..n]);
@@ -857,14 +873,35 @@ impl MappedStorage for SimMapped {
     }
 
     fn release(&self, offset: usize, len: usize) -> io::Result<()> {
-        // The simulated mapping is the page cache itself: dropping page-table entries changes
-        // nothing a reader or a flush sees, and what is not flushed yet is still lost in a
-        // crash. Counted so tests can see a caller release. No fault injection: it is no I/O.
+        // What the real disk does: `MADV_DONTNEED` on a shared mapping drops the page-table
+        // entries (the resident set shrinks) while the bytes stay in the page cache, dirty if
+        // they were: reads and the next mapping see them, and they are durable only once a
+        // flush covers them (a crash before drops them like any unflushed sector). The
+        // buffer is shmem, so the same call keeps its bytes here. Counted so tests can see a
+        // caller release. No fault injection: it is no I/O.
         if offset.saturating_add(len) > self.buf.len {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "release past the end of the mapping",
             ));
+        }
+        // Whole pages inside the allocated prefix (past it the pages are protected).
+        let page = page_size();
+        let from = offset.div_ceil(page) * page;
+        let end = (offset + len).min(self.buf.allocated()) / page * page;
+        if from < end {
+            // SAFETY: `[from, end)` is whole pages inside the buffer's accessible prefix; on a
+            // shared mapping DONTNEED never changes the contents a reader observes.
+            let rc = unsafe {
+                libc::madvise(
+                    self.buf.ptr.add(from).cast(),
+                    end - from,
+                    libc::MADV_DONTNEED,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
         }
         self.fs.state.lock().released_bytes += len as u64;
         Ok(())
@@ -1206,6 +1243,68 @@ impl FileSystem for SimFs {
 mod tests {
     use super::*;
     use crate::io::{RealFs, create_dir_durable};
+
+    /// Bytes resident in this process's mapping that contains `addr` (`Rss:` in smaps).
+    fn resident_at(addr: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if let Some((a, b)) = first.split_once('-')
+                && let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+            {
+                inside = (a..b).contains(&addr);
+            } else if inside && let Some(kb) = line.strip_prefix("Rss:") {
+                let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().unwrap();
+                return kb * 1024;
+            }
+        }
+        panic!("no mapping holds {addr:#x}");
+    }
+
+    /// The real disk's release (`MADV_DONTNEED` on a shared file mapping) modelled: the pages
+    /// leave the resident set, their bytes stay visible to the mapping and to a new one, and
+    /// they are durable only once a flush covers them (a crash before loses them).
+    #[test]
+    fn released_pages_leave_the_resident_set_but_stay_visible_and_unsynced() {
+        let fs = SimFs::new();
+        create_dir_durable(&fs, Path::new("/d")).unwrap();
+        let path = Path::new("/d/f");
+        let len = 1 << 20;
+        let m = fs.map_file(path, len as u64, MapMode::Create).unwrap();
+        fs.sync_dir(Path::new("/d")).unwrap();
+        let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
+        // SAFETY: `[0, len)` is the mapping's allocated prefix; nobody else uses it.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), m.base_ptr(), len) };
+        let before = resident_at(m.base_ptr() as usize);
+        assert!(before >= len as u64, "written pages resident: {before}");
+        m.release(0, len).unwrap();
+        let after = resident_at(m.base_ptr() as usize);
+        assert!(
+            after < (len / 4) as u64,
+            "released pages still resident: {after} of {before} bytes"
+        );
+        // Visible through the mapping, to a positional read and to another mapping.
+        // SAFETY: as above.
+        let seen = unsafe { std::slice::from_raw_parts(m.base_ptr(), len) }.to_vec();
+        assert!(seen == bytes, "a released byte changed");
+        assert!(fs.read_file(path).unwrap() == bytes);
+        let other = fs
+            .map_file(path, 2 * len as u64, MapMode::OpenGrowable)
+            .unwrap();
+        // SAFETY: the new mapping's allocated prefix is the file's `len` bytes.
+        let seen = unsafe { std::slice::from_raw_parts(other.base_ptr(), len) }.to_vec();
+        assert!(seen == bytes, "a new mapping lost released bytes");
+        drop(other);
+        // Released is not flushed: a crash before the flush loses them.
+        let lost = fs.crash(CrashMode::DropUnsynced, 1);
+        assert!(lost.read_file(path).unwrap().iter().all(|&b| b == 0));
+        m.flush_range(0, len).unwrap();
+        for mode in CrashMode::ALL {
+            let kept = fs.crash(mode, 7);
+            assert!(kept.read_file(path).unwrap() == bytes, "{mode:?}");
+        }
+    }
 
     fn dirs_of(fs: &SimFs) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = fs.state.lock().dirs.iter().cloned().collect();

@@ -278,18 +278,9 @@ impl LeaseTable {
         expire_after: Duration,
         clock: &dyn LeaseClock,
     ) -> bool {
-        let now = clock.now();
-        let mut slots = self.slots.lock();
-        match slots
-            .get_mut(&key(group, tp))
-            .and_then(|s| s.lease.as_mut())
-        {
-            Some(l) if valid(l, member, token, now) => {
-                l.expires_at = now.saturating_add(expire_after);
-                true
-            }
-            _ => false,
-        }
+        self.with_valid_lease(group, tp, member, token, clock, |l, now| {
+            l.expires_at = now.saturating_add(expire_after);
+        })
     }
 
     /// Gives the lease up, if `member` still holds it with `token`. The partition's slot
@@ -378,6 +369,21 @@ impl LeaseTable {
         token: u64,
         clock: &dyn LeaseClock,
     ) -> bool {
+        self.with_valid_lease(group, tp, member, token, clock, |l, _| l.in_call = true)
+    }
+
+    /// Applies `f` (with the clock's now) to the lease of `tp` in `group` if `member` holds it
+    /// with `token` and it has not expired, under the table's lock; whether it did. What every
+    /// holder's action checks first, in one place.
+    fn with_valid_lease(
+        &self,
+        group: &str,
+        tp: &TopicPartition,
+        member: &str,
+        token: u64,
+        clock: &dyn LeaseClock,
+        f: impl FnOnce(&mut Lease, Duration),
+    ) -> bool {
         let now = clock.now();
         let mut slots = self.slots.lock();
         match slots
@@ -385,7 +391,7 @@ impl LeaseTable {
             .and_then(|s| s.lease.as_mut())
         {
             Some(l) if valid(l, member, token, now) => {
-                l.in_call = true;
+                f(l, now);
                 true
             }
             _ => false,
@@ -444,6 +450,36 @@ mod tests {
                 "{renew:?} {expire:?}"
             );
         }
+    }
+
+    /// `renew` and `begin_call` accept exactly the same leases: held by the member, with its
+    /// token, not expired (one check, `with_valid_lease`).
+    #[test]
+    fn renew_and_begin_call_refuse_other_members_stale_tokens_and_expired_leases_alike() {
+        let t = LeaseTable::default();
+        let c = ManualClock::default();
+        let tp = TopicPartition::new("t", 0);
+        let ttl = Duration::from_secs(60);
+        let tok = t.try_acquire("g", &tp, "a", ttl, &c).unwrap();
+        for (member, token) in [("b", tok), ("a", tok + 1)] {
+            assert!(
+                !t.renew("g", &tp, member, token, ttl, &c),
+                "{member} {token}"
+            );
+            assert!(
+                !t.begin_call("g", &tp, member, token, &c),
+                "{member} {token}"
+            );
+        }
+        assert!(!t.renew("g", &TopicPartition::new("t", 1), "a", tok, ttl, &c));
+        assert!(t.renew("g", &tp, "a", tok, ttl, &c));
+        c.advance(ttl / 2);
+        // The renewal moved the expiry: still valid past the first one's half-life.
+        assert!(t.begin_call("g", &tp, "a", tok, &c));
+        t.end_call("g", &tp, "a", tok);
+        c.advance(ttl);
+        assert!(!t.renew("g", &tp, "a", tok, ttl, &c));
+        assert!(!t.begin_call("g", &tp, "a", tok, &c));
     }
 
     #[test]

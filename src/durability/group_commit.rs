@@ -103,9 +103,6 @@ pub(crate) struct GroupCommit {
     /// The futex words `sync_to` callers sleep on, by flush number parity; each is bumped
     /// (under the lock) before its sleepers are woken.
     words: [AtomicU32; 2],
-    /// What a flush has been taking, in ns (a moving average): waiters spin instead of
-    /// sleeping only when that is under `SPIN_WORTH_NS`.
-    flush_ns: AtomicU64,
     /// Woken when `durable` advances or the store is poisoned (`wait_durable`'s waiters).
     durable_changed: Condvar,
     /// Wakes the background flusher early.
@@ -114,11 +111,6 @@ pub(crate) struct GroupCommit {
     pending_bytes: AtomicU64,
     policy: FlushPolicy,
 }
-
-/// A flush that has been taking less than this on average is worth spinning for rather than
-/// sleeping (a sleep and a wake-up cost a few µs each and a context switch each way); above, a
-/// spinning waiter would only take a core from the flushing thread on a small machine.
-const SPIN_WORTH_NS: u64 = 20_000;
 
 impl std::fmt::Debug for GroupCommit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -147,7 +139,6 @@ impl GroupCommit {
             durable_at: AtomicU64::new(durable),
             poisoned_at: AtomicBool::new(false),
             words: [AtomicU32::new(0), AtomicU32::new(0)],
-            flush_ns: AtomicU64::new(u64::MAX),
             durable_changed: Condvar::new(),
             flusher_wake: Condvar::new(),
             pending_messages: AtomicU64::new(0),
@@ -215,22 +206,16 @@ impl GroupCommit {
                 continue;
             }
             // A flush is running: sleep on its word if it covers `pos`, else on the next one's.
-            let (seq, current) = if pos <= st.flush_upto {
+            let seq = if pos <= st.flush_upto {
                 st.current_sleepers += 1;
-                (st.flush_seq, true)
+                st.flush_seq
             } else {
                 st.next_sleepers += 1;
-                (st.flush_seq + 1, false)
+                st.flush_seq + 1
             };
             let word = &self.words[(seq % 2) as usize];
             let seen = word.load(Ordering::Acquire);
             drop(st);
-            if current && self.flush_ns.load(Ordering::Relaxed) < SPIN_WORTH_NS {
-                let until = Instant::now() + Duration::from_nanos(SPIN_WORTH_NS);
-                while word.load(Ordering::Acquire) == seen && Instant::now() < until {
-                    std::hint::spin_loop();
-                }
-            }
             crate::io::futex_wait(word, seen);
         }
     }
@@ -250,16 +235,7 @@ impl GroupCommit {
         drop(st);
         self.pending_messages.store(0, Ordering::Relaxed);
         self.pending_bytes.store(0, Ordering::Relaxed);
-        let started = Instant::now();
         let outcome = target.flush_to(upto);
-        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let old = self.flush_ns.load(Ordering::Relaxed);
-        let avg = if old == u64::MAX {
-            took
-        } else {
-            old - old / 8 + took / 8
-        };
-        self.flush_ns.store(avg, Ordering::Relaxed);
         let mut st = self.state.lock();
         st.flushing = false;
         match outcome {

@@ -1,6 +1,6 @@
 //! Group commit and the background flusher.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -68,6 +68,13 @@ type Callback = Box<dyn FnOnce(Result<()>) + Send>;
 struct State {
     durable: u64,
     flushing: bool,
+    /// The number of the flush in progress (or of the last one, when none is).
+    flush_seq: u64,
+    /// What the flush in progress covers: every position at or below it.
+    flush_upto: u64,
+    /// `sync_to` callers asleep on the flush in progress / on the one after it.
+    current_sleepers: usize,
+    next_sleepers: usize,
     poisoned: Option<String>,
     callbacks: Vec<(u64, Callback)>,
     waiters: usize,
@@ -77,9 +84,26 @@ struct State {
 
 /// Shared fsyncs: whoever needs a position durable either finds it so, waits for the flush in
 /// progress, or leads the next flush, which covers everything written by then.
+///
+/// `sync_to` callers (appenders acknowledging a durable append) do not sleep on a condition
+/// variable: they sleep on one of two futex words, `words[n % 2]` for flush number `n`, chosen
+/// by the flush that will cover them. When flush `n` ends its leader wakes every sleeper of
+/// `n` with one system call (they are all durable now) and, if anyone waits for flush `n + 1`,
+/// one of them to lead it; the others of `n + 1` sleep on until that flush covers them. So a
+/// waiter wakes once, when its position is durable (or to lead), and no woken waiter re-takes a
+/// lock to find out: it reads `durable_at`. Measured before (issue 16): the condition
+/// variable's waiters woke one after another through its mutex, 2.4 context switches per
+/// durable append at 64 threads, the scheduler on top of the profile.
 pub(crate) struct GroupCommit {
     state: Mutex<State>,
-    /// Woken when `durable` advances or the store is poisoned.
+    /// `state.durable`, readable without the lock (written under it).
+    durable_at: AtomicU64,
+    /// Whether `state.poisoned` is set, readable without the lock (written under it).
+    poisoned_at: AtomicBool,
+    /// The futex words `sync_to` callers sleep on, by flush number parity; each is bumped
+    /// (under the lock) before its sleepers are woken.
+    words: [AtomicU32; 2],
+    /// Woken when `durable` advances or the store is poisoned (`wait_durable`'s waiters).
     durable_changed: Condvar,
     /// Wakes the background flusher early.
     flusher_wake: Condvar,
@@ -102,12 +126,19 @@ impl GroupCommit {
             state: Mutex::new(State {
                 durable,
                 flushing: false,
+                flush_seq: 0,
+                flush_upto: durable,
+                current_sleepers: 0,
+                next_sleepers: 0,
                 poisoned: None,
                 callbacks: Vec::new(),
                 waiters: 0,
                 closed: false,
                 stop_flusher: false,
             }),
+            durable_at: AtomicU64::new(durable),
+            poisoned_at: AtomicBool::new(false),
+            words: [AtomicU32::new(0), AtomicU32::new(0)],
             durable_changed: Condvar::new(),
             flusher_wake: Condvar::new(),
             pending_messages: AtomicU64::new(0),
@@ -118,11 +149,15 @@ impl GroupCommit {
 
     /// Durable position.
     pub(crate) fn durable(&self) -> u64 {
-        self.state.lock().durable
+        self.durable_at.load(Ordering::Acquire)
     }
 
     /// Errors with `Poisoned` if an fsync failed earlier.
     pub(crate) fn check_writable(&self) -> Result<()> {
+        // Every append asks: not a lock 64 appenders take in turn.
+        if !self.poisoned_at.load(Ordering::Acquire) {
+            return Ok(());
+        }
         match &self.state.lock().poisoned {
             Some(reason) => Err(Error::Poisoned {
                 reason: reason.clone(),
@@ -149,8 +184,15 @@ impl GroupCommit {
 
     /// Blocks until `pos` is durable, leading a flush if none is running.
     pub(crate) fn sync_to(&self, target: &dyn FlushTarget, pos: u64) -> Result<()> {
-        let mut st = self.state.lock();
         loop {
+            // A woken waiter usually ends here, without the lock.
+            if self.poisoned_at.load(Ordering::Acquire) {
+                return Err(self.poisoned_error());
+            }
+            if self.durable_at.load(Ordering::Acquire) >= pos {
+                return Ok(());
+            }
+            let mut st = self.state.lock();
             if let Some(reason) = &st.poisoned {
                 return Err(Error::Poisoned {
                     reason: reason.clone(),
@@ -159,30 +201,94 @@ impl GroupCommit {
             if st.durable >= pos {
                 return Ok(());
             }
-            if st.flushing {
-                self.durable_changed.wait(&mut st);
+            if !st.flushing {
+                self.lead(st, target);
                 continue;
             }
-            st.flushing = true;
+            // A flush is running: sleep on its word if it covers `pos`, else on the next one's.
+            let seq = if pos <= st.flush_upto {
+                st.current_sleepers += 1;
+                st.flush_seq
+            } else {
+                st.next_sleepers += 1;
+                st.flush_seq + 1
+            };
+            let word = &self.words[(seq % 2) as usize];
+            let seen = word.load(Ordering::Acquire);
             drop(st);
-            let upto = target.written();
-            self.pending_messages.store(0, Ordering::Relaxed);
-            self.pending_bytes.store(0, Ordering::Relaxed);
-            let outcome = target.flush_to(upto);
-            st = self.state.lock();
-            st.flushing = false;
-            match outcome {
-                Ok(()) => st.durable = st.durable.max(upto),
-                Err(e) => st.poisoned = Some(e.to_string()),
+            crate::io::futex_wait(word, seen);
+        }
+    }
+
+    /// Runs one flush as its leader (called with the lock, `flushing` clear): covers
+    /// everything written by now, then wakes the flush's sleepers, all at once, and one
+    /// sleeper of the next flush to lead it.
+    fn lead(&self, mut st: parking_lot::MutexGuard<'_, State>, target: &dyn FlushTarget) {
+        st.flushing = true;
+        st.flush_seq += 1;
+        let seq = st.flush_seq;
+        // `written` is an atomic load in both engines: cheap enough under the lock, and read
+        // there so a waiter comparing its position with `flush_upto` sees what this flush covers.
+        let upto = target.written();
+        st.flush_upto = upto;
+        st.current_sleepers = std::mem::take(&mut st.next_sleepers);
+        drop(st);
+        self.pending_messages.store(0, Ordering::Relaxed);
+        self.pending_bytes.store(0, Ordering::Relaxed);
+        let outcome = target.flush_to(upto);
+        let mut st = self.state.lock();
+        st.flushing = false;
+        match outcome {
+            Ok(()) => {
+                st.durable = st.durable.max(upto);
+                self.durable_at.store(st.durable, Ordering::Release);
             }
-            let ready = take_ready(&mut st);
+            Err(e) => {
+                st.poisoned = Some(e.to_string());
+                self.poisoned_at.store(true, Ordering::Release);
+            }
+        }
+        let this = &self.words[(seq % 2) as usize];
+        let next = &self.words[((seq + 1) % 2) as usize];
+        let wake_this = std::mem::take(&mut st.current_sleepers) > 0;
+        // After a failure nobody leads again: every sleeper wakes to see the poison.
+        let wake_next = if st.poisoned.is_some() {
+            std::mem::take(&mut st.next_sleepers) > 0
+        } else {
+            st.next_sleepers > 0
+        };
+        // Bumped under the lock: a waiter that read a word under it and has not slept yet
+        // finds it changed and does not sleep through this wake-up.
+        if wake_this {
+            this.fetch_add(1, Ordering::Release);
+        }
+        if wake_next {
+            next.fetch_add(1, Ordering::Release);
+        }
+        if st.waiters > 0 {
             self.durable_changed.notify_all();
-            if !ready.is_empty() {
-                let poisoned = st.poisoned.clone();
-                drop(st);
-                fire(ready, poisoned);
-                st = self.state.lock();
+        }
+        let ready = take_ready(&mut st);
+        let poisoned = st.poisoned.clone();
+        drop(st);
+        if wake_this {
+            crate::io::futex_wake_all(this);
+        }
+        if wake_next {
+            if poisoned.is_some() {
+                crate::io::futex_wake_all(next);
+            } else {
+                crate::io::futex_wake_one(next);
             }
+        }
+        if !ready.is_empty() {
+            fire(ready, poisoned);
+        }
+    }
+
+    fn poisoned_error(&self) -> Error {
+        Error::Poisoned {
+            reason: self.state.lock().poisoned.clone().unwrap_or_default(),
         }
     }
 
@@ -239,10 +345,19 @@ impl GroupCommit {
         if st.poisoned.is_none() {
             st.poisoned = Some(reason);
         }
+        self.poisoned_at.store(true, Ordering::Release);
         let ready = take_ready(&mut st);
         let poisoned = st.poisoned.clone();
         self.durable_changed.notify_all();
+        st.current_sleepers = 0;
+        st.next_sleepers = 0;
+        for w in &self.words {
+            w.fetch_add(1, Ordering::Release);
+        }
         drop(st);
+        for w in &self.words {
+            crate::io::futex_wake_all(w);
+        }
         fire(ready, poisoned);
     }
 
@@ -421,6 +536,174 @@ fn run(
             let Some(w) = work.upgrade() else { return };
             w.tick();
             next_tick = crate::clock::deadline(tick_every);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A flush target whose flush number `k` returns only once the test released `k` flushes.
+    #[derive(Default)]
+    struct GatedTarget {
+        written: AtomicU64,
+        started: AtomicUsize,
+        released: Mutex<usize>,
+        gate: Condvar,
+    }
+
+    impl GatedTarget {
+        fn release(&self) {
+            *self.released.lock() += 1;
+            self.gate.notify_all();
+        }
+
+        fn wait_started(&self, n: usize) {
+            while self.started.load(Ordering::Acquire) < n {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    impl FlushTarget for GatedTarget {
+        fn written(&self) -> u64 {
+            self.written.load(Ordering::Acquire)
+        }
+
+        fn flush_to(&self, _upto: u64) -> Result<()> {
+            let k = self.started.fetch_add(1, Ordering::AcqRel) + 1;
+            let mut released = self.released.lock();
+            while *released < k {
+                self.gate.wait(&mut released);
+            }
+            Ok(())
+        }
+    }
+
+    /// This thread's voluntary context switches so far (each sleep is one).
+    #[cfg(target_os = "linux")]
+    fn voluntary_switches() -> u64 {
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    }
+
+    /// Waiters for the flush after the one in progress sleep through the end of the one in
+    /// progress (one of them is woken to lead the next) and wake once, when durable: not
+    /// woken by every flush and put back to sleep.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn waiters_for_the_next_flush_sleep_once() {
+        let gc = Arc::new(GroupCommit::new(0, FlushPolicy::Sync));
+        let target = Arc::new(GatedTarget::default());
+        target.written.store(1, Ordering::Release);
+        let leader = {
+            let (gc, target) = (Arc::clone(&gc), Arc::clone(&target));
+            std::thread::spawn(move || gc.sync_to(target.as_ref(), 1))
+        };
+        target.wait_started(1);
+        // Written after flush 1 took its end: these need flush 2.
+        target.written.store(2, Ordering::Release);
+        let followers: Vec<_> = (0..4)
+            .map(|_| {
+                let (gc, target) = (Arc::clone(&gc), Arc::clone(&target));
+                let t = std::thread::spawn(move || {
+                    let before = voluntary_switches();
+                    gc.sync_to(target.as_ref(), 2).unwrap();
+                    voluntary_switches() - before
+                });
+                // One at a time, so no follower sleeps on the lock itself.
+                std::thread::sleep(Duration::from_millis(30));
+                t
+            })
+            .collect();
+        target.release();
+        leader.join().unwrap().unwrap();
+        target.wait_started(2);
+        std::thread::sleep(Duration::from_millis(100));
+        target.release();
+        let mut sleeps: Vec<u64> = followers.into_iter().map(|t| t.join().unwrap()).collect();
+        sleeps.sort_unstable();
+        // The follower that led flush 2 also slept in it; the other three slept once each.
+        assert!(
+            sleeps[..3].iter().all(|&s| s <= 1),
+            "sleeps per waiter: {sleeps:?}"
+        );
+        assert_eq!(gc.durable(), 2);
+    }
+
+    /// Every waiter of a flush returns when it ends, and a failed flush returns `Poisoned` to
+    /// all of them, acknowledging nothing.
+    #[test]
+    fn a_failed_flush_wakes_every_waiter_with_poisoned() {
+        struct Failing;
+        impl FlushTarget for Failing {
+            fn written(&self) -> u64 {
+                5
+            }
+            fn flush_to(&self, _upto: u64) -> Result<()> {
+                std::thread::sleep(Duration::from_millis(50));
+                Err(Error::Io {
+                    path: "x".into(),
+                    source: std::io::Error::other("sync failed"),
+                })
+            }
+        }
+        let gc = Arc::new(GroupCommit::new(0, FlushPolicy::Sync));
+        let threads: Vec<_> = (1..=5)
+            .map(|pos| {
+                let gc = Arc::clone(&gc);
+                std::thread::spawn(move || gc.sync_to(&Failing, pos))
+            })
+            .collect();
+        for t in threads {
+            assert!(matches!(t.join().unwrap(), Err(Error::Poisoned { .. })));
+        }
+        assert_eq!(gc.durable(), 0);
+    }
+
+    /// Many threads each syncing their own positions all return, each durable on return.
+    #[test]
+    fn concurrent_syncs_all_return_durable() {
+        let gc = Arc::new(GroupCommit::new(0, FlushPolicy::Sync));
+        let target = Arc::new(AtomicTarget::default());
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (gc, target) = (Arc::clone(&gc), Arc::clone(&target));
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        let pos = target.written.fetch_add(1, Ordering::AcqRel) + 1;
+                        gc.sync_to(target.as_ref(), pos).unwrap();
+                        assert!(target.flushed.load(Ordering::Acquire) >= pos);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(gc.durable(), 16 * 200);
+    }
+
+    #[derive(Default)]
+    struct AtomicTarget {
+        written: AtomicU64,
+        flushed: AtomicU64,
+    }
+
+    impl FlushTarget for AtomicTarget {
+        fn written(&self) -> u64 {
+            self.written.load(Ordering::Acquire)
+        }
+        fn flush_to(&self, upto: u64) -> Result<()> {
+            std::thread::yield_now();
+            self.flushed.fetch_max(upto, Ordering::AcqRel);
+            Ok(())
         }
     }
 }

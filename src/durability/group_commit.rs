@@ -1,8 +1,8 @@
 //! Group commit and the background flusher.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -72,9 +72,10 @@ struct State {
     flush_seq: u64,
     /// What the flush in progress covers: every position at or below it.
     flush_upto: u64,
-    /// `sync_to` callers asleep on the flush in progress / on the one after it.
-    current_sleepers: usize,
-    next_sleepers: usize,
+    /// `sync_to` callers asleep, by flush number parity: `sleepers[n % 2]` wait for flush `n`
+    /// (the one in progress, or the one after it). At most one entry per waiting thread, plus
+    /// one per spurious wake-up until the next flush drains its list.
+    sleepers: [Vec<Thread>; 2],
     poisoned: Option<String>,
     callbacks: Vec<(u64, Callback)>,
     waiters: usize,
@@ -86,12 +87,13 @@ struct State {
 /// progress, or leads the next flush, which covers everything written by then.
 ///
 /// `sync_to` callers (appenders acknowledging a durable append) do not sleep on a condition
-/// variable: they sleep on one of two futex words, `words[n % 2]` for flush number `n`, chosen
-/// by the flush that will cover them. When flush `n` ends its leader wakes every sleeper of
-/// `n` with one system call (they are all durable now) and, if anyone waits for flush `n + 1`,
-/// one of them to lead it; the others of `n + 1` sleep on until that flush covers them. So a
-/// waiter wakes once, when its position is durable (or to lead), and no woken waiter re-takes a
-/// lock to find out: it reads `durable_at`. Measured before (issue 16): the condition
+/// variable: they park, listed under the flush that will cover them (`State::sleepers`, by flush
+/// number parity). When flush `n` ends its leader unparks every sleeper of `n` (they are all
+/// durable now) and, if anyone waits for flush `n + 1`, one of them to lead it; the others of
+/// `n + 1` sleep on until that flush covers them. So a waiter wakes once, when its position is
+/// durable (or to lead), and no woken waiter re-takes a lock to find out: it reads
+/// `durable_at`. (Parking is std's, safe code: a thread unparked before it parks does not
+/// sleep.) Measured before (issue 16): the condition
 /// variable's waiters woke one after another through its mutex, 2.4 context switches per
 /// durable append at 64 threads, the scheduler on top of the profile.
 pub(crate) struct GroupCommit {
@@ -100,9 +102,6 @@ pub(crate) struct GroupCommit {
     durable_at: AtomicU64,
     /// Whether `state.poisoned` is set, readable without the lock (written under it).
     poisoned_at: AtomicBool,
-    /// The futex words `sync_to` callers sleep on, by flush number parity; each is bumped
-    /// (under the lock) before its sleepers are woken.
-    words: [AtomicU32; 2],
     /// Woken when `durable` advances or the store is poisoned (`wait_durable`'s waiters).
     durable_changed: Condvar,
     /// Wakes the background flusher early.
@@ -128,8 +127,7 @@ impl GroupCommit {
                 flushing: false,
                 flush_seq: 0,
                 flush_upto: durable,
-                current_sleepers: 0,
-                next_sleepers: 0,
+                sleepers: [Vec::new(), Vec::new()],
                 poisoned: None,
                 callbacks: Vec::new(),
                 waiters: 0,
@@ -138,7 +136,6 @@ impl GroupCommit {
             }),
             durable_at: AtomicU64::new(durable),
             poisoned_at: AtomicBool::new(false),
-            words: [AtomicU32::new(0), AtomicU32::new(0)],
             durable_changed: Condvar::new(),
             flusher_wake: Condvar::new(),
             pending_messages: AtomicU64::new(0),
@@ -205,18 +202,15 @@ impl GroupCommit {
                 self.lead(st, target);
                 continue;
             }
-            // A flush is running: sleep on its word if it covers `pos`, else on the next one's.
+            // A flush is running: sleep under it if it covers `pos`, else under the next one.
             let seq = if pos <= st.flush_upto {
-                st.current_sleepers += 1;
                 st.flush_seq
             } else {
-                st.next_sleepers += 1;
                 st.flush_seq + 1
             };
-            let word = &self.words[(seq % 2) as usize];
-            let seen = word.load(Ordering::Acquire);
+            st.sleepers[(seq % 2) as usize].push(std::thread::current());
             drop(st);
-            crate::io::futex_wait(word, seen);
+            std::thread::park();
         }
     }
 
@@ -231,7 +225,6 @@ impl GroupCommit {
         // there so a waiter comparing its position with `flush_upto` sees what this flush covers.
         let upto = target.written();
         st.flush_upto = upto;
-        st.current_sleepers = std::mem::take(&mut st.next_sleepers);
         drop(st);
         self.pending_messages.store(0, Ordering::Relaxed);
         self.pending_bytes.store(0, Ordering::Relaxed);
@@ -248,22 +241,14 @@ impl GroupCommit {
                 self.poisoned_at.store(true, Ordering::Release);
             }
         }
-        let this = &self.words[(seq % 2) as usize];
-        let next = &self.words[((seq + 1) % 2) as usize];
-        let wake_this = std::mem::take(&mut st.current_sleepers) > 0;
+        let failed = st.poisoned.is_some();
+        let mut wake = std::mem::take(&mut st.sleepers[(seq % 2) as usize]);
+        let next = &mut st.sleepers[((seq + 1) % 2) as usize];
         // After a failure nobody leads again: every sleeper wakes to see the poison.
-        let wake_next = if st.poisoned.is_some() {
-            std::mem::take(&mut st.next_sleepers) > 0
-        } else {
-            st.next_sleepers > 0
-        };
-        // Bumped under the lock: a waiter that read a word under it and has not slept yet
-        // finds it changed and does not sleep through this wake-up.
-        if wake_this {
-            this.fetch_add(1, Ordering::Release);
-        }
-        if wake_next {
-            next.fetch_add(1, Ordering::Release);
+        if failed {
+            wake.append(next);
+        } else if let Some(leader) = next.pop() {
+            wake.push(leader);
         }
         if st.waiters > 0 {
             self.durable_changed.notify_all();
@@ -271,15 +256,9 @@ impl GroupCommit {
         let ready = take_ready(&mut st);
         let poisoned = st.poisoned.clone();
         drop(st);
-        if wake_this {
-            crate::io::futex_wake_all(this);
-        }
-        if wake_next {
-            if poisoned.is_some() {
-                crate::io::futex_wake_all(next);
-            } else {
-                crate::io::futex_wake_one(next);
-            }
+        // Off the lock: a sleeper not parked yet keeps the token and does not sleep.
+        for t in wake {
+            t.unpark();
         }
         if !ready.is_empty() {
             fire(ready, poisoned);
@@ -349,14 +328,11 @@ impl GroupCommit {
         let ready = take_ready(&mut st);
         let poisoned = st.poisoned.clone();
         self.durable_changed.notify_all();
-        st.current_sleepers = 0;
-        st.next_sleepers = 0;
-        for w in &self.words {
-            w.fetch_add(1, Ordering::Release);
-        }
+        let [mut wake, mut rest] = std::mem::take(&mut st.sleepers);
+        wake.append(&mut rest);
         drop(st);
-        for w in &self.words {
-            crate::io::futex_wake_all(w);
+        for t in wake {
+            t.unpark();
         }
         fire(ready, poisoned);
     }

@@ -6,7 +6,6 @@
 //! is synced). This module owns the real implementation ([`RealFs`]) and the safe wrapper around
 //! mapped memory ([`MappedFile`]); it knows nothing of record formats.
 
-mod futex;
 mod mapped;
 mod real;
 pub mod sim;
@@ -17,9 +16,6 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub(crate) use futex::{
-    wait as futex_wait, wake_all as futex_wake_all, wake_one as futex_wake_one,
-};
 pub use mapped::{MAX_GROW_STEP, MappedFile, MappedWords, prefetch};
 pub use real::RealFs;
 pub use sim::{CrashMode, Fault, SimFs};

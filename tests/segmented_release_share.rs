@@ -42,3 +42,54 @@ fn many_active_logs_share_what_they_keep_mapped_behind_their_writers() {
     );
     s.close().unwrap();
 }
+
+/// The shared release budget is documented as a bound on what the active logs together keep
+/// behind their writers (`segment::RELEASE_BUDGET`: "at most twice this", 32 MiB). But a log's
+/// share is only retuned when that log is appended to: logs written while few logs were active
+/// keep their large keep and step (up to 2 MiB each) after many more partitions became active,
+/// so partitions added in doubling waves, each wave written up to just under its share's
+/// keep + 2 steps and then left idle, hold ~16 MiB resident per wave: far past the budget.
+#[test]
+#[ignore = "review: a log's release share is only retuned on its own append: idle logs keep stale large keeps, the 16 MiB budget is not a bound"]
+fn logs_written_when_few_were_active_give_back_their_share_when_many_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = StoreOptions {
+        engine: Some(EngineKind::Segmented),
+        flush: duolog::FlushPolicy::Async {
+            interval: Duration::from_secs(3600),
+        },
+        ..StoreOptions::default()
+    };
+    let s = duolog::open(dir.path(), o).unwrap();
+    let msg_len = 8 << 10;
+    let msg = [Message::new(vec![b'r'; msg_len])];
+    let mut total = 0u32;
+    // Waves: 16, then doubling the active logs each time, up to 1,024.
+    for (wave, add) in [16u32, 16, 32, 64, 128, 256, 512].into_iter().enumerate() {
+        total += add;
+        let topic = format!("t{wave}");
+        s.create_topic(&topic, TopicConfig::with_partitions(add))
+            .unwrap();
+        // The share each log of this wave gets: 16 MiB over the active logs, 16 KiB..1 MiB.
+        let keep = ((16usize << 20) / total as usize).clamp(16 << 10, 1 << 20);
+        // Just under keep + 2 steps: one step released, keep + step (less a message) held.
+        let per_log = (3 * keep) / (msg_len + 128) - 1;
+        for _ in 0..per_log {
+            for p in 0..add {
+                s.append(&topic, p, &msg).unwrap();
+            }
+        }
+    }
+    // A flush releases behind every log it syncs, whatever the warm-up thread got to.
+    s.sync().unwrap();
+    let resident = resident_of(".log");
+    // 32 MiB for the release budget (keep + step), the rest for warm windows and slack. Found:
+    // 159-162 MiB; the same store after one more append to each log (which retunes its share)
+    // and a sync: 64 MiB.
+    assert!(
+        resident < 96 << 20,
+        "{} MiB stay resident in {total} active logs (budget: 16 MiB kept + 16 MiB of steps)",
+        resident >> 20
+    );
+    s.close().unwrap();
+}

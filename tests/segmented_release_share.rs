@@ -50,7 +50,6 @@ fn many_active_logs_share_what_they_keep_mapped_behind_their_writers() {
 /// so partitions added in doubling waves, each wave written up to just under its share's
 /// keep + 2 steps and then left idle, hold ~16 MiB resident per wave: far past the budget.
 #[test]
-#[ignore = "review: a log's release share is only retuned on its own append: idle logs keep stale large keeps, the 16 MiB budget is not a bound"]
 fn logs_written_when_few_were_active_give_back_their_share_when_many_are() {
     let dir = tempfile::tempdir().unwrap();
     let o = StoreOptions {

@@ -168,6 +168,11 @@ pub(crate) struct HandleCache {
     /// How many handles `mapped` holds (kept under the shard locks; read without them): the
     /// active logs the warm-up budget is shared by (see `segment::warm_window`).
     mapped_len: AtomicUsize,
+    /// `mapped_len` when every mapped log was last given its release share: once the count
+    /// doubles past it, the logs not appended to since (which learn their share only on
+    /// append) are given the smaller share and release down to it, so idle logs do not keep
+    /// the share of a time when fewer were active (`segment::release_keep`).
+    shared_at: AtomicUsize,
     /// The active-log mappings records handed out may hold (see [`LogPins`]).
     pins: Arc<LogPins>,
 }
@@ -194,6 +199,7 @@ impl HandleCache {
             shards: shards(capacity),
             mapped: shards(capacity.saturating_mul(MAPPED_PER_OPEN_FILE)),
             mapped_len: AtomicUsize::new(0),
+            shared_at: AtomicUsize::new(0),
             pins: Arc::new(LogPins {
                 budget: capacity.max(1),
                 held: Mutex::new(HashMap::new()),
@@ -240,7 +246,39 @@ impl HandleCache {
         };
         // Closed outside the lock.
         drop(evicted);
+        self.reshare_if_doubled();
         out
+    }
+
+    /// Gives every mapped log the current release share once the mapped count has doubled
+    /// since they last got it (amortised: one walk of the mapped tier per doubling), and lets
+    /// the count fall back when it halves, so the next growth walks again. The walk holds
+    /// each shard's lock only to clone its handles; the releases (an madvise each, no I/O)
+    /// run outside the locks.
+    fn reshare_if_doubled(&self) {
+        let n = self.mapped_len();
+        let at = self.shared_at.load(Ordering::Relaxed);
+        if n < at / 2 {
+            self.shared_at.store(n, Ordering::Relaxed);
+            return;
+        }
+        if n < at.saturating_mul(2).max(2)
+            || self
+                .shared_at
+                .compare_exchange(at, n, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let keep = super::segment::release_keep(n);
+        let mut handles = Vec::with_capacity(n);
+        for s in &self.mapped {
+            handles.extend(s.lock().nodes.iter().filter_map(|n| n.handle.clone()));
+        }
+        for h in handles {
+            h.share_release(keep);
+            h.release_behind();
+        }
     }
 
     pub(crate) fn remove(&self, key: Key) {

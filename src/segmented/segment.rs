@@ -256,7 +256,8 @@ const LOG_RELEASE_KEEP: usize = 1 << 20;
 /// [`MIN_RELEASE_KEEP`] and [`LOG_RELEASE_KEEP`]. A log holds up to its keep plus a step
 /// behind its writer, so the active logs together hold at most twice this (plus the minimum
 /// per log past 1,024 of them). Measured: with a fixed 1 MiB keep and step per log, 1,024
-/// partitions written 160 KiB each kept all 160 MiB resident.
+/// partitions written 160 KiB each kept all 160 MiB resident. A log learns its share on its
+/// own appends; the handle cache hands idle ones the smaller share as the count doubles.
 const RELEASE_BUDGET: usize = 16 << 20;
 /// The smallest keep and step: four pages, so a log releases at most one madvise per 16 KiB
 /// it is written.

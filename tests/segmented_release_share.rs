@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::memory::resident_of;
+use common::memory::resident_in;
 use duolog::{EngineKind, Message, StoreOptions, TopicConfig};
 
 #[test]
@@ -34,7 +34,7 @@ fn many_active_logs_share_what_they_keep_mapped_behind_their_writers() {
     }
     // A flush releases behind every log it syncs, whatever the warm-up thread got to.
     s.sync().unwrap();
-    let resident = resident_of(".log");
+    let resident = resident_in(dir.path(), ".log");
     assert!(
         resident < 64 << 20,
         "{} MiB of 96 MiB written stay resident in 1,024 active logs",
@@ -81,7 +81,7 @@ fn logs_written_when_few_were_active_give_back_their_share_when_many_are() {
     }
     // A flush releases behind every log it syncs, whatever the warm-up thread got to.
     s.sync().unwrap();
-    let resident = resident_of(".log");
+    let resident = resident_in(dir.path(), ".log");
     // 32 MiB for the release budget (keep + step), the rest for warm windows and slack. Found:
     // 159-162 MiB; the same store after one more append to each log (which retunes its share)
     // and a sync: 64 MiB.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use duolog::io::{FileSystem, SimFs};
-use duolog::{EngineKind, FlushPolicy, LogStore, Message, StoreOptions, TopicConfig};
+use duolog::{EngineKind, FlushPolicy, Message, StoreOptions, TopicConfig};
 
 const DIR: &str = "/store";
 

@@ -56,10 +56,16 @@ fn a_store_left_with_one_partly_grown_log_file_opens_after_the_file_size_option_
     // Let the allocation thread grow the second file ahead of the writer.
     std::thread::sleep(Duration::from_millis(500));
     store.sync().unwrap();
-    assert!(store.enforce_retention().unwrap() >= 1, "retention removed no file");
+    assert!(
+        store.enforce_retention().unwrap() >= 1,
+        "retention removed no file"
+    );
     store.close().unwrap();
     drop(store);
-    assert!(sim.file_len(&log_file(0)).is_err(), "first file still there");
+    assert!(
+        sim.file_len(&log_file(0)).is_err(),
+        "first file still there"
+    );
     let len = sim.file_len(&log_file(size)).unwrap();
     assert!(len < size, "second file has its full length {len}");
     // The same store, the option back at its default.

@@ -1160,4 +1160,88 @@ mod tests {
         let bytes = std::fs::read(dir.path().join(TXN_INDEX_FILE)).unwrap();
         assert_eq!(decode_all(&bytes).unwrap().len(), want.len());
     }
+
+    /// A checkpoint's `pending` writes an abort entry into the index file under the lock and
+    /// syncs it by path off the lock. A rewrite off the lock that renames its new file over the
+    /// index in between leaves the checkpoint syncing the NEW file (already synced) while the
+    /// bytes it wrote sit unsynced in the OLD inode, and the rename is durable only after the
+    /// rewrite's own directory sync. A power cut after the checkpoint (which trusts the entry)
+    /// and before that directory sync keeps the old file without the entry. docs/format.md and
+    /// `rewrite`'s docs claim "after [the rename] either name's file holds every entry the
+    /// checkpoints relied on, synced". In the store today the one concurrent rewrite is
+    /// compaction's, whose owed-rewrite file makes the next open rebuild the index from the
+    /// log, which masks the loss; any other caller of `rewrite` would lose the entry.
+    #[test]
+    #[ignore = "review: a persist racing an off-lock rewrite syncs the new inode; the entry written to the old one is unsynced while the rename is not durable (masked by compaction's owed file)"]
+    fn an_entry_a_checkpoint_synced_survives_a_crash_before_a_concurrent_rewrites_dir_sync() {
+        use crate::io::{CrashMode, SimFs, create_dir_durable};
+        let sim = SimFs::new();
+        let dir = Path::new("/d");
+        create_dir_durable(&sim, dir).unwrap();
+        let idx = Mutex::new(TxnIndex::empty(Arc::new(sim.clone()), dir));
+        let path = idx.lock().path().to_owned();
+        for k in 0..3u64 {
+            idx.lock().push(t(7, k * 2, k * 2 + 1, k * 2 + 2));
+        }
+        // A first checkpoint: three entries durable, the file's entry too.
+        let p = pending(&idx).unwrap();
+        persist(&sim, &p).unwrap();
+        // An abort arrives; the next checkpoint writes it under the lock...
+        idx.lock().push(t(7, 6, 7, 8));
+        let p = idx.lock().pending_writes().unwrap();
+        // ...a compaction's rewrite off the lock renames its (synced) file over the index...
+        let owed_dir = rewrite_off_lock(&idx, &|_: &AbortedTxn| true).unwrap();
+        assert!(owed_dir.is_some(), "the rewrite did not install");
+        // ...and the checkpoint syncs what it wrote, then would record the entry as durable.
+        persist(&sim, &p).unwrap();
+        // Power cut before the rewrite's directory sync.
+        let disk = sim.crash(CrashMode::DropUnsynced, 1);
+        let bytes = disk.read_file(&path).unwrap();
+        let got = decode_all(&bytes).unwrap();
+        assert_eq!(
+            got.len(),
+            4,
+            "the entry the checkpoint synced is gone after the crash: {got:?}"
+        );
+    }
+
+    /// ARCHITECTURE.md: a rewrite "takes the lock only to count them and to rename, so an abort
+    /// marker (pushed under the store-wide append lock) never waits for a disk sync". When aborts
+    /// keep arriving while it copies (here: one per entry it copies, from `keep`, which runs off
+    /// the lock), `rewrite` gives up after 2 x 8 rounds and rewrites, syncs the file and the
+    /// directory under the index's lock: every abort push, and so every append of the store
+    /// (the push is under the append lock), then waits for those syncs.
+    #[test]
+    #[ignore = "review: under a steady stream of aborts the off-lock rewrite falls back to syncing under the index lock (append lock waits)"]
+    fn a_rewrite_under_a_steady_stream_of_aborts_never_syncs_under_the_index_lock() {
+        use std::cell::Cell;
+        let dir = tempfile::tempdir().unwrap();
+        let idx = index(dir.path());
+        for k in 0..10u64 {
+            idx.lock().push(t(7, k * 2, k * 2 + 1, k * 2 + 2));
+        }
+        let next = Cell::new(10u64);
+        let under_lock = Cell::new(0u32);
+        rewrite(&idx, |_| {
+            match idx.try_lock() {
+                // An abort arrives (the append lock's holder pushes it) while the rewrite copies.
+                Some(mut g) => {
+                    let k = next.get();
+                    next.set(k + 1);
+                    g.push(t(7, k * 2, k * 2 + 1, k * 2 + 2));
+                }
+                // Only the rewrite itself can hold the lock here: it is copying under it.
+                None => under_lock.set(under_lock.get() + 1),
+            }
+            true
+        })
+        .unwrap();
+        assert_eq!(
+            under_lock.get(),
+            0,
+            "the rewrite copied {} entries (and synced) under the index's lock after {} aborts arrived",
+            under_lock.get(),
+            next.get() - 10
+        );
+    }
 }

@@ -67,6 +67,23 @@ pub(crate) const QUEUE_RELEASE_KEEP: usize = 32 << 10;
 /// Granularity of consume-queue releases.
 pub(crate) const QUEUE_RELEASE_STEP: usize = 32 << 10;
 
+/// The smallest size at least `len` that divides `start` (the one log file of a store whose
+/// `commitlog.file_size` changed since it was written: its own size, unknown now, is one such),
+/// or `None` if there is none (`start` below `len`, or 0 with no length). The search runs over
+/// the quotients `start / size`, from the largest, and gives up past a million of them (a
+/// file far smaller than its offset), taking `start` itself then.
+fn single_file_size(start: u64, len: u64) -> Option<u64> {
+    if len == 0 || start < len {
+        return None;
+    }
+    let most = start / len;
+    (most.saturating_sub(1 << 20).max(1)..=most)
+        .rev()
+        .find(|m| start.is_multiple_of(*m) && start / m >= len)
+        .map(|m| start / m)
+        .or(Some(start))
+}
+
 /// Makes `file` release its written pages behind its writer (and grow), as its queue kind
 /// wants.
 fn release_behind_writer(file: &MappedFile, queue: bool) {
@@ -176,17 +193,20 @@ impl FileQueue {
                 }
                 // A full file of an earlier build (or of a larger option).
                 Some(&(start, len)) if len > 0 && start.is_multiple_of(len) => len,
-                Some(&(start, len)) => {
-                    return Err(Error::corrupted(
+                // A grown file, the option changed since: any size at least its length that
+                // divides its name serves one file (its records keep their offsets, the next
+                // file goes at `start + size`); the smallest maps least.
+                Some(&(start, len)) => single_file_size(start, len).ok_or_else(|| {
+                    Error::corrupted(
                         dir.join(io::offset_name(start)),
                         len,
                         format!(
                             "cannot tell the log's file size: a file of {len} bytes named \
-                             {start} fits no size but the one it was written with, and \
-                             commitlog.file_size is {default_file_size}"
+                             {start} fits no size, and commitlog.file_size is \
+                             {default_file_size}"
                         ),
-                    ));
-                }
+                    )
+                })?,
             },
         };
         let mut files: Vec<Arc<MappedFile>> = Vec::with_capacity(found.len());

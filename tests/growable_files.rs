@@ -203,3 +203,19 @@ fn an_append_at_a_position_other_than_the_cursor_writes_nothing() {
         assert_eq!(f.append_at(5, &[b"next"]), Some(5));
     });
 }
+
+/// A file its writer sealed keeps its length: a grow asked ahead of the writer and run after
+/// the seal (the allocation thread is behind) adds nothing.
+#[test]
+fn a_sealed_file_is_not_grown_ahead() {
+    both(|fs, dir, _| {
+        let path = dir.join("sealed");
+        let f =
+            MappedFile::map(fs, &path, 0, LEN, MapMode::CreateGrowable { initial: 4096 }).unwrap();
+        f.append(&[&[7u8; 100]]);
+        f.seal();
+        f.grow_ahead().unwrap();
+        assert_eq!(f.allocated(), 4096);
+        assert_eq!(fs.file_len(&path).unwrap(), 4096);
+    });
+}

@@ -432,10 +432,13 @@ impl MappedFile {
     }
 
     /// Grows the file by one step past its allocated length (see
-    /// [`Self::ensure_allocated`]); for a background thread.
+    /// [`Self::ensure_allocated`]); for a background thread. Nothing for a sealed file (its
+    /// writer left it: it keeps its length). The check is not under the cursor lock, which an
+    /// appender takes on every write and a grow must not hold across its I/O: a grow asked
+    /// before a seal and running across it may still add its one step.
     pub fn grow_ahead(&self) -> io::Result<()> {
         let allocated = self.storage.allocated();
-        if allocated >= self.len {
+        if allocated >= self.len || self.write_position() >= self.len {
             return Ok(());
         }
         self.ensure_allocated(allocated + 1)

@@ -290,3 +290,56 @@ fn a_full_disk_when_the_log_file_must_grow_is_a_clean_error() {
     store.append("t", 0, &[Message::new(body(acked))]).unwrap();
     assert_eq!(check_prefix(store.as_ref(), acked + 1), acked + 1);
 }
+
+/// A file sealed early (the next record does not fit its room) keeps the short length it had:
+/// the blank that closes it is inside it, the allocation thread grows only the file being
+/// written, and a reopen, before and after a crash, reads every record across the short file.
+#[test]
+fn a_log_file_sealed_early_by_a_large_record_keeps_its_short_length() {
+    let sim = SimFs::new();
+    let size = 1u64 << 20;
+    let mut o = sim_options(&sim, size);
+    o.max_message_bytes = 2 << 20;
+    let store = duolog::open(DIR, o.clone()).unwrap();
+    store.create_topic("t", TopicConfig::default()).unwrap();
+    let small: Vec<Message> = (0..40).map(|i| Message::new(body(i))).collect();
+    store.append("t", 0, &small).unwrap();
+    // ~27 KiB written; a 1,040,000-byte record does not fit the rest of the 1 MiB file.
+    let big = Message::new(vec![b'B'; 1_040_000]);
+    store.append("t", 0, std::slice::from_ref(&big)).unwrap();
+    store.append("t", 0, &[Message::new(body(41))]).unwrap();
+    store.sync().unwrap();
+    // Let the allocation thread run whatever it was asked before the roll.
+    std::thread::sleep(Duration::from_millis(200));
+    let sealed = sim.file_len(&log_file(0)).unwrap();
+    assert!(
+        sealed < 256 << 10,
+        "the file sealed after ~27 KiB is {sealed} bytes (file size {size})"
+    );
+    let records = |s: &dyn LogStore| {
+        s.read("t", 0, 0, duolog::ReadLimits::messages(100))
+            .unwrap()
+            .iter()
+            .map(|r| r.body().len())
+            .collect::<Vec<_>>()
+    };
+    let want = records(store.as_ref());
+    assert_eq!(want.len(), 42);
+    assert_eq!(want[40], 1_040_000);
+    store.close().unwrap();
+    drop(store);
+    assert_eq!(
+        sim.file_len(&log_file(0)).unwrap(),
+        sealed,
+        "reopen grew it"
+    );
+    let store = duolog::open(DIR, o.clone()).unwrap();
+    assert_eq!(records(store.as_ref()), want);
+    store.abandon();
+    for mode in CrashMode::ALL {
+        let disk = sim.crash(mode, 3);
+        let store = duolog::open(DIR, sim_options(&disk, size)).unwrap();
+        assert_eq!(records(store.as_ref()), want, "{mode:?}");
+        store.abandon();
+    }
+}

@@ -18,7 +18,10 @@ pub fn resident_of(needle: &str) -> u64 {
 /// of one binary run at once: a needle without the directory counts the others' files too).
 pub fn resident_in(dir: &std::path::Path, suffix: &str) -> u64 {
     let dir = format!("{}/", dir.display());
-    resident_where(|path| path.contains(&dir) && path.ends_with(suffix))
+    resident_where(|path| {
+        let path = path.strip_suffix(" (deleted)").unwrap_or(path);
+        path.contains(&dir) && path.ends_with(suffix)
+    })
 }
 
 fn resident_where(wanted: impl Fn(&str) -> bool) -> u64 {

@@ -510,16 +510,9 @@ fn rewrite_off_lock(
                         );
                     }
                     let f = file.as_deref().expect("opened above");
-                    let mut at = copied;
-                    while at < first_resident {
-                        let k = (first_resident - at).min(CHUNK_ENTRIES as u64) as usize;
-                        for e in read_entries(f, &path, at, k)? {
-                            if keep(&e) {
-                                w.push(&e)?;
-                            }
-                        }
-                        at += k as u64;
-                    }
+                    visit_file(f, &path, copied..first_resident, |e| {
+                        if keep(e) { w.push(e) } else { Ok(()) }
+                    })?;
                 }
                 let skip = copied.saturating_sub(first_resident) as usize;
                 for e in idx.tail.iter().skip(skip) {
@@ -549,16 +542,9 @@ fn rewrite_off_lock(
                 file = Some(f);
             }
             let f = file.as_deref().expect("opened above");
-            let mut at = from_file.start;
-            while at < from_file.end {
-                let k = (from_file.end - at).min(CHUNK_ENTRIES as u64) as usize;
-                for e in read_entries(f, &path, at, k)? {
-                    if keep(&e) {
-                        w.push(&e)?;
-                    }
-                }
-                at += k as u64;
-            }
+            visit_file(f, &path, from_file, |e| {
+                if keep(e) { w.push(e) } else { Ok(()) }
+            })?;
         }
         for e in resident.iter().filter(|e| keep(e)) {
             w.push(e)?;
@@ -566,6 +552,25 @@ fn rewrite_off_lock(
         w.sync()?;
     }
     Ok(None)
+}
+
+/// Calls `visit` on the entries of `range` (entry numbers) of the index file `f`, read in
+/// chunks (never all in memory).
+fn visit_file(
+    f: &dyn StorageFile,
+    path: &Path,
+    range: std::ops::Range<u64>,
+    mut visit: impl FnMut(&AbortedTxn) -> Result<()>,
+) -> Result<()> {
+    let mut at = range.start;
+    while at < range.end {
+        let k = (range.end - at).min(CHUNK_ENTRIES as u64) as usize;
+        for e in read_entries(f, path, at, k)? {
+            visit(&e)?;
+        }
+        at += k as u64;
+    }
+    Ok(())
 }
 
 impl TxnIndex {
@@ -779,14 +784,7 @@ impl TxnIndex {
                 .fs
                 .open_file(&self.path, OpenMode::Existing)
                 .map_err(io_err(&self.path))?;
-            let mut at = 0;
-            while at < only_file {
-                let k = (only_file - at).min(CHUNK_ENTRIES as u64) as usize;
-                for e in read_entries(file.as_ref(), &self.path, at, k)? {
-                    f(&e)?;
-                }
-                at += k as u64;
-            }
+            visit_file(file.as_ref(), &self.path, 0..only_file, &mut f)?;
         }
         for e in &self.tail {
             f(e)?;
@@ -1030,6 +1028,18 @@ mod probe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The marker offsets of every entry of `idx`, in order.
+    fn marker_offsets(idx: &Mutex<TxnIndex>) -> Vec<u64> {
+        let mut all = Vec::new();
+        idx.lock()
+            .for_each(|e| {
+                all.push(e.last_offset);
+                Ok(())
+            })
+            .unwrap();
+        all
+    }
 
     fn t(id: i64, first: u64, last: u64, lso: u64) -> AbortedTxn {
         AbortedTxn {
@@ -1328,13 +1338,7 @@ mod tests {
             under_lock.get()
         );
         // Every entry is there, the ones pushed during the rewrite included, in order.
-        let mut all = Vec::new();
-        idx.lock()
-            .for_each(|e| {
-                all.push(e.last_offset);
-                Ok(())
-            })
-            .unwrap();
+        let all = marker_offsets(&idx);
         let want: Vec<u64> = (0..next.get()).map(|k| k * 2 + 1).collect();
         assert!(next.get() > 10, "no abort arrived during the rewrite");
         assert_eq!(all, want);
@@ -1386,13 +1390,7 @@ mod tests {
             next.get() - n0
         );
         // Every entry is there once, in order: those read back from the old file included.
-        let mut all = Vec::new();
-        idx.lock()
-            .for_each(|e| {
-                all.push(e.last_offset);
-                Ok(())
-            })
-            .unwrap();
+        let all = marker_offsets(&idx);
         let want: Vec<u64> = (0..next.get()).map(|k| k * 2 + 1).collect();
         assert_eq!(all, want);
     }

@@ -10,9 +10,8 @@ use std::time::Duration;
 use common::memory::resident_in;
 use duolog::{EngineKind, Message, StoreOptions, TopicConfig};
 
-#[test]
-fn many_active_logs_share_what_they_keep_mapped_behind_their_writers() {
-    let dir = tempfile::tempdir().unwrap();
+/// A segmented store on default options, flushed only when the test syncs.
+fn open(dir: &std::path::Path) -> Box<dyn duolog::LogStore> {
     let o = StoreOptions {
         engine: Some(EngineKind::Segmented),
         flush: duolog::FlushPolicy::Async {
@@ -20,7 +19,13 @@ fn many_active_logs_share_what_they_keep_mapped_behind_their_writers() {
         },
         ..StoreOptions::default()
     };
-    let s = duolog::open(dir.path(), o).unwrap();
+    duolog::open(dir, o).unwrap()
+}
+
+#[test]
+fn many_active_logs_share_what_they_keep_mapped_behind_their_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
     let partitions = 1024;
     s.create_topic("t", TopicConfig::with_partitions(partitions))
         .unwrap();
@@ -52,14 +57,7 @@ fn many_active_logs_share_what_they_keep_mapped_behind_their_writers() {
 #[test]
 fn logs_written_when_few_were_active_give_back_their_share_when_many_are() {
     let dir = tempfile::tempdir().unwrap();
-    let o = StoreOptions {
-        engine: Some(EngineKind::Segmented),
-        flush: duolog::FlushPolicy::Async {
-            interval: Duration::from_secs(3600),
-        },
-        ..StoreOptions::default()
-    };
-    let s = duolog::open(dir.path(), o).unwrap();
+    let s = open(dir.path());
     let msg_len = 8 << 10;
     let msg = [Message::new(vec![b'r'; msg_len])];
     let mut total = 0u32;

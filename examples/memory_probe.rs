@@ -1,10 +1,11 @@
-//! Peak memory of the CommitLog engine as data grows, with default options: appends `GIB` GiB
-//! of `SIZE`-byte messages, one per `append`, round-robin over `PARTITIONS` partitions, then
-//! reads everything back once. Measure its peak RSS with `/usr/bin/time -f '%e s %M KB'`.
+//! Peak memory of an engine as data grows, with default options: appends `GIB` GiB of
+//! `SIZE`-byte messages, one per `append`, round-robin over `PARTITIONS` partitions, then reads
+//! everything back once. Measure its peak RSS with `/usr/bin/time -f '%e s %M KB'`.
 //! The store lives in a temporary directory removed at the end (check the free disk first).
 //!
-//! Run: `cargo run --release --example memory_probe -- [GIB [PARTITIONS [SIZE]]]`
-//! (default: 1 GiB, 1 partition, 1,000 bytes). Nothing here asserts anything.
+//! Run: `cargo run --release --example memory_probe -- [commitlog|segmented] [GIB [PARTITIONS [SIZE]]]`
+//! (default: the CommitLog engine, 1 GiB, 1 partition, 1,000 bytes). Nothing here asserts
+//! anything.
 
 use std::time::Instant;
 
@@ -29,7 +30,8 @@ fn rss() -> String {
         if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
             let path = line.split_whitespace().nth(5).unwrap_or("[anon]");
 
-            kind = ["commitlog", "consumequeue", "index"]
+            // CommitLog files by directory; segmented files by extension.
+            kind = ["commitlog", "consumequeue", ".timeindex", ".index", ".log", "index"]
                 .iter()
                 .find(|k| path.contains(*k))
                 .map_or_else(|| "other".to_owned(), |k| (*k).to_owned());
@@ -45,6 +47,10 @@ fn rss() -> String {
 }
 
 fn main() -> duolog::Result<()> {
+    let engine = std::env::args()
+        .skip(1)
+        .find_map(|a| EngineKind::from_name(&a))
+        .unwrap_or(EngineKind::CommitLog);
     let args: Vec<u64> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
@@ -54,7 +60,7 @@ fn main() -> duolog::Result<()> {
     let size = args.get(2).copied().unwrap_or(1000).max(8) as usize;
     let dir = tempfile::tempdir().map_err(|e| duolog::Error::InvalidArgument(e.to_string()))?;
     let mut options = StoreOptions {
-        engine: Some(EngineKind::CommitLog),
+        engine: Some(engine),
         ..StoreOptions::default()
     };
     if std::env::var_os("PROBE_NO_WARM").is_some() {
@@ -79,7 +85,7 @@ fn main() -> duolog::Result<()> {
     store.sync()?;
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "appended {n} × {size} B ({gib} GiB) over {partitions} partitions in {secs:.1} s ({:.0} msg/s); {}",
+        "{engine}: appended {n} × {size} B ({gib} GiB) over {partitions} partitions in {secs:.1} s ({:.0} msg/s); {}",
         n as f64 / secs,
         rss()
     );

@@ -31,10 +31,17 @@ fn rss() -> String {
             let path = line.split_whitespace().nth(5).unwrap_or("[anon]");
 
             // CommitLog files by directory; segmented files by extension.
-            kind = ["commitlog", "consumequeue", ".timeindex", ".index", ".log", "index"]
-                .iter()
-                .find(|k| path.contains(*k))
-                .map_or_else(|| "other".to_owned(), |k| (*k).to_owned());
+            kind = [
+                "commitlog",
+                "consumequeue",
+                ".timeindex",
+                ".index",
+                ".log",
+                "index",
+            ]
+            .iter()
+            .find(|k| path.contains(*k))
+            .map_or_else(|| "other".to_owned(), |k| (*k).to_owned());
         } else if let Some(kb) = line.strip_prefix("Rss:") {
             let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
             *by_kind.entry(kind.clone()).or_default() += kb;

@@ -240,7 +240,10 @@ fn a_visiting_read_allocates_nothing_per_record() {
         COUNTING.with(|c| c.set(false));
         let (count, bytes) = (COUNT.load(Ordering::Relaxed), BYTES.load(Ordering::Relaxed));
         assert_eq!((p.visited, p.next_offset, seen), (8192, 8192, 8192));
-        assert!(good, "{engine}: a visited record differs from what was appended");
+        assert!(
+            good,
+            "{engine}: a visited record differs from what was appended"
+        );
         assert!(
             count < 64 && bytes < 64 << 10,
             "{engine}: {count} allocations, {bytes} bytes, to visit 8,192 records"

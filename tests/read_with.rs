@@ -17,14 +17,26 @@ use proptest::prelude::*;
 #[derive(Clone, Debug)]
 enum Op {
     /// `n` plain messages; `shape` picks key, tags, properties and tombstones per message.
-    Append { n: usize, shape: u8 },
+    Append {
+        n: usize,
+        shape: u8,
+    },
     /// `n` messages in producer `p`'s transaction (opened by its first batch).
-    Txn { p: usize, n: usize, shape: u8 },
+    Txn {
+        p: usize,
+        n: usize,
+        shape: u8,
+    },
     /// Ends producer `p`'s transaction, if one is open.
-    End { p: usize, commit: bool },
+    End {
+        p: usize,
+        commit: bool,
+    },
     Compact,
     /// Deletes the records before `fraction`/8 of the way from the start to the end.
-    DeleteBefore { fraction: u8 },
+    DeleteBefore {
+        fraction: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -51,7 +63,9 @@ fn message(i: usize, shape: u8) -> Message {
         _ => m = m.with_key(format!("key-{}", salt % 7)).with_tags("TagA"),
     }
     if salt % 3 == 0 {
-        m = m.with_property("color", "red").with_property("n", salt.to_string());
+        m = m
+            .with_property("color", "red")
+            .with_property("n", salt.to_string());
     }
     if salt % 4 == 1 {
         m = m.with_tags(format!("T{}", salt % 3));
@@ -125,7 +139,11 @@ fn same_call(store: &dyn LogStore, at: u64, limits: ReadLimits) -> u64 {
     let progress = store
         .read_with("t", 0, at, limits, &mut |r| {
             let expected = fetch.records.get(i).map(|e| e.view());
-            assert_eq!(Some(*r), expected, "record {i} of a read at {at} {limits:?}");
+            assert_eq!(
+                Some(*r),
+                expected,
+                "record {i} of a read at {at} {limits:?}"
+            );
             assert_eq!(
                 r.to_message(),
                 fetch.records[i].to_message(),
@@ -136,7 +154,10 @@ fn same_call(store: &dyn LogStore, at: u64, limits: ReadLimits) -> u64 {
         })
         .unwrap();
     assert_eq!(progress.visited, fetch.records.len(), "at {at} {limits:?}");
-    assert_eq!(progress.next_offset, fetch.next_offset, "at {at} {limits:?}");
+    assert_eq!(
+        progress.next_offset, fetch.next_offset,
+        "at {at} {limits:?}"
+    );
     progress.next_offset
 }
 
@@ -160,7 +181,10 @@ fn check_store(store: &dyn LogStore) {
         },
         ReadLimits::messages(0),
     ];
-    for isolation in [IsolationLevel::ReadUncommitted, IsolationLevel::ReadCommitted] {
+    for isolation in [
+        IsolationLevel::ReadUncommitted,
+        IsolationLevel::ReadCommitted,
+    ] {
         for limits in limit_sets {
             let limits = limits.with_isolation(isolation);
             let mut at = b.start;
@@ -199,9 +223,8 @@ fn check_store(store: &dyn LogStore) {
             assert_eq!((p.visited, p.next_offset), (3, expected[2] + 1));
         }
     }
-    let visit_nothing = &mut |_: &duolog::RecordRef<'_>| -> ControlFlow<()> {
-        panic!("nothing to visit")
-    };
+    let visit_nothing =
+        &mut |_: &duolog::RecordRef<'_>| -> ControlFlow<()> { panic!("nothing to visit") };
     for bad in [b.end + 1, u64::MAX] {
         let r = store.read_with("t", 0, bad, ReadLimits::default(), visit_nothing);
         assert!(matches!(r, Err(Error::OffsetOutOfRange { .. })), "{r:?}");
@@ -274,7 +297,8 @@ fn a_visitor_may_append_to_the_partition_it_reads() {
             .read_with("t", 0, 0, ReadLimits::messages(300), &mut |r| {
                 assert_eq!(r.body(), seen.to_string().as_bytes());
                 seen += 1;
-                s.append("t", 0, &[Message::new("appended inside")]).unwrap();
+                s.append("t", 0, &[Message::new("appended inside")])
+                    .unwrap();
                 let inner = s.read("t", 0, r.offset(), ReadLimits::messages(1)).unwrap();
                 assert_eq!(inner[0].offset(), r.offset());
                 ControlFlow::Continue(())

@@ -586,9 +586,42 @@ impl Partition {
                 continue;
             }
             if let Some(visit) = f.visit.as_mut() {
-                // Shown only once the whole batch is checked: a visit cannot be taken back.
-                decode_batch(b, &h, &mut views).map_err(|e| corrupt(pos, e.reason()))?;
-                for rv in &views {
+                // Shown only once the whole batch is checked (a visit cannot be taken back):
+                // its CRC and every record parsed, the first one's view kept (batches of one
+                // appended message hold one record, parsed once); the rest are parsed again
+                // as they are shown, which costs less than keeping their views.
+                if crc32c::crc32c(&b[21..]) != h.crc {
+                    return Err(corrupt(pos, "batch CRC-32C mismatch"));
+                }
+                let mut p = batch::HEADER_LEN;
+                let mut first_view = None;
+                for i in 0..h.record_count.max(0) {
+                    let rv =
+                        batch::parse_record(b, &mut p).map_err(|e| corrupt(pos, e.reason()))?;
+                    if rv.offset_delta > h.last_offset_delta {
+                        return Err(corrupt(
+                            pos,
+                            "record offset delta past the batch's last offset",
+                        ));
+                    }
+                    if i == 0 {
+                        first_view = Some((rv, p));
+                    }
+                }
+                if p != b.len() {
+                    return Err(corrupt(pos, "bytes after the last record"));
+                }
+                let mut p = batch::HEADER_LEN;
+                for _ in 0..h.record_count.max(0) {
+                    let rv = match first_view.take() {
+                        Some((rv, after)) => {
+                            p = after;
+                            rv
+                        }
+                        None => {
+                            batch::parse_record(b, &mut p).map_err(|e| corrupt(pos, e.reason()))?
+                        }
+                    };
                     let o = h.base_offset as u64 + rv.offset_delta as u64;
                     if o < offset {
                         continue;
@@ -609,7 +642,7 @@ impl Partition {
                     f.bytes += rv.len;
                     f.visited += 1;
                     next = o + 1;
-                    if visit(&make_view(b, &h, rv, o)).is_break() {
+                    if visit(&make_view(b, &h, &rv, o)).is_break() {
                         f.full = true;
                         f.read += cursor.read;
                         return Ok(next);

@@ -62,7 +62,7 @@ fn message(i: usize, shape: u8) -> Message {
         3 => m = Message::tombstone(format!("key-{}", salt % 7)),
         _ => m = m.with_key(format!("key-{}", salt % 7)).with_tags("TagA"),
     }
-    if salt % 3 == 0 {
+    if salt.is_multiple_of(3) {
         m = m
             .with_property("color", "red")
             .with_property("n", salt.to_string());

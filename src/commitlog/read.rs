@@ -549,11 +549,10 @@ impl Inner {
         };
         while v.at < bound && v.goes_on() {
             if v.at < part.clean_end() {
+                // Both at least 1: `goes_on` holds.
                 let chunk = ReadLimits {
-                    max_messages: (v.budget.messages as u64)
-                        .min(v.scan_left)
-                        .min(VISIT_ROUND)
-                        .max(1) as usize,
+                    max_messages: (v.budget.messages as u64).min(v.scan_left).min(VISIT_ROUND)
+                        as usize,
                     max_bytes: v
                         .budget
                         .bytes

@@ -310,3 +310,61 @@ fn a_visitor_may_append_to_the_partition_it_reads() {
         assert_eq!(last[0].body(), b"appended inside");
     });
 }
+
+/// The cases the random workloads may or may not reach, built on purpose: a compacted prefix
+/// with gaps (the CommitLog engine reads it through `fetch`'s own path), aborted and open
+/// transactions among plain records, tombstones and binary keys, on both engines.
+#[test]
+fn read_with_matches_fetch_over_a_compacted_prefix_and_aborted_transactions() {
+    let mut ops = Vec::new();
+    for round in 0..6u8 {
+        ops.push(Op::Append {
+            n: 30,
+            shape: round,
+        });
+        ops.push(Op::Txn {
+            p: 0,
+            n: 4,
+            shape: round,
+        });
+        ops.push(Op::Append { n: 5, shape: 200 });
+        ops.push(Op::End {
+            p: 0,
+            commit: round % 2 == 0,
+        });
+    }
+    ops.push(Op::Compact);
+    ops.push(Op::Append { n: 20, shape: 7 });
+    ops.push(Op::Txn {
+        p: 1,
+        n: 3,
+        shape: 9,
+    });
+    ops.push(Op::Append { n: 10, shape: 8 });
+    common::for_each_engine(|engine, dir| {
+        let store = build(engine, dir, &ops);
+        let b = store.bounds("t", 0).unwrap();
+        let all = store
+            .fetch("t", 0, 0, ReadLimits::messages(100_000))
+            .unwrap();
+        let committed = store
+            .fetch(
+                "t",
+                0,
+                0,
+                ReadLimits::messages(100_000).with_isolation(IsolationLevel::ReadCommitted),
+            )
+            .unwrap();
+        // The workload did what it is for: compaction left gaps, aborted records are hidden
+        // from read_committed, the open transaction holds the last stable offset back.
+        assert!(
+            (all.records.len() as u64) < b.end - b.start - 12,
+            "{engine}: {} of {}",
+            all.records.len(),
+            b.end
+        );
+        assert!(committed.records.len() < all.records.len(), "{engine}");
+        assert!(b.last_stable < b.end, "{engine}");
+        check_store(store.as_ref());
+    });
+}

@@ -189,11 +189,14 @@ impl Partition {
                 }
                 false => bound,
             };
+            let visited = f.visited;
             match self.read_once(ctx, at, upper, limits, &aborted, f) {
                 Ok(next) if next > at => at = next,
                 // Nothing left to examine (a segment's end raced the bound): done.
                 Ok(_) => break,
-                Err(Error::Corrupted { .. }) if !repaired => {
+                // A visiting read retries only a round that showed nothing: a retry would show
+                // the round's records again (a fetch's are dropped with its error).
+                Err(Error::Corrupted { .. }) if !repaired && f.visited == visited => {
                     // A garbled index sends the scan to a wrong position: rebuild and retry once.
                     self.repair_indexes_at(ctx, at)?;
                     repaired = true;

@@ -6,6 +6,9 @@
 //! `read/sequential-defaults/100B` is the read as a new user meets it (issue 16): 1,000,000
 //! messages appended one per call with DEFAULT `StoreOptions`, read back from the start in
 //! fetches of at most 8,192 messages / 1 MiB, against raw framed records written the same way.
+//! Its `commitlog-read_with` and `segmented-read_with` peers read the same data through
+//! `LogStore::read_with` (the borrowed visitor) instead of `read`, in the same group so one run
+//! gives both reads' ratios to raw.
 //!
 //! Run: `cargo bench --bench read`. Nothing here asserts a speed.
 
@@ -110,15 +113,21 @@ fn reads(c: &mut Criterion) {
 /// Messages of the default-options sequential read.
 const DEFAULT_MESSAGES: u64 = 1_000_000;
 
-/// A store as a new user opens it: default options but the engine.
-struct Defaults(Box<dyn duolog::LogStore>);
+/// A store as a new user opens it: default options but the engine. `visiting` reads with
+/// `read_with` (the borrowed visitor) instead of `read`.
+struct Defaults {
+    store: Box<dyn duolog::LogStore>,
+    visiting: bool,
+}
 
 impl peers::Peer for Defaults {
     fn append(&self, partition: u32, batch: &[Message]) {
-        self.0.append("bench", partition, batch).expect("append");
+        self.store
+            .append("bench", partition, batch)
+            .expect("append");
     }
     fn sync(&self) {
-        self.0.sync().expect("sync");
+        self.store.sync().expect("sync");
     }
     fn read(&self, partition: u32, offset: u64, max: usize, each: &mut dyn FnMut(&[u8])) -> usize {
         let limits = duolog::ReadLimits {
@@ -126,8 +135,18 @@ impl peers::Peer for Defaults {
             max_bytes: 1 << 20,
             ..duolog::ReadLimits::default()
         };
+        if self.visiting {
+            let p = self
+                .store
+                .read_with("bench", partition, offset, limits, &mut |r| {
+                    each(r.body());
+                    std::ops::ControlFlow::Continue(())
+                })
+                .expect("read_with");
+            return p.visited;
+        }
         let records = self
-            .0
+            .store
             .read("bench", partition, offset, limits)
             .expect("read");
         for r in &records {
@@ -143,7 +162,13 @@ fn sequential_defaults(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(3));
     group.throughput(Throughput::Elements(8192));
     let msg = [Message::new(vec![b'r'; 100])];
-    for name in ["commitlog", "segmented", "raw-per-partition"] {
+    for name in [
+        "commitlog",
+        "segmented",
+        "raw-per-partition",
+        "commitlog-read_with",
+        "segmented-read_with",
+    ] {
         if !group_wanted(name) {
             continue;
         }
@@ -152,16 +177,19 @@ fn sequential_defaults(c: &mut Criterion) {
             "raw-per-partition" => peers::open(name, dir.path(), 1),
             engine => {
                 let options = duolog::StoreOptions {
-                    engine: Some(match engine {
-                        "commitlog" => duolog::EngineKind::CommitLog,
-                        _ => duolog::EngineKind::Segmented,
+                    engine: Some(match engine.starts_with("commitlog") {
+                        true => duolog::EngineKind::CommitLog,
+                        false => duolog::EngineKind::Segmented,
                     }),
                     ..duolog::StoreOptions::default()
                 };
                 let s = duolog::open(dir.path(), options).expect("open");
                 s.create_topic("bench", duolog::TopicConfig::with_partitions(1))
                     .expect("topic");
-                Box::new(Defaults(s))
+                Box::new(Defaults {
+                    store: s,
+                    visiting: engine.ends_with("read_with"),
+                })
             }
         };
         for _ in 0..DEFAULT_MESSAGES {

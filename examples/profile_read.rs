@@ -1,11 +1,12 @@
 //! Reads 100-byte messages back in a loop for profiling (issue 16's sequential read):
-//! `cargo run --release --example profile_read -- [commitlog|segmented|raw] [messages] [rounds]`
+//! `cargo run --release --example profile_read -- [commitlog|segmented|raw][-read_with] [messages] [rounds]`
 //! (`raw`: the benches' raw framed peer, length + CRC-32 + body per message, read with one
 //! `pread` per fetch — the baseline issue 16's ratios are taken against).
 //! Appends `messages` (default 1,000,000) one per call with default `StoreOptions`, then reads
 //! them from the start `rounds` times (default 10) in fetches of at most 8,192 messages / 1 MiB,
 //! and prints the rate over the thread's CPU time (the machine is shared: wall time is noise).
-//! `timed loop starts` goes to stderr before the read loop, for `perf record -D`.
+//! `timed loop starts` goes to stderr before the read loop, for `perf record -D`. An engine name
+//! ending in `-read_with` reads through `LogStore::read_with` (the borrowed visitor) instead.
 
 use std::time::Instant;
 
@@ -28,7 +29,8 @@ fn thread_cpu() -> std::time::Duration {
 fn main() -> duolog::Result<()> {
     let mut args = std::env::args().skip(1);
     let name = args.next().unwrap_or_default();
-    let engine = match name.as_str() {
+    let visiting = name.ends_with("-read_with");
+    let engine = match name.trim_end_matches("-read_with") {
         "segmented" => EngineKind::Segmented,
         _ => EngineKind::CommitLog,
     };
@@ -64,6 +66,14 @@ fn main() -> duolog::Result<()> {
     let mut sum = 0usize;
     for _ in 0..rounds {
         let mut at = 0;
+        while at < messages && visiting {
+            let p = store.read_with("bench", 0, at, limits, &mut |r| {
+                sum += r.body().len();
+                std::ops::ControlFlow::Continue(())
+            })?;
+            at = p.next_offset;
+            n += p.visited as u64;
+        }
         while at < messages {
             let records = store.read("bench", 0, at, limits)?;
             for r in &records {

@@ -28,6 +28,7 @@ mod peers;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::ops::ControlFlow;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -331,6 +332,35 @@ fn run_cell(workload: &str, peer: &str, dir: &Path, s: Sizes) -> Figures {
                     break;
                 }
                 seen += n;
+            }
+            let d = t.elapsed();
+            assert_eq!(seen, s.read, "{peer} read back a different count");
+            put("rate", rate(seen, d));
+        }
+        "read_with" => {
+            // The same read through the borrowed, visiting read (engines only: the raw and
+            // crate peers' reads already hand out borrowed bodies).
+            let kind = engine_kind(peer).expect("read_with runs on the engines");
+            let e = Engine::open(dir, kind, 1, FlushPolicy::default());
+            append_sync(&e, s.read, 100);
+            let limits = ReadLimits {
+                max_messages: 8192,
+                max_bytes: 1 << 20,
+                ..ReadLimits::default()
+            };
+            let mut seen = 0usize;
+            let t = Instant::now();
+            loop {
+                let p =
+                    e.0.read_with("bench", 0, seen as u64, limits, &mut |r| {
+                        std::hint::black_box(r.body());
+                        ControlFlow::Continue(())
+                    })
+                    .expect("read_with");
+                if p.visited == 0 {
+                    break;
+                }
+                seen += p.visited;
             }
             let d = t.elapsed();
             assert_eq!(seen, s.read, "{peer} read back a different count");
@@ -672,6 +702,9 @@ fn parent(a: &Args, s: Sizes) -> Result<(), String> {
             cells.push((w.clone(), peer));
         }
     }
+    for peer in ["commitlog", "segmented"] {
+        cells.push(("read_with".into(), peer));
+    }
     for t in GROUP_THREADS {
         for peer in ["commitlog", "segmented"] {
             cells.push((format!("group-{t}"), peer));
@@ -719,6 +752,21 @@ fn parent(a: &Args, s: Sizes) -> Result<(), String> {
                 thousands(s.read)
             ),
             values: per_peer("read", "rate"),
+            show: msgs,
+            ratios: true,
+        },
+        Row {
+            label: format!(
+                "read {} back with `read_with` (borrowed visitor; raw and crate columns: their \
+                 read above)",
+                thousands(s.read)
+            ),
+            values: {
+                let mut v = per_peer("read_with", "rate");
+                v[0] = get("read", "raw", "rate");
+                v[1] = get("read", "crate", "rate");
+                v
+            },
             show: msgs,
             ratios: true,
         },

@@ -62,8 +62,9 @@ pub use partitioner::{murmur2, partition_for_key};
 pub use segmented::SegmentedStore;
 pub use store::{
     AppendResult, CleanupPolicy, CompactionReport, DiskUsage, EngineKind, KeyMatch, LogStore,
-    Message, MessageOrder, PartitionBounds, Properties, ReadLimits, Record, TAG_SCAN_FACTOR,
-    TaggedRead, TopicConfig, VerifyReport, is_internal_topic,
+    Message, MessageOrder, PartitionBounds, Properties, PropertiesRef, ReadLimits, ReadProgress,
+    Record, RecordRef, TAG_SCAN_FACTOR, TaggedRead, TopicConfig, VerifyReport, Visitor,
+    is_internal_topic,
 };
 pub use store::{Fetch, IsolationLevel, ProducerEntry, ProducerId, TxnMarker};
 pub use topic_config::TOPIC_CONFIG_NAMES;

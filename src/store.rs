@@ -5,6 +5,7 @@
 //! files; engines implement the trait in `commitlog/` (and later `segmented/`).
 
 use std::fmt;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Duration;
 
@@ -270,26 +271,23 @@ impl PartialEq for Properties {
 
 impl Eq for Properties {}
 
-impl Properties {
-    /// Properties occupying `span` of `buf` (the record's shared buffer).
-    #[inline(always)]
-    pub(crate) fn new(buf: Bytes, span: Span, encoding: PropertyEncoding) -> Self {
-        Properties {
-            buf,
-            span,
-            encoding,
-        }
-    }
+/// A record's user properties as a borrowed view of their stored bytes: what
+/// [`RecordRef::properties`] gives a [`read_with`](LogStore::read_with) visitor. Same accessors
+/// as [`Properties`], nothing allocated.
+#[derive(Clone, Copy)]
+pub struct PropertiesRef<'a> {
+    raw: &'a [u8],
+    encoding: PropertyEncoding,
+}
 
-    /// The properties' stored bytes.
-    #[inline(always)]
-    fn raw(&self) -> &[u8] {
-        self.span.get(&self.buf)
+impl<'a> PropertiesRef<'a> {
+    pub(crate) fn new(raw: &'a [u8], encoding: PropertyEncoding) -> Self {
+        PropertiesRef { raw, encoding }
     }
 
     /// Every stored pair, reserved engine fields included.
-    pub(crate) fn iter_all(&self) -> impl Iterator<Item = (&str, &str)> {
-        let raw = self.raw();
+    pub(crate) fn iter_all(&self) -> impl Iterator<Item = (&'a str, &'a str)> + use<'a> {
+        let raw = self.raw;
         match self.encoding {
             PropertyEncoding::RocketMq => {
                 PropIter::RocketMq(crate::commitlog::record::iter_properties(raw))
@@ -305,16 +303,15 @@ impl Properties {
         }
     }
 
-    /// User properties in stored order (engine fields such as `TAGS` and the key are left out:
-    /// they have their own accessors on [`Record`]).
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+    /// User properties in stored order (engine fields such as `TAGS` and the key are left out).
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + use<'a> {
         let encoding = self.encoding;
         self.iter_all()
             .filter(move |(k, _)| !is_reserved(k, encoding))
     }
 
     /// The value of property `name`, if present.
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub fn get(&self, name: &str) -> Option<&'a str> {
         self.iter_all().find(|(k, _)| *k == name).map(|(_, v)| v)
     }
 
@@ -333,6 +330,69 @@ impl Properties {
         self.iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect()
+    }
+}
+
+impl PartialEq for PropertiesRef<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.encoding == other.encoding && self.raw == other.raw
+    }
+}
+
+impl Eq for PropertiesRef<'_> {}
+
+impl fmt::Debug for PropertiesRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl Properties {
+    /// The same properties as a borrowed view.
+    pub fn view(&self) -> PropertiesRef<'_> {
+        PropertiesRef::new(self.raw(), self.encoding)
+    }
+
+    /// Properties occupying `span` of `buf` (the record's shared buffer).
+    #[inline(always)]
+    pub(crate) fn new(buf: Bytes, span: Span, encoding: PropertyEncoding) -> Self {
+        Properties {
+            buf,
+            span,
+            encoding,
+        }
+    }
+
+    /// The properties' stored bytes.
+    #[inline(always)]
+    fn raw(&self) -> &[u8] {
+        self.span.get(&self.buf)
+    }
+
+    /// User properties in stored order (engine fields such as `TAGS` and the key are left out:
+    /// they have their own accessors on [`Record`]).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.view().iter()
+    }
+
+    /// The value of property `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.view().get(name)
+    }
+
+    /// Number of user properties.
+    pub fn len(&self) -> usize {
+        self.view().len()
+    }
+
+    /// `true` when there are no user properties.
+    pub fn is_empty(&self) -> bool {
+        self.view().is_empty()
+    }
+
+    /// Collects the user properties into owned pairs.
+    pub fn to_vec(&self) -> Vec<(String, String)> {
+        self.view().to_vec()
     }
 }
 
@@ -450,6 +510,22 @@ impl Record {
     pub fn stored_size(&self) -> u32 {
         self.size
     }
+    /// The record as a borrowed view: what a [`read_with`](LogStore::read_with) visitor sees.
+    pub fn view(&self) -> RecordRef<'_> {
+        RecordRef {
+            offset: self.offset,
+            timestamp: self.timestamp,
+            store_timestamp: self.store_timestamp,
+            flags: self.flags,
+            size: self.size,
+            tombstone: self.tombstone,
+            key: self.key(),
+            body: self.body(),
+            tags: self.tags_raw(),
+            properties: self.properties.view(),
+        }
+    }
+
     /// Turns the record back into the message that was appended.
     pub fn to_message(&self) -> Message {
         Message {
@@ -480,6 +556,147 @@ impl fmt::Debug for Record {
             .field("properties", &self.properties)
             .finish()
     }
+}
+
+/// One record as a [`read_with`](LogStore::read_with) visitor sees it: the accessors of
+/// [`Record`], over bytes borrowed from the engine for the length of the visit (the mapped log
+/// or a chunk the read holds), so the read builds no [`Record`], takes no reference count and
+/// allocates nothing per record. Copy out what must outlive the visit
+/// ([`to_message`](RecordRef::to_message), or the slices themselves).
+#[derive(Clone, Copy)]
+pub struct RecordRef<'a> {
+    pub(crate) offset: u64,
+    pub(crate) timestamp: i64,
+    pub(crate) store_timestamp: i64,
+    pub(crate) flags: u32,
+    pub(crate) size: u32,
+    pub(crate) tombstone: bool,
+    pub(crate) key: Option<&'a [u8]>,
+    pub(crate) body: &'a [u8],
+    pub(crate) tags: Option<&'a [u8]>,
+    pub(crate) properties: PropertiesRef<'a>,
+}
+
+impl<'a> RecordRef<'a> {
+    /// The record's offset in its partition.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+    /// The message's creation timestamp (ms since epoch).
+    pub fn timestamp(&self) -> i64 {
+        self.timestamp
+    }
+    /// When the store appended it (ms since epoch); non-decreasing within a partition.
+    pub fn store_timestamp(&self) -> i64 {
+        self.store_timestamp
+    }
+    /// Engine flags (RocketMQ sys flag); 0 for an ordinary message.
+    pub fn flags(&self) -> u32 {
+        self.flags
+    }
+    /// The key, if the message had one.
+    pub fn key(&self) -> Option<&'a [u8]> {
+        self.key
+    }
+    /// The body.
+    pub fn body(&self) -> &'a [u8] {
+        self.body
+    }
+    /// Whether the record is a tombstone (a delete marker for its key: Kafka's null value).
+    pub fn is_tombstone(&self) -> bool {
+        self.tombstone
+    }
+    /// The value in Kafka's terms: the body, or `None` for a tombstone.
+    pub fn value(&self) -> Option<&'a [u8]> {
+        (!self.tombstone).then_some(self.body)
+    }
+    /// The tags, if the message had any.
+    pub fn tags(&self) -> Option<&'a str> {
+        self.tags.and_then(|t| std::str::from_utf8(t).ok())
+    }
+    /// The user properties.
+    pub fn properties(&self) -> PropertiesRef<'a> {
+        self.properties
+    }
+    /// Size of the record as stored, in bytes (what read limits count).
+    pub fn stored_size(&self) -> u32 {
+        self.size
+    }
+    /// Copies the record back into the message that was appended.
+    pub fn to_message(&self) -> Message {
+        Message {
+            body: Bytes::copy_from_slice(self.body),
+            key: self.key.map(Bytes::copy_from_slice),
+            tags: self.tags().map(str::to_owned),
+            properties: self.properties.to_vec(),
+            timestamp: Some(self.timestamp),
+            tombstone: self.tombstone,
+        }
+    }
+}
+
+impl PartialEq for RecordRef<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.offset == other.offset
+            && self.timestamp == other.timestamp
+            && self.store_timestamp == other.store_timestamp
+            && self.flags == other.flags
+            && self.size == other.size
+            && self.tombstone == other.tombstone
+            && self.key == other.key
+            && self.body == other.body
+            && self.tags == other.tags
+            && self.properties == other.properties
+    }
+}
+
+impl Eq for RecordRef<'_> {}
+
+impl fmt::Debug for RecordRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordRef")
+            .field("offset", &self.offset)
+            .field("timestamp", &self.timestamp)
+            .field("store_timestamp", &self.store_timestamp)
+            .field("key", &self.key.map(Bytes::copy_from_slice))
+            .field("tags", &self.tags())
+            .field("body_len", &self.body.len())
+            .field("tombstone", &self.tombstone)
+            .field("properties", &self.properties)
+            .finish()
+    }
+}
+
+/// What [`LogStore::read_with`] did: how many records it showed the visitor and where to read
+/// next.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadProgress {
+    /// Records the visitor saw (the one that stopped the read included).
+    pub visited: usize,
+    /// The offset to read from next, as [`Fetch::next_offset`]: past every offset the call
+    /// examined (markers and skipped aborted records included). When the visitor stopped the
+    /// read, the offset after the record it stopped at.
+    pub next_offset: u64,
+}
+
+/// The visitor of [`LogStore::read_with`]: called once per record in offset order;
+/// [`ControlFlow::Break`] stops the read after that record.
+pub type Visitor<'v> = dyn FnMut(&RecordRef<'_>) -> ControlFlow<()> + 'v;
+
+/// [`LogStore::read_with`] over an owned [`Fetch`]: what the trait's default does.
+pub(crate) fn visit_fetched(fetch: Fetch, visit: &mut Visitor<'_>) -> ReadProgress {
+    let mut progress = ReadProgress {
+        visited: 0,
+        next_offset: fetch.next_offset,
+    };
+    for r in &fetch.records {
+        progress.visited += 1;
+        if visit(&r.view()).is_break() {
+            progress.next_offset = r.offset() + 1;
+            break;
+        }
+    }
+    progress
 }
 
 /// What happens to a topic's old records (Kafka's `cleanup.policy`).
@@ -1021,6 +1238,64 @@ pub trait LogStore: Send + Sync + fmt::Debug {
         offset: u64,
         limits: ReadLimits,
     ) -> Result<Vec<Record>>;
+
+    /// Reads as [`fetch`](LogStore::fetch) does, showing each record to `visit` as a borrowed
+    /// [`RecordRef`] instead of returning owned [`Record`]s: the same records in the same order
+    /// under the same `limits` (isolation, markers hidden, aborted records skipped
+    /// read-committed, compaction's gaps, the same errors for offsets out of range or unknown
+    /// topics and partitions). `visit` returning [`ControlFlow::Break`] stops the read after
+    /// that record. Returns how many records were visited and where to read next.
+    ///
+    /// Both engines read in place here: no [`Record`], no result vector, no reference count
+    /// per record (on the CommitLog engine, records in a compacted topic's cleaned prefix are
+    /// the exception: they are read as [`read`](LogStore::read) reads them, a bounded batch at
+    /// a time). No lock of the store is held while `visit` runs, so it may call back into the
+    /// store (append, read, even to the partition it is reading). An error (a corrupt record)
+    /// may come after some records were visited; every record visited was checked whole first
+    /// (on the segmented engine, its whole batch).
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// use duolog::{LogStore, Message, ReadLimits, StoreOptions, TopicConfig};
+    /// # fn main() -> duolog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = duolog::open(dir.path(), StoreOptions::default())?;
+    /// store.create_topic("events", TopicConfig::default())?;
+    /// let batch: Vec<Message> = (0..10).map(|i| Message::new(format!("event {i}"))).collect();
+    /// store.append("events", 0, &batch)?;
+    ///
+    /// // Sum the body lengths without keeping a record.
+    /// let mut bytes = 0;
+    /// let p = store.read_with("events", 0, 0, ReadLimits::default(), &mut |r| {
+    ///     bytes += r.body().len();
+    ///     ControlFlow::Continue(())
+    /// })?;
+    /// assert_eq!((p.visited, p.next_offset, bytes), (10, 10, 70));
+    ///
+    /// // Stop at the first body ending in "3": the next read starts after it.
+    /// let p = store.read_with("events", 0, 0, ReadLimits::default(), &mut |r| {
+    ///     if r.body().ends_with(b"3") {
+    ///         ControlFlow::Break(())
+    ///     } else {
+    ///         ControlFlow::Continue(())
+    ///     }
+    /// })?;
+    /// assert_eq!((p.visited, p.next_offset), (4, 4));
+    /// # Ok(()) }
+    /// ```
+    fn read_with(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limits: ReadLimits,
+        visit: &mut Visitor<'_>,
+    ) -> Result<ReadProgress> {
+        Ok(visit_fetched(
+            self.fetch(topic, partition, offset, limits)?,
+            visit,
+        ))
+    }
 
     /// Reads the records from `offset` on whose tag ([`Record::tags`]) equals one of `tags`
     /// (RocketMQ's tag subscription `TagA || TagB`; an empty `tags` matches nothing, an

@@ -1030,6 +1030,19 @@ impl LogStore for CommitLogStore {
         self.inner.read(topic, partition, offset, limits)
     }
 
+    fn read_with(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limits: ReadLimits,
+        visit: &mut crate::store::Visitor<'_>,
+    ) -> Result<crate::store::ReadProgress> {
+        self.inner.check_open()?;
+        self.inner
+            .read_with(topic, partition, offset, limits, visit)
+    }
+
     fn read_tagged(
         &self,
         topic: &str,

@@ -13,8 +13,8 @@ use super::{Inner, PartitionState};
 use crate::error::{Error, Result};
 use crate::io::MappedFile;
 use crate::store::{
-    Fetch, IsolationLevel, Key, Properties, PropertyEncoding, ReadLimits, Record, Span, TaggedRead,
-    range_in,
+    Fetch, IsolationLevel, Key, Properties, PropertiesRef, PropertyEncoding, ReadLimits,
+    ReadProgress, Record, RecordRef, Span, TaggedRead, Visitor, range_in,
 };
 
 fn unhex(b: &[u8]) -> Option<Vec<u8>> {
@@ -53,6 +53,83 @@ pub(crate) fn make_record(
     Ok(r)
 }
 
+/// Where a stored record's key is: none, its bytes, or (a key that is not UTF-8) its bytes
+/// hex-encoded in `__KEYHEX`.
+enum KeyField<'a> {
+    None,
+    In(&'a [u8]),
+    Hex(&'a [u8]),
+}
+
+/// The fields both kinds of read hand out, decoded in place from one stored record.
+struct Fields<'a> {
+    offset: u64,
+    timestamp: i64,
+    store_timestamp: i64,
+    flags: u32,
+    size: u32,
+    tombstone: bool,
+    key: KeyField<'a>,
+    body: &'a [u8],
+    tags: Option<&'a [u8]>,
+    properties: &'a [u8],
+}
+
+/// Decodes the stored record `rec` (every check: its whole-record CRC), checking its topic and
+/// partition.
+#[inline(always)]
+fn decode_fields<'a>(
+    rec: &'a [u8],
+    expect_topic: &str,
+    expect_partition: u32,
+    corrupt: &dyn Fn(&str) -> Error,
+) -> Result<Fields<'a>> {
+    let d = match record::decode(rec, Checks::FULL) {
+        Ok(Decoded::Message(d)) => d,
+        Ok(Decoded::Blank { .. }) => return Err(corrupt("consume queue points at a blank record")),
+        Err(e) => return Err(corrupt(e.reason())),
+    };
+    if d.total_size != rec.len() {
+        return Err(corrupt("record size differs from its consume-queue unit"));
+    }
+    if d.topic != expect_topic.as_bytes()
+        || d.header.queue_id != expect_partition as i32
+        || d.header.queue_offset < 0
+    {
+        return Err(corrupt("consume-queue unit points at another record"));
+    }
+    let mut key = KeyField::None;
+    let mut tags = None;
+    let mut tombstone = false;
+    // The checksum property, checked by `decode`, ends the properties: only what precedes it
+    // can name the key, the tags or a tombstone (for a plain record, nothing is scanned).
+    let scanned = match d.has_record_crc {
+        true => &d.properties[..d.properties.len() - record::CRC_PROPERTY_LEN],
+        false => d.properties,
+    };
+    for (name, value) in record::iter_raw_properties(scanned) {
+        match name {
+            b"__KEY" => key = KeyField::In(value),
+            b"__KEYHEX" => key = KeyField::Hex(value),
+            b"TAGS" => tags = Some(value),
+            b"__TOMBSTONE" => tombstone = true,
+            _ => {}
+        }
+    }
+    Ok(Fields {
+        offset: d.header.queue_offset as u64,
+        timestamp: d.header.born_timestamp,
+        store_timestamp: d.header.store_timestamp,
+        flags: d.header.sys_flag as u32,
+        size: d.total_size as u32,
+        tombstone,
+        key,
+        body: d.body,
+        tags,
+        properties: d.properties,
+    })
+}
+
 /// Builds a [`Record`] from the stored record at `range` of `span` with the offset its header
 /// carries, checking its topic and partition.
 #[inline(always)]
@@ -68,59 +145,64 @@ pub(crate) fn decode_record(
         Error::corrupted(file, pos, why.to_owned())
     };
     let rec = &span[range.clone()];
-    let d = match record::decode(rec, Checks::FULL) {
-        Ok(Decoded::Message(d)) => d,
-        Ok(Decoded::Blank { .. }) => return Err(corrupt("consume queue points at a blank record")),
-        Err(e) => return Err(corrupt(e.reason())),
-    };
-    if d.total_size != rec.len() {
-        return Err(corrupt("record size differs from its consume-queue unit"));
-    }
-    if d.topic != expect_topic.as_bytes()
-        || d.header.queue_id != expect_partition as i32
-        || d.header.queue_offset < 0
-    {
-        return Err(corrupt("consume-queue unit points at another record"));
-    }
+    let f = decode_fields(rec, expect_topic, expect_partition, &corrupt)?;
     // One reference to the span per record: every field is a range of the record's bytes.
     let at = |part: &[u8]| Span::of(range_in(rec, part));
-    let mut key = Key::None;
-    let mut tags = None;
-    let mut tombstone = false;
-    // The checksum property, checked by `decode`, ends the properties: only what precedes it
-    // can name the key, the tags or a tombstone (for a plain record, nothing is scanned).
-    let scanned = match d.has_record_crc {
-        true => &d.properties[..d.properties.len() - record::CRC_PROPERTY_LEN],
-        false => d.properties,
+    let key = match f.key {
+        KeyField::None => Key::None,
+        KeyField::In(k) => Key::In(at(k)),
+        KeyField::Hex(k) => Key::Owned(Box::new(Bytes::from(
+            unhex(k).ok_or_else(|| corrupt("bad hex key"))?,
+        ))),
     };
-    for (name, value) in record::iter_raw_properties(scanned) {
-        match name {
-            b"__KEY" => key = Key::In(at(value)),
-            b"__KEYHEX" => {
-                key = Key::Owned(Box::new(Bytes::from(
-                    unhex(value).ok_or_else(|| corrupt("bad hex key"))?,
-                )))
-            }
-            b"TAGS" => tags = Some(at(value)),
-            b"__TOMBSTONE" => tombstone = true,
-            _ => {}
-        }
-    }
     Ok(Record {
-        offset: d.header.queue_offset as u64,
-        timestamp: d.header.born_timestamp,
-        store_timestamp: d.header.store_timestamp,
-        flags: d.header.sys_flag as u32,
+        offset: f.offset,
+        timestamp: f.timestamp,
+        store_timestamp: f.store_timestamp,
+        flags: f.flags,
         key,
-        body: at(d.body),
-        tags,
+        body: at(f.body),
+        tags: f.tags.map(at),
         properties: Properties::new(
             span.slice(range),
-            at(d.properties),
+            at(f.properties),
             PropertyEncoding::RocketMq,
         ),
-        size: d.total_size as u32,
-        tombstone,
+        size: f.size,
+        tombstone: f.tombstone,
+    })
+}
+
+/// The stored record `rec` as a borrowed view, checked as [`decode_record`] checks it. A key
+/// stored hex-encoded is decoded into `scratch` (the one case that writes anything).
+#[inline(always)]
+fn decode_view<'a>(
+    rec: &'a [u8],
+    scratch: &'a mut Vec<u8>,
+    expect_topic: &str,
+    expect_partition: u32,
+    corrupt: &dyn Fn(&str) -> Error,
+) -> Result<RecordRef<'a>> {
+    let f = decode_fields(rec, expect_topic, expect_partition, corrupt)?;
+    let key = match f.key {
+        KeyField::None => None,
+        KeyField::In(k) => Some(k),
+        KeyField::Hex(k) => {
+            *scratch = unhex(k).ok_or_else(|| corrupt("bad hex key"))?;
+            Some(&scratch[..])
+        }
+    };
+    Ok(RecordRef {
+        offset: f.offset,
+        timestamp: f.timestamp,
+        store_timestamp: f.store_timestamp,
+        flags: f.flags,
+        size: f.size,
+        tombstone: f.tombstone,
+        key,
+        body: f.body,
+        tags: f.tags,
+        properties: PropertiesRef::new(f.properties, PropertyEncoding::RocketMq),
     })
 }
 
@@ -156,6 +238,11 @@ impl Scan<'_> {
 /// Whether `r` is a record of one of the `aborted` transactions: a prepared (transactional)
 /// record whose producer's aborted range covers its offset.
 pub(crate) fn is_aborted(aborted: &Aborted, r: &Record) -> bool {
+    !aborted.is_empty() && is_aborted_view(aborted, &r.view())
+}
+
+/// [`is_aborted`] of a borrowed view.
+fn is_aborted_view(aborted: &Aborted, r: &RecordRef<'_>) -> bool {
     if aborted.is_empty()
         || record::transaction_type(r.flags() as i32) != record::SYSFLAG_TRANSACTION_PREPARED
     {
@@ -185,6 +272,62 @@ impl Budget {
     fn take(&mut self, size: usize) {
         self.messages -= 1;
         self.bytes = self.bytes.saturating_sub(size);
+    }
+}
+
+/// Records a visiting read takes from the consume queue (and, in the compacted prefix, holds
+/// as owned records) per round: bounds the prefix's buffer and each unit-run lookup.
+const VISIT_ROUND: u64 = 1024;
+
+/// A visiting read's state, with `fetch`'s rules for what is shown, skipped and where it stops.
+struct Visiting<'v, 'f> {
+    visit: &'v mut Visitor<'f>,
+    aborted: &'v Aborted,
+    budget: Budget,
+    /// What is left of the scan bound (`u64::MAX` unless aborted records may be skipped).
+    scan_left: u64,
+    scan_bytes: u64,
+    visited: usize,
+    /// The next offset to examine.
+    at: u64,
+    /// Where the read stopped before its bound: the next offset to read.
+    stopped: Option<u64>,
+}
+
+impl Visiting<'_, '_> {
+    /// Whether the read may examine another record.
+    fn goes_on(&self) -> bool {
+        self.stopped.is_none()
+            && self.budget.messages > 0
+            && self.scan_left > 0
+            && self.scan_bytes > 0
+    }
+
+    /// Examines the record `r` (the next one at or after `at`): skips a marker or an aborted
+    /// record, shows it to the visitor within the limits, or stops before it. Returns whether
+    /// the read goes on.
+    #[inline(always)]
+    fn offer(&mut self, r: &RecordRef<'_>) -> bool {
+        let size = r.size as usize;
+        self.scan_left = self.scan_left.saturating_sub(1);
+        self.scan_bytes = self.scan_bytes.saturating_sub(size as u64);
+        if record::is_marker(r.flags as i32) || is_aborted_view(self.aborted, r) {
+            self.at = r.offset + 1;
+            return self.goes_on();
+        }
+        let first = self.visited == 0;
+        if self.budget.messages == 0 || (!first && size > self.budget.bytes) {
+            self.stopped = Some(r.offset);
+            return false;
+        }
+        self.budget.take(size);
+        self.visited += 1;
+        self.at = r.offset + 1;
+        if (self.visit)(r).is_break() {
+            self.stopped = Some(self.at);
+            return false;
+        }
+        self.goes_on()
     }
 }
 
@@ -349,6 +492,175 @@ impl Inner {
             records: out,
             next_offset: at,
         })
+    }
+
+    /// [`LogStore::read_with`](crate::LogStore::read_with): [`fetch`](Self::fetch)'s records
+    /// shown to `visit` in place. Above the compacted prefix each record is decoded straight
+    /// from the mapped log into a [`RecordRef`] (one file lookup per log file, not per record);
+    /// the compacted prefix is read as `fetch` reads it, in rounds of at most
+    /// [`VISIT_ROUND`] owned records. Only `Arc`s of the mapped files are held while `visit`
+    /// runs, no lock.
+    pub(crate) fn read_with(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limits: ReadLimits,
+        visit: &mut Visitor<'_>,
+    ) -> Result<ReadProgress> {
+        let t = self.topic(topic)?;
+        let part = t.partition(partition)?;
+        let (start, end) = (
+            part.start.load(Ordering::Acquire),
+            part.end.load(Ordering::Acquire),
+        );
+        if offset < start || offset > end {
+            return Err(out_of_range(topic, partition, part, offset));
+        }
+        // The bound, the aborted transactions and the scan bound exactly as `fetch` has them.
+        let committed = limits.isolation == IsolationLevel::ReadCommitted;
+        let bound = if committed {
+            self.last_stable(part, end)
+        } else {
+            end
+        };
+        let (aborted, bound) = if committed && offset < bound {
+            txn_index::collect(&part.txn_index, offset, bound, txn_index::COLLECT_ENTRIES)?
+        } else {
+            (Aborted::default(), bound)
+        };
+        let (scan_left, scan_bytes) = if aborted.is_empty() {
+            (u64::MAX, u64::MAX)
+        } else {
+            limits.tagged_scan()
+        };
+        let mut v = Visiting {
+            visit,
+            aborted: &aborted,
+            budget: Budget {
+                messages: limits.max_messages,
+                bytes: limits.max_bytes,
+            },
+            scan_left,
+            scan_bytes,
+            visited: 0,
+            at: offset,
+            stopped: None,
+        };
+        while v.at < bound && v.goes_on() {
+            if v.at < part.clean_end() {
+                // Both at least 1: `goes_on` holds.
+                let chunk = ReadLimits {
+                    max_messages: (v.budget.messages as u64).min(v.scan_left).min(VISIT_ROUND)
+                        as usize,
+                    max_bytes: v
+                        .budget
+                        .bytes
+                        .min(v.scan_bytes.try_into().unwrap_or(usize::MAX)),
+                    isolation: limits.isolation,
+                };
+                let at = v.at;
+                let records = retry_moved(part, at, || {
+                    self.read_attempt(topic, partition, part, at, bound, chunk)
+                })?;
+                if records.is_empty() {
+                    v.at = bound;
+                    break;
+                }
+                for r in &records {
+                    if !v.offer(&r.view()) {
+                        break;
+                    }
+                }
+                continue;
+            }
+            // Above the prefix every offset has its unit: the walk returns at the bound, where
+            // the visitor or the limits stopped it, or where a pass moved the prefix's end past
+            // it (then the loop reads on in the prefix).
+            retry_moved(part, v.at, || {
+                self.visit_units(topic, partition, part, bound, &mut v)
+            })?;
+        }
+        Ok(ReadProgress {
+            visited: v.visited,
+            next_offset: v.stopped.unwrap_or(v.at),
+        })
+    }
+
+    /// Walks the consume-queue units from `v.at` below `bound` (and the compacted prefix's
+    /// end), decoding each record in place from the mapped log and offering it to `v`, until
+    /// `v` stops or the units run out.
+    fn visit_units(
+        &self,
+        topic: &str,
+        partition: u32,
+        part: &PartitionState,
+        bound: u64,
+        v: &mut Visiting<'_, '_>,
+    ) -> Result<std::result::Result<(), Moved>> {
+        let width = UNIT_SIZE as usize;
+        // The log file the last record was in, as one zero-copy span from that record to the
+        // file's published end: the next records of the file are slices of it.
+        let mut span: Option<LogSpan> = None;
+        let mut scratch = Vec::new();
+        while v.at < bound && v.goes_on() {
+            let first = v.at;
+            let out_of_range = || out_of_range(topic, partition, part, first);
+            if first < part.clean_end() {
+                return Ok(Ok(()));
+            }
+            let Some((queue_file, pos, run)) =
+                part.cq.unit_run(first, (bound - first).min(VISIT_ROUND))?
+            else {
+                return self
+                    .missing_unit(part, first, &out_of_range)
+                    .map(|()| Err(Moved));
+            };
+            let Some(run_bytes) = queue_file.read(pos, run * width) else {
+                return self
+                    .missing_unit(part, first, &out_of_range)
+                    .map(|()| Err(Moved));
+            };
+            for (k, b) in run_bytes.chunks_exact(width).enumerate() {
+                let o = first + k as u64;
+                let Some(unit) = Unit::decode(b) else {
+                    return self
+                        .missing_unit(part, o, &out_of_range)
+                        .map(|()| Err(Moved));
+                };
+                let covered = span.as_ref().is_some_and(|(_, lo, b)| {
+                    unit.position >= *lo
+                        && unit.position + u64::from(unit.size) <= lo + b.len() as u64
+                });
+                if !covered {
+                    match self.log_span(part, o, &unit, &out_of_range)? {
+                        Ok(s) => span = Some(s),
+                        Err(Moved) => return Ok(Err(Moved)),
+                    }
+                }
+                let Some((file, lo, bytes)) = span.as_ref() else {
+                    continue;
+                };
+                let from = (unit.position - lo) as usize;
+                let corrupt = |why: &str| {
+                    Error::corrupted(file.path(), unit.position - file.start_offset(), why)
+                };
+                let r = decode_view(
+                    &bytes[from..from + unit.size as usize],
+                    &mut scratch,
+                    topic,
+                    partition,
+                    &corrupt,
+                )?;
+                if r.offset != o {
+                    return Err(corrupt("consume-queue unit points at another record"));
+                }
+                if !v.offer(&r) {
+                    return Ok(Ok(()));
+                }
+            }
+        }
+        Ok(Ok(()))
     }
 
     /// Every record (markers included) from `offset` below `upto` within `limits`' counts.

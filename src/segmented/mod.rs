@@ -1228,6 +1228,20 @@ impl LogStore for SegmentedStore {
             .fetch(&self.inner.ctx, offset, limits)
     }
 
+    fn read_with(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limits: ReadLimits,
+        visit: &mut crate::store::Visitor<'_>,
+    ) -> Result<crate::store::ReadProgress> {
+        self.inner.check_open()?;
+        self.inner
+            .partition(topic, partition)?
+            .read_with(&self.inner.ctx, offset, limits, visit)
+    }
+
     fn producer_state(&self, topic: &str, partition: u32) -> Result<Vec<ProducerEntry>> {
         self.inner.check_open()?;
         let p = self.inner.partition(topic, partition)?;

@@ -14,8 +14,8 @@ use super::txnindex::{self, Aborted};
 use crate::error::{Error, Result};
 use crate::io::{self, OpenMode};
 use crate::store::{
-    Fetch, IsolationLevel, Key, Properties, PropertyEncoding, ReadLimits, Record, Span, TaggedRead,
-    range_in, tag_matches,
+    Fetch, IsolationLevel, Key, Properties, PropertiesRef, PropertyEncoding, ReadLimits,
+    ReadProgress, Record, RecordRef, Span, TaggedRead, Visitor, range_in, tag_matches,
 };
 
 /// Whether a read skips a whole batch: a control batch (markers are never returned), or a
@@ -132,30 +132,50 @@ impl Partition {
     /// the round reads (Kafka's `collectAbortedTxns` up to the end of the fetched data), so a
     /// small fetch reads one or two `.txnindex` files, not every later segment's.
     pub(crate) fn fetch(&self, ctx: &Ctx, offset: u64, limits: ReadLimits) -> Result<Fetch> {
+        let mut f = Filling::new(None);
+        let next_offset = self.fill(ctx, offset, limits, &mut f)?;
+        Ok(Fetch {
+            records: f.records,
+            next_offset,
+        })
+    }
+
+    /// [`LogStore::read_with`](crate::LogStore::read_with): [`fetch`](Self::fetch) with each
+    /// record shown to `visit` as a view of the batch it was read in (the active segment's
+    /// mapping, or a sealed segment's chunk) instead of made into a [`Record`]. A batch is
+    /// checked whole (CRC and every record) before any of its records is shown. The partition's
+    /// lock is taken only to find each round's segment, never while `visit` runs.
+    pub(crate) fn read_with(
+        &self,
+        ctx: &Ctx,
+        offset: u64,
+        limits: ReadLimits,
+        visit: &mut Visitor<'_>,
+    ) -> Result<ReadProgress> {
+        let mut f = Filling::new(Some(visit));
+        let next_offset = self.fill(ctx, offset, limits, &mut f)?;
+        Ok(ReadProgress {
+            visited: f.visited,
+            next_offset,
+        })
+    }
+
+    /// The rounds of a fetch into `f`; returns the next offset to read.
+    fn fill(&self, ctx: &Ctx, offset: u64, limits: ReadLimits, f: &mut Filling) -> Result<u64> {
         let bound = self.read_bounds(offset, limits.isolation)?;
         if offset >= bound || limits.max_messages == 0 {
-            return Ok(Fetch {
-                records: Vec::new(),
-                next_offset: offset,
-            });
+            return Ok(offset);
         }
         let committed = limits.isolation == IsolationLevel::ReadCommitted;
         let mut aborted = Aborted::default();
         // Aborts are collected for `[.., covered)`; a round never reads past it.
         let mut covered = offset;
         let (scan_offsets, scan_bytes) = limits.tagged_scan();
-        let mut f = Filling {
-            records: Vec::new(),
-            bytes: 0,
-            full: false,
-            examined: 0,
-            read: 0,
-        };
         let mut at = offset;
         let mut repaired = false;
         while at < bound
             && !f.full
-            && f.records.len() < limits.max_messages
+            && f.taken() < limits.max_messages
             && f.examined < scan_offsets
             && f.read < scan_bytes
         {
@@ -169,11 +189,14 @@ impl Partition {
                 }
                 false => bound,
             };
-            match self.read_once(ctx, at, upper, limits, &aborted, &mut f) {
+            let visited = f.visited;
+            match self.read_once(ctx, at, upper, limits, &aborted, f) {
                 Ok(next) if next > at => at = next,
                 // Nothing left to examine (a segment's end raced the bound): done.
                 Ok(_) => break,
-                Err(Error::Corrupted { .. }) if !repaired => {
+                // A visiting read retries only a round that showed nothing: a retry would show
+                // the round's records again (a fetch's are dropped with its error).
+                Err(Error::Corrupted { .. }) if !repaired && f.visited == visited => {
                     // A garbled index sends the scan to a wrong position: rebuild and retry once.
                     self.repair_indexes_at(ctx, at)?;
                     repaired = true;
@@ -181,10 +204,7 @@ impl Partition {
                 Err(e) => return Err(e),
             }
         }
-        Ok(Fetch {
-            records: f.records,
-            next_offset: at,
-        })
+        Ok(at)
     }
 
     /// The end of the segment a read at `offset` reads (the first one ending past it: a read
@@ -450,7 +470,7 @@ impl Partition {
         bound: u64,
         limits: ReadLimits,
         aborted: &Aborted,
-        f: &mut Filling,
+        f: &mut Filling<'_, '_>,
     ) -> Result<u64> {
         // Find the segment holding `offset` (or the first after it, if the offset fell in a gap).
         let (meta, handle) = {
@@ -485,7 +505,7 @@ impl Partition {
         // One read covers the skip from the indexed batch to `offset` and what is left of the
         // limits, sized by the segment's mean bytes per offset; the cursor reads on (doubling)
         // if the estimate falls short, so a fetch costs a few reads, not one per batch.
-        let messages_left = (limits.max_messages - f.records.len()) as u64;
+        let messages_left = (limits.max_messages - f.taken()) as u64;
         let bytes_left = limits.max_bytes.saturating_sub(f.bytes) as u64;
         let per_offset = meta
             .size
@@ -504,8 +524,10 @@ impl Partition {
         let mut cursor = BatchCursor::new(&ctx.cache, &handle, meta.size, indexed_pos, want);
         // Room for the records the estimate expects, so a large fetch does not grow its vector
         // by doubling (nor a small one reserve for the limit it will not reach).
-        f.records
-            .reserve((want / per_offset).min(messages_left) as usize);
+        if f.visit.is_none() {
+            f.records
+                .reserve((want / per_offset).min(messages_left) as usize);
+        }
         let mut views = Vec::new();
         let mut next = offset;
         let mut first = true;
@@ -545,9 +567,7 @@ impl Partition {
                 continue;
             }
             // Past the limits before this batch: the next round (or fetch) starts here.
-            if f.records.len() >= limits.max_messages
-                || (!f.records.is_empty() && f.bytes >= limits.max_bytes)
-            {
+            if f.taken() >= limits.max_messages || (f.taken() > 0 && f.bytes >= limits.max_bytes) {
                 f.full = true;
                 break;
             }
@@ -564,6 +584,75 @@ impl Partition {
                     || f.examined >= scan_offsets
                     || f.read + cursor.read >= scan_bytes
                 {
+                    break;
+                }
+                continue;
+            }
+            if let Some(visit) = f.visit.as_mut() {
+                // Shown only once the whole batch is checked (a visit cannot be taken back):
+                // its CRC and every record parsed, the first one's view kept (batches of one
+                // appended message hold one record, parsed once); the rest are parsed again
+                // as they are shown, which costs less than keeping their views.
+                if crc32c::crc32c(&b[21..]) != h.crc {
+                    return Err(corrupt(pos, "batch CRC-32C mismatch"));
+                }
+                let mut p = batch::HEADER_LEN;
+                let mut first_view = None;
+                for i in 0..h.record_count.max(0) {
+                    let rv =
+                        batch::parse_record(b, &mut p).map_err(|e| corrupt(pos, e.reason()))?;
+                    if rv.offset_delta > h.last_offset_delta {
+                        return Err(corrupt(
+                            pos,
+                            "record offset delta past the batch's last offset",
+                        ));
+                    }
+                    if i == 0 {
+                        first_view = Some((rv, p));
+                    }
+                }
+                if p != b.len() {
+                    return Err(corrupt(pos, "bytes after the last record"));
+                }
+                let mut p = batch::HEADER_LEN;
+                for _ in 0..h.record_count.max(0) {
+                    let rv = match first_view.take() {
+                        Some((rv, after)) => {
+                            p = after;
+                            rv
+                        }
+                        None => {
+                            batch::parse_record(b, &mut p).map_err(|e| corrupt(pos, e.reason()))?
+                        }
+                    };
+                    let o = h.base_offset as u64 + rv.offset_delta as u64;
+                    if o < offset {
+                        continue;
+                    }
+                    if o >= bound {
+                        f.read += cursor.read;
+                        return Ok(bound);
+                    }
+                    let taken = f.records.len() + f.visited;
+                    if taken >= limits.max_messages
+                        || (taken > 0 && f.bytes + rv.len > limits.max_bytes)
+                    {
+                        f.full = true;
+                        f.read += cursor.read;
+                        return Ok(next);
+                    }
+                    f.examined += 1;
+                    f.bytes += rv.len;
+                    f.visited += 1;
+                    next = o + 1;
+                    if visit(&make_view(b, &h, &rv, o)).is_break() {
+                        f.full = true;
+                        f.read += cursor.read;
+                        return Ok(next);
+                    }
+                }
+                next = next.max(batch_end);
+                if batch_end >= bound {
                     break;
                 }
                 continue;
@@ -700,12 +789,36 @@ const TAGGED_CHUNK: u64 = 4 << 20;
 
 /// A fetch's state across rounds: what it returns, and what it examined (offsets, bytes
 /// read) against its scan bound.
-struct Filling {
+struct Filling<'v, 'f> {
+    /// What a fetch returns; empty when `visit` is set.
     records: Vec<Record>,
+    /// A visiting read's visitor, shown each record instead of `records` getting it.
+    visit: Option<&'v mut Visitor<'f>>,
+    /// Records shown to `visit`.
+    visited: usize,
     bytes: usize,
     full: bool,
     examined: u64,
     read: u64,
+}
+
+impl<'v, 'f> Filling<'v, 'f> {
+    fn new(visit: Option<&'v mut Visitor<'f>>) -> Self {
+        Filling {
+            records: Vec::new(),
+            visit,
+            visited: 0,
+            bytes: 0,
+            full: false,
+            examined: 0,
+            read: 0,
+        }
+    }
+
+    /// Records returned or visited so far.
+    fn taken(&self) -> usize {
+        self.records.len() + self.visited
+    }
 }
 
 /// A tagged read's state across rounds: what it returned, what is left of its limits and of
@@ -856,6 +969,42 @@ fn decode_batch(
         ));
     }
     Ok(())
+}
+
+/// The record `rv` of batch `b` as a borrowed view: [`make_record`]'s fields, no reference
+/// taken.
+#[inline(always)]
+fn make_view<'a>(
+    b: &'a [u8],
+    h: &BatchHeader,
+    rv: &batch::RecordView,
+    offset: u64,
+) -> RecordRef<'a> {
+    let timestamp = h.base_timestamp + rv.timestamp_delta;
+    let store_timestamp = if h.attributes & batch::ATTR_LOG_APPEND_TIME != 0 {
+        h.max_timestamp
+    } else {
+        timestamp
+    };
+    let headers = &b[rv.headers.clone()];
+    let tags = match rv.header_count {
+        0 => None,
+        _ => batch::iter_headers(headers)
+            .find(|(k, _)| *k == b"TAGS")
+            .and_then(|(_, v)| v),
+    };
+    RecordRef {
+        offset,
+        timestamp,
+        store_timestamp,
+        flags: (h.attributes & (batch::ATTR_TRANSACTIONAL | batch::ATTR_CONTROL)) as u32,
+        size: rv.len as u32,
+        tombstone: rv.value.is_none(),
+        key: rv.key.clone().map(|k| &b[k]),
+        body: rv.value.clone().map_or(&[][..], |v| &b[v]),
+        tags,
+        properties: PropertiesRef::new(headers, PropertyEncoding::KafkaHeaders),
+    }
 }
 
 /// The record `rv` of batch `b`, which is `chunk[at..]`: its buffer is one reference to the

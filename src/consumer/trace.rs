@@ -47,8 +47,8 @@ use crate::durability::{Completion, Wakeup};
 use crate::error::{Error, Result};
 use crate::store::{
     AppendResult, CompactionReport, DiskUsage, EngineKind, Fetch, KeyMatch, LogStore, Message,
-    PartitionBounds, ProducerEntry, ProducerId, ReadLimits, Record, TaggedRead, TopicConfig,
-    TxnMarker, VerifyReport,
+    PartitionBounds, ProducerEntry, ProducerId, ReadLimits, ReadProgress, Record, TaggedRead, TopicConfig,
+    TxnMarker, VerifyReport, Visitor,
 };
 
 /// The default trace topic (RocketMQ's `RMQ_SYS_TRACE_TOPIC`): internal, hidden from
@@ -1262,6 +1262,16 @@ impl LogStore for TracedStore {
     ) -> Result<TaggedRead> {
         self.inner
             .read_tagged(topic, partition, offset, limits, tags)
+    }
+    fn read_with(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limits: ReadLimits,
+        visit: &mut Visitor<'_>,
+    ) -> Result<ReadProgress> {
+        self.inner.read_with(topic, partition, offset, limits, visit)
     }
     fn bounds(&self, topic: &str, partition: u32) -> Result<PartitionBounds> {
         self.inner.bounds(topic, partition)

@@ -128,18 +128,21 @@ impl Evictable for CqInner {
 }
 
 impl ConsumeQueue {
+    ///
+    /// `fresh`: the caller has just created `dir` (durably), so it is empty and is not listed
+    /// (a new topic of 1,024 partitions listed each new directory once).
     pub(crate) fn open(
         fs: &Arc<dyn FileSystem>,
         dir: &Path,
         units_per_file: u32,
         cache: Option<Arc<QueueCache>>,
+        fresh: bool,
     ) -> Result<Self> {
-        let mut fq = FileQueue::open_growable(
-            fs.as_ref(),
-            dir,
-            u64::from(units_per_file) * UNIT_SIZE,
-            UNIT_SIZE,
-        )?;
+        let file_size = u64::from(units_per_file) * UNIT_SIZE;
+        let mut fq = match fresh {
+            true => FileQueue::new_growable(dir, file_size),
+            false => FileQueue::open_growable(fs.as_ref(), dir, file_size, UNIT_SIZE)?,
+        };
         let dir_unsynced = Arc::new(AtomicBool::new(false));
         fq.defer_first_dir_sync(Arc::clone(&dir_unsynced));
         Ok(ConsumeQueue {

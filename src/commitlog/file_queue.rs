@@ -124,6 +124,22 @@ impl FileQueue {
         Self::open_with(fs, dir, default_file_size, Some(unit.max(1)))
     }
 
+    /// A growable queue with no file yet in `dir`, a directory the caller has just created (and
+    /// made durable): what [`Self::open_growable`] finds there, without listing it.
+    pub(crate) fn new_growable(dir: &Path, default_file_size: u64) -> Self {
+        FileQueue {
+            dir: dir.to_owned(),
+            file_size: default_file_size,
+            files: RwLock::new(Vec::new()),
+            repaired: false,
+            small_pages: false,
+            queue: true,
+            create_lock: Mutex::new(()),
+            requested_next: AtomicU64::new(u64::MAX),
+            first_dir_sync: None,
+        }
+    }
+
     /// A queue of files already mapped and positioned (a consume queue mapped again).
     pub(crate) fn from_files(dir: &Path, file_size: u64, files: Vec<Arc<MappedFile>>) -> Self {
         for f in &files {

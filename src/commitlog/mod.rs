@@ -336,15 +336,16 @@ impl Inner {
             .map(|p| self.cq_dir(name, p))
             .collect();
         let topic_dir = self.dir.join(CONSUMEQUEUE_DIR).join(name);
-        crate::io::create_dirs_durable(self.fs.as_ref(), &dirs)
+        let created = crate::io::create_dirs_durable_reporting(self.fs.as_ref(), &dirs)
             .map_err(|e| Error::io(&topic_dir, e))?;
         let mut partitions = Vec::with_capacity(dirs.len());
-        for p in first..config.partitions {
+        for (p, fresh) in (first..config.partitions).zip(created) {
             let cq = ConsumeQueue::open(
                 &self.fs,
                 &self.cq_dir(name, p),
                 self.opts.commitlog.consume_queue_units,
                 Some(Arc::clone(&self.queue_cache)),
+                fresh,
             )?;
             partitions.push(Arc::new(PartitionState {
                 cq,

@@ -232,6 +232,16 @@ pub fn create_dir_durable(fs: &dyn FileSystem, path: &Path) -> io::Result<()> {
 /// many of the new directories it holds (a topic's partition directories cost one directory
 /// fsync, not one per partition). Parents are synced topmost first.
 pub fn create_dirs_durable<P: AsRef<Path>>(fs: &dyn FileSystem, paths: &[P]) -> io::Result<()> {
+    create_dirs_durable_reporting(fs, paths).map(|_| ())
+}
+
+/// [`create_dirs_durable`], returning for each path whether this call created it (it did not
+/// exist before): a caller that knows a directory is new and empty need not list it.
+pub fn create_dirs_durable_reporting<P: AsRef<Path>>(
+    fs: &dyn FileSystem,
+    paths: &[P],
+) -> io::Result<Vec<bool>> {
+    let mut new = Vec::with_capacity(paths.len());
     // Every directory this call creates, each path's parents before its children.
     let mut created: Vec<PathBuf> = Vec::new();
     let undo = |created: &[PathBuf]| {
@@ -250,6 +260,7 @@ pub fn create_dirs_durable<P: AsRef<Path>>(fs: &dyn FileSystem, paths: &[P]) -> 
             }
             missing.push(d.to_path_buf());
         }
+        new.push(!missing.is_empty());
         if missing.is_empty() {
             continue;
         }
@@ -274,7 +285,7 @@ pub fn create_dirs_durable<P: AsRef<Path>>(fs: &dyn FileSystem, paths: &[P]) -> 
             return Err(e);
         }
     }
-    Ok(())
+    Ok(new)
 }
 
 /// Removes a file if it exists.

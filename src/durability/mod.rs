@@ -12,9 +12,11 @@ mod completion;
 mod data_signal;
 mod group_commit;
 mod sync_guard;
+mod sync_pool;
 
 pub use completion::Completion;
 pub use data_signal::Wakeup;
 pub(crate) use data_signal::{DataSignal, wait_any};
 pub(crate) use group_commit::{BackgroundWork, FlushTarget, Flusher, GroupCommit, PeriodicJobs};
 pub(crate) use sync_guard::SyncGuardFs;
+pub(crate) use sync_pool::SyncPool;

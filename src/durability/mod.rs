@@ -1,6 +1,6 @@
 //! Durability machinery shared by the engines: group commit, the background flusher that
-//! implements a [`FlushPolicy`](crate::FlushPolicy), async-send completions, and the wake-up
-//! signal under `wait_for`.
+//! implements a [`FlushPolicy`](crate::FlushPolicy), async-send completions, the wake-up
+//! signal under `wait_for`, and the pool of sync threads a group flush of several files uses.
 //!
 //! Positions here are opaque, monotonically increasing numbers chosen by the engine (the
 //! CommitLog engine uses physical log positions). This module never touches files itself: it

@@ -242,7 +242,7 @@ mod tests {
     use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 
-    fn slow_jobs(count: usize, ran: Arc<Mutex<HashSet<usize>>>) -> Job {
+    fn slow_jobs(ran: Arc<Mutex<HashSet<usize>>>) -> Job {
         Box::new(move |i| {
             std::thread::sleep(Duration::from_millis(2));
             ran.lock().insert(i);
@@ -255,7 +255,7 @@ mod tests {
         let pool = SyncPool::new(3, "duolog-sync-test");
         for _ in 0..20 {
             let ran = Arc::new(Mutex::new(HashSet::new()));
-            pool.run(10, slow_jobs(10, Arc::clone(&ran))).unwrap();
+            pool.run(10, slow_jobs(Arc::clone(&ran))).unwrap();
             assert_eq!(ran.lock().len(), 10);
         }
         assert_eq!(pool.threads(), 3);
@@ -263,7 +263,7 @@ mod tests {
         assert_eq!(pool.threads(), 0);
         // After the stop the caller runs everything alone.
         let ran = Arc::new(Mutex::new(HashSet::new()));
-        pool.run(5, slow_jobs(5, Arc::clone(&ran))).unwrap();
+        pool.run(5, slow_jobs(Arc::clone(&ran))).unwrap();
         assert_eq!(ran.lock().len(), 5);
         assert_eq!(pool.threads(), 0);
     }

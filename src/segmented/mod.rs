@@ -537,10 +537,11 @@ impl FlushTarget for Inner {
 /// than this.
 pub(crate) const MAX_CONCURRENT_SYNCS: usize = 16;
 
-/// A partition flush taking less than this on average is not worth handing to the pool: a
-/// helper's wake-up and the flushing thread's wait for it cost a few context switches, and on
-/// a device whose syncs are that cheap (tmpfs measured: helpers for every flush cut 64
-/// threads' durable appends from 604 K/s to 82 K/s) the flushing thread is done sooner alone.
+/// A partition flush taking less than this on average is not handed to the pool: a helper's
+/// wake-up and the flushing thread's wait for it cost context switches a sync that cheap does
+/// not repay. (Measured on tmpfs, 64 threads: helpers started per flush cut durable appends from
+/// 604 K/s to 82 K/s; the pool on every flush is within the noise of the flushing thread alone,
+/// so this estimate now matters little.)
 const HELPERS_WORTH_NS: u64 = 50_000;
 
 impl Inner {

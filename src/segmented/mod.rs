@@ -57,6 +57,7 @@ use crate::catalog::{Catalog, TopicMeta};
 use crate::clock::now_ms;
 use crate::durability::{
     BackgroundWork, Completion, FlushTarget, Flusher, GroupCommit, PeriodicJobs, SyncGuardFs,
+    SyncPool,
 };
 use crate::error::{Error, Result};
 use crate::options::StoreOptions;
@@ -111,6 +112,10 @@ pub(crate) struct Inner {
     /// What one partition's flush has been taking, in ns (a moving average): whether a group
     /// flush is worth helper threads (see `flush_partitions`).
     sync_cost_ns: AtomicU64,
+    /// The threads a group flush hands partitions to (see `flush_partitions`).
+    sync_pool: SyncPool,
+    /// This store, for the sync pool's jobs (set once the store is in its `Arc`).
+    me: std::sync::OnceLock<std::sync::Weak<Inner>>,
     gc: Arc<GroupCommit>,
     jobs: PeriodicJobs,
     checkpoint_lock: Mutex<()>,
@@ -522,70 +527,65 @@ impl FlushTarget for Inner {
             // Cleared before the sync: an append after this point marks it again.
             p.dirty.store(false, Ordering::Release);
         }
-        flush_partitions(&dirty, &self.ctx, &self.sync_cost_ns)
+        self.flush_partitions(dirty)
     }
 }
 
 /// The most partitions one group flush syncs at once: the flushing thread and up to
-/// `MAX_CONCURRENT_SYNCS - 1` helper threads it starts for that flush (and joins before
-/// returning), so a store never runs more sync threads than this.
+/// `MAX_CONCURRENT_SYNCS - 1` threads of the store's sync pool (`Inner::sync_pool`, started
+/// when a flush first wants them, joined on close), so a store never runs more sync threads
+/// than this.
 pub(crate) const MAX_CONCURRENT_SYNCS: usize = 16;
 
-/// A partition flush taking less than this on average is not worth a helper thread: starting
-/// one costs tens of µs, and on a device whose syncs are that cheap (tmpfs measured: helpers
-/// for every flush cut 64 threads' durable appends from 604 K/s to 82 K/s) the flushing thread
-/// is done sooner alone.
+/// A partition flush taking less than this on average is not handed to the pool: a helper's
+/// wake-up and the flushing thread's wait for it cost context switches a sync that cheap does
+/// not repay. (Measured on tmpfs, 64 threads: helpers started per flush cut durable appends from
+/// 604 K/s to 82 K/s; the pool on every flush is within the noise of the flushing thread alone,
+/// so this estimate now matters little.)
 const HELPERS_WORTH_NS: u64 = 50_000;
 
-/// Flushes every partition of `parts` and returns the first error once all have been tried
-/// (the error has poisoned the store already, through `SyncGuardFs`; the caller then
-/// advances nothing). When a partition's flush has been taking `HELPERS_WORTH_NS` or more
-/// (`cost_ns`, a moving average this updates), up to [`MAX_CONCURRENT_SYNCS`] run at once.
-/// Concurrent syncs because, measured, a group of 16 dirty partitions synced one after the
-/// other cost 16 device flushes in a row, while ext4 (jbd2) and the block layer serve syncs in
-/// flight together with one journal commit and cache flush.
-fn flush_partitions(parts: &[Arc<Partition>], ctx: &Ctx, cost_ns: &AtomicU64) -> Result<()> {
-    let flush = |p: &Partition| {
-        let started = std::time::Instant::now();
-        let r = p.flush(ctx);
-        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        // Racing updates may lose one sample: an estimate, not an account.
-        let old = cost_ns.load(Ordering::Relaxed);
-        cost_ns.store(old - old / 8 + took / 8, Ordering::Relaxed);
-        r
-    };
-    let workers = parts.len().min(MAX_CONCURRENT_SYNCS);
-    if workers <= 1 || cost_ns.load(Ordering::Relaxed) < HELPERS_WORTH_NS {
+impl Inner {
+    /// Flushes every partition of `parts` and returns the first error once all have been
+    /// tried (the error has poisoned the store already, through `SyncGuardFs`; the caller
+    /// then advances nothing). When a partition's flush has been taking `HELPERS_WORTH_NS` or
+    /// more (`sync_cost_ns`, a moving average this updates), up to [`MAX_CONCURRENT_SYNCS`]
+    /// run at once: this thread and the sync pool's. Concurrent syncs because, measured, a
+    /// group of 16 dirty partitions synced one after the other cost 16 device flushes in a row,
+    /// while ext4 and the block layer serve syncs in flight together.
+    fn flush_partitions(&self, parts: Vec<Arc<Partition>>) -> Result<()> {
+        let pooled =
+            parts.len() > 1 && self.sync_cost_ns.load(Ordering::Relaxed) >= HELPERS_WORTH_NS;
+        // The pool's jobs outlive this borrow of `self`, so they hold the store by `Arc`.
+        if pooled && let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) {
+            let count = parts.len();
+            return self.sync_pool.run(
+                count,
+                Box::new(move |i| match parts.get(i) {
+                    Some(p) => me.flush_one(p),
+                    None => Ok(()),
+                }),
+            );
+        }
         let mut first_error = None;
-        for p in parts {
-            if let Err(e) = flush(p) {
+        for p in &parts {
+            if let Err(e) = self.flush_one(p) {
                 first_error.get_or_insert(e);
             }
         }
-        return first_error.map_or(Ok(()), Err);
+        first_error.map_or(Ok(()), Err)
     }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let first_error = Mutex::new(None);
-    let work = || {
-        while let Some(p) = parts.get(next.fetch_add(1, Ordering::Relaxed)) {
-            if let Err(e) = flush(p) {
-                first_error.lock().get_or_insert(e);
-            }
-        }
-    };
-    std::thread::scope(|scope| {
-        for _ in 1..workers {
-            let spawned = std::thread::Builder::new()
-                .name("duolog-sync".to_owned())
-                .spawn_scoped(scope, work);
-            // No thread to spare: this thread syncs the rest itself.
-            if spawned.is_err() {
-                break;
-            }
-        }
-        work();
-    });
-    first_error.into_inner().map_or(Ok(()), Err)
+
+    /// One partition's flush, timed into `sync_cost_ns`.
+    fn flush_one(&self, p: &Partition) -> Result<()> {
+        let started = std::time::Instant::now();
+        let r = p.flush(&self.ctx).map(|_| ());
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        // Racing updates may lose one sample: an estimate, not an account.
+        let old = self.sync_cost_ns.load(Ordering::Relaxed);
+        self.sync_cost_ns
+            .store(old - old / 8 + took / 8, Ordering::Relaxed);
+        r
+    }
 }
 
 impl BackgroundWork for Inner {
@@ -701,6 +701,8 @@ impl SegmentedStore {
             appended: AtomicU64::new(0),
             dirty: Mutex::new(Vec::new()),
             sync_cost_ns: AtomicU64::new(0),
+            sync_pool: SyncPool::new(MAX_CONCURRENT_SYNCS - 1, "duolog-sync"),
+            me: std::sync::OnceLock::new(),
             gc,
             jobs: PeriodicJobs::new(
                 options.segmented.checkpoint_interval,
@@ -741,6 +743,7 @@ impl SegmentedStore {
             false => false,
         };
         let inner = Arc::new(inner);
+        let _ = inner.me.set(Arc::downgrade(&inner));
         inner.catch_up_index(rebuild_index)?;
         inner.write_checkpoint()?;
         // Start offsets above a partition's recovered end were clamped to it: persist that, so
@@ -1504,6 +1507,8 @@ impl LogStore for SegmentedStore {
                 .map_err(|e| Error::io(&inner.dir, e))
         })();
         inner.gc.close();
+        // After the last flush: no sync thread outlives the close.
+        inner.sync_pool.stop();
         inner.ctx.cache.clear();
         self.lock.lock().take();
         *shutdown = Some(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
@@ -1530,6 +1535,7 @@ impl LogStore for SegmentedStore {
             f.stop();
         }
         inner.gc.close();
+        inner.sync_pool.stop();
         inner.ctx.cache.clear();
         self.lock.lock().take();
     }

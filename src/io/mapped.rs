@@ -104,6 +104,10 @@ pub struct MappedFile {
     /// Whether a request to warm this file waits in a [`super::Warmer`]'s queue (the O(1)
     /// deduplication of requests).
     pub(super) warm_queued: AtomicBool,
+    /// Whether a thread is inside [`MappedFile::prefault_ahead`] of this file: a second one
+    /// returns at once instead of faulting the same window in again (the allocation thread,
+    /// after growing the commit log, and the warm-up thread used to both do it).
+    warming: AtomicBool,
 }
 
 // SAFETY: the raw pointer refers to a shared mapping owned by `storage`, which is Send + Sync.
@@ -134,9 +138,14 @@ impl MappedFile {
         mode: MapMode,
     ) -> io::Result<Self> {
         let storage = fs.map_file(path, len, mode)?;
+        Ok(Self::with_storage(path, start_offset, storage))
+    }
+
+    /// A file over an already mapped `storage` (for [`Self::map`], and tests that wrap one).
+    fn with_storage(path: &Path, start_offset: u64, storage: Box<dyn MappedStorage>) -> Self {
         let ptr = storage.base_ptr();
         let len = storage.len();
-        Ok(MappedFile {
+        MappedFile {
             path: path.to_owned(),
             start_offset,
             storage,
@@ -155,7 +164,8 @@ impl MappedFile {
             release_written: AtomicBool::new(false),
             read_mark: AtomicUsize::new(0),
             warm_queued: AtomicBool::new(false),
-        })
+            warming: AtomicBool::new(false),
+        }
     }
 
     /// The file's path.
@@ -446,7 +456,19 @@ impl MappedFile {
 
     /// Faults in the pages from the write cursor up to `window` bytes past it (see
     /// [`MappedStorage::prefault`]). Runs on a background thread; the bytes do not change.
+    /// One thread at a time per file: a call while another thread warms the file returns at
+    /// once (that thread covers the window; a writer that needs more asks again, see
+    /// [`Self::wants_prefault`]).
     pub fn prefault_ahead(&self, window: usize) -> io::Result<()> {
+        if self.warming.swap(true, Ordering::Acquire) {
+            return Ok(());
+        }
+        let result = self.prefault_ahead_alone(window);
+        self.warming.store(false, Ordering::Release);
+        result
+    }
+
+    fn prefault_ahead_alone(&self, window: usize) -> io::Result<()> {
         let cursor = self.write_position();
         let mut from = self.prefaulted.load(Ordering::Acquire).max(cursor);
         // Never past the allocated prefix: warming must not touch a page without a block.
@@ -778,5 +800,92 @@ impl MappedWords {
             return Err(e);
         }
         self.storage.flush_range(0, self.storage.allocated())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{FileSystem, SimFs};
+    use std::sync::atomic::AtomicU64;
+    use std::sync::mpsc;
+
+    /// A mapping that counts the bytes asked to be faulted in, and whose first prefault waits
+    /// until the test lets it go (so a second warmer can be made to overlap it).
+    #[derive(Debug)]
+    struct CountingStorage {
+        inner: Box<dyn MappedStorage>,
+        prefaulted: Arc<AtomicU64>,
+        hold_first: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+    }
+
+    impl MappedStorage for CountingStorage {
+        fn len(&self) -> usize {
+            self.inner.len()
+        }
+        fn base_ptr(&self) -> *mut u8 {
+            self.inner.base_ptr()
+        }
+        fn allocated(&self) -> usize {
+            self.inner.allocated()
+        }
+        fn grow(&self, upto: usize) -> io::Result<()> {
+            self.inner.grow(upto)
+        }
+        fn flush_range(&self, offset: usize, len: usize) -> io::Result<()> {
+            self.inner.flush_range(offset, len)
+        }
+        fn zero_range(&self, offset: usize, len: usize) -> io::Result<()> {
+            self.inner.zero_range(offset, len)
+        }
+        fn prefault(&self, _offset: usize, len: usize) -> io::Result<()> {
+            self.prefaulted.fetch_add(len as u64, Ordering::SeqCst);
+            let hold = self.hold_first.lock().take();
+            if let Some((entered, release)) = hold {
+                let _ = entered.send(());
+                let _ = release.recv();
+            }
+            Ok(())
+        }
+    }
+
+    fn sim_file(len: u64) -> Box<dyn MappedStorage> {
+        let fs = SimFs::new();
+        fs.create_dir_all(Path::new("/d")).unwrap();
+        fs.map_file(Path::new("/d/f"), len, MapMode::Create)
+            .unwrap()
+    }
+
+    #[test]
+    fn two_threads_warming_one_file_at_once_fault_each_page_in_once() {
+        // The allocation thread (after growing a file) and the warm-up thread both warm the
+        // commit log's file; run at the same time they used to fault the same window in twice.
+        let counted = Arc::new(AtomicU64::new(0));
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
+        let storage = CountingStorage {
+            inner: sim_file(4 << 20),
+            prefaulted: Arc::clone(&counted),
+            hold_first: Mutex::new(Some((entered_tx, release_rx))),
+        };
+        let file = Arc::new(MappedFile::with_storage(
+            Path::new("/d/f"),
+            0,
+            Box::new(storage),
+        ));
+        let window = 1 << 20;
+        let first = {
+            let file = Arc::clone(&file);
+            std::thread::spawn(move || file.prefault_ahead(window).unwrap())
+        };
+        // The first warmer is inside its fault-in of the window.
+        entered_rx.recv().unwrap();
+        file.prefault_ahead(window).unwrap();
+        release_tx.send(()).unwrap();
+        first.join().unwrap();
+        assert_eq!(counted.load(Ordering::SeqCst), window as u64);
+        // The window is warmed: nothing more to fault in until the writer moves.
+        file.prefault_ahead(window).unwrap();
+        assert_eq!(counted.load(Ordering::SeqCst), window as u64);
     }
 }

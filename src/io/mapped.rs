@@ -2,8 +2,10 @@
 //!
 //! Threat model. The region is shared by one writer and many readers without a lock on the read
 //! path. Soundness rests on three watermarks: bytes below `committed` are immutable and the only
-//! ones readers can see; the writer only writes at or after its `cursor` (never below
-//! `committed`), under the cursor mutex; `committed` only grows while the file is shared. The
+//! ones readers can see; a writer only writes into a range it claimed by moving `cursor` on
+//! with a compare-and-swap (so never below `committed`, and no two writers share a byte), and
+//! `written` follows the claims in order once their bytes are in place; `committed` never passes
+//! `written` and only grows while the file is shared. The
 //! `&mut self` methods (recovery) run before the file is shared. Another *process* truncating the
 //! file would turn reads into SIGBUS; the store's `LOCK` file keeps other processes out. The
 //! engines shrink a mapped file only to its published length (the segmented engine's seal and
@@ -75,7 +77,13 @@ pub struct MappedFile {
     storage: Box<dyn MappedStorage>,
     ptr: *mut u8,
     len: usize,
-    cursor: Mutex<usize>,
+    /// End of the bytes claimed by writers (see [`MappedFile::append`]).
+    cursor: AtomicUsize,
+    /// End of the bytes written: every claim below it has its bytes in place. What
+    /// [`MappedFile::commit`] may publish. Equal to `cursor` between appends of the single
+    /// writer the engines have per file (under their append lock), so an append takes one
+    /// compare-and-swap and one store, not a mutex, and a publish reads one atomic.
+    written: AtomicUsize,
     committed: AtomicUsize,
     flushed: AtomicUsize,
     /// End of the range already faulted in by [`MappedFile::prefault_ahead`].
@@ -111,7 +119,8 @@ pub struct MappedFile {
 }
 
 // SAFETY: the raw pointer refers to a shared mapping owned by `storage`, which is Send + Sync.
-// All writes go through the cursor mutex into bytes no reader can see (see the module docs).
+// All writes go into ranges claimed through the cursor, which no reader can see yet (see the
+// module docs).
 unsafe impl Send for MappedFile {}
 // SAFETY: as above; readers only see the immutable prefix below `committed`.
 unsafe impl Sync for MappedFile {}
@@ -151,7 +160,8 @@ impl MappedFile {
             storage,
             ptr,
             len,
-            cursor: Mutex::new(0),
+            cursor: AtomicUsize::new(0),
+            written: AtomicUsize::new(0),
             committed: AtomicUsize::new(0),
             flushed: AtomicUsize::new(0),
             prefaulted: AtomicUsize::new(0),
@@ -261,6 +271,7 @@ impl MappedFile {
     pub fn set_recovered_end(&mut self, end: usize, durable: usize) {
         let end = end.min(self.storage.allocated()).min(self.len);
         *self.cursor.get_mut() = end;
+        *self.written.get_mut() = end;
         *self.committed.get_mut() = end;
         *self.flushed.get_mut() = durable.min(end);
     }
@@ -274,12 +285,12 @@ impl MappedFile {
 
     /// Bytes left after the write cursor.
     pub fn remaining(&self) -> usize {
-        self.len - *self.cursor.lock()
+        self.len - self.write_position()
     }
 
     /// The write cursor.
     pub fn write_position(&self) -> usize {
-        *self.cursor.lock()
+        self.cursor.load(Ordering::Acquire)
     }
 
     /// Appends `parts` back to back at the cursor. Returns the position of the first byte, or
@@ -297,23 +308,45 @@ impl MappedFile {
     }
 
     fn append_inner(&self, expect: Option<usize>, parts: &[&[u8]]) -> Option<usize> {
-        let mut cursor = self.cursor.lock();
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        let start = *cursor;
-        if expect.is_some_and(|pos| pos != start)
-            || total > self.storage.allocated().min(self.len).saturating_sub(start)
-        {
-            return None;
+        let room = self.storage.allocated().min(self.len);
+        let mut start = self.cursor.load(Ordering::Acquire);
+        // Claim `[start, start + total)`: after this CAS no other writer can claim a byte of
+        // it, and no reader sees it (publishing stops at `written`, which is not past `start`).
+        loop {
+            if expect.is_some_and(|pos| pos != start) || total > room.saturating_sub(start) {
+                return None;
+            }
+            match self.cursor.compare_exchange_weak(
+                start,
+                start + total,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(now) => start = now,
+            }
         }
         let mut at = start;
         for part in parts {
-            // SAFETY: in the allocated prefix (checked above), at/after the cursor so no reader sees it (readers
-            // stop at `committed`), and the cursor mutex makes this the only writer.
+            // SAFETY: in the allocated prefix (checked above), inside the range this call
+            // claimed, which no other writer can claim and no reader can see until `written`
+            // (set below, after the copy) passes it.
             unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), self.ptr.add(at), part.len()) };
             at += part.len();
         }
-        *cursor = at;
+        self.written_after(start, at);
         Some(start)
+    }
+
+    /// Moves `written` from `start` to `end` once every earlier claim has its bytes in place.
+    /// The engines have one writer per file, which never waits here; concurrent writers (a
+    /// misuse the type still keeps sound) publish their claims in order.
+    fn written_after(&self, start: usize, end: usize) {
+        while self.written.load(Ordering::Acquire) != start {
+            std::thread::yield_now();
+        }
+        self.written.store(end, Ordering::Release);
     }
 
     /// Asks for small (4 KiB) page-cache pages from the page holding the cursor to the end of the
@@ -321,7 +354,7 @@ impl MappedFile {
     /// a large folio around them (see [`MappedStorage::set_random_access`]). [`Self::seal`]
     /// undoes it. Best effort.
     pub fn small_pages_ahead(&self) {
-        let cursor = *self.cursor.lock();
+        let cursor = self.write_position();
         let page = cursor - cursor % 4096;
         let _ = self.storage.set_random_access(page, self.len - page, true);
     }
@@ -330,7 +363,10 @@ impl MappedFile {
     /// stay as they are, zero in a preallocated file; a growable file keeps its allocated
     /// length, and only that prefix is ever published).
     pub fn seal(&self) {
-        *self.cursor.lock() = self.len;
+        let claimed = self.cursor.swap(self.len, Ordering::AcqRel);
+        if claimed < self.len {
+            self.written_after(claimed, self.len);
+        }
         // Written in full: readers of cold pages want readahead again (undoes
         // `small_pages_ahead`).
         let _ = self.storage.set_random_access(0, self.len, false);
@@ -349,11 +385,11 @@ impl MappedFile {
         self.committed.fetch_max(cursor, Ordering::Release);
     }
 
-    /// The cursor, but never past the allocated prefix: a sealed growable file's cursor is
+    /// The written end, but never past the allocated prefix: a sealed growable file's cursor is
     /// its full length, and a reader must never reach bytes the file has no block for.
     fn publishable(&self) -> usize {
-        let cursor = *self.cursor.lock();
-        cursor.min(self.storage.allocated())
+        let written = self.written.load(Ordering::Acquire);
+        written.min(self.storage.allocated())
     }
 
     /// End of the readable prefix.
@@ -443,7 +479,7 @@ impl MappedFile {
 
     /// Grows the file by one step past its allocated length (see
     /// [`Self::ensure_allocated`]); for a background thread. Nothing for a sealed file (its
-    /// writer left it: it keeps its length). The check is not under the cursor lock, which an
+    /// writer left it: it keeps its length). The check is not in step with the writer, which an
     /// appender takes on every write and a grow must not hold across its I/O: a grow asked
     /// before a seal and running across it may still add its one step.
     pub fn grow_ahead(&self) -> io::Result<()> {
@@ -887,5 +923,164 @@ mod tests {
         // The window is warmed: nothing more to fault in until the writer moves.
         file.prefault_ahead(window).unwrap();
         assert_eq!(counted.load(Ordering::SeqCst), window as u64);
+    }
+
+    /// Record `i` of the stress tests: its length (4 bytes, big-endian), then that many
+    /// copies of `i as u8`; 5 to 300 bytes, so records straddle pages.
+    fn record(i: u32) -> Vec<u8> {
+        let n = 1 + (i as usize * 7919) % 296;
+        let mut r = (n as u32).to_be_bytes().to_vec();
+        r.resize(4 + n, i as u8);
+        r
+    }
+
+    /// Checks that `bytes` is whole records, each intact; returns how many.
+    fn check_records(bytes: &[u8]) -> u32 {
+        let (mut pos, mut i) = (0, 0u32);
+        while pos < bytes.len() {
+            let want = record(i);
+            assert!(
+                bytes.len() - pos >= want.len(),
+                "a published prefix ends inside record {i}"
+            );
+            assert_eq!(
+                &bytes[pos..pos + want.len()],
+                &want[..],
+                "record {i} at {pos}"
+            );
+            pos += want.len();
+            i += 1;
+        }
+        i
+    }
+
+    #[test]
+    fn readers_racing_the_writer_see_only_whole_published_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(
+            MappedFile::map(
+                &crate::io::RealFs,
+                &dir.path().join("f"),
+                0,
+                4 << 20,
+                MapMode::Create,
+            )
+            .unwrap(),
+        );
+        let done = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (file, done) = (Arc::clone(&file), Arc::clone(&done));
+                std::thread::spawn(move || {
+                    let mut seen = 0;
+                    while !done.load(Ordering::Acquire) {
+                        let n = check_records(file.committed_bytes());
+                        assert!(n >= seen, "the published prefix shrank");
+                        seen = n;
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let mut i = 0u32;
+        loop {
+            let r = record(i);
+            let pos = file.write_position();
+            // Written in two parts, as the engines write header and body.
+            let Some(at) = file.append_at(pos, &[&r[..2], &r[2..]]) else {
+                break;
+            };
+            assert_eq!(at, pos);
+            // Publish in uneven steps, so readers also find written, unpublished bytes.
+            if i % 3 != 1 {
+                file.commit_all();
+            }
+            i += 1;
+        }
+        file.commit_all();
+        done.store(true, Ordering::Release);
+        for r in readers {
+            assert!(r.join().unwrap() <= i);
+        }
+        assert_eq!(check_records(file.committed_bytes()), i);
+        assert!(i > 20_000, "the file holds {i} records");
+    }
+
+    #[test]
+    fn concurrent_appenders_never_share_a_byte_and_publish_only_whole_appends() {
+        let fs = SimFs::new();
+        fs.create_dir_all(Path::new("/d")).unwrap();
+        let file =
+            Arc::new(MappedFile::map(&fs, Path::new("/d/f"), 0, 1 << 20, MapMode::Create).unwrap());
+        let writers: Vec<_> = (0..4u8)
+            .map(|w| {
+                let file = Arc::clone(&file);
+                std::thread::spawn(move || {
+                    let mut mine = Vec::new();
+                    for k in 0..2_000u32 {
+                        // Writer `w`'s k-th append: 1 + k % 61 bytes of `w + 1`.
+                        let len = 1 + (k % 61) as usize;
+                        match file.append(&[&vec![w + 1; len]]) {
+                            Some(at) => mine.push((at, len)),
+                            None => break,
+                        }
+                        file.commit_all();
+                        // The published prefix is never past a byte still being copied.
+                        assert!(file.committed() <= file.write_position());
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let mut all: Vec<(usize, usize, u8)> = Vec::new();
+        for (w, t) in writers.into_iter().enumerate() {
+            all.extend(
+                t.join()
+                    .unwrap()
+                    .into_iter()
+                    .map(|(at, len)| (at, len, w as u8 + 1)),
+            );
+        }
+        all.sort_unstable();
+        let bytes = file.committed_bytes();
+        let mut end = 0;
+        for (at, len, w) in all {
+            assert_eq!(at, end, "appends left a gap or overlapped");
+            assert!(
+                bytes[at..at + len].iter().all(|&b| b == w),
+                "append at {at} torn"
+            );
+            end = at + len;
+        }
+        assert_eq!(bytes.len(), end);
+    }
+
+    #[test]
+    fn a_seal_racing_an_append_leaves_the_append_whole_or_refused() {
+        for _ in 0..200 {
+            let fs = SimFs::new();
+            fs.create_dir_all(Path::new("/d")).unwrap();
+            let file = Arc::new(
+                MappedFile::map(&fs, Path::new("/d/f"), 0, 64 << 10, MapMode::Create).unwrap(),
+            );
+            let writer = {
+                let file = Arc::clone(&file);
+                std::thread::spawn(move || file.append(&[&[9u8; 1000]]))
+            };
+            file.seal();
+            let appended = writer.join().unwrap();
+            file.commit_all();
+            assert_eq!(file.write_position(), file.len());
+            assert_eq!(
+                file.committed(),
+                file.len(),
+                "a sealed file publishes its length"
+            );
+            if let Some(at) = appended {
+                assert_eq!(at, 0);
+                assert!(file.read(0, 1000).unwrap().iter().all(|&b| b == 9));
+            }
+            assert!(file.append(&[b"x"]).is_none(), "appended past a seal");
+        }
     }
 }

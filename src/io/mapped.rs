@@ -2,8 +2,10 @@
 //!
 //! Threat model. The region is shared by one writer and many readers without a lock on the read
 //! path. Soundness rests on three watermarks: bytes below `committed` are immutable and the only
-//! ones readers can see; the writer only writes at or after its `cursor` (never below
-//! `committed`), under the cursor mutex; `committed` only grows while the file is shared. The
+//! ones readers can see; a writer only writes into a range it claimed by moving `cursor` on
+//! with a compare-and-swap (so never below `committed`, and no two writers share a byte), and
+//! `written` follows the claims in order once their bytes are in place; `committed` never passes
+//! `written` and only grows while the file is shared. The
 //! `&mut self` methods (recovery) run before the file is shared. Another *process* truncating the
 //! file would turn reads into SIGBUS; the store's `LOCK` file keeps other processes out. The
 //! engines shrink a mapped file only to its published length (the segmented engine's seal and
@@ -75,7 +77,13 @@ pub struct MappedFile {
     storage: Box<dyn MappedStorage>,
     ptr: *mut u8,
     len: usize,
-    cursor: Mutex<usize>,
+    /// End of the bytes claimed by writers (see [`MappedFile::append`]).
+    cursor: AtomicUsize,
+    /// End of the bytes written: every claim below it has its bytes in place. What
+    /// [`MappedFile::commit`] may publish. Equal to `cursor` between appends of the single
+    /// writer the engines have per file (under their append lock), so an append takes one
+    /// compare-and-swap and one store, not a mutex, and a publish reads one atomic.
+    written: AtomicUsize,
     committed: AtomicUsize,
     flushed: AtomicUsize,
     /// End of the range already faulted in by [`MappedFile::prefault_ahead`].
@@ -104,10 +112,15 @@ pub struct MappedFile {
     /// Whether a request to warm this file waits in a [`super::Warmer`]'s queue (the O(1)
     /// deduplication of requests).
     pub(super) warm_queued: AtomicBool,
+    /// Whether a thread is inside [`MappedFile::prefault_ahead`] of this file: a second one
+    /// returns at once instead of faulting the same window in again (the allocation thread,
+    /// after growing the commit log, and the warm-up thread used to both do it).
+    warming: AtomicBool,
 }
 
 // SAFETY: the raw pointer refers to a shared mapping owned by `storage`, which is Send + Sync.
-// All writes go through the cursor mutex into bytes no reader can see (see the module docs).
+// All writes go into ranges claimed through the cursor, which no reader can see yet (see the
+// module docs).
 unsafe impl Send for MappedFile {}
 // SAFETY: as above; readers only see the immutable prefix below `committed`.
 unsafe impl Sync for MappedFile {}
@@ -134,15 +147,21 @@ impl MappedFile {
         mode: MapMode,
     ) -> io::Result<Self> {
         let storage = fs.map_file(path, len, mode)?;
+        Ok(Self::with_storage(path, start_offset, storage))
+    }
+
+    /// A file over an already mapped `storage` (for [`Self::map`], and tests that wrap one).
+    fn with_storage(path: &Path, start_offset: u64, storage: Box<dyn MappedStorage>) -> Self {
         let ptr = storage.base_ptr();
         let len = storage.len();
-        Ok(MappedFile {
+        MappedFile {
             path: path.to_owned(),
             start_offset,
             storage,
             ptr,
             len,
-            cursor: Mutex::new(0),
+            cursor: AtomicUsize::new(0),
+            written: AtomicUsize::new(0),
             committed: AtomicUsize::new(0),
             flushed: AtomicUsize::new(0),
             prefaulted: AtomicUsize::new(0),
@@ -155,7 +174,8 @@ impl MappedFile {
             release_written: AtomicBool::new(false),
             read_mark: AtomicUsize::new(0),
             warm_queued: AtomicBool::new(false),
-        })
+            warming: AtomicBool::new(false),
+        }
     }
 
     /// The file's path.
@@ -251,6 +271,7 @@ impl MappedFile {
     pub fn set_recovered_end(&mut self, end: usize, durable: usize) {
         let end = end.min(self.storage.allocated()).min(self.len);
         *self.cursor.get_mut() = end;
+        *self.written.get_mut() = end;
         *self.committed.get_mut() = end;
         *self.flushed.get_mut() = durable.min(end);
     }
@@ -264,12 +285,12 @@ impl MappedFile {
 
     /// Bytes left after the write cursor.
     pub fn remaining(&self) -> usize {
-        self.len - *self.cursor.lock()
+        self.len - self.write_position()
     }
 
     /// The write cursor.
     pub fn write_position(&self) -> usize {
-        *self.cursor.lock()
+        self.cursor.load(Ordering::Acquire)
     }
 
     /// Appends `parts` back to back at the cursor. Returns the position of the first byte, or
@@ -287,23 +308,45 @@ impl MappedFile {
     }
 
     fn append_inner(&self, expect: Option<usize>, parts: &[&[u8]]) -> Option<usize> {
-        let mut cursor = self.cursor.lock();
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        let start = *cursor;
-        if expect.is_some_and(|pos| pos != start)
-            || total > self.storage.allocated().min(self.len).saturating_sub(start)
-        {
-            return None;
+        let room = self.storage.allocated().min(self.len);
+        let mut start = self.cursor.load(Ordering::Acquire);
+        // Claim `[start, start + total)`: after this CAS no other writer can claim a byte of
+        // it, and no reader sees it (publishing stops at `written`, which is not past `start`).
+        loop {
+            if expect.is_some_and(|pos| pos != start) || total > room.saturating_sub(start) {
+                return None;
+            }
+            match self.cursor.compare_exchange_weak(
+                start,
+                start + total,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(now) => start = now,
+            }
         }
         let mut at = start;
         for part in parts {
-            // SAFETY: in the allocated prefix (checked above), at/after the cursor so no reader sees it (readers
-            // stop at `committed`), and the cursor mutex makes this the only writer.
+            // SAFETY: in the allocated prefix (checked above), inside the range this call
+            // claimed, which no other writer can claim and no reader can see until `written`
+            // (set below, after the copy) passes it.
             unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), self.ptr.add(at), part.len()) };
             at += part.len();
         }
-        *cursor = at;
+        self.written_after(start, at);
         Some(start)
+    }
+
+    /// Moves `written` from `start` to `end` once every earlier claim has its bytes in place.
+    /// The engines have one writer per file, which never waits here; concurrent writers (a
+    /// misuse the type still keeps sound) publish their claims in order.
+    fn written_after(&self, start: usize, end: usize) {
+        while self.written.load(Ordering::Acquire) != start {
+            std::thread::yield_now();
+        }
+        self.written.store(end, Ordering::Release);
     }
 
     /// Asks for small (4 KiB) page-cache pages from the page holding the cursor to the end of the
@@ -311,7 +354,7 @@ impl MappedFile {
     /// a large folio around them (see [`MappedStorage::set_random_access`]). [`Self::seal`]
     /// undoes it. Best effort.
     pub fn small_pages_ahead(&self) {
-        let cursor = *self.cursor.lock();
+        let cursor = self.write_position();
         let page = cursor - cursor % 4096;
         let _ = self.storage.set_random_access(page, self.len - page, true);
     }
@@ -320,7 +363,10 @@ impl MappedFile {
     /// stay as they are, zero in a preallocated file; a growable file keeps its allocated
     /// length, and only that prefix is ever published).
     pub fn seal(&self) {
-        *self.cursor.lock() = self.len;
+        let claimed = self.cursor.swap(self.len, Ordering::AcqRel);
+        if claimed < self.len {
+            self.written_after(claimed, self.len);
+        }
         // Written in full: readers of cold pages want readahead again (undoes
         // `small_pages_ahead`).
         let _ = self.storage.set_random_access(0, self.len, false);
@@ -339,11 +385,11 @@ impl MappedFile {
         self.committed.fetch_max(cursor, Ordering::Release);
     }
 
-    /// The cursor, but never past the allocated prefix: a sealed growable file's cursor is
+    /// The written end, but never past the allocated prefix: a sealed growable file's cursor is
     /// its full length, and a reader must never reach bytes the file has no block for.
     fn publishable(&self) -> usize {
-        let cursor = *self.cursor.lock();
-        cursor.min(self.storage.allocated())
+        let written = self.written.load(Ordering::Acquire);
+        written.min(self.storage.allocated())
     }
 
     /// End of the readable prefix.
@@ -433,7 +479,7 @@ impl MappedFile {
 
     /// Grows the file by one step past its allocated length (see
     /// [`Self::ensure_allocated`]); for a background thread. Nothing for a sealed file (its
-    /// writer left it: it keeps its length). The check is not under the cursor lock, which an
+    /// writer left it: it keeps its length). The check is not in step with the writer, which an
     /// appender takes on every write and a grow must not hold across its I/O: a grow asked
     /// before a seal and running across it may still add its one step.
     pub fn grow_ahead(&self) -> io::Result<()> {
@@ -446,7 +492,19 @@ impl MappedFile {
 
     /// Faults in the pages from the write cursor up to `window` bytes past it (see
     /// [`MappedStorage::prefault`]). Runs on a background thread; the bytes do not change.
+    /// One thread at a time per file: a call while another thread warms the file returns at
+    /// once (that thread covers the window; a writer that needs more asks again, see
+    /// [`Self::wants_prefault`]).
     pub fn prefault_ahead(&self, window: usize) -> io::Result<()> {
+        if self.warming.swap(true, Ordering::Acquire) {
+            return Ok(());
+        }
+        let result = self.prefault_ahead_alone(window);
+        self.warming.store(false, Ordering::Release);
+        result
+    }
+
+    fn prefault_ahead_alone(&self, window: usize) -> io::Result<()> {
         let cursor = self.write_position();
         let mut from = self.prefaulted.load(Ordering::Acquire).max(cursor);
         // Never past the allocated prefix: warming must not touch a page without a block.
@@ -778,5 +836,251 @@ impl MappedWords {
             return Err(e);
         }
         self.storage.flush_range(0, self.storage.allocated())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{FileSystem, SimFs};
+    use std::sync::atomic::AtomicU64;
+    use std::sync::mpsc;
+
+    /// A mapping that counts the bytes asked to be faulted in, and whose first prefault waits
+    /// until the test lets it go (so a second warmer can be made to overlap it).
+    #[derive(Debug)]
+    struct CountingStorage {
+        inner: Box<dyn MappedStorage>,
+        prefaulted: Arc<AtomicU64>,
+        hold_first: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+    }
+
+    impl MappedStorage for CountingStorage {
+        fn len(&self) -> usize {
+            self.inner.len()
+        }
+        fn base_ptr(&self) -> *mut u8 {
+            self.inner.base_ptr()
+        }
+        fn allocated(&self) -> usize {
+            self.inner.allocated()
+        }
+        fn grow(&self, upto: usize) -> io::Result<()> {
+            self.inner.grow(upto)
+        }
+        fn flush_range(&self, offset: usize, len: usize) -> io::Result<()> {
+            self.inner.flush_range(offset, len)
+        }
+        fn zero_range(&self, offset: usize, len: usize) -> io::Result<()> {
+            self.inner.zero_range(offset, len)
+        }
+        fn prefault(&self, _offset: usize, len: usize) -> io::Result<()> {
+            self.prefaulted.fetch_add(len as u64, Ordering::SeqCst);
+            let hold = self.hold_first.lock().take();
+            if let Some((entered, release)) = hold {
+                let _ = entered.send(());
+                let _ = release.recv();
+            }
+            Ok(())
+        }
+    }
+
+    fn sim_file(len: u64) -> Box<dyn MappedStorage> {
+        let fs = SimFs::new();
+        fs.create_dir_all(Path::new("/d")).unwrap();
+        fs.map_file(Path::new("/d/f"), len, MapMode::Create)
+            .unwrap()
+    }
+
+    #[test]
+    fn two_threads_warming_one_file_at_once_fault_each_page_in_once() {
+        // The allocation thread (after growing a file) and the warm-up thread both warm the
+        // commit log's file; run at the same time they used to fault the same window in twice.
+        let counted = Arc::new(AtomicU64::new(0));
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
+        let storage = CountingStorage {
+            inner: sim_file(4 << 20),
+            prefaulted: Arc::clone(&counted),
+            hold_first: Mutex::new(Some((entered_tx, release_rx))),
+        };
+        let file = Arc::new(MappedFile::with_storage(
+            Path::new("/d/f"),
+            0,
+            Box::new(storage),
+        ));
+        let window = 1 << 20;
+        let first = {
+            let file = Arc::clone(&file);
+            std::thread::spawn(move || file.prefault_ahead(window).unwrap())
+        };
+        // The first warmer is inside its fault-in of the window.
+        entered_rx.recv().unwrap();
+        file.prefault_ahead(window).unwrap();
+        release_tx.send(()).unwrap();
+        first.join().unwrap();
+        assert_eq!(counted.load(Ordering::SeqCst), window as u64);
+        // The window is warmed: nothing more to fault in until the writer moves.
+        file.prefault_ahead(window).unwrap();
+        assert_eq!(counted.load(Ordering::SeqCst), window as u64);
+    }
+
+    /// Record `i` of the stress tests: its length (4 bytes, big-endian), then that many
+    /// copies of `i as u8`; 5 to 300 bytes, so records straddle pages.
+    fn record(i: u32) -> Vec<u8> {
+        let n = 1 + (i as usize * 7919) % 296;
+        let mut r = (n as u32).to_be_bytes().to_vec();
+        r.resize(4 + n, i as u8);
+        r
+    }
+
+    /// Checks that `bytes` is whole records, each intact; returns how many.
+    fn check_records(bytes: &[u8]) -> u32 {
+        let (mut pos, mut i) = (0, 0u32);
+        while pos < bytes.len() {
+            let want = record(i);
+            assert!(
+                bytes.len() - pos >= want.len(),
+                "a published prefix ends inside record {i}"
+            );
+            assert_eq!(
+                &bytes[pos..pos + want.len()],
+                &want[..],
+                "record {i} at {pos}"
+            );
+            pos += want.len();
+            i += 1;
+        }
+        i
+    }
+
+    #[test]
+    fn readers_racing_the_writer_see_only_whole_published_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(
+            MappedFile::map(
+                &crate::io::RealFs,
+                &dir.path().join("f"),
+                0,
+                4 << 20,
+                MapMode::Create,
+            )
+            .unwrap(),
+        );
+        let done = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (file, done) = (Arc::clone(&file), Arc::clone(&done));
+                std::thread::spawn(move || {
+                    let mut seen = 0;
+                    while !done.load(Ordering::Acquire) {
+                        let n = check_records(file.committed_bytes());
+                        assert!(n >= seen, "the published prefix shrank");
+                        seen = n;
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let mut i = 0u32;
+        loop {
+            let r = record(i);
+            let pos = file.write_position();
+            // Written in two parts, as the engines write header and body.
+            let Some(at) = file.append_at(pos, &[&r[..2], &r[2..]]) else {
+                break;
+            };
+            assert_eq!(at, pos);
+            // Publish in uneven steps, so readers also find written, unpublished bytes.
+            if i % 3 != 1 {
+                file.commit_all();
+            }
+            i += 1;
+        }
+        file.commit_all();
+        done.store(true, Ordering::Release);
+        for r in readers {
+            assert!(r.join().unwrap() <= i);
+        }
+        assert_eq!(check_records(file.committed_bytes()), i);
+        assert!(i > 20_000, "the file holds {i} records");
+    }
+
+    #[test]
+    fn concurrent_appenders_never_share_a_byte_and_publish_only_whole_appends() {
+        let fs = SimFs::new();
+        fs.create_dir_all(Path::new("/d")).unwrap();
+        let file =
+            Arc::new(MappedFile::map(&fs, Path::new("/d/f"), 0, 1 << 20, MapMode::Create).unwrap());
+        let writers: Vec<_> = (0..4u8)
+            .map(|w| {
+                let file = Arc::clone(&file);
+                std::thread::spawn(move || {
+                    let mut mine = Vec::new();
+                    for k in 0..2_000u32 {
+                        // Writer `w`'s k-th append: 1 + k % 61 bytes of `w + 1`.
+                        let len = 1 + (k % 61) as usize;
+                        match file.append(&[&vec![w + 1; len]]) {
+                            Some(at) => mine.push((at, len)),
+                            None => break,
+                        }
+                        file.commit_all();
+                        // The published prefix is never past a byte still being copied.
+                        assert!(file.committed() <= file.write_position());
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let mut all: Vec<(usize, usize, u8)> = Vec::new();
+        for (w, t) in writers.into_iter().enumerate() {
+            all.extend(
+                t.join()
+                    .unwrap()
+                    .into_iter()
+                    .map(|(at, len)| (at, len, w as u8 + 1)),
+            );
+        }
+        all.sort_unstable();
+        let bytes = file.committed_bytes();
+        let mut end = 0;
+        for (at, len, w) in all {
+            assert_eq!(at, end, "appends left a gap or overlapped");
+            assert!(
+                bytes[at..at + len].iter().all(|&b| b == w),
+                "append at {at} torn"
+            );
+            end = at + len;
+        }
+        assert_eq!(bytes.len(), end);
+    }
+
+    #[test]
+    fn a_seal_racing_an_append_leaves_the_append_whole_or_refused() {
+        for _ in 0..200 {
+            let fs = SimFs::new();
+            fs.create_dir_all(Path::new("/d")).unwrap();
+            let file = Arc::new(
+                MappedFile::map(&fs, Path::new("/d/f"), 0, 64 << 10, MapMode::Create).unwrap(),
+            );
+            let writer = {
+                let file = Arc::clone(&file);
+                std::thread::spawn(move || file.append(&[&[9u8; 1000]]))
+            };
+            file.seal();
+            let appended = writer.join().unwrap();
+            file.commit_all();
+            assert_eq!(file.write_position(), file.len());
+            assert_eq!(
+                file.committed(),
+                file.len(),
+                "a sealed file publishes its length"
+            );
+            if let Some(at) = appended {
+                assert_eq!(at, 0);
+                assert!(file.read(0, 1000).unwrap().iter().all(|&b| b == 9));
+            }
+            assert!(file.append(&[b"x"]).is_none(), "appended past a seal");
+        }
     }
 }

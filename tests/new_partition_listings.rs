@@ -1,7 +1,9 @@
 //! A topic's new partitions are directories the store has just created: empty, so their open
 //! lists nothing (issue 16: `strace -c` of creating 1,024 partitions counted 4,112
-//! `getdents64` on the CommitLog engine and 6,153 on the segmented one, each new directory
-//! listed once or twice). Directories left by an earlier attempt are still listed and reused.
+//! `getdents64` on the CommitLog engine, each new directory listed twice). Directories left by
+//! an earlier attempt are still listed and reused. The segmented engine still lists a new
+//! partition's directory: its change is on branch `cr`, with the lazy index files it came with
+//! (ARCHITECTURE.md "Not built yet").
 
 mod common;
 
@@ -65,9 +67,4 @@ fn creating_partitions_lists_no_new_directory(engine: EngineKind) {
 #[test]
 fn commitlog_lists_no_directory_it_just_created_for_a_partition() {
     creating_partitions_lists_no_new_directory(EngineKind::CommitLog);
-}
-
-#[test]
-fn segmented_lists_no_directory_it_just_created_for_a_partition() {
-    creating_partitions_lists_no_new_directory(EngineKind::Segmented);
 }

@@ -14,7 +14,6 @@ use duolog::{LogStore, Message, TopicConfig};
 /// later durable append then parks forever. Expected: the next append returns (an error is
 /// fine) instead of hanging.
 #[test]
-#[ignore = "review: a panic in flush_to unwinds through GroupCommit::lead, leaving `flushing` set: later durable appends park forever"]
 fn a_sync_that_panics_on_the_flushing_thread_does_not_wedge_later_durable_appends() {
     use std::path::Path;
     use std::sync::Arc;

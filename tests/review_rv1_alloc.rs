@@ -46,7 +46,6 @@ static GLOBAL: Counting = Counting;
 /// key is what the CommitLog engine stores hex-encoded: visiting 8,192 such records must not
 /// cost an allocation each.
 #[test]
-#[ignore = "review: CommitLog read_with allocates a new Vec per hex-encoded (binary) key; the scratch buffer is replaced, not reused"]
 fn a_visiting_read_of_binary_keys_allocates_nothing_per_record() {
     for engine in [EngineKind::CommitLog, EngineKind::Segmented] {
         let dir = tempfile::tempdir().unwrap();

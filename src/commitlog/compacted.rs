@@ -171,16 +171,6 @@ pub(crate) struct Meta {
 /// The property that marks a tombstone on the CommitLog engine (hidden from the user's view).
 pub(crate) const TOMBSTONE_PROPERTY: &[u8] = b"__TOMBSTONE";
 
-fn unhex(b: &[u8]) -> Option<Vec<u8>> {
-    if !b.len().is_multiple_of(2) {
-        return None;
-    }
-    let nib = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    b.chunks(2)
-        .map(|p| Some((nib(p[0])? << 4) | nib(p[1])?))
-        .collect()
-}
-
 /// Decodes a record (every check) and picks out what compaction needs. Pure.
 pub(crate) fn describe(rec: &[u8], topic: &str) -> std::result::Result<Meta, &'static str> {
     let d = match record::decode(rec, Checks::FULL) {
@@ -203,7 +193,7 @@ pub(crate) fn describe(rec: &[u8], topic: &str) -> std::result::Result<Meta, &'s
     for (name, value) in record::iter_raw_properties(d.properties) {
         match name {
             b"__KEY" => key = Some(value.to_vec()),
-            b"__KEYHEX" => key = Some(unhex(value).ok_or("bad hex key")?),
+            b"__KEYHEX" => key = Some(super::read::unhex(value).ok_or("bad hex key")?),
             TOMBSTONE_PROPERTY => tombstone = value == b"1",
             b"__PID" => {
                 producer_id = std::str::from_utf8(value)

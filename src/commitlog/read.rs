@@ -17,14 +17,26 @@ use crate::store::{
     ReadProgress, Record, RecordRef, Span, TaggedRead, Visitor, range_in,
 };
 
-fn unhex(b: &[u8]) -> Option<Vec<u8>> {
+/// Decodes a key stored hex-encoded (`__KEYHEX`, a key that is not UTF-8): `None` if it is not hex.
+pub(crate) fn unhex(b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(b.len() / 2);
+    unhex_into(b, &mut out).then_some(out)
+}
+
+/// Decodes hex `b` into `out` (cleared first, its capacity kept): false if `b` is not hex.
+fn unhex_into(b: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
     if !b.len().is_multiple_of(2) {
-        return None;
+        return false;
     }
     let nib = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    b.chunks(2)
-        .map(|p| Some((nib(p[0])? << 4) | nib(p[1])?))
-        .collect()
+    for p in b.chunks(2) {
+        let (Some(hi), Some(lo)) = (nib(p[0]), nib(p[1])) else {
+            return false;
+        };
+        out.push((hi << 4) | lo);
+    }
+    true
 }
 
 /// Builds a [`Record`] from the stored record at `range` of `span`, checking that it is the
@@ -188,7 +200,11 @@ fn decode_view<'a>(
         KeyField::None => None,
         KeyField::In(k) => Some(k),
         KeyField::Hex(k) => {
-            *scratch = unhex(k).ok_or_else(|| corrupt("bad hex key"))?;
+            // Into the one buffer the read reuses: no allocation per record once it is as
+            // long as the longest key.
+            if !unhex_into(k, scratch) {
+                return Err(corrupt("bad hex key"));
+            }
             Some(&scratch[..])
         }
     };

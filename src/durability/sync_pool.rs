@@ -81,7 +81,8 @@ struct Shared {
 pub(crate) struct SyncPool {
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    /// Held through a round: a second flush at the same time runs its jobs itself.
+    /// Held through a round (the group commit runs one flush at a time; a caller that found it
+    /// held would run its jobs itself).
     running: Mutex<()>,
     max_helpers: usize,
     name: &'static str,
@@ -127,7 +128,8 @@ impl SyncPool {
             first_error: Mutex::new(None),
         });
         let wanted = count.saturating_sub(1).min(self.max_helpers);
-        // Another flush's round in progress (close and a group flush at once): no helpers.
+        // One round at a time: the group commit runs one flush at a time, so this never waits
+        // in practice; a caller that found a round in progress would run its jobs alone.
         let running = if wanted > 0 {
             self.running.try_lock()
         } else {
@@ -238,33 +240,39 @@ fn helper(shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashSet;
     use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 
-    fn slow_jobs(ran: Arc<Mutex<HashSet<usize>>>) -> Job {
+    fn slow_jobs(ran: Arc<Mutex<Vec<usize>>>) -> Job {
         Box::new(move |i| {
             std::thread::sleep(Duration::from_millis(2));
-            ran.lock().insert(i);
+            ran.lock().push(i);
             Ok(())
         })
+    }
+
+    /// The jobs that ran, in order of index: each once means exactly `0..count`.
+    fn ran_sorted(ran: &Mutex<Vec<usize>>) -> Vec<usize> {
+        let mut v = ran.lock().clone();
+        v.sort_unstable();
+        v
     }
 
     #[test]
     fn every_job_of_a_round_runs_once_and_the_helpers_stay_bounded() {
         let pool = SyncPool::new(3, "duolog-sync-test");
         for _ in 0..20 {
-            let ran = Arc::new(Mutex::new(HashSet::new()));
+            let ran = Arc::new(Mutex::new(Vec::new()));
             pool.run(10, slow_jobs(Arc::clone(&ran))).unwrap();
-            assert_eq!(ran.lock().len(), 10);
+            assert_eq!(ran_sorted(&ran), (0..10).collect::<Vec<_>>());
         }
         assert_eq!(pool.threads(), 3);
         pool.stop();
         assert_eq!(pool.threads(), 0);
         // After the stop the caller runs everything alone.
-        let ran = Arc::new(Mutex::new(HashSet::new()));
+        let ran = Arc::new(Mutex::new(Vec::new()));
         pool.run(5, slow_jobs(Arc::clone(&ran))).unwrap();
-        assert_eq!(ran.lock().len(), 5);
+        assert_eq!(ran_sorted(&ran), (0..5).collect::<Vec<_>>());
         assert_eq!(pool.threads(), 0);
     }
 
@@ -275,18 +283,22 @@ mod tests {
         let flag = Arc::clone(&on_helper);
         let r = pool.run(
             5,
-            Box::new(move |i| {
-                std::thread::sleep(Duration::from_millis(2));
-                if std::thread::current().name() == Some("duolog-sync-test") && i % 2 == 0 {
+            Box::new(move |_| {
+                if std::thread::current().name() == Some("duolog-sync-test") {
                     flag.store(true, Ordering::SeqCst);
                     return Err(Error::Closed);
+                }
+                // The caller's own jobs wait for a helper to have failed one, so the round
+                // surely has a helper's error to report.
+                let until = std::time::Instant::now() + Duration::from_secs(10);
+                while !flag.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(1));
                 }
                 Ok(())
             }),
         );
-        if on_helper.load(Ordering::SeqCst) {
-            assert!(matches!(r, Err(Error::Closed)), "{r:?}");
-        }
+        assert!(on_helper.load(Ordering::SeqCst), "no helper ran a job");
+        assert!(matches!(r, Err(Error::Closed)), "{r:?}");
         let r = pool.run(
             4,
             Box::new(|i| {

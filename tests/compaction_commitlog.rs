@@ -947,10 +947,11 @@ fn reads_racing_passes_and_appends_never_fail_skip_or_come_back_empty() {
             }
         })
     };
+    let reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let reader = {
         let (store, model, stop) = (Arc::clone(&store), Arc::clone(&model), Arc::clone(&stop));
+        let reads = Arc::clone(&reads);
         std::thread::spawn(move || {
-            let mut reads = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let mut at = 0;
                 let end = store.bounds("c", 0).unwrap().end;
@@ -963,19 +964,28 @@ fn reads_racing_passes_and_appends_never_fail_skip_or_come_back_empty() {
                         assert_eq!(r.body(), &m[r.offset() as usize].body[..]);
                     }
                     at = got.last().unwrap().offset() + 1;
-                    reads += 1;
+                    reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
-            reads
         })
     };
-    for _ in 0..40 {
+    // 40 passes, and on until the reader has raced one (a starved reader thread may not have
+    // run at all by the 40th under load; the long deadline only stops a hang).
+    let started = std::time::Instant::now();
+    let mut passes = 0;
+    while passes < 40 || reads.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the reader never ran"
+        );
         settle();
         store.compact(None).unwrap();
+        passes += 1;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
-    assert!(reader.join().unwrap() > 0);
+    reader.join().unwrap();
+    assert!(reads.load(std::sync::atomic::Ordering::Relaxed) > 0);
     let model = model.lock().clone();
     settle();
     store.compact(None).unwrap();

@@ -442,11 +442,12 @@ fn readers_keep_up_and_read_consistently_while_the_cleaner_swaps() {
         })
     };
     // The tail reader starts at the head and keeps up: it sees every offset.
+    let seen = Arc::new(AtomicU64::new(0));
     let tail = {
         let (store, log, stop) = (Arc::clone(&store), Arc::clone(&log), Arc::clone(&stop));
+        let seen = Arc::clone(&seen);
         std::thread::spawn(move || {
             let mut at = store.bounds("t", 0).unwrap().end;
-            let mut seen = 0;
             while !stop.load(Ordering::Relaxed) {
                 let recs = store.read("t", 0, at, ReadLimits::messages(50)).unwrap();
                 for r in &recs {
@@ -454,19 +455,25 @@ fn readers_keep_up_and_read_consistently_while_the_cleaner_swaps() {
                     let want = log.lock()[at as usize].clone();
                     assert_eq!(r.key(), want.key.as_deref());
                     at += 1;
-                    seen += 1;
+                    seen.fetch_add(1, Ordering::Relaxed);
                 }
                 if recs.is_empty() {
                     std::thread::yield_now();
                 }
             }
-            seen
         })
     };
-    // Readers from the start, racing the swaps.
+    // Readers from the start, racing the swaps: for 1.2 s and until the tail reader has seen
+    // records and a pass has removed some (a window alone can pass before a starved thread
+    // runs at all under load; the long deadline only stops a hang).
     let mut rounds = 0;
-    let deadline = std::time::Instant::now() + Duration::from_millis(1200);
-    while std::time::Instant::now() < deadline {
+    let started = std::time::Instant::now();
+    let busy = || seen.load(Ordering::Relaxed) > 0 && removed.load(Ordering::Relaxed) > 0;
+    while started.elapsed() < Duration::from_millis(1200) || !busy() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the tail reader or the compactor never ran"
+        );
         let recs = read_everything(store.as_ref(), 1 + rounds % 13);
         let l = log.lock().clone();
         let present = check_records(&recs, &l, "concurrent reader");
@@ -476,9 +483,8 @@ fn readers_keep_up_and_read_consistently_while_the_cleaner_swaps() {
     stop.store(true, Ordering::Relaxed);
     appender.join().unwrap();
     compactor.join().unwrap();
-    let seen = tail.join().unwrap();
-    assert!(seen > 0, "the tail reader saw nothing");
-    assert!(removed.load(Ordering::Relaxed) > 0, "nothing was compacted");
+    tail.join().unwrap();
+    assert!(busy(), "the tail reader saw nothing or nothing was compacted");
     let l = log.lock().clone();
     let present = check_records(&read_everything(store.as_ref(), 100), &l, "end");
     assert_latest_values_present(&present, &l, "end");
@@ -985,9 +991,16 @@ fn compact_delete_topics_get_retention_and_compaction_without_races() {
             }
         }));
     }
-    // Readers from the start; retention may move the start under them.
-    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
-    while std::time::Instant::now() < deadline {
+    // Readers from the start; retention may move the start under them. For 1.5 s and until
+    // both compaction and retention have done something (a window alone can pass before a
+    // starved thread runs at all under load; the long deadline only stops a hang).
+    let started = std::time::Instant::now();
+    let busy = || removed.load(Ordering::Relaxed) > 0 && deleted.load(Ordering::Relaxed) > 0;
+    while started.elapsed() < Duration::from_millis(1500) || !busy() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the compactor or retention never ran"
+        );
         let b = store.bounds("t", 0).unwrap();
         let mut at = b.start;
         while at < b.end {

@@ -484,7 +484,10 @@ fn readers_keep_up_and_read_consistently_while_the_cleaner_swaps() {
     appender.join().unwrap();
     compactor.join().unwrap();
     tail.join().unwrap();
-    assert!(busy(), "the tail reader saw nothing or nothing was compacted");
+    assert!(
+        busy(),
+        "the tail reader saw nothing or nothing was compacted"
+    );
     let l = log.lock().clone();
     let present = check_records(&read_everything(store.as_ref(), 100), &l, "end");
     assert_latest_values_present(&present, &l, "end");

@@ -376,15 +376,18 @@ fn a_reader_that_keeps_up_with_the_head_sees_every_record() {
     check_model(store.as_ref(), "c", 0, &model, false, "end");
 }
 
+// The tombstone's age is set against `delete_retention` by altering the retention, not by
+// racing it: with a short retention, a first pass delayed past it (slow fsyncs under load)
+// found the tombstone already expired.
 #[test]
 fn tombstones_go_only_after_delete_retention() {
     let dir = tempfile::tempdir().unwrap();
     let store = duolog::open(dir.path(), options()).unwrap();
     let config = TopicConfig {
-        delete_retention: Some(Duration::from_millis(400)),
+        delete_retention: Some(Duration::from_secs(3600)),
         ..compact_topic(1)
     };
-    store.create_topic("c", config).unwrap();
+    store.create_topic("c", config.clone()).unwrap();
     store
         .append("c", 0, &[Message::new("v1").with_key("k1")])
         .unwrap();
@@ -402,7 +405,12 @@ fn tombstones_go_only_after_delete_retention() {
         "a reader within delete_retention sees the delete"
     );
     // Nothing is dirty any more, but the tombstone expires: a later pass removes it.
-    std::thread::sleep(Duration::from_millis(450));
+    let expires = TopicConfig {
+        delete_retention: Some(Duration::from_millis(1)),
+        ..config
+    };
+    store.alter_topic("c", expires).unwrap();
+    settle();
     let r = store.compact(None).unwrap();
     assert_eq!(r.tombstones_removed, 1);
     let recs = read_all(store.as_ref(), "c", 0, "expired");
@@ -805,21 +813,8 @@ fn damaged_compacted_files_are_errors_not_panics() {
     }
 }
 
-#[test]
-fn the_background_cleaner_cleans_partitions_past_the_dirty_ratio_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = StoreOptions {
-        compaction: CompactionOptions {
-            enabled: true,
-            check_interval: Duration::from_millis(20),
-            min_cleanable_dirty_ratio: 0.5,
-            ..CompactionOptions::default()
-        },
-        ..options()
-    };
-    let store = duolog::open(dir.path(), opts).unwrap();
-    store.create_topic("c", compact_topic(1)).unwrap();
-    // Five versions of 20 keys: once cleaned, 20 records are left.
+/// Five versions of 20 keys: once cleaned, 20 records are left.
+fn five_versions_of_twenty_keys() -> Vec<Entry> {
     let mut model = Vec::new();
     for round in 0..5 {
         for k in 0..20 {
@@ -830,9 +825,54 @@ fn the_background_cleaner_cleans_partitions_past_the_dirty_ratio_only() {
             });
         }
     }
-    append_all(store.as_ref(), "c", 0, &model);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while read_all(store.as_ref(), "c", 0, "wait").len() > 20 {
+    model
+}
+
+// Every record is written while no cleaner runs, and the cleaner starts on a reopen: a
+// background pass can then only see the finished partitions. Written with the cleaner running,
+// a pass landing between two appends (as one does when fsyncs are slow under load) cleans the
+// records so far and leaves a tail of a few records against 20 clean ones, under the ratio: it
+// correctly stays uncleaned for good, and a wait for 20 records could never end.
+#[test]
+fn the_background_cleaner_cleans_partitions_past_the_dirty_ratio_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = duolog::open(dir.path(), options()).unwrap();
+    store.create_topic("c", compact_topic(2)).unwrap();
+    // Partition 0: cleaned, then one new version of a single key: dirty 1 record against 21,
+    // under the ratio, so background passes leave it; `compact()` ignores the ratio.
+    let mut under = five_versions_of_twenty_keys();
+    append_all(store.as_ref(), "c", 0, &under);
+    settle();
+    store.compact(Some("c")).unwrap();
+    assert_eq!(read_all(store.as_ref(), "c", 0, "cleaned").len(), 20);
+    let one = Entry {
+        key: Some("key-0".into()),
+        body: b"newest".to_vec(),
+        tombstone: false,
+    };
+    append_all(store.as_ref(), "c", 0, std::slice::from_ref(&one));
+    under.push(one);
+    // Partition 1: all 100 records dirty, past the ratio.
+    let past = five_versions_of_twenty_keys();
+    append_all(store.as_ref(), "c", 1, &past);
+    settle();
+    store.close().unwrap();
+
+    let opts = StoreOptions {
+        compaction: CompactionOptions {
+            enabled: true,
+            check_interval: Duration::from_millis(20),
+            min_cleanable_dirty_ratio: 0.5,
+            ..CompactionOptions::default()
+        },
+        ..options()
+    };
+    let store = duolog::open(dir.path(), opts).unwrap();
+    // Only a background pass cleans partition 1, and a pass looks at partition 0 first, with
+    // every record above already there: once partition 1 is clean, partition 0 was judged.
+    // The deadline only stops a hang; nothing here depends on when passes run.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while read_all(store.as_ref(), "c", 1, "wait").len() > 20 {
         assert!(
             std::time::Instant::now() < deadline,
             "the background cleaner never ran"
@@ -842,28 +882,18 @@ fn the_background_cleaner_cleans_partitions_past_the_dirty_ratio_only() {
     check_model(
         store.as_ref(),
         "c",
-        0,
-        &model,
+        1,
+        &past,
         false,
         "cleaned in the background",
     );
-    // One new version of a single key: dirty 1 record against 21, under the ratio, so
-    // background passes leave it; `compact()` ignores the ratio.
-    let one = Entry {
-        key: Some("key-0".into()),
-        body: b"newest".to_vec(),
-        tombstone: false,
-    };
-    append_all(store.as_ref(), "c", 0, std::slice::from_ref(&one));
-    model.push(one);
-    std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
         read_all(store.as_ref(), "c", 0, "under the ratio").len(),
         21
     );
     let r = store.compact(Some("c")).unwrap();
     assert_eq!(r.records_removed, 1);
-    let recs = check_model(store.as_ref(), "c", 0, &model, false, "after compact()");
+    let recs = check_model(store.as_ref(), "c", 0, &under, false, "after compact()");
     assert_eq!(recs.len(), 20);
     store.close().unwrap();
 }
@@ -917,10 +947,11 @@ fn reads_racing_passes_and_appends_never_fail_skip_or_come_back_empty() {
             }
         })
     };
+    let reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let reader = {
         let (store, model, stop) = (Arc::clone(&store), Arc::clone(&model), Arc::clone(&stop));
+        let reads = Arc::clone(&reads);
         std::thread::spawn(move || {
-            let mut reads = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let mut at = 0;
                 let end = store.bounds("c", 0).unwrap().end;
@@ -933,19 +964,28 @@ fn reads_racing_passes_and_appends_never_fail_skip_or_come_back_empty() {
                         assert_eq!(r.body(), &m[r.offset() as usize].body[..]);
                     }
                     at = got.last().unwrap().offset() + 1;
-                    reads += 1;
+                    reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
-            reads
         })
     };
-    for _ in 0..40 {
+    // 40 passes, and on until the reader has raced one (a starved reader thread may not have
+    // run at all by the 40th under load; the long deadline only stops a hang).
+    let started = std::time::Instant::now();
+    let mut passes = 0;
+    while passes < 40 || reads.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the reader never ran"
+        );
         settle();
         store.compact(None).unwrap();
+        passes += 1;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
-    assert!(reader.join().unwrap() > 0);
+    reader.join().unwrap();
+    assert!(reads.load(std::sync::atomic::Ordering::Relaxed) > 0);
     let model = model.lock().clone();
     settle();
     store.compact(None).unwrap();

@@ -339,15 +339,18 @@ fn a_tiny_offset_map_cleans_over_several_passes() {
     assert_eq!(present, want, "after {passes} passes");
 }
 
+// The tombstone's age is set against `delete_retention` by altering the retention, not by
+// racing it: with a retention of 1.5 s, the 60 synced appends and two passes before the
+// "still there" checks could take longer under load, and the tombstone was already expired.
 #[test]
 fn tombstones_go_only_after_delete_retention() {
     let dir = tempfile::tempdir().unwrap();
     let store = duolog::open(dir.path(), options(None)).unwrap();
     let config = TopicConfig {
-        delete_retention: Some(Duration::from_millis(1500)),
+        delete_retention: Some(Duration::from_secs(3600)),
         ..compacted_topic(1024)
     };
-    store.create_topic("t", config).unwrap();
+    store.create_topic("t", config.clone()).unwrap();
     let mut log = Vec::new();
     let mut rng = Rng(5);
     let old = Appended {
@@ -378,7 +381,12 @@ fn tombstones_go_only_after_delete_retention() {
     });
     store.compact(None).unwrap();
     assert!(store.read("t", 0, 0, ReadLimits::messages(1)).unwrap()[0].is_tombstone());
-    std::thread::sleep(Duration::from_millis(1600));
+    let expires = TopicConfig {
+        delete_retention: Some(Duration::from_millis(1)),
+        ..config
+    };
+    store.alter_topic("t", expires).unwrap();
+    std::thread::sleep(Duration::from_millis(5));
     let report = store.compact(None).unwrap();
     assert_eq!(report.tombstones_removed, 1, "{report:?}");
     let r = store.read("t", 0, 0, ReadLimits::messages(1)).unwrap();
@@ -434,11 +442,12 @@ fn readers_keep_up_and_read_consistently_while_the_cleaner_swaps() {
         })
     };
     // The tail reader starts at the head and keeps up: it sees every offset.
+    let seen = Arc::new(AtomicU64::new(0));
     let tail = {
         let (store, log, stop) = (Arc::clone(&store), Arc::clone(&log), Arc::clone(&stop));
+        let seen = Arc::clone(&seen);
         std::thread::spawn(move || {
             let mut at = store.bounds("t", 0).unwrap().end;
-            let mut seen = 0;
             while !stop.load(Ordering::Relaxed) {
                 let recs = store.read("t", 0, at, ReadLimits::messages(50)).unwrap();
                 for r in &recs {
@@ -446,19 +455,25 @@ fn readers_keep_up_and_read_consistently_while_the_cleaner_swaps() {
                     let want = log.lock()[at as usize].clone();
                     assert_eq!(r.key(), want.key.as_deref());
                     at += 1;
-                    seen += 1;
+                    seen.fetch_add(1, Ordering::Relaxed);
                 }
                 if recs.is_empty() {
                     std::thread::yield_now();
                 }
             }
-            seen
         })
     };
-    // Readers from the start, racing the swaps.
+    // Readers from the start, racing the swaps: for 1.2 s and until the tail reader has seen
+    // records and a pass has removed some (a window alone can pass before a starved thread
+    // runs at all under load; the long deadline only stops a hang).
     let mut rounds = 0;
-    let deadline = std::time::Instant::now() + Duration::from_millis(1200);
-    while std::time::Instant::now() < deadline {
+    let started = std::time::Instant::now();
+    let busy = || seen.load(Ordering::Relaxed) > 0 && removed.load(Ordering::Relaxed) > 0;
+    while started.elapsed() < Duration::from_millis(1200) || !busy() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the tail reader or the compactor never ran"
+        );
         let recs = read_everything(store.as_ref(), 1 + rounds % 13);
         let l = log.lock().clone();
         let present = check_records(&recs, &l, "concurrent reader");
@@ -468,9 +483,11 @@ fn readers_keep_up_and_read_consistently_while_the_cleaner_swaps() {
     stop.store(true, Ordering::Relaxed);
     appender.join().unwrap();
     compactor.join().unwrap();
-    let seen = tail.join().unwrap();
-    assert!(seen > 0, "the tail reader saw nothing");
-    assert!(removed.load(Ordering::Relaxed) > 0, "nothing was compacted");
+    tail.join().unwrap();
+    assert!(
+        busy(),
+        "the tail reader saw nothing or nothing was compacted"
+    );
     let l = log.lock().clone();
     let present = check_records(&read_everything(store.as_ref(), 100), &l, "end");
     assert_latest_values_present(&present, &l, "end");
@@ -977,9 +994,16 @@ fn compact_delete_topics_get_retention_and_compaction_without_races() {
             }
         }));
     }
-    // Readers from the start; retention may move the start under them.
-    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
-    while std::time::Instant::now() < deadline {
+    // Readers from the start; retention may move the start under them. For 1.5 s and until
+    // both compaction and retention have done something (a window alone can pass before a
+    // starved thread runs at all under load; the long deadline only stops a hang).
+    let started = std::time::Instant::now();
+    let busy = || removed.load(Ordering::Relaxed) > 0 && deleted.load(Ordering::Relaxed) > 0;
+    while started.elapsed() < Duration::from_millis(1500) || !busy() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the compactor or retention never ran"
+        );
         let b = store.bounds("t", 0).unwrap();
         let mut at = b.start;
         while at < b.end {

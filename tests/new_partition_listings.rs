@@ -53,7 +53,9 @@ fn creating_partitions_lists_no_new_directory(engine: EngineKind) {
         2 * PARTITIONS
     );
     for p in 0..2 * PARTITIONS {
-        store.append("t", p, &[Message::new(b"m".to_vec())]).unwrap();
+        store
+            .append("t", p, &[Message::new(b"m".to_vec())])
+            .unwrap();
     }
     store.close().unwrap();
     drop(store);

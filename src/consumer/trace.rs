@@ -47,8 +47,8 @@ use crate::durability::{Completion, Wakeup};
 use crate::error::{Error, Result};
 use crate::store::{
     AppendResult, CompactionReport, DiskUsage, EngineKind, Fetch, KeyMatch, LogStore, Message,
-    PartitionBounds, ProducerEntry, ProducerId, ReadLimits, ReadProgress, Record, TaggedRead, TopicConfig,
-    TxnMarker, VerifyReport, Visitor,
+    PartitionBounds, ProducerEntry, ProducerId, ReadLimits, ReadProgress, Record, TaggedRead,
+    TopicConfig, TxnMarker, VerifyReport, Visitor,
 };
 
 /// The default trace topic (RocketMQ's `RMQ_SYS_TRACE_TOPIC`): internal, hidden from
@@ -1271,7 +1271,8 @@ impl LogStore for TracedStore {
         limits: ReadLimits,
         visit: &mut Visitor<'_>,
     ) -> Result<ReadProgress> {
-        self.inner.read_with(topic, partition, offset, limits, visit)
+        self.inner
+            .read_with(topic, partition, offset, limits, visit)
     }
     fn bounds(&self, topic: &str, partition: u32) -> Result<PartitionBounds> {
         self.inner.bounds(topic, partition)

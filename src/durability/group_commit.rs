@@ -231,19 +231,18 @@ impl GroupCommit {
         // A flush that panics (a bug below, or a file system that panics) must not unwind past
         // here with `flushing` set: every later durable append would park for good. What it
         // made durable is unknown, so it poisons the store like a failed sync.
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            target.flush_to(upto)
-        }))
-        .unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Err(Error::Poisoned {
-                reason: format!("a flush panicked: {what}"),
-            })
-        });
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| target.flush_to(upto)))
+                .unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(Error::Poisoned {
+                        reason: format!("a flush panicked: {what}"),
+                    })
+                });
         let mut st = self.state.lock();
         st.flushing = false;
         match outcome {

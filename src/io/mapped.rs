@@ -112,10 +112,11 @@ pub struct MappedFile {
     /// Whether a request to warm this file waits in a [`super::Warmer`]'s queue (the O(1)
     /// deduplication of requests).
     pub(super) warm_queued: AtomicBool,
-    /// Whether a thread is inside [`MappedFile::prefault_ahead`] of this file: a second one
-    /// returns at once instead of faulting the same window in again (the allocation thread,
-    /// after growing the commit log, and the warm-up thread used to both do it).
-    warming: AtomicBool,
+    /// Held by the thread inside [`MappedFile::prefault_ahead`] of this file: a second one
+    /// waits, then faults in only what the first did not, instead of the same window again
+    /// (the allocation thread, after growing the commit log, and the warm-up thread used to
+    /// both do it).
+    warming: Mutex<()>,
 }
 
 // SAFETY: the raw pointer refers to a shared mapping owned by `storage`, which is Send + Sync.
@@ -174,7 +175,7 @@ impl MappedFile {
             release_written: AtomicBool::new(false),
             read_mark: AtomicUsize::new(0),
             warm_queued: AtomicBool::new(false),
-            warming: AtomicBool::new(false),
+            warming: Mutex::new(()),
         }
     }
 
@@ -309,6 +310,13 @@ impl MappedFile {
 
     fn append_inner(&self, expect: Option<usize>, parts: &[&[u8]]) -> Option<usize> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total == 0 {
+            // Claims nothing, so it must not move `written` either: an empty claim shares its
+            // start with the next real one, and storing its end after that one's would move
+            // the mark back (review rv2).
+            let at = self.cursor.load(Ordering::Acquire);
+            return expect.is_none_or(|pos| pos == at).then_some(at);
+        }
         let room = self.storage.allocated().min(self.len);
         let mut start = self.cursor.load(Ordering::Acquire);
         // Claim `[start, start + total)`: after this CAS no other writer can claim a byte of
@@ -492,16 +500,15 @@ impl MappedFile {
 
     /// Faults in the pages from the write cursor up to `window` bytes past it (see
     /// [`MappedStorage::prefault`]). Runs on a background thread; the bytes do not change.
-    /// One thread at a time per file: a call while another thread warms the file returns at
-    /// once (that thread covers the window; a writer that needs more asks again, see
-    /// [`Self::wants_prefault`]).
+    /// One thread at a time per file: a call while another thread warms the file waits for it,
+    /// then faults in what is left of its own window.
     pub fn prefault_ahead(&self, window: usize) -> io::Result<()> {
-        if self.warming.swap(true, Ordering::Acquire) {
-            return Ok(());
-        }
-        let result = self.prefault_ahead_alone(window);
-        self.warming.store(false, Ordering::Release);
-        result
+        // Waits for another warmer of this file (both are background threads), then faults in
+        // only what that one did not: returning at once instead made the CommitLog appender
+        // re-queue its request, and wake the warm-up thread, on every append until the other
+        // warmer finished (review rv2).
+        let _alone = self.warming.lock();
+        self.prefault_ahead_alone(window)
     }
 
     fn prefault_ahead_alone(&self, window: usize) -> io::Result<()> {
@@ -914,11 +921,17 @@ mod tests {
             let file = Arc::clone(&file);
             std::thread::spawn(move || file.prefault_ahead(window).unwrap())
         };
-        // The first warmer is inside its fault-in of the window.
+        // The first warmer is inside its fault-in of the window; the second waits for it.
         entered_rx.recv().unwrap();
-        file.prefault_ahead(window).unwrap();
+        let second = {
+            let file = Arc::clone(&file);
+            std::thread::spawn(move || file.prefault_ahead(window).unwrap())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!second.is_finished(), "the second warmer did not wait");
         release_tx.send(()).unwrap();
         first.join().unwrap();
+        second.join().unwrap();
         assert_eq!(counted.load(Ordering::SeqCst), window as u64);
         // The window is warmed: nothing more to fault in until the writer moves.
         file.prefault_ahead(window).unwrap();

@@ -367,6 +367,62 @@ fn retry_moved<T>(
 }
 
 /// A read's `OffsetOutOfRange`, with the partition's bounds as they are now.
+/// What a read from an offset may show: where it stops (the end, or under `read_committed` the
+/// last stable offset, lowered to what the collected aborted transactions decide), the aborted
+/// transactions below that, and how many records and bytes it may examine (bounded only when
+/// it has aborted records to skip).
+struct ReadPlan {
+    bound: u64,
+    aborted: Aborted,
+    scan_left: u64,
+    scan_bytes: u64,
+}
+
+impl Inner {
+    /// The [`ReadPlan`] of a read of `part` from `offset` (out of range is an error), shared by
+    /// [`Inner::fetch`] and [`Inner::read_with`] so both show the same records.
+    fn plan_read(
+        &self,
+        topic: &str,
+        partition: u32,
+        part: &PartitionState,
+        offset: u64,
+        limits: ReadLimits,
+    ) -> Result<ReadPlan> {
+        let (start, end) = (
+            part.start.load(Ordering::Acquire),
+            part.end.load(Ordering::Acquire),
+        );
+        if offset < start || offset > end {
+            return Err(out_of_range(topic, partition, part, offset));
+        }
+        let committed = limits.isolation == IsolationLevel::ReadCommitted;
+        let bound = if committed {
+            self.last_stable(part, end)
+        } else {
+            end
+        };
+        // A bounded number of entries, read without the index's lock; the bound comes down to
+        // what they decide when the cap stopped the collection (see `txn_index`).
+        let (aborted, bound) = if committed && offset < bound {
+            txn_index::collect(&part.txn_index, offset, bound, txn_index::COLLECT_ENTRIES)?
+        } else {
+            (Aborted::default(), bound)
+        };
+        let (scan_left, scan_bytes) = if aborted.is_empty() {
+            (u64::MAX, u64::MAX)
+        } else {
+            limits.tagged_scan()
+        };
+        Ok(ReadPlan {
+            bound,
+            aborted,
+            scan_left,
+            scan_bytes,
+        })
+    }
+}
+
 fn out_of_range(topic: &str, partition: u32, part: &PartitionState, offset: u64) -> Error {
     Error::OffsetOutOfRange {
         topic: topic.to_owned(),
@@ -418,31 +474,12 @@ impl Inner {
     ) -> Result<Fetch> {
         let t = self.topic(topic)?;
         let part = t.partition(partition)?;
-        let (start, end) = (
-            part.start.load(Ordering::Acquire),
-            part.end.load(Ordering::Acquire),
-        );
-        if offset < start || offset > end {
-            return Err(out_of_range(topic, partition, part, offset));
-        }
-        let committed = limits.isolation == IsolationLevel::ReadCommitted;
-        let bound = if committed {
-            self.last_stable(part, end)
-        } else {
-            end
-        };
-        // A bounded number of entries, read without the index's lock; the bound comes down to
-        // what they decide when the cap stopped the collection (see `txn_index`).
-        let (aborted, bound) = if committed && offset < bound {
-            txn_index::collect(&part.txn_index, offset, bound, txn_index::COLLECT_ENTRIES)?
-        } else {
-            (Aborted::default(), bound)
-        };
-        let (mut scan_left, mut scan_bytes) = if aborted.is_empty() {
-            (u64::MAX, u64::MAX)
-        } else {
-            limits.tagged_scan()
-        };
+        let ReadPlan {
+            bound,
+            aborted,
+            mut scan_left,
+            mut scan_bytes,
+        } = self.plan_read(topic, partition, part, offset, limits)?;
         let mut budget = Budget {
             messages: limits.max_messages,
             bytes: limits.max_bytes,
@@ -526,30 +563,13 @@ impl Inner {
     ) -> Result<ReadProgress> {
         let t = self.topic(topic)?;
         let part = t.partition(partition)?;
-        let (start, end) = (
-            part.start.load(Ordering::Acquire),
-            part.end.load(Ordering::Acquire),
-        );
-        if offset < start || offset > end {
-            return Err(out_of_range(topic, partition, part, offset));
-        }
         // The bound, the aborted transactions and the scan bound exactly as `fetch` has them.
-        let committed = limits.isolation == IsolationLevel::ReadCommitted;
-        let bound = if committed {
-            self.last_stable(part, end)
-        } else {
-            end
-        };
-        let (aborted, bound) = if committed && offset < bound {
-            txn_index::collect(&part.txn_index, offset, bound, txn_index::COLLECT_ENTRIES)?
-        } else {
-            (Aborted::default(), bound)
-        };
-        let (scan_left, scan_bytes) = if aborted.is_empty() {
-            (u64::MAX, u64::MAX)
-        } else {
-            limits.tagged_scan()
-        };
+        let ReadPlan {
+            bound,
+            aborted,
+            scan_left,
+            scan_bytes,
+        } = self.plan_read(topic, partition, part, offset, limits)?;
         let mut v = Visiting {
             visit,
             aborted: &aborted,

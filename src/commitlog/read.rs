@@ -664,19 +664,11 @@ impl Inner {
                         .missing_unit(part, o, &out_of_range)
                         .map(|()| Err(Moved));
                 };
-                let covered = span.as_ref().is_some_and(|(_, lo, b)| {
-                    unit.position >= *lo
-                        && unit.position + u64::from(unit.size) <= lo + b.len() as u64
-                });
-                if !covered {
-                    match self.log_span(part, o, &unit, &out_of_range)? {
-                        Ok(s) => span = Some(s),
+                let (file, lo, bytes) =
+                    match self.span_covering(part, o, &unit, &mut span, &out_of_range)? {
+                        Ok(s) => s,
                         Err(Moved) => return Ok(Err(Moved)),
-                    }
-                }
-                let Some((file, lo, bytes)) = span.as_ref() else {
-                    continue;
-                };
+                    };
                 let from = (unit.position - lo) as usize;
                 let corrupt = |why: &str| {
                     Error::corrupted(file.path(), unit.position - file.start_offset(), why)
@@ -1029,19 +1021,11 @@ impl Inner {
                     };
                 };
                 let size = unit.size as usize;
-                let covered = span.as_ref().is_some_and(|(_, lo, b)| {
-                    unit.position >= *lo
-                        && unit.position + u64::from(unit.size) <= lo + b.len() as u64
-                });
-                if !covered {
-                    match self.log_span(part, at, &unit, &out_of_range)? {
-                        Ok(s) => span = Some(s),
+                let (file, lo, bytes) =
+                    match self.span_covering(part, at, &unit, &mut span, &out_of_range)? {
+                        Ok(s) => s,
                         Err(Moved) => return Ok(Err(Moved)),
-                    }
-                }
-                let Some((file, lo, bytes)) = span.as_ref() else {
-                    continue;
-                };
+                    };
                 let from = (unit.position - lo) as usize;
                 let base = file.start_offset();
                 let pos = unit.position;
@@ -1122,6 +1106,29 @@ impl Inner {
 
     /// The log file holding `unit`'s record, and a zero-copy span    /// The log file holding `unit`'s record, and a zero-copy span of it from the record to the
     /// file's published end (with the span's log position).
+    /// The bytes in `span` that hold `unit`'s record, mapping the log run that holds it into
+    /// `span` when the current one does not: `Ok(Err(Moved))` when the record moved (the
+    /// caller retries its read).
+    fn span_covering<'s>(
+        &self,
+        part: &PartitionState,
+        o: u64,
+        unit: &Unit,
+        span: &'s mut Option<LogSpan>,
+        out_of_range: &dyn Fn() -> Error,
+    ) -> Result<std::result::Result<&'s LogSpan, Moved>> {
+        let covered = span.as_ref().is_some_and(|(_, lo, b)| {
+            unit.position >= *lo && unit.position + u64::from(unit.size) <= lo + b.len() as u64
+        });
+        if !covered {
+            match self.log_span(part, o, unit, out_of_range)? {
+                Ok(s) => *span = Some(s),
+                Err(Moved) => return Ok(Err(Moved)),
+            }
+        }
+        Ok(span.as_ref().ok_or(Moved))
+    }
+
     fn log_span(
         &self,
         part: &PartitionState,

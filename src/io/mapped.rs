@@ -337,9 +337,8 @@ impl MappedFile {
         }
         let mut at = start;
         for part in parts {
-            // SAFETY: in the allocated prefix (checked above), inside the range this call
-            // claimed, which no other writer can claim and no reader can see until `written`
-            // (set below, after the copy) passes it.
+            // SAFETY: inside the allocated range this call claimed: no other writer can claim
+            // it, no reader sees it until `written` (stored after the copy) passes it.
             unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), self.ptr.add(at), part.len()) };
             at += part.len();
         }

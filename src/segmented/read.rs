@@ -971,6 +971,37 @@ fn decode_batch(
     Ok(())
 }
 
+/// What [`make_view`] and [`make_record`] both take from the batch header and the record.
+struct Shared<'a> {
+    timestamp: i64,
+    store_timestamp: i64,
+    flags: u32,
+    /// The value of the record's `TAGS` header, in `b`.
+    tags: Option<&'a [u8]>,
+}
+
+#[inline(always)]
+fn shared_fields<'a>(b: &'a [u8], h: &BatchHeader, rv: &batch::RecordView) -> Shared<'a> {
+    let timestamp = h.base_timestamp + rv.timestamp_delta;
+    let store_timestamp = if h.attributes & batch::ATTR_LOG_APPEND_TIME != 0 {
+        h.max_timestamp
+    } else {
+        timestamp
+    };
+    let tags = match rv.header_count {
+        0 => None,
+        _ => batch::iter_headers(&b[rv.headers.clone()])
+            .find(|(k, _)| *k == b"TAGS")
+            .and_then(|(_, v)| v),
+    };
+    Shared {
+        timestamp,
+        store_timestamp,
+        flags: (h.attributes & (batch::ATTR_TRANSACTIONAL | batch::ATTR_CONTROL)) as u32,
+        tags,
+    }
+}
+
 /// The record `rv` of batch `b` as a borrowed view: [`make_record`]'s fields, no reference
 /// taken.
 #[inline(always)]
@@ -980,24 +1011,18 @@ fn make_view<'a>(
     rv: &batch::RecordView,
     offset: u64,
 ) -> RecordRef<'a> {
-    let timestamp = h.base_timestamp + rv.timestamp_delta;
-    let store_timestamp = if h.attributes & batch::ATTR_LOG_APPEND_TIME != 0 {
-        h.max_timestamp
-    } else {
-        timestamp
-    };
+    let Shared {
+        timestamp,
+        store_timestamp,
+        flags,
+        tags,
+    } = shared_fields(b, h, rv);
     let headers = &b[rv.headers.clone()];
-    let tags = match rv.header_count {
-        0 => None,
-        _ => batch::iter_headers(headers)
-            .find(|(k, _)| *k == b"TAGS")
-            .and_then(|(_, v)| v),
-    };
     RecordRef {
         offset,
         timestamp,
         store_timestamp,
-        flags: (h.attributes & (batch::ATTR_TRANSACTIONAL | batch::ATTR_CONTROL)) as u32,
+        flags,
         size: rv.len as u32,
         tombstone: rv.value.is_none(),
         key: rv.key.clone().map(|k| &b[k]),
@@ -1019,25 +1044,17 @@ fn make_record(
     rv: &batch::RecordView,
     offset: u64,
 ) -> Record {
-    let timestamp = h.base_timestamp + rv.timestamp_delta;
-    let store_timestamp = if h.attributes & batch::ATTR_LOG_APPEND_TIME != 0 {
-        h.max_timestamp
-    } else {
-        timestamp
-    };
-    let headers = &b[rv.headers.clone()];
-    let tags = match rv.header_count {
-        0 => None,
-        _ => batch::iter_headers(headers)
-            .find(|(k, _)| *k == b"TAGS")
-            .and_then(|(_, v)| v)
-            .map(|v| Span::of(range_in(b, v))),
-    };
+    let Shared {
+        timestamp,
+        store_timestamp,
+        flags,
+        tags,
+    } = shared_fields(b, h, rv);
     Record {
         offset,
         timestamp,
         store_timestamp,
-        flags: (h.attributes & (batch::ATTR_TRANSACTIONAL | batch::ATTR_CONTROL)) as u32,
+        flags,
         key: match &rv.key {
             Some(k) => Key::In(Span::of(k.clone())),
             None => Key::None,
@@ -1046,7 +1063,7 @@ fn make_record(
             Some(v) => Span::of(v.clone()),
             None => Span::default(),
         },
-        tags,
+        tags: tags.map(|v| Span::of(range_in(b, v))),
         properties: Properties::new(
             chunk.slice(at..at + b.len()),
             Span::of(rv.headers.clone()),

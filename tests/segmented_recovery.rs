@@ -176,15 +176,17 @@ fn recovery_truncates_garbage_to_exactly_the_previous_batch() {
 #[test]
 fn garbage_appended_to_log_and_index_leaves_every_record_intact() {
     let dir = tempfile::tempdir().unwrap();
-    fill(dir.path(), 200, &opts());
+    // Enough batches for more index entries than a segment holds in memory: the index file
+    // exists.
+    fill(dir.path(), 400, &opts());
     let log = segment_files(dir.path(), "log").pop().unwrap();
     let idx = segment_files(dir.path(), "index").pop().unwrap();
     append_to(&log, &noise(7, 333));
     append_to(&idx, &noise(8, 77));
     let store = SegmentedStore::open(dir.path(), opts()).unwrap();
     let recs = all(&store);
-    assert_eq!(recs.len(), 600);
-    assert_eq!(recs[599], (599, "m-199-2".to_string()));
+    assert_eq!(recs.len(), 1200);
+    assert_eq!(recs[1199], (1199, "m-399-2".to_string()));
     assert!(
         store.verify().unwrap().is_ok(),
         "{:?}",

@@ -316,23 +316,34 @@ fn retention_of_duration_max_deletes_nothing() {
 fn sealing_never_shrinks_an_index_file_someone_still_maps() {
     let dir = tempfile::tempdir().unwrap();
     let o = real_options(SegmentedOptions {
-        segment_bytes: 4096,
-        index_interval_bytes: 512,
+        segment_bytes: 40 << 10,
+        // An offset entry per append: past the entries a segment holds in memory (32), its
+        // index files are created.
+        index_interval_bytes: 1,
         ..SegmentedOptions::default()
     });
     let store = duolog::open(dir.path(), o).unwrap();
     store
         .create_topic("t", TopicConfig::with_partitions(1))
         .unwrap();
-    for n in 0..7 {
+    let path = dir.path().join("t-0/00000000000000000000.timeindex");
+    let mut n = 0;
+    while !path.exists() {
+        assert!(n < 40, "no index file after {n} appends");
         store.append("t", 0, &[msg(n)]).unwrap();
+        n += 1;
     }
     // Stands for a reader's mapping of the active segment's preallocated indexes.
-    let path = dir.path().join("t-0/00000000000000000000.timeindex");
     let held = std::fs::File::open(&path).unwrap();
     let preallocated = held.metadata().unwrap().len();
-    store.append("t", 0, &[msg(7)]).unwrap();
+    while log_files(dir.path()) == 1 {
+        assert!(n < 100, "no roll after {n} appends");
+        store.append("t", 0, &[msg(n)]).unwrap();
+        n += 1;
+    }
     assert_eq!(log_files(dir.path()), 2, "rolled");
+    // The seal runs off the append path.
+    store.sync().unwrap();
     assert_eq!(
         held.metadata().unwrap().len(),
         preallocated,

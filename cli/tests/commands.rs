@@ -240,6 +240,26 @@ fn segmented_engine_and_dump() {
         dumped.contains("| offset: 1 ") && dumped.contains("key: k2 payload: v2"),
         "{dumped}"
     );
+    // A segment's index files exist once it holds more index entries than it keeps in memory
+    // (32, an entry per 4 KiB of log by default): 40 batches of 5 KB more, one per
+    // transaction.
+    let many: String = (0..40).map(|i| format!("{i:05000}\n")).collect();
+    let out = duolog(
+        &[
+            "produce",
+            "--dir",
+            d,
+            "--topic",
+            "t",
+            "--partition",
+            "0",
+            "--transactional",
+            "--txn-size",
+            "1",
+        ],
+        &many,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let idx = dir.path().join("s/t-0/00000000000000000000.timeindex");
     let out = duolog(&["dump", idx.to_str().unwrap()], "");
     assert!(

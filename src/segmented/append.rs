@@ -167,9 +167,10 @@ impl Partition {
             let base = self.end.load(Ordering::Acquire);
             let map_len = segment::log_map_len(config.segment_bytes, buf.len() as u64);
             let h = self.create_segment(ctx, base, map_len)?;
-            ctx.cache.insert((self.uid, base), Arc::new(h));
             let mut meta = SegmentMeta::new(base);
             meta.map_len = map_len;
+            meta.early = h.early_indexes();
+            ctx.cache.insert((self.uid, base), Arc::new(h));
             st.segments.push(meta);
         }
         let handle = self.active_handle(ctx, &mut st)?;
@@ -228,7 +229,13 @@ impl Partition {
         if active.map_len == 0 {
             active.map_len = handle.log_capacity();
         }
-        handle.append(active, buf, &header, o.index_interval_bytes)?;
+        handle.append(
+            ctx.fs.as_ref(),
+            active,
+            buf,
+            &header,
+            o.index_interval_bytes,
+        )?;
         let size = active.size;
         if let Some(a) = &mut st.active {
             a.pos = size;
@@ -388,6 +395,7 @@ impl Partition {
         st.pending.push((old_base, old));
         let mut meta = SegmentMeta::new(base);
         meta.map_len = map_len;
+        meta.early = new.early_indexes();
         st.segments.push(meta);
         let new = ctx.cache.insert((self.uid, base), Arc::new(new));
         st.active = Some(ActiveAppend::new(base, &new, 0));
@@ -448,8 +456,10 @@ impl Partition {
             let mut st = self.state.lock();
             if let Some(m) = st.segments.iter_mut().find(|m| m.base == meta.base) {
                 m.sealed = true;
+                // The seal wrote the index files.
+                m.early = None;
                 m.time_entries = segment::sealed_time_entries(
-                    handle.time_entries(),
+                    &handle.time_entries(),
                     meta.base,
                     meta.max_timestamp,
                     meta.next_offset,

@@ -2,11 +2,13 @@
 //! point vouches for, validating the rest batch by batch, truncating at the first invalid batch.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 
 use parking_lot::Mutex;
 
 use super::batch;
+use super::early_index::EarlyIndexes;
 use super::index::{self, OFFSET_ENTRY, TIME_ENTRY};
 use super::partition::{Ctx, PartState, Partition, remove_segment_files};
 use super::segment::{self, SegmentMeta};
@@ -234,8 +236,9 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
         let size = fs.file_len(&lp).map_err(|e| Error::io(&lp, e))?;
         let oi = segment::index_path(dir, base);
         let ti = segment::time_index_path(dir, base);
-        let have_indexes = fs.exists(&oi).map_err(|e| Error::io(&oi, e))?
-            && fs.exists(&ti).map_err(|e| Error::io(&ti, e))?;
+        let has_oi = fs.exists(&oi).map_err(|e| Error::io(&oi, e))?;
+        let has_ti = fs.exists(&ti).map_err(|e| Error::io(&ti, e))?;
+        let have_indexes = has_oi && has_ti;
         let mut meta = SegmentMeta::new(base);
         meta.size = size;
         // A segment rolled but not sealed before a crash still has untrimmed indexes (and no
@@ -258,10 +261,18 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
                 .open_file(&lp, OpenMode::Existing)
                 .map_err(|e| Error::io(&lp, e))?;
             let trust_tail = spec.clean && have_indexes && last;
+            // The active segment of a clean shutdown with its index entries held in memory (see
+            // `early_index`): trusted like one with index files, its batch headers walked for
+            // the entries.
+            let early_tail = spec.clean && !have_indexes && last;
             let scan = if trust_tail {
                 None
             } else {
-                let trusted_below = if spec.clean { 0 } else { spec.recovery_point };
+                let trusted_below = match (early_tail, spec.clean) {
+                    (true, _) => u64::MAX,
+                    (false, true) => 0,
+                    (false, false) => spec.recovery_point,
+                };
                 // After a crash, skip the part of the segment below the recovery point using
                 // its offset index as (checked) hints; otherwise validate from the start.
                 let resume = if trusted_below > base && have_indexes {
@@ -313,7 +324,33 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
                         log.sync_data().map_err(|e| Error::io(&lp, e))?;
                     }
                     let sealed = i + 1 < bases.len();
-                    segment::write_indexes(fs, dir, base, &scan, sealed, o.max_index_bytes)?;
+                    // The active segment of a partition that never grew past the early entries
+                    // (see `early_index`) keeps them in memory again; any other has its
+                    // indexes written.
+                    let early = (!sealed && !have_indexes)
+                        .then(|| EarlyIndexes::holding(&scan.offset_entries, &scan.time_entries))
+                        .flatten();
+                    match early {
+                        Some(early) => {
+                            // A file left by a crash while the two were being created goes
+                            // (durably: a clean open would trust one that came back).
+                            for (p, exists) in [(&oi, has_oi), (&ti, has_ti)] {
+                                if exists {
+                                    io::remove_if_exists(fs, p).map_err(|e| Error::io(p, e))?;
+                                }
+                            }
+                            if has_oi || has_ti {
+                                fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+                            }
+                            meta.early = Some(Arc::new(early));
+                            // Trusted whole, as `trust_tail` is: the producer state and the
+                            // transaction index come from their files.
+                            rebuild = rebuild && !(early_tail && scan.valid_size == size);
+                        }
+                        None => {
+                            segment::write_indexes(fs, dir, base, &scan, sealed, o.max_index_bytes)?
+                        }
+                    }
                     meta.apply_scan(&scan);
                     if sealed {
                         meta.next_offset = bases[i + 1].max(scan.next_offset);

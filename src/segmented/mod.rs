@@ -27,6 +27,7 @@
 mod append;
 pub mod batch;
 mod cleaner;
+mod early_index;
 mod handles;
 pub mod index;
 mod load;

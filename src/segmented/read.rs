@@ -361,7 +361,7 @@ impl Partition {
             (meta, handle)
         };
         let corrupt = |pos: u64, why: &str| Error::corrupted(&handle.log_path, pos, why.to_owned());
-        let (_, indexed) = index::lookup_offset(handle.offset_entries(), meta.base, offset);
+        let (_, indexed) = index::lookup_offset(&handle.offset_entries(), meta.base, offset);
         let mut pos = u64::from(indexed);
         if pos >= meta.size && meta.size > 0 {
             return Err(corrupt(pos, "index points past the end of the log"));
@@ -497,7 +497,7 @@ impl Partition {
         };
         let corrupt = |pos: u64, why: &str| Error::corrupted(&handle.log_path, pos, why.to_owned());
         let (indexed_offset, indexed) =
-            index::lookup_offset(handle.offset_entries(), meta.base, offset);
+            index::lookup_offset(&handle.offset_entries(), meta.base, offset);
         let indexed_pos = u64::from(indexed);
         if indexed_pos >= meta.size && meta.size > 0 {
             return Err(corrupt(indexed_pos, "index points past the end of the log"));
@@ -753,8 +753,8 @@ impl Partition {
             from_base = Some(meta.base);
             let corrupt =
                 |pos: u64, why: &str| Error::corrupted(&handle.log_path, pos, why.to_owned());
-            let (_, from_offset) = index::lookup_time(handle.time_entries(), meta.base, ts);
-            let (_, pos) = index::lookup_offset(handle.offset_entries(), meta.base, from_offset);
+            let (_, from_offset) = index::lookup_time(&handle.time_entries(), meta.base, ts);
+            let (_, pos) = index::lookup_offset(&handle.offset_entries(), meta.base, from_offset);
             let mut pos = u64::from(pos);
             while pos < meta.size {
                 let h = handle

@@ -11,10 +11,11 @@
 //! reads through one descriptor.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use super::batch::{self, BatchError, BatchHeader, HEADER_LEN};
+use super::early_index::{EarlyIndexes, Entries};
 use super::index::{self, OFFSET_ENTRY, TIME_ENTRY};
 use crate::error::{Error, Result};
 use crate::io::{self, FileSystem, MapMode, MappedFile, OpenMode, StorageFile};
@@ -88,6 +89,9 @@ pub(crate) struct SegmentMeta {
     /// Bytes of address space the log of a segment not sealed yet is mapped with (0: not
     /// known yet). Every handle maps the same length, so all see one mapping of the file.
     pub(crate) map_len: u64,
+    /// The index entries of a segment not sealed yet that has no index files (see
+    /// `early_index`): shared with every handle opened for it, `None` once the files exist.
+    pub(crate) early: Option<Arc<EarlyIndexes>>,
 }
 
 impl SegmentMeta {
@@ -107,6 +111,7 @@ impl SegmentMeta {
             swapping: false,
             txn_entries: 0,
             map_len: 0,
+            early: None,
         }
     }
 }
@@ -131,8 +136,14 @@ pub(crate) struct SegmentHandle {
     /// writable mapping of one not sealed yet.
     pub(crate) log: Box<dyn StorageFile>,
     pub(crate) log_path: PathBuf,
-    pub(crate) offset_index: Option<MappedFile>,
-    pub(crate) time_index: Option<MappedFile>,
+    /// The segment's index files once they exist: set when the handle is opened on a segment
+    /// that has them, or when an append through it creates them (see `early_index`).
+    files: OnceLock<IndexFiles>,
+    /// The segment's in-memory index entries while it has no index files.
+    early: Option<Arc<EarlyIndexes>>,
+    /// Capacities of the offset and time indexes in bytes: an active segment rolls before its
+    /// entries would pass them, wherever they are held.
+    capacities: (u64, u64),
     /// The log's writable mapping, for a segment not sealed yet: appends copy into it and a
     /// flush is an msync of what it wrote since the last one. `None` for a sealed segment.
     writer: Option<Arc<MappedFile>>,
@@ -140,6 +151,20 @@ pub(crate) struct SegmentHandle {
     /// partition's remembered active handle (`PartState::active`, a `Weak`) is then no longer
     /// the one appends must write through, since another may be opened for the segment.
     uncached: AtomicBool,
+}
+
+/// One of a segment's two indexes.
+#[derive(Clone, Copy, Debug)]
+enum Index {
+    Offset,
+    Time,
+}
+
+/// A segment's mapped index files (`None`: an empty sealed index, which is not mapped).
+#[derive(Debug)]
+struct IndexFiles {
+    offset: Option<MappedFile>,
+    time: Option<MappedFile>,
 }
 
 /// Reads of a mapped log, through the `StorageFile` interface the readers use for every log:
@@ -311,10 +336,11 @@ fn index_capacities(max_index_bytes: u64) -> (u64, u64) {
 const INDEX_INITIAL_BYTES: u64 = 0;
 
 impl SegmentHandle {
-    /// Creates the three files of a new, empty segment (indexes mapped at their full capacity,
-    /// allocated as they fill). Their directory entries are not synced here: the caller marks
+    /// Creates the log of a new, empty segment; its index entries are held in memory until
+    /// there are enough to be worth their files (see `early_index`): the caller gives the meta
+    /// [`Self::early_indexes`]. The log's directory entry is not synced here: the caller marks
     /// the partition's directory unsynced and the next flush syncs it before it claims anything
-    /// in the new files durable (`Partition::sync_txn_indexes`), so a first append or a roll
+    /// in the new file durable (`Partition::sync_txn_indexes`), so a first append or a roll
     /// pays no directory fsync, under the partition lock or anywhere else.
     pub(crate) fn create(
         fs: &dyn FileSystem,
@@ -325,22 +351,23 @@ impl SegmentHandle {
     ) -> Result<SegmentHandle> {
         let lp = log_path(dir, base);
         let writer = Arc::new(map_log(fs, &lp, 0, map_len, true)?);
-        let oi = index_path(dir, base);
-        let ti = time_index_path(dir, base);
-        let (offset_bytes, time_bytes) = index_capacities(max_index_bytes);
-        let grow = MapMode::CreateGrowable {
-            initial: INDEX_INITIAL_BYTES,
-        };
-        let offset_index = map_index(fs, &oi, offset_bytes, 0, grow)?;
-        let time_index = map_index(fs, &ti, time_bytes, 0, grow)?;
         Ok(SegmentHandle {
             log: Box::new(MappedLog(Arc::clone(&writer))),
             log_path: lp,
-            offset_index,
-            time_index,
+            files: OnceLock::new(),
+            early: Some(Arc::new(EarlyIndexes::default())),
+            capacities: index_capacities(max_index_bytes),
             writer: Some(writer),
             uncached: AtomicBool::new(false),
         })
+    }
+
+    /// The in-memory index entries of a segment with no index files yet, for its meta.
+    pub(crate) fn early_indexes(&self) -> Option<Arc<EarlyIndexes>> {
+        match self.files.get() {
+            Some(_) => None,
+            None => self.early.clone(),
+        }
     }
 
     /// Opens an existing segment whose indexes hold `meta`'s entry counts: a sealed segment's
@@ -373,6 +400,23 @@ impl SegmentHandle {
             (Box::new(MappedLog(Arc::clone(&w))), Some(w))
         };
         let (ocap, tcap) = index_capacities(max_index_bytes);
+        let handle = |files: OnceLock<IndexFiles>, early, capacities| SegmentHandle {
+            log,
+            log_path: lp,
+            files,
+            early,
+            capacities,
+            writer,
+            uncached: AtomicBool::new(false),
+        };
+        // A segment not sealed yet whose entries are in memory has no index files to open.
+        if let Some(early) = meta.early.as_ref().filter(|_| !meta.sealed) {
+            return Ok(handle(
+                OnceLock::new(),
+                Some(Arc::clone(early)),
+                (ocap, tcap),
+            ));
+        }
         let index = |path: &Path, cap: u64, used: u64| {
             open_swapping(path, meta.swapping, |p| {
                 let len = fs.file_len(p).map_err(|e| Error::io(p, e))?;
@@ -384,24 +428,25 @@ impl SegmentHandle {
                 map_index(fs, p, len, used, mode)
             })
         };
-        let offset_index = index(
+        let offset = index(
             &index_path(dir, meta.base),
             ocap,
             meta.index_entries * OFFSET_ENTRY as u64,
         )?;
-        let time_index = index(
+        let time = index(
             &time_index_path(dir, meta.base),
             tcap,
             meta.time_entries * TIME_ENTRY as u64,
         )?;
-        Ok(SegmentHandle {
-            log,
-            log_path: lp,
-            offset_index,
-            time_index,
-            writer,
-            uncached: AtomicBool::new(false),
-        })
+        let capacities = (
+            offset.as_ref().map_or(0, |f| f.len() as u64),
+            time.as_ref().map_or(0, |f| f.len() as u64),
+        );
+        Ok(handle(
+            OnceLock::from(IndexFiles { offset, time }),
+            None,
+            capacities,
+        ))
     }
 
     /// Asks `warmer` to fault in the log's next pages ahead of the writer when it nears the end
@@ -469,34 +514,91 @@ impl SegmentHandle {
         self.writer.as_ref().map_or(u64::MAX, |w| w.len() as u64)
     }
 
-    pub(crate) fn offset_entries(&self) -> &[u8] {
-        self.offset_index
-            .as_ref()
-            .map_or(&[], |f| f.committed_bytes())
+    /// The offset index's entries (from its file, or from memory while it has none).
+    pub(crate) fn offset_entries(&self) -> Entries<'_> {
+        match (self.files.get(), &self.early) {
+            (Some(f), _) => Entries::Mapped(f.offset.as_ref().map_or(&[], |f| f.committed_bytes())),
+            (None, Some(early)) => early.offset(),
+            (None, None) => Entries::Mapped(&[]),
+        }
     }
 
-    pub(crate) fn time_entries(&self) -> &[u8] {
-        self.time_index
-            .as_ref()
-            .map_or(&[], |f| f.committed_bytes())
+    /// The time index's entries (from its file, or from memory while it has none).
+    pub(crate) fn time_entries(&self) -> Entries<'_> {
+        match (self.files.get(), &self.early) {
+            (Some(f), _) => Entries::Mapped(f.time.as_ref().map_or(&[], |f| f.committed_bytes())),
+            (None, Some(early)) => early.time(),
+            (None, None) => Entries::Mapped(&[]),
+        }
     }
 
     /// Capacity of the offset index in entries.
     pub(crate) fn offset_capacity(&self) -> u64 {
-        self.offset_index
-            .as_ref()
-            .map_or(0, |f| (f.len() / OFFSET_ENTRY) as u64)
+        self.capacities.0 / OFFSET_ENTRY as u64
     }
 
     pub(crate) fn time_capacity(&self) -> u64 {
-        self.time_index
-            .as_ref()
-            .map_or(0, |f| (f.len() / TIME_ENTRY) as u64)
+        self.capacities.1 / TIME_ENTRY as u64
+    }
+
+    /// Creates the segment's index files with the entries held in memory so far (the next
+    /// entries go to the files), for an append whose entries the memory would not take. On
+    /// failure nothing is left behind and the entries stay in memory. The files' directory
+    /// entries are not synced: like their contents, they matter only to a clean open, which
+    /// finds them after a clean close, and an index missing then is rebuilt from the log.
+    fn create_index_files(&self, fs: &dyn FileSystem, early: &EarlyIndexes) -> Result<()> {
+        let dir = self.log_path.parent().unwrap_or(Path::new(""));
+        let base = self
+            .log_path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("");
+        let paths = [
+            dir.join(format!("{base}.index")),
+            dir.join(format!("{base}.timeindex")),
+        ];
+        let create = |path: &Path, cap: u64, entries: &[u8]| -> Result<Option<MappedFile>> {
+            let mode = MapMode::CreateGrowable {
+                initial: INDEX_INITIAL_BYTES,
+            };
+            let Some(f) = map_index(fs, path, cap, 0, mode)? else {
+                return Ok(None);
+            };
+            f.ensure_allocated(entries.len().min(f.len()))
+                .map_err(|e| Error::io(path, e))?;
+            if !entries.is_empty() && f.append(&[entries]).is_none() {
+                return Err(Error::corrupted(
+                    path,
+                    0,
+                    "index entries exceed the index size",
+                ));
+            }
+            f.commit_all();
+            Ok(Some(f))
+        };
+        let files = create(&paths[0], self.capacities.0, &early.offset()).and_then(|offset| {
+            let time = create(&paths[1], self.capacities.1, &early.time())?;
+            Ok(IndexFiles { offset, time })
+        });
+        match files {
+            Ok(files) => {
+                // Only the partition's appender (under its lock) creates them.
+                let _ = self.files.set(files);
+                Ok(())
+            }
+            Err(e) => {
+                for p in &paths {
+                    let _ = io::remove_if_exists(fs, p);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Appends a batch at `meta.size` and updates `meta` and the indexes.
     pub(crate) fn append(
         &self,
+        fs: &dyn FileSystem,
         meta: &mut SegmentMeta,
         bytes: &[u8],
         h: &BatchHeader,
@@ -504,20 +606,29 @@ impl SegmentHandle {
     ) -> Result<()> {
         let pos = meta.size;
         let indexed = meta.bytes_since_index >= interval || meta.size == 0;
-        // Room for this batch's index entries is allocated before the batch is written, so a
-        // full disk fails the append cleanly instead of leaving the batch unindexed. Only an
-        // append that writes entries asks: the others (23 in 24 at 100 B and the default
-        // interval) do not touch the index files at all, which at 1,024 partitions are cache
-        // misses (BENCHMARKS.md "Segmented fan-out ... compact append path").
+        // Room for this batch's index entries is made before the batch is written (the index
+        // files created once the memory holds enough, blocks allocated), so a full disk fails
+        // the append cleanly instead of leaving the batch unindexed. Only an append that writes
+        // entries asks: the others (23 in 24 at 100 B and the default interval) do not touch
+        // the indexes at all, which at 1,024 partitions are cache misses (BENCHMARKS.md
+        // "Segmented fan-out ... compact append path").
         if indexed {
-            for (idx, entries, unit) in [
-                (&self.offset_index, meta.index_entries, OFFSET_ENTRY),
-                (&self.time_index, meta.time_entries, TIME_ENTRY),
-            ] {
-                if let Some(f) = idx {
-                    let upto = ((entries as usize + 1) * unit).min(f.len());
-                    f.ensure_allocated(upto)
-                        .map_err(|e| Error::io(f.path(), e))?;
+            if let (None, Some(early)) = (self.files.get(), &self.early)
+                && early.full()
+            {
+                self.create_index_files(fs, early)?;
+                meta.early = None;
+            }
+            if let Some(files) = self.files.get() {
+                for (idx, entries, unit) in [
+                    (&files.offset, meta.index_entries, OFFSET_ENTRY),
+                    (&files.time, meta.time_entries, TIME_ENTRY),
+                ] {
+                    if let Some(f) = idx {
+                        let upto = ((entries as usize + 1) * unit).min(f.len());
+                        f.ensure_allocated(upto)
+                            .map_err(|e| Error::io(f.path(), e))?;
+                    }
                 }
             }
         }
@@ -565,22 +676,15 @@ impl SegmentHandle {
         }
         if indexed {
             let rel = (h.last_offset() as u64 - meta.base) as u32;
-            let entry = index::offset_entry(rel, pos as u32);
-            if let Some(idx) = self.offset_index.as_ref().filter(|_| meta.size > 0)
-                && idx.append(&[&entry]).is_some()
+            if meta.size > 0
+                && self.push_entry(Index::Offset, &index::offset_entry(rel, pos as u32))
             {
-                idx.commit_all();
                 meta.index_entries += 1;
             }
             meta.bytes_since_index = 0;
-            let entry = index::time_entry(h.max_timestamp, rel);
-            if let Some(idx) = self
-                .time_index
-                .as_ref()
-                .filter(|_| h.max_timestamp > meta.last_time_indexed)
-                && idx.append(&[&entry]).is_some()
+            if h.max_timestamp > meta.last_time_indexed
+                && self.push_entry(Index::Time, &index::time_entry(h.max_timestamp, rel))
             {
-                idx.commit_all();
                 meta.time_entries += 1;
                 meta.last_time_indexed = h.max_timestamp;
             }
@@ -597,33 +701,61 @@ impl SegmentHandle {
     /// segment ends in its max timestamp even before the seal trims it. The writer keeps one
     /// slot free for it.
     pub(crate) fn append_final_time_entry(&self, meta: &mut SegmentMeta) -> Result<()> {
-        let Some(idx) = &self.time_index else {
-            return Ok(());
-        };
         if meta.max_timestamp <= meta.last_time_indexed || meta.next_offset <= meta.base {
             return Ok(());
         }
         let Ok(rel) = u32::try_from(meta.next_offset - 1 - meta.base) else {
             return Ok(());
         };
-        let upto = ((meta.time_entries as usize + 1) * TIME_ENTRY).min(idx.len());
-        idx.ensure_allocated(upto)
-            .map_err(|e| Error::io(idx.path(), e))?;
-        if idx
-            .append(&[&index::time_entry(meta.max_timestamp, rel)])
-            .is_some()
-        {
-            idx.commit_all();
+        // In memory (one entry past the early limit, see `EarlyIndexes`), or in the file.
+        if let Some(Some(idx)) = self.files.get().map(|f| &f.time) {
+            let upto = ((meta.time_entries as usize + 1) * TIME_ENTRY).min(idx.len());
+            idx.ensure_allocated(upto)
+                .map_err(|e| Error::io(idx.path(), e))?;
+        }
+        if self.push_entry(Index::Time, &index::time_entry(meta.max_timestamp, rel)) {
             meta.time_entries += 1;
             meta.last_time_indexed = meta.max_timestamp;
         }
         Ok(())
     }
 
-    /// Makes the index entries durable (msync). Only a clean close needs this: a clean open
-    /// trusts the active segment's indexes, an unclean one rebuilds them.
+    /// Adds an entry to the offset or time index, in its file or in memory; `false` if it has
+    /// no room (a full file: the segment rolls before that, see `index_capacities`).
+    fn push_entry(&self, which: Index, entry: &[u8]) -> bool {
+        match (self.files.get(), &self.early) {
+            (Some(files), _) => {
+                let f = match which {
+                    Index::Offset => &files.offset,
+                    Index::Time => &files.time,
+                };
+                match f {
+                    Some(f) if f.append(&[entry]).is_some() => {
+                        f.commit_all();
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            (None, Some(early)) => {
+                match which {
+                    Index::Offset => early.push_offset(entry),
+                    Index::Time => early.push_time(entry),
+                }
+                true
+            }
+            (None, None) => false,
+        }
+    }
+
+    /// Makes the index files' entries durable (msync). Only a clean close needs this: a clean
+    /// open trusts the active segment's indexes, an unclean one rebuilds them. Entries held in
+    /// memory have no file: the next open scans the (small) segment for them.
     pub(crate) fn sync_indexes(&self) -> Result<()> {
-        for f in [&self.offset_index, &self.time_index].into_iter().flatten() {
+        let Some(files) = self.files.get() else {
+            return Ok(());
+        };
+        for f in [&files.offset, &files.time].into_iter().flatten() {
             f.flush(f.committed()).map_err(|e| Error::io(f.path(), e))?;
         }
         Ok(())
@@ -729,13 +861,13 @@ pub(crate) fn seal(
     // segment's length as its size.
     handle.trim_log(fs, meta.size, true)?;
     let time = sealed_time_entries(
-        handle.time_entries(),
+        &handle.time_entries(),
         meta.base,
         meta.max_timestamp,
         meta.next_offset,
     );
     for (path, entries) in [
-        (index_path(dir, meta.base), handle.offset_entries()),
+        (index_path(dir, meta.base), &handle.offset_entries()[..]),
         (time_index_path(dir, meta.base), &time[..]),
     ] {
         io::write_atomic(fs, &path, entries).map_err(|e| Error::io(&path, e))?;

@@ -251,3 +251,102 @@ fn a_failed_index_file_creation_fails_the_append_cleanly() {
         store.close().unwrap();
     }
 }
+
+/// Appends to more partitions than the handle cache holds (every round evicts and reopens
+/// handles, promotes entries to files, rolls and seals) while readers read by offset and by
+/// time and `verify` runs: every read returns the record it asked for.
+#[test]
+fn reads_and_verify_race_promotion_eviction_and_rolls() {
+    use std::time::{Duration, Instant};
+    const PARTS: u32 = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let o = StoreOptions {
+        max_open_files: 2,
+        segmented: SegmentedOptions {
+            segment_bytes: 16 << 10,
+            index_interval_bytes: 1,
+            ..opts().segmented
+        },
+        ..opts()
+    };
+    let store: Arc<dyn LogStore> = Arc::from(duolog::open(dir.path(), o.clone()).unwrap());
+    store
+        .create_topic("t", TopicConfig::with_partitions(PARTS))
+        .unwrap();
+    let ends: Arc<Vec<AtomicUsize>> = Arc::new((0..PARTS).map(|_| AtomicUsize::new(0)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for r in 0..3u64 {
+        let (store, ends, stop) = (Arc::clone(&store), Arc::clone(&ends), Arc::clone(&stop));
+        readers.push(std::thread::spawn(move || {
+            let mut x = r * 7919 + 1;
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let p = (x % u64::from(PARTS)) as u32;
+                let end = ends[p as usize].load(Ordering::SeqCst) as u64;
+                if end == 0 {
+                    continue;
+                }
+                let at = (x >> 8) % end;
+                let recs = store
+                    .read("t", p, at, ReadLimits::messages(3))
+                    .unwrap_or_else(|e| panic!("read {p}@{at}: {e}"));
+                assert!(!recs.is_empty(), "nothing at {p}@{at} below {end}");
+                for rec in &recs {
+                    assert_eq!(
+                        rec.body(),
+                        format!("p{p}-{}-{:0200}", rec.offset(), 0).as_bytes(),
+                        "{p}@{at}"
+                    );
+                }
+                assert_eq!(recs[0].offset(), at);
+                let ts = recs[0].store_timestamp();
+                let found = store
+                    .offset_for_time("t", p, ts)
+                    .unwrap_or_else(|e| panic!("time {p}@{at}: {e}"))
+                    .expect("a record at that time");
+                assert!(found <= at, "time of {p}@{at} found {found}");
+                n += 1;
+                if n % 500 == 0 {
+                    let rep = store.verify().unwrap();
+                    assert!(rep.is_ok(), "{:?}", rep.problems);
+                }
+            }
+            n
+        }));
+    }
+    let t0 = Instant::now();
+    let mut i = 0u64;
+    while t0.elapsed() < Duration::from_secs(6) {
+        for p in 0..PARTS {
+            let off = ends[p as usize].load(Ordering::SeqCst);
+            let r = store
+                .append("t", p, &[Message::new(format!("p{p}-{off}-{:0200}", 0))])
+                .unwrap();
+            assert_eq!(r.base_offset, off as u64);
+            ends[p as usize].store(off + 1, Ordering::SeqCst);
+        }
+        i += 1;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let reads: u64 = readers.into_iter().map(|h| h.join().unwrap()).sum();
+    eprintln!("{i} rounds, {reads} reads");
+    let rep = store.verify().unwrap();
+    assert!(rep.is_ok(), "{:?}", rep.problems);
+    store.close().unwrap();
+    drop(store);
+    let store = duolog::open(dir.path(), o).unwrap();
+    for p in 0..PARTS {
+        let end = ends[p as usize].load(Ordering::SeqCst) as u64;
+        assert_eq!(store.bounds("t", p).unwrap().end, end);
+        for at in (0..end).step_by(7) {
+            let r = store.read("t", p, at, ReadLimits::messages(1)).unwrap();
+            assert_eq!(r[0].body(), format!("p{p}-{at}-{:0200}", 0).as_bytes());
+        }
+    }
+    let rep = store.verify().unwrap();
+    assert!(rep.is_ok(), "{:?}", rep.problems);
+}

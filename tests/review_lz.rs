@@ -61,7 +61,6 @@ fn write_at(path: &Path, pos: u64, bytes: &[u8]) {
 /// stops at the unparsable header and truncates the log there, durably: 237 intact,
 /// acknowledged records after the damaged batch are gone.
 #[test]
-#[ignore = "review lz: a clean open of a segment without index files truncates at a damaged header mid-segment, dropping intact acknowledged records"]
 fn clean_open_of_an_early_segment_does_not_truncate_at_mid_segment_header_damage() {
     let dir = tempfile::tempdir().unwrap();
     let o = StoreOptions {
@@ -115,7 +114,6 @@ fn clean_open_of_an_early_segment_does_not_truncate_at_mid_segment_header_damage
 /// entries were in memory has no index to resume from: the open validates from position 0,
 /// stops at the damaged header and truncates everything after it.
 #[test]
-#[ignore = "review lz: after a crash, header damage below the recovery point in a segment without index files truncates durable records"]
 fn unclean_open_of_an_early_segment_keeps_durable_records_past_header_damage() {
     let dir = tempfile::tempdir().unwrap();
     let o = StoreOptions {
@@ -216,7 +214,11 @@ fn a_failed_index_file_creation_fails_the_append_cleanly() {
         hooks.armed.store(false, Ordering::SeqCst);
         assert!(err.is_some(), "{ext}: no append created the index files");
         assert!(hooks.failed.load(Ordering::SeqCst) > 0);
-        assert_eq!(store.bounds("t", 0).unwrap().end, n, "{ext}: nothing written");
+        assert_eq!(
+            store.bounds("t", 0).unwrap().end,
+            n,
+            "{ext}: nothing written"
+        );
         assert!(segment_files(dir.path(), "index").is_empty(), "{ext}");
         assert!(segment_files(dir.path(), "timeindex").is_empty(), "{ext}");
         for _ in 0..40 {

@@ -262,17 +262,12 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
                 .map_err(|e| Error::io(&lp, e))?;
             let trust_tail = spec.clean && have_indexes && last;
             // The active segment of a clean shutdown with its index entries held in memory (see
-            // `early_index`): trusted like one with index files, its batch headers walked for
-            // the entries.
+            // `early_index`): validated (it is small), its damage stepped over, not cut.
             let early_tail = spec.clean && !have_indexes && last;
             let scan = if trust_tail {
                 None
             } else {
-                let trusted_below = match (early_tail, spec.clean) {
-                    (true, _) => u64::MAX,
-                    (false, true) => 0,
-                    (false, false) => spec.recovery_point,
-                };
+                let trusted_below = if spec.clean { 0 } else { spec.recovery_point };
                 // After a crash, skip the part of the segment below the recovery point using
                 // its offset index as (checked) hints; otherwise validate from the start.
                 let resume = if trusted_below > base && have_indexes {
@@ -289,15 +284,41 @@ pub(crate) fn load(ctx: &Ctx, spec: LoadSpec<'_>) -> Result<Partition> {
                 } else {
                     None
                 };
-                Some(segment::scan_from(
-                    log.as_ref(),
-                    base,
-                    size,
-                    o.index_interval_bytes,
-                    o.max_index_bytes,
-                    trusted_below,
-                    resume.unwrap_or_else(|| segment::ScanResult::start(base)),
-                ))
+                // Without index files (entries held in memory) there is nothing to resume from:
+                // damage in data known good (a clean shutdown's, or below the recovery point)
+                // is stepped over rather than cut, as a resumed scan never reaches it.
+                // After a clean shutdown its recovery point is the partition's end (if it was
+                // recorded), and no batch holds offsets past the next segment's base.
+                let next_base = bases.get(i + 1).copied().unwrap_or(u64::MAX);
+                let keep_below = match (have_indexes, spec.clean) {
+                    (true, _) => None,
+                    (false, true) if spec.recovery_point > base => Some(spec.recovery_point),
+                    (false, true) => Some(u64::MAX),
+                    (false, false) => Some(spec.recovery_point),
+                };
+                Some(match (resume, keep_below) {
+                    (None, Some(keep_below)) => segment::scan_keeping(
+                        log.as_ref(),
+                        base,
+                        size,
+                        o.index_interval_bytes,
+                        o.max_index_bytes,
+                        keep_below,
+                        match spec.clean {
+                            true => keep_below.min(next_base),
+                            false => next_base,
+                        },
+                    ),
+                    (resume, _) => segment::scan_from(
+                        log.as_ref(),
+                        base,
+                        size,
+                        o.index_interval_bytes,
+                        o.max_index_bytes,
+                        trusted_below,
+                        resume.unwrap_or_else(|| segment::ScanResult::start(base)),
+                    ),
+                })
             };
             match scan {
                 Some(scan) => {

@@ -1033,6 +1033,94 @@ pub(crate) fn scan_from(
     r
 }
 
+/// Validates a segment that has no index to resume from (its entries were held in memory, see
+/// `early_index`) and rebuilds its entries, like [`scan`] with every batch checksummed and no
+/// batch holding offsets from `limit` on (the partition's known end, or the next segment's
+/// base: a base offset damaged upwards lies outside the batch CRC). A batch that fails while
+/// the offsets reached are below `keep_below` (data known good: a clean shutdown's, or durable
+/// below a crash's recovery point) does not end the scan: it goes on at the next whole,
+/// checksummed batch after it that starts below `keep_below`, and the damaged bytes stay in the
+/// log, reported as corrupt to whoever reads them, as they are in a segment whose open resumes
+/// at an index entry past them. Otherwise the scan stops at the first bad batch, as [`scan`]
+/// does.
+pub(crate) fn scan_keeping(
+    log: &dyn StorageFile,
+    base: u64,
+    file_len: u64,
+    interval: u64,
+    max_index_bytes: u64,
+    keep_below: u64,
+    limit: u64,
+) -> ScanResult {
+    let mut r = ScanResult::start(base);
+    let mut buf = Vec::new();
+    let mut pos = 0;
+    let mut whole_at = |pos: u64, next: u64, below: u64| -> Option<BatchHeader> {
+        read_header(log, pos, file_len).ok().filter(|h| {
+            h.base_offset >= 0
+                && h.base_offset as u64 >= next
+                && h.last_offset() >= h.base_offset
+                && (h.last_offset() as u64) < limit
+                && (h.base_offset as u64) < below
+                && h.last_offset() as u64 - base <= u64::from(u32::MAX)
+                && {
+                    buf.resize(h.total_len(), 0);
+                    io::read_exact_at(log, &mut buf, pos).is_ok()
+                        && batch::check_batch(&buf).is_ok()
+                }
+        })
+    };
+    loop {
+        if let Some(h) = whole_at(pos, r.next_offset, u64::MAX) {
+            r.add_batch(pos, &h, base, interval, max_index_bytes);
+            pos = r.valid_size;
+            continue;
+        }
+        if pos >= file_len || r.next_offset >= keep_below {
+            return r;
+        }
+        // The next whole batch that starts in the known-good range.
+        let next = r.next_offset;
+        let Some((at, h)) =
+            first_header_after(log, pos + 1, file_len, |at| whole_at(at, next, keep_below))
+        else {
+            return r;
+        };
+        // The damaged bytes count as written since the last entry.
+        r.bytes_since_index += at - pos;
+        r.add_batch(at, &h, base, interval, max_index_bytes);
+        pos = r.valid_size;
+    }
+}
+
+/// The first position from `from` on where a batch header parses and `take` accepts the batch
+/// there, with what it returned. The log is read in chunks of 1 MiB; `take` runs only where a
+/// header parses.
+fn first_header_after(
+    log: &dyn StorageFile,
+    from: u64,
+    file_len: u64,
+    mut take: impl FnMut(u64) -> Option<BatchHeader>,
+) -> Option<(u64, BatchHeader)> {
+    const CHUNK: u64 = 1 << 20;
+    let mut chunk = Vec::new();
+    let mut at = from;
+    while at + HEADER_LEN as u64 <= file_len {
+        let n = (file_len - at).min(CHUNK + HEADER_LEN as u64) as usize;
+        chunk.resize(n, 0);
+        io::read_exact_at(log, &mut chunk, at).ok()?;
+        for i in 0..=n - HEADER_LEN {
+            if batch::parse_header(&chunk[i..i + HEADER_LEN]).is_ok()
+                && let Some(h) = take(at + i as u64)
+            {
+                return Some((at + i as u64, h));
+            }
+        }
+        at += (n - HEADER_LEN + 1) as u64;
+    }
+    None
+}
+
 impl ScanResult {
     /// Takes one valid batch at `pos` (the end of what was taken so far) into the state, with
     /// the writer's index rule: an offset entry once `interval` bytes were written since the

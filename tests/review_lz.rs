@@ -312,7 +312,7 @@ fn reads_and_verify_race_promotion_eviction_and_rolls() {
                     .expect("a record at that time");
                 assert!(found <= at, "time of {p}@{at} found {found}");
                 n += 1;
-                if n % 500 == 0 {
+                if n.is_multiple_of(500) {
                     let rep = store.verify().unwrap();
                     assert!(rep.is_ok(), "{:?}", rep.problems);
                 }

@@ -563,3 +563,97 @@ fn resumed_recovery_rebuilds_the_same_indexes_as_a_full_scan() {
         assert!(a == b, "{ext} differs between resumed and full recovery");
     }
 }
+
+/// `n` batches of 3 records in one segment, cleanly closed: its index entries are held in
+/// memory, so it has no index files.
+fn fill_closed(dir: &Path, n: usize, o: &StoreOptions) {
+    let store = SegmentedStore::open(dir, o.clone()).unwrap();
+    store.create_topic("t", TopicConfig::default()).unwrap();
+    for i in 0..n {
+        let batch: Vec<Message> = (0..3)
+            .map(|j| Message::new(format!("m-{i}-{j}")).with_key(format!("k{i}")))
+            .collect();
+        store.append("t", 0, &batch).unwrap();
+    }
+    store.close().unwrap();
+}
+
+/// [`opts`] with segments of 1 MiB.
+fn one_segment() -> StoreOptions {
+    StoreOptions {
+        segmented: SegmentedOptions {
+            segment_bytes: 1 << 20,
+            ..opts().segmented
+        },
+        ..opts()
+    }
+}
+
+/// A clean close of a small active segment (its index entries in memory, no index files), then
+/// one damaged byte in the header of a batch in the middle of it (the magic byte of batch 21).
+/// Before this change the segment had index files and a clean open trusted it up to its last
+/// index entry (`trust_tail`: `scan_tail` checks only the batches past that entry), so the
+/// damage was found when read and nothing was dropped (as `segmented_recovery.rs`
+/// `clean_shutdown_marker_skips_recovery_even_with_recovery_point_zero` pins for damage in the
+/// timestamp). Now the clean open walks the batch headers from position 0 (`early_tail`),
+/// stops at the unparsable header and truncates the log there, durably: 237 intact,
+/// acknowledged records after the damaged batch are gone.
+#[test]
+fn clean_open_of_an_early_segment_does_not_truncate_at_mid_segment_header_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = one_segment();
+    fill_closed(dir.path(), 100, &o);
+    assert!(
+        segment_files(dir.path(), "index").is_empty(),
+        "the segment's entries were held in memory (no .index)"
+    );
+    let log = segment_files(dir.path(), "log").pop().unwrap();
+    let len = std::fs::metadata(&log).unwrap().len();
+    let ends = batch_ends(&log);
+    assert_eq!(ends.len(), 100);
+    // The magic byte (offset 16 of the header) of the batch holding offsets 63..=65.
+    write_at(&log, ends[20].0 as u64 + 16, b"\x07");
+    let s = SegmentedStore::open(dir.path(), o.clone()).unwrap();
+    let end = s.bounds("t", 0).unwrap().end;
+    let now = std::fs::metadata(&log).unwrap().len();
+    assert_eq!(
+        (end, now),
+        (300, len),
+        "a clean open dropped the records after a damaged batch header (log cut from {len} to \
+         {now} bytes)"
+    );
+    // The damage is found when read, never returned.
+    assert!(matches!(
+        s.read("t", 0, 63, ReadLimits::default()),
+        Err(Error::Corrupted { .. })
+    ));
+}
+
+/// The same damage after a crash, below the recovery point: before this change the open
+/// resumed validating at the offset index entry below the recovery point (`resume_state`), so
+/// the durable, acknowledged records past the damaged header stayed (the recovery-point case
+/// of `clean_shutdown_marker_skips_recovery_even_with_recovery_point_zero`). A segment whose
+/// entries were in memory has no index to resume from: the open validates from position 0,
+/// stops at the damaged header and truncates everything after it.
+#[test]
+fn unclean_open_of_an_early_segment_keeps_durable_records_past_header_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = one_segment();
+    fill_closed(dir.path(), 100, &o);
+    {
+        // A clean open records its end (300) as the recovery point; then a crash.
+        let s = SegmentedStore::open(dir.path(), o.clone()).unwrap();
+        assert_eq!(s.bounds("t", 0).unwrap().end, 300);
+        s.abandon();
+    }
+    assert!(segment_files(dir.path(), "index").is_empty());
+    let log = segment_files(dir.path(), "log").pop().unwrap();
+    let ends = batch_ends(&log);
+    write_at(&log, ends[20].0 as u64 + 16, b"\x07");
+    let s = SegmentedStore::open(dir.path(), o).unwrap();
+    assert_eq!(
+        s.bounds("t", 0).unwrap().end,
+        300,
+        "durable records below the recovery point were truncated"
+    );
+}

@@ -34,9 +34,9 @@ fn segment_files(dir: &Path, ext: &str) -> Vec<PathBuf> {
     v
 }
 
-/// Appends `n` batches of 3 records; returns each batch's (first offset, end position in the
-/// active log file) — positions only meaningful while one segment holds them.
-fn fill(dir: &Path, n: usize, o: &StoreOptions) {
+/// A store with `n` batches of 3 records appended to `t`-0 (`m-<batch>-<record>`, key
+/// `k<batch>`).
+fn filled(dir: &Path, n: usize, o: &StoreOptions) -> SegmentedStore {
     let store = SegmentedStore::open(dir, o.clone()).unwrap();
     store.create_topic("t", TopicConfig::default()).unwrap();
     for i in 0..n {
@@ -45,6 +45,12 @@ fn fill(dir: &Path, n: usize, o: &StoreOptions) {
             .collect();
         store.append("t", 0, &batch).unwrap();
     }
+    store
+}
+
+/// Appends `n` batches of 3 records, syncs, then stops as a crash would.
+fn fill(dir: &Path, n: usize, o: &StoreOptions) {
+    let store = filled(dir, n, o);
     store.sync().unwrap();
     store.abandon();
 }
@@ -567,15 +573,7 @@ fn resumed_recovery_rebuilds_the_same_indexes_as_a_full_scan() {
 /// `n` batches of 3 records in one segment, cleanly closed: its index entries are held in
 /// memory, so it has no index files.
 fn fill_closed(dir: &Path, n: usize, o: &StoreOptions) {
-    let store = SegmentedStore::open(dir, o.clone()).unwrap();
-    store.create_topic("t", TopicConfig::default()).unwrap();
-    for i in 0..n {
-        let batch: Vec<Message> = (0..3)
-            .map(|j| Message::new(format!("m-{i}-{j}")).with_key(format!("k{i}")))
-            .collect();
-        store.append("t", 0, &batch).unwrap();
-    }
-    store.close().unwrap();
+    filled(dir, n, o).close().unwrap();
 }
 
 /// [`opts`] with segments of 1 MiB.

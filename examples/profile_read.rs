@@ -6,7 +6,9 @@
 //! them from the start `rounds` times (default 10) in fetches of at most 8,192 messages / 1 MiB,
 //! and prints the rate over the thread's CPU time (the machine is shared: wall time is noise).
 //! `timed loop starts` goes to stderr before the read loop, for `perf record -D`. An engine name
-//! ending in `-read_with` reads through `LogStore::read_with` (the borrowed visitor) instead.
+//! ending in `-read_with` reads through `LogStore::read_with` (the borrowed visitor) instead;
+//! one ending in `-random` reads `rounds` single messages at pseudo-random offsets instead
+//! (`read/random` of the read bench: `ReadLimits::messages(1)`).
 
 use std::time::Instant;
 
@@ -30,7 +32,11 @@ fn main() -> duolog::Result<()> {
     let mut args = std::env::args().skip(1);
     let name = args.next().unwrap_or_default();
     let visiting = name.ends_with("-read_with");
-    let engine = match name.trim_end_matches("-read_with") {
+    let random = name.ends_with("-random");
+    let engine = match name
+        .trim_end_matches("-read_with")
+        .trim_end_matches("-random")
+    {
         "segmented" => EngineKind::Segmented,
         _ => EngineKind::CommitLog,
     };
@@ -64,6 +70,19 @@ fn main() -> duolog::Result<()> {
     let (wall, cpu) = (Instant::now(), thread_cpu());
     let mut n = 0u64;
     let mut sum = 0usize;
+    if random {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..rounds {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let records = store.read("bench", 0, x % messages, ReadLimits::messages(1))?;
+            sum += records.iter().map(|r| r.body().len()).sum::<usize>();
+            n += records.len() as u64;
+        }
+        report(n, sum, cpu, wall);
+        return Ok(());
+    }
     for _ in 0..rounds {
         let mut at = 0;
         while at < messages && visiting {

@@ -672,13 +672,16 @@ impl MappedFile {
         }
     }
 
-    /// A reader read at `pos`: with [`Self::release_written_behind`] on, the pages it (and any
+    /// A reader is at `pos`: with [`Self::release_written_behind`] on, the pages it (and any
     /// reader before it) mapped again below the writer's released end leave the process once
     /// it is `keep` bytes past them, in whole steps, so reading a whole log back holds no more
     /// resident than writing it. A reader that moved back makes the next release start from
     /// its position. Releasing pages another reader is still on only costs it minor faults;
-    /// the bytes are immutable, and bytes handed out keep their mapping.
-    fn note_read(&self, pos: usize) {
+    /// the bytes are immutable, and bytes handed out keep their mapping. Called by
+    /// [`Self::read`] and [`Self::published_bytes`] at the start of what they return; a reader
+    /// walking a long span it took in one piece calls it as it goes, so the pages it has passed
+    /// leave behind it within the span too.
+    pub fn note_read(&self, pos: usize) {
         if !self.release_written.load(Ordering::Relaxed) {
             return;
         }

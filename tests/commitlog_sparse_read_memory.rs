@@ -1,0 +1,177 @@
+//! A partition whose records are sparse in the commit log (a quiet topic in a busy store) is
+//! read back without mapping the log between its records: resident memory stays within the
+//! documented release bound, not in proportion to the span of log the read crosses. Before: a
+//! fetch sliced one span of the mapped log covering all its records, so every record's page
+//! (and the kernel's fault-around of up to 64 KiB about it) stayed resident while the records
+//! were held — 475 MB in the delay bench's read of 100,000 delivered messages interleaved
+//! with 3.5 M messages of load (BENCHMARKS.md, "Full re-run after issue 16 (session 12)").
+//!
+//! Its own test binary: it reads the process's own mappings from `/proc/self/smaps`.
+
+mod common;
+
+use std::ops::ControlFlow;
+
+use common::memory::resident_in;
+use duolog::{EngineKind, LogStore, Message, ReadLimits, StoreOptions, TopicConfig};
+
+/// Quiet records, each after 32 KiB of the busy topic's messages.
+const QUIET: u64 = 3_000;
+
+fn sparse_store(dir: &std::path::Path) -> Box<dyn LogStore> {
+    let store = duolog::open(
+        dir,
+        StoreOptions {
+            engine: Some(EngineKind::CommitLog),
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    store.create_topic("busy", TopicConfig::default()).unwrap();
+    store.create_topic("quiet", TopicConfig::default()).unwrap();
+    let busy: Vec<Message> = (0..32).map(|_| Message::new(vec![b'b'; 1000])).collect();
+    for i in 0..QUIET {
+        store.append("busy", 0, &busy).unwrap();
+        let mut body = vec![b'q'; 100];
+        body[..8].copy_from_slice(&i.to_be_bytes());
+        store
+            .append("quiet", 0, &[Message::new(body).with_tags("q")])
+            .unwrap();
+    }
+    store.sync().unwrap();
+    store
+}
+
+/// Bytes of the commit log's mappings resident now.
+fn log_resident(dir: &std::path::Path) -> u64 {
+    resident_in(&dir.join("commitlog"), "")
+}
+
+/// The writer's own window (warm-up ahead, kept behind) is resident before the read; the read
+/// may add its keep and step behind the reader (2 MiB + 1 MiB) and a fault-around or two.
+const READ_ALLOWANCE: u64 = 4 << 20;
+
+#[test]
+fn a_fetch_of_records_sparse_in_the_log_keeps_no_more_of_it_resident_than_the_release_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sparse_store(dir.path());
+    let before = log_resident(dir.path());
+    let records = store
+        .read(
+            "quiet",
+            0,
+            0,
+            ReadLimits {
+                max_messages: QUIET as usize,
+                max_bytes: 16 << 20,
+                ..ReadLimits::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(records.len() as u64, QUIET);
+    // Held and touched, as a consumer does.
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.offset(), i as u64);
+        assert_eq!(&r.body()[..8], &(i as u64).to_be_bytes());
+    }
+    let after = log_resident(dir.path());
+    eprintln!(
+        "commit log resident: {} KiB before the read, {} KiB after ({} records over {} MiB of log)",
+        before >> 10,
+        after >> 10,
+        QUIET,
+        (QUIET * 33 * 1024) >> 20
+    );
+    assert!(
+        after <= before + READ_ALLOWANCE,
+        "the read left {} KiB of commit log resident (was {} KiB)",
+        after >> 10,
+        before >> 10
+    );
+    drop(records);
+}
+
+#[test]
+fn a_visiting_read_of_sparse_records_keeps_no_more_of_the_log_resident_than_the_release_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sparse_store(dir.path());
+    let before = log_resident(dir.path());
+    let mut seen = 0u64;
+    let mut peak = 0u64;
+    let mut at = 0;
+    while at < QUIET {
+        let p = store
+            .read_with(
+                "quiet",
+                0,
+                at,
+                ReadLimits {
+                    max_messages: QUIET as usize,
+                    max_bytes: 16 << 20,
+                    ..ReadLimits::default()
+                },
+                &mut |r| {
+                    assert_eq!(&r.body()[..8], &seen.to_be_bytes());
+                    seen += 1;
+                    if seen.is_multiple_of(500) {
+                        peak = peak.max(log_resident(dir.path()));
+                    }
+                    ControlFlow::Continue(())
+                },
+            )
+            .unwrap();
+        at = p.next_offset;
+    }
+    assert_eq!(seen, QUIET);
+    let after = log_resident(dir.path());
+    eprintln!(
+        "commit log resident: {} KiB before, peak {} KiB during the visit, {} KiB after",
+        before >> 10,
+        peak >> 10,
+        after >> 10
+    );
+    assert!(
+        peak.max(after) <= before + READ_ALLOWANCE,
+        "the visit held {} KiB of commit log resident (was {} KiB)",
+        peak.max(after) >> 10,
+        before >> 10
+    );
+}
+
+#[test]
+fn a_tag_filtered_read_of_sparse_records_keeps_no_more_of_the_log_resident_than_the_release_bound()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let store = sparse_store(dir.path());
+    let before = log_resident(dir.path());
+    let read = store
+        .read_tagged(
+            "quiet",
+            0,
+            0,
+            ReadLimits {
+                max_messages: QUIET as usize,
+                max_bytes: 16 << 20,
+                ..ReadLimits::default()
+            },
+            &["q".to_owned()],
+        )
+        .unwrap();
+    assert_eq!(read.records.len() as u64, QUIET);
+    for (i, r) in read.records.iter().enumerate() {
+        assert_eq!(r.offset(), i as u64);
+        assert_eq!(&r.body()[..8], &(i as u64).to_be_bytes());
+    }
+    let after = log_resident(dir.path());
+    eprintln!(
+        "commit log resident: {} KiB before the tagged read, {} KiB after",
+        before >> 10,
+        after >> 10
+    );
+    assert!(
+        after <= before + READ_ALLOWANCE,
+        "the tagged read left {} KiB of commit log resident (was {} KiB)",
+        after >> 10,
+        before >> 10
+    );
+}

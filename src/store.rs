@@ -405,9 +405,10 @@ impl fmt::Debug for Properties {
 /// What a reader gets back: the message as appended plus where and when it was stored.
 ///
 /// Byte fields are slices of a shared buffer — on the CommitLog engine the mapped log file itself
-/// (zero-copy), on the segmented engine the active segment's mapping or one buffer per chunk of
-/// a sealed segment read — so a record costs no allocation of its own, and one reference to
-/// that buffer (its fields are spans of it). A record keeps that buffer alive: one held after
+/// (zero-copy), or one buffer per read for records that lie sparse in the shared log (a quiet
+/// partition in a busy store); on the segmented engine the active segment's mapping or one
+/// buffer per chunk of a sealed segment read — so a record costs no allocation of its own, and
+/// one reference to that buffer (its fields are spans of it). A record keeps that buffer alive: one held after
 /// retention deleted its file keeps the file's mapping (not its directory entry) until dropped.
 #[derive(Clone)]
 pub struct Record {

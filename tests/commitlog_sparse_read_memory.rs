@@ -1,10 +1,11 @@
 //! A partition whose records are sparse in the commit log (a quiet topic in a busy store) is
 //! read back without mapping the log between its records: resident memory stays within the
 //! documented release bound, not in proportion to the span of log the read crosses. Before: a
-//! fetch sliced one span of the mapped log covering all its records, so every record's page
-//! (and the kernel's fault-around of up to 64 KiB about it) stayed resident while the records
-//! were held — 475 MB in the delay bench's read of 100,000 delivered messages interleaved
-//! with 3.5 M messages of load (BENCHMARKS.md, "Full re-run after issue 16 (session 12)").
+//! fetch sliced one span of the mapped log covering all its records and told the file where it
+//! was only at the span's start, so every record's page the read or its caller touched (and the
+//! kernel's fault-around of up to 64 KiB about it) stayed mapped until a later read released
+//! it — 475 MB in the delay bench's read of 100,000 delivered messages interleaved with 3.5 M
+//! messages of load (BENCHMARKS.md, "Full re-run after issue 16 (session 12)").
 //!
 //! Its own test binary: it reads the process's own mappings from `/proc/self/smaps`.
 
@@ -17,6 +18,15 @@ use duolog::{EngineKind, LogStore, Message, ReadLimits, StoreOptions, TopicConfi
 
 /// Quiet records, each after 32 KiB of the busy topic's messages.
 const QUIET: u64 = 3_000;
+
+/// Every quiet record in one read.
+fn all_quiet() -> ReadLimits {
+    ReadLimits {
+        max_messages: QUIET as usize,
+        max_bytes: 16 << 20,
+        ..ReadLimits::default()
+    }
+}
 
 fn sparse_store(dir: &std::path::Path) -> Box<dyn LogStore> {
     let store = duolog::open(
@@ -56,18 +66,7 @@ fn a_fetch_of_records_sparse_in_the_log_keeps_no_more_of_it_resident_than_the_re
     let dir = tempfile::tempdir().unwrap();
     let store = sparse_store(dir.path());
     let before = log_resident(dir.path());
-    let records = store
-        .read(
-            "quiet",
-            0,
-            0,
-            ReadLimits {
-                max_messages: QUIET as usize,
-                max_bytes: 16 << 20,
-                ..ReadLimits::default()
-            },
-        )
-        .unwrap();
+    let records = store.read("quiet", 0, 0, all_quiet()).unwrap();
     assert_eq!(records.len() as u64, QUIET);
     // Held and touched, as a consumer does.
     for (i, r) in records.iter().enumerate() {
@@ -101,24 +100,14 @@ fn a_visiting_read_of_sparse_records_keeps_no_more_of_the_log_resident_than_the_
     let mut at = 0;
     while at < QUIET {
         let p = store
-            .read_with(
-                "quiet",
-                0,
-                at,
-                ReadLimits {
-                    max_messages: QUIET as usize,
-                    max_bytes: 16 << 20,
-                    ..ReadLimits::default()
-                },
-                &mut |r| {
-                    assert_eq!(&r.body()[..8], &seen.to_be_bytes());
-                    seen += 1;
-                    if seen.is_multiple_of(500) {
-                        peak = peak.max(log_resident(dir.path()));
-                    }
-                    ControlFlow::Continue(())
-                },
-            )
+            .read_with("quiet", 0, at, all_quiet(), &mut |r| {
+                assert_eq!(&r.body()[..8], &seen.to_be_bytes());
+                seen += 1;
+                if seen.is_multiple_of(500) {
+                    peak = peak.max(log_resident(dir.path()));
+                }
+                ControlFlow::Continue(())
+            })
             .unwrap();
         at = p.next_offset;
     }
@@ -145,17 +134,7 @@ fn a_tag_filtered_read_of_sparse_records_keeps_no_more_of_the_log_resident_than_
     let store = sparse_store(dir.path());
     let before = log_resident(dir.path());
     let read = store
-        .read_tagged(
-            "quiet",
-            0,
-            0,
-            ReadLimits {
-                max_messages: QUIET as usize,
-                max_bytes: 16 << 20,
-                ..ReadLimits::default()
-            },
-            &["q".to_owned()],
-        )
+        .read_tagged("quiet", 0, 0, all_quiet(), &["q".to_owned()])
         .unwrap();
     assert_eq!(read.records.len() as u64, QUIET);
     for (i, r) in read.records.iter().enumerate() {

@@ -1,4 +1,5 @@
-//! The read path: consume-queue units → zero-copy slices of the mapped commit-log files.
+//! The read path: consume-queue units → zero-copy slices of the mapped commit-log files, or,
+//! for records sparse in the log, copies of them (see [`SPARSE_FACTOR`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -295,14 +296,22 @@ impl Budget {
 /// as owned records) per round: bounds the prefix's buffer and each unit-run lookup.
 const VISIT_ROUND: u64 = 1024;
 
-/// How far apart (in log bytes) a read's records may lie and still be taken as slices of one
-/// mapped span. Past it (a quiet partition in a busy store: its records far apart in the
-/// shared log) a fetch copies its records out instead, so neither the read nor a caller
-/// holding the records maps the log between them: each record's page, and the kernel's
-/// fault-around of up to 64 KiB about it, would stay resident while the records are held,
-/// in proportion to the span of log crossed rather than to the bytes returned (475 MB for a
-/// read of 100,000 messages interleaved with 3.5 M others, issue 16's full re-run).
-const SPARSE_GAP: u64 = 64 << 10;
+/// When a fetch's records are sparse in the shared log: the span of log covering a run of them
+/// is more than `SPARSE_FACTOR` times their bytes plus [`SPARSE_SLACK`] (a quiet partition in a
+/// busy store, under an eighth of the log's traffic). Such a run is copied out into one buffer
+/// instead of handed out as slices of one mapped span across it: reading and touching each
+/// record maps its page and the kernel's fault-around of up to 64 KiB about it, so the slices'
+/// resident memory followed the span of log crossed, not the bytes returned (475 MB for a read
+/// of 100,000 messages interleaved with 3.5 M others, issue 16's full re-run). A denser run is
+/// sliced as before, its resident pages within `SPARSE_FACTOR` times the fetch's bytes.
+const SPARSE_FACTOR: u64 = 8;
+
+/// See [`SPARSE_FACTOR`].
+const SPARSE_SLACK: u64 = 64 << 10;
+
+/// How far (in log bytes) a read walking one mapped span goes between its calls to
+/// `MappedFile::note_read`, so the pages it has passed leave behind it within the span.
+const NOTE_EVERY: u64 = 1 << 20;
 
 /// A visiting read's state, with `fetch`'s rules for what is shown, skipped and where it stops.
 struct Visiting<'v, 'f> {
@@ -697,7 +706,7 @@ impl Inner {
                 }
                 if unit.position >= note_at {
                     file.note_read((unit.position - file.start_offset()) as usize);
-                    note_at = unit.position + SPARSE_GAP;
+                    note_at = unit.position + NOTE_EVERY;
                 }
                 if !v.offer(&r) {
                     return Ok(Ok(()));
@@ -794,7 +803,8 @@ impl Inner {
             }
         }
         // Zero-copy: one `Bytes` over each mapped file the read touches (the units of a read are
-        // mostly in one file), every record a slice of it.
+        // mostly in one file), every record a slice of it — unless the run is sparse in the log
+        // (`SPARSE_FACTOR`): then its records are copied into one buffer.
         out.reserve(units.len());
         let mut i = 0;
         while i < units.len() {
@@ -822,15 +832,26 @@ impl Inner {
             };
             let run = &units[i..j];
             let payload: u64 = run.iter().map(|u| u64::from(u.size)).sum();
-            if hi - lo > payload.saturating_mul(2).saturating_add(SPARSE_GAP) {
-                // Sparse: copied out record by record into one buffer, each read through
-                // `MappedFile::read`, which releases the pages behind the reader as it goes.
+            if hi - lo
+                > payload
+                    .saturating_mul(SPARSE_FACTOR)
+                    .saturating_add(SPARSE_SLACK)
+            {
+                // Sparse: copied out record by record into one buffer (which a held record then
+                // keeps alive, as a chunk of a sealed segment does), telling the file every
+                // `NOTE_EVERY` bytes of log how far the read got, so the pages behind it leave.
                 let mut buf = bytes::BytesMut::with_capacity(payload as usize);
+                let mut note_at = 0u64;
                 for u in run {
+                    let rel = (u.position - base) as usize;
                     let src = file
-                        .read((u.position - base) as usize, u.size as usize)
+                        .read_unnoted(rel, u.size as usize)
                         .ok_or_else(|| past_end(u.position))?;
                     buf.extend_from_slice(src);
+                    if u.position >= note_at {
+                        file.note_read(rel);
+                        note_at = u.position + NOTE_EVERY;
+                    }
                 }
                 let owned = buf.freeze();
                 let mut from = 0;
@@ -1037,12 +1058,13 @@ impl Inner {
             at = upto;
         }
         // The log file the last matching record was in, as one zero-copy span from that record
-        // to the file's published end: later matches in the same file are slices of it.
+        // to the file's published end: later matches near the last one are slices of it.
         let mut span: Option<LogSpan> = None;
-        // The log end of the last matching record: a match no further from it than its own size
-        // (matches at least half of the log they cross) is a slice of the span; one further on
-        // (a rare tag) is copied out, as a sparse fetch's records are (see `SPARSE_GAP`).
+        // The log end of the last matching record: a match no further from it than
+        // `SPARSE_FACTOR` times its own size is a slice of the span; one further on (a rare
+        // tag) is copied out on its own, as a sparse fetch's records are (see `SPARSE_FACTOR`).
         let mut last_end: Option<u64> = None;
+        let mut note_at = 0u64;
         while at < end && scan.left > 0 {
             let Some((qfile, qpos, n)) = part.cq.unit_run(at, (end - at).min(scan.left))? else {
                 return match self.missing_unit(part, at, &out_of_range) {
@@ -1074,7 +1096,7 @@ impl Inner {
                 };
                 let size = unit.size as usize;
                 let near = last_end.is_some_and(|e| {
-                    unit.position >= e && unit.position - e <= u64::from(unit.size)
+                    unit.position >= e && unit.position - e <= u64::from(unit.size) * SPARSE_FACTOR
                 });
                 last_end = Some(unit.position + u64::from(unit.size));
                 let pos = unit.position;
@@ -1089,20 +1111,26 @@ impl Inner {
                     let locate = || (file.path().to_owned(), pos - base);
                     make_record(bytes, from..from + size, topic, partition, o, locate)?
                 } else {
-                    // Far from the last match: copied out, through
-                    // `MappedFile::read`, which releases the pages behind the reader.
+                    // Far from the last match: copied out, the file told every `NOTE_EVERY`
+                    // bytes of log how far the read got, so the pages behind it leave.
                     let file = match self.log_file(part, o, &unit, &out_of_range)? {
                         Ok(file) => file,
                         Err(Moved) => return Ok(Err(Moved)),
                     };
                     let base = file.start_offset();
-                    let src = file.read((pos - base) as usize, size).ok_or_else(|| {
-                        Error::corrupted(
-                            file.path(),
-                            pos - base,
-                            "consume-queue unit points past the end of the log",
-                        )
-                    })?;
+                    if pos >= note_at {
+                        file.note_read((pos - base) as usize);
+                        note_at = pos + NOTE_EVERY;
+                    }
+                    let src = file
+                        .read_unnoted((pos - base) as usize, size)
+                        .ok_or_else(|| {
+                            Error::corrupted(
+                                file.path(),
+                                pos - base,
+                                "consume-queue unit points past the end of the log",
+                            )
+                        })?;
                     let owned = Bytes::copy_from_slice(src);
                     let locate = || (file.path().to_owned(), pos - base);
                     make_record(&owned, 0..size, topic, partition, o, locate)?

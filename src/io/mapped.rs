@@ -417,8 +417,9 @@ impl MappedFile {
     }
 
     /// [`Self::read`] without releasing anything behind the reader (for the zero-copy
-    /// [`Bytes`] a read handed out, which is touched again and again).
-    fn read_unnoted(&self, pos: usize, len: usize) -> Option<&[u8]> {
+    /// [`Bytes`] a read handed out, which is touched again and again, and for a reader that
+    /// calls [`Self::note_read`] itself every so often rather than at every record).
+    pub(crate) fn read_unnoted(&self, pos: usize, len: usize) -> Option<&[u8]> {
         let end = pos.checked_add(len)?;
         if end > self.committed() {
             return None;
@@ -681,7 +682,7 @@ impl MappedFile {
     /// [`Self::read`] and [`Self::published_bytes`] at the start of what they return; a reader
     /// walking a long span it took in one piece calls it as it goes, so the pages it has passed
     /// leave behind it within the span too.
-    pub fn note_read(&self, pos: usize) {
+    pub(crate) fn note_read(&self, pos: usize) {
         if !self.release_written.load(Ordering::Relaxed) {
             return;
         }

@@ -408,8 +408,9 @@ impl fmt::Debug for Properties {
 /// (zero-copy), or one buffer per read for records that lie sparse in the shared log (a quiet
 /// partition in a busy store); on the segmented engine the active segment's mapping or one
 /// buffer per chunk of a sealed segment read — so a record costs no allocation of its own, and
-/// one reference to that buffer (its fields are spans of it). A record keeps that buffer alive: one held after
-/// retention deleted its file keeps the file's mapping (not its directory entry) until dropped.
+/// one reference to that buffer (its fields are spans of it). A record keeps that buffer alive:
+/// one held after retention deleted its file keeps the file's mapping (not its directory entry)
+/// until dropped.
 #[derive(Clone)]
 pub struct Record {
     pub(crate) offset: u64,

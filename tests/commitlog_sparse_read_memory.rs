@@ -14,7 +14,7 @@ mod common;
 use std::ops::ControlFlow;
 
 use common::memory::resident_in;
-use duolog::{EngineKind, LogStore, Message, ReadLimits, StoreOptions, TopicConfig};
+use duolog::{EngineKind, LogStore, Message, ReadLimits, Record, StoreOptions, TopicConfig};
 
 /// Quiet records, each after 32 KiB of the busy topic's messages.
 const QUIET: u64 = 3_000;
@@ -61,32 +61,40 @@ fn log_resident(dir: &std::path::Path) -> u64 {
 /// may add its keep and step behind the reader (2 MiB + 1 MiB) and a fault-around or two.
 const READ_ALLOWANCE: u64 = 4 << 20;
 
+/// Every quiet record, in order, each with its number in its body: touched as a consumer does.
+fn check_quiet(records: &[Record]) {
+    assert_eq!(records.len() as u64, QUIET);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.offset(), i as u64);
+        assert_eq!(&r.body()[..8], &(i as u64).to_be_bytes());
+    }
+}
+
+/// `what` held at most `held` bytes of commit log resident, which was `before` before it.
+fn assert_within_release_bound(what: &str, before: u64, held: u64) {
+    eprintln!(
+        "commit log resident: {} KiB before {what}, {} KiB during or after it ({QUIET} records \
+         over {} MiB of log)",
+        before >> 10,
+        held >> 10,
+        (QUIET * 33 * 1024) >> 20
+    );
+    assert!(
+        held <= before + READ_ALLOWANCE,
+        "{what} held {} KiB of commit log resident (was {} KiB)",
+        held >> 10,
+        before >> 10
+    );
+}
+
 #[test]
 fn a_fetch_of_records_sparse_in_the_log_keeps_no_more_of_it_resident_than_the_release_bound() {
     let dir = tempfile::tempdir().unwrap();
     let store = sparse_store(dir.path());
     let before = log_resident(dir.path());
     let records = store.read("quiet", 0, 0, all_quiet()).unwrap();
-    assert_eq!(records.len() as u64, QUIET);
-    // Held and touched, as a consumer does.
-    for (i, r) in records.iter().enumerate() {
-        assert_eq!(r.offset(), i as u64);
-        assert_eq!(&r.body()[..8], &(i as u64).to_be_bytes());
-    }
-    let after = log_resident(dir.path());
-    eprintln!(
-        "commit log resident: {} KiB before the read, {} KiB after ({} records over {} MiB of log)",
-        before >> 10,
-        after >> 10,
-        QUIET,
-        (QUIET * 33 * 1024) >> 20
-    );
-    assert!(
-        after <= before + READ_ALLOWANCE,
-        "the read left {} KiB of commit log resident (was {} KiB)",
-        after >> 10,
-        before >> 10
-    );
+    check_quiet(&records);
+    assert_within_release_bound("the read", before, log_resident(dir.path()));
     drop(records);
 }
 
@@ -113,18 +121,7 @@ fn a_visiting_read_of_sparse_records_keeps_no_more_of_the_log_resident_than_the_
     }
     assert_eq!(seen, QUIET);
     let after = log_resident(dir.path());
-    eprintln!(
-        "commit log resident: {} KiB before, peak {} KiB during the visit, {} KiB after",
-        before >> 10,
-        peak >> 10,
-        after >> 10
-    );
-    assert!(
-        peak.max(after) <= before + READ_ALLOWANCE,
-        "the visit held {} KiB of commit log resident (was {} KiB)",
-        peak.max(after) >> 10,
-        before >> 10
-    );
+    assert_within_release_bound("the visit", before, peak.max(after));
 }
 
 #[test]
@@ -136,21 +133,6 @@ fn a_tag_filtered_read_of_sparse_records_keeps_no_more_of_the_log_resident_than_
     let read = store
         .read_tagged("quiet", 0, 0, all_quiet(), &["q".to_owned()])
         .unwrap();
-    assert_eq!(read.records.len() as u64, QUIET);
-    for (i, r) in read.records.iter().enumerate() {
-        assert_eq!(r.offset(), i as u64);
-        assert_eq!(&r.body()[..8], &(i as u64).to_be_bytes());
-    }
-    let after = log_resident(dir.path());
-    eprintln!(
-        "commit log resident: {} KiB before the tagged read, {} KiB after",
-        before >> 10,
-        after >> 10
-    );
-    assert!(
-        after <= before + READ_ALLOWANCE,
-        "the tagged read left {} KiB of commit log resident (was {} KiB)",
-        after >> 10,
-        before >> 10
-    );
+    check_quiet(&read.records);
+    assert_within_release_bound("the tagged read", before, log_resident(dir.path()));
 }

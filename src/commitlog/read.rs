@@ -313,6 +313,39 @@ const SPARSE_SLACK: u64 = 64 << 10;
 /// `MappedFile::note_read`, so the pages it has passed leave behind it within the span.
 const NOTE_EVERY: u64 = 1 << 20;
 
+/// Where a read that walks the log record by record (a visit over one mapped span, the copies
+/// of sparse records) next tells the log file how far it got: every [`NOTE_EVERY`] bytes of
+/// log, through `MappedFile::note_read`, so the pages it has passed leave behind it.
+#[derive(Default)]
+struct ReadNotes {
+    next: u64,
+}
+
+impl ReadNotes {
+    /// The read is at log position `pos` of `file`.
+    fn at(&mut self, file: &MappedFile, pos: u64) {
+        if pos >= self.next {
+            file.note_read((pos - file.start_offset()) as usize);
+            self.next = pos + NOTE_EVERY;
+        }
+    }
+
+    /// `unit`'s stored record in `file`, to be copied out: the read is noted here, every
+    /// [`NOTE_EVERY`] bytes, not at each record.
+    fn record<'f>(&mut self, file: &'f MappedFile, unit: &Unit) -> Result<&'f [u8]> {
+        self.at(file, unit.position);
+        let rel = unit.position - file.start_offset();
+        file.read_unnoted(rel as usize, unit.size as usize)
+            .ok_or_else(|| {
+                Error::corrupted(
+                    file.path(),
+                    rel,
+                    "consume-queue unit points past the end of the log",
+                )
+            })
+    }
+}
+
 /// A visiting read's state, with `fetch`'s rules for what is shown, skipped and where it stops.
 struct Visiting<'v, 'f> {
     visit: &'v mut Visitor<'f>,
@@ -657,9 +690,9 @@ impl Inner {
         // file's published end: the next records of the file are slices of it.
         let mut span: Option<LogSpan> = None;
         let mut scratch = Vec::new();
-        // Where the walk next tells the log file how far it got: a span is noted once when it
-        // is mapped, so without this the pages of a long walk would stay resident behind it.
-        let mut note_at = 0u64;
+        // A span is noted once when it is mapped: without these the pages of a long walk would
+        // stay resident behind it.
+        let mut notes = ReadNotes::default();
         while v.at < bound && v.goes_on() {
             let first = v.at;
             let out_of_range = || out_of_range(topic, partition, part, first);
@@ -704,10 +737,7 @@ impl Inner {
                 if r.offset != o {
                     return Err(corrupt("consume-queue unit points at another record"));
                 }
-                if unit.position >= note_at {
-                    file.note_read((unit.position - file.start_offset()) as usize);
-                    note_at = unit.position + NOTE_EVERY;
-                }
+                notes.at(file, unit.position);
                 if !v.offer(&r) {
                     return Ok(Ok(()));
                 }
@@ -823,13 +853,6 @@ impl Inner {
                 hi = hi.max(units[j].position + units[j].size as u64);
                 j += 1;
             }
-            let past_end = |at: u64| {
-                Error::corrupted(
-                    file.path(),
-                    at - base,
-                    "consume-queue unit points past the end of the log",
-                )
-            };
             let run = &units[i..j];
             let payload: u64 = run.iter().map(|u| u64::from(u.size)).sum();
             if hi - lo
@@ -838,20 +861,12 @@ impl Inner {
                     .saturating_add(SPARSE_SLACK)
             {
                 // Sparse: copied out record by record into one buffer (which a held record then
-                // keeps alive, as a chunk of a sealed segment does), telling the file every
-                // `NOTE_EVERY` bytes of log how far the read got, so the pages behind it leave.
+                // keeps alive, as a chunk of a sealed segment does), the pages behind the read
+                // released as it goes (`ReadNotes`).
                 let mut buf = bytes::BytesMut::with_capacity(payload as usize);
-                let mut note_at = 0u64;
+                let mut notes = ReadNotes::default();
                 for u in run {
-                    let rel = (u.position - base) as usize;
-                    let src = file
-                        .read_unnoted(rel, u.size as usize)
-                        .ok_or_else(|| past_end(u.position))?;
-                    buf.extend_from_slice(src);
-                    if u.position >= note_at {
-                        file.note_read(rel);
-                        note_at = u.position + NOTE_EVERY;
-                    }
+                    buf.extend_from_slice(notes.record(&file, u)?);
                 }
                 let owned = buf.freeze();
                 let mut from = 0;
@@ -874,7 +889,13 @@ impl Inner {
             }
             let span = file
                 .published_bytes((lo - base) as usize, (hi - lo) as usize)
-                .ok_or_else(|| past_end(lo))?;
+                .ok_or_else(|| {
+                    Error::corrupted(
+                        file.path(),
+                        lo - base,
+                        "consume-queue unit points past the end of the log",
+                    )
+                })?;
             for (k, u) in run.iter().enumerate() {
                 let from = (u.position - lo) as usize;
                 let pos = u.position;
@@ -1064,7 +1085,7 @@ impl Inner {
         // `SPARSE_FACTOR` times its own size is a slice of the span; one further on (a rare
         // tag) is copied out on its own, as a sparse fetch's records are (see `SPARSE_FACTOR`).
         let mut last_end: Option<u64> = None;
-        let mut note_at = 0u64;
+        let mut notes = ReadNotes::default();
         while at < end && scan.left > 0 {
             let Some((qfile, qpos, n)) = part.cq.unit_run(at, (end - at).min(scan.left))? else {
                 return match self.missing_unit(part, at, &out_of_range) {
@@ -1111,27 +1132,14 @@ impl Inner {
                     let locate = || (file.path().to_owned(), pos - base);
                     make_record(bytes, from..from + size, topic, partition, o, locate)?
                 } else {
-                    // Far from the last match: copied out, the file told every `NOTE_EVERY`
-                    // bytes of log how far the read got, so the pages behind it leave.
+                    // Far from the last match: copied out, the pages behind the read released
+                    // as it goes (`ReadNotes`).
                     let file = match self.log_file(part, o, &unit, &out_of_range)? {
                         Ok(file) => file,
                         Err(Moved) => return Ok(Err(Moved)),
                     };
+                    let owned = Bytes::copy_from_slice(notes.record(&file, &unit)?);
                     let base = file.start_offset();
-                    if pos >= note_at {
-                        file.note_read((pos - base) as usize);
-                        note_at = pos + NOTE_EVERY;
-                    }
-                    let src = file
-                        .read_unnoted((pos - base) as usize, size)
-                        .ok_or_else(|| {
-                            Error::corrupted(
-                                file.path(),
-                                pos - base,
-                                "consume-queue unit points past the end of the log",
-                            )
-                        })?;
-                    let owned = Bytes::copy_from_slice(src);
                     let locate = || (file.path().to_owned(), pos - base);
                     make_record(&owned, 0..size, topic, partition, o, locate)?
                 };
